@@ -1,0 +1,632 @@
+//! The operator's configuration file (`/etc/bulwark/config.toml`), version 1.
+//!
+//! This is where every ceiling and every weakening lives: a job spec can ask for resources and
+//! network, but only up to what this file allows, and only this file can turn on rlimit
+//! fallback or audit mode. Every section is optional and defaults to the values in DESIGN.md,
+//! so an empty file (or no file) is a valid configuration.
+//!
+//! The file is read in two stages. serde reads it into private "raw" structs that keep
+//! durations and sizes as strings, refusing unknown keys and wrong types with the line. Then
+//! [`Config::from_toml_str`] converts and checks each value, collecting every problem as a
+//! [`FieldError`](crate::FieldError) named by its key path (`limits.max_memory`). A custom
+//! `deserialize_with` was the alternative; it stops at the first bad value and cannot name the
+//! key path in its message, so it was rejected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::allow::{check_hostname, CeilingEntry, IpNet, METADATA_ADDRESSES};
+use super::job::MIN_MEMORY;
+use super::rules::{check_absolute_path, key_segment};
+use crate::error::{quote, Errors, SpecError};
+use crate::units::{parse_duration, parse_size};
+
+/// The builder id used when the configuration names none. `.invalid` is reserved (RFC 2606),
+/// so provenance from an unconfigured runner can never be mistaken for a real builder's.
+pub const DEFAULT_BUILDER_ID: &str = "https://bulwark.invalid/builder/local";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `runDetails.builder.id` in provenance; a URI.
+    pub builder_id: String,
+    /// `[limits]`: ceilings on what a job may ask for.
+    pub limits: LimitsConfig,
+    /// `[fetch]`: where the runner itself may fetch from.
+    pub fetch: FetchConfig,
+    /// `[egress]`: the most a job's network allowlist may contain.
+    pub egress: EgressConfig,
+    /// `[paths]`: overrides of where state and runtime files live.
+    pub paths: PathsConfig,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Longest job timeout a spec may ask for (`max_timeout = "6h"`).
+    pub max_timeout: Duration,
+    /// Most memory a spec may ask for, in bytes (`max_memory = "16GiB"`).
+    pub max_memory: u64,
+    /// Most processes a spec may ask for (`max_pids = 4096`).
+    pub max_pids: u64,
+    /// Run with rlimits alone where cgroups are unavailable; a recorded weakening.
+    pub allow_rlimit_fallback: bool,
+    /// Root mode: host uids handed to jobs, one per running job (`job_uids = "200000-265535"`).
+    pub job_uids: UidRange,
+    /// Largest stored job log, in bytes (`log_cap = "16MiB"`); the rest is cut with a marker.
+    pub log_cap: u64,
+    /// Time between SIGTERM and SIGKILL when a step times out (`kill_grace = "5s"`).
+    pub kill_grace: Duration,
+    /// Most output files one job may produce (`max_outputs = 10000`).
+    pub max_outputs: u64,
+    /// Most output bytes one job may produce in total (`max_output_bytes = "64GiB"`).
+    pub max_output_bytes: u64,
+}
+
+/// An inclusive range of host uids, written `first-last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UidRange {
+    /// First uid of the range.
+    pub first: u32,
+    /// Last uid of the range (inclusive).
+    pub last: u32,
+}
+
+/// `[fetch]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Loopback/private/link-local addresses or networks the runner may fetch from, like
+    /// `127.0.0.1` or `10.0.0.0/8`. Metadata addresses are refused even here.
+    pub allow_private: Vec<String>,
+    /// Absolute directories `file://` URLs may point into; empty: no `file://` at all.
+    pub file_roots: Vec<String>,
+    /// Absolute path of a PEM bundle trusted in addition to the system roots; empty: none.
+    pub extra_ca: String,
+}
+
+/// `[egress]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    /// The most an untrusted job may be allowed (see [`CeilingEntry`]).
+    pub ceiling_untrusted: Vec<String>,
+    /// The most a trusted job may be allowed.
+    pub ceiling_trusted: Vec<String>,
+    /// Whether audit mode may be used at all.
+    pub allow_audit: bool,
+    /// Run jobs in audit mode (log what would be denied, allow it); needs `allow_audit`.
+    pub audit: bool,
+    /// Static name to address overrides for the proxy's resolver.
+    pub hosts: BTreeMap<String, String>,
+}
+
+/// `[paths]`: where the runner keeps state and runtime files, when not the defaults
+/// (`/var/lib/bulwark` and `/run/bulwark` as root, the XDG directories rootless).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Absolute path of the state directory (keys, tool store, journal, inventory).
+    pub state_dir: Option<String>,
+    /// Absolute path of the runtime directory (sockets).
+    pub runtime_dir: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            builder_id: DEFAULT_BUILDER_ID.to_owned(),
+            limits: LimitsConfig::default(),
+            fetch: FetchConfig::default(),
+            egress: EgressConfig::default(),
+            paths: PathsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_timeout: Duration::from_secs(6 * 3600),
+            max_memory: 16 << 30,
+            max_pids: 4096,
+            allow_rlimit_fallback: false,
+            job_uids: UidRange {
+                first: 200_000,
+                last: 265_535,
+            },
+            log_cap: 16 << 20,
+            kill_grace: Duration::from_secs(5),
+            max_outputs: 10_000,
+            max_output_bytes: 64 << 30,
+        }
+    }
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            ceiling_untrusted: vec!["*".to_owned()],
+            ceiling_trusted: vec!["*".to_owned()],
+            allow_audit: false,
+            audit: false,
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
+/// Lowest uid a job may run as: below are system and login users.
+pub const MIN_JOB_UID: u32 = 1000;
+/// Highest uid a job may run as: 4294967295 is `(uid_t)-1`, "no uid" to the kernel.
+pub const MAX_JOB_UID: u32 = u32::MAX - 1;
+
+impl UidRange {
+    /// How many uids the range holds.
+    pub fn len(&self) -> u64 {
+        u64::from(self.last) - u64::from(self.first) + 1
+    }
+
+    /// Always false: a range holds at least one uid.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether `uid` is in the range.
+    pub fn contains(&self, uid: u32) -> bool {
+        (self.first..=self.last).contains(&uid)
+    }
+}
+
+impl FromStr for UidRange {
+    type Err = String;
+
+    /// Parses `first-last`, both inclusive, within 1000-4294967294.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parse = |n: &str| {
+            n.parse::<u32>()
+                .ok()
+                .filter(|_| n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let Some((first, last)) = s
+            .split_once('-')
+            .and_then(|(a, b)| Some((parse(a)?, parse(b)?)))
+        else {
+            return Err(format!(
+                "expected a uid range like 200000-265535, got {}",
+                quote(s)
+            ));
+        };
+        if first > last {
+            return Err(format!("{}: the first uid is above the last", quote(s)));
+        }
+        if first < MIN_JOB_UID {
+            return Err(format!(
+                "{}: job uids must not include system or login users (below {MIN_JOB_UID}); use a range like 200000-265535",
+                quote(s)
+            ));
+        }
+        if last > MAX_JOB_UID {
+            return Err(format!(
+                "{}: the last uid must be at most {MAX_JOB_UID}",
+                quote(s)
+            ));
+        }
+        Ok(UidRange { first, last })
+    }
+}
+
+impl fmt::Display for UidRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The file as serde reads it: like [`Config`], with durations, sizes and uid ranges still
+/// strings so that a bad one is reported by key path together with every other problem.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    builder_id: Option<String>,
+    limits: RawLimits,
+    fetch: FetchConfig,
+    egress: EgressConfig,
+    paths: PathsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLimits {
+    max_timeout: Option<String>,
+    max_memory: Option<String>,
+    max_pids: Option<u64>,
+    allow_rlimit_fallback: Option<bool>,
+    job_uids: Option<String>,
+    log_cap: Option<String>,
+    kill_grace: Option<String>,
+    max_outputs: Option<u64>,
+    max_output_bytes: Option<String>,
+}
+
+impl Config {
+    /// Reads and checks a configuration file's text. Unknown keys and wrong types are a
+    /// [`SpecError::Syntax`] with the line; bad values are [`SpecError::Invalid`] with every
+    /// problem named by key path.
+    pub fn from_toml_str(s: &str) -> Result<Config, SpecError> {
+        let raw: RawConfig = toml::from_str(s).map_err(|e| SpecError::from_toml(s, &e))?;
+        let mut errors = Errors::default();
+        let builder_id = raw
+            .builder_id
+            .unwrap_or_else(|| DEFAULT_BUILDER_ID.to_owned());
+        errors.take("builder_id", check_builder_id(&builder_id));
+        let limits = convert_limits(raw.limits, &mut errors);
+        check_fetch(&raw.fetch, &mut errors);
+        check_egress(&raw.egress, &mut errors);
+        for (key, dir) in [
+            ("paths.state_dir", &raw.paths.state_dir),
+            ("paths.runtime_dir", &raw.paths.runtime_dir),
+        ] {
+            if let Some(dir) = dir {
+                errors.take(key, check_absolute_path(dir));
+            }
+        }
+        let config = Config {
+            builder_id,
+            limits,
+            fetch: raw.fetch,
+            egress: raw.egress,
+            paths: raw.paths,
+        };
+        SpecError::check(errors.list, config)
+    }
+}
+
+fn check_builder_id(id: &str) -> Result<(), String> {
+    let scheme_len = id.find(':').unwrap_or(0);
+    let scheme_ok = scheme_len > 0
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id[..scheme_len]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if id.is_empty() {
+        Err(format!(
+            "must not be empty; name this builder with a URI, like {DEFAULT_BUILDER_ID}"
+        ))
+    } else if !scheme_ok
+        || id.len() == scheme_len + 1
+        || id.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        Err(format!(
+            "must be a URI, like https://ci.example.com/bulwark/pool-a, got {}",
+            quote(id)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn convert_limits(raw: RawLimits, errors: &mut Errors) -> LimitsConfig {
+    let d = LimitsConfig::default();
+    let positive_duration =
+        |errors: &mut Errors, key: &str, text: Option<String>, default: Duration| {
+            let Some(text) = text else { return default };
+            match parse_duration(&text) {
+                Ok(value) if !value.is_zero() || key == "limits.kill_grace" => value,
+                Ok(_) => errors
+                    .take(key, Err("must be greater than zero".to_owned()))
+                    .unwrap_or(default),
+                Err(e) => errors.take(key, Err(e)).unwrap_or(default),
+            }
+        };
+    let size = |errors: &mut Errors, key: &str, text: Option<String>, default: u64, min: u64| {
+        let Some(text) = text else { return default };
+        match parse_size(&text) {
+            Ok(0) => errors
+                .take(key, Err("must be greater than zero".to_owned()))
+                .unwrap_or(default),
+            Ok(value) if value < min => {
+                let message = format!("must be at least {}", crate::units::format_size(min));
+                errors.take(key, Err(message)).unwrap_or(default)
+            }
+            Ok(value) => value,
+            Err(e) => errors.take(key, Err(e)).unwrap_or(default),
+        }
+    };
+    let count = |errors: &mut Errors, key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => errors
+            .take(key, Err("must be greater than zero".to_owned()))
+            .unwrap_or(default),
+        Some(value) => value,
+        None => default,
+    };
+    LimitsConfig {
+        max_timeout: positive_duration(
+            errors,
+            "limits.max_timeout",
+            raw.max_timeout,
+            d.max_timeout,
+        ),
+        max_memory: size(
+            errors,
+            "limits.max_memory",
+            raw.max_memory,
+            d.max_memory,
+            MIN_MEMORY,
+        ),
+        max_pids: count(errors, "limits.max_pids", raw.max_pids, d.max_pids),
+        allow_rlimit_fallback: raw.allow_rlimit_fallback.unwrap_or(d.allow_rlimit_fallback),
+        job_uids: raw
+            .job_uids
+            .and_then(|text| errors.take("limits.job_uids", text.parse()))
+            .unwrap_or(d.job_uids),
+        log_cap: size(errors, "limits.log_cap", raw.log_cap, d.log_cap, 1),
+        kill_grace: positive_duration(errors, "limits.kill_grace", raw.kill_grace, d.kill_grace),
+        max_outputs: count(errors, "limits.max_outputs", raw.max_outputs, d.max_outputs),
+        max_output_bytes: size(
+            errors,
+            "limits.max_output_bytes",
+            raw.max_output_bytes,
+            d.max_output_bytes,
+            1,
+        ),
+    }
+}
+
+fn check_fetch(fetch: &FetchConfig, errors: &mut Errors) {
+    for (i, entry) in fetch.allow_private.iter().enumerate() {
+        let path = format!("fetch.allow_private[{i}]");
+        if let Some(net) = errors.take(&path, IpNet::parse(entry)) {
+            if let Some(metadata) = METADATA_ADDRESSES.iter().find(|m| net.contains(**m)) {
+                let message = format!("includes the cloud metadata address {metadata}, which is refused everywhere; use a narrower network");
+                errors.push(path, message);
+            }
+        }
+    }
+    for (i, root) in fetch.file_roots.iter().enumerate() {
+        errors.take(&format!("fetch.file_roots[{i}]"), check_absolute_path(root));
+    }
+    if !fetch.extra_ca.is_empty() {
+        errors.take("fetch.extra_ca", check_absolute_path(&fetch.extra_ca));
+    }
+}
+
+fn check_egress(egress: &EgressConfig, errors: &mut Errors) {
+    for (key, list) in [
+        ("ceiling_untrusted", &egress.ceiling_untrusted),
+        ("ceiling_trusted", &egress.ceiling_trusted),
+    ] {
+        for (i, entry) in list.iter().enumerate() {
+            errors.take(&format!("egress.{key}[{i}]"), CeilingEntry::parse(entry));
+        }
+    }
+    if egress.audit && !egress.allow_audit {
+        errors.push(
+            "egress.audit",
+            "audit mode also needs egress.allow_audit = true",
+        );
+    }
+    for (name, address) in &egress.hosts {
+        let path = format!("egress.hosts.{}", key_segment(name));
+        if errors.take(&path, check_hostname(name)).is_some()
+            && address.parse::<std::net::IpAddr>().is_err()
+        {
+            errors.push(
+                path,
+                format!("must map to an IP address, got {}", quote(address)),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DESIGN.md's example configuration, verbatim.
+    const DESIGN_EXAMPLE: &str = r#"
+builder_id = "https://ci.example.com/bulwark/pool-a"    # runDetails.builder.id
+
+[limits]                          # ceilings: a spec asking for more is refused with exit 2
+max_timeout = "6h"
+max_memory = "16GiB"
+max_pids = 4096
+allow_rlimit_fallback = false     # run with rlimits alone where cgroups are unavailable
+job_uids = "200000-265535"        # root mode: host uids handed to jobs, one per running job
+
+[fetch]                           # what the runner itself may fetch tools, rootfs and source from
+allow_private = []                # loopback/private/link-local origins allowed, e.g. ["127.0.0.1"]
+file_roots = []                   # directories file:// URLs may point into; empty: no file:// at all
+extra_ca = ""                     # PEM bundle trusted in addition to the system roots
+
+[egress]
+ceiling_untrusted = ["*"]         # the most a job of that trust level may be allowed
+ceiling_trusted = ["*"]
+allow_audit = false               # whether audit mode may be used at all
+audit = false                     # run jobs in audit mode (only with allow_audit)
+hosts = {}                        # static name -> address overrides used by the proxy's resolver
+"#;
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let config = Config::from_toml_str("").expect("empty config is valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.builder_id, "https://bulwark.invalid/builder/local");
+        let l = &config.limits;
+        assert_eq!(l.max_timeout, Duration::from_secs(6 * 3600));
+        assert_eq!(l.max_memory, 16 << 30);
+        assert_eq!(l.max_pids, 4096);
+        assert!(!l.allow_rlimit_fallback);
+        assert_eq!(
+            l.job_uids,
+            UidRange {
+                first: 200_000,
+                last: 265_535
+            }
+        );
+        assert_eq!(l.log_cap, 16 << 20);
+        assert_eq!(l.kill_grace, Duration::from_secs(5));
+        assert_eq!((l.max_outputs, l.max_output_bytes), (10_000, 64 << 30));
+        assert_eq!(config.egress.ceiling_untrusted, ["*"]);
+        assert!(!config.egress.audit && !config.egress.allow_audit);
+    }
+
+    #[test]
+    fn the_design_example_parses_to_the_defaults_with_its_builder_id() {
+        let config = Config::from_toml_str(DESIGN_EXAMPLE).expect("design example is valid");
+        let expected = Config {
+            builder_id: "https://ci.example.com/bulwark/pool-a".to_owned(),
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn every_extension_key_is_read() {
+        let text = r#"
+[limits]
+log_cap = "1MiB"
+kill_grace = "0s"
+max_outputs = 5
+max_output_bytes = "1GiB"
+[fetch]
+allow_private = ["127.0.0.1", "10.0.0.0/8"]
+file_roots = ["/srv/tools"]
+extra_ca = "/etc/bulwark/ca.pem"
+[egress]
+ceiling_untrusted = ["crates.io:443", "*:443"]
+allow_audit = true
+audit = true
+hosts = { "mirror.internal" = "10.1.2.3" }
+[paths]
+state_dir = "/srv/bulwark/state"
+runtime_dir = "/run/bulwark-a"
+"#;
+        let c = Config::from_toml_str(text).expect("valid");
+        assert_eq!(
+            (c.limits.log_cap, c.limits.kill_grace, c.limits.max_outputs),
+            (1 << 20, Duration::ZERO, 5)
+        );
+        assert_eq!(c.fetch.allow_private.len(), 2);
+        assert_eq!(
+            c.egress.hosts.get("mirror.internal").map(String::as_str),
+            Some("10.1.2.3")
+        );
+        assert_eq!(c.paths.state_dir.as_deref(), Some("/srv/bulwark/state"));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_syntax_errors_with_the_line() {
+        let err =
+            Config::from_toml_str("[limits]\nmax_memroy = \"1GiB\"\n").expect_err("unknown key");
+        assert!(matches!(err, SpecError::Syntax { .. }));
+        assert!(
+            err.to_string().contains("line 2") && err.to_string().contains("max_memroy"),
+            "{err}"
+        );
+        let err = Config::from_toml_str("[limits]\nmax_pids = \"many\"\n").expect_err("wrong type");
+        assert!(
+            err.to_string().contains("line 2") && err.to_string().contains("max_pids"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_key_path() {
+        let text = r#"
+builder_id = ""
+[limits]
+max_timeout = "6 hours"
+max_memory = "16GB"
+max_pids = 0
+job_uids = "0-65535"
+log_cap = "0B"
+[fetch]
+allow_private = ["169.254.0.0/16", "localhost"]
+file_roots = ["tools"]
+[egress]
+ceiling_trusted = ["a.*.com:443"]
+audit = true
+hosts = { "Mirror" = "10.0.0.1", "ok.example" = "not-an-ip" }
+[paths]
+state_dir = "state"
+"#;
+        let err = Config::from_toml_str(text).expect_err("invalid");
+        let paths: Vec<&str> = err.field_errors().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "builder_id",
+                "limits.max_timeout",
+                "limits.max_memory",
+                "limits.max_pids",
+                "limits.job_uids",
+                "limits.log_cap",
+                "fetch.allow_private[0]",
+                "fetch.allow_private[1]",
+                "fetch.file_roots[0]",
+                "egress.ceiling_trusted[0]",
+                "egress.audit",
+                "egress.hosts.Mirror",
+                "egress.hosts.\"ok.example\"",
+                "paths.state_dir",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("limits.max_memory: \"16GB\" is not a size"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "limits.job_uids: \"0-65535\": job uids must not include system or login users"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("metadata address 169.254.169.254"), "{text}");
+        assert!(
+            text.contains("egress.audit: audit mode also needs egress.allow_audit = true"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn uid_ranges_parse_and_refuse_system_users_and_the_invalid_uid() {
+        assert_eq!("1000-1000".parse::<UidRange>().map(|r| r.len()), Ok(1));
+        assert_eq!(
+            "200000-265535".parse::<UidRange>().map(|r| r.to_string()),
+            Ok("200000-265535".to_owned())
+        );
+        assert!("999-2000"
+            .parse::<UidRange>()
+            .unwrap_err()
+            .contains("system or login users"));
+        assert!("0-0".parse::<UidRange>().is_err());
+        assert!("5000-4000"
+            .parse::<UidRange>()
+            .unwrap_err()
+            .contains("above the last"));
+        assert!("1000-4294967295"
+            .parse::<UidRange>()
+            .unwrap_err()
+            .contains("at most 4294967294"));
+        for bad in [
+            "",
+            "1000",
+            "1000-",
+            "-1000",
+            "+1000-2000",
+            "1000 - 2000",
+            "a-b",
+        ] {
+            assert!(
+                bad.parse::<UidRange>()
+                    .unwrap_err()
+                    .contains("expected a uid range"),
+                "{bad}"
+            );
+        }
+    }
+}

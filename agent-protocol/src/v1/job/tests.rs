@@ -1,0 +1,274 @@
+use super::*;
+
+const DIGEST: &str = "5942c9b0934e510ee61eb3e30273f1b3fe2590df93933a93d7c58b81d19c8ff5";
+
+/// DESIGN.md's example spec, verbatim except for the placeholder digest.
+fn design_example() -> String {
+    r#"
+version = 1
+name = "hello"                   # [a-z0-9][a-z0-9._-]{0,62}, as are step and tool names
+
+[source]                         # local mode: --source DIR wins; relative paths are relative to this file
+path = "."
+# git = "https://example.org/repo.git"   commit = "<40 hex>"   ref = "refs/heads/main"
+# url = "https://example.org/src.tar.gz" sha256 = "<64 hex>"
+
+[[tools]]                        # fetched by the runner, sha256-verified, read-only at /tools/<name>
+name = "jq"
+url = "https://example.org/jq-1.7.tar.gz"
+sha256 = "<64 lowercase hex>"
+# format = "tar.gz" | "tar.xz" | "zip" | "file"   (inferred from the url when absent)
+
+[network]
+allow = ["crates.io:443", "*.githubusercontent.com:443"]   # empty or absent: no network at all
+
+[resources]
+timeout = "10m"                  # whole job; durations like 90s, 10m, 1h30m
+memory = "4GiB"                  # sizes in B, KiB, MiB, GiB
+pids = 1024
+
+[[steps]]                        # all steps share one sandbox, /workspace and /tmp, in order
+name = "build"
+run = "make dist"                # /bin/sh -c in /workspace
+env = { PROFILE = "release" }    # wins over defaults, except the proxy variables
+# timeout = "5m"                 # optional per-step limit
+
+[outputs]
+paths = ["dist/*.tar.gz"]        # relative to /workspace; globs allowed
+"#
+    .replace("<64 lowercase hex>", DIGEST)
+}
+
+fn minimal(extra: &str) -> String {
+    format!("version = 1\nname = \"job\"\n{extra}\n[[steps]]\nname = \"build\"\nrun = \"make\"\n")
+}
+
+fn paths_of(err: &SpecError) -> Vec<&str> {
+    err.field_errors().iter().map(|e| e.path.as_str()).collect()
+}
+
+#[test]
+fn the_design_example_parses_and_validates() {
+    let spec = JobSpec::from_toml_str(&design_example()).expect("parses");
+    let job = spec.validate(&LimitsConfig::default()).expect("validates");
+    assert_eq!(job.timeout, Duration::from_secs(600));
+    assert_eq!((job.memory, job.pids), (4 << 30, 1024));
+    assert_eq!(job.steps.len(), 1);
+    assert_eq!(
+        job.steps[0].env.get("PROFILE").map(String::as_str),
+        Some("release")
+    );
+    assert_eq!(job.steps[0].timeout, None);
+    assert_eq!(job.output_patterns, ["dist/*.tar.gz"]);
+    assert_eq!(spec.tools[0].effective_format(), Some(ToolFormat::TarGz));
+    assert_eq!(
+        spec.source.as_ref().and_then(|s| s.path.as_deref()),
+        Some(".")
+    );
+}
+
+#[test]
+fn a_spec_survives_toml_to_json_and_back_unchanged() {
+    let mut text = design_example();
+    text = text.replace("path = \".\"", "git = \"https://example.org/repo.git\"\ncommit = \"0123456789abcdef0123456789abcdef01234567\"\nref = \"refs/heads/main\"");
+    text = text.replace(
+        "run = \"make dist\"",
+        "run = \"make dist\"\ntimeout = \"5m\"",
+    );
+    let from_toml = JobSpec::from_toml_str(&text).expect("parses");
+    assert_eq!(
+        from_toml.source.as_ref().and_then(|s| s.r#ref.as_deref()),
+        Some("refs/heads/main")
+    );
+    let json = serde_json::to_string(&from_toml).expect("serializes");
+    assert!(json.contains(r#""ref":"refs/heads/main""#), "{json}");
+    let from_json = JobSpec::from_json_str(&json).expect("parses back");
+    assert_eq!(from_json, from_toml);
+    assert_eq!(
+        from_json.validate(&LimitsConfig::default()),
+        from_toml.validate(&LimitsConfig::default())
+    );
+}
+
+#[test]
+fn json_specs_refuse_unknown_fields_too() {
+    let err = JobSpec::from_json_str(r#"{"version":1,"name":"a","steps":[],"extra":1}"#)
+        .expect_err("unknown");
+    assert!(matches!(err, SpecError::Syntax { .. }));
+    assert!(
+        err.to_string().contains("unknown field `extra`") && err.to_string().contains("line 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn another_version_is_named_even_when_it_uses_unknown_fields() {
+    let err = JobSpec::from_toml_str("version = 2\nname = \"a\"\n[cache]\nkey = \"x\"\n")
+        .expect_err("v2");
+    assert_eq!(
+        err.to_string(),
+        "version: unsupported version 2; this runner reads version 1"
+    );
+    let err = JobSpec::from_json_str(r#"{"version":3,"cache":{}}"#).expect_err("v3");
+    assert_eq!(paths_of(&err), ["version"]);
+}
+
+#[test]
+fn defaults_are_lowered_to_ceilings_but_explicit_requests_are_not() {
+    let spec = JobSpec::from_toml_str(&minimal("")).expect("parses");
+    let low = LimitsConfig {
+        max_timeout: Duration::from_secs(60),
+        max_memory: 1 << 30,
+        max_pids: 100,
+        ..LimitsConfig::default()
+    };
+    let job = spec
+        .validate(&low)
+        .expect("a default never causes a refusal");
+    assert_eq!(
+        (job.timeout, job.memory, job.pids),
+        (Duration::from_secs(60), 1 << 30, 100)
+    );
+    let job = spec.validate(&LimitsConfig::default()).expect("validates");
+    assert_eq!(
+        (job.timeout, job.memory, job.pids),
+        (DEFAULT_TIMEOUT, DEFAULT_MEMORY, DEFAULT_PIDS)
+    );
+
+    let spec = JobSpec::from_toml_str(&minimal(
+        "[resources]\ntimeout = \"2m\"\nmemory = \"2GiB\"\npids = 101",
+    ))
+    .expect("parses");
+    let err = spec
+        .validate(&low)
+        .expect_err("explicit values above the ceiling");
+    assert_eq!(
+        err.to_string(),
+        "resources.timeout: 2m is above the operator's ceiling of 1m (limits.max_timeout)\n\
+         resources.memory: 2GiB is above the operator's ceiling of 1GiB (limits.max_memory)\n\
+         resources.pids: 101 is above the operator's ceiling of 100 (limits.max_pids)"
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_document_order() {
+    let text = r#"
+version = 1
+name = "Bad Name"
+[source]
+path = "."
+git = "https://example.org/r.git"
+[[tools]]
+name = "jq"
+url = "ftp://example.org/jq"
+sha256 = "ABC"
+[network]
+allow = ["ok.example:443", "nope"]
+[resources]
+memory = "4GB"
+[[steps]]
+name = "build"
+run = ""
+env = { HTTPS_PROXY = "http://evil", "BAD KEY" = "x" }
+[[steps]]
+name = "build"
+run = "true"
+timeout = "2h"
+[outputs]
+paths = ["/etc/passwd", "a/../b", "./result.json"]
+"#;
+    let spec = JobSpec::from_toml_str(text).expect("parses");
+    let err = spec
+        .validate(&LimitsConfig::default())
+        .expect_err("invalid");
+    assert_eq!(
+        paths_of(&err),
+        [
+            "name",
+            "source",
+            "source.commit",
+            "tools[0].url",
+            "tools[0].sha256",
+            "network.allow[1]",
+            "resources.memory",
+            "steps[0].run",
+            "steps[0].env.\"BAD KEY\"",
+            "steps[0].env.HTTPS_PROXY",
+            "steps[1].name",
+            "steps[1].timeout",
+            "outputs.paths[0]",
+            "outputs.paths[1]",
+            "outputs.paths[2]",
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("steps[1].name: duplicate step name \"build\" (also steps[0])"),
+        "{text}"
+    );
+    assert!(
+        text.contains("steps[1].timeout: 2h is above the job's timeout of 1h (the default"),
+        "{text}"
+    );
+    assert!(
+        text.contains("steps[0].env.HTTPS_PROXY: set by the runner; a step cannot override it"),
+        "{text}"
+    );
+}
+
+#[test]
+fn output_patterns_lose_their_leading_dot_slash() {
+    let spec = JobSpec::from_toml_str(&minimal(
+        "[outputs]\npaths = [\"./dist/**/*.whl\", \"a?.txt\", \"result.json.d/x\"]",
+    ))
+    .expect("parses");
+    let job = spec.validate(&LimitsConfig::default()).expect("validates");
+    assert_eq!(
+        job.output_patterns,
+        ["dist/**/*.whl", "a?.txt", "result.json.d/x"]
+    );
+    assert!(is_reserved_output("./job.log/x") && !is_reserved_output("dist/job.log"));
+}
+
+#[test]
+fn tool_formats_are_inferred_only_from_known_extensions() {
+    assert_eq!(
+        ToolFormat::infer("https://e.org/x.tgz?sig=1"),
+        Some(ToolFormat::TarGz)
+    );
+    assert_eq!(
+        ToolFormat::infer("https://e.org/x.tar.xz"),
+        Some(ToolFormat::TarXz)
+    );
+    assert_eq!(
+        ToolFormat::infer("https://e.org/x.zip#frag"),
+        Some(ToolFormat::Zip)
+    );
+    assert_eq!(ToolFormat::infer("https://e.org/jq-linux-amd64"), None);
+    assert_eq!(ToolFormat::infer("https://e.org/.zip"), None);
+    let err = JobSpec::from_toml_str(&minimal(&format!(
+        "[[tools]]\nname = \"jq\"\nurl = \"https://e.org/jq-linux-amd64\"\nsha256 = \"{DIGEST}\""
+    )))
+    .expect("parses")
+    .validate(&LimitsConfig::default())
+    .expect_err("no format");
+    assert_eq!(paths_of(&err), ["tools[0].format"]);
+    assert_eq!(
+        serde_json::to_string(&ToolFormat::TarXz).expect("serializes"),
+        "\"tar.xz\""
+    );
+}
+
+#[test]
+fn quoted_values_in_messages_are_escaped_and_bounded() {
+    let name = format!("\\u001b[31m{}", "x".repeat(10_000));
+    let spec = JobSpec::from_toml_str(&format!(
+        "version = 1\nname = \"{name}\"\n[[steps]]\nname = \"a\"\nrun = \"b\""
+    ));
+    let err = spec
+        .expect("parses")
+        .validate(&LimitsConfig::default())
+        .expect_err("bad name");
+    let text = err.to_string();
+    assert!(!text.contains('\u{1b}') && text.len() < 200, "{text}");
+}

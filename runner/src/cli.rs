@@ -1,0 +1,119 @@
+//! The command line: argument parsing and dispatch to library code.
+
+use std::path::PathBuf;
+
+use bulwark_protocol::Trust;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Bulwark: a hardened build runner. Runs CI jobs in Linux sandboxes (namespaces, Landlock,
+/// seccomp, no capabilities, cgroup limits) and records exactly what they used and made.
+#[derive(Debug, Parser)]
+#[command(name = "bulwark", version, about, long_about = None)]
+pub struct Cli {
+    /// More diagnostics from the runner itself (-v, -vv); `BULWARK_LOG` sets a filter.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Trust level of a job, set by the operator, never by the job.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TrustArg {
+    /// Pull requests and forks: no credentials, strictest policy.
+    Untrusted,
+    /// Protected branches and release tags.
+    Trusted,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run one job locally in the sandbox, output streamed live.
+    ///
+    /// Exit status: 0 the job succeeded; 1 it failed (a step failed, timed out, hit a limit,
+    /// or an output was refused); 2 refused before any step ran (bad spec or configuration, a
+    /// request above the operator's ceiling, a layer this host cannot enforce); 3 the runner
+    /// itself failed after steps ran.
+    ///
+    /// Example: bulwark run examples/hello/job.toml --out /tmp/hello-out
+    Run {
+        /// The job spec (TOML).
+        job: PathBuf,
+        /// Source directory copied into /workspace (wins over `[source] path`).
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Output directory; must be absent or empty. Default: ./bulwark-out/<job>-<UTC time>/.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Signing key for provenance (accepted; provenance is not produced by this version yet).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Trust level of this job.
+        #[arg(long, value_enum, default_value = "untrusted")]
+        trust: TrustArg,
+        /// Operator configuration. Default: /etc/bulwark/config.toml as root,
+        /// $XDG_CONFIG_HOME/bulwark/config.toml otherwise, when that file exists.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not echo the job's log to the terminal (it is still written to job.log).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Say which isolation layers this host can enforce, and what is missing.
+    ///
+    /// Exit status: 0 full isolation, 1 degraded.
+    ///
+    /// Example: bulwark probe --json
+    Probe {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Operator configuration (to report whether rlimit fallback is allowed).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs the parsed command; returns the exit status.
+pub fn dispatch(cli: Cli) -> u8 {
+    match cli.command {
+        Commands::Run {
+            job,
+            source,
+            out,
+            key,
+            trust,
+            config,
+            quiet,
+        } => crate::job::run(crate::job::RunArgs {
+            job,
+            source,
+            out,
+            key,
+            trust: match trust {
+                TrustArg::Untrusted => Trust::Untrusted,
+                TrustArg::Trusted => Trust::Trusted,
+            },
+            config,
+            quiet,
+        }),
+        Commands::Probe { json, config } => {
+            let (fallback, note) = match crate::config::load(config.as_deref()) {
+                Ok(l) => (
+                    l.config.limits.allow_rlimit_fallback,
+                    l.path.is_none().then(|| {
+                        "note: no configuration file; built-in defaults and ceilings apply"
+                            .to_string()
+                    }),
+                ),
+                Err(e) => {
+                    eprintln!("bulwark: {e:#}");
+                    return 2;
+                }
+            };
+            crate::probe::run(json, fallback, note)
+        }
+    }
+}

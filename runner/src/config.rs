@@ -1,0 +1,135 @@
+//! Operator configuration and where the runner keeps its state.
+//!
+//! As root: `/etc/bulwark/config.toml`, state in `/var/lib/bulwark`, runtime in
+//! `/run/bulwark`. Rootless: the XDG equivalents. `[paths]` in the configuration overrides the
+//! state and runtime directories (tests use that to keep each case separate). None of these
+//! directories is ever visible inside a sandbox: the sandbox view is built from an empty root.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bulwark_protocol::Config;
+
+/// Whether the runner runs as root (per-job uids, cgroups) or as an ordinary user.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+fn home() -> PathBuf {
+    env_dir("HOME").unwrap_or_else(|| PathBuf::from("/nonexistent"))
+}
+
+/// The default configuration path for this user.
+pub fn default_config_path() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/etc/bulwark/config.toml")
+    } else {
+        env_dir("XDG_CONFIG_HOME")
+            .unwrap_or_else(|| home().join(".config"))
+            .join("bulwark/config.toml")
+    }
+}
+
+/// A loaded configuration and where it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration (defaults when no file).
+    pub config: Config,
+    /// The file read, if any.
+    pub path: Option<PathBuf>,
+}
+
+/// Loads `explicit`, or the default path if that file exists, or the defaults.
+pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+    let path = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(default_config_path()).filter(|p| p.exists()),
+    };
+    let Some(path) = path else {
+        return Ok(Loaded {
+            config: Config::default(),
+            path: None,
+        });
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("configuration {}: cannot read", path.display()))?;
+    let config = Config::from_toml_str(&text)
+        .map_err(|e| anyhow::anyhow!("configuration {}: {e}", path.display()))?;
+    Ok(Loaded {
+        config,
+        path: Some(path),
+    })
+}
+
+/// Where this runner keeps state and runtime files.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Keys, job workspaces, and later the tool store and inventory.
+    pub state: PathBuf,
+    /// Locks and sockets.
+    pub runtime: PathBuf,
+}
+
+impl Dirs {
+    /// Resolves the directories for this user and configuration.
+    pub fn resolve(config: &Config) -> Result<Dirs> {
+        let state = match &config.paths.state_dir {
+            Some(p) => PathBuf::from(p),
+            None if is_root() => PathBuf::from("/var/lib/bulwark"),
+            None => env_dir("XDG_STATE_HOME")
+                .unwrap_or_else(|| home().join(".local/state"))
+                .join("bulwark"),
+        };
+        let runtime = match &config.paths.runtime_dir {
+            Some(p) => PathBuf::from(p),
+            None if is_root() => PathBuf::from("/run/bulwark"),
+            None => match env_dir("XDG_RUNTIME_DIR") {
+                Some(r) => r.join("bulwark"),
+                None => state.join("run"),
+            },
+        };
+        if !state.is_absolute() || !runtime.is_absolute() {
+            bail!("paths.state_dir and paths.runtime_dir must be absolute paths");
+        }
+        Ok(Dirs { state, runtime })
+    }
+
+    /// Per-job directories.
+    pub fn jobs(&self) -> PathBuf {
+        self.state.join("jobs")
+    }
+
+    /// Uid lease locks (root mode).
+    pub fn uid_locks(&self) -> PathBuf {
+        self.runtime.join("uids")
+    }
+
+    /// Creates the directories, private to the runner's user.
+    pub fn create(&self) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // The state directory and `jobs/` are 0711: a job's unprivileged uid must be able to
+        // walk to its own workspace (mode 0700, owned by that uid), but nobody but the runner
+        // can list them. Keys and other secrets live in 0700 subdirectories.
+        for (d, mode) in [
+            (&self.state, 0o711),
+            (&self.jobs(), 0o711),
+            (&self.runtime, 0o700),
+            (&self.uid_locks(), 0o700),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(d)
+                .with_context(|| format!("creating {}", d.display()))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", d.display()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! Small filesystem helpers shared by the runner: atomic writes and removing trees a job made.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// readers see either nothing or the whole file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.bulwark-tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes a directory tree that a job wrote, without following symlinks, first making any
+/// directory the job left unreadable or unwritable accessible again.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    }
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        remove_tree(&entry.path())?;
+    }
+    fs::remove_dir(path)
+}
+
+/// Reads random bytes from the kernel and returns them as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        // /dev/urandom always exists on Linux; fall back to time and pid rather than fail.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let seed = t ^ (u128::from(std::process::id()) << 64);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Kind of a directory entry, from `fstatat(AT_SYMLINK_NOFOLLOW)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// FIFO.
+    Fifo,
+    /// Socket.
+    Socket,
+    /// Character or block device.
+    Device,
+}
+
+impl Kind {
+    /// From `st_mode`.
+    pub fn of(mode: u32) -> Kind {
+        match mode & libc_s_ifmt() {
+            0o100000 => Kind::File,
+            0o040000 => Kind::Dir,
+            0o120000 => Kind::Symlink,
+            0o010000 => Kind::Fifo,
+            0o140000 => Kind::Socket,
+            _ => Kind::Device,
+        }
+    }
+
+    /// Human name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "regular file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::Device => "device node",
+        }
+    }
+}
+
+const fn libc_s_ifmt() -> u32 {
+    0o170000
+}
+
+/// One entry of a directory read through a descriptor.
+#[derive(Debug)]
+pub struct Entry {
+    /// File name (one component).
+    pub name: std::ffi::OsString,
+    /// Its kind, not following symlinks.
+    pub kind: Kind,
+    /// `st_mode` permission bits.
+    pub mode: u32,
+    /// Hard link count.
+    pub nlink: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Lists a directory through `dir` (an open directory descriptor), sorted by name, with each
+/// entry stat'ed relative to it without following symlinks.
+pub fn read_entries(dir: &std::os::fd::OwnedFd) -> io::Result<Vec<Entry>> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use std::os::unix::ffi::OsStrExt;
+    // Dir takes ownership, so read through a duplicate opened on ".".
+    let dup = nix::fcntl::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut d = nix::dir::Dir::from_fd(dup)?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = std::ffi::OsStr::from_bytes(name).to_os_string();
+        let st = nix::sys::stat::fstatat(dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        out.push(Entry {
+            name,
+            kind: Kind::of(st.st_mode),
+            mode: st.st_mode & 0o7777,
+            nlink: st.st_nlink,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

@@ -1,0 +1,689 @@
+//! `bulwark run`: one job, start to finish.
+//!
+//! The order is the contract: nothing of the job runs until the spec, the configuration, the
+//! output directory and every isolation layer have been checked (exit 2 otherwise); outputs
+//! are read only after every job process is gone; `result.json` is written last, atomically.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
+
+use bulwark_protocol::{
+    format_size, Config, Inputs, Isolation, IsolationMode, JobResult, JobSpec, JobStatus,
+    StepResult, Trust, ValidatedJob,
+};
+use bulwark_sandbox::cgroup::{self, JobCgroup};
+use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
+
+use crate::config::{self, Dirs};
+use crate::exit;
+use crate::outputs::{self, Bounds};
+use crate::workspace::{self, JobDir};
+
+/// Arguments of `bulwark run`.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    /// The job spec file.
+    pub job: PathBuf,
+    /// Source directory overriding `[source] path`.
+    pub source: Option<PathBuf>,
+    /// Output directory (absent or empty).
+    pub out: Option<PathBuf>,
+    /// Signing key (provenance is not produced yet).
+    pub key: Option<PathBuf>,
+    /// Trust level from the operator.
+    pub trust: Trust,
+    /// Configuration file.
+    pub config: Option<PathBuf>,
+    /// Do not echo the job's log to the terminal.
+    pub quiet: bool,
+}
+
+/// System directories bound read-only into every sandbox (those that exist on the host).
+pub const SYSTEM_PATHS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// Host `/etc` entries the system's tools need; never `shadow`, keys or other host secrets.
+pub const ETC_ENTRIES: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ssl/certs",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates.conf",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/os-release",
+    "/etc/debian_version",
+    "/etc/mime.types",
+    "/etc/gai.conf",
+];
+
+/// `PATH` inside the sandbox.
+pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A run that ended early, with its exit status class.
+#[derive(Debug)]
+enum Stop {
+    /// Refused before any step ran (exit 2).
+    Refused(String),
+    /// The runner failed after steps ran (exit 3).
+    Runner(String),
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Runs `bulwark run`; returns the exit status.
+pub fn run(args: RunArgs) -> u8 {
+    let started = now_rfc3339();
+    // Stage 1: everything that can be refused without an output directory.
+    let (loaded, job) = match load_and_validate(&args) {
+        Ok(v) => v,
+        Err(msg) => {
+            eprintln!("bulwark: {msg}");
+            return exit::REFUSED;
+        }
+    };
+    let out = match prepare_out_dir(args.out.as_deref(), &job.spec.name, &started) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("bulwark: {msg}");
+            return exit::REFUSED;
+        }
+    };
+    if loaded.path.is_none() {
+        eprintln!(
+            "bulwark: no configuration file ({} does not exist): built-in defaults and ceilings apply",
+            config::default_config_path().display()
+        );
+    }
+    if args.key.is_some() {
+        eprintln!("bulwark: note: signed provenance is not produced by this version yet; --key is accepted and unused");
+    }
+    let mut runner = JobRun {
+        args: &args,
+        config: &loaded.config,
+        job: &job,
+        out: out.clone(),
+        started,
+        invocation_id: crate::fsutil::random_hex(16),
+        isolation: None,
+        steps: Vec::new(),
+        inputs: Inputs::default(),
+    };
+    let (status, reason, outputs) = match runner.execute() {
+        Ok((status, reason, outputs)) => (status, reason, outputs),
+        Err(Stop::Refused(r)) => (JobStatus::Refused, Some(r), Vec::new()),
+        Err(Stop::Runner(r)) => (JobStatus::RunnerError, Some(r), Vec::new()),
+    };
+    let result = JobResult {
+        status,
+        reason: reason.clone(),
+        trust: args.trust,
+        isolation: runner.isolation.clone(),
+        steps: runner.steps.clone(),
+        outputs,
+        inputs: runner.inputs.clone(),
+        started: runner.started.clone(),
+        finished: now_rfc3339(),
+        job: job.spec.name.clone(),
+        invocation_id: runner.invocation_id.clone(),
+    };
+    let mut code = match status {
+        JobStatus::Succeeded => exit::SUCCEEDED,
+        JobStatus::Failed => exit::FAILED,
+        JobStatus::Refused => exit::REFUSED,
+        JobStatus::RunnerError => exit::RUNNER_ERROR,
+    };
+    let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
+    if let Err(e) = crate::fsutil::write_atomic(&out.join("result.json"), &json) {
+        eprintln!(
+            "bulwark: writing {}: {e}",
+            out.join("result.json").display()
+        );
+        code = exit::RUNNER_ERROR;
+    }
+    match (&status, &reason) {
+        (JobStatus::Succeeded, _) => eprintln!(
+            "bulwark: job {} succeeded; results in {}",
+            job.spec.name,
+            out.display()
+        ),
+        (s, Some(r)) => eprintln!(
+            "bulwark: job {} {}: {r}; results in {}",
+            job.spec.name,
+            s.as_str(),
+            out.display()
+        ),
+        (s, None) => eprintln!(
+            "bulwark: job {} {}; results in {}",
+            job.spec.name,
+            s.as_str(),
+            out.display()
+        ),
+    }
+    code
+}
+
+fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob), String> {
+    let loaded = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
+    let path = args.job.display();
+    let text = std::fs::read_to_string(&args.job)
+        .map_err(|e| format!("job spec {path}: cannot read: {e}"))?;
+    let spec = JobSpec::from_toml_str(&text).map_err(|e| format!("job spec {path}: {e}"))?;
+    let job = spec
+        .validate(&loaded.config.limits)
+        .map_err(|e| format!("job spec {path}: {e}"))?;
+    let unsupported = |field: &str, what: &str| {
+        format!("job spec {path}: {field}: {what} is not supported yet by this runner; remove it to run the job")
+    };
+    if !job.spec.tools.is_empty() {
+        return Err(unsupported("tools", "[[tools]] (pinned tools)"));
+    }
+    if job
+        .spec
+        .network
+        .as_ref()
+        .is_some_and(|n| !n.allow.is_empty())
+    {
+        return Err(unsupported(
+            "network.allow",
+            "network access through the egress proxy",
+        ));
+    }
+    if let Some(src) = &job.spec.source {
+        if src.git.is_some() {
+            return Err(unsupported("source.git", "a git source"));
+        }
+        if src.url.is_some() {
+            return Err(unsupported("source.url", "a tarball source"));
+        }
+    }
+    Ok((loaded, job))
+}
+
+fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<PathBuf, String> {
+    let dir = match out {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("bulwark-out").join(format!("{name}-{}", started.replace(':', ""))),
+    };
+    match std::fs::read_dir(&dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(format!(
+                    "--out {}: the output directory must be absent or empty",
+                    dir.display()
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("--out {}: cannot create: {e}", dir.display()))?;
+        }
+        Err(e) => return Err(format!("--out {}: {e}", dir.display())),
+    }
+    std::fs::canonicalize(&dir).map_err(|e| format!("--out {}: {e}", dir.display()))
+}
+
+struct JobRun<'a> {
+    args: &'a RunArgs,
+    config: &'a Config,
+    job: &'a ValidatedJob,
+    out: PathBuf,
+    started: String,
+    invocation_id: String,
+    isolation: Option<Isolation>,
+    steps: Vec<StepResult>,
+    inputs: Inputs,
+}
+
+/// What the sandbox reported.
+#[derive(Debug, Default)]
+struct Reported {
+    setup_failed: Option<(String, String)>,
+    enforced: Option<bulwark_sandbox::spec::Enforced>,
+    steps: Vec<StepResult>,
+    done: Option<bool>,
+    any_step_started: bool,
+}
+
+impl JobRun<'_> {
+    fn execute(
+        &mut self,
+    ) -> Result<
+        (
+            JobStatus,
+            Option<String>,
+            Vec<bulwark_protocol::OutputRecord>,
+        ),
+        Stop,
+    > {
+        let limits = &self.config.limits;
+        // Every layer this job relies on must be enforceable here.
+        let host = bulwark_sandbox::probe::host_layers();
+        for name in ["user-namespaces", "landlock", "seccomp"] {
+            if let Some(layer) = host.layer(name).filter(|l| !l.available) {
+                return Err(Stop::Refused(format!(
+                    "this host cannot enforce {name}: {}; run `bulwark probe` for every layer",
+                    layer.detail
+                )));
+            }
+        }
+        let fallback = host.cgroup_version.is_none();
+        if fallback && !limits.allow_rlimit_fallback {
+            let detail = host
+                .layer("cgroups")
+                .map(|l| l.detail.clone())
+                .unwrap_or_default();
+            return Err(Stop::Refused(format!(
+                "this host cannot enforce cgroups: {detail}"
+            )));
+        }
+        let root = config::is_root();
+        let mode = if root {
+            IsolationMode::RootPerJobUid
+        } else {
+            IsolationMode::RootlessSingleUid
+        };
+        let mut limits_enforced = vec!["timeout".to_string()];
+        let mut weakened = Vec::new();
+        if fallback {
+            limits_enforced.extend([
+                "memory:rlimit-as".to_string(),
+                "pids:rlimit-nproc".to_string(),
+            ]);
+            weakened.push("rlimit-fallback".to_string());
+            eprintln!("bulwark: warning: no usable cgroup; memory and pids are limited by rlimits only (limits.allow_rlimit_fallback = true), which is recorded in result.json");
+        } else {
+            limits_enforced.splice(0..0, ["memory".to_string(), "pids".to_string()]);
+        }
+        self.isolation = Some(Isolation {
+            mode,
+            landlock_abi: host.landlock_abi,
+            seccomp: "allowlist".into(),
+            cgroup: host
+                .cgroup_version
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_else(|| "none".into()),
+            limits_enforced,
+            weakened,
+        });
+
+        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        dirs.create().map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let cleaned = workspace::cleanup_stale(&dirs, &host.cgroups);
+        if !cleaned.is_empty() {
+            eprintln!(
+                "bulwark: cleaned up after {} dead run(s): {}",
+                cleaned.len(),
+                cleaned.join(", ")
+            );
+        }
+        let lease = if root {
+            Some(
+                crate::uids::lease(&limits.job_uids, &dirs.uid_locks())
+                    .map_err(|e| Stop::Refused(format!("{e:#}")))?,
+            )
+        } else {
+            None
+        };
+        let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started)
+            .map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let result = self.execute_in(&jobdir, lease.as_ref().map(|l| l.uid), &host, fallback);
+        if let Err(e) = jobdir.remove() {
+            tracing::warn!("{e:#}");
+        }
+        drop(lease);
+        result
+    }
+
+    fn source_dir(&self) -> Option<PathBuf> {
+        if let Some(s) = &self.args.source {
+            return Some(s.clone());
+        }
+        let p = self.job.spec.source.as_ref()?.path.as_ref()?;
+        let base = self.args.job.parent().unwrap_or(Path::new("."));
+        Some(base.join(p))
+    }
+
+    fn execute_in(
+        &mut self,
+        jobdir: &JobDir,
+        host_uid: Option<u32>,
+        host: &bulwark_sandbox::probe::HostLayers,
+        fallback: bool,
+    ) -> Result<
+        (
+            JobStatus,
+            Option<String>,
+            Vec<bulwark_protocol::OutputRecord>,
+        ),
+        Stop,
+    > {
+        let limits = &self.config.limits;
+        if let Some(src) = self.source_dir() {
+            let abs = std::fs::canonicalize(&src)
+                .map_err(|e| Stop::Refused(format!("source {}: {e}", src.display())))?;
+            let stats = crate::source::copy_tree(&abs, &jobdir.workspace)
+                .map_err(|e| Stop::Refused(e.to_string()))?;
+            if !stats.skipped.is_empty() {
+                eprintln!(
+                    "bulwark: source: skipped {} special file(s) (fifos, sockets, devices): {}",
+                    stats.skipped.len(),
+                    stats.skipped.join(", ")
+                );
+            }
+            self.inputs.source = serde_json::json!({ "kind": "local", "path": abs.display().to_string(), "files": stats.files, "bytes": stats.bytes });
+        }
+        if let Some(uid) = host_uid {
+            chown_tree(&jobdir.workspace, uid)
+                .map_err(|e| Stop::Refused(format!("handing the workspace to uid {uid}: {e}")))?;
+            chown_tree(&jobdir.tmp, uid)
+                .map_err(|e| Stop::Refused(format!("handing /tmp to uid {uid}: {e}")))?;
+        }
+        let cg = if fallback {
+            None
+        } else {
+            Some(
+                JobCgroup::create(
+                    &host.cgroups,
+                    &jobdir.id,
+                    Some(self.job.memory),
+                    Some(self.job.pids),
+                )
+                .map_err(|e| {
+                    Stop::Refused(format!("cgroups: cannot create the job's cgroup: {e}"))
+                })?,
+            )
+        };
+        let spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
+        let reported = self.run_sandbox(&spec);
+        // Every job process is gone once init is; the cgroup check is the independent proof.
+        let mut counters = cgroup::Counters::default();
+        if let Some(cg) = cg {
+            counters = cg.counters();
+            if let Err(e) = cg.remove(Duration::from_secs(10)) {
+                return Err(Stop::Runner(format!(
+                    "job processes survived the sandbox: {e}"
+                )));
+            }
+        }
+        let reported = reported?;
+        if let Some(en) = &reported.enforced {
+            if let Some(iso) = self.isolation.as_mut() {
+                iso.landlock_abi = en.landlock_abi;
+            }
+        }
+        self.steps = reported.steps.clone();
+        if let Some((stage, message)) = &reported.setup_failed {
+            let msg =
+                format!("the sandbox could not apply {stage}: {message}; the job did not run");
+            return if reported.any_step_started {
+                Err(Stop::Runner(msg))
+            } else {
+                Err(Stop::Refused(msg))
+            };
+        }
+        if reported.done.is_none() {
+            return Err(Stop::Runner(
+                "the sandbox ended without reporting completion".into(),
+            ));
+        }
+        // Name the limit that ended a failed step.
+        if let Some(last) = self.steps.last_mut() {
+            if last.exit_code != Some(0) {
+                if last.timed_out {
+                    last.limit = Some("timeout".into());
+                } else if counters.oom_kills > 0 {
+                    last.limit = Some("memory".into());
+                } else if counters.pids_max_hit > 0 {
+                    last.limit = Some("pids".into());
+                }
+            }
+        }
+        if let Some(failed) = self.steps.iter().find(|s| s.exit_code != Some(0)) {
+            let how = match (failed.exit_code, failed.signal) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (None, Some(s)) => format!("was killed by signal {s}"),
+                _ => "ended abnormally".into(),
+            };
+            let limit = match failed.limit.as_deref() {
+                Some("timeout") => " after reaching its time limit".to_string(),
+                Some("memory") => format!(
+                    " after reaching the memory limit of {} ({} OOM kill(s) in the job's cgroup)",
+                    format_size(self.job.memory),
+                    counters.oom_kills
+                ),
+                Some("pids") => format!(
+                    " after reaching the pids limit of {} ({} fork(s) refused)",
+                    self.job.pids, counters.pids_max_hit
+                ),
+                _ => String::new(),
+            };
+            return Ok((
+                JobStatus::Failed,
+                Some(format!("step {} {how}{limit}", failed.name)),
+                Vec::new(),
+            ));
+        }
+        if counters.pids_max_hit > 0 || counters.oom_kills > 0 {
+            eprintln!(
+                "bulwark: note: the job hit its limits ({} fork(s) refused at pids {}, {} OOM kill(s)) but its steps succeeded",
+                counters.pids_max_hit, self.job.pids, counters.oom_kills
+            );
+        }
+        let bounds = Bounds {
+            max_outputs: limits.max_outputs,
+            max_bytes: limits.max_output_bytes,
+        };
+        match outputs::collect(
+            &jobdir.workspace,
+            &self.job.output_patterns,
+            &self.out,
+            bounds,
+        ) {
+            Ok(records) => Ok((JobStatus::Succeeded, None, records)),
+            Err(e) => Ok((JobStatus::Failed, Some(e.to_string()), Vec::new())),
+        }
+    }
+
+    fn sandbox_spec(
+        &self,
+        jobdir: &JobDir,
+        host_uid: Option<u32>,
+        cg: Option<&JobCgroup>,
+        fallback: bool,
+    ) -> SandboxSpec {
+        let steps = self
+            .job
+            .steps
+            .iter()
+            .map(|s| {
+                let mut env: Vec<(String, String)> = vec![
+                    ("PATH".into(), JOB_PATH.into()),
+                    ("HOME".into(), "/workspace".into()),
+                    ("TMPDIR".into(), "/tmp".into()),
+                ];
+                for (k, v) in &s.env {
+                    env.retain(|(ek, _)| ek != k);
+                    env.push((k.clone(), v.clone()));
+                }
+                StepSpec {
+                    name: s.name.clone(),
+                    argv: vec!["/bin/sh".into(), "-c".into(), s.run.clone()],
+                    env,
+                    timeout_ms: s
+                        .timeout
+                        .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+                }
+            })
+            .collect();
+        SandboxSpec {
+            job_id: jobdir.id.clone(),
+            workspace: jobdir.workspace.clone(),
+            tmp: jobdir.tmp.clone(),
+            system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
+            etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
+            host_ids: host_uid.map(|u| (u, u)),
+            cgroup_procs: cg.map(|c| c.procs_files()).unwrap_or_default(),
+            hostname: "bulwark-job".into(),
+            steps,
+            job_timeout_ms: self.job.timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            kill_grace_ms: self
+                .config
+                .limits
+                .kill_grace
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            rlimits: Rlimits {
+                nofile: 65536,
+                core: 0,
+                nproc: fallback.then_some(self.job.pids),
+                address_space: fallback.then_some(self.job.memory),
+            },
+        }
+    }
+
+    fn run_sandbox(&mut self, spec: &SandboxSpec) -> Result<Reported, Stop> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Stop::Refused(format!("locating the bulwark binary: {e}")))?;
+        // Spawned from the main thread: the helper's parent-death signal fires when the thread
+        // that spawned it exits, and the main thread lives as long as the runner.
+        let mut child = Command::new(&exe)
+            .arg(bulwark_sandbox::helper::HELPER_ARG)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Stop::Refused(format!(
+                    "starting the sandbox helper {}: {e}",
+                    exe.display()
+                ))
+            })?;
+        let spec_json = serde_json::to_vec(spec)
+            .map_err(|e| Stop::Refused(format!("encoding the sandbox spec: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            if let Err(e) = stdin.write_all(&spec_json) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Stop::Refused(format!("sending the sandbox spec: {e}")));
+            }
+        }
+        let log = child
+            .stderr
+            .take()
+            .ok_or_else(|| Stop::Refused("no log channel".into()))?;
+        let log_thread =
+            crate::joblog::capture(log, &self.out, self.config.limits.log_cap, !self.args.quiet)
+                .map_err(|e| {
+                    Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
+                })?;
+        // Backstop: if init somehow outlives every deadline, kill the helper (and with it, by
+        // parent-death signals, the whole sandbox).
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let helper_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let backstop = Duration::from_millis(
+            spec.job_timeout_ms
+                .saturating_add(spec.kill_grace_ms.saturating_mul(2)),
+        ) + Duration::from_secs(30);
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(backstop) == Err(mpsc::RecvTimeoutError::Timeout) {
+                let _ = nix::sys::signal::kill(helper_pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+        let mut reported = Reported::default();
+        if let Some(status) = child.stdout.take() {
+            for line in BufReader::new(status).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(ev) => self.on_event(ev, &mut reported),
+                    Err(e) => tracing::warn!("unreadable status line from the sandbox ({e})"),
+                }
+            }
+        }
+        let status = child.wait();
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
+        match log_thread.join() {
+            Ok(Ok(stats)) if stats.dropped > 0 => {
+                eprintln!(
+                    "bulwark: job log truncated at {} (limits.log_cap); {} bytes dropped",
+                    format_size(self.config.limits.log_cap),
+                    stats.dropped
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Stop::Runner(format!("writing job.log: {e}"))),
+            Err(_) => return Err(Stop::Runner("the job log thread panicked".into())),
+        }
+        tracing::debug!(?status, "sandbox helper exited");
+        Ok(reported)
+    }
+
+    fn on_event(&mut self, ev: Event, r: &mut Reported) {
+        match ev {
+            Event::Ready => {}
+            Event::StepEnforced { step, enforced } => {
+                r.any_step_started = true;
+                if !self.args.quiet {
+                    eprintln!("bulwark: ▶ step {step}");
+                }
+                r.enforced = Some(enforced);
+            }
+            Event::StepFinished {
+                step,
+                exit_code,
+                signal,
+                duration_ms,
+                timed_out,
+            } => {
+                if !self.args.quiet {
+                    let how = match (exit_code, signal, timed_out) {
+                        (_, _, true) => "timed out".to_string(),
+                        (Some(0), _, _) => "ok".to_string(),
+                        (Some(c), _, _) => format!("exit {c}"),
+                        (None, Some(s), _) => format!("signal {s}"),
+                        _ => "ended".into(),
+                    };
+                    eprintln!("bulwark: ◀ step {step}: {how} ({duration_ms} ms)");
+                }
+                r.steps.push(StepResult {
+                    name: step,
+                    exit_code,
+                    signal,
+                    duration_ms,
+                    timed_out,
+                    limit: None,
+                });
+            }
+            Event::SetupFailed { stage, message } => {
+                r.setup_failed.get_or_insert((stage, message));
+            }
+            Event::Done { job_timed_out } => r.done = Some(job_timed_out),
+        }
+    }
+}
+
+/// Gives a freshly made tree to the job's host uid, never following a symlink.
+fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid)?;
+        }
+    }
+    Ok(())
+}

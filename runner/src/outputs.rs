@@ -1,0 +1,407 @@
+//! Copying a job's declared outputs out of its workspace.
+//!
+//! This runs only after every job process is gone (init has exited and the job's cgroup is
+//! empty), so nothing can change a file between the hash and the copy: the bytes stored are
+//! the bytes hashed, in one pass. The workspace is still the job's territory, so:
+//! - the tree is walked through descriptors, never entering a symlinked directory;
+//! - each output is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//!   RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` relative to the workspace descriptor, so no
+//!   path component can lead outside it;
+//! - only regular files with one link are accepted: a symlink (to `/etc/shadow`, say), fifo,
+//!   socket or device is refused by name, and so is a hard link, which could alias a file the
+//!   job should not be able to name as its output;
+//! - each file is written under a temporary name in the output directory and renamed, so an
+//!   output directory never holds half a file.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use bulwark_protocol::{OutputRecord, RESERVED_OUTPUT_NAMES};
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, Mode};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil::{read_entries, Kind};
+
+/// Why outputs were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// A matched path is not a single-link regular file.
+    #[error("output {path}: refused: it is a {kind}, only regular files are accepted")]
+    NotRegular {
+        /// Relative path.
+        path: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A matched file has more than one hard link.
+    #[error("output {path}: refused: it has {links} hard links; outputs must be files with a single link")]
+    HardLinked {
+        /// Relative path.
+        path: String,
+        /// Link count.
+        links: u64,
+    },
+    /// A declared pattern matched nothing.
+    #[error("outputs.paths[{index}] \"{pattern}\" matched no file in /workspace")]
+    NoMatch {
+        /// Pattern index.
+        index: usize,
+        /// The pattern.
+        pattern: String,
+    },
+    /// The output would overwrite one of the runner's own files.
+    #[error("output {path}: refused: collides with the runner's own file of that name")]
+    Reserved {
+        /// Relative path.
+        path: String,
+    },
+    /// Too many or too large outputs.
+    #[error("outputs: {0}")]
+    Bounds(String),
+    /// I/O on a path.
+    #[error("output {path}: {source}")]
+    Io {
+        /// Relative path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Bounds on what a job may hand back.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Maximum number of output files.
+    pub max_outputs: u64,
+    /// Maximum total bytes.
+    pub max_bytes: u64,
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Finds the workspace entries matching `patterns`, checks them, and copies them into `out`
+/// (same relative paths), returning each with its size and sha256. On error nothing copied
+/// so far is left in `out`.
+pub fn collect(
+    workspace: &Path,
+    patterns: &[String],
+    out: &Path,
+    bounds: Bounds,
+) -> Result<Vec<OutputRecord>, OutputError> {
+    let ws =
+        nix::fcntl::open(workspace, DIR_FLAGS, Mode::empty()).map_err(|e| OutputError::Io {
+            path: ".".into(),
+            source: e.into(),
+        })?;
+    let mut matched: Vec<(String, Kind, u64, u64)> = Vec::new();
+    walk(&ws, "", patterns, &mut matched)?;
+    for (i, p) in patterns.iter().enumerate() {
+        if !matched.iter().any(|(rel, ..)| crate::glob::matches(p, rel)) {
+            return Err(OutputError::NoMatch {
+                index: i,
+                pattern: p.clone(),
+            });
+        }
+    }
+    // Check everything before copying anything.
+    let mut total = 0u64;
+    for (rel, kind, nlink, size) in &matched {
+        if *kind != Kind::File {
+            return Err(OutputError::NotRegular {
+                path: rel.clone(),
+                kind: kind.name(),
+            });
+        }
+        if *nlink != 1 {
+            return Err(OutputError::HardLinked {
+                path: rel.clone(),
+                links: *nlink,
+            });
+        }
+        let first = rel.split('/').next().unwrap_or_default();
+        if RESERVED_OUTPUT_NAMES.contains(&first) {
+            return Err(OutputError::Reserved { path: rel.clone() });
+        }
+        total = total.saturating_add(*size);
+    }
+    if matched.len() as u64 > bounds.max_outputs {
+        return Err(OutputError::Bounds(format!(
+            "{} files match, above limits.max_outputs = {}",
+            matched.len(),
+            bounds.max_outputs
+        )));
+    }
+    if total > bounds.max_bytes {
+        return Err(OutputError::Bounds(format!(
+            "{total} bytes in total, above limits.max_output_bytes = {}",
+            bounds.max_bytes
+        )));
+    }
+    let mut records = Vec::new();
+    for (rel, ..) in &matched {
+        match copy_one(&ws, rel, out) {
+            Ok(r) => records.push(r),
+            Err(e) => {
+                for r in &records {
+                    let _ = fs::remove_file(out.join(&r.path));
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn walk(
+    dir: &OwnedFd,
+    rel: &str,
+    patterns: &[String],
+    out: &mut Vec<(String, Kind, u64, u64)>,
+) -> Result<(), OutputError> {
+    let entries = read_entries(dir).map_err(|e| OutputError::Io {
+        path: if rel.is_empty() {
+            ".".into()
+        } else {
+            rel.into()
+        },
+        source: e,
+    })?;
+    for e in entries {
+        let name = e.name.to_string_lossy();
+        let child = if rel.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if patterns.iter().any(|p| crate::glob::matches(p, &child)) && e.kind != Kind::Dir {
+            out.push((child.clone(), e.kind, e.nlink, e.size));
+        }
+        if e.kind == Kind::Dir && patterns.iter().any(|p| crate::glob::may_descend(p, &child)) {
+            let sub = openat(dir, e.name.as_os_str(), DIR_FLAGS, Mode::empty()).map_err(|err| {
+                OutputError::Io {
+                    path: child.clone(),
+                    source: err.into(),
+                }
+            })?;
+            walk(&sub, &child, patterns, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_one(ws: &OwnedFd, rel: &str, out: &Path) -> Result<OutputRecord, OutputError> {
+    let io_err = |source: io::Error| OutputError::Io {
+        path: rel.to_string(),
+        source,
+    };
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY,
+        )
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = openat2(ws, rel, how).map_err(|e| {
+        if e == nix::errno::Errno::ELOOP {
+            OutputError::NotRegular {
+                path: rel.to_string(),
+                kind: "symlink",
+            }
+        } else {
+            io_err(e.into())
+        }
+    })?;
+    // Re-check on the descriptor: the listing could be stale.
+    let st = fstat(&fd).map_err(|e| io_err(e.into()))?;
+    let kind = Kind::of(st.st_mode);
+    if kind != Kind::File {
+        return Err(OutputError::NotRegular {
+            path: rel.to_string(),
+            kind: kind.name(),
+        });
+    }
+    if st.st_nlink != 1 {
+        return Err(OutputError::HardLinked {
+            path: rel.to_string(),
+            links: st.st_nlink,
+        });
+    }
+    let dest = out.join(rel);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    let tmp = dest.with_file_name(format!(
+        ".{}.bulwark-partial",
+        dest.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let result = (|| -> io::Result<(u64, String)> {
+        let mut src = File::from(fd);
+        let mut dst = File::create(&tmp)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            dst.write_all(&buf[..n])?;
+            size += n as u64;
+        }
+        dst.sync_all()?;
+        fs::rename(&tmp, &dest)?;
+        Ok((size, hex(&hasher.finalize())))
+    })();
+    match result {
+        Ok((size, sha256)) => Ok(OutputRecord {
+            path: rel.to_string(),
+            size,
+            sha256,
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(io_err(e))
+        }
+    }
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tempdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-out-{tag}-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4)
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        max_outputs: 100,
+        max_bytes: 1 << 30,
+    };
+
+    #[test]
+    fn regular_files_are_copied_with_their_digest() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        fs::create_dir(ws.join("dist")).unwrap();
+        fs::write(ws.join("dist/a.txt"), "abc").unwrap();
+        let recs = collect(&ws, &["dist/*.txt".into()], &out, BOUNDS).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            recs[0].sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(fs::read_to_string(out.join("dist/a.txt")).unwrap(), "abc");
+    }
+
+    #[test]
+    fn symlink_output_is_refused_without_reading_its_target() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        symlink("/etc/shadow", ws.join("leak")).unwrap();
+        let e = collect(&ws, &["leak".into()], &out, BOUNDS).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("output leak: refused: it is a symlink"),
+            "{e}"
+        );
+        assert!(fs::read_dir(&out).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn symlinked_directory_is_not_entered() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        let outside = tempdir("x");
+        fs::write(outside.join("secret.txt"), "s").unwrap();
+        symlink(&outside, ws.join("dist")).unwrap();
+        let e = collect(&ws, &["dist/*.txt".into()], &out, BOUNDS).unwrap_err();
+        assert!(matches!(e, OutputError::NoMatch { .. }), "{e}");
+        let e = collect(&ws, &["dist/secret.txt".into()], &out, BOUNDS).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn hard_linked_output_is_refused() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        fs::write(ws.join("a"), "x").unwrap();
+        fs::hard_link(ws.join("a"), ws.join("b")).unwrap();
+        let e = collect(&ws, &["b".into()], &out, BOUNDS).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("output b: refused: it has 2 hard links"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fifo_output_is_refused_without_blocking() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        nix::unistd::mkfifo(&ws.join("f"), Mode::from_bits_truncate(0o644)).unwrap();
+        let e = collect(&ws, &["f".into()], &out, BOUNDS).unwrap_err();
+        assert!(e.to_string().contains("it is a fifo"), "{e}");
+    }
+
+    #[test]
+    fn output_bounds_are_enforced() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        for i in 0..3 {
+            fs::write(ws.join(format!("f{i}")), "x").unwrap();
+        }
+        let e = collect(
+            &ws,
+            &["f*".into()],
+            &out,
+            Bounds {
+                max_outputs: 2,
+                max_bytes: 100,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("limits.max_outputs"), "{e}");
+        let e = collect(
+            &ws,
+            &["f*".into()],
+            &out,
+            Bounds {
+                max_outputs: 10,
+                max_bytes: 2,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("limits.max_output_bytes"), "{e}");
+    }
+}

@@ -1,0 +1,158 @@
+//! `bulwark probe`: which isolation layers this host can enforce, and what is missing.
+//!
+//! Reading sysctls is not proof (an LSM can still refuse a user namespace), so after listing
+//! the layers the probe starts a real trial sandbox running `/bin/true` with every layer on.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
+
+use crate::job::{ETC_ENTRIES, JOB_PATH, SYSTEM_PATHS};
+
+/// Runs the probe, prints the report, returns 0 (full isolation) or 1 (degraded).
+pub fn run(json: bool, allow_rlimit_fallback: bool, config_note: Option<String>) -> u8 {
+    let host = bulwark_sandbox::probe::host_layers();
+    let trial = trial_sandbox();
+    let mode = if crate::config::is_root() {
+        "root-per-job-uid"
+    } else {
+        "rootless-single-uid"
+    };
+    let full = host.layers.iter().all(|l| l.available) && trial.is_ok();
+    if json {
+        let layers: Vec<_> = host
+            .layers
+            .iter()
+            .map(|l| serde_json::json!({ "layer": l.name, "available": l.available, "detail": l.detail }))
+            .collect();
+        let v = serde_json::json!({
+            "isolation_mode": mode,
+            "layers": layers,
+            "trial_sandbox": match &trial { Ok(()) => serde_json::json!({"ok": true}), Err(e) => serde_json::json!({"ok": false, "error": e}) },
+            "full_isolation": full,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("isolation mode: {mode}");
+        for l in &host.layers {
+            println!(
+                "{:<16} {:<9} {}",
+                l.name,
+                if l.available { "ok" } else { "MISSING" },
+                l.detail
+            );
+        }
+        match &trial {
+            Ok(()) => println!(
+                "{:<16} {:<9} /bin/true ran with every layer on",
+                "trial-sandbox", "ok"
+            ),
+            Err(e) => println!("{:<16} {:<9} {e}", "trial-sandbox", "FAILED"),
+        }
+        if let Some(note) = config_note {
+            println!("{note}");
+        }
+        if host.cgroup_version.is_none() {
+            println!(
+                "note: without cgroups `bulwark run` refuses jobs unless limits.allow_rlimit_fallback = true (currently {allow_rlimit_fallback})"
+            );
+        }
+        println!(
+            "{}",
+            if full {
+                "full isolation"
+            } else {
+                "degraded: see MISSING/FAILED above"
+            }
+        );
+    }
+    if full {
+        0
+    } else {
+        1
+    }
+}
+
+/// Starts a sandbox running `/bin/true` and checks that it reports every layer enforced.
+fn trial_sandbox() -> Result<(), String> {
+    let base = std::env::temp_dir().join(format!(
+        "bulwark-probe-{}-{}",
+        std::process::id(),
+        crate::fsutil::random_hex(4)
+    ));
+    let ws = base.join("workspace");
+    let tmp = base.join("tmp");
+    std::fs::create_dir_all(&ws)
+        .and_then(|_| std::fs::create_dir_all(&tmp))
+        .map_err(|e| format!("creating {}: {e}", base.display()))?;
+    let spec = SandboxSpec {
+        job_id: "probe".into(),
+        workspace: ws,
+        tmp,
+        system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
+        etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
+        host_ids: None,
+        cgroup_procs: Vec::new(),
+        hostname: "bulwark-probe".into(),
+        steps: vec![StepSpec {
+            name: "probe".into(),
+            argv: vec!["/bin/true".into()],
+            env: vec![("PATH".into(), JOB_PATH.into())],
+            timeout_ms: Some(10_000),
+        }],
+        job_timeout_ms: 10_000,
+        kill_grace_ms: 1_000,
+        rlimits: Rlimits {
+            nofile: 1024,
+            core: 0,
+            nproc: None,
+            address_space: None,
+        },
+    };
+    let result = run_trial(&spec);
+    let _ = crate::fsutil::remove_tree(&base);
+    result
+}
+
+fn run_trial(spec: &SandboxSpec) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg(bulwark_sandbox::helper::HELPER_ARG)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the sandbox helper: {e}"))?;
+    let json = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&json).map_err(|e| e.to_string())?;
+    }
+    let mut enforced = None;
+    let mut finished = None;
+    let mut failed = None;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            match serde_json::from_str::<Event>(&line) {
+                Ok(Event::StepEnforced { enforced: e, .. }) => enforced = Some(e),
+                Ok(Event::StepFinished { exit_code, .. }) => finished = exit_code,
+                Ok(Event::SetupFailed { stage, message }) => {
+                    failed.get_or_insert(format!("{stage}: {message}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = child.wait();
+    if let Some(f) = failed {
+        return Err(f);
+    }
+    match (enforced, finished) {
+        (Some(e), Some(0)) if e.no_new_privs && e.capabilities_dropped => Ok(()),
+        (e, f) => Err(format!(
+            "trial sandbox did not complete (enforced: {e:?}, exit: {f:?})"
+        )),
+    }
+}

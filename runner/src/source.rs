@@ -1,0 +1,215 @@
+//! Copying a local source directory into the job's workspace.
+//!
+//! The source is untrusted content (a pull request's tree), and the runner reads it with its
+//! own privileges, so the copy never follows a symlink and never opens anything but regular
+//! files and directories: symlinks are recreated as symlinks (their targets are never read;
+//! inside the sandbox they resolve in the job's own view), fifos, sockets and devices are
+//! skipped without being opened, and every directory is walked through descriptors
+//! (`openat` with `O_NOFOLLOW`), so swapping a directory for a symlink mid-copy gains nothing.
+//! A top-level `bulwark-out/` (the default output location) is skipped. setuid and setgid bits
+//! are dropped.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::sys::stat::{fstat, mkdirat, Mode};
+use nix::unistd::symlinkat;
+
+use crate::fsutil::{read_entries, Kind};
+
+/// What a copy did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Regular files copied.
+    pub files: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks recreated (never followed).
+    pub symlinks: u64,
+    /// Entries skipped: fifos, sockets, devices (never opened).
+    pub skipped: Vec<String>,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+/// A copy failed at `path`.
+#[derive(Debug, thiserror::Error)]
+#[error("source {path}: {source}")]
+pub struct CopyError {
+    /// Relative path inside the source.
+    pub path: String,
+    /// Cause.
+    #[source]
+    pub source: io::Error,
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Copies `src` into the existing empty directory `dst`.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
+    let at = |p: &str| {
+        let p = p.to_string();
+        move |e: nix::Error| CopyError {
+            path: p,
+            source: e.into(),
+        }
+    };
+    let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
+    let d = nix::fcntl::open(dst, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
+    let mut stats = CopyStats::default();
+    copy_dir(&s, &d, "", &mut stats)?;
+    Ok(stats)
+}
+
+fn copy_dir(
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    rel: &str,
+    stats: &mut CopyStats,
+) -> Result<(), CopyError> {
+    let entries = read_entries(src).map_err(|e| CopyError {
+        path: display(rel),
+        source: e,
+    })?;
+    for e in entries {
+        let name = e.name.as_os_str();
+        let child = join(rel, name);
+        let at = |err: nix::Error| CopyError {
+            path: child.clone(),
+            source: err.into(),
+        };
+        if rel.is_empty() && name == "bulwark-out" {
+            continue;
+        }
+        match e.kind {
+            Kind::Dir => {
+                mkdirat(dst, name, Mode::from_bits_truncate(0o755)).map_err(at)?;
+                let s = openat(src, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
+                let d = openat(dst, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
+                stats.dirs += 1;
+                copy_dir(&s, &d, &child, stats)?;
+                let _ =
+                    nix::sys::stat::fchmod(&d, Mode::from_bits_truncate(e.mode & 0o777 | 0o700));
+            }
+            Kind::File => {
+                // O_NONBLOCK: if the entry was swapped for a fifo after we listed it, the
+                // open does not hang; fstat below then refuses it.
+                let s = openat(
+                    src,
+                    name,
+                    OFlag::O_RDONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_NONBLOCK
+                        | OFlag::O_CLOEXEC
+                        | OFlag::O_NOCTTY,
+                    Mode::empty(),
+                )
+                .map_err(at)?;
+                let st = fstat(&s).map_err(at)?;
+                if Kind::of(st.st_mode) != Kind::File {
+                    stats.skipped.push(child.clone());
+                    continue;
+                }
+                let mode = Mode::from_bits_truncate(st.st_mode & 0o777);
+                let d = openat(
+                    dst,
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    mode,
+                )
+                .map_err(at)?;
+                let (mut sf, mut df) = (File::from(s), File::from(d));
+                let n = io::copy(&mut sf, &mut df).map_err(|err| CopyError {
+                    path: child.clone(),
+                    source: err,
+                })?;
+                stats.files += 1;
+                stats.bytes += n;
+            }
+            Kind::Symlink => {
+                let target = readlinkat(src, name).map_err(at)?;
+                symlinkat(target.as_os_str(), dst, name).map_err(at)?;
+                stats.symlinks += 1;
+            }
+            Kind::Fifo | Kind::Socket | Kind::Device => {
+                tracing::info!(path = %child, kind = e.kind.name(), "source entry skipped");
+                stats.skipped.push(child);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(rel: &str, name: &OsStr) -> String {
+    let n = name.to_string_lossy();
+    if rel.is_empty() {
+        n.into_owned()
+    } else {
+        format!("{rel}/{n}")
+    }
+}
+
+fn display(rel: &str) -> String {
+    if rel.is_empty() {
+        ".".into()
+    } else {
+        rel.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tempdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-src-{tag}-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn symlinks_are_recreated_and_fifos_skipped_without_reading() {
+        let src = tempdir("s");
+        let dst = tempdir("d");
+        std::fs::write(src.join("a.txt"), "hello").unwrap();
+        std::fs::create_dir(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/b"), "b").unwrap();
+        symlink("/etc/shadow", src.join("evil")).unwrap();
+        nix::unistd::mkfifo(&src.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
+        std::fs::create_dir(src.join("bulwark-out")).unwrap();
+        // Opening the fifo for reading would block forever: the test would hang, not fail.
+        let stats = copy_tree(&src, &dst).unwrap();
+        assert_eq!(std::fs::read_to_string(dst.join("a.txt")).unwrap(), "hello");
+        assert_eq!(std::fs::read_to_string(dst.join("sub/b")).unwrap(), "b");
+        assert_eq!(
+            std::fs::read_link(dst.join("evil")).unwrap(),
+            Path::new("/etc/shadow")
+        );
+        assert!(std::fs::symlink_metadata(dst.join("evil"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!dst.join("pipe").exists());
+        assert!(!dst.join("bulwark-out").exists());
+        assert_eq!(stats.skipped, vec!["pipe".to_string()]);
+        assert_eq!(stats.files, 2);
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(&dst);
+    }
+}

@@ -1,0 +1,115 @@
+//! Per-job directories under the state directory, and cleaning up after a run that died.
+//!
+//! Each job gets `<state>/jobs/<job id>/` holding `workspace/` (mounted at `/workspace`),
+//! `tmp/` (mounted at `/tmp`) and `lock`. The runner holds an exclusive `flock` on `lock` for
+//! the job's whole life; the kernel drops it when the runner dies, even by SIGKILL. So at the
+//! start of every run, any job directory whose lock can be taken belongs to a dead run: its
+//! cgroups are killed and removed, then the directory is removed. The job's processes are
+//! already gone by then (the helper and init die with the runner through parent-death
+//! signals); the cgroup kill is the second, independent guarantee.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bulwark_sandbox::cgroup::{JobCgroup, Support};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::config::Dirs;
+
+/// A live job's directories, locked for as long as this value exists.
+#[derive(Debug)]
+pub struct JobDir {
+    /// Job id (also the cgroup name).
+    pub id: String,
+    /// `<state>/jobs/<id>`.
+    pub path: PathBuf,
+    /// Source of `/workspace`.
+    pub workspace: PathBuf,
+    /// Source of `/tmp`.
+    pub tmp: PathBuf,
+    _lock: Flock<File>,
+}
+
+/// Creates and locks a new job directory.
+pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
+    let stamp: String = started
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let id = format!("{job_name}-{stamp}-{}", crate::fsutil::random_hex(4));
+    let path = dirs.jobs().join(&id);
+    fs::DirBuilder::new()
+        .mode(0o711)
+        .create(&path)
+        .with_context(|| format!("creating job directory {}", path.display()))?;
+    let lock_path = path.join("lock");
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+    let workspace = path.join("workspace");
+    let tmp = path.join("tmp");
+    for d in [&workspace, &tmp] {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(d)
+            .with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok(JobDir {
+        id,
+        path,
+        workspace,
+        tmp,
+        _lock: lock,
+    })
+}
+
+impl JobDir {
+    /// Removes the job's directory (the lock goes with it).
+    pub fn remove(self) -> Result<()> {
+        crate::fsutil::remove_tree(&self.path)
+            .with_context(|| format!("removing job directory {}", self.path.display()))
+    }
+}
+
+/// Removes what dead runs left behind in this state directory: their cgroups and directories.
+/// Returns the job ids cleaned.
+pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
+    let mut cleaned = Vec::new();
+    let Ok(entries) = fs::read_dir(dirs.jobs()) else {
+        return cleaned;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let lock_path = path.join("lock");
+        let held_by_us = match OpenOptions::new().write(true).open(&lock_path) {
+            Ok(f) => match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => Some(l),
+                Err(_) => continue, // a live run holds it
+            },
+            // No lock file: the run died while creating the directory.
+            Err(_) => None,
+        };
+        if let Some(cg) = JobCgroup::existing(cgroups, &id) {
+            if let Err(e) = cg.remove(Duration::from_secs(5)) {
+                tracing::warn!(job_id = %id, "could not remove the cgroup of a dead run: {e}");
+            }
+        }
+        if let Err(e) = crate::fsutil::remove_tree(&path) {
+            tracing::warn!(job_id = %id, "could not remove the directory of a dead run: {e}");
+        }
+        drop(held_by_us);
+        cleaned.push(id);
+    }
+    cleaned
+}

@@ -1,0 +1,405 @@
+//! cgroups: memory and pids limits for a job, and a reliable way to kill all of it.
+//!
+//! Detection is per controller, because hosts differ: on a pure cgroup v2 host the memory
+//! and pids controllers sit on the unified hierarchy; on a hybrid host (like these machines)
+//! they are v1 hierarchies under `/sys/fs/cgroup/<controller>` while `/sys/fs/cgroup/unified`
+//! is a cgroup2 mount with no useful controller, which does not count. v2 is used only when
+//! *both* memory and pids are available there; otherwise v1 when both are there.
+//!
+//! Each job gets `<hierarchy>/bulwark/<job id>` (v1: one per controller, plus `freezer` for
+//! killing). Killing a whole job: v2 writes `cgroup.kill`; v1 has no such file, so we freeze
+//! the cgroup (nothing can fork while frozen), SIGKILL every pid listed, thaw, and wait until
+//! the cgroup is empty.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Which cgroup version enforces the job's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Legacy per-controller hierarchies.
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+impl Version {
+    /// "v1" or "v2".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+}
+
+/// What this host offers.
+#[derive(Debug, Clone, Default)]
+pub struct Support {
+    /// cgroup2 mount point, if any.
+    pub v2_mount: Option<PathBuf>,
+    /// Controllers available at the cgroup2 mount root.
+    pub v2_controllers: Vec<String>,
+    /// v1 hierarchy mount points by controller name.
+    pub v1: Vec<(String, PathBuf)>,
+}
+
+impl Support {
+    fn v1_path(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(c, _)| c == controller)
+            .map(|(_, p)| p.as_path())
+    }
+
+    /// The version that can enforce both memory and pids limits here, if any.
+    pub fn usable(&self) -> Option<Version> {
+        let has = |c: &str| self.v2_controllers.iter().any(|x| x == c);
+        if self.v2_mount.is_some() && has("memory") && has("pids") {
+            return Some(Version::V2);
+        }
+        if self.v1_path("memory").is_some()
+            && self.v1_path("pids").is_some()
+            && self.v1_path("freezer").is_some()
+        {
+            return Some(Version::V1);
+        }
+        None
+    }
+
+    /// Whether the calling user can create job cgroups (checked by creating and removing one).
+    pub fn writable(&self) -> bool {
+        let probe = format!("probe-{}", std::process::id());
+        match JobCgroup::create(self, &probe, None, None) {
+            Ok(cg) => {
+                let _ = cg.remove(Duration::from_secs(1));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One line for `probe`.
+    pub fn describe(&self) -> String {
+        let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
+        format!(
+            "cgroup2 at {} with controllers [{}]; cgroup v1 controllers [{}]",
+            self.v2_mount
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "nowhere".into()),
+            self.v2_controllers.join(" "),
+            v1.join(" ")
+        )
+    }
+}
+
+/// Reads the host's cgroup mounts.
+pub fn detect() -> Support {
+    let mut s = Support::default();
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return s;
+    };
+    for line in info.lines() {
+        // fields: id parent maj:min root mountpoint options [optional...] - fstype source superopts
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mountpoint = left.split(' ').nth(4).unwrap_or_default();
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or_default();
+        let _source = r.next();
+        let superopts = r.next().unwrap_or_default();
+        match fstype {
+            "cgroup2" => {
+                let p = PathBuf::from(mountpoint);
+                s.v2_controllers = fs::read_to_string(p.join("cgroup.controllers"))
+                    .map(|c| c.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default();
+                s.v2_mount = Some(p);
+            }
+            "cgroup" => {
+                for opt in superopts.split(',') {
+                    if ["memory", "pids", "freezer", "cpu"].contains(&opt) {
+                        s.v1.push((opt.to_string(), PathBuf::from(mountpoint)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Counters read before the cgroup is removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Processes the OOM killer killed in this cgroup.
+    pub oom_kills: u64,
+    /// Times a fork was refused because the pids limit was reached.
+    pub pids_max_hit: u64,
+}
+
+/// A job's cgroup(s).
+#[derive(Debug)]
+pub struct JobCgroup {
+    version: Version,
+    /// v2: the one directory; v1: memory, pids, freezer directories.
+    dirs: Vec<PathBuf>,
+}
+
+/// The parent directory name under each hierarchy.
+pub const PARENT: &str = "bulwark";
+
+fn io_at(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
+    let context = format!("{what} {}", path.display());
+    move |e| io::Error::new(e.kind(), format!("{context}: {e}"))
+}
+
+impl JobCgroup {
+    /// Creates the job's cgroup(s) and sets the limits.
+    pub fn create(
+        support: &Support,
+        job_id: &str,
+        memory: Option<u64>,
+        pids: Option<u64>,
+    ) -> io::Result<Self> {
+        let version = support
+            .usable()
+            .ok_or_else(|| io::Error::other("no usable cgroup hierarchy"))?;
+        let cg = match version {
+            Version::V2 => {
+                let root = support.v2_mount.clone().unwrap_or_default();
+                let parent = root.join(PARENT);
+                fs::create_dir_all(&parent).map_err(io_at("create", &parent))?;
+                // Controllers must be enabled on every level above the job.
+                let _ = fs::write(root.join("cgroup.subtree_control"), "+memory +pids");
+                fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
+                    .map_err(io_at("enable controllers in", &parent))?;
+                let dir = parent.join(job_id);
+                fs::create_dir(&dir).map_err(io_at("create", &dir))?;
+                JobCgroup {
+                    version,
+                    dirs: vec![dir],
+                }
+            }
+            Version::V1 => {
+                let mut dirs = Vec::new();
+                for c in ["memory", "pids", "freezer"] {
+                    let base = support.v1_path(c).unwrap_or(Path::new("/nonexistent"));
+                    let dir = base.join(PARENT).join(job_id);
+                    fs::create_dir_all(&dir).map_err(io_at("create", &dir))?;
+                    dirs.push(dir);
+                }
+                JobCgroup { version, dirs }
+            }
+        };
+        if let Err(e) = cg.set_limits(memory, pids) {
+            let _ = cg.remove(Duration::from_secs(1));
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Re-opens the cgroups of a job id (for cleaning up after a dead run).
+    pub fn existing(support: &Support, job_id: &str) -> Option<Self> {
+        let version = support.usable()?;
+        let dirs: Vec<PathBuf> = match version {
+            Version::V2 => vec![support.v2_mount.clone()?.join(PARENT).join(job_id)],
+            Version::V1 => ["memory", "pids", "freezer"]
+                .iter()
+                .filter_map(|c| support.v1_path(c).map(|p| p.join(PARENT).join(job_id)))
+                .collect(),
+        };
+        let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+        (!dirs.is_empty()).then_some(JobCgroup { version, dirs })
+    }
+
+    /// Job ids that have a cgroup under the bulwark parent.
+    pub fn list(support: &Support) -> Vec<String> {
+        let mut parents = Vec::new();
+        if let Some(v) = support.usable() {
+            match v {
+                Version::V2 => parents.extend(support.v2_mount.iter().map(|p| p.join(PARENT))),
+                Version::V1 => parents.extend(support.v1.iter().map(|(_, p)| p.join(PARENT))),
+            }
+        }
+        let mut ids: Vec<String> = parents
+            .iter()
+            .filter_map(|p| fs::read_dir(p).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Which version this cgroup uses.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    fn dir(&self, controller: &str) -> &Path {
+        match self.version {
+            Version::V2 => &self.dirs[0],
+            Version::V1 => self
+                .dirs
+                .iter()
+                .find(|d| {
+                    d.parent()
+                        .and_then(|p| p.parent())
+                        .map(|p| p.ends_with(controller))
+                        .unwrap_or(false)
+                })
+                .unwrap_or(&self.dirs[0]),
+        }
+    }
+
+    fn set_limits(&self, memory: Option<u64>, pids: Option<u64>) -> io::Result<()> {
+        match self.version {
+            Version::V2 => {
+                let d = &self.dirs[0];
+                if let Some(m) = memory {
+                    fs::write(d.join("memory.max"), m.to_string())
+                        .map_err(io_at("write", &d.join("memory.max")))?;
+                    let _ = fs::write(d.join("memory.swap.max"), "0");
+                }
+                if let Some(p) = pids {
+                    fs::write(d.join("pids.max"), p.to_string())
+                        .map_err(io_at("write", &d.join("pids.max")))?;
+                }
+            }
+            Version::V1 => {
+                if let Some(m) = memory {
+                    let d = self.dir("memory");
+                    fs::write(d.join("memory.limit_in_bytes"), m.to_string())
+                        .map_err(io_at("write", &d.join("memory.limit_in_bytes")))?;
+                    // Without swap accounting this file is absent; where present, no swap either.
+                    let memsw = d.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        fs::write(&memsw, m.to_string()).map_err(io_at("write", &memsw))?;
+                    }
+                    let _ = fs::write(d.join("memory.swappiness"), "0");
+                }
+                if let Some(p) = pids {
+                    let d = self.dir("pids");
+                    fs::write(d.join("pids.max"), p.to_string())
+                        .map_err(io_at("write", &d.join("pids.max")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files a process writes its pid to in order to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Pids currently in the job's cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let d = match self.version {
+            Version::V2 => &self.dirs[0],
+            Version::V1 => self.dir("freezer"),
+        };
+        fs::read_to_string(d.join("cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// OOM kills and pids-limit hits so far.
+    pub fn counters(&self) -> Counters {
+        let field = |path: PathBuf, key: &str| -> u64 {
+            fs::read_to_string(path)
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .filter_map(|l| l.split_once(' '))
+                        .find(|(k, _)| *k == key)
+                        .and_then(|(_, v)| v.trim().parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        match self.version {
+            Version::V2 => Counters {
+                oom_kills: field(self.dirs[0].join("memory.events"), "oom_kill"),
+                pids_max_hit: field(self.dirs[0].join("pids.events"), "max"),
+            },
+            Version::V1 => Counters {
+                oom_kills: field(self.dir("memory").join("memory.oom_control"), "oom_kill"),
+                pids_max_hit: field(self.dir("pids").join("pids.events"), "max"),
+            },
+        }
+    }
+
+    /// Kills every process in the job's cgroup and waits (up to `wait`) until it is empty.
+    pub fn kill_all(&self, wait: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.pids().is_empty() {
+                return Ok(());
+            }
+            match self.version {
+                Version::V2 => {
+                    let _ = fs::write(self.dirs[0].join("cgroup.kill"), "1");
+                }
+                Version::V1 => {
+                    let freezer = self.dir("freezer").to_path_buf();
+                    let _ = fs::write(freezer.join("freezer.state"), "FROZEN");
+                    let frozen_by = Instant::now() + Duration::from_millis(500);
+                    while Instant::now() < frozen_by {
+                        match fs::read_to_string(freezer.join("freezer.state")) {
+                            Ok(s) if s.trim() == "FROZEN" => break,
+                            _ => sleep(Duration::from_millis(2)),
+                        }
+                    }
+                    for pid in self.pids() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    let _ = fs::write(freezer.join("freezer.state"), "THAWED");
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "{} processes still in the job's cgroup",
+                    self.pids().len()
+                )));
+            }
+            sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills what is left and removes the cgroup directories.
+    pub fn remove(self, wait: Duration) -> io::Result<()> {
+        self.kill_all(wait)?;
+        let mut first_err = None;
+        for d in &self.dirs {
+            let deadline = Instant::now() + wait;
+            loop {
+                match fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    // EBUSY while the last exiting task is being released.
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(io_at("remove", d)(e));
+                        break;
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,186 @@
+//! The sandbox helper: the process the runner starts for each job.
+//!
+//! It is the runner's own binary started in helper mode (`bulwark __sandbox-helper`) with an
+//! empty environment, the [`SandboxSpec`] on standard input, the status channel on standard
+//! output and the job log on standard error. It is single-threaded throughout, which is what
+//! lets it unshare a user namespace and fork safely.
+//!
+//! The sequence, in order:
+//! 1. read the spec;
+//! 2. join the job's cgroups, so every later process is born inside them;
+//! 3. root mode: drop to the job's own unprivileged host uid and gid (no supplementary groups)
+//!    *before* creating any namespace, so that from here on the helper holds nothing the job's
+//!    host uid does not, and everything below is the same code path as rootless;
+//! 4. parent-death signal, so that a killed runner takes the job down with it;
+//! 5. unshare user, mount, pid, net, ipc, uts and cgroup namespaces at once;
+//! 6. map the job's uid and gid 1000 to our host ids (one id each, setgroups denied);
+//! 7. open the `/workspace` and `/tmp` sources as descriptors;
+//! 8. fork init, pid 1 of the new pid namespace, and relay its exit status.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{
+    dup, dup2_stdin, dup2_stdout, getgid, getpid, getppid, getuid, setgroups, setresgid, setresuid,
+    Gid, Uid,
+};
+
+use crate::spec::{Event, SandboxSpec, JOB_GID, JOB_UID};
+use crate::sys::Forked;
+
+/// The argument that starts the runner binary in helper mode.
+pub const HELPER_ARG: &str = "__sandbox-helper";
+
+type Stage = (&'static str, String);
+
+fn at<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Stage {
+    move |e| (stage, e.to_string())
+}
+
+/// Entry point of helper mode; never returns.
+pub fn main() -> ! {
+    // The status channel moves off fd 1 (which becomes /dev/null), so that nothing printed by
+    // accident can be read as an event; fd 2 stays the job log.
+    let mut status = match dup(std::io::stdout().as_fd()) {
+        Ok(fd) => File::from(fd),
+        Err(_) => crate::sys::exit_now(125),
+    };
+    let code = match run(&mut status) {
+        Ok(code) => code,
+        Err((stage, message)) => {
+            let _ = writeln!(
+                status,
+                "{}",
+                Event::SetupFailed {
+                    stage: stage.into(),
+                    message
+                }
+                .to_line()
+            );
+            125
+        }
+    };
+    crate::sys::exit_now(code)
+}
+
+fn run(status: &mut File) -> Result<i32, Stage> {
+    let parent = getppid();
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(at("read spec"))?;
+    let spec: SandboxSpec = serde_json::from_str(&input).map_err(at("parse spec"))?;
+    let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(at("open /dev/null"))?;
+    dup2_stdin(null.as_fd()).map_err(at("stdin"))?;
+    dup2_stdout(null.as_fd()).map_err(at("stdout"))?;
+    let log: OwnedFd = dup(std::io::stderr().as_fd()).map_err(at("log channel"))?;
+
+    // 2. cgroups.
+    for procs in &spec.cgroup_procs {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(procs)
+            .map_err(|e| ("cgroup", format!("{}: {e}", procs.display())))?;
+        write!(f, "{}", getpid()).map_err(|e| ("cgroup", format!("{}: {e}", procs.display())))?;
+    }
+
+    // 3. Root mode: become the job's host uid. Order: groups, then gid, then uid (after the
+    //    uid change we could no longer change groups).
+    if let Some((uid, gid)) = spec.host_ids {
+        setgroups(&[]).map_err(at("setgroups"))?;
+        setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
+            .map_err(at("setresgid"))?;
+        setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
+            .map_err(at("setresuid"))?;
+        // A uid change makes the process non-dumpable, which would make our own /proc/self
+        // files root-owned and the uid map unwritable; nothing secret is held here.
+        nix::sys::prctl::set_dumpable(true).map_err(at("dumpable"))?;
+    }
+    let (outer_uid, outer_gid) = (getuid(), getgid());
+
+    // 4. Die with the runner. Set after the uid change, which clears it; then check that the
+    //    runner did not die before it was set.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at("pdeathsig"))?;
+    if getppid() != parent {
+        return Err((
+            "pdeathsig",
+            "the runner exited before the sandbox started".into(),
+        ));
+    }
+
+    // 5. Namespaces.
+    unshare(
+        CloneFlags::CLONE_NEWUSER
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(at("unshare namespaces"))?;
+
+    // 6. Id maps: exactly one uid and one gid, our own; setgroups denied first (required for
+    //    an unprivileged gid map, and it stops the job from dropping groups to evade a
+    //    group-deny permission).
+    fs::write("/proc/self/setgroups", "deny").map_err(at("setgroups deny"))?;
+    fs::write("/proc/self/uid_map", format!("{JOB_UID} {outer_uid} 1\n")).map_err(at("uid_map"))?;
+    fs::write("/proc/self/gid_map", format!("{JOB_GID} {outer_gid} 1\n")).map_err(at("gid_map"))?;
+    // Become the mapped ids so files we create have a valid owner. Uid 0 is not mapped in this
+    // namespace, so this change does not clear the capabilities we hold in it.
+    setresgid(
+        Gid::from_raw(JOB_GID),
+        Gid::from_raw(JOB_GID),
+        Gid::from_raw(JOB_GID),
+    )
+    .map_err(at("setresgid in namespace"))?;
+    setresuid(
+        Uid::from_raw(JOB_UID),
+        Uid::from_raw(JOB_UID),
+        Uid::from_raw(JOB_UID),
+    )
+    .map_err(at("setresuid in namespace"))?;
+
+    // Sources of /workspace and /tmp, opened in the new mount namespace (a bind source must
+    // belong to it) without following a symlink at the last component. Their parents are
+    // root-owned and mode 0711 (see the runner's workspace module), so the job's uid can
+    // reach them but cannot replace them.
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let workspace =
+        open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;
+    let tmp = open(&spec.tmp, dir_flags, Mode::empty()).map_err(at("open tmp"))?;
+
+    // 7. Init.
+    match crate::sys::fork_single_threaded().map_err(at("fork init"))? {
+        Forked::Child => crate::init::run(
+            &spec,
+            status.try_clone().map_err(at("status"))?,
+            log,
+            workspace,
+            tmp,
+        ),
+        Forked::Parent(init) => {
+            drop(log);
+            drop(workspace);
+            drop(tmp);
+            loop {
+                match waitpid(init, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => {
+                        return Err(("init", format!("init was killed by {sig}")));
+                    }
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(("init", e.to_string())),
+                }
+            }
+        }
+    }
+}

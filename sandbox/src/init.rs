@@ -1,0 +1,242 @@
+//! The job's init: pid 1 of the job's pid namespace.
+//!
+//! It builds the filesystem view, brings up the job's loopback, then runs each step: forks the
+//! step's process (which locks itself down in [`crate::process`] and execs), waits for it with
+//! the step's and the job's deadlines, and when the step's main process exits kills everything
+//! else in the namespace before the next step starts. Being pid 1 is what makes that complete:
+//! every orphan (a double-forked, `setsid`, signal-ignoring daemon) is reparented here, and
+//! `kill(-1, SIGKILL)` from pid 1 reaches every process of the namespace. When init itself
+//! dies, the kernel kills the whole namespace.
+//!
+//! Init holds no secret and no environment from the runner (the helper is started with an
+//! empty environment), is not dumpable (so a job cannot read its memory or descriptors through
+//! `/proc/1`), and keeps only its status and log channels open.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{sethostname, Pid};
+
+use crate::seccomp::JobFilters;
+use crate::spec::{Event, SandboxSpec, StepSpec};
+use crate::sys::Forked;
+
+/// Runs as pid 1 of the job; never returns.
+pub fn run(
+    spec: &SandboxSpec,
+    mut status: File,
+    log: OwnedFd,
+    workspace: OwnedFd,
+    tmp: OwnedFd,
+) -> ! {
+    let code = match setup(spec, &workspace, &tmp) {
+        Ok(filters) => {
+            drop(workspace);
+            drop(tmp);
+            report(&mut status, &Event::Ready);
+            run_steps(spec, &filters, &log, &mut status)
+        }
+        Err((stage, message)) => {
+            report(
+                &mut status,
+                &Event::SetupFailed {
+                    stage: stage.into(),
+                    message,
+                },
+            );
+            125
+        }
+    };
+    crate::sys::exit_now(code)
+}
+
+fn report(status: &mut File, event: &Event) {
+    // A line is far below PIPE_BUF, so the write is atomic; if the runner is gone there is
+    // nobody to tell, and the parent-death signal ends us anyway.
+    let _ = writeln!(status, "{}", event.to_line());
+}
+
+type Stage = (&'static str, String);
+
+fn setup(spec: &SandboxSpec, workspace: &OwnedFd, tmp: &OwnedFd) -> Result<JobFilters, Stage> {
+    use std::os::fd::AsRawFd;
+    // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
+    // whole namespace.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| ("pdeathsig", e.to_string()))?;
+    let ws = format!("/proc/self/fd/{}", workspace.as_raw_fd());
+    let tp = format!("/proc/self/fd/{}", tmp.as_raw_fd());
+    crate::mount::build_root(spec, ws.as_ref(), tp.as_ref())
+        .map_err(|e| ("mount", e.to_string()))?;
+    sethostname(&spec.hostname).map_err(|e| ("hostname", e.to_string()))?;
+    crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;
+    nix::sys::prctl::set_dumpable(false).map_err(|e| ("dumpable", e.to_string()))?;
+    crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))
+}
+
+fn run_steps(spec: &SandboxSpec, filters: &JobFilters, log: &OwnedFd, status: &mut File) -> i32 {
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    if let Err(e) = chld.thread_set_mask() {
+        report(
+            status,
+            &Event::SetupFailed {
+                stage: "signals".into(),
+                message: e.to_string(),
+            },
+        );
+        return 125;
+    }
+    let sfd = match SignalFd::with_flags(&chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(s) => s,
+        Err(e) => {
+            report(
+                status,
+                &Event::SetupFailed {
+                    stage: "signals".into(),
+                    message: e.to_string(),
+                },
+            );
+            return 125;
+        }
+    };
+    let grace = Duration::from_millis(spec.kill_grace_ms);
+    let job_deadline = Instant::now() + Duration::from_millis(spec.job_timeout_ms);
+    let mut job_timed_out = false;
+    for step in &spec.steps {
+        let start = Instant::now();
+        let deadline = match step.timeout_ms {
+            Some(ms) => job_deadline.min(start + Duration::from_millis(ms)),
+            None => job_deadline,
+        };
+        let outcome = run_step(step, spec, filters, log, status, &sfd, deadline, grace);
+        let duration_ms = start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
+        let (exit_code, signal) = match outcome.status {
+            Some(WaitStatus::Exited(_, c)) => (Some(c), None),
+            Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
+            _ => (None, None),
+        };
+        report(
+            status,
+            &Event::StepFinished {
+                step: step.name.clone(),
+                exit_code,
+                signal,
+                duration_ms,
+                timed_out: outcome.timed_out,
+            },
+        );
+        if outcome.timed_out && Instant::now() >= job_deadline {
+            job_timed_out = true;
+        }
+        if exit_code != Some(0) {
+            break;
+        }
+    }
+    report(status, &Event::Done { job_timed_out });
+    0
+}
+
+struct Outcome {
+    status: Option<WaitStatus>,
+    timed_out: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    step: &StepSpec,
+    spec: &SandboxSpec,
+    filters: &JobFilters,
+    log: &OwnedFd,
+    status: &mut File,
+    sfd: &SignalFd,
+    deadline: Instant,
+    grace: Duration,
+) -> Outcome {
+    let main = match crate::sys::fork_single_threaded() {
+        Ok(Forked::Child) => crate::process::exec_step(step, &spec.rlimits, filters, log, status),
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => {
+            report(
+                status,
+                &Event::SetupFailed {
+                    stage: "fork".into(),
+                    message: e.to_string(),
+                },
+            );
+            return Outcome {
+                status: None,
+                timed_out: false,
+            };
+        }
+    };
+    let mut main_status = None;
+    let mut timed_out = false;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        reap(main, &mut main_status);
+        if main_status.is_some() {
+            break;
+        }
+        let now = Instant::now();
+        if kill_at.is_none() && now >= deadline {
+            // Time is up: ask every process of the job to stop, then insist after the grace.
+            timed_out = true;
+            let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+            kill_at = Some(now + grace);
+        }
+        if let Some(k) = kill_at {
+            if now >= k {
+                let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            }
+        }
+        let next = kill_at.filter(|k| *k > now).unwrap_or(deadline);
+        let wait = next
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        let timeout =
+            PollTimeout::try_from(wait.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, timeout);
+        while let Ok(Some(_)) = sfd.read_signal() {}
+    }
+    // The main process is gone: whatever it left behind goes too, before the next step.
+    kill_everything_else();
+    Outcome {
+        status: main_status,
+        timed_out,
+    }
+}
+
+fn reap(main: Pid, main_status: &mut Option<WaitStatus>) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(st) => {
+                if st.pid() == Some(main) {
+                    *main_status = Some(st);
+                }
+            }
+        }
+    }
+}
+
+/// Kills every process of the namespace but init and waits until all are reaped.
+fn kill_everything_else() {
+    loop {
+        // ESRCH: nothing left to signal; the wait below then ends with ECHILD.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        match waitpid(None, None) {
+            Ok(_) => continue,
+            Err(Errno::ECHILD) => return,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}

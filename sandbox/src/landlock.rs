@@ -1,0 +1,113 @@
+//! Landlock: the filesystem allowlist a job process runs under, independent of mounts and DAC.
+//!
+//! Mounts decide what exists in the job's view; Landlock decides what the job may do with it,
+//! and holds even if a mount is misconfigured or a later kernel bug exposes a path. The ruleset
+//! mirrors the mounts: system paths and tools read and execute, `/workspace` `/tmp` `/dev/shm`
+//! read-write, a few device nodes read-write, `/proc` read. Listing directories is allowed
+//! from `/` down; every other right on anything else, such as [`crate::mount::LANDLOCK_CANARY`],
+//! is denied by Landlock alone.
+//!
+//! Compatibility: we ask the kernel which ABI it has, take the full filesystem feature set of
+//! that ABI (capped at the newest we have tested, 7) as a *hard requirement*, and add the ABI 6
+//! scopes (abstract unix sockets, signals) where the kernel has them. Below ABI 3 (no truncate
+//! control) the job is refused. Network rules are deliberately not used: the network namespace
+//! is the boundary, and a job's own loopback servers must work.
+
+use landlock::{
+    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+
+/// Lowest ABI the sandbox accepts.
+pub const MIN_ABI: u32 = 3;
+/// Newest ABI this code has been tested against.
+pub const MAX_TESTED_ABI: u32 = 7;
+
+/// Why Landlock could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    /// The kernel lacks Landlock or an ABI we need.
+    #[error("kernel Landlock ABI {found} is below the required {MIN_ABI} (or Landlock is disabled at boot)")]
+    Unsupported {
+        /// ABI the kernel reported.
+        found: u32,
+    },
+    /// Building or applying the ruleset failed.
+    #[error("ruleset: {0}")]
+    Ruleset(#[from] landlock::RulesetError),
+    /// The kernel accepted the ruleset but did not enforce all of it.
+    #[error("ruleset not fully enforced: {0:?}")]
+    NotFullyEnforced(RestrictionStatus),
+}
+
+/// What was enforced.
+#[derive(Debug, Clone, Copy)]
+pub struct LandlockApplied {
+    /// ABI whose feature set is enforced.
+    pub abi: u32,
+    /// ABI 6 scopes are enforced.
+    pub scoped: bool,
+}
+
+/// The ABI that [`restrict_self`] would enforce on this kernel (0 when below [`MIN_ABI`]).
+pub fn usable_abi() -> u32 {
+    let k = crate::sys::landlock_abi_version();
+    if k < MIN_ABI {
+        0
+    } else {
+        k.min(MAX_TESTED_ABI)
+    }
+}
+
+/// Restricts the calling process (and its future children) to the job ruleset.
+/// `no_new_privs` must already be set.
+pub fn restrict_self() -> Result<LandlockApplied, LandlockError> {
+    let found = crate::sys::landlock_abi_version();
+    let abi_n = usable_abi();
+    if abi_n == 0 {
+        return Err(LandlockError::Unsupported { found });
+    }
+    let abi = ABI::from(abi_n as i32);
+    let all = AccessFs::from_all(abi);
+    let read = AccessFs::from_read(abi);
+    let read_dir = landlock::BitFlags::from(AccessFs::ReadDir);
+    let read_write = all;
+    // Device nodes: read, write, truncate and (ABI 5) ioctl on the node itself.
+    let dev_file = AccessFs::from_file(abi);
+
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(all)?;
+    let scoped = abi_n >= 6;
+    if scoped {
+        ruleset = ruleset.scope(Scope::from_all(abi))?;
+    }
+    let mut rules: Vec<PathBeneath<PathFd>> = Vec::new();
+    let mut add = |path: &str, access: landlock::BitFlags<AccessFs>| {
+        // A path absent from this view (no /lib64 here) needs no rule.
+        if let Ok(fd) = PathFd::new(path) {
+            rules.push(PathBeneath::new(fd, access));
+        }
+    };
+    add("/", read_dir);
+    for p in [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/tools",
+    ] {
+        add(p, read);
+    }
+    add("/proc", AccessFs::ReadFile | AccessFs::ReadDir);
+    for p in ["/workspace", "/tmp", "/dev/shm"] {
+        add(p, read_write);
+    }
+    for d in crate::mount::DEVICES {
+        add(&format!("/dev/{d}"), dev_file);
+    }
+    let created = ruleset
+        .create()?
+        .add_rules(rules.into_iter().map(Ok::<_, landlock::RulesetError>))?;
+    let status = created.restrict_self()?;
+    if status.ruleset != RulesetStatus::FullyEnforced || !status.no_new_privs {
+        return Err(LandlockError::NotFullyEnforced(status));
+    }
+    Ok(LandlockApplied { abi: abi_n, scoped })
+}

@@ -1,0 +1,370 @@
+//! The job's filesystem view: a fresh tmpfs root holding only what the job needs.
+//!
+//! Why a tmpfs root and read-only binds rather than an overlay of the host root: anything not
+//! explicitly bound simply does not exist for the job (`/root`, `/home`, `/var/lib/bulwark`,
+//! `/etc/shadow`, the runner's sockets), so forgetting to hide something fails safe. This is
+//! the approach of bubblewrap (`--ro-bind`) and nsjail.
+//!
+//! Order matters, and the steps of [`build_root`] say why at each point. In particular `/proc`
+//! is mounted while the old root is still attached: the kernel only lets a user namespace mount
+//! procfs while a fully visible procfs exists in its mount namespace (measured here: EPERM
+//! otherwise, the same order bubblewrap uses).
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, pivot_root};
+
+use crate::spec::{SandboxSpec, JOB_GID, JOB_UID};
+
+/// Where the new root is assembled, in the job's private mount namespace (the host's `/tmp` is
+/// only covered there, never changed). Every bind source is either a public system path or a
+/// descriptor opened beforehand, so covering the host's `/tmp` hides nothing the job needs.
+pub const NEW_ROOT: &str = "/tmp";
+
+/// Device nodes bound from the host into the job's `/dev`.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// File at the root of the job's view that DAC and the mounts allow reading but the Landlock
+/// ruleset does not cover: reading it fails with EACCES only because Landlock denies it.
+pub const LANDLOCK_CANARY: &str = "/.bulwark-landlock-canary";
+
+/// A failed mount step, naming the step and the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {path}: {source}")]
+pub struct MountError {
+    /// What was being done.
+    pub step: &'static str,
+    /// The path it was done to.
+    pub path: PathBuf,
+    /// The system error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn err<E: Into<io::Error>>(step: &'static str, path: &Path) -> impl FnOnce(E) -> MountError {
+    let path = path.to_path_buf();
+    move |e| MountError {
+        step,
+        path,
+        source: e.into(),
+    }
+}
+
+/// Builds the job's root and pivots into it. Runs in the job's init (pid 1 of the new pid
+/// namespace), inside the new user and mount namespaces.
+///
+/// `workspace` and `tmp` are the sources of `/workspace` and `/tmp`, given as
+/// `/proc/self/fd/N` paths of descriptors the helper opened before it dropped privileges, so
+/// that no path walk under the runner's state directory happens with the job's credentials.
+pub fn build_root(spec: &SandboxSpec, workspace: &Path, tmp: &Path) -> Result<(), MountError> {
+    let root = Path::new(NEW_ROOT);
+
+    // 1. Nothing we mount may propagate back to the host, and nothing the host mounts later
+    //    may appear in the job.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(err("make mounts private", Path::new("/")))?;
+
+    // 2. A fresh, empty tmpfs is the new root: only what we add below exists for the job.
+    mount(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=16m"),
+    )
+    .map_err(err("mount tmpfs root", root))?;
+
+    // 3. System directories, read-only. Symlinks (merged /usr) are recreated, not followed.
+    for host in &spec.system_paths {
+        bind_host_path(host, root, false)?;
+    }
+
+    // 4. A minimal /etc: selected host entries read-only, plus files describing the job user.
+    let etc = root.join("etc");
+    fs::create_dir(&etc).map_err(err("create", &etc))?;
+    for host in &spec.etc_entries {
+        bind_host_path(host, root, false)?;
+    }
+    write_file(&etc.join("passwd"), &format!(
+        "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\nbuild:x:{JOB_UID}:{JOB_GID}:bulwark job:/workspace:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    ))?;
+    write_file(
+        &etc.join("group"),
+        &format!("root:x:0:\nbuild:x:{JOB_GID}:\nnogroup:x:65534:\n"),
+    )?;
+    write_file(
+        &etc.join("hosts"),
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )?;
+    write_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
+
+    // 5. The job's writable places: /workspace and /tmp, never executable as setuid, no devices.
+    bind_dir(workspace, &root.join("workspace"), true)?;
+    bind_dir(tmp, &root.join("tmp"), true)?;
+
+    // 6. Mount points for tools (filled by later features) and the Landlock canary.
+    let tools = root.join("tools");
+    fs::create_dir(&tools).map_err(err("create", &tools))?;
+    let canary = root.join(LANDLOCK_CANARY.trim_start_matches('/'));
+    write_file(
+        &canary,
+        "This file is readable by its mode and mounts but outside the Landlock ruleset.\n",
+    )?;
+
+    // 7. A small /dev: a few host device nodes bound in, shm, and the usual symlinks.
+    build_dev(&root.join("dev"))?;
+
+    // 8. A fresh /proc for the new pid namespace, *before* the old root is detached (see the
+    //    module docs), with the kernel-tunable parts made read-only.
+    let proc_dir = root.join("proc");
+    fs::create_dir(&proc_dir).map_err(err("create", &proc_dir))?;
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(err("mount proc", &proc_dir))?;
+    for sub in ["sys", "sysrq-trigger", "irq", "bus"] {
+        let p = proc_dir.join(sub);
+        if p.exists() {
+            mount(
+                Some(&p),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(err("bind proc entry", &p))?;
+            remount_readonly(&p, MsFlags::empty())?;
+        }
+    }
+
+    // 9. Switch roots. pivot_root(".", ".") stacks the old root on top of the new one; the
+    //    lazy unmount then detaches it, so no path leads back to the host's tree.
+    chdir(root).map_err(err("chdir", root))?;
+    pivot_root(".", ".").map_err(err("pivot_root", root))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detach old root", Path::new("/")))?;
+    chdir("/").map_err(err("chdir", Path::new("/")))?;
+
+    // 10. The root itself becomes read-only: the job can write only where it was given a place.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(err("remount root read-only", Path::new("/")))?;
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), MountError> {
+    let mut f = fs::File::create(path).map_err(err("create", path))?;
+    f.write_all(contents.as_bytes())
+        .map_err(err("write", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(err("chmod", path))
+}
+
+/// Makes the host path `host` visible at the same place under `root`, read-only (or
+/// read-write when `writable`). Missing host paths are skipped: not every distribution has
+/// `/lib64` or `/etc/alternatives`.
+fn bind_host_path(host: &Path, root: &Path, writable: bool) -> Result<(), MountError> {
+    let meta = match fs::symlink_metadata(host) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err("stat", host)(e)),
+    };
+    let rel = host.strip_prefix("/").unwrap_or(host);
+    let target = root.join(rel);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(err("create", parent))?;
+    }
+    if meta.file_type().is_symlink() {
+        let link = fs::read_link(host).map_err(err("readlink", host))?;
+        return symlink(&link, &target).map_err(err("symlink", &target));
+    }
+    if meta.is_dir() {
+        bind_dir(host, &target, writable)
+    } else {
+        fs::File::create(&target).map_err(err("create", &target))?;
+        bind(host, &target, writable)
+    }
+}
+
+fn bind_dir(src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
+    fs::create_dir_all(target).map_err(err("create", target))?;
+    bind(src, target, writable)
+}
+
+fn bind(src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
+    // Recursive, because a user namespace may not reveal what a host submount hides.
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err("bind", target))?;
+    if writable {
+        remount_with(target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+    } else {
+        remount_readonly(target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+    }
+}
+
+fn remount_readonly(target: &Path, extra: MsFlags) -> Result<(), MountError> {
+    remount_with(target, extra | MsFlags::MS_RDONLY)?;
+    // Submounts keep their own flags after a recursive bind: make each one read-only too.
+    for sub in submounts_of(target) {
+        remount_with(&sub, extra | MsFlags::MS_RDONLY)?;
+    }
+    Ok(())
+}
+
+/// Remounts a bind mount with `flags` added to the flags it already has. A user namespace may
+/// not clear flags the host set (nosuid, noexec, atime flags are locked), so they are kept.
+fn remount_with(target: &Path, flags: MsFlags) -> Result<(), MountError> {
+    let current = statvfs(target).map_err(err("statvfs", target))?.flags();
+    let mut keep = MsFlags::empty();
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(fs_flag) {
+            keep |= ms_flag;
+        }
+    }
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | keep | flags,
+        None::<&str>,
+    )
+    .map_err(err("remount", target))
+}
+
+/// Mount points strictly below `target`, from /proc/self/mountinfo.
+fn submounts_of(target: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p != target && p.starts_with(target))
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+fn build_dev(dev: &Path) -> Result<(), MountError> {
+    fs::create_dir(dev).map_err(err("create", dev))?;
+    mount(
+        Some("tmpfs"),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(err("mount tmpfs", dev))?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let target = dev.join(name);
+        fs::File::create(&target).map_err(err("create", &target))?;
+        // Device nodes need a mount without nodev; the bind keeps the host mount's flags,
+        // and only these few nodes are reachable.
+        mount(
+            Some(&host),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err("bind device", &target))?;
+        remount_with(&target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let p = dev.join(link);
+        symlink(to, &p).map_err(err("symlink", &p))?;
+    }
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(err("create", &shm))?;
+    mount(
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=256m"),
+    )
+    .map_err(err("mount tmpfs", &shm))?;
+    // Nothing more is created in /dev: make the tmpfs itself read-only.
+    mount(
+        None::<&str>,
+        dev,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=64k"),
+    )
+    .map_err(err("remount read-only", dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    }
+}

@@ -1,0 +1,148 @@
+//! The last steps in a job process before it execs the step's command.
+//!
+//! The order is deliberate; each layer is applied while the calls it needs are still allowed:
+//! 1. `setsid`: a new session without a controlling terminal, so TIOCSTI has no terminal to
+//!    push into even before seccomp refuses it.
+//! 2. stdio: stdin from /dev/null, stdout and stderr to the job log.
+//! 3. rlimits: no core dumps (they could hold secrets), bounded descriptors, and the explicit
+//!    fallback limits where no cgroup enforces memory or pids.
+//! 4. the working directory, `/workspace`.
+//! 5. `no_new_privs`: exec can never grant privileges again; Landlock and seccomp need it.
+//! 6. the capability bounding set (needs CAP_SETPCAP, so before the other sets are cleared).
+//! 7. Landlock (needs no capability once `no_new_privs` is set).
+//! 8. ambient, inheritable, effective and permitted capabilities cleared and verified.
+//! 9. seccomp, last but for two writes, so that it need not allow any of the calls above.
+//! 10. the enforcement report to init, then every descriptor above stderr closed.
+//! 11. exec with exactly the declared environment.
+//!
+//! Any failure reports the stage and exits 126 without exec: the command never runs.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::fcntl::{open, OFlag};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::stat::Mode;
+use nix::unistd::{chdir, dup2_stderr, dup2_stdin, dup2_stdout, execve, setsid};
+
+use crate::seccomp::JobFilters;
+use crate::spec::{Enforced, Event, Rlimits, StepSpec};
+
+/// Runs in the forked job process; never returns.
+pub fn exec_step(
+    step: &StepSpec,
+    rlimits: &Rlimits,
+    filters: &JobFilters,
+    log: &OwnedFd,
+    status: &mut File,
+) -> ! {
+    match prepare(step, rlimits, filters, log, status) {
+        Ok(never) => match never {},
+        Err((stage, message)) => {
+            let _ = writeln!(
+                status,
+                "{}",
+                Event::SetupFailed {
+                    stage: stage.to_string(),
+                    message
+                }
+                .to_line()
+            );
+            crate::sys::exit_now(126)
+        }
+    }
+}
+
+type StageError = (&'static str, String);
+
+fn stage<E: std::fmt::Display>(name: &'static str) -> impl FnOnce(E) -> StageError {
+    move |e| (name, e.to_string())
+}
+
+fn prepare(
+    step: &StepSpec,
+    rlimits: &Rlimits,
+    filters: &JobFilters,
+    log: &OwnedFd,
+    status: &mut File,
+) -> Result<std::convert::Infallible, StageError> {
+    // Init blocks SIGCHLD to read it from a signalfd; the mask survives exec, so undo it.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(stage("signal mask"))?;
+    setsid().map_err(stage("setsid"))?;
+
+    let null = open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(stage("open /dev/null"))?;
+    dup2_stdin(null.as_fd()).map_err(stage("stdin"))?;
+    dup2_stdout(log.as_fd()).map_err(stage("stdout"))?;
+    dup2_stderr(log.as_fd()).map_err(stage("stderr"))?;
+
+    setrlimit(Resource::RLIMIT_CORE, rlimits.core, rlimits.core).map_err(stage("rlimit core"))?;
+    // Raising a hard limit needs privilege on the host; lowering never does.
+    let (_, nofile_hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(stage("rlimit nofile"))?;
+    let nofile = rlimits.nofile.min(nofile_hard);
+    setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(stage("rlimit nofile"))?;
+    if let Some(n) = rlimits.nproc {
+        setrlimit(Resource::RLIMIT_NPROC, n, n).map_err(stage("rlimit nproc"))?;
+    }
+    if let Some(n) = rlimits.address_space {
+        setrlimit(Resource::RLIMIT_AS, n, n).map_err(stage("rlimit as"))?;
+    }
+
+    chdir("/workspace").map_err(stage("chdir /workspace"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(stage("no_new_privs"))?;
+    let landlock = crate::landlock::restrict_self().map_err(stage("landlock"))?;
+    crate::capabilities::drop_all().map_err(stage("capabilities"))?;
+
+    let enforced = Enforced {
+        landlock_abi: landlock.abi,
+        landlock_scoped: landlock.scoped,
+        seccomp: "allowlist".into(),
+        no_new_privs: nix::sys::prctl::get_no_new_privs().unwrap_or(false),
+        capabilities_dropped: true,
+    };
+    // Build everything exec needs before seccomp and before closing descriptors.
+    let argv: Vec<CString> = step
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(stage("argv"))?;
+    let envp: Vec<CString> = step
+        .env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect::<Result<_, _>>()
+        .map_err(stage("environment"))?;
+    let prog = argv
+        .first()
+        .cloned()
+        .ok_or(("argv", "empty command".to_string()))?;
+
+    crate::seccomp::install(filters).map_err(stage("seccomp"))?;
+    writeln!(
+        status,
+        "{}",
+        Event::StepEnforced {
+            step: step.name.clone(),
+            enforced
+        }
+        .to_line()
+    )
+    .map_err(stage("report"))?;
+    crate::sys::close_fds_from(3).map_err(stage("close descriptors"))?;
+    let e = execve(&prog, &argv, &envp).unwrap_err();
+    let _ = writeln!(
+        std::io::stderr(),
+        "bulwark: exec {:?} failed: {e}",
+        step.argv[0]
+    );
+    crate::sys::exit_now(127)
+}

@@ -1,0 +1,143 @@
+//! What the runner asks of the sandbox helper, and what the helper reports back.
+//!
+//! The runner writes one [`SandboxSpec`] as JSON to the helper's standard input and closes it.
+//! The helper writes [`Event`]s as JSON lines to its standard output (the status channel) and
+//! the job's combined output goes to its standard error (the log channel). Keeping the two
+//! apart means nothing a job prints can be mistaken for a status event.
+//!
+//! When changing these types: the runner and the helper are the same binary, so there is no
+//! cross-version concern, but keep `deny_unknown_fields` so a mismatch fails loudly.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Uid and gid the job has inside its user namespace (named `build` in its `/etc/passwd`).
+pub const JOB_UID: u32 = 1000;
+/// See [`JOB_UID`].
+pub const JOB_GID: u32 = 1000;
+
+/// Everything the helper needs to build and run one job's sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// Identifier of the job (for messages only).
+    pub job_id: String,
+    /// Host directory mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// Host directory mounted read-write at `/tmp`.
+    pub tmp: PathBuf,
+    /// Host system paths made visible read-only at the same place (`/usr`, `/bin`, ...).
+    /// A path that is a symlink on the host (merged `/usr`) is recreated as the same symlink.
+    pub system_paths: Vec<PathBuf>,
+    /// Host `/etc` entries made visible read-only (files or directories, symlinks recreated).
+    pub etc_entries: Vec<PathBuf>,
+    /// Root mode: the unprivileged host uid and gid the helper switches to before it creates
+    /// any namespace. `None`: keep the caller's ids (rootless).
+    pub host_ids: Option<(u32, u32)>,
+    /// `cgroup.procs` files the helper moves itself into before anything else, so that every
+    /// process of the job is born inside the job's cgroups.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Hostname inside the job's UTS namespace.
+    pub hostname: String,
+    /// Steps, run in order in the one sandbox.
+    pub steps: Vec<StepSpec>,
+    /// Wall-clock limit of the whole job, in milliseconds.
+    pub job_timeout_ms: u64,
+    /// Time between SIGTERM and SIGKILL when a limit is reached, in milliseconds.
+    pub kill_grace_ms: u64,
+    /// Resource limits set on each job process.
+    pub rlimits: Rlimits,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Step name.
+    pub name: String,
+    /// Program and arguments (`/bin/sh -c ...`).
+    pub argv: Vec<String>,
+    /// The complete environment of the step's process.
+    pub env: Vec<(String, String)>,
+    /// Per-step wall-clock limit in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Resource limits applied with setrlimit(2) to every job process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimits {
+    /// RLIMIT_NOFILE (soft and hard).
+    pub nofile: u64,
+    /// RLIMIT_CORE (0: no core dumps, which could hold secrets).
+    pub core: u64,
+    /// RLIMIT_NPROC, only as the explicit fallback where no pids cgroup exists.
+    pub nproc: Option<u64>,
+    /// RLIMIT_AS, only as the explicit fallback where no memory cgroup exists.
+    pub address_space: Option<u64>,
+}
+
+/// What the sandbox actually enforced for a step's process, reported before exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enforced {
+    /// Landlock ABI whose full filesystem feature set is enforced.
+    pub landlock_abi: u32,
+    /// Whether the ABI 6 scopes (abstract unix sockets, signals) are enforced.
+    pub landlock_scoped: bool,
+    /// Always "allowlist" when reported.
+    pub seccomp: String,
+    /// `no_new_privs` is set.
+    pub no_new_privs: bool,
+    /// Every capability set, including bounding and ambient, is empty.
+    pub capabilities_dropped: bool,
+}
+
+/// Status events, one JSON object per line on the helper's standard output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    /// The sandbox is built; steps are about to run.
+    Ready,
+    /// A step's process is about to exec with these protections in force.
+    StepEnforced {
+        /// Step name.
+        step: String,
+        /// What was enforced.
+        enforced: Enforced,
+    },
+    /// A step's main process ended (or was killed) and everything it left was killed.
+    StepFinished {
+        /// Step name.
+        step: String,
+        /// Exit code, when it exited.
+        exit_code: Option<i32>,
+        /// Signal number, when a signal ended it.
+        signal: Option<i32>,
+        /// Wall-clock duration.
+        duration_ms: u64,
+        /// The step or job time limit ended it.
+        timed_out: bool,
+    },
+    /// A protection or setup stage could not be applied: nothing of the job ran past it.
+    SetupFailed {
+        /// The stage, such as `landlock` or `pivot_root`.
+        stage: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// All steps ran (or one failed) and every job process is gone.
+    Done {
+        /// The whole-job time limit was reached.
+        job_timed_out: bool,
+    },
+}
+
+impl Event {
+    /// Serializes to one line (without the newline).
+    pub fn to_line(&self) -> String {
+        // Serializing these plain types cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"event\":\"ready\"}"))
+    }
+}

@@ -1,0 +1,187 @@
+//! The only place in Bulwark that holds `unsafe`.
+//!
+//! Everything here is a thin wrapper around a system call that has no safe wrapper in `nix`,
+//! `caps`, `landlock` or `seccompiler`, or whose safe use depends on a process-level invariant
+//! (single-threadedness for `fork`). Each block states the invariant it relies on; callers get a
+//! safe function with that invariant documented as a precondition where it cannot be checked.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::unistd::{ForkResult, Pid};
+
+/// Result of [`fork_single_threaded`].
+#[derive(Debug)]
+pub enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// Precondition (checked): the process has exactly one thread. The sandbox helper and the
+/// in-sandbox init never start threads, and `threads_in_this_process` reads the kernel's count.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    let threads = threads_in_this_process()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork: the process has {threads} threads, the sandbox helper must have one"
+        )));
+    }
+    // SAFETY: `fork` is unsound only when other threads may hold locks (allocator, stdio) that
+    // the child would inherit locked. We verified just above that this process has exactly one
+    // thread, and nothing between that check and this call can start one.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Number of threads in the calling process, from `/proc/self/stat` (field 20).
+pub fn threads_in_this_process() -> io::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) may contain spaces and parentheses; fields after the last ')'
+    // are well formed. After ')' come: state(3) ppid(4) ... num_threads(20).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("malformed /proc/self/stat"))?;
+    rest.split_whitespace()
+        .nth(17)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed /proc/self/stat"))
+}
+
+/// Closes every file descriptor numbered `first` or above.
+pub fn close_fds_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range only closes descriptors; it touches no memory. The caller is about to
+    // exec (or is pid 1 dropping what it inherited) and holds no Rust object owning a descriptor
+    // at or above `first` that it will use again: `OwnedFd`s above `first` that still exist
+    // afterwards would only see EBADF on close, which std ignores.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Returns the Landlock ABI version the running kernel supports (0 when unsupported or
+/// disabled). The `landlock` crate keeps this private on purpose; we need it only to report it
+/// (`probe`, `result.json`) and to pick the ABI whose full feature set we then hard-require.
+pub fn landlock_abi_version() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag, the kernel reads no
+    // memory and only returns the ABI version (or an error).
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; on success we take sole ownership of the new
+    // descriptor, which is closed when the OwnedFd drops.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_ifru.ifru_flags inside `req`, which is
+    // a valid, exclusively borrowed ifreq for the duration of the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled ifru_flags in the call above; reading that union field is valid.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ends the calling process at once, without running destructors or atexit handlers.
+/// Used in a forked child whose exec failed: it must not unwind into the parent's code.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// The highest capability number the running kernel knows.
+pub fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Drops one capability from the bounding set (`PR_CAPBSET_DROP`).
+pub fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes integers only and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        // EINVAL: the kernel does not know this capability; nothing to drop.
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// Clears the ambient capability set (`PR_CAP_AMBIENT_CLEAR_ALL`).
+pub fn ambient_clear_all() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_count_of_a_test_process_is_read_from_proc() {
+        // The test harness runs tests on threads, so there is at least one.
+        assert!(threads_in_this_process().unwrap() >= 1);
+    }
+
+    #[test]
+    fn fork_is_refused_in_a_multithreaded_process() {
+        let _t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(300)));
+        let err = fork_single_threaded().unwrap_err();
+        assert!(err.to_string().contains("threads"), "{err}");
+    }
+}

@@ -1,0 +1,2 @@
+//! Shared helpers for the integration tests.
+#![forbid(unsafe_code)]
