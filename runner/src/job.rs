@@ -119,6 +119,7 @@ pub fn run(args: RunArgs) -> u8 {
         isolation: None,
         steps: Vec::new(),
         inputs: Inputs::default(),
+        counters: None,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -137,6 +138,7 @@ pub fn run(args: RunArgs) -> u8 {
         finished: now_rfc3339(),
         job: job.spec.name.clone(),
         invocation_id: runner.invocation_id.clone(),
+        cgroup_counters: runner.counters,
     };
     let mut code = match status {
         JobStatus::Succeeded => exit::SUCCEEDED,
@@ -244,6 +246,7 @@ struct JobRun<'a> {
     isolation: Option<Isolation>,
     steps: Vec<StepResult>,
     inputs: Inputs,
+    counters: Option<bulwark_protocol::CgroupCounters>,
 }
 
 /// What the sandbox reported.
@@ -316,6 +319,7 @@ impl JobRun<'_> {
                 .unwrap_or_else(|| "none".into()),
             limits_enforced,
             weakened,
+            confirmed: Vec::new(),
         });
 
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
@@ -411,6 +415,10 @@ impl JobRun<'_> {
         let mut counters = cgroup::Counters::default();
         if let Some(cg) = cg {
             counters = cg.counters();
+            self.counters = Some(bulwark_protocol::CgroupCounters {
+                oom_kills: counters.oom_kills,
+                pids_max_hit: counters.pids_max_hit,
+            });
             if let Err(e) = cg.remove(Duration::from_secs(10)) {
                 return Err(Stop::Runner(format!(
                     "job processes survived the sandbox: {e}"
@@ -421,6 +429,7 @@ impl JobRun<'_> {
         if let Some(en) = &reported.enforced {
             if let Some(iso) = self.isolation.as_mut() {
                 iso.landlock_abi = en.landlock_abi;
+                iso.confirmed = confirmed_layers(en);
             }
         }
         self.steps = reported.steps.clone();
@@ -640,7 +649,18 @@ impl JobRun<'_> {
                 if !self.args.quiet {
                     eprintln!("bulwark: ▶ step {step}");
                 }
-                r.enforced = Some(enforced);
+                // Every step must report the same protections; keep the weakest seen.
+                match &r.enforced {
+                    Some(prev) if *prev != enforced => {
+                        r.setup_failed.get_or_insert((
+                            "consistency".into(),
+                            format!(
+                                "step {step} reported different protections than an earlier step"
+                            ),
+                        ));
+                    }
+                    _ => r.enforced = Some(enforced),
+                }
             }
             Event::StepFinished {
                 step,
@@ -686,4 +706,31 @@ fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The layer names recorded in `isolation.confirmed`.
+fn confirmed_layers(en: &bulwark_sandbox::spec::Enforced) -> Vec<String> {
+    let mut v = vec![
+        "user-namespace".to_string(),
+        "mount-namespace".into(),
+        "pid-namespace".into(),
+        "network-namespace".into(),
+        "ipc-namespace".into(),
+        "uts-namespace".into(),
+        "cgroup-namespace".into(),
+        format!("landlock-abi-{}-fully-enforced", en.landlock_abi),
+    ];
+    if en.landlock_scoped {
+        v.push("landlock-scopes".into());
+    }
+    if en.seccomp == "allowlist" {
+        v.push("seccomp-allowlist".into());
+    }
+    if en.no_new_privs {
+        v.push("no-new-privs".into());
+    }
+    if en.capabilities_dropped {
+        v.push("capabilities-none".into());
+    }
+    v
 }

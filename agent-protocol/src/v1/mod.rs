@@ -37,6 +37,7 @@ pub use job::{
     ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN, RESERVED_OUTPUT_NAMES,
 };
 pub use result::{
-    Inputs, Isolation, IsolationMode, JobResult, JobStatus, OutputRecord, StepResult, Trust,
+    CgroupCounters, Inputs, Isolation, IsolationMode, JobResult, JobStatus, OutputRecord,
+    StepResult, Trust,
 };
 pub use rules::{check_name, check_sha256};

@@ -140,6 +140,20 @@ pub struct Isolation {
     /// Explicit weakening options that were on, e.g. `rlimit-fallback`; empty normally.
     #[serde(default)]
     pub weakened: Vec<String>,
+    /// Layers the sandbox confirmed for every step's process just before exec, e.g.
+    /// `landlock-abi-7-fully-enforced`, `landlock-scopes`, `seccomp-allowlist`,
+    /// `no-new-privs`, `capabilities-none`; empty when no step ran.
+    #[serde(default)]
+    pub confirmed: Vec<String>,
+}
+
+/// Counters read from the job's cgroup before it was removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupCounters {
+    /// Processes the kernel's OOM killer killed inside the job's memory cgroup.
+    pub oom_kills: u64,
+    /// Forks refused because the job reached its pids limit.
+    pub pids_max_hit: u64,
 }
 
 /// One step's outcome.
@@ -226,6 +240,9 @@ pub struct JobResult {
     pub job: String,
     /// Unique id of this run.
     pub invocation_id: String,
+    /// cgroup counters at the end of the job; absent where no cgroup was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_counters: Option<CgroupCounters>,
 }
 
 #[cfg(test)]
@@ -244,6 +261,10 @@ mod tests {
                 cgroup: "v2".to_owned(),
                 limits_enforced: vec!["memory".to_owned(), "pids".to_owned(), "timeout".to_owned()],
                 weakened: vec![],
+                confirmed: vec![
+                    "landlock-abi-7-fully-enforced".to_owned(),
+                    "seccomp-allowlist".to_owned(),
+                ],
             }),
             steps: vec![StepResult {
                 name: "build".to_owned(),
@@ -263,6 +284,10 @@ mod tests {
             finished: "2025-01-02T03:04:07Z".to_owned(),
             job: "hello".to_owned(),
             invocation_id: "0f6c2d2e-7d1b-4a55-9b7e-3c4f1e2a9b10".to_owned(),
+            cgroup_counters: Some(CgroupCounters {
+                oom_kills: 0,
+                pids_max_hit: 0,
+            }),
         }
     }
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs the demo job end to end on a fresh Debian (or Ubuntu) machine:
+#   1. installs gcc and make if they are missing (needs root for apt-get);
+#   2. builds Bulwark (release);
+#   3. `bulwark probe`: which isolation layers this host can enforce;
+#   4. `bulwark run examples/hello/job.toml` into a fresh output directory;
+#   5. prints result.json and checks the output's sha256 against it with sha256sum.
+#
+#   ./scripts/demo.sh            # output in a new directory under ${TMPDIR:-/tmp}
+#   ./scripts/demo.sh OUT_DIR    # output in OUT_DIR (must be absent or empty)
+#
+# Needs a Rust toolchain (cargo, 1.85 or newer; https://rustup.rs). The final check uses only
+# grep, sed and sha256sum (no jq or python). Exits non-zero if any stage fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "build tools for the demo job (gcc, make)"
+missing=()
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if ((${#missing[@]})); then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "missing: ${missing[*]}; install them (as root: apt-get install ${missing[*]}) and run again" >&2
+    exit 1
+  fi
+else
+  echo "gcc and make present"
+fi
+command -v cargo >/dev/null 2>&1 || {
+  echo "cargo not found: install Rust 1.85 or newer (https://rustup.rs) and run again" >&2
+  exit 1
+}
+
+say "cargo build --release"
+cargo build --release --locked -p bulwark-runner
+bulwark=target/release/bulwark
+
+say "bulwark probe"
+# Exit 1 means degraded; `run` below decides whether the job can run, so do not stop here.
+"$bulwark" probe || echo "(probe reports degraded isolation; bulwark run refuses a job it cannot isolate)"
+
+out=${1:-$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo.XXXXXX")}
+say "bulwark run examples/hello/job.toml --out $out"
+"$bulwark" run examples/hello/job.toml --out "$out"
+
+say "$out/result.json"
+cat "$out/result.json"
+echo
+
+say "sha256 of the output, checked against result.json"
+recorded=$(grep -A3 '"path": "dist/hello.tar.gz"' "$out/result.json" \
+  | sed -n 's/.*"sha256": "\([0-9a-f]\{64\}\)".*/\1/p')
+if [[ -z "$recorded" ]]; then
+  echo "result.json records no sha256 for dist/hello.tar.gz" >&2
+  exit 1
+fi
+(cd "$out" && echo "$recorded  dist/hello.tar.gz" | sha256sum --check --strict)
+
+say "done: the job's outputs, log and result are in $out"
+ls -l "$out" "$out/dist"

@@ -1,0 +1,703 @@
+//! The containment battery: each case runs a job that attempts an escape or a forbidden
+//! action, asserts what the job saw (the errno, the observable), and checks the host
+//! afterwards (file absent, process gone, runner alive and reporting).
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::time::{Duration, Instant};
+
+use bulwark_tests::{one_step, processes_with, sha256_file, Env, SYSCALL_PY};
+
+fn py(env: &Env, name: &str, body: &str) -> String {
+    env.write_src(name, &format!("{SYSCALL_PY}\n{body}\n"));
+    format!("python3 {name}")
+}
+
+#[test]
+fn host_only_paths_are_absent_and_system_paths_are_read_only() {
+    let env = Env::new("paths");
+    let state = env.state.display().to_string();
+    let marker = format!("bulwark-write-test-{}", bulwark_tests::random_hex(4));
+    let run = py(
+        &env,
+        "paths.py",
+        &format!(
+            r#"
+for p in ["/root", "/etc/shadow", "/home", "/var/lib/bulwark", "{state}", "/run/bulwark", "/etc/bulwark", "/sys"]:
+    print(f"exists {{p}}={{os.path.lexists(p)}}")
+for p in ["/usr/{marker}", "/etc/{marker}", "/{marker}", "/tools/{marker}"]:
+    try:
+        open(p, "w").write("x")
+        print(f"write {{p}}=ok")
+    except OSError as e:
+        print(f"write {{p}}={{errno.errorcode[e.errno]}}")
+"#
+        ),
+    );
+    let r = env.run(&one_step("paths", &run, ""));
+    r.assert_code(0);
+    for p in [
+        "/root",
+        "/etc/shadow",
+        "/home",
+        "/var/lib/bulwark",
+        &state,
+        "/run/bulwark",
+        "/etc/bulwark",
+        "/sys",
+    ] {
+        assert_eq!(
+            r.value(&format!("exists {p}")),
+            "False",
+            "{p} is visible in the sandbox\n{r}"
+        );
+    }
+    for p in [
+        format!("/usr/{marker}"),
+        format!("/etc/{marker}"),
+        format!("/{marker}"),
+        format!("/tools/{marker}"),
+    ] {
+        let seen = r.value(&format!("write {p}"));
+        assert!(
+            seen == "EROFS" || seen == "EACCES",
+            "write {p}: {seen}\n{r}"
+        );
+    }
+    // And nothing appeared on the host.
+    assert!(!std::path::Path::new(&format!("/usr/{marker}")).exists());
+    assert!(!std::path::Path::new(&format!("/etc/{marker}")).exists());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn dangerous_system_calls_are_refused() {
+    let env = Env::new("syscalls");
+    // Arguments are chosen so that, were the call not filtered, the kernel would answer
+    // something other than EPERM (EFAULT, EINVAL, ENOTTY, or success) for most of them.
+    let run = py(
+        &env,
+        "sys.py",
+        r#"
+nsfd = os.open("/proc/self/ns/net", os.O_RDONLY)
+report("mount", 165, 0, 0, 0, 0, 0)
+report("umount2", 166, 0, 0)
+report("pivot_root", 155, 0, 0)
+report("chroot", 161, 0)
+report("unshare_user", 272, 0x10000000)
+report("unshare_net", 272, 0x40000000)
+report("setns", 308, nsfd, 0)
+report("ptrace_traceme", 101, 0, 0, 0, 0)
+report("keyctl", 250, 0, 0xfffffffd, 0)
+report("add_key", 248, 0, 0, 0, 0, 0)
+report("request_key", 249, 0, 0, 0, 0)
+report("io_uring_setup", 425, 1, 0)
+report("io_uring_enter", 426, 0, 0, 0, 0, 0, 0)
+report("io_uring_register", 427, 0, 0, 0, 0)
+report("bpf", 321, 0, 0, 0)
+report("perf_event_open", 298, 0, 0, 0xffffffffffffffff, 0xffffffffffffffff, 0)
+report("userfaultfd", 323, 0)
+report("process_vm_readv", 310, os.getpid(), 0, 0, 0, 0, 0)
+report("process_vm_writev", 311, os.getpid(), 0, 0, 0, 0, 0)
+report("fsopen", 430, 0, 0)
+report("open_tree", 428, 0xffffff9c, 0, 0)
+report("move_mount", 429, 0, 0, 0, 0, 0)
+report("acct", 163, 0)
+report("swapon", 167, 0, 0)
+report("name_to_handle_at", 303, 0xffffff9c, 0, 0, 0, 0)
+report("init_module", 175, 0, 0, 0)
+report("clone3", 435, 0, 0)
+# clone with a namespace flag: refused by argument; were it allowed, the child leaves at once.
+ctypes.set_errno(0)
+r = libc.syscall(ctypes.c_long(56), ctypes.c_ulong(0x10000000 | 17), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+if r == 0:
+    os._exit(0)
+print("clone_newuser=" + ("ok" if r > 0 else errno.errorcode[ctypes.get_errno()]), flush=True)
+# TIOCSTI, plain and with high bits set (the kernel truncates the request to 32 bits).
+report("tiocsti", 16, 0, 0x5412, 0)
+report("tiocsti_high_bits", 16, 0, 0x100005412, 0)
+report("tioclinux", 16, 0, 0x541C, 0)
+# Controls: allowed calls behave normally.
+report("tcgets_on_dev_null", 16, 0, 0x5401, 0)
+report("getpid", 39)
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print("fork_works=" + str(os.waitpid(pid, 0)[1] >> 8), flush=True)
+"#,
+    );
+    let r = env.run(&one_step("syscalls", &run, ""));
+    r.assert_code(0);
+    for name in [
+        "mount",
+        "umount2",
+        "pivot_root",
+        "chroot",
+        "unshare_user",
+        "unshare_net",
+        "setns",
+        "ptrace_traceme",
+        "keyctl",
+        "add_key",
+        "request_key",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "process_vm_readv",
+        "process_vm_writev",
+        "fsopen",
+        "open_tree",
+        "move_mount",
+        "acct",
+        "swapon",
+        "name_to_handle_at",
+        "init_module",
+        "clone_newuser",
+        "tiocsti",
+        "tiocsti_high_bits",
+        "tioclinux",
+    ] {
+        assert_eq!(r.value(name), "EPERM", "{name}\n{r}");
+    }
+    assert_eq!(
+        r.value("clone3"),
+        "ENOSYS",
+        "clone3 must answer ENOSYS so libc falls back to clone\n{r}"
+    );
+    assert_eq!(
+        r.value("tcgets_on_dev_null"),
+        "ENOTTY",
+        "ioctl itself must stay allowed\n{r}"
+    );
+    assert_eq!(r.value("getpid"), "ok");
+    assert_eq!(r.value("fork_works"), "7");
+}
+
+#[test]
+fn job_holds_no_privilege_and_sees_only_its_own_processes() {
+    let env = Env::new("status");
+    let run = r#"grep -E '^(NoNewPrivs|Seccomp|Cap[A-Za-z]+):' /proc/self/status | tr -d '\t ' | sed 's/:/=/'
+echo "pids=$(ls /proc | grep -E '^[0-9]+$' | tr '\n' ' ')"
+echo "fds=$(ls /proc/self/fd | tr '\n' ' ')"
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+cat /proc/1/environ > /dev/null 2>&1 && echo "init_environ=readable" || echo "init_environ=denied"
+ls /proc/1/fd > /dev/null 2>&1 && echo "init_fds=readable" || echo "init_fds=denied"
+echo "env=$(env | cut -d= -f1 | sort | tr '\n' ' ')""#;
+    let job = format!(
+        "{}\n[steps.env]\nFOO = \"bar\"\n",
+        one_step("status", run, "")
+    );
+    let (mut cmd, out) = env.command(&job, &[]);
+    // A secret in the runner's own environment must not reach the job or its init.
+    cmd.env("BULWARK_TEST_RUNNER_SECRET", "s3cr3t-value");
+    let r = bulwark_tests::Run::from_output(cmd.output().unwrap(), out);
+    r.assert_code(0);
+    assert_eq!(r.value("NoNewPrivs"), "1");
+    assert_eq!(r.value("Seccomp"), "2");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(r.value(cap), "0000000000000000", "{cap}\n{r}");
+    }
+    // pid 1 is init; the rest are the step's shell and its pipeline.
+    let pids: Vec<u32> = r
+        .value("pids")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(pids.contains(&1), "{r}");
+    assert!(
+        pids.iter().all(|p| *p < 100) && pids.len() < 10,
+        "host processes visible: {pids:?}\n{r}"
+    );
+    // ls's own directory descriptor is 3; nothing else was inherited.
+    assert_eq!(r.value("fds"), "0 1 2 3 ", "{r}");
+    assert_eq!(r.value("uid"), "1000 gid=1000 groups=1000");
+    assert_eq!(r.value("init_environ"), "denied");
+    assert_eq!(r.value("init_fds"), "denied");
+    // Exactly the declared environment plus PATH, HOME, TMPDIR (and the shell's own PWD).
+    let names: Vec<&str> = r.value("env").leak().split_whitespace().collect();
+    let allowed = [
+        "FOO", "HOME", "PATH", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_",
+    ];
+    assert!(
+        names.iter().all(|n| allowed.contains(n)),
+        "unexpected environment {names:?}\n{r}"
+    );
+    assert!(
+        names.contains(&"FOO")
+            && names.contains(&"PATH")
+            && names.contains(&"HOME")
+            && names.contains(&"TMPDIR")
+    );
+    assert!(!r.log.contains("s3cr3t-value") && !r.stdout.contains("s3cr3t-value"));
+    let confirmed = r.result()["isolation"]["confirmed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    for layer in [
+        "seccomp-allowlist",
+        "no-new-privs",
+        "capabilities-none",
+        "network-namespace",
+        "pid-namespace",
+        "user-namespace",
+    ] {
+        assert!(
+            confirmed.iter().any(|c| c == layer),
+            "{layer} not confirmed: {confirmed:?}"
+        );
+    }
+    assert!(
+        confirmed
+            .iter()
+            .any(|c| c.starts_with("landlock-abi-") && c.ends_with("-fully-enforced")),
+        "{confirmed:?}"
+    );
+}
+
+#[test]
+fn landlock_denies_a_path_that_mounts_and_permissions_allow() {
+    let env = Env::new("landlock");
+    // The canary is in the mount view, owned by the job's uid with mode 0644: only Landlock
+    // stands between the job and its contents.
+    let run = r#"stat -c 'canary_mode=%a owner=%U' /.bulwark-landlock-canary
+cat /.bulwark-landlock-canary 2>&1 | sed 's/^/canary_read=/'
+ls / > /dev/null && echo "root_listing=ok""#;
+    let r = env.run(&one_step("landlock", run, ""));
+    r.assert_code(0);
+    assert_eq!(r.value("canary_mode"), "644 owner=build");
+    assert!(r.value("canary_read").contains("Permission denied"), "{r}");
+    assert_eq!(r.value("root_listing"), "ok");
+}
+
+#[test]
+fn network_namespace_has_only_loopback_and_the_jobs_own_servers_work() {
+    let env = Env::new("net");
+    // This host's own, non-loopback address: the job must not reach it.
+    let host_addr = nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter(|i| i.interface_name != "lo")
+        .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
+        .next();
+    let target = host_addr.map(|a| a.to_string()).unwrap_or_default();
+    let run = py(
+        &env,
+        "net.py",
+        &format!(
+            r#"
+import socket, threading
+ifaces = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
+print("interfaces=" + ",".join(ifaces), flush=True)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+port = srv.getsockname()[1]
+def serve():
+    c, _ = srv.accept(); c.sendall(b"hello from the job"); c.close()
+threading.Thread(target=serve, daemon=True).start()
+cli = socket.create_connection(("127.0.0.1", port), timeout=5)
+print("loopback=" + cli.recv(100).decode(), flush=True)
+target = "{target}"
+if target:
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((target, 9))
+        print("host_connect=ok")
+    except OSError as e:
+        print("host_connect=" + errno.errorcode.get(e.errno, str(e.errno)))
+try:
+    socket.getaddrinfo("example.com", 443)
+    print("dns=ok")
+except OSError as e:
+    print("dns=failed")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    u.sendto(b"x", ("127.0.0.53", 53)); print("udp_loopback_send=ok")
+except OSError as e:
+    print("udp_loopback_send=" + errno.errorcode.get(e.errno, str(e.errno)))
+"#
+        ),
+    );
+    let r = env.run(&one_step("net", &run, ""));
+    r.assert_code(0);
+    assert_eq!(r.value("interfaces"), "lo");
+    assert_eq!(r.value("loopback"), "hello from the job");
+    assert_eq!(r.value("dns"), "failed");
+    match host_addr {
+        Some(_) => assert_eq!(r.value("host_connect"), "ENETUNREACH", "{r}"),
+        None => eprintln!("SKIP part: this host has no non-loopback IPv4 address to try"),
+    }
+}
+
+#[test]
+fn a_step_past_its_timeout_is_killed() {
+    let env = Env::new("timeout");
+    let job = "version = 1\nname = \"slow\"\n[[steps]]\nname = \"sleepy\"\nrun = \"trap '' TERM; sleep 30\"\ntimeout = \"1s\"\n[[steps]]\nname = \"never\"\nrun = \"true\"\n";
+    let t = Instant::now();
+    let r = env.run(job);
+    r.assert_code(1);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    let res = r.result();
+    assert_eq!(res["status"], "failed");
+    assert_eq!(
+        res["steps"].as_array().unwrap().len(),
+        1,
+        "later steps must not run\n{r}"
+    );
+    assert_eq!(res["steps"][0]["timed_out"], true);
+    assert_eq!(res["steps"][0]["limit"], "timeout");
+    assert_eq!(
+        res["steps"][0]["signal"], 9,
+        "TERM was ignored, so KILL ended it\n{r}"
+    );
+    assert!(
+        res["reason"].as_str().unwrap().contains("time limit"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_double_forked_setsid_process_that_ignores_signals_is_gone_when_the_job_ends() {
+    let env = Env::new("orphans");
+    let marker = format!("31{}", rand_digits());
+    let run = format!("setsid sh -c 'trap \"\" TERM HUP INT; sleep {marker}' > /dev/null 2>&1 < /dev/null &\nsleep 0.3\necho started");
+    let r = env.run(&one_step("orphans", &run, ""));
+    r.assert_code(0);
+    assert_eq!(r.log.trim(), "started");
+    assert!(
+        processes_with(&format!("sleep {marker}")).is_empty(),
+        "a job process survived the job"
+    );
+}
+
+fn rand_digits() -> String {
+    bulwark_tests::random_hex(4)
+        .chars()
+        .map(|c| char::from(b'0' + (c as u8 % 10)))
+        .collect()
+}
+
+#[test]
+fn an_output_symlink_to_a_host_file_is_refused_without_reading_it() {
+    let env = Env::new("out-symlink");
+    let job = one_step(
+        "leak",
+        "ln -s /etc/shadow leak.txt",
+        "[outputs]\npaths = [\"leak.txt\"]",
+    );
+    let r = env.run(&job);
+    r.assert_code(1);
+    assert!(
+        r.result()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("output leak.txt: refused: it is a symlink"),
+        "{r}"
+    );
+    assert!(!r.out.join("leak.txt").exists());
+    assert!(r.result()["outputs"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_hard_linked_output_is_refused() {
+    let env = Env::new("out-hardlink");
+    let job = one_step(
+        "hl",
+        "echo data > a.txt && ln a.txt b.txt",
+        "[outputs]\npaths = [\"b.txt\"]",
+    );
+    let r = env.run(&job);
+    r.assert_code(1);
+    assert!(
+        r.result()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("output b.txt: refused: it has 2 hard links"),
+        "{r}"
+    );
+    assert!(!r.out.join("b.txt").exists());
+}
+
+#[test]
+fn a_background_writer_cannot_change_an_output_after_the_main_process_exits() {
+    let env = Env::new("out-writer");
+    let run = "echo good > out.txt\nsetsid sh -c 'trap \"\" TERM; sleep 0.5; echo EVIL > out.txt; while true; do echo EVIL >> out.txt; done' > /dev/null 2>&1 &\nexit 0";
+    let r = env.run(&one_step("writer", run, "[outputs]\npaths = [\"out.txt\"]"));
+    r.assert_code(0);
+    let stored = r.out.join("out.txt");
+    assert_eq!(fs::read_to_string(&stored).unwrap(), "good\n");
+    let digest = r.result()["outputs"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(digest, sha256_file(&stored));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        sha256_file(&stored),
+        digest,
+        "the stored output changed after the job ended"
+    );
+}
+
+#[test]
+fn a_source_holding_a_host_symlink_and_a_fifo_is_copied_without_reading_either() {
+    let env = Env::new("source");
+    env.write_src("README", "source file\n");
+    symlink("/etc/shadow", env.src.join("shadow-link")).unwrap();
+    nix::unistd::mkfifo(
+        &env.src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    // A reader of the fifo would block forever: the run finishing at all shows it was not opened.
+    let run = "echo \"link=$(readlink shadow-link)\"; test -e fifo && echo fifo=present || echo fifo=absent\ncat shadow-link > /dev/null 2>&1 && echo shadow=readable || echo shadow=unreadable\necho \"readme=$(cat README)\"";
+    let r = env.run(&one_step("source", run, ""));
+    r.assert_code(0);
+    assert_eq!(r.value("link"), "/etc/shadow");
+    assert_eq!(r.value("fifo"), "absent");
+    assert_eq!(r.value("shadow"), "unreadable");
+    assert_eq!(r.value("readme"), "source file");
+    assert!(r.stderr.contains("skipped 1 special file"), "{r}");
+}
+
+#[test]
+fn killing_bulwark_run_leaves_no_job_process_and_the_next_run_cleans_up() {
+    let env = Env::new("sigkill");
+    let marker = format!("29{}", rand_digits());
+    let job = one_step(
+        "victim",
+        &format!("setsid sleep {marker}1 & sleep {marker}"),
+        "",
+    );
+    let (mut cmd, _out) = env.command(&job, &[]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_with(&format!("sleep {marker}")).len() < 2 {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let jobs_dir = env.state.join("jobs");
+    assert_eq!(fs::read_dir(&jobs_dir).unwrap().count(), 1);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with(&format!("sleep {marker}")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "job processes outlived the killed runner"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The dead run's directory is still there; the next run removes it (and its cgroups).
+    assert_eq!(fs::read_dir(&jobs_dir).unwrap().count(), 1);
+    let stale: Vec<String> = fs::read_dir(&jobs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let r = env.run(&one_step("next", "true", ""));
+    r.assert_code(0);
+    assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
+    assert_eq!(
+        fs::read_dir(&jobs_dir).unwrap().count(),
+        0,
+        "job directories left behind"
+    );
+    for id in stale {
+        for ctrl in ["memory", "pids", "freezer"] {
+            let p = std::path::Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join("bulwark")
+                .join(&id);
+            assert!(!p.exists(), "cgroup {} left behind", p.display());
+        }
+    }
+}
+
+#[test]
+fn the_hello_example_succeeds_and_its_digests_match_the_files() {
+    let env = Env::new("hello");
+    let out = env.dir.join("hello-out");
+    let job = bulwark_tests::repo_root().join("examples/hello/job.toml");
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["run", "--quiet", "--config"])
+        .arg(&env.config)
+        .arg(&job)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let r = bulwark_tests::Run::from_output(o, out.clone());
+    r.assert_code(0);
+    let outputs = r.result()["outputs"].as_array().unwrap().clone();
+    assert!(!outputs.is_empty(), "{r}");
+    for o in outputs {
+        let p = out.join(o["path"].as_str().unwrap());
+        assert_eq!(o["sha256"].as_str().unwrap(), sha256_file(&p));
+        assert_eq!(o["size"].as_u64().unwrap(), fs::metadata(&p).unwrap().len());
+    }
+}
+
+/// Tests that need root: per-job host uids and cgroup limits.
+mod root_mode {
+    use super::*;
+
+    fn require_root() {
+        assert!(
+            bulwark_tests::is_root(),
+            "root_mode tests need root; the rootless pass skips them with --skip root_mode::"
+        );
+    }
+
+    #[test]
+    fn a_fork_bomb_stops_at_the_pids_limit() {
+        require_root();
+        let env = Env::new("forkbomb");
+        let run = py(
+            &env,
+            "bomb.py",
+            r#"
+import time
+kids = []
+err = "none"
+for i in range(10000):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = errno.errorcode[e.errno]; break
+    if pid == 0:
+        time.sleep(30); os._exit(0)
+    kids.append(pid)
+print(f"forked={len(kids)} stopped_by={err}", flush=True)
+"#,
+        );
+        let r = env.run(&one_step("bomb", &run, "[resources]\npids = 64"));
+        r.assert_code(0);
+        let v = r.value("forked");
+        let n: usize = v.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(v.ends_with("stopped_by=EAGAIN"), "{r}");
+        assert!(n < 64, "forked {n} with pids = 64");
+        assert!(
+            r.result()["cgroup_counters"]["pids_max_hit"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{r}"
+        );
+        // The runner stayed responsive and cleaned up: no bomb child survives.
+        assert!(processes_with("bomb.py").is_empty());
+    }
+
+    #[test]
+    fn a_memory_bomb_is_oom_killed_inside_the_jobs_cgroup() {
+        require_root();
+        let env = Env::new("membomb");
+        let run = "exec python3 -c 'b = bytearray(512 * 1024 * 1024); print(\"allocated\")'";
+        let r = env.run(&one_step("membomb", run, "[resources]\nmemory = \"64MiB\""));
+        r.assert_code(1);
+        let res = r.result();
+        assert_eq!(res["steps"][0]["signal"], 9, "{r}");
+        assert_eq!(res["steps"][0]["limit"], "memory", "{r}");
+        assert!(
+            res["cgroup_counters"]["oom_kills"].as_u64().unwrap() >= 1,
+            "{r}"
+        );
+        assert!(
+            res["reason"]
+                .as_str()
+                .unwrap()
+                .contains("memory limit of 64MiB"),
+            "{r}"
+        );
+        assert!(!r.log.contains("allocated"));
+    }
+
+    #[test]
+    fn concurrent_jobs_run_as_distinct_host_uids_from_the_configured_range() {
+        require_root();
+        let env = Env::new("uids");
+        env.write_config("job_uids = \"300000-300009\"");
+        let job = one_step(
+            "uid",
+            "cat /proc/self/uid_map | tr -s ' ' | sed 's/^ */map=/'; sleep 1",
+            "",
+        );
+        let (mut c1, o1) = env.command(&job, &["--quiet"]);
+        let (mut c2, o2) = env.command(&job, &["--quiet"]);
+        let (h1, h2) = (c1.spawn().unwrap(), c2.spawn().unwrap());
+        let r1 = bulwark_tests::Run::from_output(h1.wait_with_output().unwrap(), o1);
+        let r2 = bulwark_tests::Run::from_output(h2.wait_with_output().unwrap(), o2);
+        r1.assert_code(0);
+        r2.assert_code(0);
+        let host_uid = |r: &bulwark_tests::Run| -> u32 {
+            r.value("map")
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (u1, u2) = (host_uid(&r1), host_uid(&r2));
+        assert_ne!(u1, u2, "two running jobs shared a host uid");
+        assert!((300000..=300009).contains(&u1) && (300000..=300009).contains(&u2));
+        assert_eq!(r1.value("map"), format!("1000 {u1} 1"));
+        assert_eq!(r1.result()["isolation"]["mode"], "root-per-job-uid");
+    }
+}
+
+/// Tests of the rootless path (run by scripts/test.sh as an ordinary user).
+mod rootless_mode {
+    use super::*;
+
+    fn require_rootless() {
+        assert!(
+            !bulwark_tests::is_root(),
+            "rootless_mode tests run as an ordinary user; the root pass skips them"
+        );
+    }
+
+    #[test]
+    fn without_cgroups_a_job_is_refused_unless_rlimit_fallback_is_allowed() {
+        require_rootless();
+        let env = Env::new("fallback");
+        // The test configuration allows the fallback; without it the job is refused.
+        fs::write(
+            &env.config,
+            format!("[paths]\nstate_dir = \"{}\"\n", env.state.display()),
+        )
+        .unwrap();
+        let r = env.run(&one_step("nofallback", "true", ""));
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains("cannot enforce cgroups")
+                || r.result().to_string().contains("cannot enforce cgroups"),
+            "{r}"
+        );
+        env.write_config("");
+        let r = env.run(&one_step(
+            "fallback",
+            "python3 -c 'bytearray(512 * 1024 * 1024)' 2>&1 | tail -1",
+            "[resources]\nmemory = \"128MiB\"",
+        ));
+        r.assert_code(0);
+        assert!(
+            r.log.contains("MemoryError"),
+            "RLIMIT_AS did not bound memory\n{r}"
+        );
+        let iso = &r.result()["isolation"];
+        assert_eq!(iso["mode"], "rootless-single-uid");
+        assert_eq!(iso["cgroup"], "none");
+        assert_eq!(iso["weakened"][0], "rlimit-fallback");
+    }
+}
