@@ -1,0 +1,157 @@
+//! The command line's refusals: every malformed spec, configuration and output directory is
+//! refused with exit 2 and a message naming the field, before anything runs.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+
+use bulwark_tests::{one_step, repo_root, Env};
+
+#[test]
+fn every_malformed_spec_in_the_corpus_is_refused_with_exit_2_naming_the_field() {
+    let env = Env::new("corpus");
+    let dir = repo_root().join("agent-protocol/tests/bad-specs");
+    let dir = if dir.exists() {
+        dir
+    } else {
+        repo_root().join("bad-specs")
+    };
+    let mut checked = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} lacks an expect line", path.display()))
+            .trim()
+            .to_string();
+        let out = env.dir.join(format!("out-{checked}"));
+        let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+            .arg("run")
+            .arg(&path)
+            .arg("--config")
+            .arg(&env.config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{}: {stderr}", path.display());
+        assert!(
+            stderr.contains(&expect),
+            "{}: expected {expect:?} in: {stderr}",
+            path.display()
+        );
+        assert!(
+            !out.exists(),
+            "{}: a refused spec must not create an output directory",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} malformed specs");
+}
+
+#[test]
+fn sections_this_runner_does_not_implement_yet_are_refused_not_ignored() {
+    let env = Env::new("unsupported");
+    let sha = "a".repeat(64);
+    for (extra, field) in [
+        (format!("[[tools]]\nname = \"jq\"\nurl = \"https://example.org/jq.tar.gz\"\nsha256 = \"{sha}\""), "tools: [[tools]]"),
+        ("[network]\nallow = [\"crates.io:443\"]".to_string(), "network.allow: network access"),
+        (format!("[source]\ngit = \"https://example.org/r.git\"\ncommit = \"{}\"", "b".repeat(40)), "source.git: a git source"),
+        (format!("[source]\nurl = \"https://example.org/s.tar.gz\"\nsha256 = \"{sha}\""), "source.url: a tarball source"),
+    ] {
+        let r = env.run(&one_step("unsupported", "true", &extra));
+        assert_eq!(r.code, 2, "{r}");
+        assert!(r.stderr.contains(field) && r.stderr.contains("not supported yet"), "{field}: {r}");
+    }
+}
+
+#[test]
+fn a_non_empty_output_directory_is_refused() {
+    let env = Env::new("outdir");
+    let out = env.dir.join("busy");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("old.txt"), "x").unwrap();
+    let spec = env.dir.join("job.toml");
+    fs::write(&spec, one_step("busy", "true", "")).unwrap();
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .arg("run")
+        .arg(&spec)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be absent or empty"));
+    assert_eq!(
+        fs::read_dir(&out).unwrap().count(),
+        1,
+        "nothing may be written into it"
+    );
+}
+
+#[test]
+fn a_configuration_with_an_unknown_key_is_refused_naming_the_file() {
+    let env = Env::new("badconfig");
+    fs::write(&env.config, "[limits]\nmax_memroy = \"1GiB\"\n").unwrap();
+    let r = env.run(&one_step("cfg", "true", ""));
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(&env.config.display().to_string()) && r.stderr.contains("max_memroy"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_failing_step_exits_1_and_later_steps_do_not_run() {
+    let env = Env::new("failing");
+    let job = "version = 1\nname = \"f\"\n[[steps]]\nname = \"one\"\nrun = \"echo first; exit 3\"\n[[steps]]\nname = \"two\"\nrun = \"echo second\"\n";
+    let r = env.run(job);
+    r.assert_code(1);
+    let res = r.result();
+    assert_eq!(res["status"], "failed");
+    assert_eq!(res["steps"][0]["exit_code"], 3);
+    assert_eq!(res["steps"].as_array().unwrap().len(), 1);
+    assert_eq!(res["reason"], "step one exited with status 3");
+    assert!(r.log.contains("first") && !r.log.contains("second"));
+    assert!(r.out.join("job.log").exists());
+}
+
+#[test]
+fn the_job_log_is_capped_and_ends_with_a_truncation_marker() {
+    let env = Env::new("logcap");
+    env.write_config("log_cap = \"1KiB\"");
+    let r = env.run(&one_step("noisy", "yes line | head -c 100000", ""));
+    r.assert_code(0);
+    assert!(r.log.len() < 2048, "log is {} bytes", r.log.len());
+    assert!(
+        r.log.ends_with("more bytes were dropped]\n"),
+        "{}",
+        &r.log[r.log.len().saturating_sub(200)..]
+    );
+    assert!(r.log.contains("truncated at 1024 bytes"));
+}
+
+#[test]
+fn outputs_keep_their_relative_paths_and_digests() {
+    let env = Env::new("outputs");
+    let job = one_step("outs", "mkdir -p dist/sub && printf abc > dist/a.bin && printf xyz > dist/sub/b.bin && printf no > dist/c.txt", "[outputs]\npaths = [\"dist/**/*.bin\"]");
+    let r = env.run(&job);
+    r.assert_code(0);
+    let outs = r.result()["outputs"].as_array().unwrap().clone();
+    let paths: Vec<&str> = outs.iter().map(|o| o["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, vec!["dist/a.bin", "dist/sub/b.bin"]);
+    assert_eq!(
+        outs[0]["sha256"],
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert!(!r.out.join("dist/c.txt").exists());
+}
