@@ -9,6 +9,11 @@
 #   ./scripts/demo.sh            # output in a new directory under ${TMPDIR:-/tmp}
 #   ./scripts/demo.sh OUT_DIR    # output in OUT_DIR (must be absent or empty)
 #
+# Run it as root for the full sandbox (a per-job host uid, cgroup limits). As an ordinary user
+# Bulwark runs rootless and refuses jobs where it cannot create cgroups; to see the demo run
+# anyway with rlimits instead of cgroups (a weakening that result.json records), use
+#   BULWARK_DEMO_RLIMIT_FALLBACK=1 ./scripts/demo.sh
+#
 # Needs a Rust toolchain (cargo, 1.85 or newer; https://rustup.rs). The final check uses only
 # grep, sed and sha256sum (no jq or python). Exits non-zero if any stage fails.
 set -euo pipefail
@@ -47,8 +52,26 @@ say "bulwark probe"
 "$bulwark" probe || echo "(probe reports degraded isolation; bulwark run refuses a job it cannot isolate)"
 
 out=${1:-$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo.XXXXXX")}
+config=()
+if [[ "${BULWARK_DEMO_RLIMIT_FALLBACK:-0}" == 1 ]]; then
+  # An explicit operator choice, never a default: memory and pids bounded by rlimits only.
+  demo_config=$(mktemp "${TMPDIR:-/tmp}/bulwark-demo-config.XXXXXX")
+  trap 'rm -f "$demo_config"' EXIT
+  printf '[limits]\nallow_rlimit_fallback = true\n' > "$demo_config"
+  config=(--config "$demo_config")
+  echo "BULWARK_DEMO_RLIMIT_FALLBACK=1: allowing rlimit fallback where cgroups are unavailable"
+fi
 say "bulwark run examples/hello/job.toml --out $out"
-"$bulwark" run examples/hello/job.toml --out "$out"
+status=0
+"$bulwark" run examples/hello/job.toml "${config[@]}" --out "$out" || status=$?
+if ((status != 0)); then
+  echo "bulwark run exited $status (1: a step failed; 2: refused before any step ran; 3: runner error)" >&2
+  if ((status == 2)) && [[ "$(id -u)" != 0 ]]; then
+    echo "as an ordinary user without writable cgroups, run as root, or see BULWARK_DEMO_RLIMIT_FALLBACK above" >&2
+  fi
+  [[ -f "$out/result.json" ]] && cat "$out/result.json" >&2
+  exit "$status"
+fi
 
 say "$out/result.json"
 cat "$out/result.json"

@@ -61,6 +61,23 @@ pub enum Commands {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Run one command in a fresh sandbox with every layer on (no spec, no outputs).
+    ///
+    /// The command's output goes to stderr; its exit status is bulwark's (2 when the sandbox
+    /// could not be set up). For benchmarks and for inspecting the sandbox by hand.
+    ///
+    /// Example: bulwark exec -- sh -c 'grep Cap /proc/self/status'
+    Exec {
+        /// Operator configuration (limits, uid range, state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print monotonic timestamps of each launch phase as JSON on stderr.
+        #[arg(long)]
+        phases: bool,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
     /// Say which isolation layers this host can enforce, and what is missing.
     ///
     /// Exit status: 0 full isolation, 1 degraded.
@@ -99,6 +116,11 @@ pub fn dispatch(cli: Cli) -> u8 {
             config,
             quiet,
         }),
+        Commands::Exec {
+            config,
+            phases,
+            command,
+        } => crate::exec::run(config, phases, command),
         Commands::Probe { json, config } => {
             let (fallback, note) = match crate::config::load(config.as_deref()) {
                 Ok(l) => (

@@ -272,7 +272,11 @@ impl JobRun<'_> {
     > {
         let limits = &self.config.limits;
         // Every layer this job relies on must be enforceable here.
-        let host = bulwark_sandbox::probe::host_layers();
+        // Whether this user may create cgroups is learned by creating the job's own, below.
+        let mut host = bulwark_sandbox::probe::host_layers(false);
+        if host.cgroup_version.is_some() && !config::is_root() && !host.cgroups.writable() {
+            host.cgroup_version = None;
+        }
         for name in ["user-namespaces", "landlock", "seccomp"] {
             if let Some(layer) = host.layer(name).filter(|l| !l.available) {
                 return Err(Stop::Refused(format!(
@@ -346,7 +350,13 @@ impl JobRun<'_> {
         if let Err(e) = jobdir.remove() {
             tracing::warn!("{e:#}");
         }
-        drop(lease);
+        // A runner error may mean job processes survived: then the lease ends unclean and the
+        // next holder of this uid checks for leftovers first.
+        if let Some(l) = lease {
+            if !matches!(result, Err(Stop::Runner(_))) {
+                l.release_clean();
+            }
+        }
         result
     }
 
@@ -560,6 +570,7 @@ impl JobRun<'_> {
                 nproc: fallback.then_some(self.job.pids),
                 address_space: fallback.then_some(self.job.memory),
             },
+            report_phases: false,
         }
     }
 
@@ -692,6 +703,7 @@ impl JobRun<'_> {
                 r.setup_failed.get_or_insert((stage, message));
             }
             Event::Done { job_timed_out } => r.done = Some(job_timed_out),
+            Event::Phase { .. } => {}
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::job::{ETC_ENTRIES, JOB_PATH, SYSTEM_PATHS};
 
 /// Runs the probe, prints the report, returns 0 (full isolation) or 1 (degraded).
 pub fn run(json: bool, allow_rlimit_fallback: bool, config_note: Option<String>) -> u8 {
-    let host = bulwark_sandbox::probe::host_layers();
+    let host = bulwark_sandbox::probe::host_layers(true);
     let trial = trial_sandbox();
     let mode = if crate::config::is_root() {
         "root-per-job-uid"
@@ -110,6 +110,7 @@ fn trial_sandbox() -> Result<(), String> {
             nproc: None,
             address_space: None,
         },
+        report_phases: false,
     };
     let result = run_trial(&spec);
     let _ = crate::fsutil::remove_tree(&base);

@@ -31,7 +31,7 @@ use nix::unistd::{
     Gid, Uid,
 };
 
-use crate::spec::{Event, SandboxSpec, JOB_GID, JOB_UID};
+use crate::spec::{phase, Event, SandboxSpec, JOB_GID, JOB_UID};
 use crate::sys::Forked;
 
 /// The argument that starts the runner binary in helper mode.
@@ -76,6 +76,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         .read_to_string(&mut input)
         .map_err(at("read spec"))?;
     let spec: SandboxSpec = serde_json::from_str(&input).map_err(at("parse spec"))?;
+    phase(&spec, status, "helper-read-spec");
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(at("open /dev/null"))?;
     dup2_stdin(null.as_fd()).map_err(at("stdin"))?;
@@ -104,6 +105,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         nix::sys::prctl::set_dumpable(true).map_err(at("dumpable"))?;
     }
     let (outer_uid, outer_gid) = (getuid(), getgid());
+    phase(&spec, status, "helper-cgroup-and-ids");
 
     // 4. Die with the runner. Set after the uid change, which clears it; then check that the
     //    runner did not die before it was set.
@@ -157,7 +159,8 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;
     let tmp = open(&spec.tmp, dir_flags, Mode::empty()).map_err(at("open tmp"))?;
 
-    // 7. Init.
+    phase(&spec, status, "helper-namespaces-and-maps");
+    // 8. Init.
     match crate::sys::fork_single_threaded().map_err(at("fork init"))? {
         Forked::Child => crate::init::run(
             &spec,

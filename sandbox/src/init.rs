@@ -38,6 +38,7 @@ pub fn run(
 ) -> ! {
     let code = match setup(spec, &workspace, &tmp) {
         Ok(filters) => {
+            crate::spec::phase(spec, &mut status, "init-root-built");
             drop(workspace);
             drop(tmp);
             report(&mut status, &Event::Ready);
@@ -115,7 +116,9 @@ fn run_steps(spec: &SandboxSpec, filters: &JobFilters, log: &OwnedFd, status: &m
             Some(ms) => job_deadline.min(start + Duration::from_millis(ms)),
             None => job_deadline,
         };
+        crate::spec::phase(spec, status, "init-step-fork");
         let outcome = run_step(step, spec, filters, log, status, &sfd, deadline, grace);
+        crate::spec::phase(spec, status, "init-step-reaped");
         let duration_ms = start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
         let (exit_code, signal) = match outcome.status {
             Some(WaitStatus::Exited(_, c)) => (Some(c), None),
@@ -160,7 +163,14 @@ fn run_step(
     grace: Duration,
 ) -> Outcome {
     let main = match crate::sys::fork_single_threaded() {
-        Ok(Forked::Child) => crate::process::exec_step(step, &spec.rlimits, filters, log, status),
+        Ok(Forked::Child) => crate::process::exec_step(
+            step,
+            &spec.rlimits,
+            filters,
+            log,
+            status,
+            spec.report_phases,
+        ),
         Ok(Forked::Parent(pid)) => pid,
         Err(e) => {
             report(

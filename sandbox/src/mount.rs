@@ -233,8 +233,11 @@ fn bind(src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
 fn remount_readonly(target: &Path, extra: MsFlags) -> Result<(), MountError> {
     remount_with(target, extra | MsFlags::MS_RDONLY)?;
     // Submounts keep their own flags after a recursive bind: make each one read-only too.
-    for sub in submounts_of(target) {
-        remount_with(&sub, extra | MsFlags::MS_RDONLY)?;
+    // Only directories can have them; reading mountinfo costs, so files skip it.
+    if target.is_dir() {
+        for sub in submounts_of(target) {
+            remount_with(&sub, extra | MsFlags::MS_RDONLY)?;
+        }
     }
     Ok(())
 }

@@ -40,9 +40,10 @@ fn read_trim(path: &str) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 
-/// Inspects the host. Cheap: reads sysctls and mounts, asks Landlock its ABI, and creates and
-/// removes one cgroup.
-pub fn host_layers() -> HostLayers {
+/// Inspects the host: reads sysctls and mounts, asks Landlock its ABI, and, when
+/// `try_cgroup` is set, creates and removes one cgroup to see whether this user may. (A job
+/// launch skips that trial: it creates the job's cgroup right after and fails closed there.)
+pub fn host_layers(try_cgroup: bool) -> HostLayers {
     let mut layers = Vec::new();
 
     // User namespaces and the distribution switches that restrict them.
@@ -114,7 +115,7 @@ pub fn host_layers() -> HostLayers {
 
     let cgroups = cgroup::detect();
     let usable = cgroups.usable();
-    let writable = usable.is_some() && cgroups.writable();
+    let writable = usable.is_some() && (!try_cgroup || cgroups.writable());
     let cgroup_version = if writable { usable } else { None };
     layers.push(Layer {
         name: "cgroups",

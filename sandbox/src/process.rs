@@ -38,8 +38,9 @@ pub fn exec_step(
     filters: &JobFilters,
     log: &OwnedFd,
     status: &mut File,
+    report_phases: bool,
 ) -> ! {
-    match prepare(step, rlimits, filters, log, status) {
+    match prepare(step, rlimits, filters, log, status, report_phases) {
         Ok(never) => match never {},
         Err((stage, message)) => {
             let _ = writeln!(
@@ -68,6 +69,7 @@ fn prepare(
     filters: &JobFilters,
     log: &OwnedFd,
     status: &mut File,
+    report_phases: bool,
 ) -> Result<std::convert::Infallible, StageError> {
     // Init blocks SIGCHLD to read it from a signalfd; the mask survives exec, so undo it.
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
@@ -137,6 +139,13 @@ fn prepare(
         .to_line()
     )
     .map_err(stage("report"))?;
+    if report_phases {
+        let ev = Event::Phase {
+            name: "job-exec".into(),
+            mono_ns: crate::spec::monotonic_ns(),
+        };
+        let _ = writeln!(status, "{}", ev.to_line());
+    }
     crate::sys::close_fds_from(3).map_err(stage("close descriptors"))?;
     let e = execve(&prog, &argv, &envp).unwrap_err();
     let _ = writeln!(

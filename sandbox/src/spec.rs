@@ -48,6 +48,9 @@ pub struct SandboxSpec {
     pub kill_grace_ms: u64,
     /// Resource limits set on each job process.
     pub rlimits: Rlimits,
+    /// Report [`Event::Phase`] timestamps (benchmarks).
+    #[serde(default)]
+    pub report_phases: bool,
 }
 
 /// One step of a job.
@@ -127,6 +130,13 @@ pub enum Event {
         /// What went wrong.
         message: String,
     },
+    /// A point in the sandbox's setup reached, on the monotonic clock (benchmarks only).
+    Phase {
+        /// What was reached.
+        name: String,
+        /// CLOCK_MONOTONIC in nanoseconds.
+        mono_ns: u64,
+    },
     /// All steps ran (or one failed) and every job process is gone.
     Done {
         /// The whole-job time limit was reached.
@@ -139,5 +149,31 @@ impl Event {
     pub fn to_line(&self) -> String {
         // Serializing these plain types cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"event\":\"ready\"}"))
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(t.tv_nsec() as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// Writes a phase event when the spec asks for them.
+pub fn phase(spec: &SandboxSpec, status: &mut impl std::io::Write, name: &str) {
+    if spec.report_phases {
+        let _ = writeln!(
+            status,
+            "{}",
+            Event::Phase {
+                name: name.to_string(),
+                mono_ns: monotonic_ns()
+            }
+            .to_line()
+        );
     }
 }

@@ -1,0 +1,168 @@
+//! `bulwark exec`: one command in a fresh sandbox with every layer on, and nothing else.
+//!
+//! No job spec, no source copy, no outputs, no log capture (the command's output goes straight
+//! to stderr): the sandbox launch path alone, end to end, including the job's cgroup creation
+//! and removal. It exists for the launch benchmark (`bench/launch.sh`) and for poking at the
+//! sandbox by hand (`bulwark exec -- sh -c 'cat /proc/self/status'`). With `--phases` it
+//! prints a JSON object of monotonic timestamps for each phase of the launch.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bulwark_sandbox::cgroup::{self, JobCgroup};
+use bulwark_sandbox::spec::{monotonic_ns, Event, Rlimits, SandboxSpec, StepSpec};
+
+use crate::config::{self, Dirs};
+use crate::job::{ETC_ENTRIES, JOB_PATH, SYSTEM_PATHS};
+
+/// Runs `bulwark exec`; returns the exit status (the command's, or 2 when refused).
+pub fn run(config_path: Option<PathBuf>, phases: bool, argv: Vec<String>) -> u8 {
+    let t0 = monotonic_ns();
+    match run_inner(config_path, phases, argv, t0) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("bulwark: {msg}");
+            crate::exit::REFUSED
+        }
+    }
+}
+
+fn run_inner(
+    config_path: Option<PathBuf>,
+    phases: bool,
+    argv: Vec<String>,
+    t0: u64,
+) -> Result<u8, String> {
+    let mut marks: Vec<(String, u64)> = vec![("runner-start".into(), t0)];
+    let loaded = config::load(config_path.as_deref()).map_err(|e| format!("{e:#}"))?;
+    let limits = &loaded.config.limits;
+    let dirs = Dirs::resolve(&loaded.config).map_err(|e| format!("{e:#}"))?;
+    dirs.create().map_err(|e| format!("{e:#}"))?;
+    let support = cgroup::detect();
+    let lease = if config::is_root() {
+        Some(
+            crate::uids::lease(&limits.job_uids, &dirs.uid_locks())
+                .map_err(|e| format!("{e:#}"))?,
+        )
+    } else {
+        None
+    };
+    let jobdir = crate::workspace::create(
+        &dirs,
+        "exec",
+        &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    if let Some(l) = &lease {
+        for d in [&jobdir.workspace, &jobdir.tmp] {
+            std::os::unix::fs::lchown(d, Some(l.uid), Some(l.uid))
+                .map_err(|e| format!("chown {}: {e}", d.display()))?;
+        }
+    }
+    marks.push(("runner-workspace".into(), monotonic_ns()));
+    let cg = match JobCgroup::create(
+        &support,
+        &jobdir.id,
+        Some(limits.max_memory),
+        Some(limits.max_pids),
+    ) {
+        Ok(cg) => Some(cg),
+        Err(e) if !limits.allow_rlimit_fallback => {
+            let _ = jobdir.remove();
+            return Err(format!(
+                "cgroups: {e}; set limits.allow_rlimit_fallback = true to run with rlimits alone"
+            ));
+        }
+        Err(_) => None,
+    };
+    marks.push(("runner-cgroup-created".into(), monotonic_ns()));
+    let spec = SandboxSpec {
+        job_id: jobdir.id.clone(),
+        workspace: jobdir.workspace.clone(),
+        tmp: jobdir.tmp.clone(),
+        system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
+        etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
+        host_ids: lease.as_ref().map(|l| (l.uid, l.uid)),
+        cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+        hostname: "bulwark-exec".into(),
+        steps: vec![StepSpec {
+            name: "exec".into(),
+            argv,
+            env: vec![
+                ("PATH".into(), JOB_PATH.into()),
+                ("HOME".into(), "/workspace".into()),
+                ("TMPDIR".into(), "/tmp".into()),
+            ],
+            timeout_ms: None,
+        }],
+        job_timeout_ms: u64::try_from(limits.max_timeout.as_millis()).unwrap_or(u64::MAX),
+        kill_grace_ms: u64::try_from(limits.kill_grace.as_millis()).unwrap_or(u64::MAX),
+        rlimits: Rlimits {
+            nofile: 65536,
+            core: 0,
+            nproc: cg.is_none().then_some(limits.max_pids),
+            address_space: cg.is_none().then_some(limits.max_memory),
+        },
+        report_phases: phases,
+    };
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg(bulwark_sandbox::helper::HELPER_ARG)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("starting the sandbox helper: {e}"))?;
+    marks.push(("runner-helper-spawned".into(), monotonic_ns()));
+    let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&json)
+            .map_err(|e| format!("sending the sandbox spec: {e}"))?;
+    }
+    let mut code = None;
+    let mut failed = None;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            match serde_json::from_str::<Event>(&line) {
+                Ok(Event::Phase { name, mono_ns }) => marks.push((name, mono_ns)),
+                Ok(Event::StepFinished {
+                    exit_code, signal, ..
+                }) => code = Some(exit_code.unwrap_or(128 + signal.unwrap_or(0))),
+                Ok(Event::SetupFailed { stage, message }) => {
+                    failed.get_or_insert(format!("the sandbox could not apply {stage}: {message}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = child.wait();
+    marks.push(("runner-helper-reaped".into(), monotonic_ns()));
+    if let Some(cg) = cg {
+        cg.remove(Duration::from_secs(10))
+            .map_err(|e| format!("removing the job's cgroup: {e}"))?;
+    }
+    marks.push(("runner-cgroup-removed".into(), monotonic_ns()));
+    let _ = jobdir.remove();
+    // The helper was reaped, so its pid namespace (every job process) is gone.
+    if let Some(l) = lease {
+        l.release_clean();
+    }
+    marks.push(("runner-end".into(), monotonic_ns()));
+    if phases {
+        let obj: serde_json::Map<String, serde_json::Value> = marks
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect();
+        eprintln!("{}", serde_json::Value::Object(obj));
+    }
+    if let Some(f) = failed {
+        return Err(f);
+    }
+    Ok(code
+        .map(|c| u8::try_from(c & 0xff).unwrap_or(1))
+        .unwrap_or(crate::exit::RUNNER_ERROR))
+}
