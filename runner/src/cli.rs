@@ -121,21 +121,17 @@ pub fn dispatch(cli: Cli) -> u8 {
             phases,
             command,
         } => crate::exec::run(config, phases, command),
-        Commands::Probe { json, config } => {
-            let (fallback, note) = match crate::config::load(config.as_deref()) {
-                Ok(l) => (
-                    l.config.limits.allow_rlimit_fallback,
-                    l.path.is_none().then(|| {
-                        "note: no configuration file; built-in defaults and ceilings apply"
-                            .to_string()
-                    }),
-                ),
-                Err(e) => {
-                    eprintln!("bulwark: {e:#}");
-                    return 2;
-                }
-            };
-            crate::probe::run(json, fallback, note)
-        }
+        Commands::Probe { json, config } => match crate::config::load(config.as_deref()) {
+            Ok(l) => {
+                let note = l.path.is_none().then(|| {
+                    "note: no configuration file; built-in defaults and ceilings apply".to_string()
+                });
+                crate::probe::run(json, &l.config, note)
+            }
+            Err(e) => {
+                eprintln!("bulwark: {e:#}");
+                2
+            }
+        },
     }
 }

@@ -27,8 +27,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Removes a directory tree that a job wrote, without following symlinks, first making any
-/// directory the job left unreadable or unwritable accessible again.
+/// directory the job left unreadable or unwritable accessible again. A job controls the shape
+/// of the tree: one deeper than this walk can handle (path length, descriptors) is handed to
+/// `rm -rf --one-file-system`, which walks any depth with `openat`.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match remove_tree_walk(path, 0) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let status = std::process::Command::new("rm")
+                .args(["-rf", "--one-file-system", "--"])
+                .arg(path)
+                .stdin(std::process::Stdio::null())
+                .status();
+            match status {
+                Ok(s) if s.success() && fs::symlink_metadata(path).is_err() => Ok(()),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// Deepest level [`remove_tree`] walks itself.
+const MAX_WALK_DEPTH: usize = 256;
+
+fn remove_tree_walk(path: &Path, depth: usize) -> io::Result<()> {
+    if depth > MAX_WALK_DEPTH {
+        return Err(io::Error::other("tree too deep"));
+    }
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -42,7 +67,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
     for entry in fs::read_dir(path)? {
         let entry = entry?;
-        remove_tree(&entry.path())?;
+        remove_tree_walk(&entry.path(), depth + 1)?;
     }
     fs::remove_dir(path)
 }

@@ -146,7 +146,8 @@ pub fn run(args: RunArgs) -> u8 {
         JobStatus::Refused => exit::REFUSED,
         JobStatus::RunnerError => exit::RUNNER_ERROR,
     };
-    let json = serde_json::to_vec_pretty(&result).unwrap_or_default();
+    let mut json = serde_json::to_vec_pretty(&result).unwrap_or_default();
+    json.push(b'\n');
     if let Err(e) = crate::fsutil::write_atomic(&out.join("result.json"), &json) {
         eprintln!(
             "bulwark: writing {}: {e}",
@@ -277,24 +278,8 @@ impl JobRun<'_> {
         if host.cgroup_version.is_some() && !config::is_root() && !host.cgroups.writable() {
             host.cgroup_version = None;
         }
-        for name in ["user-namespaces", "landlock", "seccomp"] {
-            if let Some(layer) = host.layer(name).filter(|l| !l.available) {
-                return Err(Stop::Refused(format!(
-                    "this host cannot enforce {name}: {}; run `bulwark probe` for every layer",
-                    layer.detail
-                )));
-            }
-        }
+        check_required_layers(&host, limits.allow_rlimit_fallback).map_err(Stop::Refused)?;
         let fallback = host.cgroup_version.is_none();
-        if fallback && !limits.allow_rlimit_fallback {
-            let detail = host
-                .layer("cgroups")
-                .map(|l| l.detail.clone())
-                .unwrap_or_default();
-            return Err(Stop::Refused(format!(
-                "this host cannot enforce cgroups: {detail}"
-            )));
-        }
         let root = config::is_root();
         let mode = if root {
             IsolationMode::RootPerJobUid
@@ -745,4 +730,74 @@ fn confirmed_layers(en: &bulwark_sandbox::spec::Enforced) -> Vec<String> {
         v.push("capabilities-none".into());
     }
     v
+}
+
+/// Refuses a job where a layer it needs cannot be enforced, naming the layer. cgroups may be
+/// replaced by rlimits only when the operator allowed it.
+fn check_required_layers(
+    host: &bulwark_sandbox::probe::HostLayers,
+    allow_rlimit_fallback: bool,
+) -> Result<(), String> {
+    for name in ["user-namespaces", "landlock", "seccomp"] {
+        match host.layer(name) {
+            Some(layer) if layer.available => {}
+            Some(layer) => {
+                return Err(format!(
+                    "this host cannot enforce {name}: {}; run `bulwark probe` for every layer",
+                    layer.detail
+                ));
+            }
+            None => return Err(format!("this host cannot enforce {name}: not probed")),
+        }
+    }
+    if host.cgroup_version.is_none() && !allow_rlimit_fallback {
+        let detail = host
+            .layer("cgroups")
+            .map(|l| l.detail.clone())
+            .unwrap_or_default();
+        return Err(format!("this host cannot enforce cgroups: {detail}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_sandbox::probe::{HostLayers, Layer};
+
+    fn host(missing: &str, cgroups: bool) -> HostLayers {
+        let layers = ["user-namespaces", "landlock", "seccomp", "cgroups"]
+            .into_iter()
+            .map(|name| Layer {
+                name,
+                available: name != missing,
+                detail: format!("{name} detail"),
+            })
+            .collect();
+        HostLayers {
+            layers,
+            landlock_abi: 7,
+            cgroups: Default::default(),
+            cgroup_version: cgroups.then_some(bulwark_sandbox::cgroup::Version::V1),
+        }
+    }
+
+    #[test]
+    fn a_missing_layer_refuses_the_job_naming_it() {
+        for layer in ["user-namespaces", "landlock", "seccomp"] {
+            let e = check_required_layers(&host(layer, true), true).unwrap_err();
+            assert!(
+                e.starts_with(&format!("this host cannot enforce {layer}: {layer} detail")),
+                "{e}"
+            );
+        }
+        assert!(check_required_layers(&host("none", true), false).is_ok());
+    }
+
+    #[test]
+    fn missing_cgroups_refuse_unless_the_rlimit_fallback_is_allowed() {
+        let e = check_required_layers(&host("cgroups", false), false).unwrap_err();
+        assert!(e.contains("cannot enforce cgroups: cgroups detail"), "{e}");
+        assert!(check_required_layers(&host("cgroups", false), true).is_ok());
+    }
 }

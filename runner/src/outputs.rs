@@ -159,12 +159,20 @@ pub fn collect(
     Ok(records)
 }
 
+/// Deepest directory level searched for outputs; a job cannot make the runner recurse further.
+const MAX_OUTPUT_DEPTH: usize = 128;
+
 fn walk(
     dir: &OwnedFd,
     rel: &str,
     patterns: &[String],
     out: &mut Vec<(String, Kind, u64, u64)>,
 ) -> Result<(), OutputError> {
+    if rel.matches('/').count() >= MAX_OUTPUT_DEPTH {
+        return Err(OutputError::Bounds(format!(
+            "{rel}: directories nested deeper than {MAX_OUTPUT_DEPTH} levels are not searched for outputs"
+        )));
+    }
     let entries = read_entries(dir).map_err(|e| OutputError::Io {
         path: if rel.is_empty() {
             ".".into()
@@ -404,5 +412,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("limits.max_output_bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_very_deep_tree_is_refused_not_recursed() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        // Relative creation: the absolute path may exceed PATH_MAX.
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd {} && for i in $(seq {}); do mkdir d && cd d; done",
+                ws.display(),
+                MAX_OUTPUT_DEPTH + 2
+            ))
+            .status()
+            .unwrap();
+        let e = collect(&ws, &["**/x".into()], &out, BOUNDS).unwrap_err();
+        assert!(e.to_string().contains("nested deeper than"), "{e}");
+        crate::fsutil::remove_tree(&ws).unwrap();
+        assert!(!ws.exists());
     }
 }

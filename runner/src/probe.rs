@@ -12,9 +12,10 @@ use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
 use crate::job::{ETC_ENTRIES, JOB_PATH, SYSTEM_PATHS};
 
 /// Runs the probe, prints the report, returns 0 (full isolation) or 1 (degraded).
-pub fn run(json: bool, allow_rlimit_fallback: bool, config_note: Option<String>) -> u8 {
+pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<String>) -> u8 {
+    let allow_rlimit_fallback = config.limits.allow_rlimit_fallback;
     let host = bulwark_sandbox::probe::host_layers(true);
-    let trial = trial_sandbox();
+    let trial = trial_sandbox(config);
     let mode = if crate::config::is_root() {
         "root-per-job-uid"
     } else {
@@ -75,8 +76,19 @@ pub fn run(json: bool, allow_rlimit_fallback: bool, config_note: Option<String>)
     }
 }
 
-/// Starts a sandbox running `/bin/true` and checks that it reports every layer enforced.
-fn trial_sandbox() -> Result<(), String> {
+/// Starts a sandbox running `/bin/true` and checks that it reports every layer enforced. As
+/// root it leases a job uid, so the trial takes the same uid switch as `bulwark run`.
+fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
+    let lease = if crate::config::is_root() {
+        let dirs = crate::config::Dirs::resolve(config).map_err(|e| format!("{e:#}"))?;
+        dirs.create().map_err(|e| format!("{e:#}"))?;
+        Some(
+            crate::uids::lease(&config.limits.job_uids, &dirs.uid_locks())
+                .map_err(|e| format!("{e:#}"))?,
+        )
+    } else {
+        None
+    };
     let base = std::env::temp_dir().join(format!(
         "bulwark-probe-{}-{}",
         std::process::id(),
@@ -87,13 +99,19 @@ fn trial_sandbox() -> Result<(), String> {
     std::fs::create_dir_all(&ws)
         .and_then(|_| std::fs::create_dir_all(&tmp))
         .map_err(|e| format!("creating {}: {e}", base.display()))?;
+    if let Some(l) = &lease {
+        for d in [&ws, &tmp] {
+            std::os::unix::fs::lchown(d, Some(l.uid), Some(l.uid))
+                .map_err(|e| format!("chown {}: {e}", d.display()))?;
+        }
+    }
     let spec = SandboxSpec {
         job_id: "probe".into(),
         workspace: ws,
         tmp,
         system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
         etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
-        host_ids: None,
+        host_ids: lease.as_ref().map(|l| (l.uid, l.uid)),
         cgroup_procs: Vec::new(),
         hostname: "bulwark-probe".into(),
         steps: vec![StepSpec {
@@ -114,6 +132,9 @@ fn trial_sandbox() -> Result<(), String> {
     };
     let result = run_trial(&spec);
     let _ = crate::fsutil::remove_tree(&base);
+    if let Some(l) = lease {
+        l.release_clean();
+    }
     result
 }
 

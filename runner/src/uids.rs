@@ -10,6 +10,11 @@
 //! writes `clean` before unlocking; a crashed runner leaves `in-use`, and so the next lease of
 //! that uid scans `/proc` first. A fresh lock file is treated like a crash, since the operator's
 //! range might overlap some other user.
+//!
+//! Uids that belong to someone else are never handed out even inside the configured range:
+//! accounts in `/etc/passwd` and `/etc/group`, and the subordinate ranges in `/etc/subuid` and
+//! `/etc/subgid` (Debian's defaults for the second and third login users overlap the example
+//! range `200000-265535`). The job's gid equals its uid, so both files are checked.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -48,8 +53,12 @@ pub fn lease(range: &UidRange, lock_dir: &Path) -> Result<UidLease> {
     // /proc scan is rarely needed; a contended lock is skipped at once (non-blocking).
     let start = 0;
     let mut busy: Option<std::collections::HashSet<u32>> = None;
+    let reserved = reserved_ids();
     for i in 0..span.min(1_000_000) {
         let uid = range.first + ((start + i) % span) as u32;
+        if reserved.iter().any(|(a, b)| (*a..=*b).contains(&uid)) {
+            continue;
+        }
         let path = lock_dir.join(format!("{uid}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -101,4 +110,77 @@ fn uids_in_use() -> std::collections::HashSet<u32> {
         }
     }
     set
+}
+
+/// Id ranges owned by accounts or subordinate-id grants on this host.
+fn reserved_ids() -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for file in ["/etc/passwd", "/etc/group"] {
+        if let Ok(text) = fs::read_to_string(file) {
+            for line in text.lines() {
+                if let Some(id) = line.split(':').nth(2).and_then(|v| v.parse::<u32>().ok()) {
+                    out.push((id, id));
+                }
+            }
+        }
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        if let Ok(text) = fs::read_to_string(file) {
+            out.extend(parse_subid(&text));
+        }
+    }
+    out
+}
+
+/// `name:start:count` lines to inclusive ranges.
+fn parse_subid(text: &str) -> Vec<(u32, u32)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':').skip(1);
+            let start: u32 = f.next()?.trim().parse().ok()?;
+            let count: u32 = f.next()?.trim().parse().ok()?;
+            (count > 0).then(|| (start, start.saturating_add(count - 1)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subordinate_id_ranges_are_parsed_inclusively() {
+        assert_eq!(
+            parse_subid("alice:100000:65536\nbob:165536:65536\n# junk\n"),
+            vec![(100000, 165535), (165536, 231071)]
+        );
+    }
+
+    #[test]
+    fn leases_skip_reserved_ids_and_are_exclusive() {
+        let dir = std::env::temp_dir().join(format!(
+            "bulwark-uids-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        // A range far above any account; two leases get two different uids, a third fails.
+        let range = UidRange {
+            first: 4_000_000_000,
+            last: 4_000_000_001,
+        };
+        let a = lease(&range, &dir).unwrap();
+        let b = lease(&range, &dir).unwrap();
+        assert_ne!(a.uid, b.uid);
+        let e = lease(&range, &dir).unwrap_err();
+        assert!(e.to_string().contains("no free job uid"), "{e}");
+        a.release_clean();
+        let c = lease(&range, &dir).unwrap();
+        assert_eq!(c.uid, 4_000_000_000);
+        assert_eq!(
+            fs::read_to_string(dir.join("4000000000.lock")).unwrap(),
+            "in-use\n"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

@@ -59,8 +59,8 @@ fn err<E: Into<io::Error>>(step: &'static str, path: &Path) -> impl FnOnce(E) ->
 /// namespace), inside the new user and mount namespaces.
 ///
 /// `workspace` and `tmp` are the sources of `/workspace` and `/tmp`, given as
-/// `/proc/self/fd/N` paths of descriptors the helper opened before it dropped privileges, so
-/// that no path walk under the runner's state directory happens with the job's credentials.
+/// `/proc/self/fd/N` paths of descriptors the helper opened (without following a final
+/// symlink) in this mount namespace, so the bind uses exactly the directory that was checked.
 pub fn build_root(spec: &SandboxSpec, workspace: &Path, tmp: &Path) -> Result<(), MountError> {
     let root = Path::new(NEW_ROOT);
 

@@ -8,9 +8,10 @@
 //!    fallback limits where no cgroup enforces memory or pids.
 //! 4. the working directory, `/workspace`.
 //! 5. `no_new_privs`: exec can never grant privileges again; Landlock and seccomp need it.
-//! 6. the capability bounding set (needs CAP_SETPCAP, so before the other sets are cleared).
-//! 7. Landlock (needs no capability once `no_new_privs` is set).
-//! 8. ambient, inheritable, effective and permitted capabilities cleared and verified.
+//! 6. Landlock (needs no capability once `no_new_privs` is set).
+//! 7. capabilities: the bounding set first (dropping from it needs CAP_SETPCAP, which the
+//!    next sets remove), then ambient, inheritable, effective and permitted, read back empty.
+//! 8. argv and environment prepared, so nothing after seccomp needs to allocate much.
 //! 9. seccomp, last but for two writes, so that it need not allow any of the calls above.
 //! 10. the enforcement report to init, then every descriptor above stderr closed.
 //! 11. exec with exactly the declared environment.

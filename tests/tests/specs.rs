@@ -155,3 +155,34 @@ fn outputs_keep_their_relative_paths_and_digests() {
     );
     assert!(!r.out.join("dist/c.txt").exists());
 }
+
+#[test]
+fn probe_reports_every_layer_and_its_exit_status_matches() {
+    let env = Env::new("probe");
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["probe", "--json", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["layer"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["user-namespaces", "landlock", "seccomp", "cgroups"]);
+    let full = v["full_isolation"].as_bool().unwrap();
+    assert_eq!(o.status.code(), Some(if full { 0 } else { 1 }));
+    // These hosts have user namespaces, Landlock and seccomp; the trial sandbox must run.
+    for l in v["layers"].as_array().unwrap().iter().take(3) {
+        assert_eq!(l["available"], true, "{l}");
+    }
+    assert_eq!(v["trial_sandbox"]["ok"], true, "{v}");
+    if bulwark_tests::is_root() {
+        assert!(full, "{v}");
+        assert_eq!(v["isolation_mode"], "root-per-job-uid");
+    } else {
+        assert_eq!(v["isolation_mode"], "rootless-single-uid");
+    }
+}
