@@ -66,7 +66,21 @@ fn report(status: &mut File, event: &Event) {
 
 type Stage = (&'static str, String);
 
-fn setup(spec: &SandboxSpec, workspace: &OwnedFd, tmp: &OwnedFd) -> Result<JobFilters, Stage> {
+/// What init prepares once and every step's process applies.
+pub struct Prepared {
+    /// Compiled seccomp filters.
+    pub filters: JobFilters,
+    /// The Landlock ruleset.
+    pub landlock: crate::landlock::JobRuleset,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
+fn setup(spec: &SandboxSpec, workspace: &OwnedFd, tmp: &OwnedFd) -> Result<Prepared, Stage> {
     use std::os::fd::AsRawFd;
     // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
     // whole namespace.
@@ -78,10 +92,12 @@ fn setup(spec: &SandboxSpec, workspace: &OwnedFd, tmp: &OwnedFd) -> Result<JobFi
     sethostname(&spec.hostname).map_err(|e| ("hostname", e.to_string()))?;
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| ("dumpable", e.to_string()))?;
-    crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))
+    let filters = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
+    let landlock = crate::landlock::prepare().map_err(|e| ("landlock", e.to_string()))?;
+    Ok(Prepared { filters, landlock })
 }
 
-fn run_steps(spec: &SandboxSpec, filters: &JobFilters, log: &OwnedFd, status: &mut File) -> i32 {
+fn run_steps(spec: &SandboxSpec, filters: &Prepared, log: &OwnedFd, status: &mut File) -> i32 {
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     if let Err(e) = chld.thread_set_mask() {
@@ -155,7 +171,7 @@ struct Outcome {
 fn run_step(
     step: &StepSpec,
     spec: &SandboxSpec,
-    filters: &JobFilters,
+    filters: &Prepared,
     log: &OwnedFd,
     status: &mut File,
     sfd: &SignalFd,

@@ -15,7 +15,7 @@
 
 use landlock::{
     Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 /// Lowest ABI the sandbox accepts.
@@ -35,6 +35,9 @@ pub enum LandlockError {
     /// Building or applying the ruleset failed.
     #[error("ruleset: {0}")]
     Ruleset(#[from] landlock::RulesetError),
+    /// The prepared ruleset could not be duplicated for a step.
+    #[error("duplicating the ruleset: {0}")]
+    Clone(String),
     /// The kernel accepted the ruleset but did not enforce all of it.
     #[error("ruleset not fully enforced: {0:?}")]
     NotFullyEnforced(RestrictionStatus),
@@ -59,9 +62,17 @@ pub fn usable_abi() -> u32 {
     }
 }
 
-/// Restricts the calling process (and its future children) to the job ruleset.
-/// `no_new_privs` must already be set.
-pub fn restrict_self() -> Result<LandlockApplied, LandlockError> {
+/// The job ruleset, built once per sandbox by init (after pivot_root, so the paths are the
+/// job's) and applied by every step's process. Building it does not restrict init itself.
+#[derive(Debug)]
+pub struct JobRuleset {
+    created: RulesetCreated,
+    abi: u32,
+    scoped: bool,
+}
+
+/// Builds the job ruleset for this kernel.
+pub fn prepare() -> Result<JobRuleset, LandlockError> {
     let found = crate::sys::landlock_abi_version();
     let abi_n = usable_abi();
     if abi_n == 0 {
@@ -105,9 +116,28 @@ pub fn restrict_self() -> Result<LandlockApplied, LandlockError> {
     let created = ruleset
         .create()?
         .add_rules(rules.into_iter().map(Ok::<_, landlock::RulesetError>))?;
-    let status = created.restrict_self()?;
-    if status.ruleset != RulesetStatus::FullyEnforced || !status.no_new_privs {
-        return Err(LandlockError::NotFullyEnforced(status));
+    Ok(JobRuleset {
+        created,
+        abi: abi_n,
+        scoped,
+    })
+}
+
+impl JobRuleset {
+    /// Restricts the calling process (and its future children) to the ruleset.
+    /// `no_new_privs` must already be set.
+    pub fn restrict_self(&self) -> Result<LandlockApplied, LandlockError> {
+        let created = self
+            .created
+            .try_clone()
+            .map_err(|e| LandlockError::Clone(e.to_string()))?;
+        let status = created.restrict_self()?;
+        if status.ruleset != RulesetStatus::FullyEnforced || !status.no_new_privs {
+            return Err(LandlockError::NotFullyEnforced(status));
+        }
+        Ok(LandlockApplied {
+            abi: self.abi,
+            scoped: self.scoped,
+        })
     }
-    Ok(LandlockApplied { abi: abi_n, scoped })
 }

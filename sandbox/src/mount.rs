@@ -94,7 +94,7 @@ pub fn build_root(spec: &SandboxSpec, workspace: &Path, tmp: &Path) -> Result<()
     let etc = root.join("etc");
     fs::create_dir(&etc).map_err(err("create", &etc))?;
     for host in &spec.etc_entries {
-        bind_host_path(host, root, false)?;
+        copy_or_bind_etc(host, root)?;
     }
     write_file(&etc.join("passwd"), &format!(
         "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\nbuild:x:{JOB_UID}:{JOB_GID}:bulwark job:/workspace:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -173,6 +173,32 @@ pub fn build_root(spec: &SandboxSpec, workspace: &Path, tmp: &Path) -> Result<()
     )
     .map_err(err("remount root read-only", Path::new("/")))?;
     Ok(())
+}
+
+/// Small regular files are copied into the tmpfs (a snapshot costs less than a bind mount and
+/// a remount each); directories and symlinks go through [`bind_host_path`]. A file this user
+/// cannot read is left out: the job could not have read it through a bind either.
+fn copy_or_bind_etc(host: &Path, root: &Path) -> Result<(), MountError> {
+    const COPY_LIMIT: u64 = 1 << 20;
+    match fs::symlink_metadata(host) {
+        Ok(m) if m.is_file() && m.len() <= COPY_LIMIT => {
+            let rel = host.strip_prefix("/").unwrap_or(host);
+            let target = root.join(rel);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(err("create", parent))?;
+            }
+            match fs::read(host) {
+                Ok(bytes) => {
+                    fs::write(&target, bytes).map_err(err("write", &target))?;
+                    fs::set_permissions(&target, fs::Permissions::from_mode(0o444))
+                        .map_err(err("chmod", &target))
+                }
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+                Err(e) => Err(err("read", host)(e)),
+            }
+        }
+        _ => bind_host_path(host, root, false),
+    }
 }
 
 fn write_file(path: &Path, contents: &str) -> Result<(), MountError> {

@@ -29,14 +29,14 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
 use nix::unistd::{chdir, dup2_stderr, dup2_stdin, dup2_stdout, execve, setsid};
 
-use crate::seccomp::JobFilters;
+use crate::init::Prepared;
 use crate::spec::{Enforced, Event, Rlimits, StepSpec};
 
 /// Runs in the forked job process; never returns.
 pub fn exec_step(
     step: &StepSpec,
     rlimits: &Rlimits,
-    filters: &JobFilters,
+    filters: &Prepared,
     log: &OwnedFd,
     status: &mut File,
     report_phases: bool,
@@ -67,7 +67,7 @@ fn stage<E: std::fmt::Display>(name: &'static str) -> impl FnOnce(E) -> StageErr
 fn prepare(
     step: &StepSpec,
     rlimits: &Rlimits,
-    filters: &JobFilters,
+    filters: &Prepared,
     log: &OwnedFd,
     status: &mut File,
     report_phases: bool,
@@ -101,7 +101,10 @@ fn prepare(
 
     chdir("/workspace").map_err(stage("chdir /workspace"))?;
     nix::sys::prctl::set_no_new_privs().map_err(stage("no_new_privs"))?;
-    let landlock = crate::landlock::restrict_self().map_err(stage("landlock"))?;
+    let landlock = filters
+        .landlock
+        .restrict_self()
+        .map_err(stage("landlock"))?;
     crate::capabilities::drop_all().map_err(stage("capabilities"))?;
 
     let enforced = Enforced {
@@ -128,8 +131,9 @@ fn prepare(
         .first()
         .cloned()
         .ok_or(("argv", "empty command".to_string()))?;
+    let prog = resolve_program(prog, &step.env);
 
-    crate::seccomp::install(filters).map_err(stage("seccomp"))?;
+    crate::seccomp::install(&filters.filters).map_err(stage("seccomp"))?;
     writeln!(
         status,
         "{}",
@@ -155,4 +159,25 @@ fn prepare(
         step.argv[0]
     );
     crate::sys::exit_now(127)
+}
+
+/// A command without a `/` is looked up in the step's `PATH`, as a shell would.
+fn resolve_program(prog: CString, env: &[(String, String)]) -> CString {
+    if prog.as_bytes().contains(&b'/') {
+        return prog;
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/bin:/bin");
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = format!("{dir}/{}", String::from_utf8_lossy(prog.as_bytes()));
+        if nix::unistd::access(candidate.as_str(), nix::unistd::AccessFlags::X_OK).is_ok() {
+            if let Ok(c) = CString::new(candidate) {
+                return c;
+            }
+        }
+    }
+    prog
 }
