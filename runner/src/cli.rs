@@ -61,6 +61,20 @@ pub enum Commands {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Generate a signing key pair for provenance.
+    ///
+    /// Writes DIR/signing.key (PKCS#8 PEM, mode 0600, never overwritten) and DIR/signing.pub
+    /// (SPKI PEM), and prints the key id (sha256 of the public key's SPKI DER).
+    ///
+    /// Example: bulwark keygen --out /etc/bulwark/keys --algorithm ed25519
+    Keygen {
+        /// Directory to write the key pair into (created if absent).
+        #[arg(long)]
+        out: PathBuf,
+        /// Signature algorithm.
+        #[arg(long, value_enum, default_value = "p256")]
+        algorithm: crate::provenance::keys::Algorithm,
+    },
     /// Run one command in a fresh sandbox with every layer on (no spec, no outputs).
     ///
     /// The command's output goes to stderr; its exit status is bulwark's (2 when the sandbox
@@ -116,6 +130,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             config,
             quiet,
         }),
+        Commands::Keygen { out, algorithm } => keygen(&out, algorithm),
         Commands::Exec {
             config,
             phases,
@@ -133,5 +148,28 @@ pub fn dispatch(cli: Cli) -> u8 {
                 2
             }
         },
+    }
+}
+
+fn keygen(out: &std::path::Path, algorithm: crate::provenance::keys::Algorithm) -> u8 {
+    use crate::provenance::keys::{LocalKey, Signer};
+    let result = LocalKey::generate(algorithm).and_then(|k| {
+        k.write_pair(out)?;
+        Ok(k.keyid().to_string())
+    });
+    match result {
+        Ok(keyid) => {
+            println!(
+                "wrote {} and {}",
+                out.join("signing.key").display(),
+                out.join("signing.pub").display()
+            );
+            println!("algorithm {}, keyid {keyid}", algorithm.as_str());
+            0
+        }
+        Err(e) => {
+            eprintln!("bulwark: keygen: {e:#}");
+            2
+        }
     }
 }

@@ -86,7 +86,7 @@ fn now_rfc3339() -> String {
 pub fn run(args: RunArgs) -> u8 {
     let started = now_rfc3339();
     // Stage 1: everything that can be refused without an output directory.
-    let (loaded, job) = match load_and_validate(&args) {
+    let (loaded, job, job_sha256) = match load_and_validate(&args) {
         Ok(v) => v,
         Err(msg) => {
             eprintln!("bulwark: {msg}");
@@ -106,9 +106,6 @@ pub fn run(args: RunArgs) -> u8 {
             config::default_config_path().display()
         );
     }
-    if args.key.is_some() {
-        eprintln!("bulwark: note: signed provenance is not produced by this version yet; --key is accepted and unused");
-    }
     let mut runner = JobRun {
         args: &args,
         config: &loaded.config,
@@ -126,7 +123,7 @@ pub fn run(args: RunArgs) -> u8 {
         Err(Stop::Refused(r)) => (JobStatus::Refused, Some(r), Vec::new()),
         Err(Stop::Runner(r)) => (JobStatus::RunnerError, Some(r), Vec::new()),
     };
-    let result = JobResult {
+    let mut result = JobResult {
         status,
         reason: reason.clone(),
         trust: args.trust,
@@ -155,6 +152,34 @@ pub fn run(args: RunArgs) -> u8 {
         );
         code = exit::RUNNER_ERROR;
     }
+    if code == exit::SUCCEEDED && !result.outputs.is_empty() {
+        match sign_provenance(&args, &loaded.config, &job, &job_sha256, &result, &out) {
+            Ok(Some(public)) => eprintln!(
+                "bulwark: provenance signed with this runner's default key; public key: {}",
+                public.display()
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                // No provenance for a run the runner could not finish; say why in result.json.
+                for name in [
+                    crate::provenance::JSONL_NAME,
+                    crate::provenance::BUNDLE_NAME,
+                ] {
+                    let _ = std::fs::remove_file(out.join(name));
+                }
+                result.status = JobStatus::RunnerError;
+                result.reason = Some(format!("signing provenance failed: {e:#}"));
+                let mut json = serde_json::to_vec_pretty(&result).unwrap_or_default();
+                json.push(b'\n');
+                let _ = crate::fsutil::write_atomic(&out.join("result.json"), &json);
+                eprintln!(
+                    "bulwark: job {}: signing provenance failed: {e:#}",
+                    job.spec.name
+                );
+                return exit::RUNNER_ERROR;
+            }
+        }
+    }
     match (&status, &reason) {
         (JobStatus::Succeeded, _) => eprintln!(
             "bulwark: job {} succeeded; results in {}",
@@ -177,11 +202,15 @@ pub fn run(args: RunArgs) -> u8 {
     code
 }
 
-fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob), String> {
+fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, String), String> {
     let loaded = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
     let path = args.job.display();
     let text = std::fs::read_to_string(&args.job)
         .map_err(|e| format!("job spec {path}: cannot read: {e}"))?;
+    let job_sha256 = {
+        use sha2::Digest;
+        crate::outputs::hex(&sha2::Sha256::digest(text.as_bytes()))
+    };
     let spec = JobSpec::from_toml_str(&text).map_err(|e| format!("job spec {path}: {e}"))?;
     let job = spec
         .validate(&loaded.config.limits)
@@ -211,7 +240,12 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob), S
             return Err(unsupported("source.url", "a tarball source"));
         }
     }
-    Ok((loaded, job))
+    // A key that cannot sign must refuse the job before it runs, not after. It is read here
+    // only to check it, and dropped (zeroized) at once; signing reads it again at the end.
+    if let Some(k) = &args.key {
+        crate::provenance::keys::LocalKey::load(k).map_err(|e| format!("--key: {e:#}"))?;
+    }
+    Ok((loaded, job, job_sha256))
 }
 
 fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<PathBuf, String> {
@@ -381,7 +415,14 @@ impl JobRun<'_> {
                     stats.skipped.join(", ")
                 );
             }
-            self.inputs.source = serde_json::json!({ "kind": "local", "path": abs.display().to_string(), "files": stats.files, "bytes": stats.bytes });
+            self.inputs.source = serde_json::json!({
+                "kind": "local",
+                "uri": format!("file://{}", abs.display()),
+                "path": abs.display().to_string(),
+                "tree_sha256": crate::source::tree_digest(&stats.entries),
+                "files": stats.files,
+                "bytes": stats.bytes,
+            });
         }
         if let Some(uid) = host_uid {
             chown_tree(&jobdir.workspace, uid)
@@ -800,4 +841,44 @@ mod tests {
         assert!(e.contains("cannot enforce cgroups: cgroups detail"), "{e}");
         assert!(check_required_layers(&host("cgroups", false), true).is_ok());
     }
+}
+
+/// Builds, signs and writes the provenance of a successful job. Returns the default public
+/// key's path when the default key was used.
+fn sign_provenance(
+    args: &RunArgs,
+    config: &Config,
+    job: &ValidatedJob,
+    job_sha256: &str,
+    result: &JobResult,
+    out: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    use crate::provenance::{self, ProvenanceInput};
+    let dirs = Dirs::resolve(config)?;
+    let mut byproducts = Vec::new();
+    for name in ["job.log", "result.json", "egress.log"] {
+        let p = out.join(name);
+        if p.exists() {
+            byproducts.push((name.to_string(), provenance::sha256_file(&p)?));
+        }
+    }
+    let input = ProvenanceInput {
+        result,
+        job_path: args.job.display().to_string(),
+        job_sha256: job_sha256.to_string(),
+        builder_id: config.builder_id.clone(),
+        network_allow: job
+            .spec
+            .network
+            .as_ref()
+            .map(|n| n.allow.clone())
+            .unwrap_or_default(),
+        byproducts,
+        runner_sha256: provenance::own_binary_sha256()?,
+    };
+    let statement = provenance::build_statement(&input);
+    // The key is read now, after every job process is gone, and dropped when this returns.
+    let (key, default_pub) = provenance::load_or_create_key(args.key.as_deref(), &dirs.state)?;
+    provenance::write(out, &statement, &key)?;
+    Ok(default_pub)
 }

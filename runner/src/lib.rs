@@ -23,6 +23,7 @@ pub mod joblog;
 pub mod logging;
 pub mod outputs;
 pub mod probe;
+pub mod provenance;
 pub mod source;
 pub mod uids;
 pub mod workspace;

@@ -21,9 +21,38 @@ use nix::unistd::symlinkat;
 
 use crate::fsutil::{read_entries, Kind};
 
+/// One entry of the copied tree, for the tree digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Relative path.
+    pub path: String,
+    /// `d` directory, `f` file, `x` executable file, `l` symlink.
+    pub kind: char,
+    /// File: sha256 hex of the contents; symlink: the target; directory: empty.
+    pub content: String,
+}
+
+/// The `bulwark-tree-v1` digest of a copied tree (documented in docs/build-type.md): sha256
+/// over the entries sorted by path bytes, each `<kind> <path>\0<content>\n`.
+pub fn tree_digest(entries: &[TreeEntry]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&TreeEntry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    let mut h = Sha256::new();
+    for e in sorted {
+        h.update(format!("{} {}", e.kind, e.path).as_bytes());
+        h.update([0u8]);
+        h.update(e.content.as_bytes());
+        h.update(b"\n");
+    }
+    crate::outputs::hex(&h.finalize())
+}
+
 /// What a copy did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CopyStats {
+    /// Every directory, file and symlink copied.
+    pub entries: Vec<TreeEntry>,
     /// Regular files copied.
     pub files: u64,
     /// Directories created.
@@ -94,6 +123,11 @@ fn copy_dir(
                 let s = openat(src, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
                 let d = openat(dst, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
                 stats.dirs += 1;
+                stats.entries.push(TreeEntry {
+                    path: child.clone(),
+                    kind: 'd',
+                    content: String::new(),
+                });
                 copy_dir(&s, &d, &child, stats)?;
                 let _ =
                     nix::sys::stat::fchmod(&d, Mode::from_bits_truncate(e.mode & 0o777 | 0o700));
@@ -129,18 +163,29 @@ fn copy_dir(
                     mode,
                 )
                 .map_err(at)?;
-                let (mut sf, mut df) = (File::from(s), File::from(d));
-                let n = io::copy(&mut sf, &mut df).map_err(|err| CopyError {
+                let (sf, df) = (File::from(s), File::from(d));
+                let (n, sha) = copy_hashing(sf, df).map_err(|err| CopyError {
                     path: child.clone(),
                     source: err,
                 })?;
                 stats.files += 1;
                 stats.bytes += n;
+                let kind = if st.st_mode & 0o111 != 0 { 'x' } else { 'f' };
+                stats.entries.push(TreeEntry {
+                    path: child.clone(),
+                    kind,
+                    content: sha,
+                });
             }
             Kind::Symlink => {
                 let target = readlinkat(src, name).map_err(at)?;
                 symlinkat(target.as_os_str(), dst, name).map_err(at)?;
                 stats.symlinks += 1;
+                stats.entries.push(TreeEntry {
+                    path: child.clone(),
+                    kind: 'l',
+                    content: target.to_string_lossy().into_owned(),
+                });
             }
             Kind::Fifo | Kind::Socket | Kind::Device => {
                 tracing::info!(path = %child, kind = e.kind.name(), "source entry skipped");
@@ -149,6 +194,26 @@ fn copy_dir(
         }
     }
     Ok(())
+}
+
+fn copy_hashing(mut src: File, mut dst: File) -> io::Result<(u64, String)> {
+    use io::{Read, Write};
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..k]);
+        dst.write_all(&buf[..k])?;
+        n += k as u64;
+    }
+    Ok((n, crate::outputs::hex(&h.finalize())))
 }
 
 fn join(rel: &str, name: &OsStr) -> String {
@@ -209,6 +274,15 @@ mod tests {
         assert!(!dst.join("bulwark-out").exists());
         assert_eq!(stats.skipped, vec!["pipe".to_string()]);
         assert_eq!(stats.files, 2);
+        // The tree digest covers content and links, not the skipped fifo, and is stable.
+        let d1 = tree_digest(&stats.entries);
+        assert_eq!(d1.len(), 64);
+        let dst2 = tempdir("d2");
+        nix::unistd::mkfifo(&src.join("pipe2"), Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(tree_digest(&copy_tree(&src, &dst2).unwrap().entries), d1);
+        std::fs::write(src.join("sub/b"), "B").unwrap();
+        let dst3 = tempdir("d3");
+        assert_ne!(tree_digest(&copy_tree(&src, &dst3).unwrap().entries), d1);
         let _ = std::fs::remove_dir_all(&src);
         let _ = std::fs::remove_dir_all(&dst);
     }

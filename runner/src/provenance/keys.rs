@@ -1,0 +1,363 @@
+//! Signing keys: generation, loading, the key id, and the [`Signer`] seam.
+//!
+//! Formats: the private key is PKCS#8 PEM (`signing.key`, mode 0600), the public key SPKI PEM
+//! (`signing.pub`). Algorithms: ECDSA P-256 with SHA-256 (signatures ASN.1 DER, as
+//! securesystemslib and sigstore-js require) and Ed25519.
+//!
+//! The key id is `sha256:` followed by the lowercase hex sha256 of the public key's SPKI DER
+//! encoding: a function of the public key alone, stable across PEM formatting, and the same
+//! for every tool that can decode the PEM (`openssl pkey -pubin -outform DER | sha256sum`).
+//!
+//! The private key is read only after every process of the job is gone and is never passed to
+//! the sandbox: signing happens in the runner, the job never shares a process or a mount
+//! namespace with it. Key material is held in types whose `Debug` redacts it. A private key
+//! file that group or others can read is refused: whoever else could read it could sign.
+//!
+//! [`Signer`] is the seam for keys that are not files (KMS, HSM, keyless signing).
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
+use sha2::{Digest, Sha256};
+
+/// Signature algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Algorithm {
+    /// ECDSA over NIST P-256 with SHA-256, DER signatures.
+    P256,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl Algorithm {
+    /// Name used in messages and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::P256 => "ecdsa-p256-sha256",
+            Algorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// Something that signs bytes with a key identified by `keyid`.
+pub trait Signer {
+    /// The key id carried in every signature.
+    fn keyid(&self) -> &str;
+    /// The algorithm.
+    fn algorithm(&self) -> Algorithm;
+    /// Signs `message` (the DSSE PAE bytes); returns the signature in its wire encoding.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+    /// The public key, as SPKI PEM.
+    fn public_key_pem(&self) -> Result<String>;
+}
+
+/// A private key held in memory.
+pub struct LocalKey {
+    inner: Inner,
+    keyid: String,
+}
+
+enum Inner {
+    P256(p256::ecdsa::SigningKey),
+    Ed25519(ed25519_dalek::SigningKey),
+}
+
+impl fmt::Debug for LocalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "LocalKey({}, {}, <private key redacted>)",
+            self.algorithm().as_str(),
+            self.keyid
+        )
+    }
+}
+
+impl LocalKey {
+    /// A new random key.
+    pub fn generate(alg: Algorithm) -> Result<LocalKey> {
+        use p256::elliptic_curve::Generate;
+        let inner = match alg {
+            Algorithm::P256 => Inner::P256(
+                p256::ecdsa::SigningKey::try_generate_from_rng(&mut getrandom::SysRng).map_err(
+                    |e| {
+                        anyhow::anyhow!(
+                            "generating a P-256 key: the system random source failed: {e}"
+                        )
+                    },
+                )?,
+            ),
+            Algorithm::Ed25519 => {
+                let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+                getrandom::fill(seed.as_mut()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "generating an Ed25519 key: the system random source failed: {e}"
+                    )
+                })?;
+                Inner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
+            }
+        };
+        LocalKey::from_inner(inner)
+    }
+
+    fn from_inner(inner: Inner) -> Result<LocalKey> {
+        let der = match &inner {
+            Inner::P256(k) => k
+                .verifying_key()
+                .to_public_key_der()
+                .context("encoding the public key")?
+                .into_vec(),
+            Inner::Ed25519(k) => k
+                .verifying_key()
+                .to_public_key_der()
+                .context("encoding the public key")?
+                .into_vec(),
+        };
+        Ok(LocalKey {
+            inner,
+            keyid: keyid_of_spki_der(&der),
+        })
+    }
+
+    /// Reads a PKCS#8 PEM private key, refusing a file that group or others can read.
+    pub fn load(path: &Path) -> Result<LocalKey> {
+        let meta = fs::metadata(path).with_context(|| format!("signing key {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "signing key {}: refused: it is readable or writable by group or others (mode {mode:04o}); make it private with `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let pem = zeroize::Zeroizing::new(
+            fs::read_to_string(path)
+                .with_context(|| format!("signing key {}: cannot read", path.display()))?,
+        );
+        let inner = if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem) {
+            Inner::P256(k)
+        } else if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem) {
+            Inner::Ed25519(k)
+        } else {
+            bail!("signing key {}: not a PKCS#8 PEM ECDSA P-256 or Ed25519 private key (bulwark keygen writes one)", path.display());
+        };
+        LocalKey::from_inner(inner)
+    }
+
+    /// Writes `signing.key` (0600, created exclusively) and `signing.pub` into `dir`.
+    pub fn write_pair(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let private = match &self.inner {
+            Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Inner::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
+        }
+        .context("encoding the private key")?;
+        let key_path = dir.join("signing.key");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .with_context(|| {
+                format!(
+                    "creating {} (an existing key is never overwritten)",
+                    key_path.display()
+                )
+            })?;
+        f.write_all(private.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", key_path.display()))?;
+        let pub_path = dir.join("signing.pub");
+        crate::fsutil::write_atomic(&pub_path, self.public_key_pem()?.as_bytes())
+            .with_context(|| format!("writing {}", pub_path.display()))?;
+        fs::set_permissions(&pub_path, fs::Permissions::from_mode(0o644))?;
+        Ok(())
+    }
+
+    /// The verifying half.
+    pub fn public(&self) -> PublicKey {
+        match &self.inner {
+            Inner::P256(k) => PublicKey {
+                inner: PubInner::P256(*k.verifying_key()),
+                keyid: self.keyid.clone(),
+            },
+            Inner::Ed25519(k) => PublicKey {
+                inner: PubInner::Ed25519(k.verifying_key()),
+                keyid: self.keyid.clone(),
+            },
+        }
+    }
+}
+
+impl Signer for LocalKey {
+    fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        match self.inner {
+            Inner::P256(_) => Algorithm::P256,
+            Inner::Ed25519(_) => Algorithm::Ed25519,
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        use signature_traits::Signer as _;
+        Ok(match &self.inner {
+            Inner::P256(k) => {
+                let sig: p256::ecdsa::Signature = k.try_sign(message).context("ECDSA signing")?;
+                sig.to_der().as_bytes().to_vec()
+            }
+            Inner::Ed25519(k) => k
+                .try_sign(message)
+                .context("Ed25519 signing")?
+                .to_bytes()
+                .to_vec(),
+        })
+    }
+
+    fn public_key_pem(&self) -> Result<String> {
+        self.public().to_pem()
+    }
+}
+
+/// `signature` trait re-exported through p256 (the same crate version ed25519-dalek uses).
+mod signature_traits {
+    pub use p256::ecdsa::signature::{Signer, Verifier};
+}
+
+/// A public key that verifies signatures.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    inner: PubInner,
+    keyid: String,
+}
+
+#[derive(Debug, Clone)]
+enum PubInner {
+    P256(p256::ecdsa::VerifyingKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl PublicKey {
+    /// Reads an SPKI PEM public key (ECDSA P-256 or Ed25519).
+    pub fn from_pem(pem: &str) -> Result<PublicKey> {
+        let inner = if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
+            PubInner::P256(k)
+        } else if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
+            PubInner::Ed25519(k)
+        } else {
+            bail!("not an SPKI PEM ECDSA P-256 or Ed25519 public key");
+        };
+        let der = match &inner {
+            PubInner::P256(k) => k.to_public_key_der()?.into_vec(),
+            PubInner::Ed25519(k) => k.to_public_key_der()?.into_vec(),
+        };
+        Ok(PublicKey {
+            inner,
+            keyid: keyid_of_spki_der(&der),
+        })
+    }
+
+    /// Reads a public key file.
+    pub fn load(path: &Path) -> Result<PublicKey> {
+        let pem = fs::read_to_string(path)
+            .with_context(|| format!("public key {}: cannot read", path.display()))?;
+        PublicKey::from_pem(&pem).with_context(|| format!("public key {}", path.display()))
+    }
+
+    /// The key id (see the module docs).
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    /// SPKI PEM.
+    pub fn to_pem(&self) -> Result<String> {
+        Ok(match &self.inner {
+            PubInner::P256(k) => k.to_public_key_pem(LineEnding::LF)?,
+            PubInner::Ed25519(k) => k.to_public_key_pem(LineEnding::LF)?,
+        })
+    }
+
+    /// Checks `signature` over `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        use signature_traits::Verifier as _;
+        match &self.inner {
+            PubInner::P256(k) => p256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|s| k.verify(message, &s).is_ok()),
+            PubInner::Ed25519(k) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|s| k.verify_strict(message, &s).is_ok()),
+        }
+    }
+}
+
+/// `sha256:<hex of sha256(SPKI DER)>`.
+pub fn keyid_of_spki_der(der: &[u8]) -> String {
+    format!("sha256:{}", crate::outputs::hex(&Sha256::digest(der)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-keys-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4)
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn keys_round_trip_through_pem_and_sign_verifiably() {
+        for alg in [Algorithm::P256, Algorithm::Ed25519] {
+            let dir = tempdir();
+            let key = LocalKey::generate(alg).unwrap();
+            key.write_pair(&dir).unwrap();
+            assert_eq!(
+                fs::metadata(dir.join("signing.key"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o600
+            );
+            let loaded = LocalKey::load(&dir.join("signing.key")).unwrap();
+            assert_eq!(loaded.keyid(), key.keyid());
+            assert!(key.keyid().starts_with("sha256:") && key.keyid().len() == 71);
+            let public = PublicKey::load(&dir.join("signing.pub")).unwrap();
+            assert_eq!(public.keyid(), key.keyid());
+            let sig = loaded.sign(b"message").unwrap();
+            assert!(public.verify(b"message", &sig));
+            assert!(!public.verify(b"messagf", &sig));
+            if alg == Algorithm::P256 {
+                assert_eq!(sig[0], 0x30, "P-256 signatures are ASN.1 DER sequences");
+            }
+            assert!(!format!("{loaded:?}").contains("BEGIN"));
+            // Never overwritten.
+            assert!(key.write_pair(&dir).is_err());
+        }
+    }
+
+    #[test]
+    fn a_group_readable_private_key_is_refused_with_a_fix() {
+        let dir = tempdir();
+        LocalKey::generate(Algorithm::P256)
+            .unwrap()
+            .write_pair(&dir)
+            .unwrap();
+        let p = dir.join("signing.key");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = LocalKey::load(&p).unwrap_err().to_string();
+        assert!(e.contains("mode 0640") && e.contains("chmod 600"), "{e}");
+    }
+}
