@@ -801,6 +801,46 @@ fn check_required_layers(
     Ok(())
 }
 
+/// Builds, signs and writes the provenance of a successful job. Returns the default public
+/// key's path when the default key was used.
+fn sign_provenance(
+    args: &RunArgs,
+    config: &Config,
+    job: &ValidatedJob,
+    job_sha256: &str,
+    result: &JobResult,
+    out: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    use crate::provenance::{self, ProvenanceInput};
+    let dirs = Dirs::resolve(config)?;
+    let mut byproducts = Vec::new();
+    for name in ["job.log", "result.json", "egress.log"] {
+        let p = out.join(name);
+        if p.exists() {
+            byproducts.push((name.to_string(), provenance::sha256_file(&p)?));
+        }
+    }
+    let input = ProvenanceInput {
+        result,
+        job_path: args.job.display().to_string(),
+        job_sha256: job_sha256.to_string(),
+        builder_id: config.builder_id.clone(),
+        network_allow: job
+            .spec
+            .network
+            .as_ref()
+            .map(|n| n.allow.clone())
+            .unwrap_or_default(),
+        byproducts,
+        runner_sha256: provenance::own_binary_sha256()?,
+    };
+    let statement = provenance::build_statement(&input);
+    // The key is read now, after every job process is gone, and dropped when this returns.
+    let (key, default_pub) = provenance::load_or_create_key(args.key.as_deref(), &dirs.state)?;
+    provenance::write(out, &statement, &key)?;
+    Ok(default_pub)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -841,44 +881,4 @@ mod tests {
         assert!(e.contains("cannot enforce cgroups: cgroups detail"), "{e}");
         assert!(check_required_layers(&host("cgroups", false), true).is_ok());
     }
-}
-
-/// Builds, signs and writes the provenance of a successful job. Returns the default public
-/// key's path when the default key was used.
-fn sign_provenance(
-    args: &RunArgs,
-    config: &Config,
-    job: &ValidatedJob,
-    job_sha256: &str,
-    result: &JobResult,
-    out: &Path,
-) -> anyhow::Result<Option<PathBuf>> {
-    use crate::provenance::{self, ProvenanceInput};
-    let dirs = Dirs::resolve(config)?;
-    let mut byproducts = Vec::new();
-    for name in ["job.log", "result.json", "egress.log"] {
-        let p = out.join(name);
-        if p.exists() {
-            byproducts.push((name.to_string(), provenance::sha256_file(&p)?));
-        }
-    }
-    let input = ProvenanceInput {
-        result,
-        job_path: args.job.display().to_string(),
-        job_sha256: job_sha256.to_string(),
-        builder_id: config.builder_id.clone(),
-        network_allow: job
-            .spec
-            .network
-            .as_ref()
-            .map(|n| n.allow.clone())
-            .unwrap_or_default(),
-        byproducts,
-        runner_sha256: provenance::own_binary_sha256()?,
-    };
-    let statement = provenance::build_statement(&input);
-    // The key is read now, after every job process is gone, and dropped when this returns.
-    let (key, default_pub) = provenance::load_or_create_key(args.key.as_deref(), &dirs.state)?;
-    provenance::write(out, &statement, &key)?;
-    Ok(default_pub)
 }
