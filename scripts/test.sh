@@ -32,6 +32,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])' > "$stage/tests.txt"
 cp -r agent-protocol/tests/bad-specs examples "$stage/"
+# The interop verifiers' driver scripts (the verifiers themselves: tests/interop/setup.sh).
+mkdir "$stage/interop"
+cp tests/interop/*.py tests/interop/*.mjs "$stage/interop/"
 status=0
 while read -r t; do
   cp "$t" "$stage/"
