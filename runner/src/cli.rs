@@ -47,7 +47,8 @@ pub enum Commands {
         /// Output directory; must be absent or empty. Default: ./bulwark-out/<job>-<UTC time>/.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Signing key for provenance (accepted; provenance is not produced by this version yet).
+        /// Signing key for provenance (PKCS#8 PEM). Default: <state>/keys/signing.key, created
+        /// on first use.
         #[arg(long)]
         key: Option<PathBuf>,
         /// Trust level of this job.
@@ -60,6 +61,38 @@ pub enum Commands {
         /// Do not echo the job's log to the terminal (it is still written to job.log).
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Check artifacts against their signed provenance and a policy; say why any is rejected.
+    ///
+    /// Verifies the DSSE signature with the given public keys before reading anything else,
+    /// then that the payload is an in-toto Statement v1 with SLSA Provenance v1, that each
+    /// artifact's sha256 is one of the statement's subjects, and the policy (docs/policy.md).
+    /// FILE is provenance.intoto.jsonl (every envelope in it must verify) or
+    /// provenance.sigstore.json (a Sigstore bundle v0.3), recognised by content. Prints
+    /// `ACCEPTED path (subject)` or `REJECTED path: <check>: <details>` per artifact.
+    ///
+    /// Exit status: 0 every artifact accepted; 1 any rejected; 2 usage error or unreadable
+    /// input (a missing file, a bad key, a provenance file that is not envelopes, a policy with
+    /// an unknown key or a bad value).
+    ///
+    /// Example: bulwark verify --provenance out/provenance.intoto.jsonl --key signing.pub
+    /// --policy release-policy.toml out/dist/app.tar.gz
+    Verify {
+        /// The provenance file (.intoto.jsonl or .sigstore.json).
+        #[arg(long, value_name = "FILE")]
+        provenance: PathBuf,
+        /// A trusted public key (SPKI PEM, as `bulwark keygen` writes); repeat for several.
+        #[arg(long = "key", value_name = "PUB", required = true)]
+        keys: Vec<PathBuf>,
+        /// Policy file (TOML, docs/policy.md). Without one, only weakened builds are rejected.
+        #[arg(long, value_name = "POLICY.toml")]
+        policy: Option<PathBuf>,
+        /// Print a JSON array, one object per artifact, instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The files to check.
+        #[arg(required = true, value_name = "ARTIFACT")]
+        artifacts: Vec<PathBuf>,
     },
     /// Generate a signing key pair for provenance.
     ///
@@ -129,6 +162,19 @@ pub fn dispatch(cli: Cli) -> u8 {
             },
             config,
             quiet,
+        }),
+        Commands::Verify {
+            provenance,
+            keys,
+            policy,
+            json,
+            artifacts,
+        } => crate::verify::run(&crate::verify::Request {
+            provenance,
+            keys,
+            policy,
+            json,
+            artifacts,
         }),
         Commands::Keygen { out, algorithm } => keygen(&out, algorithm),
         Commands::Exec {

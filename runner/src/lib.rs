@@ -26,6 +26,7 @@ pub mod probe;
 pub mod provenance;
 pub mod source;
 pub mod uids;
+pub mod verify;
 pub mod workspace;
 
 /// Exit statuses of `bulwark run` (see DESIGN.md).

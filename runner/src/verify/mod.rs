@@ -1,0 +1,767 @@
+//! `bulwark verify`: decides whether artifacts may be trusted, from their signed provenance and
+//! an operator's policy, and says exactly why when they may not.
+//!
+//! The order of the checks is the point of this module:
+//!
+//! 1. **Signature before parsing.** The DSSE signature is checked over the PAE of the payload
+//!    type and the exact payload bytes, with keys the operator named (`--key`), before a byte of
+//!    the payload is interpreted. Nothing unverified can steer the verifier: not the key id or
+//!    the bundle's key hint (a key id is a hint; every trusted key is tried), not the statement.
+//!    The payload type is part of what is signed and must be `application/vnd.in-toto+json`,
+//!    so a signature our key made over some other kind of document is never read as provenance.
+//! 2. **Parse exactly the verified bytes.** The bytes [`dsse::verify`] returns are the bytes
+//!    parsed, once, into the one value every later check reads; the envelope is never decoded a
+//!    second time. Duplicate object keys are refused (see [`StrictValue`]): JSON parsers
+//!    disagree on which of two `"_type"` keys wins, and a signed document that means different
+//!    things to different verifiers is not evidence.
+//! 3. **Say what it is before reading it.** `_type` must be in-toto Statement v1 (a v0.1
+//!    statement is refused by name: its subject and predicate rules differ), `predicateType`
+//!    SLSA Provenance v1, `buildType` ours, because the policy reads fields whose meaning only
+//!    `docs/build-type.md` defines.
+//! 4. **The artifact, by content.** Each artifact is hashed (streamed, sha256) and must equal
+//!    a subject's digest; a file name proves nothing.
+//! 5. **The policy** ([`policy`]), against every statement that names the artifact.
+//!
+//! Every rejection names its check and the values it saw (`builder_ids: runDetails.builder.id
+//! is "…", not one of […]`), because the operator's next step depends on which check failed.
+//! Input that cannot be read at all (a missing file, a bad PEM key, a provenance file that is
+//! not envelopes, a policy with an unknown key) is not a rejection but a usage error, exit 2,
+//! naming the file: a typo in a policy must not look like a bad artifact, nor pass.
+//!
+//! Alternatives rejected: `slsa-verifier` and `cosign verify-blob-attestation` verify the
+//! envelope and the subject but not Bulwark's isolation, trust and tool-pinning fields, and
+//! would make a deploy gate depend on a Go toolchain; the `sigstore` crate targets keyless
+//! verification with Fulcio and Rekor, which these key-signed bundles do not use.
+
+pub mod policy;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::provenance::bundle::BUNDLE_MEDIA_TYPE;
+use crate::provenance::dsse::{self, Envelope, VerifyError, IN_TOTO_PAYLOAD_TYPE};
+use crate::provenance::keys::PublicKey;
+use crate::provenance::statement::{Statement, BUILD_TYPE, SLSA_PROVENANCE_V1, STATEMENT_TYPE};
+
+use self::policy::Policy;
+
+/// `_type` of in-toto Statement v0.1, refused by name.
+pub const STATEMENT_V0_1_TYPE: &str = "https://in-toto.io/Statement/v0.1";
+
+/// Largest provenance file read (a statement lists every output; the runner bounds their count).
+pub const MAX_PROVENANCE_BYTES: u64 = 64 << 20;
+
+/// Exit statuses of `bulwark verify`.
+pub mod exit {
+    /// Every artifact accepted.
+    pub const ACCEPTED: u8 = 0;
+    /// At least one artifact rejected.
+    pub const REJECTED: u8 = 1;
+    /// Usage error or unreadable input.
+    pub const USAGE: u8 = 2;
+}
+
+/// What `bulwark verify` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `.intoto.jsonl` or `.sigstore.json`.
+    pub provenance: PathBuf,
+    /// Trusted public keys (SPKI PEM).
+    pub keys: Vec<PathBuf>,
+    /// Policy file; without one, [`Policy::default`] applies.
+    pub policy: Option<PathBuf>,
+    /// Print a JSON array instead of lines.
+    pub json: bool,
+    /// Files to check.
+    pub artifacts: Vec<PathBuf>,
+}
+
+/// Why one artifact is not accepted: the check that failed and what it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The check: `signature`, `payloadType`, `_type`, `subject`, a policy key, …
+    pub check: &'static str,
+    /// The values seen and wanted.
+    pub details: String,
+}
+
+impl Rejection {
+    /// A rejection by `check`.
+    pub fn new(check: &'static str, details: impl Into<String>) -> Rejection {
+        Rejection {
+            check,
+            details: details.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.check, self.details)
+    }
+}
+
+/// Input that cannot be used at all (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// A `--key` file.
+    #[error("{0:#}")]
+    Key(anyhow::Error),
+    /// The `--policy` file.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    /// The `--provenance` file.
+    #[error("provenance {}: {message}", path.display())]
+    Provenance {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An artifact.
+    #[error("artifact {}: cannot read", path.display())]
+    Artifact {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One artifact's outcome.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The artifact as given.
+    pub artifact: PathBuf,
+    /// Its sha256.
+    pub sha256: String,
+    /// The matching subject's name when accepted, or the rejection.
+    pub outcome: Result<Option<String>, Rejection>,
+}
+
+/// Runs `bulwark verify`: prints one line (or JSON object) per artifact, returns the exit status.
+pub fn run(req: &Request) -> u8 {
+    match verify(req, SystemTime::now()) {
+        Ok(verdicts) => {
+            print_verdicts(&verdicts, req.json);
+            if verdicts.iter().all(|v| v.outcome.is_ok()) {
+                exit::ACCEPTED
+            } else {
+                exit::REJECTED
+            }
+        }
+        Err(e) => {
+            eprintln!("bulwark: verify: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            exit::USAGE
+        }
+    }
+}
+
+/// Reads every input, then checks every artifact; `Err` only for unusable input.
+pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError> {
+    let keys = req
+        .keys
+        .iter()
+        .map(|p| {
+            PublicKey::load(p).map_err(|e| {
+                let private = std::fs::read_to_string(p).is_ok_and(|t| t.contains("PRIVATE KEY"));
+                InputError::Key(if private {
+                    anyhow::anyhow!(
+                        "{e:#}; it is a private key: pass the public key (signing.pub) instead"
+                    )
+                } else {
+                    e
+                })
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = match &req.policy {
+        Some(p) => Policy::load(p)?,
+        None => Policy::default(),
+    };
+    let envelopes = load_provenance(&req.provenance)?;
+    let digests = req
+        .artifacts
+        .iter()
+        .map(|a| {
+            sha256_stream(a).map_err(|source| InputError::Artifact {
+                path: a.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Every envelope must verify: one bad line taints the file, since whoever could replace
+    // one line could have replaced the line that names this artifact.
+    let total = envelopes.len();
+    let mut statements = Vec::with_capacity(total);
+    let mut failure = None;
+    for (i, env) in envelopes.into_iter().enumerate() {
+        let checked = env.and_then(|e| verify_envelope(&e, &keys));
+        match checked {
+            Ok(s) => statements.push(s),
+            Err(mut r) => {
+                if total > 1 {
+                    r.details = format!("envelope {} of {total}: {}", i + 1, r.details);
+                }
+                failure = Some(r);
+                break;
+            }
+        }
+    }
+
+    Ok(req
+        .artifacts
+        .iter()
+        .zip(digests)
+        .map(|(artifact, sha256)| {
+            let outcome = match &failure {
+                Some(r) => Err(r.clone()),
+                None => check_artifact(&sha256, &statements, &policy, now),
+            };
+            Verdict {
+                artifact: artifact.clone(),
+                sha256,
+                outcome,
+            }
+        })
+        .collect())
+}
+
+/// Signature, payload type, then the statement's declared types, in that order.
+pub fn verify_envelope(env: &Envelope, keys: &[PublicKey]) -> Result<Statement, Rejection> {
+    let payload = dsse::verify(env, IN_TOTO_PAYLOAD_TYPE, keys).map_err(|e| match e {
+        VerifyError::PayloadType { found, expected } => Rejection::new(
+            "payloadType",
+            format!(
+                "{}, expected {expected:?}",
+                bulwark_protocol::error::quote(&found)
+            ),
+        ),
+        e @ VerifyError::NoValidSignature { .. } => Rejection::new("signature", e.to_string()),
+        VerifyError::Malformed(m) => Rejection::new("signature", m),
+    })?;
+    // From here on only `payload`, the verified bytes, is read.
+    let value = serde_json::from_slice::<StrictValue>(&payload)
+        .map_err(|e| Rejection::new("statement", format!("the signed payload is not JSON: {e}")))?
+        .0;
+    let field = |name: &str| value.get(name).and_then(Value::as_str);
+    match field("_type") {
+        Some(STATEMENT_TYPE) => {}
+        Some(STATEMENT_V0_1_TYPE) => {
+            return Err(Rejection::new(
+                "_type",
+                format!(
+                    "in-toto Statement v0.1 ({STATEMENT_V0_1_TYPE}) is not accepted; only \
+                     Statement v1 ({STATEMENT_TYPE})"
+                ),
+            ))
+        }
+        other => {
+            return Err(Rejection::new(
+                "_type",
+                format!("{}, expected {STATEMENT_TYPE:?}", shown(other)),
+            ))
+        }
+    }
+    if field("predicateType") != Some(SLSA_PROVENANCE_V1) {
+        return Err(Rejection::new(
+            "predicateType",
+            format!(
+                "{}, expected {SLSA_PROVENANCE_V1:?}",
+                shown(field("predicateType"))
+            ),
+        ));
+    }
+    let build_type = value
+        .pointer("/predicate/buildDefinition/buildType")
+        .and_then(Value::as_str);
+    if build_type != Some(BUILD_TYPE) {
+        return Err(Rejection::new(
+            "buildType",
+            format!(
+                "{}, expected {BUILD_TYPE:?} (the policy reads fields only that build type defines)",
+                shown(build_type)
+            ),
+        ));
+    }
+    serde_json::from_value::<Statement>(value).map_err(|e| {
+        Rejection::new(
+            "statement",
+            format!("not an SLSA Provenance v1 statement: {e}"),
+        )
+    })
+}
+
+fn check_artifact(
+    sha256: &str,
+    statements: &[Statement],
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Option<String>, Rejection> {
+    let mut subject_name = None;
+    let mut matched = false;
+    for st in statements {
+        let Some(subject) = st.subject.iter().find(|s| {
+            s.digest
+                .get("sha256")
+                .is_some_and(|d| d.eq_ignore_ascii_case(sha256))
+        }) else {
+            continue;
+        };
+        // Every statement naming the artifact must pass: one that records a build the
+        // policy forbids is evidence against it, whatever another statement says.
+        policy.check(st, now)?;
+        if !matched {
+            subject_name = subject.name.clone();
+            matched = true;
+        }
+    }
+    if !matched {
+        let names: Vec<String> = statements
+            .iter()
+            .flat_map(|s| &s.subject)
+            .take(5)
+            .map(|s| bulwark_protocol::error::quote(s.name.as_deref().unwrap_or("(unnamed)")))
+            .collect();
+        let count: usize = statements.iter().map(|s| s.subject.len()).sum();
+        let more = if count > names.len() { ", …" } else { "" };
+        return Err(Rejection::new(
+            "subject",
+            format!(
+                "sha256 {sha256} is not the digest of any of the {count} subjects ({}{more})",
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(subject_name)
+}
+
+/// Reads the provenance file into envelopes; a per-envelope `Err` is a rejection (a bundle that
+/// is readable but not acceptable), the outer `Err` unreadable input.
+///
+/// The format is decided by content, not by the file name: a file that is one JSON object with
+/// a `mediaType` is a Sigstore bundle, one JSON object without it a single envelope, anything
+/// else JSON Lines with one envelope per non-empty line.
+pub fn load_provenance(path: &Path) -> Result<Vec<Result<Envelope, Rejection>>, InputError> {
+    let bad = |message: String| InputError::Provenance {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PROVENANCE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_PROVENANCE_BYTES {
+        return Err(bad(format!(
+            "larger than {} MiB; not a provenance file",
+            MAX_PROVENANCE_BYTES >> 20
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+    if let Ok(Value::Object(_)) = serde_json::from_str::<Value>(&text) {
+        // One JSON document. Re-read strictly: duplicate keys are refused here too.
+        let value = serde_json::from_str::<StrictValue>(&text)
+            .map_err(|e| bad(format!("not usable JSON: {e}")))?
+            .0;
+        if value.get("mediaType").is_some() {
+            return Ok(vec![bundle_envelope(value).map_err(bad)?]);
+        }
+        let env = serde_json::from_value::<Envelope>(value)
+            .map_err(|e| bad(format!("not a DSSE envelope or a Sigstore bundle: {e}")))?;
+        return Ok(vec![Ok(env)]);
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let env = serde_json::from_str::<StrictValue>(line)
+            .and_then(|v| serde_json::from_value::<Envelope>(v.0))
+            .map_err(|e| bad(format!("line {}: not a DSSE envelope: {e}", i + 1)))?;
+        out.push(Ok(env));
+    }
+    if out.is_empty() {
+        return Err(bad("empty: no DSSE envelope".into()));
+    }
+    Ok(out)
+}
+
+/// The envelope of a Sigstore bundle. Shape errors are unreadable input; a bundle of another
+/// version or with other than one signature is a rejection.
+fn bundle_envelope(mut value: Value) -> Result<Result<Envelope, Rejection>, String> {
+    let media_type = value.get("mediaType").cloned().unwrap_or(Value::Null);
+    let envelope = match value.get_mut("dsseEnvelope").map(Value::take) {
+        Some(v) => serde_json::from_value::<Envelope>(v)
+            .map_err(|e| format!("dsseEnvelope is not a DSSE envelope: {e}"))?,
+        None => return Err("a Sigstore bundle without a dsseEnvelope".into()),
+    };
+    if media_type.as_str() != Some(BUNDLE_MEDIA_TYPE) {
+        return Ok(Err(Rejection::new(
+            "bundle",
+            format!(
+                "mediaType is {}, expected {BUNDLE_MEDIA_TYPE:?}",
+                shown_value(&media_type)
+            ),
+        )));
+    }
+    if envelope.signatures.len() != 1 {
+        return Ok(Err(Rejection::new(
+            "bundle",
+            format!(
+                "dsseEnvelope has {} signatures; a Sigstore bundle carries exactly one",
+                envelope.signatures.len()
+            ),
+        )));
+    }
+    Ok(Ok(envelope))
+}
+
+/// sha256 of a file, read in 1 MiB blocks, lowercase hex.
+pub fn sha256_stream(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(crate::outputs::hex(&h.finalize()))
+}
+
+fn print_verdicts(verdicts: &[Verdict], json: bool) {
+    if json {
+        let list: Vec<Value> = verdicts
+            .iter()
+            .map(|v| {
+                let (subject, check, details) = match &v.outcome {
+                    Ok(name) => (name.clone(), None, None),
+                    Err(r) => (None, Some(r.check), Some(r.details.clone())),
+                };
+                serde_json::json!({
+                    "artifact": v.artifact.display().to_string(),
+                    "sha256": v.sha256,
+                    "accepted": v.outcome.is_ok(),
+                    "subject": subject,
+                    "check": check,
+                    "details": details,
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(list));
+        return;
+    }
+    for v in verdicts {
+        match &v.outcome {
+            Ok(name) => println!(
+                "ACCEPTED {} ({})",
+                v.artifact.display(),
+                escape(name.as_deref().unwrap_or("unnamed subject"))
+            ),
+            Err(r) => println!("REJECTED {}: {r}", v.artifact.display()),
+        }
+    }
+}
+
+/// A subject name from the statement, with control characters escaped for the terminal.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let e: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            e
+        })
+        .collect()
+}
+
+fn shown(s: Option<&str>) -> String {
+    s.map_or_else(|| "absent".to_string(), bulwark_protocol::error::quote)
+}
+
+fn shown_value(v: &Value) -> String {
+    match v {
+        Value::Null => "absent".to_string(),
+        Value::String(s) => bulwark_protocol::error::quote(s),
+        other => bulwark_protocol::error::quote(&other.to_string()),
+    }
+}
+
+/// A JSON value parsed with duplicate object keys refused.
+///
+/// serde_json's own `Value` keeps the last of two equal keys; other parsers keep the first or
+/// fail. Refusing duplicates makes the one reading of the signed bytes the only reading.
+#[derive(Debug)]
+pub struct StrictValue(pub Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        StrictValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "duplicate key {}",
+                    bulwark_protocol::error::quote(&key)
+                )));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::keys::{Algorithm, LocalKey};
+
+    fn statement_json() -> Value {
+        serde_json::json!({
+            "_type": STATEMENT_TYPE,
+            "subject": [{ "name": "app", "digest": { "sha256": "a".repeat(64) } }],
+            "predicateType": SLSA_PROVENANCE_V1,
+            "predicate": {
+                "buildDefinition": {
+                    "buildType": BUILD_TYPE,
+                    "externalParameters": { "trust": "untrusted" },
+                    "internalParameters": { "weakened": [] },
+                },
+                "runDetails": {
+                    "builder": { "id": "https://example.invalid/b" },
+                    "metadata": { "invocationId": "1", "startedOn": "2030-01-01T00:00:00Z", "finishedOn": "2030-01-01T00:00:01Z" },
+                },
+            },
+        })
+    }
+
+    fn signed(payload: &[u8], payload_type: &str, key: &LocalKey) -> Envelope {
+        dsse::sign(payload, payload_type, key).unwrap()
+    }
+
+    #[test]
+    fn a_signed_statement_verifies_and_parses_to_the_signed_content() {
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let payload = serde_json::to_vec(&statement_json()).unwrap();
+        let st = verify_envelope(
+            &signed(&payload, IN_TOTO_PAYLOAD_TYPE, &key),
+            &[key.public()],
+        )
+        .unwrap();
+        assert_eq!(st.subject[0].name.as_deref(), Some("app"));
+        let sha = "a".repeat(64);
+        assert_eq!(
+            check_artifact(
+                &sha,
+                std::slice::from_ref(&st),
+                &Policy::default(),
+                SystemTime::now()
+            ),
+            Ok(Some("app".into()))
+        );
+        let other = "b".repeat(64);
+        let e = check_artifact(&other, &[st], &Policy::default(), SystemTime::now())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("subject: sha256 {other} is not the digest of any of the 1 subjects (\"app\")")
+        );
+    }
+
+    #[test]
+    fn the_declared_types_are_checked_in_order_after_the_signature() {
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let check = |edit: &dyn Fn(&mut Value), ptype: &str| {
+            let mut v = statement_json();
+            edit(&mut v);
+            let env = signed(&serde_json::to_vec(&v).unwrap(), ptype, &key);
+            verify_envelope(&env, &[key.public()])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            check(&|_| {}, "application/json"),
+            "payloadType: \"application/json\", expected \"application/vnd.in-toto+json\""
+        );
+        assert!(check(
+            &|v| v["_type"] = STATEMENT_V0_1_TYPE.into(),
+            IN_TOTO_PAYLOAD_TYPE
+        )
+        .starts_with(
+            "_type: in-toto Statement v0.1 (https://in-toto.io/Statement/v0.1) is not accepted"
+        ));
+        assert_eq!(
+            check(&|v| v["_type"] = "x".into(), IN_TOTO_PAYLOAD_TYPE),
+            "_type: \"x\", expected \"https://in-toto.io/Statement/v1\""
+        );
+        assert_eq!(
+            check(&|v| v["predicateType"] = "https://slsa.dev/provenance/v0.2".into(), IN_TOTO_PAYLOAD_TYPE),
+            "predicateType: \"https://slsa.dev/provenance/v0.2\", expected \"https://slsa.dev/provenance/v1\""
+        );
+        assert!(check(
+            &|v| v["predicate"]["buildDefinition"]["buildType"] = "https://other".into(),
+            IN_TOTO_PAYLOAD_TYPE
+        )
+        .starts_with("buildType: \"https://other\", expected"));
+        assert!(check(&|v| v["subject"] = 3.into(), IN_TOTO_PAYLOAD_TYPE)
+            .starts_with("statement: not an SLSA Provenance v1 statement: invalid type"));
+        // A foreign key: the signature check comes first and names both key sets.
+        let other = LocalKey::generate(Algorithm::P256).unwrap();
+        let env = signed(
+            &serde_json::to_vec(&statement_json()).unwrap(),
+            IN_TOTO_PAYLOAD_TYPE,
+            &other,
+        );
+        let e = verify_envelope(&env, &[key.public()])
+            .unwrap_err()
+            .to_string();
+        use crate::provenance::keys::Signer;
+        assert!(
+            e.starts_with("signature: no signature verifies with a trusted key")
+                && e.contains(key.keyid())
+                && e.contains(other.keyid()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_in_the_signed_payload_are_refused() {
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let text = serde_json::to_string(&statement_json()).unwrap();
+        let dup = text.replacen('{', "{\"_type\":\"https://in-toto.io/Statement/v0.1\",", 1);
+        let env = signed(dup.as_bytes(), IN_TOTO_PAYLOAD_TYPE, &key);
+        let e = verify_envelope(&env, &[key.public()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("statement: the signed payload is not JSON: duplicate key \"_type\""),
+            "{e}"
+        );
+    }
+
+    fn write_temp(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "bulwark-verify-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_file_format_is_decided_by_content_not_name() {
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let env = signed(b"{}", IN_TOTO_PAYLOAD_TYPE, &key);
+        let bundle = crate::provenance::bundle::wrap(&env).unwrap();
+        // A pretty-printed bundle named .jsonl is still a bundle.
+        let p = write_temp(
+            "x.intoto.jsonl",
+            &serde_json::to_string_pretty(&bundle).unwrap(),
+        );
+        assert_eq!(load_provenance(&p).unwrap(), vec![Ok(env.clone())]);
+        // Two lines are two envelopes, blank lines skipped.
+        let line = dsse::to_line(&env).unwrap();
+        let p = write_temp("x.json", &format!("{line}\n\n{line}\n"));
+        assert_eq!(load_provenance(&p).unwrap().len(), 2);
+        // A bundle of another version is readable but rejected.
+        let mut v = serde_json::to_value(&bundle).unwrap();
+        v["mediaType"] = "application/vnd.dev.sigstore.bundle+json;version=0.1".into();
+        let p = write_temp("b.sigstore.json", &v.to_string());
+        let got = load_provenance(&p).unwrap();
+        assert!(got[0].as_ref().unwrap_err().to_string().starts_with(
+            "bundle: mediaType is \"application/vnd.dev.sigstore.bundle+json;version=0.1\""
+        ));
+        v["mediaType"] = BUNDLE_MEDIA_TYPE.into();
+        let sig = v["dsseEnvelope"]["signatures"][0].clone();
+        v["dsseEnvelope"]["signatures"]
+            .as_array_mut()
+            .unwrap()
+            .push(sig);
+        let p = write_temp("b.sigstore.json", &v.to_string());
+        assert_eq!(
+            load_provenance(&p).unwrap()[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string(),
+            "bundle: dsseEnvelope has 2 signatures; a Sigstore bundle carries exactly one"
+        );
+        // Unreadable input names the file and the line.
+        let p = write_temp("bad.jsonl", &format!("{line}\nnot json\n"));
+        let e = load_provenance(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl: line 2: not a DSSE envelope"), "{e}");
+        let p = write_temp("empty.jsonl", "\n\n");
+        assert!(load_provenance(&p)
+            .unwrap_err()
+            .to_string()
+            .ends_with("empty: no DSSE envelope"));
+    }
+}
