@@ -144,17 +144,52 @@ pub fn collect(
             bounds.max_bytes
         )));
     }
-    let mut records = Vec::new();
-    for (rel, ..) in &matched {
-        match copy_one(&ws, rel, out) {
-            Ok(r) => records.push(r),
-            Err(e) => {
-                for r in &records {
-                    let _ = fs::remove_file(out.join(&r.path));
+    // Copy and hash in parallel across cores: each worker takes the next file. Results keep
+    // the walk's (sorted) order.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(matched.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<OutputRecord, OutputError>>>> = matched
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((rel, ..)) = matched.get(i) else {
+                    break;
+                };
+                let r = copy_one(&ws, rel, out);
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(r);
                 }
-                return Err(e);
+            });
+        }
+    });
+    let mut records = Vec::new();
+    let mut first_err = None;
+    for slot in slots {
+        match slot.into_inner().ok().flatten() {
+            Some(Ok(r)) => records.push(r),
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            None => {
+                first_err.get_or_insert(OutputError::Bounds(
+                    "an output copy did not complete".into(),
+                ));
             }
         }
+    }
+    if let Some(e) = first_err {
+        for r in &records {
+            let _ = fs::remove_file(out.join(&r.path));
+        }
+        return Err(e);
     }
     Ok(records)
 }
@@ -259,25 +294,18 @@ fn copy_one(ws: &OwnedFd, rel: &str, out: &Path) -> Result<OutputRecord, OutputE
             .unwrap_or_default()
     ));
     let result = (|| -> io::Result<(u64, String)> {
-        let mut src = File::from(fd);
-        let mut dst = File::create(&tmp)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.update(&buf[..n]);
-            dst.write_all(&buf[..n])?;
-            size += n as u64;
-        }
-        dst.sync_all()?;
+        let src = File::from(fd);
+        let dst = File::create(&tmp)?;
+        let (size, sha256) = if st.st_size > PIPELINE_THRESHOLD {
+            copy_pipelined(src, dst)?
+        } else {
+            copy_simple(src, dst)?
+        };
+        // No fsync per output: integrity does not depend on it (a file lost in a crash fails
+        // its digest check at verification), and it would double the cost of collecting
+        // large outputs. result.json and the provenance files are fsynced.
         fs::rename(&tmp, &dest)?;
-        Ok((size, hex(&hasher.finalize())))
+        Ok((size, sha256))
     })();
     match result {
         Ok((size, sha256)) => Ok(OutputRecord {
@@ -290,6 +318,80 @@ fn copy_one(ws: &OwnedFd, rel: &str, out: &Path) -> Result<OutputRecord, OutputE
             Err(io_err(e))
         }
     }
+}
+
+/// Files larger than this are copied by two threads: one reads and hashes, one writes.
+const PIPELINE_THRESHOLD: i64 = 16 << 20;
+const CHUNK: usize = 1 << 20;
+
+fn read_full(src: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match src.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn copy_simple(mut src: File, mut dst: File) -> io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = read_full(&mut src, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// One pass over the source: this thread reads each chunk and hashes it, a second thread
+/// writes it, with a few buffers in flight. The bytes written are exactly the bytes hashed.
+fn copy_pipelined(mut src: File, mut dst: File) -> io::Result<(u64, String)> {
+    use std::sync::mpsc;
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..4 {
+        let _ = empty_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> io::Result<()> {
+            for (buf, n) in full_rx {
+                dst.write_all(&buf[..n])?;
+                if empty_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let read_result = (|| -> io::Result<()> {
+            while let Ok(mut buf) = empty_rx.recv() {
+                let n = read_full(&mut src, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+                if full_tx.send((buf, n)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let write_result = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("output writer thread panicked")));
+        read_result?;
+        write_result?;
+        Ok((size, hex(&hasher.finalize())))
+    })
 }
 
 /// Lowercase hex of a digest.

@@ -120,8 +120,7 @@ pub fn verify(
         let Ok(sig) = b64().decode(&s.sig) else {
             continue;
         };
-        // Try the key the signature names first, but a key id is only a hint: any trusted key
-        // whose signature verifies is accepted.
+        // A key id is only a hint: any trusted key whose signature verifies is accepted.
         if keys.iter().any(|k| k.verify(&message, &sig)) {
             return Ok(payload);
         }

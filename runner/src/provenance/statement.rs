@@ -32,10 +32,23 @@ pub struct Statement {
     pub predicate: Provenance,
 }
 
-/// in-toto ResourceDescriptor (the fields we use).
+/// in-toto ResourceDescriptor (every field of the v1 spec).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceDescriptor {
+    /// Where the resource can be downloaded from.
+    #[serde(
+        rename = "downloadLocation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub download_location: Option<String>,
+    /// Media type of the resource.
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The resource's content, base64 (protobuf `bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
     /// Name (for subjects: the path relative to the output directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -57,7 +70,7 @@ impl ResourceDescriptor {
             name,
             uri,
             digest: BTreeMap::from([("sha256".to_string(), hex.to_string())]),
-            annotations: None,
+            ..Default::default()
         }
     }
 }
