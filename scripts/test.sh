@@ -31,7 +31,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])' > "$stage/tests.txt"
-cp -r agent-protocol/tests/bad-specs examples "$stage/"
+cp -r agent-protocol/tests/bad-specs examples tests/golden "$stage/"
 # The interop verifiers' driver scripts (the verifiers themselves: tests/interop/setup.sh).
 mkdir "$stage/interop"
 cp tests/interop/*.py tests/interop/*.mjs "$stage/interop/"

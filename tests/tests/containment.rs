@@ -701,3 +701,147 @@ mod rootless_mode {
         assert_eq!(iso["weakened"][0], "rlimit-fallback");
     }
 }
+
+/// Every form the signing key could leak in: PEM text, a PEM body line, PKCS#8 DER, the raw
+/// private scalar, and base64 or hex of each.
+fn key_forms(pem: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = b64.decode(&body).unwrap();
+    // PKCS#8 of a P-256 key: the ECPrivateKey's version 1 is followed by OCTET STRING(32).
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+        .expect("P-256 PKCS#8");
+    let scalar = der[at + 5..at + 37].to_vec();
+    let hex = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+            .into_bytes()
+    };
+    vec![
+        pem.as_bytes().to_vec(),
+        pem.lines().nth(1).unwrap().as_bytes().to_vec(),
+        body.clone().into_bytes(),
+        der.clone(),
+        scalar.clone(),
+        b64.encode(&scalar).into_bytes(),
+        hex(&scalar),
+        hex(&der),
+    ]
+}
+
+#[test]
+fn the_signing_key_is_nowhere_a_job_can_look() {
+    let env = Env::new("keyhunt");
+    // Run once without --key so the runner creates its default key, and make an explicit one.
+    env.run(&one_step(
+        "first",
+        "echo x > o.txt",
+        "[outputs]\npaths = [\"o.txt\"]",
+    ))
+    .assert_code(0);
+    let default_pem = fs::read_to_string(env.state.join("keys/signing.key")).unwrap();
+    let keys = env.dir.join("keys");
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["keygen", "--out"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let explicit_pem = fs::read_to_string(keys.join("signing.key")).unwrap();
+    // The patterns reach the job masked, so the literal bytes exist nowhere in its view.
+    let mask = 0x5a_u8;
+    let patterns: Vec<String> = key_forms(&default_pem)
+        .into_iter()
+        .chain(key_forms(&explicit_pem))
+        .map(|p| p.iter().map(|b| format!("{:02x}", b ^ mask)).collect())
+        .collect();
+    env.write_src("patterns.txt", &patterns.join("\n"));
+    env.write_src(
+        "hunt.py",
+        &format!(
+            r#"
+import os, stat
+MASK = {mask}
+pats = [bytes(b ^ MASK for b in bytes.fromhex(l)) for l in open("patterns.txt").read().split()]
+os.remove("patterns.txt")
+found, scanned, denied = [], 0, 0
+def check(label, data):
+    for i, p in enumerate(pats):
+        if p in data:
+            found.append(f"{{label}} (form {{i}})")
+for k, v in os.environ.items():
+    check("environment " + k, (k + "=" + v).encode())
+for p in ["/proc/1/environ", "/proc/self/environ", "/proc/1/cmdline", "/proc/1/maps"]:
+    try:
+        check(p, open(p, "rb").read())
+    except OSError:
+        denied += 1
+for pid in [d for d in os.listdir("/proc") if d.isdigit()]:
+    try:
+        fds = os.listdir(f"/proc/{{pid}}/fd")
+    except OSError:
+        denied += 1
+        continue
+    for fd in fds:
+        try:
+            with open(f"/proc/{{pid}}/fd/{{fd}}", "rb") as f:
+                check(f"/proc/{{pid}}/fd/{{fd}}", f.read(8 << 20))
+        except OSError:
+            pass
+for root, dirs, files in os.walk("/", topdown=True):
+    if root == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc",)]
+    for name in files:
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > (8 << 20):
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        scanned += 1
+        check(path, data)
+print(f"scanned={{scanned}}")
+print("found=" + (";".join(found) if found else "nothing"))
+"#
+        ),
+    );
+    let r = env.run_with(
+        &one_step("hunt", "python3 hunt.py", "[resources]\ntimeout = \"10m\""),
+        &["--key", keys.join("signing.key").to_str().unwrap()],
+    );
+    r.assert_code(0);
+    assert_eq!(r.value("found"), "nothing", "{r}");
+    let scanned: u64 = r.value("scanned").parse().unwrap();
+    assert!(scanned > 1000, "the hunt read only {scanned} files\n{r}");
+}
+
+#[test]
+fn a_failed_job_gets_no_provenance() {
+    let env = Env::new("noprov");
+    let r = env.run(&one_step(
+        "fails",
+        "echo x > o.txt; exit 1",
+        "[outputs]\npaths = [\"o.txt\"]",
+    ));
+    r.assert_code(1);
+    for f in [
+        "provenance.intoto.jsonl",
+        "provenance.sigstore.json",
+        "o.txt",
+    ] {
+        assert!(!r.out.join(f).exists(), "{f} written for a failed job");
+    }
+    assert_eq!(r.result()["status"], "failed");
+    // A job that succeeds without outputs gets result.json only.
+    let r = env.run(&one_step("nothing", "true", ""));
+    r.assert_code(0);
+    assert!(!r.out.join("provenance.intoto.jsonl").exists());
+    assert!(r.out.join("result.json").exists() && r.out.join("job.log").exists());
+}
