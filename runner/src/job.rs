@@ -153,7 +153,14 @@ pub fn run(args: RunArgs) -> u8 {
         code = exit::RUNNER_ERROR;
     }
     if code == exit::SUCCEEDED && !result.outputs.is_empty() {
-        match sign_provenance(&args, &loaded.config, &job, &job_sha256, &result, &out) {
+        let t = std::time::Instant::now();
+        let signed = sign_provenance(&args, &loaded.config, &job, &job_sha256, &result, &out);
+        tracing::info!(
+            provenance_ms = t.elapsed().as_secs_f64() * 1000.0,
+            subjects = result.outputs.len(),
+            "provenance built, signed and written"
+        );
+        match signed {
             Ok(Some(public)) => eprintln!(
                 "bulwark: provenance signed with this runner's default key; public key: {}",
                 public.display()
