@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod exec;
 pub mod fsutil;
 pub mod glob;

@@ -20,6 +20,7 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod forwarder;
 pub mod helper;
 pub mod init;
 pub mod landlock;

@@ -1,0 +1,87 @@
+//! The per-job egress proxy: a job's only way out of its network namespace.
+//!
+//! # Why
+//!
+//! A job runs in its own network namespace with nothing but loopback (DESIGN.md, "Network").
+//! Its pid-1 init listens on `127.0.0.1:<port>` inside the namespace and forwards every
+//! connection ([`bulwark_sandbox::forwarder`]) to a unix socket served by this module in the
+//! daemon; `HTTP_PROXY`/`HTTPS_PROXY` point there. The proxy speaks HTTP `CONNECT` and
+//! absolute-URI plain HTTP, resolves names itself, and connects only when host and port match
+//! the job's allow list and the address it resolved passes the address rules
+//! ([`policy`]). It connects to exactly the address it checked. Every attempt, allowed or
+//! denied, is one line in `egress.log` ([`log`]), which becomes a provenance byproduct;
+//! [`suggest`] turns an audit-mode log into an allow list.
+//!
+//! # What it refuses
+//!
+//! - any host and port not on the allow list (`host:port`, `*.suffix:port` for subdomains
+//!   only, address literals only when listed as such); default deny;
+//! - hosts written as ambiguous address literals (`2130706433`, `0177.0.0.1`, `127.1`);
+//! - resolved addresses in loopback, private, link-local, CGNAT, multicast, unspecified,
+//!   broadcast or reserved ranges (also IPv4-mapped, NAT64 and 6to4 forms) unless the allow
+//!   list names that exact address on that port; the metadata addresses always, in every mode;
+//! - a second request on a plain-HTTP connection: the proxy forwards one request per client
+//!   connection with `Connection: close` and closes after the response, so a kept-alive
+//!   follow-up to another host never reaches any upstream (each new connection is checked);
+//! - malformed, oversized (16 KiB head, 100 headers) or slow (10 s for the head) requests,
+//!   connections above the per-job limit (503), request smuggling shapes (both
+//!   `Content-Length` and `Transfer-Encoding`, conflicting lengths), credentials in URLs;
+//! - anything once the proxy cannot record it: if `egress.log` cannot be written, later
+//!   connections are denied. Failures deny; nothing falls back to allow.
+//!
+//! # Alternatives rejected
+//!
+//! - DNS-level filtering with an IP firewall after resolution (StepSecurity harden-runner's
+//!   `dnsproxy.go`/`firewall.go`): the allowed set becomes "whatever IPs an allowed name
+//!   resolved to", shared CDN addresses let a job reach any tenant of that address, private
+//!   ranges and the metadata address stay open, and a policy-store failure falls back to
+//!   audit. Here the job never gets a resolver; the proxy resolves and checks per connection.
+//! - Landlock TCP port rules on the job: they restrict ports, not hosts, cannot restrict UDP
+//!   before ABI 10, and would also break the job's own servers on its loopback. The network
+//!   namespace is the boundary and this proxy the only door.
+//! - Transparent interception (iptables/nftables redirection): needs privileges in the host
+//!   namespace per job and loses the host name for TLS traffic unless SNI is parsed.
+//!
+//! # Limits
+//!
+//! TLS is not inspected: within an allowed `CONNECT` tunnel, the SNI and HTTP `Host` are the
+//! client's business, so domain fronting through a shared front end of an allowed host is
+//! possible; plain HTTP gets its `Host` header rewritten to the checked authority. The
+//! proxy's resolver is the host's (`getaddrinfo`), bounded by a timeout. One request per
+//! plain-HTTP connection costs a reconnect for clients that would keep alive.
+//!
+//! # How it is tested
+//!
+//! Unit tests beside each module; `tests/tests/egress.rs` drives a real proxy on a unix socket
+//! against origin servers on 127.0.0.1 that count their connections (address-form table,
+//! kept-alive bypass, slow and malformed clients, 1 GiB byte-identical, 200 concurrent).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use bulwark_runner::egress::{self, EgressPolicy, ProxyLimits};
+//! # fn main() -> std::io::Result<()> {
+//! let policy = EgressPolicy::new(&["crates.io:443".into()], &Default::default(), false)
+//!     .map_err(std::io::Error::other)?;
+//! let proxy = egress::start(
+//!     "/run/bulwark/jobs/42/egress.sock".as_ref(),
+//!     policy,
+//!     "/out/egress.log".as_ref(),
+//!     ProxyLimits::default(),
+//! )?;
+//! // ... the job runs ...
+//! let summary = proxy.shutdown()?;
+//! println!("{} allowed, {} denied", summary.allowed, summary.denied);
+//! # Ok(()) }
+//! ```
+
+mod http;
+pub mod log;
+pub mod policy;
+pub mod proxy;
+pub mod suggest;
+
+pub use log::{EgressSummary, Record};
+pub use policy::{check_ceiling, Decision, Denied, EgressPolicy};
+pub use proxy::{start, JobProxy, ProxyLimits};
+pub use suggest::suggest;

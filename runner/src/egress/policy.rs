@@ -1,0 +1,593 @@
+//! The egress decision: which host, port and address a job may reach.
+//!
+//! Two steps, because the proxy resolves names itself. [`EgressPolicy::decide`] looks at what
+//! the job asked for (a name or an address literal, and a port) before anything is resolved;
+//! [`EgressPolicy::check_address`] then looks at every address the name resolved to. The proxy
+//! connects only to an address that passed the second check, so a name that resolves
+//! differently a moment later gains nothing.
+//!
+//! Address rules, in order:
+//! 1. the metadata addresses ([`METADATA_ADDRESSES`]), also in IPv4-mapped, IPv4-compatible,
+//!    NAT64 (`64:ff9b::/96`) and 6to4 form, are refused always, in every mode;
+//! 2. in audit mode, the host's own loopback and the unspecified address (which reaches it)
+//!    are refused and everything else is allowed;
+//! 3. otherwise an address in a special range (loopback, private, link-local, CGNAT,
+//!    multicast, unspecified, broadcast, reserved; and the same ranges embedded in an IPv6
+//!    form) is refused unless the allow list names that exact address as an IP entry on the
+//!    same port.
+//!
+//! Names are compared in one canonical form (ASCII lower case, one trailing dot removed). A
+//! host that some resolver could read as an IPv4 address although it is not dotted-quad
+//! decimal (`2130706433`, `0177.0.0.1`, `0x7f.1`, `127.1`) is refused outright as ambiguous:
+//! the policy would otherwise compare it as a name while a resolver connects to an address.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bulwark_protocol::allow::{check_hostname, METADATA_ADDRESSES};
+use bulwark_protocol::{AllowEntry, AllowHost, CeilingEntry};
+
+/// A job's egress policy: its allow list, the operator's name overrides and the mode.
+#[derive(Debug, Clone, Default)]
+pub struct EgressPolicy {
+    allow: Vec<AllowEntry>,
+    hosts: BTreeMap<String, IpAddr>,
+    audit: bool,
+}
+
+/// What the proxy must do with a request before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The name may be reached: resolve it ([`EgressPolicy::override_for`] first) and check
+    /// every address with [`EgressPolicy::check_address`].
+    Resolve {
+        /// The canonical name.
+        host: String,
+        /// Why it is allowed (the entry that matched, or audit mode).
+        reason: String,
+    },
+    /// An address literal that may be reached once [`EgressPolicy::check_address`] agrees.
+    Literal {
+        /// The address.
+        ip: IpAddr,
+        /// Why it is allowed.
+        reason: String,
+    },
+    /// Refused before resolution.
+    Deny(Denied),
+}
+
+/// Why a connection was refused. `Display` is one line, safe for a header: it quotes only
+/// canonical names and addresses, never raw input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// The host is not a valid hostname or address.
+    InvalidHost,
+    /// The host reads as an IPv4 address in a form other than dotted-quad decimal.
+    AmbiguousLiteral,
+    /// No allow-list entry matches host and port.
+    NotAllowed {
+        /// The canonical host.
+        host: String,
+        /// The port asked for.
+        port: u16,
+    },
+    /// A cloud metadata address, refused always.
+    Metadata(IpAddr),
+    /// An address in a special range that the allow list does not name.
+    Forbidden {
+        /// The address.
+        ip: IpAddr,
+        /// Which range it is in.
+        range: &'static str,
+    },
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denied::InvalidHost => write!(f, "not a valid hostname or address"),
+            Denied::AmbiguousLiteral => write!(
+                f,
+                "ambiguous address literal: write IPv4 addresses as four decimal numbers"
+            ),
+            Denied::NotAllowed { host, port } => {
+                write!(
+                    f,
+                    "{} is not on the job's allow list",
+                    display_host_port(host, *port)
+                )
+            }
+            Denied::Metadata(ip) => write!(f, "{ip} is a cloud metadata address, refused always"),
+            Denied::Forbidden { ip, range } => write!(
+                f,
+                "{ip} is a {range} address; list it explicitly to allow it"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Denied {}
+
+/// A host as the job named it, in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A valid hostname, lower case, without a trailing dot.
+    Name(String),
+    /// An address literal (dotted-quad IPv4 or bracketed IPv6 in the request).
+    Ip(IpAddr),
+}
+
+impl Host {
+    /// Canonicalises a host from a request: ASCII lower case, one trailing dot removed,
+    /// `[v6]` brackets removed. Refuses anything that is neither a valid hostname nor a plain
+    /// address literal.
+    pub fn parse(raw: &str) -> Result<Host, Denied> {
+        if raw.is_empty() || raw.len() > 255 || !raw.is_ascii() {
+            return Err(Denied::InvalidHost);
+        }
+        if let Some(inner) = raw.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or(Denied::InvalidHost)?;
+            return inner
+                .parse::<Ipv6Addr>()
+                .map(|ip| Host::Ip(IpAddr::V6(ip)))
+                .map_err(|_| Denied::InvalidHost);
+        }
+        let lower = raw.to_ascii_lowercase();
+        let host = lower.strip_suffix('.').unwrap_or(&lower);
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return Ok(Host::Ip(IpAddr::V4(ip)));
+        }
+        if looks_numeric(host) {
+            return Err(Denied::AmbiguousLiteral);
+        }
+        check_hostname(host).map_err(|_| Denied::InvalidHost)?;
+        Ok(Host::Name(host.to_owned()))
+    }
+
+    /// The host as it appears in a `host:port` entry (`[v6]` bracketed).
+    pub fn to_entry_host(&self) -> String {
+        match self {
+            Host::Name(n) => n.clone(),
+            Host::Ip(IpAddr::V4(ip)) => ip.to_string(),
+            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
+        }
+    }
+}
+
+/// Whether a resolver might read `host` as an IPv4 number (WHATWG's "ends in a number", plus
+/// any label of the form `0x…`): `2130706433`, `0177.0.0.1`, `127.1`, `0x7f.1`.
+fn looks_numeric(host: &str) -> bool {
+    let numeric = |label: &str| {
+        let hex = label
+            .strip_prefix("0x")
+            .map(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        hex.unwrap_or(!label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
+    };
+    host.rsplit('.').next().is_some_and(numeric) || host.split('.').all(numeric)
+}
+
+fn display_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+impl EgressPolicy {
+    /// Builds a policy from the job's `[network] allow` strings and the operator's
+    /// `egress.hosts` (name → address) and `egress.audit`. Errors name the bad entry.
+    pub fn new(
+        allow: &[String],
+        hosts: &BTreeMap<String, String>,
+        audit: bool,
+    ) -> Result<EgressPolicy, String> {
+        let allow = allow
+            .iter()
+            .enumerate()
+            .map(|(i, e)| AllowEntry::parse(e).map_err(|err| format!("network.allow[{i}]: {err}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut parsed = BTreeMap::new();
+        for (name, address) in hosts {
+            let key = match Host::parse(name) {
+                Ok(Host::Name(n)) => n,
+                _ => return Err(format!("egress.hosts: {name:?} is not a valid hostname")),
+            };
+            let ip: IpAddr = address
+                .parse()
+                .map_err(|_| format!("egress.hosts.{key}: {address:?} is not an IP address"))?;
+            parsed.insert(key, ip);
+        }
+        Ok(EgressPolicy::from_parts(allow, parsed, audit))
+    }
+
+    /// Builds a policy from parsed parts; `hosts` keys must be canonical names.
+    pub fn from_parts(
+        allow: Vec<AllowEntry>,
+        hosts: BTreeMap<String, IpAddr>,
+        audit: bool,
+    ) -> EgressPolicy {
+        EgressPolicy {
+            allow,
+            hosts,
+            audit,
+        }
+    }
+
+    /// Whether this policy runs in audit mode.
+    pub fn audit(&self) -> bool {
+        self.audit
+    }
+
+    /// The operator's override for a canonical name, if any; used instead of DNS.
+    pub fn override_for(&self, host: &str) -> Option<IpAddr> {
+        self.hosts.get(host).copied()
+    }
+
+    /// Decides on `host` (as the job wrote it) and `port` before resolution.
+    pub fn decide(&self, host: &str, port: u16) -> Decision {
+        let host = match Host::parse(host) {
+            Ok(h) => h,
+            Err(d) => return Decision::Deny(d),
+        };
+        if let Host::Ip(ip) = host {
+            if is_metadata(ip) {
+                return Decision::Deny(Denied::Metadata(ip));
+            }
+        }
+        let matched = self.allow.iter().find(|e| match (&e.host, &host) {
+            (AllowHost::Ip(allowed), Host::Ip(ip)) => allowed == ip && e.port == port,
+            (AllowHost::Ip(_), Host::Name(_)) => false,
+            (_, Host::Name(name)) => e.matches(name, port),
+            (_, Host::Ip(_)) => false,
+        });
+        let reason = match (matched, self.audit) {
+            (Some(entry), _) => format!("allowed by {entry}"),
+            (None, true) => format!(
+                "audit mode: would be denied: {}",
+                Denied::NotAllowed {
+                    host: host_string(&host),
+                    port
+                }
+            ),
+            (None, false) => {
+                return Decision::Deny(Denied::NotAllowed {
+                    host: host_string(&host),
+                    port,
+                })
+            }
+        };
+        match host {
+            Host::Name(host) => Decision::Resolve { host, reason },
+            Host::Ip(ip) => Decision::Literal { ip, reason },
+        }
+    }
+
+    /// Checks one address `host` resolved to (or the literal itself) before connecting to
+    /// `addr`. `host` is only used for the record; the rules depend on the address and port.
+    pub fn check_address(&self, _host: &str, addr: SocketAddr) -> Result<(), Denied> {
+        let ip = addr.ip();
+        if is_metadata(ip) {
+            return Err(Denied::Metadata(ip));
+        }
+        let special = special_range(ip);
+        if self.audit {
+            return match special {
+                Some(range @ ("loopback" | "unspecified")) => Err(Denied::Forbidden { ip, range }),
+                _ => Ok(()),
+            };
+        }
+        let Some(range) = special else {
+            return Ok(());
+        };
+        let listed = self
+            .allow
+            .iter()
+            .any(|e| e.host == AllowHost::Ip(ip) && e.port == addr.port());
+        if listed {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden { ip, range })
+        }
+    }
+}
+
+fn host_string(host: &Host) -> String {
+    match host {
+        Host::Name(n) => n.clone(),
+        Host::Ip(ip) => ip.to_string(),
+    }
+}
+
+/// The IPv4 address an IPv6 address carries, in the forms a gateway or the kernel would
+/// translate: IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`
+/// and 6to4 `2002::/16`.
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
+        return Some(low);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low);
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    None
+}
+
+/// Whether `ip` is a metadata address, directly or embedded in an IPv6 form.
+pub fn is_metadata(ip: IpAddr) -> bool {
+    let embedded = match ip {
+        IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
+        IpAddr::V4(_) => None,
+    };
+    [Some(ip), embedded]
+        .into_iter()
+        .flatten()
+        .any(|a| METADATA_ADDRESSES.contains(&a))
+}
+
+/// The special range `ip` is in (directly or embedded), or `None` for a global address.
+pub fn special_range(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => special_v4(v4),
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some(v4) => special_v4(v4),
+            None => special_v6(v6),
+        },
+    }
+}
+
+fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    Some(match o {
+        [0, ..] => "unspecified",
+        [127, ..] => "loopback",
+        [10, ..] | [192, 168, ..] => "private",
+        [172, b, ..] if (16..32).contains(&b) => "private",
+        [169, 254, ..] => "link-local",
+        [100, b, ..] if (64..128).contains(&b) => "CGNAT",
+        [255, 255, 255, 255] => "broadcast",
+        [a, ..] if (224..240).contains(&a) => "multicast",
+        [a, ..] if a >= 240 => "reserved",
+        [192, 0, 0, _] => "reserved",
+        _ => return None,
+    })
+}
+
+fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let s = ip.segments();
+    Some(if ip.is_unspecified() {
+        "unspecified"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else if s[0] & 0xfe00 == 0xfc00 {
+        "private"
+    } else if s[0] & 0xffc0 == 0xfe80 || s[0] & 0xffc0 == 0xfec0 {
+        "link-local"
+    } else if s[0] & 0xff00 == 0xff00 {
+        "multicast"
+    } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        "NAT64 local-use"
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo carries an obfuscated IPv4 address; nobody builds through it.
+        "Teredo"
+    } else if s[0] == 0x100 && s[1..4] == [0, 0, 0] {
+        "discard"
+    } else {
+        return None;
+    })
+}
+
+/// Checks a job's allow list against the operator's ceiling for its trust level; the error
+/// names the first entry above it (the caller refuses the job with exit 2).
+pub fn check_ceiling(allow: &[AllowEntry], ceiling: &[CeilingEntry]) -> Result<(), String> {
+    match allow
+        .iter()
+        .enumerate()
+        .find(|(_, e)| !ceiling.iter().any(|c| c.covers(e)))
+    {
+        None => Ok(()),
+        Some((i, entry)) => Err(format!(
+            "network.allow[{i}]: {entry} is above the operator's egress ceiling for this trust level"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: &[&str], hosts: &[(&str, &str)], audit: bool) -> EgressPolicy {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        let hosts = hosts
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        EgressPolicy::new(&allow, &hosts, audit).unwrap()
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn names_are_canonical_and_numeric_forms_are_ambiguous() {
+        assert_eq!(
+            Host::parse("Crates.IO."),
+            Ok(Host::Name("crates.io".into()))
+        );
+        assert_eq!(
+            Host::parse("127.0.0.1"),
+            Ok(Host::Ip("127.0.0.1".parse().unwrap()))
+        );
+        assert_eq!(Host::parse("[::1]"), Ok(Host::Ip("::1".parse().unwrap())));
+        for raw in [
+            "2130706433",
+            "0177.0.0.1",
+            "127.1",
+            "0x7f000001",
+            "0x7f.0.0.1",
+            "1.2.3.4.5",
+            "017700000001",
+        ] {
+            assert_eq!(Host::parse(raw), Err(Denied::AmbiguousLiteral), "{raw}");
+        }
+        for raw in [
+            "",
+            "a..b",
+            "a b",
+            "[::1",
+            "ex\u{e4}mple.com",
+            "a_b.com",
+            "::1",
+        ] {
+            assert!(Host::parse(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_only_and_ports_must_match() {
+        let p = policy(&["*.example.com:443", "crates.io:443"], &[], false);
+        assert!(matches!(
+            p.decide("a.example.com", 443),
+            Decision::Resolve { .. }
+        ));
+        assert!(matches!(
+            p.decide("A.B.Example.com.", 443),
+            Decision::Resolve { .. }
+        ));
+        assert!(matches!(p.decide("example.com", 443), Decision::Deny(_)));
+        assert!(matches!(p.decide("crates.io", 80), Decision::Deny(_)));
+        assert_eq!(
+            p.decide("evil.io", 443),
+            Decision::Deny(Denied::NotAllowed {
+                host: "evil.io".into(),
+                port: 443
+            })
+        );
+    }
+
+    #[test]
+    fn ip_literals_are_allowed_only_when_listed_as_such() {
+        let p = policy(&["1.2.3.4:443", "[2001:db8::1]:443"], &[], false);
+        assert!(matches!(p.decide("1.2.3.4", 443), Decision::Literal { .. }));
+        assert!(matches!(
+            p.decide("[2001:db8::1]", 443),
+            Decision::Literal { .. }
+        ));
+        assert!(matches!(p.decide("1.2.3.5", 443), Decision::Deny(_)));
+        assert!(matches!(
+            p.decide("[::ffff:1.2.3.4]", 443),
+            Decision::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn special_addresses_are_refused_unless_listed_exactly() {
+        let p = policy(&["a.test:80", "127.0.0.1:80"], &[], false);
+        assert_eq!(p.check_address("a.test", sa("127.0.0.1:80")), Ok(()));
+        assert!(p.check_address("a.test", sa("127.0.0.2:80")).is_err());
+        assert!(p.check_address("a.test", sa("127.0.0.1:81")).is_err());
+        assert_eq!(p.check_address("a.test", sa("93.184.216.34:80")), Ok(()));
+        for bad in [
+            "10.1.2.3:80",
+            "172.16.0.1:80",
+            "192.168.1.1:80",
+            "169.254.1.1:80",
+            "100.64.0.1:80",
+            "224.0.0.1:80",
+            "255.255.255.255:80",
+            "0.0.0.0:80",
+            "[::1]:80",
+            "[::]:80",
+            "[fd12::1]:80",
+            "[fe80::1]:80",
+            "[ff02::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "[::ffff:10.0.0.1]:80",
+            "[64:ff9b::a00:1]:80",
+            "[2002:a00:1::]:80",
+        ] {
+            assert!(p.check_address("a.test", sa(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_addresses_are_refused_even_when_listed_and_in_audit_mode() {
+        for audit in [false, true] {
+            let p = policy(&["169.254.169.254:80", "*.test:80"], &[], audit);
+            assert!(matches!(
+                p.decide("169.254.169.254", 80),
+                Decision::Deny(Denied::Metadata(_))
+            ));
+            assert!(matches!(
+                p.decide("[::ffff:169.254.169.254]", 80),
+                Decision::Deny(_)
+            ));
+            for bad in [
+                "169.254.169.254:80",
+                "[::ffff:169.254.169.254]:80",
+                "[::ffff:a9fe:a9fe]:80",
+                "[64:ff9b::a9fe:a9fe]:80",
+                "[fd00:ec2::254]:80",
+                "[2002:a9fe:a9fe::]:80",
+            ] {
+                assert!(
+                    matches!(p.check_address("x.test", sa(bad)), Err(Denied::Metadata(_))),
+                    "{bad} audit={audit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn audit_mode_allows_all_but_metadata_and_loopback() {
+        let p = policy(&[], &[], true);
+        match p.decide("anything.example", 8080) {
+            Decision::Resolve { reason, .. } => assert!(reason.contains("audit mode"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.check_address("x", sa("10.0.0.1:80")), Ok(()));
+        assert!(p.check_address("x", sa("127.0.0.1:80")).is_err());
+        assert!(p.check_address("x", sa("[::ffff:127.0.0.1]:80")).is_err());
+        assert!(p.check_address("x", sa("0.0.0.0:80")).is_err());
+    }
+
+    #[test]
+    fn overrides_are_found_by_canonical_name() {
+        let p = policy(&[], &[("Mirror.Internal", "10.1.2.3")], false);
+        assert_eq!(
+            p.override_for("mirror.internal"),
+            Some("10.1.2.3".parse().unwrap())
+        );
+        assert!(EgressPolicy::new(&["nope".into()], &BTreeMap::new(), false)
+            .unwrap_err()
+            .contains("network.allow[0]"));
+    }
+
+    #[test]
+    fn ceiling_check_names_the_entry_above_it() {
+        let allow: Vec<AllowEntry> = ["a.example.com:443", "evil.io:443"]
+            .iter()
+            .map(|s| AllowEntry::parse(s).unwrap())
+            .collect();
+        let ceiling = [CeilingEntry::parse("*.example.com:443").unwrap()];
+        let err = check_ceiling(&allow, &ceiling).unwrap_err();
+        assert!(err.contains("network.allow[1]: evil.io:443"), "{err}");
+        assert_eq!(check_ceiling(&allow, &[CeilingEntry::Any]), Ok(()));
+        assert_eq!(check_ceiling(&[], &[]), Ok(()));
+    }
+}

@@ -1,0 +1,760 @@
+//! The proxy itself: a unix socket per job, served by a small tokio runtime on its own thread.
+//!
+//! Each client connection carries one request. `CONNECT host:port` is checked, resolved,
+//! checked again per address, connected, answered `200 Connection established`, and then
+//! spliced both ways. `GET http://host:port/path` (any method but `CONNECT`) is checked the
+//! same way, rewritten to origin form with `Host` set to the checked authority and
+//! `Connection: close`, its body forwarded exactly (by `Content-Length` or chunked framing),
+//! the response relayed until the origin closes, and the client connection closed: a second
+//! request on the same connection is never read, so it can never reach any upstream.
+//!
+//! Bounded: at most `max_connections` connections per job (more are answered 503 and closed),
+//! a request head of at most `max_head_bytes` and `max_headers` fields read within
+//! `head_timeout`, fixed 64 KiB relay buffers per direction, an idle timeout on every relay,
+//! and a capped log. Memory per job is therefore at most about
+//! `max_connections × (max_head_bytes + 128 KiB)`.
+//!
+//! The socket is created with the process umask's mode and owned by the daemon; the job's
+//! init must be able to connect to it, so the caller chowns it to the job's host uid (or
+//! places it in a directory only that uid can search) before the job starts.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::http::{self, BadRequest, ChunkedTracker, Framing, Head};
+use super::log::{now_rfc3339, EgressLog, EgressSummary, Record, DEFAULT_LOG_CAP};
+use super::policy::{Decision, EgressPolicy, Host};
+
+/// Per-job limits of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    /// Concurrent client connections; more are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Largest request head, in bytes.
+    pub max_head_bytes: usize,
+    /// Most header fields in a request.
+    pub max_headers: usize,
+    /// Time for the whole request head to arrive.
+    pub head_timeout: Duration,
+    /// A relay with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time for name resolution.
+    pub resolve_timeout: Duration,
+    /// Time for the TCP connect to each checked address.
+    pub connect_timeout: Duration,
+    /// Cap on `egress.log`, in bytes.
+    pub log_cap: u64,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_connections: 128,
+            max_head_bytes: 16 * 1024,
+            max_headers: 100,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            resolve_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            log_cap: DEFAULT_LOG_CAP,
+        }
+    }
+}
+
+/// Relay buffer per direction.
+const RELAY_BUF: usize = 64 * 1024;
+/// Most addresses tried for one name.
+const MAX_ADDRESSES: usize = 16;
+
+/// A running proxy for one job; [`JobProxy::shutdown`] ends it (dropping it does too, without
+/// reporting).
+#[derive(Debug)]
+pub struct JobProxy {
+    socket_path: PathBuf,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<JoinHandle<io::Result<EgressSummary>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    policy: EgressPolicy,
+    limits: ProxyLimits,
+    log: Mutex<Option<EgressLog>>,
+    log_failed: AtomicBool,
+}
+
+impl Shared {
+    fn record(&self, record: &Record) {
+        let mut guard = match self.log.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let failed = match guard.as_mut() {
+            Some(log) => log.record(record).is_err(),
+            None => true,
+        };
+        if failed && !self.log_failed.swap(true, Ordering::SeqCst) {
+            tracing::error!("egress.log cannot be written; denying further connections");
+        }
+    }
+}
+
+/// Starts the proxy for one job: binds `socket_path` (which must not exist), creates
+/// `log_path`, and serves on a background thread until [`JobProxy::shutdown`].
+pub fn start(
+    socket_path: &Path,
+    policy: EgressPolicy,
+    log_path: &Path,
+    limits: ProxyLimits,
+) -> io::Result<JobProxy> {
+    let log = EgressLog::create(log_path, limits.log_cap)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let listener = std::os::unix::net::UnixListener::bind(socket_path)?;
+    listener.set_nonblocking(true)?;
+    let shared = Arc::new(Shared {
+        policy,
+        limits,
+        log: Mutex::new(Some(log)),
+        log_failed: AtomicBool::new(false),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let path = socket_path.to_owned();
+    let thread = std::thread::Builder::new()
+        .name("egress-proxy".into())
+        .spawn(move || {
+            let served = runtime.block_on(serve(listener, Arc::clone(&shared), stop_rx));
+            drop(runtime);
+            let _ = std::fs::remove_file(&path);
+            let log = match shared.log.lock() {
+                Ok(mut g) => g.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            served?;
+            log.ok_or_else(|| io::Error::other("egress log already closed"))?
+                .finish()
+        });
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(socket_path);
+            return Err(e);
+        }
+    };
+    Ok(JobProxy {
+        socket_path: socket_path.to_owned(),
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+impl JobProxy {
+    /// The unix socket clients connect to.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// Stops accepting, closes every connection (each is logged), flushes the log, removes
+    /// the socket and returns the counts.
+    pub fn shutdown(mut self) -> io::Result<EgressSummary> {
+        self.stop_and_join()
+            .unwrap_or_else(|| Err(io::Error::other("egress proxy already stopped")))
+    }
+
+    fn stop_and_join(&mut self) -> Option<io::Result<EgressSummary>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        let thread = self.thread.take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("egress proxy thread panicked"))),
+        )
+    }
+}
+
+impl Drop for JobProxy {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let listener = UnixListener::from_std(listener)?;
+    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let mut tasks = JoinSet::new();
+    let task_stop = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|&v| v) => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = Arc::clone(&shared);
+                        let stop = task_stop.clone();
+                        tasks.spawn(async move {
+                            handle(stream, &shared, stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => refuse_over_limit(stream, &shared),
+                },
+                // Out of descriptors or memory: wait a little rather than spin; the client
+                // stays in the backlog and is served or times out.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+        }
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn refuse_over_limit(stream: UnixStream, shared: &Shared) {
+    let reason = format!(
+        "too many connections: at most {} at once per job",
+        shared.limits.max_connections
+    );
+    // The socket's send buffer is empty, so this small write completes or fails at once.
+    let _ = stream.try_write(response(503, &reason).as_bytes());
+    shared.record(&Record {
+        time: now_rfc3339(),
+        host: String::new(),
+        port: 0,
+        address: None,
+        decision: "denied".into(),
+        reason,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: 0,
+        method: String::new(),
+    });
+}
+
+/// What one connection did, filled in as it goes so that a cancelled connection (job end,
+/// idle timeout) is still recorded.
+#[derive(Debug)]
+struct Attempt {
+    started: Instant,
+    host: String,
+    port: u16,
+    address: Option<IpAddr>,
+    method: String,
+    allowed: Option<String>,
+    denied: Option<String>,
+    up: AtomicU64,
+    down: AtomicU64,
+    /// Milliseconds after `started` of the last byte relayed either way.
+    activity: AtomicU64,
+}
+
+async fn handle(mut client: UnixStream, shared: &Shared, mut stop: watch::Receiver<bool>) {
+    let mut attempt = Attempt {
+        started: Instant::now(),
+        host: String::new(),
+        port: 0,
+        address: None,
+        method: String::new(),
+        allowed: None,
+        denied: None,
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+        activity: AtomicU64::new(0),
+    };
+    tokio::select! {
+        () = serve_one(&mut client, shared, &mut attempt) => {}
+        _ = stop.wait_for(|&v| v) => {
+            let note = "closed at the end of the job";
+            match &mut attempt.allowed {
+                Some(reason) => *reason = format!("{reason}; {note}"),
+                None => attempt.denied = Some(note.into()),
+            }
+        }
+    }
+    let _ = client.shutdown().await;
+    let (decision, reason) = match (attempt.allowed, attempt.denied) {
+        (Some(r), _) => ("allowed", r),
+        (None, Some(r)) => ("denied", r),
+        (None, None) => ("denied", "closed before a decision".into()),
+    };
+    shared.record(&Record {
+        time: now_rfc3339(),
+        host: attempt.host,
+        port: attempt.port,
+        address: attempt.address.map(|a| a.to_string()),
+        decision: decision.into(),
+        reason,
+        bytes_up: attempt.up.load(Ordering::Relaxed),
+        bytes_down: attempt.down.load(Ordering::Relaxed),
+        duration_ms: attempt
+            .started
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX),
+        method: attempt.method,
+    });
+}
+
+/// A refusal to send to the client and record.
+struct Refusal {
+    status: u16,
+    reason: String,
+}
+
+impl From<BadRequest> for Refusal {
+    fn from(b: BadRequest) -> Self {
+        Refusal {
+            status: b.status,
+            reason: b.reason.into(),
+        }
+    }
+}
+
+fn refusal(status: u16, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+async fn serve_one(client: &mut UnixStream, shared: &Shared, attempt: &mut Attempt) {
+    match exchange(client, shared, attempt).await {
+        Ok(()) => {}
+        Err(r) => {
+            if attempt.allowed.is_none() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.write_all(response(r.status, &r.reason).as_bytes()),
+                )
+                .await;
+                attempt.denied = Some(r.reason);
+            } else if let Some(reason) = &mut attempt.allowed {
+                // Failed after the upstream connection was made: the client already has a
+                // response or a tunnel; note why it ended.
+                *reason = format!("{reason}; ended: {}", r.reason);
+            }
+        }
+    }
+}
+
+async fn exchange(
+    client: &mut UnixStream,
+    shared: &Shared,
+    attempt: &mut Attempt,
+) -> Result<(), Refusal> {
+    let limits = &shared.limits;
+    if shared.log_failed.load(Ordering::SeqCst) {
+        return Err(refusal(503, "the egress log cannot be written"));
+    }
+    let (head, leftover) =
+        match tokio::time::timeout(limits.head_timeout, read_head(client, limits)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(refusal(
+                    408,
+                    format!(
+                        "no complete request head within {}s",
+                        limits.head_timeout.as_secs()
+                    ),
+                ))
+            }
+        };
+    attempt.method = head.method.clone();
+    let connect = head.method == "CONNECT";
+    let (authority, path) = if connect {
+        (head.target.as_str(), "")
+    } else {
+        http::split_absolute_uri(&head.target)?
+    };
+    let default_port = if connect { None } else { Some(80) };
+    let (raw_host, port) = http::split_authority(authority, default_port)
+        .ok_or_else(|| refusal(400, "malformed host:port in the request"))?;
+    attempt.port = port;
+    attempt.host = raw_host.chars().take(256).collect();
+    let host = Host::parse(raw_host).map_err(|d| refusal(403, d.to_string()))?;
+    attempt.host = match &host {
+        Host::Name(n) => n.clone(),
+        Host::Ip(ip) => ip.to_string(),
+    };
+    let framing = if connect {
+        Framing::None
+    } else {
+        head.framing()?
+    };
+    let (upstream, reason) = resolve_and_connect(shared, raw_host, port, attempt).await?;
+    attempt.allowed = Some(reason);
+    if connect {
+        tunnel(client, upstream, &leftover, limits, attempt).await
+    } else {
+        let rewritten = rewrite_head(&head, &host, port, path);
+        forward(
+            client, upstream, rewritten, leftover, framing, limits, attempt,
+        )
+        .await
+    }
+}
+
+/// Reads up to the end of the head; returns the head and any bytes read beyond it.
+async fn read_head(
+    client: &mut UnixStream,
+    limits: &ProxyLimits,
+) -> Result<(Head, Vec<u8>), Refusal> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let room = limits.max_head_bytes.saturating_sub(buf.len());
+        if room == 0 {
+            return Err(refusal(
+                431,
+                format!("request head larger than {} bytes", limits.max_head_bytes),
+            ));
+        }
+        let want = room.min(chunk.len());
+        let n = client
+            .read(&mut chunk[..want])
+            .await
+            .map_err(|e| refusal(400, format!("reading the request: {e}")))?;
+        if n == 0 {
+            return Err(refusal(
+                400,
+                "connection closed before a complete request head",
+            ));
+        }
+        let from = buf.len();
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = http::find_head_end(&buf, from) {
+            let head = http::parse_head(&buf[..end], limits.max_headers)?;
+            return Ok((head, buf[end..].to_vec()));
+        }
+    }
+}
+
+async fn resolve_and_connect(
+    shared: &Shared,
+    raw_host: &str,
+    port: u16,
+    attempt: &mut Attempt,
+) -> Result<(TcpStream, String), Refusal> {
+    let policy = &shared.policy;
+    let limits = &shared.limits;
+    let (name, candidates, reason) = match policy.decide(raw_host, port) {
+        Decision::Deny(d) => return Err(refusal(403, d.to_string())),
+        Decision::Literal { ip, reason } => {
+            (ip.to_string(), vec![SocketAddr::new(ip, port)], reason)
+        }
+        Decision::Resolve { host, reason } => {
+            let addrs = match policy.override_for(&host) {
+                Some(ip) => vec![SocketAddr::new(ip, port)],
+                None => {
+                    let lookup = tokio::net::lookup_host((host.as_str(), port));
+                    match tokio::time::timeout(limits.resolve_timeout, lookup).await {
+                        Ok(Ok(addrs)) => addrs.take(MAX_ADDRESSES).collect(),
+                        Ok(Err(e)) => {
+                            return Err(refusal(502, format!("cannot resolve {host}: {e}")))
+                        }
+                        Err(_) => return Err(refusal(504, format!("resolving {host} timed out"))),
+                    }
+                }
+            };
+            (host, addrs, reason)
+        }
+    };
+    if candidates.is_empty() {
+        return Err(refusal(502, format!("{name} has no addresses")));
+    }
+    // Every address is checked before any is tried: a name with one forbidden address is
+    // refused as a whole rather than quietly narrowed.
+    for addr in &candidates {
+        if let Err(d) = policy.check_address(&name, *addr) {
+            attempt.address = Some(addr.ip());
+            return Err(refusal(403, d.to_string()));
+        }
+    }
+    let mut last = String::new();
+    for addr in candidates {
+        attempt.address = Some(addr.ip());
+        match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, reason));
+            }
+            Ok(Err(e)) => last = format!("connecting to {addr}: {e}"),
+            Err(_) => last = format!("connecting to {addr} timed out"),
+        }
+    }
+    Err(refusal(502, last))
+}
+
+fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
+    let hop: Vec<String> = head
+        .values("connection")
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = format!("{} {} {}\r\n", head.method, path, head.version);
+    let authority = match port {
+        80 => host.to_entry_host(),
+        p => format!("{}:{p}", host.to_entry_host()),
+    };
+    out.push_str(&format!("Host: {authority}\r\n"));
+    for (name, value) in &head.headers {
+        let lower = name.to_ascii_lowercase();
+        let dropped = matches!(
+            lower.as_str(),
+            "host"
+                | "connection"
+                | "proxy-connection"
+                | "keep-alive"
+                | "proxy-authorization"
+                | "proxy-authenticate"
+                | "te"
+                | "upgrade"
+        ) || hop.contains(&lower);
+        if !dropped {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+async fn tunnel(
+    client: &mut UnixStream,
+    upstream: TcpStream,
+    leftover: &[u8],
+    limits: &ProxyLimits,
+    attempt: &Attempt,
+) -> Result<(), Refusal> {
+    let ended = |e: io::Error| refusal(502, e.to_string());
+    client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .map_err(ended)?;
+    let mut upstream = Counted::new(upstream, &attempt.down, attempt);
+    if !leftover.is_empty() {
+        upstream.inner.write_all(leftover).await.map_err(ended)?;
+        attempt
+            .up
+            .fetch_add(leftover.len() as u64, Ordering::Relaxed);
+    }
+    let mut client = Counted::new(client, &attempt.up, attempt);
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF);
+    idle_bounded(copy, limits.idle_timeout, attempt)
+        .await?
+        .map(|_| ())
+        .map_err(ended)
+}
+
+async fn forward(
+    client: &mut UnixStream,
+    mut upstream: TcpStream,
+    head: Vec<u8>,
+    leftover: Vec<u8>,
+    framing: Framing,
+    limits: &ProxyLimits,
+    attempt: &Attempt,
+) -> Result<(), Refusal> {
+    let ended = |e: io::Error| refusal(502, e.to_string());
+    upstream.write_all(&head).await.map_err(ended)?;
+    attempt.up.fetch_add(head.len() as u64, Ordering::Relaxed);
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    let mut client_read = Counted::new(client_read, &attempt.up, attempt);
+    let mut upstream_read = Counted::new(upstream_read, &attempt.down, attempt);
+    let body = forward_body(&mut client_read, upstream_write, leftover, framing, attempt);
+    let mut client_write = client_write;
+    let response = async {
+        tokio::io::copy_buf(
+            &mut tokio::io::BufReader::with_capacity(RELAY_BUF, &mut upstream_read),
+            &mut client_write,
+        )
+        .await?;
+        client_write.shutdown().await
+    };
+    let both = async {
+        tokio::pin!(body);
+        tokio::pin!(response);
+        let mut body_done = false;
+        loop {
+            tokio::select! {
+                r = &mut body, if !body_done => {
+                    body_done = true;
+                    // The client stopped sending mid-body: nothing useful can follow.
+                    r?;
+                }
+                r = &mut response => return r,
+            }
+        }
+    };
+    idle_bounded(both, limits.idle_timeout, attempt)
+        .await?
+        .map_err(ended)
+}
+
+/// Forwards exactly one request body: the bytes already read, then from the client until the
+/// framing says the body ended. Bytes after it (a pipelined next request) are never sent.
+async fn forward_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    client: &mut R,
+    mut upstream: W,
+    leftover: Vec<u8>,
+    framing: Framing,
+    attempt: &Attempt,
+) -> io::Result<()> {
+    let bad_body = |r: BadRequest| io::Error::new(io::ErrorKind::InvalidData, r.reason);
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            let first = (n as usize).min(leftover.len());
+            upstream.write_all(&leftover[..first]).await?;
+            attempt.up.fetch_add(first as u64, Ordering::Relaxed);
+            let rest = n - first as u64;
+            let copied = tokio::io::copy(&mut (&mut *client).take(rest), &mut upstream).await?;
+            if copied < rest {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Framing::Chunked => {
+            let mut tracker = ChunkedTracker::default();
+            let first = tracker.feed(&leftover).map_err(bad_body)?;
+            upstream.write_all(&leftover[..first]).await?;
+            attempt.up.fetch_add(first as u64, Ordering::Relaxed);
+            let mut buf = vec![0u8; 16 * 1024];
+            while !tracker.done() {
+                let n = client.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                let used = tracker.feed(&buf[..n]).map_err(bad_body)?;
+                upstream.write_all(&buf[..used]).await?;
+            }
+        }
+    }
+    upstream.flush().await
+}
+
+/// Runs `fut` until it ends or nothing has moved for `idle`.
+async fn idle_bounded<F: Future>(
+    fut: F,
+    idle: Duration,
+    attempt: &Attempt,
+) -> Result<F::Output, Refusal> {
+    tokio::pin!(fut);
+    let tick = idle
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            () = tokio::time::sleep(tick) => {
+                let last = Duration::from_millis(attempt.activity.load(Ordering::Relaxed));
+                if attempt.started.elapsed().saturating_sub(last) >= idle {
+                    return Err(refusal(504, format!("idle for {}s", idle.as_secs())));
+                }
+            }
+        }
+    }
+}
+
+fn response(status: u16, reason: &str) -> String {
+    let text = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    };
+    // The reason goes into a header: printable ASCII only.
+    let reason: String = reason
+        .chars()
+        .take(300)
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect();
+    format!(
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         X-Bulwark-Denied: {reason}\r\nConnection: close\r\n\r\n{reason}\n",
+        reason.len() + 1
+    )
+}
+
+/// A stream whose reads are counted and mark activity.
+struct Counted<'a, S> {
+    inner: S,
+    count: &'a AtomicU64,
+    attempt: &'a Attempt,
+}
+
+impl<'a, S> Counted<'a, S> {
+    fn new(inner: S, count: &'a AtomicU64, attempt: &'a Attempt) -> Self {
+        Counted {
+            inner,
+            count,
+            attempt,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.count.fetch_add(n as u64, Ordering::Relaxed);
+            let now = self.attempt.started.elapsed().as_millis();
+            self.attempt
+                .activity
+                .store(now.try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

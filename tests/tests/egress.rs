@@ -1,0 +1,678 @@
+//! The egress proxy on its own: a real proxy on a unix socket in a temporary directory,
+//! origin servers on 127.0.0.1 that count their connections, clients speaking `CONNECT` and
+//! plain HTTP over `std::os::unix::net::UnixStream`. Every read has a timeout, so a hang fails
+//! the test instead of blocking it. Names point at the test's servers through `egress.hosts`,
+//! and the allow lists name `127.0.0.1:<port>` explicitly, as the address rules demand.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bulwark_protocol::{AllowEntry, CeilingEntry};
+use bulwark_runner::egress::{self, check_ceiling, EgressPolicy, JobProxy, ProxyLimits};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An HTTP origin on 127.0.0.1 that answers one request per connection with its name and
+/// records what reached it.
+struct Origin {
+    port: u16,
+    conns: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+    /// Bytes received after the first request (a second request must never arrive).
+    extra: Arc<AtomicUsize>,
+}
+
+fn origin(name: &'static str) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let extra = Arc::new(AtomicUsize::new(0));
+    let (c, h, e) = (conns.clone(), heads.clone(), extra.clone());
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            c.fetch_add(1, Ordering::SeqCst);
+            let (h, e) = (h.clone(), e.clone());
+            thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let Some(head) = read_head(&mut conn) else {
+                    return;
+                };
+                h.lock().unwrap().push(head);
+                let body = format!("hello from {name}");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let mut rest = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut rest) {
+                    if n == 0 {
+                        break;
+                    }
+                    e.fetch_add(n, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    Origin {
+        port,
+        conns,
+        heads,
+        extra,
+    }
+}
+
+/// Reads up to and including the blank line; `None` on EOF or error first.
+fn read_head(stream: &mut impl Read) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+        if head.len() > 100_000 {
+            return None;
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+struct Proxy {
+    dir: PathBuf,
+    sock: PathBuf,
+    log: PathBuf,
+    proxy: Option<JobProxy>,
+}
+
+impl Proxy {
+    fn start(
+        name: &str,
+        allow: &[String],
+        hosts: &[(&str, &str)],
+        audit: bool,
+        limits: ProxyLimits,
+    ) -> Proxy {
+        let dir = std::env::temp_dir().join(format!("egress-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts: BTreeMap<String, String> = hosts
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let policy = EgressPolicy::new(allow, &hosts, audit).unwrap();
+        let sock = dir.join("egress.sock");
+        let log = dir.join("egress.log");
+        let proxy = egress::start(&sock, policy, &log, limits).unwrap();
+        Proxy {
+            dir,
+            sock,
+            log,
+            proxy: Some(proxy),
+        }
+    }
+
+    fn connect(&self) -> UnixStream {
+        let s = UnixStream::connect(&self.sock).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        s
+    }
+
+    /// Sends `CONNECT target` and returns the status code, the response head and the stream.
+    fn tunnel(&self, target: &str) -> (u16, String, UnixStream) {
+        let mut s = self.connect();
+        write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+        let head = read_head(&mut s).unwrap_or_default();
+        (status(&head), head, s)
+    }
+
+    /// Stops the proxy and returns the log's lines as JSON.
+    fn finish(&mut self) -> Vec<serde_json::Value> {
+        self.proxy.take().unwrap().shutdown().unwrap();
+        assert!(!self.sock.exists(), "socket left behind");
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        drop(self.proxy.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn status(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn strings(list: &[String]) -> Vec<String> {
+    list.to_vec()
+}
+
+/// The usual allow list: `allowed.test` and its address on the origin's port.
+fn allow_origin(port: u16) -> Vec<String> {
+    vec![format!("allowed.test:{port}"), format!("127.0.0.1:{port}")]
+}
+
+const HOSTS: &[(&str, &str)] = &[
+    ("allowed.test", "127.0.0.1"),
+    ("other.test", "127.0.0.1"),
+    ("meta.test", "169.254.169.254"),
+    ("private.test", "10.1.2.3"),
+];
+
+/// A GET through an established tunnel; returns the response body text.
+fn get_through(mut tunnel: UnixStream) -> String {
+    write!(
+        tunnel,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    tunnel.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn an_allowed_name_through_connect_reaches_its_origin() {
+    let o = origin("a");
+    let mut p = Proxy::start(
+        "allowed",
+        &allow_origin(o.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let (code, _, tunnel) = p.tunnel(&format!("allowed.test:{}", o.port));
+    assert_eq!(code, 200);
+    assert!(get_through(tunnel).ends_with("hello from a"));
+    assert_eq!(o.conns.load(Ordering::SeqCst), 1);
+    let log = p.finish();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["decision"], "allowed");
+    assert_eq!(log[0]["address"], "127.0.0.1");
+}
+
+#[test]
+fn a_name_not_on_the_list_gets_403_and_a_log_line() {
+    let o = origin("a");
+    let mut p = Proxy::start(
+        "notlisted",
+        &allow_origin(o.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let (code, head, _) = p.tunnel(&format!("other.test:{}", o.port));
+    assert_eq!(code, 403, "{head}");
+    assert!(head.contains("X-Bulwark-Denied: other.test:"), "{head}");
+    assert!(head.contains("not on the job's allow list"), "{head}");
+    assert_eq!(o.conns.load(Ordering::SeqCst), 0);
+    let log = p.finish();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["host"], "other.test");
+    assert_eq!(log[0]["decision"], "denied");
+    assert_eq!(log[0]["method"], "CONNECT");
+}
+
+#[test]
+fn another_port_and_unlisted_literals_are_refused() {
+    let o = origin("a");
+    let other = origin("b");
+    let p = Proxy::start(
+        "ports",
+        &allow_origin(o.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    assert_eq!(p.tunnel(&format!("allowed.test:{}", other.port)).0, 403);
+    assert_eq!(p.tunnel(&format!("127.0.0.1:{}", other.port)).0, 403);
+    // The listed literal itself is allowed.
+    assert_eq!(p.tunnel(&format!("127.0.0.1:{}", o.port)).0, 200);
+    assert_eq!(other.conns.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn forbidden_addresses_are_refused_even_under_a_wildcard_or_listed() {
+    let p = Proxy::start(
+        "forbidden",
+        &strings(&[
+            "*.test:80".into(),
+            "meta.test:80".into(),
+            "169.254.169.254:80".into(),
+        ]),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let (code, head, _) = p.tunnel("meta.test:80");
+    assert_eq!(code, 403);
+    assert!(head.contains("metadata"), "{head}");
+    let (code, head, _) = p.tunnel("private.test:80");
+    assert_eq!(code, 403);
+    assert!(head.contains("private"), "{head}");
+    assert_eq!(p.tunnel("169.254.169.254:80").0, 403);
+}
+
+#[test]
+fn address_forms_are_refused_and_a_trailing_dot_is_the_same_host() {
+    let o = origin("a");
+    let p = Proxy::start(
+        "forms",
+        &allow_origin(o.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let port = o.port;
+    let table = [
+        (format!("[::ffff:169.254.169.254]:{port}"), 403, "metadata"),
+        (format!("0.0.0.0:{port}"), 403, "allow list"),
+        (format!("2130706433:{port}"), 403, "ambiguous"),
+        (format!("0177.0.0.1:{port}"), 403, "ambiguous"),
+        (format!("0x7f.0.0.1:{port}"), 403, "ambiguous"),
+        (format!("127.1:{port}"), 403, "ambiguous"),
+        (format!("[::1]:{port}"), 403, "allow list"),
+        (format!("[::ffff:127.0.0.1]:{port}"), 403, "allow list"),
+        (format!("allowed.test.:{port}"), 200, ""),
+        (format!("ALLOWED.test:{port}"), 200, ""),
+        (format!("allowed.test..:{port}"), 403, "valid"),
+    ];
+    for (target, expected, why) in &table {
+        let (code, head, _) = p.tunnel(target);
+        assert_eq!(code, *expected, "{target}: {head}");
+        assert!(head.contains(why), "{target}: {head}");
+    }
+    assert_eq!(o.conns.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn plain_http_is_rewritten_and_a_kept_alive_second_request_never_reaches_its_host() {
+    let a = origin("a");
+    let b = origin("b");
+    let p = Proxy::start(
+        "keepalive",
+        &allow_origin(a.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let mut s = p.connect();
+    write!(
+        s,
+        "GET http://allowed.test:{}/path?q=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: keep-alive\r\n\r\n\
+         GET http://other.test:{}/ HTTP/1.1\r\nHost: other.test\r\n\r\n",
+        a.port, b.port
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("hello from a"), "{out}");
+    assert_eq!(
+        b.conns.load(Ordering::SeqCst),
+        0,
+        "the second host was reached"
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.conns.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        a.extra.load(Ordering::SeqCst),
+        0,
+        "bytes after the first request were forwarded"
+    );
+    let head = a.heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /path?q=1 HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("Host: allowed.test:{}\r\n", a.port)),
+        "{head}"
+    );
+    assert!(head.contains("Connection: close\r\n"), "{head}");
+    assert!(!head.contains("evil.example"), "{head}");
+    // A new connection to the second host is checked on its own, and refused.
+    let mut s = p.connect();
+    write!(
+        s,
+        "GET http://other.test:{}/ HTTP/1.1\r\nHost: other.test\r\n\r\n",
+        b.port
+    )
+    .unwrap();
+    let head = read_head(&mut s).unwrap();
+    assert_eq!(status(&head), 403, "{head}");
+    assert_eq!(b.conns.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn request_bodies_are_forwarded_by_length_and_chunked() {
+    let a = origin("a");
+    let p = Proxy::start(
+        "bodies",
+        &allow_origin(a.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    for body in [
+        "Content-Length: 5\r\n\r\nhello".to_string(),
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_string(),
+    ] {
+        let mut s = p.connect();
+        write!(s, "POST http://allowed.test:{}/ HTTP/1.1\r\n{body}", a.port).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.ends_with("hello from a"), "{out}");
+    }
+    let mut s = p.connect();
+    write!(
+        s,
+        "POST http://allowed.test:{}/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        a.port
+    )
+    .unwrap();
+    assert_eq!(status(&read_head(&mut s).unwrap()), 400);
+}
+
+#[test]
+fn malformed_oversized_and_silent_clients_leave_the_proxy_serving_others() {
+    let o = origin("a");
+    let limits = ProxyLimits {
+        head_timeout: Duration::from_secs(1),
+        ..ProxyLimits::default()
+    };
+    let mut p = Proxy::start("robust", &allow_origin(o.port), HOSTS, false, limits);
+    let mut silent = p.connect();
+    let mut garbage = p.connect();
+    garbage.write_all(b"\x00\x01\x02 nonsense\r\n\r\n").unwrap();
+    assert_eq!(status(&read_head(&mut garbage).unwrap()), 400);
+    let mut big = p.connect();
+    let huge = format!(
+        "GET http://allowed.test/ HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = big.write_all(huge.as_bytes());
+    let head = read_head(&mut big).unwrap_or_default();
+    assert!(head.is_empty() || status(&head) == 431, "{head}");
+    // Meanwhile a well-behaved client is served at once.
+    let started = Instant::now();
+    let (code, _, tunnel) = p.tunnel(&format!("allowed.test:{}", o.port));
+    assert_eq!(code, 200);
+    assert!(get_through(tunnel).ends_with("hello from a"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The silent one is answered 408 after the head timeout, not kept forever.
+    let head = read_head(&mut silent).unwrap();
+    assert_eq!(status(&head), 408, "{head}");
+    let log = p.finish();
+    assert_eq!(log.iter().filter(|l| l["decision"] == "denied").count(), 3);
+}
+
+#[test]
+fn one_gib_through_connect_arrives_byte_identical() {
+    const BLOCK: usize = 1 << 20;
+    const BLOCKS: u64 = 1024;
+    fn block(i: u64) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..BLOCK).map(|j| (j % 251) as u8 ^ (i as u8)).collect();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        b
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        for i in 0..BLOCKS {
+            conn.write_all(&block(i)).unwrap();
+        }
+    });
+    let mut p = Proxy::start(
+        "gib",
+        &allow_origin(port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let (code, _, mut tunnel) = p.tunnel(&format!("allowed.test:{port}"));
+    assert_eq!(code, 200);
+    let mut got = vec![0u8; BLOCK];
+    for i in 0..BLOCKS {
+        tunnel.read_exact(&mut got).unwrap();
+        assert!(got == block(i), "block {i} differs");
+    }
+    assert_eq!(tunnel.read(&mut got).unwrap(), 0, "bytes beyond 1 GiB");
+    drop(tunnel);
+    let log = p.finish();
+    assert_eq!(log[0]["bytes_down"], BLOCKS * BLOCK as u64);
+}
+
+#[test]
+fn two_hundred_concurrent_connections_complete_or_are_refused_never_hang() {
+    let o = origin("a");
+    let limits = ProxyLimits {
+        max_connections: 50,
+        ..ProxyLimits::default()
+    };
+    let mut p = Proxy::start("many", &allow_origin(o.port), HOSTS, false, limits);
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..200 {
+        let (tx, sock, port) = (tx.clone(), p.sock.clone(), o.port);
+        thread::spawn(move || {
+            let outcome = (|| -> std::io::Result<&'static str> {
+                let mut s = UnixStream::connect(&sock)?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                write!(s, "CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n")?;
+                let head = read_head(&mut s).unwrap_or_default();
+                Ok(match status(&head) {
+                    200 if get_through(s).ends_with("hello from a") => "completed",
+                    503 => "refused",
+                    _ => "failed",
+                })
+            })();
+            tx.send(outcome.unwrap_or("failed")).unwrap();
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut results = Vec::new();
+    while results.len() < 200 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(r) => results.push(r),
+            Err(_) => panic!("only {} of 200 connections finished", results.len()),
+        }
+    }
+    let completed = results.iter().filter(|r| **r == "completed").count();
+    let refused = results.iter().filter(|r| **r == "refused").count();
+    assert_eq!(completed + refused, 200, "{results:?}");
+    assert!(completed >= 50, "{results:?}");
+    let log = p.finish();
+    assert_eq!(log.len(), 200);
+}
+
+#[test]
+fn log_lines_have_every_field() {
+    let o = origin("a");
+    let mut allow = allow_origin(o.port);
+    allow.push("meta.test:80".into());
+    let mut p = Proxy::start("fields", &allow, HOSTS, false, ProxyLimits::default());
+    let (_, _, t) = p.tunnel(&format!("allowed.test:{}", o.port));
+    get_through(t);
+    p.tunnel("meta.test:80");
+    let log = p.finish();
+    assert_eq!(log.len(), 2);
+    for line in &log {
+        for key in [
+            "time",
+            "host",
+            "port",
+            "address",
+            "decision",
+            "reason",
+            "bytes_up",
+            "bytes_down",
+            "duration_ms",
+            "method",
+        ] {
+            assert!(line.get(key).is_some(), "{key} missing in {line}");
+        }
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    }
+    let allowed = log.iter().find(|l| l["decision"] == "allowed").unwrap();
+    assert!(allowed["bytes_up"].as_u64().unwrap() > 0);
+    assert!(allowed["bytes_down"].as_u64().unwrap() > 0);
+    assert!(allowed["reason"]
+        .as_str()
+        .unwrap()
+        .contains("allowed by allowed.test:"));
+    let denied = log.iter().find(|l| l["decision"] == "denied").unwrap();
+    assert_eq!(denied["host"], "meta.test");
+    assert_eq!(denied["address"], "169.254.169.254");
+}
+
+#[test]
+fn audit_mode_allows_unlisted_hosts_and_suggest_lists_what_the_run_needed() {
+    let limits = ProxyLimits {
+        connect_timeout: Duration::from_millis(300),
+        ..ProxyLimits::default()
+    };
+    let mut p = Proxy::start("audit", &[], HOSTS, true, limits);
+    // Private addresses are allowed in audit mode (the connect itself fails here: no route
+    // or no server), loopback and metadata are not.
+    let (code, head, _) = p.tunnel("private.test:8080");
+    assert_ne!(code, 403, "{head}");
+    assert_eq!(p.tunnel("allowed.test:80").0, 403);
+    assert_eq!(p.tunnel("meta.test:80").0, 403);
+    assert_eq!(p.tunnel("2130706433:80").0, 403);
+    let log = p.finish();
+    let private = log.iter().find(|l| l["host"] == "private.test").unwrap();
+    assert_eq!(private["address"], "10.1.2.3");
+    let audit_note = private["reason"].as_str().unwrap();
+    assert!(audit_note.contains("audit mode"), "{audit_note}");
+    let suggested = egress::suggest(&p.log).unwrap();
+    assert_eq!(
+        suggested,
+        [
+            "10.1.2.3:8080",
+            "127.0.0.1:80",
+            "allowed.test:80",
+            "private.test:8080"
+        ]
+    );
+}
+
+#[test]
+fn suggest_skips_what_no_list_can_allow_and_lines_it_did_not_write() {
+    let dir = std::env::temp_dir().join(format!("egress-suggest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("egress.log");
+    std::fs::write(
+        &path,
+        "{\"time\":\"t\",\"host\":\"b.test\",\"port\":443,\"address\":\"1.2.3.4\",\"decision\":\"denied\",\"reason\":\"\",\"bytes_up\":0,\"bytes_down\":0,\"duration_ms\":0,\"method\":\"CONNECT\"}\n\
+         not json\n\
+         {\"time\":\"t\",\"truncated\":true,\"reason\":\"cap\"}\n\
+         {\"time\":\"t\",\"host\":\"a.test\",\"port\":443,\"address\":null,\"decision\":\"denied\",\"reason\":\"\",\"bytes_up\":0,\"bytes_down\":0,\"duration_ms\":0,\"method\":\"CONNECT\"}\n\
+         {\"time\":\"t\",\"host\":\"b.test\",\"port\":443,\"address\":\"1.2.3.4\",\"decision\":\"allowed\",\"reason\":\"\",\"bytes_up\":0,\"bytes_down\":0,\"duration_ms\":0,\"method\":\"CONNECT\"}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        egress::suggest(&path).unwrap(),
+        ["a.test:443", "b.test:443"]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_ceiling_check_names_the_entry_above_it() {
+    let allow: Vec<AllowEntry> = [
+        "api.example.com:443",
+        "*.cdn.example.com:443",
+        "example.com:443",
+    ]
+    .iter()
+    .map(|s| AllowEntry::parse(s).unwrap())
+    .collect();
+    let ceiling = |list: &[&str]| -> Vec<CeilingEntry> {
+        list.iter()
+            .map(|s| CeilingEntry::parse(s).unwrap())
+            .collect()
+    };
+    let err = check_ceiling(&allow, &ceiling(&["*.example.com:443"])).unwrap_err();
+    assert!(
+        err.starts_with("network.allow[2]: example.com:443 "),
+        "{err}"
+    );
+    assert!(check_ceiling(&allow, &ceiling(&["*.example.com:443", "example.com:443"])).is_ok());
+    assert!(check_ceiling(&allow, &ceiling(&["*:443"])).is_ok());
+    assert!(check_ceiling(&allow, &ceiling(&["*:80"]))
+        .unwrap_err()
+        .contains("network.allow[0]"));
+    assert!(check_ceiling(&allow, &ceiling(&["*"])).is_ok());
+    let err = check_ceiling(&allow, &ceiling(&["api.example.com:443"])).unwrap_err();
+    assert!(err.contains("*.cdn.example.com:443"), "{err}");
+}
+
+/// The whole path but the sandbox: curl → forwarder (in a thread here, in init for real) →
+/// proxy → origin.
+#[test]
+fn curl_through_the_forwarder_and_the_proxy_reaches_an_allowed_host_only() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: curl is not installed");
+        return;
+    }
+    let o = origin("a");
+    let p = Proxy::start(
+        "curl",
+        &allow_origin(o.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let fwd_port = start_forwarder(&p.sock);
+    let curl = |url: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-i", "--proxy"])
+            .arg(format!("http://127.0.0.1:{fwd_port}"))
+            .arg(url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ok = curl(&format!("http://allowed.test:{}/", o.port));
+    assert!(ok.contains("hello from a"), "{ok}");
+    let denied = curl(&format!("http://other.test:{}/", o.port));
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert_eq!(o.conns.load(Ordering::SeqCst), 1);
+}
+
+use std::process::Command;
+
+fn start_forwarder(sock: &Path) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut fwd = bulwark_sandbox::forwarder::Forwarder::new(listener, sock.to_owned(), 64);
+    thread::spawn(move || loop {
+        fwd.poll_once(&[], None).unwrap();
+    });
+    // The forwarder is a plain TCP listener: a connect succeeds at once.
+    TcpStream::connect(("127.0.0.1", port)).unwrap();
+    port
+}
