@@ -108,6 +108,9 @@ pub enum Commands {
         #[arg(long, value_enum, default_value = "p256")]
         algorithm: crate::provenance::keys::Algorithm,
     },
+    /// Work with a job's egress log.
+    #[command(subcommand)]
+    Egress(EgressCommand),
     /// Run one command in a fresh sandbox with every layer on (no spec, no outputs).
     ///
     /// The command's output goes to stderr; its exit status is bulwark's (2 when the sandbox
@@ -137,6 +140,21 @@ pub enum Commands {
         /// Operator configuration (to report whether rlimit fallback is allowed).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+/// `bulwark egress ...`.
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// Print the allow list that would have permitted every connection in an egress log.
+    ///
+    /// Meant for logs of jobs run in audit mode (egress.audit): paste the output into the
+    /// job's `[network] allow`. One `host:port` entry per line.
+    ///
+    /// Example: bulwark egress suggest bulwark-out/build-20261126T101500Z/egress.log
+    Suggest {
+        /// The egress.log of a job's output directory.
+        log: PathBuf,
     },
 }
 
@@ -177,6 +195,18 @@ pub fn dispatch(cli: Cli) -> u8 {
             artifacts,
         }),
         Commands::Keygen { out, algorithm } => keygen(&out, algorithm),
+        Commands::Egress(EgressCommand::Suggest { log }) => match crate::egress::suggest(&log) {
+            Ok(entries) => {
+                for e in entries {
+                    println!("{e}");
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("bulwark: egress suggest {}: {e}", log.display());
+                2
+            }
+        },
         Commands::Exec {
             config,
             phases,

@@ -15,7 +15,7 @@ use bulwark_protocol::{
     StepResult, Trust, ValidatedJob,
 };
 use bulwark_sandbox::cgroup::{self, JobCgroup};
-use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
+use bulwark_sandbox::spec::{EgressSpec, Event, Rlimits, SandboxSpec, StepSpec};
 
 use crate::config::{self, Dirs};
 use crate::exit;
@@ -65,6 +65,9 @@ pub const ETC_ENTRIES: &[&str] = &[
     "/etc/mime.types",
     "/etc/gai.conf",
 ];
+
+/// Port of the egress forwarder on the job's loopback (`HTTP_PROXY=http://127.0.0.1:3128`).
+pub const EGRESS_PORT: u16 = 3128;
 
 /// `PATH` inside the sandbox.
 pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -117,6 +120,7 @@ pub fn run(args: RunArgs) -> u8 {
         steps: Vec::new(),
         inputs: Inputs::default(),
         counters: None,
+        egress: None,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -136,6 +140,7 @@ pub fn run(args: RunArgs) -> u8 {
         job: job.spec.name.clone(),
         invocation_id: runner.invocation_id.clone(),
         cgroup_counters: runner.counters,
+        egress: runner.egress.clone(),
     };
     let mut code = match status {
         JobStatus::Succeeded => exit::SUCCEEDED,
@@ -228,16 +233,8 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
     if !job.spec.tools.is_empty() {
         return Err(unsupported("tools", "[[tools]] (pinned tools)"));
     }
-    if job
-        .spec
-        .network
-        .as_ref()
-        .is_some_and(|n| !n.allow.is_empty())
-    {
-        return Err(unsupported(
-            "network.allow",
-            "network access through the egress proxy",
-        ));
+    if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
+        check_egress_ceiling(&net.allow, args.trust, &loaded.config).map_err(|e| format!("job spec {path}: {e}"))?;
     }
     if let Some(src) = &job.spec.source {
         if src.git.is_some() {
@@ -289,6 +286,7 @@ struct JobRun<'a> {
     steps: Vec<StepResult>,
     inputs: Inputs,
     counters: Option<bulwark_protocol::CgroupCounters>,
+    egress: Option<bulwark_protocol::EgressRecord>,
 }
 
 /// What the sandbox reported.
@@ -452,8 +450,38 @@ impl JobRun<'_> {
                 })?,
             )
         };
-        let spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
+        let egress = self.start_egress(jobdir, host_uid)?;
+        let mut spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
+        if let Some((dir, _)) = &egress {
+            spec.egress = Some(EgressSpec { socket_dir: dir.clone(), port: EGRESS_PORT, max_connections: 128 });
+            let url = format!("http://127.0.0.1:{EGRESS_PORT}");
+            for step in &mut spec.steps {
+                // The proxy variables always win over the spec (which cannot set them anyway).
+                step.env.retain(|(k, _)| !bulwark_protocol::v1::job::PROXY_ENV_VARS.contains(&k.as_str()));
+                for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    step.env.push((k.into(), url.clone()));
+                }
+                for k in ["NO_PROXY", "no_proxy"] {
+                    step.env.push((k.into(), "localhost,127.0.0.1,::1".into()));
+                }
+            }
+        }
         let reported = self.run_sandbox(&spec);
+        if let Some((dir, proxy)) = egress {
+            // Every job process is gone (init has exited): nothing can use the proxy any more.
+            let summary = proxy.shutdown();
+            let _ = crate::fsutil::remove_tree(&dir);
+            let summary = summary.map_err(|e| Stop::Runner(format!("stopping the egress proxy: {e}")))?;
+            let log_sha256 = crate::provenance::sha256_file(&self.out.join("egress.log")).map_err(|e| Stop::Runner(format!("egress.log: {e:#}")))?;
+            self.egress = Some(bulwark_protocol::EgressRecord {
+                audit: self.config.egress.audit,
+                allowed: summary.allowed,
+                denied: summary.denied,
+                bytes_up: summary.bytes_up,
+                bytes_down: summary.bytes_down,
+                log_sha256,
+            });
+        }
         // Every job process is gone once init is; the cgroup check is the independent proof.
         let mut counters = cgroup::Counters::default();
         if let Some(cg) = cg {
@@ -604,7 +632,40 @@ impl JobRun<'_> {
                 address_space: fallback.then_some(self.job.memory),
             },
             report_phases: false,
+            egress: None,
         }
+    }
+
+    /// Starts the job's egress proxy when its network policy allows anything (or the operator
+    /// runs jobs in audit mode). Returns the socket directory and the running proxy.
+    fn start_egress(&self, jobdir: &JobDir, host_uid: Option<u32>) -> Result<Option<(PathBuf, crate::egress::JobProxy)>, Stop> {
+        let allow: Vec<String> = self.job.spec.network.as_ref().map(|n| n.allow.clone()).unwrap_or_default();
+        let audit = self.config.egress.audit;
+        if allow.is_empty() && !audit {
+            return Ok(None);
+        }
+        if audit {
+            eprintln!("bulwark: warning: egress audit mode is on (egress.audit): this job may connect anywhere but the metadata addresses and this host's loopback; every connection is logged and recorded in result.json and provenance");
+        }
+        let refuse = |what: &str, e: &dyn std::fmt::Display| Stop::Refused(format!("egress proxy: {what}: {e}"));
+        let dirs = Dirs::resolve(self.config).map_err(|e| refuse("runtime directory", &e))?;
+        let dir = dirs.runtime.join("jobs").join(&jobdir.id);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| refuse("creating the socket directory", &e))?;
+        }
+        let policy = crate::egress::EgressPolicy::new(&allow, &self.config.egress.hosts, audit).map_err(|e| refuse("policy", &e))?;
+        let socket = dir.join("egress.sock");
+        let proxy = crate::egress::start(&socket, policy, &self.out.join("egress.log"), crate::egress::ProxyLimits::default())
+            .map_err(|e| refuse("starting", &e))?;
+        // Only the job's init (running as the job's uid) may connect; no other job or user.
+        if let Some(uid) = host_uid {
+            for p in [&dir, &socket] {
+                std::os::unix::fs::lchown(p, Some(uid), Some(uid)).map_err(|e| refuse("handing the socket to the job's uid", &e))?;
+            }
+        }
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| refuse("socket mode", &e))?;
+        Ok(Some((dir, proxy)))
     }
 
     fn run_sandbox(&mut self, spec: &SandboxSpec) -> Result<Reported, Stop> {
@@ -846,6 +907,24 @@ fn sign_provenance(
     let (key, default_pub) = provenance::load_or_create_key(args.key.as_deref(), &dirs.state)?;
     provenance::write(out, &statement, &key)?;
     Ok(default_pub)
+}
+
+/// Refuses a network allow list above the operator's ceiling for the job's trust level.
+fn check_egress_ceiling(allow: &[String], trust: Trust, config: &Config) -> Result<(), String> {
+    let (ceiling, key) = match trust {
+        Trust::Untrusted => (&config.egress.ceiling_untrusted, "egress.ceiling_untrusted"),
+        Trust::Trusted => (&config.egress.ceiling_trusted, "egress.ceiling_trusted"),
+    };
+    let entries: Vec<bulwark_protocol::AllowEntry> = allow
+        .iter()
+        .enumerate()
+        .map(|(i, a)| bulwark_protocol::AllowEntry::parse(a).map_err(|e| format!("network.allow[{i}]: {e}")))
+        .collect::<Result<_, _>>()?;
+    let ceiling: Vec<bulwark_protocol::CeilingEntry> = ceiling
+        .iter()
+        .map(|c| bulwark_protocol::CeilingEntry::parse(c).map_err(|e| format!("{key}: {e}")))
+        .collect::<Result<_, _>>()?;
+    crate::egress::check_ceiling(&entries, &ceiling).map_err(|e| format!("{e} ({key})"))
 }
 
 #[cfg(test)]

@@ -105,6 +105,8 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
                 tracing::warn!(job_id = %id, "could not remove the cgroup of a dead run: {e}");
             }
         }
+        // The dead run's proxy socket directory, if it had network.
+        let _ = crate::fsutil::remove_tree(&dirs.runtime.join("jobs").join(&id));
         if let Err(e) = crate::fsutil::remove_tree(&path) {
             tracing::warn!(job_id = %id, "could not remove the directory of a dead run: {e}");
         }

@@ -83,6 +83,17 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     dup2_stdout(null.as_fd()).map_err(at("stdout"))?;
     let log: OwnedFd = dup(std::io::stderr().as_fd()).map_err(at("log channel"))?;
 
+    // The proxy socket's directory, opened while we may still walk the runtime directory
+    // (root mode: it is not reachable by the job's uid). Init connects through this descriptor,
+    // so the socket never appears in the job's filesystem.
+    let egress_dir = match &spec.egress {
+        Some(e) => Some(
+            open(&e.socket_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(at("open egress socket directory"))?,
+        ),
+        None => None,
+    };
+
     // 2. cgroups.
     for procs in &spec.cgroup_procs {
         let mut f = OpenOptions::new()
@@ -168,11 +179,13 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             log,
             workspace,
             tmp,
+            egress_dir,
         ),
         Forked::Parent(init) => {
             drop(log);
             drop(workspace);
             drop(tmp);
+            drop(egress_dir);
             loop {
                 match waitpid(init, None) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code),

@@ -24,6 +24,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{sethostname, Pid};
 
+use crate::forwarder::Forwarder;
 use crate::seccomp::JobFilters;
 use crate::spec::{Event, SandboxSpec, StepSpec};
 use crate::sys::Forked;
@@ -35,14 +36,16 @@ pub fn run(
     log: OwnedFd,
     workspace: OwnedFd,
     tmp: OwnedFd,
+    egress_dir: Option<OwnedFd>,
 ) -> ! {
-    let code = match setup(spec, &workspace, &tmp) {
-        Ok(filters) => {
+    let code = match setup(spec, &workspace, &tmp, egress_dir.as_ref()) {
+        Ok((filters, mut forwarder)) => {
             crate::spec::phase(spec, &mut status, "init-root-built");
             drop(workspace);
             drop(tmp);
             report(&mut status, &Event::Ready);
-            run_steps(spec, &filters, &log, &mut status)
+            // `egress_dir` stays open: the forwarder connects through it for every connection.
+            run_steps(spec, &filters, &log, &mut status, &mut forwarder)
         }
         Err((stage, message)) => {
             report(
@@ -80,7 +83,12 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
-fn setup(spec: &SandboxSpec, workspace: &OwnedFd, tmp: &OwnedFd) -> Result<Prepared, Stage> {
+fn setup(
+    spec: &SandboxSpec,
+    workspace: &OwnedFd,
+    tmp: &OwnedFd,
+    egress_dir: Option<&OwnedFd>,
+) -> Result<(Prepared, Option<Forwarder>), Stage> {
     use std::os::fd::AsRawFd;
     // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
     // whole namespace.
@@ -94,10 +102,29 @@ fn setup(spec: &SandboxSpec, workspace: &OwnedFd, tmp: &OwnedFd) -> Result<Prepa
     nix::sys::prctl::set_dumpable(false).map_err(|e| ("dumpable", e.to_string()))?;
     let filters = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
     let landlock = crate::landlock::prepare().map_err(|e| ("landlock", e.to_string()))?;
-    Ok(Prepared { filters, landlock })
+    // The job's one way out: a forwarder on its loopback to the runner's proxy socket, reached
+    // through the directory descriptor the helper opened (after pivot_root, /proc is the job's
+    // own, and /proc/self/fd is init's table).
+    let forwarder = match (&spec.egress, egress_dir) {
+        (Some(e), Some(dir)) => {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", e.port)).map_err(|err| ("egress forwarder", format!("listen on 127.0.0.1:{}: {err}", e.port)))?;
+            listener.set_nonblocking(true).map_err(|err| ("egress forwarder", err.to_string()))?;
+            let target = std::path::PathBuf::from(format!("/proc/self/fd/{}/egress.sock", dir.as_raw_fd()));
+            Some(Forwarder::new(listener, target, e.max_connections))
+        }
+        (Some(_), None) => return Err(("egress forwarder", "no proxy socket directory".into())),
+        (None, _) => None,
+    };
+    Ok((Prepared { filters, landlock }, forwarder))
 }
 
-fn run_steps(spec: &SandboxSpec, filters: &Prepared, log: &OwnedFd, status: &mut File) -> i32 {
+fn run_steps(
+    spec: &SandboxSpec,
+    filters: &Prepared,
+    log: &OwnedFd,
+    status: &mut File,
+    forwarder: &mut Option<Forwarder>,
+) -> i32 {
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     if let Err(e) = chld.thread_set_mask() {
@@ -133,7 +160,7 @@ fn run_steps(spec: &SandboxSpec, filters: &Prepared, log: &OwnedFd, status: &mut
             None => job_deadline,
         };
         crate::spec::phase(spec, status, "init-step-fork");
-        let outcome = run_step(step, spec, filters, log, status, &sfd, deadline, grace);
+        let outcome = run_step(step, spec, filters, log, status, &sfd, deadline, grace, forwarder);
         crate::spec::phase(spec, status, "init-step-reaped");
         let duration_ms = start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
         let (exit_code, signal) = match outcome.status {
@@ -177,6 +204,7 @@ fn run_step(
     sfd: &SignalFd,
     deadline: Instant,
     grace: Duration,
+    forwarder: &mut Option<Forwarder>,
 ) -> Outcome {
     let main = match crate::sys::fork_single_threaded() {
         Ok(Forked::Child) => crate::process::exec_step(
@@ -228,8 +256,16 @@ fn run_step(
             .max(Duration::from_millis(1));
         let timeout =
             PollTimeout::try_from(wait.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, timeout);
+        match forwarder {
+            // One poll for both: SIGCHLD and the forwarder's connections.
+            Some(fw) => {
+                let _ = fw.poll_once(&[(sfd.as_fd(), PollFlags::POLLIN)], Some(wait));
+            }
+            None => {
+                let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, timeout);
+            }
+        }
         while let Ok(Some(_)) = sfd.read_signal() {}
     }
     // The main process is gone: whatever it left behind goes too, before the next step.

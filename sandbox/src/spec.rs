@@ -51,6 +51,23 @@ pub struct SandboxSpec {
     /// Report [`Event::Phase`] timestamps (benchmarks).
     #[serde(default)]
     pub report_phases: bool,
+    /// The job's way out, when its network policy allows anything: init forwards connections
+    /// to `127.0.0.1:<port>` inside the job's network namespace to the runner's proxy socket.
+    #[serde(default)]
+    pub egress: Option<EgressSpec>,
+}
+
+/// Where init listens and where it forwards to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    /// Host directory holding the proxy's socket `egress.sock` (opened by the helper before it
+    /// drops privileges; never visible in the job's filesystem).
+    pub socket_dir: PathBuf,
+    /// Port of the forwarder on the job's loopback.
+    pub port: u16,
+    /// Most connections the forwarder keeps open at once.
+    pub max_connections: usize,
 }
 
 /// One step of a job.

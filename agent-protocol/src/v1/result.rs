@@ -243,6 +243,27 @@ pub struct JobResult {
     /// cgroup counters at the end of the job; absent where no cgroup was used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_counters: Option<CgroupCounters>,
+    /// The job's egress through the runner's proxy; absent when the job had no network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRecord>,
+}
+
+/// What went through a job's egress proxy (details per connection in `egress.log`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRecord {
+    /// The operator ran the job in audit mode (everything but metadata and host loopback
+    /// allowed, and logged).
+    pub audit: bool,
+    /// Connections allowed.
+    pub allowed: u64,
+    /// Connections denied.
+    pub denied: u64,
+    /// Bytes from the job to the network.
+    pub bytes_up: u64,
+    /// Bytes from the network to the job.
+    pub bytes_down: u64,
+    /// sha256 of `egress.log`.
+    pub log_sha256: String,
 }
 
 #[cfg(test)]
@@ -287,6 +308,14 @@ mod tests {
             cgroup_counters: Some(CgroupCounters {
                 oom_kills: 0,
                 pids_max_hit: 0,
+            }),
+            egress: Some(EgressRecord {
+                audit: false,
+                allowed: 2,
+                denied: 1,
+                bytes_up: 100,
+                bytes_down: 2000,
+                log_sha256: "1".repeat(64),
             }),
         }
     }

@@ -76,7 +76,7 @@ pub fn build_statement(input: &ProvenanceInput<'_>) -> Statement {
             "limitsEnforced": i.limits_enforced,
             "confirmed": i.confirmed,
         })),
-        "network": { "allow": input.network_allow, "audit": false },
+        "network": { "allow": input.network_allow, "audit": r.egress.as_ref().is_some_and(|e| e.audit) },
         "weakened": isolation.map(|i| i.weakened.clone()).unwrap_or_default(),
     });
     let mut resolved = Vec::new();
