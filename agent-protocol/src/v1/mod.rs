@@ -37,7 +37,7 @@ pub use job::{
     ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN, RESERVED_OUTPUT_NAMES,
 };
 pub use result::{
-    CgroupCounters, Inputs, Isolation, IsolationMode, JobResult, JobStatus, OutputRecord,
+    CgroupCounters, EgressRecord, Inputs, Isolation, IsolationMode, JobResult, JobStatus, OutputRecord,
     StepResult, Trust,
 };
 pub use rules::{check_name, check_sha256};
