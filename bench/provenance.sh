@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
-cargo build --release --locked -q
-bin=$PWD/target/release/bulwark
+${BULWARK_SKIP_BUILD:+true} cargo build --release --locked -q
+bin=${BULWARK_BIN:-$PWD/target/release/bulwark}
 work=$(mktemp -d /tmp/bulwark-prov.XXXXXX)
 chmod 0755 "$work"
 trap 'rm -rf "$work"' EXIT
