@@ -234,7 +234,8 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
         return Err(unsupported("tools", "[[tools]] (pinned tools)"));
     }
     if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
-        check_egress_ceiling(&net.allow, args.trust, &loaded.config).map_err(|e| format!("job spec {path}: {e}"))?;
+        check_egress_ceiling(&net.allow, args.trust, &loaded.config)
+            .map_err(|e| format!("job spec {path}: {e}"))?;
     }
     if let Some(src) = &job.spec.source {
         if src.git.is_some() {
@@ -453,11 +454,17 @@ impl JobRun<'_> {
         let egress = self.start_egress(jobdir, host_uid)?;
         let mut spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
         if let Some((dir, _)) = &egress {
-            spec.egress = Some(EgressSpec { socket_dir: dir.clone(), port: EGRESS_PORT, max_connections: 128 });
+            spec.egress = Some(EgressSpec {
+                socket_dir: dir.clone(),
+                port: EGRESS_PORT,
+                max_connections: 128,
+            });
             let url = format!("http://127.0.0.1:{EGRESS_PORT}");
             for step in &mut spec.steps {
                 // The proxy variables always win over the spec (which cannot set them anyway).
-                step.env.retain(|(k, _)| !bulwark_protocol::v1::job::PROXY_ENV_VARS.contains(&k.as_str()));
+                step.env.retain(|(k, _)| {
+                    !bulwark_protocol::v1::job::PROXY_ENV_VARS.contains(&k.as_str())
+                });
                 for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                     step.env.push((k.into(), url.clone()));
                 }
@@ -471,8 +478,10 @@ impl JobRun<'_> {
             // Every job process is gone (init has exited): nothing can use the proxy any more.
             let summary = proxy.shutdown();
             let _ = crate::fsutil::remove_tree(&dir);
-            let summary = summary.map_err(|e| Stop::Runner(format!("stopping the egress proxy: {e}")))?;
-            let log_sha256 = crate::provenance::sha256_file(&self.out.join("egress.log")).map_err(|e| Stop::Runner(format!("egress.log: {e:#}")))?;
+            let summary =
+                summary.map_err(|e| Stop::Runner(format!("stopping the egress proxy: {e}")))?;
+            let log_sha256 = crate::provenance::sha256_file(&self.out.join("egress.log"))
+                .map_err(|e| Stop::Runner(format!("egress.log: {e:#}")))?;
             self.egress = Some(bulwark_protocol::EgressRecord {
                 audit: self.config.egress.audit,
                 allowed: summary.allowed,
@@ -638,8 +647,18 @@ impl JobRun<'_> {
 
     /// Starts the job's egress proxy when its network policy allows anything (or the operator
     /// runs jobs in audit mode). Returns the socket directory and the running proxy.
-    fn start_egress(&self, jobdir: &JobDir, host_uid: Option<u32>) -> Result<Option<(PathBuf, crate::egress::JobProxy)>, Stop> {
-        let allow: Vec<String> = self.job.spec.network.as_ref().map(|n| n.allow.clone()).unwrap_or_default();
+    fn start_egress(
+        &self,
+        jobdir: &JobDir,
+        host_uid: Option<u32>,
+    ) -> Result<Option<(PathBuf, crate::egress::JobProxy)>, Stop> {
+        let allow: Vec<String> = self
+            .job
+            .spec
+            .network
+            .as_ref()
+            .map(|n| n.allow.clone())
+            .unwrap_or_default();
         let audit = self.config.egress.audit;
         if allow.is_empty() && !audit {
             return Ok(None);
@@ -647,24 +666,38 @@ impl JobRun<'_> {
         if audit {
             eprintln!("bulwark: warning: egress audit mode is on (egress.audit): this job may connect anywhere but the metadata addresses and this host's loopback; every connection is logged and recorded in result.json and provenance");
         }
-        let refuse = |what: &str, e: &dyn std::fmt::Display| Stop::Refused(format!("egress proxy: {what}: {e}"));
+        let refuse = |what: &str, e: &dyn std::fmt::Display| {
+            Stop::Refused(format!("egress proxy: {what}: {e}"))
+        };
         let dirs = Dirs::resolve(self.config).map_err(|e| refuse("runtime directory", &e))?;
         let dir = dirs.runtime.join("jobs").join(&jobdir.id);
         {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| refuse("creating the socket directory", &e))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| refuse("creating the socket directory", &e))?;
         }
-        let policy = crate::egress::EgressPolicy::new(&allow, &self.config.egress.hosts, audit).map_err(|e| refuse("policy", &e))?;
+        let policy = crate::egress::EgressPolicy::new(&allow, &self.config.egress.hosts, audit)
+            .map_err(|e| refuse("policy", &e))?;
         let socket = dir.join("egress.sock");
-        let proxy = crate::egress::start(&socket, policy, &self.out.join("egress.log"), crate::egress::ProxyLimits::default())
-            .map_err(|e| refuse("starting", &e))?;
+        let proxy = crate::egress::start(
+            &socket,
+            policy,
+            &self.out.join("egress.log"),
+            crate::egress::ProxyLimits::default(),
+        )
+        .map_err(|e| refuse("starting", &e))?;
         // Only the job's init (running as the job's uid) may connect; no other job or user.
         if let Some(uid) = host_uid {
             for p in [&dir, &socket] {
-                std::os::unix::fs::lchown(p, Some(uid), Some(uid)).map_err(|e| refuse("handing the socket to the job's uid", &e))?;
+                std::os::unix::fs::lchown(p, Some(uid), Some(uid))
+                    .map_err(|e| refuse("handing the socket to the job's uid", &e))?;
             }
         }
-        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| refuse("socket mode", &e))?;
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| refuse("socket mode", &e))?;
         Ok(Some((dir, proxy)))
     }
 
@@ -918,7 +951,9 @@ fn check_egress_ceiling(allow: &[String], trust: Trust, config: &Config) -> Resu
     let entries: Vec<bulwark_protocol::AllowEntry> = allow
         .iter()
         .enumerate()
-        .map(|(i, a)| bulwark_protocol::AllowEntry::parse(a).map_err(|e| format!("network.allow[{i}]: {e}")))
+        .map(|(i, a)| {
+            bulwark_protocol::AllowEntry::parse(a).map_err(|e| format!("network.allow[{i}]: {e}"))
+        })
         .collect::<Result<_, _>>()?;
     let ceiling: Vec<bulwark_protocol::CeilingEntry> = ceiling
         .iter()

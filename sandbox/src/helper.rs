@@ -88,8 +88,12 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     // so the socket never appears in the job's filesystem.
     let egress_dir = match &spec.egress {
         Some(e) => Some(
-            open(&e.socket_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(at("open egress socket directory"))?,
+            open(
+                &e.socket_dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(at("open egress socket directory"))?,
         ),
         None => None,
     };

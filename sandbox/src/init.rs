@@ -107,9 +107,17 @@ fn setup(
     // own, and /proc/self/fd is init's table).
     let forwarder = match (&spec.egress, egress_dir) {
         (Some(e), Some(dir)) => {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", e.port)).map_err(|err| ("egress forwarder", format!("listen on 127.0.0.1:{}: {err}", e.port)))?;
-            listener.set_nonblocking(true).map_err(|err| ("egress forwarder", err.to_string()))?;
-            let target = std::path::PathBuf::from(format!("/proc/self/fd/{}/egress.sock", dir.as_raw_fd()));
+            let listener = std::net::TcpListener::bind(("127.0.0.1", e.port)).map_err(|err| {
+                (
+                    "egress forwarder",
+                    format!("listen on 127.0.0.1:{}: {err}", e.port),
+                )
+            })?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|err| ("egress forwarder", err.to_string()))?;
+            let target =
+                std::path::PathBuf::from(format!("/proc/self/fd/{}/egress.sock", dir.as_raw_fd()));
             Some(Forwarder::new(listener, target, e.max_connections))
         }
         (Some(_), None) => return Err(("egress forwarder", "no proxy socket directory".into())),
@@ -160,7 +168,9 @@ fn run_steps(
             None => job_deadline,
         };
         crate::spec::phase(spec, status, "init-step-fork");
-        let outcome = run_step(step, spec, filters, log, status, &sfd, deadline, grace, forwarder);
+        let outcome = run_step(
+            step, spec, filters, log, status, &sfd, deadline, grace, forwarder,
+        );
         crate::spec::phase(spec, status, "init-step-reaped");
         let duration_ms = start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
         let (exit_code, signal) = match outcome.status {

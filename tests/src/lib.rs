@@ -89,6 +89,22 @@ impl Env {
         env
     }
 
+    /// Rewrites the configuration with `limits_extra` appended to `[limits]` and `sections`
+    /// (whole TOML sections such as `[egress]`) after it.
+    pub fn write_config_sections(&self, limits_extra: &str, sections: &str) {
+        let fallback = if is_root() {
+            ""
+        } else {
+            "allow_rlimit_fallback = true\n"
+        };
+        let text = format!(
+            "[limits]\nkill_grace = \"1s\"\n{fallback}{limits_extra}\n[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n{sections}\n",
+            self.state.display(),
+            self.dir.join("run").display(),
+        );
+        fs::write(&self.config, text).unwrap();
+    }
+
     /// Rewrites the configuration with `limits_extra` appended to `[limits]`.
     pub fn write_config(&self, limits_extra: &str) {
         // Rootless: no cgroup is delegated on these hosts, so allow the explicit fallback.
