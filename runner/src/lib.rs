@@ -26,6 +26,7 @@ pub mod outputs;
 pub mod probe;
 pub mod provenance;
 pub mod source;
+pub mod tools;
 pub mod uids;
 pub mod verify;
 pub mod workspace;

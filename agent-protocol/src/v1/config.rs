@@ -76,9 +76,8 @@ pub struct UidRange {
     pub last: u32,
 }
 
-/// `[fetch]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `[fetch]`: what the runner itself (tools, rootfs, source) may fetch, and how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchConfig {
     /// Loopback/private/link-local addresses or networks the runner may fetch from, like
     /// `127.0.0.1` or `10.0.0.0/8`. Metadata addresses are refused even here.
@@ -87,6 +86,28 @@ pub struct FetchConfig {
     pub file_roots: Vec<String>,
     /// Absolute path of a PEM bundle trusted in addition to the system roots; empty: none.
     pub extra_ca: String,
+    /// Largest download, in bytes (`max_bytes = "2GiB"`); a larger body is refused while it
+    /// streams. Archives may unpack to at most 8 times this.
+    pub max_bytes: u64,
+    /// Longest one download may take from connect to last byte (`timeout = "10m"`).
+    pub timeout: Duration,
+}
+
+/// Default [`FetchConfig::max_bytes`]: 2 GiB.
+pub const DEFAULT_FETCH_MAX_BYTES: u64 = 2 << 30;
+/// Default [`FetchConfig::timeout`]: 10 minutes.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            allow_private: Vec::new(),
+            file_roots: Vec::new(),
+            extra_ca: String::new(),
+            max_bytes: DEFAULT_FETCH_MAX_BYTES,
+            timeout: DEFAULT_FETCH_TIMEOUT,
+        }
+    }
 }
 
 /// `[egress]`.
@@ -232,7 +253,7 @@ impl fmt::Display for UidRange {
 struct RawConfig {
     builder_id: Option<String>,
     limits: RawLimits,
-    fetch: FetchConfig,
+    fetch: RawFetch,
     egress: EgressConfig,
     paths: PathsConfig,
 }
@@ -251,6 +272,16 @@ struct RawLimits {
     max_output_bytes: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawFetch {
+    allow_private: Vec<String>,
+    file_roots: Vec<String>,
+    extra_ca: String,
+    max_bytes: Option<String>,
+    timeout: Option<String>,
+}
+
 impl Config {
     /// Reads and checks a configuration file's text. Unknown keys and wrong types are a
     /// [`SpecError::Syntax`] with the line; bad values are [`SpecError::Invalid`] with every
@@ -263,7 +294,7 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_BUILDER_ID.to_owned());
         errors.take("builder_id", check_builder_id(&builder_id));
         let limits = convert_limits(raw.limits, &mut errors);
-        check_fetch(&raw.fetch, &mut errors);
+        let fetch = convert_fetch(raw.fetch, &mut errors);
         check_egress(&raw.egress, &mut errors);
         for (key, dir) in [
             ("paths.state_dir", &raw.paths.state_dir),
@@ -276,7 +307,7 @@ impl Config {
         let config = Config {
             builder_id,
             limits,
-            fetch: raw.fetch,
+            fetch,
             egress: raw.egress,
             paths: raw.paths,
         };
@@ -373,6 +404,41 @@ fn convert_limits(raw: RawLimits, errors: &mut Errors) -> LimitsConfig {
             1,
         ),
     }
+}
+
+fn convert_fetch(raw: RawFetch, errors: &mut Errors) -> FetchConfig {
+    let max_bytes = match raw.max_bytes.as_deref().map(parse_size) {
+        None => DEFAULT_FETCH_MAX_BYTES,
+        Some(Ok(0)) => errors
+            .take(
+                "fetch.max_bytes",
+                Err("must be greater than zero".to_owned()),
+            )
+            .unwrap_or(DEFAULT_FETCH_MAX_BYTES),
+        Some(Ok(value)) => value,
+        Some(Err(e)) => errors
+            .take("fetch.max_bytes", Err(e))
+            .unwrap_or(DEFAULT_FETCH_MAX_BYTES),
+    };
+    let timeout = match raw.timeout.as_deref().map(parse_duration) {
+        None => DEFAULT_FETCH_TIMEOUT,
+        Some(Ok(value)) if value.is_zero() => errors
+            .take("fetch.timeout", Err("must be greater than zero".to_owned()))
+            .unwrap_or(DEFAULT_FETCH_TIMEOUT),
+        Some(Ok(value)) => value,
+        Some(Err(e)) => errors
+            .take("fetch.timeout", Err(e))
+            .unwrap_or(DEFAULT_FETCH_TIMEOUT),
+    };
+    let fetch = FetchConfig {
+        allow_private: raw.allow_private,
+        file_roots: raw.file_roots,
+        extra_ca: raw.extra_ca,
+        max_bytes,
+        timeout,
+    };
+    check_fetch(&fetch, errors);
+    fetch
 }
 
 fn check_fetch(fetch: &FetchConfig, errors: &mut Errors) {
@@ -495,6 +561,8 @@ max_output_bytes = "1GiB"
 allow_private = ["127.0.0.1", "10.0.0.0/8"]
 file_roots = ["/srv/tools"]
 extra_ca = "/etc/bulwark/ca.pem"
+max_bytes = "4GiB"
+timeout = "1h"
 [egress]
 ceiling_untrusted = ["crates.io:443", "*:443"]
 allow_audit = true
@@ -510,6 +578,10 @@ runtime_dir = "/run/bulwark-a"
             (1 << 20, Duration::ZERO, 5)
         );
         assert_eq!(c.fetch.allow_private.len(), 2);
+        assert_eq!(
+            (c.fetch.max_bytes, c.fetch.timeout),
+            (4 << 30, Duration::from_secs(3600))
+        );
         assert_eq!(
             c.egress.hosts.get("mirror.internal").map(String::as_str),
             Some("10.1.2.3")
@@ -590,6 +662,43 @@ state_dir = "state"
             text.contains("egress.audit: audit mode also needs egress.allow_audit = true"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn fetch_size_cap_and_timeout_default_to_2gib_and_10m_and_are_read() {
+        let config = Config::from_toml_str("").expect("valid");
+        assert_eq!(config.fetch.max_bytes, 2 << 30);
+        assert_eq!(config.fetch.timeout, Duration::from_secs(600));
+        let config = Config::from_toml_str("[fetch]\nmax_bytes = \"512MiB\"\ntimeout = \"90s\"\n")
+            .expect("valid");
+        assert_eq!(config.fetch.max_bytes, 512 << 20);
+        assert_eq!(config.fetch.timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_fetch_size_cap_and_timeout_are_reported_by_key_path() {
+        let text = "[fetch]\nmax_bytes = \"0B\"\ntimeout = \"ten minutes\"\n";
+        let err = Config::from_toml_str(text).expect_err("invalid");
+        let paths: Vec<&str> = err.field_errors().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["fetch.max_bytes", "fetch.timeout"]);
+        assert!(
+            err.to_string()
+                .contains("fetch.max_bytes: must be greater than zero"),
+            "{err}"
+        );
+        let err = Config::from_toml_str("[fetch]\ntimeout = \"0s\"\nmax_bytes = \"2GB\"\n")
+            .expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("fetch.timeout: must be greater than zero"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fetch.max_bytes: \"2GB\" is not a size"),
+            "{text}"
+        );
+        let err = Config::from_toml_str("[fetch]\nmax_byte = \"1GiB\"\n").expect_err("unknown");
+        assert!(matches!(err, SpecError::Syntax { .. }), "{err}");
     }
 
     #[test]

@@ -31,7 +31,10 @@ mod rules;
 mod validate;
 
 pub use allow::{AllowEntry, AllowHost, CeilingEntry, IpNet};
-pub use config::{Config, EgressConfig, FetchConfig, LimitsConfig, PathsConfig, UidRange};
+pub use config::{
+    Config, EgressConfig, FetchConfig, LimitsConfig, PathsConfig, UidRange,
+    DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT,
+};
 pub use job::{
     is_reserved_output, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, SourceSpec, StepSpec,
     ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN, RESERVED_OUTPUT_NAMES,

@@ -1,0 +1,984 @@
+//! Unpacking a verified download into a directory, refusing anything that could reach outside
+//! it or smuggle privileges in.
+//!
+//! Only a download whose sha256 matched is unpacked, but the pin only says the archive is the
+//! one the spec named, not that it is harmless: a tool archive from a compromised release page
+//! is pinned just as well. So every entry is checked before anything is written, and the
+//! entry is named in the refusal:
+//!
+//! - paths must be relative and must not contain `..`; names must be UTF-8;
+//! - a symlink's target must be relative and, resolved inside the tree (following the other
+//!   symlinks of the archive, as the kernel would), must stay inside it; this is checked when
+//!   the link is written and again once the whole archive is in, so a later link cannot turn
+//!   an earlier one into an escape;
+//! - a hard link must name a regular file written earlier by the same archive;
+//! - devices, fifos and sockets are refused for tools; for a root filesystem
+//!   ([`UnpackMode::Rootfs`]) they are skipped (the sandbox provides `/dev`);
+//! - setuid/setgid bits are refused on anything but a directory for tools, and stripped for
+//!   a root filesystem (and on directories);
+//! - an entry that appears twice, or whose parent is a symlink or a file, is refused.
+//!
+//! Writing goes through descriptors: each parent directory is opened from the tree's root one
+//! component at a time with `O_NOFOLLOW` (created with `mkdirat` when missing), and files are
+//! created with `O_CREAT | O_EXCL | O_NOFOLLOW`, so even if a check were wrong, writing
+//! through a symlink made earlier by the same archive (`a -> /etc`, then `a/passwd`) fails in
+//! the kernel with `ELOOP`.
+//!
+//! Bombs: at most [`UnpackLimits::max_entries`] entries (100 000) and
+//! [`UnpackLimits::max_bytes`] of file content (8 times `fetch.max_bytes`), counted on the
+//! bytes actually written, not on sizes the archive declares; xz streams may use at most
+//! 256 MiB of decoder memory.
+//!
+//! Alternatives rejected: `tar::Archive::unpack` and `zip::ZipArchive::extract` (they decide
+//! on their own what to skip or sanitize, cannot refuse naming the entry, do not know the
+//! rootfs rules, and have had write-through-symlink bugs); `openat2(RESOLVE_BENEATH)` (needs
+//! `unsafe` or a new dependency for one call, and the per-component `O_NOFOLLOW` walk gives the
+//! same guarantee for a tree nobody else writes); the C `liblzma` (a C build; `lzma-rust2` is
+//! pure Rust and also what `zip` uses).
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use bulwark_protocol::{format_size, ToolFormat};
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fchmod, mkdirat, Mode};
+use nix::unistd::{linkat, symlinkat};
+
+/// What is being unpacked: a tool, or a pinned root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnpackMode {
+    /// A tool: devices, fifos and setuid/setgid files are refused.
+    Tool,
+    /// A root filesystem: devices and fifos are skipped, setuid/setgid bits stripped.
+    Rootfs,
+}
+
+/// Bounds on what one archive may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Most entries of any kind.
+    pub max_entries: u64,
+    /// Most bytes of file content in total.
+    pub max_bytes: u64,
+}
+
+/// Most entries one archive may hold.
+pub const MAX_ENTRIES: u64 = 100_000;
+/// How many times the download cap an archive may unpack to.
+pub const EXPANSION_FACTOR: u64 = 8;
+/// Decoder memory an xz stream may ask for, in KiB (256 MiB).
+const XZ_MEM_LIMIT_KIB: u32 = 256 * 1024;
+/// Most symlinks followed while resolving one link target (as Linux's `MAXSYMLINKS`).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+impl UnpackLimits {
+    /// [`MAX_ENTRIES`] entries and [`EXPANSION_FACTOR`] times the download cap.
+    pub fn for_download_cap(max_bytes: u64) -> UnpackLimits {
+        UnpackLimits {
+            max_entries: MAX_ENTRIES,
+            max_bytes: max_bytes.saturating_mul(EXPANSION_FACTOR),
+        }
+    }
+}
+
+/// Why an archive was not unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// An entry the rules refuse.
+    #[error("archive entry {entry:?}: {reason}")]
+    Refused {
+        /// The entry's name as stored (lossy UTF-8).
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// More entries than allowed.
+    #[error("archive has more than {0} entries")]
+    TooManyEntries(u64),
+    /// More content than allowed.
+    #[error("archive unpacks to more than {} ({EXPANSION_FACTOR} times fetch.max_bytes)", format_size(*.0))]
+    TooLarge(u64),
+    /// The archive could not be read or decompressed.
+    #[error("reading the archive")]
+    Read(#[source] io::Error),
+    /// A zip archive could not be read.
+    #[error("reading the zip archive")]
+    Zip(#[source] zip::result::ZipError),
+    /// Writing an entry failed.
+    #[error("archive entry {entry:?}: cannot write it")]
+    Write {
+        /// The entry's name.
+        entry: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What an unpack did besides writing entries.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Entries written (directories, files, links).
+    pub entries: u64,
+    /// File content bytes written.
+    pub bytes: u64,
+    /// Rootfs mode: device nodes and fifos skipped.
+    pub skipped: Vec<String>,
+    /// Rootfs mode: entries whose setuid/setgid bits were stripped.
+    pub stripped: Vec<String>,
+}
+
+/// The kind of an archive entry, independent of the archive format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink(Vec<u8>),
+    HardLink(Vec<u8>),
+    Device,
+    Fifo,
+    Socket,
+    Unsupported(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File,
+    Symlink(Vec<u8>),
+}
+
+type Key = Vec<OsString>;
+
+/// Unpacks `blob` (format `format`) into `dest`, an existing empty directory. For
+/// [`ToolFormat::File`] the blob is copied to `dest/<name>`, mode 0555.
+pub fn unpack(
+    blob: &Path,
+    format: ToolFormat,
+    name: &str,
+    dest: &Path,
+    mode: UnpackMode,
+    limits: UnpackLimits,
+) -> Result<Unpacked, ArchiveError> {
+    let file = File::open(blob).map_err(ArchiveError::Read)?;
+    let root: OwnedFd = File::open(dest).map_err(ArchiveError::Read)?.into();
+    let mut tree = Tree {
+        root,
+        mode,
+        limits,
+        nodes: HashMap::new(),
+        done: Unpacked::default(),
+    };
+    match format {
+        ToolFormat::TarGz => {
+            let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
+            unpack_tar(gz, &mut tree)?;
+        }
+        ToolFormat::TarXz => {
+            let xz =
+                lzma_rust2::XzReader::new_mem_limit(BufReader::new(file), true, XZ_MEM_LIMIT_KIB);
+            unpack_tar(xz, &mut tree)?;
+        }
+        ToolFormat::Zip => unpack_zip(file, &mut tree)?,
+        ToolFormat::File => {
+            if name.is_empty() || name.starts_with('.') || name.contains('/') {
+                return Err(refused(name.as_bytes(), "not a valid tool file name"));
+            }
+            drop(file);
+            link_single_file(blob, name, dest)?;
+            tree.done.entries = 1;
+        }
+    }
+    tree.finish()?;
+    Ok(tree.done)
+}
+
+/// Format `file`: the blob hard-linked as `<dest>/<name>`, mode 0555 (the blob shares the
+/// inode, so it is 0555 too). A link rather than a copy: a 256 MiB tool would otherwise be
+/// written twice; both names are read-only and runner-owned, and `verify_all` rehashes the
+/// blob and the tree alike. Falls back to a copy (`copy_file_range`) across filesystems.
+fn link_single_file(blob: &Path, name: &str, dest: &Path) -> Result<(), ArchiveError> {
+    let write_err = |source: io::Error| ArchiveError::Write {
+        entry: name.to_owned(),
+        source,
+    };
+    let target = dest.join(name);
+    if std::fs::hard_link(blob, &target).is_err() {
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let dir: OwnedFd = File::open(dest).map_err(write_err)?.into();
+        let fd = openat(&dir, name, flags, Mode::from_bits_truncate(0o600))
+            .map_err(|e| write_err(e.into()))?;
+        io::copy(
+            &mut File::open(blob).map_err(write_err)?,
+            &mut File::from(fd),
+        )
+        .map_err(write_err)?;
+    }
+    let opened = openat(
+        File::open(dest).map_err(write_err)?,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| write_err(e.into()))?;
+    fchmod(&opened, Mode::from_bits_truncate(0o555)).map_err(|e| write_err(e.into()))
+}
+
+fn refused(entry: &[u8], reason: impl Into<String>) -> ArchiveError {
+    ArchiveError::Refused {
+        entry: String::from_utf8_lossy(entry).into_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveError> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(ArchiveError::Read)? {
+        let mut entry = entry.map_err(ArchiveError::Read)?;
+        let header = entry.header();
+        let perm = header.mode().map_err(ArchiveError::Read)?;
+        let link = || {
+            entry
+                .link_name_bytes()
+                .map(|l| l.into_owned())
+                .unwrap_or_default()
+        };
+        use tar::EntryType as T;
+        let kind = match header.entry_type() {
+            T::Regular | T::Continuous => Kind::File,
+            T::Directory => Kind::Dir,
+            T::Symlink => Kind::Symlink(link()),
+            T::Link => Kind::HardLink(link()),
+            T::Char | T::Block => Kind::Device,
+            T::Fifo => Kind::Fifo,
+            T::XGlobalHeader => continue,
+            other => Kind::Unsupported(format!("{other:?}")),
+        };
+        let path = entry.path_bytes().into_owned();
+        tree.add(&path, kind, perm, &mut entry)?;
+    }
+    Ok(())
+}
+
+fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(ArchiveError::Zip)?;
+    if archive.len() as u64 > tree.limits.max_entries {
+        return Err(ArchiveError::TooManyEntries(tree.limits.max_entries));
+    }
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(ArchiveError::Zip)?;
+        let path = entry.name_raw().to_vec();
+        let st_mode = entry.unix_mode().unwrap_or(0);
+        let kind = match st_mode & 0o170000 {
+            _ if entry.is_dir() => Kind::Dir,
+            0o120000 => {
+                let mut target = Vec::new();
+                (&mut entry)
+                    .take(4097)
+                    .read_to_end(&mut target)
+                    .map_err(ArchiveError::Read)?;
+                if target.len() > 4096 {
+                    return Err(refused(&path, "symlink target longer than 4096 bytes"));
+                }
+                Kind::Symlink(target)
+            }
+            0o020000 | 0o060000 => Kind::Device,
+            0o010000 => Kind::Fifo,
+            0o140000 => Kind::Socket,
+            _ => Kind::File,
+        };
+        tree.add(&path, kind, st_mode & 0o7777, &mut entry)?;
+    }
+    Ok(())
+}
+
+/// Splits an entry path into components, refusing absolute paths, `..` and non-UTF-8.
+fn split(raw: &[u8]) -> Result<Key, &'static str> {
+    if std::str::from_utf8(raw).is_err() {
+        return Err("the name is not valid UTF-8");
+    }
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    if raw.contains(&0) {
+        return Err("the name contains a NUL byte");
+    }
+    let mut out = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err("the path climbs out with \"..\""),
+            name => out.push(OsStr::from_bytes(name).to_os_string()),
+        }
+    }
+    Ok(out)
+}
+
+struct Tree {
+    root: OwnedFd,
+    mode: UnpackMode,
+    limits: UnpackLimits,
+    nodes: HashMap<Key, Node>,
+    done: Unpacked,
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+impl Tree {
+    fn add(
+        &mut self,
+        raw: &[u8],
+        kind: Kind,
+        perm: u32,
+        content: &mut dyn Read,
+    ) -> Result<(), ArchiveError> {
+        self.done.entries += 1;
+        if self.done.entries > self.limits.max_entries {
+            return Err(ArchiveError::TooManyEntries(self.limits.max_entries));
+        }
+        let shown = String::from_utf8_lossy(raw).into_owned();
+        let key = split(raw).map_err(|reason| refused(raw, reason))?;
+        let tool = self.mode == UnpackMode::Tool;
+        match &kind {
+            Kind::Device | Kind::Fifo | Kind::Socket if !tool => {
+                self.done.skipped.push(shown);
+                return Ok(());
+            }
+            Kind::Device => return Err(refused(raw, "device node")),
+            Kind::Fifo => return Err(refused(raw, "fifo")),
+            Kind::Socket => return Err(refused(raw, "socket")),
+            Kind::Unsupported(what) => {
+                return Err(refused(raw, format!("unsupported entry type {what}")))
+            }
+            _ => {}
+        }
+        if perm & 0o6000 != 0 && kind != Kind::Dir {
+            if tool {
+                return Err(refused(raw, "carries setuid/setgid bits"));
+            }
+            self.done.stripped.push(shown.clone());
+        }
+        let Some((name, parents)) = key.split_last() else {
+            return match kind {
+                Kind::Dir => Ok(()),
+                _ => Err(refused(raw, "empty path")),
+            };
+        };
+        match (self.nodes.get(&key), &kind) {
+            (Some(Node::Dir), Kind::Dir) => return Ok(()),
+            (Some(_), _) => return Err(refused(raw, "appears twice in the archive")),
+            (None, _) => {}
+        }
+        let write_err = |source: io::Error| ArchiveError::Write {
+            entry: shown.clone(),
+            source,
+        };
+        let parent = self.open_parent(parents, true, raw)?;
+        let node = match kind {
+            Kind::Dir => {
+                mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o755))
+                    .map_err(|e| write_err(e.into()))?;
+                Node::Dir
+            }
+            Kind::File => {
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                let fd = openat(
+                    &parent,
+                    name.as_os_str(),
+                    flags,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| write_err(e.into()))?;
+                let mut file = File::from(fd);
+                let room = self.limits.max_bytes.saturating_sub(self.done.bytes);
+                let copied = io::copy(&mut content.take(room.saturating_add(1)), &mut file)
+                    .map_err(ArchiveError::Read)?;
+                if copied > room {
+                    return Err(ArchiveError::TooLarge(self.limits.max_bytes));
+                }
+                self.done.bytes += copied;
+                file.flush().map_err(write_err)?;
+                let exec = if perm & 0o111 != 0 { 0o555 } else { 0o444 };
+                fchmod(&file, Mode::from_bits_truncate(exec)).map_err(|e| write_err(e.into()))?;
+                Node::File
+            }
+            Kind::Symlink(target) => {
+                self.check_link_target(parents, &target)
+                    .map_err(|reason| refused(raw, reason))?;
+                symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
+                    .map_err(|e| write_err(e.into()))?;
+                Node::Symlink(target)
+            }
+            Kind::HardLink(target) => {
+                let target_key = split(&target)
+                    .map_err(|reason| refused(raw, format!("hard link target: {reason}")))?;
+                let Some((target_name, target_parents)) = target_key.split_last() else {
+                    return Err(refused(raw, "hard link to an empty path"));
+                };
+                if self.nodes.get(&target_key) != Some(&Node::File) {
+                    let reason = format!(
+                        "hard link to {:?}, which is not a file earlier in the archive",
+                        String::from_utf8_lossy(&target)
+                    );
+                    return Err(refused(raw, reason));
+                }
+                let target_parent = self.open_parent(target_parents, false, raw)?;
+                linkat(
+                    &target_parent,
+                    target_name.as_os_str(),
+                    &parent,
+                    name.as_os_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| write_err(e.into()))?;
+                Node::File
+            }
+            Kind::Device | Kind::Fifo | Kind::Socket | Kind::Unsupported(_) => {
+                return Err(refused(raw, "unsupported entry type"))
+            }
+        };
+        self.nodes.insert(key, node);
+        Ok(())
+    }
+
+    /// Opens the directory `parents` below the root, one component at a time without
+    /// following symlinks, creating missing ones when `create`.
+    fn open_parent(
+        &mut self,
+        parents: &[OsString],
+        create: bool,
+        raw: &[u8],
+    ) -> Result<OwnedFd, ArchiveError> {
+        let mut fd = openat(&self.root, ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| ArchiveError::Read(e.into()))?;
+        for depth in 1..=parents.len() {
+            let prefix = &parents[..depth];
+            let shown = || {
+                prefix
+                    .iter()
+                    .map(|p| p.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            match self.nodes.get(prefix) {
+                Some(Node::Symlink(_)) => {
+                    return Err(refused(
+                        raw,
+                        format!("the path goes through the symlink {:?}", shown()),
+                    ))
+                }
+                Some(Node::File) => {
+                    return Err(refused(
+                        raw,
+                        format!("the path goes through the file {:?}", shown()),
+                    ))
+                }
+                Some(Node::Dir) => {}
+                None if create => {
+                    mkdirat(
+                        &fd,
+                        prefix[depth - 1].as_os_str(),
+                        Mode::from_bits_truncate(0o755),
+                    )
+                    .map_err(|e| refused(raw, format!("cannot create {:?}: {e}", shown())))?;
+                    self.nodes.insert(prefix.to_vec(), Node::Dir);
+                }
+                None => return Err(refused(raw, format!("{:?} does not exist", shown()))),
+            }
+            fd = openat(&fd, prefix[depth - 1].as_os_str(), DIR_FLAGS, Mode::empty()).map_err(
+                |e| match e {
+                    Errno::ELOOP | Errno::ENOTDIR => refused(
+                        raw,
+                        format!(
+                            "the path goes through {:?}, which is not a directory",
+                            shown()
+                        ),
+                    ),
+                    e => ArchiveError::Write {
+                        entry: String::from_utf8_lossy(raw).into_owned(),
+                        source: e.into(),
+                    },
+                },
+            )?;
+        }
+        Ok(fd)
+    }
+
+    /// Resolves `target` from the directory `from` inside the tree, following the archive's
+    /// own symlinks like the kernel would; refuses absolute targets and any escape.
+    fn check_link_target(&self, from: &[OsString], target: &[u8]) -> Result<(), String> {
+        let quoted = || format!("{:?}", String::from_utf8_lossy(target));
+        if target.is_empty() {
+            return Err("symlink with an empty target".to_owned());
+        }
+        if std::str::from_utf8(target).is_err() {
+            return Err("symlink target is not valid UTF-8".to_owned());
+        }
+        if target.first() == Some(&b'/') {
+            return Err(format!("symlink target {} is absolute", quoted()));
+        }
+        let mut current: Key = from.to_vec();
+        let mut queue: VecDeque<&[u8]> = target.split(|b| *b == b'/').collect();
+        let mut hops = 0;
+        while let Some(part) = queue.pop_front() {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    if current.pop().is_none() {
+                        return Err(format!(
+                            "symlink target {} points outside the directory",
+                            quoted()
+                        ));
+                    }
+                }
+                name => {
+                    current.push(OsStr::from_bytes(name).to_os_string());
+                    if let Some(Node::Symlink(next)) = self.nodes.get(&current) {
+                        hops += 1;
+                        if hops > MAX_SYMLINK_HOPS {
+                            return Err(format!(
+                                "symlink target {} has too many levels of symlinks",
+                                quoted()
+                            ));
+                        }
+                        if next.first() == Some(&b'/') {
+                            return Err(format!(
+                                "symlink target {} goes through an absolute symlink",
+                                quoted()
+                            ));
+                        }
+                        current.pop();
+                        for p in next.rsplit(|b| *b == b'/') {
+                            queue.push_front(p);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rechecks every symlink against the finished tree: a link added later may have turned
+    /// an earlier one into an escape (`a -> b/c/..` written before `b/c -> ..`).
+    fn finish(&self) -> Result<(), ArchiveError> {
+        for (key, node) in &self.nodes {
+            if let Node::Symlink(target) = node {
+                let parents = &key[..key.len() - 1];
+                if let Err(reason) = self.check_link_target(parents, target) {
+                    let shown = key
+                        .iter()
+                        .map(|p| p.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    return Err(refused(shown.as_bytes(), reason));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes an unpacked tree read-only: directories 0555, files 0444, or 0555 when any execute
+/// bit was set; symlinks are left alone (their mode means nothing). Walks through
+/// descriptors and never follows a symlink.
+pub fn make_read_only(dir: &Path) -> io::Result<()> {
+    let fd: OwnedFd = File::open(dir)?.into();
+    seal(&fd, 0)?;
+    fchmod(&fd, Mode::from_bits_truncate(0o555))?;
+    Ok(())
+}
+
+fn seal(dir: &OwnedFd, depth: usize) -> io::Result<()> {
+    use crate::fsutil::Kind as K;
+    if depth > 4096 {
+        return Err(io::Error::other("tree too deep"));
+    }
+    for entry in crate::fsutil::read_entries(dir)? {
+        match entry.kind {
+            K::Dir => {
+                let child = openat(dir, entry.name.as_os_str(), DIR_FLAGS, Mode::empty())?;
+                seal(&child, depth + 1)?;
+                fchmod(&child, Mode::from_bits_truncate(0o555))?;
+            }
+            K::File => {
+                let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let child = openat(dir, entry.name.as_os_str(), flags, Mode::empty())?;
+                let perm = if entry.mode & 0o111 != 0 {
+                    0o555
+                } else {
+                    0o444
+                };
+                fchmod(&child, Mode::from_bits_truncate(perm))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::testutil::{
+        dir, file, link, listing, special, tar_gz, zip_bytes, TarEntry, TempDir,
+    };
+    use std::os::unix::fs::PermissionsExt;
+    use tar::EntryType as T;
+
+    const LIMITS: UnpackLimits = UnpackLimits {
+        max_entries: 1000,
+        max_bytes: 1 << 20,
+    };
+
+    /// Unpacks `bytes` into `<tmp>/work/dest`; returns the temp dir (to check that nothing
+    /// appeared next to `dest`) and the result.
+    fn run(
+        bytes: &[u8],
+        format: ToolFormat,
+        mode: UnpackMode,
+        limits: UnpackLimits,
+    ) -> (TempDir, Result<Unpacked, ArchiveError>) {
+        let tmp = TempDir::new("archive");
+        let blob = tmp.path().join("blob");
+        std::fs::write(&blob, bytes).unwrap();
+        let work = tmp.path().join("work");
+        let dest = work.join("dest");
+        std::fs::create_dir_all(&dest).unwrap();
+        let result = unpack(&blob, format, "mytool", &dest, mode, limits);
+        (tmp, result)
+    }
+
+    fn refusal(entries: &[TarEntry], mode: UnpackMode) -> String {
+        let (tmp, result) = run(&tar_gz(entries), ToolFormat::TarGz, mode, LIMITS);
+        let err = result.expect_err("must be refused").to_string();
+        let work = tmp.path().join("work");
+        let outside: Vec<String> = listing(&work)
+            .into_iter()
+            .filter(|p| !p.starts_with("dest"))
+            .collect();
+        assert!(outside.is_empty(), "written outside dest: {outside:?}");
+        assert_eq!(
+            listing(tmp.path())
+                .iter()
+                .filter(|p| !p.starts_with("work") && *p != "blob")
+                .count(),
+            0
+        );
+        err
+    }
+
+    #[test]
+    fn a_plain_tar_gz_unpacks_with_its_files_links_and_exec_bits_and_seals_read_only() {
+        let entries = [
+            dir("jq-1.7/"),
+            dir("jq-1.7/bin/"),
+            file("jq-1.7/bin/jq", 0o755, b"#!/bin/sh\necho jq\n"),
+            file("jq-1.7/README", 0o644, b"readme"),
+            link("jq-1.7/bin/jq2", T::Symlink, "jq"),
+            link("jq-1.7/share/doc", T::Symlink, "../README"),
+            link("jq-1.7/README.hard", T::Link, "jq-1.7/README"),
+            file("implicit/parent/file", 0o600, b"x"),
+        ];
+        let (tmp, result) = run(
+            &tar_gz(&entries),
+            ToolFormat::TarGz,
+            UnpackMode::Tool,
+            LIMITS,
+        );
+        let done = result.expect("unpacks");
+        assert_eq!(done.entries, 8);
+        let dest = tmp.path().join("work/dest");
+        make_read_only(&dest).unwrap();
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(dest.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(
+            std::fs::read(dest.join("jq-1.7/bin/jq")).unwrap(),
+            b"#!/bin/sh\necho jq\n"
+        );
+        assert_eq!(mode("jq-1.7/bin/jq"), 0o555);
+        assert_eq!(mode("jq-1.7/README"), 0o444);
+        assert_eq!(mode("implicit/parent/file"), 0o444);
+        assert_eq!(mode("jq-1.7/bin"), 0o555);
+        assert_eq!(mode(""), 0o555);
+        assert_eq!(
+            std::fs::read_link(dest.join("jq-1.7/bin/jq2")).unwrap(),
+            Path::new("jq")
+        );
+        assert_eq!(
+            std::fs::read(dest.join("jq-1.7/README.hard")).unwrap(),
+            b"readme"
+        );
+    }
+
+    #[test]
+    fn a_dotdot_entry_is_refused_naming_it_and_nothing_is_written_outside() {
+        let err = refusal(&[file("../evil", 0o644, b"x")], UnpackMode::Tool);
+        assert_eq!(
+            err,
+            "archive entry \"../evil\": the path climbs out with \"..\""
+        );
+        let err = refusal(
+            &[dir("a/"), file("a/../../evil", 0o644, b"x")],
+            UnpackMode::Rootfs,
+        );
+        assert!(err.contains("\"a/../../evil\""), "{err}");
+    }
+
+    #[test]
+    fn an_absolute_entry_is_refused_naming_it() {
+        let err = refusal(&[file("/tmp/evil", 0o644, b"x")], UnpackMode::Tool);
+        assert_eq!(err, "archive entry \"/tmp/evil\": absolute path");
+    }
+
+    #[test]
+    fn symlinks_that_escape_are_refused_naming_the_entry() {
+        let err = refusal(
+            &[link("bin/up", T::Symlink, "../../etc/passwd")],
+            UnpackMode::Tool,
+        );
+        assert!(
+            err.starts_with(
+                "archive entry \"bin/up\": symlink target \"../../etc/passwd\" points outside"
+            ),
+            "{err}"
+        );
+        let err = refusal(&[link("etc", T::Symlink, "/etc")], UnpackMode::Rootfs);
+        assert_eq!(
+            err,
+            "archive entry \"etc\": symlink target \"/etc\" is absolute"
+        );
+        // An escape through another link: `b/c -> ..` makes `a -> b/c/..` climb out.
+        let chain = [
+            link("b/c", T::Symlink, ".."),
+            link("a", T::Symlink, "b/c/.."),
+        ];
+        assert!(refusal(&chain, UnpackMode::Tool)
+            .contains("\"a\": symlink target \"b/c/..\" points outside"));
+        // The same, with the links in the other order: caught once the archive is in.
+        let chain = [
+            link("a", T::Symlink, "b/c/.."),
+            link("b/c", T::Symlink, ".."),
+        ];
+        assert!(refusal(&chain, UnpackMode::Tool).contains("\"a\": symlink target"));
+        let lp = [
+            link("x", T::Symlink, "y"),
+            link("y", T::Symlink, "x"),
+            link("z", T::Symlink, "x/q"),
+        ];
+        assert!(refusal(&lp, UnpackMode::Tool).contains("too many levels"));
+    }
+
+    #[test]
+    fn writing_through_a_symlink_from_the_same_archive_is_refused() {
+        let entries = [
+            dir("sub/"),
+            link("a", T::Symlink, "sub"),
+            file("a/passwd", 0o644, b"x"),
+        ];
+        let err = refusal(&entries, UnpackMode::Tool);
+        assert_eq!(
+            err,
+            "archive entry \"a/passwd\": the path goes through the symlink \"a\""
+        );
+        // Even a symlink the checks do not know about (planted in the directory beforehand)
+        // is not followed: the kernel refuses with O_NOFOLLOW / mkdirat.
+        let tmp = TempDir::new("plant");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let dest = tmp.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("a")).unwrap();
+        let blob = tmp.path().join("blob");
+        std::fs::write(&blob, tar_gz(&[file("a/passwd", 0o644, b"x")])).unwrap();
+        let err = unpack(
+            &blob,
+            ToolFormat::TarGz,
+            "t",
+            &dest,
+            UnpackMode::Tool,
+            LIMITS,
+        )
+        .expect_err("refused");
+        assert!(
+            err.to_string().starts_with("archive entry \"a/passwd\""),
+            "{err}"
+        );
+        assert!(listing(&outside).is_empty());
+    }
+
+    #[test]
+    fn hard_links_must_name_an_earlier_file_of_the_archive() {
+        let err = refusal(&[link("h", T::Link, "/etc/shadow")], UnpackMode::Tool);
+        assert_eq!(err, "archive entry \"h\": hard link target: absolute path");
+        let err = refusal(&[link("h", T::Link, "../x")], UnpackMode::Tool);
+        assert!(err.contains("climbs out"), "{err}");
+        let err = refusal(
+            &[link("h", T::Link, "later"), file("later", 0o644, b"")],
+            UnpackMode::Tool,
+        );
+        assert!(err.contains("not a file earlier in the archive"), "{err}");
+    }
+
+    #[test]
+    fn devices_and_fifos_are_refused_for_tools_and_skipped_for_a_rootfs() {
+        let err = refusal(&[special("dev/sda", T::Block, 0o600)], UnpackMode::Tool);
+        assert_eq!(err, "archive entry \"dev/sda\": device node");
+        let err = refusal(&[special("dev/null", T::Char, 0o666)], UnpackMode::Tool);
+        assert_eq!(err, "archive entry \"dev/null\": device node");
+        let err = refusal(&[special("pipe", T::Fifo, 0o644)], UnpackMode::Tool);
+        assert_eq!(err, "archive entry \"pipe\": fifo");
+        let entries = [
+            special("dev/null", T::Char, 0o666),
+            special("pipe", T::Fifo, 0o644),
+            file("bin/sh", 0o755, b"sh"),
+        ];
+        let (tmp, result) = run(
+            &tar_gz(&entries),
+            ToolFormat::TarGz,
+            UnpackMode::Rootfs,
+            LIMITS,
+        );
+        let done = result.expect("rootfs unpacks");
+        assert_eq!(done.skipped, ["dev/null", "pipe"]);
+        assert_eq!(listing(&tmp.path().join("work/dest")), ["bin", "bin/sh"]);
+    }
+
+    #[test]
+    fn setuid_files_are_refused_for_tools_and_stripped_for_a_rootfs() {
+        let err = refusal(&[file("bin/su", 0o4755, b"su")], UnpackMode::Tool);
+        assert_eq!(err, "archive entry \"bin/su\": carries setuid/setgid bits");
+        let err = refusal(&[file("bin/wall", 0o2755, b"w")], UnpackMode::Tool);
+        assert!(err.contains("setuid/setgid"), "{err}");
+        let (tmp, result) = run(
+            &tar_gz(&[file("bin/su", 0o4755, b"su")]),
+            ToolFormat::TarGz,
+            UnpackMode::Rootfs,
+            LIMITS,
+        );
+        assert_eq!(result.expect("rootfs").stripped, ["bin/su"]);
+        let mode = std::fs::metadata(tmp.path().join("work/dest/bin/su"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o555);
+    }
+
+    #[test]
+    fn duplicates_and_paths_through_files_are_refused() {
+        let err = refusal(
+            &[file("a", 0o644, b"1"), file("a", 0o644, b"2")],
+            UnpackMode::Tool,
+        );
+        assert_eq!(err, "archive entry \"a\": appears twice in the archive");
+        let err = refusal(
+            &[file("a", 0o644, b"1"), file("a/b", 0o644, b"2")],
+            UnpackMode::Tool,
+        );
+        assert_eq!(
+            err,
+            "archive entry \"a/b\": the path goes through the file \"a\""
+        );
+    }
+
+    #[test]
+    fn bombs_are_stopped_by_entry_count_and_written_bytes() {
+        let limits = UnpackLimits {
+            max_entries: 3,
+            max_bytes: 100,
+        };
+        let many: Vec<TarEntry> = (0..5).map(|i| file(&format!("f{i}"), 0o644, b"")).collect();
+        let (_t, r) = run(&tar_gz(&many), ToolFormat::TarGz, UnpackMode::Tool, limits);
+        assert_eq!(
+            r.expect_err("too many").to_string(),
+            "archive has more than 3 entries"
+        );
+        let big = [file("a", 0o644, &[0u8; 60]), file("b", 0o644, &[0u8; 60])];
+        let (_t, r) = run(&tar_gz(&big), ToolFormat::TarGz, UnpackMode::Tool, limits);
+        assert_eq!(
+            r.expect_err("too big").to_string(),
+            "archive unpacks to more than 100B (8 times fetch.max_bytes)"
+        );
+        let zip = zip_bytes(&[("z", 0o644, &[7u8; 500])]);
+        let (_t, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, limits);
+        assert!(matches!(r, Err(ArchiveError::TooLarge(100))), "{r:?}");
+    }
+
+    #[test]
+    fn zip_archives_unpack_and_a_dotdot_name_is_refused() {
+        let zip = zip_bytes(&[
+            ("t/", 0o755, b""),
+            ("t/run", 0o755, b"#!/bin/sh\n"),
+            ("t/doc.txt", 0o644, b"doc"),
+        ]);
+        let (tmp, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        r.expect("zip unpacks");
+        let dest = tmp.path().join("work/dest");
+        assert_eq!(std::fs::read(dest.join("t/doc.txt")).unwrap(), b"doc");
+        let mode = std::fs::metadata(dest.join("t/run"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o555);
+        let zip = zip_bytes(&[("../evil", 0o644, b"x")]);
+        let (tmp, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        assert_eq!(
+            r.expect_err("refused").to_string(),
+            "archive entry \"../evil\": the path climbs out with \"..\""
+        );
+        assert_eq!(listing(&tmp.path().join("work")), ["dest"]);
+    }
+
+    #[test]
+    fn tar_xz_archives_unpack() {
+        let tar = crate::tools::testutil::tar_bytes(&[file("bin/tool", 0o755, b"xz tool")]);
+        let xz = std::process::Command::new("xz")
+            .args(["-c", "-z"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = xz else {
+            eprintln!("SKIP tar_xz_archives_unpack: no xz binary to build the archive");
+            return;
+        };
+        child.stdin.take().unwrap().write_all(&tar).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let (tmp, r) = run(&out.stdout, ToolFormat::TarXz, UnpackMode::Tool, LIMITS);
+        r.expect("xz unpacks");
+        assert_eq!(
+            std::fs::read(tmp.path().join("work/dest/bin/tool")).unwrap(),
+            b"xz tool"
+        );
+    }
+
+    #[test]
+    fn a_single_file_is_placed_under_the_tool_name_executable() {
+        let (tmp, r) = run(b"\x7fELF...", ToolFormat::File, UnpackMode::Tool, LIMITS);
+        r.expect("file");
+        let dest = tmp.path().join("work/dest");
+        assert_eq!(listing(&dest), ["mytool"]);
+        let mode = std::fs::metadata(dest.join("mytool"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o555);
+    }
+}

@@ -1,0 +1,641 @@
+//! Downloads for the runner itself: tools, root filesystems, source tarballs.
+//!
+//! One blocking `reqwest` client per download, with rustls (ring provider) and the system's
+//! CA roots through `rustls-platform-verifier`, plus the operator's `fetch.extra_ca`. The
+//! client never uses a proxy from the environment, never decompresses bodies, sends no
+//! `Referer`, never retries, and resolves names only through [`PolicyResolver`], which hands the
+//! connector nothing but addresses that pass [`AddressPolicy`]. URLs whose host is an IP
+//! literal skip the resolver, so they are checked here before the request and again in the
+//! redirect policy, which also refuses `file:` targets, https to http downgrades, credentials
+//! and more than [`MAX_REDIRECTS`] hops. The body is streamed into a file while being hashed
+//! (one pass), capped at `fetch.max_bytes` and bounded by `fetch.timeout` from connect to the
+//! last byte.
+//!
+//! `file://` URLs are served only from under `fetch.file_roots`: the path is canonicalized,
+//! must then lie under a canonicalized root, and is opened from the root one component at a
+//! time with `O_NOFOLLOW`, so a symlink swapped in after the check is refused rather than
+//! followed.
+//!
+//! Alternatives rejected: the async client (the store is called from synchronous code and a
+//! download is one sequential stream; the blocking client runs its own small runtime); the
+//! `native-tls` backend (links the system OpenSSL, whose version differs per host); the
+//! `aws-lc-rs` provider (needs cmake here); `webpki-roots` (a CA list frozen into the binary
+//! that the operator cannot update with the system's); downloading then hashing in a second
+//! pass (twice the I/O, and the file would exist unverified for longer).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulwark_protocol::{format_duration, format_size, FetchConfig, IpNet};
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
+use reqwest::Url;
+use sha2::{Digest, Sha256};
+
+use super::address::{AddressPolicy, AddressRefused};
+
+/// Most redirects one download follows.
+pub const MAX_REDIRECTS: usize = 5;
+
+const BUF_SIZE: usize = 256 * 1024;
+
+/// What the runner may fetch from, and how much. Built from the operator's `[fetch]` with
+/// [`FetchPolicy::from_config`]; tests build it directly (`..FetchPolicy::default()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPolicy {
+    /// Loopback/private/link-local networks that may be connected to (never metadata).
+    pub allow_private: Vec<IpNet>,
+    /// Directories `file://` URLs may point into; empty: no `file://` at all.
+    pub file_roots: Vec<PathBuf>,
+    /// PEM bundle trusted in addition to the system roots.
+    pub extra_ca: Option<PathBuf>,
+    /// Largest download in bytes (`fetch.max_bytes`).
+    pub max_bytes: u64,
+    /// Longest one download may take, connect to last byte (`fetch.timeout`).
+    pub timeout: Duration,
+}
+
+impl Default for FetchPolicy {
+    /// Nothing private, no `file://`, no extra CA, the default cap (2 GiB) and timeout (10m).
+    fn default() -> Self {
+        FetchPolicy {
+            allow_private: Vec::new(),
+            file_roots: Vec::new(),
+            extra_ca: None,
+            max_bytes: bulwark_protocol::DEFAULT_FETCH_MAX_BYTES,
+            timeout: bulwark_protocol::DEFAULT_FETCH_TIMEOUT,
+        }
+    }
+}
+
+impl FetchPolicy {
+    /// From a checked configuration (`Config::from_toml_str` has validated every entry, so an
+    /// error here means the value was built by hand).
+    pub fn from_config(fetch: &FetchConfig) -> Result<FetchPolicy, FetchError> {
+        let allow_private = fetch
+            .allow_private
+            .iter()
+            .map(|entry| IpNet::parse(entry).map_err(FetchError::Config))
+            .collect::<Result<_, _>>()?;
+        Ok(FetchPolicy {
+            allow_private,
+            file_roots: fetch.file_roots.iter().map(PathBuf::from).collect(),
+            extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
+            max_bytes: fetch.max_bytes,
+            timeout: fetch.timeout,
+        })
+    }
+
+    fn addresses(&self) -> AddressPolicy {
+        AddressPolicy {
+            allow_private: self.allow_private.clone(),
+        }
+    }
+}
+
+/// Why a download failed. Displayed after `tool "NAME": URL: `.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// A `[fetch]` value could not be used.
+    #[error("fetch configuration: {0}")]
+    Config(String),
+    /// Not a URL.
+    #[error("not a valid URL")]
+    BadUrl,
+    /// A scheme other than https, http, file.
+    #[error("unsupported scheme {0:?}; use https, http or file")]
+    Scheme(String),
+    /// The URL carries a user name or password.
+    #[error("URLs with a user name or password are refused; use a URL without credentials")]
+    Credentials,
+    /// The address rules refused the connection.
+    #[error(transparent)]
+    Address(#[from] AddressRefused),
+    /// A redirect the policy refuses.
+    #[error("redirect to {to} refused: {reason}")]
+    Redirect {
+        /// Target, without credentials or query.
+        to: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The name did not resolve.
+    #[error("cannot resolve {host}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The server answered with an error status.
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// The body is larger than `fetch.max_bytes`.
+    #[error("body larger than the cap of {} (fetch.max_bytes)", format_size(*.0))]
+    TooLarge(u64),
+    /// The download took longer than `fetch.timeout`.
+    #[error("timed out after {} (fetch.timeout)", format_duration(*.0))]
+    Timeout(Duration),
+    /// The body ended before its announced length.
+    #[error("body cut off after {received} of {expected} bytes")]
+    Truncated {
+        /// Bytes received.
+        received: u64,
+        /// `Content-Length`.
+        expected: u64,
+    },
+    /// Reading the body failed.
+    #[error("body cut off after {received} bytes")]
+    Body {
+        /// Bytes received.
+        received: u64,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting or sending failed.
+    #[error("request failed")]
+    Request(#[source] reqwest::Error),
+    /// The TLS client could not be set up.
+    #[error("cannot set up the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// `fetch.extra_ca` could not be read or holds no certificate.
+    #[error("fetch.extra_ca {path}: {reason}")]
+    ExtraCa {
+        /// The bundle's path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `file://` URL that `fetch.file_roots` does not cover.
+    #[error("{path} is not under fetch.file_roots{hint}", hint = if *.empty { " (which is empty: file:// URLs are off)" } else { "" })]
+    FileOutsideRoots {
+        /// The path asked for.
+        path: PathBuf,
+        /// Whether no root is configured at all.
+        empty: bool,
+    },
+    /// A `file://` path could not be opened without following symlinks.
+    #[error("cannot open {path}")]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing the download into the store failed.
+    #[error("writing the download")]
+    Write(#[source] io::Error),
+}
+
+/// A finished download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Lowercase hex sha256 of the body.
+    pub sha256: String,
+    /// Body size in bytes.
+    pub bytes: u64,
+}
+
+/// The URL as it may appear in messages and logs: never with a user name or password.
+pub fn display_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Downloads `url` into `out` (a new, empty file), hashing while writing.
+pub fn fetch(url: &str, policy: &FetchPolicy, out: &mut File) -> Result<Fetched, FetchError> {
+    let parsed = Url::parse(url).map_err(|_| FetchError::BadUrl)?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(FetchError::Credentials);
+    }
+    match parsed.scheme() {
+        "https" | "http" => fetch_http(parsed, policy, out),
+        "file" => fetch_file(&parsed, policy, out),
+        other => Err(FetchError::Scheme(other.to_owned())),
+    }
+}
+
+/// The first refusal seen by the resolver or the redirect policy of one download; reqwest
+/// wraps those errors in its own, so they are kept here to be reported as they are.
+type Refusal = Arc<Mutex<Option<FetchError>>>;
+
+fn record(slot: &Refusal, err: FetchError) -> io::Error {
+    let text = err.to_string();
+    if let Ok(mut guard) = slot.lock() {
+        guard.get_or_insert(err);
+    }
+    io::Error::new(io::ErrorKind::PermissionDenied, text)
+}
+
+fn take(slot: &Refusal) -> Option<FetchError> {
+    slot.lock().ok().and_then(|mut guard| guard.take())
+}
+
+/// Resolves names with the system resolver (on a blocking thread) and keeps only the
+/// addresses [`AddressPolicy`] allows; the connector only ever sees those.
+#[derive(Debug)]
+struct PolicyResolver {
+    addresses: AddressPolicy,
+    refusal: Refusal,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let addresses = self.addresses.clone();
+        let refusal = Arc::clone(&self.refusal);
+        Box::pin(async move {
+            let lookup = host.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                (lookup.as_str(), 0u16)
+                    .to_socket_addrs()
+                    .map(|it| it.collect::<Vec<SocketAddr>>())
+            })
+            .await
+            .map_err(io::Error::other)?;
+            let found = match found {
+                Ok(found) => found,
+                Err(source) => {
+                    let text = source.to_string();
+                    record(&refusal, FetchError::Resolve { host, source });
+                    return Err(io::Error::other(text).into());
+                }
+            };
+            let mut first_refusal = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| match addresses.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        first_refusal.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            match (allowed.is_empty(), first_refusal) {
+                (true, Some(refused)) => Err(record(&refusal, refused.into()).into()),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// The redirect target without credentials or query, for messages.
+fn short(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+fn check_redirect(to: &Url, previous: &[Url], addresses: &AddressPolicy) -> Result<(), FetchError> {
+    let refuse = |reason| {
+        Err(FetchError::Redirect {
+            to: short(to),
+            reason,
+        })
+    };
+    if previous.len() > MAX_REDIRECTS {
+        return refuse("more than 5 redirects");
+    }
+    if !matches!(to.scheme(), "https" | "http") {
+        return refuse("only http and https redirects are followed");
+    }
+    if previous.last().is_some_and(|p| p.scheme() == "https") && to.scheme() == "http" {
+        return refuse("https must not redirect to http");
+    }
+    if !to.username().is_empty() || to.password().is_some() {
+        return refuse("the target carries credentials");
+    }
+    check_literal(to, addresses)
+}
+
+/// A URL whose host is an IP literal never reaches the resolver: check it here.
+fn check_literal(url: &Url, addresses: &AddressPolicy) -> Result<(), FetchError> {
+    let host = url.host_str().unwrap_or("");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let Ok(ip) = host.parse::<IpAddr>() else {
+        return Ok(());
+    };
+    addresses.check(ip).map_err(FetchError::Address)
+}
+
+fn client(
+    policy: &FetchPolicy,
+    refusal: &Refusal,
+) -> Result<reqwest::blocking::Client, FetchError> {
+    // reqwest asks rustls for the process-wide provider; install ring unless one is already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let addresses = policy.addresses();
+    let redirect_addresses = addresses.clone();
+    let redirect_refusal = Arc::clone(refusal);
+    let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+        match check_redirect(attempt.url(), attempt.previous(), &redirect_addresses) {
+            Ok(()) => attempt.follow(),
+            Err(e) => attempt.error(record(&redirect_refusal, e)),
+        }
+    });
+    let mut builder = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .referer(false)
+        .retry(reqwest::retry::never())
+        .redirect(redirect)
+        .timeout(None)
+        .connect_timeout(policy.timeout)
+        .user_agent(concat!("bulwark/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(PolicyResolver {
+            addresses,
+            refusal: Arc::clone(refusal),
+        }));
+    if let Some(path) = &policy.extra_ca {
+        let ca_error = |reason: String| FetchError::ExtraCa {
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ca_error(e.without_url().to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("holds no PEM certificate".to_owned()));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(FetchError::Client)
+}
+
+fn fetch_http(url: Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched, FetchError> {
+    let started = Instant::now();
+    let addresses = policy.addresses();
+    check_literal(&url, &addresses)?;
+    let refusal: Refusal = Arc::default();
+    let client = client(policy, &refusal)?;
+    let timed_out = || FetchError::Timeout(policy.timeout);
+    let classify = |e: reqwest::Error| {
+        if let Some(refused) = take(&refusal) {
+            refused
+        } else if e.is_timeout() || started.elapsed() >= policy.timeout {
+            timed_out()
+        } else {
+            FetchError::Request(e.without_url())
+        }
+    };
+    // The per-request timeout covers connect, redirects and the whole body.
+    let mut response = client
+        .get(url)
+        .timeout(policy.timeout)
+        .send()
+        .map_err(classify)?;
+    let status = response.status();
+    if status.is_redirection() {
+        // reqwest hands back redirects it will not follow (a `file:` Location, say)
+        // without asking the policy: say why, rather than just "HTTP 302".
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| response.url().join(l).ok());
+        if let Some(to) = location {
+            check_redirect(&to, std::slice::from_ref(response.url()), &addresses)?;
+            return Err(FetchError::Redirect {
+                to: short(&to),
+                reason: "not followed",
+            });
+        }
+    }
+    if !status.is_success() {
+        return Err(FetchError::Status(status.as_u16()));
+    }
+    let expected = response.content_length();
+    if expected.is_some_and(|n| n > policy.max_bytes) {
+        return Err(FetchError::TooLarge(policy.max_bytes));
+    }
+    let mut received = 0u64;
+    let result = copy_hashing(&mut response, out, policy.max_bytes, &mut received);
+    let fetched = result.map_err(|e| match e {
+        CopyError::Write(e) => FetchError::Write(e),
+        CopyError::TooLarge => FetchError::TooLarge(policy.max_bytes),
+        CopyError::Read(_) if started.elapsed() >= policy.timeout => timed_out(),
+        CopyError::Read(e) if is_timeout(&e) => timed_out(),
+        CopyError::Read(source) => FetchError::Body { received, source },
+    })?;
+    if started.elapsed() > policy.timeout {
+        return Err(timed_out());
+    }
+    match expected {
+        Some(expected) if expected != fetched.bytes => Err(FetchError::Truncated {
+            received: fetched.bytes,
+            expected,
+        }),
+        _ => Ok(fetched),
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+    TooLarge,
+}
+
+/// Copies `from` into `to`, hashing on the way, refusing more than `cap` bytes.
+fn copy_hashing(
+    from: &mut impl Read,
+    to: &mut File,
+    cap: u64,
+    received: &mut u64,
+) -> Result<Fetched, CopyError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        *received += n as u64;
+        if *received > cap {
+            return Err(CopyError::TooLarge);
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+    }
+    to.flush().map_err(CopyError::Write)?;
+    Ok(Fetched {
+        sha256: crate::outputs::hex(&hasher.finalize()),
+        bytes: *received,
+    })
+}
+
+fn fetch_file(url: &Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched, FetchError> {
+    let requested = url.to_file_path().map_err(|()| FetchError::BadUrl)?;
+    let outside = |path: &Path| FetchError::FileOutsideRoots {
+        path: path.to_owned(),
+        empty: policy.file_roots.is_empty(),
+    };
+    let file_error = |path: &Path, source| FetchError::File {
+        path: path.to_owned(),
+        source,
+    };
+    if policy.file_roots.is_empty() {
+        return Err(outside(&requested));
+    }
+    let canonical = requested
+        .canonicalize()
+        .map_err(|e| file_error(&requested, e))?;
+    let (root, rel) = policy
+        .file_roots
+        .iter()
+        .filter_map(|root| root.canonicalize().ok())
+        .find_map(|root| {
+            let rel = canonical.strip_prefix(&root).ok()?.to_owned();
+            Some((root, rel))
+        })
+        .ok_or_else(|| outside(&requested))?;
+    let file = open_beneath(&root, &rel).map_err(|e| file_error(&requested, e))?;
+    let mut file = File::from(file);
+    let meta = file.metadata().map_err(|e| file_error(&requested, e))?;
+    if !meta.is_file() {
+        let e = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(file_error(&requested, e));
+    }
+    if meta.len() > policy.max_bytes {
+        return Err(FetchError::TooLarge(policy.max_bytes));
+    }
+    let mut received = 0;
+    copy_hashing(&mut file, out, policy.max_bytes, &mut received).map_err(|e| match e {
+        CopyError::Read(e) => file_error(&requested, e),
+        CopyError::Write(e) => FetchError::Write(e),
+        CopyError::TooLarge => FetchError::TooLarge(policy.max_bytes),
+    })
+}
+
+/// Opens `root/rel` one component at a time, never following a symlink.
+fn open_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut fd: OwnedFd = File::open(root)?.into();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Component::Normal(name) = part else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unexpected path component",
+            ));
+        };
+        let last = i + 1 == parts.len();
+        let flags = if last {
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK
+        } else {
+            dir_flags
+        };
+        fd = openat(&fd, *name, flags, Mode::empty())?;
+    }
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_url_never_shows_credentials() {
+        assert_eq!(
+            display_url("https://user:secret@example.org/a.tgz"),
+            "https://example.org/a.tgz"
+        );
+        assert_eq!(
+            display_url("https://example.org/a"),
+            "https://example.org/a"
+        );
+    }
+
+    #[test]
+    fn redirects_to_file_downgrades_and_private_literals_are_refused() {
+        let p = AddressPolicy::default();
+        let https = Url::parse("https://example.org/a").expect("url");
+        let check = |to: &str, prev: &[Url]| {
+            check_redirect(&Url::parse(to).expect("url"), prev, &p).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            check("file:///etc/passwd", std::slice::from_ref(&https)),
+            Err("redirect to file:///etc/passwd refused: only http and https redirects are followed".to_owned())
+        );
+        assert_eq!(
+            check("http://example.org/a?token=x", std::slice::from_ref(&https)),
+            Err(
+                "redirect to http://example.org/a refused: https must not redirect to http"
+                    .to_owned()
+            )
+        );
+        let err = check("https://127.0.0.1/x", std::slice::from_ref(&https)).expect_err("loopback");
+        assert!(
+            err.contains("connection to 127.0.0.1 refused by policy: loopback address"),
+            "{err}"
+        );
+        let err = check(
+            "https://[::ffff:169.254.169.254]/",
+            std::slice::from_ref(&https),
+        )
+        .expect_err("metadata");
+        assert!(err.contains("cloud metadata address"), "{err}");
+        assert!(check("https://example.org/b", std::slice::from_ref(&https)).is_ok());
+        let six = vec![https; 6];
+        assert!(check("https://example.org/b", &six)
+            .expect_err("too many")
+            .contains("more than 5"));
+    }
+
+    #[test]
+    fn unsupported_schemes_and_credentials_are_refused_before_any_io() {
+        let mut out = tempfile_in_target();
+        let p = FetchPolicy::default();
+        let err = fetch("ftp://example.org/a", &p, &mut out).expect_err("ftp");
+        assert_eq!(
+            err.to_string(),
+            "unsupported scheme \"ftp\"; use https, http or file"
+        );
+        let err = fetch("https://u:p@example.org/a", &p, &mut out).expect_err("creds");
+        assert!(matches!(err, FetchError::Credentials), "{err}");
+        let err = fetch("http://127.0.0.1:9/a", &p, &mut out).expect_err("loopback");
+        assert!(
+            err.to_string().contains("refused by policy: loopback"),
+            "{err}"
+        );
+        let err = fetch("file:///etc/hostname", &p, &mut out).expect_err("file");
+        assert_eq!(
+            err.to_string(),
+            "/etc/hostname is not under fetch.file_roots (which is empty: file:// URLs are off)"
+        );
+    }
+
+    fn tempfile_in_target() -> File {
+        let dir = std::env::temp_dir().join(format!("bulwark-fetch-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        File::create(dir.join("out")).expect("file")
+    }
+}

@@ -1,0 +1,579 @@
+//! The content-addressed tool store under `<state>/tools`.
+//!
+//! ```text
+//! blobs/<sha256>                  verified downloads, 0444
+//! trees/<sha256>-<format>[-...]/  unpacked, read-only (dirs 0555, files 0444/0555)
+//! trees/<id>.digest               bulwark-tree-v1 digest of that tree, tool name and URL
+//! tmp/                            downloads and unpacks in progress
+//! locks/<sha256>.lock             flock: one process fetches a digest at a time
+//! quarantine/                     entries verify_all found corrupt; never used again
+//! ```
+//!
+//! A tree is published by renaming a finished, read-only directory into `trees/`, after its
+//! digest file; a cache hit is the two existing, and costs two `stat`s: no request, no rehash.
+//! The store is owned by the runner and nothing else writes it, so re-hashing on every job
+//! would only cost time (a 256 MiB tool is ~150 ms); `verify_all` (`bulwark tools verify`) is
+//! the explicit recheck. A download happens under an exclusive `flock` on
+//! `locks/<sha256>.lock`, and the cache is checked again once the lock is held, so two
+//! processes needing the same tool download it once: the second waits, then finds it.
+//!
+//! Alternatives rejected: keying trees by tool name (a renamed tool would be fetched again and
+//! two names could not share a digest); hard-linking trees out of a shared object store like
+//! OSTree (more moving parts for no gain at this scale); a lock per store (serializes
+//! unrelated tools); lock files that are removed after use (a waiter could lock an unlinked
+//! inode while a third process creates a new file, and both would proceed).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bulwark_protocol::{check_name, check_sha256, ToolFormat, ToolSpec};
+use nix::fcntl::{openat, readlinkat, Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode;
+use sha2::{Digest, Sha256};
+
+use super::archive::{self, ArchiveError, UnpackLimits, UnpackMode};
+use super::fetch::{self, display_url, FetchError, FetchPolicy};
+use crate::fsutil::{read_entries, remove_tree, Kind};
+use crate::source::{tree_digest, TreeEntry};
+
+/// Why a tool could not be made available. Displayed with its causes joined by `: `
+/// (`anyhow`'s `{:#}`), e.g. `tool "jq": https://example.org/jq.tgz: HTTP 404`.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The store itself could not be opened or written.
+    #[error("tool store {path}")]
+    Store {
+        /// The path that failed.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The spec's name, digest or format is unusable.
+    #[error("tool {name:?}: {reason}")]
+    Spec {
+        /// Tool name.
+        name: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The download failed.
+    #[error("tool {name:?}: {url}")]
+    Fetch {
+        /// Tool name.
+        name: String,
+        /// The URL, without credentials.
+        url: String,
+        /// Cause.
+        #[source]
+        source: FetchError,
+    },
+    /// The download's digest is not the pinned one; nothing of it was kept.
+    #[error("tool {name:?}: {url}: sha256 mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// Tool name.
+        name: String,
+        /// The URL, without credentials.
+        url: String,
+        /// The digest pinned by the spec.
+        expected: String,
+        /// The digest of what was served.
+        actual: String,
+    },
+    /// The verified download could not be unpacked.
+    #[error("tool {name:?}: {url}")]
+    Unpack {
+        /// Tool name.
+        name: String,
+        /// The URL, without credentials.
+        url: String,
+        /// Cause.
+        #[source]
+        source: ArchiveError,
+    },
+}
+
+/// A tool ready to be mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Tool name from the spec.
+    pub name: String,
+    /// URL from the spec (as given; never holds credentials, those are refused).
+    pub url: String,
+    /// The verified sha256 of the download.
+    pub sha256: String,
+    /// The read-only unpacked directory (for format `file`: holding one file named after the
+    /// tool, mode 0555).
+    pub dir: PathBuf,
+    /// Whether it was already in the store (no request was made).
+    pub cache_hit: bool,
+}
+
+impl Resolved {
+    /// The directory to put on the job's `PATH`, relative to the mount of [`Resolved::dir`]:
+    /// `bin` when the tree has a `bin` directory, else the tree itself (`""`).
+    pub fn path_entry(&self) -> &'static str {
+        match fs::symlink_metadata(self.dir.join("bin")) {
+            Ok(m) if m.is_dir() => "bin",
+            _ => "",
+        }
+    }
+}
+
+/// One corrupt entry found by [`Store::verify_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupt {
+    /// `blobs/<sha256>` or `trees/<id>`.
+    pub entry: String,
+    /// The tool it was stored for, when recorded.
+    pub tool: Option<String>,
+    /// What was expected and found.
+    pub problem: String,
+    /// Where it was moved.
+    pub quarantined: PathBuf,
+}
+
+/// What [`Store::verify_all`] checked and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Blobs rehashed.
+    pub blobs: u64,
+    /// Trees rehashed.
+    pub trees: u64,
+    /// Corrupt entries, each moved to `quarantine/`.
+    pub corrupt: Vec<Corrupt>,
+}
+
+/// The tool store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+const DIGEST_SUFFIX: &str = ".digest";
+const TREE_ALGORITHM: &str = "bulwark-tree-v1";
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`; the runner passes `<state>/tools`.
+    pub fn open(root: &Path) -> Result<Store, ToolError> {
+        let store_err = |path: &Path, source| ToolError::Store {
+            path: path.to_owned(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| store_err(root, e))?;
+        let root = root.canonicalize().map_err(|e| store_err(root, e))?;
+        for sub in ["blobs", "trees", "tmp", "locks", "quarantine"] {
+            let dir = root.join(sub);
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(store_err(&dir, e))
+                }
+                _ => {}
+            }
+        }
+        Ok(Store { root })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Returns the read-only unpacked directory of `tool`, fetching, verifying and unpacking
+    /// it first when the store does not have it. Cache hit: no network request and no rehash.
+    pub fn ensure(
+        &self,
+        tool: &ToolSpec,
+        policy: &FetchPolicy,
+        mode: UnpackMode,
+    ) -> Result<Resolved, ToolError> {
+        let name = tool.name.clone();
+        let spec_err = |reason: String| ToolError::Spec {
+            name: name.clone(),
+            reason,
+        };
+        check_name(&tool.name).map_err(|e| spec_err(format!("name: {e}")))?;
+        check_sha256(&tool.sha256).map_err(|e| spec_err(format!("sha256: {e}")))?;
+        let format = tool.effective_format().ok_or_else(|| {
+            spec_err(format!(
+                "{}: the format cannot be inferred from the URL; set format = \"tar.gz\", \"tar.xz\", \"zip\" or \"file\"",
+                display_url(&tool.url)
+            ))
+        })?;
+        let id = tree_id(&tool.sha256, format, &tool.name, mode);
+        let resolved = |cache_hit| Resolved {
+            name: tool.name.clone(),
+            url: tool.url.clone(),
+            sha256: tool.sha256.clone(),
+            dir: self.root.join("trees").join(&id),
+            cache_hit,
+        };
+        if self.has_tree(&id) {
+            return Ok(resolved(true));
+        }
+        let _lock = self.lock(&tool.sha256)?;
+        if self.has_tree(&id) {
+            return Ok(resolved(true));
+        }
+        self.clean_tmp(&tool.sha256);
+        let blob = self.root.join("blobs").join(&tool.sha256);
+        let fetched_now = !blob.exists();
+        if fetched_now {
+            self.download(tool, policy, &blob)?;
+        }
+        let result = self.unpack_and_publish(tool, &id, &blob, format, mode, policy);
+        if result.is_err() && fetched_now {
+            let _ = fs::remove_file(&blob);
+        }
+        result.map(|()| resolved(false))
+    }
+
+    fn has_tree(&self, id: &str) -> bool {
+        let trees = self.root.join("trees");
+        fs::symlink_metadata(trees.join(id)).is_ok_and(|m| m.is_dir())
+            && fs::symlink_metadata(trees.join(format!("{id}{DIGEST_SUFFIX}")))
+                .is_ok_and(|m| m.is_file())
+    }
+
+    fn store_err(&self, path: PathBuf) -> impl Fn(io::Error) -> ToolError {
+        move |source| ToolError::Store {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// Takes the exclusive lock of one digest, waiting for another process holding it.
+    fn lock(&self, sha256: &str) -> Result<Flock<File>, ToolError> {
+        let path = self.root.join("locks").join(format!("{sha256}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(self.store_err(path.clone()))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| self.store_err(path)(errno.into()))
+    }
+
+    /// Removes what a process that died while holding this digest's lock left in `tmp/`.
+    fn clean_tmp(&self, sha256: &str) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(sha256) {
+                let _ = remove_tree(&entry.path());
+            }
+        }
+    }
+
+    fn download(
+        &self,
+        tool: &ToolSpec,
+        policy: &FetchPolicy,
+        blob: &Path,
+    ) -> Result<(), ToolError> {
+        let url = display_url(&tool.url);
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}.download",
+            tool.sha256,
+            crate::fsutil::random_hex(8)
+        ));
+        let io_err = self.store_err(tmp.clone());
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(&io_err)?;
+        // No fsync: it would double the cold-fetch time, and a blob or tree cut short by a
+        // power loss is exactly what `verify_all` finds and quarantines (docs/tools.md).
+        let result = fetch::fetch(&tool.url, policy, &mut file)
+            .map_err(|source| ToolError::Fetch {
+                name: tool.name.clone(),
+                url: url.clone(),
+                source,
+            })
+            .and_then(|got| {
+                if got.sha256 == tool.sha256 {
+                    Ok(())
+                } else {
+                    Err(ToolError::DigestMismatch {
+                        name: tool.name.clone(),
+                        url: url.clone(),
+                        expected: tool.sha256.clone(),
+                        actual: got.sha256,
+                    })
+                }
+            })
+            .and_then(|()| {
+                file.set_permissions(fs::Permissions::from_mode(0o444))
+                    .and_then(|()| fs::rename(&tmp, blob))
+                    .map_err(&io_err)
+            });
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn unpack_and_publish(
+        &self,
+        tool: &ToolSpec,
+        id: &str,
+        blob: &Path,
+        format: ToolFormat,
+        mode: UnpackMode,
+        policy: &FetchPolicy,
+    ) -> Result<(), ToolError> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{id}.{}", crate::fsutil::random_hex(8)));
+        let io_err = self.store_err(tmp.clone());
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(&io_err)?;
+        let result = (|| {
+            let limits = UnpackLimits::for_download_cap(policy.max_bytes);
+            archive::unpack(blob, format, &tool.name, &tmp, mode, limits).map_err(|source| {
+                ToolError::Unpack {
+                    name: tool.name.clone(),
+                    url: display_url(&tool.url),
+                    source,
+                }
+            })?;
+            let digest = if format == ToolFormat::File {
+                // One file, copied from the verified blob: its digest is known, no rehash.
+                tree_digest(&[TreeEntry {
+                    path: tool.name.clone(),
+                    kind: 'x',
+                    content: tool.sha256.clone(),
+                }])
+            } else {
+                digest_tree(&tmp).map_err(&io_err)?
+            };
+            archive::make_read_only(&tmp).map_err(&io_err)?;
+            let trees = self.root.join("trees");
+            let digest_file = trees.join(format!("{id}{DIGEST_SUFFIX}"));
+            let record = format!(
+                "{TREE_ALGORITHM} {digest}\ntool {}\nurl {}\n",
+                tool.name,
+                display_url(&tool.url)
+            );
+            crate::fsutil::write_atomic(&digest_file, record.as_bytes())
+                .map_err(self.store_err(digest_file.clone()))?;
+            let target = trees.join(id);
+            if fs::symlink_metadata(&target).is_ok() {
+                // A tree without its digest file: never trusted, set aside.
+                self.quarantine(&target, "tree")
+                    .map_err(self.store_err(target.clone()))?;
+            }
+            fs::rename(&tmp, &target).map_err(self.store_err(target))
+        })();
+        if result.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        result
+    }
+
+    fn quarantine(&self, path: &Path, kind: &str) -> io::Result<PathBuf> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let dest = self.root.join("quarantine").join(format!(
+            "{kind}-{name}-{stamp}-{}",
+            crate::fsutil::random_hex(4)
+        ));
+        fs::rename(path, &dest)?;
+        Ok(dest)
+    }
+
+    /// Rechecks every entry: rehashes each blob against its name and each unpacked tree
+    /// against the digest recorded when it was unpacked. Corrupt entries are moved to
+    /// `quarantine/` (never used again; the next `ensure` fetches anew) and reported.
+    pub fn verify_all(&self) -> Result<VerifyReport, ToolError> {
+        let mut report = VerifyReport::default();
+        let blobs = self.root.join("blobs");
+        for entry in sorted_names(&blobs).map_err(self.store_err(blobs.clone()))? {
+            let path = blobs.join(&entry);
+            let sha = entry.clone();
+            let _lock = check_sha256(&sha)
+                .ok()
+                .map(|()| self.lock(&sha))
+                .transpose()?;
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            report.blobs += 1;
+            let actual = if meta.is_file() {
+                hash_file(&path).map_err(self.store_err(path.clone()))?
+            } else {
+                "not a regular file".to_owned()
+            };
+            if actual != sha {
+                let quarantined = self
+                    .quarantine(&path, "blob")
+                    .map_err(self.store_err(path))?;
+                report.corrupt.push(Corrupt {
+                    entry: format!("blobs/{entry}"),
+                    tool: None,
+                    problem: format!("sha256 mismatch: expected {sha}, got {actual}"),
+                    quarantined,
+                });
+            }
+        }
+        let trees = self.root.join("trees");
+        for entry in sorted_names(&trees).map_err(self.store_err(trees.clone()))? {
+            if entry.ends_with(DIGEST_SUFFIX) {
+                continue;
+            }
+            let path = trees.join(&entry);
+            let sha = entry.split('-').next().unwrap_or("").to_owned();
+            let _lock = check_sha256(&sha)
+                .ok()
+                .map(|()| self.lock(&sha))
+                .transpose()?;
+            if fs::symlink_metadata(&path).is_err() {
+                continue;
+            }
+            report.trees += 1;
+            let digest_file = trees.join(format!("{entry}{DIGEST_SUFFIX}"));
+            let record = fs::read_to_string(&digest_file).unwrap_or_default();
+            let expected = record
+                .lines()
+                .find_map(|l| l.strip_prefix(TREE_ALGORITHM))
+                .map(|d| d.trim().to_owned());
+            let tool = record
+                .lines()
+                .find_map(|l| l.strip_prefix("tool "))
+                .map(str::to_owned);
+            let actual = digest_tree(&path).map_err(self.store_err(path.clone()))?;
+            let problem = match expected {
+                None => "no recorded tree digest".to_owned(),
+                Some(e) if e != actual => {
+                    format!("tree digest mismatch: expected {e}, got {actual}")
+                }
+                Some(_) => continue,
+            };
+            let quarantined = self
+                .quarantine(&path, "tree")
+                .map_err(self.store_err(path))?;
+            if digest_file.exists() {
+                let _ = self.quarantine(&digest_file, "tree");
+            }
+            report.corrupt.push(Corrupt {
+                entry: format!("trees/{entry}"),
+                tool,
+                problem,
+                quarantined,
+            });
+        }
+        Ok(report)
+    }
+}
+
+/// The name of a tree: its download's digest and format; a single file also by its name (it
+/// is stored as `<name>`), and a root filesystem apart (devices skipped, bits stripped).
+fn tree_id(sha256: &str, format: ToolFormat, name: &str, mode: UnpackMode) -> String {
+    let mut id = format!("{sha256}-{}", format.as_str());
+    if format == ToolFormat::File {
+        id.push('-');
+        id.push_str(name);
+    }
+    if mode == UnpackMode::Rootfs {
+        id.push_str("-rootfs");
+    }
+    id
+}
+
+fn sorted_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    hash_reader(&mut file)
+}
+
+fn hash_reader(reader: &mut impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(crate::outputs::hex(&hasher.finalize()))
+}
+
+/// The `bulwark-tree-v1` digest (docs/build-type.md) of an unpacked tree, walked through
+/// descriptors without following symlinks. Anything but a directory, file or symlink (which
+/// unpacking never creates) is recorded with kind `?`, so it changes the digest.
+pub fn digest_tree(dir: &Path) -> io::Result<String> {
+    let root: OwnedFd = File::open(dir)?.into();
+    let mut entries = Vec::new();
+    walk(&root, "", &mut entries, 0)?;
+    Ok(tree_digest(&entries))
+}
+
+fn walk(dir: &OwnedFd, prefix: &str, out: &mut Vec<TreeEntry>, depth: usize) -> io::Result<()> {
+    if depth > 1024 {
+        return Err(io::Error::other("tree too deep"));
+    }
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    for entry in read_entries(dir)? {
+        let name = entry.name.to_string_lossy();
+        let path = if prefix.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let (kind, content) = match entry.kind {
+            Kind::Dir => {
+                let child = openat(dir, entry.name.as_os_str(), dir_flags, Mode::empty())?;
+                walk(&child, &path, out, depth + 1)?;
+                ('d', String::new())
+            }
+            Kind::File => {
+                let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let fd = openat(dir, entry.name.as_os_str(), flags, Mode::empty())?;
+                let kind = if entry.mode & 0o111 != 0 { 'x' } else { 'f' };
+                (kind, hash_reader(&mut File::from(fd))?)
+            }
+            Kind::Symlink => {
+                let target = readlinkat(dir, entry.name.as_os_str())?;
+                ('l', target.to_string_lossy().into_owned())
+            }
+            other => ('?', other.name().to_owned()),
+        };
+        out.push(TreeEntry {
+            path,
+            kind,
+            content,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! Store tests against loopback servers: the whole path from URL to read-only tree.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bulwark_protocol::{IpNet, ToolFormat, ToolSpec};
+
+use super::testutil::{dir, file, listing, sha256, tar_gz, Route, Server, TempDir};
+use super::{FetchPolicy, Store, ToolError, UnpackMode};
+
+fn loopback_policy() -> FetchPolicy {
+    FetchPolicy {
+        allow_private: vec![IpNet::parse("127.0.0.1").unwrap()],
+        ..FetchPolicy::default()
+    }
+}
+
+fn spec(name: &str, url: &str, sha: &str, format: Option<ToolFormat>) -> ToolSpec {
+    ToolSpec {
+        name: name.into(),
+        url: url.into(),
+        sha256: sha.into(),
+        format,
+    }
+}
+
+/// The whole error chain, as `anyhow`'s `{:#}` prints it.
+fn chain(err: &ToolError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Counts of entries in blobs/, trees/ and tmp/.
+fn contents(store: &Store) -> (usize, usize, usize) {
+    let count = |d: &str| std::fs::read_dir(store.root().join(d)).unwrap().count();
+    (count("blobs"), count("trees"), count("tmp"))
+}
+
+fn jq_tarball() -> Vec<u8> {
+    tar_gz(&[
+        dir("bin/"),
+        file("bin/jq", 0o755, b"#!/bin/sh\necho jq 1.7\n"),
+        file("share/README", 0o644, b"jq"),
+    ])
+}
+
+#[test]
+fn right_digest_gives_a_read_only_tree_and_a_cache_hit_needs_no_server() {
+    let tmp = TempDir::new("store-ok");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let mut server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq-1.7.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(!r.cache_hit);
+    assert_eq!((r.name.as_str(), r.url.as_str()), ("jq", url.as_str()));
+    assert_eq!(listing(&r.dir), ["bin", "bin/jq", "share", "share/README"]);
+    assert_eq!(r.path_entry(), "bin");
+    let mode = |p: &str| {
+        std::fs::metadata(r.dir.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(
+        (mode("bin/jq"), mode("share/README"), mode("bin"), mode("")),
+        (0o555, 0o444, 0o555, 0o555)
+    );
+    let blob = store.root().join("blobs").join(&tool.sha256);
+    assert_eq!(
+        std::fs::metadata(&blob).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+    assert_eq!(server.hits(), 1);
+    let again = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(again.cache_hit);
+    assert_eq!(again.dir, r.dir);
+    server.stop();
+    let stopped = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(stopped.cache_hit);
+    assert_eq!(server.hits(), 1, "a cache hit made a request");
+    assert_eq!(contents(&store), (1, 2, 0));
+}
+
+#[test]
+fn wrong_digest_is_refused_naming_both_digests_and_leaves_nothing() {
+    let tmp = TempDir::new("store-mismatch");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let wrong = "ab".repeat(32);
+    let err = store
+        .ensure(
+            &spec("jq", &url, &wrong, None),
+            &loopback_policy(),
+            UnpackMode::Tool,
+        )
+        .unwrap_err();
+    assert_eq!(
+        chain(&err),
+        format!(
+            "tool \"jq\": {url}: sha256 mismatch: expected {wrong}, got {}",
+            sha256(&body)
+        )
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
+fn http_failures_are_clear_errors_and_leave_no_partial_entry() {
+    let tmp = TempDir::new("store-fail");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = vec![7u8; 4096];
+    let sha = sha256(&body);
+    let policy = FetchPolicy {
+        timeout: Duration::from_millis(700),
+        max_bytes: 1000,
+        ..loopback_policy()
+    };
+    let cases = [
+        ("/missing", Route::Status(404), "HTTP 404".to_owned()),
+        ("/broken", Route::Status(500), "HTTP 500".to_owned()),
+        (
+            "/short",
+            Route::Truncated(body[..100].to_vec(), 900),
+            "body cut off after 100".to_owned(),
+        ),
+        (
+            "/slow",
+            Route::Slow(Duration::from_secs(3), body[..10].to_vec()),
+            "timed out after 700ms (fetch.timeout)".to_owned(),
+        ),
+        (
+            "/big",
+            Route::Body(body.clone()),
+            "body larger than the cap of 1000B (fetch.max_bytes)".to_owned(),
+        ),
+        (
+            "/big-unsized",
+            Route::Unsized(body.clone()),
+            "body larger than the cap of 1000B (fetch.max_bytes)".to_owned(),
+        ),
+    ];
+    for (path, route, expected) in cases {
+        let url = server.route(path, route);
+        let tool = spec("t", &url, &sha, Some(ToolFormat::File));
+        let err = chain(&store.ensure(&tool, &policy, UnpackMode::Tool).unwrap_err());
+        assert!(
+            err.starts_with(&format!("tool \"t\": {url}: {expected}")),
+            "{path}: {err}"
+        );
+        assert_eq!(contents(&store), (0, 0, 0), "{path}");
+    }
+}
+
+#[test]
+fn private_addresses_and_redirects_to_them_are_refused_without_allow_private() {
+    let tmp = TempDir::new("store-addr");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let target = Server::start("127.0.0.1");
+    let body = b"tool".to_vec();
+    let url = target.route("/t", Route::Body(body.clone()));
+    let tool = spec("t", &url, &sha256(&body), Some(ToolFormat::File));
+    let err = chain(
+        &store
+            .ensure(&tool, &FetchPolicy::default(), UnpackMode::Tool)
+            .unwrap_err(),
+    );
+    assert_eq!(err, format!("tool \"t\": {url}: connection to 127.0.0.1 refused by policy: loopback address (add it to fetch.allow_private to allow)"));
+    // A name resolving to loopback is refused on the resolved address.
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let err = chain(
+        &store
+            .ensure(
+                &spec("t", &by_name, &tool.sha256, Some(ToolFormat::File)),
+                &FetchPolicy::default(),
+                UnpackMode::Tool,
+            )
+            .unwrap_err(),
+    );
+    assert!(err.contains("refused by policy: loopback address"), "{err}");
+    // A "public" origin (127.0.0.2, allowed) redirecting to 127.0.0.1 (not allowed).
+    let Ok(front) = std::panic::catch_unwind(|| Server::start("127.0.0.2")) else {
+        eprintln!("SKIP redirect part: cannot bind 127.0.0.2");
+        return;
+    };
+    let redirect = front.route("/t", Route::Redirect(url.clone()));
+    let policy = FetchPolicy {
+        allow_private: vec![IpNet::parse("127.0.0.2").unwrap()],
+        ..FetchPolicy::default()
+    };
+    let err = chain(
+        &store
+            .ensure(
+                &spec("t", &redirect, &tool.sha256, Some(ToolFormat::File)),
+                &policy,
+                UnpackMode::Tool,
+            )
+            .unwrap_err(),
+    );
+    assert!(err.ends_with("connection to 127.0.0.1 refused by policy: loopback address (add it to fetch.allow_private to allow)"), "{err}");
+    assert_eq!((front.hits(), target.hits()), (1, 0));
+    let to_file = front.route("/f", Route::Redirect("file:///etc/passwd".into()));
+    let err = chain(
+        &store
+            .ensure(
+                &spec("t", &to_file, &tool.sha256, Some(ToolFormat::File)),
+                &policy,
+                UnpackMode::Tool,
+            )
+            .unwrap_err(),
+    );
+    assert!(
+        err.ends_with(
+            "redirect to file:///etc/passwd refused: only http and https redirects are followed"
+        ),
+        "{err}"
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
+fn file_urls_work_only_under_file_roots() {
+    let tmp = TempDir::new("store-file");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let root = tmp.path().join("mirror");
+    std::fs::create_dir(&root).unwrap();
+    let body = jq_tarball();
+    std::fs::write(root.join("jq.tar.gz"), &body).unwrap();
+    std::fs::write(tmp.path().join("outside.tar.gz"), &body).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("outside.tar.gz"), root.join("link.tar.gz"))
+        .unwrap();
+    let policy = FetchPolicy {
+        file_roots: vec![root.clone()],
+        ..FetchPolicy::default()
+    };
+    let sha = sha256(&body);
+    let url = |p: &Path| format!("file://{}", p.display());
+    let inside = store
+        .ensure(
+            &spec("jq", &url(&root.join("jq.tar.gz")), &sha, None),
+            &policy,
+            UnpackMode::Tool,
+        )
+        .unwrap();
+    assert_eq!(
+        std::fs::read(inside.dir.join("share/README")).unwrap(),
+        b"jq"
+    );
+    let tmp2 = TempDir::new("store-file2");
+    let store = Store::open(&tmp2.path().join("tools")).unwrap();
+    for p in [
+        tmp.path().join("outside.tar.gz"),
+        root.join("link.tar.gz"),
+        root.join("../outside.tar.gz"),
+    ] {
+        let err = chain(
+            &store
+                .ensure(&spec("jq", &url(&p), &sha, None), &policy, UnpackMode::Tool)
+                .unwrap_err(),
+        );
+        assert!(err.contains("is not under fetch.file_roots"), "{err}");
+    }
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
+fn a_hostile_archive_is_refused_naming_the_entry_and_leaves_nothing() {
+    let tmp = TempDir::new("store-hostile");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = tar_gz(&[file("bin/ok", 0o755, b"ok"), file("../evil", 0o644, b"x")]);
+    let url = server.route("/evil.tar.gz", Route::Body(body.clone()));
+    let err = chain(
+        &store
+            .ensure(
+                &spec("evil", &url, &sha256(&body), None),
+                &loopback_policy(),
+                UnpackMode::Tool,
+            )
+            .unwrap_err(),
+    );
+    assert_eq!(
+        err,
+        format!("tool \"evil\": {url}: archive entry \"../evil\": the path climbs out with \"..\"")
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+    assert!(!tmp.path().join("tools/evil").exists() && !tmp.path().join("evil").exists());
+}
+
+#[test]
+fn verify_all_quarantines_a_corrupt_blob_and_a_modified_tree_and_ensure_fetches_anew() {
+    let tmp = TempDir::new("store-verify");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    let clean = store.verify_all().unwrap();
+    assert_eq!((clean.blobs, clean.trees, clean.corrupt.len()), (1, 1, 0));
+    // Corrupt the blob and one unpacked file (the owner can chmod them back).
+    let blob = store.root().join("blobs").join(&tool.sha256);
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, b"tampered").unwrap();
+    let readme = r.dir.join("share/README");
+    std::fs::set_permissions(r.dir.join("share"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&readme, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&readme, b"evil").unwrap();
+    let report = store.verify_all().unwrap();
+    let entries: Vec<&str> = report.corrupt.iter().map(|c| c.entry.as_str()).collect();
+    assert_eq!(
+        entries,
+        [
+            format!("blobs/{}", tool.sha256),
+            format!("trees/{}-tar.gz", tool.sha256)
+        ]
+    );
+    assert_eq!(report.corrupt[1].tool.as_deref(), Some("jq"));
+    assert!(report.corrupt[0]
+        .problem
+        .starts_with(&format!("sha256 mismatch: expected {}, got ", tool.sha256)));
+    assert!(report
+        .corrupt
+        .iter()
+        .all(|c| c.quarantined.starts_with(store.root().join("quarantine"))));
+    assert_eq!(contents(&store), (0, 0, 0));
+    let again = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(!again.cache_hit);
+    assert_eq!(server.hits(), 2);
+    assert_eq!(
+        std::fs::read(again.dir.join("share/README")).unwrap(),
+        b"jq"
+    );
+}
+
+/// Set by the two-process test in the children it starts.
+const CHILD_ENV: &str = "BULWARK_TOOLS_TEST_CHILD";
+
+/// Not a test on its own: the child half of the two-process test, run by it with `--ignored`.
+#[test]
+#[ignore = "child half of two_processes_needing_one_tool_download_it_once"]
+fn concurrent_ensure_child() {
+    let Ok(args) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = args.splitn(3, '\n');
+    let (root, url, sha) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let store = Store::open(Path::new(root)).unwrap();
+    let r = store
+        .ensure(
+            &spec("slow", url, sha, Some(ToolFormat::File)),
+            &loopback_policy(),
+            UnpackMode::Tool,
+        )
+        .unwrap();
+    assert_eq!(std::fs::read(r.dir.join("slow")).unwrap(), b"slow tool");
+}
+
+#[test]
+fn two_processes_needing_one_tool_download_it_once() {
+    let tmp = TempDir::new("store-race");
+    let root = tmp.path().join("tools");
+    let server = Server::start("127.0.0.1");
+    let body = b"slow tool".to_vec();
+    let url = server.route(
+        "/slow",
+        Route::Slow(Duration::from_millis(500), body.clone()),
+    );
+    let exe = std::env::current_exe().unwrap();
+    // Both children are started before either is waited for, so they overlap: the server
+    // holds its answer for 500 ms, and the second child waits on the lock meanwhile.
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "tools::tests::concurrent_ensure_child",
+                    "--ignored",
+                ])
+                .env(
+                    CHILD_ENV,
+                    format!("{}\n{url}\n{}", root.display(), sha256(&body)),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(server.hits(), 1, "two processes downloaded the tool twice");
+}
