@@ -108,6 +108,9 @@ pub enum Commands {
         #[arg(long, value_enum, default_value = "p256")]
         algorithm: crate::provenance::keys::Algorithm,
     },
+    /// Work with the runner's tool store.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Work with a job's egress log.
     #[command(subcommand)]
     Egress(EgressCommand),
@@ -138,6 +141,24 @@ pub enum Commands {
         #[arg(long)]
         json: bool,
         /// Operator configuration (to report whether rlimit fallback is allowed).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `bulwark tools ...`.
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// Recheck every entry of the tool store against its digests.
+    ///
+    /// Rehashes each stored download and each unpacked tree; a corrupt entry is named and
+    /// moved to quarantine, so it is never mounted again (a job that needs it fetches it anew).
+    /// Exit status: 0 all entries intact, 1 corrupt entries were found and quarantined,
+    /// 2 the store could not be read.
+    ///
+    /// Example: bulwark tools verify --config /etc/bulwark/config.toml
+    Verify {
+        /// Operator configuration (for the state directory).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -195,6 +216,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             artifacts,
         }),
         Commands::Keygen { out, algorithm } => keygen(&out, algorithm),
+        Commands::Tools(ToolsCommand::Verify { config }) => tools_verify(config.as_deref()),
         Commands::Egress(EgressCommand::Suggest { log }) => match crate::egress::suggest(&log) {
             Ok(entries) => {
                 for e in entries {
@@ -245,6 +267,44 @@ fn keygen(out: &std::path::Path, algorithm: crate::provenance::keys::Algorithm) 
         }
         Err(e) => {
             eprintln!("bulwark: keygen: {e:#}");
+            2
+        }
+    }
+}
+
+fn tools_verify(config: Option<&std::path::Path>) -> u8 {
+    let result = (|| -> anyhow::Result<crate::tools::VerifyReport> {
+        let loaded = crate::config::load(config)?;
+        let dirs = crate::config::Dirs::resolve(&loaded.config)?;
+        let store = crate::tools::Store::open(&dirs.state.join("tools"))?;
+        Ok(store.verify_all()?)
+    })();
+    match result {
+        Ok(report) => {
+            println!(
+                "checked {} downloads and {} unpacked trees",
+                report.blobs, report.trees
+            );
+            for c in &report.corrupt {
+                println!(
+                    "CORRUPT {}{}: {}; moved to {}",
+                    c.entry,
+                    c.tool
+                        .as_ref()
+                        .map(|t| format!(" (tool {t})"))
+                        .unwrap_or_default(),
+                    c.problem,
+                    c.quarantined.display()
+                );
+            }
+            if report.corrupt.is_empty() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("bulwark: tools verify: {e:#}");
             2
         }
     }

@@ -230,9 +230,6 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
     let unsupported = |field: &str, what: &str| {
         format!("job spec {path}: {field}: {what} is not supported yet by this runner; remove it to run the job")
     };
-    if !job.spec.tools.is_empty() {
-        return Err(unsupported("tools", "[[tools]] (pinned tools)"));
-    }
     if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
         check_egress_ceiling(&net.allow, args.trust, &loaded.config)
             .map_err(|e| format!("job spec {path}: {e}"))?;
@@ -409,6 +406,9 @@ impl JobRun<'_> {
         Stop,
     > {
         let limits = &self.config.limits;
+        // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
+        // before anything of the job runs; any failure refuses the job.
+        let tools = self.resolve_tools()?;
         if let Some(src) = self.source_dir() {
             let abs = std::fs::canonicalize(&src)
                 .map_err(|e| Stop::Refused(format!("source {}: {e}", src.display())))?;
@@ -453,6 +453,27 @@ impl JobRun<'_> {
         };
         let egress = self.start_egress(jobdir, host_uid)?;
         let mut spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
+        if !tools.is_empty() {
+            let tool_path: Vec<String> = tools
+                .iter()
+                .map(|t| match t.path_entry() {
+                    "" => format!("/tools/{}", t.name),
+                    sub => format!("/tools/{}/{sub}", t.name),
+                })
+                .collect();
+            for step in &mut spec.steps {
+                if let Some((_, path)) = step.env.iter_mut().find(|(k, _)| k == "PATH") {
+                    *path = format!("{}:{path}", tool_path.join(":"));
+                }
+            }
+            spec.tools = tools
+                .iter()
+                .map(|t| bulwark_sandbox::spec::ToolMount {
+                    name: t.name.clone(),
+                    host_dir: t.dir.clone(),
+                })
+                .collect();
+        }
         if let Some((dir, _)) = &egress {
             spec.egress = Some(EgressSpec {
                 socket_dir: dir.clone(),
@@ -641,8 +662,42 @@ impl JobRun<'_> {
                 address_space: fallback.then_some(self.job.memory),
             },
             report_phases: false,
+            tools: Vec::new(),
             egress: None,
         }
+    }
+
+    /// Ensures every `[[tools]]` entry is in the store, verified; records them as inputs.
+    fn resolve_tools(&mut self) -> Result<Vec<crate::tools::Resolved>, Stop> {
+        if self.job.spec.tools.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let store = crate::tools::open_for_jobs(&dirs.state)
+            .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
+        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
+            .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        let mut resolved = Vec::new();
+        for tool in &self.job.spec.tools {
+            let r = store
+                .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
+                .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+            if !self.args.quiet {
+                eprintln!(
+                    "bulwark: tool {} {} ({})",
+                    r.name,
+                    if r.cache_hit {
+                        "from the store"
+                    } else {
+                        "fetched and verified"
+                    },
+                    r.sha256
+                );
+            }
+            self.inputs.tools.push(serde_json::json!({ "name": r.name, "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }));
+            resolved.push(r);
+        }
+        Ok(resolved)
     }
 
     /// Starts the job's egress proxy when its network policy allows anything (or the operator

@@ -173,6 +173,16 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     let workspace =
         open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;
     let tmp = open(&spec.tmp, dir_flags, Mode::empty()).map_err(at("open tmp"))?;
+    // Tools likewise: bind sources are taken from descriptors, so no host path (the state
+    // directory may even sit under /tmp, which the new root covers) is walked again later.
+    let tool_dirs: Vec<OwnedFd> = spec
+        .tools
+        .iter()
+        .map(|t| {
+            open(&t.host_dir, dir_flags, Mode::empty())
+                .map_err(|e| ("open tool", format!("{}: {e}", t.host_dir.display())))
+        })
+        .collect::<Result<_, _>>()?;
 
     phase(&spec, status, "helper-namespaces-and-maps");
     // 8. Init.
@@ -184,6 +194,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             workspace,
             tmp,
             egress_dir,
+            tool_dirs,
         ),
         Forked::Parent(init) => {
             drop(log);

@@ -37,12 +37,14 @@ pub fn run(
     workspace: OwnedFd,
     tmp: OwnedFd,
     egress_dir: Option<OwnedFd>,
+    tool_dirs: Vec<OwnedFd>,
 ) -> ! {
-    let code = match setup(spec, &workspace, &tmp, egress_dir.as_ref()) {
+    let code = match setup(spec, &workspace, &tmp, egress_dir.as_ref(), &tool_dirs) {
         Ok((filters, mut forwarder)) => {
             crate::spec::phase(spec, &mut status, "init-root-built");
             drop(workspace);
             drop(tmp);
+            drop(tool_dirs);
             report(&mut status, &Event::Ready);
             // `egress_dir` stays open: the forwarder connects through it for every connection.
             run_steps(spec, &filters, &log, &mut status, &mut forwarder)
@@ -88,6 +90,7 @@ fn setup(
     workspace: &OwnedFd,
     tmp: &OwnedFd,
     egress_dir: Option<&OwnedFd>,
+    tool_dirs: &[OwnedFd],
 ) -> Result<(Prepared, Option<Forwarder>), Stage> {
     use std::os::fd::AsRawFd;
     // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
@@ -95,7 +98,18 @@ fn setup(
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| ("pdeathsig", e.to_string()))?;
     let ws = format!("/proc/self/fd/{}", workspace.as_raw_fd());
     let tp = format!("/proc/self/fd/{}", tmp.as_raw_fd());
-    crate::mount::build_root(spec, ws.as_ref(), tp.as_ref())
+    let tools: Vec<(String, std::path::PathBuf)> = spec
+        .tools
+        .iter()
+        .zip(tool_dirs)
+        .map(|(t, fd)| {
+            (
+                t.name.clone(),
+                std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            )
+        })
+        .collect();
+    crate::mount::build_root(spec, ws.as_ref(), tp.as_ref(), &tools)
         .map_err(|e| ("mount", e.to_string()))?;
     sethostname(&spec.hostname).map_err(|e| ("hostname", e.to_string()))?;
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;

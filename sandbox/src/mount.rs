@@ -61,7 +61,12 @@ fn err<E: Into<io::Error>>(step: &'static str, path: &Path) -> impl FnOnce(E) ->
 /// `workspace` and `tmp` are the sources of `/workspace` and `/tmp`, given as
 /// `/proc/self/fd/N` paths of descriptors the helper opened (without following a final
 /// symlink) in this mount namespace, so the bind uses exactly the directory that was checked.
-pub fn build_root(spec: &SandboxSpec, workspace: &Path, tmp: &Path) -> Result<(), MountError> {
+pub fn build_root(
+    spec: &SandboxSpec,
+    workspace: &Path,
+    tmp: &Path,
+    tools_src: &[(String, PathBuf)],
+) -> Result<(), MountError> {
     let root = Path::new(NEW_ROOT);
 
     // 1. Nothing we mount may propagate back to the host, and nothing the host mounts later
@@ -113,9 +118,26 @@ pub fn build_root(spec: &SandboxSpec, workspace: &Path, tmp: &Path) -> Result<()
     bind_dir(workspace, &root.join("workspace"), true)?;
     bind_dir(tmp, &root.join("tmp"), true)?;
 
-    // 6. Mount points for tools (filled by later features) and the Landlock canary.
+    // 6. Pinned tools, each read-only (and nosuid, nodev) at /tools/<name>, then the Landlock
+    //    canary. A tool name cannot contain `/` or `..` (the spec's name pattern), and is
+    //    checked again here because this code trusts nothing it is given.
     let tools = root.join("tools");
     fs::create_dir(&tools).map_err(err("create", &tools))?;
+    for (name, src) in tools_src {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && !name.starts_with('.');
+        if !ok {
+            return Err(MountError {
+                step: "tool name",
+                path: PathBuf::from(name),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
+        }
+        bind_dir(src, &tools.join(name), false)?;
+    }
     let canary = root.join(LANDLOCK_CANARY.trim_start_matches('/'));
     write_file(
         &canary,

@@ -51,10 +51,23 @@ pub struct SandboxSpec {
     /// Report [`Event::Phase`] timestamps (benchmarks).
     #[serde(default)]
     pub report_phases: bool,
+    /// Verified, read-only tool directories mounted at `/tools/<name>`.
+    #[serde(default)]
+    pub tools: Vec<ToolMount>,
     /// The job's way out, when its network policy allows anything: init forwards connections
     /// to `127.0.0.1:<port>` inside the job's network namespace to the runner's proxy socket.
     #[serde(default)]
     pub egress: Option<EgressSpec>,
+}
+
+/// One pinned tool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolMount {
+    /// Tool name (`/tools/<name>`); matches the job spec's name pattern, so no `/` or `..`.
+    pub name: String,
+    /// The unpacked, verified directory in the runner's tool store.
+    pub host_dir: PathBuf,
 }
 
 /// Where init listens and where it forwards to.

@@ -61,14 +61,24 @@ fn sections_this_runner_does_not_implement_yet_are_refused_not_ignored() {
     let env = Env::new("unsupported");
     let sha = "a".repeat(64);
     for (extra, field) in [
-        (format!("[[tools]]\nname = \"jq\"\nurl = \"https://example.org/jq.tar.gz\"\nsha256 = \"{sha}\""), "tools: [[tools]]"),
-        ("[network]\nallow = [\"crates.io:443\"]".to_string(), "network.allow: network access"),
-        (format!("[source]\ngit = \"https://example.org/r.git\"\ncommit = \"{}\"", "b".repeat(40)), "source.git: a git source"),
-        (format!("[source]\nurl = \"https://example.org/s.tar.gz\"\nsha256 = \"{sha}\""), "source.url: a tarball source"),
+        (
+            format!(
+                "[source]\ngit = \"https://example.org/r.git\"\ncommit = \"{}\"",
+                "b".repeat(40)
+            ),
+            "source.git: a git source",
+        ),
+        (
+            format!("[source]\nurl = \"https://example.org/s.tar.gz\"\nsha256 = \"{sha}\""),
+            "source.url: a tarball source",
+        ),
     ] {
         let r = env.run(&one_step("unsupported", "true", &extra));
         assert_eq!(r.code, 2, "{r}");
-        assert!(r.stderr.contains(field) && r.stderr.contains("not supported yet"), "{field}: {r}");
+        assert!(
+            r.stderr.contains(field) && r.stderr.contains("not supported yet"),
+            "{field}: {r}"
+        );
     }
 }
 

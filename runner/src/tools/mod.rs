@@ -45,3 +45,20 @@ mod tests;
 mod testutil;
 
 pub use store::{Corrupt, Resolved, Store, ToolError, VerifyReport};
+
+/// Opens the store under the state directory for mounting into jobs: `<state>/tools` and its
+/// `trees/` become 0711 so a job's unprivileged host uid can reach (not list) the verified tree
+/// it mounts; blobs, locks, the temporary area and quarantine stay 0700.
+pub fn open_for_jobs(state: &std::path::Path) -> Result<Store, ToolError> {
+    use std::os::unix::fs::PermissionsExt;
+    let store = Store::open(&state.join("tools"))?;
+    for dir in [store.root().to_path_buf(), store.root().join("trees")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| ToolError::Store {
+                path: dir.clone(),
+                source,
+            },
+        )?;
+    }
+    Ok(store)
+}

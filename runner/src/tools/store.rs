@@ -224,6 +224,11 @@ impl Store {
         }
         self.clean_tmp(&tool.sha256);
         let blob = self.root.join("blobs").join(&tool.sha256);
+        // A stored download about to be unpacked again (its tree is gone, e.g. quarantined) is
+        // rehashed first: only a true cache hit skips the check.
+        if blob.exists() && hash_file(&blob).ok().as_deref() != Some(tool.sha256.as_str()) {
+            let _ = self.quarantine(&blob, "blob");
+        }
         let fetched_now = !blob.exists();
         if fetched_now {
             self.download(tool, policy, &blob)?;

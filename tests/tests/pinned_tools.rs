@@ -1,0 +1,311 @@
+//! Pinned tools end to end: fetched by the runner from the test's own loopback server,
+//! verified by sha256 before anything runs, mounted read-only at /tools/<name>, recorded.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_tests::{sha256_file, Env};
+
+/// Serves one file over HTTP on 127.0.0.1, counting requests; can be stopped.
+struct Server {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Server {
+    fn serve(body: Vec<u8>) -> Server {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (r, st) = (requests.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                if st.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed without an answer
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(&body);
+            }
+        });
+        Server {
+            port,
+            requests,
+            stopped,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// A tar.gz holding bin/hello, made with the system's tar.
+fn tool_archive(env: &Env) -> Vec<u8> {
+    let d = env.dir.join("toolsrc");
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::write(
+        d.join("bin/hello"),
+        "#!/bin/sh\necho \"hello from the pinned tool: $*\"\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(d.join("bin/hello"))
+        .status()
+        .unwrap();
+    let out = env.dir.join("hello.tar.gz");
+    assert!(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&d)
+        .arg("-czf")
+        .arg(&out)
+        .arg("bin")
+        .status()
+        .unwrap()
+        .success());
+    std::fs::read(out).unwrap()
+}
+
+fn tool_job(port: u16, sha: &str, run: &str) -> String {
+    format!("version = 1\nname = \"tools\"\n[[tools]]\nname = \"hello\"\nurl = \"http://127.0.0.1:{port}/hello.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"use\"\nrun = '''\n{run}\n'''\n")
+}
+
+fn env_allowing_loopback(tag: &str) -> Env {
+    let env = Env::new(tag);
+    env.write_config_sections("", "[fetch]\nallow_private = [\"127.0.0.1\"]\n");
+    env
+}
+
+fn store_files(env: &Env) -> usize {
+    fn count(p: &std::path::Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            1 + count(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    ["blobs", "trees", "tmp"]
+        .iter()
+        .map(|d| count(&env.state.join("tools").join(d)))
+        .sum()
+}
+
+#[test]
+fn a_tool_with_the_right_digest_runs_read_only_and_is_recorded() {
+    let env = env_allowing_loopback("tool-ok");
+    let body = tool_archive(&env);
+    let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    let r = env.run(&tool_job(
+        server.port,
+        &sha,
+        "hello world\ntouch /tools/hello/bin/x 2>&1 | sed 's/^/write=/'\necho \"path=$PATH\"",
+    ));
+    r.assert_code(0);
+    assert!(r.log.contains("hello from the pinned tool: world"), "{r}");
+    assert!(r.value("write").contains("Read-only file system"), "{r}");
+    assert!(r.value("path").starts_with("/tools/hello/bin:"));
+    let tools = &r.result()["inputs"]["tools"];
+    assert_eq!(tools[0]["name"], "hello");
+    assert_eq!(tools[0]["sha256"], sha.as_str());
+    assert_eq!(server.requests(), 1);
+    // A cache hit needs no server at all, and makes no request.
+    server.stopped.store(true, Ordering::SeqCst);
+    let r = env.run(&tool_job(server.port, &sha, "hello again"));
+    r.assert_code(0);
+    assert!(r.log.contains("hello from the pinned tool: again"));
+    assert_eq!(server.requests(), 1);
+}
+
+#[test]
+fn a_tool_with_the_wrong_digest_is_refused_before_any_step_and_leaves_nothing() {
+    let env = env_allowing_loopback("tool-bad");
+    let body = tool_archive(&env);
+    let actual = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    let wrong = "0".repeat(64);
+    let marker = env.dir.join("step-ran");
+    let r = env.run(&tool_job(
+        server.port,
+        &wrong,
+        &format!("touch {}", marker.display()),
+    ));
+    r.assert_code(2);
+    for part in [
+        "tool \"hello\"",
+        &format!("http://127.0.0.1:{}/hello.tar.gz", server.port),
+        &format!("expected {wrong}"),
+        &format!("got {actual}"),
+    ] {
+        assert!(r.stderr.contains(part), "missing {part:?}\n{r}");
+    }
+    assert!(r.result()["steps"].as_array().unwrap().is_empty());
+    assert!(!marker.exists());
+    assert_eq!(
+        store_files(&env),
+        0,
+        "the bad download left something in the store"
+    );
+}
+
+#[test]
+fn without_allow_private_a_loopback_tool_url_is_refused() {
+    let env = Env::new("tool-private");
+    let body = tool_archive(&env);
+    let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    let r = env.run(&tool_job(server.port, &sha, "true"));
+    r.assert_code(2);
+    assert!(r.stderr.contains("fetch.allow_private"), "{r}");
+    assert_eq!(
+        server.requests(),
+        0,
+        "the runner connected to a refused address"
+    );
+}
+
+#[test]
+fn tools_verify_quarantines_a_corrupted_entry_and_a_job_needing_it_fetches_anew() {
+    let env = env_allowing_loopback("tool-verify");
+    let body = tool_archive(&env);
+    let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    env.run(&tool_job(server.port, &sha, "hello"))
+        .assert_code(0);
+    // Corrupt the unpacked tool the way an attacker with write access to the store would.
+    let trees = env.state.join("tools/trees");
+    let tree = std::fs::read_dir(&trees)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    let script = tree.join("bin/hello");
+    let mut perms = std::fs::metadata(tree.join("bin")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(tree.join("bin"), perms).unwrap();
+    std::fs::remove_file(&script).unwrap();
+    std::fs::write(&script, "#!/bin/sh\necho pwned\n").unwrap();
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["tools", "verify", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("CORRUPT") && stdout.contains("hello"),
+        "{stdout}"
+    );
+    // The quarantined tree is never mounted again: the next job gets the real tool back
+    // (unpacked anew from the verified download) even with the server gone.
+    server.stopped.store(true, Ordering::SeqCst);
+    let r = env.run(&tool_job(server.port, &sha, "hello back"));
+    r.assert_code(0);
+    assert!(
+        r.log.contains("hello from the pinned tool: back") && !r.log.contains("pwned"),
+        "{r}"
+    );
+    // Now corrupt both the stored download and the tree: verify quarantines both, and a job
+    // needing the tool must fetch it anew, which fails while the server is gone and succeeds
+    // once it is back.
+    let blob = env.state.join("tools/blobs").join(&sha);
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&blob)
+        .unwrap()
+        .write_all(b"tampered")
+        .unwrap();
+    let tree = std::fs::read_dir(&trees)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    let mut perms = std::fs::metadata(tree.join("bin")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(tree.join("bin"), perms).unwrap();
+    std::fs::write(tree.join("bin/extra"), "added").unwrap();
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["tools", "verify", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(!blob.exists(), "a corrupt download stayed in place");
+    let r = env.run(&tool_job(server.port, &sha, "hello"));
+    r.assert_code(2);
+    server.stopped.store(false, Ordering::SeqCst);
+    let r = env.run(&tool_job(server.port, &sha, "hello fresh"));
+    r.assert_code(0);
+    assert!(r.log.contains("hello from the pinned tool: fresh"), "{r}");
+    assert_eq!(server.requests(), 2);
+}
+
+#[test]
+fn a_tampered_download_is_rehashed_before_it_is_unpacked_again() {
+    let env = env_allowing_loopback("tool-rehash");
+    let body = tool_archive(&env);
+    let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    env.run(&tool_job(server.port, &sha, "hello"))
+        .assert_code(0);
+    // Remove the unpacked tree (as verify would after corruption) and tamper with the download
+    // without running verify: the next job must not unpack the tampered bytes.
+    let trees = env.state.join("tools/trees");
+    for e in std::fs::read_dir(&trees).unwrap().flatten() {
+        bulwark_tests::remove_tree(&e.path()).unwrap();
+    }
+    let blob = env.state.join("tools/blobs").join(&sha);
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&blob)
+        .unwrap()
+        .write_all(b"tampered")
+        .unwrap();
+    let r = env.run(&tool_job(server.port, &sha, "hello refetched"));
+    r.assert_code(0);
+    assert!(
+        r.log.contains("hello from the pinned tool: refetched"),
+        "{r}"
+    );
+    assert_eq!(
+        server.requests(),
+        2,
+        "the tampered download should have been fetched anew"
+    );
+}
