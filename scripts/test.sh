@@ -42,7 +42,7 @@ while read -r t; do
   echo "-- $name as $user"
   runuser -u "$user" -- env -i HOME="/home/$user" PATH=/usr/bin:/bin \
     BULWARK_BIN="$stage/bulwark" BULWARK_REPO="$stage" \
-    "$stage/$name" --test-threads=2 --skip root_mode:: || status=1
+    "$stage/$name" --test-threads=2 --skip root_mode:: < /dev/null || status=1
 done < "$stage/tests.txt"
 rm -rf "$stage"
 exit $status

@@ -787,9 +787,13 @@ for pid in [d for d in os.listdir("/proc") if d.isdigit()]:
         denied += 1
         continue
     for fd in fds:
+        path = f"/proc/{{pid}}/fd/{{fd}}"
         try:
-            with open(f"/proc/{{pid}}/fd/{{fd}}", "rb") as f:
-                check(f"/proc/{{pid}}/fd/{{fd}}", f.read(8 << 20))
+            # Regular files only: reopening a pipe or a terminal could block forever.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue
+            with open(path, "rb") as f:
+                check(path, f.read(8 << 20))
         except OSError:
             pass
 for root, dirs, files in os.walk("/", topdown=True):

@@ -383,7 +383,14 @@ impl Store {
                 self.quarantine(&target, "tree")
                     .map_err(self.store_err(target.clone()))?;
             }
-            fs::rename(&tmp, &target).map_err(self.store_err(target))
+            // Moving a directory to another parent rewrites its `..`, which needs write
+            // permission on it for anyone but root: open the top level for the rename only
+            // (everything inside stays read-only; the store itself is the runner's alone).
+            let top = |mode| fs::set_permissions(&tmp, fs::Permissions::from_mode(mode));
+            top(0o755).map_err(self.store_err(tmp.clone()))?;
+            fs::rename(&tmp, &target).map_err(self.store_err(target.clone()))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o555))
+                .map_err(self.store_err(target))
         })();
         if result.is_err() {
             let _ = remove_tree(&tmp);
@@ -404,7 +411,15 @@ impl Store {
             "{kind}-{name}-{stamp}-{}",
             crate::fsutil::random_hex(4)
         ));
+        // A read-only directory can only change parent when writable (its `..` is rewritten).
+        let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        if is_dir {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+        }
         fs::rename(path, &dest)?;
+        if is_dir {
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o555))?;
+        }
         Ok(dest)
     }
 
