@@ -238,9 +238,6 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
         if src.git.is_some() {
             return Err(unsupported("source.git", "a git source"));
         }
-        if src.url.is_some() {
-            return Err(unsupported("source.url", "a tarball source"));
-        }
     }
     // A key that cannot sign must refuse the job before it runs, not after. It is read here
     // only to check it, and dropped (zeroized) at once; signing reads it again at the end.
@@ -335,6 +332,11 @@ impl JobRun<'_> {
         } else {
             limits_enforced.splice(0..0, ["memory".to_string(), "pids".to_string()]);
         }
+        if self.config.egress.audit {
+            // Audit mode lets the job reach any host but the metadata addresses and this
+            // host's loopback: a weakening the operator chose, recorded like the others.
+            weakened.push("egress-audit".to_string());
+        }
         self.isolation = Some(Isolation {
             mode,
             landlock_abi: host.landlock_abi,
@@ -409,7 +411,15 @@ impl JobRun<'_> {
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
         // before anything of the job runs; any failure refuses the job.
         let tools = self.resolve_tools()?;
-        if let Some(src) = self.source_dir() {
+        let url_source = self
+            .job
+            .spec
+            .source
+            .as_ref()
+            .and_then(|s| s.url.clone().zip(s.sha256.clone()));
+        if let (Some((url, sha256)), None) = (url_source, &self.args.source) {
+            self.fetch_url_source(&url, &sha256, jobdir)?;
+        } else if let Some(src) = self.source_dir() {
             let abs = std::fs::canonicalize(&src)
                 .map_err(|e| Stop::Refused(format!("source {}: {e}", src.display())))?;
             let stats = crate::source::copy_tree(&abs, &jobdir.workspace)
@@ -665,6 +675,37 @@ impl JobRun<'_> {
             tools: Vec::new(),
             egress: None,
         }
+    }
+
+    /// A `[source] url` tarball: fetched and verified like a tool (same store, same address
+    /// and archive rules, device nodes skipped and setuid bits stripped), then copied into the
+    /// workspace without following links, which also yields its tree digest.
+    fn fetch_url_source(&mut self, url: &str, sha256: &str, jobdir: &JobDir) -> Result<(), Stop> {
+        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let store = crate::tools::open_for_jobs(&dirs.state)
+            .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
+        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
+            .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        let spec = bulwark_protocol::ToolSpec {
+            name: "source".into(),
+            url: url.to_string(),
+            sha256: sha256.to_string(),
+            format: None,
+        };
+        let r = store
+            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
+            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+        let stats = crate::source::copy_tree(&r.dir, &jobdir.workspace)
+            .map_err(|e| Stop::Refused(e.to_string()))?;
+        self.inputs.source = serde_json::json!({
+            "kind": "url",
+            "uri": crate::tools::fetch::display_url(url),
+            "sha256": sha256,
+            "tree_sha256": crate::source::tree_digest(&stats.entries),
+            "files": stats.files,
+            "bytes": stats.bytes,
+        });
+        Ok(())
     }
 
     /// Ensures every `[[tools]]` entry is in the store, verified; records them as inputs.

@@ -309,3 +309,61 @@ fn a_tampered_download_is_rehashed_before_it_is_unpacked_again() {
         "the tampered download should have been fetched anew"
     );
 }
+
+#[test]
+fn a_url_source_is_verified_copied_into_the_workspace_and_recorded() {
+    let env = env_allowing_loopback("url-source");
+    let d = env.dir.join("srcpkg");
+    std::fs::create_dir_all(d.join("proj")).unwrap();
+    std::fs::write(d.join("proj/README"), "from the tarball\n").unwrap();
+    let tgz = env.dir.join("src.tar.gz");
+    assert!(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&d)
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("proj")
+        .status()
+        .unwrap()
+        .success());
+    let sha = sha256_file(&tgz);
+    let server = Server::serve(std::fs::read(&tgz).unwrap());
+    let job = |digest: &str| {
+        format!("version = 1\nname = \"urlsrc\"\n[source]\nurl = \"http://127.0.0.1:{}/src.tar.gz\"\nsha256 = \"{digest}\"\n[[steps]]\nname = \"read\"\nrun = \"cat proj/README\"\n", server.port)
+    };
+    // No --source: the spec's url is the source.
+    let spec = env.dir.join("urlsrc.toml");
+    std::fs::write(&spec, job(&sha)).unwrap();
+    let out = env.dir.join("url-out");
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .arg("run")
+        .arg(&spec)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let r = bulwark_tests::Run::from_output(o, out);
+    r.assert_code(0);
+    assert!(r.log.contains("from the tarball"), "{r}");
+    let src = &r.result()["inputs"]["source"];
+    assert_eq!(src["kind"], "url");
+    assert_eq!(src["sha256"], sha.as_str());
+    assert_eq!(src["tree_sha256"].as_str().unwrap().len(), 64);
+    // A wrong digest refuses the job.
+    std::fs::write(&spec, job(&"1".repeat(64))).unwrap();
+    let out = env.dir.join("url-out2");
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .arg("run")
+        .arg(&spec)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let r = bulwark_tests::Run::from_output(o, out);
+    r.assert_code(2);
+    assert!(r.stderr.contains("sha256 mismatch"), "{r}");
+}

@@ -151,6 +151,7 @@ fn source_parameter(source: &serde_json::Value) -> serde_json::Value {
         Some("local") => {
             json!({ "path": source.get("path"), "treeDigest": source.get("tree_sha256") })
         }
+        Some("url") => json!({ "uri": source.get("uri"), "sha256": source.get("sha256") }),
         Some(_) => json!({ "uri": source.get("uri"), "ref": source.get("ref") }),
         None => json!({}),
     }
@@ -172,6 +173,23 @@ fn source_dependency(source: &serde_json::Value) -> Option<ResourceDescriptor> {
                 json!("bulwark-tree-v1 (docs/build-type.md)"),
             );
             d.annotations = Some(ann);
+            Some(d)
+        }
+        "url" => Some(ResourceDescriptor::sha256(
+            Some("source".into()),
+            Some(source.get("uri")?.as_str()?.to_string()),
+            source.get("sha256")?.as_str()?,
+        )),
+        "git" => {
+            let mut d = ResourceDescriptor {
+                name: Some("source".into()),
+                uri: Some(format!("git+{}", source.get("uri")?.as_str()?)),
+                ..Default::default()
+            };
+            d.digest.insert(
+                "gitCommit".into(),
+                source.get("commit")?.as_str()?.to_string(),
+            );
             Some(d)
         }
         _ => None,
