@@ -18,6 +18,7 @@ pub mod config;
 pub mod egress;
 pub mod exec;
 pub mod fsutil;
+pub mod gitsource;
 pub mod glob;
 pub mod job;
 pub mod joblog;

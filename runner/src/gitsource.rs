@@ -1,0 +1,1559 @@
+//! Git source: the runner (never the job) fetches `[source] git = URL, commit = SHA` into the
+//! job's workspace, with git itself confined, and proves the checkout is exactly that commit.
+//!
+//! A job spec is untrusted, and so is the repository it names. Git is a large program with
+//! many ways to run code or reach the network that a repository, a server or the runner's own
+//! environment can switch on: hooks, `core.fsmonitor`, `core.sshCommand`, credential helpers,
+//! the `ext::` transport, submodules, redirects, proxies from the environment, the invoking
+//! user's `~/.gitconfig`. [`fetch`] runs `/usr/bin/git` so that none of these apply:
+//!
+//! - **Cleared environment.** Only `PATH=/usr/bin:/bin`, `HOME=<fresh empty 0700 directory>`,
+//!   `GIT_CONFIG_NOSYSTEM=1`, `GIT_CONFIG_GLOBAL=/dev/null`, `GIT_TERMINAL_PROMPT=0`,
+//!   `GIT_ASKPASS=/bin/false`, `SSH_ASKPASS=/bin/false`, `GIT_ALLOW_PROTOCOL=<the one scheme
+//!   of this URL>` and `LC_ALL=C`. No `SSH_AUTH_SOCK`, no proxy variables, no `GIT_*`
+//!   injection (`GIT_CONFIG_PARAMETERS`, `GIT_SSH_COMMAND`, `GIT_DIR` ...), no
+//!   `/etc/gitconfig`, no `~/.gitconfig` of the runner (as root: `/root/.gitconfig`). Git
+//!   therefore cannot see the runner's keys, state or credentials through its configuration.
+//! - **Fixed configuration on the command line** (`-c`, which git counts as protected):
+//!   `core.hooksPath=/dev/null` (no hook can run), `credential.helper=` (none),
+//!   `core.sshCommand=/bin/false`, `core.fsmonitor=false`, `submodule.recurse=false`,
+//!   `protocol.allow=never` plus `protocol.<scheme>.allow=always` for this URL's scheme only
+//!   (so `ext::`, `ssh`, `git://` and `fd::` are off, and a `file://` fetch is allowed only
+//!   after `fetch.file_roots` admitted it), `protocol.ext.allow=never`,
+//!   `http.followRedirects=false` (also stops dumb-HTTP alternates), `http.curloptResolve`
+//!   pinning the host to the addresses checked below, `fetch.fsckObjects=true` (malformed
+//!   objects, `.git`-like paths and `.gitmodules` tricks are refused while fetching),
+//!   `core.protectNTFS`/`core.protectHFS`, `gc.auto=0` and `maintenance.auto=false` (nothing
+//!   is left running in the background), and `safe.directory=<dest>` for the destination
+//!   only. `--no-recurse-submodules` on every fetch and on the checkout.
+//! - **Address rules** as for the runner's other fetches ([`crate::tools::address`]): an
+//!   `https://`/`http://` host is resolved by the runner, every resolved address must pass
+//!   (loopback, private, link-local, CGNAT, multicast, unspecified are refused unless
+//!   `fetch.allow_private` covers them; metadata addresses always), and git is then told to
+//!   connect to exactly those addresses (`http.curloptResolve`), with redirects off. Git
+//!   resolves nothing itself for that host, so a name that re-resolves gains nothing; the
+//!   residual risk is a difference between how the `url` crate and libcurl read a URL, which
+//!   is why git is handed the `url` crate's normalized serialization, not the text as given.
+//!   `file://` URLs and absolute paths are canonicalized and must lie under a canonicalized
+//!   `fetch.file_roots` entry; git is handed the canonical path. Every other scheme (`ssh://`,
+//!   `git://`, `ext::`, scp-like `host:path`) is refused, and so is any URL with a user name or
+//!   password, so no credential is ever printed or recorded.
+//! - **Time.** One deadline (`fetch.timeout`) covers every git command; git runs in its own
+//!   process group, which is killed with SIGKILL when the deadline passes.
+//!
+//! Fetch strategy: `git init --template=` (no sample hooks), then `git fetch --depth=1 URL
+//! COMMIT` — protocol v2 servers, including git's own `upload-pack` for `file://`, allow
+//! fetching any reachable commit by id. When the server refuses that (protocol v0 servers
+//! without `uploadpack.allowReachableSHA1InWant`), the runner fetches the whole history of
+//! `ref` when one is given, or of every branch and tag, and looks for the commit there. The
+//! commit must then exist as a commit object, or the fetch fails with `commit <sha> not found
+//! in <url>`. `git checkout --detach COMMIT`, then `git rev-parse HEAD` must equal the commit
+//! and `git status --porcelain` must be empty. The ref is recorded as given and is not
+//! checked: a ref moves, the commit is what is pinned.
+//!
+//! The `.git` directory is kept so builds that ask git about their source (`git rev-parse
+//! HEAD`, `git describe --always`) work. Its `config` is rewritten to a fixed minimal one (no
+//! remote, no URL, no hooks path); there is no `FETCH_HEAD`. History is shallow (depth 1) on the
+//! fast path and no tags are fetched, so `git describe` without `--always` fails there. Once
+//! [`fetch`] returns, the runner runs no git command in the workspace again: the job may
+//! rewrite `.git/config`, and only its own git would read it, inside the sandbox.
+//!
+//! Alternatives rejected: `git clone` (it sets up a remote with the URL in `.git/config`,
+//! checks out the default branch first, and for local paths hard-links the source's objects);
+//! libgit2/gitoxide in process (a second implementation of the same parsers, in the runner's
+//! address space with its keys; git in a child process with nothing to reach is the smaller
+//! risk); checking the host name only before running git (git would resolve it again, so
+//! a rebinding name would get through; hence the pinning); removing `.git` (builds that embed
+//! their commit would break, and the commit is recorded by the runner anyway).
+//!
+//! Limits: SHA-1 repositories only (the commit is pinned as 40 hex digits). The size of what
+//! the server sends is bounded by `fetch.timeout` and the workspace's filesystem, not by
+//! `fetch.max_bytes`. Git LFS content is not fetched (the LFS filter is not configured; pointer
+//! files are checked out). A `file://` repository owned by another user is refused by git's own
+//! ownership check, which the runner keeps on (trusting it would trust that repository's
+//! config). Git runs as the runner's user; the integrator hands the tree to the job's uid.
+//!
+//! Tested by the unit tests below, against repositories the tests create.
+
+use std::fs;
+use std::io::{self, Read, Seek};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulwark_protocol::{FetchConfig, IpNet};
+use reqwest::Url;
+
+use crate::tools::address::{AddressPolicy, AddressRefused};
+
+/// The git binary: a fixed path, never looked up on the runner's `PATH`.
+pub const GIT: &str = "/usr/bin/git";
+
+/// `PATH` git runs with (for the helpers it starts, like `git-remote-https`).
+const GIT_PATH: &str = "/usr/bin:/bin";
+
+/// Where the system CA bundle may be, to combine with `fetch.extra_ca`.
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The `.git/config` left in the workspace: no remote, no URL, no hooks path.
+const SANITIZED_CONFIG: &str = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n";
+
+/// Most bytes of git's own output kept for an error message.
+const MAX_MESSAGE: usize = 2000;
+
+/// What the runner's git may fetch from, built from `[fetch]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitPolicy {
+    /// Non-public networks git may connect to (`fetch.allow_private`); metadata never.
+    pub allow_private: Vec<IpNet>,
+    /// Directories `file://` URLs and absolute paths may point into; empty: none.
+    pub file_roots: Vec<PathBuf>,
+    /// Longest the whole fetch (every git command together) may take.
+    pub timeout: Duration,
+    /// A PEM bundle trusted for `https://` in addition to the system roots (`fetch.extra_ca`).
+    pub extra_ca: Option<PathBuf>,
+}
+
+impl GitPolicy {
+    /// The policy `[fetch]` describes; an `allow_private` entry that does not parse is an error.
+    pub fn from_config(fetch: &FetchConfig) -> Result<GitPolicy, String> {
+        let allow_private = fetch
+            .allow_private
+            .iter()
+            .map(|entry| IpNet::parse(entry).map_err(|e| format!("fetch.allow_private: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(GitPolicy {
+            allow_private,
+            file_roots: fetch.file_roots.iter().map(PathBuf::from).collect(),
+            timeout: fetch.timeout,
+            extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
+        })
+    }
+}
+
+/// A source fetched and verified by [`fetch`]: what `result.json` and provenance record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSource {
+    /// The repository URL exactly as the job spec gave it (it holds no credentials).
+    pub uri: String,
+    /// The full commit id that is checked out (40 lowercase hex).
+    pub commit: String,
+    /// The ref as the job spec gave it, not verified.
+    pub r#ref: Option<String>,
+}
+
+impl GitSource {
+    /// The `inputs.source` object of `result.json`, as provenance reads it:
+    /// `{"kind": "git", "uri": ..., "commit": ..., "ref": ... | null}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "git",
+            "uri": self.uri,
+            "commit": self.commit,
+            "ref": self.r#ref,
+        })
+    }
+}
+
+/// Why a git source could not be fetched. The URL shown is the one given (never with
+/// credentials: those are refused before anything runs).
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// Not a URL git may be given.
+    #[error("git source {url:?}: not a usable URL; use https://, http:// or file://")]
+    BadUrl {
+        /// The text given, quoted when shown.
+        url: String,
+    },
+    /// A scheme other than https, http, file.
+    #[error("git source {url}: scheme {scheme:?} refused; use https, http or file (ssh, git://, ext:: and other transports are off)")]
+    Scheme {
+        /// The URL.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// The URL carries a user name or password; the URL itself is not shown.
+    #[error(
+        "git source URLs with a user name or password are refused; use a URL without credentials"
+    )]
+    Credentials,
+    /// The host name did not resolve.
+    #[error("git source {url}: cannot resolve {host}")]
+    Resolve {
+        /// The URL.
+        url: String,
+        /// The host name.
+        host: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An address the host resolved to is refused.
+    #[error("git source {url}")]
+    Address {
+        /// The URL.
+        url: String,
+        /// Which address and why.
+        #[source]
+        source: AddressRefused,
+    },
+    /// A `file://` URL or path that `fetch.file_roots` does not cover.
+    #[error("git source {url}: {} is not under fetch.file_roots{hint}", path.display(), hint = if *.empty { " (which is empty: file:// sources are off)" } else { "" })]
+    FileOutsideRoots {
+        /// The URL.
+        url: String,
+        /// The path it names (canonical when it exists).
+        path: PathBuf,
+        /// Whether `fetch.file_roots` is empty.
+        empty: bool,
+    },
+    /// A `file://` path that cannot be canonicalized.
+    #[error("git source {url}: {}", path.display())]
+    File {
+        /// The URL.
+        url: String,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The commit is not a full commit id.
+    #[error(
+        "git source: commit {commit:?} is not a full commit id; pin all 40 lowercase hex digits"
+    )]
+    BadCommit {
+        /// What was given.
+        commit: String,
+    },
+    /// The ref could be read as an option or a range.
+    #[error("git source: {ref_name:?} is not a valid git ref, like refs/heads/main")]
+    BadRef {
+        /// What was given.
+        ref_name: String,
+    },
+    /// The destination is not an empty directory.
+    #[error("git source: destination {}: {reason}", path.display())]
+    Dest {
+        /// The destination.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A file operation of the runner's own failed (private HOME, destination, CA bundle).
+    #[error("git source: {what} {}", path.display())]
+    Io {
+        /// What the runner was doing, like `creating git's private HOME`.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `/usr/bin/git` could not be started.
+    #[error("git source: cannot run {GIT}; install git on the runner host")]
+    Spawn(#[source] io::Error),
+    /// A git command failed; `output` is git's own message, sanitized and shortened.
+    #[error("git source {url}: git {step} failed ({status}): {output}{hint}", hint = ownership_hint(output))]
+    Git {
+        /// The URL.
+        url: String,
+        /// The step, like `fetch`.
+        step: &'static str,
+        /// How git ended.
+        status: String,
+        /// What git said.
+        output: String,
+    },
+    /// The commit is not in the repository.
+    #[error("commit {commit} not found in {url}{}", ref_name.as_ref().map(|r| format!(" (fetched {r}; check the commit and the ref)")).unwrap_or_else(|| " (fetched every branch and tag; check the commit id)".into()))]
+    CommitNotFound {
+        /// The URL.
+        url: String,
+        /// The commit asked for.
+        commit: String,
+        /// The ref fetched in the fallback, if one was given.
+        ref_name: Option<String>,
+    },
+    /// The whole fetch took longer than `fetch.timeout`; git was killed.
+    #[error("git source {url}: timed out after {} (fetch.timeout) during git {step}", humantime::format_duration(*.timeout))]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The step running when time ran out.
+        step: &'static str,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// After checkout, HEAD is not the pinned commit.
+    #[error("git source {url}: checkout does not match: HEAD is {actual}, expected {expected}")]
+    Mismatch {
+        /// The URL.
+        url: String,
+        /// The commit asked for.
+        expected: String,
+        /// What HEAD is.
+        actual: String,
+    },
+    /// After checkout, the work tree differs from the commit.
+    #[error("git source {url}: checkout of {commit} is not clean: {status}")]
+    Dirty {
+        /// The URL.
+        url: String,
+        /// The commit.
+        commit: String,
+        /// The start of `git status --porcelain`.
+        status: String,
+    },
+}
+
+fn ownership_hint(output: &str) -> &'static str {
+    if output.contains("dubious ownership") {
+        " (the runner keeps git's ownership check on: make the repository owned by the runner's user)"
+    } else {
+        ""
+    }
+}
+
+/// Fetches `url` at exactly `commit` into the empty directory `dest` (the job's workspace), with
+/// git confined as the module docs describe; verifies HEAD and a clean tree; keeps a sanitized
+/// `.git`. On any error `dest` is emptied again. The files belong to the runner's user.
+pub fn fetch(
+    url: &str,
+    commit: &str,
+    r#ref: Option<&str>,
+    dest: &Path,
+    policy: &GitPolicy,
+) -> Result<GitSource, GitError> {
+    fetch_with(url, commit, r#ref, dest, policy, ById::Try)
+}
+
+/// Whether to try fetching the commit by id first (tests turn it off to reach the fallback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ById {
+    Try,
+    #[cfg(test)]
+    Skip,
+}
+
+fn fetch_with(
+    url: &str,
+    commit: &str,
+    r#ref: Option<&str>,
+    dest: &Path,
+    policy: &GitPolicy,
+    by_id: ById,
+) -> Result<GitSource, GitError> {
+    let deadline = Instant::now() + policy.timeout;
+    check_commit(commit)?;
+    if let Some(ref_name) = r#ref {
+        check_ref(ref_name)?;
+    }
+    let remote = Remote::check(url, policy)?;
+    let dest = check_dest(dest)?;
+    let home = PrivateHome::create()?;
+    let git = Git::new(&remote, &dest, &home, policy, deadline)?;
+    let result = fetch_into(&git, &remote, commit, r#ref, &dest, by_id);
+    if result.is_err() {
+        empty_dir(&dest);
+    }
+    result.map(|()| GitSource {
+        uri: url.to_owned(),
+        commit: commit.to_owned(),
+        r#ref: r#ref.map(str::to_owned),
+    })
+}
+
+/// The steps of [`fetch`] after every check passed.
+fn fetch_into(
+    git: &Git,
+    remote: &Remote,
+    commit: &str,
+    ref_name: Option<&str>,
+    dest: &Path,
+    by_id: ById,
+) -> Result<(), GitError> {
+    let dest_arg = dest.to_string_lossy();
+    git.run(
+        "init",
+        &["init", "--quiet", "--template=", &dest_arg],
+        false,
+    )?;
+    let fetch_base = [
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-recurse-submodules",
+        "--no-write-fetch-head",
+    ];
+    // Fast path: the commit by id, one level deep. Fallback: the ref's (or every branch's and
+    // tag's) whole history, in which the commit is then looked for.
+    let mut args = fetch_base.to_vec();
+    args.extend(["--depth=1", "--end-of-options", &remote.git_arg, commit]);
+    let fast = match by_id {
+        ById::Try => git.run("fetch", &args, true).map(drop),
+        #[cfg(test)]
+        ById::Skip => Err(GitError::BadCommit {
+            commit: commit.to_owned(),
+        }),
+    };
+    match fast {
+        Ok(()) => {}
+        Err(e @ GitError::Timeout { .. }) => return Err(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "fetching the commit by id failed; fetching refs");
+            let refspecs: Vec<String> = match ref_name {
+                Some(r) => vec![format!("+{r}:refs/bulwark/ref")],
+                None => vec![
+                    "+refs/heads/*:refs/remotes/origin/*".into(),
+                    "+refs/tags/*:refs/tags/*".into(),
+                ],
+            };
+            let mut args = fetch_base.to_vec();
+            args.extend(["--end-of-options", &remote.git_arg]);
+            args.extend(refspecs.iter().map(String::as_str));
+            git.run("fetch", &args, true)?;
+        }
+    }
+    let object = format!("{commit}^{{commit}}");
+    let found = git
+        .run(
+            "rev-parse",
+            &[
+                "rev-parse",
+                "--quiet",
+                "--verify",
+                "--end-of-options",
+                &object,
+            ],
+            true,
+        )
+        .ok();
+    if found.as_deref().map(str::trim) != Some(commit) {
+        return Err(GitError::CommitNotFound {
+            url: remote.display.clone(),
+            commit: commit.to_owned(),
+            ref_name: ref_name.map(str::to_owned),
+        });
+    }
+    git.run(
+        "checkout",
+        &[
+            "checkout",
+            "--quiet",
+            "--detach",
+            "--no-recurse-submodules",
+            commit,
+            "--",
+        ],
+        true,
+    )?;
+    let head = git.run("rev-parse", &["rev-parse", "--verify", "HEAD"], true)?;
+    if head.trim() != commit {
+        return Err(GitError::Mismatch {
+            url: remote.display.clone(),
+            expected: commit.to_owned(),
+            actual: clean_message(head.trim()),
+        });
+    }
+    let status = git.run(
+        "status",
+        &[
+            "status",
+            "--porcelain=v1",
+            "--untracked-files=all",
+            "--ignore-submodules=none",
+        ],
+        true,
+    )?;
+    if !status.trim().is_empty() {
+        return Err(GitError::Dirty {
+            url: remote.display.clone(),
+            commit: commit.to_owned(),
+            status: clean_message(&status),
+        });
+    }
+    let config = dest.join(".git/config");
+    fs::write(&config, SANITIZED_CONFIG).map_err(|source| GitError::Io {
+        what: "rewriting",
+        path: config,
+        source,
+    })
+}
+
+fn check_commit(commit: &str) -> Result<(), GitError> {
+    let hex = commit
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hex && commit.len() == 40 {
+        Ok(())
+    } else {
+        Err(GitError::BadCommit {
+            commit: commit.to_owned(),
+        })
+    }
+}
+
+/// The job spec's rule, again, so a caller that skipped validation cannot pass an option.
+fn check_ref(ref_name: &str) -> Result<(), GitError> {
+    let bad = ref_name.is_empty()
+        || ref_name.len() > 255
+        || ref_name.starts_with('-')
+        || ref_name.contains("..")
+        || ref_name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if bad {
+        Err(GitError::BadRef {
+            ref_name: ref_name.to_owned(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// A repository location that passed the rules, and what git is to be told.
+#[derive(Debug)]
+struct Remote {
+    /// The URL as given, for messages.
+    display: String,
+    /// What git receives: the normalized URL, or the canonical path for `file://`.
+    git_arg: String,
+    /// `https`, `http` or `file`.
+    scheme: &'static str,
+    /// `host:port:addr[,addr]` for `http.curloptResolve`, when the host is a name.
+    pin: Option<String>,
+}
+
+impl Remote {
+    fn check(url: &str, policy: &GitPolicy) -> Result<Remote, GitError> {
+        let bad = || GitError::BadUrl {
+            url: url.to_owned(),
+        };
+        if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        if url.starts_with('/') {
+            return Remote::local(url, Path::new(url), policy);
+        }
+        let parsed = match Url::parse(url) {
+            Ok(parsed) => parsed,
+            // `ext::cmd`, scp-like `host:path` and other non-URLs end here or below.
+            Err(_) => match url.split_once("::").or_else(|| url.split_once(':')) {
+                Some((scheme, _))
+                    if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+                {
+                    return Err(GitError::Scheme {
+                        url: url.to_owned(),
+                        scheme: scheme.to_owned(),
+                    })
+                }
+                _ => return Err(bad()),
+            },
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(GitError::Credentials);
+        }
+        let scheme = match parsed.scheme() {
+            "https" => "https",
+            "http" => "http",
+            "file" => {
+                let path = parsed.to_file_path().map_err(|()| bad())?;
+                return Remote::local(url, &path, policy);
+            }
+            other => {
+                return Err(GitError::Scheme {
+                    url: url.to_owned(),
+                    scheme: other.to_owned(),
+                })
+            }
+        };
+        let port = parsed.port_or_known_default().ok_or_else(bad)?;
+        let addresses = AddressPolicy {
+            allow_private: policy.allow_private.clone(),
+        };
+        // The `url` crate has already normalized the host (IPv4 shorthand, case, IDNA).
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(bad)?;
+        let literal = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => Some(v6.parse::<IpAddr>().map_err(|_| bad())?),
+            None => host.parse::<IpAddr>().ok(),
+        };
+        let (addrs, pin_host) = match literal {
+            Some(ip) => (vec![ip], None),
+            None => {
+                let resolve_error = |source| GitError::Resolve {
+                    url: url.to_owned(),
+                    host: host.to_owned(),
+                    source,
+                };
+                let resolved: Vec<IpAddr> = (host, port)
+                    .to_socket_addrs()
+                    .map_err(resolve_error)?
+                    .map(|a: SocketAddr| a.ip())
+                    .collect();
+                if resolved.is_empty() {
+                    return Err(resolve_error(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "no addresses",
+                    )));
+                }
+                (resolved, Some(host.to_owned()))
+            }
+        };
+        for addr in &addrs {
+            addresses.check(*addr).map_err(|source| GitError::Address {
+                url: url.to_owned(),
+                source,
+            })?;
+        }
+        let pin = pin_host.map(|host| {
+            let list: Vec<String> = addrs
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect();
+            format!("{host}:{port}:{}", list.join(","))
+        });
+        Ok(Remote {
+            display: url.to_owned(),
+            git_arg: parsed.as_str().to_owned(),
+            scheme,
+            pin,
+        })
+    }
+
+    fn local(url: &str, path: &Path, policy: &GitPolicy) -> Result<Remote, GitError> {
+        let outside = |path: &Path| GitError::FileOutsideRoots {
+            url: url.to_owned(),
+            path: path.to_owned(),
+            empty: policy.file_roots.is_empty(),
+        };
+        if policy.file_roots.is_empty() {
+            return Err(outside(path));
+        }
+        let canonical = path.canonicalize().map_err(|source| GitError::File {
+            url: url.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let inside = policy
+            .file_roots
+            .iter()
+            .filter_map(|root| root.canonicalize().ok())
+            .any(|root| canonical.starts_with(root));
+        if !inside {
+            return Err(outside(&canonical));
+        }
+        let git_arg = canonical
+            .to_str()
+            .ok_or_else(|| GitError::BadUrl {
+                url: url.to_owned(),
+            })?
+            .to_owned();
+        Ok(Remote {
+            display: url.to_owned(),
+            git_arg,
+            scheme: "file",
+            pin: None,
+        })
+    }
+}
+
+/// `dest` must be an existing empty directory (not a symlink); returns it canonicalized.
+fn check_dest(dest: &Path) -> Result<PathBuf, GitError> {
+    let io_error = |source| GitError::Io {
+        what: "reading the destination",
+        path: dest.to_owned(),
+        source,
+    };
+    let meta = fs::symlink_metadata(dest).map_err(io_error)?;
+    if !meta.is_dir() {
+        return Err(GitError::Dest {
+            path: dest.to_owned(),
+            reason: "is not a directory (it must be an existing, empty directory)",
+        });
+    }
+    if fs::read_dir(dest).map_err(io_error)?.next().is_some() {
+        return Err(GitError::Dest {
+            path: dest.to_owned(),
+            reason: "is not empty",
+        });
+    }
+    let canonical = dest.canonicalize().map_err(io_error)?;
+    if canonical.to_str().is_none() {
+        return Err(GitError::Dest {
+            path: dest.to_owned(),
+            reason: "is not a UTF-8 path",
+        });
+    }
+    Ok(canonical)
+}
+
+/// Removes everything inside `dest`, keeping `dest` itself; failures are logged.
+fn empty_dir(dest: &Path) {
+    let Ok(entries) = fs::read_dir(dest) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = crate::fsutil::remove_tree(&entry.path()) {
+            tracing::warn!(path = %entry.path().display(), error = %e, "cannot clean up a failed git fetch");
+        }
+    }
+}
+
+/// A fresh, empty, 0700 directory that git uses as HOME; removed on drop.
+#[derive(Debug)]
+struct PrivateHome(PathBuf);
+
+impl PrivateHome {
+    fn create() -> Result<PrivateHome, GitError> {
+        let path =
+            std::env::temp_dir().join(format!("bulwark-git-{}", crate::fsutil::random_hex(12)));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| GitError::Io {
+                what: "creating git's private HOME",
+                path: path.clone(),
+                source,
+            })?;
+        Ok(PrivateHome(path))
+    }
+}
+
+impl Drop for PrivateHome {
+    fn drop(&mut self) {
+        let _ = crate::fsutil::remove_tree(&self.0);
+    }
+}
+
+/// How to run confined git for one fetch.
+#[derive(Debug)]
+struct Git<'a> {
+    url: &'a str,
+    home: &'a Path,
+    git_dir: String,
+    work_tree: String,
+    env: Vec<(&'static str, String)>,
+    config: Vec<String>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl<'a> Git<'a> {
+    fn new(
+        remote: &'a Remote,
+        dest: &Path,
+        home: &'a PrivateHome,
+        policy: &GitPolicy,
+        deadline: Instant,
+    ) -> Result<Git<'a>, GitError> {
+        let dest_str = dest.to_string_lossy().into_owned();
+        let env = vec![
+            ("PATH", GIT_PATH.to_owned()),
+            ("HOME", home.0.to_string_lossy().into_owned()),
+            ("GIT_CONFIG_NOSYSTEM", "1".to_owned()),
+            ("GIT_CONFIG_GLOBAL", "/dev/null".to_owned()),
+            ("GIT_TERMINAL_PROMPT", "0".to_owned()),
+            ("GIT_ASKPASS", "/bin/false".to_owned()),
+            ("SSH_ASKPASS", "/bin/false".to_owned()),
+            ("GIT_ALLOW_PROTOCOL", remote.scheme.to_owned()),
+            ("LC_ALL", "C".to_owned()),
+        ];
+        let mut config: Vec<String> = [
+            "core.hooksPath=/dev/null",
+            "credential.helper=",
+            "core.sshCommand=/bin/false",
+            "core.fsmonitor=false",
+            "submodule.recurse=false",
+            "protocol.allow=never",
+            "protocol.ext.allow=never",
+            "http.followRedirects=false",
+            "fetch.fsckObjects=true",
+            "core.protectNTFS=true",
+            "core.protectHFS=true",
+            "gc.auto=0",
+            "maintenance.auto=false",
+            "init.defaultBranch=bulwark",
+            "advice.detachedHead=false",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        config.push(format!("protocol.{}.allow=always", remote.scheme));
+        config.push(format!("safe.directory={dest_str}"));
+        if let Some(pin) = &remote.pin {
+            config.push(format!("http.curloptResolve={pin}"));
+        }
+        if let Some(extra) = &policy.extra_ca {
+            let bundle = ca_bundle(extra, &home.0)?;
+            config.push(format!("http.sslCAInfo={}", bundle.display()));
+        }
+        Ok(Git {
+            url: &remote.display,
+            home: &home.0,
+            git_dir: format!("{dest_str}/.git"),
+            work_tree: dest_str,
+            env,
+            config,
+            deadline,
+            timeout: policy.timeout,
+        })
+    }
+
+    /// Runs one git command; returns its stdout. `in_repo` adds `--git-dir`/`--work-tree`.
+    fn run(&self, step: &'static str, args: &[&str], in_repo: bool) -> Result<String, GitError> {
+        let timed_out = || GitError::Timeout {
+            url: self.url.to_owned(),
+            step,
+            timeout: self.timeout,
+        };
+        if Instant::now() >= self.deadline {
+            return Err(timed_out());
+        }
+        let out_path = self.home.join("stdout");
+        let err_path = self.home.join("stderr");
+        let open = |path: &Path| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|source| GitError::Io {
+                    what: "creating git's output file",
+                    path: path.to_owned(),
+                    source,
+                })
+        };
+        let (mut out, mut err) = (open(&out_path)?, open(&err_path)?);
+        let mut cmd = Command::new(GIT);
+        cmd.env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.home)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(GitError::Spawn)?)
+            .stderr(err.try_clone().map_err(GitError::Spawn)?)
+            .process_group(0);
+        for c in &self.config {
+            cmd.arg("-c").arg(c);
+        }
+        if in_repo {
+            cmd.arg(format!("--git-dir={}", self.git_dir))
+                .arg(format!("--work-tree={}", self.work_tree));
+        }
+        cmd.args(args);
+        let mut child = cmd.spawn().map_err(GitError::Spawn)?;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() >= self.deadline => {
+                    // The leader is not reaped yet, so its process group id is still ours.
+                    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait();
+                    return Err(timed_out());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(GitError::Spawn(e)),
+            }
+        };
+        let stdout = read_bounded(&mut out, 1 << 20);
+        if status.success() {
+            return Ok(stdout);
+        }
+        let stderr = read_bounded(&mut err, 64 << 10);
+        Err(GitError::Git {
+            url: self.url.to_owned(),
+            step,
+            status: match status.code() {
+                Some(code) => format!("exit status {code}"),
+                None => "killed by a signal".to_owned(),
+            },
+            output: clean_message(&stderr),
+        })
+    }
+}
+
+/// Writes the system CA bundle followed by `extra` into `home/ca.pem` for `http.sslCAInfo`
+/// (which replaces libcurl's default bundle, so both go in).
+fn ca_bundle(extra: &Path, home: &Path) -> Result<PathBuf, GitError> {
+    let mut bundle = SYSTEM_CA_BUNDLES
+        .iter()
+        .find_map(|p| fs::read(p).ok())
+        .unwrap_or_default();
+    bundle.push(b'\n');
+    bundle.extend(fs::read(extra).map_err(|source| GitError::Io {
+        what: "reading fetch.extra_ca",
+        path: extra.to_owned(),
+        source,
+    })?);
+    let path = home.join("ca.pem");
+    fs::write(&path, bundle).map_err(|source| GitError::Io {
+        what: "writing the CA bundle",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+fn read_bounded(file: &mut fs::File, cap: u64) -> String {
+    let mut buf = Vec::new();
+    let _ = file.rewind();
+    let _ = file.take(cap).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Git's output in a message: control characters (a server's `remote:` lines are its own text)
+/// become spaces, lines are joined with `; `, and only the last [`MAX_MESSAGE`] characters stay.
+fn clean_message(text: &str) -> String {
+    let joined = text
+        .lines()
+        .map(|l| {
+            l.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+        })
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let count = joined.chars().count();
+    if count <= MAX_MESSAGE {
+        joined
+    } else {
+        let tail: String = joined.chars().skip(count - MAX_MESSAGE).collect();
+        format!("…{tail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-gitsrc-{tag}-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4)
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d.canonicalize().unwrap()
+    }
+
+    /// Runs the test's own git (not the confined one) to build repositories.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new(GIT)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env_remove("GIT_CONFIG_PARAMETERS")
+            .args([
+                "-c",
+                "user.name=test",
+                "-c",
+                "user.email=test@example.org",
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "protocol.file.allow=always",
+            ])
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A repository with `f` = "one" in the first commit and "two" in the second, on `main`.
+    fn two_commits(root: &Path) -> (PathBuf, String, String) {
+        let repo = root.join("src");
+        fs::create_dir(&repo).unwrap();
+        git(&repo, &["init", "--quiet"]);
+        fs::write(repo.join("f"), "one\n").unwrap();
+        git(&repo, &["add", "f"]);
+        git(&repo, &["commit", "--quiet", "-m", "one"]);
+        let first = git(&repo, &["rev-parse", "HEAD"]);
+        fs::write(repo.join("f"), "two\n").unwrap();
+        git(&repo, &["commit", "--quiet", "-am", "two"]);
+        let second = git(&repo, &["rev-parse", "HEAD"]);
+        (repo, first, second)
+    }
+
+    fn policy_for(roots: &[&Path]) -> GitPolicy {
+        GitPolicy {
+            allow_private: Vec::new(),
+            file_roots: roots.iter().map(|r| r.to_path_buf()).collect(),
+            timeout: Duration::from_secs(60),
+            extra_ca: None,
+        }
+    }
+
+    fn file_url(path: &Path) -> String {
+        format!("file://{}", path.display())
+    }
+
+    fn is_empty(dir: &Path) -> bool {
+        fs::read_dir(dir).unwrap().next().is_none()
+    }
+
+    #[test]
+    fn the_exact_commit_is_checked_out_and_git_dir_is_sanitized() {
+        let root = tempdir("exact");
+        let (repo, first, second) = two_commits(&root);
+        let dest = tempdir("exact-dest");
+        let url = file_url(&repo);
+        let got = fetch(
+            &url,
+            &first,
+            Some("refs/heads/main"),
+            &dest,
+            &policy_for(&[&root]),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            GitSource {
+                uri: url.clone(),
+                commit: first.clone(),
+                r#ref: Some("refs/heads/main".into()),
+            }
+        );
+        assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+        assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
+        assert_ne!(first, second);
+        // Shallow: the second commit was never fetched.
+        let cat = Command::new(GIT)
+            .args(["-C"])
+            .arg(&dest)
+            .args(["cat-file", "-e", &second])
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .unwrap();
+        assert!(!cat.success(), "the later commit should not be present");
+        assert_eq!(
+            fs::read_to_string(dest.join(".git/config")).unwrap(),
+            SANITIZED_CONFIG
+        );
+        assert!(!dest.join(".git/FETCH_HEAD").exists());
+        assert!(!dest.join(".git/hooks").exists());
+        assert_eq!(
+            got.to_json(),
+            serde_json::json!({"kind": "git", "uri": url, "commit": first, "ref": "refs/heads/main"})
+        );
+    }
+
+    #[test]
+    fn a_plain_absolute_path_under_file_roots_works_too() {
+        let root = tempdir("plain");
+        let (repo, _, second) = two_commits(&root);
+        let dest = tempdir("plain-dest");
+        let url = repo.display().to_string();
+        let got = fetch(&url, &second, None, &dest, &policy_for(&[&root])).unwrap();
+        assert_eq!(got.uri, url);
+        assert_eq!(got.r#ref, None);
+        assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "two\n");
+    }
+
+    #[test]
+    fn an_unknown_commit_is_refused_with_a_clear_message_and_dest_left_empty() {
+        let root = tempdir("unknown");
+        let (repo, _, _) = two_commits(&root);
+        let dest = tempdir("unknown-dest");
+        let url = file_url(&repo);
+        let missing = "1234567890abcdef1234567890abcdef12345678";
+        let err = fetch(&url, missing, None, &dest, &policy_for(&[&root])).unwrap_err();
+        assert!(matches!(err, GitError::CommitNotFound { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("commit {missing} not found in {url} (fetched every branch and tag; check the commit id)")
+        );
+        assert!(is_empty(&dest), "a failed fetch leaves nothing behind");
+    }
+
+    #[test]
+    fn without_fetch_by_id_the_fallback_finds_the_commit_on_its_ref_or_refuses() {
+        let root = tempdir("fallback");
+        let (repo, first, second) = two_commits(&root);
+        git(&repo, &["branch", "old", &first]);
+        git(&repo, &["tag", "v1", &first]);
+        let url = file_url(&repo);
+        let policy = policy_for(&[&root]);
+        let dest = tempdir("fallback-dest");
+        fetch_with(
+            &url,
+            &first,
+            Some("refs/heads/main"),
+            &dest,
+            &policy,
+            ById::Skip,
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+        assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
+        let dest = tempdir("fallback-dest2");
+        fetch_with(&url, &second, None, &dest, &policy, ById::Skip).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "two\n");
+        // A commit that is on no fetched ref: the ref `old` does not contain `second`.
+        let dest = tempdir("fallback-dest3");
+        let err = fetch_with(
+            &url,
+            &second,
+            Some("refs/heads/old"),
+            &dest,
+            &policy,
+            ById::Skip,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("commit {second} not found in {url} (fetched refs/heads/old; check the commit and the ref)")
+        );
+        assert!(is_empty(&dest));
+    }
+
+    /// Name of the child-process half of the hook test (see below).
+    const CHILD_TEST: &str = "gitsource::tests::child_fetches_in_a_hostile_environment";
+    const CHILD_ENV: &str = "BULWARK_GITSOURCE_TEST_CHILD";
+
+    /// Runs only as a child of `hooks_from_the_runners_environment_never_run`, which gives it
+    /// a hostile process environment; as a normal test it has nothing to do.
+    #[test]
+    fn child_fetches_in_a_hostile_environment() {
+        let Ok(spec) = std::env::var(CHILD_ENV) else {
+            eprintln!("helper of hooks_from_the_runners_environment_never_run: nothing to do");
+            return;
+        };
+        let mut parts = spec.split('\n');
+        let (url, commit, dest, root) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        fetch(
+            url,
+            commit,
+            None,
+            Path::new(dest),
+            &policy_for(&[Path::new(root)]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn hooks_from_the_runners_environment_never_run() {
+        let root = tempdir("hooks");
+        let (repo, first, _) = two_commits(&root);
+        // Hooks everywhere a careless git would look: the source repository's own hooks and
+        // hooksPath, a ~/.gitconfig in HOME, and GIT_CONFIG_* variables in the environment.
+        let evil = tempdir("hooks-evil");
+        let marker = evil.join("marker");
+        let hooks = evil.join("hooks");
+        fs::create_dir(&hooks).unwrap();
+        let script = format!("#!/bin/sh\necho \"$0\" >> {}\n", marker.display());
+        for name in [
+            "post-checkout",
+            "post-merge",
+            "reference-transaction",
+            "pre-auto-gc",
+        ] {
+            let hook = hooks.join(name);
+            fs::write(&hook, &script).unwrap();
+            fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            fs::copy(&hook, repo.join(".git/hooks").join(name)).unwrap();
+        }
+        git(
+            &repo,
+            &["config", "core.hooksPath", hooks.to_str().unwrap()],
+        );
+        let gitconfig = format!("[core]\n\thooksPath = {}\n", hooks.display());
+        fs::write(evil.join(".gitconfig"), &gitconfig).unwrap();
+        let hostile = |cmd: &mut Command| {
+            cmd.env("HOME", &evil)
+                .env_remove("GIT_CONFIG_GLOBAL")
+                .env_remove("GIT_CONFIG_NOSYSTEM")
+                .env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "core.hooksPath")
+                .env("GIT_CONFIG_VALUE_0", &hooks)
+                .env(
+                    "GIT_CONFIG_PARAMETERS",
+                    format!("'core.hooksPath'='{}'", hooks.display()),
+                );
+        };
+
+        // Control: plain git in this environment does run the hook, so the test can fail.
+        let control = tempdir("hooks-control");
+        let mut cmd = Command::new(GIT);
+        hostile(&mut cmd);
+        let out = cmd
+            .arg("clone")
+            .arg("--quiet")
+            .arg(&repo)
+            .arg(control.join("c"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(marker.exists(), "control: the hook should have run");
+        fs::remove_file(&marker).unwrap();
+
+        // The confined fetch, in a child process that carries the hostile environment.
+        let dest = tempdir("hooks-dest");
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        hostile(&mut cmd);
+        let out = cmd
+            .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(
+                CHILD_ENV,
+                format!(
+                    "{}\n{first}\n{}\n{}",
+                    file_url(&repo),
+                    dest.display(),
+                    root.display()
+                ),
+            )
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+        assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
+        assert!(
+            !marker.exists(),
+            "a hook ran: {}",
+            fs::read_to_string(&marker).unwrap_or_default()
+        );
+    }
+
+    #[test]
+    fn a_destination_owned_by_another_uid_is_accepted() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to hand the destination to another uid");
+            return;
+        }
+        let root = tempdir("owner");
+        let (repo, first, _) = two_commits(&root);
+        let dest = tempdir("owner-dest");
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::chown(&dest, Some(nobody), None).unwrap();
+        fetch(&file_url(&repo), &first, None, &dest, &policy_for(&[&root])).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+    }
+
+    #[test]
+    fn a_submodule_is_not_fetched() {
+        let root = tempdir("submodule");
+        let sub = root.join("sub");
+        fs::create_dir(&sub).unwrap();
+        git(&sub, &["init", "--quiet"]);
+        fs::write(sub.join("inner"), "secret\n").unwrap();
+        git(&sub, &["add", "inner"]);
+        git(&sub, &["commit", "--quiet", "-m", "sub"]);
+        let sup = root.join("super");
+        fs::create_dir(&sup).unwrap();
+        git(&sup, &["init", "--quiet"]);
+        fs::write(sup.join("top"), "top\n").unwrap();
+        git(&sup, &["add", "top"]);
+        git(
+            &sup,
+            &["submodule", "--quiet", "add", sub.to_str().unwrap(), "sub"],
+        );
+        git(&sup, &["commit", "--quiet", "-m", "with a submodule"]);
+        let commit = git(&sup, &["rev-parse", "HEAD"]);
+        let dest = tempdir("submodule-dest");
+        fetch(&file_url(&sup), &commit, None, &dest, &policy_for(&[&root])).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("top")).unwrap(), "top\n");
+        assert!(dest.join(".gitmodules").exists());
+        assert!(
+            !dest.join("sub/inner").exists(),
+            "the submodule was fetched"
+        );
+        assert!(!dest.join(".git/modules").exists());
+    }
+
+    #[test]
+    fn file_urls_outside_file_roots_are_refused() {
+        let root = tempdir("outside");
+        let (repo, first, _) = two_commits(&root);
+        let other = tempdir("outside-other");
+        let dest = tempdir("outside-dest");
+        let err = fetch(
+            &file_url(&repo),
+            &first,
+            None,
+            &dest,
+            &policy_for(&[&other]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, GitError::FileOutsideRoots { .. }), "{err:?}");
+        assert!(
+            err.to_string().ends_with("is not under fetch.file_roots"),
+            "{err}"
+        );
+        let err = fetch(&file_url(&repo), &first, None, &dest, &policy_for(&[])).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("(which is empty: file:// sources are off)"),
+            "{err}"
+        );
+        // A symlink inside a root that points outside it is judged by its target.
+        std::os::unix::fs::symlink(&repo, other.join("link")).unwrap();
+        let err = fetch(
+            &file_url(&other.join("link")),
+            &first,
+            None,
+            &dest,
+            &policy_for(&[&other]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, GitError::FileOutsideRoots { .. }), "{err:?}");
+        assert!(is_empty(&dest));
+    }
+
+    /// A loopback listener that counts accepted connections and closes each at once.
+    fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                seen.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        (port, count)
+    }
+
+    #[test]
+    fn http_to_loopback_is_refused_before_any_connection() {
+        let (port, count) = counting_listener();
+        let dest = tempdir("loopback-dest");
+        let commit = "1234567890abcdef1234567890abcdef12345678";
+        for url in [
+            format!("http://127.0.0.1:{port}/repo.git"),
+            format!("http://localhost:{port}/repo.git"),
+            format!("https://[::1]:{port}/repo.git"),
+            format!("http://0x7f.1:{port}/repo.git"),
+        ] {
+            let err = fetch(&url, commit, None, &dest, &policy_for(&[])).unwrap_err();
+            assert!(matches!(err, GitError::Address { .. }), "{url}: {err:?}");
+            let chain = format!("{:#}", anyhow::Error::from(err));
+            assert!(chain.contains("loopback address"), "{chain}");
+            assert!(chain.contains("fetch.allow_private"), "{chain}");
+        }
+        let err = fetch(
+            "http://169.254.169.254/latest/meta-data",
+            commit,
+            None,
+            &dest,
+            &GitPolicy {
+                allow_private: vec![IpNet::parse("169.254.0.0/16").unwrap()],
+                ..policy_for(&[])
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, GitError::Address { .. }), "{err:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            0,
+            "a connection was attempted"
+        );
+        assert!(is_empty(&dest));
+    }
+
+    #[test]
+    fn allow_private_lets_git_connect_to_the_checked_address_only() {
+        let (port, count) = counting_listener();
+        let dest = tempdir("allowed-dest");
+        let policy = GitPolicy {
+            allow_private: vec![
+                IpNet::parse("127.0.0.1").unwrap(),
+                IpNet::parse("::1").unwrap(),
+            ],
+            ..policy_for(&[])
+        };
+        let commit = "1234567890abcdef1234567890abcdef12345678";
+        let url = format!("http://localhost:{port}/repo.git");
+        let err = fetch(&url, commit, None, &dest, &policy).unwrap_err();
+        // The listener hangs up at once: git connected (through the pinned address) and failed.
+        assert!(
+            matches!(err, GitError::Git { step: "fetch", .. }),
+            "{err:?}"
+        );
+        assert!(count.load(Ordering::SeqCst) >= 1, "git never connected");
+        assert!(is_empty(&dest));
+    }
+
+    #[test]
+    fn a_server_slower_than_the_timeout_is_cut_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                held.push(conn); // never answers
+            }
+        });
+        let dest = tempdir("slow-dest");
+        let policy = GitPolicy {
+            allow_private: vec![IpNet::parse("127.0.0.1").unwrap()],
+            timeout: Duration::from_secs(1),
+            ..policy_for(&[])
+        };
+        let start = Instant::now();
+        let url = format!("http://127.0.0.1:{port}/repo.git");
+        let err = fetch(&url, &"a".repeat(40), None, &dest, &policy).unwrap_err();
+        assert!(matches!(err, GitError::Timeout { .. }), "{err:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("git source {url}: timed out after 1s (fetch.timeout) during git fetch")
+        );
+        assert!(is_empty(&dest));
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        let dest = tempdir("creds-dest");
+        for url in [
+            "https://user:hunter2@example.org/repo.git",
+            "https://hunter2@example.org/repo.git",
+            "http://:hunter2@example.org/repo.git",
+        ] {
+            let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+            assert!(matches!(err, GitError::Credentials), "{url}: {err:?}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ssh_git_ext_and_scp_like_urls_are_refused() {
+        let dest = tempdir("schemes-dest");
+        for (url, scheme) in [
+            ("ssh://example.org/repo.git", "ssh"),
+            ("git://example.org/repo.git", "git"),
+            ("ext::sh -c touch% /tmp/pwned", "ext"),
+            ("ext::/bin/true", "ext"),
+            ("fd::3", "fd"),
+            ("example.org:repo.git", "example.org"),
+            ("git+ssh://example.org/repo.git", "git+ssh"),
+        ] {
+            let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+            match &err {
+                GitError::Scheme { scheme: s, .. } => assert_eq!(s, scheme, "{url}"),
+                GitError::BadUrl { .. } => {}
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(!Path::new("/tmp/pwned").exists());
+        let err = fetch(
+            "relative/path",
+            &"a".repeat(40),
+            None,
+            &dest,
+            &policy_for(&[]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, GitError::BadUrl { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn bad_commits_refs_and_destinations_are_refused_before_git_runs() {
+        let root = tempdir("bad");
+        let (repo, first, _) = two_commits(&root);
+        let url = file_url(&repo);
+        let policy = policy_for(&[&root]);
+        let dest = tempdir("bad-dest");
+        for commit in [
+            &first[..7],
+            "HEAD",
+            &first.to_uppercase(),
+            "--upload-pack=x",
+        ] {
+            let err = fetch(&url, commit, None, &dest, &policy).unwrap_err();
+            assert!(
+                matches!(err, GitError::BadCommit { .. }),
+                "{commit}: {err:?}"
+            );
+        }
+        for r in ["--upload-pack=x", "a..b", "main~1", ""] {
+            let err = fetch(&url, &first, Some(r), &dest, &policy).unwrap_err();
+            assert!(matches!(err, GitError::BadRef { .. }), "{r}: {err:?}");
+        }
+        fs::write(dest.join("keep"), "mine").unwrap();
+        let err = fetch(&url, &first, None, &dest, &policy).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("git source: destination {}: is not empty", dest.display())
+        );
+        assert_eq!(fs::read_to_string(dest.join("keep")).unwrap(), "mine");
+    }
+
+    #[test]
+    fn policy_comes_from_the_fetch_config() {
+        let config = FetchConfig {
+            allow_private: vec!["127.0.0.1".into(), "10.0.0.0/8".into()],
+            file_roots: vec!["/srv/git".into()],
+            extra_ca: "/etc/bulwark/ca.pem".into(),
+            timeout: Duration::from_secs(30),
+            ..FetchConfig::default()
+        };
+        let policy = GitPolicy::from_config(&config).unwrap();
+        assert_eq!(policy.allow_private.len(), 2);
+        assert_eq!(policy.file_roots, vec![PathBuf::from("/srv/git")]);
+        assert_eq!(policy.extra_ca, Some(PathBuf::from("/etc/bulwark/ca.pem")));
+        assert_eq!(policy.timeout, Duration::from_secs(30));
+        let bad = FetchConfig {
+            allow_private: vec!["nope".into()],
+            ..FetchConfig::default()
+        };
+        assert!(GitPolicy::from_config(&bad)
+            .unwrap_err()
+            .starts_with("fetch.allow_private: "));
+    }
+
+    #[test]
+    fn git_output_in_messages_has_no_control_characters_and_is_bounded() {
+        let msg = clean_message("remote: \x1b[31mred\x1b[0m\r\nfatal: bad\n\n");
+        assert_eq!(msg, "remote:  [31mred [0m; fatal: bad");
+        let long = "x".repeat(10 * MAX_MESSAGE);
+        assert_eq!(clean_message(&long).chars().count(), MAX_MESSAGE + 1);
+    }
+}
