@@ -227,17 +227,9 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
     let job = spec
         .validate(&loaded.config.limits)
         .map_err(|e| format!("job spec {path}: {e}"))?;
-    let unsupported = |field: &str, what: &str| {
-        format!("job spec {path}: {field}: {what} is not supported yet by this runner; remove it to run the job")
-    };
     if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
         check_egress_ceiling(&net.allow, args.trust, &loaded.config)
             .map_err(|e| format!("job spec {path}: {e}"))?;
-    }
-    if let Some(src) = &job.spec.source {
-        if src.git.is_some() {
-            return Err(unsupported("source.git", "a git source"));
-        }
     }
     // A key that cannot sign must refuse the job before it runs, not after. It is read here
     // only to check it, and dropped (zeroized) at once; signing reads it again at the end.
@@ -417,8 +409,31 @@ impl JobRun<'_> {
             .source
             .as_ref()
             .and_then(|s| s.url.clone().zip(s.sha256.clone()));
+        let git_source = self.job.spec.source.as_ref().and_then(|s| {
+            s.git
+                .clone()
+                .zip(s.commit.clone())
+                .map(|(g, c)| (g, c, s.r#ref.clone()))
+        });
         if let (Some((url, sha256)), None) = (url_source, &self.args.source) {
             self.fetch_url_source(&url, &sha256, jobdir)?;
+        } else if let (Some((url, commit, git_ref)), None) = (git_source, &self.args.source) {
+            // Fetched by the runner with git confined (cleared environment, no hooks, no
+            // submodules, checked addresses), checked out at exactly the commit.
+            let policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
+                .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+            let got = crate::gitsource::fetch(
+                &url,
+                &commit,
+                git_ref.as_deref(),
+                &jobdir.workspace,
+                &policy,
+            )
+            .map_err(|e| Stop::Refused(format!("source.git: {:#}", anyhow::Error::from(e))))?;
+            if !self.args.quiet {
+                eprintln!("bulwark: source {} at {}", got.uri, got.commit);
+            }
+            self.inputs.source = got.to_json();
         } else if let Some(src) = self.source_dir() {
             let abs = std::fs::canonicalize(&src)
                 .map_err(|e| Stop::Refused(format!("source {}: {e}", src.display())))?;

@@ -1,0 +1,165 @@
+//! `[source] git`: fetched by the runner (not the job) at exactly the pinned commit, from a
+//! repository the test creates; an unknown commit refuses the job; the repository's hooks
+//! never run.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use bulwark_tests::Env;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A repository with two commits; returns (path, first commit, second commit).
+fn make_repo(env: &Env) -> (std::path::PathBuf, String, String) {
+    let repo = env.dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("version.txt"), "first\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    std::fs::write(repo.join("version.txt"), "second\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "two"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, first, second)
+}
+
+fn job(repo: &Path, commit: &str) -> String {
+    format!(
+        "version = 1\nname = \"gitsrc\"\n[source]\ngit = \"file://{}\"\ncommit = \"{commit}\"\nref = \"refs/heads/main\"\n[[steps]]\nname = \"show\"\nrun = \"echo version=$(cat version.txt)\"\n",
+        repo.display()
+    )
+}
+
+fn run_spec(env: &Env, spec_text: &str, tag: &str) -> bulwark_tests::Run {
+    let spec = env.dir.join(format!("{tag}.toml"));
+    std::fs::write(&spec, spec_text).unwrap();
+    let out = env.dir.join(format!("{tag}-out"));
+    let o = Command::new(bulwark_tests::bulwark_bin())
+        .arg("run")
+        .arg(&spec)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    bulwark_tests::Run::from_output(o, out)
+}
+
+fn env_with_file_root(tag: &str) -> Env {
+    let env = Env::new(tag);
+    env.write_config_sections(
+        "",
+        &format!("[fetch]\nfile_roots = [\"{}\"]\n", env.dir.display()),
+    );
+    env
+}
+
+#[test]
+fn the_exact_pinned_commit_is_checked_out_and_recorded() {
+    let env = env_with_file_root("git-exact");
+    let (repo, first, _second) = make_repo(&env);
+    let r = run_spec(&env, &job(&repo, &first), "exact");
+    r.assert_code(0);
+    assert_eq!(r.value("version"), "first", "not the pinned commit\n{r}");
+    let src = &r.result()["inputs"]["source"];
+    assert_eq!(src["kind"], "git");
+    assert_eq!(src["commit"], first.as_str());
+    assert_eq!(src["ref"], "refs/heads/main");
+}
+
+#[test]
+fn an_unknown_commit_is_refused_before_any_step() {
+    let env = env_with_file_root("git-unknown");
+    let (repo, _, _) = make_repo(&env);
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let r = run_spec(&env, &job(&repo, missing), "unknown");
+    r.assert_code(2);
+    assert!(
+        r.stderr.contains(&format!("commit {missing} not found")),
+        "{r}"
+    );
+    assert!(r.result()["steps"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_repository_outside_the_file_roots_is_refused() {
+    let env = Env::new("git-roots");
+    let (repo, first, _) = make_repo(&env);
+    let r = run_spec(&env, &job(&repo, &first), "roots");
+    r.assert_code(2);
+    assert!(r.stderr.contains("file_roots"), "{r}");
+}
+
+#[test]
+fn hooks_of_the_runners_environment_and_repository_never_run() {
+    let env = env_with_file_root("git-hooks");
+    let (repo, first, _) = make_repo(&env);
+    // A hooks directory configured everywhere git might look, each hook leaving a marker.
+    let hooks = env.dir.join("evil-hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let marker = env.dir.join("hook-ran");
+    for h in [
+        "post-checkout",
+        "post-merge",
+        "reference-transaction",
+        "fsmonitor-watchman",
+    ] {
+        let p = hooks.join(h);
+        std::fs::write(&p, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        Command::new("chmod").arg("755").arg(&p).status().unwrap();
+    }
+    git(
+        &repo,
+        &["config", "core.hooksPath", hooks.to_str().unwrap()],
+    );
+    let home = env.dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".gitconfig"),
+        format!("[core]\n\thooksPath = {}\n", hooks.display()),
+    )
+    .unwrap();
+    let spec = env.dir.join("hooks.toml");
+    std::fs::write(&spec, job(&repo, &first)).unwrap();
+    let out = env.dir.join("hooks-out");
+    let o = Command::new(bulwark_tests::bulwark_bin())
+        .arg("run")
+        .arg(&spec)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("--out")
+        .arg(&out)
+        .env("HOME", &home)
+        .env("GIT_CONFIG_GLOBAL", home.join(".gitconfig"))
+        .output()
+        .unwrap();
+    let r = bulwark_tests::Run::from_output(o, out);
+    r.assert_code(0);
+    assert!(!marker.exists(), "a git hook ran during the runner's fetch");
+}
