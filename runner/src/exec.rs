@@ -106,6 +106,7 @@ fn run_inner(
             address_space: cg.is_none().then_some(limits.max_memory),
         },
         report_phases: phases,
+        rootfs: None,
         tools: Vec::new(),
         egress: None,
     };

@@ -403,6 +403,7 @@ impl JobRun<'_> {
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
         // before anything of the job runs; any failure refuses the job.
         let tools = self.resolve_tools()?;
+        let rootfs = self.resolve_rootfs()?;
         let url_source = self
             .job
             .spec
@@ -478,6 +479,7 @@ impl JobRun<'_> {
         };
         let egress = self.start_egress(jobdir, host_uid)?;
         let mut spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
+        spec.rootfs = rootfs;
         if !tools.is_empty() {
             let tool_path: Vec<String> = tools
                 .iter()
@@ -687,6 +689,7 @@ impl JobRun<'_> {
                 address_space: fallback.then_some(self.job.memory),
             },
             report_phases: false,
+            rootfs: None,
             tools: Vec::new(),
             egress: None,
         }
@@ -721,6 +724,33 @@ impl JobRun<'_> {
             "bytes": stats.bytes,
         });
         Ok(())
+    }
+
+    /// A pinned `[rootfs]`: ensured in the store like a tool (device nodes skipped,
+    /// setuid/setgid stripped), recorded as an input; the sandbox then shows it instead of the
+    /// host's system directories.
+    fn resolve_rootfs(&mut self) -> Result<Option<PathBuf>, Stop> {
+        let Some(rootfs) = self.job.spec.rootfs.clone() else {
+            return Ok(None);
+        };
+        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let store = crate::tools::open_for_jobs(&dirs.state)
+            .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
+        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
+            .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        let spec = bulwark_protocol::ToolSpec {
+            name: "rootfs".into(),
+            url: rootfs.url.clone(),
+            sha256: rootfs.sha256.clone(),
+            format: rootfs.format,
+        };
+        let r = store
+            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
+            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+        self.inputs.rootfs = Some(
+            serde_json::json!({ "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }),
+        );
+        Ok(Some(r.dir))
     }
 
     /// Ensures every `[[tools]]` entry is in the store, verified; records them as inputs.

@@ -129,6 +129,7 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
             address_space: None,
         },
         report_phases: false,
+        rootfs: None,
         tools: Vec::new(),
         egress: None,
     };

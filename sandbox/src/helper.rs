@@ -173,6 +173,13 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     let workspace =
         open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;
     let tmp = open(&spec.tmp, dir_flags, Mode::empty()).map_err(at("open tmp"))?;
+    let rootfs_dir: Option<OwnedFd> = match &spec.rootfs {
+        Some(p) => Some(
+            open(p, dir_flags, Mode::empty())
+                .map_err(|e| ("open rootfs", format!("{}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
     // Tools likewise: bind sources are taken from descriptors, so no host path (the state
     // directory may even sit under /tmp, which the new root covers) is walked again later.
     let tool_dirs: Vec<OwnedFd> = spec
@@ -191,16 +198,21 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             &spec,
             status.try_clone().map_err(at("status"))?,
             log,
-            workspace,
-            tmp,
-            egress_dir,
-            tool_dirs,
+            crate::init::Inherited {
+                workspace,
+                tmp,
+                egress_dir,
+                tool_dirs,
+                rootfs_dir,
+            },
         ),
         Forked::Parent(init) => {
             drop(log);
             drop(workspace);
             drop(tmp);
             drop(egress_dir);
+            drop(tool_dirs);
+            drop(rootfs_dir);
             loop {
                 match waitpid(init, None) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code),

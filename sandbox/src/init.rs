@@ -29,22 +29,45 @@ use crate::seccomp::JobFilters;
 use crate::spec::{Event, SandboxSpec, StepSpec};
 use crate::sys::Forked;
 
+/// Descriptors the helper opened for init: the sources of the job's mounts and the directory
+/// of the egress proxy's socket.
+#[derive(Debug)]
+pub struct Inherited {
+    /// Source of `/workspace`.
+    pub workspace: OwnedFd,
+    /// Source of `/tmp`.
+    pub tmp: OwnedFd,
+    /// Directory holding the proxy socket, when the job has network.
+    pub egress_dir: Option<OwnedFd>,
+    /// Verified tool trees, in the order of `spec.tools`.
+    pub tool_dirs: Vec<OwnedFd>,
+    /// The pinned root filesystem, if any.
+    pub rootfs_dir: Option<OwnedFd>,
+}
+
 /// Runs as pid 1 of the job; never returns.
-pub fn run(
-    spec: &SandboxSpec,
-    mut status: File,
-    log: OwnedFd,
-    workspace: OwnedFd,
-    tmp: OwnedFd,
-    egress_dir: Option<OwnedFd>,
-    tool_dirs: Vec<OwnedFd>,
-) -> ! {
-    let code = match setup(spec, &workspace, &tmp, egress_dir.as_ref(), &tool_dirs) {
+pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -> ! {
+    let Inherited {
+        workspace,
+        tmp,
+        egress_dir,
+        tool_dirs,
+        rootfs_dir,
+    } = fds;
+    let code = match setup(
+        spec,
+        &workspace,
+        &tmp,
+        egress_dir.as_ref(),
+        &tool_dirs,
+        rootfs_dir.as_ref(),
+    ) {
         Ok((filters, mut forwarder)) => {
             crate::spec::phase(spec, &mut status, "init-root-built");
             drop(workspace);
             drop(tmp);
             drop(tool_dirs);
+            drop(rootfs_dir);
             report(&mut status, &Event::Ready);
             // `egress_dir` stays open: the forwarder connects through it for every connection.
             run_steps(spec, &filters, &log, &mut status, &mut forwarder)
@@ -91,6 +114,7 @@ fn setup(
     tmp: &OwnedFd,
     egress_dir: Option<&OwnedFd>,
     tool_dirs: &[OwnedFd],
+    rootfs_dir: Option<&OwnedFd>,
 ) -> Result<(Prepared, Option<Forwarder>), Stage> {
     use std::os::fd::AsRawFd;
     // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
@@ -109,7 +133,9 @@ fn setup(
             )
         })
         .collect();
-    crate::mount::build_root(spec, ws.as_ref(), tp.as_ref(), &tools)
+    let rootfs =
+        rootfs_dir.map(|fd| std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
+    crate::mount::build_root(spec, ws.as_ref(), tp.as_ref(), &tools, rootfs.as_deref())
         .map_err(|e| ("mount", e.to_string()))?;
     sethostname(&spec.hostname).map_err(|e| ("hostname", e.to_string()))?;
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;

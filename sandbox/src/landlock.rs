@@ -106,6 +106,34 @@ pub fn prepare() -> Result<JobRuleset, LandlockError> {
     ] {
         add(p, read);
     }
+    // Any other top-level directory comes from a pinned rootfs (/opt, /var, ...): read and
+    // execute, like the system directories. Nothing else is at the top of the job's view.
+    if let Ok(entries) = std::fs::read_dir("/") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let special = [
+                "proc",
+                "dev",
+                "tmp",
+                "workspace",
+                "tools",
+                "usr",
+                "bin",
+                "sbin",
+                "lib",
+                "lib32",
+                "lib64",
+                "libx32",
+                "etc",
+            ];
+            if special.contains(&name.as_str()) || name.starts_with('.') {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                add(&format!("/{name}"), read);
+            }
+        }
+    }
     add("/proc", AccessFs::ReadFile | AccessFs::ReadDir);
     for p in ["/workspace", "/tmp", "/dev/shm"] {
         add(p, read_write);

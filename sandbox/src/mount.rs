@@ -66,6 +66,7 @@ pub fn build_root(
     workspace: &Path,
     tmp: &Path,
     tools_src: &[(String, PathBuf)],
+    rootfs: Option<&Path>,
 ) -> Result<(), MountError> {
     let root = Path::new(NEW_ROOT);
 
@@ -90,16 +91,57 @@ pub fn build_root(
     )
     .map_err(err("mount tmpfs root", root))?;
 
-    // 3. System directories, read-only. Symlinks (merged /usr) are recreated, not followed.
-    for host in &spec.system_paths {
-        bind_host_path(host, root, false)?;
-    }
-
-    // 4. A minimal /etc: selected host entries read-only, plus files describing the job user.
+    // 3. System directories, read-only: the host's, or with a pinned rootfs only the rootfs's
+    //    (the host's /usr is then not visible at all). Symlinks (merged /usr) are recreated.
     let etc = root.join("etc");
-    fs::create_dir(&etc).map_err(err("create", &etc))?;
-    for host in &spec.etc_entries {
-        copy_or_bind_etc(host, root)?;
+    match rootfs {
+        None => {
+            for host in &spec.system_paths {
+                bind_host_path(host, root, false)?;
+            }
+            // 4. A minimal /etc: selected host entries, plus files describing the job user.
+            fs::create_dir(&etc).map_err(err("create", &etc))?;
+            for host in &spec.etc_entries {
+                copy_or_bind_etc(host, root)?;
+            }
+        }
+        Some(rootfs) => {
+            for entry in fs::read_dir(rootfs).map_err(err("read rootfs", rootfs))? {
+                let entry = entry.map_err(err("read rootfs", rootfs))?;
+                let name = entry.file_name();
+                let name_str = name.to_string_lossy();
+                // The sandbox provides these itself.
+                if [
+                    "dev",
+                    "proc",
+                    "sys",
+                    "tmp",
+                    "workspace",
+                    "tools",
+                    "run",
+                    "etc",
+                ]
+                .contains(&name_str.as_ref())
+                    || name_str.starts_with('.')
+                {
+                    continue;
+                }
+                place_readonly(&entry.path(), &root.join(&name))?;
+            }
+            fs::create_dir(&etc).map_err(err("create", &etc))?;
+            let rootfs_etc = rootfs.join("etc");
+            if let Ok(entries) = fs::read_dir(&rootfs_etc) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if ["passwd", "group", "hosts", "hostname", "shadow", "gshadow"]
+                        .contains(&name.to_string_lossy().as_ref())
+                    {
+                        continue;
+                    }
+                    place_readonly(&entry.path(), &etc.join(&name))?;
+                }
+            }
+        }
     }
     write_file(&etc.join("passwd"), &format!(
         "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\nbuild:x:{JOB_UID}:{JOB_GID}:bulwark job:/workspace:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -195,6 +237,33 @@ pub fn build_root(
     )
     .map_err(err("remount root read-only", Path::new("/")))?;
     Ok(())
+}
+
+/// Makes `src` (an entry of a pinned rootfs) appear read-only at `target`: directories are
+/// bound, small regular files copied, symlinks recreated; anything else is left out.
+fn place_readonly(src: &Path, target: &Path) -> Result<(), MountError> {
+    const COPY_LIMIT: u64 = 1 << 20;
+    let meta = fs::symlink_metadata(src).map_err(err("stat", src))?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let link = fs::read_link(src).map_err(err("readlink", src))?;
+        symlink(&link, target).map_err(err("symlink", target))
+    } else if ft.is_dir() {
+        bind_dir(src, target, false)
+    } else if ft.is_file() && meta.len() <= COPY_LIMIT {
+        fs::copy(src, target).map_err(err("copy", target))?;
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o555
+        } else {
+            0o444
+        };
+        fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(err("chmod", target))
+    } else if ft.is_file() {
+        fs::File::create(target).map_err(err("create", target))?;
+        bind(src, target, false)
+    } else {
+        Ok(())
+    }
 }
 
 /// Small regular files are copied into the tmpfs (a snapshot costs less than a bind mount and

@@ -51,6 +51,10 @@ pub struct SandboxSpec {
     /// Report [`Event::Phase`] timestamps (benchmarks).
     #[serde(default)]
     pub report_phases: bool,
+    /// A verified, unpacked root filesystem whose top-level directories replace
+    /// `system_paths` and `etc_entries` (the host's system is then not visible at all).
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
     /// Verified, read-only tool directories mounted at `/tools/<name>`.
     #[serde(default)]
     pub tools: Vec<ToolMount>,

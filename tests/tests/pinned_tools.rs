@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -366,4 +367,78 @@ fn a_url_source_is_verified_copied_into_the_workspace_and_recorded() {
     let r = bulwark_tests::Run::from_output(o, out);
     r.assert_code(2);
     assert!(r.stderr.contains("sha256 mismatch"), "{r}");
+}
+
+#[test]
+fn a_pinned_rootfs_replaces_the_hosts_system_and_is_recorded() {
+    let env = env_allowing_loopback("rootfs");
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox not found: install Debian's busybox-static (.ci/run does)");
+    // A small root filesystem built with Python's tarfile, so it can hold a device node and a
+    // setuid file without privileges: the device must be skipped, the setuid bit stripped.
+    let tgz = env.dir.join("rootfs.tar.gz");
+    let script = format!(
+        r##"
+import io, tarfile
+def add(t, name, data=b"", mode=0o644, kind=tarfile.REGTYPE, link=""):
+    i = tarfile.TarInfo(name); i.mode = mode; i.type = kind; i.linkname = link; i.size = len(data)
+    t.addfile(i, io.BytesIO(data) if data else None)
+with tarfile.open("{tgz}", "w:gz") as t:
+    for d in ["bin", "etc", "usr", "usr/share", "opt"]:
+        add(t, d, mode=0o755, kind=tarfile.DIRTYPE)
+    add(t, "bin/busybox", open("{busybox}", "rb").read(), 0o755)
+    for c in ["sh", "ls", "cat", "stat", "test", "echo"]:
+        add(t, "bin/" + c, kind=tarfile.SYMTYPE, link="busybox")
+    add(t, "etc/os-release", b"NAME=bulwark-test-rootfs\n")
+    add(t, "usr/share/marker", b"rootfs marker\n")
+    add(t, "opt/suid-tool", b"#!/bin/sh\necho suid\n", 0o4755)
+    d = tarfile.TarInfo("dev-null-copy"); d.type = tarfile.CHRTYPE; d.devmajor = 1; d.devminor = 3; d.mode = 0o666
+    t.addfile(d)
+"##,
+        tgz = tgz.display()
+    );
+    assert!(Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap()
+        .success());
+    let sha = sha256_file(&tgz);
+    let server = Server::serve(std::fs::read(&tgz).unwrap());
+    let job = format!(
+        "version = 1\nname = \"rootfs\"\n[rootfs]\nurl = \"http://127.0.0.1:{}/rootfs.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"look\"\nrun = '''\necho os=$(cat /etc/os-release)\necho marker=$(cat /usr/share/marker)\ntest -e /usr/bin/python3 && echo hostusr=visible || echo hostusr=hidden\ntest -e /dev-null-copy && echo device=present || echo device=absent\necho suid=$(stat -c %a /opt/suid-tool)\necho x > out.txt\n'''\n[outputs]\npaths = [\"out.txt\"]\n",
+        server.port
+    );
+    let r = env.run(&job);
+    r.assert_code(0);
+    assert_eq!(r.value("os"), "NAME=bulwark-test-rootfs");
+    assert_eq!(r.value("marker"), "rootfs marker");
+    assert_eq!(
+        r.value("hostusr"),
+        "hidden",
+        "the host's /usr is visible\n{r}"
+    );
+    assert_eq!(r.value("device"), "absent");
+    assert_eq!(r.value("suid"), "555", "setuid bit not stripped\n{r}");
+    assert_eq!(r.result()["inputs"]["rootfs"]["sha256"], sha.as_str());
+    // Provenance lists it among the resolved dependencies.
+    let line = std::fs::read_to_string(r.out.join("provenance.intoto.jsonl")).unwrap();
+    let env_json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    use base64::Engine;
+    let stmt: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(env_json["payload"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let deps = stmt["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    assert!(
+        deps.iter()
+            .any(|d| d["name"] == "rootfs" && d["digest"]["sha256"] == sha.as_str()),
+        "{deps:?}"
+    );
 }

@@ -80,6 +80,9 @@ pub struct JobSpec {
     /// Pinned tools, fetched and verified by the runner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
+    /// A pinned root filesystem used instead of the host's system directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<RootfsSpec>,
     /// Egress allowlist; absent or empty means no network at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
@@ -92,6 +95,20 @@ pub struct JobSpec {
     /// What to copy out of `/workspace` when the job succeeds.
     #[serde(default)]
     pub outputs: OutputsSpec,
+}
+
+/// `[rootfs]`: a root filesystem tarball, verified like a tool, whose top-level directories
+/// replace the host's `/usr`, `/bin`, `/lib*` and `/etc` in the job's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsSpec {
+    /// Where to fetch it (`https`, `http` or `file`).
+    pub url: String,
+    /// Expected sha256 of the download, 64 lowercase hex.
+    pub sha256: String,
+    /// Archive format (`tar.gz`, `tar.xz` or `zip`); inferred from the URL when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ToolFormat>,
 }
 
 /// `[source]`: at most one of `path`, `git` or `url`.

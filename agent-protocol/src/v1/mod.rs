@@ -36,11 +36,12 @@ pub use config::{
     DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT,
 };
 pub use job::{
-    is_reserved_output, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, SourceSpec, StepSpec,
-    ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN, RESERVED_OUTPUT_NAMES,
+    is_reserved_output, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, RootfsSpec, SourceSpec,
+    StepSpec, ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN,
+    RESERVED_OUTPUT_NAMES,
 };
 pub use result::{
-    CgroupCounters, EgressRecord, Inputs, Isolation, IsolationMode, JobResult, JobStatus, OutputRecord,
-    StepResult, Trust,
+    CgroupCounters, EgressRecord, Inputs, Isolation, IsolationMode, JobResult, JobStatus,
+    OutputRecord, StepResult, Trust,
 };
 pub use rules::{check_name, check_sha256};

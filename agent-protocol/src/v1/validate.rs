@@ -32,6 +32,16 @@ pub(super) fn validate(spec: &JobSpec, limits: &LimitsConfig) -> Result<Validate
         check_source(source, &mut errors);
     }
     check_tools(&spec.tools, &mut errors);
+    if let Some(rootfs) = &spec.rootfs {
+        let url_ok = errors.take("rootfs.url", check_url(&rootfs.url)).is_some();
+        errors.take("rootfs.sha256", check_sha256(&rootfs.sha256));
+        let format = rootfs.format.or_else(|| ToolFormat::infer(&rootfs.url));
+        match format {
+            Some(ToolFormat::File) => errors.push("rootfs.format", "a root filesystem must be an archive: \"tar.gz\", \"tar.xz\" or \"zip\""),
+            None if url_ok => errors.push("rootfs.format", "cannot tell the format from the URL; set format to \"tar.gz\", \"tar.xz\" or \"zip\""),
+            _ => {}
+        }
+    }
     if let Some(network) = &spec.network {
         check_network(network, &mut errors);
     }
