@@ -695,15 +695,21 @@ impl JobRun<'_> {
         }
     }
 
-    /// A `[source] url` tarball: fetched and verified like a tool (same store, same address
-    /// and archive rules, device nodes skipped and setuid bits stripped), then copied into the
-    /// workspace without following links, which also yields its tree digest.
-    fn fetch_url_source(&mut self, url: &str, sha256: &str, jobdir: &JobDir) -> Result<(), Stop> {
+    /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.
+    fn store_and_policy(&self) -> Result<(crate::tools::Store, crate::tools::FetchPolicy), Stop> {
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
         let store = crate::tools::open_for_jobs(&dirs.state)
             .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
         let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
             .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        Ok((store, policy))
+    }
+
+    /// A `[source] url` tarball: fetched and verified like a tool (same store, same address
+    /// and archive rules, device nodes skipped and setuid bits stripped), then copied into the
+    /// workspace without following links, which also yields its tree digest.
+    fn fetch_url_source(&mut self, url: &str, sha256: &str, jobdir: &JobDir) -> Result<(), Stop> {
+        let (store, policy) = self.store_and_policy()?;
         let spec = bulwark_protocol::ToolSpec {
             name: "source".into(),
             url: url.to_string(),
@@ -733,11 +739,7 @@ impl JobRun<'_> {
         let Some(rootfs) = self.job.spec.rootfs.clone() else {
             return Ok(None);
         };
-        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
-        let store = crate::tools::open_for_jobs(&dirs.state)
-            .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
-        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
-            .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        let (store, policy) = self.store_and_policy()?;
         let spec = bulwark_protocol::ToolSpec {
             name: "rootfs".into(),
             url: rootfs.url.clone(),
@@ -758,11 +760,7 @@ impl JobRun<'_> {
         if self.job.spec.tools.is_empty() {
             return Ok(Vec::new());
         }
-        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
-        let store = crate::tools::open_for_jobs(&dirs.state)
-            .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
-        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
-            .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        let (store, policy) = self.store_and_policy()?;
         let mut resolved = Vec::new();
         for tool in &self.job.spec.tools {
             let r = store

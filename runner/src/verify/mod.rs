@@ -431,18 +431,7 @@ fn bundle_envelope(mut value: Value) -> Result<Result<Envelope, Rejection>, Stri
 
 /// sha256 of a file, read in 1 MiB blocks, lowercase hex.
 pub fn sha256_stream(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(crate::outputs::hex(&h.finalize()))
+    crate::provenance::sha256_file(path).map_err(std::io::Error::other)
 }
 
 fn print_verdicts(verdicts: &[Verdict], json: bool) {
