@@ -442,3 +442,28 @@ with tarfile.open("{tgz}", "w:gz") as t:
         "{deps:?}"
     );
 }
+
+#[test]
+fn two_concurrent_runs_needing_one_tool_download_it_once() {
+    let env = env_allowing_loopback("tool-race");
+    let body = tool_archive(&env);
+    let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    let job = tool_job(server.port, &sha, "hello concurrently");
+    let (mut c1, o1) = env.command(&job, &["--quiet"]);
+    let (mut c2, o2) = env.command(&job, &["--quiet"]);
+    let (h1, h2) = (c1.spawn().unwrap(), c2.spawn().unwrap());
+    let r1 = bulwark_tests::Run::from_output(h1.wait_with_output().unwrap(), o1);
+    let r2 = bulwark_tests::Run::from_output(h2.wait_with_output().unwrap(), o2);
+    r1.assert_code(0);
+    r2.assert_code(0);
+    assert!(
+        r1.log.contains("hello from the pinned tool: concurrently")
+            && r2.log.contains("concurrently")
+    );
+    assert_eq!(
+        server.requests(),
+        1,
+        "two runs downloaded the same tool twice"
+    );
+}
