@@ -4,7 +4,8 @@
 #   2. builds Bulwark (release);
 #   3. `bulwark probe`: which isolation layers this host can enforce;
 #   4. `bulwark run examples/hello/job.toml` into a fresh output directory;
-#   5. prints result.json and checks the output's sha256 against it with sha256sum.
+#   5. prints result.json and checks the output's sha256 against it with sha256sum;
+#   6. `bulwark verify`: the signed provenance (with a key made by `bulwark keygen`) covers it.
 #
 #   ./scripts/demo.sh            # output in a new directory under ${TMPDIR:-/tmp}
 #   ./scripts/demo.sh OUT_DIR    # output in OUT_DIR (must be absent or empty)
@@ -61,9 +62,12 @@ if [[ "${BULWARK_DEMO_RLIMIT_FALLBACK:-0}" == 1 ]]; then
   config=(--config "$demo_config")
   echo "BULWARK_DEMO_RLIMIT_FALLBACK=1: allowing rlimit fallback where cgroups are unavailable"
 fi
-say "bulwark run examples/hello/job.toml --out $out"
+keys=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo-keys.XXXXXX")
+say "bulwark keygen --out $keys"
+"$bulwark" keygen --out "$keys"
+say "bulwark run examples/hello/job.toml --key $keys/signing.key --out $out"
 status=0
-"$bulwark" run examples/hello/job.toml "${config[@]}" --out "$out" || status=$?
+"$bulwark" run examples/hello/job.toml "${config[@]}" --key "$keys/signing.key" --out "$out" || status=$?
 if ((status != 0)); then
   echo "bulwark run exited $status (1: a step failed; 2: refused before any step ran; 3: runner error)" >&2
   if ((status == 2)) && [[ "$(id -u)" != 0 ]]; then
@@ -86,5 +90,14 @@ if [[ -z "$recorded" ]]; then
 fi
 (cd "$out" && echo "$recorded  dist/hello.tar.gz" | sha256sum --check --strict)
 
-say "done: the job's outputs, log and result are in $out"
+say "bulwark verify: the signed provenance covers the artifact"
+verify_policy=()
+if [[ "${BULWARK_DEMO_RLIMIT_FALLBACK:-0}" == 1 ]]; then
+  # The fallback is a recorded weakening, which the default policy rejects; say it allows it.
+  printf 'forbid_weakened = false\n' > "$keys/policy.toml"
+  verify_policy=(--policy "$keys/policy.toml")
+fi
+"$bulwark" verify --provenance "$out/provenance.sigstore.json" --key "$keys/signing.pub" "${verify_policy[@]}" "$out/dist/hello.tar.gz"
+
+say "done: the job's outputs, log, result and provenance are in $out"
 ls -l "$out" "$out/dist"
