@@ -59,17 +59,11 @@ fn every_malformed_spec_in_the_corpus_is_refused_with_exit_2_naming_the_field() 
 #[test]
 fn a_section_v1_does_not_define_is_refused_not_ignored() {
     let env = Env::new("unsupported");
-    let r = env.run(&one_step(
-        "unknown",
-        "true",
-        "[rootfs]\nurl = \"https://example.org/r.tar.gz\"",
-    ));
+    // `[credentials]` is not part of job spec v1 (credentials come from the operator).
+    let r = env.run(&one_step("unknown", "true", "[credentials]\nrole = \"admin\""));
     assert_eq!(r.code, 2, "{r}");
-    assert!(r.stderr.contains("unknown field `rootfs`"), "{r}");
-    assert!(
-        r.result.is_none(),
-        "nothing may be written for a spec that does not parse"
-    );
+    assert!(r.stderr.contains("unknown field `credentials`"), "{r}");
+    assert!(r.result.is_none(), "nothing may be written for a spec that does not parse");
 }
 
 #[test]
