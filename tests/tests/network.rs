@@ -194,7 +194,10 @@ for i, host in enumerate({raw:?}):
         assert_eq!(r.value(k), "403", "{k}\n{r}");
     }
     for (i, host) in raw.iter().enumerate() {
-        assert!(r.value(&format!("raw{i}")).starts_with("HTTP/1.1 403"), "{host}: {r}");
+        assert!(
+            r.value(&format!("raw{i}")).starts_with("HTTP/1.1 403"),
+            "{host}: {r}"
+        );
     }
     assert_eq!(
         origin.count(),

@@ -60,10 +60,17 @@ fn every_malformed_spec_in_the_corpus_is_refused_with_exit_2_naming_the_field() 
 fn a_section_v1_does_not_define_is_refused_not_ignored() {
     let env = Env::new("unsupported");
     // `[credentials]` is not part of job spec v1 (credentials come from the operator).
-    let r = env.run(&one_step("unknown", "true", "[credentials]\nrole = \"admin\""));
+    let r = env.run(&one_step(
+        "unknown",
+        "true",
+        "[credentials]\nrole = \"admin\"",
+    ));
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("unknown field `credentials`"), "{r}");
-    assert!(r.result.is_none(), "nothing may be written for a spec that does not parse");
+    assert!(
+        r.result.is_none(),
+        "nothing may be written for a spec that does not parse"
+    );
 }
 
 #[test]
