@@ -3,11 +3,12 @@
 //! The order is the contract: nothing of the job runs until the spec, the configuration, the
 //! output directory and every isolation layer have been checked (exit 2 otherwise); outputs
 //! are read only after every job process is gone; `result.json` is written last, atomically.
+//!
+//! This file holds that order; `inputs.rs` fetches and verifies what goes into the job (source,
+//! tools, rootfs) and `sandbox.rs` builds the sandbox spec, starts the egress proxy and the
+//! helper, and reads what the sandbox reports.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use bulwark_protocol::{
@@ -15,12 +16,18 @@ use bulwark_protocol::{
     StepResult, Trust, ValidatedJob,
 };
 use bulwark_sandbox::cgroup::{self, JobCgroup};
-use bulwark_sandbox::spec::{EgressSpec, Event, Rlimits, SandboxSpec, StepSpec};
+use bulwark_sandbox::spec::EgressSpec;
 
 use crate::config::{self, Dirs};
 use crate::exit;
 use crate::outputs::{self, Bounds};
 use crate::workspace::{self, JobDir};
+
+mod inputs;
+mod sandbox;
+
+use inputs::chown_tree;
+use sandbox::confirmed_layers;
 
 /// Arguments of `bulwark run`.
 #[derive(Debug, Clone)]
@@ -376,15 +383,6 @@ impl JobRun<'_> {
         result
     }
 
-    fn source_dir(&self) -> Option<PathBuf> {
-        if let Some(s) = &self.args.source {
-            return Some(s.clone());
-        }
-        let p = self.job.spec.source.as_ref()?.path.as_ref()?;
-        let base = self.args.job.parent().unwrap_or(Path::new("."));
-        Some(base.join(p))
-    }
-
     fn execute_in(
         &mut self,
         jobdir: &JobDir,
@@ -632,385 +630,6 @@ impl JobRun<'_> {
             Err(e) => Ok((JobStatus::Failed, Some(e.to_string()), Vec::new())),
         }
     }
-
-    fn sandbox_spec(
-        &self,
-        jobdir: &JobDir,
-        host_uid: Option<u32>,
-        cg: Option<&JobCgroup>,
-        fallback: bool,
-    ) -> SandboxSpec {
-        let steps = self
-            .job
-            .steps
-            .iter()
-            .map(|s| {
-                let mut env: Vec<(String, String)> = vec![
-                    ("PATH".into(), JOB_PATH.into()),
-                    ("HOME".into(), "/workspace".into()),
-                    ("TMPDIR".into(), "/tmp".into()),
-                ];
-                for (k, v) in &s.env {
-                    env.retain(|(ek, _)| ek != k);
-                    env.push((k.clone(), v.clone()));
-                }
-                StepSpec {
-                    name: s.name.clone(),
-                    argv: vec!["/bin/sh".into(), "-c".into(), s.run.clone()],
-                    env,
-                    timeout_ms: s
-                        .timeout
-                        .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
-                }
-            })
-            .collect();
-        SandboxSpec {
-            job_id: jobdir.id.clone(),
-            workspace: jobdir.workspace.clone(),
-            tmp: jobdir.tmp.clone(),
-            system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
-            etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
-            host_ids: host_uid.map(|u| (u, u)),
-            cgroup_procs: cg.map(|c| c.procs_files()).unwrap_or_default(),
-            hostname: "bulwark-job".into(),
-            steps,
-            job_timeout_ms: self.job.timeout.as_millis().try_into().unwrap_or(u64::MAX),
-            kill_grace_ms: self
-                .config
-                .limits
-                .kill_grace
-                .as_millis()
-                .try_into()
-                .unwrap_or(u64::MAX),
-            rlimits: Rlimits {
-                nofile: 65536,
-                core: 0,
-                nproc: fallback.then_some(self.job.pids),
-                address_space: fallback.then_some(self.job.memory),
-            },
-            report_phases: false,
-            rootfs: None,
-            tools: Vec::new(),
-            egress: None,
-        }
-    }
-
-    /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.
-    fn store_and_policy(&self) -> Result<(crate::tools::Store, crate::tools::FetchPolicy), Stop> {
-        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
-        let store = crate::tools::open_for_jobs(&dirs.state)
-            .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
-        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
-            .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
-        Ok((store, policy))
-    }
-
-    /// A `[source] url` tarball: fetched and verified like a tool (same store, same address
-    /// and archive rules, device nodes skipped and setuid bits stripped), then copied into the
-    /// workspace without following links, which also yields its tree digest.
-    fn fetch_url_source(&mut self, url: &str, sha256: &str, jobdir: &JobDir) -> Result<(), Stop> {
-        let (store, policy) = self.store_and_policy()?;
-        let spec = bulwark_protocol::ToolSpec {
-            name: "source".into(),
-            url: url.to_string(),
-            sha256: sha256.to_string(),
-            format: None,
-        };
-        let r = store
-            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
-            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
-        let stats = crate::source::copy_tree(&r.dir, &jobdir.workspace)
-            .map_err(|e| Stop::Refused(e.to_string()))?;
-        self.inputs.source = serde_json::json!({
-            "kind": "url",
-            "uri": crate::tools::fetch::display_url(url),
-            "sha256": sha256,
-            "tree_sha256": crate::source::tree_digest(&stats.entries),
-            "files": stats.files,
-            "bytes": stats.bytes,
-        });
-        Ok(())
-    }
-
-    /// A pinned `[rootfs]`: ensured in the store like a tool (device nodes skipped,
-    /// setuid/setgid stripped), recorded as an input; the sandbox then shows it instead of the
-    /// host's system directories.
-    fn resolve_rootfs(&mut self) -> Result<Option<PathBuf>, Stop> {
-        let Some(rootfs) = self.job.spec.rootfs.clone() else {
-            return Ok(None);
-        };
-        let (store, policy) = self.store_and_policy()?;
-        let spec = bulwark_protocol::ToolSpec {
-            name: "rootfs".into(),
-            url: rootfs.url.clone(),
-            sha256: rootfs.sha256.clone(),
-            format: rootfs.format,
-        };
-        let r = store
-            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
-            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
-        self.inputs.rootfs = Some(
-            serde_json::json!({ "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }),
-        );
-        Ok(Some(r.dir))
-    }
-
-    /// Ensures every `[[tools]]` entry is in the store, verified; records them as inputs.
-    fn resolve_tools(&mut self) -> Result<Vec<crate::tools::Resolved>, Stop> {
-        if self.job.spec.tools.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (store, policy) = self.store_and_policy()?;
-        let mut resolved = Vec::new();
-        for tool in &self.job.spec.tools {
-            let r = store
-                .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
-                .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
-            if !self.args.quiet {
-                eprintln!(
-                    "bulwark: tool {} {} ({})",
-                    r.name,
-                    if r.cache_hit {
-                        "from the store"
-                    } else {
-                        "fetched and verified"
-                    },
-                    r.sha256
-                );
-            }
-            self.inputs.tools.push(serde_json::json!({ "name": r.name, "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }));
-            resolved.push(r);
-        }
-        Ok(resolved)
-    }
-
-    /// Starts the job's egress proxy when its network policy allows anything (or the operator
-    /// runs jobs in audit mode). Returns the socket directory and the running proxy.
-    fn start_egress(
-        &self,
-        jobdir: &JobDir,
-        host_uid: Option<u32>,
-    ) -> Result<Option<(PathBuf, crate::egress::JobProxy)>, Stop> {
-        let allow: Vec<String> = self
-            .job
-            .spec
-            .network
-            .as_ref()
-            .map(|n| n.allow.clone())
-            .unwrap_or_default();
-        let audit = self.config.egress.audit;
-        if allow.is_empty() && !audit {
-            return Ok(None);
-        }
-        if audit {
-            eprintln!("bulwark: warning: egress audit mode is on (egress.audit): this job may connect anywhere but the metadata addresses and this host's loopback; every connection is logged and recorded in result.json and provenance");
-        }
-        let refuse = |what: &str, e: &dyn std::fmt::Display| {
-            Stop::Refused(format!("egress proxy: {what}: {e}"))
-        };
-        let dirs = Dirs::resolve(self.config).map_err(|e| refuse("runtime directory", &e))?;
-        let dir = dirs.runtime.join("jobs").join(&jobdir.id);
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| refuse("creating the socket directory", &e))?;
-        }
-        let policy = crate::egress::EgressPolicy::new(&allow, &self.config.egress.hosts, audit)
-            .map_err(|e| refuse("policy", &e))?;
-        let socket = dir.join("egress.sock");
-        let proxy = crate::egress::start(
-            &socket,
-            policy,
-            &self.out.join("egress.log"),
-            crate::egress::ProxyLimits::default(),
-        )
-        .map_err(|e| refuse("starting", &e))?;
-        // Only the job's init (running as the job's uid) may connect; no other job or user.
-        if let Some(uid) = host_uid {
-            for p in [&dir, &socket] {
-                std::os::unix::fs::lchown(p, Some(uid), Some(uid))
-                    .map_err(|e| refuse("handing the socket to the job's uid", &e))?;
-            }
-        }
-        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| refuse("socket mode", &e))?;
-        Ok(Some((dir, proxy)))
-    }
-
-    fn run_sandbox(&mut self, spec: &SandboxSpec) -> Result<Reported, Stop> {
-        let exe = std::env::current_exe()
-            .map_err(|e| Stop::Refused(format!("locating the bulwark binary: {e}")))?;
-        // Spawned from the main thread: the helper's parent-death signal fires when the thread
-        // that spawned it exits, and the main thread lives as long as the runner.
-        let mut child = Command::new(&exe)
-            .arg(bulwark_sandbox::helper::HELPER_ARG)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                Stop::Refused(format!(
-                    "starting the sandbox helper {}: {e}",
-                    exe.display()
-                ))
-            })?;
-        let spec_json = serde_json::to_vec(spec)
-            .map_err(|e| Stop::Refused(format!("encoding the sandbox spec: {e}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            if let Err(e) = stdin.write_all(&spec_json) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Stop::Refused(format!("sending the sandbox spec: {e}")));
-            }
-        }
-        let log = child
-            .stderr
-            .take()
-            .ok_or_else(|| Stop::Refused("no log channel".into()))?;
-        let log_thread =
-            crate::joblog::capture(log, &self.out, self.config.limits.log_cap, !self.args.quiet)
-                .map_err(|e| {
-                    Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
-                })?;
-        // Backstop: if init somehow outlives every deadline, kill the helper (and with it, by
-        // parent-death signals, the whole sandbox).
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let helper_pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let backstop = Duration::from_millis(
-            spec.job_timeout_ms
-                .saturating_add(spec.kill_grace_ms.saturating_mul(2)),
-        ) + Duration::from_secs(30);
-        let watchdog = std::thread::spawn(move || {
-            if done_rx.recv_timeout(backstop) == Err(mpsc::RecvTimeoutError::Timeout) {
-                let _ = nix::sys::signal::kill(helper_pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        });
-        let mut reported = Reported::default();
-        if let Some(status) = child.stdout.take() {
-            for line in BufReader::new(status).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(ev) => self.on_event(ev, &mut reported),
-                    Err(e) => tracing::warn!("unreadable status line from the sandbox ({e})"),
-                }
-            }
-        }
-        let status = child.wait();
-        let _ = done_tx.send(());
-        let _ = watchdog.join();
-        match log_thread.join() {
-            Ok(Ok(stats)) if stats.dropped > 0 => {
-                eprintln!(
-                    "bulwark: job log truncated at {} (limits.log_cap); {} bytes dropped",
-                    format_size(self.config.limits.log_cap),
-                    stats.dropped
-                );
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Stop::Runner(format!("writing job.log: {e}"))),
-            Err(_) => return Err(Stop::Runner("the job log thread panicked".into())),
-        }
-        tracing::debug!(?status, "sandbox helper exited");
-        Ok(reported)
-    }
-
-    fn on_event(&mut self, ev: Event, r: &mut Reported) {
-        match ev {
-            Event::Ready => {}
-            Event::StepEnforced { step, enforced } => {
-                r.any_step_started = true;
-                if !self.args.quiet {
-                    eprintln!("bulwark: ▶ step {step}");
-                }
-                // Every step must report the same protections; keep the weakest seen.
-                match &r.enforced {
-                    Some(prev) if *prev != enforced => {
-                        r.setup_failed.get_or_insert((
-                            "consistency".into(),
-                            format!(
-                                "step {step} reported different protections than an earlier step"
-                            ),
-                        ));
-                    }
-                    _ => r.enforced = Some(enforced),
-                }
-            }
-            Event::StepFinished {
-                step,
-                exit_code,
-                signal,
-                duration_ms,
-                timed_out,
-            } => {
-                if !self.args.quiet {
-                    let how = match (exit_code, signal, timed_out) {
-                        (_, _, true) => "timed out".to_string(),
-                        (Some(0), _, _) => "ok".to_string(),
-                        (Some(c), _, _) => format!("exit {c}"),
-                        (None, Some(s), _) => format!("signal {s}"),
-                        _ => "ended".into(),
-                    };
-                    eprintln!("bulwark: ◀ step {step}: {how} ({duration_ms} ms)");
-                }
-                r.steps.push(StepResult {
-                    name: step,
-                    exit_code,
-                    signal,
-                    duration_ms,
-                    timed_out,
-                    limit: None,
-                });
-            }
-            Event::SetupFailed { stage, message } => {
-                r.setup_failed.get_or_insert((stage, message));
-            }
-            Event::Done { job_timed_out } => r.done = Some(job_timed_out),
-            Event::Phase { .. } => {}
-        }
-    }
-}
-
-/// Gives a freshly made tree to the job's host uid, never following a symlink.
-fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path)? {
-            chown_tree(&e?.path(), uid)?;
-        }
-    }
-    Ok(())
-}
-
-/// The layer names recorded in `isolation.confirmed`.
-fn confirmed_layers(en: &bulwark_sandbox::spec::Enforced) -> Vec<String> {
-    let mut v = vec![
-        "user-namespace".to_string(),
-        "mount-namespace".into(),
-        "pid-namespace".into(),
-        "network-namespace".into(),
-        "ipc-namespace".into(),
-        "uts-namespace".into(),
-        "cgroup-namespace".into(),
-        format!("landlock-abi-{}-fully-enforced", en.landlock_abi),
-    ];
-    if en.landlock_scoped {
-        v.push("landlock-scopes".into());
-    }
-    if en.seccomp == "allowlist" {
-        v.push("seccomp-allowlist".into());
-    }
-    if en.no_new_privs {
-        v.push("no-new-privs".into());
-    }
-    if en.capabilities_dropped {
-        v.push("capabilities-none".into());
-    }
-    v
 }
 
 /// Refuses a job where a layer it needs cannot be enforced, naming the layer. cgroups may be

@@ -1,0 +1,129 @@
+//! What goes into a job before it runs: its source (a local directory, a tarball or a git
+//! commit), its pinned tools and its pinned root filesystem. Each is fetched or copied by the
+//! runner, verified, and recorded in `result.json` (and so in provenance); any failure refuses
+//! the job before a step runs.
+
+use std::path::{Path, PathBuf};
+
+use super::{JobRun, Stop};
+use crate::config::Dirs;
+use crate::workspace::JobDir;
+
+impl JobRun<'_> {
+    pub(super) fn source_dir(&self) -> Option<PathBuf> {
+        if let Some(s) = &self.args.source {
+            return Some(s.clone());
+        }
+        let p = self.job.spec.source.as_ref()?.path.as_ref()?;
+        let base = self.args.job.parent().unwrap_or(Path::new("."));
+        Some(base.join(p))
+    }
+
+    /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.
+    pub(super) fn store_and_policy(
+        &self,
+    ) -> Result<(crate::tools::Store, crate::tools::FetchPolicy), Stop> {
+        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let store = crate::tools::open_for_jobs(&dirs.state)
+            .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
+        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
+            .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        Ok((store, policy))
+    }
+
+    /// A `[source] url` tarball: fetched and verified like a tool (same store, same address
+    /// and archive rules, device nodes skipped and setuid bits stripped), then copied into the
+    /// workspace without following links, which also yields its tree digest.
+    pub(super) fn fetch_url_source(
+        &mut self,
+        url: &str,
+        sha256: &str,
+        jobdir: &JobDir,
+    ) -> Result<(), Stop> {
+        let (store, policy) = self.store_and_policy()?;
+        let spec = bulwark_protocol::ToolSpec {
+            name: "source".into(),
+            url: url.to_string(),
+            sha256: sha256.to_string(),
+            format: None,
+        };
+        let r = store
+            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
+            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+        let stats = crate::source::copy_tree(&r.dir, &jobdir.workspace)
+            .map_err(|e| Stop::Refused(e.to_string()))?;
+        self.inputs.source = serde_json::json!({
+            "kind": "url",
+            "uri": crate::tools::fetch::display_url(url),
+            "sha256": sha256,
+            "tree_sha256": crate::source::tree_digest(&stats.entries),
+            "files": stats.files,
+            "bytes": stats.bytes,
+        });
+        Ok(())
+    }
+
+    /// A pinned `[rootfs]`: ensured in the store like a tool (device nodes skipped,
+    /// setuid/setgid stripped), recorded as an input; the sandbox then shows it instead of the
+    /// host's system directories.
+    pub(super) fn resolve_rootfs(&mut self) -> Result<Option<PathBuf>, Stop> {
+        let Some(rootfs) = self.job.spec.rootfs.clone() else {
+            return Ok(None);
+        };
+        let (store, policy) = self.store_and_policy()?;
+        let spec = bulwark_protocol::ToolSpec {
+            name: "rootfs".into(),
+            url: rootfs.url.clone(),
+            sha256: rootfs.sha256.clone(),
+            format: rootfs.format,
+        };
+        let r = store
+            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
+            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+        self.inputs.rootfs = Some(
+            serde_json::json!({ "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }),
+        );
+        Ok(Some(r.dir))
+    }
+
+    /// Ensures every `[[tools]]` entry is in the store, verified; records them as inputs.
+    pub(super) fn resolve_tools(&mut self) -> Result<Vec<crate::tools::Resolved>, Stop> {
+        if self.job.spec.tools.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (store, policy) = self.store_and_policy()?;
+        let mut resolved = Vec::new();
+        for tool in &self.job.spec.tools {
+            let r = store
+                .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
+                .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+            if !self.args.quiet {
+                eprintln!(
+                    "bulwark: tool {} {} ({})",
+                    r.name,
+                    if r.cache_hit {
+                        "from the store"
+                    } else {
+                        "fetched and verified"
+                    },
+                    r.sha256
+                );
+            }
+            self.inputs.tools.push(serde_json::json!({ "name": r.name, "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }));
+            resolved.push(r);
+        }
+        Ok(resolved)
+    }
+}
+
+/// Gives a freshly made tree to the job's host uid, never following a symlink.
+pub(super) fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid)?;
+        }
+    }
+    Ok(())
+}
