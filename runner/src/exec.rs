@@ -6,9 +6,9 @@
 //! sandbox by hand (`bulwark exec -- sh -c 'cat /proc/self/status'`). With `--phases` it
 //! prints a JSON object of monotonic timestamps for each phase of the launch.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use bulwark_sandbox::cgroup::{self, JobCgroup};
@@ -110,22 +110,8 @@ fn run_inner(
         tools: Vec::new(),
         egress: None,
     };
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .arg(bulwark_sandbox::helper::HELPER_ARG)
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("starting the sandbox helper: {e}"))?;
+    let mut child = crate::helper_process::spawn(&spec, Stdio::inherit())?;
     marks.push(("runner-helper-spawned".into(), monotonic_ns()));
-    let json = serde_json::to_vec(&spec).map_err(|e| e.to_string())?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(&json)
-            .map_err(|e| format!("sending the sandbox spec: {e}"))?;
-    }
     let mut code = None;
     let mut failed = None;
     if let Some(out) = child.stdout.take() {

@@ -20,6 +20,7 @@ pub mod exec;
 pub mod fsutil;
 pub mod gitsource;
 pub mod glob;
+pub mod helper_process;
 pub mod job;
 pub mod joblog;
 pub mod logging;

@@ -3,9 +3,9 @@
 //! Reading sysctls is not proof (an LSM can still refuse a user namespace), so after listing
 //! the layers the probe starts a real trial sandbox running `/bin/true` with every layer on.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
 
@@ -142,19 +142,7 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
 }
 
 fn run_trial(spec: &SandboxSpec) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .arg(bulwark_sandbox::helper::HELPER_ARG)
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting the sandbox helper: {e}"))?;
-    let json = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&json).map_err(|e| e.to_string())?;
-    }
+    let mut child = crate::helper_process::spawn(spec, Stdio::null())?;
     let mut enforced = None;
     let mut finished = None;
     let mut failed = None;

@@ -140,6 +140,20 @@ impl Env {
         Run::from_output(run_output(cmd), out)
     }
 
+    /// Runs `bulwark run SPEC --config <this config> --out <dir>/<out_name>` with no
+    /// `--source`, so the spec's own `[source]` (or none) applies.
+    pub fn run_spec(&self, spec: &Path, out_name: &str) -> Run {
+        let out = self.dir.join(out_name);
+        let mut cmd = Command::new(bulwark_bin());
+        cmd.arg("run")
+            .arg(spec)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--out")
+            .arg(&out);
+        Run::from_output(run_output(cmd), out)
+    }
+
     /// The command `run` would execute, and the output directory it uses.
     pub fn command(&self, job: &str, extra: &[&str]) -> (Command, PathBuf) {
         let n = self.n.get() + 1;

@@ -58,17 +58,7 @@ fn job(repo: &Path, commit: &str) -> String {
 fn run_spec(env: &Env, spec_text: &str, tag: &str) -> bulwark_tests::Run {
     let spec = env.dir.join(format!("{tag}.toml"));
     std::fs::write(&spec, spec_text).unwrap();
-    let out = env.dir.join(format!("{tag}-out"));
-    let o = Command::new(bulwark_tests::bulwark_bin())
-        .arg("run")
-        .arg(&spec)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    bulwark_tests::Run::from_output(o, out)
+    env.run_spec(&spec, &format!("{tag}-out"))
 }
 
 fn env_with_file_root(tag: &str) -> Env {

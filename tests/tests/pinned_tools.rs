@@ -335,17 +335,7 @@ fn a_url_source_is_verified_copied_into_the_workspace_and_recorded() {
     // No --source: the spec's url is the source.
     let spec = env.dir.join("urlsrc.toml");
     std::fs::write(&spec, job(&sha)).unwrap();
-    let out = env.dir.join("url-out");
-    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
-        .arg("run")
-        .arg(&spec)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let r = bulwark_tests::Run::from_output(o, out);
+    let r = env.run_spec(&spec, "url-out");
     r.assert_code(0);
     assert!(r.log.contains("from the tarball"), "{r}");
     let src = &r.result()["inputs"]["source"];
@@ -354,17 +344,7 @@ fn a_url_source_is_verified_copied_into_the_workspace_and_recorded() {
     assert_eq!(src["tree_sha256"].as_str().unwrap().len(), 64);
     // A wrong digest refuses the job.
     std::fs::write(&spec, job(&"1".repeat(64))).unwrap();
-    let out = env.dir.join("url-out2");
-    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
-        .arg("run")
-        .arg(&spec)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let r = bulwark_tests::Run::from_output(o, out);
+    let r = env.run_spec(&spec, "url-out2");
     r.assert_code(2);
     assert!(r.stderr.contains("sha256 mismatch"), "{r}");
 }

@@ -29,25 +29,16 @@ fn every_malformed_spec_in_the_corpus_is_refused_with_exit_2_naming_the_field() 
             .unwrap_or_else(|| panic!("{} lacks an expect line", path.display()))
             .trim()
             .to_string();
-        let out = env.dir.join(format!("out-{checked}"));
-        let o = std::process::Command::new(bulwark_tests::bulwark_bin())
-            .arg("run")
-            .arg(&path)
-            .arg("--config")
-            .arg(&env.config)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{}: {stderr}", path.display());
+        let r = env.run_spec(&path, &format!("out-{checked}"));
+        assert_eq!(r.code, 2, "{}: {}", path.display(), r.stderr);
         assert!(
-            stderr.contains(&expect),
-            "{}: expected {expect:?} in: {stderr}",
-            path.display()
+            r.stderr.contains(&expect),
+            "{}: expected {expect:?} in: {}",
+            path.display(),
+            r.stderr
         );
         assert!(
-            !out.exists(),
+            !r.out.exists(),
             "{}: a refused spec must not create an output directory",
             path.display()
         );

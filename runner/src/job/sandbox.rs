@@ -2,9 +2,9 @@
 //! (steps, environment, limits, tools, egress), the per-job egress proxy, the helper process
 //! with its status and log channels, and the enforcement it confirms.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -136,32 +136,8 @@ impl JobRun<'_> {
     }
 
     pub(super) fn run_sandbox(&mut self, spec: &SandboxSpec) -> Result<Reported, Stop> {
-        let exe = std::env::current_exe()
-            .map_err(|e| Stop::Refused(format!("locating the bulwark binary: {e}")))?;
-        // Spawned from the main thread: the helper's parent-death signal fires when the thread
-        // that spawned it exits, and the main thread lives as long as the runner.
-        let mut child = Command::new(&exe)
-            .arg(bulwark_sandbox::helper::HELPER_ARG)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                Stop::Refused(format!(
-                    "starting the sandbox helper {}: {e}",
-                    exe.display()
-                ))
-            })?;
-        let spec_json = serde_json::to_vec(spec)
-            .map_err(|e| Stop::Refused(format!("encoding the sandbox spec: {e}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            if let Err(e) = stdin.write_all(&spec_json) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Stop::Refused(format!("sending the sandbox spec: {e}")));
-            }
-        }
+        let mut child =
+            crate::helper_process::spawn(spec, Stdio::piped()).map_err(Stop::Refused)?;
         let log = child
             .stderr
             .take()
