@@ -78,6 +78,9 @@ impl JobDir {
     }
 }
 
+/// How long a job directory without a lock file is left alone by other runs' cleanup.
+const LOCKLESS_GRACE: Duration = Duration::from_secs(60);
+
 /// Removes what dead runs left behind in this state directory: their cgroups and directories.
 /// Returns the job ids cleaned.
 pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
@@ -97,8 +100,19 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
                 Ok(l) => Some(l),
                 Err(_) => continue, // a live run holds it
             },
-            // No lock file: the run died while creating the directory.
-            Err(_) => None,
+            // No lock file: either a live run is between creating the directory and creating
+            // its lock (a few microseconds), or a run died right there. Only a directory that
+            // has stayed lockless for a minute is taken for dead.
+            Err(_) => {
+                let age = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                if age.is_none_or(|a| a < LOCKLESS_GRACE) {
+                    continue;
+                }
+                None
+            }
         };
         if let Some(cg) = JobCgroup::existing(cgroups, &id) {
             if let Err(e) = cg.remove(Duration::from_secs(5)) {
@@ -114,4 +128,40 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
         cleaned.push(id);
     }
     cleaned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs() -> Dirs {
+        let base = std::env::temp_dir().join(format!(
+            "bulwark-ws-{}-{}",
+            std::process::id(),
+            crate::fsutil::random_hex(4)
+        ));
+        let d = Dirs {
+            state: base.join("state"),
+            runtime: base.join("run"),
+        };
+        d.create().unwrap();
+        d
+    }
+
+    #[test]
+    fn a_live_run_s_directory_is_never_cleaned_even_before_its_lock_exists() {
+        let d = dirs();
+        // A run that has created its directory but not yet its lock file.
+        let young = d.jobs().join("young-job");
+        fs::create_dir(&young).unwrap();
+        // A live, locked run.
+        let live = create(&d, "live", "2026-01-01T00:00:00Z").unwrap();
+        // A dead run: its lock exists but nobody holds it.
+        let dead = d.jobs().join("dead-job");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("lock"), "").unwrap();
+        let cleaned = cleanup_stale(&d, &Default::default());
+        assert_eq!(cleaned, vec!["dead-job".to_string()]);
+        assert!(young.exists() && live.path.exists() && !dead.exists());
+    }
 }
