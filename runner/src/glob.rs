@@ -20,23 +20,29 @@ fn match_segments(pat: &[&str], segs: &[&str]) -> bool {
         None => segs.is_empty(),
         Some((&"**", rest)) => (0..=segs.len()).any(|i| match_segments(rest, &segs[i..])),
         Some((p, rest)) => match segs.split_first() {
-            Some((s, srest)) => {
-                match_component(p.as_bytes(), s.as_bytes()) && match_segments(rest, srest)
-            }
+            Some((s, srest)) => wildcard_matches(p, s) && match_segments(rest, srest),
             None => false,
         },
     }
 }
 
-fn match_component(p: &[u8], s: &[u8]) -> bool {
-    // Iterative wildcard match with backtracking on the last '*'.
+/// Wildcard match of the whole `text`: `*` matches any run of characters (including `/`:
+/// callers that want components split them first), `?` exactly one character, anything else
+/// itself. Iterative, backtracking to the last `*`: never exponential.
+pub fn wildcard_matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = text.chars().collect();
+    wildcard(&p, &s)
+}
+
+fn wildcard(p: &[char], s: &[char]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == s[si])) {
             pi += 1;
             si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
+        } else if pi < p.len() && p[pi] == '*' {
             star = Some(pi);
             mark = si;
             pi += 1;
@@ -48,7 +54,7 @@ fn match_component(p: &[u8], s: &[u8]) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == b'*' {
+    while pi < p.len() && p[pi] == '*' {
         pi += 1;
     }
     pi == p.len()
@@ -65,7 +71,7 @@ pub fn may_descend(pattern: &str, dir: &str) -> bool {
     for (i, s) in segs.iter().enumerate() {
         match pat.get(i) {
             Some(&"**") => return true,
-            Some(p) if match_component(p.as_bytes(), s.as_bytes()) => continue,
+            Some(p) if wildcard_matches(p, s) => continue,
             _ => return false,
         }
     }
@@ -83,6 +89,13 @@ mod tests {
         assert!(matches("*.txt", "a.txt"));
         assert!(!matches("*.txt", "a.txt.bak"));
         assert!(matches("a?c", "abc"));
+    }
+
+    #[test]
+    fn a_literal_star_in_the_text_does_not_consume_the_wildcard() {
+        assert!(matches("*a", "*ba"));
+        assert!(wildcard_matches("org/*", "org/x/y"));
+        assert!(!wildcard_matches("org/?", "org/xy"));
     }
 
     #[test]

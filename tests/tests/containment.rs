@@ -121,6 +121,10 @@ report("tioclinux", 16, 0, 0x541C, 0)
 # Controls: allowed calls behave normally.
 report("tcgets_on_dev_null", 16, 0, 0x5401, 0)
 report("getpid", 39)
+# x32 syscall numbers (nr | 0x40000000) match no allowlist entry: refused, not run.
+report("x32_getpid", 0x40000000 | 39)
+# Signals to init (outside the job's Landlock domain) are refused by the signal scope.
+report("kill_init", 62, 1, 0)
 pid = os.fork()
 if pid == 0:
     os._exit(7)
@@ -174,6 +178,16 @@ print("fork_works=" + str(os.waitpid(pid, 0)[1] >> 8), flush=True)
         "ioctl itself must stay allowed\n{r}"
     );
     assert_eq!(r.value("getpid"), "ok");
+    assert_eq!(
+        r.value("x32_getpid"),
+        "EPERM",
+        "x32 numbers must not bypass the allowlist\n{r}"
+    );
+    assert_eq!(
+        r.value("kill_init"),
+        "EPERM",
+        "a job must not signal its init\n{r}"
+    );
     assert_eq!(r.value("fork_works"), "7");
 }
 

@@ -92,6 +92,12 @@ fn env_allowing_loopback(tag: &str) -> Env {
     env
 }
 
+/// Tampering with the store the way an attacker with write access would: make it writable.
+fn chmod(path: impl AsRef<std::path::Path>, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 fn store_files(env: &Env) -> usize {
     fn count(p: &std::path::Path) -> usize {
         std::fs::read_dir(p)
@@ -205,9 +211,7 @@ fn tools_verify_quarantines_a_corrupted_entry_and_a_job_needing_it_fetches_anew(
         .unwrap()
         .path();
     let script = tree.join("bin/hello");
-    let mut perms = std::fs::metadata(tree.join("bin")).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(tree.join("bin"), perms).unwrap();
+    chmod(tree.join("bin"), 0o755);
     std::fs::remove_file(&script).unwrap();
     std::fs::write(&script, "#!/bin/sh\necho pwned\n").unwrap();
     let o = std::process::Command::new(bulwark_tests::bulwark_bin())
@@ -234,9 +238,7 @@ fn tools_verify_quarantines_a_corrupted_entry_and_a_job_needing_it_fetches_anew(
     // needing the tool must fetch it anew, which fails while the server is gone and succeeds
     // once it is back.
     let blob = env.state.join("tools/blobs").join(&sha);
-    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    std::fs::set_permissions(&blob, perms).unwrap();
+    chmod(&blob, 0o644);
     std::fs::OpenOptions::new()
         .append(true)
         .open(&blob)
@@ -249,9 +251,7 @@ fn tools_verify_quarantines_a_corrupted_entry_and_a_job_needing_it_fetches_anew(
         .find(|e| e.path().is_dir())
         .unwrap()
         .path();
-    let mut perms = std::fs::metadata(tree.join("bin")).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(tree.join("bin"), perms).unwrap();
+    chmod(tree.join("bin"), 0o755);
     std::fs::write(tree.join("bin/extra"), "added").unwrap();
     let o = std::process::Command::new(bulwark_tests::bulwark_bin())
         .args(["tools", "verify", "--config"])
@@ -289,9 +289,7 @@ fn a_tampered_download_is_rehashed_before_it_is_unpacked_again() {
         bulwark_tests::remove_tree(&e.path()).unwrap();
     }
     let blob = env.state.join("tools/blobs").join(&sha);
-    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    std::fs::set_permissions(&blob, perms).unwrap();
+    chmod(&blob, 0o644);
     std::fs::OpenOptions::new()
         .append(true)
         .open(&blob)

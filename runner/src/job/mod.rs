@@ -79,6 +79,13 @@ pub const EGRESS_PORT: u16 = 3128;
 /// `PATH` inside the sandbox.
 pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// How a job that ran ended: status, the reason when it did not succeed, and its outputs.
+type Outcome = (
+    JobStatus,
+    Option<String>,
+    Vec<bulwark_protocol::OutputRecord>,
+);
+
 /// A run that ended early, with its exit status class.
 #[derive(Debug)]
 enum Stop {
@@ -294,16 +301,7 @@ struct Reported {
 }
 
 impl JobRun<'_> {
-    fn execute(
-        &mut self,
-    ) -> Result<
-        (
-            JobStatus,
-            Option<String>,
-            Vec<bulwark_protocol::OutputRecord>,
-        ),
-        Stop,
-    > {
+    fn execute(&mut self) -> Result<Outcome, Stop> {
         let limits = &self.config.limits;
         // Every layer this job relies on must be enforceable here.
         // Whether this user may create cgroups is learned by creating the job's own, below.
@@ -389,14 +387,7 @@ impl JobRun<'_> {
         host_uid: Option<u32>,
         host: &bulwark_sandbox::probe::HostLayers,
         fallback: bool,
-    ) -> Result<
-        (
-            JobStatus,
-            Option<String>,
-            Vec<bulwark_protocol::OutputRecord>,
-        ),
-        Stop,
-    > {
+    ) -> Result<Outcome, Stop> {
         let limits = &self.config.limits;
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
         // before anything of the job runs; any failure refuses the job.

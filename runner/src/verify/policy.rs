@@ -566,31 +566,7 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 /// a path in a tree we walk, so `*` deliberately crosses `/`: `https://git.example.com/org/*`
 /// covers every repository of the organisation.)
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let s: Vec<char> = text.chars().collect();
-    // Iterative match, backtracking to the last '*': linear in practice, never exponential.
-    let (mut pi, mut si) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == s[si])) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = si;
-            pi += 1;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
+    crate::glob::wildcard_matches(pattern, text)
 }
 
 /// One line from a TOML error: `line L, column C: message`.
