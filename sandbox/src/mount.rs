@@ -11,15 +11,15 @@
 //! otherwise, the same order bubblewrap uses).
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chdir, pivot_root};
 
 use crate::spec::{SandboxSpec, JOB_GID, JOB_UID};
+use crate::sys::mount_attr;
 
 /// Where the new root is assembled, in the job's private mount namespace (the host's `/tmp` is
 /// only covered there, never changed). Every bind source is either a public system path or a
@@ -69,6 +69,9 @@ pub fn build_root(
     rootfs: Option<&Path>,
 ) -> Result<(), MountError> {
     let root = Path::new(NEW_ROOT);
+    // Whatever the runner's umask: directories made below are 0755, files exactly the mode
+    // given (none of which has a group or other write bit).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
 
     // 1. Nothing we mount may propagate back to the host, and nothing the host mounts later
     //    may appear in the job.
@@ -212,7 +215,7 @@ pub fn build_root(
                 None::<&str>,
             )
             .map_err(err("bind proc entry", &p))?;
-            remount_readonly(&p, MsFlags::empty())?;
+            restrict(&p, mount_attr::RDONLY, true)?;
         }
     }
 
@@ -267,23 +270,18 @@ fn place_readonly(src: &Path, target: &Path) -> Result<(), MountError> {
 }
 
 /// Small regular files are copied into the tmpfs (a snapshot costs less than a bind mount and
-/// a remount each); directories and symlinks go through [`bind_host_path`]. A file this user
-/// cannot read is left out: the job could not have read it through a bind either.
+/// its flags); directories and symlinks go through [`bind_host_path`]. A file this user cannot
+/// read is left out: the job could not have read it through a bind either.
 fn copy_or_bind_etc(host: &Path, root: &Path) -> Result<(), MountError> {
     const COPY_LIMIT: u64 = 1 << 20;
     match fs::symlink_metadata(host) {
         Ok(m) if m.is_file() && m.len() <= COPY_LIMIT => {
             let rel = host.strip_prefix("/").unwrap_or(host);
             let target = root.join(rel);
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(err("create", parent))?;
-            }
-            match fs::read(host) {
-                Ok(bytes) => {
-                    fs::write(&target, bytes).map_err(err("write", &target))?;
-                    fs::set_permissions(&target, fs::Permissions::from_mode(0o444))
-                        .map_err(err("chmod", &target))
-                }
+            make_parent(&target, rel)?;
+            let mut bytes = Vec::with_capacity(usize::try_from(m.len()).unwrap_or(0) + 1);
+            match fs::File::open(host).and_then(|mut f| f.read_to_end(&mut bytes)) {
+                Ok(_) => create_file(&target, &bytes, 0o444),
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
                 Err(e) => Err(err("read", host)(e)),
             }
@@ -292,11 +290,30 @@ fn copy_or_bind_etc(host: &Path, root: &Path) -> Result<(), MountError> {
     }
 }
 
+/// Creates the parent directories of `target` (which is `root/rel`) when `rel` is nested: the
+/// root and its `etc` exist already, so the common case costs no system call.
+fn make_parent(target: &Path, rel: &Path) -> Result<(), MountError> {
+    if rel.components().count() > 2 {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(err("create", parent))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` (which must not exist) with `contents` and exactly `mode`.
+fn create_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), MountError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err("create", path))?;
+    f.write_all(contents).map_err(err("write", path))
+}
+
 fn write_file(path: &Path, contents: &str) -> Result<(), MountError> {
-    let mut f = fs::File::create(path).map_err(err("create", path))?;
-    f.write_all(contents.as_bytes())
-        .map_err(err("write", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(err("chmod", path))
+    create_file(path, contents.as_bytes(), 0o644)
 }
 
 /// Makes the host path `host` visible at the same place under `root`, read-only (or
@@ -310,9 +327,7 @@ fn bind_host_path(host: &Path, root: &Path, writable: bool) -> Result<(), MountE
     };
     let rel = host.strip_prefix("/").unwrap_or(host);
     let target = root.join(rel);
-    if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(err("create", parent))?;
-    }
+    make_parent(&target, rel)?;
     if meta.file_type().is_symlink() {
         let link = fs::read_link(host).map_err(err("readlink", host))?;
         return symlink(&link, &target).map_err(err("symlink", &target));
@@ -340,82 +355,17 @@ fn bind(src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
         None::<&str>,
     )
     .map_err(err("bind", target))?;
-    if writable {
-        remount_with(target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
-    } else {
-        remount_readonly(target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+    let mut attrs = mount_attr::NOSUID | mount_attr::NODEV;
+    if !writable {
+        attrs |= mount_attr::RDONLY;
     }
+    restrict(target, attrs, true)
 }
 
-fn remount_readonly(target: &Path, extra: MsFlags) -> Result<(), MountError> {
-    remount_with(target, extra | MsFlags::MS_RDONLY)?;
-    // Submounts keep their own flags after a recursive bind: make each one read-only too.
-    // Only directories can have them; reading mountinfo costs, so files skip it.
-    if target.is_dir() {
-        for sub in submounts_of(target) {
-            remount_with(&sub, extra | MsFlags::MS_RDONLY)?;
-        }
-    }
-    Ok(())
-}
-
-/// Remounts a bind mount with `flags` added to the flags it already has. A user namespace may
-/// not clear flags the host set (nosuid, noexec, atime flags are locked), so they are kept.
-fn remount_with(target: &Path, flags: MsFlags) -> Result<(), MountError> {
-    let current = statvfs(target).map_err(err("statvfs", target))?.flags();
-    let mut keep = MsFlags::empty();
-    for (fs_flag, ms_flag) in [
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if current.contains(fs_flag) {
-            keep |= ms_flag;
-        }
-    }
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | keep | flags,
-        None::<&str>,
-    )
-    .map_err(err("remount", target))
-}
-
-/// Mount points strictly below `target`, from /proc/self/mountinfo.
-fn submounts_of(target: &Path) -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p != target && p.starts_with(target))
-        .collect()
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
+/// Adds mount flags to `target` (and, `recursive`, to every submount a recursive bind
+/// brought along) in one call. Flags the host set stay; see [`crate::sys::mount_setattr_add`].
+fn restrict(target: &Path, attrs: u64, recursive: bool) -> Result<(), MountError> {
+    crate::sys::mount_setattr_add(target, attrs, recursive).map_err(err("set mount flags", target))
 }
 
 fn build_dev(dev: &Path) -> Result<(), MountError> {
@@ -445,7 +395,7 @@ fn build_dev(dev: &Path) -> Result<(), MountError> {
             None::<&str>,
         )
         .map_err(err("bind device", &target))?;
-        remount_with(&target, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+        restrict(&target, mount_attr::NOSUID | mount_attr::NOEXEC, false)?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
@@ -475,16 +425,4 @@ fn build_dev(dev: &Path) -> Result<(), MountError> {
         Some("mode=0755,size=64k"),
     )
     .map_err(err("remount read-only", dev))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
-    }
 }
