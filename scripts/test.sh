@@ -23,7 +23,7 @@ user=bulwark-rootless
 id -u "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
 stage=$(mktemp -d /tmp/bulwark-rootless.XXXXXX)
 chmod 0755 "$stage"
-cp target/debug/bulwark "$stage/"
+cp target/debug/bulwark target/debug/bulwark-sandbox "$stage/"
 # Integration test binaries of the tests crate, listed by cargo itself.
 cargo test -p bulwark-tests --locked --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys

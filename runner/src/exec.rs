@@ -110,7 +110,7 @@ fn run_inner(
         tools: Vec::new(),
         egress: None,
     };
-    let mut child = crate::helper_process::spawn(&spec, Stdio::inherit())?;
+    let mut child = crate::helper_process::HelperBinary::open()?.spawn(&spec, Stdio::inherit())?;
     marks.push(("runner-helper-spawned".into(), monotonic_ns()));
     let mut code = None;
     let mut failed = None;

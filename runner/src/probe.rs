@@ -142,7 +142,7 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
 }
 
 fn run_trial(spec: &SandboxSpec) -> Result<(), String> {
-    let mut child = crate::helper_process::spawn(spec, Stdio::null())?;
+    let mut child = crate::helper_process::HelperBinary::open()?.spawn(spec, Stdio::null())?;
     let mut enforced = None;
     let mut finished = None;
     let mut failed = None;

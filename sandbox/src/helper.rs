@@ -1,6 +1,6 @@
 //! The sandbox helper: the process the runner starts for each job.
 //!
-//! It is the runner's own binary started in helper mode (`bulwark __sandbox-helper`) with an
+//! It is the `bulwark-sandbox` binary, installed next to `bulwark`, started with an
 //! empty environment, the [`SandboxSpec`] on standard input, the status channel on standard
 //! output and the job log on standard error. It is single-threaded throughout, which is what
 //! lets it unshare a user namespace and fork safely.
@@ -34,8 +34,8 @@ use nix::unistd::{
 use crate::spec::{phase, Event, SandboxSpec, JOB_GID, JOB_UID};
 use crate::sys::Forked;
 
-/// The argument that starts the runner binary in helper mode.
-pub const HELPER_ARG: &str = "__sandbox-helper";
+/// File name of the helper binary, which the runner looks for next to its own.
+pub const HELPER_BINARY: &str = "bulwark-sandbox";
 
 type Stage = (&'static str, String);
 
@@ -45,6 +45,9 @@ fn at<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Stage {
 
 /// Entry point of helper mode; never returns.
 pub fn main() -> ! {
+    // The runner execs this binary through /proc/self/fd/N (so that what it checked is what
+    // runs), which would leave the command name as "N" in ps and top.
+    let _ = nix::sys::prctl::set_name(c"bulwark-sandbox");
     // The status channel moves off fd 1 (which becomes /dev/null), so that nothing printed by
     // accident can be read as an event; fd 2 stays the job log.
     let mut status = match dup(std::io::stdout().as_fd()) {

@@ -7,7 +7,7 @@
 use std::fs;
 
 use base64::Engine;
-use bulwark_tests::{repo_root, Env};
+use bulwark_tests::{bulwark_bin, repo_root, sha256_file, Env};
 
 const JOB: &str = r#"version = 1
 name = "golden"
@@ -32,9 +32,20 @@ fn normalise(v: &mut serde_json::Value, env: &Env) {
     p["buildDefinition"]["internalParameters"]["isolation"] = "<host-dependent isolation>".into();
     p["buildDefinition"]["internalParameters"]["weakened"] = "<host-dependent>".into();
     let rd = &mut p["runDetails"];
+    // The two binaries that made the Statement, by the digests of the files that ran.
+    let bin = bulwark_bin();
+    let deps = &rd["builder"]["builderDependencies"];
+    assert_eq!(deps[0]["digest"]["sha256"], sha256_file(&bin).as_str());
+    assert_eq!(
+        deps[1]["digest"]["sha256"],
+        sha256_file(&bin.with_file_name("bulwark-sandbox")).as_str()
+    );
     rd["builder"]["builderDependencies"][0]["digest"]["sha256"] = "<bulwark binary sha256>".into();
     rd["builder"]["version"]["bulwark"] = "<version>".into();
     rd["builder"]["builderDependencies"][0]["uri"] = "pkg:cargo/bulwark-runner@<version>".into();
+    rd["builder"]["builderDependencies"][1]["digest"]["sha256"] =
+        "<bulwark-sandbox binary sha256>".into();
+    rd["builder"]["builderDependencies"][1]["uri"] = "pkg:cargo/bulwark-sandbox@<version>".into();
     for k in ["invocationId", "startedOn", "finishedOn"] {
         rd["metadata"][k] = format!("<{k}>").into();
     }

@@ -135,6 +135,7 @@ pub fn run(args: RunArgs) -> u8 {
         inputs: Inputs::default(),
         counters: None,
         egress: None,
+        helper: None,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -173,7 +174,15 @@ pub fn run(args: RunArgs) -> u8 {
     }
     if code == exit::SUCCEEDED && !result.outputs.is_empty() {
         let t = std::time::Instant::now();
-        let signed = sign_provenance(&args, &loaded.config, &job, &job_sha256, &result, &out);
+        let signed = sign_provenance(
+            &args,
+            &loaded.config,
+            &job,
+            &job_sha256,
+            &result,
+            &out,
+            runner.helper.as_ref(),
+        );
         tracing::info!(
             provenance_ms = t.elapsed().as_secs_f64() * 1000.0,
             subjects = result.outputs.len(),
@@ -288,6 +297,8 @@ struct JobRun<'a> {
     inputs: Inputs,
     counters: Option<bulwark_protocol::CgroupCounters>,
     egress: Option<bulwark_protocol::EgressRecord>,
+    /// The sandbox helper that ran the job, kept open so provenance hashes that file.
+    helper: Option<crate::helper_process::HelperBinary>,
 }
 
 /// What the sandbox reported.
@@ -660,6 +671,7 @@ fn sign_provenance(
     job_sha256: &str,
     result: &JobResult,
     out: &Path,
+    helper: Option<&crate::helper_process::HelperBinary>,
 ) -> anyhow::Result<Option<PathBuf>> {
     use crate::provenance::{self, ProvenanceInput};
     let dirs = Dirs::resolve(config)?;
@@ -683,6 +695,10 @@ fn sign_provenance(
             .unwrap_or_default(),
         byproducts,
         runner_sha256: provenance::own_binary_sha256()?,
+        helper_sha256: helper
+            .map(|h| h.sha256())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("hashing the sandbox helper: {e}"))?,
     };
     let statement = provenance::build_statement(&input);
     // The key is read now, after every job process is gone, and dropped when this returns.

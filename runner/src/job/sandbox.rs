@@ -136,8 +136,9 @@ impl JobRun<'_> {
     }
 
     pub(super) fn run_sandbox(&mut self, spec: &SandboxSpec) -> Result<Reported, Stop> {
-        let mut child =
-            crate::helper_process::spawn(spec, Stdio::piped()).map_err(Stop::Refused)?;
+        let helper = crate::helper_process::HelperBinary::open().map_err(Stop::Refused)?;
+        let mut child = helper.spawn(spec, Stdio::piped()).map_err(Stop::Refused)?;
+        self.helper = Some(helper);
         let log = child
             .stderr
             .take()

@@ -50,6 +50,8 @@ pub struct ProvenanceInput<'a> {
     pub byproducts: Vec<(String, String)>,
     /// sha256 of the running bulwark binary.
     pub runner_sha256: String,
+    /// sha256 of the sandbox helper binary that ran the job.
+    pub helper_sha256: Option<String>,
 }
 
 /// Builds the Statement.
@@ -125,11 +127,19 @@ pub fn build_statement(input: &ProvenanceInput<'_>) -> Statement {
                     version: [("bulwark".to_string(), version.to_string())]
                         .into_iter()
                         .collect(),
-                    builder_dependencies: vec![ResourceDescriptor::sha256(
+                    builder_dependencies: std::iter::once(ResourceDescriptor::sha256(
                         Some("bulwark".into()),
                         Some(format!("pkg:cargo/bulwark-runner@{version}")),
                         &input.runner_sha256,
-                    )],
+                    ))
+                    .chain(input.helper_sha256.as_ref().map(|sha| {
+                        ResourceDescriptor::sha256(
+                            Some("bulwark-sandbox".into()),
+                            Some(format!("pkg:cargo/bulwark-sandbox@{version}")),
+                            sha,
+                        )
+                    }))
+                    .collect(),
                 },
                 metadata: BuildMetadata {
                     invocation_id: r.invocation_id.clone(),

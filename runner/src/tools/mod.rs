@@ -42,7 +42,7 @@ pub use fetch::{FetchError, FetchPolicy};
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use store::{Corrupt, Resolved, Store, ToolError, VerifyReport};
 
