@@ -17,7 +17,8 @@
 //! range `200000-265535`). The job's gid equals its uid, so both files are checked.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -33,16 +34,15 @@ pub struct UidLease {
 }
 
 const CLEAN: &str = "clean";
-const IN_USE: &str = "in-use\n";
+// Both states are written as eight bytes at offset 0, so a state change is one `pwrite` and
+// never a truncate (which on ext4 queues writeback of the truncated file when it is closed).
+const CLEAN_RECORD: &[u8; 8] = b"clean  \n";
+const IN_USE_RECORD: &[u8; 8] = b"in-use \n";
 
 impl UidLease {
     /// Ends the lease after the caller has seen every process of the job gone.
-    pub fn release_clean(mut self) {
-        let _ = self
-            .lock
-            .set_len(0)
-            .and_then(|_| self.lock.rewind())
-            .and_then(|_| self.lock.write_all(b"clean\n"));
+    pub fn release_clean(self) {
+        let _ = self.lock.write_all_at(CLEAN_RECORD, 0);
     }
 }
 
@@ -76,9 +76,7 @@ pub fn lease(range: &UidRange, lock_dir: &Path) -> Result<UidLease> {
                 if state.trim() != CLEAN && busy.get_or_insert_with(uids_in_use).contains(&uid) {
                     continue;
                 }
-                lock.set_len(0)
-                    .and_then(|_| lock.rewind())
-                    .and_then(|_| lock.write_all(IN_USE.as_bytes()))
+                lock.write_all_at(IN_USE_RECORD, 0)
                     .with_context(|| format!("writing {}", path.display()))?;
                 return Ok(UidLease { uid, lock });
             }
@@ -175,12 +173,25 @@ mod tests {
         let e = lease(&range, &dir).unwrap_err();
         assert!(e.to_string().contains("no free job uid"), "{e}");
         a.release_clean();
+        assert_eq!(
+            fs::read_to_string(dir.join("4000000000.lock"))
+                .unwrap()
+                .trim(),
+            "clean"
+        );
         let c = lease(&range, &dir).unwrap();
         assert_eq!(c.uid, 4_000_000_000);
         assert_eq!(
-            fs::read_to_string(dir.join("4000000000.lock")).unwrap(),
-            "in-use\n"
+            fs::read_to_string(dir.join("4000000000.lock"))
+                .unwrap()
+                .trim(),
+            "in-use"
         );
+        // A lock file from before fixed-length records (`clean\n`) still reads as clean.
+        drop(c);
+        fs::write(dir.join("4000000000.lock"), "clean\n").unwrap();
+        let d = lease(&range, &dir).unwrap();
+        assert_eq!(d.uid, 4_000_000_000);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -56,6 +56,7 @@ pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -
     } = fds;
     let code = match setup(
         spec,
+        &mut status,
         &workspace,
         &tmp,
         egress_dir.as_ref(),
@@ -110,6 +111,7 @@ impl std::fmt::Debug for Prepared {
 
 fn setup(
     spec: &SandboxSpec,
+    status: &mut File,
     workspace: &OwnedFd,
     tmp: &OwnedFd,
     egress_dir: Option<&OwnedFd>,
@@ -137,11 +139,14 @@ fn setup(
         rootfs_dir.map(|fd| std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
     crate::mount::build_root(spec, ws.as_ref(), tp.as_ref(), &tools, rootfs.as_deref())
         .map_err(|e| ("mount", e.to_string()))?;
+    crate::spec::phase(spec, status, "init-mounted");
     sethostname(&spec.hostname).map_err(|e| ("hostname", e.to_string()))?;
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| ("dumpable", e.to_string()))?;
+    crate::spec::phase(spec, status, "init-loopback-up");
     let filters = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
     let landlock = crate::landlock::prepare().map_err(|e| ("landlock", e.to_string()))?;
+    crate::spec::phase(spec, status, "init-filters-prepared");
     // The job's one way out: a forwarder on its loopback to the runner's proxy socket, reached
     // through the directory descriptor the helper opened (after pivot_root, /proc is the job's
     // own, and /proc/self/fd is init's table).

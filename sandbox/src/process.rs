@@ -72,6 +72,16 @@ fn prepare(
     status: &mut File,
     report_phases: bool,
 ) -> Result<std::convert::Infallible, StageError> {
+    let mark = |status: &mut File, name: &str| {
+        if report_phases {
+            let ev = Event::Phase {
+                name: name.into(),
+                mono_ns: crate::spec::monotonic_ns(),
+            };
+            let _ = writeln!(status, "{}", ev.to_line());
+        }
+    };
+    mark(status, "job-forked");
     // Init blocks SIGCHLD to read it from a signalfd; the mask survives exec, so undo it.
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(stage("signal mask"))?;
@@ -105,7 +115,9 @@ fn prepare(
         .landlock
         .restrict_self()
         .map_err(stage("landlock"))?;
+    mark(status, "job-landlocked");
     crate::capabilities::drop_all().map_err(stage("capabilities"))?;
+    mark(status, "job-capabilities-dropped");
 
     let enforced = Enforced {
         landlock_abi: landlock.abi,
@@ -144,13 +156,7 @@ fn prepare(
         .to_line()
     )
     .map_err(stage("report"))?;
-    if report_phases {
-        let ev = Event::Phase {
-            name: "job-exec".into(),
-            mono_ns: crate::spec::monotonic_ns(),
-        };
-        let _ = writeln!(status, "{}", ev.to_line());
-    }
+    mark(status, "job-exec");
     crate::sys::close_fds_from(3).map_err(stage("close descriptors"))?;
     let e = execve(&prog, &argv, &envp).unwrap_err();
     let _ = writeln!(
