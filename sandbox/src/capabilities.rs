@@ -38,10 +38,11 @@ pub fn drop_all() -> Result<(), CapsError> {
             message: e.to_string(),
         })?;
     }
-    // Verify rather than trust: every set must read back empty.
+    // Verify rather than trust the three sets capset wrote (one capget each). The bounding and
+    // ambient sets are not read back one capability at a time (82 more prctl calls on every
+    // job start): each drop above returned success, which is the kernel's statement that the
+    // bit is clear, and the containment tests read every Cap* line from the job's own view.
     for (set, name) in [
-        (CapSet::Bounding, "bounding"),
-        (CapSet::Ambient, "ambient"),
         (CapSet::Inheritable, "inheritable"),
         (CapSet::Effective, "effective"),
         (CapSet::Permitted, "permitted"),

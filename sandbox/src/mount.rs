@@ -14,6 +14,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
@@ -100,7 +101,7 @@ pub fn build_root(
     match rootfs {
         None => {
             for host in &spec.system_paths {
-                bind_host_path(host, root, false)?;
+                bind_host_path(host, root)?;
             }
             // 4. A minimal /etc: selected host entries, plus files describing the job user.
             fs::create_dir(&etc).map_err(err("create", &etc))?;
@@ -159,11 +160,7 @@ pub fn build_root(
     )?;
     write_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
 
-    // 5. The job's writable places: /workspace and /tmp, never executable as setuid, no devices.
-    bind_dir(workspace, &root.join("workspace"), true)?;
-    bind_dir(tmp, &root.join("tmp"), true)?;
-
-    // 6. Pinned tools, each read-only (and nosuid, nodev) at /tools/<name>, then the Landlock
+    // 5. Pinned tools, each read-only (and nosuid, nodev) at /tools/<name>, then the Landlock
     //    canary. A tool name cannot contain `/` or `..` (the spec's name pattern), and is
     //    checked again here because this code trusts nothing it is given.
     let tools = root.join("tools");
@@ -181,7 +178,7 @@ pub fn build_root(
                 source: io::Error::from(io::ErrorKind::InvalidInput),
             });
         }
-        bind_dir(src, &tools.join(name), false)?;
+        bind_dir(src, &tools.join(name), Access::ReadOnly)?;
     }
     let canary = root.join(LANDLOCK_CANARY.trim_start_matches('/'));
     write_file(
@@ -189,21 +186,33 @@ pub fn build_root(
         "This file is readable by its mode and mounts but outside the Landlock ruleset.\n",
     )?;
 
-    // 7. A small /dev: a few host device nodes bound in, shm, and the usual symlinks.
-    build_dev(&root.join("dev"))?;
+    // 6. Seal: the root and every bind placed so far become read-only, nosuid and nodev in
+    //    one call. Only mount points for what follows are created first; nothing can be
+    //    created in the root after this.
+    let mount_points = ["workspace", "tmp", "dev", "proc"].map(|d| root.join(d));
+    for d in &mount_points {
+        fs::create_dir(d).map_err(err("create", d))?;
+    }
+    seal_readonly_tree(root)?;
 
-    // 8. A fresh /proc for the new pid namespace, *before* the old root is detached (see the
+    // 7. The job's writable places: /workspace and /tmp, never executable as setuid, no devices.
+    bind(workspace, &mount_points[0], Access::Writable)?;
+    bind(tmp, &mount_points[1], Access::Writable)?;
+
+    // 8. A small /dev: a few host device nodes bound in, shm, and the usual symlinks.
+    build_dev(&mount_points[2])?;
+
+    // 9. A fresh /proc for the new pid namespace, *before* the old root is detached (see the
     //    module docs), with the kernel-tunable parts made read-only.
-    let proc_dir = root.join("proc");
-    fs::create_dir(&proc_dir).map_err(err("create", &proc_dir))?;
+    let proc_dir = &mount_points[3];
     mount(
         Some("proc"),
-        &proc_dir,
+        proc_dir.as_path(),
         Some("proc"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(err("mount proc", &proc_dir))?;
+    .map_err(err("mount proc", proc_dir))?;
     for sub in ["sys", "sysrq-trigger", "irq", "bus"] {
         let p = proc_dir.join(sub);
         if p.exists() {
@@ -219,27 +228,39 @@ pub fn build_root(
         }
     }
 
-    // 9. Switch roots. pivot_root(".", ".") stacks the old root on top of the new one; the
-    //    lazy unmount then detaches it, so no path leads back to the host's tree.
+    // 10. Switch roots. pivot_root(".", ".") stacks the old root on top of the new one; the
+    //     lazy unmount then detaches it, so no path leads back to the host's tree. The new
+    //     root is read-only since step 6: the job can write only where it was given a place.
     chdir(root).map_err(err("chdir", root))?;
     pivot_root(".", ".").map_err(err("pivot_root", root))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detach old root", Path::new("/")))?;
     chdir("/").map_err(err("chdir", Path::new("/")))?;
-
-    // 10. The root itself becomes read-only: the job can write only where it was given a place.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REMOUNT
-            | MsFlags::MS_BIND
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(err("remount root read-only", Path::new("/")))?;
     Ok(())
+}
+
+/// Set once the root is sealed; a read-only bind after that would stay writable, so it is
+/// refused. (Init builds one root per process, single-threaded.)
+static SEALED: AtomicBool = AtomicBool::new(false);
+
+/// Makes the new root and every mount under it read-only, nosuid and nodev (step 6).
+fn seal_readonly_tree(root: &Path) -> Result<(), MountError> {
+    restrict(
+        root,
+        mount_attr::RDONLY | mount_attr::NOSUID | mount_attr::NODEV,
+        true,
+    )?;
+    SEALED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// How a bind mount is restricted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Read-only, nosuid and nodev, applied to the whole tree by [`seal_readonly_tree`]; only
+    /// for binds placed before it.
+    ReadOnly,
+    /// Writable, nosuid and nodev, applied at once.
+    Writable,
 }
 
 /// Makes `src` (an entry of a pinned rootfs) appear read-only at `target`: directories are
@@ -252,7 +273,7 @@ fn place_readonly(src: &Path, target: &Path) -> Result<(), MountError> {
         let link = fs::read_link(src).map_err(err("readlink", src))?;
         symlink(&link, target).map_err(err("symlink", target))
     } else if ft.is_dir() {
-        bind_dir(src, target, false)
+        bind_dir(src, target, Access::ReadOnly)
     } else if ft.is_file() && meta.len() <= COPY_LIMIT {
         fs::copy(src, target).map_err(err("copy", target))?;
         let mode = if meta.permissions().mode() & 0o111 != 0 {
@@ -263,7 +284,7 @@ fn place_readonly(src: &Path, target: &Path) -> Result<(), MountError> {
         fs::set_permissions(target, fs::Permissions::from_mode(mode)).map_err(err("chmod", target))
     } else if ft.is_file() {
         fs::File::create(target).map_err(err("create", target))?;
-        bind(src, target, false)
+        bind(src, target, Access::ReadOnly)
     } else {
         Ok(())
     }
@@ -286,7 +307,7 @@ fn copy_or_bind_etc(host: &Path, root: &Path) -> Result<(), MountError> {
                 Err(e) => Err(err("read", host)(e)),
             }
         }
-        _ => bind_host_path(host, root, false),
+        _ => bind_host_path(host, root),
     }
 }
 
@@ -316,10 +337,10 @@ fn write_file(path: &Path, contents: &str) -> Result<(), MountError> {
     create_file(path, contents.as_bytes(), 0o644)
 }
 
-/// Makes the host path `host` visible at the same place under `root`, read-only (or
-/// read-write when `writable`). Missing host paths are skipped: not every distribution has
+/// Makes the host path `host` visible at the same place under `root` (read-only once the root
+/// is sealed). Missing host paths are skipped: not every distribution has
 /// `/lib64` or `/etc/alternatives`.
-fn bind_host_path(host: &Path, root: &Path, writable: bool) -> Result<(), MountError> {
+fn bind_host_path(host: &Path, root: &Path) -> Result<(), MountError> {
     let meta = match fs::symlink_metadata(host) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -333,19 +354,26 @@ fn bind_host_path(host: &Path, root: &Path, writable: bool) -> Result<(), MountE
         return symlink(&link, &target).map_err(err("symlink", &target));
     }
     if meta.is_dir() {
-        bind_dir(host, &target, writable)
+        bind_dir(host, &target, Access::ReadOnly)
     } else {
         fs::File::create(&target).map_err(err("create", &target))?;
-        bind(host, &target, writable)
+        bind(host, &target, Access::ReadOnly)
     }
 }
 
-fn bind_dir(src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
+fn bind_dir(src: &Path, target: &Path, access: Access) -> Result<(), MountError> {
     fs::create_dir_all(target).map_err(err("create", target))?;
-    bind(src, target, writable)
+    bind(src, target, access)
 }
 
-fn bind(src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
+fn bind(src: &Path, target: &Path, access: Access) -> Result<(), MountError> {
+    if access == Access::ReadOnly && SEALED.load(Ordering::SeqCst) {
+        return Err(MountError {
+            step: "read-only bind after the root was sealed",
+            path: target.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    }
     // Recursive, because a user namespace may not reveal what a host submount hides.
     mount(
         Some(src),
@@ -355,11 +383,10 @@ fn bind(src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
         None::<&str>,
     )
     .map_err(err("bind", target))?;
-    let mut attrs = mount_attr::NOSUID | mount_attr::NODEV;
-    if !writable {
-        attrs |= mount_attr::RDONLY;
+    match access {
+        Access::ReadOnly => Ok(()),
+        Access::Writable => restrict(target, mount_attr::NOSUID | mount_attr::NODEV, true),
     }
-    restrict(target, attrs, true)
 }
 
 /// Adds mount flags to `target` (and, `recursive`, to every submount a recursive bind
@@ -369,7 +396,6 @@ fn restrict(target: &Path, attrs: u64, recursive: bool) -> Result<(), MountError
 }
 
 fn build_dev(dev: &Path) -> Result<(), MountError> {
-    fs::create_dir(dev).map_err(err("create", dev))?;
     mount(
         Some("tmpfs"),
         dev,
@@ -386,7 +412,8 @@ fn build_dev(dev: &Path) -> Result<(), MountError> {
         let target = dev.join(name);
         fs::File::create(&target).map_err(err("create", &target))?;
         // Device nodes need a mount without nodev; the bind keeps the host mount's flags,
-        // and only these few nodes are reachable.
+        // and only these few nodes are reachable. (nosuid and noexec would mean nothing on a
+        // device node: only regular files are executed.)
         mount(
             Some(&host),
             &target,
@@ -395,7 +422,6 @@ fn build_dev(dev: &Path) -> Result<(), MountError> {
             None::<&str>,
         )
         .map_err(err("bind device", &target))?;
-        restrict(&target, mount_attr::NOSUID | mount_attr::NOEXEC, false)?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
