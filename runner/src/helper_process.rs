@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -81,17 +81,33 @@ impl HelperBinary {
     pub fn spawn(&self, spec: &SandboxSpec, log: Stdio) -> Result<Child, String> {
         let json =
             serde_json::to_vec(spec).map_err(|e| format!("encoding the sandbox spec: {e}"))?;
+        let (spec_read, spec_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("spec pipe: {e}"))?;
+        let mut spec_write = Some(File::from(spec_write));
+        // A spec that fits the pipe is written before the helper starts, so the helper reads
+        // it at once instead of waiting for us to be scheduled again; a larger one after.
+        let capacity = nix::fcntl::fcntl(
+            spec_write.as_ref().map(|f| f.as_fd()).ok_or("spec pipe")?,
+            nix::fcntl::FcntlArg::F_GETPIPE_SZ,
+        )
+        .map_or(4096, |c| usize::try_from(c).unwrap_or(4096));
+        if json.len() <= capacity {
+            if let Some(mut w) = spec_write.take() {
+                w.write_all(&json)
+                    .map_err(|e| format!("sending the sandbox spec: {e}"))?;
+            }
+        }
         let mut child = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
             .arg0(bulwark_sandbox::helper::HELPER_BINARY)
             .env_clear()
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(spec_read))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting the sandbox helper {}: {e}", self.path.display()))?;
-        // Dropping stdin after the write closes it: the helper reads the spec to its end.
-        if let Some(mut stdin) = child.stdin.take() {
-            if let Err(e) = stdin.write_all(&json) {
+        // Dropping the write end after the write closes it: the helper reads to its end.
+        if let Some(mut w) = spec_write.take() {
+            if let Err(e) = w.write_all(&json) {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("sending the sandbox spec: {e}"));

@@ -103,6 +103,23 @@ fn a_configuration_with_an_unknown_key_is_refused_naming_the_file() {
 }
 
 #[test]
+fn a_spec_larger_than_a_pipe_reaches_the_sandbox_whole() {
+    // The runner writes a spec that fits the pipe before the helper starts and a larger one
+    // after; this one (four steps of 60 KiB scripts) takes the second path.
+    let env = Env::new("bigspec");
+    let filler = "x".repeat(60 * 1024);
+    let mut job = String::from("version = 1\nname = \"big\"\n");
+    for i in 0..4 {
+        job += &format!(
+            "[[steps]]\nname = \"s{i}\"\nrun = \"\"\"\n# {filler}\necho tail-marker-{i}-$((6 * 7))\n\"\"\"\n"
+        );
+    }
+    let r = env.run(&job);
+    r.assert_code(0);
+    assert!(r.log.contains("tail-marker-3-42"), "{r}");
+}
+
+#[test]
 fn a_failing_step_exits_1_and_later_steps_do_not_run() {
     let env = Env::new("failing");
     let job = "version = 1\nname = \"f\"\n[[steps]]\nname = \"one\"\nrun = \"echo first; exit 3\"\n[[steps]]\nname = \"two\"\nrun = \"echo second\"\n";
