@@ -34,11 +34,14 @@ fn main() -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     println!("FORWARDER_PORT={}", listener.local_addr()?.port());
     let mut forwarder = Forwarder::new(listener, sock, 128);
-    std::thread::spawn(move || loop {
-        if forwarder.poll_once(&[], None).is_err() {
-            return;
-        }
-    });
+    // Named, so that per-thread CPU time (/proc/PID/task/*/stat) tells forwarder from proxy.
+    std::thread::Builder::new()
+        .name("forwarder".into())
+        .spawn(move || loop {
+            if forwarder.poll_once(&[], None).is_err() {
+                return;
+            }
+        })?;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     let summary = proxy.shutdown()?;
     eprintln!("egress: {summary:?}");

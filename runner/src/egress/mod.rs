@@ -79,6 +79,7 @@ mod http;
 pub mod log;
 pub mod policy;
 pub mod proxy;
+mod relay;
 pub mod suggest;
 
 pub use log::{EgressSummary, Record};

@@ -7,12 +7,17 @@
 //! `Connection: close`, its body forwarded exactly (by `Content-Length` or chunked framing),
 //! the response relayed until the origin closes, and the client connection closed: a second
 //! request on the same connection is never read, so it can never reach any upstream.
+//! The tunnel and the response are relayed with `splice(2)` through a pipe per direction
+//! (`egress::relay`), so their bytes are never copied into the daemon; request bodies, which must
+//! be framed, are copied through a buffer.
 //!
 //! Bounded: at most `max_connections` connections per job (more are answered 503 and closed),
 //! a request head of at most `max_head_bytes` and `max_headers` fields read within
-//! `head_timeout`, fixed 64 KiB relay buffers per direction, an idle timeout on every relay,
-//! and a capped log. Memory per job is therefore at most about
-//! `max_connections × (max_head_bytes + 128 KiB)`.
+//! `head_timeout`, a 64 KiB pipe (or, when no pipe can be had, a 64 KiB buffer) per relayed
+//! direction, an idle timeout on every relay, and a capped log. Memory per job is therefore
+//! at most about `max_connections × (max_head_bytes + 128 KiB)` plus the kernel's socket
+//! buffers; the one to each client is asked to be 1 MiB. Descriptors: two sockets
+//! and two pipes (four descriptors) per connection.
 //!
 //! The socket is created with the process umask's mode and owned by the daemon; the job's
 //! init must be able to connect to it, so the caller chowns it to the job's host uid (or
@@ -37,6 +42,7 @@ use tokio::task::JoinSet;
 use super::http::{self, BadRequest, ChunkedTracker, Framing, Head};
 use super::log::{now_rfc3339, EgressLog, EgressSummary, Record, DEFAULT_LOG_CAP};
 use super::policy::{Decision, EgressPolicy, Host};
+use super::relay;
 
 /// Per-job limits of the proxy.
 #[derive(Debug, Clone)]
@@ -74,8 +80,11 @@ impl Default for ProxyLimits {
     }
 }
 
-/// Relay buffer per direction.
+/// Relay buffer per direction, when a relay cannot splice (no pipe to be had).
 const RELAY_BUF: usize = 64 * 1024;
+/// Send buffer asked for on each client's unix socket (the kernel doubles it and caps it at
+/// `net.core.wmem_max`).
+const UNIX_SNDBUF: usize = 1 << 20;
 /// Most addresses tried for one name.
 const MAX_ADDRESSES: usize = 16;
 
@@ -269,19 +278,36 @@ struct Attempt {
     activity: AtomicU64,
 }
 
+impl Attempt {
+    fn new() -> Attempt {
+        Attempt {
+            started: Instant::now(),
+            host: String::new(),
+            port: 0,
+            address: None,
+            method: String::new(),
+            allowed: None,
+            denied: None,
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            activity: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `n` bytes relayed into `count` (`up` or `down`) and marks activity.
+    fn moved(&self, count: &AtomicU64, n: usize) {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis();
+        self.activity
+            .store(now.try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
 async fn handle(mut client: UnixStream, shared: &Shared, mut stop: watch::Receiver<bool>) {
-    let mut attempt = Attempt {
-        started: Instant::now(),
-        host: String::new(),
-        port: 0,
-        address: None,
-        method: String::new(),
-        allowed: None,
-        denied: None,
-        up: AtomicU64::new(0),
-        down: AtomicU64::new(0),
-        activity: AtomicU64::new(0),
-    };
+    // Downloads cross to the forwarder in larger steps; best effort, the default works too.
+    let sndbuf = UNIX_SNDBUF;
+    let _ = nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::SndBuf, &sndbuf);
+    let mut attempt = Attempt::new();
     tokio::select! {
         () = serve_one(&mut client, shared, &mut attempt) => {}
         _ = stop.wait_for(|&v| v) => {
@@ -406,13 +432,17 @@ async fn exchange(
     let (upstream, reason) = resolve_and_connect(shared, raw_host, port, attempt).await?;
     attempt.allowed = Some(reason);
     if connect {
-        tunnel(client, upstream, &leftover, limits, attempt).await
+        // Pipes to splice through; without them (descriptor or pipe limits) the relay copies.
+        let pipes = relay::Pipe::pair().ok();
+        tunnel(client, upstream, &leftover, pipes, limits, attempt).await
     } else {
-        let rewritten = rewrite_head(&head, &host, port, path);
-        forward(
-            client, upstream, rewritten, leftover, framing, limits, attempt,
-        )
-        .await
+        let request = Outgoing {
+            head: rewrite_head(&head, &host, port, path),
+            leftover,
+            framing,
+        };
+        let pipe = relay::Pipe::new().ok();
+        forward(client, upstream, request, pipe, limits, attempt).await
     }
 }
 
@@ -542,8 +572,9 @@ fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
 
 async fn tunnel(
     client: &mut UnixStream,
-    upstream: TcpStream,
+    mut upstream: TcpStream,
     leftover: &[u8],
+    pipes: Option<(relay::Pipe, relay::Pipe)>,
     limits: &ProxyLimits,
     attempt: &Attempt,
 ) -> Result<(), Refusal> {
@@ -552,47 +583,87 @@ async fn tunnel(
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await
         .map_err(ended)?;
-    let mut upstream = Counted::new(upstream, &attempt.down, attempt);
     if !leftover.is_empty() {
-        upstream.inner.write_all(leftover).await.map_err(ended)?;
+        upstream.write_all(leftover).await.map_err(ended)?;
         attempt
             .up
             .fetch_add(leftover.len() as u64, Ordering::Relaxed);
     }
-    let mut client = Counted::new(client, &attempt.up, attempt);
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF);
-    idle_bounded(copy, limits.idle_timeout, attempt)
-        .await?
-        .map(|_| ())
-        .map_err(ended)
+    let relayed = match pipes {
+        Some(pipes) => {
+            let splice = relay::both_ways(
+                &*client,
+                &upstream,
+                &pipes,
+                |n| attempt.moved(&attempt.up, n),
+                |n| attempt.moved(&attempt.down, n),
+            );
+            idle_bounded(splice, limits.idle_timeout, attempt).await?
+        }
+        // No pipes to be had: the same relay through buffers.
+        None => {
+            let mut upstream = Counted::new(upstream, &attempt.down, attempt);
+            let mut client = Counted::new(client, &attempt.up, attempt);
+            let copy = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                RELAY_BUF,
+                RELAY_BUF,
+            );
+            idle_bounded(copy, limits.idle_timeout, attempt).await?
+        }
+    };
+    relayed.map(|_| ()).map_err(ended)
 }
 
+/// A checked plain-HTTP request on its way to the origin.
+struct Outgoing {
+    /// The rewritten head.
+    head: Vec<u8>,
+    /// Bytes read from the client after its head.
+    leftover: Vec<u8>,
+    framing: Framing,
+}
+
+/// Sends `request` and its body upstream and relays the response (through `pipe` when there
+/// is one, else through a buffer) until the origin closes.
 async fn forward(
     client: &mut UnixStream,
     mut upstream: TcpStream,
-    head: Vec<u8>,
-    leftover: Vec<u8>,
-    framing: Framing,
+    request: Outgoing,
+    pipe: Option<relay::Pipe>,
     limits: &ProxyLimits,
     attempt: &Attempt,
 ) -> Result<(), Refusal> {
+    let Outgoing {
+        head,
+        leftover,
+        framing,
+    } = request;
     let ended = |e: io::Error| refusal(502, e.to_string());
     upstream.write_all(&head).await.map_err(ended)?;
     attempt.up.fetch_add(head.len() as u64, Ordering::Relaxed);
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let mut client_read = Counted::new(client_read, &attempt.up, attempt);
-    let mut upstream_read = Counted::new(upstream_read, &attempt.down, attempt);
     let body = forward_body(&mut client_read, upstream_write, leftover, framing, attempt);
     let mut client_write = client_write;
+    // The response is relayed as it comes, unparsed, until the origin closes.
     let response = async {
-        tokio::io::copy_buf(
-            &mut tokio::io::BufReader::with_capacity(RELAY_BUF, &mut upstream_read),
-            &mut client_write,
-        )
-        .await?;
-        client_write.shutdown().await
+        let Some(pipe) = &pipe else {
+            let mut upstream_read = Counted::new(upstream_read, &attempt.down, attempt);
+            tokio::io::copy_buf(
+                &mut tokio::io::BufReader::with_capacity(RELAY_BUF, &mut upstream_read),
+                &mut client_write,
+            )
+            .await?;
+            return client_write.shutdown().await;
+        };
+        relay::one_way(upstream_read.as_ref(), client_write.as_ref(), pipe, |n| {
+            attempt.moved(&attempt.down, n)
+        })
+        .await
+        .map(|_| ())
     };
     let both = async {
         tokio::pin!(body);
@@ -731,11 +802,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.count.fetch_add(n as u64, Ordering::Relaxed);
-            let now = self.attempt.started.elapsed().as_millis();
-            self.attempt
-                .activity
-                .store(now.try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.attempt.moved(self.count, n);
         }
         polled
     }
@@ -756,5 +823,135 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+            .collect()
+    }
+
+    /// An origin on loopback that runs `serve` on its first connection.
+    async fn origin<F, Fut>(serve: F) -> (TcpStream, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(TcpStream) -> Fut + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::task::spawn_local(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            serve(conn).await;
+        });
+        (TcpStream::connect(addr).await.unwrap(), task)
+    }
+
+    #[test]
+    fn a_plain_http_response_arrives_byte_identical_and_counted_spliced_or_copied() {
+        for spliced in [true, false] {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime(), async {
+                let body = pattern(16 * 1024 * 1024 + 3);
+                let mut response =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                        .into_bytes();
+                response.extend_from_slice(&body);
+                let sent = response.clone();
+                let (upstream, origin_task) = origin(move |mut conn| async move {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        head.push(conn.read_u8().await.unwrap());
+                    }
+                    assert!(head.starts_with(b"GET /x HTTP/1.1\r\n"));
+                    conn.write_all(&sent).await.unwrap();
+                })
+                .await;
+                let (mut job, mut proxy_side) = UnixStream::pair().unwrap();
+                let request = Outgoing {
+                    head: b"GET /x HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n".to_vec(),
+                    leftover: Vec::new(),
+                    framing: Framing::None,
+                };
+                let head_len = request.head.len() as u64;
+                let pipe = spliced.then(|| relay::Pipe::new().unwrap());
+                let attempt = Attempt::new();
+                let limits = ProxyLimits::default();
+                let relay = forward(&mut proxy_side, upstream, request, pipe, &limits, &attempt);
+                let mut got = Vec::new();
+                let (relayed, read) = tokio::join!(relay, job.read_to_end(&mut got));
+                assert!(relayed.is_ok(), "spliced: {spliced}");
+                read.unwrap();
+                origin_task.await.unwrap();
+                assert_eq!(got.len(), response.len(), "spliced: {spliced}");
+                assert!(got == response, "response differs (spliced: {spliced})");
+                assert_eq!(attempt.up.load(Ordering::Relaxed), head_len);
+                assert_eq!(attempt.down.load(Ordering::Relaxed), response.len() as u64);
+            });
+        }
+    }
+
+    #[test]
+    fn a_tunnel_carries_both_ways_and_half_closes_spliced_or_copied() {
+        for spliced in [true, false] {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime(), async {
+                // The origin echoes everything, then closes once the client's side has ended.
+                let (upstream, origin_task) = origin(|conn| async move {
+                    let (mut r, mut w) = tokio::io::split(conn);
+                    tokio::io::copy(&mut r, &mut w).await.unwrap();
+                    w.shutdown().await.unwrap();
+                })
+                .await;
+                let (job, mut proxy_side) = UnixStream::pair().unwrap();
+                let data = pattern(8 * 1024 * 1024 + 1);
+                let pipes = spliced.then(|| relay::Pipe::pair().unwrap());
+                let attempt = Attempt::new();
+                let limits = ProxyLimits::default();
+                let relay = tunnel(
+                    &mut proxy_side,
+                    upstream,
+                    b"early",
+                    pipes,
+                    &limits,
+                    &attempt,
+                );
+                let talk = async {
+                    let (mut r, mut w) = tokio::io::split(job);
+                    let send = async {
+                        w.write_all(&data).await.unwrap();
+                        w.shutdown().await.unwrap();
+                    };
+                    let mut got = Vec::new();
+                    let (_, read) = tokio::join!(send, r.read_to_end(&mut got));
+                    read.unwrap();
+                    got
+                };
+                let (relayed, got) = tokio::join!(relay, talk);
+                assert!(relayed.is_ok(), "spliced: {spliced}");
+                origin_task.await.unwrap();
+                let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
+                let mut expected = established.to_vec();
+                expected.extend_from_slice(b"early");
+                expected.extend_from_slice(&data);
+                assert_eq!(got.len(), expected.len(), "spliced: {spliced}");
+                assert!(got == expected, "echo differs (spliced: {spliced})");
+                let moved = 5 + data.len() as u64;
+                assert_eq!(attempt.up.load(Ordering::Relaxed), moved);
+                assert_eq!(attempt.down.load(Ordering::Relaxed), moved);
+            });
+        }
     }
 }

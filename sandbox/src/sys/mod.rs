@@ -227,6 +227,32 @@ pub fn mount_setattr_add(path: &std::path::Path, set: u64, recursive: bool) -> i
     }
 }
 
+/// Moves up to `len` bytes from `from` to `to` inside the kernel (`splice(2)`), where one of
+/// the two is a pipe and the other a socket (or a pipe). Non-blocking on the pipe side
+/// (`SPLICE_F_NONBLOCK`); the socket side follows the socket's own `O_NONBLOCK`. Returns the
+/// bytes moved; 0 means end of file on `from` (or `len` was 0).
+///
+/// Writing to a socket whose peer is gone raises SIGPIPE like `write(2)` does: callers run
+/// with SIGPIPE ignored (Rust's runtime sets that up) or are a namespace's pid 1 (which the
+/// kernel never sends a default-action signal). (nix's wrapper is safe; it is here beside
+/// the other system-call wrappers of the egress relays.)
+pub fn splice(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    use nix::fcntl::SpliceFFlags;
+    nix::fcntl::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+    )
+    .map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +268,27 @@ mod tests {
         let _t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(300)));
         let err = fork_single_threaded().unwrap_err();
         assert!(err.to_string().contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn splice_moves_socket_bytes_through_a_pipe_and_reports_end_of_file() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        use std::os::unix::net::UnixStream;
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let (c, mut d) = UnixStream::pair().unwrap();
+        let (pr, pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        a.write_all(b"spliced").unwrap();
+        assert_eq!(splice(b.as_fd(), pw.as_fd(), 1 << 16).unwrap(), 7);
+        assert_eq!(splice(pr.as_fd(), c.as_fd(), 7).unwrap(), 7);
+        let mut got = [0u8; 7];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"spliced");
+        // Empty and open: would block (the pipe side never waits).
+        b.set_nonblocking(true).unwrap();
+        let err = splice(b.as_fd(), pw.as_fd(), 1 << 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(splice(b.as_fd(), pw.as_fd(), 1 << 16).unwrap(), 0);
     }
 }
