@@ -37,6 +37,9 @@ fn run_inner(
 ) -> Result<u8, String> {
     let mut marks: Vec<(String, u64)> = vec![("runner-start".into(), t0)];
     let loaded = config::load(config_path.as_deref()).map_err(|e| format!("{e:#}"))?;
+    // The helper is exec'd while we lease a uid and make the job's directories and cgroups.
+    let helper = crate::helper_process::HelperBinary::open()?.start(Stdio::inherit())?;
+    marks.push(("runner-helper-started".into(), monotonic_ns()));
     let limits = &loaded.config.limits;
     let dirs = Dirs::resolve(&loaded.config).map_err(|e| format!("{e:#}"))?;
     dirs.create().map_err(|e| format!("{e:#}"))?;
@@ -110,8 +113,8 @@ fn run_inner(
         tools: Vec::new(),
         egress: None,
     };
-    let mut child = crate::helper_process::HelperBinary::open()?.spawn(&spec, Stdio::inherit())?;
-    marks.push(("runner-helper-spawned".into(), monotonic_ns()));
+    let mut child = helper.send(&spec)?;
+    marks.push(("runner-spec-sent".into(), monotonic_ns()));
     let mut code = None;
     let mut failed = None;
     if let Some(out) = child.stdout.take() {

@@ -5,9 +5,22 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// readers see either nothing or the whole file.
+/// Writes `bytes` to `path` under a temporary name in the same directory, fsyncs it and
+/// renames it over `path`: readers see the old file or the whole new one, also after a crash.
+/// For what must survive a power loss (signed provenance, keys, the tool store's records).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_renamed(path, bytes, true)
+}
+
+/// Like [`write_atomic`] without the fsync: readers still never see a partial file while the
+/// system runs, but after a power loss the file may be missing or empty. For the run's own
+/// records (`result.json`), which are as durable as the outputs next to them: only the signed
+/// provenance is made durable, and its digests expose anything a crash lost.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_renamed(path, bytes, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -17,7 +30,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -76,28 +76,13 @@ impl HelperBinary {
         Ok(crate::outputs::hex(&h.finalize()))
     }
 
-    /// Spawns the helper and hands it `spec`; `log` is where the job's output goes.
-    /// On error the helper (if it started) has been killed and reaped.
-    pub fn spawn(&self, spec: &SandboxSpec, log: Stdio) -> Result<Child, String> {
-        let json =
-            serde_json::to_vec(spec).map_err(|e| format!("encoding the sandbox spec: {e}"))?;
+    /// Starts the helper, which waits for its spec: the runner prepares the job's directories
+    /// and cgroups while the helper is being exec'd and linked (two CPUs do the two at once),
+    /// then hands the spec over with [`Started::send`]. `log` is where the job's output goes.
+    pub fn start(&self, log: Stdio) -> Result<Started, String> {
         let (spec_read, spec_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("spec pipe: {e}"))?;
-        let mut spec_write = Some(File::from(spec_write));
-        // A spec that fits the pipe is written before the helper starts, so the helper reads
-        // it at once instead of waiting for us to be scheduled again; a larger one after.
-        let capacity = nix::fcntl::fcntl(
-            spec_write.as_ref().map(|f| f.as_fd()).ok_or("spec pipe")?,
-            nix::fcntl::FcntlArg::F_GETPIPE_SZ,
-        )
-        .map_or(4096, |c| usize::try_from(c).unwrap_or(4096));
-        if json.len() <= capacity {
-            if let Some(mut w) = spec_write.take() {
-                w.write_all(&json)
-                    .map_err(|e| format!("sending the sandbox spec: {e}"))?;
-            }
-        }
-        let mut child = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+        let child = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
             .arg0(bulwark_sandbox::helper::HELPER_BINARY)
             .env_clear()
             .stdin(Stdio::from(spec_read))
@@ -105,15 +90,49 @@ impl HelperBinary {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting the sandbox helper {}: {e}", self.path.display()))?;
-        // Dropping the write end after the write closes it: the helper reads to its end.
-        if let Some(mut w) = spec_write.take() {
-            if let Err(e) = w.write_all(&json) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("sending the sandbox spec: {e}"));
-            }
+        Ok(Started {
+            child: Some(child),
+            spec: Some(File::from(spec_write)),
+        })
+    }
+
+    /// Starts the helper and hands it `spec` at once.
+    pub fn spawn(&self, spec: &SandboxSpec, log: Stdio) -> Result<Child, String> {
+        self.start(log)?.send(spec)
+    }
+}
+
+/// A helper that was started and waits for its spec. Dropped without [`Started::send`] (the
+/// job was refused while it was being prepared), the helper reads end-of-file instead of a
+/// spec and is killed and reaped: it never ran anything.
+#[derive(Debug)]
+pub struct Started {
+    child: Option<Child>,
+    spec: Option<File>,
+}
+
+impl Started {
+    /// Writes `spec` to the helper and closes the pipe; the helper then builds the sandbox.
+    pub fn send(mut self, spec: &SandboxSpec) -> Result<Child, String> {
+        let json =
+            serde_json::to_vec(spec).map_err(|e| format!("encoding the sandbox spec: {e}"))?;
+        let mut pipe = self.spec.take().ok_or("spec already sent")?;
+        pipe.write_all(&json)
+            .map_err(|e| format!("sending the sandbox spec: {e}"))?;
+        drop(pipe);
+        self.child
+            .take()
+            .ok_or_else(|| "helper already gone".to_string())
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        drop(self.spec.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        Ok(child)
     }
 }
 

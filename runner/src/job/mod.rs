@@ -165,7 +165,7 @@ pub fn run(args: RunArgs) -> u8 {
     };
     let mut json = serde_json::to_vec_pretty(&result).unwrap_or_default();
     json.push(b'\n');
-    if let Err(e) = crate::fsutil::write_atomic(&out.join("result.json"), &json) {
+    if let Err(e) = crate::fsutil::write_replace(&out.join("result.json"), &json) {
         eprintln!(
             "bulwark: writing {}: {e}",
             out.join("result.json").display()
@@ -206,7 +206,7 @@ pub fn run(args: RunArgs) -> u8 {
                 result.reason = Some(format!("signing provenance failed: {e:#}"));
                 let mut json = serde_json::to_vec_pretty(&result).unwrap_or_default();
                 json.push(b'\n');
-                let _ = crate::fsutil::write_atomic(&out.join("result.json"), &json);
+                let _ = crate::fsutil::write_replace(&out.join("result.json"), &json);
                 eprintln!(
                     "bulwark: job {}: signing provenance failed: {e:#}",
                     job.spec.name
@@ -360,6 +360,13 @@ impl JobRun<'_> {
 
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
         dirs.create().map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        // The helper is exec'd while the job's directories, inputs and cgroups are prepared;
+        // it waits for its spec (and is killed unused if the job is refused meanwhile).
+        let helper = crate::helper_process::HelperBinary::open().map_err(Stop::Refused)?;
+        let started = helper
+            .start(std::process::Stdio::piped())
+            .map_err(Stop::Refused)?;
+        self.helper = Some(helper);
         let cleaned = workspace::cleanup_stale(&dirs, &host.cgroups);
         if !cleaned.is_empty() {
             eprintln!(
@@ -378,7 +385,13 @@ impl JobRun<'_> {
         };
         let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started)
             .map_err(|e| Stop::Refused(format!("{e:#}")))?;
-        let result = self.execute_in(&jobdir, lease.as_ref().map(|l| l.uid), &host, fallback);
+        let result = self.execute_in(
+            &jobdir,
+            lease.as_ref().map(|l| l.uid),
+            &host,
+            fallback,
+            started,
+        );
         if let Err(e) = jobdir.remove() {
             tracing::warn!("{e:#}");
         }
@@ -398,6 +411,7 @@ impl JobRun<'_> {
         host_uid: Option<u32>,
         host: &bulwark_sandbox::probe::HostLayers,
         fallback: bool,
+        helper: crate::helper_process::Started,
     ) -> Result<Outcome, Stop> {
         let limits = &self.config.limits;
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
@@ -521,7 +535,7 @@ impl JobRun<'_> {
                 }
             }
         }
-        let reported = self.run_sandbox(&spec);
+        let reported = self.run_sandbox(&spec, helper);
         if let Some((dir, proxy)) = egress {
             // Every job process is gone (init has exited): nothing can use the proxy any more.
             let summary = proxy.shutdown();

@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -135,10 +134,12 @@ impl JobRun<'_> {
         Ok(Some((dir, proxy)))
     }
 
-    pub(super) fn run_sandbox(&mut self, spec: &SandboxSpec) -> Result<Reported, Stop> {
-        let helper = crate::helper_process::HelperBinary::open().map_err(Stop::Refused)?;
-        let mut child = helper.spawn(spec, Stdio::piped()).map_err(Stop::Refused)?;
-        self.helper = Some(helper);
+    pub(super) fn run_sandbox(
+        &mut self,
+        spec: &SandboxSpec,
+        helper: crate::helper_process::Started,
+    ) -> Result<Reported, Stop> {
+        let mut child = helper.send(spec).map_err(Stop::Refused)?;
         let log = child
             .stderr
             .take()
