@@ -77,6 +77,10 @@ fn remove_tree_walk(path: &Path, depth: usize) -> io::Result<()> {
     if !meta.is_dir() {
         return fs::remove_file(path);
     }
+    // An empty directory (the common case for a job's /tmp) goes in one call.
+    if fs::remove_dir(path).is_ok() {
+        return Ok(());
+    }
     if meta.permissions().mode() & 0o700 != 0o700 {
         let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
     }
@@ -202,4 +206,41 @@ pub fn read_entries(dir: &std::os::fd::OwnedFd) -> io::Result<Vec<Entry>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_job_made_tree_is_removed_without_following_links_out_of_it() {
+        let base = std::env::temp_dir().join(format!(
+            "bulwark-rmtree-{}-{}",
+            std::process::id(),
+            random_hex(4)
+        ));
+        let outside = base.join("outside");
+        let tree = base.join("tree");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("keep"), "host file").unwrap();
+        fs::create_dir_all(tree.join("a/b/empty")).unwrap();
+        fs::create_dir_all(tree.join("locked/inner")).unwrap();
+        fs::write(tree.join("a/b/file"), "x").unwrap();
+        fs::write(tree.join("locked/inner/file"), "y").unwrap();
+        symlink(&outside, tree.join("a/link-out")).unwrap();
+        fs::set_permissions(tree.join("locked/inner"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(tree.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(
+            fs::read_to_string(outside.join("keep")).unwrap(),
+            "host file"
+        );
+        // An empty directory, and a path that is already gone.
+        fs::create_dir(&tree).unwrap();
+        remove_tree(&tree).unwrap();
+        remove_tree(&tree).unwrap();
+        fs::remove_dir_all(&base).unwrap();
+    }
 }
