@@ -86,3 +86,13 @@ pub use log::{EgressSummary, Record};
 pub use policy::{check_ceiling, Decision, Denied, EgressPolicy};
 pub use proxy::{start, JobProxy, ProxyLimits};
 pub use suggest::suggest;
+
+/// A single-threaded tokio runtime for the proxy's and relay's unit tests.
+#[cfg(test)]
+fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime for tests")
+}

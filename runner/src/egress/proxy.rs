@@ -831,11 +831,7 @@ mod tests {
     use super::*;
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .unwrap()
+        crate::egress::test_runtime()
     }
 
     fn pattern(len: usize) -> Vec<u8> {

@@ -162,11 +162,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .unwrap()
+        crate::egress::test_runtime()
     }
 
     fn pattern(seed: u8, len: usize) -> Vec<u8> {
