@@ -1,0 +1,157 @@
+//! Where a git source may come from: the URL rules (scheme, no credentials, normalized
+//! serialization), the address rules for `https`/`http` hosts (resolved by the runner, every
+//! address checked, git pinned to exactly those addresses), and `file://` roots.
+
+use super::*;
+
+/// A repository location that passed the rules, and what git is to be told.
+#[derive(Debug)]
+pub(super) struct Remote {
+    /// The URL as given, for messages.
+    pub(super) display: String,
+    /// What git receives: the normalized URL, or the canonical path for `file://`.
+    pub(super) git_arg: String,
+    /// `https`, `http` or `file`.
+    pub(super) scheme: &'static str,
+    /// `host:port:addr[,addr]` for `http.curloptResolve`, when the host is a name.
+    pub(super) pin: Option<String>,
+}
+
+impl Remote {
+    pub(super) fn check(url: &str, policy: &GitPolicy) -> Result<Remote, GitError> {
+        let bad = || GitError::BadUrl {
+            url: url.to_owned(),
+        };
+        if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        if url.starts_with('/') {
+            return Remote::local(url, Path::new(url), policy);
+        }
+        let parsed = match Url::parse(url) {
+            Ok(parsed) => parsed,
+            // `ext::cmd`, scp-like `host:path` and other non-URLs end here or below.
+            Err(_) => match url.split_once("::").or_else(|| url.split_once(':')) {
+                Some((scheme, _))
+                    if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+                {
+                    return Err(GitError::Scheme {
+                        url: url.to_owned(),
+                        scheme: scheme.to_owned(),
+                    })
+                }
+                _ => return Err(bad()),
+            },
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(GitError::Credentials);
+        }
+        let scheme = match parsed.scheme() {
+            "https" => "https",
+            "http" => "http",
+            "file" => {
+                let path = parsed.to_file_path().map_err(|()| bad())?;
+                return Remote::local(url, &path, policy);
+            }
+            other => {
+                return Err(GitError::Scheme {
+                    url: url.to_owned(),
+                    scheme: other.to_owned(),
+                })
+            }
+        };
+        let port = parsed.port_or_known_default().ok_or_else(bad)?;
+        let addresses = AddressPolicy {
+            allow_private: policy.allow_private.clone(),
+        };
+        // The `url` crate has already normalized the host (IPv4 shorthand, case, IDNA).
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(bad)?;
+        let literal = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => Some(v6.parse::<IpAddr>().map_err(|_| bad())?),
+            None => host.parse::<IpAddr>().ok(),
+        };
+        let (addrs, pin_host) = match literal {
+            Some(ip) => (vec![ip], None),
+            None => {
+                let resolve_error = |source| GitError::Resolve {
+                    url: url.to_owned(),
+                    host: host.to_owned(),
+                    source,
+                };
+                let resolved: Vec<IpAddr> = (host, port)
+                    .to_socket_addrs()
+                    .map_err(resolve_error)?
+                    .map(|a: SocketAddr| a.ip())
+                    .collect();
+                if resolved.is_empty() {
+                    return Err(resolve_error(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "no addresses",
+                    )));
+                }
+                (resolved, Some(host.to_owned()))
+            }
+        };
+        for addr in &addrs {
+            addresses.check(*addr).map_err(|source| GitError::Address {
+                url: url.to_owned(),
+                source,
+            })?;
+        }
+        let pin = pin_host.map(|host| {
+            let list: Vec<String> = addrs
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect();
+            format!("{host}:{port}:{}", list.join(","))
+        });
+        Ok(Remote {
+            display: url.to_owned(),
+            git_arg: parsed.as_str().to_owned(),
+            scheme,
+            pin,
+        })
+    }
+
+    fn local(url: &str, path: &Path, policy: &GitPolicy) -> Result<Remote, GitError> {
+        let outside = |path: &Path| GitError::FileOutsideRoots {
+            url: url.to_owned(),
+            path: path.to_owned(),
+            empty: policy.file_roots.is_empty(),
+        };
+        if policy.file_roots.is_empty() {
+            return Err(outside(path));
+        }
+        let canonical = path.canonicalize().map_err(|source| GitError::File {
+            url: url.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let inside = policy
+            .file_roots
+            .iter()
+            .filter_map(|root| root.canonicalize().ok())
+            .any(|root| canonical.starts_with(root));
+        if !inside {
+            return Err(outside(&canonical));
+        }
+        let git_arg = canonical
+            .to_str()
+            .ok_or_else(|| GitError::BadUrl {
+                url: url.to_owned(),
+            })?
+            .to_owned();
+        Ok(Remote {
+            display: url.to_owned(),
+            git_arg,
+            scheme: "file",
+            pin: None,
+        })
+    }
+}

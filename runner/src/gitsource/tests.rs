@@ -1,0 +1,614 @@
+//! Tests of the confined git fetch: real `git` against repositories and servers the tests make.
+
+use super::*;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "bulwark-gitsrc-{tag}-{}-{}",
+        std::process::id(),
+        crate::fsutil::random_hex(4)
+    ));
+    fs::create_dir_all(&d).unwrap();
+    d.canonicalize().unwrap()
+}
+
+/// Runs the test's own git (not the confined one) to build repositories.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(GIT)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("GIT_CONFIG_PARAMETERS")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.org",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "protocol.file.allow=always",
+        ])
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A repository with `f` = "one" in the first commit and "two" in the second, on `main`.
+fn two_commits(root: &Path) -> (PathBuf, String, String) {
+    let repo = root.join("src");
+    fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "--quiet"]);
+    fs::write(repo.join("f"), "one\n").unwrap();
+    git(&repo, &["add", "f"]);
+    git(&repo, &["commit", "--quiet", "-m", "one"]);
+    let first = git(&repo, &["rev-parse", "HEAD"]);
+    fs::write(repo.join("f"), "two\n").unwrap();
+    git(&repo, &["commit", "--quiet", "-am", "two"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, first, second)
+}
+
+fn policy_for(roots: &[&Path]) -> GitPolicy {
+    GitPolicy {
+        allow_private: Vec::new(),
+        file_roots: roots.iter().map(|r| r.to_path_buf()).collect(),
+        timeout: Duration::from_secs(60),
+        extra_ca: None,
+    }
+}
+
+fn file_url(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+fn is_empty(dir: &Path) -> bool {
+    fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[test]
+fn the_exact_commit_is_checked_out_and_git_dir_is_sanitized() {
+    let root = tempdir("exact");
+    let (repo, first, second) = two_commits(&root);
+    let dest = tempdir("exact-dest");
+    let url = file_url(&repo);
+    let got = fetch(
+        &url,
+        &first,
+        Some("refs/heads/main"),
+        &dest,
+        &policy_for(&[&root]),
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        GitSource {
+            uri: url.clone(),
+            commit: first.clone(),
+            r#ref: Some("refs/heads/main".into()),
+        }
+    );
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+    assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
+    assert_ne!(first, second);
+    // Shallow: the second commit was never fetched.
+    let cat = Command::new(GIT)
+        .args(["-C"])
+        .arg(&dest)
+        .args(["cat-file", "-e", &second])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .unwrap();
+    assert!(!cat.success(), "the later commit should not be present");
+    assert_eq!(
+        fs::read_to_string(dest.join(".git/config")).unwrap(),
+        SANITIZED_CONFIG
+    );
+    assert!(!dest.join(".git/FETCH_HEAD").exists());
+    assert!(!dest.join(".git/hooks").exists());
+    assert_eq!(
+        got.to_json(),
+        serde_json::json!({"kind": "git", "uri": url, "commit": first, "ref": "refs/heads/main"})
+    );
+}
+
+#[test]
+fn a_plain_absolute_path_under_file_roots_works_too() {
+    let root = tempdir("plain");
+    let (repo, _, second) = two_commits(&root);
+    let dest = tempdir("plain-dest");
+    let url = repo.display().to_string();
+    let got = fetch(&url, &second, None, &dest, &policy_for(&[&root])).unwrap();
+    assert_eq!(got.uri, url);
+    assert_eq!(got.r#ref, None);
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "two\n");
+}
+
+#[test]
+fn an_unknown_commit_is_refused_with_a_clear_message_and_dest_left_empty() {
+    let root = tempdir("unknown");
+    let (repo, _, _) = two_commits(&root);
+    let dest = tempdir("unknown-dest");
+    let url = file_url(&repo);
+    let missing = "1234567890abcdef1234567890abcdef12345678";
+    let err = fetch(&url, missing, None, &dest, &policy_for(&[&root])).unwrap_err();
+    assert!(matches!(err, GitError::CommitNotFound { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("commit {missing} not found in {url} (fetched every branch and tag; check the commit id)")
+    );
+    assert!(is_empty(&dest), "a failed fetch leaves nothing behind");
+}
+
+#[test]
+fn without_fetch_by_id_the_fallback_finds_the_commit_on_its_ref_or_refuses() {
+    let root = tempdir("fallback");
+    let (repo, first, second) = two_commits(&root);
+    git(&repo, &["branch", "old", &first]);
+    git(&repo, &["tag", "v1", &first]);
+    let url = file_url(&repo);
+    let policy = policy_for(&[&root]);
+    let dest = tempdir("fallback-dest");
+    fetch_with(
+        &url,
+        &first,
+        Some("refs/heads/main"),
+        &dest,
+        &policy,
+        ById::Skip,
+    )
+    .unwrap();
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+    assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
+    let dest = tempdir("fallback-dest2");
+    fetch_with(&url, &second, None, &dest, &policy, ById::Skip).unwrap();
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "two\n");
+    // A commit that is on no fetched ref: the ref `old` does not contain `second`.
+    let dest = tempdir("fallback-dest3");
+    let err = fetch_with(
+        &url,
+        &second,
+        Some("refs/heads/old"),
+        &dest,
+        &policy,
+        ById::Skip,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("commit {second} not found in {url} (fetched refs/heads/old; check the commit and the ref)")
+    );
+    assert!(is_empty(&dest));
+}
+
+/// Name of the child-process half of the hook test (see below).
+const CHILD_TEST: &str = "gitsource::tests::child_fetches_in_a_hostile_environment";
+const CHILD_ENV: &str = "BULWARK_GITSOURCE_TEST_CHILD";
+
+/// Runs only as a child of `hooks_from_the_runners_environment_never_run`, which gives it
+/// a hostile process environment; as a normal test it has nothing to do.
+#[test]
+fn child_fetches_in_a_hostile_environment() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        eprintln!("helper of hooks_from_the_runners_environment_never_run: nothing to do");
+        return;
+    };
+    let mut parts = spec.split('\n');
+    let (url, commit, dest, root) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    fetch(
+        url,
+        commit,
+        None,
+        Path::new(dest),
+        &policy_for(&[Path::new(root)]),
+    )
+    .unwrap();
+}
+
+#[test]
+fn hooks_from_the_runners_environment_never_run() {
+    let root = tempdir("hooks");
+    let (repo, first, _) = two_commits(&root);
+    // Hooks everywhere a careless git would look: the source repository's own hooks and
+    // hooksPath, a ~/.gitconfig in HOME, and GIT_CONFIG_* variables in the environment.
+    let evil = tempdir("hooks-evil");
+    let marker = evil.join("marker");
+    let hooks = evil.join("hooks");
+    fs::create_dir(&hooks).unwrap();
+    let script = format!("#!/bin/sh\necho \"$0\" >> {}\n", marker.display());
+    for name in [
+        "post-checkout",
+        "post-merge",
+        "reference-transaction",
+        "pre-auto-gc",
+    ] {
+        let hook = hooks.join(name);
+        fs::write(&hook, &script).unwrap();
+        fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        fs::copy(&hook, repo.join(".git/hooks").join(name)).unwrap();
+    }
+    git(
+        &repo,
+        &["config", "core.hooksPath", hooks.to_str().unwrap()],
+    );
+    let gitconfig = format!("[core]\n\thooksPath = {}\n", hooks.display());
+    fs::write(evil.join(".gitconfig"), &gitconfig).unwrap();
+    let hostile = |cmd: &mut Command| {
+        cmd.env("HOME", &evil)
+            .env_remove("GIT_CONFIG_GLOBAL")
+            .env_remove("GIT_CONFIG_NOSYSTEM")
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "core.hooksPath")
+            .env("GIT_CONFIG_VALUE_0", &hooks)
+            .env(
+                "GIT_CONFIG_PARAMETERS",
+                format!("'core.hooksPath'='{}'", hooks.display()),
+            );
+    };
+
+    // Control: plain git in this environment does run the hook, so the test can fail.
+    let control = tempdir("hooks-control");
+    let mut cmd = Command::new(GIT);
+    hostile(&mut cmd);
+    let out = cmd
+        .arg("clone")
+        .arg("--quiet")
+        .arg(&repo)
+        .arg(control.join("c"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(marker.exists(), "control: the hook should have run");
+    fs::remove_file(&marker).unwrap();
+
+    // The confined fetch, in a child process that carries the hostile environment.
+    let dest = tempdir("hooks-dest");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    hostile(&mut cmd);
+    let out = cmd
+        .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{}\n{first}\n{}\n{}",
+                file_url(&repo),
+                dest.display(),
+                root.display()
+            ),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+    assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
+    assert!(
+        !marker.exists(),
+        "a hook ran: {}",
+        fs::read_to_string(&marker).unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_destination_owned_by_another_uid_is_accepted() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to hand the destination to another uid");
+        return;
+    }
+    let root = tempdir("owner");
+    let (repo, first, _) = two_commits(&root);
+    let dest = tempdir("owner-dest");
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    nix::unistd::chown(&dest, Some(nobody), None).unwrap();
+    fetch(&file_url(&repo), &first, None, &dest, &policy_for(&[&root])).unwrap();
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+}
+
+#[test]
+fn a_submodule_is_not_fetched() {
+    let root = tempdir("submodule");
+    let sub = root.join("sub");
+    fs::create_dir(&sub).unwrap();
+    git(&sub, &["init", "--quiet"]);
+    fs::write(sub.join("inner"), "secret\n").unwrap();
+    git(&sub, &["add", "inner"]);
+    git(&sub, &["commit", "--quiet", "-m", "sub"]);
+    let sup = root.join("super");
+    fs::create_dir(&sup).unwrap();
+    git(&sup, &["init", "--quiet"]);
+    fs::write(sup.join("top"), "top\n").unwrap();
+    git(&sup, &["add", "top"]);
+    git(
+        &sup,
+        &["submodule", "--quiet", "add", sub.to_str().unwrap(), "sub"],
+    );
+    git(&sup, &["commit", "--quiet", "-m", "with a submodule"]);
+    let commit = git(&sup, &["rev-parse", "HEAD"]);
+    let dest = tempdir("submodule-dest");
+    fetch(&file_url(&sup), &commit, None, &dest, &policy_for(&[&root])).unwrap();
+    assert_eq!(fs::read_to_string(dest.join("top")).unwrap(), "top\n");
+    assert!(dest.join(".gitmodules").exists());
+    assert!(
+        !dest.join("sub/inner").exists(),
+        "the submodule was fetched"
+    );
+    assert!(!dest.join(".git/modules").exists());
+}
+
+#[test]
+fn file_urls_outside_file_roots_are_refused() {
+    let root = tempdir("outside");
+    let (repo, first, _) = two_commits(&root);
+    let other = tempdir("outside-other");
+    let dest = tempdir("outside-dest");
+    let err = fetch(
+        &file_url(&repo),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&other]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, GitError::FileOutsideRoots { .. }), "{err:?}");
+    assert!(
+        err.to_string().ends_with("is not under fetch.file_roots"),
+        "{err}"
+    );
+    let err = fetch(&file_url(&repo), &first, None, &dest, &policy_for(&[])).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("(which is empty: file:// sources are off)"),
+        "{err}"
+    );
+    // A symlink inside a root that points outside it is judged by its target.
+    std::os::unix::fs::symlink(&repo, other.join("link")).unwrap();
+    let err = fetch(
+        &file_url(&other.join("link")),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&other]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, GitError::FileOutsideRoots { .. }), "{err:?}");
+    assert!(is_empty(&dest));
+}
+
+/// A loopback listener that counts accepted connections and closes each at once.
+fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn http_to_loopback_is_refused_before_any_connection() {
+    let (port, count) = counting_listener();
+    let dest = tempdir("loopback-dest");
+    let commit = "1234567890abcdef1234567890abcdef12345678";
+    for url in [
+        format!("http://127.0.0.1:{port}/repo.git"),
+        format!("http://localhost:{port}/repo.git"),
+        format!("https://[::1]:{port}/repo.git"),
+        format!("http://0x7f.1:{port}/repo.git"),
+    ] {
+        let err = fetch(&url, commit, None, &dest, &policy_for(&[])).unwrap_err();
+        assert!(matches!(err, GitError::Address { .. }), "{url}: {err:?}");
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(chain.contains("loopback address"), "{chain}");
+        assert!(chain.contains("fetch.allow_private"), "{chain}");
+    }
+    let err = fetch(
+        "http://169.254.169.254/latest/meta-data",
+        commit,
+        None,
+        &dest,
+        &GitPolicy {
+            allow_private: vec![IpNet::parse("169.254.0.0/16").unwrap()],
+            ..policy_for(&[])
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, GitError::Address { .. }), "{err:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        0,
+        "a connection was attempted"
+    );
+    assert!(is_empty(&dest));
+}
+
+#[test]
+fn allow_private_lets_git_connect_to_the_checked_address_only() {
+    let (port, count) = counting_listener();
+    let dest = tempdir("allowed-dest");
+    let policy = GitPolicy {
+        allow_private: vec![
+            IpNet::parse("127.0.0.1").unwrap(),
+            IpNet::parse("::1").unwrap(),
+        ],
+        ..policy_for(&[])
+    };
+    let commit = "1234567890abcdef1234567890abcdef12345678";
+    let url = format!("http://localhost:{port}/repo.git");
+    let err = fetch(&url, commit, None, &dest, &policy).unwrap_err();
+    // The listener hangs up at once: git connected (through the pinned address) and failed.
+    assert!(
+        matches!(err, GitError::Git { step: "fetch", .. }),
+        "{err:?}"
+    );
+    assert!(count.load(Ordering::SeqCst) >= 1, "git never connected");
+    assert!(is_empty(&dest));
+}
+
+#[test]
+fn a_server_slower_than_the_timeout_is_cut_off() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn); // never answers
+        }
+    });
+    let dest = tempdir("slow-dest");
+    let policy = GitPolicy {
+        allow_private: vec![IpNet::parse("127.0.0.1").unwrap()],
+        timeout: Duration::from_secs(1),
+        ..policy_for(&[])
+    };
+    let start = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/repo.git");
+    let err = fetch(&url, &"a".repeat(40), None, &dest, &policy).unwrap_err();
+    assert!(matches!(err, GitError::Timeout { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("git source {url}: timed out after 1s (fetch.timeout) during git fetch")
+    );
+    assert!(is_empty(&dest));
+}
+
+#[test]
+fn urls_with_credentials_are_refused_without_showing_them() {
+    let dest = tempdir("creds-dest");
+    for url in [
+        "https://user:hunter2@example.org/repo.git",
+        "https://hunter2@example.org/repo.git",
+        "http://:hunter2@example.org/repo.git",
+    ] {
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+        assert!(matches!(err, GitError::Credentials), "{url}: {err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
+fn ssh_git_ext_and_scp_like_urls_are_refused() {
+    let dest = tempdir("schemes-dest");
+    for (url, scheme) in [
+        ("ssh://example.org/repo.git", "ssh"),
+        ("git://example.org/repo.git", "git"),
+        ("ext::sh -c touch% /tmp/pwned", "ext"),
+        ("ext::/bin/true", "ext"),
+        ("fd::3", "fd"),
+        ("example.org:repo.git", "example.org"),
+        ("git+ssh://example.org/repo.git", "git+ssh"),
+    ] {
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+        match &err {
+            GitError::Scheme { scheme: s, .. } => assert_eq!(s, scheme, "{url}"),
+            GitError::BadUrl { .. } => {}
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    assert!(!Path::new("/tmp/pwned").exists());
+    let err = fetch(
+        "relative/path",
+        &"a".repeat(40),
+        None,
+        &dest,
+        &policy_for(&[]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, GitError::BadUrl { .. }), "{err:?}");
+}
+
+#[test]
+fn bad_commits_refs_and_destinations_are_refused_before_git_runs() {
+    let root = tempdir("bad");
+    let (repo, first, _) = two_commits(&root);
+    let url = file_url(&repo);
+    let policy = policy_for(&[&root]);
+    let dest = tempdir("bad-dest");
+    for commit in [
+        &first[..7],
+        "HEAD",
+        &first.to_uppercase(),
+        "--upload-pack=x",
+    ] {
+        let err = fetch(&url, commit, None, &dest, &policy).unwrap_err();
+        assert!(
+            matches!(err, GitError::BadCommit { .. }),
+            "{commit}: {err:?}"
+        );
+    }
+    for r in ["--upload-pack=x", "a..b", "main~1", ""] {
+        let err = fetch(&url, &first, Some(r), &dest, &policy).unwrap_err();
+        assert!(matches!(err, GitError::BadRef { .. }), "{r}: {err:?}");
+    }
+    fs::write(dest.join("keep"), "mine").unwrap();
+    let err = fetch(&url, &first, None, &dest, &policy).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("git source: destination {}: is not empty", dest.display())
+    );
+    assert_eq!(fs::read_to_string(dest.join("keep")).unwrap(), "mine");
+}
+
+#[test]
+fn policy_comes_from_the_fetch_config() {
+    let config = FetchConfig {
+        allow_private: vec!["127.0.0.1".into(), "10.0.0.0/8".into()],
+        file_roots: vec!["/srv/git".into()],
+        extra_ca: "/etc/bulwark/ca.pem".into(),
+        timeout: Duration::from_secs(30),
+        ..FetchConfig::default()
+    };
+    let policy = GitPolicy::from_config(&config).unwrap();
+    assert_eq!(policy.allow_private.len(), 2);
+    assert_eq!(policy.file_roots, vec![PathBuf::from("/srv/git")]);
+    assert_eq!(policy.extra_ca, Some(PathBuf::from("/etc/bulwark/ca.pem")));
+    assert_eq!(policy.timeout, Duration::from_secs(30));
+    let bad = FetchConfig {
+        allow_private: vec!["nope".into()],
+        ..FetchConfig::default()
+    };
+    assert!(GitPolicy::from_config(&bad)
+        .unwrap_err()
+        .starts_with("fetch.allow_private: "));
+}
+
+#[test]
+fn git_output_in_messages_has_no_control_characters_and_is_bounded() {
+    let msg = clean_message("remote: \x1b[31mred\x1b[0m\r\nfatal: bad\n\n");
+    assert_eq!(msg, "remote:  [31mred [0m; fatal: bad");
+    let long = "x".repeat(10 * MAX_MESSAGE);
+    assert_eq!(clean_message(&long).chars().count(), MAX_MESSAGE + 1);
+}
