@@ -37,6 +37,7 @@ fn run_inner(
 ) -> Result<u8, String> {
     let mut marks: Vec<(String, u64)> = vec![("runner-start".into(), t0)];
     let loaded = config::load(config_path.as_deref()).map_err(|e| format!("{e:#}"))?;
+    marks.push(("runner-config-loaded".into(), monotonic_ns()));
     // The helper is exec'd while we lease a uid and make the job's directories and cgroups.
     let helper = crate::helper_process::HelperBinary::open()?.start(Stdio::inherit())?;
     marks.push(("runner-helper-started".into(), monotonic_ns()));
