@@ -74,6 +74,9 @@ pub fn main() -> ! {
 
 fn run(status: &mut File) -> Result<i32, Stage> {
     let parent = getppid();
+    // The seccomp program depends on nothing in the spec: it is built while the runner is
+    // still preparing the job and the spec has not arrived.
+    let seccomp = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
@@ -207,6 +210,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
                 egress_dir,
                 tool_dirs,
                 rootfs_dir,
+                seccomp,
             },
         ),
         Forked::Parent(init) => {

@@ -29,8 +29,8 @@ use crate::seccomp::JobFilters;
 use crate::spec::{Event, SandboxSpec, StepSpec};
 use crate::sys::Forked;
 
-/// Descriptors the helper opened for init: the sources of the job's mounts and the directory
-/// of the egress proxy's socket.
+/// What the helper prepared for init: the sources of the job's mounts, the directory
+/// of the egress proxy's socket and the seccomp program.
 #[derive(Debug)]
 pub struct Inherited {
     /// Source of `/workspace`.
@@ -43,6 +43,8 @@ pub struct Inherited {
     pub tool_dirs: Vec<OwnedFd>,
     /// The pinned root filesystem, if any.
     pub rootfs_dir: Option<OwnedFd>,
+    /// The job's seccomp program, built by the helper while it waited for the spec.
+    pub seccomp: JobFilters,
 }
 
 /// Runs as pid 1 of the job; never returns.
@@ -53,6 +55,7 @@ pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -
         egress_dir,
         tool_dirs,
         rootfs_dir,
+        seccomp,
     } = fds;
     let code = match setup(
         spec,
@@ -62,6 +65,7 @@ pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -
         egress_dir.as_ref(),
         &tool_dirs,
         rootfs_dir.as_ref(),
+        seccomp,
     ) {
         Ok((filters, mut forwarder)) => {
             crate::spec::phase(spec, &mut status, "init-root-built");
@@ -117,6 +121,7 @@ fn setup(
     egress_dir: Option<&OwnedFd>,
     tool_dirs: &[OwnedFd],
     rootfs_dir: Option<&OwnedFd>,
+    filters: JobFilters,
 ) -> Result<(Prepared, Option<Forwarder>), Stage> {
     use std::os::fd::AsRawFd;
     // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
@@ -144,7 +149,6 @@ fn setup(
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| ("dumpable", e.to_string()))?;
     crate::spec::phase(spec, status, "init-loopback-up");
-    let filters = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
     let landlock = crate::landlock::prepare().map_err(|e| ("landlock", e.to_string()))?;
     crate::spec::phase(spec, status, "init-filters-prepared");
     // The job's one way out: a forwarder on its loopback to the runner's proxy socket, reached
