@@ -49,33 +49,23 @@ pub struct Inherited {
 
 /// Runs as pid 1 of the job; never returns.
 pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -> ! {
-    let Inherited {
-        workspace,
-        tmp,
-        egress_dir,
-        tool_dirs,
-        rootfs_dir,
-        seccomp,
-    } = fds;
-    let code = match setup(
-        spec,
-        &mut status,
-        &workspace,
-        &tmp,
-        egress_dir.as_ref(),
-        &tool_dirs,
-        rootfs_dir.as_ref(),
-        seccomp,
-    ) {
+    let code = match setup(spec, &mut status, &fds) {
         Ok((filters, mut forwarder)) => {
             crate::spec::phase(spec, &mut status, "init-root-built");
-            drop(workspace);
-            drop(tmp);
-            drop(tool_dirs);
-            drop(rootfs_dir);
+            let Inherited {
+                workspace,
+                tmp,
+                egress_dir,
+                tool_dirs,
+                rootfs_dir,
+                seccomp,
+            } = fds;
+            drop((workspace, tmp, tool_dirs, rootfs_dir, seccomp));
             report(&mut status, &Event::Ready);
             // `egress_dir` stays open: the forwarder connects through it for every connection.
-            run_steps(spec, &filters, &log, &mut status, &mut forwarder)
+            let code = run_steps(spec, &filters, &log, &mut status, &mut forwarder);
+            drop(egress_dir);
+            code
         }
         Err((stage, message)) => {
             report(
@@ -116,14 +106,12 @@ impl std::fmt::Debug for Prepared {
 fn setup(
     spec: &SandboxSpec,
     status: &mut File,
-    workspace: &OwnedFd,
-    tmp: &OwnedFd,
-    egress_dir: Option<&OwnedFd>,
-    tool_dirs: &[OwnedFd],
-    rootfs_dir: Option<&OwnedFd>,
-    filters: JobFilters,
+    fds: &Inherited,
 ) -> Result<(Prepared, Option<Forwarder>), Stage> {
     use std::os::fd::AsRawFd;
+    let (workspace, tmp, tool_dirs) = (&fds.workspace, &fds.tmp, &fds.tool_dirs);
+    let (egress_dir, rootfs_dir) = (fds.egress_dir.as_ref(), fds.rootfs_dir.as_ref());
+    let filters = fds.seccomp.clone();
     // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
     // whole namespace.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| ("pdeathsig", e.to_string()))?;
