@@ -138,7 +138,9 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         ));
     }
 
-    // 5. Namespaces.
+    // 5. Namespaces. The ones we start in are the runner's: recorded first, so that every
+    //    step's process can prove its own are different.
+    let outer_namespaces = crate::namespaces::current().map_err(at("namespaces"))?;
     unshare(
         CloneFlags::CLONE_NEWUSER
             | CloneFlags::CLONE_NEWNS
@@ -211,6 +213,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
                 tool_dirs,
                 rootfs_dir,
                 seccomp,
+                outer_namespaces,
             },
         ),
         Forked::Parent(init) => {

@@ -45,6 +45,8 @@ pub struct Inherited {
     pub rootfs_dir: Option<OwnedFd>,
     /// The job's seccomp program, built by the helper while it waited for the spec.
     pub seccomp: JobFilters,
+    /// The namespaces the helper started in (the runner's).
+    pub outer_namespaces: Vec<crate::namespaces::NamespaceId>,
 }
 
 /// Runs as pid 1 of the job; never returns.
@@ -59,8 +61,16 @@ pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -
                 tool_dirs,
                 rootfs_dir,
                 seccomp,
+                outer_namespaces,
             } = fds;
-            drop((workspace, tmp, tool_dirs, rootfs_dir, seccomp));
+            drop((
+                workspace,
+                tmp,
+                tool_dirs,
+                rootfs_dir,
+                seccomp,
+                outer_namespaces,
+            ));
             report(&mut status, &Event::Ready);
             // `egress_dir` stays open: the forwarder connects through it for every connection.
             let code = run_steps(spec, &filters, &log, &mut status, &mut forwarder);
@@ -95,6 +105,8 @@ pub struct Prepared {
     pub filters: JobFilters,
     /// The Landlock ruleset.
     pub landlock: crate::landlock::JobRuleset,
+    /// The runner's namespaces, which no job process may share.
+    pub outer_namespaces: Vec<crate::namespaces::NamespaceId>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -160,7 +172,15 @@ fn setup(
         (Some(_), None) => return Err(("egress forwarder", "no proxy socket directory".into())),
         (None, _) => None,
     };
-    Ok((Prepared { filters, landlock }, forwarder))
+    let outer_namespaces = fds.outer_namespaces.clone();
+    Ok((
+        Prepared {
+            filters,
+            landlock,
+            outer_namespaces,
+        },
+        forwarder,
+    ))
 }
 
 fn run_steps(

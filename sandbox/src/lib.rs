@@ -7,7 +7,7 @@
 //! ([`process`]). Host-side pieces the runner calls directly: [`cgroup`] (limits and killing a
 //! whole job) and [`probe`] (which layers this host can enforce).
 //!
-//! Layers, each in the module named for it: [`namespaces`](helper) (user, mount, pid, net,
+//! Layers, each in the module named for it: namespaces ([`helper`], checked by [`namespaces`]) (user, mount, pid, net,
 //! ipc, uts, cgroup), [`mount`] (tmpfs root, read-only binds, pivot_root), [`landlock`],
 //! [`seccomp`] (allowlist), [`capabilities`], rlimits ([`process`]), [`cgroup`].
 //!
@@ -25,6 +25,7 @@ pub mod helper;
 pub mod init;
 pub mod landlock;
 pub mod mount;
+pub mod namespaces;
 pub mod probe;
 pub mod process;
 pub mod seccomp;

@@ -119,7 +119,15 @@ fn prepare(
     crate::capabilities::drop_all().map_err(stage("capabilities"))?;
     mark(status, "job-capabilities-dropped");
 
+    // Every namespace must be the job's own, as the kernel sees it now.
+    let namespaces = crate::namespaces::current()
+        .map_err(stage("namespaces"))
+        .and_then(|ours| {
+            crate::namespaces::confirm_fresh(&ours, &filters.outer_namespaces)
+                .map_err(|e| ("namespaces", e))
+        })?;
     let enforced = Enforced {
+        namespaces,
         landlock_abi: landlock.abi,
         landlock_scoped: landlock.scoped,
         seccomp: "allowlist".into(),

@@ -119,6 +119,9 @@ pub struct Rlimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Enforced {
+    /// Namespaces (names under `/proc/self/ns`) the step's process was seen to be in apart
+    /// from the runner's, just before exec.
+    pub namespaces: Vec<String>,
     /// Landlock ABI whose full filesystem feature set is enforced.
     pub landlock_abi: u32,
     /// Whether the ABI 6 scopes (abstract unix sockets, signals) are enforced.

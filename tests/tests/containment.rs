@@ -257,9 +257,15 @@ echo "env=$(env | cut -d= -f1 | sort | tr '\n' ' ')""#;
         "seccomp-allowlist",
         "no-new-privs",
         "capabilities-none",
-        "network-namespace",
-        "pid-namespace",
+        // Each namespace is confirmed by the job's process comparing its own nsfs identities
+        // with the runner's just before exec.
         "user-namespace",
+        "mount-namespace",
+        "pid-namespace",
+        "network-namespace",
+        "ipc-namespace",
+        "uts-namespace",
+        "cgroup-namespace",
     ] {
         assert!(
             confirmed.iter().any(|c| c == layer),

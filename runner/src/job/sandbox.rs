@@ -249,16 +249,21 @@ impl JobRun<'_> {
 
 /// The layer names recorded in `isolation.confirmed`.
 pub(super) fn confirmed_layers(en: &bulwark_sandbox::spec::Enforced) -> Vec<String> {
-    let mut v = vec![
-        "user-namespace".to_string(),
-        "mount-namespace".into(),
-        "pid-namespace".into(),
-        "network-namespace".into(),
-        "ipc-namespace".into(),
-        "uts-namespace".into(),
-        "cgroup-namespace".into(),
-        format!("landlock-abi-{}-fully-enforced", en.landlock_abi),
-    ];
+    // Namespaces the job's process was seen (by the kernel's nsfs identities, just before
+    // exec) to be in apart from the runner's.
+    let mut v: Vec<String> = en
+        .namespaces
+        .iter()
+        .map(|ns| {
+            let label = match ns.as_str() {
+                "mnt" => "mount",
+                "net" => "network",
+                other => other,
+            };
+            format!("{label}-namespace")
+        })
+        .collect();
+    v.push(format!("landlock-abi-{}-fully-enforced", en.landlock_abi));
     if en.landlock_scoped {
         v.push("landlock-scopes".into());
     }
