@@ -83,6 +83,8 @@ fn run_inner(
     };
     marks.push(("runner-cgroup-created".into(), monotonic_ns()));
     let spec = SandboxSpec {
+        protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
+        runner_pid: std::process::id(),
         job_id: jobdir.id.clone(),
         workspace: jobdir.workspace.clone(),
         tmp: jobdir.tmp.clone(),

@@ -112,6 +112,12 @@ pub struct Started {
 }
 
 impl Started {
+    /// The helper's standard error (the job's log), to be read from before the spec is sent,
+    /// so that nothing after [`Started::send`] can fail and leave a running helper behind.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.as_mut()?.stderr.take()
+    }
+
     /// Writes `spec` to the helper and closes the pipe; the helper then builds the sandbox.
     pub fn send(mut self, spec: &SandboxSpec) -> Result<Child, String> {
         let json =
@@ -152,6 +158,14 @@ fn check_helper(path: &Path, meta: &std::fs::Metadata, euid: u32) -> Result<(), 
             meta.uid()
         ));
     }
+    if meta.mode() & 0o6000 != 0 {
+        return Err(format!(
+            "sandbox helper {} has the set-user-id or set-group-id bit (mode {:o}); it must \
+             not: chmod ug-s it",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
     if meta.mode() & 0o022 != 0 {
         return Err(format!(
             "sandbox helper {} is writable by group or others (mode {:o}); chmod go-w it",
@@ -184,6 +198,9 @@ mod tests {
         assert!(err.contains("writable by group or others"), "{err}");
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o757)).unwrap();
         assert!(check(&helper, me).is_err());
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let err = check(&helper, me).unwrap_err();
+        assert!(err.contains("set-user-id"), "{err}");
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         if me != 0 {
             // Owned by us, checked as if we were someone else (and not root).

@@ -106,6 +106,8 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
         }
     }
     let spec = SandboxSpec {
+        protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
+        runner_pid: std::process::id(),
         job_id: "probe".into(),
         workspace: ws,
         tmp,

@@ -73,7 +73,6 @@ pub fn main() -> ! {
 }
 
 fn run(status: &mut File) -> Result<i32, Stage> {
-    let parent = getppid();
     // The seccomp program depends on nothing in the spec: it is built while the runner is
     // still preparing the job and the spec has not arrived.
     let seccomp = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
@@ -81,7 +80,23 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(at("read spec"))?;
-    let spec: SandboxSpec = serde_json::from_str(&input).map_err(at("parse spec"))?;
+    let spec: SandboxSpec = serde_json::from_str(&input).map_err(|e| {
+        (
+            "parse spec",
+            format!("{e} (install bulwark and bulwark-sandbox from one build)"),
+        )
+    })?;
+    if spec.protocol != crate::spec::PROTOCOL {
+        return Err((
+            "protocol",
+            format!(
+                "the runner speaks {}, this helper {}: install bulwark and bulwark-sandbox from \
+                 one build",
+                spec.protocol,
+                crate::spec::PROTOCOL
+            ),
+        ));
+    }
     phase(&spec, status, "helper-read-spec");
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(at("open /dev/null"))?;
@@ -131,7 +146,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     // 4. Die with the runner. Set after the uid change, which clears it; then check that the
     //    runner did not die before it was set.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at("pdeathsig"))?;
-    if getppid() != parent {
+    if getppid().as_raw() != i32::try_from(spec.runner_pid).unwrap_or(-1) {
         return Err((
             "pdeathsig",
             "the runner exited before the sandbox started".into(),

@@ -71,9 +71,22 @@ pub fn build_root(
 ) -> Result<(), MountError> {
     let root = Path::new(NEW_ROOT);
     // Whatever the runner's umask: directories made below are 0755, files exactly the mode
-    // given (none of which has a group or other write bit).
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // given (none of which has a group or other write bit). The runner's umask is restored
+    // when the root is built, so the job's processes inherit it as before.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let built = build_root_inner(spec, root, workspace, tmp, tools_src, rootfs);
+    nix::sys::stat::umask(umask);
+    built
+}
 
+fn build_root_inner(
+    spec: &SandboxSpec,
+    root: &Path,
+    workspace: &Path,
+    tmp: &Path,
+    tools_src: &[(String, PathBuf)],
+    rootfs: Option<&Path>,
+) -> Result<(), MountError> {
     // 1. Nothing we mount may propagate back to the host, and nothing the host mounts later
     //    may appear in the job.
     mount(

@@ -5,8 +5,10 @@
 //! the job's combined output goes to its standard error (the log channel). Keeping the two
 //! apart means nothing a job prints can be mistaken for a status event.
 //!
-//! When changing these types: the runner and the helper are the same binary, so there is no
-//! cross-version concern, but keep `deny_unknown_fields` so a mismatch fails loudly.
+//! The runner (`bulwark`) and the helper (`bulwark-sandbox`) are separate binaries that must
+//! come from one build: the spec carries [`PROTOCOL`] (the package version and a digest of this
+//! file, made by `build.rs`), the helper refuses any other, and the runner treats a status
+//! line it cannot parse as a failure. Keep `deny_unknown_fields` so a mismatch fails loudly.
 
 use std::path::PathBuf;
 
@@ -17,10 +19,18 @@ pub const JOB_UID: u32 = 1000;
 /// See [`JOB_UID`].
 pub const JOB_GID: u32 = 1000;
 
+/// The runner-helper protocol of this build: the package version and a digest of this file.
+pub const PROTOCOL: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("BULWARK_SPEC_DIGEST"));
+
 /// Everything the helper needs to build and run one job's sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
+    /// [`PROTOCOL`] of the runner that wrote this spec; the helper refuses any other.
+    pub protocol: String,
+    /// Pid of the runner: the helper checks it is still its parent after setting its
+    /// parent-death signal.
+    pub runner_pid: u32,
     /// Identifier of the job (for messages only).
     pub job_id: String,
     /// Host directory mounted read-write at `/workspace`.

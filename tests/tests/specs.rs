@@ -104,8 +104,8 @@ fn a_configuration_with_an_unknown_key_is_refused_naming_the_file() {
 
 #[test]
 fn a_spec_larger_than_a_pipe_reaches_the_sandbox_whole() {
-    // The runner writes a spec that fits the pipe before the helper starts and a larger one
-    // after; this one (four steps of 60 KiB scripts) takes the second path.
+    // The spec goes down a pipe to a helper that is already running; this one (four steps of
+    // 60 KiB scripts) is larger than the pipe, so it must be read while it is written.
     let env = Env::new("bigspec");
     let filler = "x".repeat(60 * 1024);
     let mut job = String::from("version = 1\nname = \"big\"\n");
@@ -194,4 +194,140 @@ fn probe_reports_every_layer_and_its_exit_status_matches() {
     } else {
         assert_eq!(v["isolation_mode"], "rootless-single-uid");
     }
+}
+
+/// Runs the `bulwark-sandbox` next to the `bulwark` under test directly with `spec` and returns
+/// its status lines.
+fn helper_says(spec: &bulwark_sandbox::spec::SandboxSpec) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bulwark_tests::bulwark_bin().with_file_name("bulwark-sandbox"))
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let json = serde_json::to_vec(spec).unwrap();
+    child.stdin.take().unwrap().write_all(&json).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn minimal_spec() -> bulwark_sandbox::spec::SandboxSpec {
+    use bulwark_sandbox::spec::{Rlimits, SandboxSpec, StepSpec, PROTOCOL};
+    SandboxSpec {
+        protocol: PROTOCOL.to_string(),
+        runner_pid: std::process::id(),
+        job_id: "direct".into(),
+        workspace: "/nonexistent-workspace".into(),
+        tmp: "/nonexistent-tmp".into(),
+        system_paths: Vec::new(),
+        etc_entries: Vec::new(),
+        host_ids: None,
+        cgroup_procs: Vec::new(),
+        hostname: "direct".into(),
+        steps: vec![StepSpec {
+            name: "s".into(),
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            timeout_ms: None,
+        }],
+        job_timeout_ms: 10_000,
+        kill_grace_ms: 100,
+        rlimits: Rlimits {
+            nofile: 1024,
+            core: 0,
+            nproc: None,
+            address_space: None,
+        },
+        report_phases: false,
+        rootfs: None,
+        tools: Vec::new(),
+        egress: None,
+    }
+}
+
+#[test]
+fn a_helper_refuses_a_runner_from_another_build_and_one_that_is_not_its_parent() {
+    // bulwark and bulwark-sandbox are installed side by side; a mixed pair must not run jobs.
+    let mut spec = minimal_spec();
+    spec.protocol = "0.0.0+0000000000000000".into();
+    let said = helper_says(&spec);
+    assert!(
+        said.contains("\"stage\":\"protocol\"") && said.contains("one build"),
+        "{said}"
+    );
+    // The runner named in the spec must be the helper's parent (the test process is, so name
+    // another pid): a helper whose runner is gone never builds a sandbox.
+    let mut spec = minimal_spec();
+    spec.runner_pid = 1;
+    let said = helper_says(&spec);
+    assert!(
+        said.contains("\"stage\":\"pdeathsig\"") && said.contains("runner exited"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_status_report_the_runner_cannot_read_fails_the_job() {
+    // A helper from another build reports what it enforced in a shape this runner does not
+    // know: the job must not be reported as run with unconfirmed protections.
+    let env = Env::new("foreignhelper");
+    let bin_dir = env.dir.join("bin");
+    fs::create_dir(&bin_dir).unwrap();
+    let c = bin_dir.join("fake.c");
+    fs::write(
+        &c,
+        r#"#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    char buf[65536];
+    while (read(0, buf, sizeof buf) > 0) {}
+    printf("{\"event\":\"ready\"}\n"
+           "{\"event\":\"step_enforced\",\"step\":\"main\",\"enforced\":{\"from_another_build\":true}}\n"
+           "{\"event\":\"step_finished\",\"step\":\"main\",\"exit_code\":0,\"signal\":null,\"duration_ms\":1,\"timed_out\":false}\n"
+           "{\"event\":\"done\",\"job_timed_out\":false}\n");
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let cc = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(bin_dir.join("bulwark-sandbox"))
+        .arg(&c)
+        .status();
+    if !cc.map(|s| s.success()).unwrap_or(false) {
+        eprintln!("SKIP: no C compiler (cc) to build a stand-in helper");
+        return;
+    }
+    let bulwark = bin_dir.join("bulwark");
+    fs::copy(bulwark_tests::bulwark_bin(), &bulwark).unwrap();
+    let out = env.dir.join("out-foreign");
+    let spec = env.dir.join("job-foreign.toml");
+    fs::write(&spec, one_step("foreign", "true", "")).unwrap();
+    let output = std::process::Command::new(&bulwark)
+        .arg("run")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&out)
+        .arg("--config")
+        .arg(&env.config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    let result: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_ne!(result["status"], "succeeded", "{result}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unreadable status line"),
+        "{result}"
+    );
 }

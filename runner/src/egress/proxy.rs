@@ -16,8 +16,9 @@
 //! `head_timeout`, a 64 KiB pipe (or, when no pipe can be had, a 64 KiB buffer) per relayed
 //! direction, an idle timeout on every relay, and a capped log. Memory per job is therefore
 //! at most about `max_connections × (max_head_bytes + 128 KiB)` plus the kernel's socket
-//! buffers; the one to each client is asked to be 1 MiB. Descriptors: two sockets
-//! and two pipes (four descriptors) per connection.
+//! buffers (left at the kernel's defaults). Descriptors per connection: the two sockets,
+//! plus two pipes (four descriptors) for a tunnel or one pipe for a plain-HTTP response, so
+//! at most six; 768 for a job at the default 128 connections.
 //!
 //! The socket is created with the process umask's mode and owned by the daemon; the job's
 //! init must be able to connect to it, so the caller chowns it to the job's host uid (or
@@ -82,9 +83,6 @@ impl Default for ProxyLimits {
 
 /// Relay buffer per direction, when a relay cannot splice (no pipe to be had).
 const RELAY_BUF: usize = 64 * 1024;
-/// Send buffer asked for on each client's unix socket (the kernel doubles it and caps it at
-/// `net.core.wmem_max`).
-const UNIX_SNDBUF: usize = 1 << 20;
 /// Most addresses tried for one name.
 const MAX_ADDRESSES: usize = 16;
 
@@ -304,9 +302,9 @@ impl Attempt {
 }
 
 async fn handle(mut client: UnixStream, shared: &Shared, mut stop: watch::Receiver<bool>) {
-    // Downloads cross to the forwarder in larger steps; best effort, the default works too.
-    let sndbuf = UNIX_SNDBUF;
-    let _ = nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::SndBuf, &sndbuf);
+    // The send buffer toward the job stays at the kernel's default: socket memory is charged
+    // to the daemon, and a job parking many connections with a client that never reads must
+    // not be able to pin megabytes each (a larger buffer measured no faster).
     let mut attempt = Attempt::new();
     tokio::select! {
         () = serve_one(&mut client, shared, &mut attempt) => {}

@@ -589,6 +589,11 @@ impl JobRun<'_> {
                 "the sandbox ended without reporting completion".into(),
             ));
         }
+        if !reported.steps.is_empty() && reported.enforced.is_none() {
+            return Err(Stop::Runner(
+                "a step ran without the sandbox reporting which protections it enforced".into(),
+            ));
+        }
         // Name the limit that ended a failed step.
         if let Some(last) = self.steps.last_mut() {
             if last.exit_code != Some(0) {

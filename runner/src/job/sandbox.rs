@@ -48,6 +48,8 @@ impl JobRun<'_> {
             })
             .collect();
         SandboxSpec {
+            protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
+            runner_pid: std::process::id(),
             job_id: jobdir.id.clone(),
             workspace: jobdir.workspace.clone(),
             tmp: jobdir.tmp.clone(),
@@ -139,16 +141,17 @@ impl JobRun<'_> {
         spec: &SandboxSpec,
         helper: crate::helper_process::Started,
     ) -> Result<Reported, Stop> {
-        let mut child = helper.send(spec).map_err(Stop::Refused)?;
-        let log = child
-            .stderr
-            .take()
+        let mut helper = helper;
+        // job.log first: if it cannot be made, the helper is killed before it ever gets a spec.
+        let log = helper
+            .take_stderr()
             .ok_or_else(|| Stop::Refused("no log channel".into()))?;
         let log_thread =
             crate::joblog::capture(log, &self.out, self.config.limits.log_cap, !self.args.quiet)
                 .map_err(|e| {
                     Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
                 })?;
+        let mut child = helper.send(spec).map_err(Stop::Refused)?;
         // Backstop: if init somehow outlives every deadline, kill the helper (and with it, by
         // parent-death signals, the whole sandbox).
         let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -168,7 +171,14 @@ impl JobRun<'_> {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<Event>(&line) {
                     Ok(ev) => self.on_event(ev, &mut reported),
-                    Err(e) => tracing::warn!("unreadable status line from the sandbox ({e})"),
+                    // Fail closed: an event we cannot read may be the one that says what
+                    // was enforced (a helper from another build would say it differently).
+                    Err(e) => {
+                        reported.setup_failed.get_or_insert((
+                            "status".into(),
+                            format!("unreadable status line from the sandbox helper ({e})"),
+                        ));
+                    }
                 }
             }
         }
