@@ -922,17 +922,7 @@ mod tests {
                     &limits,
                     &attempt,
                 );
-                let talk = async {
-                    let (mut r, mut w) = tokio::io::split(job);
-                    let send = async {
-                        w.write_all(&data).await.unwrap();
-                        w.shutdown().await.unwrap();
-                    };
-                    let mut got = Vec::new();
-                    let (_, read) = tokio::join!(send, r.read_to_end(&mut got));
-                    read.unwrap();
-                    got
-                };
+                let talk = relay::tests::send_and_receive(job, data.clone());
                 let (relayed, got) = tokio::join!(relay, talk);
                 assert!(relayed.is_ok(), "spliced: {spliced}");
                 origin_task.await.unwrap();

@@ -156,7 +156,7 @@ pub(super) async fn both_ways<A: Endpoint, B: Endpoint>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -170,7 +170,7 @@ mod tests {
     }
 
     /// Sends `data` and half-closes while reading everything the peer sends.
-    async fn send_and_receive<S>(stream: S, data: Vec<u8>) -> Vec<u8>
+    pub(in crate::egress) async fn send_and_receive<S>(stream: S, data: Vec<u8>) -> Vec<u8>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
     {
