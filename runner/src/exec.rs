@@ -15,7 +15,7 @@ use bulwark_sandbox::cgroup::{self, JobCgroup};
 use bulwark_sandbox::spec::{monotonic_ns, Event, Rlimits, SandboxSpec, StepSpec};
 
 use crate::config::{self, Dirs};
-use crate::job::{ETC_ENTRIES, JOB_PATH, SYSTEM_PATHS};
+use crate::job::JOB_PATH;
 
 /// Runs `bulwark exec`; returns the exit status (the command's, or 2 when refused).
 pub fn run(config_path: Option<PathBuf>, phases: bool, argv: Vec<String>) -> u8 {
@@ -83,14 +83,6 @@ fn run_inner(
     };
     marks.push(("runner-cgroup-created".into(), monotonic_ns()));
     let spec = SandboxSpec {
-        protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
-        runner_pid: std::process::id(),
-        job_id: jobdir.id.clone(),
-        workspace: jobdir.workspace.clone(),
-        tmp: jobdir.tmp.clone(),
-        system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
-        etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
-        host_ids: lease.as_ref().map(|l| (l.uid, l.uid)),
         cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
         hostname: "bulwark-exec".into(),
         steps: vec![StepSpec {
@@ -112,9 +104,12 @@ fn run_inner(
             address_space: cg.is_none().then_some(limits.max_memory),
         },
         report_phases: phases,
-        rootfs: None,
-        tools: Vec::new(),
-        egress: None,
+        ..crate::job::base_spec(
+            &jobdir.id,
+            jobdir.workspace.clone(),
+            jobdir.tmp.clone(),
+            lease.as_ref().map(|l| (l.uid, l.uid)),
+        )
     };
     let mut child = helper.send(&spec)?;
     marks.push(("runner-spec-sent".into(), monotonic_ns()));

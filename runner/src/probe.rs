@@ -4,12 +4,11 @@
 //! the layers the probe starts a real trial sandbox running `/bin/true` with every layer on.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
 
-use crate::job::{ETC_ENTRIES, JOB_PATH, SYSTEM_PATHS};
+use crate::job::JOB_PATH;
 
 /// Runs the probe, prints the report, returns 0 (full isolation) or 1 (degraded).
 pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<String>) -> u8 {
@@ -106,15 +105,6 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
         }
     }
     let spec = SandboxSpec {
-        protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
-        runner_pid: std::process::id(),
-        job_id: "probe".into(),
-        workspace: ws,
-        tmp,
-        system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
-        etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
-        host_ids: lease.as_ref().map(|l| (l.uid, l.uid)),
-        cgroup_procs: Vec::new(),
         hostname: "bulwark-probe".into(),
         steps: vec![StepSpec {
             name: "probe".into(),
@@ -130,10 +120,7 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
             nproc: None,
             address_space: None,
         },
-        report_phases: false,
-        rootfs: None,
-        tools: Vec::new(),
-        egress: None,
+        ..crate::job::base_spec("probe", ws, tmp, lease.as_ref().map(|l| (l.uid, l.uid)))
     };
     let result = run_trial(&spec);
     let _ = crate::fsutil::remove_tree(&base);

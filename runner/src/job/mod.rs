@@ -79,6 +79,42 @@ pub const EGRESS_PORT: u16 = 3128;
 /// `PATH` inside the sandbox.
 pub const JOB_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// A sandbox spec with what every sandbox of this runner shares: this build's protocol and
+/// this runner's pid, the host's system paths and `/etc` entries, no cgroups, no tools, no
+/// network, and conservative limits. Callers override the rest with struct update syntax.
+pub fn base_spec(
+    job_id: &str,
+    workspace: PathBuf,
+    tmp: PathBuf,
+    host_ids: Option<(u32, u32)>,
+) -> bulwark_sandbox::spec::SandboxSpec {
+    bulwark_sandbox::spec::SandboxSpec {
+        protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
+        runner_pid: std::process::id(),
+        job_id: job_id.to_string(),
+        workspace,
+        tmp,
+        system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
+        etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
+        host_ids,
+        cgroup_procs: Vec::new(),
+        hostname: "bulwark-job".into(),
+        steps: Vec::new(),
+        job_timeout_ms: 10_000,
+        kill_grace_ms: 1_000,
+        rlimits: bulwark_sandbox::spec::Rlimits {
+            nofile: 65536,
+            core: 0,
+            nproc: None,
+            address_space: None,
+        },
+        report_phases: false,
+        rootfs: None,
+        tools: Vec::new(),
+        egress: None,
+    }
+}
+
 /// How a job that ran ended: status, the reason when it did not succeed, and its outputs.
 type Outcome = (
     JobStatus,

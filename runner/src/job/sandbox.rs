@@ -11,7 +11,7 @@ use bulwark_protocol::{format_size, StepResult};
 use bulwark_sandbox::cgroup::JobCgroup;
 use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
 
-use super::{JobRun, Reported, Stop, ETC_ENTRIES, JOB_PATH, SYSTEM_PATHS};
+use super::{JobRun, Reported, Stop, JOB_PATH};
 use crate::config::Dirs;
 use crate::workspace::JobDir;
 
@@ -48,16 +48,7 @@ impl JobRun<'_> {
             })
             .collect();
         SandboxSpec {
-            protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
-            runner_pid: std::process::id(),
-            job_id: jobdir.id.clone(),
-            workspace: jobdir.workspace.clone(),
-            tmp: jobdir.tmp.clone(),
-            system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
-            etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
-            host_ids: host_uid.map(|u| (u, u)),
             cgroup_procs: cg.map(|c| c.procs_files()).unwrap_or_default(),
-            hostname: "bulwark-job".into(),
             steps,
             job_timeout_ms: self.job.timeout.as_millis().try_into().unwrap_or(u64::MAX),
             kill_grace_ms: self
@@ -73,10 +64,12 @@ impl JobRun<'_> {
                 nproc: fallback.then_some(self.job.pids),
                 address_space: fallback.then_some(self.job.memory),
             },
-            report_phases: false,
-            rootfs: None,
-            tools: Vec::new(),
-            egress: None,
+            ..super::base_spec(
+                &jobdir.id,
+                jobdir.workspace.clone(),
+                jobdir.tmp.clone(),
+                host_uid.map(|u| (u, u)),
+            )
         }
     }
 
