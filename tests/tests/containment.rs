@@ -72,6 +72,57 @@ for p in ["/usr/{marker}", "/etc/{marker}", "/{marker}", "/tools/{marker}"]:
 
 #[cfg(target_arch = "x86_64")]
 #[test]
+fn the_root_and_every_system_mount_are_sealed_read_only_by_the_mounts_themselves() {
+    // Landlock would refuse these writes anyway; this checks the mount layer on its own, from
+    // the job's /proc/self/mountinfo: everything but the job's writable places is read-only,
+    // and nothing the job can write to honours set-user-id bits or device nodes.
+    let env = Env::new("seal");
+    let run = py(
+        &env,
+        "mounts.py",
+        r#"
+for line in open("/proc/self/mountinfo"):
+    f = line.split()
+    print(f"mount {f[4]}={f[5]}")
+"#,
+    );
+    let r = env.run(&one_step("seal", &run, ""));
+    r.assert_code(0);
+    let mounts: Vec<(String, Vec<String>)> = r
+        .log
+        .lines()
+        .filter_map(|l| l.strip_prefix("mount "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(m, o)| (m.to_string(), o.split(',').map(String::from).collect()))
+        .collect();
+    assert!(mounts.iter().any(|(m, _)| m == "/usr"), "{r}");
+    let writable = ["/workspace", "/tmp", "/dev/shm", "/proc"];
+    let devices = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+    ];
+    for (mount, opts) in &mounts {
+        let has = |o: &str| opts.iter().any(|x| x == o);
+        if devices.contains(&mount.as_str()) {
+            continue; // host device nodes keep the host mount's flags; no file to execute
+        }
+        assert!(has("nosuid"), "{mount} lacks nosuid: {opts:?}");
+        if writable.contains(&mount.as_str()) {
+            assert!(has("nodev"), "{mount} lacks nodev: {opts:?}");
+        } else {
+            assert!(has("ro"), "{mount} is writable: {opts:?}\n{r}");
+            if mount != "/dev" {
+                assert!(has("nodev"), "{mount} lacks nodev: {opts:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn dangerous_system_calls_are_refused() {
     let env = Env::new("syscalls");
     // Arguments are chosen so that, were the call not filtered, the kernel would answer
