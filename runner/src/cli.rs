@@ -181,6 +181,7 @@ pub enum EgressCommand {
 
 /// Runs the parsed command; returns the exit status.
 pub fn dispatch(cli: Cli) -> u8 {
+    crate::egress::raise_descriptor_limit();
     match cli.command {
         Commands::Run {
             job,

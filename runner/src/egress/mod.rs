@@ -87,6 +87,26 @@ pub use policy::{check_ceiling, Decision, Denied, EgressPolicy};
 pub use proxy::{start, JobProxy, ProxyLimits};
 pub use suggest::suggest;
 
+/// Raises this process's soft limit on open descriptors to its hard limit, as daemons do:
+/// the egress proxy holds up to six descriptors per job connection (two sockets, two pipes),
+/// 768 at the default 128 connections per job, and a soft limit of 1024 (a common default
+/// for ordinary users) would turn a busy job's connections into refusals. Never raises the
+/// hard limit; returns the soft limit now in force.
+pub fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// A single-threaded tokio runtime for the proxy's and relay's unit tests.
 #[cfg(test)]
 fn test_runtime() -> tokio::runtime::Runtime {
