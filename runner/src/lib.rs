@@ -2,7 +2,8 @@
 //!
 //! `bulwark run` validates a job spec against the operator's configuration, checks that this
 //! host can enforce every isolation layer, prepares a workspace, starts the sandbox helper
-//! (this same binary in helper mode, see `bulwark_sandbox::helper`), streams the job's log,
+//! (`bulwark-sandbox`, installed next to `bulwark`; see `helper_process` and
+//! `bulwark_sandbox::helper`), streams the job's log,
 //! and after every job process is gone copies the declared outputs out without following
 //! symlinks, hashing them as it copies, and writes `result.json`.
 //!

@@ -43,7 +43,7 @@ fn at<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Stage {
     move |e| (stage, e.to_string())
 }
 
-/// Entry point of helper mode; never returns.
+/// Entry point of the `bulwark-sandbox` binary; never returns.
 pub fn main() -> ! {
     // The runner execs this binary through /proc/self/fd/N (so that what it checked is what
     // runs), which would leave the command name as "N" in ps and top.

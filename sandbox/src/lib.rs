@@ -1,8 +1,8 @@
 //! Linux isolation for Bulwark jobs.
 //!
 //! This crate builds the sandbox a CI job runs in and knows nothing about jobs, HTTP or
-//! signing. The runner describes a sandbox with a [`spec::SandboxSpec`] and starts its own
-//! binary in helper mode ([`helper::main`]); the helper builds the namespaces, the filesystem
+//! signing. The runner describes a sandbox with a [`spec::SandboxSpec`] and starts this
+//! crate's `bulwark-sandbox` binary ([`helper::main`]); the helper builds the namespaces, the filesystem
 //! view and the init, and every step's process locks itself down before exec
 //! ([`process`]). Host-side pieces the runner calls directly: [`cgroup`] (limits and killing a
 //! whole job) and [`probe`] (which layers this host can enforce).
