@@ -1,0 +1,309 @@
+//! Tests of the verification policy: parsing, every check against real provenance shapes.
+
+use super::*;
+use crate::provenance::statement::{
+    BuildDefinition, BuildMetadata, Builder, Provenance, RunDetails,
+};
+use serde_json::json;
+
+const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+fn statement() -> Statement {
+    Statement {
+        type_: crate::provenance::statement::STATEMENT_TYPE.into(),
+        subject: vec![ResourceDescriptor::sha256(Some("app".into()), None, A)],
+        predicate_type: crate::provenance::statement::SLSA_PROVENANCE_V1.into(),
+        predicate: Provenance {
+            build_definition: BuildDefinition {
+                build_type: crate::provenance::statement::BUILD_TYPE.into(),
+                external_parameters: json!({
+                    "source": { "uri": "https://git.example.com/org/app.git", "ref": "refs/heads/main" },
+                    "job": { "path": "job.toml", "sha256": A },
+                    "trust": "trusted",
+                }),
+                internal_parameters: json!({
+                    "isolation": { "mode": "subuid" },
+                    "weakened": [],
+                }),
+                resolved_dependencies: vec![
+                    ResourceDescriptor::sha256(
+                        Some("source".into()),
+                        Some("git+https://git.example.com/org/app.git".into()),
+                        A,
+                    ),
+                    ResourceDescriptor::sha256(
+                        Some("jq".into()),
+                        Some("https://example.org/jq.tgz".into()),
+                        B,
+                    ),
+                ],
+            },
+            run_details: RunDetails {
+                builder: Builder {
+                    id: "https://ci.example.com/pool-a".into(),
+                    version: Default::default(),
+                    builder_dependencies: vec![ResourceDescriptor::sha256(
+                        Some("bulwark".into()),
+                        None,
+                        C,
+                    )],
+                },
+                metadata: BuildMetadata {
+                    invocation_id: "1".into(),
+                    started_on: "2030-01-01T00:00:00Z".into(),
+                    finished_on: "2030-01-01T00:00:10Z".into(),
+                },
+                byproducts: vec![],
+            },
+        },
+    }
+}
+
+fn now() -> SystemTime {
+    humantime::parse_rfc3339("2030-01-01T01:00:00Z").unwrap()
+}
+
+fn rejection(policy: &str, st: &Statement) -> String {
+    let p = Policy::from_toml_str(policy).unwrap();
+    p.check(st, now()).unwrap_err().to_string()
+}
+
+#[test]
+fn an_unknown_field_is_an_error_naming_the_field_and_its_line() {
+    let e = Policy::from_toml_str("builder_ids = [\"x\"]\nbuilder_id = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 2, column 1") && e.contains("unknown field `builder_id`"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn values_that_can_never_be_right_are_errors_naming_the_key() {
+    for (text, want) in [
+        (
+            "builder_ids = []",
+            "builder_ids: an empty list rejects everything",
+        ),
+        (
+            "require_trust = \"yes\"",
+            "require_trust: \"yes\" is not a trust level",
+        ),
+        (
+            "require_isolation = [\"chroot\"]",
+            "require_isolation: \"chroot\" is not an isolation mode",
+        ),
+        (
+            "quarantined_digests = [\"abc\"]",
+            "quarantined_digests: \"abc\" is not a sha256 digest",
+        ),
+        (
+            "allowed_dependency_digests = [\"xyz\"]",
+            "allowed_dependency_digests: \"xyz\"",
+        ),
+        (
+            "max_age = \"30 days\"",
+            "max_age: \"30 days\" is not a duration",
+        ),
+        ("max_age = \"0s\"", "max_age: \"0s\" is zero"),
+        ("max_age = \"0d\"", "max_age: \"0d\" is zero"),
+        ("forbid_weakened = \"no\"", "invalid type"),
+    ] {
+        let e = Policy::from_toml_str(text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}
+
+#[test]
+fn an_empty_policy_only_forbids_weakened_builds() {
+    let p = Policy::from_toml_str("").unwrap();
+    assert_eq!(p, Policy::default());
+    assert!(p.forbid_weakened);
+    assert!(p.check(&statement(), now()).is_ok());
+}
+
+#[test]
+fn ages_count_days_hours_minutes_and_seconds() {
+    assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+    assert_eq!(parse_age("1d12h"), Ok(Duration::from_secs(36 * 3_600)));
+    assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_age("10m"), Ok(Duration::from_secs(600)));
+    assert_eq!(parse_age("1h"), Ok(Duration::from_secs(3_600)));
+    for bad in [
+        "",
+        "d",
+        "30",
+        "1.5d",
+        "-1d",
+        "1h1d",
+        "1dd",
+        "99999999999999999999d",
+    ] {
+        assert!(parse_age(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn star_crosses_slashes_and_question_mark_is_one_character() {
+    assert!(glob_matches(
+        "https://git.example.com/org/*",
+        "https://git.example.com/org/a/b.git"
+    ));
+    assert!(!glob_matches(
+        "https://git.example.com/org/*",
+        "https://git.example.com/other/a"
+    ));
+    assert!(glob_matches("refs/tags/v*", "refs/tags/v1.2.3"));
+    assert!(!glob_matches("refs/tags/v*", "refs/heads/v1"));
+    assert!(glob_matches("refs/heads/main", "refs/heads/main"));
+    assert!(!glob_matches("refs/heads/main", "refs/heads/main2"));
+    assert!(glob_matches("v?.0", "v1.0") && glob_matches("v?.0", "vé.0"));
+    assert!(!glob_matches("v?.0", "v10.0"));
+    assert!(glob_matches("*", "") && !glob_matches("?", ""));
+    assert!(glob_matches("a*b*c", "aXbYbZc") && !glob_matches("a*b*c", "aXbY"));
+    // Adversarial input stays fast (no exponential backtracking).
+    let long = "a".repeat(5_000);
+    assert!(!glob_matches("*a*a*a*a*a*b", &long));
+}
+
+#[test]
+fn each_check_rejects_naming_itself_and_the_values_seen() {
+    let st = statement();
+    let cases = [
+        ("builder_ids = [\"https://other\"]", "builder_ids: runDetails.builder.id is \"https://ci.example.com/pool-a\", not one of [\"https://other\"]"),
+        ("source_uris = [\"https://git.example.com/other/*\"]", "source_uris: externalParameters.source.uri is \"https://git.example.com/org/app.git\", which matches none of [\"https://git.example.com/other/*\"]"),
+        ("source_refs = [\"refs/tags/v*\"]", "source_refs: externalParameters.source.ref is \"refs/heads/main\", which matches none of [\"refs/tags/v*\"]"),
+        ("require_isolation = [\"root-per-job-uid\"]", "require_isolation: internalParameters.isolation.mode is \"subuid\", not one of [\"root-per-job-uid\"]"),
+        (&format!("allowed_dependency_digests = [\"{A}\"]"), &format!("allowed_dependency_digests: resolvedDependencies \"jq\" (\"https://example.org/jq.tgz\") has sha256 {B}, which is not in the allowed list")),
+        (&format!("quarantined_digests = [\"{C}\"]"), &format!("quarantined_digests: builderDependencies \"bulwark\" has quarantined sha256 {C}")),
+        (&format!("quarantined_digests = [\"{}\"]", B.to_uppercase()), &format!("quarantined_digests: resolvedDependencies \"jq\" (\"https://example.org/jq.tgz\") has quarantined sha256 {B}")),
+        ("max_age = \"30m\"", "max_age: finished 59m 50s ago (runDetails.metadata.finishedOn 2030-01-01T00:00:10Z), more than max_age 30m"),
+    ];
+    for (policy, want) in cases {
+        assert_eq!(rejection(policy, &st), want, "{policy}");
+    }
+    let accept = format!(
+        "builder_ids = [\"https://ci.example.com/pool-a\"]\nsource_uris = [\"https://git.example.com/org/*\"]\n\
+         source_refs = [\"refs/heads/main\"]\nrequire_trust = \"trusted\"\nrequire_isolation = [\"subuid\"]\n\
+         allowed_dependency_digests = [\"{B}\"]\nquarantined_digests = [\"{}\"]\nmax_age = \"2h\"\n",
+        "d".repeat(64)
+    );
+    Policy::from_toml_str(&accept)
+        .unwrap()
+        .check(&st, now())
+        .unwrap();
+}
+
+#[test]
+fn trust_is_checked_and_untrusted_accepts_both_levels() {
+    let mut st = statement();
+    assert!(Policy::from_toml_str("require_trust = \"untrusted\"")
+        .unwrap()
+        .check(&st, now())
+        .is_ok());
+    st.predicate.build_definition.external_parameters["trust"] = json!("untrusted");
+    assert_eq!(
+        rejection("require_trust = \"trusted\"", &st),
+        "require_trust: externalParameters.trust is \"untrusted\", the policy requires \"trusted\""
+    );
+    assert!(Policy::from_toml_str("require_trust = \"untrusted\"")
+        .unwrap()
+        .check(&st, now())
+        .is_ok());
+    st.predicate.build_definition.external_parameters["trust"] = json!("root");
+    assert!(rejection("require_trust = \"untrusted\"", &st)
+        .starts_with("require_trust: externalParameters.trust is \"root\""));
+}
+
+#[test]
+fn absent_fields_reject_rather_than_pass() {
+    let mut st = statement();
+    let ext = &mut st.predicate.build_definition.external_parameters;
+    ext["source"] = json!({ "path": "/src", "treeDigest": A });
+    ext.as_object_mut().unwrap().remove("trust");
+    let int = &mut st.predicate.build_definition.internal_parameters;
+    int["isolation"] = Value::Null;
+    int.as_object_mut().unwrap().remove("weakened");
+    // A local source: the uri comes from the signed "source" dependency.
+    assert_eq!(
+        rejection("source_uris = [\"file:///*\"]", &st),
+        "source_uris: resolvedDependencies \"source\" uri is \"git+https://git.example.com/org/app.git\", which matches none of [\"file:///*\"]"
+    );
+    assert!(rejection("source_refs = [\"*\"]", &st)
+        .starts_with("source_refs: the statement has no externalParameters.source.ref"));
+    assert_eq!(rejection("require_trust = \"untrusted\"", &st), "require_trust: externalParameters.trust is absent, the policy requires \"trusted\" or \"untrusted\"");
+    assert_eq!(
+        rejection(
+            "forbid_weakened = false\nrequire_isolation = [\"subuid\"]",
+            &st
+        ),
+        "require_isolation: internalParameters.isolation.mode is absent, not one of [\"subuid\"]"
+    );
+    assert_eq!(
+        rejection("", &st),
+        "forbid_weakened: internalParameters.weakened is absent, expected an empty list"
+    );
+    st.predicate.build_definition.resolved_dependencies.clear();
+    assert!(
+        rejection("forbid_weakened = false\nsource_uris = [\"*\"]", &st)
+            .starts_with("source_uris: the statement names no source uri")
+    );
+    st.predicate.run_details.metadata.finished_on = "yesterday".into();
+    assert_eq!(
+        rejection("forbid_weakened = false\nmax_age = \"1d\"", &st),
+        "max_age: runDetails.metadata.finishedOn \"yesterday\" is not an RFC 3339 UTC timestamp"
+    );
+}
+
+#[test]
+fn weakened_builds_are_rejected_by_default_and_accepted_when_allowed() {
+    let mut st = statement();
+    st.predicate.build_definition.internal_parameters["weakened"] = json!(["seccomp"]);
+    assert_eq!(
+        rejection("", &st),
+        "forbid_weakened: internalParameters.weakened lists [\"seccomp\"]; set forbid_weakened = false to accept weakened builds"
+    );
+    assert!(Policy::from_toml_str("forbid_weakened = false")
+        .unwrap()
+        .check(&st, now())
+        .is_ok());
+}
+
+#[test]
+fn a_dependency_without_a_digest_fails_pinning_and_the_source_is_exempt() {
+    let mut st = statement();
+    st.predicate.build_definition.resolved_dependencies[1]
+        .digest
+        .clear();
+    assert_eq!(
+        rejection(&format!("allowed_dependency_digests = [\"{B}\"]"), &st),
+        "allowed_dependency_digests: resolvedDependencies \"jq\" (\"https://example.org/jq.tgz\") has no sha256 digest"
+    );
+    st.predicate
+        .build_definition
+        .resolved_dependencies
+        .truncate(1);
+    assert!(Policy::from_toml_str("allowed_dependency_digests = []")
+        .unwrap()
+        .check(&st, now())
+        .is_ok());
+}
+
+#[test]
+fn a_statement_dated_in_the_future_beyond_clock_skew_fails_max_age() {
+    let mut st = statement();
+    st.predicate.run_details.metadata.finished_on = "2030-01-01T01:04:00Z".into();
+    assert!(Policy::from_toml_str("max_age = \"1h\"")
+        .unwrap()
+        .check(&st, now())
+        .is_ok());
+    st.predicate.run_details.metadata.finished_on = "2030-01-02T00:00:00Z".into();
+    assert_eq!(
+        rejection("max_age = \"1h\"", &st),
+        "max_age: runDetails.metadata.finishedOn 2030-01-02T00:00:00Z is 23h in the future"
+    );
+}
