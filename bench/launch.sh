@@ -22,16 +22,8 @@ command -v hyperfine >/dev/null && command -v bwrap >/dev/null || {
   echo "needs hyperfine and bubblewrap (apt-get install hyperfine bubblewrap)" >&2; exit 2; }
 cargo build --release --locked -q
 bin=$PWD/target/release/bulwark
-work=$(mktemp -d /tmp/bulwark-bench.XXXXXX)
-chmod 0755 "$work"
-trap 'rm -rf "$work"' EXIT
-cat > "$work/config.toml" <<TOML
-[limits]
-$( [[ $(id -u) != 0 ]] && echo 'allow_rlimit_fallback = true' )
-[paths]
-state_dir = "$work/state"
-runtime_dir = "$work/run"
-TOML
+. bench/lib.sh
+bench_workdir bench
 printf 'version = 1\nname = "noop"\n[[steps]]\nname = "noop"\nrun = "true"\n' > "$work/noop.toml"
 mkdir -p "$work/outs"
 

@@ -12,16 +12,8 @@ cd "$(dirname "$0")/.."
 runs=${1:-20}
 ${BULWARK_SKIP_BUILD:+true} cargo build --release --locked -q
 bin=${BULWARK_BIN:-$PWD/target/release/bulwark}
-work=$(mktemp -d /tmp/bulwark-prov.XXXXXX)
-chmod 0755 "$work"
-trap 'rm -rf "$work"' EXIT
-cat > "$work/config.toml" <<TOML
-[limits]
-$( [[ $(id -u) != 0 ]] && echo 'allow_rlimit_fallback = true' )
-[paths]
-state_dir = "$work/state"
-runtime_dir = "$work/run"
-TOML
+. bench/lib.sh
+bench_workdir prov
 mkdir -p "$work/src"
 for n in 1 1000; do
   cat > "$work/job$n.toml" <<TOML

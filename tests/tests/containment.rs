@@ -456,45 +456,43 @@ fn rand_digits() -> String {
         .collect()
 }
 
-#[test]
-fn an_output_symlink_to_a_host_file_is_refused_without_reading_it() {
-    let env = Env::new("out-symlink");
-    let job = one_step(
-        "leak",
-        "ln -s /etc/shadow leak.txt",
-        "[outputs]\npaths = [\"leak.txt\"]",
-    );
+/// Runs a one-step job that makes `path` with `run` and declares it as an output; the job must
+/// fail with `reason` and nothing may be stored.
+fn assert_output_refused(tag: &str, run: &str, path: &str, reason: &str) {
+    let env = Env::new(tag);
+    let job = one_step(tag, run, &format!("[outputs]\npaths = [\"{path}\"]"));
     let r = env.run(&job);
     r.assert_code(1);
+    let said = r.result()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        r.result()["reason"]
-            .as_str()
-            .unwrap()
-            .contains("output leak.txt: refused: it is a symlink"),
+        said.contains(&format!("output {path}: refused: {reason}")),
         "{r}"
     );
-    assert!(!r.out.join("leak.txt").exists());
-    assert!(r.result()["outputs"].as_array().unwrap().is_empty());
+    assert!(!r.out.join(path).exists(), "{r}");
+    assert!(r.result()["outputs"].as_array().unwrap().is_empty(), "{r}");
+}
+
+#[test]
+fn an_output_symlink_to_a_host_file_is_refused_without_reading_it() {
+    assert_output_refused(
+        "out-symlink",
+        "ln -s /etc/shadow leak.txt",
+        "leak.txt",
+        "it is a symlink",
+    );
 }
 
 #[test]
 fn a_hard_linked_output_is_refused() {
-    let env = Env::new("out-hardlink");
-    let job = one_step(
-        "hl",
+    assert_output_refused(
+        "out-hardlink",
         "echo data > a.txt && ln a.txt b.txt",
-        "[outputs]\npaths = [\"b.txt\"]",
+        "b.txt",
+        "it has 2 hard links",
     );
-    let r = env.run(&job);
-    r.assert_code(1);
-    assert!(
-        r.result()["reason"]
-            .as_str()
-            .unwrap()
-            .contains("output b.txt: refused: it has 2 hard links"),
-        "{r}"
-    );
-    assert!(!r.out.join("b.txt").exists());
 }
 
 #[test]

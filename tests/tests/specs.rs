@@ -216,36 +216,20 @@ fn helper_says(spec: &bulwark_sandbox::spec::SandboxSpec) -> String {
 }
 
 fn minimal_spec() -> bulwark_sandbox::spec::SandboxSpec {
-    use bulwark_sandbox::spec::{Rlimits, SandboxSpec, StepSpec, PROTOCOL};
+    use bulwark_sandbox::spec::{SandboxSpec, StepSpec};
     SandboxSpec {
-        protocol: PROTOCOL.to_string(),
-        runner_pid: std::process::id(),
-        job_id: "direct".into(),
-        workspace: "/nonexistent-workspace".into(),
-        tmp: "/nonexistent-tmp".into(),
-        system_paths: Vec::new(),
-        etc_entries: Vec::new(),
-        host_ids: None,
-        cgroup_procs: Vec::new(),
-        hostname: "direct".into(),
         steps: vec![StepSpec {
             name: "s".into(),
             argv: vec!["/bin/true".into()],
             env: Vec::new(),
             timeout_ms: None,
         }],
-        job_timeout_ms: 10_000,
-        kill_grace_ms: 100,
-        rlimits: Rlimits {
-            nofile: 1024,
-            core: 0,
-            nproc: None,
-            address_space: None,
-        },
-        report_phases: false,
-        rootfs: None,
-        tools: Vec::new(),
-        egress: None,
+        ..bulwark_runner::job::base_spec(
+            "direct",
+            "/nonexistent-workspace".into(),
+            "/nonexistent-tmp".into(),
+            None,
+        )
     }
 }
 
