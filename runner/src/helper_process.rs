@@ -23,10 +23,20 @@ use bulwark_sandbox::spec::SandboxSpec;
 /// The helper binary, opened once: the job execs exactly this file (through
 /// `/proc/self/fd`), and provenance hashes the same open file afterwards, so the digest
 /// recorded is that of the helper that ran even if the installed file is replaced meanwhile.
+///
+/// Replaced is not the only way a file changes: its owner (root, or the runner's own user)
+/// could also rewrite it in place. The kernel refuses writes to it while any process runs it
+/// (`ETXTBSY`), so a change can only fall between our open and the exec, or after the job.
+/// Either one moves the file's change time, which is recorded at open and checked around the
+/// hashing: a helper changed since the job started is an error, not a wrong digest. (Kernels
+/// from 6.13 give a file that was just stat'ed a fine-grained change time on its next write;
+/// older ones can miss a rewrite within the same clock tick, a few milliseconds.)
 #[derive(Debug)]
 pub struct HelperBinary {
     file: File,
     path: PathBuf,
+    /// Change time (seconds, nanoseconds) and size when opened.
+    opened: (i64, i64, u64),
 }
 
 impl HelperBinary {
@@ -51,28 +61,51 @@ impl HelperBinary {
                     path.display()
                 )
             })?;
+        HelperBinary::checked(file, path)
+    }
+
+    fn checked(file: File, path: PathBuf) -> Result<HelperBinary, String> {
         let meta = file
             .metadata()
             .map_err(|e| format!("sandbox helper {}: {e}", path.display()))?;
         check_helper(&path, &meta, nix::unistd::geteuid().as_raw())?;
-        Ok(HelperBinary { file, path })
+        Ok(HelperBinary {
+            file,
+            path,
+            opened: change_stamp(&meta),
+        })
     }
 
-    /// sha256 of the helper binary, read from the descriptor that was executed.
-    pub fn sha256(&self) -> std::io::Result<String> {
+    /// sha256 of the helper binary, read from the descriptor that was executed; an error if
+    /// the file changed since it was opened (then nobody can say which bytes ran).
+    pub fn sha256(&self) -> Result<String, String> {
         use sha2::Digest;
         use std::os::unix::fs::FileExt;
+        let io =
+            |e: std::io::Error| format!("hashing the sandbox helper {}: {e}", self.path.display());
+        let unchanged = |when: &str| -> Result<(), String> {
+            let now = change_stamp(&self.file.metadata().map_err(io)?);
+            if now == self.opened {
+                return Ok(());
+            }
+            Err(format!(
+                "the sandbox helper {} was changed {when} (its change time or size moved), so                  the provenance cannot name the helper that ran; do not modify bulwark-sandbox                  in place while jobs run (install a new file by rename), then run the job again",
+                self.path.display()
+            ))
+        };
+        unchanged("after this job started it")?;
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut offset = 0u64;
         loop {
-            let n = self.file.read_at(&mut buf, offset)?;
+            let n = self.file.read_at(&mut buf, offset).map_err(io)?;
             if n == 0 {
                 break;
             }
             h.update(&buf[..n]);
             offset += n as u64;
         }
+        unchanged("while it was being hashed")?;
         Ok(crate::outputs::hex(&h.finalize()))
     }
 
@@ -123,12 +156,45 @@ impl Started {
         let json =
             serde_json::to_vec(spec).map_err(|e| format!("encoding the sandbox spec: {e}"))?;
         let mut pipe = self.spec.take().ok_or("spec already sent")?;
-        pipe.write_all(&json)
-            .map_err(|e| format!("sending the sandbox spec: {e}"))?;
+        if let Err(e) = pipe.write_all(&json) {
+            drop(pipe);
+            return Err(self.stopped_early(&format!("sending the sandbox spec: {e}")));
+        }
         drop(pipe);
         self.child
             .take()
             .ok_or_else(|| "helper already gone".to_string())
+    }
+
+    /// The spec could not be written: the helper has stopped reading (it exited or was
+    /// killed). Reaps it and says why from what it reported, instead of a bare broken pipe.
+    fn stopped_early(&mut self, what: &str) -> String {
+        let Some(mut child) = self.child.take() else {
+            return what.to_string();
+        };
+        let _ = child.kill();
+        let status = child.wait();
+        let mut said = String::new();
+        if let Some(out) = child.stdout.take() {
+            // Bounded: the helper wrote at most a line or two before it stopped.
+            let _ =
+                std::io::Read::read_to_string(&mut std::io::Read::take(out, 64 * 1024), &mut said);
+        }
+        let reason = said.lines().find_map(|line| {
+            match serde_json::from_str::<bulwark_sandbox::spec::Event>(line) {
+                Ok(bulwark_sandbox::spec::Event::SetupFailed { stage, message }) => {
+                    Some(format!("{stage}: {message}"))
+                }
+                _ => None,
+            }
+        });
+        let status = status.map_or_else(|e| format!("unknown status ({e})"), |s| s.to_string());
+        match reason {
+            Some(r) => format!("{what}; the sandbox helper stopped first ({status}): {r}"),
+            None => {
+                format!("{what}; the sandbox helper stopped first ({status}) without saying why")
+            }
+        }
     }
 }
 
@@ -140,6 +206,10 @@ impl Drop for Started {
             let _ = child.wait();
         }
     }
+}
+
+fn change_stamp(meta: &std::fs::Metadata) -> (i64, i64, u64) {
+    (meta.ctime(), meta.ctime_nsec(), meta.size())
 }
 
 fn check_helper(path: &Path, meta: &std::fs::Metadata, euid: u32) -> Result<(), String> {
@@ -183,6 +253,27 @@ mod tests {
 
     fn check(path: &Path, euid: u32) -> Result<(), String> {
         check_helper(path, &std::fs::symlink_metadata(path).unwrap(), euid)
+    }
+
+    #[test]
+    fn a_helper_changed_after_it_was_opened_gets_no_digest() {
+        let dir = crate::tools::testutil::TempDir::new("helper-digest");
+        let path = dir.path().join("bulwark-sandbox");
+        std::fs::write(&path, b"#!/bin/true\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let helper = HelperBinary::checked(File::open(&path).unwrap(), path.clone()).unwrap();
+        // sha256 of "#!/bin/true\n"
+        let expected = {
+            use sha2::Digest;
+            crate::outputs::hex(&sha2::Sha256::digest(b"#!/bin/true\n"))
+        };
+        assert_eq!(helper.sha256().unwrap(), expected);
+        // Rewritten in place (same inode, the descriptor sees the new bytes).
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"echo swapped\n").unwrap();
+        drop(f);
+        let err = helper.sha256().unwrap_err();
+        assert!(err.contains("was changed after this job started it"), "{err}");
     }
 
     #[test]

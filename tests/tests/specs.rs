@@ -254,16 +254,52 @@ fn a_helper_refuses_a_runner_from_another_build_and_one_that_is_not_its_parent()
     );
 }
 
+/// Runs `bulwark run` of a one-step job with a stand-in `bulwark-sandbox` compiled from
+/// `c_source` next to a copy of `bulwark`; `None` (after saying so) without a C compiler.
+fn run_with_stand_in_helper(
+    env: &Env,
+    name: &str,
+    c_source: &str,
+) -> Option<(std::process::Output, std::path::PathBuf)> {
+    let bin_dir = env.dir.join(format!("bin-{name}"));
+    fs::create_dir(&bin_dir).unwrap();
+    let c = bin_dir.join("fake.c");
+    fs::write(&c, c_source).unwrap();
+    let cc = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(bin_dir.join("bulwark-sandbox"))
+        .arg(&c)
+        .status();
+    if !cc.map(|s| s.success()).unwrap_or(false) {
+        eprintln!("SKIP: no C compiler (cc) to build a stand-in helper");
+        return None;
+    }
+    let bulwark = bin_dir.join("bulwark");
+    fs::copy(bulwark_tests::bulwark_bin(), &bulwark).unwrap();
+    let out = env.dir.join(format!("out-{name}"));
+    let spec = env.dir.join(format!("job-{name}.toml"));
+    fs::write(&spec, one_step(name, "true", "")).unwrap();
+    let output = std::process::Command::new(&bulwark)
+        .arg("run")
+        .arg(&spec)
+        .arg("--out")
+        .arg(&out)
+        .arg("--config")
+        .arg(&env.config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    Some((output, out))
+}
+
 #[test]
 fn a_status_report_the_runner_cannot_read_fails_the_job() {
     // A helper from another build reports what it enforced in a shape this runner does not
     // know: the job must not be reported as run with unconfirmed protections.
     let env = Env::new("foreignhelper");
-    let bin_dir = env.dir.join("bin");
-    fs::create_dir(&bin_dir).unwrap();
-    let c = bin_dir.join("fake.c");
-    fs::write(
-        &c,
+    let Some((output, out)) = run_with_stand_in_helper(
+        &env,
+        "foreign",
         r#"#include <stdio.h>
 #include <unistd.h>
 int main(void) {
@@ -276,32 +312,9 @@ int main(void) {
     return 0;
 }
 "#,
-    )
-    .unwrap();
-    let cc = std::process::Command::new("cc")
-        .arg("-o")
-        .arg(bin_dir.join("bulwark-sandbox"))
-        .arg(&c)
-        .status();
-    if !cc.map(|s| s.success()).unwrap_or(false) {
-        eprintln!("SKIP: no C compiler (cc) to build a stand-in helper");
+    ) else {
         return;
-    }
-    let bulwark = bin_dir.join("bulwark");
-    fs::copy(bulwark_tests::bulwark_bin(), &bulwark).unwrap();
-    let out = env.dir.join("out-foreign");
-    let spec = env.dir.join("job-foreign.toml");
-    fs::write(&spec, one_step("foreign", "true", "")).unwrap();
-    let output = std::process::Command::new(&bulwark)
-        .arg("run")
-        .arg(&spec)
-        .arg("--out")
-        .arg(&out)
-        .arg("--config")
-        .arg(&env.config)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_ne!(output.status.code(), Some(0), "{stderr}");
     let result: serde_json::Value =
@@ -312,6 +325,41 @@ int main(void) {
             .as_str()
             .unwrap_or_default()
             .contains("unreadable status line"),
+        "{result}"
+    );
+}
+
+#[test]
+fn a_helper_that_stops_before_its_spec_is_refused_with_its_reason() {
+    // The helper gives up before reading the spec (here: at once, as one whose seccomp
+    // program cannot be built would): the runner says what the helper said, not just that
+    // a pipe broke, and nothing ran.
+    let env = Env::new("earlyhelper");
+    let Some((output, out)) = run_with_stand_in_helper(
+        &env,
+        "early",
+        r#"#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    close(0);
+    printf("{\"event\":\"setup_failed\",\"stage\":\"seccomp\",\"message\":\"stand-in refuses\"}\n");
+    return 125;
+}
+"#,
+    ) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("stand-in refuses"), "{stderr}");
+    let result: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_ne!(result["status"], "succeeded", "{result}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stand-in refuses"),
         "{result}"
     );
 }

@@ -753,7 +753,7 @@ fn sign_provenance(
         helper_sha256: helper
             .map(|h| h.sha256())
             .transpose()
-            .map_err(|e| anyhow::anyhow!("hashing the sandbox helper: {e}"))?,
+            .map_err(|e| anyhow::anyhow!(e))?,
     };
     let statement = provenance::build_statement(&input);
     // The key is read now, after every job process is gone, and dropped when this returns.
