@@ -83,7 +83,7 @@ fn run_inner(
     };
     marks.push(("runner-cgroup-created".into(), monotonic_ns()));
     let spec = SandboxSpec {
-        cgroup_procs: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+        cgroup_join: cg.as_ref().map(|c| c.join_files()).unwrap_or_default(),
         hostname: "bulwark-exec".into(),
         steps: vec![StepSpec {
             name: "exec".into(),

@@ -269,11 +269,17 @@ mod tests {
         };
         assert_eq!(helper.sha256().unwrap(), expected);
         // Rewritten in place (same inode, the descriptor sees the new bytes).
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"echo swapped\n").unwrap();
         drop(f);
         let err = helper.sha256().unwrap_err();
-        assert!(err.contains("was changed after this job started it"), "{err}");
+        assert!(
+            err.contains("was changed after this job started it"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -297,9 +297,21 @@ impl JobCgroup {
         Ok(())
     }
 
-    /// The `cgroup.procs` files a process writes its pid to in order to join.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    /// The files a single-threaded process writes `0` (itself) to in order to join.
+    ///
+    /// v1: `tasks`, which moves only the writing thread. Moving a whole process (`cgroup.procs`)
+    /// takes the kernel's global `cgroup_threadgroup_rwsem` for writing, and when nobody has
+    /// written it for a while that first waits out an RCU grace period: 6–30 ms here, on more
+    /// than one job launch in ten. The kernel skips that lock when a thread moves itself (it
+    /// cannot exit or exec meanwhile), and for a process with one thread, moving the thread is
+    /// moving the process: the caller must be single-threaded, and the helper checks that it
+    /// is. v2: `cgroup.procs` (`cgroup.threads` cannot leave a domain cgroup).
+    pub fn join_files(&self) -> Vec<PathBuf> {
+        let file = match self.version {
+            Version::V1 => "tasks",
+            Version::V2 => "cgroup.procs",
+        };
+        self.dirs.iter().map(|d| d.join(file)).collect()
     }
 
     /// Pids currently in the job's cgroup.

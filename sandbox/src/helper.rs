@@ -27,8 +27,8 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{
-    dup, dup2_stdin, dup2_stdout, getgid, getpid, getppid, getuid, setgroups, setresgid, setresuid,
-    Gid, Uid,
+    dup, dup2_stdin, dup2_stdout, getgid, getppid, getuid, setgroups, setresgid, setresuid, Gid,
+    Uid,
 };
 
 use crate::spec::{phase, Event, SandboxSpec, JOB_GID, JOB_UID};
@@ -119,13 +119,28 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         None => None,
     };
 
-    // 2. cgroups.
-    for procs in &spec.cgroup_procs {
+    // 2. cgroups: this thread moves itself ("0"). On v1 that is the `tasks` file, which moves
+    //    one thread without the kernel's global migration lock (see `JobCgroup::join_files`);
+    //    it moves the whole helper only because the helper has one thread, so that is checked
+    //    first: a second thread would stay outside the job's limits.
+    if !spec.cgroup_join.is_empty() {
+        let threads = std::fs::read_dir("/proc/self/task")
+            .map_err(|e| ("cgroup", format!("counting the helper's threads: {e}")))?
+            .count();
+        if threads != 1 {
+            return Err((
+                "cgroup",
+                format!("the helper has {threads} threads; it joins the job's cgroups by moving its one thread"),
+            ));
+        }
+    }
+    for file in &spec.cgroup_join {
         let mut f = OpenOptions::new()
             .write(true)
-            .open(procs)
-            .map_err(|e| ("cgroup", format!("{}: {e}", procs.display())))?;
-        write!(f, "{}", getpid()).map_err(|e| ("cgroup", format!("{}: {e}", procs.display())))?;
+            .open(file)
+            .map_err(|e| ("cgroup", format!("{}: {e}", file.display())))?;
+        f.write_all(b"0")
+            .map_err(|e| ("cgroup", format!("{}: {e}", file.display())))?;
     }
 
     // 3. Root mode: become the job's host uid. Order: groups, then gid, then uid (after the

@@ -45,9 +45,10 @@ pub struct SandboxSpec {
     /// Root mode: the unprivileged host uid and gid the helper switches to before it creates
     /// any namespace. `None`: keep the caller's ids (rootless).
     pub host_ids: Option<(u32, u32)>,
-    /// `cgroup.procs` files the helper moves itself into before anything else, so that every
-    /// process of the job is born inside the job's cgroups.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// Files of the job's cgroups (`tasks` on v1, `cgroup.procs` on v2) the helper writes `0`
+    /// to, moving itself in before anything else, so that every process of the job is born
+    /// inside them (see `JobCgroup::join_files`).
+    pub cgroup_join: Vec<PathBuf>,
     /// Hostname inside the job's UTS namespace.
     pub hostname: String,
     /// Steps, run in order in the one sandbox.

@@ -48,7 +48,7 @@ impl JobRun<'_> {
             })
             .collect();
         SandboxSpec {
-            cgroup_procs: cg.map(|c| c.procs_files()).unwrap_or_default(),
+            cgroup_join: cg.map(|c| c.join_files()).unwrap_or_default(),
             steps,
             job_timeout_ms: self.job.timeout.as_millis().try_into().unwrap_or(u64::MAX),
             kill_grace_ms: self
