@@ -82,9 +82,11 @@ fn prepare(
         }
     };
     mark(status, "job-forked");
-    // Init blocks SIGCHLD to read it from a signalfd; the mask survives exec, so undo it.
+    // Init blocks SIGCHLD to read it from a signalfd; the mask survives exec, so undo it. So
+    // do ignored signals (the runner's SIGPIPE among them): the job starts with defaults.
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(stage("signal mask"))?;
+    crate::sys::reset_signal_dispositions().map_err(stage("signal dispositions"))?;
     setsid().map_err(stage("setsid"))?;
 
     let null = open(

@@ -332,6 +332,29 @@ echo "env=$(env | cut -d= -f1 | sort | tr '\n' ' ')""#;
 }
 
 #[test]
+fn a_job_starts_with_every_signal_at_its_default_action() {
+    // Ignored signals survive exec: the runner's runtime ignores SIGPIPE, and whoever started
+    // the runner may ignore others (here USR1 and HUP). None of that may reach the job, or a
+    // build's `yes | head -1` reports a broken pipe instead of being stopped by the signal.
+    let env = Env::new("signals");
+    let run = r#"grep -E '^(SigIgn|SigBlk):' /proc/self/status | tr -d '\t ' | sed 's/:/=/'
+yes | head -1"#;
+    let (cmd, out) = env.command(&one_step("signals", run, ""), &[]);
+    let mut wrapped = std::process::Command::new("sh");
+    wrapped
+        .arg("-c")
+        .arg("trap '' USR1 HUP PIPE; exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    let r = bulwark_tests::Run::from_output(wrapped.output().unwrap(), out);
+    r.assert_code(0);
+    assert_eq!(r.value("SigIgn"), "0000000000000000", "{r}");
+    assert_eq!(r.value("SigBlk"), "0000000000000000", "{r}");
+    assert!(!r.log.contains("Broken pipe"), "{r}");
+    assert!(r.log.lines().any(|l| l == "y"), "{r}");
+}
+
+#[test]
 fn landlock_denies_a_path_that_mounts_and_permissions_allow() {
     let env = Env::new("landlock");
     // The canary is in the mount view, owned by the job's uid with mode 0644: only Landlock

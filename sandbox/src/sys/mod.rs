@@ -227,6 +227,57 @@ pub fn mount_setattr_add(path: &std::path::Path, set: u64, recursive: bool) -> i
     }
 }
 
+/// Sets every signal's disposition back to the default, as a freshly booted process has it.
+///
+/// A caught signal is reset by `execve` anyway; an *ignored* one stays ignored across it. Rust's
+/// runtime ignores SIGPIPE in the runner and the helper, and whoever started the runner may
+/// have ignored others: without this a job's `yes | head -1` would report "Broken pipe"
+/// instead of being stopped by the signal, unlike on any ordinary machine. Uses the raw
+/// `rt_sigaction` system call because glibc refuses to touch the two real-time signals it
+/// reserves for itself (32 and 33), which can be inherited ignored too.
+pub fn reset_signal_dispositions() -> io::Result<()> {
+    // The kernel's `struct sigaction` on the architectures we support (x86_64, aarch64):
+    // handler, flags, restorer, then the mask (`_NSIG / 8` = 8 bytes).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context and the kernel
+        // reads exactly `size_of::<KernelSigaction>()` bytes from a live stack value whose
+        // layout matches its `struct sigaction` (sigsetsize 8 is the kernel's `_NSIG / 8`);
+        // the old action is not asked for (null).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::other(format!(
+                "resetting the disposition of signal {sig}: {}",
+                io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Moves up to `len` bytes from `from` to `to` inside the kernel (`splice(2)`), where one of
 /// the two is a pipe and the other a socket (or a pipe). Non-blocking on the pipe side
 /// (`SPLICE_F_NONBLOCK`); the socket side follows the socket's own `O_NONBLOCK`. Returns the
