@@ -349,14 +349,6 @@ struct Reported {
 
 impl JobRun<'_> {
     fn execute(&mut self) -> Result<Outcome, Stop> {
-        // The helper is exec'd first, and links on the other CPU while this thread checks the
-        // host's layers and prepares the job's directories, inputs and cgroups; it waits for
-        // its spec (and is killed unused if the job is refused meanwhile).
-        let helper = crate::helper_process::HelperBinary::open().map_err(Stop::Refused)?;
-        let started = helper
-            .start(std::process::Stdio::piped())
-            .map_err(Stop::Refused)?;
-        self.helper = Some(helper);
         let limits = &self.config.limits;
         // Every layer this job relies on must be enforceable here.
         // Whether this user may create cgroups is learned by creating the job's own, below.
@@ -404,6 +396,13 @@ impl JobRun<'_> {
 
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
         dirs.create().map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        // The helper is exec'd while the job's directories, inputs and cgroups are prepared;
+        // it waits for its spec (and is killed unused if the job is refused meanwhile).
+        let helper = crate::helper_process::HelperBinary::open().map_err(Stop::Refused)?;
+        let started = helper
+            .start(std::process::Stdio::piped())
+            .map_err(Stop::Refused)?;
+        self.helper = Some(helper);
         let cleaned = workspace::cleanup_stale(&dirs, &host.cgroups);
         if !cleaned.is_empty() {
             eprintln!(
