@@ -8,9 +8,9 @@
 #           migration and removal, from exec of the bulwark binary to reap
 #   run     bulwark run of a no-op job (one step `true`, no outputs), with a fresh empty
 #           --out directory made before each timed run
-# Interleaved run by run: each iteration times floor, bwrap, exec and run once each, in turn
-# (fork/exec/wait from one Python process, CLOCK_MONOTONIC), so the VM's drift between
-# seconds hits every command alike. The iterations are also split into ROUNDS consecutive
+# Interleaved run by run: each iteration times floor, bwrap, exec and run once each, in an
+# order that rotates every iteration (fork/exec/wait from one Python process,
+# CLOCK_MONOTONIC), so the VM's drift between seconds hits every command alike. The iterations are also split into ROUNDS consecutive
 # blocks; the report gives the median per-block ratio and its range next to the pooled medians.
 # Then per-phase medians of `bulwark exec --phases` over RUNS runs.
 #
@@ -29,7 +29,7 @@ mkdir -p "$work/outs"
 
 echo "machine: $(nproc) vCPU, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), $(id -un)"
 python3 - "$work" "$bin" "$runs" "$rounds" <<'PY'
-import os, statistics, sys, tempfile, time
+import os, shutil, statistics, sys, tempfile, time
 work, bin, runs, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 cfg = f"{work}/config.toml"
 cmds = {
@@ -40,8 +40,7 @@ cmds = {
     "exec": [bin, "exec", "--config", cfg, "--", "/bin/true"],
     "run": [bin, "run", "-q", "--config", cfg, "--out", "OUT", f"{work}/noop.toml"],
 }
-bwrap_path = next(p for p in os.environ["PATH"].split(":") if os.access(f"{p}/bwrap", os.X_OK))
-cmds["bwrap"][0] = f"{bwrap_path}/bwrap"
+cmds["bwrap"][0] = shutil.which("bwrap") or sys.exit("bwrap not found on PATH")
 null = os.open("/dev/null", os.O_WRONLY)
 times = {k: [] for k in cmds}
 def once(argv):
@@ -54,8 +53,12 @@ def once(argv):
         sys.exit(f"{' '.join(argv)}: exit status {st}")
     return dt
 warmup = 10
+names = list(cmds)
 for i in range(warmup + runs):
-    for name, argv in cmds.items():
+    # The order rotates each iteration, so that no command always follows the same other one
+    # (a kernel cost left by one, such as deferred cleanup, would always land on the next).
+    for name in names[i % len(names):] + names[:i % len(names)]:
+        argv = cmds[name]
         if name == "run":
             out = tempfile.mkdtemp(dir=f"{work}/outs")
             argv = [out if a == "OUT" else a for a in argv]
@@ -65,15 +68,15 @@ for i in range(warmup + runs):
 def pct(xs, p):
     xs = sorted(xs); k = (len(xs) - 1) * p; f = int(k); c = min(f + 1, len(xs) - 1)
     return xs[f] + (xs[c] - xs[f]) * (k - f)
-per = -(-runs // rounds)
+rounds = max(1, min(rounds, runs))
 ratios = {"exec": [], "run": []}
 for r in range(rounds):
-    block = slice(r * per, (r + 1) * per)
+    block = slice(r * runs // rounds, (r + 1) * runs // rounds)
     bw = statistics.median(times["bwrap"][block])
     for k in ratios:
         ratios[k].append(statistics.median(times[k][block]) / bw)
 bw = statistics.median(times["bwrap"])
-print(f"\n{'what':<8}{'median ms':>11}{'p95 ms':>9}{'x bwrap':>9}   per-block ratio: median (min-max) over {rounds} blocks of {per}")
+print(f"\n{'what':<8}{'median ms':>11}{'p95 ms':>9}{'x bwrap':>9}   per-block ratio: median (min-max) over {rounds} blocks")
 for name in cmds:
     xs = times[name]
     line = f"{name:<8}{statistics.median(xs):>11.2f}{pct(xs, .95):>9.2f}{statistics.median(xs) / bw:>9.2f}"

@@ -22,20 +22,25 @@ use bulwark_sandbox::spec::SandboxSpec;
 
 /// The helper binary, opened once: the job execs exactly this file (through
 /// `/proc/self/fd`), and provenance hashes the same open file afterwards, so the digest
-/// recorded is that of the helper that ran even if the installed file is replaced meanwhile.
+/// recorded is that of the helper that ran even if a new file is installed at its path (by
+/// rename, as package managers do) while the job runs.
 ///
 /// Replaced is not the only way a file changes: its owner (root, or the runner's own user)
-/// could also rewrite it in place. The kernel refuses writes to it while any process runs it
-/// (`ETXTBSY`), so a change can only fall between our open and the exec, or after the job.
-/// Either one moves the file's change time, which is recorded at open and checked around the
-/// hashing: a helper changed since the job started is an error, not a wrong digest. (Kernels
-/// from 6.13 give a file that was just stat'ed a fine-grained change time on its next write;
-/// older ones can miss a rewrite within the same clock tick, a few milliseconds.)
+/// could also rewrite it in place. The kernel usually refuses writes to it while any process
+/// runs it (`ETXTBSY`), so a change falls between our open and the exec, or after the job.
+/// Either one moves the file's modification time, which is recorded at open (with the size)
+/// and checked around the hashing: a helper changed since the job started is an error, not a
+/// wrong digest. (Not the change time: a rename over the path or a new hard link moves that
+/// too, and must not fail the jobs that run meanwhile.) Filesystems with fine-grained
+/// timestamps (ext4, xfs, btrfs and tmpfs from Linux 6.13) give a file that was just stat'ed
+/// a new modification time on its next write; elsewhere a rewrite within the same clock tick,
+/// a few milliseconds, can go unseen. The file's owner could also set the time back by hand,
+/// but the owner is as trusted as this binary.
 #[derive(Debug)]
 pub struct HelperBinary {
     file: File,
     path: PathBuf,
-    /// Change time (seconds, nanoseconds) and size when opened.
+    /// Modification time (seconds, nanoseconds) and size when opened.
     opened: (i64, i64, u64),
 }
 
@@ -89,7 +94,10 @@ impl HelperBinary {
                 return Ok(());
             }
             Err(format!(
-                "the sandbox helper {} was changed {when} (its change time or size moved), so                  the provenance cannot name the helper that ran; do not modify bulwark-sandbox                  in place while jobs run (install a new file by rename), then run the job again",
+                "the sandbox helper {} was changed {when} (its modification time or size \
+                 moved), so the provenance cannot name the helper that ran; do not modify \
+                 bulwark-sandbox in place while jobs run (install a new file by rename), then \
+                 run the job again",
                 self.path.display()
             ))
         };
@@ -176,7 +184,12 @@ impl Started {
         let status = child.wait();
         let mut said = String::new();
         if let Some(out) = child.stdout.take() {
-            // Bounded: the helper wrote at most a line or two before it stopped.
+            // Non-blocking, so that nothing but the dead helper's own end-of-file decides when
+            // this read ends; bounded: the helper wrote at most a line or two before it stopped.
+            let _ = nix::fcntl::fcntl(
+                &out,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
             let _ =
                 std::io::Read::read_to_string(&mut std::io::Read::take(out, 64 * 1024), &mut said);
         }
@@ -209,7 +222,7 @@ impl Drop for Started {
 }
 
 fn change_stamp(meta: &std::fs::Metadata) -> (i64, i64, u64) {
-    (meta.ctime(), meta.ctime_nsec(), meta.size())
+    (meta.mtime(), meta.mtime_nsec(), meta.size())
 }
 
 fn check_helper(path: &Path, meta: &std::fs::Metadata, euid: u32) -> Result<(), String> {
@@ -268,7 +281,15 @@ mod tests {
             crate::outputs::hex(&sha2::Sha256::digest(b"#!/bin/true\n"))
         };
         assert_eq!(helper.sha256().unwrap(), expected);
+        // A new helper installed by rename (as package managers do), and a hard link: the
+        // open file keeps its bytes and its digest, and is not reported as changed.
+        let new = dir.path().join("bulwark-sandbox.new");
+        std::fs::write(&new, b"#!/bin/false\n").unwrap();
+        std::fs::hard_link(&path, dir.path().join("link")).unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        assert_eq!(helper.sha256().unwrap(), expected);
         // Rewritten in place (same inode, the descriptor sees the new bytes).
+        let path = dir.path().join("link");
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)

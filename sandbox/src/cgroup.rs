@@ -302,10 +302,12 @@ impl JobCgroup {
     /// v1: `tasks`, which moves only the writing thread. Moving a whole process (`cgroup.procs`)
     /// takes the kernel's global `cgroup_threadgroup_rwsem` for writing, and when nobody has
     /// written it for a while that first waits out an RCU grace period: 6–30 ms here, on more
-    /// than one job launch in ten. The kernel skips that lock when a thread moves itself (it
-    /// cannot exit or exec meanwhile), and for a process with one thread, moving the thread is
-    /// moving the process: the caller must be single-threaded, and the helper checks that it
-    /// is. v2: `cgroup.procs` (`cgroup.threads` cannot leave a domain cgroup).
+    /// than one job launch in ten. Kernels since 5.17 (and 5.4 and later stable releases) skip
+    /// that lock when a thread moves itself (it cannot exit or exec meanwhile); older ones
+    /// take it either way, so this is a speed-up, never a change in what is enforced. For a
+    /// process with one thread, moving the thread is moving the process: the caller must be
+    /// single-threaded, and the helper checks that it is. v2: `cgroup.procs`
+    /// (`cgroup.threads` cannot leave a domain cgroup).
     pub fn join_files(&self) -> Vec<PathBuf> {
         let file = match self.version {
             Version::V1 => "tasks",

@@ -82,11 +82,9 @@ fn prepare(
         }
     };
     mark(status, "job-forked");
-    // Init blocks SIGCHLD to read it from a signalfd; the mask survives exec, so undo it. So
-    // do ignored signals (the runner's SIGPIPE among them): the job starts with defaults.
+    // Init blocks SIGCHLD to read it from a signalfd; the mask survives exec, so undo it.
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(stage("signal mask"))?;
-    crate::sys::reset_signal_dispositions().map_err(stage("signal dispositions"))?;
     setsid().map_err(stage("setsid"))?;
 
     let null = open(
@@ -168,6 +166,10 @@ fn prepare(
     .map_err(stage("report"))?;
     mark(status, "job-exec");
     crate::sys::close_fds_from(3).map_err(stage("close descriptors"))?;
+    // So do ignored signals (the runner's SIGPIPE among them): the job starts with every
+    // signal at its default. Last, so that SIGPIPE cannot kill this process while it still
+    // reports to a status channel whose reader is gone.
+    crate::sys::reset_signal_dispositions().map_err(stage("signal dispositions"))?;
     let e = execve(&prog, &argv, &envp).unwrap_err();
     let _ = writeln!(
         std::io::stderr(),

@@ -236,8 +236,10 @@ pub fn mount_setattr_add(path: &std::path::Path, set: u64, recursive: bool) -> i
 /// `rt_sigaction` system call because glibc refuses to touch the two real-time signals it
 /// reserves for itself (32 and 33), which can be inherited ignored too.
 pub fn reset_signal_dispositions() -> io::Result<()> {
-    // The kernel's `struct sigaction` on the architectures we support (x86_64, aarch64):
-    // handler, flags, restorer, then the mask (`_NSIG / 8` = 8 bytes).
+    // The kernel's `struct sigaction` on x86_64 and aarch64: handler, flags, restorer, then
+    // the mask (`_NSIG / 8` = 8 bytes). Architectures without the restorer field (riscv64)
+    // read the first 24 of these 32 bytes, all zero, which means the same: SIG_DFL, no flags,
+    // empty mask.
     #[repr(C)]
     struct KernelSigaction {
         handler: usize,
