@@ -7,9 +7,8 @@
 //! name and renamed when the stream ends.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 
 /// What the log capture kept and dropped.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,68 +24,96 @@ pub fn truncation_marker(cap: u64, dropped: u64) -> String {
     format!("\n[bulwark: job log truncated at {cap} bytes (limits.log_cap); {dropped} more bytes were dropped]\n")
 }
 
-/// Starts a thread copying `stream` into `<dir>/job.log` (and to `echo` when given).
-pub fn capture<R: Read + Send + 'static>(
-    stream: R,
-    dir: &Path,
+/// `<dir>/job.log` being written: fed chunk by chunk with [`LogCapture::take`] as the job's
+/// stream arrives (the runner reads it in the same loop as the helper's status channel, so a
+/// job needs no thread of the runner's), stored up to the cap, echoed when asked.
+#[derive(Debug)]
+pub struct LogCapture {
+    file: File,
+    partial: PathBuf,
+    final_path: PathBuf,
     cap: u64,
     echo: bool,
-) -> io::Result<JoinHandle<io::Result<LogStats>>> {
-    let final_path = dir.join("job.log");
-    let partial: PathBuf = dir.join(".job.log.partial");
-    let file = File::create(&partial)?;
-    std::thread::Builder::new()
-        .name("job-log".into())
-        .spawn(move || {
-            let stats = copy_capped(stream, file, cap, echo)?;
-            fs::rename(&partial, &final_path)?;
-            Ok(stats)
-        })
+    stats: LogStats,
+    /// The first write error; the stream is still drained after it, so the job never blocks.
+    failed: Option<io::Error>,
 }
 
-fn copy_capped<R: Read>(
-    mut stream: R,
-    mut file: File,
-    cap: u64,
-    echo: bool,
-) -> io::Result<LogStats> {
-    let mut stats = LogStats::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let stdout = io::stdout();
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let room = cap.saturating_sub(stats.kept);
-        let keep = (n as u64).min(room) as usize;
-        if keep > 0 {
-            file.write_all(&buf[..keep])?;
-            if echo {
-                let mut out = stdout.lock();
-                let _ = out.write_all(&buf[..keep]);
+impl LogCapture {
+    /// Creates `<dir>/.job.log.partial`, renamed to `job.log` by [`LogCapture::finish`].
+    pub fn create(dir: &Path, cap: u64, echo: bool) -> io::Result<LogCapture> {
+        let partial = dir.join(".job.log.partial");
+        Ok(LogCapture {
+            file: File::create(&partial)?,
+            partial,
+            final_path: dir.join("job.log"),
+            cap,
+            echo,
+            stats: LogStats::default(),
+            failed: None,
+        })
+    }
+
+    /// Takes the next chunk of the stream: stored (and echoed) up to the cap, counted past it.
+    pub fn take(&mut self, data: &[u8]) {
+        let room = self.cap.saturating_sub(self.stats.kept);
+        let keep = (data.len() as u64).min(room) as usize;
+        if keep > 0 && self.failed.is_none() {
+            if let Err(e) = self.file.write_all(&data[..keep]) {
+                self.failed = Some(e);
+            } else if self.echo {
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(&data[..keep]);
                 let _ = out.flush();
             }
-            stats.kept += keep as u64;
         }
-        stats.dropped += (n - keep) as u64;
+        self.stats.kept += keep as u64;
+        self.stats.dropped += (data.len() - keep) as u64;
     }
-    if stats.dropped > 0 {
-        let marker = truncation_marker(cap, stats.dropped);
-        file.write_all(marker.as_bytes())?;
-        if echo {
-            let _ = stdout.lock().write_all(marker.as_bytes());
+
+    /// The stream has ended: appends the truncation marker if anything was dropped and
+    /// renames the file into place. Not fsynced: the log is as durable as the outputs (see
+    /// `fsutil::write_replace`).
+    pub fn finish(mut self) -> io::Result<LogStats> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
         }
+        if self.stats.dropped > 0 {
+            let marker = truncation_marker(self.cap, self.stats.dropped);
+            self.file.write_all(marker.as_bytes())?;
+            if self.echo {
+                let _ = io::stdout().lock().write_all(marker.as_bytes());
+            }
+        }
+        fs::rename(&self.partial, &self.final_path)?;
+        Ok(self.stats)
     }
-    // Not fsynced: the log is as durable as the outputs (see `fsutil::write_replace`).
-    Ok(stats)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+
+    /// Copies all of `stream` into `<dir>/job.log` through a [`LogCapture`].
+    fn capture_all<R: Read>(
+        mut stream: R,
+        dir: &Path,
+        cap: u64,
+        echo: bool,
+    ) -> io::Result<LogStats> {
+        let mut log = LogCapture::create(dir, cap, echo)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => log.take(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        log.finish()
+    }
 
     #[test]
     fn log_is_capped_and_ends_with_a_marker() {
@@ -97,8 +124,7 @@ mod tests {
         ));
         fs::create_dir_all(&dir).unwrap();
         let data = vec![b'x'; 10_000];
-        let h = capture(io::Cursor::new(data), &dir, 1000, false).unwrap();
-        let stats = h.join().unwrap().unwrap();
+        let stats = capture_all(io::Cursor::new(data), &dir, 1000, false).unwrap();
         assert_eq!(stats.kept, 1000);
         assert_eq!(stats.dropped, 9000);
         let log = fs::read_to_string(dir.join("job.log")).unwrap();

@@ -2,10 +2,12 @@
 //! (steps, environment, limits, tools, egress), the per-job egress proxy, the helper process
 //! with its status and log channels, and the enforcement it confirms.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use bulwark_protocol::{format_size, StepResult};
 use bulwark_sandbox::cgroup::JobCgroup;
@@ -13,6 +15,7 @@ use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
 
 use super::{JobRun, Reported, Stop, JOB_PATH};
 use crate::config::Dirs;
+use crate::joblog::LogCapture;
 use crate::workspace::JobDir;
 
 impl JobRun<'_> {
@@ -136,62 +139,118 @@ impl JobRun<'_> {
     ) -> Result<Reported, Stop> {
         let mut helper = helper;
         // job.log first: if it cannot be made, the helper is killed before it ever gets a spec.
-        let log = helper
+        let mut log_stream = helper
             .take_stderr()
             .ok_or_else(|| Stop::Refused("no log channel".into()))?;
-        let log_thread =
-            crate::joblog::capture(log, &self.out, self.config.limits.log_cap, !self.args.quiet)
-                .map_err(|e| {
-                    Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
-                })?;
+        let mut log = LogCapture::create(&self.out, self.config.limits.log_cap, !self.args.quiet)
+            .map_err(|e| {
+            Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
+        })?;
         let mut child = helper.send(spec).map_err(Stop::Refused)?;
+        let mut status_stream = child
+            .stdout
+            .take()
+            .ok_or_else(|| Stop::Runner("no status channel from the sandbox helper".into()))?;
         // Backstop: if init somehow outlives every deadline, kill the helper (and with it, by
         // parent-death signals, the whole sandbox).
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let helper_pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let backstop = Duration::from_millis(
-            spec.job_timeout_ms
-                .saturating_add(spec.kill_grace_ms.saturating_mul(2)),
-        ) + Duration::from_secs(30);
-        let watchdog = std::thread::spawn(move || {
-            if done_rx.recv_timeout(backstop) == Err(mpsc::RecvTimeoutError::Timeout) {
-                let _ = nix::sys::signal::kill(helper_pid, nix::sys::signal::Signal::SIGKILL);
-            }
-        });
+        let backstop = Instant::now()
+            + Duration::from_millis(
+                spec.job_timeout_ms
+                    .saturating_add(spec.kill_grace_ms.saturating_mul(2)),
+            )
+            + Duration::from_secs(30);
+        let mut killed = false;
         let mut reported = Reported::default();
-        if let Some(status) = child.stdout.take() {
-            for line in BufReader::new(status).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(ev) => self.on_event(ev, &mut reported),
-                    // Fail closed: an event we cannot read may be the one that says what
-                    // was enforced (a helper from another build would say it differently).
-                    Err(e) => {
-                        reported.setup_failed.get_or_insert((
-                            "status".into(),
-                            format!("unreadable status line from the sandbox helper ({e})"),
-                        ));
+        let mut lines = StatusLines::default();
+        let (mut status_open, mut log_open) = (true, true);
+        let mut buf = vec![0u8; 64 * 1024];
+        // One loop over both channels, on this thread: no reader threads to start and join.
+        while status_open || log_open {
+            let wait = if killed {
+                PollTimeout::NONE
+            } else {
+                let left = backstop.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let _ = child.kill();
+                    killed = true;
+                    continue;
+                }
+                PollTimeout::try_from(left.min(Duration::from_secs(3600)))
+                    .unwrap_or(PollTimeout::MAX)
+            };
+            let mut fds = Vec::with_capacity(2);
+            if status_open {
+                fds.push(PollFd::new(status_stream.as_fd(), PollFlags::POLLIN));
+            }
+            if log_open {
+                fds.push(PollFd::new(log_stream.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, wait) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    // Nothing left to wait with: end the sandbox rather than spin.
+                    tracing::warn!("polling the sandbox helper's channels: {e}");
+                    let _ = child.kill();
+                    killed = true;
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            let mut ready = ready.into_iter();
+            if status_open && ready.next() == Some(true) {
+                match status_stream.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        status_open = false;
+                        lines.finish(|line| self.on_status_line(line, &mut reported));
                     }
+                    Ok(n) => lines.take(&buf[..n], |line| self.on_status_line(line, &mut reported)),
+                }
+            }
+            if log_open && ready.next() == Some(true) {
+                match log_stream.read(&mut buf) {
+                    Ok(0) | Err(_) => log_open = false,
+                    Ok(n) => log.take(&buf[..n]),
                 }
             }
         }
         let status = child.wait();
-        let _ = done_tx.send(());
-        let _ = watchdog.join();
-        match log_thread.join() {
-            Ok(Ok(stats)) if stats.dropped > 0 => {
+        match log.finish() {
+            Ok(stats) if stats.dropped > 0 => {
                 eprintln!(
                     "bulwark: job log truncated at {} (limits.log_cap); {} bytes dropped",
                     format_size(self.config.limits.log_cap),
                     stats.dropped
                 );
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Stop::Runner(format!("writing job.log: {e}"))),
-            Err(_) => return Err(Stop::Runner("the job log thread panicked".into())),
+            Ok(_) => {}
+            Err(e) => return Err(Stop::Runner(format!("writing job.log: {e}"))),
         }
         tracing::debug!(?status, "sandbox helper exited");
         Ok(reported)
+    }
+
+    /// One line of the helper's status channel.
+    fn on_status_line(&mut self, line: &[u8], reported: &mut Reported) {
+        let parsed = std::str::from_utf8(line)
+            .map_err(|e| e.to_string())
+            .and_then(|l| serde_json::from_str::<Event>(l).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(ev) => self.on_event(ev, reported),
+            // Fail closed: an event we cannot read may be the one that says what was enforced
+            // (a helper from another build would say it differently).
+            Err(e) => {
+                reported.setup_failed.get_or_insert((
+                    "status".into(),
+                    format!("unreadable status line from the sandbox helper ({e})"),
+                ));
+            }
+        }
     }
 
     pub(super) fn on_event(&mut self, ev: Event, r: &mut Reported) {
@@ -280,4 +339,82 @@ pub(super) fn confirmed_layers(en: &bulwark_sandbox::spec::Enforced) -> Vec<Stri
         v.push("capabilities-none".into());
     }
     v
+}
+
+/// Splits the status channel into lines. A line longer than [`StatusLines::MAX`] is not an
+/// event this runner knows: it is passed on cut short, so that it reads as unreadable (and
+/// fails the job), and its remainder is dropped; memory stays bounded.
+#[derive(Debug, Default)]
+struct StatusLines {
+    pending: Vec<u8>,
+    overlong: bool,
+}
+
+impl StatusLines {
+    const MAX: usize = 1 << 20;
+
+    fn take(&mut self, data: &[u8], mut on_line: impl FnMut(&[u8])) {
+        for chunk in data.split_inclusive(|b| *b == b'\n') {
+            let (body, ends) = match chunk.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (chunk, false),
+            };
+            if !self.overlong {
+                let room = Self::MAX - self.pending.len();
+                self.pending
+                    .extend_from_slice(&body[..body.len().min(room)]);
+                if body.len() > room {
+                    self.overlong = true;
+                    on_line(&self.pending);
+                    self.pending.clear();
+                }
+            }
+            if ends {
+                if !self.overlong {
+                    on_line(&self.pending);
+                }
+                self.pending.clear();
+                self.overlong = false;
+            }
+        }
+    }
+
+    /// End of the channel: a last line without a newline still counts.
+    fn finish(&mut self, mut on_line: impl FnMut(&[u8])) {
+        if !self.pending.is_empty() && !self.overlong {
+            on_line(&self.pending);
+        }
+        self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StatusLines;
+
+    #[test]
+    fn status_lines_split_across_reads_and_bounded() {
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let mut l = StatusLines::default();
+        l.take(b"{\"a\":1}\n{\"b\"", |x| seen.push(x.to_vec()));
+        l.take(b":2}\n\n{\"c\":3}", |x| seen.push(x.to_vec()));
+        l.finish(|x| seen.push(x.to_vec()));
+        assert_eq!(
+            seen,
+            vec![
+                b"{\"a\":1}".to_vec(),
+                b"{\"b\":2}".to_vec(),
+                b"".to_vec(),
+                b"{\"c\":3}".to_vec()
+            ]
+        );
+        // An endless line is passed on once, cut at MAX, and the rest of it is dropped.
+        seen.clear();
+        let big = vec![b'x'; StatusLines::MAX + 10];
+        l.take(&big, |x| seen.push(x.to_vec()));
+        l.take(b"yyy\nok\n", |x| seen.push(x.to_vec()));
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].len(), StatusLines::MAX);
+        assert_eq!(seen[1], b"ok".to_vec());
+    }
 }
