@@ -45,6 +45,10 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
         .mode(0o711)
         .create(&path)
         .with_context(|| format!("creating job directory {}", path.display()))?;
+    // Exactly 0711 whatever the runner's umask (systemd's `UMask=0077` would make it 0700):
+    // the job's own uid must pass through it to its workspace and /tmp.
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
     let lock_path = path.join("lock");
     let file = OpenOptions::new()
         .create_new(true)

@@ -331,6 +331,33 @@ echo "env=$(env | cut -d= -f1 | sort | tr '\n' ' ')""#;
     );
 }
 
+/// `cmd`, started by `sh` after `prelude` (which sets up the runner's inherited state).
+fn started_by_shell(prelude: &str, cmd: &std::process::Command) -> std::process::Command {
+    let mut wrapped = std::process::Command::new("sh");
+    wrapped
+        .arg("-c")
+        .arg(format!("{prelude}; exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(std::process::Stdio::null());
+    wrapped
+}
+
+#[test]
+fn a_runner_started_with_umask_077_still_runs_jobs() {
+    // Hardened service units often set UMask=0077. The job directory must still be passable
+    // by the job's own uid (root mode), and the job gets the operator's umask, as under bwrap.
+    let env = Env::new("umask");
+    let (cmd, out) = env.command(
+        &one_step("umask", "echo \"umask=$(umask)\"; echo made > made.txt", ""),
+        &[],
+    );
+    let r =
+        bulwark_tests::Run::from_output(started_by_shell("umask 077", &cmd).output().unwrap(), out);
+    r.assert_code(0);
+    assert_eq!(r.value("umask"), "0077", "{r}");
+}
+
 #[test]
 fn a_job_starts_with_every_signal_at_its_default_action() {
     // Ignored signals survive exec: the runner's runtime ignores SIGPIPE, and whoever started
@@ -340,12 +367,7 @@ fn a_job_starts_with_every_signal_at_its_default_action() {
     let run = r#"grep -E '^(SigIgn|SigBlk):' /proc/self/status | tr -d '\t ' | sed 's/:/=/'
 yes | head -1"#;
     let (cmd, out) = env.command(&one_step("signals", run, ""), &[]);
-    let mut wrapped = std::process::Command::new("sh");
-    wrapped
-        .arg("-c")
-        .arg("trap '' USR1 HUP PIPE; exec \"$0\" \"$@\"")
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
+    let mut wrapped = started_by_shell("trap '' USR1 HUP PIPE", &cmd);
     let r = bulwark_tests::Run::from_output(wrapped.output().unwrap(), out);
     r.assert_code(0);
     assert_eq!(r.value("SigIgn"), "0000000000000000", "{r}");
