@@ -189,12 +189,14 @@ impl JobRun<'_> {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    // Nothing left to wait with: end the sandbox rather than spin.
-                    tracing::warn!("polling the sandbox helper's channels: {e}");
+                    // Nothing left to wait with: end the sandbox, and the job fails closed
+                    // (what it reported from here on is unknown).
                     let _ = child.kill();
-                    killed = true;
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
+                    reported.setup_failed.get_or_insert((
+                        "status".into(),
+                        format!("polling the sandbox helper's channels: {e}"),
+                    ));
+                    break;
                 }
             }
             let ready: Vec<bool> = fds
