@@ -49,14 +49,21 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
     // the job's own uid must pass through it to its workspace and /tmp.
     fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o711))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
+    // The lock file appears under its name only once it is held: made and locked under a
+    // temporary name, then renamed (the lock belongs to the file, not the name). Otherwise
+    // another run's `cleanup_stale` could find it unlocked in between, take this directory
+    // for a dead run's and remove it.
     let lock_path = path.join("lock");
+    let new_lock = path.join(".lock.new");
     let file = OpenOptions::new()
         .create_new(true)
         .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
+        .open(&new_lock)
+        .with_context(|| format!("creating {}", new_lock.display()))?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", new_lock.display()))?;
+    fs::rename(&new_lock, &lock_path)
+        .with_context(|| format!("renaming {} into place", new_lock.display()))?;
     let workspace = path.join("workspace");
     let tmp = path.join("tmp");
     for d in [&workspace, &tmp] {
@@ -167,5 +174,31 @@ mod tests {
         let cleaned = cleanup_stale(&d, &Default::default());
         assert_eq!(cleaned, vec!["dead-job".to_string()]);
         assert!(young.exists() && live.path.exists() && !dead.exists());
+    }
+
+    #[test]
+    fn another_run_s_cleanup_never_takes_a_directory_being_created() {
+        // Two runs at once: one creating its job directory while the other cleans up. The
+        // lock file must never be visible unlocked (it appears only once it is held).
+        let d = dirs();
+        for i in 0..300 {
+            let barrier = std::sync::Barrier::new(2);
+            let done = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let cleaner = s.spawn(|| {
+                    barrier.wait();
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        cleanup_stale(&d, &Default::default());
+                    }
+                });
+                barrier.wait();
+                let job = create(&d, "race", &format!("2026-01-01T00:00:{i:02}Z"));
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                cleaner.join().unwrap();
+                let job = job.unwrap_or_else(|e| panic!("iteration {i}: {e:#}"));
+                assert!(job.workspace.is_dir(), "iteration {i}");
+                job.remove().unwrap();
+            });
+        }
     }
 }
