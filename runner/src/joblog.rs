@@ -58,10 +58,13 @@ impl LogCapture {
     pub fn take(&mut self, data: &[u8]) {
         let room = self.cap.saturating_sub(self.stats.kept);
         let keep = (data.len() as u64).min(room) as usize;
-        if keep > 0 && self.failed.is_none() {
-            if let Err(e) = self.file.write_all(&data[..keep]) {
-                self.failed = Some(e);
-            } else if self.echo {
+        if keep > 0 {
+            if self.failed.is_none() {
+                if let Err(e) = self.file.write_all(&data[..keep]) {
+                    self.failed = Some(e);
+                }
+            }
+            if self.echo {
                 let mut out = io::stdout().lock();
                 let _ = out.write_all(&data[..keep]);
                 let _ = out.flush();
@@ -69,6 +72,11 @@ impl LogCapture {
         }
         self.stats.kept += keep as u64;
         self.stats.dropped += (data.len() - keep) as u64;
+    }
+
+    /// Reading the stream failed: [`LogCapture::finish`] reports it.
+    pub fn fail(&mut self, e: io::Error) {
+        self.failed.get_or_insert(e);
     }
 
     /// The stream has ended: appends the truncation marker if anything was dropped and

@@ -111,6 +111,9 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
                 Ok(l) => Some(l),
                 Err(_) => continue, // a live run holds it
             },
+            // Not openable for another reason (descriptor or memory limits): say nothing
+            // about whether the run lives, so leave it.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => continue,
             // No lock file: either a live run is between creating the directory and creating
             // its lock (a few microseconds), or a run died right there. Only a directory that
             // has stayed lockless for a minute is taken for dead.

@@ -147,10 +147,15 @@ impl JobRun<'_> {
             Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
         })?;
         let mut child = helper.send(spec).map_err(Stop::Refused)?;
-        let mut status_stream = child
-            .stdout
-            .take()
-            .ok_or_else(|| Stop::Runner("no status channel from the sandbox helper".into()))?;
+        let Some(mut status_stream) = child.stdout.take() else {
+            // Cannot happen (stdout is always piped), but nothing after `send` may leave a
+            // running helper behind.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Stop::Runner(
+                "no status channel from the sandbox helper".into(),
+            ));
+        };
         // Backstop: if init somehow outlives every deadline, kill the helper (and with it, by
         // parent-death signals, the whole sandbox).
         let backstop = Instant::now()
@@ -175,8 +180,11 @@ impl JobRun<'_> {
                     killed = true;
                     continue;
                 }
-                PollTimeout::try_from(left.min(Duration::from_secs(3600)))
-                    .unwrap_or(PollTimeout::MAX)
+                // Rounded up to whole milliseconds: rounded down, the last one would spin.
+                PollTimeout::try_from(
+                    (left + Duration::from_micros(999)).min(Duration::from_secs(3600)),
+                )
+                .unwrap_or(PollTimeout::MAX)
             };
             let mut fds = Vec::with_capacity(2);
             if status_open {
@@ -207,17 +215,33 @@ impl JobRun<'_> {
             let mut ready = ready.into_iter();
             if status_open && ready.next() == Some(true) {
                 match status_stream.read(&mut buf) {
-                    Ok(0) | Err(_) => {
+                    Ok(n) if n > 0 => {
+                        lines.take(&buf[..n], |line| self.on_status_line(line, &mut reported))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    end => {
+                        if let Err(e) = end {
+                            // Fail closed: what was not read may be what was enforced.
+                            reported.setup_failed.get_or_insert((
+                                "status".into(),
+                                format!("reading the sandbox helper's status: {e}"),
+                            ));
+                        }
                         status_open = false;
                         lines.finish(|line| self.on_status_line(line, &mut reported));
                     }
-                    Ok(n) => lines.take(&buf[..n], |line| self.on_status_line(line, &mut reported)),
                 }
             }
             if log_open && ready.next() == Some(true) {
                 match log_stream.read(&mut buf) {
-                    Ok(0) | Err(_) => log_open = false,
-                    Ok(n) => log.take(&buf[..n]),
+                    Ok(n) if n > 0 => log.take(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    end => {
+                        if let Err(e) = end {
+                            log.fail(e);
+                        }
+                        log_open = false;
+                    }
                 }
             }
         }
