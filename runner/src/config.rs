@@ -105,6 +105,33 @@ impl Dirs {
         self.state.join("jobs")
     }
 
+    /// Whether the filesystem under the state directory (or its nearest existing ancestor)
+    /// is mounted `noexec`. Job workspaces and `/tmp` live there, and a bind mount keeps its
+    /// source's `noexec` (inside the job's user namespace it cannot be lifted): a job could
+    /// then run nothing it builds (`./configure`'s test programs, `cargo test`). `None` when
+    /// nothing along the path can be examined.
+    pub fn state_noexec(&self) -> Option<bool> {
+        let found = self
+            .state
+            .ancestors()
+            .find_map(|p| nix::sys::statvfs::statvfs(p).ok())?;
+        Some(
+            found
+                .flags()
+                .contains(nix::sys::statvfs::FsFlags::ST_NOEXEC),
+        )
+    }
+
+    /// What `probe` and `run` say when [`Dirs::state_noexec`] is true.
+    pub fn noexec_warning(&self) -> String {
+        format!(
+            "the state directory {} is on a noexec mount: jobs cannot run programs they build \
+             in /workspace or /tmp (Permission denied); set paths.state_dir to a filesystem \
+             mounted without noexec",
+            self.state.display()
+        )
+    }
+
     /// Uid lease locks (root mode).
     pub fn uid_locks(&self) -> PathBuf {
         self.runtime.join("uids")

@@ -21,6 +21,9 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
         "rootless-single-uid"
     };
     let full = host.layers.iter().all(|l| l.available) && trial.is_ok();
+    // Not an isolation layer, but a reason jobs would fail in a way that looks like one.
+    let dirs = crate::config::Dirs::resolve(config).ok();
+    let noexec = dirs.as_ref().and_then(|d| d.state_noexec());
     if json {
         let layers: Vec<_> = host
             .layers
@@ -32,6 +35,7 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             "layers": layers,
             "trial_sandbox": match &trial { Ok(()) => serde_json::json!({"ok": true}), Err(e) => serde_json::json!({"ok": false, "error": e}) },
             "full_isolation": full,
+            "state_dir_noexec": noexec,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -50,6 +54,23 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
                 "trial-sandbox", "ok"
             ),
             Err(e) => println!("{:<16} {:<9} {e}", "trial-sandbox", "FAILED"),
+        }
+        match (&dirs, noexec) {
+            (Some(d), Some(true)) => {
+                println!(
+                    "{:<16} {:<9} {}",
+                    "state-dir",
+                    "WARNING",
+                    d.noexec_warning()
+                )
+            }
+            (Some(d), Some(false)) => println!(
+                "{:<16} {:<9} {}: jobs can run what they build",
+                "state-dir",
+                "ok",
+                d.state.display()
+            ),
+            _ => {}
         }
         if let Some(note) = config_note {
             println!("{note}");

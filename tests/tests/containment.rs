@@ -674,6 +674,46 @@ mod root_mode {
         );
     }
 
+    /// Unmounts on drop, so the test's directory can be removed even when an assert failed.
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_state_directory_on_a_noexec_mount_is_reported_by_probe_and_run() {
+        // Workspaces live under the state directory, and a bind mount keeps its source's
+        // noexec: jobs could run nothing they build. Both commands must say so, not leave
+        // the operator with a bare "Permission denied" from the job.
+        require_root();
+        let env = Env::new("noexec");
+        fs::create_dir_all(&env.state).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs"])
+            .arg(&env.state)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a noexec tmpfs");
+        let _guard = Mounted(env.state.clone());
+        let probe = std::process::Command::new(bulwark_tests::bulwark_bin())
+            .args(["probe", "--config"])
+            .arg(&env.config)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&probe.stdout);
+        assert!(
+            report.lines().any(|l| l.starts_with("state-dir")
+                && l.contains("WARNING")
+                && l.contains("noexec")),
+            "{report}"
+        );
+        let r = env.run(&one_step("noexec", "cp /bin/true ./t && ./t", ""));
+        assert_ne!(r.code, 0, "{r}");
+        assert!(r.stderr.contains("noexec mount"), "{r}");
+    }
+
     #[test]
     fn a_fork_bomb_stops_at_the_pids_limit() {
         require_root();

@@ -396,6 +396,9 @@ impl JobRun<'_> {
 
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
         dirs.create().map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        if dirs.state_noexec() == Some(true) {
+            eprintln!("bulwark: warning: {}", dirs.noexec_warning());
+        }
         // The helper is exec'd while the job's directories, inputs and cgroups are prepared;
         // it waits for its spec (and is killed unused if the job is refused meanwhile).
         let helper = crate::helper_process::HelperBinary::open().map_err(Stop::Refused)?;
