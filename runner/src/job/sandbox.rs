@@ -214,13 +214,13 @@ impl JobRun<'_> {
             drop(fds);
             let mut ready = ready.into_iter();
             if status_open && ready.next() == Some(true) {
-                match status_stream.read(&mut buf) {
-                    Ok(n) if n > 0 => {
+                match read_chunk(&mut status_stream, &mut buf) {
+                    Chunk::Data(n) => {
                         lines.take(&buf[..n], |line| self.on_status_line(line, &mut reported))
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    end => {
-                        if let Err(e) = end {
+                    Chunk::Again => {}
+                    Chunk::End(error) => {
+                        if let Some(e) = error {
                             // Fail closed: what was not read may be what was enforced.
                             reported.setup_failed.get_or_insert((
                                 "status".into(),
@@ -233,11 +233,11 @@ impl JobRun<'_> {
                 }
             }
             if log_open && ready.next() == Some(true) {
-                match log_stream.read(&mut buf) {
-                    Ok(n) if n > 0 => log.take(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    end => {
-                        if let Err(e) = end {
+                match read_chunk(&mut log_stream, &mut buf) {
+                    Chunk::Data(n) => log.take(&buf[..n]),
+                    Chunk::Again => {}
+                    Chunk::End(error) => {
+                        if let Some(e) = error {
                             log.fail(e);
                         }
                         log_open = false;
@@ -365,6 +365,25 @@ pub(super) fn confirmed_layers(en: &bulwark_sandbox::spec::Enforced) -> Vec<Stri
         v.push("capabilities-none".into());
     }
     v
+}
+
+/// What one read of a channel the poll said was ready gave.
+enum Chunk {
+    /// This many bytes.
+    Data(usize),
+    /// Interrupted by a signal: try again.
+    Again,
+    /// End of the stream, or the error that ended it.
+    End(Option<std::io::Error>),
+}
+
+fn read_chunk(stream: &mut impl Read, buf: &mut [u8]) -> Chunk {
+    match stream.read(buf) {
+        Ok(0) => Chunk::End(None),
+        Ok(n) => Chunk::Data(n),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Chunk::Again,
+        Err(e) => Chunk::End(Some(e)),
+    }
 }
 
 /// Splits the status channel into lines. A line longer than [`StatusLines::MAX`] is not an
