@@ -6,6 +6,9 @@
 #
 # Usage: bench/egress.sh [rounds] [latency-samples]       (defaults: 5 rounds, 200 samples)
 #        ORIGIN_SEND=write bench/egress.sh ...   origin writes 1 MiB blocks instead (see below)
+#        EGRESS_BENCH_B=/path/to/other/egress_bench bench/egress.sh ...
+#            adds a path "b" through a second forwarder+proxy built from another tree (an
+#            interleaved A/B of two builds; docs/benchmarks.md's egress experiments)
 # Installs socat and tinyproxy with apt if missing. Results go to stdout; copy them into
 # docs/benchmarks.md with the host description.
 #
@@ -85,6 +88,15 @@ mkfifo "$WORK/hold"
 exec 3>"$WORK/hold"
 for _ in $(seq 50); do grep -q FORWARDER_PORT "$WORK/bulwark.out" 2>/dev/null && break; sleep 0.1; done
 FWD=$(sed -n 's/FORWARDER_PORT=//p' "$WORK/bulwark.out")
+PATHS=(direct bulwark chain)
+if [ -n "${EGRESS_BENCH_B:-}" ]; then
+  mkdir -p "$WORK/b"; mkfifo "$WORK/hold-b"
+  "$EGRESS_BENCH_B" "$ORIGIN" "$WORK/b" <"$WORK/hold-b" >"$WORK/b.out" & PIDS+=($!)
+  exec 4>"$WORK/hold-b"
+  for _ in $(seq 50); do grep -q FORWARDER_PORT "$WORK/b.out" 2>/dev/null && break; sleep 0.1; done
+  FWD_B=$(sed -n 's/FORWARDER_PORT=//p' "$WORK/b.out")
+  PATHS+=(b)
+fi
 
 # Baseline chain: socat TCP->unix, socat unix->TCP, tinyproxy.
 TP=$(free_port); CHAIN=$(free_port)
@@ -105,9 +117,8 @@ sleep 1
 
 # name -> curl arguments and URL host (bench.test is mapped to 127.0.0.1 by the proxy's
 # egress.hosts)
-PATHS=(direct bulwark chain)
-declare -A PROXY=([direct]="" [bulwark]="http://127.0.0.1:$FWD" [chain]="http://127.0.0.1:$CHAIN")
-declare -A HOST=([direct]=127.0.0.1 [bulwark]=bench.test [chain]=127.0.0.1)
+declare -A PROXY=([direct]="" [bulwark]="http://127.0.0.1:$FWD" [chain]="http://127.0.0.1:$CHAIN" [b]="http://127.0.0.1:${FWD_B:-}")
+declare -A HOST=([direct]=127.0.0.1 [bulwark]=bench.test [chain]=127.0.0.1 [b]=bench.test)
 fetch() { # name path format
   local args=(-s -o /dev/null --max-time 300 -w "$3")
   [ -n "${PROXY[$1]}" ] && args+=(--proxy "${PROXY[$1]}")
@@ -151,12 +162,16 @@ ratio = lambda v: f"{v:.2f}x"
 rounds = list(speed.values())
 for name in ("direct", "bulwark", "chain"):
     print(f"{name + ':':16} {spread([r[name] for r in rounds], mbs)}")
+if "b" in rounds[0]:
+    print(f"{'b:':16} {spread([r['b'] for r in rounds], mbs)}")
+    print(f"{'b/bulwark:':16} {spread([r['b'] / r['bulwark'] for r in rounds], ratio)}")
+    print(f"{'b/direct:':16} {spread([r['b'] / r['direct'] for r in rounds], ratio)}")
 print(f"{'bulwark/direct:':16} {spread([r['bulwark'] / r['direct'] for r in rounds], ratio)}"
       "   target >= 0.5x")
 print(f"{'bulwark/chain:':16} {spread([r['bulwark'] / r['chain'] for r in rounds], ratio)}"
       "   target >= 2x")
 q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(len(xs) * p))]
-for name in ("direct", "bulwark", "chain"):
+for name in ("direct", "bulwark", "chain") + (("b",) if "b" in lat else ()):
     print(f"latency {name + ':':9} p50 {q(lat[name], 0.5):.3f} ms   p99 {q(lat[name], 0.99):.3f} ms"
           f"   ({len(lat[name])} requests)")
 base = q(lat["direct"], 0.5)
