@@ -124,9 +124,8 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     //    it moves the whole helper only because the helper has one thread, so that is checked
     //    first: a second thread would stay outside the job's limits.
     if !spec.cgroup_join.is_empty() {
-        let threads = std::fs::read_dir("/proc/self/task")
-            .map_err(|e| ("cgroup", format!("counting the helper's threads: {e}")))?
-            .count();
+        let threads = crate::sys::threads_in_this_process()
+            .map_err(|e| ("cgroup", format!("counting the helper's threads: {e}")))?;
         if threads != 1 {
             return Err((
                 "cgroup",

@@ -166,9 +166,9 @@ fn prepare(
     .map_err(stage("report"))?;
     mark(status, "job-exec");
     crate::sys::close_fds_from(3).map_err(stage("close descriptors"))?;
-    // So do ignored signals (the runner's SIGPIPE among them): the job starts with every
-    // signal at its default. Last, so that SIGPIPE cannot kill this process while it still
-    // reports to a status channel whose reader is gone.
+    // Ignored signals survive exec too (the runner's SIGPIPE among them): the job starts with
+    // every signal at its default. Last, so that SIGPIPE cannot kill this process while it
+    // still reports to a status channel whose reader is gone.
     crate::sys::reset_signal_dispositions().map_err(stage("signal dispositions"))?;
     let e = execve(&prog, &argv, &envp).unwrap_err();
     let _ = writeln!(
