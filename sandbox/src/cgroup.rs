@@ -10,6 +10,27 @@
 //! killing). Killing a whole job: v2 writes `cgroup.kill`; v1 has no such file, so we freeze
 //! the cgroup (nothing can fork while frozen), SIGKILL every pid listed, thaw, and wait until
 //! the cgroup is empty.
+//!
+//! ## Rootless on cgroup v2: a delegated cgroup
+//!
+//! An ordinary user can enforce limits only inside a cgroup delegated to it, which is what
+//! systemd makes for a unit with `Delegate=yes` (a service of a dedicated `bulwark` user, or
+//! `systemd-run --user --scope -p Delegate=yes bulwark run ...`): the unit's cgroup, its
+//! `cgroup.procs` and `cgroup.subtree_control` belong to the user. Without root, Bulwark
+//! therefore works in the cgroup it was started in, `D` (from `/proc/self/cgroup`), laid out
+//! the way systemd's delegation rules ask for (a cgroup with processes in it cannot hand
+//! controllers to children, so the runner leaves `D` for a leaf of its own first):
+//!
+//! ```text
+//! D/                   memory and pids enabled for children; no processes
+//! D/bulwark-runner/    the runner itself (every `bulwark` process started in D)
+//! D/bulwark/<job id>/  one job: its limits, its processes
+//! ```
+//!
+//! A `D` that is not ours, or that still holds other processes (an interactive shell's own
+//! scope), cannot be used, and the error says so; the job is then refused, or runs with
+//! rlimits alone where the operator allowed that. As root, job cgroups stay under the
+//! hierarchy's own root, as on v1.
 
 use std::fs;
 use std::io;
@@ -45,7 +66,12 @@ pub struct Support {
     pub v2_controllers: Vec<String>,
     /// v1 hierarchy mount points by controller name.
     pub v1: Vec<(String, PathBuf)>,
+    /// The cgroup this process was started in, on the cgroup2 mount (see the module docs).
+    pub v2_own: Option<PathBuf>,
 }
+
+/// The leaf a rootless runner moves itself into inside its delegated cgroup.
+pub const RUNNER_LEAF: &str = "bulwark-runner";
 
 impl Support {
     fn v1_path(&self, controller: &str) -> Option<&Path> {
@@ -70,23 +96,45 @@ impl Support {
         None
     }
 
+    /// Where v2 job cgroups are made: the directory whose `bulwark/` holds them, and whether
+    /// that is this process's delegated cgroup (rootless) rather than the hierarchy's root.
+    fn v2_top(&self) -> Option<(PathBuf, bool)> {
+        let mount = self.v2_mount.clone()?;
+        if nix::unistd::geteuid().is_root() {
+            return Some((mount, false));
+        }
+        Some((self.v2_own.clone()?, true))
+    }
+
+    /// The v2 directory holding one directory per job.
+    fn v2_parent(&self) -> Option<PathBuf> {
+        self.v2_top().map(|(top, _)| top.join(PARENT))
+    }
+
     /// Whether the calling user can create job cgroups (checked by creating and removing one).
     pub fn writable(&self) -> bool {
+        self.check_writable().is_ok()
+    }
+
+    /// Creates and removes a job cgroup; the error says why none can be made.
+    pub fn check_writable(&self) -> io::Result<()> {
         let probe = format!("probe-{}", std::process::id());
-        match JobCgroup::create(self, &probe, None, None) {
-            Ok(cg) => {
-                let _ = cg.remove(Duration::from_secs(1));
-                true
-            }
-            Err(_) => false,
-        }
+        let cg = JobCgroup::create(self, &probe, None, None)?;
+        let _ = cg.remove(Duration::from_secs(1));
+        Ok(())
     }
 
     /// One line for `probe`.
     pub fn describe(&self) -> String {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
+        let delegated = match self.v2_top() {
+            Some((top, true)) if self.usable() == Some(Version::V2) => {
+                format!("; jobs under this user's cgroup {}", top.display())
+            }
+            _ => String::new(),
+        };
         format!(
-            "cgroup2 at {} with controllers [{}]; cgroup v1 controllers [{}]",
+            "cgroup2 at {} with controllers [{}]{delegated}; cgroup v1 controllers [{}]",
             self.v2_mount
                 .as_ref()
                 .map(|p| p.display().to_string())
@@ -119,6 +167,10 @@ pub fn detect() -> Support {
                 s.v2_controllers = fs::read_to_string(p.join("cgroup.controllers"))
                     .map(|c| c.split_whitespace().map(String::from).collect())
                     .unwrap_or_default();
+                s.v2_own = fs::read_to_string("/proc/self/cgroup")
+                    .ok()
+                    .and_then(|c| own_v2_cgroup(&c))
+                    .map(|rel| p.join(rel));
                 s.v2_mount = Some(p);
             }
             "cgroup" => {
@@ -132,6 +184,87 @@ pub fn detect() -> Support {
         }
     }
     s
+}
+
+/// This process's cgroup on the unified hierarchy, relative to the mount, from the text of
+/// `/proc/self/cgroup` (the `0::/path` line). A runner that already moved itself into its
+/// [`RUNNER_LEAF`] counts as started in the leaf's parent, so that a second look (or a second
+/// runner started from the first one's cgroup) finds the same delegated cgroup.
+fn own_v2_cgroup(proc_self_cgroup: &str) -> Option<PathBuf> {
+    let path = proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim();
+    // "/" is the root; a path outside this cgroup namespace reads "/../..." and is unusable.
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let rel = Path::new(path.trim_start_matches('/'));
+    Some(match rel.file_name() {
+        Some(leaf) if leaf == RUNNER_LEAF => rel.parent().unwrap_or(Path::new("")).to_path_buf(),
+        _ => rel.to_path_buf(),
+    })
+}
+
+/// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids
+/// limits: the process moves itself into [`RUNNER_LEAF`] and enables the controllers in
+/// `top`, unless that was done already (by this runner or an earlier one).
+fn prepare_delegated(top: &Path) -> io::Result<()> {
+    let enabled = |dir: &Path| {
+        fs::read_to_string(dir.join("cgroup.subtree_control"))
+            .map(|s| {
+                let c: Vec<&str> = s.split_whitespace().collect();
+                c.contains(&"memory") && c.contains(&"pids")
+            })
+            .unwrap_or(false)
+    };
+    let leaf = top.join(RUNNER_LEAF);
+    let procs = leaf.join("cgroup.procs");
+    if !enabled(top) {
+        match fs::create_dir(&leaf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} is not delegated to this user ({e}): run bulwark in a unit with \
+                         Delegate=yes, e.g. `systemd-run --user --scope -p Delegate=yes bulwark ...`",
+                        top.display()
+                    ),
+                ))
+            }
+        }
+    }
+    // Every process of the runner belongs in the leaf, also when another runner enabled the
+    // controllers: `top` itself must stay empty for them to stay enabled.
+    let in_leaf = fs::read_to_string("/proc/self/cgroup")
+        .map(|c| {
+            c.lines()
+                .any(|l| l.starts_with("0::") && l.ends_with(&format!("/{RUNNER_LEAF}")))
+        })
+        .unwrap_or(false);
+    if !in_leaf && leaf.is_dir() {
+        fs::write(&procs, "0").map_err(io_at("move this process into", &leaf))?;
+    }
+    if !enabled(top) {
+        fs::write(top.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} still holds processes other than bulwark's, so it cannot hand memory \
+                         and pids to job cgroups: start bulwark in a unit of its own with \
+                         Delegate=yes, e.g. `systemd-run --user --scope -p Delegate=yes bulwark ...`",
+                        top.display()
+                    ),
+                )
+            } else {
+                io_at("enable memory and pids in", top)(e)
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Counters read before the cgroup is removed.
@@ -172,11 +305,21 @@ impl JobCgroup {
             .ok_or_else(|| io::Error::other("no usable cgroup hierarchy"))?;
         let cg = match version {
             Version::V2 => {
-                let root = support.v2_mount.clone().unwrap_or_default();
-                let parent = root.join(PARENT);
-                fs::create_dir_all(&parent).map_err(io_at("create", &parent))?;
-                // Controllers must be enabled on every level above the job.
-                let _ = fs::write(root.join("cgroup.subtree_control"), "+memory +pids");
+                let (top, delegated) = support
+                    .v2_top()
+                    .ok_or_else(|| io::Error::other("no cgroup2 mount"))?;
+                if delegated {
+                    prepare_delegated(&top)?;
+                } else {
+                    // Controllers must be enabled on every level above the job.
+                    let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +pids");
+                }
+                let parent = top.join(PARENT);
+                match fs::create_dir(&parent) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_at("create", &parent)(e)),
+                }
                 fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
                     .map_err(io_at("enable controllers in", &parent))?;
                 let dir = parent.join(job_id);
@@ -208,7 +351,7 @@ impl JobCgroup {
     pub fn existing(support: &Support, job_id: &str) -> Option<Self> {
         let version = support.usable()?;
         let dirs: Vec<PathBuf> = match version {
-            Version::V2 => vec![support.v2_mount.clone()?.join(PARENT).join(job_id)],
+            Version::V2 => vec![support.v2_parent()?.join(job_id)],
             Version::V1 => ["memory", "pids", "freezer"]
                 .iter()
                 .filter_map(|c| support.v1_path(c).map(|p| p.join(PARENT).join(job_id)))
@@ -223,7 +366,7 @@ impl JobCgroup {
         let mut parents = Vec::new();
         if let Some(v) = support.usable() {
             match v {
-                Version::V2 => parents.extend(support.v2_mount.iter().map(|p| p.join(PARENT))),
+                Version::V2 => parents.extend(support.v2_parent()),
                 Version::V1 => parents.extend(support.v1.iter().map(|(_, p)| p.join(PARENT))),
             }
         }
@@ -415,5 +558,30 @@ impl JobCgroup {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_own_cgroup_is_read_from_the_unified_line() {
+        let hybrid =
+            "12:pids:/user.slice\n1:name=systemd:/user.slice/x.scope\n0::/user.slice/x.scope\n";
+        assert_eq!(
+            own_v2_cgroup(hybrid),
+            Some(PathBuf::from("user.slice/x.scope"))
+        );
+        assert_eq!(own_v2_cgroup("0::/\n"), Some(PathBuf::new()));
+        // A runner already in its leaf counts as started in the delegated cgroup above it.
+        assert_eq!(
+            own_v2_cgroup("0::/system.slice/bulwark.service/bulwark-runner\n"),
+            Some(PathBuf::from("system.slice/bulwark.service"))
+        );
+        // Outside this cgroup namespace's view, or no unified line: nothing to use.
+        assert_eq!(own_v2_cgroup("0::/../../elsewhere\n"), None);
+        assert_eq!(own_v2_cgroup("4:memory:/a\n"), None);
+        assert_eq!(own_v2_cgroup(""), None);
     }
 }

@@ -115,7 +115,11 @@ pub fn host_layers(try_cgroup: bool) -> HostLayers {
 
     let cgroups = cgroup::detect();
     let usable = cgroups.usable();
-    let writable = usable.is_some() && (!try_cgroup || cgroups.writable());
+    let not_writable = match usable {
+        Some(_) if try_cgroup => cgroups.check_writable().err(),
+        _ => None,
+    };
+    let writable = usable.is_some() && not_writable.is_none();
     let cgroup_version = if writable { usable } else { None };
     layers.push(Layer {
         name: "cgroups",
@@ -123,8 +127,9 @@ pub fn host_layers(try_cgroup: bool) -> HostLayers {
         detail: match (usable, writable) {
             (Some(v), true) => format!("{} (memory, pids{}): {}", v.as_str(), if v == cgroup::Version::V1 { ", freezer" } else { "" }, cgroups.describe()),
             (Some(v), false) => format!(
-                "{} present but not writable by this user (rootless without a delegated cgroup): memory and pids limits need cgroups, or limits.allow_rlimit_fallback = true to run with rlimits alone; {}",
+                "{} present but this user cannot make job cgroups ({}): memory and pids limits need cgroups, or limits.allow_rlimit_fallback = true to run with rlimits alone; {}",
                 v.as_str(),
+                not_writable.map(|e| e.to_string()).unwrap_or_default(),
                 cgroups.describe()
             ),
             (None, _) => format!("no hierarchy with both memory and pids controllers: {}", cgroups.describe()),

@@ -628,8 +628,9 @@ fn killing_bulwark_run_leaves_no_job_process_and_the_next_run_cleans_up() {
         0,
         "job directories left behind"
     );
+    // Where the job cgroups were: v1 hierarchies, or the cgroup v2 root (as root).
     for id in stale {
-        for ctrl in ["memory", "pids", "freezer"] {
+        for ctrl in ["memory", "pids", "freezer", ""] {
             let p = std::path::Path::new("/sys/fs/cgroup")
                 .join(ctrl)
                 .join("bulwark")
@@ -807,6 +808,288 @@ print(f"forked={len(kids)} stopped_by={err}", flush=True)
         assert!((300000..=300009).contains(&u1) && (300000..=300009).contains(&u2));
         assert_eq!(r1.value("map"), format!("1000 {u1} 1"));
         assert_eq!(r1.result()["isolation"]["mode"], "root-per-job-uid");
+    }
+}
+
+/// Rootless on cgroup v2 in a cgroup delegated to the user, as systemd makes for a unit with
+/// `Delegate=yes`. These hosts are cgroup v1, so only the cgroup v2 VM pass
+/// (`tests/vm/cgroup2.sh`, from scripts/test.sh) runs this module: it delegates
+/// `$BULWARK_TEST_DELEGATED_CGROUP` to an ordinary user and runs the tests as that user; every
+/// other pass skips it with `--skip delegated_v2::`.
+mod delegated_v2 {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// A fresh cgroup under the delegated one, like the scope `systemd-run --user --scope -p
+    /// Delegate=yes` makes for one command; removed (with what bulwark made in it) on drop.
+    struct Scope(PathBuf);
+
+    impl Scope {
+        fn new(tag: &str) -> Scope {
+            let base = std::env::var_os("BULWARK_TEST_DELEGATED_CGROUP").expect(
+                "delegated_v2 tests run in the cgroup v2 VM pass (tests/vm/cgroup2.sh), \
+                 which sets BULWARK_TEST_DELEGATED_CGROUP; other passes skip them",
+            );
+            assert!(
+                !bulwark_tests::is_root(),
+                "delegated_v2 tests run as an ordinary user"
+            );
+            let dir =
+                Path::new(&base).join(format!("scope-{tag}-{}", bulwark_tests::random_hex(4)));
+            fs::create_dir(&dir).unwrap();
+            Scope(dir)
+        }
+
+        /// `cmd`, started inside this cgroup (the shell moves itself, then execs it).
+        fn wrap(&self, cmd: &Command) -> Command {
+            self.wrap_in(&self.0, cmd)
+        }
+
+        /// `cmd`, started inside the cgroup `dir`.
+        fn wrap_in(&self, dir: &Path, cmd: &Command) -> Command {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
+                .arg(dir)
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            c
+        }
+
+        fn run(&self, env: &Env, job: &str) -> bulwark_tests::Run {
+            self.run_in(&self.0, env, job)
+        }
+
+        fn run_in(&self, dir: &Path, env: &Env, job: &str) -> bulwark_tests::Run {
+            let (cmd, out) = env.command(job, &[]);
+            let o = self
+                .wrap_in(dir, &cmd)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            bulwark_tests::Run::from_output(o, out)
+        }
+
+        /// The job cgroups bulwark left in this scope.
+        fn job_cgroups(&self) -> Vec<String> {
+            fs::read_dir(self.0.join("bulwark"))
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.file_name().into_string().unwrap())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            // Children first; a cgroup with processes in it cannot be removed, and then the
+            // test has already failed on what it checks.
+            for e in ["bulwark", "bulwark-runner"] {
+                let d = self.0.join(e);
+                if let Ok(rd) = fs::read_dir(&d) {
+                    for sub in rd.flatten().filter(|e| e.path().is_dir()) {
+                        let _ = fs::remove_dir(sub.path());
+                    }
+                }
+                let _ = fs::remove_dir(&d);
+            }
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+
+    /// A configuration without the rlimit fallback: limits must come from cgroups.
+    fn strict_config(env: &Env) {
+        fs::write(
+            &env.config,
+            format!(
+                "[limits]\nkill_grace = \"1s\"\n[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n",
+                env.state.display(),
+                env.dir.join("run").display()
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_memory_bomb_is_oom_killed_inside_the_jobs_delegated_cgroup() {
+        let scope = Scope::new("mem");
+        let env = Env::new("deleg-mem");
+        strict_config(&env);
+        let run = "exec python3 -c 'b = bytearray(512 * 1024 * 1024); print(\"allocated\")'";
+        let r = scope.run(
+            &env,
+            &one_step("membomb", run, "[resources]\nmemory = \"64MiB\""),
+        );
+        r.assert_code(1);
+        let res = r.result();
+        assert_eq!(res["steps"][0]["signal"], 9, "{r}");
+        assert_eq!(res["steps"][0]["limit"], "memory", "{r}");
+        assert!(
+            res["cgroup_counters"]["oom_kills"].as_u64().unwrap() >= 1,
+            "{r}"
+        );
+        assert!(!r.log.contains("allocated"));
+        let iso = &res["isolation"];
+        assert_eq!(iso["mode"], "rootless-single-uid", "{r}");
+        assert_eq!(iso["cgroup"], "v2", "{r}");
+        assert!(
+            iso.get("weakened")
+                .is_none_or(|w| w.as_array().is_none_or(|a| a.is_empty())),
+            "{r}"
+        );
+        let enforced: Vec<&str> = iso["limits_enforced"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            enforced.contains(&"memory") && enforced.contains(&"pids"),
+            "{r}"
+        );
+        // The runner left the scope for its own leaf, so that the scope could hand memory and
+        // pids down; the job's cgroup is gone.
+        assert!(scope.0.join("bulwark-runner").is_dir());
+        let controls = fs::read_to_string(scope.0.join("cgroup.subtree_control")).unwrap();
+        assert!(
+            controls.contains("memory") && controls.contains("pids"),
+            "{controls}"
+        );
+        assert_eq!(scope.job_cgroups(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_fork_bomb_stops_at_the_pids_limit_of_the_delegated_cgroup() {
+        let scope = Scope::new("pids");
+        let env = Env::new("deleg-pids");
+        strict_config(&env);
+        let run = py(
+            &env,
+            "bomb.py",
+            r#"
+import time
+kids = []
+err = "none"
+for i in range(10000):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = errno.errorcode[e.errno]; break
+    if pid == 0:
+        time.sleep(30); os._exit(0)
+    kids.append(pid)
+print(f"forked={len(kids)} stopped_by={err}", flush=True)
+"#,
+        );
+        let r = scope.run(&env, &one_step("bomb", &run, "[resources]\npids = 64"));
+        r.assert_code(0);
+        let v = r.value("forked");
+        let n: usize = v.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(v.ends_with("stopped_by=EAGAIN"), "{r}");
+        assert!(n < 64, "forked {n} with pids = 64");
+        assert!(
+            r.result()["cgroup_counters"]["pids_max_hit"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{r}"
+        );
+        assert!(processes_with("bomb.py").is_empty());
+        assert_eq!(scope.job_cgroups(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn probe_tells_a_delegated_cgroup_from_one_that_is_not() {
+        let scope = Scope::new("probe");
+        let probe = |cmd: Command| {
+            let o = { cmd }.output().unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("cgroups "))
+                .unwrap_or_else(|| panic!("no cgroups line in:\n{text}"))
+                .to_string();
+            (o.status.code(), line)
+        };
+        let mut cmd = Command::new(bulwark_tests::bulwark_bin());
+        cmd.arg("probe");
+        let (_, line) = probe(scope.wrap(&cmd));
+        assert!(line.contains(" ok "), "{line}");
+        assert!(
+            line.contains(&format!(
+                "jobs under this user's cgroup {}",
+                scope.0.display()
+            )),
+            "{line}"
+        );
+        // The test harness's own cgroup belongs to root: not delegated.
+        let (code, line) = probe(cmd);
+        assert_eq!(code, Some(1), "{line}");
+        assert!(line.contains("not delegated to this user"), "{line}");
+        assert!(line.contains("Delegate=yes"), "{line}");
+    }
+
+    /// Once a runner has laid out its scope, the scope holds no process and cannot take one;
+    /// a runner started later from the first one's leaf (a wrapper script, or a service's
+    /// main process starting runs) finds the same layout and uses it.
+    #[test]
+    fn a_runner_started_from_the_runner_leaf_reuses_the_layout() {
+        let scope = Scope::new("twice");
+        let env = Env::new("deleg-twice");
+        strict_config(&env);
+        let first = scope.run(&env, &one_step("first", "true", ""));
+        first.assert_code(0);
+        let leaf = scope.0.join("bulwark-runner");
+        let second = scope.run_in(
+            &leaf,
+            &env,
+            &one_step("second", "true", "[resources]\npids = 32"),
+        );
+        second.assert_code(0);
+        assert_eq!(second.result()["isolation"]["cgroup"], "v2", "{second}");
+        assert!(!scope
+            .0
+            .join("bulwark-runner")
+            .join("bulwark-runner")
+            .exists());
+        assert_eq!(scope.job_cgroups(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_delegated_cgroup_that_holds_another_process_is_refused_with_the_reason() {
+        let scope = Scope::new("shared");
+        let env = Env::new("deleg-shared");
+        strict_config(&env);
+        // Another process in the scope, as when the scope is an interactive shell's.
+        let mut other = scope.wrap(Command::new("sleep").arg("60")).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(scope.0.join("cgroup.procs"))
+            .unwrap()
+            .trim()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "sleep never joined the scope");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = scope.run(&env, &one_step("shared", "true", ""));
+        let _ = other.kill();
+        let _ = other.wait();
+        r.assert_code(2);
+        let said = format!(
+            "{}{}",
+            r.stderr,
+            r.result.as_ref().map(|v| v.to_string()).unwrap_or_default()
+        );
+        assert!(
+            said.contains("still holds processes other than bulwark's"),
+            "{r}"
+        );
+        assert!(said.contains("Delegate=yes"), "{r}");
+        assert!(said.contains(&scope.0.display().to_string()), "{r}");
     }
 }
 

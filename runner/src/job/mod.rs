@@ -353,8 +353,14 @@ impl JobRun<'_> {
         // Every layer this job relies on must be enforceable here.
         // Whether this user may create cgroups is learned by creating the job's own, below.
         let mut host = bulwark_sandbox::probe::host_layers(false);
-        if host.cgroup_version.is_some() && !config::is_root() && !host.cgroups.writable() {
-            host.cgroup_version = None;
+        if host.cgroup_version.is_some() && !config::is_root() {
+            if let Err(e) = host.cgroups.check_writable() {
+                host.cgroup_version = None;
+                if let Some(layer) = host.layers.iter_mut().find(|l| l.name == "cgroups") {
+                    layer.available = false;
+                    layer.detail = format!("this user cannot make job cgroups: {e}");
+                }
+            }
         }
         check_required_layers(&host, limits.allow_rlimit_fallback).map_err(Stop::Refused)?;
         let fallback = host.cgroup_version.is_none();

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The cgroup v2 pass of the test suite, in the VM of tests/vm/run.sh (only cgroup2 mounted,
+# as on current systemd hosts):
+#   1. as root: the containment tests that exercise cgroups (limits, counters, killing the
+#      whole tree, cleanup after a killed runner) on the v2 path;
+#   2. as an ordinary user in a cgroup delegated to it the way systemd delegates one
+#      (`Delegate=yes`): the `delegated_v2` tests, rootless jobs with real memory and pids
+#      limits.
+# Needs a built debug tree (scripts/test.sh builds it) and tests/vm/setup.sh done (root).
+#
+#   tests/vm/cgroup2.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$(pwd)
+containment=$(cargo test -p bulwark-tests --test containment --locked --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])')
+[[ -x "$containment" ]] || { echo "tests/vm/cgroup2.sh: containment tests not built" >&2; exit 1; }
+mkdir -p target/vm
+script=$repo/target/vm/cgroup2-pass.sh
+cat >"$script" <<GUEST
+set -euo pipefail
+cd "$repo"
+echo "== cgroup v2 (VM), as root"
+"$containment" --test-threads=2 --skip rootless_mode:: --skip delegated_v2:: \\
+  root_mode:: killing_bulwark_run double_forked step_past_its_timeout
+
+echo "== cgroup v2 (VM), as an ordinary user in a delegated cgroup"
+user=bulwark-rootless
+id -u "\$user" >/dev/null 2>&1 || useradd --no-create-home --shell /bin/bash "\$user"
+mkdir -p "/home/\$user" && chown "\$user" "/home/\$user"
+stage=\$(mktemp -d /tmp/bulwark-deleg.XXXXXX)
+chmod 0755 "\$stage"
+cp target/debug/bulwark target/debug/bulwark-sandbox "$containment" "\$stage/"
+cp -r examples "\$stage/"
+# What systemd does for a unit with Delegate=yes: the cgroup and its procs, subtree_control
+# and threads files belong to the user; controllers are enabled from the root down.
+cg=/sys/fs/cgroup/delegated
+mkdir "\$cg" "\$cg/harness"
+echo "+memory +pids" >/sys/fs/cgroup/cgroup.subtree_control
+echo "+memory +pids" >"\$cg/cgroup.subtree_control"
+chown "\$user" "\$cg" "\$cg/cgroup.procs" "\$cg/cgroup.subtree_control" "\$cg/cgroup.threads"
+# The test harness waits in a leaf of its own; each test makes a scope beside it.
+echo \$\$ >"\$cg/harness/cgroup.procs"
+runuser -u "\$user" -- env -i HOME="/home/\$user" PATH=/usr/bin:/bin \\
+  BULWARK_BIN="\$stage/bulwark" BULWARK_REPO="\$stage" BULWARK_TEST_DELEGATED_CGROUP="\$cg" \\
+  "\$stage/$(basename "$containment")" --test-threads=2 delegated_v2:: </dev/null
+GUEST
+exec tests/vm/run.sh "$script"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs a bash script as root in the cgroup v2 test VM (prepared by tests/vm/setup.sh): the
+# host's own root, read-only under a writable overlay in the VM's memory, so the script sees
+# this checkout and its built binaries at the same paths and nothing it writes reaches the
+# host; /tmp, /run and /home are the VM's own; only cgroup2 is mounted. Exits
+# with the script's status; 125 when the VM could not run it.
+#
+#   tests/vm/run.sh SCRIPT            # SCRIPT: a file, read by the VM at boot
+#
+# Software emulation (TCG; these machines have no nested virtualisation): the kernel boots in
+# about 3 s, and what runs inside is 10-30 times slower than on the host. Give up after
+# $BULWARK_VM_TIMEOUT seconds (default 1200).
+set -euo pipefail
+dir=${BULWARK_VM_DIR:-/var/cache/bulwark-vm}
+script=$(readlink -f "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+for f in vmlinuz initrd.gz; do
+  [[ -f "$dir/$f" ]] || { echo "tests/vm/run.sh: $dir/$f missing (run tests/vm/setup.sh as root)" >&2; exit 125; }
+done
+case "$script" in /tmp/* | /run/* | /home/*)
+  echo "tests/vm/run.sh: $script is under a directory the VM replaces; put it elsewhere" >&2; exit 125 ;;
+esac
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# The console carries the script's output; the kernel's own messages are kept to errors.
+timeout --foreground "${BULWARK_VM_TIMEOUT:-1200}" qemu-system-x86_64 \
+  -accel tcg,thread=multi -cpu max -smp 2 -m 3072 \
+  -nographic -monitor none -no-reboot -nic none \
+  -kernel "$dir/vmlinuz" -initrd "$dir/initrd.gz" \
+  -append "console=ttyS0 loglevel=3 panic=-1 bulwark.init=$here/guest-init.sh bulwark.cmd=$script" \
+  -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
+  </dev/null 2>&1 | tr -d '\r' | tee "$log" | sed -n '/bulwark-vm: /,$p' \
+  | sed -e 's/^.*\(bulwark-vm: \)/\1/' | grep -v -e '^bulwark-vm-exit=' -e 'sysrq: Power Off' -e 'reboot: Power down' || true
+status=$(sed -n 's/^.*bulwark-vm-exit=\([0-9]*\).*$/\1/p' "$log" | tail -1)
+if [[ -z "$status" ]]; then
+  echo "tests/vm/run.sh: the VM ended without reporting a status; its console:" >&2
+  tail -40 "$log" >&2
+  exit 125
+fi
+exit "$status"
