@@ -29,8 +29,14 @@
 //!
 //! A `D` that is not ours, or that still holds other processes (an interactive shell's own
 //! scope), cannot be used, and the error says so; the job is then refused, or runs with
-//! rlimits alone where the operator allowed that. As root, job cgroups stay under the
-//! hierarchy's own root, as on v1.
+//! rlimits alone where the operator allowed that.
+//!
+//! As root, anything is writable, so ownership cannot say whether `D` was delegated; systemd
+//! marks a delegated cgroup with the extended attribute `trusted.delegate=1` (systemd 251 and
+//! later), and a root runner uses the same layout in such a `D` (our `systemd/bulwark.service`
+//! has `Delegate=yes`, so its jobs stay inside the service's cgroup, where stopping the service
+//! reaches them). Otherwise, as from a root shell, job cgroups go under the hierarchy's own
+//! root, as on v1.
 
 use std::fs;
 use std::io;
@@ -101,7 +107,10 @@ impl Support {
     fn v2_top(&self) -> Option<(PathBuf, bool)> {
         let mount = self.v2_mount.clone()?;
         if nix::unistd::geteuid().is_root() {
-            return Some((mount, false));
+            return Some(match &self.v2_own {
+                Some(own) if *own != mount && systemd_delegated(own) => (own.clone(), true),
+                _ => (mount, false),
+            });
         }
         Some((self.v2_own.clone()?, true))
     }
@@ -206,6 +215,20 @@ fn own_v2_cgroup(proc_self_cgroup: &str) -> Option<PathBuf> {
     })
 }
 
+/// The parent pid of `pid`, from `/proc/<pid>/stat` (the fourth field, after the command name,
+/// which may itself hold spaces and parentheses, hence the last `)`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether systemd delegated the cgroup `dir` (`Delegate=yes`): it sets `trusted.delegate` to
+/// `1` on such a cgroup. An unreadable attribute counts as not delegated.
+fn systemd_delegated(dir: &Path) -> bool {
+    matches!(crate::sys::getxattr(dir, "trusted.delegate"), Ok(Some(v)) if v == b"1")
+}
+
 /// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids
 /// limits: the process moves itself into [`RUNNER_LEAF`] and enables the controllers in
 /// `top`, unless that was done already (by this runner or an earlier one).
@@ -246,6 +269,23 @@ fn prepare_delegated(top: &Path) -> io::Result<()> {
         .unwrap_or(false);
     if !in_leaf && leaf.is_dir() {
         fs::write(&procs, "0").map_err(io_at("move this process into", &leaf))?;
+    }
+    // The runner's own children started in `top` too (the sandbox helper is started early, to
+    // overlap its exec with the runner's work): they belong in the leaf as well. A child that
+    // exited meanwhile is no longer there to move.
+    let me = std::process::id();
+    for pid in fs::read_to_string(top.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+    {
+        if parent_of(pid) == Some(me) {
+            match fs::write(&procs, pid.to_string()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
+                Err(e) => return Err(io_at("move this process's child into", &leaf)(e)),
+            }
+        }
     }
     if !enabled(top) {
         fs::write(top.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {

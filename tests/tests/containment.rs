@@ -1002,6 +1002,27 @@ print(f"forked={len(kids)} stopped_by={err}", flush=True)
         assert_eq!(scope.job_cgroups(), Vec::<String>::new());
     }
 
+    /// `bulwark exec` starts its helper before it makes the job's cgroup, so the helper is in
+    /// the scope too when the runner lays it out; it must move along, or the scope could never
+    /// hand its controllers down.
+    #[test]
+    fn exec_runs_with_cgroup_limits_in_a_delegated_cgroup() {
+        let scope = Scope::new("exec");
+        let env = Env::new("deleg-exec");
+        strict_config(&env);
+        let mut cmd = Command::new(bulwark_tests::bulwark_bin());
+        cmd.arg("exec")
+            .arg("--config")
+            .arg(&env.config)
+            .args(["--", "/bin/sh", "-c", "echo ran"]);
+        let o = scope.wrap(&cmd).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("ran"), "{stderr}");
+        assert!(scope.0.join("bulwark-runner").is_dir());
+        assert_eq!(scope.job_cgroups(), Vec::<String>::new());
+    }
+
     #[test]
     fn probe_tells_a_delegated_cgroup_from_one_that_is_not() {
         let scope = Scope::new("probe");
@@ -1090,6 +1111,99 @@ print(f"forked={len(kids)} stopped_by={err}", flush=True)
         );
         assert!(said.contains("Delegate=yes"), "{r}");
         assert!(said.contains(&scope.0.display().to_string()), "{r}");
+    }
+}
+
+/// Root on cgroup v2: where job cgroups go. Like `delegated_v2`, only the cgroup v2 VM pass
+/// runs these (as root); every other pass skips them with `--skip root_v2::`.
+mod root_v2 {
+    use super::*;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    /// Runs a job that sleeps from inside the cgroup `dir` (relative to the cgroup2 root), and
+    /// returns the job process's cgroup as the host sees it.
+    fn job_cgroup_when_started_in(dir: &str) -> String {
+        assert!(bulwark_tests::is_root(), "root_v2 tests run as root");
+        let root = Path::new("/sys/fs/cgroup");
+        assert!(
+            root.join("cgroup.controllers").exists(),
+            "root_v2 tests need cgroup2 at /sys/fs/cgroup: the cgroup v2 VM pass runs them"
+        );
+        let env = Env::new("rootv2");
+        // A duration no other process uses marks the job's `sleep` (the shell execs it).
+        let marker = format!(
+            "sleep 3.{}",
+            u16::from_str_radix(&bulwark_tests::random_hex(2), 16).unwrap()
+        );
+        let (cmd, out) = env.command(&one_step("where", &marker, ""), &[]);
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
+            .arg(root.join(dir))
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pid = loop {
+            if let Some(p) = processes_with(&marker).first() {
+                break *p;
+            }
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+                panic!("the job's {marker} was never seen running\n{r}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+        r.assert_code(0);
+        assert_eq!(r.result()["isolation"]["cgroup"], "v2", "{r}");
+        cgroup.trim().to_string()
+    }
+
+    /// Removes a test cgroup and what bulwark made in it (everything has exited by then).
+    fn remove_cgroup(dir: &Path) {
+        for sub in ["bulwark", "bulwark-runner"] {
+            let _ = fs::remove_dir(dir.join(sub));
+        }
+        fs::remove_dir(dir).unwrap();
+    }
+
+    #[test]
+    fn a_root_runner_keeps_jobs_inside_a_cgroup_systemd_delegated_and_nowhere_else() {
+        let name = format!("svc-{}", bulwark_tests::random_hex(4));
+        let svc = Path::new("/sys/fs/cgroup").join(&name);
+        fs::create_dir(&svc).unwrap();
+        // Not marked: as from a root shell, jobs go under the hierarchy's root.
+        let plain = job_cgroup_when_started_in(&name);
+        assert!(plain.starts_with("0::/bulwark/"), "{plain}");
+        // Marked the way systemd marks a unit with Delegate=yes: jobs stay inside it.
+        let status = Command::new("python3")
+            .arg("-c")
+            .arg("import os, sys; os.setxattr(sys.argv[1], 'trusted.delegate', b'1')")
+            .arg(&svc)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let delegated = job_cgroup_when_started_in(&name);
+        assert!(
+            delegated.starts_with(&format!("0::/{name}/bulwark/")),
+            "{delegated}"
+        );
+        assert!(svc.join("bulwark-runner").is_dir());
+        let jobs_left = fs::read_dir(svc.join("bulwark"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count();
+        assert_eq!(jobs_left, 0, "job cgroups left in {}", svc.display());
+        remove_cgroup(&svc);
     }
 }
 

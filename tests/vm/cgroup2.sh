@@ -2,7 +2,8 @@
 # The cgroup v2 pass of the test suite, in the VM of tests/vm/run.sh (only cgroup2 mounted,
 # as on current systemd hosts):
 #   1. as root: the containment tests that exercise cgroups (limits, counters, killing the
-#      whole tree, cleanup after a killed runner) on the v2 path;
+#      whole tree, cleanup after a killed runner) on the v2 path, and `root_v2` (where job
+#      cgroups go: inside a cgroup systemd delegated, else under the hierarchy's root);
 #   2. as an ordinary user in a cgroup delegated to it the way systemd delegates one
 #      (`Delegate=yes`): the `delegated_v2` tests, rootless jobs with real memory and pids
 #      limits.
@@ -26,7 +27,7 @@ set -euo pipefail
 cd "$repo"
 echo "== cgroup v2 (VM), as root"
 "$containment" --test-threads=2 --skip rootless_mode:: --skip delegated_v2:: \\
-  root_mode:: killing_bulwark_run double_forked step_past_its_timeout
+  root_mode:: root_v2:: killing_bulwark_run double_forked step_past_its_timeout
 
 echo "== cgroup v2 (VM), as an ordinary user in a delegated cgroup"
 user=bulwark-rootless

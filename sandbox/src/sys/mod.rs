@@ -306,6 +306,36 @@ pub fn splice(
     .map_err(io::Error::from)
 }
 
+/// The value of the extended attribute `name` of `path` (following symlinks), or `None` when
+/// the file has no such attribute or the filesystem keeps none. At most 256 bytes are read:
+/// callers look at short flags such as systemd's `trusted.delegate`.
+pub fn getxattr(path: &std::path::Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = [0u8; 256];
+    // SAFETY: both strings are NUL-terminated and outlive the call; the kernel writes at most
+    // `buf.len()` bytes into `buf`, which is valid for writes of that length.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n >= 0 {
+        return Ok(Some(buf[..n as usize].to_vec()));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
+        _ => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
