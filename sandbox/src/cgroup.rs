@@ -138,7 +138,10 @@ impl Support {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
         let delegated = match self.v2_top() {
             Some((top, true)) if self.usable() == Some(Version::V2) => {
-                format!("; jobs under this user's cgroup {}", top.display())
+                format!(
+                    "; started in {} (rootless job cgroups go there)",
+                    top.display()
+                )
             }
             _ => String::new(),
         };

@@ -1042,7 +1042,7 @@ print(f"forked={len(kids)} stopped_by={err}", flush=True)
         assert!(line.contains(" ok "), "{line}");
         assert!(
             line.contains(&format!(
-                "jobs under this user's cgroup {}",
+                "started in {} (rootless job cgroups go there)",
                 scope.0.display()
             )),
             "{line}"
