@@ -179,10 +179,15 @@ pub fn detect() -> Support {
                 s.v2_controllers = fs::read_to_string(p.join("cgroup.controllers"))
                     .map(|c| c.split_whitespace().map(String::from).collect())
                     .unwrap_or_default();
-                s.v2_own = fs::read_to_string("/proc/self/cgroup")
-                    .ok()
-                    .and_then(|c| own_v2_cgroup(&c))
-                    .map(|rel| p.join(rel));
+                // Only a v2 that can enforce the limits needs to know where we are (hybrid
+                // hosts skip the read on every launch).
+                let has = |c: &str| s.v2_controllers.iter().any(|x| x == c);
+                if has("memory") && has("pids") {
+                    s.v2_own = fs::read_to_string("/proc/self/cgroup")
+                        .ok()
+                        .and_then(|c| own_v2_cgroup(&c))
+                        .map(|rel| p.join(rel));
+                }
                 s.v2_mount = Some(p);
             }
             "cgroup" => {
