@@ -79,8 +79,20 @@ fn run_inner(
                 "cgroups: {e}; set limits.allow_rlimit_fallback = true to run with rlimits alone"
             ));
         }
-        Err(_) => None,
+        Err(e) => {
+            eprintln!("bulwark: warning: no job cgroup ({e}); memory and pids are limited by rlimits only (limits.allow_rlimit_fallback = true)");
+            None
+        }
     };
+    if let Some(c) = &cg {
+        if let Err(e) = jobdir.record_cgroup(c) {
+            let _ = jobdir.remove();
+            if let Some(cg) = cg {
+                let _ = cg.remove(std::time::Duration::from_secs(1));
+            }
+            return Err(format!("{e:#}"));
+        }
+    }
     marks.push(("runner-cgroup-created".into(), monotonic_ns()));
     let spec = SandboxSpec {
         cgroup_join: cg.as_ref().map(|c| c.join_files()).unwrap_or_default(),

@@ -81,7 +81,17 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
     })
 }
 
+/// The file in a job directory that names the job's cgroups (see `JobCgroup::record`).
+const CGROUP_RECORD: &str = "cgroups";
+
 impl JobDir {
+    /// Notes where the job's cgroups are, so that the run that cleans up after this one, if it
+    /// dies, finds them even from another cgroup.
+    pub fn record_cgroup(&self, cg: &JobCgroup) -> Result<()> {
+        let path = self.path.join(CGROUP_RECORD);
+        fs::write(&path, cg.record()).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Removes the job's directory (the lock goes with it).
     pub fn remove(self) -> Result<()> {
         crate::fsutil::remove_tree(&self.path)
@@ -128,7 +138,10 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
                 None
             }
         };
-        if let Some(cg) = JobCgroup::existing(cgroups, &id) {
+        let recorded = fs::read_to_string(path.join(CGROUP_RECORD))
+            .ok()
+            .and_then(|r| JobCgroup::from_record(cgroups, &id, &r));
+        if let Some(cg) = recorded.or_else(|| JobCgroup::existing(cgroups, &id)) {
             if let Err(e) = cg.remove(Duration::from_secs(5)) {
                 tracing::warn!(job_id = %id, "could not remove the cgroup of a dead run: {e}");
             }

@@ -31,6 +31,15 @@
 //! scope), cannot be used, and the error says so; the job is then refused, or runs with
 //! rlimits alone where the operator allowed that.
 //!
+//! Two consequences to know. Jobs share whatever limits the unit sets on `D` (systemd's
+//! `MemoryMax=`, `TasksMax=`) with the runner: a job can only be held tighter than its own
+//! limits say, never looser, but a unit limit smaller than a job's can make the runner's own
+//! allocations or forks fail. And a rootless job's limit files (`memory.max`, `pids.max`) belong
+//! to the user the job's processes run as on the host; the job cannot reach them all the same:
+//! `/sys` is not mounted in the sandbox, its cgroup namespace is rooted at its own cgroup, the
+//! seccomp filter refuses `mount` and new namespaces, and `nsdelegate` (systemd's default)
+//! forbids writing a namespace root's limits from inside it.
+//!
 //! As root, anything is writable, so ownership cannot say whether `D` was delegated; systemd
 //! marks a delegated cgroup with the extended attribute `trusted.delegate=1` (systemd 251 and
 //! later), and a root runner uses the same layout in such a `D` (our `systemd/bulwark.service`
@@ -74,6 +83,8 @@ pub struct Support {
     pub v1: Vec<(String, PathBuf)>,
     /// The cgroup this process was started in, on the cgroup2 mount (see the module docs).
     pub v2_own: Option<PathBuf>,
+    /// Why `v2_own` could not be worked out, when it could not.
+    pub v2_own_unknown: Option<String>,
 }
 
 /// The leaf a rootless runner moves itself into inside its delegated cgroup.
@@ -120,12 +131,10 @@ impl Support {
         self.v2_top().map(|(top, _)| top.join(PARENT))
     }
 
-    /// Whether the calling user can create job cgroups (checked by creating and removing one).
-    pub fn writable(&self) -> bool {
-        self.check_writable().is_ok()
-    }
-
-    /// Creates and removes a job cgroup; the error says why none can be made.
+    /// Whether the calling user can create job cgroups, checked by creating and removing one;
+    /// the error says why none can be made. In a delegated cgroup this lays the cgroup out
+    /// (module docs), which stays so: `bulwark probe` in a delegated scope leaves the runner
+    /// leaf behind it, as a run would.
     pub fn check_writable(&self) -> io::Result<()> {
         let probe = format!("probe-{}", std::process::id());
         let cg = JobCgroup::create(self, &probe, None, None)?;
@@ -138,9 +147,12 @@ impl Support {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
         let delegated = match self.v2_top() {
             Some((top, true)) if self.usable() == Some(Version::V2) => {
+                let controllers =
+                    fs::read_to_string(top.join("cgroup.controllers")).unwrap_or_default();
                 format!(
-                    "; started in {} (rootless job cgroups go there)",
-                    top.display()
+                    "; started in {} (rootless job cgroups go there; its controllers [{}])",
+                    top.display(),
+                    controllers.trim()
                 )
             }
             _ => String::new(),
@@ -168,6 +180,7 @@ pub fn detect() -> Support {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
+        let mount_root = left.split(' ').nth(3).unwrap_or_default();
         let mountpoint = left.split(' ').nth(4).unwrap_or_default();
         let mut r = right.split(' ');
         let fstype = r.next().unwrap_or_default();
@@ -183,10 +196,13 @@ pub fn detect() -> Support {
                 // hosts skip the read on every launch).
                 let has = |c: &str| s.v2_controllers.iter().any(|x| x == c);
                 if has("memory") && has("pids") {
-                    s.v2_own = fs::read_to_string("/proc/self/cgroup")
-                        .ok()
-                        .and_then(|c| own_v2_cgroup(&c))
-                        .map(|rel| p.join(rel));
+                    let own = fs::read_to_string("/proc/self/cgroup")
+                        .map_err(|e| format!("reading /proc/self/cgroup: {e}"))
+                        .and_then(|c| own_v2_cgroup(&c, mount_root));
+                    match own {
+                        Ok(rel) => s.v2_own = Some(p.join(rel)),
+                        Err(why) => s.v2_own_unknown = Some(why),
+                    }
                 }
                 s.v2_mount = Some(p);
             }
@@ -204,22 +220,39 @@ pub fn detect() -> Support {
 }
 
 /// This process's cgroup on the unified hierarchy, relative to the mount, from the text of
-/// `/proc/self/cgroup` (the `0::/path` line). A runner that already moved itself into its
-/// [`RUNNER_LEAF`] counts as started in the leaf's parent, so that a second look (or a second
-/// runner started from the first one's cgroup) finds the same delegated cgroup.
-fn own_v2_cgroup(proc_self_cgroup: &str) -> Option<PathBuf> {
+/// `/proc/self/cgroup` (the `0::/path` line) and the mount's root in the hierarchy (the fourth
+/// field of its `mountinfo` line: `/` unless only a subtree is mounted, as in some
+/// containers). A runner that already moved itself into its [`RUNNER_LEAF`] counts as started
+/// in the leaf's parent, so that a second look (or a second runner started from the first
+/// one's cgroup) finds the same delegated cgroup. The error says why the cgroup is not
+/// reachable through this mount.
+fn own_v2_cgroup(proc_self_cgroup: &str, mount_root: &str) -> Result<PathBuf, String> {
     let path = proc_self_cgroup
         .lines()
-        .find_map(|l| l.strip_prefix("0::"))?
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("/proc/self/cgroup has no cgroup v2 (0::) line")?
         .trim();
-    // "/" is the root; a path outside this cgroup namespace reads "/../..." and is unusable.
-    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        return None;
+    // A cgroup outside this cgroup namespace's view reads "/../..."; so does a mount made
+    // outside it.
+    let outside = |p: &str| !p.starts_with('/') || p.split('/').any(|c| c == "..");
+    if outside(path) || outside(mount_root) {
+        return Err(format!(
+            "this process's cgroup {path} is not visible through the cgroup2 mount (its root \
+             is {mount_root}): a cgroup namespace or a container hides it"
+        ));
     }
-    let rel = Path::new(path.trim_start_matches('/'));
-    Some(match rel.file_name() {
+    let rel = Path::new(path)
+        .strip_prefix(mount_root)
+        .map_err(|_| {
+            format!(
+                "this process's cgroup {path} lies outside the part of the hierarchy mounted \
+                 (from {mount_root})"
+            )
+        })?
+        .to_path_buf();
+    Ok(match rel.file_name() {
         Some(leaf) if leaf == RUNNER_LEAF => rel.parent().unwrap_or(Path::new("")).to_path_buf(),
-        _ => rel.to_path_buf(),
+        _ => rel,
     })
 }
 
@@ -237,34 +270,60 @@ fn systemd_delegated(dir: &Path) -> bool {
     matches!(crate::sys::getxattr(dir, "trusted.delegate"), Ok(Some(v)) if v == b"1")
 }
 
+/// What to tell a user whose cgroup cannot be used.
+const DELEGATE_HINT: &str = "run bulwark in a unit of its own with Delegate=yes, e.g. \
+    `systemd-run --user --scope -p Delegate=yes bulwark ...`";
+
+/// Whether `dir`'s cgroup file `file` lists both memory and pids.
+fn lists_memory_and_pids(dir: &Path, file: &str) -> bool {
+    fs::read_to_string(dir.join(file))
+        .map(|s| {
+            let c: Vec<&str> = s.split_whitespace().collect();
+            c.contains(&"memory") && c.contains(&"pids")
+        })
+        .unwrap_or(false)
+}
+
 /// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids
-/// limits: the process moves itself into [`RUNNER_LEAF`] and enables the controllers in
-/// `top`, unless that was done already (by this runner or an earlier one).
+/// limits: the process (and any child of it still in `top`) moves into [`RUNNER_LEAF`] and the
+/// controllers are enabled in `top`, unless an earlier runner did that already. Two runners
+/// started in `top` at once each find the other still in `top` for a moment, so enabling is
+/// retried for a second before the processes still there are named in the error.
 fn prepare_delegated(top: &Path) -> io::Result<()> {
-    let enabled = |dir: &Path| {
-        fs::read_to_string(dir.join("cgroup.subtree_control"))
-            .map(|s| {
-                let c: Vec<&str> = s.split_whitespace().collect();
-                c.contains(&"memory") && c.contains(&"pids")
-            })
-            .unwrap_or(false)
+    let denied = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(nix::libc::EACCES) | Some(nix::libc::EPERM) | Some(nix::libc::EROFS)
+        )
     };
+    if !lists_memory_and_pids(top, "cgroup.controllers") {
+        let has = fs::read_to_string(top.join("cgroup.controllers")).unwrap_or_default();
+        return Err(io::Error::other(format!(
+            "{} has no memory and pids controllers to hand to job cgroups (its \
+             cgroup.controllers: [{}]): the unit must delegate them (Delegate=yes, or \
+             Delegate=memory pids)",
+            top.display(),
+            has.trim()
+        )));
+    }
     let leaf = top.join(RUNNER_LEAF);
     let procs = leaf.join("cgroup.procs");
-    if !enabled(top) {
+    let mut made_leaf = false;
+    if !lists_memory_and_pids(top, "cgroup.subtree_control") {
         match fs::create_dir(&leaf) {
-            Ok(()) => {}
+            Ok(()) => made_leaf = true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
+            Err(e) if denied(&e) => {
                 return Err(io::Error::new(
                     e.kind(),
                     format!(
-                        "{} is not delegated to this user ({e}): run bulwark in a unit with \
-                         Delegate=yes, e.g. `systemd-run --user --scope -p Delegate=yes bulwark ...`",
-                        top.display()
+                        "{} is not delegated to this user (creating {}: {e}): {DELEGATE_HINT}",
+                        top.display(),
+                        leaf.display()
                     ),
                 ))
             }
+            Err(e) => return Err(io_at("create", &leaf)(e)),
         }
     }
     // Every process of the runner belongs in the leaf, also when another runner enabled the
@@ -276,43 +335,92 @@ fn prepare_delegated(top: &Path) -> io::Result<()> {
         })
         .unwrap_or(false);
     if !in_leaf && leaf.is_dir() {
-        fs::write(&procs, "0").map_err(io_at("move this process into", &leaf))?;
-    }
-    // The runner's own children started in `top` too (the sandbox helper is started early, to
-    // overlap its exec with the runner's work): they belong in the leaf as well. A child that
-    // exited meanwhile is no longer there to move.
-    let me = std::process::id();
-    for pid in fs::read_to_string(top.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse::<u32>().ok())
-    {
-        if parent_of(pid) == Some(me) {
-            match fs::write(&procs, pid.to_string()) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
-                Err(e) => return Err(io_at("move this process's child into", &leaf)(e)),
+        if let Err(e) = fs::write(&procs, "0") {
+            if made_leaf {
+                let _ = fs::remove_dir(&leaf);
             }
-        }
-    }
-    if !enabled(top) {
-        fs::write(top.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {
-            if e.raw_os_error() == Some(nix::libc::EBUSY) {
+            return Err(if denied(&e) {
                 io::Error::new(
                     e.kind(),
                     format!(
-                        "{} still holds processes other than bulwark's, so it cannot hand memory \
-                         and pids to job cgroups: start bulwark in a unit of its own with \
-                         Delegate=yes, e.g. `systemd-run --user --scope -p Delegate=yes bulwark ...`",
+                        "cannot move this process into {} ({e}): {} is not fully delegated to \
+                         this user (its cgroup.procs must be the user's too): {DELEGATE_HINT}",
+                        leaf.display(),
                         top.display()
                     ),
                 )
             } else {
-                io_at("enable memory and pids in", top)(e)
+                io_at("move this process into", &leaf)(e)
+            });
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        move_children(top, &procs)?;
+        if lists_memory_and_pids(top, "cgroup.subtree_control") {
+            return Ok(());
+        }
+        match fs::write(top.join("cgroup.subtree_control"), "+memory +pids") {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && Instant::now() < deadline => {
+                sleep(Duration::from_millis(20));
             }
-        })?;
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} still holds processes other than bulwark's ({}), so it cannot hand \
+                         memory and pids to job cgroups: {DELEGATE_HINT}",
+                        top.display(),
+                        processes_in(top)
+                    ),
+                ))
+            }
+            Err(e) => return Err(io_at("enable memory and pids in", top)(e)),
+        }
+    }
+}
+
+/// Moves the runner's own children still in `top` (the sandbox helper is started early, to
+/// overlap its exec with the runner's work) into the leaf whose `cgroup.procs` is `procs`. A
+/// child that exited meanwhile is no longer there to move.
+fn move_children(top: &Path, procs: &Path) -> io::Result<()> {
+    let me = std::process::id();
+    for pid in pids_in(top) {
+        if parent_of(pid) == Some(me) {
+            match fs::write(procs, pid.to_string()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
+                Err(e) => return Err(io_at("move a child of this process into", procs)(e)),
+            }
+        }
     }
     Ok(())
+}
+
+fn pids_in(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// "pid (command), ..." for the first few processes in the cgroup `dir`.
+fn processes_in(dir: &Path) -> String {
+    let pids = pids_in(dir);
+    let mut named: Vec<String> = pids
+        .iter()
+        .take(5)
+        .map(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} ({})", comm.trim())
+        })
+        .collect();
+    if pids.len() > 5 {
+        named.push(format!("and {} more", pids.len() - 5));
+    }
+    named.join(", ")
 }
 
 /// Counters read before the cgroup is removed.
@@ -353,9 +461,13 @@ impl JobCgroup {
             .ok_or_else(|| io::Error::other("no usable cgroup hierarchy"))?;
         let cg = match version {
             Version::V2 => {
-                let (top, delegated) = support
-                    .v2_top()
-                    .ok_or_else(|| io::Error::other("no cgroup2 mount"))?;
+                let (top, delegated) = support.v2_top().ok_or_else(|| {
+                    io::Error::other(match (&support.v2_mount, &support.v2_own_unknown) {
+                        (None, _) => "no cgroup2 mount".to_string(),
+                        (Some(_), Some(why)) => why.clone(),
+                        (Some(_), None) => "cannot tell which cgroup this process is in".into(),
+                    })
+                })?;
                 if delegated {
                     prepare_delegated(&top)?;
                 } else {
@@ -409,26 +521,50 @@ impl JobCgroup {
         (!dirs.is_empty()).then_some(JobCgroup { version, dirs })
     }
 
-    /// Job ids that have a cgroup under the bulwark parent.
-    pub fn list(support: &Support) -> Vec<String> {
-        let mut parents = Vec::new();
-        if let Some(v) = support.usable() {
-            match v {
-                Version::V2 => parents.extend(support.v2_parent()),
-                Version::V1 => parents.extend(support.v1.iter().map(|(_, p)| p.join(PARENT))),
+    /// The job's cgroup directories, one per line: what [`JobCgroup::from_record`] reads back
+    /// when a later run cleans up after this one (which may have been started in another
+    /// delegated cgroup, where [`JobCgroup::existing`] would not look).
+    pub fn record(&self) -> String {
+        self.dirs
+            .iter()
+            .map(|d| format!("{}\n", d.display()))
+            .collect()
+    }
+
+    /// The cgroups a [`JobCgroup::record`] names, for job `job_id`. Only directories that
+    /// exist, lie under one of this host's cgroup mounts and are named `bulwark/<job_id>` are
+    /// taken, whatever else the record says.
+    pub fn from_record(support: &Support, job_id: &str, record: &str) -> Option<Self> {
+        let mut version = None;
+        let mut dirs = Vec::new();
+        for line in record.lines() {
+            let dir = Path::new(line);
+            let named = dir.is_absolute()
+                && !line.split('/').any(|c| c == "..")
+                && dir.file_name().is_some_and(|n| n == job_id)
+                && dir
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .is_some_and(|n| n == PARENT);
+            let v = if support
+                .v2_mount
+                .as_ref()
+                .is_some_and(|m| dir.starts_with(m))
+            {
+                Version::V2
+            } else if support.v1.iter().any(|(_, m)| dir.starts_with(m)) {
+                Version::V1
+            } else {
+                continue;
+            };
+            if named && dir.is_dir() && *version.get_or_insert(v) == v {
+                dirs.push(dir.to_path_buf());
             }
         }
-        let mut ids: Vec<String> = parents
-            .iter()
-            .filter_map(|p| fs::read_dir(p).ok())
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids
+        Some(JobCgroup {
+            version: version?,
+            dirs,
+        })
     }
 
     /// Which version this cgroup uses.
@@ -614,22 +750,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_own_cgroup_is_read_from_the_unified_line() {
+    fn the_own_cgroup_is_read_from_the_unified_line_relative_to_the_mount() {
         let hybrid =
             "12:pids:/user.slice\n1:name=systemd:/user.slice/x.scope\n0::/user.slice/x.scope\n";
         assert_eq!(
-            own_v2_cgroup(hybrid),
-            Some(PathBuf::from("user.slice/x.scope"))
+            own_v2_cgroup(hybrid, "/"),
+            Ok(PathBuf::from("user.slice/x.scope"))
         );
-        assert_eq!(own_v2_cgroup("0::/\n"), Some(PathBuf::new()));
+        assert_eq!(own_v2_cgroup("0::/\n", "/"), Ok(PathBuf::new()));
         // A runner already in its leaf counts as started in the delegated cgroup above it.
         assert_eq!(
-            own_v2_cgroup("0::/system.slice/bulwark.service/bulwark-runner\n"),
-            Some(PathBuf::from("system.slice/bulwark.service"))
+            own_v2_cgroup("0::/system.slice/bulwark.service/bulwark-runner\n", "/"),
+            Ok(PathBuf::from("system.slice/bulwark.service"))
         );
-        // Outside this cgroup namespace's view, or no unified line: nothing to use.
-        assert_eq!(own_v2_cgroup("0::/../../elsewhere\n"), None);
-        assert_eq!(own_v2_cgroup("4:memory:/a\n"), None);
-        assert_eq!(own_v2_cgroup(""), None);
+        // Only a subtree mounted (a container): the path is taken relative to it.
+        assert_eq!(
+            own_v2_cgroup("0::/machine/c1/job\n", "/machine/c1"),
+            Ok(PathBuf::from("job"))
+        );
+        for (text, root, why) in [
+            ("0::/../../elsewhere\n", "/", "not visible"),
+            ("0::/\n", "/../..", "not visible"),
+            ("0::/other/x\n", "/machine/c1", "outside the part"),
+            ("4:memory:/a\n", "/", "no cgroup v2"),
+            ("", "/", "no cgroup v2"),
+        ] {
+            let e = own_v2_cgroup(text, root).unwrap_err();
+            assert!(e.contains(why), "{text:?} {root}: {e}");
+        }
     }
 }

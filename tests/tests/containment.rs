@@ -1023,6 +1023,84 @@ print(f"forked={len(kids)} stopped_by={err}", flush=True)
         assert_eq!(scope.job_cgroups(), Vec::<String>::new());
     }
 
+    /// Two runners started in one fresh delegated cgroup at the same moment: each finds the
+    /// other still there while it lays the cgroup out; both must run (one in five was refused
+    /// before enabling the controllers was retried).
+    #[test]
+    fn two_runners_started_at_once_in_one_delegated_cgroup_both_run() {
+        for round in 0..5 {
+            let scope = Scope::new(&format!("pair{round}"));
+            let env = Env::new("deleg-pair");
+            strict_config(&env);
+            let (a, out_a) = env.command(&one_step("a", "true", ""), &["--quiet"]);
+            let (b, out_b) = env.command(&one_step("b", "true", ""), &["--quiet"]);
+            let spawn = |c: &Command| {
+                scope
+                    .wrap(c)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let (ha, hb) = (spawn(&a), spawn(&b));
+            let ra = bulwark_tests::Run::from_output(ha.wait_with_output().unwrap(), out_a);
+            let rb = bulwark_tests::Run::from_output(hb.wait_with_output().unwrap(), out_b);
+            ra.assert_code(0);
+            rb.assert_code(0);
+            assert_eq!(ra.result()["isolation"]["cgroup"], "v2", "{ra}");
+            assert_eq!(rb.result()["isolation"]["cgroup"], "v2", "{rb}");
+        }
+    }
+
+    /// Each `systemd-run --scope` is a cgroup of its own: the run that cleans up after a killed
+    /// one finds its job cgroup through the dead run's job directory, not by looking in its
+    /// own scope.
+    #[test]
+    fn a_killed_runners_job_cgroup_is_removed_by_the_next_run_from_another_scope() {
+        let (first, second) = (Scope::new("killed"), Scope::new("next"));
+        let env = Env::new("deleg-killed");
+        strict_config(&env);
+        let dur = format!(
+            "600.{}",
+            u16::from_str_radix(&bulwark_tests::random_hex(2), 16).unwrap()
+        );
+        let (cmd, _) = env.command(&one_step("long", &format!("sleep {dur}"), ""), &[]);
+        let mut runner = first
+            .wrap(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while processes_with(&format!("sleep {dur}")).is_empty() {
+            assert!(Instant::now() < deadline, "the job never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stale = first.job_cgroups();
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        runner.kill().unwrap(); // SIGKILL: the runner cleans nothing up itself
+        runner.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_with(&format!("sleep {dur}")).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "job processes outlived the killed runner"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            first.job_cgroups(),
+            stale,
+            "the dead run's cgroup is still there"
+        );
+        let r = second.run(&env, &one_step("next", "true", ""));
+        r.assert_code(0);
+        assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
+        assert_eq!(first.job_cgroups(), Vec::<String>::new());
+    }
+
     #[test]
     fn probe_tells_a_delegated_cgroup_from_one_that_is_not() {
         let scope = Scope::new("probe");
@@ -1042,7 +1120,7 @@ print(f"forked={len(kids)} stopped_by={err}", flush=True)
         assert!(line.contains(" ok "), "{line}");
         assert!(
             line.contains(&format!(
-                "started in {} (rootless job cgroups go there)",
+                "started in {} (rootless job cgroups go there;",
                 scope.0.display()
             )),
             "{line}"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # pid 1 of the cgroup v2 test VM (started by the initramfs tests/vm/setup.sh builds, with the
 # host's root mounted read-only over 9p, under a tmpfs overlay, as /). Gives the VM its own
-# /tmp, /run and /home, mounts cgroup2 and nothing else at /sys/fs/cgroup (so every controller is on v2, as on a
+# /run, mounts cgroup2 and nothing else at /sys/fs/cgroup (so every controller is on v2, as on a
 # current systemd host), runs the script named by bulwark.cmd= on the kernel command line as
 # root, prints its exit status as `bulwark-vm-exit=N` and powers the VM off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
@@ -11,13 +11,15 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-off() { echo "bulwark-vm-exit=$1"; sync; echo o >/proc/sysrq-trigger; sleep 30; }
+# Power off; should that not happen, pid 1 exiting panics the kernel, which ends qemu too
+# (-no-reboot), so nothing after a reported status ever runs.
+off() { echo "bulwark-vm-exit=$1"; sync; echo o >/proc/sysrq-trigger; sleep 30; exit "$1"; }
 cmd=$(sed -n 's/.*bulwark\.cmd=\([^ ]*\).*/\1/p' /proc/cmdline)
-# Read before /tmp is replaced by the VM's own.
 script=$(cat "$cmd") || off 125
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# The root is the host's under an in-memory overlay: everything, /tmp and /home included, is
+# writable and what is written stays in the VM, so a checkout anywhere (even under /tmp) is
+# seen at its own path. Only /run starts empty, as after a boot.
 mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=0755 tmpfs /home
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || off 125
 ip link set lo up
 hostname bulwark-vm

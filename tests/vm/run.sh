@@ -2,7 +2,7 @@
 # Runs a bash script as root in the cgroup v2 test VM (prepared by tests/vm/setup.sh): the
 # host's own root, read-only under a writable overlay in the VM's memory, so the script sees
 # this checkout and its built binaries at the same paths and nothing it writes reaches the
-# host; /tmp, /run and /home are the VM's own; only cgroup2 is mounted. Exits
+# host; /run is the VM's own; only cgroup2 is mounted. Exits
 # with the script's status; 125 when the VM could not run it.
 #
 #   tests/vm/run.sh SCRIPT            # SCRIPT: a file, read by the VM at boot
@@ -17,8 +17,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 for f in vmlinuz initrd.gz; do
   [[ -f "$dir/$f" ]] || { echo "tests/vm/run.sh: $dir/$f missing (run tests/vm/setup.sh as root)" >&2; exit 125; }
 done
-case "$script" in /tmp/* | /run/* | /home/*)
-  echo "tests/vm/run.sh: $script is under a directory the VM replaces; put it elsewhere" >&2; exit 125 ;;
+# Both paths travel on the kernel command line, which splits at whitespace.
+for p in "$script" "$here"; do
+  case "$p" in *[[:space:]]*)
+    echo "tests/vm/run.sh: '$p' holds whitespace, which the kernel command line cannot carry; use a path without" >&2; exit 125 ;;
+  esac
+done
+case "$script" in /run/*)
+  echo "tests/vm/run.sh: $script is under /run, which the VM starts empty; put it elsewhere" >&2; exit 125 ;;
 esac
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

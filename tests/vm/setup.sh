@@ -18,7 +18,10 @@ dir=${BULWARK_VM_DIR:-/var/cache/bulwark-vm}
 [[ "$(id -u)" == 0 ]] || { echo "tests/vm/setup.sh: needs root (apt)" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
+# Prepared by this very script (a changed setup.sh prepares again)?
+stamp=$(sha256sum "$0" | cut -d' ' -f1)
 if [[ -f "$dir/vmlinuz" && -f "$dir/initrd.gz" && -f "$dir/kernel.txt" ]] \
+    && [[ "$(cat "$dir/stamp" 2>/dev/null)" == "$stamp" ]] \
     && command -v qemu-system-x86_64 >/dev/null && command -v busybox >/dev/null; then
   echo "test VM already prepared in $dir ($(cat "$dir/kernel.txt"))"
   exit 0
@@ -28,7 +31,8 @@ fi
 # machines come with (also from backports; bookworm's own qemu-system conflicts with it).
 . /etc/os-release
 bpo="${VERSION_CODENAME}-backports"
-if ! grep -rqs "$bpo" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+if ! grep -rqsE --include=sources.list --include='*.list' --include='*.sources' \
+    "^[^#]*[[:space:]]$bpo([[:space:]]|\$)" /etc/apt/sources.list /etc/apt/sources.list.d/; then
   cat >/etc/apt/sources.list.d/bulwark-backports.sources <<SRC
 Types: deb
 URIs: http://deb.debian.org/debian
@@ -86,5 +90,6 @@ cp "$tmp/initrd.gz" "$dir/initrd.gz.new"
 mv "$dir/vmlinuz.new" "$dir/vmlinuz"
 mv "$dir/initrd.gz.new" "$dir/initrd.gz"
 echo "$kver" >"$dir/kernel.txt"
+echo "$stamp" >"$dir/stamp"
 chmod -R a+rX "$dir"
 echo "test VM prepared in $dir (kernel $kver)"

@@ -536,7 +536,25 @@ impl JobRun<'_> {
                 })?,
             )
         };
-        let egress = self.start_egress(jobdir, host_uid)?;
+        // Nothing runs in the cgroup yet: on a refusal from here on it is removed at once.
+        let discard = |cg: Option<JobCgroup>| {
+            if let Some(cg) = cg {
+                let _ = cg.remove(Duration::from_secs(1));
+            }
+        };
+        if let Some(c) = &cg {
+            if let Err(e) = jobdir.record_cgroup(c) {
+                discard(cg);
+                return Err(Stop::Refused(format!("{e:#}")));
+            }
+        }
+        let egress = match self.start_egress(jobdir, host_uid) {
+            Ok(egress) => egress,
+            Err(stop) => {
+                discard(cg);
+                return Err(stop);
+            }
+        };
         let mut spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
         spec.rootfs = rootfs;
         if !tools.is_empty() {
