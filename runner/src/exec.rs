@@ -84,15 +84,6 @@ fn run_inner(
             None
         }
     };
-    if let Some(c) = &cg {
-        if let Err(e) = jobdir.record_cgroup(c) {
-            let _ = jobdir.remove();
-            if let Some(cg) = cg {
-                let _ = cg.remove(std::time::Duration::from_secs(1));
-            }
-            return Err(format!("{e:#}"));
-        }
-    }
     marks.push(("runner-cgroup-created".into(), monotonic_ns()));
     let spec = SandboxSpec {
         cgroup_join: cg.as_ref().map(|c| c.join_files()).unwrap_or_default(),
@@ -125,6 +116,14 @@ fn run_inner(
     };
     let mut child = helper.send(&spec)?;
     marks.push(("runner-spec-sent".into(), monotonic_ns()));
+    // Written while the helper sets the sandbox up, off the critical path. Until it exists a
+    // later run's cleanup looks for the cgroup where this process would make it, which finds
+    // it everywhere but in a delegated cgroup other than its own.
+    if let Some(c) = &cg {
+        if let Err(e) = jobdir.record_cgroup(c) {
+            eprintln!("bulwark: warning: {e:#}; a run cleaning up after this one, should it die, may miss its cgroup");
+        }
+    }
     let mut code = None;
     let mut failed = None;
     if let Some(out) = child.stdout.take() {
