@@ -14,6 +14,55 @@ fn py(env: &Env, name: &str, body: &str) -> String {
     format!("python3 {name}")
 }
 
+/// A step that forks until refused, then prints how far it got (run with `pids = 64`).
+const FORK_BOMB: &str = r#"
+import time
+kids = []
+err = "none"
+for i in range(10000):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = errno.errorcode[e.errno]; break
+    if pid == 0:
+        time.sleep(30); os._exit(0)
+    kids.append(pid)
+print(f"forked={len(kids)} stopped_by={err}", flush=True)
+"#;
+
+/// The [`FORK_BOMB`] job, run with `pids = 64`, was stopped by its cgroup's pids limit.
+fn assert_stopped_by_the_pids_limit(r: &bulwark_tests::Run) {
+    r.assert_code(0);
+    let v = r.value("forked");
+    let n: usize = v.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(v.ends_with("stopped_by=EAGAIN"), "{r}");
+    assert!(n < 64, "forked {n} with pids = 64");
+    assert!(
+        r.result()["cgroup_counters"]["pids_max_hit"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{r}"
+    );
+}
+
+/// A step that asks for 512 MiB at once (run with a smaller memory limit).
+const MEMORY_BOMB: &str =
+    "exec python3 -c 'b = bytearray(512 * 1024 * 1024); print(\"allocated\")'";
+
+/// The [`MEMORY_BOMB`] job was killed by the OOM killer of its own cgroup.
+fn assert_oom_killed_in_the_jobs_cgroup(r: &bulwark_tests::Run) {
+    r.assert_code(1);
+    let res = r.result();
+    assert_eq!(res["steps"][0]["signal"], 9, "{r}");
+    assert_eq!(res["steps"][0]["limit"], "memory", "{r}");
+    assert!(
+        res["cgroup_counters"]["oom_kills"].as_u64().unwrap() >= 1,
+        "{r}"
+    );
+    assert!(!r.log.contains("allocated"));
+}
+
 #[test]
 fn host_only_paths_are_absent_and_system_paths_are_read_only() {
     let env = Env::new("paths");
@@ -719,37 +768,9 @@ mod root_mode {
     fn a_fork_bomb_stops_at_the_pids_limit() {
         require_root();
         let env = Env::new("forkbomb");
-        let run = py(
-            &env,
-            "bomb.py",
-            r#"
-import time
-kids = []
-err = "none"
-for i in range(10000):
-    try:
-        pid = os.fork()
-    except OSError as e:
-        err = errno.errorcode[e.errno]; break
-    if pid == 0:
-        time.sleep(30); os._exit(0)
-    kids.append(pid)
-print(f"forked={len(kids)} stopped_by={err}", flush=True)
-"#,
-        );
+        let run = py(&env, "bomb.py", FORK_BOMB);
         let r = env.run(&one_step("bomb", &run, "[resources]\npids = 64"));
-        r.assert_code(0);
-        let v = r.value("forked");
-        let n: usize = v.split_whitespace().next().unwrap().parse().unwrap();
-        assert!(v.ends_with("stopped_by=EAGAIN"), "{r}");
-        assert!(n < 64, "forked {n} with pids = 64");
-        assert!(
-            r.result()["cgroup_counters"]["pids_max_hit"]
-                .as_u64()
-                .unwrap()
-                > 0,
-            "{r}"
-        );
+        assert_stopped_by_the_pids_limit(&r);
         // The runner stayed responsive and cleaned up: no bomb child survives.
         assert!(processes_with("bomb.py").is_empty());
     }
@@ -758,16 +779,10 @@ print(f"forked={len(kids)} stopped_by={err}", flush=True)
     fn a_memory_bomb_is_oom_killed_inside_the_jobs_cgroup() {
         require_root();
         let env = Env::new("membomb");
-        let run = "exec python3 -c 'b = bytearray(512 * 1024 * 1024); print(\"allocated\")'";
+        let run = MEMORY_BOMB;
         let r = env.run(&one_step("membomb", run, "[resources]\nmemory = \"64MiB\""));
-        r.assert_code(1);
+        assert_oom_killed_in_the_jobs_cgroup(&r);
         let res = r.result();
-        assert_eq!(res["steps"][0]["signal"], 9, "{r}");
-        assert_eq!(res["steps"][0]["limit"], "memory", "{r}");
-        assert!(
-            res["cgroup_counters"]["oom_kills"].as_u64().unwrap() >= 1,
-            "{r}"
-        );
         assert!(
             res["reason"]
                 .as_str()
@@ -919,19 +934,13 @@ mod delegated_v2 {
         let scope = Scope::new("mem");
         let env = Env::new("deleg-mem");
         strict_config(&env);
-        let run = "exec python3 -c 'b = bytearray(512 * 1024 * 1024); print(\"allocated\")'";
+        let run = MEMORY_BOMB;
         let r = scope.run(
             &env,
             &one_step("membomb", run, "[resources]\nmemory = \"64MiB\""),
         );
-        r.assert_code(1);
+        assert_oom_killed_in_the_jobs_cgroup(&r);
         let res = r.result();
-        assert_eq!(res["steps"][0]["signal"], 9, "{r}");
-        assert_eq!(res["steps"][0]["limit"], "memory", "{r}");
-        assert!(
-            res["cgroup_counters"]["oom_kills"].as_u64().unwrap() >= 1,
-            "{r}"
-        );
         assert!(!r.log.contains("allocated"));
         let iso = &res["isolation"];
         assert_eq!(iso["mode"], "rootless-single-uid", "{r}");
@@ -967,37 +976,9 @@ mod delegated_v2 {
         let scope = Scope::new("pids");
         let env = Env::new("deleg-pids");
         strict_config(&env);
-        let run = py(
-            &env,
-            "bomb.py",
-            r#"
-import time
-kids = []
-err = "none"
-for i in range(10000):
-    try:
-        pid = os.fork()
-    except OSError as e:
-        err = errno.errorcode[e.errno]; break
-    if pid == 0:
-        time.sleep(30); os._exit(0)
-    kids.append(pid)
-print(f"forked={len(kids)} stopped_by={err}", flush=True)
-"#,
-        );
+        let run = py(&env, "bomb.py", FORK_BOMB);
         let r = scope.run(&env, &one_step("bomb", &run, "[resources]\npids = 64"));
-        r.assert_code(0);
-        let v = r.value("forked");
-        let n: usize = v.split_whitespace().next().unwrap().parse().unwrap();
-        assert!(v.ends_with("stopped_by=EAGAIN"), "{r}");
-        assert!(n < 64, "forked {n} with pids = 64");
-        assert!(
-            r.result()["cgroup_counters"]["pids_max_hit"]
-                .as_u64()
-                .unwrap()
-                > 0,
-            "{r}"
-        );
+        assert_stopped_by_the_pids_limit(&r);
         assert!(processes_with("bomb.py").is_empty());
         assert_eq!(scope.job_cgroups(), Vec::<String>::new());
     }
