@@ -71,6 +71,7 @@ fn run_inner(
         &jobdir.id,
         Some(limits.max_memory),
         Some(limits.max_pids),
+        &helper.pid().into_iter().collect::<Vec<_>>(),
     ) {
         Ok(cg) => Some(cg),
         Err(e) if !limits.allow_rlimit_fallback => {

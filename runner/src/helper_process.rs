@@ -153,6 +153,11 @@ pub struct Started {
 }
 
 impl Started {
+    /// The helper's process id (it stays unreaped until `send`'s child is waited for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The helper's standard error (the job's log), to be read from before the spec is sent,
     /// so that nothing after [`Started::send`] can fail and leave a running helper behind.
     pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {

@@ -41,11 +41,14 @@
 //! forbids writing a namespace root's limits from inside it.
 //!
 //! As root, anything is writable, so ownership cannot say whether `D` was delegated; systemd
-//! marks a delegated cgroup with the extended attribute `trusted.delegate=1` (systemd 251 and
-//! later), and a root runner uses the same layout in such a `D` (our `systemd/bulwark.service`
-//! has `Delegate=yes`, so its jobs stay inside the service's cgroup, where stopping the service
-//! reaches them). Otherwise, as from a root shell, job cgroups go under the hierarchy's own
-//! root, as on v1.
+//! marks a delegated cgroup with the extended attribute `trusted.delegate=1`, and also
+//! `user.delegate=1` (readable without `CAP_SYS_ADMIN`, which `systemd/bulwark.service` does
+//! not grant), and a root runner uses the same layout in such a `D` (the unit has
+//! `Delegate=yes`, so its jobs stay inside the service's cgroup, where stopping the service
+//! reaches them). Only a `D` that root owns counts: systemd marks the units it delegates to
+//! other users too (`user@.service`), and a job placed in a cgroup a user controls could be
+//! moved out of its limits by that user. Otherwise, as from a root shell, job cgroups go under
+//! the hierarchy's own root, as on v1.
 
 use std::fs;
 use std::io;
@@ -119,7 +122,7 @@ impl Support {
         let mount = self.v2_mount.clone()?;
         if nix::unistd::geteuid().is_root() {
             return Some(match &self.v2_own {
-                Some(own) if *own != mount && systemd_delegated(own) => (own.clone(), true),
+                Some(own) if *own != mount && delegated_to_root(own) => (own.clone(), true),
                 _ => (mount, false),
             });
         }
@@ -137,7 +140,7 @@ impl Support {
     /// leaf behind it, as a run would.
     pub fn check_writable(&self) -> io::Result<()> {
         let probe = format!("probe-{}", std::process::id());
-        let cg = JobCgroup::create(self, &probe, None, None)?;
+        let cg = JobCgroup::create(self, &probe, None, None, &[])?;
         let _ = cg.remove(Duration::from_secs(1));
         Ok(())
     }
@@ -145,16 +148,25 @@ impl Support {
     /// One line for `probe`.
     pub fn describe(&self) -> String {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
-        let delegated = match self.v2_top() {
-            Some((top, true)) if self.usable() == Some(Version::V2) => {
+        let delegated = match (self.usable(), self.v2_top()) {
+            (Some(Version::V2), Some((top, true))) => {
                 let controllers =
                     fs::read_to_string(top.join("cgroup.controllers")).unwrap_or_default();
+                let whose = if nix::unistd::geteuid().is_root() {
+                    "which systemd delegated to root"
+                } else {
+                    "the cgroup bulwark started in"
+                };
                 format!(
-                    "; started in {} (rootless job cgroups go there; its controllers [{}])",
-                    top.display(),
+                    "; job cgroups under {}, {whose} (its controllers [{}])",
+                    top.join(PARENT).display(),
                     controllers.trim()
                 )
             }
+            (Some(Version::V2), Some((top, false))) => format!(
+                "; job cgroups under {} (bulwark was not started in a cgroup systemd delegated to root)",
+                top.join(PARENT).display()
+            ),
             _ => String::new(),
         };
         format!(
@@ -195,6 +207,9 @@ pub fn detect() -> Support {
                 // Only a v2 that can enforce the limits needs to know where we are (hybrid
                 // hosts skip the read on every launch).
                 let has = |c: &str| s.v2_controllers.iter().any(|x| x == c);
+                // Several cgroup2 mounts: the last one counts, for all of these fields.
+                s.v2_own = None;
+                s.v2_own_unknown = None;
                 if has("memory") && has("pids") {
                     let own = fs::read_to_string("/proc/self/cgroup")
                         .map_err(|e| format!("reading /proc/self/cgroup: {e}"))
@@ -256,23 +271,39 @@ fn own_v2_cgroup(proc_self_cgroup: &str, mount_root: &str) -> Result<PathBuf, St
     })
 }
 
-/// The parent pid of `pid`, from `/proc/<pid>/stat` (the fourth field, after the command name,
-/// which may itself hold spaces and parentheses, hence the last `)`).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+/// Whether systemd delegated the cgroup `dir` (`Delegate=yes`) to a unit running as root: it
+/// sets `trusted.delegate` (readable only with `CAP_SYS_ADMIN`) and `user.delegate` to `1` on
+/// such a cgroup, and root owns the cgroup, its `cgroup.procs` and `cgroup.subtree_control`,
+/// and whatever a runner made in it before. A cgroup some other user controls never counts,
+/// however it is marked (module docs). Anything unreadable counts as not delegated.
+fn delegated_to_root(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let marked = ["trusted.delegate", "user.delegate"]
+        .iter()
+        .any(|name| matches!(crate::sys::getxattr(dir, name), Ok(Some(v)) if v == b"1"));
+    let root_owned = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.uid() == 0);
+    let root_owned_if_there = |p: &Path| match fs::symlink_metadata(p) {
+        Ok(m) => m.uid() == 0,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    marked
+        && root_owned(dir)
+        && root_owned(&dir.join("cgroup.procs"))
+        && root_owned(&dir.join("cgroup.subtree_control"))
+        && root_owned_if_there(&dir.join(RUNNER_LEAF))
+        && root_owned_if_there(&dir.join(PARENT))
 }
 
-/// Whether systemd delegated the cgroup `dir` (`Delegate=yes`): it sets `trusted.delegate` to
-/// `1` on such a cgroup. An unreadable attribute counts as not delegated.
-fn systemd_delegated(dir: &Path) -> bool {
-    matches!(crate::sys::getxattr(dir, "trusted.delegate"), Ok(Some(v)) if v == b"1")
+/// What to tell whoever runs bulwark when the cgroup it started in cannot be used.
+fn delegate_hint() -> &'static str {
+    if nix::unistd::geteuid().is_root() {
+        "run bulwark in a unit of its own with Delegate=yes (as systemd/bulwark.service), e.g. \
+         `systemd-run --scope -p Delegate=yes bulwark ...`"
+    } else {
+        "run bulwark in a unit of its own with Delegate=yes, e.g. \
+         `systemd-run --user --scope -p Delegate=yes bulwark ...`"
+    }
 }
-
-/// What to tell a user whose cgroup cannot be used.
-const DELEGATE_HINT: &str = "run bulwark in a unit of its own with Delegate=yes, e.g. \
-    `systemd-run --user --scope -p Delegate=yes bulwark ...`";
 
 /// Whether `dir`'s cgroup file `file` lists both memory and pids.
 fn lists_memory_and_pids(dir: &Path, file: &str) -> bool {
@@ -285,11 +316,11 @@ fn lists_memory_and_pids(dir: &Path, file: &str) -> bool {
 }
 
 /// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids
-/// limits: the process (and any child of it still in `top`) moves into [`RUNNER_LEAF`] and the
+/// limits: the process and its `children` move into [`RUNNER_LEAF`] and the
 /// controllers are enabled in `top`, unless an earlier runner did that already. Two runners
 /// started in `top` at once each find the other still in `top` for a moment, so enabling is
 /// retried for a second before the processes still there are named in the error.
-fn prepare_delegated(top: &Path) -> io::Result<()> {
+fn prepare_delegated(top: &Path, children: &[u32]) -> io::Result<()> {
     let denied = |e: &io::Error| {
         matches!(
             e.raw_os_error(),
@@ -317,9 +348,10 @@ fn prepare_delegated(top: &Path) -> io::Result<()> {
                 return Err(io::Error::new(
                     e.kind(),
                     format!(
-                        "{} is not delegated to this user (creating {}: {e}): {DELEGATE_HINT}",
+                        "{} is not delegated to this user (creating {}: {e}): {}",
                         top.display(),
-                        leaf.display()
+                        leaf.display(),
+                        delegate_hint()
                     ),
                 ))
             }
@@ -344,9 +376,10 @@ fn prepare_delegated(top: &Path) -> io::Result<()> {
                     e.kind(),
                     format!(
                         "cannot move this process into {} ({e}): {} is not fully delegated to \
-                         this user (its cgroup.procs must be the user's too): {DELEGATE_HINT}",
+                         this user (its cgroup.procs must be the user's too): {}",
                         leaf.display(),
-                        top.display()
+                        top.display(),
+                        delegate_hint()
                     ),
                 )
             } else {
@@ -356,7 +389,7 @@ fn prepare_delegated(top: &Path) -> io::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        move_children(top, &procs)?;
+        move_children(children, &procs)?;
         if lists_memory_and_pids(top, "cgroup.subtree_control") {
             return Ok(());
         }
@@ -370,9 +403,10 @@ fn prepare_delegated(top: &Path) -> io::Result<()> {
                     e.kind(),
                     format!(
                         "{} still holds processes other than bulwark's ({}), so it cannot hand \
-                         memory and pids to job cgroups: {DELEGATE_HINT}",
+                         memory and pids to job cgroups: {}",
                         top.display(),
-                        processes_in(top)
+                        processes_in(top),
+                        delegate_hint()
                     ),
                 ))
             }
@@ -381,18 +415,16 @@ fn prepare_delegated(top: &Path) -> io::Result<()> {
     }
 }
 
-/// Moves the runner's own children still in `top` (the sandbox helper is started early, to
-/// overlap its exec with the runner's work) into the leaf whose `cgroup.procs` is `procs`. A
-/// child that exited meanwhile is no longer there to move.
-fn move_children(top: &Path, procs: &Path) -> io::Result<()> {
-    let me = std::process::id();
-    for pid in pids_in(top) {
-        if parent_of(pid) == Some(me) {
-            match fs::write(procs, pid.to_string()) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
-                Err(e) => return Err(io_at("move a child of this process into", procs)(e)),
-            }
+/// Moves `children`, the runner's own child processes that started in `top` (the sandbox
+/// helper, started early to overlap its exec with the runner's work), into the leaf whose
+/// `cgroup.procs` is `procs`. The caller holds them unreaped, so their pids cannot have been
+/// reused by another process; one that exited meanwhile (ESRCH) has nothing left to move.
+fn move_children(children: &[u32], procs: &Path) -> io::Result<()> {
+    for pid in children {
+        match fs::write(procs, pid.to_string()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
+            Err(e) => return Err(io_at("move a child of this process into", procs)(e)),
         }
     }
     Ok(())
@@ -414,7 +446,8 @@ fn processes_in(dir: &Path) -> String {
         .take(5)
         .map(|pid| {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            format!("{pid} ({})", comm.trim())
+            // Any process may name itself anything, escapes included.
+            format!("{pid} {:?}", comm.trim_end_matches('\n'))
         })
         .collect();
     if pids.len() > 5 {
@@ -449,12 +482,15 @@ fn io_at(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
 }
 
 impl JobCgroup {
-    /// Creates the job's cgroup(s) and sets the limits.
+    /// Creates the job's cgroup(s) and sets the limits. `runner_children` are child processes
+    /// of the caller, still unreaped, that it started before (the sandbox helper): in a
+    /// delegated cgroup they leave it for the runner's leaf together with the caller.
     pub fn create(
         support: &Support,
         job_id: &str,
         memory: Option<u64>,
         pids: Option<u64>,
+        runner_children: &[u32],
     ) -> io::Result<Self> {
         let version = support
             .usable()
@@ -469,7 +505,7 @@ impl JobCgroup {
                     })
                 })?;
                 if delegated {
-                    prepare_delegated(&top)?;
+                    prepare_delegated(&top, runner_children)?;
                 } else {
                     // Controllers must be enabled on every level above the job.
                     let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +pids");
@@ -511,13 +547,27 @@ impl JobCgroup {
     pub fn existing(support: &Support, job_id: &str) -> Option<Self> {
         let version = support.usable()?;
         let dirs: Vec<PathBuf> = match version {
-            Version::V2 => vec![support.v2_parent()?.join(job_id)],
+            // Where this process would make it, and, as root, the hierarchy's root too (where
+            // a root runner started outside a delegated cgroup makes it).
+            Version::V2 => {
+                let mut dirs = vec![support.v2_parent()?.join(job_id)];
+                if nix::unistd::geteuid().is_root() {
+                    let legacy = support.v2_mount.clone()?.join(PARENT).join(job_id);
+                    if !dirs.contains(&legacy) {
+                        dirs.push(legacy);
+                    }
+                }
+                dirs
+            }
             Version::V1 => ["memory", "pids", "freezer"]
                 .iter()
                 .filter_map(|c| support.v1_path(c).map(|p| p.join(PARENT).join(job_id)))
                 .collect(),
         };
-        let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+        let mut dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+        if version == Version::V2 {
+            dirs.truncate(1); // one job, one v2 cgroup
+        }
         (!dirs.is_empty()).then_some(JobCgroup { version, dirs })
     }
 
@@ -559,6 +609,9 @@ impl JobCgroup {
             };
             if named && dir.is_dir() && *version.get_or_insert(v) == v {
                 dirs.push(dir.to_path_buf());
+            }
+            if version == Some(Version::V2) && !dirs.is_empty() {
+                break; // one job, one v2 cgroup
             }
         }
         Some(JobCgroup {

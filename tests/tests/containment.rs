@@ -1101,7 +1101,7 @@ mod delegated_v2 {
         assert!(line.contains(" ok "), "{line}");
         assert!(
             line.contains(&format!(
-                "started in {} (rootless job cgroups go there;",
+                "job cgroups under {}/bulwark, the cgroup bulwark started in",
                 scope.0.display()
             )),
             "{line}"
@@ -1183,6 +1183,12 @@ mod root_v2 {
     /// Runs a job that sleeps from inside the cgroup `dir` (relative to the cgroup2 root), and
     /// returns the job process's cgroup as the host sees it.
     fn job_cgroup_when_started_in(dir: &str) -> String {
+        job_cgroup_when_started_in_with(dir, &[])
+    }
+
+    /// The same, with the runner started through `wrapper` (a command and its arguments that
+    /// end by running what follows them, such as `setpriv ...`).
+    fn job_cgroup_when_started_in_with(dir: &str, wrapper: &[&str]) -> String {
         assert!(bulwark_tests::is_root(), "root_v2 tests run as root");
         let root = Path::new("/sys/fs/cgroup");
         assert!(
@@ -1200,6 +1206,7 @@ mod root_v2 {
             .arg("-c")
             .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
             .arg(root.join(dir))
+            .args(wrapper)
             .arg(cmd.get_program())
             .args(cmd.get_args())
             .stdin(Stdio::null())
@@ -1226,6 +1233,61 @@ mod root_v2 {
         cgroup.trim().to_string()
     }
 
+    /// Marks `dir` delegated the way systemd does, with the extended attributes named.
+    fn mark(dir: &Path, names: &[&str]) {
+        for name in names {
+            let status = Command::new("python3")
+                .arg("-c")
+                .arg("import os, sys; os.setxattr(sys.argv[1], sys.argv[2], b'1')")
+                .arg(dir)
+                .arg(name)
+                .status()
+                .unwrap();
+            assert!(status.success(), "setting {name} on {}", dir.display());
+        }
+    }
+
+    /// systemd marks the cgroups it delegates to other users too (`user@.service`): a job a
+    /// root runner placed there could be moved out of its limits by that user, who owns the
+    /// cgroup's `cgroup.procs`. Such a cgroup is never used.
+    #[test]
+    fn a_root_runner_never_puts_jobs_in_a_marked_cgroup_another_user_owns() {
+        let name = format!("usr-{}", bulwark_tests::random_hex(4));
+        let dir = Path::new("/sys/fs/cgroup").join(&name);
+        fs::create_dir(&dir).unwrap();
+        mark(&dir, &["trusted.delegate", "user.delegate"]);
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "cgroup.threads",
+        ] {
+            std::os::unix::fs::chown(dir.join(f), Some(65534), Some(65534)).unwrap();
+        }
+        let placed = job_cgroup_when_started_in(&name);
+        assert!(placed.starts_with("0::/bulwark/"), "{placed}");
+        assert!(!dir.join("bulwark-runner").exists());
+        remove_cgroup(&dir);
+    }
+
+    /// `systemd/bulwark.service` does not grant CAP_SYS_ADMIN, without which `trusted.*`
+    /// attributes read as absent; systemd's `user.delegate` mark on a root-owned cgroup is
+    /// enough.
+    #[test]
+    fn a_root_runner_without_cap_sys_admin_finds_the_user_delegate_mark() {
+        let name = format!("svc-{}", bulwark_tests::random_hex(4));
+        let dir = Path::new("/sys/fs/cgroup").join(&name);
+        fs::create_dir(&dir).unwrap();
+        mark(&dir, &["trusted.delegate", "user.delegate"]);
+        let without = ["setpriv", "--bounding-set", "-sys_admin", "--"];
+        let placed = job_cgroup_when_started_in_with(&name, &without);
+        assert!(
+            placed.starts_with(&format!("0::/{name}/bulwark/")),
+            "{placed}"
+        );
+        remove_cgroup(&dir);
+    }
+
     /// Removes a test cgroup and what bulwark made in it (everything has exited by then).
     fn remove_cgroup(dir: &Path) {
         for sub in ["bulwark", "bulwark-runner"] {
@@ -1243,13 +1305,7 @@ mod root_v2 {
         let plain = job_cgroup_when_started_in(&name);
         assert!(plain.starts_with("0::/bulwark/"), "{plain}");
         // Marked the way systemd marks a unit with Delegate=yes: jobs stay inside it.
-        let status = Command::new("python3")
-            .arg("-c")
-            .arg("import os, sys; os.setxattr(sys.argv[1], 'trusted.delegate', b'1')")
-            .arg(&svc)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        mark(&svc, &["trusted.delegate"]);
         let delegated = job_cgroup_when_started_in(&name);
         assert!(
             delegated.starts_with(&format!("0::/{name}/bulwark/")),

@@ -530,6 +530,7 @@ impl JobRun<'_> {
                     &jobdir.id,
                     Some(self.job.memory),
                     Some(self.job.pids),
+                    &helper.pid().into_iter().collect::<Vec<_>>(),
                 )
                 .map_err(|e| {
                     Stop::Refused(format!("cgroups: cannot create the job's cgroup: {e}"))
@@ -599,6 +600,20 @@ impl JobRun<'_> {
             }
         }
         let reported = self.run_sandbox(&spec, helper);
+        // Every job process is gone once init is; the cgroup check is the independent proof.
+        let mut counters = cgroup::Counters::default();
+        if let Some(cg) = cg {
+            counters = cg.counters();
+            self.counters = Some(bulwark_protocol::CgroupCounters {
+                oom_kills: counters.oom_kills,
+                pids_max_hit: counters.pids_max_hit,
+            });
+            if let Err(e) = cg.remove(Duration::from_secs(10)) {
+                return Err(Stop::Runner(format!(
+                    "job processes survived the sandbox: {e}"
+                )));
+            }
+        }
         if let Some((dir, proxy)) = egress {
             // Every job process is gone (init has exited): nothing can use the proxy any more.
             let summary = proxy.shutdown();
@@ -615,20 +630,6 @@ impl JobRun<'_> {
                 bytes_down: summary.bytes_down,
                 log_sha256,
             });
-        }
-        // Every job process is gone once init is; the cgroup check is the independent proof.
-        let mut counters = cgroup::Counters::default();
-        if let Some(cg) = cg {
-            counters = cg.counters();
-            self.counters = Some(bulwark_protocol::CgroupCounters {
-                oom_kills: counters.oom_kills,
-                pids_max_hit: counters.pids_max_hit,
-            });
-            if let Err(e) = cg.remove(Duration::from_secs(10)) {
-                return Err(Stop::Runner(format!(
-                    "job processes survived the sandbox: {e}"
-                )));
-            }
         }
         let reported = reported?;
         if let Some(en) = &reported.enforced {
