@@ -71,7 +71,7 @@ fn run_inner(
         &jobdir.id,
         Some(limits.max_memory),
         Some(limits.max_pids),
-        &helper.pid().into_iter().collect::<Vec<_>>(),
+        helper.pid().as_slice(),
     ) {
         Ok(cg) => Some(cg),
         Err(e) if !limits.allow_rlimit_fallback => {

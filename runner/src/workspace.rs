@@ -85,11 +85,15 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
 const CGROUP_RECORD: &str = "cgroups";
 
 impl JobDir {
-    /// Notes where the job's cgroups are, so that the run that cleans up after this one, if it
-    /// dies, finds them even from another cgroup.
+    /// Notes where the job's cgroups are when only a note finds them again (a delegated
+    /// cgroup), so that the run that cleans up after this one, if it dies, finds them even
+    /// from another cgroup.
     pub fn record_cgroup(&self, cg: &JobCgroup) -> Result<()> {
+        let Some(record) = cg.record() else {
+            return Ok(());
+        };
         let path = self.path.join(CGROUP_RECORD);
-        fs::write(&path, cg.record()).with_context(|| format!("writing {}", path.display()))
+        fs::write(&path, record).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Removes the job's directory (the lock goes with it).

@@ -430,7 +430,8 @@ fn move_children(children: &[u32], procs: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn pids_in(dir: &Path) -> Vec<u32> {
+/// The processes in the cgroup `dir` (its `cgroup.procs`; none when unreadable).
+fn pids_in(dir: &Path) -> Vec<i32> {
     fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
@@ -438,7 +439,7 @@ fn pids_in(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// "pid (command), ..." for the first few processes in the cgroup `dir`.
+/// `pid "command", ...` for the first few processes in the cgroup `dir`.
 fn processes_in(dir: &Path) -> String {
     let pids = pids_in(dir);
     let mut named: Vec<String> = pids
@@ -471,6 +472,8 @@ pub struct JobCgroup {
     version: Version,
     /// v2: the one directory; v1: memory, pids, freezer directories.
     dirs: Vec<PathBuf>,
+    /// Made inside a delegated cgroup (module docs), where only a record finds it again.
+    delegated: bool,
 }
 
 /// The parent directory name under each hierarchy.
@@ -523,6 +526,7 @@ impl JobCgroup {
                 JobCgroup {
                     version,
                     dirs: vec![dir],
+                    delegated,
                 }
             }
             Version::V1 => {
@@ -533,7 +537,11 @@ impl JobCgroup {
                     fs::create_dir_all(&dir).map_err(io_at("create", &dir))?;
                     dirs.push(dir);
                 }
-                JobCgroup { version, dirs }
+                JobCgroup {
+                    version,
+                    dirs,
+                    delegated: false,
+                }
             }
         };
         if let Err(e) = cg.set_limits(memory, pids) {
@@ -568,17 +576,25 @@ impl JobCgroup {
         if version == Version::V2 {
             dirs.truncate(1); // one job, one v2 cgroup
         }
-        (!dirs.is_empty()).then_some(JobCgroup { version, dirs })
+        (!dirs.is_empty()).then_some(JobCgroup {
+            version,
+            dirs,
+            delegated: false,
+        })
     }
 
-    /// The job's cgroup directories, one per line: what [`JobCgroup::from_record`] reads back
-    /// when a later run cleans up after this one (which may have been started in another
-    /// delegated cgroup, where [`JobCgroup::existing`] would not look).
-    pub fn record(&self) -> String {
-        self.dirs
-            .iter()
-            .map(|d| format!("{}\n", d.display()))
-            .collect()
+    /// For a cgroup made inside a delegated cgroup, its directory: what
+    /// [`JobCgroup::from_record`] reads back when a later run cleans up after this one (which
+    /// may have been started in another delegated cgroup, where [`JobCgroup::existing`] would
+    /// not look). `None` where `existing` finds it from any runner (v1, and v2 at the
+    /// hierarchy's root), so that launches there write nothing more.
+    pub fn record(&self) -> Option<String> {
+        self.delegated.then(|| {
+            self.dirs
+                .iter()
+                .map(|d| format!("{}\n", d.display()))
+                .collect()
+        })
     }
 
     /// The cgroups a [`JobCgroup::record`] names, for job `job_id`. Only directories that
@@ -617,6 +633,7 @@ impl JobCgroup {
         Some(JobCgroup {
             version: version?,
             dirs,
+            delegated: true,
         })
     }
 
@@ -702,9 +719,7 @@ impl JobCgroup {
             Version::V2 => &self.dirs[0],
             Version::V1 => self.dir("freezer"),
         };
-        fs::read_to_string(d.join("cgroup.procs"))
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        pids_in(d)
     }
 
     /// OOM kills and pids-limit hits so far.

@@ -530,7 +530,7 @@ impl JobRun<'_> {
                     &jobdir.id,
                     Some(self.job.memory),
                     Some(self.job.pids),
-                    &helper.pid().into_iter().collect::<Vec<_>>(),
+                    helper.pid().as_slice(),
                 )
                 .map_err(|e| {
                     Stop::Refused(format!("cgroups: cannot create the job's cgroup: {e}"))
