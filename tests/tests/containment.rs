@@ -1233,6 +1233,28 @@ mod root_v2 {
         cgroup.trim().to_string()
     }
 
+    /// The `cgroups` line of `bulwark probe` started in the cgroup `dir`.
+    fn probe_cgroups_line_in(dir: &str) -> String {
+        let o = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
+            .arg(Path::new("/sys/fs/cgroup").join(dir))
+            .arg(bulwark_tests::bulwark_bin())
+            .arg("probe")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("cgroups "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no cgroups line in:\n{text}\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .to_string()
+    }
+
     /// Marks `dir` delegated the way systemd does, with the extended attributes named.
     fn mark(dir: &Path, names: &[&str]) {
         for name in names {
@@ -1301,15 +1323,30 @@ mod root_v2 {
         let name = format!("svc-{}", bulwark_tests::random_hex(4));
         let svc = Path::new("/sys/fs/cgroup").join(&name);
         fs::create_dir(&svc).unwrap();
-        // Not marked: as from a root shell, jobs go under the hierarchy's root.
+        // Not marked: as from a root shell, jobs go under the hierarchy's root, and probe
+        // says so.
         let plain = job_cgroup_when_started_in(&name);
         assert!(plain.starts_with("0::/bulwark/"), "{plain}");
+        let line = probe_cgroups_line_in(&name);
+        assert!(
+            line.contains("job cgroups under /sys/fs/cgroup/bulwark (bulwark was not started in a cgroup systemd delegated to root)"),
+            "{line}"
+        );
         // Marked the way systemd marks a unit with Delegate=yes: jobs stay inside it.
         mark(&svc, &["trusted.delegate"]);
         let delegated = job_cgroup_when_started_in(&name);
         assert!(
             delegated.starts_with(&format!("0::/{name}/bulwark/")),
             "{delegated}"
+        );
+        // (The laid-out cgroup takes no process any more; a later runner starts in the leaf.)
+        let line = probe_cgroups_line_in(&format!("{name}/bulwark-runner"));
+        assert!(
+            line.contains(&format!(
+                "job cgroups under {}/bulwark, which systemd delegated to root",
+                svc.display()
+            )),
+            "{line}"
         );
         assert!(svc.join("bulwark-runner").is_dir());
         let jobs_left = fs::read_dir(svc.join("bulwark"))
