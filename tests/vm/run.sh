@@ -28,16 +28,19 @@ case "$script" in /run/*)
 esac
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The guest reports its status under a name made for this run, which nothing the script
+# prints can forge.
+token=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 # The console carries the script's output; the kernel's own messages are kept to errors.
 timeout --foreground "${BULWARK_VM_TIMEOUT:-1200}" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -smp 2 -m 3072 \
   -nographic -monitor none -no-reboot -nic none \
   -kernel "$dir/vmlinuz" -initrd "$dir/initrd.gz" \
-  -append "console=ttyS0 loglevel=3 panic=-1 bulwark.init=$here/guest-init.sh bulwark.cmd=$script" \
+  -append "console=ttyS0 loglevel=3 panic=-1 bulwark.init=$here/guest-init.sh bulwark.cmd=$script bulwark.token=$token" \
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
   </dev/null 2>&1 | tr -d '\r' | tee "$log" | sed -n '/bulwark-vm: /,$p' \
-  | sed -e 's/^.*\(bulwark-vm: \)/\1/' | grep -v -e '^bulwark-vm-exit=' -e 'sysrq: Power Off' -e 'reboot: Power down' || true
-status=$(sed -n 's/^.*bulwark-vm-exit=\([0-9]*\).*$/\1/p' "$log" | tail -1)
+  | sed -e 's/^.*\(bulwark-vm: \)/\1/' | grep -v -e "bulwark-vm-exit-$token=" -e 'sysrq: Power Off' -e 'reboot: Power down' || true
+status=$(sed -n "s/^.*bulwark-vm-exit-$token=\([0-9]*\).*\$/\1/p" "$log" | tail -1)
 if [[ -z "$status" ]]; then
   echo "tests/vm/run.sh: the VM ended without reporting a status; its console:" >&2
   tail -40 "$log" >&2

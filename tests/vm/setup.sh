@@ -71,7 +71,7 @@ cat >"$ird/init" <<'INIT'
 mkdir -p /proc /dev /host /rw /root
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev
-fail() { echo "bulwark-vm: $*"; echo "bulwark-vm-exit=125"; echo o >/proc/sysrq-trigger; sleep 10; }
+fail() { echo "bulwark-vm: $*"; echo "bulwark-vm-exit-$(sed -n 's/.*bulwark\.token=\([0-9a-f]*\).*/\1/p' /proc/cmdline)=125"; echo o >/proc/sysrq-trigger; sleep 10; exit 1; }
 for m in netfs 9pnet 9pnet_virtio 9p overlay; do insmod /$m.ko || fail "insmod $m"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host /host || fail "mount the host's root"
 # Writable on top, in the VM's memory: what the tests write never reaches the host.
