@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole Bulwark test suite: unit and integration tests as the current user (root in CI);
-# as root, the cgroup v2 pass in a VM (tests/vm/cgroup2.sh: these hosts are cgroup v1) and the
-# rootless path as an ordinary user this script creates.
+# as root, two passes in a VM (tests/vm/cgroup2.sh: cgroup v2, which these hosts lack;
+# tests/vm/missing-layers.sh: a kernel without Landlock) and the rootless path as an ordinary
+# user this script creates.
 #
 #   ./scripts/test.sh            # run everything
 #   BULWARK_SKIP_ROOTLESS=1 ...  # skip the ordinary-user pass
-#   BULWARK_SKIP_VM=1 ...        # skip the cgroup v2 pass (reported as skipped, never passed)
+#   BULWARK_SKIP_VM=1 ...        # skip the VM passes (reported as skipped, never passed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,18 +14,20 @@ echo "== build"
 cargo build --workspace --all-targets --locked
 echo "== tests as $(id -un)"
 if [[ "$(id -u)" == 0 ]]; then mode_skip=rootless_mode::; else mode_skip=root_mode::; fi
-# delegated_v2, root_v2: only the cgroup v2 pass can run those (below).
-cargo test --workspace --locked -- --test-threads=2 --skip "$mode_skip" --skip delegated_v2:: --skip root_v2::
+# delegated_v2, root_v2, missing_layers: only the VM passes can run those (below).
+cargo test --workspace --locked -- --test-threads=2 --skip "$mode_skip" --skip delegated_v2:: --skip root_v2:: --skip missing_layers::
 
 if [[ "$(id -u)" != 0 ]]; then
-  echo "== cgroup v2 pass SKIPPED: needs root (qemu with the host's root shared)"
+  echo "== VM passes (cgroup v2, no Landlock) SKIPPED: need root (qemu with the host's root shared)"
 elif [[ "${BULWARK_SKIP_VM:-0}" == 1 ]]; then
-  echo "== cgroup v2 pass SKIPPED: BULWARK_SKIP_VM=1"
+  echo "== VM passes (cgroup v2, no Landlock) SKIPPED: BULWARK_SKIP_VM=1"
 elif [[ ! -f "${BULWARK_VM_DIR:-/var/cache/bulwark-vm}/vmlinuz" ]] || ! command -v qemu-system-x86_64 >/dev/null; then
-  echo "== cgroup v2 pass SKIPPED: the test VM is not prepared (run tests/vm/setup.sh as root; .ci/run does)"
+  echo "== VM passes (cgroup v2, no Landlock) SKIPPED: the test VM is not prepared (run tests/vm/setup.sh as root; .ci/run does)"
 else
   echo "== cgroup v2 pass (VM with only cgroup2 mounted)"
   tests/vm/cgroup2.sh
+  echo "== fail-closed pass (VM booted without Landlock)"
+  tests/vm/missing-layers.sh
 fi
 
 if [[ "$(id -u)" != 0 || "${BULWARK_SKIP_ROOTLESS:-0}" == 1 ]]; then
@@ -56,7 +59,7 @@ while read -r t; do
   echo "-- $name as $user"
   runuser -u "$user" -- env -i HOME="/home/$user" PATH=/usr/bin:/bin \
     BULWARK_BIN="$stage/bulwark" BULWARK_REPO="$stage" \
-    "$stage/$name" --test-threads=2 --skip root_mode:: --skip delegated_v2:: --skip root_v2:: < /dev/null || status=1
+    "$stage/$name" --test-threads=2 --skip root_mode:: --skip delegated_v2:: --skip root_v2:: --skip missing_layers:: < /dev/null || status=1
 done < "$stage/tests.txt"
 rm -rf "$stage"
 exit $status

@@ -1359,6 +1359,90 @@ mod root_v2 {
     }
 }
 
+/// A kernel that lacks a layer: every job is refused before anything runs, naming the layer,
+/// and `probe` says what is missing. Run only by `tests/vm/missing-layers.sh`, which boots the
+/// test VM with Landlock left out of the kernel's `lsm=` list; every other pass skips them
+/// with `--skip missing_layers::`.
+mod missing_layers {
+    use super::*;
+
+    fn probe() -> (Option<i32>, String) {
+        let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+            .arg("probe")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    fn line<'a>(probe: &'a str, layer: &str) -> &'a str {
+        probe
+            .lines()
+            .find(|l| l.starts_with(&format!("{layer} ")))
+            .unwrap_or_else(|| panic!("no {layer} line in:\n{probe}"))
+    }
+
+    /// Refused with exit 2 before any step ran, and nothing of the step happened.
+    fn assert_refused_naming(env: &Env, layer: &str) {
+        let marker = env.dir.join("step-ran");
+        let r = env.run(&one_step(
+            "refused",
+            &format!("touch {}", marker.display()),
+            "",
+        ));
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains(&format!("this host cannot enforce {layer}")),
+            "{r}"
+        );
+        assert_eq!(r.result()["status"], "refused", "{r}");
+        assert_eq!(r.result()["steps"].as_array().map(Vec::len), Some(0), "{r}");
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn a_kernel_booted_without_landlock_refuses_every_job_and_probe_says_why() {
+        assert_eq!(
+            fs::read_to_string("/sys/kernel/security/lsm")
+                .map(|l| l.contains("landlock"))
+                .unwrap_or(false),
+            false,
+            "missing_layers tests need a kernel booted without Landlock (tests/vm/missing-layers.sh)"
+        );
+        let (code, text) = probe();
+        assert_eq!(code, Some(1), "{text}");
+        let landlock = line(&text, "landlock");
+        assert!(landlock.contains("MISSING"), "{landlock}");
+        assert!(landlock.contains("lsm= boot list"), "{landlock}");
+        assert_refused_naming(&Env::new("nolandlock"), "landlock");
+    }
+
+    /// `user.max_user_namespaces = 0` (how some hardening guides switch user namespaces off):
+    /// named before anything else. Changes the VM's sysctl for the test's duration, so the
+    /// module runs with one test thread.
+    #[test]
+    fn without_user_namespaces_every_job_is_refused_and_probe_says_why() {
+        let knob = "/proc/sys/user/max_user_namespaces";
+        let before = fs::read_to_string(knob).unwrap();
+        fs::write(knob, "0").unwrap();
+        let (code, text) = probe();
+        let refused = std::panic::catch_unwind(|| {
+            assert_refused_naming(&Env::new("nouserns"), "user-namespaces")
+        });
+        fs::write(knob, before.trim()).unwrap();
+        assert_eq!(code, Some(1), "{text}");
+        let userns = line(&text, "user-namespaces");
+        assert!(userns.contains("MISSING"), "{userns}");
+        assert!(userns.contains("user.max_user_namespaces=0"), "{userns}");
+        if let Err(e) = refused {
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
 /// Tests of the rootless path (run by scripts/test.sh as an ordinary user).
 mod rootless_mode {
     use super::*;

@@ -9,7 +9,8 @@
 #
 # Software emulation (TCG; these machines have no nested virtualisation): the kernel boots in
 # about 3 s, and what runs inside is 10-30 times slower than on the host. Give up after
-# $BULWARK_VM_TIMEOUT seconds (default 1200).
+# $BULWARK_VM_TIMEOUT seconds (default 1200). $BULWARK_VM_APPEND adds kernel parameters
+# (tests/vm/missing-layers.sh boots without Landlock that way).
 set -euo pipefail
 dir=${BULWARK_VM_DIR:-/var/cache/bulwark-vm}
 script=$(readlink -f "$1")
@@ -36,7 +37,7 @@ timeout --foreground "${BULWARK_VM_TIMEOUT:-1200}" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -smp 2 -m 3072 \
   -nographic -monitor none -no-reboot -nic none \
   -kernel "$dir/vmlinuz" -initrd "$dir/initrd.gz" \
-  -append "console=ttyS0 loglevel=3 panic=-1 bulwark.init=$here/guest-init.sh bulwark.cmd=$script bulwark.token=$token" \
+  -append "console=ttyS0 loglevel=3 panic=-1 bulwark.init=$here/guest-init.sh bulwark.cmd=$script bulwark.token=$token ${BULWARK_VM_APPEND:-}" \
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
   </dev/null 2>&1 | tr -d '\r' | tee "$log" | sed -n '/bulwark-vm: /,$p' \
   | sed -e 's/^.*\(bulwark-vm: \)/\1/' | grep -v -e "bulwark-vm-exit-$token=" -e 'sysrq: Power Off' -e 'reboot: Power down' || true
