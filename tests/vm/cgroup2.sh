@@ -17,17 +17,7 @@ all=0
 [[ "${1:-}" == --all ]] && all=1
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
-# The binaries under test sit beside the test executable's directory (target/<profile>/).
-cargo build --workspace --all-targets --locked -q
-containment=$(cargo test -p bulwark-tests --test containment --locked --no-run --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])')
-[[ -x "$containment" ]] || { echo "tests/vm/cgroup2.sh: containment tests not built" >&2; exit 1; }
-bindir=$(dirname "$(dirname "$containment")")
-mkdir -p target/vm
+. tests/vm/lib.sh
 script=$repo/target/vm/cgroup2-pass.sh
 cat >"$script" <<GUEST
 set -euo pipefail

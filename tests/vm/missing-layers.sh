@@ -9,15 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
-cargo build --workspace --all-targets --locked -q
-containment=$(cargo test -p bulwark-tests --test containment --locked --no-run --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])')
-[[ -x "$containment" ]] || { echo "tests/vm/missing-layers.sh: containment tests not built" >&2; exit 1; }
-mkdir -p target/vm
+. tests/vm/lib.sh
 script=$repo/target/vm/missing-layers-pass.sh
 cat >"$script" <<GUEST
 set -euo pipefail
