@@ -826,6 +826,22 @@ mod root_mode {
     }
 }
 
+/// `program args...`, started inside the cgroup v2 directory `dir`: a shell moves itself there
+/// (writing `0` to its `cgroup.procs`), then execs it (the cgroup v2 VM tests).
+fn started_in_cgroup<S: AsRef<std::ffi::OsStr>>(
+    dir: &std::path::Path,
+    program: S,
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Command {
+    let mut c = std::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
+        .arg(dir)
+        .arg(program)
+        .args(args);
+    c
+}
+
 /// Rootless on cgroup v2 in a cgroup delegated to the user, as systemd makes for a unit with
 /// `Delegate=yes`. These hosts are cgroup v1, so only the cgroup v2 VM pass
 /// (`tests/vm/cgroup2.sh`, from scripts/test.sh) runs this module: it delegates
@@ -863,13 +879,7 @@ mod delegated_v2 {
 
         /// `cmd`, started inside the cgroup `dir`.
         fn wrap_in(&self, dir: &Path, cmd: &Command) -> Command {
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c")
-                .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
-                .arg(dir)
-                .arg(cmd.get_program())
-                .args(cmd.get_args());
-            c
+            started_in_cgroup(dir, cmd.get_program(), cmd.get_args())
         }
 
         fn run(&self, env: &Env, job: &str) -> bulwark_tests::Run {
@@ -969,6 +979,48 @@ mod delegated_v2 {
             "{controls}"
         );
         assert_eq!(scope.job_cgroups(), Vec::<String>::new());
+    }
+
+    /// A rootless job's own limit files belong to the user its processes run as on the host
+    /// (module docs of sandbox/src/cgroup.rs): the job tries to raise its memory limit, through
+    /// cgroupfs where it would be and through a cgroup2 mount of its own, then allocates past
+    /// the limit, which must still hold.
+    #[test]
+    fn a_job_cannot_raise_its_own_limit_in_a_delegated_cgroup() {
+        let scope = Scope::new("raise");
+        let env = Env::new("deleg-raise");
+        strict_config(&env);
+        let run = py(
+            &env,
+            "raise.py",
+            r#"
+def attempt(name, f):
+    try:
+        f(); print(f"{name}=ok", flush=True)
+    except OSError as e:
+        print(f"{name}={errno.errorcode[e.errno]}", flush=True)
+attempt("write_limit", lambda: open("/sys/fs/cgroup/memory.max", "w").write("max"))
+os.makedirs("/tmp/cg", exist_ok=True)
+ctypes.set_errno(0)
+r = libc.mount(b"none", b"/tmp/cg", b"cgroup2", 0, None)
+print("mount_cgroup2=" + ("ok" if r == 0 else errno.errorcode[ctypes.get_errno()]), flush=True)
+print("cgroupfs_seen=" + ("yes" if os.path.exists("/tmp/cg/cgroup.procs") else "no"), flush=True)
+b = bytearray(512 * 1024 * 1024)
+print("allocated", flush=True)
+"#,
+        );
+        let r = scope.run(
+            &env,
+            &one_step(
+                "raise",
+                &format!("exec {run}"),
+                "[resources]\nmemory = \"64MiB\"",
+            ),
+        );
+        assert_eq!(r.value("write_limit"), "ENOENT", "{r}");
+        assert_eq!(r.value("mount_cgroup2"), "EPERM", "{r}");
+        assert_eq!(r.value("cgroupfs_seen"), "no", "{r}");
+        assert_oom_killed_in_the_jobs_cgroup(&r);
     }
 
     #[test]
@@ -1202,13 +1254,18 @@ mod root_v2 {
             u16::from_str_radix(&bulwark_tests::random_hex(2), 16).unwrap()
         );
         let (cmd, out) = env.command(&one_step("where", &marker, ""), &[]);
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
-            .arg(root.join(dir))
-            .args(wrapper)
-            .arg(cmd.get_program())
-            .args(cmd.get_args())
+        let (program, args) = match wrapper.split_first() {
+            Some((first, rest)) => (
+                std::ffi::OsStr::new(first),
+                rest.iter()
+                    .map(std::ffi::OsStr::new)
+                    .chain(std::iter::once(cmd.get_program()))
+                    .chain(cmd.get_args())
+                    .collect::<Vec<_>>(),
+            ),
+            None => (cmd.get_program(), cmd.get_args().collect()),
+        };
+        let mut child = started_in_cgroup(&root.join(dir), program, args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1235,14 +1292,14 @@ mod root_v2 {
 
     /// The `cgroups` line of `bulwark probe` started in the cgroup `dir`.
     fn probe_cgroups_line_in(dir: &str) -> String {
-        let o = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$@""#)
-            .arg(Path::new("/sys/fs/cgroup").join(dir))
-            .arg(bulwark_tests::bulwark_bin())
-            .arg("probe")
-            .output()
-            .unwrap();
+        let bin = bulwark_tests::bulwark_bin();
+        let o = started_in_cgroup(
+            &Path::new("/sys/fs/cgroup").join(dir),
+            bin.as_os_str(),
+            [std::ffi::OsStr::new("probe")],
+        )
+        .output()
+        .unwrap();
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         text.lines()
             .find(|l| l.starts_with("cgroups "))

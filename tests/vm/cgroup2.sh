@@ -62,7 +62,7 @@ echo "+memory +pids" >"\$cg/cgroup.subtree_control"
 chown "\$user" "\$cg" "\$cg/cgroup.procs" "\$cg/cgroup.subtree_control" "\$cg/cgroup.threads"
 # The test harness waits in a leaf of its own; each test makes a scope beside it.
 echo \$\$ >"\$cg/harness/cgroup.procs"
-at_least 8 runuser -u "\$user" -- env -i HOME="/home/\$user" PATH=/usr/bin:/bin \\
+at_least 9 runuser -u "\$user" -- env -i HOME="/home/\$user" PATH=/usr/bin:/bin \\
   BULWARK_BIN="\$stage/bulwark" BULWARK_REPO="\$stage" BULWARK_TEST_DELEGATED_CGROUP="\$cg" \\
   "\$stage/$(basename "$containment")" --test-threads=2 delegated_v2:: </dev/null
 GUEST
