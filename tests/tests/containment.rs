@@ -208,6 +208,16 @@ report("swapon", 167, 0, 0)
 report("name_to_handle_at", 303, 0xffffff9c, 0, 0, 0, 0)
 report("init_module", 175, 0, 0, 0)
 report("clone3", 435, 0, 0)
+# Address families the network namespace does not confine (AF_VSOCK reaches the hypervisor
+# host from any namespace), and raw packet sockets: refused by family. Controls: inet, netlink.
+report("socket_vsock", 41, 40, 1, 0)
+report("socketpair_vsock", 53, 40, 1, 0, 0)
+report("socket_packet", 41, 17, 3, 0)
+report("socket_inet", 41, 2, 1, 0)
+report("socket_netlink", 41, 16, 3, 0)
+# prlimit64 on init (same uid): refused; on itself (pid 0): allowed.
+report("prlimit_init", 302, 1, 7, 0, 0)
+report("prlimit_self", 302, 0, 7, 0, 0)
 # clone with a namespace flag: refused by argument; were it allowed, the child leaves at once.
 ctypes.set_errno(0)
 r = libc.syscall(ctypes.c_long(56), ctypes.c_ulong(0x10000000 | 17), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
@@ -266,6 +276,13 @@ print("fork_works=" + str(os.waitpid(pid, 0)[1] >> 8), flush=True)
         "tioclinux",
     ] {
         assert_eq!(r.value(name), "EPERM", "{name}\n{r}");
+    }
+    for name in ["socket_vsock", "socketpair_vsock", "socket_packet"] {
+        assert_eq!(r.value(name), "EAFNOSUPPORT", "{name}\n{r}");
+    }
+    assert_eq!(r.value("prlimit_init"), "EPERM", "{r}");
+    for name in ["socket_inet", "socket_netlink", "prlimit_self"] {
+        assert_eq!(r.value(name), "ok", "{name}\n{r}");
     }
     assert_eq!(
         r.value("clone3"),

@@ -42,6 +42,16 @@ pub enum Verdict {
         /// Return value when refused.
         refuse: u32,
     },
+    /// Allow only when the low 32 bits of argument `arg` equal one of `values`; otherwise
+    /// refuse with `refuse`.
+    AllowArgEq {
+        /// Argument index, 0 to 5.
+        arg: u8,
+        /// Allowed values, compared as 32 bits.
+        values: &'static [u32],
+        /// Return value when refused.
+        refuse: u32,
+    },
     /// Refuse (with `refuse`) when any bit of `mask` is set in the low 32 bits of argument
     /// `arg`; otherwise allow.
     RefuseArgBits {
@@ -185,6 +195,27 @@ fn tree(intervals: &[(u32, Verdict)]) -> Result<Vec<Insn>, BuildError> {
     Ok(out)
 }
 
+/// `ret on_match` when the low 32 bits of argument `arg` equal one of `values`, else
+/// `ret otherwise`.
+fn arg_in(arg: u8, values: &[u32], on_match: u32, otherwise: u32) -> Result<Vec<Insn>, BuildError> {
+    if arg > 5 {
+        return Err(BuildError::BadArg(arg));
+    }
+    let n = u8::try_from(values.len())
+        .ok()
+        .filter(|n| *n <= 200)
+        .ok_or(BuildError::TooManyValues(values.len()))?;
+    // ld arg; jeq v0 -> match; ...; ret otherwise; match: ret on_match
+    let mut out = vec![stmt(BPF_LD_W_ABS, arg_low(arg))];
+    for (i, v) in values.iter().enumerate() {
+        // From the jeq at index i (counting jeqs from 0), the match is n - i ahead.
+        out.push(jump(BPF_JMP_JEQ_K, *v, n - i as u8, 0));
+    }
+    out.push(stmt(BPF_RET_K, otherwise));
+    out.push(stmt(BPF_RET_K, on_match));
+    Ok(out)
+}
+
 fn leaf(verdict: Verdict) -> Result<Vec<Insn>, BuildError> {
     Ok(match verdict {
         Verdict::Ret(r) => vec![stmt(BPF_RET_K, r)],
@@ -192,24 +223,12 @@ fn leaf(verdict: Verdict) -> Result<Vec<Insn>, BuildError> {
             arg,
             values,
             refuse,
-        } => {
-            if arg > 5 {
-                return Err(BuildError::BadArg(arg));
-            }
-            let n = u8::try_from(values.len())
-                .ok()
-                .filter(|n| *n <= 200)
-                .ok_or(BuildError::TooManyValues(values.len()))?;
-            // ld arg; jeq v0 -> refuse; ...; ret allow; refuse: ret refuse
-            let mut out = vec![stmt(BPF_LD_W_ABS, arg_low(arg))];
-            for (i, v) in values.iter().enumerate() {
-                // From the jeq at index i (counting jeqs from 0), the refusal is n - i ahead.
-                out.push(jump(BPF_JMP_JEQ_K, *v, n - i as u8, 0));
-            }
-            out.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
-            out.push(stmt(BPF_RET_K, refuse));
-            out
-        }
+        } => arg_in(arg, values, refuse, libc::SECCOMP_RET_ALLOW)?,
+        Verdict::AllowArgEq {
+            arg,
+            values,
+            refuse,
+        } => arg_in(arg, values, libc::SECCOMP_RET_ALLOW, refuse)?,
         Verdict::RefuseArgBits { arg, mask, refuse } => {
             if arg > 5 {
                 return Err(BuildError::BadArg(arg));
@@ -370,6 +389,14 @@ mod tests {
                     refuse: EPERM,
                 },
             ),
+            (
+                41,
+                Verdict::AllowArgEq {
+                    arg: 0,
+                    values: &[1, 2, 10],
+                    refuse: EPERM,
+                },
+            ),
         ]);
         let prog = build(ARCH, &rules, EPERM, None).unwrap();
         let allow = Some(libc::SECCOMP_RET_ALLOW);
@@ -380,6 +407,20 @@ mod tests {
         );
         assert_eq!(run(&prog, 16, ARCH, [0, 0x541C, 0, 0, 0, 0]), Some(EPERM));
         assert_eq!(run(&prog, 16, ARCH, [0x5412, 0x5413, 0, 0, 0, 0]), allow);
+        for family in [1, 2, 10, 2 | (1 << 40)] {
+            assert_eq!(
+                run(&prog, 41, ARCH, [family, 1, 0, 0, 0, 0]),
+                allow,
+                "{family}"
+            );
+        }
+        for family in [0, 3, 16, 40, 0x1_0000_0028] {
+            assert_eq!(
+                run(&prog, 41, ARCH, [family, 1, 0, 0, 0, 0]),
+                Some(EPERM),
+                "{family}"
+            );
+        }
         assert_eq!(
             run(&prog, 56, ARCH, [0x1000_0011, 0, 0, 0, 0, 0]),
             Some(EPERM)

@@ -11,6 +11,10 @@
 //! - `ioctl` refuses TIOCSTI and TIOCLINUX, compared on the low 32 bits of the request (the
 //!   kernel truncates it, so a 64-bit compare is bypassed by setting high bits: CVE-2019-10063);
 //! - `clone` refuses any namespace-creating flag (the kernel reads clone's flags as 32 bits);
+//! - `socket` and `socketpair` allow only the unix, IPv4, IPv6 and netlink families (others
+//!   answer EAFNOSUPPORT): AF_VSOCK and the like are not confined by the network namespace;
+//! - `prlimit64` acts on the caller only (pid 0): init runs as the job's uid, and a job that
+//!   lowered init's limits could break the sandbox's own bookkeeping;
 //! - `clone3` answers ENOSYS: its flags live in memory BPF cannot read, and libc falls back to
 //!   `clone` (which the filter can inspect) only on ENOSYS.
 //!
@@ -39,11 +43,23 @@ const CLONE_NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWCGROUP
     | 0x80/* CLONE_NEWTIME */) as u32;
 
+/// Address families a job may open sockets of. The network namespace is the network boundary,
+/// but only for the families it covers: AF_VSOCK, for one, reaches the hypervisor host from
+/// inside any namespace. Netlink stays (namespaced; glibc's `getaddrinfo` asks it which
+/// address families are configured).
+const SOCKET_FAMILIES: &[u32] = &[
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
+    libc::AF_NETLINK as u32,
+];
+
 /// Terminal requests refused in `ioctl`: input injection and the Linux console's grab bag.
 const REFUSED_IOCTLS: &[u32] = &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
 
 const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
 const RET_ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+const RET_EAFNOSUPPORT: u32 = libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32;
 
 /// Building or installing the filter failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +109,16 @@ pub fn compile() -> Result<JobFilters, SeccompError> {
                 values: REFUSED_IOCTLS,
                 refuse: RET_EPERM,
             },
+            libc::SYS_socket | libc::SYS_socketpair => Verdict::AllowArgEq {
+                arg: 0,
+                values: SOCKET_FAMILIES,
+                refuse: RET_EAFNOSUPPORT,
+            },
+            libc::SYS_prlimit64 => Verdict::AllowArgEq {
+                arg: 0,
+                values: &[0],
+                refuse: RET_EPERM,
+            },
             libc::SYS_clone => Verdict::RefuseArgBits {
                 arg: 0,
                 mask: CLONE_NAMESPACE_FLAGS,
@@ -132,7 +158,9 @@ mod tests {
     }
 
     /// The two seccompiler filters this module installed before the decision tree, kept as the
-    /// reference: a linear allowlist with argument rules, and `clone3` answering ENOSYS.
+    /// reference: a linear allowlist with argument rules, and `clone3` answering ENOSYS. The
+    /// argument rules added since (`prlimit64`'s pid; `socket`'s family, whose EAFNOSUPPORT
+    /// seccompiler cannot express beside the EPERM default) are checked on their own below.
     fn reference_filters() -> Vec<Vec<bpf::Insn>> {
         use seccompiler::{
             SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -238,6 +266,11 @@ mod tests {
                         } else {
                             &arg_cases[..2]
                         };
+                    if [libc::SYS_socket, libc::SYS_socketpair, libc::SYS_prlimit64]
+                        .contains(&i64::from(n))
+                    {
+                        continue;
+                    }
                     for args in cases {
                         assert_eq!(
                             bpf::run(&ours, nr, arch, *args),
@@ -264,6 +297,52 @@ mod tests {
             errno(libc::EPERM)
         );
         assert_eq!(call(libc::SYS_read, [0; 6]), Some(libc::SECCOMP_RET_ALLOW));
+        let allow = Some(libc::SECCOMP_RET_ALLOW);
+        for n in [libc::SYS_socket, libc::SYS_socketpair] {
+            for family in [
+                libc::AF_UNIX,
+                libc::AF_INET,
+                libc::AF_INET6,
+                libc::AF_NETLINK,
+            ] {
+                assert_eq!(
+                    call(n, [family as u64, 1, 0, 0, 0, 0]),
+                    allow,
+                    "{n} {family}"
+                );
+                // The kernel reads the family as an int: high bits change nothing.
+                let high = family as u64 | (1 << 33);
+                assert_eq!(call(n, [high, 1, 0, 0, 0, 0]), allow, "{n} {family}");
+            }
+            for family in [
+                libc::AF_UNSPEC,
+                libc::AF_VSOCK,
+                libc::AF_PACKET,
+                libc::AF_ALG,
+                libc::AF_BLUETOOTH,
+                libc::AF_XDP,
+                libc::AF_KEY,
+                libc::AF_RDS,
+                libc::AF_TIPC,
+                libc::AF_CAN,
+            ] {
+                assert_eq!(
+                    call(n, [family as u64, 1, 0, 0, 0, 0]),
+                    errno(libc::EAFNOSUPPORT),
+                    "{n} {family}"
+                );
+            }
+        }
+        assert_eq!(call(libc::SYS_prlimit64, [0, 7, 0, 0, 0, 0]), allow);
+        for pid in [1u64, 2, u64::from(u32::MAX), 1 << 32 | 1] {
+            assert_eq!(
+                call(libc::SYS_prlimit64, [pid, 7, 0, 0, 0, 0]),
+                errno(libc::EPERM),
+                "prlimit64 on pid {pid:#x}"
+            );
+        }
+        // pid 0 in the low 32 bits is the caller, whatever the high bits say.
+        assert_eq!(call(libc::SYS_prlimit64, [1 << 32, 7, 0, 0, 0, 0]), allow);
     }
 
     #[test]

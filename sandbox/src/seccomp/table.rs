@@ -198,7 +198,7 @@ pub(crate) const ALLOWED: &[Allowed] = &[
     // limits and priorities.
     Allowed { nr: libc::SYS_getrlimit, name: "getrlimit", why: "resource limits" },
     Allowed { nr: libc::SYS_setrlimit, name: "setrlimit", why: "can only lower hard limits" },
-    Allowed { nr: libc::SYS_prlimit64, name: "prlimit64", why: "derived: all; can only lower hard limits; other processes need the same uid" },
+    Allowed { nr: libc::SYS_prlimit64, name: "prlimit64", why: "derived: all; its own limits only (pid 0, an argument rule in mod.rs)" },
     Allowed { nr: libc::SYS_getrusage, name: "getrusage", why: "derived: gcc-make; time(1), make -l" },
     Allowed { nr: libc::SYS_times, name: "times", why: "process times" },
     Allowed { nr: libc::SYS_getpriority, name: "getpriority", why: "nice" },
