@@ -50,11 +50,17 @@ pub fn main() -> ! {
     let _ = nix::sys::prctl::set_name(c"bulwark-sandbox");
     // The status channel moves off fd 1 (which becomes /dev/null), so that nothing printed by
     // accident can be read as an event; fd 2 stays the job log.
+    // Descriptors the runner inherited from whatever started it (and did not mark close-on-
+    // exec) arrive here too; none of them may reach init or the job. Only 0, 1 and 2 are ours.
+    let closed = crate::sys::close_fds_from(3);
     let mut status = match dup(std::io::stdout().as_fd()) {
         Ok(fd) => File::from(fd),
         Err(_) => crate::sys::exit_now(125),
     };
-    let code = match run(&mut status) {
+    let code = match closed
+        .map_err(at("close inherited descriptors"))
+        .and_then(|()| run(&mut status))
+    {
         Ok(code) => code,
         Err((stage, message)) => {
             let _ = writeln!(
@@ -229,7 +235,9 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         .collect::<Result<_, _>>()?;
 
     phase(&spec, status, "helper-namespaces-and-maps");
-    // 8. Init.
+    // 8. Init. It checks, once its parent-death signal is set, that we still hold this pipe.
+    let (helper_alive, alive_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(at("liveness pipe"))?;
     match crate::sys::fork_single_threaded().map_err(at("fork init"))? {
         Forked::Child => crate::init::run(
             &spec,
@@ -243,9 +251,16 @@ fn run(status: &mut File) -> Result<i32, Stage> {
                 rootfs_dir,
                 seccomp,
                 outer_namespaces,
+                helper_alive: {
+                    drop(alive_write);
+                    helper_alive
+                },
             },
         ),
         Forked::Parent(init) => {
+            // Held until we exit.
+            let _alive_write = alive_write;
+            drop(helper_alive);
             drop(log);
             drop(workspace);
             drop(tmp);

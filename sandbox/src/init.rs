@@ -47,6 +47,9 @@ pub struct Inherited {
     pub seccomp: JobFilters,
     /// The namespaces the helper started in (the runner's).
     pub outer_namespaces: Vec<crate::namespaces::NamespaceId>,
+    /// Read end of a pipe whose only write end the helper holds: end-of-file means the helper
+    /// is gone.
+    pub helper_alive: OwnedFd,
 }
 
 /// Runs as pid 1 of the job; never returns.
@@ -62,6 +65,7 @@ pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -
                 rootfs_dir,
                 seccomp,
                 outer_namespaces,
+                helper_alive,
             } = fds;
             drop((
                 workspace,
@@ -70,6 +74,7 @@ pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -
                 rootfs_dir,
                 seccomp,
                 outer_namespaces,
+                helper_alive,
             ));
             report(&mut status, &Event::Ready);
             // `egress_dir` stays open: the forwarder connects through it for every connection.
@@ -127,6 +132,22 @@ fn setup(
     // If the helper (our parent, outside this pid namespace) dies, so do we, and with us the
     // whole namespace.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| ("pdeathsig", e.to_string()))?;
+    // A helper that died before that call sent no signal; our parent pid cannot tell (it is
+    // outside this pid namespace: getppid() is 0), the pipe it holds can.
+    let mut alive = [nix::poll::PollFd::new(
+        fds.helper_alive.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    match nix::poll::poll(&mut alive, nix::poll::PollTimeout::ZERO) {
+        Ok(0) => {}
+        Ok(_) => {
+            return Err((
+                "pdeathsig",
+                "the sandbox helper exited before init started".into(),
+            ))
+        }
+        Err(e) => return Err(("pdeathsig", format!("checking the helper: {e}"))),
+    }
     let ws = format!("/proc/self/fd/{}", workspace.as_raw_fd());
     let tp = format!("/proc/self/fd/{}", tmp.as_raw_fd());
     let tools: Vec<(String, std::path::PathBuf)> = spec

@@ -749,6 +749,88 @@ mod root_mode {
         }
     }
 
+    /// Pids of `root` and every process descended from it.
+    fn descendants(root: i32) -> Vec<i32> {
+        let parent = |pid: i32| -> Option<i32> {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+        };
+        let all: Vec<i32> = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect();
+        let mut found = vec![root];
+        loop {
+            let more: Vec<i32> = all
+                .iter()
+                .copied()
+                .filter(|p| !found.contains(p) && parent(*p).is_some_and(|pp| found.contains(&pp)))
+                .collect();
+            if more.is_empty() {
+                return found;
+            }
+            found.extend(more);
+        }
+    }
+
+    #[test]
+    fn descriptors_the_runner_inherits_reach_neither_the_helper_nor_init() {
+        // Whatever starts `bulwark run` may leave descriptors open without close-on-exec (a
+        // CI agent's log pipe, a directory); the runner passes them on when it starts the
+        // helper. A directory descriptor in init would be a ready-made way out of its root.
+        require_root();
+        let env = Env::new("inherited-fds");
+        let marker = env.dir.join("inherited-marker");
+        fs::write(&marker, "x").unwrap();
+        let pause = format!("2.{}", rand_digits());
+        let (cmd, _out) = env.command(&one_step("fds", &format!("sleep {pause}"), ""), &[]);
+        // fd 7 opened by a shell without close-on-exec, then the runner exec'd in its place.
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("exec 7<\"$0\"; exec \"$@\"")
+            .arg(&marker)
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let runner = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while processes_with(&format!("sleep {pause}")).is_empty() {
+            assert!(Instant::now() < deadline, "the job never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let holds_marker = |pid: i32| -> bool {
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| fs::read_link(e.path()).is_ok_and(|t| t == marker))
+                })
+                .unwrap_or(false)
+        };
+        let family = descendants(runner);
+        let sandbox: Vec<i32> = family
+            .iter()
+            .copied()
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "bulwark-sandbox")
+            })
+            .collect();
+        let leaked: Vec<i32> = family[1..].iter().copied().filter(|p| holds_marker(*p)).collect();
+        // The setup worked (the runner holds it), and both helper and init were looked at.
+        let runner_holds = holds_marker(runner);
+        let _ = child.wait();
+        assert!(runner_holds, "the runner did not inherit fd 7: the test proves nothing");
+        assert!(
+            sandbox.len() >= 2,
+            "expected the helper and init among {family:?}, found {sandbox:?}"
+        );
+        assert!(leaked.is_empty(), "processes {leaked:?} of the sandbox hold the inherited descriptor");
+    }
+
     #[test]
     fn a_state_directory_on_a_noexec_mount_is_reported_by_probe_and_run() {
         // Workspaces live under the state directory, and a bind mount keeps its source's
