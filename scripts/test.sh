@@ -38,6 +38,13 @@ fi
 echo "== tests as an ordinary user (rootless mode)"
 user=bulwark-rootless
 id -u "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$user"
+# Its subuid-mode tests need a subordinate range (useradd grants one where /etc/subuid exists;
+# granted here otherwise, from the first range no entry uses) and newuidmap (package uidmap).
+if ! grep -q "^$user:" /etc/subuid 2>/dev/null || ! grep -q "^$user:" /etc/subgid 2>/dev/null; then
+  first=$(cat /etc/subuid /etc/subgid 2>/dev/null | awk -F: 'BEGIN {m = 100000} $2 + $3 > m {m = $2 + $3} END {print m}')
+  usermod --add-subuids "$first-$((first + 65535))" --add-subgids "$first-$((first + 65535))" "$user"
+fi
+command -v newuidmap >/dev/null || { echo "newuidmap missing: apt install uidmap (.ci/run does)" >&2; exit 1; }
 stage=$(mktemp -d /tmp/bulwark-rootless.XXXXXX)
 chmod 0755 "$stage"
 cp target/debug/bulwark target/debug/bulwark-sandbox "$stage/"

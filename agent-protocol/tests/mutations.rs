@@ -252,7 +252,8 @@ hosts = { "mirror.example" = "10.1.2.3" }
             Ok(config) => {
                 parsed += 1;
                 assert!(
-                    config.limits.job_uids.first >= 1000 && !config.limits.max_timeout.is_zero()
+                    config.limits.root_job_uids().first >= 1000
+                        && !config.limits.max_timeout.is_zero()
                 );
                 assert!(!config.egress.audit || config.egress.allow_audit);
             }

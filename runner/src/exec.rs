@@ -38,6 +38,16 @@ fn run_inner(
     let mut marks: Vec<(String, u64)> = vec![("runner-start".into(), t0)];
     let loaded = config::load(config_path.as_deref()).map_err(|e| format!("{e:#}"))?;
     marks.push(("runner-config-loaded".into(), monotonic_ns()));
+    let root = config::is_root();
+    if crate::job::isolation_mode(loaded.config.limits.isolation, root)?
+        == bulwark_protocol::IsolationMode::Subuid
+    {
+        return Err(
+            "bulwark exec does not support subuid mode yet (limits.isolation = \
+                    \"subuid\"); use bulwark run, which does"
+                .into(),
+        );
+    }
     // The helper is exec'd while we lease a uid and make the job's directories and cgroups.
     let helper = crate::helper_process::HelperBinary::open()?.start(Stdio::inherit())?;
     marks.push(("runner-helper-started".into(), monotonic_ns()));
@@ -45,9 +55,9 @@ fn run_inner(
     let dirs = Dirs::resolve(&loaded.config).map_err(|e| format!("{e:#}"))?;
     dirs.create().map_err(|e| format!("{e:#}"))?;
     let support = cgroup::detect();
-    let lease = if config::is_root() {
+    let lease = if root {
         Some(
-            crate::uids::lease(&limits.job_uids, &dirs.uid_locks())
+            crate::uids::lease(&limits.root_job_uids(), &dirs.uid_locks())
                 .map_err(|e| format!("{e:#}"))?,
         )
     } else {

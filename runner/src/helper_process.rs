@@ -137,6 +137,50 @@ impl HelperBinary {
         })
     }
 
+    /// Runs this helper in its ownership mode (`--ownership`, subuid mode: see
+    /// `bulwark_sandbox::subid`) and waits for it. The error carries the helper's reason.
+    pub fn run_ownership(
+        &self,
+        spec: &bulwark_sandbox::subid::OwnershipSpec,
+    ) -> Result<(), String> {
+        use std::io::Read;
+        let json =
+            serde_json::to_vec(spec).map_err(|e| format!("encoding the ownership spec: {e}"))?;
+        let mut child = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .arg0(bulwark_sandbox::helper::HELPER_BINARY)
+            .arg("--ownership")
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the sandbox helper {}: {e}", self.path.display()))?;
+        let written = child.stdin.take().map(|mut w| w.write_all(&json));
+        let mut said = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = out.take(64 * 1024).read_to_string(&mut said);
+        }
+        let status = child
+            .wait()
+            .map_err(|e| format!("waiting for the sandbox helper: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        let reason = said.lines().find_map(|line| {
+            match serde_json::from_str::<bulwark_sandbox::spec::Event>(line) {
+                Ok(bulwark_sandbox::spec::Event::SetupFailed { stage, message }) => {
+                    Some(format!("{stage}: {message}"))
+                }
+                _ => None,
+            }
+        });
+        Err(match (reason, written) {
+            (Some(r), _) => r,
+            (None, Some(Err(e))) => format!("sending the ownership spec: {e} ({status})"),
+            (None, _) => format!("the sandbox helper ended with {status} without saying why"),
+        })
+    }
+
     /// Starts the helper and hands it `spec` at once.
     pub fn spawn(&self, spec: &SandboxSpec, log: Stdio) -> Result<Child, String> {
         self.start(log)?.send(spec)

@@ -29,6 +29,7 @@ pub mod outputs;
 pub mod probe;
 pub mod provenance;
 pub mod source;
+pub mod subuid;
 pub mod tools;
 pub mod uids;
 pub mod verify;

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use bulwark_sandbox::spec::{Event, Rlimits, SandboxSpec, StepSpec};
+use bulwark_sandbox::subid::HandTo;
 
 use crate::job::JOB_PATH;
 
@@ -14,12 +15,40 @@ use crate::job::JOB_PATH;
 pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<String>) -> u8 {
     let allow_rlimit_fallback = config.limits.allow_rlimit_fallback;
     let host = bulwark_sandbox::probe::host_layers(true);
-    let trial = trial_sandbox(config);
-    let mode = if crate::config::is_root() {
-        "root-per-job-uid"
-    } else {
-        "rootless-single-uid"
+    let root = crate::config::is_root();
+    let mode = crate::job::isolation_mode(config.limits.isolation, root);
+    // Subuid mode: whether this user can hand jobs subordinate ids. Reported when configured,
+    // and as a hint to a rootless runner that is not using it.
+    let subuid = (!root).then(|| crate::subuid::setup(config.limits.job_uids));
+    let trial = match (&mode, &subuid) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(bulwark_protocol::IsolationMode::Subuid), Some(Err(e))) => {
+            Err(format!("subuid mode: {e}"))
+        }
+        (Ok(m), s) => trial_sandbox(
+            config,
+            s.as_ref()
+                .and_then(|s| s.as_ref().ok())
+                .filter(|_| *m == bulwark_protocol::IsolationMode::Subuid),
+        ),
     };
+    let mode_name = match &mode {
+        Ok(m) => m.as_str().to_string(),
+        Err(e) => format!("none ({e})"),
+    };
+    let subuid_line = subuid.as_ref().map(|s| match s {
+        Ok(s) => (
+            true,
+            format!(
+                "uids {} of {}'s subordinate ranges, {} and {}",
+                s.range,
+                s.user,
+                s.tools.newuidmap.display(),
+                s.tools.newgidmap.display()
+            ),
+        ),
+        Err(e) => (false, e.clone()),
+    });
     let full = host.layers.iter().all(|l| l.available) && trial.is_ok();
     // Not an isolation layer, but a reason jobs would fail in a way that looks like one.
     let dirs = crate::config::Dirs::resolve(config).ok();
@@ -31,7 +60,8 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             .map(|l| serde_json::json!({ "layer": l.name, "available": l.available, "detail": l.detail }))
             .collect();
         let v = serde_json::json!({
-            "isolation_mode": mode,
+            "isolation_mode": mode_name,
+            "subuid": subuid_line.as_ref().map(|(ok, d)| serde_json::json!({"available": ok, "detail": d})),
             "layers": layers,
             "trial_sandbox": match &trial { Ok(()) => serde_json::json!({"ok": true}), Err(e) => serde_json::json!({"ok": false, "error": e}) },
             "full_isolation": full,
@@ -39,7 +69,7 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("isolation mode: {mode}");
+        println!("isolation mode: {mode_name}");
         for l in &host.layers {
             println!(
                 "{:<16} {:<9} {}",
@@ -47,6 +77,21 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
                 if l.available { "ok" } else { "MISSING" },
                 l.detail
             );
+        }
+        if let Some((ok, detail)) = &subuid_line {
+            let used = matches!(mode, Ok(bulwark_protocol::IsolationMode::Subuid));
+            let state = match (ok, used) {
+                (true, true) => "ok",
+                (true, false) => "unused",
+                (false, true) => "MISSING",
+                (false, false) => "no",
+            };
+            let hint = if *ok && !used {
+                " (limits.isolation = \"subuid\" gives every job its own uid)"
+            } else {
+                ""
+            };
+            println!("{:<16} {:<9} {detail}{hint}", "subuid", state);
         }
         match &trial {
             Ok(()) => println!(
@@ -97,18 +142,28 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
 }
 
 /// Starts a sandbox running `/bin/true` and checks that it reports every layer enforced. As
-/// root it leases a job uid, so the trial takes the same uid switch as `bulwark run`.
-fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
-    let lease = if crate::config::is_root() {
+/// root it leases a job uid, so the trial takes the same uid switch as `bulwark run`; in
+/// subuid mode (`subuid` given) likewise a subordinate uid, mapped by newuidmap.
+fn trial_sandbox(
+    config: &bulwark_protocol::Config,
+    subuid: Option<&crate::subuid::Setup>,
+) -> Result<(), String> {
+    let lease = if crate::config::is_root() || subuid.is_some() {
         let dirs = crate::config::Dirs::resolve(config).map_err(|e| format!("{e:#}"))?;
         dirs.create().map_err(|e| format!("{e:#}"))?;
         Some(
-            crate::uids::lease(&config.limits.job_uids, &dirs.uid_locks())
-                .map_err(|e| format!("{e:#}"))?,
+            match subuid {
+                Some(s) => {
+                    crate::uids::lease_subordinate(&s.range, &dirs.uid_locks(), &s.user, s.uid)
+                }
+                None => crate::uids::lease(&config.limits.root_job_uids(), &dirs.uid_locks()),
+            }
+            .map_err(|e| format!("{e:#}"))?,
         )
     } else {
         None
     };
+    let subids = subuid.zip(lease.as_ref()).map(|(s, l)| s.map_for(l.uid));
     let base = std::env::temp_dir().join(format!(
         "bulwark-probe-{}-{}",
         std::process::id(),
@@ -119,7 +174,19 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
     std::fs::create_dir_all(&ws)
         .and_then(|_| std::fs::create_dir_all(&tmp))
         .map_err(|e| format!("creating {}: {e}", base.display()))?;
-    if let Some(l) = &lease {
+    let helper = crate::helper_process::HelperBinary::open()?;
+    if let Some(ids) = &subids {
+        let paths = crate::subuid::job_trees(&ws, &tmp);
+        let handed = crate::subuid::hand_over(&helper, ids, HandTo::Job, &paths);
+        if let Err(e) = handed {
+            let _ = crate::subuid::hand_over(&helper, ids, HandTo::Runner, &paths);
+            let _ = crate::fsutil::remove_tree(&base);
+            return Err(format!(
+                "handing the trial's directories to uid {}: {e}",
+                ids.uid
+            ));
+        }
+    } else if let Some(l) = &lease {
         for d in [&ws, &tmp] {
             std::os::unix::fs::lchown(d, Some(l.uid), Some(l.uid))
                 .map_err(|e| format!("chown {}: {e}", d.display()))?;
@@ -141,9 +208,32 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
             nproc: None,
             address_space: None,
         },
-        ..crate::job::base_spec("probe", ws, tmp, lease.as_ref().map(|l| (l.uid, l.uid)))
+        subids: subids.clone(),
+        ..crate::job::base_spec(
+            "probe",
+            ws.clone(),
+            tmp.clone(),
+            lease
+                .as_ref()
+                .filter(|_| subids.is_none())
+                .map(|l| (l.uid, l.uid)),
+        )
     };
-    let result = run_trial(&spec);
+    let mut result = run_trial(&helper, &spec);
+    if let Some(ids) = &subids {
+        let back = crate::subuid::hand_over(
+            &helper,
+            ids,
+            HandTo::Runner,
+            &crate::subuid::job_trees(&ws, &tmp),
+        );
+        if let (Ok(()), Err(e)) = (&result, back) {
+            result = Err(format!(
+                "handing the trial's directories back from uid {}: {e}",
+                ids.uid
+            ));
+        }
+    }
     let _ = crate::fsutil::remove_tree(&base);
     if let Some(l) = lease {
         l.release_clean();
@@ -151,8 +241,11 @@ fn trial_sandbox(config: &bulwark_protocol::Config) -> Result<(), String> {
     result
 }
 
-fn run_trial(spec: &SandboxSpec) -> Result<(), String> {
-    let mut child = crate::helper_process::HelperBinary::open()?.spawn(spec, Stdio::null())?;
+fn run_trial(
+    helper: &crate::helper_process::HelperBinary,
+    spec: &SandboxSpec,
+) -> Result<(), String> {
+    let mut child = helper.spawn(spec, Stdio::null())?;
     let mut enforced = None;
     let mut finished = None;
     let mut failed = None;

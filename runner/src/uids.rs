@@ -46,14 +46,29 @@ impl UidLease {
     }
 }
 
-/// Leases a free uid from `range`.
+/// Leases a free uid from `range` (root mode).
 pub fn lease(range: &UidRange, lock_dir: &Path) -> Result<UidLease> {
+    lease_avoiding(range, lock_dir, &reserved_ids(None))
+}
+
+/// Leases a free uid from `range`, part of the subordinate range the runner's own user `name`
+/// (uid `id`) is granted (subuid mode): that grant is the runner's to hand out, every other
+/// account and grant is still avoided.
+pub fn lease_subordinate(
+    range: &UidRange,
+    lock_dir: &Path,
+    name: &str,
+    id: u32,
+) -> Result<UidLease> {
+    lease_avoiding(range, lock_dir, &reserved_ids(Some((name, id))))
+}
+
+fn lease_avoiding(range: &UidRange, lock_dir: &Path, reserved: &[(u32, u32)]) -> Result<UidLease> {
     let span = u64::from(range.last - range.first) + 1;
     // Lowest free uid first: uids are reused, so their lock files usually say `clean` and the
     // /proc scan is rarely needed; a contended lock is skipped at once (non-blocking).
     let start = 0;
     let mut busy: Option<std::collections::HashSet<u32>> = None;
-    let reserved = reserved_ids();
     for i in 0..span.min(1_000_000) {
         let uid = range.first + ((start + i) % span) as u32;
         if reserved.iter().any(|(a, b)| (*a..=*b).contains(&uid)) {
@@ -110,8 +125,9 @@ fn uids_in_use() -> std::collections::HashSet<u32> {
     set
 }
 
-/// Id ranges owned by accounts or subordinate-id grants on this host.
-fn reserved_ids() -> Vec<(u32, u32)> {
+/// Id ranges owned by accounts or subordinate-id grants on this host, except the grants of
+/// `own` (user name, uid).
+fn reserved_ids(own: Option<(&str, u32)>) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for file in ["/etc/passwd", "/etc/group"] {
         if let Ok(text) = fs::read_to_string(file) {
@@ -124,17 +140,25 @@ fn reserved_ids() -> Vec<(u32, u32)> {
     }
     for file in ["/etc/subuid", "/etc/subgid"] {
         if let Ok(text) = fs::read_to_string(file) {
-            out.extend(parse_subid(&text));
+            out.extend(parse_subid(&text, own));
         }
     }
     out
 }
 
-/// `name:start:count` lines to inclusive ranges.
-fn parse_subid(text: &str) -> Vec<(u32, u32)> {
+/// `name:start:count` lines to inclusive ranges, leaving out those of `own` (name, uid).
+fn parse_subid(text: &str, own: Option<(&str, u32)>) -> Vec<(u32, u32)> {
+    let own = own.map(|(name, id)| (name, id.to_string()));
     text.lines()
         .filter_map(|l| {
-            let mut f = l.split(':').skip(1);
+            let mut f = l.split(':');
+            let owner = f.next()?.trim();
+            if own
+                .as_ref()
+                .is_some_and(|(name, id)| owner == *name || owner == id)
+            {
+                return None;
+            }
             let start: u32 = f.next()?.trim().parse().ok()?;
             let count: u32 = f.next()?.trim().parse().ok()?;
             (count > 0).then(|| (start, start.saturating_add(count - 1)))
@@ -149,8 +173,16 @@ mod tests {
     #[test]
     fn subordinate_id_ranges_are_parsed_inclusively() {
         assert_eq!(
-            parse_subid("alice:100000:65536\nbob:165536:65536\n# junk\n"),
+            parse_subid("alice:100000:65536\nbob:165536:65536\n# junk\n", None),
             vec![(100000, 165535), (165536, 231071)]
+        );
+        assert_eq!(
+            parse_subid(
+                "alice:100000:65536\nbob:165536:65536\n1001:300000:5\n",
+                Some(("alice", 1001))
+            ),
+            vec![(165536, 231071)],
+            "the runner's own grants, by name or by uid, are its to hand out"
         );
     }
 

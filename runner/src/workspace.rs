@@ -84,6 +84,10 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
 /// The file in a job directory that names the job's cgroups (see `JobCgroup::record`).
 const CGROUP_RECORD: &str = "cgroups";
 
+/// The file in a job directory that names the job's subordinate ids (subuid mode; see
+/// `crate::subuid`): written before its files are handed to the job.
+const SUBID_RECORD: &str = "subids";
+
 impl JobDir {
     /// Notes where the job's cgroups are when only a note finds them again (a delegated
     /// cgroup), so that the run that cleans up after this one, if it dies, finds them even
@@ -96,6 +100,14 @@ impl JobDir {
         fs::write(&path, record).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Notes the job's subordinate ids, before anything is handed to them, so that the run
+    /// that cleans up after this one, if it dies, can take the files back first.
+    pub fn record_subids(&self, ids: &bulwark_sandbox::subid::SubidMap) -> Result<()> {
+        let path = self.path.join(SUBID_RECORD);
+        fs::write(&path, crate::subuid::record(ids))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Removes the job's directory (the lock goes with it).
     pub fn remove(self) -> Result<()> {
         crate::fsutil::remove_tree(&self.path)
@@ -106,9 +118,14 @@ impl JobDir {
 /// How long a job directory without a lock file is left alone by other runs' cleanup.
 const LOCKLESS_GRACE: Duration = Duration::from_secs(60);
 
-/// Removes what dead runs left behind in this state directory: their cgroups and directories.
-/// Returns the job ids cleaned.
-pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
+/// Takes a dead subuid-mode run's files back from its job's ids: called with the job
+/// directory's `subids` record and the paths that were handed over.
+pub type Reclaim<'a> = dyn Fn(&str, &[PathBuf]) -> std::result::Result<(), String> + 'a;
+
+/// Removes what dead runs left behind in this state directory: their cgroups and directories
+/// (a subuid-mode run's files are first taken back with `reclaim`). Returns the job ids
+/// cleaned.
+pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> Vec<String> {
     let mut cleaned = Vec::new();
     let Ok(entries) = fs::read_dir(dirs.jobs()) else {
         return cleaned;
@@ -150,8 +167,23 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support) -> Vec<String> {
                 tracing::warn!(job_id = %id, "could not remove the cgroup of a dead run: {e}");
             }
         }
+        // Every process of the dead run is gone now; a subuid-mode run's files still belong
+        // to its job's uid, which this runner can delete nothing of until it takes them back.
+        let socket_dir = dirs.runtime.join("jobs").join(&id);
+        if let Ok(record) = fs::read_to_string(path.join(SUBID_RECORD)) {
+            let mut paths = vec![path.join("workspace"), path.join("tmp")];
+            paths.extend(
+                fs::symlink_metadata(&socket_dir)
+                    .ok()
+                    .map(|_| socket_dir.clone()),
+            );
+            paths.retain(|p| fs::symlink_metadata(p).is_ok());
+            if let Err(e) = reclaim(&record, &paths) {
+                tracing::warn!(job_id = %id, "could not take back the files of a dead run: {e}");
+            }
+        }
         // The dead run's proxy socket directory, if it had network.
-        let _ = crate::fsutil::remove_tree(&dirs.runtime.join("jobs").join(&id));
+        let _ = crate::fsutil::remove_tree(&socket_dir);
         if let Err(e) = crate::fsutil::remove_tree(&path) {
             tracing::warn!(job_id = %id, "could not remove the directory of a dead run: {e}");
         }
@@ -191,7 +223,7 @@ mod tests {
         let dead = d.jobs().join("dead-job");
         fs::create_dir(&dead).unwrap();
         fs::write(dead.join("lock"), "").unwrap();
-        let cleaned = cleanup_stale(&d, &Default::default());
+        let cleaned = cleanup_stale(&d, &Default::default(), &|_, _| Ok(()));
         assert_eq!(cleaned, vec!["dead-job".to_string()]);
         assert!(young.exists() && live.path.exists() && !dead.exists());
     }
@@ -208,7 +240,7 @@ mod tests {
                 let cleaner = s.spawn(|| {
                     barrier.wait();
                     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                        cleanup_stale(&d, &Default::default());
+                        cleanup_stale(&d, &Default::default(), &|_, _| Ok(()));
                     }
                 });
                 barrier.wait();

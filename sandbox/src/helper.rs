@@ -11,9 +11,12 @@
 //! 3. root mode: drop to the job's own unprivileged host uid and gid (no supplementary groups)
 //!    *before* creating any namespace, so that from here on the helper holds nothing the job's
 //!    host uid does not, and everything below is the same code path as rootless;
-//! 4. parent-death signal, so that a killed runner takes the job down with it;
-//! 5. unshare user, mount, pid, net, ipc, uts and cgroup namespaces at once;
-//! 6. map the job's uid and gid 1000 to our host ids (one id each, setgroups denied);
+//! 4. unshare user, mount, pid, net, ipc, uts and cgroup namespaces at once;
+//! 5. map the job's uid and gid 1000 to our host ids (one id each, setgroups denied); in
+//!    subuid mode to the job's subordinate ids instead, through `newuidmap`/`newgidmap` run by
+//!    a child forked before step 4 (see `crate::subid`), and become them;
+//! 6. only now the parent-death signal (an id change clears it), so that a killed runner
+//!    takes the job down with it;
 //! 7. open the `/workspace` and `/tmp` sources as descriptors;
 //! 8. fork init, pid 1 of the new pid namespace, and relay its exit status.
 
@@ -163,19 +166,27 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     let (outer_uid, outer_gid) = (getuid(), getgid());
     phase(&spec, status, "helper-cgroup-and-ids");
 
-    // 4. Die with the runner. Set after the uid change, which clears it; then check that the
-    //    runner did not die before it was set.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at("pdeathsig"))?;
-    if getppid().as_raw() != i32::try_from(spec.runner_pid).unwrap_or(-1) {
-        return Err((
-            "pdeathsig",
-            "the runner exited before the sandbox started".into(),
-        ));
-    }
-
-    // 5. Namespaces. The ones we start in are the runner's: recorded first, so that every
-    //    step's process can prove its own are different.
+    // 4. Namespaces. The ones we start in are the runner's: recorded first, so that every
+    //    step's process can prove its own are different. In subuid mode the child that will
+    //    write our id maps is forked first: it must stay outside the new user namespace.
     let outer_namespaces = crate::namespaces::current().map_err(at("namespaces"))?;
+    let mapper = match &spec.subids {
+        Some(ids) if spec.host_ids.is_none() => Some(
+            crate::subid::Mapper::start(
+                (&ids.newuidmap, &ids.newgidmap),
+                vec![(JOB_UID, ids.uid)],
+                vec![(JOB_GID, ids.gid)],
+            )
+            .map_err(|e| ("subordinate ids", e))?,
+        ),
+        Some(_) => {
+            return Err((
+                "subordinate ids",
+                "the spec asks for both root-mode host ids and subordinate ids".into(),
+            ))
+        }
+        None => None,
+    };
     unshare(
         CloneFlags::CLONE_NEWUSER
             | CloneFlags::CLONE_NEWNS
@@ -187,12 +198,27 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     )
     .map_err(at("unshare namespaces"))?;
 
-    // 6. Id maps: exactly one uid and one gid, our own; setgroups denied first (required for
-    //    an unprivileged gid map, and it stops the job from dropping groups to evade a
-    //    group-deny permission).
-    fs::write("/proc/self/setgroups", "deny").map_err(at("setgroups deny"))?;
-    fs::write("/proc/self/uid_map", format!("{JOB_UID} {outer_uid} 1\n")).map_err(at("uid_map"))?;
-    fs::write("/proc/self/gid_map", format!("{JOB_GID} {outer_gid} 1\n")).map_err(at("gid_map"))?;
+    // 5. Id maps: exactly one uid and one gid. Our own ids, with setgroups denied first
+    //    (required for an unprivileged gid map, and it stops the job from dropping groups to
+    //    evade a group-deny permission); or in subuid mode the job's subordinate ids (our own
+    //    ids are then not mapped in the job's namespace at all) and no supplementary groups.
+    match mapper {
+        // Subuid mode: the runner's supplementary groups came along and must not reach the
+        // job. With a gid map written by newgidmap from a subordinate grant, setgroups stays
+        // allowed, so they are dropped here (the job process, without CAP_SETGID, can never
+        // set any again).
+        Some(mapper) => {
+            mapper.finish().map_err(|e| ("subordinate ids", e))?;
+            setgroups(&[]).map_err(at("setgroups in namespace"))?;
+        }
+        None => {
+            fs::write("/proc/self/setgroups", "deny").map_err(at("setgroups deny"))?;
+            fs::write("/proc/self/uid_map", format!("{JOB_UID} {outer_uid} 1\n"))
+                .map_err(at("uid_map"))?;
+            fs::write("/proc/self/gid_map", format!("{JOB_GID} {outer_gid} 1\n"))
+                .map_err(at("gid_map"))?;
+        }
+    }
     // Become the mapped ids so files we create have a valid owner. Uid 0 is not mapped in this
     // namespace, so this change does not clear the capabilities we hold in it.
     setresgid(
@@ -207,6 +233,17 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         Uid::from_raw(JOB_UID),
     )
     .map_err(at("setresuid in namespace"))?;
+
+    // 6. Die with the runner. Set after the last change of our host uid, which clears it
+    //    (root mode's switch above; in subuid mode the switch to the job's id just now, which
+    //    is a new host uid too); then check that the runner did not die before it was set.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at("pdeathsig"))?;
+    if getppid().as_raw() != i32::try_from(spec.runner_pid).unwrap_or(-1) {
+        return Err((
+            "pdeathsig",
+            "the runner exited before the sandbox started".into(),
+        ));
+    }
 
     // Sources of /workspace and /tmp, opened in the new mount namespace (a bind source must
     // belong to it) without following a symlink at the last component. Their parents are

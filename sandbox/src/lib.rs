@@ -30,4 +30,5 @@ pub mod probe;
 pub mod process;
 pub mod seccomp;
 pub mod spec;
+pub mod subid;
 pub mod sys;

@@ -45,6 +45,10 @@ pub struct SandboxSpec {
     /// Root mode: the unprivileged host uid and gid the helper switches to before it creates
     /// any namespace. `None`: keep the caller's ids (rootless).
     pub host_ids: Option<(u32, u32)>,
+    /// `subuid` mode: the job's host ids from the runner's subordinate ranges, mapped to the
+    /// job's ids by `newuidmap`/`newgidmap` (see [`crate::subid`]). Exclusive with `host_ids`.
+    #[serde(default)]
+    pub subids: Option<crate::subid::SubidMap>,
     /// Files of the job's cgroups (`tasks` on v1, `cgroup.procs` on v2) the helper writes `0`
     /// to, moving itself in before anything else, so that every process of the job is born
     /// inside them (see `JobCgroup::join_files`).

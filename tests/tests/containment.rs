@@ -753,7 +753,12 @@ mod root_mode {
     fn descendants(root: i32) -> Vec<i32> {
         let parent = |pid: i32| -> Option<i32> {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
         };
         let all: Vec<i32> = fs::read_dir("/proc")
             .unwrap()
@@ -771,6 +776,26 @@ mod root_mode {
                 return found;
             }
             found.extend(more);
+        }
+    }
+
+    #[test]
+    fn isolation_modes_for_an_ordinary_user_are_refused_as_root() {
+        // As root every job gets its own uid; a configuration asking for a mode meant for an
+        // ordinary user is a mistake to report, not to run with.
+        require_root();
+        let env = Env::new("iso-root");
+        for mode in ["subuid", "rootless-single-uid"] {
+            env.write_config(&format!("isolation = \"{mode}\""));
+            let r = env.run(&one_step("refused", "echo ran", ""));
+            r.assert_code(2);
+            assert!(
+                r.stderr.contains(&format!(
+                    "limits.isolation = \"{mode}\" is for a runner that is not root"
+                )),
+                "{r}"
+            );
+            assert!(!r.stdout.contains("ran"), "{r}");
         }
     }
 
@@ -819,16 +844,26 @@ mod root_mode {
                     .is_ok_and(|c| c.trim() == "bulwark-sandbox")
             })
             .collect();
-        let leaked: Vec<i32> = family[1..].iter().copied().filter(|p| holds_marker(*p)).collect();
+        let leaked: Vec<i32> = family[1..]
+            .iter()
+            .copied()
+            .filter(|p| holds_marker(*p))
+            .collect();
         // The setup worked (the runner holds it), and both helper and init were looked at.
         let runner_holds = holds_marker(runner);
         let _ = child.wait();
-        assert!(runner_holds, "the runner did not inherit fd 7: the test proves nothing");
+        assert!(
+            runner_holds,
+            "the runner did not inherit fd 7: the test proves nothing"
+        );
         assert!(
             sandbox.len() >= 2,
             "expected the helper and init among {family:?}, found {sandbox:?}"
         );
-        assert!(leaked.is_empty(), "processes {leaked:?} of the sandbox hold the inherited descriptor");
+        assert!(
+            leaked.is_empty(),
+            "processes {leaked:?} of the sandbox hold the inherited descriptor"
+        );
     }
 
     #[test]
@@ -1641,6 +1676,222 @@ mod rootless_mode {
         assert_eq!(iso["mode"], "rootless-single-uid");
         assert_eq!(iso["cgroup"], "none");
         assert_eq!(iso["weakened"][0], "rlimit-fallback");
+    }
+
+    /// `limits.isolation = "subuid"`: each job runs as a uid of the runner's subordinate range.
+    mod subuid {
+        use super::*;
+        use bulwark_tests::Run;
+        use std::os::unix::fs::MetadataExt;
+
+        /// This user's first subordinate uid range, which the runner uses when
+        /// `limits.job_uids` is not set. scripts/test.sh grants one and installs newuidmap.
+        fn grant() -> (u32, u32) {
+            require_rootless();
+            let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+                .unwrap()
+                .unwrap()
+                .name;
+            let text = fs::read_to_string("/etc/subuid").unwrap_or_default();
+            let range = text.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() == 3 && f[0] == me).then(|| {
+                    let first: u32 = f[1].parse().unwrap();
+                    (first, first + f[2].parse::<u32>().unwrap() - 1)
+                })
+            });
+            assert!(
+                std::path::Path::new("/usr/bin/newuidmap").exists(),
+                "subuid tests need newuidmap (apt install uidmap; scripts/test.sh checks it)"
+            );
+            range.expect(
+                "subuid tests need a /etc/subuid grant for this user (scripts/test.sh makes one)",
+            )
+        }
+
+        fn env(tag: &str) -> Env {
+            let env = Env::new(tag);
+            env.write_config("isolation = \"subuid\"");
+            env
+        }
+
+        /// Real, effective, saved and filesystem uids of `pid` as the host sees them.
+        fn host_uids(pid: i32) -> Vec<u32> {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            line.split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap())
+                .collect()
+        }
+
+        #[test]
+        fn a_job_runs_as_a_subordinate_uid_and_its_files_come_back_to_the_runner() {
+            let (first, last) = grant();
+            let me = nix::unistd::getuid().as_raw();
+            let env = env("subuid-run");
+            let pause = format!("1.{}", rand_digits());
+            // The job makes its output unreadable and a directory the runner could not enter
+            // or empty were it still the job's; both must come back.
+            let job = one_step(
+                "subuid",
+                &format!(
+                    "echo map=$(cat /proc/self/uid_map) && echo gmap=$(cat /proc/self/gid_map) && \
+                     echo groups=$(id -G) && echo secret > out.txt && chmod 000 out.txt && \
+                     mkdir -p locked/deeper && touch locked/deeper/f && chmod 500 locked/deeper locked && \
+                     echo t > /tmp/t && sleep {pause}"
+                ),
+                "[outputs]\npaths = [\"out.txt\"]",
+            );
+            let (mut cmd, out) = env.command(&job, &[]);
+            let child = cmd
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // While it runs: the job's process is, on the host, a uid of the grant; so are its
+            // workspace and /tmp.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let sleeper = loop {
+                if let Some(p) = processes_with(&format!("sleep {pause}")).first() {
+                    break *p;
+                }
+                assert!(Instant::now() < deadline, "the job never started");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let uids = host_uids(sleeper);
+            let jobdir = fs::read_dir(env.state.join("jobs"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            let ws_owner = fs::symlink_metadata(jobdir.join("workspace"))
+                .unwrap()
+                .uid();
+            let tmp_owner = fs::symlink_metadata(jobdir.join("tmp")).unwrap().uid();
+            let r = Run::from_output(child.wait_with_output().unwrap(), out);
+            r.assert_code(0);
+            let job_uid = uids[0];
+            assert!(uids.iter().all(|u| *u == job_uid), "{uids:?}");
+            assert!(
+                (first..=last).contains(&job_uid) && job_uid != me,
+                "job ran as host uid {job_uid}, not one of {first}-{last}\n{r}"
+            );
+            assert_eq!(
+                (ws_owner, tmp_owner),
+                (job_uid, job_uid),
+                "workspace and /tmp owners"
+            );
+            // Inside: one uid and one gid mapped, to that uid; no supplementary group of the
+            // runner's came along.
+            let map: Vec<u32> = r
+                .value("map")
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            assert_eq!(map, [1000, job_uid, 1], "{r}");
+            let gmap: Vec<u32> = r
+                .value("gmap")
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            assert_eq!(gmap, [1000, job_uid, 1], "{r}");
+            assert_eq!(r.value("groups"), "1000", "{r}");
+            assert_eq!(r.result()["isolation"]["mode"], "subuid");
+            // The 0000 output was read after the hand-back, and the job directory is gone.
+            assert_eq!(
+                fs::read_to_string(r.out.join("out.txt")).unwrap(),
+                "secret\n"
+            );
+            assert_eq!(
+                r.result()["outputs"][0]["sha256"],
+                sha256_file(&r.out.join("out.txt"))
+            );
+            assert_eq!(
+                fs::read_dir(env.state.join("jobs")).unwrap().count(),
+                0,
+                "the job directory was left behind\n{r}"
+            );
+        }
+
+        #[test]
+        fn a_dead_subuid_run_is_taken_back_and_removed_by_the_next_run() {
+            let (first, last) = grant();
+            let env = env("subuid-dead");
+            let marker = format!("29{}", rand_digits());
+            let job = one_step(
+                "victim",
+                &format!("mkdir -p a/b && touch a/b/f && chmod 500 a/b a && sleep {marker}"),
+                "",
+            );
+            let (mut cmd, _out) = env.command(&job, &[]);
+            let mut child = cmd
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while processes_with(&format!("sleep {marker}")).is_empty() {
+                assert!(Instant::now() < deadline, "the job never started");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.kill().unwrap(); // SIGKILL: nothing is handed back
+            child.wait().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !processes_with(&format!("sleep {marker}")).is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "job processes outlived the killed runner"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let jobdir = fs::read_dir(env.state.join("jobs"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            // The workspace is still the job's uid's (this user cannot even look inside).
+            let owner = fs::symlink_metadata(jobdir.join("workspace"))
+                .unwrap()
+                .uid();
+            assert!(
+                (first..=last).contains(&owner),
+                "left behind owned by {owner}"
+            );
+            // This user cannot remove it as it is.
+            assert!(bulwark_tests::remove_tree(&jobdir.join("workspace")).is_err());
+            let r = env.run(&one_step("next", "true", ""));
+            r.assert_code(0);
+            assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
+            assert_eq!(
+                fs::read_dir(env.state.join("jobs")).unwrap().count(),
+                0,
+                "the dead run's directory is still there\n{r}"
+            );
+        }
+
+        #[test]
+        fn job_uids_outside_the_grant_are_refused_naming_the_key() {
+            let (first, _) = grant();
+            let env = Env::new("subuid-range");
+            let outside = first.checked_sub(20).unwrap_or(u32::MAX - 20);
+            env.write_config(&format!(
+                "isolation = \"subuid\"\njob_uids = \"{outside}-{}\"",
+                outside + 9
+            ));
+            let r = env.run(&one_step("refused", "true", ""));
+            r.assert_code(2);
+            assert!(
+                r.stderr.contains("limits.isolation = \"subuid\"")
+                    && r.stderr
+                        .contains(&format!("limits.job_uids {outside}-{}", outside + 9))
+                    && r.stderr
+                        .contains("is not inside this user's subordinate ranges"),
+                "{r}"
+            );
+        }
     }
 }
 

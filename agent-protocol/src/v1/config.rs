@@ -55,8 +55,12 @@ pub struct LimitsConfig {
     pub max_pids: u64,
     /// Run with rlimits alone where cgroups are unavailable; a recorded weakening.
     pub allow_rlimit_fallback: bool,
-    /// Root mode: host uids handed to jobs, one per running job (`job_uids = "200000-265535"`).
-    pub job_uids: UidRange,
+    /// Host uids handed to jobs, one per running job (`job_uids = "200000-265535"`): root
+    /// mode's range (default [`DEFAULT_JOB_UIDS`]), or in subuid mode a part of the runner's
+    /// subordinate range (default: all of it). `None` when not configured.
+    pub job_uids: Option<UidRange>,
+    /// How job processes map to host users (`isolation = "auto"`).
+    pub isolation: IsolationChoice,
     /// Largest stored job log, in bytes (`log_cap = "16MiB"`); the rest is cut with a marker.
     pub log_cap: u64,
     /// Time between SIGTERM and SIGKILL when a step times out (`kill_grace = "5s"`).
@@ -65,6 +69,50 @@ pub struct LimitsConfig {
     pub max_outputs: u64,
     /// Most output bytes one job may produce in total (`max_output_bytes = "64GiB"`).
     pub max_output_bytes: u64,
+}
+
+/// Root mode's job uids when `limits.job_uids` is not configured.
+pub const DEFAULT_JOB_UIDS: UidRange = UidRange {
+    first: 200_000,
+    last: 265_535,
+};
+
+impl LimitsConfig {
+    /// The uids root mode hands to jobs.
+    pub fn root_job_uids(&self) -> UidRange {
+        self.job_uids.unwrap_or(DEFAULT_JOB_UIDS)
+    }
+}
+
+/// `limits.isolation`: which isolation mode the runner must use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationChoice {
+    /// `auto`: `root-per-job-uid` as root, `rootless-single-uid` otherwise.
+    #[default]
+    Auto,
+    /// `root-per-job-uid`: refuse to run unless root.
+    RootPerJobUid,
+    /// `subuid`: a runner that is not root gives each job a uid of its subordinate range
+    /// (`/etc/subuid`, `/etc/subgid`, `newuidmap`); refuse to run where that is not possible.
+    Subuid,
+    /// `rootless-single-uid`: every job runs as the runner's own uid (not as root).
+    RootlessSingleUid,
+}
+
+impl FromStr for IsolationChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IsolationChoice::Auto),
+            "root-per-job-uid" => Ok(IsolationChoice::RootPerJobUid),
+            "subuid" => Ok(IsolationChoice::Subuid),
+            "rootless-single-uid" => Ok(IsolationChoice::RootlessSingleUid),
+            other => Err(format!(
+                "unknown isolation mode {other:?}: use \"auto\", \"root-per-job-uid\", \"subuid\" \
+                 or \"rootless-single-uid\""
+            )),
+        }
+    }
 }
 
 /// An inclusive range of host uids, written `first-last`.
@@ -156,10 +204,8 @@ impl Default for LimitsConfig {
             max_memory: 16 << 30,
             max_pids: 4096,
             allow_rlimit_fallback: false,
-            job_uids: UidRange {
-                first: 200_000,
-                last: 265_535,
-            },
+            job_uids: None,
+            isolation: IsolationChoice::Auto,
             log_cap: 16 << 20,
             kill_grace: Duration::from_secs(5),
             max_outputs: 10_000,
@@ -266,6 +312,7 @@ struct RawLimits {
     max_pids: Option<u64>,
     allow_rlimit_fallback: Option<bool>,
     job_uids: Option<String>,
+    isolation: Option<String>,
     log_cap: Option<String>,
     kill_grace: Option<String>,
     max_outputs: Option<u64>,
@@ -391,8 +438,11 @@ fn convert_limits(raw: RawLimits, errors: &mut Errors) -> LimitsConfig {
         allow_rlimit_fallback: raw.allow_rlimit_fallback.unwrap_or(d.allow_rlimit_fallback),
         job_uids: raw
             .job_uids
-            .and_then(|text| errors.take("limits.job_uids", text.parse()))
-            .unwrap_or(d.job_uids),
+            .and_then(|text| errors.take("limits.job_uids", text.parse())),
+        isolation: raw
+            .isolation
+            .and_then(|text| errors.take("limits.isolation", text.parse()))
+            .unwrap_or(d.isolation),
         log_cap: size(errors, "limits.log_cap", raw.log_cap, d.log_cap, 1),
         kill_grace: positive_duration(errors, "limits.kill_grace", raw.kill_grace, d.kill_grace),
         max_outputs: count(errors, "limits.max_outputs", raw.max_outputs, d.max_outputs),
@@ -525,13 +575,15 @@ hosts = {}                        # static name -> address overrides used by the
         assert_eq!(l.max_memory, 16 << 30);
         assert_eq!(l.max_pids, 4096);
         assert!(!l.allow_rlimit_fallback);
+        assert_eq!(l.job_uids, None);
         assert_eq!(
-            l.job_uids,
+            l.root_job_uids(),
             UidRange {
                 first: 200_000,
                 last: 265_535
             }
         );
+        assert_eq!(l.isolation, IsolationChoice::Auto);
         assert_eq!(l.log_cap, 16 << 20);
         assert_eq!(l.kill_grace, Duration::from_secs(5));
         assert_eq!((l.max_outputs, l.max_output_bytes), (10_000, 64 << 30));
@@ -542,10 +594,12 @@ hosts = {}                        # static name -> address overrides used by the
     #[test]
     fn the_design_example_parses_to_the_defaults_with_its_builder_id() {
         let config = Config::from_toml_str(DESIGN_EXAMPLE).expect("design example is valid");
-        let expected = Config {
+        let mut expected = Config {
             builder_id: "https://ci.example.com/bulwark/pool-a".to_owned(),
             ..Config::default()
         };
+        // Written out in the example, with the default's value.
+        expected.limits.job_uids = Some(DEFAULT_JOB_UIDS);
         assert_eq!(config, expected);
     }
 
@@ -614,6 +668,7 @@ max_timeout = "6 hours"
 max_memory = "16GB"
 max_pids = 0
 job_uids = "0-65535"
+isolation = "per-job"
 log_cap = "0B"
 [fetch]
 allow_private = ["169.254.0.0/16", "localhost"]
@@ -635,6 +690,7 @@ state_dir = "state"
                 "limits.max_memory",
                 "limits.max_pids",
                 "limits.job_uids",
+                "limits.isolation",
                 "limits.log_cap",
                 "fetch.allow_private[0]",
                 "fetch.allow_private[1]",
@@ -657,10 +713,37 @@ state_dir = "state"
             ),
             "{text}"
         );
+        assert!(
+            text.contains("limits.isolation: unknown isolation mode \"per-job\": use \"auto\""),
+            "{text}"
+        );
         assert!(text.contains("metadata address 169.254.169.254"), "{text}");
         assert!(
             text.contains("egress.audit: audit mode also needs egress.allow_audit = true"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn isolation_modes_parse_by_their_result_json_names() {
+        for (text, want) in [
+            ("auto", IsolationChoice::Auto),
+            ("root-per-job-uid", IsolationChoice::RootPerJobUid),
+            ("subuid", IsolationChoice::Subuid),
+            ("rootless-single-uid", IsolationChoice::RootlessSingleUid),
+        ] {
+            let config = Config::from_toml_str(&format!("[limits]\nisolation = \"{text}\"\n"))
+                .expect("valid");
+            assert_eq!(config.limits.isolation, want, "{text}");
+        }
+        let config =
+            Config::from_toml_str("[limits]\njob_uids = \"100000-100009\"\n").expect("valid");
+        assert_eq!(
+            config.limits.root_job_uids(),
+            UidRange {
+                first: 100_000,
+                last: 100_009
+            }
         );
     }
 

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bulwark_protocol::{
-    format_size, Config, Inputs, Isolation, IsolationMode, JobResult, JobSpec, JobStatus,
-    StepResult, Trust, ValidatedJob,
+    format_size, Config, Inputs, Isolation, IsolationChoice, IsolationMode, JobResult, JobSpec,
+    JobStatus, StepResult, Trust, ValidatedJob,
 };
 use bulwark_sandbox::cgroup::{self, JobCgroup};
 use bulwark_sandbox::spec::EgressSpec;
+use bulwark_sandbox::subid::HandTo;
 
 use crate::config::{self, Dirs};
 use crate::exit;
@@ -97,6 +98,7 @@ pub fn base_spec(
         system_paths: SYSTEM_PATHS.iter().map(PathBuf::from).collect(),
         etc_entries: ETC_ENTRIES.iter().map(PathBuf::from).collect(),
         host_ids,
+        subids: None,
         cgroup_join: Vec::new(),
         hostname: "bulwark-job".into(),
         steps: Vec::new(),
@@ -172,6 +174,7 @@ pub fn run(args: RunArgs) -> u8 {
         counters: None,
         egress: None,
         helper: None,
+        handed_to_job: None,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -335,6 +338,9 @@ struct JobRun<'a> {
     egress: Option<bulwark_protocol::EgressRecord>,
     /// The sandbox helper that ran the job, kept open so provenance hashes that file.
     helper: Option<crate::helper_process::HelperBinary>,
+    /// Subuid mode: the job's ids and the paths handed to them that have not been handed back
+    /// yet (every exit path hands them back before the job directory is removed).
+    handed_to_job: Option<(bulwark_sandbox::subid::SubidMap, Vec<PathBuf>)>,
 }
 
 /// What the sandbox reported.
@@ -365,10 +371,14 @@ impl JobRun<'_> {
         check_required_layers(&host, limits.allow_rlimit_fallback).map_err(Stop::Refused)?;
         let fallback = host.cgroup_version.is_none();
         let root = config::is_root();
-        let mode = if root {
-            IsolationMode::RootPerJobUid
+        let mode = isolation_mode(limits.isolation, root).map_err(Stop::Refused)?;
+        let subuid = if mode == IsolationMode::Subuid {
+            Some(
+                crate::subuid::setup(limits.job_uids)
+                    .map_err(|e| Stop::Refused(format!("limits.isolation = \"subuid\": {e}")))?,
+            )
         } else {
-            IsolationMode::RootlessSingleUid
+            None
         };
         let mut limits_enforced = vec!["timeout".to_string()];
         let mut weakened = Vec::new();
@@ -412,7 +422,16 @@ impl JobRun<'_> {
             .start(std::process::Stdio::piped())
             .map_err(Stop::Refused)?;
         self.helper = Some(helper);
-        let cleaned = workspace::cleanup_stale(&dirs, &host.cgroups);
+        let reclaim = |record: &str, paths: &[PathBuf]| -> Result<(), String> {
+            let (Some(setup), Some(helper)) = (&subuid, &self.helper) else {
+                return Err("it ran in subuid mode, which this run is not configured for".into());
+            };
+            let ids = crate::subuid::from_record(setup, record).ok_or_else(|| {
+                format!("its subids record {record:?} names no id of this runner's range")
+            })?;
+            crate::subuid::hand_over(helper, &ids, HandTo::Runner, paths)
+        };
+        let cleaned = workspace::cleanup_stale(&dirs, &host.cgroups, &reclaim);
         if !cleaned.is_empty() {
             eprintln!(
                 "bulwark: cleaned up after {} dead run(s): {}",
@@ -420,23 +439,43 @@ impl JobRun<'_> {
                 cleaned.join(", ")
             );
         }
-        let lease = if root {
-            Some(
-                crate::uids::lease(&limits.job_uids, &dirs.uid_locks())
-                    .map_err(|e| Stop::Refused(format!("{e:#}")))?,
-            )
-        } else {
-            None
-        };
+        let lease = match (&subuid, root) {
+            (_, true) => Some(crate::uids::lease(
+                &limits.root_job_uids(),
+                &dirs.uid_locks(),
+            )),
+            (Some(s), false) => Some(crate::uids::lease_subordinate(
+                &s.range,
+                &dirs.uid_locks(),
+                &s.user,
+                s.uid,
+            )),
+            (None, false) => None,
+        }
+        .transpose()
+        .map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let subids = subuid
+            .as_ref()
+            .zip(lease.as_ref())
+            .map(|(s, l)| s.map_for(l.uid));
         let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started)
             .map_err(|e| Stop::Refused(format!("{e:#}")))?;
         let result = self.execute_in(
             &jobdir,
-            lease.as_ref().map(|l| l.uid),
+            lease.as_ref().filter(|_| root).map(|l| l.uid),
+            subids,
             &host,
             fallback,
             started,
         );
+        // Subuid mode, on a path that ended before handing the job's files back.
+        if let Some((ids, paths)) = self.handed_to_job.take() {
+            if let Some(helper) = &self.helper {
+                if let Err(e) = crate::subuid::hand_over(helper, &ids, HandTo::Runner, &paths) {
+                    tracing::warn!("handing the job's files back from uid {}: {e}", ids.uid);
+                }
+            }
+        }
         if let Err(e) = jobdir.remove() {
             tracing::warn!("{e:#}");
         }
@@ -454,6 +493,7 @@ impl JobRun<'_> {
         &mut self,
         jobdir: &JobDir,
         host_uid: Option<u32>,
+        subids: Option<bulwark_sandbox::subid::SubidMap>,
         host: &bulwark_sandbox::probe::HostLayers,
         fallback: bool,
         helper: crate::helper_process::Started,
@@ -556,7 +596,29 @@ impl JobRun<'_> {
                 return Err(stop);
             }
         };
+        // Subuid mode: the workspace, /tmp and the proxy socket's directory become the job's
+        // (recorded first, so that a run that dies from here on is cleaned up by the next).
+        if let Some(ids) = &subids {
+            let mut paths = crate::subuid::job_trees(&jobdir.workspace, &jobdir.tmp);
+            paths.extend(egress.as_ref().map(|(dir, _)| dir.clone()));
+            let handed = jobdir
+                .record_subids(ids)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|()| {
+                    self.handed_to_job = Some((ids.clone(), paths.clone()));
+                    let helper = self.helper.as_ref().ok_or("no sandbox helper")?;
+                    crate::subuid::hand_over(helper, ids, HandTo::Job, &paths)
+                });
+            if let Err(e) = handed {
+                discard(cg);
+                return Err(Stop::Refused(format!(
+                    "handing the workspace to the job's uid {}: {e}",
+                    ids.uid
+                )));
+            }
+        }
         let mut spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
+        spec.subids = subids.clone();
         spec.rootfs = rootfs;
         if !tools.is_empty() {
             let tool_path: Vec<String> = tools
@@ -613,6 +675,19 @@ impl JobRun<'_> {
                     "job processes survived the sandbox: {e}"
                 )));
             }
+        }
+        // Subuid mode: every job process is gone; the files come back to the runner before
+        // it reads outputs or removes anything.
+        if let Some((ids, paths)) = self.handed_to_job.take() {
+            let helper = self.helper.as_ref().ok_or_else(|| {
+                Stop::Runner("no sandbox helper to hand the job's files back".into())
+            })?;
+            crate::subuid::hand_over(helper, &ids, HandTo::Runner, &paths).map_err(|e| {
+                Stop::Runner(format!(
+                    "handing the job's files back from uid {}: {e}",
+                    ids.uid
+                ))
+            })?;
         }
         if let Some((dir, proxy)) = egress {
             // Every job process is gone (init has exited): nothing can use the proxy any more.
@@ -714,6 +789,35 @@ impl JobRun<'_> {
             Ok(records) => Ok((JobStatus::Succeeded, None, records)),
             Err(e) => Ok((JobStatus::Failed, Some(e.to_string()), Vec::new())),
         }
+    }
+}
+
+/// The isolation mode `choice` (`limits.isolation`) means for a runner that is (or is not)
+/// root, or why it cannot be had.
+pub(crate) fn isolation_mode(choice: IsolationChoice, root: bool) -> Result<IsolationMode, String> {
+    match (choice, root) {
+        (IsolationChoice::Auto | IsolationChoice::RootPerJobUid, true) => {
+            Ok(IsolationMode::RootPerJobUid)
+        }
+        (IsolationChoice::Auto | IsolationChoice::RootlessSingleUid, false) => {
+            Ok(IsolationMode::RootlessSingleUid)
+        }
+        (IsolationChoice::Subuid, false) => Ok(IsolationMode::Subuid),
+        (IsolationChoice::RootPerJobUid, false) => Err(
+            "limits.isolation = \"root-per-job-uid\" needs a runner running as root; run \
+             bulwark as root, or choose \"subuid\" for a dedicated user"
+                .into(),
+        ),
+        (IsolationChoice::Subuid, true) => Err(
+            "limits.isolation = \"subuid\" is for a runner that is not root; as root every job \
+             gets its own uid from limits.job_uids (\"root-per-job-uid\")"
+                .into(),
+        ),
+        (IsolationChoice::RootlessSingleUid, true) => Err(
+            "limits.isolation = \"rootless-single-uid\" is for a runner that is not root; as \
+             root every job gets its own uid (\"root-per-job-uid\")"
+                .into(),
+        ),
     }
 }
 

@@ -7,5 +7,10 @@
 #![forbid(unsafe_code)]
 
 fn main() {
+    // `--ownership`: hand a workspace between the runner's ids and a job's subordinate ids
+    // (subuid mode; see `bulwark_sandbox::subid`). Anything else is the job helper.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("--ownership")) {
+        bulwark_sandbox::subid::ownership_main()
+    }
     bulwark_sandbox::helper::main()
 }
