@@ -2,7 +2,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Writes `bytes` to `path` under a temporary name in the same directory, fsyncs it and
@@ -20,15 +19,36 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_renamed(path, bytes, false)
 }
 
-fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+/// Creates a new file beside `path` under a name no one can predict or have made already
+/// (`.<name>.<tag>-<random>`, created with `O_EXCL`, which also refuses a symlink there), to
+/// be renamed over `path` once written. A fixed or guessable temporary name in a directory a
+/// job's outputs land in would let an output named like it be truncated, replaced or renamed
+/// over another file.
+pub fn create_beside(path: &Path, tag: &str) -> io::Result<(std::path::PathBuf, File)> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.bulwark-tmp-{}", std::process::id()));
+    let mut last = None;
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{name}.{tag}-{}", random_hex(8)));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let (tmp, mut f) = create_beside(path, "bulwark-tmp")?;
     let result = (|| {
-        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         if sync {
             f.sync_all()?;
@@ -41,10 +61,10 @@ fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     result
 }
 
-/// Removes a directory tree that a job wrote, without following symlinks, first making any
-/// directory the job left unreadable or unwritable accessible again. A job controls the shape
-/// of the tree: one deeper than this walk can handle (path length, descriptors) is handed to
-/// `rm -rf --one-file-system`, which walks any depth with `openat`.
+/// Removes a directory tree that a job wrote, without following symlinks (see
+/// `remove_tree_walk`), first making any directory the job left unreadable or unwritable
+/// accessible again. A job controls the shape of the tree: one deeper than this walk goes is
+/// handed to `rm -rf --one-file-system`, which walks any depth with `openat`.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     match remove_tree_walk(path, 0) {
         Ok(()) => Ok(()),
@@ -65,10 +85,13 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// Deepest level [`remove_tree`] walks itself.
 const MAX_WALK_DEPTH: usize = 256;
 
+/// The walk works on directory descriptors only (`openat(O_NOFOLLOW)`, `fstatat` without
+/// following, `unlinkat`, `fchmod`): a process of the job still running (it should not be,
+/// but removal also runs after a runner error) that swaps a directory for a symlink to
+/// `/etc` between two steps makes a call fail, never reach through the link.
 fn remove_tree_walk(path: &Path, depth: usize) -> io::Result<()> {
-    if depth > MAX_WALK_DEPTH {
-        return Err(io::Error::other("tree too deep"));
-    }
+    use nix::fcntl::open;
+    use nix::sys::stat::Mode;
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -81,14 +104,59 @@ fn remove_tree_walk(path: &Path, depth: usize) -> io::Result<()> {
     if fs::remove_dir(path).is_ok() {
         return Ok(());
     }
-    if meta.permissions().mode() & 0o700 != 0o700 {
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-    }
-    for entry in fs::read_dir(path)? {
-        let entry = entry?;
-        remove_tree_walk(&entry.path(), depth + 1)?;
-    }
+    let dir = open(path, DIR_FLAGS, Mode::empty()).map_err(io::Error::from)?;
+    empty_dir(dir, depth)?;
     fs::remove_dir(path)
+}
+
+const DIR_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDONLY
+    .union(nix::fcntl::OFlag::O_DIRECTORY)
+    .union(nix::fcntl::OFlag::O_NOFOLLOW)
+    .union(nix::fcntl::OFlag::O_CLOEXEC);
+
+/// Removes everything in `dir`, first making it searchable and writable by its owner again.
+fn empty_dir(dir: std::os::fd::OwnedFd, depth: usize) -> io::Result<()> {
+    use nix::fcntl::{openat, AtFlags};
+    use nix::sys::stat::{fchmod, fstat, fstatat, Mode, SFlag};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    use std::os::unix::ffi::OsStrExt;
+    if depth > MAX_WALK_DEPTH {
+        return Err(io::Error::other("tree too deep"));
+    }
+    let st = fstat(&dir).map_err(io::Error::from)?;
+    if st.st_mode & 0o700 != 0o700 {
+        let _ = fchmod(
+            &dir,
+            Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o700),
+        );
+    }
+    let mut names = Vec::new();
+    let mut listing = nix::dir::Dir::from_fd(nix::unistd::dup(&dir).map_err(io::Error::from)?)
+        .map_err(io::Error::from)?;
+    for entry in listing.iter() {
+        let entry = entry.map_err(io::Error::from)?;
+        let name = std::ffi::OsStr::from_bytes(entry.file_name().to_bytes()).to_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    drop(listing);
+    for name in names {
+        let name = name.as_os_str();
+        let st = match fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            let sub = openat(&dir, name, DIR_FLAGS, Mode::empty()).map_err(io::Error::from)?;
+            empty_dir(sub, depth + 1)?;
+            unlinkat(&dir, name, UnlinkatFlags::RemoveDir).map_err(io::Error::from)?;
+        } else {
+            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads random bytes from the kernel and returns them as lowercase hex.
@@ -211,7 +279,24 @@ pub fn read_entries(dir: &std::os::fd::OwnedFd) -> io::Result<Vec<Entry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn a_tree_deeper_than_the_walk_is_removed_by_the_fallback() {
+        let base = std::env::temp_dir().join(format!(
+            "bulwark-rmdeep-{}-{}",
+            std::process::id(),
+            random_hex(4)
+        ));
+        let mut p = base.clone();
+        for _ in 0..MAX_WALK_DEPTH + 20 {
+            p.push("d");
+        }
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("f"), "x").unwrap();
+        remove_tree(&base).unwrap();
+        assert!(!base.exists());
+    }
 
     #[test]
     fn a_job_made_tree_is_removed_without_following_links_out_of_it() {

@@ -287,15 +287,11 @@ fn copy_one(ws: &OwnedFd, rel: &str, out: &Path) -> Result<OutputRecord, OutputE
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(io_err)?;
     }
-    let tmp = dest.with_file_name(format!(
-        ".{}.bulwark-partial",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
+    // Under a fresh, unguessable name: a fixed one (".<name>.bulwark-partial") could be
+    // another declared output's own name, and the two would overwrite each other.
+    let (tmp, dst) = crate::fsutil::create_beside(&dest, "bulwark-partial").map_err(io_err)?;
     let result = (|| -> io::Result<(u64, String)> {
         let src = File::from(fd);
-        let dst = File::create(&tmp)?;
         let (size, sha256) = if st.st_size > PIPELINE_THRESHOLD {
             copy_pipelined(src, dst)?
         } else {
@@ -432,6 +428,37 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(fs::read_to_string(out.join("dist/a.txt")).unwrap(), "abc");
+    }
+
+    #[test]
+    fn outputs_named_like_temporary_files_keep_their_own_bytes() {
+        // A fixed temporary name (".a.bulwark-partial") let the output of that name and "a"
+        // overwrite each other: the stored "a" had the other's bytes under "a"'s digest.
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        let big = vec![b'A'; (PIPELINE_THRESHOLD + 1) as usize];
+        fs::write(ws.join("a"), &big).unwrap();
+        fs::write(ws.join(".a.bulwark-partial"), "BBBB").unwrap();
+        fs::write(ws.join(".result.json.bulwark-tmp-1"), "CCCC").unwrap();
+        let recs = collect(
+            &ws,
+            &[
+                "a".into(),
+                ".a.bulwark-partial".into(),
+                ".result.json.bulwark-tmp-1".into(),
+            ],
+            &out,
+            BOUNDS,
+        )
+        .unwrap();
+        assert_eq!(recs.len(), 3);
+        for r in &recs {
+            let stored = fs::read(out.join(&r.path)).unwrap();
+            assert_eq!(stored, fs::read(ws.join(&r.path)).unwrap(), "{}", r.path);
+            assert_eq!(r.sha256, hex(&Sha256::digest(&stored)), "{}", r.path);
+        }
+        // Only the outputs: no temporary file left beside them.
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 3);
     }
 
     #[test]
