@@ -101,7 +101,7 @@ pub fn collect(
             source: e.into(),
         })?;
     let mut matched: Vec<(String, Kind, u64, u64)> = Vec::new();
-    walk(&ws, "", patterns, &mut matched)?;
+    walk(&ws, "", patterns, &mut matched, bounds.max_outputs)?;
     for (i, p) in patterns.iter().enumerate() {
         if !matched.iter().any(|(rel, ..)| crate::glob::matches(p, rel)) {
             return Err(OutputError::NoMatch {
@@ -197,11 +197,14 @@ pub fn collect(
 /// Deepest directory level searched for outputs; a job cannot make the runner recurse further.
 const MAX_OUTPUT_DEPTH: usize = 128;
 
+/// Collects the entries matching `patterns` under `dir`; stops as soon as more than `max`
+/// match (a job with a million files must not make the runner list them all first).
 fn walk(
     dir: &OwnedFd,
     rel: &str,
     patterns: &[String],
     out: &mut Vec<(String, Kind, u64, u64)>,
+    max: u64,
 ) -> Result<(), OutputError> {
     if rel.matches('/').count() >= MAX_OUTPUT_DEPTH {
         return Err(OutputError::Bounds(format!(
@@ -225,6 +228,11 @@ fn walk(
         };
         if patterns.iter().any(|p| crate::glob::matches(p, &child)) && e.kind != Kind::Dir {
             out.push((child.clone(), e.kind, e.nlink, e.size));
+            if out.len() as u64 > max {
+                return Err(OutputError::Bounds(format!(
+                    "more than {max} files match, above limits.max_outputs = {max}"
+                )));
+            }
         }
         if e.kind == Kind::Dir && patterns.iter().any(|p| crate::glob::may_descend(p, &child)) {
             let sub = openat(dir, e.name.as_os_str(), DIR_FLAGS, Mode::empty()).map_err(|err| {
@@ -233,7 +241,7 @@ fn walk(
                     source: err.into(),
                 }
             })?;
-            walk(&sub, &child, patterns, out)?;
+            walk(&sub, &child, patterns, out, max)?;
         }
     }
     Ok(())
@@ -530,6 +538,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("limits.max_outputs"), "{e}");
+        // The walk stops at the bound: a matching file deeper than the first three is
+        // never listed, so the error comes before a refusal it would otherwise cause.
+        fs::create_dir(ws.join("g")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", ws.join("g/zz")).unwrap();
+        let e = collect(
+            &ws,
+            &["f*".into(), "g/*".into()],
+            &out,
+            Bounds {
+                max_outputs: 2,
+                max_bytes: 100,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("more than 2 files match"), "{e}");
+        fs::remove_dir_all(ws.join("g")).unwrap();
         let e = collect(
             &ws,
             &["f*".into()],
