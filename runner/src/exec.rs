@@ -49,7 +49,21 @@ fn run_inner(
         );
     }
     // The helper is exec'd while we lease a uid and make the job's directories and cgroups.
-    let helper = crate::helper_process::HelperBinary::open()?.start(Stdio::inherit())?;
+    // The job's output goes to our stderr, but never as our own descriptor: through it a job
+    // could reach the caller's terminal (window size, line settings, line discipline: ioctls
+    // seccomp does not refuse), truncate a file it was redirected to, or shut a socket down.
+    // Only /dev/null is passed as it is; anything else is relayed through a pipe.
+    let relay = !stderr_is_dev_null();
+    let mut helper = crate::helper_process::HelperBinary::open()?.start(if relay {
+        Stdio::piped()
+    } else {
+        Stdio::inherit()
+    })?;
+    let relay = helper.take_stderr().map(|mut log| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut log, &mut std::io::stderr());
+        })
+    });
     marks.push(("runner-helper-started".into(), monotonic_ns()));
     let limits = &loaded.config.limits;
     let dirs = Dirs::resolve(&loaded.config).map_err(|e| format!("{e:#}"))?;
@@ -152,6 +166,9 @@ fn run_inner(
         }
     }
     let _ = child.wait();
+    if let Some(relay) = relay {
+        let _ = relay.join();
+    }
     marks.push(("runner-helper-reaped".into(), monotonic_ns()));
     if let Some(cg) = cg {
         cg.remove(Duration::from_secs(10))
@@ -177,4 +194,19 @@ fn run_inner(
     Ok(code
         .map(|c| u8::try_from(c & 0xff).unwrap_or(1))
         .unwrap_or(crate::exit::RUNNER_ERROR))
+}
+
+/// Whether our standard error is `/dev/null` (character device 1:3).
+fn stderr_is_dev_null() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    let dev_null = std::fs::metadata("/dev/null").map(|m| std::os::unix::fs::MetadataExt::rdev(&m));
+    meta.file_type().is_char_device()
+        && dev_null.is_ok_and(|d| std::os::unix::fs::MetadataExt::rdev(&meta) == d)
 }

@@ -172,6 +172,40 @@ for line in open("/proc/self/mountinfo"):
 }
 
 #[test]
+fn bulwark_exec_never_hands_the_job_its_own_stderr() {
+    // Redirected to a file, the caller's stderr as the job's own descriptor would let the job
+    // truncate that file (and as a terminal, change its settings); the job gets a pipe.
+    let env = Env::new("exec-stderr");
+    let log = env.dir.join("caller.log");
+    fs::write(&log, "caller's earlier lines\n").unwrap();
+    let file = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let status = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["exec", "--config"])
+        .arg(&env.config)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo fd1=$(readlink /proc/self/fd/1) fd2=$(readlink /proc/self/fd/2); \
+             python3 -c 'import os; os.ftruncate(1, 0)' 2>/dev/null; \
+             echo after",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(text.starts_with("caller's earlier lines\n"), "{text}");
+    assert!(
+        text.contains("fd1=pipe:[") && text.contains("fd2=pipe:["),
+        "{text}"
+    );
+    assert!(text.contains("after"), "{text}");
+}
+
+#[test]
 fn dangerous_system_calls_are_refused() {
     let env = Env::new("syscalls");
     // Arguments are chosen so that, were the call not filtered, the kernel would answer
