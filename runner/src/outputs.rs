@@ -61,6 +61,14 @@ pub enum OutputError {
     /// Too many or too large outputs.
     #[error("outputs: {0}")]
     Bounds(String),
+    /// A matching name is not UTF-8: it could not be recorded or opened faithfully.
+    #[error(
+        "output {path}: refused: its name is not UTF-8 (shown with U+FFFD); rename it in the job"
+    )]
+    NotUtf8 {
+        /// The name with invalid bytes replaced.
+        path: String,
+    },
     /// I/O on a path.
     #[error("output {path}: {source}")]
     Io {
@@ -226,6 +234,18 @@ fn walk(
         } else {
             format!("{rel}/{name}")
         };
+        if e.name.to_str().is_none() {
+            // Lossily converted, it could name a different file (its U+FFFD spelling), and two
+            // names could become one record; a directory's name would do the same to every
+            // path below it.
+            let matched = patterns
+                .iter()
+                .any(|p| crate::glob::matches(p, &child) || crate::glob::may_descend(p, &child));
+            if matched {
+                return Err(OutputError::NotUtf8 { path: child });
+            }
+            continue;
+        }
         if patterns.iter().any(|p| crate::glob::matches(p, &child)) && e.kind != Kind::Dir {
             out.push((child.clone(), e.kind, e.nlink, e.size));
             if out.len() as u64 > max {
@@ -467,6 +487,24 @@ mod tests {
         }
         // Only the outputs: no temporary file left beside them.
         assert_eq!(fs::read_dir(&out).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn an_output_name_that_is_not_utf8_is_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        // "a\xff" and its lossy spelling "a\u{FFFD}" are two files.
+        fs::write(ws.join(std::ffi::OsStr::from_bytes(b"a\xff")), "bad").unwrap();
+        fs::write(ws.join("a\u{FFFD}"), "other").unwrap();
+        let e = collect(&ws, &["a*".into()], &out, BOUNDS).unwrap_err();
+        assert!(e.to_string().contains("its name is not UTF-8"), "{e}");
+        assert!(fs::read_dir(&out).unwrap().next().is_none());
+        // Even the pattern of its lossy spelling matches it: refused, not confused.
+        assert!(collect(&ws, &["a\u{FFFD}".into()], &out, BOUNDS).is_err());
+        // Matched by no pattern: ignored.
+        fs::write(ws.join("b"), "ok").unwrap();
+        collect(&ws, &["b".into()], &out, BOUNDS).unwrap();
     }
 
     #[test]
