@@ -149,6 +149,16 @@ pub fn hand_over(
     to: HandTo,
     paths: &[PathBuf],
 ) -> Result<(), String> {
+    // Handing back changes what a running process of the job could still be using; the
+    // callers know the job's processes are gone (an empty cgroup, a reaped pid namespace),
+    // and this is the independent check.
+    if to == HandTo::Runner && crate::uids::in_use(ids.uid) {
+        return Err(format!(
+            "processes of uid {} are still running; its files stay as they are until a later \
+             run finds it gone",
+            ids.uid
+        ));
+    }
     let spec = OwnershipSpec {
         protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
         subids: ids.clone(),

@@ -101,7 +101,13 @@ fn lease_avoiding(range: &UidRange, lock_dir: &Path, reserved: &[(u32, u32)]) ->
     bail!("no free job uid in limits.job_uids {}-{}: every uid is leased or still has processes; widen the range or wait", range.first, range.last)
 }
 
-/// Real and effective uids of every process on the host.
+/// Whether any process on the host runs as `uid` (real or effective), as far as this
+/// process can see (`/proc` mounted with `hidepid` hides other users' processes).
+pub fn in_use(uid: u32) -> bool {
+    uids_in_use().contains(&uid)
+}
+
+/// Real and effective uids of every live process on the host (zombies are not counted).
 fn uids_in_use() -> std::collections::HashSet<u32> {
     let mut set = std::collections::HashSet::new();
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -113,6 +119,14 @@ fn uids_in_use() -> std::collections::HashSet<u32> {
             continue;
         }
         if let Ok(status) = fs::read_to_string(e.path().join("status")) {
+            // A zombie runs nothing and holds nothing (its parent may just not have reaped
+            // it yet, or a container's init never does).
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains("(zombie)"))
+            {
+                continue;
+            }
             if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
                 for v in line.split_whitespace().skip(1) {
                     if let Ok(u) = v.parse() {

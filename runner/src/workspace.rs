@@ -162,13 +162,17 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> V
         let recorded = fs::read_to_string(path.join(CGROUP_RECORD))
             .ok()
             .and_then(|r| JobCgroup::from_record(cgroups, &id, &r));
+        let mut processes_gone = true;
         if let Some(cg) = recorded.or_else(|| JobCgroup::existing(cgroups, &id)) {
             if let Err(e) = cg.remove(Duration::from_secs(5)) {
                 tracing::warn!(job_id = %id, "could not remove the cgroup of a dead run: {e}");
+                processes_gone = false;
             }
         }
-        // Every process of the dead run is gone now; a subuid-mode run's files still belong
-        // to its job's uid, which this runner can delete nothing of until it takes them back.
+        // A subuid-mode run's files still belong to its job's uid, which this runner can
+        // delete nothing of until it takes them back; and only once its processes are gone
+        // (`reclaim` checks for processes of that uid too). Until then the directory stays
+        // whole, record included, for a later run.
         let socket_dir = dirs.runtime.join("jobs").join(&id);
         if let Ok(record) = fs::read_to_string(path.join(SUBID_RECORD)) {
             let mut paths = vec![path.join("workspace"), path.join("tmp")];
@@ -178,14 +182,24 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> V
                     .map(|_| socket_dir.clone()),
             );
             paths.retain(|p| fs::symlink_metadata(p).is_ok());
-            if let Err(e) = reclaim(&record, &paths) {
-                tracing::warn!(job_id = %id, "could not take back the files of a dead run: {e}");
+            let back = if processes_gone {
+                reclaim(&record, &paths)
+            } else {
+                Err("its cgroup could not be emptied".into())
+            };
+            if let Err(e) = back {
+                eprintln!(
+                    "bulwark: warning: left the directory of dead run {id} for later: cannot take \
+                     back its files: {e}"
+                );
+                continue;
             }
         }
         // The dead run's proxy socket directory, if it had network.
         let _ = crate::fsutil::remove_tree(&socket_dir);
         if let Err(e) = crate::fsutil::remove_tree(&path) {
             tracing::warn!(job_id = %id, "could not remove the directory of a dead run: {e}");
+            continue;
         }
         drop(held_by_us);
         cleaned.push(id);

@@ -356,13 +356,6 @@ fn ownership() -> Result<(), Stage> {
     std::fs::write("/proc/self/setgroups", "deny")
         .map_err(|e| ("setgroups deny", e.to_string()))?;
     mapper.finish().map_err(|e| ("subordinate ids", e))?;
-    // Deep trees hold one descriptor per level while they are walked.
-    if let Ok((_, hard)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-    {
-        let _ =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
-    }
     let (from, to) = match spec.to {
         HandTo::Job => (RUNNER_INSIDE, JOB_INSIDE),
         HandTo::Runner => (JOB_INSIDE, RUNNER_INSIDE),
@@ -380,10 +373,25 @@ fn ownership() -> Result<(), Stage> {
 }
 
 /// One hand-over: entries whose uid (or gid) is `from` get `to`.
+///
+/// Handing back (`reclaim`), every directory of the job's becomes exactly 0700 and every
+/// regular file exactly 0600: nothing the job set survives that could matter to the runner's
+/// uid, such as set-user-id or set-group-id bits (re-applying the old mode after the chown
+/// would make a job's setuid file a setuid-runner file), group or other access while the
+/// tree waits to be collected and removed, or ACL entries (a mode change sets an ACL's mask,
+/// so named entries grant nothing).
 struct Walk {
     from: u32,
     to: u32,
     reclaim: bool,
+}
+
+/// A directory on the way down: its identity, to check the way back up, and the names in it
+/// still to visit.
+struct Level {
+    dev: u64,
+    ino: u64,
+    names: Vec<OsString>,
 }
 
 impl Walk {
@@ -408,76 +416,126 @@ impl Walk {
         )
     }
 
-    /// A directory, through its own descriptor: owner first, then (reclaiming) the owner's
-    /// read, write and search bits, so that the runner can list and empty it afterwards.
+    /// A directory, through its own descriptor.
     fn own_dir(&self, dir: &OwnedFd, st: &FileStat) -> Result<(), nix::errno::Errno> {
         let (uid, gid) = self.ids(st);
         if uid.is_some() || gid.is_some() {
             fchown(dir.as_fd(), uid, gid)?;
         }
         if self.reclaim && st.st_uid == self.from {
-            fchmod(
-                dir.as_fd(),
-                Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o700),
-            )?;
+            fchmod(dir.as_fd(), Mode::from_bits_truncate(0o700))?;
         }
         Ok(())
     }
 
-    /// Depth first with an explicit stack (a job decides how deep its tree is): one open
-    /// descriptor and one name list per level, never a path walked from the top.
+    /// Depth first, holding one directory descriptor at a time whatever the depth (a job
+    /// decides how deep its tree is; a descriptor per level would run out): down with
+    /// `openat(name, O_NOFOLLOW)`, back up with `openat("..")`, checked against the device
+    /// and inode noted on the way down. No process of the job exists while this runs, so
+    /// nothing moves under it; a check that fails stops the walk.
     fn tree(&self, top: OwnedFd, st: &FileStat) -> Result<(), String> {
         self.own_dir(&top, st).map_err(|e| e.to_string())?;
         let names = list(&top).map_err(|e| e.to_string())?;
-        let mut stack: Vec<(OwnedFd, Vec<OsString>, PathBuf)> = vec![(top, names, PathBuf::new())];
+        let mut here = top;
+        let mut stack = vec![Level {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            names,
+        }];
+        let mut path: Vec<OsString> = Vec::new();
         loop {
-            let Some((dir, names, at)) = stack.last_mut() else {
+            let Some(level) = stack.last_mut() else {
                 return Ok(());
             };
-            let Some(name) = names.pop() else {
+            let Some(name) = level.names.pop() else {
                 stack.pop();
+                let Some(parent) = stack.last() else {
+                    return Ok(());
+                };
+                let up = openat(&here, "..", DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
+                    .map_err(|e| at(&path, e))?;
+                let ust = fstat(&up).map_err(|e| at(&path, e))?;
+                if (ust.st_dev, ust.st_ino) != (parent.dev, parent.ino) {
+                    return Err(format!(
+                        "{}: its parent changed during the walk; stopped",
+                        shown(&path)
+                    ));
+                }
+                here = up;
+                path.pop();
                 continue;
             };
-            let path = at.join(&name);
-            let fail = |e: nix::errno::Errno| format!("{}: {e}", path.display());
-            let st =
-                fstatat(&*dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(fail)?;
+            path.push(name.clone());
+            let st = fstatat(&here, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| at(&path, e))?;
             let k = kind(&st);
             if k == SFlag::S_IFDIR {
                 let sub = openat(
-                    &*dir,
+                    &here,
                     name.as_os_str(),
                     DIR_FLAGS | OFlag::O_NOFOLLOW,
                     Mode::empty(),
                 )
-                .map_err(fail)?;
-                self.own_dir(&sub, &st).map_err(fail)?;
-                let names = list(&sub).map_err(fail)?;
-                stack.push((sub, names, path));
+                .map_err(|e| at(&path, e))?;
+                self.own_dir(&sub, &st).map_err(|e| at(&path, e))?;
+                let names = list(&sub).map_err(|e| at(&path, e))?;
+                stack.push(Level {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    names,
+                });
+                here = sub;
                 continue;
             }
             let (uid, gid) = self.ids(&st);
             if uid.is_some() || gid.is_some() {
                 fchownat(
-                    &*dir,
+                    &here,
                     name.as_os_str(),
                     uid,
                     gid,
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
-                .map_err(fail)?;
+                .map_err(|e| at(&path, e))?;
             }
-            // Reclaiming: the runner must be able to read an output the job made mode 0000.
             if self.reclaim && k == SFlag::S_IFREG && st.st_uid == self.from {
                 fchmodat(
-                    &*dir,
+                    &here,
                     name.as_os_str(),
-                    Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o600),
+                    Mode::from_bits_truncate(0o600),
                     FchmodatFlags::NoFollowSymlink,
                 )
-                .map_err(fail)?;
+                .map_err(|e| at(&path, e))?;
             }
+            path.pop();
         }
+    }
+}
+
+/// `path: e`, the path shortened to its last components (a job decides how long it is, and
+/// the message reaches result.json).
+fn at(path: &[OsString], e: nix::errno::Errno) -> String {
+    format!("{}: {e}", shown(path))
+}
+
+fn shown(path: &[OsString]) -> String {
+    const KEEP: usize = 8;
+    let tail: Vec<String> = path
+        .iter()
+        .skip(path.len().saturating_sub(KEEP))
+        .map(|n| {
+            let n = n.to_string_lossy();
+            if n.chars().count() > 64 {
+                format!("{}…", n.chars().take(64).collect::<String>())
+            } else {
+                n.into_owned()
+            }
+        })
+        .collect();
+    if path.len() > KEEP {
+        format!("…({} levels)/{}", path.len() - KEEP, tail.join("/"))
+    } else {
+        tail.join("/")
     }
 }
 
@@ -505,6 +563,109 @@ fn list(dir: &OwnedFd) -> Result<Vec<OsString>, nix::errno::Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-back walk on a tree a hostile job left, run directly (as root, which has the
+    /// CAP_CHOWN and CAP_FOWNER the ownership namespace gives over both ids).
+    #[test]
+    fn handing_back_keeps_no_special_bits_or_access_at_any_depth() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to own files as another uid (the root pass runs it)");
+            return;
+        }
+        let (job, runner) = (4_000_123u32, 4_000_124u32);
+        let base = std::env::temp_dir().join(format!("bulwark-subid-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("open")).unwrap();
+        std::fs::copy("/bin/true", base.join("open/suid")).unwrap();
+        std::fs::set_permissions(
+            base.join("open/suid"),
+            std::fs::Permissions::from_mode(0o6755),
+        )
+        .unwrap();
+        std::fs::set_permissions(base.join("open"), std::fs::Permissions::from_mode(0o3777))
+            .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", base.join("open/link")).unwrap();
+        // Deeper than the descriptor limit the walk runs under (lowered below): a walk holding
+        // one descriptor per level would fail there.
+        const DEPTH: usize = 400;
+        let made = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "mkdir deep && cd deep && i=0 && while [ $i -lt {DEPTH} ]; do mkdir d && cd d || \
+                 exit 1; i=$((i+1)); done && echo x > f && chmod 4755 f"
+            ))
+            .current_dir(&base)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let chown_all = std::process::Command::new("chown")
+            .args(["-R", "-h", &format!("{job}:{job}")])
+            .arg(&base)
+            .status()
+            .unwrap();
+        assert!(chown_all.success());
+        // chown cleared the set-id bits; put them back as the job would have.
+        std::fs::set_permissions(
+            base.join("open/suid"),
+            std::fs::Permissions::from_mode(0o6755),
+        )
+        .unwrap();
+        let top = open(&base, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty()).unwrap();
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, 256, hard).unwrap();
+        let walked = Walk {
+            from: job,
+            to: runner,
+            reclaim: true,
+        }
+        .root(&top);
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        walked.unwrap();
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        let suid = meta(&base.join("open/suid"));
+        assert_eq!(
+            (suid.uid(), suid.gid(), suid.mode() & 0o7777),
+            (runner, runner, 0o600)
+        );
+        let open_dir = meta(&base.join("open"));
+        assert_eq!((open_dir.uid(), open_dir.mode() & 0o7777), (runner, 0o700));
+        assert_eq!(
+            meta(&base.join("open/link")).uid(),
+            runner,
+            "the link itself"
+        );
+        assert_eq!(meta(Path::new("/etc/passwd")).uid(), 0, "never followed");
+        // Everything, at every depth: the runner's, no set-id bit, nothing for group or others.
+        let left = std::process::Command::new("find")
+            .arg(&base)
+            .args(["-not", "-type", "l", "(", "-not", "-user"])
+            .arg(runner.to_string())
+            .args(["-o", "-perm", "/7077", ")", "-print"])
+            .output()
+            .unwrap();
+        assert!(left.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&left.stdout),
+            "",
+            "entries left as the job set them"
+        );
+        let deepest = std::process::Command::new("find")
+            .arg(&base)
+            .args(["-name", "f", "-user"])
+            .arg(runner.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&deepest.stdout).contains("/d/d/f"),
+            "the deepest file was reached"
+        );
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&base)
+            .status();
+    }
 
     #[test]
     fn granted_ranges_match_by_name_or_number_and_skip_malformed_lines() {

@@ -1743,9 +1743,18 @@ mod rootless_mode {
             )
         }
 
-        fn env(tag: &str) -> Env {
+        /// A subuid-mode environment leasing from `part` (a tenth of the grant each): runners
+        /// of one user share one lease directory, but these tests' environments each have their
+        /// own, so each test takes ids no other test uses.
+        fn env(tag: &str, part: u32) -> Env {
+            let (first, last) = grant();
+            let size = (last - first + 1) / 10;
             let env = Env::new(tag);
-            env.write_config("isolation = \"subuid\"");
+            env.write_config(&format!(
+                "isolation = \"subuid\"\njob_uids = \"{}-{}\"",
+                first + part * size,
+                first + part * size + size - 1
+            ));
             env
         }
 
@@ -1763,7 +1772,7 @@ mod rootless_mode {
         fn a_job_runs_as_a_subordinate_uid_and_its_files_come_back_to_the_runner() {
             let (first, last) = grant();
             let me = nix::unistd::getuid().as_raw();
-            let env = env("subuid-run");
+            let env = env("subuid-run", 0);
             let pause = format!("1.{}", rand_digits());
             // The job makes its output unreadable and a directory the runner could not enter
             // or empty were it still the job's; both must come back.
@@ -1852,7 +1861,7 @@ mod rootless_mode {
         #[test]
         fn a_dead_subuid_run_is_taken_back_and_removed_by_the_next_run() {
             let (first, last) = grant();
-            let env = env("subuid-dead");
+            let env = env("subuid-dead", 1);
             let marker = format!("29{}", rand_digits());
             let job = one_step(
                 "victim",

@@ -468,15 +468,29 @@ impl JobRun<'_> {
             fallback,
             started,
         );
-        // Subuid mode, on a path that ended before handing the job's files back.
+        // Subuid mode, on a path that ended before handing the job's files back. If they
+        // cannot be handed back now, the directory is left whole (lock released, `subids`
+        // record kept) for the next run's cleanup: removing what this runner may would delete
+        // the record and leave the job's files where nothing would ever take them back.
+        let mut keep_jobdir = false;
         if let Some((ids, paths)) = self.handed_to_job.take() {
-            if let Some(helper) = &self.helper {
-                if let Err(e) = crate::subuid::hand_over(helper, &ids, HandTo::Runner, &paths) {
-                    tracing::warn!("handing the job's files back from uid {}: {e}", ids.uid);
-                }
+            let back = match &self.helper {
+                Some(helper) => crate::subuid::hand_over(helper, &ids, HandTo::Runner, &paths),
+                None => Err("no sandbox helper".into()),
+            };
+            if let Err(e) = back {
+                eprintln!(
+                    "bulwark: warning: the job's files stay with uid {} in {} until a later run \
+                     can take them back: {e}",
+                    ids.uid,
+                    jobdir.path.display()
+                );
+                keep_jobdir = true;
             }
         }
-        if let Err(e) = jobdir.remove() {
+        if keep_jobdir {
+            drop(jobdir);
+        } else if let Err(e) = jobdir.remove() {
             tracing::warn!("{e:#}");
         }
         // A runner error may mean job processes survived: then the lease ends unclean and the
@@ -671,6 +685,8 @@ impl JobRun<'_> {
                 pids_max_hit: counters.pids_max_hit,
             });
             if let Err(e) = cg.remove(Duration::from_secs(10)) {
+                // Subuid mode: nothing is handed back while job processes live (see
+                // `execute`, which then leaves the job directory to a later run).
                 return Err(Stop::Runner(format!(
                     "job processes survived the sandbox: {e}"
                 )));
