@@ -133,9 +133,10 @@ impl CeilingEntry {
             CeilingEntry::AnyHostOnPort(port) => *port == entry.port,
             CeilingEntry::Entry(ceiling) if ceiling.port != entry.port => false,
             CeilingEntry::Entry(ceiling) => match (&ceiling.host, &entry.host) {
+                // `*.c` covers `*.c` itself and every `*.x.c` below it.
                 (AllowHost::Wildcard(c), AllowHost::Wildcard(e)) => e
                     .strip_suffix(c.as_str())
-                    .is_some_and(|head| head.ends_with('.')),
+                    .is_some_and(|head| head.is_empty() || head.ends_with('.')),
                 (_, AllowHost::Wildcard(_)) => false,
                 (_, AllowHost::Name(name)) => ceiling.matches(name, entry.port),
                 (AllowHost::Ip(c), AllowHost::Ip(e)) => c == e,
@@ -379,6 +380,10 @@ mod tests {
         assert!(!covers("*:80", &job));
         assert!(covers("*.example.com:443", &job));
         assert!(covers("*.example.com:443", &wild));
+        assert!(covers("*.example.com:443", &parse("*.example.com:443")));
+        assert!(!covers("*.example.com:443", &parse("*.example.com:80")));
+        assert!(!covers("*.example.com:443", &parse("*.xexample.com:443")));
+        assert!(!covers("*.a.example.com:443", &parse("*.example.com:443")));
         assert!(!covers("api.example.com:443", &wild));
         assert!(!covers("*.b.example.com:443", &wild));
         assert!(CeilingEntry::parse("**").is_err());
