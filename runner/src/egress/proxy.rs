@@ -408,7 +408,7 @@ async fn exchange(
     attempt.method = head.method.clone();
     let connect = head.method == "CONNECT";
     let (authority, path) = if connect {
-        (head.target.as_str(), "")
+        (head.target.as_str(), "".into())
     } else {
         http::split_absolute_uri(&head.target)?
     };
@@ -435,7 +435,7 @@ async fn exchange(
         tunnel(client, upstream, &leftover, pipes, limits, attempt).await
     } else {
         let request = Outgoing {
-            head: rewrite_head(&head, &host, port, path),
+            head: rewrite_head(&head, &host, port, &path),
             leftover,
             framing,
         };
