@@ -397,6 +397,88 @@ fn request_bodies_are_forwarded_by_length_and_chunked() {
     assert_eq!(status(&read_head(&mut s).unwrap()), 400);
 }
 
+/// Every (head, body) an origin read, in order.
+type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An origin on 127.0.0.1 that, like a lenient keep-alive server, reads request after
+/// request on each connection (head, then a body of its `Content-Length`) until the client
+/// closes or is silent for 300 ms, answers each, and records every (head, body) it read.
+fn pipelining_origin() -> (u16, Requests) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let seen = seen.clone();
+            thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                while let Some(head) = read_head(&mut conn) {
+                    let length = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.trim().parse().unwrap());
+                    let mut body = vec![0u8; length];
+                    if conn.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    seen.lock().unwrap().push((head, body));
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            });
+        }
+    });
+    (port, requests)
+}
+
+#[test]
+fn a_body_is_never_read_as_a_second_request_whatever_connection_names() {
+    let (port, requests) = pipelining_origin();
+    let p = Proxy::start(
+        "smuggle",
+        &allow_origin(port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let smuggled =
+        "GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\nX-Pad: 12345\r\n\r\n";
+    assert_eq!(smuggled.len(), 71);
+    for connection in [
+        "keep-alive, Content-Length",
+        "Content-Length, Host",
+        "close, content-length, transfer-encoding",
+    ] {
+        requests.lock().unwrap().clear();
+        let mut s = p.connect();
+        write!(
+            s,
+            "POST http://allowed.test:{port}/upload HTTP/1.1\r\nHost: allowed.test\r\n\
+             Connection: {connection}\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{connection}: {out}");
+        // The origin has seen the connection end (or gone quiet) before this returns.
+        thread::sleep(Duration::from_millis(500));
+        let requests = requests.lock().unwrap();
+        assert_eq!(requests.len(), 1, "{connection}: {requests:?}");
+        let (head, body) = &requests[0];
+        assert!(head.starts_with("POST /upload HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nContent-Length: 71\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nHost: allowed.test:{port}\r\n")),
+            "{head}"
+        );
+        assert_eq!(body, smuggled.as_bytes(), "{connection}");
+    }
+}
+
 #[test]
 fn malformed_oversized_and_silent_clients_leave_the_proxy_serving_others() {
     let o = origin("a");

@@ -435,7 +435,7 @@ async fn exchange(
         tunnel(client, upstream, &leftover, pipes, limits, attempt).await
     } else {
         let request = Outgoing {
-            head: rewrite_head(&head, &host, port, &path),
+            head: rewrite_head(&head, &host, port, &path, framing),
             leftover,
             framing,
         };
@@ -535,7 +535,16 @@ async fn resolve_and_connect(
     Err(refusal(502, last))
 }
 
-fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
+/// The head sent to the origin: origin-form request line, `Host` set to the checked
+/// authority, the client's fields minus the hop-by-hop ones, the body framing the proxy parsed
+/// and will forward (written by the proxy itself, never taken from the client), and
+/// `Connection: close`.
+///
+/// Fields the client names in `Connection` are hop-by-hop and dropped, except that the framing
+/// fields and `Host` are always written by the proxy: a client that named `Content-Length`
+/// there would otherwise have its body forwarded by length to an origin that was told of no
+/// body, and read the body as a second, pipelined request (smuggled past the `Host` rewrite).
+fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str, framing: Framing) -> Vec<u8> {
     let hop: Vec<String> = head
         .values("connection")
         .flat_map(|v| v.split(','))
@@ -552,6 +561,8 @@ fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
         let dropped = matches!(
             lower.as_str(),
             "host"
+                | "content-length"
+                | "transfer-encoding"
                 | "connection"
                 | "proxy-connection"
                 | "keep-alive"
@@ -563,6 +574,15 @@ fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
         if !dropped {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
+    }
+    match framing {
+        Framing::Length(n) => out.push_str(&format!("Content-Length: {n}\r\n")),
+        Framing::Chunked => out.push_str("Transfer-Encoding: chunked\r\n"),
+        // An explicit empty body stays explicit: some origins answer 411 to a POST without it.
+        Framing::None if head.values("content-length").next().is_some() => {
+            out.push_str("Content-Length: 0\r\n");
+        }
+        Framing::None => {}
     }
     out.push_str("Connection: close\r\n\r\n");
     out.into_bytes()
@@ -851,6 +871,38 @@ mod tests {
             serve(conn).await;
         });
         (TcpStream::connect(addr).await.unwrap(), task)
+    }
+
+    #[test]
+    fn framing_and_host_survive_being_named_in_connection_and_other_named_fields_do_not() {
+        let rewrite = |raw: &str| {
+            let head = http::parse_head(raw.as_bytes(), 100).unwrap();
+            let framing = head.framing().unwrap();
+            let host = Host::Name("a.test".into());
+            String::from_utf8(rewrite_head(&head, &host, 8080, "/up", framing)).unwrap()
+        };
+        let out = rewrite(
+            "POST http://a.test:8080/up HTTP/1.1\r\nHost: evil.example\r\n\
+             Connection: keep-alive, Content-Length, Host, Transfer-Encoding, X-Secret\r\n\
+             X-Secret: s\r\nX-Kept: k\r\nContent-Length: 71\r\nContent-Length: 71\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "POST /up HTTP/1.1\r\nHost: a.test:8080\r\nX-Kept: k\r\nContent-Length: 71\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let out = rewrite(
+            "POST http://a.test:8080/up HTTP/1.1\r\nConnection: transfer-encoding\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(out.contains("\r\nTransfer-Encoding: chunked\r\n"), "{out}");
+        let out = rewrite(
+            "POST http://a.test:8080/up HTTP/1.1\r\nConnection: content-length\r\n\
+             Content-Length: 0\r\n\r\n",
+        );
+        assert!(out.contains("\r\nContent-Length: 0\r\n"), "{out}");
+        let out = rewrite("GET http://a.test:8080/up HTTP/1.1\r\n\r\n");
+        assert!(!out.contains("Content-Length"), "{out}");
     }
 
     #[test]
