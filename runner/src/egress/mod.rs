@@ -18,7 +18,8 @@
 //!   only, address literals only when listed as such); default deny;
 //! - hosts written as ambiguous address literals (`2130706433`, `0177.0.0.1`, `127.1`);
 //! - resolved addresses in loopback, private, link-local, CGNAT, multicast, unspecified,
-//!   broadcast or reserved ranges (also IPv4-mapped, NAT64 and 6to4 forms) unless the allow
+//!   broadcast, reserved, documentation or benchmarking ranges (also IPv4-mapped,
+//!   IPv4-translated, NAT64 and 6to4 forms) unless the allow
 //!   list names that exact address on that port; the metadata addresses always, in every mode;
 //! - a second request on a plain-HTTP connection: the proxy forwards one request per client
 //!   connection with `Connection: close` and closes after the response, so a kept-alive
