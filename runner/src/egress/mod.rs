@@ -21,6 +21,7 @@
 //!   broadcast, reserved, documentation or benchmarking ranges (also IPv4-mapped,
 //!   IPv4-translated, NAT64 and 6to4 forms) unless the allow
 //!   list names that exact address on that port; the metadata addresses always, in every mode;
+//!   in audit mode also loopback and all of link-local, whatever the list says;
 //! - a second request on a plain-HTTP connection: the proxy forwards one request per client
 //!   connection with `Connection: close` and closes after the response, so a kept-alive
 //!   follow-up to another host never reaches any upstream (each new connection is checked);

@@ -10,12 +10,20 @@
 //! 1. the metadata addresses ([`METADATA_ADDRESSES`]), also in IPv4-mapped, IPv4-compatible,
 //!    IPv4-translated, NAT64 (`64:ff9b::/96`, `64:ff9b:1::/96`) and 6to4 form, are refused
 //!    always, in every mode;
-//! 2. in audit mode, the host's own loopback and the unspecified address (which reaches it)
-//!    are refused and everything else is allowed;
+//! 2. in audit mode, the host's own loopback, the unspecified address (which reaches it) and
+//!    all of link-local (`169.254.0.0/16`, `fe80::/10`, in every form) are refused and
+//!    everything else is allowed, whatever the allow list says;
 //! 3. otherwise an address in a special range (loopback, private, link-local, CGNAT,
 //!    multicast, unspecified, broadcast, reserved, documentation, benchmarking; and the same
 //!    ranges embedded in an IPv6 form) is refused unless the allow list names that exact
 //!    address as an IP entry on the same port.
+//!
+//! Why audit mode refuses all of link-local and not just the listed metadata addresses:
+//! link-local is where clouds put their host-side services (instance metadata, ECS and EKS
+//! credential agents, the AWS time and DNS endpoints at `169.254.169.123`/`.253`), new ones
+//! appear without notice, and nothing a build downloads lives there, since a link-local
+//! address only reaches the host's own network segment. A list of known addresses would be
+//! one release behind the clouds; the range is not.
 //!
 //! Names are compared in one canonical form (ASCII lower case, one trailing dot removed). A
 //! host that some resolver could read as an IPv4 address although it is not dotted-quad
@@ -276,7 +284,9 @@ impl EgressPolicy {
         let special = special_range(ip);
         if self.audit {
             return match special {
-                Some(range @ ("loopback" | "unspecified")) => Err(Denied::Forbidden { ip, range }),
+                Some(range @ ("loopback" | "unspecified" | "link-local")) => {
+                    Err(Denied::Forbidden { ip, range })
+                }
                 _ => Ok(()),
             };
         }
@@ -650,7 +660,7 @@ mod tests {
             }
             let verdict = audit.check_address("a.test", addr);
             match range {
-                Some(range @ "loopback") => assert_eq!(
+                Some(range @ ("loopback" | "link-local")) => assert_eq!(
                     verdict,
                     Err(Denied::Forbidden {
                         ip: addr.ip(),
@@ -660,6 +670,92 @@ mod tests {
                 ),
                 _ => assert_eq!(verdict, Ok(()), "audit {ip}"),
             }
+        }
+    }
+
+    #[test]
+    fn every_metadata_address_is_refused_in_every_form_and_mode_even_when_listed() {
+        let forms = [
+            "169.254.169.254",
+            "169.254.170.2",
+            "169.254.170.23",
+            "::ffff:169.254.170.23",
+            "64:ff9b::a9fe:aa17",
+            "100.100.100.200",
+            "::ffff:100.100.100.200",
+            "::100.100.100.200",
+            "::ffff:0:100.100.100.200",
+            "64:ff9b::6464:64c8",
+            "64:ff9b:1::6464:64c8",
+            "2002:6464:64c8::",
+            "fd00:ec2::254",
+            "fd00:ec2::23",
+            "fd20:ce::254",
+        ];
+        let listed: Vec<String> = forms
+            .iter()
+            .map(|f| match f.parse::<IpAddr>().unwrap() {
+                IpAddr::V4(ip) => format!("{ip}:80"),
+                IpAddr::V6(ip) => format!("[{ip}]:80"),
+            })
+            .chain(["*.test:80".to_string()])
+            .collect();
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        for audit in [false, true] {
+            let p = policy(&listed, &[], audit);
+            for form in forms {
+                let ip: IpAddr = form.parse().unwrap();
+                let literal = match ip {
+                    IpAddr::V4(_) => form.to_string(),
+                    IpAddr::V6(_) => format!("[{form}]"),
+                };
+                assert_eq!(
+                    p.decide(&literal, 80),
+                    Decision::Deny(Denied::Metadata(ip)),
+                    "{form} audit={audit}"
+                );
+                assert_eq!(
+                    p.check_address("x.test", SocketAddr::new(ip, 80)),
+                    Err(Denied::Metadata(ip)),
+                    "{form} audit={audit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn link_local_is_refused_in_audit_mode_and_in_enforcing_mode_unless_listed() {
+        let table = [
+            "169.254.0.1",
+            "169.254.169.123",
+            "169.254.255.254",
+            "fe80::1",
+            "febf:ffff::1",
+            "::ffff:169.254.1.1",
+            "64:ff9b::a9fe:101",
+            "64:ff9b:1::a9fe:101",
+            "2002:a9fe:101::",
+        ];
+        for form in table {
+            let ip: IpAddr = form.parse().unwrap();
+            let addr = SocketAddr::new(ip, 80);
+            let refused = Err(Denied::Forbidden {
+                ip,
+                range: "link-local",
+            });
+            let entry = match ip {
+                IpAddr::V4(v4) => format!("{v4}:80"),
+                IpAddr::V6(v6) => format!("[{v6}]:80"),
+            };
+            // Audit mode refuses it whatever the list says.
+            for allow in [vec![], vec![entry.as_str()]] {
+                let audit = policy(&allow, &[], true);
+                assert_eq!(audit.check_address("x.test", addr), refused, "audit {form}");
+            }
+            let enforcing = policy(&["x.test:80"], &[], false);
+            assert_eq!(enforcing.check_address("x.test", addr), refused, "{form}");
+            let enforcing = policy(&["x.test:80", &entry], &[], false);
+            assert_eq!(enforcing.check_address("x.test", addr), Ok(()), "{form}");
         }
     }
 
