@@ -49,8 +49,13 @@
 //! TLS is not inspected: within an allowed `CONNECT` tunnel, the SNI and HTTP `Host` are the
 //! client's business, so domain fronting through a shared front end of an allowed host is
 //! possible; plain HTTP gets its `Host` header rewritten to the checked authority. The
-//! proxy's resolver is the host's (`getaddrinfo`), bounded by a timeout. One request per
-//! plain-HTTP connection costs a reconnect for clients that would keep alive.
+//! proxy's resolver is the host's (`getaddrinfo`), asked for the absolute name (`name.`) so
+//! that `resolv.conf` search domains cannot turn an allowed name into an internal one; glibc
+//! then does not find names that exist only in the host's `/etc/hosts` (`egress.hosts` is
+//! the way to point names elsewhere). A lookup is bounded by a timeout, but `getaddrinfo`
+//! cannot be cancelled: its thread keeps the connection's slot until it returns, so a job
+//! has at most `max_connections` of them, and the job's end does not wait for them. One
+//! request per plain-HTTP connection costs a reconnect for clients that would keep alive.
 //!
 //! # How it is tested
 //!
