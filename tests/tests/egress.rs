@@ -593,6 +593,49 @@ fn two_hundred_concurrent_connections_complete_or_are_refused_never_hang() {
 }
 
 #[test]
+fn a_flood_of_long_denials_cannot_keep_an_allowed_connection_out_of_the_log() {
+    let o = origin("a");
+    let limits = ProxyLimits {
+        log_cap: 32 * 1024,
+        ..ProxyLimits::default()
+    };
+    let mut p = Proxy::start("flood", &allow_origin(o.port), HOSTS, false, limits);
+    let method = "A".repeat(8 * 1024);
+    for _ in 0..200 {
+        let mut s = p.connect();
+        write!(s, "{method} http://other.test:{}/ HTTP/1.1\r\n\r\n", o.port).unwrap();
+        assert_eq!(status(&read_head(&mut s).unwrap()), 403);
+    }
+    let (code, _, tunnel) = p.tunnel(&format!("allowed.test:{}", o.port));
+    assert_eq!(code, 200);
+    assert!(get_through(tunnel).ends_with("hello from a"));
+    let summary = p.proxy.take().unwrap().shutdown().unwrap();
+    assert_eq!((summary.denied, summary.allowed), (200, 1));
+    assert!(summary.truncated);
+    let text = std::fs::read_to_string(&p.log).unwrap();
+    assert!(text.len() <= 32 * 1024, "{}", text.len());
+    let log: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let allowed = log.iter().find(|l| l["decision"] == "allowed");
+    assert_eq!(
+        allowed.expect("the allowed connection is logged")["host"],
+        "allowed.test"
+    );
+    let markers: Vec<_> = log.iter().filter(|l| l["truncated"] == true).collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert_eq!(markers[0]["scope"], "denied");
+    for line in log.iter().filter(|l| l["decision"] == "denied") {
+        let logged = line["method"].as_str().unwrap();
+        assert!(
+            logged.len() <= 256 && logged.ends_with("…[cut]"),
+            "{logged}"
+        );
+    }
+}
+
+#[test]
 fn log_lines_have_every_field() {
     let o = origin("a");
     let mut allow = allow_origin(o.port);

@@ -9,7 +9,8 @@
 //! absolute-URI plain HTTP, resolves names itself, and connects only when host and port match
 //! the job's allow list and the address it resolved passes the address rules
 //! ([`policy`]). It connects to exactly the address it checked. Every attempt, allowed or
-//! denied, is one line in `egress.log` ([`log`]), which becomes a provenance byproduct;
+//! denied, is one line in `egress.log` ([`log`], capped, with at most half of the cap for
+//! denials and every attempt counted), which becomes a provenance byproduct;
 //! [`suggest`] turns an audit-mode log into an allow list.
 //!
 //! # What it refuses
