@@ -397,6 +397,88 @@ fn request_bodies_are_forwarded_by_length_and_chunked() {
     assert_eq!(status(&read_head(&mut s).unwrap()), 400);
 }
 
+/// Every (head, body) an origin read, in order.
+type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An origin on 127.0.0.1 that, like a lenient keep-alive server, reads request after
+/// request on each connection (head, then a body of its `Content-Length`) until the client
+/// closes or is silent for 300 ms, answers each, and records every (head, body) it read.
+fn pipelining_origin() -> (u16, Requests) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let seen = seen.clone();
+            thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                while let Some(head) = read_head(&mut conn) {
+                    let length = head
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.trim().parse().unwrap());
+                    let mut body = vec![0u8; length];
+                    if conn.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    seen.lock().unwrap().push((head, body));
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            });
+        }
+    });
+    (port, requests)
+}
+
+#[test]
+fn a_body_is_never_read_as_a_second_request_whatever_connection_names() {
+    let (port, requests) = pipelining_origin();
+    let p = Proxy::start(
+        "smuggle",
+        &allow_origin(port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let smuggled =
+        "GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\nX-Pad: 12345\r\n\r\n";
+    assert_eq!(smuggled.len(), 71);
+    for connection in [
+        "keep-alive, Content-Length",
+        "Content-Length, Host",
+        "close, content-length, transfer-encoding",
+    ] {
+        requests.lock().unwrap().clear();
+        let mut s = p.connect();
+        write!(
+            s,
+            "POST http://allowed.test:{port}/upload HTTP/1.1\r\nHost: allowed.test\r\n\
+             Connection: {connection}\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{connection}: {out}");
+        // The origin has seen the connection end (or gone quiet) before this returns.
+        thread::sleep(Duration::from_millis(500));
+        let requests = requests.lock().unwrap();
+        assert_eq!(requests.len(), 1, "{connection}: {requests:?}");
+        let (head, body) = &requests[0];
+        assert!(head.starts_with("POST /upload HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nContent-Length: 71\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nHost: allowed.test:{port}\r\n")),
+            "{head}"
+        );
+        assert_eq!(body, smuggled.as_bytes(), "{connection}");
+    }
+}
+
 #[test]
 fn malformed_oversized_and_silent_clients_leave_the_proxy_serving_others() {
     let o = origin("a");
@@ -508,6 +590,49 @@ fn two_hundred_concurrent_connections_complete_or_are_refused_never_hang() {
     assert!(completed >= 50, "{results:?}");
     let log = p.finish();
     assert_eq!(log.len(), 200);
+}
+
+#[test]
+fn a_flood_of_long_denials_cannot_keep_an_allowed_connection_out_of_the_log() {
+    let o = origin("a");
+    let limits = ProxyLimits {
+        log_cap: 32 * 1024,
+        ..ProxyLimits::default()
+    };
+    let mut p = Proxy::start("flood", &allow_origin(o.port), HOSTS, false, limits);
+    let method = "A".repeat(8 * 1024);
+    for _ in 0..200 {
+        let mut s = p.connect();
+        write!(s, "{method} http://other.test:{}/ HTTP/1.1\r\n\r\n", o.port).unwrap();
+        assert_eq!(status(&read_head(&mut s).unwrap()), 403);
+    }
+    let (code, _, tunnel) = p.tunnel(&format!("allowed.test:{}", o.port));
+    assert_eq!(code, 200);
+    assert!(get_through(tunnel).ends_with("hello from a"));
+    let summary = p.proxy.take().unwrap().shutdown().unwrap();
+    assert_eq!((summary.denied, summary.allowed), (200, 1));
+    assert!(summary.truncated);
+    let text = std::fs::read_to_string(&p.log).unwrap();
+    assert!(text.len() <= 32 * 1024, "{}", text.len());
+    let log: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let allowed = log.iter().find(|l| l["decision"] == "allowed");
+    assert_eq!(
+        allowed.expect("the allowed connection is logged")["host"],
+        "allowed.test"
+    );
+    let markers: Vec<_> = log.iter().filter(|l| l["truncated"] == true).collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert_eq!(markers[0]["scope"], "denied");
+    for line in log.iter().filter(|l| l["decision"] == "denied") {
+        let logged = line["method"].as_str().unwrap();
+        assert!(
+            logged.len() <= 256 && logged.ends_with("…[cut]"),
+            "{logged}"
+        );
+    }
 }
 
 #[test]

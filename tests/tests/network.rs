@@ -131,6 +131,7 @@ print("tunnel_body=" + data.split(b"\r\n\r\n", 1)[1].decode().strip())
     }
     let egress = &r.result()["egress"];
     assert_eq!(egress["allowed"], 2);
+    assert_eq!(egress["log_truncated"], false);
     assert_eq!(
         egress["log_sha256"].as_str().unwrap(),
         bulwark_tests::sha256_file(&r.out.join("egress.log"))

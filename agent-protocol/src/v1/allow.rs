@@ -133,9 +133,10 @@ impl CeilingEntry {
             CeilingEntry::AnyHostOnPort(port) => *port == entry.port,
             CeilingEntry::Entry(ceiling) if ceiling.port != entry.port => false,
             CeilingEntry::Entry(ceiling) => match (&ceiling.host, &entry.host) {
+                // `*.c` covers `*.c` itself and every `*.x.c` below it.
                 (AllowHost::Wildcard(c), AllowHost::Wildcard(e)) => e
                     .strip_suffix(c.as_str())
-                    .is_some_and(|head| head.ends_with('.')),
+                    .is_some_and(|head| head.is_empty() || head.ends_with('.')),
                 (_, AllowHost::Wildcard(_)) => false,
                 (_, AllowHost::Name(name)) => ceiling.matches(name, entry.port),
                 (AllowHost::Ip(c), AllowHost::Ip(e)) => c == e,
@@ -221,11 +222,23 @@ impl fmt::Display for IpNet {
     }
 }
 
-/// Cloud metadata service addresses, refused everywhere, always.
+/// Cloud metadata and credential service addresses, refused everywhere, always (their
+/// IPv4-mapped, NAT64 and 6to4 forms too, where the users of this list decode them).
 pub const METADATA_ADDRESSES: &[IpAddr] = &[
+    // AWS, GCP, Azure, OCI, DigitalOcean and most others: the instance metadata service.
     IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    // AWS ECS task metadata and credentials.
     IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
+    // AWS EKS Pod Identity agent (hands out the pod's role credentials).
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)),
+    // Alibaba Cloud ECS metadata (in the CGNAT range, not link-local).
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    // AWS instance metadata over IPv6 (Nitro).
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    // AWS EKS Pod Identity agent over IPv6.
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
+    // GCP metadata server over IPv6.
+    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
 ];
 
 fn split_host_port(entry: &str) -> Result<(&str, &str), String> {
@@ -379,9 +392,29 @@ mod tests {
         assert!(!covers("*:80", &job));
         assert!(covers("*.example.com:443", &job));
         assert!(covers("*.example.com:443", &wild));
+        assert!(covers("*.example.com:443", &parse("*.example.com:443")));
+        assert!(!covers("*.example.com:443", &parse("*.example.com:80")));
+        assert!(!covers("*.example.com:443", &parse("*.xexample.com:443")));
+        assert!(!covers("*.a.example.com:443", &parse("*.example.com:443")));
         assert!(!covers("api.example.com:443", &wild));
         assert!(!covers("*.b.example.com:443", &wild));
         assert!(CeilingEntry::parse("**").is_err());
+    }
+
+    #[test]
+    fn the_metadata_list_names_every_known_service() {
+        for ip in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "169.254.170.23",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "fd00:ec2::23",
+            "fd20:ce::254",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert!(METADATA_ADDRESSES.contains(&ip), "{ip}");
+        }
     }
 
     #[test]

@@ -264,6 +264,11 @@ pub struct EgressRecord {
     pub bytes_down: u64,
     /// sha256 of `egress.log`.
     pub log_sha256: String,
+    /// Some attempts counted above are not lines of `egress.log`: denied ones once they had
+    /// used half of its cap, or any once it was full (its marker lines say which). Absent in
+    /// results from runners before it existed.
+    #[serde(default)]
+    pub log_truncated: bool,
 }
 
 #[cfg(test)]
@@ -316,6 +321,7 @@ mod tests {
                 bytes_up: 100,
                 bytes_down: 2000,
                 log_sha256: "1".repeat(64),
+                log_truncated: false,
             }),
         }
     }
@@ -378,6 +384,15 @@ mod tests {
         value["steps"][0]["added_later"] = serde_json::json!(true);
         let read: JobResult = serde_json::from_value(value).expect("extra fields are tolerated");
         assert_eq!(read, sample());
+    }
+
+    #[test]
+    fn an_egress_record_without_log_truncated_reads_as_not_truncated() {
+        let mut value = serde_json::to_value(sample()).expect("serializes");
+        let egress = value["egress"].as_object_mut().expect("egress");
+        assert!(egress.remove("log_truncated").is_some());
+        let read: JobResult = serde_json::from_value(value).expect("parses");
+        assert_eq!(read.egress.map(|e| e.log_truncated), Some(false));
     }
 
     #[test]

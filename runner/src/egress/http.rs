@@ -7,6 +7,8 @@
 //! both `Content-Length` and `Transfer-Encoding`, conflicting lengths, codings other than
 //! `chunked`, credentials in the URI.
 
+use std::borrow::Cow;
+
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
@@ -189,8 +191,10 @@ pub fn split_authority(authority: &str, default_port: Option<u16>) -> Option<(&s
     (!host.is_empty()).then_some((host, port))
 }
 
-/// Splits an absolute `http://authority/path?query` into authority and origin-form path.
-pub fn split_absolute_uri(target: &str) -> Result<(&str, &str), BadRequest> {
+/// Splits an absolute `http://authority/path?query` into authority and origin-form path. The
+/// path always starts with `/`: `http://a?x=1` becomes `/?x=1` (RFC 9112, 3.2.1: an empty
+/// path is sent as `/`), never a request line `GET ?x=1` that origins read differently.
+pub fn split_absolute_uri(target: &str) -> Result<(&str, Cow<'_, str>), BadRequest> {
     let scheme_end = target.find("://").ok_or(bad(
         "a proxy request needs an absolute http:// URI (or CONNECT for https)",
     ))?;
@@ -202,11 +206,13 @@ pub fn split_absolute_uri(target: &str) -> Result<(&str, &str), BadRequest> {
     let rest = &target[scheme_end + 3..];
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    if path.starts_with('#') {
-        return Ok((authority, "/"));
-    }
     let path = path.split('#').next().unwrap_or_default();
-    Ok((authority, if path.is_empty() { "/" } else { path }))
+    let path = if path.starts_with('/') {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(format!("/{path}"))
+    };
+    Ok((authority, path))
 }
 
 /// Tracks where a chunked body ends while its bytes pass through unchanged.
@@ -408,9 +414,24 @@ mod tests {
         assert_eq!(split_authority("u@a.test:80", None), None);
         assert_eq!(
             split_absolute_uri("http://a.test:8080/p?q#f"),
-            Ok(("a.test:8080", "/p?q"))
+            Ok(("a.test:8080", "/p?q".into()))
         );
-        assert_eq!(split_absolute_uri("HTTP://a.test"), Ok(("a.test", "/")));
+        assert_eq!(
+            split_absolute_uri("HTTP://a.test"),
+            Ok(("a.test", "/".into()))
+        );
+        assert_eq!(
+            split_absolute_uri("http://a.test#f"),
+            Ok(("a.test", "/".into()))
+        );
+        assert_eq!(
+            split_absolute_uri("http://a.test:8080?x=1"),
+            Ok(("a.test:8080", "/?x=1".into()))
+        );
+        assert_eq!(
+            split_absolute_uri("http://a.test?x=1#f"),
+            Ok(("a.test", "/?x=1".into()))
+        );
         assert!(split_absolute_uri("https://a.test/").is_err());
         assert!(split_absolute_uri("/relative").is_err());
     }

@@ -1,11 +1,23 @@
 //! `egress.log`: one JSON line per connection attempt, allowed or denied.
 //!
 //! The log is evidence (its digest goes into `result.json` and the provenance byproducts), and
-//! it is written on behalf of an untrusted job, so it is bounded: once the next line would take
-//! the file past its cap, one truncation record is written and later attempts are only
-//! counted. Each line is written with a single `write` of the whole line, so a crash leaves at
-//! most one partial last line.
+//! it is written on behalf of an untrusted job, so it is bounded:
+//!
+//! - every string field of a record is at most [`MAX_FIELD`] bytes; a longer one is cut and
+//!   ends with [`CUT_MARK`], so no line is much longer than 1 KiB whatever the job sends;
+//! - denied attempts (policy, malformed requests, limits) may use half of the cap. Once they
+//!   have, one marker line with `"scope":"denied"` says so and later denials are only
+//!   counted. A job cannot make a burst of refusals crowd out the record of what it did reach:
+//!   allowed connections are written until the whole cap is used;
+//! - once the next line would take the file past its cap, one marker line with
+//!   `"scope":"all"` is written and every later attempt is only counted.
+//!
+//! The counts ([`EgressSummary`]) include every attempt, and `truncated` says whether some of
+//! them are not in the file; `result.json` carries it as `egress.log_truncated`. Each line is
+//! written with a single `write` of the whole line, so a crash leaves at most one partial
+//! last line.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,13 +29,20 @@ use serde::{Deserialize, Serialize};
 /// Default cap on `egress.log`: 16 MiB.
 pub const DEFAULT_LOG_CAP: u64 = 16 << 20;
 
-/// One attempt, as a line of `egress.log`.
+/// Longest string field of a [`Record`], in bytes, [`CUT_MARK`] included.
+pub const MAX_FIELD: usize = 256;
+
+/// How a field cut to [`MAX_FIELD`] ends.
+pub const CUT_MARK: &str = "…[cut]";
+
+/// One attempt, as a line of `egress.log`. Every string field is at most [`MAX_FIELD`]
+/// bytes; a longer one is cut at a character boundary and ends with [`CUT_MARK`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// When the attempt ended, RFC 3339 UTC with milliseconds.
     pub time: String,
     /// The canonical host (a name or an address), or the raw request target when it was not
-    /// understood (escaped by JSON, cut to 256 bytes).
+    /// understood (escaped by JSON).
     pub host: String,
     /// The port asked for; 0 when the request never named one.
     pub port: u16,
@@ -43,13 +62,16 @@ pub struct Record {
     pub method: String,
 }
 
-/// The line written once when the log reaches its cap.
+/// The line written once when denied attempts have used their half of the cap
+/// (`scope` `denied`), and once when the log reaches its cap (`scope` `all`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TruncationRecord {
-    /// When the cap was reached.
+    /// When the limit was reached.
     pub time: String,
     /// Always true.
     pub truncated: bool,
+    /// Which later attempts are counted but not written: `denied` or `all`.
+    pub scope: String,
     /// What happened, in words.
     pub reason: String,
 }
@@ -65,7 +87,8 @@ pub struct EgressSummary {
     pub bytes_up: u64,
     /// Bytes to the job.
     pub bytes_down: u64,
-    /// Whether the log hit its cap.
+    /// Whether some attempts are counted but not in the log: denials once they used half of
+    /// the cap, or any attempt once the cap was reached.
     pub truncated: bool,
 }
 
@@ -75,11 +98,47 @@ pub struct EgressLog {
     file: File,
     written: u64,
     cap: u64,
+    /// Bytes of denied records (and of their marker) written.
+    denied_written: u64,
+    /// Denied attempts have used their half of the cap and are no longer written.
+    denials_full: bool,
+    /// The cap is reached: nothing more is written.
+    full: bool,
     summary: EgressSummary,
 }
 
-/// Room kept for the truncation record.
-const TRUNCATION_RESERVE: u64 = 256;
+/// Room kept for each marker line still to come.
+const MARKER_RESERVE: u64 = 512;
+
+/// `text`, or its longest prefix of at most [`MAX_FIELD`] bytes with [`CUT_MARK`] at the end.
+pub fn cut(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_FIELD {
+        return Cow::Borrowed(text);
+    }
+    let mut end = MAX_FIELD - CUT_MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{CUT_MARK}", &text[..end]))
+}
+
+impl Record {
+    /// This record with every string field cut to [`MAX_FIELD`] bytes.
+    fn cut(&self) -> Record {
+        Record {
+            time: cut(&self.time).into_owned(),
+            host: cut(&self.host).into_owned(),
+            port: self.port,
+            address: self.address.as_deref().map(|a| cut(a).into_owned()),
+            decision: cut(&self.decision).into_owned(),
+            reason: cut(&self.reason).into_owned(),
+            bytes_up: self.bytes_up,
+            bytes_down: self.bytes_down,
+            duration_ms: self.duration_ms,
+            method: cut(&self.method).into_owned(),
+        }
+    }
+}
 
 /// RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
@@ -99,42 +158,68 @@ impl EgressLog {
         Ok(EgressLog {
             file,
             written: 0,
-            cap: cap.max(TRUNCATION_RESERVE * 2),
+            // Room for both markers and a few lines in each half.
+            cap: cap.max(MARKER_RESERVE * 8),
+            denied_written: 0,
+            denials_full: false,
+            full: false,
             summary: EgressSummary::default(),
         })
     }
 
     /// Records one attempt; write errors are returned but the counts are kept regardless.
     pub fn record(&mut self, record: &Record) -> io::Result<()> {
-        if record.decision == "allowed" {
-            self.summary.allowed += 1;
-        } else {
+        let denied = record.decision != "allowed";
+        if denied {
             self.summary.denied += 1;
+        } else {
+            self.summary.allowed += 1;
         }
         self.summary.bytes_up += record.bytes_up;
         self.summary.bytes_down += record.bytes_down;
-        if self.summary.truncated {
+        if self.full || (denied && self.denials_full) {
             return Ok(());
         }
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        let mut line = serde_json::to_vec(&record.cut()).map_err(io::Error::other)?;
         line.push(b'\n');
         let len = line.len() as u64;
-        if self.written + len + TRUNCATION_RESERVE > self.cap {
+        // Room for the markers still to come: the final one, and the denials' while pending.
+        let reserve = MARKER_RESERVE * if self.denials_full { 1 } else { 2 };
+        if self.written + len + reserve > self.cap {
+            self.full = true;
             self.summary.truncated = true;
-            let marker = TruncationRecord {
-                time: now_rfc3339(),
-                truncated: true,
-                reason: format!(
-                    "egress.log reached its cap of {} bytes; later attempts are counted but not recorded",
-                    self.cap
-                ),
-            };
-            let mut line = serde_json::to_vec(&marker).map_err(io::Error::other)?;
-            line.push(b'\n');
-            self.written += line.len() as u64;
-            return self.file.write_all(&line);
+            let reason = format!(
+                "egress.log reached its cap of {} bytes; later attempts are counted but not recorded",
+                self.cap
+            );
+            return self.marker("all", reason);
+        }
+        if denied && self.denied_written + len + MARKER_RESERVE > self.cap / 2 {
+            self.denials_full = true;
+            self.summary.truncated = true;
+            let reason = format!(
+                "denied attempts used half of the {} byte cap; later denials are counted but not recorded, allowed ones still are",
+                self.cap
+            );
+            return self.marker("denied", reason);
         }
         self.written += len;
+        if denied {
+            self.denied_written += len;
+        }
+        self.file.write_all(&line)
+    }
+
+    fn marker(&mut self, scope: &str, reason: String) -> io::Result<()> {
+        let marker = TruncationRecord {
+            time: now_rfc3339(),
+            truncated: true,
+            scope: scope.to_owned(),
+            reason,
+        };
+        let mut line = serde_json::to_vec(&marker).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.written += line.len() as u64;
         self.file.write_all(&line)
     }
 
@@ -154,13 +239,13 @@ impl EgressLog {
 mod tests {
     use super::*;
 
-    fn record(host: &str) -> Record {
+    fn record(host: &str, decision: &str) -> Record {
         Record {
             time: now_rfc3339(),
             host: host.into(),
             port: 443,
             address: None,
-            decision: "denied".into(),
+            decision: decision.into(),
             reason: "x".into(),
             bytes_up: 1,
             bytes_down: 2,
@@ -169,28 +254,115 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_log_stops_at_its_cap_with_one_truncation_record() {
-        let dir = std::env::temp_dir().join(format!("egress-log-{}", std::process::id()));
+    fn temp_log(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("egress-log-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("egress.log");
-        let mut log = EgressLog::create(&path, 4096).unwrap();
+        (dir, path)
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_log_stops_at_its_cap_with_one_truncation_record() {
+        let (dir, path) = temp_log("cap");
+        let mut log = EgressLog::create(&path, 8192).unwrap();
         for i in 0..1000 {
-            log.record(&record(&format!("h{i}.example"))).unwrap();
+            log.record(&record(&format!("h{i}.example"), "allowed"))
+                .unwrap();
         }
         let summary = log.finish().unwrap();
-        assert_eq!(summary.denied, 1000);
+        assert_eq!(summary.allowed, 1000);
         assert_eq!(summary.bytes_down, 2000);
         assert!(summary.truncated);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.len() <= 4096, "{}", text.len());
+        assert!(text.len() <= 8192, "{}", text.len());
         let last = text.lines().last().unwrap();
         let marker: TruncationRecord = serde_json::from_str(last).unwrap();
         assert!(marker.truncated);
+        assert_eq!(marker.scope, "all");
         assert_eq!(text.matches("\"truncated\"").count(), 1);
         let first: Record = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first.host, "h0.example");
         assert!(first.time.ends_with('Z'));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_string_field_is_cut_to_256_bytes_and_marked() {
+        assert_eq!(cut("short"), "short");
+        let exact = "a".repeat(MAX_FIELD);
+        assert_eq!(cut(&exact), exact);
+        let long = "\u{e4}".repeat(10_000);
+        let cut_long = cut(&long);
+        assert!(cut_long.len() <= MAX_FIELD, "{}", cut_long.len());
+        assert!(cut_long.ends_with(CUT_MARK));
+        assert!(cut_long.len() > MAX_FIELD - CUT_MARK.len() - 4);
+        let (dir, path) = temp_log("fields");
+        let mut log = EgressLog::create(&path, DEFAULT_LOG_CAP).unwrap();
+        let mut r = record(&"h".repeat(300), "denied");
+        r.method = "M".repeat(16 * 1024);
+        r.reason = "r".repeat(1000);
+        r.address = Some("a".repeat(300));
+        log.record(&r).unwrap();
+        log.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 1500, "{}", text.len());
+        let line: Record = serde_json::from_str(text.trim_end()).unwrap();
+        for field in [
+            &line.host,
+            &line.method,
+            &line.reason,
+            &line.address.unwrap(),
+        ] {
+            assert!(field.len() <= MAX_FIELD, "{field}");
+            assert!(field.ends_with(CUT_MARK), "{field}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_flood_of_long_denials_leaves_room_for_allowed_connections() {
+        let cap = 64 * 1024;
+        let (dir, path) = temp_log("flood");
+        let mut log = EgressLog::create(&path, cap).unwrap();
+        let mut denial = record("", "denied");
+        denial.method = "A".repeat(16 * 1024);
+        for _ in 0..10_000 {
+            log.record(&denial).unwrap();
+        }
+        log.record(&record("after.example", "allowed")).unwrap();
+        let summary = log.summary();
+        assert_eq!((summary.denied, summary.allowed), (10_000, 1));
+        assert!(summary.truncated);
+        let written = lines(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() as u64 <= cap / 2 + 1024, "{}", text.len());
+        let markers: Vec<_> = written.iter().filter(|l| l["truncated"] == true).collect();
+        assert_eq!(markers.len(), 1);
+        assert_eq!(markers[0]["scope"], "denied");
+        let last = written.last().unwrap();
+        assert_eq!(last["host"], "after.example");
+        // Allowed connections go on being written up to the whole cap, denials are not.
+        for i in 0..10_000 {
+            log.record(&record(&format!("h{i}.example"), "allowed"))
+                .unwrap();
+            log.record(&denial).unwrap();
+        }
+        log.finish().unwrap();
+        let written = lines(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() as u64 <= cap, "{}", text.len());
+        assert!(text.len() as u64 > cap - 2048, "{}", text.len());
+        let marker = written.iter().position(|l| l["scope"] == "denied").unwrap();
+        assert!(written[marker..].iter().all(|l| l["decision"] != "denied"));
+        assert_eq!(written.last().unwrap()["scope"], "all");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

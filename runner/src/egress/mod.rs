@@ -9,7 +9,8 @@
 //! absolute-URI plain HTTP, resolves names itself, and connects only when host and port match
 //! the job's allow list and the address it resolved passes the address rules
 //! ([`policy`]). It connects to exactly the address it checked. Every attempt, allowed or
-//! denied, is one line in `egress.log` ([`log`]), which becomes a provenance byproduct;
+//! denied, is one line in `egress.log` ([`log`], capped, with at most half of the cap for
+//! denials and every attempt counted), which becomes a provenance byproduct;
 //! [`suggest`] turns an audit-mode log into an allow list.
 //!
 //! # What it refuses
@@ -18,8 +19,10 @@
 //!   only, address literals only when listed as such); default deny;
 //! - hosts written as ambiguous address literals (`2130706433`, `0177.0.0.1`, `127.1`);
 //! - resolved addresses in loopback, private, link-local, CGNAT, multicast, unspecified,
-//!   broadcast or reserved ranges (also IPv4-mapped, NAT64 and 6to4 forms) unless the allow
+//!   broadcast, reserved, documentation or benchmarking ranges (also IPv4-mapped,
+//!   IPv4-translated, NAT64 and 6to4 forms) unless the allow
 //!   list names that exact address on that port; the metadata addresses always, in every mode;
+//!   in audit mode also loopback and all of link-local, whatever the list says;
 //! - a second request on a plain-HTTP connection: the proxy forwards one request per client
 //!   connection with `Connection: close` and closes after the response, so a kept-alive
 //!   follow-up to another host never reaches any upstream (each new connection is checked);
@@ -47,8 +50,13 @@
 //! TLS is not inspected: within an allowed `CONNECT` tunnel, the SNI and HTTP `Host` are the
 //! client's business, so domain fronting through a shared front end of an allowed host is
 //! possible; plain HTTP gets its `Host` header rewritten to the checked authority. The
-//! proxy's resolver is the host's (`getaddrinfo`), bounded by a timeout. One request per
-//! plain-HTTP connection costs a reconnect for clients that would keep alive.
+//! proxy's resolver is the host's (`getaddrinfo`), asked for the absolute name (`name.`) so
+//! that `resolv.conf` search domains cannot turn an allowed name into an internal one; glibc
+//! then does not find names that exist only in the host's `/etc/hosts` (`egress.hosts` is
+//! the way to point names elsewhere). A lookup is bounded by a timeout, but `getaddrinfo`
+//! cannot be cancelled: its thread keeps the connection's slot until it returns, so a job
+//! has at most `max_connections` of them, and the job's end does not wait for them. One
+//! request per plain-HTTP connection costs a reconnect for clients that would keep alive.
 //!
 //! # How it is tested
 //!

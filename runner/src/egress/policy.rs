@@ -8,13 +8,22 @@
 //!
 //! Address rules, in order:
 //! 1. the metadata addresses ([`METADATA_ADDRESSES`]), also in IPv4-mapped, IPv4-compatible,
-//!    NAT64 (`64:ff9b::/96`) and 6to4 form, are refused always, in every mode;
-//! 2. in audit mode, the host's own loopback and the unspecified address (which reaches it)
-//!    are refused and everything else is allowed;
+//!    IPv4-translated, NAT64 (`64:ff9b::/96`, `64:ff9b:1::/96`) and 6to4 form, are refused
+//!    always, in every mode;
+//! 2. in audit mode, the host's own loopback, the unspecified address (which reaches it) and
+//!    all of link-local (`169.254.0.0/16`, `fe80::/10`, in every form) are refused and
+//!    everything else is allowed, whatever the allow list says;
 //! 3. otherwise an address in a special range (loopback, private, link-local, CGNAT,
-//!    multicast, unspecified, broadcast, reserved; and the same ranges embedded in an IPv6
-//!    form) is refused unless the allow list names that exact address as an IP entry on the
-//!    same port.
+//!    multicast, unspecified, broadcast, reserved, documentation, benchmarking; and the same
+//!    ranges embedded in an IPv6 form) is refused unless the allow list names that exact
+//!    address as an IP entry on the same port.
+//!
+//! Why audit mode refuses all of link-local and not just the listed metadata addresses:
+//! link-local is where clouds put their host-side services (instance metadata, ECS and EKS
+//! credential agents, the AWS time and DNS endpoints at `169.254.169.123`/`.253`), new ones
+//! appear without notice, and nothing a build downloads lives there, since a link-local
+//! address only reaches the host's own network segment. A list of known addresses would be
+//! one release behind the clouds; the range is not.
 //!
 //! Names are compared in one canonical form (ASCII lower case, one trailing dot removed). A
 //! host that some resolver could read as an IPv4 address although it is not dotted-quad
@@ -275,7 +284,9 @@ impl EgressPolicy {
         let special = special_range(ip);
         if self.audit {
             return match special {
-                Some(range @ ("loopback" | "unspecified")) => Err(Denied::Forbidden { ip, range }),
+                Some(range @ ("loopback" | "unspecified" | "link-local")) => {
+                    Err(Denied::Forbidden { ip, range })
+                }
                 _ => Ok(()),
             };
         }
@@ -302,8 +313,14 @@ fn host_string(host: &Host) -> String {
 }
 
 /// The IPv4 address an IPv6 address carries, in the forms a gateway or the kernel would
-/// translate: IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`
-/// and 6to4 `2002::/16`.
+/// translate: IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96`, IPv4-translated
+/// `::ffff:0:0:0/96` (SIIT), NAT64 `64:ff9b::/96`, local-use NAT64 `64:ff9b:1::/48` in its
+/// `/96` form (`64:ff9b:1::a.b.c.d`) and 6to4 `2002::/16`.
+///
+/// A local-use NAT64 prefix may also be any length from /48 to /64 (RFC 6052 puts the IPv4
+/// address elsewhere then); those forms are not decoded: they stay a special range, refused
+/// in enforcing mode, and audit mode reaches them only through a translator the host's
+/// operator set up.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
@@ -313,7 +330,10 @@ pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
         return Some(low);
     }
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0x64, 0xff9b, 1, 0, 0, 0] {
+        return Some(low);
+    }
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return Some(low);
     }
     if s[0] == 0x2002 {
@@ -344,9 +364,23 @@ pub fn special_range(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => special_v4(v4),
         IpAddr::V6(v6) => match embedded_ipv4(v6) {
-            Some(v4) => special_v4(v4),
+            // The embedded address's range first (loopback stays loopback); a local
+            // translator's prefix is never global, whatever address it carries.
+            Some(v4) => special_v4(v4).or_else(|| local_translation(v6)),
             None => special_v6(v6),
         },
+    }
+}
+
+/// The IPv6 prefixes that only a translator the host's own network runs can reach.
+fn local_translation(ip: Ipv6Addr) -> Option<&'static str> {
+    let s = ip.segments();
+    if s[..3] == [0x64, 0xff9b, 1] {
+        Some("NAT64 local-use")
+    } else if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        Some("IPv4-translated")
+    } else {
+        None
     }
 }
 
@@ -363,6 +397,9 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
         [a, ..] if (224..240).contains(&a) => "multicast",
         [a, ..] if a >= 240 => "reserved",
         [192, 0, 0, _] => "reserved",
+        [198, 18 | 19, ..] => "benchmarking",
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "documentation",
+        [192, 88, 99, _] => "6to4 relay anycast",
         _ => return None,
     })
 }
@@ -375,12 +412,18 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "loopback"
     } else if s[0] & 0xfe00 == 0xfc00 {
         "private"
-    } else if s[0] & 0xffc0 == 0xfe80 || s[0] & 0xffc0 == 0xfec0 {
+    } else if s[0] & 0xffc0 == 0xfe80 {
         "link-local"
+    } else if s[0] & 0xffc0 == 0xfec0 {
+        "site-local"
     } else if s[0] & 0xff00 == 0xff00 {
         "multicast"
     } else if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
         "NAT64 local-use"
+    } else if s[0] == 0x2001 && s[1] == 0xdb8 {
+        "documentation"
+    } else if s[0] == 0x2001 && s[1] == 2 && s[2] == 0 {
+        "benchmarking"
     } else if s[0] == 0x2001 && s[1] == 0 {
         // Teredo carries an obfuscated IPv4 address; nobody builds through it.
         "Teredo"
@@ -564,6 +607,156 @@ mod tests {
         assert!(p.check_address("x", sa("127.0.0.1:80")).is_err());
         assert!(p.check_address("x", sa("[::ffff:127.0.0.1]:80")).is_err());
         assert!(p.check_address("x", sa("0.0.0.0:80")).is_err());
+    }
+
+    #[test]
+    fn special_use_ranges_are_not_global_and_local_nat64_is_decoded() {
+        let table = [
+            ("198.18.0.1", Some("benchmarking")),
+            ("198.19.255.255", Some("benchmarking")),
+            ("198.17.255.255", None),
+            ("198.20.0.1", None),
+            ("192.0.2.1", Some("documentation")),
+            ("198.51.100.7", Some("documentation")),
+            ("203.0.113.9", Some("documentation")),
+            ("192.88.99.1", Some("6to4 relay anycast")),
+            ("192.0.0.170", Some("reserved")),
+            ("192.0.1.1", None),
+            ("8.8.8.8", None),
+            ("2001:db8::1", Some("documentation")),
+            ("2001:2::1", Some("benchmarking")),
+            ("fec0::1", Some("site-local")),
+            ("febf::1", Some("link-local")),
+            ("::ffff:0:7f00:1", Some("loopback")),
+            ("::ffff:0:a00:1", Some("private")),
+            ("::ffff:0:808:808", Some("IPv4-translated")),
+            ("64:ff9b:1::7f00:1", Some("loopback")),
+            ("64:ff9b:1::a9fe:101", Some("link-local")),
+            ("64:ff9b:1::808:808", Some("NAT64 local-use")),
+            ("64:ff9b:1:7f00:0:100::", Some("NAT64 local-use")),
+            ("64:ff9b::808:808", None),
+            ("64:ff9b::c000:201", Some("documentation")),
+            ("2002:c633:6401::", Some("documentation")),
+            ("2606:4700::1111", None),
+        ];
+        for (ip, range) in table {
+            assert_eq!(special_range(ip.parse().unwrap()), range, "{ip}");
+        }
+        let enforcing = policy(&["a.test:80", "192.0.2.1:80"], &[], false);
+        let audit = policy(&[], &[], true);
+        for (ip, range) in table {
+            let addr = SocketAddr::new(ip.parse().unwrap(), 80);
+            let verdict = enforcing.check_address("a.test", addr);
+            match range {
+                Some(range) if ip != "192.0.2.1" => assert_eq!(
+                    verdict,
+                    Err(Denied::Forbidden {
+                        ip: addr.ip(),
+                        range
+                    }),
+                    "{ip}"
+                ),
+                _ => assert_eq!(verdict, Ok(()), "{ip}"),
+            }
+            let verdict = audit.check_address("a.test", addr);
+            match range {
+                Some(range @ ("loopback" | "link-local")) => assert_eq!(
+                    verdict,
+                    Err(Denied::Forbidden {
+                        ip: addr.ip(),
+                        range
+                    }),
+                    "{ip}"
+                ),
+                _ => assert_eq!(verdict, Ok(()), "audit {ip}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_metadata_address_is_refused_in_every_form_and_mode_even_when_listed() {
+        let forms = [
+            "169.254.169.254",
+            "169.254.170.2",
+            "169.254.170.23",
+            "::ffff:169.254.170.23",
+            "64:ff9b::a9fe:aa17",
+            "100.100.100.200",
+            "::ffff:100.100.100.200",
+            "::100.100.100.200",
+            "::ffff:0:100.100.100.200",
+            "64:ff9b::6464:64c8",
+            "64:ff9b:1::6464:64c8",
+            "2002:6464:64c8::",
+            "fd00:ec2::254",
+            "fd00:ec2::23",
+            "fd20:ce::254",
+        ];
+        let listed: Vec<String> = forms
+            .iter()
+            .map(|f| match f.parse::<IpAddr>().unwrap() {
+                IpAddr::V4(ip) => format!("{ip}:80"),
+                IpAddr::V6(ip) => format!("[{ip}]:80"),
+            })
+            .chain(["*.test:80".to_string()])
+            .collect();
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        for audit in [false, true] {
+            let p = policy(&listed, &[], audit);
+            for form in forms {
+                let ip: IpAddr = form.parse().unwrap();
+                let literal = match ip {
+                    IpAddr::V4(_) => form.to_string(),
+                    IpAddr::V6(_) => format!("[{form}]"),
+                };
+                assert_eq!(
+                    p.decide(&literal, 80),
+                    Decision::Deny(Denied::Metadata(ip)),
+                    "{form} audit={audit}"
+                );
+                assert_eq!(
+                    p.check_address("x.test", SocketAddr::new(ip, 80)),
+                    Err(Denied::Metadata(ip)),
+                    "{form} audit={audit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn link_local_is_refused_in_audit_mode_and_in_enforcing_mode_unless_listed() {
+        let table = [
+            "169.254.0.1",
+            "169.254.169.123",
+            "169.254.255.254",
+            "fe80::1",
+            "febf:ffff::1",
+            "::ffff:169.254.1.1",
+            "64:ff9b::a9fe:101",
+            "64:ff9b:1::a9fe:101",
+            "2002:a9fe:101::",
+        ];
+        for form in table {
+            let ip: IpAddr = form.parse().unwrap();
+            let addr = SocketAddr::new(ip, 80);
+            let refused = Err(Denied::Forbidden {
+                ip,
+                range: "link-local",
+            });
+            let entry = match ip {
+                IpAddr::V4(v4) => format!("{v4}:80"),
+                IpAddr::V6(v6) => format!("[{v6}]:80"),
+            };
+            // Audit mode refuses it whatever the list says.
+            for allow in [vec![], vec![entry.as_str()]] {
+                let audit = policy(&allow, &[], true);
+                assert_eq!(audit.check_address("x.test", addr), refused, "audit {form}");
+            }
+            let enforcing = policy(&["x.test:80"], &[], false);
+            assert_eq!(enforcing.check_address("x.test", addr), refused, "{form}");
+            let enforcing = policy(&["x.test:80", &entry], &[], false);
+            assert_eq!(enforcing.check_address("x.test", addr), Ok(()), "{form}");
+        }
     }
 
     #[test]

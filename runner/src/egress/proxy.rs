@@ -14,11 +14,13 @@
 //! Bounded: at most `max_connections` connections per job (more are answered 503 and closed),
 //! a request head of at most `max_head_bytes` and `max_headers` fields read within
 //! `head_timeout`, a 64 KiB pipe (or, when no pipe can be had, a 64 KiB buffer) per relayed
-//! direction, an idle timeout on every relay, and a capped log. Memory per job is therefore
-//! at most about `max_connections × (max_head_bytes + 128 KiB)` plus the kernel's socket
-//! buffers (left at the kernel's defaults). Descriptors per connection: the two sockets,
-//! plus two pipes (four descriptors) for a tunnel or one pipe for a plain-HTTP response, so
-//! at most six; 768 for a job at the default 128 connections.
+//! direction, an idle timeout on every relay, at most one name lookup thread per connection
+//! slot (a lookup past its timeout keeps the slot until the resolver returns), and a capped
+//! log. Memory per job is therefore at most about
+//! `max_connections × (max_head_bytes + 128 KiB)` plus the kernel's socket buffers (left at
+//! the kernel's defaults). Descriptors per connection: the two sockets, plus two pipes (four
+//! descriptors) for a tunnel or one pipe for a plain-HTTP response, so at most six; 768 for a
+//! job at the default 128 connections.
 //!
 //! The socket is created with the process umask's mode and owned by the daemon; the job's
 //! init must be able to connect to it, so the caller chowns it to the job's host uid (or
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::http::{self, BadRequest, ChunkedTracker, Framing, Head};
@@ -86,6 +88,24 @@ const RELAY_BUF: usize = 64 * 1024;
 /// Most addresses tried for one name.
 const MAX_ADDRESSES: usize = 16;
 
+/// A blocking name lookup: an absolute name (trailing dot) and a port to addresses.
+type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+
+/// The host's resolver (`getaddrinfo`), which cannot be cancelled once called.
+fn system_resolver(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((name, port)
+        .to_socket_addrs()?
+        .take(MAX_ADDRESSES)
+        .collect())
+}
+
+/// The name to hand the resolver: absolute (one trailing dot), so that the host's
+/// `resolv.conf` search domains never turn an allowed `name` into `name.corp.internal`.
+fn absolute_name(host: &str) -> String {
+    format!("{host}.")
+}
+
 /// A running proxy for one job; [`JobProxy::shutdown`] ends it (dropping it does too, without
 /// reporting).
 #[derive(Debug)]
@@ -101,6 +121,7 @@ struct Shared {
     limits: ProxyLimits,
     log: Mutex<Option<EgressLog>>,
     log_failed: AtomicBool,
+    resolver: Resolver,
 }
 
 impl Shared {
@@ -127,10 +148,23 @@ pub fn start(
     log_path: &Path,
     limits: ProxyLimits,
 ) -> io::Result<JobProxy> {
+    start_with(socket_path, policy, log_path, limits, system_resolver)
+}
+
+fn start_with(
+    socket_path: &Path,
+    policy: EgressPolicy,
+    log_path: &Path,
+    limits: ProxyLimits,
+    resolver: Resolver,
+) -> io::Result<JobProxy> {
     let log = EgressLog::create(log_path, limits.log_cap)?;
+    // Name lookups are the only blocking work; each holds a connection permit until it
+    // returns (see `lookup`), so no more than `max_connections` threads are ever needed.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        .max_blocking_threads(limits.max_connections.max(1))
         .build()?;
     let listener = std::os::unix::net::UnixListener::bind(socket_path)?;
     listener.set_nonblocking(true)?;
@@ -139,6 +173,7 @@ pub fn start(
         limits,
         log: Mutex::new(Some(log)),
         log_failed: AtomicBool::new(false),
+        resolver,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let path = socket_path.to_owned();
@@ -146,7 +181,11 @@ pub fn start(
         .name("egress-proxy".into())
         .spawn(move || {
             let served = runtime.block_on(serve(listener, Arc::clone(&shared), stop_rx));
-            drop(runtime);
+            // Every connection task has ended; what may remain are lookups stuck in the
+            // host's resolver, which cannot be cancelled. Dropping the runtime would wait
+            // for them, and the job's end with it: leave them to finish on their own (each
+            // still holds its connection's permit, which nothing waits for any more).
+            runtime.shutdown_background();
             let _ = std::fs::remove_file(&path);
             let log = match shared.log.lock() {
                 Ok(mut g) => g.take(),
@@ -220,10 +259,9 @@ async fn serve(
                     Ok(permit) => {
                         let shared = Arc::clone(&shared);
                         let stop = task_stop.clone();
-                        tasks.spawn(async move {
-                            handle(stream, &shared, stop).await;
-                            drop(permit);
-                        });
+                        // The permit goes with the connection, and with its name lookup
+                        // when that outlives the connection.
+                        tasks.spawn(async move { handle(stream, &shared, stop, permit).await });
                     }
                     Err(_) => refuse_over_limit(stream, &shared),
                 },
@@ -263,6 +301,9 @@ fn refuse_over_limit(stream: UnixStream, shared: &Shared) {
 /// idle timeout) is still recorded.
 #[derive(Debug)]
 struct Attempt {
+    /// This connection's slot among `max_connections`; `None` in unit tests and while a
+    /// name lookup has it.
+    permit: Option<OwnedSemaphorePermit>,
     started: Instant,
     host: String,
     port: u16,
@@ -279,6 +320,7 @@ struct Attempt {
 impl Attempt {
     fn new() -> Attempt {
         Attempt {
+            permit: None,
             started: Instant::now(),
             host: String::new(),
             port: 0,
@@ -301,11 +343,17 @@ impl Attempt {
     }
 }
 
-async fn handle(mut client: UnixStream, shared: &Shared, mut stop: watch::Receiver<bool>) {
+async fn handle(
+    mut client: UnixStream,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
     // The send buffer toward the job stays at the kernel's default: socket memory is charged
     // to the daemon, and a job parking many connections with a client that never reads must
     // not be able to pin megabytes each (a larger buffer measured no faster).
     let mut attempt = Attempt::new();
+    attempt.permit = Some(permit);
     tokio::select! {
         () = serve_one(&mut client, shared, &mut attempt) => {}
         _ = stop.wait_for(|&v| v) => {
@@ -408,7 +456,7 @@ async fn exchange(
     attempt.method = head.method.clone();
     let connect = head.method == "CONNECT";
     let (authority, path) = if connect {
-        (head.target.as_str(), "")
+        (head.target.as_str(), "".into())
     } else {
         http::split_absolute_uri(&head.target)?
     };
@@ -435,7 +483,7 @@ async fn exchange(
         tunnel(client, upstream, &leftover, pipes, limits, attempt).await
     } else {
         let request = Outgoing {
-            head: rewrite_head(&head, &host, port, path),
+            head: rewrite_head(&head, &host, port, &path, framing),
             leftover,
             framing,
         };
@@ -495,16 +543,7 @@ async fn resolve_and_connect(
         Decision::Resolve { host, reason } => {
             let addrs = match policy.override_for(&host) {
                 Some(ip) => vec![SocketAddr::new(ip, port)],
-                None => {
-                    let lookup = tokio::net::lookup_host((host.as_str(), port));
-                    match tokio::time::timeout(limits.resolve_timeout, lookup).await {
-                        Ok(Ok(addrs)) => addrs.take(MAX_ADDRESSES).collect(),
-                        Ok(Err(e)) => {
-                            return Err(refusal(502, format!("cannot resolve {host}: {e}")))
-                        }
-                        Err(_) => return Err(refusal(504, format!("resolving {host} timed out"))),
-                    }
-                }
+                None => lookup(shared, &host, port, attempt).await?,
             };
             (host, addrs, reason)
         }
@@ -535,7 +574,46 @@ async fn resolve_and_connect(
     Err(refusal(502, last))
 }
 
-fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
+/// Resolves `host` with the shared resolver on a blocking thread, within `resolve_timeout`.
+///
+/// A blocking lookup cannot be cancelled: a timeout only stops waiting for it. So the thread
+/// takes the connection's permit along and hands it back only if the answer arrives in
+/// time; otherwise the permit is released when the lookup finally returns, not when the
+/// connection ends. A job whose lookups hang therefore runs out of connections (503) after
+/// `max_connections` of them instead of piling up resolver threads.
+async fn lookup(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+    attempt: &mut Attempt,
+) -> Result<Vec<SocketAddr>, Refusal> {
+    let resolver = shared.resolver;
+    let name = absolute_name(host);
+    let permit = attempt.permit.take();
+    let blocking = tokio::task::spawn_blocking(move || (resolver(&name, port), permit));
+    match tokio::time::timeout(shared.limits.resolve_timeout, blocking).await {
+        Ok(Ok((resolved, permit))) => {
+            attempt.permit = permit;
+            let mut addrs =
+                resolved.map_err(|e| refusal(502, format!("cannot resolve {host}: {e}")))?;
+            addrs.truncate(MAX_ADDRESSES);
+            Ok(addrs)
+        }
+        Ok(Err(e)) => Err(refusal(502, format!("resolving {host} failed: {e}"))),
+        Err(_) => Err(refusal(504, format!("resolving {host} timed out"))),
+    }
+}
+
+/// The head sent to the origin: origin-form request line, `Host` set to the checked
+/// authority, the client's fields minus the hop-by-hop ones, the body framing the proxy parsed
+/// and will forward (written by the proxy itself, never taken from the client), and
+/// `Connection: close`.
+///
+/// Fields the client names in `Connection` are hop-by-hop and dropped, except that the framing
+/// fields and `Host` are always written by the proxy: a client that named `Content-Length`
+/// there would otherwise have its body forwarded by length to an origin that was told of no
+/// body, and read the body as a second, pipelined request (smuggled past the `Host` rewrite).
+fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str, framing: Framing) -> Vec<u8> {
     let hop: Vec<String> = head
         .values("connection")
         .flat_map(|v| v.split(','))
@@ -552,6 +630,8 @@ fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
         let dropped = matches!(
             lower.as_str(),
             "host"
+                | "content-length"
+                | "transfer-encoding"
                 | "connection"
                 | "proxy-connection"
                 | "keep-alive"
@@ -563,6 +643,15 @@ fn rewrite_head(head: &Head, host: &Host, port: u16, path: &str) -> Vec<u8> {
         if !dropped {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
+    }
+    match framing {
+        Framing::Length(n) => out.push_str(&format!("Content-Length: {n}\r\n")),
+        Framing::Chunked => out.push_str("Transfer-Encoding: chunked\r\n"),
+        // An explicit empty body stays explicit: some origins answer 411 to a POST without it.
+        Framing::None if head.values("content-length").next().is_some() => {
+            out.push_str("Content-Length: 0\r\n");
+        }
+        Framing::None => {}
     }
     out.push_str("Connection: close\r\n\r\n");
     out.into_bytes()
@@ -851,6 +940,141 @@ mod tests {
             serve(conn).await;
         });
         (TcpStream::connect(addr).await.unwrap(), task)
+    }
+
+    /// A proxy on a socket in a fresh directory, with `resolver` in place of the host's.
+    fn proxy_with(
+        name: &str,
+        allow: &[&str],
+        hosts: &[(&str, &str)],
+        limits: ProxyLimits,
+        resolver: Resolver,
+    ) -> (JobProxy, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("egress-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        let hosts = hosts
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let policy = EgressPolicy::new(&allow, &hosts, false).unwrap();
+        let sock = dir.join("egress.sock");
+        let proxy = start_with(&sock, policy, &dir.join("egress.log"), limits, resolver).unwrap();
+        (proxy, sock)
+    }
+
+    /// Sends `CONNECT target` and returns the status of the answer.
+    fn connect_status(sock: &Path, target: &str) -> u16 {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // A refusal over the limit may come (and the socket close) before this is written.
+        let _ = write!(s, "CONNECT {target} HTTP/1.1\r\n\r\n");
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        head.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    static ASKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn recording_resolver(name: &str, _port: u16) -> io::Result<Vec<SocketAddr>> {
+        ASKED.lock().unwrap().push(name.to_owned());
+        Err(io::Error::other("test: no such name"))
+    }
+
+    #[test]
+    fn names_are_resolved_as_absolute_and_literals_and_overrides_not_at_all() {
+        let (proxy, sock) = proxy_with(
+            "absolute",
+            &["a.test:443", "b.test:443"],
+            &[("b.test", "192.0.2.1")],
+            ProxyLimits::default(),
+            recording_resolver,
+        );
+        assert_eq!(connect_status(&sock, "a.test:443"), 502);
+        assert_eq!(connect_status(&sock, "A.Test.:443"), 502);
+        // An override and a literal never reach the resolver (both are refused before any
+        // connect: 192.0.2.1 is a documentation address, and the literal is not listed).
+        assert_eq!(connect_status(&sock, "b.test:443"), 403);
+        assert_eq!(connect_status(&sock, "[2001:db8::1]:443"), 403);
+        proxy.shutdown().unwrap();
+        let _ = std::fs::remove_dir_all(sock.parent().unwrap());
+        assert_eq!(*ASKED.lock().unwrap(), ["a.test.", "a.test."]);
+    }
+
+    /// A resolver stuck for 3 s, as `getaddrinfo` is when a name server does not answer.
+    fn stuck_resolver(_name: &str, _port: u16) -> io::Result<Vec<SocketAddr>> {
+        std::thread::sleep(Duration::from_secs(3));
+        Err(io::Error::other("test: gave up"))
+    }
+
+    #[test]
+    fn a_lookup_past_its_timeout_keeps_its_connection_slot_and_never_delays_shutdown() {
+        let (proxy, sock) = proxy_with(
+            "stuck",
+            &["slow.test:443"],
+            &[],
+            ProxyLimits {
+                max_connections: 1,
+                resolve_timeout: Duration::from_millis(100),
+                ..ProxyLimits::default()
+            },
+            stuck_resolver,
+        );
+        assert_eq!(connect_status(&sock, "slow.test:443"), 504);
+        // Let the first connection end completely: its lookup thread still holds the one
+        // slot, so the next connection is refused rather than starting a second thread.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(connect_status(&sock, "slow.test:443"), 503);
+        let started = Instant::now();
+        let summary = proxy.shutdown().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "shutdown waited {:?} for a stuck lookup",
+            started.elapsed()
+        );
+        assert_eq!(summary.denied, 2);
+        let _ = std::fs::remove_dir_all(sock.parent().unwrap());
+    }
+
+    #[test]
+    fn framing_and_host_survive_being_named_in_connection_and_other_named_fields_do_not() {
+        let rewrite = |raw: &str| {
+            let head = http::parse_head(raw.as_bytes(), 100).unwrap();
+            let framing = head.framing().unwrap();
+            let host = Host::Name("a.test".into());
+            String::from_utf8(rewrite_head(&head, &host, 8080, "/up", framing)).unwrap()
+        };
+        let out = rewrite(
+            "POST http://a.test:8080/up HTTP/1.1\r\nHost: evil.example\r\n\
+             Connection: keep-alive, Content-Length, Host, Transfer-Encoding, X-Secret\r\n\
+             X-Secret: s\r\nX-Kept: k\r\nContent-Length: 71\r\nContent-Length: 71\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "POST /up HTTP/1.1\r\nHost: a.test:8080\r\nX-Kept: k\r\nContent-Length: 71\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let out = rewrite(
+            "POST http://a.test:8080/up HTTP/1.1\r\nConnection: transfer-encoding\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(out.contains("\r\nTransfer-Encoding: chunked\r\n"), "{out}");
+        let out = rewrite(
+            "POST http://a.test:8080/up HTTP/1.1\r\nConnection: content-length\r\n\
+             Content-Length: 0\r\n\r\n",
+        );
+        assert!(out.contains("\r\nContent-Length: 0\r\n"), "{out}");
+        let out = rewrite("GET http://a.test:8080/up HTTP/1.1\r\n\r\n");
+        assert!(!out.contains("Content-Length"), "{out}");
     }
 
     #[test]

@@ -720,6 +720,7 @@ impl JobRun<'_> {
                 bytes_up: summary.bytes_up,
                 bytes_down: summary.bytes_down,
                 log_sha256,
+                log_truncated: summary.truncated,
             });
         }
         let reported = reported?;
