@@ -233,6 +233,9 @@ pub const METADATA_ADDRESSES: &[IpAddr] = &[
     IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)),
     // Alibaba Cloud ECS metadata (in the CGNAT range, not link-local).
     IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    // Azure WireServer (a public address: VM agent configuration, extension settings and
+    // their certificates).
+    IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
     // AWS instance metadata over IPv6 (Nitro).
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
     // AWS EKS Pod Identity agent over IPv6.
@@ -408,6 +411,7 @@ mod tests {
             "169.254.170.2",
             "169.254.170.23",
             "100.100.100.200",
+            "168.63.129.16",
             "fd00:ec2::254",
             "fd00:ec2::23",
             "fd20:ce::254",
