@@ -91,9 +91,9 @@ impl UnpackLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// An entry the rules refuse.
-    #[error("archive entry {entry:?}: {reason}")]
+    #[error("archive entry {entry}: {reason}")]
     Refused {
-        /// The entry's name as stored (lossy UTF-8).
+        /// The entry's name as stored, quoted and shortened ([`shown`]).
         entry: String,
         /// Why.
         reason: String,
@@ -111,9 +111,9 @@ pub enum ArchiveError {
     #[error("reading the zip archive")]
     Zip(#[source] zip::result::ZipError),
     /// Writing an entry failed.
-    #[error("archive entry {entry:?}: cannot write it")]
+    #[error("archive entry {entry}: cannot write it")]
     Write {
-        /// The entry's name.
+        /// The entry's name, quoted and shortened ([`shown`]).
         entry: String,
         /// Cause.
         #[source]
@@ -205,7 +205,7 @@ pub fn unpack(
 /// blob and the tree alike. Falls back to a copy (`copy_file_range`) across filesystems.
 fn link_single_file(blob: &Path, name: &str, dest: &Path) -> Result<(), ArchiveError> {
     let write_err = |source: io::Error| ArchiveError::Write {
-        entry: name.to_owned(),
+        entry: shown(name.as_bytes()),
         source,
     };
     let target = dest.join(name);
@@ -233,8 +233,38 @@ fn link_single_file(blob: &Path, name: &str, dest: &Path) -> Result<(), ArchiveE
 
 fn refused(entry: &[u8], reason: impl Into<String>) -> ArchiveError {
     ArchiveError::Refused {
-        entry: String::from_utf8_lossy(entry).into_owned(),
+        entry: shown(entry),
         reason: reason.into(),
+    }
+}
+
+/// Most characters of an entry name or link target a message shows.
+const SHOWN_CHARS: usize = 200;
+
+/// An entry name or link target for a message: quoted, lossy UTF-8, at most [`SHOWN_CHARS`]
+/// characters, then `…` and the full length (`"a/a/a…"… (8001 bytes)`). Names come from the
+/// archive and may be as long as an extension header allows; a message (and so a log line or
+/// `result.json`) must not be.
+fn shown(raw: &[u8]) -> String {
+    let head = &raw[..raw.len().min(4 * SHOWN_CHARS)];
+    let text = String::from_utf8_lossy(head);
+    let mut chars = text.chars();
+    let short: String = chars.by_ref().take(SHOWN_CHARS).collect();
+    if chars.next().is_some() || head.len() < raw.len() {
+        format!("{short:?}… ({} bytes)", raw.len())
+    } else {
+        format!("{short:?}")
+    }
+}
+
+/// An entry name for the lists in [`Unpacked`]: unquoted, shortened like [`shown`].
+fn listed(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(4 * SHOWN_CHARS)]);
+    let short: String = text.chars().take(SHOWN_CHARS).collect();
+    if short.len() < raw.len() {
+        format!("{short}…")
+    } else {
+        short
     }
 }
 
@@ -321,6 +351,15 @@ fn split(raw: &[u8]) -> Result<Key, &'static str> {
     Ok(out)
 }
 
+/// Components joined with `/`, as bytes (for messages).
+fn join(parts: &[OsString]) -> Vec<u8> {
+    parts
+        .iter()
+        .map(|p| p.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b'/')
+}
+
 struct Tree {
     root: OwnedFd,
     mode: UnpackMode,
@@ -346,12 +385,12 @@ impl Tree {
         if self.done.entries > self.limits.max_entries {
             return Err(ArchiveError::TooManyEntries(self.limits.max_entries));
         }
-        let shown = String::from_utf8_lossy(raw).into_owned();
+        let listed = listed(raw);
         let key = split(raw).map_err(|reason| refused(raw, reason))?;
         let tool = self.mode == UnpackMode::Tool;
         match &kind {
             Kind::Device | Kind::Fifo | Kind::Socket if !tool => {
-                self.done.skipped.push(shown);
+                self.done.skipped.push(listed);
                 return Ok(());
             }
             Kind::Device => return Err(refused(raw, "device node")),
@@ -366,7 +405,7 @@ impl Tree {
             if tool {
                 return Err(refused(raw, "carries setuid/setgid bits"));
             }
-            self.done.stripped.push(shown.clone());
+            self.done.stripped.push(listed);
         }
         let Some((name, parents)) = key.split_last() else {
             return match kind {
@@ -380,7 +419,7 @@ impl Tree {
             (None, _) => {}
         }
         let write_err = |source: io::Error| ArchiveError::Write {
-            entry: shown.clone(),
+            entry: shown(raw),
             source,
         };
         let parent = self.open_parent(parents, true, raw)?;
@@ -431,8 +470,8 @@ impl Tree {
                 };
                 if self.nodes.get(&target_key) != Some(&Node::File) {
                     let reason = format!(
-                        "hard link to {:?}, which is not a file earlier in the archive",
-                        String::from_utf8_lossy(&target)
+                        "hard link to {}, which is not a file earlier in the archive",
+                        shown(&target)
                     );
                     return Err(refused(raw, reason));
                 }
@@ -467,24 +506,18 @@ impl Tree {
             .map_err(|e| ArchiveError::Read(e.into()))?;
         for depth in 1..=parents.len() {
             let prefix = &parents[..depth];
-            let shown = || {
-                prefix
-                    .iter()
-                    .map(|p| p.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/")
-            };
+            let prefix_shown = || shown(&join(prefix));
             match self.nodes.get(prefix) {
                 Some(Node::Symlink(_)) => {
                     return Err(refused(
                         raw,
-                        format!("the path goes through the symlink {:?}", shown()),
+                        format!("the path goes through the symlink {}", prefix_shown()),
                     ))
                 }
                 Some(Node::File) => {
                     return Err(refused(
                         raw,
-                        format!("the path goes through the file {:?}", shown()),
+                        format!("the path goes through the file {}", prefix_shown()),
                     ))
                 }
                 Some(Node::Dir) => {}
@@ -494,22 +527,22 @@ impl Tree {
                         prefix[depth - 1].as_os_str(),
                         Mode::from_bits_truncate(0o755),
                     )
-                    .map_err(|e| refused(raw, format!("cannot create {:?}: {e}", shown())))?;
+                    .map_err(|e| refused(raw, format!("cannot create {}: {e}", prefix_shown())))?;
                     self.nodes.insert(prefix.to_vec(), Node::Dir);
                 }
-                None => return Err(refused(raw, format!("{:?} does not exist", shown()))),
+                None => return Err(refused(raw, format!("{} does not exist", prefix_shown()))),
             }
             fd = openat(&fd, prefix[depth - 1].as_os_str(), DIR_FLAGS, Mode::empty()).map_err(
                 |e| match e {
                     Errno::ELOOP | Errno::ENOTDIR => refused(
                         raw,
                         format!(
-                            "the path goes through {:?}, which is not a directory",
-                            shown()
+                            "the path goes through {}, which is not a directory",
+                            prefix_shown()
                         ),
                     ),
                     e => ArchiveError::Write {
-                        entry: String::from_utf8_lossy(raw).into_owned(),
+                        entry: shown(raw),
                         source: e.into(),
                     },
                 },
@@ -521,7 +554,7 @@ impl Tree {
     /// Resolves `target` from the directory `from` inside the tree, following the archive's
     /// own symlinks like the kernel would; refuses absolute targets and any escape.
     fn check_link_target(&self, from: &[OsString], target: &[u8]) -> Result<(), String> {
-        let quoted = || format!("{:?}", String::from_utf8_lossy(target));
+        let quoted = || shown(target);
         if target.is_empty() {
             return Err("symlink with an empty target".to_owned());
         }
@@ -579,12 +612,7 @@ impl Tree {
             if let Node::Symlink(target) = node {
                 let parents = &key[..key.len() - 1];
                 if let Err(reason) = self.check_link_target(parents, target) {
-                    let shown = key
-                        .iter()
-                        .map(|p| p.to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/");
-                    return Err(refused(shown.as_bytes(), reason));
+                    return Err(refused(&join(key), reason));
                 }
             }
         }
@@ -823,6 +851,38 @@ mod tests {
             "{err}"
         );
         assert!(listing(&outside).is_empty());
+    }
+
+    #[test]
+    fn long_names_and_link_targets_are_shortened_in_refusals() {
+        // Names this long come in GNU `L`/`K` entries; the message shows 200 characters of
+        // each, then the full length, so a log line or result.json stays small.
+        let name = format!("../{}", "x".repeat(4000));
+        let err = refusal(&[file(&name, 0o644, b"x")], UnpackMode::Tool);
+        assert_eq!(
+            err,
+            format!(
+                "archive entry \"../{}\"… (4003 bytes): the path climbs out with \"..\"",
+                "x".repeat(197)
+            )
+        );
+        let target = format!("/{}", "y".repeat(3000));
+        let err = refusal(&[link(&name[3..], T::Symlink, &target)], UnpackMode::Tool);
+        assert!(
+            err.ends_with(&format!("/{}\"… (3001 bytes) is absolute", "y".repeat(199))),
+            "{err}"
+        );
+        assert!(
+            err.len() < 2 * SHOWN_CHARS + 100,
+            "{} bytes: {err}",
+            err.len()
+        );
+        let err = refusal(&[link("h", T::Link, &target[1..])], UnpackMode::Tool);
+        assert!(
+            err.starts_with("archive entry \"h\": hard link to \"yyy")
+                && err.contains("\"… (3000 bytes), which is not a file earlier"),
+            "{err}"
+        );
     }
 
     #[test]
