@@ -6,7 +6,9 @@
 //! is pinned just as well. So every entry is checked before anything is written, and the
 //! entry is named in the refusal:
 //!
-//! - paths must be relative and must not contain `..`; names must be UTF-8;
+//! - paths must be relative and must not contain `..`; names must be UTF-8; a path (and a
+//!   link target) may be at most 4096 bytes ([`MAX_PATH_BYTES`]) and 1024 components deep
+//!   ([`MAX_DEPTH`], the depth the tree digest walks), checked before anything is created;
 //! - a symlink's target must be relative and, resolved inside the tree (following the other
 //!   symlinks of the archive, as the kernel would), must stay inside it; this is checked when
 //!   the link is written and again once the whole archive is in, so a later link cannot turn
@@ -24,7 +26,12 @@
 //! through a symlink made earlier by the same archive (`a -> /etc`, then `a/passwd`) fails in
 //! the kernel with `ELOOP`.
 //!
-//! Bombs: at most [`UnpackLimits::max_entries`] entries (100 000) and
+//! What was written is remembered as a tree of nodes, each with its parent and its own name,
+//! so the memory for one entry is linear in its path (keyed by full path, one entry 8000
+//! levels deep cost 1.8 GB).
+//!
+//! Bombs: at most [`UnpackLimits::max_entries`] entries (100 000; each directory an entry's
+//! path creates counts as one) and
 //! [`UnpackLimits::max_bytes`] of file content (8 times `fetch.max_bytes`), counted on the
 //! bytes actually written, not on sizes the archive declares; xz streams may use at most
 //! 256 MiB of decoder memory.
@@ -76,6 +83,11 @@ pub const EXPANSION_FACTOR: u64 = 8;
 const XZ_MEM_LIMIT_KIB: u32 = 256 * 1024;
 /// Most symlinks followed while resolving one link target (as Linux's `MAXSYMLINKS`).
 const MAX_SYMLINK_HOPS: usize = 40;
+/// Longest entry path, hard link target or symlink target, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most components of an entry path: the depth the tree digest walks to
+/// (`store::digest_tree`), so a tree that unpacks can also be digested and sealed.
+pub const MAX_DEPTH: usize = 1024;
 
 impl UnpackLimits {
     /// [`MAX_ENTRIES`] entries and [`EXPANSION_FACTOR`] times the download cap.
@@ -149,7 +161,8 @@ enum Kind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
-    Dir,
+    /// A directory and its children by name.
+    Dir(HashMap<OsString, NodeId>),
     File,
     Symlink(Vec<u8>),
 }
@@ -168,13 +181,7 @@ pub fn unpack(
 ) -> Result<Unpacked, ArchiveError> {
     let file = File::open(blob).map_err(ArchiveError::Read)?;
     let root: OwnedFd = File::open(dest).map_err(ArchiveError::Read)?.into();
-    let mut tree = Tree {
-        root,
-        mode,
-        limits,
-        nodes: HashMap::new(),
-        done: Unpacked::default(),
-    };
+    let mut tree = Tree::new(root, mode, limits);
     match format {
         ToolFormat::TarGz => {
             let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
@@ -311,12 +318,9 @@ fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
             0o120000 => {
                 let mut target = Vec::new();
                 (&mut entry)
-                    .take(4097)
+                    .take(MAX_PATH_BYTES as u64 + 1)
                     .read_to_end(&mut target)
                     .map_err(ArchiveError::Read)?;
-                if target.len() > 4096 {
-                    return Err(refused(&path, "symlink target longer than 4096 bytes"));
-                }
                 Kind::Symlink(target)
             }
             0o020000 | 0o060000 => Kind::Device,
@@ -329,24 +333,35 @@ fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Splits an entry path into components, refusing absolute paths, `..` and non-UTF-8.
-fn split(raw: &[u8]) -> Result<Key, &'static str> {
+/// Splits an entry path into components, refusing absolute paths, `..`, non-UTF-8, and paths
+/// longer than [`MAX_PATH_BYTES`] or deeper than [`MAX_DEPTH`]. The bounds come first, so a
+/// refused path costs one pass over its bytes and nothing else.
+fn split(raw: &[u8]) -> Result<Key, String> {
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(format!("the path is longer than {MAX_PATH_BYTES} bytes"));
+    }
     if std::str::from_utf8(raw).is_err() {
-        return Err("the name is not valid UTF-8");
+        return Err("the name is not valid UTF-8".to_owned());
     }
     if raw.first() == Some(&b'/') {
-        return Err("absolute path");
+        return Err("absolute path".to_owned());
     }
     if raw.contains(&0) {
-        return Err("the name contains a NUL byte");
+        return Err("the name contains a NUL byte".to_owned());
     }
     let mut out = Vec::new();
     for part in raw.split(|b| *b == b'/') {
         match part {
             b"" | b"." => {}
-            b".." => return Err("the path climbs out with \"..\""),
+            b".." => return Err("the path climbs out with \"..\"".to_owned()),
             name => out.push(OsStr::from_bytes(name).to_os_string()),
         }
+    }
+    if out.len() > MAX_DEPTH {
+        return Err(format!(
+            "the path is {} components deep, more than the {MAX_DEPTH} allowed",
+            out.len()
+        ));
     }
     Ok(out)
 }
@@ -360,11 +375,28 @@ fn join(parts: &[OsString]) -> Vec<u8> {
         .join(&b'/')
 }
 
+/// Where a node is in [`Tree::nodes`]; the tree's root is [`ROOT`].
+type NodeId = usize;
+const ROOT: NodeId = 0;
+
+/// One directory, file or symlink written, with its parent and its own name only: the map
+/// of a tree costs memory linear in its names (keying by full path cost the square of the
+/// depth for one deep entry).
+#[derive(Debug)]
+struct NodeEntry {
+    parent: NodeId,
+    name: OsString,
+    node: Node,
+}
+
 struct Tree {
     root: OwnedFd,
     mode: UnpackMode,
     limits: UnpackLimits,
-    nodes: HashMap<Key, Node>,
+    /// Everything written so far, [`ROOT`] first.
+    nodes: Vec<NodeEntry>,
+    /// Entries and the directories their paths created, against `limits.max_entries`.
+    counted: u64,
     done: Unpacked,
 }
 
@@ -374,6 +406,80 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 impl Tree {
+    fn new(root: OwnedFd, mode: UnpackMode, limits: UnpackLimits) -> Tree {
+        Tree {
+            root,
+            mode,
+            limits,
+            nodes: vec![NodeEntry {
+                parent: ROOT,
+                name: OsString::new(),
+                node: Node::Dir(HashMap::new()),
+            }],
+            counted: 0,
+            done: Unpacked::default(),
+        }
+    }
+
+    /// Counts one more thing against `max_entries`: an entry, or a directory an entry's path
+    /// creates (`a/b/c/f` alone creates three).
+    fn count(&mut self) -> Result<(), ArchiveError> {
+        self.counted += 1;
+        if self.counted > self.limits.max_entries {
+            return Err(ArchiveError::TooManyEntries(self.limits.max_entries));
+        }
+        Ok(())
+    }
+
+    fn child(&self, dir: NodeId, name: &OsStr) -> Option<NodeId> {
+        match &self.nodes[dir].node {
+            Node::Dir(children) => children.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    fn lookup(&self, key: &[OsString]) -> Option<&Node> {
+        let mut id = ROOT;
+        for name in key {
+            id = self.child(id, name)?;
+        }
+        Some(&self.nodes[id].node)
+    }
+
+    fn insert(&mut self, parent: NodeId, name: &OsStr, node: Node) -> NodeId {
+        let id = self.nodes.len();
+        self.nodes.push(NodeEntry {
+            parent,
+            name: name.to_os_string(),
+            node,
+        });
+        if let Node::Dir(children) = &mut self.nodes[parent].node {
+            children.insert(name.to_os_string(), id);
+        }
+        id
+    }
+
+    /// The nodes from below the root down to `id`, inclusive (empty for the root).
+    fn chain(&self, mut id: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        while id != ROOT {
+            out.push(id);
+            id = self.nodes[id].parent;
+        }
+        out.reverse();
+        out
+    }
+
+    /// The path of `id` below the root, as bytes (for messages).
+    fn path_of(&self, id: NodeId) -> Vec<u8> {
+        let names: Vec<OsString> = self
+            .chain(id)
+            .into_iter()
+            .map(|n| self.nodes[n].name.clone())
+            .collect();
+        join(&names)
+    }
+
     fn add(
         &mut self,
         raw: &[u8],
@@ -382,11 +488,9 @@ impl Tree {
         content: &mut dyn Read,
     ) -> Result<(), ArchiveError> {
         self.done.entries += 1;
-        if self.done.entries > self.limits.max_entries {
-            return Err(ArchiveError::TooManyEntries(self.limits.max_entries));
-        }
-        let listed = listed(raw);
+        self.count()?;
         let key = split(raw).map_err(|reason| refused(raw, reason))?;
+        let listed = listed(raw);
         let tool = self.mode == UnpackMode::Tool;
         match &kind {
             Kind::Device | Kind::Fifo | Kind::Socket if !tool => {
@@ -398,6 +502,12 @@ impl Tree {
             Kind::Socket => return Err(refused(raw, "socket")),
             Kind::Unsupported(what) => {
                 return Err(refused(raw, format!("unsupported entry type {what}")))
+            }
+            Kind::Symlink(target) if target.len() > MAX_PATH_BYTES => {
+                return Err(refused(
+                    raw,
+                    format!("symlink target longer than {MAX_PATH_BYTES} bytes"),
+                ))
             }
             _ => {}
         }
@@ -413,8 +523,8 @@ impl Tree {
                 _ => Err(refused(raw, "empty path")),
             };
         };
-        match (self.nodes.get(&key), &kind) {
-            (Some(Node::Dir), Kind::Dir) => return Ok(()),
+        match (self.lookup(&key), &kind) {
+            (Some(Node::Dir(_)), Kind::Dir) => return Ok(()),
             (Some(_), _) => return Err(refused(raw, "appears twice in the archive")),
             (None, _) => {}
         }
@@ -422,12 +532,12 @@ impl Tree {
             entry: shown(raw),
             source,
         };
-        let parent = self.open_parent(parents, true, raw)?;
+        let (parent, parent_id) = self.open_parent(parents, true, raw)?;
         let node = match kind {
             Kind::Dir => {
                 mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o755))
                     .map_err(|e| write_err(e.into()))?;
-                Node::Dir
+                Node::Dir(HashMap::new())
             }
             Kind::File => {
                 let flags = OFlag::O_WRONLY
@@ -456,7 +566,7 @@ impl Tree {
                 Node::File
             }
             Kind::Symlink(target) => {
-                self.check_link_target(parents, &target)
+                self.check_link_target(parent_id, &target)
                     .map_err(|reason| refused(raw, reason))?;
                 symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
                     .map_err(|e| write_err(e.into()))?;
@@ -468,14 +578,14 @@ impl Tree {
                 let Some((target_name, target_parents)) = target_key.split_last() else {
                     return Err(refused(raw, "hard link to an empty path"));
                 };
-                if self.nodes.get(&target_key) != Some(&Node::File) {
+                if !matches!(self.lookup(&target_key), Some(Node::File)) {
                     let reason = format!(
                         "hard link to {}, which is not a file earlier in the archive",
                         shown(&target)
                     );
                     return Err(refused(raw, reason));
                 }
-                let target_parent = self.open_parent(target_parents, false, raw)?;
+                let (target_parent, _) = self.open_parent(target_parents, false, raw)?;
                 linkat(
                     &target_parent,
                     target_name.as_os_str(),
@@ -490,70 +600,71 @@ impl Tree {
                 return Err(refused(raw, "unsupported entry type"))
             }
         };
-        self.nodes.insert(key, node);
+        self.insert(parent_id, name, node);
         Ok(())
     }
 
     /// Opens the directory `parents` below the root, one component at a time without
-    /// following symlinks, creating missing ones when `create`.
+    /// following symlinks, creating missing ones when `create` (each counted as an entry).
+    /// Returns the directory and its node.
     fn open_parent(
         &mut self,
         parents: &[OsString],
         create: bool,
         raw: &[u8],
-    ) -> Result<OwnedFd, ArchiveError> {
+    ) -> Result<(OwnedFd, NodeId), ArchiveError> {
         let mut fd = openat(&self.root, ".", DIR_FLAGS, Mode::empty())
             .map_err(|e| ArchiveError::Read(e.into()))?;
+        let mut id = ROOT;
         for depth in 1..=parents.len() {
             let prefix = &parents[..depth];
+            let name = prefix[depth - 1].as_os_str();
             let prefix_shown = || shown(&join(prefix));
-            match self.nodes.get(prefix) {
-                Some(Node::Symlink(_)) => {
+            id = match self.child(id, name).map(|c| (c, &self.nodes[c].node)) {
+                Some((_, Node::Symlink(_))) => {
                     return Err(refused(
                         raw,
                         format!("the path goes through the symlink {}", prefix_shown()),
                     ))
                 }
-                Some(Node::File) => {
+                Some((_, Node::File)) => {
                     return Err(refused(
                         raw,
                         format!("the path goes through the file {}", prefix_shown()),
                     ))
                 }
-                Some(Node::Dir) => {}
+                Some((child, Node::Dir(_))) => child,
                 None if create => {
-                    mkdirat(
-                        &fd,
-                        prefix[depth - 1].as_os_str(),
-                        Mode::from_bits_truncate(0o755),
-                    )
-                    .map_err(|e| refused(raw, format!("cannot create {}: {e}", prefix_shown())))?;
-                    self.nodes.insert(prefix.to_vec(), Node::Dir);
+                    self.count()?;
+                    mkdirat(&fd, name, Mode::from_bits_truncate(0o755)).map_err(|e| {
+                        refused(raw, format!("cannot create {}: {e}", prefix_shown()))
+                    })?;
+                    self.insert(id, name, Node::Dir(HashMap::new()))
                 }
                 None => return Err(refused(raw, format!("{} does not exist", prefix_shown()))),
-            }
-            fd = openat(&fd, prefix[depth - 1].as_os_str(), DIR_FLAGS, Mode::empty()).map_err(
-                |e| match e {
-                    Errno::ELOOP | Errno::ENOTDIR => refused(
-                        raw,
-                        format!(
-                            "the path goes through {}, which is not a directory",
-                            prefix_shown()
-                        ),
+            };
+            fd = openat(&fd, name, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+                Errno::ELOOP | Errno::ENOTDIR => refused(
+                    raw,
+                    format!(
+                        "the path goes through {}, which is not a directory",
+                        prefix_shown()
                     ),
-                    e => ArchiveError::Write {
-                        entry: shown(raw),
-                        source: e.into(),
-                    },
+                ),
+                e => ArchiveError::Write {
+                    entry: shown(raw),
+                    source: e.into(),
                 },
-            )?;
+            })?;
         }
-        Ok(fd)
+        Ok((fd, id))
     }
 
     /// Resolves `target` from the directory `from` inside the tree, following the archive's
-    /// own symlinks like the kernel would; refuses absolute targets and any escape.
-    fn check_link_target(&self, from: &[OsString], target: &[u8]) -> Result<(), String> {
+    /// own symlinks like the kernel would; refuses absolute targets and any escape. The walk
+    /// keeps, per component, the node it names, or `None` past the part that exists so far
+    /// (a later entry may create it; [`Tree::finish`] looks again).
+    fn check_link_target(&self, from: NodeId, target: &[u8]) -> Result<(), String> {
         let quoted = || shown(target);
         if target.is_empty() {
             return Err("symlink with an empty target".to_owned());
@@ -564,7 +675,7 @@ impl Tree {
         if target.first() == Some(&b'/') {
             return Err(format!("symlink target {} is absolute", quoted()));
         }
-        let mut current: Key = from.to_vec();
+        let mut current: Vec<Option<NodeId>> = self.chain(from).into_iter().map(Some).collect();
         let mut queue: VecDeque<&[u8]> = target.split(|b| *b == b'/').collect();
         let mut hops = 0;
         while let Some(part) = queue.pop_front() {
@@ -579,25 +690,28 @@ impl Tree {
                     }
                 }
                 name => {
-                    current.push(OsStr::from_bytes(name).to_os_string());
-                    if let Some(Node::Symlink(next)) = self.nodes.get(&current) {
-                        hops += 1;
-                        if hops > MAX_SYMLINK_HOPS {
-                            return Err(format!(
-                                "symlink target {} has too many levels of symlinks",
-                                quoted()
-                            ));
+                    let dir = current.last().copied().unwrap_or(Some(ROOT));
+                    let next = dir.and_then(|d| self.child(d, OsStr::from_bytes(name)));
+                    match next.map(|n| &self.nodes[n].node) {
+                        Some(Node::Symlink(link)) => {
+                            hops += 1;
+                            if hops > MAX_SYMLINK_HOPS {
+                                return Err(format!(
+                                    "symlink target {} has too many levels of symlinks",
+                                    quoted()
+                                ));
+                            }
+                            if link.first() == Some(&b'/') {
+                                return Err(format!(
+                                    "symlink target {} goes through an absolute symlink",
+                                    quoted()
+                                ));
+                            }
+                            for p in link.rsplit(|b| *b == b'/') {
+                                queue.push_front(p);
+                            }
                         }
-                        if next.first() == Some(&b'/') {
-                            return Err(format!(
-                                "symlink target {} goes through an absolute symlink",
-                                quoted()
-                            ));
-                        }
-                        current.pop();
-                        for p in next.rsplit(|b| *b == b'/') {
-                            queue.push_front(p);
-                        }
+                        _ => current.push(next),
                     }
                 }
             }
@@ -608,11 +722,10 @@ impl Tree {
     /// Rechecks every symlink against the finished tree: a link added later may have turned
     /// an earlier one into an escape (`a -> b/c/..` written before `b/c -> ..`).
     fn finish(&self) -> Result<(), ArchiveError> {
-        for (key, node) in &self.nodes {
-            if let Node::Symlink(target) = node {
-                let parents = &key[..key.len() - 1];
-                if let Err(reason) = self.check_link_target(parents, target) {
-                    return Err(refused(&join(key), reason));
+        for (id, entry) in self.nodes.iter().enumerate() {
+            if let Node::Symlink(target) = &entry.node {
+                if let Err(reason) = self.check_link_target(entry.parent, target) {
+                    return Err(refused(&self.path_of(id), reason));
                 }
             }
         }
@@ -980,6 +1093,89 @@ mod tests {
         let zip = zip_bytes(&[("z", 0o644, &[7u8; 500])]);
         let (_t, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, limits);
         assert!(matches!(r, Err(ArchiveError::TooLarge(100))), "{r:?}");
+    }
+
+    #[test]
+    fn a_path_too_long_or_too_deep_is_refused_before_anything_is_written() {
+        // 8000 levels: the review's archive (1.8 GB and 12.7 s when every level was kept
+        // under its full path); 1101 levels: short enough, too deep for the tree digest.
+        for (depth, reason) in [
+            (8000, "the path is longer than 4096 bytes".to_owned()),
+            (
+                1100,
+                "the path is 1101 components deep, more than the 1024 allowed".to_owned(),
+            ),
+        ] {
+            let name = format!("{}f", "a/".repeat(depth));
+            let (tmp, result) = run(
+                &tar_gz(&[file(&name, 0o644, b"x")]),
+                ToolFormat::TarGz,
+                UnpackMode::Tool,
+                LIMITS,
+            );
+            let err = result.expect_err("too deep").to_string();
+            let head = "a/".repeat(100);
+            let expected = format!("archive entry \"{head}\"… ({} bytes): {reason}", name.len());
+            assert_eq!(err, expected);
+            assert_eq!(listing(&tmp.path().join("work")), ["dest"], "{depth}");
+        }
+        let target = "t/".repeat(2100);
+        let err = refusal(&[link("l", T::Symlink, &target)], UnpackMode::Tool);
+        assert_eq!(
+            err,
+            "archive entry \"l\": symlink target longer than 4096 bytes"
+        );
+    }
+
+    #[test]
+    fn the_deepest_path_allowed_unpacks_and_its_tree_can_be_digested() {
+        let limits = UnpackLimits {
+            max_entries: 2 * MAX_DEPTH as u64,
+            ..LIMITS
+        };
+        let name = format!("{}f", "d/".repeat(MAX_DEPTH - 1));
+        let (tmp, result) = run(
+            &tar_gz(&[file(&name, 0o644, b"deep")]),
+            ToolFormat::TarGz,
+            UnpackMode::Tool,
+            limits,
+        );
+        result.expect("1024 components unpack");
+        let dest = tmp.path().join("work/dest");
+        assert_eq!(std::fs::read(dest.join(&name)).unwrap(), b"deep");
+        crate::tools::store::digest_tree(&dest).expect("the digest walks as deep");
+        // The map of the tree keeps each directory's name once: linear in the path.
+        let tree_dir = TempDir::new("deep-tree");
+        let root: OwnedFd = File::open(tree_dir.path()).unwrap().into();
+        let mut tree = Tree::new(root, UnpackMode::Tool, limits);
+        tree.add(name.as_bytes(), Kind::File, 0o644, &mut io::empty())
+            .unwrap();
+        let stored: usize = tree.nodes.iter().map(|n| n.name.len()).sum();
+        assert_eq!((tree.nodes.len(), stored), (MAX_DEPTH + 1, MAX_DEPTH));
+    }
+
+    #[test]
+    fn directories_an_entry_path_creates_count_against_the_entry_limit() {
+        let limits = UnpackLimits {
+            max_entries: 50,
+            ..LIMITS
+        };
+        let name = format!("{}f", "d/".repeat(60));
+        let (tmp, r) = run(
+            &tar_gz(&[file(&name, 0o644, b"x")]),
+            ToolFormat::TarGz,
+            UnpackMode::Tool,
+            limits,
+        );
+        assert_eq!(
+            r.expect_err("too many").to_string(),
+            "archive has more than 50 entries"
+        );
+        let made = listing(&tmp.path().join("work/dest")).len();
+        assert_eq!(
+            made, 49,
+            "the entry counts as one, each directory it creates as one"
+        );
     }
 
     #[test]

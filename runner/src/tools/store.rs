@@ -560,7 +560,7 @@ pub fn digest_tree(dir: &Path) -> io::Result<String> {
 }
 
 fn walk(dir: &OwnedFd, prefix: &str, out: &mut Vec<TreeEntry>, depth: usize) -> io::Result<()> {
-    if depth > 1024 {
+    if depth > archive::MAX_DEPTH {
         return Err(io::Error::other("tree too deep"));
     }
     let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
