@@ -18,7 +18,9 @@
 //!   ([`UnpackMode::Rootfs`]) they are skipped (the sandbox provides `/dev`);
 //! - setuid/setgid bits are refused on anything but a directory for tools, and stripped for
 //!   a root filesystem (and on directories);
-//! - an entry that appears twice, or whose parent is a symlink or a file, is refused.
+//! - an entry that appears twice, or whose parent is a symlink or a file, is refused;
+//! - a GNU long-name or long-link entry, or a pax header, over 64 KiB is refused before the
+//!   `tar` crate reads it (it would read it whole into memory): see `archive/tar_stream.rs`.
 //!
 //! Writing goes through descriptors: each parent directory is opened from the tree's root one
 //! component at a time with `O_NOFOLLOW` (created with `mkdirat` when missing), and files are
@@ -56,6 +58,9 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{linkat, symlinkat};
+
+mod tar_stream;
+use tar_stream::TarStream;
 
 /// What is being unpacked: a tool, or a pinned root filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,7 +110,7 @@ pub enum ArchiveError {
     /// An entry the rules refuse.
     #[error("archive entry {entry}: {reason}")]
     Refused {
-        /// The entry's name as stored, quoted and shortened ([`shown`]).
+        /// The entry's name as stored, quoted, shortened to 200 characters.
         entry: String,
         /// Why.
         reason: String,
@@ -125,7 +130,7 @@ pub enum ArchiveError {
     /// Writing an entry failed.
     #[error("archive entry {entry}: cannot write it")]
     Write {
-        /// The entry's name, quoted and shortened ([`shown`]).
+        /// The entry's name, quoted, shortened to 200 characters.
         entry: String,
         /// Cause.
         #[source]
@@ -253,12 +258,17 @@ const SHOWN_CHARS: usize = 200;
 /// archive and may be as long as an extension header allows; a message (and so a log line or
 /// `result.json`) must not be.
 fn shown(raw: &[u8]) -> String {
-    let head = &raw[..raw.len().min(4 * SHOWN_CHARS)];
+    shown_part(raw, raw.len() as u64)
+}
+
+/// Like [`shown`], for `head`, the first bytes of a name `len` bytes long.
+fn shown_part(head: &[u8], len: u64) -> String {
+    let head = &head[..head.len().min(4 * SHOWN_CHARS)];
     let text = String::from_utf8_lossy(head);
     let mut chars = text.chars();
     let short: String = chars.by_ref().take(SHOWN_CHARS).collect();
-    if chars.next().is_some() || head.len() < raw.len() {
-        format!("{short:?}… ({} bytes)", raw.len())
+    if chars.next().is_some() || (head.len() as u64) < len {
+        format!("{short:?}… ({len} bytes)")
     } else {
         format!("{short:?}")
     }
@@ -275,7 +285,15 @@ fn listed(raw: &[u8]) -> String {
     }
 }
 
+/// Unpacks a decompressed tar stream, read through [`TarStream`]: when it stops the stream,
+/// its reason is reported rather than the read error the crate saw.
 fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveError> {
+    let mut stream = TarStream::new(reader);
+    let result = unpack_tar_entries(&mut stream, tree);
+    stream.refusal().map_or(result, Err)
+}
+
+fn unpack_tar_entries(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveError> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(ArchiveError::Read)? {
         let mut entry = entry.map_err(ArchiveError::Read)?;
