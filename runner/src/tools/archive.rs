@@ -33,10 +33,17 @@
 //! levels deep cost 1.8 GB).
 //!
 //! Bombs: at most [`UnpackLimits::max_entries`] entries (100 000; each directory an entry's
-//! path creates counts as one) and
-//! [`UnpackLimits::max_bytes`] of file content (8 times `fetch.max_bytes`), counted on the
-//! bytes actually written, not on sizes the archive declares; xz streams may use at most
-//! 256 MiB of decoder memory.
+//! path creates and each pax global header counts as one); at most
+//! [`UnpackLimits::max_bytes`] decompressed as entry payloads, counted on the bytes actually
+//! read, not on sizes the archive declares, and for every entry, not only the files written
+//! (a tar's payloads nobody reads are decompressed all the same); xz streams may use at most
+//! 256 MiB of decoder memory; and the whole unpack may take at most
+//! [`UnpackLimits::max_time`] (`fetch.timeout`), since it runs under the digest's lock.
+//! `max_bytes` is the smaller of 8 times `fetch.max_bytes` and 100 times the download's own
+//! size (at least 256 MiB): tool archives compress 2 to 10 times, deflate alone reaches
+//! 1032, so with only the first an 8 MB download could make the runner inflate 16 GiB; 100
+//! leaves room for archives of zeros or logs, the floor for small ones. The second bound is
+//! not configurable: an archive that expands more than 100 times has to be repacked.
 //!
 //! Alternatives rejected: `tar::Archive::unpack` and `zip::ZipArchive::extract` (they decide
 //! on their own what to skip or sanitize, cannot refuse naming the entry, do not know the
@@ -52,8 +59,9 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use bulwark_protocol::{format_size, ToolFormat};
+use bulwark_protocol::{format_duration, format_size, ToolFormat};
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
@@ -71,19 +79,51 @@ pub enum UnpackMode {
     Rootfs,
 }
 
-/// Bounds on what one archive may unpack to.
+/// Bounds on what one archive may unpack to, and how long it may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackLimits {
-    /// Most entries of any kind.
+    /// Most entries of any kind (and directories their paths create).
     pub max_entries: u64,
-    /// Most bytes of file content in total.
+    /// Most bytes decompressed as entry payloads: file content, and also what extension
+    /// headers, directories and links carry (a tar's headers and padding aside).
     pub max_bytes: u64,
+    /// What `max_bytes` comes from, for the refusal.
+    pub bytes_basis: BytesBasis,
+    /// Longest the unpack may take.
+    pub max_time: Duration,
+}
+
+/// What [`UnpackLimits::max_bytes`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BytesBasis {
+    /// [`EXPANSION_FACTOR`] times `fetch.max_bytes`.
+    FetchCap,
+    /// [`DOWNLOAD_EXPANSION_FACTOR`] times the download's size, at least
+    /// [`MIN_UNPACK_BYTES`].
+    DownloadSize,
+}
+
+impl std::fmt::Display for BytesBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BytesBasis::FetchCap => write!(f, "{EXPANSION_FACTOR} times fetch.max_bytes"),
+            BytesBasis::DownloadSize => write!(
+                f,
+                "{DOWNLOAD_EXPANSION_FACTOR} times the size of the download, at least {}",
+                format_size(MIN_UNPACK_BYTES)
+            ),
+        }
+    }
 }
 
 /// Most entries one archive may hold.
 pub const MAX_ENTRIES: u64 = 100_000;
 /// How many times the download cap an archive may unpack to.
 pub const EXPANSION_FACTOR: u64 = 8;
+/// How many times its own size an archive may unpack to (but see [`MIN_UNPACK_BYTES`]).
+pub const DOWNLOAD_EXPANSION_FACTOR: u64 = 100;
+/// What any archive may unpack to, however small.
+pub const MIN_UNPACK_BYTES: u64 = 256 << 20;
 /// Decoder memory an xz stream may ask for, in KiB (256 MiB).
 const XZ_MEM_LIMIT_KIB: u32 = 256 * 1024;
 /// Most symlinks followed while resolving one link target (as Linux's `MAXSYMLINKS`).
@@ -95,11 +135,25 @@ pub const MAX_PATH_BYTES: usize = 4096;
 pub const MAX_DEPTH: usize = 1024;
 
 impl UnpackLimits {
-    /// [`MAX_ENTRIES`] entries and [`EXPANSION_FACTOR`] times the download cap.
-    pub fn for_download_cap(max_bytes: u64) -> UnpackLimits {
+    /// The limits for a download of `size` bytes fetched under `fetch.max_bytes` =
+    /// `fetch_cap` and `fetch.timeout` = `timeout`: [`MAX_ENTRIES`] entries; the smaller of
+    /// [`EXPANSION_FACTOR`] times the cap and [`DOWNLOAD_EXPANSION_FACTOR`] times the download
+    /// (at least [`MIN_UNPACK_BYTES`]); `timeout` to unpack.
+    pub fn for_download(fetch_cap: u64, size: u64, timeout: Duration) -> UnpackLimits {
+        let by_cap = fetch_cap.saturating_mul(EXPANSION_FACTOR);
+        let by_size = size
+            .saturating_mul(DOWNLOAD_EXPANSION_FACTOR)
+            .max(MIN_UNPACK_BYTES);
+        let (max_bytes, bytes_basis) = if by_size < by_cap {
+            (by_size, BytesBasis::DownloadSize)
+        } else {
+            (by_cap, BytesBasis::FetchCap)
+        };
         UnpackLimits {
             max_entries: MAX_ENTRIES,
-            max_bytes: max_bytes.saturating_mul(EXPANSION_FACTOR),
+            max_bytes,
+            bytes_basis,
+            max_time: timeout,
         }
     }
 }
@@ -119,8 +173,19 @@ pub enum ArchiveError {
     #[error("archive has more than {0} entries")]
     TooManyEntries(u64),
     /// More content than allowed.
-    #[error("archive unpacks to more than {} ({EXPANSION_FACTOR} times fetch.max_bytes)", format_size(*.0))]
-    TooLarge(u64),
+    #[error("archive unpacks to more than {} ({basis})", format_size(*limit))]
+    TooLarge {
+        /// [`UnpackLimits::max_bytes`].
+        limit: u64,
+        /// What it comes from.
+        basis: BytesBasis,
+    },
+    /// Unpacking took longer than allowed.
+    #[error(
+        "unpacking took longer than {} (fetch.timeout); if the archive is genuine, raise fetch.timeout",
+        format_duration(*.0)
+    )]
+    TimedOut(Duration),
     /// The archive could not be read or decompressed.
     #[error("reading the archive")]
     Read(#[source] io::Error),
@@ -254,7 +319,7 @@ fn refused(entry: &[u8], reason: impl Into<String>) -> ArchiveError {
 const SHOWN_CHARS: usize = 200;
 
 /// An entry name or link target for a message: quoted, lossy UTF-8, at most [`SHOWN_CHARS`]
-/// characters, then `…` and the full length (`"a/a/a…"… (8001 bytes)`). Names come from the
+/// characters, then `…` and the full length (`"a/a/a"… (8001 bytes)`). Names come from the
 /// archive and may be as long as an extension header allows; a message (and so a log line or
 /// `result.json`) must not be.
 fn shown(raw: &[u8]) -> String {
@@ -288,7 +353,7 @@ fn listed(raw: &[u8]) -> String {
 /// Unpacks a decompressed tar stream, read through [`TarStream`]: when it stops the stream,
 /// its reason is reported rather than the read error the crate saw.
 fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveError> {
-    let mut stream = TarStream::new(reader);
+    let mut stream = TarStream::new(reader, tree.limits, tree.deadline);
     let result = unpack_tar_entries(&mut stream, tree);
     stream.refusal().map_or(result, Err)
 }
@@ -313,7 +378,11 @@ fn unpack_tar_entries(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveE
             T::Link => Kind::HardLink(link()),
             T::Char | T::Block => Kind::Device,
             T::Fifo => Kind::Fifo,
-            T::XGlobalHeader => continue,
+            T::XGlobalHeader => {
+                // Nothing to write, but it was decompressed: it counts.
+                tree.count()?;
+                continue;
+            }
             other => Kind::Unsupported(format!("{other:?}")),
         };
         let path = entry.path_bytes().into_owned();
@@ -346,9 +415,38 @@ fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
             0o140000 => Kind::Socket,
             _ => Kind::File,
         };
-        tree.add(&path, kind, st_mode & 0o7777, &mut entry)?;
+        let mut timed = Timed {
+            inner: &mut entry,
+            deadline: tree.deadline,
+        };
+        tree.add(&path, kind, st_mode & 0o7777, &mut timed)?;
     }
     Ok(())
+}
+
+/// A reader that fails once `deadline` has passed: a zip entry's content, decompressed as it
+/// is written.
+struct Timed<R> {
+    inner: R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for Timed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "unpack deadline"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl UnpackLimits {
+    fn too_large(&self) -> ArchiveError {
+        ArchiveError::TooLarge {
+            limit: self.max_bytes,
+            basis: self.bytes_basis,
+        }
+    }
 }
 
 /// Splits an entry path into components, refusing absolute paths, `..`, non-UTF-8, and paths
@@ -415,6 +513,8 @@ struct Tree {
     nodes: Vec<NodeEntry>,
     /// Entries and the directories their paths created, against `limits.max_entries`.
     counted: u64,
+    /// When the unpack must have ended (`limits.max_time` from its start).
+    deadline: Instant,
     done: Unpacked,
 }
 
@@ -435,8 +535,22 @@ impl Tree {
                 node: Node::Dir(HashMap::new()),
             }],
             counted: 0,
+            deadline: Instant::now() + limits.max_time,
             done: Unpacked::default(),
         }
+    }
+
+    /// Fails once the unpack has taken `max_time`.
+    fn check_time(&self) -> Result<(), ArchiveError> {
+        if Instant::now() >= self.deadline {
+            return Err(ArchiveError::TimedOut(self.limits.max_time));
+        }
+        Ok(())
+    }
+
+    /// A read error, or the deadline when that is what stopped the read ([`Timed`]).
+    fn read_error(&self, e: io::Error) -> ArchiveError {
+        self.check_time().err().unwrap_or(ArchiveError::Read(e))
     }
 
     /// Counts one more thing against `max_entries`: an entry, or a directory an entry's path
@@ -507,6 +621,7 @@ impl Tree {
     ) -> Result<(), ArchiveError> {
         self.done.entries += 1;
         self.count()?;
+        self.check_time()?;
         let key = split(raw).map_err(|reason| refused(raw, reason))?;
         let listed = listed(raw);
         let tool = self.mode == UnpackMode::Tool;
@@ -573,9 +688,9 @@ impl Tree {
                 let mut file = File::from(fd);
                 let room = self.limits.max_bytes.saturating_sub(self.done.bytes);
                 let copied = io::copy(&mut content.take(room.saturating_add(1)), &mut file)
-                    .map_err(ArchiveError::Read)?;
+                    .map_err(|e| self.read_error(e))?;
                 if copied > room {
-                    return Err(ArchiveError::TooLarge(self.limits.max_bytes));
+                    return Err(self.limits.too_large());
                 }
                 self.done.bytes += copied;
                 file.flush().map_err(write_err)?;
@@ -742,6 +857,7 @@ impl Tree {
     fn finish(&self) -> Result<(), ArchiveError> {
         for (id, entry) in self.nodes.iter().enumerate() {
             if let Node::Symlink(target) = &entry.node {
+                self.check_time()?;
                 if let Err(reason) = self.check_link_target(entry.parent, target) {
                     return Err(refused(&self.path_of(id), reason));
                 }
@@ -801,6 +917,8 @@ mod tests {
     const LIMITS: UnpackLimits = UnpackLimits {
         max_entries: 1000,
         max_bytes: 1 << 20,
+        bytes_basis: BytesBasis::FetchCap,
+        max_time: Duration::from_secs(60),
     };
 
     /// Unpacks `bytes` into `<tmp>/work/dest`; returns the temp dir (to check that nothing
@@ -1095,6 +1213,7 @@ mod tests {
         let limits = UnpackLimits {
             max_entries: 3,
             max_bytes: 100,
+            ..LIMITS
         };
         let many: Vec<TarEntry> = (0..5).map(|i| file(&format!("f{i}"), 0o644, b"")).collect();
         let (_t, r) = run(&tar_gz(&many), ToolFormat::TarGz, UnpackMode::Tool, limits);
@@ -1110,7 +1229,10 @@ mod tests {
         );
         let zip = zip_bytes(&[("z", 0o644, &[7u8; 500])]);
         let (_t, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, limits);
-        assert!(matches!(r, Err(ArchiveError::TooLarge(100))), "{r:?}");
+        assert!(
+            matches!(r, Err(ArchiveError::TooLarge { limit: 100, .. })),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -1194,6 +1316,36 @@ mod tests {
             made, 49,
             "the entry counts as one, each directory it creates as one"
         );
+    }
+
+    #[test]
+    fn the_unpack_limit_is_the_smaller_of_the_fetch_cap_and_the_download_size_bound() {
+        const MIB: u64 = 1 << 20;
+        let ten_min = Duration::from_secs(600);
+        let limit = |cap, size| {
+            let l = UnpackLimits::for_download(cap, size, ten_min);
+            assert_eq!((l.max_entries, l.max_time), (MAX_ENTRIES, ten_min));
+            (l.max_bytes, l.too_large().to_string())
+        };
+        // An 8 MiB download may not make the runner inflate 16 GiB (8 times a 2 GiB cap).
+        assert_eq!(
+            limit(2048 * MIB, 8 * MIB),
+            (
+                800 * MIB,
+                "archive unpacks to more than 800MiB (100 times the size of the download, at \
+                 least 256MiB)"
+                    .to_owned()
+            )
+        );
+        assert_eq!(limit(2048 * MIB, 1000).0, MIN_UNPACK_BYTES);
+        assert_eq!(
+            limit(2048 * MIB, 2048 * MIB),
+            (
+                16384 * MIB,
+                "archive unpacks to more than 16GiB (8 times fetch.max_bytes)".to_owned()
+            )
+        );
+        assert_eq!(limit(MIB, MIB).0, 8 * MIB);
     }
 
     #[test]

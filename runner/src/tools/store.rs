@@ -349,7 +349,10 @@ impl Store {
             .create(&tmp)
             .map_err(&io_err)?;
         let result = (|| {
-            let limits = UnpackLimits::for_download_cap(policy.max_bytes);
+            let size = fs::metadata(blob)
+                .map_err(self.store_err(blob.to_path_buf()))?
+                .len();
+            let limits = UnpackLimits::for_download(policy.max_bytes, size, policy.timeout);
             archive::unpack(blob, format, &tool.name, &tmp, mode, limits).map_err(|source| {
                 ToolError::Unpack {
                     name: tool.name.clone(),

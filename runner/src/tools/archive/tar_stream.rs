@@ -12,6 +12,13 @@
 //!   GNU tar and bsdtar write a few hundred bytes);
 //! - a GNU sparse entry (`S`), refused anyway, whose extra headers the crate would read first.
 //!
+//! It also counts every payload byte against [`UnpackLimits::max_bytes`], not only the file
+//! content that is written: the crate decompresses and discards the payload of entries
+//! nobody reads (pax global headers, directories, links), and an 8 MB .tar.gz with an 8 GiB
+//! pax global header otherwise unpacked "successfully". Headers and padding are not counted:
+//! there are at most four headers per entry counted against `max_entries`. And it fails
+//! every read once the unpack's deadline has passed.
+//!
 //! A header it cannot follow (a size that does not parse) stops the stream too: the crate
 //! fails on the same header, and reading on could only mean the two disagree.
 //!
@@ -21,11 +28,12 @@
 //! crate (a fork to carry).
 
 use std::io::{self, Read};
+use std::time::Instant;
 
 use bulwark_protocol::format_size;
 use tar::{EntryType, Header};
 
-use super::{refused, shown_part, ArchiveError};
+use super::{refused, shown_part, ArchiveError, UnpackLimits};
 
 /// Most bytes of one `L`, `K`, `x` or `g` entry.
 pub(super) const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
@@ -58,11 +66,15 @@ pub(super) struct TarStream<R> {
     preview: Option<(&'static str, u64, Vec<u8>)>,
     /// The all-zero block that ends the archive was read: the crate reads nothing more.
     ended: bool,
+    /// Payload bytes so far, against `limits.max_bytes`.
+    payload_bytes: u64,
+    limits: UnpackLimits,
+    deadline: Instant,
     refusal: Option<ArchiveError>,
 }
 
 impl<R: Read> TarStream<R> {
-    pub(super) fn new(inner: R) -> TarStream<R> {
+    pub(super) fn new(inner: R, limits: UnpackLimits, deadline: Instant) -> TarStream<R> {
         TarStream {
             inner,
             pos: 0,
@@ -74,6 +86,9 @@ impl<R: Read> TarStream<R> {
             pax_size: None,
             preview: None,
             ended: false,
+            payload_bytes: 0,
+            limits,
+            deadline,
             refusal: None,
         }
     }
@@ -114,6 +129,11 @@ impl<R: Read> TarStream<R> {
     }
 
     fn payload(&mut self, bytes: &[u8]) {
+        self.payload_bytes += bytes.len() as u64;
+        if self.payload_bytes > self.limits.max_bytes {
+            self.refusal = Some(self.limits.too_large());
+            return;
+        }
         if let Some(pax) = &mut self.pax {
             pax.extend_from_slice(bytes);
         }
@@ -244,6 +264,10 @@ impl<R: Read> Read for TarStream<R> {
         if self.refusal.is_some() {
             return Err(stopped());
         }
+        if Instant::now() >= self.deadline {
+            self.refusal = Some(ArchiveError::TimedOut(self.limits.max_time));
+            return Err(stopped());
+        }
         let want = match &self.preview {
             // Only as much of an oversized name as the refusal shows.
             Some((_, _, head)) => buf.len().min(PREVIEW_BYTES - head.len()),
@@ -270,7 +294,7 @@ fn stopped() -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{unpack_tar, Tree, UnpackLimits, UnpackMode};
+    use super::super::{unpack_tar, BytesBasis, Tree, UnpackLimits, UnpackMode};
     use super::*;
     use crate::tools::testutil::{extension, file, listing, tar_bytes, TempDir};
     use std::fs::File;
@@ -278,23 +302,30 @@ mod tests {
     use std::os::fd::OwnedFd;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     const LIMITS: UnpackLimits = UnpackLimits {
         max_entries: 1000,
         max_bytes: 1 << 20,
+        bytes_basis: BytesBasis::FetchCap,
+        max_time: Duration::from_secs(60),
     };
 
-    /// A stream that fails once more than `budget` bytes were read from it: an unbounded
-    /// read of a huge entry then ends in an error after little memory and time, instead of
-    /// after gigabytes.
+    /// A stream that fails once more than `budget` bytes were read from it, or after 10 s:
+    /// an unbounded read of a huge entry then ends in an error after little memory and time,
+    /// instead of after gigabytes or hours.
     struct Budget<R> {
         inner: R,
         read: Arc<AtomicU64>,
         budget: u64,
+        until: Instant,
     }
 
     impl<R: Read> Read for Budget<R> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if Instant::now() >= self.until {
+                return Err(io::Error::other("test stream: still read after 10s"));
+            }
             let n = self.inner.read(buf)?;
             let total = self.read.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
             if total > self.budget {
@@ -318,6 +349,7 @@ mod tests {
                 inner,
                 read: read.clone(),
                 budget,
+                until: Instant::now() + Duration::from_secs(10),
             },
             read,
         )
@@ -413,6 +445,116 @@ mod tests {
         assert!(
             err.starts_with("archive entry \"pax_global_header\": its pax global header is 1GiB"),
             "{err}"
+        );
+    }
+
+    /// A header of `kind` for `path` declaring `size` bytes of payload.
+    fn header(path: &str, kind: EntryType, link: &str, size: u64) -> Vec<u8> {
+        let mut h = Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    /// `entries` as a tar stream without its end-of-archive blocks, to put more after.
+    fn open_tar(entries: &[crate::tools::testutil::TarEntry]) -> Vec<u8> {
+        let mut bytes = tar_bytes(entries);
+        bytes.truncate(bytes.len() - 1024);
+        bytes
+    }
+
+    #[test]
+    fn payloads_nobody_reads_count_against_the_unpack_limit() {
+        // Each declares 1 TiB the crate would decompress and discard (the review: 8 GiB of a
+        // pax global header in 1.2 s, "successfully"). The limit is 1 MiB.
+        let size: u64 = 1 << 40;
+        for (kind, link) in [
+            (EntryType::Directory, ""),
+            (EntryType::Symlink, "f"),
+            (EntryType::Link, "f"),
+        ] {
+            let mut head = open_tar(&[file("f", 0o644, b"x")]);
+            head.extend(header("e", kind, link, size));
+            let (source, read) = stream(head, size, Vec::new(), 4 << 20);
+            let (_dir, result) = unpack(source, LIMITS);
+            let err = result.expect_err("too large").to_string();
+            assert_eq!(
+                err, "archive unpacks to more than 1MiB (8 times fetch.max_bytes)",
+                "{kind:?}"
+            );
+            let read = read.load(Ordering::SeqCst);
+            assert!(read < 2 << 20, "{kind:?}: read {read} bytes");
+        }
+        // Pax global headers within their own limit still add up.
+        let g = [
+            extension(EntryType::XGlobalHeader, 60 << 10).as_bytes(),
+            &[b'a'; 60 << 10][..],
+        ]
+        .concat();
+        let (_dir, result) = unpack(Cursor::new(g.repeat(20)), LIMITS);
+        assert!(
+            matches!(result, Err(ArchiveError::TooLarge { limit, .. }) if limit == 1 << 20),
+            "{result:?}"
+        );
+        // And each counts as an entry, though nothing is written for it.
+        let limits = UnpackLimits {
+            max_entries: 3,
+            ..LIMITS
+        };
+        let empty = extension(EntryType::XGlobalHeader, 0);
+        let (_dir, result) = unpack(Cursor::new(empty.as_bytes().repeat(5)), limits);
+        assert_eq!(
+            result.expect_err("too many").to_string(),
+            "archive has more than 3 entries"
+        );
+    }
+
+    #[test]
+    fn unpacking_stops_at_its_deadline_with_a_clear_error() {
+        // A directory whose 1 TiB payload would be decompressed for minutes; no byte limit.
+        let size: u64 = 1 << 40;
+        let limits = UnpackLimits {
+            max_bytes: u64::MAX,
+            max_time: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let (source, _) = stream(
+            header("d", EntryType::Directory, "", size),
+            size,
+            Vec::new(),
+            u64::MAX,
+        );
+        let started = Instant::now();
+        let (_dir, result) = unpack(source, limits);
+        assert_eq!(
+            result.expect_err("timed out").to_string(),
+            "unpacking took longer than 300ms (fetch.timeout); if the archive is genuine, \
+             raise fetch.timeout"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // Zip entries too.
+        let zip = crate::tools::testutil::zip_bytes(&[("z", 0o644, b"zz")]);
+        let dir = TempDir::new("zip-deadline");
+        let root: OwnedFd = File::open(dir.path()).unwrap().into();
+        let limits = UnpackLimits {
+            max_time: Duration::ZERO,
+            ..LIMITS
+        };
+        let mut tree = Tree::new(root, UnpackMode::Tool, limits);
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, zip).unwrap();
+        let result = super::super::unpack_zip(File::open(&blob).unwrap(), &mut tree);
+        assert!(
+            matches!(result, Err(ArchiveError::TimedOut(d)) if d.is_zero()),
+            "{result:?}"
         );
     }
 }
