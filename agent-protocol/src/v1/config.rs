@@ -137,7 +137,8 @@ pub struct FetchConfig {
     /// Largest download, in bytes (`max_bytes = "2GiB"`); a larger body is refused while it
     /// streams. Archives may unpack to at most 8 times this.
     pub max_bytes: u64,
-    /// Longest one download may take from connect to last byte (`timeout = "10m"`).
+    /// Longest one download may take from connect to last byte (`timeout = "10m"`); the
+    /// runner gives unpacking a tool or rootfs archive as long again.
     pub timeout: Duration,
 }
 

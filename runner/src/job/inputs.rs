@@ -49,7 +49,7 @@ impl JobRun<'_> {
         };
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
-            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+            .map_err(store_refusal)?;
         let stats = crate::source::copy_tree(&r.dir, &jobdir.workspace)
             .map_err(|e| Stop::Refused(e.to_string()))?;
         self.inputs.source = serde_json::json!({
@@ -79,7 +79,7 @@ impl JobRun<'_> {
         };
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
-            .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+            .map_err(store_refusal)?;
         self.inputs.rootfs = Some(
             serde_json::json!({ "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }),
         );
@@ -96,7 +96,7 @@ impl JobRun<'_> {
         for tool in &self.job.spec.tools {
             let r = store
                 .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
-                .map_err(|e| Stop::Refused(format!("{:#}", anyhow::Error::from(e))))?;
+                .map_err(store_refusal)?;
             if !self.args.quiet {
                 eprintln!(
                     "bulwark: tool {} {} ({})",
@@ -126,4 +126,37 @@ pub(super) fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Most characters of a tool store refusal kept for `result.json` and stderr.
+const MAX_REASON_CHARS: usize = 2000;
+
+/// A tool store error as the job's refusal reason: the whole chain, bounded. The chain quotes
+/// what the job and the archive chose (the URL, entry names, link targets); the archive
+/// module already shortens names, and this bound holds whatever a future message quotes.
+fn store_refusal(e: crate::tools::ToolError) -> Stop {
+    let reason = format!("{:#}", anyhow::Error::from(e));
+    Stop::Refused(bounded(reason, MAX_REASON_CHARS))
+}
+
+/// `text` cut to `max` characters, with `…` and the full length when cut.
+fn bounded(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn a_refusal_reason_is_cut_with_its_length() {
+        assert_eq!(bounded("short".into(), 10), "short");
+        assert_eq!(
+            bounded("é".repeat(12), 10),
+            format!("{}… (24 bytes in all)", "é".repeat(10))
+        );
+    }
 }

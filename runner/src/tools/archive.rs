@@ -6,7 +6,9 @@
 //! is pinned just as well. So every entry is checked before anything is written, and the
 //! entry is named in the refusal:
 //!
-//! - paths must be relative and must not contain `..`; names must be UTF-8;
+//! - paths must be relative and must not contain `..`; names must be UTF-8; a path (and a
+//!   link target) may be at most 4096 bytes ([`MAX_PATH_BYTES`]) and 1024 components deep
+//!   ([`MAX_DEPTH`], the depth the tree digest walks), checked before anything is created;
 //! - a symlink's target must be relative and, resolved inside the tree (following the other
 //!   symlinks of the archive, as the kernel would), must stay inside it; this is checked when
 //!   the link is written and again once the whole archive is in, so a later link cannot turn
@@ -16,7 +18,9 @@
 //!   ([`UnpackMode::Rootfs`]) they are skipped (the sandbox provides `/dev`);
 //! - setuid/setgid bits are refused on anything but a directory for tools, and stripped for
 //!   a root filesystem (and on directories);
-//! - an entry that appears twice, or whose parent is a symlink or a file, is refused.
+//! - an entry that appears twice, or whose parent is a symlink or a file, is refused;
+//! - a GNU long-name or long-link entry, or a pax header, over 64 KiB is refused before the
+//!   `tar` crate reads it (it would read it whole into memory): see `archive/tar_stream.rs`.
 //!
 //! Writing goes through descriptors: each parent directory is opened from the tree's root one
 //! component at a time with `O_NOFOLLOW` (created with `mkdirat` when missing), and files are
@@ -24,10 +28,22 @@
 //! through a symlink made earlier by the same archive (`a -> /etc`, then `a/passwd`) fails in
 //! the kernel with `ELOOP`.
 //!
-//! Bombs: at most [`UnpackLimits::max_entries`] entries (100 000) and
-//! [`UnpackLimits::max_bytes`] of file content (8 times `fetch.max_bytes`), counted on the
-//! bytes actually written, not on sizes the archive declares; xz streams may use at most
-//! 256 MiB of decoder memory.
+//! What was written is remembered as a tree of nodes, each with its parent and its own name,
+//! so the memory for one entry is linear in its path (keyed by full path, one entry 8000
+//! levels deep cost 1.8 GB).
+//!
+//! Bombs: at most [`UnpackLimits::max_entries`] entries (100 000; each directory an entry's
+//! path creates and each pax global header counts as one); at most
+//! [`UnpackLimits::max_bytes`] decompressed as entry payloads, counted on the bytes actually
+//! read, not on sizes the archive declares, and for every entry, not only the files written
+//! (a tar's payloads nobody reads are decompressed all the same); xz streams may use at most
+//! 256 MiB of decoder memory; and the whole unpack may take at most
+//! [`UnpackLimits::max_time`] (`fetch.timeout`), since it runs under the digest's lock.
+//! `max_bytes` is the smaller of 8 times `fetch.max_bytes` and 100 times the download's own
+//! size (at least 256 MiB): tool archives compress 2 to 10 times, deflate alone reaches
+//! 1032, so with only the first an 8 MB download could make the runner inflate 16 GiB; 100
+//! leaves room for archives of zeros or logs, the floor for small ones. The second bound is
+//! not configurable: an archive that expands more than 100 times has to be repacked.
 //!
 //! Alternatives rejected: `tar::Archive::unpack` and `zip::ZipArchive::extract` (they decide
 //! on their own what to skip or sanitize, cannot refuse naming the entry, do not know the
@@ -43,12 +59,16 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use bulwark_protocol::{format_size, ToolFormat};
+use bulwark_protocol::{format_duration, format_size, ToolFormat};
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{linkat, symlinkat};
+
+mod tar_stream;
+use tar_stream::TarStream;
 
 /// What is being unpacked: a tool, or a pinned root filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,30 +79,81 @@ pub enum UnpackMode {
     Rootfs,
 }
 
-/// Bounds on what one archive may unpack to.
+/// Bounds on what one archive may unpack to, and how long it may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackLimits {
-    /// Most entries of any kind.
+    /// Most entries of any kind (and directories their paths create).
     pub max_entries: u64,
-    /// Most bytes of file content in total.
+    /// Most bytes decompressed as entry payloads: file content, and also what extension
+    /// headers, directories and links carry (a tar's headers and padding aside).
     pub max_bytes: u64,
+    /// What `max_bytes` comes from, for the refusal.
+    pub bytes_basis: BytesBasis,
+    /// Longest the unpack may take.
+    pub max_time: Duration,
+}
+
+/// What [`UnpackLimits::max_bytes`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BytesBasis {
+    /// [`EXPANSION_FACTOR`] times `fetch.max_bytes`.
+    FetchCap,
+    /// [`DOWNLOAD_EXPANSION_FACTOR`] times the download's size, at least
+    /// [`MIN_UNPACK_BYTES`].
+    DownloadSize,
+}
+
+impl std::fmt::Display for BytesBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BytesBasis::FetchCap => write!(f, "{EXPANSION_FACTOR} times fetch.max_bytes"),
+            BytesBasis::DownloadSize => write!(
+                f,
+                "{DOWNLOAD_EXPANSION_FACTOR} times the size of the download, at least {}",
+                format_size(MIN_UNPACK_BYTES)
+            ),
+        }
+    }
 }
 
 /// Most entries one archive may hold.
 pub const MAX_ENTRIES: u64 = 100_000;
 /// How many times the download cap an archive may unpack to.
 pub const EXPANSION_FACTOR: u64 = 8;
+/// How many times its own size an archive may unpack to (but see [`MIN_UNPACK_BYTES`]).
+pub const DOWNLOAD_EXPANSION_FACTOR: u64 = 100;
+/// What any archive may unpack to, however small.
+pub const MIN_UNPACK_BYTES: u64 = 256 << 20;
 /// Decoder memory an xz stream may ask for, in KiB (256 MiB).
 const XZ_MEM_LIMIT_KIB: u32 = 256 * 1024;
 /// Most symlinks followed while resolving one link target (as Linux's `MAXSYMLINKS`).
 const MAX_SYMLINK_HOPS: usize = 40;
+/// Longest entry path, hard link target or symlink target, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most components of an entry path: the depth the tree digest walks to
+/// (`store::digest_tree`), so a tree that unpacks can also be digested and sealed.
+pub const MAX_DEPTH: usize = 1024;
 
 impl UnpackLimits {
-    /// [`MAX_ENTRIES`] entries and [`EXPANSION_FACTOR`] times the download cap.
-    pub fn for_download_cap(max_bytes: u64) -> UnpackLimits {
+    /// The limits for a download of `size` bytes fetched under `fetch.max_bytes` =
+    /// `fetch_cap` and `fetch.timeout` = `timeout`: [`MAX_ENTRIES`] entries; the smaller of
+    /// [`EXPANSION_FACTOR`] times the cap and [`DOWNLOAD_EXPANSION_FACTOR`] times the download
+    /// (at least [`MIN_UNPACK_BYTES`]); `timeout` to unpack.
+    pub fn for_download(fetch_cap: u64, size: u64, timeout: Duration) -> UnpackLimits {
+        let by_cap = fetch_cap.saturating_mul(EXPANSION_FACTOR);
+        let by_size = size
+            .saturating_mul(DOWNLOAD_EXPANSION_FACTOR)
+            .max(MIN_UNPACK_BYTES);
+        let (max_bytes, bytes_basis) = if by_size < by_cap {
+            (by_size, BytesBasis::DownloadSize)
+        } else {
+            (by_cap, BytesBasis::FetchCap)
+        };
         UnpackLimits {
             max_entries: MAX_ENTRIES,
-            max_bytes: max_bytes.saturating_mul(EXPANSION_FACTOR),
+            max_bytes,
+            bytes_basis,
+            max_time: timeout,
         }
     }
 }
@@ -91,9 +162,9 @@ impl UnpackLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// An entry the rules refuse.
-    #[error("archive entry {entry:?}: {reason}")]
+    #[error("archive entry {entry}: {reason}")]
     Refused {
-        /// The entry's name as stored (lossy UTF-8).
+        /// The entry's name as stored, quoted, shortened to 200 characters.
         entry: String,
         /// Why.
         reason: String,
@@ -102,8 +173,19 @@ pub enum ArchiveError {
     #[error("archive has more than {0} entries")]
     TooManyEntries(u64),
     /// More content than allowed.
-    #[error("archive unpacks to more than {} ({EXPANSION_FACTOR} times fetch.max_bytes)", format_size(*.0))]
-    TooLarge(u64),
+    #[error("archive unpacks to more than {} ({basis})", format_size(*limit))]
+    TooLarge {
+        /// [`UnpackLimits::max_bytes`].
+        limit: u64,
+        /// What it comes from.
+        basis: BytesBasis,
+    },
+    /// Unpacking took longer than allowed.
+    #[error(
+        "unpacking took longer than {} (fetch.timeout); if the archive is genuine, raise fetch.timeout",
+        format_duration(*.0)
+    )]
+    TimedOut(Duration),
     /// The archive could not be read or decompressed.
     #[error("reading the archive")]
     Read(#[source] io::Error),
@@ -111,9 +193,9 @@ pub enum ArchiveError {
     #[error("reading the zip archive")]
     Zip(#[source] zip::result::ZipError),
     /// Writing an entry failed.
-    #[error("archive entry {entry:?}: cannot write it")]
+    #[error("archive entry {entry}: cannot write it")]
     Write {
-        /// The entry's name.
+        /// The entry's name, quoted, shortened to 200 characters.
         entry: String,
         /// Cause.
         #[source]
@@ -149,7 +231,8 @@ enum Kind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
-    Dir,
+    /// A directory and its children by name.
+    Dir(HashMap<OsString, NodeId>),
     File,
     Symlink(Vec<u8>),
 }
@@ -168,13 +251,7 @@ pub fn unpack(
 ) -> Result<Unpacked, ArchiveError> {
     let file = File::open(blob).map_err(ArchiveError::Read)?;
     let root: OwnedFd = File::open(dest).map_err(ArchiveError::Read)?.into();
-    let mut tree = Tree {
-        root,
-        mode,
-        limits,
-        nodes: HashMap::new(),
-        done: Unpacked::default(),
-    };
+    let mut tree = Tree::new(root, mode, limits);
     match format {
         ToolFormat::TarGz => {
             let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
@@ -205,7 +282,7 @@ pub fn unpack(
 /// blob and the tree alike. Falls back to a copy (`copy_file_range`) across filesystems.
 fn link_single_file(blob: &Path, name: &str, dest: &Path) -> Result<(), ArchiveError> {
     let write_err = |source: io::Error| ArchiveError::Write {
-        entry: name.to_owned(),
+        entry: shown(name.as_bytes()),
         source,
     };
     let target = dest.join(name);
@@ -233,12 +310,55 @@ fn link_single_file(blob: &Path, name: &str, dest: &Path) -> Result<(), ArchiveE
 
 fn refused(entry: &[u8], reason: impl Into<String>) -> ArchiveError {
     ArchiveError::Refused {
-        entry: String::from_utf8_lossy(entry).into_owned(),
+        entry: shown(entry),
         reason: reason.into(),
     }
 }
 
+/// Most characters of an entry name or link target a message shows.
+const SHOWN_CHARS: usize = 200;
+
+/// An entry name or link target for a message: quoted, lossy UTF-8, at most [`SHOWN_CHARS`]
+/// characters, then `…` and the full length (`"a/a/a"… (8001 bytes)`). Names come from the
+/// archive and may be as long as an extension header allows; a message (and so a log line or
+/// `result.json`) must not be.
+fn shown(raw: &[u8]) -> String {
+    shown_part(raw, raw.len() as u64)
+}
+
+/// Like [`shown`], for `head`, the first bytes of a name `len` bytes long.
+fn shown_part(head: &[u8], len: u64) -> String {
+    let head = &head[..head.len().min(4 * SHOWN_CHARS)];
+    let text = String::from_utf8_lossy(head);
+    let mut chars = text.chars();
+    let short: String = chars.by_ref().take(SHOWN_CHARS).collect();
+    if chars.next().is_some() || (head.len() as u64) < len {
+        format!("{short:?}… ({len} bytes)")
+    } else {
+        format!("{short:?}")
+    }
+}
+
+/// An entry name for the lists in [`Unpacked`]: unquoted, shortened like [`shown`].
+fn listed(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(4 * SHOWN_CHARS)]);
+    let short: String = text.chars().take(SHOWN_CHARS).collect();
+    if short.len() < raw.len() {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
+/// Unpacks a decompressed tar stream, read through [`TarStream`]: when it stops the stream,
+/// its reason is reported rather than the read error the crate saw.
 fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveError> {
+    let mut stream = TarStream::new(reader, tree.limits, tree.deadline);
+    let result = unpack_tar_entries(&mut stream, tree);
+    stream.refusal().map_or(result, Err)
+}
+
+fn unpack_tar_entries(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveError> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(ArchiveError::Read)? {
         let mut entry = entry.map_err(ArchiveError::Read)?;
@@ -258,7 +378,11 @@ fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveError> {
             T::Link => Kind::HardLink(link()),
             T::Char | T::Block => Kind::Device,
             T::Fifo => Kind::Fifo,
-            T::XGlobalHeader => continue,
+            T::XGlobalHeader => {
+                // Nothing to write, but it was decompressed: it counts.
+                tree.count()?;
+                continue;
+            }
             other => Kind::Unsupported(format!("{other:?}")),
         };
         let path = entry.path_bytes().into_owned();
@@ -281,12 +405,9 @@ fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
             0o120000 => {
                 let mut target = Vec::new();
                 (&mut entry)
-                    .take(4097)
+                    .take(MAX_PATH_BYTES as u64 + 1)
                     .read_to_end(&mut target)
                     .map_err(ArchiveError::Read)?;
-                if target.len() > 4096 {
-                    return Err(refused(&path, "symlink target longer than 4096 bytes"));
-                }
                 Kind::Symlink(target)
             }
             0o020000 | 0o060000 => Kind::Device,
@@ -294,38 +415,106 @@ fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
             0o140000 => Kind::Socket,
             _ => Kind::File,
         };
-        tree.add(&path, kind, st_mode & 0o7777, &mut entry)?;
+        let mut timed = Timed {
+            inner: &mut entry,
+            deadline: tree.deadline,
+        };
+        tree.add(&path, kind, st_mode & 0o7777, &mut timed)?;
     }
     Ok(())
 }
 
-/// Splits an entry path into components, refusing absolute paths, `..` and non-UTF-8.
-fn split(raw: &[u8]) -> Result<Key, &'static str> {
+/// A reader that fails once `deadline` has passed: a zip entry's content, decompressed as it
+/// is written.
+struct Timed<R> {
+    inner: R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for Timed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "unpack deadline"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl UnpackLimits {
+    fn too_large(&self) -> ArchiveError {
+        ArchiveError::TooLarge {
+            limit: self.max_bytes,
+            basis: self.bytes_basis,
+        }
+    }
+}
+
+/// Splits an entry path into components, refusing absolute paths, `..`, non-UTF-8, and paths
+/// longer than [`MAX_PATH_BYTES`] or deeper than [`MAX_DEPTH`]. The bounds come first, so a
+/// refused path costs one pass over its bytes and nothing else.
+fn split(raw: &[u8]) -> Result<Key, String> {
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(format!("the path is longer than {MAX_PATH_BYTES} bytes"));
+    }
     if std::str::from_utf8(raw).is_err() {
-        return Err("the name is not valid UTF-8");
+        return Err("the name is not valid UTF-8".to_owned());
     }
     if raw.first() == Some(&b'/') {
-        return Err("absolute path");
+        return Err("absolute path".to_owned());
     }
     if raw.contains(&0) {
-        return Err("the name contains a NUL byte");
+        return Err("the name contains a NUL byte".to_owned());
     }
     let mut out = Vec::new();
     for part in raw.split(|b| *b == b'/') {
         match part {
             b"" | b"." => {}
-            b".." => return Err("the path climbs out with \"..\""),
+            b".." => return Err("the path climbs out with \"..\"".to_owned()),
             name => out.push(OsStr::from_bytes(name).to_os_string()),
         }
     }
+    if out.len() > MAX_DEPTH {
+        return Err(format!(
+            "the path is {} components deep, more than the {MAX_DEPTH} allowed",
+            out.len()
+        ));
+    }
     Ok(out)
+}
+
+/// Components joined with `/`, as bytes (for messages).
+fn join(parts: &[OsString]) -> Vec<u8> {
+    parts
+        .iter()
+        .map(|p| p.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b'/')
+}
+
+/// Where a node is in [`Tree::nodes`]; the tree's root is [`ROOT`].
+type NodeId = usize;
+const ROOT: NodeId = 0;
+
+/// One directory, file or symlink written, with its parent and its own name only: the map
+/// of a tree costs memory linear in its names (keying by full path cost the square of the
+/// depth for one deep entry).
+#[derive(Debug)]
+struct NodeEntry {
+    parent: NodeId,
+    name: OsString,
+    node: Node,
 }
 
 struct Tree {
     root: OwnedFd,
     mode: UnpackMode,
     limits: UnpackLimits,
-    nodes: HashMap<Key, Node>,
+    /// Everything written so far, [`ROOT`] first.
+    nodes: Vec<NodeEntry>,
+    /// Entries and the directories their paths created, against `limits.max_entries`.
+    counted: u64,
+    /// When the unpack must have ended (`limits.max_time` from its start).
+    deadline: Instant,
     done: Unpacked,
 }
 
@@ -335,6 +524,94 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 impl Tree {
+    fn new(root: OwnedFd, mode: UnpackMode, limits: UnpackLimits) -> Tree {
+        Tree {
+            root,
+            mode,
+            limits,
+            nodes: vec![NodeEntry {
+                parent: ROOT,
+                name: OsString::new(),
+                node: Node::Dir(HashMap::new()),
+            }],
+            counted: 0,
+            deadline: Instant::now() + limits.max_time,
+            done: Unpacked::default(),
+        }
+    }
+
+    /// Fails once the unpack has taken `max_time`.
+    fn check_time(&self) -> Result<(), ArchiveError> {
+        if Instant::now() >= self.deadline {
+            return Err(ArchiveError::TimedOut(self.limits.max_time));
+        }
+        Ok(())
+    }
+
+    /// A read error, or the deadline when that is what stopped the read ([`Timed`]).
+    fn read_error(&self, e: io::Error) -> ArchiveError {
+        self.check_time().err().unwrap_or(ArchiveError::Read(e))
+    }
+
+    /// Counts one more thing against `max_entries`: an entry, or a directory an entry's path
+    /// creates (`a/b/c/f` alone creates three).
+    fn count(&mut self) -> Result<(), ArchiveError> {
+        self.counted += 1;
+        if self.counted > self.limits.max_entries {
+            return Err(ArchiveError::TooManyEntries(self.limits.max_entries));
+        }
+        Ok(())
+    }
+
+    fn child(&self, dir: NodeId, name: &OsStr) -> Option<NodeId> {
+        match &self.nodes[dir].node {
+            Node::Dir(children) => children.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    fn lookup(&self, key: &[OsString]) -> Option<&Node> {
+        let mut id = ROOT;
+        for name in key {
+            id = self.child(id, name)?;
+        }
+        Some(&self.nodes[id].node)
+    }
+
+    fn insert(&mut self, parent: NodeId, name: &OsStr, node: Node) -> NodeId {
+        let id = self.nodes.len();
+        self.nodes.push(NodeEntry {
+            parent,
+            name: name.to_os_string(),
+            node,
+        });
+        if let Node::Dir(children) = &mut self.nodes[parent].node {
+            children.insert(name.to_os_string(), id);
+        }
+        id
+    }
+
+    /// The nodes from below the root down to `id`, inclusive (empty for the root).
+    fn chain(&self, mut id: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        while id != ROOT {
+            out.push(id);
+            id = self.nodes[id].parent;
+        }
+        out.reverse();
+        out
+    }
+
+    /// The path of `id` below the root, as bytes (for messages).
+    fn path_of(&self, id: NodeId) -> Vec<u8> {
+        let names: Vec<OsString> = self
+            .chain(id)
+            .into_iter()
+            .map(|n| self.nodes[n].name.clone())
+            .collect();
+        join(&names)
+    }
+
     fn add(
         &mut self,
         raw: &[u8],
@@ -343,15 +620,14 @@ impl Tree {
         content: &mut dyn Read,
     ) -> Result<(), ArchiveError> {
         self.done.entries += 1;
-        if self.done.entries > self.limits.max_entries {
-            return Err(ArchiveError::TooManyEntries(self.limits.max_entries));
-        }
-        let shown = String::from_utf8_lossy(raw).into_owned();
+        self.count()?;
+        self.check_time()?;
         let key = split(raw).map_err(|reason| refused(raw, reason))?;
+        let listed = listed(raw);
         let tool = self.mode == UnpackMode::Tool;
         match &kind {
             Kind::Device | Kind::Fifo | Kind::Socket if !tool => {
-                self.done.skipped.push(shown);
+                self.done.skipped.push(listed);
                 return Ok(());
             }
             Kind::Device => return Err(refused(raw, "device node")),
@@ -360,13 +636,19 @@ impl Tree {
             Kind::Unsupported(what) => {
                 return Err(refused(raw, format!("unsupported entry type {what}")))
             }
+            Kind::Symlink(target) if target.len() > MAX_PATH_BYTES => {
+                return Err(refused(
+                    raw,
+                    format!("symlink target longer than {MAX_PATH_BYTES} bytes"),
+                ))
+            }
             _ => {}
         }
         if perm & 0o6000 != 0 && kind != Kind::Dir {
             if tool {
                 return Err(refused(raw, "carries setuid/setgid bits"));
             }
-            self.done.stripped.push(shown.clone());
+            self.done.stripped.push(listed);
         }
         let Some((name, parents)) = key.split_last() else {
             return match kind {
@@ -374,21 +656,21 @@ impl Tree {
                 _ => Err(refused(raw, "empty path")),
             };
         };
-        match (self.nodes.get(&key), &kind) {
-            (Some(Node::Dir), Kind::Dir) => return Ok(()),
+        match (self.lookup(&key), &kind) {
+            (Some(Node::Dir(_)), Kind::Dir) => return Ok(()),
             (Some(_), _) => return Err(refused(raw, "appears twice in the archive")),
             (None, _) => {}
         }
         let write_err = |source: io::Error| ArchiveError::Write {
-            entry: shown.clone(),
+            entry: shown(raw),
             source,
         };
-        let parent = self.open_parent(parents, true, raw)?;
+        let (parent, parent_id) = self.open_parent(parents, true, raw)?;
         let node = match kind {
             Kind::Dir => {
                 mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o755))
                     .map_err(|e| write_err(e.into()))?;
-                Node::Dir
+                Node::Dir(HashMap::new())
             }
             Kind::File => {
                 let flags = OFlag::O_WRONLY
@@ -406,9 +688,9 @@ impl Tree {
                 let mut file = File::from(fd);
                 let room = self.limits.max_bytes.saturating_sub(self.done.bytes);
                 let copied = io::copy(&mut content.take(room.saturating_add(1)), &mut file)
-                    .map_err(ArchiveError::Read)?;
+                    .map_err(|e| self.read_error(e))?;
                 if copied > room {
-                    return Err(ArchiveError::TooLarge(self.limits.max_bytes));
+                    return Err(self.limits.too_large());
                 }
                 self.done.bytes += copied;
                 file.flush().map_err(write_err)?;
@@ -417,7 +699,7 @@ impl Tree {
                 Node::File
             }
             Kind::Symlink(target) => {
-                self.check_link_target(parents, &target)
+                self.check_link_target(parent_id, &target)
                     .map_err(|reason| refused(raw, reason))?;
                 symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
                     .map_err(|e| write_err(e.into()))?;
@@ -429,14 +711,14 @@ impl Tree {
                 let Some((target_name, target_parents)) = target_key.split_last() else {
                     return Err(refused(raw, "hard link to an empty path"));
                 };
-                if self.nodes.get(&target_key) != Some(&Node::File) {
+                if !matches!(self.lookup(&target_key), Some(Node::File)) {
                     let reason = format!(
-                        "hard link to {:?}, which is not a file earlier in the archive",
-                        String::from_utf8_lossy(&target)
+                        "hard link to {}, which is not a file earlier in the archive",
+                        shown(&target)
                     );
                     return Err(refused(raw, reason));
                 }
-                let target_parent = self.open_parent(target_parents, false, raw)?;
+                let (target_parent, _) = self.open_parent(target_parents, false, raw)?;
                 linkat(
                     &target_parent,
                     target_name.as_os_str(),
@@ -451,77 +733,72 @@ impl Tree {
                 return Err(refused(raw, "unsupported entry type"))
             }
         };
-        self.nodes.insert(key, node);
+        self.insert(parent_id, name, node);
         Ok(())
     }
 
     /// Opens the directory `parents` below the root, one component at a time without
-    /// following symlinks, creating missing ones when `create`.
+    /// following symlinks, creating missing ones when `create` (each counted as an entry).
+    /// Returns the directory and its node.
     fn open_parent(
         &mut self,
         parents: &[OsString],
         create: bool,
         raw: &[u8],
-    ) -> Result<OwnedFd, ArchiveError> {
+    ) -> Result<(OwnedFd, NodeId), ArchiveError> {
         let mut fd = openat(&self.root, ".", DIR_FLAGS, Mode::empty())
             .map_err(|e| ArchiveError::Read(e.into()))?;
+        let mut id = ROOT;
         for depth in 1..=parents.len() {
             let prefix = &parents[..depth];
-            let shown = || {
-                prefix
-                    .iter()
-                    .map(|p| p.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/")
-            };
-            match self.nodes.get(prefix) {
-                Some(Node::Symlink(_)) => {
+            let name = prefix[depth - 1].as_os_str();
+            let prefix_shown = || shown(&join(prefix));
+            id = match self.child(id, name).map(|c| (c, &self.nodes[c].node)) {
+                Some((_, Node::Symlink(_))) => {
                     return Err(refused(
                         raw,
-                        format!("the path goes through the symlink {:?}", shown()),
+                        format!("the path goes through the symlink {}", prefix_shown()),
                     ))
                 }
-                Some(Node::File) => {
+                Some((_, Node::File)) => {
                     return Err(refused(
                         raw,
-                        format!("the path goes through the file {:?}", shown()),
+                        format!("the path goes through the file {}", prefix_shown()),
                     ))
                 }
-                Some(Node::Dir) => {}
+                Some((child, Node::Dir(_))) => child,
                 None if create => {
-                    mkdirat(
-                        &fd,
-                        prefix[depth - 1].as_os_str(),
-                        Mode::from_bits_truncate(0o755),
-                    )
-                    .map_err(|e| refused(raw, format!("cannot create {:?}: {e}", shown())))?;
-                    self.nodes.insert(prefix.to_vec(), Node::Dir);
+                    self.count()?;
+                    mkdirat(&fd, name, Mode::from_bits_truncate(0o755)).map_err(|e| {
+                        refused(raw, format!("cannot create {}: {e}", prefix_shown()))
+                    })?;
+                    self.insert(id, name, Node::Dir(HashMap::new()))
                 }
-                None => return Err(refused(raw, format!("{:?} does not exist", shown()))),
-            }
-            fd = openat(&fd, prefix[depth - 1].as_os_str(), DIR_FLAGS, Mode::empty()).map_err(
-                |e| match e {
-                    Errno::ELOOP | Errno::ENOTDIR => refused(
-                        raw,
-                        format!(
-                            "the path goes through {:?}, which is not a directory",
-                            shown()
-                        ),
+                None => return Err(refused(raw, format!("{} does not exist", prefix_shown()))),
+            };
+            fd = openat(&fd, name, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+                Errno::ELOOP | Errno::ENOTDIR => refused(
+                    raw,
+                    format!(
+                        "the path goes through {}, which is not a directory",
+                        prefix_shown()
                     ),
-                    e => ArchiveError::Write {
-                        entry: String::from_utf8_lossy(raw).into_owned(),
-                        source: e.into(),
-                    },
+                ),
+                e => ArchiveError::Write {
+                    entry: shown(raw),
+                    source: e.into(),
                 },
-            )?;
+            })?;
         }
-        Ok(fd)
+        Ok((fd, id))
     }
 
     /// Resolves `target` from the directory `from` inside the tree, following the archive's
-    /// own symlinks like the kernel would; refuses absolute targets and any escape.
-    fn check_link_target(&self, from: &[OsString], target: &[u8]) -> Result<(), String> {
-        let quoted = || format!("{:?}", String::from_utf8_lossy(target));
+    /// own symlinks like the kernel would; refuses absolute targets and any escape. The walk
+    /// keeps, per component, the node it names, or `None` past the part that exists so far
+    /// (a later entry may create it; [`Tree::finish`] looks again).
+    fn check_link_target(&self, from: NodeId, target: &[u8]) -> Result<(), String> {
+        let quoted = || shown(target);
         if target.is_empty() {
             return Err("symlink with an empty target".to_owned());
         }
@@ -531,7 +808,7 @@ impl Tree {
         if target.first() == Some(&b'/') {
             return Err(format!("symlink target {} is absolute", quoted()));
         }
-        let mut current: Key = from.to_vec();
+        let mut current: Vec<Option<NodeId>> = self.chain(from).into_iter().map(Some).collect();
         let mut queue: VecDeque<&[u8]> = target.split(|b| *b == b'/').collect();
         let mut hops = 0;
         while let Some(part) = queue.pop_front() {
@@ -546,25 +823,28 @@ impl Tree {
                     }
                 }
                 name => {
-                    current.push(OsStr::from_bytes(name).to_os_string());
-                    if let Some(Node::Symlink(next)) = self.nodes.get(&current) {
-                        hops += 1;
-                        if hops > MAX_SYMLINK_HOPS {
-                            return Err(format!(
-                                "symlink target {} has too many levels of symlinks",
-                                quoted()
-                            ));
+                    let dir = current.last().copied().unwrap_or(Some(ROOT));
+                    let next = dir.and_then(|d| self.child(d, OsStr::from_bytes(name)));
+                    match next.map(|n| &self.nodes[n].node) {
+                        Some(Node::Symlink(link)) => {
+                            hops += 1;
+                            if hops > MAX_SYMLINK_HOPS {
+                                return Err(format!(
+                                    "symlink target {} has too many levels of symlinks",
+                                    quoted()
+                                ));
+                            }
+                            if link.first() == Some(&b'/') {
+                                return Err(format!(
+                                    "symlink target {} goes through an absolute symlink",
+                                    quoted()
+                                ));
+                            }
+                            for p in link.rsplit(|b| *b == b'/') {
+                                queue.push_front(p);
+                            }
                         }
-                        if next.first() == Some(&b'/') {
-                            return Err(format!(
-                                "symlink target {} goes through an absolute symlink",
-                                quoted()
-                            ));
-                        }
-                        current.pop();
-                        for p in next.rsplit(|b| *b == b'/') {
-                            queue.push_front(p);
-                        }
+                        _ => current.push(next),
                     }
                 }
             }
@@ -575,16 +855,11 @@ impl Tree {
     /// Rechecks every symlink against the finished tree: a link added later may have turned
     /// an earlier one into an escape (`a -> b/c/..` written before `b/c -> ..`).
     fn finish(&self) -> Result<(), ArchiveError> {
-        for (key, node) in &self.nodes {
-            if let Node::Symlink(target) = node {
-                let parents = &key[..key.len() - 1];
-                if let Err(reason) = self.check_link_target(parents, target) {
-                    let shown = key
-                        .iter()
-                        .map(|p| p.to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/");
-                    return Err(refused(shown.as_bytes(), reason));
+        for (id, entry) in self.nodes.iter().enumerate() {
+            if let Node::Symlink(target) = &entry.node {
+                self.check_time()?;
+                if let Err(reason) = self.check_link_target(entry.parent, target) {
+                    return Err(refused(&self.path_of(id), reason));
                 }
             }
         }
@@ -642,6 +917,8 @@ mod tests {
     const LIMITS: UnpackLimits = UnpackLimits {
         max_entries: 1000,
         max_bytes: 1 << 20,
+        bytes_basis: BytesBasis::FetchCap,
+        max_time: Duration::from_secs(60),
     };
 
     /// Unpacks `bytes` into `<tmp>/work/dest`; returns the temp dir (to check that nothing
@@ -826,6 +1103,38 @@ mod tests {
     }
 
     #[test]
+    fn long_names_and_link_targets_are_shortened_in_refusals() {
+        // Names this long come in GNU `L`/`K` entries; the message shows 200 characters of
+        // each, then the full length, so a log line or result.json stays small.
+        let name = format!("../{}", "x".repeat(4000));
+        let err = refusal(&[file(&name, 0o644, b"x")], UnpackMode::Tool);
+        assert_eq!(
+            err,
+            format!(
+                "archive entry \"../{}\"… (4003 bytes): the path climbs out with \"..\"",
+                "x".repeat(197)
+            )
+        );
+        let target = format!("/{}", "y".repeat(3000));
+        let err = refusal(&[link(&name[3..], T::Symlink, &target)], UnpackMode::Tool);
+        assert!(
+            err.ends_with(&format!("/{}\"… (3001 bytes) is absolute", "y".repeat(199))),
+            "{err}"
+        );
+        assert!(
+            err.len() < 2 * SHOWN_CHARS + 100,
+            "{} bytes: {err}",
+            err.len()
+        );
+        let err = refusal(&[link("h", T::Link, &target[1..])], UnpackMode::Tool);
+        assert!(
+            err.starts_with("archive entry \"h\": hard link to \"yyy")
+                && err.contains("\"… (3000 bytes), which is not a file earlier"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn hard_links_must_name_an_earlier_file_of_the_archive() {
         let err = refusal(&[link("h", T::Link, "/etc/shadow")], UnpackMode::Tool);
         assert_eq!(err, "archive entry \"h\": hard link target: absolute path");
@@ -904,6 +1213,7 @@ mod tests {
         let limits = UnpackLimits {
             max_entries: 3,
             max_bytes: 100,
+            ..LIMITS
         };
         let many: Vec<TarEntry> = (0..5).map(|i| file(&format!("f{i}"), 0o644, b"")).collect();
         let (_t, r) = run(&tar_gz(&many), ToolFormat::TarGz, UnpackMode::Tool, limits);
@@ -919,7 +1229,123 @@ mod tests {
         );
         let zip = zip_bytes(&[("z", 0o644, &[7u8; 500])]);
         let (_t, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, limits);
-        assert!(matches!(r, Err(ArchiveError::TooLarge(100))), "{r:?}");
+        assert!(
+            matches!(r, Err(ArchiveError::TooLarge { limit: 100, .. })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_path_too_long_or_too_deep_is_refused_before_anything_is_written() {
+        // 8000 levels: the review's archive (1.8 GB and 12.7 s when every level was kept
+        // under its full path); 1101 levels: short enough, too deep for the tree digest.
+        for (depth, reason) in [
+            (8000, "the path is longer than 4096 bytes".to_owned()),
+            (
+                1100,
+                "the path is 1101 components deep, more than the 1024 allowed".to_owned(),
+            ),
+        ] {
+            let name = format!("{}f", "a/".repeat(depth));
+            let (tmp, result) = run(
+                &tar_gz(&[file(&name, 0o644, b"x")]),
+                ToolFormat::TarGz,
+                UnpackMode::Tool,
+                LIMITS,
+            );
+            let err = result.expect_err("too deep").to_string();
+            let head = "a/".repeat(100);
+            let expected = format!("archive entry \"{head}\"… ({} bytes): {reason}", name.len());
+            assert_eq!(err, expected);
+            assert_eq!(listing(&tmp.path().join("work")), ["dest"], "{depth}");
+        }
+        let target = "t/".repeat(2100);
+        let err = refusal(&[link("l", T::Symlink, &target)], UnpackMode::Tool);
+        assert_eq!(
+            err,
+            "archive entry \"l\": symlink target longer than 4096 bytes"
+        );
+    }
+
+    #[test]
+    fn the_deepest_path_allowed_unpacks_and_its_tree_can_be_digested() {
+        let limits = UnpackLimits {
+            max_entries: 2 * MAX_DEPTH as u64,
+            ..LIMITS
+        };
+        let name = format!("{}f", "d/".repeat(MAX_DEPTH - 1));
+        let (tmp, result) = run(
+            &tar_gz(&[file(&name, 0o644, b"deep")]),
+            ToolFormat::TarGz,
+            UnpackMode::Tool,
+            limits,
+        );
+        result.expect("1024 components unpack");
+        let dest = tmp.path().join("work/dest");
+        assert_eq!(std::fs::read(dest.join(&name)).unwrap(), b"deep");
+        crate::tools::store::digest_tree(&dest).expect("the digest walks as deep");
+        // The map of the tree keeps each directory's name once: linear in the path.
+        let tree_dir = TempDir::new("deep-tree");
+        let root: OwnedFd = File::open(tree_dir.path()).unwrap().into();
+        let mut tree = Tree::new(root, UnpackMode::Tool, limits);
+        tree.add(name.as_bytes(), Kind::File, 0o644, &mut io::empty())
+            .unwrap();
+        let stored: usize = tree.nodes.iter().map(|n| n.name.len()).sum();
+        assert_eq!((tree.nodes.len(), stored), (MAX_DEPTH + 1, MAX_DEPTH));
+    }
+
+    #[test]
+    fn directories_an_entry_path_creates_count_against_the_entry_limit() {
+        let limits = UnpackLimits {
+            max_entries: 50,
+            ..LIMITS
+        };
+        let name = format!("{}f", "d/".repeat(60));
+        let (tmp, r) = run(
+            &tar_gz(&[file(&name, 0o644, b"x")]),
+            ToolFormat::TarGz,
+            UnpackMode::Tool,
+            limits,
+        );
+        assert_eq!(
+            r.expect_err("too many").to_string(),
+            "archive has more than 50 entries"
+        );
+        let made = listing(&tmp.path().join("work/dest")).len();
+        assert_eq!(
+            made, 49,
+            "the entry counts as one, each directory it creates as one"
+        );
+    }
+
+    #[test]
+    fn the_unpack_limit_is_the_smaller_of_the_fetch_cap_and_the_download_size_bound() {
+        const MIB: u64 = 1 << 20;
+        let ten_min = Duration::from_secs(600);
+        let limit = |cap, size| {
+            let l = UnpackLimits::for_download(cap, size, ten_min);
+            assert_eq!((l.max_entries, l.max_time), (MAX_ENTRIES, ten_min));
+            (l.max_bytes, l.too_large().to_string())
+        };
+        // An 8 MiB download may not make the runner inflate 16 GiB (8 times a 2 GiB cap).
+        assert_eq!(
+            limit(2048 * MIB, 8 * MIB),
+            (
+                800 * MIB,
+                "archive unpacks to more than 800MiB (100 times the size of the download, at \
+                 least 256MiB)"
+                    .to_owned()
+            )
+        );
+        assert_eq!(limit(2048 * MIB, 1000).0, MIN_UNPACK_BYTES);
+        assert_eq!(
+            limit(2048 * MIB, 2048 * MIB),
+            (
+                16384 * MIB,
+                "archive unpacks to more than 16GiB (8 times fetch.max_bytes)".to_owned()
+            )
+        );
+        assert_eq!(limit(MIB, MIB).0, 8 * MIB);
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub struct FetchPolicy {
     pub extra_ca: Option<PathBuf>,
     /// Largest download in bytes (`fetch.max_bytes`).
     pub max_bytes: u64,
-    /// Longest one download may take, connect to last byte (`fetch.timeout`).
+    /// Longest one download may take, connect to last byte (`fetch.timeout`); unpacking it
+    /// may take as long again.
     pub timeout: Duration,
 }
 

@@ -349,7 +349,10 @@ impl Store {
             .create(&tmp)
             .map_err(&io_err)?;
         let result = (|| {
-            let limits = UnpackLimits::for_download_cap(policy.max_bytes);
+            let size = fs::metadata(blob)
+                .map_err(self.store_err(blob.to_path_buf()))?
+                .len();
+            let limits = UnpackLimits::for_download(policy.max_bytes, size, policy.timeout);
             archive::unpack(blob, format, &tool.name, &tmp, mode, limits).map_err(|source| {
                 ToolError::Unpack {
                     name: tool.name.clone(),
@@ -560,7 +563,7 @@ pub fn digest_tree(dir: &Path) -> io::Result<String> {
 }
 
 fn walk(dir: &OwnedFd, prefix: &str, out: &mut Vec<TreeEntry>, depth: usize) -> io::Result<()> {
-    if depth > 1024 {
+    if depth > archive::MAX_DEPTH {
         return Err(io::Error::other("tree too deep"));
     }
     let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;

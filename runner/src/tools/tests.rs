@@ -307,6 +307,33 @@ fn a_hostile_archive_is_refused_naming_the_entry_and_leaves_nothing() {
 }
 
 #[test]
+fn a_long_name_over_the_extension_limit_is_refused_with_a_short_message() {
+    let tmp = TempDir::new("store-longname");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = tar_gz(&[file(&"a".repeat(70_000), 0o644, b"x")]);
+    let url = server.route("/long.tar.gz", Route::Body(body.clone()));
+    let err = chain(
+        &store
+            .ensure(
+                &spec("long", &url, &sha256(&body), None),
+                &loopback_policy(),
+                UnpackMode::Tool,
+            )
+            .unwrap_err(),
+    );
+    assert_eq!(
+        err,
+        format!(
+            "tool \"long\": {url}: archive entry \"{}\"… (70001 bytes): its GNU long name is \
+             70001B, more than the 64KiB allowed; the archive is malformed or hostile",
+            "a".repeat(200)
+        )
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
 fn verify_all_quarantines_a_corrupt_blob_and_a_modified_tree_and_ensure_fetches_anew() {
     let tmp = TempDir::new("store-verify");
     let store = Store::open(&tmp.path().join("tools")).unwrap();

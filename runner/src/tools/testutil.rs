@@ -60,14 +60,30 @@ pub fn special(path: &str, kind: tar::EntryType, mode: u32) -> TarEntry {
     }
 }
 
+/// A tar stream of `entries`; a path or link target longer than the header's 100 bytes is
+/// written as GNU tar does: a `K` (link) or `L` (name) entry before, and the header field cut.
 pub fn tar_bytes(entries: &[TarEntry]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for e in entries {
+        for (long, kind) in [
+            (&e.link, tar::EntryType::GNULongLink),
+            (&e.path, tar::EntryType::GNULongName),
+        ] {
+            if long.len() > 100 {
+                let mut data = long.as_bytes().to_vec();
+                data.push(0);
+                builder
+                    .append(&extension(kind, data.len() as u64), data.as_slice())
+                    .unwrap();
+            }
+        }
         let mut h = tar::Header::new_gnu();
         {
             let gnu = h.as_gnu_mut().unwrap();
-            gnu.name[..e.path.len()].copy_from_slice(e.path.as_bytes());
-            gnu.linkname[..e.link.len()].copy_from_slice(e.link.as_bytes());
+            let (path, link) = (&e.path.as_bytes(), &e.link.as_bytes());
+            let (path, link) = (&path[..path.len().min(100)], &link[..link.len().min(100)]);
+            gnu.name[..path.len()].copy_from_slice(path);
+            gnu.linkname[..link.len()].copy_from_slice(link);
         }
         h.set_entry_type(e.kind);
         h.set_mode(e.mode);
@@ -76,6 +92,23 @@ pub fn tar_bytes(entries: &[TarEntry]) -> Vec<u8> {
         builder.append(&h, e.data.as_slice()).unwrap();
     }
     builder.into_inner().unwrap()
+}
+
+/// The header of a GNU long-name/long-link or pax extension entry of `size` bytes, named as
+/// GNU tar names them.
+pub fn extension(kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    let name: &[u8] = match kind {
+        tar::EntryType::XGlobalHeader => b"pax_global_header",
+        tar::EntryType::XHeader => b"PaxHeaders/entry",
+        _ => b"././@LongLink",
+    };
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_cksum();
+    h
 }
 
 pub fn tar_gz(entries: &[TarEntry]) -> Vec<u8> {
