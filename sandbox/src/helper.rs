@@ -34,13 +34,11 @@ use nix::unistd::{
     Uid,
 };
 
-use crate::spec::{phase, Event, SandboxSpec, JOB_GID, JOB_UID};
+use crate::spec::{phase, SandboxSpec, Stage, JOB_GID, JOB_UID};
 use crate::sys::Forked;
 
 /// File name of the helper binary, which the runner looks for next to its own.
 pub const HELPER_BINARY: &str = "bulwark-sandbox";
-
-type Stage = (&'static str, String);
 
 fn at<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Stage {
     move |e| (stage, e.to_string())
@@ -60,25 +58,10 @@ pub fn main() -> ! {
         Ok(fd) => File::from(fd),
         Err(_) => crate::sys::exit_now(125),
     };
-    let code = match closed
+    let result = closed
         .map_err(at("close inherited descriptors"))
-        .and_then(|()| run(&mut status))
-    {
-        Ok(code) => code,
-        Err((stage, message)) => {
-            let _ = writeln!(
-                status,
-                "{}",
-                Event::SetupFailed {
-                    stage: stage.into(),
-                    message
-                }
-                .to_line()
-            );
-            125
-        }
-    };
-    crate::sys::exit_now(code)
+        .and_then(|()| run(&mut status));
+    crate::spec::exit_with(&mut status, result)
 }
 
 fn run(status: &mut File) -> Result<i32, Stage> {

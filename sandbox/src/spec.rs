@@ -196,6 +196,30 @@ pub enum Event {
     },
 }
 
+/// A setup stage that failed and why: reported as [`Event::SetupFailed`].
+pub type Stage = (&'static str, String);
+
+/// Ends a helper process with `result`: its exit code, or a `setup_failed` event on `status`
+/// and exit code 125.
+pub fn exit_with(status: &mut impl std::io::Write, result: Result<i32, Stage>) -> ! {
+    let code = match result {
+        Ok(code) => code,
+        Err((stage, message)) => {
+            let _ = writeln!(
+                status,
+                "{}",
+                Event::SetupFailed {
+                    stage: stage.into(),
+                    message
+                }
+                .to_line()
+            );
+            125
+        }
+    };
+    crate::sys::exit_now(code)
+}
+
 impl Event {
     /// Serializes to one line (without the newline).
     pub fn to_line(&self) -> String {

@@ -37,7 +37,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup, fchown, fchownat, getgid, getpid, getuid, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::Event;
+use crate::spec::Stage;
 use crate::sys::Forked;
 
 /// Where the id-mapping tools are looked for, in order.
@@ -298,24 +298,9 @@ const JOB_INSIDE: u32 = 1;
 /// Entry point of `bulwark-sandbox --ownership`: reports a `setup_failed` event on standard
 /// output and exits 125 on any failure, exits 0 when every path was handed over.
 pub fn ownership_main() -> ! {
-    let code = match ownership() {
-        Ok(()) => 0,
-        Err((stage, message)) => {
-            println!(
-                "{}",
-                Event::SetupFailed {
-                    stage: stage.into(),
-                    message
-                }
-                .to_line()
-            );
-            125
-        }
-    };
-    crate::sys::exit_now(code)
+    let result = ownership().map(|()| 0);
+    crate::spec::exit_with(&mut std::io::stdout(), result)
 }
-
-type Stage = (&'static str, String);
 
 fn ownership() -> Result<(), Stage> {
     let mut input = String::new();

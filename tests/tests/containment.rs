@@ -682,6 +682,34 @@ fn a_source_holding_a_host_symlink_and_a_fifo_is_copied_without_reading_either()
     assert!(r.stderr.contains("skipped 1 special file"), "{r}");
 }
 
+/// Starts `job` in `env`, waits until `count` processes with `marker` in their command line
+/// run, SIGKILLs the runner (which cleans nothing up itself) and waits until every one of
+/// them is gone, as the parent-death signals must make them.
+fn kill_runner_mid_job(env: &Env, job: &str, marker: &str, count: usize) {
+    let (mut cmd, _out) = env.command(job, &[]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_with(marker).len() < count {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 1);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with(marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "job processes outlived the killed runner"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn killing_bulwark_run_leaves_no_job_process_and_the_next_run_cleans_up() {
     let env = Env::new("sigkill");
@@ -691,29 +719,8 @@ fn killing_bulwark_run_leaves_no_job_process_and_the_next_run_cleans_up() {
         &format!("setsid sleep {marker}1 & sleep {marker}"),
         "",
     );
-    let (mut cmd, _out) = env.command(&job, &[]);
-    let mut child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while processes_with(&format!("sleep {marker}")).len() < 2 {
-        assert!(Instant::now() < deadline, "the job never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_runner_mid_job(&env, &job, &format!("sleep {marker}"), 2);
     let jobs_dir = env.state.join("jobs");
-    assert_eq!(fs::read_dir(&jobs_dir).unwrap().count(), 1);
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_with(&format!("sleep {marker}")).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "job processes outlived the killed runner"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // The dead run's directory is still there; the next run removes it (and its cgroups).
     assert_eq!(fs::read_dir(&jobs_dir).unwrap().count(), 1);
     let stale: Vec<String> = fs::read_dir(&jobs_dir)
@@ -1868,27 +1875,8 @@ mod rootless_mode {
                 &format!("mkdir -p a/b && touch a/b/f && chmod 500 a/b a && sleep {marker}"),
                 "",
             );
-            let (mut cmd, _out) = env.command(&job, &[]);
-            let mut child = cmd
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while processes_with(&format!("sleep {marker}")).is_empty() {
-                assert!(Instant::now() < deadline, "the job never started");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            child.kill().unwrap(); // SIGKILL: nothing is handed back
-            child.wait().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !processes_with(&format!("sleep {marker}")).is_empty() {
-                assert!(
-                    Instant::now() < deadline,
-                    "job processes outlived the killed runner"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            // SIGKILL: nothing is handed back.
+            kill_runner_mid_job(&env, &job, &format!("sleep {marker}"), 1);
             let jobdir = fs::read_dir(env.state.join("jobs"))
                 .unwrap()
                 .next()
