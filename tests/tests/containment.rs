@@ -1210,6 +1210,58 @@ print("allocated", flush=True)
         assert_eq!(scope.job_cgroups(), Vec::<String>::new());
     }
 
+    /// The deployment the subuid mode is for: a dedicated user, a cgroup systemd delegated to
+    /// it, and a subordinate range: the job runs as a uid of the range, under real cgroup
+    /// limits, and its files come back (the job directory, with a 0500 directory and a 0000
+    /// file of the job's, is removed).
+    #[test]
+    fn a_subuid_job_in_a_delegated_cgroup_has_its_own_uid_and_cgroup_limits() {
+        let scope = Scope::new("subuid");
+        let env = Env::new("deleg-subuid");
+        strict_config(&env);
+        let mut config = fs::read_to_string(&env.config).unwrap();
+        config = config.replace("[limits]\n", "[limits]\nisolation = \"subuid\"\n");
+        fs::write(&env.config, config).unwrap();
+        let run = py(&env, "bomb.py", FORK_BOMB);
+        let r = scope.run(
+            &env,
+            &one_step(
+                "bomb",
+                &format!(
+                    "echo map=$(cat /proc/self/uid_map) && {run} && mkdir -p d && echo x > d/f && \
+                     chmod 000 d/f && chmod 500 d"
+                ),
+                // No outputs: signing provenance hashes the runner's debug binary, which
+                // takes minutes under the VM's emulation (the host pass checks outputs).
+                "[resources]\npids = 64",
+            ),
+        );
+        assert_stopped_by_the_pids_limit(&r);
+        let iso = &r.result()["isolation"];
+        assert_eq!(
+            (iso["mode"].as_str(), iso["cgroup"].as_str()),
+            (Some("subuid"), Some("v2")),
+            "{r}"
+        );
+        let map: Vec<u32> = r
+            .value("map")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let me = nix::unistd::getuid().as_raw();
+        assert!(
+            map.len() == 3 && map[0] == 1000 && map[1] != me && map[2] == 1,
+            "{r}"
+        );
+        assert!(processes_with("bomb.py").is_empty());
+        assert_eq!(scope.job_cgroups(), Vec::<String>::new());
+        assert_eq!(
+            fs::read_dir(env.state.join("jobs")).unwrap().count(),
+            0,
+            "{r}"
+        );
+    }
+
     /// `bulwark exec` starts its helper before it makes the job's cgroup, so the helper is in
     /// the scope too when the runner lays it out; it must move along, or the scope could never
     /// hand its controllers down.

@@ -48,6 +48,9 @@ fi
 echo "== cgroup v2 (VM), as an ordinary user in a delegated cgroup"
 user=bulwark-rootless
 id -u "\$user" >/dev/null 2>&1 || useradd --no-create-home --shell /bin/bash "\$user"
+# A subordinate range for the subuid-mode test (this VM's /etc is an in-memory overlay).
+grep -q "^\$user:" /etc/subuid 2>/dev/null && grep -q "^\$user:" /etc/subgid 2>/dev/null \
+  || usermod --add-subuids 300000-365535 --add-subgids 300000-365535 "\$user"
 mkdir -p "/home/\$user" && chown "\$user" "/home/\$user"
 stage=\$(mktemp -d /tmp/bulwark-deleg.XXXXXX)
 chmod 0755 "\$stage"
@@ -62,7 +65,7 @@ echo "+memory +pids" >"\$cg/cgroup.subtree_control"
 chown "\$user" "\$cg" "\$cg/cgroup.procs" "\$cg/cgroup.subtree_control" "\$cg/cgroup.threads"
 # The test harness waits in a leaf of its own; each test makes a scope beside it.
 echo \$\$ >"\$cg/harness/cgroup.procs"
-at_least 9 runuser -u "\$user" -- env -i HOME="/home/\$user" PATH=/usr/bin:/bin \\
+at_least 10 runuser -u "\$user" -- env -i HOME="/home/\$user" PATH=/usr/bin:/bin \\
   BULWARK_BIN="\$stage/bulwark" BULWARK_REPO="\$stage" BULWARK_TEST_DELEGATED_CGROUP="\$cg" \\
   "\$stage/$(basename "$containment")" --test-threads=2 delegated_v2:: </dev/null
 GUEST
