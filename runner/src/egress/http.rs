@@ -134,6 +134,11 @@ impl Head {
             if !cl.is_empty() {
                 return Err(bad("both Content-Length and Transfer-Encoding"));
             }
+            // HTTP/1.0 has no chunked coding (RFC 9112 6.1: such framing is faulty); an origin
+            // that ignores it would read the chunks as a request of their own.
+            if self.version != "HTTP/1.1" {
+                return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+            }
             if te.len() == 1 && te[0].eq_ignore_ascii_case("chunked") {
                 return Ok(Framing::Chunked);
             }
@@ -394,6 +399,12 @@ mod tests {
         assert!(f("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n").is_err());
         assert!(f("Content-Length: 5\r\nContent-Length: 6\r\n").is_err());
         assert!(f("Content-Length: +5\r\n").is_err());
+        let head10 = parse_head(
+            b"POST http://a/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            10,
+        )
+        .unwrap();
+        assert_eq!(head10.framing().unwrap_err().status, 400);
         assert_eq!(
             f("Transfer-Encoding: gzip, chunked\r\n")
                 .unwrap_err()

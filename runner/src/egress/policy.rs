@@ -23,7 +23,10 @@
 //! credential agents, the AWS time and DNS endpoints at `169.254.169.123`/`.253`), new ones
 //! appear without notice, and nothing a build downloads lives there, since a link-local
 //! address only reaches the host's own network segment. A list of known addresses would be
-//! one release behind the clouds; the range is not.
+//! one release behind the clouds; the range is not. Likewise the local translation prefixes
+//! (local-use NAT64 `64:ff9b:1::/48`, IPv4-translated `::ffff:0:0:0/96`): an address there
+//! reaches whatever IPv4 address a translator of the host's own network derives from it, in
+//! forms this module does not all decode, metadata included.
 //!
 //! Names are compared in one canonical form (ASCII lower case, one trailing dot removed). A
 //! host that some resolver could read as an IPv4 address although it is not dotted-quad
@@ -284,9 +287,10 @@ impl EgressPolicy {
         let special = special_range(ip);
         if self.audit {
             return match special {
-                Some(range @ ("loopback" | "unspecified" | "link-local")) => {
-                    Err(Denied::Forbidden { ip, range })
-                }
+                Some(
+                    range @ ("loopback" | "unspecified" | "link-local" | "NAT64 local-use"
+                    | "IPv4-translated"),
+                ) => Err(Denied::Forbidden { ip, range }),
                 _ => Ok(()),
             };
         }
@@ -660,7 +664,9 @@ mod tests {
             }
             let verdict = audit.check_address("a.test", addr);
             match range {
-                Some(range @ ("loopback" | "link-local")) => assert_eq!(
+                Some(
+                    range @ ("loopback" | "link-local" | "NAT64 local-use" | "IPv4-translated"),
+                ) => assert_eq!(
                     verdict,
                     Err(Denied::Forbidden {
                         ip: addr.ip(),
