@@ -12,6 +12,13 @@
 //! - once the next line would take the file past its cap, one marker line with
 //!   `"scope":"all"` is written and every later attempt is only counted.
 //!
+//! - allowed connections not written one by one (the cap was reached) are still tallied, and
+//!   [`EgressLog::finish`] writes the tally after the cap: one line per destination (host, port,
+//!   address) for the first [`MAX_TALLY`] destinations, then one per reason (in enforcing
+//!   mode the matching allow entry, so bounded by the job's allow list), with the number of
+//!   connections and bytes. A job that fills the log cannot hide where it connected
+//!   afterwards, only the timing of each connection. The tally adds at most a few hundred KiB.
+//!
 //! The counts ([`EgressSummary`]) include every attempt, and `truncated` says whether some of
 //! them are not in the file; `result.json` carries it as `egress.log_truncated`. Each line is
 //! written with a single `write` of the whole line, so a crash leaves at most one partial
@@ -105,7 +112,24 @@ pub struct EgressLog {
     /// The cap is reached: nothing more is written.
     full: bool,
     summary: EgressSummary,
+    /// Allowed attempts not written, by destination, then by reason (see the module docs).
+    tally: std::collections::BTreeMap<(String, u16, Option<String>, String), Tally>,
+    /// Tally keys by destination in use (at most [`MAX_TALLY`]).
+    tally_destinations: usize,
+    /// Allowed attempts not written that found no room even in the tally.
+    untallied: u64,
 }
+
+/// Connections and bytes of one tally line.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    connections: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+/// Destinations tallied one by one after the cap; later ones are tallied by reason.
+pub const MAX_TALLY: usize = 1024;
 
 /// Room kept for each marker line still to come.
 const MARKER_RESERVE: u64 = 512;
@@ -164,6 +188,9 @@ impl EgressLog {
             denials_full: false,
             full: false,
             summary: EgressSummary::default(),
+            tally: std::collections::BTreeMap::new(),
+            tally_destinations: 0,
+            untallied: 0,
         })
     }
 
@@ -178,6 +205,9 @@ impl EgressLog {
         self.summary.bytes_up += record.bytes_up;
         self.summary.bytes_down += record.bytes_down;
         if self.full || (denied && self.denials_full) {
+            if !denied {
+                self.tally(record);
+            }
             return Ok(());
         }
         let mut line = serde_json::to_vec(&record.cut()).map_err(io::Error::other)?;
@@ -189,9 +219,13 @@ impl EgressLog {
             self.full = true;
             self.summary.truncated = true;
             let reason = format!(
-                "egress.log reached its cap of {} bytes; later attempts are counted but not recorded",
+                "egress.log reached its cap of {} bytes; later attempts are counted but not \
+                 recorded one by one (allowed ones are tallied at the end)",
                 self.cap
             );
+            if !denied {
+                self.tally(record);
+            }
             return self.marker("all", reason);
         }
         if denied && self.denied_written + len + MARKER_RESERVE > self.cap / 2 {
@@ -208,6 +242,29 @@ impl EgressLog {
             self.denied_written += len;
         }
         self.file.write_all(&line)
+    }
+
+    /// Adds an allowed attempt that is not written to the tally.
+    fn tally(&mut self, record: &Record) {
+        let r = record.cut();
+        let by_destination = (r.host, r.port, r.address, String::new());
+        let key = if self.tally.contains_key(&by_destination) {
+            by_destination
+        } else if self.tally_destinations < MAX_TALLY {
+            self.tally_destinations += 1;
+            by_destination
+        } else {
+            let by_reason = ("*".to_owned(), 0, None, r.reason);
+            if !self.tally.contains_key(&by_reason) && self.tally.len() >= 2 * MAX_TALLY {
+                self.untallied += 1;
+                return;
+            }
+            by_reason
+        };
+        let t = self.tally.entry(key).or_default();
+        t.connections += 1;
+        t.bytes_up += record.bytes_up;
+        t.bytes_down += record.bytes_down;
     }
 
     fn marker(&mut self, scope: &str, reason: String) -> io::Result<()> {
@@ -228,8 +285,46 @@ impl EgressLog {
         self.summary
     }
 
-    /// Flushes the file to disk and returns the counts.
-    pub fn finish(self) -> io::Result<EgressSummary> {
+    /// Writes the tally of allowed attempts that were not written, flushes the file to disk
+    /// and returns the counts.
+    pub fn finish(mut self) -> io::Result<EgressSummary> {
+        let time = now_rfc3339();
+        let mut out = Vec::new();
+        for ((host, port, address, reason), t) in std::mem::take(&mut self.tally) {
+            let why = if reason.is_empty() {
+                "tally of connections not recorded one by one (egress.log was full)".to_owned()
+            } else {
+                format!("tally by reason, past {MAX_TALLY} destinations: {reason}")
+            };
+            let line = Record {
+                time: time.clone(),
+                host,
+                port,
+                address,
+                decision: "allowed".into(),
+                reason: format!("{} connection(s); {why}", t.connections),
+                bytes_up: t.bytes_up,
+                bytes_down: t.bytes_down,
+                duration_ms: 0,
+                method: String::new(),
+            };
+            out.extend(serde_json::to_vec(&line.cut()).map_err(io::Error::other)?);
+            out.push(b'\n');
+        }
+        if self.untallied > 0 {
+            let marker = TruncationRecord {
+                time,
+                truncated: true,
+                scope: "tally".into(),
+                reason: format!(
+                    "{} allowed connection(s) found no room in the tally either",
+                    self.untallied
+                ),
+            };
+            out.extend(serde_json::to_vec(&marker).map_err(io::Error::other)?);
+            out.push(b'\n');
+        }
+        self.file.write_all(&out)?;
         self.file.sync_all()?;
         Ok(self.summary)
     }
@@ -282,15 +377,74 @@ mod tests {
         assert_eq!(summary.bytes_down, 2000);
         assert!(summary.truncated);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.len() <= 8192, "{}", text.len());
-        let last = text.lines().last().unwrap();
-        let marker: TruncationRecord = serde_json::from_str(last).unwrap();
+        // The records and the marker within the cap; after them only the tally.
+        let marker_at = text.find("\"truncated\"").unwrap();
+        let capped = &text[..marker_at + text[marker_at..].find('\n').unwrap() + 1];
+        assert!(capped.len() <= 8192, "{}", capped.len());
+        let marker: TruncationRecord =
+            serde_json::from_str(capped.lines().last().unwrap()).unwrap();
         assert!(marker.truncated);
         assert_eq!(marker.scope, "all");
         assert_eq!(text.matches("\"truncated\"").count(), 1);
+        let written = capped.lines().count() - 1;
+        let tallied = text[capped.len()..].lines().count();
+        assert!(text[capped.len()..]
+            .lines()
+            .all(|l| l.contains("1 connection(s); tally")));
+        assert_eq!(written + tallied, 1000, "every host is in the file");
         let first: Record = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first.host, "h0.example");
         assert!(first.time.ends_with('Z'));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn allowed_connections_past_the_cap_are_tallied_not_lost() {
+        let (dir, path) = temp_log("tally");
+        let mut log = EgressLog::create(&path, 8192).unwrap();
+        // The job fills the log with one destination...
+        for _ in 0..1000 {
+            log.record(&record("filler.example", "allowed")).unwrap();
+        }
+        // ...then reaches the one it wanted to hide, and many more past the tally's size.
+        log.record(&record("hidden.example", "allowed")).unwrap();
+        for i in 0..MAX_TALLY + 10 {
+            let mut r = record(&format!("h{i}.example"), "allowed");
+            r.reason = "*.example:443".into();
+            log.record(&r).unwrap();
+        }
+        let summary = log.finish().unwrap();
+        assert!(summary.truncated);
+        let all = lines(&path);
+        let hidden: Vec<_> = all
+            .iter()
+            .filter(|l| l["host"] == "hidden.example")
+            .collect();
+        assert_eq!(hidden.len(), 1, "one tally line for the hidden destination");
+        assert!(hidden[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 connection(s); tally"));
+        let filler = all
+            .iter()
+            .filter(|l| {
+                l["host"] == "filler.example" && l["reason"].as_str().unwrap().contains("tally")
+            })
+            .count();
+        assert_eq!(filler, 1);
+        // Past MAX_TALLY destinations: by reason, with the count.
+        let by_reason: Vec<_> = all.iter().filter(|l| l["host"] == "*").collect();
+        assert_eq!(by_reason.len(), 1);
+        assert!(
+            by_reason[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("*.example:443"),
+            "{}",
+            by_reason[0]
+        );
+        // Every tally line still reads as a record (`bulwark egress suggest` uses them).
+        assert!(all.iter().filter(|l| l.get("tally").is_some()).count() == 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -358,11 +512,19 @@ mod tests {
         log.finish().unwrap();
         let written = lines(&path);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.len() as u64 <= cap, "{}", text.len());
-        assert!(text.len() as u64 > cap - 2048, "{}", text.len());
+        // Up to the "all" marker, the cap; after it, the tally of allowed connections only.
+        let end = written.iter().position(|l| l["scope"] == "all").unwrap();
+        let capped: usize = text.lines().take(end + 1).map(|l| l.len() + 1).sum();
+        assert!(capped as u64 <= cap, "{capped}");
+        assert!(capped as u64 > cap - 2048, "{capped}");
         let marker = written.iter().position(|l| l["scope"] == "denied").unwrap();
         assert!(written[marker..].iter().all(|l| l["decision"] != "denied"));
-        assert_eq!(written.last().unwrap()["scope"], "all");
+        assert!(
+            written[end + 1..]
+                .iter()
+                .all(|l| l["decision"] == "allowed"
+                    && l["reason"].as_str().unwrap().contains("tally"))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
