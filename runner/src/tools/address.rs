@@ -7,18 +7,22 @@
 //! only addresses that passed), for every redirect too, so a name that resolves to a private
 //! address, or a public URL that redirects to one, gains nothing.
 //!
+//! The ranges are the egress proxy's (`crate::egress::policy::special_range`, with the same
+//! decoding of IPv4 addresses carried in IPv6 forms): the runner's own fetches obey the same
+//! address rules as a job's egress, from one table.
+//!
 //! Alternatives rejected: checking the URL's host name before the request (the name can
 //! resolve elsewhere a moment later, and redirects bypass it); resolving once and pinning the
 //! address with `ClientBuilder::resolve` (only covers the first host, not redirect targets).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use bulwark_protocol::allow::METADATA_ADDRESSES;
 use bulwark_protocol::IpNet;
 
 /// A connection the address rules refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("connection to {addr} refused by policy: {reason}{hint}", hint = self.hint())]
+#[error("connection to {addr} refused by policy: {reason} address{hint}", hint = self.hint())]
 pub struct AddressRefused {
     /// The address that would have been connected to.
     pub addr: IpAddr,
@@ -36,7 +40,7 @@ impl AddressRefused {
     }
 }
 
-const METADATA_REASON: &str = "cloud metadata address";
+const METADATA_REASON: &str = "cloud metadata";
 
 /// The operator's exceptions (`fetch.allow_private`) and the fixed rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,65 +81,15 @@ impl AddressPolicy {
 
 /// The IPv4 address inside an IPv6 one that carries it: IPv4-mapped `::ffff:a.b.c.d`,
 /// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::`.
-fn embedded_v4(addr: IpAddr) -> Option<Ipv4Addr> {
-    let IpAddr::V6(v6) = addr else { return None };
-    let s = v6.segments();
-    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(low),
-        [0, 0, 0, 0, 0, 0, _, _] if u128::from(v6) > 1 => Some(low),
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
-        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
-            (hi >> 8) as u8,
-            hi as u8,
-            (lo >> 8) as u8,
-            lo as u8,
-        )),
-        _ => None,
-    }
-}
-
-/// Why an address is not a public unicast address, or `None` when it is.
-fn classify(addr: IpAddr) -> Option<&'static str> {
-    if let Some(v4) = embedded_v4(addr) {
-        return classify_v4(v4);
-    }
+fn embedded_v4(addr: IpAddr) -> Option<std::net::Ipv4Addr> {
     match addr {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => classify_v6(v6),
+        IpAddr::V6(v6) => crate::egress::policy::embedded_ipv4(v6),
+        IpAddr::V4(_) => None,
     }
 }
 
-fn classify_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, c, _] = ip.octets();
-    Some(match (a, b) {
-        (0, _) => "unspecified address",
-        (127, _) => "loopback address",
-        (10, _) | (192, 168) => "private address",
-        (172, 16..=31) => "private address",
-        (169, 254) => "link-local address",
-        (100, 64..=127) => "shared (CGNAT) address",
-        (192, 0) if c == 0 => "special-purpose address",
-        (198, 18..=19) => "benchmarking address",
-        (224..=239, _) => "multicast address",
-        _ if ip == Ipv4Addr::BROADCAST => "broadcast address",
-        (240..=255, _) => "reserved address",
-        _ => return None,
-    })
-}
-
-fn classify_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let s = ip.segments();
-    Some(match s[0] {
-        _ if ip.is_unspecified() => "unspecified address",
-        _ if ip.is_loopback() => "loopback address",
-        0xfc00..=0xfdff => "private address",
-        0xfe80..=0xfebf => "link-local address",
-        0xfec0..=0xfeff => "site-local address",
-        0xff00..=0xffff => "multicast address",
-        0x64 if s[1] == 0xff9b && s[2] == 1 => "private address",
-        _ => return None,
-    })
+fn classify(addr: IpAddr) -> Option<&'static str> {
+    crate::egress::policy::special_range(addr)
 }
 
 #[cfg(test)]
@@ -153,31 +107,39 @@ mod tests {
     fn non_public_addresses_are_refused_and_public_ones_pass() {
         let p = AddressPolicy::default();
         for (ip, why) in [
-            ("127.0.0.1", "loopback address"),
-            ("127.9.9.9", "loopback address"),
-            ("10.1.2.3", "private address"),
-            ("172.16.0.1", "private address"),
-            ("172.31.255.255", "private address"),
-            ("192.168.1.1", "private address"),
-            ("169.254.1.1", "link-local address"),
-            ("100.64.0.1", "shared (CGNAT) address"),
-            ("0.0.0.0", "unspecified address"),
-            ("224.0.0.1", "multicast address"),
-            ("255.255.255.255", "broadcast address"),
-            ("::1", "loopback address"),
-            ("::", "unspecified address"),
-            ("fc00::1", "private address"),
-            ("fd12::1", "private address"),
-            ("fe80::1", "link-local address"),
-            ("ff02::1", "multicast address"),
-            ("::ffff:127.0.0.1", "loopback address"),
-            ("::ffff:10.0.0.1", "private address"),
-            ("64:ff9b::7f00:1", "loopback address"),
-            ("64:ff9b::a9fe:1", "link-local address"),
-            ("2002:7f00:1::", "loopback address"),
-            ("169.254.169.254", "cloud metadata address"),
-            ("fd00:ec2::254", "cloud metadata address"),
-            ("::ffff:169.254.169.254", "cloud metadata address"),
+            ("127.0.0.1", "loopback"),
+            ("127.9.9.9", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.1.1", "link-local"),
+            ("100.64.0.1", "CGNAT"),
+            ("0.0.0.0", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+            ("fc00::1", "private"),
+            ("fd12::1", "private"),
+            ("fe80::1", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::ffff:10.0.0.1", "private"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("64:ff9b::a9fe:1", "link-local"),
+            ("2002:7f00:1::", "loopback"),
+            ("169.254.169.254", "cloud metadata"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("::ffff:169.254.169.254", "cloud metadata"),
+            // The egress proxy's ranges, the same table: every special-use range, and IPv4
+            // carried in the translation forms.
+            ("198.18.0.1", "benchmarking"),
+            ("192.0.2.1", "documentation"),
+            ("64:ff9b:1::a9fe:a9fe", "cloud metadata"),
+            ("::ffff:0:7f00:1", "loopback"),
+            ("64:ff9b:1:7f00:0:100::", "NAT64 local-use"),
+            ("168.63.129.16", "cloud metadata"),
         ] {
             assert_eq!(reason(&p, ip), Some(why), "{ip}");
         }
@@ -203,13 +165,10 @@ mod tests {
         };
         assert_eq!(reason(&p, "127.0.0.2"), None);
         assert_eq!(reason(&p, "::ffff:127.0.0.2"), None);
-        assert_eq!(reason(&p, "127.0.0.1"), Some("loopback address"));
+        assert_eq!(reason(&p, "127.0.0.1"), Some("loopback"));
         assert_eq!(reason(&p, "169.254.1.1"), None);
-        assert_eq!(
-            reason(&p, "169.254.169.254"),
-            Some("cloud metadata address")
-        );
-        assert_eq!(reason(&p, "fd00:ec2::254"), Some("cloud metadata address"));
+        assert_eq!(reason(&p, "169.254.169.254"), Some("cloud metadata"));
+        assert_eq!(reason(&p, "fd00:ec2::254"), Some("cloud metadata"));
     }
 
     #[test]
