@@ -60,8 +60,25 @@ fn run_inner(
         Stdio::inherit()
     })?;
     let relay = helper.take_stderr().map(|mut log| {
+        // To a terminal, control characters are shown, not sent (as `run` echoes).
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut log, &mut std::io::stderr());
+            use std::io::{Read, Write};
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match log.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return,
+                };
+                let mut err = std::io::stderr().lock();
+                let _ = if terminal {
+                    err.write_all(&crate::joblog::visible_controls(&buf[..n]))
+                } else {
+                    err.write_all(&buf[..n])
+                };
+            }
         })
     });
     marks.push(("runner-helper-started".into(), monotonic_ns()));

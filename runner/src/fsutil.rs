@@ -20,19 +20,16 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Creates a new file beside `path` under a name no one can predict or have made already
-/// (`.<name>.<tag>-<random>`, created with `O_EXCL`, which also refuses a symlink there), to
-/// be renamed over `path` once written. A fixed or guessable temporary name in a directory a
+/// (`.<tag>-<random>`, created with `O_EXCL`, which also refuses a symlink there), to be
+/// renamed over `path` once written. The name does not repeat `path`'s, so any name that fits
+/// the filesystem's limit has a temporary name that does too. A fixed or guessable temporary name in a directory a
 /// job's outputs land in would let an output named like it be truncated, replaced or renamed
 /// over another file.
 pub fn create_beside(path: &Path, tag: &str) -> io::Result<(std::path::PathBuf, File)> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let mut last = None;
     for _ in 0..16 {
-        let tmp = dir.join(format!(".{name}.{tag}-{}", random_hex(8)));
+        let tmp = dir.join(format!(".{tag}-{}", random_hex(8)));
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -468,25 +468,28 @@ mod tests {
         fs::write(ws.join("a"), &big).unwrap();
         fs::write(ws.join(".a.bulwark-partial"), "BBBB").unwrap();
         fs::write(ws.join(".result.json.bulwark-tmp-1"), "CCCC").unwrap();
+        // The longest names still have a temporary name that fits the 255-byte limit.
+        fs::write(ws.join("n".repeat(255)), "DDDD").unwrap();
         let recs = collect(
             &ws,
             &[
                 "a".into(),
                 ".a.bulwark-partial".into(),
                 ".result.json.bulwark-tmp-1".into(),
+                "n".repeat(255),
             ],
             &out,
             BOUNDS,
         )
         .unwrap();
-        assert_eq!(recs.len(), 3);
+        assert_eq!(recs.len(), 4);
         for r in &recs {
             let stored = fs::read(out.join(&r.path)).unwrap();
             assert_eq!(stored, fs::read(ws.join(&r.path)).unwrap(), "{}", r.path);
             assert_eq!(r.sha256, hex(&Sha256::digest(&stored)), "{}", r.path);
         }
         // Only the outputs: no temporary file left beside them.
-        assert_eq!(fs::read_dir(&out).unwrap().count(), 3);
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 4);
     }
 
     #[test]

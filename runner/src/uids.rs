@@ -107,6 +107,19 @@ pub fn in_use(uid: u32) -> bool {
     uids_in_use().contains(&uid)
 }
 
+/// Whether a process with this `/proc/PID/status` may still run code: anything but a zombie
+/// with one thread left.
+fn runs_anything(status: &str) -> bool {
+    let zombie = status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains("(zombie)"));
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    !(zombie && threads.is_some_and(|t| t <= 1))
+}
+
 /// Real and effective uids of every live process on the host (zombies are not counted).
 fn uids_in_use() -> std::collections::HashSet<u32> {
     let mut set = std::collections::HashSet::new();
@@ -120,11 +133,10 @@ fn uids_in_use() -> std::collections::HashSet<u32> {
         }
         if let Ok(status) = fs::read_to_string(e.path().join("status")) {
             // A zombie runs nothing and holds nothing (its parent may just not have reaped
-            // it yet, or a container's init never does).
-            if status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains("(zombie)"))
-            {
+            // it yet, or a container's init never does). But a thread-group leader that
+            // exited shows as a zombie while its other threads still run: only a zombie
+            // with one thread left is skipped.
+            if !runs_anything(&status) {
                 continue;
             }
             if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
@@ -183,6 +195,21 @@ fn parse_subid(text: &str, own: Option<(&str, u32)>) -> Vec<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_leader_with_threads_left_still_counts() {
+        let status = |state: &str, threads: u32| {
+            format!("Name:\tx\nState:\t{state}\nUid:\t7\t7\t7\t7\nThreads:\t{threads}\n")
+        };
+        assert!(!runs_anything(&status("Z (zombie)", 1)));
+        // The leader called pthread_exit; its other thread runs on.
+        assert!(runs_anything(&status("Z (zombie)", 2)));
+        assert!(runs_anything(&status("S (sleeping)", 1)));
+        assert!(
+            runs_anything("State:\tZ (zombie)\n"),
+            "no thread count: counted"
+        );
+    }
 
     #[test]
     fn subordinate_id_ranges_are_parsed_inclusively() {

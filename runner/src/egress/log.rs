@@ -17,7 +17,9 @@
 //!   address) for the first [`MAX_TALLY`] destinations, then one per reason (in enforcing
 //!   mode the matching allow entry, so bounded by the job's allow list), with the number of
 //!   connections and bytes. A job that fills the log cannot hide where it connected
-//!   afterwards, only the timing of each connection. The tally adds at most a few hundred KiB.
+//!   afterwards, only the timing of each connection; past 1024 destinations (possible with a
+//!   wildcard entry or in audit mode) only under which entry. The tally adds at most 2048
+//!   lines, about 1.5 MB in the worst case.
 //!
 //! The counts ([`EgressSummary`]) include every attempt, and `truncated` says whether some of
 //! them are not in the file; `result.json` carries it as `egress.log_truncated`. Each line is

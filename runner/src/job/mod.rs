@@ -496,7 +496,7 @@ impl JobRun<'_> {
         // A runner error may mean job processes survived: then the lease ends unclean and the
         // next holder of this uid checks for leftovers first.
         if let Some(l) = lease {
-            if !matches!(result, Err(Stop::Runner(_))) {
+            if !keep_jobdir && !matches!(result, Err(Stop::Runner(_))) {
                 l.release_clean();
             }
         }
@@ -694,16 +694,19 @@ impl JobRun<'_> {
         }
         // Subuid mode: every job process is gone; the files come back to the runner before
         // it reads outputs or removes anything.
-        if let Some((ids, paths)) = self.handed_to_job.take() {
+        // Cleared only once handed back: on failure `execute` tries again and, failing,
+        // keeps the job directory (record included) for a later run.
+        if let Some((ids, paths)) = &self.handed_to_job {
             let helper = self.helper.as_ref().ok_or_else(|| {
                 Stop::Runner("no sandbox helper to hand the job's files back".into())
             })?;
-            crate::subuid::hand_over(helper, &ids, HandTo::Runner, &paths).map_err(|e| {
+            crate::subuid::hand_over(helper, ids, HandTo::Runner, paths).map_err(|e| {
                 Stop::Runner(format!(
                     "handing the job's files back from uid {}: {e}",
                     ids.uid
                 ))
             })?;
+            self.handed_to_job = None;
         }
         if let Some((dir, proxy)) = egress {
             // Every job process is gone (init has exited): nothing can use the proxy any more.

@@ -63,10 +63,25 @@ pub fn close_fds_from(first: u32) -> io::Result<()> {
     // afterwards would only see EBADF on close, which std ignores.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
     if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        return Ok(());
     }
+    let err = io::Error::last_os_error();
+    // A kernel before 5.9, or a container's seccomp profile that refuses the call: close them
+    // one by one, as listed in /proc/self/fd (the listing's own descriptor included, which
+    // then fails with EBADF when the listing closes it: harmless).
+    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+        return Err(err);
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd: &i32| u32::try_from(*fd).is_ok_and(|fd| fd >= first))
+        .collect();
+    for fd in fds {
+        // SAFETY: as above: the caller owns no descriptor at or above `first` it will use again.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
 }
 
 /// Returns the Landlock ABI version the running kernel supports (0 when unsupported or
