@@ -79,6 +79,23 @@ pub fn setup(configured: Option<UidRange>) -> Result<Setup, String> {
     let gids = bulwark_sandbox::subid::granted_ranges(&read("/etc/subgid")?, &user, uid.as_raw());
     let range = usable_range(configured, &uids, &gids).map_err(|e| format!("{e} (user {user})"))?;
     let tools = Tools::find()?;
+    // Under no_new_privs (systemd's NoNewPrivileges=yes, `setpriv --no-new-privs`) the setuid
+    // tools run without privilege and map nothing: say so now, not through their error.
+    let nnp = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+                .map(|v| v.trim() == "1")
+        })
+        .unwrap_or(false);
+    if nnp {
+        return Err(format!(
+            "this process runs with no_new_privs (systemd's NoNewPrivileges=yes?), under which \
+             the set-user-id {} cannot work; run the runner without it",
+            tools.newuidmap.display()
+        ));
+    }
     Ok(Setup {
         user,
         uid: uid.as_raw(),

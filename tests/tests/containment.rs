@@ -1956,6 +1956,29 @@ mod rootless_mode {
         }
 
         #[test]
+        fn under_no_new_privs_subuid_mode_refuses_before_anything_is_made() {
+            // systemd's NoNewPrivileges=yes would leave the setuid id-mapping tools powerless.
+            grant();
+            let env = env("subuid-nnp", 2);
+            let (cmd, out) = env.command(&one_step("nnp", "echo ran", ""), &[]);
+            let o = std::process::Command::new("setpriv")
+                .arg("--no-new-privs")
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let r = Run::from_output(o, out);
+            r.assert_code(2);
+            assert!(r.stderr.contains("runs with no_new_privs"), "{r}");
+            assert!(!r.stdout.contains("ran"), "{r}");
+            assert!(
+                fs::read_dir(env.state.join("jobs")).map_or(true, |mut d| d.next().is_none()),
+                "a job directory was made\n{r}"
+            );
+        }
+
+        #[test]
         fn job_uids_outside_the_grant_are_refused_naming_the_key() {
             let (first, _) = grant();
             let env = Env::new("subuid-range");
