@@ -249,6 +249,9 @@ report("socketpair_vsock", 53, 40, 1, 0, 0)
 report("socket_packet", 41, 17, 3, 0)
 report("socket_inet", 41, 2, 1, 0)
 report("socket_netlink", 41, 16, 3, 0)
+# Netlink beyond routing and socket diagnostics (netfilter, uevents): refused by protocol.
+report("socket_netlink_netfilter", 41, 16, 3, 12)
+report("socket_netlink_uevent", 41, 16, 2, 15)
 # prlimit64 on init (same uid): refused; on itself (pid 0): allowed.
 report("prlimit_init", 302, 1, 7, 0, 0)
 report("prlimit_self", 302, 0, 7, 0, 0)
@@ -313,6 +316,9 @@ print("fork_works=" + str(os.waitpid(pid, 0)[1] >> 8), flush=True)
     }
     for name in ["socket_vsock", "socketpair_vsock", "socket_packet"] {
         assert_eq!(r.value(name), "EAFNOSUPPORT", "{name}\n{r}");
+    }
+    for name in ["socket_netlink_netfilter", "socket_netlink_uevent"] {
+        assert_eq!(r.value(name), "EPROTONOSUPPORT", "{name}\n{r}");
     }
     assert_eq!(r.value("prlimit_init"), "EPERM", "{r}");
     for name in ["socket_inet", "socket_netlink", "prlimit_self"] {

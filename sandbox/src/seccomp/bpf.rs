@@ -52,6 +52,25 @@ pub enum Verdict {
         /// Return value when refused.
         refuse: u32,
     },
+    /// Like [`Verdict::AllowArgEq`], except that when argument `arg` equals `sub`, argument
+    /// `sub_arg` decides instead: allowed when it equals one of `sub_values`, else
+    /// `sub_refuse` (a socket family, then the protocol within it). All compared as 32 bits.
+    AllowArgEqOrSub {
+        /// Argument index, 0 to 5.
+        arg: u8,
+        /// Allowed values of `arg`.
+        values: &'static [u32],
+        /// Return value when `arg` matches neither `values` nor `sub`.
+        refuse: u32,
+        /// The value of `arg` that defers to `sub_arg`.
+        sub: u32,
+        /// Argument index, 0 to 5.
+        sub_arg: u8,
+        /// Allowed values of `sub_arg`.
+        sub_values: &'static [u32],
+        /// Return value when `sub_arg` matches none of `sub_values`.
+        sub_refuse: u32,
+    },
     /// Refuse (with `refuse`) when any bit of `mask` is set in the low 32 bits of argument
     /// `arg`; otherwise allow.
     RefuseArgBits {
@@ -229,6 +248,31 @@ fn leaf(verdict: Verdict) -> Result<Vec<Insn>, BuildError> {
             values,
             refuse,
         } => arg_in(arg, values, libc::SECCOMP_RET_ALLOW, refuse)?,
+        Verdict::AllowArgEqOrSub {
+            arg,
+            values,
+            refuse,
+            sub,
+            sub_arg,
+            sub_values,
+            sub_refuse,
+        } => {
+            // ld arg; jeq sub -> SUB; jeq v0 -> allow; ...; ret refuse; allow: ret allow;
+            // SUB: the sub-argument's own check.
+            let mut out = arg_in(arg, values, libc::SECCOMP_RET_ALLOW, refuse)?;
+            let n =
+                u8::try_from(values.len()).map_err(|_| BuildError::TooManyValues(values.len()))?;
+            // From the inserted jeq, the sub block starts after the n value jumps and the two
+            // returns.
+            out.insert(1, jump(BPF_JMP_JEQ_K, sub, n + 2, 0));
+            out.extend(arg_in(
+                sub_arg,
+                sub_values,
+                libc::SECCOMP_RET_ALLOW,
+                sub_refuse,
+            )?);
+            out
+        }
         Verdict::RefuseArgBits { arg, mask, refuse } => {
             if arg > 5 {
                 return Err(BuildError::BadArg(arg));
@@ -397,6 +441,18 @@ mod tests {
                     refuse: EPERM,
                 },
             ),
+            (
+                42,
+                Verdict::AllowArgEqOrSub {
+                    arg: 0,
+                    values: &[1, 2],
+                    refuse: EPERM,
+                    sub: 16,
+                    sub_arg: 2,
+                    sub_values: &[0, 4],
+                    sub_refuse: EPERM + 1,
+                },
+            ),
         ]);
         let prog = build(ARCH, &rules, EPERM, None).unwrap();
         let allow = Some(libc::SECCOMP_RET_ALLOW);
@@ -419,6 +475,25 @@ mod tests {
                 run(&prog, 41, ARCH, [family, 1, 0, 0, 0, 0]),
                 Some(EPERM),
                 "{family}"
+            );
+        }
+        for (family, protocol, want) in [
+            (1, 99, allow),
+            (2, 0, allow),
+            (1 | (1 << 40), 5, allow),
+            (3, 0, Some(EPERM)),
+            (10, 0, Some(EPERM)),
+            (16, 0, allow),
+            (16, 4, allow),
+            (16, 4 | (1 << 33), allow),
+            (16, 12, Some(EPERM + 1)),
+            (16, 9, Some(EPERM + 1)),
+            (16 | (1 << 35), 12, Some(EPERM + 1)),
+        ] {
+            assert_eq!(
+                run(&prog, 42, ARCH, [family, 3, protocol, 0, 0, 0]),
+                want,
+                "family {family:#x} protocol {protocol:#x}"
             );
         }
         assert_eq!(

@@ -13,6 +13,7 @@
 //! - `clone` refuses any namespace-creating flag (the kernel reads clone's flags as 32 bits);
 //! - `socket` and `socketpair` allow only the unix, IPv4, IPv6 and netlink families (others
 //!   answer EAFNOSUPPORT): AF_VSOCK and the like are not confined by the network namespace;
+//!   netlink only for routing and socket diagnostics (others answer EPROTONOSUPPORT);
 //! - `prlimit64` acts on the caller only (pid 0): init runs as the job's uid, and a job that
 //!   lowered init's limits could break the sandbox's own bookkeeping;
 //! - `clone3` answers ENOSYS: its flags live in memory BPF cannot read, and libc falls back to
@@ -45,14 +46,18 @@ const CLONE_NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
 
 /// Address families a job may open sockets of. The network namespace is the network boundary,
 /// but only for the families it covers: AF_VSOCK, for one, reaches the hypervisor host from
-/// inside any namespace. Netlink stays (namespaced; glibc's `getaddrinfo` asks it which
-/// address families are configured).
+/// inside any namespace. Netlink is decided by protocol ([`NETLINK_PROTOCOLS`]).
 const SOCKET_FAMILIES: &[u32] = &[
     libc::AF_UNIX as u32,
     libc::AF_INET as u32,
     libc::AF_INET6 as u32,
-    libc::AF_NETLINK as u32,
 ];
+
+/// Netlink protocols a job may open: routing (glibc's `getaddrinfo` and `getifaddrs` ask it
+/// which addresses are configured; `ip`) and socket diagnostics (`ss`), both answered from the
+/// job's own network namespace. The others (netfilter, xfrm, audit, uevents, crypto, ...)
+/// are kernel surface no build needs.
+const NETLINK_PROTOCOLS: &[u32] = &[libc::NETLINK_ROUTE as u32, libc::NETLINK_SOCK_DIAG as u32];
 
 /// Terminal requests refused in `ioctl`: input injection and the Linux console's grab bag.
 const REFUSED_IOCTLS: &[u32] = &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
@@ -60,6 +65,7 @@ const REFUSED_IOCTLS: &[u32] = &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
 const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
 const RET_ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
 const RET_EAFNOSUPPORT: u32 = libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32;
+const RET_EPROTONOSUPPORT: u32 = libc::SECCOMP_RET_ERRNO | libc::EPROTONOSUPPORT as u32;
 
 /// Building or installing the filter failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,10 +115,14 @@ pub fn compile() -> Result<JobFilters, SeccompError> {
                 values: REFUSED_IOCTLS,
                 refuse: RET_EPERM,
             },
-            libc::SYS_socket | libc::SYS_socketpair => Verdict::AllowArgEq {
+            libc::SYS_socket | libc::SYS_socketpair => Verdict::AllowArgEqOrSub {
                 arg: 0,
                 values: SOCKET_FAMILIES,
                 refuse: RET_EAFNOSUPPORT,
+                sub: libc::AF_NETLINK as u32,
+                sub_arg: 2,
+                sub_values: NETLINK_PROTOCOLS,
+                sub_refuse: RET_EPROTONOSUPPORT,
             },
             libc::SYS_prlimit64 => Verdict::AllowArgEq {
                 arg: 0,
@@ -299,12 +309,23 @@ mod tests {
         assert_eq!(call(libc::SYS_read, [0; 6]), Some(libc::SECCOMP_RET_ALLOW));
         let allow = Some(libc::SECCOMP_RET_ALLOW);
         for n in [libc::SYS_socket, libc::SYS_socketpair] {
-            for family in [
-                libc::AF_UNIX,
-                libc::AF_INET,
-                libc::AF_INET6,
-                libc::AF_NETLINK,
+            for (proto, want) in [
+                (libc::NETLINK_ROUTE, allow),
+                (libc::NETLINK_SOCK_DIAG, allow),
+                (libc::NETLINK_NETFILTER, errno(libc::EPROTONOSUPPORT)),
+                (libc::NETLINK_XFRM, errno(libc::EPROTONOSUPPORT)),
+                (libc::NETLINK_AUDIT, errno(libc::EPROTONOSUPPORT)),
+                (libc::NETLINK_KOBJECT_UEVENT, errno(libc::EPROTONOSUPPORT)),
+                (libc::NETLINK_CRYPTO, errno(libc::EPROTONOSUPPORT)),
             ] {
+                let family = libc::AF_NETLINK as u64;
+                assert_eq!(
+                    call(n, [family, 3, proto as u64, 0, 0, 0]),
+                    want,
+                    "{n} {proto}"
+                );
+            }
+            for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6] {
                 assert_eq!(
                     call(n, [family as u64, 1, 0, 0, 0, 0]),
                     allow,
