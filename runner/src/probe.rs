@@ -153,9 +153,7 @@ fn trial_sandbox(
         dirs.create().map_err(|e| format!("{e:#}"))?;
         Some(
             match subuid {
-                Some(s) => {
-                    crate::uids::lease_subordinate(&s.range, &dirs.uid_locks(), &s.user, s.uid)
-                }
+                Some(s) => crate::uids::lease_subordinate(&s.range, &s.user, s.uid),
                 None => crate::uids::lease(&config.limits.root_job_uids(), &dirs.uid_locks()),
             }
             .map_err(|e| format!("{e:#}"))?,
@@ -220,6 +218,9 @@ fn trial_sandbox(
         )
     };
     let mut result = run_trial(&helper, &spec);
+    // As `bulwark run` does: what cannot be handed back stays (and is reported), and the
+    // lease then ends unclean, so the uid is checked before it is handed out again.
+    let mut clean = true;
     if let Some(ids) = &subids {
         let back = crate::subuid::hand_over(
             &helper,
@@ -227,16 +228,26 @@ fn trial_sandbox(
             HandTo::Runner,
             &crate::subuid::job_trees(&ws, &tmp),
         );
-        if let (Ok(()), Err(e)) = (&result, back) {
-            result = Err(format!(
-                "handing the trial's directories back from uid {}: {e}",
+        if let Err(e) = back {
+            clean = false;
+            let e = format!(
+                "handing the trial's directories in {} back from uid {}: {e}",
+                base.display(),
                 ids.uid
-            ));
+            );
+            result = match result {
+                Ok(()) => Err(e),
+                Err(first) => Err(format!("{first}; then {e}")),
+            };
         }
     }
-    let _ = crate::fsutil::remove_tree(&base);
+    if clean {
+        let _ = crate::fsutil::remove_tree(&base);
+    }
     if let Some(l) = lease {
-        l.release_clean();
+        if clean {
+            l.release_clean();
+        }
     }
     result
 }

@@ -89,6 +89,15 @@ pub fn setup(configured: Option<UidRange>) -> Result<Setup, String> {
                 .map(|v| v.trim() == "1")
         })
         .unwrap_or(false);
+    if let Some(option) =
+        proc_hides_pids(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+    {
+        return Err(format!(
+            "/proc is mounted with {option}: this runner could not see the processes of its \
+             jobs' uids, and it hands a uid out again, or a job's files back, only once none \
+             is left; mount /proc without hidepid"
+        ));
+    }
     if nnp {
         return Err(format!(
             "this process runs with no_new_privs (systemd's NoNewPrivileges=yes?), under which \
@@ -101,6 +110,21 @@ pub fn setup(configured: Option<UidRange>) -> Result<Setup, String> {
         uid: uid.as_raw(),
         range,
         tools,
+    })
+}
+
+/// The `hidepid` option of the `/proc` mount in `mountinfo`, unless it hides nothing.
+fn proc_hides_pids(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if left.split_whitespace().nth(4) != Some("/proc") {
+            return None;
+        }
+        let options = right.split_whitespace().nth(2)?;
+        options
+            .split(',')
+            .find(|o| o.starts_with("hidepid=") && !matches!(*o, "hidepid=0" | "hidepid=off"))
+            .map(str::to_owned)
     })
 }
 
@@ -178,6 +202,7 @@ pub fn hand_over(
     }
     let spec = OwnershipSpec {
         protocol: bulwark_sandbox::spec::PROTOCOL.to_string(),
+        runner_pid: std::process::id(),
         subids: ids.clone(),
         to,
         paths: paths.to_vec(),
@@ -243,6 +268,29 @@ mod tests {
         );
         let e = usable_range(None, &uids, &[]).unwrap_err();
         assert!(e.contains("/etc/subgid grants"), "{e}");
+    }
+
+    #[test]
+    fn a_proc_that_hides_pids_is_found_in_mountinfo() {
+        let line = |opts: &str| {
+            format!(
+                "22 27 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc {opts}\n"
+            )
+        };
+        assert_eq!(proc_hides_pids(&line("rw")), None);
+        assert_eq!(proc_hides_pids(&line("rw,hidepid=0")), None);
+        assert_eq!(proc_hides_pids(&line("rw,hidepid=off")), None);
+        assert_eq!(
+            proc_hides_pids(&line("rw,hidepid=2")).as_deref(),
+            Some("hidepid=2")
+        );
+        assert_eq!(
+            proc_hides_pids(&line("rw,hidepid=invisible,gid=4")).as_deref(),
+            Some("hidepid=invisible")
+        );
+        // Another mount point's options do not count.
+        let other = "30 27 0:40 / /mnt/p rw shared:1 - proc proc rw,hidepid=2\n";
+        assert_eq!(proc_hides_pids(other), None);
     }
 
     #[test]

@@ -48,22 +48,51 @@ impl UidLease {
 
 /// Leases a free uid from `range` (root mode).
 pub fn lease(range: &UidRange, lock_dir: &Path) -> Result<UidLease> {
-    lease_avoiding(range, lock_dir, &reserved_ids(None))
+    lease_avoiding(range, lock_dir, &reserved_ids(None), false)
 }
 
 /// Leases a free uid from `range`, part of the subordinate range the runner's own user `name`
 /// (uid `id`) is granted (subuid mode): that grant is the runner's to hand out, every other
 /// account and grant is still avoided.
-pub fn lease_subordinate(
-    range: &UidRange,
-    lock_dir: &Path,
-    name: &str,
-    id: u32,
-) -> Result<UidLease> {
-    lease_avoiding(range, lock_dir, &reserved_ids(Some((name, id))))
+///
+/// The locks live in one place per user whatever the configuration says
+/// ([`subordinate_lock_dir`]), since every runner of this user hands out the same grant; and
+/// the `/proc` scan runs for every candidate, whatever its lock file says.
+pub fn lease_subordinate(range: &UidRange, name: &str, id: u32) -> Result<UidLease> {
+    let dir = subordinate_lock_dir(id)?;
+    lease_avoiding(range, &dir, &reserved_ids(Some((name, id))), true)
 }
 
-fn lease_avoiding(range: &UidRange, lock_dir: &Path, reserved: &[(u32, u32)]) -> Result<UidLease> {
+/// `/dev/shm/bulwark-subuid-leases-<uid>`: the same for every runner of one user (neither
+/// the configuration nor the environment moves it), private to that user, gone at reboot
+/// with every process that could have held a lease.
+pub fn subordinate_lock_dir(id: u32) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = std::path::PathBuf::from(format!("/dev/shm/bulwark-subuid-leases-{id}"));
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => bail!("creating the uid lease directory {}: {e}", dir.display()),
+    }
+    let meta = fs::symlink_metadata(&dir).with_context(|| format!("checking {}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != id || meta.mode() & 0o077 != 0 {
+        bail!(
+            "{} is not this user's private directory (owner {}, mode {:o}); someone else made \
+             it: remove it, then run again",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(dir)
+}
+
+fn lease_avoiding(
+    range: &UidRange,
+    lock_dir: &Path,
+    reserved: &[(u32, u32)],
+    always_scan: bool,
+) -> Result<UidLease> {
     let span = u64::from(range.last - range.first) + 1;
     // Lowest free uid first: uids are reused, so their lock files usually say `clean` and the
     // /proc scan is rarely needed; a contended lock is skipped at once (non-blocking).
@@ -88,7 +117,9 @@ fn lease_avoiding(range: &UidRange, lock_dir: &Path, reserved: &[(u32, u32)]) ->
                 // no process still runs as this uid (one /proc scan, reused for later candidates).
                 let mut state = String::new();
                 let _ = lock.read_to_string(&mut state);
-                if state.trim() != CLEAN && busy.get_or_insert_with(uids_in_use).contains(&uid) {
+                if (always_scan || state.trim() != CLEAN)
+                    && busy.get_or_insert_with(uids_in_use).contains(&uid)
+                {
                     continue;
                 }
                 lock.write_all_at(IN_USE_RECORD, 0)

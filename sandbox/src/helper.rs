@@ -17,7 +17,9 @@
 //!    a child forked before step 4 (see `crate::subid`), and become them;
 //! 6. only now the parent-death signal (an id change clears it), so that a killed runner
 //!    takes the job down with it;
-//! 7. open the `/workspace` and `/tmp` sources as descriptors;
+//! 7. open the `/workspace` and `/tmp` sources as descriptors (in fact between the maps and
+//!    becoming the mapped ids in step 5, while in subuid mode our host uid is still the
+//!    runner's);
 //! 8. fork init, pid 1 of the new pid namespace, and relay its exit status.
 
 use std::fs::{self, File, OpenOptions};
@@ -202,6 +204,35 @@ fn run(status: &mut File) -> Result<i32, Stage> {
                 .map_err(at("gid_map"))?;
         }
     }
+    // Sources of /workspace and /tmp, opened in the new mount namespace (a bind source must
+    // belong to it) without following a symlink at the last component, and before we become
+    // the job's ids inside it: in subuid mode until then our host uid is still the runner's,
+    // which can walk to its state directory wherever it is (a home directory of mode 0700,
+    // say), where the job's uid could not. Their parents belong to the runner (root, or the
+    // runner's user) and are mode 0711 (see the runner's workspace module), so the job's uid
+    // cannot replace them.
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let workspace =
+        open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;
+    let tmp = open(&spec.tmp, dir_flags, Mode::empty()).map_err(at("open tmp"))?;
+    let rootfs_dir: Option<OwnedFd> = match &spec.rootfs {
+        Some(p) => Some(
+            open(p, dir_flags, Mode::empty())
+                .map_err(|e| ("open rootfs", format!("{}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    // Tools likewise: bind sources are taken from descriptors, so no host path (the state
+    // directory may even sit under /tmp, which the new root covers) is walked again later.
+    let tool_dirs: Vec<OwnedFd> = spec
+        .tools
+        .iter()
+        .map(|t| {
+            open(&t.host_dir, dir_flags, Mode::empty())
+                .map_err(|e| ("open tool", format!("{}: {e}", t.host_dir.display())))
+        })
+        .collect::<Result<_, _>>()?;
+
     // Become the mapped ids so files we create have a valid owner. Uid 0 is not mapped in this
     // namespace, so this change does not clear the capabilities we hold in it.
     setresgid(
@@ -227,32 +258,6 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             "the runner exited before the sandbox started".into(),
         ));
     }
-
-    // Sources of /workspace and /tmp, opened in the new mount namespace (a bind source must
-    // belong to it) without following a symlink at the last component. Their parents are
-    // root-owned and mode 0711 (see the runner's workspace module), so the job's uid can
-    // reach them but cannot replace them.
-    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let workspace =
-        open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;
-    let tmp = open(&spec.tmp, dir_flags, Mode::empty()).map_err(at("open tmp"))?;
-    let rootfs_dir: Option<OwnedFd> = match &spec.rootfs {
-        Some(p) => Some(
-            open(p, dir_flags, Mode::empty())
-                .map_err(|e| ("open rootfs", format!("{}: {e}", p.display())))?,
-        ),
-        None => None,
-    };
-    // Tools likewise: bind sources are taken from descriptors, so no host path (the state
-    // directory may even sit under /tmp, which the new root covers) is walked again later.
-    let tool_dirs: Vec<OwnedFd> = spec
-        .tools
-        .iter()
-        .map(|t| {
-            open(&t.host_dir, dir_flags, Mode::empty())
-                .map_err(|e| ("open tool", format!("{}: {e}", t.host_dir.display())))
-        })
-        .collect::<Result<_, _>>()?;
 
     phase(&spec, status, "helper-namespaces-and-maps");
     // 8. Init. It checks, once its parent-death signal is set, that we still hold this pipe.

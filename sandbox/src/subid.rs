@@ -282,6 +282,9 @@ pub enum HandTo {
 pub struct OwnershipSpec {
     /// [`crate::spec::PROTOCOL`] of the runner that wrote this spec.
     pub protocol: String,
+    /// Pid of the runner: the walk dies with it (a walk outliving its runner could hand
+    /// entries to the job again while the next run takes them back).
+    pub runner_pid: u32,
     /// The job's ids and the mapping tools.
     pub subids: SubidMap,
     /// Which way.
@@ -313,6 +316,14 @@ fn ownership() -> Result<(), Stage> {
         return Err((
             "protocol",
             "install bulwark and bulwark-sandbox from one build".into(),
+        ));
+    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| ("pdeathsig", e.to_string()))?;
+    if nix::unistd::getppid().as_raw() != i32::try_from(spec.runner_pid).unwrap_or(-1) {
+        return Err((
+            "pdeathsig",
+            "the runner exited before the walk started".into(),
         ));
     }
     // Every path is opened now, as the runner, before any namespace exists.

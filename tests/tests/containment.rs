@@ -1838,6 +1838,13 @@ mod rootless_mode {
             let (first, last) = grant();
             let me = nix::unistd::getuid().as_raw();
             let env = env("subuid-run", 0);
+            // The state directory sits under one only this user can enter (as under a home
+            // directory of mode 0700): the job's uid never walks that path.
+            fs::set_permissions(
+                &env.dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .unwrap();
             let pause = format!("1.{}", rand_digits());
             // The job makes its output unreadable and a directory the runner could not enter
             // or empty were it still the job's; both must come back.
@@ -1982,6 +1989,46 @@ mod rootless_mode {
                 fs::read_dir(env.state.join("jobs")).map_or(true, |mut d| d.next().is_none()),
                 "a job directory was made\n{r}"
             );
+        }
+
+        #[test]
+        fn runners_with_different_runtime_directories_never_share_a_job_uid() {
+            // Leases of one user's grant are locked in one place whatever the configuration
+            // says; two environments here have runtime directories of their own.
+            let (a, b) = (env("subuid-pair-a", 3), env("subuid-pair-b", 3));
+            // A run of b's first leaves the first uid's lease marked clean (no process left),
+            // which a lease directory of b's own would then trust without looking at /proc.
+            b.run(&one_step("warm", "true", "")).assert_code(0);
+            let pause = format!("3.{}", rand_digits());
+            let job = one_step(
+                "pair",
+                &format!("echo map=$(cat /proc/self/uid_map) && sleep {pause}"),
+                "",
+            );
+            let (mut cmd, out) = a.command(&job, &[]);
+            let first = cmd
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while processes_with(&format!("sleep {pause}")).is_empty() {
+                assert!(Instant::now() < deadline, "the first job never started");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let second = b.run(&job);
+            let first = Run::from_output(first.wait_with_output().unwrap(), out);
+            first.assert_code(0);
+            second.assert_code(0);
+            let host = |r: &Run| -> u32 {
+                r.value("map")
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            assert_ne!(host(&first), host(&second), "{first}\n{second}");
         }
 
         #[test]

@@ -444,12 +444,7 @@ impl JobRun<'_> {
                 &limits.root_job_uids(),
                 &dirs.uid_locks(),
             )),
-            (Some(s), false) => Some(crate::uids::lease_subordinate(
-                &s.range,
-                &dirs.uid_locks(),
-                &s.user,
-                s.uid,
-            )),
+            (Some(s), false) => Some(crate::uids::lease_subordinate(&s.range, &s.user, s.uid)),
             (None, false) => None,
         }
         .transpose()

@@ -7,7 +7,7 @@
 //!
 //! One filter, a balanced decision tree over syscall numbers built by [`bpf`] (why not
 //! seccompiler's linear chain: see there). Listed calls are allowed, everything else gets EPERM,
-//! with three exceptions:
+//! with these exceptions:
 //! - `ioctl` refuses TIOCSTI and TIOCLINUX, compared on the low 32 bits of the request (the
 //!   kernel truncates it, so a 64-bit compare is bypassed by setting high bits: CVE-2019-10063);
 //! - `clone` refuses any namespace-creating flag (the kernel reads clone's flags as 32 bits);
