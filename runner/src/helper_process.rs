@@ -229,6 +229,12 @@ impl Started {
         let Some(mut child) = self.child.take() else {
             return what.to_string();
         };
+        // A helper that closed its end of the spec pipe is on its way out, most likely still
+        // writing why: let it finish (briefly) before killing it, or its reason is lost.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let _ = child.kill();
         let status = child.wait();
         let mut said = String::new();

@@ -92,6 +92,14 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         ));
     }
     phase(&spec, status, "helper-read-spec");
+    // A runner that is already gone (or a spec naming another) gets nothing built; the check
+    // is made again once the parent-death signal is set (step 6), which closes the window.
+    if getppid().as_raw() != i32::try_from(spec.runner_pid).unwrap_or(-1) {
+        return Err((
+            "pdeathsig",
+            "the runner exited before the sandbox started".into(),
+        ));
+    }
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(at("open /dev/null"))?;
     dup2_stdin(null.as_fd()).map_err(at("stdin"))?;
