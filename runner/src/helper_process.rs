@@ -166,14 +166,7 @@ impl HelperBinary {
         if status.success() {
             return Ok(());
         }
-        let reason = said.lines().find_map(|line| {
-            match serde_json::from_str::<bulwark_sandbox::spec::Event>(line) {
-                Ok(bulwark_sandbox::spec::Event::SetupFailed { stage, message }) => {
-                    Some(format!("{stage}: {message}"))
-                }
-                _ => None,
-            }
-        });
+        let reason = setup_failure(&said);
         Err(match (reason, written) {
             (Some(r), _) => r,
             (None, Some(Err(e))) => format!("sending the ownership spec: {e} ({status})"),
@@ -248,14 +241,7 @@ impl Started {
             let _ =
                 std::io::Read::read_to_string(&mut std::io::Read::take(out, 64 * 1024), &mut said);
         }
-        let reason = said.lines().find_map(|line| {
-            match serde_json::from_str::<bulwark_sandbox::spec::Event>(line) {
-                Ok(bulwark_sandbox::spec::Event::SetupFailed { stage, message }) => {
-                    Some(format!("{stage}: {message}"))
-                }
-                _ => None,
-            }
-        });
+        let reason = setup_failure(&said);
         let status = status.map_or_else(|e| format!("unknown status ({e})"), |s| s.to_string());
         match reason {
             Some(r) => format!("{what}; the sandbox helper stopped first ({status}): {r}"),
@@ -274,6 +260,18 @@ impl Drop for Started {
             let _ = child.wait();
         }
     }
+}
+
+/// The first `setup_failed` event among the helper's status lines, as "stage: message".
+fn setup_failure(said: &str) -> Option<String> {
+    said.lines().find_map(
+        |line| match serde_json::from_str::<bulwark_sandbox::spec::Event>(line) {
+            Ok(bulwark_sandbox::spec::Event::SetupFailed { stage, message }) => {
+                Some(format!("{stage}: {message}"))
+            }
+            _ => None,
+        },
+    )
 }
 
 fn change_stamp(meta: &std::fs::Metadata) -> (i64, i64, u64) {
