@@ -103,6 +103,10 @@ pub fn collect(
     out: &Path,
     bounds: Bounds,
 ) -> Result<Vec<OutputRecord>, OutputError> {
+    if patterns.is_empty() {
+        // Nothing declared: the workspace is not even opened.
+        return Ok(Vec::new());
+    }
     let ws =
         nix::fcntl::open(workspace, DIR_FLAGS, Mode::empty()).map_err(|e| OutputError::Io {
             path: ".".into(),
@@ -153,31 +157,41 @@ pub fn collect(
         )));
     }
     // Copy and hash in parallel across cores: each worker takes the next file. Results keep
-    // the walk's (sorted) order.
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(matched.len())
-        .max(1);
+    // the walk's (sorted) order. One file is copied on this thread (a large one still gets
+    // its reader and writer threads in `copy_one`), and the core count, which costs a read
+    // of the cgroup's CPU quota files, is asked only when there is more than one.
+    let workers = if matched.len() > 1 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(matched.len())
+    } else {
+        1
+    };
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<Option<Result<OutputRecord, OutputError>>>> = matched
         .iter()
         .map(|_| std::sync::Mutex::new(None))
         .collect();
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((rel, ..)) = matched.get(i) else {
-                    break;
-                };
-                let r = copy_one(&ws, rel, out);
-                if let Ok(mut slot) = slots[i].lock() {
-                    *slot = Some(r);
-                }
-            });
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some((rel, ..)) = matched.get(i) else {
+            break;
+        };
+        let r = copy_one(&ws, rel, out);
+        if let Ok(mut slot) = slots[i].lock() {
+            *slot = Some(r);
         }
-    });
+    };
+    if workers <= 1 {
+        work();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(work);
+            }
+        });
+    }
     let mut records = Vec::new();
     let mut first_err = None;
     for slot in slots {
@@ -456,6 +470,36 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(fs::read_to_string(out.join("dist/a.txt")).unwrap(), "abc");
+    }
+
+    #[test]
+    fn no_declared_outputs_leave_the_workspace_unread() {
+        // Not even opened: a workspace that is not there is no error when nothing is asked.
+        let out = tempdir("o");
+        let missing = out.join("no-such-workspace");
+        assert!(collect(&missing, &[], &out, BOUNDS).unwrap().is_empty());
+        assert!(collect(&missing, &["a".into()], &out, BOUNDS).is_err());
+    }
+
+    #[test]
+    fn many_outputs_are_copied_in_parallel_and_reported_in_walk_order() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        for i in 0..40 {
+            fs::write(ws.join(format!("f{i:02}")), format!("{i}")).unwrap();
+        }
+        let recs = collect(&ws, &["f*".into()], &out, BOUNDS).unwrap();
+        let names: Vec<_> = recs.iter().map(|r| r.path.clone()).collect();
+        let expected: Vec<_> = (0..40).map(|i| format!("f{i:02}")).collect();
+        assert_eq!(names, expected);
+        for (i, r) in recs.iter().enumerate() {
+            let want = Sha256::digest(format!("{i}").as_bytes());
+            assert_eq!(r.sha256, hex(&want), "{}", r.path);
+            assert_eq!(
+                fs::read_to_string(out.join(&r.path)).unwrap(),
+                format!("{i}")
+            );
+        }
     }
 
     #[test]
