@@ -103,6 +103,19 @@ pub fn collect(
     out: &Path,
     bounds: Bounds,
 ) -> Result<Vec<OutputRecord>, OutputError> {
+    collect_within(workspace, patterns, out, bounds, |_| Ok(()))
+}
+
+/// [`collect`], with `room(total)` asked, once every output has been found and checked and
+/// before anything is copied, whether `total` bytes may be written to `out` (the disk
+/// reserve); its refusal is the error.
+pub fn collect_within(
+    workspace: &Path,
+    patterns: &[String],
+    out: &Path,
+    bounds: Bounds,
+    room: impl FnOnce(u64) -> Result<(), String>,
+) -> Result<Vec<OutputRecord>, OutputError> {
     if patterns.is_empty() {
         // Nothing declared: the workspace is not even opened.
         return Ok(Vec::new());
@@ -156,6 +169,7 @@ pub fn collect(
             bounds.max_bytes
         )));
     }
+    room(total).map_err(OutputError::Bounds)?;
     // Copy and hash in parallel across cores: each worker takes the next file. Results keep
     // the walk's (sorted) order. One file is copied on this thread (a large one still gets
     // its reader and writer threads in `copy_one`), and the core count, which costs a read

@@ -586,6 +586,114 @@ fn a_step_past_its_timeout_is_killed() {
     );
 }
 
+/// Held by the tests that measure free disk space, so that none of them sees another's files.
+static DISK_SPACE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Bytes available to unprivileged users, and the size, of the filesystem holding `dir`.
+fn disk_space(dir: &std::path::Path) -> (u64, u64) {
+    let st = nix::sys::statvfs::statvfs(dir).unwrap();
+    (
+        st.blocks_available() * st.fragment_size(),
+        st.blocks() * st.fragment_size(),
+    )
+}
+
+#[test]
+fn a_job_that_fills_the_disk_is_stopped_at_the_reserve_and_its_files_removed() {
+    let _serial = DISK_SPACE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new("disk-fill");
+    fs::create_dir_all(&env.state).unwrap();
+    let (before, _) = disk_space(&env.state);
+    // A reserve 256 MiB below what is available now: the job crosses it after writing about
+    // 256 MiB of the 4 GiB it tries to write, then would sleep for a minute.
+    let reserve = before.saturating_sub(256 << 20);
+    env.write_config(&format!("min_free_disk = \"{}B\"", reserve));
+    let marker = format!("29{}", rand_digits());
+    let run =
+        format!("head -c 4294967296 /dev/zero > /workspace/fill; echo wrote-all; sleep {marker}");
+    let t = Instant::now();
+    let r = env.run(&one_step("fill", &run, "[resources]\ntimeout = \"30s\"\n"));
+    r.assert_code(1);
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}\n{r}",
+        t.elapsed()
+    );
+    let res = r.result();
+    assert_eq!(res["status"], "failed", "{r}");
+    let reason = res["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the runner stopped the job: the filesystem of ")
+            && reason.contains("below limits.min_free_disk = "),
+        "{r}"
+    );
+    assert!(
+        !r.log.contains("wrote-all"),
+        "the job wrote everything\n{r}"
+    );
+    assert!(
+        res["isolation"]["limits_enforced"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "free-disk"),
+        "{r}"
+    );
+    // The host afterwards: no job process, no job directory, the space back.
+    assert!(processes_with(&format!("sleep {marker}")).is_empty());
+    let jobs: Vec<_> = fs::read_dir(env.state.join("jobs")).unwrap().collect();
+    assert!(jobs.is_empty(), "job directories left: {jobs:?}");
+    let (after, _) = disk_space(&env.state);
+    assert!(
+        after + (128 << 20) > before,
+        "space not given back: {before} available before, {after} after"
+    );
+}
+
+#[test]
+fn a_job_is_refused_when_the_disk_is_already_below_the_reserve() {
+    let _serial = DISK_SPACE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new("disk-low");
+    fs::create_dir_all(&env.state).unwrap();
+    let (_, total) = disk_space(&env.state);
+    env.write_config(&format!("min_free_disk = \"{}B\"", total + 1));
+    let r = env.run(&one_step("never", "echo ran", ""));
+    r.assert_code(2);
+    assert!(!r.log.contains("ran"), "{r}");
+    assert!(
+        r.stderr.contains("below limits.min_free_disk = ")
+            && r.stderr
+                .contains("free space there, or lower limits.min_free_disk"),
+        "{r}"
+    );
+}
+
+#[test]
+fn outputs_that_would_cross_the_reserve_are_not_copied() {
+    let _serial = DISK_SPACE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new("disk-out");
+    fs::create_dir_all(&env.state).unwrap();
+    // The job's own 256 MiB stay 128 MiB clear of the reserve; the copy of them as an output
+    // would go 128 MiB past it.
+    let (before, _) = disk_space(&env.state);
+    let reserve = before.saturating_sub(384 << 20);
+    env.write_config(&format!("min_free_disk = \"{}B\"", reserve));
+    let r = env.run(&one_step(
+        "out",
+        "head -c 268435456 /dev/zero > big.bin",
+        "[outputs]\npaths = [\"big.bin\"]\n",
+    ));
+    r.assert_code(1);
+    let res = r.result();
+    let reason = res["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("writing 256MiB to ")
+            && reason.contains("would leave less than limits.min_free_disk"),
+        "{r}"
+    );
+    assert!(!r.out.join("big.bin").exists(), "{r}");
+}
+
 #[test]
 fn a_double_forked_setsid_process_that_ignores_signals_is_gone_when_the_job_ends() {
     let env = Env::new("orphans");

@@ -69,6 +69,72 @@ pub struct LimitsConfig {
     pub max_outputs: u64,
     /// Most output bytes one job may produce in total (`max_output_bytes = "64GiB"`).
     pub max_output_bytes: u64,
+    /// Space every job must leave available on the filesystem of the job directories and on
+    /// that of the output directory (`min_free_disk = "5%"` or `"20GiB"`; `"0"` turns the
+    /// check off, which `result.json` records).
+    pub min_free_disk: DiskReserve,
+}
+
+/// `limits.min_free_disk`: how much of a filesystem a job must leave available.
+///
+/// Why a reserve and not a per-job quota: a quota needs project quotas on the state
+/// filesystem (an ext4 or XFS mount option few hosts have) or a filesystem image per job;
+/// a reserve works on every filesystem, rootless too, and stops what matters on a shared
+/// build host: one job filling the disk under every other job and service. It is checked
+/// before a job starts, every 100 ms while it runs (a job that crosses it is stopped and
+/// its directory removed), and before outputs are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskReserve {
+    /// `"0"`: not checked.
+    Off,
+    /// A size: at least this many bytes stay available.
+    Bytes(u64),
+    /// `"N%"` (1 to 50): at least this share of the filesystem's size stays available.
+    Percent(u8),
+}
+
+impl DiskReserve {
+    /// The bytes to keep available on a filesystem of `total` bytes; `None` when off.
+    pub fn bytes_of(self, total: u64) -> Option<u64> {
+        match self {
+            DiskReserve::Off => None,
+            DiskReserve::Bytes(b) => Some(b),
+            DiskReserve::Percent(p) => Some(total / 100 * u64::from(p)),
+        }
+    }
+}
+
+impl fmt::Display for DiskReserve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskReserve::Off => f.write_str("0"),
+            DiskReserve::Bytes(b) => f.write_str(&crate::units::format_size(*b)),
+            DiskReserve::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl FromStr for DiskReserve {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(number) = s.strip_suffix('%') {
+            return match number.parse::<u8>() {
+                Ok(0) => Ok(DiskReserve::Off),
+                Ok(p @ 1..=50) => Ok(DiskReserve::Percent(p)),
+                _ => Err(format!(
+                    "{} is not a share between 1% and 50%; use a percentage like \"5%\", a size like \"20GiB\", or \"0\" for no check",
+                    crate::error::quote(s)
+                )),
+            };
+        }
+        if s == "0" {
+            return Ok(DiskReserve::Off);
+        }
+        match crate::units::parse_size(s)? {
+            0 => Ok(DiskReserve::Off),
+            b => Ok(DiskReserve::Bytes(b)),
+        }
+    }
 }
 
 /// Root mode's job uids when `limits.job_uids` is not configured.
@@ -211,6 +277,7 @@ impl Default for LimitsConfig {
             kill_grace: Duration::from_secs(5),
             max_outputs: 10_000,
             max_output_bytes: 64 << 30,
+            min_free_disk: DiskReserve::Percent(5),
         }
     }
 }
@@ -318,6 +385,7 @@ struct RawLimits {
     kill_grace: Option<String>,
     max_outputs: Option<u64>,
     max_output_bytes: Option<String>,
+    min_free_disk: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +522,10 @@ fn convert_limits(raw: RawLimits, errors: &mut Errors) -> LimitsConfig {
             d.max_output_bytes,
             1,
         ),
+        min_free_disk: raw
+            .min_free_disk
+            .and_then(|text| errors.take("limits.min_free_disk", text.parse()))
+            .unwrap_or(d.min_free_disk),
     }
 }
 
@@ -642,6 +714,41 @@ runtime_dir = "/run/bulwark-a"
             Some("10.1.2.3")
         );
         assert_eq!(c.paths.state_dir.as_deref(), Some("/srv/bulwark/state"));
+    }
+
+    #[test]
+    fn min_free_disk_takes_a_share_a_size_or_zero_and_names_the_key_otherwise() {
+        let read = |v: &str| {
+            Config::from_toml_str(&format!("[limits]\nmin_free_disk = \"{v}\"\n"))
+                .map(|c| c.limits.min_free_disk)
+        };
+        assert_eq!(
+            Config::default().limits.min_free_disk,
+            DiskReserve::Percent(5)
+        );
+        assert_eq!(read("10%").unwrap(), DiskReserve::Percent(10));
+        assert_eq!(read("20GiB").unwrap(), DiskReserve::Bytes(20 << 30));
+        for off in ["0", "0%", "0B"] {
+            assert_eq!(read(off).unwrap(), DiskReserve::Off, "{off}");
+        }
+        for (bad, says) in [
+            ("51%", "\"51%\" is not a share between 1% and 50%"),
+            ("-1%", "\"-1%\" is not a share"),
+            ("5.5%", "\"5.5%\" is not a share"),
+            ("20GB", "only binary units are accepted"),
+            ("lots", "\"lots\" is not a size"),
+        ] {
+            let err = read(bad).expect_err(bad).to_string();
+            assert!(
+                err.contains("limits.min_free_disk: ") && err.contains(says),
+                "{err}"
+            );
+        }
+        assert_eq!(DiskReserve::Percent(5).bytes_of(1000), Some(50));
+        assert_eq!(DiskReserve::Bytes(7).bytes_of(1000), Some(7));
+        assert_eq!(DiskReserve::Off.bytes_of(1000), None);
+        assert_eq!(DiskReserve::Percent(5).to_string(), "5%");
+        assert_eq!(DiskReserve::Bytes(2 << 30).to_string(), "2GiB");
     }
 
     #[test]

@@ -175,6 +175,7 @@ pub fn run(args: RunArgs) -> u8 {
         egress: None,
         helper: None,
         handed_to_job: None,
+        disk: None,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -341,6 +342,8 @@ struct JobRun<'a> {
     /// Subuid mode: the job's ids and the paths handed to them that have not been handed back
     /// yet (every exit path hands them back before the job directory is removed).
     handed_to_job: Option<(bulwark_sandbox::subid::SubidMap, Vec<PathBuf>)>,
+    /// `limits.min_free_disk` on the job directory's filesystem, checked while the job runs.
+    disk: Option<crate::disk_reserve::Reserve>,
 }
 
 /// What the sandbox reported.
@@ -351,6 +354,8 @@ struct Reported {
     steps: Vec<StepResult>,
     done: Option<bool>,
     any_step_started: bool,
+    /// Why the runner stopped the job while it ran (the disk reserve).
+    stopped: Option<String>,
 }
 
 impl JobRun<'_> {
@@ -391,6 +396,9 @@ impl JobRun<'_> {
             eprintln!("bulwark: warning: no usable cgroup; memory and pids are limited by rlimits only (limits.allow_rlimit_fallback = true), which is recorded in result.json");
         } else {
             limits_enforced.splice(0..0, ["memory".to_string(), "pids".to_string()]);
+        }
+        if limits.min_free_disk != bulwark_protocol::DiskReserve::Off {
+            limits_enforced.push("free-disk".to_string());
         }
         if self.config.egress.audit {
             // Audit mode lets the job reach any host but the metadata addresses and this
@@ -455,14 +463,23 @@ impl JobRun<'_> {
             .map(|(s, l)| s.map_for(l.uid));
         let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started)
             .map_err(|e| Stop::Refused(format!("{e:#}")))?;
-        let result = self.execute_in(
-            &jobdir,
-            lease.as_ref().filter(|_| root).map(|l| l.uid),
-            subids,
-            &host,
-            fallback,
-            started,
-        );
+        self.disk = crate::disk_reserve::Reserve::new(&jobdir.path, limits.min_free_disk);
+        let result = match self.disk.as_ref().map(|d| d.check(0)) {
+            Some(Err(e)) => Err(Stop::Refused(format!(
+                "{e}; free space there, or lower limits.min_free_disk"
+            ))),
+            _ => Ok(()),
+        };
+        let result = result.and_then(|()| {
+            self.execute_in(
+                &jobdir,
+                lease.as_ref().filter(|_| root).map(|l| l.uid),
+                subids,
+                &host,
+                fallback,
+                started,
+            )
+        });
         // Subuid mode, on a path that ended before handing the job's files back. If they
         // cannot be handed back now, the directory is left whole (lock released, `subids`
         // record kept) for the next run's cleanup: removing what this runner may would delete
@@ -729,6 +746,13 @@ impl JobRun<'_> {
             }
         }
         self.steps = reported.steps.clone();
+        if let Some(why) = &reported.stopped {
+            return Ok((
+                JobStatus::Failed,
+                Some(format!("the runner stopped the job: {why}")),
+                Vec::new(),
+            ));
+        }
         if let Some((stage, message)) = &reported.setup_failed {
             let msg =
                 format!("the sandbox could not apply {stage}: {message}; the job did not run");
@@ -795,11 +819,17 @@ impl JobRun<'_> {
             max_outputs: limits.max_outputs,
             max_bytes: limits.max_output_bytes,
         };
-        match outputs::collect(
+        let out_reserve = crate::disk_reserve::Reserve::new(&self.out, limits.min_free_disk);
+        let room = |total: u64| match &out_reserve {
+            Some(r) => r.check(total).map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        match outputs::collect_within(
             &jobdir.workspace,
             &self.job.output_patterns,
             &self.out,
             bounds,
+            room,
         ) {
             Ok(records) => Ok((JobStatus::Succeeded, None, records)),
             Err(e) => Ok((JobStatus::Failed, Some(e.to_string()), Vec::new())),

@@ -165,6 +165,7 @@ impl JobRun<'_> {
             )
             + Duration::from_secs(30);
         let mut killed = false;
+        let mut next_disk_check = Instant::now() + crate::disk_reserve::INTERVAL;
         let mut reported = Reported::default();
         let mut lines = StatusLines::default();
         let (mut status_open, mut log_open) = (true, true);
@@ -174,12 +175,30 @@ impl JobRun<'_> {
             let wait = if killed {
                 PollTimeout::NONE
             } else {
-                let left = backstop.saturating_duration_since(Instant::now());
+                let now = Instant::now();
+                let left = backstop.saturating_duration_since(now);
                 if left.is_zero() {
                     let _ = child.kill();
                     killed = true;
                     continue;
                 }
+                // The disk reserve, checked every interval while the job runs: a job that
+                // brings its filesystem below it is stopped like a job past the backstop.
+                if let Some(disk) = &self.disk {
+                    if now >= next_disk_check {
+                        next_disk_check = now + crate::disk_reserve::INTERVAL;
+                        if let Err(e) = disk.check(0) {
+                            let _ = child.kill();
+                            killed = true;
+                            reported.stopped = Some(e.to_string());
+                            continue;
+                        }
+                    }
+                }
+                let left = match &self.disk {
+                    Some(_) => left.min(next_disk_check.saturating_duration_since(now)),
+                    None => left,
+                };
                 // Rounded up to whole milliseconds: rounded down, the last one would spin.
                 PollTimeout::try_from(
                     (left + Duration::from_micros(999)).min(Duration::from_secs(3600)),

@@ -1,0 +1,183 @@
+//! The disk reserve (`limits.min_free_disk`): a job may not take the last of a filesystem.
+//!
+//! A job writes its workspace and `/tmp` on the filesystem of the runner's job directories;
+//! without a bound, one job (an untrusted pull request, or a build that loops) fills it, and
+//! every other job on the host and every service that writes there fails with it, for as long
+//! as the job is allowed to run. The runner's own writes (`result.json`, provenance) would
+//! still succeed only as long as root's reserved blocks last.
+//!
+//! What this does: before a job starts, the filesystem must have more than the reserve
+//! available (else the job is refused, exit 2); while it runs, the runner checks every
+//! [`INTERVAL`] from the loop that reads the job's log, and a job that brings it below the
+//! reserve is stopped (its sandbox killed, its directory removed, the job failed with that
+//! reason); before outputs are copied, the output directory's filesystem must hold them and
+//! still keep the reserve.
+//!
+//! Alternatives rejected:
+//! - project quotas (ext4 `prjquota`, XFS `pquota`) would be a hard per-job bound, but they
+//!   need a filesystem feature and mount option few hosts have, and root; a filesystem image
+//!   per job needs loop devices and root and costs a `mkfs` per job. Both would leave rootless
+//!   runners unprotected;
+//! - measuring each job's usage (as Kubernetes' kubelet does for ephemeral storage) means
+//!   walking the workspace over and over; the reserve protects what matters on a shared
+//!   host, the space everyone else needs, with one `statvfs` per check.
+//!
+//! The limit is a threshold, not a quota: between two checks a job can write what the disk
+//! takes in [`INTERVAL`] (at 2 GB/s, 200 MB), so the reserve should be larger than that.
+//! "Available" is what unprivileged users may still use (`f_bavail`): job processes are never
+//! root on the host.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulwark_protocol::{format_size, DiskReserve};
+
+/// How often the runner checks while a job runs.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// The reserve to keep on one filesystem.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    path: PathBuf,
+    setting: DiskReserve,
+}
+
+/// A filesystem with less available than its reserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// The directory whose filesystem was checked.
+    pub path: PathBuf,
+    /// Bytes available to unprivileged users.
+    pub available: u64,
+    /// Bytes that must stay available.
+    pub need: u64,
+    /// `limits.min_free_disk` as configured.
+    pub setting: DiskReserve,
+    /// Bytes the check was asked to leave room for (outputs to copy), if any.
+    pub writing: u64,
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let setting = match self.setting {
+            DiskReserve::Percent(_) => format!("{} ({})", self.setting, format_size(self.need)),
+            _ => self.setting.to_string(),
+        };
+        if self.writing > 0 {
+            write!(
+                f,
+                "writing {} to {} would leave less than limits.min_free_disk = {setting} available on its filesystem ({} available)",
+                format_size(self.writing),
+                self.path.display(),
+                format_size(self.available)
+            )
+        } else {
+            write!(
+                f,
+                "the filesystem of {} has {} available, below limits.min_free_disk = {setting}",
+                self.path.display(),
+                format_size(self.available)
+            )
+        }
+    }
+}
+
+impl Reserve {
+    /// The reserve `setting` on the filesystem holding `path`; `None` when it is off.
+    pub fn new(path: &Path, setting: DiskReserve) -> Option<Reserve> {
+        (setting != DiskReserve::Off).then(|| Reserve {
+            path: path.to_path_buf(),
+            setting,
+        })
+    }
+
+    /// Checks that `writing` more bytes still leave the reserve available.
+    pub fn check(&self, writing: u64) -> Result<(), CheckError> {
+        let st = nix::sys::statvfs::statvfs(&self.path).map_err(|e| CheckError::Statvfs {
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        let frsize = st.fragment_size();
+        let available = st.blocks_available().saturating_mul(frsize);
+        let total = st.blocks().saturating_mul(frsize);
+        let need = self.setting.bytes_of(total).unwrap_or(0);
+        if available.saturating_sub(writing) < need {
+            return Err(CheckError::Short(Shortfall {
+                path: self.path.clone(),
+                available,
+                need,
+                setting: self.setting,
+                writing,
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Why a check did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Below the reserve.
+    #[error("{0}")]
+    Short(Shortfall),
+    /// The filesystem could not be asked: fails closed like a shortfall.
+    #[error("cannot check the space available on the filesystem of {}: {source}", path.display())]
+    Statvfs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn available_here() -> (u64, u64) {
+        let st = nix::sys::statvfs::statvfs(&std::env::temp_dir()).unwrap();
+        (
+            st.blocks_available() * st.fragment_size(),
+            st.blocks() * st.fragment_size(),
+        )
+    }
+
+    #[test]
+    fn off_is_no_reserve() {
+        assert!(Reserve::new(Path::new("/"), DiskReserve::Off).is_none());
+    }
+
+    #[test]
+    fn a_reserve_above_what_is_available_is_a_shortfall_naming_the_key() {
+        let (_, total) = available_here();
+        let r = Reserve::new(&std::env::temp_dir(), DiskReserve::Bytes(total + 1)).unwrap();
+        let err = r.check(0).unwrap_err();
+        let CheckError::Short(s) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(s.need, total + 1);
+        let text = err.to_string();
+        assert!(
+            text.contains("available, below limits.min_free_disk = "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bytes_about_to_be_written_count_against_the_reserve() {
+        let (available, _) = available_here();
+        let r = Reserve::new(&std::env::temp_dir(), DiskReserve::Bytes(1)).unwrap();
+        r.check(0).unwrap();
+        let err = r.check(available).unwrap_err().to_string();
+        assert!(
+            err.starts_with("writing ") && err.contains("would leave less than"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_fails_closed() {
+        let r = Reserve::new(Path::new("/nonexistent/bulwark"), DiskReserve::Percent(5)).unwrap();
+        assert!(matches!(r.check(0), Err(CheckError::Statvfs { .. })));
+    }
+}
