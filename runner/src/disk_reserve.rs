@@ -31,10 +31,32 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulwark_protocol::{format_size, DiskReserve};
+use bulwark_protocol::DiskReserve;
 
 /// How often the runner checks while a job runs.
 pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// `bytes` for a person: exact in the largest binary unit that divides it (`256MiB`), else to
+/// one decimal in the largest unit it reaches (`42.6GiB`).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 5] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ];
+    let (name, size) = UNITS
+        .iter()
+        .copied()
+        .find(|(_, size)| bytes >= *size)
+        .unwrap_or(("B", 1));
+    if bytes % size == 0 {
+        format!("{}{name}", bytes / size)
+    } else {
+        format!("{:.1}{name}", bytes as f64 / size as f64)
+    }
+}
 
 /// The reserve to keep on one filesystem.
 #[derive(Debug, Clone)]
@@ -61,23 +83,23 @@ pub struct Shortfall {
 impl fmt::Display for Shortfall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let setting = match self.setting {
-            DiskReserve::Percent(_) => format!("{} ({})", self.setting, format_size(self.need)),
+            DiskReserve::Percent(_) => format!("{} ({})", self.setting, human(self.need)),
             _ => self.setting.to_string(),
         };
         if self.writing > 0 {
             write!(
                 f,
                 "writing {} to {} would leave less than limits.min_free_disk = {setting} available on its filesystem ({} available)",
-                format_size(self.writing),
+                human(self.writing),
                 self.path.display(),
-                format_size(self.available)
+                human(self.available)
             )
         } else {
             write!(
                 f,
                 "the filesystem of {} has {} available, below limits.min_free_disk = {setting}",
                 self.path.display(),
-                format_size(self.available)
+                human(self.available)
             )
         }
     }
@@ -92,8 +114,13 @@ impl Reserve {
         })
     }
 
-    /// Checks that `writing` more bytes still leave the reserve available.
-    pub fn check(&self, writing: u64) -> Result<(), CheckError> {
+    /// The directory whose filesystem is checked.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes available to unprivileged users on the filesystem, and the bytes to keep.
+    pub fn measure(&self) -> Result<(u64, u64), CheckError> {
         let st = nix::sys::statvfs::statvfs(&self.path).map_err(|e| CheckError::Statvfs {
             path: self.path.clone(),
             source: e.into(),
@@ -101,7 +128,12 @@ impl Reserve {
         let frsize = st.fragment_size();
         let available = st.blocks_available().saturating_mul(frsize);
         let total = st.blocks().saturating_mul(frsize);
-        let need = self.setting.bytes_of(total).unwrap_or(0);
+        Ok((available, self.setting.bytes_of(total).unwrap_or(0)))
+    }
+
+    /// Checks that `writing` more bytes still leave the reserve available.
+    pub fn check(&self, writing: u64) -> Result<(), CheckError> {
+        let (available, need) = self.measure()?;
         if available.saturating_sub(writing) < need {
             return Err(CheckError::Short(Shortfall {
                 path: self.path.clone(),
@@ -140,6 +172,14 @@ mod tests {
             st.blocks_available() * st.fragment_size(),
             st.blocks() * st.fragment_size(),
         )
+    }
+
+    #[test]
+    fn sizes_for_people_are_exact_when_they_can_be() {
+        assert_eq!(human(0), "0B");
+        assert_eq!(human(256 << 20), "256MiB");
+        assert_eq!(human((42 << 30) + (600 << 20)), "42.6GiB");
+        assert_eq!(human(1536), "1.5KiB");
     }
 
     #[test]

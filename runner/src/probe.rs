@@ -53,6 +53,9 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
     // Not an isolation layer, but a reason jobs would fail in a way that looks like one.
     let dirs = crate::config::Dirs::resolve(config).ok();
     let noexec = dirs.as_ref().and_then(|d| d.state_noexec());
+    let disk = dirs
+        .as_ref()
+        .and_then(|d| disk_line(d, config.limits.min_free_disk));
     if json {
         let layers: Vec<_> = host
             .layers
@@ -66,6 +69,7 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             "trial_sandbox": match &trial { Ok(()) => serde_json::json!({"ok": true}), Err(e) => serde_json::json!({"ok": false, "error": e}) },
             "full_isolation": full,
             "state_dir_noexec": noexec,
+            "disk": disk.as_ref().map(|(ok, d)| serde_json::json!({"ok": ok, "detail": d})),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -117,6 +121,10 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             ),
             _ => {}
         }
+        if let Some((ok, detail)) = &disk {
+            let state = if *ok { "ok" } else { "WARNING" };
+            println!("{:<16} {:<9} {detail}", "disk", state);
+        }
         if let Some(note) = config_note {
             println!("{note}");
         }
@@ -139,6 +147,36 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
     } else {
         1
     }
+}
+
+/// The disk reserve on the state directory's filesystem (the state directory itself, or the
+/// nearest directory above it that exists): whether jobs would start, and why not. `None`
+/// when the reserve is off.
+fn disk_line(
+    dirs: &crate::config::Dirs,
+    setting: bulwark_protocol::DiskReserve,
+) -> Option<(bool, String)> {
+    let dir = dirs.state.ancestors().find(|d| d.is_dir())?;
+    let reserve = crate::disk_reserve::Reserve::new(dir, setting)?;
+    Some(match reserve.measure() {
+        Ok((available, need)) if available >= need => (
+            true,
+            format!(
+                "{}: {} available, limits.min_free_disk = {setting} ({}) stays free",
+                dir.display(),
+                crate::disk_reserve::human(available),
+                crate::disk_reserve::human(need)
+            ),
+        ),
+        Ok(_) => (
+            false,
+            match reserve.check(0) {
+                Err(e) => format!("{e}: jobs are refused until there is more"),
+                Ok(()) => "the space available changed while it was measured".into(),
+            },
+        ),
+        Err(e) => (false, e.to_string()),
+    })
 }
 
 /// Starts a sandbox running `/bin/true` and checks that it reports every layer enforced. As

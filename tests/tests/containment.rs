@@ -666,6 +666,20 @@ fn a_job_is_refused_when_the_disk_is_already_below_the_reserve() {
                 .contains("free space there, or lower limits.min_free_disk"),
         "{r}"
     );
+    // probe says so before any job is tried.
+    let probe = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["probe", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with("disk")
+            && l.contains("WARNING")
+            && l.contains("below limits.min_free_disk")
+            && l.ends_with("jobs are refused until there is more")),
+        "{report}"
+    );
 }
 
 #[test]
