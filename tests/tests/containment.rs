@@ -205,6 +205,68 @@ fn bulwark_exec_never_hands_the_job_its_own_stderr() {
     assert!(text.contains("after"), "{text}");
 }
 
+/// Starts the rest of its arguments with descriptor 7 open on the file named first (inheritable)
+/// and under a seccomp filter that answers `close_range` with EPERM, as a container runtime's
+/// profile or an old kernel (ENOSYS) would.
+const NO_CLOSE_RANGE_PY: &str = r#"
+import ctypes, os, struct, sys
+os.dup2(os.open(sys.argv[1], os.O_RDONLY), 7)
+os.set_inheritable(7, True)
+libc = ctypes.CDLL(None, use_errno=True)
+CLOSE_RANGE = 436
+insns = [(0x20, 0, 0, 0),                          # ld  [nr]
+         (0x15, 0, 1, CLOSE_RANGE),                # jeq close_range
+         (0x06, 0, 0, 0x00050000 | 1),             # ret ERRNO(EPERM)
+         (0x06, 0, 0, 0x7fff0000)]                 # ret ALLOW
+code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(insns), ctypes.addressof(code))
+if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:
+    sys.exit(f"installing the filter: errno {ctypes.get_errno()}")
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+
+#[test]
+fn inherited_descriptors_are_closed_even_where_close_range_is_refused() {
+    // The helper and every job process close what they inherited with close_range, and fall
+    // back to /proc/self/fd where it is refused. A descriptor the runner's caller left open
+    // (here 7, on a file only the caller should read) must not reach the job either way.
+    let env = Env::new("no-close-range");
+    let secret = env.dir.join("caller-secret");
+    fs::write(&secret, "caller's secret\n").unwrap();
+    let wrapper = env.dir.join("no_close_range.py");
+    fs::write(&wrapper, NO_CLOSE_RANGE_PY).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&wrapper)
+        .arg(&secret)
+        .arg(bulwark_tests::bulwark_bin())
+        .args(["exec", "--config"])
+        .arg(&env.config)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo fds: $(ls /proc/self/fd); \
+             python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); \
+             r = l.syscall(436, 100, 100, 0); print(\"close_range:\", r, ctypes.get_errno())'",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    // The filter was on all the way down: the job's own close_range was refused too.
+    assert!(text.contains("close_range: -1 1\n"), "{text}");
+    // 0, 1, 2, and the directory `ls` itself opened: nothing inherited.
+    assert!(text.contains("fds: 0 1 2 3\n"), "{text}");
+    assert!(!text.contains("caller's secret"), "{text}");
+}
+
 #[test]
 fn dangerous_system_calls_are_refused() {
     let env = Env::new("syscalls");
