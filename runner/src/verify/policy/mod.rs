@@ -283,9 +283,20 @@ impl Policy {
                 return Err(Rejection::new(
                     "source_uris",
                     "the statement names no source uri (neither externalParameters.source.uri \
-                     nor a resolvedDependencies entry named \"source\")",
+                     nor, for a local source, a resolvedDependencies entry named \"source\" \
+                     with uri file://<externalParameters.source.path>)",
                 ));
             };
+            if has_dot_segment(uri) {
+                return Err(Rejection::new(
+                    "source_uris",
+                    format!(
+                        "{field} is {}, which has a \".\" or \"..\" segment: the runner fetched \
+                         the URI with those segments resolved, so no glob can say where from",
+                        quote(uri)
+                    ),
+                ));
+            }
             if !globs.iter().any(|g| glob_matches(g, uri)) {
                 return Err(Rejection::new(
                     "source_uris",
@@ -383,8 +394,9 @@ impl Policy {
         }
 
         if let Some(allowed) = &self.allowed_dependency_digests {
+            let source = source_dependency(statement);
             for dep in &build.resolved_dependencies {
-                if dep.name.as_deref() == Some("source") {
+                if source.is_some_and(|s| std::ptr::eq(s, dep)) {
                     continue;
                 }
                 match sha256_of(dep) {
@@ -473,8 +485,8 @@ impl PolicyError {
 }
 
 /// The source URI a policy matches: `externalParameters.source.uri` (git and tarball
-/// sources), else the `uri` of the resolved dependency named `source` (local sources, whose
-/// external parameters carry a path and a tree digest but no URI). Both are signed.
+/// sources), else the `uri` of the source dependency (local sources, whose external parameters
+/// carry a path and a tree digest but no URI). Both are signed.
 fn source_uri(statement: &Statement) -> Option<(&'static str, &str)> {
     let build = &statement.predicate.build_definition;
     if let Some(uri) = build
@@ -484,12 +496,43 @@ fn source_uri(statement: &Statement) -> Option<(&'static str, &str)> {
     {
         return Some(("externalParameters.source.uri", uri));
     }
-    build
-        .resolved_dependencies
-        .iter()
-        .find(|d| d.name.as_deref() == Some("source"))
+    source_dependency(statement)
         .and_then(|d| d.uri.as_deref())
         .map(|u| ("resolvedDependencies \"source\" uri", u))
+}
+
+/// The resolved dependency that is the build's source: the first entry named `source` whose
+/// `uri` is the one `externalParameters.source` implies (`<uri>` for an archive, `git+<uri>`
+/// for git, `file://<path>` for a local directory; see `docs/build-type.md`).
+///
+/// The name alone does not identify it: a job may name a tool `source`, and the runner records
+/// every tool under its own name, so a statement can hold several entries named `source`, or
+/// (for a job without a source) only a tool of that name. Only the entry tied to the signed
+/// external parameters is exempt from pinning or read as the source.
+fn source_dependency(statement: &Statement) -> Option<&ResourceDescriptor> {
+    let build = &statement.predicate.build_definition;
+    let source = build.external_parameters.get("source")?;
+    let text = |key: &str| source.get(key).and_then(Value::as_str);
+    let expected: Vec<String> = match (text("uri"), text("path")) {
+        (Some(uri), _) => vec![uri.to_string(), format!("git+{uri}")],
+        (None, Some(path)) => vec![format!("file://{path}")],
+        (None, None) => return None,
+    };
+    build.resolved_dependencies.iter().find(|d| {
+        d.name.as_deref() == Some("source") && d.uri.as_ref().is_some_and(|u| expected.contains(u))
+    })
+}
+
+/// Whether `uri` has a `.` or `..` path segment, counting `\` as a separator and `%2e` as a
+/// dot, as the `url` crate does for the special schemes. The runner fetches the `url` crate's
+/// normalized form of a source URI but records the text the job gave, so
+/// `https://host/org/../other/repo` is fetched from `other` while it would match
+/// `https://host/org/*`. A URI with such a segment never matches.
+fn has_dot_segment(uri: &str) -> bool {
+    uri.split(['/', '\\']).any(|segment| {
+        let s = segment.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
 }
 
 fn sha256_of(dep: &ResourceDescriptor) -> Option<String> {
