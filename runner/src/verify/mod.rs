@@ -158,11 +158,8 @@ pub fn run(req: &Request) -> u8 {
             }
         }
         Err(e) => {
-            eprintln!("bulwark: verify: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
+            for line in error_lines(&e) {
+                eprintln!("{line}");
             }
             exit::USAGE
         }
@@ -457,18 +454,48 @@ fn print_verdicts(verdicts: &[Verdict], json: bool) {
         return;
     }
     for v in verdicts {
-        match &v.outcome {
-            Ok(name) => println!(
-                "ACCEPTED {} ({})",
-                v.artifact.display(),
-                escape(name.as_deref().unwrap_or("unnamed subject"))
-            ),
-            Err(r) => println!("REJECTED {}: {r}", v.artifact.display()),
-        }
+        println!("{}", verdict_line(v));
     }
 }
 
-/// A subject name from the statement, with control characters escaped for the terminal.
+/// One line of text output: `ACCEPTED <path> (<subject>)` or `REJECTED <path>: <rejection>`,
+/// control characters escaped: a rejection can quote text nothing signed (a key id, a parser's
+/// message), and a newline in it or in a path could print a line a script reads as `ACCEPTED`.
+fn verdict_line(v: &Verdict) -> String {
+    escape(&match &v.outcome {
+        Ok(name) => format!(
+            "ACCEPTED {} ({})",
+            v.artifact.display(),
+            name.as_deref().unwrap_or("unnamed subject")
+        ),
+        Err(r) => format!("REJECTED {}: {r}", v.artifact.display()),
+    })
+}
+
+/// Most characters of one line printed on stderr for unusable input.
+const MAX_ERROR_LINE_CHARS: usize = 2_000;
+
+/// The lines printed on stderr for unusable input: the error, then each cause; escaped and
+/// bounded, since a parser's message quotes the provenance file (an unknown field's name).
+fn error_lines(e: &InputError) -> Vec<String> {
+    let mut lines = vec![format!("bulwark: verify: {e}")];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        lines.push(format!("  caused by: {s}"));
+        source = s.source();
+    }
+    lines
+        .into_iter()
+        .map(|l| {
+            let mut chars = l.chars();
+            let head: String = chars.by_ref().take(MAX_ERROR_LINE_CHARS).collect();
+            let more = if chars.next().is_some() { "…" } else { "" };
+            format!("{}{more}", escape(&head))
+        })
+        .collect()
+}
+
+/// Text for the terminal, with control characters escaped.
 fn escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
@@ -692,6 +719,45 @@ mod tests {
             e.starts_with("statement: the signed payload is not JSON: duplicate key \"_type\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn text_from_the_provenance_file_reaches_the_terminal_escaped_and_bounded() {
+        // The key id is not covered by the signature: whoever hands over the provenance file
+        // writes it, and it appears in the rejection.
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let other = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let mut env = signed(
+            &serde_json::to_vec(&statement_json()).unwrap(),
+            IN_TOTO_PAYLOAD_TYPE,
+            &other,
+        );
+        env.signatures[0].keyid = format!(
+            "\u{1b}]0;owned\u{7}\nACCEPTED dist/app.tar.gz (app){}",
+            "k".repeat(100_000)
+        );
+        let rejection = verify_envelope(&env, &[key.public()]).unwrap_err();
+        let verdict = Verdict {
+            artifact: PathBuf::from("dist/app\n.tar.gz"),
+            sha256: "a".repeat(64),
+            outcome: Err(rejection),
+        };
+        let line = verdict_line(&verdict);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.len() < 1_000, "{} bytes", line.len());
+        assert!(line.contains("\\u{1b}]0;owned\\u{7}\\nACCEPTED"), "{line}");
+        // Unusable input: serde names an unknown field as it was written.
+        let p = write_temp(
+            "x.intoto.jsonl",
+            "{\"payload\":\"\",\"payloadType\":\"\",\"signatures\":[],\"\\u001b[2J\\u001b]0;owned\\u0007\":1}\n",
+        );
+        let e = load_provenance(&p).unwrap_err();
+        let lines = error_lines(&e);
+        assert!(
+            lines.iter().all(|l| !l.chars().any(char::is_control)),
+            "{lines:?}"
+        );
+        assert!(lines[0].contains("\\u{1b}[2J"), "{lines:?}");
     }
 
     fn write_temp(name: &str, text: &str) -> PathBuf {
