@@ -133,6 +133,15 @@ pub enum InputError {
         #[source]
         source: std::io::Error,
     },
+    /// An artifact that is a directory, fifo, socket or device: nothing that can be shipped
+    /// as the bytes verified.
+    #[error("artifact {}: not a regular file ({kind})", path.display())]
+    ArtifactKind {
+        /// The file.
+        path: PathBuf,
+        /// `a directory`, `a fifo`, …
+        kind: &'static str,
+    },
 }
 
 /// One artifact's outcome.
@@ -192,12 +201,7 @@ pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError
     let digests = req
         .artifacts
         .iter()
-        .map(|a| {
-            sha256_stream(a).map_err(|source| InputError::Artifact {
-                path: a.clone(),
-                source,
-            })
-        })
+        .map(|a| artifact_sha256(a))
         .collect::<Result<Vec<_>, _>>()?;
 
     // Every envelope must verify: one bad line taints the file, since whoever could replace
@@ -357,9 +361,10 @@ pub fn load_provenance(path: &Path) -> Result<Vec<Result<Envelope, Rejection>>, 
         path: path.to_path_buf(),
         message,
     };
+    let file = open_provenance(path).map_err(bad)?;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PROVENANCE_BYTES + 1).read_to_end(&mut bytes))
+    file.take(MAX_PROVENANCE_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| bad(format!("cannot read: {e}")))?;
     if bytes.len() as u64 > MAX_PROVENANCE_BYTES {
         return Err(bad(format!(
@@ -426,9 +431,70 @@ fn bundle_envelope(mut value: Value) -> Result<Result<Envelope, Rejection>, Stri
     Ok(Ok(envelope))
 }
 
-/// sha256 of a file, read in 1 MiB blocks, lowercase hex.
-pub fn sha256_stream(path: &Path) -> std::io::Result<String> {
-    crate::provenance::sha256_file(path).map_err(std::io::Error::other)
+/// Opens `path` for reading (following symlinks: the path is what the caller will ship)
+/// without waiting, and says what it is, examined through the descriptor so that what is
+/// examined is what is read. A fifo opened the usual way waits for a writer that may never
+/// come; `O_NONBLOCK` means nothing for a regular file's reads.
+fn open_examined(path: &Path) -> std::io::Result<(std::fs::File, std::fs::FileType)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    Ok((file, kind))
+}
+
+/// What a file that is not a regular file is, for a message.
+fn kind_name(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a fifo"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
+}
+
+/// sha256 of an artifact, which must be a regular file: a directory cannot be hashed, a fifo
+/// or a device (`/dev/zero`) is not bytes that can be shipped after they were verified.
+fn artifact_sha256(path: &Path) -> Result<String, InputError> {
+    let io = |source| InputError::Artifact {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (file, kind) = open_examined(path).map_err(io)?;
+    if !kind.is_file() {
+        return Err(InputError::ArtifactKind {
+            path: path.to_path_buf(),
+            kind: kind_name(kind),
+        });
+    }
+    crate::provenance::sha256_read(file).map_err(io)
+}
+
+/// Opens the provenance file: a regular file, or a fifo (how `--provenance <(curl …)`
+/// arrives), read blocking once opened: with a writer it yields what is written, without one
+/// it ends at once.
+fn open_provenance(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let (file, kind) = open_examined(path).map_err(|e| format!("cannot read: {e}"))?;
+    if kind.is_file() {
+        return Ok(file);
+    }
+    if !kind.is_fifo() {
+        return Err(format!("not a regular file ({})", kind_name(kind)));
+    }
+    nix::fcntl::fcntl(
+        file.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(file)
 }
 
 fn print_verdicts(verdicts: &[Verdict], json: bool) {
@@ -758,6 +824,58 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[0].contains("\\u{1b}[2J"), "{lines:?}");
+    }
+
+    #[test]
+    fn an_artifact_or_provenance_that_is_not_a_regular_file_is_unusable_input_at_once() {
+        let dir = write_temp("placeholder", "")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let fifo = dir.join("app.tar.gz");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let pubkey = dir.join("signing.pub");
+        std::fs::write(&pubkey, key.public().to_pem().unwrap()).unwrap();
+        let env = signed(b"{}", IN_TOTO_PAYLOAD_TYPE, &key);
+        let prov = write_temp("p.intoto.jsonl", &dsse::to_line(&env).unwrap());
+        // Opening a fifo for reading waits for a writer: without care, verify hangs.
+        let check = |provenance: PathBuf, artifact: PathBuf| {
+            let req = Request {
+                provenance,
+                keys: vec![pubkey.clone()],
+                policy: None,
+                json: false,
+                artifacts: vec![artifact],
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(verify(&req, SystemTime::now()).map_err(|e| e.to_string()));
+            });
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("verify returns instead of waiting on a fifo")
+                .unwrap_err()
+        };
+        let e = check(prov.clone(), fifo.clone());
+        assert_eq!(
+            e,
+            format!("artifact {}: not a regular file (a fifo)", fifo.display())
+        );
+        // A provenance fifo may be a pipe from the operator (`<(curl …)`); one without a
+        // writer is empty, at once.
+        let e = check(fifo.clone(), prov.clone());
+        assert_eq!(
+            e,
+            format!("provenance {}: empty: no DSSE envelope", fifo.display())
+        );
+        let e = check(prov, dir.clone());
+        assert_eq!(
+            e,
+            format!(
+                "artifact {}: not a regular file (a directory)",
+                dir.display()
+            )
+        );
     }
 
     fn write_temp(name: &str, text: &str) -> PathBuf {
