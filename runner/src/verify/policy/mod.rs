@@ -297,7 +297,18 @@ impl Policy {
                     ),
                 ));
             }
-            if !globs.iter().any(|g| glob_matches(g, uri)) {
+            if let Some(normal) = unnormalized(field, uri) {
+                return Err(Rejection::new(
+                    "source_uris",
+                    format!(
+                        "{field} is {}, which the runner fetched as {}: only a URI in that \
+                         normalized form is matched",
+                        quote(uri),
+                        quote(&normal)
+                    ),
+                ));
+            }
+            if !globs.iter().any(|g| uri_glob_matches(g, uri)) {
                 return Err(Rejection::new(
                     "source_uris",
                     format!(
@@ -521,6 +532,45 @@ fn source_dependency(statement: &Statement) -> Option<&ResourceDescriptor> {
     build.resolved_dependencies.iter().find(|d| {
         d.name.as_deref() == Some("source") && d.uri.as_ref().is_some_and(|u| expected.contains(u))
     })
+}
+
+/// The `url` crate's serialization of a URI the job gave (`externalParameters.source.uri`),
+/// when it differs from the text: the runner's fetchers act on the serialization, so a glob
+/// over the text would judge one location while the source came from another
+/// (`https://evil.example\.example.com/` is fetched from `evil.example`). The `file://` URI of
+/// a local source is the runner's own canonical path and is taken as written.
+fn unnormalized(field: &str, uri: &str) -> Option<String> {
+    if field != "externalParameters.source.uri" {
+        return None;
+    }
+    match reqwest::Url::parse(uri) {
+        Ok(parsed) if parsed.as_str() != uri => Some(parsed.to_string()),
+        // An absolute path (a git source given as one) or already normalized.
+        _ => None,
+    }
+}
+
+/// [`glob_matches`] with the host kept apart: when the pattern has a `scheme://host` part
+/// followed by a path, that part must match the URI's `scheme://host` on its own, so a `*` in
+/// the host (`https://*.example.com/*`) cannot run on into the path and match
+/// `https://evil.example/x.example.com/repo`. A pattern without a path after its host (`*`,
+/// `https://*`) matches the whole text, as before.
+pub fn uri_glob_matches(pattern: &str, uri: &str) -> bool {
+    match (split_host(pattern), split_host(uri)) {
+        (Some((p_host, p_rest)), Some((u_host, u_rest))) => {
+            glob_matches(p_host, u_host) && glob_matches(p_rest, u_rest)
+        }
+        (Some(_), None) => false,
+        (None, _) => glob_matches(pattern, uri),
+    }
+}
+
+/// `scheme://authority` and the rest from the first `/`, `\`, `?` or `#` after it (each ends
+/// the authority for the `url` crate), when there is a rest.
+fn split_host(s: &str) -> Option<(&str, &str)> {
+    let start = s.find("://")? + 3;
+    let end = start + s[start..].find(['/', '\\', '?', '#'])?;
+    Some(s.split_at(end))
 }
 
 /// Whether `uri` has a `.` or `..` path segment, counting `\` as a separator and `%2e` as a

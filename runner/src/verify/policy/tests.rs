@@ -403,3 +403,41 @@ fn a_source_uri_with_dot_segments_matches_no_glob() {
         .check(&st, now())
         .unwrap();
 }
+
+#[test]
+fn a_star_in_a_globs_host_matches_only_within_the_host() {
+    let policy = Policy::from_toml_str("source_uris = [\"https://*.example.com/*\"]").unwrap();
+    let check = |uri: &str| {
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        policy.check(&st, now()).map_err(|r| r.to_string())
+    };
+    check("https://git.example.com/org/app.git").unwrap();
+    check("https://a.b.example.com/app.git").unwrap();
+    // Each of these is fetched from evil.example (the `url` crate's reading, which the
+    // runner's fetchers use), yet the text matched the glob as a whole.
+    for (uri, host) in [
+        ("https://evil.example/x.example.com/app.git", "evil.example"),
+        ("https://evil.example\\.example.com/app.git", "evil.example"),
+        ("https://evil.example?.example.com/app.git", "evil.example"),
+        ("https://evil.example#.example.com/app.git", "evil.example"),
+    ] {
+        assert_eq!(reqwest::Url::parse(uri).unwrap().host_str(), Some(host));
+        let e = check(uri).unwrap_err();
+        assert!(
+            e.starts_with("source_uris: externalParameters.source.uri is "),
+            "{uri}: {e}"
+        );
+    }
+    assert_eq!(
+        check("https://evil.example\\.example.com/app.git").unwrap_err(),
+        "source_uris: externalParameters.source.uri is \"https://evil.example\\\\.example.com/app.git\", \
+         which the runner fetched as \"https://evil.example/.example.com/app.git\": only a URI in \
+         that normalized form is matched"
+    );
+    // Patterns without a host part, or ending inside it, match the whole text as before.
+    for pattern in ["*", "https://*", "https://git.example.com*"] {
+        let p = Policy::from_toml_str(&format!("source_uris = [\"{pattern}\"]")).unwrap();
+        p.check(&statement(), now()).unwrap();
+    }
+}
