@@ -131,13 +131,39 @@ pub fn verify(
             .map(|k| k.keyid().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        seen: envelope
-            .signatures
-            .iter()
-            .map(|s| s.keyid.clone())
-            .collect::<Vec<_>>()
-            .join(", "),
+        seen: seen_keyids(envelope),
     })
+}
+
+/// Most signatures whose key ids a rejection lists.
+const MAX_SHOWN_KEYIDS: usize = 5;
+/// Most characters of one key id a rejection shows (ours are 71).
+const MAX_SHOWN_KEYID_CHARS: usize = 80;
+
+/// The key ids on an envelope, for a message: nothing signed them, so they are bounded in
+/// number and length (escaping control characters is the printer's job).
+fn seen_keyids(envelope: &Envelope) -> String {
+    let mut shown: Vec<String> = envelope
+        .signatures
+        .iter()
+        .take(MAX_SHOWN_KEYIDS)
+        .map(|s| {
+            let mut chars = s.keyid.chars();
+            let head: String = chars.by_ref().take(MAX_SHOWN_KEYID_CHARS).collect();
+            if chars.next().is_some() {
+                format!("{head}…")
+            } else {
+                head
+            }
+        })
+        .collect();
+    if envelope.signatures.len() > MAX_SHOWN_KEYIDS {
+        shown.push(format!(
+            "and {} more",
+            envelope.signatures.len() - MAX_SHOWN_KEYIDS
+        ));
+    }
+    shown.join(", ")
 }
 
 /// Encodes an envelope as one JSON line (no trailing newline).

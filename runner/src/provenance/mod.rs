@@ -253,13 +253,17 @@ pub fn own_binary_sha256() -> Result<String> {
 
 /// sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(sha256_read(f)?)
+}
+
+/// sha256 of everything `r` yields, read in 1 MiB blocks, lowercase hex.
+pub fn sha256_read(mut r: impl std::io::Read) -> std::io::Result<String> {
     use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }

@@ -133,6 +133,15 @@ pub enum InputError {
         #[source]
         source: std::io::Error,
     },
+    /// An artifact that is a directory, fifo, socket or device: nothing that can be shipped
+    /// as the bytes verified.
+    #[error("artifact {}: not a regular file ({kind})", path.display())]
+    ArtifactKind {
+        /// The file.
+        path: PathBuf,
+        /// `a directory`, `a fifo`, …
+        kind: &'static str,
+    },
 }
 
 /// One artifact's outcome.
@@ -158,11 +167,8 @@ pub fn run(req: &Request) -> u8 {
             }
         }
         Err(e) => {
-            eprintln!("bulwark: verify: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
+            for line in error_lines(&e) {
+                eprintln!("{line}");
             }
             exit::USAGE
         }
@@ -195,12 +201,7 @@ pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError
     let digests = req
         .artifacts
         .iter()
-        .map(|a| {
-            sha256_stream(a).map_err(|source| InputError::Artifact {
-                path: a.clone(),
-                source,
-            })
-        })
+        .map(|a| artifact_sha256(a))
         .collect::<Result<Vec<_>, _>>()?;
 
     // Every envelope must verify: one bad line taints the file, since whoever could replace
@@ -360,9 +361,10 @@ pub fn load_provenance(path: &Path) -> Result<Vec<Result<Envelope, Rejection>>, 
         path: path.to_path_buf(),
         message,
     };
+    let file = open_provenance(path).map_err(bad)?;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PROVENANCE_BYTES + 1).read_to_end(&mut bytes))
+    file.take(MAX_PROVENANCE_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| bad(format!("cannot read: {e}")))?;
     if bytes.len() as u64 > MAX_PROVENANCE_BYTES {
         return Err(bad(format!(
@@ -429,9 +431,70 @@ fn bundle_envelope(mut value: Value) -> Result<Result<Envelope, Rejection>, Stri
     Ok(Ok(envelope))
 }
 
-/// sha256 of a file, read in 1 MiB blocks, lowercase hex.
-pub fn sha256_stream(path: &Path) -> std::io::Result<String> {
-    crate::provenance::sha256_file(path).map_err(std::io::Error::other)
+/// Opens `path` for reading (following symlinks: the path is what the caller will ship)
+/// without waiting, and says what it is, examined through the descriptor so that what is
+/// examined is what is read. A fifo opened the usual way waits for a writer that may never
+/// come; `O_NONBLOCK` means nothing for a regular file's reads.
+fn open_examined(path: &Path) -> std::io::Result<(std::fs::File, std::fs::FileType)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    Ok((file, kind))
+}
+
+/// What a file that is not a regular file is, for a message.
+fn kind_name(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a fifo"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
+}
+
+/// sha256 of an artifact, which must be a regular file: a directory cannot be hashed, a fifo
+/// or a device (`/dev/zero`) is not bytes that can be shipped after they were verified.
+fn artifact_sha256(path: &Path) -> Result<String, InputError> {
+    let io = |source| InputError::Artifact {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (file, kind) = open_examined(path).map_err(io)?;
+    if !kind.is_file() {
+        return Err(InputError::ArtifactKind {
+            path: path.to_path_buf(),
+            kind: kind_name(kind),
+        });
+    }
+    crate::provenance::sha256_read(file).map_err(io)
+}
+
+/// Opens the provenance file: a regular file, or a fifo (how `--provenance <(curl …)`
+/// arrives), read blocking once opened: with a writer it yields what is written, without one
+/// it ends at once.
+fn open_provenance(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let (file, kind) = open_examined(path).map_err(|e| format!("cannot read: {e}"))?;
+    if kind.is_file() {
+        return Ok(file);
+    }
+    if !kind.is_fifo() {
+        return Err(format!("not a regular file ({})", kind_name(kind)));
+    }
+    nix::fcntl::fcntl(
+        file.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(file)
 }
 
 fn print_verdicts(verdicts: &[Verdict], json: bool) {
@@ -457,18 +520,48 @@ fn print_verdicts(verdicts: &[Verdict], json: bool) {
         return;
     }
     for v in verdicts {
-        match &v.outcome {
-            Ok(name) => println!(
-                "ACCEPTED {} ({})",
-                v.artifact.display(),
-                escape(name.as_deref().unwrap_or("unnamed subject"))
-            ),
-            Err(r) => println!("REJECTED {}: {r}", v.artifact.display()),
-        }
+        println!("{}", verdict_line(v));
     }
 }
 
-/// A subject name from the statement, with control characters escaped for the terminal.
+/// One line of text output: `ACCEPTED <path> (<subject>)` or `REJECTED <path>: <rejection>`,
+/// control characters escaped: a rejection can quote text nothing signed (a key id, a parser's
+/// message), and a newline in it or in a path could print a line a script reads as `ACCEPTED`.
+fn verdict_line(v: &Verdict) -> String {
+    escape(&match &v.outcome {
+        Ok(name) => format!(
+            "ACCEPTED {} ({})",
+            v.artifact.display(),
+            name.as_deref().unwrap_or("unnamed subject")
+        ),
+        Err(r) => format!("REJECTED {}: {r}", v.artifact.display()),
+    })
+}
+
+/// Most characters of one line printed on stderr for unusable input.
+const MAX_ERROR_LINE_CHARS: usize = 2_000;
+
+/// The lines printed on stderr for unusable input: the error, then each cause; escaped and
+/// bounded, since a parser's message quotes the provenance file (an unknown field's name).
+fn error_lines(e: &InputError) -> Vec<String> {
+    let mut lines = vec![format!("bulwark: verify: {e}")];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        lines.push(format!("  caused by: {s}"));
+        source = s.source();
+    }
+    lines
+        .into_iter()
+        .map(|l| {
+            let mut chars = l.chars();
+            let head: String = chars.by_ref().take(MAX_ERROR_LINE_CHARS).collect();
+            let more = if chars.next().is_some() { "…" } else { "" };
+            format!("{}{more}", escape(&head))
+        })
+        .collect()
+}
+
+/// Text for the terminal, with control characters escaped.
 fn escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
@@ -691,6 +784,97 @@ mod tests {
         assert!(
             e.starts_with("statement: the signed payload is not JSON: duplicate key \"_type\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn text_from_the_provenance_file_reaches_the_terminal_escaped_and_bounded() {
+        // The key id is not covered by the signature: whoever hands over the provenance file
+        // writes it, and it appears in the rejection.
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let other = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let mut env = signed(
+            &serde_json::to_vec(&statement_json()).unwrap(),
+            IN_TOTO_PAYLOAD_TYPE,
+            &other,
+        );
+        env.signatures[0].keyid = format!(
+            "\u{1b}]0;owned\u{7}\nACCEPTED dist/app.tar.gz (app){}",
+            "k".repeat(100_000)
+        );
+        let rejection = verify_envelope(&env, &[key.public()]).unwrap_err();
+        let verdict = Verdict {
+            artifact: PathBuf::from("dist/app\n.tar.gz"),
+            sha256: "a".repeat(64),
+            outcome: Err(rejection),
+        };
+        let line = verdict_line(&verdict);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.len() < 1_000, "{} bytes", line.len());
+        assert!(line.contains("\\u{1b}]0;owned\\u{7}\\nACCEPTED"), "{line}");
+        // Unusable input: serde names an unknown field as it was written.
+        let p = write_temp(
+            "x.intoto.jsonl",
+            "{\"payload\":\"\",\"payloadType\":\"\",\"signatures\":[],\"\\u001b[2J\\u001b]0;owned\\u0007\":1}\n",
+        );
+        let e = load_provenance(&p).unwrap_err();
+        let lines = error_lines(&e);
+        assert!(
+            lines.iter().all(|l| !l.chars().any(char::is_control)),
+            "{lines:?}"
+        );
+        assert!(lines[0].contains("\\u{1b}[2J"), "{lines:?}");
+    }
+
+    #[test]
+    fn an_artifact_or_provenance_that_is_not_a_regular_file_is_unusable_input_at_once() {
+        let dir = write_temp("placeholder", "")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let fifo = dir.join("app.tar.gz");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let pubkey = dir.join("signing.pub");
+        std::fs::write(&pubkey, key.public().to_pem().unwrap()).unwrap();
+        let env = signed(b"{}", IN_TOTO_PAYLOAD_TYPE, &key);
+        let prov = write_temp("p.intoto.jsonl", &dsse::to_line(&env).unwrap());
+        // Opening a fifo for reading waits for a writer: without care, verify hangs.
+        let check = |provenance: PathBuf, artifact: PathBuf| {
+            let req = Request {
+                provenance,
+                keys: vec![pubkey.clone()],
+                policy: None,
+                json: false,
+                artifacts: vec![artifact],
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(verify(&req, SystemTime::now()).map_err(|e| e.to_string()));
+            });
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("verify returns instead of waiting on a fifo")
+                .unwrap_err()
+        };
+        let e = check(prov.clone(), fifo.clone());
+        assert_eq!(
+            e,
+            format!("artifact {}: not a regular file (a fifo)", fifo.display())
+        );
+        // A provenance fifo may be a pipe from the operator (`<(curl …)`); one without a
+        // writer is empty, at once.
+        let e = check(fifo.clone(), prov.clone());
+        assert_eq!(
+            e,
+            format!("provenance {}: empty: no DSSE envelope", fifo.display())
+        );
+        let e = check(prov, dir.clone());
+        assert_eq!(
+            e,
+            format!(
+                "artifact {}: not a regular file (a directory)",
+                dir.display()
+            )
         );
     }
 

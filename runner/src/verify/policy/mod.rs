@@ -283,10 +283,32 @@ impl Policy {
                 return Err(Rejection::new(
                     "source_uris",
                     "the statement names no source uri (neither externalParameters.source.uri \
-                     nor a resolvedDependencies entry named \"source\")",
+                     nor, for a local source, a resolvedDependencies entry named \"source\" \
+                     with uri file://<externalParameters.source.path>)",
                 ));
             };
-            if !globs.iter().any(|g| glob_matches(g, uri)) {
+            if has_dot_segment(uri) {
+                return Err(Rejection::new(
+                    "source_uris",
+                    format!(
+                        "{field} is {}, which has a \".\" or \"..\" segment: the runner fetched \
+                         the URI with those segments resolved, so no glob can say where from",
+                        quote(uri)
+                    ),
+                ));
+            }
+            if let Some(normal) = unnormalized(field, uri) {
+                return Err(Rejection::new(
+                    "source_uris",
+                    format!(
+                        "{field} is {}, which the runner fetched as {}: only a URI in that \
+                         normalized form is matched",
+                        quote(uri),
+                        quote(&normal)
+                    ),
+                ));
+            }
+            if !globs.iter().any(|g| uri_glob_matches(g, uri)) {
                 return Err(Rejection::new(
                     "source_uris",
                     format!(
@@ -383,8 +405,9 @@ impl Policy {
         }
 
         if let Some(allowed) = &self.allowed_dependency_digests {
+            let source = source_dependency(statement);
             for dep in &build.resolved_dependencies {
-                if dep.name.as_deref() == Some("source") {
+                if source.is_some_and(|s| std::ptr::eq(s, dep)) {
                     continue;
                 }
                 match sha256_of(dep) {
@@ -473,8 +496,8 @@ impl PolicyError {
 }
 
 /// The source URI a policy matches: `externalParameters.source.uri` (git and tarball
-/// sources), else the `uri` of the resolved dependency named `source` (local sources, whose
-/// external parameters carry a path and a tree digest but no URI). Both are signed.
+/// sources), else the `uri` of the source dependency (local sources, whose external parameters
+/// carry a path and a tree digest but no URI). Both are signed.
 fn source_uri(statement: &Statement) -> Option<(&'static str, &str)> {
     let build = &statement.predicate.build_definition;
     if let Some(uri) = build
@@ -484,12 +507,82 @@ fn source_uri(statement: &Statement) -> Option<(&'static str, &str)> {
     {
         return Some(("externalParameters.source.uri", uri));
     }
-    build
-        .resolved_dependencies
-        .iter()
-        .find(|d| d.name.as_deref() == Some("source"))
+    source_dependency(statement)
         .and_then(|d| d.uri.as_deref())
         .map(|u| ("resolvedDependencies \"source\" uri", u))
+}
+
+/// The resolved dependency that is the build's source: the first entry named `source` whose
+/// `uri` is the one `externalParameters.source` implies (`<uri>` for an archive, `git+<uri>`
+/// for git, `file://<path>` for a local directory; see `docs/build-type.md`).
+///
+/// The name alone does not identify it: a job may name a tool `source`, and the runner records
+/// every tool under its own name, so a statement can hold several entries named `source`, or
+/// (for a job without a source) only a tool of that name. Only the entry tied to the signed
+/// external parameters is exempt from pinning or read as the source.
+fn source_dependency(statement: &Statement) -> Option<&ResourceDescriptor> {
+    let build = &statement.predicate.build_definition;
+    let source = build.external_parameters.get("source")?;
+    let text = |key: &str| source.get(key).and_then(Value::as_str);
+    let expected: Vec<String> = match (text("uri"), text("path")) {
+        (Some(uri), _) => vec![uri.to_string(), format!("git+{uri}")],
+        (None, Some(path)) => vec![format!("file://{path}")],
+        (None, None) => return None,
+    };
+    build.resolved_dependencies.iter().find(|d| {
+        d.name.as_deref() == Some("source") && d.uri.as_ref().is_some_and(|u| expected.contains(u))
+    })
+}
+
+/// The `url` crate's serialization of a URI the job gave (`externalParameters.source.uri`),
+/// when it differs from the text: the runner's fetchers act on the serialization, so a glob
+/// over the text would judge one location while the source came from another
+/// (`https://evil.example\.example.com/` is fetched from `evil.example`). The `file://` URI of
+/// a local source is the runner's own canonical path and is taken as written.
+fn unnormalized(field: &str, uri: &str) -> Option<String> {
+    if field != "externalParameters.source.uri" {
+        return None;
+    }
+    match reqwest::Url::parse(uri) {
+        Ok(parsed) if parsed.as_str() != uri => Some(parsed.to_string()),
+        // An absolute path (a git source given as one) or already normalized.
+        _ => None,
+    }
+}
+
+/// [`glob_matches`] with the host kept apart: when the pattern has a `scheme://host` part
+/// followed by a path, that part must match the URI's `scheme://host` on its own, so a `*` in
+/// the host (`https://*.example.com/*`) cannot run on into the path and match
+/// `https://evil.example/x.example.com/repo`. A pattern without a path after its host (`*`,
+/// `https://*`) matches the whole text, as before.
+pub fn uri_glob_matches(pattern: &str, uri: &str) -> bool {
+    match (split_host(pattern), split_host(uri)) {
+        (Some((p_host, p_rest)), Some((u_host, u_rest))) => {
+            glob_matches(p_host, u_host) && glob_matches(p_rest, u_rest)
+        }
+        (Some(_), None) => false,
+        (None, _) => glob_matches(pattern, uri),
+    }
+}
+
+/// `scheme://authority` and the rest from the first `/`, `\`, `?` or `#` after it (each ends
+/// the authority for the `url` crate), when there is a rest.
+fn split_host(s: &str) -> Option<(&str, &str)> {
+    let start = s.find("://")? + 3;
+    let end = start + s[start..].find(['/', '\\', '?', '#'])?;
+    Some(s.split_at(end))
+}
+
+/// Whether `uri` has a `.` or `..` path segment, counting `\` as a separator and `%2e` as a
+/// dot, as the `url` crate does for the special schemes. The runner fetches the `url` crate's
+/// normalized form of a source URI but records the text the job gave, so
+/// `https://host/org/../other/repo` is fetched from `other` while it would match
+/// `https://host/org/*`. A URI with such a segment never matches.
+fn has_dot_segment(uri: &str) -> bool {
+    uri.split(['/', '\\']).any(|segment| {
+        let s = segment.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
 }
 
 fn sha256_of(dep: &ResourceDescriptor) -> Option<String> {

@@ -228,10 +228,14 @@ fn absent_fields_reject_rather_than_pass() {
     let int = &mut st.predicate.build_definition.internal_parameters;
     int["isolation"] = Value::Null;
     int.as_object_mut().unwrap().remove("weakened");
-    // A local source: the uri comes from the signed "source" dependency.
+    // A local source: the uri comes from the signed "source" dependency, the one whose uri is
+    // file://<externalParameters.source.path>.
+    assert!(rejection("source_uris = [\"*\"]", &st)
+        .starts_with("source_uris: the statement names no source uri"));
+    st.predicate.build_definition.resolved_dependencies[0].uri = Some("file:///src".into());
     assert_eq!(
-        rejection("source_uris = [\"file:///*\"]", &st),
-        "source_uris: resolvedDependencies \"source\" uri is \"git+https://git.example.com/org/app.git\", which matches none of [\"file:///*\"]"
+        rejection("source_uris = [\"https://*\"]", &st),
+        "source_uris: resolvedDependencies \"source\" uri is \"file:///src\", which matches none of [\"https://*\"]"
     );
     assert!(rejection("source_refs = [\"*\"]", &st)
         .starts_with("source_refs: the statement has no externalParameters.source.ref"));
@@ -306,4 +310,134 @@ fn a_statement_dated_in_the_future_beyond_clock_skew_fails_max_age() {
         rejection("max_age = \"1h\"", &st),
         "max_age: runDetails.metadata.finishedOn 2030-01-02T00:00:00Z is 23h in the future"
     );
+}
+
+/// A job may name a tool `source` (tool names only have to match `[a-z0-9][a-z0-9._-]*`), and
+/// the runner records each tool as a resolved dependency named after it, so the statement then
+/// holds two entries named "source": the real source, then the tool.
+fn with_a_tool_named_source(st: &mut Statement, uri: &str, sha: &str) {
+    st.predicate
+        .build_definition
+        .resolved_dependencies
+        .push(ResourceDescriptor::sha256(
+            Some("source".into()),
+            Some(uri.into()),
+            sha,
+        ));
+}
+
+#[test]
+fn a_tool_named_source_is_pinned_like_any_other_tool() {
+    let mut st = statement();
+    with_a_tool_named_source(&mut st, "https://evil.example/payload.tgz", C);
+    assert_eq!(
+        rejection(&format!("allowed_dependency_digests = [\"{B}\"]"), &st),
+        format!(
+            "allowed_dependency_digests: resolvedDependencies \"source\" \
+             (\"https://evil.example/payload.tgz\") has sha256 {C}, which is not in the allowed list"
+        )
+    );
+}
+
+#[test]
+fn a_tool_named_source_is_never_read_as_the_source_uri() {
+    // A job with no source at all records `externalParameters.source = {}`; its only
+    // dependency named "source" is then a tool, fetched from wherever the job said.
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"] = json!({});
+    st.predicate.build_definition.resolved_dependencies.clear();
+    with_a_tool_named_source(&mut st, "https://git.example.com/org/app.git", B);
+    assert!(
+        rejection("source_uris = [\"https://git.example.com/org/*\"]", &st)
+            .starts_with("source_uris: the statement names no source uri"),
+        "{}",
+        rejection("source_uris = [\"https://git.example.com/org/*\"]", &st)
+    );
+    // Nor is it exempt from pinning as the source would be.
+    assert!(
+        rejection(&format!("allowed_dependency_digests = [\"{A}\"]"), &st)
+            .starts_with("allowed_dependency_digests: resolvedDependencies \"source\""),
+    );
+}
+
+#[test]
+fn a_source_uri_with_dot_segments_matches_no_glob() {
+    // The runner fetches the `url` crate's normalized URL (git and archive sources alike) but
+    // records the text as the job gave it: `org/../attacker` is fetched from `attacker`.
+    for (uri, fetched) in [
+        (
+            "https://git.example.com/org/../attacker/app.git",
+            "https://git.example.com/attacker/app.git",
+        ),
+        (
+            "https://git.example.com/org/%2e%2E/attacker/app.git",
+            "https://git.example.com/attacker/app.git",
+        ),
+        (
+            "https://git.example.com/org/app.git/..\\..\\attacker/app.git",
+            "https://git.example.com/attacker/app.git",
+        ),
+        (
+            "https://git.example.com/org/./../attacker/app.git",
+            "https://git.example.com/attacker/app.git",
+        ),
+    ] {
+        assert_eq!(reqwest::Url::parse(uri).unwrap().as_str(), fetched);
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        let e = rejection("source_uris = [\"https://git.example.com/org/*\"]", &st);
+        assert!(
+            e.starts_with(&format!(
+                "source_uris: externalParameters.source.uri is {}, which has a \".\" or \"..\" segment",
+                quote(uri)
+            )),
+            "{uri}: {e}"
+        );
+    }
+    // Dots inside a segment are ordinary characters.
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"]["uri"] =
+        json!("https://git.example.com/org/a..b/.c/app.git");
+    Policy::from_toml_str("source_uris = [\"https://git.example.com/org/*\"]")
+        .unwrap()
+        .check(&st, now())
+        .unwrap();
+}
+
+#[test]
+fn a_star_in_a_globs_host_matches_only_within_the_host() {
+    let policy = Policy::from_toml_str("source_uris = [\"https://*.example.com/*\"]").unwrap();
+    let check = |uri: &str| {
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        policy.check(&st, now()).map_err(|r| r.to_string())
+    };
+    check("https://git.example.com/org/app.git").unwrap();
+    check("https://a.b.example.com/app.git").unwrap();
+    // Each of these is fetched from evil.example (the `url` crate's reading, which the
+    // runner's fetchers use), yet the text matched the glob as a whole.
+    for (uri, host) in [
+        ("https://evil.example/x.example.com/app.git", "evil.example"),
+        ("https://evil.example\\.example.com/app.git", "evil.example"),
+        ("https://evil.example?.example.com/app.git", "evil.example"),
+        ("https://evil.example#.example.com/app.git", "evil.example"),
+    ] {
+        assert_eq!(reqwest::Url::parse(uri).unwrap().host_str(), Some(host));
+        let e = check(uri).unwrap_err();
+        assert!(
+            e.starts_with("source_uris: externalParameters.source.uri is "),
+            "{uri}: {e}"
+        );
+    }
+    assert_eq!(
+        check("https://evil.example\\.example.com/app.git").unwrap_err(),
+        "source_uris: externalParameters.source.uri is \"https://evil.example\\\\.example.com/app.git\", \
+         which the runner fetched as \"https://evil.example/.example.com/app.git\": only a URI in \
+         that normalized form is matched"
+    );
+    // Patterns without a host part, or ending inside it, match the whole text as before.
+    for pattern in ["*", "https://*", "https://git.example.com*"] {
+        let p = Policy::from_toml_str(&format!("source_uris = [\"{pattern}\"]")).unwrap();
+        p.check(&statement(), now()).unwrap();
+    }
 }
