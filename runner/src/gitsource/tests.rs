@@ -849,3 +849,22 @@ fn what_a_server_makes_git_print_is_bounded_in_memory_and_on_disk() {
     assert!(most < 1 << 20, "git's output took {most} bytes on disk");
     assert!(is_empty(&dest));
 }
+
+#[test]
+fn credentials_are_never_shown_whatever_else_is_wrong_with_the_url() {
+    let dest = tempdir("creds-bad-dest");
+    for url in [
+        "https://user:hunter2@example.org:notaport/repo.git",
+        "https://user:hunter2 @example.org/repo.git",
+        "https://user:hunter2@exa mple.org/repo.git",
+        "https://user:hunter2@example.org/repo.git\u{1b}[2J",
+        "ssh://user:hunter2@example.org/repo.git",
+        "gopher://user:hunter2@example.org/repo.git",
+        "deploy:hunter2@example.org:repo.git",
+    ] {
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("hunter2"), "{url}: {shown}");
+        assert!(matches!(err, GitError::Credentials), "{url}: {err:?}");
+    }
+}
