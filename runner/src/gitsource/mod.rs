@@ -803,6 +803,17 @@ impl<'a> Git<'a> {
                 }
             }
         };
+        // A process git left behind could hold a pipe open: wait for the readers only until
+        // the deadline, and leave them behind after it.
+        while ![&stdout, &stderr]
+            .iter()
+            .all(|r| r.as_ref().is_none_or(|r| r.is_finished()))
+        {
+            if Instant::now() >= self.deadline {
+                return Err(timed_out());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let joined = |reader: Option<std::thread::JoinHandle<String>>| {
             reader.and_then(|r| r.join().ok()).unwrap_or_default()
         };
