@@ -872,6 +872,51 @@ fn a_source_holding_a_host_symlink_and_a_fifo_is_copied_without_reading_either()
     assert!(r.stderr.contains("skipped 1 special file"), "{r}");
 }
 
+#[test]
+fn a_spec_cannot_name_a_source_outside_its_own_directory() {
+    let env = Env::new("source-escape");
+    // A host file only the runner's user may read, outside the job file's directory.
+    let host = env.dir.join("host");
+    fs::create_dir_all(&host).unwrap();
+    fs::write(host.join("secret"), "host-secret\n").unwrap();
+    fs::set_permissions(
+        host.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let ci = env.dir.join("ci");
+    fs::create_dir_all(ci.join("inside")).unwrap();
+    fs::write(ci.join("inside/README"), "inside\n").unwrap();
+    symlink(&host, ci.join("link")).unwrap();
+    let spec = |path: &str| {
+        format!(
+            "version = 1\nname = \"escape\"\n[source]\npath = {path:?}\n[[steps]]\nname = \"read\"\n\
+             run = \"echo secret=$(cat secret 2>/dev/null || echo none); echo readme=$(cat README 2>/dev/null || echo none)\"\n"
+        )
+    };
+    for (n, path) in ["../host", host.to_str().unwrap(), "link", "/etc"]
+        .into_iter()
+        .enumerate()
+    {
+        let file = ci.join(format!("job{n}.toml"));
+        fs::write(&file, spec(path)).unwrap();
+        let r = env.run_spec(&file, &format!("out{n}"));
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains("outside the job file's directory"),
+            "{path}: {r}"
+        );
+        assert!(r.result()["steps"].as_array().unwrap().is_empty(), "{r}");
+        assert!(!r.stdout.contains("host-secret"), "{r}");
+    }
+    // A directory below the job file is fine (the operator's --source may be anywhere).
+    let file = ci.join("inside.toml");
+    fs::write(&file, spec("inside")).unwrap();
+    let r = env.run_spec(&file, "out-inside");
+    r.assert_code(0);
+    assert_eq!(r.value("readme"), "inside");
+}
+
 /// Starts `job` in `env`, waits until `count` processes with `marker` in their command line
 /// run, SIGKILLs the runner (which cleans nothing up itself) and waits until every one of
 /// them is gone, as the parent-death signals must make them.

@@ -153,3 +153,38 @@ fn hooks_of_the_runners_environment_and_repository_never_run() {
     r.assert_code(0);
     assert!(!marker.exists(), "a git hook ran during the runner's fetch");
 }
+
+#[test]
+fn a_repository_that_expands_past_fetch_max_bytes_is_refused_before_any_step() {
+    let env = Env::new("git-bomb");
+    env.write_config_sections(
+        "",
+        &format!(
+            "[fetch]\nfile_roots = [\"{}\"]\nmax_bytes = \"1MiB\"\n",
+            env.dir.display()
+        ),
+    );
+    // 32 files, each the same MiB of zeros: one tiny blob in the pack, 32 MiB checked out.
+    let repo = env.dir.join("bomb");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    let zeros = env.dir.join("zeros");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    let blob = git(&repo, &["hash-object", "-w", zeros.to_str().unwrap()]);
+    let mut args = vec!["update-index".to_owned(), "--add".to_owned()];
+    for i in 0..32 {
+        args.push("--cacheinfo".into());
+        args.push(format!("100644,{blob},f{i}"));
+    }
+    git(&repo, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let tree = git(&repo, &["write-tree"]);
+    let commit = git(&repo, &["commit-tree", &tree, "-m", "bomb"]);
+    let r = run_spec(&env, &job(&repo, &commit), "bomb");
+    r.assert_code(2);
+    assert!(
+        r.stderr
+            .contains("git checkout stopped: the repository takes more than 9MiB on disk"),
+        "{r}"
+    );
+    assert!(r.result()["steps"].as_array().unwrap().is_empty());
+}

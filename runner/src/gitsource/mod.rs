@@ -40,6 +40,15 @@
 //!   password, so no credential is ever printed or recorded.
 //! - **Time.** One deadline (`fetch.timeout`) covers every git command; git runs in its own
 //!   process group, which is killed with SIGKILL when the deadline passes.
+//! - **Size.** While git runs (measured at least every 50 ms, less often for a big tree) and
+//!   when each command ends, the destination may hold at most `fetch.max_bytes` in files until
+//!   the checkout (a pack bomb is stopped while it arrives) and [`EXPANSION_FACTOR`] times that
+//!   more from the checkout on (a tree of many copies of one blob, a few kilobytes as a pack,
+//!   is stopped while it is written), and at most [`MAX_ENTRIES`] entries (inodes). Past
+//!   either, git's process group is killed and the destination emptied.
+//! - **Output.** Git's stdout and stderr are pipes drained to their end by the runner, which
+//!   keeps the first MiB of stdout and the last 64 KiB of stderr: what a server makes git
+//!   print (`remote:` lines without end) costs neither memory nor disk.
 //!
 //! Fetch strategy: `git init --template=` (no sample hooks), then `git fetch --depth=1 URL
 //! COMMIT` — protocol v2 servers, including git's own `upload-pack` for `file://`, allow
@@ -66,9 +75,9 @@
 //! a rebinding name would get through; hence the pinning); removing `.git` (builds that embed
 //! their commit would break, and the commit is recorded by the runner anyway).
 //!
-//! Limits: SHA-1 repositories only (the commit is pinned as 40 hex digits). The size of what
-//! the server sends is bounded by `fetch.timeout` and the workspace's filesystem, not by
-//! `fetch.max_bytes`. Git LFS content is not fetched (the LFS filter is not configured; pointer
+//! Limits: SHA-1 repositories only (the commit is pinned as 40 hex digits). The size bound is
+//! measured, not enforced by the kernel: between two measurements git may write past it by
+//! what it writes in that interval. Git LFS content is not fetched (the LFS filter is not configured; pointer
 //! files are checked out). A `file://` repository owned by another user is refused by git's own
 //! ownership check, which the runner keeps on (trusting it would trust that repository's
 //! config). Git runs as the runner's user; the integrator hands the tree to the job's uid.
@@ -76,7 +85,7 @@
 //! Tested by the unit tests below, against repositories the tests create.
 
 use std::fs;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
@@ -111,6 +120,26 @@ const SANITIZED_CONFIG: &str = "[core]\n\trepositoryformatversion = 0\n\tfilemod
 /// Most bytes of git's own output kept for an error message.
 const MAX_MESSAGE: usize = 2000;
 
+/// Most bytes of a git command's standard output kept (what is read is a commit id or a short
+/// status); the rest is read and discarded.
+const MAX_STDOUT: usize = 1 << 20;
+
+/// Most bytes of a git command's standard error kept, from its end; the rest is read and
+/// discarded, however much a server makes git print.
+const MAX_STDERR: usize = 64 << 10;
+
+/// Most files, directories and links the destination may hold, `.git` included: far above
+/// any real repository's checkout, far below what fills a filesystem's inodes.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+
+/// How many times `fetch.max_bytes` the checked-out tree may take, as for an unpacked archive.
+pub use crate::tools::archive::EXPANSION_FACTOR;
+
+/// Shortest pause between two measurements of the destination while git runs; a measurement
+/// that took longer is followed by a pause ten times as long, so measuring a big tree stays
+/// a small part of the work.
+const MIN_MEASURE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// What the runner's git may fetch from, built from `[fetch]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GitPolicy {
@@ -120,6 +149,9 @@ pub struct GitPolicy {
     pub file_roots: Vec<PathBuf>,
     /// Longest the whole fetch (every git command together) may take.
     pub timeout: Duration,
+    /// Most bytes what git fetches may take on disk (`fetch.max_bytes`); the checked-out tree
+    /// may take [`EXPANSION_FACTOR`] times this on top.
+    pub max_bytes: u64,
     /// A PEM bundle trusted for `https://` in addition to the system roots (`fetch.extra_ca`).
     pub extra_ca: Option<PathBuf>,
 }
@@ -136,6 +168,7 @@ impl GitPolicy {
             allow_private,
             file_roots: fetch.file_roots.iter().map(PathBuf::from).collect(),
             timeout: fetch.timeout,
+            max_bytes: fetch.max_bytes,
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
         })
     }
@@ -307,6 +340,16 @@ pub enum GitError {
         /// What HEAD is.
         actual: String,
     },
+    /// The destination grew past its bound while git ran; git was killed.
+    #[error("git source {url}: git {step} stopped: the repository takes more than {limit}")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The step running when the bound was passed.
+        step: &'static str,
+        /// The bound passed and what to do, like `9.0 MiB on disk (...)`.
+        limit: String,
+    },
     /// After checkout, the work tree differs from the commit.
     #[error("git source {url}: checkout of {commit} is not clean: {status}")]
     Dirty {
@@ -390,6 +433,7 @@ fn fetch_into(
         "init",
         &["init", "--quiet", "--template=", &dest_arg],
         false,
+        git.max_bytes,
     )?;
     let fetch_base = [
         "fetch",
@@ -403,7 +447,7 @@ fn fetch_into(
     let mut args = fetch_base.to_vec();
     args.extend(["--depth=1", "--end-of-options", &remote.git_arg, commit]);
     let fast = match by_id {
-        ById::Try => git.run("fetch", &args, true).map(drop),
+        ById::Try => git.run("fetch", &args, true, git.max_bytes).map(drop),
         #[cfg(test)]
         ById::Skip => Err(GitError::BadCommit {
             commit: commit.to_owned(),
@@ -411,7 +455,8 @@ fn fetch_into(
     };
     match fast {
         Ok(()) => {}
-        Err(e @ GitError::Timeout { .. }) => return Err(e),
+        // Neither gets better by fetching more.
+        Err(e @ (GitError::Timeout { .. } | GitError::TooLarge { .. })) => return Err(e),
         Err(e) => {
             tracing::debug!(error = %e, "fetching the commit by id failed; fetching refs");
             let refspecs: Vec<String> = match ref_name {
@@ -424,7 +469,7 @@ fn fetch_into(
             let mut args = fetch_base.to_vec();
             args.extend(["--end-of-options", &remote.git_arg]);
             args.extend(refspecs.iter().map(String::as_str));
-            git.run("fetch", &args, true)?;
+            git.run("fetch", &args, true, git.max_bytes)?;
         }
     }
     let object = format!("{commit}^{{commit}}");
@@ -439,6 +484,7 @@ fn fetch_into(
                 &object,
             ],
             true,
+            git.max_bytes,
         )
         .ok();
     if found.as_deref().map(str::trim) != Some(commit) {
@@ -459,8 +505,14 @@ fn fetch_into(
             "--",
         ],
         true,
+        git.tree_bytes(),
     )?;
-    let head = git.run("rev-parse", &["rev-parse", "--verify", "HEAD"], true)?;
+    let head = git.run(
+        "rev-parse",
+        &["rev-parse", "--verify", "HEAD"],
+        true,
+        git.tree_bytes(),
+    )?;
     if head.trim() != commit {
         return Err(GitError::Mismatch {
             url: remote.display.clone(),
@@ -477,6 +529,7 @@ fn fetch_into(
             "--ignore-submodules=none",
         ],
         true,
+        git.tree_bytes(),
     )?;
     if !status.trim().is_empty() {
         return Err(GitError::Dirty {
@@ -603,6 +656,8 @@ struct Git<'a> {
     config: Vec<String>,
     deadline: Instant,
     timeout: Duration,
+    /// `fetch.max_bytes`: the most the destination may hold until the checkout.
+    max_bytes: u64,
 }
 
 impl<'a> Git<'a> {
@@ -663,11 +718,26 @@ impl<'a> Git<'a> {
             config,
             deadline,
             timeout: policy.timeout,
+            max_bytes: policy.max_bytes,
         })
     }
 
+    /// The most the destination may hold from the checkout on: what was fetched, and
+    /// [`EXPANSION_FACTOR`] times `fetch.max_bytes` more for the checked-out tree.
+    fn tree_bytes(&self) -> u64 {
+        self.max_bytes.saturating_mul(1 + EXPANSION_FACTOR)
+    }
+
     /// Runs one git command; returns its stdout. `in_repo` adds `--git-dir`/`--work-tree`.
-    fn run(&self, step: &'static str, args: &[&str], in_repo: bool) -> Result<String, GitError> {
+    /// While it runs, and once more when it ends, the destination may hold at most `max_bytes`
+    /// in files and [`MAX_ENTRIES`] entries; past either, git's process group is killed.
+    fn run(
+        &self,
+        step: &'static str,
+        args: &[&str],
+        in_repo: bool,
+        max_bytes: u64,
+    ) -> Result<String, GitError> {
         let timed_out = || GitError::Timeout {
             url: self.url.to_owned(),
             step,
@@ -676,29 +746,13 @@ impl<'a> Git<'a> {
         if Instant::now() >= self.deadline {
             return Err(timed_out());
         }
-        let out_path = self.home.join("stdout");
-        let err_path = self.home.join("stderr");
-        let open = |path: &Path| {
-            fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)
-                .map_err(|source| GitError::Io {
-                    what: "creating git's output file",
-                    path: path.to_owned(),
-                    source,
-                })
-        };
-        let (mut out, mut err) = (open(&out_path)?, open(&err_path)?);
         let mut cmd = Command::new(GIT);
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.home)
             .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(GitError::Spawn)?)
-            .stderr(err.try_clone().map_err(GitError::Spawn)?)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0);
         for c in &self.config {
             cmd.arg("-c").arg(c);
@@ -709,25 +763,65 @@ impl<'a> Git<'a> {
         }
         cmd.args(args);
         let mut child = cmd.spawn().map_err(GitError::Spawn)?;
+        // Both pipes are drained to their end by threads that keep a bounded part, so git never
+        // blocks on a full pipe and what a server makes it print costs no memory or disk.
+        let stdout = child
+            .stdout
+            .take()
+            .map(|pipe| std::thread::spawn(move || read_bounded(pipe, MAX_STDOUT, Keep::Head)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|pipe| std::thread::spawn(move || read_bounded(pipe, MAX_STDERR, Keep::Tail)));
+        let kill = |child: &mut std::process::Child| {
+            // The leader is not reaped yet, so its process group id is still ours.
+            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        };
+        let mut next_measure = Instant::now();
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() >= self.deadline => {
-                    // The leader is not reaped yet, so its process group id is still ours.
-                    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = child.wait();
+                    kill(&mut child);
                     return Err(timed_out());
                 }
+                Ok(None) if Instant::now() >= next_measure => {
+                    let started = Instant::now();
+                    if let Err(e) = self.check_size(step, max_bytes) {
+                        kill(&mut child);
+                        return Err(e);
+                    }
+                    next_measure =
+                        Instant::now() + (started.elapsed() * 10).max(MIN_MEASURE_INTERVAL);
+                }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(GitError::Spawn(e)),
+                Err(e) => {
+                    kill(&mut child);
+                    return Err(GitError::Spawn(e));
+                }
             }
         };
-        let stdout = read_bounded(&mut out, 1 << 20);
+        // A process git left behind could hold a pipe open: wait for the readers only until
+        // the deadline, and leave them behind after it.
+        while ![&stdout, &stderr]
+            .iter()
+            .all(|r| r.as_ref().is_none_or(|r| r.is_finished()))
+        {
+            if Instant::now() >= self.deadline {
+                return Err(timed_out());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let joined = |reader: Option<std::thread::JoinHandle<String>>| {
+            reader.and_then(|r| r.join().ok()).unwrap_or_default()
+        };
+        let (stdout, stderr) = (joined(stdout), joined(stderr));
+        self.check_size(step, max_bytes)?;
         if status.success() {
             return Ok(stdout);
         }
-        let stderr = read_bounded(&mut err, 64 << 10);
         Err(GitError::Git {
             url: self.url.to_owned(),
             step,
@@ -738,6 +832,74 @@ impl<'a> Git<'a> {
             output: clean_message(&stderr),
         })
     }
+
+    /// Refuses a destination holding more than `max_bytes` in files or [`MAX_ENTRIES`]
+    /// entries.
+    fn check_size(&self, step: &'static str, max_bytes: u64) -> Result<(), GitError> {
+        let too_large = |limit: String| GitError::TooLarge {
+            url: self.url.to_owned(),
+            step,
+            limit,
+        };
+        match measure(Path::new(&self.work_tree), max_bytes, MAX_ENTRIES) {
+            Usage::Within => Ok(()),
+            Usage::Bytes => Err(too_large(if max_bytes == self.max_bytes {
+                format!(
+                    "{} on disk (fetch.max_bytes); raise fetch.max_bytes if this repository \
+                     is expected to be that large",
+                    bulwark_protocol::format_size(max_bytes)
+                )
+            } else {
+                format!(
+                    "{} on disk ({} times fetch.max_bytes); raise fetch.max_bytes if this \
+                     repository is expected to be that large",
+                    bulwark_protocol::format_size(max_bytes),
+                    1 + EXPANSION_FACTOR
+                )
+            })),
+            Usage::Entries => Err(too_large(format!("{MAX_ENTRIES} files and directories"))),
+        }
+    }
+}
+
+/// Whether a tree stayed within its bounds, or which one it passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Usage {
+    Within,
+    Bytes,
+    Entries,
+}
+
+/// Measures the regular files' sizes and the entries under `dir`, stopping at the first bound
+/// passed. Symlinks are never followed; entries that vanish meanwhile (git's temporary files)
+/// are skipped. Iterative, so a deep tree cannot exhaust the stack.
+fn measure(dir: &Path, max_bytes: u64, max_entries: u64) -> Usage {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let Ok(listing) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            entries += 1;
+            if entries > max_entries {
+                return Usage::Entries;
+            }
+            // `DirEntry::metadata` does not follow a symlink.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else if meta.is_file() {
+                bytes = bytes.saturating_add(meta.len());
+                if bytes > max_bytes {
+                    return Usage::Bytes;
+                }
+            }
+        }
+    }
+    Usage::Within
 }
 
 /// Writes the system CA bundle followed by `extra` into `home/ca.pem` for `http.sslCAInfo`
@@ -762,11 +924,43 @@ fn ca_bundle(extra: &Path, home: &Path) -> Result<PathBuf, GitError> {
     Ok(path)
 }
 
-fn read_bounded(file: &mut fs::File, cap: u64) -> String {
-    let mut buf = Vec::new();
-    let _ = file.rewind();
-    let _ = file.take(cap).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
+/// Which part of a stream [`read_bounded`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The first bytes (a command's answer).
+    Head,
+    /// The last bytes (where git says why it failed).
+    Tail,
+}
+
+/// Reads `pipe` to its end, keeping at most `cap` bytes of it.
+fn read_bounded(mut pipe: impl Read, cap: usize, keep: Keep) -> String {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        match keep {
+            Keep::Head => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Keep::Tail => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * cap {
+                    kept.drain(..kept.len() - cap);
+                }
+            }
+        }
+    }
+    if kept.len() > cap {
+        kept.drain(..kept.len() - cap);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// Git's output in a message: control characters (a server's `remote:` lines are its own text)

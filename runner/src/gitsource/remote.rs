@@ -22,6 +22,11 @@ impl Remote {
         let bad = || GitError::BadUrl {
             url: url.to_owned(),
         };
+        // First, so that no other refusal (a bad port, a space, an unknown scheme) shows the
+        // URL with a credential in it; parsed below too, for what a URL parser finds.
+        if has_user_info(url) {
+            return Err(GitError::Credentials);
+        }
         if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad());
         }
@@ -154,4 +159,14 @@ impl Remote {
             pin: None,
         })
     }
+}
+
+/// Whether the text has a user name (and maybe a password) before its host, whether it parses
+/// as a URL or not: `scheme://user:password@host/...` or scp-like `user@host:path`.
+fn has_user_info(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme
+        .split(['/', '\\', '?', '#'])
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
 }

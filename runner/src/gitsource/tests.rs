@@ -64,6 +64,7 @@ fn policy_for(roots: &[&Path]) -> GitPolicy {
         allow_private: Vec::new(),
         file_roots: roots.iter().map(|r| r.to_path_buf()).collect(),
         timeout: Duration::from_secs(60),
+        max_bytes: 1 << 30,
         extra_ca: None,
     }
 }
@@ -596,6 +597,7 @@ fn policy_comes_from_the_fetch_config() {
     assert_eq!(policy.file_roots, vec![PathBuf::from("/srv/git")]);
     assert_eq!(policy.extra_ca, Some(PathBuf::from("/etc/bulwark/ca.pem")));
     assert_eq!(policy.timeout, Duration::from_secs(30));
+    assert_eq!(policy.max_bytes, FetchConfig::default().max_bytes);
     let bad = FetchConfig {
         allow_private: vec!["nope".into()],
         ..FetchConfig::default()
@@ -611,4 +613,258 @@ fn git_output_in_messages_has_no_control_characters_and_is_bounded() {
     assert_eq!(msg, "remote:  [31mred [0m; fatal: bad");
     let long = "x".repeat(10 * MAX_MESSAGE);
     assert_eq!(clean_message(&long).chars().count(), MAX_MESSAGE + 1);
+}
+
+/// A commit whose tree holds `copies` files, all the same `size` bytes of zeros: one small
+/// blob in the pack, `copies * size` bytes once checked out.
+fn expanding_commit(root: &Path, copies: usize, size: usize) -> (PathBuf, String) {
+    let repo = root.join("bomb");
+    fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "--quiet"]);
+    let zeros = root.join("zeros");
+    fs::write(&zeros, vec![0u8; size]).unwrap();
+    let blob = git(&repo, &["hash-object", "-w", zeros.to_str().unwrap()]);
+    let mut args = vec!["update-index".to_owned(), "--add".to_owned()];
+    for i in 0..copies {
+        args.push("--cacheinfo".into());
+        args.push(format!("100644,{blob},f{i}"));
+    }
+    git(&repo, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let tree = git(&repo, &["write-tree"]);
+    let commit = git(&repo, &["commit-tree", &tree, "-m", "bomb"]);
+    (repo, commit)
+}
+
+#[test]
+fn a_checkout_that_expands_past_its_bound_is_stopped_and_removed() {
+    let root = tempdir("expand");
+    // 64 MiB once checked out, from a pack of a few kilobytes.
+    let (repo, commit) = expanding_commit(&root, 64, 1 << 20);
+    let dest = tempdir("expand-dest");
+    let policy = GitPolicy {
+        max_bytes: 1 << 20,
+        ..policy_for(&[&root])
+    };
+    let err = fetch(&file_url(&repo), &commit, None, &dest, &policy).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GitError::TooLarge {
+                step: "checkout",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "git source {}: git checkout stopped: the repository takes more than 9MiB on disk \
+             (9 times fetch.max_bytes); raise fetch.max_bytes if this repository is \
+             expected to be that large",
+            file_url(&repo)
+        )
+    );
+    assert!(is_empty(&dest));
+    // The same commit within a larger bound is fetched whole.
+    let policy = GitPolicy {
+        max_bytes: 8 << 20,
+        ..policy
+    };
+    fetch(&file_url(&repo), &commit, None, &dest, &policy).unwrap();
+    assert_eq!(fs::metadata(dest.join("f63")).unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn a_pack_larger_than_fetch_max_bytes_is_stopped_while_it_arrives() {
+    let root = tempdir("pack");
+    let repo = root.join("big");
+    fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "--quiet"]);
+    // 4 MiB that do not compress.
+    let mut noise = Vec::with_capacity(4 << 20);
+    let mut block = [7u8; 32];
+    while noise.len() < 4 << 20 {
+        use sha2::Digest;
+        block = sha2::Sha256::digest(block).into();
+        noise.extend_from_slice(&block);
+    }
+    fs::write(repo.join("noise"), &noise).unwrap();
+    git(&repo, &["add", "noise"]);
+    git(&repo, &["commit", "--quiet", "-m", "noise"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let dest = tempdir("pack-dest");
+    let policy = GitPolicy {
+        max_bytes: 1 << 20,
+        ..policy_for(&[&root])
+    };
+    let err = fetch(&file_url(&repo), &commit, None, &dest, &policy).unwrap_err();
+    assert!(
+        matches!(err, GitError::TooLarge { step: "fetch", .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("takes more than 1MiB on disk (fetch.max_bytes)"),
+        "{err}"
+    );
+    assert!(is_empty(&dest));
+}
+
+#[test]
+fn measuring_a_tree_stops_at_the_first_bound_and_never_follows_links() {
+    let dir = tempdir("measure");
+    fs::create_dir(dir.join("d")).unwrap();
+    fs::write(dir.join("d/f"), vec![1u8; 100]).unwrap();
+    std::os::unix::fs::symlink("/usr", dir.join("link")).unwrap();
+    // Three entries and 100 bytes: /usr behind the link is not counted.
+    assert_eq!(measure(&dir, 100, 3), Usage::Within);
+    assert_eq!(measure(&dir, 99, 3), Usage::Bytes);
+    assert_eq!(measure(&dir, 100, 2), Usage::Entries);
+}
+
+#[test]
+fn git_output_is_read_to_its_end_and_only_a_bounded_part_kept() {
+    let data: Vec<u8> = (0..40_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let head = read_bounded(&data[..], 16, Keep::Head);
+    assert_eq!(head.as_bytes(), &data[..16]);
+    let tail = read_bounded(&data[..], 16, Keep::Tail);
+    assert_eq!(tail.as_bytes(), &data[data.len() - 16..]);
+    assert_eq!(read_bounded(&b"short"[..], 16, Keep::Tail), "short");
+}
+
+/// A smart-HTTP server (protocol v0) that advertises `commit` and then, instead of a pack,
+/// sends `progress_bytes` of "remote:" progress messages (side band 2) and hangs up.
+fn chatty_server(commit: &str, progress_bytes: usize) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let commit = commit.to_owned();
+    let pkt = |payload: &[u8]| {
+        let mut p = format!("{:04x}", payload.len() + 4).into_bytes();
+        p.extend_from_slice(payload);
+        p
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let (mut request, mut length) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                request.push_str(&line);
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let mut conn = conn;
+            if request.starts_with("GET") {
+                let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nConnection: close\r\n\r\n".to_vec();
+                out.extend(pkt(b"# service=git-upload-pack\n"));
+                out.extend(b"0000");
+                out.extend(pkt(
+                    format!("{commit} refs/heads/main\0side-band-64k\n").as_bytes()
+                ));
+                out.extend(b"0000");
+                let _ = conn.write_all(&out);
+            } else {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\nConnection: close\r\n\r\n");
+                let _ = conn.write_all(&pkt(b"NAK\n"));
+                let mut line = vec![2u8];
+                line.extend(std::iter::repeat_n(b'x', 8000));
+                line.push(b'\n');
+                let packet = pkt(&line);
+                let mut sent = 0;
+                while sent < progress_bytes && conn.write_all(&packet).is_ok() {
+                    sent += packet.len();
+                }
+            }
+        }
+    });
+    port
+}
+
+/// The largest total size of the files in any of git's private HOMEs seen until `stop`.
+fn watch_private_homes(stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut most = 0;
+        while !stop.load(Ordering::SeqCst) {
+            for home in fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+                if !home
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("bulwark-git-")
+                {
+                    continue;
+                }
+                let size: u64 = fs::read_dir(home.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum();
+                most = most.max(size);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        most
+    })
+}
+
+#[test]
+fn what_a_server_makes_git_print_is_bounded_in_memory_and_on_disk() {
+    let commit = "1234567890abcdef1234567890abcdef12345678";
+    let port = chatty_server(commit, 64 << 20);
+    let dest = tempdir("chatty-dest");
+    let policy = GitPolicy {
+        allow_private: vec![IpNet::parse("127.0.0.1").unwrap()],
+        ..policy_for(&[])
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_private_homes(Arc::clone(&stop));
+    let url = format!("http://127.0.0.1:{port}/repo.git");
+    let err = fetch_with(&url, commit, None, &dest, &policy, ById::Skip).unwrap_err();
+    stop.store(true, Ordering::SeqCst);
+    let most = watcher.join().unwrap();
+    let GitError::Git { output, .. } = &err else {
+        panic!("{err:?}");
+    };
+    // Git did print the server's messages; the runner kept only their end.
+    assert!(output.contains("xxxxxxxx; "), "{output}");
+    assert!(
+        output.ends_with("fatal: protocol error: bad pack header"),
+        "{output}"
+    );
+    assert!(
+        output.chars().count() <= MAX_MESSAGE + 1,
+        "{}",
+        output.len()
+    );
+    assert!(most < 1 << 20, "git's output took {most} bytes on disk");
+    assert!(is_empty(&dest));
+}
+
+#[test]
+fn credentials_are_never_shown_whatever_else_is_wrong_with_the_url() {
+    let dest = tempdir("creds-bad-dest");
+    for url in [
+        "https://user:hunter2@example.org:notaport/repo.git",
+        "https://user:hunter2 @example.org/repo.git",
+        "https://user:hunter2@exa mple.org/repo.git",
+        "https://user:hunter2@example.org/repo.git\u{1b}[2J",
+        "ssh://user:hunter2@example.org/repo.git",
+        "gopher://user:hunter2@example.org/repo.git",
+        "deploy:hunter2@example.org:repo.git",
+    ] {
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("hunter2"), "{url}: {shown}");
+        assert!(matches!(err, GitError::Credentials), "{url}: {err:?}");
+    }
 }

@@ -10,13 +10,41 @@ use crate::config::Dirs;
 use crate::workspace::JobDir;
 
 impl JobRun<'_> {
-    pub(super) fn source_dir(&self) -> Option<PathBuf> {
+    /// The local directory to copy into the workspace, canonical: `--source` as the operator
+    /// gave it, or the spec's `[source] path`, which must lie in the job file's directory.
+    ///
+    /// The spec is untrusted and the runner copies with its own privileges (as root, every
+    /// file it can read, handed to the job's uid), so a spec naming `/etc` or the runner's
+    /// state directory would give the job `/etc/shadow` or the signing key. A spec may only
+    /// pick a directory beside or below itself, judged after symlinks are resolved; any other
+    /// directory takes the operator's `--source`.
+    pub(super) fn source_dir(&self) -> Result<Option<PathBuf>, Stop> {
+        let canonical = |path: &Path| {
+            std::fs::canonicalize(path)
+                .map_err(|e| Stop::Refused(format!("source {}: {e}", path.display())))
+        };
         if let Some(s) = &self.args.source {
-            return Some(s.clone());
+            return canonical(s).map(Some);
         }
-        let p = self.job.spec.source.as_ref()?.path.as_ref()?;
-        let base = self.args.job.parent().unwrap_or(Path::new("."));
-        Some(base.join(p))
+        let Some(p) = self.job.spec.source.as_ref().and_then(|s| s.path.as_ref()) else {
+            return Ok(None);
+        };
+        let base = match self.args.job.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let base = canonical(base)?;
+        let dir = canonical(&base.join(p))?;
+        if !dir.starts_with(&base) {
+            return Err(Stop::Refused(format!(
+                "source.path {p:?} resolves to {}, outside the job file's directory {}; a job \
+                 spec may only name a directory beside or below itself: give any other \
+                 directory with --source",
+                dir.display(),
+                base.display()
+            )));
+        }
+        Ok(Some(dir))
     }
 
     /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.

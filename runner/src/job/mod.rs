@@ -560,9 +560,7 @@ impl JobRun<'_> {
                 eprintln!("bulwark: source {} at {}", got.uri, got.commit);
             }
             self.inputs.source = got.to_json();
-        } else if let Some(src) = self.source_dir() {
-            let abs = std::fs::canonicalize(&src)
-                .map_err(|e| Stop::Refused(format!("source {}: {e}", src.display())))?;
+        } else if let Some(abs) = self.source_dir()? {
             let stats = crate::source::copy_tree(&abs, &jobdir.workspace)
                 .map_err(|e| Stop::Refused(e.to_string()))?;
             if !stats.skipped.is_empty() {
