@@ -44,4 +44,4 @@ pub use result::{
     CgroupCounters, EgressRecord, Inputs, Isolation, IsolationMode, JobResult, JobStatus,
     OutputRecord, StepResult, Trust,
 };
-pub use rules::{check_name, check_sha256};
+pub use rules::{check_name, check_sha256, redact_url};

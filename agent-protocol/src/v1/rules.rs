@@ -63,6 +63,10 @@ pub const URL_SCHEMES: &[&str] = &["https", "http", "file"];
 /// an absolute path for `file`, and no whitespace or control characters. This is a shape
 /// check only; where the URL may point (private addresses, file roots) is the runner's check.
 pub fn check_url(url: &str) -> Result<(), String> {
+    // First, and whatever else is wrong with it: a URL with credentials is never shown.
+    if credentials_at(url).is_some() {
+        return Err("URL must not contain credentials (user@host)".to_owned());
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!(
             "expected a URL like https://host/path, got {}",
@@ -101,6 +105,46 @@ pub fn check_url(url: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks a source URL (`source.git`, `source.url`): [`check_url`], and written exactly as the
+/// runner will fetch it. The runner hands git and its HTTP client the URL parser's normal
+/// form (`..` segments resolved, host lower-cased, default port dropped), while provenance
+/// records the text of the spec; where the two differ, a verifier matching `source_uris`
+/// would judge a URL other than the one fetched (`https://host/org/../attacker/app.git` was
+/// fetched from `attacker/`). So the spec must say the normal form itself.
+pub fn check_source_url(text: &str) -> Result<(), String> {
+    check_url(text)?;
+    let parsed =
+        url::Url::parse(text).map_err(|e| format!("not a valid URL ({e}): {}", quote(text)))?;
+    if parsed.as_str() != text {
+        return Err(format!(
+            "write it as {} (the form the runner fetches and provenance records), not {}",
+            quote(parsed.as_str()),
+            quote(text)
+        ));
+    }
+    Ok(())
+}
+
+/// Where the part of `url` that could hold a user name or password ends (the last `@` of
+/// what could be its authority: after `scheme://`, or from the start for `user@host:path`,
+/// up to the first `/`, `?` or `#`), whether the text parses as a URL or not.
+fn credentials_at(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    url[start..end].rfind('@').map(|at| (start, start + at))
+}
+
+/// `url` as it may be shown in a message or log: whatever could be a user name or password is
+/// replaced by `***` (see [`check_url`]), even when the text does not parse as a URL.
+pub fn redact_url(url: &str) -> String {
+    match credentials_at(url) {
+        Some((start, at)) => format!("{}***{}", &url[..start], &url[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Checks an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -220,6 +264,66 @@ mod tests {
         assert!(check_url("https://user:pw@example.org/")
             .unwrap_err()
             .contains("credentials"));
+    }
+
+    #[test]
+    fn source_urls_must_be_written_in_the_form_that_is_fetched() {
+        for good in [
+            "https://example.org/org/app.git",
+            "http://10.0.0.1:8080/x.tar.gz",
+            "file:///srv/repos/app",
+        ] {
+            assert_eq!(check_source_url(good), Ok(()), "{good}");
+        }
+        for (bad, normal) in [
+            (
+                "https://example.org/org/../attacker/app.git",
+                "https://example.org/attacker/app.git",
+            ),
+            (
+                "https://example.org/org/%2e%2e/attacker/app.git",
+                "https://example.org/attacker/app.git",
+            ),
+            ("https://Example.ORG/app.git", "https://example.org/app.git"),
+            (
+                "https://example.org:443/app.git",
+                "https://example.org/app.git",
+            ),
+            ("https://example.org", "https://example.org/"),
+            (
+                "https://evil.example\\.example.com/app.git",
+                "https://evil.example/.example.com/app.git",
+            ),
+        ] {
+            let err = check_source_url(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("write it as \"{normal}\"")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_are_never_shown_whatever_else_is_wrong_with_the_url() {
+        // Each of these is also refused for another reason (a space, a scheme, no scheme, a
+        // bad port); that reason's message used to quote the URL, token and all.
+        for url in [
+            "https://user:TOKEN@exa mple.org/x",
+            "ftp://user:TOKEN@example.org/x",
+            "user:TOKEN@example.org:repo.git",
+            "https://user:TOKEN@example.org:notaport/x",
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(!err.contains("TOKEN"), "{url}: {err}");
+            assert!(err.contains("credentials"), "{url}: {err}");
+            assert!(!redact_url(url).contains("TOKEN"), "{url}");
+        }
+        assert_eq!(
+            redact_url("https://u:p@h/a@b"),
+            "https://***@h/a@b",
+            "an @ in the path is not in the authority"
+        );
+        assert_eq!(redact_url("https://h/a@b"), "https://h/a@b");
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::time::Duration;
 use super::allow::AllowEntry;
 use super::config::LimitsConfig;
 use super::job::*;
-use super::rules::{check_commit, check_env_key, check_name, check_sha256, check_url, key_segment};
+use super::rules::{
+    check_commit, check_env_key, check_name, check_sha256, check_source_url, check_url, key_segment,
+};
 use crate::error::{quote, Errors, SpecError};
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 
@@ -89,7 +91,7 @@ fn check_source(source: &SourceSpec, errors: &mut Errors) {
         }
     }
     if let Some(git) = &source.git {
-        errors.take("source.git", check_url(git));
+        errors.take("source.git", check_source_url(git));
         if source.commit.is_none() {
             errors.push(
                 "source.commit",
@@ -110,7 +112,7 @@ fn check_source(source: &SourceSpec, errors: &mut Errors) {
         errors.take("source.ref", check_git_ref(git_ref));
     }
     if let Some(url) = &source.url {
-        errors.take("source.url", check_url(url));
+        errors.take("source.url", check_source_url(url));
         if source.sha256.is_none() {
             errors.push(
                 "source.sha256",
@@ -159,6 +161,14 @@ fn check_tools(tools: &[ToolSpec], errors: &mut Errors) {
             .take(&format!("{path}.name"), check_name(&tool.name))
             .is_some()
         {
+            if RESERVED_TOOL_NAMES.contains(&tool.name.as_str()) {
+                let message = format!(
+                    "{} is reserved: provenance lists the job's source and root filesystem under \
+                     that name among the tools; rename the tool",
+                    quote(&tool.name)
+                );
+                errors.push(format!("{path}.name"), message);
+            }
             if let Some(first) = seen.insert(tool.name.as_str(), i) {
                 seen.insert(tool.name.as_str(), first);
                 let message = format!(
@@ -180,6 +190,11 @@ fn check_tools(tools: &[ToolSpec], errors: &mut Errors) {
         }
     }
 }
+
+/// Names a tool may not have: `resolvedDependencies` in provenance holds the source and the
+/// root filesystem under these names beside the tools, and a verifier must never take a tool
+/// for either (or exempt it from pinning as if it were the source).
+const RESERVED_TOOL_NAMES: &[&str] = &["source", "rootfs"];
 
 fn check_network(network: &NetworkSpec, errors: &mut Errors) {
     if network.allow.len() > MAX_ALLOW_ENTRIES {

@@ -213,7 +213,9 @@ pub fn display_url(url: &str) -> String {
             let _ = u.set_password(None);
             u.to_string()
         }
-        _ => url.to_owned(),
+        // Not a URL the parser takes, or one it reads otherwise (`user:pw@host:path` parses
+        // as scheme `user`): hide whatever could still be credentials.
+        _ => bulwark_protocol::redact_url(url),
     }
 }
 
@@ -573,6 +575,12 @@ mod tests {
             display_url("https://example.org/a"),
             "https://example.org/a"
         );
+        // Text the URL parser refuses still has its credentials hidden.
+        assert_eq!(
+            display_url("https://user:sec ret@example.org:notaport/a"),
+            "https://***@example.org:notaport/a"
+        );
+        assert_eq!(display_url("user:secret@host:repo"), "***@host:repo");
     }
 
     #[test]

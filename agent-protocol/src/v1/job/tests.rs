@@ -272,3 +272,38 @@ fn quoted_values_in_messages_are_escaped_and_bounded() {
     let text = err.to_string();
     assert!(!text.contains('\u{1b}') && text.len() < 200, "{text}");
 }
+
+#[test]
+fn tools_may_not_take_the_names_provenance_gives_the_source_and_root_filesystem() {
+    for name in ["source", "rootfs"] {
+        let err = JobSpec::from_toml_str(&minimal(&format!(
+            "[[tools]]\nname = \"{name}\"\nurl = \"https://e.org/t.tar.gz\"\nsha256 = \"{DIGEST}\""
+        )))
+        .expect("parses")
+        .validate(&LimitsConfig::default())
+        .expect_err("reserved");
+        assert_eq!(paths_of(&err), ["tools[0].name"], "{name}");
+        assert!(
+            err.to_string()
+                .contains(&format!("\"{name}\" is reserved: provenance lists")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_source_url_must_be_written_in_the_form_the_runner_fetches() {
+    let err = JobSpec::from_toml_str(&minimal(&format!(
+        "[source]\ngit = \"https://e.org/org/../attacker/app.git\"\ncommit = \"{}\"",
+        "a".repeat(40)
+    )))
+    .expect("parses")
+    .validate(&LimitsConfig::default())
+    .expect_err("not normal");
+    assert_eq!(paths_of(&err), ["source.git"]);
+    assert!(
+        err.to_string()
+            .contains("source.git: write it as \"https://e.org/attacker/app.git\""),
+        "{err}"
+    );
+}
