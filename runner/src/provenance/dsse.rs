@@ -115,6 +115,14 @@ pub fn verify(
     let payload = b64()
         .decode(&envelope.payload)
         .map_err(|e| VerifyError::Malformed(format!("payload is not standard base64: {e}")))?;
+    if envelope.signatures.len() > MAX_SIGNATURES {
+        // Each one costs a signature check per trusted key: a file of hundreds of thousands
+        // would keep a deploy gate busy for minutes before it could say no.
+        return Err(VerifyError::Malformed(format!(
+            "the envelope has {} signatures; at most {MAX_SIGNATURES} are checked",
+            envelope.signatures.len()
+        )));
+    }
     let message = pae(&envelope.payload_type, &payload);
     for s in &envelope.signatures {
         let Ok(sig) = b64().decode(&s.sig) else {
@@ -134,6 +142,9 @@ pub fn verify(
         seen: seen_keyids(envelope),
     })
 }
+
+/// Most signatures one envelope may carry (DSSE allows several, one per signer).
+pub const MAX_SIGNATURES: usize = 16;
 
 /// Most signatures whose key ids a rejection lists.
 const MAX_SHOWN_KEYIDS: usize = 5;

@@ -561,18 +561,26 @@ fn error_lines(e: &InputError) -> Vec<String> {
         .collect()
 }
 
-/// Text for the terminal, with control characters escaped.
+/// Text for the terminal, with control characters and the invisible marks that reorder
+/// text (bidirectional overrides, isolates and marks: `ACCEPTED` followed by U+202E could
+/// display a subject name reversed) escaped.
 fn escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             let e: Vec<char> = if c.is_control() {
                 c.escape_default().collect()
+            } else if is_bidi_mark(c) {
+                c.escape_unicode().collect()
             } else {
                 vec![c]
             };
             e
         })
         .collect()
+}
+
+fn is_bidi_mark(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn shown(s: Option<&str>) -> String {
@@ -824,6 +832,41 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[0].contains("\\u{1b}[2J"), "{lines:?}");
+    }
+
+    #[test]
+    fn marks_that_reorder_text_are_escaped_in_what_verify_prints() {
+        let verdict = Verdict {
+            artifact: PathBuf::from("dist/\u{202E}zg.rat.ppa"),
+            sha256: "a".repeat(64),
+            outcome: Err(Rejection::new("subject", "nothing")),
+        };
+        let line = verdict_line(&verdict);
+        assert!(!line.contains('\u{202E}'), "{line:?}");
+        assert!(line.contains("\\u{202e}zg.rat.ppa"), "{line}");
+        assert_eq!(escape("a\u{2066}b\u{200f}c"), "a\\u{2066}b\\u{200f}c");
+    }
+
+    #[test]
+    fn an_envelope_with_more_signatures_than_are_checked_is_refused_unread() {
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let mut env = signed(
+            &serde_json::to_vec(&statement_json()).unwrap(),
+            IN_TOTO_PAYLOAD_TYPE,
+            &key,
+        );
+        let one = env.signatures[0].clone();
+        env.signatures = vec![one; crate::provenance::dsse::MAX_SIGNATURES + 1];
+        let err = verify_envelope(&env, &[key.public()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("17 signatures; at most 16 are checked"),
+            "{err}"
+        );
+        env.signatures
+            .truncate(crate::provenance::dsse::MAX_SIGNATURES);
+        verify_envelope(&env, &[key.public()]).unwrap();
     }
 
     #[test]
