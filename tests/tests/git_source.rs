@@ -188,3 +188,47 @@ fn a_repository_that_expands_past_fetch_max_bytes_is_refused_before_any_step() {
     );
     assert!(r.result()["steps"].as_array().unwrap().is_empty());
 }
+
+/// Root mode: git runs as the job's leased uid, not as root.
+mod root_mode {
+    use super::*;
+
+    #[test]
+    fn git_runs_as_the_job_uid_so_a_repository_only_root_can_read_is_refused() {
+        if !bulwark_tests::is_root() {
+            eprintln!("skipped: needs root (per-job uids)");
+            return;
+        }
+        let env = env_with_file_root("git-uid");
+        let (repo, first, _) = make_repo(&env);
+        // Readable to the job's uid: fetched, and the job owns its workspace.
+        let spec = job(&repo, &first).replace(
+            "run = \"echo version=$(cat version.txt)\"",
+            "run = \"echo version=$(cat version.txt); echo owner=$(stat -c %u .git/objects .git/config version.txt | sort -u | tr '\\\\n' ' ')me=$(id -u)\"",
+        );
+        let r = run_spec(&env, &spec, "readable");
+        r.assert_code(0);
+        assert_eq!(r.value("version"), "first", "{r}");
+        let owner = r.value("owner");
+        let (owners, me) = owner.split_once(" me=").unwrap();
+        assert_eq!(owners, me, "the workspace is not the job's\n{r}");
+        // Objects readable only by root: git, running as the job's uid, cannot read them.
+        let objects = repo.join(".git/objects");
+        std::fs::set_permissions(
+            &objects,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let r = run_spec(&env, &job(&repo, &first), "unreadable");
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains(&format!("cannot read {}", objects.display()))
+                && r.stderr
+                    .contains("git runs as the job's uid, never as root")
+                && r.stderr.contains("readable to every job uid"),
+            "{r}"
+        );
+        assert!(r.result()["steps"].as_array().unwrap().is_empty());
+    }
+}

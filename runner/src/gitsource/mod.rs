@@ -38,8 +38,24 @@
 //!   `fetch.file_roots` entry; git is handed the canonical path. Every other scheme (`ssh://`,
 //!   `git://`, `ext::`, scp-like `host:path`) is refused, and so is any URL with a user name or
 //!   password, so no credential is ever printed or recorded.
+//! - **Who runs it.** As root (`root-per-job-uid`), every git command runs as the job's
+//!   leased host uid, with gid equal to it and no supplementary groups (std's
+//!   `CommandExt::uid`/`gid`, which call `setgroups(0)` when the parent is root), so a bug in
+//!   git's pack or protocol parsing reached by a hostile server gets that uid, not root: it
+//!   cannot read the state directory or the signing key. The job is not running yet and the
+//!   uid was leased free of processes. For that, the destination and the private HOME (with
+//!   the CA bundle) are handed to the uid first; the job directory above is 0711. A `file://`
+//!   repository must then be readable by the uid: when it is not, the fetch fails saying so
+//!   (`find` run as the uid names the first path it cannot read), never retrying as root. Its
+//!   owner is checked by the runner (the runner's user, as before) and named to git in
+//!   `safe.directory` through a global config file in the private HOME. The runner itself
+//!   (root) still measures the destination, rewrites `.git/config` (fd-relative, never
+//!   following a link, the old file unlinked first) and hands the tree over later. In
+//!   rootless and subuid modes git runs as the runner's own user.
 //! - **Time.** One deadline (`fetch.timeout`) covers every git command; git runs in its own
-//!   process group, which is killed with SIGKILL when the deadline passes.
+//!   process group, which is killed with SIGKILL when the deadline passes, and also whenever a
+//!   command ends, successfully or not (before its leader is reaped, so the group id cannot
+//!   have been reused): nothing left in the group outlives the command.
 //! - **Size.** While git runs (measured at least every 50 ms, less often for a big tree) and
 //!   when each command ends, the destination may hold at most `fetch.max_bytes` in files until
 //!   the checkout (a pack bomb is stopped while it arrives) and [`EXPANSION_FACTOR`] times that
@@ -80,7 +96,9 @@
 //! what it writes in that interval. Git LFS content is not fetched (the LFS filter is not configured; pointer
 //! files are checked out). A `file://` repository owned by another user is refused by git's own
 //! ownership check, which the runner keeps on (trusting it would trust that repository's
-//! config). Git runs as the runner's user; the integrator hands the tree to the job's uid.
+//! config). A process git starts in a new session (`setsid`) is outside its process group
+//! and survives the command, as the job's uid (root mode) outside the job's cgroup; only a
+//! compromised git would do that.
 //!
 //! Tested by the unit tests below, against repositories the tests create.
 
@@ -350,6 +368,24 @@ pub enum GitError {
         /// The bound passed and what to do, like `9.0 MiB on disk (...)`.
         limit: String,
     },
+    /// Root mode: a local repository (or its `.git`) not owned by the runner's user.
+    #[error("git source {url}: {} is not a directory owned by the runner's user; make the repository owned by the runner's user (a repository of another user is not trusted)", path.display())]
+    FileOwner {
+        /// The URL.
+        url: String,
+        /// The repository or its `.git`.
+        path: PathBuf,
+    },
+    /// A local repository that git, running as the job's uid, cannot read.
+    #[error("git source {url}: the job's uid {uid} cannot read {} (git runs as the job's uid, never as root); make the repository and the directories above it readable to every job uid (for example `chmod -R a+rX` on it, and a+x on its parents), or serve it over https", path.display())]
+    FileUnreadable {
+        /// The URL.
+        url: String,
+        /// The first path the job's uid cannot read (or pass through).
+        path: PathBuf,
+        /// The job's uid.
+        uid: u32,
+    },
     /// After checkout, the work tree differs from the commit.
     #[error("git source {url}: checkout of {commit} is not clean: {status}")]
     Dirty {
@@ -372,15 +408,21 @@ fn ownership_hint(output: &str) -> &'static str {
 
 /// Fetches `url` at exactly `commit` into the empty directory `dest` (the job's workspace), with
 /// git confined as the module docs describe; verifies HEAD and a clean tree; keeps a sanitized
-/// `.git`. On any error `dest` is emptied again. The files belong to the runner's user.
+/// `.git`. On any error `dest` is emptied again.
+///
+/// `job_uid` (root mode: the job's leased host uid) is the uid, and the gid, every git command
+/// runs as, with no supplementary groups; `dest` is handed to it first and everything in it
+/// then belongs to it. `None` (rootless and subuid modes): git runs as the runner's own user
+/// and the files belong to that user.
 pub fn fetch(
     url: &str,
     commit: &str,
     r#ref: Option<&str>,
     dest: &Path,
     policy: &GitPolicy,
+    job_uid: Option<u32>,
 ) -> Result<GitSource, GitError> {
-    fetch_with(url, commit, r#ref, dest, policy, ById::Try)
+    fetch_with(url, commit, r#ref, dest, policy, job_uid, ById::Try)
 }
 
 /// Whether to try fetching the commit by id first (tests turn it off to reach the fallback).
@@ -397,6 +439,7 @@ fn fetch_with(
     r#ref: Option<&str>,
     dest: &Path,
     policy: &GitPolicy,
+    job_uid: Option<u32>,
     by_id: ById,
 ) -> Result<GitSource, GitError> {
     let deadline = Instant::now() + policy.timeout;
@@ -406,9 +449,20 @@ fn fetch_with(
     }
     let remote = Remote::check(url, policy)?;
     let dest = check_dest(dest)?;
+    if let Some(uid) = job_uid {
+        // Git, running as the job's uid, creates everything in here; the directory above
+        // (the job directory, 0711) only needs to let it pass.
+        std::os::unix::fs::lchown(&dest, Some(uid), Some(uid)).map_err(|source| GitError::Io {
+            what: "handing to the job's uid the destination",
+            path: dest.clone(),
+            source,
+        })?;
+    }
     let home = PrivateHome::create()?;
-    let git = Git::new(&remote, &dest, &home, policy, deadline)?;
-    let result = fetch_into(&git, &remote, commit, r#ref, &dest, by_id);
+    let git = Git::new(&remote, &dest, &home, policy, job_uid, deadline)?;
+    let result =
+        fetch_into(&git, &remote, commit, r#ref, &dest, by_id).map_err(|e| git.explain(e, &remote));
+    let result = result.and_then(|()| write_sanitized_config(&dest, job_uid));
     if result.is_err() {
         empty_dir(&dest);
     }
@@ -538,10 +592,46 @@ fn fetch_into(
             status: clean_message(&status),
         });
     }
+    Ok(())
+}
+
+/// Replaces `dest/.git/config` with [`SANITIZED_CONFIG`], owned by `owner` when given.
+///
+/// The runner may be root and the tree was written by git as the job's uid, so nothing in it
+/// is followed: `dest` and `.git` are opened without following a symlink, the old `config` is
+/// unlinked and a new one created with `O_EXCL | O_NOFOLLOW` (a symlink or a hard link git left
+/// there to a file elsewhere is removed, never written through).
+fn write_sanitized_config(dest: &Path, owner: Option<u32>) -> Result<(), GitError> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
     let config = dest.join(".git/config");
-    fs::write(&config, SANITIZED_CONFIG).map_err(|source| GitError::Io {
+    let io_error = |e: nix::Error| GitError::Io {
         what: "rewriting",
-        path: config,
+        path: config.clone(),
+        source: e.into(),
+    };
+    let dir = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let dest_fd = open(dest, dir, Mode::empty()).map_err(io_error)?;
+    let git_fd = openat(&dest_fd, ".git", dir, Mode::empty()).map_err(io_error)?;
+    match unlinkat(&git_fd, "config", UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(io_error(e)),
+    }
+    let fd = openat(
+        &git_fd,
+        "config",
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(io_error)?;
+    if let Some(uid) = owner {
+        fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid))).map_err(io_error)?;
+    }
+    let mut file = fs::File::from(fd);
+    io::Write::write_all(&mut file, SANITIZED_CONFIG.as_bytes()).map_err(|source| GitError::Io {
+        what: "rewriting",
+        path: config.clone(),
         source,
     })
 }
@@ -639,6 +729,29 @@ impl PrivateHome {
     }
 }
 
+impl PrivateHome {
+    /// Hands the directory and what the runner wrote into it (the CA bundle, the global
+    /// configuration) to the job's uid, which git runs as.
+    fn hand_to(&self, uid: u32) -> Result<(), GitError> {
+        let chown = |path: &Path| {
+            std::os::unix::fs::lchown(path, Some(uid), Some(uid)).map_err(|source| GitError::Io {
+                what: "handing git's private HOME to the job's uid",
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let entries = fs::read_dir(&self.0).map_err(|source| GitError::Io {
+            what: "reading git's private HOME",
+            path: self.0.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            chown(&entry.path())?;
+        }
+        chown(&self.0)
+    }
+}
+
 impl Drop for PrivateHome {
     fn drop(&mut self) {
         let _ = crate::fsutil::remove_tree(&self.0);
@@ -650,6 +763,8 @@ impl Drop for PrivateHome {
 struct Git<'a> {
     url: &'a str,
     home: &'a Path,
+    /// The job's uid (and gid) git runs as, or `None` for the runner's own user.
+    uid: Option<u32>,
     git_dir: String,
     work_tree: String,
     env: Vec<(&'static str, String)>,
@@ -666,14 +781,22 @@ impl<'a> Git<'a> {
         dest: &Path,
         home: &'a PrivateHome,
         policy: &GitPolicy,
+        uid: Option<u32>,
         deadline: Instant,
     ) -> Result<Git<'a>, GitError> {
         let dest_str = dest.to_string_lossy().into_owned();
+        let global = match uid {
+            Some(_) => safe_source_config(remote, &home.0)?,
+            None => None,
+        };
         let env = vec![
             ("PATH", GIT_PATH.to_owned()),
             ("HOME", home.0.to_string_lossy().into_owned()),
             ("GIT_CONFIG_NOSYSTEM", "1".to_owned()),
-            ("GIT_CONFIG_GLOBAL", "/dev/null".to_owned()),
+            (
+                "GIT_CONFIG_GLOBAL",
+                global.map_or_else(|| "/dev/null".to_owned(), |p| p.to_string_lossy().into()),
+            ),
             ("GIT_TERMINAL_PROMPT", "0".to_owned()),
             ("GIT_ASKPASS", "/bin/false".to_owned()),
             ("SSH_ASKPASS", "/bin/false".to_owned()),
@@ -709,9 +832,13 @@ impl<'a> Git<'a> {
             let bundle = ca_bundle(extra, &home.0)?;
             config.push(format!("http.sslCAInfo={}", bundle.display()));
         }
+        if let Some(uid) = uid {
+            home.hand_to(uid)?;
+        }
         Ok(Git {
             url: &remote.display,
             home: &home.0,
+            uid,
             git_dir: format!("{dest_str}/.git"),
             work_tree: dest_str,
             env,
@@ -728,6 +855,28 @@ impl<'a> Git<'a> {
         self.max_bytes.saturating_mul(1 + EXPANSION_FACTOR)
     }
 
+    /// `program` with the confined setup every child of the fetch gets: the cleared
+    /// environment, git's private HOME as working directory, stdin from `/dev/null`, stdout
+    /// and stderr piped, its own process group, and (root mode) the job's uid and gid.
+    ///
+    /// With a uid set and no groups, std calls `setgroups(0)` in the child when the runner is
+    /// root, so no supplementary group (root's `root`, or any other) survives; a unit test
+    /// reads a child's `/proc/self/status` to prove it.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(uid) = self.uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd
+    }
+
     /// Runs one git command; returns its stdout. `in_repo` adds `--git-dir`/`--work-tree`.
     /// While it runs, and once more when it ends, the destination may hold at most `max_bytes`
     /// in files and [`MAX_ENTRIES`] entries; past either, git's process group is killed.
@@ -738,22 +887,7 @@ impl<'a> Git<'a> {
         in_repo: bool,
         max_bytes: u64,
     ) -> Result<String, GitError> {
-        let timed_out = || GitError::Timeout {
-            url: self.url.to_owned(),
-            step,
-            timeout: self.timeout,
-        };
-        if Instant::now() >= self.deadline {
-            return Err(timed_out());
-        }
-        let mut cmd = Command::new(GIT);
-        cmd.env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(self.home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        let mut cmd = self.command(GIT);
         for c in &self.config {
             cmd.arg("-c").arg(c);
         }
@@ -762,6 +896,39 @@ impl<'a> Git<'a> {
                 .arg(format!("--work-tree={}", self.work_tree));
         }
         cmd.args(args);
+        let (status, stdout, stderr) = self.wait_for(step, cmd, max_bytes)?;
+        if status.success() {
+            return Ok(stdout);
+        }
+        Err(GitError::Git {
+            url: self.url.to_owned(),
+            step,
+            status: match status.code() {
+                Some(code) => format!("exit status {code}"),
+                None => "killed by a signal".to_owned(),
+            },
+            output: clean_message(&stderr),
+        })
+    }
+
+    /// Spawns `cmd` and waits for it within the deadline and the size bounds; returns how it
+    /// ended, its stdout (the first [`MAX_STDOUT`] bytes) and stderr (the last [`MAX_STDERR`]).
+    /// Whatever else of its process group is left when it ends is killed: nothing a command
+    /// started outlives it.
+    fn wait_for(
+        &self,
+        step: &'static str,
+        mut cmd: Command,
+        max_bytes: u64,
+    ) -> Result<(std::process::ExitStatus, String, String), GitError> {
+        let timed_out = || GitError::Timeout {
+            url: self.url.to_owned(),
+            step,
+            timeout: self.timeout,
+        };
+        if Instant::now() >= self.deadline {
+            return Err(timed_out());
+        }
         let mut child = cmd.spawn().map_err(GitError::Spawn)?;
         // Both pipes are drained to their end by threads that keep a bounded part, so git never
         // blocks on a full pipe and what a server makes it print costs no memory or disk.
@@ -773,21 +940,25 @@ impl<'a> Git<'a> {
             .stderr
             .take()
             .map(|pipe| std::thread::spawn(move || read_bounded(pipe, MAX_STDERR, Keep::Tail)));
-        let kill = |child: &mut std::process::Child| {
-            // The leader is not reaped yet, so its process group id is still ours.
-            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // The leader is never reaped before its group is killed: while it is unreaped (a
+        // zombie at worst) its pid, and so the group id, cannot name anything else.
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let kill_group = || {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        };
+        let kill = |child: &mut std::process::Child| {
+            kill_group();
             let _ = child.wait();
         };
         let mut next_measure = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() >= self.deadline => {
+        loop {
+            match exited(pgid) {
+                Ok(true) => break,
+                Ok(false) if Instant::now() >= self.deadline => {
                     kill(&mut child);
                     return Err(timed_out());
                 }
-                Ok(None) if Instant::now() >= next_measure => {
+                Ok(false) if Instant::now() >= next_measure => {
                     let started = Instant::now();
                     if let Err(e) = self.check_size(step, max_bytes) {
                         kill(&mut child);
@@ -796,15 +967,19 @@ impl<'a> Git<'a> {
                     next_measure =
                         Instant::now() + (started.elapsed() * 10).max(MIN_MEASURE_INTERVAL);
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Ok(false) => std::thread::sleep(Duration::from_millis(10)),
                 Err(e) => {
                     kill(&mut child);
                     return Err(GitError::Spawn(e));
                 }
             }
-        };
-        // A process git left behind could hold a pipe open: wait for the readers only until
-        // the deadline, and leave them behind after it.
+        }
+        // The command ended: whatever it left in its process group goes with it, before the
+        // leader is reaped.
+        kill_group();
+        let status = child.wait().map_err(GitError::Spawn)?;
+        // A process git left behind in another process group could hold a pipe open: wait for
+        // the readers only until the deadline, and leave them behind after it.
         while ![&stdout, &stderr]
             .iter()
             .all(|r| r.as_ref().is_none_or(|r| r.is_finished()))
@@ -819,18 +994,58 @@ impl<'a> Git<'a> {
         };
         let (stdout, stderr) = (joined(stdout), joined(stderr));
         self.check_size(step, max_bytes)?;
-        if status.success() {
-            return Ok(stdout);
-        }
-        Err(GitError::Git {
+        Ok((status, stdout, stderr))
+    }
+
+    /// A git failure on a local repository, explained when the job's uid cannot read the
+    /// repository: git's own messages for that vary (`does not appear to be a git
+    /// repository`, `Permission denied`, `is corrupt`), so `find`, run as the same uid,
+    /// names the first path it cannot read or pass through.
+    fn explain(&self, error: GitError, remote: &Remote) -> GitError {
+        let (Some(uid), "file", GitError::Git { .. } | GitError::CommitNotFound { .. }) =
+            (self.uid, remote.scheme, &error)
+        else {
+            return error;
+        };
+        let mut cmd = self.command("/usr/bin/find");
+        cmd.args(["-P", &remote.git_arg])
+            .args([
+                "(",
+                "-type",
+                "d",
+                "(",
+                "!",
+                "-readable",
+                "-o",
+                "!",
+                "-executable",
+                ")",
+            ])
+            .args([
+                "-o",
+                "!",
+                "-type",
+                "l",
+                "!",
+                "-readable",
+                ")",
+                "-print",
+                "-quit",
+            ]);
+        let Ok((status, stdout, _)) = self.wait_for("find", cmd, self.max_bytes) else {
+            return error;
+        };
+        let path = match stdout.lines().next() {
+            Some(first) => PathBuf::from(first),
+            // Not even the repository's own path could be reached.
+            None if !status.success() => PathBuf::from(&remote.git_arg),
+            None => return error,
+        };
+        GitError::FileUnreadable {
             url: self.url.to_owned(),
-            step,
-            status: match status.code() {
-                Some(code) => format!("exit status {code}"),
-                None => "killed by a signal".to_owned(),
-            },
-            output: clean_message(&stderr),
-        })
+            path,
+            uid,
+        }
     }
 
     /// Refuses a destination holding more than `max_bytes` in files or [`MAX_ENTRIES`]
@@ -860,6 +1075,70 @@ impl<'a> Git<'a> {
             Usage::Entries => Err(too_large(format!("{MAX_ENTRIES} files and directories"))),
         }
     }
+}
+
+/// Whether the child `pid` has ended, without reaping it (`WNOWAIT`).
+fn exited(pid: nix::unistd::Pid) -> io::Result<bool> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    match waitid(
+        Id::Pid(pid),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    ) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(nix::Error::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Root mode, a local repository: `home/gitconfig` naming it in `safe.directory`, for
+/// `GIT_CONFIG_GLOBAL`; `None` for other schemes.
+///
+/// Git running as the job's uid would find the repository "dubiously owned" (not its own).
+/// The runner keeps the rule it had when git ran as the runner's user: a repository owned by
+/// the runner's user is trusted, and any other is refused, here, since git's own check would
+/// now trust one owned by the job's uid. The entry goes into the global file, not `-c`,
+/// because git drops `-c` settings for the `upload-pack` it runs on a local repository.
+fn safe_source_config(remote: &Remote, home: &Path) -> Result<Option<PathBuf>, GitError> {
+    use std::os::unix::fs::MetadataExt;
+    if remote.scheme != "file" {
+        return Ok(None);
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let repo = Path::new(&remote.git_arg);
+    let owned = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == me);
+    // A `.git` that is not a directory (a gitfile naming a repository elsewhere) is refused.
+    let dot_git = repo.join(".git");
+    let not_owned = [repo, &dot_git]
+        .into_iter()
+        .find(|p| !owned(p) && (*p == repo || fs::symlink_metadata(p).is_ok()));
+    if let Some(path) = not_owned {
+        return Err(GitError::FileOwner {
+            url: remote.display.clone(),
+            path: path.to_owned(),
+        });
+    }
+    // Quoted in the file below; a path that would need escaping is not worth the risk.
+    if remote
+        .git_arg
+        .chars()
+        .any(|c| c.is_control() || c == '"' || c == '\\')
+    {
+        return Err(GitError::BadUrl {
+            url: remote.display.clone(),
+        });
+    }
+    let path = home.join("gitconfig");
+    let text = format!(
+        "[safe]\n\tdirectory = \"{0}\"\n\tdirectory = \"{0}/.git\"\n",
+        remote.git_arg
+    );
+    fs::write(&path, text).map_err(|source| GitError::Io {
+        what: "writing git's global configuration",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(path))
 }
 
 /// Whether a tree stayed within its bounds, or which one it passed.

@@ -89,6 +89,7 @@ fn the_exact_commit_is_checked_out_and_git_dir_is_sanitized() {
         Some("refs/heads/main"),
         &dest,
         &policy_for(&[&root]),
+        None,
     )
     .unwrap();
     assert_eq!(
@@ -129,7 +130,7 @@ fn a_plain_absolute_path_under_file_roots_works_too() {
     let (repo, _, second) = two_commits(&root);
     let dest = tempdir("plain-dest");
     let url = repo.display().to_string();
-    let got = fetch(&url, &second, None, &dest, &policy_for(&[&root])).unwrap();
+    let got = fetch(&url, &second, None, &dest, &policy_for(&[&root]), None).unwrap();
     assert_eq!(got.uri, url);
     assert_eq!(got.r#ref, None);
     assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "two\n");
@@ -142,7 +143,7 @@ fn an_unknown_commit_is_refused_with_a_clear_message_and_dest_left_empty() {
     let dest = tempdir("unknown-dest");
     let url = file_url(&repo);
     let missing = "1234567890abcdef1234567890abcdef12345678";
-    let err = fetch(&url, missing, None, &dest, &policy_for(&[&root])).unwrap_err();
+    let err = fetch(&url, missing, None, &dest, &policy_for(&[&root]), None).unwrap_err();
     assert!(matches!(err, GitError::CommitNotFound { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -166,13 +167,14 @@ fn without_fetch_by_id_the_fallback_finds_the_commit_on_its_ref_or_refuses() {
         Some("refs/heads/main"),
         &dest,
         &policy,
+        None,
         ById::Skip,
     )
     .unwrap();
     assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
     assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
     let dest = tempdir("fallback-dest2");
-    fetch_with(&url, &second, None, &dest, &policy, ById::Skip).unwrap();
+    fetch_with(&url, &second, None, &dest, &policy, None, ById::Skip).unwrap();
     assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "two\n");
     // A commit that is on no fetched ref: the ref `old` does not contain `second`.
     let dest = tempdir("fallback-dest3");
@@ -182,6 +184,7 @@ fn without_fetch_by_id_the_fallback_finds_the_commit_on_its_ref_or_refuses() {
         Some("refs/heads/old"),
         &dest,
         &policy,
+        None,
         ById::Skip,
     )
     .unwrap_err();
@@ -217,6 +220,7 @@ fn child_fetches_in_a_hostile_environment() {
         None,
         Path::new(dest),
         &policy_for(&[Path::new(root)]),
+        None,
     )
     .unwrap();
 }
@@ -324,7 +328,15 @@ fn a_destination_owned_by_another_uid_is_accepted() {
     let dest = tempdir("owner-dest");
     let nobody = nix::unistd::Uid::from_raw(65534);
     nix::unistd::chown(&dest, Some(nobody), None).unwrap();
-    fetch(&file_url(&repo), &first, None, &dest, &policy_for(&[&root])).unwrap();
+    fetch(
+        &file_url(&repo),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&root]),
+        None,
+    )
+    .unwrap();
     assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
 }
 
@@ -349,7 +361,15 @@ fn a_submodule_is_not_fetched() {
     git(&sup, &["commit", "--quiet", "-m", "with a submodule"]);
     let commit = git(&sup, &["rev-parse", "HEAD"]);
     let dest = tempdir("submodule-dest");
-    fetch(&file_url(&sup), &commit, None, &dest, &policy_for(&[&root])).unwrap();
+    fetch(
+        &file_url(&sup),
+        &commit,
+        None,
+        &dest,
+        &policy_for(&[&root]),
+        None,
+    )
+    .unwrap();
     assert_eq!(fs::read_to_string(dest.join("top")).unwrap(), "top\n");
     assert!(dest.join(".gitmodules").exists());
     assert!(
@@ -371,6 +391,7 @@ fn file_urls_outside_file_roots_are_refused() {
         None,
         &dest,
         &policy_for(&[&other]),
+        None,
     )
     .unwrap_err();
     assert!(matches!(err, GitError::FileOutsideRoots { .. }), "{err:?}");
@@ -378,7 +399,15 @@ fn file_urls_outside_file_roots_are_refused() {
         err.to_string().ends_with("is not under fetch.file_roots"),
         "{err}"
     );
-    let err = fetch(&file_url(&repo), &first, None, &dest, &policy_for(&[])).unwrap_err();
+    let err = fetch(
+        &file_url(&repo),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[]),
+        None,
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .ends_with("(which is empty: file:// sources are off)"),
@@ -392,6 +421,7 @@ fn file_urls_outside_file_roots_are_refused() {
         None,
         &dest,
         &policy_for(&[&other]),
+        None,
     )
     .unwrap_err();
     assert!(matches!(err, GitError::FileOutsideRoots { .. }), "{err:?}");
@@ -424,7 +454,7 @@ fn http_to_loopback_is_refused_before_any_connection() {
         format!("https://[::1]:{port}/repo.git"),
         format!("http://0x7f.1:{port}/repo.git"),
     ] {
-        let err = fetch(&url, commit, None, &dest, &policy_for(&[])).unwrap_err();
+        let err = fetch(&url, commit, None, &dest, &policy_for(&[]), None).unwrap_err();
         assert!(matches!(err, GitError::Address { .. }), "{url}: {err:?}");
         let chain = format!("{:#}", anyhow::Error::from(err));
         assert!(chain.contains("loopback address"), "{chain}");
@@ -439,6 +469,7 @@ fn http_to_loopback_is_refused_before_any_connection() {
             allow_private: vec![IpNet::parse("169.254.0.0/16").unwrap()],
             ..policy_for(&[])
         },
+        None,
     )
     .unwrap_err();
     assert!(matches!(err, GitError::Address { .. }), "{err:?}");
@@ -464,7 +495,7 @@ fn allow_private_lets_git_connect_to_the_checked_address_only() {
     };
     let commit = "1234567890abcdef1234567890abcdef12345678";
     let url = format!("http://localhost:{port}/repo.git");
-    let err = fetch(&url, commit, None, &dest, &policy).unwrap_err();
+    let err = fetch(&url, commit, None, &dest, &policy, None).unwrap_err();
     // The listener hangs up at once: git connected (through the pinned address) and failed.
     assert!(
         matches!(err, GitError::Git { step: "fetch", .. }),
@@ -492,7 +523,7 @@ fn a_server_slower_than_the_timeout_is_cut_off() {
     };
     let start = Instant::now();
     let url = format!("http://127.0.0.1:{port}/repo.git");
-    let err = fetch(&url, &"a".repeat(40), None, &dest, &policy).unwrap_err();
+    let err = fetch(&url, &"a".repeat(40), None, &dest, &policy, None).unwrap_err();
     assert!(matches!(err, GitError::Timeout { .. }), "{err:?}");
     assert!(
         start.elapsed() < Duration::from_secs(10),
@@ -514,7 +545,7 @@ fn urls_with_credentials_are_refused_without_showing_them() {
         "https://hunter2@example.org/repo.git",
         "http://:hunter2@example.org/repo.git",
     ] {
-        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[]), None).unwrap_err();
         assert!(matches!(err, GitError::Credentials), "{url}: {err:?}");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
@@ -532,7 +563,7 @@ fn ssh_git_ext_and_scp_like_urls_are_refused() {
         ("example.org:repo.git", "example.org"),
         ("git+ssh://example.org/repo.git", "git+ssh"),
     ] {
-        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[]), None).unwrap_err();
         match &err {
             GitError::Scheme { scheme: s, .. } => assert_eq!(s, scheme, "{url}"),
             GitError::BadUrl { .. } => {}
@@ -546,6 +577,7 @@ fn ssh_git_ext_and_scp_like_urls_are_refused() {
         None,
         &dest,
         &policy_for(&[]),
+        None,
     )
     .unwrap_err();
     assert!(matches!(err, GitError::BadUrl { .. }), "{err:?}");
@@ -564,18 +596,18 @@ fn bad_commits_refs_and_destinations_are_refused_before_git_runs() {
         &first.to_uppercase(),
         "--upload-pack=x",
     ] {
-        let err = fetch(&url, commit, None, &dest, &policy).unwrap_err();
+        let err = fetch(&url, commit, None, &dest, &policy, None).unwrap_err();
         assert!(
             matches!(err, GitError::BadCommit { .. }),
             "{commit}: {err:?}"
         );
     }
     for r in ["--upload-pack=x", "a..b", "main~1", ""] {
-        let err = fetch(&url, &first, Some(r), &dest, &policy).unwrap_err();
+        let err = fetch(&url, &first, Some(r), &dest, &policy, None).unwrap_err();
         assert!(matches!(err, GitError::BadRef { .. }), "{r}: {err:?}");
     }
     fs::write(dest.join("keep"), "mine").unwrap();
-    let err = fetch(&url, &first, None, &dest, &policy).unwrap_err();
+    let err = fetch(&url, &first, None, &dest, &policy, None).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!("git source: destination {}: is not empty", dest.display())
@@ -645,7 +677,7 @@ fn a_checkout_that_expands_past_its_bound_is_stopped_and_removed() {
         max_bytes: 1 << 20,
         ..policy_for(&[&root])
     };
-    let err = fetch(&file_url(&repo), &commit, None, &dest, &policy).unwrap_err();
+    let err = fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap_err();
     assert!(
         matches!(
             err,
@@ -671,7 +703,7 @@ fn a_checkout_that_expands_past_its_bound_is_stopped_and_removed() {
         max_bytes: 8 << 20,
         ..policy
     };
-    fetch(&file_url(&repo), &commit, None, &dest, &policy).unwrap();
+    fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap();
     assert_eq!(fs::metadata(dest.join("f63")).unwrap().len(), 1 << 20);
 }
 
@@ -698,7 +730,7 @@ fn a_pack_larger_than_fetch_max_bytes_is_stopped_while_it_arrives() {
         max_bytes: 1 << 20,
         ..policy_for(&[&root])
     };
-    let err = fetch(&file_url(&repo), &commit, None, &dest, &policy).unwrap_err();
+    let err = fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap_err();
     assert!(
         matches!(err, GitError::TooLarge { step: "fetch", .. }),
         "{err:?}"
@@ -829,7 +861,7 @@ fn what_a_server_makes_git_print_is_bounded_in_memory_and_on_disk() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = watch_private_homes(Arc::clone(&stop));
     let url = format!("http://127.0.0.1:{port}/repo.git");
-    let err = fetch_with(&url, commit, None, &dest, &policy, ById::Skip).unwrap_err();
+    let err = fetch_with(&url, commit, None, &dest, &policy, None, ById::Skip).unwrap_err();
     stop.store(true, Ordering::SeqCst);
     let most = watcher.join().unwrap();
     let GitError::Git { output, .. } = &err else {
@@ -862,9 +894,289 @@ fn credentials_are_never_shown_whatever_else_is_wrong_with_the_url() {
         "gopher://user:hunter2@example.org/repo.git",
         "deploy:hunter2@example.org:repo.git",
     ] {
-        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[])).unwrap_err();
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[]), None).unwrap_err();
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("hunter2"), "{url}: {shown}");
         assert!(matches!(err, GitError::Credentials), "{url}: {err:?}");
     }
+}
+
+// Root mode: git runs as the job's uid. Each test uses a uid of its own, outside any range a
+// runner hands out.
+
+/// Whether the test can run as root; prints why it skips otherwise.
+fn root_or_skip(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("{test}: skipped: needs root to run git as another uid");
+    }
+    root
+}
+
+/// The `Uid:`, `Gid:` and `Groups:` lines of a `/proc/<pid>/status`, values tab-separated.
+fn ids_of(status: &str) -> (String, String, String) {
+    let line = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+            .trim()
+            .to_owned()
+    };
+    (line("Uid:"), line("Gid:"), line("Groups:"))
+}
+
+/// Name of the child-process half of the supplementary-group test (see below).
+const GROUPS_CHILD_TEST: &str =
+    "gitsource::tests::child_runs_a_command_through_the_fetch_setup_as_a_job_uid";
+const GROUPS_CHILD_ENV: &str = "BULWARK_GITSOURCE_GROUPS_CHILD";
+
+/// Runs only as a child of `a_git_child_runs_as_the_job_uid_and_gid_with_no_supplementary_groups`,
+/// which starts it with supplementary groups; as a normal test it has nothing to do.
+#[test]
+fn child_runs_a_command_through_the_fetch_setup_as_a_job_uid() {
+    let Ok(uid) = std::env::var(GROUPS_CHILD_ENV) else {
+        eprintln!("helper of a_git_child_runs_as_the_job_uid_and_gid_with_no_supplementary_groups: nothing to do");
+        return;
+    };
+    let uid: u32 = uid.parse().unwrap();
+    let own = fs::read_to_string("/proc/self/status").unwrap();
+    let (_, _, groups) = ids_of(&own);
+    assert!(
+        !groups.is_empty(),
+        "precondition: this process should have supplementary groups: {own}"
+    );
+    let root = tempdir("groups");
+    let (repo, _, _) = two_commits(&root);
+    let dest = tempdir("groups-dest");
+    let home = PrivateHome::create().unwrap();
+    let remote = Remote::check(&file_url(&repo), &policy_for(&[&root])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let git = Git::new(
+        &remote,
+        &dest,
+        &home,
+        &policy_for(&[&root]),
+        Some(uid),
+        deadline,
+    )
+    .unwrap();
+    // The same setup as every git command of the fetch, with a program that reports.
+    let mut cmd = git.command("/bin/sh");
+    cmd.args(["-c", "cat /proc/self/status"]);
+    let (status, out, err) = git.wait_for("status", cmd, u64::MAX).unwrap();
+    assert!(status.success(), "{err}");
+    let (uids, gids, groups) = ids_of(&out);
+    let all = format!("{uid}\t{uid}\t{uid}\t{uid}");
+    assert_eq!(uids, all, "real, effective, saved and fs uid");
+    assert_eq!(gids, all, "real, effective, saved and fs gid");
+    assert_eq!(groups, "", "no supplementary group may survive");
+}
+
+#[test]
+fn a_git_child_runs_as_the_job_uid_and_gid_with_no_supplementary_groups() {
+    if !root_or_skip("a_git_child_runs_as_the_job_uid_and_gid_with_no_supplementary_groups") {
+        return;
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!(
+            "skipped: needs setpriv (util-linux) to start the test with supplementary groups"
+        );
+        return;
+    };
+    // The runner here may have no supplementary groups of its own: the child gets some, so
+    // dropping them is observable.
+    let out = Command::new(setpriv)
+        .args(["--groups", "4,27,100", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            GROUPS_CHILD_TEST,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(GROUPS_CHILD_ENV, "3990001")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every entry under `dir` (itself included), without following symlinks, with its owner.
+fn owners(dir: &Path) -> Vec<(PathBuf, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let meta = fs::symlink_metadata(&d).unwrap();
+        found.push((d.clone(), meta.uid(), meta.gid()));
+        for entry in fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                found.push((entry.path(), meta.uid(), meta.gid()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn as_a_job_uid_git_fetches_and_everything_in_the_destination_belongs_to_that_uid() {
+    if !root_or_skip(
+        "as_a_job_uid_git_fetches_and_everything_in_the_destination_belongs_to_that_uid",
+    ) {
+        return;
+    }
+    let uid = 3_990_002;
+    let root = tempdir("as-uid");
+    let (repo, first, _) = two_commits(&root);
+    let dest = tempdir("as-uid-dest");
+    let got = fetch(
+        &file_url(&repo),
+        &first,
+        Some("refs/heads/main"),
+        &dest,
+        &policy_for(&[&root]),
+        Some(uid),
+    )
+    .unwrap();
+    assert_eq!(got.commit, first);
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+    assert_eq!(
+        fs::read_to_string(dest.join(".git/config")).unwrap(),
+        SANITIZED_CONFIG
+    );
+    let entries = owners(&dest);
+    assert!(entries.len() > 10, "{entries:?}");
+    let foreign: Vec<_> = entries
+        .iter()
+        .filter(|(_, u, g)| (*u, *g) != (uid, uid))
+        .collect();
+    assert!(foreign.is_empty(), "not the job uid's: {foreign:?}");
+}
+
+#[test]
+fn as_a_job_uid_a_repository_it_cannot_read_is_refused_with_what_to_do() {
+    if !root_or_skip("as_a_job_uid_a_repository_it_cannot_read_is_refused_with_what_to_do") {
+        return;
+    }
+    let root = tempdir("unreadable");
+    let (repo, first, _) = two_commits(&root);
+    let objects = repo.join(".git/objects");
+    fs::set_permissions(
+        &objects,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let dest = tempdir("unreadable-dest");
+    let url = file_url(&repo);
+    let err = fetch(
+        &url,
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&root]),
+        Some(3_990_003),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, GitError::FileUnreadable { path, uid: 3_990_003, .. } if *path == objects),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "git source {url}: the job's uid 3990003 cannot read {} (git runs as the job's uid, \
+             never as root); make the repository and the directories above it readable to \
+             every job uid (for example `chmod -R a+rX` on it, and a+x on its parents), or \
+             serve it over https",
+            objects.display()
+        )
+    );
+    assert!(is_empty(&dest));
+    // Run as the runner's user (root) the same repository is fetched: only the uid differs.
+    fetch(&url, &first, None, &dest, &policy_for(&[&root]), None).unwrap();
+}
+
+#[test]
+fn as_a_job_uid_a_repository_not_owned_by_the_runners_user_is_refused() {
+    if !root_or_skip("as_a_job_uid_a_repository_not_owned_by_the_runners_user_is_refused") {
+        return;
+    }
+    let uid = 3_990_004;
+    let root = tempdir("foreign");
+    let (repo, first, _) = two_commits(&root);
+    // Owned by the job's uid itself: git's own check would trust it, the runner does not.
+    nix::unistd::chown(
+        &repo.join(".git"),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        None,
+    )
+    .unwrap();
+    let dest = tempdir("foreign-dest");
+    let err = fetch(
+        &file_url(&repo),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&root]),
+        Some(uid),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, GitError::FileOwner { path, .. } if *path == repo.join(".git")),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("make the repository owned by the runner's user"),
+        "{err}"
+    );
+}
+
+/// Whether process `pid` is gone (or a zombie) within two seconds.
+fn dies(pid: i32) -> bool {
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        match fs::read_to_string(format!("/proc/{pid}/status")) {
+            Err(_) => return true,
+            Ok(s)
+                if s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z')) =>
+            {
+                return true
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+#[test]
+fn nothing_a_command_leaves_in_its_process_group_outlives_it() {
+    let root = tempdir("leftover");
+    let (repo, _, _) = two_commits(&root);
+    let dest = tempdir("leftover-dest");
+    let home = PrivateHome::create().unwrap();
+    let policy = policy_for(&[&root]);
+    let remote = Remote::check(&file_url(&repo), &policy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    // A command that succeeds at once and leaves a child behind in its process group.
+    let mut cmd = git.command("/bin/sh");
+    cmd.args(["-c", "sleep 300 >/dev/null 2>&1 & echo $!"]);
+    let (status, out, _) = git.wait_for("leftover", cmd, u64::MAX).unwrap();
+    assert!(status.success());
+    let pid: i32 = out.trim().parse().unwrap();
+    assert!(dies(pid), "the command's child {pid} outlived it");
 }

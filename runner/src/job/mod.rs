@@ -545,7 +545,8 @@ impl JobRun<'_> {
             self.fetch_url_source(&url, &sha256, jobdir)?;
         } else if let (Some((url, commit, git_ref)), None) = (git_source, &self.args.source) {
             // Fetched by the runner with git confined (cleared environment, no hooks, no
-            // submodules, checked addresses), checked out at exactly the commit.
+            // submodules, checked addresses; as root, running as the job's uid), checked out
+            // at exactly the commit.
             let policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
             let got = crate::gitsource::fetch(
@@ -554,6 +555,8 @@ impl JobRun<'_> {
                 git_ref.as_deref(),
                 &jobdir.workspace,
                 &policy,
+                // Root mode: git runs as the job's uid, not as root.
+                host_uid,
             )
             .map_err(|e| Stop::Refused(format!("source.git: {:#}", anyhow::Error::from(e))))?;
             if !self.args.quiet {
