@@ -60,49 +60,52 @@ fn check_hex(value: &str, len: usize) -> Result<(), String> {
 pub const URL_SCHEMES: &[&str] = &["https", "http", "file"];
 
 /// Checks a URL the runner will fetch: scheme `https`, `http` or `file`, a host for http(s),
-/// an absolute path for `file`, and no whitespace or control characters. This is a shape
-/// check only; where the URL may point (private addresses, file roots) is the runner's check.
+/// an absolute path for `file`, no whitespace or control characters, and a URL the parser
+/// takes. This is a shape check only; where the URL may point (private addresses, file roots)
+/// is the runner's check. No message shows what could be a user name or password.
 pub fn check_url(url: &str) -> Result<(), String> {
-    // First, and whatever else is wrong with it: a URL with credentials is never shown.
-    if credentials_at(url).is_some() {
+    // First, and whatever else is wrong with it.
+    let parsed = url::Url::parse(url);
+    let parsed_credentials = parsed
+        .as_ref()
+        .is_ok_and(|u| !u.username().is_empty() || u.password().is_some());
+    if credentials_at(url).is_some() || parsed_credentials {
         return Err("URL must not contain credentials (user@host)".to_owned());
     }
+    let shown = || quote(&redact_url(url));
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!(
             "expected a URL like https://host/path, got {}",
-            quote(url)
+            shown()
         ));
     };
     if !URL_SCHEMES.contains(&scheme) {
         return Err(format!(
             "URL scheme must be https, http or file, got {}",
-            quote(scheme)
+            quote(&redact_url(scheme))
         ));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
             "URL must not contain spaces or control characters, got {}",
-            quote(url)
+            shown()
         ));
     }
     if scheme == "file" {
         if !rest.starts_with('/') {
             return Err(format!(
                 "a file URL needs an absolute path (file:///path), got {}",
-                quote(url)
+                shown()
             ));
         }
     } else {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
-        if host.is_empty() || host.starts_with(':') {
-            return Err(format!("URL has no host, got {}", quote(url)));
+        if authority.is_empty() || authority.starts_with(':') {
+            return Err(format!("URL has no host, got {}", shown()));
         }
-        if authority.contains('@') {
-            return Err("URL must not contain credentials (user@host)".to_owned());
-        }
+    }
+    if let Err(e) = parsed {
+        return Err(format!("not a valid URL ({e}): {}", shown()));
     }
     Ok(())
 }
@@ -115,8 +118,8 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// fetched from `attacker/`). So the spec must say the normal form itself.
 pub fn check_source_url(text: &str) -> Result<(), String> {
     check_url(text)?;
-    let parsed =
-        url::Url::parse(text).map_err(|e| format!("not a valid URL ({e}): {}", quote(text)))?;
+    let parsed = url::Url::parse(text)
+        .map_err(|e| format!("not a valid URL ({e}): {}", quote(&redact_url(text))))?;
     if parsed.as_str() != text {
         return Err(format!(
             "write it as {} (the form the runner fetches and provenance records), not {}",
@@ -127,22 +130,44 @@ pub fn check_source_url(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Where the part of `url` that could hold a user name or password ends (the last `@` of
-/// what could be its authority: after `scheme://`, or from the start for `user@host:path`,
-/// up to the first `/`, `?` or `#`), whether the text parses as a URL or not.
+/// Where what could be a user name or password lies in `url`, as `(start, at)`: from the
+/// start of what could be its authority (after `scheme://` when that comes before the first
+/// `@`, else from the beginning, as in `user:pw@host:path`) to the last `@` before the first
+/// `/`, `?` or `#` after that start. Whether the text parses as a URL or not.
 fn credentials_at(url: &str) -> Option<(usize, usize)> {
-    let start = url.find("://").map_or(0, |i| i + 3);
+    let first_at = url.find('@')?;
+    let start = url[..first_at].find("://").map_or(0, |i| i + 3);
     let end = url[start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| start + i);
     url[start..end].rfind('@').map(|at| (start, start + at))
 }
 
-/// `url` as it may be shown in a message or log: whatever could be a user name or password is
-/// replaced by `***` (see [`check_url`]), even when the text does not parse as a URL.
+/// `url` as it may be shown in a message or log, with whatever could be a user name or
+/// password replaced by `***`. An http(s) or file URL the parser takes is shown as written
+/// when it has no credentials (an `@` in its path is a path: `https://host/@scope/pkg`), and
+/// without them otherwise; any other text with an `@` (one the parser refuses, reads with
+/// another scheme, or splits elsewhere) has everything from the start of what could be its
+/// authority up to its last `@` hidden.
 pub fn redact_url(url: &str) -> String {
-    match credentials_at(url) {
-        Some((start, at)) => format!("{}***{}", &url[..start], &url[at..]),
+    if let Ok(mut u) = url::Url::parse(url) {
+        if URL_SCHEMES.contains(&u.scheme()) {
+            if u.username().is_empty() && u.password().is_none() {
+                if credentials_at(url).is_none() {
+                    return url.to_owned();
+                }
+            } else {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                return u.to_string();
+            }
+        }
+    }
+    match url.rfind('@') {
+        Some(at) => {
+            let start = url[..at].find("://").map_or(0, |i| i + 3);
+            format!("{}***{}", &url[..start], &url[at..])
+        }
         None => url.to_owned(),
     }
 }
@@ -312,18 +337,43 @@ mod tests {
             "ftp://user:TOKEN@example.org/x",
             "user:TOKEN@example.org:repo.git",
             "https://user:TOKEN@example.org:notaport/x",
+            "https:/user:TOKEN@example.org/x",
+            "user:TOKEN@github.com/x?u=https://a",
         ] {
             let err = check_url(url).unwrap_err();
             assert!(!err.contains("TOKEN"), "{url}: {err}");
             assert!(err.contains("credentials"), "{url}: {err}");
             assert!(!redact_url(url).contains("TOKEN"), "{url}");
         }
+        // A password with a `/`, `?` or `#` in it ends the authority early for a plain
+        // reading; the URL does not parse, and what is shown hides up to the last `@`.
+        for url in [
+            "https://user:ab/TOKEN@github.com/org/repo.git",
+            "https://user:ab?TOKEN@github.com/org/repo.git",
+            "https//user:TOKEN@github.com/x",
+        ] {
+            let err = check_url(url).unwrap_err();
+            assert!(!err.contains("TOKEN"), "{url}: {err}");
+            assert!(!redact_url(url).contains("TOKEN"), "{url}");
+            assert!(
+                !check_source_url(url).unwrap_err().contains("TOKEN"),
+                "{url}"
+            );
+        }
         assert_eq!(
-            redact_url("https://u:p@h/a@b"),
-            "https://***@h/a@b",
-            "an @ in the path is not in the authority"
+            redact_url("https://user:ab/TOKEN@github.com/org/repo.git"),
+            "https://***@github.com/org/repo.git"
         );
+        assert_eq!(redact_url("https://u:p@h/a@b"), "https://h/a@b");
         assert_eq!(redact_url("https://h/a@b"), "https://h/a@b");
+        assert_eq!(
+            redact_url("https://registry.npmjs.org/@scope/pkg/-/pkg-1.0.0.tgz"),
+            "https://registry.npmjs.org/@scope/pkg/-/pkg-1.0.0.tgz"
+        );
+        assert_eq!(
+            check_url("https://registry.npmjs.org/@scope/pkg/-/pkg-1.0.0.tgz"),
+            Ok(())
+        );
     }
 
     #[test]
