@@ -6,12 +6,21 @@
 //! as the job is allowed to run. The runner's own writes (`result.json`, provenance) would
 //! still succeed only as long as root's reserved blocks last.
 //!
-//! What this does: before a job starts, the filesystem must have more than the reserve
-//! available (else the job is refused, exit 2); while it runs, the runner checks every
-//! [`INTERVAL`] from the loop that reads the job's log, and a job that brings it below the
-//! reserve is stopped (its sandbox killed, its directory removed, the job failed with that
-//! reason); before outputs are copied, the output directory's filesystem must hold them and
-//! still keep the reserve.
+//! What this does:
+//! - before a job starts, the filesystem must have more than the reserve available (else the
+//!   job is refused, exit 2);
+//! - what the runner writes for the job before it runs is bounded by the room above the
+//!   reserve: each tool, root filesystem and url source (download and unpacked tree, which
+//!   stay in the tool store after the job) and a git source (the checkout) is refused when it
+//!   would take more; a copied local source is checked once copied;
+//! - while the job runs, the runner checks every [`INTERVAL`] from the loop that reads the
+//!   job's log; when the filesystem is below the reserve, the job is stopped (its sandbox
+//!   killed, its directory removed). Which job filled it cannot be told from the free space,
+//!   and every job on that filesystem is stopped alike, so none is failed as if by its own
+//!   doing: the result is the runner's failure (`runner-error`, exit 3, as DESIGN.md counts a
+//!   full disk; a refusal, exit 2, before any step ran), with the reason;
+//! - before outputs are copied, the output directory's filesystem must hold them and still
+//!   keep the reserve (else the job fails, exit 1: it is this job's outputs that would cross).
 //!
 //! Alternatives rejected:
 //! - project quotas (ext4 `prjquota`, XFS `pquota`) would be a hard per-job bound, but they
@@ -22,10 +31,13 @@
 //!   walking the workspace over and over; the reserve protects what matters on a shared
 //!   host, the space everyone else needs, with one `statvfs` per check.
 //!
-//! The limit is a threshold, not a quota: between two checks a job can write what the disk
-//! takes in [`INTERVAL`] (at 2 GB/s, 200 MB), so the reserve should be larger than that.
-//! "Available" is what unprivileged users may still use (`f_bavail`): job processes are never
-//! root on the host.
+//! The limit is a threshold, not a quota. Between two checks a job can write what the disk
+//! takes in [`INTERVAL`] (at 2 GB/s, 200 MB), and with `fallocate` (allowed: builds and
+//! package tools use it) it can reserve every free block at once; either way the space is
+//! gone for other writers until the check stops the job and its directory is removed, at
+//! most [`INTERVAL`] and the removal later. So the reserve protects the host from a job that
+//! keeps what it took, not from a moment of ENOSPC. "Available" is what unprivileged users
+//! may still use (`f_bavail`): job processes are never root on the host.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

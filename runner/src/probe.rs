@@ -149,14 +149,15 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
     }
 }
 
-/// The disk reserve on the state directory's filesystem (the state directory itself, or the
-/// nearest directory above it that exists): whether jobs would start, and why not. `None`
-/// when the reserve is off.
+/// The disk reserve on the filesystem of the job directories (`<state>/jobs`, or the nearest
+/// directory above it that exists): whether jobs would start, and why not. `None` when the
+/// reserve is off.
 fn disk_line(
     dirs: &crate::config::Dirs,
     setting: bulwark_protocol::DiskReserve,
 ) -> Option<(bool, String)> {
-    let dir = dirs.state.ancestors().find(|d| d.is_dir())?;
+    let jobs = dirs.jobs();
+    let dir = jobs.ancestors().find(|d| d.is_dir())?;
     let reserve = crate::disk_reserve::Reserve::new(dir, setting)?;
     Some(match reserve.measure() {
         Ok((available, need)) if available >= need => (

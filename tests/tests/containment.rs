@@ -648,9 +648,6 @@ fn a_step_past_its_timeout_is_killed() {
     );
 }
 
-/// Held by the tests that measure free disk space, so that none of them sees another's files.
-static DISK_SPACE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Bytes available to unprivileged users, and the size, of the filesystem holding `dir`.
 fn disk_space(dir: &std::path::Path) -> (u64, u64) {
     let st = nix::sys::statvfs::statvfs(dir).unwrap();
@@ -661,60 +658,7 @@ fn disk_space(dir: &std::path::Path) -> (u64, u64) {
 }
 
 #[test]
-fn a_job_that_fills_the_disk_is_stopped_at_the_reserve_and_its_files_removed() {
-    let _serial = DISK_SPACE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
-    let env = Env::new("disk-fill");
-    fs::create_dir_all(&env.state).unwrap();
-    let (before, _) = disk_space(&env.state);
-    // A reserve 256 MiB below what is available now: the job crosses it after writing about
-    // 256 MiB of the 4 GiB it tries to write, then would sleep for a minute.
-    let reserve = before.saturating_sub(256 << 20);
-    env.write_config(&format!("min_free_disk = \"{}B\"", reserve));
-    let marker = format!("29{}", rand_digits());
-    let run =
-        format!("head -c 4294967296 /dev/zero > /workspace/fill; echo wrote-all; sleep {marker}");
-    let t = Instant::now();
-    let r = env.run(&one_step("fill", &run, "[resources]\ntimeout = \"30s\"\n"));
-    r.assert_code(1);
-    assert!(
-        t.elapsed() < Duration::from_secs(60),
-        "took {:?}\n{r}",
-        t.elapsed()
-    );
-    let res = r.result();
-    assert_eq!(res["status"], "failed", "{r}");
-    let reason = res["reason"].as_str().unwrap();
-    assert!(
-        reason.starts_with("the runner stopped the job: the filesystem of ")
-            && reason.contains("below limits.min_free_disk = "),
-        "{r}"
-    );
-    assert!(
-        !r.log.contains("wrote-all"),
-        "the job wrote everything\n{r}"
-    );
-    assert!(
-        res["isolation"]["limits_enforced"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l == "free-disk"),
-        "{r}"
-    );
-    // The host afterwards: no job process, no job directory, the space back.
-    assert!(processes_with(&format!("sleep {marker}")).is_empty());
-    let jobs: Vec<_> = fs::read_dir(env.state.join("jobs")).unwrap().collect();
-    assert!(jobs.is_empty(), "job directories left: {jobs:?}");
-    let (after, _) = disk_space(&env.state);
-    assert!(
-        after + (128 << 20) > before,
-        "space not given back: {before} available before, {after} after"
-    );
-}
-
-#[test]
 fn a_job_is_refused_when_the_disk_is_already_below_the_reserve() {
-    let _serial = DISK_SPACE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let env = Env::new("disk-low");
     fs::create_dir_all(&env.state).unwrap();
     let (_, total) = disk_space(&env.state);
@@ -742,32 +686,6 @@ fn a_job_is_refused_when_the_disk_is_already_below_the_reserve() {
             && l.ends_with("jobs are refused until there is more")),
         "{report}"
     );
-}
-
-#[test]
-fn outputs_that_would_cross_the_reserve_are_not_copied() {
-    let _serial = DISK_SPACE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
-    let env = Env::new("disk-out");
-    fs::create_dir_all(&env.state).unwrap();
-    // The job's own 256 MiB stay 128 MiB clear of the reserve; the copy of them as an output
-    // would go 128 MiB past it.
-    let (before, _) = disk_space(&env.state);
-    let reserve = before.saturating_sub(384 << 20);
-    env.write_config(&format!("min_free_disk = \"{}B\"", reserve));
-    let r = env.run(&one_step(
-        "out",
-        "head -c 268435456 /dev/zero > big.bin",
-        "[outputs]\npaths = [\"big.bin\"]\n",
-    ));
-    r.assert_code(1);
-    let res = r.result();
-    let reason = res["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("writing 256MiB to ")
-            && reason.contains("would leave less than limits.min_free_disk"),
-        "{r}"
-    );
-    assert!(!r.out.join("big.bin").exists(), "{r}");
 }
 
 #[test]
@@ -909,6 +827,21 @@ fn a_spec_cannot_name_a_source_outside_its_own_directory() {
         assert!(r.result()["steps"].as_array().unwrap().is_empty(), "{r}");
         assert!(!r.stdout.contains("host-secret"), "{r}");
     }
+    // A job file above the runner's own directories may not name them, nor a directory
+    // holding them: here the state directory (keys) is env.dir/state.
+    fs::create_dir_all(env.state.join("keys")).unwrap();
+    fs::write(env.state.join("keys/marker"), "state-secret\n").unwrap();
+    for (n, path) in ["state", "state/keys", "."].into_iter().enumerate() {
+        let file = env.dir.join(format!("above{n}.toml"));
+        fs::write(&file, spec(path)).unwrap();
+        let r = env.run_spec(&file, &format!("out-above{n}"));
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains("which holds or lies in the runner's own"),
+            "{path}: {r}"
+        );
+        assert!(!r.stdout.contains("state-secret"), "{r}");
+    }
     // A directory below the job file is fine (the operator's --source may be anywhere).
     let file = ci.join("inside.toml");
     fs::write(&file, spec("inside")).unwrap();
@@ -1023,6 +956,100 @@ mod root_mode {
         fn drop(&mut self) {
             let _ = std::process::Command::new("umount").arg(&self.0).status();
         }
+    }
+
+    /// All of `env`'s directory (configuration, state, outputs) on a tmpfs of its own of
+    /// `size`, with `limits_extra` in the configuration: the disk-reserve tests measure free
+    /// space, which nothing else on the host may change under them.
+    fn on_private_fs(env: &Env, size: &str, limits_extra: &str) -> Mounted {
+        require_root();
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&env.dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs on {}", env.dir.display());
+        let guard = Mounted(env.dir.clone());
+        fs::create_dir_all(&env.src).unwrap();
+        fs::create_dir_all(&env.state).unwrap();
+        env.write_config(limits_extra);
+        guard
+    }
+
+    #[test]
+    fn a_job_that_fills_the_disk_is_stopped_at_the_reserve_and_its_files_removed() {
+        let env = Env::new("disk-fill");
+        // 768 MiB, of which 512 MiB must stay available: the job crosses the reserve after
+        // about 256 MiB of the 4 GiB it tries to write (or runs out of space), then sleeps.
+        let _fs = on_private_fs(&env, "768m", "min_free_disk = \"512MiB\"");
+        let (before, _) = disk_space(&env.state);
+        let marker = format!("29{}", rand_digits());
+        let run = format!(
+            "head -c 4294967296 /dev/zero > /workspace/fill && echo wrote-all; sleep {marker}"
+        );
+        let r = env.run(&one_step("fill", &run, "[resources]\ntimeout = \"30s\"\n"));
+        // The disk is full for every job on it, whichever filled it: the runner's failure
+        // (DESIGN.md: exit 3, "disk full"), not this job's.
+        r.assert_code(3);
+        let res = r.result();
+        assert_eq!(res["status"], "runner-error", "{r}");
+        let reason = res["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("the filesystem of ")
+                && reason.contains(
+                    "below limits.min_free_disk = 512MiB, while the job ran: the runner stopped it"
+                ),
+            "{r}"
+        );
+        assert!(
+            !r.log.contains("wrote-all"),
+            "the job wrote everything\n{r}"
+        );
+        assert!(
+            res["isolation"]["limits_enforced"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l == "free-disk"),
+            "{r}"
+        );
+        // The host afterwards: no job process, no job directory, the space back.
+        assert!(processes_with(&format!("sleep {marker}")).is_empty());
+        let jobs: Vec<_> = fs::read_dir(env.state.join("jobs")).unwrap().collect();
+        assert!(jobs.is_empty(), "job directories left: {jobs:?}");
+        let (after, _) = disk_space(&env.state);
+        assert!(
+            after + (1 << 20) > before,
+            "space not given back: {before} available before, {after} after"
+        );
+    }
+
+    #[test]
+    fn outputs_that_would_cross_the_reserve_are_not_copied() {
+        let env = Env::new("disk-out");
+        // 1 GiB, 640 MiB of it kept: the job's own 256 MiB leave 768 MiB; the copy of them as
+        // an output would leave 512 MiB.
+        let _fs = on_private_fs(&env, "1g", "min_free_disk = \"640MiB\"");
+        let r = env.run(&one_step(
+            "out",
+            "head -c 268435456 /dev/zero > big.bin",
+            "[outputs]\npaths = [\"big.bin\"]\n",
+        ));
+        r.assert_code(1);
+        let res = r.result();
+        let reason = res["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("writing 256MiB to ")
+                && reason.contains("would leave less than limits.min_free_disk"),
+            "{r}"
+        );
+        assert!(!r.out.join("big.bin").exists(), "{r}");
     }
 
     /// Pids of `root` and every process descended from it.

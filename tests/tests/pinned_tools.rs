@@ -445,3 +445,71 @@ fn two_concurrent_runs_needing_one_tool_download_it_once() {
         "two runs downloaded the same tool twice"
     );
 }
+
+/// Tests that need root (here: to give the tool store a filesystem of its own).
+mod root_mode {
+    use super::*;
+
+    #[test]
+    fn a_tool_that_would_take_the_disk_below_the_reserve_is_refused_and_not_kept() {
+        assert!(
+            bulwark_tests::is_root(),
+            "root_mode tests need root; scripts/test.sh skips them otherwise"
+        );
+        let env = env_allowing_loopback("tool-room");
+        // The state directory (and with it the tool store) on a 512 MiB tmpfs of its own, of
+        // which 384 MiB must stay available: 128 MiB of room.
+        std::fs::create_dir_all(&env.state).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512m,mode=0755", "tmpfs"])
+            .arg(&env.state)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(env.state.clone());
+        env.write_config_sections(
+            "min_free_disk = \"384MiB\"",
+            "[fetch]\nallow_private = [\"127.0.0.1\"]\n",
+        );
+        // A few hundred KiB that unpack to 256 MiB of zeros: within every fetch bound, but
+        // twice the room.
+        let d = env.dir.join("bombsrc");
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        let zeros = std::fs::File::create(d.join("bin/zeros")).unwrap();
+        zeros.set_len(256 << 20).unwrap();
+        let tgz = env.dir.join("bomb.tar.gz");
+        assert!(Command::new("tar")
+            .arg("-C")
+            .arg(&d)
+            .arg("-czf")
+            .arg(&tgz)
+            .arg("bin")
+            .status()
+            .unwrap()
+            .success());
+        let sha = sha256_file(&tgz);
+        let server = Server::serve(std::fs::read(&tgz).unwrap());
+        let job = tool_job(server.port, &sha, "echo ran");
+        let r = env.run(&job);
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains(
+                "the space left above limits.min_free_disk on the tool store's filesystem"
+            ),
+            "{r}"
+        );
+        assert!(!r.log.contains("ran"), "{r}");
+        // Nothing of it is kept: the next job is not refused for a full store.
+        assert_eq!(store_files(&env), 0, "the store kept something\n{r}");
+        let r = env.run(
+            "version = 1\nname = \"next\"\n[[steps]]\nname = \"s\"\nrun = \"echo next-ran\"\n",
+        );
+        r.assert_code(0);
+    }
+}

@@ -172,6 +172,9 @@ pub struct GitPolicy {
     pub max_bytes: u64,
     /// A PEM bundle trusted for `https://` in addition to the system roots (`fetch.extra_ca`).
     pub extra_ca: Option<PathBuf>,
+    /// Most bytes the destination may take before its filesystem falls below
+    /// `limits.min_free_disk` (set by the job); `None`: no such bound.
+    pub room: Option<u64>,
 }
 
 impl GitPolicy {
@@ -188,6 +191,7 @@ impl GitPolicy {
             timeout: fetch.timeout,
             max_bytes: fetch.max_bytes,
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
+            room: None,
         })
     }
 }
@@ -773,6 +777,8 @@ struct Git<'a> {
     timeout: Duration,
     /// `fetch.max_bytes`: the most the destination may hold until the checkout.
     max_bytes: u64,
+    /// The room above the disk reserve: the most the destination may ever hold.
+    room: Option<u64>,
 }
 
 impl<'a> Git<'a> {
@@ -846,6 +852,7 @@ impl<'a> Git<'a> {
             deadline,
             timeout: policy.timeout,
             max_bytes: policy.max_bytes,
+            room: policy.room,
         })
     }
 
@@ -1056,8 +1063,15 @@ impl<'a> Git<'a> {
             step,
             limit,
         };
-        match measure(Path::new(&self.work_tree), max_bytes, MAX_ENTRIES) {
+        let room = self.room.filter(|r| *r < max_bytes);
+        let bound = room.unwrap_or(max_bytes);
+        match measure(Path::new(&self.work_tree), bound, MAX_ENTRIES) {
             Usage::Within => Ok(()),
+            Usage::Bytes if room.is_some() => Err(too_large(format!(
+                "{} on disk, the space left above limits.min_free_disk on its filesystem; free \
+                 space there",
+                bulwark_protocol::format_size(bound)
+            ))),
             Usage::Bytes => Err(too_large(if max_bytes == self.max_bytes {
                 format!(
                     "{} on disk (fetch.max_bytes); raise fetch.max_bytes if this repository \

@@ -66,6 +66,7 @@ fn policy_for(roots: &[&Path]) -> GitPolicy {
         timeout: Duration::from_secs(60),
         max_bytes: 1 << 30,
         extra_ca: None,
+        room: None,
     }
 }
 
@@ -705,6 +706,33 @@ fn a_checkout_that_expands_past_its_bound_is_stopped_and_removed() {
     };
     fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap();
     assert_eq!(fs::metadata(dest.join("f63")).unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn a_checkout_past_the_room_above_the_disk_reserve_is_stopped_and_removed() {
+    let root = tempdir("room");
+    // 16 MiB once checked out; fetch.max_bytes would allow it, the disk reserve not.
+    let (repo, commit) = expanding_commit(&root, 16, 1 << 20);
+    let dest = tempdir("room-dest");
+    let policy = GitPolicy {
+        max_bytes: 64 << 20,
+        room: Some(4 << 20),
+        ..policy_for(&[&root])
+    };
+    let err = fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap_err();
+    assert!(
+        err.to_string().ends_with(
+            "the repository takes more than 4MiB on disk, the space left above \
+             limits.min_free_disk on its filesystem; free space there"
+        ),
+        "{err}"
+    );
+    assert!(is_empty(&dest));
+    let policy = GitPolicy {
+        room: Some(64 << 20),
+        ..policy
+    };
+    fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap();
 }
 
 #[test]

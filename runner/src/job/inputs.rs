@@ -44,7 +44,66 @@ impl JobRun<'_> {
                 base.display()
             )));
         }
+        // Beside the job file is not enough when the job file sits above the runner's own
+        // directories (`~/job.toml` with `path = ".local/state/bulwark"`, or `/job.toml` as
+        // root): the state directory (keys) and the runtime directory, which are the runner's
+        // alone, are never copied, nor is anything in them or holding them; nor is a directory
+        // holding the configuration file.
+        let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        let config_file = self
+            .args
+            .config
+            .clone()
+            .unwrap_or_else(crate::config::default_config_path);
+        let canonical_or = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        let config_file = canonical_or(config_file);
+        let owned = [dirs.state, dirs.runtime].map(canonical_or);
+        let clash = owned
+            .iter()
+            .find(|own| dir.starts_with(own) || own.starts_with(&dir))
+            .or_else(|| config_file.starts_with(&dir).then_some(&config_file));
+        if let Some(own) = clash {
+            return Err(Stop::Refused(format!(
+                "source.path {p:?} resolves to {}, which holds or lies in the runner's own \
+                 {}; a job spec may never copy that: give the source with --source",
+                dir.display(),
+                own.display()
+            )));
+        }
         Ok(Some(dir))
+    }
+
+    /// The bytes a fetch may still add to the filesystem of `path` before it falls below
+    /// `limits.min_free_disk` (`None` when that check is off); refuses the job when it is
+    /// below already. Asked before every input the runner writes, so a spec's tools, root
+    /// filesystem or source (kept in the store after the job) can never take a host's disk
+    /// past the reserve, which the job's own writes are held to while it runs.
+    pub(super) fn room_on(&self, path: &Path) -> Result<Option<u64>, Stop> {
+        let Some(reserve) =
+            crate::disk_reserve::Reserve::new(path, self.config.limits.min_free_disk)
+        else {
+            return Ok(None);
+        };
+        let refuse = |e: crate::disk_reserve::CheckError| {
+            Stop::Refused(format!(
+                "{e}; free space there, or lower limits.min_free_disk"
+            ))
+        };
+        let (available, need) = reserve.measure().map_err(refuse)?;
+        if available < need {
+            return Err(reserve.check(0).err().map_or_else(
+                || Stop::Refused("the space available changed while it was measured".into()),
+                refuse,
+            ));
+        }
+        Ok(Some(available - need))
+    }
+
+    /// After the runner copied a source into the workspace: the copy must have left the
+    /// reserve (a local source is not bounded while it is copied; it is the operator's own
+    /// checkout, or a directory beside the job file).
+    pub(super) fn check_room_after_copy(&self, workspace: &Path) -> Result<(), Stop> {
+        self.room_on(workspace).map(|_| ())
     }
 
     /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.
@@ -68,7 +127,8 @@ impl JobRun<'_> {
         sha256: &str,
         jobdir: &JobDir,
     ) -> Result<(), Stop> {
-        let (store, policy) = self.store_and_policy()?;
+        let (store, mut policy) = self.store_and_policy()?;
+        policy.room = self.room_on(store.root())?;
         let spec = bulwark_protocol::ToolSpec {
             name: "source".into(),
             url: url.to_string(),
@@ -80,6 +140,7 @@ impl JobRun<'_> {
             .map_err(store_refusal)?;
         let stats = crate::source::copy_tree(&r.dir, &jobdir.workspace)
             .map_err(|e| Stop::Refused(e.to_string()))?;
+        self.check_room_after_copy(&jobdir.workspace)?;
         self.inputs.source = serde_json::json!({
             "kind": "url",
             "uri": crate::tools::fetch::display_url(url),
@@ -98,7 +159,8 @@ impl JobRun<'_> {
         let Some(rootfs) = self.job.spec.rootfs.clone() else {
             return Ok(None);
         };
-        let (store, policy) = self.store_and_policy()?;
+        let (store, mut policy) = self.store_and_policy()?;
+        policy.room = self.room_on(store.root())?;
         let spec = bulwark_protocol::ToolSpec {
             name: "rootfs".into(),
             url: rootfs.url.clone(),
@@ -119,9 +181,11 @@ impl JobRun<'_> {
         if self.job.spec.tools.is_empty() {
             return Ok(Vec::new());
         }
-        let (store, policy) = self.store_and_policy()?;
+        let (store, mut policy) = self.store_and_policy()?;
         let mut resolved = Vec::new();
         for tool in &self.job.spec.tools {
+            // Asked again for every tool: each one fetched takes from what is left.
+            policy.room = self.room_on(store.root())?;
             let r = store
                 .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
                 .map_err(store_refusal)?;

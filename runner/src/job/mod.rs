@@ -547,8 +547,9 @@ impl JobRun<'_> {
             // Fetched by the runner with git confined (cleared environment, no hooks, no
             // submodules, checked addresses; as root, running as the job's uid), checked out
             // at exactly the commit.
-            let policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
+            let mut policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+            policy.room = self.room_on(&jobdir.workspace)?;
             let got = crate::gitsource::fetch(
                 &url,
                 &commit,
@@ -566,6 +567,7 @@ impl JobRun<'_> {
         } else if let Some(abs) = self.source_dir()? {
             let stats = crate::source::copy_tree(&abs, &jobdir.workspace)
                 .map_err(|e| Stop::Refused(e.to_string()))?;
+            self.check_room_after_copy(&jobdir.workspace)?;
             if !stats.skipped.is_empty() {
                 eprintln!(
                     "bulwark: source: skipped {} special file(s) (fifos, sockets, devices): {}",
@@ -748,11 +750,17 @@ impl JobRun<'_> {
         }
         self.steps = reported.steps.clone();
         if let Some(why) = &reported.stopped {
-            return Ok((
-                JobStatus::Failed,
-                Some(format!("the runner stopped the job: {why}")),
-                Vec::new(),
-            ));
+            // Which job filled the disk cannot be told from the filesystem's free space: every
+            // job on it is stopped alike, so none is failed as if by its own doing. DESIGN.md
+            // counts a full disk as the runner's failure (exit 3); before any step, a refusal.
+            let msg = format!(
+                "{why}, while the job ran: the runner stopped it (as it stops every job on that                  filesystem) and removed its files"
+            );
+            return if reported.any_step_started {
+                Err(Stop::Runner(msg))
+            } else {
+                Err(Stop::Refused(msg))
+            };
         }
         if let Some((stage, message)) = &reported.setup_failed {
             let msg =

@@ -274,6 +274,11 @@ impl JobRun<'_> {
                 );
             }
             Ok(_) => {}
+            // The disk reserve stopped the job: the disk may well have been too full for the
+            // log too, and the stop is what the result must say.
+            Err(e) if reported.stopped.is_some() => {
+                eprintln!("bulwark: warning: job.log is incomplete: {e}");
+            }
             Err(e) => return Err(Stop::Runner(format!("writing job.log: {e}"))),
         }
         tracing::debug!(?status, "sandbox helper exited");

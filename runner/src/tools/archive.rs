@@ -101,6 +101,8 @@ pub enum BytesBasis {
     /// [`DOWNLOAD_EXPANSION_FACTOR`] times the download's size, at least
     /// [`MIN_UNPACK_BYTES`].
     DownloadSize,
+    /// The space left above `limits.min_free_disk` on the store's filesystem.
+    DiskReserve,
 }
 
 impl std::fmt::Display for BytesBasis {
@@ -111,6 +113,10 @@ impl std::fmt::Display for BytesBasis {
                 f,
                 "{DOWNLOAD_EXPANSION_FACTOR} times the size of the download, at least {}",
                 format_size(MIN_UNPACK_BYTES)
+            ),
+            BytesBasis::DiskReserve => write!(
+                f,
+                "the space left above limits.min_free_disk on the tool store's filesystem; free space there"
             ),
         }
     }
@@ -155,6 +161,15 @@ impl UnpackLimits {
             bytes_basis,
             max_time: timeout,
         }
+    }
+
+    /// These limits, with at most `room` bytes (the space left above the disk reserve).
+    pub fn within_room(mut self, room: Option<u64>) -> UnpackLimits {
+        if let Some(room) = room.filter(|r| *r < self.max_bytes) {
+            self.max_bytes = room;
+            self.bytes_basis = BytesBasis::DiskReserve;
+        }
+        self
     }
 }
 

@@ -59,6 +59,10 @@ pub struct FetchPolicy {
     /// Longest one download may take, connect to last byte (`fetch.timeout`); unpacking it
     /// may take as long again.
     pub timeout: Duration,
+    /// Bytes the download and what it unpacks to may still add to the store's filesystem
+    /// before it falls below `limits.min_free_disk` (the job sets it before each fetch);
+    /// `None`: no such bound.
+    pub room: Option<u64>,
 }
 
 impl Default for FetchPolicy {
@@ -70,6 +74,7 @@ impl Default for FetchPolicy {
             extra_ca: None,
             max_bytes: bulwark_protocol::DEFAULT_FETCH_MAX_BYTES,
             timeout: bulwark_protocol::DEFAULT_FETCH_TIMEOUT,
+            room: None,
         }
     }
 }
@@ -89,7 +94,17 @@ impl FetchPolicy {
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
             max_bytes: fetch.max_bytes,
             timeout: fetch.timeout,
+            room: None,
         })
+    }
+
+    /// The most one download may be, and the error for a larger one: `fetch.max_bytes`, or
+    /// the room above the disk reserve when that is smaller.
+    fn cap(&self) -> (u64, fn(u64) -> FetchError) {
+        match self.room {
+            Some(room) if room < self.max_bytes => (room, FetchError::NoRoom),
+            _ => (self.max_bytes, FetchError::TooLarge),
+        }
     }
 
     fn addresses(&self) -> AddressPolicy {
@@ -140,6 +155,9 @@ pub enum FetchError {
     /// The body is larger than `fetch.max_bytes`.
     #[error("body larger than the cap of {} (fetch.max_bytes)", format_size(*.0))]
     TooLarge(u64),
+    /// The body would take the store's filesystem below `limits.min_free_disk`.
+    #[error("body larger than the {} left above limits.min_free_disk on the tool store's filesystem; free space there", format_size(*.0))]
+    NoRoom(u64),
     /// The download took longer than `fetch.timeout`.
     #[error("timed out after {} (fetch.timeout)", format_duration(*.0))]
     Timeout(Duration),
@@ -428,14 +446,15 @@ fn fetch_http(url: Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched,
         return Err(FetchError::Status(status.as_u16()));
     }
     let expected = response.content_length();
-    if expected.is_some_and(|n| n > policy.max_bytes) {
-        return Err(FetchError::TooLarge(policy.max_bytes));
+    let (cap, too_large) = policy.cap();
+    if expected.is_some_and(|n| n > cap) {
+        return Err(too_large(cap));
     }
     let mut received = 0u64;
-    let result = copy_hashing(&mut response, out, policy.max_bytes, &mut received);
+    let result = copy_hashing(&mut response, out, cap, &mut received);
     let fetched = result.map_err(|e| match e {
         CopyError::Write(e) => FetchError::Write(e),
-        CopyError::TooLarge => FetchError::TooLarge(policy.max_bytes),
+        CopyError::TooLarge => too_large(cap),
         CopyError::Read(_) if started.elapsed() >= policy.timeout => timed_out(),
         CopyError::Read(e) if is_timeout(&e) => timed_out(),
         CopyError::Read(source) => FetchError::Body { received, source },
@@ -527,14 +546,15 @@ fn fetch_file(url: &Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched
         let e = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
         return Err(file_error(&requested, e));
     }
-    if meta.len() > policy.max_bytes {
-        return Err(FetchError::TooLarge(policy.max_bytes));
+    let (cap, too_large) = policy.cap();
+    if meta.len() > cap {
+        return Err(too_large(cap));
     }
     let mut received = 0;
-    copy_hashing(&mut file, out, policy.max_bytes, &mut received).map_err(|e| match e {
+    copy_hashing(&mut file, out, cap, &mut received).map_err(|e| match e {
         CopyError::Read(e) => file_error(&requested, e),
         CopyError::Write(e) => FetchError::Write(e),
-        CopyError::TooLarge => FetchError::TooLarge(policy.max_bytes),
+        CopyError::TooLarge => too_large(cap),
     })
 }
 

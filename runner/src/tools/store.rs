@@ -352,7 +352,8 @@ impl Store {
             let size = fs::metadata(blob)
                 .map_err(self.store_err(blob.to_path_buf()))?
                 .len();
-            let limits = UnpackLimits::for_download(policy.max_bytes, size, policy.timeout);
+            let limits = UnpackLimits::for_download(policy.max_bytes, size, policy.timeout)
+                .within_room(policy.room.map(|r| r.saturating_sub(size)));
             archive::unpack(blob, format, &tool.name, &tmp, mode, limits).map_err(|source| {
                 ToolError::Unpack {
                     name: tool.name.clone(),
