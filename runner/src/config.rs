@@ -132,11 +132,6 @@ impl Dirs {
         )
     }
 
-    /// Uid lease locks (root mode).
-    pub fn uid_locks(&self) -> PathBuf {
-        self.runtime.join("uids")
-    }
-
     /// Creates the directories, private to the runner's user.
     pub fn create(&self) -> Result<()> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -147,7 +142,6 @@ impl Dirs {
             (&self.state, 0o711),
             (&self.jobs(), 0o711),
             (&self.runtime, 0o700),
-            (&self.uid_locks(), 0o700),
         ] {
             std::fs::DirBuilder::new()
                 .recursive(true)

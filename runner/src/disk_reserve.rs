@@ -133,29 +133,75 @@ impl Reserve {
 
     /// Bytes available to unprivileged users on the filesystem, and the bytes to keep.
     pub fn measure(&self) -> Result<(u64, u64), CheckError> {
+        self.space().map(|s| (s.available, s.need))
+    }
+
+    /// What the filesystem has available and must keep, in bytes and in inodes.
+    pub fn space(&self) -> Result<Space, CheckError> {
         let st = nix::sys::statvfs::statvfs(&self.path).map_err(|e| CheckError::Statvfs {
             path: self.path.clone(),
             source: e.into(),
         })?;
         let frsize = st.fragment_size();
-        let available = st.blocks_available().saturating_mul(frsize);
         let total = st.blocks().saturating_mul(frsize);
-        Ok((available, self.setting.bytes_of(total).unwrap_or(0)))
+        // Inodes run out too (a tool of a hundred thousand empty files is a few hundred
+        // kilobytes): the same share is kept of them, or 1% when the reserve is a size.
+        // A filesystem that reports no inode count (btrfs) has no such limit to keep.
+        let inodes = (st.files() > 0).then(|| {
+            let share = match self.setting {
+                DiskReserve::Percent(p) => u64::from(p),
+                _ => 1,
+            };
+            (st.files_available(), st.files() / 100 * share)
+        });
+        Ok(Space {
+            available: st.blocks_available().saturating_mul(frsize),
+            need: self.setting.bytes_of(total).unwrap_or(0),
+            inodes,
+        })
     }
 
-    /// Checks that `writing` more bytes still leave the reserve available.
+    /// Checks that `writing` more bytes still leave the reserve available, in bytes and in
+    /// inodes.
     pub fn check(&self, writing: u64) -> Result<(), CheckError> {
-        let (available, need) = self.measure()?;
-        if available.saturating_sub(writing) < need {
+        let space = self.space()?;
+        if space.available.saturating_sub(writing) < space.need {
             return Err(CheckError::Short(Shortfall {
                 path: self.path.clone(),
-                available,
-                need,
+                available: space.available,
+                need: space.need,
                 setting: self.setting,
                 writing,
             }));
         }
+        if let Some((available, need)) = space.inodes.filter(|(a, n)| a < n) {
+            return Err(CheckError::Inodes {
+                path: self.path.clone(),
+                available,
+                need,
+                setting: self.setting,
+            });
+        }
         Ok(())
+    }
+}
+
+/// What a filesystem has available and must keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes available to unprivileged users.
+    pub available: u64,
+    /// Bytes to keep.
+    pub need: u64,
+    /// Inodes available to unprivileged users and inodes to keep, where the filesystem counts
+    /// them.
+    pub inodes: Option<(u64, u64)>,
+}
+
+impl Space {
+    /// Inodes that may still be used above the reserve (`None`: not counted).
+    pub fn inode_room(&self) -> Option<u64> {
+        self.inodes.map(|(a, n)| a.saturating_sub(n))
     }
 }
 
@@ -165,6 +211,14 @@ pub enum CheckError {
     /// Below the reserve.
     #[error("{0}")]
     Short(Shortfall),
+    /// Below the reserve in inodes.
+    #[error("the filesystem of {} has {available} inodes available, below the {need} that limits.min_free_disk = {setting} keeps free", path.display())]
+    Inodes {
+        path: PathBuf,
+        available: u64,
+        need: u64,
+        setting: DiskReserve,
+    },
     /// The filesystem could not be asked: fails closed like a shortfall.
     #[error("cannot check the space available on the filesystem of {}: {source}", path.display())]
     Statvfs {
@@ -225,6 +279,18 @@ mod tests {
             err.starts_with("writing ") && err.contains("would leave less than"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn inodes_are_kept_like_bytes() {
+        let r = Reserve::new(&std::env::temp_dir(), DiskReserve::Percent(5)).unwrap();
+        let space = r.space().unwrap();
+        if let Some((available, need)) = space.inodes {
+            assert!(need > 0 && available > need, "{space:?}");
+            assert_eq!(space.inode_room(), Some(available - need));
+        } else {
+            eprintln!("SKIP part: this filesystem reports no inode count");
+        }
     }
 
     #[test]

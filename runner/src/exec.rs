@@ -87,10 +87,7 @@ fn run_inner(
     dirs.create().map_err(|e| format!("{e:#}"))?;
     let support = cgroup::detect();
     let lease = if root {
-        Some(
-            crate::uids::lease(&limits.root_job_uids(), &dirs.uid_locks())
-                .map_err(|e| format!("{e:#}"))?,
-        )
+        Some(crate::uids::lease(&limits.root_job_uids()).map_err(|e| format!("{e:#}"))?)
     } else {
         None
     };

@@ -193,7 +193,7 @@ fn trial_sandbox(
         Some(
             match subuid {
                 Some(s) => crate::uids::lease_subordinate(&s.range, &s.user, s.uid),
-                None => crate::uids::lease(&config.limits.root_job_uids(), &dirs.uid_locks()),
+                None => crate::uids::lease(&config.limits.root_job_uids()),
             }
             .map_err(|e| format!("{e:#}"))?,
         )

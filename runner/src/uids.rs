@@ -2,8 +2,12 @@
 //!
 //! Two jobs sharing a host uid could signal, ptrace-attach (were it allowed) or read each
 //! other's files; so each running job gets its own uid from the operator's range. A lease is an
-//! exclusive `flock` on `<runtime>/uids/<uid>.lock`, held for the job's whole life, which works
-//! across separate `bulwark run` processes and is released by the kernel if the runner dies.
+//! exclusive `flock` on `/run/bulwark-job-uid-leases/<uid>.lock` ([`ROOT_LOCK_DIR`]), held for
+//! the job's whole life, which works across separate `bulwark run` processes and is released by
+//! the kernel if the runner dies. The directory is the same for every root runner on the host
+//! whatever its configuration: runners with runtime directories of their own (two pools on one
+//! host) hand out uids from the same ranges, and a lock directory each would let them give one
+//! uid to two running jobs.
 //! A uid is also skipped while any process on the host still runs as it: a uid is never reused
 //! while anything of its previous job remains. The lock file says whether that check is needed:
 //! a runner that saw its job's processes gone (cgroup empty, or the job's pid namespace reaped)
@@ -46,9 +50,14 @@ impl UidLease {
     }
 }
 
-/// Leases a free uid from `range` (root mode).
-pub fn lease(range: &UidRange, lock_dir: &Path) -> Result<UidLease> {
-    lease_avoiding(range, lock_dir, &reserved_ids(None), false)
+/// Where root mode's leases are locked: one place per host, root's alone, gone at reboot with
+/// every process that could have held a lease.
+pub const ROOT_LOCK_DIR: &str = "/run/bulwark-job-uid-leases";
+
+/// Leases a free uid from `range` (root mode), locked in [`ROOT_LOCK_DIR`].
+pub fn lease(range: &UidRange) -> Result<UidLease> {
+    let dir = private_lock_dir(Path::new(ROOT_LOCK_DIR), 0)?;
+    lease_avoiding(range, &dir, &reserved_ids(None), false)
 }
 
 /// Leases a free uid from `range`, part of the subordinate range the runner's own user `name`
@@ -67,8 +76,14 @@ pub fn lease_subordinate(range: &UidRange, name: &str, id: u32) -> Result<UidLea
 /// the configuration nor the environment moves it), private to that user, gone at reboot
 /// with every process that could have held a lease.
 pub fn subordinate_lock_dir(id: u32) -> Result<std::path::PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let dir = std::path::PathBuf::from(format!("/dev/shm/bulwark-subuid-leases-{id}"));
+    private_lock_dir(&dir, id)
+}
+
+/// `dir`, made if missing, checked to be a directory of `id`'s that no one else may enter.
+fn private_lock_dir(dir: &Path, id: u32) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = dir.to_path_buf();
     match fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -266,6 +281,8 @@ mod tests {
             crate::fsutil::random_hex(4)
         ));
         fs::create_dir_all(&dir).unwrap();
+        // The lease itself, in a directory of this test's own.
+        let lease = |r: &UidRange, d: &Path| lease_avoiding(r, d, &reserved_ids(None), false);
         // A range far above any account; two leases get two different uids, a third fails.
         let range = UidRange {
             first: 4_000_000_000,

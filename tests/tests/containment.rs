@@ -842,6 +842,34 @@ fn a_spec_cannot_name_a_source_outside_its_own_directory() {
         );
         assert!(!r.stdout.contains("state-secret"), "{r}");
     }
+    // Nor a directory holding the signing key given with --key.
+    fs::create_dir_all(ci.join("keys")).unwrap();
+    let keygen = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["keygen", "--out"])
+        .arg(ci.join("keys"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let file = ci.join("with-key.toml");
+    fs::write(&file, spec(".")).unwrap();
+    let out = env.dir.join("out-with-key");
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .arg("run")
+        .arg(&file)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("--out")
+        .arg(&out)
+        .arg("--key")
+        .arg(ci.join("keys/signing.key"))
+        .output()
+        .unwrap();
+    let r = bulwark_tests::Run::from_output(o, out);
+    r.assert_code(2);
+    assert!(
+        r.stderr.contains("which holds or lies in the runner's own"),
+        "{r}"
+    );
     // A directory below the job file is fine (the operator's --source may be anywhere).
     let file = ci.join("inside.toml");
     fs::write(&file, spec("inside")).unwrap();
@@ -1228,6 +1256,35 @@ mod root_mode {
             "{r}"
         );
         assert!(!r.log.contains("allocated"));
+    }
+
+    #[test]
+    fn runners_with_different_runtime_directories_never_share_a_root_job_uid() {
+        // Two pools on one host, each with its configuration and runtime directory, and the
+        // same one-uid range: while a job of the first runs, the second has no uid to give.
+        require_root();
+        let (a, b) = (Env::new("pool-a"), Env::new("pool-b"));
+        for env in [&a, &b] {
+            env.write_config("job_uids = \"300020-300020\"");
+        }
+        let pause = format!("4.{}", rand_digits());
+        let (mut cmd, out) = a.command(&one_step("long", &format!("sleep {pause}"), ""), &[]);
+        let first = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while processes_with(&format!("sleep {pause}")).is_empty() {
+            assert!(Instant::now() < deadline, "the first job never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let second = b.run(&one_step("other", "echo ran", ""));
+        let first = bulwark_tests::Run::from_output(first.wait_with_output().unwrap(), out);
+        first.assert_code(0);
+        second.assert_code(2);
+        assert!(second.stderr.contains("no free job uid"), "{second}");
+        assert!(!second.log.contains("ran"), "{second}");
     }
 
     #[test]

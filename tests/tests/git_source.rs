@@ -231,4 +231,62 @@ mod root_mode {
         );
         assert!(r.result()["steps"].as_array().unwrap().is_empty());
     }
+
+    #[test]
+    fn a_process_of_the_job_uid_alive_after_the_git_fetch_refuses_the_job_and_keeps_the_uid() {
+        if !bulwark_tests::is_root() {
+            eprintln!("skipped: needs root (per-job uids)");
+            return;
+        }
+        // One job uid, away from the range's start where other tests' runners lease.
+        let uid = 265_000 + std::process::id() % 500;
+        let env = Env::new("git-leftover");
+        env.write_config_sections(
+            &format!("job_uids = \"{uid}-{uid}\""),
+            &format!("[fetch]\nfile_roots = [\"{}\"]\n", env.dir.display()),
+        );
+        let (repo, first, _) = make_repo(&env);
+        // A first job leaves the uid's lease marked clean.
+        run_spec(&env, &job(&repo, &first), "first").assert_code(0);
+        // A process of that uid appears, as one git left in a session of its own would.
+        let marker = format!("27{}", std::process::id());
+        struct Stray(std::process::Child);
+        impl Drop for Stray {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let stray = Stray(
+            Command::new("setpriv")
+                .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
+                .args(["--clear-groups", "sleep", &marker])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while bulwark_tests::processes_with(&format!("sleep {marker}")).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stray never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let r = run_spec(&env, &job(&repo, &first), "second");
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains(&format!(
+                "a process of the job's uid {uid} outlived the git fetch"
+            )),
+            "{r}"
+        );
+        // The lease was not released clean: while the stray runs, the uid is not handed out.
+        let r = run_spec(&env, &job(&repo, &first), "third");
+        r.assert_code(2);
+        assert!(r.stderr.contains("no free job uid"), "{r}");
+        drop(stray);
+        run_spec(&env, &job(&repo, &first), "fourth").assert_code(0);
+    }
 }

@@ -512,4 +512,64 @@ mod root_mode {
         );
         r.assert_code(0);
     }
+
+    #[test]
+    fn a_tool_of_more_files_than_the_inodes_above_the_reserve_is_refused() {
+        assert!(
+            bulwark_tests::is_root(),
+            "root_mode tests need root; scripts/test.sh skips them otherwise"
+        );
+        let env = env_allowing_loopback("tool-inodes");
+        // 4000 inodes, half of them kept: about 2000 left for the store.
+        std::fs::create_dir_all(&env.state).unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=64m,nr_inodes=4000,mode=0755",
+                "tmpfs",
+            ])
+            .arg(&env.state)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(env.state.clone());
+        env.write_config_sections(
+            "min_free_disk = \"50%\"",
+            "[fetch]\nallow_private = [\"127.0.0.1\"]\n",
+        );
+        // A few kilobytes of tar.gz: 3000 empty files.
+        let d = env.dir.join("manysrc");
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        for i in 0..3000 {
+            std::fs::write(d.join(format!("bin/f{i}")), "").unwrap();
+        }
+        let tgz = env.dir.join("many.tar.gz");
+        assert!(Command::new("tar")
+            .arg("-C")
+            .arg(&d)
+            .arg("-czf")
+            .arg(&tgz)
+            .arg("bin")
+            .status()
+            .unwrap()
+            .success());
+        let sha = sha256_file(&tgz);
+        let server = Server::serve(std::fs::read(&tgz).unwrap());
+        let r = env.run(&tool_job(server.port, &sha, "echo ran"));
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains("entries (the inodes left above limits.min_free_disk"),
+            "{r}"
+        );
+        assert_eq!(store_files(&env), 0, "the store kept something\n{r}");
+    }
 }

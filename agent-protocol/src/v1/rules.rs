@@ -163,12 +163,14 @@ pub fn redact_url(url: &str) -> String {
             }
         }
     }
-    match url.rfind('@') {
-        Some(at) => {
-            let start = url[..at].find("://").map_or(0, |i| i + 3);
+    // From the start of what could be the authority: after `scheme://` only when that comes
+    // before the first `@` (`user:pw@host/x?u=https://a@b` has none before it).
+    match (url.find('@'), url.rfind('@')) {
+        (Some(first), Some(at)) => {
+            let start = url[..first].find("://").map_or(0, |i| i + 3);
             format!("{}***{}", &url[..start], &url[at..])
         }
-        None => url.to_owned(),
+        _ => url.to_owned(),
     }
 }
 
@@ -365,6 +367,11 @@ mod tests {
             "https://***@github.com/org/repo.git"
         );
         assert_eq!(redact_url("https://u:p@h/a@b"), "https://h/a@b");
+        assert_eq!(
+            redact_url("user:TOKEN@host/x?u=https://a@b"),
+            "***@b",
+            "no scheme before the first @: hidden from the start"
+        );
         assert_eq!(redact_url("https://h/a@b"), "https://h/a@b");
         assert_eq!(
             redact_url("https://registry.npmjs.org/@scope/pkg/-/pkg-1.0.0.tgz"),

@@ -175,6 +175,9 @@ pub struct GitPolicy {
     /// Most bytes the destination may take before its filesystem falls below
     /// `limits.min_free_disk` (set by the job); `None`: no such bound.
     pub room: Option<u64>,
+    /// Most files and directories the destination may hold before its filesystem falls below
+    /// the inodes `limits.min_free_disk` keeps; `None`: [`MAX_ENTRIES`] only.
+    pub room_entries: Option<u64>,
 }
 
 impl GitPolicy {
@@ -192,6 +195,7 @@ impl GitPolicy {
             max_bytes: fetch.max_bytes,
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
             room: None,
+            room_entries: None,
         })
     }
 }
@@ -779,6 +783,8 @@ struct Git<'a> {
     max_bytes: u64,
     /// The room above the disk reserve: the most the destination may ever hold.
     room: Option<u64>,
+    /// The most entries it may hold: [`MAX_ENTRIES`], or fewer inodes left above the reserve.
+    max_entries: u64,
 }
 
 impl<'a> Git<'a> {
@@ -853,6 +859,9 @@ impl<'a> Git<'a> {
             timeout: policy.timeout,
             max_bytes: policy.max_bytes,
             room: policy.room,
+            max_entries: policy
+                .room_entries
+                .map_or(MAX_ENTRIES, |e| e.min(MAX_ENTRIES)),
         })
     }
 
@@ -1065,7 +1074,7 @@ impl<'a> Git<'a> {
         };
         let room = self.room.filter(|r| *r < max_bytes);
         let bound = room.unwrap_or(max_bytes);
-        match measure(Path::new(&self.work_tree), bound, MAX_ENTRIES) {
+        match measure(Path::new(&self.work_tree), bound, self.max_entries) {
             Usage::Within => Ok(()),
             Usage::Bytes if room.is_some() => Err(too_large(format!(
                 "{} on disk, the space left above limits.min_free_disk on its filesystem; free \
@@ -1086,6 +1095,11 @@ impl<'a> Git<'a> {
                     1 + EXPANSION_FACTOR
                 )
             })),
+            Usage::Entries if self.max_entries < MAX_ENTRIES => Err(too_large(format!(
+                "{} files and directories, the inodes left above limits.min_free_disk on its \
+                 filesystem; free some there",
+                self.max_entries
+            ))),
             Usage::Entries => Err(too_large(format!("{MAX_ENTRIES} files and directories"))),
         }
     }

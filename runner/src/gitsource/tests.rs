@@ -67,6 +67,7 @@ fn policy_for(roots: &[&Path]) -> GitPolicy {
         max_bytes: 1 << 30,
         extra_ca: None,
         room: None,
+        room_entries: None,
     }
 }
 

@@ -9,6 +9,23 @@ use super::{JobRun, Stop};
 use crate::config::Dirs;
 use crate::workspace::JobDir;
 
+/// What may still be written on a filesystem above the disk reserve.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Room {
+    /// Bytes.
+    pub bytes: u64,
+    /// Inodes, where the filesystem counts them.
+    pub entries: Option<u64>,
+}
+
+impl Room {
+    /// Sets `policy`'s bounds to this room (or none).
+    fn apply(room: Option<Room>, policy: &mut crate::tools::FetchPolicy) {
+        policy.room = room.map(|r| r.bytes);
+        policy.room_entries = room.and_then(|r| r.entries);
+    }
+}
+
 impl JobRun<'_> {
     /// The local directory to copy into the workspace, canonical: `--source` as the operator
     /// gave it, or the spec's `[source] path`, which must lie in the job file's directory.
@@ -48,7 +65,7 @@ impl JobRun<'_> {
         // directories (`~/job.toml` with `path = ".local/state/bulwark"`, or `/job.toml` as
         // root): the state directory (keys) and the runtime directory, which are the runner's
         // alone, are never copied, nor is anything in them or holding them; nor is a directory
-        // holding the configuration file.
+        // holding the configuration file or the --key file.
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
         let config_file = self
             .args
@@ -58,10 +75,14 @@ impl JobRun<'_> {
         let canonical_or = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
         let config_file = canonical_or(config_file);
         let owned = [dirs.state, dirs.runtime].map(canonical_or);
+        // A signing key given with --key (e.g. `bulwark keygen --out keys` beside the job
+        // file) is never copied either.
+        let key_file = self.args.key.clone().map(canonical_or);
         let clash = owned
             .iter()
             .find(|own| dir.starts_with(own) || own.starts_with(&dir))
-            .or_else(|| config_file.starts_with(&dir).then_some(&config_file));
+            .or_else(|| config_file.starts_with(&dir).then_some(&config_file))
+            .or_else(|| key_file.as_ref().filter(|k| k.starts_with(&dir)));
         if let Some(own) = clash {
             return Err(Stop::Refused(format!(
                 "source.path {p:?} resolves to {}, which holds or lies in the runner's own \
@@ -78,7 +99,7 @@ impl JobRun<'_> {
     /// below already. Asked before every input the runner writes, so a spec's tools, root
     /// filesystem or source (kept in the store after the job) can never take a host's disk
     /// past the reserve, which the job's own writes are held to while it runs.
-    pub(super) fn room_on(&self, path: &Path) -> Result<Option<u64>, Stop> {
+    pub(super) fn room_on(&self, path: &Path) -> Result<Option<Room>, Stop> {
         let Some(reserve) =
             crate::disk_reserve::Reserve::new(path, self.config.limits.min_free_disk)
         else {
@@ -89,14 +110,12 @@ impl JobRun<'_> {
                 "{e}; free space there, or lower limits.min_free_disk"
             ))
         };
-        let (available, need) = reserve.measure().map_err(refuse)?;
-        if available < need {
-            return Err(reserve.check(0).err().map_or_else(
-                || Stop::Refused("the space available changed while it was measured".into()),
-                refuse,
-            ));
-        }
-        Ok(Some(available - need))
+        reserve.check(0).map_err(refuse)?;
+        let space = reserve.space().map_err(refuse)?;
+        Ok(Some(Room {
+            bytes: space.available.saturating_sub(space.need),
+            entries: space.inode_room(),
+        }))
     }
 
     /// After the runner copied a source into the workspace: the copy must have left the
@@ -128,7 +147,7 @@ impl JobRun<'_> {
         jobdir: &JobDir,
     ) -> Result<(), Stop> {
         let (store, mut policy) = self.store_and_policy()?;
-        policy.room = self.room_on(store.root())?;
+        Room::apply(self.room_on(store.root())?, &mut policy);
         let spec = bulwark_protocol::ToolSpec {
             name: "source".into(),
             url: url.to_string(),
@@ -160,7 +179,7 @@ impl JobRun<'_> {
             return Ok(None);
         };
         let (store, mut policy) = self.store_and_policy()?;
-        policy.room = self.room_on(store.root())?;
+        Room::apply(self.room_on(store.root())?, &mut policy);
         let spec = bulwark_protocol::ToolSpec {
             name: "rootfs".into(),
             url: rootfs.url.clone(),
@@ -185,7 +204,7 @@ impl JobRun<'_> {
         let mut resolved = Vec::new();
         for tool in &self.job.spec.tools {
             // Asked again for every tool: each one fetched takes from what is left.
-            policy.room = self.room_on(store.root())?;
+            Room::apply(self.room_on(store.root())?, &mut policy);
             let r = store
                 .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
                 .map_err(store_refusal)?;

@@ -176,6 +176,7 @@ pub fn run(args: RunArgs) -> u8 {
         helper: None,
         handed_to_job: None,
         disk: None,
+        lease_unclean: false,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -344,6 +345,8 @@ struct JobRun<'a> {
     handed_to_job: Option<(bulwark_sandbox::subid::SubidMap, Vec<PathBuf>)>,
     /// `limits.min_free_disk` on the job directory's filesystem, checked while the job runs.
     disk: Option<crate::disk_reserve::Reserve>,
+    /// Something of the job's uid may still run: its lease must not be released clean.
+    lease_unclean: bool,
 }
 
 /// What the sandbox reported.
@@ -448,10 +451,7 @@ impl JobRun<'_> {
             );
         }
         let lease = match (&subuid, root) {
-            (_, true) => Some(crate::uids::lease(
-                &limits.root_job_uids(),
-                &dirs.uid_locks(),
-            )),
+            (_, true) => Some(crate::uids::lease(&limits.root_job_uids())),
             (Some(s), false) => Some(crate::uids::lease_subordinate(&s.range, &s.user, s.uid)),
             (None, false) => None,
         }
@@ -508,7 +508,7 @@ impl JobRun<'_> {
         // A runner error may mean job processes survived: then the lease ends unclean and the
         // next holder of this uid checks for leftovers first.
         if let Some(l) = lease {
-            if !keep_jobdir && !matches!(result, Err(Stop::Runner(_))) {
+            if !keep_jobdir && !self.lease_unclean && !matches!(result, Err(Stop::Runner(_))) {
                 l.release_clean();
             }
         }
@@ -541,6 +541,7 @@ impl JobRun<'_> {
                 .zip(s.commit.clone())
                 .map(|(g, c)| (g, c, s.r#ref.clone()))
         });
+        let mut git_owned = false;
         if let (Some((url, sha256)), None) = (url_source, &self.args.source) {
             self.fetch_url_source(&url, &sha256, jobdir)?;
         } else if let (Some((url, commit, git_ref)), None) = (git_source, &self.args.source) {
@@ -549,8 +550,10 @@ impl JobRun<'_> {
             // at exactly the commit.
             let mut policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
-            policy.room = self.room_on(&jobdir.workspace)?;
-            let got = crate::gitsource::fetch(
+            let room = self.room_on(&jobdir.workspace)?;
+            policy.room = room.map(|r| r.bytes);
+            policy.room_entries = room.and_then(|r| r.entries);
+            let fetched = crate::gitsource::fetch(
                 &url,
                 &commit,
                 git_ref.as_deref(),
@@ -558,8 +561,22 @@ impl JobRun<'_> {
                 &policy,
                 // Root mode: git runs as the job's uid, not as root.
                 host_uid,
-            )
-            .map_err(|e| Stop::Refused(format!("source.git: {:#}", anyhow::Error::from(e))))?;
+            );
+            // Git ran as the job's uid, and its process group is gone; anything else of that
+            // uid now (a process git put in a session of its own) would outlive the job in
+            // the host's namespaces and wait for the next job of this uid. The job is
+            // refused, and the uid not handed out again while that process lives.
+            if let Some(uid) = host_uid.filter(|uid| crate::uids::in_use(*uid)) {
+                self.lease_unclean = true;
+                return Err(Stop::Refused(format!(
+                    "source.git: a process of the job's uid {uid} outlived the git fetch (git \
+                     left it running in a session of its own); the job is refused and uid {uid} \
+                     is not given to another job while that process runs"
+                )));
+            }
+            let got = fetched
+                .map_err(|e| Stop::Refused(format!("source.git: {:#}", anyhow::Error::from(e))))?;
+            git_owned = true;
             if !self.args.quiet {
                 eprintln!("bulwark: source {} at {}", got.uri, got.commit);
             }
@@ -585,8 +602,14 @@ impl JobRun<'_> {
             });
         }
         if let Some(uid) = host_uid {
-            chown_tree(&jobdir.workspace, uid)
-                .map_err(|e| Stop::Refused(format!("handing the workspace to uid {uid}: {e}")))?;
+            // A git checkout is the job's uid's already (git ran as it), and root walking by
+            // path through a tree that uid wrote could be led elsewhere (a swapped directory,
+            // a hard link to a host file): it is left as it is.
+            if !git_owned {
+                chown_tree(&jobdir.workspace, uid).map_err(|e| {
+                    Stop::Refused(format!("handing the workspace to uid {uid}: {e}"))
+                })?;
+            }
             chown_tree(&jobdir.tmp, uid)
                 .map_err(|e| Stop::Refused(format!("handing /tmp to uid {uid}: {e}")))?;
         }
@@ -754,7 +777,8 @@ impl JobRun<'_> {
             // job on it is stopped alike, so none is failed as if by its own doing. DESIGN.md
             // counts a full disk as the runner's failure (exit 3); before any step, a refusal.
             let msg = format!(
-                "{why}, while the job ran: the runner stopped it (as it stops every job on that                  filesystem) and removed its files"
+                "{why}, while the job ran: the runner stopped it (as it stops every job on that \
+                 filesystem) and removed its files"
             );
             return if reported.any_step_started {
                 Err(Stop::Runner(msg))

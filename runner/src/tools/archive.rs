@@ -89,8 +89,32 @@ pub struct UnpackLimits {
     pub max_bytes: u64,
     /// What `max_bytes` comes from, for the refusal.
     pub bytes_basis: BytesBasis,
+    /// What `max_entries` comes from, for the refusal.
+    pub entries_basis: EntriesBasis,
     /// Longest the unpack may take.
     pub max_time: Duration,
+}
+
+/// What [`UnpackLimits::max_entries`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EntriesBasis {
+    /// The archive rules' own bound.
+    #[default]
+    Rules,
+    /// The inodes left above `limits.min_free_disk` on the store's filesystem.
+    DiskReserve,
+}
+
+impl std::fmt::Display for EntriesBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntriesBasis::Rules => Ok(()),
+            EntriesBasis::DiskReserve => write!(
+                f,
+                " (the inodes left above limits.min_free_disk on the tool store's filesystem; free some there)"
+            ),
+        }
+    }
 }
 
 /// What [`UnpackLimits::max_bytes`] comes from.
@@ -159,15 +183,21 @@ impl UnpackLimits {
             max_entries: MAX_ENTRIES,
             max_bytes,
             bytes_basis,
+            entries_basis: EntriesBasis::Rules,
             max_time: timeout,
         }
     }
 
-    /// These limits, with at most `room` bytes (the space left above the disk reserve).
-    pub fn within_room(mut self, room: Option<u64>) -> UnpackLimits {
+    /// These limits, with at most `room` bytes and `entries` entries (the space and inodes
+    /// left above the disk reserve).
+    pub fn within_room(mut self, room: Option<u64>, entries: Option<u64>) -> UnpackLimits {
         if let Some(room) = room.filter(|r| *r < self.max_bytes) {
             self.max_bytes = room;
             self.bytes_basis = BytesBasis::DiskReserve;
+        }
+        if let Some(entries) = entries.filter(|e| *e < self.max_entries) {
+            self.max_entries = entries;
+            self.entries_basis = EntriesBasis::DiskReserve;
         }
         self
     }
@@ -185,8 +215,8 @@ pub enum ArchiveError {
         reason: String,
     },
     /// More entries than allowed.
-    #[error("archive has more than {0} entries")]
-    TooManyEntries(u64),
+    #[error("archive has more than {0} entries{1}")]
+    TooManyEntries(u64, EntriesBasis),
     /// More content than allowed.
     #[error("archive unpacks to more than {} ({basis})", format_size(*limit))]
     TooLarge {
@@ -409,7 +439,10 @@ fn unpack_tar_entries(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveE
 fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
     let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(ArchiveError::Zip)?;
     if archive.len() as u64 > tree.limits.max_entries {
-        return Err(ArchiveError::TooManyEntries(tree.limits.max_entries));
+        return Err(ArchiveError::TooManyEntries(
+            tree.limits.max_entries,
+            tree.limits.entries_basis,
+        ));
     }
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(ArchiveError::Zip)?;
@@ -573,7 +606,10 @@ impl Tree {
     fn count(&mut self) -> Result<(), ArchiveError> {
         self.counted += 1;
         if self.counted > self.limits.max_entries {
-            return Err(ArchiveError::TooManyEntries(self.limits.max_entries));
+            return Err(ArchiveError::TooManyEntries(
+                self.limits.max_entries,
+                self.limits.entries_basis,
+            ));
         }
         Ok(())
     }
@@ -933,6 +969,7 @@ mod tests {
         max_entries: 1000,
         max_bytes: 1 << 20,
         bytes_basis: BytesBasis::FetchCap,
+        entries_basis: crate::tools::archive::EntriesBasis::Rules,
         max_time: Duration::from_secs(60),
     };
 

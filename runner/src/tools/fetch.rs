@@ -63,6 +63,9 @@ pub struct FetchPolicy {
     /// before it falls below `limits.min_free_disk` (the job sets it before each fetch);
     /// `None`: no such bound.
     pub room: Option<u64>,
+    /// Inodes (files and directories) what is unpacked may still take there; `None`: no
+    /// such bound beyond the archive rules' own.
+    pub room_entries: Option<u64>,
 }
 
 impl Default for FetchPolicy {
@@ -75,6 +78,7 @@ impl Default for FetchPolicy {
             max_bytes: bulwark_protocol::DEFAULT_FETCH_MAX_BYTES,
             timeout: bulwark_protocol::DEFAULT_FETCH_TIMEOUT,
             room: None,
+            room_entries: None,
         }
     }
 }
@@ -95,6 +99,7 @@ impl FetchPolicy {
             max_bytes: fetch.max_bytes,
             timeout: fetch.timeout,
             room: None,
+            room_entries: None,
         })
     }
 

@@ -353,7 +353,10 @@ impl Store {
                 .map_err(self.store_err(blob.to_path_buf()))?
                 .len();
             let limits = UnpackLimits::for_download(policy.max_bytes, size, policy.timeout)
-                .within_room(policy.room.map(|r| r.saturating_sub(size)));
+                .within_room(
+                    policy.room.map(|r| r.saturating_sub(size)),
+                    policy.room_entries,
+                );
             archive::unpack(blob, format, &tool.name, &tmp, mode, limits).map_err(|source| {
                 ToolError::Unpack {
                     name: tool.name.clone(),

@@ -308,6 +308,7 @@ mod tests {
         max_entries: 1000,
         max_bytes: 1 << 20,
         bytes_basis: BytesBasis::FetchCap,
+        entries_basis: crate::tools::archive::EntriesBasis::Rules,
         max_time: Duration::from_secs(60),
     };
 
