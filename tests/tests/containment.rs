@@ -648,6 +648,16 @@ fn a_step_past_its_timeout_is_killed() {
     );
 }
 
+/// What `bulwark probe` prints with `env`'s configuration.
+fn probe_report(env: &Env) -> String {
+    let probe = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["probe", "--config"])
+        .arg(&env.config)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&probe.stdout).into_owned()
+}
+
 /// Bytes available to unprivileged users, and the size, of the filesystem holding `dir`.
 fn disk_space(dir: &std::path::Path) -> (u64, u64) {
     let st = nix::sys::statvfs::statvfs(dir).unwrap();
@@ -673,12 +683,7 @@ fn a_job_is_refused_when_the_disk_is_already_below_the_reserve() {
         "{r}"
     );
     // probe says so before any job is tried.
-    let probe = std::process::Command::new(bulwark_tests::bulwark_bin())
-        .args(["probe", "--config"])
-        .arg(&env.config)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&probe.stdout);
+    let report = probe_report(&env);
     assert!(
         report.lines().any(|l| l.starts_with("disk")
             && l.contains("WARNING")
@@ -1212,12 +1217,7 @@ mod root_mode {
             .unwrap();
         assert!(mounted.success(), "mount a noexec tmpfs");
         let _guard = Mounted(env.state.clone());
-        let probe = std::process::Command::new(bulwark_tests::bulwark_bin())
-            .args(["probe", "--config"])
-            .arg(&env.config)
-            .output()
-            .unwrap();
-        let report = String::from_utf8_lossy(&probe.stdout);
+        let report = probe_report(&env);
         assert!(
             report.lines().any(|l| l.starts_with("state-dir")
                 && l.contains("WARNING")

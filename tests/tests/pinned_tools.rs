@@ -450,29 +450,47 @@ fn two_concurrent_runs_needing_one_tool_download_it_once() {
 mod root_mode {
     use super::*;
 
-    #[test]
-    fn a_tool_that_would_take_the_disk_below_the_reserve_is_refused_and_not_kept() {
+    /// Unmounts on drop.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// `env`'s state directory (and with it the tool store) on a tmpfs of its own with
+    /// `options`: the disk reserve is measured there, where nothing else writes.
+    fn state_on_tmpfs(env: &Env, options: &str) -> Unmount {
         assert!(
             bulwark_tests::is_root(),
             "root_mode tests need root; scripts/test.sh skips them otherwise"
         );
-        let env = env_allowing_loopback("tool-room");
-        // The state directory (and with it the tool store) on a 512 MiB tmpfs of its own, of
-        // which 384 MiB must stay available: 128 MiB of room.
         std::fs::create_dir_all(&env.state).unwrap();
         let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=512m,mode=0755", "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("{options},mode=0755"),
+                "tmpfs",
+            ])
             .arg(&env.state)
             .status()
             .unwrap();
-        assert!(mounted.success());
-        struct Unmount(std::path::PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = Command::new("umount").arg(&self.0).status();
-            }
-        }
-        let _unmount = Unmount(env.state.clone());
+        assert!(
+            mounted.success(),
+            "mount a tmpfs on {}",
+            env.state.display()
+        );
+        Unmount(env.state.clone())
+    }
+
+    #[test]
+    fn a_tool_that_would_take_the_disk_below_the_reserve_is_refused_and_not_kept() {
+        let env = env_allowing_loopback("tool-room");
+        // The state directory (and with it the tool store) on a 512 MiB tmpfs of its own, of
+        // which 384 MiB must stay available: 128 MiB of room.
+        let _unmount = state_on_tmpfs(&env, "size=512m");
         env.write_config_sections(
             "min_free_disk = \"384MiB\"",
             "[fetch]\nallow_private = [\"127.0.0.1\"]\n",
@@ -515,32 +533,9 @@ mod root_mode {
 
     #[test]
     fn a_tool_of_more_files_than_the_inodes_above_the_reserve_is_refused() {
-        assert!(
-            bulwark_tests::is_root(),
-            "root_mode tests need root; scripts/test.sh skips them otherwise"
-        );
         let env = env_allowing_loopback("tool-inodes");
         // 4000 inodes, half of them kept: about 2000 left for the store.
-        std::fs::create_dir_all(&env.state).unwrap();
-        let mounted = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=64m,nr_inodes=4000,mode=0755",
-                "tmpfs",
-            ])
-            .arg(&env.state)
-            .status()
-            .unwrap();
-        assert!(mounted.success());
-        struct Unmount(std::path::PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = Command::new("umount").arg(&self.0).status();
-            }
-        }
-        let _unmount = Unmount(env.state.clone());
+        let _unmount = state_on_tmpfs(&env, "size=64m,nr_inodes=4000");
         env.write_config_sections(
             "min_free_disk = \"50%\"",
             "[fetch]\nallow_private = [\"127.0.0.1\"]\n",
