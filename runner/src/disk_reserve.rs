@@ -12,7 +12,7 @@
 //! - what the runner writes for the job before it runs is bounded by the room above the
 //!   reserve: each tool, root filesystem and url source (download and unpacked tree, which
 //!   stay in the tool store after the job) and a git source (the checkout) is refused when it
-//!   would take more; a copied local source is checked once copied;
+//!   would take more, and so is a source copied into the workspace (local or from the store);
 //! - while the job runs, the runner checks every [`INTERVAL`] from the loop that reads the
 //!   job's log; when the filesystem is below the reserve, the job is stopped (its sandbox
 //!   killed, its directory removed). Which job filled it cannot be told from the free space,

@@ -83,6 +83,23 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 
 /// Copies `src` into the existing empty directory `dst`.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
+    copy_tree_within(src, dst, Room::default())
+}
+
+/// What a copy may take on `dst`'s filesystem: the room above the disk reserve
+/// (`limits.min_free_disk`), in bytes of file content and in entries; `None`: no bound.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Room {
+    /// Bytes of file content.
+    pub bytes: Option<u64>,
+    /// Directories, files and symlinks.
+    pub entries: Option<u64>,
+}
+
+/// [`copy_tree`], refused (with what was copied left for the caller to remove) as soon as it
+/// would take more than `room`: checked before each entry, against the file's size before it
+/// is copied and the bytes actually copied after.
+pub fn copy_tree_within(src: &Path, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
     let at = |p: &str| {
         let p = p.to_string();
         move |e: nix::Error| CopyError {
@@ -93,8 +110,19 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
     let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
     let d = nix::fcntl::open(dst, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
     let mut stats = CopyStats::default();
-    copy_dir(&s, &d, "", &mut stats)?;
+    copy_dir(&s, &d, "", &mut stats, room)?;
     Ok(stats)
+}
+
+/// The refusal when a copy would take more than its room.
+fn no_room(path: &str) -> CopyError {
+    CopyError {
+        path: path.to_string(),
+        source: io::Error::other(
+            "copying it would take the workspace's filesystem below limits.min_free_disk; free \
+             space there",
+        ),
+    }
 }
 
 fn copy_dir(
@@ -102,6 +130,7 @@ fn copy_dir(
     dst: &OwnedFd,
     rel: &str,
     stats: &mut CopyStats,
+    room: Room,
 ) -> Result<(), CopyError> {
     let entries = read_entries(src).map_err(|e| CopyError {
         path: display(rel),
@@ -117,6 +146,12 @@ fn copy_dir(
         if rel.is_empty() && name == "bulwark-out" {
             continue;
         }
+        if room
+            .entries
+            .is_some_and(|max| stats.entries.len() as u64 >= max)
+        {
+            return Err(no_room(&child));
+        }
         match e.kind {
             Kind::Dir => {
                 mkdirat(dst, name, Mode::from_bits_truncate(0o755)).map_err(at)?;
@@ -128,7 +163,7 @@ fn copy_dir(
                     kind: 'd',
                     content: String::new(),
                 });
-                copy_dir(&s, &d, &child, stats)?;
+                copy_dir(&s, &d, &child, stats, room)?;
                 let _ =
                     nix::sys::stat::fchmod(&d, Mode::from_bits_truncate(e.mode & 0o777 | 0o700));
             }
@@ -151,6 +186,13 @@ fn copy_dir(
                     stats.skipped.push(child.clone());
                     continue;
                 }
+                let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+                if room
+                    .bytes
+                    .is_some_and(|max| stats.bytes.saturating_add(size) > max)
+                {
+                    return Err(no_room(&child));
+                }
                 let mode = Mode::from_bits_truncate(st.st_mode & 0o777);
                 let d = openat(
                     dst,
@@ -170,6 +212,10 @@ fn copy_dir(
                 })?;
                 stats.files += 1;
                 stats.bytes += n;
+                // The file may have grown while it was copied.
+                if room.bytes.is_some_and(|max| stats.bytes > max) {
+                    return Err(no_room(&child));
+                }
                 let kind = if st.st_mode & 0o111 != 0 { 'x' } else { 'f' };
                 stats.entries.push(TreeEntry {
                     path: child.clone(),
@@ -285,5 +331,28 @@ mod tests {
         assert_ne!(tree_digest(&copy_tree(&src, &dst3).unwrap().entries), d1);
         let _ = std::fs::remove_dir_all(&src);
         let _ = std::fs::remove_dir_all(&dst);
+    }
+
+    #[test]
+    fn a_copy_larger_than_its_room_is_refused_naming_the_reserve() {
+        let src = tempdir("room-s");
+        std::fs::create_dir(src.join("d")).unwrap();
+        std::fs::write(src.join("d/a"), vec![0u8; 3000]).unwrap();
+        std::fs::write(src.join("d/b"), vec![0u8; 3000]).unwrap();
+        let within = |bytes, entries| {
+            let dst = tempdir("room-d");
+            copy_tree_within(&src, &dst, Room { bytes, entries })
+                .map(|s| s.bytes)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(within(Some(6000), Some(3)), Ok(6000));
+        let err = within(Some(5999), None).unwrap_err();
+        assert!(
+            err.starts_with("source d/")
+                && err.ends_with("below limits.min_free_disk; free space there"),
+            "{err}"
+        );
+        assert!(within(None, Some(2)).is_err());
+        let _ = std::fs::remove_dir_all(&src);
     }
 }

@@ -118,11 +118,13 @@ impl JobRun<'_> {
         }))
     }
 
-    /// After the runner copied a source into the workspace: the copy must have left the
-    /// reserve (a local source is not bounded while it is copied; it is the operator's own
-    /// checkout, or a directory beside the job file).
-    pub(super) fn check_room_after_copy(&self, workspace: &Path) -> Result<(), Stop> {
-        self.room_on(workspace).map(|_| ())
+    /// What a source copied into the workspace may take there (the room above the reserve).
+    pub(super) fn copy_room(&self, workspace: &Path) -> Result<crate::source::Room, Stop> {
+        let room = self.room_on(workspace)?;
+        Ok(crate::source::Room {
+            bytes: room.map(|r| r.bytes),
+            entries: room.and_then(|r| r.entries),
+        })
     }
 
     /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.
@@ -157,9 +159,9 @@ impl JobRun<'_> {
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
             .map_err(store_refusal)?;
-        let stats = crate::source::copy_tree(&r.dir, &jobdir.workspace)
+        let room = self.copy_room(&jobdir.workspace)?;
+        let stats = crate::source::copy_tree_within(&r.dir, &jobdir.workspace, room)
             .map_err(|e| Stop::Refused(e.to_string()))?;
-        self.check_room_after_copy(&jobdir.workspace)?;
         self.inputs.source = serde_json::json!({
             "kind": "url",
             "uri": crate::tools::fetch::display_url(url),

@@ -582,9 +582,9 @@ impl JobRun<'_> {
             }
             self.inputs.source = got.to_json();
         } else if let Some(abs) = self.source_dir()? {
-            let stats = crate::source::copy_tree(&abs, &jobdir.workspace)
+            let room = self.copy_room(&jobdir.workspace)?;
+            let stats = crate::source::copy_tree_within(&abs, &jobdir.workspace, room)
                 .map_err(|e| Stop::Refused(e.to_string()))?;
-            self.check_room_after_copy(&jobdir.workspace)?;
             if !stats.skipped.is_empty() {
                 eprintln!(
                     "bulwark: source: skipped {} special file(s) (fifos, sockets, devices): {}",
