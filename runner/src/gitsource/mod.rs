@@ -1178,31 +1178,61 @@ enum Usage {
 }
 
 /// Measures the regular files' sizes and the entries under `dir`, stopping at the first bound
-/// passed. Symlinks are never followed; entries that vanish meanwhile (git's temporary files)
-/// are skipped. Iterative, so a deep tree cannot exhaust the stack.
+/// passed. Symlinks are never followed, not even one swapped in for a directory between its
+/// listing and its walk (each directory is opened beneath `dir` with `openat2` refusing any
+/// symlink on the way); entries that vanish meanwhile (git's temporary files) are skipped.
+/// Iterative, one directory open at a time, so a deep tree exhausts neither the stack nor the
+/// descriptors.
 fn measure(dir: &Path, max_bytes: u64, max_entries: u64) -> Usage {
+    use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+    use std::os::unix::ffi::OsStrExt;
+    // Git (as the job's uid, in root mode) writes this tree while root measures it: each
+    // directory is opened from the destination's descriptor with no symlink anywhere on the
+    // way and never above it, so a directory swapped for a symlink leads the walk nowhere.
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(root) = nix::fcntl::open(dir, flags, nix::sys::stat::Mode::empty()) else {
+        return Usage::Within;
+    };
+    let how = OpenHow::new().flags(flags).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    );
     let (mut bytes, mut entries) = (0u64, 0u64);
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        let Ok(listing) = fs::read_dir(&d) else {
+    let mut dirs = vec![PathBuf::from(".")];
+    while let Some(rel) = dirs.pop() {
+        let Ok(fd) = openat2(&root, rel.as_path(), how) else {
             continue;
         };
-        for entry in listing.flatten() {
+        // The listing takes a descriptor of its own; `fd` stays for the stat calls.
+        let Ok(mut listing) = nix::fcntl::openat(&fd, ".", flags, nix::sys::stat::Mode::empty())
+            .and_then(nix::dir::Dir::from_fd)
+        else {
+            continue;
+        };
+        for entry in listing.iter().flatten() {
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
             entries += 1;
             if entries > max_entries {
                 return Usage::Entries;
             }
-            // `DirEntry::metadata` does not follow a symlink.
-            let Ok(meta) = entry.metadata() else {
+            let name = std::ffi::OsStr::from_bytes(name);
+            let Ok(st) = nix::sys::stat::fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
                 continue;
             };
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            } else if meta.is_file() {
-                bytes = bytes.saturating_add(meta.len());
-                if bytes > max_bytes {
-                    return Usage::Bytes;
+            match crate::fsutil::Kind::of(st.st_mode) {
+                crate::fsutil::Kind::Dir => dirs.push(rel.join(name)),
+                crate::fsutil::Kind::File => {
+                    bytes = bytes.saturating_add(u64::try_from(st.st_size).unwrap_or(0));
+                    if bytes > max_bytes {
+                        return Usage::Bytes;
+                    }
                 }
+                _ => {}
             }
         }
     }
