@@ -131,11 +131,6 @@ impl Reserve {
         &self.path
     }
 
-    /// Bytes available to unprivileged users on the filesystem, and the bytes to keep.
-    pub fn measure(&self) -> Result<(u64, u64), CheckError> {
-        self.space().map(|s| (s.available, s.need))
-    }
-
     /// What the filesystem has available and must keep, in bytes and in inodes.
     pub fn space(&self) -> Result<Space, CheckError> {
         let st = nix::sys::statvfs::statvfs(&self.path).map_err(|e| CheckError::Statvfs {
@@ -164,7 +159,11 @@ impl Reserve {
     /// Checks that `writing` more bytes still leave the reserve available, in bytes and in
     /// inodes.
     pub fn check(&self, writing: u64) -> Result<(), CheckError> {
-        let space = self.space()?;
+        self.judge(&self.space()?, writing)
+    }
+
+    /// [`Reserve::check`] on a `space` already measured.
+    pub fn judge(&self, space: &Space, writing: u64) -> Result<(), CheckError> {
         if space.available.saturating_sub(writing) < space.need {
             return Err(CheckError::Short(Shortfall {
                 path: self.path.clone(),
@@ -186,6 +185,17 @@ impl Reserve {
     }
 }
 
+/// What may still be written on a filesystem above the reserve: bytes of file content and
+/// entries (inodes); `None` for no bound. Handed to everything the runner writes for a job
+/// before it runs (downloads, unpacked trees, git checkouts, source copies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Room {
+    /// Bytes.
+    pub bytes: Option<u64>,
+    /// Entries (files, directories, symlinks).
+    pub entries: Option<u64>,
+}
+
 /// What a filesystem has available and must keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Space {
@@ -199,9 +209,12 @@ pub struct Space {
 }
 
 impl Space {
-    /// Inodes that may still be used above the reserve (`None`: not counted).
-    pub fn inode_room(&self) -> Option<u64> {
-        self.inodes.map(|(a, n)| a.saturating_sub(n))
+    /// What may still be written above the reserve.
+    pub fn room(&self) -> Room {
+        Room {
+            bytes: Some(self.available.saturating_sub(self.need)),
+            entries: self.inodes.map(|(a, n)| a.saturating_sub(n)),
+        }
     }
 }
 
@@ -287,7 +300,7 @@ mod tests {
         let space = r.space().unwrap();
         if let Some((available, need)) = space.inodes {
             assert!(need > 0 && available > need, "{space:?}");
-            assert_eq!(space.inode_room(), Some(available - need));
+            assert_eq!(space.room().entries, Some(available - need));
         } else {
             eprintln!("SKIP part: this filesystem reports no inode count");
         }

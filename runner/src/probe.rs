@@ -159,24 +159,21 @@ fn disk_line(
     let jobs = dirs.jobs();
     let dir = jobs.ancestors().find(|d| d.is_dir())?;
     let reserve = crate::disk_reserve::Reserve::new(dir, setting)?;
-    Some(match reserve.measure() {
-        Ok((available, need)) if available >= need => (
+    let space = match reserve.space() {
+        Ok(space) => space,
+        Err(e) => return Some((false, e.to_string())),
+    };
+    Some(match reserve.judge(&space, 0) {
+        Ok(()) => (
             true,
             format!(
                 "{}: {} available, limits.min_free_disk = {setting} ({}) stays free",
                 dir.display(),
-                crate::disk_reserve::human(available),
-                crate::disk_reserve::human(need)
+                crate::disk_reserve::human(space.available),
+                crate::disk_reserve::human(space.need)
             ),
         ),
-        Ok(_) => (
-            false,
-            match reserve.check(0) {
-                Err(e) => format!("{e}: jobs are refused until there is more"),
-                Ok(()) => "the space available changed while it was measured".into(),
-            },
-        ),
-        Err(e) => (false, e.to_string()),
+        Err(e) => (false, format!("{e}: jobs are refused until there is more")),
     })
 }
 

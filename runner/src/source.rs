@@ -19,6 +19,7 @@ use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode};
 use nix::unistd::symlinkat;
 
+use crate::disk_reserve::Room;
 use crate::fsutil::{read_entries, Kind};
 
 /// One entry of the copied tree, for the tree digest.
@@ -84,16 +85,6 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 /// Copies `src` into the existing empty directory `dst`.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
     copy_tree_within(src, dst, Room::default())
-}
-
-/// What a copy may take on `dst`'s filesystem: the room above the disk reserve
-/// (`limits.min_free_disk`), in bytes of file content and in entries; `None`: no bound.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Room {
-    /// Bytes of file content.
-    pub bytes: Option<u64>,
-    /// Directories, files and symlinks.
-    pub entries: Option<u64>,
 }
 
 /// [`copy_tree`], refused (with what was copied left for the caller to remove) as soon as it

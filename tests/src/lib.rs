@@ -318,6 +318,22 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Waits up to `secs` seconds until a process with `marker` in its command line runs and
+/// returns its pid; panics naming `what` otherwise.
+pub fn wait_for_process(marker: &str, what: &str, secs: u64) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(pid) = processes_with(marker).first() {
+            return *pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never started ({marker:?} not seen in {secs} s)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A job spec with one step running `run` (a shell command), with optional extra TOML.
 pub fn one_step(name: &str, run: &str, extra: &str) -> String {
     format!("version = 1\nname = \"{name}\"\n{extra}\n[[steps]]\nname = \"main\"\nrun = '''\n{run}\n'''\n")

@@ -1158,11 +1158,7 @@ mod root_mode {
             .spawn()
             .unwrap();
         let runner = child.id() as i32;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while processes_with(&format!("sleep {pause}")).is_empty() {
-            assert!(Instant::now() < deadline, "the job never started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the job", 20);
         let holds_marker = |pid: i32| -> bool {
             fs::read_dir(format!("/proc/{pid}/fd"))
                 .map(|d| {
@@ -1274,11 +1270,7 @@ mod root_mode {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while processes_with(&format!("sleep {pause}")).is_empty() {
-            assert!(Instant::now() < deadline, "the first job never started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the first job", 20);
         let second = b.run(&one_step("other", "echo ran", ""));
         let first = bulwark_tests::Run::from_output(first.wait_with_output().unwrap(), out);
         first.assert_code(0);
@@ -1652,11 +1644,7 @@ print("allocated", flush=True)
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while processes_with(&format!("sleep {dur}")).is_empty() {
-            assert!(Instant::now() < deadline, "the job never started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        bulwark_tests::wait_for_process(&format!("sleep {dur}"), "the job", 30);
         let stale = first.job_cgroups();
         assert_eq!(stale.len(), 1, "{stale:?}");
         runner.kill().unwrap(); // SIGKILL: the runner cleans nothing up itself
@@ -2179,14 +2167,7 @@ mod rootless_mode {
                 .unwrap();
             // While it runs: the job's process is, on the host, a uid of the grant; so are its
             // workspace and /tmp.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let sleeper = loop {
-                if let Some(p) = processes_with(&format!("sleep {pause}")).first() {
-                    break *p;
-                }
-                assert!(Instant::now() < deadline, "the job never started");
-                std::thread::sleep(Duration::from_millis(20));
-            };
+            let sleeper = bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the job", 20);
             let uids = host_uids(sleeper);
             let jobdir = fs::read_dir(env.state.join("jobs"))
                 .unwrap()
@@ -2324,11 +2305,7 @@ mod rootless_mode {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while processes_with(&format!("sleep {pause}")).is_empty() {
-                assert!(Instant::now() < deadline, "the first job never started");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the first job", 20);
             let second = b.run(&job);
             let first = Run::from_output(first.wait_with_output().unwrap(), out);
             first.assert_code(0);

@@ -266,14 +266,7 @@ mod root_mode {
                 .spawn()
                 .unwrap(),
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while bulwark_tests::processes_with(&format!("sleep {marker}")).is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the stray never started"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        bulwark_tests::wait_for_process(&format!("sleep {marker}"), "the stray", 10);
         let r = run_spec(&env, &job(&repo, &first), "second");
         r.assert_code(2);
         assert!(

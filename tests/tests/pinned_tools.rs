@@ -70,16 +70,21 @@ fn tool_archive(env: &Env) -> Vec<u8> {
         .status()
         .unwrap();
     let out = env.dir.join("hello.tar.gz");
-    assert!(std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&d)
-        .arg("-czf")
-        .arg(&out)
-        .arg("bin")
-        .status()
-        .unwrap()
-        .success());
+    tar_gz(&d, "bin", &out);
     std::fs::read(out).unwrap()
+}
+
+/// Writes `member` of directory `dir` as the tar.gz `out`, with the system's tar.
+fn tar_gz(dir: &std::path::Path, member: &str, out: &std::path::Path) {
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-czf")
+        .arg(out)
+        .arg(member)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar -czf {}", out.display());
 }
 
 fn tool_job(port: u16, sha: &str, run: &str) -> String {
@@ -316,15 +321,7 @@ fn a_url_source_is_verified_copied_into_the_workspace_and_recorded() {
     std::fs::create_dir_all(d.join("proj")).unwrap();
     std::fs::write(d.join("proj/README"), "from the tarball\n").unwrap();
     let tgz = env.dir.join("src.tar.gz");
-    assert!(std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&d)
-        .arg("-czf")
-        .arg(&tgz)
-        .arg("proj")
-        .status()
-        .unwrap()
-        .success());
+    tar_gz(&d, "proj", &tgz);
     let sha = sha256_file(&tgz);
     let server = Server::serve(std::fs::read(&tgz).unwrap());
     let job = |digest: &str| {
@@ -502,15 +499,7 @@ mod root_mode {
         let zeros = std::fs::File::create(d.join("bin/zeros")).unwrap();
         zeros.set_len(256 << 20).unwrap();
         let tgz = env.dir.join("bomb.tar.gz");
-        assert!(Command::new("tar")
-            .arg("-C")
-            .arg(&d)
-            .arg("-czf")
-            .arg(&tgz)
-            .arg("bin")
-            .status()
-            .unwrap()
-            .success());
+        tar_gz(&d, "bin", &tgz);
         let sha = sha256_file(&tgz);
         let server = Server::serve(std::fs::read(&tgz).unwrap());
         let job = tool_job(server.port, &sha, "echo ran");
@@ -547,15 +536,7 @@ mod root_mode {
             std::fs::write(d.join(format!("bin/f{i}")), "").unwrap();
         }
         let tgz = env.dir.join("many.tar.gz");
-        assert!(Command::new("tar")
-            .arg("-C")
-            .arg(&d)
-            .arg("-czf")
-            .arg(&tgz)
-            .arg("bin")
-            .status()
-            .unwrap()
-            .success());
+        tar_gz(&d, "bin", &tgz);
         let sha = sha256_file(&tgz);
         let server = Server::serve(std::fs::read(&tgz).unwrap());
         let r = env.run(&tool_job(server.port, &sha, "echo ran"));

@@ -172,12 +172,9 @@ pub struct GitPolicy {
     pub max_bytes: u64,
     /// A PEM bundle trusted for `https://` in addition to the system roots (`fetch.extra_ca`).
     pub extra_ca: Option<PathBuf>,
-    /// Most bytes the destination may take before its filesystem falls below
-    /// `limits.min_free_disk` (set by the job); `None`: no such bound.
-    pub room: Option<u64>,
-    /// Most files and directories the destination may hold before its filesystem falls below
-    /// the inodes `limits.min_free_disk` keeps; `None`: [`MAX_ENTRIES`] only.
-    pub room_entries: Option<u64>,
+    /// What the destination may take before its filesystem falls below
+    /// `limits.min_free_disk` (set by the job): bytes, and entries beside [`MAX_ENTRIES`].
+    pub room: crate::disk_reserve::Room,
 }
 
 impl GitPolicy {
@@ -194,8 +191,7 @@ impl GitPolicy {
             timeout: fetch.timeout,
             max_bytes: fetch.max_bytes,
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
-            room: None,
-            room_entries: None,
+            room: crate::disk_reserve::Room::default(),
         })
     }
 }
@@ -858,9 +854,10 @@ impl<'a> Git<'a> {
             deadline,
             timeout: policy.timeout,
             max_bytes: policy.max_bytes,
-            room: policy.room,
+            room: policy.room.bytes,
             max_entries: policy
-                .room_entries
+                .room
+                .entries
                 .map_or(MAX_ENTRIES, |e| e.min(MAX_ENTRIES)),
         })
     }

@@ -66,8 +66,7 @@ fn policy_for(roots: &[&Path]) -> GitPolicy {
         timeout: Duration::from_secs(60),
         max_bytes: 1 << 30,
         extra_ca: None,
-        room: None,
-        room_entries: None,
+        room: crate::disk_reserve::Room::default(),
     }
 }
 
@@ -717,7 +716,10 @@ fn a_checkout_past_the_room_above_the_disk_reserve_is_stopped_and_removed() {
     let dest = tempdir("room-dest");
     let policy = GitPolicy {
         max_bytes: 64 << 20,
-        room: Some(4 << 20),
+        room: crate::disk_reserve::Room {
+            bytes: Some(4 << 20),
+            entries: None,
+        },
         ..policy_for(&[&root])
     };
     let err = fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap_err();
@@ -730,7 +732,10 @@ fn a_checkout_past_the_room_above_the_disk_reserve_is_stopped_and_removed() {
     );
     assert!(is_empty(&dest));
     let policy = GitPolicy {
-        room: Some(64 << 20),
+        room: crate::disk_reserve::Room {
+            bytes: Some(64 << 20),
+            entries: None,
+        },
         ..policy
     };
     fetch(&file_url(&repo), &commit, None, &dest, &policy, None).unwrap();

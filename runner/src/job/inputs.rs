@@ -7,24 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::{JobRun, Stop};
 use crate::config::Dirs;
+use crate::disk_reserve::Room;
 use crate::workspace::JobDir;
-
-/// What may still be written on a filesystem above the disk reserve.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Room {
-    /// Bytes.
-    pub bytes: u64,
-    /// Inodes, where the filesystem counts them.
-    pub entries: Option<u64>,
-}
-
-impl Room {
-    /// Sets `policy`'s bounds to this room (or none).
-    fn apply(room: Option<Room>, policy: &mut crate::tools::FetchPolicy) {
-        policy.room = room.map(|r| r.bytes);
-        policy.room_entries = room.and_then(|r| r.entries);
-    }
-}
 
 impl JobRun<'_> {
     /// The local directory to copy into the workspace, canonical: `--source` as the operator
@@ -94,37 +78,25 @@ impl JobRun<'_> {
         Ok(Some(dir))
     }
 
-    /// The bytes a fetch may still add to the filesystem of `path` before it falls below
-    /// `limits.min_free_disk` (`None` when that check is off); refuses the job when it is
+    /// What a fetch or copy may still add to the filesystem of `path` before it falls below
+    /// `limits.min_free_disk` (unbounded when that check is off); refuses the job when it is
     /// below already. Asked before every input the runner writes, so a spec's tools, root
     /// filesystem or source (kept in the store after the job) can never take a host's disk
     /// past the reserve, which the job's own writes are held to while it runs.
-    pub(super) fn room_on(&self, path: &Path) -> Result<Option<Room>, Stop> {
+    pub(super) fn room_on(&self, path: &Path) -> Result<Room, Stop> {
         let Some(reserve) =
             crate::disk_reserve::Reserve::new(path, self.config.limits.min_free_disk)
         else {
-            return Ok(None);
+            return Ok(Room::default());
         };
         let refuse = |e: crate::disk_reserve::CheckError| {
             Stop::Refused(format!(
                 "{e}; free space there, or lower limits.min_free_disk"
             ))
         };
-        reserve.check(0).map_err(refuse)?;
         let space = reserve.space().map_err(refuse)?;
-        Ok(Some(Room {
-            bytes: space.available.saturating_sub(space.need),
-            entries: space.inode_room(),
-        }))
-    }
-
-    /// What a source copied into the workspace may take there (the room above the reserve).
-    pub(super) fn copy_room(&self, workspace: &Path) -> Result<crate::source::Room, Stop> {
-        let room = self.room_on(workspace)?;
-        Ok(crate::source::Room {
-            bytes: room.map(|r| r.bytes),
-            entries: room.and_then(|r| r.entries),
-        })
+        reserve.judge(&space, 0).map_err(refuse)?;
+        Ok(space.room())
     }
 
     /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.
@@ -149,7 +121,7 @@ impl JobRun<'_> {
         jobdir: &JobDir,
     ) -> Result<(), Stop> {
         let (store, mut policy) = self.store_and_policy()?;
-        Room::apply(self.room_on(store.root())?, &mut policy);
+        policy.room = self.room_on(store.root())?;
         let spec = bulwark_protocol::ToolSpec {
             name: "source".into(),
             url: url.to_string(),
@@ -159,7 +131,7 @@ impl JobRun<'_> {
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
             .map_err(store_refusal)?;
-        let room = self.copy_room(&jobdir.workspace)?;
+        let room = self.room_on(&jobdir.workspace)?;
         let stats = crate::source::copy_tree_within(&r.dir, &jobdir.workspace, room)
             .map_err(|e| Stop::Refused(e.to_string()))?;
         self.inputs.source = serde_json::json!({
@@ -181,7 +153,7 @@ impl JobRun<'_> {
             return Ok(None);
         };
         let (store, mut policy) = self.store_and_policy()?;
-        Room::apply(self.room_on(store.root())?, &mut policy);
+        policy.room = self.room_on(store.root())?;
         let spec = bulwark_protocol::ToolSpec {
             name: "rootfs".into(),
             url: rootfs.url.clone(),
@@ -206,7 +178,7 @@ impl JobRun<'_> {
         let mut resolved = Vec::new();
         for tool in &self.job.spec.tools {
             // Asked again for every tool: each one fetched takes from what is left.
-            Room::apply(self.room_on(store.root())?, &mut policy);
+            policy.room = self.room_on(store.root())?;
             let r = store
                 .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
                 .map_err(store_refusal)?;

@@ -550,9 +550,7 @@ impl JobRun<'_> {
             // at exactly the commit.
             let mut policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
-            let room = self.room_on(&jobdir.workspace)?;
-            policy.room = room.map(|r| r.bytes);
-            policy.room_entries = room.and_then(|r| r.entries);
+            policy.room = self.room_on(&jobdir.workspace)?;
             let fetched = crate::gitsource::fetch(
                 &url,
                 &commit,
@@ -582,7 +580,7 @@ impl JobRun<'_> {
             }
             self.inputs.source = got.to_json();
         } else if let Some(abs) = self.source_dir()? {
-            let room = self.copy_room(&jobdir.workspace)?;
+            let room = self.room_on(&jobdir.workspace)?;
             let stats = crate::source::copy_tree_within(&abs, &jobdir.workspace, room)
                 .map_err(|e| Stop::Refused(e.to_string()))?;
             if !stats.skipped.is_empty() {

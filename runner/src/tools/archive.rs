@@ -965,7 +965,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use tar::EntryType as T;
 
-    const LIMITS: UnpackLimits = UnpackLimits {
+    /// Limits for the unpack tests (also `tar_stream`'s).
+    pub(super) const LIMITS: UnpackLimits = UnpackLimits {
         max_entries: 1000,
         max_bytes: 1 << 20,
         bytes_basis: BytesBasis::FetchCap,

@@ -59,13 +59,9 @@ pub struct FetchPolicy {
     /// Longest one download may take, connect to last byte (`fetch.timeout`); unpacking it
     /// may take as long again.
     pub timeout: Duration,
-    /// Bytes the download and what it unpacks to may still add to the store's filesystem
-    /// before it falls below `limits.min_free_disk` (the job sets it before each fetch);
-    /// `None`: no such bound.
-    pub room: Option<u64>,
-    /// Inodes (files and directories) what is unpacked may still take there; `None`: no
-    /// such bound beyond the archive rules' own.
-    pub room_entries: Option<u64>,
+    /// What the download and what it unpacks to may still add to the store's filesystem
+    /// before it falls below `limits.min_free_disk` (the job sets it before each fetch).
+    pub room: crate::disk_reserve::Room,
 }
 
 impl Default for FetchPolicy {
@@ -77,8 +73,7 @@ impl Default for FetchPolicy {
             extra_ca: None,
             max_bytes: bulwark_protocol::DEFAULT_FETCH_MAX_BYTES,
             timeout: bulwark_protocol::DEFAULT_FETCH_TIMEOUT,
-            room: None,
-            room_entries: None,
+            room: crate::disk_reserve::Room::default(),
         }
     }
 }
@@ -98,15 +93,14 @@ impl FetchPolicy {
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
             max_bytes: fetch.max_bytes,
             timeout: fetch.timeout,
-            room: None,
-            room_entries: None,
+            room: crate::disk_reserve::Room::default(),
         })
     }
 
     /// The most one download may be, and the error for a larger one: `fetch.max_bytes`, or
     /// the room above the disk reserve when that is smaller.
     fn cap(&self) -> (u64, fn(u64) -> FetchError) {
-        match self.room {
+        match self.room.bytes {
             Some(room) if room < self.max_bytes => (room, FetchError::NoRoom),
             _ => (self.max_bytes, FetchError::TooLarge),
         }

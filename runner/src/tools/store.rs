@@ -354,8 +354,8 @@ impl Store {
                 .len();
             let limits = UnpackLimits::for_download(policy.max_bytes, size, policy.timeout)
                 .within_room(
-                    policy.room.map(|r| r.saturating_sub(size)),
-                    policy.room_entries,
+                    policy.room.bytes.map(|r| r.saturating_sub(size)),
+                    policy.room.entries,
                 );
             archive::unpack(blob, format, &tool.name, &tmp, mode, limits).map_err(|source| {
                 ToolError::Unpack {

@@ -294,7 +294,7 @@ fn stopped() -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{unpack_tar, BytesBasis, Tree, UnpackLimits, UnpackMode};
+    use super::super::{unpack_tar, Tree, UnpackLimits, UnpackMode};
     use super::*;
     use crate::tools::testutil::{extension, file, listing, tar_bytes, TempDir};
     use std::fs::File;
@@ -304,13 +304,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    const LIMITS: UnpackLimits = UnpackLimits {
-        max_entries: 1000,
-        max_bytes: 1 << 20,
-        bytes_basis: BytesBasis::FetchCap,
-        entries_basis: crate::tools::archive::EntriesBasis::Rules,
-        max_time: Duration::from_secs(60),
-    };
+    use super::super::tests::LIMITS;
 
     /// A stream that fails once more than `budget` bytes were read from it, or after 10 s:
     /// an unbounded read of a huge entry then ends in an error after little memory and time,
