@@ -174,6 +174,43 @@ impl HelperBinary {
         })
     }
 
+    /// Kills every process of the job uid `uid` (root mode): runs this helper as that uid, in
+    /// its `--kill-uid` mode, which checks it really is that uid alone and unprivileged before
+    /// it calls `kill(-1, SIGKILL)` (see `bulwark_sandbox::uid_sweep`). The error carries the
+    /// helper's reason; nothing was signalled then.
+    pub fn kill_uid(&self, uid: u32) -> Result<(), String> {
+        use std::io::Read;
+        if uid == 0 {
+            return Err("refusing to sweep uid 0".into());
+        }
+        let mut child = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .arg0(bulwark_sandbox::helper::HELPER_BINARY)
+            .arg("--kill-uid")
+            .arg(uid.to_string())
+            // As root, std also drops every supplementary group before the exec.
+            .uid(uid)
+            .gid(uid)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the sandbox helper as uid {uid}: {e}"))?;
+        let mut said = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = out.take(64 * 1024).read_to_string(&mut said);
+        }
+        let status = child
+            .wait()
+            .map_err(|e| format!("waiting for the sandbox helper: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(setup_failure(&said).unwrap_or_else(|| {
+            format!("the sandbox helper ended with {status} without saying why")
+        }))
+    }
+
     /// Starts the helper and hands it `spec` at once.
     pub fn spawn(&self, spec: &SandboxSpec, log: Stdio) -> Result<Child, String> {
         self.start(log)?.send(spec)

@@ -153,6 +153,21 @@ pub fn in_use(uid: u32) -> bool {
     uids_in_use().contains(&uid)
 }
 
+/// Waits up to `limit` for every process of `uid` to be gone (a killed process is gone once
+/// it is a zombie); says whether they are.
+pub fn wait_until_unused(uid: u32, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if !in_use(uid) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Whether a process with this `/proc/PID/status` may still run code: anything but a zombie
 /// with one thread left.
 fn runs_anything(status: &str) -> bool {

@@ -5,7 +5,9 @@
 //! crate's `bulwark-sandbox` binary ([`helper::main`]); the helper builds the namespaces, the filesystem
 //! view and the init, and every step's process locks itself down before exec
 //! ([`process`]). Host-side pieces the runner calls directly: [`cgroup`] (limits and killing a
-//! whole job) and [`probe`] (which layers this host can enforce).
+//! whole job) and [`probe`] (which layers this host can enforce). The helper binary has two more
+//! modes: handing a workspace between ids ([`subid`]) and killing every process of a job uid
+//! ([`uid_sweep`]).
 //!
 //! Layers, each in the module named for it: namespaces ([`helper`], checked by [`namespaces`]) (user, mount, pid, net,
 //! ipc, uts, cgroup), [`mount`] (tmpfs root, read-only binds, pivot_root), [`landlock`],
@@ -32,3 +34,4 @@ pub mod seccomp;
 pub mod spec;
 pub mod subid;
 pub mod sys;
+pub mod uid_sweep;

@@ -233,7 +233,7 @@ mod root_mode {
     }
 
     #[test]
-    fn a_process_of_the_job_uid_alive_after_the_git_fetch_refuses_the_job_and_keeps_the_uid() {
+    fn a_process_of_the_job_uid_alive_after_the_git_fetch_refuses_the_job_and_is_killed() {
         if !bulwark_tests::is_root() {
             eprintln!("skipped: needs root (per-job uids)");
             return;
@@ -248,8 +248,81 @@ mod root_mode {
         let (repo, first, _) = make_repo(&env);
         // A first job leaves the uid's lease marked clean.
         run_spec(&env, &job(&repo, &first), "first").assert_code(0);
-        // A process of that uid appears, as one git left in a session of its own would.
+        // Processes of that uid appear, as git would leave them in a session of their own: one
+        // plain, one that ignores every signal it can, one stopped.
         let marker = format!("27{}", std::process::id());
+        struct Strays(Vec<std::process::Child>);
+        impl Drop for Strays {
+            fn drop(&mut self) {
+                for c in &mut self.0 {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let as_uid = |script: &str| {
+            Command::new("setpriv")
+                .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
+                .args(["--clear-groups", "sh", "-c", script])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut strays = Strays(vec![
+            as_uid(&format!("exec sleep {marker}1")),
+            as_uid(&format!(
+                "trap '' TERM INT HUP QUIT USR1; exec sleep {marker}2"
+            )),
+            as_uid(&format!("exec sleep {marker}3")),
+        ]);
+        for n in 1..=3 {
+            bulwark_tests::wait_for_process(&format!("sleep {marker}{n}"), "a stray", 10);
+        }
+        let stopped = strays.0[2].id().to_string();
+        assert!(Command::new("kill")
+            .args(["-STOP", &stopped])
+            .status()
+            .unwrap()
+            .success());
+        let r = run_spec(&env, &job(&repo, &first), "second");
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains(&format!(
+                "a process of the job's uid {uid} outlived the git fetch"
+            )) && r.stderr.contains("the process was killed"),
+            "{r}"
+        );
+        // Every stray was killed by SIGKILL, none by the test.
+        for (n, child) in strays.0.iter_mut().enumerate() {
+            let status = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9),
+                "stray {n}: {status}"
+            );
+        }
+        // The uid was seen empty, so its lease ended clean: the next job gets it at once.
+        run_spec(&env, &job(&repo, &first), "third").assert_code(0);
+    }
+
+    #[test]
+    fn a_process_of_the_job_uid_that_survives_the_sweep_keeps_the_uid_from_other_jobs() {
+        if !bulwark_tests::is_root() {
+            eprintln!("skipped: needs root (per-job uids)");
+            return;
+        }
+        let uid = 265_500 + std::process::id() % 30;
+        let env = Env::new("git-leftover-kept");
+        env.write_config_sections(
+            &format!("job_uids = \"{uid}-{uid}\""),
+            &format!("[fetch]\nfile_roots = [\"{}\"]\n", env.dir.display()),
+        );
+        let (repo, first, _) = make_repo(&env);
+        run_spec(&env, &job(&repo, &first), "first").assert_code(0);
+        // A process the job uid cannot signal but that still counts as that uid: a root
+        // process whose effective uid alone is the job's (real and saved stay 0, and it does
+        // not exec, which would set the saved uid). `kill(-1)` by the uid does not reach it.
         struct Stray(std::process::Child);
         impl Drop for Stray {
             fn drop(&mut self) {
@@ -257,22 +330,34 @@ mod root_mode {
                 let _ = self.0.wait();
             }
         }
-        let stray = Stray(
-            Command::new("setpriv")
-                .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()])
-                .args(["--clear-groups", "sleep", &marker])
-                .stdout(std::process::Stdio::null())
+        let mut stray = Stray(
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import os, sys, time\n\
+                     os.setresuid(0, int(sys.argv[1]), 0)\n\
+                     print('ready', flush=True)\n\
+                     time.sleep(300)",
+                    &uid.to_string(),
+                ])
+                .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
         );
-        bulwark_tests::wait_for_process(&format!("sleep {marker}"), "the stray", 10);
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(stray.0.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready.trim(), "ready");
         let r = run_spec(&env, &job(&repo, &first), "second");
         r.assert_code(2);
         assert!(
-            r.stderr.contains(&format!(
-                "a process of the job's uid {uid} outlived the git fetch"
-            )),
+            r.stderr.contains("still runs after the sweep")
+                && r.stderr
+                    .contains(&format!("uid {uid} is not given to another job")),
             "{r}"
         );
         // The lease was not released clean: while the stray runs, the uid is not handed out.

@@ -98,7 +98,9 @@
 //! ownership check, which the runner keeps on (trusting it would trust that repository's
 //! config). A process git starts in a new session (`setsid`) is outside its process group
 //! and survives the command, as the job's uid (root mode) outside the job's cgroup; only a
-//! compromised git would do that.
+//! compromised git would do that. In root mode the job runner finds it afterwards, refuses the
+//! job and kills every process of the uid (`bulwark_sandbox::uid_sweep`); in rootless and
+//! subuid modes it is not found.
 //!
 //! Tested by the unit tests below, against repositories the tests create.
 

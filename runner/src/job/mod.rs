@@ -515,6 +515,25 @@ impl JobRun<'_> {
         result
     }
 
+    /// Kills every process of the job uid `uid` (root mode) and says what became of them for
+    /// an error message; the lease ends unclean unless they are seen gone.
+    fn kill_every_process_of(&mut self, uid: u32) -> String {
+        let killed = match &self.helper {
+            Some(helper) => helper.kill_uid(uid),
+            None => Err("no sandbox helper".into()),
+        };
+        let gone = killed.is_ok() && crate::uids::wait_until_unused(uid, Duration::from_secs(2));
+        if gone {
+            return format!("and the process was killed (every process of uid {uid} is gone)");
+        }
+        self.lease_unclean = true;
+        let why = killed.err().map_or_else(
+            || format!("a process of uid {uid} still runs after the sweep (SIGKILL)"),
+            |e| format!("killing it failed: {e}"),
+        );
+        format!("{why}; uid {uid} is not given to another job while a process of it runs")
+    }
+
     fn execute_in(
         &mut self,
         jobdir: &JobDir,
@@ -562,14 +581,15 @@ impl JobRun<'_> {
             );
             // Git ran as the job's uid, and its process group is gone; anything else of that
             // uid now (a process git put in a session of its own) would outlive the job in
-            // the host's namespaces and wait for the next job of this uid. The job is
-            // refused, and the uid not handed out again while that process lives.
+            // the host's namespaces and wait for the next job of this uid. Only a compromised
+            // git does that, so the job is refused (its checkout cannot be trusted), and every
+            // process of the uid is killed; should one survive, the uid is not handed out
+            // again while it runs.
             if let Some(uid) = host_uid.filter(|uid| crate::uids::in_use(*uid)) {
-                self.lease_unclean = true;
+                let swept = self.kill_every_process_of(uid);
                 return Err(Stop::Refused(format!(
                     "source.git: a process of the job's uid {uid} outlived the git fetch (git \
-                     left it running in a session of its own); the job is refused and uid {uid} \
-                     is not given to another job while that process runs"
+                     left it running in a session of its own); the job is refused, {swept}"
                 )));
             }
             let got = fetched
