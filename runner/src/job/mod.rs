@@ -281,8 +281,7 @@ pub fn run(args: RunArgs) -> u8 {
 fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, String), String> {
     let loaded = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
     let path = args.job.display();
-    let text = std::fs::read_to_string(&args.job)
-        .map_err(|e| format!("job spec {path}: cannot read: {e}"))?;
+    let text = read_job_spec(&args.job).map_err(|e| format!("job spec {path}: {e}"))?;
     let job_sha256 = {
         use sha2::Digest;
         crate::outputs::hex(&sha2::Sha256::digest(text.as_bytes()))
@@ -301,6 +300,52 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
         crate::provenance::keys::LocalKey::load(k).map_err(|e| format!("--key: {e:#}"))?;
     }
     Ok((loaded, job, job_sha256))
+}
+
+/// Largest job spec `bulwark run` reads, in bytes: far above any real spec (the protocol's
+/// own bounds on steps, tools and patterns keep one to a few kilobytes).
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// Reads the job spec file: the file itself, a regular file, at most [`MAX_SPEC_BYTES`].
+///
+/// The spec usually sits in the tree it builds (`[source] path` is relative to it), which a pull
+/// request controls, and the runner reads it with its own privileges (root, in root mode). A
+/// spec that is a symlink to a host file (`job.toml -> /etc/shadow`) would be read as root and
+/// its first malformed line quoted in the syntax error, which lands in the CI log; a symlink to
+/// `/dev/zero` or a fifo would make the runner read forever or hang. So the last component is
+/// opened without following a symlink (`O_NOFOLLOW`; the operator gives the file's own path),
+/// without blocking on a fifo (`O_NONBLOCK`), and what was opened must be a regular file of a
+/// bounded size, read through the descriptor that was checked.
+fn read_job_spec(path: &Path) -> Result<String, String> {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => {
+                "refused: it is a symlink; give the path of the job file itself".to_string()
+            }
+            _ => format!("cannot read: {e}"),
+        })?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("refused: it is not a regular file".into());
+    }
+    let too_large = || format!("refused: larger than {MAX_SPEC_BYTES} bytes");
+    if meta.len() > MAX_SPEC_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<PathBuf, String> {
@@ -1042,6 +1087,75 @@ mod tests {
             );
         }
         assert!(check_required_layers(&host("none", true), false).is_ok());
+    }
+
+    fn args_for(dir: &Path, job: &str) -> RunArgs {
+        let config = dir.join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        RunArgs {
+            job: dir.join(job),
+            source: None,
+            out: None,
+            key: None,
+            trust: Trust::Untrusted,
+            config: Some(config),
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn a_job_spec_that_is_a_symlink_to_a_host_file_is_refused_without_quoting_it() {
+        let dir = crate::tools::testutil::TempDir::new("spec-link");
+        // A file only its owner may read, shaped so that a TOML syntax error quotes it.
+        let secret = dir.path().join("shadow");
+        std::fs::write(
+            &secret,
+            "root:$y$j9T$SECRETSALT$SECRETHASH:19000:0:99999:7:::\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("job.toml")).unwrap();
+        let e = load_and_validate(&args_for(dir.path(), "job.toml")).unwrap_err();
+        assert!(
+            !e.contains("SECRET"),
+            "the host file was read and quoted: {e}"
+        );
+        assert!(e.contains("refused: it is a symlink"), "{e}");
+    }
+
+    #[test]
+    fn a_job_spec_that_is_a_fifo_or_too_large_is_refused_without_hanging() {
+        let dir = crate::tools::testutil::TempDir::new("spec-kind");
+        nix::unistd::mkfifo(
+            &dir.path().join("fifo.toml"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        // Without O_NONBLOCK the open itself would wait for a writer: a watchdog fails the
+        // test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let args = args_for(dir.path(), "fifo.toml");
+        std::thread::spawn(move || {
+            let _ = tx.send(load_and_validate(&args).map(|_| ()));
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reading a fifo job spec hung")
+            .unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        // Larger than the bound: refused by its size, not read into memory.
+        let big = std::fs::File::create(dir.path().join("big.toml")).unwrap();
+        big.set_len(MAX_SPEC_BYTES + 1).unwrap();
+        let e = load_and_validate(&args_for(dir.path(), "big.toml")).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        // A spec of ordinary size still loads.
+        std::fs::write(
+            dir.path().join("ok.toml"),
+            "version = 1\nname = \"ok\"\n[[steps]]\nname = \"s\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        load_and_validate(&args_for(dir.path(), "ok.toml")).unwrap();
     }
 
     #[test]
