@@ -298,6 +298,14 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
     // only to check it, and dropped (zeroized) at once; signing reads it again at the end.
     if let Some(k) = &args.key {
         crate::provenance::keys::LocalKey::load(k).map_err(|e| format!("--key: {e:#}"))?;
+    } else if let Ok(dirs) = Dirs::resolve(&loaded.config) {
+        // So is the default key once it exists (one that does not is made whole at signing).
+        let default = crate::provenance::default_key_path(&dirs.state);
+        if std::fs::symlink_metadata(&default).is_ok() {
+            crate::provenance::keys::LocalKey::load(&default).map_err(|e| {
+                format!("the default signing key: {e:#}; restore it, or give --key")
+            })?;
+        }
     }
     Ok((loaded, job, job_sha256))
 }
@@ -1156,6 +1164,33 @@ mod tests {
         )
         .unwrap();
         load_and_validate(&args_for(dir.path(), "ok.toml")).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_default_key_refuses_the_job_before_it_runs() {
+        let dir = crate::tools::testutil::TempDir::new("spec-key");
+        let state = dir.path().join("state");
+        let args = args_for(dir.path(), "job.toml");
+        std::fs::write(
+            args.config.as_ref().unwrap(),
+            format!("[paths]\nstate_dir = {:?}\n", state.display().to_string()),
+        )
+        .unwrap();
+        std::fs::write(
+            &args.job,
+            "version = 1\nname = \"ok\"\n[[steps]]\nname = \"s\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        // No default key yet: nothing to check (it is made at signing).
+        load_and_validate(&args).unwrap();
+        // An empty key file, as a run that died while writing the key used to leave.
+        std::fs::create_dir_all(state.join("keys")).unwrap();
+        let key = state.join("keys/signing.key");
+        std::fs::write(&key, "").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let e = load_and_validate(&args).unwrap_err();
+        assert!(e.starts_with("the default signing key: signing key"), "{e}");
     }
 
     #[test]

@@ -16,9 +16,8 @@
 //! [`Signer`] is the seam for keys that are not files (KMS, HSM, keyless signing).
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -57,6 +56,11 @@ pub trait Signer {
     /// The public key, as SPKI PEM.
     fn public_key_pem(&self) -> Result<String>;
 }
+
+/// File name of a private key in a key directory.
+pub const PRIVATE_NAME: &str = "signing.key";
+/// File name of the public key beside it.
+pub const PUBLIC_NAME: &str = "signing.pub";
 
 /// A private key held in memory.
 pub struct LocalKey {
@@ -151,34 +155,39 @@ impl LocalKey {
         LocalKey::from_inner(inner)
     }
 
-    /// Writes `signing.key` (0600, created exclusively) and `signing.pub` into `dir`.
+    /// Writes `signing.key` (0600, never replacing one) and `signing.pub` into `dir`.
     pub fn write_pair(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key_path = dir.join(PRIVATE_NAME);
+        if !self.write_private_new(dir)? {
+            bail!(
+                "creating {}: it exists already (an existing key is never overwritten)",
+                key_path.display()
+            );
+        }
+        self.write_public(dir)
+    }
+
+    /// Writes `dir/signing.key` (mode 0600) unless a file is there already; `false` then. The
+    /// key is written and fsynced under a temporary name and hard-linked into place, so the
+    /// name never shows a half-written key (a crash, or another run reading it meanwhile), and
+    /// of two runs creating it at once one wins and the other learns it lost.
+    pub fn write_private_new(&self, dir: &Path) -> Result<bool> {
         let private = match &self.inner {
             Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
             Inner::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
         }
         .context("encoding the private key")?;
-        let key_path = dir.join("signing.key");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .with_context(|| {
-                format!(
-                    "creating {} (an existing key is never overwritten)",
-                    key_path.display()
-                )
-            })?;
-        f.write_all(private.as_bytes())
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", key_path.display()))?;
-        let pub_path = dir.join("signing.pub");
-        crate::fsutil::write_atomic(&pub_path, self.public_key_pem()?.as_bytes())
-            .with_context(|| format!("writing {}", pub_path.display()))?;
-        fs::set_permissions(&pub_path, fs::Permissions::from_mode(0o644))?;
-        Ok(())
+        let key_path = dir.join(PRIVATE_NAME);
+        crate::fsutil::write_new_atomic(&key_path, private.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", key_path.display()))
+    }
+
+    /// Writes (or replaces) `dir/signing.pub`, mode 0644, atomically.
+    pub fn write_public(&self, dir: &Path) -> Result<()> {
+        let pub_path = dir.join(PUBLIC_NAME);
+        crate::fsutil::write_atomic_mode(&pub_path, self.public_key_pem()?.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", pub_path.display()))
     }
 
     /// The verifying half.
