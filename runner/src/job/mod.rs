@@ -8,6 +8,7 @@
 //! tools, rootfs) and `sandbox.rs` builds the sandbox spec, starts the egress proxy and the
 //! helper, and reads what the sandbox reports.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -141,7 +142,7 @@ fn now_rfc3339() -> String {
 pub fn run(args: RunArgs) -> u8 {
     let started = now_rfc3339();
     // Stage 1: everything that can be refused without an output directory.
-    let (loaded, job, job_sha256) = match load_and_validate(&args) {
+    let (loaded, job, job_sha256, spec_dir) = match load_and_validate(&args) {
         Ok(v) => v,
         Err(msg) => {
             eprintln!("bulwark: {msg}");
@@ -177,6 +178,7 @@ pub fn run(args: RunArgs) -> u8 {
         handed_to_job: None,
         disk: None,
         lease_unclean: false,
+        spec_dir,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -278,10 +280,14 @@ pub fn run(args: RunArgs) -> u8 {
     code
 }
 
-fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, String), String> {
+/// What stage 1 loaded: the configuration, the validated spec, the sha256 of its bytes, and the
+/// directory it was read from (open).
+type Loaded = (config::Loaded, ValidatedJob, String, OwnedFd);
+
+fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
     let loaded = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
     let path = args.job.display();
-    let text = read_job_spec(&args.job).map_err(|e| format!("job spec {path}: {e}"))?;
+    let (spec_dir, text) = read_job_spec(&args.job).map_err(|e| format!("job spec {path}: {e}"))?;
     let job_sha256 = {
         use sha2::Digest;
         crate::outputs::hex(&sha2::Sha256::digest(text.as_bytes()))
@@ -307,7 +313,7 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
             })?;
         }
     }
-    Ok((loaded, job, job_sha256))
+    Ok((loaded, job, job_sha256, spec_dir))
 }
 
 /// Largest job spec `bulwark run` reads, in bytes: far above any real spec (the protocol's
@@ -324,20 +330,45 @@ pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 /// opened without following a symlink (`O_NOFOLLOW`; the operator gives the file's own path),
 /// without blocking on a fifo (`O_NONBLOCK`), and what was opened must be a regular file of a
 /// bounded size, read through the descriptor that was checked.
-fn read_job_spec(path: &Path) -> Result<String, String> {
-    use nix::fcntl::OFlag;
+///
+/// The job file's directory is opened once, here, and the file read through it; that
+/// descriptor is what `[source] path` is later resolved beneath (see `JobRun::source_dir`), so a
+/// directory renamed or swapped for a symlink after the spec was read cannot move the source.
+fn read_job_spec(path: &Path) -> Result<(OwnedFd, String), String> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(nix::libc::ELOOP) => {
-                "refused: it is a symlink; give the path of the job file itself".to_string()
-            }
-            _ => format!("cannot read: {e}"),
-        })?;
+    let cannot = |e: nix::Error| format!("cannot read: {}", std::io::Error::from(e));
+    let name = path
+        .file_name()
+        .ok_or("refused: it names no file".to_string())?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = open(
+        parent,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(cannot)?;
+    let fd = openat(
+        &dir,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP => {
+            "refused: it is a symlink; give the path of the job file itself".to_string()
+        }
+        e => cannot(e),
+    })?;
+    let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
         return Err("refused: it is not a regular file".into());
@@ -353,7 +384,7 @@ fn read_job_spec(path: &Path) -> Result<String, String> {
     if text.len() as u64 > MAX_SPEC_BYTES {
         return Err(too_large());
     }
-    Ok(text)
+    Ok((dir, text))
 }
 
 fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<PathBuf, String> {
@@ -400,6 +431,8 @@ struct JobRun<'a> {
     disk: Option<crate::disk_reserve::Reserve>,
     /// Something of the job's uid may still run: its lease must not be released clean.
     lease_unclean: bool,
+    /// The directory the job spec was read from: `[source] path` is resolved beneath it.
+    spec_dir: OwnedFd,
 }
 
 /// What the sandbox reported.
@@ -652,9 +685,11 @@ impl JobRun<'_> {
                 eprintln!("bulwark: source {} at {}", got.uri, got.commit);
             }
             self.inputs.source = got.to_json();
-        } else if let Some(abs) = self.source_dir()? {
+        } else if let Some(src) = self.source_dir()? {
+            let abs = &src.path;
             let room = self.room_on(&jobdir.workspace)?;
-            let stats = crate::source::copy_tree_within(&abs, &jobdir.workspace, room)
+            let stats = src
+                .copy_into(&jobdir.workspace, room)
                 .map_err(|e| Stop::Refused(e.to_string()))?;
             if !stats.skipped.is_empty() {
                 eprintln!(
@@ -1191,6 +1226,71 @@ mod tests {
             .unwrap();
         let e = load_and_validate(&args).unwrap_err();
         assert!(e.starts_with("the default signing key: signing key"), "{e}");
+    }
+
+    fn job_run<'a>(
+        args: &'a RunArgs,
+        config: &'a Config,
+        job: &'a ValidatedJob,
+        spec_dir: OwnedFd,
+    ) -> JobRun<'a> {
+        JobRun {
+            args,
+            config,
+            job,
+            out: PathBuf::from("/nonexistent"),
+            started: now_rfc3339(),
+            invocation_id: String::new(),
+            isolation: None,
+            steps: Vec::new(),
+            inputs: Inputs::default(),
+            counters: None,
+            egress: None,
+            helper: None,
+            handed_to_job: None,
+            disk: None,
+            lease_unclean: false,
+            spec_dir,
+        }
+    }
+
+    #[test]
+    fn a_job_directory_swapped_for_a_symlink_after_the_spec_was_read_cannot_move_the_source() {
+        let dir = crate::tools::testutil::TempDir::new("source-swap");
+        let ci = dir.path().join("ci");
+        std::fs::create_dir_all(ci.join("src")).unwrap();
+        std::fs::write(ci.join("src/README"), "inside\n").unwrap();
+        // Where the swap leads: a directory of the same shape elsewhere on the host.
+        let host = dir.path().join("host");
+        std::fs::create_dir_all(host.join("src")).unwrap();
+        std::fs::write(host.join("src/secret"), "host-secret\n").unwrap();
+        std::fs::write(
+            ci.join("job.toml"),
+            "version = 1\nname = \"swap\"\n[source]\npath = \"src\"\n\
+             [[steps]]\nname = \"s\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        let args = args_for(&ci, "job.toml");
+        let (loaded, job, _, spec_dir) = load_and_validate(&args).unwrap();
+        // Once the spec is read, whoever may rename in the directory above the job file
+        // (the user a CI checks pull requests out as) swaps the job file's directory.
+        let real = dir.path().join("ci-real");
+        std::fs::rename(&ci, &real).unwrap();
+        std::os::unix::fs::symlink(&host, &ci).unwrap();
+        let runner = job_run(&args, &loaded.config, &job, spec_dir);
+        let src = runner.source_dir().unwrap().expect("a source directory");
+        assert_eq!(src.path, std::fs::canonicalize(real.join("src")).unwrap());
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        src.copy_into(&ws, Default::default()).unwrap();
+        assert!(
+            ws.join("README").exists(),
+            "the checked directory was not copied"
+        );
+        assert!(
+            !ws.join("secret").exists(),
+            "the swapped-in directory was copied"
+        );
     }
 
     #[test]
