@@ -185,6 +185,12 @@ pub fn run(args: RunArgs) -> u8 {
         Err(Stop::Refused(r)) => (JobStatus::Refused, Some(r), Vec::new()),
         Err(Stop::Runner(r)) => (JobStatus::RunnerError, Some(r), Vec::new()),
     };
+    // The claim on the output directory, when no log was ever written into it (the run ended
+    // before its sandbox did): an empty partial log is no evidence of anything.
+    let claim = out.join(crate::joblog::PARTIAL_NAME);
+    if std::fs::symlink_metadata(&claim).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        let _ = std::fs::remove_file(&claim);
+    }
     let mut result = JobResult {
         status,
         reason: reason.clone(),
@@ -406,6 +412,30 @@ fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<Path
                 .map_err(|e| format!("--out {}: cannot create: {e}", dir.display()))?;
         }
         Err(e) => return Err(format!("--out {}: {e}", dir.display())),
+    }
+    // Claimed for this run: two runs given the same directory (or the same default one: one
+    // job name, one second, one working directory) both find it absent or empty, and would
+    // write their logs, results, outputs and provenance over each other's. The log's partial
+    // file is made exclusively now; the run that cannot make it leaves the directory alone.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(crate::joblog::PARTIAL_NAME))
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(format!(
+                "--out {}: another run is writing into it; give each run its own output \
+                 directory",
+                dir.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "--out {}: cannot write into it: {e}",
+                dir.display()
+            ))
+        }
     }
     std::fs::canonicalize(&dir).map_err(|e| format!("--out {}: {e}", dir.display()))
 }
@@ -1291,6 +1321,23 @@ mod tests {
             !ws.join("secret").exists(),
             "the swapped-in directory was copied"
         );
+    }
+
+    #[test]
+    fn two_runs_given_the_same_output_directory_at_once_never_share_it() {
+        let dir = crate::tools::testutil::TempDir::new("out-claim");
+        let started = "2026-01-01T00:00:00Z";
+        // Absent: both find it so; the one that comes second must not write into it.
+        let absent = dir.path().join("absent");
+        let first = prepare_out_dir(Some(&absent), "job", started).unwrap();
+        let second = prepare_out_dir(Some(&absent), "job", started);
+        assert!(second.is_err(), "two runs share {}", first.display());
+        // Empty: likewise.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        prepare_out_dir(Some(&empty), "job", started).unwrap();
+        let e = prepare_out_dir(Some(&empty), "job", started).unwrap_err();
+        assert!(e.contains("--out"), "{e}");
     }
 
     #[test]
