@@ -788,7 +788,7 @@ impl JobRun<'_> {
         // (recorded first, so that a run that dies from here on is cleaned up by the next).
         if let Some(ids) = &subids {
             let mut paths = crate::subuid::job_trees(&jobdir.workspace, &jobdir.tmp);
-            paths.extend(egress.as_ref().map(|(dir, _)| dir.clone()));
+            paths.extend(egress.as_ref().map(|e| e.dir.clone()));
             let handed = jobdir
                 .record_subids(ids)
                 .map_err(|e| format!("{e:#}"))
@@ -829,9 +829,9 @@ impl JobRun<'_> {
                 })
                 .collect();
         }
-        if let Some((dir, _)) = &egress {
+        if let Some(e) = &egress {
             spec.egress = Some(EgressSpec {
-                socket_dir: dir.clone(),
+                socket_dir: e.dir.clone(),
                 port: EGRESS_PORT,
                 max_connections: 128,
             });
@@ -882,9 +882,9 @@ impl JobRun<'_> {
             })?;
             self.handed_to_job = None;
         }
-        if let Some((dir, proxy)) = egress {
+        if let Some(egress) = egress {
             // Every job process is gone (init has exited): nothing can use the proxy any more.
-            let summary = proxy.shutdown();
+            let (dir, summary) = egress.shutdown();
             let _ = crate::fsutil::remove_tree(&dir);
             let summary =
                 summary.map_err(|e| Stop::Runner(format!("stopping the egress proxy: {e}")))?;
@@ -1338,6 +1338,66 @@ mod tests {
         prepare_out_dir(Some(&empty), "job", started).unwrap();
         let e = prepare_out_dir(Some(&empty), "job", started).unwrap_err();
         assert!(e.contains("--out"), "{e}");
+    }
+
+    #[test]
+    fn a_job_with_the_longest_name_the_spec_allows_still_gets_its_egress_proxy() {
+        let dir = crate::tools::testutil::TempDir::new("egress-name");
+        let name = "n".repeat(63);
+        let args = args_for(dir.path(), "job.toml");
+        std::fs::write(
+            args.config.as_ref().unwrap(),
+            format!(
+                "[paths]\nstate_dir = {:?}\nruntime_dir = {:?}\n",
+                dir.path().join("state").display().to_string(),
+                dir.path().join("run").display().to_string()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &args.job,
+            format!(
+                "version = 1\nname = \"{name}\"\n[network]\nallow = [\"example.com:443\"]\n\
+                 [[steps]]\nname = \"s\"\nrun = \"true\"\n"
+            ),
+        )
+        .unwrap();
+        let (loaded, job, _, spec_dir) = load_and_validate(&args).unwrap();
+        let dirs = Dirs::resolve(&loaded.config).unwrap();
+        dirs.create().unwrap();
+        let mut runner = job_run(&args, &loaded.config, &job, spec_dir);
+        runner.out = dir.path().join("out");
+        std::fs::create_dir(&runner.out).unwrap();
+        let jobdir = workspace::create(&dirs, &name, &runner.started).unwrap();
+        let socket = dirs
+            .runtime
+            .join("jobs")
+            .join(&jobdir.id)
+            .join("egress.sock");
+        assert!(
+            socket.as_os_str().len() > 107,
+            "the path fits anyway: {}",
+            socket.display()
+        );
+        let egress = runner
+            .start_egress(&jobdir, None)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .expect("a proxy for a job with network");
+        // The proxy listens at the socket's real place (a client connects there through a
+        // descriptor of its directory, as the job's init does).
+        let socket_dir = std::fs::File::open(&egress.dir).unwrap();
+        let via = format!(
+            "/proc/self/fd/{}/egress.sock",
+            std::os::fd::AsRawFd::as_raw_fd(&socket_dir)
+        );
+        std::os::unix::net::UnixStream::connect(&via).expect("the proxy accepts");
+        let (sock_dir, summary) = egress.shutdown();
+        summary.unwrap();
+        assert!(
+            !sock_dir.join("egress.sock").exists(),
+            "the socket outlived the proxy"
+        );
+        jobdir.remove().unwrap();
     }
 
     #[test]
