@@ -57,6 +57,9 @@ pub trait Signer {
     fn public_key_pem(&self) -> Result<String>;
 }
 
+/// Most bytes read from a private key file (a PEM key is a few hundred).
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
 /// File name of a private key in a key directory.
 pub const PRIVATE_NAME: &str = "signing.key";
 /// File name of the public key beside it.
@@ -130,9 +133,29 @@ impl LocalKey {
         })
     }
 
-    /// Reads a PKCS#8 PEM private key, refusing a file that group or others can read.
+    /// Reads a PKCS#8 PEM private key, refusing a file that anyone but the user running
+    /// bulwark could read: group or others (its mode), or another owner.
+    ///
+    /// The file is opened once and everything is checked on, and read through, that
+    /// descriptor: judged by path and read by path again, a key whose directory someone else
+    /// may write could be swapped between the check and the read. A key file another user owns
+    /// passes any mode check, yet that user can read it and sign anything.
     pub fn load(path: &Path) -> Result<LocalKey> {
-        let meta = fs::metadata(path).with_context(|| format!("signing key {}", path.display()))?;
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let what = || format!("signing key {}", path.display());
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(path)
+            .with_context(what)?;
+        let meta = file.metadata().with_context(what)?;
+        if !meta.is_file() {
+            bail!(
+                "signing key {}: refused: not a regular file",
+                path.display()
+            );
+        }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             bail!(
@@ -141,10 +164,20 @@ impl LocalKey {
                 path.display()
             );
         }
-        let pem = zeroize::Zeroizing::new(
-            fs::read_to_string(path)
-                .with_context(|| format!("signing key {}: cannot read", path.display()))?,
-        );
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            bail!(
+                "signing key {}: refused: it belongs to uid {}, who can read it and sign \
+                 anything, not to the user running bulwark (uid {me}); `chown {me} {}` it",
+                path.display(),
+                meta.uid(),
+                path.display()
+            );
+        }
+        let mut pem = zeroize::Zeroizing::new(String::new());
+        file.take(MAX_KEY_BYTES)
+            .read_to_string(&mut pem)
+            .with_context(|| format!("signing key {}: cannot read", path.display()))?;
         let inner = if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem) {
             Inner::P256(k)
         } else if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem) {
@@ -355,6 +388,26 @@ mod tests {
             // Never overwritten.
             assert!(key.write_pair(&dir).is_err());
         }
+    }
+
+    #[test]
+    fn a_private_key_another_user_owns_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_private_key_another_user_owns_is_refused: needs root to chown");
+            return;
+        }
+        let dir = tempdir();
+        LocalKey::generate(Algorithm::P256)
+            .unwrap()
+            .write_pair(&dir)
+            .unwrap();
+        let p = dir.join("signing.key");
+        LocalKey::load(&p).unwrap();
+        // Mode 0600 still, but another user's: that user can read it.
+        std::os::unix::fs::chown(&p, Some(4_000_000_000), None).unwrap();
+        let e = LocalKey::load(&p).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 4000000000"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
