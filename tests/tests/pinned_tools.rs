@@ -443,6 +443,73 @@ fn two_concurrent_runs_needing_one_tool_download_it_once() {
     );
 }
 
+fn tools_prune(env: &Env, extra: &[&str]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["tools", "prune", "--unused-days", "0", "--config"])
+        .arg(&env.config)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}
+
+#[test]
+fn tools_prune_never_removes_a_tool_a_running_job_uses_and_removes_it_once_unused() {
+    let env = env_allowing_loopback("tool-prune");
+    let body = tool_archive(&env);
+    let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    // The job runs its tool, waits while the test prunes the store, then runs it again.
+    let marker = format!("3.{:04}", std::process::id() % 10_000);
+    let job = tool_job(
+        server.port,
+        &sha,
+        &format!("hello before\nsleep {marker}\nhello after\ncat /tools/hello/bin/hello | wc -c | sed 's/^/size=/'"),
+    );
+    let (mut cmd, out) = env.command(&job, &["--quiet"]);
+    let child = cmd.spawn().unwrap();
+    bulwark_tests::wait_for_process(&format!("sleep {marker}"), "the job's sleep", 30);
+    let (code, text) = tools_prune(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("in use by a running job") && text.contains("removed 0 trees"),
+        "{text}"
+    );
+    let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+    r.assert_code(0);
+    assert!(
+        r.log.contains("hello from the pinned tool: before")
+            && r.log.contains("hello from the pinned tool: after"),
+        "{r}"
+    );
+    // The tool's whole script was there after the prune.
+    let script = "#!/bin/sh\necho \"hello from the pinned tool: $*\"\n";
+    assert_eq!(r.value("size"), script.len().to_string(), "{r}");
+    assert_eq!(server.requests(), 1);
+    // No job uses it now: a dry run only says so, a prune removes tree and download.
+    let (code, text) = tools_prune(&env, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("would remove 1 trees, 1 downloads"), "{text}");
+    assert!(store_files(&env) > 0);
+    let (code, text) = tools_prune(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("removed 1 trees, 1 downloads") && text.contains("(tool hello)"),
+        "{text}"
+    );
+    assert_eq!(store_files(&env), 0, "{text}");
+    // The next job fetches and verifies the tool again.
+    let r = env.run(&tool_job(server.port, &sha, "hello again"));
+    r.assert_code(0);
+    assert!(r.log.contains("hello from the pinned tool: again"), "{r}");
+    assert_eq!(server.requests(), 2);
+}
+
 /// Tests that need root (here: to give the tool store a filesystem of its own).
 mod root_mode {
     use super::*;

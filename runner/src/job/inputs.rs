@@ -166,6 +166,7 @@ impl JobRun<'_> {
         self.inputs.rootfs = Some(
             serde_json::json!({ "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }),
         );
+        self.trees_in_use.push(r.in_use.clone());
         Ok(Some(r.dir))
     }
 
@@ -195,6 +196,7 @@ impl JobRun<'_> {
                 );
             }
             self.inputs.tools.push(serde_json::json!({ "name": r.name, "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }));
+            self.trees_in_use.push(r.in_use.clone());
             resolved.push(r);
         }
         Ok(resolved)

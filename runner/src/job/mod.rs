@@ -177,6 +177,7 @@ pub fn run(args: RunArgs) -> u8 {
         handed_to_job: None,
         disk: None,
         lease_unclean: false,
+        trees_in_use: Vec::new(),
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -347,6 +348,9 @@ struct JobRun<'a> {
     disk: Option<crate::disk_reserve::Reserve>,
     /// Something of the job's uid may still run: its lease must not be released clean.
     lease_unclean: bool,
+    /// The store trees mounted into the job (tools, root filesystem), held so that `bulwark
+    /// tools prune` cannot remove them under it; released when the job's run ends.
+    trees_in_use: Vec<std::sync::Arc<crate::tools::InUse>>,
 }
 
 /// What the sandbox reported.

@@ -452,3 +452,199 @@ fn two_processes_needing_one_tool_download_it_once() {
     }
     assert_eq!(server.hits(), 1, "two processes downloaded the tool twice");
 }
+
+/// Makes a stored tree look unused for `days` days (its digest file is its last use).
+fn age_tree(r: &super::Resolved, days: u64) {
+    let digest = r.dir.with_file_name(format!(
+        "{}.digest",
+        r.dir.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::File::open(&digest)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(days * 86_400))
+        .unwrap();
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+#[test]
+fn prune_removes_a_tree_unused_for_longer_and_its_download_and_the_next_job_fetches_it_again() {
+    let tmp = TempDir::new("prune-old");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    let dir = r.dir.clone();
+    drop(r);
+    // Used 10 days ago: a 30-day prune keeps it, a 7-day prune removes it.
+    let again = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&again, 10);
+    drop(again);
+    let kept = store.prune(30 * DAY, false).unwrap();
+    assert_eq!((kept.trees.len(), kept.kept), (0, 1), "{kept:?}");
+    assert_eq!(contents(&store), (1, 2, 0));
+    let report = store.prune(7 * DAY, false).unwrap();
+    assert_eq!(report.trees.len(), 1, "{report:?}");
+    assert_eq!(report.trees[0].tool.as_deref(), Some("jq"));
+    let jq_bytes = (b"#!/bin/sh\necho jq 1.7\n".len() + b"jq".len()) as u64;
+    assert_eq!(report.trees[0].bytes, jq_bytes);
+    assert_eq!(
+        report.blobs,
+        [(format!("blobs/{}", tool.sha256), body.len() as u64)]
+    );
+    assert!(!dir.exists());
+    assert_eq!(contents(&store), (0, 0, 0), "blobs, trees, tmp");
+    assert_eq!(report.bytes(), jq_bytes + body.len() as u64);
+    // Gone from the store: the next job fetches and verifies it again.
+    let fetched = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(!fetched.cache_hit);
+    assert_eq!(server.hits(), 2);
+    assert_eq!(
+        listing(&fetched.dir),
+        ["bin", "bin/jq", "share", "share/README"]
+    );
+}
+
+#[test]
+fn a_cache_hit_counts_as_a_use_so_prune_keeps_the_tree() {
+    let tmp = TempDir::new("prune-hit");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&r, 100);
+    drop(r);
+    drop(
+        store
+            .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+            .unwrap(),
+    );
+    let report = store.prune(30 * DAY, false).unwrap();
+    assert_eq!((report.trees.len(), report.kept), (0, 1), "{report:?}");
+    assert_eq!(contents(&store), (1, 2, 0));
+}
+
+#[test]
+fn a_tree_a_job_holds_is_never_pruned_and_is_once_the_job_lets_go() {
+    let tmp = TempDir::new("prune-held");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let held = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&held, 100);
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(report.trees, []);
+    assert_eq!(
+        report.busy,
+        [format!(
+            "trees/{}",
+            held.dir.file_name().unwrap().to_string_lossy()
+        )]
+    );
+    // Its download stays too (a tree of it is left), and the tree is whole.
+    assert_eq!(report.blobs, []);
+    assert_eq!(
+        listing(&held.dir),
+        ["bin", "bin/jq", "share", "share/README"]
+    );
+    assert_eq!(
+        std::fs::read(held.dir.join("bin/jq")).unwrap(),
+        b"#!/bin/sh\necho jq 1.7\n"
+    );
+    drop(held);
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(
+        (report.trees.len(), report.blobs.len()),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
+fn a_dry_run_removes_nothing_and_says_what_would_go() {
+    let tmp = TempDir::new("prune-dry");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&r, 100);
+    drop(r);
+    std::fs::write(
+        store
+            .root()
+            .join("tmp")
+            .join(format!("{}.0011.download", tool.sha256)),
+        b"part",
+    )
+    .unwrap();
+    let report = store.prune(30 * DAY, true).unwrap();
+    assert_eq!(
+        (
+            report.trees.len(),
+            report.blobs.len(),
+            report.leftovers.len()
+        ),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(contents(&store), (1, 2, 1));
+    let report = store.prune(30 * DAY, false).unwrap();
+    assert_eq!(
+        (
+            report.trees.len(),
+            report.blobs.len(),
+            report.leftovers.len()
+        ),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
+fn prune_leaves_what_a_fetch_in_progress_is_writing() {
+    let tmp = TempDir::new("prune-fetching");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let sha = "ab".repeat(32);
+    let partial = store
+        .root()
+        .join("tmp")
+        .join(format!("{sha}.0011.download"));
+    std::fs::write(&partial, b"part").unwrap();
+    // Another process is fetching that digest: it holds the digest's lock.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(store.root().join("locks").join(format!("{sha}.lock")))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(report.leftovers, []);
+    assert!(partial.exists());
+    drop(held);
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(report.leftovers, [(format!("tmp/{sha}.0011.download"), 4)]);
+    assert!(!partial.exists());
+}
