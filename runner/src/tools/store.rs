@@ -345,6 +345,19 @@ impl Store {
 
     /// Takes the exclusive lock of one digest, waiting for another process holding it.
     fn lock(&self, sha256: &str) -> Result<Flock<File>, ToolError> {
+        let (file, path) = self.lock_file(sha256)?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| self.store_err(path)(errno.into()))
+    }
+
+    /// Takes the exclusive lock of one digest if no one holds it.
+    fn try_lock(&self, sha256: &str) -> Result<Option<Flock<File>>, ToolError> {
+        let (file, _) = self.lock_file(sha256)?;
+        Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+    }
+
+    /// `locks/<sha256>.lock`, opened (created when missing; never removed).
+    fn lock_file(&self, sha256: &str) -> Result<(File, PathBuf), ToolError> {
         let path = self.root.join("locks").join(format!("{sha256}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -353,8 +366,7 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(self.store_err(path.clone()))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| self.store_err(path)(errno.into()))
+        Ok((file, path))
     }
 
     /// Removes what a process that died while holding this digest's lock left in `tmp/`.
@@ -662,19 +674,6 @@ impl Store {
             }
         }
         Ok(report)
-    }
-
-    /// Takes the exclusive lock of one digest if no one holds it.
-    fn try_lock(&self, sha256: &str) -> Result<Option<Flock<File>>, ToolError> {
-        let path = self.root.join("locks").join(format!("{sha256}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(self.store_err(path))?;
-        Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
     }
 
     /// Rechecks every entry: rehashes each blob against its name and each unpacked tree

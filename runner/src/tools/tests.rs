@@ -453,6 +453,16 @@ fn two_processes_needing_one_tool_download_it_once() {
     assert_eq!(server.hits(), 1, "two processes downloaded the tool twice");
 }
 
+/// A store in `tmp` and a loopback server of the jq tarball; the tool's spec and bytes.
+fn jq_store(tmp: &TempDir) -> (Store, Server, ToolSpec, Vec<u8>) {
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    (store, server, tool, body)
+}
+
 /// Makes a stored tree look unused for `days` days (its digest file is its last use).
 fn age_tree(r: &super::Resolved, days: u64) {
     let digest = r.dir.with_file_name(format!(
@@ -470,11 +480,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 #[test]
 fn prune_removes_a_tree_unused_for_longer_and_its_download_and_the_next_job_fetches_it_again() {
     let tmp = TempDir::new("prune-old");
-    let store = Store::open(&tmp.path().join("tools")).unwrap();
-    let server = Server::start("127.0.0.1");
-    let body = jq_tarball();
-    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
-    let tool = spec("jq", &url, &sha256(&body), None);
+    let (store, server, tool, body) = jq_store(&tmp);
     let r = store
         .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
         .unwrap();
@@ -516,11 +522,7 @@ fn prune_removes_a_tree_unused_for_longer_and_its_download_and_the_next_job_fetc
 #[test]
 fn a_cache_hit_counts_as_a_use_so_prune_keeps_the_tree() {
     let tmp = TempDir::new("prune-hit");
-    let store = Store::open(&tmp.path().join("tools")).unwrap();
-    let server = Server::start("127.0.0.1");
-    let body = jq_tarball();
-    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
-    let tool = spec("jq", &url, &sha256(&body), None);
+    let (store, _server, tool, _body) = jq_store(&tmp);
     let r = store
         .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
         .unwrap();
@@ -539,11 +541,7 @@ fn a_cache_hit_counts_as_a_use_so_prune_keeps_the_tree() {
 #[test]
 fn a_tree_a_job_holds_is_never_pruned_and_is_once_the_job_lets_go() {
     let tmp = TempDir::new("prune-held");
-    let store = Store::open(&tmp.path().join("tools")).unwrap();
-    let server = Server::start("127.0.0.1");
-    let body = jq_tarball();
-    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
-    let tool = spec("jq", &url, &sha256(&body), None);
+    let (store, _server, tool, _body) = jq_store(&tmp);
     let held = store
         .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
         .unwrap();
@@ -580,11 +578,7 @@ fn a_tree_a_job_holds_is_never_pruned_and_is_once_the_job_lets_go() {
 #[test]
 fn a_dry_run_removes_nothing_and_says_what_would_go() {
     let tmp = TempDir::new("prune-dry");
-    let store = Store::open(&tmp.path().join("tools")).unwrap();
-    let server = Server::start("127.0.0.1");
-    let body = jq_tarball();
-    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
-    let tool = spec("jq", &url, &sha256(&body), None);
+    let (store, _server, tool, _body) = jq_store(&tmp);
     let r = store
         .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
         .unwrap();
