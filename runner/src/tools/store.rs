@@ -225,9 +225,11 @@ impl Store {
         self.clean_tmp(&tool.sha256);
         let blob = self.root.join("blobs").join(&tool.sha256);
         // A stored download about to be unpacked again (its tree is gone, e.g. quarantined) is
-        // rehashed first: only a true cache hit skips the check.
+        // rehashed first: only a true cache hit skips the check. One that fails it is set
+        // aside (or removed) before anything else; if it cannot be, the tool is refused, never
+        // unpacked from bytes that do not have its digest.
         if blob.exists() && hash_file(&blob).ok().as_deref() != Some(tool.sha256.as_str()) {
-            let _ = self.quarantine(&blob, "blob");
+            self.set_aside(&blob, "blob")?;
         }
         let fetched_now = !blob.exists();
         if fetched_now {
@@ -382,14 +384,15 @@ impl Store {
                 tool.name,
                 display_url(&tool.url)
             );
-            crate::fsutil::write_atomic(&digest_file, record.as_bytes())
-                .map_err(self.store_err(digest_file.clone()))?;
             let target = trees.join(id);
             if fs::symlink_metadata(&target).is_ok() {
-                // A tree without its digest file: never trusted, set aside.
-                self.quarantine(&target, "tree")
-                    .map_err(self.store_err(target.clone()))?;
+                // A tree without its digest file: never trusted, set aside. Before the digest
+                // file is written: the other way round, a failure here would leave this tree
+                // beside a digest file, which is what a cache hit takes for a published tree.
+                self.set_aside(&target, "tree")?;
             }
+            crate::fsutil::write_atomic(&digest_file, record.as_bytes())
+                .map_err(self.store_err(digest_file.clone()))?;
             // Moving a directory to another parent rewrites its `..`, which needs write
             // permission on it for anyone but root: open the top level for the rename only
             // (everything inside stays read-only; the store itself is the runner's alone).
@@ -403,6 +406,30 @@ impl Store {
             let _ = remove_tree(&tmp);
         }
         result
+    }
+
+    /// Takes an entry that must not be used out of its place: into `quarantine/`, or, when
+    /// that fails (a full disk, a broken `quarantine/`), removed. An error means it is still
+    /// there, and the caller must not go on to use or trust what is under that name.
+    fn set_aside(&self, path: &Path, kind: &str) -> Result<(), ToolError> {
+        let Err(moving) = self.quarantine(path, kind) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            path = %path.display(),
+            error = %moving,
+            "cannot move a corrupt store entry to quarantine; removing it"
+        );
+        let _ = remove_tree(path);
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.store_err(path.to_path_buf())(e)),
+            Ok(_) => Err(self.store_err(path.to_path_buf())(io::Error::other(
+                format!(
+                    "a corrupt entry can be neither moved to quarantine ({moving}) nor removed"
+                ),
+            ))),
+        }
     }
 
     fn quarantine(&self, path: &Path, kind: &str) -> io::Result<PathBuf> {
