@@ -9,7 +9,7 @@
 //! helper, and reads what the sandbox reports.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_protocol::{
     format_size, Config, Inputs, Isolation, IsolationChoice, IsolationMode, JobResult, JobSpec,
@@ -177,6 +177,7 @@ pub fn run(args: RunArgs) -> u8 {
         handed_to_job: None,
         disk: None,
         lease_unclean: false,
+        inputs_deadline: None,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -214,7 +215,7 @@ pub fn run(args: RunArgs) -> u8 {
         code = exit::RUNNER_ERROR;
     }
     if code == exit::SUCCEEDED && !result.outputs.is_empty() {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let signed = sign_provenance(
             &args,
             &loaded.config,
@@ -347,6 +348,9 @@ struct JobRun<'a> {
     disk: Option<crate::disk_reserve::Reserve>,
     /// Something of the job's uid may still run: its lease must not be released clean.
     lease_unclean: bool,
+    /// When the job's tools, root filesystem and url source must all be in: its timeout,
+    /// counted from when the runner starts fetching them.
+    inputs_deadline: Option<Instant>,
 }
 
 /// What the sandbox reported.
@@ -545,7 +549,10 @@ impl JobRun<'_> {
     ) -> Result<Outcome, Stop> {
         let limits = &self.config.limits;
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
-        // before anything of the job runs; any failure refuses the job.
+        // before anything of the job runs; any failure refuses the job. Together with the
+        // root filesystem and a url source, within the job's own timeout: each download alone
+        // has fetch.timeout, but a spec may name 64 tools.
+        self.inputs_deadline = Some(Instant::now() + self.job.timeout);
         let tools = self.resolve_tools()?;
         let rootfs = self.resolve_rootfs()?;
         let url_source = self

@@ -83,6 +83,12 @@ pub enum ToolError {
         /// The digest of what was served.
         actual: String,
     },
+    /// The time for the job's inputs ([`FetchPolicy::deadline`]) ran out before this one was in.
+    #[error("tool {name:?}: no time left to fetch it (the job's inputs must all be in within its timeout)")]
+    OutOfTime {
+        /// Tool name.
+        name: String,
+    },
     /// The verified download could not be unpacked.
     #[error("tool {name:?}: {url}")]
     Unpack {
@@ -218,10 +224,23 @@ impl Store {
         if self.has_tree(&id) {
             return Ok(resolved(true));
         }
-        let _lock = self.lock(&tool.sha256)?;
+        // Anything past a cache hit takes time: within what is left of the job's inputs'
+        // deadline, asked again after each wait (the lock, the download).
+        let out_of_time = || ToolError::OutOfTime {
+            name: tool.name.clone(),
+        };
+        let in_time = |policy: &FetchPolicy| policy.within_deadline().ok_or_else(out_of_time);
+        let policy = &in_time(policy)?;
+        let _lock = match policy.deadline {
+            None => self.lock(&tool.sha256)?,
+            Some(deadline) => self
+                .lock_before(&tool.sha256, deadline)?
+                .ok_or_else(out_of_time)?,
+        };
         if self.has_tree(&id) {
             return Ok(resolved(true));
         }
+        let policy = &in_time(policy)?;
         self.clean_tmp(&tool.sha256);
         let blob = self.root.join("blobs").join(&tool.sha256);
         // A stored download about to be unpacked again (its tree is gone, e.g. quarantined) is
@@ -235,6 +254,8 @@ impl Store {
         if fetched_now {
             self.download(tool, policy, &blob)?;
         }
+        // A verified download is kept even when no time is left to unpack it.
+        let policy = &in_time(policy)?;
         let result = self.unpack_and_publish(tool, &id, &blob, format, mode, policy);
         if result.is_err() && fetched_now {
             let _ = fs::remove_file(&blob);
@@ -268,6 +289,37 @@ impl Store {
             .map_err(self.store_err(path.clone()))?;
         Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, errno)| self.store_err(path)(errno.into()))
+    }
+
+    /// [`Store::lock`], waiting no later than `deadline`: `None` when another process still
+    /// holds it then.
+    fn lock_before(
+        &self,
+        sha256: &str,
+        deadline: std::time::Instant,
+    ) -> Result<Option<Flock<File>>, ToolError> {
+        let path = self.root.join("locks").join(format!("{sha256}.lock"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(self.store_err(path.clone()))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Some(lock)),
+                Err((back, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
+                    file = back
+                }
+                Err((_, errno)) => return Err(self.store_err(path)(errno.into())),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(25)));
+        }
     }
 
     /// Removes what a process that died while holding this digest's lock left in `tmp/`.

@@ -467,6 +467,47 @@ fn a_tree_without_its_digest_file_is_never_trusted_even_when_it_cannot_be_set_as
     );
 }
 
+#[test]
+fn a_fetch_waiting_for_another_process_gives_up_at_the_jobs_deadline() {
+    let tmp = TempDir::new("store-deadline-lock");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = b"tool".to_vec();
+    let url = server.route("/t", Route::Body(body.clone()));
+    let tool = spec("t", &url, &sha256(&body), Some(ToolFormat::File));
+    // Another process is fetching this digest (slowly, or stuck): it holds the lock.
+    let lock_path = store
+        .root()
+        .join("locks")
+        .join(format!("{}.lock", tool.sha256));
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::create(&lock_path).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    let policy = FetchPolicy {
+        deadline: Some(std::time::Instant::now() + Duration::from_millis(300)),
+        ..loopback_policy()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = store.clone();
+    let wanted = tool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            waiting
+                .ensure(&wanted, &policy, UnpackMode::Tool)
+                .map(|_| ()),
+        );
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("ensure still waits for the lock long after the job's deadline");
+    let err = chain(&got.unwrap_err());
+    assert!(err.contains("no time left to fetch it"), "{err}");
+    assert_eq!(server.hits(), 0);
+    drop(held);
+}
+
 /// Set by the two-process test in the children it starts.
 const CHILD_ENV: &str = "BULWARK_TOOLS_TEST_CHILD";
 
