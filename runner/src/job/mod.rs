@@ -552,7 +552,7 @@ impl JobRun<'_> {
         // before anything of the job runs; any failure refuses the job. Together with the
         // root filesystem and a url source, within the job's own timeout: each download alone
         // has fetch.timeout, but a spec may name 64 tools.
-        self.inputs_deadline = Some(Instant::now() + self.job.timeout);
+        self.inputs_deadline = Instant::now().checked_add(self.job.timeout);
         let tools = self.resolve_tools()?;
         let rootfs = self.resolve_rootfs()?;
         let url_source = self
