@@ -526,22 +526,26 @@ impl Store {
                 continue;
             };
             report.blobs += 1;
-            let actual = if meta.is_file() {
-                hash_file(&path).map_err(self.store_err(path.clone()))?
-            } else {
-                "not a regular file".to_owned()
+            // An entry that cannot be rehashed is reported and set aside like a changed one
+            // (the next job fetches it anew), and the check goes on: stopping at it would
+            // leave every entry after it unchecked.
+            let problem = match meta.is_file().then(|| hash_file(&path)) {
+                None => format!("sha256 mismatch: expected {sha}, got not a regular file"),
+                Some(Err(e)) => format!("cannot be rehashed: {e}"),
+                Some(Ok(actual)) if actual != sha => {
+                    format!("sha256 mismatch: expected {sha}, got {actual}")
+                }
+                Some(Ok(_)) => continue,
             };
-            if actual != sha {
-                let quarantined = self
-                    .quarantine(&path, "blob")
-                    .map_err(self.store_err(path))?;
-                report.corrupt.push(Corrupt {
-                    entry: format!("blobs/{entry}"),
-                    tool: None,
-                    problem: format!("sha256 mismatch: expected {sha}, got {actual}"),
-                    quarantined,
-                });
-            }
+            let quarantined = self
+                .quarantine(&path, "blob")
+                .map_err(self.store_err(path))?;
+            report.corrupt.push(Corrupt {
+                entry: format!("blobs/{entry}"),
+                tool: None,
+                problem,
+                quarantined,
+            });
         }
         let trees = self.root.join("trees");
         for entry in sorted_names(&trees).map_err(self.store_err(trees.clone()))? {
@@ -568,13 +572,13 @@ impl Store {
                 .lines()
                 .find_map(|l| l.strip_prefix("tool "))
                 .map(str::to_owned);
-            let actual = digest_tree(&path).map_err(self.store_err(path.clone()))?;
-            let problem = match expected {
-                None => "no recorded tree digest".to_owned(),
-                Some(e) if e != actual => {
+            let problem = match (expected, digest_tree(&path)) {
+                (_, Err(e)) => format!("cannot be rehashed: {e}"),
+                (None, Ok(_)) => "no recorded tree digest".to_owned(),
+                (Some(e), Ok(actual)) if e != actual => {
                     format!("tree digest mismatch: expected {e}, got {actual}")
                 }
-                Some(_) => continue,
+                (Some(_), Ok(_)) => continue,
             };
             let quarantined = self
                 .quarantine(&path, "tree")

@@ -508,6 +508,53 @@ fn a_fetch_waiting_for_another_process_gives_up_at_the_jobs_deadline() {
     drop(held);
 }
 
+#[test]
+fn verify_all_reports_an_entry_it_cannot_rehash_and_goes_on_to_the_rest() {
+    let tmp = TempDir::new("store-verify-unreadable");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let mut dirs = Vec::new();
+    for version in ["1.7", "1.8"] {
+        let body = tar_gz(&[file("bin/jq", 0o755, version.as_bytes())]);
+        let url = server.route(&format!("/jq-{version}.tar.gz"), Route::Body(body.clone()));
+        let r = store
+            .ensure(
+                &spec("jq", &url, &sha256(&body), None),
+                &loopback_policy(),
+                UnpackMode::Tool,
+            )
+            .unwrap();
+        dirs.push(r.dir);
+    }
+    dirs.sort();
+    let name = |d: &Path| format!("trees/{}", d.file_name().unwrap().to_string_lossy());
+    // The first tree (in the order verify walks) cannot be rehashed: deeper than the tree
+    // digest walks. The second was changed.
+    std::fs::set_permissions(&dirs[0], std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dirs[0].join("d/".repeat(1100))).unwrap();
+    std::fs::set_permissions(dirs[1].join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dirs[1].join("bin/jq"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(dirs[1].join("bin/jq"), b"evil").unwrap();
+    let report = store
+        .verify_all()
+        .unwrap_or_else(|e| panic!("verify stopped at the first bad entry: {}", chain(&e)));
+    let found: Vec<(String, String)> = report
+        .corrupt
+        .iter()
+        .map(|c| (c.entry.clone(), c.problem.clone()))
+        .collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, name(&dirs[0]));
+    assert!(found[0].1.starts_with("cannot be rehashed: "), "{found:?}");
+    assert_eq!(found[1].0, name(&dirs[1]));
+    assert!(found[1].1.starts_with("tree digest mismatch"), "{found:?}");
+    assert!(!dirs[0].exists() && !dirs[1].exists());
+}
+
 /// Set by the two-process test in the children it starts.
 const CHILD_ENV: &str = "BULWARK_TOOLS_TEST_CHILD";
 
