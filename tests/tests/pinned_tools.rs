@@ -189,19 +189,23 @@ fn a_tool_with_the_wrong_digest_is_refused_before_any_step_and_leaves_nothing() 
     );
 }
 
-/// Each download alone is well within `fetch.timeout`, but a spec may list 64 tools (and a
-/// root filesystem and a source): together they must be in within the job's own timeout, or
-/// one untrusted spec holds the runner for hours before its first step.
+/// Each download alone is well within `fetch.timeout` (2s here), but a spec may list 64 tools (and
+/// a root filesystem and a source): together they must be in within the job's own timeout
+/// (2s), or one untrusted spec holds the runner for hours before its first step.
 #[test]
 fn a_job_whose_tools_take_longer_than_its_timeout_to_fetch_is_refused() {
-    let env = env_allowing_loopback("tool-deadline");
+    let env = Env::new("tool-deadline");
+    env.write_config_sections(
+        "",
+        "[fetch]\nallow_private = [\"127.0.0.1\"]\ntimeout = \"2s\"\n",
+    );
     let servers: Vec<(Server, String)> = (0..3)
         .map(|i| {
             let body = format!("#!/bin/sh\necho tool {i}\n").into_bytes();
             let path = env.dir.join(format!("t{i}"));
             std::fs::write(&path, &body).unwrap();
             let sha = sha256_file(&path);
-            (Server::serve_after(Duration::from_millis(900), body), sha)
+            (Server::serve_after(Duration::from_millis(800), body), sha)
         })
         .collect();
     let tools: String = servers
@@ -221,7 +225,7 @@ fn a_job_whose_tools_take_longer_than_its_timeout_to_fetch_is_refused() {
     let r = env.run(&job);
     r.assert_code(2);
     assert!(
-        r.stderr.contains("within its timeout of 2s"),
+        r.stderr.contains("were not all in within 2s (its timeout"),
         "the refusal should name the job's timeout: {r}"
     );
     assert!(

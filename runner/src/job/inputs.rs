@@ -112,6 +112,12 @@ impl JobRun<'_> {
         Ok((store, policy))
     }
 
+    /// How long all of the job's tools, root filesystem and url source may take together:
+    /// its timeout, or `fetch.timeout` when that is longer.
+    pub(super) fn inputs_budget(&self) -> std::time::Duration {
+        self.job.timeout.max(self.config.fetch.timeout)
+    }
+
     /// A tool store error as the job's refusal reason: the whole chain, bounded, saying so
     /// when the time for the job's inputs ran out (a download then stops with its timeout cut
     /// to what was left, and its own message names only `fetch.timeout`).
@@ -122,9 +128,9 @@ impl JobRun<'_> {
             .is_some_and(|d| std::time::Instant::now() >= d);
         let reason = if late {
             format!(
-                "the job's tools, root filesystem and source were not all in within its \
-                 timeout of {}: {reason}",
-                bulwark_protocol::format_duration(self.job.timeout)
+                "the job's tools, root filesystem and source were not all in within {} (its \
+                 timeout, or fetch.timeout when longer): {reason}",
+                bulwark_protocol::format_duration(self.inputs_budget())
             )
         } else {
             reason

@@ -550,9 +550,10 @@ impl JobRun<'_> {
         let limits = &self.config.limits;
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
         // before anything of the job runs; any failure refuses the job. Together with the
-        // root filesystem and a url source, within the job's own timeout: each download alone
-        // has fetch.timeout, but a spec may name 64 tools.
-        self.inputs_deadline = Instant::now().checked_add(self.job.timeout);
+        // root filesystem and a url source, within the job's own timeout (or fetch.timeout
+        // when that is longer, so that one input that fits it alone always fits): each
+        // download alone has fetch.timeout, but a spec may name 64 tools.
+        self.inputs_deadline = Instant::now().checked_add(self.inputs_budget());
         let tools = self.resolve_tools()?;
         let rootfs = self.resolve_rootfs()?;
         let url_source = self
