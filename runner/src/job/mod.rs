@@ -348,8 +348,8 @@ struct JobRun<'a> {
     disk: Option<crate::disk_reserve::Reserve>,
     /// Something of the job's uid may still run: its lease must not be released clean.
     lease_unclean: bool,
-    /// When the job's tools, root filesystem and url source must all be in: its timeout,
-    /// counted from when the runner starts fetching them.
+    /// When the job's tools, root filesystem and url source must all be in:
+    /// `JobRun::inputs_budget` from when the runner starts fetching them.
     inputs_deadline: Option<Instant>,
 }
 

@@ -64,8 +64,9 @@ pub struct FetchPolicy {
     pub room: crate::disk_reserve::Room,
     /// When everything one job fetches (its tools, root filesystem and url source together)
     /// must be in, waits for another process's fetch included; `None`: each download and
-    /// unpack has `timeout` alone. The job sets it to its own timeout from when it starts
-    /// fetching: each input alone is bounded by `timeout`, but a spec may name 64 tools.
+    /// unpack has `timeout` alone. The job sets it to its own timeout (or `timeout`, when
+    /// longer) from when it starts fetching: each input alone is bounded by `timeout`, but a
+    /// spec may name 64 tools.
     pub deadline: Option<Instant>,
 }
 
