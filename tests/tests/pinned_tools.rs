@@ -20,6 +20,11 @@ struct Server {
 
 impl Server {
     fn serve(body: Vec<u8>) -> Server {
+        Server::serve_after(Duration::ZERO, body)
+    }
+
+    /// Like [`Server::serve`], answering each request only after `delay`.
+    fn serve_after(delay: Duration, body: Vec<u8>) -> Server {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -35,6 +40,7 @@ impl Server {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf);
+                std::thread::sleep(delay);
                 let _ = write!(
                     s,
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -180,6 +186,52 @@ fn a_tool_with_the_wrong_digest_is_refused_before_any_step_and_leaves_nothing() 
         store_files(&env),
         0,
         "the bad download left something in the store"
+    );
+}
+
+/// Each download alone is well within `fetch.timeout` (2s here), but a spec may list 64 tools (and
+/// a root filesystem and a source): together they must be in within the job's own timeout
+/// (2s), or one untrusted spec holds the runner for hours before its first step.
+#[test]
+fn a_job_whose_tools_take_longer_than_its_timeout_to_fetch_is_refused() {
+    let env = Env::new("tool-deadline");
+    env.write_config_sections(
+        "",
+        "[fetch]\nallow_private = [\"127.0.0.1\"]\ntimeout = \"2s\"\n",
+    );
+    let servers: Vec<(Server, String)> = (0..3)
+        .map(|i| {
+            let body = format!("#!/bin/sh\necho tool {i}\n").into_bytes();
+            let path = env.dir.join(format!("t{i}"));
+            std::fs::write(&path, &body).unwrap();
+            let sha = sha256_file(&path);
+            (Server::serve_after(Duration::from_millis(800), body), sha)
+        })
+        .collect();
+    let tools: String = servers
+        .iter()
+        .enumerate()
+        .map(|(i, (s, sha))| {
+            format!(
+                "[[tools]]\nname = \"t{i}\"\nurl = \"http://127.0.0.1:{}/t{i}\"\nsha256 = \"{sha}\"\nformat = \"file\"\n",
+                s.port
+            )
+        })
+        .collect();
+    let job = format!(
+        "version = 1\nname = \"slow-tools\"\n[resources]\ntimeout = \"2s\"\n{tools}[[steps]]\nname = \"use\"\nrun = \"t0 && t1 && t2\"\n"
+    );
+    let started = std::time::Instant::now();
+    let r = env.run(&job);
+    r.assert_code(2);
+    assert!(
+        r.stderr.contains("were not all in within 2s (its timeout"),
+        "the refusal should name the job's timeout: {r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
     );
 }
 

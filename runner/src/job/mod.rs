@@ -9,7 +9,7 @@
 //! helper, and reads what the sandbox reports.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_protocol::{
     format_size, Config, Inputs, Isolation, IsolationChoice, IsolationMode, JobResult, JobSpec,
@@ -178,6 +178,7 @@ pub fn run(args: RunArgs) -> u8 {
         disk: None,
         lease_unclean: false,
         trees_in_use: Vec::new(),
+        inputs_deadline: None,
     };
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -215,7 +216,7 @@ pub fn run(args: RunArgs) -> u8 {
         code = exit::RUNNER_ERROR;
     }
     if code == exit::SUCCEEDED && !result.outputs.is_empty() {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let signed = sign_provenance(
             &args,
             &loaded.config,
@@ -351,6 +352,9 @@ struct JobRun<'a> {
     /// The store trees mounted into the job (tools, root filesystem), held so that `bulwark
     /// tools prune` cannot remove them under it; released when the job's run ends.
     trees_in_use: Vec<std::sync::Arc<crate::tools::InUse>>,
+    /// When the job's tools, root filesystem and url source must all be in:
+    /// `JobRun::inputs_budget` from when the runner starts fetching them.
+    inputs_deadline: Option<Instant>,
 }
 
 /// What the sandbox reported.
@@ -549,7 +553,11 @@ impl JobRun<'_> {
     ) -> Result<Outcome, Stop> {
         let limits = &self.config.limits;
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
-        // before anything of the job runs; any failure refuses the job.
+        // before anything of the job runs; any failure refuses the job. Together with the
+        // root filesystem and a url source, within the job's own timeout (or fetch.timeout
+        // when that is longer, so that one input that fits it alone always fits): each
+        // download alone has fetch.timeout, but a spec may name 64 tools.
+        self.inputs_deadline = Instant::now().checked_add(self.inputs_budget());
         let tools = self.resolve_tools()?;
         let rootfs = self.resolve_rootfs()?;
         let url_source = self

@@ -83,6 +83,12 @@ pub enum ToolError {
         /// The digest of what was served.
         actual: String,
     },
+    /// The time for the job's inputs ([`FetchPolicy::deadline`]) ran out before this one was in.
+    #[error("tool {name:?}: no time left to fetch it (the job's inputs must all be in within its timeout)")]
+    OutOfTime {
+        /// Tool name.
+        name: String,
+    },
     /// The verified download could not be unpacked.
     #[error("tool {name:?}: {url}")]
     Unpack {
@@ -266,21 +272,38 @@ impl Store {
         if let Some(held) = self.hold_tree(&id)? {
             return Ok(resolved(true, held));
         }
-        let _lock = self.lock(&tool.sha256)?;
+        // Anything past a cache hit takes time: within what is left of the job's inputs'
+        // deadline, asked again after each wait (the lock, the download).
+        let out_of_time = || ToolError::OutOfTime {
+            name: tool.name.clone(),
+        };
+        let in_time = |policy: &FetchPolicy| policy.within_deadline().ok_or_else(out_of_time);
+        let policy = &in_time(policy)?;
+        let _lock = match policy.deadline {
+            None => self.lock(&tool.sha256)?,
+            Some(deadline) => self
+                .lock_before(&tool.sha256, deadline)?
+                .ok_or_else(out_of_time)?,
+        };
         if let Some(held) = self.hold_tree(&id)? {
             return Ok(resolved(true, held));
         }
+        let policy = &in_time(policy)?;
         self.clean_tmp(&tool.sha256);
         let blob = self.root.join("blobs").join(&tool.sha256);
         // A stored download about to be unpacked again (its tree is gone, e.g. quarantined) is
-        // rehashed first: only a true cache hit skips the check.
+        // rehashed first: only a true cache hit skips the check. One that fails it is set
+        // aside (or removed) before anything else; if it cannot be, the tool is refused, never
+        // unpacked from bytes that do not have its digest.
         if blob.exists() && hash_file(&blob).ok().as_deref() != Some(tool.sha256.as_str()) {
-            let _ = self.quarantine(&blob, "blob");
+            self.set_aside(&blob, "blob")?;
         }
         let fetched_now = !blob.exists();
         if fetched_now {
             self.download(tool, policy, &blob)?;
         }
+        // A verified download is kept even when no time is left to unpack it.
+        let policy = &in_time(policy)?;
         let result = self.unpack_and_publish(tool, &id, &blob, format, mode, policy);
         if result.is_err() && fetched_now {
             let _ = fs::remove_file(&blob);
@@ -367,6 +390,30 @@ impl Store {
             .open(&path)
             .map_err(self.store_err(path.clone()))?;
         Ok((file, path))
+    }
+
+    /// [`Store::lock`], waiting no later than `deadline`: `None` when another process still
+    /// holds it then.
+    fn lock_before(
+        &self,
+        sha256: &str,
+        deadline: std::time::Instant,
+    ) -> Result<Option<Flock<File>>, ToolError> {
+        let (mut file, path) = self.lock_file(sha256)?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Some(lock)),
+                Err((back, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
+                    file = back
+                }
+                Err((_, errno)) => return Err(self.store_err(path)(errno.into())),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(25)));
+        }
     }
 
     /// Removes what a process that died while holding this digest's lock left in `tmp/`.
@@ -483,14 +530,15 @@ impl Store {
                 tool.name,
                 display_url(&tool.url)
             );
-            crate::fsutil::write_atomic(&digest_file, record.as_bytes())
-                .map_err(self.store_err(digest_file.clone()))?;
             let target = trees.join(id);
             if fs::symlink_metadata(&target).is_ok() {
-                // A tree without its digest file: never trusted, set aside.
-                self.quarantine(&target, "tree")
-                    .map_err(self.store_err(target.clone()))?;
+                // A tree without its digest file: never trusted, set aside. Before the digest
+                // file is written: the other way round, a failure here would leave this tree
+                // beside a digest file, which is what a cache hit takes for a published tree.
+                self.set_aside(&target, "tree")?;
             }
+            crate::fsutil::write_atomic(&digest_file, record.as_bytes())
+                .map_err(self.store_err(digest_file.clone()))?;
             // Moving a directory to another parent rewrites its `..`, which needs write
             // permission on it for anyone but root: open the top level for the rename only
             // (everything inside stays read-only; the store itself is the runner's alone).
@@ -504,6 +552,30 @@ impl Store {
             let _ = remove_tree(&tmp);
         }
         result
+    }
+
+    /// Takes an entry that must not be used out of its place: into `quarantine/`, or, when
+    /// that fails (a full disk, a broken `quarantine/`), removed. An error means it is still
+    /// there, and the caller must not go on to use or trust what is under that name.
+    fn set_aside(&self, path: &Path, kind: &str) -> Result<(), ToolError> {
+        let Err(moving) = self.quarantine(path, kind) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            path = %path.display(),
+            error = %moving,
+            "cannot move a corrupt store entry to quarantine; removing it"
+        );
+        let _ = remove_tree(path);
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.store_err(path.to_path_buf())(e)),
+            Ok(_) => Err(self.store_err(path.to_path_buf())(io::Error::other(
+                format!(
+                    "a corrupt entry can be neither moved to quarantine ({moving}) nor removed"
+                ),
+            ))),
+        }
     }
 
     fn quarantine(&self, path: &Path, kind: &str) -> io::Result<PathBuf> {
@@ -693,22 +765,26 @@ impl Store {
                 continue;
             };
             report.blobs += 1;
-            let actual = if meta.is_file() {
-                hash_file(&path).map_err(self.store_err(path.clone()))?
-            } else {
-                "not a regular file".to_owned()
+            // An entry that cannot be rehashed is reported and set aside like a changed one
+            // (the next job fetches it anew), and the check goes on: stopping at it would
+            // leave every entry after it unchecked.
+            let problem = match meta.is_file().then(|| hash_file(&path)) {
+                None => format!("sha256 mismatch: expected {sha}, got not a regular file"),
+                Some(Err(e)) => format!("cannot be rehashed: {e}"),
+                Some(Ok(actual)) if actual != sha => {
+                    format!("sha256 mismatch: expected {sha}, got {actual}")
+                }
+                Some(Ok(_)) => continue,
             };
-            if actual != sha {
-                let quarantined = self
-                    .quarantine(&path, "blob")
-                    .map_err(self.store_err(path))?;
-                report.corrupt.push(Corrupt {
-                    entry: format!("blobs/{entry}"),
-                    tool: None,
-                    problem: format!("sha256 mismatch: expected {sha}, got {actual}"),
-                    quarantined,
-                });
-            }
+            let quarantined = self
+                .quarantine(&path, "blob")
+                .map_err(self.store_err(path))?;
+            report.corrupt.push(Corrupt {
+                entry: format!("blobs/{entry}"),
+                tool: None,
+                problem,
+                quarantined,
+            });
         }
         let trees = self.root.join("trees");
         for entry in sorted_names(&trees).map_err(self.store_err(trees.clone()))? {
@@ -735,13 +811,13 @@ impl Store {
                 .lines()
                 .find_map(|l| l.strip_prefix("tool "))
                 .map(str::to_owned);
-            let actual = digest_tree(&path).map_err(self.store_err(path.clone()))?;
-            let problem = match expected {
-                None => "no recorded tree digest".to_owned(),
-                Some(e) if e != actual => {
+            let problem = match (expected, digest_tree(&path)) {
+                (_, Err(e)) => format!("cannot be rehashed: {e}"),
+                (None, Ok(_)) => "no recorded tree digest".to_owned(),
+                (Some(e), Ok(actual)) if e != actual => {
                     format!("tree digest mismatch: expected {e}, got {actual}")
                 }
-                Some(_) => continue,
+                (Some(_), Ok(_)) => continue,
             };
             let quarantined = self
                 .quarantine(&path, "tree")

@@ -383,6 +383,178 @@ fn verify_all_quarantines_a_corrupt_blob_and_a_modified_tree_and_ensure_fetches_
     );
 }
 
+/// Makes every move into `quarantine/` fail (ENOTDIR, for root too): a regular file in its
+/// place. `Store::open` leaves it so.
+fn break_quarantine(store: &Store) {
+    let q = store.root().join("quarantine");
+    std::fs::remove_dir(&q).unwrap();
+    std::fs::write(&q, b"not a directory").unwrap();
+}
+
+#[test]
+fn a_tampered_download_that_cannot_be_set_aside_is_never_unpacked() {
+    let tmp = TempDir::new("store-rehash-stuck");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = b"#!/bin/sh\necho the pinned tool\n".to_vec();
+    let url = server.route("/t", Route::Body(body.clone()));
+    let tool = spec("t", &url, &sha256(&body), Some(ToolFormat::File));
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    // The tree is gone (as `tools verify` leaves it) and the stored download changed since.
+    crate::fsutil::remove_tree(&r.dir).unwrap();
+    let digest = format!("{}-file-t.digest", tool.sha256);
+    std::fs::remove_file(store.root().join("trees").join(digest)).unwrap();
+    let blob = store.root().join("blobs").join(&tool.sha256);
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, b"#!/bin/sh\necho tampered\n").unwrap();
+    // And the tampered download cannot be moved to quarantine/.
+    break_quarantine(&store);
+    let again = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(!again.cache_hit);
+    assert_eq!(
+        std::fs::read(again.dir.join("t")).unwrap(),
+        body,
+        "the download that failed its rehash was unpacked"
+    );
+    assert_eq!(server.hits(), 2, "the tool should have been fetched anew");
+}
+
+#[test]
+fn a_tree_without_its_digest_file_is_never_trusted_even_when_it_cannot_be_set_aside() {
+    let tmp = TempDir::new("store-undigested-stuck");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    // The tree loses its digest file (never trusted from now on) and is changed.
+    let digest = store
+        .root()
+        .join("trees")
+        .join(format!("{}-tar.gz.digest", tool.sha256));
+    std::fs::remove_file(&digest).unwrap();
+    let readme = r.dir.join("share/README");
+    std::fs::set_permissions(r.dir.join("share"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&readme, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&readme, b"evil").unwrap();
+    // And it cannot be moved to quarantine/.
+    break_quarantine(&store);
+    // Neither this job nor the next is given the changed tree; a refusal would be safe, but
+    // the tree is unpacked again from the stored download, so both get the pinned one.
+    let mut refusals = Vec::new();
+    for attempt in 0..2 {
+        match store.ensure(&tool, &loopback_policy(), UnpackMode::Tool) {
+            Ok(got) => assert_eq!(
+                std::fs::read(got.dir.join("share/README")).unwrap(),
+                b"jq",
+                "attempt {attempt}: a tree without its digest file was trusted"
+            ),
+            Err(e) => refusals.push(format!("attempt {attempt}: {}", chain(&e))),
+        }
+    }
+    assert_eq!(refusals, Vec::<String>::new());
+    assert_eq!(
+        server.hits(),
+        1,
+        "the stored download should have been unpacked again"
+    );
+}
+
+#[test]
+fn a_fetch_waiting_for_another_process_gives_up_at_the_jobs_deadline() {
+    let tmp = TempDir::new("store-deadline-lock");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = b"tool".to_vec();
+    let url = server.route("/t", Route::Body(body.clone()));
+    let tool = spec("t", &url, &sha256(&body), Some(ToolFormat::File));
+    // Another process is fetching this digest (slowly, or stuck): it holds the lock.
+    let lock_path = store
+        .root()
+        .join("locks")
+        .join(format!("{}.lock", tool.sha256));
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::create(&lock_path).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    let policy = FetchPolicy {
+        deadline: Some(std::time::Instant::now() + Duration::from_millis(300)),
+        ..loopback_policy()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = store.clone();
+    let wanted = tool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            waiting
+                .ensure(&wanted, &policy, UnpackMode::Tool)
+                .map(|_| ()),
+        );
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("ensure still waits for the lock long after the job's deadline");
+    let err = chain(&got.unwrap_err());
+    assert!(err.contains("no time left to fetch it"), "{err}");
+    assert_eq!(server.hits(), 0);
+    drop(held);
+}
+
+#[test]
+fn verify_all_reports_an_entry_it_cannot_rehash_and_goes_on_to_the_rest() {
+    let tmp = TempDir::new("store-verify-unreadable");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let mut dirs = Vec::new();
+    for version in ["1.7", "1.8"] {
+        let body = tar_gz(&[file("bin/jq", 0o755, version.as_bytes())]);
+        let url = server.route(&format!("/jq-{version}.tar.gz"), Route::Body(body.clone()));
+        let r = store
+            .ensure(
+                &spec("jq", &url, &sha256(&body), None),
+                &loopback_policy(),
+                UnpackMode::Tool,
+            )
+            .unwrap();
+        dirs.push(r.dir);
+    }
+    dirs.sort();
+    let name = |d: &Path| format!("trees/{}", d.file_name().unwrap().to_string_lossy());
+    // The first tree (in the order verify walks) cannot be rehashed: deeper than the tree
+    // digest walks. The second was changed.
+    std::fs::set_permissions(&dirs[0], std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dirs[0].join("d/".repeat(1100))).unwrap();
+    std::fs::set_permissions(dirs[1].join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dirs[1].join("bin/jq"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(dirs[1].join("bin/jq"), b"evil").unwrap();
+    let report = store
+        .verify_all()
+        .unwrap_or_else(|e| panic!("verify stopped at the first bad entry: {}", chain(&e)));
+    let found: Vec<(String, String)> = report
+        .corrupt
+        .iter()
+        .map(|c| (c.entry.clone(), c.problem.clone()))
+        .collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, name(&dirs[0]));
+    assert!(found[0].1.starts_with("cannot be rehashed: "), "{found:?}");
+    assert_eq!(found[1].0, name(&dirs[1]));
+    assert!(found[1].1.starts_with("tree digest mismatch"), "{found:?}");
+    assert!(!dirs[0].exists() && !dirs[1].exists());
+}
+
 /// Set by the two-process test in the children it starts.
 const CHILD_ENV: &str = "BULWARK_TOOLS_TEST_CHILD";
 
