@@ -167,9 +167,15 @@ impl HelperBinary {
         self.run_mode(cmd, None, "")
     }
 
+    /// The path that execs this helper (through the descriptor that was checked), for a
+    /// child of this process.
+    pub fn exec_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
     /// This helper, in one of its modes, with an empty environment.
     fn mode_command(&self, mode: &str) -> Command {
-        let mut cmd = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        let mut cmd = Command::new(self.exec_path());
         cmd.arg0(bulwark_sandbox::helper::HELPER_BINARY)
             .arg(mode)
             .env_clear();

@@ -582,6 +582,12 @@ impl JobRun<'_> {
             let mut policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
             policy.room = self.room_on(&jobdir.workspace)?;
+            policy.confine_with = self.helper.as_ref().map(|h| h.exec_path());
+            if policy.confine_with.is_none() {
+                return Err(Stop::Refused(
+                    "source.git: no sandbox helper to confine git with".into(),
+                ));
+            }
             let fetched = crate::gitsource::fetch(
                 &url,
                 &commit,
