@@ -3,7 +3,7 @@
 //! ```text
 //! blobs/<sha256>                  verified downloads, 0444
 //! trees/<sha256>-<format>[-...]/  unpacked, read-only (dirs 0555, files 0444/0555)
-//! trees/<id>.digest               bulwark-tree-v1 digest of that tree, tool name and URL
+//! trees/<id>.digest               bulwark-tree-v2 digest of that tree, tool name and URL
 //! tmp/                            downloads and unpacks in progress
 //! locks/<sha256>.lock             flock: one process fetches a digest at a time
 //! quarantine/                     entries verify_all found corrupt; never used again
@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use super::archive::{self, ArchiveError, UnpackLimits, UnpackMode};
 use super::fetch::{self, display_url, FetchError, FetchPolicy};
 use crate::fsutil::{read_entries, remove_tree, Kind};
-use crate::source::{tree_digest, TreeEntry};
+use crate::source::{tree_digest, TreeEntry, TREE_ALGORITHM};
 
 /// Why a tool could not be made available. Displayed with its causes joined by `: `
 /// (`anyhow`'s `{:#}`), e.g. `tool "jq": https://example.org/jq.tgz: HTTP 404`.
@@ -207,7 +207,6 @@ pub struct Store {
 }
 
 const DIGEST_SUFFIX: &str = ".digest";
-const TREE_ALGORITHM: &str = "bulwark-tree-v1";
 
 impl Store {
     /// Opens (creating if needed) the store at `root`; the runner passes `<state>/tools`.
@@ -805,7 +804,12 @@ impl Store {
             let record = fs::read_to_string(&digest_file).unwrap_or_default();
             let expected = record
                 .lines()
-                .find_map(|l| l.strip_prefix(TREE_ALGORITHM))
+                // Records from before v2 are checked against the v2 digest too: it equals
+                // v1 for every tree whose names hold no backslash or newline.
+                .find_map(|l| {
+                    l.strip_prefix(TREE_ALGORITHM)
+                        .or_else(|| l.strip_prefix("bulwark-tree-v1"))
+                })
                 .map(|d| d.trim().to_owned());
             let tool = record
                 .lines()
@@ -894,7 +898,7 @@ fn hash_reader(reader: &mut impl Read) -> io::Result<String> {
     Ok(crate::outputs::hex(&hasher.finalize()))
 }
 
-/// The `bulwark-tree-v1` digest (docs/build-type.md) of an unpacked tree, walked through
+/// The `bulwark-tree-v2` digest (docs/build-type.md) of an unpacked tree, walked through
 /// descriptors without following symlinks. Anything but a directory, file or symlink (which
 /// unpacking never creates) is recorded with kind `?`, so it changes the digest.
 pub fn digest_tree(dir: &Path) -> io::Result<String> {
