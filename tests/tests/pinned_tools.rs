@@ -416,7 +416,7 @@ with tarfile.open("{tgz}", "w:gz") as t:
     for d in ["bin", "etc", "usr", "usr/share", "opt"]:
         add(t, d, mode=0o755, kind=tarfile.DIRTYPE)
     add(t, "bin/busybox", open("{busybox}", "rb").read(), 0o755)
-    for c in ["sh", "ls", "cat", "stat", "test", "echo"]:
+    for c in ["sh", "ls", "cat", "stat", "test", "echo", "sleep"]:
         add(t, "bin/" + c, kind=tarfile.SYMTYPE, link="busybox")
     add(t, "etc/os-release", b"NAME=bulwark-test-rootfs\n")
     add(t, "usr/share/marker", b"rootfs marker\n")
@@ -468,6 +468,22 @@ with tarfile.open("{tgz}", "w:gz") as t:
             .any(|d| d["name"] == "rootfs" && d["digest"]["sha256"] == sha.as_str()),
         "{deps:?}"
     );
+    // A job running on the root filesystem holds it: `tools prune` keeps it, and the job
+    // still reads it afterwards.
+    let marker = format!("rootfs-held-{}", std::process::id());
+    let job = format!(
+        "version = 1\nname = \"rootfs\"\n[rootfs]\nurl = \"http://127.0.0.1:{}/rootfs.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"hold\"\nrun = '''\nsleep 3 # {marker}\necho after=$(cat /usr/share/marker)\n'''\n",
+        server.port
+    );
+    let (mut cmd, out) = env.command(&job, &["--quiet"]);
+    let child = cmd.spawn().unwrap();
+    bulwark_tests::wait_for_process(&marker, "the job on the root filesystem", 30);
+    let (code, text) = tools_prune(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("-rootfs: in use by a running job"), "{text}");
+    let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+    r.assert_code(0);
+    assert_eq!(r.value("after"), "rootfs marker", "{r}");
 }
 
 #[test]
