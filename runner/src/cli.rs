@@ -162,6 +162,28 @@ pub enum ToolsCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Remove what no job has used for a while, to bound the store's disk use.
+    ///
+    /// Removes unpacked tools, root filesystems and url sources that no job has used for
+    /// --unused-days days, then the downloads none of whose trees is left, and what
+    /// interrupted fetches left behind. Never removes anything a running job has mounted or
+    /// a fetch is writing: those are kept and listed as busy. A job that needs something
+    /// removed fetches and verifies it again. Quarantined entries are left for the operator.
+    /// Safe to run while jobs run, e.g. daily from a timer.
+    /// Exit status: 0 done, 2 the store could not be read or written.
+    ///
+    /// Example: bulwark tools prune --unused-days 30 --config /etc/bulwark/config.toml
+    Prune {
+        /// Remove what no job has used for this many days (0: everything not in use).
+        #[arg(long, value_name = "DAYS")]
+        unused_days: u32,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Operator configuration (for the state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `bulwark egress ...`.
@@ -218,6 +240,11 @@ pub fn dispatch(cli: Cli) -> u8 {
         }),
         Commands::Keygen { out, algorithm } => keygen(&out, algorithm),
         Commands::Tools(ToolsCommand::Verify { config }) => tools_verify(config.as_deref()),
+        Commands::Tools(ToolsCommand::Prune {
+            unused_days,
+            dry_run,
+            config,
+        }) => tools_prune(unused_days, dry_run, config.as_deref()),
         Commands::Egress(EgressCommand::Suggest { log }) => match crate::egress::suggest(&log) {
             Ok(entries) => {
                 for e in entries {
@@ -271,6 +298,52 @@ fn keygen(out: &std::path::Path, algorithm: crate::provenance::keys::Algorithm) 
             2
         }
     }
+}
+
+fn tools_prune(unused_days: u32, dry_run: bool, config: Option<&std::path::Path>) -> u8 {
+    let result = (|| -> anyhow::Result<crate::tools::PruneReport> {
+        let loaded = crate::config::load(config)?;
+        let dirs = crate::config::Dirs::resolve(&loaded.config)?;
+        let store = crate::tools::Store::open(&dirs.state.join("tools"))?;
+        let unused_for = std::time::Duration::from_secs(u64::from(unused_days) * 86_400);
+        Ok(store.prune(unused_for, dry_run)?)
+    })();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("bulwark: tools prune: {e:#}");
+            return 2;
+        }
+    };
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for t in &report.trees {
+        let days = t.last_used.elapsed().map_or(0, |d| d.as_secs() / 86_400);
+        println!(
+            "{verb} {}{} ({} bytes, last used {days} days ago)",
+            t.entry,
+            t.tool
+                .as_ref()
+                .map(|n| format!(" (tool {n})"))
+                .unwrap_or_default(),
+            t.bytes
+        );
+    }
+    for (entry, bytes) in report.blobs.iter().chain(&report.leftovers) {
+        println!("{verb} {entry} ({bytes} bytes)");
+    }
+    for entry in &report.busy {
+        println!("kept {entry}: in use by a running job or a fetch");
+    }
+    println!(
+        "{verb} {} trees, {} downloads, {} leftovers: {} bytes; kept {} in use, {} used in the last {unused_days} days",
+        report.trees.len(),
+        report.blobs.len(),
+        report.leftovers.len(),
+        report.bytes(),
+        report.busy.len(),
+        report.kept
+    );
+    0
 }
 
 fn tools_verify(config: Option<&std::path::Path>) -> u8 {

@@ -143,35 +143,11 @@ impl HelperBinary {
         &self,
         spec: &bulwark_sandbox::subid::OwnershipSpec,
     ) -> Result<(), String> {
-        use std::io::Read;
         let json =
             serde_json::to_vec(spec).map_err(|e| format!("encoding the ownership spec: {e}"))?;
-        let mut child = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-            .arg0(bulwark_sandbox::helper::HELPER_BINARY)
-            .arg("--ownership")
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting the sandbox helper {}: {e}", self.path.display()))?;
-        let written = child.stdin.take().map(|mut w| w.write_all(&json));
-        let mut said = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = out.take(64 * 1024).read_to_string(&mut said);
-        }
-        let status = child
-            .wait()
-            .map_err(|e| format!("waiting for the sandbox helper: {e}"))?;
-        if status.success() {
-            return Ok(());
-        }
-        let reason = setup_failure(&said);
-        Err(match (reason, written) {
-            (Some(r), _) => r,
-            (None, Some(Err(e))) => format!("sending the ownership spec: {e} ({status})"),
-            (None, _) => format!("the sandbox helper ended with {status} without saying why"),
-        })
+        let mut cmd = self.mode_command("--ownership");
+        cmd.stdin(Stdio::piped());
+        self.run_mode(cmd, Some(&json), "the ownership spec")
     }
 
     /// Kills every process of the job uid `uid` (root mode): runs this helper as that uid, in
@@ -179,23 +155,46 @@ impl HelperBinary {
     /// it calls `kill(-1, SIGKILL)` (see `bulwark_sandbox::uid_sweep`). The error carries the
     /// helper's reason; nothing was signalled then.
     pub fn kill_uid(&self, uid: u32) -> Result<(), String> {
-        use std::io::Read;
         if uid == 0 {
             return Err("refusing to sweep uid 0".into());
         }
-        let mut child = Command::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-            .arg0(bulwark_sandbox::helper::HELPER_BINARY)
-            .arg("--kill-uid")
-            .arg(uid.to_string())
-            // As root, std also drops every supplementary group before the exec.
+        let mut cmd = self.mode_command("--kill-uid");
+        // As root, std also drops every supplementary group before the exec.
+        cmd.arg(uid.to_string())
             .uid(uid)
             .gid(uid)
-            .env_clear()
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        self.run_mode(cmd, None, "")
+    }
+
+    /// The path that execs this helper (through the descriptor that was checked), for a
+    /// child of this process.
+    pub fn exec_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// This helper, in one of its modes, with an empty environment.
+    fn mode_command(&self, mode: &str) -> Command {
+        let mut cmd = Command::new(self.exec_path());
+        cmd.arg0(bulwark_sandbox::helper::HELPER_BINARY)
+            .arg(mode)
+            .env_clear();
+        cmd
+    }
+
+    /// Runs `cmd` (from [`HelperBinary::mode_command`]), writes `input` (`what`) to it, waits;
+    /// a failure carries the reason the helper reported.
+    fn run_mode(&self, mut cmd: Command, input: Option<&[u8]>, what: &str) -> Result<(), String> {
+        use std::io::Read;
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("starting the sandbox helper as uid {uid}: {e}"))?;
+            .map_err(|e| format!("starting the sandbox helper {}: {e}", self.path.display()))?;
+        let written = match (input, child.stdin.take()) {
+            (Some(bytes), Some(mut w)) => Some(w.write_all(bytes)),
+            _ => None,
+        };
         let mut said = String::new();
         if let Some(out) = child.stdout.take() {
             let _ = out.take(64 * 1024).read_to_string(&mut said);
@@ -206,9 +205,11 @@ impl HelperBinary {
         if status.success() {
             return Ok(());
         }
-        Err(setup_failure(&said).unwrap_or_else(|| {
-            format!("the sandbox helper ended with {status} without saying why")
-        }))
+        Err(match (setup_failure(&said), written) {
+            (Some(r), _) => r,
+            (None, Some(Err(e))) => format!("sending {what}: {e} ({status})"),
+            (None, _) => format!("the sandbox helper ended with {status} without saying why"),
+        })
     }
 
     /// Starts the helper and hands it `spec` at once.

@@ -33,20 +33,37 @@ pub struct TreeEntry {
     pub content: String,
 }
 
-/// The `bulwark-tree-v1` digest of a copied tree (documented in docs/build-type.md): sha256
-/// over the entries sorted by path bytes, each `<kind> <path>\0<content>\n`.
+/// The name of the tree digest algorithm [`tree_digest`] computes, as recorded in provenance
+/// and in the tool store's records.
+pub const TREE_ALGORITHM: &str = "bulwark-tree-v2";
+
+/// The `bulwark-tree-v2` digest of a copied tree (documented in docs/build-type.md): sha256
+/// over the entries sorted by path bytes, each `<kind> <path>\0<content>\n`, where a
+/// backslash or newline in the path or content is written as `\\` or `\n`.
+///
+/// v1 wrote path and content as they are, so a newline in a file name or link target could
+/// make two different trees encode to the same bytes; escaping makes the encoding injective.
+/// For a tree whose names and link targets hold neither character, v2 equals v1.
 pub fn tree_digest(entries: &[TreeEntry]) -> String {
     use sha2::{Digest, Sha256};
     let mut sorted: Vec<&TreeEntry> = entries.iter().collect();
     sorted.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let mut h = Sha256::new();
     for e in sorted {
-        h.update(format!("{} {}", e.kind, e.path).as_bytes());
+        h.update(format!("{} {}", e.kind, escaped(&e.path)).as_bytes());
         h.update([0u8]);
-        h.update(e.content.as_bytes());
+        h.update(escaped(&e.content).as_bytes());
         h.update(b"\n");
     }
     crate::outputs::hex(&h.finalize())
+}
+
+/// `text` with `\` written as `\\` and a newline as `\n` (borrowed when it holds neither).
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\\', '\n']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.replace('\\', "\\\\").replace('\n', "\\n"))
 }
 
 /// What a copy did.
@@ -354,5 +371,37 @@ mod tests {
         );
         assert!(within(None, Some(2)).is_err());
         let _ = std::fs::remove_dir_all(&src);
+    }
+
+    #[test]
+    fn names_with_newlines_cannot_make_two_trees_share_a_digest() {
+        let e = |kind: char, path: &str, content: &str| TreeEntry {
+            path: path.into(),
+            kind,
+            content: content.into(),
+        };
+        // Under v1 both encode to the bytes `l a\0t\nf b\nx y\0H\n`.
+        let one = [e('l', "a", "t"), e('f', "b\nx y", "H")];
+        let two = [e('l', "a", "t\nf b"), e('x', "y", "H")];
+        assert_ne!(tree_digest(&one), tree_digest(&two));
+        // The escape itself is injective: a backslash-n in a name is not a newline.
+        assert_ne!(
+            tree_digest(&[e('f', "a\\nb", "H")]),
+            tree_digest(&[e('f', "a\nb", "H")])
+        );
+        // Ordinary names digest as under v1.
+        let plain = [
+            e('d', "src", ""),
+            e('f', "src/main.c", "ab"),
+            e('l', "cur", "src"),
+        ];
+        let mut v1 = <sha2::Sha256 as sha2::Digest>::new();
+        for x in ["l cur\0src\n", "d src\0\n", "f src/main.c\0ab\n"] {
+            sha2::Digest::update(&mut v1, x.as_bytes());
+        }
+        assert_eq!(
+            tree_digest(&plain),
+            crate::outputs::hex(&sha2::Digest::finalize(v1))
+        );
     }
 }

@@ -5,9 +5,9 @@
 //! crate's `bulwark-sandbox` binary ([`helper::main`]); the helper builds the namespaces, the filesystem
 //! view and the init, and every step's process locks itself down before exec
 //! ([`process`]). Host-side pieces the runner calls directly: [`cgroup`] (limits and killing a
-//! whole job) and [`probe`] (which layers this host can enforce). The helper binary has two more
-//! modes: handing a workspace between ids ([`subid`]) and killing every process of a job uid
-//! ([`uid_sweep`]).
+//! whole job) and [`probe`] (which layers this host can enforce). The helper binary has three more
+//! modes: handing a workspace between ids ([`subid`]), killing every process of a job uid
+//! ([`uid_sweep`]) and confining a program the runner runs on the host, git ([`confine`]).
 //!
 //! Layers, each in the module named for it: namespaces ([`helper`], checked by [`namespaces`]) (user, mount, pid, net,
 //! ipc, uts, cgroup), [`mount`] (tmpfs root, read-only binds, pivot_root), [`landlock`],
@@ -22,6 +22,7 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod confine;
 pub mod forwarder;
 pub mod helper;
 pub mod init;

@@ -20,6 +20,11 @@ struct Server {
 
 impl Server {
     fn serve(body: Vec<u8>) -> Server {
+        Server::serve_after(Duration::ZERO, body)
+    }
+
+    /// Like [`Server::serve`], answering each request only after `delay`.
+    fn serve_after(delay: Duration, body: Vec<u8>) -> Server {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -35,6 +40,7 @@ impl Server {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf);
+                std::thread::sleep(delay);
                 let _ = write!(
                     s,
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -180,6 +186,52 @@ fn a_tool_with_the_wrong_digest_is_refused_before_any_step_and_leaves_nothing() 
         store_files(&env),
         0,
         "the bad download left something in the store"
+    );
+}
+
+/// Each download alone is well within `fetch.timeout` (2s here), but a spec may list 64 tools (and
+/// a root filesystem and a source): together they must be in within the job's own timeout
+/// (2s), or one untrusted spec holds the runner for hours before its first step.
+#[test]
+fn a_job_whose_tools_take_longer_than_its_timeout_to_fetch_is_refused() {
+    let env = Env::new("tool-deadline");
+    env.write_config_sections(
+        "",
+        "[fetch]\nallow_private = [\"127.0.0.1\"]\ntimeout = \"2s\"\n",
+    );
+    let servers: Vec<(Server, String)> = (0..3)
+        .map(|i| {
+            let body = format!("#!/bin/sh\necho tool {i}\n").into_bytes();
+            let path = env.dir.join(format!("t{i}"));
+            std::fs::write(&path, &body).unwrap();
+            let sha = sha256_file(&path);
+            (Server::serve_after(Duration::from_millis(800), body), sha)
+        })
+        .collect();
+    let tools: String = servers
+        .iter()
+        .enumerate()
+        .map(|(i, (s, sha))| {
+            format!(
+                "[[tools]]\nname = \"t{i}\"\nurl = \"http://127.0.0.1:{}/t{i}\"\nsha256 = \"{sha}\"\nformat = \"file\"\n",
+                s.port
+            )
+        })
+        .collect();
+    let job = format!(
+        "version = 1\nname = \"slow-tools\"\n[resources]\ntimeout = \"2s\"\n{tools}[[steps]]\nname = \"use\"\nrun = \"t0 && t1 && t2\"\n"
+    );
+    let started = std::time::Instant::now();
+    let r = env.run(&job);
+    r.assert_code(2);
+    assert!(
+        r.stderr.contains("were not all in within 2s (its timeout"),
+        "the refusal should name the job's timeout: {r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
     );
 }
 
@@ -364,7 +416,7 @@ with tarfile.open("{tgz}", "w:gz") as t:
     for d in ["bin", "etc", "usr", "usr/share", "opt"]:
         add(t, d, mode=0o755, kind=tarfile.DIRTYPE)
     add(t, "bin/busybox", open("{busybox}", "rb").read(), 0o755)
-    for c in ["sh", "ls", "cat", "stat", "test", "echo"]:
+    for c in ["sh", "ls", "cat", "stat", "test", "echo", "sleep"]:
         add(t, "bin/" + c, kind=tarfile.SYMTYPE, link="busybox")
     add(t, "etc/os-release", b"NAME=bulwark-test-rootfs\n")
     add(t, "usr/share/marker", b"rootfs marker\n")
@@ -416,6 +468,22 @@ with tarfile.open("{tgz}", "w:gz") as t:
             .any(|d| d["name"] == "rootfs" && d["digest"]["sha256"] == sha.as_str()),
         "{deps:?}"
     );
+    // A job running on the root filesystem holds it: `tools prune` keeps it, and the job
+    // still reads it afterwards.
+    let marker = format!("rootfs-held-{}", std::process::id());
+    let job = format!(
+        "version = 1\nname = \"rootfs\"\n[rootfs]\nurl = \"http://127.0.0.1:{}/rootfs.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"hold\"\nrun = '''\nsleep 3 # {marker}\necho after=$(cat /usr/share/marker)\n'''\n",
+        server.port
+    );
+    let (mut cmd, out) = env.command(&job, &["--quiet"]);
+    let child = cmd.spawn().unwrap();
+    bulwark_tests::wait_for_process(&marker, "the job on the root filesystem", 30);
+    let (code, text) = tools_prune(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("-rootfs: in use by a running job"), "{text}");
+    let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+    r.assert_code(0);
+    assert_eq!(r.value("after"), "rootfs marker", "{r}");
 }
 
 #[test]
@@ -441,6 +509,73 @@ fn two_concurrent_runs_needing_one_tool_download_it_once() {
         1,
         "two runs downloaded the same tool twice"
     );
+}
+
+fn tools_prune(env: &Env, extra: &[&str]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+        .args(["tools", "prune", "--unused-days", "0", "--config"])
+        .arg(&env.config)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}
+
+#[test]
+fn tools_prune_never_removes_a_tool_a_running_job_uses_and_removes_it_once_unused() {
+    let env = env_allowing_loopback("tool-prune");
+    let body = tool_archive(&env);
+    let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+    let server = Server::serve(body);
+    // The job runs its tool, waits while the test prunes the store, then runs it again.
+    let marker = format!("3.{:04}", std::process::id() % 10_000);
+    let job = tool_job(
+        server.port,
+        &sha,
+        &format!("hello before\nsleep {marker}\nhello after\ncat /tools/hello/bin/hello | wc -c | sed 's/^/size=/'"),
+    );
+    let (mut cmd, out) = env.command(&job, &["--quiet"]);
+    let child = cmd.spawn().unwrap();
+    bulwark_tests::wait_for_process(&format!("sleep {marker}"), "the job's sleep", 30);
+    let (code, text) = tools_prune(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("in use by a running job") && text.contains("removed 0 trees"),
+        "{text}"
+    );
+    let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+    r.assert_code(0);
+    assert!(
+        r.log.contains("hello from the pinned tool: before")
+            && r.log.contains("hello from the pinned tool: after"),
+        "{r}"
+    );
+    // The tool's whole script was there after the prune.
+    let script = "#!/bin/sh\necho \"hello from the pinned tool: $*\"\n";
+    assert_eq!(r.value("size"), script.len().to_string(), "{r}");
+    assert_eq!(server.requests(), 1);
+    // No job uses it now: a dry run only says so, a prune removes tree and download.
+    let (code, text) = tools_prune(&env, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("would remove 1 trees, 1 downloads"), "{text}");
+    assert!(store_files(&env) > 0);
+    let (code, text) = tools_prune(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("removed 1 trees, 1 downloads") && text.contains("(tool hello)"),
+        "{text}"
+    );
+    assert_eq!(store_files(&env), 0, "{text}");
+    // The next job fetches and verifies the tool again.
+    let r = env.run(&tool_job(server.port, &sha, "hello again"));
+    r.assert_code(0);
+    assert!(r.log.contains("hello from the pinned tool: again"), "{r}");
+    assert_eq!(server.requests(), 2);
 }
 
 /// Tests that need root (here: to give the tool store a filesystem of its own).

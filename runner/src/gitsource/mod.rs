@@ -38,6 +38,13 @@
 //!   `fetch.file_roots` entry; git is handed the canonical path. Every other scheme (`ssh://`,
 //!   `git://`, `ext::`, scp-like `host:path`) is refused, and so is any URL with a user name or
 //!   password, so no credential is ever printed or recorded.
+//! - **Landlock.** Every command is started through `bulwark-sandbox --confine`
+//!   ([`GitPolicy::confine_with`], `sandbox/src/confine.rs`), which sets `no_new_privs` and
+//!   lets git (and everything it starts) write only beneath the destination, its private HOME
+//!   and `/dev/null`, connect only to the repository's TCP port, and signal or reach abstract
+//!   sockets only of its own processes. Code running inside git cannot plant files elsewhere
+//!   (a file setuid to the job's uid in `/tmp` would outlive the fetch), nor, rootless, touch
+//!   the runner's state.
 //! - **Who runs it.** As root (`root-per-job-uid`), every git command runs as the job's
 //!   leased host uid, with gid equal to it and no supplementary groups (std's
 //!   `CommandExt::uid`/`gid`, which call `setgroups(0)` when the parent is root), so a bug in
@@ -177,6 +184,12 @@ pub struct GitPolicy {
     /// What the destination may take before its filesystem falls below
     /// `limits.min_free_disk` (set by the job): bytes, and entries beside [`MAX_ENTRIES`].
     pub room: crate::disk_reserve::Room,
+    /// The sandbox helper every git command is run through, confined (`bulwark-sandbox
+    /// --confine`: Landlock writes only to the destination and git's HOME, TCP connects only
+    /// to the repository's port, no_new_privs); set by the job runner to
+    /// [`crate::helper_process::HelperBinary::exec_path`]. `None` only in unit tests that
+    /// exercise git's configuration alone.
+    pub confine_with: Option<PathBuf>,
 }
 
 impl GitPolicy {
@@ -194,6 +207,7 @@ impl GitPolicy {
             max_bytes: fetch.max_bytes,
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
             room: crate::disk_reserve::Room::default(),
+            confine_with: None,
         })
     }
 }
@@ -775,6 +789,8 @@ struct Git<'a> {
     work_tree: String,
     env: Vec<(&'static str, String)>,
     config: Vec<String>,
+    /// The sandbox helper and its `--confine ... --` arguments, put before every program.
+    confine: Option<(PathBuf, Vec<String>)>,
     deadline: Instant,
     timeout: Duration,
     /// `fetch.max_bytes`: the most the destination may hold until the checkout.
@@ -845,7 +861,19 @@ impl<'a> Git<'a> {
         if let Some(uid) = uid {
             home.hand_to(uid)?;
         }
+        let confine = policy.confine_with.clone().map(|helper| {
+            let mut args: Vec<String> = vec!["--confine".into()];
+            for dir in [&dest_str, &*home.0.to_string_lossy()] {
+                args.extend(["--write".into(), dir.to_owned()]);
+            }
+            if let Some(port) = remote.port {
+                args.extend(["--connect".into(), port.to_string()]);
+            }
+            args.push("--".into());
+            (helper, args)
+        });
         Ok(Git {
+            confine,
             url: &remote.display,
             home: &home.0,
             uid,
@@ -878,7 +906,16 @@ impl<'a> Git<'a> {
     /// root, so no supplementary group (root's `root`, or any other) survives; a unit test
     /// reads a child's `/proc/self/status` to prove it.
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
+        let mut cmd = match &self.confine {
+            Some((helper, args)) => {
+                let mut cmd = Command::new(helper);
+                cmd.arg0(bulwark_sandbox::helper::HELPER_BINARY)
+                    .args(args)
+                    .arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.home)

@@ -15,6 +15,8 @@ pub(super) struct Remote {
     pub(super) scheme: &'static str,
     /// `host:port:addr[,addr]` for `http.curloptResolve`, when the host is a name.
     pub(super) pin: Option<String>,
+    /// The TCP port git connects to; `None` for `file://`, which needs no network.
+    pub(super) port: Option<u16>,
 }
 
 impl Remote {
@@ -121,6 +123,7 @@ impl Remote {
             git_arg: parsed.as_str().to_owned(),
             scheme,
             pin,
+            port: Some(port),
         })
     }
 
@@ -157,6 +160,7 @@ impl Remote {
             git_arg,
             scheme: "file",
             pin: None,
+            port: None,
         })
     }
 }

@@ -67,7 +67,20 @@ fn policy_for(roots: &[&Path]) -> GitPolicy {
         max_bytes: 1 << 30,
         extra_ca: None,
         room: crate::disk_reserve::Room::default(),
+        // Every fetch in these tests runs git confined, as the job runner does, when the
+        // helper is built (`cargo build --all-targets`, as scripts/test.sh does first).
+        confine_with: sandbox_helper(),
     }
+}
+
+/// `bulwark-sandbox` of this build: `target/<profile>/`, above this test binary's `deps/`.
+fn sandbox_helper() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let helper = exe
+        .parent()?
+        .parent()?
+        .join(bulwark_sandbox::helper::HELPER_BINARY);
+    helper.is_file().then_some(helper)
 }
 
 fn file_url(path: &Path) -> String {
@@ -1213,4 +1226,76 @@ fn nothing_a_command_leaves_in_its_process_group_outlives_it() {
     assert!(status.success());
     let pid: i32 = out.trim().parse().unwrap();
     assert!(dies(pid), "the command's child {pid} outlived it");
+}
+
+#[test]
+fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_local_repository() {
+    let helper = sandbox_helper()
+        .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
+    let root = tempdir("confine");
+    let (repo, _, _) = two_commits(&root);
+    let dest = tempdir("confine-dest");
+    let outside = tempdir("confine-outside");
+    let home = PrivateHome::create().unwrap();
+    let mut policy = policy_for(&[&root]);
+    policy.confine_with = Some(helper);
+    let remote = Remote::check(&file_url(&repo), &policy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    // A server on loopback that git, confined for a file:// repository, must not reach.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    // What code running inside git would try: write outside, make a setuid file outside,
+    // write the destination, connect out, and see its own status.
+    let script = format!(
+        "echo x > {out}/planted 2>/dev/null && echo WROTE-OUTSIDE\n\
+         cp /bin/true {out}/suid 2>/dev/null && chmod u+s {out}/suid && echo SETUID-OUTSIDE\n\
+         echo y > {dest}/inside && echo WROTE-DEST\n\
+         python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))' 2>&1 | tail -n 1\n\
+         grep NoNewPrivs /proc/self/status",
+        out = outside.display(),
+        dest = dest.display(),
+    );
+    let mut cmd = git.command("/bin/sh");
+    cmd.args(["-c", &script]);
+    let (status, out, err) = git.wait_for("confined", cmd, u64::MAX).unwrap();
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        !out.contains("WROTE-OUTSIDE") && !out.contains("SETUID-OUTSIDE"),
+        "{out}"
+    );
+    assert!(out.contains("WROTE-DEST"), "{out}{err}");
+    assert!(
+        out.contains("PermissionError"),
+        "the connect was not refused: {out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    // And on the host: nothing appeared outside, nothing connected.
+    assert!(is_empty(&outside), "git wrote outside its destination");
+    assert!(
+        listener.accept().is_err(),
+        "confined git connected to a loopback server"
+    );
+    assert_eq!(fs::read_to_string(dest.join("inside")).unwrap(), "y\n");
+    for d in [&root, &dest, &outside] {
+        let _ = fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_git_fetch_runs_confined_when_the_runner_confines_it() {
+    let helper = sandbox_helper()
+        .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
+    let root = tempdir("confined-fetch");
+    let (repo, first, _) = two_commits(&root);
+    let dest = tempdir("confined-fetch-dest");
+    let mut policy = policy_for(&[&root]);
+    policy.confine_with = Some(helper);
+    let got = fetch(&file_url(&repo), &first, None, &dest, &policy, None).unwrap();
+    assert_eq!(got.commit, first);
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+    for d in [&root, &dest] {
+        let _ = fs::remove_dir_all(d);
+    }
 }

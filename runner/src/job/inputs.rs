@@ -137,9 +137,36 @@ impl JobRun<'_> {
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
         let store = crate::tools::open_for_jobs(&dirs.state)
             .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
-        let policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
+        let mut policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
             .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
+        policy.deadline = self.inputs_deadline;
         Ok((store, policy))
+    }
+
+    /// How long all of the job's tools, root filesystem and url source may take together:
+    /// its timeout, or `fetch.timeout` when that is longer.
+    pub(super) fn inputs_budget(&self) -> std::time::Duration {
+        self.job.timeout.max(self.config.fetch.timeout)
+    }
+
+    /// A tool store error as the job's refusal reason: the whole chain, bounded, saying so
+    /// when the time for the job's inputs ran out (a download then stops with its timeout cut
+    /// to what was left, and its own message names only `fetch.timeout`).
+    fn store_refusal(&self, e: crate::tools::ToolError) -> Stop {
+        let reason = format!("{:#}", anyhow::Error::from(e));
+        let late = self
+            .inputs_deadline
+            .is_some_and(|d| std::time::Instant::now() >= d);
+        let reason = if late {
+            format!(
+                "the job's tools, root filesystem and source were not all in within {} (its \
+                 timeout, or fetch.timeout when longer): {reason}",
+                bulwark_protocol::format_duration(self.inputs_budget())
+            )
+        } else {
+            reason
+        };
+        Stop::Refused(bounded(reason, MAX_REASON_CHARS))
     }
 
     /// A `[source] url` tarball: fetched and verified like a tool (same store, same address
@@ -161,7 +188,7 @@ impl JobRun<'_> {
         };
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
-            .map_err(store_refusal)?;
+            .map_err(|e| self.store_refusal(e))?;
         let room = self.room_on(&jobdir.workspace)?;
         let stats = crate::source::copy_tree_within(&r.dir, &jobdir.workspace, room)
             .map_err(|e| Stop::Refused(e.to_string()))?;
@@ -193,10 +220,11 @@ impl JobRun<'_> {
         };
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
-            .map_err(store_refusal)?;
+            .map_err(|e| self.store_refusal(e))?;
         self.inputs.rootfs = Some(
             serde_json::json!({ "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }),
         );
+        self.trees_in_use.push(r.in_use.clone());
         Ok(Some(r.dir))
     }
 
@@ -212,7 +240,7 @@ impl JobRun<'_> {
             policy.room = self.room_on(store.root())?;
             let r = store
                 .ensure(tool, &policy, crate::tools::UnpackMode::Tool)
-                .map_err(store_refusal)?;
+                .map_err(|e| self.store_refusal(e))?;
             if !self.args.quiet {
                 eprintln!(
                     "bulwark: tool {} {} ({})",
@@ -226,6 +254,7 @@ impl JobRun<'_> {
                 );
             }
             self.inputs.tools.push(serde_json::json!({ "name": r.name, "url": crate::tools::fetch::display_url(&r.url), "sha256": r.sha256 }));
+            self.trees_in_use.push(r.in_use.clone());
             resolved.push(r);
         }
         Ok(resolved)
@@ -263,16 +292,11 @@ pub(super) fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Most characters of a tool store refusal kept for `result.json` and stderr.
+/// Most characters of a tool store refusal kept for `result.json` and stderr
+/// (`JobRun::store_refusal`). The chain quotes what the job and the archive chose (the URL,
+/// entry names, link targets); the archive module already shortens names, and this bound
+/// holds whatever a future message quotes.
 const MAX_REASON_CHARS: usize = 2000;
-
-/// A tool store error as the job's refusal reason: the whole chain, bounded. The chain quotes
-/// what the job and the archive chose (the URL, entry names, link targets); the archive
-/// module already shortens names, and this bound holds whatever a future message quotes.
-fn store_refusal(e: crate::tools::ToolError) -> Stop {
-    let reason = format!("{:#}", anyhow::Error::from(e));
-    Stop::Refused(bounded(reason, MAX_REASON_CHARS))
-}
 
 /// `text` cut to `max` characters, with `…` and the full length when cut.
 fn bounded(text: String, max: usize) -> String {

@@ -10,7 +10,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bulwark_protocol::{
     format_size, Config, Inputs, Isolation, IsolationChoice, IsolationMode, JobResult, JobSpec,
@@ -178,6 +178,8 @@ pub fn run(args: RunArgs) -> u8 {
         handed_to_job: None,
         disk: None,
         lease_unclean: false,
+        trees_in_use: Vec::new(),
+        inputs_deadline: None,
         spec_dir,
     };
     let (status, reason, outputs) = match runner.execute() {
@@ -222,7 +224,7 @@ pub fn run(args: RunArgs) -> u8 {
         code = exit::RUNNER_ERROR;
     }
     if code == exit::SUCCEEDED && !result.outputs.is_empty() {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let signed = sign_provenance(
             &args,
             &loaded.config,
@@ -514,6 +516,12 @@ struct JobRun<'a> {
     disk: Option<crate::disk_reserve::Reserve>,
     /// Something of the job's uid may still run: its lease must not be released clean.
     lease_unclean: bool,
+    /// The store trees mounted into the job (tools, root filesystem), held so that `bulwark
+    /// tools prune` cannot remove them under it; released when the job's run ends.
+    trees_in_use: Vec<std::sync::Arc<crate::tools::InUse>>,
+    /// When the job's tools, root filesystem and url source must all be in:
+    /// `JobRun::inputs_budget` from when the runner starts fetching them.
+    inputs_deadline: Option<Instant>,
     /// The directory the job spec was read from: `[source] path` is resolved beneath it.
     spec_dir: OwnedFd,
 }
@@ -714,7 +722,11 @@ impl JobRun<'_> {
     ) -> Result<Outcome, Stop> {
         let limits = &self.config.limits;
         // Pinned tools: fetched (or found in the store), verified by sha256, unpacked read-only
-        // before anything of the job runs; any failure refuses the job.
+        // before anything of the job runs; any failure refuses the job. Together with the
+        // root filesystem and a url source, within the job's own timeout (or fetch.timeout
+        // when that is longer, so that one input that fits it alone always fits): each
+        // download alone has fetch.timeout, but a spec may name 64 tools.
+        self.inputs_deadline = Instant::now().checked_add(self.inputs_budget());
         let tools = self.resolve_tools()?;
         let rootfs = self.resolve_rootfs()?;
         let url_source = self
@@ -739,6 +751,12 @@ impl JobRun<'_> {
             let mut policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
             policy.room = self.room_on(&jobdir.workspace)?;
+            policy.confine_with = self.helper.as_ref().map(|h| h.exec_path());
+            if policy.confine_with.is_none() {
+                return Err(Stop::Refused(
+                    "source.git: no sandbox helper to confine git with".into(),
+                ));
+            }
             let fetched = crate::gitsource::fetch(
                 &url,
                 &commit,
@@ -1333,6 +1351,8 @@ mod tests {
             handed_to_job: None,
             disk: None,
             lease_unclean: false,
+            trees_in_use: Vec::new(),
+            inputs_deadline: None,
             spec_dir,
         }
     }

@@ -180,7 +180,10 @@ fn source_dependency(source: &serde_json::Value) -> Option<ResourceDescriptor> {
             let mut ann = serde_json::Map::new();
             ann.insert(
                 "digestAlgorithm".into(),
-                json!("bulwark-tree-v1 (docs/build-type.md)"),
+                json!(format!(
+                    "{} (docs/build-type.md)",
+                    crate::source::TREE_ALGORITHM
+                )),
             );
             d.annotations = Some(ann);
             Some(d)

@@ -62,6 +62,12 @@ pub struct FetchPolicy {
     /// What the download and what it unpacks to may still add to the store's filesystem
     /// before it falls below `limits.min_free_disk` (the job sets it before each fetch).
     pub room: crate::disk_reserve::Room,
+    /// When everything one job fetches (its tools, root filesystem and url source together)
+    /// must be in, waits for another process's fetch included; `None`: each download and
+    /// unpack has `timeout` alone. The job sets it to its own timeout (or `timeout`, when
+    /// longer) from when it starts fetching: each input alone is bounded by `timeout`, but a
+    /// spec may name 64 tools.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for FetchPolicy {
@@ -74,6 +80,7 @@ impl Default for FetchPolicy {
             max_bytes: bulwark_protocol::DEFAULT_FETCH_MAX_BYTES,
             timeout: bulwark_protocol::DEFAULT_FETCH_TIMEOUT,
             room: crate::disk_reserve::Room::default(),
+            deadline: None,
         }
     }
 }
@@ -94,6 +101,20 @@ impl FetchPolicy {
             max_bytes: fetch.max_bytes,
             timeout: fetch.timeout,
             room: crate::disk_reserve::Room::default(),
+            deadline: None,
+        })
+    }
+
+    /// This policy with `timeout` cut to what is left before [`FetchPolicy::deadline`];
+    /// `None` once nothing is left.
+    pub fn within_deadline(&self) -> Option<FetchPolicy> {
+        let Some(deadline) = self.deadline else {
+            return Some(self.clone());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| FetchPolicy {
+            timeout: self.timeout.min(left),
+            ..self.clone()
         })
     }
 

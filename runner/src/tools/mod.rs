@@ -44,7 +44,7 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use store::{Corrupt, Resolved, Store, ToolError, VerifyReport};
+pub use store::{Corrupt, InUse, PruneReport, Pruned, Resolved, Store, ToolError, VerifyReport};
 
 /// Opens the store under the state directory for mounting into jobs: `<state>/tools` and its
 /// `trees/` become 0711 so a job's unprivileged host uid can reach (not list) the verified tree

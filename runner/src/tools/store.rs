@@ -3,7 +3,7 @@
 //! ```text
 //! blobs/<sha256>                  verified downloads, 0444
 //! trees/<sha256>-<format>[-...]/  unpacked, read-only (dirs 0555, files 0444/0555)
-//! trees/<id>.digest               bulwark-tree-v1 digest of that tree, tool name and URL
+//! trees/<id>.digest               bulwark-tree-v2 digest of that tree, tool name and URL
 //! tmp/                            downloads and unpacks in progress
 //! locks/<sha256>.lock             flock: one process fetches a digest at a time
 //! quarantine/                     entries verify_all found corrupt; never used again
@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use super::archive::{self, ArchiveError, UnpackLimits, UnpackMode};
 use super::fetch::{self, display_url, FetchError, FetchPolicy};
 use crate::fsutil::{read_entries, remove_tree, Kind};
-use crate::source::{tree_digest, TreeEntry};
+use crate::source::{tree_digest, TreeEntry, TREE_ALGORITHM};
 
 /// Why a tool could not be made available. Displayed with its causes joined by `: `
 /// (`anyhow`'s `{:#}`), e.g. `tool "jq": https://example.org/jq.tgz: HTTP 404`.
@@ -83,6 +83,12 @@ pub enum ToolError {
         /// The digest of what was served.
         actual: String,
     },
+    /// The time for the job's inputs ([`FetchPolicy::deadline`]) ran out before this one was in.
+    #[error("tool {name:?}: no time left to fetch it (the job's inputs must all be in within its timeout)")]
+    OutOfTime {
+        /// Tool name.
+        name: String,
+    },
     /// The verified download could not be unpacked.
     #[error("tool {name:?}: {url}")]
     Unpack {
@@ -96,8 +102,9 @@ pub enum ToolError {
     },
 }
 
-/// A tool ready to be mounted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tool ready to be mounted. While this (or a clone) lives, [`Store::prune`] leaves the
+/// tree alone: keep it until every process that could see the tree is gone.
+#[derive(Debug, Clone)]
 pub struct Resolved {
     /// Tool name from the spec.
     pub name: String,
@@ -110,6 +117,15 @@ pub struct Resolved {
     pub dir: PathBuf,
     /// Whether it was already in the store (no request was made).
     pub cache_hit: bool,
+    /// The tree's shared lock, which keeps [`Store::prune`] from removing it.
+    pub in_use: std::sync::Arc<InUse>,
+}
+
+/// A shared `flock` on an unpacked tree's directory: [`Store::prune`] removes a tree only under
+/// an exclusive lock on it, so a tree is never removed while a job that mounted it runs.
+#[derive(Debug)]
+pub struct InUse {
+    _lock: Flock<File>,
 }
 
 impl Resolved {
@@ -147,6 +163,43 @@ pub struct VerifyReport {
     pub corrupt: Vec<Corrupt>,
 }
 
+/// One tree [`Store::prune`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// `trees/<id>`.
+    pub entry: String,
+    /// The tool it was stored for, when recorded.
+    pub tool: Option<String>,
+    /// When a job last used it (its digest file's modification time).
+    pub last_used: std::time::SystemTime,
+    /// Bytes of regular files in it.
+    pub bytes: u64,
+}
+
+/// What [`Store::prune`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Trees removed (or that would be, in a dry run).
+    pub trees: Vec<Pruned>,
+    /// Downloads removed because no tree of theirs is left, and their bytes.
+    pub blobs: Vec<(String, u64)>,
+    /// Leftovers of interrupted fetches removed from `tmp/`, and their bytes.
+    pub leftovers: Vec<(String, u64)>,
+    /// Trees unused long enough but held by a running job (or a fetch) now: kept.
+    pub busy: Vec<String>,
+    /// Trees used recently enough: kept.
+    pub kept: u64,
+}
+
+impl PruneReport {
+    /// Every byte removed (or that would be).
+    pub fn bytes(&self) -> u64 {
+        let trees: u64 = self.trees.iter().map(|t| t.bytes).sum();
+        let others: u64 = self.blobs.iter().chain(&self.leftovers).map(|b| b.1).sum();
+        trees + others
+    }
+}
+
 /// The tool store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -154,7 +207,6 @@ pub struct Store {
 }
 
 const DIGEST_SUFFIX: &str = ".digest";
-const TREE_ALGORITHM: &str = "bulwark-tree-v1";
 
 impl Store {
     /// Opens (creating if needed) the store at `root`; the runner passes `<state>/tools`.
@@ -208,43 +260,102 @@ impl Store {
             ))
         })?;
         let id = tree_id(&tool.sha256, format, &tool.name, mode);
-        let resolved = |cache_hit| Resolved {
+        let resolved = |cache_hit, in_use| Resolved {
             name: tool.name.clone(),
             url: tool.url.clone(),
             sha256: tool.sha256.clone(),
             dir: self.root.join("trees").join(&id),
             cache_hit,
+            in_use: std::sync::Arc::new(in_use),
         };
-        if self.has_tree(&id) {
-            return Ok(resolved(true));
+        if let Some(held) = self.hold_tree(&id)? {
+            return Ok(resolved(true, held));
         }
-        let _lock = self.lock(&tool.sha256)?;
-        if self.has_tree(&id) {
-            return Ok(resolved(true));
+        // Anything past a cache hit takes time: within what is left of the job's inputs'
+        // deadline, asked again after each wait (the lock, the download).
+        let out_of_time = || ToolError::OutOfTime {
+            name: tool.name.clone(),
+        };
+        let in_time = |policy: &FetchPolicy| policy.within_deadline().ok_or_else(out_of_time);
+        let policy = &in_time(policy)?;
+        let _lock = match policy.deadline {
+            None => self.lock(&tool.sha256)?,
+            Some(deadline) => self
+                .lock_before(&tool.sha256, deadline)?
+                .ok_or_else(out_of_time)?,
+        };
+        if let Some(held) = self.hold_tree(&id)? {
+            return Ok(resolved(true, held));
         }
+        let policy = &in_time(policy)?;
         self.clean_tmp(&tool.sha256);
         let blob = self.root.join("blobs").join(&tool.sha256);
         // A stored download about to be unpacked again (its tree is gone, e.g. quarantined) is
-        // rehashed first: only a true cache hit skips the check.
+        // rehashed first: only a true cache hit skips the check. One that fails it is set
+        // aside (or removed) before anything else; if it cannot be, the tool is refused, never
+        // unpacked from bytes that do not have its digest.
         if blob.exists() && hash_file(&blob).ok().as_deref() != Some(tool.sha256.as_str()) {
-            let _ = self.quarantine(&blob, "blob");
+            self.set_aside(&blob, "blob")?;
         }
         let fetched_now = !blob.exists();
         if fetched_now {
             self.download(tool, policy, &blob)?;
         }
+        // A verified download is kept even when no time is left to unpack it.
+        let policy = &in_time(policy)?;
         let result = self.unpack_and_publish(tool, &id, &blob, format, mode, policy);
         if result.is_err() && fetched_now {
             let _ = fs::remove_file(&blob);
         }
-        result.map(|()| resolved(false))
+        result?;
+        // Published under the digest's lock, which prune also takes: it is still there.
+        let held = self.hold_tree(&id)?.ok_or_else(|| {
+            self.store_err(self.root.join("trees").join(&id))(io::Error::other(
+                "the tree just unpacked is gone",
+            ))
+        })?;
+        Ok(resolved(false, held))
     }
 
-    fn has_tree(&self, id: &str) -> bool {
+    /// A published tree `id`, held: a shared lock on its directory, taken and then checked to
+    /// be still the directory published under that name, with its digest file. `None` when
+    /// there is no such tree (never published, or pruned meanwhile).
+    ///
+    /// Records the use: the digest file's modification time is when a job last used the tree,
+    /// which is what [`Store::prune`] goes by.
+    fn hold_tree(&self, id: &str) -> Result<Option<InUse>, ToolError> {
+        use std::os::unix::fs::MetadataExt;
         let trees = self.root.join("trees");
-        fs::symlink_metadata(trees.join(id)).is_ok_and(|m| m.is_dir())
-            && fs::symlink_metadata(trees.join(format!("{id}{DIGEST_SUFFIX}")))
-                .is_ok_and(|m| m.is_file())
+        let path = trees.join(id);
+        let dir = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(dir) => dir,
+            // ENOTDIR, ELOOP: something else under the tree's name, never trusted; the fetch
+            // path quarantines it.
+            Err(_) => return Ok(None),
+        };
+        let lock = Flock::lock(dir, FlockArg::LockShared)
+            .map_err(|(_, errno)| self.store_err(path.clone())(errno.into()))?;
+        let opened = lock.metadata().map_err(self.store_err(path.clone()))?;
+        let same = fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.dev() == opened.dev() && m.ino() == opened.ino());
+        let digest = trees.join(format!("{id}{DIGEST_SUFFIX}"));
+        let Ok(record) = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&digest)
+        else {
+            return Ok(None);
+        };
+        if !same || !record.metadata().is_ok_and(|m| m.is_file()) {
+            return Ok(None);
+        }
+        // Best effort: a store the runner cannot write would refuse the fetch path anyway.
+        let _ = record.set_modified(std::time::SystemTime::now());
+        Ok(Some(InUse { _lock: lock }))
     }
 
     fn store_err(&self, path: PathBuf) -> impl Fn(io::Error) -> ToolError {
@@ -256,6 +367,19 @@ impl Store {
 
     /// Takes the exclusive lock of one digest, waiting for another process holding it.
     fn lock(&self, sha256: &str) -> Result<Flock<File>, ToolError> {
+        let (file, path) = self.lock_file(sha256)?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| self.store_err(path)(errno.into()))
+    }
+
+    /// Takes the exclusive lock of one digest if no one holds it.
+    fn try_lock(&self, sha256: &str) -> Result<Option<Flock<File>>, ToolError> {
+        let (file, _) = self.lock_file(sha256)?;
+        Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+    }
+
+    /// `locks/<sha256>.lock`, opened (created when missing; never removed).
+    fn lock_file(&self, sha256: &str) -> Result<(File, PathBuf), ToolError> {
         let path = self.root.join("locks").join(format!("{sha256}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -264,8 +388,31 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(self.store_err(path.clone()))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| self.store_err(path)(errno.into()))
+        Ok((file, path))
+    }
+
+    /// [`Store::lock`], waiting no later than `deadline`: `None` when another process still
+    /// holds it then.
+    fn lock_before(
+        &self,
+        sha256: &str,
+        deadline: std::time::Instant,
+    ) -> Result<Option<Flock<File>>, ToolError> {
+        let (mut file, path) = self.lock_file(sha256)?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Some(lock)),
+                Err((back, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
+                    file = back
+                }
+                Err((_, errno)) => return Err(self.store_err(path)(errno.into())),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(25)));
+        }
     }
 
     /// Removes what a process that died while holding this digest's lock left in `tmp/`.
@@ -382,14 +529,15 @@ impl Store {
                 tool.name,
                 display_url(&tool.url)
             );
-            crate::fsutil::write_atomic(&digest_file, record.as_bytes())
-                .map_err(self.store_err(digest_file.clone()))?;
             let target = trees.join(id);
             if fs::symlink_metadata(&target).is_ok() {
-                // A tree without its digest file: never trusted, set aside.
-                self.quarantine(&target, "tree")
-                    .map_err(self.store_err(target.clone()))?;
+                // A tree without its digest file: never trusted, set aside. Before the digest
+                // file is written: the other way round, a failure here would leave this tree
+                // beside a digest file, which is what a cache hit takes for a published tree.
+                self.set_aside(&target, "tree")?;
             }
+            crate::fsutil::write_atomic(&digest_file, record.as_bytes())
+                .map_err(self.store_err(digest_file.clone()))?;
             // Moving a directory to another parent rewrites its `..`, which needs write
             // permission on it for anyone but root: open the top level for the rename only
             // (everything inside stays read-only; the store itself is the runner's alone).
@@ -403,6 +551,30 @@ impl Store {
             let _ = remove_tree(&tmp);
         }
         result
+    }
+
+    /// Takes an entry that must not be used out of its place: into `quarantine/`, or, when
+    /// that fails (a full disk, a broken `quarantine/`), removed. An error means it is still
+    /// there, and the caller must not go on to use or trust what is under that name.
+    fn set_aside(&self, path: &Path, kind: &str) -> Result<(), ToolError> {
+        let Err(moving) = self.quarantine(path, kind) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            path = %path.display(),
+            error = %moving,
+            "cannot move a corrupt store entry to quarantine; removing it"
+        );
+        let _ = remove_tree(path);
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.store_err(path.to_path_buf())(e)),
+            Ok(_) => Err(self.store_err(path.to_path_buf())(io::Error::other(
+                format!(
+                    "a corrupt entry can be neither moved to quarantine ({moving}) nor removed"
+                ),
+            ))),
+        }
     }
 
     fn quarantine(&self, path: &Path, kind: &str) -> io::Result<PathBuf> {
@@ -430,6 +602,151 @@ impl Store {
         Ok(dest)
     }
 
+    /// Removes what no job has used for `unused_for`: unpacked trees whose last use (their
+    /// digest file's modification time, set by every job that used them) is older, then the
+    /// downloads none of whose trees is left, and what interrupted fetches left in `tmp/`.
+    /// With `dry_run`, only reports.
+    ///
+    /// Never removes a tree a running job holds ([`InUse`]: its mount would lose its files) or
+    /// anything of a digest being fetched: both locks are tried without waiting, and what is
+    /// busy is kept and reported. A tree is first renamed out of `trees/` under both locks (so
+    /// a job arriving later sees no tree and fetches it anew), then removed.
+    /// `quarantine/` is left alone: its entries are evidence for the operator to look at.
+    pub fn prune(
+        &self,
+        unused_for: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<PruneReport, ToolError> {
+        let mut report = PruneReport::default();
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(unused_for)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let trees = self.root.join("trees");
+        for entry in sorted_names(&trees).map_err(self.store_err(trees.clone()))? {
+            if entry.ends_with(DIGEST_SUFFIX) {
+                continue;
+            }
+            let sha = entry.split('-').next().unwrap_or("").to_owned();
+            if check_sha256(&sha).is_err() {
+                continue; // not the store's: never touched
+            }
+            let digest_file = trees.join(format!("{entry}{DIGEST_SUFFIX}"));
+            let last_used = |p: &Path| fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
+            // A tree without its digest file was never published whole: its own age counts.
+            let recent = |p: &Path, tree: &Path| {
+                last_used(p)
+                    .or_else(|| last_used(tree))
+                    .is_none_or(|t| t > cutoff)
+            };
+            let path = trees.join(&entry);
+            if recent(&digest_file, &path) {
+                report.kept += 1;
+                continue;
+            }
+            let Some(_fetching) = self.try_lock(&sha)? else {
+                report.busy.push(format!("trees/{entry}"));
+                continue;
+            };
+            let Ok(dir) = OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+                .open(&path)
+            else {
+                continue;
+            };
+            let _held = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => lock,
+                Err(_) => {
+                    report.busy.push(format!("trees/{entry}"));
+                    continue;
+                }
+            };
+            // A job that used it since the listing has finished (its shared lock is gone)
+            // and counts as a use.
+            if recent(&digest_file, &path) {
+                report.kept += 1;
+                continue;
+            }
+            let tool = fs::read_to_string(&digest_file).ok().and_then(|r| {
+                r.lines()
+                    .find_map(|l| l.strip_prefix("tool "))
+                    .map(str::to_owned)
+            });
+            report.trees.push(Pruned {
+                entry: format!("trees/{entry}"),
+                tool,
+                last_used: last_used(&digest_file)
+                    .or_else(|| last_used(&path))
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                bytes: tree_bytes(&path),
+            });
+            if dry_run {
+                continue;
+            }
+            // Out of `trees/` first, then the digest file: `hold_tree` then finds nothing.
+            let away = self
+                .root
+                .join("tmp")
+                .join(format!("{sha}.{}.pruned", crate::fsutil::random_hex(8)));
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .and_then(|()| fs::rename(&path, &away))
+                .map_err(self.store_err(path.clone()))?;
+            let _ = fs::remove_file(&digest_file);
+            drop(_held);
+            remove_tree(&away).map_err(self.store_err(away))?;
+        }
+        // Downloads with no tree left, and leftovers of interrupted fetches, per digest.
+        let mut digests: Vec<String> = Vec::new();
+        for dir in ["blobs", "tmp"] {
+            let path = self.root.join(dir);
+            for name in sorted_names(&path).map_err(self.store_err(path.clone()))? {
+                let sha: String = name.chars().take(64).collect();
+                if check_sha256(&sha).is_ok() && !digests.contains(&sha) {
+                    digests.push(sha);
+                }
+            }
+        }
+        for sha in digests {
+            let Some(_fetching) = self.try_lock(&sha)? else {
+                continue;
+            };
+            let blob = self.root.join("blobs").join(&sha);
+            // Listed again under the lock: a tree published meanwhile counts.
+            let prefix = format!("{sha}-");
+            let trees_left = sorted_names(&trees)
+                .map_err(self.store_err(trees.clone()))?
+                .iter()
+                .any(|t| {
+                    t.starts_with(&prefix)
+                        && !t.ends_with(DIGEST_SUFFIX)
+                        && !report.trees.iter().any(|p| p.entry == format!("trees/{t}"))
+                });
+            if !trees_left {
+                if let Ok(meta) = fs::symlink_metadata(&blob) {
+                    report.blobs.push((format!("blobs/{sha}"), meta.len()));
+                    if !dry_run {
+                        fs::remove_file(&blob).map_err(self.store_err(blob.clone()))?;
+                    }
+                }
+            }
+            // Under the digest's lock nothing is being fetched: whatever is in tmp/ for it
+            // was left by a process that died (our own pruned trees are gone already).
+            let tmp = self.root.join("tmp");
+            for name in sorted_names(&tmp).map_err(self.store_err(tmp.clone()))? {
+                if name.starts_with(&sha) {
+                    let path = tmp.join(&name);
+                    report
+                        .leftovers
+                        .push((format!("tmp/{name}"), tree_bytes(&path)));
+                    if !dry_run {
+                        remove_tree(&path).map_err(self.store_err(path))?;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
     /// Rechecks every entry: rehashes each blob against its name and each unpacked tree
     /// against the digest recorded when it was unpacked. Corrupt entries are moved to
     /// `quarantine/` (never used again; the next `ensure` fetches anew) and reported.
@@ -447,22 +764,26 @@ impl Store {
                 continue;
             };
             report.blobs += 1;
-            let actual = if meta.is_file() {
-                hash_file(&path).map_err(self.store_err(path.clone()))?
-            } else {
-                "not a regular file".to_owned()
+            // An entry that cannot be rehashed is reported and set aside like a changed one
+            // (the next job fetches it anew), and the check goes on: stopping at it would
+            // leave every entry after it unchecked.
+            let problem = match meta.is_file().then(|| hash_file(&path)) {
+                None => format!("sha256 mismatch: expected {sha}, got not a regular file"),
+                Some(Err(e)) => format!("cannot be rehashed: {e}"),
+                Some(Ok(actual)) if actual != sha => {
+                    format!("sha256 mismatch: expected {sha}, got {actual}")
+                }
+                Some(Ok(_)) => continue,
             };
-            if actual != sha {
-                let quarantined = self
-                    .quarantine(&path, "blob")
-                    .map_err(self.store_err(path))?;
-                report.corrupt.push(Corrupt {
-                    entry: format!("blobs/{entry}"),
-                    tool: None,
-                    problem: format!("sha256 mismatch: expected {sha}, got {actual}"),
-                    quarantined,
-                });
-            }
+            let quarantined = self
+                .quarantine(&path, "blob")
+                .map_err(self.store_err(path))?;
+            report.corrupt.push(Corrupt {
+                entry: format!("blobs/{entry}"),
+                tool: None,
+                problem,
+                quarantined,
+            });
         }
         let trees = self.root.join("trees");
         for entry in sorted_names(&trees).map_err(self.store_err(trees.clone()))? {
@@ -483,19 +804,24 @@ impl Store {
             let record = fs::read_to_string(&digest_file).unwrap_or_default();
             let expected = record
                 .lines()
-                .find_map(|l| l.strip_prefix(TREE_ALGORITHM))
+                // Records from before v2 are checked against the v2 digest too: it equals
+                // v1 for every tree whose names hold no backslash or newline.
+                .find_map(|l| {
+                    l.strip_prefix(TREE_ALGORITHM)
+                        .or_else(|| l.strip_prefix("bulwark-tree-v1"))
+                })
                 .map(|d| d.trim().to_owned());
             let tool = record
                 .lines()
                 .find_map(|l| l.strip_prefix("tool "))
                 .map(str::to_owned);
-            let actual = digest_tree(&path).map_err(self.store_err(path.clone()))?;
-            let problem = match expected {
-                None => "no recorded tree digest".to_owned(),
-                Some(e) if e != actual => {
+            let problem = match (expected, digest_tree(&path)) {
+                (_, Err(e)) => format!("cannot be rehashed: {e}"),
+                (None, Ok(_)) => "no recorded tree digest".to_owned(),
+                (Some(e), Ok(actual)) if e != actual => {
                     format!("tree digest mismatch: expected {e}, got {actual}")
                 }
-                Some(_) => continue,
+                (Some(_), Ok(_)) => continue,
             };
             let quarantined = self
                 .quarantine(&path, "tree")
@@ -512,6 +838,22 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// Bytes of the regular files under `path` (not following links); what cannot be read counts 0.
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
+        return 0;
+    }
+    fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 /// The name of a tree: its download's digest and format; a single file also by its name (it
@@ -556,7 +898,7 @@ fn hash_reader(reader: &mut impl Read) -> io::Result<String> {
     Ok(crate::outputs::hex(&hasher.finalize()))
 }
 
-/// The `bulwark-tree-v1` digest (docs/build-type.md) of an unpacked tree, walked through
+/// The `bulwark-tree-v2` digest (docs/build-type.md) of an unpacked tree, walked through
 /// descriptors without following symlinks. Anything but a directory, file or symlink (which
 /// unpacking never creates) is recorded with kind `?`, so it changes the digest.
 pub fn digest_tree(dir: &Path) -> io::Result<String> {

@@ -383,6 +383,178 @@ fn verify_all_quarantines_a_corrupt_blob_and_a_modified_tree_and_ensure_fetches_
     );
 }
 
+/// Makes every move into `quarantine/` fail (ENOTDIR, for root too): a regular file in its
+/// place. `Store::open` leaves it so.
+fn break_quarantine(store: &Store) {
+    let q = store.root().join("quarantine");
+    std::fs::remove_dir(&q).unwrap();
+    std::fs::write(&q, b"not a directory").unwrap();
+}
+
+#[test]
+fn a_tampered_download_that_cannot_be_set_aside_is_never_unpacked() {
+    let tmp = TempDir::new("store-rehash-stuck");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = b"#!/bin/sh\necho the pinned tool\n".to_vec();
+    let url = server.route("/t", Route::Body(body.clone()));
+    let tool = spec("t", &url, &sha256(&body), Some(ToolFormat::File));
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    // The tree is gone (as `tools verify` leaves it) and the stored download changed since.
+    crate::fsutil::remove_tree(&r.dir).unwrap();
+    let digest = format!("{}-file-t.digest", tool.sha256);
+    std::fs::remove_file(store.root().join("trees").join(digest)).unwrap();
+    let blob = store.root().join("blobs").join(&tool.sha256);
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, b"#!/bin/sh\necho tampered\n").unwrap();
+    // And the tampered download cannot be moved to quarantine/.
+    break_quarantine(&store);
+    let again = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(!again.cache_hit);
+    assert_eq!(
+        std::fs::read(again.dir.join("t")).unwrap(),
+        body,
+        "the download that failed its rehash was unpacked"
+    );
+    assert_eq!(server.hits(), 2, "the tool should have been fetched anew");
+}
+
+#[test]
+fn a_tree_without_its_digest_file_is_never_trusted_even_when_it_cannot_be_set_aside() {
+    let tmp = TempDir::new("store-undigested-stuck");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    // The tree loses its digest file (never trusted from now on) and is changed.
+    let digest = store
+        .root()
+        .join("trees")
+        .join(format!("{}-tar.gz.digest", tool.sha256));
+    std::fs::remove_file(&digest).unwrap();
+    let readme = r.dir.join("share/README");
+    std::fs::set_permissions(r.dir.join("share"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&readme, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&readme, b"evil").unwrap();
+    // And it cannot be moved to quarantine/.
+    break_quarantine(&store);
+    // Neither this job nor the next is given the changed tree; a refusal would be safe, but
+    // the tree is unpacked again from the stored download, so both get the pinned one.
+    let mut refusals = Vec::new();
+    for attempt in 0..2 {
+        match store.ensure(&tool, &loopback_policy(), UnpackMode::Tool) {
+            Ok(got) => assert_eq!(
+                std::fs::read(got.dir.join("share/README")).unwrap(),
+                b"jq",
+                "attempt {attempt}: a tree without its digest file was trusted"
+            ),
+            Err(e) => refusals.push(format!("attempt {attempt}: {}", chain(&e))),
+        }
+    }
+    assert_eq!(refusals, Vec::<String>::new());
+    assert_eq!(
+        server.hits(),
+        1,
+        "the stored download should have been unpacked again"
+    );
+}
+
+#[test]
+fn a_fetch_waiting_for_another_process_gives_up_at_the_jobs_deadline() {
+    let tmp = TempDir::new("store-deadline-lock");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = b"tool".to_vec();
+    let url = server.route("/t", Route::Body(body.clone()));
+    let tool = spec("t", &url, &sha256(&body), Some(ToolFormat::File));
+    // Another process is fetching this digest (slowly, or stuck): it holds the lock.
+    let lock_path = store
+        .root()
+        .join("locks")
+        .join(format!("{}.lock", tool.sha256));
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::create(&lock_path).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .unwrap();
+    let policy = FetchPolicy {
+        deadline: Some(std::time::Instant::now() + Duration::from_millis(300)),
+        ..loopback_policy()
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = store.clone();
+    let wanted = tool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            waiting
+                .ensure(&wanted, &policy, UnpackMode::Tool)
+                .map(|_| ()),
+        );
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("ensure still waits for the lock long after the job's deadline");
+    let err = chain(&got.unwrap_err());
+    assert!(err.contains("no time left to fetch it"), "{err}");
+    assert_eq!(server.hits(), 0);
+    drop(held);
+}
+
+#[test]
+fn verify_all_reports_an_entry_it_cannot_rehash_and_goes_on_to_the_rest() {
+    let tmp = TempDir::new("store-verify-unreadable");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let mut dirs = Vec::new();
+    for version in ["1.7", "1.8"] {
+        let body = tar_gz(&[file("bin/jq", 0o755, version.as_bytes())]);
+        let url = server.route(&format!("/jq-{version}.tar.gz"), Route::Body(body.clone()));
+        let r = store
+            .ensure(
+                &spec("jq", &url, &sha256(&body), None),
+                &loopback_policy(),
+                UnpackMode::Tool,
+            )
+            .unwrap();
+        dirs.push(r.dir);
+    }
+    dirs.sort();
+    let name = |d: &Path| format!("trees/{}", d.file_name().unwrap().to_string_lossy());
+    // The first tree (in the order verify walks) cannot be rehashed: deeper than the tree
+    // digest walks. The second was changed.
+    std::fs::set_permissions(&dirs[0], std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dirs[0].join("d/".repeat(1100))).unwrap();
+    std::fs::set_permissions(dirs[1].join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dirs[1].join("bin/jq"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(dirs[1].join("bin/jq"), b"evil").unwrap();
+    let report = store
+        .verify_all()
+        .unwrap_or_else(|e| panic!("verify stopped at the first bad entry: {}", chain(&e)));
+    let found: Vec<(String, String)> = report
+        .corrupt
+        .iter()
+        .map(|c| (c.entry.clone(), c.problem.clone()))
+        .collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, name(&dirs[0]));
+    assert!(found[0].1.starts_with("cannot be rehashed: "), "{found:?}");
+    assert_eq!(found[1].0, name(&dirs[1]));
+    assert!(found[1].1.starts_with("tree digest mismatch"), "{found:?}");
+    assert!(!dirs[0].exists() && !dirs[1].exists());
+}
+
 /// Set by the two-process test in the children it starts.
 const CHILD_ENV: &str = "BULWARK_TOOLS_TEST_CHILD";
 
@@ -451,4 +623,194 @@ fn two_processes_needing_one_tool_download_it_once() {
         );
     }
     assert_eq!(server.hits(), 1, "two processes downloaded the tool twice");
+}
+
+/// A store in `tmp` and a loopback server of the jq tarball; the tool's spec and bytes.
+fn jq_store(tmp: &TempDir) -> (Store, Server, ToolSpec, Vec<u8>) {
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    (store, server, tool, body)
+}
+
+/// Makes a stored tree look unused for `days` days (its digest file is its last use).
+fn age_tree(r: &super::Resolved, days: u64) {
+    let digest = r.dir.with_file_name(format!(
+        "{}.digest",
+        r.dir.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::File::open(&digest)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(days * 86_400))
+        .unwrap();
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+#[test]
+fn prune_removes_a_tree_unused_for_longer_and_its_download_and_the_next_job_fetches_it_again() {
+    let tmp = TempDir::new("prune-old");
+    let (store, server, tool, body) = jq_store(&tmp);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    let dir = r.dir.clone();
+    drop(r);
+    // Used 10 days ago: a 30-day prune keeps it, a 7-day prune removes it.
+    let again = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&again, 10);
+    drop(again);
+    let kept = store.prune(30 * DAY, false).unwrap();
+    assert_eq!((kept.trees.len(), kept.kept), (0, 1), "{kept:?}");
+    assert_eq!(contents(&store), (1, 2, 0));
+    let report = store.prune(7 * DAY, false).unwrap();
+    assert_eq!(report.trees.len(), 1, "{report:?}");
+    assert_eq!(report.trees[0].tool.as_deref(), Some("jq"));
+    let jq_bytes = (b"#!/bin/sh\necho jq 1.7\n".len() + b"jq".len()) as u64;
+    assert_eq!(report.trees[0].bytes, jq_bytes);
+    assert_eq!(
+        report.blobs,
+        [(format!("blobs/{}", tool.sha256), body.len() as u64)]
+    );
+    assert!(!dir.exists());
+    assert_eq!(contents(&store), (0, 0, 0), "blobs, trees, tmp");
+    assert_eq!(report.bytes(), jq_bytes + body.len() as u64);
+    // Gone from the store: the next job fetches and verifies it again.
+    let fetched = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    assert!(!fetched.cache_hit);
+    assert_eq!(server.hits(), 2);
+    assert_eq!(
+        listing(&fetched.dir),
+        ["bin", "bin/jq", "share", "share/README"]
+    );
+}
+
+#[test]
+fn a_cache_hit_counts_as_a_use_so_prune_keeps_the_tree() {
+    let tmp = TempDir::new("prune-hit");
+    let (store, _server, tool, _body) = jq_store(&tmp);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&r, 100);
+    drop(r);
+    drop(
+        store
+            .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+            .unwrap(),
+    );
+    let report = store.prune(30 * DAY, false).unwrap();
+    assert_eq!((report.trees.len(), report.kept), (0, 1), "{report:?}");
+    assert_eq!(contents(&store), (1, 2, 0));
+}
+
+#[test]
+fn a_tree_a_job_holds_is_never_pruned_and_is_once_the_job_lets_go() {
+    let tmp = TempDir::new("prune-held");
+    let (store, _server, tool, _body) = jq_store(&tmp);
+    let held = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&held, 100);
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(report.trees, []);
+    assert_eq!(
+        report.busy,
+        [format!(
+            "trees/{}",
+            held.dir.file_name().unwrap().to_string_lossy()
+        )]
+    );
+    // Its download stays too (a tree of it is left), and the tree is whole.
+    assert_eq!(report.blobs, []);
+    assert_eq!(
+        listing(&held.dir),
+        ["bin", "bin/jq", "share", "share/README"]
+    );
+    assert_eq!(
+        std::fs::read(held.dir.join("bin/jq")).unwrap(),
+        b"#!/bin/sh\necho jq 1.7\n"
+    );
+    drop(held);
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(
+        (report.trees.len(), report.blobs.len()),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
+fn a_dry_run_removes_nothing_and_says_what_would_go() {
+    let tmp = TempDir::new("prune-dry");
+    let (store, _server, tool, _body) = jq_store(&tmp);
+    let r = store
+        .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
+        .unwrap();
+    age_tree(&r, 100);
+    drop(r);
+    std::fs::write(
+        store
+            .root()
+            .join("tmp")
+            .join(format!("{}.0011.download", tool.sha256)),
+        b"part",
+    )
+    .unwrap();
+    let report = store.prune(30 * DAY, true).unwrap();
+    assert_eq!(
+        (
+            report.trees.len(),
+            report.blobs.len(),
+            report.leftovers.len()
+        ),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(contents(&store), (1, 2, 1));
+    let report = store.prune(30 * DAY, false).unwrap();
+    assert_eq!(
+        (
+            report.trees.len(),
+            report.blobs.len(),
+            report.leftovers.len()
+        ),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(contents(&store), (0, 0, 0));
+}
+
+#[test]
+fn prune_leaves_what_a_fetch_in_progress_is_writing() {
+    let tmp = TempDir::new("prune-fetching");
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let sha = "ab".repeat(32);
+    let partial = store
+        .root()
+        .join("tmp")
+        .join(format!("{sha}.0011.download"));
+    std::fs::write(&partial, b"part").unwrap();
+    // Another process is fetching that digest: it holds the digest's lock.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(store.root().join("locks").join(format!("{sha}.lock")))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(report.leftovers, []);
+    assert!(partial.exists());
+    drop(held);
+    let report = store.prune(Duration::ZERO, false).unwrap();
+    assert_eq!(report.leftovers, [(format!("tmp/{sha}.0011.download"), 4)]);
+    assert!(!partial.exists());
 }

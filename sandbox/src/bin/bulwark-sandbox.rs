@@ -9,12 +9,14 @@
 fn main() {
     // `--ownership`: hand a workspace between the runner's ids and a job's subordinate ids
     // (subuid mode; see `bulwark_sandbox::subid`). `--kill-uid UID`: kill every process of a
-    // job uid, started as that uid (root mode; see `bulwark_sandbox::uid_sweep`). Anything
-    // else is the job helper.
+    // job uid, started as that uid (root mode; see `bulwark_sandbox::uid_sweep`). `--confine`:
+    // exec a program the runner runs on the host (git) under Landlock and no_new_privs (see
+    // `bulwark_sandbox::confine`). Anything else is the job helper.
     let mut args = std::env::args_os().skip(1);
     match args.next().as_deref().and_then(|a| a.to_str()) {
         Some("--ownership") => bulwark_sandbox::subid::ownership_main(),
         Some("--kill-uid") => bulwark_sandbox::uid_sweep::kill_uid_main(args.next().as_deref()),
+        Some("--confine") => bulwark_sandbox::confine::confine_main(args.collect()),
         _ => bulwark_sandbox::helper::main(),
     }
 }

@@ -1,0 +1,223 @@
+//! Confining a program the runner runs on the host (`bulwark-sandbox --confine`): git.
+//!
+//! The runner fetches a `[source] git` repository with `/usr/bin/git` before the job starts,
+//! outside any sandbox: git needs the network and the runner's checked addresses, and the
+//! checkout must be a plain tree for the runner to measure. Its configuration is locked down
+//! (`runner/src/gitsource`), and as root it runs as the job's uid; but a hostile server or
+//! repository that gets code running inside git (a bug in pack or protocol parsing) would still
+//! have everything that uid, or in rootless mode the runner's own user, may do on the host:
+//!
+//! - write wherever that user may: world-writable `/tmp`, `/var/tmp` or `/dev/shm`, where a
+//!   file that is setuid to the job uid would outlive the fetch and give anyone who runs it
+//!   that uid, hence the workspace of the next job the uid is leased to; in rootless mode, the
+//!   runner's own state (signing key, tool store);
+//! - connect anywhere, not only to the repository's port;
+//! - signal the user's other processes, or reach their abstract unix sockets.
+//!
+//! So the runner starts git through this mode, already switched to the uid it runs as, and
+//! this code, before it execs the program: sets `no_new_privs`; applies a Landlock ruleset
+//! under which the whole filesystem may be read and executed, but written only beneath the
+//! `--write` directories (the destination and git's private HOME) and `/dev/null`; where the
+//! kernel has Landlock network rules (ABI 4), allows TCP connects only to the `--connect`
+//! ports and no bind at all; and (ABI 6) scopes signals and abstract unix sockets to git's own
+//! processes. Landlock holds for git's children too (`git-remote-https`, `index-pack`), and
+//! cannot be undone. Whatever cannot be applied refuses: git does not run.
+//!
+//! Alternatives rejected: a full job sandbox for git (namespaces, a tmpfs root, seccomp) would
+//! need a second network path for the runner's fetch rules and a hand-over of the checkout out
+//! of the sandbox's view; a private mount namespace with fresh `/tmp` and `/var/tmp` (names
+//! only the directories we thought of; any other writable place stays open); scanning the host
+//! for files of the uid after the fetch (slow, and racy).
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use landlock::{
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+
+use crate::spec::Stage;
+
+/// What to confine the program to, from the command line.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Confinement {
+    /// Directories written beneath.
+    write: Vec<OsString>,
+    /// TCP ports connected to.
+    connect: Vec<u16>,
+    /// The program (absolute) and its arguments, argv[0] first.
+    argv: Vec<OsString>,
+}
+
+/// Entry point of `bulwark-sandbox --confine [--write DIR]... [--connect PORT]... -- PROGRAM
+/// ARGS...`: execs PROGRAM confined, or reports why not on standard error and exits 125.
+pub fn confine_main(args: Vec<OsString>) -> ! {
+    let err = match parse(args).and_then(|c| confine_and_exec(&c)) {
+        Ok(never) => match never {},
+        Err((stage, message)) => format!("bulwark-sandbox: confine: {stage}: {message}"),
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{err}\n").as_bytes());
+    crate::sys::exit_now(125)
+}
+
+fn parse(args: Vec<OsString>) -> Result<Confinement, Stage> {
+    let usage = || {
+        (
+            "arguments",
+            "usage: bulwark-sandbox --confine [--write DIR]... [--connect PORT]... -- PROGRAM \
+             ARGS..."
+                .to_owned(),
+        )
+    };
+    let mut c = Confinement::default();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("--write") => {
+                let dir = it.next().ok_or_else(usage)?;
+                if !dir.as_bytes().starts_with(b"/") {
+                    return Err(("arguments", format!("--write {dir:?}: not absolute")));
+                }
+                c.write.push(dir);
+            }
+            Some("--connect") => {
+                let port = it.next().ok_or_else(usage)?;
+                let port = port
+                    .to_str()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| ("arguments", format!("--connect {port:?}: not a port")))?;
+                c.connect.push(port);
+            }
+            Some("--") => {
+                c.argv = it.collect();
+                break;
+            }
+            _ => return Err(usage()),
+        }
+    }
+    match c.argv.first() {
+        Some(p) if p.as_bytes().starts_with(b"/") => Ok(c),
+        _ => Err(usage()),
+    }
+}
+
+fn confine_and_exec(c: &Confinement) -> Result<std::convert::Infallible, Stage> {
+    nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
+    let found = crate::sys::landlock_abi_version();
+    let abi_n = crate::landlock::usable_abi();
+    if abi_n == 0 {
+        return Err((
+            "landlock",
+            crate::landlock::LandlockError::Unsupported { found }.to_string(),
+        ));
+    }
+    let abi = ABI::from(abi_n as i32);
+    let ll = |e: landlock::RulesetError| ("landlock", e.to_string());
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(ll)?;
+    let network = abi_n >= 4;
+    if network {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(ll)?;
+    }
+    if abi_n >= 6 {
+        ruleset = ruleset.scope(Scope::from_all(abi)).map_err(ll)?;
+    }
+    let open = |path: &std::ffi::OsStr| {
+        PathFd::new(path).map_err(|e| ("landlock", format!("{}: {e}", path.to_string_lossy())))
+    };
+    let mut created = ruleset
+        .create()
+        .map_err(ll)?
+        .add_rule(PathBeneath::new(
+            open("/".as_ref())?,
+            AccessFs::from_read(abi),
+        ))
+        .map_err(ll)?
+        .add_rule(PathBeneath::new(
+            open("/dev/null".as_ref())?,
+            AccessFs::from_file(abi),
+        ))
+        .map_err(ll)?;
+    for dir in &c.write {
+        created = created
+            .add_rule(PathBeneath::new(open(dir)?, AccessFs::from_all(abi)))
+            .map_err(ll)?;
+    }
+    if network {
+        for port in &c.connect {
+            created = created
+                .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
+                .map_err(ll)?;
+        }
+    }
+    let status = created.restrict_self().map_err(ll)?;
+    if status.ruleset != RulesetStatus::FullyEnforced || !status.no_new_privs {
+        return Err(("landlock", format!("not fully enforced: {status:?}")));
+    }
+    let argv: Vec<CString> = c
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("arguments", e.to_string()))?;
+    let Some(program) = argv.first() else {
+        return Err(("arguments", "no program".into()));
+    };
+    // The environment is the one the runner gave this process, unchanged.
+    let err = nix::unistd::execv(program, &argv).unwrap_err();
+    Err(("exec", format!("{}: {err}", program.to_string_lossy())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_command_line_names_writable_directories_ports_and_the_program() {
+        let c = parse(args(&[
+            "--write",
+            "/d",
+            "--connect",
+            "443",
+            "--write",
+            "/h",
+            "--",
+            "/usr/bin/git",
+            "fetch",
+        ]))
+        .unwrap();
+        assert_eq!(
+            c,
+            Confinement {
+                write: args(&["/d", "/h"]),
+                connect: vec![443],
+                argv: args(&["/usr/bin/git", "fetch"]),
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_command_line_is_refused_before_anything_runs() {
+        for bad in [
+            &["--", "git"][..],                         // relative program
+            &["--write", "rel", "--", "/bin/true"],     // relative directory
+            &["--connect", "0", "--", "/bin/true"],     // port 0
+            &["--connect", "65536", "--", "/bin/true"], // not a port
+            &["--write"],                               // missing value
+            &["/bin/true"],                             // no --
+            &["--"],                                    // no program
+        ] {
+            assert!(parse(args(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
