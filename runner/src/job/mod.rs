@@ -273,9 +273,10 @@ pub fn run(args: RunArgs) -> u8 {
             out.display()
         ),
         (s, Some(r)) => eprintln!(
-            "bulwark: job {} {}: {r}; results in {}",
+            "bulwark: job {} {}: {}; results in {}",
             job.spec.name,
             s.as_str(),
+            visible_line(r),
             out.display()
         ),
         (s, None) => eprintln!(
@@ -291,6 +292,28 @@ pub fn run(args: RunArgs) -> u8 {
 /// What stage 1 loaded: the configuration, the validated spec, the sha256 of its bytes, and the
 /// directory it was read from (open).
 type Loaded = (config::Loaded, ValidatedJob, String, OwnedFd);
+
+/// `text` for one line of the runner's own output: a reason quotes names the job chose (an
+/// output's path in the workspace), which may hold escape sequences (a terminal title, OSC 52
+/// clipboard writes) or line breaks (a forged `bulwark:` line in a CI log); every control
+/// character is shown escaped (`\u{1b}`), as the job log's echo shows them. `result.json`
+/// keeps the text as it was (JSON escapes it).
+fn visible_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
 
 fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
     let loaded = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
@@ -1499,6 +1522,20 @@ mod tests {
         }
         // This user's own directory on a path only it and root can change: accepted.
         prepare_out_dir(Some(&dir.path().join("mine")), "job", started).unwrap();
+    }
+
+    #[test]
+    fn a_reason_naming_a_job_chosen_file_reaches_the_terminal_without_its_controls() {
+        // An output the job named to set the terminal's title and forge a runner line.
+        let reason = "output dist/\u{1b}]0;owned\u{7}x\nbulwark: job release succeeded: refused: \
+                      it is a symlink, only regular files are accepted";
+        let shown = visible_line(reason);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}]0;owned\\u{7}x\\nbulwark:"),
+            "{shown}"
+        );
+        assert_eq!(visible_line("plain reason"), "plain reason");
     }
 
     #[test]
