@@ -26,6 +26,17 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// job's outputs land in would let an output named like it be truncated, replaced or renamed
 /// over another file.
 pub fn create_beside(path: &Path, tag: &str) -> io::Result<(std::path::PathBuf, File)> {
+    create_beside_mode(path, tag, 0o666)
+}
+
+/// [`create_beside`], the file created with `mode` (less the umask) from its first moment: a
+/// private key's temporary file is never readable by anyone else, not even for a moment.
+pub fn create_beside_mode(
+    path: &Path,
+    tag: &str,
+    mode: u32,
+) -> io::Result<(std::path::PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut last = None;
     for _ in 0..16 {
@@ -33,6 +44,7 @@ pub fn create_beside(path: &Path, tag: &str) -> io::Result<(std::path::PathBuf, 
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode)
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),
@@ -43,9 +55,50 @@ pub fn create_beside(path: &Path, tag: &str) -> io::Result<(std::path::PathBuf, 
     Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
 }
 
+/// [`write_atomic`], the file given exactly `mode` (whatever the umask) through its descriptor
+/// before it is renamed into place: nothing changes the mode by path afterwards, where a
+/// swapped-in symlink would take the change elsewhere.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_renamed_mode(path, bytes, true, Some(mode))
+}
+
+/// Writes `bytes` to `path` only if nothing is there yet, and only whole: written and fsynced
+/// under a temporary name created with `mode`, then hard-linked to `path` (which fails if
+/// `path` exists, symlink included, and never replaces it) and the temporary name removed.
+/// Returns `false` when `path` already existed (nothing was written). A crash leaves either
+/// no file at `path` or the whole one, never a half-written file under the final name; two
+/// writers at once leave exactly one of their files.
+pub fn write_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    let (tmp, mut f) = create_beside_mode(path, "bulwark-new", mode)?;
+    let result = (|| {
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    if let Ok(true) = result {
+        // The name is durable only once its directory is.
+        if let Some(dir) = path.parent() {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+    }
+    result
+}
+
 fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    write_renamed_mode(path, bytes, sync, None)
+}
+
+fn write_renamed_mode(path: &Path, bytes: &[u8], sync: bool, mode: Option<u32>) -> io::Result<()> {
     let (tmp, mut f) = create_beside(path, "bulwark-tmp")?;
     let result = (|| {
+        if let Some(mode) = mode {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        }
         f.write_all(bytes)?;
         if sync {
             f.sync_all()?;

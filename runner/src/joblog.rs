@@ -42,10 +42,14 @@ pub struct LogCapture {
     failed: Option<io::Error>,
 }
 
+/// The log's name in the output directory while it is written.
+pub const PARTIAL_NAME: &str = ".job.log.partial";
+
 impl LogCapture {
-    /// Creates `<dir>/.job.log.partial`, renamed to `job.log` by [`LogCapture::finish`].
+    /// Creates `<dir>/.job.log.partial` (or truncates the one `bulwark run` made to claim the
+    /// directory), renamed to `job.log` by [`LogCapture::finish`].
     pub fn create(dir: &Path, cap: u64, echo: bool) -> io::Result<LogCapture> {
-        let partial = dir.join(".job.log.partial");
+        let partial = dir.join(PARTIAL_NAME);
         Ok(LogCapture {
             file: File::create(&partial)?,
             partial,

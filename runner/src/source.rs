@@ -116,9 +116,18 @@ pub fn copy_tree_within(src: &Path, dst: &Path, room: Room) -> Result<CopyStats,
         }
     };
     let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
-    let d = nix::fcntl::open(dst, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
+    copy_tree_from(&s, dst, room)
+}
+
+/// [`copy_tree_within`] from a directory already open as `src`: the directory that was checked
+/// is the one copied, whatever its path leads to by now.
+pub fn copy_tree_from(src: &OwnedFd, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
+    let d = nix::fcntl::open(dst, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
+        path: ".".into(),
+        source: e.into(),
+    })?;
     let mut stats = CopyStats::default();
-    copy_dir(&s, &d, "", &mut stats, room)?;
+    copy_dir(src, &d, "", &mut stats, room)?;
     Ok(stats)
 }
 

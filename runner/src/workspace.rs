@@ -9,7 +9,7 @@
 //! signals); the cgroup kill is the second, independent guarantee.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,9 +55,14 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
     // for a dead run's and remove it.
     let lock_path = path.join("lock");
     let new_lock = path.join(".lock.new");
+    // 0600, like the records beside it: `jobs/` is 0711 so that a job's uid can reach its
+    // workspace, and a job id is no secret (any user reads it in a job process's
+    // /proc/PID/mountinfo), so a lock anyone could open could be held, after the runner died,
+    // by anyone: `cleanup_stale` would take the dead run for a live one forever.
     let file = OpenOptions::new()
         .create_new(true)
         .write(true)
+        .mode(0o600)
         .open(&new_lock)
         .with_context(|| format!("creating {}", new_lock.display()))?;
     let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
@@ -97,15 +102,14 @@ impl JobDir {
             return Ok(());
         };
         let path = self.path.join(CGROUP_RECORD);
-        fs::write(&path, record).with_context(|| format!("writing {}", path.display()))
+        write_private(&path, record.as_bytes())
     }
 
     /// Notes the job's subordinate ids, before anything is handed to them, so that the run
     /// that cleans up after this one, if it dies, can take the files back first.
     pub fn record_subids(&self, ids: &bulwark_sandbox::subid::SubidMap) -> Result<()> {
         let path = self.path.join(SUBID_RECORD);
-        fs::write(&path, crate::subuid::record(ids))
-            .with_context(|| format!("writing {}", path.display()))
+        write_private(&path, crate::subuid::record(ids).as_bytes())
     }
 
     /// Removes the job's directory (the lock goes with it).
@@ -113,6 +117,19 @@ impl JobDir {
         crate::fsutil::remove_tree(&self.path)
             .with_context(|| format!("removing job directory {}", self.path.display()))
     }
+}
+
+/// Writes a record of the runner's into a job directory, readable by the runner alone.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// How long a job directory without a lock file is left alone by other runs' cleanup.
@@ -240,6 +257,28 @@ mod tests {
         let cleaned = cleanup_stale(&d, &Default::default(), &|_, _| Ok(()));
         assert_eq!(cleaned, vec!["dead-job".to_string()]);
         assert!(young.exists() && live.path.exists() && !dead.exists());
+    }
+
+    #[test]
+    fn a_job_directory_s_lock_and_records_are_the_runner_s_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dirs();
+        let job = create(&d, "private", "2026-01-01T00:00:00Z").unwrap();
+        let ids = bulwark_sandbox::subid::SubidMap {
+            uid: 4_000_000_000,
+            gid: 4_000_000_000,
+            newuidmap: "/usr/bin/newuidmap".into(),
+            newgidmap: "/usr/bin/newgidmap".into(),
+        };
+        job.record_subids(&ids).unwrap();
+        for name in ["lock", SUBID_RECORD] {
+            let mode = fs::metadata(job.path.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
+        }
+        job.remove().unwrap();
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! runner, verified, and recorded in `result.json` (and so in provenance); any failure refuses
 //! the job before a step runs.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use nix::sys::stat::Mode;
 
 use super::{JobRun, Stop};
 use crate::config::Dirs;
@@ -11,32 +14,60 @@ use crate::disk_reserve::Room;
 use crate::workspace::JobDir;
 
 impl JobRun<'_> {
-    /// The local directory to copy into the workspace, canonical: `--source` as the operator
-    /// gave it, or the spec's `[source] path`, which must lie in the job file's directory.
+    /// The local directory to copy into the workspace, open, with its canonical path:
+    /// `--source` as the operator gave it, or the spec's `[source] path`, which must lie in the
+    /// job file's directory.
     ///
     /// The spec is untrusted and the runner copies with its own privileges (as root, every
     /// file it can read, handed to the job's uid), so a spec naming `/etc` or the runner's
     /// state directory would give the job `/etc/shadow` or the signing key. A spec may only
-    /// pick a directory beside or below itself, judged after symlinks are resolved; any other
-    /// directory takes the operator's `--source`.
-    pub(super) fn source_dir(&self) -> Result<Option<PathBuf>, Stop> {
-        let canonical = |path: &Path| {
-            std::fs::canonicalize(path)
-                .map_err(|e| Stop::Refused(format!("source {}: {e}", path.display())))
+    /// pick a directory beside or below itself: `[source] path` is opened beneath the directory
+    /// the spec was read from, through that directory's descriptor (`openat2` with
+    /// `RESOLVE_BENEATH`: no `..` above it, no absolute path or symlink), and what was opened
+    /// is what is checked and copied. Judged by path instead (canonicalize, check, open again),
+    /// whoever may rename a directory on the way (the user a CI checks pull requests out as)
+    /// could swap it for a symlink between the check and the copy, or after the spec was read,
+    /// and have root copy `/root` into the job; any other directory takes the operator's
+    /// `--source`.
+    pub(super) fn source_dir(&self) -> Result<Option<SourceDir>, Stop> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+        let real_path = |fd: &OwnedFd| {
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map_err(|e| Stop::Refused(format!("source: locating the opened directory: {e}")))
         };
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         if let Some(s) = &self.args.source {
-            return canonical(s).map(Some);
+            let refuse =
+                |e: &dyn std::fmt::Display| Stop::Refused(format!("source {}: {e}", s.display()));
+            let abs = std::fs::canonicalize(s).map_err(|e| refuse(&e))?;
+            let fd = nix::fcntl::open(&abs, dir_flags | OFlag::O_NOFOLLOW, Mode::empty())
+                .map_err(|e| refuse(&std::io::Error::from(e)))?;
+            let path = real_path(&fd)?;
+            return Ok(Some(SourceDir { path, fd }));
         }
         let Some(p) = self.job.spec.source.as_ref().and_then(|s| s.path.as_ref()) else {
             return Ok(None);
         };
-        let base = match self.args.job.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        let base = canonical(base)?;
-        let dir = canonical(&base.join(p))?;
+        let base = real_path(&self.spec_dir)?;
+        let how = OpenHow::new()
+            .flags(dir_flags)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = nix::fcntl::openat2(&self.spec_dir, p.as_str(), how).map_err(|e| match e {
+            nix::errno::Errno::EXDEV => Stop::Refused(format!(
+                "source.path {p:?} leads outside the job file's directory {}; a job spec may \
+                 only name a directory beside or below itself, through no absolute path or \
+                 absolute symlink: give any other directory with --source",
+                base.display()
+            )),
+            e => Stop::Refused(format!(
+                "source {}: {}",
+                base.join(p).display(),
+                std::io::Error::from(e)
+            )),
+        })?;
+        let dir = real_path(&fd)?;
         if !dir.starts_with(&base) {
+            // Cannot happen (the kernel resolved it beneath), but the check is cheap.
             return Err(Stop::Refused(format!(
                 "source.path {p:?} resolves to {}, outside the job file's directory {}; a job \
                  spec may only name a directory beside or below itself: give any other \
@@ -75,7 +106,7 @@ impl JobRun<'_> {
                 own.display()
             )));
         }
-        Ok(Some(dir))
+        Ok(Some(SourceDir { path: dir, fd }))
     }
 
     /// What a fetch or copy may still add to the filesystem of `path` before it falls below
@@ -227,6 +258,25 @@ impl JobRun<'_> {
             resolved.push(r);
         }
         Ok(resolved)
+    }
+}
+
+/// A local source directory, open: what was checked is what is copied.
+#[derive(Debug)]
+pub(super) struct SourceDir {
+    /// Its canonical path when it was opened (recorded in `result.json` and provenance).
+    pub path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl SourceDir {
+    /// Copies it into `dst` (see `crate::source::copy_tree_within`).
+    pub fn copy_into(
+        &self,
+        dst: &Path,
+        room: Room,
+    ) -> Result<crate::source::CopyStats, crate::source::CopyError> {
+        crate::source::copy_tree_from(&self.fd, dst, room)
     }
 }
 

@@ -8,6 +8,7 @@
 //! tools, rootfs) and `sandbox.rs` builds the sandbox spec, starts the egress proxy and the
 //! helper, and reads what the sandbox reports.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -141,7 +142,7 @@ fn now_rfc3339() -> String {
 pub fn run(args: RunArgs) -> u8 {
     let started = now_rfc3339();
     // Stage 1: everything that can be refused without an output directory.
-    let (loaded, job, job_sha256) = match load_and_validate(&args) {
+    let (loaded, job, job_sha256, spec_dir) = match load_and_validate(&args) {
         Ok(v) => v,
         Err(msg) => {
             eprintln!("bulwark: {msg}");
@@ -161,30 +162,18 @@ pub fn run(args: RunArgs) -> u8 {
             config::default_config_path().display()
         );
     }
-    let mut runner = JobRun {
-        args: &args,
-        config: &loaded.config,
-        job: &job,
-        out: out.clone(),
-        started,
-        invocation_id: crate::fsutil::random_hex(16),
-        isolation: None,
-        steps: Vec::new(),
-        inputs: Inputs::default(),
-        counters: None,
-        egress: None,
-        helper: None,
-        handed_to_job: None,
-        disk: None,
-        lease_unclean: false,
-        trees_in_use: Vec::new(),
-        inputs_deadline: None,
-    };
+    let mut runner = JobRun::new(&args, &loaded.config, &job, out.clone(), started, spec_dir);
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
         Err(Stop::Refused(r)) => (JobStatus::Refused, Some(r), Vec::new()),
         Err(Stop::Runner(r)) => (JobStatus::RunnerError, Some(r), Vec::new()),
     };
+    // The claim on the output directory, when no log was ever written into it (the run ended
+    // before its sandbox did): an empty partial log is no evidence of anything.
+    let claim = out.join(crate::joblog::PARTIAL_NAME);
+    if std::fs::symlink_metadata(&claim).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        let _ = std::fs::remove_file(&claim);
+    }
     let mut result = JobResult {
         status,
         reason: reason.clone(),
@@ -280,11 +269,14 @@ pub fn run(args: RunArgs) -> u8 {
     code
 }
 
-fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, String), String> {
+/// What stage 1 loaded: the configuration, the validated spec, the sha256 of its bytes, and the
+/// directory it was read from (open).
+type Loaded = (config::Loaded, ValidatedJob, String, OwnedFd);
+
+fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
     let loaded = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
     let path = args.job.display();
-    let text = std::fs::read_to_string(&args.job)
-        .map_err(|e| format!("job spec {path}: cannot read: {e}"))?;
+    let (spec_dir, text) = read_job_spec(&args.job).map_err(|e| format!("job spec {path}: {e}"))?;
     let job_sha256 = {
         use sha2::Digest;
         crate::outputs::hex(&sha2::Sha256::digest(text.as_bytes()))
@@ -301,8 +293,87 @@ fn load_and_validate(args: &RunArgs) -> Result<(config::Loaded, ValidatedJob, St
     // only to check it, and dropped (zeroized) at once; signing reads it again at the end.
     if let Some(k) = &args.key {
         crate::provenance::keys::LocalKey::load(k).map_err(|e| format!("--key: {e:#}"))?;
+    } else if let Ok(dirs) = Dirs::resolve(&loaded.config) {
+        // So is the default key once it exists (one that does not is made whole at signing).
+        let default = crate::provenance::default_key_path(&dirs.state);
+        if std::fs::symlink_metadata(&default).is_ok() {
+            crate::provenance::keys::LocalKey::load(&default).map_err(|e| {
+                format!("the default signing key: {e:#}; restore it, or give --key")
+            })?;
+        }
     }
-    Ok((loaded, job, job_sha256))
+    Ok((loaded, job, job_sha256, spec_dir))
+}
+
+/// Largest job spec `bulwark run` reads, in bytes: far above any real spec (the protocol's
+/// own bounds on steps, tools and patterns keep one to a few kilobytes).
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// Reads the job spec file: the file itself, a regular file, at most [`MAX_SPEC_BYTES`].
+///
+/// The spec usually sits in the tree it builds (`[source] path` is relative to it), which a pull
+/// request controls, and the runner reads it with its own privileges (root, in root mode). A
+/// spec that is a symlink to a host file (`job.toml -> /etc/shadow`) would be read as root and
+/// its first malformed line quoted in the syntax error, which lands in the CI log; a symlink to
+/// `/dev/zero` or a fifo would make the runner read forever or hang. So the last component is
+/// opened without following a symlink (`O_NOFOLLOW`; the operator gives the file's own path),
+/// without blocking on a fifo (`O_NONBLOCK`), and what was opened must be a regular file of a
+/// bounded size, read through the descriptor that was checked.
+///
+/// The job file's directory is opened once, here, and the file read through it; that
+/// descriptor is what `[source] path` is later resolved beneath (see `JobRun::source_dir`), so a
+/// directory renamed or swapped for a symlink after the spec was read cannot move the source.
+fn read_job_spec(path: &Path) -> Result<(OwnedFd, String), String> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
+    use std::io::Read;
+    let cannot = |e: nix::Error| format!("cannot read: {}", std::io::Error::from(e));
+    let name = path
+        .file_name()
+        .ok_or("refused: it names no file".to_string())?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = open(
+        parent,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(cannot)?;
+    let fd = openat(
+        &dir,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP => {
+            "refused: it is a symlink; give the path of the job file itself".to_string()
+        }
+        e => cannot(e),
+    })?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("refused: it is not a regular file".into());
+    }
+    let too_large = || format!("refused: larger than {MAX_SPEC_BYTES} bytes");
+    if meta.len() > MAX_SPEC_BYTES {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(too_large());
+    }
+    Ok((dir, text))
 }
 
 fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<PathBuf, String> {
@@ -324,6 +395,30 @@ fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<Path
                 .map_err(|e| format!("--out {}: cannot create: {e}", dir.display()))?;
         }
         Err(e) => return Err(format!("--out {}: {e}", dir.display())),
+    }
+    // Claimed for this run: two runs given the same directory (or the same default one: one
+    // job name, one second, one working directory) both find it absent or empty, and would
+    // write their logs, results, outputs and provenance over each other's. The log's partial
+    // file is made exclusively now; the run that cannot make it leaves the directory alone.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(crate::joblog::PARTIAL_NAME))
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(format!(
+                "--out {}: another run is writing into it; give each run its own output \
+                 directory",
+                dir.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "--out {}: cannot write into it: {e}",
+                dir.display()
+            ))
+        }
     }
     std::fs::canonicalize(&dir).map_err(|e| format!("--out {}: {e}", dir.display()))
 }
@@ -355,6 +450,8 @@ struct JobRun<'a> {
     /// When the job's tools, root filesystem and url source must all be in:
     /// `JobRun::inputs_budget` from when the runner starts fetching them.
     inputs_deadline: Option<Instant>,
+    /// The directory the job spec was read from: `[source] path` is resolved beneath it.
+    spec_dir: OwnedFd,
 }
 
 /// What the sandbox reported.
@@ -367,6 +464,39 @@ struct Reported {
     any_step_started: bool,
     /// Why the runner stopped the job while it ran (the disk reserve).
     stopped: Option<String>,
+}
+
+impl<'a> JobRun<'a> {
+    /// A run of `job` that has not started: nothing fetched, no sandbox, no lease.
+    fn new(
+        args: &'a RunArgs,
+        config: &'a Config,
+        job: &'a ValidatedJob,
+        out: PathBuf,
+        started: String,
+        spec_dir: OwnedFd,
+    ) -> JobRun<'a> {
+        JobRun {
+            args,
+            config,
+            job,
+            out,
+            started,
+            invocation_id: crate::fsutil::random_hex(16),
+            isolation: None,
+            steps: Vec::new(),
+            inputs: Inputs::default(),
+            counters: None,
+            egress: None,
+            helper: None,
+            handed_to_job: None,
+            disk: None,
+            lease_unclean: false,
+            trees_in_use: Vec::new(),
+            inputs_deadline: None,
+            spec_dir,
+        }
+    }
 }
 
 impl JobRun<'_> {
@@ -617,9 +747,11 @@ impl JobRun<'_> {
                 eprintln!("bulwark: source {} at {}", got.uri, got.commit);
             }
             self.inputs.source = got.to_json();
-        } else if let Some(abs) = self.source_dir()? {
+        } else if let Some(src) = self.source_dir()? {
+            let abs = &src.path;
             let room = self.room_on(&jobdir.workspace)?;
-            let stats = crate::source::copy_tree_within(&abs, &jobdir.workspace, room)
+            let stats = src
+                .copy_into(&jobdir.workspace, room)
                 .map_err(|e| Stop::Refused(e.to_string()))?;
             if !stats.skipped.is_empty() {
                 eprintln!(
@@ -688,7 +820,7 @@ impl JobRun<'_> {
         // (recorded first, so that a run that dies from here on is cleaned up by the next).
         if let Some(ids) = &subids {
             let mut paths = crate::subuid::job_trees(&jobdir.workspace, &jobdir.tmp);
-            paths.extend(egress.as_ref().map(|(dir, _)| dir.clone()));
+            paths.extend(egress.as_ref().map(|e| e.dir.clone()));
             let handed = jobdir
                 .record_subids(ids)
                 .map_err(|e| format!("{e:#}"))
@@ -729,9 +861,9 @@ impl JobRun<'_> {
                 })
                 .collect();
         }
-        if let Some((dir, _)) = &egress {
+        if let Some(e) = &egress {
             spec.egress = Some(EgressSpec {
-                socket_dir: dir.clone(),
+                socket_dir: e.dir.clone(),
                 port: EGRESS_PORT,
                 max_connections: 128,
             });
@@ -782,9 +914,9 @@ impl JobRun<'_> {
             })?;
             self.handed_to_job = None;
         }
-        if let Some((dir, proxy)) = egress {
+        if let Some(egress) = egress {
             // Every job process is gone (init has exited): nothing can use the proxy any more.
-            let summary = proxy.shutdown();
+            let (dir, summary) = egress.shutdown();
             let _ = crate::fsutil::remove_tree(&dir);
             let summary =
                 summary.map_err(|e| Stop::Runner(format!("stopping the egress proxy: {e}")))?;
@@ -1060,6 +1192,234 @@ mod tests {
             );
         }
         assert!(check_required_layers(&host("none", true), false).is_ok());
+    }
+
+    fn args_for(dir: &Path, job: &str) -> RunArgs {
+        let config = dir.join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        RunArgs {
+            job: dir.join(job),
+            source: None,
+            out: None,
+            key: None,
+            trust: Trust::Untrusted,
+            config: Some(config),
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn a_job_spec_that_is_a_symlink_to_a_host_file_is_refused_without_quoting_it() {
+        let dir = crate::tools::testutil::TempDir::new("spec-link");
+        // A file only its owner may read, shaped so that a TOML syntax error quotes it.
+        let secret = dir.path().join("shadow");
+        std::fs::write(
+            &secret,
+            "root:$y$j9T$SECRETSALT$SECRETHASH:19000:0:99999:7:::\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("job.toml")).unwrap();
+        let e = load_and_validate(&args_for(dir.path(), "job.toml")).unwrap_err();
+        assert!(
+            !e.contains("SECRET"),
+            "the host file was read and quoted: {e}"
+        );
+        assert!(e.contains("refused: it is a symlink"), "{e}");
+    }
+
+    #[test]
+    fn a_job_spec_that_is_a_fifo_or_too_large_is_refused_without_hanging() {
+        let dir = crate::tools::testutil::TempDir::new("spec-kind");
+        nix::unistd::mkfifo(
+            &dir.path().join("fifo.toml"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        // Without O_NONBLOCK the open itself would wait for a writer: a watchdog fails the
+        // test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let args = args_for(dir.path(), "fifo.toml");
+        std::thread::spawn(move || {
+            let _ = tx.send(load_and_validate(&args).map(|_| ()));
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reading a fifo job spec hung")
+            .unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        // Larger than the bound: refused by its size, not read into memory.
+        let big = std::fs::File::create(dir.path().join("big.toml")).unwrap();
+        big.set_len(MAX_SPEC_BYTES + 1).unwrap();
+        let e = load_and_validate(&args_for(dir.path(), "big.toml")).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        // A spec of ordinary size still loads.
+        std::fs::write(
+            dir.path().join("ok.toml"),
+            "version = 1\nname = \"ok\"\n[[steps]]\nname = \"s\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        load_and_validate(&args_for(dir.path(), "ok.toml")).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_default_key_refuses_the_job_before_it_runs() {
+        let dir = crate::tools::testutil::TempDir::new("spec-key");
+        let state = dir.path().join("state");
+        let args = args_for(dir.path(), "job.toml");
+        std::fs::write(
+            args.config.as_ref().unwrap(),
+            format!("[paths]\nstate_dir = {:?}\n", state.display().to_string()),
+        )
+        .unwrap();
+        std::fs::write(
+            &args.job,
+            "version = 1\nname = \"ok\"\n[[steps]]\nname = \"s\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        // No default key yet: nothing to check (it is made at signing).
+        load_and_validate(&args).unwrap();
+        // An empty key file, as a run that died while writing the key used to leave.
+        std::fs::create_dir_all(state.join("keys")).unwrap();
+        let key = state.join("keys/signing.key");
+        std::fs::write(&key, "").unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let e = load_and_validate(&args).unwrap_err();
+        assert!(e.starts_with("the default signing key: signing key"), "{e}");
+    }
+
+    fn job_run<'a>(
+        args: &'a RunArgs,
+        config: &'a Config,
+        job: &'a ValidatedJob,
+        spec_dir: OwnedFd,
+    ) -> JobRun<'a> {
+        JobRun::new(
+            args,
+            config,
+            job,
+            PathBuf::from("/nonexistent"),
+            now_rfc3339(),
+            spec_dir,
+        )
+    }
+
+    #[test]
+    fn a_job_directory_swapped_for_a_symlink_after_the_spec_was_read_cannot_move_the_source() {
+        let dir = crate::tools::testutil::TempDir::new("source-swap");
+        let ci = dir.path().join("ci");
+        std::fs::create_dir_all(ci.join("src")).unwrap();
+        std::fs::write(ci.join("src/README"), "inside\n").unwrap();
+        // Where the swap leads: a directory of the same shape elsewhere on the host.
+        let host = dir.path().join("host");
+        std::fs::create_dir_all(host.join("src")).unwrap();
+        std::fs::write(host.join("src/secret"), "host-secret\n").unwrap();
+        std::fs::write(
+            ci.join("job.toml"),
+            "version = 1\nname = \"swap\"\n[source]\npath = \"src\"\n\
+             [[steps]]\nname = \"s\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        let args = args_for(&ci, "job.toml");
+        let (loaded, job, _, spec_dir) = load_and_validate(&args).unwrap();
+        // Once the spec is read, whoever may rename in the directory above the job file
+        // (the user a CI checks pull requests out as) swaps the job file's directory.
+        let real = dir.path().join("ci-real");
+        std::fs::rename(&ci, &real).unwrap();
+        std::os::unix::fs::symlink(&host, &ci).unwrap();
+        let runner = job_run(&args, &loaded.config, &job, spec_dir);
+        let src = runner.source_dir().unwrap().expect("a source directory");
+        assert_eq!(src.path, std::fs::canonicalize(real.join("src")).unwrap());
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        src.copy_into(&ws, Default::default()).unwrap();
+        assert!(
+            ws.join("README").exists(),
+            "the checked directory was not copied"
+        );
+        assert!(
+            !ws.join("secret").exists(),
+            "the swapped-in directory was copied"
+        );
+    }
+
+    #[test]
+    fn two_runs_given_the_same_output_directory_at_once_never_share_it() {
+        let dir = crate::tools::testutil::TempDir::new("out-claim");
+        let started = "2026-01-01T00:00:00Z";
+        // Absent: both find it so; the one that comes second must not write into it.
+        let absent = dir.path().join("absent");
+        let first = prepare_out_dir(Some(&absent), "job", started).unwrap();
+        let second = prepare_out_dir(Some(&absent), "job", started);
+        assert!(second.is_err(), "two runs share {}", first.display());
+        // Empty: likewise.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        prepare_out_dir(Some(&empty), "job", started).unwrap();
+        let e = prepare_out_dir(Some(&empty), "job", started).unwrap_err();
+        assert!(e.contains("--out"), "{e}");
+    }
+
+    #[test]
+    fn a_job_with_the_longest_name_the_spec_allows_still_gets_its_egress_proxy() {
+        let dir = crate::tools::testutil::TempDir::new("egress-name");
+        let name = "n".repeat(63);
+        let args = args_for(dir.path(), "job.toml");
+        std::fs::write(
+            args.config.as_ref().unwrap(),
+            format!(
+                "[paths]\nstate_dir = {:?}\nruntime_dir = {:?}\n",
+                dir.path().join("state").display().to_string(),
+                dir.path().join("run").display().to_string()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &args.job,
+            format!(
+                "version = 1\nname = \"{name}\"\n[network]\nallow = [\"example.com:443\"]\n\
+                 [[steps]]\nname = \"s\"\nrun = \"true\"\n"
+            ),
+        )
+        .unwrap();
+        let (loaded, job, _, spec_dir) = load_and_validate(&args).unwrap();
+        let dirs = Dirs::resolve(&loaded.config).unwrap();
+        dirs.create().unwrap();
+        let mut runner = job_run(&args, &loaded.config, &job, spec_dir);
+        runner.out = dir.path().join("out");
+        std::fs::create_dir(&runner.out).unwrap();
+        let jobdir = workspace::create(&dirs, &name, &runner.started).unwrap();
+        let socket = dirs
+            .runtime
+            .join("jobs")
+            .join(&jobdir.id)
+            .join("egress.sock");
+        assert!(
+            socket.as_os_str().len() > 107,
+            "the path fits anyway: {}",
+            socket.display()
+        );
+        let egress = runner
+            .start_egress(&jobdir, None)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .expect("a proxy for a job with network");
+        // The proxy listens at the socket's real place (a client connects there through a
+        // descriptor of its directory, as the job's init does).
+        let socket_dir = std::fs::File::open(&egress.dir).unwrap();
+        let via = format!(
+            "/proc/self/fd/{}/egress.sock",
+            std::os::fd::AsRawFd::as_raw_fd(&socket_dir)
+        );
+        std::os::unix::net::UnixStream::connect(&via).expect("the proxy accepts");
+        let (sock_dir, summary) = egress.shutdown();
+        summary.unwrap();
+        assert!(
+            !sock_dir.join("egress.sock").exists(),
+            "the socket outlived the proxy"
+        );
+        jobdir.remove().unwrap();
     }
 
     #[test]

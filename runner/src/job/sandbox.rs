@@ -82,7 +82,7 @@ impl JobRun<'_> {
         &self,
         jobdir: &JobDir,
         host_uid: Option<u32>,
-    ) -> Result<Option<(PathBuf, crate::egress::JobProxy)>, Stop> {
+    ) -> Result<Option<Egress>, Stop> {
         let allow: Vec<String> = self
             .job
             .spec
@@ -113,13 +113,34 @@ impl JobRun<'_> {
         let policy = crate::egress::EgressPolicy::new(&allow, &self.config.egress.hosts, audit)
             .map_err(|e| refuse("policy", &e))?;
         let socket = dir.join("egress.sock");
+        // Bound through a descriptor of its directory: a unix socket's path may hold at most
+        // 107 bytes, and `<runtime>/jobs/<job id>/egress.sock` is longer than that for a job
+        // name the spec may choose (63 characters) under `/run/bulwark`, and for shorter ones
+        // under a longer runtime directory; `/proc/self/fd/N/egress.sock` always fits.
+        let dir_fd = nix::fcntl::open(
+            &dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| refuse("opening the socket directory", &std::io::Error::from(e)))?;
+        let short = PathBuf::from(format!(
+            "/proc/self/fd/{}/egress.sock",
+            std::os::fd::AsRawFd::as_raw_fd(&dir_fd)
+        ));
         let proxy = crate::egress::start(
-            &socket,
+            &short,
             policy,
             &self.out.join("egress.log"),
             crate::egress::ProxyLimits::default(),
         )
         .map_err(|e| refuse("starting", &e))?;
+        let egress = Egress {
+            dir: dir.clone(),
+            proxy,
+            _dir_fd: dir_fd,
+        };
         // Only the job's init (running as the job's uid) may connect; no other job or user.
         if let Some(uid) = host_uid {
             for p in [&dir, &socket] {
@@ -129,7 +150,7 @@ impl JobRun<'_> {
         }
         std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| refuse("socket mode", &e))?;
-        Ok(Some((dir, proxy)))
+        Ok(Some(egress))
     }
 
     pub(super) fn run_sandbox(
@@ -356,6 +377,25 @@ impl JobRun<'_> {
             Event::Done { job_timed_out } => r.done = Some(job_timed_out),
             Event::Phase { .. } => {}
         }
+    }
+}
+
+/// A job's running egress proxy and its socket's directory.
+pub(super) struct Egress {
+    /// `<runtime>/jobs/<job id>`, holding `egress.sock`.
+    pub dir: PathBuf,
+    proxy: crate::egress::JobProxy,
+    /// The directory, open for as long as the proxy: the socket was bound through it, and the
+    /// proxy removes it through it when it stops (fields drop in order: the proxy first).
+    _dir_fd: std::os::fd::OwnedFd,
+}
+
+impl Egress {
+    /// Stops the proxy (see `JobProxy::shutdown`); returns the socket's directory and the
+    /// proxy's summary.
+    pub fn shutdown(self) -> (PathBuf, std::io::Result<crate::egress::EgressSummary>) {
+        let summary = self.proxy.shutdown();
+        (self.dir, summary)
     }
 }
 

@@ -16,9 +16,8 @@
 //! [`Signer`] is the seam for keys that are not files (KMS, HSM, keyless signing).
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -57,6 +56,14 @@ pub trait Signer {
     /// The public key, as SPKI PEM.
     fn public_key_pem(&self) -> Result<String>;
 }
+
+/// Most bytes read from a private key file (a PEM key is a few hundred).
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+/// File name of a private key in a key directory.
+pub const PRIVATE_NAME: &str = "signing.key";
+/// File name of the public key beside it.
+pub const PUBLIC_NAME: &str = "signing.pub";
 
 /// A private key held in memory.
 pub struct LocalKey {
@@ -126,9 +133,29 @@ impl LocalKey {
         })
     }
 
-    /// Reads a PKCS#8 PEM private key, refusing a file that group or others can read.
+    /// Reads a PKCS#8 PEM private key, refusing a file that anyone but the user running
+    /// bulwark could read: group or others (its mode), or another owner.
+    ///
+    /// The file is opened once and everything is checked on, and read through, that
+    /// descriptor: judged by path and read by path again, a key whose directory someone else
+    /// may write could be swapped between the check and the read. A key file another user owns
+    /// passes any mode check, yet that user can read it and sign anything.
     pub fn load(path: &Path) -> Result<LocalKey> {
-        let meta = fs::metadata(path).with_context(|| format!("signing key {}", path.display()))?;
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let what = || format!("signing key {}", path.display());
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(path)
+            .with_context(what)?;
+        let meta = file.metadata().with_context(what)?;
+        if !meta.is_file() {
+            bail!(
+                "signing key {}: refused: not a regular file",
+                path.display()
+            );
+        }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             bail!(
@@ -137,10 +164,20 @@ impl LocalKey {
                 path.display()
             );
         }
-        let pem = zeroize::Zeroizing::new(
-            fs::read_to_string(path)
-                .with_context(|| format!("signing key {}: cannot read", path.display()))?,
-        );
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            bail!(
+                "signing key {}: refused: it belongs to uid {}, who can read it and sign \
+                 anything, not to the user running bulwark (uid {me}); `chown {me} {}` it",
+                path.display(),
+                meta.uid(),
+                path.display()
+            );
+        }
+        let mut pem = zeroize::Zeroizing::new(String::new());
+        file.take(MAX_KEY_BYTES)
+            .read_to_string(&mut pem)
+            .with_context(|| format!("signing key {}: cannot read", path.display()))?;
         let inner = if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem) {
             Inner::P256(k)
         } else if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem) {
@@ -151,34 +188,39 @@ impl LocalKey {
         LocalKey::from_inner(inner)
     }
 
-    /// Writes `signing.key` (0600, created exclusively) and `signing.pub` into `dir`.
+    /// Writes `signing.key` (0600, never replacing one) and `signing.pub` into `dir`.
     pub fn write_pair(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key_path = dir.join(PRIVATE_NAME);
+        if !self.write_private_new(dir)? {
+            bail!(
+                "creating {}: it exists already (an existing key is never overwritten)",
+                key_path.display()
+            );
+        }
+        self.write_public(dir)
+    }
+
+    /// Writes `dir/signing.key` (mode 0600) unless a file is there already; `false` then. The
+    /// key is written and fsynced under a temporary name and hard-linked into place, so the
+    /// name never shows a half-written key (a crash, or another run reading it meanwhile), and
+    /// of two runs creating it at once one wins and the other learns it lost.
+    pub fn write_private_new(&self, dir: &Path) -> Result<bool> {
         let private = match &self.inner {
             Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
             Inner::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
         }
         .context("encoding the private key")?;
-        let key_path = dir.join("signing.key");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .with_context(|| {
-                format!(
-                    "creating {} (an existing key is never overwritten)",
-                    key_path.display()
-                )
-            })?;
-        f.write_all(private.as_bytes())
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", key_path.display()))?;
-        let pub_path = dir.join("signing.pub");
-        crate::fsutil::write_atomic(&pub_path, self.public_key_pem()?.as_bytes())
-            .with_context(|| format!("writing {}", pub_path.display()))?;
-        fs::set_permissions(&pub_path, fs::Permissions::from_mode(0o644))?;
-        Ok(())
+        let key_path = dir.join(PRIVATE_NAME);
+        crate::fsutil::write_new_atomic(&key_path, private.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", key_path.display()))
+    }
+
+    /// Writes (or replaces) `dir/signing.pub`, mode 0644, atomically.
+    pub fn write_public(&self, dir: &Path) -> Result<()> {
+        let pub_path = dir.join(PUBLIC_NAME);
+        crate::fsutil::write_atomic_mode(&pub_path, self.public_key_pem()?.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", pub_path.display()))
     }
 
     /// The verifying half.
@@ -346,6 +388,26 @@ mod tests {
             // Never overwritten.
             assert!(key.write_pair(&dir).is_err());
         }
+    }
+
+    #[test]
+    fn a_private_key_another_user_owns_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_private_key_another_user_owns_is_refused: needs root to chown");
+            return;
+        }
+        let dir = tempdir();
+        LocalKey::generate(Algorithm::P256)
+            .unwrap()
+            .write_pair(&dir)
+            .unwrap();
+        let p = dir.join("signing.key");
+        LocalKey::load(&p).unwrap();
+        // Mode 0600 still, but another user's: that user can read it.
+        std::os::unix::fs::chown(&p, Some(4_000_000_000), None).unwrap();
+        let e = LocalKey::load(&p).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 4000000000"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

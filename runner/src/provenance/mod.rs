@@ -225,8 +225,19 @@ pub fn write(out: &Path, statement: &Statement, signer: &dyn Signer) -> Result<(
     Ok(())
 }
 
+/// Where the default signing key lives under the state directory.
+pub fn default_key_path(state: &Path) -> PathBuf {
+    state.join("keys").join(keys::PRIVATE_NAME)
+}
+
 /// The signing key: `explicit`, or `<state>/keys/signing.key`, created (P-256) on first use.
 /// Returns the key and, when it was the default, the path of its public key.
+///
+/// Several runs may be first at once, and a run may die anywhere: the private key appears under
+/// its name only whole (written aside, then linked into place, never replacing one), a run that
+/// lost the race to create it uses the winner's, and every run makes sure `signing.pub` is
+/// there and matches the key it signs with (the run that made the key may have died before
+/// writing it, or still be writing it).
 pub fn load_or_create_key(
     explicit: Option<&Path>,
     state: &Path,
@@ -234,19 +245,25 @@ pub fn load_or_create_key(
     if let Some(p) = explicit {
         return Ok((LocalKey::load(p)?, None));
     }
-    let dir = state.join("keys");
-    let key_path = dir.join("signing.key");
-    if !key_path.exists() {
+    let key_path = default_key_path(state);
+    let dir = key_path.parent().unwrap_or(state).to_path_buf();
+    if std::fs::symlink_metadata(&key_path).is_err() {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
-        let key = LocalKey::generate(Algorithm::P256)?;
-        key.write_pair(&dir)?;
+        // `false`: another run created it meanwhile; that key is the one loaded below.
+        LocalKey::generate(Algorithm::P256)?.write_private_new(&dir)?;
     }
-    Ok((LocalKey::load(&key_path)?, Some(dir.join("signing.pub"))))
+    let key = LocalKey::load(&key_path)?;
+    let pub_path = dir.join(keys::PUBLIC_NAME);
+    let public = key.public_key_pem()?;
+    if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(public.as_str()) {
+        key.write_public(&dir)?;
+    }
+    Ok((key, Some(pub_path)))
 }
 
 /// sha256 of the running binary.
@@ -273,4 +290,56 @@ pub fn sha256_read(mut r: impl std::io::Read) -> std::io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(crate::outputs::hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_that_are_first_at_once_all_sign_with_the_one_default_key() {
+        for round in 0..5 {
+            let dir = crate::tools::testutil::TempDir::new("default-key");
+            let state = dir.path().join("state");
+            let barrier = std::sync::Barrier::new(8);
+            let keyids: Vec<String> = std::thread::scope(|s| {
+                let runs: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            let (key, public) = load_or_create_key(None, &state)
+                                .unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+                            assert_eq!(public, Some(state.join("keys/signing.pub")));
+                            key.keyid().to_string()
+                        })
+                    })
+                    .collect();
+                runs.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            assert!(keyids.iter().all(|k| *k == keyids[0]), "{keyids:?}");
+            let public =
+                keys::PublicKey::load(&state.join("keys/signing.pub")).expect("signing.pub");
+            assert_eq!(public.keyid(), keyids[0]);
+            // Nothing but the pair is left in the key directory (no temporary files).
+            let mut names: Vec<String> = std::fs::read_dir(state.join("keys"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["signing.key", "signing.pub"]);
+        }
+    }
+
+    #[test]
+    fn a_default_key_whose_public_half_is_missing_gets_it_back() {
+        // A run that died after the private key was in place and before signing.pub was.
+        let dir = crate::tools::testutil::TempDir::new("default-pub");
+        let state = dir.path().join("state");
+        let (first, _) = load_or_create_key(None, &state).unwrap();
+        std::fs::remove_file(state.join("keys/signing.pub")).unwrap();
+        let (again, public) = load_or_create_key(None, &state).unwrap();
+        assert_eq!(again.keyid(), first.keyid());
+        let public = keys::PublicKey::load(&public.unwrap()).unwrap();
+        assert_eq!(public.keyid(), first.keyid());
+    }
 }
