@@ -162,26 +162,7 @@ pub fn run(args: RunArgs) -> u8 {
             config::default_config_path().display()
         );
     }
-    let mut runner = JobRun {
-        args: &args,
-        config: &loaded.config,
-        job: &job,
-        out: out.clone(),
-        started,
-        invocation_id: crate::fsutil::random_hex(16),
-        isolation: None,
-        steps: Vec::new(),
-        inputs: Inputs::default(),
-        counters: None,
-        egress: None,
-        helper: None,
-        handed_to_job: None,
-        disk: None,
-        lease_unclean: false,
-        trees_in_use: Vec::new(),
-        inputs_deadline: None,
-        spec_dir,
-    };
+    let mut runner = JobRun::new(&args, &loaded.config, &job, out.clone(), started, spec_dir);
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
         Err(Stop::Refused(r)) => (JobStatus::Refused, Some(r), Vec::new()),
@@ -559,6 +540,39 @@ struct Reported {
     any_step_started: bool,
     /// Why the runner stopped the job while it ran (the disk reserve).
     stopped: Option<String>,
+}
+
+impl<'a> JobRun<'a> {
+    /// A run of `job` that has not started: nothing fetched, no sandbox, no lease.
+    fn new(
+        args: &'a RunArgs,
+        config: &'a Config,
+        job: &'a ValidatedJob,
+        out: PathBuf,
+        started: String,
+        spec_dir: OwnedFd,
+    ) -> JobRun<'a> {
+        JobRun {
+            args,
+            config,
+            job,
+            out,
+            started,
+            invocation_id: crate::fsutil::random_hex(16),
+            isolation: None,
+            steps: Vec::new(),
+            inputs: Inputs::default(),
+            counters: None,
+            egress: None,
+            helper: None,
+            handed_to_job: None,
+            disk: None,
+            lease_unclean: false,
+            trees_in_use: Vec::new(),
+            inputs_deadline: None,
+            spec_dir,
+        }
+    }
 }
 
 impl JobRun<'_> {
@@ -1358,26 +1372,14 @@ mod tests {
         job: &'a ValidatedJob,
         spec_dir: OwnedFd,
     ) -> JobRun<'a> {
-        JobRun {
+        JobRun::new(
             args,
             config,
             job,
-            out: PathBuf::from("/nonexistent"),
-            started: now_rfc3339(),
-            invocation_id: String::new(),
-            isolation: None,
-            steps: Vec::new(),
-            inputs: Inputs::default(),
-            counters: None,
-            egress: None,
-            helper: None,
-            handed_to_job: None,
-            disk: None,
-            lease_unclean: false,
-            trees_in_use: Vec::new(),
-            inputs_deadline: None,
+            PathBuf::from("/nonexistent"),
+            now_rfc3339(),
             spec_dir,
-        }
+        )
     }
 
     #[test]
