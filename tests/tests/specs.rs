@@ -373,3 +373,31 @@ int main(void) {
     assert!(stderr.contains("stand-in refuses"), "{stderr}");
     assert_not_succeeded_because(&out, "stand-in refuses");
 }
+
+#[test]
+fn an_output_name_holding_escape_sequences_reaches_the_runners_stderr_escaped() {
+    let env = Env::new("escapes");
+    // A refused output whose name sets the terminal's title and forges a runner line.
+    let job = one_step(
+        "escapes",
+        "mkdir -p dist && ln -s /etc/hostname \"dist/$(printf 'x\\033]0;owned\\007\\nbulwark: job release succeeded')\"",
+        "[outputs]\npaths = [\"dist/*\"]",
+    );
+    let r = env.run(&job);
+    r.assert_code(1);
+    assert!(r.stderr.contains("refused"), "{r}");
+    assert!(
+        !r.stderr.contains('\u{1b}') && !r.stderr.contains('\u{7}'),
+        "a control character reached the runner's stderr: {:?}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr
+            .lines()
+            .any(|l| l.starts_with("bulwark: job release")),
+        "a forged runner line: {:?}",
+        r.stderr
+    );
+    // result.json keeps the name as it was.
+    assert!(r.result()["reason"].as_str().unwrap().contains('\u{1b}'));
+}

@@ -254,9 +254,10 @@ pub fn run(args: RunArgs) -> u8 {
             out.display()
         ),
         (s, Some(r)) => eprintln!(
-            "bulwark: job {} {}: {r}; results in {}",
+            "bulwark: job {} {}: {}; results in {}",
             job.spec.name,
             s.as_str(),
+            visible_line(r),
             out.display()
         ),
         (s, None) => eprintln!(
@@ -272,6 +273,28 @@ pub fn run(args: RunArgs) -> u8 {
 /// What stage 1 loaded: the configuration, the validated spec, the sha256 of its bytes, and the
 /// directory it was read from (open).
 type Loaded = (config::Loaded, ValidatedJob, String, OwnedFd);
+
+/// `text` for one line of the runner's own output: a reason quotes names the job chose (an
+/// output's path in the workspace), which may hold escape sequences (a terminal title, OSC 52
+/// clipboard writes) or line breaks (a forged `bulwark:` line in a CI log); every control
+/// character is shown escaped (`\u{1b}`), as the job log's echo shows them. `result.json`
+/// keeps the text as it was (JSON escapes it).
+fn visible_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
 
 fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
     let loaded = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
@@ -391,11 +414,20 @@ fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<Path
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir)
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
                 .map_err(|e| format!("--out {}: cannot create: {e}", dir.display()))?;
         }
         Err(e) => return Err(format!("--out {}: {e}", dir.display())),
     }
+    let canonical =
+        std::fs::canonicalize(&dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
+    check_out_dir_unchangeable(&canonical)
+        .map_err(|why| format!("--out {}: refused: {why}", dir.display()))?;
+    let dir = canonical;
     // Claimed for this run: two runs given the same directory (or the same default one: one
     // job name, one second, one working directory) both find it absent or empty, and would
     // write their logs, results, outputs and provenance over each other's. The log's partial
@@ -420,7 +452,51 @@ fn prepare_out_dir(out: Option<&Path>, name: &str, started: &str) -> Result<Path
             ))
         }
     }
-    std::fs::canonicalize(&dir).map_err(|e| format!("--out {}: {e}", dir.display()))
+    Ok(dir)
+}
+
+/// Refuses an output directory that a user other than this one (or root) could rename or
+/// replace while the runner writes into it.
+///
+/// Everything in the output directory is written by path (`result.json`, `job.log`, the
+/// outputs, provenance). If another user owns the directory or may rename an entry on the
+/// way to it, that user can swap it for a symlink while the job runs, and the runner, as root,
+/// then writes the job's outputs (names and bytes the job chose) wherever it points:
+/// `/etc/cron.d`, `/root/.ssh`. The default `./bulwark-out` is made wherever `bulwark run` was
+/// started, a shared checkout or `/tmp` (where another user may have made `bulwark-out`
+/// first). So the directory must be this user's and not writable by group or others, and
+/// every directory above it must belong to root or this user and be writable by no one else,
+/// unless it is sticky (`/tmp`: there only an entry's owner may rename it).
+fn check_out_dir_unchangeable(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "it belongs to uid {} with mode {:o}, so someone other than uid {me} could change \
+             it while the runner writes into it; give an output directory only uid {me} can \
+             change",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    for above in dir.ancestors().skip(1) {
+        let m =
+            std::fs::symlink_metadata(above).map_err(|e| format!("{}: {e}", above.display()))?;
+        let owner_ok = m.uid() == 0 || m.uid() == me;
+        let shared = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if !owner_ok || shared {
+            return Err(format!(
+                "it lies in {} (uid {}, mode {:o}), where someone other than uid {me} could \
+                 swap it for a symlink while the runner writes into it; give an output \
+                 directory only uid {me} can change, on a path only it can change",
+                above.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct JobRun<'a> {
@@ -1420,6 +1496,48 @@ mod tests {
             "the socket outlived the proxy"
         );
         jobdir.remove().unwrap();
+    }
+
+    #[test]
+    fn an_output_directory_another_user_could_swap_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::tools::testutil::TempDir::new("out-owner");
+        let started = "2026-01-01T00:00:00Z";
+        // A directory anyone may write in, without the sticky bit: anyone can rename `out`.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = prepare_out_dir(Some(&shared.join("out")), "job", started).unwrap_err();
+        assert!(e.contains("refused") && e.contains("shared"), "{e}");
+        // With the sticky bit (as /tmp), only an entry's owner may rename it: accepted.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        prepare_out_dir(Some(&shared.join("sticky-out")), "job", started).unwrap();
+        // An (empty) output directory that belongs to someone else.
+        if nix::unistd::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(4_000_000_000), None).unwrap();
+            let e = prepare_out_dir(Some(&theirs), "job", started).unwrap_err();
+            assert!(e.contains("belongs to uid 4000000000"), "{e}");
+        } else {
+            eprintln!("SKIP part: chown to another uid needs root");
+        }
+        // This user's own directory on a path only it and root can change: accepted.
+        prepare_out_dir(Some(&dir.path().join("mine")), "job", started).unwrap();
+    }
+
+    #[test]
+    fn a_reason_naming_a_job_chosen_file_reaches_the_terminal_without_its_controls() {
+        // An output the job named to set the terminal's title and forge a runner line.
+        let reason = "output dist/\u{1b}]0;owned\u{7}x\nbulwark: job release succeeded: refused: \
+                      it is a symlink, only regular files are accepted";
+        let shown = visible_line(reason);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}]0;owned\\u{7}x\\nbulwark:"),
+            "{shown}"
+        );
+        assert_eq!(visible_line("plain reason"), "plain reason");
     }
 
     #[test]
