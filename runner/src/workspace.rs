@@ -89,6 +89,11 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
 /// The file in a job directory that names the job's cgroups (see `JobCgroup::record`).
 const CGROUP_RECORD: &str = "cgroups";
 
+/// The file in a job directory whose cgroup could not be emptied: later cleanups try again,
+/// waiting less each time (a process stuck in the kernel would otherwise cost every run's
+/// start the whole wait).
+pub const CGROUP_STUCK_RECORD: &str = "cgroup-stuck";
+
 /// The file in a job directory that names the job's subordinate ids (subuid mode; see
 /// `crate::subuid`): written before its files are handed to the job.
 const SUBID_RECORD: &str = "subids";
@@ -180,11 +185,27 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> V
             .ok()
             .and_then(|r| JobCgroup::from_record(cgroups, &id, &r));
         let mut processes_gone = true;
+        let stuck = path.join(CGROUP_STUCK_RECORD);
+        let wait = if fs::symlink_metadata(&stuck).is_ok() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
         if let Some(cg) = recorded.or_else(|| JobCgroup::existing(cgroups, &id)) {
-            if let Err(e) = cg.remove(Duration::from_secs(5)) {
+            if let Err(e) = cg.remove(wait) {
                 tracing::warn!(job_id = %id, "could not remove the cgroup of a dead run: {e}");
                 processes_gone = false;
             }
+        }
+        // Its processes still run: the directory is what names their cgroup to a later run,
+        // and holds files of a uid that still runs. Left whole for a later run to try again.
+        if !processes_gone {
+            let _ = fs::write(&stuck, b"");
+            eprintln!(
+                "bulwark: warning: left the directory of dead run {id} for later: its cgroup \
+                 could not be emptied"
+            );
+            continue;
         }
         // A subuid-mode run's files still belong to its job's uid, which this runner can
         // delete nothing of until it takes them back; and only once its processes are gone
@@ -199,12 +220,7 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> V
                     .map(|_| socket_dir.clone()),
             );
             paths.retain(|p| fs::symlink_metadata(p).is_ok());
-            let back = if processes_gone {
-                reclaim(&record, &paths)
-            } else {
-                Err("its cgroup could not be emptied".into())
-            };
-            if let Err(e) = back {
+            if let Err(e) = reclaim(&record, &paths) {
                 eprintln!(
                     "bulwark: warning: left the directory of dead run {id} for later: cannot take \
                      back its files: {e}"

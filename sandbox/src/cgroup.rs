@@ -791,8 +791,10 @@ impl JobCgroup {
     pub fn remove(self, wait: Duration) -> io::Result<()> {
         self.kill_all(wait)?;
         let mut first_err = None;
+        // One deadline for all of them: a cgroup that cannot be removed in one hierarchy
+        // usually cannot in the others either, and the wait is the caller's to bound.
+        let deadline = Instant::now() + wait;
         for d in &self.dirs {
-            let deadline = Instant::now() + wait;
             loop {
                 match fs::remove_dir(d) {
                     Ok(()) => break,

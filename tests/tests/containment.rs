@@ -983,6 +983,76 @@ mod root_mode {
         );
     }
 
+    #[test]
+    fn a_job_cgroup_that_cannot_be_removed_keeps_its_directory_for_the_next_run_to_clean() {
+        require_root();
+        let env = Env::new("cg-stuck");
+        let marker = format!("31{}", rand_digits());
+        let (mut cmd, out) =
+            env.command(&one_step("stuck", &format!("sleep 1 # {marker}"), ""), &[]);
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        bulwark_tests::wait_for_process(&marker, "the job", 20);
+        let jobs_dir = env.state.join("jobs");
+        let id = fs::read_dir(&jobs_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name();
+        // The job's cgroups: `bulwark/<id>` under each v1 hierarchy (on a v2 host, the
+        // `cgroups` record in the job directory names them).
+        let cgroups: Vec<std::path::PathBuf> = fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|h| h.path().join("bulwark").join(&id))
+            .chain(
+                fs::read_to_string(jobs_dir.join(&id).join("cgroups"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(std::path::PathBuf::from),
+            )
+            .filter(|d| d.is_dir())
+            .collect();
+        assert!(!cgroups.is_empty(), "no cgroup of job {id:?} found");
+        // Root makes a child cgroup in each: the runner cannot remove the job's cgroups (the
+        // kernel refuses to remove a cgroup that has children, as it refuses one whose
+        // processes cannot be killed), and nothing the job could do is involved.
+        for cg in &cgroups {
+            fs::create_dir(cg.join("held")).unwrap();
+        }
+        let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+        r.assert_code(3);
+        assert!(r.stderr.contains("could not be emptied"), "{r}");
+        // The job directory, which names the cgroups, is still there.
+        assert!(jobs_dir.join(&id).is_dir(), "{r}");
+        assert!(cgroups.iter().all(|cg| cg.is_dir()));
+        // A next run's cleanup cannot remove them either: it leaves the directory again (and
+        // its own job runs).
+        let r = env.run(&one_step("meanwhile", "true", ""));
+        r.assert_code(0);
+        assert!(
+            r.stderr.contains("left the directory of dead run")
+                && r.stderr.contains("could not be emptied"),
+            "{r}"
+        );
+        assert!(jobs_dir.join(&id).is_dir(), "{r}");
+        for cg in &cgroups {
+            fs::remove_dir(cg.join("held")).unwrap();
+        }
+        // Now that they can be emptied, the next run removes both.
+        let r = env.run(&one_step("next", "true", ""));
+        r.assert_code(0);
+        assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
+        assert!(!jobs_dir.join(&id).exists());
+        for cg in &cgroups {
+            assert!(!cg.exists(), "{} is left", cg.display());
+        }
+    }
+
     /// Unmounts on drop, so the test's directory can be removed even when an assert failed.
     struct Mounted(std::path::PathBuf);
     impl Drop for Mounted {

@@ -528,6 +528,9 @@ struct JobRun<'a> {
     inputs_deadline: Option<Instant>,
     /// The directory the job spec was read from: `[source] path` is resolved beneath it.
     spec_dir: OwnedFd,
+    /// The job's cgroup could not be emptied and removed: its directory (and the record in
+    /// it) is left for a later run's cleanup.
+    cgroup_left: bool,
 }
 
 /// What the sandbox reported.
@@ -571,6 +574,7 @@ impl<'a> JobRun<'a> {
             trees_in_use: Vec::new(),
             inputs_deadline: None,
             spec_dir,
+            cgroup_left: false,
         }
     }
 }
@@ -713,6 +717,15 @@ impl JobRun<'_> {
                 );
                 keep_jobdir = true;
             }
+        }
+        if self.cgroup_left {
+            let _ = std::fs::write(jobdir.path.join(workspace::CGROUP_STUCK_RECORD), b"");
+            eprintln!(
+                "bulwark: warning: the job's cgroup could not be emptied; {} stays for a later \
+                 run's cleanup to try again",
+                jobdir.path.display()
+            );
+            keep_jobdir = true;
         }
         if keep_jobdir {
             drop(jobdir);
@@ -967,8 +980,11 @@ impl JobRun<'_> {
                 pids_max_hit: counters.pids_max_hit,
             });
             if let Err(e) = cg.remove(Duration::from_secs(10)) {
-                // Subuid mode: nothing is handed back while job processes live (see
-                // `execute`, which then leaves the job directory to a later run).
+                // The job directory is what names this cgroup to a later run (its id, and on
+                // a delegated v2 cgroup its record): `execute` keeps it for a later run's
+                // cleanup, which tries again. Subuid mode: nothing is handed
+                // back while job processes live.
+                self.cgroup_left = true;
                 return Err(Stop::Runner(format!(
                     "job processes survived the sandbox: {e}"
                 )));
