@@ -768,11 +768,23 @@ impl JobCgroup {
                             _ => sleep(Duration::from_millis(2)),
                         }
                     }
-                    for pid in self.pids() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
+                    // Frozen tasks cannot exit, so their pids cannot be reused: signalling by
+                    // pid is exact. When the freeze did not complete, a listed process may
+                    // exit and its pid go to a process outside the job before the signal: the
+                    // runner (root) would kill that. So each pid is pinned with a pidfd first
+                    // and signalled only if it is still listed in the job's cgroup then: a
+                    // listed pid names a live process in the cgroup, and if the pinned one
+                    // exited meanwhile the pidfd's signal finds nothing (ESRCH).
+                    let listed = self.pids();
+                    let pinned: Vec<_> = listed
+                        .iter()
+                        .filter_map(|pid| crate::sys::pidfd_open(*pid).ok().map(|fd| (*pid, fd)))
+                        .collect();
+                    let still = self.pids();
+                    for (pid, fd) in &pinned {
+                        if still.contains(pid) {
+                            let _ = crate::sys::pidfd_send_signal(fd, libc::SIGKILL);
+                        }
                     }
                     let _ = fs::write(freezer.join("freezer.state"), "THAWED");
                 }

@@ -84,6 +84,41 @@ pub fn close_fds_from(first: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A descriptor for process `pid` (`pidfd_open`, Linux 5.3): it keeps naming that process
+/// after it exits, even once the pid is reused by another.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open reads no memory of ours; on success it returns a new descriptor that
+    // nothing else owns, which the OwnedFd below takes sole ownership of.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd =
+        i32::try_from(rc).map_err(|_| io::Error::other("pidfd_open: descriptor out of range"))?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to the process `pidfd` names (`pidfd_send_signal`, Linux 5.1); ESRCH once it
+/// has exited, whoever has its pid now.
+pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: the info pointer is null (the kernel fills in the usual kill() info) and flags
+    // are 0; `pidfd` is a live descriptor borrowed for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Returns the Landlock ABI version the running kernel supports (0 when unsupported or
 /// disabled). The `landlock` crate keeps this private on purpose; we need it only to report it
 /// (`probe`, `result.json`) and to pick the ABI whose full feature set we then hard-require.
