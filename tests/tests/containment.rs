@@ -796,6 +796,35 @@ fn a_source_holding_a_host_symlink_and_a_fifo_is_copied_without_reading_either()
 }
 
 #[test]
+fn many_special_files_in_a_source_are_named_briefly_and_without_their_control_characters() {
+    let env = Env::new("source-fifos");
+    env.write_src("README", "source file\n");
+    for i in 0..25 {
+        nix::unistd::mkfifo(
+            &env.src.join(format!("fifo\x1b[31m{i:02}")),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+    }
+    let r = env.run(&one_step("source", "true", ""));
+    r.assert_code(0);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("special file"))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        line.contains("skipped 25 special file(s)") && line.ends_with(" and 5 more"),
+        "{line}"
+    );
+    assert!(
+        !line.contains('\x1b'),
+        "a raw escape reached the terminal: {line:?}"
+    );
+    assert_eq!(line.matches("fifo^[").count(), 20, "{line}");
+}
+
+#[test]
 fn a_spec_cannot_name_a_source_outside_its_own_directory() {
     let env = Env::new("source-escape");
     // A host file only the runner's user may read, outside the job file's directory.

@@ -843,10 +843,22 @@ impl JobRun<'_> {
                 .copy_into(&jobdir.workspace, room)
                 .map_err(|e| Stop::Refused(e.to_string()))?;
             if !stats.skipped.is_empty() {
+                // Names the source chose: at most the first 20, controls made visible.
+                let shown = stats.skipped.iter().take(20).cloned().collect::<Vec<_>>();
+                let more = stats.skipped.len() - shown.len();
+                let names = String::from_utf8_lossy(&crate::joblog::visible_controls(
+                    shown.join(", ").as_bytes(),
+                ))
+                .into_owned();
                 eprintln!(
-                    "bulwark: source: skipped {} special file(s) (fifos, sockets, devices): {}",
+                    "bulwark: source: skipped {} special file(s) (fifos, sockets, devices): \
+                     {names}{}",
                     stats.skipped.len(),
-                    stats.skipped.join(", ")
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
                 );
             }
             self.inputs.source = serde_json::json!({
