@@ -333,12 +333,8 @@ mod tests {
 
     #[test]
     fn a_tree_deeper_than_the_walk_is_removed_by_the_fallback() {
-        let base = std::env::temp_dir().join(format!(
-            "bulwark-rmdeep-{}-{}",
-            std::process::id(),
-            random_hex(4)
-        ));
-        let mut p = base.clone();
+        let base = crate::tools::testutil::TempDir::named("bulwark-rmdeep");
+        let mut p = base.to_path_buf();
         for _ in 0..MAX_WALK_DEPTH + 20 {
             p.push("d");
         }
@@ -350,11 +346,7 @@ mod tests {
 
     #[test]
     fn a_job_made_tree_is_removed_without_following_links_out_of_it() {
-        let base = std::env::temp_dir().join(format!(
-            "bulwark-rmtree-{}-{}",
-            std::process::id(),
-            random_hex(4)
-        ));
+        let base = crate::tools::testutil::TempDir::named("bulwark-rmtree");
         let outside = base.join("outside");
         let tree = base.join("tree");
         fs::create_dir_all(&outside).unwrap();

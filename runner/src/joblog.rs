@@ -162,12 +162,7 @@ mod tests {
 
     #[test]
     fn log_is_capped_and_ends_with_a_marker() {
-        let dir = std::env::temp_dir().join(format!(
-            "bulwark-log-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::tools::testutil::TempDir::named("bulwark-log");
         let data = vec![b'x'; 10_000];
         let stats = capture_all(io::Cursor::new(data), &dir, 1000, false).unwrap();
         assert_eq!(stats.kept, 1000);

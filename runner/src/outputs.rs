@@ -456,14 +456,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn tempdir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "bulwark-out-{tag}-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tempdir(tag: &str) -> crate::tools::testutil::TempDir {
+        crate::tools::testutil::TempDir::named(&format!("bulwark-out-{tag}"))
     }
 
     const BOUNDS: Bounds = Bounds {

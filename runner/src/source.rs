@@ -301,14 +301,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn tempdir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "bulwark-src-{tag}-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tempdir(tag: &str) -> crate::tools::testutil::TempDir {
+        crate::tools::testutil::TempDir::named(&format!("bulwark-src-{tag}"))
     }
 
     #[test]
@@ -346,8 +340,6 @@ mod tests {
         std::fs::write(src.join("sub/b"), "B").unwrap();
         let dst3 = tempdir("d3");
         assert_ne!(tree_digest(&copy_tree(&src, &dst3).unwrap().entries), d1);
-        let _ = std::fs::remove_dir_all(&src);
-        let _ = std::fs::remove_dir_all(&dst);
     }
 
     #[test]
@@ -370,7 +362,6 @@ mod tests {
             "{err}"
         );
         assert!(within(None, Some(2)).is_err());
-        let _ = std::fs::remove_dir_all(&src);
     }
 
     #[test]

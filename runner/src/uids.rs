@@ -290,12 +290,7 @@ mod tests {
 
     #[test]
     fn leases_skip_reserved_ids_and_are_exclusive() {
-        let dir = std::env::temp_dir().join(format!(
-            "bulwark-uids-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::tools::testutil::TempDir::named("bulwark-uids");
         // The lease itself, in a directory of this test's own.
         let lease = |r: &UidRange, d: &Path| lease_avoiding(r, d, &reserved_ids(None), false);
         // A range far above any account; two leases get two different uids, a third fails.
@@ -328,6 +323,5 @@ mod tests {
         fs::write(dir.join("4000000000.lock"), "clean\n").unwrap();
         let d = lease(&range, &dir).unwrap();
         assert_eq!(d.uid, 4_000_000_000);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

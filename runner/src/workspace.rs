@@ -244,23 +244,20 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> V
 mod tests {
     use super::*;
 
-    fn dirs() -> Dirs {
-        let base = std::env::temp_dir().join(format!(
-            "bulwark-ws-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
+    /// Fresh state and runtime directories, under a guard that removes them.
+    fn dirs() -> (crate::tools::testutil::TempDir, Dirs) {
+        let base = crate::tools::testutil::TempDir::named("bulwark-ws");
         let d = Dirs {
             state: base.join("state"),
             runtime: base.join("run"),
         };
         d.create().unwrap();
-        d
+        (base, d)
     }
 
     #[test]
     fn a_live_run_s_directory_is_never_cleaned_even_before_its_lock_exists() {
-        let d = dirs();
+        let (_base, d) = dirs();
         // A run that has created its directory but not yet its lock file.
         let young = d.jobs().join("young-job");
         fs::create_dir(&young).unwrap();
@@ -278,7 +275,7 @@ mod tests {
     #[test]
     fn a_job_directory_s_lock_and_records_are_the_runner_s_alone() {
         use std::os::unix::fs::PermissionsExt;
-        let d = dirs();
+        let (_base, d) = dirs();
         let job = create(&d, "private", "2026-01-01T00:00:00Z").unwrap();
         let ids = bulwark_sandbox::subid::SubidMap {
             uid: 4_000_000_000,
@@ -301,7 +298,7 @@ mod tests {
     fn another_run_s_cleanup_never_takes_a_directory_being_created() {
         // Two runs at once: one creating its job directory while the other cleans up. The
         // lock file must never be visible unlocked (it appears only once it is held).
-        let d = dirs();
+        let (_base, d) = dirs();
         for i in 0..300 {
             let barrier = std::sync::Barrier::new(2);
             let done = std::sync::atomic::AtomicBool::new(false);

@@ -444,11 +444,9 @@ mod tests {
         path
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fwd-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory, removed when the returned guard drops (also when the test fails).
+    fn temp_dir(name: &str) -> crate::testutil::TempDir {
+        crate::testutil::TempDir::named(&format!("bulwark-fwd-{name}"))
     }
 
     fn forwarder(target: PathBuf, max: usize) -> (Forwarder, std::net::SocketAddr) {
@@ -519,7 +517,6 @@ mod tests {
             fwd.poll_once(&[], Some(Duration::from_millis(20))).unwrap();
         }
         assert_eq!(fwd.live(), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -537,7 +534,6 @@ mod tests {
         });
         let got = drive(&mut fwd, &rx, 1, Duration::from_secs(120));
         assert!(got[0].as_ref().unwrap(), "echo differs");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -565,7 +561,6 @@ mod tests {
         assert_eq!(count("corrupted") + count("hung"), 0, "{results:?}");
         assert_eq!(count("completed") + count("refused"), 200);
         assert!(count("completed") >= 50, "{results:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -582,7 +577,6 @@ mod tests {
         let got = drive(&mut fwd, &rx, 1, Duration::from_secs(20));
         assert_eq!(got[0].as_ref().unwrap(), b"hello");
         drop(silent);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -594,7 +588,6 @@ mod tests {
         let got = drive(&mut fwd, &rx, 1, Duration::from_secs(20));
         assert!(got[0].as_ref().map_or(true, |g| g.is_empty()), "{got:?}");
         assert_eq!(fwd.live(), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -610,7 +603,6 @@ mod tests {
         thread::spawn(move || tx.send(echo_client(addr, b"via dirfd".to_vec())).unwrap());
         let got = drive(&mut fwd, &rx, 1, Duration::from_secs(20));
         assert_eq!(got[0].as_ref().unwrap(), b"via dirfd");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -626,6 +618,5 @@ mod tests {
             )
             .unwrap();
         assert!(ready[0].contains(PollFlags::POLLIN));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -570,8 +570,7 @@ mod tests {
             return;
         }
         let (job, runner) = (4_000_123u32, 4_000_124u32);
-        let base = std::env::temp_dir().join(format!("bulwark-subid-walk-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = crate::testutil::TempDir::named("bulwark-subid-walk");
         std::fs::create_dir_all(base.join("open")).unwrap();
         std::fs::copy("/bin/true", base.join("open/suid")).unwrap();
         std::fs::set_permissions(
@@ -597,7 +596,7 @@ mod tests {
         assert!(made.success());
         let chown_all = std::process::Command::new("chown")
             .args(["-R", "-h", &format!("{job}:{job}")])
-            .arg(&base)
+            .arg(base.path())
             .status()
             .unwrap();
         assert!(chown_all.success());
@@ -607,7 +606,12 @@ mod tests {
             std::fs::Permissions::from_mode(0o6755),
         )
         .unwrap();
-        let top = open(&base, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty()).unwrap();
+        let top = open(
+            base.path(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .unwrap();
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         setrlimit(Resource::RLIMIT_NOFILE, 256, hard).unwrap();
@@ -635,7 +639,7 @@ mod tests {
         assert_eq!(meta(Path::new("/etc/passwd")).uid(), 0, "never followed");
         // Everything, at every depth: the runner's, no set-id bit, nothing for group or others.
         let left = std::process::Command::new("find")
-            .arg(&base)
+            .arg(base.path())
             .args(["-not", "-type", "l", "(", "-not", "-user"])
             .arg(runner.to_string())
             .args(["-o", "-perm", "/7077", ")", "-print"])
@@ -648,7 +652,7 @@ mod tests {
             "entries left as the job set them"
         );
         let deepest = std::process::Command::new("find")
-            .arg(&base)
+            .arg(base.path())
             .args(["-name", "f", "-user"])
             .arg(runner.to_string())
             .output()
@@ -657,10 +661,6 @@ mod tests {
             String::from_utf8_lossy(&deepest.stdout).contains("/d/d/f"),
             "the deepest file was reached"
         );
-        let _ = std::process::Command::new("rm")
-            .arg("-rf")
-            .arg(&base)
-            .status();
     }
 
     #[test]

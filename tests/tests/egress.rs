@@ -92,7 +92,8 @@ fn read_head(stream: &mut impl Read) -> Option<String> {
 }
 
 struct Proxy {
-    dir: PathBuf,
+    /// Holds the socket and the log; removed when the `Proxy` drops, after the proxy stops.
+    _dir: bulwark_tests::TempDir,
     sock: PathBuf,
     log: PathBuf,
     proxy: Option<JobProxy>,
@@ -106,9 +107,7 @@ impl Proxy {
         audit: bool,
         limits: ProxyLimits,
     ) -> Proxy {
-        let dir = std::env::temp_dir().join(format!("egress-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = bulwark_tests::TempDir::new(&format!("egress-{name}"));
         let hosts: BTreeMap<String, String> = hosts
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -121,7 +120,7 @@ impl Proxy {
         let log = dir.join("egress.log");
         let proxy = egress::start(&sock, policy, &log, limits).unwrap();
         Proxy {
-            dir,
+            _dir: dir,
             sock,
             log,
             proxy: Some(proxy),
@@ -157,8 +156,8 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // The proxy stops first; then `dir` goes, with its socket and log.
         drop(self.proxy.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -708,8 +707,7 @@ fn audit_mode_allows_unlisted_hosts_and_suggest_lists_what_the_run_needed() {
 
 #[test]
 fn suggest_skips_what_no_list_can_allow_and_lines_it_did_not_write() {
-    let dir = std::env::temp_dir().join(format!("egress-suggest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = bulwark_tests::TempDir::new("egress-suggest");
     let path = dir.join("egress.log");
     std::fs::write(
         &path,
@@ -724,7 +722,6 @@ fn suggest_skips_what_no_list_can_allow_and_lines_it_did_not_write() {
         egress::suggest(&path).unwrap(),
         ["a.test:443", "b.test:443"]
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

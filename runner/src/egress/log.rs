@@ -351,9 +351,9 @@ mod tests {
         }
     }
 
-    fn temp_log(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("egress-log-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A log path in a fresh directory, and the guard that removes the directory.
+    fn temp_log(name: &str) -> (crate::tools::testutil::TempDir, std::path::PathBuf) {
+        let dir = crate::tools::testutil::TempDir::named(&format!("bulwark-egress-log-{name}"));
         let path = dir.join("egress.log");
         (dir, path)
     }
@@ -368,7 +368,7 @@ mod tests {
 
     #[test]
     fn the_log_stops_at_its_cap_with_one_truncation_record() {
-        let (dir, path) = temp_log("cap");
+        let (_dir, path) = temp_log("cap");
         let mut log = EgressLog::create(&path, 8192).unwrap();
         for i in 0..1000 {
             log.record(&record(&format!("h{i}.example"), "allowed"))
@@ -397,12 +397,11 @@ mod tests {
         let first: Record = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(first.host, "h0.example");
         assert!(first.time.ends_with('Z'));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn allowed_connections_past_the_cap_are_tallied_not_lost() {
-        let (dir, path) = temp_log("tally");
+        let (_dir, path) = temp_log("tally");
         let mut log = EgressLog::create(&path, 8192).unwrap();
         // The job fills the log with one destination...
         for _ in 0..1000 {
@@ -447,7 +446,6 @@ mod tests {
         );
         // Every tally line still reads as a record (`bulwark egress suggest` uses them).
         assert!(all.iter().filter(|l| l.get("tally").is_some()).count() == 0);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -460,7 +458,7 @@ mod tests {
         assert!(cut_long.len() <= MAX_FIELD, "{}", cut_long.len());
         assert!(cut_long.ends_with(CUT_MARK));
         assert!(cut_long.len() > MAX_FIELD - CUT_MARK.len() - 4);
-        let (dir, path) = temp_log("fields");
+        let (_dir, path) = temp_log("fields");
         let mut log = EgressLog::create(&path, DEFAULT_LOG_CAP).unwrap();
         let mut r = record(&"h".repeat(300), "denied");
         r.method = "M".repeat(16 * 1024);
@@ -480,13 +478,12 @@ mod tests {
             assert!(field.len() <= MAX_FIELD, "{field}");
             assert!(field.ends_with(CUT_MARK), "{field}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_flood_of_long_denials_leaves_room_for_allowed_connections() {
         let cap = 64 * 1024;
-        let (dir, path) = temp_log("flood");
+        let (_dir, path) = temp_log("flood");
         let mut log = EgressLog::create(&path, cap).unwrap();
         let mut denial = record("", "denied");
         denial.method = "A".repeat(16 * 1024);
@@ -527,6 +524,5 @@ mod tests {
                 .all(|l| l["decision"] == "allowed"
                     && l["reason"].as_str().unwrap().contains("tally"))
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -942,17 +942,16 @@ mod tests {
         (TcpStream::connect(addr).await.unwrap(), task)
     }
 
-    /// A proxy on a socket in a fresh directory, with `resolver` in place of the host's.
+    /// A proxy on a socket in a fresh directory, with `resolver` in place of the host's, and
+    /// the guard that removes the directory.
     fn proxy_with(
         name: &str,
         allow: &[&str],
         hosts: &[(&str, &str)],
         limits: ProxyLimits,
         resolver: Resolver,
-    ) -> (JobProxy, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("egress-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    ) -> (JobProxy, PathBuf, crate::tools::testutil::TempDir) {
+        let dir = crate::tools::testutil::TempDir::named(&format!("bulwark-egress-{name}"));
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
         let hosts = hosts
             .iter()
@@ -961,7 +960,7 @@ mod tests {
         let policy = EgressPolicy::new(&allow, &hosts, false).unwrap();
         let sock = dir.join("egress.sock");
         let proxy = start_with(&sock, policy, &dir.join("egress.log"), limits, resolver).unwrap();
-        (proxy, sock)
+        (proxy, sock, dir)
     }
 
     /// Sends `CONNECT target` and returns the status of the answer.
@@ -992,7 +991,7 @@ mod tests {
 
     #[test]
     fn names_are_resolved_as_absolute_and_literals_and_overrides_not_at_all() {
-        let (proxy, sock) = proxy_with(
+        let (proxy, sock, _dir) = proxy_with(
             "absolute",
             &["a.test:443", "b.test:443"],
             &[("b.test", "192.0.2.1")],
@@ -1006,7 +1005,6 @@ mod tests {
         assert_eq!(connect_status(&sock, "b.test:443"), 403);
         assert_eq!(connect_status(&sock, "[2001:db8::1]:443"), 403);
         proxy.shutdown().unwrap();
-        let _ = std::fs::remove_dir_all(sock.parent().unwrap());
         assert_eq!(*ASKED.lock().unwrap(), ["a.test.", "a.test."]);
     }
 
@@ -1018,7 +1016,7 @@ mod tests {
 
     #[test]
     fn a_lookup_past_its_timeout_keeps_its_connection_slot_and_never_delays_shutdown() {
-        let (proxy, sock) = proxy_with(
+        let (proxy, sock, _dir) = proxy_with(
             "stuck",
             &["slow.test:443"],
             &[],
@@ -1042,7 +1040,6 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(summary.denied, 2);
-        let _ = std::fs::remove_dir_all(sock.parent().unwrap());
     }
 
     #[test]

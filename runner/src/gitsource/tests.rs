@@ -5,14 +5,13 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "bulwark-gitsrc-{tag}-{}-{}",
-        std::process::id(),
-        crate::fsutil::random_hex(4)
-    ));
-    fs::create_dir_all(&d).unwrap();
-    d.canonicalize().unwrap()
+use crate::tools::testutil::TempDir;
+
+/// A fresh directory, by its canonical path, removed with its contents when the test ends.
+fn tempdir(tag: &str) -> TempDir {
+    let mut d = TempDir::named(&format!("bulwark-gitsrc-{tag}"));
+    d.0 = d.0.canonicalize().unwrap();
+    d
 }
 
 /// Runs the test's own git (not the confined one) to build repositories.
@@ -120,7 +119,7 @@ fn the_exact_commit_is_checked_out_and_git_dir_is_sanitized() {
     // Shallow: the second commit was never fetched.
     let cat = Command::new(GIT)
         .args(["-C"])
-        .arg(&dest)
+        .arg(dest.path())
         .args(["cat-file", "-e", &second])
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .status()
@@ -268,7 +267,7 @@ fn hooks_from_the_runners_environment_never_run() {
     let gitconfig = format!("[core]\n\thooksPath = {}\n", hooks.display());
     fs::write(evil.join(".gitconfig"), &gitconfig).unwrap();
     let hostile = |cmd: &mut Command| {
-        cmd.env("HOME", &evil)
+        cmd.env("HOME", evil.path())
             .env_remove("GIT_CONFIG_GLOBAL")
             .env_remove("GIT_CONFIG_NOSYSTEM")
             .env("GIT_CONFIG_COUNT", "1")
@@ -341,7 +340,7 @@ fn a_destination_owned_by_another_uid_is_accepted() {
     let (repo, first, _) = two_commits(&root);
     let dest = tempdir("owner-dest");
     let nobody = nix::unistd::Uid::from_raw(65534);
-    nix::unistd::chown(&dest, Some(nobody), None).unwrap();
+    nix::unistd::chown(dest.path(), Some(nobody), None).unwrap();
     fetch(
         &file_url(&repo),
         &first,
@@ -1278,9 +1277,6 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
         "confined git connected to a loopback server"
     );
     assert_eq!(fs::read_to_string(dest.join("inside")).unwrap(), "y\n");
-    for d in [&root, &dest, &outside] {
-        let _ = fs::remove_dir_all(d);
-    }
 }
 
 #[test]
@@ -1295,7 +1291,4 @@ fn a_git_fetch_runs_confined_when_the_runner_confines_it() {
     let got = fetch(&file_url(&repo), &first, None, &dest, &policy, None).unwrap();
     assert_eq!(got.commit, first);
     assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
-    for d in [&root, &dest] {
-        let _ = fs::remove_dir_all(d);
-    }
 }

@@ -349,14 +349,8 @@ pub fn keyid_of_spki_der(der: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn tempdir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "bulwark-keys-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tempdir() -> crate::tools::testutil::TempDir {
+        crate::tools::testutil::TempDir::named("bulwark-keys")
     }
 
     #[test]
@@ -407,7 +401,6 @@ mod tests {
         std::os::unix::fs::chown(&p, Some(4_000_000_000), None).unwrap();
         let e = LocalKey::load(&p).unwrap_err().to_string();
         assert!(e.contains("belongs to uid 4000000000"), "{e}");
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -682,9 +682,9 @@ mod tests {
         );
     }
 
+    /// A writable file that is already unlinked: its directory goes with the guard here.
     fn tempfile_in_target() -> File {
-        let dir = std::env::temp_dir().join(format!("bulwark-fetch-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = crate::tools::testutil::TempDir::named("bulwark-fetch-unit");
         File::create(dir.join("out")).expect("file")
     }
 }

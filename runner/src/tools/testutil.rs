@@ -138,14 +138,23 @@ pub fn sha256(bytes: &[u8]) -> String {
     crate::outputs::hex(&Sha256::digest(bytes))
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
+/// A fresh directory under the system temp dir, removed with everything in it on drop (so
+/// also when the test fails), read-only directories included: [`crate::fsutil::remove_tree`]
+/// makes each directory writable again before emptying it. The crate's one guard for test
+/// directories; it dereferences to its path so helpers that returned a `PathBuf` can return it.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// `<temp>/bulwark-tools-<tag>-<pid>-<random>`.
     pub fn new(tag: &str) -> TempDir {
+        TempDir::named(&format!("bulwark-tools-{tag}"))
+    }
+
+    /// `<temp>/<prefix>-<pid>-<random>`.
+    pub fn named(prefix: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!(
-            "bulwark-tools-{tag}-{}-{}",
+            "{prefix}-{}-{}",
             std::process::id(),
             crate::fsutil::random_hex(4)
         ));
@@ -154,6 +163,20 @@ impl TempDir {
     }
 
     pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
         &self.0
     }
 }

@@ -821,7 +821,7 @@ mod tests {
         assert!(line.len() < 1_000, "{} bytes", line.len());
         assert!(line.contains("\\u{1b}]0;owned\\u{7}\\nACCEPTED"), "{line}");
         // Unusable input: serde names an unknown field as it was written.
-        let p = write_temp(
+        let (_dir, p) = write_temp(
             "x.intoto.jsonl",
             "{\"payload\":\"\",\"payloadType\":\"\",\"signatures\":[],\"\\u001b[2J\\u001b]0;owned\\u0007\":1}\n",
         );
@@ -871,17 +871,14 @@ mod tests {
 
     #[test]
     fn an_artifact_or_provenance_that_is_not_a_regular_file_is_unusable_input_at_once() {
-        let dir = write_temp("placeholder", "")
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let (dir, _) = write_temp("placeholder", "");
         let fifo = dir.join("app.tar.gz");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
         let pubkey = dir.join("signing.pub");
         std::fs::write(&pubkey, key.public().to_pem().unwrap()).unwrap();
         let env = signed(b"{}", IN_TOTO_PAYLOAD_TYPE, &key);
-        let prov = write_temp("p.intoto.jsonl", &dsse::to_line(&env).unwrap());
+        let (_dir, prov) = write_temp("p.intoto.jsonl", &dsse::to_line(&env).unwrap());
         // Opening a fifo for reading waits for a writer: without care, verify hangs.
         let check = |provenance: PathBuf, artifact: PathBuf| {
             let req = Request {
@@ -911,7 +908,7 @@ mod tests {
             e,
             format!("provenance {}: empty: no DSSE envelope", fifo.display())
         );
-        let e = check(prov, dir.clone());
+        let e = check(prov, dir.to_path_buf());
         assert_eq!(
             e,
             format!(
@@ -921,16 +918,12 @@ mod tests {
         );
     }
 
-    fn write_temp(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "bulwark-verify-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// `text` in a file named `name` in a fresh directory, and the guard that removes it.
+    fn write_temp(name: &str, text: &str) -> (crate::tools::testutil::TempDir, PathBuf) {
+        let dir = crate::tools::testutil::TempDir::named("bulwark-verify");
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
-        p
+        (dir, p)
     }
 
     #[test]
@@ -939,19 +932,19 @@ mod tests {
         let env = signed(b"{}", IN_TOTO_PAYLOAD_TYPE, &key);
         let bundle = crate::provenance::bundle::wrap(&env).unwrap();
         // A pretty-printed bundle named .jsonl is still a bundle.
-        let p = write_temp(
+        let (_dir, p) = write_temp(
             "x.intoto.jsonl",
             &serde_json::to_string_pretty(&bundle).unwrap(),
         );
         assert_eq!(load_provenance(&p).unwrap(), vec![Ok(env.clone())]);
         // Two lines are two envelopes, blank lines skipped.
         let line = dsse::to_line(&env).unwrap();
-        let p = write_temp("x.json", &format!("{line}\n\n{line}\n"));
+        let (_dir, p) = write_temp("x.json", &format!("{line}\n\n{line}\n"));
         assert_eq!(load_provenance(&p).unwrap().len(), 2);
         // A bundle of another version is readable but rejected.
         let mut v = serde_json::to_value(&bundle).unwrap();
         v["mediaType"] = "application/vnd.dev.sigstore.bundle+json;version=0.1".into();
-        let p = write_temp("b.sigstore.json", &v.to_string());
+        let (_dir, p) = write_temp("b.sigstore.json", &v.to_string());
         let got = load_provenance(&p).unwrap();
         assert!(got[0].as_ref().unwrap_err().to_string().starts_with(
             "bundle: mediaType is \"application/vnd.dev.sigstore.bundle+json;version=0.1\""
@@ -962,7 +955,7 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(sig);
-        let p = write_temp("b.sigstore.json", &v.to_string());
+        let (_dir, p) = write_temp("b.sigstore.json", &v.to_string());
         assert_eq!(
             load_provenance(&p).unwrap()[0]
                 .as_ref()
@@ -971,10 +964,10 @@ mod tests {
             "bundle: dsseEnvelope has 2 signatures; a Sigstore bundle carries exactly one"
         );
         // Unreadable input names the file and the line.
-        let p = write_temp("bad.jsonl", &format!("{line}\nnot json\n"));
+        let (_dir, p) = write_temp("bad.jsonl", &format!("{line}\nnot json\n"));
         let e = load_provenance(&p).unwrap_err().to_string();
         assert!(e.contains("bad.jsonl: line 2: not a DSSE envelope"), "{e}");
-        let p = write_temp("empty.jsonl", "\n\n");
+        let (_dir, p) = write_temp("empty.jsonl", "\n\n");
         assert!(load_provenance(&p)
             .unwrap_err()
             .to_string()
