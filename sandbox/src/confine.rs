@@ -181,6 +181,10 @@ fn confine_and_exec(c: &Confinement) -> Result<std::convert::Infallible, Stage> 
     let Some(program) = argv.first() else {
         return Err(("arguments", "no program".into()));
     };
+    // Landlock checks a path when it is opened, not a write to a descriptor already open: one
+    // the runner inherited without close-on-exec (`bulwark run ... 3>>ci.log`) would let git
+    // write wherever it leads. Git gets standard input, output and error only.
+    crate::sys::close_fds_from(3).map_err(|e| ("close descriptors", e.to_string()))?;
     // The environment is the one the runner gave this process, unchanged.
     let err = nix::unistd::execv(program, &argv).unwrap_err();
     Err(("exec", format!("{}: {err}", program.to_string_lossy())))

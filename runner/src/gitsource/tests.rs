@@ -1316,6 +1316,45 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
 }
 
 #[test]
+fn confined_git_cannot_write_through_a_descriptor_the_runner_inherited() {
+    use std::os::fd::AsRawFd;
+    let helper = sandbox_helper()
+        .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
+    let root = tempdir("confine-fd");
+    let (repo, _, _) = two_commits(&root);
+    let dest = tempdir("confine-fd-dest");
+    let outside = tempdir("confine-fd-outside");
+    // A writable file outside that whoever started the runner left open without close-on-exec
+    // (`bulwark run ... 3>>ci.log`): every child of the runner inherits it.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(outside.join("ci.log"))
+        .unwrap();
+    nix::fcntl::fcntl(&log, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let home = PrivateHome::create().unwrap();
+    let mut policy = policy_for(&[&root]);
+    policy.confine_with = Some(helper);
+    let remote = Remote::check(&file_url(&repo), &policy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    let script = format!(
+        "echo planted >&{fd} 2>/dev/null && echo WROTE-THROUGH-FD; echo done",
+        fd = log.as_raw_fd()
+    );
+    let mut cmd = git.command("/bin/sh");
+    cmd.args(["-c", &script]);
+    let (status, out, err) = git.wait_for("confined", cmd, u64::MAX).unwrap();
+    drop(log);
+    assert!(status.success() && out.contains("done"), "{out}{err}");
+    assert!(!out.contains("WROTE-THROUGH-FD"), "{out}");
+    assert_eq!(fs::read_to_string(outside.join("ci.log")).unwrap(), "");
+    for d in [&root, &dest, &outside] {
+        let _ = fs::remove_dir_all(d);
+    }
+}
+
+#[test]
 fn a_git_fetch_runs_confined_when_the_runner_confines_it() {
     let helper = sandbox_helper()
         .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
