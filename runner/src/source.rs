@@ -19,18 +19,20 @@ use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode};
 use nix::unistd::symlinkat;
 
+use std::os::unix::ffi::OsStrExt;
+
 use crate::disk_reserve::Room;
 use crate::fsutil::{read_entries, Kind};
 
 /// One entry of the copied tree, for the tree digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeEntry {
-    /// Relative path.
-    pub path: String,
+    /// Relative path, as the bytes of its names (which need not be UTF-8).
+    pub path: Vec<u8>,
     /// `d` directory, `f` file, `x` executable file, `l` symlink.
     pub kind: char,
-    /// File: sha256 hex of the contents; symlink: the target; directory: empty.
-    pub content: String,
+    /// File: sha256 hex of the contents; symlink: the target's bytes; directory: empty.
+    pub content: Vec<u8>,
 }
 
 /// The name of the tree digest algorithm [`tree_digest`] computes, as recorded in provenance
@@ -39,15 +41,18 @@ pub const TREE_ALGORITHM: &str = "bulwark-tree-v2";
 
 /// The `bulwark-tree-v2` digest of a copied tree (documented in docs/build-type.md): sha256
 /// over the entries sorted by path bytes, each `<kind> <path>\0<content>\n`, where a
-/// backslash or newline in the path or content is written as `\\` or `\n`.
+/// backslash or newline in the path or content is written as `\\` or `\n`, and each byte that
+/// is not part of valid UTF-8 as `\xNN` (two lowercase hex digits).
 ///
 /// v1 wrote path and content as they are, so a newline in a file name or link target could
 /// make two different trees encode to the same bytes; escaping makes the encoding injective.
-/// For a tree whose names and link targets hold neither character, v2 equals v1.
+/// A name is bytes, not text: taken as text (lossily, every invalid byte becoming U+FFFD),
+/// `run\xff.sh` and `run\xfe.sh` would be one name. For a tree whose names and link targets
+/// are UTF-8 with no backslash or newline, v2 equals v1.
 pub fn tree_digest(entries: &[TreeEntry]) -> String {
     use sha2::{Digest, Sha256};
     let mut sorted: Vec<&TreeEntry> = entries.iter().collect();
-    sorted.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
     let mut h = Sha256::new();
     for e in sorted {
         h.update(format!("{} {}", e.kind, escaped(&e.path)).as_bytes());
@@ -58,12 +63,28 @@ pub fn tree_digest(entries: &[TreeEntry]) -> String {
     crate::outputs::hex(&h.finalize())
 }
 
-/// `text` with `\` written as `\\` and a newline as `\n` (borrowed when it holds neither).
-fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains(['\\', '\n']) {
-        return std::borrow::Cow::Borrowed(text);
+/// `bytes` as text: `\` written as `\\`, a newline as `\n`, and every byte that is not part of
+/// valid UTF-8 as `\xNN`; anything else as it is.
+fn escaped(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if !text.contains(['\\', '\n']) {
+            return std::borrow::Cow::Borrowed(text);
+        }
     }
-    std::borrow::Cow::Owned(text.replace('\\', "\\\\").replace('\n', "\\n"))
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// What a copy did.
@@ -127,7 +148,7 @@ pub fn copy_tree_from(src: &OwnedFd, dst: &Path, room: Room) -> Result<CopyStats
         source: e.into(),
     })?;
     let mut stats = CopyStats::default();
-    copy_dir(src, &d, "", &mut stats, room)?;
+    copy_dir(src, &d, "", b"", &mut stats, room)?;
     Ok(stats)
 }
 
@@ -146,6 +167,7 @@ fn copy_dir(
     src: &OwnedFd,
     dst: &OwnedFd,
     rel: &str,
+    rel_bytes: &[u8],
     stats: &mut CopyStats,
     room: Room,
 ) -> Result<(), CopyError> {
@@ -156,6 +178,7 @@ fn copy_dir(
     for e in entries {
         let name = e.name.as_os_str();
         let child = join(rel, name);
+        let child_bytes = join_bytes(rel_bytes, name);
         let at = |err: nix::Error| CopyError {
             path: child.clone(),
             source: err.into(),
@@ -176,11 +199,11 @@ fn copy_dir(
                 let d = openat(dst, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
                 stats.dirs += 1;
                 stats.entries.push(TreeEntry {
-                    path: child.clone(),
+                    path: child_bytes.clone(),
                     kind: 'd',
-                    content: String::new(),
+                    content: Vec::new(),
                 });
-                copy_dir(&s, &d, &child, stats, room)?;
+                copy_dir(&s, &d, &child, &child_bytes, stats, room)?;
                 let _ =
                     nix::sys::stat::fchmod(&d, Mode::from_bits_truncate(e.mode & 0o777 | 0o700));
             }
@@ -235,9 +258,9 @@ fn copy_dir(
                 }
                 let kind = if st.st_mode & 0o111 != 0 { 'x' } else { 'f' };
                 stats.entries.push(TreeEntry {
-                    path: child.clone(),
+                    path: child_bytes,
                     kind,
-                    content: sha,
+                    content: sha.into_bytes(),
                 });
             }
             Kind::Symlink => {
@@ -245,9 +268,9 @@ fn copy_dir(
                 symlinkat(target.as_os_str(), dst, name).map_err(at)?;
                 stats.symlinks += 1;
                 stats.entries.push(TreeEntry {
-                    path: child.clone(),
+                    path: child_bytes,
                     kind: 'l',
-                    content: target.to_string_lossy().into_owned(),
+                    content: target.as_os_str().as_bytes().to_vec(),
                 });
             }
             Kind::Fifo | Kind::Socket | Kind::Device => {
@@ -286,6 +309,17 @@ fn join(rel: &str, name: &OsStr) -> String {
     } else {
         format!("{rel}/{n}")
     }
+}
+
+/// `rel_bytes/name` as bytes: the path the tree digest is over.
+fn join_bytes(rel_bytes: &[u8], name: &OsStr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rel_bytes.len() + 1 + name.len());
+    if !rel_bytes.is_empty() {
+        out.extend_from_slice(rel_bytes);
+        out.push(b'/');
+    }
+    out.extend_from_slice(name.as_bytes());
+    out
 }
 
 fn display(rel: &str) -> String {
@@ -362,6 +396,50 @@ mod tests {
             "{err}"
         );
         assert!(within(None, Some(2)).is_err());
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_cannot_make_two_trees_share_a_digest() {
+        use std::os::unix::ffi::OsStrExt;
+        // The same file under two names that differ in one byte that is not UTF-8, and under
+        // the name the lossy conversion of either would give (U+FFFD).
+        let digest_of = |name: &[u8], tag: &str| {
+            let src = std::env::temp_dir().join(format!(
+                "bulwark-src-utf8-{tag}-{}-{}",
+                std::process::id(),
+                crate::fsutil::random_hex(4)
+            ));
+            let dst = src.with_extension("copy");
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::create_dir_all(&dst).unwrap();
+            std::fs::write(src.join(std::ffi::OsStr::from_bytes(name)), "same\n").unwrap();
+            let digest = tree_digest(&copy_tree(&src, &dst).unwrap().entries);
+            let _ = std::fs::remove_dir_all(&src);
+            let _ = std::fs::remove_dir_all(&dst);
+            digest
+        };
+        let ff = digest_of(b"run\xff.sh", "ff");
+        let fe = digest_of(b"run\xfe.sh", "fe");
+        let replacement = digest_of("run\u{fffd}.sh".as_bytes(), "fffd");
+        let escaped_text = digest_of(b"run\\xff.sh", "text");
+        // As docs/build-type.md writes it: the invalid byte as `\xff`, the text as `\\xff`.
+        let expected = |encoded: &[u8]| {
+            let mut h = <sha2::Sha256 as sha2::Digest>::new();
+            sha2::Digest::update(&mut h, encoded);
+            crate::outputs::hex(&sha2::Digest::finalize(h))
+        };
+        let sha_same = crate::outputs::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"same\n"));
+        assert_eq!(
+            ff,
+            expected(format!("f run\\xff.sh\0{sha_same}\n").as_bytes())
+        );
+        assert_eq!(
+            escaped_text,
+            expected(format!("f run\\\\xff.sh\0{sha_same}\n").as_bytes())
+        );
+        assert_ne!(ff, fe, "two trees share a digest");
+        assert_ne!(ff, replacement, "two trees share a digest");
+        assert_ne!(ff, escaped_text, "two trees share a digest");
     }
 
     #[test]

@@ -21,7 +21,13 @@
 //! kernel has Landlock network rules (ABI 4), allows TCP connects only to the `--connect`
 //! ports and no bind at all; and (ABI 6) scopes signals and abstract unix sockets to git's own
 //! processes. Landlock holds for git's children too (`git-remote-https`, `index-pack`), and
-//! cannot be undone. Whatever cannot be applied refuses: git does not run.
+//! cannot be undone. Then, because Landlock governs neither metadata nor pathname unix
+//! sockets, it sets umask 022 and installs a seccomp filter (`seccomp::compile_confine`): no
+//! `chown`, times, xattrs or io_uring, `chmod` never to a setuid, setgid, sticky or group- or
+//! world-writable mode, no `socket(AF_UNIX)`. Without it, in rootless and subuid modes, code in
+//! git could `chmod 0777` the runner's tool store for another user to fill, or ask the user's
+//! systemd manager (a pathname socket) to run a command outside Landlock. Whatever cannot be
+//! applied refuses: git does not run.
 //!
 //! Alternatives rejected: a full job sandbox for git (namespaces, a tmpfs root, seccomp) would
 //! need a second network path for the runner's fetch rules and a hand-over of the checkout out
@@ -160,6 +166,12 @@ fn confine_and_exec(c: &Confinement) -> Result<std::convert::Infallible, Stage> 
     if status.ruleset != RulesetStatus::FullyEnforced || !status.no_new_privs {
         return Err(("landlock", format!("not fully enforced: {status:?}")));
     }
+    // What Landlock does not govern: mode, owner, times and xattrs of files the uid owns
+    // anywhere, and pathname unix sockets (see `seccomp::compile_confine`). With umask 022
+    // the modes git gives its own files never need a bit the filter refuses.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let filter = crate::seccomp::compile_confine().map_err(|e| ("seccomp", e.to_string()))?;
+    crate::seccomp::install(&filter).map_err(|e| ("seccomp", e.to_string()))?;
     let argv: Vec<CString> = c
         .argv
         .iter()
@@ -169,6 +181,10 @@ fn confine_and_exec(c: &Confinement) -> Result<std::convert::Infallible, Stage> 
     let Some(program) = argv.first() else {
         return Err(("arguments", "no program".into()));
     };
+    // Landlock checks a path when it is opened, not a write to a descriptor already open: one
+    // the runner inherited without close-on-exec (`bulwark run ... 3>>ci.log`) would let git
+    // write wherever it leads. Git gets standard input, output and error only.
+    crate::sys::close_fds_from(3).map_err(|e| ("close descriptors", e.to_string()))?;
     // The environment is the one the runner gave this process, unchanged.
     let err = nix::unistd::execv(program, &argv).unwrap_err();
     Err(("exec", format!("{}: {err}", program.to_string_lossy())))

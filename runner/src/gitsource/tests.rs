@@ -1229,6 +1229,8 @@ fn nothing_a_command_leaves_in_its_process_group_outlives_it() {
 
 #[test]
 fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_local_repository() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::SystemTime;
     let helper = sandbox_helper()
         .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
     let root = tempdir("confine");
@@ -1245,16 +1247,33 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
+    // The runner's own state, which git's uid owns in rootless mode: a private key, and a
+    // service of the same user on a pathname unix socket (as its systemd manager, which
+    // starts any command it is asked to, unconfined).
+    let state = tempdir("confine-state");
+    let key = state.join("signing.key");
+    fs::write(&key, "secret\n").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let service_path = state.join("service.sock");
+    let service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
+    service.set_nonblocking(true).unwrap();
     // What code running inside git would try: write outside, make a setuid file outside,
-    // write the destination, connect out, and see its own status.
+    // write the destination, connect out, make the key readable by anyone, reach the
+    // service, and see its own status.
     let script = format!(
         "echo x > {out}/planted 2>/dev/null && echo WROTE-OUTSIDE\n\
          cp /bin/true {out}/suid 2>/dev/null && chmod u+s {out}/suid && echo SETUID-OUTSIDE\n\
          echo y > {dest}/inside && echo WROTE-DEST\n\
          python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))' 2>&1 | tail -n 1\n\
+         chmod 0666 {key} 2>/dev/null && echo CHMOD-OUTSIDE\n\
+         touch -d 2001-01-01 {key} 2>/dev/null && echo TOUCHED-OUTSIDE\n\
+         python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect(\"{service}\")' \
+           2>/dev/null && echo REACHED-SERVICE\n\
          grep NoNewPrivs /proc/self/status",
         out = outside.display(),
         dest = dest.display(),
+        key = key.display(),
+        service = service_path.display(),
     );
     let mut cmd = git.command("/bin/sh");
     cmd.args(["-c", &script]);
@@ -1270,13 +1289,62 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
         "the connect was not refused: {out}"
     );
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    // And on the host: nothing appeared outside, nothing connected.
+    for forbidden in ["CHMOD-OUTSIDE", "TOUCHED-OUTSIDE", "REACHED-SERVICE"] {
+        assert!(!out.contains(forbidden), "{forbidden}: {out}");
+    }
+    // And on the host: nothing appeared outside, nothing connected, the key is as it was.
     assert!(is_empty(&outside), "git wrote outside its destination");
     assert!(
         listener.accept().is_err(),
         "confined git connected to a loopback server"
     );
+    assert!(
+        service.accept().is_err(),
+        "confined git reached a service on a unix socket"
+    );
+    let key_meta = fs::metadata(&key).unwrap();
+    assert_eq!(key_meta.permissions().mode() & 0o7777, 0o600);
+    assert!(
+        key_meta.modified().unwrap() > SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000),
+        "confined git changed the key's times"
+    );
     assert_eq!(fs::read_to_string(dest.join("inside")).unwrap(), "y\n");
+}
+
+#[test]
+fn confined_git_cannot_write_through_a_descriptor_the_runner_inherited() {
+    use std::os::fd::AsRawFd;
+    let helper = sandbox_helper()
+        .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
+    let root = tempdir("confine-fd");
+    let (repo, _, _) = two_commits(&root);
+    let dest = tempdir("confine-fd-dest");
+    let outside = tempdir("confine-fd-outside");
+    // A writable file outside that whoever started the runner left open without close-on-exec
+    // (`bulwark run ... 3>>ci.log`): every child of the runner inherits it.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(outside.join("ci.log"))
+        .unwrap();
+    nix::fcntl::fcntl(&log, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let home = PrivateHome::create().unwrap();
+    let mut policy = policy_for(&[&root]);
+    policy.confine_with = Some(helper);
+    let remote = Remote::check(&file_url(&repo), &policy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    let script = format!(
+        "echo planted >&{fd} 2>/dev/null && echo WROTE-THROUGH-FD; echo done",
+        fd = log.as_raw_fd()
+    );
+    let mut cmd = git.command("/bin/sh");
+    cmd.args(["-c", &script]);
+    let (status, out, err) = git.wait_for("confined", cmd, u64::MAX).unwrap();
+    drop(log);
+    assert!(status.success() && out.contains("done"), "{out}{err}");
+    assert!(!out.contains("WROTE-THROUGH-FD"), "{out}");
+    assert_eq!(fs::read_to_string(outside.join("ci.log")).unwrap(), "");
 }
 
 #[test]

@@ -514,9 +514,9 @@ impl Store {
             let digest = if format == ToolFormat::File {
                 // One file, copied from the verified blob: its digest is known, no rehash.
                 tree_digest(&[TreeEntry {
-                    path: tool.name.clone(),
+                    path: tool.name.clone().into_bytes(),
                     kind: 'x',
-                    content: tool.sha256.clone(),
+                    content: tool.sha256.clone().into_bytes(),
                 }])
             } else {
                 digest_tree(&tmp).map_err(&io_err)?
@@ -904,39 +904,42 @@ fn hash_reader(reader: &mut impl Read) -> io::Result<String> {
 pub fn digest_tree(dir: &Path) -> io::Result<String> {
     let root: OwnedFd = File::open(dir)?.into();
     let mut entries = Vec::new();
-    walk(&root, "", &mut entries, 0)?;
+    walk(&root, b"", &mut entries, 0)?;
     Ok(tree_digest(&entries))
 }
 
-fn walk(dir: &OwnedFd, prefix: &str, out: &mut Vec<TreeEntry>, depth: usize) -> io::Result<()> {
+fn walk(dir: &OwnedFd, prefix: &[u8], out: &mut Vec<TreeEntry>, depth: usize) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     if depth > archive::MAX_DEPTH {
         return Err(io::Error::other("tree too deep"));
     }
     let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     for entry in read_entries(dir)? {
-        let name = entry.name.to_string_lossy();
+        // Bytes, not text: two names that differ only in bytes that are not UTF-8 are two
+        // names (the digest escapes such bytes).
+        let name = entry.name.as_bytes();
         let path = if prefix.is_empty() {
-            name.into_owned()
+            name.to_vec()
         } else {
-            format!("{prefix}/{name}")
+            [prefix, b"/", name].concat()
         };
         let (kind, content) = match entry.kind {
             Kind::Dir => {
                 let child = openat(dir, entry.name.as_os_str(), dir_flags, Mode::empty())?;
                 walk(&child, &path, out, depth + 1)?;
-                ('d', String::new())
+                ('d', Vec::new())
             }
             Kind::File => {
                 let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
                 let fd = openat(dir, entry.name.as_os_str(), flags, Mode::empty())?;
                 let kind = if entry.mode & 0o111 != 0 { 'x' } else { 'f' };
-                (kind, hash_reader(&mut File::from(fd))?)
+                (kind, hash_reader(&mut File::from(fd))?.into_bytes())
             }
             Kind::Symlink => {
                 let target = readlinkat(dir, entry.name.as_os_str())?;
-                ('l', target.to_string_lossy().into_owned())
+                ('l', target.as_bytes().to_vec())
             }
-            other => ('?', other.name().to_owned()),
+            other => ('?', other.name().as_bytes().to_vec()),
         };
         out.push(TreeEntry {
             path,

@@ -145,6 +145,95 @@ pub fn compile() -> Result<JobFilters, SeccompError> {
     Ok(JobFilters { program })
 }
 
+/// System calls [`compile_confine`] refuses with EPERM: what changes a file's owner, times or
+/// extended attributes without writing it, which Landlock does not govern, and io_uring, whose
+/// requests (`socket`, `connect`, `setxattr`) would pass this filter by. Git uses none of them.
+const CONFINE_REFUSED: &[i64] = &[
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_chown,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_lchown,
+    libc::SYS_fchown,
+    libc::SYS_fchownat,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_fsetxattr,
+    463, // setxattrat
+    libc::SYS_removexattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_fremovexattr,
+    466, // removexattrat
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_utime,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_utimes,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_futimesat,
+    libc::SYS_utimensat,
+    425, // io_uring_setup
+    426, // io_uring_enter
+    427, // io_uring_register
+];
+
+/// Mode bits a confined `chmod` may not set: setuid, setgid, sticky, and write for group or
+/// others. Git needs `chmod` (a configuration's lock file takes the file's mode), with the
+/// umask the helper sets (022) never one of these.
+const CONFINE_REFUSED_MODE_BITS: u32 = 0o7022;
+
+/// The filter `bulwark-sandbox --confine` puts on git (`crate::confine`), beside Landlock:
+/// everything is allowed except what would let a process that may write only beneath a few
+/// directories still change the host. Landlock does not cover metadata: a process may
+/// `chmod`, `chown`, `utimensat` or `setxattr` any file its uid owns, wherever it is (in
+/// rootless and subuid modes the runner's own state: a tool store directory made writable by
+/// everyone, in which another local user then plants what a later job runs). So `chmod` may
+/// not set [`CONFINE_REFUSED_MODE_BITS`] and the others answer EPERM ([`CONFINE_REFUSED`]).
+/// Nor does Landlock cover `connect` to a pathname unix socket (ABI 6 scopes only abstract
+/// ones), which reaches the services of the same user (its systemd manager or session bus
+/// start any command asked of them, unconfined): `socket(AF_UNIX)` answers EACCES
+/// (`socketpair`, which reaches no one, stays allowed). A denylist, unlike the job's: git and
+/// the helpers it starts are the host's, and their calls are many.
+pub fn compile_confine() -> Result<JobFilters, SeccompError> {
+    let (audit_arch, has_x32) = arch()?;
+    let mut rules: BTreeMap<u32, Verdict> = BTreeMap::new();
+    for n in CONFINE_REFUSED {
+        rules.insert(nr(*n)?, Verdict::Ret(RET_EPERM));
+    }
+    // The mode is the second argument of chmod and fchmod, the third of the *at forms.
+    #[cfg(target_arch = "x86_64")]
+    let chmod = [(libc::SYS_chmod, 1)];
+    #[cfg(not(target_arch = "x86_64"))]
+    let chmod: [(i64, u8); 0] = [];
+    for (n, arg) in chmod.into_iter().chain([
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (452 /* fchmodat2 */, 2),
+    ]) {
+        rules.insert(
+            nr(n)?,
+            Verdict::RefuseArgBits {
+                arg,
+                mask: CONFINE_REFUSED_MODE_BITS,
+                refuse: RET_EPERM,
+            },
+        );
+    }
+    rules.insert(
+        nr(libc::SYS_socket)?,
+        Verdict::RefuseArgEq {
+            arg: 0,
+            values: &[libc::AF_UNIX as u32],
+            refuse: libc::SECCOMP_RET_ERRNO | libc::EACCES as u32,
+        },
+    );
+    let program = bpf::build(
+        audit_arch,
+        &rules,
+        libc::SECCOMP_RET_ALLOW,
+        has_x32.then_some(RET_EPERM),
+    )?;
+    Ok(JobFilters { program })
+}
+
 /// Installs the filter on the calling thread. `no_new_privs` must be set.
 pub fn install(filters: &JobFilters) -> Result<(), SeccompError> {
     seccompiler::apply_filter(&filters.program)?;
@@ -159,6 +248,63 @@ pub fn is_allowed(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_confine_filter_refuses_what_landlock_does_not_govern_and_allows_the_rest() {
+        let prog = compile_confine().unwrap().program;
+        let (audit_arch, _) = arch().unwrap();
+        let verdict = |n: i64, args: [u64; 6]| bpf::run(&prog, n as u32, audit_arch, args);
+        let allow = Some(libc::SECCOMP_RET_ALLOW);
+        let eperm = Some(RET_EPERM);
+        // Modes git gives its own files pass; world- or group-writable and setuid do not.
+        for (mode, expected) in [
+            (0o644, allow),
+            (0o444, allow),
+            (0o755, allow),
+            (0o666, eperm),
+            (0o777, eperm),
+            (0o664, eperm),
+            (0o4755, eperm),
+            (0o2755, eperm),
+            (0o1755, eperm),
+        ] {
+            assert_eq!(
+                verdict(libc::SYS_fchmod, [3, mode, 0, 0, 0, 0]),
+                expected,
+                "{mode:o}"
+            );
+            assert_eq!(
+                verdict(
+                    libc::SYS_fchmodat,
+                    [libc::AT_FDCWD as u64, 0, mode, 0, 0, 0]
+                ),
+                expected,
+                "{mode:o}"
+            );
+            assert_eq!(verdict(452, [0, 0, mode, 0, 0, 0]), expected, "{mode:o}");
+        }
+        for n in [
+            libc::SYS_utimensat,
+            libc::SYS_fchownat,
+            libc::SYS_fsetxattr,
+            425, /* io_uring_setup */
+        ] {
+            assert_eq!(verdict(n, [0; 6]), eperm, "{n}");
+        }
+        let eacces = Some(libc::SECCOMP_RET_ERRNO | libc::EACCES as u32);
+        let family = |f: i32| [f as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        assert_eq!(verdict(libc::SYS_socket, family(libc::AF_UNIX)), eacces);
+        assert_eq!(verdict(libc::SYS_socket, family(libc::AF_INET)), allow);
+        assert_eq!(verdict(libc::SYS_socketpair, family(libc::AF_UNIX)), allow);
+        for n in [
+            libc::SYS_openat,
+            libc::SYS_read,
+            libc::SYS_execve,
+            libc::SYS_connect,
+        ] {
+            assert_eq!(verdict(n, [0; 6]), allow, "{n}");
+        }
+    }
 
     #[test]
     fn the_filter_is_short_and_shallow() {
