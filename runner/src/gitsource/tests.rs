@@ -1335,7 +1335,9 @@ fn confined_git_cannot_write_through_a_descriptor_the_runner_inherited() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
     let script = format!(
-        "echo planted >&{fd} 2>/dev/null && echo WROTE-THROUGH-FD; echo done",
+        // Python, not the shell's `>&N`: dash takes single-digit descriptors only, and with
+        // tests running in parallel this one may be 10 or above.
+        "python3 -c 'import os; os.write({fd}, b\"planted\")' 2>/dev/null && echo WROTE-THROUGH-FD; echo done",
         fd = log.as_raw_fd()
     );
     let mut cmd = git.command("/bin/sh");
