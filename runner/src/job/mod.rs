@@ -807,6 +807,22 @@ impl JobRun<'_> {
                     "source.git: no sandbox helper to confine git with".into(),
                 ));
             }
+            // Git's Landlock confinement takes what this kernel has: below ABI 4 its TCP
+            // connects, below ABI 6 its signals and abstract sockets are not confined. Said,
+            // not refused: the job's own sandbox accepts these kernels too.
+            let abi = bulwark_sandbox::landlock::usable_abi();
+            if abi < 6 && !self.args.quiet {
+                eprintln!(
+                    "bulwark: warning: Landlock ABI {abi} here: git's {} not confined (needs \
+                     ABI {})",
+                    if abi < 4 {
+                        "TCP connects, signals and abstract unix sockets are"
+                    } else {
+                        "signals and abstract unix sockets are"
+                    },
+                    if abi < 4 { 4 } else { 6 }
+                );
+            }
             let fetched = crate::gitsource::fetch(
                 &url,
                 &commit,
