@@ -1032,12 +1032,15 @@ mod root_mode {
             .unwrap()
             .unwrap()
             .file_name();
-        // The job's cgroups: `bulwark/<id>` under each v1 hierarchy (on a v2 host, the
-        // `cgroups` record in the job directory names them).
-        let cgroups: Vec<std::path::PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        // The job's cgroups: `bulwark/<id>` under each v1 hierarchy, or under the v2 root;
+        // in a delegated v2 cgroup, the `cgroups` record in the job directory names it.
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        let cgroups: Vec<std::path::PathBuf> = fs::read_dir(root)
             .unwrap()
             .flatten()
-            .map(|h| h.path().join("bulwark").join(&id))
+            .map(|h| h.path())
+            .chain([root.to_path_buf()])
+            .map(|h| h.join("bulwark").join(&id))
             .chain(
                 fs::read_to_string(jobs_dir.join(&id).join("cgroups"))
                     .unwrap_or_default()
