@@ -279,12 +279,9 @@ mod root_mode {
         for n in 1..=3 {
             bulwark_tests::wait_for_process(&format!("sleep {marker}{n}"), "a stray", 10);
         }
-        let stopped = strays.0[2].id().to_string();
-        assert!(Command::new("kill")
-            .args(["-STOP", &stopped])
-            .status()
-            .unwrap()
-            .success());
+        // The third is stopped (SIGSTOP, sent to the test's own child).
+        let stopped = nix::unistd::Pid::from_raw(strays.0[2].id() as i32);
+        nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
         let r = run_spec(&env, &job(&repo, &first), "second");
         r.assert_code(2);
         assert!(
