@@ -35,6 +35,6 @@ pub mod seccomp;
 pub mod spec;
 pub mod subid;
 pub mod sys;
-#[cfg(test)]
-pub(crate) mod testutil;
+#[doc(hidden)]
+pub mod testutil;
 pub mod uid_sweep;

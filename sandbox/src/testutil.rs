@@ -1,15 +1,28 @@
-//! Test helpers shared by this crate's unit tests.
+//! Test support shared by the workspace's tests (this crate's unit tests, the runner's, and
+//! the integration tests in `tests/`): not part of the sandbox's API. It lives here because
+//! every other crate depends on this one.
+
+// Test support: a directory that cannot be made is a failed test, so it panics.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
-/// A fresh directory `<temp>/<prefix>-<pid>-<random>`, removed with everything in it on drop,
-/// so also when the test fails. Directories a test left without write or search permission
-/// (or owned by another uid, when root) are made accessible again before the removal; what
-/// that still cannot remove goes to `rm -rf --one-file-system`. Dereferences to its path.
+/// A fresh directory `<temp>/<prefix>-<pid>-<random>` (canonical), removed with everything in it on drop,
+/// so also when the test fails (kept when `BULWARK_KEEP_TEST_DIRS` is set, for a look after a
+/// failure). Directories a test left without write or search permission (the tool store's
+/// read-only trees; or owned by another uid, when root) are made accessible again before the
+/// removal; what that still cannot remove goes to `rm -rf --one-file-system`. Dereferences to
+/// its path.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// `<temp>/bulwark-<tag>-<pid>-<random>`.
+    pub fn new(tag: &str) -> TempDir {
+        TempDir::named(&format!("bulwark-{tag}"))
+    }
+
+    /// `<temp>/<prefix>-<pid>-<random>`.
     pub fn named(prefix: &str) -> TempDir {
         use std::io::Read;
         let mut random = [0u8; 4];
@@ -19,9 +32,11 @@ impl TempDir {
         let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("{prefix}-{}-{hex}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
-        TempDir(dir)
+        // Canonical, so a test comparing it with paths the code canonicalizes agrees.
+        TempDir(dir.canonicalize().unwrap())
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -43,6 +58,9 @@ impl AsRef<Path> for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::env::var_os("BULWARK_KEEP_TEST_DIRS").is_some() {
+            return;
+        }
         if std::fs::remove_dir_all(&self.0).is_ok() {
             return;
         }

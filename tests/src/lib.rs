@@ -183,51 +183,9 @@ impl Drop for Env {
     }
 }
 
-/// A fresh directory `<temp>/bulwark-it-<tag>-<pid>-<random>` for a test that needs no
-/// [`Env`], removed with [`remove_tree`] when dropped (so also when the test fails) unless
-/// `BULWARK_KEEP_TEST_DIRS` is set. Dereferences to its path.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates the directory.
-    pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "bulwark-it-{tag}-{}-{}",
-            std::process::id(),
-            random_hex(4)
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("BULWARK_KEEP_TEST_DIRS").is_none() {
-            let _ = remove_tree(&self.0);
-        }
-    }
-}
+/// The workspace's one guard for test directories (`bulwark-<tag>-<pid>-<random>`, removed on
+/// drop also when a test fails; kept with `BULWARK_KEEP_TEST_DIRS`).
+pub use bulwark_sandbox::testutil::TempDir;
 
 fn run_output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()

@@ -9,9 +9,7 @@ use crate::tools::testutil::TempDir;
 
 /// A fresh directory, by its canonical path, removed with its contents when the test ends.
 fn tempdir(tag: &str) -> TempDir {
-    let mut d = TempDir::named(&format!("bulwark-gitsrc-{tag}"));
-    d.0 = d.0.canonicalize().unwrap();
-    d
+    TempDir::new(&format!("gitsrc-{tag}"))
 }
 
 /// Runs the test's own git (not the confined one) to build repositories.
@@ -69,6 +67,18 @@ fn policy_for(roots: &[&Path]) -> GitPolicy {
         // Every fetch in these tests runs git confined, as the job runner does, when the
         // helper is built (`cargo build --all-targets`, as scripts/test.sh does first).
         confine_with: sandbox_helper(),
+    }
+}
+
+/// [`policy_for`], required to confine git: fails when the helper is not built, where
+/// [`policy_for`] would quietly run git unconfined.
+fn confined_policy_for(roots: &[&Path]) -> GitPolicy {
+    let helper = sandbox_helper().expect(
+        "bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first",
+    );
+    GitPolicy {
+        confine_with: Some(helper),
+        ..policy_for(roots)
     }
 }
 
@@ -1231,15 +1241,12 @@ fn nothing_a_command_leaves_in_its_process_group_outlives_it() {
 fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_local_repository() {
     use std::os::unix::fs::PermissionsExt;
     use std::time::SystemTime;
-    let helper = sandbox_helper()
-        .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
     let root = tempdir("confine");
     let (repo, _, _) = two_commits(&root);
     let dest = tempdir("confine-dest");
     let outside = tempdir("confine-outside");
     let home = PrivateHome::create().unwrap();
-    let mut policy = policy_for(&[&root]);
-    policy.confine_with = Some(helper);
+    let policy = confined_policy_for(&[&root]);
     let remote = Remote::check(&file_url(&repo), &policy).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
@@ -1314,8 +1321,6 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
 #[test]
 fn confined_git_cannot_write_through_a_descriptor_the_runner_inherited() {
     use std::os::fd::AsRawFd;
-    let helper = sandbox_helper()
-        .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
     let root = tempdir("confine-fd");
     let (repo, _, _) = two_commits(&root);
     let dest = tempdir("confine-fd-dest");
@@ -1329,8 +1334,7 @@ fn confined_git_cannot_write_through_a_descriptor_the_runner_inherited() {
         .unwrap();
     nix::fcntl::fcntl(&log, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
     let home = PrivateHome::create().unwrap();
-    let mut policy = policy_for(&[&root]);
-    policy.confine_with = Some(helper);
+    let policy = confined_policy_for(&[&root]);
     let remote = Remote::check(&file_url(&repo), &policy).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
@@ -1351,13 +1355,10 @@ fn confined_git_cannot_write_through_a_descriptor_the_runner_inherited() {
 
 #[test]
 fn a_git_fetch_runs_confined_when_the_runner_confines_it() {
-    let helper = sandbox_helper()
-        .expect("bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first");
     let root = tempdir("confined-fetch");
     let (repo, first, _) = two_commits(&root);
     let dest = tempdir("confined-fetch-dest");
-    let mut policy = policy_for(&[&root]);
-    policy.confine_with = Some(helper);
+    let policy = confined_policy_for(&[&root]);
     let got = fetch(&file_url(&repo), &first, None, &dest, &policy, None).unwrap();
     assert_eq!(got.commit, first);
     assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");

@@ -52,6 +52,16 @@ fn jq_tarball() -> Vec<u8> {
     ])
 }
 
+/// A store in `tmp` and a loopback server of the jq tarball; the tool's spec and bytes.
+fn jq_store(tmp: &TempDir) -> (Store, Server, ToolSpec, Vec<u8>) {
+    let store = Store::open(&tmp.path().join("tools")).unwrap();
+    let server = Server::start("127.0.0.1");
+    let body = jq_tarball();
+    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
+    let tool = spec("jq", &url, &sha256(&body), None);
+    (store, server, tool, body)
+}
+
 #[test]
 fn right_digest_gives_a_read_only_tree_and_a_cache_hit_needs_no_server() {
     let tmp = TempDir::new("store-ok");
@@ -336,11 +346,7 @@ fn a_long_name_over_the_extension_limit_is_refused_with_a_short_message() {
 #[test]
 fn verify_all_quarantines_a_corrupt_blob_and_a_modified_tree_and_ensure_fetches_anew() {
     let tmp = TempDir::new("store-verify");
-    let store = Store::open(&tmp.path().join("tools")).unwrap();
-    let server = Server::start("127.0.0.1");
-    let body = jq_tarball();
-    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
-    let tool = spec("jq", &url, &sha256(&body), None);
+    let (store, server, tool, _body) = jq_store(&tmp);
     let r = store
         .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
         .unwrap();
@@ -426,11 +432,7 @@ fn a_tampered_download_that_cannot_be_set_aside_is_never_unpacked() {
 #[test]
 fn a_tree_without_its_digest_file_is_never_trusted_even_when_it_cannot_be_set_aside() {
     let tmp = TempDir::new("store-undigested-stuck");
-    let store = Store::open(&tmp.path().join("tools")).unwrap();
-    let server = Server::start("127.0.0.1");
-    let body = jq_tarball();
-    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
-    let tool = spec("jq", &url, &sha256(&body), None);
+    let (store, server, tool, _body) = jq_store(&tmp);
     let r = store
         .ensure(&tool, &loopback_policy(), UnpackMode::Tool)
         .unwrap();
@@ -623,16 +625,6 @@ fn two_processes_needing_one_tool_download_it_once() {
         );
     }
     assert_eq!(server.hits(), 1, "two processes downloaded the tool twice");
-}
-
-/// A store in `tmp` and a loopback server of the jq tarball; the tool's spec and bytes.
-fn jq_store(tmp: &TempDir) -> (Store, Server, ToolSpec, Vec<u8>) {
-    let store = Store::open(&tmp.path().join("tools")).unwrap();
-    let server = Server::start("127.0.0.1");
-    let body = jq_tarball();
-    let url = server.route("/jq.tar.gz", Route::Body(body.clone()));
-    let tool = spec("jq", &url, &sha256(&body), None);
-    (store, server, tool, body)
 }
 
 /// Makes a stored tree look unused for `days` days (its digest file is its last use).

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,54 +138,9 @@ pub fn sha256(bytes: &[u8]) -> String {
     crate::outputs::hex(&Sha256::digest(bytes))
 }
 
-/// A fresh directory under the system temp dir, removed with everything in it on drop (so
-/// also when the test fails), read-only directories included: [`crate::fsutil::remove_tree`]
-/// makes each directory writable again before emptying it. The crate's one guard for test
-/// directories; it dereferences to its path so helpers that returned a `PathBuf` can return it.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// `<temp>/bulwark-tools-<tag>-<pid>-<random>`.
-    pub fn new(tag: &str) -> TempDir {
-        TempDir::named(&format!("bulwark-tools-{tag}"))
-    }
-
-    /// `<temp>/<prefix>-<pid>-<random>`.
-    pub fn named(prefix: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            crate::fsutil::random_hex(4)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = crate::fsutil::remove_tree(&self.0);
-    }
-}
+/// The workspace's one guard for test directories (`bulwark-<tag>-<pid>-<random>`, removed on
+/// drop, read-only trees included).
+pub use bulwark_sandbox::testutil::TempDir;
 
 /// Every entry under `dir`, relative, sorted (symlinks not followed).
 pub fn listing(dir: &Path) -> Vec<String> {
