@@ -55,5 +55,5 @@ pub mod units;
 pub mod v1;
 
 pub use error::{FieldError, SpecError};
-pub use units::{format_duration, format_size, parse_duration, parse_size};
+pub use units::{format_cpus, format_duration, format_size, parse_duration, parse_size};
 pub use v1::*;

@@ -9,8 +9,17 @@
 //! fractions (`1.5h`), spaces (`10 minutes`) and bare numbers are refused rather than guessed
 //! at, because a guess that differs from the operator's intent by a factor of 1.07 or 1000 is a
 //! silent policy change. Zero is parseable here; whether zero is allowed is the caller's rule.
+//!
+//! CPU counts are the exception: a share of a CPU is what people mean (`cpus = 1.5`, as
+//! Docker's `--cpus`), so they are TOML or JSON numbers, whole or decimal, kept to a
+//! thousandth of a CPU ([`cpu_millis`]); the kernel's bandwidth control goes no finer than a
+//! hundredth (1 ms in a 100 ms period), which is the smallest count accepted.
 
+use std::fmt;
 use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The duration forms, for error messages.
 pub const DURATION_FORMS: &str = "forms like 90s, 10m, 1h30m or 500ms (units h, m, s, ms)";
@@ -163,9 +172,161 @@ pub fn format_duration(duration: Duration) -> String {
     out
 }
 
+/// A number of CPUs as written (`cpus = 2`, `cpus = 1.5`), kept as written until
+/// [`cpu_millis`] checks it, so that validation can name every bad value at once.
+#[derive(Debug, Clone, Copy)]
+pub enum CpuCount {
+    /// A whole number (a TOML or JSON integer).
+    Whole(i64),
+    /// A decimal number.
+    Decimal(f64),
+}
+
+/// Fewest thousandths of a CPU a limit may give: the kernel's smallest quota, 1 ms of CPU
+/// time per 100 ms period.
+pub const MIN_CPU_MILLIS: u64 = 10;
+
+/// Most thousandths of a CPU a count may say (a million CPUs): anything larger is a typo.
+const MAX_CPU_MILLIS: u64 = 1_000_000_000;
+
+/// The count in thousandths of a CPU (`1.5` is 1500). Refused: zero, negative, not finite,
+/// finer than a thousandth, below [`MIN_CPU_MILLIS`], absurdly large.
+pub fn cpu_millis(count: CpuCount) -> Result<u64, String> {
+    let millis = match count {
+        CpuCount::Whole(n) if n <= 0 => {
+            return Err(format!("{n} is not a positive number of CPUs"))
+        }
+        CpuCount::Whole(n) => u64::try_from(n).ok().and_then(|n| n.checked_mul(1000)),
+        CpuCount::Decimal(x) if !x.is_finite() || x <= 0.0 => {
+            return Err(format!("{x} is not a positive number of CPUs"))
+        }
+        CpuCount::Decimal(x) => {
+            let scaled = x * 1000.0;
+            let rounded = scaled.round();
+            if (scaled - rounded).abs() > 1e-6 {
+                return Err(format!(
+                    "{x} is finer than a thousandth of a CPU; use at most three decimals"
+                ));
+            }
+            // Exact: a finite value no larger than MAX_CPU_MILLIS converts without loss.
+            (rounded <= MAX_CPU_MILLIS as f64).then_some(rounded as u64)
+        }
+    };
+    match millis {
+        Some(m) if m > MAX_CPU_MILLIS => Err(format!("{count} is too many CPUs")),
+        None => Err(format!("{count} is too many CPUs")),
+        Some(m) if m < MIN_CPU_MILLIS => Err(format!(
+            "{count} is below the smallest CPU limit the kernel enforces, 0.01"
+        )),
+        Some(m) => Ok(m),
+    }
+}
+
+/// Formats thousandths of a CPU as a count: `2`, `1.5`, `0.25`.
+pub fn format_cpus(millis: u64) -> String {
+    let whole = millis / 1000;
+    match millis % 1000 {
+        0 => whole.to_string(),
+        frac => {
+            let digits = format!("{frac:03}");
+            format!("{whole}.{}", digits.trim_end_matches('0'))
+        }
+    }
+}
+
+impl fmt::Display for CpuCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CpuCount::Whole(n) => write!(f, "{n}"),
+            CpuCount::Decimal(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// Equal when written alike: a decimal compares by its bits, so every value (NaN included)
+/// equals itself and `Eq` holds.
+impl PartialEq for CpuCount {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (CpuCount::Whole(a), CpuCount::Whole(b)) => a == b,
+            (CpuCount::Decimal(a), CpuCount::Decimal(b)) => a.to_bits() == b.to_bits(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CpuCount {}
+
+impl Serialize for CpuCount {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            CpuCount::Whole(n) => serializer.serialize_i64(n),
+            CpuCount::Decimal(x) => serializer.serialize_f64(x),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl Visitor<'_> for Count {
+            type Value = CpuCount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of CPUs, like 2 or 1.5")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CpuCount, E> {
+                Ok(CpuCount::Whole(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CpuCount, E> {
+                // Above i64::MAX: too many CPUs, said by `cpu_millis`.
+                Ok(CpuCount::Whole(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<CpuCount, E> {
+                Ok(CpuCount::Decimal(v))
+            }
+        }
+        deserializer.deserialize_any(Count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_counts_are_kept_to_thousandths_and_bounded() {
+        assert_eq!(cpu_millis(CpuCount::Whole(2)), Ok(2000));
+        assert_eq!(cpu_millis(CpuCount::Decimal(1.5)), Ok(1500));
+        assert_eq!(cpu_millis(CpuCount::Decimal(0.1)), Ok(100));
+        assert_eq!(cpu_millis(CpuCount::Decimal(0.01)), Ok(10));
+        assert_eq!(cpu_millis(CpuCount::Decimal(2.0)), Ok(2000));
+        for (count, why) in [
+            (CpuCount::Whole(0), "not a positive number"),
+            (CpuCount::Whole(-1), "not a positive number"),
+            (CpuCount::Decimal(0.0), "not a positive number"),
+            (CpuCount::Decimal(-0.5), "not a positive number"),
+            (CpuCount::Decimal(f64::NAN), "not a positive number"),
+            (CpuCount::Decimal(f64::INFINITY), "not a positive number"),
+            (CpuCount::Decimal(0.005), "below the smallest"),
+            (CpuCount::Decimal(0.0015), "finer than a thousandth"),
+            (CpuCount::Whole(i64::MAX), "too many CPUs"),
+            (CpuCount::Decimal(1e300), "too many CPUs"),
+        ] {
+            let e = cpu_millis(count).unwrap_err();
+            assert!(e.contains(why), "{count}: {e}");
+        }
+        for millis in [10, 250, 1000, 1500, 2000, 12_345] {
+            assert_eq!(
+                format_cpus(millis)
+                    .parse::<f64>()
+                    .map(|x| (x * 1000.0).round() as u64),
+                Ok(millis)
+            );
+        }
+        assert_eq!(format_cpus(1500), "1.5");
+        assert_eq!(format_cpus(2000), "2");
+        assert_eq!(format_cpus(10), "0.01");
+    }
 
     #[test]
     fn durations_in_every_unit_and_combination_parse() {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bulwark_sandbox::cgroup::{self, JobCgroup};
+use bulwark_sandbox::cgroup::{self, JobCgroup, Limits};
 use bulwark_sandbox::spec::{monotonic_ns, Event, Rlimits, SandboxSpec, StepSpec};
 
 use crate::config::{self, Dirs};
@@ -104,14 +104,19 @@ fn run_inner(
         }
     }
     marks.push(("runner-workspace".into(), monotonic_ns()));
-    let cg = match JobCgroup::create(
-        &support,
-        &jobdir.id,
-        Some(limits.max_memory),
-        Some(limits.max_pids),
-        helper.pid().as_slice(),
-    ) {
+    let cg_limits = Limits {
+        memory: Some(limits.max_memory),
+        pids: Some(limits.max_pids),
+        cpu_millis: limits.max_cpus,
+    };
+    let cg = match JobCgroup::create(&support, &jobdir.id, &cg_limits, helper.pid().as_slice()) {
         Ok(cg) => Some(cg),
+        Err(e) if limits.max_cpus.is_some() => {
+            let _ = jobdir.remove();
+            return Err(format!(
+                "cgroups: {e}; the CPU limit (limits.max_cpus) has no rlimit fallback"
+            ));
+        }
         Err(e) if !limits.allow_rlimit_fallback => {
             let _ = jobdir.remove();
             return Err(format!(

@@ -1,4 +1,4 @@
-//! cgroups: memory and pids limits for a job, and a reliable way to kill all of it.
+//! cgroups: memory, pids and CPU limits for a job, and a reliable way to kill all of it.
 //!
 //! Detection is per controller, because hosts differ: on a pure cgroup v2 host the memory
 //! and pids controllers sit on the unified hierarchy; on a hybrid host (like these machines)
@@ -7,7 +7,19 @@
 //! *both* memory and pids are available there; otherwise v1 when both are there.
 //!
 //! Each job gets `<hierarchy>/bulwark/<job id>` (v1: one per controller, plus `freezer` for
-//! killing). Killing a whole job: v2 writes `cgroup.kill`; v1 has no such file, so we freeze
+//! killing).
+//!
+//! ## CPU
+//!
+//! A CPU limit is bandwidth: the job's processes together get at most `cpus` CPUs' worth of
+//! time in every 100 ms period (v2 `cpu.max`, v1 `cpu.cfs_quota_us` over `cpu.cfs_period_us`),
+//! however many threads they run; beyond it they wait for the next period. The cpu
+//! controller is used only for a job with a limit, and is then required: where the usable
+//! version has no cpu controller (v1 without a `cpu` hierarchy, a v2 cgroup whose delegation
+//! left `cpu` out) the job's cgroup is not made and the error says why. It is a separate
+//! question from memory and pids, so a host without it still runs jobs that ask for no CPU
+//! limit. On v2, once one job enabled `cpu` for `bulwark/`, every later job there also gets
+//! an equal share by weight against the others. Killing a whole job: v2 writes `cgroup.kill`; v1 has no such file, so we freeze
 //! the cgroup (nothing can fork while frozen), SIGKILL every pid listed, thaw, and wait until
 //! the cgroup is empty.
 //!
@@ -134,13 +146,27 @@ impl Support {
         self.v2_top().map(|(top, _)| top.join(PARENT))
     }
 
+    /// Which version enforces a CPU limit here: the [`Support::usable`] one, when it has the
+    /// cpu controller. In a delegated v2 cgroup whether `cpu` was delegated too is learned
+    /// when the job's cgroup is made.
+    pub fn cpu(&self) -> Option<Version> {
+        match self.usable()? {
+            Version::V2 => self
+                .v2_controllers
+                .iter()
+                .any(|c| c == "cpu")
+                .then_some(Version::V2),
+            Version::V1 => self.v1_path("cpu").map(|_| Version::V1),
+        }
+    }
+
     /// Whether the calling user can create job cgroups, checked by creating and removing one;
     /// the error says why none can be made. In a delegated cgroup this lays the cgroup out
     /// (module docs), which stays so: `bulwark probe` in a delegated scope leaves the runner
     /// leaf behind it, as a run would.
     pub fn check_writable(&self) -> io::Result<()> {
         let probe = format!("probe-{}", std::process::id());
-        let cg = JobCgroup::create(self, &probe, None, None, &[])?;
+        let cg = JobCgroup::create(self, &probe, &Limits::default(), &[])?;
         let _ = cg.remove(Duration::from_secs(1));
         Ok(())
     }
@@ -148,6 +174,10 @@ impl Support {
     /// One line for `probe`.
     pub fn describe(&self) -> String {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
+        let cpu = match self.cpu() {
+            Some(v) => format!("; CPU limits on {}", v.as_str()),
+            None => "; no cpu controller for CPU limits".into(),
+        };
         let delegated = match (self.usable(), self.v2_top()) {
             (Some(Version::V2), Some((top, true))) => {
                 let controllers =
@@ -170,7 +200,7 @@ impl Support {
             _ => String::new(),
         };
         format!(
-            "cgroup2 at {} with controllers [{}]{delegated}; cgroup v1 controllers [{}]",
+            "cgroup2 at {} with controllers [{}]{delegated}; cgroup v1 controllers [{}]{cpu}",
             self.v2_mount
                 .as_ref()
                 .map(|p| p.display().to_string())
@@ -313,6 +343,28 @@ fn lists_memory_and_pids(dir: &Path, file: &str) -> bool {
             c.contains(&"memory") && c.contains(&"pids")
         })
         .unwrap_or(false)
+}
+
+/// Enables the cpu controller for the children of the v2 cgroup `dir`, or says why it cannot
+/// be: not offered to `dir` (a delegation without `cpu`, or a parent that does not enable
+/// it), or refused (a realtime process in the way).
+fn enable_cpu(dir: &Path) -> io::Result<()> {
+    let listed = |file: &str| {
+        fs::read_to_string(dir.join(file))
+            .map(|s| s.split_whitespace().any(|c| c == "cpu"))
+            .unwrap_or(false)
+    };
+    if listed("cgroup.subtree_control") {
+        return Ok(());
+    }
+    if !listed("cgroup.controllers") {
+        return Err(io::Error::other(format!(
+            "{} has no cpu controller to hand to job cgroups, which the job's CPU limit              (resources.cpus / limits.max_cpus) needs: the unit must delegate it              (Delegate=yes, or Delegate=memory pids cpu)",
+            dir.display()
+        )));
+    }
+    fs::write(dir.join("cgroup.subtree_control"), "+cpu")
+        .map_err(io_at("enable the cpu controller in", dir))
 }
 
 /// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids
@@ -464,7 +516,25 @@ pub struct Counters {
     pub oom_kills: u64,
     /// Times a fork was refused because the pids limit was reached.
     pub pids_max_hit: u64,
+    /// Periods in which the job used up its CPU limit and had to wait (0 without a limit).
+    pub cpu_throttled_periods: u64,
+    /// How long its processes waited for that, in milliseconds.
+    pub cpu_throttled_ms: u64,
 }
+
+/// Limits for a job's cgroup; `None` leaves that one unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of memory, swap excluded (no swap is allowed).
+    pub memory: Option<u64>,
+    /// Processes and threads at once.
+    pub pids: Option<u64>,
+    /// CPU bandwidth in thousandths of a CPU (module docs, "CPU").
+    pub cpu_millis: Option<u64>,
+}
+
+/// The CPU bandwidth period, in microseconds (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// A job's cgroup(s).
 #[derive(Debug)]
@@ -491,10 +561,10 @@ impl JobCgroup {
     pub fn create(
         support: &Support,
         job_id: &str,
-        memory: Option<u64>,
-        pids: Option<u64>,
+        limits: &Limits,
         runner_children: &[u32],
     ) -> io::Result<Self> {
+        let want_cpu = limits.cpu_millis.is_some();
         let version = support
             .usable()
             .ok_or_else(|| io::Error::other("no usable cgroup hierarchy"))?;
@@ -513,6 +583,9 @@ impl JobCgroup {
                     // Controllers must be enabled on every level above the job.
                     let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +pids");
                 }
+                if want_cpu {
+                    enable_cpu(&top)?;
+                }
                 let parent = top.join(PARENT);
                 match fs::create_dir(&parent) {
                     Ok(()) => {}
@@ -521,6 +594,9 @@ impl JobCgroup {
                 }
                 fs::write(parent.join("cgroup.subtree_control"), "+memory +pids")
                     .map_err(io_at("enable controllers in", &parent))?;
+                if want_cpu {
+                    enable_cpu(&parent)?;
+                }
                 let dir = parent.join(job_id);
                 fs::create_dir(&dir).map_err(io_at("create", &dir))?;
                 JobCgroup {
@@ -531,8 +607,18 @@ impl JobCgroup {
             }
             Version::V1 => {
                 let mut dirs = Vec::new();
-                for c in ["memory", "pids", "freezer"] {
-                    let base = support.v1_path(c).unwrap_or(Path::new("/nonexistent"));
+                let cpu = want_cpu.then_some("cpu");
+                for c in ["memory", "pids", "freezer"].into_iter().chain(cpu) {
+                    let base = support.v1_path(c).ok_or_else(|| {
+                        io::Error::other(format!(
+                            "this host has no cgroup v1 {c} hierarchy{}",
+                            if c == "cpu" {
+                                " for the job's CPU limit (resources.cpus / limits.max_cpus)"
+                            } else {
+                                ""
+                            }
+                        ))
+                    })?;
                     let dir = base.join(PARENT).join(job_id);
                     fs::create_dir_all(&dir).map_err(io_at("create", &dir))?;
                     dirs.push(dir);
@@ -544,7 +630,7 @@ impl JobCgroup {
                 }
             }
         };
-        if let Err(e) = cg.set_limits(memory, pids) {
+        if let Err(e) = cg.set_limits(limits) {
             let _ = cg.remove(Duration::from_secs(1));
             return Err(e);
         }
@@ -567,7 +653,7 @@ impl JobCgroup {
                 }
                 dirs
             }
-            Version::V1 => ["memory", "pids", "freezer"]
+            Version::V1 => ["memory", "pids", "freezer", "cpu"]
                 .iter()
                 .filter_map(|c| support.v1_path(c).map(|p| p.join(PARENT).join(job_id)))
                 .collect(),
@@ -642,26 +728,45 @@ impl JobCgroup {
         self.version
     }
 
-    fn dir(&self, controller: &str) -> &Path {
+    /// The job's directory in the hierarchy that has `controller`: v2's one directory, or the
+    /// v1 one mounted with it (`<mount>/bulwark/<job id>`, the mount named after its
+    /// controllers, like `cpu,cpuacct`); `None` where the job has none for it.
+    fn controller_dir(&self, controller: &str) -> Option<&Path> {
         match self.version {
-            Version::V2 => &self.dirs[0],
+            Version::V2 => Some(&self.dirs[0]),
             Version::V1 => self
                 .dirs
                 .iter()
                 .find(|d| {
                     d.parent()
                         .and_then(|p| p.parent())
-                        .map(|p| p.ends_with(controller))
-                        .unwrap_or(false)
+                        .and_then(|p| p.file_name())
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.split(',').any(|c| c == controller))
                 })
-                .unwrap_or(&self.dirs[0]),
+                .map(PathBuf::as_path),
         }
     }
 
-    fn set_limits(&self, memory: Option<u64>, pids: Option<u64>) -> io::Result<()> {
+    fn dir(&self, controller: &str) -> &Path {
+        self.controller_dir(controller).unwrap_or(&self.dirs[0])
+    }
+
+    fn set_limits(&self, limits: &Limits) -> io::Result<()> {
+        let Limits {
+            memory,
+            pids,
+            cpu_millis,
+        } = *limits;
+        let quota = cpu_millis.map(|m| (m.saturating_mul(CPU_PERIOD_US) / 1000).max(1000));
         match self.version {
             Version::V2 => {
                 let d = &self.dirs[0];
+                if let Some(q) = quota {
+                    let file = d.join("cpu.max");
+                    fs::write(&file, format!("{q} {CPU_PERIOD_US}"))
+                        .map_err(io_at("write", &file))?;
+                }
                 if let Some(m) = memory {
                     fs::write(d.join("memory.max"), m.to_string())
                         .map_err(io_at("write", &d.join("memory.max")))?;
@@ -688,6 +793,19 @@ impl JobCgroup {
                     let d = self.dir("pids");
                     fs::write(d.join("pids.max"), p.to_string())
                         .map_err(io_at("write", &d.join("pids.max")))?;
+                }
+                if let Some(q) = quota {
+                    let d = self
+                        .controller_dir("cpu")
+                        .ok_or_else(|| io::Error::other("the job has no v1 cpu cgroup"))?;
+                    // The period first: the kernel checks the quota against it.
+                    for (name, value) in [
+                        ("cpu.cfs_period_us", CPU_PERIOD_US),
+                        ("cpu.cfs_quota_us", q),
+                    ] {
+                        fs::write(d.join(name), value.to_string())
+                            .map_err(io_at("write", &d.join(name)))?;
+                    }
                 }
             }
         }
@@ -735,14 +853,21 @@ impl JobCgroup {
                 })
                 .unwrap_or(0)
         };
+        // Without the cpu controller v2's cpu.stat has no throttling lines: zero.
+        let cpu_stat = self.controller_dir("cpu").map(|d| d.join("cpu.stat"));
+        let throttled = |key: &str| cpu_stat.clone().map_or(0, |p| field(p, key));
         match self.version {
             Version::V2 => Counters {
                 oom_kills: field(self.dirs[0].join("memory.events"), "oom_kill"),
                 pids_max_hit: field(self.dirs[0].join("pids.events"), "max"),
+                cpu_throttled_periods: throttled("nr_throttled"),
+                cpu_throttled_ms: throttled("throttled_usec") / 1000,
             },
             Version::V1 => Counters {
                 oom_kills: field(self.dir("memory").join("memory.oom_control"), "oom_kill"),
                 pids_max_hit: field(self.dir("pids").join("pids.events"), "max"),
+                cpu_throttled_periods: throttled("nr_throttled"),
+                cpu_throttled_ms: throttled("throttled_time") / 1_000_000,
             },
         }
     }

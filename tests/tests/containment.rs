@@ -1357,6 +1357,64 @@ mod root_mode {
     }
 
     #[test]
+    fn a_cpu_limit_holds_a_busy_job_to_its_share_and_is_recorded() {
+        require_root();
+        let env = Env::new("cpu");
+        let r = env.run(&one_step("cpuhog", CPU_HOG, "[resources]\ncpus = 0.2"));
+        r.assert_code(0);
+        let cpu: f64 = r.value("cpu").parse().unwrap();
+        let wall: f64 = r.value("wall").parse().unwrap();
+        // Two spinning processes would take ~2 CPUs here unlimited; held to 0.2 CPU they get
+        // about 0.3 s in 1.5 s. The bound leaves room for a period's slack and a busy host.
+        assert!(wall >= 1.5, "{r}");
+        assert!(
+            cpu / wall < 0.45,
+            "the job used {cpu} s of CPU in {wall} s under a 0.2 CPU limit\n{r}"
+        );
+        let res = r.result();
+        let enforced = res["isolation"]["limits_enforced"].to_string();
+        assert!(enforced.contains("\"cpu\""), "{r}");
+        let counters = &res["cgroup_counters"];
+        assert!(
+            counters["cpu_throttled_periods"].as_u64().unwrap() > 0
+                && counters["cpu_throttled_ms"].as_u64().unwrap() > 0,
+            "{r}"
+        );
+        assert!(
+            r.stderr
+                .contains("the job's CPU limit of 0.2 held it back for"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn the_operators_cpu_ceiling_limits_a_job_that_asks_for_nothing_and_refuses_more() {
+        require_root();
+        let env = Env::new("cpu-ceiling");
+        env.write_config("max_cpus = 0.25");
+        let r = env.run(&one_step("cpudefault", CPU_HOG, ""));
+        r.assert_code(0);
+        let cpu: f64 = r.value("cpu").parse().unwrap();
+        let wall: f64 = r.value("wall").parse().unwrap();
+        assert!(
+            cpu / wall < 0.5,
+            "{cpu} s of CPU in {wall} s under 0.25\n{r}"
+        );
+        assert!(r.result()["isolation"]["limits_enforced"]
+            .to_string()
+            .contains("\"cpu\""));
+        let r = env.run(&one_step("cpumore", "echo ran", "[resources]\ncpus = 1"));
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains(
+                "resources.cpus: 1 is above the operator's ceiling of 0.25 (limits.max_cpus)"
+            ),
+            "{r}"
+        );
+        assert!(!r.log.contains("ran"), "{r}");
+    }
+
+    #[test]
     fn runners_with_different_runtime_directories_never_share_a_root_job_uid() {
         // Two pools on one host, each with its configuration and runtime directory, and the
         // same one-uid range: while a job of the first runs, the second has no uid to give.
@@ -1413,6 +1471,23 @@ mod root_mode {
         assert_eq!(r1.result()["isolation"]["mode"], "root-per-job-uid");
     }
 }
+
+/// Two processes spinning for 1.5 s of wall time; prints the CPU time they used together
+/// (`cpu=`) and the wall time (`wall=`).
+const CPU_HOG: &str = r#"python3 -c '
+import os, time
+t0 = time.monotonic()
+for _ in range(2):
+    if os.fork() == 0:
+        while time.monotonic() - t0 < 1.5:
+            pass
+        os._exit(0)
+for _ in range(2):
+    os.wait()
+c = os.times()
+print("cpu=%.3f" % (c.children_user + c.children_system))
+print("wall=%.3f" % (time.monotonic() - t0))
+'"#;
 
 /// `program args...`, started inside the cgroup v2 directory `dir`: a shell moves itself there
 /// (writing `0` to its `cgroup.procs`), then execs it (the cgroup v2 VM tests).
@@ -1525,6 +1600,70 @@ mod delegated_v2 {
             ),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_cpu_limit_is_enforced_in_a_delegated_cgroup_and_refused_where_cpu_was_not_delegated() {
+        let scope = Scope::new("cpu");
+        let env = Env::new("deleg-cpu");
+        strict_config(&env);
+        let r = scope.run(
+            &env,
+            &one_step("cpuhog", CPU_HOG, "[resources]\ncpus = 0.2"),
+        );
+        r.assert_code(0);
+        let cpu: f64 = r.value("cpu").parse().unwrap();
+        let wall: f64 = r.value("wall").parse().unwrap();
+        assert!(
+            cpu / wall < 0.45,
+            "{cpu} s of CPU in {wall} s under 0.2\n{r}"
+        );
+        let res = r.result();
+        assert_eq!(res["isolation"]["cgroup"], "v2", "{r}");
+        assert!(res["isolation"]["limits_enforced"]
+            .to_string()
+            .contains("\"cpu\""));
+        assert!(
+            res["cgroup_counters"]["cpu_throttled_periods"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+
+        // A cgroup whose parent hands it memory and pids but not cpu (a unit with
+        // `Delegate=memory pids`): a job with a CPU limit is refused, naming why.
+        let nocpu = Scope::new("nocpu");
+        let inner = nocpu.0.join("inner");
+        fs::create_dir(&inner).unwrap();
+        fs::write(nocpu.0.join("cgroup.subtree_control"), "+memory +pids").unwrap();
+        let r = nocpu.run_in(
+            &inner,
+            &env,
+            &one_step("cpu", "echo ran", "[resources]\ncpus = 1"),
+        );
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains("has no cpu controller to hand to job cgroups")
+                && r.stderr.contains("resources.cpus"),
+            "{r}"
+        );
+        assert!(!r.log.contains("ran"), "{r}");
+        // Without a CPU limit the same cgroup runs jobs (started, as a second runner would
+        // be, in the runner leaf the first one made: `inner` now hands controllers down, so
+        // it may hold no process itself).
+        let leaf = inner.join("bulwark-runner");
+        let r = nocpu.run_in(&leaf, &env, &one_step("nolimit", "echo ran", ""));
+        r.assert_code(0);
+        for d in ["bulwark", "bulwark-runner"] {
+            if let Ok(rd) = fs::read_dir(inner.join(d)) {
+                for sub in rd.flatten() {
+                    let _ = fs::remove_dir(sub.path());
+                }
+            }
+            let _ = fs::remove_dir(inner.join(d));
+        }
+        let _ = fs::remove_dir(&inner);
     }
 
     #[test]
@@ -2178,6 +2317,23 @@ mod rootless_mode {
         assert_eq!(iso["mode"], "rootless-single-uid");
         assert_eq!(iso["cgroup"], "none");
         assert_eq!(iso["weakened"][0], "rlimit-fallback");
+    }
+
+    #[test]
+    fn a_cpu_limit_is_refused_where_only_rlimits_are_left() {
+        require_rootless();
+        // These hosts give an ordinary user no cgroup: the fallback the test configuration
+        // allows covers memory and pids, never a CPU limit.
+        let env = Env::new("cpu-fallback");
+        let r = env.run(&one_step("cpu", "echo ran", "[resources]\ncpus = 1"));
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains("cannot enforce the job's CPU limit of 1 (resources.cpus")
+                && r.stderr.contains("rlimits cannot replace here"),
+            "{r}"
+        );
+        assert!(!r.log.contains("ran"), "{r}");
     }
 
     /// `limits.isolation = "subuid"`: each job runs as a uid of the runner's subordinate range.

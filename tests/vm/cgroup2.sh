@@ -60,8 +60,8 @@ cp -r examples "\$stage/"
 # and threads files belong to the user; controllers are enabled from the root down.
 cg=/sys/fs/cgroup/delegated
 mkdir "\$cg" "\$cg/harness"
-echo "+memory +pids" >/sys/fs/cgroup/cgroup.subtree_control
-echo "+memory +pids" >"\$cg/cgroup.subtree_control"
+echo "+memory +pids +cpu" >/sys/fs/cgroup/cgroup.subtree_control
+echo "+memory +pids +cpu" >"\$cg/cgroup.subtree_control"
 chown "\$user" "\$cg" "\$cg/cgroup.procs" "\$cg/cgroup.subtree_control" "\$cg/cgroup.threads"
 # The test harness waits in a leaf of its own; each test makes a scope beside it.
 echo \$\$ >"\$cg/harness/cgroup.procs"

@@ -23,7 +23,7 @@ use super::allow::{check_hostname, CeilingEntry, IpNet, METADATA_ADDRESSES};
 use super::job::MIN_MEMORY;
 use super::rules::{check_absolute_path, key_segment};
 use crate::error::{quote, Errors, SpecError};
-use crate::units::{parse_duration, parse_size};
+use crate::units::{cpu_millis, parse_duration, parse_size, CpuCount};
 
 /// The builder id used when the configuration names none. `.invalid` is reserved (RFC 2606),
 /// so provenance from an unconfigured runner can never be mistaken for a real builder's.
@@ -53,6 +53,10 @@ pub struct LimitsConfig {
     pub max_memory: u64,
     /// Most processes a spec may ask for (`max_pids = 4096`).
     pub max_pids: u64,
+    /// Most CPUs a spec may ask for, in thousandths of a CPU (`max_cpus = 4`), and what a
+    /// job that asks for nothing gets; `None` (the default): no ceiling, and a job's CPU use
+    /// is limited only when its spec asks.
+    pub max_cpus: Option<u64>,
     /// Run with rlimits alone where cgroups are unavailable; a recorded weakening.
     pub allow_rlimit_fallback: bool,
     /// Host uids handed to jobs, one per running job (`job_uids = "200000-265535"`): root
@@ -270,6 +274,7 @@ impl Default for LimitsConfig {
             max_timeout: Duration::from_secs(6 * 3600),
             max_memory: 16 << 30,
             max_pids: 4096,
+            max_cpus: None,
             allow_rlimit_fallback: false,
             job_uids: None,
             isolation: IsolationChoice::Auto,
@@ -378,6 +383,7 @@ struct RawLimits {
     max_timeout: Option<String>,
     max_memory: Option<String>,
     max_pids: Option<u64>,
+    max_cpus: Option<CpuCount>,
     allow_rlimit_fallback: Option<bool>,
     job_uids: Option<String>,
     isolation: Option<String>,
@@ -504,6 +510,9 @@ fn convert_limits(raw: RawLimits, errors: &mut Errors) -> LimitsConfig {
             MIN_MEMORY,
         ),
         max_pids: count(errors, "limits.max_pids", raw.max_pids, d.max_pids),
+        max_cpus: raw
+            .max_cpus
+            .and_then(|c| errors.take("limits.max_cpus", cpu_millis(c))),
         allow_rlimit_fallback: raw.allow_rlimit_fallback.unwrap_or(d.allow_rlimit_fallback),
         job_uids: raw
             .job_uids
@@ -765,6 +774,18 @@ runtime_dir = "/run/bulwark-a"
             err.to_string().contains("line 2") && err.to_string().contains("max_pids"),
             "{err}"
         );
+        assert_eq!(Config::default().limits.max_cpus, None);
+        let err = Config::from_toml_str("[limits]\nmax_cpus = \"4\"\n").expect_err("wrong type");
+        assert!(
+            err.to_string().contains("line 2")
+                && err.to_string().contains("a number of CPUs, like 2 or 1.5"),
+            "{err}"
+        );
+        for (text, millis) in [("4", 4000), ("1.5", 1500), ("0.25", 250)] {
+            let config = Config::from_toml_str(&format!("[limits]\nmax_cpus = {text}\n"))
+                .expect("valid max_cpus");
+            assert_eq!(config.limits.max_cpus, Some(millis), "{text}");
+        }
     }
 
     #[test]
@@ -775,6 +796,7 @@ builder_id = ""
 max_timeout = "6 hours"
 max_memory = "16GB"
 max_pids = 0
+max_cpus = 0.001
 job_uids = "0-65535"
 isolation = "per-job"
 log_cap = "0B"
@@ -797,6 +819,7 @@ state_dir = "state"
                 "limits.max_timeout",
                 "limits.max_memory",
                 "limits.max_pids",
+                "limits.max_cpus",
                 "limits.job_uids",
                 "limits.isolation",
                 "limits.log_cap",

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::LimitsConfig;
 use crate::error::SpecError;
+pub use crate::units::CpuCount;
 
 pub use super::rules::NAME_PATTERN;
 
@@ -225,6 +226,10 @@ pub struct ResourcesSpec {
     /// Most processes and threads at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// CPU time per wall-clock time, in CPUs (`2`, `1.5`): the job's processes together get
+    /// at most this much CPU bandwidth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<CpuCount>,
 }
 
 /// One `[[steps]]` entry.
@@ -263,6 +268,9 @@ pub struct ValidatedJob {
     pub memory: u64,
     /// Process limit.
     pub pids: u64,
+    /// CPU bandwidth limit in thousandths of a CPU; `None`: not limited (neither the spec
+    /// nor the operator's `limits.max_cpus` set one).
+    pub cpus: Option<u64>,
     /// The steps, in order.
     pub steps: Vec<ValidatedStep>,
     /// Output patterns with any leading `./` removed.

@@ -135,7 +135,7 @@ pub struct Isolation {
     pub seccomp: String,
     /// cgroup version used: `v1`, `v2` or `none`.
     pub cgroup: String,
-    /// Limits actually enforced: `memory`, `pids`, `timeout`.
+    /// Limits actually enforced: `memory`, `pids`, `timeout`, `cpu`, `free-disk`.
     pub limits_enforced: Vec<String>,
     /// Explicit weakening options that were on, e.g. `rlimit-fallback`; empty normally.
     #[serde(default)]
@@ -154,6 +154,12 @@ pub struct CgroupCounters {
     pub oom_kills: u64,
     /// Forks refused because the job reached its pids limit.
     pub pids_max_hit: u64,
+    /// 100 ms periods in which the job used up its CPU limit and waited (0 without one).
+    #[serde(default)]
+    pub cpu_throttled_periods: u64,
+    /// Milliseconds its processes waited because of the CPU limit.
+    #[serde(default)]
+    pub cpu_throttled_ms: u64,
 }
 
 /// One step's outcome.
@@ -313,6 +319,8 @@ mod tests {
             cgroup_counters: Some(CgroupCounters {
                 oom_kills: 0,
                 pids_max_hit: 0,
+                cpu_throttled_periods: 0,
+                cpu_throttled_ms: 0,
             }),
             egress: Some(EgressRecord {
                 audit: false,

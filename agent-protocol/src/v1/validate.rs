@@ -19,7 +19,9 @@ use super::rules::{
     check_commit, check_env_key, check_name, check_sha256, check_source_url, check_url, key_segment,
 };
 use crate::error::{quote, Errors, SpecError};
-use crate::units::{format_duration, format_size, parse_duration, parse_size};
+use crate::units::{
+    cpu_millis, format_cpus, format_duration, format_size, parse_duration, parse_size,
+};
 
 /// Longest `run` command; the kernel refuses a single argument over 128KiB at exec.
 pub const MAX_RUN_BYTES: usize = 64 << 10;
@@ -57,6 +59,7 @@ pub(super) fn validate(spec: &JobSpec, limits: &LimitsConfig) -> Result<Validate
             timeout: resources.timeout.unwrap_or(DEFAULT_TIMEOUT),
             memory: resources.memory.unwrap_or(DEFAULT_MEMORY),
             pids: resources.pids.unwrap_or(DEFAULT_PIDS),
+            cpus: resources.cpus,
             steps,
             output_patterns,
         },
@@ -215,6 +218,7 @@ struct Resources {
     timeout_was_default: bool,
     memory: Option<u64>,
     pids: Option<u64>,
+    cpus: Option<u64>,
 }
 
 fn check_resources(r: &ResourcesSpec, limits: &LimitsConfig, errors: &mut Errors) -> Resources {
@@ -281,11 +285,25 @@ fn check_resources(r: &ResourcesSpec, limits: &LimitsConfig, errors: &mut Errors
         ),
         Some(p) => Some(p),
     };
+    // No request: the operator's ceiling, when there is one, bounds every job.
+    let cpus = match r.cpus {
+        None => limits.max_cpus,
+        Some(count) => errors
+            .take("resources.cpus", cpu_millis(count))
+            .and_then(|m| match limits.max_cpus {
+                Some(max) if m > max => errors.take(
+                    "resources.cpus",
+                    Err(above(format_cpus(m), format_cpus(max), "max_cpus")),
+                ),
+                _ => Some(m),
+            }),
+    };
     Resources {
         timeout,
         timeout_was_default: r.timeout.is_none(),
         memory,
         pids,
+        cpus,
     }
 }
 

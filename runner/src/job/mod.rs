@@ -16,7 +16,7 @@ use bulwark_protocol::{
     format_size, Config, Inputs, Isolation, IsolationChoice, IsolationMode, JobResult, JobSpec,
     JobStatus, StepResult, Trust, ValidatedJob,
 };
-use bulwark_sandbox::cgroup::{self, JobCgroup};
+use bulwark_sandbox::cgroup::{self, JobCgroup, Limits};
 use bulwark_sandbox::spec::EgressSpec;
 use bulwark_sandbox::subid::HandTo;
 
@@ -594,7 +594,8 @@ impl JobRun<'_> {
                 }
             }
         }
-        check_required_layers(&host, limits.allow_rlimit_fallback).map_err(Stop::Refused)?;
+        check_required_layers(&host, limits.allow_rlimit_fallback, self.job.cpus)
+            .map_err(Stop::Refused)?;
         let fallback = host.cgroup_version.is_none();
         let root = config::is_root();
         let mode = isolation_mode(limits.isolation, root).map_err(Stop::Refused)?;
@@ -617,6 +618,9 @@ impl JobRun<'_> {
             eprintln!("bulwark: warning: no usable cgroup; memory and pids are limited by rlimits only (limits.allow_rlimit_fallback = true), which is recorded in result.json");
         } else {
             limits_enforced.splice(0..0, ["memory".to_string(), "pids".to_string()]);
+            if self.job.cpus.is_some() {
+                limits_enforced.push("cpu".to_string());
+            }
         }
         if limits.min_free_disk != bulwark_protocol::DiskReserve::Off {
             limits_enforced.push("free-disk".to_string());
@@ -905,8 +909,11 @@ impl JobRun<'_> {
                 JobCgroup::create(
                     &host.cgroups,
                     &jobdir.id,
-                    Some(self.job.memory),
-                    Some(self.job.pids),
+                    &Limits {
+                        memory: Some(self.job.memory),
+                        pids: Some(self.job.pids),
+                        cpu_millis: self.job.cpus,
+                    },
                     helper.pid().as_slice(),
                 )
                 .map_err(|e| {
@@ -1006,6 +1013,8 @@ impl JobRun<'_> {
             self.counters = Some(bulwark_protocol::CgroupCounters {
                 oom_kills: counters.oom_kills,
                 pids_max_hit: counters.pids_max_hit,
+                cpu_throttled_periods: counters.cpu_throttled_periods,
+                cpu_throttled_ms: counters.cpu_throttled_ms,
             });
             if let Err(e) = cg.remove(Duration::from_secs(10)) {
                 // The job directory is what names this cgroup to a later run (its id, and on
@@ -1130,6 +1139,14 @@ impl JobRun<'_> {
                 Vec::new(),
             ));
         }
+        if let (Some(m), true) = (self.job.cpus, counters.cpu_throttled_periods > 0) {
+            eprintln!(
+                "bulwark: note: the job's CPU limit of {} held it back for {} ms in {} period(s) of 100 ms",
+                bulwark_protocol::format_cpus(m),
+                counters.cpu_throttled_ms,
+                counters.cpu_throttled_periods
+            );
+        }
         if counters.pids_max_hit > 0 || counters.oom_kills > 0 {
             eprintln!(
                 "bulwark: note: the job hit its limits ({} fork(s) refused at pids {}, {} OOM kill(s)) but its steps succeeded",
@@ -1188,10 +1205,12 @@ pub(crate) fn isolation_mode(choice: IsolationChoice, root: bool) -> Result<Isol
 }
 
 /// Refuses a job where a layer it needs cannot be enforced, naming the layer. cgroups may be
-/// replaced by rlimits only when the operator allowed it.
+/// replaced by rlimits only when the operator allowed it, and never for a CPU limit
+/// (`cpu_millis`), which rlimits cannot express.
 fn check_required_layers(
     host: &bulwark_sandbox::probe::HostLayers,
     allow_rlimit_fallback: bool,
+    cpu_millis: Option<u64>,
 ) -> Result<(), String> {
     for name in ["user-namespaces", "landlock", "seccomp"] {
         match host.layer(name) {
@@ -1211,6 +1230,33 @@ fn check_required_layers(
             .map(|l| l.detail.clone())
             .unwrap_or_default();
         return Err(format!("this host cannot enforce cgroups: {detail}"));
+    }
+    if let Some(m) = cpu_millis {
+        let what = format!(
+            "the job's CPU limit of {} (resources.cpus, or limits.max_cpus for a spec that asks \
+             for none)",
+            bulwark_protocol::format_cpus(m)
+        );
+        match host.cgroup_version {
+            None => {
+                let detail = host
+                    .layer("cgroups")
+                    .map(|l| l.detail.clone())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "this host cannot enforce {what}: it needs cgroups, which rlimits cannot \
+                     replace here: {detail}"
+                ));
+            }
+            Some(v) if host.cgroups.cpu().is_none() => {
+                return Err(format!(
+                    "this host cannot enforce {what}: its cgroup {} hierarchy has no cpu \
+                     controller",
+                    v.as_str()
+                ));
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -1305,13 +1351,13 @@ mod tests {
     #[test]
     fn a_missing_layer_refuses_the_job_naming_it() {
         for layer in ["user-namespaces", "landlock", "seccomp"] {
-            let e = check_required_layers(&host(layer, true), true).unwrap_err();
+            let e = check_required_layers(&host(layer, true), true, None).unwrap_err();
             assert!(
                 e.starts_with(&format!("this host cannot enforce {layer}: {layer} detail")),
                 "{e}"
             );
         }
-        assert!(check_required_layers(&host("none", true), false).is_ok());
+        assert!(check_required_layers(&host("none", true), false, None).is_ok());
     }
 
     fn args_for(dir: &Path, job: &str) -> RunArgs {
@@ -1586,8 +1632,32 @@ mod tests {
 
     #[test]
     fn missing_cgroups_refuse_unless_the_rlimit_fallback_is_allowed() {
-        let e = check_required_layers(&host("cgroups", false), false).unwrap_err();
+        let e = check_required_layers(&host("cgroups", false), false, None).unwrap_err();
         assert!(e.contains("cannot enforce cgroups: cgroups detail"), "{e}");
-        assert!(check_required_layers(&host("cgroups", false), true).is_ok());
+        assert!(check_required_layers(&host("cgroups", false), true, None).is_ok());
+    }
+
+    #[test]
+    fn a_cpu_limit_refuses_the_job_where_no_cpu_controller_can_enforce_it() {
+        // No cgroups: the rlimit fallback does not stand in for a CPU limit.
+        let e = check_required_layers(&host("cgroups", false), true, Some(1500)).unwrap_err();
+        assert!(
+            e.starts_with("this host cannot enforce the job's CPU limit of 1.5 (resources.cpus")
+                && e.contains("rlimits cannot replace here: cgroups detail"),
+            "{e}"
+        );
+        // cgroups, but no cpu controller on the version in use.
+        let e = check_required_layers(&host("none", true), false, Some(2000)).unwrap_err();
+        assert!(
+            e.contains("CPU limit of 2 ")
+                && e.contains("cgroup v1 hierarchy has no cpu controller"),
+            "{e}"
+        );
+        let mut with_cpu = host("none", true);
+        with_cpu.cgroups.v1 = ["memory", "pids", "freezer", "cpu"]
+            .iter()
+            .map(|c| (c.to_string(), PathBuf::from(format!("/sys/fs/cgroup/{c}"))))
+            .collect();
+        assert!(check_required_layers(&with_cpu, false, Some(2000)).is_ok());
     }
 }

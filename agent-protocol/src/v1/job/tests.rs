@@ -151,6 +151,53 @@ fn defaults_are_lowered_to_ceilings_but_explicit_requests_are_not() {
 }
 
 #[test]
+fn a_cpu_limit_is_the_spec_s_request_or_else_the_operator_s_ceiling() {
+    let none = JobSpec::from_toml_str(&minimal("")).expect("parses");
+    // No ceiling, no request: not limited.
+    let job = none.validate(&LimitsConfig::default()).expect("validates");
+    assert_eq!(job.cpus, None);
+    let ceiling = LimitsConfig {
+        max_cpus: Some(2000),
+        ..LimitsConfig::default()
+    };
+    assert_eq!(none.validate(&ceiling).expect("validates").cpus, Some(2000));
+    for (text, millis) in [("1.5", 1500), ("2", 2000), ("0.01", 10)] {
+        let spec = JobSpec::from_toml_str(&minimal(&format!("[resources]\ncpus = {text}")))
+            .expect("parses");
+        assert_eq!(spec.validate(&ceiling).expect(text).cpus, Some(millis));
+        // The wire form (JSON) carries it unchanged.
+        let json = serde_json::to_string(&spec).expect("serializes");
+        assert_eq!(JobSpec::from_json_str(&json).expect("round trip"), spec);
+    }
+    for (text, message) in [
+        ("3", "resources.cpus: 3 is above the operator's ceiling of 2 (limits.max_cpus)"),
+        ("2.5", "resources.cpus: 2.5 is above the operator's ceiling of 2 (limits.max_cpus)"),
+        ("0", "resources.cpus: 0 is not a positive number of CPUs"),
+        ("-1", "resources.cpus: -1 is not a positive number of CPUs"),
+        ("0.0", "resources.cpus: 0 is not a positive number of CPUs"),
+        ("nan", "resources.cpus: NaN is not a positive number of CPUs"),
+        (
+            "0.005",
+            "resources.cpus: 0.005 is below the smallest CPU limit the kernel enforces, 0.01",
+        ),
+        (
+            "1.0001",
+            "resources.cpus: 1.0001 is finer than a thousandth of a CPU; use at most three decimals",
+        ),
+    ] {
+        let spec = JobSpec::from_toml_str(&minimal(&format!("[resources]\ncpus = {text}")))
+            .expect("parses");
+        let err = spec.validate(&ceiling).expect_err(text);
+        assert_eq!(err.to_string(), message);
+    }
+    let err = JobSpec::from_toml_str(&minimal("[resources]\ncpus = \"2\"")).expect_err("a string");
+    assert!(
+        err.to_string().contains("a number of CPUs, like 2 or 1.5"),
+        "{err}"
+    );
+}
+
+#[test]
 fn every_error_is_reported_in_document_order() {
     let text = r#"
 version = 1
