@@ -95,6 +95,7 @@ fn run_inner(
         &dirs,
         "exec",
         &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        limits.max_disk,
     )
     .map_err(|e| format!("{e:#}"))?;
     if let Some(l) = &lease {

@@ -49,7 +49,13 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
         ),
         Err(e) => (false, e.clone()),
     });
-    let full = host.layers.iter().all(|l| l.available) && trial.is_ok();
+    // Job disks: optional, unless the operator gave every job one (limits.max_disk), which
+    // a host that cannot make them would refuse every job for.
+    let job_disks = bulwark_sandbox::disk::check_available();
+    let disks_needed = config.limits.max_disk.is_some();
+    let full = host.layers.iter().all(|l| l.available)
+        && trial.is_ok()
+        && (job_disks.is_ok() || !disks_needed);
     // Not an isolation layer, but a reason jobs would fail in a way that looks like one.
     let dirs = crate::config::Dirs::resolve(config).ok();
     let noexec = dirs.as_ref().and_then(|d| d.state_noexec());
@@ -70,6 +76,7 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             "full_isolation": full,
             "state_dir_noexec": noexec,
             "disk": disk.as_ref().map(|(ok, d)| serde_json::json!({"ok": ok, "detail": d})),
+            "job_disks": match &job_disks { Ok(()) => serde_json::json!({"available": true}), Err(e) => serde_json::json!({"available": false, "detail": e, "needed": disks_needed}) },
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -125,6 +132,15 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             let state = if *ok { "ok" } else { "WARNING" };
             println!("{:<16} {:<9} {detail}", "disk", state);
         }
+        let (state, detail) = match (&job_disks, disks_needed) {
+            (Ok(()), _) => (
+                "ok",
+                "resources.disk / limits.max_disk: a filesystem of fixed size per job".to_string(),
+            ),
+            (Err(e), true) => ("MISSING", format!("{e} (limits.max_disk is set)")),
+            (Err(e), false) => ("no", e.clone()),
+        };
+        println!("{:<16} {:<9} {detail}", "job-disks", state);
         if let Some(note) = config_note {
             println!("{note}");
         }

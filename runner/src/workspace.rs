@@ -1,7 +1,10 @@
 //! Per-job directories under the state directory, and cleaning up after a run that died.
 //!
 //! Each job gets `<state>/jobs/<job id>/` holding `workspace/` (mounted at `/workspace`),
-//! `tmp/` (mounted at `/tmp`) and `lock`. The runner holds an exclusive `flock` on `lock` for
+//! `tmp/` (mounted at `/tmp`) and `lock`. A job with a disk of its own (`resources.disk`,
+//! root mode) has instead `disk.img` mounted at `disk/`, with `workspace/` and `tmp/` in it
+//! (`bulwark_sandbox::disk`); removing the directory unmounts it first, and so does the
+//! cleanup after a dead run. The runner holds an exclusive `flock` on `lock` for
 //! the job's whole life; the kernel drops it when the runner dies, even by SIGKILL. So at the
 //! start of every run, any job directory whose lock can be taken belongs to a dead run: its
 //! cgroups are killed and removed, then the directory is removed. The job's processes are
@@ -30,11 +33,22 @@ pub struct JobDir {
     pub workspace: PathBuf,
     /// Source of `/tmp`.
     pub tmp: PathBuf,
+    /// Where the job's own filesystem is mounted, when it has one (its size in bytes).
+    pub disk: Option<(PathBuf, u64)>,
     _lock: Flock<File>,
 }
 
-/// Creates and locks a new job directory.
-pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
+/// The job directory's entries for a job disk: the image and where it is mounted.
+const DISK_IMAGE: &str = "disk.img";
+const DISK_MOUNT: &str = "disk";
+
+/// Creates and locks a new job directory; with `disk` (bytes), on a filesystem of the job's
+/// own of that size.
+pub fn create(dirs: &Dirs, job_name: &str, started: &str, disk: Option<u64>) -> Result<JobDir> {
+    if disk.is_some() {
+        bulwark_sandbox::disk::check_available()
+            .map_err(|e| anyhow::anyhow!("cannot give the job a disk of its own: {e}"))?;
+    }
     let stamp: String = started
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
@@ -69,21 +83,47 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str) -> Result<JobDir> {
         .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", new_lock.display()))?;
     fs::rename(&new_lock, &lock_path)
         .with_context(|| format!("renaming {} into place", new_lock.display()))?;
-    let workspace = path.join("workspace");
-    let tmp = path.join("tmp");
-    for d in [&workspace, &tmp] {
+    let mut base = path.clone();
+    let mut job_disk = None;
+    if let Some(bytes) = disk {
+        let mount = path.join(DISK_MOUNT);
         fs::DirBuilder::new()
-            .mode(0o700)
-            .create(d)
-            .with_context(|| format!("creating {}", d.display()))?;
+            .mode(0o711)
+            .create(&mount)
+            .with_context(|| format!("creating {}", mount.display()))?;
+        bulwark_sandbox::disk::create(&path.join(DISK_IMAGE), bytes, &mount).with_context(
+            || {
+                format!(
+                    "making the job's disk of {} (resources.disk / limits.max_disk)",
+                    bulwark_protocol::format_size(bytes)
+                )
+            },
+        )?;
+        // The filesystem's root is root's, 0755; the job's uid passes through it as through
+        // the job directory.
+        fs::set_permissions(&mount, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .with_context(|| format!("setting the mode of {}", mount.display()))?;
+        base = mount.clone();
+        job_disk = Some((mount, bytes));
     }
-    Ok(JobDir {
+    let workspace = base.join("workspace");
+    let tmp = base.join("tmp");
+    let jobdir = JobDir {
         id,
         path,
         workspace,
         tmp,
+        disk: job_disk,
         _lock: lock,
-    })
+    };
+    for d in [jobdir.workspace.clone(), jobdir.tmp.clone()] {
+        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&d) {
+            let context = format!("creating {}", d.display());
+            let _ = jobdir.remove();
+            return Err(anyhow::Error::new(e).context(context));
+        }
+    }
+    Ok(jobdir)
 }
 
 /// The file in a job directory that names the job's cgroups (see `JobCgroup::record`).
@@ -117,8 +157,12 @@ impl JobDir {
         write_private(&path, crate::subuid::record(ids).as_bytes())
     }
 
-    /// Removes the job's directory (the lock goes with it).
+    /// Removes the job's directory (the lock goes with it), unmounting its disk first: the
+    /// job's files go with the filesystem, and the directory is never walked into a mount.
     pub fn remove(self) -> Result<()> {
+        if let Some((mount, _)) = &self.disk {
+            bulwark_sandbox::disk::unmount(mount)?;
+        }
         crate::fsutil::remove_tree(&self.path)
             .with_context(|| format!("removing job directory {}", self.path.display()))
     }
@@ -230,6 +274,11 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> V
         }
         // The dead run's proxy socket directory, if it had network.
         let _ = crate::fsutil::remove_tree(&socket_dir);
+        // Its disk, if it had one: its files go with it, and the walk below must not go in.
+        if let Err(e) = bulwark_sandbox::disk::unmount(&path.join(DISK_MOUNT)) {
+            tracing::warn!(job_id = %id, "could not unmount the disk of a dead run: {e}");
+            continue;
+        }
         if let Err(e) = crate::fsutil::remove_tree(&path) {
             tracing::warn!(job_id = %id, "could not remove the directory of a dead run: {e}");
             continue;
@@ -262,7 +311,7 @@ mod tests {
         let young = d.jobs().join("young-job");
         fs::create_dir(&young).unwrap();
         // A live, locked run.
-        let live = create(&d, "live", "2026-01-01T00:00:00Z").unwrap();
+        let live = create(&d, "live", "2026-01-01T00:00:00Z", None).unwrap();
         // A dead run: its lock exists but nobody holds it.
         let dead = d.jobs().join("dead-job");
         fs::create_dir(&dead).unwrap();
@@ -276,7 +325,7 @@ mod tests {
     fn a_job_directory_s_lock_and_records_are_the_runner_s_alone() {
         use std::os::unix::fs::PermissionsExt;
         let (_base, d) = dirs();
-        let job = create(&d, "private", "2026-01-01T00:00:00Z").unwrap();
+        let job = create(&d, "private", "2026-01-01T00:00:00Z", None).unwrap();
         let ids = bulwark_sandbox::subid::SubidMap {
             uid: 4_000_000_000,
             gid: 4_000_000_000,
@@ -310,7 +359,7 @@ mod tests {
                     }
                 });
                 barrier.wait();
-                let job = create(&d, "race", &format!("2026-01-01T00:00:{i:02}Z"));
+                let job = create(&d, "race", &format!("2026-01-01T00:00:{i:02}Z"), None);
                 done.store(true, std::sync::atomic::Ordering::Relaxed);
                 cleaner.join().unwrap();
                 let job = job.unwrap_or_else(|e| panic!("iteration {i}: {e:#}"));

@@ -1414,6 +1414,144 @@ mod root_mode {
         assert!(!r.log.contains("ran"), "{r}");
     }
 
+    /// Mounts (from this process's mountinfo) and loop devices (their backing files) that
+    /// lie under `dir`: what a job disk would leave on the host.
+    fn disk_leftovers(dir: &std::path::Path) -> Vec<String> {
+        let dir = dir.to_string_lossy().into_owned();
+        let mut left: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
+            .map(|l| format!("mount {l}"))
+            .collect();
+        for e in fs::read_dir("/sys/block").unwrap().flatten() {
+            let backing = e.path().join("loop/backing_file");
+            if let Ok(f) = fs::read_to_string(&backing) {
+                if f.starts_with(&dir) {
+                    left.push(format!("{}: {}", e.file_name().to_string_lossy(), f.trim()));
+                }
+            }
+        }
+        left
+    }
+
+    #[test]
+    fn a_job_disk_stops_the_jobs_writes_at_its_size_and_leaves_nothing_on_the_host() {
+        require_root();
+        let env = Env::new("disk");
+        let before = nix::sys::statvfs::statvfs(&env.dir).unwrap();
+        let run = "df -k /workspace | awk 'NR==2 {print \"size_kib=\" $2}'; \
+                   dd if=/dev/zero of=/workspace/big bs=1M count=48 2>&1 | grep -o 'No space left on device' | sed 's/^/dd=/'; \
+                   fallocate -l 256M /tmp/huge 2>&1 | grep -o 'No space left on device' | sed 's/^/fallocate=/'; \
+                   exit 7";
+        let r = env.run(&one_step("fill", run, "[resources]\ndisk = \"32MiB\""));
+        r.assert_code(1);
+        // The job met ENOSPC, for /workspace and /tmp alike (one disk), at its size.
+        assert_eq!(r.value("dd"), "No space left on device", "{r}");
+        assert_eq!(r.value("fallocate"), "No space left on device", "{r}");
+        let size_kib: u64 = r.value("size_kib").parse().unwrap();
+        assert!((20 << 10..=32 << 10).contains(&size_kib), "{r}");
+        let res = r.result();
+        assert_eq!(res["steps"][0]["limit"], "disk", "{r}");
+        assert!(
+            res["reason"]
+                .as_str()
+                .unwrap()
+                .ends_with("exited with status 7 after filling its disk of 32MiB (resources.disk)"),
+            "{r}"
+        );
+        assert!(res["isolation"]["limits_enforced"]
+            .to_string()
+            .contains("\"disk\""));
+        assert_eq!(res["disk"]["size"], 32 << 20, "{r}");
+        assert!(res["disk"]["used"].as_u64().unwrap() > 20 << 20, "{r}");
+        // The host: no mount, no loop device, no job directory left, and its filesystem
+        // never lost more than the disk's size.
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+        assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 0);
+        let after = nix::sys::statvfs::statvfs(&env.dir).unwrap();
+        let lost = (before
+            .blocks_available()
+            .saturating_sub(after.blocks_available()))
+            * after.fragment_size();
+        assert!(lost < 32 << 20, "the host lost {lost} bytes");
+
+        // Within its size a job works as usual, and its outputs are collected from its disk.
+        env.write_config("max_disk = \"16MiB\"");
+        let r = env.run(&one_step(
+            "small",
+            "df -k /workspace | awk 'NR==2 {print \"size_kib=\" $2}'; echo made > out.txt",
+            "[outputs]\npaths = [\"out.txt\"]",
+        ));
+        r.assert_code(0);
+        // No `disk` in the spec: the operator's max_disk is every job's disk.
+        let size_kib: u64 = r.value("size_kib").parse().unwrap();
+        assert!((8 << 10..=16 << 10).contains(&size_kib), "{r}");
+        assert_eq!(fs::read_to_string(r.out.join("out.txt")).unwrap(), "made\n");
+        assert_eq!(r.result()["disk"]["size"], 16 << 20, "{r}");
+        let r = env.run(&one_step(
+            "more",
+            "echo ran",
+            "[resources]\ndisk = \"1GiB\"",
+        ));
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains(
+                "resources.disk: 1GiB is above the operator's ceiling of 16MiB (limits.max_disk)"
+            ),
+            "{r}"
+        );
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_source_larger_than_the_job_disk_refuses_the_job() {
+        require_root();
+        let env = Env::new("disk-src");
+        let noise: String = "0123456789abcdef".repeat(1 << 16); // 1 MiB
+        for i in 0..20 {
+            env.write_src(&format!("blob{i}"), &noise);
+        }
+        let r = env.run(&one_step(
+            "big",
+            "echo ran",
+            "[resources]\ndisk = \"16MiB\"",
+        ));
+        r.assert_code(2);
+        assert!(
+            r.stderr.contains(
+                "No space left on device (os error 28): the source does not fit on the job's \
+                 disk of 16MiB (resources.disk)"
+            ),
+            "{r}"
+        );
+        assert!(!r.log.contains("ran"), "{r}");
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+        assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_killed_run_s_job_disk_is_unmounted_by_the_next_run() {
+        require_root();
+        let env = Env::new("disk-kill");
+        let marker = format!("31{}", rand_digits());
+        let job = one_step(
+            "victim",
+            &format!("sleep {marker}"),
+            "[resources]\ndisk = \"32MiB\"",
+        );
+        kill_runner_mid_job(&env, &job, &format!("sleep {marker}"), 1);
+        // The dead run's disk is still mounted (nothing ran to unmount it)...
+        let left = disk_leftovers(&env.dir);
+        assert!(left.iter().any(|l| l.starts_with("mount")), "{left:?}");
+        // ...until the next run cleans up after it.
+        let r = env.run(&one_step("next", "true", ""));
+        r.assert_code(0);
+        assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+        assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 0);
+    }
+
     #[test]
     fn runners_with_different_runtime_directories_never_share_a_root_job_uid() {
         // Two pools on one host, each with its configuration and runtime directory, and the
@@ -2317,6 +2455,25 @@ mod rootless_mode {
         assert_eq!(iso["mode"], "rootless-single-uid");
         assert_eq!(iso["cgroup"], "none");
         assert_eq!(iso["weakened"][0], "rlimit-fallback");
+    }
+
+    #[test]
+    fn a_job_disk_is_refused_without_root() {
+        require_rootless();
+        let env = Env::new("disk-rootless");
+        let r = env.run(&one_step(
+            "disk",
+            "echo ran",
+            "[resources]\ndisk = \"64MiB\"",
+        ));
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains("cannot give the job its disk of 64MiB (resources.disk")
+                && r.stderr.contains("needs root"),
+            "{r}"
+        );
+        assert!(!r.log.contains("ran"), "{r}");
     }
 
     #[test]

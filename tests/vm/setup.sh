@@ -56,13 +56,15 @@ dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/k"
 kver=$(ls "$tmp/k/lib/modules")
 mods="$tmp/k/lib/modules/$kver/kernel"
 
-# initramfs: busybox, the modules 9p needs (uncompressed: busybox insmod reads plain .ko),
+# initramfs: busybox, the modules 9p needs and those job disks need (loop, ext4 and what ext4
+# depends on) (uncompressed: busybox insmod reads plain .ko),
 # and an /init that mounts the host's root (read-only, with a tmpfs overlay) and switches to the script named on the command
 # line (bulwark.init=PATH).
 ird="$tmp/initramfs"
 mkdir -p "$ird/bin"
 cp "$(command -v busybox)" "$ird/bin/busybox"
-for m in fs/netfs/netfs net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p fs/overlayfs/overlay; do
+for m in fs/netfs/netfs net/9p/9pnet net/9p/9pnet_virtio fs/9p/9p fs/overlayfs/overlay \
+    drivers/block/loop crypto/crc32c_generic fs/jbd2/jbd2 lib/crc16 fs/mbcache fs/ext4/ext4; do
   xz -dc "$mods/$m.ko.xz" >"$ird/$(basename "$m").ko"
 done
 cat >"$ird/init" <<'INIT'
@@ -72,7 +74,7 @@ mkdir -p /proc /dev /host /rw /root
 mount -t proc proc /proc
 mount -t devtmpfs dev /dev
 fail() { echo "bulwark-vm: $*"; echo "bulwark-vm-exit-$(sed -n 's/.*bulwark\.token=\([0-9a-f]*\).*/\1/p' /proc/cmdline)=125"; echo o >/proc/sysrq-trigger; sleep 10; exit 1; }
-for m in netfs 9pnet 9pnet_virtio 9p overlay; do insmod /$m.ko || fail "insmod $m"; done
+for m in netfs 9pnet 9pnet_virtio 9p overlay loop crc32c_generic jbd2 crc16 mbcache ext4; do insmod /$m.ko || fail "insmod $m"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host /host || fail "mount the host's root"
 # Writable on top, in the VM's memory: what the tests write never reaches the host.
 mount -t tmpfs -o mode=0755 tmpfs /rw

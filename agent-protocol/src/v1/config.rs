@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::allow::{check_hostname, CeilingEntry, IpNet, METADATA_ADDRESSES};
-use super::job::MIN_MEMORY;
+use super::job::{MIN_DISK, MIN_MEMORY};
 use super::rules::{check_absolute_path, key_segment};
 use crate::error::{quote, Errors, SpecError};
 use crate::units::{cpu_millis, parse_duration, parse_size, CpuCount};
@@ -57,6 +57,10 @@ pub struct LimitsConfig {
     /// job that asks for nothing gets; `None` (the default): no ceiling, and a job's CPU use
     /// is limited only when its spec asks.
     pub max_cpus: Option<u64>,
+    /// Largest job disk a spec may ask for, in bytes (`max_disk = "50GiB"`), and the disk
+    /// every job that asks for none gets; `None` (the default): jobs get a disk of their own
+    /// only when their spec asks.
+    pub max_disk: Option<u64>,
     /// Run with rlimits alone where cgroups are unavailable; a recorded weakening.
     pub allow_rlimit_fallback: bool,
     /// Host uids handed to jobs, one per running job (`job_uids = "200000-265535"`): root
@@ -275,6 +279,7 @@ impl Default for LimitsConfig {
             max_memory: 16 << 30,
             max_pids: 4096,
             max_cpus: None,
+            max_disk: None,
             allow_rlimit_fallback: false,
             job_uids: None,
             isolation: IsolationChoice::Auto,
@@ -384,6 +389,7 @@ struct RawLimits {
     max_memory: Option<String>,
     max_pids: Option<u64>,
     max_cpus: Option<CpuCount>,
+    max_disk: Option<String>,
     allow_rlimit_fallback: Option<bool>,
     job_uids: Option<String>,
     isolation: Option<String>,
@@ -513,6 +519,20 @@ fn convert_limits(raw: RawLimits, errors: &mut Errors) -> LimitsConfig {
         max_cpus: raw
             .max_cpus
             .and_then(|c| errors.take("limits.max_cpus", cpu_millis(c))),
+        max_disk: raw.max_disk.and_then(|text| {
+            let bytes = parse_size(&text).and_then(|b| {
+                if b < MIN_DISK {
+                    Err(format!(
+                        "{} is below the minimum of {}",
+                        crate::units::format_size(b),
+                        crate::units::format_size(MIN_DISK)
+                    ))
+                } else {
+                    Ok(b)
+                }
+            });
+            errors.take("limits.max_disk", bytes)
+        }),
         allow_rlimit_fallback: raw.allow_rlimit_fallback.unwrap_or(d.allow_rlimit_fallback),
         job_uids: raw
             .job_uids
@@ -797,6 +817,7 @@ max_timeout = "6 hours"
 max_memory = "16GB"
 max_pids = 0
 max_cpus = 0.001
+max_disk = "1MiB"
 job_uids = "0-65535"
 isolation = "per-job"
 log_cap = "0B"
@@ -820,6 +841,7 @@ state_dir = "state"
                 "limits.max_memory",
                 "limits.max_pids",
                 "limits.max_cpus",
+                "limits.max_disk",
                 "limits.job_uids",
                 "limits.isolation",
                 "limits.log_cap",

@@ -54,6 +54,10 @@ pub const DEFAULT_PIDS: u64 = 1024;
 /// Smallest memory limit a job may ask for.
 pub const MIN_MEMORY: u64 = 1 << 20;
 
+/// Smallest job disk (`resources.disk`, `limits.max_disk`): room for the filesystem's own
+/// structures and some files.
+pub const MIN_DISK: u64 = 16 << 20;
+
 /// Environment variables the runner sets to point at the job's egress forwarder; a step's
 /// `env` may not override them.
 pub const PROXY_ENV_VARS: &[&str] = &[
@@ -230,6 +234,10 @@ pub struct ResourcesSpec {
     /// at most this much CPU bandwidth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<CpuCount>,
+    /// Size of the job's own filesystem for `/workspace` and `/tmp`, like `20GiB`: writes
+    /// past it fail in the job (root mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
 }
 
 /// One `[[steps]]` entry.
@@ -271,6 +279,9 @@ pub struct ValidatedJob {
     /// CPU bandwidth limit in thousandths of a CPU; `None`: not limited (neither the spec
     /// nor the operator's `limits.max_cpus` set one).
     pub cpus: Option<u64>,
+    /// Size of the job's disk in bytes; `None`: `/workspace` and `/tmp` on the host's state
+    /// filesystem, bounded only by the free-space reserve.
+    pub disk: Option<u64>,
     /// The steps, in order.
     pub steps: Vec<ValidatedStep>,
     /// Output patterns with any leading `./` removed.

@@ -41,7 +41,7 @@ pub use job::{
     RESERVED_OUTPUT_NAMES,
 };
 pub use result::{
-    CgroupCounters, EgressRecord, Inputs, Isolation, IsolationMode, JobResult, JobStatus,
+    CgroupCounters, DiskUse, EgressRecord, Inputs, Isolation, IsolationMode, JobResult, JobStatus,
     OutputRecord, StepResult, Trust,
 };
 pub use rules::{check_name, check_sha256, redact_url};

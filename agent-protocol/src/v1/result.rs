@@ -252,6 +252,18 @@ pub struct JobResult {
     /// The job's egress through the runner's proxy; absent when the job had no network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressRecord>,
+    /// The job's own disk (`resources.disk`), as its steps left it; absent when it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskUse>,
+}
+
+/// How much of its disk a job used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUse {
+    /// The size asked for, in bytes (the filesystem's own structures take a little of it).
+    pub size: u64,
+    /// Bytes in use when the last step ended.
+    pub used: u64,
 }
 
 /// What went through a job's egress proxy (details per connection in `egress.log`).
@@ -330,6 +342,10 @@ mod tests {
                 bytes_down: 2000,
                 log_sha256: "1".repeat(64),
                 log_truncated: false,
+            }),
+            disk: Some(DiskUse {
+                size: 4 << 30,
+                used: 123 << 20,
             }),
         }
     }

@@ -60,6 +60,7 @@ pub(super) fn validate(spec: &JobSpec, limits: &LimitsConfig) -> Result<Validate
             memory: resources.memory.unwrap_or(DEFAULT_MEMORY),
             pids: resources.pids.unwrap_or(DEFAULT_PIDS),
             cpus: resources.cpus,
+            disk: resources.disk,
             steps,
             output_patterns,
         },
@@ -219,6 +220,7 @@ struct Resources {
     memory: Option<u64>,
     pids: Option<u64>,
     cpus: Option<u64>,
+    disk: Option<u64>,
 }
 
 fn check_resources(r: &ResourcesSpec, limits: &LimitsConfig, errors: &mut Errors) -> Resources {
@@ -298,12 +300,35 @@ fn check_resources(r: &ResourcesSpec, limits: &LimitsConfig, errors: &mut Errors
                 _ => Some(m),
             }),
     };
+    let disk = match &r.disk {
+        None => limits.max_disk,
+        Some(text) => errors
+            .take("resources.disk", parse_size(text))
+            .and_then(|d| {
+                let problem = if d < MIN_DISK {
+                    Some(format!(
+                        "{} is below the minimum of {}",
+                        format_size(d),
+                        format_size(MIN_DISK)
+                    ))
+                } else {
+                    match limits.max_disk {
+                        Some(max) if d > max => {
+                            Some(above(format_size(d), format_size(max), "max_disk"))
+                        }
+                        _ => None,
+                    }
+                };
+                problem.map_or(Some(d), |p| errors.take("resources.disk", Err(p)))
+            }),
+    };
     Resources {
         timeout,
         timeout_was_default: r.timeout.is_none(),
         memory,
         pids,
         cpus,
+        disk,
     }
 }
 

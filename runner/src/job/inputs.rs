@@ -130,6 +130,29 @@ impl JobRun<'_> {
         Ok(space.room())
     }
 
+    /// What copying or fetching the source may add to the workspace: on a disk of the job's
+    /// own, as much as that disk takes (it is preallocated, so the host's filesystem loses
+    /// nothing more, and a full disk fails the write); otherwise [`JobRun::room_on`] the
+    /// host's filesystem.
+    pub(super) fn workspace_room(&self, jobdir: &JobDir) -> Result<Room, Stop> {
+        match jobdir.disk {
+            Some(_) => Ok(Room::default()),
+            None => self.room_on(&jobdir.workspace),
+        }
+    }
+
+    /// The refusal for a source that could not be copied into the workspace, saying when it
+    /// was the job's own disk that was too small.
+    pub(super) fn copy_refusal(&self, jobdir: &JobDir, e: crate::source::CopyError) -> Stop {
+        match (&jobdir.disk, e.source.raw_os_error()) {
+            (Some((_, size)), Some(nix::libc::ENOSPC)) => Stop::Refused(format!(
+                "{e}: the source does not fit on the job's disk of {} (resources.disk)",
+                bulwark_protocol::format_size(*size)
+            )),
+            _ => Stop::Refused(e.to_string()),
+        }
+    }
+
     /// The tool store (shared by tools, url sources and rootfs) and the runner's fetch rules.
     pub(super) fn store_and_policy(
         &self,
@@ -189,9 +212,9 @@ impl JobRun<'_> {
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
             .map_err(|e| self.store_refusal(e))?;
-        let room = self.room_on(&jobdir.workspace)?;
+        let room = self.workspace_room(jobdir)?;
         let stats = crate::source::copy_tree_within(&r.dir, &jobdir.workspace, room)
-            .map_err(|e| Stop::Refused(e.to_string()))?;
+            .map_err(|e| self.copy_refusal(jobdir, e))?;
         self.inputs.source = serde_json::json!({
             "kind": "url",
             "uri": crate::tools::fetch::display_url(url),

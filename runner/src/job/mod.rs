@@ -188,6 +188,7 @@ pub fn run(args: RunArgs) -> u8 {
         invocation_id: runner.invocation_id.clone(),
         cgroup_counters: runner.counters,
         egress: runner.egress.clone(),
+        disk: runner.disk_use,
     };
     let mut code = match status {
         JobStatus::Succeeded => exit::SUCCEEDED,
@@ -510,6 +511,8 @@ struct JobRun<'a> {
     steps: Vec<StepResult>,
     inputs: Inputs,
     counters: Option<bulwark_protocol::CgroupCounters>,
+    /// The job disk's use after the steps, when it had one.
+    disk_use: Option<bulwark_protocol::DiskUse>,
     egress: Option<bulwark_protocol::EgressRecord>,
     /// The sandbox helper that ran the job, kept open so provenance hashes that file.
     helper: Option<crate::helper_process::HelperBinary>,
@@ -566,6 +569,7 @@ impl<'a> JobRun<'a> {
             steps: Vec::new(),
             inputs: Inputs::default(),
             counters: None,
+            disk_use: None,
             egress: None,
             helper: None,
             handed_to_job: None,
@@ -596,6 +600,15 @@ impl JobRun<'_> {
         }
         check_required_layers(&host, limits.allow_rlimit_fallback, self.job.cpus)
             .map_err(Stop::Refused)?;
+        if let Some(bytes) = self.job.disk {
+            bulwark_sandbox::disk::check_available().map_err(|e| {
+                Stop::Refused(format!(
+                    "this host cannot give the job its disk of {} (resources.disk, or \
+                     limits.max_disk for a spec that asks for none): {e}",
+                    format_size(bytes)
+                ))
+            })?;
+        }
         let fallback = host.cgroup_version.is_none();
         let root = config::is_root();
         let mode = isolation_mode(limits.isolation, root).map_err(Stop::Refused)?;
@@ -621,6 +634,9 @@ impl JobRun<'_> {
             if self.job.cpus.is_some() {
                 limits_enforced.push("cpu".to_string());
             }
+        }
+        if self.job.disk.is_some() {
+            limits_enforced.push("disk".to_string());
         }
         if limits.min_free_disk != bulwark_protocol::DiskReserve::Off {
             limits_enforced.push("free-disk".to_string());
@@ -683,7 +699,20 @@ impl JobRun<'_> {
             .as_ref()
             .zip(lease.as_ref())
             .map(|(s, l)| s.map_for(l.uid));
-        let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started)
+        if let (Some(bytes), Some(reserve)) = (
+            self.job.disk,
+            crate::disk_reserve::Reserve::new(&dirs.jobs(), limits.min_free_disk),
+        ) {
+            // The disk is taken from the host's filesystem whole, at once.
+            reserve.check(bytes).map_err(|e| {
+                Stop::Refused(format!(
+                    "the job's disk of {} does not fit: {e}; free space there, ask for a \
+                     smaller resources.disk, or lower limits.min_free_disk",
+                    format_size(bytes)
+                ))
+            })?;
+        }
+        let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started, self.job.disk)
             .map_err(|e| Stop::Refused(format!("{e:#}")))?;
         self.disk = crate::disk_reserve::Reserve::new(&jobdir.path, limits.min_free_disk);
         let result = match self.disk.as_ref().map(|d| d.check(0)) {
@@ -804,7 +833,7 @@ impl JobRun<'_> {
             // at exactly the commit.
             let mut policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
-            policy.room = self.room_on(&jobdir.workspace)?;
+            policy.room = self.workspace_room(jobdir)?;
             policy.confine_with = self.helper.as_ref().map(|h| h.exec_path());
             if policy.confine_with.is_none() {
                 return Err(Stop::Refused(
@@ -858,10 +887,10 @@ impl JobRun<'_> {
             self.inputs.source = got.to_json();
         } else if let Some(src) = self.source_dir()? {
             let abs = &src.path;
-            let room = self.room_on(&jobdir.workspace)?;
+            let room = self.workspace_room(jobdir)?;
             let stats = src
                 .copy_into(&jobdir.workspace, room)
-                .map_err(|e| Stop::Refused(e.to_string()))?;
+                .map_err(|e| self.copy_refusal(jobdir, e))?;
             if !stats.skipped.is_empty() {
                 // Names the source chose: at most the first 20, controls made visible.
                 let shown = stats.skipped.iter().take(20).cloned().collect::<Vec<_>>();
@@ -1006,6 +1035,18 @@ impl JobRun<'_> {
             }
         }
         let reported = self.run_sandbox(&spec, helper);
+        // The job's disk as the steps left it: full (as good as: ext4 keeps a few blocks
+        // back from anything but its own metadata) means a write failed for want of room.
+        let mut disk_full = false;
+        if let Some((mount, size)) = &jobdir.disk {
+            if let Ok((total, available)) = bulwark_sandbox::disk::usage(mount) {
+                self.disk_use = Some(bulwark_protocol::DiskUse {
+                    size: *size,
+                    used: total.saturating_sub(available),
+                });
+                disk_full = available < (1 << 20).max(total / 200);
+            }
+        }
         // Every job process is gone once init is; the cgroup check is the independent proof.
         let mut counters = cgroup::Counters::default();
         if let Some(cg) = cg {
@@ -1111,6 +1152,8 @@ impl JobRun<'_> {
                     last.limit = Some("memory".into());
                 } else if counters.pids_max_hit > 0 {
                     last.limit = Some("pids".into());
+                } else if disk_full {
+                    last.limit = Some("disk".into());
                 }
             }
         }
@@ -1130,6 +1173,10 @@ impl JobRun<'_> {
                 Some("pids") => format!(
                     " after reaching the pids limit of {} ({} fork(s) refused)",
                     self.job.pids, counters.pids_max_hit
+                ),
+                Some("disk") => format!(
+                    " after filling its disk of {} (resources.disk)",
+                    format_size(self.job.disk.unwrap_or_default())
                 ),
                 _ => String::new(),
             };
@@ -1556,7 +1603,7 @@ mod tests {
         let mut runner = job_run(&args, &loaded.config, &job, spec_dir);
         runner.out = dir.path().join("out");
         std::fs::create_dir(&runner.out).unwrap();
-        let jobdir = workspace::create(&dirs, &name, &runner.started).unwrap();
+        let jobdir = workspace::create(&dirs, &name, &runner.started, None).unwrap();
         let socket = dirs
             .runtime
             .join("jobs")

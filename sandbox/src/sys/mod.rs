@@ -119,6 +119,105 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// `struct loop_info64` from `<linux/loop.h>`.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `struct loop_config` from `<linux/loop.h>` (`LOOP_CONFIGURE`, Linux 5.8).
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+/// Detach the device by itself once nothing holds it open or mounted any more.
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// Attaches the open file `backing` to a free loop device that detaches itself once its
+/// last user is gone (`LO_FLAGS_AUTOCLEAR`): the returned descriptor, then whatever mounts
+/// it. Returns the device's path and that descriptor. Two callers may be handed the same
+/// free device; the one that configures it second gets EBUSY and asks again.
+pub fn loop_attach(backing: &std::fs::File) -> io::Result<(std::path::PathBuf, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/loop-control")
+        .map_err(|e| io::Error::new(e.kind(), format!("opening /dev/loop-control: {e}")))?;
+    let backing_fd = u32::try_from(backing.as_raw_fd())
+        .map_err(|_| io::Error::other("loop backing descriptor out of range"))?;
+    let mut last = io::Error::other("no free loop device");
+    for _ in 0..32 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and reads or writes no memory of ours;
+        // `control` is a live descriptor for the duration of the call.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let device = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(d) => d,
+            // devtmpfs makes the node as the device appears; a moment's race is retried.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                last = e;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("opening {}: {e}", path.display()),
+                ))
+            }
+        };
+        // SAFETY: an all-zero loop_config is valid (no offset, no size limit, no name, no
+        // encryption); only plain integer fields are set below.
+        let mut config: LoopConfig = unsafe { std::mem::zeroed() };
+        config.fd = backing_fd;
+        config.info.flags = LO_FLAGS_AUTOCLEAR;
+        // SAFETY: LOOP_CONFIGURE reads one `struct loop_config`, which `config` is (repr(C),
+        // the kernel's layout), alive and unaliased for the call; `device` and `backing`
+        // are live descriptors.
+        let rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) };
+        if rc == 0 {
+            return Ok((path, OwnedFd::from(device)));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("attaching the job's disk image to {}: {e}", path.display()),
+            ));
+        }
+        last = e;
+    }
+    Err(last)
+}
+
 /// Returns the Landlock ABI version the running kernel supports (0 when unsupported or
 /// disabled). The `landlock` crate keeps this private on purpose; we need it only to report it
 /// (`probe`, `result.json`) and to pick the ABI whose full feature set we then hard-require.

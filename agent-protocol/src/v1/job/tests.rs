@@ -151,6 +151,46 @@ fn defaults_are_lowered_to_ceilings_but_explicit_requests_are_not() {
 }
 
 #[test]
+fn a_job_disk_is_the_spec_s_request_or_else_the_operator_s_ceiling() {
+    let none = JobSpec::from_toml_str(&minimal("")).expect("parses");
+    assert_eq!(
+        none.validate(&LimitsConfig::default())
+            .expect("validates")
+            .disk,
+        None
+    );
+    let ceiling = LimitsConfig {
+        max_disk: Some(10 << 30),
+        ..LimitsConfig::default()
+    };
+    assert_eq!(
+        none.validate(&ceiling).expect("validates").disk,
+        Some(10 << 30)
+    );
+    let spec = JobSpec::from_toml_str(&minimal("[resources]\ndisk = \"2GiB\"")).expect("parses");
+    assert_eq!(
+        spec.validate(&ceiling).expect("validates").disk,
+        Some(2 << 30)
+    );
+    for (text, message) in [
+        (
+            "20GiB",
+            "resources.disk: 20GiB is above the operator's ceiling of 10GiB (limits.max_disk)",
+        ),
+        ("8MiB", "resources.disk: 8MiB is below the minimum of 16MiB"),
+        (
+            "2GB",
+            "resources.disk: \"2GB\" is not a size; only binary units are accepted",
+        ),
+    ] {
+        let spec = JobSpec::from_toml_str(&minimal(&format!("[resources]\ndisk = \"{text}\"")))
+            .expect("parses");
+        let err = spec.validate(&ceiling).expect_err(text);
+        assert!(err.to_string().starts_with(message), "{text}: {err}");
+    }
+}
+
+#[test]
 fn a_cpu_limit_is_the_spec_s_request_or_else_the_operator_s_ceiling() {
     let none = JobSpec::from_toml_str(&minimal("")).expect("parses");
     // No ceiling, no request: not limited.
