@@ -1553,6 +1553,49 @@ mod root_mode {
     }
 
     #[test]
+    fn a_killed_run_s_cpu_cgroup_and_disk_are_removed_by_the_next_run() {
+        require_root();
+        let env = Env::new("cpu-kill");
+        let marker = format!("32{}", rand_digits());
+        let job = one_step(
+            "victim",
+            &format!("sleep {marker}"),
+            "[resources]\ncpus = 0.5\ndisk = \"16MiB\"",
+        );
+        kill_runner_mid_job(&env, &job, &format!("sleep {marker}"), 1);
+        let jobs_dir = env.state.join("jobs");
+        let id = fs::read_dir(&jobs_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .into_string()
+            .unwrap();
+        // Where the job's cpu cgroup is: the v1 cpu hierarchy (`cpu` or `cpu,cpuacct`), or
+        // the v2 root.
+        let cgroups: Vec<std::path::PathBuf> = ["cpu", "cpu,cpuacct", "memory", ""]
+            .iter()
+            .map(|c| {
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join("bulwark")
+                    .join(&id)
+            })
+            .filter(|p| p.exists())
+            .collect();
+        assert!(!cgroups.is_empty(), "no cgroup of {id} found");
+        let r = env.run(&one_step("next", "true", ""));
+        r.assert_code(0);
+        assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
+        for p in cgroups {
+            assert!(!p.exists(), "cgroup {} left behind", p.display());
+        }
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+        assert_eq!(fs::read_dir(&jobs_dir).unwrap().count(), 0);
+    }
+
+    #[test]
     fn runners_with_different_runtime_directories_never_share_a_root_job_uid() {
         // Two pools on one host, each with its configuration and runtime directory, and the
         // same one-uid range: while a job of the first runs, the second has no uid to give.
