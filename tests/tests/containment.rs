@@ -1505,6 +1505,31 @@ mod root_mode {
     }
 
     #[test]
+    fn a_job_that_runs_its_disk_out_of_files_is_told_so() {
+        // A small disk holds a few thousand files (ext4 gives 16MiB 4096 inodes): a build
+        // with many small files meets ENOSPC with most of the bytes still free.
+        require_root();
+        let env = Env::new("disk-inodes");
+        let run = "mkdir many; i=0; while touch many/$i 2>/dev/null; do i=$((i+1)); done; \
+                   echo files=$i; exit 3";
+        let r = env.run(&one_step("files", run, "[resources]\ndisk = \"16MiB\""));
+        r.assert_code(1);
+        let files: u64 = r.value("files").parse().unwrap();
+        assert!(files > 1000 && files < 4096, "{r}");
+        let res = r.result();
+        assert!(res["disk"]["used"].as_u64().unwrap() < 8 << 20, "{r}");
+        assert_eq!(res["steps"][0]["limit"], "disk", "{r}");
+        assert!(
+            res["reason"].as_str().unwrap().ends_with(
+                "exited with status 3 after using up the files its disk of 16MiB can hold \
+                 (4096; resources.disk)"
+            ),
+            "{r}"
+        );
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+    }
+
+    #[test]
     fn a_source_larger_than_the_job_disk_refuses_the_job() {
         require_root();
         let env = Env::new("disk-src");
