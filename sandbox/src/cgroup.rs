@@ -1049,6 +1049,39 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_cpu_limit_lands_in_a_cpu_cpuacct_hierarchy_and_is_found_again() {
+        let base = TempDir::new("cg-v1-cpuacct");
+        let cpu = base.join("cpu,cpuacct");
+        fs::create_dir(&cpu).unwrap();
+        let support = fake_v1(&base, Some(cpu.clone()));
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(100),
+            cpu_millis: Some(1500),
+        };
+        let cg = JobCgroup::create(&support, "job-2", &limits, &[]).unwrap();
+        let dir = cpu.join(PARENT).join("job-2");
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap(),
+            "150000"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.cfs_period_us")).unwrap(),
+            "100000"
+        );
+        assert!(cg.join_files().contains(&dir.join("tasks")));
+        fs::write(
+            dir.join("cpu.stat"),
+            "nr_periods 10\nnr_throttled 4\nthrottled_time 250000000\n",
+        )
+        .unwrap();
+        let c = cg.counters();
+        assert_eq!((c.cpu_throttled_periods, c.cpu_throttled_ms), (4, 250));
+        let again = JobCgroup::existing(&support, "job-2").unwrap();
+        assert!(again.dirs.contains(&dir), "{:?}", again.dirs);
+    }
+
+    #[test]
     fn the_error_for_a_cgroup_without_cpu_reads_as_one_sentence() {
         let dir = TempDir::new("cg-v2-nocpu");
         fs::write(dir.join("cgroup.controllers"), "memory pids\n").unwrap();
