@@ -83,45 +83,21 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str, disk: Option<u64>) -> 
         .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", new_lock.display()))?;
     fs::rename(&new_lock, &lock_path)
         .with_context(|| format!("renaming {} into place", new_lock.display()))?;
-    let mut base = path.clone();
-    let mut job_disk = None;
-    if let Some(bytes) = disk {
-        let mount = path.join(DISK_MOUNT);
-        fs::DirBuilder::new()
-            .mode(0o711)
-            .create(&mount)
-            .with_context(|| format!("creating {}", mount.display()))?;
-        bulwark_sandbox::disk::create(&path.join(DISK_IMAGE), bytes, &mount).with_context(
-            || {
-                format!(
-                    "making the job's disk of {} (resources.disk / limits.max_disk)",
-                    bulwark_protocol::format_size(bytes)
-                )
-            },
-        )?;
-        // The filesystem's root is root's, 0755; the job's uid passes through it as through
-        // the job directory.
-        fs::set_permissions(&mount, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-            .with_context(|| format!("setting the mode of {}", mount.display()))?;
-        base = mount.clone();
-        job_disk = Some((mount, bytes));
-    }
-    let workspace = base.join("workspace");
-    let tmp = base.join("tmp");
-    let jobdir = JobDir {
+    let mut jobdir = JobDir {
         id,
+        workspace: path.join("workspace"),
+        tmp: path.join("tmp"),
         path,
-        workspace,
-        tmp,
-        disk: job_disk,
+        disk: None,
         _lock: lock,
     };
-    for d in [jobdir.workspace.clone(), jobdir.tmp.clone()] {
-        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&d) {
-            let context = format!("creating {}", d.display());
-            let _ = jobdir.remove();
-            return Err(anyhow::Error::new(e).context(context));
+    // Whatever fails from here on takes the directory with it at once: a disk that could
+    // not be made whole may hold, preallocated, all the room its filesystem had left.
+    if let Err(e) = jobdir.make_contents(disk) {
+        if let Err(r) = jobdir.remove() {
+            tracing::warn!("{r:#}");
         }
+        return Err(e);
     }
     Ok(jobdir)
 }
@@ -139,6 +115,39 @@ pub const CGROUP_STUCK_RECORD: &str = "cgroup-stuck";
 const SUBID_RECORD: &str = "subids";
 
 impl JobDir {
+    /// Makes `workspace/` and `tmp/`, on a disk of `disk` bytes of the job's own when asked.
+    fn make_contents(&mut self, disk: Option<u64>) -> Result<()> {
+        if let Some(bytes) = disk {
+            let mount = self.path.join(DISK_MOUNT);
+            fs::DirBuilder::new()
+                .mode(0o711)
+                .create(&mount)
+                .with_context(|| format!("creating {}", mount.display()))?;
+            bulwark_sandbox::disk::create(&self.path.join(DISK_IMAGE), bytes, &mount)
+                .with_context(|| {
+                    format!(
+                        "making the job's disk of {} (resources.disk / limits.max_disk)",
+                        bulwark_protocol::format_size(bytes)
+                    )
+                })?;
+            // Mounted: from here on `remove` unmounts it.
+            self.disk = Some((mount.clone(), bytes));
+            // The filesystem's root is root's, 0755; the job's uid passes through it as
+            // through the job directory.
+            fs::set_permissions(&mount, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .with_context(|| format!("setting the mode of {}", mount.display()))?;
+            self.workspace = mount.join("workspace");
+            self.tmp = mount.join("tmp");
+        }
+        for d in [&self.workspace, &self.tmp] {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(d)
+                .with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(())
+    }
+
     /// Notes where the job's cgroups are when only a note finds them again (a delegated
     /// cgroup), so that the run that cleans up after this one, if it dies, finds them even
     /// from another cgroup.
@@ -367,5 +376,59 @@ mod tests {
                 job.remove().unwrap();
             });
         }
+    }
+
+    /// Unmounts (lazily) what a test mounted, however the test ends.
+    struct Mounted(PathBuf);
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_job_disk_that_cannot_be_made_gives_the_space_back_and_leaves_no_directory() {
+        if let Err(e) = bulwark_sandbox::disk::check_available() {
+            eprintln!("skipped: no job disks here: {e}");
+            return;
+        }
+        // The state directory on a small ext4 of the test's own, too small for the disk
+        // asked for: preallocating it fails with ENOSPC, as a host's state filesystem does
+        // for a disk that passed the free-space check just before another job took the room.
+        let base = crate::tools::testutil::TempDir::named("bulwark-ws-full");
+        let (image, host) = (base.join("host.img"), base.join("host"));
+        fs::create_dir(&host).unwrap();
+        File::create(&image).unwrap().set_len(40 << 20).unwrap();
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+        };
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "^has_journal"])
+            .arg(&image));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&host));
+        let _mounted = Mounted(host.clone());
+        let d = Dirs {
+            state: host.join("state"),
+            runtime: base.join("run"),
+        };
+        d.create().unwrap();
+        let free = || {
+            let s = nix::sys::statvfs::statvfs(&host).unwrap();
+            s.blocks_free() * s.fragment_size()
+        };
+        let before = free();
+        let e = create(&d, "big", "2026-01-01T00:00:00Z", Some(64 << 20)).unwrap_err();
+        let after = free();
+        assert!(
+            after + (1 << 20) >= before,
+            "after `{e:#}` the host's filesystem has {after} bytes free, {before} before"
+        );
+        let left: Vec<_> = fs::read_dir(d.jobs()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?} left after `{e:#}`");
     }
 }

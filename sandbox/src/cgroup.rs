@@ -359,7 +359,9 @@ fn enable_cpu(dir: &Path) -> io::Result<()> {
     }
     if !listed("cgroup.controllers") {
         return Err(io::Error::other(format!(
-            "{} has no cpu controller to hand to job cgroups, which the job's CPU limit              (resources.cpus / limits.max_cpus) needs: the unit must delegate it              (Delegate=yes, or Delegate=memory pids cpu)",
+            "{} has no cpu controller to hand to job cgroups, which the job's CPU limit \
+             (resources.cpus / limits.max_cpus) needs: the unit must delegate it \
+             (Delegate=yes, or Delegate=memory pids cpu)",
             dir.display()
         )));
     }
@@ -609,19 +611,35 @@ impl JobCgroup {
                 let mut dirs = Vec::new();
                 let cpu = want_cpu.then_some("cpu");
                 for c in ["memory", "pids", "freezer"].into_iter().chain(cpu) {
-                    let base = support.v1_path(c).ok_or_else(|| {
-                        io::Error::other(format!(
-                            "this host has no cgroup v1 {c} hierarchy{}",
-                            if c == "cpu" {
-                                " for the job's CPU limit (resources.cpus / limits.max_cpus)"
-                            } else {
-                                ""
+                    let made = support
+                        .v1_path(c)
+                        .ok_or_else(|| {
+                            io::Error::other(format!(
+                                "this host has no cgroup v1 {c} hierarchy{}",
+                                if c == "cpu" {
+                                    " for the job's CPU limit (resources.cpus / limits.max_cpus)"
+                                } else {
+                                    ""
+                                }
+                            ))
+                        })
+                        .and_then(|base| {
+                            let dir = base.join(PARENT).join(job_id);
+                            fs::create_dir_all(&dir).map_err(io_at("create", &dir))?;
+                            Ok(dir)
+                        });
+                    match made {
+                        Ok(dir) => dirs.push(dir),
+                        Err(e) => {
+                            // The hierarchies done so far: nothing runs in them yet, and
+                            // the caller, refused, keeps no record a later cleanup could
+                            // find them by.
+                            for d in dirs.iter().rev() {
+                                let _ = fs::remove_dir(d);
                             }
-                        ))
-                    })?;
-                    let dir = base.join(PARENT).join(job_id);
-                    fs::create_dir_all(&dir).map_err(io_at("create", &dir))?;
-                    dirs.push(dir);
+                            return Err(e);
+                        }
+                    }
                 }
                 JobCgroup {
                     version,
@@ -985,5 +1003,98 @@ mod tests {
             let e = own_v2_cgroup(text, root).unwrap_err();
             assert!(e.contains(why), "{text:?} {root}: {e}");
         }
+    }
+
+    use crate::testutil::TempDir;
+
+    /// A v1 "host" of plain directories (no cgroupfs): `cpu` as given.
+    fn fake_v1(base: &Path, cpu: Option<PathBuf>) -> Support {
+        let mut v1: Vec<(String, PathBuf)> = ["memory", "pids", "freezer"]
+            .iter()
+            .map(|c| {
+                let p = base.join(c);
+                fs::create_dir(&p).unwrap();
+                (c.to_string(), p)
+            })
+            .collect();
+        v1.extend(cpu.map(|p| ("cpu".to_string(), p)));
+        Support {
+            v1,
+            ..Support::default()
+        }
+    }
+
+    #[test]
+    fn a_v1_job_cgroup_that_cannot_get_its_cpu_directory_leaves_no_other_directory() {
+        let base = TempDir::new("cg-v1-cpu");
+        let limits = Limits {
+            memory: None,
+            pids: None,
+            cpu_millis: Some(500),
+        };
+        // No cpu hierarchy at all, and one whose job directory cannot be made.
+        let blocked = base.join("cpu-is-a-file");
+        fs::write(&blocked, "").unwrap();
+        for (i, cpu) in [None, Some(blocked)].into_iter().enumerate() {
+            let host = base.join(format!("host{i}"));
+            fs::create_dir(&host).unwrap();
+            let support = fake_v1(&host, cpu);
+            assert_eq!(support.usable(), Some(Version::V1));
+            let e = JobCgroup::create(&support, "job-1", &limits, &[]).unwrap_err();
+            for c in ["memory", "pids", "freezer"] {
+                let left = host.join(c).join(PARENT).join("job-1");
+                assert!(!left.exists(), "{} left behind after: {e}", left.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_v1_cpu_limit_lands_in_a_cpu_cpuacct_hierarchy_and_is_found_again() {
+        let base = TempDir::new("cg-v1-cpuacct");
+        let cpu = base.join("cpu,cpuacct");
+        fs::create_dir(&cpu).unwrap();
+        let support = fake_v1(&base, Some(cpu.clone()));
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(100),
+            cpu_millis: Some(1500),
+        };
+        let cg = JobCgroup::create(&support, "job-2", &limits, &[]).unwrap();
+        let dir = cpu.join(PARENT).join("job-2");
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap(),
+            "150000"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.cfs_period_us")).unwrap(),
+            "100000"
+        );
+        assert!(cg.join_files().contains(&dir.join("tasks")));
+        fs::write(
+            dir.join("cpu.stat"),
+            "nr_periods 10\nnr_throttled 4\nthrottled_time 250000000\n",
+        )
+        .unwrap();
+        let c = cg.counters();
+        assert_eq!((c.cpu_throttled_periods, c.cpu_throttled_ms), (4, 250));
+        let again = JobCgroup::existing(&support, "job-2").unwrap();
+        assert!(again.dirs.contains(&dir), "{:?}", again.dirs);
+    }
+
+    #[test]
+    fn the_error_for_a_cgroup_without_cpu_reads_as_one_sentence() {
+        let dir = TempDir::new("cg-v2-nocpu");
+        fs::write(dir.join("cgroup.controllers"), "memory pids\n").unwrap();
+        fs::write(dir.join("cgroup.subtree_control"), "memory pids\n").unwrap();
+        let e = enable_cpu(&dir).unwrap_err().to_string();
+        assert!(!e.contains("  "), "runs of spaces in: {e:?}");
+        assert!(
+            e.ends_with(
+                "has no cpu controller to hand to job cgroups, which the job's CPU limit \
+                 (resources.cpus / limits.max_cpus) needs: the unit must delegate it \
+                 (Delegate=yes, or Delegate=memory pids cpu)"
+            ),
+            "{e}"
+        );
     }
 }

@@ -213,6 +213,14 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
     })
 }
 
+/// Inodes of the filesystem at `mountpoint`, and how many are free: a disk holds only so many
+/// files (ext4 gives one per 4KiB on a small disk, per 16KiB from 512MiB), and a job making
+/// many small ones meets ENOSPC with most of its bytes still free.
+pub fn files(mountpoint: &Path) -> io::Result<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(mountpoint).map_err(io::Error::from)?;
+    Ok((s.files(), s.files_available()))
+}
+
 /// Size and free bytes of the filesystem at `mountpoint`.
 pub fn usage(mountpoint: &Path) -> io::Result<(u64, u64)> {
     let s = nix::sys::statvfs::statvfs(mountpoint).map_err(io::Error::from)?;

@@ -1501,6 +1501,31 @@ mod root_mode {
     }
 
     #[test]
+    fn a_job_that_runs_its_disk_out_of_files_is_told_so() {
+        // A small disk holds a few thousand files (ext4 gives 16MiB 4096 inodes): a build
+        // with many small files meets ENOSPC with most of the bytes still free.
+        require_root();
+        let env = Env::new("disk-inodes");
+        let run = "mkdir many; i=0; while touch many/$i 2>/dev/null; do i=$((i+1)); done; \
+                   echo files=$i; exit 3";
+        let r = env.run(&one_step("files", run, "[resources]\ndisk = \"16MiB\""));
+        r.assert_code(1);
+        let files: u64 = r.value("files").parse().unwrap();
+        assert!(files > 1000 && files < 4096, "{r}");
+        let res = r.result();
+        assert!(res["disk"]["used"].as_u64().unwrap() < 8 << 20, "{r}");
+        assert_eq!(res["steps"][0]["limit"], "disk", "{r}");
+        assert!(
+            res["reason"].as_str().unwrap().ends_with(
+                "exited with status 3 after using up the files its disk of 16MiB can hold \
+                 (4096; resources.disk)"
+            ),
+            "{r}"
+        );
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+    }
+
+    #[test]
     fn a_source_larger_than_the_job_disk_refuses_the_job() {
         require_root();
         let env = Env::new("disk-src");
@@ -1546,6 +1571,49 @@ mod root_mode {
         assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
         assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
         assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_killed_run_s_cpu_cgroup_and_disk_are_removed_by_the_next_run() {
+        require_root();
+        let env = Env::new("cpu-kill");
+        let marker = format!("32{}", rand_digits());
+        let job = one_step(
+            "victim",
+            &format!("sleep {marker}"),
+            "[resources]\ncpus = 0.5\ndisk = \"16MiB\"",
+        );
+        kill_runner_mid_job(&env, &job, &format!("sleep {marker}"), 1);
+        let jobs_dir = env.state.join("jobs");
+        let id = fs::read_dir(&jobs_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .into_string()
+            .unwrap();
+        // Where the job's cpu cgroup is: the v1 cpu hierarchy (`cpu` or `cpu,cpuacct`), or
+        // the v2 root.
+        let cgroups: Vec<std::path::PathBuf> = ["cpu", "cpu,cpuacct", "memory", ""]
+            .iter()
+            .map(|c| {
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join("bulwark")
+                    .join(&id)
+            })
+            .filter(|p| p.exists())
+            .collect();
+        assert!(!cgroups.is_empty(), "no cgroup of {id} found");
+        let r = env.run(&one_step("next", "true", ""));
+        r.assert_code(0);
+        assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
+        for p in cgroups {
+            assert!(!p.exists(), "cgroup {} left behind", p.display());
+        }
+        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+        assert_eq!(fs::read_dir(&jobs_dir).unwrap().count(), 0);
     }
 
     #[test]

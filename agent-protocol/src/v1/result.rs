@@ -135,7 +135,7 @@ pub struct Isolation {
     pub seccomp: String,
     /// cgroup version used: `v1`, `v2` or `none`.
     pub cgroup: String,
-    /// Limits actually enforced: `memory`, `pids`, `timeout`, `cpu`, `free-disk`.
+    /// Limits actually enforced: `memory`, `pids`, `timeout`, `cpu`, `disk`, `free-disk`.
     pub limits_enforced: Vec<String>,
     /// Explicit weakening options that were on, e.g. `rlimit-fallback`; empty normally.
     #[serde(default)]

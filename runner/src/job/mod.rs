@@ -1037,7 +1037,9 @@ impl JobRun<'_> {
         let reported = self.run_sandbox(&spec, helper);
         // The job's disk as the steps left it: full (as good as: ext4 keeps a few blocks
         // back from anything but its own metadata) means a write failed for want of room.
+        // Out of inodes is full too: no file can be made however many bytes are free.
         let mut disk_full = false;
+        let mut disk_out_of_files = None;
         if let Some((mount, size)) = &jobdir.disk {
             if let Ok((total, available)) = bulwark_sandbox::disk::usage(mount) {
                 self.disk_use = Some(bulwark_protocol::DiskUse {
@@ -1045,6 +1047,9 @@ impl JobRun<'_> {
                     used: total.saturating_sub(available),
                 });
                 disk_full = available < (1 << 20).max(total / 200);
+            }
+            if let Ok((files, 0)) = bulwark_sandbox::disk::files(mount) {
+                disk_out_of_files = Some(files);
             }
         }
         // Every job process is gone once init is; the cgroup check is the independent proof.
@@ -1152,7 +1157,7 @@ impl JobRun<'_> {
                     last.limit = Some("memory".into());
                 } else if counters.pids_max_hit > 0 {
                     last.limit = Some("pids".into());
-                } else if disk_full {
+                } else if disk_full || disk_out_of_files.is_some() {
                     last.limit = Some("disk".into());
                 }
             }
@@ -1174,10 +1179,17 @@ impl JobRun<'_> {
                     " after reaching the pids limit of {} ({} fork(s) refused)",
                     self.job.pids, counters.pids_max_hit
                 ),
-                Some("disk") => format!(
-                    " after filling its disk of {} (resources.disk)",
-                    format_size(self.job.disk.unwrap_or_default())
-                ),
+                Some("disk") => match disk_out_of_files.filter(|_| !disk_full) {
+                    Some(files) => format!(
+                        " after using up the files its disk of {} can hold ({files}; \
+                         resources.disk)",
+                        format_size(self.job.disk.unwrap_or_default())
+                    ),
+                    None => format!(
+                        " after filling its disk of {} (resources.disk)",
+                        format_size(self.job.disk.unwrap_or_default())
+                    ),
+                },
                 _ => String::new(),
             };
             return Ok((
