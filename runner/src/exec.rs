@@ -99,9 +99,13 @@ fn run_inner(
     )
     .map_err(|e| format!("{e:#}"))?;
     if let Some(l) = &lease {
-        for d in [&jobdir.workspace, &jobdir.tmp] {
-            std::os::unix::fs::lchown(d, Some(l.uid), Some(l.uid))
-                .map_err(|e| format!("chown {}: {e}", d.display()))?;
+        for d in [jobdir.workspace.clone(), jobdir.tmp.clone()] {
+            if let Err(e) = std::os::unix::fs::lchown(&d, Some(l.uid), Some(l.uid)) {
+                // Removed now: `exec` never cleans up after others, and a job disk stays
+                // mounted until something does.
+                let _ = jobdir.remove();
+                return Err(format!("chown {}: {e}", d.display()));
+            }
         }
     }
     marks.push(("runner-workspace".into(), monotonic_ns()));
@@ -159,7 +163,16 @@ fn run_inner(
             lease.as_ref().map(|l| (l.uid, l.uid)),
         )
     };
-    let mut child = helper.send(&spec)?;
+    let mut child = match helper.send(&spec) {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cg) = cg {
+                let _ = cg.remove(Duration::from_secs(1));
+            }
+            let _ = jobdir.remove();
+            return Err(e);
+        }
+    };
     marks.push(("runner-spec-sent".into(), monotonic_ns()));
     // Written while the helper sets the sandbox up, off the critical path. Until it exists a
     // later run's cleanup looks for the cgroup where this process would make it, which finds

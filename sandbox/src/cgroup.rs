@@ -147,16 +147,26 @@ impl Support {
     }
 
     /// Which version enforces a CPU limit here: the [`Support::usable`] one, when it has the
-    /// cpu controller. In a delegated v2 cgroup whether `cpu` was delegated too is learned
-    /// when the job's cgroup is made.
-    pub fn cpu(&self) -> Option<Version> {
-        match self.usable()? {
-            Version::V2 => self
-                .v2_controllers
-                .iter()
-                .any(|c| c == "cpu")
-                .then_some(Version::V2),
-            Version::V1 => self.v1_path("cpu").map(|_| Version::V1),
+    /// cpu controller, and in a delegated v2 cgroup when `cpu` was delegated too; otherwise
+    /// why not.
+    pub fn cpu(&self) -> Result<Version, String> {
+        match self.usable() {
+            None => Err("no usable cgroup hierarchy".into()),
+            Some(Version::V1) => self
+                .v1_path("cpu")
+                .map(|_| Version::V1)
+                .ok_or_else(|| "this host mounts no cgroup v1 cpu hierarchy".into()),
+            Some(Version::V2) => {
+                if !self.v2_controllers.iter().any(|c| c == "cpu") {
+                    return Err("the cgroup2 mount has no cpu controller".into());
+                }
+                match self.v2_top() {
+                    Some((top, true)) if !lists_controller(&top, "cgroup.controllers", "cpu") => {
+                        Err(no_cpu_to_hand(&top))
+                    }
+                    _ => Ok(Version::V2),
+                }
+            }
         }
     }
 
@@ -175,8 +185,8 @@ impl Support {
     pub fn describe(&self) -> String {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
         let cpu = match self.cpu() {
-            Some(v) => format!("; CPU limits on {}", v.as_str()),
-            None => "; no cpu controller for CPU limits".into(),
+            Ok(v) => format!("; CPU limits on {}", v.as_str()),
+            Err(why) => format!("; no CPU limits: {why}"),
         };
         let delegated = match (self.usable(), self.v2_top()) {
             (Some(Version::V2), Some((top, true))) => {
@@ -349,24 +359,41 @@ fn lists_memory_and_pids(dir: &Path, file: &str) -> bool {
 /// be: not offered to `dir` (a delegation without `cpu`, or a parent that does not enable
 /// it), or refused (a realtime process in the way).
 fn enable_cpu(dir: &Path) -> io::Result<()> {
-    let listed = |file: &str| {
-        fs::read_to_string(dir.join(file))
-            .map(|s| s.split_whitespace().any(|c| c == "cpu"))
-            .unwrap_or(false)
-    };
-    if listed("cgroup.subtree_control") {
+    if lists_controller(dir, "cgroup.subtree_control", "cpu") {
         return Ok(());
     }
-    if !listed("cgroup.controllers") {
-        return Err(io::Error::other(format!(
-            "{} has no cpu controller to hand to job cgroups, which the job's CPU limit \
-             (resources.cpus / limits.max_cpus) needs: the unit must delegate it \
-             (Delegate=yes, or Delegate=memory pids cpu)",
-            dir.display()
-        )));
+    if !lists_controller(dir, "cgroup.controllers", "cpu") {
+        return Err(io::Error::other(no_cpu_to_hand(dir)));
     }
-    fs::write(dir.join("cgroup.subtree_control"), "+cpu")
-        .map_err(io_at("enable the cpu controller in", dir))
+    // A second runner just started in a delegated `dir` is there until it moves into the
+    // runner leaf, which makes enabling fail with EBUSY for a moment (as in
+    // `prepare_delegated`).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match fs::write(dir.join("cgroup.subtree_control"), "+cpu") {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && Instant::now() < deadline => {
+                sleep(Duration::from_millis(20));
+            }
+            other => return other.map_err(io_at("enable the cpu controller in", dir)),
+        }
+    }
+}
+
+/// Why a CPU limit cannot be had in the cgroup `dir`: its parent does not offer it `cpu`.
+fn no_cpu_to_hand(dir: &Path) -> String {
+    format!(
+        "{} has no cpu controller to hand to job cgroups, which the job's CPU limit \
+         (resources.cpus / limits.max_cpus) needs: the unit must delegate it (Delegate=yes, or \
+         Delegate=memory pids cpu)",
+        dir.display()
+    )
+}
+
+/// Whether the cgroup file `file` of `dir` lists `controller` (unreadable: no).
+fn lists_controller(dir: &Path, file: &str, controller: &str) -> bool {
+    fs::read_to_string(dir.join(file))
+        .map(|s| s.split_whitespace().any(|c| c == controller))
+        .unwrap_or(false)
 }
 
 /// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids

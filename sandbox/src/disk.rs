@@ -56,6 +56,13 @@ pub fn check_available() -> Result<(), String> {
                 .into(),
         );
     }
+    if !in_initial_user_namespace() {
+        return Err(
+            "the runner runs in a user namespace (a container?), where ext4 cannot be \
+                    mounted"
+                .into(),
+        );
+    }
     if !has_sys_admin() {
         return Err(
             "the runner lacks CAP_SYS_ADMIN, which mounting a job disk needs (a \
@@ -73,6 +80,15 @@ pub fn check_available() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether this process is in the host's own user namespace: there, and only there, its uid
+/// map is the identity over every id (`0 0 4294967295`).
+fn in_initial_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let fields: Vec<&str> = m.split_whitespace().collect();
+        fields == ["0", "0", "4294967295"]
+    })
 }
 
 /// Whether this process's effective capabilities include `CAP_SYS_ADMIN` (from

@@ -1166,6 +1166,46 @@ mod root_mode {
     }
 
     #[test]
+    fn a_job_on_its_own_disk_is_not_stopped_when_another_job_fills_the_host() {
+        let env = Env::new("disk-own");
+        // As above: 768 MiB, 512 MiB kept. A job with a 64 MiB disk of its own runs while a
+        // job without one crosses the reserve: only the one that filled the host is stopped.
+        let _fs = on_private_fs(&env, "768m", "min_free_disk = \"512MiB\"");
+        // A unique sleep of about 4 s, long enough for the other job to fill the host.
+        let pause = format!("4.{}", rand_digits());
+        let (mut own, own_out) = env.command(
+            &one_step(
+                "own",
+                &format!("sleep {pause}; echo own-done"),
+                "[resources]\ndisk = \"64MiB\"",
+            ),
+            &[],
+        );
+        let own = own
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the disk job", 20);
+        let r = env.run(&one_step(
+            "fill",
+            "head -c 4294967296 /dev/zero > /workspace/fill; sleep 30",
+            "[resources]\ntimeout = \"30s\"\n",
+        ));
+        r.assert_code(3);
+        assert!(
+            r.result()["reason"]
+                .as_str()
+                .unwrap()
+                .contains("below limits.min_free_disk = 512MiB, while the job ran"),
+            "{r}"
+        );
+        let own = bulwark_tests::Run::from_output(own.wait_with_output().unwrap(), own_out);
+        own.assert_code(0);
+        assert!(own.log.contains("own-done"), "{own}");
+    }
+
+    #[test]
     fn outputs_that_would_cross_the_reserve_are_not_copied() {
         let env = Env::new("disk-out");
         // 1 GiB, 640 MiB of it kept: the job's own 256 MiB leave 768 MiB; the copy of them as

@@ -721,6 +721,12 @@ impl JobRun<'_> {
             ))),
             _ => Ok(()),
         };
+        // A job on a disk of its own writes nothing more to the host's filesystem than the
+        // disk it was given at once: whoever takes that filesystem below the reserve while it
+        // runs, it is not this job, which is not stopped for it.
+        if jobdir.disk.is_some() {
+            self.disk = None;
+        }
         let result = result.and_then(|()| {
             self.execute_in(
                 &jobdir,
@@ -1307,14 +1313,11 @@ fn check_required_layers(
                      replace here: {detail}"
                 ));
             }
-            Some(v) if host.cgroups.cpu().is_none() => {
-                return Err(format!(
-                    "this host cannot enforce {what}: its cgroup {} hierarchy has no cpu \
-                     controller",
-                    v.as_str()
-                ));
+            Some(_) => {
+                if let Err(why) = host.cgroups.cpu() {
+                    return Err(format!("this host cannot enforce {what}: {why}"));
+                }
             }
-            Some(_) => {}
         }
     }
     Ok(())
@@ -1706,17 +1709,22 @@ mod tests {
             "{e}"
         );
         // cgroups, but no cpu controller on the version in use.
-        let e = check_required_layers(&host("none", true), false, Some(2000)).unwrap_err();
+        let v1 = |controllers: &[&str]| -> Vec<(String, PathBuf)> {
+            controllers
+                .iter()
+                .map(|c| (c.to_string(), PathBuf::from(format!("/sys/fs/cgroup/{c}"))))
+                .collect()
+        };
+        let mut without_cpu = host("none", true);
+        without_cpu.cgroups.v1 = v1(&["memory", "pids", "freezer"]);
+        let e = check_required_layers(&without_cpu, false, Some(2000)).unwrap_err();
         assert!(
             e.contains("CPU limit of 2 ")
-                && e.contains("cgroup v1 hierarchy has no cpu controller"),
+                && e.contains("this host mounts no cgroup v1 cpu hierarchy"),
             "{e}"
         );
         let mut with_cpu = host("none", true);
-        with_cpu.cgroups.v1 = ["memory", "pids", "freezer", "cpu"]
-            .iter()
-            .map(|c| (c.to_string(), PathBuf::from(format!("/sys/fs/cgroup/{c}"))))
-            .collect();
+        with_cpu.cgroups.v1 = v1(&["memory", "pids", "freezer", "cpu"]);
         assert!(check_required_layers(&with_cpu, false, Some(2000)).is_ok());
     }
 }

@@ -171,7 +171,11 @@ pub fn loop_attach(backing: &std::fs::File) -> io::Result<(std::path::PathBuf, O
         // `control` is a live descriptor for the duration of the call.
         let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if n < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("asking /dev/loop-control for a free loop device: {e}"),
+            ));
         }
         let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
         let device = match std::fs::OpenOptions::new()
@@ -183,7 +187,7 @@ pub fn loop_attach(backing: &std::fs::File) -> io::Result<(std::path::PathBuf, O
             Ok(d) => d,
             // devtmpfs makes the node as the device appears; a moment's race is retried.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                last = e;
+                last = io::Error::new(e.kind(), format!("opening {}: {e}", path.display()));
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 continue;
             }
@@ -213,9 +217,12 @@ pub fn loop_attach(backing: &std::fs::File) -> io::Result<(std::path::PathBuf, O
                 format!("attaching the job's disk image to {}: {e}", path.display()),
             ));
         }
-        last = e;
+        last = io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     }
-    Err(last)
+    Err(io::Error::new(
+        last.kind(),
+        format!("no loop device could be attached in 32 tries (last: {last})"),
+    ))
 }
 
 /// Returns the Landlock ABI version the running kernel supports (0 when unsupported or
