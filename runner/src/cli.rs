@@ -114,6 +114,9 @@ pub enum Commands {
     /// Work with a job's egress log.
     #[command(subcommand)]
     Egress(EgressCommand),
+    /// Which artifacts used a tool, a commit, a source or a builder (docs/inventory.md).
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
     /// Run one command in a fresh sandbox with every layer on (no spec, no outputs).
     ///
     /// The command's output goes to stderr; its exit status is bulwark's (2 when the sandbox
@@ -186,6 +189,69 @@ pub enum ToolsCommand {
     },
 }
 
+/// `bulwark inventory ...`.
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Index provenance files (or directories of them), only what verifies with the keys.
+    ///
+    /// Reads `*.intoto.jsonl` and `*.sigstore.json` under each PATH (symlinks not followed),
+    /// checks every envelope's signature and statement as `bulwark verify` does, and appends
+    /// what verifies to the index; a statement already there is not added again. A file with
+    /// any envelope that does not verify is named with the reason and nothing of it is added.
+    /// Exit status: 0 everything indexed, 1 some files refused (the rest indexed), 2 usage
+    /// error or unreadable input.
+    ///
+    /// Example: bulwark inventory add --key signing.pub --index fleet.jsonl /srv/provenance
+    Add {
+        /// A trusted public key (SPKI PEM); repeat for several.
+        #[arg(long = "key", value_name = "PUB", required = true)]
+        keys: Vec<PathBuf>,
+        /// The index. Default: <state>/inventory.jsonl, the one `bulwark run` appends to.
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
+        /// Operator configuration (for the state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Provenance files or directories holding them.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// List the artifacts whose provenance matches every filter given.
+    ///
+    /// --digest matches any digest of a dependency (source tree, tool, root filesystem,
+    /// runner binary) or the artifact's own sha256; --commit a git source's commit (a prefix
+    /// of 7 digits or more); --uri a dependency's uri (a trailing `*` matches a prefix).
+    /// Exit status: 0 something matched, 1 nothing did, 2 usage error or an unreadable index.
+    ///
+    /// Example: bulwark inventory query --digest 3f5a…e1 (a tool's sha256)
+    Query {
+        /// The index. Default: <state>/inventory.jsonl.
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
+        /// Operator configuration (for the state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A digest in hex (of a tool, source, root filesystem, runner binary, or artifact).
+        #[arg(long)]
+        digest: Option<String>,
+        /// A git commit id, or its first 7 or more hex digits.
+        #[arg(long)]
+        commit: Option<String>,
+        /// A dependency's uri; `https://example.org/*` for every uri under it.
+        #[arg(long)]
+        uri: Option<String>,
+        /// A dependency's name (a tool's name is the job's choice: a hint, not an identity).
+        #[arg(long)]
+        name: Option<String>,
+        /// The builder id (runDetails.builder.id).
+        #[arg(long)]
+        builder: Option<String>,
+        /// Print a JSON array of the artifacts found instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `bulwark egress ...`.
 #[derive(Debug, Subcommand)]
 pub enum EgressCommand {
@@ -245,6 +311,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             dry_run,
             config,
         }) => tools_prune(unused_days, dry_run, config.as_deref()),
+        Commands::Inventory(cmd) => crate::inventory::cli::run(cmd),
         Commands::Egress(EgressCommand::Suggest { log }) => match crate::egress::suggest(&log) {
             Ok(entries) => {
                 for e in entries {

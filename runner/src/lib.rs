@@ -23,6 +23,7 @@ pub mod fsutil;
 pub mod gitsource;
 pub mod glob;
 pub mod helper_process;
+pub mod inventory;
 pub mod job;
 pub mod joblog;
 pub mod logging;

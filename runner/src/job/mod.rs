@@ -280,7 +280,7 @@ type Loaded = (config::Loaded, ValidatedJob, String, OwnedFd);
 /// clipboard writes) or line breaks (a forged `bulwark:` line in a CI log); every control
 /// character is shown escaped (`\u{1b}`), as the job log's echo shows them. `result.json`
 /// keeps the text as it was (JSON escapes it).
-fn visible_line(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn visible_line(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -1365,6 +1365,17 @@ fn sign_provenance(
     // The key is read now, after every job process is gone, and dropped when this returns.
     let (key, default_pub) = provenance::load_or_create_key(args.key.as_deref(), &dirs.state)?;
     provenance::write(out, &statement, &key)?;
+    // The host's inventory answers for everything built here. Its failure is said, not
+    // fatal: the artifact and its provenance are good, and `bulwark inventory add` can index
+    // the output directory later.
+    let written = out.join(provenance::JSONL_NAME);
+    if let Err(e) = crate::inventory::record_own(&dirs.state, &statement, &written) {
+        eprintln!(
+            "bulwark: warning: not recorded in the inventory ({e:#}); index it with `bulwark \
+             inventory add --key <signing.pub> {}`",
+            out.display()
+        );
+    }
     Ok(default_pub)
 }
 

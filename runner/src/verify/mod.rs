@@ -543,7 +543,7 @@ const MAX_ERROR_LINE_CHARS: usize = 2_000;
 
 /// The lines printed on stderr for unusable input: the error, then each cause; escaped and
 /// bounded, since a parser's message quotes the provenance file (an unknown field's name).
-fn error_lines(e: &InputError) -> Vec<String> {
+pub(crate) fn error_lines(e: &InputError) -> Vec<String> {
     let mut lines = vec![format!("bulwark: verify: {e}")];
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

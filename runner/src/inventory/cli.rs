@@ -1,0 +1,161 @@
+//! `bulwark inventory add` and `bulwark inventory query`: printing and exit statuses.
+
+use std::path::{Path, PathBuf};
+
+use super::{exit, Query};
+use crate::cli::InventoryCommand;
+use crate::provenance::keys::PublicKey;
+
+/// Runs an inventory command; returns the exit status.
+pub fn run(cmd: InventoryCommand) -> u8 {
+    match cmd {
+        InventoryCommand::Add {
+            keys,
+            index,
+            config,
+            paths,
+        } => add(&keys, index, config.as_deref(), &paths),
+        InventoryCommand::Query {
+            index,
+            config,
+            digest,
+            commit,
+            uri,
+            name,
+            builder,
+            json,
+        } => {
+            let query = Query {
+                digest,
+                commit,
+                uri,
+                name,
+                builder,
+            };
+            query_cmd(query, index, config.as_deref(), json)
+        }
+    }
+}
+
+/// The index named, or the state directory's.
+fn index_path(index: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(i) = index {
+        return Ok(i);
+    }
+    let loaded = crate::config::load(config)?;
+    let dirs = crate::config::Dirs::resolve(&loaded.config)?;
+    Ok(dirs.state.join(super::INDEX_NAME))
+}
+
+fn add(keys: &[PathBuf], index: Option<PathBuf>, config: Option<&Path>, paths: &[PathBuf]) -> u8 {
+    let prepared = (|| -> anyhow::Result<(PathBuf, Vec<super::FileOutcome>)> {
+        let keys = keys
+            .iter()
+            .map(|k| PublicKey::load(k))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let index = index_path(index, config)?;
+        Ok((index, super::read_verified(paths, &keys)?))
+    })();
+    let (index, outcomes) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bulwark: inventory add: {e:#}");
+            return exit::USAGE;
+        }
+    };
+    let mut records = Vec::new();
+    let mut refused = 0;
+    for o in outcomes {
+        match o.records {
+            Ok(r) => records.extend(r),
+            Err(why) => {
+                refused += 1;
+                println!("REFUSED {}: {why}", o.path.display());
+            }
+        }
+    }
+    let found = records.len();
+    match super::append(&index, &records) {
+        Ok(added) => {
+            println!(
+                "indexed {added} new statement(s) of {found} verified into {}{}",
+                index.display(),
+                if refused > 0 {
+                    format!("; {refused} file(s) refused")
+                } else {
+                    String::new()
+                }
+            );
+            if refused > 0 {
+                exit::NONE
+            } else {
+                exit::OK
+            }
+        }
+        Err(e) => {
+            eprintln!("bulwark: inventory add: {e:#}");
+            exit::USAGE
+        }
+    }
+}
+
+fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, json: bool) -> u8 {
+    if let Err(e) = query.check() {
+        eprintln!("bulwark: inventory query: {e}");
+        return exit::USAGE;
+    }
+    let hits = index_path(index, config).and_then(|i| super::search(&i, &query));
+    let hits = match hits {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("bulwark: inventory query: {e:#}");
+            return exit::USAGE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&hits).unwrap_or_else(|_| "[]".into())
+        );
+    } else {
+        for h in &hits {
+            let matched: Vec<String> = h
+                .matched
+                .iter()
+                .map(|d| {
+                    let name = d.name.as_deref().unwrap_or("?");
+                    match &d.uri {
+                        Some(u) => format!("{name} ({u})"),
+                        None => name.to_string(),
+                    }
+                })
+                .collect();
+            // Names and ids come from signed statements, but a job chose its output names:
+            // printed escaped.
+            println!(
+                "{}  {}  built {} by {}{} (invocation {}; {}){}",
+                h.artifact.sha256,
+                crate::job::visible_line(&h.artifact.name),
+                crate::job::visible_line(&h.finished),
+                crate::job::visible_line(&h.builder_id),
+                h.trust
+                    .as_deref()
+                    .map(|t| format!(", {}", crate::job::visible_line(t)))
+                    .unwrap_or_default(),
+                crate::job::visible_line(&h.invocation_id),
+                crate::job::visible_line(&h.provenance),
+                if matched.is_empty() {
+                    String::new()
+                } else {
+                    format!("; used {}", crate::job::visible_line(&matched.join(", ")))
+                }
+            );
+        }
+        eprintln!("{} artifact(s) found", hits.len());
+    }
+    if hits.is_empty() {
+        exit::NONE
+    } else {
+        exit::OK
+    }
+}

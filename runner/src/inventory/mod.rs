@@ -1,0 +1,506 @@
+//! The inventory: which artifacts used this tool, this commit, this builder.
+//!
+//! When a tool or a commit turns out to be compromised, incident response asks one question
+//! first: what did we build with it? Provenance answers it per artifact; the inventory answers
+//! it across all of them, in seconds, from an index of the facts that matter in every
+//! statement: its subjects (name and sha256), every resolved dependency (source, tools, root
+//! filesystem: name, uri, digests), the builder (id, and the digests of the `bulwark` and
+//! `bulwark-sandbox` binaries that ran the job), the trust level and when it finished.
+//!
+//! Two ways in, one format (JSON Lines, one record per statement, `records` below):
+//!
+//! - `bulwark run` appends the statement it has just signed to `<state>/inventory.jsonl`, so a
+//!   build host answers for everything it built without anyone collecting anything;
+//! - `bulwark inventory add --key PUB PATH...` indexes provenance files or directories of them
+//!   (collected from many hosts, say), and only what verifies: each envelope's signature is
+//!   checked with the operator's keys and its statement typed exactly as `bulwark verify` does
+//!   ([`crate::verify::verify_envelope`]), so a forged or altered file never enters the index.
+//!   A statement already indexed (by the sha256 of its canonical JSON) is not added twice: a
+//!   job's `.intoto.jsonl` and `.sigstore.json` carry the same one.
+//!
+//! `bulwark inventory query` reads the index line by line; each filter is first tried as a
+//! plain substring of the line, so the lines that cannot match are never parsed (a digest or
+//! a commit appears in the line as written). The index is the runner's or the operator's own
+//! file, so a line that is not a record is an error that names it, never a line silently
+//! skipped: an answer that may be incomplete must say so. (Every line's shape is checked, a
+//! record object from `{"statement_sha256":` to `}`; only lines that could match are parsed
+//! whole.)
+//!
+//! Why not a database: the index is append-only, written by one runner at a time under a
+//! lock, and read whole by a query; a scan of JSON lines does that in a second per few hundred
+//! thousand statements (`bench/inventory.sh`), needs no schema migrations and can be read with
+//! `grep` and `jq` when Bulwark is not at hand.
+
+pub mod cli;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::provenance::keys::PublicKey;
+use crate::provenance::statement::{ResourceDescriptor, Statement};
+
+/// The index file under the state directory that `bulwark run` appends to.
+pub const INDEX_NAME: &str = "inventory.jsonl";
+
+/// Exit statuses of `bulwark inventory`.
+pub mod exit {
+    /// `query`: at least one artifact matched. `add`: every file was indexed.
+    pub const OK: u8 = 0;
+    /// `query`: nothing matched. `add`: some provenance was refused (listed), the rest indexed.
+    pub const NONE: u8 = 1;
+    /// Usage error, unreadable index or keys.
+    pub const USAGE: u8 = 2;
+}
+
+/// One statement in the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// sha256 of the statement's canonical JSON: what identifies it in the index.
+    pub statement_sha256: String,
+    /// Where it was indexed from (the output directory's provenance file).
+    pub provenance: String,
+    /// `runDetails.metadata.invocationId`.
+    pub invocation_id: String,
+    /// `runDetails.metadata.finishedOn`.
+    pub finished: String,
+    /// `runDetails.builder.id`.
+    pub builder_id: String,
+    /// `externalParameters.trust`, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
+    /// The resolved dependencies (source, tools, root filesystem), then the builder's own
+    /// binaries (`builder: true`).
+    pub dependencies: Vec<Dependency>,
+    /// The artifacts.
+    pub subjects: Vec<Subject>,
+}
+
+/// A dependency as provenance names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// `name` (`source`, `rootfs`, a tool's name, `bulwark`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Algorithm to value (`sha256`, `gitCommit`).
+    pub digest: BTreeMap<String, String>,
+    /// One of the builder's binaries rather than an input of the build.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub builder: bool,
+}
+
+/// An artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// Its path in the output directory.
+    pub name: String,
+    /// Its sha256.
+    pub sha256: String,
+}
+
+impl Record {
+    /// The record of `statement`, found in `provenance`.
+    pub fn of(statement: &Statement, provenance: &Path) -> Result<Record> {
+        let canonical = serde_json::to_vec(statement).context("encoding the statement")?;
+        let dep = |d: &ResourceDescriptor, builder: bool| Dependency {
+            name: d.name.clone(),
+            uri: d.uri.clone(),
+            digest: d.digest.clone(),
+            builder,
+        };
+        let p = &statement.predicate;
+        let mut dependencies: Vec<Dependency> = p
+            .build_definition
+            .resolved_dependencies
+            .iter()
+            .map(|d| dep(d, false))
+            .collect();
+        dependencies.extend(
+            p.run_details
+                .builder
+                .builder_dependencies
+                .iter()
+                .map(|d| dep(d, true)),
+        );
+        Ok(Record {
+            statement_sha256: crate::outputs::hex(&Sha256::digest(&canonical)),
+            provenance: provenance.display().to_string(),
+            invocation_id: p.run_details.metadata.invocation_id.clone(),
+            finished: p.run_details.metadata.finished_on.clone(),
+            builder_id: p.run_details.builder.id.clone(),
+            trust: p
+                .build_definition
+                .external_parameters
+                .get("trust")
+                .and_then(|t| t.as_str())
+                .map(String::from),
+            dependencies,
+            subjects: statement
+                .subject
+                .iter()
+                .filter_map(|s| {
+                    Some(Subject {
+                        name: s.name.clone().unwrap_or_default(),
+                        sha256: s.digest.get("sha256")?.clone(),
+                    })
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Opens (creating, 0600, never through a symlink) and locks the index for appending.
+fn open_locked(index: &Path) -> Result<Flock<File>> {
+    if let Some(dir) = index.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(index)
+        .with_context(|| format!("opening the inventory {}", index.display()))?;
+    if !file.metadata()?.is_file() {
+        anyhow::bail!("the inventory {} is not a regular file", index.display());
+    }
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking the inventory {}: {e}", index.display()))
+}
+
+/// Appends `records` to the index, leaving out statements it already holds. Returns how
+/// many were added.
+pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
+    let mut file = open_locked(index)?;
+    let mut known = HashSet::new();
+    for (n, line) in BufReader::new(&*file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", index.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: Record = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{} line {}: not an inventory record",
+                index.display(),
+                n + 1
+            )
+        })?;
+        known.insert(r.statement_sha256);
+    }
+    let mut text = String::new();
+    let mut added = 0;
+    for r in records {
+        if known.insert(r.statement_sha256.clone()) {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+            added += 1;
+        }
+    }
+    // One write of whole lines, under the lock: a reader sees each line whole or not at all
+    // (it stops at a last line without its newline).
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("appending to {}", index.display()))?;
+    Ok(added)
+}
+
+/// What `bulwark run` records of a statement it signed and wrote to `provenance`.
+pub fn record_own(state: &Path, statement: &Statement, provenance: &Path) -> Result<()> {
+    let record = Record::of(statement, provenance)?;
+    append(&state.join(INDEX_NAME), &[record]).map(drop)
+}
+
+/// The provenance files under `path` (itself, when it is a file): `*.intoto.jsonl` and
+/// `*.sigstore.json`, symlinks not followed, in a stable order.
+pub fn provenance_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !meta.is_dir() {
+        anyhow::bail!("{} is neither a file nor a directory", path.display());
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("reading {}", dir.display()))?;
+            let kind = e.file_type()?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if kind.is_dir() {
+                stack.push(e.path());
+            } else if kind.is_file()
+                && (name.ends_with(".intoto.jsonl") || name.ends_with(".sigstore.json"))
+            {
+                found.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What `add` did with one file.
+#[derive(Debug)]
+pub struct FileOutcome {
+    /// The file.
+    pub path: PathBuf,
+    /// Its records, or why it was refused (nothing of a refused file is indexed: whoever
+    /// could replace one envelope in it could have replaced the others).
+    pub records: Result<Vec<Record>, String>,
+}
+
+/// Reads and verifies every provenance file under `paths` with `keys`.
+pub fn read_verified(paths: &[PathBuf], keys: &[PublicKey]) -> Result<Vec<FileOutcome>> {
+    let mut out = Vec::new();
+    for p in paths {
+        for file in provenance_files(p)? {
+            let records = verified_records(&file, keys);
+            out.push(FileOutcome {
+                path: file,
+                records,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn verified_records(file: &Path, keys: &[PublicKey]) -> Result<Vec<Record>, String> {
+    let envelopes = crate::verify::load_provenance(file)
+        .map_err(|e| crate::verify::error_lines(&e).join("; "))?;
+    let total = envelopes.len();
+    let mut records = Vec::with_capacity(total);
+    for (i, env) in envelopes.into_iter().enumerate() {
+        let statement = env
+            .and_then(|e| crate::verify::verify_envelope(&e, keys))
+            .map_err(|r| {
+                let which = if total > 1 {
+                    format!("envelope {} of {total}: ", i + 1)
+                } else {
+                    String::new()
+                };
+                format!("{which}{}: {}", r.check, r.details)
+            })?;
+        records.push(Record::of(&statement, file).map_err(|e| format!("{e:#}"))?);
+    }
+    Ok(records)
+}
+
+/// What a query asks for; every filter given must hold (none given: every artifact).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// A digest (any algorithm, lowercase hex) of a dependency or of the artifact itself.
+    pub digest: Option<String>,
+    /// A git commit, or a prefix of one of at least 7 hex digits.
+    pub commit: Option<String>,
+    /// A dependency's uri; ending in `*`, a prefix of one.
+    pub uri: Option<String>,
+    /// A dependency's name (a tool's name is chosen by the job: a hint, not an identity).
+    pub name: Option<String>,
+    /// The builder id.
+    pub builder: Option<String>,
+}
+
+/// One artifact a query found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hit {
+    /// The artifact.
+    pub artifact: Subject,
+    /// The statement it is a subject of.
+    pub invocation_id: String,
+    /// When that build finished.
+    pub finished: String,
+    /// Who built it.
+    pub builder_id: String,
+    /// At which trust level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
+    /// Where its provenance was indexed from.
+    pub provenance: String,
+    /// The dependencies that matched (empty when only the artifact's own digest or the
+    /// builder id did).
+    pub matched: Vec<Dependency>,
+}
+
+impl Query {
+    /// Checks the query's own form; the error names the option.
+    pub fn check(&mut self) -> Result<(), String> {
+        let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if let Some(d) = &mut self.digest {
+            *d = d.to_ascii_lowercase();
+            let d = d.strip_prefix("sha256:").unwrap_or(d).to_string();
+            if !hex(&d) || d.len() < 40 {
+                return Err(format!(
+                    "--digest {d:?}: give a whole digest in hex (sha256: 64 digits)"
+                ));
+            }
+            self.digest = Some(d);
+        }
+        if let Some(c) = &mut self.commit {
+            *c = c.to_ascii_lowercase();
+            if !hex(c) || c.len() < 7 || c.len() > 64 {
+                return Err(format!(
+                    "--commit {c:?}: give a commit id in hex, at least its first 7 digits"
+                ));
+            }
+        }
+        for (flag, v) in [
+            ("--uri", &self.uri),
+            ("--name", &self.name),
+            ("--builder", &self.builder),
+        ] {
+            if v.as_deref() == Some("") {
+                return Err(format!("{flag}: must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Substrings every matching line must contain, as JSON writes them.
+    fn needles(&self) -> Vec<String> {
+        let quoted = |s: &str| {
+            let q = serde_json::to_string(s).unwrap_or_default();
+            q[1..q.len().saturating_sub(1)].to_string()
+        };
+        let mut n = Vec::new();
+        if let Some(d) = &self.digest {
+            n.push(d.clone());
+        }
+        if let Some(c) = &self.commit {
+            n.push(c.clone());
+        }
+        if let Some(u) = &self.uri {
+            n.push(quoted(u.strip_suffix('*').unwrap_or(u)));
+        }
+        if let Some(v) = &self.name {
+            n.push(quoted(v));
+        }
+        if let Some(v) = &self.builder {
+            n.push(quoted(v));
+        }
+        n
+    }
+
+    fn dependency_matches(&self, d: &Dependency) -> bool {
+        let uri_ok = match (&self.uri, &d.uri) {
+            (None, _) => true,
+            (Some(q), Some(u)) => match q.strip_suffix('*') {
+                Some(prefix) => u.starts_with(prefix),
+                None => u == q,
+            },
+            (Some(_), None) => false,
+        };
+        let name_ok = self.name.is_none() || self.name == d.name;
+        let commit_ok = self.commit.as_ref().is_none_or(|c| {
+            d.digest
+                .get("gitCommit")
+                .is_some_and(|v| v.starts_with(c.as_str()))
+        });
+        let digest_ok = self
+            .digest
+            .as_ref()
+            .is_none_or(|q| d.digest.values().any(|v| v == q));
+        uri_ok && name_ok && commit_ok && digest_ok
+    }
+
+    /// The artifacts of `record` this query finds.
+    pub fn hits(&self, record: &Record) -> Vec<Hit> {
+        if self
+            .builder
+            .as_ref()
+            .is_some_and(|b| *b != record.builder_id)
+        {
+            return Vec::new();
+        }
+        let on_dependencies = self.uri.is_some()
+            || self.name.is_some()
+            || self.commit.is_some()
+            || self.digest.is_some();
+        let matched: Vec<Dependency> = if on_dependencies {
+            record
+                .dependencies
+                .iter()
+                .filter(|d| self.dependency_matches(d))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // A digest may also be an artifact's own: "where does this file come from".
+        let only_digest = self.digest.is_some()
+            && self.uri.is_none()
+            && self.name.is_none()
+            && self.commit.is_none();
+        record
+            .subjects
+            .iter()
+            .filter(|s| {
+                !on_dependencies
+                    || !matched.is_empty()
+                    || (only_digest && self.digest.as_deref() == Some(s.sha256.as_str()))
+            })
+            .map(|s| Hit {
+                artifact: s.clone(),
+                invocation_id: record.invocation_id.clone(),
+                finished: record.finished.clone(),
+                builder_id: record.builder_id.clone(),
+                trust: record.trust.clone(),
+                provenance: record.provenance.clone(),
+                matched: matched.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Runs `query` over the index; an unreadable line is an error naming it.
+pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
+    let file =
+        File::open(index).with_context(|| format!("opening the inventory {}", index.display()))?;
+    let needles = query.needles();
+    let mut hits = Vec::new();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = String::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .with_context(|| format!("reading {}", index.display()))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        // A last line without its newline is being written right now: not yet there.
+        if !line.ends_with('\n') || line.trim().is_empty() {
+            continue;
+        }
+        let shaped = line.starts_with("{\"statement_sha256\":") && line.trim_end().ends_with('}');
+        if shaped && !needles.iter().all(|x| line.contains(x.as_str())) {
+            continue;
+        }
+        let record: Record = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{} line {n}: not an inventory record; the answer would be incomplete",
+                index.display()
+            )
+        })?;
+        hits.extend(query.hits(&record));
+    }
+    Ok(hits)
+}
