@@ -181,23 +181,72 @@ fn open_locked(index: &Path) -> Result<Flock<File>> {
         .map_err(|(_, e)| anyhow::anyhow!("locking the inventory {}: {e}", index.display()))
 }
 
+/// Opens `path` for reading without waiting (`O_NONBLOCK`: a fifo would wait for a writer
+/// that may never come), and only if it is a regular file, as examined through the
+/// descriptor, so that what is examined is what is read; `no_follow`: not through a symlink.
+fn open_regular(path: &Path, no_follow: bool) -> std::io::Result<File> {
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    if no_follow {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if no_follow && e.raw_os_error() == Some(nix::libc::ELOOP) {
+                std::io::Error::other("not a regular file (a symlink, not followed)")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    // For a regular file O_NONBLOCK changes nothing; cleared all the same.
+    nix::fcntl::fcntl(
+        std::os::fd::AsFd::as_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
+    Ok(file)
+}
+
 /// Appends `records` to the index, leaving out statements it already holds. Returns how
 /// many were added.
 pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
     let mut file = open_locked(index)?;
     let mut known = HashSet::new();
-    for (n, line) in BufReader::new(&*file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", index.display()))?;
-        if line.trim().is_empty() {
+    let mut reader = BufReader::new(&*file);
+    let mut line = Vec::new();
+    let (mut n, mut whole) = (0usize, 0u64);
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", index.display()))?;
+        if read == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            // A last line without its newline, with the lock held: no one is writing it, a
+            // writer died (or ran out of space) in the middle of it. It can never be completed;
+            // left there, every later append would refuse the index and the next record would
+            // be glued to it. Dropped.
+            drop(reader);
+            file.set_len(whole)
+                .with_context(|| format!("dropping a partial last line of {}", index.display()))?;
+            break;
+        }
+        n += 1;
+        whole += read as u64;
+        let text = std::str::from_utf8(&line)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("reading {}", index.display()))?;
+        if text.trim().is_empty() {
             continue;
         }
-        let r: Record = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{} line {}: not an inventory record",
-                index.display(),
-                n + 1
-            )
-        })?;
+        let r: Record = serde_json::from_str(text)
+            .with_context(|| format!("{} line {n}: not an inventory record", index.display()))?;
         known.insert(r.statement_sha256);
     }
     let mut text = String::new();
@@ -282,7 +331,11 @@ pub fn read_verified(paths: &[PathBuf], keys: &[PublicKey]) -> Result<Vec<FileOu
 }
 
 fn verified_records(file: &Path, keys: &[PublicKey]) -> Result<Vec<Record>, String> {
-    let envelopes = crate::verify::load_provenance(file)
+    // `provenance_files` listed a regular file, not a symlink; opened again here, the name may
+    // meanwhile be a symlink or a fifo (whoever writes the collected directory can swap it):
+    // neither is followed nor waited on.
+    let opened = open_regular(file, true).map_err(|e| format!("cannot read: {e}"))?;
+    let envelopes = crate::verify::load_provenance_from(file, opened)
         .map_err(|e| crate::verify::error_lines(&e).join("; "))?;
     let total = envelopes.len();
     let mut records = Vec::with_capacity(total);
@@ -470,8 +523,8 @@ impl Query {
 
 /// Runs `query` over the index; an unreadable line is an error naming it.
 pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
-    let file =
-        File::open(index).with_context(|| format!("opening the inventory {}", index.display()))?;
+    let file = open_regular(index, false)
+        .with_context(|| format!("opening the inventory {}", index.display()))?;
     let needles = query.needles();
     let mut hits = Vec::new();
     let mut reader = BufReader::with_capacity(1 << 20, file);

@@ -362,6 +362,18 @@ pub fn load_provenance(path: &Path) -> Result<Vec<Result<Envelope, Rejection>>, 
         message,
     };
     let file = open_provenance(path).map_err(bad)?;
+    load_provenance_from(path, file)
+}
+
+/// [`load_provenance`] of `file`, already opened from `path` (which only names it).
+pub(crate) fn load_provenance_from(
+    path: &Path,
+    file: std::fs::File,
+) -> Result<Vec<Result<Envelope, Rejection>>, InputError> {
+    let bad = |message: String| InputError::Provenance {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut bytes = Vec::new();
     file.take(MAX_PROVENANCE_BYTES + 1)
         .read_to_end(&mut bytes)
