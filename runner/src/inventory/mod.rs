@@ -387,7 +387,7 @@ pub struct Hit {
     /// Where its provenance was indexed from.
     pub provenance: String,
     /// The dependencies that matched (empty when only the artifact's own digest or the
-    /// builder id did).
+    /// builder id did; with `--commit`, the source's among them).
     pub matched: Vec<Dependency>,
 }
 
@@ -450,7 +450,9 @@ impl Query {
         n
     }
 
-    fn dependency_matches(&self, d: &Dependency) -> bool {
+    /// `--uri`, `--name` and (unless `with_digest` is false) `--digest` hold on `d`: together
+    /// they describe one dependency (jq, from there, with this digest).
+    fn dependency_matches(&self, d: &Dependency, with_digest: bool) -> bool {
         let uri_ok = match (&self.uri, &d.uri) {
             (None, _) => true,
             (Some(q), Some(u)) => match q.strip_suffix('*') {
@@ -460,19 +462,20 @@ impl Query {
             (Some(_), None) => false,
         };
         let name_ok = self.name.is_none() || self.name == d.name;
-        let commit_ok = self.commit.as_ref().is_none_or(|c| {
-            d.digest
-                .get("gitCommit")
-                .is_some_and(|v| v.starts_with(c.as_str()))
-        });
-        let digest_ok = self
-            .digest
-            .as_ref()
-            .is_none_or(|q| d.digest.values().any(|v| v == q));
-        uri_ok && name_ok && commit_ok && digest_ok
+        let digest_ok = !with_digest
+            || self
+                .digest
+                .as_ref()
+                .is_none_or(|q| d.digest.values().any(|v| v == q));
+        uri_ok && name_ok && digest_ok
     }
 
     /// The artifacts of `record` this query finds.
+    ///
+    /// `--commit` is a git source's: it holds on its own dependency, whatever the other filters
+    /// name (built from this commit with this jq). `--uri`, `--name` and `--digest` describe
+    /// one dependency together, or the digest is the artifact's own (this artifact, if it was
+    /// built from this commit, with a tool from there).
     pub fn hits(&self, record: &Record) -> Vec<Hit> {
         if self
             .builder
@@ -481,41 +484,71 @@ impl Query {
         {
             return Vec::new();
         }
-        let on_dependencies = self.uri.is_some()
-            || self.name.is_some()
-            || self.commit.is_some()
-            || self.digest.is_some();
-        let matched: Vec<Dependency> = if on_dependencies {
+        let by_commit: Vec<&Dependency> = match &self.commit {
+            None => Vec::new(),
+            Some(c) => {
+                let found: Vec<&Dependency> = record
+                    .dependencies
+                    .iter()
+                    .filter(|d| {
+                        d.digest
+                            .get("gitCommit")
+                            .is_some_and(|v| v.starts_with(c.as_str()))
+                    })
+                    .collect();
+                if found.is_empty() {
+                    return Vec::new();
+                }
+                found
+            }
+        };
+        let describes = self.uri.is_some() || self.name.is_some() || self.digest.is_some();
+        let pick = |with_digest: bool| -> Vec<&Dependency> {
             record
                 .dependencies
                 .iter()
-                .filter(|d| self.dependency_matches(d))
-                .cloned()
+                .filter(|d| self.dependency_matches(d, with_digest))
                 .collect()
+        };
+        let by_dependency = if describes { pick(true) } else { Vec::new() };
+        // For an artifact's own digest: the other filters, on some dependency.
+        let others_hold = self.uri.is_none() && self.name.is_none();
+        let by_others = if self.digest.is_some() && by_dependency.is_empty() && !others_hold {
+            pick(false)
         } else {
             Vec::new()
         };
-        // A digest may also be an artifact's own: "where does this file come from".
-        let only_digest = self.digest.is_some()
-            && self.uri.is_none()
-            && self.name.is_none()
-            && self.commit.is_none();
+        let matched = |extra: &[&Dependency]| -> Vec<Dependency> {
+            let mut all: Vec<Dependency> = Vec::new();
+            for d in by_commit.iter().chain(extra) {
+                if !all.contains(d) {
+                    all.push((*d).clone());
+                }
+            }
+            all
+        };
         record
             .subjects
             .iter()
-            .filter(|s| {
-                !on_dependencies
-                    || !matched.is_empty()
-                    || (only_digest && self.digest.as_deref() == Some(s.sha256.as_str()))
-            })
-            .map(|s| Hit {
-                artifact: s.clone(),
-                invocation_id: record.invocation_id.clone(),
-                finished: record.finished.clone(),
-                builder_id: record.builder_id.clone(),
-                trust: record.trust.clone(),
-                provenance: record.provenance.clone(),
-                matched: matched.clone(),
+            .filter_map(|s| {
+                let extra: &[&Dependency] = if !describes || !by_dependency.is_empty() {
+                    &by_dependency
+                } else if self.digest.as_deref() == Some(s.sha256.as_str())
+                    && (others_hold || !by_others.is_empty())
+                {
+                    &by_others
+                } else {
+                    return None;
+                };
+                Some(Hit {
+                    artifact: s.clone(),
+                    invocation_id: record.invocation_id.clone(),
+                    finished: record.finished.clone(),
+                    builder_id: record.builder_id.clone(),
+                    trust: record.trust.clone(),
+                    provenance: record.provenance.clone(),
+                    matched: matched(extra),
+                })
             })
             .collect()
     }

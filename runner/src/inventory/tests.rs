@@ -334,3 +334,42 @@ fn a_provenance_file_swapped_after_listing_is_not_read_through_a_symlink_or_fifo
     let e = outcome.expect("reading a fifo hangs").unwrap_err();
     assert!(e.contains("not a regular file"), "{e}");
 }
+
+#[test]
+fn filters_on_different_dependencies_or_the_artifact_combine() {
+    let (_d, index) = sample_index();
+    // Built from this commit with this jq: the commit is the source's, the digest jq's.
+    let q = Query {
+        commit: Some("0123456".into()),
+        digest: Some(JQ.into()),
+        ..Default::default()
+    };
+    assert_eq!(found(&index, q), ["dist/app.tar.gz"]);
+    // This artifact, if it was built from this commit.
+    let q = Query {
+        commit: Some("0123456".into()),
+        digest: Some(APP.into()),
+        ..Default::default()
+    };
+    assert_eq!(found(&index, q), ["dist/app.tar.gz"]);
+    // This artifact, if it used a tool from tools.example.
+    let q = Query {
+        uri: Some("https://tools.example/*".into()),
+        digest: Some(APP.into()),
+        ..Default::default()
+    };
+    assert_eq!(found(&index, q), ["dist/app.tar.gz"]);
+    // Still every filter: another commit, or a jq that is not the one named, finds nothing.
+    let q = Query {
+        commit: Some("fffffff".into()),
+        digest: Some(APP.into()),
+        ..Default::default()
+    };
+    assert!(found(&index, q).is_empty());
+    let q = Query {
+        name: Some("jq".into()),
+        digest: Some(COMMIT.into()),
+        ..Default::default()
+    };
+    assert!(found(&index, q).is_empty());
+}
