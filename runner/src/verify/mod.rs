@@ -576,7 +576,7 @@ pub(crate) fn error_lines(e: &InputError) -> Vec<String> {
 /// Text for the terminal, with control characters and the invisible marks that reorder
 /// text (bidirectional overrides, isolates and marks: `ACCEPTED` followed by U+202E could
 /// display a subject name reversed) escaped.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             let e: Vec<char> = if c.is_control() {
