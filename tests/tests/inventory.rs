@@ -236,3 +236,66 @@ fn inventory_add_indexes_only_what_verifies_and_each_statement_once() {
     ]);
     assert_eq!(q.code, 1, "{q}");
 }
+
+/// What `add` and `query` print is escaped: a forged envelope's key id (nothing signed it)
+/// and a collected file's name are shown in REFUSED lines, a job's output names in query
+/// lines; none may print a line of its own (`indexed …`) or reorder the line (U+202E).
+#[test]
+fn inventory_output_lines_are_escaped() {
+    let env = Env::new("inventory-escape");
+    let keys = env.dir.join("keys");
+    let k = Command::new(bulwark_bin())
+        .args(["keygen", "--out"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(k.status.success());
+    let collected = env.dir.join("collected");
+    fs::create_dir_all(&collected).unwrap();
+    let forged = serde_json::json!({
+        "payloadType": "application/vnd.in-toto+json",
+        "payload": "e30=",
+        "signatures": [{
+            "keyid": "x\nindexed 9 new statement(s) of 9 verified into /forged",
+            "sig": "AAAA",
+        }],
+    });
+    fs::write(collected.join("a.intoto.jsonl"), format!("{forged}\n")).unwrap();
+    fs::write(
+        collected.join("b\nindexed 7 new statement(s).intoto.jsonl"),
+        format!("{forged}\n"),
+    )
+    .unwrap();
+    let index = env.dir.join("fleet.jsonl");
+    let a = inventory(&[
+        os("add"),
+        os("--key"),
+        keys.join("signing.pub").as_os_str(),
+        os("--index"),
+        index.as_os_str(),
+        collected.as_os_str(),
+    ]);
+    assert_eq!(a.code, 1, "{a}");
+    let lines: Vec<&str> = a.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{a}");
+    assert!(lines[..2].iter().all(|l| l.starts_with("REFUSED ")), "{a}");
+    assert!(
+        lines[2].starts_with("indexed 0 new statement(s) of 0"),
+        "{a}"
+    );
+    // A job's output name with a newline and a right-to-left override, in a query line.
+    let record = serde_json::json!({
+        "statement_sha256": "1".repeat(64),
+        "provenance": "/out/provenance.intoto.jsonl",
+        "invocation_id": "inv",
+        "finished": "2026-11-26T10:00:00Z",
+        "builder_id": "https://ci.example/pool-a",
+        "dependencies": [],
+        "subjects": [{"name": "app\u{202e}txt.exe\nforged line", "sha256": "a".repeat(64)}],
+    });
+    fs::write(&index, format!("{record}\n")).unwrap();
+    let q = inventory(&[os("query"), os("--index"), index.as_os_str()]);
+    assert_eq!(q.code, 0, "{q}");
+    assert_eq!(q.stdout.lines().count(), 1, "{q}");
+    assert!(!q.stdout.contains('\u{202e}'), "{q}");
+}

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use super::{exit, Query};
 use crate::cli::InventoryCommand;
 use crate::provenance::keys::PublicKey;
+use crate::verify::escape;
 
 /// Runs an inventory command; returns the exit status.
 pub fn run(cmd: InventoryCommand) -> u8 {
@@ -70,7 +71,13 @@ fn add(keys: &[PathBuf], index: Option<PathBuf>, config: Option<&Path>, paths: &
             Ok(r) => records.extend(r),
             Err(why) => {
                 refused += 1;
-                println!("REFUSED {}: {why}", o.path.display());
+                // The reason can quote what nothing signed (a forged envelope's key id) and the
+                // path is whatever name the collected directory holds: escaped, so that neither
+                // prints a line of its own (`indexed …`).
+                println!(
+                    "{}",
+                    escape(&format!("REFUSED {}: {why}", o.path.display()))
+                );
             }
         }
     }
@@ -131,23 +138,24 @@ fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, js
                 })
                 .collect();
             // Names and ids come from signed statements, but a job chose its output names:
-            // printed escaped.
+            // printed escaped, control characters and the marks that reorder text (U+202E)
+            // alike, as `bulwark verify` prints them.
             println!(
                 "{}  {}  built {} by {}{} (invocation {}; {}){}",
-                h.artifact.sha256,
-                crate::job::visible_line(&h.artifact.name),
-                crate::job::visible_line(&h.finished),
-                crate::job::visible_line(&h.builder_id),
+                escape(&h.artifact.sha256),
+                escape(&h.artifact.name),
+                escape(&h.finished),
+                escape(&h.builder_id),
                 h.trust
                     .as_deref()
-                    .map(|t| format!(", {}", crate::job::visible_line(t)))
+                    .map(|t| format!(", {}", escape(t)))
                     .unwrap_or_default(),
-                crate::job::visible_line(&h.invocation_id),
-                crate::job::visible_line(&h.provenance),
+                escape(&h.invocation_id),
+                escape(&h.provenance),
                 if matched.is_empty() {
                     String::new()
                 } else {
-                    format!("; used {}", crate::job::visible_line(&matched.join(", ")))
+                    format!("; used {}", escape(&matched.join(", ")))
                 }
             );
         }

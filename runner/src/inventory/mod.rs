@@ -181,23 +181,72 @@ fn open_locked(index: &Path) -> Result<Flock<File>> {
         .map_err(|(_, e)| anyhow::anyhow!("locking the inventory {}: {e}", index.display()))
 }
 
+/// Opens `path` for reading without waiting (`O_NONBLOCK`: a fifo would wait for a writer
+/// that may never come), and only if it is a regular file, as examined through the
+/// descriptor, so that what is examined is what is read; `no_follow`: not through a symlink.
+fn open_regular(path: &Path, no_follow: bool) -> std::io::Result<File> {
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    if no_follow {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if no_follow && e.raw_os_error() == Some(nix::libc::ELOOP) {
+                std::io::Error::other("not a regular file (a symlink, not followed)")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    // For a regular file O_NONBLOCK changes nothing; cleared all the same.
+    nix::fcntl::fcntl(
+        std::os::fd::AsFd::as_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
+    Ok(file)
+}
+
 /// Appends `records` to the index, leaving out statements it already holds. Returns how
 /// many were added.
 pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
     let mut file = open_locked(index)?;
     let mut known = HashSet::new();
-    for (n, line) in BufReader::new(&*file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", index.display()))?;
-        if line.trim().is_empty() {
+    let mut reader = BufReader::new(&*file);
+    let mut line = Vec::new();
+    let (mut n, mut whole) = (0usize, 0u64);
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", index.display()))?;
+        if read == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            // A last line without its newline, with the lock held: no one is writing it, a
+            // writer died (or ran out of space) in the middle of it. It can never be completed;
+            // left there, every later append would refuse the index and the next record would
+            // be glued to it. Dropped.
+            drop(reader);
+            file.set_len(whole)
+                .with_context(|| format!("dropping a partial last line of {}", index.display()))?;
+            break;
+        }
+        n += 1;
+        whole += read as u64;
+        let text = std::str::from_utf8(&line)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("reading {}", index.display()))?;
+        if text.trim().is_empty() {
             continue;
         }
-        let r: Record = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{} line {}: not an inventory record",
-                index.display(),
-                n + 1
-            )
-        })?;
+        let r: Record = serde_json::from_str(text)
+            .with_context(|| format!("{} line {n}: not an inventory record", index.display()))?;
         known.insert(r.statement_sha256);
     }
     let mut text = String::new();
@@ -282,7 +331,11 @@ pub fn read_verified(paths: &[PathBuf], keys: &[PublicKey]) -> Result<Vec<FileOu
 }
 
 fn verified_records(file: &Path, keys: &[PublicKey]) -> Result<Vec<Record>, String> {
-    let envelopes = crate::verify::load_provenance(file)
+    // `provenance_files` listed a regular file, not a symlink; opened again here, the name may
+    // meanwhile be a symlink or a fifo (whoever writes the collected directory can swap it):
+    // neither is followed nor waited on.
+    let opened = open_regular(file, true).map_err(|e| format!("cannot read: {e}"))?;
+    let envelopes = crate::verify::load_provenance_from(file, opened)
         .map_err(|e| crate::verify::error_lines(&e).join("; "))?;
     let total = envelopes.len();
     let mut records = Vec::with_capacity(total);
@@ -334,7 +387,7 @@ pub struct Hit {
     /// Where its provenance was indexed from.
     pub provenance: String,
     /// The dependencies that matched (empty when only the artifact's own digest or the
-    /// builder id did).
+    /// builder id did; with `--commit`, the source's among them).
     pub matched: Vec<Dependency>,
 }
 
@@ -397,7 +450,9 @@ impl Query {
         n
     }
 
-    fn dependency_matches(&self, d: &Dependency) -> bool {
+    /// `--uri`, `--name` and (unless `with_digest` is false) `--digest` hold on `d`: together
+    /// they describe one dependency (jq, from there, with this digest).
+    fn dependency_matches(&self, d: &Dependency, with_digest: bool) -> bool {
         let uri_ok = match (&self.uri, &d.uri) {
             (None, _) => true,
             (Some(q), Some(u)) => match q.strip_suffix('*') {
@@ -407,19 +462,20 @@ impl Query {
             (Some(_), None) => false,
         };
         let name_ok = self.name.is_none() || self.name == d.name;
-        let commit_ok = self.commit.as_ref().is_none_or(|c| {
-            d.digest
-                .get("gitCommit")
-                .is_some_and(|v| v.starts_with(c.as_str()))
-        });
-        let digest_ok = self
-            .digest
-            .as_ref()
-            .is_none_or(|q| d.digest.values().any(|v| v == q));
-        uri_ok && name_ok && commit_ok && digest_ok
+        let digest_ok = !with_digest
+            || self
+                .digest
+                .as_ref()
+                .is_none_or(|q| d.digest.values().any(|v| v == q));
+        uri_ok && name_ok && digest_ok
     }
 
     /// The artifacts of `record` this query finds.
+    ///
+    /// `--commit` is a git source's: it holds on its own dependency, whatever the other filters
+    /// name (built from this commit with this jq). `--uri`, `--name` and `--digest` describe
+    /// one dependency together, or the digest is the artifact's own (this artifact, if it was
+    /// built from this commit, with a tool from there).
     pub fn hits(&self, record: &Record) -> Vec<Hit> {
         if self
             .builder
@@ -428,41 +484,71 @@ impl Query {
         {
             return Vec::new();
         }
-        let on_dependencies = self.uri.is_some()
-            || self.name.is_some()
-            || self.commit.is_some()
-            || self.digest.is_some();
-        let matched: Vec<Dependency> = if on_dependencies {
+        let by_commit: Vec<&Dependency> = match &self.commit {
+            None => Vec::new(),
+            Some(c) => {
+                let found: Vec<&Dependency> = record
+                    .dependencies
+                    .iter()
+                    .filter(|d| {
+                        d.digest
+                            .get("gitCommit")
+                            .is_some_and(|v| v.starts_with(c.as_str()))
+                    })
+                    .collect();
+                if found.is_empty() {
+                    return Vec::new();
+                }
+                found
+            }
+        };
+        let describes = self.uri.is_some() || self.name.is_some() || self.digest.is_some();
+        let pick = |with_digest: bool| -> Vec<&Dependency> {
             record
                 .dependencies
                 .iter()
-                .filter(|d| self.dependency_matches(d))
-                .cloned()
+                .filter(|d| self.dependency_matches(d, with_digest))
                 .collect()
+        };
+        let by_dependency = if describes { pick(true) } else { Vec::new() };
+        // For an artifact's own digest: the other filters, on some dependency.
+        let others_hold = self.uri.is_none() && self.name.is_none();
+        let by_others = if self.digest.is_some() && by_dependency.is_empty() && !others_hold {
+            pick(false)
         } else {
             Vec::new()
         };
-        // A digest may also be an artifact's own: "where does this file come from".
-        let only_digest = self.digest.is_some()
-            && self.uri.is_none()
-            && self.name.is_none()
-            && self.commit.is_none();
+        let matched = |extra: &[&Dependency]| -> Vec<Dependency> {
+            let mut all: Vec<Dependency> = Vec::new();
+            for d in by_commit.iter().chain(extra) {
+                if !all.contains(d) {
+                    all.push((*d).clone());
+                }
+            }
+            all
+        };
         record
             .subjects
             .iter()
-            .filter(|s| {
-                !on_dependencies
-                    || !matched.is_empty()
-                    || (only_digest && self.digest.as_deref() == Some(s.sha256.as_str()))
-            })
-            .map(|s| Hit {
-                artifact: s.clone(),
-                invocation_id: record.invocation_id.clone(),
-                finished: record.finished.clone(),
-                builder_id: record.builder_id.clone(),
-                trust: record.trust.clone(),
-                provenance: record.provenance.clone(),
-                matched: matched.clone(),
+            .filter_map(|s| {
+                let extra: &[&Dependency] = if !describes || !by_dependency.is_empty() {
+                    &by_dependency
+                } else if self.digest.as_deref() == Some(s.sha256.as_str())
+                    && (others_hold || !by_others.is_empty())
+                {
+                    &by_others
+                } else {
+                    return None;
+                };
+                Some(Hit {
+                    artifact: s.clone(),
+                    invocation_id: record.invocation_id.clone(),
+                    finished: record.finished.clone(),
+                    builder_id: record.builder_id.clone(),
+                    trust: record.trust.clone(),
+                    provenance: record.provenance.clone(),
+                    matched: matched(extra),
+                })
             })
             .collect()
     }
@@ -470,8 +556,8 @@ impl Query {
 
 /// Runs `query` over the index; an unreadable line is an error naming it.
 pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
-    let file =
-        File::open(index).with_context(|| format!("opening the inventory {}", index.display()))?;
+    let file = open_regular(index, false)
+        .with_context(|| format!("opening the inventory {}", index.display()))?;
     let needles = query.needles();
     let mut hits = Vec::new();
     let mut reader = BufReader::with_capacity(1 << 20, file);

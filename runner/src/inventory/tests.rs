@@ -228,3 +228,148 @@ fn the_index_is_the_runner_s_alone_and_never_written_through_a_symlink() {
     assert!(append(&link, &[record(9, vec![], &[])]).is_err());
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "");
 }
+
+#[test]
+fn an_append_that_crashed_mid_line_does_not_refuse_every_later_one() {
+    // A writer killed (or out of space) mid-write leaves a last line without its newline.
+    // Under the lock no one else is writing it: it is dropped, and the next record is a line
+    // of its own, not glued to the end of a broken one.
+    let (_d, index) = sample_index();
+    let mut f = OpenOptions::new().append(true).open(&index).unwrap();
+    f.write_all(b"{\"statement_sha256\":\"3333").unwrap();
+    drop(f);
+    let third = record(3, vec![], &[("dist/third", &"c".repeat(64))]);
+    assert_eq!(append(&index, &[third]).unwrap(), 1);
+    let text = std::fs::read_to_string(&index).unwrap();
+    assert!(text.ends_with('\n'), "{text}");
+    for line in text.lines() {
+        serde_json::from_str::<Record>(line).unwrap();
+    }
+    assert_eq!(found(&index, Query::default()).len(), 3);
+}
+
+#[test]
+fn a_query_of_an_index_that_is_a_fifo_fails_at_once_instead_of_waiting() {
+    let dir = crate::tools::testutil::TempDir::named("bulwark-inventory-fifo");
+    let fifo = dir.join("inventory.jsonl");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(search(&path, &Query::default()).map(|h| h.len()));
+    });
+    let outcome = rx.recv_timeout(std::time::Duration::from_secs(5));
+    if outcome.is_err() {
+        // Release the stuck reader before failing.
+        let _ = OpenOptions::new().write(true).open(&fifo);
+    }
+    let e = outcome.expect("query of a fifo index hangs").unwrap_err();
+    assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+}
+
+fn statement_json() -> serde_json::Value {
+    use crate::provenance::statement::{BUILD_TYPE, SLSA_PROVENANCE_V1, STATEMENT_TYPE};
+    serde_json::json!({
+        "_type": STATEMENT_TYPE,
+        "subject": [{ "name": "app", "digest": { "sha256": APP } }],
+        "predicateType": SLSA_PROVENANCE_V1,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": { "trust": "untrusted" },
+                "internalParameters": { "weakened": [] },
+                "resolvedDependencies": [
+                    { "name": "source", "uri": "git+https://git.example/app.git", "digest": { "gitCommit": COMMIT } },
+                ],
+            },
+            "runDetails": {
+                "builder": { "id": "https://example.invalid/b" },
+                "metadata": { "invocationId": "1", "startedOn": "2030-01-01T00:00:00Z", "finishedOn": "2030-01-01T00:00:01Z" },
+            },
+        },
+    })
+}
+
+#[test]
+fn a_provenance_file_swapped_after_listing_is_not_read_through_a_symlink_or_fifo() {
+    // `provenance_files` lists regular files only (symlinks not followed); what is opened
+    // afterwards must still be that: a symlink put in its place is not followed, a fifo put in
+    // its place is not waited on.
+    use crate::provenance::keys::{Algorithm, LocalKey};
+    let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+    let env = crate::provenance::dsse::sign(
+        &serde_json::to_vec(&statement_json()).unwrap(),
+        crate::provenance::dsse::IN_TOTO_PAYLOAD_TYPE,
+        &key,
+    )
+    .unwrap();
+    let dir = crate::tools::testutil::TempDir::named("bulwark-inventory-swap");
+    let real = dir.join("elsewhere.json");
+    std::fs::write(
+        &real,
+        crate::provenance::dsse::to_line(&env).unwrap() + "\n",
+    )
+    .unwrap();
+    let keys = [key.public()];
+    assert_eq!(verified_records(&real, &keys).unwrap().len(), 1);
+    let link = dir.join("provenance.intoto.jsonl");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let e = verified_records(&link, &keys).unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+    let fifo = dir.join("other.intoto.jsonl");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A writer that never writes: reading the fifo would wait for it forever.
+    let writer = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (f2, k2) = (fifo.clone(), keys.to_vec());
+    std::thread::spawn(move || {
+        let _ = tx.send(verified_records(&f2, &k2).map(|r| r.len()));
+    });
+    let outcome = rx.recv_timeout(std::time::Duration::from_secs(5));
+    drop(writer);
+    let e = outcome.expect("reading a fifo hangs").unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+}
+
+#[test]
+fn filters_on_different_dependencies_or_the_artifact_combine() {
+    let (_d, index) = sample_index();
+    // Built from this commit with this jq: the commit is the source's, the digest jq's.
+    let q = Query {
+        commit: Some("0123456".into()),
+        digest: Some(JQ.into()),
+        ..Default::default()
+    };
+    assert_eq!(found(&index, q), ["dist/app.tar.gz"]);
+    // This artifact, if it was built from this commit.
+    let q = Query {
+        commit: Some("0123456".into()),
+        digest: Some(APP.into()),
+        ..Default::default()
+    };
+    assert_eq!(found(&index, q), ["dist/app.tar.gz"]);
+    // This artifact, if it used a tool from tools.example.
+    let q = Query {
+        uri: Some("https://tools.example/*".into()),
+        digest: Some(APP.into()),
+        ..Default::default()
+    };
+    assert_eq!(found(&index, q), ["dist/app.tar.gz"]);
+    // Still every filter: another commit, or a jq that is not the one named, finds nothing.
+    let q = Query {
+        commit: Some("fffffff".into()),
+        digest: Some(APP.into()),
+        ..Default::default()
+    };
+    assert!(found(&index, q).is_empty());
+    let q = Query {
+        name: Some("jq".into()),
+        digest: Some(COMMIT.into()),
+        ..Default::default()
+    };
+    assert!(found(&index, q).is_empty());
+}

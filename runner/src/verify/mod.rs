@@ -362,6 +362,18 @@ pub fn load_provenance(path: &Path) -> Result<Vec<Result<Envelope, Rejection>>, 
         message,
     };
     let file = open_provenance(path).map_err(bad)?;
+    load_provenance_from(path, file)
+}
+
+/// [`load_provenance`] of `file`, already opened from `path` (which only names it).
+pub(crate) fn load_provenance_from(
+    path: &Path,
+    file: std::fs::File,
+) -> Result<Vec<Result<Envelope, Rejection>>, InputError> {
+    let bad = |message: String| InputError::Provenance {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut bytes = Vec::new();
     file.take(MAX_PROVENANCE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -564,7 +576,7 @@ pub(crate) fn error_lines(e: &InputError) -> Vec<String> {
 /// Text for the terminal, with control characters and the invisible marks that reorder
 /// text (bidirectional overrides, isolates and marks: `ACCEPTED` followed by U+202E could
 /// display a subject name reversed) escaped.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             let e: Vec<char> = if c.is_control() {
