@@ -111,7 +111,22 @@ fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, js
         eprintln!("bulwark: inventory query: {e}");
         return exit::USAGE;
     }
-    let hits = index_path(index, config).and_then(|i| super::search(&i, &query));
+    let index = match index_path(index, config) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("bulwark: inventory query: {e:#}");
+            return exit::USAGE;
+        }
+    };
+    // No index yet: nothing was recorded, so nothing used it (said, not an error).
+    if std::fs::symlink_metadata(&index).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        eprintln!(
+            "bulwark: inventory query: no inventory at {} yet: nothing has been recorded there",
+            index.display()
+        );
+        return exit::NONE;
+    }
+    let hits = super::search(&index, &query);
     let hits = match hits {
         Ok(h) => h,
         Err(e) => {

@@ -114,10 +114,17 @@ impl Record {
     /// The record of `statement`, found in `provenance`.
     pub fn of(statement: &Statement, provenance: &Path) -> Result<Record> {
         let canonical = serde_json::to_vec(statement).context("encoding the statement")?;
+        // Digests in lowercase, as queries ask for them (Bulwark writes them so; another
+        // producer's statement might not).
+        let lower = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.to_ascii_lowercase()))
+                .collect()
+        };
         let dep = |d: &ResourceDescriptor, builder: bool| Dependency {
             name: d.name.clone(),
             uri: d.uri.clone(),
-            digest: d.digest.clone(),
+            digest: lower(&d.digest),
             builder,
         };
         let p = &statement.predicate;
@@ -153,7 +160,7 @@ impl Record {
                 .filter_map(|s| {
                     Some(Subject {
                         name: s.name.clone().unwrap_or_default(),
-                        sha256: s.digest.get("sha256")?.clone(),
+                        sha256: s.digest.get("sha256")?.to_ascii_lowercase(),
                     })
                 })
                 .collect(),
@@ -174,11 +181,74 @@ fn open_locked(index: &Path) -> Result<Flock<File>> {
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(index)
         .with_context(|| format!("opening the inventory {}", index.display()))?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         anyhow::bail!("the inventory {} is not a regular file", index.display());
     }
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("locking the inventory {}: {e}", index.display()))
+    // Made 0600 when created; one made looser by hand is tightened (it says what was built
+    // where, and only its owner should write it).
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("making {} private", index.display()))?;
+    }
+    // Waited for, but not forever: a holder stuck on a network filesystem must not hold up
+    // the end of every job.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, e)) => anyhow::bail!(
+                "locking the inventory {}: {e} (another process has held it for more than {} s)",
+                index.display(),
+                LOCK_WAIT.as_secs()
+            ),
+        }
+    }
+}
+
+/// Longest wait for another writer of the index.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The `statement_sha256` of an index line, read from its fixed opening without parsing the
+/// rest; `None` for a line that is not a record.
+fn line_statement(line: &[u8]) -> Option<&str> {
+    const OPENING: &[u8] = b"{\"statement_sha256\":\"";
+    let rest = line.strip_prefix(OPENING)?;
+    let digest = rest.get(..64)?;
+    (rest.get(64) == Some(&b'"') && digest.iter().all(u8::is_ascii_hexdigit))
+        .then(|| std::str::from_utf8(digest).ok())
+        .flatten()
+}
+
+/// Drops a last line without its newline, which a writer that died (or ran out of space)
+/// mid-write left: with the lock held no one is completing it, and left there it would glue
+/// the next record to it. Reads only the file's tail.
+fn drop_partial_tail(file: &mut File, index: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)
+            .with_context(|| format!("reading {}", index.display()))?;
+        if end == len && chunk.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    file.set_len(end)
+        .with_context(|| format!("dropping a partial last line of {}", index.display()))
 }
 
 /// Opens `path` for reading without waiting (`O_NONBLOCK`: a fifo would wait for a writer
@@ -214,11 +284,14 @@ fn open_regular(path: &Path, no_follow: bool) -> std::io::Result<File> {
 /// Appends `records` to the index, leaving out statements it already holds. Returns how
 /// many were added.
 pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
-    let mut file = open_locked(index)?;
+    let mut locked = open_locked(index)?;
+    drop_partial_tail(&mut locked, index)?;
+    // What the index holds, from each line's opening alone (no parsing): an index of a few
+    // hundred thousand statements is read in a fraction of a second.
     let mut known = HashSet::new();
-    let mut reader = BufReader::new(&*file);
+    let mut reader = BufReader::with_capacity(1 << 20, &*locked);
     let mut line = Vec::new();
-    let (mut n, mut whole) = (0usize, 0u64);
+    let mut n = 0usize;
     loop {
         line.clear();
         let read = reader
@@ -227,48 +300,50 @@ pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
         if read == 0 {
             break;
         }
-        if line.last() != Some(&b'\n') {
-            // A last line without its newline, with the lock held: no one is writing it, a
-            // writer died (or ran out of space) in the middle of it. It can never be completed;
-            // left there, every later append would refuse the index and the next record would
-            // be glued to it. Dropped.
-            drop(reader);
-            file.set_len(whole)
-                .with_context(|| format!("dropping a partial last line of {}", index.display()))?;
-            break;
-        }
         n += 1;
-        whole += read as u64;
-        let text = std::str::from_utf8(&line)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("reading {}", index.display()))?;
-        if text.trim().is_empty() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let r: Record = serde_json::from_str(text)
-            .with_context(|| format!("{} line {n}: not an inventory record", index.display()))?;
-        known.insert(r.statement_sha256);
+        let digest = line_statement(&line).ok_or_else(|| {
+            anyhow::anyhow!("{} line {n}: not an inventory record", index.display())
+        })?;
+        known.insert(digest.to_string());
     }
-    let mut text = String::new();
-    let mut added = 0;
-    for r in records {
-        if known.insert(r.statement_sha256.clone()) {
-            text.push_str(&serde_json::to_string(r)?);
-            text.push('\n');
-            added += 1;
-        }
-    }
-    // One write of whole lines, under the lock: a reader sees each line whole or not at all
-    // (it stops at a last line without its newline).
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("appending to {}", index.display()))?;
-    Ok(added)
+    drop(reader);
+    write_new(&mut locked, index, records, &known)
 }
 
-/// What `bulwark run` records of a statement it signed and wrote to `provenance`.
+/// Appends those of `records` whose statement is not in `known`, in one write of whole lines
+/// under the lock: a reader sees each line whole or not at all (it stops at a last line
+/// without its newline).
+fn write_new(
+    file: &mut File,
+    index: &Path,
+    records: &[Record],
+    known: &HashSet<String>,
+) -> Result<usize> {
+    let mut seen = HashSet::new();
+    let mut text = String::new();
+    for r in records {
+        if !known.contains(&r.statement_sha256) && seen.insert(r.statement_sha256.clone()) {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+    }
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("appending to {}", index.display()))?;
+    Ok(seen.len())
+}
+
+/// What `bulwark run` records of a statement it signed and wrote to `provenance`. Its
+/// statement is new (a fresh invocation id), so the index is not read for duplicates: only
+/// its tail is looked at, and the cost stays the same however large the index grows.
 pub fn record_own(state: &Path, statement: &Statement, provenance: &Path) -> Result<()> {
+    let index = state.join(INDEX_NAME);
     let record = Record::of(statement, provenance)?;
-    append(&state.join(INDEX_NAME), &[record]).map(drop)
+    let mut locked = open_locked(&index)?;
+    drop_partial_tail(&mut locked, &index)?;
+    write_new(&mut locked, &index, &[record], &HashSet::new()).map(drop)
 }
 
 /// The provenance files under `path` (itself, when it is a file): `*.intoto.jsonl` and
@@ -319,7 +394,16 @@ pub struct FileOutcome {
 pub fn read_verified(paths: &[PathBuf], keys: &[PublicKey]) -> Result<Vec<FileOutcome>> {
     let mut out = Vec::new();
     for p in paths {
-        for file in provenance_files(p)? {
+        let files = provenance_files(p)?;
+        if files.is_empty() {
+            anyhow::bail!(
+                "no provenance file (*.intoto.jsonl, *.sigstore.json) under {}",
+                p.display()
+            );
+        }
+        for file in files {
+            // Recorded absolute: a relative path means nothing to a later query.
+            let file = std::path::absolute(&file).unwrap_or(file);
             let records = verified_records(&file, keys);
             out.push(FileOutcome {
                 path: file,

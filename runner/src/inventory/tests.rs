@@ -373,3 +373,95 @@ fn filters_on_different_dependencies_or_the_artifact_combine() {
     };
     assert!(found(&index, q).is_empty());
 }
+
+#[test]
+fn the_runs_own_record_only_looks_at_the_tail_and_mends_a_torn_last_line() {
+    let (d, index) = sample_index();
+    // A writer that died mid-line.
+    let mut f = OpenOptions::new().append(true).open(&index).unwrap();
+    f.write_all(b"{\"statement_sha256\":\"33").unwrap();
+    drop(f);
+    // A record appended the way `bulwark run` appends its own: no reading of the whole
+    // index for duplicates (a garbage line in the middle is not even noticed), the torn tail
+    // dropped first.
+    let text = std::fs::read_to_string(&index).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(1, "garbage-in-the-middle");
+    std::fs::write(&index, lines.join("\n")).unwrap();
+    let mut locked = open_locked(&index).unwrap();
+    drop_partial_tail(&mut locked, &index).unwrap();
+    write_new(
+        &mut locked,
+        &index,
+        &[record(7, vec![], &[("x", APP)])],
+        &HashSet::new(),
+    )
+    .unwrap();
+    drop(locked);
+    let text = std::fs::read_to_string(&index).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(
+        line_statement(lines[3].as_bytes()),
+        Some(&*format!("{:064x}", 7))
+    );
+    assert!(text.ends_with("}\n"));
+    drop(d);
+}
+
+#[test]
+fn digests_are_indexed_in_lowercase_whoever_wrote_the_statement() {
+    use crate::provenance::statement::ResourceDescriptor;
+    let upper = "ABCDEF".repeat(10) + "ABCD";
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/statement-v1.json"),
+    )
+    .unwrap();
+    let mut statement: Statement = serde_json::from_str(&text).unwrap();
+    statement.subject[0]
+        .digest
+        .insert("sha256".into(), upper.clone());
+    statement
+        .predicate
+        .build_definition
+        .resolved_dependencies
+        .push(ResourceDescriptor {
+            name: Some("tool".into()),
+            digest: [("sha256".to_string(), upper.clone())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+    let r = Record::of(&statement, Path::new("/p")).unwrap();
+    let lower = upper.to_ascii_lowercase();
+    assert_eq!(r.subjects[0].sha256, lower);
+    assert!(r
+        .dependencies
+        .iter()
+        .any(|d| d.digest.get("sha256") == Some(&lower)));
+}
+
+#[test]
+fn a_path_without_provenance_is_an_error_and_paths_are_recorded_absolute() {
+    let dir = crate::tools::testutil::TempDir::named("bulwark-inventory-empty");
+    std::fs::write(dir.join("notes.txt"), "").unwrap();
+    let e = read_verified(&[dir.to_path_buf()], &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("no provenance file"), "{e:#}");
+    // A relative path: the outcome names the file absolutely.
+    std::fs::write(dir.join("x.intoto.jsonl"), "not json\n").unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let rel = pathdiff(&dir, &cwd);
+    let outcomes = read_verified(&[rel], &[]).unwrap();
+    assert!(outcomes[0].path.is_absolute(), "{:?}", outcomes[0].path);
+    assert!(outcomes[0].records.is_err());
+}
+
+/// `path` relative to `base` (both absolute), through `..` as needed.
+fn pathdiff(path: &Path, base: &Path) -> PathBuf {
+    let ups = base.components().count() - 1;
+    let mut rel = PathBuf::new();
+    for _ in 0..ups {
+        rel.push("..");
+    }
+    rel.join(path.strip_prefix("/").unwrap())
+}
