@@ -38,6 +38,28 @@ pub struct JobDir {
     _lock: Flock<File>,
 }
 
+/// The file in the state directory whose lock serializes job disks being made: checking that
+/// a disk fits above the free-space reserve and preallocating it are one step, or two jobs
+/// could each find room for their disk and together take the filesystem below the reserve,
+/// stopping every job without a disk of its own.
+const DISK_RESERVATIONS: &str = ".disk-reservations";
+
+/// Takes the state directory's disk-reservation lock (see [`DISK_RESERVATIONS`]), waiting for
+/// another run making its job's disk (a few tens of milliseconds).
+pub fn lock_disk_reservations(dirs: &Dirs) -> Result<Flock<File>> {
+    let path = dirs.state.join(DISK_RESERVATIONS);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+}
+
 /// The job directory's entries for a job disk: the image and where it is mounted.
 const DISK_IMAGE: &str = "disk.img";
 const DISK_MOUNT: &str = "disk";

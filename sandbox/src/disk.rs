@@ -19,9 +19,10 @@
 //!   `tmp/` inside. A write past the size fails with ENOSPC in the job, and only in the job.
 //!
 //! Costs and limits: root only (loop devices and mounting ext4 need `CAP_SYS_ADMIN` in the
-//! host's user namespace; rootless and subuid jobs asking for a disk are refused); about
-//! 10–20 ms per job for `mkfs.ext4` and the mount (e2fsprogs must be installed); the size is
-//! taken from the host's filesystem whether the job uses it or not.
+//! host's user namespace; rootless and subuid jobs asking for a disk are refused); at launch
+//! about 10 ms for a 1 GiB disk and 44 ms for 20 GiB, mostly `mkfs.ext4` (e2fsprogs must be
+//! installed; `bench/limits.sh`); the size is taken from the host's filesystem whether the job
+//! uses it or not.
 //!
 //! What the kernel parses: the job writes files through ext4, never the image's blocks (the
 //! image is outside everything the sandbox shows, and `/dev` in the sandbox has no loop
@@ -137,9 +138,10 @@ pub fn create(image: &Path, bytes: u64, mountpoint: &Path) -> io::Result<()> {
 }
 
 /// `mkfs.ext4` on the image: no journal (nothing on it outlives the job), no blocks reserved
-/// for root (the job's uid gets all of them), no discard (the blocks stay allocated), lazy
-/// inode table initialization (quick on large images; the kernel finishes it in the
-/// background). Cleared environment, no input; its output is kept for the error only.
+/// for root (the job's uid gets all of them), no discard (the blocks stay allocated), inode
+/// tables not written (`lazy_itable_init`; the image was just preallocated, so they read as
+/// zeros already, and [`mount`] tells the kernel not to zero them in the background either).
+/// Cleared environment, no input; its output is kept for the error only.
 fn format(mkfs: &Path, image: &Path) -> io::Result<()> {
     let out = Command::new(mkfs)
         .args([
@@ -170,8 +172,10 @@ fn format(mkfs: &Path, image: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Attaches `image` to a loop device and mounts it at `mountpoint`. The device detaches
-/// itself once the mount is gone (its descriptor here is dropped on return).
+/// Attaches `image` to a loop device and mounts it at `mountpoint`, `noinit_itable` (see
+/// [`format`]: background zeroing would only write zeros over zeros, I/O the job pays for).
+/// The device detaches itself once the mount is gone (its descriptor here is dropped on
+/// return).
 fn mount(image: &File, mountpoint: &Path) -> io::Result<()> {
     let (device, _held) = crate::sys::loop_attach(image)?;
     nix::mount::mount(
@@ -179,7 +183,7 @@ fn mount(image: &File, mountpoint: &Path) -> io::Result<()> {
         mountpoint,
         Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
-        None::<&str>,
+        Some("noinit_itable"),
     )
     .map_err(io::Error::from)
     .map_err(|e| {

@@ -1592,25 +1592,43 @@ mod root_mode {
     }
 
     #[test]
-    fn a_killed_run_s_job_disk_is_unmounted_by_the_next_run() {
+    fn job_disks_are_checked_against_the_reserve_and_made_one_at_a_time() {
+        // While another run holds the reservation lock (making its disk), a job with a disk
+        // waits: the check that its disk fits and its preallocation are one step.
         require_root();
-        let env = Env::new("disk-kill");
-        let marker = format!("31{}", rand_digits());
-        let job = one_step(
-            "victim",
-            &format!("sleep {marker}"),
-            "[resources]\ndisk = \"32MiB\"",
+        let env = Env::new("disk-lock");
+        fs::create_dir_all(&env.state).unwrap();
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(env.state.join(".disk-reservations"))
+            .unwrap();
+        let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        let pause = format!("3.{}", rand_digits());
+        let (mut cmd, out) = env.command(
+            &one_step(
+                "waits",
+                &format!("sleep {pause}; echo ran"),
+                "[resources]\ndisk = \"16MiB\"",
+            ),
+            &[],
         );
-        kill_runner_mid_job(&env, &job, &format!("sleep {marker}"), 1);
-        // The dead run's disk is still mounted (nothing ran to unmount it)...
-        let left = disk_leftovers(&env.dir);
-        assert!(left.iter().any(|l| l.starts_with("mount")), "{left:?}");
-        // ...until the next run cleans up after it.
-        let r = env.run(&one_step("next", "true", ""));
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            processes_with(&format!("sleep {pause}")).is_empty(),
+            "the job started while the reservation lock was held"
+        );
+        assert!(disk_leftovers(&env.dir).is_empty());
+        drop(held);
+        let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
         r.assert_code(0);
-        assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");
-        assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
-        assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 0);
+        assert!(r.log.contains("ran"), "{r}");
     }
 
     #[test]
@@ -1646,6 +1664,10 @@ mod root_mode {
             .filter(|p| p.exists())
             .collect();
         assert!(!cgroups.is_empty(), "no cgroup of {id} found");
+        // The dead run's disk is still mounted (nothing ran to unmount it)...
+        let left = disk_leftovers(&env.dir);
+        assert!(left.iter().any(|l| l.starts_with("mount")), "{left:?}");
+        // ...until the next run cleans up after it, with its cgroups.
         let r = env.run(&one_step("next", "true", ""));
         r.assert_code(0);
         assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");

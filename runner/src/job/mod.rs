@@ -699,6 +699,15 @@ impl JobRun<'_> {
             .as_ref()
             .zip(lease.as_ref())
             .map(|(s, l)| s.map_for(l.uid));
+        // Checked and taken under one lock, with every other run's disk (see
+        // `workspace::lock_disk_reservations`).
+        let reservation = match self.job.disk {
+            Some(_) => Some(
+                workspace::lock_disk_reservations(&dirs)
+                    .map_err(|e| Stop::Refused(format!("{e:#}")))?,
+            ),
+            None => None,
+        };
         if let (Some(bytes), Some(reserve)) = (
             self.job.disk,
             crate::disk_reserve::Reserve::new(&dirs.jobs(), limits.min_free_disk),
@@ -714,6 +723,7 @@ impl JobRun<'_> {
         }
         let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started, self.job.disk)
             .map_err(|e| Stop::Refused(format!("{e:#}")))?;
+        drop(reservation);
         self.disk = crate::disk_reserve::Reserve::new(&jobdir.path, limits.min_free_disk);
         let result = match self.disk.as_ref().map(|d| d.check(0)) {
             Some(Err(e)) => Err(Stop::Refused(format!(
