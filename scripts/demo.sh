@@ -6,6 +6,8 @@
 #   4. `bulwark run examples/hello/job.toml` into a fresh output directory;
 #   5. prints result.json and checks the output's sha256 against it with sha256sum;
 #   6. `bulwark verify`: the signed provenance (with a key made by `bulwark keygen`) covers it.
+#   7. `bulwark inventory query`: the host's inventory, which every signed run is added to,
+#      says where the artifact comes from.
 #
 #   ./scripts/demo.sh            # output in a new directory under ${TMPDIR:-/tmp}
 #   ./scripts/demo.sh OUT_DIR    # output in OUT_DIR (must be absent or empty)
@@ -98,6 +100,9 @@ if [[ "${BULWARK_DEMO_RLIMIT_FALLBACK:-0}" == 1 ]]; then
   verify_policy=(--policy "$keys/policy.toml")
 fi
 "$bulwark" verify --provenance "$out/provenance.sigstore.json" --key "$keys/signing.pub" "${verify_policy[@]}" "$out/dist/hello.tar.gz"
+
+say "bulwark inventory query --digest <its sha256>: where it comes from"
+"$bulwark" inventory query "${config[@]}" --digest "$recorded"
 
 say "done: the job's outputs, log, result and provenance are in $out"
 ls -l "$out" "$out/dist"
