@@ -154,6 +154,19 @@ impl Env {
         Run::from_output(run_output(cmd), out)
     }
 
+    /// Starts what [`Env::run`] runs in the background, its output captured; the returned
+    /// [`Started::finish`] waits for it.
+    pub fn start(&self, job: &str) -> Started {
+        let (mut cmd, out) = self.command(job, &[]);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Started { child, out }
+    }
+
     /// The command `run` would execute, and the output directory it uses.
     pub fn command(&self, job: &str, extra: &[&str]) -> (Command, PathBuf) {
         let n = self.n.get() + 1;
@@ -189,6 +202,20 @@ pub use bulwark_sandbox::testutil::TempDir;
 
 fn run_output(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+/// A `bulwark run` started by [`Env::start`].
+#[derive(Debug)]
+pub struct Started {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl Started {
+    /// Waits for it and says what it did.
+    pub fn finish(self) -> Run {
+        Run::from_output(self.child.wait_with_output().unwrap(), self.out)
+    }
 }
 
 /// What a `bulwark run` did.

@@ -1017,13 +1017,7 @@ mod root_mode {
         require_root();
         let env = Env::new("cg-stuck");
         let marker = format!("31{}", rand_digits());
-        let (mut cmd, out) =
-            env.command(&one_step("stuck", &format!("sleep 1 # {marker}"), ""), &[]);
-        let child = cmd
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let started = env.start(&one_step("stuck", &format!("sleep 1 # {marker}"), ""));
         bulwark_tests::wait_for_process(&marker, "the job", 20);
         let jobs_dir = env.state.join("jobs");
         let id = fs::read_dir(&jobs_dir)
@@ -1056,7 +1050,7 @@ mod root_mode {
         for cg in &cgroups {
             fs::create_dir(cg.join("held")).unwrap();
         }
-        let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+        let r = started.finish();
         r.assert_code(3);
         assert!(r.stderr.contains("could not be emptied"), "{r}");
         // The job directory, which names the cgroups, is still there.
@@ -1173,19 +1167,11 @@ mod root_mode {
         let _fs = on_private_fs(&env, "768m", "min_free_disk = \"512MiB\"");
         // A unique sleep of about 4 s, long enough for the other job to fill the host.
         let pause = format!("4.{}", rand_digits());
-        let (mut own, own_out) = env.command(
-            &one_step(
-                "own",
-                &format!("sleep {pause}; echo own-done"),
-                "[resources]\ndisk = \"64MiB\"",
-            ),
-            &[],
-        );
-        let own = own
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let own = env.start(&one_step(
+            "own",
+            &format!("sleep {pause}; echo own-done"),
+            "[resources]\ndisk = \"64MiB\"",
+        ));
         bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the disk job", 20);
         let r = env.run(&one_step(
             "fill",
@@ -1200,7 +1186,7 @@ mod root_mode {
                 .contains("below limits.min_free_disk = 512MiB, while the job ran"),
             "{r}"
         );
-        let own = bulwark_tests::Run::from_output(own.wait_with_output().unwrap(), own_out);
+        let own = own.finish();
         own.assert_code(0);
         assert!(own.log.contains("own-done"), "{own}");
     }
@@ -1606,19 +1592,11 @@ mod root_mode {
             .unwrap();
         let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
         let pause = format!("3.{}", rand_digits());
-        let (mut cmd, out) = env.command(
-            &one_step(
-                "waits",
-                &format!("sleep {pause}; echo ran"),
-                "[resources]\ndisk = \"16MiB\"",
-            ),
-            &[],
-        );
-        let child = cmd
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let started = env.start(&one_step(
+            "waits",
+            &format!("sleep {pause}; echo ran"),
+            "[resources]\ndisk = \"16MiB\"",
+        ));
         std::thread::sleep(Duration::from_millis(1500));
         assert!(
             processes_with(&format!("sleep {pause}")).is_empty(),
@@ -1626,7 +1604,7 @@ mod root_mode {
         );
         assert!(disk_leftovers(&env.dir).is_empty());
         drop(held);
-        let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+        let r = started.finish();
         r.assert_code(0);
         assert!(r.log.contains("ran"), "{r}");
     }
@@ -1688,15 +1666,10 @@ mod root_mode {
             env.write_config("job_uids = \"300020-300020\"");
         }
         let pause = format!("4.{}", rand_digits());
-        let (mut cmd, out) = a.command(&one_step("long", &format!("sleep {pause}"), ""), &[]);
-        let first = cmd
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let first = a.start(&one_step("long", &format!("sleep {pause}"), ""));
         bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the first job", 20);
         let second = b.run(&one_step("other", "echo ran", ""));
-        let first = bulwark_tests::Run::from_output(first.wait_with_output().unwrap(), out);
+        let first = first.finish();
         first.assert_code(0);
         second.assert_code(2);
         assert!(second.stderr.contains("no free job uid"), "{second}");
