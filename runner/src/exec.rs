@@ -91,11 +91,13 @@ fn run_inner(
     } else {
         None
     };
-    let jobdir = crate::workspace::create(
+    // A disk as `run` makes one: checked against the reserve under the reservation lock.
+    let jobdir = crate::workspace::create_reserved(
         &dirs,
         "exec",
         &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         limits.max_disk,
+        limits.min_free_disk,
     )
     .map_err(|e| format!("{e:#}"))?;
     if let Some(l) = &lease {

@@ -60,6 +60,35 @@ pub fn lock_disk_reservations(dirs: &Dirs) -> Result<Flock<File>> {
         .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
 }
 
+/// [`create`], for every caller that may give a job a disk of its own (`bulwark run` and
+/// `bulwark exec`): with a disk, under the reservation lock (see [`DISK_RESERVATIONS`]), the
+/// disk is first checked to fit above the reserve `min_free_disk` of the job directories'
+/// filesystem, and made before the lock is released. A caller that made a disk without it
+/// would reopen the race the lock closes.
+pub fn create_reserved(
+    dirs: &Dirs,
+    job_name: &str,
+    started: &str,
+    disk: Option<u64>,
+    min_free_disk: bulwark_protocol::DiskReserve,
+) -> Result<JobDir> {
+    let Some(bytes) = disk else {
+        return create(dirs, job_name, started, None);
+    };
+    let _reservation = lock_disk_reservations(dirs)?;
+    if let Some(reserve) = crate::disk_reserve::Reserve::new(&dirs.jobs(), min_free_disk) {
+        // The disk is taken from the host's filesystem whole, at once.
+        reserve.check(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "the job's disk of {} does not fit: {e}; free space there, ask for a smaller \
+                 disk (resources.disk / limits.max_disk), or lower limits.min_free_disk",
+                bulwark_protocol::format_size(bytes)
+            )
+        })?;
+    }
+    create(dirs, job_name, started, Some(bytes))
+}
+
 /// The job directory's entries for a job disk: the image and where it is mounted.
 const DISK_IMAGE: &str = "disk.img";
 const DISK_MOUNT: &str = "disk";

@@ -1610,6 +1610,32 @@ mod root_mode {
     }
 
     #[test]
+    fn bulwark_exec_checks_its_disk_against_the_reserve_under_the_reservation_lock() {
+        // `exec` makes a disk of `limits.max_disk` as `run` does, so it takes the same lock
+        // and meets the same reserve: 768 MiB, 512 MiB kept, a 384 MiB disk does not fit.
+        let env = Env::new("exec-disk");
+        let _fs = on_private_fs(
+            &env,
+            "768m",
+            "min_free_disk = \"512MiB\"\nmax_disk = \"384MiB\"",
+        );
+        let out = std::process::Command::new(bulwark_tests::bulwark_bin())
+            .args(["exec", "--config"])
+            .arg(&env.config)
+            .args(["--", "/bin/sh", "-c", "echo ran"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(!stderr.contains("ran"), "{stderr}");
+        assert!(stderr.contains("does not fit"), "{stderr}");
+        assert!(env.state.join(".disk-reservations").exists(), "{stderr}");
+        assert_eq!(disk_leftovers(&env.state), Vec::<String>::new());
+        assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 0);
+    }
+
+    #[test]
     fn a_killed_run_s_cpu_cgroup_and_disk_are_removed_by_the_next_run() {
         require_root();
         let env = Env::new("cpu-kill");

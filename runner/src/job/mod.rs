@@ -699,31 +699,16 @@ impl JobRun<'_> {
             .as_ref()
             .zip(lease.as_ref())
             .map(|(s, l)| s.map_for(l.uid));
-        // Checked and taken under one lock, with every other run's disk (see
-        // `workspace::lock_disk_reservations`).
-        let reservation = match self.job.disk {
-            Some(_) => Some(
-                workspace::lock_disk_reservations(&dirs)
-                    .map_err(|e| Stop::Refused(format!("{e:#}")))?,
-            ),
-            None => None,
-        };
-        if let (Some(bytes), Some(reserve)) = (
+        // A disk is checked against the reserve and taken under one lock, with every other
+        // run's disk (see `workspace::create_reserved`).
+        let jobdir = workspace::create_reserved(
+            &dirs,
+            &self.job.spec.name,
+            &self.started,
             self.job.disk,
-            crate::disk_reserve::Reserve::new(&dirs.jobs(), limits.min_free_disk),
-        ) {
-            // The disk is taken from the host's filesystem whole, at once.
-            reserve.check(bytes).map_err(|e| {
-                Stop::Refused(format!(
-                    "the job's disk of {} does not fit: {e}; free space there, ask for a \
-                     smaller resources.disk, or lower limits.min_free_disk",
-                    format_size(bytes)
-                ))
-            })?;
-        }
-        let jobdir = workspace::create(&dirs, &self.job.spec.name, &self.started, self.job.disk)
-            .map_err(|e| Stop::Refused(format!("{e:#}")))?;
-        drop(reservation);
+            limits.min_free_disk,
+        )
+        .map_err(|e| Stop::Refused(format!("{e:#}")))?;
         self.disk = crate::disk_reserve::Reserve::new(&jobdir.path, limits.min_free_disk);
         let result = match self.disk.as_ref().map(|d| d.check(0)) {
             Some(Err(e)) => Err(Stop::Refused(format!(
