@@ -45,20 +45,43 @@ pub struct JobDir {
 const DISK_RESERVATIONS: &str = ".disk-reservations";
 
 /// Takes the state directory's disk-reservation lock (see [`DISK_RESERVATIONS`]), waiting for
-/// another run making its job's disk (a few tens of milliseconds).
+/// another run making its job's disk (a few tens of milliseconds), but not past
+/// [`RESERVATION_WAIT`]: a run stuck making one must not hold every later disk job forever.
 pub fn lock_disk_reservations(dirs: &Dirs) -> Result<Flock<File>> {
     let path = dirs.state.join(DISK_RESERVATIONS);
+    // Non-blocking open: a fifo put there would otherwise wait for a reader.
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+    if !file.metadata()?.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    let deadline = std::time::Instant::now() + RESERVATION_WAIT;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+                "another run has been making its job's disk for more than {} s (it holds {})",
+                RESERVATION_WAIT.as_secs(),
+                path.display()
+            ),
+            Err((_, e)) => anyhow::bail!("locking {}: {e}", path.display()),
+        }
+    }
 }
+
+/// Longest wait for another run making its job's disk.
+const RESERVATION_WAIT: Duration = Duration::from_secs(60);
 
 /// [`create`], for every caller that may give a job a disk of its own (`bulwark run` and
 /// `bulwark exec`): with a disk, under the reservation lock (see [`DISK_RESERVATIONS`]), the

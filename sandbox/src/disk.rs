@@ -241,6 +241,22 @@ pub fn files(mountpoint: &Path) -> io::Result<(u64, u64)> {
     Ok((s.files(), s.files_available()))
 }
 
+/// Whether the filesystem holding `path` writes a preallocated file's blocks in place, so
+/// that once an image is preallocated nothing written into it takes more of that filesystem:
+/// ext4, XFS and tmpfs do. Copy-on-write filesystems (btrfs, ZFS, bcachefs) write rewritten
+/// blocks elsewhere, so a job could still take room there; an unknown one counts as such.
+pub fn preallocation_holds(path: &Path) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const TMPFS: i64 = 0x0102_1994;
+    nix::sys::statfs::statfs(path).is_ok_and(|s| {
+        // The magic's integer type differs between targets; every value here fits in i64.
+        #[allow(clippy::unnecessary_cast)]
+        let magic = s.filesystem_type().0 as i64;
+        [EXT4, XFS, TMPFS].contains(&magic)
+    })
+}
+
 /// Size and free bytes of the filesystem at `mountpoint`.
 pub fn usage(mountpoint: &Path) -> io::Result<(u64, u64)> {
     let s = nix::sys::statvfs::statvfs(mountpoint).map_err(io::Error::from)?;
@@ -249,4 +265,18 @@ pub fn usage(mountpoint: &Path) -> io::Result<(u64, u64)> {
         s.blocks().saturating_mul(unit),
         s.blocks_available().saturating_mul(unit),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preallocation_is_trusted_only_on_filesystems_that_write_in_place() {
+        // tmpfs (here /dev/shm) writes in place; procfs is no such filesystem, and a path
+        // that does not exist says nothing, so it counts as not holding.
+        assert!(preallocation_holds(Path::new("/dev/shm")));
+        assert!(!preallocation_holds(Path::new("/proc")));
+        assert!(!preallocation_holds(Path::new("/nonexistent/bulwark")));
+    }
 }

@@ -202,11 +202,12 @@ fn open_locked(index: &Path) -> Result<Flock<File>> {
                 file = f;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err((_, e)) => anyhow::bail!(
-                "locking the inventory {}: {e} (another process has held it for more than {} s)",
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+                "locking the inventory {}: another process has held it for more than {} s",
                 index.display(),
                 LOCK_WAIT.as_secs()
             ),
+            Err((_, e)) => anyhow::bail!("locking the inventory {}: {e}", index.display()),
         }
     }
 }

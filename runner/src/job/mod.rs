@@ -718,8 +718,9 @@ impl JobRun<'_> {
         };
         // A job on a disk of its own writes nothing more to the host's filesystem than the
         // disk it was given at once: whoever takes that filesystem below the reserve while it
-        // runs, it is not this job, which is not stopped for it.
-        if jobdir.disk.is_some() {
+        // runs, it is not this job, which is not stopped for it. Only where the filesystem
+        // writes a preallocated file in place (on copy-on-write ones its rewrites take room).
+        if jobdir.disk.is_some() && bulwark_sandbox::disk::preallocation_holds(&jobdir.path) {
             self.disk = None;
         }
         let result = result.and_then(|()| {
