@@ -191,6 +191,19 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         if std::env::var_os("BULWARK_KEEP_TEST_DIRS").is_none() {
+            // A test that failed with a run still going (or killed) may leave a job disk
+            // mounted in its directory: detached first, so that the removal does not walk
+            // into it and no mount or loop device outlives the test.
+            let dir = self.dir.to_string_lossy().into_owned();
+            let mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+                .filter(|m| m.starts_with(&format!("{dir}/")))
+                .collect();
+            for m in mounts.iter().rev() {
+                let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
             let _ = remove_tree(&self.dir);
         }
     }

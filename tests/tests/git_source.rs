@@ -276,8 +276,27 @@ mod root_mode {
             )),
             as_uid(&format!("exec sleep {marker}3")),
         ]);
-        for n in 1..=3 {
-            bulwark_tests::wait_for_process(&format!("sleep {marker}{n}"), "a stray", 10);
+        // Each must have become `sleep` as the uid (its marker is in setpriv's own arguments
+        // too, before the switch: stopped then, it would stay root and unkillable by the uid).
+        for child in &strays.0 {
+            let pid = child.id();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+                if comm.trim() == "sleep"
+                    && uid_line.split_whitespace().nth(1) == Some(&*uid.to_string())
+                {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "stray {pid} never became sleep as uid {uid}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         // The third is stopped (SIGSTOP, sent to the test's own child).
         let stopped = nix::unistd::Pid::from_raw(strays.0[2].id() as i32);
