@@ -111,6 +111,30 @@ fn write_renamed_mode(path: &Path, bytes: &[u8], sync: bool, mode: Option<u32>) 
     result
 }
 
+/// Takes an exclusive `flock` on `file`, waiting for another holder no later than `deadline`:
+/// `Ok(None)` when it still holds it then (the file is dropped). Polled, since `flock` has
+/// no timeout of its own; an interrupted attempt is retried.
+pub fn lock_until(
+    file: File,
+    deadline: std::time::Instant,
+) -> Result<Option<nix::fcntl::Flock<File>>, nix::errno::Errno> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) => file = back,
+            Err((_, errno)) => return Err(errno),
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
+    }
+}
+
 /// Removes a directory tree that a job wrote, without following symlinks (see
 /// `remove_tree_walk`), first making any directory the job left unreadable or unwritable
 /// accessible again. A job controls the shape of the tree: one deeper than this walk goes is

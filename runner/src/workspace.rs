@@ -61,22 +61,14 @@ pub fn lock_disk_reservations(dirs: &Dirs) -> Result<Flock<File>> {
     if !file.metadata()?.is_file() {
         anyhow::bail!("{} is not a regular file", path.display());
     }
-    let deadline = std::time::Instant::now() + RESERVATION_WAIT;
-    let mut file = file;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => return Ok(locked),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
-                file = f;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
-                "another run has been making its job's disk for more than {} s (it holds {})",
-                RESERVATION_WAIT.as_secs(),
-                path.display()
-            ),
-            Err((_, e)) => anyhow::bail!("locking {}: {e}", path.display()),
-        }
+    match crate::fsutil::lock_until(file, std::time::Instant::now() + RESERVATION_WAIT) {
+        Ok(Some(locked)) => Ok(locked),
+        Ok(None) => anyhow::bail!(
+            "another run has been making its job's disk for more than {} s (it holds {})",
+            RESERVATION_WAIT.as_secs(),
+            path.display()
+        ),
+        Err(e) => anyhow::bail!("locking {}: {e}", path.display()),
     }
 }
 

@@ -161,7 +161,9 @@ impl Support {
                     return Err("the cgroup2 mount has no cpu controller".into());
                 }
                 match self.v2_top() {
-                    Some((top, true)) if !lists_controller(&top, "cgroup.controllers", "cpu") => {
+                    Some((top, true))
+                        if !lists_controllers(&top, "cgroup.controllers", &["cpu"]) =>
+                    {
                         Err(no_cpu_to_hand(&top))
                     }
                     _ => Ok(Version::V2),
@@ -345,24 +347,14 @@ fn delegate_hint() -> &'static str {
     }
 }
 
-/// Whether `dir`'s cgroup file `file` lists both memory and pids.
-fn lists_memory_and_pids(dir: &Path, file: &str) -> bool {
-    fs::read_to_string(dir.join(file))
-        .map(|s| {
-            let c: Vec<&str> = s.split_whitespace().collect();
-            c.contains(&"memory") && c.contains(&"pids")
-        })
-        .unwrap_or(false)
-}
-
 /// Enables the cpu controller for the children of the v2 cgroup `dir`, or says why it cannot
 /// be: not offered to `dir` (a delegation without `cpu`, or a parent that does not enable
 /// it), or refused (a realtime process in the way).
 fn enable_cpu(dir: &Path) -> io::Result<()> {
-    if lists_controller(dir, "cgroup.subtree_control", "cpu") {
+    if lists_controllers(dir, "cgroup.subtree_control", &["cpu"]) {
         return Ok(());
     }
-    if !lists_controller(dir, "cgroup.controllers", "cpu") {
+    if !lists_controllers(dir, "cgroup.controllers", &["cpu"]) {
         return Err(io::Error::other(no_cpu_to_hand(dir)));
     }
     // A second runner just started in a delegated `dir` is there until it moves into the
@@ -389,11 +381,13 @@ fn no_cpu_to_hand(dir: &Path) -> String {
     )
 }
 
-/// Whether the cgroup file `file` of `dir` lists `controller` (unreadable: no).
-fn lists_controller(dir: &Path, file: &str, controller: &str) -> bool {
-    fs::read_to_string(dir.join(file))
-        .map(|s| s.split_whitespace().any(|c| c == controller))
-        .unwrap_or(false)
+/// Whether the cgroup file `file` of `dir` (`cgroup.controllers`, `cgroup.subtree_control`)
+/// lists every one of `controllers` (unreadable: no).
+fn lists_controllers(dir: &Path, file: &str, controllers: &[&str]) -> bool {
+    fs::read_to_string(dir.join(file)).is_ok_and(|s| {
+        let listed: Vec<&str> = s.split_whitespace().collect();
+        controllers.iter().all(|c| listed.contains(c))
+    })
 }
 
 /// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids
@@ -408,7 +402,7 @@ fn prepare_delegated(top: &Path, children: &[u32]) -> io::Result<()> {
             Some(nix::libc::EACCES) | Some(nix::libc::EPERM) | Some(nix::libc::EROFS)
         )
     };
-    if !lists_memory_and_pids(top, "cgroup.controllers") {
+    if !lists_controllers(top, "cgroup.controllers", &["memory", "pids"]) {
         let has = fs::read_to_string(top.join("cgroup.controllers")).unwrap_or_default();
         return Err(io::Error::other(format!(
             "{} has no memory and pids controllers to hand to job cgroups (its \
@@ -421,7 +415,7 @@ fn prepare_delegated(top: &Path, children: &[u32]) -> io::Result<()> {
     let leaf = top.join(RUNNER_LEAF);
     let procs = leaf.join("cgroup.procs");
     let mut made_leaf = false;
-    if !lists_memory_and_pids(top, "cgroup.subtree_control") {
+    if !lists_controllers(top, "cgroup.subtree_control", &["memory", "pids"]) {
         match fs::create_dir(&leaf) {
             Ok(()) => made_leaf = true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -471,7 +465,7 @@ fn prepare_delegated(top: &Path, children: &[u32]) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         move_children(children, &procs)?;
-        if lists_memory_and_pids(top, "cgroup.subtree_control") {
+        if lists_controllers(top, "cgroup.subtree_control", &["memory", "pids"]) {
             return Ok(());
         }
         match fs::write(top.join("cgroup.subtree_control"), "+memory +pids") {

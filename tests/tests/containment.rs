@@ -1552,6 +1552,52 @@ mod root_mode {
     }
 
     #[test]
+    fn a_job_disk_is_refused_where_the_runner_cannot_mount_one() {
+        // Root, but in a user namespace (a container), or without CAP_SYS_ADMIN (a systemd
+        // unit's bounding set): the job is refused before anything runs, saying why, and the
+        // host keeps no image, mount or loop device.
+        require_root();
+        let env = Env::new("disk-nocap");
+        let job = one_step("disk", "echo ran", "[resources]\ndisk = \"16MiB\"");
+        for (wrapper, why) in [
+            (
+                vec!["unshare", "--user", "--map-root-user"],
+                "the runner runs in a user namespace",
+            ),
+            (
+                vec![
+                    "setpriv",
+                    "--inh-caps=-sys_admin",
+                    "--bounding-set=-sys_admin",
+                ],
+                "the runner lacks CAP_SYS_ADMIN",
+            ),
+        ] {
+            let (cmd, out) = env.command(&job, &[]);
+            let o = std::process::Command::new(wrapper[0])
+                .args(&wrapper[1..])
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let r = bulwark_tests::Run::from_output(o, out);
+            r.assert_code(2);
+            assert!(
+                r.stderr.contains("cannot give the job its disk of 16MiB")
+                    && r.stderr.contains(why),
+                "{r}"
+            );
+            assert!(!r.log.contains("ran"), "{r}");
+            assert_eq!(disk_leftovers(&env.dir), Vec::<String>::new());
+            let jobs = fs::read_dir(env.state.join("jobs"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(jobs, 0, "{r}");
+        }
+    }
+
+    #[test]
     fn a_source_larger_than_the_job_disk_refuses_the_job() {
         require_root();
         let env = Env::new("disk-src");

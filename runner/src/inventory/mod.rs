@@ -42,7 +42,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -193,22 +193,14 @@ fn open_locked(index: &Path) -> Result<Flock<File>> {
     }
     // Waited for, but not forever: a holder stuck on a network filesystem must not hold up
     // the end of every job.
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    let mut file = file;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => return Ok(locked),
-            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
-                file = f;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
-                "locking the inventory {}: another process has held it for more than {} s",
-                index.display(),
-                LOCK_WAIT.as_secs()
-            ),
-            Err((_, e)) => anyhow::bail!("locking the inventory {}: {e}", index.display()),
-        }
+    match crate::fsutil::lock_until(file, std::time::Instant::now() + LOCK_WAIT) {
+        Ok(Some(locked)) => Ok(locked),
+        Ok(None) => anyhow::bail!(
+            "locking the inventory {}: another process has held it for more than {} s",
+            index.display(),
+            LOCK_WAIT.as_secs()
+        ),
+        Err(e) => anyhow::bail!("locking the inventory {}: {e}", index.display()),
     }
 }
 

@@ -398,21 +398,9 @@ impl Store {
         sha256: &str,
         deadline: std::time::Instant,
     ) -> Result<Option<Flock<File>>, ToolError> {
-        let (mut file, path) = self.lock_file(sha256)?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Some(lock)),
-                Err((back, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
-                    file = back
-                }
-                Err((_, errno)) => return Err(self.store_err(path)(errno.into())),
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            std::thread::sleep(left.min(std::time::Duration::from_millis(25)));
-        }
+        let (file, path) = self.lock_file(sha256)?;
+        crate::fsutil::lock_until(file, deadline)
+            .map_err(|errno| self.store_err(path)(errno.into()))
     }
 
     /// Removes what a process that died while holding this digest's lock left in `tmp/`.
