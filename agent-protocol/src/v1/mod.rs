@@ -25,6 +25,7 @@
 
 pub mod allow;
 pub mod config;
+pub mod control;
 pub mod job;
 pub mod result;
 mod rules;

@@ -1,0 +1,244 @@
+//! The control-plane protocol between a runner and the coordinator (docs/control-plane.md).
+//!
+//! Why these shapes:
+//!
+//! - **Registration** trades a one-time, expiring token (made by the coordinator's operator,
+//!   handed to the host's operator out of band) for a runner id bound to a public key the
+//!   runner generated itself. The private key never leaves the host; the token is useless once
+//!   used, so a leaked provisioning script cannot register a second runner.
+//! - **Every later request is signed** by that key over [`signing_input`]: method, path, a
+//!   timestamp, a nonce, the runner id and the body's sha256. A bearer secret was rejected:
+//!   anything that logs or proxies a request (a TLS-terminating load balancer, a debug log)
+//!   would hold a credential to impersonate the runner forever; a signature proves possession
+//!   per request, expires with its timestamp, and is refused when replayed.
+//! - **Jobs are leased**, not pushed: the runner asks for work (no inbound port on build hosts).
+//!   A lease carries the spec and the trust level, which comes from whoever submitted the job
+//!   to the coordinator and never from the job's own files.
+//! - **Job identity** is a short-lived OIDC token (JWT, ES256) the coordinator mints only for
+//!   a trusted job that is leased to the asking runner and not finished; its claims come from
+//!   the coordinator's record of the job, never from the runner's request (only the audience
+//!   does).
+//!
+//! Everything here is shape and pure functions: no I/O, no cryptography (the caller hashes
+//! the body and signs or verifies the bytes).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{JobSpec, Trust};
+
+/// The prefix of a registration token, so one pasted in the wrong place is recognisable.
+pub const REGISTRATION_TOKEN_PREFIX: &str = "bwreg_";
+
+/// Headers of a signed runner request.
+pub mod headers {
+    /// The runner id the coordinator assigned at registration.
+    pub const RUNNER: &str = "bulwark-runner";
+    /// Seconds since the Unix epoch when the request was signed.
+    pub const TIMESTAMP: &str = "bulwark-timestamp";
+    /// A value unique per request (at least 16 random bytes, base64url).
+    pub const NONCE: &str = "bulwark-nonce";
+    /// Standard padded base64 of the signature over [`super::signing_input`].
+    pub const SIGNATURE: &str = "bulwark-signature";
+}
+
+/// How far a signed request's timestamp may be from the coordinator's clock, in seconds.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
+/// The largest request body either side accepts (a result report with its provenance).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// The exact bytes a runner signs for a request, and the coordinator verifies.
+///
+/// Line-separated, with a domain tag so a signature over anything else (provenance, say) can
+/// never be replayed as a request. `path` is the request target as sent (path and query).
+/// No field may contain a newline: [`signing_input`] refuses one rather than sign an
+/// ambiguous string.
+pub fn signing_input(
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    nonce: &str,
+    runner_id: &str,
+    body_sha256_hex: &str,
+) -> Option<Vec<u8>> {
+    let fields = [method, path, nonce, runner_id, body_sha256_hex];
+    if fields.iter().any(|f| f.contains(['\n', '\r'])) {
+        return None;
+    }
+    Some(
+        format!(
+            "bulwark-request-v1\n{method}\n{path}\n{timestamp}\n{nonce}\n{runner_id}\n{body_sha256_hex}"
+        )
+        .into_bytes(),
+    )
+}
+
+/// `POST /v1/runners/register`: the only unsigned runner request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The one-time registration token.
+    pub token: String,
+    /// A name for the runner, matching [`crate::NAME_PATTERN`] (for people and job claims).
+    pub name: String,
+    /// The runner's public key: SPKI PEM, ECDSA P-256.
+    pub public_key: String,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterResponse {
+    /// The id to send in [`headers::RUNNER`] from now on.
+    pub runner_id: String,
+    /// The coordinator's OIDC issuer URL (the `iss` of job tokens).
+    pub issuer: String,
+}
+
+/// `POST /v1/jobs` (operator, bearer admin token): queue a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// The job spec. Its source must be a git commit or a url with its sha256: a runner has
+    /// no local directory to take it from.
+    pub spec: JobSpec,
+    /// The trust level, decided by the submitter (the CI system's event: a pull request is
+    /// untrusted, a protected branch or release tag trusted).
+    pub trust: Trust,
+}
+
+/// The answer to [`SubmitJob`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submitted {
+    /// The job's id.
+    pub job_id: String,
+}
+
+/// `POST /v1/runners/lease` answers 200 with this when there is a job, 204 when there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    /// The job's id.
+    pub job_id: String,
+    /// The trust level the submitter gave.
+    pub trust: Trust,
+    /// The job spec as submitted.
+    pub spec: JobSpec,
+    /// When the lease ends (seconds since the epoch): a result after it is refused and the job
+    /// is recorded as lost.
+    pub expires_at: u64,
+}
+
+/// `POST /v1/jobs/{id}/id-token`: a job identity token for a trusted job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdTokenRequest {
+    /// The `aud` claim: the service the token is for (e.g. `sts.amazonaws.com`).
+    pub audience: String,
+}
+
+/// The answer to [`IdTokenRequest`].
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdToken {
+    /// The signed JWT (compact serialization). A secret: never logged.
+    pub token: String,
+    /// Its `exp` claim.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for IdToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdToken")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// `POST /v1/jobs/{id}/result`: what the runner reports when the job is over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultReport {
+    /// `result.json` as the runner wrote it.
+    pub result: serde_json::Value,
+    /// `provenance.intoto.jsonl` when the run produced one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
+}
+
+/// Where a job is in its life, as the coordinator records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// Waiting for a runner.
+    Queued,
+    /// Leased to a runner, lease not yet over.
+    Leased,
+    /// The runner reported a result.
+    Finished,
+    /// The lease ended with no result (the runner died or lost the coordinator).
+    Lost,
+}
+
+/// `GET /v1/jobs/{id}` (operator): the job's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRecord {
+    /// The job's id.
+    pub job_id: String,
+    /// Its state.
+    pub state: JobState,
+    /// Its trust level.
+    pub trust: Trust,
+    /// The job's name (from the spec).
+    pub name: String,
+    /// The runner it was leased to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_id: Option<String>,
+    /// The reported result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultReport>,
+}
+
+/// An error body: every non-2xx answer of the coordinator carries one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// One sentence saying what was refused and why.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signing_input_is_pinned_and_refuses_newlines() {
+        let s = signing_input(
+            "POST",
+            "/v1/runners/lease",
+            1700000000,
+            "n0nce",
+            "r-1",
+            "ab",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(s).unwrap(),
+            "bulwark-request-v1\nPOST\n/v1/runners/lease\n1700000000\nn0nce\nr-1\nab"
+        );
+        assert!(signing_input("POST", "/x\nGET", 1, "n", "r", "ab").is_none());
+        assert!(signing_input("POST", "/x", 1, "n\r", "r", "ab").is_none());
+    }
+
+    #[test]
+    fn an_id_token_never_shows_in_debug_output() {
+        let t = IdToken {
+            token: "eyJsecret".into(),
+            expires_at: 5,
+        };
+        assert!(!format!("{t:?}").contains("eyJsecret"));
+    }
+}
