@@ -47,7 +47,7 @@ fi
 command -v newuidmap >/dev/null || { echo "newuidmap missing: apt install uidmap (.ci/run does)" >&2; exit 1; }
 stage=$(mktemp -d /tmp/bulwark-rootless.XXXXXX)
 chmod 0755 "$stage"
-cp target/debug/bulwark target/debug/bulwark-sandbox "$stage/"
+cp target/debug/bulwark target/debug/bulwark-sandbox target/debug/bulwark-coordinator "$stage/"
 # Integration test binaries of the tests crate, listed by cargo itself.
 cargo test -p bulwark-tests --locked --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys

@@ -61,6 +61,9 @@ pub enum Commands {
         /// Do not echo the job's log to the terminal (it is still written to job.log).
         #[arg(long, short)]
         quiet: bool,
+        /// Die with this process (the daemon that started the run): `PR_SET_PDEATHSIG`.
+        #[arg(long, hide = true, value_name = "PID")]
+        parent_pid: Option<i32>,
     },
     /// Check artifacts against their signed provenance and a policy; say why any is rejected.
     ///
@@ -133,6 +136,43 @@ pub enum Commands {
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+    /// Register this host with a coordinator, once, with a one-time token.
+    ///
+    /// Generates the runner's identity key (<state>/runner/identity.key, P-256, 0600; it never
+    /// leaves the host), sends the public half with the token, and writes
+    /// <state>/runner/registration.json. The token is read from a file (or `-` for standard
+    /// input), never from the command line. A host registered already refuses (remove
+    /// <state>/runner to register again). See docs/control-plane.md.
+    ///
+    /// Example: bulwark register --coordinator https://ci.example.com --token-file /root/reg-token --name build-7
+    Register {
+        /// The coordinator's base URL (https://, or http:// to a loopback address).
+        #[arg(long)]
+        coordinator: String,
+        /// File holding the one-time registration token (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The runner's name (lower case letters, digits, `.`, `_`, `-`). Default: the host name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Operator configuration (for the state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The long-running service: lease jobs from the coordinator, run them, report results.
+    ///
+    /// Runs each leased job exactly as `bulwark run` does (this host's configuration and
+    /// ceilings apply; the trust level is the coordinator's), then reports result.json and the
+    /// signed provenance. SIGTERM or SIGINT: finish the running job, report it, stop; a second
+    /// signal aborts the job. Outputs stay in <state>/daemon/jobs/<job id>/out/.
+    /// Exit status: 0 stopped by a signal; 2 could not start.
+    ///
+    /// Example: bulwark daemon --config /etc/bulwark/config.toml
+    Daemon {
+        /// Operator configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Say which isolation layers this host can enforce, and what is missing.
     ///
@@ -279,18 +319,34 @@ pub fn dispatch(cli: Cli) -> u8 {
             trust,
             config,
             quiet,
-        } => crate::job::run(crate::job::RunArgs {
-            job,
-            source,
-            out,
-            key,
-            trust: match trust {
-                TrustArg::Untrusted => Trust::Untrusted,
-                TrustArg::Trusted => Trust::Trusted,
-            },
+            parent_pid,
+        } => {
+            if let Some(parent) = parent_pid {
+                if let Err(e) = die_with_parent(parent) {
+                    eprintln!("bulwark: --parent-pid {parent}: {e}");
+                    return crate::exit::REFUSED;
+                }
+            }
+            crate::job::run(crate::job::RunArgs {
+                job,
+                source,
+                out,
+                key,
+                trust: match trust {
+                    TrustArg::Untrusted => Trust::Untrusted,
+                    TrustArg::Trusted => Trust::Trusted,
+                },
+                config,
+                quiet,
+            })
+        }
+        Commands::Register {
+            coordinator,
+            token_file,
+            name,
             config,
-            quiet,
-        }),
+        } => register(&coordinator, &token_file, name, config.as_deref()),
+        Commands::Daemon { config } => crate::daemon::run(crate::daemon::Args { config }),
         Commands::Verify {
             provenance,
             keys,
@@ -341,6 +397,63 @@ pub fn dispatch(cli: Cli) -> u8 {
                 2
             }
         },
+    }
+}
+
+/// Makes this process die when `parent` does, and checks it has not already.
+fn die_with_parent(parent: i32) -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // The parent may have died before the call: then nothing will ever signal.
+    if nix::unistd::getppid().as_raw() != parent {
+        anyhow::bail!("the parent is gone; not running");
+    }
+    Ok(())
+}
+
+fn register(
+    coordinator: &str,
+    token_file: &std::path::Path,
+    name: Option<String>,
+    config: Option<&std::path::Path>,
+) -> u8 {
+    let result = (|| -> anyhow::Result<crate::daemon::registration::Registration> {
+        let loaded = crate::config::load(config)?;
+        let dirs = crate::config::Dirs::resolve(&loaded.config)?;
+        dirs.create()?;
+        let token = crate::daemon::registration::read_token(token_file)?;
+        let name = match name {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .map(|h| h.to_ascii_lowercase())
+                .filter(|h| bulwark_protocol::check_name(h).is_ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--name: the host name is not a runner name; give --name")
+                })?,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(crate::daemon::registration::register(
+            &dirs.state,
+            coordinator,
+            &token,
+            &name,
+        ))
+    })();
+    match result {
+        Ok(r) => {
+            println!(
+                "registered as runner {} ({}) with {}",
+                r.runner_id, r.name, r.coordinator
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("bulwark register: {e:#}");
+            2
+        }
     }
 }
 

@@ -350,6 +350,37 @@ pub fn read_entries(dir: &std::os::fd::OwnedFd) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// Opens `path` for reading without waiting (`O_NONBLOCK`: a fifo would wait for a writer
+/// that may never come), and only if it is a regular file, as examined through the
+/// descriptor, so that what is examined is what is read; `no_follow`: not through a symlink.
+pub fn open_regular(path: &Path, no_follow: bool) -> io::Result<File> {
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    if no_follow {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if no_follow && e.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::other("not a regular file (a symlink, not followed)")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    // For a regular file O_NONBLOCK changes nothing; cleared all the same.
+    nix::fcntl::fcntl(
+        std::os::fd::AsFd::as_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

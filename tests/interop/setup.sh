@@ -50,7 +50,7 @@ rm -rf "$dir/venv" "$dir/node"
 "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
   --require-virtualenv --only-binary=:all: -r "$here/requirements.txt"
 # Fail now, not in the tests, if the install is unusable.
-"$dir/venv/bin/python" -c 'import securesystemslib.dsse, securesystemslib.signer, in_toto_attestation.v1.statement, in_toto_attestation.predicates.provenance.v1.provenance_pb2'
+"$dir/venv/bin/python" -c 'import securesystemslib.dsse, securesystemslib.signer, in_toto_attestation.v1.statement, in_toto_attestation.predicates.provenance.v1.provenance_pb2, jwt'
 
 mkdir -p "$dir/node"
 cp "$here/package.json" "$here/package-lock.json" "$dir/node/"

@@ -42,6 +42,28 @@ pub struct Config {
     pub egress: EgressConfig,
     /// `[paths]`: overrides of where state and runtime files live.
     pub paths: PathsConfig,
+    /// `[daemon]`: how `bulwark daemon` works with its coordinator.
+    pub daemon: DaemonConfig,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// How long an idle daemon waits between asking its coordinator for a job
+    /// (`poll_interval = "5s"`; 100ms to 10m). Also the first wait after a failed request,
+    /// doubled on each further failure up to a minute.
+    pub poll_interval: Duration,
+}
+
+/// The default [`DaemonConfig::poll_interval`].
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
 }
 
 /// `[limits]`.
@@ -268,6 +290,7 @@ impl Default for Config {
             fetch: FetchConfig::default(),
             egress: EgressConfig::default(),
             paths: PathsConfig::default(),
+            daemon: DaemonConfig::default(),
         }
     }
 }
@@ -380,6 +403,13 @@ struct RawConfig {
     fetch: RawFetch,
     egress: EgressConfig,
     paths: PathsConfig,
+    daemon: RawDaemon,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDaemon {
+    poll_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -432,12 +462,26 @@ impl Config {
                 errors.take(key, check_absolute_path(dir));
             }
         }
+        let mut daemon = DaemonConfig::default();
+        if let Some(p) = &raw.daemon.poll_interval {
+            match parse_duration(p) {
+                Ok(d) if (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) => {
+                    daemon.poll_interval = d
+                }
+                Ok(_) => errors.push(
+                    "daemon.poll_interval",
+                    format!("{} is outside 100ms to 10m", quote(p)),
+                ),
+                Err(e) => errors.push("daemon.poll_interval", e),
+            }
+        }
         let config = Config {
             builder_id,
             limits,
             fetch,
             egress: raw.egress,
             paths: raw.paths,
+            daemon,
         };
         SpecError::check(errors.list, config)
     }

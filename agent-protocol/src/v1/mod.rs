@@ -33,8 +33,8 @@ mod validate;
 
 pub use allow::{AllowEntry, AllowHost, CeilingEntry, IpNet};
 pub use config::{
-    Config, DiskReserve, EgressConfig, FetchConfig, IsolationChoice, LimitsConfig, PathsConfig,
-    UidRange, DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT, DEFAULT_JOB_UIDS,
+    Config, DaemonConfig, DiskReserve, EgressConfig, FetchConfig, IsolationChoice, LimitsConfig,
+    PathsConfig, UidRange, DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT, DEFAULT_JOB_UIDS,
 };
 pub use job::{
     is_reserved_output, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, RootfsSpec, SourceSpec,

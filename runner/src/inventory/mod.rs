@@ -244,36 +244,6 @@ fn drop_partial_tail(file: &mut File, index: &Path) -> Result<()> {
         .with_context(|| format!("dropping a partial last line of {}", index.display()))
 }
 
-/// Opens `path` for reading without waiting (`O_NONBLOCK`: a fifo would wait for a writer
-/// that may never come), and only if it is a regular file, as examined through the
-/// descriptor, so that what is examined is what is read; `no_follow`: not through a symlink.
-fn open_regular(path: &Path, no_follow: bool) -> std::io::Result<File> {
-    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
-    if no_follow {
-        flags |= nix::libc::O_NOFOLLOW;
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(|e| {
-            if no_follow && e.raw_os_error() == Some(nix::libc::ELOOP) {
-                std::io::Error::other("not a regular file (a symlink, not followed)")
-            } else {
-                e
-            }
-        })?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    // For a regular file O_NONBLOCK changes nothing; cleared all the same.
-    nix::fcntl::fcntl(
-        std::os::fd::AsFd::as_fd(&file),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )?;
-    Ok(file)
-}
-
 /// Appends `records` to the index, leaving out statements it already holds. Returns how
 /// many were added.
 pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
@@ -411,7 +381,8 @@ fn verified_records(file: &Path, keys: &[PublicKey]) -> Result<Vec<Record>, Stri
     // `provenance_files` listed a regular file, not a symlink; opened again here, the name may
     // meanwhile be a symlink or a fifo (whoever writes the collected directory can swap it):
     // neither is followed nor waited on.
-    let opened = open_regular(file, true).map_err(|e| format!("cannot read: {e}"))?;
+    let opened =
+        crate::fsutil::open_regular(file, true).map_err(|e| format!("cannot read: {e}"))?;
     let envelopes = crate::verify::load_provenance_from(file, opened)
         .map_err(|e| crate::verify::error_lines(&e).join("; "))?;
     let total = envelopes.len();
@@ -633,7 +604,7 @@ impl Query {
 
 /// Runs `query` over the index; an unreadable line is an error naming it.
 pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
-    let file = open_regular(index, false)
+    let file = crate::fsutil::open_regular(index, false)
         .with_context(|| format!("opening the inventory {}", index.display()))?;
     let needles = query.needles();
     let mut hits = Vec::new();

@@ -305,7 +305,13 @@ fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
         use sha2::Digest;
         crate::outputs::hex(&sha2::Sha256::digest(text.as_bytes()))
     };
-    let spec = JobSpec::from_toml_str(&text).map_err(|e| format!("job spec {path}: {e}"))?;
+    // A `.json` file is the wire form (what `bulwark daemon` writes from a lease).
+    let spec = if args.job.extension().is_some_and(|e| e == "json") {
+        JobSpec::from_json_str(&text)
+    } else {
+        JobSpec::from_toml_str(&text)
+    }
+    .map_err(|e| format!("job spec {path}: {e}"))?;
     let job = spec
         .validate(&loaded.config.limits)
         .map_err(|e| format!("job spec {path}: {e}"))?;

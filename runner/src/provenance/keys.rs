@@ -216,6 +216,18 @@ impl LocalKey {
             .with_context(|| format!("writing {}", key_path.display()))
     }
 
+    /// Writes the private key to `path` (PKCS#8 PEM, mode 0600), replacing what is there,
+    /// atomically and durably: for keys that are not provenance keys (the runner's identity).
+    pub fn write_private_replacing(&self, path: &Path) -> Result<()> {
+        let private = match &self.inner {
+            Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Inner::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
+        }
+        .context("encoding the private key")?;
+        crate::fsutil::write_atomic_mode(path, private.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Writes (or replaces) `dir/signing.pub`, mode 0644, atomically.
     pub fn write_public(&self, dir: &Path) -> Result<()> {
         let pub_path = dir.join(PUBLIC_NAME);

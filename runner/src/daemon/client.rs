@@ -1,0 +1,310 @@
+//! The runner's HTTP client for the coordinator: every request after registration signed by
+//! the runner's identity key (docs/control-plane.md, "Signed requests").
+//!
+//! What it refuses on its own side: a coordinator URL that is not `https://` unless its host
+//! is a loopback address (a job spec and, later, identity tokens travel over it), a URL with
+//! credentials, a query or a fragment, redirects (a signed request is bound to one path; a
+//! redirect would only ever be a misconfiguration or an attack), environment proxies (the
+//! runner talks to its coordinator directly), and answers larger than
+//! [`control::MAX_BODY_BYTES`].
+
+use std::time::Duration;
+
+use base64::Engine;
+use bulwark_protocol::control::{self, headers, ErrorBody};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::provenance::keys::{LocalKey, Signer};
+
+/// How long one request may take, connect to last byte.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong talking to the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The configured URL is unusable.
+    #[error("coordinator url {url:?}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request never got an answer (connect, TLS, timeout).
+    #[error("{what}: {source}")]
+    Transport {
+        /// The request.
+        what: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The coordinator answered with an error.
+    #[error("{what}: the coordinator answered {status}: {message}")]
+    Refused {
+        /// The request.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// Its `error` field, or a summary of a body that was not one.
+        message: String,
+    },
+    /// The answer was not what the protocol says.
+    #[error("{what}: {reason}")]
+    Protocol {
+        /// The request.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// Signing failed (the system random source or the key).
+    #[error("signing {what}: {reason}")]
+    Sign {
+        /// The request.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed: transport failures and server-side errors
+    /// (5xx), not refusals of what was sent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Refused { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a coordinator URL and returns it without a trailing slash.
+pub fn check_url(raw: &str) -> Result<Url, ClientError> {
+    let bad = |reason: &str| ClientError::Url {
+        url: bulwark_protocol::redact_url(raw),
+        reason: reason.to_string(),
+    };
+    let url = Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("must not carry credentials"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => return Err(bad("has no host")),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err(bad(
+            "must be https:// (plain http only to a loopback address): job specs travel over it",
+        )),
+        _ => return Err(bad("must be https://")),
+    }
+    let mut url = url;
+    let trimmed = url.path().trim_end_matches('/').to_string();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+/// A client of one coordinator.
+#[derive(Debug)]
+pub struct Client {
+    base: Url,
+    http: reqwest::Client,
+}
+
+/// An answer: its status and body (at most [`control::MAX_BODY_BYTES`]).
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Client {
+    /// A client of the coordinator at `base` (checked by [`check_url`]).
+    pub fn new(base: &str) -> Result<Client, ClientError> {
+        let base = check_url(base)?;
+        // reqwest asks rustls for the process-wide provider; install ring unless one is.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .referer(false)
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("bulwark/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                what: "building the HTTP client".into(),
+                source: e,
+            })?;
+        Ok(Client { base, http })
+    }
+
+    /// The coordinator's URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// `POST path` with a JSON body and no signature (registration only).
+    pub async fn post_unsigned(&self, path: &str, body: Vec<u8>) -> Result<Answer, ClientError> {
+        let req = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(path, req).await
+    }
+
+    /// `POST path` with a JSON body, signed as `runner_id` with `key`.
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        runner_id: &str,
+        key: &LocalKey,
+    ) -> Result<Answer, ClientError> {
+        let sign_err = |reason: String| ClientError::Sign {
+            what: path.to_string(),
+            reason,
+        };
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| sign_err("the system clock is before 1970".into()))?
+            .as_secs();
+        let mut raw = [0u8; 18];
+        getrandom::fill(&mut raw).map_err(|e| sign_err(format!("no random nonce: {e}")))?;
+        let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let digest = crate::outputs::hex(&Sha256::digest(&body));
+        let input = control::signing_input("POST", path, timestamp, &nonce, runner_id, &digest)
+            .ok_or_else(|| sign_err("a field holds a line break".into()))?;
+        let signature = key.sign(&input).map_err(|e| sign_err(format!("{e:#}")))?;
+        let req = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(headers::RUNNER, runner_id)
+            .header(headers::TIMESTAMP, timestamp.to_string())
+            .header(headers::NONCE, nonce)
+            .header(
+                headers::SIGNATURE,
+                base64::engine::general_purpose::STANDARD.encode(signature),
+            )
+            .body(body);
+        self.send(path, req).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.as_str().trim_end_matches('/'))
+    }
+
+    async fn send(&self, path: &str, req: reqwest::RequestBuilder) -> Result<Answer, ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport {
+            what: format!("POST {path}"),
+            source: e.without_url(),
+        };
+        let mut resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > control::MAX_BODY_BYTES {
+                return Err(ClientError::Protocol {
+                    what: format!("POST {path}"),
+                    reason: format!("answer larger than {} bytes", control::MAX_BODY_BYTES),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if (200..300).contains(&status) {
+            return Ok(Answer { status, body });
+        }
+        let message = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => printable(&e.error),
+            Err(_) => format!("a body that is not an error message ({} bytes)", body.len()),
+        };
+        Err(ClientError::Refused {
+            what: format!("POST {path}"),
+            status,
+            message,
+        })
+    }
+}
+
+/// A coordinator's message made safe for a terminal and a log: control characters (and the
+/// bidi marks) replaced, at most 500 characters.
+pub fn printable(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(500)
+        .map(|c| {
+            if c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+            {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if s.chars().count() > 500 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coordinator_url_must_be_https_unless_it_is_loopback() {
+        assert!(check_url("https://ci.example.com/").is_ok());
+        assert_eq!(
+            check_url("https://ci.example.com/bulwark/")
+                .unwrap()
+                .as_str(),
+            "https://ci.example.com/bulwark"
+        );
+        assert!(check_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_url("http://[::1]:8080").is_ok());
+        assert!(check_url("http://localhost:8080").is_ok());
+        for (bad, why) in [
+            ("http://ci.example.com", "must be https://"),
+            ("http://10.0.0.1", "must be https://"),
+            ("ftp://ci.example.com", "must be https://"),
+            ("https://user:pw@ci.example.com", "credentials"),
+            ("https://ci.example.com/?a=b", "query"),
+            ("not a url", "relative URL"),
+        ] {
+            let e = check_url(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_coordinators_message_is_made_printable_and_short() {
+        assert_eq!(printable("no\x1b[31m\u{202e}x"), "no?[31m?x");
+        let long = "a".repeat(600);
+        assert_eq!(printable(&long).chars().count(), 501);
+    }
+}

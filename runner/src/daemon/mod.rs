@@ -1,0 +1,494 @@
+//! `bulwark daemon`: the long-running service of a build host registered with a coordinator
+//! (docs/control-plane.md).
+//!
+//! What it does, in a loop: lease a job from the coordinator (signed request), run it exactly
+//! as `bulwark run` would, report `result.json` and the signed provenance, and ask again. An
+//! idle daemon asks every `[daemon] poll_interval`; after a failed request it waits that long,
+//! doubling up to a minute, so a coordinator outage is not hammered by the fleet.
+//!
+//! Why each job is a `bulwark run` child process, not a function call: the run is the code
+//! path every other test and user exercises, with all its refusals (the spec validated against
+//! *this host's* ceilings, the layers this host can enforce) and its cleanup guarantees; a
+//! crash or a leak in one job's run cannot take the daemon, or the next job, with it; and the
+//! daemon itself stays a small async loop that never forks (DESIGN.md, "Process model"). The
+//! child gets `--parent-pid`: it dies with the daemon (`PR_SET_PDEATHSIG`, checked against the
+//! race where the daemon died first), and its own death kills every job process, so a crashed
+//! daemon leaves no job running unobserved; the lease then ends and the coordinator records
+//! the job as lost. Provenance is only ever what the run signed after its job finished.
+//!
+//! Trust: the level is the coordinator's (`--trust` from the lease), never the spec's. The
+//! spec must name its source (a git commit or a url with its sha256): the daemon has no
+//! directory to take one from, so a spec with `[source] path` or none is refused and
+//! reported as refused without running.
+//!
+//! Stopping: SIGTERM or SIGINT stops leasing; a job that is running is finished and reported
+//! first. A second signal kills the run at once (its job processes die with it) and reports
+//! the job as a runner error. One daemon per state directory (a lock file).
+//!
+//! Limits of this version: one job at a time; outputs stay on the host under
+//! `<state>/daemon/jobs/<job id>/out/` (nothing uploads or expires them yet); the job log is
+//! reported only as part of the result, not streamed.
+
+pub mod client;
+pub mod registration;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bulwark_protocol::control::{Lease, ResultReport, MAX_BODY_BYTES};
+use bulwark_protocol::JobSpec;
+use tokio::io::AsyncReadExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, Dirs};
+use client::{Client, ClientError};
+use registration::Identity;
+
+/// The longest wait between attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Most bytes of a run's standard error kept to explain a refusal.
+const STDERR_TAIL: usize = 16 * 1024;
+
+/// `bulwark daemon`'s arguments.
+#[derive(Debug)]
+pub struct Args {
+    /// Operator configuration.
+    pub config: Option<PathBuf>,
+}
+
+/// Runs the daemon until it is told to stop. Exit status: 0 stopped by a signal; 2 it could
+/// not start (configuration, registration, another daemon on this state directory).
+pub fn run(args: Args) -> u8 {
+    match start(&args) {
+        Ok((daemon, _lock)) => {
+            // One thread: the `bulwark run` children are spawned from it, and their
+            // PR_SET_PDEATHSIG fires when the *thread* that forked them ends; a worker thread
+            // of a multi-threaded runtime may end while the daemon lives.
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("bulwark daemon: starting the async runtime: {e}");
+                    return 2;
+                }
+            };
+            match rt.block_on(daemon.serve()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("bulwark daemon: {e:#}");
+                    2
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("bulwark daemon: {e:#}");
+            2
+        }
+    }
+}
+
+/// Everything the loop needs, checked before it starts.
+#[derive(Debug)]
+struct Daemon {
+    config_path: Option<PathBuf>,
+    poll: Duration,
+    identity: Identity,
+    client: Client,
+    jobs: PathBuf,
+    exe: PathBuf,
+}
+
+fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
+    let loaded = config::load(args.config.as_deref())?;
+    let dirs = Dirs::resolve(&loaded.config)?;
+    dirs.create()?;
+    let identity = registration::load(&dirs.state)?;
+    let client = Client::new(&identity.registration.coordinator)?;
+    let root = dirs.state.join("daemon");
+    std::fs::create_dir_all(root.join("jobs"))
+        .with_context(|| format!("creating {}", root.display()))?;
+    let lock_path = root.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, e)| {
+            anyhow!(
+                "another bulwark daemon uses {} ({}: {e})",
+                dirs.state.display(),
+                lock_path.display()
+            )
+        },
+    )?;
+    let exe = std::env::current_exe().context("finding the bulwark binary")?;
+    Ok((
+        Daemon {
+            config_path: loaded.path,
+            poll: loaded.config.daemon.poll_interval,
+            identity,
+            client,
+            jobs: root.join("jobs"),
+            exe,
+        },
+        lock,
+    ))
+}
+
+/// Whether the daemon was asked to stop, and how urgently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stop {
+    No,
+    AfterJob,
+    Now,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    state: Stop,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            state: Stop::No,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT and raises the stop level.
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        self.state = if self.state == Stop::No {
+            Stop::AfterJob
+        } else {
+            Stop::Now
+        };
+        self.state
+    }
+}
+
+impl Daemon {
+    async fn serve(self) -> Result<()> {
+        let mut signals = Signals::new()?;
+        let reg = &self.identity.registration;
+        tracing::info!(runner_id = %reg.runner_id, coordinator = %reg.coordinator, "daemon started");
+        eprintln!(
+            "bulwark daemon: runner {} ({}) serving {}",
+            reg.runner_id, reg.name, reg.coordinator
+        );
+        let mut wait = self.poll;
+        while signals.state == Stop::No {
+            let failed = match self.lease().await {
+                Ok(Some(lease)) => {
+                    wait = self.poll;
+                    self.run_job(lease, &mut signals).await;
+                    continue;
+                }
+                Ok(None) => {
+                    wait = self.poll;
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "asking the coordinator for a job failed");
+                    eprintln!("bulwark daemon: asking for a job: {e}; trying again in {wait:?}");
+                    true
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = signals.next() => {}
+            }
+            if failed {
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+        }
+        eprintln!("bulwark daemon: stopped");
+        Ok(())
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, ClientError> {
+        let reg = &self.identity.registration;
+        let answer = self
+            .client
+            .post_signed(
+                "/v1/runners/lease",
+                b"{}".to_vec(),
+                &reg.runner_id,
+                &self.identity.key,
+            )
+            .await?;
+        if answer.status == 204 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&answer.body)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol {
+                what: "POST /v1/runners/lease".into(),
+                reason: format!("the lease is not a job: {e}"),
+            })
+    }
+
+    async fn run_job(&self, lease: Lease, signals: &mut Signals) {
+        let job_id = lease.job_id.clone();
+        let report = match self.execute(&lease, signals).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(job_id = %job_id, error = %format!("{e:#}"), "running the job failed");
+                synthetic_result(&lease, "runner-error", &format!("{e:#}"))
+            }
+        };
+        let status = report
+            .result
+            .get("status")
+            .and_then(|s| s.as_str())
+            .unwrap_or("?")
+            .to_string();
+        eprintln!(
+            "bulwark daemon: job {job_id} ({}): {status}",
+            lease.spec.name
+        );
+        self.report(&lease, report, signals).await;
+    }
+
+    /// Runs the leased job as a `bulwark run` child and collects what it left.
+    async fn execute(&self, lease: &Lease, signals: &mut Signals) -> Result<ResultReport> {
+        check_job_id(&lease.job_id)?;
+        if let Err(reason) = check_source(&lease.spec) {
+            return Ok(synthetic_result(lease, "refused", &reason));
+        }
+        let dir = self.jobs.join(&lease.job_id);
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("creating {} (was this job leased twice?)", dir.display()))?;
+        let spec_path = dir.join("job.json");
+        let mut spec = serde_json::to_vec_pretty(&lease.spec).context("encoding the job spec")?;
+        spec.push(b'\n');
+        crate::fsutil::write_atomic(&spec_path, &spec)
+            .with_context(|| format!("writing {}", spec_path.display()))?;
+        let out = dir.join("out");
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("run")
+            .arg(&spec_path)
+            .arg("--out")
+            .arg(&out)
+            .arg("--trust")
+            .arg(lease.trust.as_str())
+            .arg("--quiet")
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(c) = &self.config_path {
+            cmd.arg("--config").arg(c);
+        }
+        tracing::info!(job_id = %lease.job_id, trust = lease.trust.as_str(), "job started");
+        let mut child = cmd.spawn().context("starting bulwark run")?;
+        let mut stderr = child.stderr.take().context("the run's standard error")?;
+        let mut tail = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        let mut stderr_open = true;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status.context("waiting for bulwark run")?,
+                n = stderr.read(&mut buf), if stderr_open => match n {
+                    Ok(0) | Err(_) => stderr_open = false,
+                    Ok(n) => keep_tail(&mut tail, &buf[..n]),
+                },
+                stop = signals.next() => {
+                    if stop == Stop::Now {
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                        return Ok(synthetic_result(
+                            lease,
+                            "runner-error",
+                            "the runner was stopped while the job ran (a second SIGTERM or SIGINT)",
+                        ));
+                    }
+                    eprintln!(
+                        "bulwark daemon: stopping after job {} (signal again to abort it)",
+                        lease.job_id
+                    );
+                }
+            }
+        };
+        // What the run wrote to stderr just before it exited is read to the end, for a
+        // while: a process that inherited the pipe and outlived the run (none should) must
+        // not hold the daemon.
+        let drain = async {
+            while stderr_open {
+                match stderr.read(&mut buf).await {
+                    Ok(0) | Err(_) => stderr_open = false,
+                    Ok(n) => keep_tail(&mut tail, &buf[..n]),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        tracing::info!(job_id = %lease.job_id, status = ?status.code(), "job ended");
+        collect(lease, &out, status.code(), &tail)
+    }
+
+    /// Sends the result, retrying transient failures until the lease ends.
+    async fn report(&self, lease: &Lease, report: ResultReport, signals: &mut Signals) {
+        let reg = &self.identity.registration;
+        let path = format!("/v1/jobs/{}/result", lease.job_id);
+        let body = match serde_json::to_vec(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!(
+                    "bulwark daemon: job {}: encoding the result: {e}",
+                    lease.job_id
+                );
+                return;
+            }
+        };
+        let mut wait = self.poll;
+        loop {
+            match self
+                .client
+                .post_signed(&path, body.clone(), &reg.runner_id, &self.identity.key)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(job_id = %lease.job_id, "result reported");
+                    return;
+                }
+                Err(e) if e.is_transient() && now_secs() < lease.expires_at => {
+                    eprintln!(
+                        "bulwark daemon: job {}: reporting the result: {e}; trying again in {wait:?}",
+                        lease.job_id
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        stop = signals.next() => if stop == Stop::Now { return },
+                    }
+                    wait = (wait * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %lease.job_id, error = %e, "the result could not be reported");
+                    eprintln!(
+                        "bulwark daemon: job {}: the result could not be reported: {e}",
+                        lease.job_id
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A job id becomes a directory name: only plain ids are accepted.
+fn check_job_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 128
+        || id.starts_with('.')
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("the coordinator leased a job whose id is not a plain id");
+    }
+    Ok(())
+}
+
+/// A leased job must name its source: a git commit, or a url with its sha256.
+fn check_source(spec: &JobSpec) -> Result<(), String> {
+    match &spec.source {
+        Some(s) if s.path.is_none() && (s.git.is_some() || s.url.is_some()) => Ok(()),
+        Some(s) if s.path.is_some() => Err(
+            "source.path: a job from the coordinator must name its source by git commit or url; this runner has no directory to take it from"
+                .into(),
+        ),
+        _ => Err(
+            "source: a job from the coordinator must name its source (git and commit, or url and sha256)"
+                .into(),
+        ),
+    }
+}
+
+fn keep_tail(tail: &mut Vec<u8>, bytes: &[u8]) {
+    tail.extend_from_slice(bytes);
+    if tail.len() > STDERR_TAIL {
+        let cut = tail.len() - STDERR_TAIL;
+        tail.drain(..cut);
+    }
+}
+
+/// A result for a job that never reached `bulwark run`'s own `result.json`.
+fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
+    ResultReport {
+        result: serde_json::json!({
+            "status": status,
+            "reason": client::printable(reason),
+            "trust": lease.trust.as_str(),
+            "job": lease.spec.name,
+        }),
+        provenance: None,
+    }
+}
+
+/// Reads what the run left in `out`: `result.json` and, if any, `provenance.intoto.jsonl`.
+/// A run that wrote no `result.json` (refused before it had an output directory, or died) is
+/// reported from its exit status and the last `bulwark:` line it printed.
+fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Result<ResultReport> {
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        let path = out.join(name);
+        match crate::fsutil::open_regular(&path, true) {
+            Ok(f) => {
+                use std::io::Read;
+                let mut bytes = Vec::new();
+                f.take(MAX_BODY_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Ok(Some(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!(e).context(format!("reading {}", path.display()))),
+        }
+    };
+    let Some(result) = read("result.json")? else {
+        let said = String::from_utf8_lossy(stderr)
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("bulwark: "))
+            .map(|l| l.trim_start_matches("bulwark: ").to_string());
+        let (status, fallback) = match code {
+            Some(2) => ("refused", "bulwark run refused the job"),
+            _ => ("runner-error", "bulwark run ended without a result"),
+        };
+        let reason = said.unwrap_or_else(|| format!("{fallback} (exit status {code:?})"));
+        return Ok(synthetic_result(lease, status, &reason));
+    };
+    let result: serde_json::Value =
+        serde_json::from_slice(&result).context("the run's result.json is not JSON")?;
+    let provenance = match read("provenance.intoto.jsonl")? {
+        None => None,
+        Some(p) if p.len() > MAX_BODY_BYTES / 2 => {
+            bail!(
+                "provenance.intoto.jsonl is larger than {} bytes: too large to report",
+                MAX_BODY_BYTES / 2
+            )
+        }
+        Some(p) => Some(String::from_utf8(p).context("provenance.intoto.jsonl is not text")?),
+    };
+    Ok(ResultReport { result, provenance })
+}

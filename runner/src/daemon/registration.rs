@@ -1,0 +1,212 @@
+//! `bulwark register`: this host's identity with a coordinator.
+//!
+//! The runner makes its own P-256 key pair and sends only the public half with the one-time
+//! token; the private key stays in `<state>/runner/identity.key` (0600, in a 0700 directory)
+//! and signs every later request. It is a different key from the provenance signing key on
+//! purpose: one proves to the coordinator which host is asking, the other vouches for
+//! artifacts to everyone; either can be rotated, or kept in different hardware, alone.
+//!
+//! Order, so that a crash anywhere wastes at most the token: the key is written (durably)
+//! before the token is spent, and `registration.json` only after the coordinator accepted it.
+//! A host already registered refuses to register again until its operator removes the
+//! directory (re-registering silently would orphan the old runner record).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bulwark_protocol::control::{RegisterRequest, RegisterResponse, REGISTRATION_TOKEN_PREFIX};
+use serde::{Deserialize, Serialize};
+
+use super::client::Client;
+use crate::provenance::keys::{Algorithm, LocalKey, Signer};
+
+/// Largest registration token file read (a token is about 50 bytes).
+const MAX_TOKEN_BYTES: u64 = 4096;
+
+/// What `registration.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// The coordinator's base URL.
+    pub coordinator: String,
+    /// The id it gave this runner.
+    pub runner_id: String,
+    /// The runner's name as registered.
+    pub name: String,
+    /// The coordinator's OIDC issuer.
+    pub issuer: String,
+}
+
+/// The runner's identity directory: `<state>/runner`.
+pub fn dir(state: &Path) -> PathBuf {
+    state.join("runner")
+}
+
+fn key_path(state: &Path) -> PathBuf {
+    dir(state).join("identity.key")
+}
+
+fn registration_path(state: &Path) -> PathBuf {
+    dir(state).join("registration.json")
+}
+
+/// A registered runner: its record and its key.
+#[derive(Debug)]
+pub struct Identity {
+    /// The registration.
+    pub registration: Registration,
+    /// The identity key.
+    pub key: LocalKey,
+}
+
+/// Loads this host's registration, or says how to make one.
+pub fn load(state: &Path) -> Result<Identity> {
+    let path = registration_path(state);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "this runner is not registered ({} does not exist): run `bulwark register --coordinator URL --token-file FILE` first",
+            path.display()
+        ),
+        Err(e) => return Err(anyhow!(e).context(format!("reading {}", path.display()))),
+    };
+    let registration: Registration = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a registration record", path.display()))?;
+    let key = LocalKey::load(&key_path(state))
+        .context("the runner's identity key (register again if it is lost)")?;
+    Ok(Identity { registration, key })
+}
+
+/// Reads a registration token from `path` (`-`: standard input): one line, the prefix
+/// [`REGISTRATION_TOKEN_PREFIX`], nothing else. From a file, never an argument, so it shows
+/// in no process list or shell history.
+pub fn read_token(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .take(MAX_TOKEN_BYTES)
+            .read_to_end(&mut raw)
+            .context("reading the registration token from standard input")?;
+    } else {
+        let f = crate::fsutil::open_regular(path, true)
+            .with_context(|| format!("--token-file {}", path.display()))?;
+        f.take(MAX_TOKEN_BYTES)
+            .read_to_end(&mut raw)
+            .with_context(|| format!("--token-file {}: reading", path.display()))?;
+    }
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| anyhow!("--token-file: not text"))?
+        .trim();
+    if !text.starts_with(REGISTRATION_TOKEN_PREFIX)
+        || text.len() > 200
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        bail!(
+            "--token-file: not a registration token (one line starting with {REGISTRATION_TOKEN_PREFIX}, as `bulwark-coordinator registration-token` prints)"
+        );
+    }
+    Ok(text.to_string())
+}
+
+/// Registers this host with the coordinator at `coordinator`; returns the record written.
+pub async fn register(
+    state: &Path,
+    coordinator: &str,
+    token: &str,
+    name: &str,
+) -> Result<Registration> {
+    bulwark_protocol::check_name(name).map_err(|e| anyhow!("--name: {e}"))?;
+    let client = Client::new(coordinator)?;
+    let reg_path = registration_path(state);
+    if let Ok(existing) = std::fs::read_to_string(&reg_path) {
+        let who = serde_json::from_str::<Registration>(&existing)
+            .map(|r| format!("as {} with {}", r.runner_id, r.coordinator))
+            .unwrap_or_else(|_| "(its record is unreadable)".into());
+        bail!(
+            "this runner is registered already {who}; to register again, stop its daemon and remove {}",
+            dir(state).display()
+        );
+    }
+    create_private_dir(&dir(state))?;
+    // The key first, durably: once the token is spent, only this key can use the runner id.
+    let key = LocalKey::generate(Algorithm::P256)?;
+    key.write_private_replacing(&key_path(state))?;
+    let request = RegisterRequest {
+        token: token.to_string(),
+        name: name.to_string(),
+        public_key: key.public_key_pem()?,
+    };
+    let body = serde_json::to_vec(&request).context("encoding the registration")?;
+    let answer = client.post_unsigned("/v1/runners/register", body).await?;
+    let response: RegisterResponse = serde_json::from_slice(&answer.body)
+        .map_err(|e| anyhow!("the coordinator's answer to the registration: {e}"))?;
+    if response.runner_id.is_empty()
+        || response.runner_id.len() > 128
+        || !response
+            .runner_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("the coordinator's answer to the registration: runner_id is not a plain id");
+    }
+    let registration = Registration {
+        coordinator: client.base().as_str().to_string(),
+        runner_id: response.runner_id,
+        name: name.to_string(),
+        issuer: response.issuer,
+    };
+    let mut json = serde_json::to_vec_pretty(&registration)?;
+    json.push(b'\n');
+    crate::fsutil::write_atomic_mode(&reg_path, &json, 0o600)
+        .with_context(|| format!("writing {}", reg_path.display()))?;
+    Ok(registration)
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", path.display());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_token_is_read_from_a_file_and_checked() {
+        let dir = crate::tools::testutil::TempDir::new("regtoken");
+        let p = dir.path().join("t");
+        std::fs::write(&p, "bwreg_abcDEF-_09\n").unwrap();
+        assert_eq!(read_token(&p).unwrap(), "bwreg_abcDEF-_09");
+        for bad in ["", "abc", "bwreg_a b", "bwadm_xyz", "bwreg_\u{202e}x"] {
+            std::fs::write(&p, bad).unwrap();
+            let e = read_token(&p).unwrap_err().to_string();
+            assert!(e.contains("not a registration token"), "{bad:?}: {e}");
+        }
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(
+            read_token(&link).is_err(),
+            "a symlinked token file is refused"
+        );
+    }
+
+    #[test]
+    fn an_unregistered_runner_is_told_how_to_register() {
+        let dir = crate::tools::testutil::TempDir::new("unreg");
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("bulwark register --coordinator"), "{e}");
+    }
+}
