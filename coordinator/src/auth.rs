@@ -260,4 +260,4 @@ pub fn verify_signed_request(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -818,4 +818,4 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
