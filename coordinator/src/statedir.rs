@@ -4,7 +4,7 @@
 //! DIR/                 0700
 //!   issuer.key         0600  P-256 PKCS#8 PEM: signs job identity tokens
 //!   admin.token        0600  bwadm_…: the operator's and the CI glue's bearer token
-//!   coordinator.db           SQLite (WAL): tokens, runners, jobs, nonces; the issuer URL
+//!   coordinator.db     0600  SQLite (WAL): tokens, runners, jobs, nonces; the issuer URL
 //! ```
 //!
 //! `init` refuses a directory that already holds any of the three: a second `init` by mistake
@@ -130,7 +130,10 @@ pub fn init(dir: &Path, issuer: &str) -> Result<(), StateDirError> {
     let mut token = AdminToken::generate()?;
     token.push('\n');
     keys::write_secret_new(&dir.join(ADMIN_TOKEN_NAME), token.as_bytes())?;
-    Db::create(&dir.join(DB_NAME), &issuer)?;
+    let db_path = dir.join(DB_NAME);
+    Db::create(&db_path, &issuer)?;
+    // SQLite gives its -wal and -shm files the database file's mode.
+    fs::set_permissions(&db_path, fs::Permissions::from_mode(0o600)).map_err(create_err)?;
     Ok(())
 }
 
@@ -184,6 +187,7 @@ mod tests {
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(ISSUER_KEY_NAME)), 0o600);
         assert_eq!(mode(&dir.join(ADMIN_TOKEN_NAME)), 0o600);
+        assert_eq!(mode(&dir.join(DB_NAME)), 0o600);
         let token = fs::read_to_string(dir.join(ADMIN_TOKEN_NAME)).unwrap();
         assert!(
             token.starts_with("bwadm_") && token.trim().len() == 6 + 43,

@@ -333,21 +333,30 @@ fn verify_with_pyjwt(s: &Server, token: &str, claims: &Claims) {
         eprintln!("SKIP PyJWT interop check: {python} cannot import jwt and cryptography (tests/interop/requirements.txt)");
         return;
     }
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .arg("--jwks-url")
-        .arg(format!("http://{}/.well-known/jwks.json", s.addr))
-        .args(["--issuer", &claims.iss, "--audience", &claims.aud])
-        .arg("--token-stdin")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(token.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
+    let run = |audience: &str| {
+        std::process::Command::new(&python)
+            .arg(script)
+            .arg("--jwks-url")
+            .arg(format!("http://{}/.well-known/jwks.json", s.addr))
+            .args(["--issuer", &claims.iss, "--audience", audience])
+            .arg("--token-stdin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().unwrap().write_all(token.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap()
+    };
+    let wrong = run("someone-else");
+    assert!(
+        !wrong.status.success(),
+        "PyJWT took a token for another audience"
+    );
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("InvalidAudience"));
+    let out = run(&claims.aud);
     assert!(
         out.status.success(),
         "{}",
