@@ -1,0 +1,465 @@
+//! The HTTP API (docs/control-plane.md): routes, and the mapping of every refusal to a status
+//! and a JSON [`ErrorBody`].
+//!
+//! Plain HTTP/1.1 with JSON bodies, served by axum on a current-thread tokio runtime: the
+//! work per request is a SQLite transaction and one ECDSA operation, both run on tokio's
+//! blocking pool ([`tokio::task::spawn_blocking`]) so the event loop never waits on the disk,
+//! and SQLite serialises writers anyway, so more event-loop threads would buy nothing. TLS is
+//! the job of a terminating proxy in front ([`check_listen`] refuses a non-loopback address
+//! unless the operator says one is there).
+//!
+//! Every answer that is not 2xx carries an [`ErrorBody`], including the ones axum makes itself
+//! (unknown route, wrong method, body over [`MAX_BODY_BYTES`]): [`json_errors`] rewrites them.
+//! A failure of the coordinator itself is logged in full and answered with a generic message:
+//! database paths and causes are for the operator's log, not for a client.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bulwark_protocol::control::{
+    ErrorBody, IdToken, IdTokenRequest, JobRecord, RegisterRequest, RegisterResponse, ResultReport,
+    SubmitJob, Submitted, MAX_BODY_BYTES,
+};
+use bulwark_protocol::JobSpec;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{self, AdminToken, AuthError, SignedHeaders};
+use crate::keys::{self, IssuerKey};
+use crate::oidc::{self, Claims, OidcError};
+use crate::state::{self, Db, Runner, StateError};
+
+/// A refusal or failure, as answered.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A failure of the coordinator: logged with its whole chain, answered generically.
+    fn internal(error: &dyn std::error::Error) -> ApiError {
+        let mut chain = error.to_string();
+        let mut source = error.source();
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        tracing::error!(error = %chain, "request failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error in the coordinator (its log has the cause)",
+        )
+    }
+
+    /// The status answered.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> ApiError {
+        let status = match &e {
+            StateError::RegistrationTokenNotValid
+            | StateError::NonceReused
+            | StateError::RunnerNotActive { .. } => StatusCode::UNAUTHORIZED,
+            StateError::NotLeasedToRunner { .. }
+            | StateError::LeaseOver { .. }
+            | StateError::Untrusted { .. } => StatusCode::FORBIDDEN,
+            StateError::AlreadyFinished { .. } | StateError::LeaseExpired { .. } => {
+                StatusCode::CONFLICT
+            }
+            _ => return ApiError::internal(&e),
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::State(s) => s.into(),
+            AuthError::Random | AuthError::StoredKey { .. } => ApiError::internal(&e),
+            _ => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
+        }
+    }
+}
+
+impl From<OidcError> for ApiError {
+    fn from(e: OidcError) -> ApiError {
+        match e {
+            OidcError::Audience => ApiError::bad_request(e.to_string()),
+            _ => ApiError::internal(&e),
+        }
+    }
+}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A non-loopback listen address without `--behind-tls-proxy`.
+    #[error("listen address {addr}: refused: not a loopback address, and the coordinator serves plain HTTP; put a TLS terminator in front and pass --behind-tls-proxy, or listen on 127.0.0.1")]
+    NotLoopback {
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
+/// Refuses to listen on a non-loopback address unless a TLS proxy is said to be in front.
+pub fn check_listen(addr: SocketAddr, behind_tls_proxy: bool) -> Result<(), ServeError> {
+    if addr.ip().is_loopback() || behind_tls_proxy {
+        Ok(())
+    } else {
+        Err(ServeError::NotLoopback { addr })
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Coordinator {
+    db: Mutex<Db>,
+    key: IssuerKey,
+    admin: AdminToken,
+    issuer: String,
+    jwks: serde_json::Value,
+    discovery: serde_json::Value,
+}
+
+impl Coordinator {
+    /// A coordinator over an open database, the issuer key and the admin token.
+    pub fn new(db: Db, key: IssuerKey, admin: AdminToken) -> Result<Coordinator, StateError> {
+        let issuer = db.issuer()?;
+        let public = key.verifying_key();
+        Ok(Coordinator {
+            db: Mutex::new(db),
+            jwks: oidc::jwks(&public),
+            discovery: oidc::discovery(&issuer),
+            key,
+            admin,
+            issuer,
+        })
+    }
+}
+
+type Shared = Arc<Coordinator>;
+
+/// The routes, with the body limit and the JSON error rewriting.
+pub fn router(coordinator: Coordinator) -> Router {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/runners/register", post(register))
+        .route("/v1/runners/lease", post(lease))
+        .route("/v1/jobs", post(submit))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/id-token", post(id_token))
+        .route("/v1/jobs/{id}/result", post(result))
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Arc::new(coordinator))
+}
+
+/// Serves `router` on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    coordinator: Coordinator,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(coordinator)).await
+}
+
+/// Gives every non-2xx answer that is not already JSON an [`ErrorBody`].
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.is_success() || status.is_informational() || is_json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::NOT_FOUND => "no such endpoint".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request body is larger than {MAX_BODY_BYTES} bytes")
+        }
+        StatusCode::BAD_REQUEST => "request not understood (path or headers)".to_owned(),
+        other => format!(
+            "request refused: {}",
+            other.canonical_reason().unwrap_or("error")
+        ),
+    };
+    ApiError::new(status, message).into_response()
+}
+
+/// Runs `f` with the database on the blocking pool.
+async fn with_db<T: Send + 'static>(
+    c: &Shared,
+    f: impl FnOnce(&Coordinator, &mut Db) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let c = Arc::clone(c);
+    tokio::task::spawn_blocking(move || {
+        // A panic while holding the lock leaves SQLite consistent (the transaction rolls
+        // back when dropped), so a poisoned lock is still usable.
+        let mut db =
+            c.db.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&c, &mut db)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not a valid {what}: {e}")))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn discovery(State(c): State<Shared>) -> Json<serde_json::Value> {
+    Json(c.discovery.clone())
+}
+
+async fn jwks(State(c): State<Shared>) -> Json<serde_json::Value> {
+    Json(c.jwks.clone())
+}
+
+async fn register(
+    State(c): State<Shared>,
+    body: Bytes,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let request: RegisterRequest = parse_body(&body, "registration request")?;
+    bulwark_protocol::check_name(&request.name)
+        .map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
+    let key = keys::parse_public_key(&request.public_key)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let public_key = keys::public_key_pem(&key).map_err(|e| ApiError::internal(&e))?;
+    let runner_id = format!("runner-{}", auth::hex(&auth::random_bytes::<16>()?));
+    let token_hash = auth::sha256_hex(request.token.as_bytes());
+    with_db(&c, move |c, db| {
+        let now = state::now();
+        let runner = Runner {
+            id: runner_id,
+            name: request.name,
+            public_key,
+            registered_at: now,
+            removed_at: None,
+        };
+        db.register_runner(&token_hash, &runner, now)?;
+        tracing::info!(runner_id = %runner.id, name = %runner.name, "runner registered");
+        Ok(Json(RegisterResponse {
+            runner_id: runner.id,
+            issuer: c.issuer.clone(),
+        }))
+    })
+    .await
+}
+
+/// Checks the part of a spec the coordinator itself relies on: a source a remote runner can
+/// fetch and that job tokens can name, a name fit for claims, a timeout it can lease for.
+/// Everything else is the runner's to validate, against its own operator's ceilings.
+pub fn check_spec(spec: &JobSpec) -> Result<(), String> {
+    bulwark_protocol::check_name(&spec.name).map_err(|e| format!("spec.name: {e}"))?;
+    let need = "spec.source: a job for the coordinator needs a git source with a commit, or a \
+                url with a sha256 (a runner has no local directory to take it from)";
+    let source = spec.source.as_ref().ok_or(need)?;
+    if source.path.is_some() {
+        return Err(need.to_owned());
+    }
+    match (&source.git, &source.commit, &source.url, &source.sha256) {
+        (Some(_), Some(commit), None, None) => {
+            let hex = commit
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !(hex && (commit.len() == 40 || commit.len() == 64)) {
+                return Err(
+                    "spec.source.commit: must be a full commit id (40 or 64 lowercase hex)".into(),
+                );
+            }
+        }
+        (None, None, Some(_), Some(sha256)) => {
+            bulwark_protocol::check_sha256(sha256)
+                .map_err(|e| format!("spec.source.sha256: {e}"))?;
+        }
+        _ => return Err(need.to_owned()),
+    }
+    if let Some(t) = &spec.resources.timeout {
+        bulwark_protocol::parse_duration(t).map_err(|e| format!("spec.resources.timeout: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn submit(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Submitted>, ApiError> {
+    c.admin
+        .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
+    let request: SubmitJob = parse_body(&body, "job submission")?;
+    check_spec(&request.spec).map_err(ApiError::bad_request)?;
+    let job_id = format!("job-{}", auth::hex(&auth::random_bytes::<16>()?));
+    with_db(&c, move |_, db| {
+        db.submit_job(&job_id, &request.spec, request.trust, state::now())?;
+        tracing::info!(job_id = %job_id, trust = request.trust.as_str(), "job queued");
+        Ok(Json(Submitted { job_id }))
+    })
+    .await
+}
+
+async fn job(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<JobRecord>, ApiError> {
+    c.admin
+        .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
+    with_db(&c, move |_, db| {
+        let job = db
+            .job(&id, state::now())?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found")))?;
+        Ok(Json(JobRecord {
+            job_id: job.id,
+            state: job.state,
+            trust: job.trust,
+            name: job.name,
+            runner_id: job.runner_id,
+            result: job.result,
+        }))
+    })
+    .await
+}
+
+/// A signed runner request, authenticated on the blocking pool before `f` runs with its
+/// runner.
+async fn signed<T: Send + 'static>(
+    c: &Shared,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    f: impl FnOnce(&Coordinator, &mut Db, Runner, &[u8]) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let signed = SignedHeaders::read(|name| header_str(headers, name))?;
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    with_db(c, move |c, db| {
+        let runner = auth::verify_signed_request(
+            db,
+            method.as_str(),
+            &target,
+            &signed,
+            &body,
+            state::now(),
+        )?;
+        f(c, db, runner, &body)
+    })
+    .await
+}
+
+async fn lease(
+    State(c): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    signed(&c, method, &uri, &headers, body, |_, db, runner, _| {
+        Ok(match db.lease(&runner.id, state::now())? {
+            Some(lease) => {
+                tracing::info!(job_id = %lease.job_id, runner_id = %runner.id, "job leased");
+                Json(lease).into_response()
+            }
+            None => StatusCode::NO_CONTENT.into_response(),
+        })
+    })
+    .await
+}
+
+async fn id_token(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<IdToken>, ApiError> {
+    signed(&c, method, &uri, &headers, body, move |c, db, runner, body| {
+        let request: IdTokenRequest = parse_body(body, "identity token request")?;
+        oidc::check_audience(&request.audience)?;
+        let now = state::now();
+        let job = db.job_for_id_token(&id, &runner.id, now)?;
+        let lease_end = job.lease_expires_at.unwrap_or(now);
+        let jti = auth::hex(&auth::random_bytes::<16>()?);
+        let claims = Claims::for_job(&c.issuer, &job, &runner, &request.audience, now, lease_end, jti)?;
+        let token = oidc::mint(&c.key, &claims)?;
+        tracing::info!(job_id = %job.id, runner_id = %runner.id, audience = %claims.aud, "job identity token minted");
+        Ok(Json(IdToken {
+            token,
+            expires_at: claims.exp,
+        }))
+    })
+    .await
+}
+
+async fn result(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    signed(
+        &c,
+        method,
+        &uri,
+        &headers,
+        body,
+        move |_, db, runner, body| {
+            let report: ResultReport = parse_body(body, "result report")?;
+            db.record_result(&id, &runner.id, &report, state::now())?;
+            tracing::info!(job_id = %id, runner_id = %runner.id, "job result recorded");
+            Ok(StatusCode::NO_CONTENT)
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,523 @@
+//! In-process HTTP tests: a real server on 127.0.0.1:0, a hand-written HTTP/1.1 client (so
+//! the wire is what a foreign client would see), a runner signing as `bulwark daemon` would.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use super::*;
+use crate::auth::tests::{runner_key, sign};
+use crate::statedir;
+use crate::testutil::TempDir;
+use bulwark_protocol::control::{headers as h, Lease};
+use p256::ecdsa::SigningKey;
+use serde_json::{json, Value};
+
+struct Server {
+    addr: SocketAddr,
+    _dir: TempDir,
+    state: std::path::PathBuf,
+    admin: String,
+}
+
+fn start() -> Server {
+    let dir = TempDir::new("api");
+    let state = dir.path().join("state");
+    statedir::init(&state, "http://127.0.0.1:1").unwrap();
+    let (db, key, admin) = statedir::load(&state).unwrap();
+    let coordinator = Coordinator::new(db, key, admin).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, coordinator).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let admin = std::fs::read_to_string(state.join(statedir::ADMIN_TOKEN_NAME))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Server {
+        addr,
+        _dir: dir,
+        state,
+        admin,
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    content_type: Option<String>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn error(&self) -> String {
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/json"),
+            "status {}",
+            self.status
+        );
+        let e: ErrorBody = serde_json::from_slice(&self.body).unwrap();
+        e.error
+    }
+}
+
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) and close before reading a large body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    let status = head[9..12].parse().unwrap();
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    if header("transfer-encoding").as_deref() == Some("chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+        body = out;
+    }
+    Answer {
+        status,
+        body,
+        content_type: header("content-type"),
+    }
+}
+
+fn admin_post(s: &Server, path: &str, body: &Value) -> Answer {
+    let auth = format!("Bearer {}", s.admin);
+    http(
+        s.addr,
+        "POST",
+        path,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn registration_token(state: &Path) -> String {
+    let db = statedir::open_db(state).unwrap();
+    let token = auth::generate_registration_token().unwrap();
+    db.add_registration_token(&auth::sha256_hex(token.as_bytes()), state::now() + 3600)
+        .unwrap();
+    token.to_string()
+}
+
+struct TestRunner {
+    id: String,
+    key: SigningKey,
+}
+
+fn register(s: &Server, name: &str) -> TestRunner {
+    let key = runner_key();
+    let body = json!({
+        "token": registration_token(&s.state),
+        "name": name,
+        "public_key": keys::public_key_pem(key.verifying_key()).unwrap(),
+    });
+    let a = http(
+        s.addr,
+        "POST",
+        "/v1/runners/register",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let r: RegisterResponse = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(r.issuer, "http://127.0.0.1:1");
+    TestRunner {
+        id: r.runner_id,
+        key,
+    }
+}
+
+fn signed_post(s: &Server, r: &TestRunner, path: &str, body: &[u8]) -> Answer {
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh = sign(&r.key, &r.id, "POST", path, state::now(), &nonce, body);
+    http(
+        s.addr,
+        "POST",
+        path,
+        &[
+            (h::RUNNER, &sh.runner_id),
+            (h::TIMESTAMP, &sh.timestamp),
+            (h::NONCE, &sh.nonce),
+            (h::SIGNATURE, &sh.signature),
+        ],
+        body,
+    )
+}
+
+fn job_body(trust: &str) -> Value {
+    json!({
+        "trust": trust,
+        "spec": {
+            "version": 1,
+            "name": "build",
+            "source": {
+                "git": "https://git.example.com/acme/app.git",
+                "commit": "0123456789abcdef0123456789abcdef01234567",
+                "ref": "refs/tags/v1.0.0"
+            },
+            "resources": {"timeout": "5m"},
+            "steps": [{"name": "make", "run": "make"}]
+        }
+    })
+}
+
+fn submit(s: &Server, trust: &str) -> String {
+    let a = admin_post(s, "/v1/jobs", &job_body(trust));
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    a.json()["job_id"].as_str().unwrap().to_owned()
+}
+
+/// The issuer's key as served in the JWKS.
+fn served_key(s: &Server) -> VerifyingKey {
+    let jwks = http(s.addr, "GET", "/.well-known/jwks.json", &[], b"").json();
+    let k = &jwks["keys"][0];
+    let b = |v: &Value| {
+        base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            v.as_str().unwrap(),
+        )
+        .unwrap()
+    };
+    let mut sec1 = vec![4u8];
+    sec1.extend(b(&k["x"]));
+    sec1.extend(b(&k["y"]));
+    let key = VerifyingKey::from_sec1_bytes(&sec1).unwrap();
+    assert_eq!(k["kid"], oidc::thumbprint(&key));
+    key
+}
+
+use p256::ecdsa::VerifyingKey;
+
+#[test]
+fn a_trusted_job_goes_from_submit_to_lease_to_identity_token_to_result() {
+    let s = start();
+    let d = http(s.addr, "GET", "/.well-known/openid-configuration", &[], b"").json();
+    assert_eq!(d["issuer"], "http://127.0.0.1:1");
+    assert_eq!(d["jwks_uri"], "http://127.0.0.1:1/.well-known/jwks.json");
+    let issuer_key = served_key(&s);
+
+    let runner = register(&s, "build-7");
+    assert_eq!(
+        signed_post(&s, &runner, "/v1/runners/lease", b"").status,
+        204
+    );
+    let job_id = submit(&s, "trusted");
+
+    let a = signed_post(&s, &runner, "/v1/runners/lease", b"");
+    assert_eq!(a.status, 200);
+    let lease: Lease = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(lease.job_id, job_id);
+    assert_eq!(lease.trust, bulwark_protocol::Trust::Trusted);
+    let now = state::now();
+    assert!((now + 300 + 600 - 2..=now + 300 + 600).contains(&lease.expires_at));
+
+    let path = format!("/v1/jobs/{job_id}/id-token");
+    let a = signed_post(&s, &runner, &path, br#"{"audience":"sts.amazonaws.com"}"#);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let token: IdToken = serde_json::from_slice(&a.body).unwrap();
+    let claims = oidc::verify(&token.token, &issuer_key).unwrap();
+    assert_eq!(claims.exp, token.expires_at);
+    assert_eq!(claims.aud, "sts.amazonaws.com");
+    assert_eq!(claims.iss, "http://127.0.0.1:1");
+    assert_eq!(
+        claims.sub,
+        "repo:https://git.example.com/acme/app.git:ref:refs/tags/v1.0.0:trust:trusted"
+    );
+    assert_eq!(
+        (
+            claims.job_id.as_str(),
+            claims.runner_id.as_str(),
+            claims.runner_name.as_str()
+        ),
+        (job_id.as_str(), runner.id.as_str(), "build-7")
+    );
+    assert!(claims.exp - claims.iat <= 600);
+    // PyJWT's verdict on the served JWKS: tests/tests/control_plane.rs.
+
+    let a = signed_post(&s, &runner, &path, br#"{"audience":""}"#);
+    assert_eq!(a.status, 400);
+    assert!(a.error().starts_with("audience:"));
+
+    let result_path = format!("/v1/jobs/{job_id}/result");
+    let report = json!({"result": {"status": "succeeded"}, "provenance": "{\"payload\":\"x\"}\n"});
+    let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
+    assert_eq!(a.status, 409);
+    assert_eq!(a.error(), format!("job {job_id} already has a result"));
+
+    let auth = format!("Bearer {}", s.admin);
+    let rec = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job_id}"),
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(rec.status, 200);
+    let rec: JobRecord = serde_json::from_slice(&rec.body).unwrap();
+    assert_eq!(rec.state, bulwark_protocol::control::JobState::Finished);
+    assert_eq!(rec.runner_id.as_deref(), Some(runner.id.as_str()));
+    assert_eq!(rec.result.unwrap().result, json!({"status": "succeeded"}));
+    // The finished job's lease is over: no more tokens.
+    assert_eq!(
+        signed_post(&s, &runner, &path, br#"{"audience":"a"}"#).status,
+        403
+    );
+}
+
+
+#[test]
+fn an_untrusted_job_never_gets_an_identity_token() {
+    let s = start();
+    let runner = register(&s, "build-7");
+    let job_id = submit(&s, "untrusted");
+    assert_eq!(
+        signed_post(&s, &runner, "/v1/runners/lease", b"").status,
+        200
+    );
+    let a = signed_post(
+        &s,
+        &runner,
+        &format!("/v1/jobs/{job_id}/id-token"),
+        br#"{"audience":"a"}"#,
+    );
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.error(),
+        format!("job {job_id} is untrusted: untrusted jobs never get identity tokens")
+    );
+}
+
+#[test]
+fn another_runner_gets_no_token_and_cannot_report_for_a_job_it_does_not_hold() {
+    let s = start();
+    let holder = register(&s, "build-7");
+    let other = register(&s, "build-8");
+    let job_id = submit(&s, "trusted");
+    assert_eq!(
+        signed_post(&s, &holder, "/v1/runners/lease", b"").status,
+        200
+    );
+    let a = signed_post(
+        &s,
+        &other,
+        &format!("/v1/jobs/{job_id}/id-token"),
+        br#"{"audience":"a"}"#,
+    );
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.error(),
+        format!("job {job_id} is not leased to runner {}", other.id)
+    );
+    let a = signed_post(
+        &s,
+        &other,
+        &format!("/v1/jobs/{job_id}/result"),
+        br#"{"result":{}}"#,
+    );
+    assert_eq!(a.status, 403);
+}
+
+#[test]
+fn a_registration_token_registers_one_runner_and_bad_requests_name_the_field() {
+    let s = start();
+    let key = runner_key();
+    let pem = keys::public_key_pem(key.verifying_key()).unwrap();
+    let token = registration_token(&s.state);
+    let post = |body: Value| {
+        http(
+            s.addr,
+            "POST",
+            "/v1/runners/register",
+            &[],
+            body.to_string().as_bytes(),
+        )
+    };
+    let a = post(json!({"token": token, "name": "Build 7", "public_key": pem}));
+    assert_eq!(a.status, 400);
+    assert!(a.error().starts_with("name: must match"), "{}", a.error());
+    let a = post(
+        json!({"token": token, "name": "build-7", "public_key": "-----BEGIN PUBLIC KEY-----\nAA==\n-----END PUBLIC KEY-----\n"}),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.error().starts_with("public_key:"), "{}", a.error());
+    let a = post(json!({"token": token, "name": "build-7", "public_key": pem, "extra": 1}));
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("unknown field"), "{}", a.error());
+    assert_eq!(
+        post(json!({"token": token, "name": "build-7", "public_key": pem})).status,
+        200
+    );
+    let again = post(json!({"token": token, "name": "build-7", "public_key": pem}));
+    let unknown = post(json!({"token": "bwreg_nope", "name": "build-7", "public_key": pem}));
+    for a in [again, unknown] {
+        assert_eq!(a.status, 401);
+        assert_eq!(
+            a.error(),
+            "registration token is not valid (unknown, used or expired)"
+        );
+        assert!(!String::from_utf8_lossy(&a.body).contains(&token));
+    }
+}
+
+#[test]
+fn jobs_need_the_admin_token_and_a_fetchable_source() {
+    let s = start();
+    let a = http(
+        s.addr,
+        "POST",
+        "/v1/jobs",
+        &[("authorization", "Bearer bwadm_wrong")],
+        job_body("trusted").to_string().as_bytes(),
+    );
+    assert_eq!(a.status, 401);
+    assert!(a.error().starts_with("admin token missing or not valid"));
+    let a = http(s.addr, "GET", "/v1/jobs/job-x", &[], b"");
+    assert_eq!(a.status, 401);
+    let mut body = job_body("trusted");
+    body["spec"]["source"] = json!({"path": "."});
+    let a = admin_post(&s, "/v1/jobs", &body);
+    assert_eq!(a.status, 400);
+    assert!(a.error().starts_with("spec.source:"), "{}", a.error());
+    body["spec"]["source"] = json!({"git": "https://g/x.git"});
+    assert!(admin_post(&s, "/v1/jobs", &body)
+        .error()
+        .starts_with("spec.source:"));
+    body["spec"]["source"] = json!({"url": "https://g/x.tgz", "sha256": "ab".repeat(32)});
+    assert_eq!(admin_post(&s, "/v1/jobs", &body).status, 200);
+    body["spec"]["surprise"] = json!(1);
+    let a = admin_post(&s, "/v1/jobs", &body);
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error().contains("unknown field `surprise`"),
+        "{}",
+        a.error()
+    );
+    let auth = format!("Bearer {}", s.admin);
+    let a = http(
+        s.addr,
+        "GET",
+        "/v1/jobs/job-none",
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(a.status, 404);
+    assert_eq!(a.error(), "job job-none not found");
+}
+
+#[test]
+fn a_replayed_or_unsigned_runner_request_is_refused_with_a_json_error() {
+    let s = start();
+    let runner = register(&s, "build-7");
+    let sh = sign(
+        &runner.key,
+        &runner.id,
+        "POST",
+        "/v1/runners/lease",
+        state::now(),
+        "BBBBBBBBBBBBBBBBBBBB",
+        b"",
+    );
+    let hdrs = [
+        (h::RUNNER, sh.runner_id.as_str()),
+        (h::TIMESTAMP, sh.timestamp.as_str()),
+        (h::NONCE, sh.nonce.as_str()),
+        (h::SIGNATURE, sh.signature.as_str()),
+    ];
+    assert_eq!(
+        http(s.addr, "POST", "/v1/runners/lease", &hdrs, b"").status,
+        204
+    );
+    let a = http(s.addr, "POST", "/v1/runners/lease", &hdrs, b"");
+    assert_eq!(a.status, 401);
+    assert!(a.error().contains("nonce already used"));
+    let a = http(s.addr, "POST", "/v1/runners/lease", &hdrs[..3], b"");
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.error(),
+        "signed request refused: header bulwark-signature missing or not valid"
+    );
+}
+
+#[test]
+fn every_error_the_framework_makes_is_a_json_error_body() {
+    let s = start();
+    let a = http(s.addr, "GET", "/nowhere", &[], b"");
+    assert_eq!((a.status, a.error().as_str()), (404, "no such endpoint"));
+    let a = http(s.addr, "GET", "/v1/runners/lease", &[], b"");
+    assert_eq!(a.status, 405);
+    a.error();
+    let big = vec![b'x'; MAX_BODY_BYTES + 1];
+    let a = http(s.addr, "POST", "/v1/runners/register", &[], &big);
+    assert_eq!(a.status, 413);
+    assert_eq!(
+        a.error(),
+        format!("request body is larger than {MAX_BODY_BYTES} bytes")
+    );
+    let a = http(s.addr, "POST", "/v1/runners/register", &[], b"{not json");
+    assert_eq!(a.status, 400);
+    assert!(a
+        .error()
+        .starts_with("request body is not a valid registration request"));
+}
+
+#[test]
+fn a_non_loopback_listen_address_needs_the_tls_proxy_flag() {
+    let public: SocketAddr = "0.0.0.0:8440".parse().unwrap();
+    let e = check_listen(public, false).unwrap_err().to_string();
+    assert!(e.contains("--behind-tls-proxy"), "{e}");
+    check_listen(public, true).unwrap();
+    check_listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+    check_listen("[::1]:0".parse().unwrap(), false).unwrap();
+}

@@ -1,0 +1,263 @@
+//! Who may ask: the operator's admin token, registration tokens, and signed runner requests.
+//!
+//! - The **admin token** (`admin.token`, `bwadm_` + 32 random bytes) is a bearer secret: the
+//!   operator and the CI glue hold it, and it never leaves the coordinator's side of the
+//!   network. It is compared in constant time, through the sha256 of both sides so that the
+//!   comparison does not even reveal the length.
+//! - A **registration token** is stored only as its sha256: a copy of the database registers
+//!   nothing.
+//! - Every **runner request** is signed (docs/control-plane.md, "Signed requests"): the
+//!   signature covers [`signing_input`], and the request is refused unless the runner is
+//!   registered and not removed, its timestamp is within [`MAX_CLOCK_SKEW_SECS`], its nonce is
+//!   new, and the signature verifies with the runner's registered key. The signature is checked
+//!   before the nonce is recorded, so someone without the key cannot burn a runner's nonces.
+//!   All refusals are `401` with a message that names what was wrong and never quotes the
+//!   signature.
+
+use std::fmt;
+
+use base64::Engine;
+use bulwark_protocol::control::{headers, signing_input, MAX_CLOCK_SKEW_SECS};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::keys;
+use crate::state::{Db, Runner, StateError};
+
+/// The prefix of the admin token.
+pub const ADMIN_TOKEN_PREFIX: &str = "bwadm_";
+
+/// Shortest nonce accepted, in characters.
+pub const MIN_NONCE_LEN: usize = 16;
+/// Longest nonce accepted, in characters.
+pub const MAX_NONCE_LEN: usize = 64;
+
+/// Longest runner id accepted in a header (ours are 39 characters).
+const MAX_RUNNER_ID_LEN: usize = 128;
+
+/// Largest base64 signature header accepted (a DER P-256 signature is at most 72 bytes).
+const MAX_SIGNATURE_LEN: usize = 256;
+
+/// Why a request was not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The system random source failed.
+    #[error("generating a token: the system random source failed")]
+    Random,
+    /// No or a wrong admin token.
+    #[error("admin token missing or not valid (send `Authorization: Bearer <admin.token>`)")]
+    Admin,
+    /// A signing header is absent or not text.
+    #[error("signed request refused: header {name} missing or not valid")]
+    MissingHeader {
+        /// The header.
+        name: &'static str,
+    },
+    /// The timestamp is not an integer.
+    #[error(
+        "signed request refused: header {} is not seconds since the epoch",
+        headers::TIMESTAMP
+    )]
+    Timestamp,
+    /// The timestamp is too far from the coordinator's clock.
+    #[error("signed request refused: timestamp {timestamp} is {skew} s from the coordinator's clock (at most {MAX_CLOCK_SKEW_SECS} s); check the runner's clock")]
+    ClockSkew {
+        /// The request's timestamp.
+        timestamp: u64,
+        /// Its distance from now.
+        skew: u64,
+    },
+    /// The nonce is too short, too long, or not base64url.
+    #[error("signed request refused: the nonce must be {MIN_NONCE_LEN} to {MAX_NONCE_LEN} base64url characters")]
+    Nonce,
+    /// The runner is unknown or removed.
+    #[error("signed request refused: runner {runner_id} is unknown or removed")]
+    UnknownRunner {
+        /// The runner id the request named.
+        runner_id: String,
+    },
+    /// The signature does not verify (wrong key, tampered request or body).
+    #[error("signed request refused: the signature does not verify for runner {runner_id}")]
+    Signature {
+        /// The runner id the request named.
+        runner_id: String,
+    },
+    /// The stored key of the runner does not parse.
+    #[error("runner {runner_id}: its stored public key does not parse")]
+    StoredKey {
+        /// The runner.
+        runner_id: String,
+    },
+    /// The state refused (replay, runner removed meanwhile) or failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The admin token. Its `Debug` redacts it.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    /// Makes the text of a new admin token.
+    pub fn generate() -> Result<Zeroizing<String>, AuthError> {
+        random_token(ADMIN_TOKEN_PREFIX)
+    }
+
+    /// The token whose text is `text` (surrounding whitespace ignored, as a file has a newline).
+    pub fn from_text(text: &str) -> AdminToken {
+        AdminToken {
+            digest: Sha256::digest(text.trim().as_bytes()).into(),
+        }
+    }
+
+    /// Checks an `Authorization` header value: `Bearer <token>`, compared in constant time.
+    pub fn check_authorization(&self, header: Option<&str>) -> Result<(), AuthError> {
+        let presented = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AuthError::Admin)?;
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        if bool::from(digest.ct_eq(&self.digest)) {
+            Ok(())
+        } else {
+            Err(AuthError::Admin)
+        }
+    }
+}
+
+/// A new registration token's text (`bwreg_` + 32 random bytes, base64url).
+pub fn generate_registration_token() -> Result<Zeroizing<String>, AuthError> {
+    random_token(bulwark_protocol::control::REGISTRATION_TOKEN_PREFIX)
+}
+
+/// The lowercase hex sha256 of `text`: how tokens are stored.
+pub fn sha256_hex(text: &[u8]) -> String {
+    hex(&Sha256::digest(text))
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// `n` random bytes.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], AuthError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|_| AuthError::Random)?;
+    Ok(bytes)
+}
+
+fn random_token(prefix: &str) -> Result<Zeroizing<String>, AuthError> {
+    let bytes = Zeroizing::new(random_bytes::<32>()?);
+    let mut text = Zeroizing::new(String::from(prefix));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes.as_slice(), &mut text);
+    Ok(text)
+}
+
+/// The four signing headers of a runner request, as received.
+#[derive(Debug, Clone)]
+pub struct SignedHeaders {
+    /// [`headers::RUNNER`].
+    pub runner_id: String,
+    /// [`headers::TIMESTAMP`], unparsed.
+    pub timestamp: String,
+    /// [`headers::NONCE`].
+    pub nonce: String,
+    /// [`headers::SIGNATURE`], base64.
+    pub signature: String,
+}
+
+impl SignedHeaders {
+    /// Reads the headers from `get` (a header lookup); each must be present and text.
+    pub fn read<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Result<Self, AuthError> {
+        let take = |name: &'static str, max: usize| {
+            get(name)
+                .filter(|v| !v.is_empty() && v.len() <= max)
+                .map(str::to_owned)
+                .ok_or(AuthError::MissingHeader { name })
+        };
+        Ok(SignedHeaders {
+            runner_id: take(headers::RUNNER, MAX_RUNNER_ID_LEN)?,
+            timestamp: take(headers::TIMESTAMP, 20)?,
+            nonce: take(headers::NONCE, MAX_NONCE_LEN)?,
+            signature: take(headers::SIGNATURE, MAX_SIGNATURE_LEN)?,
+        })
+    }
+}
+
+/// Authenticates a signed runner request: `method` and `path_and_query` as sent, its
+/// headers and body, at time `now`. Returns the runner, with the nonce recorded.
+pub fn verify_signed_request(
+    db: &mut Db,
+    method: &str,
+    path_and_query: &str,
+    signed: &SignedHeaders,
+    body: &[u8],
+    now: u64,
+) -> Result<Runner, AuthError> {
+    let timestamp: u64 = signed.timestamp.parse().map_err(|_| AuthError::Timestamp)?;
+    let skew = now.abs_diff(timestamp);
+    if skew > MAX_CLOCK_SKEW_SECS {
+        return Err(AuthError::ClockSkew { timestamp, skew });
+    }
+    let nonce_ok = (MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&signed.nonce.len())
+        && signed
+            .nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !nonce_ok {
+        return Err(AuthError::Nonce);
+    }
+    let runner_id = &signed.runner_id;
+    let runner = db
+        .active_runner(runner_id)?
+        .ok_or_else(|| AuthError::UnknownRunner {
+            runner_id: runner_id.clone(),
+        })?;
+    let key = keys::parse_public_key(&runner.public_key).map_err(|_| AuthError::StoredKey {
+        runner_id: runner_id.clone(),
+    })?;
+    let bad_signature = || AuthError::Signature {
+        runner_id: runner_id.clone(),
+    };
+    let body_hash = sha256_hex(body);
+    let message = signing_input(
+        method,
+        path_and_query,
+        timestamp,
+        &signed.nonce,
+        runner_id,
+        &body_hash,
+    )
+    .ok_or_else(bad_signature)?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signed.signature.trim())
+        .map_err(|_| bad_signature())?;
+    if !keys::verify_der(&key, &message, &signature) {
+        return Err(bad_signature());
+    }
+    // Kept until no timestamp it could be sent with is accepted any more.
+    let keep_until = timestamp.max(now).saturating_add(MAX_CLOCK_SKEW_SECS);
+    match db.use_nonce(runner_id, &signed.nonce, keep_until, now) {
+        Ok(()) => Ok(runner),
+        Err(StateError::RunnerNotActive { runner_id }) => {
+            Err(AuthError::UnknownRunner { runner_id })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

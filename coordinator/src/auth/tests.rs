@@ -1,0 +1,224 @@
+use super::*;
+use crate::state::{Db, Runner, DB_NAME};
+use crate::testutil::TempDir;
+use p256::ecdsa::SigningKey;
+
+/// A runner's side of a signed request: the headers for `body` sent as `method path`.
+pub(crate) fn sign(
+    key: &SigningKey,
+    runner_id: &str,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    nonce: &str,
+    body: &[u8],
+) -> SignedHeaders {
+    use p256::ecdsa::signature::Signer as _;
+    let message =
+        signing_input(method, path, timestamp, nonce, runner_id, &sha256_hex(body)).unwrap();
+    let signature: p256::ecdsa::Signature = key.sign(&message);
+    SignedHeaders {
+        runner_id: runner_id.into(),
+        timestamp: timestamp.to_string(),
+        nonce: nonce.into(),
+        signature: base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes()),
+    }
+}
+
+pub(crate) fn runner_key() -> SigningKey {
+    use p256::elliptic_curve::Generate;
+    SigningKey::try_generate_from_rng(&mut getrandom::SysRng).unwrap()
+}
+
+fn setup(dir: &TempDir) -> (Db, SigningKey) {
+    let mut db = Db::create(&dir.path().join(DB_NAME), "https://ci.example.com").unwrap();
+    let key = runner_key();
+    db.add_registration_token("t", u64::MAX / 2).unwrap();
+    let runner = Runner {
+        id: "runner-1".into(),
+        name: "build-7".into(),
+        public_key: keys::public_key_pem(key.verifying_key()).unwrap(),
+        registered_at: 1,
+        removed_at: None,
+    };
+    db.register_runner("t", &runner, 1).unwrap();
+    (db, key)
+}
+
+const NOW: u64 = 1_700_000_000;
+const NONCE: &str = "AAAAAAAAAAAAAAAAAAAAAA";
+const PATH: &str = "/v1/jobs/job-1/result";
+
+#[test]
+fn a_correctly_signed_request_is_accepted_once() {
+    let dir = TempDir::new("auth");
+    let (mut db, key) = setup(&dir);
+    let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{}");
+    let runner = verify_signed_request(&mut db, "POST", PATH, &h, b"{}", NOW).unwrap();
+    assert_eq!(runner.name, "build-7");
+    let e = verify_signed_request(&mut db, "POST", PATH, &h, b"{}", NOW + 1).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "signed request refused: nonce already used (a replayed request)"
+    );
+}
+
+#[test]
+fn a_timestamp_more_than_five_minutes_off_is_refused_either_way() {
+    let dir = TempDir::new("auth");
+    let (mut db, key) = setup(&dir);
+    for ts in [NOW - 301, NOW + 301] {
+        let h = sign(&key, "runner-1", "POST", PATH, ts, NONCE, b"");
+        let e = verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap_err();
+        assert!(matches!(e, AuthError::ClockSkew { skew: 301, .. }), "{e}");
+    }
+    for ts in [NOW - 300, NOW + 300] {
+        let nonce = format!("{NONCE}{ts}");
+        let h = sign(&key, "runner-1", "POST", PATH, ts, &nonce, b"");
+        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap();
+    }
+    let mut h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"");
+    h.timestamp = "soon".into();
+    assert!(matches!(
+        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW),
+        Err(AuthError::Timestamp)
+    ));
+}
+
+#[test]
+fn a_signature_by_another_key_is_refused_and_does_not_burn_the_nonce() {
+    let dir = TempDir::new("auth");
+    let (mut db, key) = setup(&dir);
+    let h = sign(&runner_key(), "runner-1", "POST", PATH, NOW, NONCE, b"");
+    let e = verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "signed request refused: the signature does not verify for runner runner-1"
+    );
+    assert!(!e.to_string().contains(&h.signature));
+    let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"");
+    verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap();
+}
+
+#[test]
+fn a_tampered_body_path_method_timestamp_or_signature_is_refused() {
+    let dir = TempDir::new("auth");
+    let (mut db, key) = setup(&dir);
+    let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, br#"{"a":1}"#);
+    let refused = |r: Result<Runner, AuthError>| matches!(r, Err(AuthError::Signature { .. }));
+    assert!(refused(verify_signed_request(
+        &mut db,
+        "POST",
+        PATH,
+        &h,
+        br#"{"a":2}"#,
+        NOW
+    )));
+    assert!(refused(verify_signed_request(
+        &mut db,
+        "POST",
+        "/v1/jobs/job-2/result",
+        &h,
+        br#"{"a":1}"#,
+        NOW
+    )));
+    assert!(refused(verify_signed_request(
+        &mut db,
+        "PUT",
+        PATH,
+        &h,
+        br#"{"a":1}"#,
+        NOW
+    )));
+    let mut later = h.clone();
+    later.timestamp = (NOW + 1).to_string();
+    assert!(refused(verify_signed_request(
+        &mut db,
+        "POST",
+        PATH,
+        &later,
+        br#"{"a":1}"#,
+        NOW
+    )));
+    let mut garbage = h.clone();
+    garbage.signature = "not base64!".into();
+    assert!(refused(verify_signed_request(
+        &mut db,
+        "POST",
+        PATH,
+        &garbage,
+        br#"{"a":1}"#,
+        NOW
+    )));
+}
+
+#[test]
+fn an_unknown_or_removed_runner_is_refused() {
+    let dir = TempDir::new("auth");
+    let (mut db, key) = setup(&dir);
+    let h = sign(&key, "runner-2", "POST", PATH, NOW, NONCE, b"");
+    let e = verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "signed request refused: runner runner-2 is unknown or removed"
+    );
+    db.remove_runner("runner-1", NOW).unwrap();
+    let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"");
+    assert!(matches!(
+        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW),
+        Err(AuthError::UnknownRunner { .. })
+    ));
+}
+
+#[test]
+fn a_nonce_must_be_16_to_64_base64url_characters() {
+    let dir = TempDir::new("auth");
+    let (mut db, key) = setup(&dir);
+    for nonce in [
+        "A".repeat(15),
+        "A".repeat(65),
+        format!("{}+/", "A".repeat(20)),
+    ] {
+        let h = sign(&key, "runner-1", "POST", PATH, NOW, &nonce, b"");
+        assert!(
+            matches!(
+                verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW),
+                Err(AuthError::Nonce)
+            ),
+            "{nonce}"
+        );
+    }
+    for nonce in ["A".repeat(16), "a-_".repeat(21)] {
+        let h = sign(&key, "runner-1", "POST", PATH, NOW, &nonce, b"");
+        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap();
+    }
+}
+
+#[test]
+fn the_admin_token_is_checked_whole_and_never_shown() {
+    let text = AdminToken::generate().unwrap();
+    assert!(text.starts_with(ADMIN_TOKEN_PREFIX) && text.len() == 6 + 43);
+    let admin = AdminToken::from_text(&format!("{}\n", text.as_str()));
+    assert!(admin
+        .check_authorization(Some(&format!("Bearer {}", text.as_str())))
+        .is_ok());
+    assert!(admin.check_authorization(Some(text.as_str())).is_err());
+    assert!(admin
+        .check_authorization(Some(&format!("Bearer {}", &text[..text.len() - 1])))
+        .is_err());
+    assert!(admin.check_authorization(Some("Bearer ")).is_err());
+    assert!(admin.check_authorization(None).is_err());
+    assert!(!format!("{admin:?}").contains(&text[6..]));
+}
+
+#[test]
+fn registration_tokens_are_prefixed_random_and_stored_as_their_hash() {
+    let a = generate_registration_token().unwrap();
+    let b = generate_registration_token().unwrap();
+    assert!(a.starts_with("bwreg_") && a.len() == 6 + 43);
+    assert_ne!(a.as_str(), b.as_str());
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}

@@ -1,0 +1,140 @@
+//! The command line of `bulwark-coordinator` (clap derive). The binary parses it and calls
+//! the library; nothing here acts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Longest life of a registration token: it is meant to be used within the hour it is made.
+pub const MAX_REGISTRATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The Bulwark coordinator: registers runners, queues and leases jobs, records results, and
+/// issues job identity tokens (OIDC). See docs/control-plane.md.
+#[derive(Debug, Parser)]
+#[command(name = "bulwark-coordinator", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Creates a new state directory: the issuer key, the admin token and the database.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator init --state /var/lib/bulwark-coordinator --issuer https://ci.example.com\n\nRefuses a directory that already holds a coordinator state."
+    )]
+    Init {
+        /// The state directory (created with mode 0700).
+        #[arg(long)]
+        state: PathBuf,
+        /// The OIDC issuer URL: https://, the address runners and clouds reach the coordinator at.
+        #[arg(long)]
+        issuer: String,
+    },
+    /// Prints a new one-time runner registration token (only its sha256 is stored).
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator registration-token --state /var/lib/bulwark-coordinator --ttl 1h > token\n  # hand `token` to the host's operator: bulwark register --token-file token ..."
+    )]
+    RegistrationToken {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// How long the token stays valid (at most 7 days).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Lists or removes registered runners.
+    #[command(
+        after_help = "Examples:\n  bulwark-coordinator runners list --state /var/lib/bulwark-coordinator\n  bulwark-coordinator runners remove runner-0123... --state /var/lib/bulwark-coordinator"
+    )]
+    Runners {
+        /// What to do with runners.
+        #[command(subcommand)]
+        command: RunnersCommand,
+    },
+    /// Serves the HTTP API (plain HTTP: behind a TLS terminator, or on loopback).
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8440 --behind-tls-proxy\n\nPrints `listening on ADDR` to stderr once bound."
+    )]
+    Serve {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Address to listen on (`127.0.0.1:0` picks a free port).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Allow a non-loopback address: a TLS terminator is in front of the coordinator.
+        #[arg(long)]
+        behind_tls_proxy: bool,
+    },
+}
+
+/// `runners` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RunnersCommand {
+    /// Lists runners (id, name, registered, removed), one per line, or as JSON.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator runners list --state /var/lib/bulwark-coordinator --json"
+    )]
+    List {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// JSON output, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a runner: its signatures stop working at once, its leased jobs become lost.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator runners remove runner-0123456789abcdef0123456789abcdef --state /var/lib/bulwark-coordinator"
+    )]
+    Remove {
+        /// The runner's id.
+        id: String,
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > MAX_REGISTRATION_TTL {
+        return Err("must be more than 0 and at most 7d".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent_and_every_subcommand_shows_an_example() {
+        Cli::command().debug_assert();
+        let mut cli = Cli::command();
+        for sub in cli.get_subcommands_mut() {
+            let mut leaves: Vec<clap::Command> = sub.get_subcommands().cloned().collect();
+            if leaves.is_empty() {
+                leaves.push(sub.clone());
+            }
+            for mut leaf in leaves {
+                let help = leaf.render_long_help().to_string();
+                assert!(help.contains("Example"), "{}: {help}", leaf.get_name());
+            }
+        }
+    }
+
+    #[test]
+    fn a_registration_ttl_must_be_positive_and_short() {
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("30d").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! Key material: the issuer's signing key, runner public keys, and the secret files of the
+//! state directory.
+//!
+//! Formats follow the runner's (`runner/src/provenance/keys.rs`): the private key is PKCS#8
+//! PEM, public keys are SPKI PEM, ECDSA over P-256. This crate does not depend on the runner:
+//! the coordinator is deployed on its own host and needs only these few functions.
+//!
+//! Secret files (`issuer.key`, `admin.token`) are created with `O_EXCL` and mode 0600 from the
+//! start, so there is no moment when they exist with wider permissions, and an existing one is
+//! never overwritten (a second `init` by mistake would otherwise replace the issuer key and
+//! invalidate every trust policy written for it). They are refused on load when group or
+//! others can read them: whoever else can read `issuer.key` can mint job identity tokens.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use p256::ecdsa::{SigningKey, VerifyingKey};
+use p256::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
+use zeroize::Zeroizing;
+
+/// Most bytes read from a secret file (a PEM key or a token is a few hundred).
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Largest runner public key PEM accepted at registration.
+pub const MAX_PUBLIC_KEY_BYTES: usize = 4096;
+
+/// What went wrong with key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The system random source failed.
+    #[error("generating the issuer key: the system random source failed")]
+    Generate,
+    /// Encoding a key as PEM failed.
+    #[error("encoding the issuer key as PKCS#8 PEM")]
+    Encode,
+    /// Creating a secret file failed (it exists, or the directory is not writable).
+    #[error("creating {}", path.display())]
+    CreateSecret {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading a secret file failed.
+    #[error("reading {}", path.display())]
+    ReadSecret {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A secret file others can read.
+    #[error("{}: refused: it is readable or writable by group or others (mode {mode:04o}); make it private with `chmod 600 {}`", path.display(), path.display())]
+    SecretPermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// `issuer.key` is not a P-256 PKCS#8 PEM key.
+    #[error("{}: not a PKCS#8 PEM ECDSA P-256 private key", path.display())]
+    ParsePrivate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A runner's public key is not a P-256 SPKI PEM key.
+    #[error("public_key: not an SPKI PEM ECDSA P-256 public key")]
+    ParsePublic,
+    /// Signing failed.
+    #[error("signing with the issuer key")]
+    Sign,
+}
+
+/// The coordinator's OIDC issuer key (`issuer.key`). Its `Debug` never shows the key.
+pub struct IssuerKey {
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for IssuerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuerKey(<private key redacted>)")
+    }
+}
+
+impl IssuerKey {
+    /// A new random key.
+    pub fn generate() -> Result<IssuerKey, KeyError> {
+        use p256::elliptic_curve::Generate;
+        let key = SigningKey::try_generate_from_rng(&mut getrandom::SysRng)
+            .map_err(|_| KeyError::Generate)?;
+        Ok(IssuerKey { key })
+    }
+
+    /// The key from its 32-byte scalar (tests pin keys this way).
+    pub fn from_scalar(bytes: &[u8]) -> Result<IssuerKey, KeyError> {
+        let key = SigningKey::from_slice(bytes).map_err(|_| KeyError::Encode)?;
+        Ok(IssuerKey { key })
+    }
+
+    /// Writes the key as PKCS#8 PEM to a new file, mode 0600, refusing an existing one.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        let pem = self
+            .key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|_| KeyError::Encode)?;
+        write_secret_new(path, pem.as_bytes())
+    }
+
+    /// Reads `issuer.key`, refusing a file group or others can read.
+    pub fn load(path: &Path) -> Result<IssuerKey, KeyError> {
+        let pem = read_secret(path)?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::ParsePrivate {
+            path: path.to_owned(),
+        })?;
+        Ok(IssuerKey { key })
+    }
+
+    /// The public half.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        *self.key.verifying_key()
+    }
+
+    /// Signs `message` (ECDSA P-256, SHA-256) and returns the raw 64-byte `r || s` a JWS
+    /// carries (RFC 7518 section 3.4), not the ASN.1 DER form.
+    pub fn sign_jws(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
+        use p256::ecdsa::signature::Signer as _;
+        let sig: p256::ecdsa::Signature = self.key.try_sign(message).map_err(|_| KeyError::Sign)?;
+        let bytes = sig.to_bytes();
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&bytes);
+        Ok(out)
+    }
+}
+
+/// Parses a runner's public key: SPKI PEM, ECDSA P-256, at most [`MAX_PUBLIC_KEY_BYTES`].
+pub fn parse_public_key(pem: &str) -> Result<VerifyingKey, KeyError> {
+    if pem.len() > MAX_PUBLIC_KEY_BYTES {
+        return Err(KeyError::ParsePublic);
+    }
+    VerifyingKey::from_public_key_pem(pem.trim()).map_err(|_| KeyError::ParsePublic)
+}
+
+/// A public key as SPKI PEM (the normal form stored for a runner).
+pub fn public_key_pem(key: &VerifyingKey) -> Result<String, KeyError> {
+    key.to_public_key_pem(LineEnding::LF)
+        .map_err(|_| KeyError::Encode)
+}
+
+/// Verifies an ASN.1 DER ECDSA P-256 signature over `message`.
+pub fn verify_der(key: &VerifyingKey, message: &[u8], signature_der: &[u8]) -> bool {
+    use p256::ecdsa::signature::Verifier as _;
+    p256::ecdsa::Signature::from_der(signature_der).is_ok_and(|s| key.verify(message, &s).is_ok())
+}
+
+/// Creates `path` with `O_EXCL` and mode 0600 and writes `bytes` to it, fsynced.
+pub fn write_secret_new(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let err = |source| KeyError::CreateSecret {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW) // never through a planted symlink
+        .open(path)
+        .map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+/// Reads a secret file, refusing one that is not a regular file or that group or others may
+/// read or write. Checked on the open descriptor, not the path, so a swap between the check
+/// and the read is impossible.
+pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyError> {
+    let err = |source| KeyError::ReadSecret {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW) // never through a planted symlink
+        .open(path)
+        .map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::SecretPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.take(MAX_SECRET_BYTES)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issuer_key_round_trips_through_a_private_file_and_is_never_overwritten() {
+        let dir = crate::testutil::TempDir::new("keys");
+        let path = dir.path().join("issuer.key");
+        let key = IssuerKey::generate().unwrap();
+        key.write_new(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let loaded = IssuerKey::load(&path).unwrap();
+        assert_eq!(loaded.verifying_key(), key.verifying_key());
+        assert!(IssuerKey::generate().unwrap().write_new(&path).is_err());
+        assert!(!format!("{loaded:?}").contains("BEGIN"));
+    }
+
+    #[test]
+    fn a_group_readable_issuer_key_is_refused_with_a_fix() {
+        let dir = crate::testutil::TempDir::new("keys");
+        let path = dir.path().join("issuer.key");
+        IssuerKey::generate().unwrap().write_new(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = IssuerKey::load(&path).unwrap_err().to_string();
+        assert!(e.contains("mode 0640") && e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn only_p256_spki_pem_public_keys_are_accepted() {
+        let key = IssuerKey::generate().unwrap().verifying_key();
+        let pem = public_key_pem(&key).unwrap();
+        assert_eq!(parse_public_key(&pem).unwrap(), key);
+        assert!(
+            parse_public_key("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+                .is_err()
+        );
+        // An Ed25519 SPKI key (RFC 8410 example) is not P-256.
+        let ed = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        assert!(parse_public_key(ed).is_err());
+    }
+}

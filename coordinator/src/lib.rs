@@ -1,0 +1,53 @@
+//! The Bulwark coordinator: the control plane a fleet of `bulwark daemon` runners takes work
+//! from (docs/control-plane.md).
+//!
+//! # What it is for
+//!
+//! One process, one SQLite file, one state directory. It registers runners (a one-time token
+//! traded for a runner id bound to the runner's own P-256 key), queues jobs submitted by the
+//! operator or CI glue (admin bearer token) with the trust level the submitter decides, leases
+//! them to runners that ask (every runner request signed, timestamped and nonce'd), records
+//! results, and is the OIDC issuer of short-lived identity tokens for trusted jobs.
+//!
+//! # Example
+//!
+//! ```text
+//! bulwark-coordinator init --state /var/lib/bulwark-coordinator --issuer https://ci.example.com
+//! bulwark-coordinator registration-token --state /var/lib/bulwark-coordinator --ttl 1h
+//! bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440
+//! curl -H "Authorization: Bearer $(cat /var/lib/bulwark-coordinator/admin.token)" \
+//!      -d '{"trust":"trusted","spec":{...}}' http://127.0.0.1:8440/v1/jobs
+//! ```
+//!
+//! In code, [`statedir::init`] makes a state, [`statedir::load`] and [`api::Coordinator::new`]
+//! open it, and [`api::router`] is the HTTP API.
+//!
+//! # Limits
+//!
+//! - Plain HTTP only: TLS belongs to a terminating proxy in front; a non-loopback listen
+//!   address is refused without `--behind-tls-proxy`.
+//! - One issuer key, no rotation; no credential exchange (the tokens exist for it); no
+//!   re-queueing of lost jobs (the submitter decides); no log streaming.
+//! - Bodies are capped at [`bulwark_protocol::control::MAX_BODY_BYTES`]; the server has no
+//!   per-connection timeouts of its own (the proxy in front is expected to bound slow clients).
+//!
+//! # How it is tested
+//!
+//! Unit tests per module: the JWT round trip and the RFC 7638 thumbprint of a pinned key;
+//! every refusal of a signed request (skew, replay, wrong key, removed runner, tampered body);
+//! two threads racing to consume one registration token; the lease, lost and result rules;
+//! in-process HTTP tests of each endpoint over a real socket. `tests/interop/verify_jwt.py`
+//! verifies a minted token with PyJWT against the JWKS served over HTTP.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod keys;
+pub mod oidc;
+pub mod state;
+pub mod statedir;
+
+#[cfg(test)]
+pub(crate) mod testutil;

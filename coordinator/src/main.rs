@@ -1,0 +1,95 @@
+//! `bulwark-coordinator`: parses the command line and calls the library.
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+
+use anyhow::{Context, Result};
+use bulwark_coordinator::cli::{Cli, Command, RunnersCommand};
+use bulwark_coordinator::{api, auth, state, statedir};
+use clap::Parser;
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Init { state, issuer } => {
+            statedir::init(&state, &issuer)
+                .with_context(|| format!("initialising {}", state.display()))?;
+            eprintln!(
+                "created {} (issuer.key, admin.token, coordinator.db)",
+                state.display()
+            );
+        }
+        Command::RegistrationToken { state, ttl } => {
+            let db = statedir::open_db(&state)?;
+            let token = auth::generate_registration_token()?;
+            let expires_at = state::now().saturating_add(ttl.as_secs());
+            db.add_registration_token(&auth::sha256_hex(token.as_bytes()), expires_at)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", token.as_str()).context("writing the token")?;
+        }
+        Command::Runners { command } => match command {
+            RunnersCommand::List { state, json } => {
+                let runners = statedir::open_db(&state)?.runners()?;
+                let mut out = std::io::stdout().lock();
+                if json {
+                    let list: Vec<_> = runners
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "id": r.id, "name": r.name,
+                                "registered_at": r.registered_at, "removed_at": r.removed_at,
+                            })
+                        })
+                        .collect();
+                    writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+                } else {
+                    for r in runners {
+                        let removed = r
+                            .removed_at
+                            .map_or_else(|| "-".to_owned(), |t| format!("removed:{t}"));
+                        writeln!(out, "{}\t{}\t{}\t{removed}", r.id, r.name, r.registered_at)?;
+                    }
+                }
+            }
+            RunnersCommand::Remove { id, state } => {
+                let mut db = statedir::open_db(&state)?;
+                if !db.remove_runner(&id, state::now())? {
+                    anyhow::bail!("runner {id}: no such active runner (see `runners list`)");
+                }
+                eprintln!("removed runner {id}");
+            }
+        },
+        Command::Serve {
+            state,
+            listen,
+            behind_tls_proxy,
+        } => {
+            api::check_listen(listen, behind_tls_proxy)?;
+            let (db, key, admin) = statedir::load(&state)?;
+            let coordinator = api::Coordinator::new(db, key, admin)?;
+            // One event-loop thread: requests are a short transaction and a signature each, run
+            // on the blocking pool; SQLite serialises writers anyway.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                let bound = listener.local_addr().context("reading the bound address")?;
+                eprintln!("listening on {bound}");
+                api::serve(listener, coordinator)
+                    .await
+                    .context("serving the API")
+            })?;
+        }
+    }
+    Ok(())
+}

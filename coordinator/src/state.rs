@@ -1,0 +1,821 @@
+//! The coordinator's state: one SQLite database (`coordinator.db`) and the transactions that
+//! keep its promises.
+//!
+//! Why SQLite: registration, leasing and results are each a read-check-write that must not
+//! interleave with another (one token, one runner; one job, one lease; one result). SQLite
+//! gives that with `BEGIN IMMEDIATE` (a writer lock taken before the read), survives a
+//! restart, needs no server, and is bundled into the binary. WAL mode lets the operator's CLI
+//! (`registration-token`, `runners remove`) write while `serve` runs; `synchronous = FULL`
+//! so a committed lease or result survives a power loss. A JSON file rewritten per change was
+//! rejected (no atomic read-check-write across processes without a lock of our own), and so was
+//! an in-memory queue (a restart would forget leases and let a job run twice).
+//!
+//! Every refusal the protocol defines (a used token, a job leased to someone else, a late
+//! result) is decided here, inside the transaction that would have acted, so no check can go
+//! stale between deciding and doing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bulwark_protocol::control::{JobState, Lease, ResultReport};
+use bulwark_protocol::job::DEFAULT_TIMEOUT;
+use bulwark_protocol::{JobSpec, Trust};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+/// File name of the database in the state directory.
+pub const DB_NAME: &str = "coordinator.db";
+
+/// How long a lease outlives the job's own timeout: time for the runner to fetch the source
+/// and tools before the clock of the job starts, and to report afterwards.
+pub const LEASE_GRACE_SECS: u64 = 600;
+
+/// The schema version this build reads and writes.
+const SCHEMA_VERSION: &str = "1";
+
+/// How long a writer waits for another (the CLI and the server share the file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE registration_tokens (
+    sha256     TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER,
+    runner_id  TEXT
+);
+CREATE TABLE runners (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    public_key    TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    removed_at    INTEGER
+);
+CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    trust            TEXT NOT NULL,
+    spec             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    runner_id        TEXT,
+    submitted_at     INTEGER NOT NULL,
+    leased_at        INTEGER,
+    lease_expires_at INTEGER,
+    finished_at      INTEGER,
+    result           TEXT,
+    provenance       TEXT
+);
+CREATE INDEX jobs_by_state ON jobs (state, submitted_at);
+CREATE TABLE nonces (
+    runner_id  TEXT NOT NULL,
+    nonce      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (runner_id, nonce)
+);
+CREATE INDEX nonces_by_expiry ON nonces (expires_at);
+";
+
+/// What went wrong with the state, or what it refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// `init` found a database already there.
+    #[error("{}: exists already (an existing coordinator state is never overwritten)", path.display())]
+    Exists {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Opening (or creating) the database failed.
+    #[error("opening the coordinator database {}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Creating the schema failed.
+    #[error("creating the coordinator database schema")]
+    CreateSchema(#[source] rusqlite::Error),
+    /// The database was made by another version, or not by `init`.
+    #[error("coordinator database {}: schema version {found:?}, this build reads {SCHEMA_VERSION:?}", path.display())]
+    SchemaVersion {
+        /// The database file.
+        path: PathBuf,
+        /// The version found, if any.
+        found: Option<String>,
+    },
+    /// Reading the `meta` table failed.
+    #[error("reading the coordinator's settings (meta table)")]
+    ReadMeta(#[source] rusqlite::Error),
+    /// Storing a registration token failed.
+    #[error("storing a registration token")]
+    StoreRegistrationToken(#[source] rusqlite::Error),
+    /// Registering a runner failed.
+    #[error("registering a runner")]
+    Register(#[source] rusqlite::Error),
+    /// The registration token is unknown, used or expired (one message for all three).
+    #[error("registration token is not valid (unknown, used or expired)")]
+    RegistrationTokenNotValid,
+    /// Reading runners failed.
+    #[error("reading runners")]
+    ReadRunners(#[source] rusqlite::Error),
+    /// Removing a runner failed.
+    #[error("removing runner {runner_id}")]
+    RemoveRunner {
+        /// The runner.
+        runner_id: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Recording a nonce failed.
+    #[error("recording a request nonce")]
+    RecordNonce(#[source] rusqlite::Error),
+    /// The nonce was used before within the clock-skew window.
+    #[error("signed request refused: nonce already used (a replayed request)")]
+    NonceReused,
+    /// The runner is unknown or was removed.
+    #[error("signed request refused: runner {runner_id} is unknown or removed")]
+    RunnerNotActive {
+        /// The runner id the request named.
+        runner_id: String,
+    },
+    /// Queueing a job failed.
+    #[error("queueing job {job_id}")]
+    SubmitJob {
+        /// The job.
+        job_id: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Reading a job failed.
+    #[error("reading job {job_id}")]
+    ReadJob {
+        /// The job.
+        job_id: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored job row does not parse (written by another version, or edited by hand).
+    #[error("job {job_id}: its stored {column} does not parse")]
+    CorruptJob {
+        /// The job.
+        job_id: String,
+        /// The column.
+        column: &'static str,
+    },
+    /// Leasing a job failed.
+    #[error("leasing a job to runner {runner_id}")]
+    Lease {
+        /// The runner.
+        runner_id: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Recording a result failed.
+    #[error("recording the result of job {job_id}")]
+    RecordResult {
+        /// The job.
+        job_id: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The job does not exist, or is not leased to the asking runner.
+    #[error("job {job_id} is not leased to runner {runner_id}")]
+    NotLeasedToRunner {
+        /// The job.
+        job_id: String,
+        /// The asking runner.
+        runner_id: String,
+    },
+    /// The job's lease is over (identity tokens are only minted while it lasts).
+    #[error("job {job_id}: its lease is over")]
+    LeaseOver {
+        /// The job.
+        job_id: String,
+    },
+    /// An untrusted job asked for an identity token.
+    #[error("job {job_id} is untrusted: untrusted jobs never get identity tokens")]
+    Untrusted {
+        /// The job.
+        job_id: String,
+    },
+    /// A second result for a job.
+    #[error("job {job_id} already has a result")]
+    AlreadyFinished {
+        /// The job.
+        job_id: String,
+    },
+    /// A result after the lease ended: the job is (now) recorded as lost.
+    #[error("job {job_id}: the lease ended before the result came; the job is recorded as lost")]
+    LeaseExpired {
+        /// The job.
+        job_id: String,
+    },
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How long a lease of `spec` lasts: the job's timeout (`resources.timeout`, or the protocol's
+/// default) plus [`LEASE_GRACE_SECS`]. A timeout that does not parse counts as the default (the
+/// submit endpoint refuses one, so only a hand-edited row has it).
+pub fn lease_seconds(spec: &JobSpec) -> u64 {
+    let timeout = spec
+        .resources
+        .timeout
+        .as_deref()
+        .and_then(|t| bulwark_protocol::parse_duration(t).ok())
+        .unwrap_or(DEFAULT_TIMEOUT);
+    timeout.as_secs().saturating_add(LEASE_GRACE_SECS)
+}
+
+/// A registered runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runner {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its public key, SPKI PEM.
+    pub public_key: String,
+    /// When it registered.
+    pub registered_at: u64,
+    /// When the operator removed it.
+    pub removed_at: Option<u64>,
+}
+
+/// A job as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Its id.
+    pub id: String,
+    /// Its name (the spec's).
+    pub name: String,
+    /// The trust level the submitter gave.
+    pub trust: Trust,
+    /// The spec as submitted.
+    pub spec: JobSpec,
+    /// Where it is.
+    pub state: JobState,
+    /// The runner it was leased to.
+    pub runner_id: Option<String>,
+    /// When it was queued.
+    pub submitted_at: u64,
+    /// When its lease ends.
+    pub lease_expires_at: Option<u64>,
+    /// The reported result.
+    pub result: Option<ResultReport>,
+}
+
+fn parse_state(s: &str) -> Option<JobState> {
+    Some(match s {
+        "queued" => JobState::Queued,
+        "leased" => JobState::Leased,
+        "finished" => JobState::Finished,
+        "lost" => JobState::Lost,
+        _ => return None,
+    })
+}
+
+fn parse_trust(s: &str) -> Option<Trust> {
+    match s {
+        "trusted" => Some(Trust::Trusted),
+        "untrusted" => Some(Trust::Untrusted),
+        _ => None,
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// An open coordinator database.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Creates the database at `path` (which must not exist) with the schema, WAL mode and
+    /// the issuer URL.
+    pub fn create(path: &Path, issuer: &str) -> Result<Db, StateError> {
+        if path.symlink_metadata().is_ok() {
+            return Err(StateError::Exists {
+                path: path.to_owned(),
+            });
+        }
+        let mut db = Db::connect(path)?;
+        let tx = db
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(StateError::CreateSchema)?;
+        tx.execute_batch(SCHEMA).map_err(StateError::CreateSchema)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('issuer', ?2)",
+            params![SCHEMA_VERSION, issuer],
+        )
+        .map_err(StateError::CreateSchema)?;
+        tx.commit().map_err(StateError::CreateSchema)?;
+        Ok(db)
+    }
+
+    /// Opens an existing database made by [`Db::create`].
+    pub fn open(path: &Path) -> Result<Db, StateError> {
+        if !path.is_file() {
+            return Err(StateError::Open {
+                path: path.to_owned(),
+                source: rusqlite::Error::InvalidPath(path.to_owned()),
+            });
+        }
+        let db = Db::connect(path)?;
+        let found = db.meta("schema_version").ok().flatten();
+        if found.as_deref() != Some(SCHEMA_VERSION) {
+            return Err(StateError::SchemaVersion {
+                path: path.to_owned(),
+                found,
+            });
+        }
+        Ok(db)
+    }
+
+    fn connect(path: &Path) -> Result<Db, StateError> {
+        let err = |source| StateError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(err(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode stayed {mode}, WAL required"
+            ))));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        Ok(Db { conn })
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(StateError::ReadMeta)
+    }
+
+    /// The issuer URL recorded at `init`.
+    pub fn issuer(&self) -> Result<String, StateError> {
+        self.meta("issuer")?
+            .ok_or(StateError::ReadMeta(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Stores the sha256 (hex) of a new registration token valid until `expires_at`.
+    pub fn add_registration_token(
+        &self,
+        sha256_hex: &str,
+        expires_at: u64,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO registration_tokens (sha256, expires_at) VALUES (?1, ?2)",
+                params![sha256_hex, to_i64(expires_at)],
+            )
+            .map(drop)
+            .map_err(StateError::StoreRegistrationToken)
+    }
+
+    /// Consumes the registration token whose sha256 is `token_sha256_hex` and stores the
+    /// runner, in one transaction: of two registrations racing with one token, one commits and
+    /// the other finds the token used.
+    pub fn register_runner(
+        &mut self,
+        token_sha256_hex: &str,
+        runner: &Runner,
+        now: u64,
+    ) -> Result<(), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StateError::Register)?;
+        let row: Option<(i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT expires_at, used_at FROM registration_tokens WHERE sha256 = ?1",
+                [token_sha256_hex],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(StateError::Register)?;
+        match row {
+            Some((expires_at, None)) if to_u64(expires_at) > now => {}
+            _ => return Err(StateError::RegistrationTokenNotValid),
+        }
+        let changed = tx
+            .execute(
+                "UPDATE registration_tokens SET used_at = ?1, runner_id = ?2
+                 WHERE sha256 = ?3 AND used_at IS NULL",
+                params![to_i64(now), runner.id, token_sha256_hex],
+            )
+            .map_err(StateError::Register)?;
+        if changed != 1 {
+            return Err(StateError::RegistrationTokenNotValid);
+        }
+        tx.execute(
+            "INSERT INTO runners (id, name, public_key, registered_at) VALUES (?1, ?2, ?3, ?4)",
+            params![runner.id, runner.name, runner.public_key, to_i64(now)],
+        )
+        .map_err(StateError::Register)?;
+        tx.commit().map_err(StateError::Register)
+    }
+
+    /// Every runner ever registered, oldest first, removed ones included.
+    pub fn runners(&self) -> Result<Vec<Runner>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, name, public_key, registered_at, removed_at FROM runners
+                 ORDER BY registered_at, rowid",
+            )
+            .map_err(StateError::ReadRunners)?;
+        let rows = stmt
+            .query_map([], runner_from_row)
+            .map_err(StateError::ReadRunners)?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(StateError::ReadRunners)
+    }
+
+    /// The runner `id` if it is registered and not removed.
+    pub fn active_runner(&self, id: &str) -> Result<Option<Runner>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, public_key, registered_at, removed_at FROM runners
+                 WHERE id = ?1 AND removed_at IS NULL",
+                [id],
+                runner_from_row,
+            )
+            .optional()
+            .map_err(StateError::ReadRunners)
+    }
+
+    /// Removes runner `id`: its signatures stop working at once and the jobs leased to it are
+    /// recorded as lost (it can no longer report them). `false` when no active runner has that
+    /// id.
+    pub fn remove_runner(&mut self, id: &str, now: u64) -> Result<bool, StateError> {
+        let err = |source| StateError::RemoveRunner {
+            runner_id: id.to_owned(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let changed = tx
+            .execute(
+                "UPDATE runners SET removed_at = ?1 WHERE id = ?2 AND removed_at IS NULL",
+                params![to_i64(now), id],
+            )
+            .map_err(err)?;
+        tx.execute(
+            "UPDATE jobs SET state = 'lost' WHERE runner_id = ?1 AND state = 'leased'",
+            [id],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(changed == 1)
+    }
+
+    /// Records `nonce` for `runner_id` until `keep_until`, refusing one already recorded, in
+    /// one transaction with the check that the runner is still active (a removal racing with
+    /// a request wins). Expired nonces are pruned on the way.
+    pub fn use_nonce(
+        &mut self,
+        runner_id: &str,
+        nonce: &str,
+        keep_until: u64,
+        now: u64,
+    ) -> Result<(), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StateError::RecordNonce)?;
+        tx.execute("DELETE FROM nonces WHERE expires_at < ?1", [to_i64(now)])
+            .map_err(StateError::RecordNonce)?;
+        let active: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runners WHERE id = ?1 AND removed_at IS NULL)",
+                [runner_id],
+                |r| r.get(0),
+            )
+            .map_err(StateError::RecordNonce)?;
+        if !active {
+            return Err(StateError::RunnerNotActive {
+                runner_id: runner_id.to_owned(),
+            });
+        }
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO nonces (runner_id, nonce, expires_at) VALUES (?1, ?2, ?3)",
+                params![runner_id, nonce, to_i64(keep_until)],
+            )
+            .map_err(StateError::RecordNonce)?;
+        if inserted != 1 {
+            return Err(StateError::NonceReused);
+        }
+        tx.commit().map_err(StateError::RecordNonce)
+    }
+
+    /// Queues a job.
+    pub fn submit_job(
+        &self,
+        job_id: &str,
+        spec: &JobSpec,
+        trust: Trust,
+        now: u64,
+    ) -> Result<(), StateError> {
+        let err = |source| StateError::SubmitJob {
+            job_id: job_id.to_owned(),
+            source,
+        };
+        let spec_json = serde_json::to_string(spec)
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        self.conn
+            .execute(
+                "INSERT INTO jobs (id, name, trust, spec, state, submitted_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+                params![job_id, spec.name, trust.as_str(), spec_json, to_i64(now)],
+            )
+            .map(drop)
+            .map_err(err)
+    }
+
+    /// Job `job_id`, with a lease that ended unreported recorded as lost first.
+    pub fn job(&mut self, job_id: &str, now: u64) -> Result<Option<Job>, StateError> {
+        let err = |source| StateError::ReadJob {
+            job_id: job_id.to_owned(),
+            source,
+        };
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = 'lost'
+                 WHERE id = ?1 AND state = 'leased' AND lease_expires_at <= ?2",
+                params![job_id, to_i64(now)],
+            )
+            .map_err(err)?;
+        read_job(&self.conn, job_id)
+    }
+
+    /// Leases the oldest queued job to `runner_id` for [`lease_seconds`], after recording every
+    /// lease that ended without a result as lost. `None` when nothing is queued.
+    pub fn lease(&mut self, runner_id: &str, now: u64) -> Result<Option<Lease>, StateError> {
+        let err = |source| StateError::Lease {
+            runner_id: runner_id.to_owned(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute(
+            "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
+            [to_i64(now)],
+        )
+        .map_err(err)?;
+        let next: Option<String> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY submitted_at, rowid LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some(job_id) = next else {
+            return Ok(None);
+        };
+        let Some(job) = read_job(&tx, &job_id)? else {
+            return Ok(None);
+        };
+        let expires_at = now.saturating_add(lease_seconds(&job.spec));
+        tx.execute(
+            "UPDATE jobs SET state = 'leased', runner_id = ?1, leased_at = ?2, lease_expires_at = ?3
+             WHERE id = ?4 AND state = 'queued'",
+            params![runner_id, to_i64(now), to_i64(expires_at), job_id],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Some(Lease {
+            job_id,
+            trust: job.trust,
+            spec: job.spec,
+            expires_at,
+        }))
+    }
+
+    /// Job `job_id` if an identity token may be minted for it on behalf of `runner_id`: it is
+    /// leased to that runner, the lease is live, and it is trusted.
+    pub fn job_for_id_token(
+        &mut self,
+        job_id: &str,
+        runner_id: &str,
+        now: u64,
+    ) -> Result<Job, StateError> {
+        let not_leased = || StateError::NotLeasedToRunner {
+            job_id: job_id.to_owned(),
+            runner_id: runner_id.to_owned(),
+        };
+        let job = read_job(&self.conn, job_id)?.ok_or_else(not_leased)?;
+        if job.runner_id.as_deref() != Some(runner_id) {
+            return Err(not_leased());
+        }
+        let live = job.state == JobState::Leased && job.lease_expires_at.is_some_and(|e| now < e);
+        if !live {
+            return Err(StateError::LeaseOver {
+                job_id: job_id.to_owned(),
+            });
+        }
+        if job.trust != Trust::Trusted {
+            return Err(StateError::Untrusted {
+                job_id: job_id.to_owned(),
+            });
+        }
+        Ok(job)
+    }
+
+    /// Records the result of `job_id` reported by `runner_id`: only the lease holder, only
+    /// once, only while the lease lasts (a late result records the job as lost and is refused).
+    pub fn record_result(
+        &mut self,
+        job_id: &str,
+        runner_id: &str,
+        report: &ResultReport,
+        now: u64,
+    ) -> Result<(), StateError> {
+        let err = |source| StateError::RecordResult {
+            job_id: job_id.to_owned(),
+            source,
+        };
+        let result_json = serde_json::to_string(&report.result)
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let row: Option<(String, Option<String>, Option<i64>)> = tx
+            .query_row(
+                "SELECT state, runner_id, lease_expires_at FROM jobs WHERE id = ?1",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((state, holder, expires_at)) = row else {
+            return Err(StateError::NotLeasedToRunner {
+                job_id: job_id.to_owned(),
+                runner_id: runner_id.to_owned(),
+            });
+        };
+        if holder.as_deref() != Some(runner_id) {
+            return Err(StateError::NotLeasedToRunner {
+                job_id: job_id.to_owned(),
+                runner_id: runner_id.to_owned(),
+            });
+        }
+        match parse_state(&state) {
+            Some(JobState::Leased) => {}
+            Some(JobState::Finished) => {
+                return Err(StateError::AlreadyFinished {
+                    job_id: job_id.to_owned(),
+                })
+            }
+            Some(JobState::Lost) => {
+                return Err(StateError::LeaseExpired {
+                    job_id: job_id.to_owned(),
+                })
+            }
+            Some(JobState::Queued) | None => {
+                return Err(StateError::NotLeasedToRunner {
+                    job_id: job_id.to_owned(),
+                    runner_id: runner_id.to_owned(),
+                })
+            }
+        }
+        if expires_at.is_none_or(|e| now >= to_u64(e)) {
+            tx.execute("UPDATE jobs SET state = 'lost' WHERE id = ?1", [job_id])
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+            return Err(StateError::LeaseExpired {
+                job_id: job_id.to_owned(),
+            });
+        }
+        tx.execute(
+            "UPDATE jobs SET state = 'finished', finished_at = ?1, result = ?2, provenance = ?3
+             WHERE id = ?4",
+            params![to_i64(now), result_json, report.provenance, job_id],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+}
+
+fn runner_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Runner> {
+    Ok(Runner {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        public_key: r.get(2)?,
+        registered_at: to_u64(r.get(3)?),
+        removed_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
+    })
+}
+
+fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> {
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT name, trust, spec, state, runner_id, submitted_at, lease_expires_at, result,
+                    provenance
+             FROM jobs WHERE id = ?1",
+            [job_id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(|source| StateError::ReadJob {
+            job_id: job_id.to_owned(),
+            source,
+        })?;
+    let Some((
+        name,
+        trust,
+        spec,
+        state,
+        runner_id,
+        submitted_at,
+        lease_expires_at,
+        result,
+        provenance,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let corrupt = |column| StateError::CorruptJob {
+        job_id: job_id.to_owned(),
+        column,
+    };
+    let result = match result {
+        Some(text) => Some(ResultReport {
+            result: serde_json::from_str(&text).map_err(|_| corrupt("result"))?,
+            provenance,
+        }),
+        None => None,
+    };
+    Ok(Some(Job {
+        id: job_id.to_owned(),
+        name,
+        trust: parse_trust(&trust).ok_or_else(|| corrupt("trust"))?,
+        spec: serde_json::from_str(&spec).map_err(|_| corrupt("spec"))?,
+        state: parse_state(&state).ok_or_else(|| corrupt("state"))?,
+        runner_id,
+        submitted_at: to_u64(submitted_at),
+        lease_expires_at: lease_expires_at.map(to_u64),
+        result,
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

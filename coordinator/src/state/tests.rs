@@ -1,0 +1,286 @@
+use super::*;
+use crate::testutil::TempDir;
+use bulwark_protocol::control::ResultReport;
+
+pub(crate) fn spec(timeout: Option<&str>) -> JobSpec {
+    let mut spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "name": "build",
+        "source": {
+            "git": "https://git.example.com/acme/app.git",
+            "commit": "0123456789abcdef0123456789abcdef01234567",
+            "ref": "refs/heads/main"
+        },
+        "steps": [{"name": "make", "run": "make"}]
+    }))
+    .unwrap();
+    spec.resources.timeout = timeout.map(str::to_owned);
+    spec
+}
+
+fn runner(id: &str) -> Runner {
+    Runner {
+        id: id.into(),
+        name: format!("host-{id}"),
+        public_key: "unused here".into(),
+        registered_at: 0,
+        removed_at: None,
+    }
+}
+
+/// A database with one registered runner per id in `runners`.
+fn db_with(dir: &TempDir, runners: &[&str]) -> Db {
+    let mut db = Db::create(&dir.path().join(DB_NAME), "https://ci.example.com").unwrap();
+    for (i, id) in runners.iter().enumerate() {
+        let token = format!("token-{i}");
+        db.add_registration_token(&token, 100).unwrap();
+        db.register_runner(&token, &runner(id), 10).unwrap();
+    }
+    db
+}
+
+fn report() -> ResultReport {
+    ResultReport {
+        result: serde_json::json!({"status": "succeeded"}),
+        provenance: Some("{}\n".into()),
+    }
+}
+
+#[test]
+fn a_database_is_created_once_in_wal_mode_and_reopens_with_its_issuer() {
+    let dir = TempDir::new("state");
+    let path = dir.path().join(DB_NAME);
+    let db = Db::create(&path, "https://ci.example.com").unwrap();
+    let mode: String = db
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    drop(db);
+    assert!(matches!(
+        Db::create(&path, "https://other.example.com"),
+        Err(StateError::Exists { .. })
+    ));
+    assert_eq!(
+        Db::open(&path).unwrap().issuer().unwrap(),
+        "https://ci.example.com"
+    );
+}
+
+#[test]
+fn unknown_used_and_expired_registration_tokens_are_refused_alike() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &[]);
+    db.add_registration_token("fresh", 100).unwrap();
+    db.add_registration_token("old", 50).unwrap();
+    let refused =
+        |r: Result<(), StateError>| matches!(r, Err(StateError::RegistrationTokenNotValid));
+    assert!(refused(db.register_runner("unknown", &runner("r1"), 60)));
+    assert!(refused(db.register_runner("old", &runner("r1"), 60)));
+    db.register_runner("fresh", &runner("r1"), 60).unwrap();
+    assert!(refused(db.register_runner("fresh", &runner("r2"), 61)));
+    assert_eq!(db.runners().unwrap().len(), 1);
+}
+
+#[test]
+fn two_registrations_racing_with_one_token_get_exactly_one_runner() {
+    let dir = TempDir::new("state");
+    let path = dir.path().join(DB_NAME);
+    let db = db_with(&dir, &[]);
+    db.add_registration_token("one", u64::MAX / 2).unwrap();
+    for round in 0..20 {
+        let token = format!("race-{round}");
+        db.add_registration_token(&token, u64::MAX / 2).unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let (path, token, barrier) = (path.clone(), token.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut db = Db::open(&path).unwrap();
+                    barrier.wait();
+                    db.register_runner(&token, &runner(&format!("r-{round}-{t}")), 1)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {results:?}");
+        assert!(results
+            .iter()
+            .any(|r| matches!(r, Err(StateError::RegistrationTokenNotValid))));
+    }
+    assert_eq!(db.runners().unwrap().len(), 20);
+}
+
+#[test]
+fn a_nonce_is_accepted_once_and_forgotten_after_it_expires() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1", "r2"]);
+    db.use_nonce("r1", "nonce-aaaaaaaaaaaa", 400, 100).unwrap();
+    assert!(matches!(
+        db.use_nonce("r1", "nonce-aaaaaaaaaaaa", 400, 101),
+        Err(StateError::NonceReused)
+    ));
+    // Another runner's nonces are its own.
+    db.use_nonce("r2", "nonce-aaaaaaaaaaaa", 400, 101).unwrap();
+    // Pruned once expired (by then its timestamp is refused anyway).
+    db.use_nonce("r1", "nonce-aaaaaaaaaaaa", 900, 401).unwrap();
+    let count: i64 = db
+        .conn
+        .query_row("SELECT COUNT(*) FROM nonces", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn a_removed_runner_cannot_use_a_nonce_and_its_leased_jobs_become_lost() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1"]);
+    db.submit_job("job-1", &spec(None), Trust::Trusted, 100)
+        .unwrap();
+    db.lease("r1", 100).unwrap().unwrap();
+    assert!(db.remove_runner("r1", 101).unwrap());
+    assert!(!db.remove_runner("r1", 102).unwrap());
+    assert!(matches!(
+        db.use_nonce("r1", "nonce-bbbbbbbbbbbb", 500, 102),
+        Err(StateError::RunnerNotActive { .. })
+    ));
+    assert_eq!(db.job("job-1", 102).unwrap().unwrap().state, JobState::Lost);
+    assert!(db.active_runner("r1").unwrap().is_none());
+}
+
+#[test]
+fn leases_go_oldest_first_for_the_job_timeout_plus_ten_minutes() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1"]);
+    assert!(db.lease("r1", 100).unwrap().is_none());
+    db.submit_job("job-b", &spec(Some("5m")), Trust::Untrusted, 200)
+        .unwrap();
+    db.submit_job("job-a", &spec(None), Trust::Trusted, 100)
+        .unwrap();
+    let first = db.lease("r1", 300).unwrap().unwrap();
+    assert_eq!(first.job_id, "job-a");
+    assert_eq!(first.trust, Trust::Trusted);
+    assert_eq!(first.expires_at, 300 + 3600 + 600, "default timeout 1h");
+    let second = db.lease("r1", 300).unwrap().unwrap();
+    assert_eq!(second.job_id, "job-b");
+    assert_eq!(second.expires_at, 300 + 300 + 600);
+    assert!(db.lease("r1", 300).unwrap().is_none());
+    let job = db.job("job-a", 301).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Leased);
+    assert_eq!(job.runner_id.as_deref(), Some("r1"));
+}
+
+#[test]
+fn a_lease_that_ends_without_a_result_makes_the_job_lost_not_queued() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1", "r2"]);
+    db.submit_job("job-1", &spec(Some("1m")), Trust::Trusted, 100)
+        .unwrap();
+    let lease = db.lease("r1", 100).unwrap().unwrap();
+    assert_eq!(lease.expires_at, 100 + 60 + 600);
+    // Another runner asking after the end finds nothing: the job is lost, not re-queued.
+    assert!(db.lease("r2", lease.expires_at).unwrap().is_none());
+    assert_eq!(
+        db.job("job-1", lease.expires_at).unwrap().unwrap().state,
+        JobState::Lost
+    );
+    assert!(matches!(
+        db.record_result("job-1", "r1", &report(), lease.expires_at),
+        Err(StateError::LeaseExpired { .. })
+    ));
+}
+
+#[test]
+fn a_late_result_is_refused_and_records_the_job_as_lost() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1"]);
+    db.submit_job("job-1", &spec(Some("1m")), Trust::Trusted, 100)
+        .unwrap();
+    let lease = db.lease("r1", 100).unwrap().unwrap();
+    assert!(matches!(
+        db.record_result("job-1", "r1", &report(), lease.expires_at + 1),
+        Err(StateError::LeaseExpired { .. })
+    ));
+    let job = db.job("job-1", 0).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Lost);
+    assert!(job.result.is_none());
+}
+
+#[test]
+fn a_result_is_taken_once_and_only_from_the_lease_holder() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1", "r2"]);
+    db.submit_job("job-1", &spec(None), Trust::Untrusted, 100)
+        .unwrap();
+    db.submit_job("job-2", &spec(None), Trust::Untrusted, 101)
+        .unwrap();
+    assert!(
+        matches!(
+            db.record_result("job-1", "r1", &report(), 150),
+            Err(StateError::NotLeasedToRunner { .. })
+        ),
+        "a queued job takes no result"
+    );
+    db.lease("r1", 200).unwrap().unwrap();
+    assert!(matches!(
+        db.record_result("job-1", "r2", &report(), 201),
+        Err(StateError::NotLeasedToRunner { .. })
+    ));
+    assert!(matches!(
+        db.record_result("job-nope", "r1", &report(), 201),
+        Err(StateError::NotLeasedToRunner { .. })
+    ));
+    db.record_result("job-1", "r1", &report(), 202).unwrap();
+    assert!(matches!(
+        db.record_result("job-1", "r1", &report(), 203),
+        Err(StateError::AlreadyFinished { .. })
+    ));
+    let job = db.job("job-1", 204).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Finished);
+    assert_eq!(job.result, Some(report()));
+}
+
+#[test]
+fn identity_tokens_are_only_for_a_trusted_job_with_a_live_lease_held_by_the_asker() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1", "r2"]);
+    db.submit_job("trusted", &spec(Some("1m")), Trust::Trusted, 100)
+        .unwrap();
+    db.submit_job("untrusted", &spec(Some("1m")), Trust::Untrusted, 101)
+        .unwrap();
+    db.submit_job("queued", &spec(Some("1m")), Trust::Trusted, 102)
+        .unwrap();
+    db.lease("r1", 200).unwrap().unwrap();
+    db.lease("r1", 200).unwrap().unwrap();
+    assert_eq!(
+        db.job_for_id_token("trusted", "r1", 201).unwrap().id,
+        "trusted"
+    );
+    let e = db.job_for_id_token("untrusted", "r1", 201).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "job untrusted is untrusted: untrusted jobs never get identity tokens"
+    );
+    assert!(matches!(
+        db.job_for_id_token("trusted", "r2", 201),
+        Err(StateError::NotLeasedToRunner { .. })
+    ));
+    assert!(matches!(
+        db.job_for_id_token("queued", "r1", 201),
+        Err(StateError::NotLeasedToRunner { .. })
+    ));
+    assert!(matches!(
+        db.job_for_id_token("missing", "r1", 201),
+        Err(StateError::NotLeasedToRunner { .. })
+    ));
+    assert!(matches!(
+        db.job_for_id_token("trusted", "r1", 200 + 60 + 600),
+        Err(StateError::LeaseOver { .. })
+    ));
+    db.record_result("untrusted", "r1", &report(), 202).unwrap();
+    assert!(matches!(
+        db.job_for_id_token("untrusted", "r1", 203),
+        Err(StateError::LeaseOver { .. })
+    ));
+}
