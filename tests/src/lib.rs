@@ -36,6 +36,17 @@ pub fn bulwark_bin() -> PathBuf {
     bin
 }
 
+/// The `bulwark-coordinator` binary under test: beside [`bulwark_bin`].
+pub fn coordinator_bin() -> PathBuf {
+    let bin = bulwark_bin().with_file_name("bulwark-coordinator");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// The repository root (for examples and the spec corpus): `$BULWARK_REPO` or the workspace.
 pub fn repo_root() -> PathBuf {
     if let Some(p) = std::env::var_os("BULWARK_REPO") {

@@ -1,0 +1,685 @@
+//! The control plane end to end (docs/control-plane.md): a real `bulwark-coordinator` on
+//! loopback, a host registered with a one-time token, `bulwark daemon` leasing and running
+//! jobs and reporting their results and signed provenance, and job identity tokens checked by
+//! an independent verifier (PyJWT) against the coordinator's JWKS.
+//!
+//! Mode-agnostic: the daemon runs jobs with `bulwark run`, so these tests run in the root pass
+//! (per-job uids) and in the rootless pass alike.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulwark_protocol::control::{IdToken, IdTokenRequest, Lease};
+use bulwark_protocol::JobSpec;
+use bulwark_tests::{bulwark_bin, coordinator_bin, repo_root, Env};
+
+const ISSUER: &str = "https://coordinator.bulwark.test";
+
+/// A coordinator started by a test, stopped when dropped.
+struct Coordinator {
+    child: Child,
+    state: PathBuf,
+    url: String,
+    admin: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Coordinator {
+    fn start(env: &Env) -> Coordinator {
+        let state = env.dir.join("coordinator");
+        let o = Command::new(coordinator_bin())
+            .args(["init", "--state"])
+            .arg(&state)
+            .args(["--issuer", ISSUER])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let mut child = Command::new(coordinator_bin())
+            .args(["serve", "--state"])
+            .arg(&state)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `listening on 127.0.0.1:PORT` once bound; the rest of its stderr is drained so it
+        // never blocks on a full pipe.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the coordinator exited before listening")
+                .unwrap();
+            if let Some(a) = line.trim().strip_prefix("listening on ") {
+                break a.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let admin = std::fs::read_to_string(state.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Coordinator {
+            child,
+            state,
+            url: format!("http://{addr}"),
+            admin,
+            http: reqwest::blocking::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// A fresh one-time registration token in a file.
+    fn registration_token(&self, dir: &Path, ttl: &str) -> PathBuf {
+        let o = Command::new(coordinator_bin())
+            .args(["registration-token", "--state"])
+            .arg(&self.state)
+            .args(["--ttl", ttl])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let token = String::from_utf8(o.stdout).unwrap();
+        let path = dir.join(format!("token-{}", bulwark_tests::random_hex(4)));
+        std::fs::write(&path, token.trim()).unwrap();
+        path
+    }
+
+    fn submit(&self, spec: &str, trust: &str) -> String {
+        let spec = JobSpec::from_toml_str(spec).unwrap();
+        let r = self
+            .http
+            .post(format!("{}/v1/jobs", self.url))
+            .bearer_auth(&self.admin)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "spec": spec, "trust": trust }).to_string())
+            .send()
+            .unwrap();
+        let status = r.status();
+        let body: serde_json::Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+        assert!(status.is_success(), "submit: {status} {body}");
+        body["job_id"].as_str().unwrap().to_string()
+    }
+
+    fn job(&self, id: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/v1/jobs/{id}", self.url))
+            .bearer_auth(&self.admin)
+            .send()
+            .and_then(|r| r.bytes())
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap()
+    }
+
+    /// Waits until the job is finished or lost; returns its record.
+    fn wait_done(&self, id: &str, secs: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let j = self.job(id);
+            if j["state"] == "finished" || j["state"] == "lost" {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not done in {secs} s: {j}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A host: an Env whose configuration polls quickly and may fetch git from its directory.
+fn host(tag: &str) -> Env {
+    let env = Env::new(tag);
+    env.write_config_sections(
+        "max_memory = \"1GiB\"\n",
+        &format!(
+            "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\n",
+            env.dir.display()
+        ),
+    );
+    env
+}
+
+fn register(
+    env: &Env,
+    coordinator: &Coordinator,
+    token: &Path,
+    name: &str,
+) -> std::process::Output {
+    Command::new(bulwark_bin())
+        .args([
+            "register",
+            "--coordinator",
+            &coordinator.url,
+            "--token-file",
+        ])
+        .arg(token)
+        .args(["--name", name, "--config"])
+        .arg(&env.config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn registered(tag: &str) -> (Env, Coordinator) {
+    let env = host(tag);
+    let c = Coordinator::start(&env);
+    let token = c.registration_token(&env.dir, "10m");
+    let o = register(&env, &c, &token, "host-1");
+    assert!(
+        o.status.success(),
+        "register: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (env, c)
+}
+
+/// `bulwark daemon` in the background, stopped (SIGKILL) when dropped.
+struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(env: &Env) -> Daemon {
+        let child = Command::new(bulwark_bin())
+            .args(["daemon", "--config"])
+            .arg(&env.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(env.dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child: Some(child) }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends `sig` and waits up to `secs` for the daemon to exit; returns its exit code.
+    fn stop(&mut self, sig: nix::sys::signal::Signal, secs: u64) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not exit within {secs} s of {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A repository with a build script; returns its path and commit.
+fn repo(env: &Env) -> (PathBuf, String) {
+    let repo = env.dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(
+        repo.join("build.sh"),
+        "mkdir -p dist && echo built-from-git > dist/app.txt\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    (repo, commit)
+}
+
+fn git_job(repo: &Path, commit: &str, name: &str, run: &str) -> String {
+    format!(
+        "version = 1\nname = \"{name}\"\n[source]\ngit = \"file://{}\"\ncommit = \"{commit}\"\nref = \"refs/heads/main\"\n[[steps]]\nname = \"build\"\nrun = '''{run}'''\n[outputs]\npaths = [\"dist/app.txt\"]\n",
+        repo.display()
+    )
+}
+
+fn daemon_log(env: &Env) -> String {
+    std::fs::read_to_string(env.dir.join("daemon.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that_verifies() {
+    let (env, c) = registered("cp-e2e");
+    let (repo, commit) = repo(&env);
+    let mut daemon = Daemon::start(&env);
+    let trusted = c.submit(
+        &git_job(&repo, &commit, "release", "sh build.sh"),
+        "trusted",
+    );
+    let untrusted = c.submit(&git_job(&repo, &commit, "pr", "sh build.sh"), "untrusted");
+    for (id, trust) in [(&trusted, "trusted"), (&untrusted, "untrusted")] {
+        let j = c.wait_done(id, 120);
+        let log = daemon_log(&env);
+        assert_eq!(j["state"], "finished", "{j}\n{log}");
+        let result = &j["result"]["result"];
+        assert_eq!(result["status"], "succeeded", "{j}\n{log}");
+        // The trust level is the submitter's, carried through to the run and its provenance.
+        assert_eq!(result["trust"], trust, "{j}");
+        assert_eq!(result["inputs"]["source"]["commit"], commit.as_str(), "{j}");
+        // The artifact the daemon kept verifies against the provenance the coordinator got.
+        let out = env.state.join("daemon/jobs").join(id).join("out");
+        let artifact = out.join("dist/app.txt");
+        assert_eq!(
+            std::fs::read_to_string(&artifact).unwrap(),
+            "built-from-git\n"
+        );
+        assert_eq!(
+            result["outputs"][0]["sha256"],
+            bulwark_tests::sha256_file(&artifact).as_str()
+        );
+        let prov = env.dir.join(format!("{id}.intoto.jsonl"));
+        std::fs::write(&prov, j["result"]["provenance"].as_str().unwrap()).unwrap();
+        let policy = env.dir.join(format!("{id}-policy.toml"));
+        std::fs::write(
+            &policy,
+            format!("require_trust = \"{trust}\"\nsource_refs = [\"refs/heads/main\"]\n"),
+        )
+        .unwrap();
+        let v = Command::new(bulwark_bin())
+            .args(["verify", "--provenance"])
+            .arg(&prov)
+            .arg("--key")
+            .arg(env.state.join("keys/signing.pub"))
+            .arg("--policy")
+            .arg(&policy)
+            .arg(&artifact)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "verify: {}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    // SIGTERM with nothing running: a clean stop.
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{}",
+        daemon_log(&env)
+    );
+}
+
+#[test]
+fn a_registration_token_registers_one_runner_only() {
+    let env = host("cp-once");
+    let c = Coordinator::start(&env);
+    let token = c.registration_token(&env.dir, "10m");
+    let o = register(&env, &c, &token, "first");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same token from another host (another state directory).
+    let other = host("cp-once-b");
+    let o = register(&other, &c, &token, "second");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("401") && err.contains("not valid"), "{err}");
+    assert!(!err.contains("bwreg_"), "the token is never echoed: {err}");
+    assert!(!other.state.join("runner/registration.json").exists());
+    // A host registered already refuses to register again, and says how.
+    let token2 = c.registration_token(&env.dir, "10m");
+    let o = register(&env, &c, &token2, "again");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("registered already"), "{err}");
+}
+
+#[test]
+fn an_expired_registration_token_is_refused() {
+    let env = host("cp-expired");
+    let c = Coordinator::start(&env);
+    let token = c.registration_token(&env.dir, "1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    let o = register(&env, &c, &token, "late");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not valid"), "{err}");
+}
+
+#[test]
+fn a_leased_job_this_host_refuses_is_reported_refused_and_no_step_runs() {
+    let (env, c) = registered("cp-refuse");
+    let (repo, commit) = repo(&env);
+    let marker = env.dir.join("ran");
+    let touch = format!("touch {}", marker.display());
+    let mut daemon = Daemon::start(&env);
+    // Above this host's ceiling (max_memory = 1GiB): the coordinator cannot ask for more than
+    // the host's operator allows.
+    let big = git_job(&repo, &commit, "big", &touch)
+        .replace("[[steps]]", "[resources]\nmemory = \"2GiB\"\n[[steps]]");
+    let j = c.wait_done(&c.submit(&big, "trusted"), 60);
+    assert_eq!(j["result"]["result"]["status"], "refused", "{j}");
+    let reason = j["result"]["result"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("resources.memory") && reason.contains("ceiling"),
+        "{j}"
+    );
+    assert!(
+        j["result"].get("provenance").is_none(),
+        "no provenance for a refused job: {j}"
+    );
+    assert!(!marker.exists(), "no step ran");
+    assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGINT, 10), Some(0));
+}
+
+#[test]
+fn a_job_spec_without_a_fetchable_source_is_refused_by_the_coordinator() {
+    let env = host("cp-nosource");
+    let c = Coordinator::start(&env);
+    let spec = JobSpec::from_toml_str(&bulwark_tests::one_step("nosrc", "true", "")).unwrap();
+    let r = c
+        .http
+        .post(format!("{}/v1/jobs", c.url))
+        .bearer_auth(&c.admin)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "spec": spec, "trust": "untrusted" }).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("spec.source"),
+        "{body}"
+    );
+    // And without the admin token nothing can be queued at all.
+    let r = c
+        .http
+        .post(format!("{}/v1/jobs", c.url))
+        .bearer_auth("bwadm_guess")
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "spec": spec, "trust": "trusted" }).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[test]
+fn stopping_the_daemon_finishes_and_reports_the_running_job_first() {
+    let (env, c) = registered("cp-drain");
+    let (repo, commit) = repo(&env);
+    let mut daemon = Daemon::start(&env);
+    let marker = format!("drain-{}", bulwark_tests::random_hex(6));
+    let id = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "slow",
+            &format!("sh -c 'sleep 2; : {marker}' && sh build.sh"),
+        ),
+        "untrusted",
+    );
+    bulwark_tests::wait_for_process(&marker, "the job", 60);
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 60),
+        Some(0),
+        "{}",
+        daemon_log(&env)
+    );
+    let j = c.job(&id);
+    assert_eq!(j["state"], "finished", "{j}\n{}", daemon_log(&env));
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+}
+
+#[test]
+fn killing_the_daemon_kills_its_run_and_every_job_process() {
+    let (env, c) = registered("cp-kill");
+    let (repo, commit) = repo(&env);
+    let daemon = Daemon::start(&env);
+    let marker = format!("orphan-{}", bulwark_tests::random_hex(6));
+    let id = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "stuck",
+            &format!("setsid sh -c 'sleep 300; : {marker}' & sleep 300; : {marker}"),
+        ),
+        "untrusted",
+    );
+    bulwark_tests::wait_for_process(&format!("sleep 300; : {marker}"), "the job", 60);
+    // The daemon's `bulwark run` of this job (its spec path holds the job id).
+    let runs = bulwark_tests::processes_with(&id);
+    assert!(!runs.is_empty(), "no bulwark run of {id} seen");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bulwark_tests::processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "job processes outlived the killed daemon: {:?}",
+            bulwark_tests::processes_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while !bulwark_tests::processes_with(&id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's bulwark run outlived it: {:?}",
+            bulwark_tests::processes_with(&id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing was reported for a job that did not finish: it stays leased until the lease
+    // ends, then becomes lost.
+    let j = c.job(&id);
+    assert_eq!(j["state"], "leased", "{j}");
+    assert!(j.get("result").is_none() || j["result"].is_null(), "{j}");
+    drop(daemon);
+    // The host recovers: a new daemon runs the next job (whose run also removes what the
+    // killed one left: its workspace, its cgroup).
+    let _daemon = Daemon::start(&env);
+    let next = c.submit(
+        &git_job(&repo, &commit, "after", "sh build.sh"),
+        "untrusted",
+    );
+    let j = c.wait_done(&next, 120);
+    assert_eq!(
+        j["result"]["result"]["status"],
+        "succeeded",
+        "{j}\n{}",
+        daemon_log(&env)
+    );
+}
+
+/// Leases one job as the registered runner, without a daemon.
+fn lease_as_runner(env: &Env, rt: &tokio::runtime::Runtime) -> Lease {
+    let id = bulwark_runner::daemon::registration::load(&env.state).unwrap();
+    let client = bulwark_runner::daemon::client::Client::new(&id.registration.coordinator).unwrap();
+    let a = rt
+        .block_on(client.post_signed(
+            "/v1/runners/lease",
+            b"{}".to_vec(),
+            &id.registration.runner_id,
+            &id.key,
+        ))
+        .unwrap();
+    assert_eq!(a.status, 200);
+    serde_json::from_slice(&a.body).unwrap()
+}
+
+fn id_token(
+    env: &Env,
+    rt: &tokio::runtime::Runtime,
+    job_id: &str,
+    audience: &str,
+) -> Result<IdToken, bulwark_runner::daemon::client::ClientError> {
+    let id = bulwark_runner::daemon::registration::load(&env.state).unwrap();
+    let client = bulwark_runner::daemon::client::Client::new(&id.registration.coordinator).unwrap();
+    let body = serde_json::to_vec(&IdTokenRequest {
+        audience: audience.into(),
+    })
+    .unwrap();
+    rt.block_on(client.post_signed(
+        &format!("/v1/jobs/{job_id}/id-token"),
+        body,
+        &id.registration.runner_id,
+        &id.key,
+    ))
+    .map(|a| serde_json::from_slice(&a.body).unwrap())
+}
+
+fn interop_python() -> PathBuf {
+    let dir = std::env::var_os("BULWARK_INTEROP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/bulwark-interop"));
+    let python = dir.join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "the interop verifiers are not installed ({} missing): run tests/interop/setup.sh",
+        python.display()
+    );
+    python
+}
+
+fn verify_jwt_script() -> PathBuf {
+    [
+        repo_root().join("tests/interop"),
+        repo_root().join("interop"),
+    ]
+    .into_iter()
+    .map(|d| d.join("verify_jwt.py"))
+    .find(|p| p.exists())
+    .expect("tests/interop/verify_jwt.py")
+}
+
+#[test]
+fn a_trusted_job_leased_to_this_runner_gets_an_identity_token_pyjwt_accepts_and_nothing_else_does()
+{
+    let (env, c) = registered("cp-idtoken");
+    let (repo, commit) = repo(&env);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let trusted = c.submit(&git_job(&repo, &commit, "release", "true"), "trusted");
+    let lease = lease_as_runner(&env, &rt);
+    assert_eq!(lease.job_id, trusted);
+    let token = id_token(&env, &rt, &trusted, "sts.amazonaws.com").unwrap();
+    assert!(format!("{token:?}").contains("redacted"));
+    let file = env.dir.join("token.jwt");
+    std::fs::write(&file, &token.token).unwrap();
+    let v = Command::new(interop_python())
+        .arg(verify_jwt_script())
+        .arg(&c.url)
+        .arg(&file)
+        .arg("sts.amazonaws.com")
+        .arg(ISSUER)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.status.success(),
+        "PyJWT: {said}{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let claims: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(claims["trust"], "trusted");
+    assert_eq!(claims["job_id"], trusted.as_str());
+    assert_eq!(claims["commit"], commit.as_str());
+    assert_eq!(claims["ref"], "refs/heads/main");
+    assert_eq!(claims["workflow"], "release");
+    assert_eq!(claims["runner_name"], "host-1");
+    assert_eq!(
+        claims["sub"],
+        format!(
+            "repo:file://{}:ref:refs/heads/main:trust:trusted",
+            repo.display()
+        )
+        .as_str()
+    );
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(lifetime <= 600, "{claims}");
+    // Another audience: PyJWT refuses the token for it.
+    let v = Command::new(interop_python())
+        .arg(verify_jwt_script())
+        .arg(&c.url)
+        .arg(&file)
+        .arg("vault")
+        .arg(ISSUER)
+        .output()
+        .unwrap();
+    assert!(
+        !v.status.success(),
+        "a token for another audience was accepted"
+    );
+    // A token whose claims were edited (trust, say) fails the signature check.
+    let mut parts: Vec<String> = token.token.split('.').map(str::to_string).collect();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let body = String::from_utf8(b64.decode(&parts[1]).unwrap()).unwrap();
+    parts[1] = b64.encode(body.replace("\"refs/heads/main\"", "\"refs/heads/evil\""));
+    std::fs::write(&file, parts.join(".")).unwrap();
+    let v = Command::new(interop_python())
+        .arg(verify_jwt_script())
+        .arg(&c.url)
+        .arg(&file)
+        .arg("sts.amazonaws.com")
+        .arg(ISSUER)
+        .output()
+        .unwrap();
+    assert!(!v.status.success(), "an edited token was accepted");
+
+    // An untrusted job leased to this runner: no token.
+    let untrusted = c.submit(&git_job(&repo, &commit, "pr", "true"), "untrusted");
+    assert_eq!(lease_as_runner(&env, &rt).job_id, untrusted);
+    let e = id_token(&env, &rt, &untrusted, "sts.amazonaws.com").unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert!(e.to_string().contains("untrusted"), "{e}");
+    // A trusted job that is queued, not leased to this runner: no token.
+    let queued = c.submit(&git_job(&repo, &commit, "later", "true"), "trusted");
+    let e = id_token(&env, &rt, &queued, "sts.amazonaws.com").unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+}
