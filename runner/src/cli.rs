@@ -64,6 +64,9 @@ pub enum Commands {
         /// Die with this process (the daemon that started the run): `PR_SET_PDEATHSIG`.
         #[arg(long, hide = true, value_name = "PID")]
         parent_pid: Option<i32>,
+        /// Read the job's credentials from standard input (`bulwark daemon` gives them).
+        #[arg(long, hide = true)]
+        credentials_stdin: bool,
     },
     /// Check artifacts against their signed provenance and a policy; say why any is rejected.
     ///
@@ -320,6 +323,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             config,
             quiet,
             parent_pid,
+            credentials_stdin,
         } => {
             if let Some(parent) = parent_pid {
                 if let Err(e) = die_with_parent(parent) {
@@ -327,6 +331,17 @@ pub fn dispatch(cli: Cli) -> u8 {
                     return crate::exit::REFUSED;
                 }
             }
+            let credentials = if credentials_stdin {
+                match crate::creds::read_handoff() {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        eprintln!("bulwark: {e}");
+                        return crate::exit::REFUSED;
+                    }
+                }
+            } else {
+                None
+            };
             crate::job::run(crate::job::RunArgs {
                 job,
                 source,
@@ -338,6 +353,7 @@ pub fn dispatch(cli: Cli) -> u8 {
                 },
                 config,
                 quiet,
+                credentials,
             })
         }
         Commands::Register {

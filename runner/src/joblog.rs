@@ -40,6 +40,8 @@ pub struct LogCapture {
     stats: LogStats,
     /// The first write error; the stream is still drained after it, so the job never blocks.
     failed: Option<io::Error>,
+    /// Secret values replaced before anything is stored or echoed (docs/credentials.md).
+    masker: crate::creds::mask::Masker,
 }
 
 /// The log's name in the output directory while it is written.
@@ -59,11 +61,28 @@ impl LogCapture {
             echo_to_terminal: echo && std::io::IsTerminal::is_terminal(&io::stdout()),
             stats: LogStats::default(),
             failed: None,
+            masker: crate::creds::mask::Masker::default(),
         })
     }
 
-    /// Takes the next chunk of the stream: stored (and echoed) up to the cap, counted past it.
+    /// Masks the values `masker` knows in everything stored and echoed from now on.
+    pub fn masking(mut self, masker: crate::creds::mask::Masker) -> LogCapture {
+        self.masker = masker;
+        self
+    }
+
+    /// Takes the next chunk of the stream: masked, then stored (and echoed) up to the cap,
+    /// counted past it.
     pub fn take(&mut self, data: &[u8]) {
+        if self.masker.is_empty() {
+            self.store(data);
+        } else {
+            let masked = self.masker.feed(data);
+            self.store(&masked);
+        }
+    }
+
+    fn store(&mut self, data: &[u8]) {
         let room = self.cap.saturating_sub(self.stats.kept);
         let keep = (data.len() as u64).min(room) as usize;
         if keep > 0 {
@@ -95,6 +114,10 @@ impl LogCapture {
     /// renames the file into place. Not fsynced: the log is as durable as the outputs (see
     /// `fsutil::write_replace`).
     pub fn finish(mut self) -> io::Result<LogStats> {
+        let held = self.masker.finish();
+        if !held.is_empty() {
+            self.store(&held);
+        }
         if let Some(e) = self.failed.take() {
             return Err(e);
         }

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod creds;
 pub mod daemon;
 pub mod disk_reserve;
 pub mod egress;

@@ -125,6 +125,7 @@ pub fn prepare() -> Result<JobRuleset, LandlockError> {
                 "lib64",
                 "libx32",
                 "etc",
+                "run",
             ];
             if special.contains(&name.as_str()) || name.starts_with('.') {
                 continue;
@@ -135,6 +136,11 @@ pub fn prepare() -> Result<JobRuleset, LandlockError> {
         }
     }
     add("/proc", AccessFs::ReadFile | AccessFs::ReadDir);
+    // A trusted job's credentials (present only then): read, never execute.
+    add(
+        crate::mount::CREDENTIALS_DIR,
+        AccessFs::ReadFile | AccessFs::ReadDir,
+    );
     for p in ["/workspace", "/tmp", "/dev/shm"] {
         add(p, read_write);
     }

@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -193,6 +193,14 @@ fn build_root_inner(
         }
         bind_dir(src, &tools.join(name), Access::ReadOnly)?;
     }
+    // 5b. Credentials of a trusted job (docs/credentials.md): files on this root tmpfs itself,
+    //     so only in memory and in the job's mount namespace, gone with it; never on the
+    //     host's disk. Owned by the job's uid (the helper is that uid in the namespace), files
+    //     0400 and directories 0500, and read-only for good once the root is sealed below.
+    if !spec.credentials.is_empty() {
+        write_credentials(root, &spec.credentials)?;
+    }
+
     let canary = root.join(LANDLOCK_CANARY.trim_start_matches('/'));
     write_file(
         &canary,
@@ -332,6 +340,44 @@ fn make_parent(target: &Path, rel: &Path) -> Result<(), MountError> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(err("create", parent))?;
         }
+    }
+    Ok(())
+}
+
+/// Where credential files appear in the job's view.
+pub const CREDENTIALS_DIR: &str = "/run/credentials";
+
+fn write_credentials(root: &Path, files: &[crate::spec::CredentialFile]) -> Result<(), MountError> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    let base = root.join(CREDENTIALS_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&base).map_err(err("create", &base))?;
+    let mut dirs = Vec::new();
+    for f in files {
+        if !plain(&f.dir) || !plain(&f.name) {
+            return Err(MountError {
+                step: "credential file name",
+                path: PathBuf::from(format!("{}/{}", f.dir, f.name)),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
+        }
+        let dir = base.join(&f.dir);
+        if !dirs.contains(&dir) {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(err("create", &dir))?;
+            dirs.push(dir.clone());
+        }
+        create_file(&dir.join(&f.name), f.contents.as_bytes(), 0o400)?;
+    }
+    for dir in dirs {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o500)).map_err(err("chmod", &dir))?;
     }
     Ok(())
 }

@@ -77,6 +77,35 @@ pub struct SandboxSpec {
     /// to `127.0.0.1:<port>` inside the job's network namespace to the runner's proxy socket.
     #[serde(default)]
     pub egress: Option<EgressSpec>,
+    /// Short-lived credentials for a trusted job, written to `/run/credentials/<dir>/<name>`
+    /// on the sandbox's in-memory root (docs/credentials.md). Never on the host's disk.
+    #[serde(default)]
+    pub credentials: Vec<CredentialFile>,
+}
+
+/// One credential file. Its contents are a secret: `Debug` shows only the path.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialFile {
+    /// The credential's name (`/run/credentials/<dir>`), matching the job spec's name pattern.
+    pub dir: String,
+    /// The file's name in it (a plain name, no `/`).
+    pub name: String,
+    /// The contents.
+    pub contents: String,
+}
+
+impl std::fmt::Debug for CredentialFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialFile")
+            .field("dir", &self.dir)
+            .field("name", &self.name)
+            .field(
+                "contents",
+                &format_args!("<{} bytes redacted>", self.contents.len()),
+            )
+            .finish()
+    }
 }
 
 /// One pinned tool.

@@ -19,6 +19,8 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+pub mod control;
+
 /// The `bulwark` binary under test: `$BULWARK_BIN`, or the one next to the test executable's
 /// directory (`target/<profile>/bulwark`).
 pub fn bulwark_bin() -> PathBuf {

@@ -44,6 +44,8 @@ pub struct Config {
     pub paths: PathsConfig,
     /// `[daemon]`: how `bulwark daemon` works with its coordinator.
     pub daemon: DaemonConfig,
+    /// `[credentials.<name>]`: what trusted jobs' identity tokens are exchanged for.
+    pub credentials: BTreeMap<String, super::credentials::CredentialProvider>,
 }
 
 /// `[daemon]`.
@@ -291,6 +293,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             paths: PathsConfig::default(),
             daemon: DaemonConfig::default(),
+            credentials: BTreeMap::new(),
         }
     }
 }
@@ -404,6 +407,7 @@ struct RawConfig {
     egress: EgressConfig,
     paths: PathsConfig,
     daemon: RawDaemon,
+    credentials: BTreeMap<String, super::credentials::RawProvider>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,6 +486,7 @@ impl Config {
             egress: raw.egress,
             paths: raw.paths,
             daemon,
+            credentials: super::credentials::convert(raw.credentials, &mut errors),
         };
         SpecError::check(errors.list, config)
     }

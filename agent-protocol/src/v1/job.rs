@@ -44,6 +44,8 @@ pub const MAX_TOOLS: usize = 64;
 pub const MAX_ALLOW_ENTRIES: usize = 256;
 /// Most `env` entries in one step.
 pub const MAX_ENV_PER_STEP: usize = 256;
+/// Most credentials one job may ask for.
+pub const MAX_CREDENTIALS: usize = 8;
 
 /// Job timeout when `[resources]` gives none (lowered to the operator's ceiling if that is lower).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -100,6 +102,10 @@ pub struct JobSpec {
     /// What to copy out of `/workspace` when the job succeeds.
     #[serde(default)]
     pub outputs: OutputsSpec,
+    /// Names of credentials the operator configured (`[credentials.<name>]`) that the job
+    /// needs: given only to trusted jobs leased from a coordinator (docs/credentials.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
 }
 
 /// `[rootfs]`: a root filesystem tarball, verified like a tool, whose top-level directories

@@ -26,6 +26,7 @@
 pub mod allow;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod job;
 pub mod result;
 mod rules;
@@ -36,13 +37,14 @@ pub use config::{
     Config, DaemonConfig, DiskReserve, EgressConfig, FetchConfig, IsolationChoice, LimitsConfig,
     PathsConfig, UidRange, DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT, DEFAULT_JOB_UIDS,
 };
+pub use credentials::{CredentialKind, CredentialProvider};
 pub use job::{
     is_reserved_output, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, RootfsSpec, SourceSpec,
     StepSpec, ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN,
     RESERVED_OUTPUT_NAMES,
 };
 pub use result::{
-    CgroupCounters, DiskUse, EgressRecord, Inputs, Isolation, IsolationMode, JobResult, JobStatus,
-    OutputRecord, StepResult, Trust,
+    CgroupCounters, CredentialRecord, DiskUse, EgressRecord, Inputs, Isolation, IsolationMode,
+    JobResult, JobStatus, OutputRecord, StepResult, Trust,
 };
 pub use rules::{check_name, check_sha256, redact_url};

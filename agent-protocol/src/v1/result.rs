@@ -255,6 +255,21 @@ pub struct JobResult {
     /// The job's own disk (`resources.disk`), as its steps left it; absent when it had none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskUse>,
+    /// The credentials the job was given (docs/credentials.md): names, kinds and expiry, never
+    /// a value; absent when it had none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialRecord>,
+}
+
+/// One credential a job was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// The configured name (`/run/credentials/<name>/`).
+    pub name: String,
+    /// `aws`, `oauth-token-exchange` or `vault`.
+    pub kind: String,
+    /// When it expires (RFC 3339), as the issuing service said; `null` when it did not say.
+    pub expires: Option<String>,
 }
 
 /// How much of its disk a job used.
@@ -347,6 +362,7 @@ mod tests {
                 size: 4 << 30,
                 used: 123 << 20,
             }),
+            credentials: Vec::new(),
         }
     }
 

@@ -36,6 +36,7 @@ pub(super) fn validate(spec: &JobSpec, limits: &LimitsConfig) -> Result<Validate
         check_source(source, &mut errors);
     }
     check_tools(&spec.tools, &mut errors);
+    check_credentials(&spec.credentials, &mut errors);
     if let Some(rootfs) = &spec.rootfs {
         let url_ok = errors.take("rootfs.url", check_url(&rootfs.url)).is_some();
         errors.take("rootfs.sha256", check_sha256(&rootfs.sha256));
@@ -199,6 +200,30 @@ fn check_tools(tools: &[ToolSpec], errors: &mut Errors) {
 /// root filesystem under these names beside the tools, and a verifier must never take a tool
 /// for either (or exempt it from pinning as if it were the source).
 const RESERVED_TOOL_NAMES: &[&str] = &["source", "rootfs"];
+
+fn check_credentials(names: &[String], errors: &mut Errors) {
+    if names.len() > MAX_CREDENTIALS {
+        let message = format!(
+            "{} names; at most {MAX_CREDENTIALS} are allowed",
+            names.len()
+        );
+        errors.push("credentials", message);
+    }
+    for (i, name) in names.iter().enumerate() {
+        let path = format!("credentials[{i}]");
+        if errors.take(&path, check_name(name)).is_some() {
+            if let Some(first) = names[..i].iter().position(|n| n == name) {
+                errors.push(
+                    path,
+                    format!(
+                        "duplicate credential {} (also credentials[{first}])",
+                        quote(name)
+                    ),
+                );
+            }
+        }
+    }
+}
 
 fn check_network(network: &NetworkSpec, errors: &mut Errors) {
     if network.allow.len() > MAX_ALLOW_ENTRIES {

@@ -316,7 +316,6 @@ fn a_trusted_job_goes_from_submit_to_lease_to_identity_token_to_result() {
     );
 }
 
-
 #[test]
 fn an_untrusted_job_never_gets_an_identity_token() {
     let s = start();

@@ -95,6 +95,7 @@ pub fn run(args: Args) -> u8 {
 #[derive(Debug)]
 struct Daemon {
     config_path: Option<PathBuf>,
+    config: bulwark_protocol::Config,
     poll: Duration,
     identity: Identity,
     client: Client,
@@ -130,8 +131,9 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     let exe = std::env::current_exe().context("finding the bulwark binary")?;
     Ok((
         Daemon {
-            config_path: loaded.path,
             poll: loaded.config.daemon.poll_interval,
+            config: loaded.config,
+            config_path: loaded.path,
             identity,
             client,
             jobs: root.join("jobs"),
@@ -268,6 +270,10 @@ impl Daemon {
         if let Err(reason) = check_source(&lease.spec) {
             return Ok(synthetic_result(lease, "refused", &reason));
         }
+        let handoff = match self.credentials_for(lease).await {
+            Ok(h) => h,
+            Err(reason) => return Ok(synthetic_result(lease, "refused", &reason)),
+        };
         let dir = self.jobs.join(&lease.job_id);
         std::fs::create_dir(&dir)
             .with_context(|| format!("creating {} (was this job leased twice?)", dir.display()))?;
@@ -287,15 +293,35 @@ impl Daemon {
             .arg("--quiet")
             .arg("--parent-pid")
             .arg(std::process::id().to_string())
-            .stdin(std::process::Stdio::null())
+            .stdin(if handoff.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
+        if handoff.is_some() {
+            cmd.arg("--credentials-stdin");
+        }
         if let Some(c) = &self.config_path {
             cmd.arg("--config").arg(c);
         }
         tracing::info!(job_id = %lease.job_id, trust = lease.trust.as_str(), "job started");
         let mut child = cmd.spawn().context("starting bulwark run")?;
+        if let Some(handoff) = handoff {
+            // Through a pipe only: never a file, an argument or the environment.
+            use tokio::io::AsyncWriteExt;
+            let json = zeroize::Zeroizing::new(
+                serde_json::to_vec(&handoff).context("encoding the credentials")?,
+            );
+            let mut stdin = child.stdin.take().context("the run's standard input")?;
+            stdin
+                .write_all(&json)
+                .await
+                .context("handing the credentials to bulwark run")?;
+            drop(stdin);
+        }
         let mut stderr = child.stderr.take().context("the run's standard error")?;
         let mut tail = Vec::new();
         let mut buf = vec![0u8; 8192];
@@ -338,6 +364,76 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         tracing::info!(job_id = %lease.job_id, status = ?status.code(), "job ended");
         collect(lease, &out, status.code(), &tail)
+    }
+
+    /// The job's credentials (docs/credentials.md), exchanged before it runs: `Ok(None)` when
+    /// its spec asks for none; `Err(reason)` refuses the job (untrusted, a name this runner
+    /// does not configure, a token or an exchange refused). Nothing is asked of the
+    /// coordinator or any service for an untrusted job.
+    async fn credentials_for(
+        &self,
+        lease: &Lease,
+    ) -> Result<Option<crate::creds::Handoff>, String> {
+        let wanted = &lease.spec.credentials;
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        if lease.trust != bulwark_protocol::Trust::Trusted {
+            return Err("credentials: an untrusted job never gets credentials".into());
+        }
+        let policy = crate::tools::fetch::FetchPolicy::from_config(&self.config.fetch)
+            .map_err(|e| format!("credentials: {e}"))?;
+        let timeout = lease
+            .spec
+            .resources
+            .timeout
+            .as_deref()
+            .and_then(|t| bulwark_protocol::parse_duration(t).ok())
+            .unwrap_or(bulwark_protocol::job::DEFAULT_TIMEOUT);
+        let reg = &self.identity.registration;
+        let mut issued = Vec::new();
+        for (i, name) in wanted.iter().enumerate() {
+            let Some(provider) = self.config.credentials.get(name) else {
+                return Err(format!(
+                    "credentials[{i}]: no credential {name:?} is configured on this runner ([credentials.{name}])"
+                ));
+            };
+            let body = serde_json::to_vec(&bulwark_protocol::control::IdTokenRequest {
+                audience: provider.audience.clone(),
+            })
+            .map_err(|e| format!("credentials.{name}: {e}"))?;
+            let answer = self
+                .client
+                .post_signed(
+                    &format!("/v1/jobs/{}/id-token", lease.job_id),
+                    body,
+                    &reg.runner_id,
+                    &self.identity.key,
+                )
+                .await
+                .map_err(|e| format!("credentials.{name}: the job's identity token: {e}"))?;
+            let token: bulwark_protocol::control::IdToken = serde_json::from_slice(&answer.body)
+                .map_err(|e| format!("credentials.{name}: the identity token answer: {e}"))?;
+            let token = crate::creds::Secret::new(token.token.clone());
+            let (name, provider, policy, job_id) = (
+                name.clone(),
+                provider.clone(),
+                policy.clone(),
+                lease.job_id.clone(),
+            );
+            // The exchange uses the runner's blocking fetch client (its address rules).
+            let one = tokio::task::spawn_blocking(move || {
+                crate::creds::exchange(&name, &provider, token.expose(), timeout, &job_id, &policy)
+            })
+            .await
+            .map_err(|e| format!("credentials: the exchange did not finish: {e}"))?
+            .map_err(|e| e.to_string())?;
+            tracing::info!(job_id = %lease.job_id, credential = %one.name, kind = %one.kind, expires = ?one.expires, "credential issued");
+            issued.push(one);
+        }
+        Ok(Some(crate::creds::Handoff {
+            credentials: issued,
+        }))
     }
 
     /// Sends the result, retrying transient failures until the lease ends.

@@ -48,6 +48,9 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     /// Do not echo the job's log to the terminal.
     pub quiet: bool,
+    /// Credentials `bulwark daemon` exchanged for this job (read from standard input with the
+    /// hidden `--credentials-stdin`); `None`: the run has none to give.
+    pub credentials: Option<crate::creds::Handoff>,
 }
 
 /// System directories bound read-only into every sandbox (those that exist on the host).
@@ -115,6 +118,7 @@ pub fn base_spec(
         rootfs: None,
         tools: Vec::new(),
         egress: None,
+        credentials: Vec::new(),
     }
 }
 
@@ -163,6 +167,19 @@ pub fn run(args: RunArgs) -> u8 {
         );
     }
     let mut runner = JobRun::new(&args, &loaded.config, &job, out.clone(), started, spec_dir);
+    if let Some(handoff) = args.credentials.clone() {
+        match crate::creds::into_sandbox(&job.spec.credentials, handoff) {
+            Ok(prepared) => {
+                runner.credential_files = prepared.files;
+                runner.masks = prepared.masks;
+                runner.credentials = prepared.records;
+            }
+            Err(e) => {
+                eprintln!("bulwark: {e}");
+                return exit::REFUSED;
+            }
+        }
+    }
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
         Err(Stop::Refused(r)) => (JobStatus::Refused, Some(r), Vec::new()),
@@ -189,6 +206,7 @@ pub fn run(args: RunArgs) -> u8 {
         cgroup_counters: runner.counters,
         egress: runner.egress.clone(),
         disk: runner.disk_use,
+        credentials: runner.credentials.clone(),
     };
     let mut code = match status {
         JobStatus::Succeeded => exit::SUCCEEDED,
@@ -318,6 +336,21 @@ fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
     if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
         check_egress_ceiling(&net.allow, args.trust, &loaded.config)
             .map_err(|e| format!("job spec {path}: {e}"))?;
+    }
+    if !job.spec.credentials.is_empty() {
+        if args.trust != Trust::Trusted {
+            return Err(format!(
+                "job spec {path}: credentials: an untrusted job never gets credentials; remove \
+                 them from the spec, or run the job as trusted from a coordinator"
+            ));
+        }
+        if args.credentials.is_none() {
+            return Err(format!(
+                "job spec {path}: credentials: given only to trusted jobs a coordinator leased \
+                 to `bulwark daemon` (they are exchanged for the job's identity token); plain \
+                 `bulwark run` has none to give"
+            ));
+        }
     }
     // A key that cannot sign must refuse the job before it runs, not after. It is read here
     // only to check it, and dropped (zeroized) at once; signing reads it again at the end.
@@ -540,6 +573,12 @@ struct JobRun<'a> {
     /// The job's cgroup could not be emptied and removed: its directory (and the record in
     /// it) is left for a later run's cleanup.
     cgroup_left: bool,
+    /// The job's credential files, for the sandbox spec (docs/credentials.md).
+    credential_files: Vec<bulwark_sandbox::spec::CredentialFile>,
+    /// Every credential value, masked in the job's log.
+    masks: Vec<crate::creds::Secret>,
+    /// What `result.json` records of the credentials.
+    credentials: Vec<bulwark_protocol::CredentialRecord>,
 }
 
 /// What the sandbox reported.
@@ -585,6 +624,9 @@ impl<'a> JobRun<'a> {
             inputs_deadline: None,
             spec_dir,
             cgroup_left: false,
+            credential_files: Vec::new(),
+            masks: Vec::new(),
+            credentials: Vec::new(),
         }
     }
 }
@@ -1446,6 +1488,7 @@ mod tests {
             trust: Trust::Untrusted,
             config: Some(config),
             quiet: true,
+            credentials: None,
         }
     }
 

@@ -67,6 +67,7 @@ impl JobRun<'_> {
                 nproc: fallback.then_some(self.job.pids),
                 address_space: fallback.then_some(self.job.memory),
             },
+            credentials: self.credential_files.clone(),
             ..super::base_spec(
                 &jobdir.id,
                 jobdir.workspace.clone(),
@@ -163,10 +164,12 @@ impl JobRun<'_> {
         let mut log_stream = helper
             .take_stderr()
             .ok_or_else(|| Stop::Refused("no log channel".into()))?;
+        let masker = crate::creds::mask::Masker::new(self.masks.iter().map(|m| m.expose()));
         let mut log = LogCapture::create(&self.out, self.config.limits.log_cap, !self.args.quiet)
+            .map(|l| l.masking(masker))
             .map_err(|e| {
-            Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
-        })?;
+                Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
+            })?;
         let mut child = helper.send(spec).map_err(Stop::Refused)?;
         let Some(mut status_stream) = child.stdout.take() else {
             // Cannot happen (stdout is always piped), but nothing after `send` may leave a

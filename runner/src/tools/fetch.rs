@@ -383,18 +383,23 @@ fn check_literal(url: &Url, addresses: &AddressPolicy) -> Result<(), FetchError>
 fn client(
     policy: &FetchPolicy,
     refusal: &Refusal,
+    follow_redirects: bool,
 ) -> Result<reqwest::blocking::Client, FetchError> {
     // reqwest asks rustls for the process-wide provider; install ring unless one is already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let addresses = policy.addresses();
     let redirect_addresses = addresses.clone();
     let redirect_refusal = Arc::clone(refusal);
-    let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-        match check_redirect(attempt.url(), attempt.previous(), &redirect_addresses) {
-            Ok(()) => attempt.follow(),
-            Err(e) => attempt.error(record(&redirect_refusal, e)),
-        }
-    });
+    let redirect = if follow_redirects {
+        reqwest::redirect::Policy::custom(move |attempt| {
+            match check_redirect(attempt.url(), attempt.previous(), &redirect_addresses) {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(record(&redirect_refusal, e)),
+            }
+        })
+    } else {
+        reqwest::redirect::Policy::none()
+    };
     let mut builder = reqwest::blocking::Client::builder()
         .no_proxy()
         .referer(false)
@@ -423,12 +428,67 @@ fn client(
     builder.build().map_err(FetchError::Client)
 }
 
+/// Most bytes [`post`] reads of an answer.
+pub const MAX_POST_ANSWER: usize = 1 << 20;
+
+/// `POST url` with `body` under the same address rules as a download (the resolver, IP
+/// literals, `fetch.extra_ca`, `fetch.timeout`), for the runner's own exchanges with services
+/// (credentials): `https` or `http` only, no redirect followed (a redirect would carry the
+/// body, a token, somewhere else), the answer capped at [`MAX_POST_ANSWER`]. Returns the
+/// status and the body whatever the status.
+pub fn post(
+    url: &str,
+    policy: &FetchPolicy,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), FetchError> {
+    let url = Url::parse(url).map_err(|_| FetchError::BadUrl)?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(FetchError::Credentials);
+    }
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(FetchError::Scheme(url.scheme().to_string()));
+    }
+    let started = Instant::now();
+    let addresses = policy.addresses();
+    check_literal(&url, &addresses)?;
+    let refusal: Refusal = Arc::default();
+    let client = client(policy, &refusal, false)?;
+    let classify = |e: reqwest::Error| {
+        if let Some(refused) = take(&refusal) {
+            refused
+        } else if e.is_timeout() || started.elapsed() >= policy.timeout {
+            FetchError::Timeout(policy.timeout)
+        } else {
+            FetchError::Request(e.without_url())
+        }
+    };
+    let mut req = client.post(url).timeout(policy.timeout).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = req.send().map_err(classify)?;
+    let status = response.status().as_u16();
+    let mut answer = Vec::new();
+    response
+        .take(MAX_POST_ANSWER as u64 + 1)
+        .read_to_end(&mut answer)
+        .map_err(|e| FetchError::Body {
+            received: 0,
+            source: e,
+        })?;
+    if answer.len() > MAX_POST_ANSWER {
+        return Err(FetchError::TooLarge(MAX_POST_ANSWER as u64));
+    }
+    Ok((status, answer))
+}
+
 fn fetch_http(url: Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched, FetchError> {
     let started = Instant::now();
     let addresses = policy.addresses();
     check_literal(&url, &addresses)?;
     let refusal: Refusal = Arc::default();
-    let client = client(policy, &refusal)?;
+    let client = client(policy, &refusal, true)?;
     let timed_out = || FetchError::Timeout(policy.timeout);
     let classify = |e: reqwest::Error| {
         if let Some(refused) = take(&refusal) {

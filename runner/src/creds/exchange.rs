@@ -1,0 +1,363 @@
+//! The three exchanges: AWS STS `AssumeRoleWithWebIdentity`, OAuth 2.0 token exchange
+//! (RFC 8693) and Vault's JWT login. Each is one POST of the identity token; each answer is
+//! parsed strictly (exactly the fields the job gets, each present once), since a half-parsed
+//! answer would hand the job a credential that does not work, or the wrong one.
+
+use std::time::{Duration, SystemTime};
+
+use bulwark_protocol::{CredentialKind, CredentialProvider};
+
+use super::{Issued, Secret};
+use crate::tools::fetch::{post, FetchPolicy};
+
+/// What went wrong with one exchange. Messages never hold the identity token or an issued
+/// secret: the service's own words are masked of both and cut short.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The request never got an answer (address rules, connect, TLS, timeout).
+    #[error("credentials.{name}: {endpoint}: {reason}")]
+    Request {
+        /// The credential.
+        name: String,
+        /// Its endpoint, without query.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The service refused the exchange.
+    #[error("credentials.{name}: the service refused the exchange (HTTP {status}): {message}")]
+    Refused {
+        /// The credential.
+        name: String,
+        /// HTTP status.
+        status: u16,
+        /// What it said.
+        message: String,
+    },
+    /// The answer is not what the protocol says.
+    #[error("credentials.{name}: the service's answer is unusable: {reason}")]
+    Answer {
+        /// The credential.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The shortest AWS session (AWS's minimum) and the longest asked for.
+const AWS_MIN_SESSION: u64 = 900;
+const AWS_MAX_SESSION: u64 = 3600;
+
+/// Exchanges `token` (the job's identity token) for the credential `name` configured as
+/// `provider`. `job_timeout` bounds the lifetime asked for where the service takes one;
+/// `job_id` names the session.
+pub fn exchange(
+    name: &str,
+    provider: &CredentialProvider,
+    token: &str,
+    job_timeout: Duration,
+    job_id: &str,
+    policy: &FetchPolicy,
+) -> Result<Issued, ExchangeError> {
+    let answer = |status: u16, body: &[u8], extract: &dyn Fn(&str) -> Option<String>| {
+        let text = String::from_utf8_lossy(body);
+        let said = extract(&text).unwrap_or_else(|| format!("{} bytes", body.len()));
+        ExchangeError::Refused {
+            name: name.to_string(),
+            status,
+            message: clean(&said, token),
+        }
+    };
+    let bad = |reason: &str| ExchangeError::Answer {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let send = |url: &str, content_type: &str, body: Vec<u8>| {
+        post(
+            url,
+            policy,
+            &[
+                ("content-type", content_type),
+                ("accept", "application/json, text/xml"),
+            ],
+            body,
+        )
+        .map_err(|e| ExchangeError::Request {
+            name: name.to_string(),
+            endpoint: crate::tools::fetch::display_url(url),
+            reason: clean(&error_chain(&e), token),
+        })
+    };
+    match &provider.kind {
+        CredentialKind::Aws { role_arn } => {
+            let seconds = job_timeout
+                .as_secs()
+                .clamp(AWS_MIN_SESSION, AWS_MAX_SESSION);
+            let session: String = format!("bulwark-{job_id}")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(*c))
+                .take(64)
+                .collect();
+            let form = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("Action", "AssumeRoleWithWebIdentity")
+                .append_pair("Version", "2011-06-15")
+                .append_pair("RoleArn", role_arn)
+                .append_pair("RoleSessionName", &session)
+                .append_pair("DurationSeconds", &seconds.to_string())
+                .append_pair("WebIdentityToken", token)
+                .finish();
+            let (status, body) = send(
+                &provider.endpoint,
+                "application/x-www-form-urlencoded",
+                form.into_bytes(),
+            )?;
+            if status != 200 {
+                return Err(answer(status, &body, &|t| {
+                    let code = xml_text(t, "Code")?;
+                    let message = xml_text(t, "Message").unwrap_or_default();
+                    Some(format!("{code}: {message}"))
+                }));
+            }
+            let text = std::str::from_utf8(&body).map_err(|_| bad("not UTF-8"))?;
+            let field = |tag: &str| {
+                xml_text(text, tag).ok_or_else(|| bad(&format!("no single <{tag}> in the answer")))
+            };
+            let key_id = Secret::new(field("AccessKeyId")?);
+            let secret = Secret::new(field("SecretAccessKey")?);
+            let session_token = Secret::new(field("SessionToken")?);
+            let expires = field("Expiration")?;
+            check_plain(&expires).map_err(|e| bad(&format!("Expiration {e}")))?;
+            for v in [&key_id, &secret, &session_token] {
+                check_plain(v.expose()).map_err(|e| bad(&format!("a credential value {e}")))?;
+            }
+            let file = Secret::new(format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+                key_id.expose(),
+                secret.expose(),
+                session_token.expose()
+            ));
+            Ok(Issued {
+                name: name.to_string(),
+                kind: "aws".into(),
+                files: vec![
+                    ("credentials".into(), file),
+                    ("expiration".into(), Secret::new(format!("{expires}\n"))),
+                ],
+                expires: Some(expires),
+                secrets: vec![key_id, secret, session_token],
+            })
+        }
+        CredentialKind::OauthTokenExchange { scope, resource } => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair(
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            )
+            .append_pair("subject_token", token)
+            .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+            .append_pair(
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            );
+            if let Some(r) = resource {
+                form.append_pair("audience", r);
+            }
+            if let Some(s) = scope {
+                form.append_pair("scope", s);
+            }
+            let (status, body) = send(
+                &provider.endpoint,
+                "application/x-www-form-urlencoded",
+                form.finish().into_bytes(),
+            )?;
+            if status != 200 {
+                return Err(answer(status, &body, &|t| {
+                    let v: serde_json::Value = serde_json::from_str(t).ok()?;
+                    let e = v.get("error")?.as_str()?;
+                    let d = v
+                        .get("error_description")
+                        .and_then(|d| d.as_str())
+                        .unwrap_or("");
+                    Some(format!("{e}: {d}"))
+                }));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|_| bad("not JSON"))?;
+            let access = v
+                .get("access_token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| bad("no access_token"))?;
+            check_plain(access).map_err(|e| bad(&format!("access_token {e}")))?;
+            let expires = v.get("expires_in").and_then(|e| e.as_u64()).map(in_seconds);
+            Ok(token_credential(
+                name,
+                "oauth-token-exchange",
+                Secret::new(access.to_string()),
+                expires,
+            ))
+        }
+        CredentialKind::Vault { role, mount } => {
+            let url = format!(
+                "{}/v1/auth/{mount}/login",
+                provider.endpoint.trim_end_matches('/')
+            );
+            let body = serde_json::json!({ "role": role, "jwt": token }).to_string();
+            let (status, body) = send(&url, "application/json", body.into_bytes())?;
+            if status != 200 {
+                return Err(answer(status, &body, &|t| {
+                    let v: serde_json::Value = serde_json::from_str(t).ok()?;
+                    let errors = v.get("errors")?.as_array()?;
+                    Some(
+                        errors
+                            .iter()
+                            .filter_map(|e| e.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                }));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|_| bad("not JSON"))?;
+            let auth = v.get("auth").ok_or_else(|| bad("no auth"))?;
+            let client_token = auth
+                .get("client_token")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| bad("no auth.client_token"))?;
+            check_plain(client_token).map_err(|e| bad(&format!("auth.client_token {e}")))?;
+            let expires = auth
+                .get("lease_duration")
+                .and_then(|d| d.as_u64())
+                .map(in_seconds);
+            Ok(token_credential(
+                name,
+                "vault",
+                Secret::new(client_token.to_string()),
+                expires,
+            ))
+        }
+    }
+}
+
+fn token_credential(name: &str, kind: &str, token: Secret, expires: Option<String>) -> Issued {
+    let mut files = vec![(
+        "token".to_string(),
+        Secret::new(format!("{}\n", token.expose())),
+    )];
+    if let Some(e) = &expires {
+        files.push(("expiration".into(), Secret::new(format!("{e}\n"))));
+    }
+    Issued {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        expires,
+        files,
+        secrets: vec![token],
+    }
+}
+
+fn in_seconds(secs: u64) -> String {
+    let at = SystemTime::now() + Duration::from_secs(secs.min(10 * 365 * 86400));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// A value written into a file the job reads, or into `result.json`: no control characters
+/// (a newline in a session token would break the AWS credentials file's lines), bounded.
+fn check_plain(v: &str) -> Result<(), &'static str> {
+    if v.is_empty() {
+        return Err("is empty");
+    }
+    if v.len() > 16 * 1024 {
+        return Err("is longer than 16 KiB");
+    }
+    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("holds whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// The text of the only `<tag>` element in `xml`, entities decoded; `None` when there is none
+/// or more than one. A deliberately small reader for the fixed shape of an STS answer.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    if xml[start..].contains(&open) {
+        return None;
+    }
+    let end = start + xml[start..].find(&close)?;
+    let raw = xml[start..end].trim();
+    if raw.contains('<') {
+        return None;
+    }
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// A service's message made safe to print: the token masked, control characters replaced,
+/// at most 300 characters.
+fn clean(message: &str, token: &str) -> String {
+    let masked = if token.len() >= super::mask::MIN_MASKED_LEN {
+        message.replace(token, "***")
+    } else {
+        message.to_string()
+    };
+    let mut out = crate::daemon::client::printable(&masked);
+    if out.chars().count() > 300 {
+        out = out.chars().take(300).collect::<String>() + "…";
+    }
+    out
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sts_answer_is_read_strictly() {
+        let ok =
+            "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+            <AccessKeyId>ASIAEXAMPLE</AccessKeyId><SecretAccessKey>s/e+c&amp;r</SecretAccessKey>\
+            <SessionToken>tok</SessionToken><Expiration>2026-11-26T20:00:00Z</Expiration>\
+            </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
+        assert_eq!(xml_text(ok, "AccessKeyId").unwrap(), "ASIAEXAMPLE");
+        assert_eq!(xml_text(ok, "SecretAccessKey").unwrap(), "s/e+c&r");
+        assert_eq!(xml_text(ok, "Missing"), None);
+        let twice = "<A>1</A><A>2</A>";
+        assert_eq!(xml_text(twice, "A"), None, "an element twice is refused");
+        assert_eq!(
+            xml_text("<A><B>x</B></A>", "A"),
+            None,
+            "nested markup is refused"
+        );
+    }
+
+    #[test]
+    fn a_services_message_never_carries_the_token() {
+        let token = "eyJhbGciOiJFUzI1NiJ9.secret.sig";
+        let m = clean(&format!("bad token {token}\x1b[2J"), token);
+        assert_eq!(m, "bad token ***?[2J");
+    }
+
+    #[test]
+    fn values_with_line_breaks_are_refused() {
+        assert!(check_plain("abc\n[evil]").is_err());
+        assert!(check_plain("").is_err());
+        assert!(check_plain("abc").is_ok());
+    }
+}

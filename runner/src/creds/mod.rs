@@ -1,0 +1,216 @@
+//! Credentials for trusted jobs: the job's identity token exchanged for short-lived cloud
+//! credentials, handed to the job as files, masked in its log (docs/credentials.md).
+//!
+//! Who does what, and why there:
+//!
+//! - `bulwark daemon` holds the lease, so only it can ask the coordinator for the job's
+//!   identity token; it makes every exchange ([`exchange`]) *before* the run starts, so a
+//!   refusal by the cloud refuses the job before any step, and the run never sees a token.
+//! - It hands the issued credentials to its `bulwark run` child on the child's standard input
+//!   ([`Handoff`]): a pipe, in memory. Never a file (the state directory is on disk and
+//!   outlives the job), never an argument or environment variable (readable in `/proc` by
+//!   other processes of the runner's user).
+//! - The run passes them to the sandbox helper in the sandbox spec (the same kind of pipe),
+//!   and the helper writes them on the sandbox's own in-memory root at
+//!   `/run/credentials/<name>/`, read-only, gone with the job's mount namespace.
+//! - The run masks every secret value in the job's log ([`mask::Masker`]).
+//!
+//! The exchanges obey the runner's fetch address rules (`[fetch]`: no private or metadata
+//! address unless allowed) and follow no redirect, since a redirect would carry the token
+//! elsewhere. Error messages say which credential and what the service answered, with any
+//! token or secret in that answer masked.
+
+pub mod exchange;
+pub mod mask;
+
+use serde::{Deserialize, Serialize};
+
+pub use exchange::exchange;
+
+/// A secret string: `Debug` never shows it, and its memory is zeroed when it is dropped.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes redacted>", self.0.len())
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// One issued credential, as the job will see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issued {
+    /// The configured name (`/run/credentials/<name>/`).
+    pub name: String,
+    /// The kind (`aws`, `oauth-token-exchange`, `vault`).
+    pub kind: String,
+    /// When it expires (RFC 3339), as the service said.
+    pub expires: Option<String>,
+    /// File name and contents, in `/run/credentials/<name>/`.
+    pub files: Vec<(String, Secret)>,
+    /// Every value to mask in the job's log.
+    pub secrets: Vec<Secret>,
+}
+
+/// What `bulwark daemon` writes to its `bulwark run` child's standard input.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    /// The job's credentials, one per name in its spec.
+    pub credentials: Vec<Issued>,
+}
+
+/// Most bytes of a [`Handoff`] read from standard input.
+pub const MAX_HANDOFF_BYTES: u64 = 256 * 1024;
+
+/// Reads the handoff from standard input (the daemon closes it after writing).
+pub fn read_handoff() -> Result<Handoff, String> {
+    use std::io::Read;
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .take(MAX_HANDOFF_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("reading the credentials from standard input: {e}"))?;
+    if raw.len() as u64 > MAX_HANDOFF_BYTES {
+        return Err(format!(
+            "the credentials on standard input are larger than {MAX_HANDOFF_BYTES} bytes"
+        ));
+    }
+    serde_json::from_slice(&raw)
+        .map_err(|e| format!("the credentials on standard input are not a handoff: {e}"))
+}
+
+/// A handoff split for its three readers.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// The files the sandbox helper writes under `/run/credentials`.
+    pub files: Vec<bulwark_sandbox::spec::CredentialFile>,
+    /// The values the job's log masks.
+    pub masks: Vec<Secret>,
+    /// What `result.json` records.
+    pub records: Vec<bulwark_protocol::CredentialRecord>,
+}
+
+/// Checks that `handoff` holds exactly the credentials `wanted` (the spec's list), each with
+/// plain file names, and turns it into the sandbox's files and the log's masks.
+pub fn into_sandbox(wanted: &[String], handoff: Handoff) -> Result<Prepared, String> {
+    let names: Vec<&str> = handoff
+        .credentials
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    if names.len() != wanted.len() || wanted.iter().any(|w| !names.contains(&w.as_str())) {
+        return Err(format!(
+            "credentials: the spec asks for {wanted:?}, the handoff holds {names:?}"
+        ));
+    }
+    let mut files = Vec::new();
+    let mut masks = Vec::new();
+    for c in &handoff.credentials {
+        for (name, contents) in &c.files {
+            if bulwark_protocol::check_name(name).is_err() {
+                return Err(format!(
+                    "credentials.{}: file name {name:?} is not plain",
+                    c.name
+                ));
+            }
+            files.push(bulwark_sandbox::spec::CredentialFile {
+                dir: c.name.clone(),
+                name: name.clone(),
+                contents: contents.expose().to_string(),
+            });
+        }
+        masks.extend(c.secrets.iter().cloned());
+    }
+    let records = handoff
+        .credentials
+        .iter()
+        .map(|c| bulwark_protocol::CredentialRecord {
+            name: c.name.clone(),
+            kind: c.kind.clone(),
+            expires: c.expires.clone(),
+        })
+        .collect();
+    Ok(Prepared {
+        files,
+        masks,
+        records,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_never_shows_in_debug_output() {
+        let s = Secret::new("hunter2-session".into());
+        assert_eq!(format!("{s:?}"), "<15 bytes redacted>");
+        let i = Issued {
+            name: "aws".into(),
+            kind: "aws".into(),
+            expires: None,
+            files: vec![("credentials".into(), s.clone())],
+            secrets: vec![s],
+        };
+        assert!(!format!("{i:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_handoff_must_hold_exactly_what_the_spec_asks_for() {
+        let one = |name: &str, file: &str| Issued {
+            name: name.into(),
+            kind: "vault".into(),
+            expires: None,
+            files: vec![(file.into(), Secret::new("tok".into()))],
+            secrets: vec![Secret::new("tok".into())],
+        };
+        let wanted = vec!["vault".to_string()];
+        let ok = into_sandbox(
+            &wanted,
+            Handoff {
+                credentials: vec![one("vault", "token")],
+            },
+        );
+        let p = ok.unwrap();
+        assert_eq!(p.files.len(), 1);
+        assert_eq!(p.masks.len(), 1);
+        assert_eq!(p.records[0].name, "vault");
+        assert!(into_sandbox(
+            &wanted,
+            Handoff {
+                credentials: vec![one("other", "token")]
+            }
+        )
+        .is_err());
+        assert!(into_sandbox(&wanted, Handoff::default()).is_err());
+        let e = into_sandbox(
+            &wanted,
+            Handoff {
+                credentials: vec![one("vault", "../x")],
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("not plain"), "{e}");
+    }
+}

@@ -1,0 +1,407 @@
+//! Credentials for trusted jobs (docs/credentials.md), end to end: a real coordinator mints
+//! the job's identity token, `bulwark daemon` exchanges it at a token service the test runs
+//! (tests/interop/fake_sts.py, which verifies the token with PyJWT against the coordinator's
+//! JWKS, as a cloud would), and the job reads what was issued from `/run/credentials`.
+//! Checked on both sides: what the job saw (the files, read-only; the masked log) and what the
+//! service saw (which tokens it was shown, what it issued, and that nothing came for a job
+//! that must get nothing).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use bulwark_tests::control::*;
+use bulwark_tests::Env;
+use sha2::{Digest, Sha256};
+
+/// The token service, stopped when dropped.
+struct Sts {
+    child: Child,
+    port: u16,
+    record: PathBuf,
+}
+
+impl Sts {
+    fn start(env: &Env, c: &Coordinator) -> Sts {
+        let record = env.dir.join("sts.jsonl");
+        let script = [
+            bulwark_tests::repo_root().join("tests/interop/fake_sts.py"),
+            bulwark_tests::repo_root().join("interop/fake_sts.py"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("tests/interop/fake_sts.py");
+        let mut child = Command::new(interop_python())
+            .arg(script)
+            .arg("--jwks-url")
+            .arg(format!("{}/.well-known/jwks.json", c.url))
+            .args(["--issuer", ISSUER, "--record"])
+            .arg(&record)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("fake_sts.py said {line:?}"))
+            .parse()
+            .unwrap();
+        Sts {
+            child,
+            port,
+            record,
+        }
+    }
+
+    /// Every request the service got.
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Sts {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A host registered with a coordinator, its configuration naming four credentials at the
+/// test's token service: three it grants, one (`denied`) whose role it refuses.
+fn setup(tag: &str) -> (Env, Coordinator, Sts) {
+    let env = Env::new(tag);
+    let c = Coordinator::start(&env);
+    let sts = Sts::start(&env, &c);
+    let base = format!("http://127.0.0.1:{}", sts.port);
+    env.write_config_sections(
+        "",
+        &format!(
+            r#"[fetch]
+file_roots = ["{dir}"]
+allow_private = ["127.0.0.1"]
+[daemon]
+poll_interval = "200ms"
+[credentials.aws]
+kind = "aws"
+endpoint = "{base}/aws"
+audience = "sts.amazonaws.com"
+role_arn = "arn:aws:iam::123456789012:role/release"
+[credentials.gcp]
+kind = "oauth-token-exchange"
+endpoint = "{base}/token"
+audience = "gcp-test"
+scope = "https://www.googleapis.com/auth/cloud-platform"
+[credentials.vault]
+kind = "vault"
+endpoint = "{base}"
+audience = "vault"
+role = "release"
+[credentials.denied]
+kind = "aws"
+endpoint = "{base}/aws"
+audience = "sts.amazonaws.com"
+role_arn = "arn:aws:iam::123456789012:role/admin"
+"#,
+            dir = env.dir.display()
+        ),
+    );
+    let token = c.registration_token(&env.dir, "10m");
+    let o = register(&env, &c, &token, "creds-host");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (env, c, sts)
+}
+
+fn with_credentials(spec: &str, names: &[&str]) -> String {
+    let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    spec.replacen(
+        "[source]",
+        &format!("credentials = [{}]\n[source]", list.join(", ")),
+        1,
+    )
+}
+
+fn sha256(s: &str) -> String {
+    bulwark_tests::hex(&Sha256::digest(s.as_bytes()))
+}
+
+fn out_dir(env: &Env, job: &str) -> PathBuf {
+    env.state.join("daemon/jobs").join(job).join("out")
+}
+
+#[test]
+fn a_trusted_job_gets_each_kind_of_credential_as_read_only_files_masked_in_its_log() {
+    let (env, c, sts) = setup("creds-ok");
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let files =
+        "/run/credentials/aws/credentials /run/credentials/gcp/token /run/credentials/vault/token";
+    let run = format!(
+        "cat {files}; echo; mkdir -p dist; sha256sum {files} > dist/app.txt; \
+         if (echo x > /run/credentials/aws/credentials) 2>/dev/null; then echo WRITE=ok; else echo WRITE=denied; fi; \
+         if touch /run/credentials/new 2>/dev/null; then echo CREATE=ok; else echo CREATE=denied; fi; \
+         echo MODE=$(stat -c %a /run/credentials/aws /run/credentials/aws/credentials | tr '\\n' ,)"
+    );
+    let spec = with_credentials(
+        &git_job(&repo, &commit, "release", &run),
+        &["aws", "gcp", "vault"],
+    );
+    let id = c.submit(&spec, "trusted");
+    let j = c.wait_done(&id, 120);
+    let record = j.to_string();
+    assert_eq!(
+        j["result"]["result"]["status"],
+        "succeeded",
+        "{j}\n{}",
+        daemon_log(&env)
+    );
+
+    // The service saw one verified token per credential, each for this job, trusted.
+    let reqs = sts.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    for r in &reqs {
+        assert_eq!(r["accepted"], true, "{r}");
+        assert_eq!(r["claims"]["job_id"], id.as_str(), "{r}");
+        assert_eq!(r["claims"]["trust"], "trusted", "{r}");
+        assert_eq!(r["claims"]["commit"], commit.as_str(), "{r}");
+    }
+    let issued = |path: &str| {
+        reqs.iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("no request to {path}"))["issued"]
+            .clone()
+    };
+    let (aws, gcp, vault) = (
+        issued("/aws"),
+        issued("/token"),
+        issued("/v1/auth/jwt/login"),
+    );
+    // AWS was asked for a session no longer than the job's timeout (clamped to 15m..1h).
+    let aws_req = reqs.iter().find(|r| r["path"] == "/aws").unwrap();
+    assert_eq!(aws_req["params"]["DurationSeconds"], "3600");
+    assert!(aws_req["params"]["RoleSessionName"]
+        .as_str()
+        .unwrap()
+        .contains(&id[..8]));
+
+    // What the job read is exactly what was issued.
+    let aws_file = format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+        aws["AccessKeyId"].as_str().unwrap(),
+        aws["SecretAccessKey"].as_str().unwrap(),
+        aws["SessionToken"].as_str().unwrap()
+    );
+    let gcp_file = format!("{}\n", gcp["access_token"].as_str().unwrap());
+    let vault_file = format!("{}\n", vault["client_token"].as_str().unwrap());
+    let out = out_dir(&env, &id);
+    let sums = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();
+    for (content, path) in [
+        (&aws_file, "/run/credentials/aws/credentials"),
+        (&gcp_file, "/run/credentials/gcp/token"),
+        (&vault_file, "/run/credentials/vault/token"),
+    ] {
+        assert!(
+            sums.contains(&format!("{}  {path}", sha256(content))),
+            "{path}: {sums}"
+        );
+    }
+    // Read-only, private to the job's user.
+    let log = std::fs::read_to_string(out.join("job.log")).unwrap();
+    assert!(
+        log.contains("WRITE=denied") && log.contains("CREATE=denied"),
+        "{log}"
+    );
+    assert!(log.contains("MODE=500,400,"), "{log}");
+    // Printed, then masked: no issued value in the log, the result, or what the coordinator got.
+    let secrets = [
+        aws["AccessKeyId"].as_str().unwrap(),
+        aws["SecretAccessKey"].as_str().unwrap(),
+        aws["SessionToken"].as_str().unwrap(),
+        gcp["access_token"].as_str().unwrap(),
+        vault["client_token"].as_str().unwrap(),
+    ];
+    assert!(log.matches("***").count() >= 5, "{log}");
+    let result_json = std::fs::read_to_string(out.join("result.json")).unwrap();
+    for s in secrets {
+        assert!(!log.contains(s), "a credential in job.log: {log}");
+        assert!(!result_json.contains(s), "a credential in result.json");
+        assert!(
+            !record.contains(s),
+            "a credential reported to the coordinator"
+        );
+        assert!(
+            !daemon_log(&env).contains(s),
+            "a credential in the daemon's log"
+        );
+    }
+    // result.json names what the job got, never a value.
+    let creds = &j["result"]["result"]["credentials"];
+    let kinds: Vec<(&str, &str)> = creds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("aws", "aws"),
+            ("gcp", "oauth-token-exchange"),
+            ("vault", "vault")
+        ]
+    );
+    assert_eq!(creds[0]["expires"], aws["Expiration"]);
+    // Nothing of them is left on the host's disk.
+    for s in secrets {
+        let found = grep_tree(&env.dir, s);
+        assert!(found.is_empty(), "a credential on disk: {found:?}");
+    }
+
+    // The next job, trusted but asking for nothing, finds no credentials.
+    let next = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "after",
+            "test -e /run/credentials && echo LEFT=yes || echo LEFT=no; sh build.sh",
+        ),
+        "trusted",
+    );
+    let j = c.wait_done(&next, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    let log = std::fs::read_to_string(out_dir(&env, &next).join("job.log")).unwrap();
+    assert!(log.contains("LEFT=no"), "{log}");
+    assert_eq!(
+        sts.requests().len(),
+        3,
+        "a job asking for nothing made no exchange"
+    );
+}
+
+/// Files under `dir` holding `needle` (the tests' own record of the service excepted).
+fn grep_tree(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && p.file_name().is_some_and(|n| n != "sts.jsonl") {
+                if let Ok(bytes) = std::fs::read(&p) {
+                    if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                        found.push(p);
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn an_untrusted_job_asking_for_credentials_is_refused_and_no_token_is_exchanged() {
+    let (env, c, sts) = setup("creds-untrusted");
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let marker = env.dir.join("ran");
+    let spec = with_credentials(
+        &git_job(&repo, &commit, "pr", &format!("touch {}", marker.display())),
+        &["aws"],
+    );
+    let j = c.wait_done(&c.submit(&spec, "untrusted"), 60);
+    assert_eq!(j["result"]["result"]["status"], "refused", "{j}");
+    let reason = j["result"]["result"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("untrusted job never gets credentials"),
+        "{reason}"
+    );
+    assert!(
+        sts.requests().is_empty(),
+        "the token service was asked: {:?}",
+        sts.requests()
+    );
+    assert!(!marker.exists(), "no step ran");
+}
+
+#[test]
+fn a_refused_exchange_refuses_the_job_and_the_error_never_quotes_the_token() {
+    let (env, c, sts) = setup("creds-denied");
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let spec = with_credentials(&git_job(&repo, &commit, "release", "true"), &["denied"]);
+    let j = c.wait_done(&c.submit(&spec, "trusted"), 60);
+    assert_eq!(j["result"]["result"]["status"], "refused", "{j}");
+    let reason = j["result"]["result"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("credentials.denied") && reason.contains("AccessDenied"),
+        "{reason}"
+    );
+    // The service quoted the token back; the runner masked it everywhere it repeats it.
+    assert!(reason.contains("token ***"), "{reason}");
+    assert!(
+        !reason.contains("eyJ") && !daemon_log(&env).contains("eyJ"),
+        "{reason}"
+    );
+    assert_eq!(sts.requests().len(), 1);
+    assert_eq!(sts.requests()[0]["accepted"], false);
+}
+
+#[test]
+fn a_credential_this_runner_does_not_configure_refuses_the_job_before_any_token() {
+    let (env, c, sts) = setup("creds-unknown");
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let spec = with_credentials(
+        &git_job(&repo, &commit, "release", "true"),
+        &["vault", "nope"],
+    );
+    let j = c.wait_done(&c.submit(&spec, "trusted"), 60);
+    assert_eq!(j["result"]["result"]["status"], "refused", "{j}");
+    let reason = j["result"]["result"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("credentials[1]: no credential \"nope\" is configured"),
+        "{reason}"
+    );
+    // Names are checked as they come: the first was exchanged, and nothing ran with it.
+    assert!(sts.requests().len() <= 1);
+}
+
+#[test]
+fn plain_bulwark_run_refuses_a_job_that_asks_for_credentials() {
+    let env = Env::new("creds-local");
+    let spec = bulwark_tests::one_step("local", "true", "credentials = [\"aws\"]");
+    let r = env.run_with(&spec, &["--trust", "trusted"]);
+    r.assert_code(2);
+    assert!(
+        r.stderr
+            .contains("credentials: given only to trusted jobs a coordinator leased"),
+        "{}",
+        r.stderr
+    );
+    let r = env.run(&spec);
+    r.assert_code(2);
+    assert!(
+        r.stderr
+            .contains("credentials: an untrusted job never gets credentials"),
+        "{}",
+        r.stderr
+    );
+    // The files in the artifact directory never show the spec ran.
+    assert!(!r.out.join("job.log").exists());
+}
