@@ -390,6 +390,23 @@ fn lists_controllers(dir: &Path, file: &str, controllers: &[&str]) -> bool {
     })
 }
 
+/// For a long-running parent of runs (`bulwark daemon`): where job cgroups go inside the
+/// cgroup this process was started in (a delegated v2 cgroup, module docs), moves this
+/// process into [`RUNNER_LEAF`] and enables the controllers, as each run does for itself.
+/// A process that stayed in the delegated cgroup would keep every run it starts from
+/// enabling controllers there (a cgroup with processes in it cannot hand them to children),
+/// and every job would be refused. Returns whether it moved; elsewhere (v1, a root runner
+/// outside a delegated unit, no usable hierarchy) it does nothing.
+pub fn settle_long_running(support: &Support) -> io::Result<bool> {
+    if support.usable() != Some(Version::V2) {
+        return Ok(false);
+    }
+    match support.v2_top() {
+        Some((top, true)) => prepare_delegated(&top, &[]).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
 /// Makes this process's delegated cgroup `top` ready to hold job cgroups with memory and pids
 /// limits: the process and its `children` move into [`RUNNER_LEAF`] and the
 /// controllers are enabled in `top`, unless an earlier runner did that already. Two runners

@@ -200,9 +200,19 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(env: &Env) -> Daemon {
-        let child = Command::new(bulwark_bin())
-            .args(["daemon", "--config"])
-            .arg(&env.config)
+        Daemon::spawn(Daemon::command(env), env)
+    }
+
+    /// `bulwark daemon --config <env's config>`, not started.
+    pub fn command(env: &Env) -> Command {
+        let mut cmd = Command::new(bulwark_bin());
+        cmd.args(["daemon", "--config"]).arg(&env.config);
+        cmd
+    }
+
+    /// Starts `cmd` (a daemon command, perhaps wrapped), its stderr to `daemon.log`.
+    pub fn spawn(mut cmd: Command, env: &Env) -> Daemon {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(env.dir.join("daemon.log")).unwrap())

@@ -1976,6 +1976,46 @@ mod delegated_v2 {
     }
 
     #[test]
+    fn a_daemon_started_in_a_delegated_cgroup_runs_its_jobs_under_cgroup_limits() {
+        use bulwark_tests::control::{git_job, register, repo, Coordinator, Daemon};
+        let scope = Scope::new("daemon");
+        let env = Env::new("deleg-daemon");
+        fs::write(
+            &env.config,
+            format!(
+                "[limits]\nkill_grace = \"1s\"\n[paths]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\
+                 [fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\n",
+                env.state.display(),
+                env.dir.join("run").display(),
+                env.dir.display()
+            ),
+        )
+        .unwrap();
+        let c = Coordinator::start(&env);
+        let token = c.registration_token(&env.dir, "10m");
+        let o = register(&env, &c, &token, "deleg");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (repo, commit) = repo(&env);
+        // Started in the delegated cgroup, as systemd starts the unit's main process: the
+        // daemon must leave it for the runner leaf, or no run it starts could enable the
+        // controllers there and every job would be refused.
+        let mut daemon = Daemon::spawn(scope.wrap(&Daemon::command(&env)), &env);
+        let spec = git_job(&repo, &commit, "limited", "sh build.sh")
+            .replace("[[steps]]", "[resources]\nmemory = \"256MiB\"\npids = 64\n[[steps]]");
+        let id = c.submit(&spec, "untrusted");
+        let j = c.wait_done(&id, 120);
+        let log = fs::read_to_string(env.dir.join("daemon.log")).unwrap_or_default();
+        let result = &j["result"]["result"];
+        assert_eq!(result["status"], "succeeded", "{j}\n{log}");
+        assert_eq!(result["isolation"]["cgroup"], "v2", "{j}");
+        let enforced = result["isolation"]["limits_enforced"].to_string();
+        assert!(enforced.contains("\"memory\"") && enforced.contains("\"pids\""), "{j}");
+        let daemon_cgroup = fs::read_to_string(format!("/proc/{}/cgroup", daemon.pid())).unwrap();
+        assert!(daemon_cgroup.trim_end().ends_with("/bulwark-runner"), "{daemon_cgroup}");
+        assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0), "{log}");
+    }
+
+    #[test]
     fn a_memory_bomb_is_oom_killed_inside_the_jobs_delegated_cgroup() {
         let scope = Scope::new("mem");
         let env = Env::new("deleg-mem");

@@ -54,7 +54,7 @@ grep -q "^\$user:" /etc/subuid 2>/dev/null && grep -q "^\$user:" /etc/subgid 2>/
 mkdir -p "/home/\$user" && chown "\$user" "/home/\$user"
 stage=\$(mktemp -d /tmp/bulwark-deleg.XXXXXX)
 chmod 0755 "\$stage"
-cp "$bindir/bulwark" "$bindir/bulwark-sandbox" "$containment" "\$stage/"
+cp "$bindir/bulwark" "$bindir/bulwark-sandbox" "$bindir/bulwark-coordinator" "$containment" "\$stage/"
 cp -r examples "\$stage/"
 # What systemd does for a unit with Delegate=yes: the cgroup and its procs, subtree_control
 # and threads files belong to the user; controllers are enabled from the root down.

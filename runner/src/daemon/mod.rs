@@ -109,15 +109,32 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     dirs.create()?;
     let identity = registration::load(&dirs.state)?;
     let client = Client::new(&identity.registration.coordinator)?;
+    // Job specs and outputs live here: private to the runner's user.
     let root = dirs.state.join("daemon");
-    std::fs::create_dir_all(root.join("jobs"))
-        .with_context(|| format!("creating {}", root.display()))?;
+    for d in [root.clone(), root.join("jobs")] {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow!(e).context(format!("creating {}", d.display()))),
+        }
+        if !std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+            bail!("{} is not a directory", d.display());
+        }
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", d.display()))?;
+    }
     let lock_path = root.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&lock_path)
+    }
         .with_context(|| format!("opening {}", lock_path.display()))?;
     let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
         |(_, e)| {
@@ -129,6 +146,16 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
         },
     )?;
     let exe = std::env::current_exe().context("finding the bulwark binary")?;
+    // In a delegated cgroup v2 unit (systemd/bulwark.service has Delegate=yes), the daemon
+    // leaves the unit's own cgroup for the runner leaf, or its runs could not enable the
+    // controllers their jobs' cgroups need. Where that cannot be done, a job that needs
+    // cgroups says why when it is refused; the daemon itself still starts (rlimit-only
+    // configurations need no cgroup).
+    match bulwark_sandbox::cgroup::settle_long_running(&bulwark_sandbox::cgroup::detect()) {
+        Ok(true) => tracing::info!("moved into the runner leaf of the delegated cgroup"),
+        Ok(false) => {}
+        Err(e) => eprintln!("bulwark daemon: warning: preparing the delegated cgroup for jobs: {e}"),
+    }
     Ok((
         Daemon {
             poll: loaded.config.daemon.poll_interval,
@@ -166,6 +193,19 @@ impl Signals {
         })
     }
 
+    /// Whether a SIGTERM or SIGINT arrived since last looked (raising the stop level), without
+    /// waiting.
+    async fn pending(&mut self) -> bool {
+        if self.state != Stop::No {
+            return true;
+        }
+        tokio::select! {
+            biased;
+            _ = self.next() => true,
+            _ = std::future::ready(()) => false,
+        }
+    }
+
     /// Waits for the next SIGTERM or SIGINT and raises the stop level.
     async fn next(&mut self) -> Stop {
         tokio::select! {
@@ -194,8 +234,27 @@ impl Daemon {
         while signals.state == Stop::No {
             let failed = match self.lease().await {
                 Ok(Some(lease)) => {
-                    wait = self.poll;
-                    self.run_job(lease, &mut signals).await;
+                    // A stop asked for while the lease was in flight: the job is not started
+                    // (under systemd it could not finish before the final SIGKILL anyway).
+                    if signals.pending().await {
+                        let report = synthetic_result(
+                            &lease,
+                            "runner-error",
+                            "the runner was stopping when this job was leased; it did not run",
+                        );
+                        self.report(&lease, report, &mut signals).await;
+                        continue;
+                    }
+                    if !self.run_job(lease, &mut signals).await {
+                        // The same failure would likely repeat at once for the next lease.
+                        wait = (wait * 2).min(MAX_BACKOFF);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = signals.next() => {}
+                        }
+                    } else {
+                        wait = self.poll;
+                    }
                     continue;
                 }
                 Ok(None) => {
@@ -234,21 +293,34 @@ impl Daemon {
         if answer.status == 204 {
             return Ok(None);
         }
-        serde_json::from_slice(&answer.body)
-            .map(Some)
-            .map_err(|e| ClientError::Protocol {
+        let lease: Lease =
+            serde_json::from_slice(&answer.body).map_err(|e| ClientError::Protocol {
                 what: "POST /v1/runners/lease".into(),
                 reason: format!("the lease is not a job: {e}"),
-            })
+            })?;
+        // The id becomes a directory name and a request path: a lease with any other id is
+        // neither run nor answered.
+        check_job_id(&lease.job_id).map_err(|e| ClientError::Protocol {
+            what: "POST /v1/runners/lease".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(lease))
     }
 
-    async fn run_job(&self, lease: Lease, signals: &mut Signals) {
+    /// Runs and reports one leased job; `false` when the runner itself failed to run it.
+    async fn run_job(&self, lease: Lease, signals: &mut Signals) -> bool {
         let job_id = lease.job_id.clone();
-        let report = match self.execute(&lease, signals).await {
-            Ok(report) => report,
+        let (report, ran) = match self.execute(&lease, signals).await {
+            Ok(report) => (report, true),
             Err(e) => {
+                // The details (host paths, the error chain) stay in this host's log.
                 tracing::error!(job_id = %job_id, error = %format!("{e:#}"), "running the job failed");
-                synthetic_result(&lease, "runner-error", &format!("{e:#}"))
+                eprintln!("bulwark daemon: job {job_id}: {e:#}");
+                let reason = format!(
+                    "runner {} could not run the job; its log says why",
+                    self.identity.registration.name
+                );
+                (synthetic_result(&lease, "runner-error", &reason), false)
             }
         };
         let status = report
@@ -258,10 +330,12 @@ impl Daemon {
             .unwrap_or("?")
             .to_string();
         eprintln!(
-            "bulwark daemon: job {job_id} ({}): {status}",
-            lease.spec.name
+            "bulwark daemon: job {job_id} ({}): {}",
+            client::printable(&lease.spec.name),
+            client::printable(&status)
         );
         self.report(&lease, report, signals).await;
+        ran
     }
 
     /// Runs the leased job as a `bulwark run` child and collects what it left.
@@ -440,7 +514,8 @@ impl Daemon {
     async fn report(&self, lease: &Lease, report: ResultReport, signals: &mut Signals) {
         let reg = &self.identity.registration;
         let path = format!("/v1/jobs/{}/result", lease.job_id);
-        let body = match serde_json::to_vec(&report) {
+        let encode = |r: &ResultReport| serde_json::to_vec(r);
+        let mut body = match encode(&report) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!(
@@ -450,6 +525,21 @@ impl Daemon {
                 return;
             }
         };
+        if body.len() > MAX_BODY_BYTES {
+            // The coordinator would refuse it (413) and the job would end up lost: say so
+            // instead. Everything stays on this host.
+            let reason = format!(
+                "the result and provenance ({} bytes) are too large to report; they are kept on runner {} under daemon/jobs/{}/out",
+                body.len(),
+                reg.name,
+                lease.job_id
+            );
+            match encode(&synthetic_result(lease, "runner-error", &reason)) {
+                Ok(b) => body = b,
+                Err(_) => return,
+            }
+        }
+        let mut attempt = 0u32;
         let mut wait = self.poll;
         loop {
             match self
@@ -459,6 +549,11 @@ impl Daemon {
             {
                 Ok(_) => {
                     tracing::info!(job_id = %lease.job_id, "result reported");
+                    return;
+                }
+                // An earlier attempt did arrive; only its answer was lost.
+                Err(e) if attempt > 0 && e.status() == Some(409) => {
+                    tracing::info!(job_id = %lease.job_id, "result reported (an earlier attempt arrived)");
                     return;
                 }
                 Err(e) if e.is_transient() && now_secs() < lease.expires_at => {
@@ -471,6 +566,7 @@ impl Daemon {
                         stop = signals.next() => if stop == Stop::Now { return },
                     }
                     wait = (wait * 2).min(MAX_BACKOFF);
+                    attempt += 1;
                 }
                 Err(e) => {
                     tracing::error!(job_id = %lease.job_id, error = %e, "the result could not be reported");
