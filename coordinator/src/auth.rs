@@ -28,6 +28,9 @@ use crate::state::{Db, Runner, StateError};
 /// The prefix of the admin token.
 pub const ADMIN_TOKEN_PREFIX: &str = "bwadm_";
 
+/// Shortest admin token accepted from `admin.token` (ours are 49 characters).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
 /// Shortest nonce accepted, in characters.
 pub const MIN_NONCE_LEN: usize = 16;
 /// Longest nonce accepted, in characters.
@@ -53,6 +56,12 @@ pub enum AuthError {
     MissingHeader {
         /// The header.
         name: &'static str,
+    },
+    /// `admin.token` holds too little to be a secret (truncated, or emptied by mistake).
+    #[error("admin.token: refused: it holds {len} characters, fewer than {MIN_ADMIN_TOKEN_LEN}; a truncated token would let a guessable bearer in")]
+    AdminTokenTooShort {
+        /// Its length, whitespace trimmed.
+        len: usize,
     },
     /// The timestamp is not an integer.
     #[error(
@@ -113,10 +122,16 @@ impl AdminToken {
     }
 
     /// The token whose text is `text` (surrounding whitespace ignored, as a file has a newline).
-    pub fn from_text(text: &str) -> AdminToken {
-        AdminToken {
-            digest: Sha256::digest(text.trim().as_bytes()).into(),
+    /// Refuses fewer than [`MIN_ADMIN_TOKEN_LEN`] characters: an emptied `admin.token` must not
+    /// make `Authorization: Bearer ` an admin.
+    pub fn from_text(text: &str) -> Result<AdminToken, AuthError> {
+        let text = text.trim();
+        if text.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(AuthError::AdminTokenTooShort { len: text.len() });
         }
+        Ok(AdminToken {
+            digest: Sha256::digest(text.as_bytes()).into(),
+        })
     }
 
     /// Checks an `Authorization` header value: `Bearer <token>`, compared in constant time.
