@@ -80,6 +80,10 @@ pub enum AuthError {
     /// The nonce is too short, too long, or not base64url.
     #[error("signed request refused: the nonce must be {MIN_NONCE_LEN} to {MAX_NONCE_LEN} base64url characters")]
     Nonce,
+    /// The request target has a query or a percent escape: what the handlers act on (the
+    /// decoded path, no query) would not be the bytes that were signed.
+    #[error("signed request refused: the request target has a query or percent escape; runner requests use plain paths")]
+    Target,
     /// The runner is unknown or removed.
     #[error("signed request refused: runner {runner_id} is unknown or removed")]
     UnknownRunner {
@@ -213,7 +217,8 @@ impl SignedHeaders {
 }
 
 /// Authenticates a signed runner request: `method` and `path_and_query` as sent, its
-/// headers and body, at time `now`. Returns the runner, with the nonce recorded.
+/// headers and body, at time `now`. Returns the runner, with the nonce recorded. A target with
+/// a query or a percent escape is refused (see [`AuthError::Target`]).
 pub fn verify_signed_request(
     db: &mut Db,
     method: &str,
@@ -222,6 +227,11 @@ pub fn verify_signed_request(
     body: &[u8],
     now: u64,
 ) -> Result<Runner, AuthError> {
+    // The signature covers the target as sent, but the routes act on the percent-decoded path
+    // and ignore any query: only targets where the two are the same bytes are accepted.
+    if path_and_query.contains(['?', '%']) {
+        return Err(AuthError::Target);
+    }
     let timestamp: u64 = signed.timestamp.parse().map_err(|_| AuthError::Timestamp)?;
     let skew = now.abs_diff(timestamp);
     if skew > MAX_CLOCK_SKEW_SECS {
