@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -109,7 +110,9 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
         match e {
             AuthError::State(s) => s.into(),
-            AuthError::Random | AuthError::StoredKey { .. } => ApiError::internal(&e),
+            AuthError::Random
+            | AuthError::StoredKey { .. }
+            | AuthError::AdminTokenTooShort { .. } => ApiError::internal(&e),
             _ => ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()),
         }
     }
@@ -189,12 +192,134 @@ pub fn router(coordinator: Coordinator) -> Router {
         .with_state(Arc::new(coordinator))
 }
 
-/// Serves `router` on `listener` until the process ends.
+/// Limits that keep slow or idle clients from holding the coordinator's connections and
+/// memory (a request body is buffered whole, up to [`MAX_BODY_BYTES`], before it is
+/// authenticated).
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// How long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection is kept (hyper's `header_read_timeout` runs from the moment the
+    /// connection waits for a request).
+    pub header_read_timeout: Duration,
+    /// How long a request may take from its headers to its answer, body upload included;
+    /// longer is answered `408` and the connection closed.
+    pub request_timeout: Duration,
+    /// Most connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a shutdown waits for the requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(15),
+            // An 8 MiB result at 100 KiB/s, with room.
+            request_timeout: Duration::from_secs(120),
+            max_connections: 512,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, lets the
+/// requests in flight finish (for at most [`ServeOptions::drain_timeout`]) and returns.
+///
+/// Served with hyper's HTTP/1 connection builder rather than `axum::serve`, which sets no
+/// timer and so has no header-read or idle timeout: a client that opens connections and sends
+/// nothing would hold them (and their file descriptors) forever.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     coordinator: Coordinator,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(coordinator)).await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = router(coordinator).layer(axum::middleware::from_fn_with_state(
+        options.request_timeout,
+        request_deadline,
+    ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // wait a little rather than spin, and go on serving.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: waiting for the requests in flight"
+    );
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: requests still in flight after the drain timeout were cut");
+    }
+    Ok(())
+}
+
+/// Answers `408` to a request not done within its deadline (the body is read inside the
+/// handler, so a body that trickles in is cut too); hyper then closes the connection, as the
+/// body was not read to its end.
+async fn request_deadline(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request not received in time (at most {} s)",
+                    limit.as_secs()
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// Gives every non-2xx answer that is not already JSON an [`ErrorBody`].

@@ -28,6 +28,9 @@ use crate::state::{Db, Runner, StateError};
 /// The prefix of the admin token.
 pub const ADMIN_TOKEN_PREFIX: &str = "bwadm_";
 
+/// Shortest admin token accepted from `admin.token` (ours are 49 characters).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
 /// Shortest nonce accepted, in characters.
 pub const MIN_NONCE_LEN: usize = 16;
 /// Longest nonce accepted, in characters.
@@ -54,6 +57,12 @@ pub enum AuthError {
         /// The header.
         name: &'static str,
     },
+    /// `admin.token` holds too little to be a secret (truncated, or emptied by mistake).
+    #[error("admin.token: refused: it holds {len} characters, fewer than {MIN_ADMIN_TOKEN_LEN}; a truncated token would let a guessable bearer in")]
+    AdminTokenTooShort {
+        /// Its length, whitespace trimmed.
+        len: usize,
+    },
     /// The timestamp is not an integer.
     #[error(
         "signed request refused: header {} is not seconds since the epoch",
@@ -71,6 +80,10 @@ pub enum AuthError {
     /// The nonce is too short, too long, or not base64url.
     #[error("signed request refused: the nonce must be {MIN_NONCE_LEN} to {MAX_NONCE_LEN} base64url characters")]
     Nonce,
+    /// The request target has a query or a percent escape: what the handlers act on (the
+    /// decoded path, no query) would not be the bytes that were signed.
+    #[error("signed request refused: the request target has a query or percent escape; runner requests use plain paths")]
+    Target,
     /// The runner is unknown or removed.
     #[error("signed request refused: runner {runner_id} is unknown or removed")]
     UnknownRunner {
@@ -113,10 +126,16 @@ impl AdminToken {
     }
 
     /// The token whose text is `text` (surrounding whitespace ignored, as a file has a newline).
-    pub fn from_text(text: &str) -> AdminToken {
-        AdminToken {
-            digest: Sha256::digest(text.trim().as_bytes()).into(),
+    /// Refuses fewer than [`MIN_ADMIN_TOKEN_LEN`] characters: an emptied `admin.token` must not
+    /// make `Authorization: Bearer ` an admin.
+    pub fn from_text(text: &str) -> Result<AdminToken, AuthError> {
+        let text = text.trim();
+        if text.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(AuthError::AdminTokenTooShort { len: text.len() });
         }
+        Ok(AdminToken {
+            digest: Sha256::digest(text.as_bytes()).into(),
+        })
     }
 
     /// Checks an `Authorization` header value: `Bearer <token>`, compared in constant time.
@@ -198,7 +217,8 @@ impl SignedHeaders {
 }
 
 /// Authenticates a signed runner request: `method` and `path_and_query` as sent, its
-/// headers and body, at time `now`. Returns the runner, with the nonce recorded.
+/// headers and body, at time `now`. Returns the runner, with the nonce recorded. A target with
+/// a query or a percent escape is refused (see [`AuthError::Target`]).
 pub fn verify_signed_request(
     db: &mut Db,
     method: &str,
@@ -207,6 +227,11 @@ pub fn verify_signed_request(
     body: &[u8],
     now: u64,
 ) -> Result<Runner, AuthError> {
+    // The signature covers the target as sent, but the routes act on the percent-decoded path
+    // and ignore any query: only targets where the two are the same bytes are accepted.
+    if path_and_query.contains(['?', '%']) {
+        return Err(AuthError::Target);
+    }
     let timestamp: u64 = signed.timestamp.parse().map_err(|_| AuthError::Timestamp)?;
     let skew = now.abs_diff(timestamp);
     if skew > MAX_CLOCK_SKEW_SECS {

@@ -9,7 +9,8 @@
 //! start, so there is no moment when they exist with wider permissions, and an existing one is
 //! never overwritten (a second `init` by mistake would otherwise replace the issuer key and
 //! invalidate every trust policy written for it). They are refused on load when group or
-//! others can read them: whoever else can read `issuer.key` can mint job identity tokens.
+//! others can read them, or when they belong to another user: whoever else can read
+//! `issuer.key` can mint job identity tokens.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -62,6 +63,16 @@ pub enum KeyError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// A secret file that belongs to another user, who could read or replace it.
+    #[error("{}: refused: it belongs to uid {owner}, not to the user running the coordinator (uid {me}); `chown {me} {}` it", path.display(), path.display())]
+    SecretOwner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        me: u32,
     },
     /// `issuer.key` is not a P-256 PKCS#8 PEM key.
     #[error("{}: not a PKCS#8 PEM ECDSA P-256 private key", path.display())]
@@ -175,9 +186,26 @@ pub fn write_secret_new(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     file.sync_all().map_err(err)
 }
 
-/// Reads a secret file, refusing one that is not a regular file or that group or others may
-/// read or write. Checked on the open descriptor, not the path, so a swap between the check
-/// and the read is impossible.
+/// Refuses a file that does not belong to the effective user: its owner can read it, or
+/// replace it, whatever its mode says.
+pub fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() == me {
+        Ok(())
+    } else {
+        Err(KeyError::SecretOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        })
+    }
+}
+
+/// Reads a secret file, refusing one that is not a regular file, that belongs to another user,
+/// or that group or others may read or write. Checked on the open descriptor, not the path, so
+/// a swap between the check and the read is impossible. Opened with `O_NONBLOCK`, so a fifo
+/// put in its place is refused rather than waited on forever.
 pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     let err = |source| KeyError::ReadSecret {
         path: path.to_owned(),
@@ -185,13 +213,15 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<String>, KeyError> {
     };
     let file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW) // never through a planted symlink
+        // Never through a planted symlink; never blocked by a fifo.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(err)?;
     let meta = file.metadata().map_err(err)?;
     if !meta.is_file() {
         return Err(err(std::io::Error::other("not a regular file")));
     }
+    check_owner(path, &meta)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::SecretPermissions {
@@ -234,6 +264,47 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let e = IssuerKey::load(&path).unwrap_err().to_string();
         assert!(e.contains("mode 0640") && e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_file_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let dir = crate::testutil::TempDir::new("keys");
+        let path = dir.path().join("admin.token");
+        write_secret_new(&path, b"bwadm_x\n").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let e = read_secret(&path).unwrap_err().to_string();
+        assert!(e.contains("uid 65534") && e.contains("chown"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_secret_file_is_refused_without_blocking() {
+        let dir = crate::testutil::TempDir::new("keys");
+        let path = dir.path().join("issuer.key");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(IssuerKey::load(&p).map(drop).map_err(|e| {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                format!("{e}: {}", cause.unwrap_or_default())
+            }));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(5));
+        // Unblock a reader stuck in open(2), so the thread ends either way.
+        if answer.is_err() {
+            let _ = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+        }
+        let e = answer
+            .expect("loading a fifo as the issuer key blocked")
+            .unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

@@ -28,8 +28,10 @@
 //!   address is refused without `--behind-tls-proxy`.
 //! - One issuer key, no rotation; no credential exchange (the tokens exist for it); no
 //!   re-queueing of lost jobs (the submitter decides); no log streaming.
-//! - Bodies are capped at [`bulwark_protocol::control::MAX_BODY_BYTES`]; the server has no
-//!   per-connection timeouts of its own (the proxy in front is expected to bound slow clients).
+//! - Bodies are capped at [`bulwark_protocol::control::MAX_BODY_BYTES`]; headers must arrive
+//!   within 15 s (also the idle keep-alive limit), a request must be done within 120 s, and at
+//!   most 512 connections are served at once ([`api::ServeOptions`]). SIGTERM or SIGINT stops
+//!   accepting and lets the requests in flight finish (at most 30 s).
 //!
 //! # How it is tested
 //!

@@ -80,16 +80,33 @@ fn main() -> Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(async move {
+                let stop = stop_signal().context("handling SIGTERM and SIGINT")?;
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("listening on {listen}"))?;
                 let bound = listener.local_addr().context("reading the bound address")?;
                 eprintln!("listening on {bound}");
-                api::serve(listener, coordinator)
+                api::serve(listener, coordinator, api::ServeOptions::default(), stop)
                     .await
                     .context("serving the API")
             })?;
+            eprintln!("stopped");
         }
     }
     Ok(())
+}
+
+/// Completes at the first SIGTERM or SIGINT (installed before serving, so a signal that comes
+/// early is not lost to the default action).
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        eprintln!("{name}: no new connections; finishing the requests in flight");
+    })
 }

@@ -581,7 +581,10 @@ impl Db {
     }
 
     /// Leases the oldest queued job to `runner_id` for [`lease_seconds`], after recording every
-    /// lease that ended without a result as lost. `None` when nothing is queued.
+    /// lease that ended without a result as lost. `None` when nothing is queued. Refused for a
+    /// runner that is not active, in the same transaction: a removal that commits between the
+    /// request's authentication and its lease must not leave a job leased to a removed runner
+    /// (it would sit there, unreported, until its lease ran out).
     pub fn lease(&mut self, runner_id: &str, now: u64) -> Result<Option<Lease>, StateError> {
         let err = |source| StateError::Lease {
             runner_id: runner_id.to_owned(),
@@ -591,6 +594,18 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
+        let active: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runners WHERE id = ?1 AND removed_at IS NULL)",
+                [runner_id],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if !active {
+            return Err(StateError::RunnerNotActive {
+                runner_id: runner_id.to_owned(),
+            });
+        }
         tx.execute(
             "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
             [to_i64(now)],

@@ -52,6 +52,23 @@ pub enum StateDirError {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory or database is writable by group or others.
+    #[error("{}: refused: it is writable by group or others (mode {mode:04o}), who could add a runner or queue a trusted job; `chmod go-w {}` it", path.display(), path.display())]
+    Writable {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Reading the state directory's or database's metadata failed.
+    #[error("{}", path.display())]
+    Inspect {
+        /// The directory or file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Creating or reading a key or token.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -137,15 +154,39 @@ pub fn init(dir: &Path, issuer: &str) -> Result<(), StateDirError> {
     Ok(())
 }
 
-/// Opens the database of the state in `dir`.
+/// Refuses a state directory or database another user could change: one that is not the
+/// effective user's, or that group or others may write. (Writing `coordinator.db` is as good
+/// as holding the admin token: a runner and a trusted job for it are two rows.)
+fn check_private(path: &Path) -> Result<(), StateDirError> {
+    let meta = fs::metadata(path).map_err(|source| StateDirError::Inspect {
+        path: path.to_owned(),
+        source,
+    })?;
+    keys::check_owner(path, &meta)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(StateDirError::Writable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Opens the database of the state in `dir`, refusing a directory or database another user
+/// could change.
 pub fn open_db(dir: &Path) -> Result<Db, StateDirError> {
-    Ok(Db::open(&dir.join(DB_NAME))?)
+    let db = dir.join(DB_NAME);
+    check_private(dir)?;
+    check_private(&db)?;
+    Ok(Db::open(&db)?)
 }
 
 /// Loads everything `serve` needs from `dir`.
 pub fn load(dir: &Path) -> Result<(Db, IssuerKey, AdminToken), StateDirError> {
+    check_private(dir)?;
     let key = IssuerKey::load(&dir.join(ISSUER_KEY_NAME))?;
-    let admin = AdminToken::from_text(&keys::read_secret(&dir.join(ADMIN_TOKEN_NAME))?);
+    let admin = AdminToken::from_text(&keys::read_secret(&dir.join(ADMIN_TOKEN_NAME))?)?;
     let db = open_db(dir)?;
     Ok((db, key, admin))
 }
@@ -204,5 +245,30 @@ mod tests {
         assert!(admin
             .check_authorization(Some(&format!("Bearer {}", token.trim())))
             .is_ok());
+    }
+
+    #[test]
+    fn a_state_whose_directory_or_database_others_can_write_is_refused() {
+        let tmp = crate::testutil::TempDir::new("statedir");
+        let dir = tmp.path().join("state");
+        init(&dir, "https://ci.example.com").unwrap();
+        // Whoever can write coordinator.db can add a runner and queue a trusted job for it.
+        for (path, mode) in [(dir.clone(), 0o770), (dir.join(DB_NAME), 0o622)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let e = load(&dir).unwrap_err().to_string();
+            assert!(e.contains("writable by group or others"), "{e}");
+            let e = open_db(&dir).unwrap_err().to_string();
+            assert!(e.contains("writable by group or others"), "{e}");
+            let back = if path == dir { 0o700 } else { 0o600 };
+            fs::set_permissions(&path, fs::Permissions::from_mode(back)).unwrap();
+        }
+        assert!(load(&dir).is_ok());
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(dir.join(DB_NAME), Some(65534), None).unwrap();
+            let e = load(&dir).unwrap_err().to_string();
+            assert!(e.contains("uid 65534"), "{e}");
+        } else {
+            eprintln!("skipped the owner check: changing a file's owner needs root");
+        }
     }
 }

@@ -73,8 +73,9 @@ pub fn signing_input(
     )
 }
 
-/// `POST /v1/runners/register`: the only unsigned runner request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /v1/runners/register`: the only unsigned runner request. Its `Debug` never shows the
+/// token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The one-time registration token.
@@ -83,6 +84,16 @@ pub struct RegisterRequest {
     pub name: String,
     /// The runner's public key: SPKI PEM, ECDSA P-256.
     pub public_key: String,
+}
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("token", &"<redacted>")
+            .field("name", &self.name)
+            .field("public_key", &self.public_key)
+            .finish()
+    }
 }
 
 /// The answer to a registration.
@@ -231,6 +242,18 @@ mod tests {
         );
         assert!(signing_input("POST", "/x\nGET", 1, "n", "r", "ab").is_none());
         assert!(signing_input("POST", "/x", 1, "n\r", "r", "ab").is_none());
+    }
+
+    #[test]
+    fn a_registration_token_never_shows_in_debug_output() {
+        let r = RegisterRequest {
+            token: "bwreg_secretsecret".into(),
+            name: "build-7".into(),
+            public_key: "-----BEGIN PUBLIC KEY-----".into(),
+        };
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("secretsecret"), "{shown}");
+        assert!(shown.contains("build-7"), "{shown}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::auth::tests::{runner_key, sign};
@@ -21,12 +22,19 @@ struct Server {
 }
 
 fn start() -> Server {
+    start_with(ServeOptions::default()).0
+}
+
+/// A server with `options`, and the sender that shuts it down (it answers when `serve` ended).
+fn start_with(options: ServeOptions) -> (Server, Shutdown) {
     let dir = TempDir::new("api");
     let state = dir.path().join("state");
     statedir::init(&state, "http://127.0.0.1:1").unwrap();
     let (db, key, admin) = statedir::load(&state).unwrap();
     let coordinator = Coordinator::new(db, key, admin).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -35,7 +43,14 @@ fn start() -> Server {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, coordinator).await.unwrap();
+            // A dropped sender (a test that keeps no `Shutdown`) means: never stop.
+            let stop = async {
+                if stop_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            serve(listener, coordinator, options, stop).await.unwrap();
+            let _ = ended_tx.send(());
         });
     });
     let addr = rx.recv().unwrap();
@@ -43,11 +58,32 @@ fn start() -> Server {
         .unwrap()
         .trim()
         .to_owned();
-    Server {
-        addr,
-        _dir: dir,
-        state,
-        admin,
+    (
+        Server {
+            addr,
+            _dir: dir,
+            state,
+            admin,
+        },
+        Shutdown {
+            stop: Some(stop_tx),
+            ended: ended_rx,
+        },
+    )
+}
+
+struct Shutdown {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl Shutdown {
+    /// Asks the server to stop; whether `serve` returned within `within`.
+    fn stop(&mut self, within: Duration) -> bool {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.ended.recv_timeout(within).is_ok()
     }
 }
 
@@ -519,4 +555,142 @@ fn a_non_loopback_listen_address_needs_the_tls_proxy_flag() {
     check_listen(public, true).unwrap();
     check_listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
     check_listen("[::1]:0".parse().unwrap(), false).unwrap();
+}
+
+/// Reads from `s` until the server closes it; what it sent, or `None` if it was still open
+/// after `patience`.
+fn read_until_closed(s: &mut TcpStream, patience: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(patience)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+            Err(_) => return None,
+        }
+    }
+}
+
+fn quick_timeouts() -> ServeOptions {
+    ServeOptions {
+        header_read_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    }
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_or_idles_is_disconnected() {
+    let (s, _stop) = start_with(quick_timeouts());
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(s.addr).unwrap();
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"POST /v1/runners/lease HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(5)).is_some(),
+        "an idle connection was kept open"
+    );
+    assert!(
+        read_until_closed(&mut slow, Duration::from_secs(5)).is_some(),
+        "a connection that never finished its headers was kept open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The server still answers.
+    assert_eq!(
+        http(s.addr, "GET", "/.well-known/jwks.json", &[], b"").status,
+        200
+    );
+}
+
+#[test]
+fn a_body_that_never_arrives_is_answered_408_and_the_connection_closed() {
+    let (s, _stop) = start_with(quick_timeouts());
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(
+        b"POST /v1/runners/register HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"tok",
+    )
+    .unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(5))
+        .expect("a request whose body never came was kept open");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("not received in time"), "{text}");
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_until_one_closes() {
+    let (s, _stop) = start_with(ServeOptions {
+        max_connections: 1,
+        ..ServeOptions::default()
+    });
+    let holder = TcpStream::connect(s.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut waiting = TcpStream::connect(s.addr).unwrap();
+    waiting
+        .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    assert!(
+        read_until_closed(&mut waiting, Duration::from_millis(700)).is_none(),
+        "a connection over the limit was served"
+    );
+    drop(holder);
+    let got = read_until_closed(&mut waiting, Duration::from_secs(5))
+        .expect("the waiting connection was never served");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn shutdown_lets_the_request_in_flight_finish_then_serve_returns() {
+    let (s, mut stop) = start_with(quick_timeouts());
+    // A request whose body is still on its way when the shutdown comes.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"POST /v1/runners/register HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    if let Some(tx) = stop.stop.take() {
+        tx.send(()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    c.write_all(b"}").unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(5)).expect("no answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(stop.stop(Duration::from_secs(5)), "serve did not return");
+    assert!(TcpStream::connect(s.addr).is_err(), "still listening");
+}
+
+#[test]
+fn a_signed_request_acts_only_on_the_exact_path_it_signed() {
+    // The signature covers the request target as sent; the handlers act on the decoded path
+    // and ignore the query. A target with a query or a percent escape is refused, so what is
+    // signed and what is acted on are the same bytes.
+    let s = start();
+    let runner = register(&s, "build-7");
+    let a = signed_post(&s, &runner, "/v1/runners/lease?job=other", b"{}");
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    assert!(
+        a.error().contains("query or percent escape"),
+        "{}",
+        a.error()
+    );
+    let job_id = submit(&s, "trusted");
+    let lease = signed_post(&s, &runner, "/v1/runners/lease", b"{}");
+    assert_eq!(lease.status, 200);
+    let escaped = format!(
+        "/v1/jobs/{}%{:02X}/result",
+        &job_id[..job_id.len() - 1],
+        job_id.as_bytes()[job_id.len() - 1]
+    );
+    let body = br#"{"result":{"status":"succeeded"}}"#;
+    let a = signed_post(&s, &runner, &escaped, body);
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    let a = signed_post(&s, &runner, &format!("/v1/jobs/{job_id}/result"), body);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
 }

@@ -198,7 +198,7 @@ fn a_nonce_must_be_16_to_64_base64url_characters() {
 fn the_admin_token_is_checked_whole_and_never_shown() {
     let text = AdminToken::generate().unwrap();
     assert!(text.starts_with(ADMIN_TOKEN_PREFIX) && text.len() == 6 + 43);
-    let admin = AdminToken::from_text(&format!("{}\n", text.as_str()));
+    let admin = AdminToken::from_text(&format!("{}\n", text.as_str())).unwrap();
     assert!(admin
         .check_authorization(Some(&format!("Bearer {}", text.as_str())))
         .is_ok());
@@ -221,4 +221,14 @@ fn registration_tokens_are_prefixed_random_and_stored_as_their_hash() {
         sha256_hex(b"abc"),
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
+}
+
+#[test]
+fn an_empty_or_short_admin_token_file_is_refused_not_matched_by_an_empty_bearer() {
+    // A truncated admin.token must not make `Authorization: Bearer ` an admin.
+    for text in ["", "\n", "  \t\n", "bwadm_", "bwadm_short\n"] {
+        assert!(AdminToken::from_text(text).is_err(), "{text:?}");
+    }
+    let text = AdminToken::generate().unwrap();
+    assert!(AdminToken::from_text(&format!("{}\n", text.as_str())).is_ok());
 }

@@ -284,3 +284,25 @@ fn identity_tokens_are_only_for_a_trusted_job_with_a_live_lease_held_by_the_aske
         Err(StateError::LeaseOver { .. })
     ));
 }
+
+#[test]
+fn a_removed_runner_is_never_leased_a_job() {
+    // The removal may commit between a request's nonce check and its lease transaction.
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1"]);
+    db.submit_job("job-1", &spec(None), Trust::Trusted, 100)
+        .unwrap();
+    assert!(db.remove_runner("r1", 101).unwrap());
+    assert!(matches!(
+        db.lease("r1", 102),
+        Err(StateError::RunnerNotActive { .. })
+    ));
+    assert_eq!(
+        db.job("job-1", 102).unwrap().unwrap().state,
+        JobState::Queued
+    );
+    assert!(matches!(
+        db.lease("nobody", 102),
+        Err(StateError::RunnerNotActive { .. })
+    ));
+}

@@ -20,7 +20,8 @@ use crate::provenance::keys::{LocalKey, Signer};
 /// How long one request may take, connect to last byte.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What went wrong talking to the coordinator.
+/// What went wrong talking to the coordinator. Every field is shown through [`printable`]:
+/// paths name job ids the coordinator chose, and reasons may quote its answers.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The configured URL is unusable.
@@ -32,7 +33,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The request never got an answer (connect, TLS, timeout).
-    #[error("{what}: {source}")]
+    #[error("{}: {source}", printable(what))]
     Transport {
         /// The request.
         what: String,
@@ -41,7 +42,11 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     /// The coordinator answered with an error.
-    #[error("{what}: the coordinator answered {status}: {message}")]
+    #[error(
+        "{}: the coordinator answered {status}: {}",
+        printable(what),
+        printable(message)
+    )]
     Refused {
         /// The request.
         what: String,
@@ -50,8 +55,9 @@ pub enum ClientError {
         /// Its `error` field, or a summary of a body that was not one.
         message: String,
     },
-    /// The answer was not what the protocol says.
-    #[error("{what}: {reason}")]
+    /// The answer was not what the protocol says. Its reason may quote the coordinator (a
+    /// JSON error names an unknown field verbatim): shown through [`printable`].
+    #[error("{}: {}", printable(what), printable(reason))]
     Protocol {
         /// The request.
         what: String,
@@ -59,7 +65,7 @@ pub enum ClientError {
         reason: String,
     },
     /// Signing failed (the system random source or the key).
-    #[error("signing {what}: {reason}")]
+    #[error("signing {}: {}", printable(what), printable(reason))]
     Sign {
         /// The request.
         what: String,
@@ -298,6 +304,35 @@ mod tests {
             let e = check_url(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
             assert!(!e.contains("pw@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_client_error_is_printable_whatever_the_coordinator_sent() {
+        // A lease whose JSON names an unknown field: serde quotes it verbatim.
+        let e =
+            serde_json::from_str::<control::Lease>("{\"\\u001b]0;owned\\u0007\": 1}").unwrap_err();
+        let errors = [
+            ClientError::Protocol {
+                what: "POST /v1/jobs/\u{1b}[2J/result".into(),
+                reason: format!("the lease is not a job: {e}"),
+            },
+            ClientError::Refused {
+                what: "POST /v1/jobs/\u{202e}x/result".into(),
+                status: 403,
+                message: "m".into(),
+            },
+            ClientError::Sign {
+                what: "/v1/jobs/\u{7}".into(),
+                reason: "r\u{1b}".into(),
+            },
+        ];
+        for e in errors {
+            let shown = e.to_string();
+            assert!(
+                !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{shown:?}"
+            );
         }
     }
 

@@ -141,8 +141,13 @@ pub async fn register(
     };
     let body = serde_json::to_vec(&request).context("encoding the registration")?;
     let answer = client.post_unsigned("/v1/runners/register", body).await?;
-    let response: RegisterResponse = serde_json::from_slice(&answer.body)
-        .map_err(|e| anyhow!("the coordinator's answer to the registration: {e}"))?;
+    // serde's message quotes the answer (an unknown field, verbatim): made printable.
+    let response: RegisterResponse = serde_json::from_slice(&answer.body).map_err(|e| {
+        anyhow!(
+            "the coordinator's answer to the registration: {}",
+            super::client::printable(&e.to_string())
+        )
+    })?;
     if response.runner_id.is_empty()
         || response.runner_id.len() > 128
         || !response
@@ -151,6 +156,14 @@ pub async fn register(
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         bail!("the coordinator's answer to the registration: runner_id is not a plain id");
+    }
+    // The issuer is written to registration.json and shown in logs: a URL, nothing else.
+    let issuer_ok = response.issuer.len() <= 2048
+        && !response.issuer.chars().any(char::is_control)
+        && url::Url::parse(&response.issuer)
+            .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+    if !issuer_ok {
+        bail!("the coordinator's answer to the registration: issuer is not an http(s) URL");
     }
     let registration = Registration {
         coordinator: client.base().as_str().to_string(),
@@ -201,6 +214,71 @@ mod tests {
             read_token(&link).is_err(),
             "a symlinked token file is refused"
         );
+    }
+
+    /// A coordinator on loopback that answers one request with `status` and `body`.
+    fn one_answer(status: u16, body: &'static str) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head and the (small) body: until the body's length has arrived.
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    if seen.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).unwrap();
+        });
+        url
+    }
+
+    fn register_against(url: &str) -> String {
+        let dir = crate::tools::testutil::TempDir::new("regans");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(register(dir.path(), url, "bwreg_abc", "build-7"))
+            .unwrap_err();
+        assert!(!registration_path(dir.path()).exists());
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn a_coordinators_answer_is_quoted_printably_and_its_issuer_checked() {
+        let e = register_against(&one_answer(
+            200,
+            r#"{"runner_id":"runner-1","issuer":"https://ci.example.com","\u001b]0;owned\u0007":1}"#,
+        ));
+        assert!(e.contains("unknown field"), "{e}");
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        let e = register_against(&one_answer(
+            200,
+            r#"{"runner_id":"runner-1","issuer":"https://ci.example.com/\u001b[2J"}"#,
+        ));
+        assert!(e.contains("issuer"), "{e}");
+        assert!(!e.chars().any(char::is_control), "{e:?}");
     }
 
     #[test]
