@@ -442,6 +442,21 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), String> {
         }
         _ => return Err(need.to_owned()),
     }
+    // The ref goes into the token's `sub` (`repo:<repository>:ref:<ref>:trust:<level>`),
+    // which cloud trust policies match: with a `:` in it, a ref could pass for another
+    // subject. Git refs never hold one, nor whitespace or control characters.
+    if let Some(r) = &source.r#ref {
+        if r.is_empty()
+            || r.len() > 1024
+            || r.chars()
+                .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(
+                "spec.source.ref: must be a git ref (no ':', whitespace or control characters)"
+                    .into(),
+            );
+        }
+    }
     if let Some(t) = &spec.resources.timeout {
         bulwark_protocol::parse_duration(t).map_err(|e| format!("spec.resources.timeout: {e}"))?;
     }

@@ -2000,8 +2000,10 @@ mod delegated_v2 {
         // daemon must leave it for the runner leaf, or no run it starts could enable the
         // controllers there and every job would be refused.
         let mut daemon = Daemon::spawn(scope.wrap(&Daemon::command(&env)), &env);
-        let spec = git_job(&repo, &commit, "limited", "sh build.sh")
-            .replace("[[steps]]", "[resources]\nmemory = \"256MiB\"\npids = 64\n[[steps]]");
+        let spec = git_job(&repo, &commit, "limited", "sh build.sh").replace(
+            "[[steps]]",
+            "[resources]\nmemory = \"256MiB\"\npids = 64\n[[steps]]",
+        );
         let id = c.submit(&spec, "untrusted");
         let j = c.wait_done(&id, 120);
         let log = fs::read_to_string(env.dir.join("daemon.log")).unwrap_or_default();
@@ -2009,10 +2011,20 @@ mod delegated_v2 {
         assert_eq!(result["status"], "succeeded", "{j}\n{log}");
         assert_eq!(result["isolation"]["cgroup"], "v2", "{j}");
         let enforced = result["isolation"]["limits_enforced"].to_string();
-        assert!(enforced.contains("\"memory\"") && enforced.contains("\"pids\""), "{j}");
+        assert!(
+            enforced.contains("\"memory\"") && enforced.contains("\"pids\""),
+            "{j}"
+        );
         let daemon_cgroup = fs::read_to_string(format!("/proc/{}/cgroup", daemon.pid())).unwrap();
-        assert!(daemon_cgroup.trim_end().ends_with("/bulwark-runner"), "{daemon_cgroup}");
-        assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0), "{log}");
+        assert!(
+            daemon_cgroup.trim_end().ends_with("/bulwark-runner"),
+            "{daemon_cgroup}"
+        );
+        assert_eq!(
+            daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+            Some(0),
+            "{log}"
+        );
     }
 
     #[test]

@@ -469,6 +469,11 @@ fn jobs_need_the_admin_token_and_a_fetchable_source() {
     assert!(admin_post(&s, "/v1/jobs", &body)
         .error()
         .starts_with("spec.source:"));
+    // A ref that could make one token's `sub` read as another's.
+    body["spec"]["source"] = json!({"git": "https://g/x.git", "commit": "ab".repeat(20), "ref": "refs/heads/main:trust:trusted"});
+    let a = admin_post(&s, "/v1/jobs", &body);
+    assert_eq!(a.status, 400);
+    assert!(a.error().starts_with("spec.source.ref:"), "{}", a.error());
     body["spec"]["source"] = json!({"url": "https://g/x.tgz", "sha256": "ab".repeat(32)});
     assert_eq!(admin_post(&s, "/v1/jobs", &body).status, 200);
     body["spec"]["surprise"] = json!(1);

@@ -135,7 +135,7 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(&lock_path)
     }
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+    .with_context(|| format!("opening {}", lock_path.display()))?;
     let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
         |(_, e)| {
             anyhow!(
@@ -154,7 +154,9 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     match bulwark_sandbox::cgroup::settle_long_running(&bulwark_sandbox::cgroup::detect()) {
         Ok(true) => tracing::info!("moved into the runner leaf of the delegated cgroup"),
         Ok(false) => {}
-        Err(e) => eprintln!("bulwark daemon: warning: preparing the delegated cgroup for jobs: {e}"),
+        Err(e) => {
+            eprintln!("bulwark daemon: warning: preparing the delegated cgroup for jobs: {e}")
+        }
     }
     Ok((
         Daemon {

@@ -62,7 +62,7 @@ pub struct Identity {
 /// Loads this host's registration, or says how to make one.
 pub fn load(state: &Path) -> Result<Identity> {
     let path = registration_path(state);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match read_record(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "this runner is not registered ({} does not exist): run `bulwark register --coordinator URL --token-file FILE` first",
@@ -75,6 +75,17 @@ pub fn load(state: &Path) -> Result<Identity> {
     let key = LocalKey::load(&key_path(state))
         .context("the runner's identity key (register again if it is lost)")?;
     Ok(Identity { registration, key })
+}
+
+/// Reads `registration.json`: a regular file (a fifo there never blocks), not through a
+/// symlink, at most 64 KiB.
+fn read_record(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    crate::fsutil::open_regular(path, true)?
+        .take(64 * 1024)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Reads a registration token from `path` (`-`: standard input): one line, the prefix
@@ -121,7 +132,12 @@ pub async fn register(
     bulwark_protocol::check_name(name).map_err(|e| anyhow!("--name: {e}"))?;
     let client = Client::new(coordinator)?;
     let reg_path = registration_path(state);
-    if let Ok(existing) = std::fs::read_to_string(&reg_path) {
+    let existing = match read_record(&reg_path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => bail!("{}: {e}; remove it to register", reg_path.display()),
+    };
+    if let Some(existing) = existing {
         let who = serde_json::from_str::<Registration>(&existing)
             .map(|r| format!("as {} with {}", r.runner_id, r.coordinator))
             .unwrap_or_else(|_| "(its record is unreadable)".into());
@@ -279,6 +295,19 @@ mod tests {
         ));
         assert!(e.contains("issuer"), "{e}");
         assert!(!e.chars().any(char::is_control), "{e:?}");
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_registration_record_is_refused_without_blocking() {
+        let dir = crate::tools::testutil::TempDir::new("regfifo");
+        std::fs::create_dir(dir.path().join("runner")).unwrap();
+        nix::unistd::mkfifo(
+            &registration_path(dir.path()),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let e = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]
