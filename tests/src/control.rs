@@ -253,6 +253,7 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs git in `dir` with a fixed identity and no user or system configuration; its output.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let o = Command::new("git")
         .arg("-C")

@@ -50,18 +50,27 @@ fn every_malformed_spec_in_the_corpus_is_refused_with_exit_2_naming_the_field() 
 #[test]
 fn a_section_v1_does_not_define_is_refused_not_ignored() {
     let env = Env::new("unsupported");
-    // `[credentials]` is not part of job spec v1 (credentials come from the operator).
+    // `[cache]` is not part of job spec v1.
     let r = env.run(&one_step(
         "unknown",
         "true",
-        "[credentials]\nrole = \"admin\"",
+        "[cache]\npaths = [\"target\"]",
     ));
     assert_eq!(r.code, 2, "{r}");
-    assert!(r.stderr.contains("unknown field `credentials`"), "{r}");
+    assert!(r.stderr.contains("unknown field `cache`"), "{r}");
     assert!(
         r.result.is_none(),
         "nothing may be written for a spec that does not parse"
     );
+    // Nor can a spec say where its credentials come from: it names them, the operator
+    // configures them (docs/credentials.md).
+    let r = env.run(&one_step(
+        "creds",
+        "true",
+        "[credentials]\nrole_arn = \"arn:aws:iam::1:role/admin\"",
+    ));
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("(at \"[credentials]\")"), "{r}");
 }
 
 #[test]

@@ -55,15 +55,23 @@ pub struct DaemonConfig {
     /// (`poll_interval = "5s"`; 100ms to 10m). Also the first wait after a failed request,
     /// doubled on each further failure up to a minute.
     pub poll_interval: Duration,
+    /// How long a finished job's directory (its spec, outputs, log, result and provenance)
+    /// stays on the host after it was reported (`keep_outputs = "168h"`); `0s`: removed as
+    /// soon as it is reported.
+    pub keep_outputs: Duration,
 }
 
 /// The default [`DaemonConfig::poll_interval`].
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The default [`DaemonConfig::keep_outputs`]: a week.
+pub const DEFAULT_KEEP_OUTPUTS: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
+            keep_outputs: DEFAULT_KEEP_OUTPUTS,
         }
     }
 }
@@ -414,6 +422,7 @@ struct RawConfig {
 #[serde(default, deny_unknown_fields)]
 struct RawDaemon {
     poll_interval: Option<String>,
+    keep_outputs: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -477,6 +486,11 @@ impl Config {
                     format!("{} is outside 100ms to 10m", quote(p)),
                 ),
                 Err(e) => errors.push("daemon.poll_interval", e),
+            }
+        }
+        if let Some(k) = &raw.daemon.keep_outputs {
+            if let Some(d) = errors.take("daemon.keep_outputs", parse_duration(k)) {
+                daemon.keep_outputs = d;
             }
         }
         let config = Config {

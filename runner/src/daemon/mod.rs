@@ -26,8 +26,8 @@
 //! the job as a runner error. One daemon per state directory (a lock file).
 //!
 //! Limits of this version: one job at a time; outputs stay on the host under
-//! `<state>/daemon/jobs/<job id>/out/` (nothing uploads or expires them yet); the job log is
-//! reported only as part of the result, not streamed.
+//! `<state>/daemon/jobs/<job id>/out/` for `[daemon] keep_outputs` (nothing uploads them);
+//! the job log is not sent to the coordinator (`result.json` and the provenance are).
 
 pub mod client;
 pub mod registration;
@@ -232,6 +232,7 @@ impl Daemon {
             "bulwark daemon: runner {} ({}) serving {}",
             reg.runner_id, reg.name, reg.coordinator
         );
+        self.sweep();
         let mut wait = self.poll;
         while signals.state == Stop::No {
             let failed = match self.lease().await {
@@ -337,7 +338,23 @@ impl Daemon {
             client::printable(&status)
         );
         self.report(&lease, report, signals).await;
+        self.sweep();
         ran
+    }
+
+    /// Removes the directories of jobs finished longer than `[daemon] keep_outputs` ago.
+    /// Failures are logged: a directory that cannot be removed now is tried again next time.
+    fn sweep(&self) {
+        let keep = self.config.daemon.keep_outputs;
+        for (path, result) in sweep(&self.jobs, keep, std::time::SystemTime::now()) {
+            match result {
+                Ok(()) => tracing::info!(path = %path.display(), "old job directory removed"),
+                Err(e) => eprintln!(
+                    "bulwark daemon: removing the old job directory {}: {e}",
+                    path.display()
+                ),
+            }
+        }
     }
 
     /// Runs the leased job as a `bulwark run` child and collects what it left.
@@ -583,6 +600,35 @@ impl Daemon {
     }
 }
 
+/// The job directories in `jobs` last changed more than `keep` before `now`, each removed
+/// (whatever modes the job's outputs have); what was tried and how it went.
+fn sweep(
+    jobs: &Path,
+    keep: Duration,
+    now: std::time::SystemTime,
+) -> Vec<(PathBuf, std::io::Result<()>)> {
+    let Ok(entries) = std::fs::read_dir(jobs) else {
+        return Vec::new();
+    };
+    let mut done = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= keep);
+        if meta.is_dir() && old && check_job_id(&e.file_name().to_string_lossy()).is_ok() {
+            let r = crate::fsutil::remove_tree(&path);
+            done.push((path, r));
+        }
+    }
+    done
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -685,4 +731,49 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
         Some(p) => Some(String::from_utf8(p).context("provenance.intoto.jsonl is not text")?),
     };
     Ok(ResultReport { result, provenance })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_directories_older_than_keep_outputs_are_removed_and_nothing_else() {
+        let dir = crate::tools::testutil::TempDir::new("sweep");
+        let jobs = dir.path();
+        for name in ["job-old", "job-new", ".hidden-old"] {
+            std::fs::create_dir_all(jobs.join(name).join("out/dist")).unwrap();
+            std::fs::write(jobs.join(name).join("out/dist/app"), "x").unwrap();
+        }
+        // An output the job left read-only is removed all the same.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            jobs.join("job-old/out/dist"),
+            std::fs::Permissions::from_mode(0o500),
+        )
+        .unwrap();
+        std::fs::write(jobs.join("job-file"), "not a directory").unwrap();
+        let week = Duration::from_secs(7 * 86400);
+        let old = std::time::SystemTime::now() - week - Duration::from_secs(60);
+        for name in ["job-old", ".hidden-old", "job-file"] {
+            std::fs::File::open(jobs.join(name))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let done = sweep(jobs, week, std::time::SystemTime::now());
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].1.is_ok(), "{done:?}");
+        assert!(!jobs.join("job-old").exists());
+        assert!(jobs.join("job-new/out/dist/app").exists());
+        assert!(
+            jobs.join(".hidden-old").exists(),
+            "not a job id: left alone"
+        );
+        assert!(jobs.join("job-file").exists());
+        // keep_outputs = "0s": everything finished goes.
+        let done = sweep(jobs, Duration::ZERO, std::time::SystemTime::now());
+        assert_eq!(done.len(), 1);
+        assert!(!jobs.join("job-new").exists());
+    }
 }
