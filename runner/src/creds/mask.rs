@@ -13,12 +13,21 @@ pub const MIN_MASKED_LEN: usize = 8;
 pub const MASK: &[u8] = b"***";
 
 /// A streaming replacer of secret values with [`MASK`].
+///
+/// Every byte that belongs to any occurrence of any secret is covered, and each stretch of
+/// covered bytes becomes one [`MASK`]: so a secret that extends another, or two secrets that
+/// overlap, leave nothing of either visible, whatever the chunking. (Replacing the first match
+/// at each position instead wrote the tail of `token-abcdef` when a chunk ended right after
+/// `token-abc`, and the part of an overlapping secret past the first one's end.)
 #[derive(Default)]
 pub struct Masker {
-    /// Longest first, so that a secret containing another is masked whole.
     secrets: Vec<Vec<u8>>,
     /// Held back: could be the start of a secret.
     pending: Vec<u8>,
+    /// How many leading bytes of `pending` an occurrence already seen covers.
+    pending_covered: usize,
+    /// The last thing written was a [`MASK`] whose stretch goes on into `pending`.
+    mask_open: bool,
 }
 
 impl std::fmt::Debug for Masker {
@@ -44,11 +53,13 @@ impl Masker {
             .filter(|v| v.len() >= MIN_MASKED_LEN)
             .map(|v| v.as_bytes().to_vec())
             .collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.sort();
         secrets.dedup();
         Masker {
             secrets,
             pending: Vec::new(),
+            pending_covered: 0,
+            mask_open: false,
         }
     }
 
@@ -64,44 +75,66 @@ impl Masker {
         }
         let mut buf = std::mem::take(&mut self.pending);
         buf.extend_from_slice(data);
-        let (out, held) = self.scan(&buf, false);
-        self.pending = buf[held..].to_vec();
+        let out = self.scan(&buf, false);
         zeroize::Zeroize::zeroize(&mut buf);
         out
     }
 
     /// The stream ended: what was held back, masked.
     pub fn finish(&mut self) -> Vec<u8> {
-        let buf = std::mem::take(&mut self.pending);
-        self.scan(&buf, true).0
+        let mut buf = std::mem::take(&mut self.pending);
+        let out = self.scan(&buf, true);
+        zeroize::Zeroize::zeroize(&mut buf);
+        out
     }
 
-    /// Masks `buf`; returns the output and where the held-back tail starts.
-    fn scan(&self, buf: &[u8], end: bool) -> (Vec<u8>, usize) {
-        let mut out = Vec::with_capacity(buf.len());
-        let mut i = 0;
-        'outer: while i < buf.len() {
-            let rest = &buf[i..];
+    /// Masks `buf` (the held-back bytes and the new chunk); returns what can be written and
+    /// keeps the tail that could still become a secret (none at the `end`) in `pending`.
+    fn scan(&mut self, buf: &[u8], end: bool) -> Vec<u8> {
+        let mut covered = vec![false; buf.len()];
+        for c in covered.iter_mut().take(self.pending_covered) {
+            *c = true;
+        }
+        for p in 0..buf.len() {
             for s in &self.secrets {
-                if rest.starts_with(s) {
-                    out.extend_from_slice(MASK);
-                    i += s.len();
-                    continue 'outer;
+                if buf[p..].starts_with(s) {
+                    for c in &mut covered[p..p + s.len()] {
+                        *c = true;
+                    }
                 }
             }
-            // The rest could still become a secret with the next chunk: hold it.
-            if !end
-                && self
-                    .secrets
-                    .iter()
-                    .any(|s| s.len() > rest.len() && s.starts_with(rest))
-            {
-                return (out, i);
-            }
-            out.push(buf[i]);
-            i += 1;
         }
-        (out, buf.len())
+        // The first position from which the rest could still become a secret: an occurrence
+        // that starts earlier is complete (it would have been found above).
+        let held = if end {
+            buf.len()
+        } else {
+            (0..buf.len())
+                .find(|&p| {
+                    let rest = &buf[p..];
+                    self.secrets
+                        .iter()
+                        .any(|s| s.len() > rest.len() && s.starts_with(rest))
+                })
+                .unwrap_or(buf.len())
+        };
+        let mut out = Vec::with_capacity(held);
+        let mut in_mask = self.mask_open;
+        for (&b, &c) in buf[..held].iter().zip(&covered[..held]) {
+            if c {
+                if !in_mask {
+                    out.extend_from_slice(MASK);
+                    in_mask = true;
+                }
+            } else {
+                in_mask = false;
+                out.push(b);
+            }
+        }
+        self.pending = buf[held..].to_vec();
+        self.pending_covered = covered[held..].iter().take_while(|&&c| c).count();
+        self.mask_open = in_mask && self.pending_covered > 0;
+        out
     }
 }
 
@@ -144,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_secrets_are_masked_longest_first_and_short_values_are_not() {
+    fn a_secret_containing_another_is_masked_whole_and_short_values_are_not() {
         assert_eq!(
             run(
                 &["token-abc", "token-abcdef"],
@@ -153,6 +186,31 @@ mod tests {
             "x *** y ***"
         );
         assert_eq!(run(&["short"], &[b"short"]), "short");
+    }
+
+    #[test]
+    fn a_secret_that_extends_a_shorter_one_is_masked_whole_when_split_after_the_shorter() {
+        let secrets = ["token-abc", "token-abcdef"];
+        let line = b"x token-abcdef y";
+        for cut in 0..line.len() {
+            let (a, b) = line.split_at(cut);
+            assert_eq!(run(&secrets, &[a, b]), "x *** y", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn overlapping_secrets_leave_no_part_of_either_visible() {
+        let secrets = ["abcdefgh", "efghijkl"];
+        let line = b"<abcdefghijkl>";
+        assert_eq!(run(&secrets, &[line]), "<***>");
+        for cut in 0..line.len() {
+            let (a, b) = line.split_at(cut);
+            assert_eq!(run(&secrets, &[a, b]), "<***>", "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = line.chunks(1).collect();
+        assert_eq!(run(&secrets, &bytes), "<***>");
+        // A covered stretch held back and then not continued keeps its mask.
+        assert_eq!(run(&secrets, &[b"abcdefghij", b"zz"]), "***ijzz");
     }
 
     #[test]
