@@ -152,6 +152,10 @@ pub enum FetchError {
     /// The address rules refused the connection.
     #[error(transparent)]
     Address(#[from] AddressRefused),
+    /// A [`post`] over plain `http` to an address `fetch.allow_private` does not list: what it
+    /// carries (an identity token) would cross the network in the clear.
+    #[error("plain http to {0} refused; use https (http only to an address fetch.allow_private lists, for tests)")]
+    PlainHttp(IpAddr),
     /// A redirect the policy refuses.
     #[error("redirect to {to} refused: {reason}")]
     Redirect {
@@ -292,6 +296,8 @@ fn take(slot: &Refusal) -> Option<FetchError> {
 struct PolicyResolver {
     addresses: AddressPolicy,
     refusal: Refusal,
+    /// Plain `http` of a [`post`]: only addresses `allow_private` lists are kept.
+    listed_only: bool,
 }
 
 impl reqwest::dns::Resolve for PolicyResolver {
@@ -299,6 +305,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let host = name.as_str().to_owned();
         let addresses = self.addresses.clone();
         let refusal = Arc::clone(&self.refusal);
+        let listed_only = self.listed_only;
         Box::pin(async move {
             let lookup = host.clone();
             let found = tokio::task::spawn_blocking(move || {
@@ -316,19 +323,23 @@ impl reqwest::dns::Resolve for PolicyResolver {
                     return Err(io::Error::other(text).into());
                 }
             };
-            let mut first_refusal = None;
+            let mut first_refusal: Option<FetchError> = None;
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
                 .filter(|a| match addresses.check(a.ip()) {
+                    Ok(()) if listed_only && !listed(&addresses, a.ip()) => {
+                        first_refusal.get_or_insert(FetchError::PlainHttp(a.ip()));
+                        false
+                    }
                     Ok(()) => true,
                     Err(e) => {
-                        first_refusal.get_or_insert(e);
+                        first_refusal.get_or_insert(e.into());
                         false
                     }
                 })
                 .collect();
             match (allowed.is_empty(), first_refusal) {
-                (true, Some(refused)) => Err(record(&refusal, refused.into()).into()),
+                (true, Some(refused)) => Err(record(&refusal, refused).into()),
                 _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
             }
         })
@@ -369,21 +380,32 @@ fn check_redirect(to: &Url, previous: &[Url], addresses: &AddressPolicy) -> Resu
 
 /// A URL whose host is an IP literal never reaches the resolver: check it here.
 fn check_literal(url: &Url, addresses: &AddressPolicy) -> Result<(), FetchError> {
+    let Some(ip) = literal(url) else {
+        return Ok(());
+    };
+    addresses.check(ip).map_err(FetchError::Address)
+}
+
+/// The URL's host when it is an IP literal.
+fn literal(url: &Url) -> Option<IpAddr> {
     let host = url.host_str().unwrap_or("");
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let Ok(ip) = host.parse::<IpAddr>() else {
-        return Ok(());
-    };
-    addresses.check(ip).map_err(FetchError::Address)
+    host.parse::<IpAddr>().ok()
+}
+
+/// Whether `fetch.allow_private` lists `ip` itself (not merely allows it as a public address).
+fn listed(addresses: &AddressPolicy, ip: IpAddr) -> bool {
+    addresses.allow_private.iter().any(|net| net.contains(ip))
 }
 
 fn client(
     policy: &FetchPolicy,
     refusal: &Refusal,
     follow_redirects: bool,
+    listed_only: bool,
 ) -> Result<reqwest::blocking::Client, FetchError> {
     // reqwest asks rustls for the process-wide provider; install ring unless one is already.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -411,6 +433,7 @@ fn client(
         .dns_resolver(Arc::new(PolicyResolver {
             addresses,
             refusal: Arc::clone(refusal),
+            listed_only,
         }));
     if let Some(path) = &policy.extra_ca {
         let ca_error = |reason: String| FetchError::ExtraCa {
@@ -433,7 +456,9 @@ pub const MAX_POST_ANSWER: usize = 1 << 20;
 
 /// `POST url` with `body` under the same address rules as a download (the resolver, IP
 /// literals, `fetch.extra_ca`, `fetch.timeout`), for the runner's own exchanges with services
-/// (credentials): `https` or `http` only, no redirect followed (a redirect would carry the
+/// (credentials): `https`, or `http` only to an address `fetch.allow_private` lists (a local
+/// test service; anywhere else the token would cross the network in the clear), no redirect
+/// followed (a redirect would carry the
 /// body, a token, somewhere else), the answer capped at [`MAX_POST_ANSWER`]. Returns the
 /// status and the body whatever the status.
 pub fn post(
@@ -452,8 +477,12 @@ pub fn post(
     let started = Instant::now();
     let addresses = policy.addresses();
     check_literal(&url, &addresses)?;
+    let plain = url.scheme() == "http";
+    if let Some(ip) = literal(&url).filter(|ip| plain && !listed(&addresses, *ip)) {
+        return Err(FetchError::PlainHttp(ip));
+    }
     let refusal: Refusal = Arc::default();
-    let client = client(policy, &refusal, false)?;
+    let client = client(policy, &refusal, false, plain)?;
     let classify = |e: reqwest::Error| {
         if let Some(refused) = take(&refusal) {
             refused
@@ -488,7 +517,7 @@ fn fetch_http(url: Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched,
     let addresses = policy.addresses();
     check_literal(&url, &addresses)?;
     let refusal: Refusal = Arc::default();
-    let client = client(policy, &refusal, true)?;
+    let client = client(policy, &refusal, true, false)?;
     let timed_out = || FetchError::Timeout(policy.timeout);
     let classify = |e: reqwest::Error| {
         if let Some(refused) = take(&refusal) {
@@ -740,6 +769,44 @@ mod tests {
             err.to_string(),
             "/etc/hostname is not under fetch.file_roots (which is empty: file:// URLs are off)"
         );
+    }
+
+    #[test]
+    fn a_post_over_plain_http_goes_only_to_an_address_allow_private_lists() {
+        let p = FetchPolicy {
+            timeout: Duration::from_millis(300),
+            ..FetchPolicy::default()
+        };
+        // A public address: the token would cross the network in the clear. Refused before
+        // any connection is tried.
+        for url in ["http://1.1.1.1:9/token", "http://[2606:4700::1111]:9/token"] {
+            let err = post(url, &p, &[], b"subject_token=x".to_vec()).expect_err(url);
+            assert!(matches!(err, FetchError::PlainHttp(_)), "{url}: {err}");
+            assert!(err.to_string().contains("use https"), "{err}");
+        }
+        // A loopback test service that allow_private lists is still reached over http.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let serve = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        });
+        let listed = FetchPolicy {
+            allow_private: vec![IpNet::parse("127.0.0.0/8").expect("net")],
+            ..p
+        };
+        let (status, body) = post(
+            &format!("http://localhost:{port}/token"),
+            &listed,
+            &[],
+            b"x".to_vec(),
+        )
+        .expect("listed loopback");
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+        serve.join().expect("server");
     }
 
     /// A writable file that is already unlinked: its directory goes with the guard here.
