@@ -332,7 +332,7 @@ pub fn dispatch(cli: Cli) -> u8 {
                 }
             }
             let credentials = if credentials_stdin {
-                match crate::creds::read_handoff() {
+                match crate::creds::receive_handoff() {
                     Ok(h) => Some(h),
                     Err(e) => {
                         eprintln!("bulwark: {e}");

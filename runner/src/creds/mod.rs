@@ -100,6 +100,21 @@ pub fn read_handoff() -> Result<Handoff, String> {
         .map_err(|e| format!("the credentials on standard input are not a handoff: {e}"))
 }
 
+/// What `bulwark run --credentials-stdin` does first: makes this process non-dumpable (see
+/// [`keep_out_of_dumps`]), then reads the handoff from standard input.
+pub fn receive_handoff() -> Result<Handoff, String> {
+    keep_out_of_dumps()?;
+    read_handoff()
+}
+
+/// Makes this process non-dumpable before it holds a credential: no core dump of it (which
+/// systemd-coredump keeps on the host's disk), and no `ptrace` or `/proc/<pid>/mem` for other
+/// processes of the runner's user. Children start dumpable again when they exec.
+pub fn keep_out_of_dumps() -> Result<(), String> {
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| format!("making this process non-dumpable before it holds credentials: {e}"))
+}
+
 /// A handoff split for its three readers.
 #[derive(Debug, Default)]
 pub struct Prepared {
@@ -174,6 +189,53 @@ mod tests {
             secrets: vec![s],
         };
         assert!(!format!("{i:?}").contains("hunter2"));
+    }
+
+    const CHILD_TEST: &str = "creds::tests::child_receives_a_handoff";
+    const CHILD_ENV: &str = "BULWARK_TEST_CREDS_CHILD";
+
+    /// The child half of the test below: run only when it starts this binary.
+    #[test]
+    fn child_receives_a_handoff() {
+        if std::env::var_os(CHILD_ENV).is_none() {
+            return;
+        }
+        let h = receive_handoff().expect("handoff");
+        assert_eq!(h.credentials.len(), 1);
+        assert!(
+            !nix::sys::prctl::get_dumpable().expect("get_dumpable"),
+            "a process holding credentials must not be dumpable"
+        );
+    }
+
+    #[test]
+    fn a_run_that_receives_credentials_is_not_dumpable() {
+        use std::io::Write;
+        let handoff = serde_json::json!({"credentials": [{
+            "name": "vault", "kind": "vault", "expires": null,
+            "files": [["token", "hvs.secret-token-value"]],
+            "secrets": ["hvs.secret-token-value"],
+        }]});
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(handoff.to_string().as_bytes())
+            .expect("write");
+        drop(stdin);
+        let out = child.wait_with_output().expect("wait");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -474,6 +474,8 @@ impl Daemon {
         if lease.trust != bulwark_protocol::Trust::Trusted {
             return Err("credentials: an untrusted job never gets credentials".into());
         }
+        // From here this process holds the identity token and then the credentials.
+        crate::creds::keep_out_of_dumps().map_err(|e| format!("credentials: {e}"))?;
         let policy = crate::tools::fetch::FetchPolicy::from_config(&self.config.fetch)
             .map_err(|e| format!("credentials: {e}"))?;
         let timeout = lease
