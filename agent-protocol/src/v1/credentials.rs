@@ -233,8 +233,8 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain credentials (user@host)".into());
     }
-    if url.fragment().is_some() {
-        return Err("must not have a fragment".into());
+    if url.fragment().is_some() || url.query().is_some() {
+        return Err("must not have a query or fragment".into());
     }
     match url.scheme() {
         "https" | "http" => Ok(()),
@@ -297,6 +297,11 @@ role = "release"
         let e = errors("[credentials.a]\nkind = \"vault\"\nendpoint = \"ftp://x\"\naudience = \"a\"\nrole = \"r\"\n");
         assert!(
             e.contains("credentials.a.endpoint: scheme \"ftp\" is not https"),
+            "{e}"
+        );
+        let e = errors("[credentials.a]\nkind = \"vault\"\nendpoint = \"https://v/?ns=x\"\naudience = \"a\"\nrole = \"r\"\n");
+        assert!(
+            e.contains("credentials.a.endpoint: must not have a query"),
             "{e}"
         );
         let e = errors("[credentials.a]\nkind = \"vault\"\nendpoint = \"https://x\"\naudience = \"a\"\nrole = \"r\"\nmount = \"../sys\"\n");

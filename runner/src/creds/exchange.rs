@@ -181,19 +181,15 @@ pub fn exchange(
                     Some(format!("{e}: {d}"))
                 }));
             }
-            let v: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|_| bad("not JSON"))?;
-            let access = v
-                .get("access_token")
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| bad("no access_token"))?;
-            check_plain(access).map_err(|e| bad(&format!("access_token {e}")))?;
-            let expires = v.get("expires_in").and_then(|e| e.as_u64()).map(in_seconds);
+            let answer: OauthAnswer = serde_json::from_slice(&body)
+                .map_err(|e| bad(&format!("not a token answer ({})", e.classify_name())))?;
+            check_plain(answer.access_token.expose())
+                .map_err(|e| bad(&format!("access_token {e}")))?;
             Ok(token_credential(
                 name,
                 "oauth-token-exchange",
-                Secret::new(access.to_string()),
-                expires,
+                answer.access_token.clone(),
+                answer.expires_in.map(in_seconds),
             ))
         }
         CredentialKind::Vault { role, mount } => {
@@ -216,24 +212,53 @@ pub fn exchange(
                     )
                 }));
             }
-            let v: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|_| bad("not JSON"))?;
-            let auth = v.get("auth").ok_or_else(|| bad("no auth"))?;
-            let client_token = auth
-                .get("client_token")
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| bad("no auth.client_token"))?;
+            let answer: VaultAnswer = serde_json::from_slice(&body)
+                .map_err(|e| bad(&format!("not a login answer ({})", e.classify_name())))?;
+            let client_token = answer.auth.client_token.expose();
             check_plain(client_token).map_err(|e| bad(&format!("auth.client_token {e}")))?;
-            let expires = auth
-                .get("lease_duration")
-                .and_then(|d| d.as_u64())
-                .map(in_seconds);
+            let expires = answer.auth.lease_duration.map(in_seconds);
             Ok(token_credential(
                 name,
                 "vault",
-                Secret::new(client_token.to_string()),
+                answer.auth.client_token.clone(),
                 expires,
             ))
+        }
+    }
+}
+
+/// An RFC 8693 answer: the fields the job gets, each at most once (serde refuses a duplicate
+/// field, where a generic JSON value would keep the last one); others are ignored.
+#[derive(serde::Deserialize)]
+struct OauthAnswer {
+    access_token: Secret,
+    expires_in: Option<u64>,
+}
+
+/// A Vault login answer (`auth.client_token`, `auth.lease_duration`), likewise.
+#[derive(serde::Deserialize)]
+struct VaultAnswer {
+    auth: VaultAuth,
+}
+
+#[derive(serde::Deserialize)]
+struct VaultAuth {
+    client_token: Secret,
+    lease_duration: Option<u64>,
+}
+
+/// Why a service's JSON answer could not be read, without quoting it (it may hold a secret).
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        use serde_json::error::Category;
+        match self.classify() {
+            Category::Io => "unreadable",
+            Category::Syntax | Category::Eof => "not JSON",
+            Category::Data => "a field missing, repeated or of the wrong type",
         }
     }
 }
@@ -352,6 +377,22 @@ mod tests {
         let token = "eyJhbGciOiJFUzI1NiJ9.secret.sig";
         let m = clean(&format!("bad token {token}\x1b[2J"), token);
         assert_eq!(m, "bad token ***?[2J");
+    }
+
+    #[test]
+    fn a_json_answer_with_a_repeated_field_is_refused_not_read_last_wins() {
+        let twice = br#"{"access_token": "aaaaaaaaaaaa", "access_token": "bbbbbbbbbbbb"}"#;
+        let e = serde_json::from_slice::<OauthAnswer>(twice).err().unwrap();
+        assert_eq!(
+            e.classify_name(),
+            "a field missing, repeated or of the wrong type"
+        );
+        assert!(!e.classify_name().contains("aaaa"));
+        let ok: OauthAnswer =
+            serde_json::from_slice(br#"{"access_token": "tok", "token_type": "Bearer"}"#).unwrap();
+        assert_eq!(ok.access_token.expose(), "tok");
+        let v = br#"{"auth": {"client_token": "x", "client_token": "y"}}"#;
+        assert!(serde_json::from_slice::<VaultAnswer>(v).is_err());
     }
 
     #[test]

@@ -363,6 +363,14 @@ impl Daemon {
         if let Err(reason) = check_source(&lease.spec) {
             return Ok(synthetic_result(lease, "refused", &reason));
         }
+        // What the run would refuse is refused here, before any identity token is asked for.
+        if let Err(e) = crate::job::check_spec(&lease.spec, lease.trust, &self.config) {
+            return Ok(synthetic_result(
+                lease,
+                "refused",
+                &format!("job spec: {e}"),
+            ));
+        }
         let handoff = match self.credentials_for(lease).await {
             Ok(h) => h,
             Err(reason) => return Ok(synthetic_result(lease, "refused", &reason)),

@@ -330,27 +330,14 @@ fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
         JobSpec::from_toml_str(&text)
     }
     .map_err(|e| format!("job spec {path}: {e}"))?;
-    let job = spec
-        .validate(&loaded.config.limits)
+    let job = check_spec(&spec, args.trust, &loaded.config)
         .map_err(|e| format!("job spec {path}: {e}"))?;
-    if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
-        check_egress_ceiling(&net.allow, args.trust, &loaded.config)
-            .map_err(|e| format!("job spec {path}: {e}"))?;
-    }
-    if !job.spec.credentials.is_empty() {
-        if args.trust != Trust::Trusted {
-            return Err(format!(
-                "job spec {path}: credentials: an untrusted job never gets credentials; remove \
-                 them from the spec, or run the job as trusted from a coordinator"
-            ));
-        }
-        if args.credentials.is_none() {
-            return Err(format!(
-                "job spec {path}: credentials: given only to trusted jobs a coordinator leased \
-                 to `bulwark daemon` (they are exchanged for the job's identity token); plain \
-                 `bulwark run` has none to give"
-            ));
-        }
+    if !job.spec.credentials.is_empty() && args.credentials.is_none() {
+        return Err(format!(
+            "job spec {path}: credentials: given only to trusted jobs a coordinator leased to \
+             `bulwark daemon` (they are exchanged for the job's identity token); plain \
+             `bulwark run` has none to give"
+        ));
     }
     // A key that cannot sign must refuse the job before it runs, not after. It is read here
     // only to check it, and dropped (zeroized) at once; signing reads it again at the end.
@@ -366,6 +353,25 @@ fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
         }
     }
     Ok((loaded, job, job_sha256, spec_dir))
+}
+
+/// Everything this host's configuration says about a parsed spec at this trust level: the
+/// spec validated against the ceilings, its allow list against the trust level's egress
+/// ceiling, and credentials only for a trusted job. `bulwark run` refuses with it, and
+/// `bulwark daemon` checks a leased spec with it before it asks for any identity token.
+pub fn check_spec(spec: &JobSpec, trust: Trust, config: &Config) -> Result<ValidatedJob, String> {
+    let job = spec.validate(&config.limits).map_err(|e| e.to_string())?;
+    if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
+        check_egress_ceiling(&net.allow, trust, config)?;
+    }
+    if !job.spec.credentials.is_empty() && trust != Trust::Trusted {
+        return Err(
+            "credentials: an untrusted job never gets credentials; remove them from the spec, \
+             or run the job as trusted from a coordinator"
+                .into(),
+        );
+    }
+    Ok(job)
 }
 
 /// Largest job spec `bulwark run` reads, in bytes: far above any real spec (the protocol's
