@@ -74,7 +74,9 @@ impl LogCapture {
     /// Takes the next chunk of the stream: masked, then stored (and echoed) up to the cap,
     /// counted past it.
     pub fn take(&mut self, data: &[u8]) {
-        if self.masker.is_empty() {
+        // Past the cap nothing is stored, so nothing needs masking: the job's flood is only
+        // counted, at copying speed, whatever it holds.
+        if self.masker.is_empty() || self.stats.kept >= self.cap {
             self.store(data);
         } else {
             let masked = self.masker.feed(data);
@@ -181,6 +183,32 @@ mod tests {
             }
         }
         log.finish()
+    }
+
+    #[test]
+    fn a_secret_crossing_the_cap_is_masked_and_a_flood_past_it_is_only_counted() {
+        let dir = crate::tools::testutil::TempDir::named("bulwark-log-mask");
+        let secret = "SESSIONTOKEN0123456789";
+        let masker = crate::creds::mask::Masker::new([secret]);
+        let mut log = LogCapture::create(&dir, 100, false)
+            .unwrap()
+            .masking(masker);
+        log.take(&[b'x'; 95]);
+        // The secret arrives split, across the cap.
+        log.take(&secret.as_bytes()[..4]);
+        log.take(&secret.as_bytes()[4..]);
+        for _ in 0..100 {
+            log.take(secret.as_bytes());
+        }
+        let stats = log.finish().unwrap();
+        let text = fs::read_to_string(dir.join("job.log")).unwrap();
+        assert!(!text.contains("SESS") && !text.contains("0123"), "{text}");
+        assert!(
+            text.starts_with(&format!("{}***", "x".repeat(95))),
+            "{text}"
+        );
+        assert_eq!(stats.kept, 100);
+        assert!(text.contains("truncated"), "{text}");
     }
 
     #[test]
