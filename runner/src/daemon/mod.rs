@@ -19,7 +19,14 @@
 //! Trust: the level is the coordinator's (`--trust` from the lease), never the spec's. The
 //! spec must name its source (a git commit or a url with its sha256): the daemon has no
 //! directory to take one from, so a spec with `[source] path` or none is refused and
-//! reported as refused without running.
+//! reported as refused without running. Everything else `bulwark run` would refuse on this
+//! host's configuration (`job::check_spec`) is refused before anything is asked of anyone.
+//!
+//! Credentials (docs/credentials.md): for a trusted job whose spec names some, the daemon asks
+//! the coordinator for the job's identity token, one per credential (audience from the
+//! operator's `[credentials.<name>]`), exchanges each at its token service (`creds`), and
+//! hands the result to the run over the run's standard input. A failed exchange refuses the
+//! job; an untrusted job never causes a token request.
 //!
 //! Stopping: SIGTERM or SIGINT stops leasing; a job that is running is finished and reported
 //! first. A second signal kills the run at once (its job processes die with it) and reports
