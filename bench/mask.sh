@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Throughput of masking credentials in the job log (runner/src/creds/mask.rs) against an
 # unmasked copy of the same 64 KiB chunks, in one run (runner/examples/mask_throughput.rs):
-# a 64 MiB build log with a credential printed every 64 KiB, with 1 and with 5 credentials
-# (the most one job gets from three kinds: AWS has three values). The log cap is 16 MiB by
+# a 64 MiB build log with a credential printed every 64 KiB, with 1, 5 and 15 credentials
+# (5: what one job gets from the three kinds; AWS has three values). The log cap is 16 MiB by
 # default, so this is four times the most one job's log is scanned.
 #
 #   bench/mask.sh [MiB]

@@ -47,7 +47,8 @@ command -v cargo >/dev/null 2>&1 || {
 }
 
 say "cargo build --release"
-cargo build --release --locked -p bulwark-runner
+# The sandbox helper is a binary of its own, beside bulwark (one build: they check each other).
+cargo build --release --locked -p bulwark-runner -p bulwark-sandbox
 bulwark=target/release/bulwark
 
 say "bulwark probe"

@@ -26,7 +26,7 @@
 //!
 //! - Plain HTTP only: TLS belongs to a terminating proxy in front; a non-loopback listen
 //!   address is refused without `--behind-tls-proxy`.
-//! - One issuer key, no rotation; no credential exchange (the tokens exist for it); no
+//! - One issuer key, no rotation; no credential exchange of its own (the runner makes it: runner/src/creds/); no
 //!   re-queueing of lost jobs (the submitter decides); no log streaming.
 //! - Bodies are capped at [`bulwark_protocol::control::MAX_BODY_BYTES`]; headers must arrive
 //!   within 15 s (also the idle keep-alive limit), a request must be done within 120 s, and at

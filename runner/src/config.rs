@@ -70,7 +70,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
 /// Where this runner keeps state and runtime files.
 #[derive(Debug, Clone)]
 pub struct Dirs {
-    /// Keys, job workspaces, and later the tool store and inventory.
+    /// Keys, job workspaces, the tool store, the inventory, the daemon's registration and jobs.
     pub state: PathBuf,
     /// Locks and sockets.
     pub runtime: PathBuf,

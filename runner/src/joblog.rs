@@ -4,7 +4,8 @@
 //! `limits.log_cap` bytes are stored (and echoed to the terminal); past that the stream is
 //! still drained, so the job never blocks on a full pipe, but dropped, and the stored log ends
 //! with a truncation marker saying how much was dropped. The file is written under a temporary
-//! name and renamed when the stream ends.
+//! name and renamed when the stream ends. A trusted job's credential values are masked before
+//! anything is stored or echoed (`creds::mask`); past the cap the stream is only counted.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

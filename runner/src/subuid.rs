@@ -10,7 +10,8 @@
 //! user's `/etc/subuid` and `/etc/subgid` grants both contain it. `limits.job_uids`, when set,
 //! must lie inside both; unset, the first granted uid range that also lies in a gid grant is
 //! used (Debian's `useradd` grants the same range in both files). Leases work as in root mode
-//! (`crate::uids`), locked in this user's runtime directory.
+//! (`crate::uids`), locked in `/dev/shm/bulwark-subuid-leases-<uid>` (one place for every
+//! runner of this user).
 //!
 //! A job's workspace is the runner's until the job starts: the runner copies the source in,
 //! then [`hand_over`] gives every entry to the job's ids; after every job process is gone,

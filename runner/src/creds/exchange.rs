@@ -10,8 +10,8 @@ use bulwark_protocol::{CredentialKind, CredentialProvider};
 use super::{Issued, Secret};
 use crate::tools::fetch::{post, FetchPolicy};
 
-/// What went wrong with one exchange. Messages never hold the identity token or an issued
-/// secret: the service's own words are masked of both and cut short.
+/// What went wrong with one exchange. Messages never hold the identity token: the service's
+/// own words are masked of it and cut short (nothing has been issued when they are made).
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     /// The request never got an answer (address rules, connect, TLS, timeout).
@@ -216,7 +216,12 @@ pub fn exchange(
                 .map_err(|e| bad(&format!("not a login answer ({})", e.classify_name())))?;
             let client_token = answer.auth.client_token.expose();
             check_plain(client_token).map_err(|e| bad(&format!("auth.client_token {e}")))?;
-            let expires = answer.auth.lease_duration.map(in_seconds);
+            // Vault's lease_duration 0 is a token that does not expire: no expiry recorded.
+            let expires = answer
+                .auth
+                .lease_duration
+                .filter(|&d| d > 0)
+                .map(in_seconds);
             Ok(token_credential(
                 name,
                 "vault",

@@ -84,7 +84,7 @@ pub struct Handoff {
 pub const MAX_HANDOFF_BYTES: u64 = 256 * 1024;
 
 /// Reads the handoff from standard input (the daemon closes it after writing).
-pub fn read_handoff() -> Result<Handoff, String> {
+fn read_handoff() -> Result<Handoff, String> {
     use std::io::Read;
     let mut raw = zeroize::Zeroizing::new(Vec::new());
     std::io::stdin()

@@ -2,7 +2,7 @@
 //! the runner's identity key (docs/control-plane.md, "Signed requests").
 //!
 //! What it refuses on its own side: a coordinator URL that is not `https://` unless its host
-//! is a loopback address (a job spec and, later, identity tokens travel over it), a URL with
+//! is a loopback address (job specs and identity tokens travel over it), a URL with
 //! credentials, a query or a fragment, redirects (a signed request is bound to one path; a
 //! redirect would only ever be a misconfiguration or an attack), environment proxies (the
 //! runner talks to its coordinator directly), and answers larger than

@@ -4,7 +4,8 @@
 //! What it does, in a loop: lease a job from the coordinator (signed request), run it exactly
 //! as `bulwark run` would, report `result.json` and the signed provenance, and ask again. An
 //! idle daemon asks every `[daemon] poll_interval`; after a failed request it waits that long,
-//! doubling up to a minute, so a coordinator outage is not hammered by the fleet.
+//! doubling up to a minute (or the poll interval, when longer), so a coordinator outage is
+//! not hammered by the fleet.
 //!
 //! Why each job is a `bulwark run` child process, not a function call: the run is the code
 //! path every other test and user exercises, with all its refusals (the spec validated against
@@ -30,7 +31,10 @@
 //!
 //! Stopping: SIGTERM or SIGINT stops leasing; a job that is running is finished and reported
 //! first. A second signal kills the run at once (its job processes die with it) and reports
-//! the job as a runner error. One daemon per state directory (a lock file).
+//! the job as a runner error. A job leased while the stop was asked for is reported as not
+//! run; a second signal while a report is being retried gives the report up (the coordinator
+//! then records the job lost when its lease ends). One daemon per state directory (a lock
+//! file).
 //!
 //! Limits of this version: one job at a time; outputs stay on the host under
 //! `<state>/daemon/jobs/<job id>/out/` for `[daemon] keep_outputs` (nothing uploads them);
@@ -257,7 +261,7 @@ impl Daemon {
                     }
                     if !self.run_job(lease, &mut signals).await {
                         // The same failure would likely repeat at once for the next lease.
-                        wait = (wait * 2).min(MAX_BACKOFF);
+                        wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = signals.next() => {}
@@ -282,7 +286,7 @@ impl Daemon {
                 _ = signals.next() => {}
             }
             if failed {
-                wait = (wait * 2).min(MAX_BACKOFF);
+                wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
             }
         }
         eprintln!("bulwark daemon: stopped");
@@ -345,6 +349,10 @@ impl Daemon {
             client::printable(&status)
         );
         self.report(&lease, report, signals).await;
+        // `[daemon] keep_outputs` counts from now, when the job was reported.
+        if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
+            let _ = d.set_modified(std::time::SystemTime::now());
+        }
         self.sweep();
         ran
     }
@@ -371,14 +379,17 @@ impl Daemon {
             return Ok(synthetic_result(lease, "refused", &reason));
         }
         // What the run would refuse is refused here, before any identity token is asked for.
-        if let Err(e) = crate::job::check_spec(&lease.spec, lease.trust, &self.config) {
-            return Ok(synthetic_result(
-                lease,
-                "refused",
-                &format!("job spec: {e}"),
-            ));
-        }
-        let handoff = match self.credentials_for(lease).await {
+        let job = match crate::job::check_spec(&lease.spec, lease.trust, &self.config) {
+            Ok(job) => job,
+            Err(e) => {
+                return Ok(synthetic_result(
+                    lease,
+                    "refused",
+                    &format!("job spec: {e}"),
+                ))
+            }
+        };
+        let handoff = match self.credentials_for(lease, job.timeout).await {
             Ok(h) => h,
             Err(reason) => return Ok(synthetic_result(lease, "refused", &reason)),
         };
@@ -481,6 +492,7 @@ impl Daemon {
     async fn credentials_for(
         &self,
         lease: &Lease,
+        timeout: Duration,
     ) -> Result<Option<crate::creds::Handoff>, String> {
         let wanted = &lease.spec.credentials;
         if wanted.is_empty() {
@@ -493,21 +505,22 @@ impl Daemon {
         crate::creds::keep_out_of_dumps().map_err(|e| format!("credentials: {e}"))?;
         let policy = crate::tools::fetch::FetchPolicy::from_config(&self.config.fetch)
             .map_err(|e| format!("credentials: {e}"))?;
-        let timeout = lease
-            .spec
-            .resources
-            .timeout
-            .as_deref()
-            .and_then(|t| bulwark_protocol::parse_duration(t).ok())
-            .unwrap_or(bulwark_protocol::job::DEFAULT_TIMEOUT);
         let reg = &self.identity.registration;
-        let mut issued = Vec::new();
+        // Every name first: a name this runner does not configure refuses the job before any
+        // token is minted or exchanged.
+        let mut providers = Vec::new();
         for (i, name) in wanted.iter().enumerate() {
-            let Some(provider) = self.config.credentials.get(name) else {
-                return Err(format!(
-                    "credentials[{i}]: no credential {name:?} is configured on this runner ([credentials.{name}])"
-                ));
-            };
+            match self.config.credentials.get(name) {
+                Some(p) => providers.push((name, p)),
+                None => {
+                    return Err(format!(
+                        "credentials[{i}]: no credential {name:?} is configured on this runner ([credentials.{name}])"
+                    ))
+                }
+            }
+        }
+        let mut issued = Vec::new();
+        for (name, provider) in providers {
             let body = serde_json::to_vec(&bulwark_protocol::control::IdTokenRequest {
                 audience: provider.audience.clone(),
             })
@@ -601,7 +614,7 @@ impl Daemon {
                         _ = tokio::time::sleep(wait) => {}
                         stop = signals.next() => if stop == Stop::Now { return },
                     }
-                    wait = (wait * 2).min(MAX_BACKOFF);
+                    wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
                     attempt += 1;
                 }
                 Err(e) => {

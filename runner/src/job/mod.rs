@@ -153,6 +153,20 @@ pub fn run(args: RunArgs) -> u8 {
             return exit::REFUSED;
         }
     };
+    // The handoff must hold exactly what the spec asks for: checked before the output
+    // directory is claimed, like every other refusal of stage 1.
+    let prepared = match args
+        .credentials
+        .clone()
+        .map(|h| crate::creds::into_sandbox(&job.spec.credentials, h))
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bulwark: {e}");
+            return exit::REFUSED;
+        }
+    };
     let out = match prepare_out_dir(args.out.as_deref(), &job.spec.name, &started) {
         Ok(o) => o,
         Err(msg) => {
@@ -167,18 +181,10 @@ pub fn run(args: RunArgs) -> u8 {
         );
     }
     let mut runner = JobRun::new(&args, &loaded.config, &job, out.clone(), started, spec_dir);
-    if let Some(handoff) = args.credentials.clone() {
-        match crate::creds::into_sandbox(&job.spec.credentials, handoff) {
-            Ok(prepared) => {
-                runner.credential_files = prepared.files;
-                runner.masks = prepared.masks;
-                runner.credentials = prepared.records;
-            }
-            Err(e) => {
-                eprintln!("bulwark: {e}");
-                return exit::REFUSED;
-            }
-        }
+    if let Some(prepared) = prepared {
+        runner.credential_files = prepared.files;
+        runner.masks = prepared.masks;
+        runner.credentials = prepared.records;
     }
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
