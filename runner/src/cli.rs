@@ -166,9 +166,9 @@ pub enum Commands {
     /// The long-running service: lease jobs from the coordinator, run them, report results.
     ///
     /// Runs each leased job exactly as `bulwark run` does (this host's configuration and
-    /// ceilings apply; the trust level is the coordinator's), then reports result.json and the
-    /// signed provenance. SIGTERM or SIGINT: finish the running job, report it, stop; a second
-    /// signal aborts the job. Outputs stay in <state>/daemon/jobs/<job id>/out/ for [daemon] keep_outputs.
+    /// ceilings apply; the trust level is the coordinator's), up to [daemon] slots at once,
+    /// then reports result.json and the signed provenance. SIGTERM or SIGINT: finish the
+    /// running jobs, report them, stop; a second signal aborts them. Outputs stay in <state>/daemon/jobs/<job id>/out/ for [daemon] keep_outputs.
     /// Exit status: 0 stopped by a signal; 2 could not start.
     ///
     /// Example: bulwark daemon --config /etc/bulwark/config.toml

@@ -179,6 +179,72 @@ fn a_job_spec_without_a_fetchable_source_is_refused_by_the_coordinator() {
 }
 
 #[test]
+fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn() {
+    let (env, c) = registered("cp-slots");
+    let (repo, commit) = repo(&env);
+    let slots = |n: u32| {
+        env.write_config_sections(
+            "max_memory = \"1GiB\"\n",
+            &format!(
+                "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\nslots = {n}\n",
+                env.dir.display()
+            ),
+        )
+    };
+    // Two jobs that each run 4 s; `both` says whether their steps were ever seen running at
+    // the same time.
+    let pair = |tag: &str| {
+        let marks: Vec<String> = (0..2)
+            .map(|i| format!("{tag}-{i}-{}", bulwark_tests::random_hex(4)))
+            .collect();
+        let ids: Vec<String> = marks
+            .iter()
+            .map(|m| {
+                c.submit(
+                    &git_job(
+                        &repo,
+                        &commit,
+                        "pair",
+                        &format!("sh -c 'sleep 4; : {m}' && sh build.sh"),
+                    ),
+                    "untrusted",
+                )
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut both = false;
+        while ids.iter().any(|id| c.job(id)["state"] != "finished") {
+            assert!(
+                Instant::now() < deadline,
+                "jobs not finished: {}",
+                daemon_log(&env)
+            );
+            both |= marks
+                .iter()
+                .all(|m| !bulwark_tests::processes_with(m).is_empty());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for id in &ids {
+            assert_eq!(
+                c.job(id)["result"]["result"]["status"],
+                "succeeded",
+                "{}",
+                daemon_log(&env)
+            );
+        }
+        both
+    };
+    slots(2);
+    let mut daemon = Daemon::start(&env);
+    assert!(pair("two"), "with two slots the jobs never ran at once");
+    assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+    slots(1);
+    let mut daemon = Daemon::start(&env);
+    assert!(!pair("one"), "with one slot the jobs ran at once");
+    assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+}
+
+#[test]
 fn stopping_the_daemon_finishes_and_reports_the_running_job_first() {
     let (env, c) = registered("cp-drain");
     let (repo, commit) = repo(&env);

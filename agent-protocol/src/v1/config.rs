@@ -59,6 +59,9 @@ pub struct DaemonConfig {
     /// stays on the host after it was reported (`keep_outputs = "168h"`); `0s`: removed as
     /// soon as it is reported.
     pub keep_outputs: Duration,
+    /// How many jobs the daemon runs at once (`slots = 1`; 1 to 256). Each is its own run
+    /// with its own uid and cgroup; the host's limits and the jobs' own bound what they take.
+    pub slots: usize,
 }
 
 /// The default [`DaemonConfig::poll_interval`].
@@ -72,6 +75,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             keep_outputs: DEFAULT_KEEP_OUTPUTS,
+            slots: 1,
         }
     }
 }
@@ -423,6 +427,7 @@ struct RawConfig {
 struct RawDaemon {
     poll_interval: Option<String>,
     keep_outputs: Option<String>,
+    slots: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -487,6 +492,11 @@ impl Config {
                 ),
                 Err(e) => errors.push("daemon.poll_interval", e),
             }
+        }
+        match raw.daemon.slots {
+            Some(n @ 1..=256) => daemon.slots = n as usize,
+            Some(n) => errors.push("daemon.slots", format!("{n} is outside 1 to 256")),
+            None => {}
         }
         if let Some(k) = &raw.daemon.keep_outputs {
             if let Some(d) = errors.take("daemon.keep_outputs", parse_duration(k)) {
@@ -705,6 +715,29 @@ fn check_egress(egress: &EgressConfig, errors: &mut Errors) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_section_is_read_and_each_bad_value_named() {
+        let c = Config::from_toml_str(
+            "[daemon]\npoll_interval = \"500ms\"\nkeep_outputs = \"0s\"\nslots = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.poll_interval, Duration::from_millis(500));
+        assert_eq!(c.daemon.keep_outputs, Duration::ZERO);
+        assert_eq!(c.daemon.slots, 4);
+        assert_eq!(Config::default().daemon.slots, 1);
+        let e = Config::from_toml_str(
+            "[daemon]\npoll_interval = \"1ms\"\nkeep_outputs = \"a week\"\nslots = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("daemon.poll_interval: \"1ms\" is outside 100ms to 10m"),
+            "{e}"
+        );
+        assert!(e.contains("daemon.keep_outputs:"), "{e}");
+        assert!(e.contains("daemon.slots: 0 is outside 1 to 256"), "{e}");
+    }
 
     /// DESIGN.md's example configuration, verbatim.
     const DESIGN_EXAMPLE: &str = r#"

@@ -29,14 +29,18 @@
 //! hands the result to the run over the run's standard input. A failed exchange refuses the
 //! job; an untrusted job never causes a token request.
 //!
-//! Stopping: SIGTERM or SIGINT stops leasing; a job that is running is finished and reported
-//! first. A second signal kills the run at once (its job processes die with it) and reports
+//! Stopping: SIGTERM or SIGINT stops leasing; the jobs that are running are finished and
+//! reported first. A second signal kills their runs at once (its job processes die with it) and reports
 //! the job as a runner error. A job leased while the stop was asked for is reported as not
 //! run; a second signal while a report is being retried gives the report up (the coordinator
 //! then records the job lost when its lease ends). One daemon per state directory (a lock
 //! file).
 //!
-//! Limits of this version: one job at a time; outputs stay on the host under
+//! Jobs run side by side up to `[daemon] slots` (default 1), each its own `bulwark run` with
+//! its own uid lease, cgroup and job directory; the loop leases again as soon as a slot is
+//! free.
+//!
+//! Limits of this version: outputs stay on the host under
 //! `<state>/daemon/jobs/<job id>/out/` for `[daemon] keep_outputs` (nothing uploads them);
 //! the job log is not sent to the coordinator (`result.json` and the provenance are).
 
@@ -87,7 +91,9 @@ pub fn run(args: Args) -> u8 {
                     return 2;
                 }
             };
-            match rt.block_on(daemon.serve()) {
+            // Job tasks are local to this thread (see above), so a LocalSet runs them.
+            let local = tokio::task::LocalSet::new();
+            match rt.block_on(local.run_until(std::rc::Rc::new(daemon).serve())) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("bulwark daemon: {e:#}");
@@ -108,6 +114,8 @@ struct Daemon {
     config_path: Option<PathBuf>,
     config: bulwark_protocol::Config,
     poll: Duration,
+    /// Jobs run at once (`[daemon] slots`).
+    slots: usize,
     identity: Identity,
     client: Client,
     jobs: PathBuf,
@@ -172,6 +180,7 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     Ok((
         Daemon {
             poll: loaded.config.daemon.poll_interval,
+            slots: loaded.config.daemon.slots,
             config: loaded.config,
             config_path: loaded.path,
             identity,
@@ -191,104 +200,129 @@ enum Stop {
     Now,
 }
 
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    state: Stop,
-}
+/// The stop level, raised by SIGTERM and SIGINT (the first: stop leasing and finish the jobs
+/// running; the second: abort them), watched by the main loop and every job task.
+#[derive(Clone)]
+struct StopWatch(tokio::sync::watch::Receiver<Stop>);
 
-impl Signals {
-    fn new() -> Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
-            state: Stop::No,
-        })
+impl StopWatch {
+    /// Starts the task that turns signals into stop levels.
+    fn start() -> Result<StopWatch> {
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        let (tx, rx) = tokio::sync::watch::channel(Stop::No);
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                let next = if *tx.borrow() == Stop::No {
+                    Stop::AfterJob
+                } else {
+                    Stop::Now
+                };
+                if tx.send(next).is_err() || next == Stop::Now {
+                    return;
+                }
+            }
+        });
+        Ok(StopWatch(rx))
     }
 
-    /// Whether a SIGTERM or SIGINT arrived since last looked (raising the stop level), without
-    /// waiting.
-    async fn pending(&mut self) -> bool {
-        if self.state != Stop::No {
-            return true;
-        }
-        tokio::select! {
-            biased;
-            _ = self.next() => true,
-            _ = std::future::ready(()) => false,
-        }
+    /// The level now.
+    fn now(&self) -> Stop {
+        *self.0.borrow()
     }
 
-    /// Waits for the next SIGTERM or SIGINT and raises the stop level.
-    async fn next(&mut self) -> Stop {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+    /// Waits until the level is raised; returns it (never returns while nothing changes).
+    async fn raised(&mut self) -> Stop {
+        if self.0.changed().await.is_err() {
+            // The signal task is gone (it ends after Stop::Now): nothing more will change.
+            std::future::pending::<()>().await;
         }
-        self.state = if self.state == Stop::No {
-            Stop::AfterJob
-        } else {
-            Stop::Now
-        };
-        self.state
+        self.now()
     }
 }
 
 impl Daemon {
-    async fn serve(self) -> Result<()> {
-        let mut signals = Signals::new()?;
+    async fn serve(self: std::rc::Rc<Self>) -> Result<()> {
+        let mut stop = StopWatch::start()?;
         let reg = &self.identity.registration;
-        tracing::info!(runner_id = %reg.runner_id, coordinator = %reg.coordinator, "daemon started");
+        tracing::info!(runner_id = %reg.runner_id, coordinator = %reg.coordinator, slots = self.slots, "daemon started");
         eprintln!(
-            "bulwark daemon: runner {} ({}) serving {}",
-            reg.runner_id, reg.name, reg.coordinator
+            "bulwark daemon: runner {} ({}) serving {} ({} job slot{})",
+            reg.runner_id,
+            reg.name,
+            reg.coordinator,
+            self.slots,
+            if self.slots == 1 { "" } else { "s" }
         );
         self.sweep();
+        let mut running = tokio::task::JoinSet::new();
+        // When to ask the coordinator next (at once after a lease; a poll interval after an
+        // empty queue; a growing backoff after a failed request or a failed run, so the same
+        // failure does not repeat as fast as the coordinator answers).
+        let mut hold = tokio::time::Instant::now();
         let mut wait = self.poll;
-        while signals.state == Stop::No {
-            let failed = match self.lease().await {
-                Ok(Some(lease)) => {
-                    // A stop asked for while the lease was in flight: the job is not started
-                    // (under systemd it could not finish before the final SIGKILL anyway).
-                    if signals.pending().await {
-                        let report = synthetic_result(
-                            &lease,
-                            "runner-error",
-                            "the runner was stopping when this job was leased; it did not run",
-                        );
-                        self.report(&lease, report, &mut signals).await;
+        let backoff = |wait: &mut Duration, hold: &mut tokio::time::Instant| {
+            *hold = tokio::time::Instant::now() + *wait;
+            *wait = (*wait * 2).min(MAX_BACKOFF.max(self.poll));
+        };
+        while stop.now() == Stop::No {
+            let free = running.len() < self.slots;
+            if free && tokio::time::Instant::now() >= hold {
+                match self.lease().await {
+                    Ok(Some(lease)) => {
+                        wait = self.poll;
+                        // A stop asked for while the lease was in flight: the job is not
+                        // started (under systemd it could not finish before the final SIGKILL).
+                        if stop.now() != Stop::No {
+                            let report = synthetic_result(
+                                &lease,
+                                "runner-error",
+                                "the runner was stopping when this job was leased; it did not run",
+                            );
+                            self.report(&lease, report, &mut stop.clone()).await;
+                            continue;
+                        }
+                        let daemon = std::rc::Rc::clone(&self);
+                        let job_stop = stop.clone();
+                        running.spawn_local(async move { daemon.run_job(lease, job_stop).await });
+                        // A free slot asks again at once: a queue of jobs fills the slots.
                         continue;
                     }
-                    if !self.run_job(lease, &mut signals).await {
-                        // The same failure would likely repeat at once for the next lease.
-                        wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = signals.next() => {}
-                        }
-                    } else {
+                    Ok(None) => {
                         wait = self.poll;
+                        hold = tokio::time::Instant::now() + self.poll;
                     }
-                    continue;
+                    Err(e) => {
+                        tracing::warn!(error = %e, "asking the coordinator for a job failed");
+                        eprintln!(
+                            "bulwark daemon: asking for a job: {e}; trying again in {wait:?}"
+                        );
+                        backoff(&mut wait, &mut hold);
+                    }
                 }
-                Ok(None) => {
-                    wait = self.poll;
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "asking the coordinator for a job failed");
-                    eprintln!("bulwark daemon: asking for a job: {e}; trying again in {wait:?}");
-                    true
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = signals.next() => {}
             }
-            if failed {
-                wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
+            let free = running.len() < self.slots;
+            tokio::select! {
+                _ = tokio::time::sleep_until(hold), if free => {}
+                done = running.join_next(), if !running.is_empty() => {
+                    if !matches!(done, Some(Ok(true))) {
+                        backoff(&mut wait, &mut hold);
+                    }
+                }
+                _ = stop.raised() => {}
             }
         }
+        if !running.is_empty() {
+            eprintln!(
+                "bulwark daemon: stopping after the {} running job(s) (signal again to abort them)",
+                running.len()
+            );
+        }
+        while running.join_next().await.is_some() {}
         eprintln!("bulwark daemon: stopped");
         Ok(())
     }
@@ -322,9 +356,9 @@ impl Daemon {
     }
 
     /// Runs and reports one leased job; `false` when the runner itself failed to run it.
-    async fn run_job(&self, lease: Lease, signals: &mut Signals) -> bool {
+    async fn run_job(&self, lease: Lease, mut stop: StopWatch) -> bool {
         let job_id = lease.job_id.clone();
-        let (report, ran) = match self.execute(&lease, signals).await {
+        let (report, ran) = match self.execute(&lease, &mut stop).await {
             Ok(report) => (report, true),
             Err(e) => {
                 // The details (host paths, the error chain) stay in this host's log.
@@ -348,7 +382,7 @@ impl Daemon {
             client::printable(&lease.spec.name),
             client::printable(&status)
         );
-        self.report(&lease, report, signals).await;
+        self.report(&lease, report, &mut stop).await;
         // `[daemon] keep_outputs` counts from now, when the job was reported.
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
             let _ = d.set_modified(std::time::SystemTime::now());
@@ -373,7 +407,7 @@ impl Daemon {
     }
 
     /// Runs the leased job as a `bulwark run` child and collects what it left.
-    async fn execute(&self, lease: &Lease, signals: &mut Signals) -> Result<ResultReport> {
+    async fn execute(&self, lease: &Lease, stop: &mut StopWatch) -> Result<ResultReport> {
         check_job_id(&lease.job_id)?;
         if let Err(reason) = check_source(&lease.spec) {
             return Ok(synthetic_result(lease, "refused", &reason));
@@ -452,8 +486,8 @@ impl Daemon {
                     Ok(0) | Err(_) => stderr_open = false,
                     Ok(n) => keep_tail(&mut tail, &buf[..n]),
                 },
-                stop = signals.next() => {
-                    if stop == Stop::Now {
+                level = stop.raised() => {
+                    if level == Stop::Now {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
                         return Ok(synthetic_result(
@@ -462,10 +496,6 @@ impl Daemon {
                             "the runner was stopped while the job ran (a second SIGTERM or SIGINT)",
                         ));
                     }
-                    eprintln!(
-                        "bulwark daemon: stopping after job {} (signal again to abort it)",
-                        lease.job_id
-                    );
                 }
             }
         };
@@ -560,7 +590,7 @@ impl Daemon {
     }
 
     /// Sends the result, retrying transient failures until the lease ends.
-    async fn report(&self, lease: &Lease, report: ResultReport, signals: &mut Signals) {
+    async fn report(&self, lease: &Lease, report: ResultReport, stop: &mut StopWatch) {
         let reg = &self.identity.registration;
         let path = format!("/v1/jobs/{}/result", lease.job_id);
         let encode = |r: &ResultReport| serde_json::to_vec(r);
@@ -612,7 +642,7 @@ impl Daemon {
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        stop = signals.next() => if stop == Stop::Now { return },
+                        level = stop.raised() => if level == Stop::Now { return },
                     }
                     wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
                     attempt += 1;
