@@ -111,6 +111,22 @@ fn write_renamed_mode(path: &Path, bytes: &[u8], sync: bool, mode: Option<u32>) 
     result
 }
 
+/// Makes `path` (and its missing parents) a directory only its owner can enter (0700), also
+/// when it existed with another mode; refuses a path that is not a directory (a symlink
+/// included). For what holds the runner's secrets or job specs (its identity, the daemon's
+/// jobs).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    if !fs::symlink_metadata(path)?.is_dir() {
+        return Err(io::Error::other("not a directory"));
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
 /// Takes an exclusive `flock` on `file`, waiting for another holder no later than `deadline`:
 /// `Ok(None)` when it still holds it then (the file is dropped). Polled, since `flock` has
 /// no timeout of its own; an interrupted attempt is retried.

@@ -245,6 +245,26 @@ fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn(
 }
 
 #[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let (env, _c) = registered("cp-twice");
+    let mut first = Daemon::start(&env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon_log(&env).contains("serving") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&env));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = Daemon::command(&env)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("another bulwark daemon uses"), "{err}");
+    // The first one is untouched and stops cleanly.
+    assert_eq!(first.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+}
+
+#[test]
 fn stopping_the_daemon_finishes_and_reports_the_running_job_first() {
     let (env, c) = registered("cp-drain");
     let (repo, commit) = repo(&env);

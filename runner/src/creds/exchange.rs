@@ -85,7 +85,7 @@ pub fn exchange(
         .map_err(|e| ExchangeError::Request {
             name: name.to_string(),
             endpoint: crate::tools::fetch::display_url(url),
-            reason: clean(&error_chain(&e), token),
+            reason: clean(&format!("{:#}", anyhow::Error::new(e)), token),
         })
     };
     match &provider.kind {
@@ -343,17 +343,6 @@ fn clean(message: &str, token: &str) -> String {
     out
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +370,7 @@ mod tests {
     fn a_services_message_never_carries_the_token() {
         let token = "eyJhbGciOiJFUzI1NiJ9.secret.sig";
         let m = clean(&format!("bad token {token}\x1b[2J"), token);
-        assert_eq!(m, "bad token ***?[2J");
+        assert_eq!(m, "bad token ***\\u{1b}[2J");
     }
 
     #[test]

@@ -254,27 +254,17 @@ impl Client {
     }
 }
 
-/// A coordinator's message made safe for a terminal and a log: control characters (and the
-/// bidi marks) replaced, at most 500 characters.
+/// A coordinator's (or a token service's) message made safe for a terminal and a log: at most
+/// 500 characters, escaped as `bulwark verify` escapes what it prints (control characters and
+/// the marks that reorder text).
 pub fn printable(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(500)
-        .map(|c| {
-            if c.is_control()
-                || ('\u{202a}'..='\u{202e}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c)
-            {
-                '?'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if s.chars().count() > 500 {
-        out.push('…');
-    }
-    out
+    let head: String = s.chars().take(500).collect();
+    let more = if s.chars().nth(500).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{}{more}", crate::verify::escape(&head))
 }
 
 #[cfg(test)]
@@ -338,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_coordinators_message_is_made_printable_and_short() {
-        assert_eq!(printable("no\x1b[31m\u{202e}x"), "no?[31m?x");
+        assert_eq!(printable("no\x1b[31m\u{202e}x"), "no\\u{1b}[31m\\u{202e}x");
         let long = "a".repeat(600);
         assert_eq!(printable(&long).chars().count(), 501);
     }

@@ -131,17 +131,8 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     // Job specs and outputs live here: private to the runner's user.
     let root = dirs.state.join("daemon");
     for d in [root.clone(), root.join("jobs")] {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(anyhow!(e).context(format!("creating {}", d.display()))),
-        }
-        if !std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
-            bail!("{} is not a directory", d.display());
-        }
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", d.display()))?;
+        crate::fsutil::create_private_dir(&d)
+            .with_context(|| format!("creating {}", d.display()))?;
     }
     let lock_path = root.join("lock");
     let file = {

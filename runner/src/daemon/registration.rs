@@ -146,7 +146,8 @@ pub async fn register(
             dir(state).display()
         );
     }
-    create_private_dir(&dir(state))?;
+    crate::fsutil::create_private_dir(&dir(state))
+        .with_context(|| format!("creating {}", dir(state).display()))?;
     // The key first, durably: once the token is spent, only this key can use the runner id.
     let key = LocalKey::generate(Algorithm::P256)?;
     key.write_private_replacing(&key_path(state))?;
@@ -192,21 +193,6 @@ pub async fn register(
     crate::fsutil::write_atomic_mode(&reg_path, &json, 0o600)
         .with_context(|| format!("writing {}", reg_path.display()))?;
     Ok(registration)
-}
-
-fn create_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        bail!("{} is not a directory", path.display());
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private", path.display()))
 }
 
 #[cfg(test)]
