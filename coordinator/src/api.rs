@@ -13,15 +13,18 @@
 //! A failure of the coordinator itself is logged in full and answered with a generic message:
 //! database paths and causes are for the operator's log, not for a client.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bulwark_protocol::control::{
     ErrorBody, IdToken, IdTokenRequest, JobRecord, RegisterRequest, RegisterResponse, ResultReport,
@@ -33,6 +36,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{self, AdminToken, AuthError, SignedHeaders};
 use crate::keys::{self, IssuerKey};
 use crate::oidc::{self, Claims, OidcError};
+use crate::outputs::{self, OutputError, OutputStore};
 use crate::state::{self, Db, Runner, StateError};
 
 /// A refusal or failure, as answered.
@@ -127,6 +131,21 @@ impl From<OidcError> for ApiError {
     }
 }
 
+impl From<OutputError> for ApiError {
+    fn from(e: OutputError) -> ApiError {
+        let status = match &e {
+            _ if e.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
+            OutputError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            OutputError::JobId(_)
+            | OutputError::Sha256(_)
+            | OutputError::Length { .. }
+            | OutputError::Digest { .. } => StatusCode::BAD_REQUEST,
+            OutputError::DiskFull { .. } | OutputError::Io { .. } => return ApiError::internal(&e),
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -156,21 +175,37 @@ pub struct Coordinator {
     issuer: String,
     jwks: serde_json::Value,
     discovery: serde_json::Value,
+    outputs: OutputStore,
+    upload_idle: Duration,
 }
 
 impl Coordinator {
-    /// A coordinator over an open database, the issuer key and the admin token.
-    pub fn new(db: Db, key: IssuerKey, admin: AdminToken) -> Result<Coordinator, StateError> {
+    /// A coordinator over an open database, the issuer key, the admin token and the output
+    /// store.
+    pub fn new(
+        db: Db,
+        key: IssuerKey,
+        admin: AdminToken,
+        outputs: OutputStore,
+    ) -> Result<Coordinator, StateError> {
         let issuer = db.issuer()?;
         let public = key.verifying_key();
         Ok(Coordinator {
             db: Mutex::new(db),
+            outputs,
+            upload_idle: UPLOAD_IDLE,
             jwks: oidc::jwks(&public),
             discovery: oidc::discovery(&issuer),
             key,
             admin,
             issuer,
         })
+    }
+
+    /// How long an upload may go without a byte arriving (default 30 s).
+    pub fn with_upload_idle_timeout(mut self, idle: Duration) -> Coordinator {
+        self.upload_idle = idle;
+        self
     }
 }
 
@@ -187,6 +222,13 @@ pub fn router(coordinator: Coordinator) -> Router {
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/id-token", post(id_token))
         .route("/v1/jobs/{id}/result", post(result))
+        .route("/v1/jobs/{id}/provenance", get(provenance))
+        .route("/v1/jobs/{id}/outputs/{*path}", get(output))
+        // Streamed to disk as it arrives, with its own limits (`upload_blob`).
+        .route(
+            "/v1/jobs/{id}/blobs/{sha256}",
+            put(upload_blob).layer(DefaultBodyLimit::disable()),
+        )
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(coordinator))
@@ -302,6 +344,11 @@ async fn request_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // An upload (the one PUT) may be gigabytes: it has a deadline in proportion to its
+    // declared length and an idle limit of its own (`upload_blob`).
+    if request.method() == Method::PUT {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -486,22 +533,15 @@ async fn job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<JobRecord>, ApiError> {
-    c.admin
-        .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
-    with_db(&c, move |_, db| {
-        let job = db
-            .job(&id, state::now())?
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found")))?;
-        Ok(Json(JobRecord {
-            job_id: job.id,
-            state: job.state,
-            trust: job.trust,
-            name: job.name,
-            runner_id: job.runner_id,
-            result: job.result,
-        }))
-    })
-    .await
+    let job = admin_job(&c, &headers, &id).await?;
+    Ok(Json(JobRecord {
+        job_id: job.id,
+        state: job.state,
+        trust: job.trust,
+        name: job.name,
+        runner_id: job.runner_id,
+        result: job.result,
+    }))
 }
 
 /// A signed runner request, authenticated on the blocking pool before `f` runs with its
@@ -591,14 +631,321 @@ async fn result(
         &uri,
         &headers,
         body,
-        move |_, db, runner, body| {
+        move |c, db, runner, body| {
             let report: ResultReport = parse_body(body, "result report")?;
-            db.record_result(&id, &runner.id, &report, state::now())?;
+            let now = state::now();
+            let reported = reported_outputs(&report).map_err(ApiError::bad_request)?;
+            // A finished job's outputs are here: a result listing one that was not uploaded
+            // is refused (the lease holder may upload it and report again). Checked only for
+            // the lease holder; anyone else gets `record_result`'s own refusal.
+            if db.job_leased_to(&id, &runner.id, now).is_ok() {
+                for (path, sha) in &reported {
+                    if !c.outputs.contains(&id, sha)? {
+                        return Err(ApiError::bad_request(format!(
+                            "result.outputs: {path:?} (sha256 {sha}) was not uploaded; PUT /v1/jobs/{id}/blobs/{sha} first"
+                        )));
+                    }
+                }
+            }
+            db.record_result(&id, &runner.id, &report, now)?;
             tracing::info!(job_id = %id, runner_id = %runner.id, "job result recorded");
+            // Uploaded but not in the result: not an output of this job.
+            let keep: HashSet<&str> = reported.iter().map(|(_, sha)| sha.as_str()).collect();
+            match c.outputs.retain_only(&id, &keep) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(job_id = %id, blobs = n, "uploads the result does not list were removed"),
+                Err(e) => tracing::error!(job_id = %id, error = %e, "removing uploads the result does not list"),
+            }
             Ok(StatusCode::NO_CONTENT)
         },
     )
     .await
+}
+
+/// The `(path, sha256)` of every output a result lists (`result.outputs[]`, as `result.json`
+/// has them); a result without `outputs` lists none.
+fn reported_outputs(report: &ResultReport) -> Result<Vec<(String, String)>, String> {
+    let Some(outputs) = report.result.get("outputs") else {
+        return Ok(Vec::new());
+    };
+    let list = outputs.as_array().ok_or("result.outputs: must be a list")?;
+    list.iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let field = |name: &str| {
+                o.get(name)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("result.outputs[{i}].{name}: missing or not text"))
+            };
+            let sha = field("sha256")?;
+            outputs::check_sha256(&sha).map_err(|e| format!("result.outputs[{i}].sha256: {e}"))?;
+            Ok((field("path")?, sha))
+        })
+        .collect()
+}
+
+/// How long an upload may go without a byte arriving.
+const UPLOAD_IDLE: Duration = Duration::from_secs(30);
+
+/// The slowest average rate an upload may keep (bytes per second) once its first two minutes
+/// are over: its deadline is 120 s plus its length at this rate.
+const UPLOAD_MIN_RATE: u64 = 1 << 20;
+
+/// `PUT /v1/jobs/{id}/blobs/{sha256}` (runner): one output's bytes, streamed to the output
+/// store. The signature covers `sha256` as the body's hash, so it is checked, with the lease,
+/// before a byte of the body is read; the bytes are then held to it ([`outputs`]).
+async fn upload_blob(
+    State(c): State<Shared>,
+    Path((id, sha)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let signed = SignedHeaders::read(|name| header_str(&headers, name))?;
+    outputs::check_sha256(&sha)?;
+    let len: u64 = match header_str(&headers, header::CONTENT_LENGTH.as_str()) {
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad_request("Content-Length: not a number"))?,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "an upload needs a Content-Length: room is reserved before the body is read",
+            ))
+        }
+    };
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let (job_id, digest) = (id.clone(), sha.clone());
+    let stored = with_db(&c, move |c, db| {
+        let now = state::now();
+        let runner = auth::verify_signed_request_for_digest(
+            db,
+            method.as_str(),
+            &target,
+            &signed,
+            &digest,
+            now,
+        )?;
+        db.job_leased_to(&job_id, &runner.id, now)?;
+        Ok(c.outputs.contains(&job_id, &digest)?)
+    })
+    .await?;
+    if stored {
+        // A retry whose first answer was lost: the bytes are here already.
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let upload = c.outputs.begin(&id, &sha, c.outputs.reserve(&id, len)?)?;
+    // Written and hashed on the blocking pool, fed through a short queue: the event loop only
+    // moves chunks, and a slow disk holds the sender back instead of filling memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = upload;
+        while let Some(chunk) = rx.blocking_recv() {
+            upload.write(&chunk)?;
+        }
+        upload.finish()
+    });
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(120)
+        + Duration::from_secs(len / UPLOAD_MIN_RATE);
+    let mut body = body;
+    let cut = loop {
+        let idle = tokio::time::Instant::now() + c.upload_idle;
+        let frame = tokio::time::timeout_at(
+            deadline.min(idle),
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
+        )
+        .await;
+        match frame {
+            Err(_) => {
+                break Some(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "upload too slow: no byte for {} s, or under {} KiB/s on average",
+                        c.upload_idle.as_secs(),
+                        UPLOAD_MIN_RATE >> 10
+                    ),
+                ))
+            }
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => {
+                break Some(ApiError::bad_request(format!("reading the body: {e}")))
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    if tx.send(chunk).await.is_err() {
+                        // The writer refused (too long, disk): its error is the answer.
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    drop(tx);
+    let written = writer.await.map_err(|e| ApiError::internal(&e))?;
+    if let Some(cut) = cut {
+        // The writer saw a short body and removed what it had; the cut is the reason.
+        return Err(cut);
+    }
+    written?;
+    tracing::info!(job_id = %id, sha256 = %sha, bytes = len, "output stored");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The record of job `id` for the admin: `404` when there is none.
+async fn admin_job(c: &Shared, headers: &HeaderMap, id: &str) -> Result<state::Job, ApiError> {
+    c.admin
+        .check_authorization(header_str(headers, header::AUTHORIZATION.as_str()))?;
+    let id = id.to_owned();
+    with_db(c, move |_, db| {
+        db.job(&id, state::now())?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found")))
+    })
+    .await
+}
+
+/// `GET /v1/jobs/{id}/provenance` (admin): the job's `provenance.intoto.jsonl`, as reported.
+async fn provenance(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = admin_job(&c, &headers, &id).await?;
+    let text = job.result.and_then(|r| r.provenance).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job {id} has no provenance (not finished, or it produced none)"),
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `GET /v1/jobs/{id}/outputs/{path}` (admin): the bytes of the output the job's result lists
+/// under `path`, with its sha256 in `Repr-Digest` (RFC 9530) and `ETag`.
+async fn output(
+    State(c): State<Shared>,
+    Path((id, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = admin_job(&c, &headers, &id).await?;
+    let report = job.result.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("job {id} has no result yet"))
+    })?;
+    let listed = reported_outputs(&report).map_err(|e| {
+        tracing::error!(job_id = %id, error = %e, "a stored result lists its outputs wrongly");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the job's stored result is unreadable",
+        )
+    })?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job {id} has no output {path:?} (its result lists what it has)"),
+        )
+    };
+    let sha = listed
+        .into_iter()
+        .find_map(|(p, sha)| (p == path).then_some(sha))
+        .ok_or_else(not_found)?;
+    let (file, len) = c.outputs.open_blob(&id, &sha)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("output {path:?} of job {id} is not stored here (removed by the operator)"),
+        )
+    })?;
+    let digest = {
+        use base64::Engine;
+        let raw: Vec<u8> = (0..sha.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(&sha[i..i + 2], 16).ok())
+            .collect();
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    };
+    let mut response = Body::new(FileBody::spawn(file, len)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    for (name, value) in [
+        ("repr-digest", format!("sha-256=:{digest}:")),
+        ("etag", format!("\"sha256:{sha}\"")),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+/// A response body read from a file on the blocking pool, a chunk at a time, through a short
+/// queue (so a slow client holds the reader back instead of filling memory).
+#[derive(Debug)]
+struct FileBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    len: u64,
+}
+
+impl FileBody {
+    fn spawn(mut file: std::fs::File, len: u64) -> FileBody {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut left = len;
+            while left > 0 {
+                let mut buf = vec![0u8; 256 << 10];
+                let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+                let chunk = match file.read(&mut buf[..want]) {
+                    Ok(0) => Err(std::io::Error::other(
+                        "the stored output is shorter than it was",
+                    )),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        left -= n as u64;
+                        Ok(Bytes::from(buf))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        FileBody { rx, len }
+    }
+}
+
+impl HttpBody for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|next| next.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
 }
 
 #[cfg(test)]

@@ -227,6 +227,20 @@ pub fn verify_signed_request(
     body: &[u8],
     now: u64,
 ) -> Result<Runner, AuthError> {
+    verify_signed_request_for_digest(db, method, path_and_query, signed, &sha256_hex(body), now)
+}
+
+/// [`verify_signed_request`] for a body not read yet: the signature is checked against
+/// `body_sha256_hex`, the hash the caller will hold the body to (an upload names it in its
+/// path, and is refused unless its bytes hash to it).
+pub fn verify_signed_request_for_digest(
+    db: &mut Db,
+    method: &str,
+    path_and_query: &str,
+    signed: &SignedHeaders,
+    body_sha256_hex: &str,
+    now: u64,
+) -> Result<Runner, AuthError> {
     // The signature covers the target as sent, but the routes act on the percent-decoded path
     // and ignore any query: only targets where the two are the same bytes are accepted.
     if path_and_query.contains(['?', '%']) {
@@ -257,14 +271,13 @@ pub fn verify_signed_request(
     let bad_signature = || AuthError::Signature {
         runner_id: runner_id.clone(),
     };
-    let body_hash = sha256_hex(body);
     let message = signing_input(
         method,
         path_and_query,
         timestamp,
         &signed.nonce,
         runner_id,
-        &body_hash,
+        body_sha256_hex,
     )
     .ok_or_else(bad_signature)?;
     let signature = base64::engine::general_purpose::STANDARD

@@ -70,6 +70,12 @@ pub enum Command {
         /// Allow a non-loopback address: a TLS terminator is in front of the coordinator.
         #[arg(long)]
         behind_tls_proxy: bool,
+        /// Most bytes of outputs stored per job (`4GiB`, `512MiB`).
+        #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+        max_output_bytes: u64,
+        /// Free space an output upload must leave on the state directory's file system.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        min_free_disk: u64,
     },
 }
 
@@ -137,4 +143,10 @@ mod tests {
         assert!(parse_ttl("30d").is_err());
         assert!(parse_ttl("soon").is_err());
     }
+}
+
+/// A size such as `4GiB`, `512MiB`, `100MB` or `1048576`, as the runner's configuration
+/// writes them.
+fn parse_size(text: &str) -> Result<u64, String> {
+    bulwark_protocol::parse_size(text)
 }

@@ -48,6 +48,7 @@ pub mod auth;
 pub mod cli;
 pub mod keys;
 pub mod oidc;
+pub mod outputs;
 pub mod state;
 pub mod statedir;
 

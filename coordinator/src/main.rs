@@ -5,6 +5,7 @@ use std::io::Write as _;
 
 use anyhow::{Context, Result};
 use bulwark_coordinator::cli::{Cli, Command, RunnersCommand};
+use bulwark_coordinator::outputs::{OutputLimits, OutputStore};
 use bulwark_coordinator::{api, auth, state, statedir};
 use clap::Parser;
 
@@ -69,10 +70,19 @@ fn main() -> Result<()> {
             state,
             listen,
             behind_tls_proxy,
+            max_output_bytes,
+            min_free_disk,
         } => {
             api::check_listen(listen, behind_tls_proxy)?;
             let (db, key, admin) = statedir::load(&state)?;
-            let coordinator = api::Coordinator::new(db, key, admin)?;
+            let outputs = OutputStore::open(
+                &state,
+                OutputLimits {
+                    max_job_bytes: max_output_bytes,
+                    min_free_bytes: min_free_disk,
+                },
+            )?;
+            let coordinator = api::Coordinator::new(db, key, admin, outputs)?;
             // One event-loop thread: requests are a short transaction and a signature each, run
             // on the blocking pool; SQLite serialises writers anyway.
             let runtime = tokio::runtime::Builder::new_current_thread()

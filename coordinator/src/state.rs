@@ -649,6 +649,23 @@ impl Db {
         runner_id: &str,
         now: u64,
     ) -> Result<Job, StateError> {
+        let job = self.job_leased_to(job_id, runner_id, now)?;
+        if job.trust != Trust::Trusted {
+            return Err(StateError::Untrusted {
+                job_id: job_id.to_owned(),
+            });
+        }
+        Ok(job)
+    }
+
+    /// Job `job_id` if it is leased to `runner_id` and the lease is live: what a runner must
+    /// hold to act for a job (ask for its identity token, upload its outputs).
+    pub fn job_leased_to(
+        &mut self,
+        job_id: &str,
+        runner_id: &str,
+        now: u64,
+    ) -> Result<Job, StateError> {
         let not_leased = || StateError::NotLeasedToRunner {
             job_id: job_id.to_owned(),
             runner_id: runner_id.to_owned(),
@@ -660,11 +677,6 @@ impl Db {
         let live = job.state == JobState::Leased && job.lease_expires_at.is_some_and(|e| now < e);
         if !live {
             return Err(StateError::LeaseOver {
-                job_id: job_id.to_owned(),
-            });
-        }
-        if job.trust != Trust::Trusted {
-            return Err(StateError::Untrusted {
                 job_id: job_id.to_owned(),
             });
         }

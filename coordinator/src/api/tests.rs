@@ -13,6 +13,7 @@ use crate::testutil::TempDir;
 use bulwark_protocol::control::{headers as h, Lease};
 use p256::ecdsa::SigningKey;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 struct Server {
     addr: SocketAddr,
@@ -27,11 +28,18 @@ fn start() -> Server {
 
 /// A server with `options`, and the sender that shuts it down (it answers when `serve` ended).
 fn start_with(options: ServeOptions) -> (Server, Shutdown) {
+    start_with_limits(options, outputs::OutputLimits::default())
+}
+
+fn start_with_limits(options: ServeOptions, limits: outputs::OutputLimits) -> (Server, Shutdown) {
     let dir = TempDir::new("api");
     let state = dir.path().join("state");
     statedir::init(&state, "http://127.0.0.1:1").unwrap();
     let (db, key, admin) = statedir::load(&state).unwrap();
-    let coordinator = Coordinator::new(db, key, admin).unwrap();
+    let outputs = OutputStore::open(&state, limits).unwrap();
+    let coordinator = Coordinator::new(db, key, admin, outputs)
+        .unwrap()
+        .with_upload_idle_timeout(Duration::from_secs(1));
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ended_tx, ended_rx) = std::sync::mpsc::channel();
@@ -698,4 +706,275 @@ fn a_signed_request_acts_only_on_the_exact_path_it_signed() {
     assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
     let a = signed_post(&s, &runner, &format!("/v1/jobs/{job_id}/result"), body);
     assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+}
+
+fn sha(bytes: &[u8]) -> String {
+    auth::sha256_hex(bytes)
+}
+
+/// `PUT /v1/jobs/{job}/blobs/{digest}` signed by `r` over `digest`, with `body`.
+fn upload(s: &Server, r: &TestRunner, job: &str, digest: &str, body: &[u8]) -> Answer {
+    let path = format!("/v1/jobs/{job}/blobs/{digest}");
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh =
+        crate::auth::tests::sign_digest(&r.key, &r.id, "PUT", &path, state::now(), &nonce, digest);
+    http(
+        s.addr,
+        "PUT",
+        &path,
+        &[
+            (h::RUNNER, &sh.runner_id),
+            (h::TIMESTAMP, &sh.timestamp),
+            (h::NONCE, &sh.nonce),
+            (h::SIGNATURE, &sh.signature),
+        ],
+        body,
+    )
+}
+
+fn leased_job(s: &Server, trust: &str) -> (TestRunner, String) {
+    let runner = register(s, "build-1");
+    let job_id = submit(s, trust);
+    let a = signed_post(s, &runner, "/v1/runners/lease", b"");
+    assert_eq!(a.status, 200);
+    (runner, job_id)
+}
+
+fn stored_blobs(s: &Server, job: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(s.state.join(outputs::OUTPUTS_DIR).join(job))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn outputs_are_uploaded_by_the_lease_holder_held_to_their_digest_and_served_to_the_admin() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let (app, other, parked) = (&b"the release binary"[..], &b"checksums"[..], &b"junk"[..]);
+
+    let a = upload(&s, &runner, &job, &sha(app), app);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    // A retry whose answer was lost: accepted, nothing changes.
+    assert_eq!(upload(&s, &runner, &job, &sha(app), app).status, 204);
+    // Bytes other than the ones signed for: refused, nothing stored.
+    let forged = b"the release binarX";
+    let a = upload(&s, &runner, &job, &sha(other), &forged[..other.len()]);
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error().contains("does not hash to sha256"),
+        "{}",
+        a.error()
+    );
+    assert_eq!(upload(&s, &runner, &job, &sha(parked), parked).status, 204);
+    assert_eq!(stored_blobs(&s, &job), {
+        let mut v = vec![sha(app), sha(parked)];
+        v.sort();
+        v
+    });
+
+    // A result listing an output that never arrived is refused, naming it.
+    let result_path = format!("/v1/jobs/{job}/result");
+    let report = json!({
+        "result": {"status": "succeeded", "outputs": [
+            {"path": "dist/app", "size": app.len(), "sha256": sha(app)},
+            {"path": "dist/SHA256SUMS", "size": other.len(), "sha256": sha(other)},
+        ]},
+        "provenance": "{\"payloadType\":\"application/vnd.in-toto+json\"}\n",
+    });
+    let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error().contains("\"dist/SHA256SUMS\"") && a.error().contains("was not uploaded"),
+        "{}",
+        a.error()
+    );
+    assert_eq!(upload(&s, &runner, &job, &sha(other), other).status, 204);
+    let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    // What the result does not list is not kept.
+    assert_eq!(stored_blobs(&s, &job), {
+        let mut v = vec![sha(app), sha(other)];
+        v.sort();
+        v
+    });
+    // The lease is over: no more uploads.
+    assert_eq!(upload(&s, &runner, &job, &sha(parked), parked).status, 403);
+
+    let auth = format!("Bearer {}", s.admin);
+    let get = |path: &str, auth: &str| {
+        let mut s2 = TcpStream::connect(s.addr).unwrap();
+        write!(
+            s2,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: {auth}\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s2.read_to_end(&mut raw).unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (
+            String::from_utf8(raw[..split].to_vec()).unwrap(),
+            raw[split + 4..].to_vec(),
+        )
+    };
+    let (head, body) = get(&format!("/v1/jobs/{job}/outputs/dist/app"), &auth);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, app);
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        sha2::Sha256::digest(app),
+    );
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains(&format!(
+            "repr-digest: sha-256=:{}:",
+            b64.to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("etag: \"sha256:{}\"", sha(app))),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("content-length: {}", app.len())),
+        "{head}"
+    );
+    let (head, body) = get(&format!("/v1/jobs/{job}/provenance"), &auth);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        body,
+        b"{\"payloadType\":\"application/vnd.in-toto+json\"}\n"
+    );
+    let (head, body) = get(&format!("/v1/jobs/{job}/outputs/dist/nothing"), &auth);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("has no output \\\"dist/nothing\\\""),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (head, _) = get(
+        &format!("/v1/jobs/{job}/outputs/dist/app"),
+        "Bearer bwadm_wrong",
+    );
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+#[test]
+fn uploads_from_another_runner_over_the_limit_without_a_length_or_signed_for_other_bytes_are_refused(
+) {
+    let (s, _stop) = start_with_limits(
+        ServeOptions::default(),
+        outputs::OutputLimits {
+            max_job_bytes: 16,
+            min_free_bytes: 0,
+        },
+    );
+    let (holder, job) = leased_job(&s, "trusted");
+    let stranger = register(&s, "build-2");
+    let small = b"0123456789";
+
+    let a = upload(&s, &stranger, &job, &sha(small), small);
+    assert_eq!(a.status, 403, "{}", a.error());
+
+    let big = [7u8; 17];
+    let a = upload(&s, &holder, &job, &sha(&big), &big);
+    assert_eq!(a.status, 413);
+    assert!(
+        a.error().contains("limit of 16 bytes per job"),
+        "{}",
+        a.error()
+    );
+
+    // Signed for one digest, sent under another path: the signature does not cover it.
+    let path = format!("/v1/jobs/{job}/blobs/{}", sha(small));
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh = crate::auth::tests::sign_digest(
+        &holder.key,
+        &holder.id,
+        "PUT",
+        &path,
+        state::now(),
+        &nonce,
+        &sha(b"other"),
+    );
+    let a = http(
+        s.addr,
+        "PUT",
+        &path,
+        &[
+            (h::RUNNER, &sh.runner_id),
+            (h::TIMESTAMP, &sh.timestamp),
+            (h::NONCE, &sh.nonce),
+            (h::SIGNATURE, &sh.signature),
+        ],
+        small,
+    );
+    assert_eq!(a.status, 401);
+
+    // No Content-Length (chunked): refused before anything is reserved or read.
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh = crate::auth::tests::sign_digest(
+        &holder.key,
+        &holder.id,
+        "PUT",
+        &path,
+        state::now(),
+        &nonce,
+        &sha(small),
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
+        h::RUNNER, sh.runner_id, h::TIMESTAMP, sh.timestamp, h::NONCE, sh.nonce, h::SIGNATURE, sh.signature
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 411"), "{raw}");
+    assert!(stored_blobs(&s, &job).is_empty());
+
+    assert_eq!(upload(&s, &holder, &job, &sha(small), small).status, 204);
+}
+
+#[test]
+fn an_upload_that_stalls_is_cut_and_leaves_nothing_behind() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let body = [1u8; 4096];
+    let path = format!("/v1/jobs/{job}/blobs/{}", sha(&body));
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh = crate::auth::tests::sign_digest(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        state::now(),
+        &nonce,
+        &sha(&body),
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n\r\n",
+        h::RUNNER, sh.runner_id, h::TIMESTAMP, sh.timestamp, h::NONCE, sh.nonce, h::SIGNATURE, sh.signature
+    )
+    .unwrap();
+    c.write_all(&body[..1000]).unwrap();
+    // Then nothing: the idle limit (1 s in these tests) cuts it.
+    let raw = read_until_closed(&mut c, Duration::from_secs(10)).expect("closed");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(raw.contains("upload too slow"), "{raw}");
+    assert!(
+        stored_blobs(&s, &job).is_empty(),
+        "{:?}",
+        stored_blobs(&s, &job)
+    );
 }

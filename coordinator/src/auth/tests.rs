@@ -13,9 +13,30 @@ pub(crate) fn sign(
     nonce: &str,
     body: &[u8],
 ) -> SignedHeaders {
+    sign_digest(
+        key,
+        runner_id,
+        method,
+        path,
+        timestamp,
+        nonce,
+        &sha256_hex(body),
+    )
+}
+
+/// [`sign`] over a stated body hash (an upload signs the digest its path names).
+pub(crate) fn sign_digest(
+    key: &SigningKey,
+    runner_id: &str,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    nonce: &str,
+    body_sha256_hex: &str,
+) -> SignedHeaders {
     use p256::ecdsa::signature::Signer as _;
     let message =
-        signing_input(method, path, timestamp, nonce, runner_id, &sha256_hex(body)).unwrap();
+        signing_input(method, path, timestamp, nonce, runner_id, body_sha256_hex).unwrap();
     let signature: p256::ecdsa::Signature = key.sign(&message);
     SignedHeaders {
         runner_id: runner_id.into(),
