@@ -115,6 +115,12 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A size such as `4GiB`, `512MiB`, `100MB` or `1048576`, as the runner's configuration
+/// writes them.
+fn parse_size(text: &str) -> Result<u64, String> {
+    bulwark_protocol::parse_size(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,10 +149,4 @@ mod tests {
         assert!(parse_ttl("30d").is_err());
         assert!(parse_ttl("soon").is_err());
     }
-}
-
-/// A size such as `4GiB`, `512MiB`, `100MB` or `1048576`, as the runner's configuration
-/// writes them.
-fn parse_size(text: &str) -> Result<u64, String> {
-    bulwark_protocol::parse_size(text)
 }
