@@ -5,9 +5,9 @@
 #   3. makes a git repository of examples/hello (the job's source, pinned by commit);
 #   4. registers this host with a one-time token (`bulwark register`) and starts `bulwark daemon`;
 #   5. queues the hello job as trusted through the coordinator's API, as a CI system would;
-#   6. waits for the result, then checks the provenance the coordinator received with
-#      `bulwark verify` against the artifact the daemon kept, with a policy that requires a
-#      trusted build from that repository's main branch;
+#   6. waits for the result, fetches the artifact and its provenance from the coordinator
+#      (the daemon uploaded both) and checks them with `bulwark verify`, with a policy that
+#      requires a trusted build from that repository's main branch;
 #   7. stops the daemon (SIGTERM) and the coordinator.
 #
 #   ./scripts/demo-fleet.sh            # everything in a new directory under ${TMPDIR:-/tmp}
@@ -96,7 +96,7 @@ for _ in $(seq 600); do
   [[ "$state" == finished || "$state" == lost ]] && break
   sleep 0.5
 done
-python3 - "$work/job.json" "$work/provenance.intoto.jsonl" <<'PY'
+python3 - "$work/job.json" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 r = j.get("result") or {}
@@ -106,10 +106,14 @@ for o in res.get("outputs", []):
     print(f"output {o['path']} sha256 {o['sha256']}")
 if res.get("status") != "succeeded" or not r.get("provenance"):
     sys.exit(f"the job did not succeed: {res.get('reason')}")
-open(sys.argv[2], "w").write(r["provenance"])
 PY
 
-say "bulwark verify: the provenance the coordinator got covers the artifact the daemon kept"
+say "fetch the artifact and its provenance from the coordinator"
+curl -sSf -H @"$work/admin.header" "$url/v1/jobs/$job/outputs/dist/hello.tar.gz" -o "$work/hello.tar.gz"
+curl -sSf -H @"$work/admin.header" "$url/v1/jobs/$job/provenance" -o "$work/provenance.intoto.jsonl"
+sha256sum "$work/hello.tar.gz"
+
+say "bulwark verify: the provenance covers the artifact, both as the coordinator serves them"
 cat >"$work/policy.toml" <<EOF
 builder_ids = ["https://ci.example.test/bulwark/demo-pool"]
 source_uris = ["file://$src"]
@@ -118,7 +122,7 @@ require_trust = "trusted"
 EOF
 [[ -n "$fallback" ]] && echo "forbid_weakened = false" >>"$work/policy.toml"
 "$bulwark" verify --provenance "$work/provenance.intoto.jsonl" --key "$work/host-state/keys/signing.pub" \
-  --policy "$work/policy.toml" "$work/host-state/daemon/jobs/$job/out/dist/hello.tar.gz"
+  --policy "$work/policy.toml" "$work/hello.tar.gz"
 
 say "stop the daemon (SIGTERM) and the coordinator"
 kill -TERM "$daemon"

@@ -115,7 +115,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A size such as `4GiB`, `512MiB`, `100MB` or `1048576`, as the runner's configuration
+/// A size with its unit (`4GiB`, `512MiB`, `8B`), as the runner's configuration
 /// writes them.
 fn parse_size(text: &str) -> Result<u64, String> {
     bulwark_protocol::parse_size(text)

@@ -6,8 +6,9 @@
 //! One process, one SQLite file, one state directory. It registers runners (a one-time token
 //! traded for a runner id bound to the runner's own P-256 key), queues jobs submitted by the
 //! operator or CI glue (admin bearer token) with the trust level the submitter decides, leases
-//! them to runners that ask (every runner request signed, timestamped and nonce'd), records
-//! results, and is the OIDC issuer of short-lived identity tokens for trusted jobs.
+//! them to runners that ask (every runner request signed, timestamped and nonce'd), keeps
+//! each job's outputs (held to the digests the runner signed: [`outputs`]), records results,
+//! and is the OIDC issuer of short-lived identity tokens for trusted jobs.
 //!
 //! # Example
 //!
@@ -30,7 +31,8 @@
 //!   re-queueing of lost jobs (the submitter decides); no log streaming.
 //! - Bodies are capped at [`bulwark_protocol::control::MAX_BODY_BYTES`]; headers must arrive
 //!   within 15 s (also the idle keep-alive limit), a request must be done within 120 s, and at
-//!   most 512 connections are served at once ([`api::ServeOptions`]). SIGTERM or SIGINT stops
+//!   most 512 connections are served at once ([`api::ServeOptions`]). Output uploads are
+//!   streamed to disk instead, with limits of their own ([`outputs`]). SIGTERM or SIGINT stops
 //!   accepting and lets the requests in flight finish (at most 30 s).
 //!
 //! # How it is tested

@@ -29,6 +29,11 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn start(env: &Env) -> Coordinator {
+        Coordinator::start_with(env, &[])
+    }
+
+    /// A coordinator served with `serve_args` added (`--max-output-bytes 10`, say).
+    pub fn start_with(env: &Env, serve_args: &[&str]) -> Coordinator {
         let state = env.dir.join("coordinator");
         let o = Command::new(coordinator_bin())
             .args(["init", "--state"])
@@ -45,6 +50,7 @@ impl Coordinator {
             .args(["serve", "--state"])
             .arg(&state)
             .args(["--listen", "127.0.0.1:0"])
+            .args(serve_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -119,6 +125,22 @@ impl Coordinator {
             .and_then(|r| r.bytes())
             .map(|b| serde_json::from_slice(&b).unwrap())
             .unwrap()
+    }
+
+    /// `GET /v1/jobs/{id}/{what}` as the admin: status, `Repr-Digest`, body.
+    pub fn fetch(&self, id: &str, what: &str) -> (u16, Option<String>, Vec<u8>) {
+        let r = self
+            .http
+            .get(format!("{}/v1/jobs/{id}/{what}", self.url))
+            .bearer_auth(&self.admin)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let digest = r
+            .headers()
+            .get("repr-digest")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, digest, r.bytes().unwrap().to_vec())
     }
 
     /// Waits until the job is finished or lost; returns its record.

@@ -34,19 +34,37 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
         // The trust level is the submitter's, carried through to the run and its provenance.
         assert_eq!(result["trust"], trust, "{j}");
         assert_eq!(result["inputs"]["source"]["commit"], commit.as_str(), "{j}");
-        // The artifact the daemon kept verifies against the provenance the coordinator got.
-        let out = env.state.join("daemon/jobs").join(id).join("out");
-        let artifact = out.join("dist/app.txt");
+        // The artifact and its provenance as the coordinator serves them (nothing taken from
+        // the build host) verify against each other.
+        let (status, digest, bytes) = c.fetch(id, "outputs/dist/app.txt");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+        assert_eq!(bytes, b"built-from-git\n");
+        let artifact = env.dir.join(format!("{id}-app.txt"));
+        std::fs::write(&artifact, &bytes).unwrap();
+        let sha = bulwark_tests::sha256_file(&artifact);
+        assert_eq!(result["outputs"][0]["sha256"], sha.as_str());
+        let raw: Vec<u8> = (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&sha[i..i + 2], 16).unwrap())
+            .collect();
         assert_eq!(
-            std::fs::read_to_string(&artifact).unwrap(),
-            "built-from-git\n"
+            digest.as_deref(),
+            Some(
+                format!(
+                    "sha-256=:{}:",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw)
+                )
+                .as_str()
+            )
         );
+        let (status, _, provenance) = c.fetch(id, "provenance");
+        assert_eq!(status, 200);
         assert_eq!(
-            result["outputs"][0]["sha256"],
-            bulwark_tests::sha256_file(&artifact).as_str()
+            provenance,
+            j["result"]["provenance"].as_str().unwrap().as_bytes()
         );
         let prov = env.dir.join(format!("{id}.intoto.jsonl"));
-        std::fs::write(&prov, j["result"]["provenance"].as_str().unwrap()).unwrap();
+        std::fs::write(&prov, &provenance).unwrap();
         let policy = env.dir.join(format!("{id}-policy.toml"));
         // Rootless, these hosts have no delegated cgroup: the job ran with the recorded
         // rlimit fallback, which a strict policy rejects, as it should.
@@ -83,6 +101,49 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
         Some(0),
         "{}",
         daemon_log(&env)
+    );
+}
+
+#[test]
+fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_so() {
+    let env = host("cp-upload-limit");
+    let c = Coordinator::start_with(&env, &["--max-output-bytes", "8B"]);
+    let token = c.registration_token(&env.dir, "10m");
+    assert!(register(&env, &c, &token, "build-1").status.success());
+    let (repo, commit) = repo(&env);
+    let mut daemon = Daemon::start(&env);
+    let id = c.submit(&git_job(&repo, &commit, "big", "sh build.sh"), "trusted");
+    let j = c.wait_done(&id, 120);
+    let log = daemon_log(&env);
+    assert_eq!(j["state"], "finished", "{j}\n{log}");
+    let result = &j["result"]["result"];
+    assert_eq!(result["status"], "runner-error", "{j}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("could not be delivered")
+            && reason.contains("413")
+            && reason.contains("dist/app.txt")
+            && reason.contains(&format!("daemon/jobs/{id}/out")),
+        "{reason}"
+    );
+    // Nothing half-stored at the coordinator; the host kept the output.
+    assert_eq!(c.fetch(&id, "outputs/dist/app.txt").0, 404);
+    let kept = env
+        .state
+        .join("daemon/jobs")
+        .join(&id)
+        .join("out/dist/app.txt");
+    assert_eq!(std::fs::read(kept).unwrap(), b"built-from-git\n");
+    let blobs = c.state.join("outputs").join(&id);
+    assert!(
+        std::fs::read_dir(&blobs).map_or(true, |d| d.count() == 0),
+        "{}",
+        blobs.display()
+    );
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{log}"
     );
 }
 

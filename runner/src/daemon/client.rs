@@ -177,7 +177,7 @@ impl Client {
             .post(self.url(path))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        self.send(path, req).await
+        self.send("POST", path, req).await
     }
 
     /// `POST path` with a JSON body, signed as `runner_id` with `key`.
@@ -188,6 +188,61 @@ impl Client {
         runner_id: &str,
         key: &LocalKey,
     ) -> Result<Answer, ClientError> {
+        let digest = crate::outputs::hex(&Sha256::digest(&body));
+        let req = self
+            .sign(
+                self.http.post(self.url(path)),
+                "POST",
+                path,
+                &digest,
+                runner_id,
+                key,
+            )?
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send("POST", path, req).await
+    }
+
+    /// `PUT path` with the `len` bytes of `file` as the body, streamed, signed as `runner_id`
+    /// with `key` over `sha256` (the hash of those bytes, which the coordinator holds them
+    /// to). The request may take [`REQUEST_TIMEOUT`] plus the time to send `len` bytes at
+    /// 1 MiB/s.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_signed_file(
+        &self,
+        path: &str,
+        file: std::fs::File,
+        len: u64,
+        sha256: &str,
+        runner_id: &str,
+        key: &LocalKey,
+    ) -> Result<Answer, ClientError> {
+        let req = self
+            .sign(
+                self.http.put(self.url(path)),
+                "PUT",
+                path,
+                sha256,
+                runner_id,
+                key,
+            )?
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .timeout(REQUEST_TIMEOUT + Duration::from_secs(len >> 20))
+            .body(reqwest::Body::wrap(FileBody::spawn(file, len)));
+        self.send("PUT", path, req).await
+    }
+
+    /// Adds the four signing headers for `method path` with a body hashing to `digest`.
+    fn sign(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+        digest: &str,
+        runner_id: &str,
+        key: &LocalKey,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let sign_err = |reason: String| ClientError::Sign {
             what: path.to_string(),
             reason,
@@ -199,32 +254,31 @@ impl Client {
         let mut raw = [0u8; 18];
         getrandom::fill(&mut raw).map_err(|e| sign_err(format!("no random nonce: {e}")))?;
         let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        let digest = crate::outputs::hex(&Sha256::digest(&body));
-        let input = control::signing_input("POST", path, timestamp, &nonce, runner_id, &digest)
+        let input = control::signing_input(method, path, timestamp, &nonce, runner_id, digest)
             .ok_or_else(|| sign_err("a field holds a line break".into()))?;
         let signature = key.sign(&input).map_err(|e| sign_err(format!("{e:#}")))?;
-        let req = self
-            .http
-            .post(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+        Ok(req
             .header(headers::RUNNER, runner_id)
             .header(headers::TIMESTAMP, timestamp.to_string())
             .header(headers::NONCE, nonce)
             .header(
                 headers::SIGNATURE,
                 base64::engine::general_purpose::STANDARD.encode(signature),
-            )
-            .body(body);
-        self.send(path, req).await
+            ))
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base.as_str().trim_end_matches('/'))
     }
 
-    async fn send(&self, path: &str, req: reqwest::RequestBuilder) -> Result<Answer, ClientError> {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Answer, ClientError> {
         let transport = |e: reqwest::Error| ClientError::Transport {
-            what: format!("POST {path}"),
+            what: format!("{method} {path}"),
             source: e.without_url(),
         };
         let mut resp = req.send().await.map_err(transport)?;
@@ -233,7 +287,7 @@ impl Client {
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > control::MAX_BODY_BYTES {
                 return Err(ClientError::Protocol {
-                    what: format!("POST {path}"),
+                    what: format!("{method} {path}"),
                     reason: format!("answer larger than {} bytes", control::MAX_BODY_BYTES),
                 });
             }
@@ -247,10 +301,66 @@ impl Client {
             Err(_) => format!("a body that is not an error message ({} bytes)", body.len()),
         };
         Err(ClientError::Refused {
-            what: format!("POST {path}"),
+            what: format!("{method} {path}"),
             status,
             message,
         })
+    }
+}
+
+/// A request body read from a file on the blocking pool, a chunk at a time, through a short
+/// queue: a slow coordinator holds the reader back instead of filling memory. Ends with an
+/// error if the file turns out shorter than `len`.
+#[derive(Debug)]
+struct FileBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    len: u64,
+}
+
+impl FileBody {
+    fn spawn(mut file: std::fs::File, len: u64) -> FileBody {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut left = len;
+            while left > 0 {
+                let mut buf = vec![0u8; 256 << 10];
+                let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+                let chunk = match file.read(&mut buf[..want]) {
+                    Ok(0) => Err(std::io::Error::other("the file is shorter than it was")),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        left -= n as u64;
+                        Ok(bytes::Bytes::from(buf))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = chunk.is_err();
+                if tx.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        FileBody { rx, len }
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|next| next.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
     }
 }
 

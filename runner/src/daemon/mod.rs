@@ -40,9 +40,14 @@
 //! its own uid lease, cgroup and job directory; the loop leases again as soon as a slot is
 //! free.
 //!
-//! Limits of this version: outputs stay on the host under
-//! `<state>/daemon/jobs/<job id>/out/` for `[daemon] keep_outputs` (nothing uploads them);
-//! the job log is not sent to the coordinator (`result.json` and the provenance are).
+//! Every output the run's `result.json` lists is uploaded to the coordinator before the
+//! result is reported (the coordinator refuses a result whose outputs it lacks): streamed
+//! from the job's output directory, signed over the digest the run computed, retried like the
+//! report. If that fails, the job is reported as a runner error saying so. The job's
+//! directory, outputs included, stays on the host for `[daemon] keep_outputs` either way.
+//!
+//! Limits of this version: the job log is not sent to the coordinator (`result.json`, the
+//! provenance and the outputs are).
 
 pub mod client;
 pub mod registration;
@@ -362,6 +367,22 @@ impl Daemon {
                 (synthetic_result(&lease, "runner-error", &reason), false)
             }
         };
+        // The coordinator records a result only once it holds every output the result lists.
+        let report = if ran {
+            match self.deliver_outputs(&lease, &report, &mut stop).await {
+                Ok(()) => report,
+                Err(reason) => {
+                    eprintln!("bulwark daemon: job {job_id}: {reason}");
+                    let reason = format!(
+                        "the outputs could not be delivered to the coordinator ({reason}); they are kept on runner {} under daemon/jobs/{job_id}/out",
+                        self.identity.registration.name
+                    );
+                    synthetic_result(&lease, "runner-error", &reason)
+                }
+            }
+        } else {
+            report
+        };
         let status = report
             .result
             .get("status")
@@ -580,6 +601,62 @@ impl Daemon {
         }))
     }
 
+    /// Uploads every output the run's result lists, each content once, streamed from the
+    /// job's output directory (`PUT /v1/jobs/{id}/blobs/{sha256}`, signed over the digest
+    /// `result.json` gives). Transient failures are retried until the lease ends; anything
+    /// else, or a second stop signal, gives up with the reason.
+    async fn deliver_outputs(
+        &self,
+        lease: &Lease,
+        report: &ResultReport,
+        stop: &mut StopWatch,
+    ) -> Result<(), String> {
+        let reg = &self.identity.registration;
+        let out = self.jobs.join(&lease.job_id).join("out");
+        let mut sent = std::collections::HashSet::new();
+        for (path, sha, size) in listed_outputs(&report.result)? {
+            if !sent.insert(sha.clone()) {
+                continue;
+            }
+            let target = format!("/v1/jobs/{}/blobs/{sha}", lease.job_id);
+            let mut wait = self.poll;
+            loop {
+                let (file, len) =
+                    open_output(&out, &path).map_err(|e| format!("output {path}: {e}"))?;
+                if len != size {
+                    return Err(format!(
+                        "output {path}: {len} bytes on disk, {size} in result.json"
+                    ));
+                }
+                match self
+                    .client
+                    .put_signed_file(&target, file, len, &sha, &reg.runner_id, &self.identity.key)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(job_id = %lease.job_id, output = %path, bytes = len, "output uploaded");
+                        break;
+                    }
+                    Err(e) if e.is_transient() && now_secs() < lease.expires_at => {
+                        eprintln!(
+                            "bulwark daemon: job {}: uploading output {path}: {e}; trying again in {wait:?}",
+                            lease.job_id
+                        );
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            level = stop.raised() => if level == Stop::Now {
+                                return Err("the runner was stopped while it uploaded them".into());
+                            },
+                        }
+                        wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
+                    }
+                    Err(e) => return Err(format!("output {path}: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the result, retrying transient failures until the lease ends.
     async fn report(&self, lease: &Lease, report: ResultReport, stop: &mut StopWatch) {
         let reg = &self.identity.registration;
@@ -722,6 +799,57 @@ fn keep_tail(tail: &mut Vec<u8>, bytes: &[u8]) {
         let cut = tail.len() - STDERR_TAIL;
         tail.drain(..cut);
     }
+}
+
+/// The `(path, sha256, size)` of every output `result.json` lists.
+fn listed_outputs(result: &serde_json::Value) -> Result<Vec<(String, String, u64)>, String> {
+    let Some(list) = result.get("outputs") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or("result.json: outputs is not a list")?;
+    list.iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let bad =
+                |field: &str| format!("result.json: outputs[{i}].{field} is missing or malformed");
+            let path = o
+                .get("path")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| bad("path"))?;
+            let sha = o
+                .get("sha256")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| bad("sha256"))?;
+            bulwark_protocol::check_sha256(sha).map_err(|_| bad("sha256"))?;
+            let size = o
+                .get("size")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad("size"))?;
+            Ok((path.to_owned(), sha.to_owned(), size))
+        })
+        .collect()
+}
+
+/// Opens output `rel` of the output directory `out` for reading: beneath it, through no
+/// symlink, a regular file (the run wrote it so; this holds it to that).
+fn open_output(out: &Path, rel: &str) -> std::io::Result<(std::fs::File, u64)> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let dir = std::fs::File::open(out)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let file = std::fs::File::from(openat2(&dir, rel, how)?);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok((file, meta.len()))
 }
 
 /// A result for a job that never reached `bulwark run`'s own `result.json`.
