@@ -241,8 +241,10 @@ impl Started {
 
     /// Writes `spec` to the helper and closes the pipe; the helper then builds the sandbox.
     pub fn send(mut self, spec: &SandboxSpec) -> Result<Child, String> {
-        let json =
-            serde_json::to_vec(spec).map_err(|e| format!("encoding the sandbox spec: {e}"))?;
+        // Zeroed when dropped: a trusted job's spec carries its credentials.
+        let json = zeroize::Zeroizing::new(
+            serde_json::to_vec(spec).map_err(|e| format!("encoding the sandbox spec: {e}"))?,
+        );
         let mut pipe = self.spec.take().ok_or("spec already sent")?;
         if let Err(e) = pipe.write_all(&json) {
             drop(pipe);

@@ -70,16 +70,19 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     // The seccomp program depends on nothing in the spec: it is built while the runner is
     // still preparing the job and the spec has not arrived.
     let seccomp = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
-    let mut input = String::new();
+    // The spec may carry a trusted job's credentials: the text is zeroed once parsed, before
+    // init is forked, so that no copy of it outlives this point in either process.
+    let mut input = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(at("read spec"))?;
-    let spec: SandboxSpec = serde_json::from_str(&input).map_err(|e| {
+    let mut spec: SandboxSpec = serde_json::from_str(&input).map_err(|e| {
         (
             "parse spec",
             format!("{e} (install bulwark and bulwark-sandbox from one build)"),
         )
     })?;
+    drop(input);
     if spec.protocol != crate::spec::PROTOCOL {
         return Err((
             "protocol",
@@ -273,7 +276,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(at("liveness pipe"))?;
     match crate::sys::fork_single_threaded().map_err(at("fork init"))? {
         Forked::Child => crate::init::run(
-            &spec,
+            &mut spec,
             status.try_clone().map_err(at("status"))?,
             log,
             crate::init::Inherited {
@@ -291,6 +294,8 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             },
         ),
         Forked::Parent(init) => {
+            // Init writes the credentials; this process never needs them again.
+            spec.credentials.clear();
             // Held until we exit.
             let _alive_write = alive_write;
             drop(helper_alive);

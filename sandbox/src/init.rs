@@ -53,9 +53,13 @@ pub struct Inherited {
 }
 
 /// Runs as pid 1 of the job; never returns.
-pub fn run(spec: &SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -> ! {
+pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -> ! {
     let code = match setup(spec, &mut status, &fds) {
         Ok((filters, mut forwarder)) => {
+            // The credentials are files on the job's root now: init holds no copy while the
+            // job runs (each is zeroed as it is dropped).
+            spec.credentials.clear();
+            let spec = &*spec;
             crate::spec::phase(spec, &mut status, "init-root-built");
             let Inherited {
                 workspace,

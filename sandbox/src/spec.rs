@@ -83,7 +83,9 @@ pub struct SandboxSpec {
     pub credentials: Vec<CredentialFile>,
 }
 
-/// One credential file. Its contents are a secret: `Debug` shows only the path.
+/// One credential file. Its contents are a secret: `Debug` shows only the path, and the
+/// contents are overwritten with zeros when it is dropped (the runner's copies, the helper's,
+/// and init's, which drops them as soon as they are written).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialFile {
@@ -93,6 +95,12 @@ pub struct CredentialFile {
     pub name: String,
     /// The contents.
     pub contents: String,
+}
+
+impl Drop for CredentialFile {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.contents);
+    }
 }
 
 impl std::fmt::Debug for CredentialFile {

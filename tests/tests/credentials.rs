@@ -405,3 +405,126 @@ fn plain_bulwark_run_refuses_a_job_that_asks_for_credentials() {
     // The files in the artifact directory never show the spec ran.
     assert!(!r.out.join("job.log").exists());
 }
+
+/// Needs root: the sandbox's helper and init are not dumpable, so only a process with
+/// `CAP_SYS_PTRACE` over them may read their memory. The rootless pass skips this module.
+mod root_mode {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Pids of every sandbox helper and job init on the host (both are `bulwark-sandbox`).
+    fn sandbox_pids() -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == "bulwark-sandbox")
+            })
+            .collect()
+    }
+
+    /// Whether `needle` is anywhere in the readable memory of `pid`; and how many bytes were
+    /// read (so that a scan that read nothing cannot pass for a clean one).
+    fn memory_holds(pid: i32, needle: &[u8]) -> (bool, u64) {
+        use std::os::unix::fs::FileExt;
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return (false, 0);
+        };
+        let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+            return (false, 0);
+        };
+        let mut read = 0u64;
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+            else {
+                continue;
+            };
+            if !perms.starts_with('r') || line.ends_with("[vvar]") || end - start > 1 << 30 {
+                continue;
+            }
+            let mut buf = vec![0u8; usize::try_from(end - start).unwrap()];
+            let Ok(n) = mem.read_at(&mut buf, start) else {
+                continue;
+            };
+            read += n as u64;
+            if buf[..n].windows(needle.len()).any(|w| w == needle) {
+                return (true, read);
+            }
+        }
+        (false, read)
+    }
+
+    /// A credential is in the job's files and nowhere in the sandbox's own processes while the
+    /// job runs: the helper zeroes the spec's text before it forks init and drops its copy
+    /// after, and init drops its copy once the files are written.
+    #[test]
+    fn the_sandbox_helper_and_init_hold_no_credential_while_the_job_runs() {
+        assert!(
+            bulwark_tests::is_root(),
+            "root_mode tests need root; the rootless pass skips them with --skip root_mode::"
+        );
+        let (env, c, sts) = setup("creds-memory");
+        let (repo, commit) = repo(&env);
+        let _daemon = Daemon::start(&env);
+        let run = "cat /run/credentials/vault/token >/dev/null && touch /workspace/started \
+                   && sleep 5 && sh build.sh";
+        let id = c.submit(
+            &with_credentials(&git_job(&repo, &commit, "memory", run), &["vault"]),
+            "trusted",
+        );
+        // The step is running once its marker is in its workspace (state/jobs/<run>/workspace).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let started = || {
+            std::fs::read_dir(env.state.join("jobs"))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.path().join("workspace/started").exists())
+                })
+                .unwrap_or(false)
+        };
+        while !started() {
+            assert!(
+                Instant::now() < deadline,
+                "the step never started: {}\n{}",
+                c.job(&id),
+                daemon_log(&env)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let reqs = sts.requests();
+        let token = reqs
+            .iter()
+            .find(|r| r["path"] == "/v1/auth/jwt/login")
+            .expect("the vault exchange")["issued"]["client_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pids = sandbox_pids();
+        assert!(pids.len() >= 2, "no helper and init found: {pids:?}");
+        let mut scanned = 0;
+        for pid in pids {
+            let (found, read) = memory_holds(pid, token.as_bytes());
+            assert!(
+                !found,
+                "bulwark-sandbox pid {pid} holds the credential in its memory"
+            );
+            scanned += u64::from(read > 0);
+        }
+        assert!(
+            scanned >= 2,
+            "the memory of fewer than two sandbox processes could be read"
+        );
+        let j = c.wait_done(&id, 120);
+        assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    }
+}
