@@ -224,6 +224,7 @@ pub fn router(coordinator: Coordinator) -> Router {
         .route("/v1/jobs/{id}/result", post(result))
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/jobs/{id}/outputs/{*path}", get(output))
+        .route("/v1/jobs/{id}/logs/{name}", get(log))
         // Streamed to disk as it arrives, with its own limits (`upload_blob`).
         .route(
             "/v1/jobs/{id}/blobs/{sha256}",
@@ -634,7 +635,9 @@ async fn result(
         move |c, db, runner, body| {
             let report: ResultReport = parse_body(body, "result report")?;
             let now = state::now();
-            let reported = reported_outputs(&report).map_err(ApiError::bad_request)?;
+            let mut reported = reported_outputs(&report).map_err(ApiError::bad_request)?;
+            report.check_logs().map_err(ApiError::bad_request)?;
+            reported.extend(report.logs.iter().map(|l| (l.name.clone(), l.sha256.clone())));
             // A finished job's outputs are here: a result listing one that was not uploaded
             // is refused (the lease holder may upload it and report again). Checked only for
             // the lease holder; anyone else gets `record_result`'s own refusal.
@@ -642,7 +645,7 @@ async fn result(
                 for (path, sha) in &reported {
                     if !c.outputs.contains(&id, sha)? {
                         return Err(ApiError::bad_request(format!(
-                            "result.outputs: {path:?} (sha256 {sha}) was not uploaded; PUT /v1/jobs/{id}/blobs/{sha} first"
+                            "result: {path:?} (sha256 {sha}) was not uploaded; PUT /v1/jobs/{id}/blobs/{sha} first"
                         )));
                     }
                 }
@@ -888,6 +891,45 @@ async fn output(
             h.insert(name, v);
         }
     }
+    Ok(response)
+}
+
+/// `GET /v1/jobs/{id}/logs/{name}` (admin): `job.log` (text) or `egress.log` (JSON lines) as
+/// the runner reported them.
+async fn log(
+    State(c): State<Shared>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = admin_job(&c, &headers, &id).await?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job {id} has no log {name:?} (not finished, or it left none)"),
+        )
+    };
+    let log = job
+        .result
+        .and_then(|r| r.logs.into_iter().find(|l| l.name == name))
+        .ok_or_else(not_found)?;
+    let (file, len) = c
+        .outputs
+        .open_blob(&id, &log.sha256)?
+        .ok_or_else(not_found)?;
+    let kind = if name == "job.log" {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/jsonl"
+    };
+    let mut response = Body::new(FileBody::spawn(file, len)).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // Never shown as a page: a job's output is the job's, not the coordinator's.
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     Ok(response)
 }
 

@@ -29,8 +29,9 @@ pub const DB_NAME: &str = "coordinator.db";
 /// and tools before the clock of the job starts, and to report afterwards.
 pub const LEASE_GRACE_SECS: u64 = 600;
 
-/// The schema version this build reads and writes.
-const SCHEMA_VERSION: &str = "1";
+/// The schema version this build reads and writes. Version 1 (before logs were reported) is
+/// upgraded in place when opened ([`Db::open`]).
+const SCHEMA_VERSION: &str = "2";
 
 /// How long a writer waits for another (the CLI and the server share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,7 +66,8 @@ CREATE TABLE jobs (
     lease_expires_at INTEGER,
     finished_at      INTEGER,
     result           TEXT,
-    provenance       TEXT
+    provenance       TEXT,
+    logs             TEXT
 );
 CREATE INDEX jobs_by_state ON jobs (state, submitted_at);
 CREATE TABLE nonces (
@@ -105,6 +107,15 @@ pub enum StateError {
         path: PathBuf,
         /// The version found, if any.
         found: Option<String>,
+    },
+    /// Upgrading an older schema failed (nothing was changed).
+    #[error("coordinator database {}: upgrading its schema to version {SCHEMA_VERSION}", path.display())]
+    Upgrade {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
     },
     /// Reading the `meta` table failed.
     #[error("reading the coordinator's settings (meta table)")]
@@ -342,15 +353,43 @@ impl Db {
                 source: rusqlite::Error::InvalidPath(path.to_owned()),
             });
         }
-        let db = Db::connect(path)?;
+        let mut db = Db::connect(path)?;
         let found = db.meta("schema_version").ok().flatten();
-        if found.as_deref() != Some(SCHEMA_VERSION) {
-            return Err(StateError::SchemaVersion {
+        match found.as_deref() {
+            Some(SCHEMA_VERSION) => {}
+            Some("1") => db.upgrade_from_1().map_err(|source| StateError::Upgrade {
                 path: path.to_owned(),
-                found,
-            });
+                source,
+            })?,
+            _ => {
+                return Err(StateError::SchemaVersion {
+                    path: path.to_owned(),
+                    found,
+                })
+            }
         }
         Ok(db)
+    }
+
+    /// Schema 1 to 2: the jobs' reported logs. One transaction, so a failure leaves version 1
+    /// as it was.
+    fn upgrade_from_1(&mut self) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        // Another process may have upgraded it since the version was read.
+        let now: String = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        if now == "1" {
+            tx.execute_batch(
+                "ALTER TABLE jobs ADD COLUMN logs TEXT;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+            )?;
+        }
+        tx.commit()
     }
 
     fn connect(path: &Path) -> Result<Db, StateError> {
@@ -698,6 +737,8 @@ impl Db {
         };
         let result_json = serde_json::to_string(&report.result)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let logs_json = serde_json::to_string(&report.logs)
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -750,9 +791,16 @@ impl Db {
             });
         }
         tx.execute(
-            "UPDATE jobs SET state = 'finished', finished_at = ?1, result = ?2, provenance = ?3
-             WHERE id = ?4",
-            params![to_i64(now), result_json, report.provenance, job_id],
+            "UPDATE jobs SET state = 'finished', finished_at = ?1, result = ?2, provenance = ?3,
+                             logs = ?4
+             WHERE id = ?5",
+            params![
+                to_i64(now),
+                result_json,
+                report.provenance,
+                logs_json,
+                job_id
+            ],
         )
         .map_err(err)?;
         tx.commit().map_err(err)
@@ -780,11 +828,12 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
         Option<i64>,
         Option<String>,
         Option<String>,
+        Option<String>,
     );
     let row: Option<Row> = conn
         .query_row(
             "SELECT name, trust, spec, state, runner_id, submitted_at, lease_expires_at, result,
-                    provenance
+                    provenance, logs
              FROM jobs WHERE id = ?1",
             [job_id],
             |r| {
@@ -798,6 +847,7 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
                     r.get(6)?,
                     r.get(7)?,
                     r.get(8)?,
+                    r.get(9)?,
                 ))
             },
         )
@@ -816,6 +866,7 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
         lease_expires_at,
         result,
         provenance,
+        logs,
     )) = row
     else {
         return Ok(None);
@@ -828,6 +879,10 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
         Some(text) => Some(ResultReport {
             result: serde_json::from_str(&text).map_err(|_| corrupt("result"))?,
             provenance,
+            logs: match logs {
+                Some(logs) => serde_json::from_str(&logs).map_err(|_| corrupt("logs"))?,
+                None => Vec::new(),
+            },
         }),
         None => None,
     };

@@ -14,6 +14,7 @@ use bulwark_protocol::control::{IdToken, IdTokenRequest, Lease};
 use bulwark_protocol::JobSpec;
 use bulwark_tests::control::*;
 use bulwark_tests::{bulwark_bin, Env};
+use sha2::Digest as _;
 
 #[test]
 fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that_verifies() {
@@ -56,6 +57,15 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
                 )
                 .as_str()
             )
+        );
+        // The job's log, as the run stored it, is at the coordinator too.
+        let (status, _, log) = c.fetch(id, "logs/job.log");
+        assert_eq!(status, 200);
+        let kept = env.state.join("daemon/jobs").join(id).join("out/job.log");
+        assert_eq!(log, std::fs::read(kept).unwrap());
+        assert_eq!(
+            j["result"]["logs"][0]["sha256"],
+            bulwark_tests::hex(&sha2::Sha256::digest(&log)).as_str()
         );
         let (status, _, provenance) = c.fetch(id, "provenance");
         assert_eq!(status, 200);
@@ -112,7 +122,10 @@ fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_s
     assert!(register(&env, &c, &token, "build-1").status.success());
     let (repo, commit) = repo(&env);
     let mut daemon = Daemon::start(&env);
-    let id = c.submit(&git_job(&repo, &commit, "big", "sh build.sh"), "trusted");
+    let id = c.submit(
+        &git_job(&repo, &commit, "big", "echo hi; sh build.sh"),
+        "trusted",
+    );
     let j = c.wait_done(&id, 120);
     let log = daemon_log(&env);
     assert_eq!(j["state"], "finished", "{j}\n{log}");
@@ -126,8 +139,11 @@ fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_s
             && reason.contains(&format!("daemon/jobs/{id}/out")),
         "{reason}"
     );
-    // Nothing half-stored at the coordinator; the host kept the output.
+    // Nothing half-stored at the coordinator; the host kept the output. The log did arrive.
     assert_eq!(c.fetch(&id, "outputs/dist/app.txt").0, 404);
+    let (status, _, job_log) = c.fetch(&id, "logs/job.log");
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(job_log, b"hi\n", "{}", String::from_utf8_lossy(&job_log));
     let kept = env
         .state
         .join("daemon/jobs")
@@ -135,9 +151,10 @@ fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_s
         .join("out/dist/app.txt");
     assert_eq!(std::fs::read(kept).unwrap(), b"built-from-git\n");
     let blobs = c.state.join("outputs").join(&id);
-    assert!(
-        std::fs::read_dir(&blobs).map_or(true, |d| d.count() == 0),
-        "{}",
+    assert_eq!(
+        std::fs::read_dir(&blobs).map_or(0, |d| d.count()),
+        1,
+        "only the log: {}",
         blobs.display()
     );
     assert_eq!(

@@ -231,6 +231,13 @@ fn a_trusted_job_gets_each_kind_of_credential_as_read_only_files_masked_in_its_l
     ];
     assert!(log.matches("***").count() >= 5, "{log}");
     let result_json = std::fs::read_to_string(out.join("result.json")).unwrap();
+    let (status, _, served) = c.fetch(&id, "logs/job.log");
+    assert_eq!(status, 200);
+    assert_eq!(
+        served,
+        log.as_bytes(),
+        "the coordinator serves the masked log"
+    );
     for s in secrets {
         assert!(!log.contains(s), "a credential in job.log: {log}");
         assert!(!result_json.contains(s), "a credential in result.json");

@@ -177,6 +177,47 @@ pub struct ResultReport {
     /// `provenance.intoto.jsonl` when the run produced one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<String>,
+    /// The run's logs (`job.log`, `egress.log`), each uploaded like an output before the
+    /// report (`PUT /v1/jobs/{id}/blobs/{sha256}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogFile>,
+}
+
+/// One log a run left, as reported: its bytes are a blob of the job, like an output's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// One of [`LOG_NAMES`].
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256, 64 lowercase hex.
+    pub sha256: String,
+}
+
+/// The logs a run may report: the job's own output (secrets masked, capped) and its egress
+/// record.
+pub const LOG_NAMES: [&str; 2] = ["job.log", "egress.log"];
+
+impl ResultReport {
+    /// Checks the report's log list: known names, each once, well-formed digests.
+    pub fn check_logs(&self) -> Result<(), String> {
+        let mut seen = Vec::new();
+        for (i, log) in self.logs.iter().enumerate() {
+            if !LOG_NAMES.contains(&log.name.as_str()) {
+                return Err(format!(
+                    "logs[{i}].name: {:?} is not one of {LOG_NAMES:?}",
+                    log.name
+                ));
+            }
+            if seen.contains(&log.name.as_str()) {
+                return Err(format!("logs[{i}].name: {:?} is listed twice", log.name));
+            }
+            seen.push(log.name.as_str());
+            crate::check_sha256(&log.sha256).map_err(|e| format!("logs[{i}].sha256: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a job is in its life, as the coordinator records it.

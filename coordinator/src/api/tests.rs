@@ -978,3 +978,66 @@ fn an_upload_that_stalls_is_cut_and_leaves_nothing_behind() {
         stored_blobs(&s, &job)
     );
 }
+
+#[test]
+fn a_results_logs_must_be_uploaded_first_and_are_served_to_the_admin_as_text() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let log = b"make: building\nok\n";
+    let result_path = format!("/v1/jobs/{job}/result");
+    let report = |name: &str| {
+        json!({
+            "result": {"status": "failed", "outputs": []},
+            "logs": [{"name": name, "size": log.len(), "sha256": sha(log)}],
+        })
+        .to_string()
+    };
+    // Only the two known logs, each once.
+    let a = signed_post(
+        &s,
+        &runner,
+        &result_path,
+        report("../coordinator.db").as_bytes(),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.error().starts_with("logs[0].name:"), "{}", a.error());
+    let twice = json!({
+        "result": {"status": "failed"},
+        "logs": [
+            {"name": "job.log", "size": 1, "sha256": sha(b"a")},
+            {"name": "job.log", "size": 1, "sha256": sha(b"b")},
+        ],
+    });
+    let a = signed_post(&s, &runner, &result_path, twice.to_string().as_bytes());
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("listed twice"), "{}", a.error());
+    // Listed but not uploaded: refused, naming it.
+    let a = signed_post(&s, &runner, &result_path, report("job.log").as_bytes());
+    assert_eq!(a.status, 400);
+    assert!(a.error().contains("\"job.log\""), "{}", a.error());
+    assert_eq!(upload(&s, &runner, &job, &sha(log), log).status, 204);
+    let a = signed_post(&s, &runner, &result_path, report("job.log").as_bytes());
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    // Kept (the result lists it), and served.
+    assert_eq!(stored_blobs(&s, &job), vec![sha(log)]);
+    let auth = format!("Bearer {}", s.admin);
+    let a = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}/logs/job.log"),
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, log);
+    assert_eq!(a.content_type.as_deref(), Some("text/plain; charset=utf-8"));
+    let a = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}/logs/egress.log"),
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert_eq!(a.status, 404);
+    assert!(a.error().contains("no log \"egress.log\""), "{}", a.error());
+}

@@ -43,6 +43,11 @@ fn report() -> ResultReport {
     ResultReport {
         result: serde_json::json!({"status": "succeeded"}),
         provenance: Some("{}\n".into()),
+        logs: vec![bulwark_protocol::control::LogFile {
+            name: "job.log".into(),
+            size: 3,
+            sha256: "a".repeat(64),
+        }],
     }
 }
 
@@ -305,4 +310,48 @@ fn a_removed_runner_is_never_leased_a_job() {
         db.lease("nobody", 102),
         Err(StateError::RunnerNotActive { .. })
     ));
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_in_place_and_keeps_its_jobs() {
+    let dir = TempDir::new("state");
+    let path = dir.path().join(DB_NAME);
+    let mut db = db_with(&dir, &["r1"]);
+    db.submit_job("job-1", &spec(None), Trust::Untrusted, 100)
+        .unwrap();
+    db.lease("r1", 200).unwrap().unwrap();
+    db.record_result("job-1", "r1", &report(), 201).unwrap();
+    // What a coordinator from before reported logs left: no logs column, version 1.
+    db.conn
+        .execute_batch(
+            "ALTER TABLE jobs DROP COLUMN logs;
+             UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    drop(db);
+    let mut db = Db::open(&path).unwrap();
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("2"));
+    let job = db.job("job-1", 300).unwrap().unwrap();
+    let result = job.result.unwrap();
+    assert_eq!(result.provenance.as_deref(), Some("{}\n"));
+    assert!(result.logs.is_empty());
+    // Results recorded from now on keep their logs.
+    db.submit_job("job-2", &spec(None), Trust::Untrusted, 400)
+        .unwrap();
+    db.lease("r1", 401).unwrap().unwrap();
+    db.record_result("job-2", "r1", &report(), 402).unwrap();
+    assert_eq!(
+        db.job("job-2", 403).unwrap().unwrap().result.unwrap().logs,
+        report().logs
+    );
+    // A version this build does not know is refused, not guessed at.
+    db.conn
+        .execute(
+            "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+    drop(db);
+    let e = Db::open(&path).unwrap_err().to_string();
+    assert!(e.contains("schema version Some(\"3\")"), "{e}");
 }

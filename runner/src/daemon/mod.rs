@@ -46,8 +46,9 @@
 //! report. If that fails, the job is reported as a runner error saying so. The job's
 //! directory, outputs included, stays on the host for `[daemon] keep_outputs` either way.
 //!
-//! Limits of this version: the job log is not sent to the coordinator (`result.json`, the
-//! provenance and the outputs are).
+//! The run's `job.log` and `egress.log` are uploaded the same way, first, and listed in the
+//! report: a job whose outputs cannot be delivered is still reported with its log. They are
+//! sent when the job is over, not while it runs.
 
 pub mod client;
 pub mod registration;
@@ -56,7 +57,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bulwark_protocol::control::{Lease, ResultReport, MAX_BODY_BYTES};
+use bulwark_protocol::control::{Lease, LogFile, ResultReport, MAX_BODY_BYTES};
 use bulwark_protocol::JobSpec;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -367,19 +368,11 @@ impl Daemon {
                 (synthetic_result(&lease, "runner-error", &reason), false)
             }
         };
-        // The coordinator records a result only once it holds every output the result lists.
+        // The coordinator records a result only once it holds every log and output the report
+        // lists. The logs go first: a job whose outputs cannot be delivered is still reported
+        // with its log.
         let report = if ran {
-            match self.deliver_outputs(&lease, &report, &mut stop).await {
-                Ok(()) => report,
-                Err(reason) => {
-                    eprintln!("bulwark daemon: job {job_id}: {reason}");
-                    let reason = format!(
-                        "the outputs could not be delivered to the coordinator ({reason}); they are kept on runner {} under daemon/jobs/{job_id}/out",
-                        self.identity.registration.name
-                    );
-                    synthetic_result(&lease, "runner-error", &reason)
-                }
-            }
+            self.deliver_all(&lease, report, &mut stop).await
         } else {
             report
         };
@@ -601,45 +594,106 @@ impl Daemon {
         }))
     }
 
-    /// Uploads every output the run's result lists, each content once, streamed from the
-    /// job's output directory (`PUT /v1/jobs/{id}/blobs/{sha256}`, signed over the digest
-    /// `result.json` gives). Transient failures are retried until the lease ends; anything
-    /// else, or a second stop signal, gives up with the reason.
-    async fn deliver_outputs(
+    /// Uploads the report's logs, then its outputs; what could not be delivered turns the
+    /// report into a runner error that says so (keeping the logs when they did arrive).
+    async fn deliver_all(
         &self,
         lease: &Lease,
-        report: &ResultReport,
+        report: ResultReport,
+        stop: &mut StopWatch,
+    ) -> ResultReport {
+        let job_id = &lease.job_id;
+        let kept = format!(
+            "kept on runner {} under daemon/jobs/{job_id}/out",
+            self.identity.registration.name
+        );
+        let logs: Vec<Blob> = report
+            .logs
+            .iter()
+            .map(|l| Blob {
+                what: format!("log {}", l.name),
+                rel: l.name.clone(),
+                sha256: l.sha256.clone(),
+                size: l.size,
+            })
+            .collect();
+        if let Err(reason) = self.deliver(lease, &logs, stop).await {
+            eprintln!("bulwark daemon: job {job_id}: {reason}");
+            let reason = format!(
+                "the job's logs could not be delivered to the coordinator ({reason}); they are {kept}"
+            );
+            return synthetic_result(lease, "runner-error", &reason);
+        }
+        let delivered = match listed_outputs(&report.result) {
+            Ok(outputs) => self.deliver(lease, &outputs, stop).await,
+            Err(e) => Err(e),
+        };
+        match delivered {
+            Ok(()) => report,
+            Err(reason) => {
+                eprintln!("bulwark daemon: job {job_id}: {reason}");
+                let reason = format!(
+                    "the outputs could not be delivered to the coordinator ({reason}); they are {kept}"
+                );
+                ResultReport {
+                    logs: report.logs,
+                    ..synthetic_result(lease, "runner-error", &reason)
+                }
+            }
+        }
+    }
+
+    /// Uploads `blobs` from the job's output directory, each content once, streamed
+    /// (`PUT /v1/jobs/{id}/blobs/{sha256}`, signed over the digest the run computed).
+    /// Transient failures are retried until the lease ends; anything else, or a second stop
+    /// signal, gives up with the reason.
+    async fn deliver(
+        &self,
+        lease: &Lease,
+        blobs: &[Blob],
         stop: &mut StopWatch,
     ) -> Result<(), String> {
         let reg = &self.identity.registration;
         let out = self.jobs.join(&lease.job_id).join("out");
         let mut sent = std::collections::HashSet::new();
-        for (path, sha, size) in listed_outputs(&report.result)? {
-            if !sent.insert(sha.clone()) {
+        for blob in blobs {
+            let Blob {
+                what,
+                rel,
+                sha256,
+                size,
+            } = blob;
+            if !sent.insert(sha256.clone()) {
                 continue;
             }
-            let target = format!("/v1/jobs/{}/blobs/{sha}", lease.job_id);
+            let target = format!("/v1/jobs/{}/blobs/{sha256}", lease.job_id);
             let mut wait = self.poll;
             loop {
-                let (file, len) =
-                    open_output(&out, &path).map_err(|e| format!("output {path}: {e}"))?;
-                if len != size {
+                let (file, len) = open_output(&out, rel).map_err(|e| format!("{what}: {e}"))?;
+                if len != *size {
                     return Err(format!(
-                        "output {path}: {len} bytes on disk, {size} in result.json"
+                        "{what}: {len} bytes on disk, {size} when the run recorded it"
                     ));
                 }
                 match self
                     .client
-                    .put_signed_file(&target, file, len, &sha, &reg.runner_id, &self.identity.key)
+                    .put_signed_file(
+                        &target,
+                        file,
+                        len,
+                        sha256,
+                        &reg.runner_id,
+                        &self.identity.key,
+                    )
                     .await
                 {
                     Ok(_) => {
-                        tracing::info!(job_id = %lease.job_id, output = %path, bytes = len, "output uploaded");
+                        tracing::info!(job_id = %lease.job_id, what = %what, bytes = len, "uploaded");
                         break;
                     }
                     Err(e) if e.is_transient() && now_secs() < lease.expires_at => {
                         eprintln!(
-                            "bulwark daemon: job {}: uploading output {path}: {e}; trying again in {wait:?}",
+                            "bulwark daemon: job {}: uploading {what}: {e}; trying again in {wait:?}",
                             lease.job_id
                         );
                         tokio::select! {
@@ -650,7 +704,7 @@ impl Daemon {
                         }
                         wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
                     }
-                    Err(e) => return Err(format!("output {path}: {e}")),
+                    Err(e) => return Err(format!("{what}: {e}")),
                 }
             }
         }
@@ -801,8 +855,21 @@ fn keep_tail(tail: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// The `(path, sha256, size)` of every output `result.json` lists.
-fn listed_outputs(result: &serde_json::Value) -> Result<Vec<(String, String, u64)>, String> {
+/// A file of the job's output directory to upload.
+#[derive(Debug)]
+struct Blob {
+    /// What it is, for messages (`output dist/app`, `log job.log`).
+    what: String,
+    /// Its path under the output directory.
+    rel: String,
+    /// Its sha256 as the run recorded it.
+    sha256: String,
+    /// Its size as the run recorded it.
+    size: u64,
+}
+
+/// Every output `result.json` lists.
+fn listed_outputs(result: &serde_json::Value) -> Result<Vec<Blob>, String> {
     let Some(list) = result.get("outputs") else {
         return Ok(Vec::new());
     };
@@ -827,7 +894,12 @@ fn listed_outputs(result: &serde_json::Value) -> Result<Vec<(String, String, u64
                 .get("size")
                 .and_then(serde_json::Value::as_u64)
                 .ok_or_else(|| bad("size"))?;
-            Ok((path.to_owned(), sha.to_owned(), size))
+            Ok(Blob {
+                what: format!("output {path}"),
+                rel: path.to_owned(),
+                sha256: sha.to_owned(),
+                size,
+            })
         })
         .collect()
 }
@@ -852,6 +924,41 @@ fn open_output(out: &Path, rel: &str) -> std::io::Result<(std::fs::File, u64)> {
     Ok((file, meta.len()))
 }
 
+/// The size and sha256 of log `name` in the output directory `out`; `None` when the run left
+/// none.
+fn hash_log(out: &Path, name: &str) -> Result<Option<LogFile>> {
+    use sha2::Digest;
+    let (mut file, size) = match open_output(out, name) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow!(e).context(format!("opening {name} in {}", out.display()))),
+    };
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut copied = 0u64;
+    loop {
+        use std::io::Read;
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(anyhow!(e).context(format!("reading {name} in {}", out.display())))
+            }
+        };
+        hasher.update(&buf[..n]);
+        copied += n as u64;
+    }
+    if copied != size {
+        bail!("{name} in {} changed while it was read", out.display());
+    }
+    Ok(Some(LogFile {
+        name: name.to_owned(),
+        size,
+        sha256: crate::outputs::hex(&hasher.finalize()),
+    }))
+}
+
 /// A result for a job that never reached `bulwark run`'s own `result.json`.
 fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
     ResultReport {
@@ -862,6 +969,7 @@ fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
             "job": lease.spec.name,
         }),
         provenance: None,
+        logs: Vec::new(),
     }
 }
 
@@ -909,7 +1017,17 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
         }
         Some(p) => Some(String::from_utf8(p).context("provenance.intoto.jsonl is not text")?),
     };
-    Ok(ResultReport { result, provenance })
+    let mut logs = Vec::new();
+    for name in bulwark_protocol::control::LOG_NAMES {
+        if let Some(log) = hash_log(out, name)? {
+            logs.push(log);
+        }
+    }
+    Ok(ResultReport {
+        result,
+        provenance,
+        logs,
+    })
 }
 
 #[cfg(test)]
