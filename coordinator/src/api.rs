@@ -134,6 +134,14 @@ impl From<OidcError> for ApiError {
 impl From<OutputError> for ApiError {
     fn from(e: OutputError) -> ApiError {
         let status = match &e {
+            // The file system's own ENOSPC names a path in the state directory: logged only.
+            OutputError::Io { .. } if e.is_storage_full() => {
+                ApiError::internal(&e);
+                return ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the coordinator's output store is full (its log has the cause)",
+                );
+            }
             _ if e.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
             OutputError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             OutputError::JobId(_)

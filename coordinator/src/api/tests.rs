@@ -1024,3 +1024,15 @@ fn an_upload_still_in_flight_when_the_result_is_recorded_is_not_kept() {
         stored_blobs(&s, &job)
     );
 }
+
+#[test]
+fn a_full_disk_is_answered_507_without_the_store_path() {
+    let e = OutputError::Io {
+        what: "writing",
+        path: "/srv/bulwark/state/outputs/job-x/.upload-0123".into(),
+        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+    };
+    let a = ApiError::from(e);
+    assert_eq!(a.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(!a.message.contains("/srv/bulwark"), "{}", a.message);
+}
