@@ -637,7 +637,13 @@ impl Daemon {
                         tracing::info!(job_id = %lease.job_id, output = %path, bytes = len, "output uploaded");
                         break;
                     }
-                    Err(e) if e.is_transient() && now_secs() < lease.expires_at => {
+                    // 507: the coordinator's store is full, which waiting out the lease
+                    // would not change; the job is reported as a runner error instead.
+                    Err(e)
+                        if e.is_transient()
+                            && e.status() != Some(507)
+                            && now_secs() < lease.expires_at =>
+                    {
                         eprintln!(
                             "bulwark daemon: job {}: uploading output {path}: {e}; trying again in {wait:?}",
                             lease.job_id
