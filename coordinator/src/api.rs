@@ -134,6 +134,14 @@ impl From<OidcError> for ApiError {
 impl From<OutputError> for ApiError {
     fn from(e: OutputError) -> ApiError {
         let status = match &e {
+            // The file system's own ENOSPC names a path in the state directory: logged only.
+            OutputError::Io { .. } if e.is_storage_full() => {
+                ApiError::internal(&e);
+                return ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the coordinator's output store is full (its log has the cause)",
+                );
+            }
             _ if e.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
             OutputError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             OutputError::JobId(_)
@@ -734,9 +742,10 @@ async fn upload_blob(
             now,
         )?;
         db.job_leased_to(&job_id, &runner.id, now)?;
-        Ok(c.outputs.contains(&job_id, &digest)?)
+        Ok((c.outputs.contains(&job_id, &digest)?, runner.id))
     })
     .await?;
+    let (stored, runner_id) = stored;
     if stored {
         // A retry whose first answer was lost: the bytes are here already.
         return Ok(StatusCode::NO_CONTENT);
@@ -750,7 +759,8 @@ async fn upload_blob(
         while let Some(chunk) = rx.blocking_recv() {
             upload.write(&chunk)?;
         }
-        upload.finish()
+        upload.verify()?;
+        Ok::<_, OutputError>(upload)
     });
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(120)
@@ -794,7 +804,16 @@ async fn upload_blob(
         // The writer saw a short body and removed what it had; the cut is the reason.
         return Err(cut);
     }
-    written?;
+    let upload = written?;
+    // Stored under the database lock, after checking the lease again: the result may have
+    // been recorded (and its unlisted blobs removed) or the lease ended while the body
+    // arrived, and a blob stored after that would be kept though no result lists it.
+    let job_id = id.clone();
+    with_db(&c, move |_, db| {
+        db.job_leased_to(&job_id, &runner_id, state::now())?;
+        Ok(upload.commit()?)
+    })
+    .await?;
     tracing::info!(job_id = %id, sha256 = %sha, bytes = len, "output stored");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -363,6 +363,7 @@ impl OutputStore {
             hasher: Sha256::new(),
             got: 0,
             reservation,
+            verified: false,
         })
     }
 
@@ -443,6 +444,7 @@ pub struct Upload {
     hasher: Sha256,
     got: u64,
     reservation: Reservation,
+    verified: bool,
 }
 
 impl Upload {
@@ -464,6 +466,13 @@ impl Upload {
 
     /// Checks length and digest, makes the bytes durable and renames them into place.
     pub fn finish(mut self) -> Result<(), OutputError> {
+        self.verify()?;
+        self.commit()
+    }
+
+    /// Checks length and digest and makes the bytes durable, without storing them yet:
+    /// [`Upload::commit`] does, once the caller has checked the upload may still be kept.
+    pub fn verify(&mut self) -> Result<(), OutputError> {
         if self.got != self.reservation.len {
             return Err(OutputError::Length {
                 declared: self.reservation.len,
@@ -482,7 +491,17 @@ impl Upload {
             // A release artifact: on disk before anyone is told it is stored.
             file.sync_all().map_err(io("syncing", &self.temp))?;
         }
-        drop(file);
+        self.verified = true;
+        Ok(())
+    }
+
+    /// Renames bytes [`Upload::verify`] passed into place.
+    pub fn commit(self) -> Result<(), OutputError> {
+        if !self.verified {
+            return Err(io("storing", &self.dest)(std::io::Error::other(
+                "the upload was not verified",
+            )));
+        }
         // Another upload of the same bytes may have finished first: the same content either way.
         fs::rename(&self.temp, &self.dest).map_err(io("storing", &self.dest))?;
         File::open(&self.dir)

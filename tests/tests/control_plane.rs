@@ -165,6 +165,34 @@ fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_s
 }
 
 #[test]
+fn a_coordinator_out_of_disk_makes_the_job_a_runner_error_not_a_retry_until_the_lease_ends() {
+    let env = host("cp-upload-full");
+    // More free space than any disk has: every upload is answered 507.
+    let c = Coordinator::start_with(&env, &["--min-free-disk", "1000000TiB"]);
+    let token = c.registration_token(&env.dir, "10m");
+    assert!(register(&env, &c, &token, "build-1").status.success());
+    let (repo, commit) = repo(&env);
+    let mut daemon = Daemon::start(&env);
+    let id = c.submit(&git_job(&repo, &commit, "full", "sh build.sh"), "trusted");
+    // The lease lasts the job's timeout plus 10 minutes: a retried 507 would outlast this.
+    let j = c.wait_done(&id, 120);
+    let log = daemon_log(&env);
+    assert_eq!(j["state"], "finished", "{j}\n{log}");
+    let result = &j["result"]["result"];
+    assert_eq!(result["status"], "runner-error", "{j}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("could not be delivered") && reason.contains("507"),
+        "{reason}"
+    );
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_registration_token_registers_one_runner_only() {
     let env = host("cp-once");
     let c = Coordinator::start(&env);

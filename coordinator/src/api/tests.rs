@@ -1041,3 +1041,61 @@ fn a_results_logs_must_be_uploaded_first_and_are_served_to_the_admin_as_text() {
     assert_eq!(a.status, 404);
     assert!(a.error().contains("no log \"egress.log\""), "{}", a.error());
 }
+
+#[test]
+fn an_upload_still_in_flight_when_the_result_is_recorded_is_not_kept() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let body = [3u8; 4096];
+    let path = format!("/v1/jobs/{job}/blobs/{}", sha(&body));
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh = crate::auth::tests::sign_digest(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        state::now(),
+        &nonce,
+        &sha(&body),
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 4096\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n\r\n",
+        h::RUNNER, sh.runner_id, h::TIMESTAMP, sh.timestamp, h::NONCE, sh.nonce, h::SIGNATURE, sh.signature
+    )
+    .unwrap();
+    c.write_all(&body[..1000]).unwrap();
+    // Authenticated and being received when the result, which does not list it, is recorded.
+    std::thread::sleep(Duration::from_millis(300));
+    let report = json!({"result": {"status": "succeeded", "outputs": []}});
+    let a = signed_post(
+        &s,
+        &runner,
+        &format!("/v1/jobs/{job}/result"),
+        report.to_string().as_bytes(),
+    );
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    c.write_all(&body[1000..]).unwrap();
+    let raw = read_until_closed(&mut c, Duration::from_secs(10)).expect("closed");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.starts_with("HTTP/1.1 2"), "{raw}");
+    // Nothing the result does not list is kept, whenever it arrived.
+    assert!(
+        stored_blobs(&s, &job).is_empty(),
+        "{:?}",
+        stored_blobs(&s, &job)
+    );
+}
+
+#[test]
+fn a_full_disk_is_answered_507_without_the_store_path() {
+    let e = OutputError::Io {
+        what: "writing",
+        path: "/srv/bulwark/state/outputs/job-x/.upload-0123".into(),
+        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+    };
+    let a = ApiError::from(e);
+    assert_eq!(a.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(!a.message.contains("/srv/bulwark"), "{}", a.message);
+}

@@ -691,7 +691,13 @@ impl Daemon {
                         tracing::info!(job_id = %lease.job_id, what = %what, bytes = len, "uploaded");
                         break;
                     }
-                    Err(e) if e.is_transient() && now_secs() < lease.expires_at => {
+                    // 507: the coordinator's store is full, which waiting out the lease
+                    // would not change; the job is reported as a runner error instead.
+                    Err(e)
+                        if e.is_transient()
+                            && e.status() != Some(507)
+                            && now_secs() < lease.expires_at =>
+                    {
                         eprintln!(
                             "bulwark daemon: job {}: uploading {what}: {e}; trying again in {wait:?}",
                             lease.job_id
