@@ -143,7 +143,9 @@ impl From<OutputError> for ApiError {
                 );
             }
             _ if e.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
-            OutputError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            OutputError::TooLarge { .. } | OutputError::TooManyFiles { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             OutputError::JobId(_)
             | OutputError::Sha256(_)
             | OutputError::Length { .. }
@@ -693,7 +695,21 @@ fn reported_outputs(report: &ResultReport) -> Result<Vec<(String, String)>, Stri
             outputs::check_sha256(&sha).map_err(|e| format!("result.outputs[{i}].sha256: {e}"))?;
             Ok((field("path")?, sha))
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()
+        .and_then(|list| {
+            // A path names one output: listed twice, which would a download get?
+            let mut seen = HashSet::new();
+            match list
+                .iter()
+                .position(|(path, _)| !seen.insert(path.as_str()))
+            {
+                Some(i) => Err(format!(
+                    "result.outputs[{i}].path: {:?} is listed twice",
+                    list[i].0
+                )),
+                None => Ok(list),
+            }
+        })
 }
 
 /// How long an upload may go without a byte arriving.
@@ -750,7 +766,15 @@ async fn upload_blob(
         // A retry whose first answer was lost: the bytes are here already.
         return Ok(StatusCode::NO_CONTENT);
     }
-    let upload = c.outputs.begin(&id, &sha, c.outputs.reserve(&id, len)?)?;
+    // Listing the job's blobs and creating the file are disk work: off the event loop.
+    let upload = {
+        let (c, id, sha) = (Arc::clone(&c), id.clone(), sha.clone());
+        tokio::task::spawn_blocking(move || {
+            c.outputs.begin(&id, &sha, c.outputs.reserve(&id, len)?)
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??
+    };
     // Written and hashed on the blocking pool, fed through a short queue: the event loop only
     // moves chunks, and a slow disk holds the sender back instead of filling memory.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -844,9 +868,10 @@ async fn provenance(
         )
     })?;
     Ok((
+        // One JSON line per envelope (`.intoto.jsonl`).
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static("application/jsonl"),
         )],
         text,
     )
@@ -881,7 +906,7 @@ async fn output(
         .into_iter()
         .find_map(|(p, sha)| (p == path).then_some(sha))
         .ok_or_else(not_found)?;
-    let (file, len) = c.outputs.open_blob(&id, &sha)?.ok_or_else(|| {
+    let (file, len) = open_blob(&c, &id, &sha).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("output {path:?} of job {id} is not stored here (removed by the operator)"),
@@ -931,9 +956,8 @@ async fn log(
         .result
         .and_then(|r| r.logs.into_iter().find(|l| l.name == name))
         .ok_or_else(not_found)?;
-    let (file, len) = c
-        .outputs
-        .open_blob(&id, &log.sha256)?
+    let (file, len) = open_blob(&c, &id, &log.sha256)
+        .await?
         .ok_or_else(not_found)?;
     let kind = if name == "job.log" {
         "text/plain; charset=utf-8"
@@ -950,6 +974,20 @@ async fn log(
         HeaderValue::from_static("nosniff"),
     );
     Ok(response)
+}
+
+/// [`OutputStore::open_blob`] on the blocking pool.
+async fn open_blob(
+    c: &Shared,
+    id: &str,
+    sha: &str,
+) -> Result<Option<(std::fs::File, u64)>, ApiError> {
+    let (c, id, sha) = (Arc::clone(c), id.to_owned(), sha.to_owned());
+    Ok(
+        tokio::task::spawn_blocking(move || c.outputs.open_blob(&id, &sha))
+            .await
+            .map_err(|e| ApiError::internal(&e))??,
+    )
 }
 
 /// A response body read from a file on the blocking pool, a chunk at a time, through a short

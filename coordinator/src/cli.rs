@@ -70,9 +70,13 @@ pub enum Command {
         /// Allow a non-loopback address: a TLS terminator is in front of the coordinator.
         #[arg(long)]
         behind_tls_proxy: bool,
-        /// Most bytes of outputs stored per job (`4GiB`, `512MiB`).
+        /// Most bytes of outputs and logs stored per job (`4GiB`, `512MiB`); each file counts
+        /// as whole 4 KiB blocks.
         #[arg(long, default_value = "4GiB", value_parser = parse_size)]
         max_output_bytes: u64,
+        /// Most files (distinct contents) of outputs and logs stored per job.
+        #[arg(long, default_value_t = 16_384)]
+        max_output_files: u64,
         /// Free space an output upload must leave on the state directory's file system.
         #[arg(long, default_value = "1GiB", value_parser = parse_size)]
         min_free_disk: u64,

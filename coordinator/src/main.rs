@@ -71,6 +71,7 @@ fn main() -> Result<()> {
             listen,
             behind_tls_proxy,
             max_output_bytes,
+            max_output_files,
             min_free_disk,
         } => {
             api::check_listen(listen, behind_tls_proxy)?;
@@ -79,6 +80,7 @@ fn main() -> Result<()> {
                 &state,
                 OutputLimits {
                     max_job_bytes: max_output_bytes,
+                    max_job_files: max_output_files,
                     min_free_bytes: min_free_disk,
                 },
             )?;

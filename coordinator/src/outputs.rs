@@ -57,8 +57,11 @@ const UPLOAD_PREFIX: &str = ".upload-";
 /// How much the store accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputLimits {
-    /// Most bytes of outputs per job.
+    /// Most bytes of outputs per job, each file counted in whole [`BLOCK`]s (at least one):
+    /// what it takes on disk, so many tiny files cannot use more than the limit says.
     pub max_job_bytes: u64,
+    /// Most files (distinct contents) per job: each takes an inode.
+    pub max_job_files: u64,
     /// Free bytes an upload must leave on the store's file system.
     pub min_free_bytes: u64,
 }
@@ -67,9 +70,18 @@ impl Default for OutputLimits {
     fn default() -> Self {
         OutputLimits {
             max_job_bytes: 4 << 30,
+            max_job_files: 16_384,
             min_free_bytes: 1 << 30,
         }
     }
+}
+
+/// The unit a file is counted in against [`OutputLimits::max_job_bytes`].
+pub const BLOCK: u64 = 4096;
+
+/// What a file of `len` bytes counts for: whole blocks, at least one.
+fn charge(len: u64) -> u64 {
+    len.max(1).div_ceil(BLOCK).saturating_mul(BLOCK)
 }
 
 /// What the store refused, or what went wrong in it.
@@ -82,7 +94,7 @@ pub enum OutputError {
     #[error("{0:?} is not a sha256 (64 lowercase hex)")]
     Sha256(String),
     /// The upload would take the job over its limit.
-    #[error("job {job_id}: {incoming} more bytes of outputs would exceed the coordinator's limit of {limit} bytes per job ({held} stored or being received)")]
+    #[error("job {job_id}: {incoming} more bytes of outputs would exceed the coordinator's limit of {limit} bytes per job ({held} stored or being received; each file counts as whole {BLOCK}-byte blocks)")]
     TooLarge {
         /// The job.
         job_id: String,
@@ -90,6 +102,14 @@ pub enum OutputError {
         incoming: u64,
         /// Bytes stored and reserved already.
         held: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The upload would take the job over its number of files.
+    #[error("job {job_id}: one more file of outputs would exceed the coordinator's limit of {limit} files per job")]
+    TooManyFiles {
+        /// The job.
+        job_id: String,
         /// The limit.
         limit: u64,
     },
@@ -178,8 +198,8 @@ fn is_lower_hex(s: &str) -> bool {
 pub struct OutputStore {
     root: PathBuf,
     limits: OutputLimits,
-    /// Bytes of uploads in flight, per job.
-    reserved: Arc<Mutex<HashMap<String, u64>>>,
+    /// Uploads in flight, per job.
+    reserved: Arc<Mutex<HashMap<String, Held>>>,
 }
 
 impl OutputStore {
@@ -286,9 +306,21 @@ impl OutputStore {
         check_job_id(job_id)?;
         // Checked and taken under one lock: two uploads of one job cannot both pass.
         let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-        let stored: u64 = self.stored(job_id)?.iter().map(|(_, n)| n).sum();
-        let held = stored.saturating_add(reserved.get(job_id).copied().unwrap_or(0));
-        if held.saturating_add(len) > self.limits.max_job_bytes {
+        let stored = self.stored(job_id)?;
+        let flying = reserved.get(job_id).copied().unwrap_or_default();
+        let files = (stored.len() as u64).saturating_add(flying.files);
+        if files >= self.limits.max_job_files {
+            return Err(OutputError::TooManyFiles {
+                job_id: job_id.to_owned(),
+                limit: self.limits.max_job_files,
+            });
+        }
+        let cost = charge(len);
+        let held = stored
+            .iter()
+            .map(|(_, n)| charge(*n))
+            .fold(flying.bytes, u64::saturating_add);
+        if held.saturating_add(cost) > self.limits.max_job_bytes {
             return Err(OutputError::TooLarge {
                 job_id: job_id.to_owned(),
                 incoming: len,
@@ -296,7 +328,7 @@ impl OutputStore {
                 limit: self.limits.max_job_bytes,
             });
         }
-        let in_flight: u64 = reserved.values().sum();
+        let in_flight: u64 = reserved.values().map(|h| h.bytes).sum();
         let vfs = nix::sys::statvfs::statvfs(&self.root)
             .map_err(|e| io("measuring free space on", &self.root)(e.into()))?;
         #[allow(clippy::useless_conversion)] // u32 or u64 depending on the target
@@ -311,11 +343,14 @@ impl OutputStore {
                 min_free: self.limits.min_free_bytes,
             });
         }
-        *reserved.entry(job_id.to_owned()).or_insert(0) += len;
+        let entry = reserved.entry(job_id.to_owned()).or_default();
+        entry.bytes = entry.bytes.saturating_add(cost);
+        entry.files += 1;
         Ok(Reservation {
             reserved: Arc::clone(&self.reserved),
             job_id: job_id.to_owned(),
             len,
+            cost,
         })
     }
 
@@ -401,12 +436,24 @@ impl OutputStore {
     }
 }
 
+/// What a job's uploads in flight hold.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    /// Their cost against the byte limit ([`charge`]).
+    bytes: u64,
+    /// How many.
+    files: u64,
+}
+
 /// Room held for an upload in flight; released when dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    reserved: Arc<Mutex<HashMap<String, u64>>>,
+    reserved: Arc<Mutex<HashMap<String, Held>>>,
     job_id: String,
+    /// The bytes declared.
     len: u64,
+    /// What they count for ([`charge`]).
+    cost: u64,
 }
 
 impl Reservation {
@@ -424,9 +471,10 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = reserved.get_mut(&self.job_id) {
-            *n = n.saturating_sub(self.len);
-            if *n == 0 {
+        if let Some(held) = reserved.get_mut(&self.job_id) {
+            held.bytes = held.bytes.saturating_sub(self.cost);
+            held.files = held.files.saturating_sub(1);
+            if held.files == 0 {
                 reserved.remove(&self.job_id);
             }
         }
@@ -609,22 +657,64 @@ mod tests {
         let s = store(
             &tmp,
             OutputLimits {
-                max_job_bytes: 10,
+                max_job_bytes: 3 * BLOCK,
+                max_job_files: 100,
                 min_free_bytes: 0,
             },
         );
+        // Six bytes take a block: that is what they count for.
         put(&s, b"123456").unwrap();
-        let e = s.reserve(JOB, 5).unwrap_err();
-        assert!(matches!(e, OutputError::TooLarge { held: 6, .. }), "{e}");
-        let held = s.reserve(JOB, 4).unwrap();
-        // In flight counts: nothing more fits until it is released.
-        assert!(s.reserve(JOB, 1).is_err());
+        let e = s.reserve(JOB, 2 * BLOCK + 1).unwrap_err();
+        assert!(
+            matches!(e, OutputError::TooLarge { held: BLOCK, .. }),
+            "{e}"
+        );
+        let held = s.reserve(JOB, 2 * BLOCK).unwrap();
+        // In flight counts: nothing more fits until it is released, not even an empty file.
+        assert!(s.reserve(JOB, 0).is_err());
         drop(held);
-        assert!(s.reserve(JOB, 4).is_ok());
+        assert!(s.reserve(JOB, 2 * BLOCK).is_ok());
         // Another job has its own limit.
         assert!(s
-            .reserve("job-ffffffffffffffffffffffffffffffff", 10)
+            .reserve("job-ffffffffffffffffffffffffffffffff", 3 * BLOCK)
             .is_ok());
+    }
+
+    #[test]
+    fn many_small_files_count_as_the_blocks_and_files_they_take() {
+        let tmp = TempDir::new("outputs");
+        let s = store(
+            &tmp,
+            OutputLimits {
+                max_job_bytes: u64::MAX,
+                max_job_files: 3,
+                min_free_bytes: 0,
+            },
+        );
+        put(&s, b"a").unwrap();
+        put(&s, b"b").unwrap();
+        let third = s.reserve(JOB, 1).unwrap();
+        let e = s.reserve(JOB, 1).unwrap_err();
+        assert!(
+            matches!(e, OutputError::TooManyFiles { limit: 3, .. }),
+            "{e}"
+        );
+        drop(third);
+        put(&s, b"c").unwrap();
+        assert!(s.reserve(JOB, 1).is_err());
+        let tmp2 = TempDir::new("outputs");
+        let small = store(
+            &tmp2,
+            OutputLimits {
+                max_job_bytes: 2 * BLOCK,
+                max_job_files: 100,
+                min_free_bytes: 0,
+            },
+        );
+        put(&small, b"").unwrap();
+        put(&small, b"x").unwrap();
+        let e = small.reserve(JOB, 1).unwrap_err();
+        assert!(e.to_string().contains("whole 4096-byte blocks"), "{e}");
     }
 
     #[test]
@@ -634,6 +724,7 @@ mod tests {
             &tmp,
             OutputLimits {
                 max_job_bytes: u64::MAX,
+                max_job_files: 100,
                 min_free_bytes: u64::MAX / 2,
             },
         );

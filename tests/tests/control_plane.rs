@@ -117,7 +117,7 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
 #[test]
 fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_so() {
     let env = host("cp-upload-limit");
-    let c = Coordinator::start_with(&env, &["--max-output-bytes", "8B"]);
+    let c = Coordinator::start_with(&env, &["--max-output-bytes", "4KiB"]);
     let token = c.registration_token(&env.dir, "10m");
     assert!(register(&env, &c, &token, "build-1").status.success());
     let (repo, commit) = repo(&env);

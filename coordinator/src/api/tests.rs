@@ -871,7 +871,8 @@ fn uploads_from_another_runner_over_the_limit_without_a_length_or_signed_for_oth
     let (s, _stop) = start_with_limits(
         ServeOptions::default(),
         outputs::OutputLimits {
-            max_job_bytes: 16,
+            max_job_bytes: outputs::BLOCK,
+            max_job_files: 100,
             min_free_bytes: 0,
         },
     );
@@ -882,11 +883,11 @@ fn uploads_from_another_runner_over_the_limit_without_a_length_or_signed_for_oth
     let a = upload(&s, &stranger, &job, &sha(small), small);
     assert_eq!(a.status, 403, "{}", a.error());
 
-    let big = [7u8; 17];
+    let big = [7u8; outputs::BLOCK as usize + 1];
     let a = upload(&s, &holder, &job, &sha(&big), &big);
     assert_eq!(a.status, 413);
     assert!(
-        a.error().contains("limit of 16 bytes per job"),
+        a.error().contains("limit of 4096 bytes per job"),
         "{}",
         a.error()
     );
@@ -1011,6 +1012,17 @@ fn a_results_logs_must_be_uploaded_first_and_are_served_to_the_admin_as_text() {
     let a = signed_post(&s, &runner, &result_path, twice.to_string().as_bytes());
     assert_eq!(a.status, 400);
     assert!(a.error().contains("listed twice"), "{}", a.error());
+    // One path, two contents: which would a download get? Refused.
+    let one_path = json!({"result": {"status": "succeeded", "outputs": [
+        {"path": "dist/app", "size": 1, "sha256": sha(b"a")},
+        {"path": "dist/app", "size": 1, "sha256": sha(b"b")},
+    ]}});
+    let a = signed_post(&s, &runner, &result_path, one_path.to_string().as_bytes());
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        a.error(),
+        "result.outputs[1].path: \"dist/app\" is listed twice"
+    );
     // Listed but not uploaded: refused, naming it.
     let a = signed_post(&s, &runner, &result_path, report("job.log").as_bytes());
     assert_eq!(a.status, 400);

@@ -75,12 +75,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether trying again later may succeed: transport failures and server-side errors
-    /// (5xx), not refusals of what was sent.
+    /// Whether trying again later may succeed: transport failures, a request the coordinator
+    /// timed out (408) and server-side errors (5xx), not refusals of what was sent.
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Transport { .. } => true,
-            ClientError::Refused { status, .. } => *status >= 500,
+            ClientError::Refused { status, .. } => *status >= 500 || *status == 408,
             _ => false,
         }
     }
@@ -205,8 +205,8 @@ impl Client {
 
     /// `PUT path` with the `len` bytes of `file` as the body, streamed, signed as `runner_id`
     /// with `key` over `sha256` (the hash of those bytes, which the coordinator holds them
-    /// to). The request may take [`REQUEST_TIMEOUT`] plus the time to send `len` bytes at
-    /// 1 MiB/s.
+    /// to). The request may take as long as the coordinator lets an upload take: 120 s plus
+    /// the time to send `len` bytes at 1 MiB/s.
     #[allow(clippy::too_many_arguments)]
     pub async fn put_signed_file(
         &self,
@@ -228,7 +228,7 @@ impl Client {
             )?
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .timeout(REQUEST_TIMEOUT + Duration::from_secs(len >> 20))
+            .timeout(Duration::from_secs(120 + (len >> 20)))
             .body(reqwest::Body::wrap(FileBody::spawn(file, len)));
         self.send("PUT", path, req).await
     }

@@ -620,7 +620,7 @@ impl Daemon {
         if let Err(reason) = self.deliver(lease, &logs, stop).await {
             eprintln!("bulwark daemon: job {job_id}: {reason}");
             let reason = format!(
-                "the job's logs could not be delivered to the coordinator ({reason}); they are {kept}"
+                "the job's logs could not be delivered to the coordinator; they are {kept} ({reason})"
             );
             return synthetic_result(lease, "runner-error", &reason);
         }
@@ -633,7 +633,7 @@ impl Daemon {
             Err(reason) => {
                 eprintln!("bulwark daemon: job {job_id}: {reason}");
                 let reason = format!(
-                    "the outputs could not be delivered to the coordinator ({reason}); they are {kept}"
+                    "the outputs could not be delivered to the coordinator; they are {kept} ({reason})"
                 );
                 ResultReport {
                     logs: report.logs,
@@ -675,18 +675,25 @@ impl Daemon {
                         "{what}: {len} bytes on disk, {size} when the run recorded it"
                     ));
                 }
-                match self
-                    .client
-                    .put_signed_file(
-                        &target,
-                        file,
-                        len,
-                        sha256,
-                        &reg.runner_id,
-                        &self.identity.key,
-                    )
-                    .await
-                {
+                let put = self.client.put_signed_file(
+                    &target,
+                    file,
+                    len,
+                    sha256,
+                    &reg.runner_id,
+                    &self.identity.key,
+                );
+                tokio::pin!(put);
+                // A second stop signal ends an upload in flight too, not only a wait.
+                let sent = loop {
+                    tokio::select! {
+                        sent = &mut put => break sent,
+                        level = stop.raised() => if level == Stop::Now {
+                            return Err("the runner was stopped while it uploaded them".into());
+                        },
+                    }
+                };
+                match sent {
                     Ok(_) => {
                         tracing::info!(job_id = %lease.job_id, what = %what, bytes = len, "uploaded");
                         break;
