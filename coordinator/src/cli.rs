@@ -56,6 +56,15 @@ pub enum Command {
         #[command(subcommand)]
         command: RunnersCommand,
     },
+    /// Lists jobs, exports their provenance, or prunes their stored outputs.
+    #[command(
+        after_help = "Examples:\n  bulwark-coordinator jobs list --state /var/lib/bulwark-coordinator\n  bulwark-coordinator jobs export-provenance --state /var/lib/bulwark-coordinator --out /srv/provenance\n  bulwark inventory add --key runner-1.pub --key runner-2.pub --index fleet.jsonl /srv/provenance\n  bulwark-coordinator jobs prune-outputs --state /var/lib/bulwark-coordinator --older-than 90d"
+    )]
+    Jobs {
+        /// What to do with jobs.
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Serves the HTTP API (plain HTTP: behind a TLS terminator, or on loopback).
     #[command(
         after_help = "Example:\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8440 --behind-tls-proxy\n\nPrints `listening on ADDR` to stderr once bound."
@@ -109,6 +118,57 @@ pub enum RunnersCommand {
         #[arg(long)]
         state: PathBuf,
     },
+}
+
+/// `jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Lists the newest jobs: id, state, trust, name, runner, result status.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator jobs list --state /var/lib/bulwark-coordinator --limit 20 --json"
+    )]
+    List {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// JSON output, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the provenance of every finished job to OUT/<job id>.intoto.jsonl, so that
+    /// `bulwark inventory add` can index the whole fleet's builds. A file already there is
+    /// left alone when it holds the same provenance, and refused when it does not.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator jobs export-provenance --state /var/lib/bulwark-coordinator --out /srv/provenance\n  bulwark inventory add --key runner-1.pub --index fleet.jsonl /srv/provenance"
+    )]
+    ExportProvenance {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The directory to write to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Removes the stored outputs and logs of jobs that ended (finished, or their lease ran
+    /// out) longer ago than --older-than. Their records, results and provenance stay.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator jobs prune-outputs --state /var/lib/bulwark-coordinator --older-than 90d"
+    )]
+    PruneOutputs {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// How long ago a job must have ended (`90d`, `12h`).
+        #[arg(long, value_parser = parse_age)]
+        older_than: Duration,
+    },
+}
+
+fn parse_age(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {

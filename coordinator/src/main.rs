@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use anyhow::{Context, Result};
-use bulwark_coordinator::cli::{Cli, Command, RunnersCommand};
+use bulwark_coordinator::cli::{Cli, Command, JobsCommand, RunnersCommand};
 use bulwark_coordinator::outputs::{OutputLimits, OutputStore};
 use bulwark_coordinator::{api, auth, state, statedir};
 use clap::Parser;
@@ -66,6 +66,7 @@ fn main() -> Result<()> {
                 eprintln!("removed runner {id}");
             }
         },
+        Command::Jobs { command } => jobs(command)?,
         Command::Serve {
             state,
             listen,
@@ -84,6 +85,7 @@ fn main() -> Result<()> {
                     min_free_bytes: min_free_disk,
                 },
             )?;
+            outputs.remove_partial_uploads()?;
             let coordinator = api::Coordinator::new(db, key, admin, outputs)?;
             // One event-loop thread: requests are a short transaction and a signature each, run
             // on the blocking pool; SQLite serialises writers anyway.
@@ -103,6 +105,83 @@ fn main() -> Result<()> {
                     .context("serving the API")
             })?;
             eprintln!("stopped");
+        }
+    }
+    Ok(())
+}
+
+/// `bulwark-coordinator jobs ...`.
+fn jobs(command: JobsCommand) -> Result<()> {
+    match command {
+        JobsCommand::List { state, limit, json } => {
+            let jobs = statedir::open_db(&state)?.list_jobs(limit, state::now())?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&jobs)?)?;
+            } else {
+                for j in jobs {
+                    let runner = j.runner_id.as_deref().unwrap_or("-");
+                    let status = j.status.as_deref().unwrap_or("-");
+                    let job_state = serde_json::to_value(j.state)?;
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{runner}\t{status}",
+                        j.id,
+                        job_state.as_str().unwrap_or("?"),
+                        j.trust.as_str(),
+                        // Checked against the name pattern when it was submitted.
+                        j.name,
+                    )?;
+                }
+            }
+        }
+        JobsCommand::ExportProvenance { state, out } => {
+            let db = statedir::open_db(&state)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let (mut written, mut present) = (0u64, 0u64);
+            db.each_provenance(|id, text| {
+                let path = out.join(format!("{id}.intoto.jsonl"));
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                {
+                    Ok(mut f) => {
+                        f.write_all(text.as_bytes())?;
+                        written += 1;
+                        Ok(())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if std::fs::read(&path)? == text.as_bytes() {
+                            present += 1;
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other(format!(
+                                "{} exists and holds something else; nothing was overwritten",
+                                path.display()
+                            )))
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            })?;
+            eprintln!(
+                "{written} written, {present} already there, in {}",
+                out.display()
+            );
+        }
+        JobsCommand::PruneOutputs { state, older_than } => {
+            let db = statedir::open_db(&state)?;
+            let store = OutputStore::open(&state, OutputLimits::default())?;
+            let before = state::now().saturating_sub(older_than.as_secs());
+            let (mut jobs, mut bytes) = (0u64, 0u64);
+            for id in db.jobs_ended_before(before)? {
+                if let Some(freed) = store.remove_job(&id)? {
+                    jobs += 1;
+                    bytes += freed;
+                }
+            }
+            eprintln!("removed the stored outputs of {jobs} job(s), {bytes} bytes");
         }
     }
     Ok(())

@@ -203,8 +203,9 @@ pub struct OutputStore {
 }
 
 impl OutputStore {
-    /// Opens (making it if need be) the store under the state directory `state_dir`, and
-    /// removes uploads a stopped coordinator left half-received.
+    /// Opens (making it if need be) the store under the state directory `state_dir`. `serve`
+    /// then calls [`OutputStore::remove_partial_uploads`]; the operator's commands, which may
+    /// run beside a serving coordinator, do not.
     pub fn open(state_dir: &Path, limits: OutputLimits) -> Result<OutputStore, OutputError> {
         let root = state_dir.join(OUTPUTS_DIR);
         match fs::DirBuilder::new().mode(0o700).create(&root) {
@@ -220,13 +221,11 @@ impl OutputStore {
         }
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
             .map_err(io("making private", &root))?;
-        let store = OutputStore {
+        Ok(OutputStore {
             root,
             limits,
             reserved: Arc::default(),
-        };
-        store.remove_partial_uploads()?;
-        Ok(store)
+        })
     }
 
     /// The limits.
@@ -244,7 +243,9 @@ impl OutputStore {
         Ok(self.job_dir(job_id)?.join(sha))
     }
 
-    fn remove_partial_uploads(&self) -> Result<(), OutputError> {
+    /// Removes the uploads a stopped coordinator left half-received. Only for a coordinator
+    /// about to serve: it would also remove uploads another one is receiving.
+    pub fn remove_partial_uploads(&self) -> Result<(), OutputError> {
         for job in fs::read_dir(&self.root).map_err(io("reading", &self.root))? {
             let job = job.map_err(io("reading", &self.root))?.path();
             let Ok(entries) = fs::read_dir(&job) else {
@@ -419,6 +420,19 @@ impl OutputStore {
             return Ok(None);
         }
         Ok(Some((file, meta.len())))
+    }
+
+    /// Removes everything stored for `job_id`; returns the bytes its files held, or `None`
+    /// when it had nothing stored. For jobs no upload can come for any more (ended: finished,
+    /// or their lease ran out).
+    pub fn remove_job(&self, job_id: &str) -> Result<Option<u64>, OutputError> {
+        let dir = self.job_dir(job_id)?;
+        let bytes = self.stored(job_id)?.iter().map(|(_, n)| n).sum();
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("removing", &dir)(e)),
+        }
     }
 
     /// Removes every blob of `job_id` whose sha256 is not in `keep`. Returns how many went.
@@ -773,10 +787,17 @@ mod tests {
         u.write(b"ab").unwrap();
         std::mem::forget(u);
         assert_eq!(files(&tmp.path().join(OUTPUTS_DIR).join(JOB)).len(), 2);
-        let _s = store(&tmp, OutputLimits::default());
+        // Opening alone (an operator's command beside a serving coordinator) leaves it.
+        let again = store(&tmp, OutputLimits::default());
+        assert_eq!(files(&tmp.path().join(OUTPUTS_DIR).join(JOB)).len(), 2);
+        again.remove_partial_uploads().unwrap();
         assert_eq!(
             files(&tmp.path().join(OUTPUTS_DIR).join(JOB)),
             vec![sha(b"kept")]
         );
+        // Pruning a job removes all of it and says how much.
+        assert_eq!(again.remove_job(JOB).unwrap(), Some(4));
+        assert!(!tmp.path().join(OUTPUTS_DIR).join(JOB).exists());
+        assert_eq!(again.remove_job(JOB).unwrap(), None);
     }
 }

@@ -117,6 +117,18 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Listing jobs failed.
+    #[error("listing jobs")]
+    ListJobs(#[source] rusqlite::Error),
+    /// Writing a job's exported provenance failed.
+    #[error("exporting the provenance of job {job_id}")]
+    Export {
+        /// The job.
+        job_id: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading the `meta` table failed.
     #[error("reading the coordinator's settings (meta table)")]
     ReadMeta(#[source] rusqlite::Error),
@@ -287,6 +299,27 @@ pub struct Job {
     pub lease_expires_at: Option<u64>,
     /// The reported result.
     pub result: Option<ResultReport>,
+}
+
+/// One line of `jobs list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobSummary {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its trust level.
+    pub trust: Trust,
+    /// Where it is.
+    pub state: JobState,
+    /// The runner it was leased to.
+    pub runner_id: Option<String>,
+    /// When it was queued (seconds since the epoch).
+    pub submitted_at: u64,
+    /// When its result was recorded.
+    pub finished_at: Option<u64>,
+    /// `result.status` of its result.
+    pub status: Option<String>,
 }
 
 fn parse_state(s: &str) -> Option<JobState> {
@@ -601,6 +634,105 @@ impl Db {
             )
             .map(drop)
             .map_err(err)
+    }
+
+    /// The newest `limit` jobs, newest first, with every lease that ended unreported recorded
+    /// as lost first.
+    pub fn list_jobs(&mut self, limit: u32, now: u64) -> Result<Vec<JobSummary>, StateError> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
+                [to_i64(now)],
+            )
+            .map_err(StateError::ListJobs)?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, name, trust, state, runner_id, submitted_at, finished_at,
+                        json_extract(result, '$.status')
+                 FROM jobs ORDER BY submitted_at DESC, id LIMIT ?1",
+            )
+            .map_err(StateError::ListJobs)?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                ))
+            })
+            .map_err(StateError::ListJobs)?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (id, name, trust, state, runner_id, submitted_at, finished_at, status) =
+                row.map_err(StateError::ListJobs)?;
+            let corrupt = |column| StateError::CorruptJob {
+                job_id: id.clone(),
+                column,
+            };
+            jobs.push(JobSummary {
+                trust: parse_trust(&trust).ok_or_else(|| corrupt("trust"))?,
+                state: parse_state(&state).ok_or_else(|| corrupt("state"))?,
+                id,
+                name,
+                runner_id,
+                submitted_at: to_u64(submitted_at),
+                finished_at: finished_at.map(to_u64),
+                status,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Calls `f` with the id and provenance of every finished job that has provenance, oldest
+    /// first.
+    pub fn each_provenance(
+        &self,
+        mut f: impl FnMut(&str, &str) -> std::io::Result<()>,
+    ) -> Result<(), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, provenance FROM jobs
+                 WHERE state = 'finished' AND provenance IS NOT NULL
+                 ORDER BY finished_at, id",
+            )
+            .map_err(StateError::ListJobs)?;
+        let mut rows = stmt.query([]).map_err(StateError::ListJobs)?;
+        while let Some(row) = rows.next().map_err(StateError::ListJobs)? {
+            let id: String = row.get(0).map_err(StateError::ListJobs)?;
+            let provenance: String = row.get(1).map_err(StateError::ListJobs)?;
+            f(&id, &provenance).map_err(|source| StateError::Export {
+                job_id: id.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Ids of the jobs that ended at or before `before`: finished, or their lease ran out
+    /// without a result. No upload can come for them any more.
+    pub fn jobs_ended_before(&self, before: u64) -> Result<Vec<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id FROM jobs
+                 WHERE (state = 'finished' AND finished_at <= ?1)
+                    OR (state IN ('leased', 'lost') AND lease_expires_at <= ?1)
+                 ORDER BY id",
+            )
+            .map_err(StateError::ListJobs)?;
+        let ids = stmt
+            .query_map([to_i64(before)], |r| r.get(0))
+            .map_err(StateError::ListJobs)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(StateError::ListJobs)?;
+        Ok(ids)
     }
 
     /// Job `job_id`, with a lease that ended unreported recorded as lost first.

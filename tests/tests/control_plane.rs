@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bulwark_protocol::control::{IdToken, IdTokenRequest, Lease};
 use bulwark_protocol::JobSpec;
 use bulwark_tests::control::*;
-use bulwark_tests::{bulwark_bin, Env};
+use bulwark_tests::{bulwark_bin, coordinator_bin, Env};
 use sha2::Digest as _;
 
 #[test]
@@ -112,6 +112,103 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
         "{}",
         daemon_log(&env)
     );
+
+    // Incident response across the fleet: which artifacts were built from this commit? The
+    // coordinator's provenance, exported, indexed with the runner's key, queried.
+    let admin = |args: &[&str]| {
+        let o = Command::new(coordinator_bin())
+            .args(args)
+            .arg("--state")
+            .arg(&c.state)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    let listed: serde_json::Value =
+        serde_json::from_slice(&admin(&["jobs", "list", "--json"]).stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for j in listed {
+        assert_eq!(
+            (&j["state"], &j["status"]),
+            (&"finished".into(), &"succeeded".into())
+        );
+    }
+    let exported = env.dir.join("exported");
+    let o = admin(&[
+        "jobs",
+        "export-provenance",
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with("2 written, 0 already there"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Again: nothing rewritten.
+    let o = admin(&[
+        "jobs",
+        "export-provenance",
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("0 written, 2 already there"));
+    let index = env.dir.join("fleet.jsonl");
+    let inventory = |args: &[&std::ffi::OsStr]| {
+        Command::new(bulwark_bin())
+            .arg("inventory")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let add = inventory(&[
+        "add".as_ref(),
+        "--key".as_ref(),
+        env.state.join("keys/signing.pub").as_os_str(),
+        "--index".as_ref(),
+        index.as_os_str(),
+        exported.as_os_str(),
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let q = inventory(&[
+        "query".as_ref(),
+        "--index".as_ref(),
+        index.as_os_str(),
+        "--commit".as_ref(),
+        commit[..12].as_ref(),
+    ]);
+    let found = String::from_utf8_lossy(&q.stdout);
+    assert!(
+        q.status.success(),
+        "{found}{}",
+        String::from_utf8_lossy(&q.stderr)
+    );
+    assert_eq!(
+        found.matches("  dist/app.txt  built ").count(),
+        2,
+        "{found}"
+    );
+
+    // Retention: the outputs and logs go, the records and provenance stay.
+    let o = admin(&["jobs", "prune-outputs", "--older-than", "0s"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with("removed the stored outputs of 2 job(s)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(c.fetch(&trusted, "outputs/dist/app.txt").0, 404);
+    assert_eq!(c.fetch(&trusted, "logs/job.log").0, 404);
+    assert_eq!(c.fetch(&trusted, "provenance").0, 200);
 }
 
 #[test]

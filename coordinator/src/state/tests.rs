@@ -355,3 +355,50 @@ fn a_version_1_database_is_upgraded_in_place_and_keeps_its_jobs() {
     let e = Db::open(&path).unwrap_err().to_string();
     assert!(e.contains("schema version Some(\"3\")"), "{e}");
 }
+
+#[test]
+fn jobs_are_listed_newest_first_and_those_that_ended_are_found_for_pruning() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1"]);
+    db.submit_job("job-a", &spec(Some("1m")), Trust::Trusted, 100)
+        .unwrap();
+    db.submit_job("job-b", &spec(Some("1m")), Trust::Untrusted, 110)
+        .unwrap();
+    db.submit_job("job-c", &spec(None), Trust::Untrusted, 120)
+        .unwrap();
+    let a = db.lease("r1", 200).unwrap().unwrap();
+    assert_eq!(a.job_id, "job-a");
+    db.record_result("job-a", "r1", &report(), 210).unwrap();
+    let b = db.lease("r1", 220).unwrap().unwrap();
+    assert_eq!(b.job_id, "job-b");
+
+    let list = db.list_jobs(10, 230).unwrap();
+    let ids: Vec<&str> = list.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["job-c", "job-b", "job-a"]);
+    assert_eq!(list[2].status.as_deref(), Some("succeeded"));
+    assert_eq!(list[2].finished_at, Some(210));
+    assert_eq!(
+        (list[1].state, list[1].status.as_deref()),
+        (JobState::Leased, None)
+    );
+    assert_eq!(db.list_jobs(1, 230).unwrap().len(), 1);
+
+    // Finished at 210: ended by 210, not by 209. job-b's lease runs to b.expires_at.
+    assert_eq!(db.jobs_ended_before(209).unwrap(), Vec::<String>::new());
+    assert_eq!(db.jobs_ended_before(210).unwrap(), ["job-a"]);
+    assert_eq!(
+        db.jobs_ended_before(b.expires_at).unwrap(),
+        ["job-a", "job-b"]
+    );
+    // A lease that ran out is listed as lost.
+    let later = db.list_jobs(10, b.expires_at).unwrap();
+    assert_eq!(later[1].state, JobState::Lost);
+
+    let mut exported = Vec::new();
+    db.each_provenance(|id, text| {
+        exported.push((id.to_owned(), text.to_owned()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(exported, [("job-a".to_owned(), "{}\n".to_owned())]);
+}
