@@ -651,7 +651,12 @@ async fn result(
             // A finished job's outputs are here: a result listing one that was not uploaded
             // is refused (the lease holder may upload it and report again). Checked only for
             // the lease holder; anyone else gets `record_result`'s own refusal.
-            if db.job_leased_to(&id, &runner.id, now).is_ok() {
+            let holder = match db.job_leased_to(&id, &runner.id, now) {
+                Ok(_) => true,
+                Err(StateError::NotLeasedToRunner { .. } | StateError::LeaseOver { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if holder {
                 for (path, sha) in &reported {
                     if !c.outputs.contains(&id, sha)? {
                         return Err(ApiError::bad_request(format!(

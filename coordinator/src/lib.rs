@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cli;

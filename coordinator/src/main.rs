@@ -6,7 +6,7 @@ use std::io::Write as _;
 use anyhow::{Context, Result};
 use bulwark_coordinator::cli::{Cli, Command, JobsCommand, RunnersCommand};
 use bulwark_coordinator::outputs::{OutputLimits, OutputStore};
-use bulwark_coordinator::{api, auth, state, statedir};
+use bulwark_coordinator::{admin, api, auth, state, statedir};
 use clap::Parser;
 
 fn main() -> Result<()> {
@@ -121,7 +121,11 @@ fn jobs(command: JobsCommand) -> Result<()> {
             } else {
                 for j in jobs {
                     let runner = j.runner_id.as_deref().unwrap_or("-");
-                    let status = j.status.as_deref().unwrap_or("-");
+                    // The runner's word: a compromised runner must not reach the terminal.
+                    let status = j
+                        .status
+                        .as_deref()
+                        .map_or_else(|| "-".into(), admin::printable);
                     let job_state = serde_json::to_value(j.state)?;
                     writeln!(
                         out,
@@ -140,30 +144,11 @@ fn jobs(command: JobsCommand) -> Result<()> {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let (mut written, mut present) = (0u64, 0u64);
             db.each_provenance(|id, text| {
-                let path = out.join(format!("{id}.intoto.jsonl"));
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                {
-                    Ok(mut f) => {
-                        f.write_all(text.as_bytes())?;
-                        written += 1;
-                        Ok(())
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        if std::fs::read(&path)? == text.as_bytes() {
-                            present += 1;
-                            Ok(())
-                        } else {
-                            Err(std::io::Error::other(format!(
-                                "{} exists and holds something else; nothing was overwritten",
-                                path.display()
-                            )))
-                        }
-                    }
-                    Err(e) => Err(e),
+                match admin::export_provenance(&out, id, text)? {
+                    true => written += 1,
+                    false => present += 1,
                 }
+                Ok(())
             })?;
             eprintln!(
                 "{written} written, {present} already there, in {}",
@@ -174,14 +159,26 @@ fn jobs(command: JobsCommand) -> Result<()> {
             let db = statedir::open_db(&state)?;
             let store = OutputStore::open(&state, OutputLimits::default())?;
             let before = state::now().saturating_sub(older_than.as_secs());
-            let (mut jobs, mut bytes) = (0u64, 0u64);
+            let (mut jobs, mut bytes, mut failed) = (0u64, 0u64, 0u64);
             for id in db.jobs_ended_before(before)? {
-                if let Some(freed) = store.remove_job(&id)? {
-                    jobs += 1;
-                    bytes += freed;
+                // One job that cannot be pruned (a file another user made, say) does not keep
+                // the rest from being pruned.
+                match store.remove_job(&id) {
+                    Ok(Some(freed)) => {
+                        jobs += 1;
+                        bytes += freed;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("job {id}: {:#}", anyhow::Error::from(e));
+                        failed += 1;
+                    }
                 }
             }
             eprintln!("removed the stored outputs of {jobs} job(s), {bytes} bytes");
+            if failed > 0 {
+                anyhow::bail!("the outputs of {failed} job(s) could not be removed (above)");
+            }
         }
     }
     Ok(())

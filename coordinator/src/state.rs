@@ -318,7 +318,7 @@ pub struct JobSummary {
     pub submitted_at: u64,
     /// When its result was recorded.
     pub finished_at: Option<u64>,
-    /// `result.status` of its result.
+    /// `result.status` of its result, when it is text (the runner's word: shown escaped).
     pub status: Option<String>,
 }
 
@@ -649,7 +649,8 @@ impl Db {
             .conn
             .prepare(
                 "SELECT id, name, trust, state, runner_id, submitted_at, finished_at,
-                        json_extract(result, '$.status')
+                        CASE WHEN json_type(result, '$.status') = 'text'
+                             THEN json_extract(result, '$.status') END
                  FROM jobs ORDER BY submitted_at DESC, id LIMIT ?1",
             )
             .map_err(StateError::ListJobs)?;

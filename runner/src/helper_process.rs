@@ -241,10 +241,11 @@ impl Started {
 
     /// Writes `spec` to the helper and closes the pipe; the helper then builds the sandbox.
     pub fn send(mut self, spec: &SandboxSpec) -> Result<Child, String> {
-        // Zeroed when dropped: a trusted job's spec carries its credentials.
-        let json = zeroize::Zeroizing::new(
-            serde_json::to_vec(spec).map_err(|e| format!("encoding the sandbox spec: {e}"))?,
-        );
+        // Zeroed when dropped: a trusted job's spec carries its credentials. Sized up front,
+        // so that encoding does not reallocate and leave unzeroed partial copies behind.
+        let mut json = zeroize::Zeroizing::new(Vec::with_capacity(1 << 20));
+        serde_json::to_writer(&mut *json, spec)
+            .map_err(|e| format!("encoding the sandbox spec: {e}"))?;
         let mut pipe = self.spec.take().ok_or("spec already sent")?;
         if let Err(e) = pipe.write_all(&json) {
             drop(pipe);

@@ -72,7 +72,9 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     let seccomp = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
     // The spec may carry a trusted job's credentials: the text is zeroed once parsed, before
     // init is forked, so that no copy of it outlives this point in either process.
-    let mut input = zeroize::Zeroizing::new(String::new());
+    // Sized up front, so that reading does not reallocate and leave unzeroed copies of what
+    // was read so far (a spec is a few KiB; a larger one still works, with that caveat).
+    let mut input = zeroize::Zeroizing::new(String::with_capacity(1 << 20));
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(at("read spec"))?;

@@ -93,8 +93,59 @@ pub struct CredentialFile {
     pub dir: String,
     /// The file's name in it (a plain name, no `/`).
     pub name: String,
-    /// The contents.
+    /// The contents. On the wire as lowercase hex ([`secret_hex`]).
+    #[serde(with = "secret_hex")]
     pub contents: String,
+}
+
+/// A credential's contents as lowercase hex in the sandbox spec. Why not a JSON string: the
+/// contents hold newlines, and a JSON string with an escape is parsed through a scratch buffer
+/// of the parser's that is freed without being zeroed, leaving a copy in the helper (and, after
+/// the fork, in init). Hex has no escape, so the parser hands over a slice of its input, which
+/// the helper zeroes; the decoded bytes go straight into the [`CredentialFile`], zeroed when it
+/// is dropped.
+mod secret_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(contents: &str, s: S) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = zeroize::Zeroizing::new(String::with_capacity(contents.len() * 2));
+        for b in contents.bytes() {
+            hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+            hex.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+        s.serialize_str(&hex)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        use serde::de::Error;
+        // Borrowed from the input: a string that needed unescaping is refused, not copied.
+        let hex = <&'de str>::deserialize(d)?;
+        if hex.len() % 2 != 0 {
+            return Err(D::Error::custom(
+                "credential contents: odd number of hex digits",
+            ));
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(hex.len() / 2));
+        for pair in hex.as_bytes().chunks_exact(2) {
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(hi), Some(lo)) => bytes.push(hi << 4 | lo),
+                _ => return Err(D::Error::custom("credential contents: not lowercase hex")),
+            }
+        }
+        match String::from_utf8(std::mem::take(&mut *bytes)) {
+            Ok(text) => Ok(text),
+            Err(e) => {
+                zeroize::Zeroize::zeroize(&mut e.into_bytes());
+                Err(D::Error::custom("credential contents: not UTF-8"))
+            }
+        }
+    }
 }
 
 impl Drop for CredentialFile {
@@ -288,5 +339,31 @@ pub fn phase(spec: &SandboxSpec, status: &mut impl std::io::Write, name: &str) {
             }
             .to_line()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_contents_travel_as_hex_and_come_back_exactly() {
+        let file = CredentialFile {
+            dir: "aws".into(),
+            name: "credentials".into(),
+            contents: "[default]\naws_secret_access_key = s3cr\"t\n".into(),
+        };
+        let json = serde_json::to_string(&file).unwrap();
+        // No escape in the wire form, and the secret is not there as text.
+        assert!(!json.contains('\\') && !json.contains("s3cr"), "{json}");
+        let back: CredentialFile = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.contents, file.contents);
+        for bad in ["0", "zz", "0A", "\\u0030\\u0030", "ff"] {
+            let json = format!(r#"{{"dir":"a","name":"b","contents":"{bad}"}}"#);
+            assert!(
+                serde_json::from_str::<CredentialFile>(&json).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

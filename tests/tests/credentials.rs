@@ -483,10 +483,10 @@ mod root_mode {
         let (env, c, sts) = setup("creds-memory");
         let (repo, commit) = repo(&env);
         let _daemon = Daemon::start(&env);
-        let run = "cat /run/credentials/vault/token >/dev/null && touch /workspace/started \
-                   && sleep 5 && sh build.sh";
+        let run = "cat /run/credentials/vault/token /run/credentials/aws/credentials >/dev/null \
+                   && touch /workspace/started && sleep 5 && sh build.sh";
         let id = c.submit(
-            &with_credentials(&git_job(&repo, &commit, "memory", run), &["vault"]),
+            &with_credentials(&git_job(&repo, &commit, "memory", run), &["aws", "vault"]),
             "trusted",
         );
         // The step is running once its marker is in its workspace (state/jobs/<run>/workspace).
@@ -509,23 +509,44 @@ mod root_mode {
             std::thread::sleep(Duration::from_millis(50));
         }
         let reqs = sts.requests();
-        let token = reqs
+        let issued = |path: &str, field: &str| {
+            reqs.iter()
+                .find(|r| r["path"] == path)
+                .unwrap_or_else(|| panic!("no exchange at {path}"))["issued"][field]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let secrets = [
+            issued("/v1/auth/jwt/login", "client_token"),
+            issued("/aws", "SecretAccessKey"),
+            issued("/aws", "SessionToken"),
+        ];
+        // Each as issued, and as the hex it travels to the helper in.
+        let needles: Vec<Vec<u8>> = secrets
             .iter()
-            .find(|r| r["path"] == "/v1/auth/jwt/login")
-            .expect("the vault exchange")["issued"]["client_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+            .flat_map(|s| {
+                [
+                    s.as_bytes().to_vec(),
+                    bulwark_tests::hex(s.as_bytes()).into_bytes(),
+                ]
+            })
+            .collect();
         let pids = sandbox_pids();
         assert!(pids.len() >= 2, "no helper and init found: {pids:?}");
         let mut scanned = 0;
         for pid in pids {
-            let (found, read) = memory_holds(pid, token.as_bytes());
-            assert!(
-                !found,
-                "bulwark-sandbox pid {pid} holds the credential in its memory"
-            );
-            scanned += u64::from(read > 0);
+            let mut read_any = false;
+            for needle in &needles {
+                let (found, read) = memory_holds(pid, needle);
+                assert!(
+                    !found,
+                    "bulwark-sandbox pid {pid} holds a credential in its memory: {}",
+                    String::from_utf8_lossy(needle)
+                );
+                read_any |= read > 0;
+            }
+            scanned += u64::from(read_any);
         }
         assert!(
             scanned >= 2,

@@ -394,11 +394,32 @@ fn jobs_are_listed_newest_first_and_those_that_ended_are_found_for_pruning() {
     let later = db.list_jobs(10, b.expires_at).unwrap();
     assert_eq!(later[1].state, JobState::Lost);
 
+    // A runner's result whose status is not text (a number, say) does not break the list.
+    db.submit_job("job-d", &spec(None), Trust::Untrusted, 130)
+        .unwrap();
+    let d = db.lease("r1", b.expires_at + 1).unwrap().unwrap();
+    assert_eq!(d.job_id, "job-c");
+    let odd = ResultReport {
+        result: serde_json::json!({"status": 1}),
+        ..report()
+    };
+    db.record_result("job-c", "r1", &odd, b.expires_at + 2)
+        .unwrap();
+    let list = db.list_jobs(10, b.expires_at + 3).unwrap();
+    let c = list.iter().find(|j| j.id == "job-c").unwrap();
+    assert_eq!((c.state, c.status.as_deref()), (JobState::Finished, None));
+
     let mut exported = Vec::new();
     db.each_provenance(|id, text| {
         exported.push((id.to_owned(), text.to_owned()));
         Ok(())
     })
     .unwrap();
-    assert_eq!(exported, [("job-a".to_owned(), "{}\n".to_owned())]);
+    assert_eq!(
+        exported,
+        [
+            ("job-a".to_owned(), "{}\n".to_owned()),
+            ("job-c".to_owned(), "{}\n".to_owned())
+        ]
+    );
 }

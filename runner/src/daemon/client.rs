@@ -205,8 +205,8 @@ impl Client {
 
     /// `PUT path` with the `len` bytes of `file` as the body, streamed, signed as `runner_id`
     /// with `key` over `sha256` (the hash of those bytes, which the coordinator holds them
-    /// to). The request may take as long as the coordinator lets an upload take: 120 s plus
-    /// the time to send `len` bytes at 1 MiB/s.
+    /// to). The request may take longer than the coordinator lets an upload take (120 s plus
+    /// the time to send `len` bytes at 1 MiB/s), by 30 s.
     #[allow(clippy::too_many_arguments)]
     pub async fn put_signed_file(
         &self,
@@ -228,7 +228,9 @@ impl Client {
             )?
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
-            .timeout(Duration::from_secs(120 + (len >> 20)))
+            // The coordinator's deadline plus room for its answer: a retry must not start
+            // while the first attempt may still be stored (it would count twice).
+            .timeout(Duration::from_secs(150 + (len >> 20)))
             .body(reqwest::Body::wrap(FileBody::spawn(file, len)));
         self.send("PUT", path, req).await
     }

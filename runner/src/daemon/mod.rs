@@ -1005,6 +1005,13 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
             Err(e) => Err(anyhow!(e).context(format!("reading {}", path.display()))),
         }
     };
+    // The logs first: a run that died before its result.json still has the log that says why.
+    let mut logs = Vec::new();
+    for name in bulwark_protocol::control::LOG_NAMES {
+        if let Some(log) = hash_log(out, name)? {
+            logs.push(log);
+        }
+    }
     let Some(result) = read("result.json")? else {
         let said = String::from_utf8_lossy(stderr)
             .lines()
@@ -1016,7 +1023,10 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
             _ => ("runner-error", "bulwark run ended without a result"),
         };
         let reason = said.unwrap_or_else(|| format!("{fallback} (exit status {code:?})"));
-        return Ok(synthetic_result(lease, status, &reason));
+        return Ok(ResultReport {
+            logs,
+            ..synthetic_result(lease, status, &reason)
+        });
     };
     let result: serde_json::Value =
         serde_json::from_slice(&result).context("the run's result.json is not JSON")?;
@@ -1030,12 +1040,6 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
         }
         Some(p) => Some(String::from_utf8(p).context("provenance.intoto.jsonl is not text")?),
     };
-    let mut logs = Vec::new();
-    for name in bulwark_protocol::control::LOG_NAMES {
-        if let Some(log) = hash_log(out, name)? {
-            logs.push(log);
-        }
-    }
     Ok(ResultReport {
         result,
         provenance,
@@ -1046,6 +1050,7 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest as _;
 
     #[test]
     fn job_directories_older_than_keep_outputs_are_removed_and_nothing_else() {
@@ -1085,5 +1090,35 @@ mod tests {
         let done = sweep(jobs, Duration::ZERO, std::time::SystemTime::now());
         assert_eq!(done.len(), 1);
         assert!(!jobs.join("job-new").exists());
+    }
+
+    #[test]
+    fn a_run_that_died_without_a_result_is_reported_with_its_logs() {
+        let dir = crate::tools::testutil::TempDir::new("collect");
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("job.log"), "step 1\nKilled\n").unwrap();
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "job_id": "job-0123456789abcdef0123456789abcdef",
+            "trust": "untrusted",
+            "expires_at": 1,
+            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
+        }))
+        .unwrap();
+        let report = collect(&lease, &out, Some(1), b"bulwark: the runner died\n").unwrap();
+        assert_eq!(report.result["status"], "runner-error");
+        assert_eq!(report.result["reason"], "the runner died");
+        assert_eq!(
+            report.logs,
+            [LogFile {
+                name: "job.log".into(),
+                size: 14,
+                sha256: crate::outputs::hex(&sha2::Sha256::digest(b"step 1\nKilled\n")),
+            }]
+        );
+        // Refused before it had an output directory: nothing to send.
+        let none = collect(&lease, &dir.path().join("missing"), Some(2), b"").unwrap();
+        assert!(none.logs.is_empty());
+        assert_eq!(none.result["status"], "refused");
     }
 }
