@@ -73,8 +73,9 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     // The spec may carry a trusted job's credentials: the text is zeroed once parsed, before
     // init is forked, so that no copy of it outlives this point in either process.
     // Sized up front, so that reading does not reallocate and leave unzeroed copies of what
-    // was read so far (a spec is a few KiB; a larger one still works, with that caveat).
-    let mut input = zeroize::Zeroizing::new(String::with_capacity(1 << 20));
+    // was read so far: a spec is a few KiB. Not larger: the whole buffer is zeroed, on every
+    // launch. (A spec over 64 KiB still works, with that caveat.)
+    let mut input = zeroize::Zeroizing::new(String::with_capacity(64 << 10));
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(at("read spec"))?;
