@@ -211,35 +211,59 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
     assert_eq!(c.fetch(&trusted, "provenance").0, 200);
 }
 
-#[test]
-fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_so() {
-    let env = host("cp-upload-limit");
-    let c = Coordinator::start_with(&env, &["--max-output-bytes", "4KiB"]);
+/// One job, `run`, on a host registered with a coordinator served with `serve_args`, which
+/// refuses what the daemon delivers: the job must end `finished` as a runner error (never a
+/// retry until the lease ends) whose reason says `says`. The daemon is stopped cleanly.
+fn refused_delivery(
+    tag: &str,
+    serve_args: &[&str],
+    run: &str,
+    says: &[&str],
+) -> (bulwark_tests::Env, Coordinator, String) {
+    let env = host(tag);
+    let c = Coordinator::start_with(&env, serve_args);
     let token = c.registration_token(&env.dir, "10m");
     assert!(register(&env, &c, &token, "build-1").status.success());
     let (repo, commit) = repo(&env);
     let mut daemon = Daemon::start(&env);
-    let id = c.submit(
-        &git_job(&repo, &commit, "big", "echo hi; sh build.sh"),
-        "trusted",
-    );
+    let id = c.submit(&git_job(&repo, &commit, "refused", run), "trusted");
+    // The lease lasts the job's timeout plus 10 minutes: a retry until it ends would outlast
+    // this wait.
     let j = c.wait_done(&id, 120);
     let log = daemon_log(&env);
     assert_eq!(j["state"], "finished", "{j}\n{log}");
     let result = &j["result"]["result"];
     assert_eq!(result["status"], "runner-error", "{j}");
     let reason = result["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("could not be delivered")
-            && reason.contains("413")
-            && reason.contains("dist/app.txt")
-            && reason.contains(&format!("daemon/jobs/{id}/out")),
-        "{reason}"
+    for part in says {
+        assert!(reason.contains(part), "{part:?} not in: {reason}");
+    }
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{log}"
+    );
+    (env, c, id)
+}
+
+#[test]
+fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_so() {
+    // 4 KiB per job: the log (one block) fits, the output (one more) does not.
+    let (env, c, id) = refused_delivery(
+        "cp-upload-limit",
+        &["--max-output-bytes", "4KiB"],
+        "echo hi; sh build.sh",
+        &[
+            "outputs could not be delivered",
+            "413",
+            "dist/app.txt",
+            "daemon/jobs/job-",
+        ],
     );
     // Nothing half-stored at the coordinator; the host kept the output. The log did arrive.
     assert_eq!(c.fetch(&id, "outputs/dist/app.txt").0, 404);
     let (status, _, job_log) = c.fetch(&id, "logs/job.log");
-    assert_eq!(status, 200, "{j}");
+    assert_eq!(status, 200);
     assert_eq!(job_log, b"hi\n", "{}", String::from_utf8_lossy(&job_log));
     let kept = env
         .state
@@ -254,38 +278,16 @@ fn outputs_the_coordinator_will_not_take_make_the_job_a_runner_error_that_says_s
         "only the log: {}",
         blobs.display()
     );
-    assert_eq!(
-        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
-        Some(0),
-        "{log}"
-    );
 }
 
 #[test]
 fn a_coordinator_out_of_disk_makes_the_job_a_runner_error_not_a_retry_until_the_lease_ends() {
-    let env = host("cp-upload-full");
     // More free space than any disk has: every upload is answered 507.
-    let c = Coordinator::start_with(&env, &["--min-free-disk", "1000000TiB"]);
-    let token = c.registration_token(&env.dir, "10m");
-    assert!(register(&env, &c, &token, "build-1").status.success());
-    let (repo, commit) = repo(&env);
-    let mut daemon = Daemon::start(&env);
-    let id = c.submit(&git_job(&repo, &commit, "full", "sh build.sh"), "trusted");
-    // The lease lasts the job's timeout plus 10 minutes: a retried 507 would outlast this.
-    let j = c.wait_done(&id, 120);
-    let log = daemon_log(&env);
-    assert_eq!(j["state"], "finished", "{j}\n{log}");
-    let result = &j["result"]["result"];
-    assert_eq!(result["status"], "runner-error", "{j}");
-    let reason = result["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("could not be delivered") && reason.contains("507"),
-        "{reason}"
-    );
-    assert_eq!(
-        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
-        Some(0),
-        "{log}"
+    refused_delivery(
+        "cp-upload-full",
+        &["--min-free-disk", "1000000TiB"],
+        "sh build.sh",
+        &["could not be delivered", "507"],
     );
 }
 

@@ -712,24 +712,37 @@ fn sha(bytes: &[u8]) -> String {
     auth::sha256_hex(bytes)
 }
 
+/// The four signing headers of `PUT path` by `r`, signed over `digest` as the body's hash.
+fn put_headers(r: &TestRunner, path: &str, digest: &str) -> Vec<(&'static str, String)> {
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh =
+        crate::auth::tests::sign_digest(&r.key, &r.id, "PUT", path, state::now(), &nonce, digest);
+    vec![
+        (h::RUNNER, sh.runner_id),
+        (h::TIMESTAMP, sh.timestamp),
+        (h::NONCE, sh.nonce),
+        (h::SIGNATURE, sh.signature),
+    ]
+}
+
+/// Headers as lines, for a request written by hand.
+fn header_lines(headers: &[(&'static str, String)]) -> String {
+    headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect()
+}
+
+/// `PUT path` with `headers` and `body`, through [`http`].
+fn put(s: &Server, path: &str, headers: &[(&'static str, String)], body: &[u8]) -> Answer {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http(s.addr, "PUT", path, &headers, body)
+}
+
 /// `PUT /v1/jobs/{job}/blobs/{digest}` signed by `r` over `digest`, with `body`.
 fn upload(s: &Server, r: &TestRunner, job: &str, digest: &str, body: &[u8]) -> Answer {
     let path = format!("/v1/jobs/{job}/blobs/{digest}");
-    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
-    let sh =
-        crate::auth::tests::sign_digest(&r.key, &r.id, "PUT", &path, state::now(), &nonce, digest);
-    http(
-        s.addr,
-        "PUT",
-        &path,
-        &[
-            (h::RUNNER, &sh.runner_id),
-            (h::TIMESTAMP, &sh.timestamp),
-            (h::NONCE, &sh.nonce),
-            (h::SIGNATURE, &sh.signature),
-        ],
-        body,
-    )
+    put(s, &path, &put_headers(r, &path, digest), body)
 }
 
 fn leased_job(s: &Server, trust: &str) -> (TestRunner, String) {
@@ -894,46 +907,17 @@ fn uploads_from_another_runner_over_the_limit_without_a_length_or_signed_for_oth
 
     // Signed for one digest, sent under another path: the signature does not cover it.
     let path = format!("/v1/jobs/{job}/blobs/{}", sha(small));
-    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
-    let sh = crate::auth::tests::sign_digest(
-        &holder.key,
-        &holder.id,
-        "PUT",
-        &path,
-        state::now(),
-        &nonce,
-        &sha(b"other"),
-    );
-    let a = http(
-        s.addr,
-        "PUT",
-        &path,
-        &[
-            (h::RUNNER, &sh.runner_id),
-            (h::TIMESTAMP, &sh.timestamp),
-            (h::NONCE, &sh.nonce),
-            (h::SIGNATURE, &sh.signature),
-        ],
-        small,
-    );
+    let sh = put_headers(&holder, &path, &sha(b"other"));
+    let a = put(&s, &path, &sh, small);
     assert_eq!(a.status, 401);
 
     // No Content-Length (chunked): refused before anything is reserved or read.
-    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
-    let sh = crate::auth::tests::sign_digest(
-        &holder.key,
-        &holder.id,
-        "PUT",
-        &path,
-        state::now(),
-        &nonce,
-        &sha(small),
-    );
+    let sh = put_headers(&holder, &path, &sha(small));
     let mut c = TcpStream::connect(s.addr).unwrap();
     write!(
         c,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
-        h::RUNNER, sh.runner_id, h::TIMESTAMP, sh.timestamp, h::NONCE, sh.nonce, h::SIGNATURE, sh.signature
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n{}\r\na\r\n0123456789\r\n0\r\n\r\n",
+        header_lines(&sh)
     )
     .unwrap();
     let mut raw = String::new();
@@ -950,21 +934,12 @@ fn an_upload_that_stalls_is_cut_and_leaves_nothing_behind() {
     let (runner, job) = leased_job(&s, "untrusted");
     let body = [1u8; 4096];
     let path = format!("/v1/jobs/{job}/blobs/{}", sha(&body));
-    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
-    let sh = crate::auth::tests::sign_digest(
-        &runner.key,
-        &runner.id,
-        "PUT",
-        &path,
-        state::now(),
-        &nonce,
-        &sha(&body),
-    );
+    let sh = put_headers(&runner, &path, &sha(&body));
     let mut c = TcpStream::connect(s.addr).unwrap();
     write!(
         c,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n\r\n",
-        h::RUNNER, sh.runner_id, h::TIMESTAMP, sh.timestamp, h::NONCE, sh.nonce, h::SIGNATURE, sh.signature
+        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\n{}\r\n",
+        header_lines(&sh)
     )
     .unwrap();
     c.write_all(&body[..1000]).unwrap();
@@ -1060,21 +1035,12 @@ fn an_upload_still_in_flight_when_the_result_is_recorded_is_not_kept() {
     let (runner, job) = leased_job(&s, "untrusted");
     let body = [3u8; 4096];
     let path = format!("/v1/jobs/{job}/blobs/{}", sha(&body));
-    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
-    let sh = crate::auth::tests::sign_digest(
-        &runner.key,
-        &runner.id,
-        "PUT",
-        &path,
-        state::now(),
-        &nonce,
-        &sha(&body),
-    );
+    let sh = put_headers(&runner, &path, &sha(&body));
     let mut c = TcpStream::connect(s.addr).unwrap();
     write!(
         c,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 4096\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n{}: {}\r\n\r\n",
-        h::RUNNER, sh.runner_id, h::TIMESTAMP, sh.timestamp, h::NONCE, sh.nonce, h::SIGNATURE, sh.signature
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 4096\r\n{}\r\n",
+        header_lines(&sh)
     )
     .unwrap();
     c.write_all(&body[..1000]).unwrap();
