@@ -223,6 +223,11 @@ type Shared = Arc<Coordinator>;
 
 /// The routes, with the body limit and the JSON error rewriting.
 pub fn router(coordinator: Coordinator) -> Router {
+    router_shared(Arc::new(coordinator))
+}
+
+/// [`router`] over a coordinator shared with other tasks (the sweep in [`serve`]).
+fn router_shared(coordinator: Shared) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
@@ -242,7 +247,7 @@ pub fn router(coordinator: Coordinator) -> Router {
         )
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(Arc::new(coordinator))
+        .with_state(coordinator)
 }
 
 /// Limits that keep slow or idle clients from holding the coordinator's connections and
@@ -261,6 +266,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long a shutdown waits for the requests in flight.
     pub drain_timeout: Duration,
+    /// How often the outputs of jobs whose lease ran out without a result are removed.
+    pub sweep_interval: Duration,
 }
 
 impl Default for ServeOptions {
@@ -271,6 +278,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(120),
             max_connections: 512,
             drain_timeout: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(600),
         }
     }
 }
@@ -291,7 +299,12 @@ pub async fn serve(
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
 
-    let app = router(coordinator).layer(axum::middleware::from_fn_with_state(
+    let shared = Arc::new(coordinator);
+    let sweeper = tokio::spawn(sweep_unreported(
+        Arc::clone(&shared),
+        options.sweep_interval,
+    ));
+    let app = router_shared(shared).layer(axum::middleware::from_fn_with_state(
         options.request_timeout,
         request_deadline,
     ));
@@ -334,6 +347,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    sweeper.abort();
     tracing::info!(
         connections = graceful.count(),
         "shutting down: waiting for the requests in flight"
@@ -345,6 +359,47 @@ pub async fn serve(
         tracing::warn!("shutdown: requests still in flight after the drain timeout were cut");
     }
     Ok(())
+}
+
+/// Every `interval`, removes what was uploaded for jobs whose lease ran out without a result:
+/// no result lists it and none can come, so it would otherwise stay until the operator
+/// prunes (a runner that uploads and never reports must not park data here).
+async fn sweep_unreported(c: Shared, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // The ids under the database lock; the files outside it (no upload can be stored for
+        // a lost job: its lease is checked again before any is).
+        let swept = match with_db(&c, |_, db| Ok(db.unreported_jobs_ended(state::now())?)).await {
+            Ok(ids) => {
+                let c = Arc::clone(&c);
+                tokio::task::spawn_blocking(move || {
+                    let mut removed = Vec::new();
+                    for id in ids {
+                        if let Some(bytes) = c.outputs.remove_job(&id)? {
+                            removed.push((id, bytes));
+                        }
+                    }
+                    Ok::<_, OutputError>(removed)
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))
+                .and_then(|r| r.map_err(ApiError::from))
+            }
+            Err(e) => Err(e),
+        };
+        match swept {
+            Ok(removed) => {
+                for (job_id, bytes) in removed {
+                    tracing::info!(job_id = %job_id, bytes, "uploads of a job that never reported removed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e.message, "sweeping the uploads of unreported jobs")
+            }
+        }
+    }
 }
 
 /// Answers `408` to a request not done within its deadline (the body is read inside the

@@ -30,7 +30,8 @@
 //!
 //! Content-addressed per job: two outputs with the same bytes are one file, a retried upload
 //! of a stored blob is answered at once, and nothing is ever overwritten. When the result is
-//! recorded, every blob it does not list is removed, so a runner cannot park data there.
+//! recorded, every blob it does not list is removed, and `serve` removes everything of a job
+//! whose lease ran out without a result (`api::serve`), so a runner cannot park data there.
 //!
 //! # Limits
 //!

@@ -736,6 +736,27 @@ impl Db {
         Ok(ids)
     }
 
+    /// Ids of the jobs whose lease ran out by `now` without a result (lost), each recorded as
+    /// lost first.
+    pub fn unreported_jobs_ended(&mut self, now: u64) -> Result<Vec<String>, StateError> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
+                [to_i64(now)],
+            )
+            .map_err(StateError::ListJobs)?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM jobs WHERE state = 'lost' ORDER BY id")
+            .map_err(StateError::ListJobs)?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(StateError::ListJobs)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(StateError::ListJobs)?;
+        Ok(ids)
+    }
+
     /// Job `job_id`, with a lease that ended unreported recorded as lost first.
     pub fn job(&mut self, job_id: &str, now: u64) -> Result<Option<Job>, StateError> {
         let err = |source| StateError::ReadJob {

@@ -1077,3 +1077,48 @@ fn a_full_disk_is_answered_507_without_the_store_path() {
     assert_eq!(a.status(), StatusCode::INSUFFICIENT_STORAGE);
     assert!(!a.message.contains("/srv/bulwark"), "{}", a.message);
 }
+
+#[test]
+fn what_a_job_that_never_reports_uploaded_is_swept_once_its_lease_is_over() {
+    let (s, _stop) = start_with_limits(
+        ServeOptions {
+            sweep_interval: Duration::from_millis(100),
+            ..ServeOptions::default()
+        },
+        outputs::OutputLimits::default(),
+    );
+    let (runner, parked) = leased_job(&s, "untrusted");
+    let (other, live) = leased_job(&s, "untrusted");
+    assert_eq!(
+        upload(&s, &runner, &parked, &sha(b"junk"), b"junk").status,
+        204
+    );
+    assert_eq!(
+        upload(&s, &other, &live, &sha(b"kept"), b"kept").status,
+        204
+    );
+    // The lease of `parked` runs out without a result.
+    let conn = rusqlite::Connection::open(s.state.join(state::DB_NAME)).unwrap();
+    conn.execute(
+        "UPDATE jobs SET lease_expires_at = 1 WHERE id = ?1",
+        [&parked],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stored_blobs(&s, &parked).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the lost job's uploads were never swept"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!s.state.join(outputs::OUTPUTS_DIR).join(&parked).exists());
+    // Under a live lease: kept.
+    assert_eq!(stored_blobs(&s, &live), vec![sha(b"kept")]);
+    let state: String = conn
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [&live], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(state, "leased");
+}
