@@ -700,7 +700,12 @@ async fn result(
         move |c, db, runner, body| {
             let report: ResultReport = parse_body(body, "result report")?;
             let now = state::now();
-            let mut reported = reported_outputs(&report).map_err(ApiError::bad_request)?;
+            let mut reported: Vec<(String, String)> = report
+                .outputs()
+                .map_err(ApiError::bad_request)?
+                .into_iter()
+                .map(|o| (o.path, o.sha256))
+                .collect();
             report.check_logs().map_err(ApiError::bad_request)?;
             reported.extend(report.logs.iter().map(|l| (l.name.clone(), l.sha256.clone())));
             // A finished job's outputs are here: a result listing one that was not uploaded
@@ -733,43 +738,6 @@ async fn result(
         },
     )
     .await
-}
-
-/// The `(path, sha256)` of every output a result lists (`result.outputs[]`, as `result.json`
-/// has them); a result without `outputs` lists none.
-fn reported_outputs(report: &ResultReport) -> Result<Vec<(String, String)>, String> {
-    let Some(outputs) = report.result.get("outputs") else {
-        return Ok(Vec::new());
-    };
-    let list = outputs.as_array().ok_or("result.outputs: must be a list")?;
-    list.iter()
-        .enumerate()
-        .map(|(i, o)| {
-            let field = |name: &str| {
-                o.get(name)
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("result.outputs[{i}].{name}: missing or not text"))
-            };
-            let sha = field("sha256")?;
-            outputs::check_sha256(&sha).map_err(|e| format!("result.outputs[{i}].sha256: {e}"))?;
-            Ok((field("path")?, sha))
-        })
-        .collect::<Result<Vec<_>, String>>()
-        .and_then(|list| {
-            // A path names one output: listed twice, which would a download get?
-            let mut seen = HashSet::new();
-            match list
-                .iter()
-                .position(|(path, _)| !seen.insert(path.as_str()))
-            {
-                Some(i) => Err(format!(
-                    "result.outputs[{i}].path: {:?} is listed twice",
-                    list[i].0
-                )),
-                None => Ok(list),
-            }
-        })
 }
 
 /// How long an upload may go without a byte arriving.
@@ -949,7 +917,7 @@ async fn output(
     let report = job.result.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("job {id} has no result yet"))
     })?;
-    let listed = reported_outputs(&report).map_err(|e| {
+    let listed = report.outputs().map_err(|e| {
         tracing::error!(job_id = %id, error = %e, "a stored result lists its outputs wrongly");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -964,7 +932,7 @@ async fn output(
     };
     let sha = listed
         .into_iter()
-        .find_map(|(p, sha)| (p == path).then_some(sha))
+        .find_map(|o| (o.path == path).then_some(o.sha256))
         .ok_or_else(not_found)?;
     let (file, len) = open_blob(&c, &id, &sha).await?.ok_or_else(|| {
         ApiError::new(
@@ -972,30 +940,7 @@ async fn output(
             format!("output {path:?} of job {id} is not stored here (removed by the operator)"),
         )
     })?;
-    let digest = {
-        use base64::Engine;
-        let raw: Vec<u8> = (0..sha.len())
-            .step_by(2)
-            .filter_map(|i| u8::from_str_radix(&sha[i..i + 2], 16).ok())
-            .collect();
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    };
-    let mut response = Body::new(FileBody::spawn(file, len)).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    for (name, value) in [
-        ("repr-digest", format!("sha-256=:{digest}:")),
-        ("etag", format!("\"sha256:{sha}\"")),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    }
-    Ok(response)
+    Ok(stored_file(file, len, "application/octet-stream", &sha))
 }
 
 /// `GET /v1/jobs/{id}/logs/{name}` (admin): `job.log` (text) or `egress.log` (JSON lines) as
@@ -1024,16 +969,36 @@ async fn log(
     } else {
         "application/jsonl"
     };
+    Ok(stored_file(file, len, kind, &log.sha256))
+}
+
+/// The answer that streams a stored blob: its type, its length, its sha256 in `Repr-Digest`
+/// (RFC 9530) and `ETag`, and `nosniff` (a job's bytes are the job's, never a page of the
+/// coordinator's).
+fn stored_file(file: std::fs::File, len: u64, kind: &'static str, sha: &str) -> Response {
+    use base64::Engine;
+    let raw: Vec<u8> = (0..sha.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(sha.get(i..i + 2)?, 16).ok())
+        .collect();
+    let digest = base64::engine::general_purpose::STANDARD.encode(raw);
     let mut response = Body::new(FileBody::spawn(file, len)).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    // Never shown as a page: a job's output is the job's, not the coordinator's.
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    Ok(response)
+    for (name, value) in [
+        ("repr-digest", format!("sha-256=:{digest}:")),
+        ("etag", format!("\"sha256:{sha}\"")),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    response
 }
 
 /// [`OutputStore::open_blob`] on the blocking pool.

@@ -639,12 +639,7 @@ impl Db {
     /// The newest `limit` jobs, newest first, with every lease that ended unreported recorded
     /// as lost first.
     pub fn list_jobs(&mut self, limit: u32, now: u64) -> Result<Vec<JobSummary>, StateError> {
-        self.conn
-            .execute(
-                "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
-                [to_i64(now)],
-            )
-            .map_err(StateError::ListJobs)?;
+        record_lost_leases(&self.conn, now).map_err(StateError::ListJobs)?;
         let mut stmt = self
             .conn
             .prepare(
@@ -739,12 +734,7 @@ impl Db {
     /// Ids of the jobs whose lease ran out by `now` without a result (lost), each recorded as
     /// lost first.
     pub fn unreported_jobs_ended(&mut self, now: u64) -> Result<Vec<String>, StateError> {
-        self.conn
-            .execute(
-                "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
-                [to_i64(now)],
-            )
-            .map_err(StateError::ListJobs)?;
+        record_lost_leases(&self.conn, now).map_err(StateError::ListJobs)?;
         let mut stmt = self
             .conn
             .prepare("SELECT id FROM jobs WHERE state = 'lost' ORDER BY id")
@@ -799,11 +789,7 @@ impl Db {
                 runner_id: runner_id.to_owned(),
             });
         }
-        tx.execute(
-            "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
-            [to_i64(now)],
-        )
-        .map_err(err)?;
+        record_lost_leases(&tx, now).map_err(err)?;
         let next: Option<String> = tx
             .query_row(
                 "SELECT id FROM jobs WHERE state = 'queued' ORDER BY submitted_at, rowid LIMIT 1",
@@ -959,6 +945,14 @@ impl Db {
         .map_err(err)?;
         tx.commit().map_err(err)
     }
+}
+
+/// Records every lease that ran out by `now` without a result as lost.
+fn record_lost_leases(conn: &Connection, now: u64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE jobs SET state = 'lost' WHERE state = 'leased' AND lease_expires_at <= ?1",
+        [to_i64(now)],
+    )
 }
 
 fn runner_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Runner> {

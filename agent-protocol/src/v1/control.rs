@@ -200,6 +200,32 @@ pub struct LogFile {
 pub const LOG_NAMES: [&str; 2] = ["job.log", "egress.log"];
 
 impl ResultReport {
+    /// The outputs the reported `result.json` lists (`result.outputs`, none when absent), each
+    /// with a well-formed sha256 and a path listed once: what the runner uploads and the
+    /// coordinator holds it to.
+    pub fn outputs(&self) -> Result<Vec<crate::OutputRecord>, String> {
+        let Some(list) = self.result.get("outputs") else {
+            return Ok(Vec::new());
+        };
+        let list = list.as_array().ok_or("result.outputs: must be a list")?;
+        let mut outputs: Vec<crate::OutputRecord> = Vec::with_capacity(list.len());
+        for (i, o) in list.iter().enumerate() {
+            let record = crate::OutputRecord::deserialize(o)
+                .map_err(|e| format!("result.outputs[{i}]: {e}"))?;
+            crate::check_sha256(&record.sha256)
+                .map_err(|e| format!("result.outputs[{i}].sha256: {e}"))?;
+            // A path names one output: listed twice, which would a download get?
+            if outputs.iter().any(|seen| seen.path == record.path) {
+                return Err(format!(
+                    "result.outputs[{i}].path: {:?} is listed twice",
+                    record.path
+                ));
+            }
+            outputs.push(record);
+        }
+        Ok(outputs)
+    }
+
     /// Checks the report's log list: known names, each once, well-formed digests.
     pub fn check_logs(&self) -> Result<(), String> {
         let mut seen = Vec::new();

@@ -624,8 +624,19 @@ impl Daemon {
             );
             return synthetic_result(lease, "runner-error", &reason);
         }
-        let delivered = match listed_outputs(&report.result) {
-            Ok(outputs) => self.deliver(lease, &outputs, stop).await,
+        let delivered = match report.outputs() {
+            Ok(outputs) => {
+                let blobs: Vec<Blob> = outputs
+                    .into_iter()
+                    .map(|o| Blob {
+                        what: format!("output {}", o.path),
+                        rel: o.path,
+                        sha256: o.sha256,
+                        size: o.size,
+                    })
+                    .collect();
+                self.deliver(lease, &blobs, stop).await
+            }
             Err(e) => Err(e),
         };
         match delivered {
@@ -881,42 +892,6 @@ struct Blob {
     size: u64,
 }
 
-/// Every output `result.json` lists.
-fn listed_outputs(result: &serde_json::Value) -> Result<Vec<Blob>, String> {
-    let Some(list) = result.get("outputs") else {
-        return Ok(Vec::new());
-    };
-    let list = list
-        .as_array()
-        .ok_or("result.json: outputs is not a list")?;
-    list.iter()
-        .enumerate()
-        .map(|(i, o)| {
-            let bad =
-                |field: &str| format!("result.json: outputs[{i}].{field} is missing or malformed");
-            let path = o
-                .get("path")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| bad("path"))?;
-            let sha = o
-                .get("sha256")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| bad("sha256"))?;
-            bulwark_protocol::check_sha256(sha).map_err(|_| bad("sha256"))?;
-            let size = o
-                .get("size")
-                .and_then(serde_json::Value::as_u64)
-                .ok_or_else(|| bad("size"))?;
-            Ok(Blob {
-                what: format!("output {path}"),
-                rel: path.to_owned(),
-                sha256: sha.to_owned(),
-                size,
-            })
-        })
-        .collect()
-}
-
 /// Opens output `rel` of the output directory `out` for reading: beneath it, through no
 /// symlink, a regular file (the run wrote it so; this holds it to that).
 fn open_output(out: &Path, rel: &str) -> std::io::Result<(std::fs::File, u64)> {
@@ -940,35 +915,18 @@ fn open_output(out: &Path, rel: &str) -> std::io::Result<(std::fs::File, u64)> {
 /// The size and sha256 of log `name` in the output directory `out`; `None` when the run left
 /// none.
 fn hash_log(out: &Path, name: &str) -> Result<Option<LogFile>> {
-    use sha2::Digest;
-    let (mut file, size) = match open_output(out, name) {
+    let (file, size) = match open_output(out, name) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(anyhow!(e).context(format!("opening {name} in {}", out.display()))),
     };
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut copied = 0u64;
-    loop {
-        use std::io::Read;
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(anyhow!(e).context(format!("reading {name} in {}", out.display())))
-            }
-        };
-        hasher.update(&buf[..n]);
-        copied += n as u64;
-    }
-    if copied != size {
-        bail!("{name} in {} changed while it was read", out.display());
-    }
+    // A size that no longer matches when it is uploaded refuses the upload (`deliver`).
+    let sha256 = crate::provenance::sha256_read(file)
+        .with_context(|| format!("reading {name} in {}", out.display()))?;
     Ok(Some(LogFile {
         name: name.to_owned(),
         size,
-        sha256: crate::outputs::hex(&hasher.finalize()),
+        sha256,
     }))
 }
 
