@@ -143,9 +143,10 @@ impl From<OutputError> for ApiError {
                 );
             }
             _ if e.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
-            OutputError::TooLarge { .. } | OutputError::TooManyFiles { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            OutputError::TooLarge { .. }
+            | OutputError::TooManyFiles { .. }
+            | OutputError::LiveLogFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            OutputError::LiveLogGap { .. } => StatusCode::CONFLICT,
             OutputError::JobId(_)
             | OutputError::Sha256(_)
             | OutputError::Length { .. }
@@ -240,6 +241,7 @@ fn router_shared(coordinator: Shared) -> Router {
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/jobs/{id}/outputs/{*path}", get(output))
         .route("/v1/jobs/{id}/logs/{name}", get(log))
+        .route("/v1/jobs/{id}/live-log/{offset}", put(live_log))
         // Streamed to disk as it arrives, with its own limits (`upload_blob`).
         .route(
             "/v1/jobs/{id}/blobs/{sha256}",
@@ -734,6 +736,43 @@ async fn result(
                 Ok(n) => tracing::warn!(job_id = %id, blobs = n, "uploads the result does not list were removed"),
                 Err(e) => tracing::error!(job_id = %id, error = %e, "removing uploads the result does not list"),
             }
+            // The final job.log is a blob now; the live one was only ever a view of it.
+            if let Err(e) = c.outputs.remove_live_log(&id) {
+                tracing::error!(job_id = %id, error = %e, "removing the live log");
+            }
+            Ok(StatusCode::NO_CONTENT)
+        },
+    )
+    .await
+}
+
+/// `PUT /v1/jobs/{id}/live-log/{offset}` (runner): the next bytes of a running job's
+/// `job.log`, starting at `offset` ([`outputs`], "The live log"). Only the lease holder's,
+/// only while the lease lasts; stored under the database lock, so an append cannot land after
+/// the result that removes the live log.
+async fn live_log(
+    State(c): State<Shared>,
+    Path((id, offset)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    outputs::check_job_id(&id)?;
+    // Digits only: the signed path and the number must be the same text.
+    let offset: u64 = Some(offset.as_str())
+        .filter(|o| !o.is_empty() && o.len() <= 19 && o.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|o| o.parse().ok())
+        .ok_or_else(|| ApiError::bad_request("live log: the offset is not a number"))?;
+    signed(
+        &c,
+        method,
+        &uri,
+        &headers,
+        body,
+        move |c, db, runner, body| {
+            db.job_leased_to(&id, &runner.id, state::now())?;
+            c.outputs.append_live_log(&id, offset, body)?;
             Ok(StatusCode::NO_CONTENT)
         },
     )
@@ -940,11 +979,17 @@ async fn output(
             format!("output {path:?} of job {id} is not stored here (removed by the operator)"),
         )
     })?;
-    Ok(stored_file(file, len, "application/octet-stream", &sha))
+    file_answer(file, len, "application/octet-stream", Some(&sha), &headers)
 }
 
+/// Header on a log answer: `true` for the log the result lists, `false` for the live log of
+/// a job still running (which grows; ask again from its length with `Range: bytes=N-`).
+pub const LOG_COMPLETE_HEADER: &str = "bulwark-log-complete";
+
 /// `GET /v1/jobs/{id}/logs/{name}` (admin): `job.log` (text) or `egress.log` (JSON lines) as
-/// the runner reported them.
+/// the runner reported them; while the job runs, `job.log` so far ([`outputs`], "The live
+/// log"). A `Range` of bytes is honoured, so a client follows a running job by asking from
+/// the length it has.
 async fn log(
     State(c): State<Shared>,
     Path((id, name)): Path<(String, String)>,
@@ -957,48 +1002,169 @@ async fn log(
             format!("job {id} has no log {name:?} (not finished, or it left none)"),
         )
     };
-    let log = job
-        .result
-        .and_then(|r| r.logs.into_iter().find(|l| l.name == name))
-        .ok_or_else(not_found)?;
-    let (file, len) = open_blob(&c, &id, &log.sha256)
-        .await?
-        .ok_or_else(not_found)?;
     let kind = if name == "job.log" {
         "text/plain; charset=utf-8"
     } else {
         "application/jsonl"
     };
-    Ok(stored_file(file, len, kind, &log.sha256))
+    let Some(result) = job.result else {
+        if name != "job.log" {
+            return Err(not_found());
+        }
+        let live = {
+            let (c, id) = (Arc::clone(&c), id.clone());
+            tokio::task::spawn_blocking(move || c.outputs.open_live_log(&id))
+                .await
+                .map_err(|e| ApiError::internal(&e))??
+        };
+        let (file, len) = live.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("job {id} has no log yet (queued, or nothing written so far)"),
+            )
+        })?;
+        let mut response = file_answer(file, len, kind, None, &headers)?;
+        let h = response.headers_mut();
+        h.insert(LOG_COMPLETE_HEADER, HeaderValue::from_static("false"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    };
+    let log = result
+        .logs
+        .into_iter()
+        .find(|l| l.name == name)
+        .ok_or_else(not_found)?;
+    let (file, len) = open_blob(&c, &id, &log.sha256)
+        .await?
+        .ok_or_else(not_found)?;
+    let mut response = file_answer(file, len, kind, Some(&log.sha256), &headers)?;
+    response
+        .headers_mut()
+        .insert(LOG_COMPLETE_HEADER, HeaderValue::from_static("true"));
+    Ok(response)
 }
 
-/// The answer that streams a stored blob: its type, its length, its sha256 in `Repr-Digest`
-/// (RFC 9530) and `ETag`, and `nosniff` (a job's bytes are the job's, never a page of the
-/// coordinator's).
-fn stored_file(file: std::fs::File, len: u64, kind: &'static str, sha: &str) -> Response {
+/// The answer that streams a stored file: its type, its length, `nosniff` (a job's bytes
+/// are the job's, never a page of the coordinator's), and for a blob (`sha`; not a live log,
+/// which grows) its sha256 in `Repr-Digest` (RFC 9530) and `ETag`. Honours a `Range` of bytes
+/// ([`byte_range`]).
+fn file_answer(
+    mut file: std::fs::File,
+    len: u64,
+    kind: &'static str,
+    sha: Option<&str>,
+    request: &HeaderMap,
+) -> Result<Response, ApiError> {
     use base64::Engine;
-    let raw: Vec<u8> = (0..sha.len())
-        .step_by(2)
-        .filter_map(|i| u8::from_str_radix(sha.get(i..i + 2)?, 16).ok())
-        .collect();
-    let digest = base64::engine::general_purpose::STANDARD.encode(raw);
-    let mut response = Body::new(FileBody::spawn(file, len)).into_response();
+    use std::io::Seek;
+    let range = match byte_range(request, len) {
+        Ok(range) => range,
+        Err(()) => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("the range asked for is not within the file's {len} bytes"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(response);
+        }
+    };
+    let (status, start, count) = match range {
+        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
+        None => (StatusCode::OK, 0, len),
+    };
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start))
+            .map_err(|e| ApiError::internal(&e))?;
+    }
+    let mut response = Body::new(FileBody::spawn(file, count)).into_response();
+    *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    for (name, value) in [
-        ("repr-digest", format!("sha-256=:{digest}:")),
-        ("etag", format!("\"sha256:{sha}\"")),
-    ] {
+    let mut extra = Vec::new();
+    if let Some((first, last)) = range {
+        extra.push((
+            header::CONTENT_RANGE.as_str(),
+            format!("bytes {first}-{last}/{len}"),
+        ));
+    }
+    if let Some(sha) = sha {
+        let raw: Vec<u8> = (0..sha.len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(sha.get(i..i + 2)?, 16).ok())
+            .collect();
+        let digest = base64::engine::general_purpose::STANDARD.encode(raw);
+        // Of the whole file, also in a partial answer (RFC 9530's representation digest).
+        extra.push(("repr-digest", format!("sha-256=:{digest}:")));
+        extra.push(("etag", format!("\"sha256:{sha}\"")));
+    }
+    for (name, value) in extra {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);
         }
     }
-    response
+    Ok(response)
+}
+
+/// What a request's `Range` header asks for of a `len`-byte file (RFC 9110 section 14):
+/// `Some((first, last))`, inclusive, for one range of bytes (`bytes=N-`, `bytes=N-M`, or the
+/// last N with `bytes=-N`); `None` for the whole file (no header, several ranges, another
+/// unit, or a header that does not parse, which RFC 9110 lets a server ignore); `Err` when
+/// the range starts past the end (416).
+fn byte_range(request: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(value) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = value
+        .trim()
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .and_then(|_| value.trim().get(6..))
+    else {
+        return Ok(None);
+    };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    if first.trim().is_empty() {
+        // The last `n` bytes.
+        let Some(n) = number(last) else {
+            return Ok(None);
+        };
+        if n == 0 || len == 0 {
+            return Err(());
+        }
+        return Ok(Some((len.saturating_sub(n), len - 1)));
+    }
+    let Some(first) = number(first) else {
+        return Ok(None);
+    };
+    let last = if last.trim().is_empty() {
+        u64::MAX
+    } else {
+        match number(last) {
+            Some(l) if l >= first => l,
+            _ => return Ok(None),
+        }
+    };
+    if first >= len {
+        return Err(());
+    }
+    Ok(Some((first, last.min(len - 1))))
 }
 
 /// [`OutputStore::open_blob`] on the blocking pool.

@@ -26,12 +26,25 @@
 //!   job-<32 hex>/               0700, made at the job's first upload
 //!     <sha256 hex>              0600  one file per distinct content
 //!     .upload-<16 hex>          being received (removed at the next `serve` if left over)
+//!     live.log                  0600  job.log so far, while the job runs (below)
 //! ```
 //!
 //! Content-addressed per job: two outputs with the same bytes are one file, a retried upload
 //! of a stored blob is answered at once, and nothing is ever overwritten. When the result is
 //! recorded, every blob it does not list is removed, and `serve` removes everything of a job
 //! whose lease ran out without a result (`api::serve`), so a runner cannot park data there.
+//!
+//! # The live log
+//!
+//! While a job runs, its daemon appends what the job has written to `job.log` so far
+//! (`PUT /v1/jobs/{id}/live-log/{offset}`, signed, at most every `[daemon] live_log_interval`), so
+//! an operator can watch a long build instead of waiting for its end. It is what the runner
+//! stored, after masking, so it holds nothing the final log would not. Each append names the
+//! offset it starts at: a retry whose first answer was lost overlaps what is stored and only
+//! its new tail is kept; a gap is refused. It is not evidence: when the result is recorded it
+//! is removed, and the `job.log` the result lists (a blob, under its sha256) is the log. At
+//! most [`MAX_LIVE_LOG_BYTES`]; past that the daemon stops sending and the final log still
+//! arrives with the result.
 //!
 //! # Limits
 //!
@@ -54,6 +67,13 @@ pub const OUTPUTS_DIR: &str = "outputs";
 
 /// Prefix of a blob being received.
 const UPLOAD_PREFIX: &str = ".upload-";
+
+/// The name of a running job's live log in its directory (not a sha256, so never a blob).
+const LIVE_LOG: &str = "live.log";
+
+/// The most a job's live log holds. A runner's own `limits.log_cap` (16 MiB by default) is
+/// usually lower; past this the log arrives only with the result.
+pub const MAX_LIVE_LOG_BYTES: u64 = 64 << 20;
 
 /// How much the store accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +159,22 @@ pub enum OutputError {
         expected: String,
         /// The body's.
         actual: String,
+    },
+    /// A live-log append starts past the end of what is stored.
+    #[error("job {job_id}: the live log has {have} bytes; an append at offset {offset} would leave a gap")]
+    LiveLogGap {
+        /// The job.
+        job_id: String,
+        /// Bytes stored.
+        have: u64,
+        /// Where the append started.
+        offset: u64,
+    },
+    /// A live-log append would take it past [`MAX_LIVE_LOG_BYTES`].
+    #[error("job {job_id}: the live log would grow past {MAX_LIVE_LOG_BYTES} bytes; the rest arrives with the result")]
+    LiveLogFull {
+        /// The job.
+        job_id: String,
     },
     /// The file system refused.
     #[error("output store: {what} {}", path.display())]
@@ -331,20 +367,7 @@ impl OutputStore {
             });
         }
         let in_flight: u64 = reserved.values().map(|h| h.bytes).sum();
-        let vfs = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| io("measuring free space on", &self.root)(e.into()))?;
-        #[allow(clippy::useless_conversion)] // u32 or u64 depending on the target
-        let free = u64::from(vfs.blocks_available()).saturating_mul(vfs.fragment_size());
-        let need = len
-            .saturating_add(in_flight)
-            .saturating_add(self.limits.min_free_bytes);
-        if free < need {
-            return Err(OutputError::DiskFull {
-                free,
-                incoming: len,
-                min_free: self.limits.min_free_bytes,
-            });
-        }
+        self.check_free(len.saturating_add(in_flight))?;
         let entry = reserved.entry(job_id.to_owned()).or_default();
         entry.bytes = entry.bytes.saturating_add(cost);
         entry.files += 1;
@@ -356,6 +379,22 @@ impl OutputStore {
         })
     }
 
+    /// Refuses when writing `len` more bytes would leave less than the minimum free.
+    fn check_free(&self, len: u64) -> Result<(), OutputError> {
+        let vfs = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| io("measuring free space on", &self.root)(e.into()))?;
+        #[allow(clippy::useless_conversion)] // u32 or u64 depending on the target
+        let free = u64::from(vfs.blocks_available()).saturating_mul(vfs.fragment_size());
+        if free < len.saturating_add(self.limits.min_free_bytes) {
+            return Err(OutputError::DiskFull {
+                free,
+                incoming: len,
+                min_free: self.limits.min_free_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Starts receiving blob `sha` of `job_id`, `reservation.len` bytes long, into a private
     /// temporary file.
     pub fn begin(
@@ -365,21 +404,7 @@ impl OutputStore {
         reservation: Reservation,
     ) -> Result<Upload, OutputError> {
         let dest = self.blob_path(job_id, sha)?;
-        let dir = self.job_dir(job_id)?;
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if !fs::symlink_metadata(&dir)
-                    .map_err(io("inspecting", &dir))?
-                    .is_dir()
-                {
-                    return Err(io("inspecting", &dir)(std::io::Error::other(
-                        "is not a directory",
-                    )));
-                }
-            }
-            Err(e) => return Err(io("creating", &dir)(e)),
-        }
+        let dir = self.make_job_dir(job_id)?;
         let mut random = [0u8; 8];
         getrandom::fill(&mut random)
             .map_err(|e| io("naming an upload in", &dir)(std::io::Error::other(e)))?;
@@ -404,19 +429,104 @@ impl OutputStore {
         })
     }
 
+    /// `job_id`'s directory, made if need be.
+    fn make_job_dir(&self, job_id: &str) -> Result<PathBuf, OutputError> {
+        let dir = self.job_dir(job_id)?;
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if !fs::symlink_metadata(&dir)
+                    .map_err(io("inspecting", &dir))?
+                    .is_dir()
+                {
+                    return Err(io("inspecting", &dir)(std::io::Error::other(
+                        "is not a directory",
+                    )));
+                }
+            }
+            Err(e) => return Err(io("creating", &dir)(e)),
+        }
+        Ok(dir)
+    }
+
+    /// Appends `bytes`, which start at `offset` of the job's log, to `job_id`'s live log;
+    /// returns its length after. Bytes it holds already (a retry) are not written twice; an
+    /// `offset` past its end is refused. Callers serialize appends to one job (the API runs
+    /// them under the database lock, after the lease check).
+    pub fn append_live_log(
+        &self,
+        job_id: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<u64, OutputError> {
+        let path = self.make_job_dir(job_id)?.join(LIVE_LOG);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        let meta = file.metadata().map_err(io("inspecting", &path))?;
+        if !meta.is_file() {
+            return Err(io("opening", &path)(std::io::Error::other(
+                "is not a regular file",
+            )));
+        }
+        let have = meta.len();
+        if offset > have {
+            return Err(OutputError::LiveLogGap {
+                job_id: job_id.to_owned(),
+                have,
+                offset,
+            });
+        }
+        let skip = usize::try_from(have - offset).unwrap_or(usize::MAX);
+        let Some(new) = bytes.get(skip..).filter(|b| !b.is_empty()) else {
+            return Ok(have);
+        };
+        let after = have.saturating_add(new.len() as u64);
+        if after > MAX_LIVE_LOG_BYTES {
+            return Err(OutputError::LiveLogFull {
+                job_id: job_id.to_owned(),
+            });
+        }
+        self.check_free(new.len() as u64)?;
+        file.write_all(new).map_err(io("writing", &path))?;
+        Ok(after)
+    }
+
+    /// Opens `job_id`'s live log for reading; `None` when it has none.
+    pub fn open_live_log(&self, job_id: &str) -> Result<Option<(File, u64)>, OutputError> {
+        self.open_file(&self.job_dir(job_id)?.join(LIVE_LOG))
+    }
+
+    /// Removes `job_id`'s live log (its result is recorded: the final log is a blob).
+    pub fn remove_live_log(&self, job_id: &str) -> Result<(), OutputError> {
+        let path = self.job_dir(job_id)?.join(LIVE_LOG);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Opens blob `sha` of `job_id` for reading; `None` when it is not stored.
     pub fn open_blob(&self, job_id: &str, sha: &str) -> Result<Option<(File, u64)>, OutputError> {
-        let path = self.blob_path(job_id, sha)?;
+        self.open_file(&self.blob_path(job_id, sha)?)
+    }
+
+    /// Opens a regular file of the store for reading; `None` when there is none.
+    fn open_file(&self, path: &Path) -> Result<Option<(File, u64)>, OutputError> {
         let file = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
+            .open(path)
         {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("opening", &path)(e)),
+            Err(e) => return Err(io("opening", path)(e)),
         };
-        let meta = file.metadata().map_err(io("inspecting", &path))?;
+        let meta = file.metadata().map_err(io("inspecting", path))?;
         if !meta.is_file() {
             return Ok(None);
         }

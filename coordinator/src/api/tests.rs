@@ -99,12 +99,19 @@ struct Answer {
     status: u16,
     body: Vec<u8>,
     content_type: Option<String>,
+    /// Every header, names in lower case.
+    headers: Vec<(String, String)>,
 }
 
 impl Answer {
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find_map(|(k, v)| (k == name).then_some(v.as_str()))
     }
     fn error(&self) -> String {
         assert_eq!(
@@ -168,6 +175,14 @@ fn http(
         status,
         body,
         content_type: header("content-type"),
+        headers: head
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            })
+            .collect(),
     }
 }
 
@@ -1027,6 +1042,125 @@ fn a_results_logs_must_be_uploaded_first_and_are_served_to_the_admin_as_text() {
     );
     assert_eq!(a.status, 404);
     assert!(a.error().contains("no log \"egress.log\""), "{}", a.error());
+}
+
+/// `PUT /v1/jobs/{job}/live-log/{offset}` signed by `r`, with `body`.
+fn live(s: &Server, r: &TestRunner, job: &str, offset: u64, body: &[u8]) -> Answer {
+    let path = format!("/v1/jobs/{job}/live-log/{offset}");
+    put(s, &path, &put_headers(r, &path, &sha(body)), body)
+}
+
+/// `GET /v1/jobs/{job}/logs/job.log` as the admin, with a `Range` header if given.
+fn admin_log(s: &Server, job: &str, range: Option<&str>) -> Answer {
+    let auth = format!("Bearer {}", s.admin);
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(r) = range {
+        headers.push(("range", r));
+    }
+    http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}/logs/job.log"),
+        &headers,
+        b"",
+    )
+}
+
+#[test]
+fn a_running_jobs_log_grows_by_offset_and_is_followed_by_range_until_the_result_replaces_it() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let a = admin_log(&s, &job, None);
+    assert_eq!(a.status, 404);
+    assert!(a.error().contains("no log yet"), "{}", a.error());
+    assert_eq!(live(&s, &runner, &job, 0, b"step 1\n").status, 204);
+    // A retry whose answer was lost: nothing is written twice; only its new tail is kept.
+    assert_eq!(live(&s, &runner, &job, 0, b"step 1\n").status, 204);
+    assert_eq!(live(&s, &runner, &job, 0, b"step 1\nstep 2\n").status, 204);
+    // A gap is refused, naming what is held.
+    let a = live(&s, &runner, &job, 99, b"lost");
+    assert_eq!(a.status, 409);
+    assert!(a.error().contains("has 14 bytes"), "{}", a.error());
+    for bad in ["-1", "1e3", "+5", "99999999999999999999"] {
+        let path = format!("/v1/jobs/{job}/live-log/{bad}");
+        let a = put(&s, &path, &put_headers(&runner, &path, &sha(b"x")), b"x");
+        assert_eq!(a.status, 400, "{bad}");
+    }
+    // Another runner cannot write into it.
+    let other = register(&s, "build-2");
+    assert_eq!(live(&s, &other, &job, 14, b"forged\n").status, 403);
+    let a = admin_log(&s, &job, None);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, b"step 1\nstep 2\n");
+    assert_eq!(a.header("bulwark-log-complete"), Some("false"));
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    assert_eq!(a.header("etag"), None, "a growing log has no digest");
+    // Following: from the length held, then nothing new (416, with the length).
+    let a = admin_log(&s, &job, Some("bytes=7-"));
+    assert_eq!((a.status, &a.body[..]), (206, &b"step 2\n"[..]));
+    assert_eq!(a.header("content-range"), Some("bytes 7-13/14"));
+    let a = admin_log(&s, &job, Some("bytes=14-"));
+    assert_eq!(a.status, 416);
+    assert_eq!(a.header("content-range"), Some("bytes */14"));
+    let a = admin_log(&s, &job, Some("bytes=-3"));
+    assert_eq!((a.status, &a.body[..]), (206, &b" 2\n"[..]));
+    let a = admin_log(&s, &job, Some("bytes=0-3"));
+    assert_eq!((a.status, &a.body[..]), (206, &b"step"[..]));
+    // Forms a server may ignore get the whole log.
+    for ignored in ["bytes=0-1,4-5", "lines=1-", "bytes=5-2", "bytes=x-"] {
+        let a = admin_log(&s, &job, Some(ignored));
+        assert_eq!((a.status, a.body.len()), (200, 14), "{ignored}");
+    }
+    // The result's job.log replaces it: the live one is gone and no append lands after.
+    let log = b"step 1\nstep 2\ndone\n";
+    assert_eq!(upload(&s, &runner, &job, &sha(log), log).status, 204);
+    let report = json!({
+        "result": {"status": "succeeded", "outputs": []},
+        "logs": [{"name": "job.log", "size": log.len(), "sha256": sha(log)}],
+    });
+    let result_path = format!("/v1/jobs/{job}/result");
+    let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
+    assert_eq!(a.status, 204);
+    assert_eq!(stored_blobs(&s, &job), vec![sha(log)]);
+    let a = live(&s, &runner, &job, 14, b"late\n");
+    assert_eq!(a.status, 403);
+    assert!(a.error().contains("lease is over"), "{}", a.error());
+    assert_eq!(stored_blobs(&s, &job), vec![sha(log)]);
+    let a = admin_log(&s, &job, None);
+    assert_eq!((a.status, &a.body[..]), (200, &log[..]));
+    assert_eq!(a.header("bulwark-log-complete"), Some("true"));
+    assert_eq!(
+        a.header("etag"),
+        Some(format!("\"sha256:{}\"", sha(log)).as_str())
+    );
+    let a = admin_log(&s, &job, Some("bytes=14-"));
+    assert_eq!((a.status, &a.body[..]), (206, &b"done\n"[..]));
+    // The digest is of the whole log, also in a partial answer.
+    assert!(a.header("repr-digest").is_some());
+}
+
+#[test]
+fn a_live_log_stops_at_its_cap() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let chunk = vec![b'x'; 4 << 20];
+    let mut offset = 0;
+    while offset < outputs::MAX_LIVE_LOG_BYTES {
+        assert_eq!(live(&s, &runner, &job, offset, &chunk).status, 204);
+        offset += chunk.len() as u64;
+    }
+    let a = live(&s, &runner, &job, offset, b"one more\n");
+    assert_eq!(a.status, 413);
+    assert!(
+        a.error().contains("arrives with the result"),
+        "{}",
+        a.error()
+    );
+    let a = admin_log(&s, &job, Some("bytes=-1"));
+    assert_eq!(
+        a.header("content-range"),
+        Some(format!("bytes {}-{}/{}", offset - 1, offset - 1, offset).as_str())
+    );
 }
 
 #[test]
