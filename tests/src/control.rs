@@ -129,18 +129,33 @@ impl Coordinator {
 
     /// `GET /v1/jobs/{id}/{what}` as the admin: status, `Repr-Digest`, body.
     pub fn fetch(&self, id: &str, what: &str) -> (u16, Option<String>, Vec<u8>) {
-        let r = self
+        let (status, headers, body) = self.fetch_with(id, what, None);
+        (status, headers.get("repr-digest").cloned(), body)
+    }
+
+    /// `GET /v1/jobs/{id}/{what}` as the admin, with a `Range` if given: the status, the
+    /// headers (names in lower case) and the body.
+    pub fn fetch_with(
+        &self,
+        id: &str,
+        what: &str,
+        range: Option<&str>,
+    ) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+        let mut req = self
             .http
             .get(format!("{}/v1/jobs/{id}/{what}", self.url))
-            .bearer_auth(&self.admin)
-            .send()
-            .unwrap();
+            .bearer_auth(&self.admin);
+        if let Some(range) = range {
+            req = req.header("range", range);
+        }
+        let r = req.send().unwrap();
         let status = r.status().as_u16();
-        let digest = r
+        let headers = r
             .headers()
-            .get("repr-digest")
-            .map(|v| v.to_str().unwrap().to_string());
-        (status, digest, r.bytes().unwrap().to_vec())
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        (status, headers, r.bytes().unwrap().to_vec())
     }
 
     /// Waits until the job is finished or lost; returns its record.
@@ -173,7 +188,7 @@ pub fn host(tag: &str) -> Env {
     env.write_config_sections(
         "max_memory = \"1GiB\"\n",
         &format!(
-            "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\n",
+            "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\nlive_log_interval = \"200ms\"\n",
             env.dir.display()
         ),
     );

@@ -470,6 +470,84 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
 }
 
 #[test]
+fn a_running_jobs_log_is_followed_at_the_coordinator_before_the_job_ends() {
+    let (env, c) = registered("cp-live-log");
+    let (repo, commit) = repo(&env);
+    let mut daemon = Daemon::start(&env);
+    let tag = bulwark_tests::random_hex(6);
+    // The waiting process carries the marker, the step's own shell does not (it holds
+    // "$m-..." unexpanded), so the test ends the wait and nothing else.
+    let id = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "live",
+            &format!(
+                "echo first line; m=live; sh -c 'sleep 300' \"$m-{tag}\" || true; echo after the wait; sh build.sh"
+            ),
+        ),
+        "untrusted",
+    );
+    let waiting = bulwark_tests::wait_for_process(&format!("live-{tag}"), "the job", 60);
+    // While the job waits, its first line reaches the coordinator.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let (status, headers, body) = c.fetch_with(&id, "logs/job.log", None);
+        if status == 200 && body.ends_with(b"first line\n") {
+            assert_eq!(
+                headers.get("bulwark-log-complete").map(String::as_str),
+                Some("false")
+            );
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live log in 60 s: {status} {}\n{}",
+            String::from_utf8_lossy(&body),
+            daemon_log(&env)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(c.job(&id)["state"], "leased", "the job is still running");
+    // Following from the length held: nothing new while the job waits.
+    let (status, headers, _) =
+        c.fetch_with(&id, "logs/job.log", Some(&format!("bytes={}-", seen.len())));
+    assert_eq!(status, 416);
+    assert_eq!(
+        headers.get("content-range"),
+        Some(&format!("bytes */{}", seen.len()))
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(waiting),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let j = c.wait_done(&id, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    // The result's log replaces the live one; what was followed is its beginning.
+    let (status, headers, log) = c.fetch_with(&id, "logs/job.log", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("bulwark-log-complete").map(String::as_str),
+        Some("true")
+    );
+    let kept = env.state.join("daemon/jobs").join(&id).join("out/job.log");
+    assert_eq!(log, std::fs::read(kept).unwrap());
+    assert!(
+        log.starts_with(&seen) && log.ends_with(b"after the wait\n"),
+        "{}",
+        String::from_utf8_lossy(&log)
+    );
+    assert!(!c.state.join("outputs").join(&id).join("live.log").exists());
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{}",
+        daemon_log(&env)
+    );
+}
+
+#[test]
 fn stopping_the_daemon_finishes_and_reports_the_running_job_first() {
     let (env, c) = registered("cp-drain");
     let (repo, commit) = repo(&env);

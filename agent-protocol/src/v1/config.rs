@@ -62,10 +62,17 @@ pub struct DaemonConfig {
     /// How many jobs the daemon runs at once (`slots = 1`; 1 to 256). Each is its own run
     /// with its own uid and cgroup; the host's limits and the jobs' own bound what they take.
     pub slots: usize,
+    /// How often a running job's new `job.log` lines are sent to the coordinator, so an
+    /// operator can follow it (`live_log_interval = "2s"`; 100ms to 10m); `None` (`"0s"`):
+    /// the log arrives only with the result.
+    pub live_log_interval: Option<Duration>,
 }
 
 /// The default [`DaemonConfig::poll_interval`].
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The default [`DaemonConfig::live_log_interval`].
+pub const DEFAULT_LIVE_LOG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The default [`DaemonConfig::keep_outputs`]: a week.
 pub const DEFAULT_KEEP_OUTPUTS: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -76,6 +83,7 @@ impl Default for DaemonConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             keep_outputs: DEFAULT_KEEP_OUTPUTS,
             slots: 1,
+            live_log_interval: Some(DEFAULT_LIVE_LOG_INTERVAL),
         }
     }
 }
@@ -428,6 +436,7 @@ struct RawDaemon {
     poll_interval: Option<String>,
     keep_outputs: Option<String>,
     slots: Option<u64>,
+    live_log_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -481,16 +490,35 @@ impl Config {
             }
         }
         let mut daemon = DaemonConfig::default();
-        if let Some(p) = &raw.daemon.poll_interval {
-            match parse_duration(p) {
+        let interval =
+            |key: &'static str, text: &str, off: bool, errors: &mut Errors| match parse_duration(
+                text,
+            ) {
+                Ok(d) if off && d.is_zero() => Some(None),
                 Ok(d) if (Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) => {
-                    daemon.poll_interval = d
+                    Some(Some(d))
                 }
-                Ok(_) => errors.push(
-                    "daemon.poll_interval",
-                    format!("{} is outside 100ms to 10m", quote(p)),
-                ),
-                Err(e) => errors.push("daemon.poll_interval", e),
+                Ok(_) => {
+                    let or_off = if off { " (or 0s: off)" } else { "" };
+                    errors.push(
+                        key,
+                        format!("{} is outside 100ms to 10m{or_off}", quote(text)),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errors.push(key, e);
+                    None
+                }
+            };
+        if let Some(p) = &raw.daemon.poll_interval {
+            if let Some(Some(d)) = interval("daemon.poll_interval", p, false, &mut errors) {
+                daemon.poll_interval = d;
+            }
+        }
+        if let Some(l) = &raw.daemon.live_log_interval {
+            if let Some(d) = interval("daemon.live_log_interval", l, true, &mut errors) {
+                daemon.live_log_interval = d;
             }
         }
         match raw.daemon.slots {
@@ -719,15 +747,20 @@ mod tests {
     #[test]
     fn the_daemon_section_is_read_and_each_bad_value_named() {
         let c = Config::from_toml_str(
-            "[daemon]\npoll_interval = \"500ms\"\nkeep_outputs = \"0s\"\nslots = 4\n",
+            "[daemon]\npoll_interval = \"500ms\"\nkeep_outputs = \"0s\"\nslots = 4\nlive_log_interval = \"0s\"\n",
         )
         .unwrap();
+        assert_eq!(c.daemon.live_log_interval, None);
+        assert_eq!(
+            Config::default().daemon.live_log_interval,
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(c.daemon.poll_interval, Duration::from_millis(500));
         assert_eq!(c.daemon.keep_outputs, Duration::ZERO);
         assert_eq!(c.daemon.slots, 4);
         assert_eq!(Config::default().daemon.slots, 1);
         let e = Config::from_toml_str(
-            "[daemon]\npoll_interval = \"1ms\"\nkeep_outputs = \"a week\"\nslots = 0\n",
+            "[daemon]\npoll_interval = \"1ms\"\nkeep_outputs = \"a week\"\nslots = 0\nlive_log_interval = \"20m\"\n",
         )
         .unwrap_err()
         .to_string();
@@ -737,6 +770,10 @@ mod tests {
         );
         assert!(e.contains("daemon.keep_outputs:"), "{e}");
         assert!(e.contains("daemon.slots: 0 is outside 1 to 256"), "{e}");
+        assert!(
+            e.contains("daemon.live_log_interval: \"20m\" is outside 100ms to 10m (or 0s: off)"),
+            "{e}"
+        );
     }
 
     /// DESIGN.md's example configuration, verbatim.

@@ -188,19 +188,49 @@ impl Client {
         runner_id: &str,
         key: &LocalKey,
     ) -> Result<Answer, ClientError> {
+        let req = self.http.post(self.url(path));
+        self.send_signed(req, "POST", path, "application/json", body, runner_id, key)
+            .await
+    }
+
+    /// `PUT path` with `body` as bytes, signed as `runner_id` with `key`.
+    pub async fn put_signed(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        runner_id: &str,
+        key: &LocalKey,
+    ) -> Result<Answer, ClientError> {
+        let req = self.http.put(self.url(path));
+        self.send_signed(
+            req,
+            "PUT",
+            path,
+            "application/octet-stream",
+            body,
+            runner_id,
+            key,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_signed(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+        runner_id: &str,
+        key: &LocalKey,
+    ) -> Result<Answer, ClientError> {
         let digest = crate::outputs::hex(&Sha256::digest(&body));
         let req = self
-            .sign(
-                self.http.post(self.url(path)),
-                "POST",
-                path,
-                &digest,
-                runner_id,
-                key,
-            )?
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .sign(req, method, path, &digest, runner_id, key)?
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
-        self.send("POST", path, req).await
+        self.send(method, path, req).await
     }
 
     /// `PUT path` with the `len` bytes of `file` as the body, streamed, signed as `runner_id`

@@ -47,8 +47,14 @@
 //! directory, outputs included, stays on the host for `[daemon] keep_outputs` either way.
 //!
 //! The run's `job.log` and `egress.log` are uploaded the same way, first, and listed in the
-//! report: a job whose outputs cannot be delivered is still reported with its log. They are
-//! sent when the job is over, not while it runs.
+//! report: a job whose outputs cannot be delivered is still reported with its log.
+//!
+//! While the job runs, what its run has stored of `job.log` so far (masked, capped: the run's
+//! own file) is also sent every `[daemon] live_log_interval`, appended by offset
+//! (`PUT /v1/jobs/{id}/live-log/{offset}`), so an operator can follow a long build at the
+//! coordinator. That view is a convenience, never evidence: a failure to send it is logged
+//! and tried again at the next interval (or given up when the coordinator refuses more), and
+//! it never delays or fails the job. The log the result lists is the log.
 
 pub mod client;
 pub mod registration;
@@ -71,6 +77,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Most bytes of a run's standard error kept to explain a refusal.
 const STDERR_TAIL: usize = 16 * 1024;
+
+/// Most bytes of the live log sent in one request (the coordinator takes up to
+/// [`MAX_BODY_BYTES`]); more waiting is sent at once, in further requests.
+const LIVE_LOG_CHUNK: usize = 1 << 20;
 
 /// `bulwark daemon`'s arguments.
 #[derive(Debug)]
@@ -484,9 +494,19 @@ impl Daemon {
         let mut tail = Vec::new();
         let mut buf = vec![0u8; 8192];
         let mut stderr_open = true;
+        // Polled beside the run, never awaited alone: it cannot hold the loop up.
+        let interval = self.config.daemon.live_log_interval;
+        let follow = self.follow_log(
+            lease,
+            &out,
+            interval.unwrap_or(bulwark_protocol::DEFAULT_LIVE_LOG_INTERVAL),
+        );
+        tokio::pin!(follow);
+        let mut following = interval.is_some();
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for bulwark run")?,
+                () = &mut follow, if following => following = false,
                 n = stderr.read(&mut buf), if stderr_open => match n {
                     Ok(0) | Err(_) => stderr_open = false,
                     Ok(n) => keep_tail(&mut tail, &buf[..n]),
@@ -518,6 +538,50 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         tracing::info!(job_id = %lease.job_id, status = ?status.code(), "job ended");
         collect(lease, &out, status.code(), &tail)
+    }
+
+    /// Sends what the run has stored of `job.log` so far to the coordinator every `interval`,
+    /// from where the last request left off (the caller drops this future when the run
+    /// ends). Returns only when the coordinator refuses more (its cap, the lease over): the
+    /// log then arrives with the result alone. A transient failure waits for the next tick.
+    async fn follow_log(&self, lease: &Lease, out: &Path, interval: Duration) {
+        let reg = &self.identity.registration;
+        let path = out.join(crate::joblog::PARTIAL_NAME);
+        let mut sent: u64 = 0;
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            loop {
+                // Not there yet, or renamed to job.log because the run is ending: next tick.
+                let Ok(chunk) = read_at(&path, sent, LIVE_LOG_CHUNK).await else {
+                    break;
+                };
+                if chunk.is_empty() {
+                    break;
+                }
+                let n = chunk.len();
+                let target = format!("/v1/jobs/{}/live-log/{sent}", lease.job_id);
+                match self
+                    .client
+                    .put_signed(&target, chunk, &reg.runner_id, &self.identity.key)
+                    .await
+                {
+                    Ok(_) => sent += n as u64,
+                    Err(e) if e.is_transient() => {
+                        tracing::debug!(job_id = %lease.job_id, error = %e, "live log not sent; next interval");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %lease.job_id, error = %e, "live log stopped; the log arrives with the result");
+                        return;
+                    }
+                }
+                if n < LIVE_LOG_CHUNK {
+                    break;
+                }
+            }
+        }
     }
 
     /// The job's credentials (docs/credentials.md), exchanged before it runs: `Ok(None)` when
@@ -869,6 +933,33 @@ fn check_source(spec: &JobSpec) -> Result<(), String> {
                 .into(),
         ),
     }
+}
+
+/// Up to `max` bytes of the file at `path` from `offset` (fewer at its end), read on the
+/// blocking pool without following a symlink.
+async fn read_at(path: &Path, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path)?;
+        let mut buf = vec![0u8; max];
+        let mut got = 0;
+        while got < max {
+            match file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn keep_tail(tail: &mut Vec<u8>, bytes: &[u8]) {
