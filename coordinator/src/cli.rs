@@ -152,6 +152,23 @@ pub enum JobsCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Writes a job's job.log: the one its result lists, or, while it runs, what has arrived
+    /// so far. With --follow, keeps writing what arrives until the job ends (exit status 1 if
+    /// its lease ran out without a result). Control characters are shown in caret notation
+    /// when the output is a terminal.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator jobs log --state /var/lib/bulwark-coordinator --follow job-0123456789abcdef0123456789abcdef"
+    )]
+    Log {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Keep writing what arrives until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// The job.
+        id: String,
+    },
     /// Removes the stored outputs and logs of jobs that ended (finished, or their lease ran
     /// out) longer ago than --older-than. Their records, results and provenance stay.
     #[command(

@@ -155,6 +155,30 @@ fn jobs(command: JobsCommand) -> Result<()> {
                 out.display()
             );
         }
+        JobsCommand::Log { state, follow, id } => {
+            let mut db = statedir::open_db(&state)?;
+            let store = OutputStore::open(&state, OutputLimits::default())?;
+            let stdout = std::io::stdout();
+            let terminal = std::io::IsTerminal::is_terminal(&stdout);
+            let mut out = TerminalSafe {
+                inner: stdout.lock(),
+                terminal,
+            };
+            let follow = follow.then_some(std::time::Duration::from_secs(1));
+            match admin::job_log(&mut db, &store, &id, follow, &mut out)? {
+                admin::LogEnd::Complete => {}
+                admin::LogEnd::SoFar(s) => {
+                    let s = serde_json::to_value(s)?;
+                    eprintln!(
+                        "(job {id} is {}: its log so far; --follow to keep reading)",
+                        s.as_str().unwrap_or("?")
+                    );
+                }
+                admin::LogEnd::Lost => {
+                    anyhow::bail!("job {id} was lost: its lease ended without a result (above: the log that arrived while it ran)")
+                }
+            }
+        }
         JobsCommand::PruneOutputs { state, older_than } => {
             let db = statedir::open_db(&state)?;
             let store = OutputStore::open(&state, OutputLimits::default())?;
@@ -182,6 +206,29 @@ fn jobs(command: JobsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Standard output that shows a job's control characters in caret notation when it is a
+/// terminal (`bulwark_protocol::terminal`).
+struct TerminalSafe<W> {
+    inner: W,
+    terminal: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for TerminalSafe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.terminal {
+            self.inner
+                .write_all(&bulwark_protocol::terminal::visible_controls(buf))?;
+            Ok(buf.len())
+        } else {
+            self.inner.write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Completes at the first SIGTERM or SIGINT (installed before serving, so a signal that comes

@@ -509,6 +509,27 @@ fn a_running_jobs_log_is_followed_at_the_coordinator_before_the_job_ends() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(c.job(&id)["state"], "leased", "the job is still running");
+    // The operator's command on the coordinator's host: the log so far, then followed.
+    let jobs_log = |follow: bool| {
+        let mut cmd = Command::new(coordinator_bin());
+        cmd.args(["jobs", "log", "--state"]).arg(&c.state);
+        if follow {
+            cmd.arg("--follow");
+        }
+        cmd.arg(&id)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let o = jobs_log(false).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, seen);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is leased: its log so far"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let follower = jobs_log(true).spawn().unwrap();
     // Following from the length held: nothing new while the job waits.
     let (status, headers, _) =
         c.fetch_with(&id, "logs/job.log", Some(&format!("bytes={}-", seen.len())));
@@ -539,6 +560,14 @@ fn a_running_jobs_log_is_followed_at_the_coordinator_before_the_job_ends() {
         String::from_utf8_lossy(&log)
     );
     assert!(!c.state.join("outputs").join(&id).join("live.log").exists());
+    // The follower saw the job through to its end: exactly the final log, and a clean exit.
+    let followed = follower.wait_with_output().unwrap();
+    assert!(
+        followed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    assert_eq!(followed.stdout, log);
     assert_eq!(
         daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
         Some(0),
