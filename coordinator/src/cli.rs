@@ -89,6 +89,10 @@ pub enum Command {
         /// Free space an output upload must leave on the state directory's file system.
         #[arg(long, default_value = "1GiB", value_parser = parse_size)]
         min_free_disk: u64,
+        /// How long an output upload may go without a byte arriving before it is cut (408)
+        /// and its temporary file removed (`30s`, `2m`).
+        #[arg(long, default_value = "30s", value_parser = parse_idle)]
+        upload_idle_timeout: Duration,
     },
 }
 
@@ -182,6 +186,14 @@ pub enum JobsCommand {
         #[arg(long, value_parser = parse_age)]
         older_than: Duration,
     },
+}
+
+fn parse_idle(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) {
+        return Err("must be 1s to 10m".into());
+    }
+    Ok(d)
 }
 
 fn parse_age(text: &str) -> Result<Duration, String> {

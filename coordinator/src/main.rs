@@ -74,6 +74,7 @@ fn main() -> Result<()> {
             max_output_bytes,
             max_output_files,
             min_free_disk,
+            upload_idle_timeout,
         } => {
             api::check_listen(listen, behind_tls_proxy)?;
             let (db, key, admin) = statedir::load(&state)?;
@@ -86,7 +87,8 @@ fn main() -> Result<()> {
                 },
             )?;
             outputs.remove_partial_uploads()?;
-            let coordinator = api::Coordinator::new(db, key, admin, outputs)?;
+            let coordinator = api::Coordinator::new(db, key, admin, outputs)?
+                .with_upload_idle_timeout(upload_idle_timeout);
             // One event-loop thread: requests are a short transaction and a signature each, run
             // on the blocking pool; SQLite serialises writers anyway.
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -201,13 +201,13 @@ pub fn register(
     token: &Path,
     name: &str,
 ) -> std::process::Output {
+    register_at(env, &coordinator.url, token, name)
+}
+
+/// [`register`] with the coordinator at `url` (through a [`crate::relay::Relay`], say).
+pub fn register_at(env: &Env, url: &str, token: &Path, name: &str) -> std::process::Output {
     Command::new(bulwark_bin())
-        .args([
-            "register",
-            "--coordinator",
-            &coordinator.url,
-            "--token-file",
-        ])
+        .args(["register", "--coordinator", url, "--token-file"])
         .arg(token)
         .args(["--name", name, "--config"])
         .arg(&env.config)

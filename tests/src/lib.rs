@@ -20,6 +20,7 @@ use std::process::{Command, Output, Stdio};
 use sha2::{Digest, Sha256};
 
 pub mod control;
+pub mod relay;
 
 /// The `bulwark` binary under test: `$BULWARK_BIN`, or the one next to the test executable's
 /// directory (`target/<profile>/bulwark`).

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bulwark_protocol::control::{IdToken, IdTokenRequest, Lease};
 use bulwark_protocol::JobSpec;
 use bulwark_tests::control::*;
+use bulwark_tests::relay::{self, Relay};
 use bulwark_tests::{bulwark_bin, coordinator_bin, Env};
 use sha2::Digest as _;
 
@@ -289,6 +290,124 @@ fn a_coordinator_out_of_disk_makes_the_job_a_runner_error_not_a_retry_until_the_
         "sh build.sh",
         &["could not be delivered", "507"],
     );
+}
+
+/// A host registered through a relay whose upload rate the test sets (`rate`), a coordinator
+/// served with `serve_args`, and a job whose 64 MiB output is being uploaded: returned once
+/// the coordinator has received its first MiB.
+fn output_upload_under_way(
+    tag: &str,
+    serve_args: &[&str],
+    rate: u64,
+) -> (Env, Coordinator, Relay, Daemon, String) {
+    let env = host(tag);
+    let c = Coordinator::start_with(&env, serve_args);
+    let relay = Relay::start(c.url.trim_start_matches("http://").parse().unwrap(), rate);
+    let token = c.registration_token(&env.dir, "10m");
+    let o = register_at(&env, &relay.url(), &token, "build-1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (repo, commit) = repo(&env);
+    let daemon = Daemon::start(&env);
+    let id = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "big",
+            "mkdir -p dist && head -c 67108864 /dev/zero > dist/app.txt",
+        ),
+        "untrusted",
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while upload_in_flight(&c, &id) < 1 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the output upload never got under way: {}\n{}",
+            c.job(&id),
+            daemon_log(&env)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (env, c, relay, daemon, id)
+}
+
+/// The bytes the coordinator has received of the job's uploads in flight (0: none).
+fn upload_in_flight(c: &Coordinator, id: &str) -> u64 {
+    std::fs::read_dir(c.state.join("outputs").join(id)).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+#[test]
+fn an_upload_the_coordinator_cuts_for_idling_is_sent_again_and_the_job_succeeds() {
+    let (env, c, relay, mut daemon, id) =
+        output_upload_under_way("cp-upload-408", &["--upload-idle-timeout", "1s"], 16 << 20);
+    // The network stalls: the coordinator cuts the upload and removes what it received.
+    relay.set_rate(relay::HELD);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upload_in_flight(&c, &id) > 0 {
+        assert!(Instant::now() < deadline, "the stalled upload was not cut");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    relay.set_rate(relay::FREE);
+    let j = c.wait_done(&id, 120);
+    let log = daemon_log(&env);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}\n{log}");
+    assert!(
+        log.contains("uploading output dist/app.txt")
+            && log.contains("trying again")
+            && log.contains("answered 408"),
+        "{log}"
+    );
+    let (status, _, bytes) = c.fetch(&id, "outputs/dist/app.txt");
+    assert_eq!(status, 200);
+    assert!(bytes.len() == 64 << 20 && bytes.iter().all(|&b| b == 0));
+    assert_eq!(upload_in_flight(&c, &id), 0);
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_second_stop_signal_ends_an_upload_in_flight_and_the_job_is_reported_as_stopped() {
+    // 2 MiB/s: the 64 MiB output would take half a minute more.
+    let (env, c, _relay, mut daemon, id) = output_upload_under_way("cp-upload-stop", &[], 2 << 20);
+    let pid = nix::unistd::Pid::from_raw(daemon.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let code = daemon.stop(nix::sys::signal::Signal::SIGTERM, 10);
+    let log = daemon_log(&env);
+    assert!(code.is_some(), "{log}");
+    let j = c.job(&id);
+    assert_eq!(j["state"], "finished", "{j}\n{log}");
+    let result = &j["result"]["result"];
+    assert_eq!(result["status"], "runner-error", "{j}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("stopped while it uploaded them") && reason.contains("daemon/jobs/job-"),
+        "{reason}"
+    );
+    // The coordinator dropped the cut upload; the host kept the output.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upload_in_flight(&c, &id) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cut upload was left at the coordinator"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(c.fetch(&id, "outputs/dist/app.txt").0, 404);
+    let kept = env
+        .state
+        .join("daemon/jobs")
+        .join(&id)
+        .join("out/dist/app.txt");
+    assert_eq!(std::fs::metadata(kept).unwrap().len(), 64 << 20);
 }
 
 #[test]
