@@ -2,10 +2,11 @@
 //! provenance export's files, a job's log followed as it grows, and text from runners made
 //! safe for a terminal.
 
-use std::io::{Seek, Write};
+use std::io::{Read, Seek, Write};
 use std::time::Duration;
 
 use bulwark_protocol::control::JobState;
+use sha2::{Digest, Sha256};
 
 use crate::outputs::OutputStore;
 use crate::state::Db;
@@ -51,11 +52,13 @@ pub enum LogEnd {
     Lost,
 }
 
-/// Writes job `id`'s `job.log` to `out`: the log its result lists, or, while it runs, what its
-/// live log holds so far (docs/control-plane.md, "Outputs"). With `follow`, writes what
-/// arrives every `follow` until the job has ended; the live log is the beginning of the
-/// final one, so what is written is the final log. `Err` when there is no such job, or a
-/// stored log cannot be read.
+/// Writes job `id`'s `job.log` to `out`: the log its result lists, or, while it runs (or
+/// after it was lost), what its live log holds (docs/control-plane.md, "Outputs"). With
+/// `follow`, writes what arrives every `follow` until the job has ended. The live log is the
+/// beginning of the final one, so what is written is the final log; should a runner have
+/// sent a live log that is not (it would have to be compromised), a marker line says so and
+/// the final log follows whole. `Err` when there is no such job, or a stored log cannot be
+/// read.
 pub fn job_log(
     db: &mut Db,
     store: &OutputStore,
@@ -64,6 +67,7 @@ pub fn job_log(
     out: &mut dyn Write,
 ) -> anyhow::Result<LogEnd> {
     let mut written = 0u64;
+    let mut shown = Sha256::new();
     loop {
         let job = db
             .job(id, crate::state::now())?
@@ -71,19 +75,30 @@ pub fn job_log(
         let end = match (&job.result, job.state) {
             (Some(result), _) => {
                 if let Some(log) = result.logs.iter().find(|l| l.name == "job.log") {
-                    let (file, _) = store.open_blob(id, &log.sha256)?.ok_or_else(|| {
+                    let (mut file, _) = store.open_blob(id, &log.sha256)?.ok_or_else(|| {
                         anyhow::anyhow!("job {id}: its job.log is not stored here (pruned)")
                     })?;
-                    copy_from(file, written, out)?;
+                    if written > 0 {
+                        let mut head = Sha256::new();
+                        copy_from(&mut file, 0, Some(written), &mut std::io::sink(), &mut head)?;
+                        if head.finalize() != shown.finalize() {
+                            writeln!(out, "\n[bulwark: the log the job's result lists is not what its live log showed above; here it is whole]")?;
+                            written = 0;
+                        }
+                    }
+                    copy_from(&mut file, written, None, out, &mut Sha256::new())?;
                 }
+                out.flush()?;
                 return Ok(LogEnd::Complete);
             }
-            (None, JobState::Lost) => Some(LogEnd::Lost),
             (None, state) => {
-                if let Some((file, _)) = store.open_live_log(id)? {
-                    written = copy_from(file, written, out)?;
+                if let Some((mut file, _)) = store.open_live_log(id)? {
+                    written += copy_from(&mut file, written, None, out, &mut shown)?;
                 }
-                follow.is_none().then_some(LogEnd::SoFar(state))
+                match state {
+                    JobState::Lost => Some(LogEnd::Lost),
+                    _ => follow.is_none().then_some(LogEnd::SoFar(state)),
+                }
             }
         };
         out.flush()?;
@@ -94,11 +109,34 @@ pub fn job_log(
     }
 }
 
-/// Writes what `file` holds from `offset` to its end to `out`; returns its length then.
-fn copy_from(mut file: std::fs::File, offset: u64, out: &mut dyn Write) -> anyhow::Result<u64> {
+/// Writes `file` from `offset`, `len` bytes or to its end, to `out`, hashing what it writes
+/// into `hash`; returns how many bytes that was.
+fn copy_from(
+    file: &mut std::fs::File,
+    offset: u64,
+    len: Option<u64>,
+    out: &mut dyn Write,
+    hash: &mut Sha256,
+) -> anyhow::Result<u64> {
     file.seek(std::io::SeekFrom::Start(offset))?;
-    let n = std::io::copy(&mut file, out)?;
-    Ok(offset + n)
+    let mut buf = vec![0u8; 64 << 10];
+    let mut done = 0u64;
+    loop {
+        let want = len.map_or(buf.len() as u64, |l| (l - done).min(buf.len() as u64));
+        let n = match file.read(&mut buf[..want as usize]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        hash.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+        if want == 0 {
+            break;
+        }
+    }
+    Ok(done)
 }
 
 /// `text` with every character that is not printable ASCII shown as `\u{..}`: what a runner
@@ -118,6 +156,111 @@ pub fn printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outputs::OutputLimits;
+    use crate::state::Runner;
+    use bulwark_protocol::control::{LogFile, ResultReport};
+    use bulwark_protocol::Trust;
+
+    const JOB: &str = "job-0123456789abcdef0123456789abcdef";
+
+    /// A state directory with one runner `r1`, job [`JOB`] leased to it at `at` (seconds), and
+    /// an output store.
+    fn leased_at(tmp: &crate::testutil::TempDir, at: u64) -> (Db, OutputStore) {
+        let mut db =
+            Db::create(&tmp.path().join("coordinator.db"), "https://ci.example.com").unwrap();
+        db.add_registration_token("token", at + 100).unwrap();
+        let runner = Runner {
+            id: "r1".into(),
+            name: "host-1".into(),
+            public_key: "unused here".into(),
+            registered_at: at,
+            removed_at: None,
+        };
+        db.register_runner("token", &runner, at).unwrap();
+        let spec = crate::state::tests::spec(Some("1m"));
+        db.submit_job(JOB, &spec, Trust::Untrusted, at).unwrap();
+        db.lease("r1", at).unwrap().unwrap();
+        let store = OutputStore::open(tmp.path(), OutputLimits::default()).unwrap();
+        (db, store)
+    }
+
+    #[test]
+    fn a_lost_jobs_log_is_what_arrived_while_it_ran() {
+        let tmp = crate::testutil::TempDir::new("log-lost");
+        // Leased long ago: the lease is over, the job lost.
+        let (mut db, store) = leased_at(&tmp, 100);
+        store.append_live_log(JOB, 0, b"compiling\n").unwrap();
+        let mut out = Vec::new();
+        let end = job_log(&mut db, &store, JOB, None, &mut out).unwrap();
+        assert_eq!(end, LogEnd::Lost);
+        assert_eq!(out, b"compiling\n");
+        let e = job_log(
+            &mut db,
+            &store,
+            "job-ffffffffffffffffffffffffffffffff",
+            None,
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+    }
+
+    /// Follows job [`JOB`], whose live log holds `live`, while another connection records a
+    /// result whose job.log is `last`; returns what was written.
+    fn follow_to_result(live: &[u8], last: &[u8]) -> Vec<u8> {
+        let tmp = crate::testutil::TempDir::new("log-follow");
+        let (mut db, store) = leased_at(&tmp, crate::state::now());
+        store.append_live_log(JOB, 0, live).unwrap();
+        let sha = crate::auth::sha256_hex(last);
+        let mut upload = store
+            .begin(JOB, &sha, store.reserve(JOB, last.len() as u64).unwrap())
+            .unwrap();
+        upload.write(last).unwrap();
+        upload.finish().unwrap();
+        let path = tmp.path().join("coordinator.db");
+        let size = last.len() as u64;
+        let reporter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let report = ResultReport {
+                result: serde_json::json!({"status": "succeeded"}),
+                provenance: None,
+                logs: vec![LogFile {
+                    name: "job.log".into(),
+                    size,
+                    sha256: sha,
+                }],
+            };
+            let mut db = Db::open(&path).unwrap();
+            db.record_result(JOB, "r1", &report, crate::state::now())
+                .unwrap();
+        });
+        let mut out = Vec::new();
+        let end = job_log(
+            &mut db,
+            &store,
+            JOB,
+            Some(Duration::from_millis(50)),
+            &mut out,
+        );
+        reporter.join().unwrap();
+        assert_eq!(end.unwrap(), LogEnd::Complete);
+        out
+    }
+
+    #[test]
+    fn a_followed_log_is_the_final_log_and_a_live_log_that_was_not_its_beginning_is_flagged() {
+        assert_eq!(
+            follow_to_result(b"step 1\n", b"step 1\nstep 2\n"),
+            b"step 1\nstep 2\n"
+        );
+        let out = follow_to_result(b"all is well\n", b"step 1\nstep 2\n");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("all is well\n\n[bulwark: the log the job's result lists is not what")
+                && text.ends_with("here it is whole]\nstep 1\nstep 2\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_runners_text_reaches_the_terminal_escaped() {

@@ -241,7 +241,12 @@ fn router_shared(coordinator: Shared) -> Router {
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/jobs/{id}/outputs/{*path}", get(output))
         .route("/v1/jobs/{id}/logs/{name}", get(log))
-        .route("/v1/jobs/{id}/live-log/{offset}", put(live_log))
+        // The daemon sends at most 1 MiB at a time; each append is written under the
+        // database lock, so it is kept small.
+        .route(
+            "/v1/jobs/{id}/live-log/{offset}",
+            put(live_log).layer(DefaultBodyLimit::max(MAX_LIVE_LOG_APPEND)),
+        )
         // Streamed to disk as it arrives, with its own limits (`upload_blob`).
         .route(
             "/v1/jobs/{id}/blobs/{sha256}",
@@ -746,6 +751,9 @@ async fn result(
     .await
 }
 
+/// The largest live-log append taken in one request.
+pub const MAX_LIVE_LOG_APPEND: usize = 2 << 20;
+
 /// `PUT /v1/jobs/{id}/live-log/{offset}` (runner): the next bytes of a running job's
 /// `job.log`, starting at `offset` ([`outputs`], "The live log"). Only the lease holder's,
 /// only while the lease lasts; stored under the database lock, so an append cannot land after
@@ -1020,7 +1028,7 @@ async fn log(
         let (file, len) = live.ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("job {id} has no log yet (queued, or nothing written so far)"),
+                format!("job {id} has no log (queued or nothing written yet; or lost, and what it sent was swept)"),
             )
         })?;
         let mut response = file_answer(file, len, kind, None, &headers)?;
@@ -1057,7 +1065,16 @@ fn file_answer(
 ) -> Result<Response, ApiError> {
     use base64::Engine;
     use std::io::Seek;
-    let range = match byte_range(request, len) {
+    let etag = sha.map(|sha| format!("\"sha256:{sha}\""));
+    // RFC 9110 section 13.1.5: a range asked for "if the file is still this one" is only
+    // honoured when it is; a growing live log never is.
+    let if_range_holds = match request.get(header::IF_RANGE) {
+        None => true,
+        Some(v) => etag
+            .as_deref()
+            .is_some_and(|e| v.as_bytes() == e.as_bytes()),
+    };
+    let range = match byte_range(request, len).map(|r| r.filter(|_| if_range_holds)) {
         Ok(range) => range,
         Err(()) => {
             let mut response = ApiError::new(
@@ -1065,8 +1082,10 @@ fn file_answer(
                 format!("the range asked for is not within the file's {len} bytes"),
             )
             .into_response();
+            let h = response.headers_mut();
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
+                h.insert(header::CONTENT_RANGE, v);
             }
             return Ok(response);
         }
@@ -1104,7 +1123,7 @@ fn file_answer(
         let digest = base64::engine::general_purpose::STANDARD.encode(raw);
         // Of the whole file, also in a partial answer (RFC 9530's representation digest).
         extra.push(("repr-digest", format!("sha-256=:{digest}:")));
-        extra.push(("etag", format!("\"sha256:{sha}\"")));
+        extra.extend(etag.map(|e| ("etag", e)));
     }
     for (name, value) in extra {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -1145,8 +1164,12 @@ fn byte_range(request: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
         let Some(n) = number(last) else {
             return Ok(None);
         };
-        if n == 0 || len == 0 {
+        if n == 0 {
             return Err(());
+        }
+        if len == 0 {
+            // The whole of an empty file: nothing a 206 could describe.
+            return Ok(None);
         }
         return Ok(Some((len.saturating_sub(n), len - 1)));
     }

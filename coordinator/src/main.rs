@@ -165,9 +165,12 @@ fn jobs(command: JobsCommand) -> Result<()> {
             let mut out = TerminalSafe {
                 inner: stdout.lock(),
                 terminal,
+                shown: Default::default(),
             };
             let follow = follow.then_some(std::time::Duration::from_secs(1));
-            match admin::job_log(&mut db, &store, &id, follow, &mut out)? {
+            let end = admin::job_log(&mut db, &store, &id, follow, &mut out);
+            out.finish()?;
+            match end? {
                 admin::LogEnd::Complete => {}
                 admin::LogEnd::SoFar(s) => {
                     let s = serde_json::to_value(s)?;
@@ -212,16 +215,26 @@ fn jobs(command: JobsCommand) -> Result<()> {
 
 /// Standard output that shows a job's control characters in caret notation when it is a
 /// terminal (`bulwark_protocol::terminal`).
-struct TerminalSafe<W> {
+struct TerminalSafe<W: std::io::Write> {
     inner: W,
     terminal: bool,
+    shown: bulwark_protocol::terminal::VisibleStream,
+}
+
+impl<W: std::io::Write> TerminalSafe<W> {
+    /// Writes what is held back for the next write, at the end.
+    fn finish(&mut self) -> std::io::Result<()> {
+        let held = self.shown.finish();
+        self.inner.write_all(&held)?;
+        self.inner.flush()
+    }
 }
 
 impl<W: std::io::Write> std::io::Write for TerminalSafe<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.terminal {
-            self.inner
-                .write_all(&bulwark_protocol::terminal::visible_controls(buf))?;
+            let shown = self.shown.show(buf);
+            self.inner.write_all(&shown)?;
             Ok(buf.len())
         } else {
             self.inner.write(buf)

@@ -491,7 +491,12 @@ impl OutputStore {
                 job_id: job_id.to_owned(),
             });
         }
-        self.check_free(new.len() as u64)?;
+        // Room promised to uploads in flight is not the live log's to take.
+        let in_flight: u64 = {
+            let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+            reserved.values().map(|h| h.bytes).sum()
+        };
+        self.check_free((new.len() as u64).saturating_add(in_flight))?;
         file.write_all(new).map_err(io("writing", &path))?;
         Ok(after)
     }

@@ -65,16 +65,20 @@ fn run_inner(
         std::thread::spawn(move || {
             use std::io::{Read, Write};
             let mut buf = vec![0u8; 64 * 1024];
+            let mut shown = bulwark_protocol::terminal::VisibleStream::default();
             loop {
                 let n = match log.read(&mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => {
+                        let _ = std::io::stderr().lock().write_all(&shown.finish());
+                        return;
+                    }
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => return,
                 };
                 let mut err = std::io::stderr().lock();
                 let _ = if terminal {
-                    err.write_all(&crate::joblog::visible_controls(&buf[..n]))
+                    err.write_all(&shown.show(&buf[..n]))
                 } else {
                     err.write_all(&buf[..n])
                 };

@@ -38,6 +38,8 @@ pub struct LogCapture {
     /// The echo goes to a terminal: control characters are shown, not sent (see
     /// [`visible_controls`]).
     echo_to_terminal: bool,
+    /// The echo made visible, chunk after chunk.
+    shown: bulwark_protocol::terminal::VisibleStream,
     stats: LogStats,
     /// The first write error; the stream is still drained after it, so the job never blocks.
     failed: Option<io::Error>,
@@ -60,6 +62,7 @@ impl LogCapture {
             cap,
             echo,
             echo_to_terminal: echo && std::io::IsTerminal::is_terminal(&io::stdout()),
+            shown: Default::default(),
             stats: LogStats::default(),
             failed: None,
             masker: crate::creds::mask::Masker::default(),
@@ -97,7 +100,7 @@ impl LogCapture {
             if self.echo {
                 let mut out = io::stdout().lock();
                 if self.echo_to_terminal {
-                    let _ = out.write_all(&visible_controls(&data[..keep]));
+                    let _ = out.write_all(&self.shown.show(&data[..keep]));
                 } else {
                     let _ = out.write_all(&data[..keep]);
                 }
@@ -120,6 +123,9 @@ impl LogCapture {
         let held = self.masker.finish();
         if !held.is_empty() {
             self.store(&held);
+        }
+        if self.echo_to_terminal {
+            let _ = io::stdout().lock().write_all(&self.shown.finish());
         }
         if let Some(e) = self.failed.take() {
             return Err(e);

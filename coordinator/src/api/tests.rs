@@ -1072,7 +1072,11 @@ fn a_running_jobs_log_grows_by_offset_and_is_followed_by_range_until_the_result_
     let (runner, job) = leased_job(&s, "untrusted");
     let a = admin_log(&s, &job, None);
     assert_eq!(a.status, 404);
-    assert!(a.error().contains("no log yet"), "{}", a.error());
+    assert!(
+        a.error().contains("no log (queued or nothing written yet"),
+        "{}",
+        a.error()
+    );
     assert_eq!(live(&s, &runner, &job, 0, b"step 1\n").status, 204);
     // A retry whose answer was lost: nothing is written twice; only its new tail is kept.
     assert_eq!(live(&s, &runner, &job, 0, b"step 1\n").status, 204);
@@ -1102,6 +1106,7 @@ fn a_running_jobs_log_grows_by_offset_and_is_followed_by_range_until_the_result_
     let a = admin_log(&s, &job, Some("bytes=14-"));
     assert_eq!(a.status, 416);
     assert_eq!(a.header("content-range"), Some("bytes */14"));
+    assert_eq!(a.header("accept-ranges"), Some("bytes"));
     let a = admin_log(&s, &job, Some("bytes=-3"));
     assert_eq!((a.status, &a.body[..]), (206, &b" 2\n"[..]));
     let a = admin_log(&s, &job, Some("bytes=0-3"));
@@ -1137,13 +1142,33 @@ fn a_running_jobs_log_grows_by_offset_and_is_followed_by_range_until_the_result_
     assert_eq!((a.status, &a.body[..]), (206, &b"done\n"[..]));
     // The digest is of the whole log, also in a partial answer.
     assert!(a.header("repr-digest").is_some());
+    // If-Range: the range only if the log is still the one named.
+    let auth = format!("Bearer {}", s.admin);
+    let etag = format!("\"sha256:{}\"", sha(log));
+    for (if_range, status) in [(etag.as_str(), 206), ("\"sha256:0000\"", 200)] {
+        let a = http(
+            s.addr,
+            "GET",
+            &format!("/v1/jobs/{job}/logs/job.log"),
+            &[
+                ("authorization", &auth),
+                ("range", "bytes=14-"),
+                ("if-range", if_range),
+            ],
+            b"",
+        );
+        assert_eq!(a.status, status, "{if_range}");
+    }
 }
 
 #[test]
 fn a_live_log_stops_at_its_cap() {
     let s = start();
     let (runner, job) = leased_job(&s, "untrusted");
-    let chunk = vec![b'x'; 4 << 20];
+    let chunk = vec![b'x'; MAX_LIVE_LOG_APPEND];
+    // One append is at most MAX_LIVE_LOG_APPEND bytes (it is written under the database lock).
+    let too_big = [&chunk[..], b"x"].concat();
+    assert_eq!(live(&s, &runner, &job, 0, &too_big).status, 413);
     let mut offset = 0;
     while offset < outputs::MAX_LIVE_LOG_BYTES {
         assert_eq!(live(&s, &runner, &job, offset, &chunk).status, 204);

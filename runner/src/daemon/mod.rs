@@ -543,12 +543,14 @@ impl Daemon {
     /// Sends what the run has stored of `job.log` so far to the coordinator every `interval`,
     /// from where the last request left off (the caller drops this future when the run
     /// ends). Returns only when the coordinator refuses more (its cap, the lease over): the
-    /// log then arrives with the result alone. A transient failure waits for the next tick.
+    /// log then arrives with the result alone. A transient failure waits for the next tick;
+    /// a gap (`409`: the coordinator holds less than was sent, say after a crash lost its
+    /// last writes) starts again from the beginning, of which it keeps only what it lacks.
     async fn follow_log(&self, lease: &Lease, out: &Path, interval: Duration) {
         let reg = &self.identity.registration;
         let path = out.join(crate::joblog::PARTIAL_NAME);
         let mut sent: u64 = 0;
-        let mut ticks = tokio::time::interval(interval);
+        let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
@@ -571,6 +573,11 @@ impl Daemon {
                     Err(e) if e.is_transient() => {
                         tracing::debug!(job_id = %lease.job_id, error = %e, "live log not sent; next interval");
                         break;
+                    }
+                    Err(e) if e.status() == Some(409) && sent > 0 => {
+                        tracing::warn!(job_id = %lease.job_id, error = %e, "live log: the coordinator lacks earlier bytes; sending from the start");
+                        sent = 0;
+                        continue;
                     }
                     Err(e) => {
                         tracing::warn!(job_id = %lease.job_id, error = %e, "live log stopped; the log arrives with the result");
@@ -945,6 +952,9 @@ async fn read_at(path: &Path, offset: u64, max: usize) -> std::io::Result<Vec<u8
             .read(true)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(&path)?;
+        // Sized to what is there (usually nothing new), not to `max`.
+        let there = file.metadata()?.len().saturating_sub(offset);
+        let max = usize::try_from(there).map_or(max, |t| t.min(max));
         let mut buf = vec![0u8; max];
         let mut got = 0;
         while got < max {
