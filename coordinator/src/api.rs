@@ -181,6 +181,8 @@ pub fn check_listen(addr: SocketAddr, behind_tls_proxy: bool) -> Result<(), Serv
 #[derive(Debug)]
 pub struct Coordinator {
     db: Mutex<Db>,
+    /// Runners' public keys, so signatures are checked off the database lock.
+    runner_keys: auth::RunnerKeys,
     key: IssuerKey,
     admin: AdminToken,
     issuer: String,
@@ -203,6 +205,7 @@ impl Coordinator {
         let public = key.verifying_key();
         Ok(Coordinator {
             db: Mutex::new(db),
+            runner_keys: auth::RunnerKeys::default(),
             outputs,
             upload_idle: UPLOAD_IDLE,
             jwks: oidc::jwks(&public),
@@ -474,16 +477,9 @@ async fn with_db<T: Send + 'static>(
     f: impl FnOnce(&Coordinator, &mut Db) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let c = Arc::clone(c);
-    tokio::task::spawn_blocking(move || {
-        // A panic while holding the lock leaves SQLite consistent (the transaction rolls
-        // back when dropped), so a poisoned lock is still usable.
-        let mut db =
-            c.db.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&c, &mut db)
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
+    tokio::task::spawn_blocking(move || f(&c, &mut auth::lock(&c.db)))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
@@ -617,8 +613,8 @@ async fn job(
     }))
 }
 
-/// A signed runner request, authenticated on the blocking pool before `f` runs with its
-/// runner.
+/// A signed runner request, authenticated on the blocking pool (the signature off the
+/// database lock) before `f` runs with its runner and the database.
 async fn signed<T: Send + 'static>(
     c: &Shared,
     method: Method,
@@ -631,18 +627,21 @@ async fn signed<T: Send + 'static>(
     let target = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    with_db(c, move |c, db| {
-        let runner = auth::verify_signed_request(
-            db,
+    let c = Arc::clone(c);
+    tokio::task::spawn_blocking(move || {
+        let (runner, mut db) = auth::verify_signed_request(
+            &c.db,
+            &c.runner_keys,
             method.as_str(),
             &target,
             &signed,
             &body,
             state::now(),
         )?;
-        f(c, db, runner, &body)
+        f(&c, &mut db, runner, &body)
     })
     .await
+    .map_err(|e| ApiError::internal(&e))?
 }
 
 async fn lease(
@@ -822,10 +821,13 @@ async fn upload_blob(
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let (job_id, digest) = (id.clone(), sha.clone());
-    let stored = with_db(&c, move |c, db| {
+    let shared = Arc::clone(&c);
+    let stored = tokio::task::spawn_blocking(move || {
+        let c = shared;
         let now = state::now();
-        let runner = auth::verify_signed_request_for_digest(
-            db,
+        let (runner, mut db) = auth::verify_signed_request_for_digest(
+            &c.db,
+            &c.runner_keys,
             method.as_str(),
             &target,
             &signed,
@@ -833,9 +835,10 @@ async fn upload_blob(
             now,
         )?;
         db.job_leased_to(&job_id, &runner.id, now)?;
-        Ok((c.outputs.contains(&job_id, &digest)?, runner.id))
+        Ok::<_, ApiError>((c.outputs.contains(&job_id, &digest)?, runner.id))
     })
-    .await?;
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
     let (stored, runner_id) = stored;
     if stored {
         // A retry whose first answer was lost: the bytes are here already.

@@ -51,7 +51,19 @@ pub(crate) fn runner_key() -> SigningKey {
     SigningKey::try_generate_from_rng(&mut getrandom::SysRng).unwrap()
 }
 
-fn setup(dir: &TempDir) -> (Db, SigningKey) {
+/// [`verify_signed_request`] with a fresh key cache, the runner only.
+fn verify(
+    db: &Mutex<Db>,
+    method: &str,
+    path: &str,
+    h: &SignedHeaders,
+    body: &[u8],
+    now: u64,
+) -> Result<Runner, AuthError> {
+    verify_signed_request(db, &RunnerKeys::default(), method, path, h, body, now).map(|(r, _)| r)
+}
+
+fn setup(dir: &TempDir) -> (Mutex<Db>, SigningKey) {
     let mut db = Db::create(&dir.path().join(DB_NAME), "https://ci.example.com").unwrap();
     let key = runner_key();
     db.add_registration_token("t", u64::MAX / 2).unwrap();
@@ -63,7 +75,7 @@ fn setup(dir: &TempDir) -> (Db, SigningKey) {
         removed_at: None,
     };
     db.register_runner("t", &runner, 1).unwrap();
-    (db, key)
+    (Mutex::new(db), key)
 }
 
 const NOW: u64 = 1_700_000_000;
@@ -73,11 +85,11 @@ const PATH: &str = "/v1/jobs/job-1/result";
 #[test]
 fn a_correctly_signed_request_is_accepted_once() {
     let dir = TempDir::new("auth");
-    let (mut db, key) = setup(&dir);
+    let (db, key) = setup(&dir);
     let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{}");
-    let runner = verify_signed_request(&mut db, "POST", PATH, &h, b"{}", NOW).unwrap();
+    let runner = verify(&db, "POST", PATH, &h, b"{}", NOW).unwrap();
     assert_eq!(runner.name, "build-7");
-    let e = verify_signed_request(&mut db, "POST", PATH, &h, b"{}", NOW + 1).unwrap_err();
+    let e = verify(&db, "POST", PATH, &h, b"{}", NOW + 1).unwrap_err();
     assert_eq!(
         e.to_string(),
         "signed request refused: nonce already used (a replayed request)"
@@ -87,21 +99,21 @@ fn a_correctly_signed_request_is_accepted_once() {
 #[test]
 fn a_timestamp_more_than_five_minutes_off_is_refused_either_way() {
     let dir = TempDir::new("auth");
-    let (mut db, key) = setup(&dir);
+    let (db, key) = setup(&dir);
     for ts in [NOW - 301, NOW + 301] {
         let h = sign(&key, "runner-1", "POST", PATH, ts, NONCE, b"");
-        let e = verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap_err();
+        let e = verify(&db, "POST", PATH, &h, b"", NOW).unwrap_err();
         assert!(matches!(e, AuthError::ClockSkew { skew: 301, .. }), "{e}");
     }
     for ts in [NOW - 300, NOW + 300] {
         let nonce = format!("{NONCE}{ts}");
         let h = sign(&key, "runner-1", "POST", PATH, ts, &nonce, b"");
-        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap();
+        verify(&db, "POST", PATH, &h, b"", NOW).unwrap();
     }
     let mut h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"");
     h.timestamp = "soon".into();
     assert!(matches!(
-        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW),
+        verify(&db, "POST", PATH, &h, b"", NOW),
         Err(AuthError::Timestamp)
     ));
 }
@@ -109,52 +121,38 @@ fn a_timestamp_more_than_five_minutes_off_is_refused_either_way() {
 #[test]
 fn a_signature_by_another_key_is_refused_and_does_not_burn_the_nonce() {
     let dir = TempDir::new("auth");
-    let (mut db, key) = setup(&dir);
+    let (db, key) = setup(&dir);
     let h = sign(&runner_key(), "runner-1", "POST", PATH, NOW, NONCE, b"");
-    let e = verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap_err();
+    let e = verify(&db, "POST", PATH, &h, b"", NOW).unwrap_err();
     assert_eq!(
         e.to_string(),
         "signed request refused: the signature does not verify for runner runner-1"
     );
     assert!(!e.to_string().contains(&h.signature));
     let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"");
-    verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap();
+    verify(&db, "POST", PATH, &h, b"", NOW).unwrap();
 }
 
 #[test]
 fn a_tampered_body_path_method_timestamp_or_signature_is_refused() {
     let dir = TempDir::new("auth");
-    let (mut db, key) = setup(&dir);
+    let (db, key) = setup(&dir);
     let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, br#"{"a":1}"#);
     let refused = |r: Result<Runner, AuthError>| matches!(r, Err(AuthError::Signature { .. }));
-    assert!(refused(verify_signed_request(
-        &mut db,
-        "POST",
-        PATH,
-        &h,
-        br#"{"a":2}"#,
-        NOW
-    )));
-    assert!(refused(verify_signed_request(
-        &mut db,
+    assert!(refused(verify(&db, "POST", PATH, &h, br#"{"a":2}"#, NOW)));
+    assert!(refused(verify(
+        &db,
         "POST",
         "/v1/jobs/job-2/result",
         &h,
         br#"{"a":1}"#,
         NOW
     )));
-    assert!(refused(verify_signed_request(
-        &mut db,
-        "PUT",
-        PATH,
-        &h,
-        br#"{"a":1}"#,
-        NOW
-    )));
+    assert!(refused(verify(&db, "PUT", PATH, &h, br#"{"a":1}"#, NOW)));
     let mut later = h.clone();
     later.timestamp = (NOW + 1).to_string();
-    assert!(refused(verify_signed_request(
-        &mut db,
+    assert!(refused(verify(
+        &db,
         "POST",
         PATH,
         &later,
@@ -163,8 +161,8 @@ fn a_tampered_body_path_method_timestamp_or_signature_is_refused() {
     )));
     let mut garbage = h.clone();
     garbage.signature = "not base64!".into();
-    assert!(refused(verify_signed_request(
-        &mut db,
+    assert!(refused(verify(
+        &db,
         "POST",
         PATH,
         &garbage,
@@ -176,17 +174,17 @@ fn a_tampered_body_path_method_timestamp_or_signature_is_refused() {
 #[test]
 fn an_unknown_or_removed_runner_is_refused() {
     let dir = TempDir::new("auth");
-    let (mut db, key) = setup(&dir);
+    let (db, key) = setup(&dir);
     let h = sign(&key, "runner-2", "POST", PATH, NOW, NONCE, b"");
-    let e = verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap_err();
+    let e = verify(&db, "POST", PATH, &h, b"", NOW).unwrap_err();
     assert_eq!(
         e.to_string(),
         "signed request refused: runner runner-2 is unknown or removed"
     );
-    db.remove_runner("runner-1", NOW).unwrap();
+    lock(&db).remove_runner("runner-1", NOW).unwrap();
     let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"");
     assert!(matches!(
-        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW),
+        verify(&db, "POST", PATH, &h, b"", NOW),
         Err(AuthError::UnknownRunner { .. })
     ));
 }
@@ -194,7 +192,7 @@ fn an_unknown_or_removed_runner_is_refused() {
 #[test]
 fn a_nonce_must_be_16_to_64_base64url_characters() {
     let dir = TempDir::new("auth");
-    let (mut db, key) = setup(&dir);
+    let (db, key) = setup(&dir);
     for nonce in [
         "A".repeat(15),
         "A".repeat(65),
@@ -203,7 +201,7 @@ fn a_nonce_must_be_16_to_64_base64url_characters() {
         let h = sign(&key, "runner-1", "POST", PATH, NOW, &nonce, b"");
         assert!(
             matches!(
-                verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW),
+                verify(&db, "POST", PATH, &h, b"", NOW),
                 Err(AuthError::Nonce)
             ),
             "{nonce}"
@@ -211,7 +209,7 @@ fn a_nonce_must_be_16_to_64_base64url_characters() {
     }
     for nonce in ["A".repeat(16), "a-_".repeat(21)] {
         let h = sign(&key, "runner-1", "POST", PATH, NOW, &nonce, b"");
-        verify_signed_request(&mut db, "POST", PATH, &h, b"", NOW).unwrap();
+        verify(&db, "POST", PATH, &h, b"", NOW).unwrap();
     }
 }
 
@@ -252,4 +250,54 @@ fn an_empty_or_short_admin_token_file_is_refused_not_matched_by_an_empty_bearer(
     }
     let text = AdminToken::generate().unwrap();
     assert!(AdminToken::from_text(&format!("{}\n", text.as_str())).is_ok());
+}
+
+#[test]
+fn signatures_are_checked_off_the_database_lock_and_a_removed_runner_is_refused_though_cached() {
+    let dir = TempDir::new("auth");
+    let (db, key) = setup(&dir);
+    let keys = RunnerKeys::default();
+    // The first request reads the runner's key.
+    let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"");
+    let (runner, guard) = verify_signed_request(&db, &keys, "POST", PATH, &h, b"", NOW).unwrap();
+    drop(guard);
+    assert_eq!(runner.id, "runner-1");
+    // While the database is held (a long transaction, say), a forged request is still
+    // refused: its signature is checked without the lock.
+    let held = lock(&db);
+    let forged = sign(
+        &runner_key(),
+        "runner-1",
+        "POST",
+        PATH,
+        NOW,
+        &"B".repeat(22),
+        b"",
+    );
+    let answer = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (db, keys, forged) = (&db, &keys, &forged);
+        s.spawn(move || {
+            let r = verify_signed_request(db, keys, "POST", PATH, forged, b"", NOW).map(|_| ());
+            let _ = tx.send(r);
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        answer
+    });
+    assert!(
+        matches!(answer, Ok(Err(AuthError::Signature { .. }))),
+        "{answer:?}"
+    );
+    // Removed by the operator (another process): refused, though its key is cached.
+    lock(&db).remove_runner("runner-1", NOW).unwrap();
+    let h = sign(&key, "runner-1", "POST", PATH, NOW, &"C".repeat(22), b"");
+    assert!(matches!(
+        verify_signed_request(&db, &keys, "POST", PATH, &h, b"", NOW),
+        Err(AuthError::UnknownRunner { .. })
+    ));
+    assert!(
+        keys.lock().is_empty(),
+        "a removed runner's key is forgotten"
+    );
 }
