@@ -5,7 +5,8 @@
 #   3. makes a git repository of examples/hello (the job's source, pinned by commit);
 #   4. registers this host with a one-time token (`bulwark register`) and starts `bulwark daemon`;
 #   5. queues the hello job as trusted through the coordinator's API, as a CI system would;
-#   6. waits for the result, fetches the artifact and its provenance from the coordinator
+#   6. follows the job's log as the daemon sends it (`jobs log --follow`), then reads the
+#      result, fetches the artifact and its provenance from the coordinator
 #      (the daemon uploaded both) and checks them with `bulwark verify`, with a policy that
 #      requires a trusted build from that repository's main branch;
 #   7. stops the daemon (SIGTERM) and the coordinator.
@@ -89,7 +90,10 @@ job=$(curl -sS --fail-with-body -H @"$work/admin.header" -H 'content-type: appli
   --data-binary @"$work/submit.json" "$url/v1/jobs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
 echo "queued $job"
 
-say "wait for the result"
+say "follow the job's log as it runs (bulwark-coordinator jobs log --follow)"
+"$coordinator" jobs log --state "$work/coordinator" --follow "$job" || true
+
+say "the result"
 for _ in $(seq 600); do
   curl -sS -H @"$work/admin.header" "$url/v1/jobs/$job" >"$work/job.json"
   state=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["state"])' "$work/job.json")
