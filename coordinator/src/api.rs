@@ -27,8 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bulwark_protocol::control::{
-    ErrorBody, IdToken, IdTokenRequest, JobRecord, RegisterRequest, RegisterResponse, ResultReport,
-    SubmitJob, Submitted, MAX_BODY_BYTES,
+    CancelAnswer, ErrorBody, Heartbeat, IdToken, IdTokenRequest, JobRecord, JobState,
+    RegisterRequest, RegisterResponse, ResultReport, SubmitJob, Submitted, MAX_BODY_BYTES,
 };
 use bulwark_protocol::JobSpec;
 use serde::de::DeserializeOwned;
@@ -101,9 +101,10 @@ impl From<StateError> for ApiError {
             StateError::NotLeasedToRunner { .. }
             | StateError::LeaseOver { .. }
             | StateError::Untrusted { .. } => StatusCode::FORBIDDEN,
-            StateError::AlreadyFinished { .. } | StateError::LeaseExpired { .. } => {
-                StatusCode::CONFLICT
-            }
+            StateError::AlreadyFinished { .. }
+            | StateError::LeaseExpired { .. }
+            | StateError::Ended { .. } => StatusCode::CONFLICT,
+            StateError::NoSuchJob { .. } => StatusCode::NOT_FOUND,
             _ => return ApiError::internal(&e),
         };
         ApiError::new(status, e.to_string())
@@ -240,6 +241,8 @@ fn router_shared(coordinator: Shared) -> Router {
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/id-token", post(id_token))
+        .route("/v1/jobs/{id}/heartbeat", post(heartbeat))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/result", post(result))
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/jobs/{id}/outputs/{*path}", get(output))
@@ -420,9 +423,10 @@ async fn request_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // An upload (the one PUT) may be gigabytes: it has a deadline in proportion to its
-    // declared length and an idle limit of its own (`upload_blob`).
-    if request.method() == Method::PUT {
+    // An output upload may be gigabytes: it has a deadline in proportion to its declared
+    // length and an idle limit of its own (`upload_blob`). Every other request, the live
+    // log's small PUT included, has this one.
+    if request.method() == Method::PUT && request.uri().path().contains("/blobs/") {
         return next.run(request).await;
     }
     match tokio::time::timeout(limit, next.run(request)).await {
@@ -610,7 +614,46 @@ async fn job(
         name: job.name,
         runner_id: job.runner_id,
         result: job.result,
+        cancel_requested_at: job.cancel_requested_at,
     }))
+}
+
+/// `POST /v1/jobs/{id}/cancel` (admin): cancels a queued job at once (finished, `refused`, it
+/// never runs) or asks the runner of a leased one to stop it ([`heartbeat`]); `409` for a job
+/// that has ended.
+async fn cancel(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<CancelAnswer>, ApiError> {
+    c.admin
+        .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
+    with_db(&c, move |_, db| {
+        let state = match db.cancel(&id, state::now())? {
+            state::Cancelled::BeforeItRan => JobState::Finished,
+            state::Cancelled::Requested => JobState::Leased,
+        };
+        tracing::info!(job_id = %id, ?state, "job cancelled by the operator");
+        Ok(Json(CancelAnswer { state }))
+    })
+    .await
+}
+
+/// `POST /v1/jobs/{id}/heartbeat` (runner, while the job runs): whether the operator
+/// cancelled it. Only the lease holder's, while the lease lasts.
+async fn heartbeat(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Heartbeat>, ApiError> {
+    signed(&c, method, &uri, &headers, body, move |_, db, runner, _| {
+        let cancel = db.cancel_requested(&id, &runner.id, state::now())?;
+        Ok(Json(Heartbeat { cancel }))
+    })
+    .await
 }
 
 /// A signed runner request, authenticated on the blocking pool (the signature off the

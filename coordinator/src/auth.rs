@@ -224,12 +224,13 @@ impl SignedHeaders {
 /// never changes under its id (ids are random per registration), and whether the runner is
 /// still active is asked of the database again, under its lock, with the nonce.
 #[derive(Debug, Default)]
-pub struct RunnerKeys(Mutex<HashMap<String, VerifyingKey>>);
+pub struct RunnerKeys(Mutex<HashMap<String, (String, VerifyingKey)>>);
 
 impl RunnerKeys {
-    /// `runner_id`'s key, read from `db` (locked only for that) the first time.
-    fn get(&self, db: &Mutex<Db>, runner_id: &str) -> Result<VerifyingKey, AuthError> {
-        let cached = self.lock().get(runner_id).copied();
+    /// `runner_id`'s key and the PEM it was parsed from, read from `db` (locked only for that)
+    /// the first time.
+    fn get(&self, db: &Mutex<Db>, runner_id: &str) -> Result<(String, VerifyingKey), AuthError> {
+        let cached = self.lock().get(runner_id).cloned();
         if let Some(key) = cached {
             return Ok(key);
         }
@@ -242,15 +243,16 @@ impl RunnerKeys {
         let key = keys::parse_public_key(&runner.public_key).map_err(|_| AuthError::StoredKey {
             runner_id: runner_id.to_owned(),
         })?;
-        self.lock().insert(runner_id.to_owned(), key);
-        Ok(key)
+        let entry = (runner.public_key, key);
+        self.lock().insert(runner_id.to_owned(), entry.clone());
+        Ok(entry)
     }
 
     fn forget(&self, runner_id: &str) {
         self.lock().remove(runner_id);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, VerifyingKey>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (String, VerifyingKey)>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -314,7 +316,7 @@ pub fn verify_signed_request_for_digest<'a>(
         return Err(AuthError::Nonce);
     }
     let runner_id = &signed.runner_id;
-    let key = keys.get(db, runner_id)?;
+    let (pem, key) = keys.get(db, runner_id)?;
     let bad_signature = || AuthError::Signature {
         runner_id: runner_id.clone(),
     };
@@ -342,6 +344,12 @@ pub fn verify_signed_request_for_digest<'a>(
         keys.forget(runner_id);
         return Err(unknown());
     };
+    // The key checked must be the one recorded now (nothing changes a runner's key, but the
+    // database is a file an operator could edit).
+    if runner.public_key != pem {
+        keys.forget(runner_id);
+        return Err(bad_signature());
+    }
     // Kept until no timestamp it could be sent with is accepted any more.
     let keep_until = timestamp.max(now).saturating_add(MAX_CLOCK_SKEW_SECS);
     match guard.use_nonce(runner_id, &signed.nonce, keep_until, now) {

@@ -173,6 +173,19 @@ pub enum JobsCommand {
         /// The job.
         id: String,
     },
+    /// Cancels a job: a queued one at once (recorded finished, refused: it never runs); a
+    /// running one is stopped by its runner within the runner's poll interval, which then
+    /// reports it (failed, with the log of what ran). Exit status 1 for a job that has ended.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator jobs cancel --state /var/lib/bulwark-coordinator job-0123456789abcdef0123456789abcdef"
+    )]
+    Cancel {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The job.
+        id: String,
+    },
     /// Removes the stored outputs and logs of jobs that ended (finished, or their lease ran
     /// out) longer ago than --older-than. Their records, results and provenance stay.
     #[command(

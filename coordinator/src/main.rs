@@ -184,6 +184,16 @@ fn jobs(command: JobsCommand) -> Result<()> {
                 }
             }
         }
+        JobsCommand::Cancel { state, id } => {
+            match statedir::open_db(&state)?.cancel(&id, state::now())? {
+                state::Cancelled::BeforeItRan => {
+                    eprintln!("job {id} cancelled before it ran: recorded finished (refused)")
+                }
+                state::Cancelled::Requested => eprintln!(
+                    "job {id} is running: its runner stops it at its next poll and reports what ran"
+                ),
+            }
+        }
         JobsCommand::PruneOutputs { state, older_than } => {
             let db = statedir::open_db(&state)?;
             let store = OutputStore::open(&state, OutputLimits::default())?;

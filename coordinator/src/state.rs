@@ -29,9 +29,9 @@ pub const DB_NAME: &str = "coordinator.db";
 /// and tools before the clock of the job starts, and to report afterwards.
 pub const LEASE_GRACE_SECS: u64 = 600;
 
-/// The schema version this build reads and writes. Version 1 (before logs were reported) is
-/// upgraded in place when opened ([`Db::open`]).
-const SCHEMA_VERSION: &str = "2";
+/// The schema version this build reads and writes. Versions 1 (before logs were reported) and
+/// 2 (before jobs could be cancelled) are upgraded in place when opened ([`Db::open`]).
+const SCHEMA_VERSION: &str = "3";
 
 /// How long a writer waits for another (the CLI and the server share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,7 +67,8 @@ CREATE TABLE jobs (
     finished_at      INTEGER,
     result           TEXT,
     provenance       TEXT,
-    logs             TEXT
+    logs             TEXT,
+    cancel_requested_at INTEGER
 );
 CREATE INDEX jobs_by_state ON jobs (state, submitted_at);
 CREATE TABLE nonces (
@@ -241,6 +242,39 @@ pub enum StateError {
         /// The job.
         job_id: String,
     },
+    /// No such job.
+    #[error("job {job_id} not found")]
+    NoSuchJob {
+        /// The job.
+        job_id: String,
+    },
+    /// A cancellation of a job that has ended.
+    #[error("job {job_id} has ended ({state}): there is nothing to cancel")]
+    Ended {
+        /// The job.
+        job_id: String,
+        /// `finished` or `lost`.
+        state: &'static str,
+    },
+    /// Recording a cancellation failed.
+    #[error("cancelling job {job_id}")]
+    Cancel {
+        /// The job.
+        job_id: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// What [`Db::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The job was queued: it is finished now, `refused`, and will never run.
+    BeforeItRan,
+    /// The job is leased: its runner stops it when it next asks (every poll interval) and
+    /// reports what ran. Asking again changes nothing.
+    Requested,
 }
 
 /// Seconds since the Unix epoch.
@@ -297,6 +331,8 @@ pub struct Job {
     pub submitted_at: u64,
     /// When its lease ends.
     pub lease_expires_at: Option<u64>,
+    /// When the operator asked for it to be cancelled.
+    pub cancel_requested_at: Option<u64>,
     /// The reported result.
     pub result: Option<ResultReport>,
 }
@@ -390,7 +426,7 @@ impl Db {
         let found = db.meta("schema_version").ok().flatten();
         match found.as_deref() {
             Some(SCHEMA_VERSION) => {}
-            Some("1") => db.upgrade_from_1().map_err(|source| StateError::Upgrade {
+            Some("1" | "2") => db.upgrade().map_err(|source| StateError::Upgrade {
                 path: path.to_owned(),
                 source,
             })?,
@@ -404,22 +440,25 @@ impl Db {
         Ok(db)
     }
 
-    /// Schema 1 to 2: the jobs' reported logs. One transaction, so a failure leaves version 1
-    /// as it was.
-    fn upgrade_from_1(&mut self) -> rusqlite::Result<()> {
+    /// Schema 1 to 2 (the jobs' reported logs) and 2 to 3 (cancellation requests), as far as
+    /// needed. One transaction, so a failure leaves the database as it was.
+    fn upgrade(&mut self) -> rusqlite::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)?;
         // Another process may have upgraded it since the version was read.
-        let now: String = tx.query_row(
+        let found: String = tx.query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
             [],
             |r| r.get(0),
         )?;
-        if now == "1" {
+        if found == "1" {
+            tx.execute_batch("ALTER TABLE jobs ADD COLUMN logs TEXT;")?;
+        }
+        if found == "1" || found == "2" {
             tx.execute_batch(
-                "ALTER TABLE jobs ADD COLUMN logs TEXT;
-                 UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                "ALTER TABLE jobs ADD COLUMN cancel_requested_at INTEGER;
+                 UPDATE meta SET value = '3' WHERE key = 'schema_version';",
             )?;
         }
         tx.commit()
@@ -862,6 +901,77 @@ impl Db {
         Ok(job)
     }
 
+    /// Cancels `job_id` for the operator: a queued job is finished at once as `refused` (it
+    /// never runs); a leased one is marked, and its runner stops it and reports what ran
+    /// ([`Db::cancel_requested`]). A job that has ended is refused.
+    pub fn cancel(&mut self, job_id: &str, now: u64) -> Result<Cancelled, StateError> {
+        let err = |source| StateError::Cancel {
+            job_id: job_id.to_owned(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        record_lost_leases(&tx, now).map_err(err)?;
+        let job = read_job(&tx, job_id)?.ok_or_else(|| StateError::NoSuchJob {
+            job_id: job_id.to_owned(),
+        })?;
+        let done = match job.state {
+            JobState::Queued => {
+                let result = serde_json::json!({
+                    "status": "refused",
+                    "reason": "cancelled by the operator before it ran",
+                    "trust": job.trust.as_str(),
+                    "job": job.name,
+                });
+                tx.execute(
+                    "UPDATE jobs SET state = 'finished', finished_at = ?2, cancel_requested_at = ?2,
+                            result = ?3
+                     WHERE id = ?1",
+                    params![job_id, to_i64(now), result.to_string()],
+                )
+                .map_err(err)?;
+                Cancelled::BeforeItRan
+            }
+            JobState::Leased => {
+                tx.execute(
+                    "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, ?2)
+                     WHERE id = ?1",
+                    params![job_id, to_i64(now)],
+                )
+                .map_err(err)?;
+                Cancelled::Requested
+            }
+            JobState::Finished | JobState::Lost => {
+                return Err(StateError::Ended {
+                    job_id: job_id.to_owned(),
+                    state: if job.state == JobState::Lost {
+                        "lost"
+                    } else {
+                        "finished"
+                    },
+                })
+            }
+        };
+        tx.commit().map_err(err)?;
+        Ok(done)
+    }
+
+    /// Whether the operator asked for `job_id`, leased to `runner_id` with its lease live, to
+    /// be cancelled (the runner's heartbeat).
+    pub fn cancel_requested(
+        &mut self,
+        job_id: &str,
+        runner_id: &str,
+        now: u64,
+    ) -> Result<bool, StateError> {
+        Ok(self
+            .job_leased_to(job_id, runner_id, now)?
+            .cancel_requested_at
+            .is_some())
+    }
+
     /// Records the result of `job_id` reported by `runner_id`: only the lease holder, only
     /// once, only while the lease lasts (a late result records the job as lost and is refused).
     pub fn record_result(
@@ -977,11 +1087,12 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
         Option<String>,
         Option<String>,
         Option<String>,
+        Option<i64>,
     );
     let row: Option<Row> = conn
         .query_row(
             "SELECT name, trust, spec, state, runner_id, submitted_at, lease_expires_at, result,
-                    provenance, logs
+                    provenance, logs, cancel_requested_at
              FROM jobs WHERE id = ?1",
             [job_id],
             |r| {
@@ -996,6 +1107,7 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
                     r.get(7)?,
                     r.get(8)?,
                     r.get(9)?,
+                    r.get(10)?,
                 ))
             },
         )
@@ -1015,6 +1127,7 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
         result,
         provenance,
         logs,
+        cancel_requested_at,
     )) = row
     else {
         return Ok(None);
@@ -1043,6 +1156,7 @@ fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> 
         runner_id,
         submitted_at: to_u64(submitted_at),
         lease_expires_at: lease_expires_at.map(to_u64),
+        cancel_requested_at: cancel_requested_at.map(to_u64),
         result,
     }))
 }

@@ -35,11 +35,18 @@ fn main() -> anyhow::Result<()> {
     let (latencies, forged) = local.block_on(&rt, async {
         let mut tasks = Vec::new();
         for i in 0..clients + forgers {
-            let (client, identity, forged_key) =
-                (Rc::clone(&client), Rc::clone(&identity), Rc::clone(&forged_key));
+            let (client, identity, forged_key) = (
+                Rc::clone(&client),
+                Rc::clone(&identity),
+                Rc::clone(&forged_key),
+            );
             tasks.push(tokio::task::spawn_local(async move {
                 let runner = &identity.registration.runner_id;
-                let key = if i < clients { &identity.key } else { &*forged_key };
+                let key = if i < clients {
+                    &identity.key
+                } else {
+                    &*forged_key
+                };
                 let mut times = Vec::new();
                 while Instant::now() < end {
                     let t = Instant::now();

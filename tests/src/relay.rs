@@ -58,6 +58,13 @@ impl Relay {
     }
 }
 
+impl Drop for Relay {
+    /// Lets held connections go, so their threads end with their peers.
+    fn drop(&mut self) {
+        self.rate.store(FREE, Ordering::SeqCst);
+    }
+}
+
 /// Copies `from` to `to` until either ends, at most `rate` bytes per second when given.
 fn pump(mut from: TcpStream, mut to: TcpStream, rate: Option<Arc<AtomicU64>>) {
     let mut buf = vec![0u8; 64 << 10];

@@ -343,8 +343,9 @@ fn upload_in_flight(c: &Coordinator, id: &str) -> u64 {
 
 #[test]
 fn an_upload_the_coordinator_cuts_for_idling_is_sent_again_and_the_job_succeeds() {
+    // 4 MiB/s: the upload would take 16 s, so it is certainly held before it ends.
     let (env, c, relay, mut daemon, id) =
-        output_upload_under_way("cp-upload-408", &["--upload-idle-timeout", "1s"], 16 << 20);
+        output_upload_under_way("cp-upload-408", &["--upload-idle-timeout", "1s"], 4 << 20);
     // The network stalls: the coordinator cuts the upload and removes what it received.
     relay.set_rate(relay::HELD);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -357,9 +358,10 @@ fn an_upload_the_coordinator_cuts_for_idling_is_sent_again_and_the_job_succeeds(
     let log = daemon_log(&env);
     assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}\n{log}");
     assert!(
-        log.contains("uploading output dist/app.txt")
-            && log.contains("trying again")
-            && log.contains("answered 408"),
+        log.lines()
+            .any(|l| l.contains("uploading output dist/app.txt")
+                && l.contains("answered 408")
+                && l.contains("trying again")),
         "{log}"
     );
     let (status, _, bytes) = c.fetch(&id, "outputs/dist/app.txt");
@@ -379,7 +381,12 @@ fn a_second_stop_signal_ends_an_upload_in_flight_and_the_job_is_reported_as_stop
     let (env, c, _relay, mut daemon, id) = output_upload_under_way("cp-upload-stop", &[], 2 << 20);
     let pid = nix::unistd::Pid::from_raw(daemon.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Two signals close together could be seen as one: the second goes once the first is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon_log(&env).contains("bulwark daemon: stopping after") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&env));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let code = daemon.stop(nix::sys::signal::Signal::SIGTERM, 10);
     let log = daemon_log(&env);
     assert!(code.is_some(), "{log}");
@@ -687,6 +694,76 @@ fn a_running_jobs_log_is_followed_at_the_coordinator_before_the_job_ends() {
         String::from_utf8_lossy(&followed.stderr)
     );
     assert_eq!(followed.stdout, log);
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{}",
+        daemon_log(&env)
+    );
+}
+
+#[test]
+fn the_operator_cancels_a_queued_job_before_it_runs_and_a_running_one_mid_step() {
+    let (env, c) = registered("cp-cancel");
+    let (repo, commit) = repo(&env);
+    let tag = bulwark_tests::random_hex(6);
+    // Queued, no daemon yet: cancelled at once over the API, and never leased.
+    let queued = c.submit(
+        &git_job(&repo, &commit, "queued", "sh build.sh"),
+        "untrusted",
+    );
+    let cancel = |id: &str| {
+        c.http
+            .post(format!("{}/v1/jobs/{id}/cancel", c.url))
+            .bearer_auth(&c.admin)
+            .send()
+            .unwrap()
+    };
+    let r = cancel(&queued);
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = serde_json::from_slice(&r.bytes().unwrap()).unwrap();
+    assert_eq!(answer["state"], "finished");
+    let j = c.job(&queued);
+    assert_eq!(j["result"]["result"]["status"], "refused", "{j}");
+    assert_eq!(cancel(&queued).status(), 409);
+    // Running: the step prints, then waits (its process carries the marker); the operator's
+    // command cancels it; the runner stops it and reports the log of what ran.
+    let running = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "running",
+            &format!("echo started; m=cancel; sh -c 'sleep 300' \"$m-{tag}\"; echo never"),
+        ),
+        "untrusted",
+    );
+    let mut daemon = Daemon::start(&env);
+    bulwark_tests::wait_for_process(&format!("cancel-{tag}"), "the job", 60);
+    let o = Command::new(coordinator_bin())
+        .args(["jobs", "cancel", "--state"])
+        .arg(&c.state)
+        .arg(&running)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = c.wait_done(&running, 60);
+    let log = daemon_log(&env);
+    assert_eq!(j["state"], "finished", "{j}\n{log}");
+    let result = &j["result"]["result"];
+    assert_eq!(result["status"], "failed", "{j}");
+    assert_eq!(result["reason"], "cancelled by the operator while it ran");
+    assert!(j["cancel_requested_at"].is_u64(), "{j}");
+    let (status, _, job_log) = c.fetch(&running, "logs/job.log");
+    assert_eq!(status, 200);
+    assert_eq!(job_log, b"started\n");
+    // Nothing of the job is left running, and the daemon goes on serving.
+    assert!(
+        bulwark_tests::processes_with(&format!("cancel-{tag}")).is_empty(),
+        "the cancelled job's process survived"
+    );
+    let next = c.submit(&git_job(&repo, &commit, "next", "sh build.sh"), "untrusted");
+    let j = c.wait_done(&next, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
     assert_eq!(
         daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
         Some(0),

@@ -141,6 +141,24 @@ pub struct Lease {
     pub expires_at: u64,
 }
 
+/// `POST /v1/jobs/{id}/heartbeat` (runner, empty body, while the job runs): what the
+/// coordinator wants done with the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The operator cancelled the job: stop it and report what ran.
+    pub cancel: bool,
+}
+
+/// `POST /v1/jobs/{id}/cancel` (operator, empty body): what was done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAnswer {
+    /// The job's state now: `finished` (it was queued: it will never run) or `leased` (its
+    /// runner stops it within its poll interval and reports what ran).
+    pub state: JobState,
+}
+
 /// `POST /v1/jobs/{id}/id-token`: a job identity token for a trusted job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,6 +296,9 @@ pub struct JobRecord {
     /// The reported result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultReport>,
+    /// When the operator asked for the job to be cancelled (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<u64>,
 }
 
 /// An error body: every non-2xx answer of the coordinator carries one.

@@ -636,16 +636,23 @@ fn a_client_that_never_finishes_its_headers_or_idles_is_disconnected() {
 #[test]
 fn a_body_that_never_arrives_is_answered_408_and_the_connection_closed() {
     let (s, _stop) = start_with(quick_timeouts());
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.write_all(
-        b"POST /v1/runners/register HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"tok",
-    )
-    .unwrap();
-    let got = read_until_closed(&mut c, Duration::from_secs(5))
-        .expect("a request whose body never came was kept open");
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.contains("not received in time"), "{text}");
+    // A live-log append is a PUT too, read whole before its signature is checked: it has
+    // the request deadline (only output uploads have their own).
+    for head in [
+        "POST /v1/runners/register",
+        "PUT /v1/jobs/job-0123456789abcdef0123456789abcdef/live-log/0",
+    ] {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        c.write_all(
+            format!("{head} HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{{\"tok").as_bytes(),
+        )
+        .unwrap();
+        let got = read_until_closed(&mut c, Duration::from_secs(5))
+            .expect("a request whose body never came was kept open");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{head}: {text}");
+        assert!(text.contains("not received in time"), "{text}");
+    }
 }
 
 #[test]
@@ -1280,4 +1287,44 @@ fn what_a_job_that_never_reports_uploaded_is_swept_once_its_lease_is_over() {
         })
         .unwrap();
     assert_eq!(state, "leased");
+}
+
+#[test]
+fn only_the_admin_cancels_and_only_the_lease_holder_hears_of_it() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let auth = format!("Bearer {}", s.admin);
+    let cancel = |id: &str, auth: &str| {
+        http(
+            s.addr,
+            "POST",
+            &format!("/v1/jobs/{id}/cancel"),
+            &[("authorization", auth)],
+            b"",
+        )
+    };
+    assert_eq!(cancel(&job, "Bearer bwadm_not-it").status, 401);
+    let heartbeat = format!("/v1/jobs/{job}/heartbeat");
+    let a = signed_post(&s, &runner, &heartbeat, b"");
+    assert_eq!((a.status, a.json()["cancel"].clone()), (200, json!(false)));
+    let a = cancel(&job, &auth);
+    assert_eq!(
+        (a.status, a.json()["state"].clone()),
+        (200, json!("leased"))
+    );
+    let a = signed_post(&s, &runner, &heartbeat, b"");
+    assert_eq!((a.status, a.json()["cancel"].clone()), (200, json!(true)));
+    let other = register(&s, "build-2");
+    assert_eq!(signed_post(&s, &other, &heartbeat, b"").status, 403);
+    let a = cancel("job-ffffffffffffffffffffffffffffffff", &auth);
+    assert_eq!(a.status, 404);
+    assert!(a.error().contains("not found"), "{}", a.error());
+    let a = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}"),
+        &[("authorization", &auth)],
+        b"",
+    );
+    assert!(a.json()["cancel_requested_at"].is_u64());
 }

@@ -51,7 +51,13 @@ pub(crate) fn runner_key() -> SigningKey {
     SigningKey::try_generate_from_rng(&mut getrandom::SysRng).unwrap()
 }
 
-/// [`verify_signed_request`] with a fresh key cache, the runner only.
+thread_local! {
+    /// One key cache per test (each runs on its own thread), so that every check after a
+    /// test's first goes through a cached key, as in the server.
+    static KEYS: RunnerKeys = RunnerKeys::default();
+}
+
+/// [`verify_signed_request`] with the test's key cache, the runner only.
 fn verify(
     db: &Mutex<Db>,
     method: &str,
@@ -60,7 +66,7 @@ fn verify(
     body: &[u8],
     now: u64,
 ) -> Result<Runner, AuthError> {
-    verify_signed_request(db, &RunnerKeys::default(), method, path, h, body, now).map(|(r, _)| r)
+    KEYS.with(|keys| verify_signed_request(db, keys, method, path, h, body, now).map(|(r, _)| r))
 }
 
 fn setup(dir: &TempDir) -> (Mutex<Db>, SigningKey) {

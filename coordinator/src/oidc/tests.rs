@@ -24,6 +24,7 @@ fn job() -> Job {
         runner_id: Some("runner-1".into()),
         submitted_at: 1,
         lease_expires_at: Some(10_000),
+        cancel_requested_at: None,
         result: None,
     }
 }

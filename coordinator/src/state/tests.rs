@@ -313,7 +313,7 @@ fn a_removed_runner_is_never_leased_a_job() {
 }
 
 #[test]
-fn a_version_1_database_is_upgraded_in_place_and_keeps_its_jobs() {
+fn a_version_1_or_2_database_is_upgraded_in_place_and_keeps_its_jobs() {
     let dir = TempDir::new("state");
     let path = dir.path().join(DB_NAME);
     let mut db = db_with(&dir, &["r1"]);
@@ -325,12 +325,13 @@ fn a_version_1_database_is_upgraded_in_place_and_keeps_its_jobs() {
     db.conn
         .execute_batch(
             "ALTER TABLE jobs DROP COLUMN logs;
+             ALTER TABLE jobs DROP COLUMN cancel_requested_at;
              UPDATE meta SET value = '1' WHERE key = 'schema_version';",
         )
         .unwrap();
     drop(db);
     let mut db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("2"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("3"));
     let job = db.job("job-1", 300).unwrap().unwrap();
     let result = job.result.unwrap();
     assert_eq!(result.provenance.as_deref(), Some("{}\n"));
@@ -344,16 +345,92 @@ fn a_version_1_database_is_upgraded_in_place_and_keeps_its_jobs() {
         db.job("job-2", 403).unwrap().unwrap().result.unwrap().logs,
         report().logs
     );
+    // Version 2 (before cancellation): the column is added, the jobs kept.
+    db.conn
+        .execute_batch(
+            "ALTER TABLE jobs DROP COLUMN cancel_requested_at;
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    drop(db);
+    let mut db = Db::open(&path).unwrap();
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("3"));
+    assert_eq!(
+        db.job("job-2", 403).unwrap().unwrap().cancel_requested_at,
+        None
+    );
     // A version this build does not know is refused, not guessed at.
     db.conn
         .execute(
-            "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+            "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
             [],
         )
         .unwrap();
     drop(db);
     let e = Db::open(&path).unwrap_err().to_string();
-    assert!(e.contains("schema version Some(\"3\")"), "{e}");
+    assert!(e.contains("schema version Some(\"4\")"), "{e}");
+}
+
+#[test]
+fn a_queued_job_is_cancelled_at_once_and_a_running_one_is_asked_of_its_runner() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1", "r2"]);
+    for id in ["job-1", "job-2", "job-3"] {
+        db.submit_job(id, &spec(Some("1m")), Trust::Trusted, 100)
+            .unwrap();
+    }
+    // job-1 is leased; job-2 is cancelled while queued and is never leased.
+    db.lease("r1", 100).unwrap().unwrap();
+    assert_eq!(db.cancel("job-2", 110).unwrap(), Cancelled::BeforeItRan);
+    let job = db.job("job-2", 110).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Finished);
+    assert_eq!(job.cancel_requested_at, Some(110));
+    let result = job.result.unwrap().result;
+    assert_eq!(result["status"], "refused");
+    assert_eq!(result["reason"], "cancelled by the operator before it ran");
+    assert_eq!(db.lease("r2", 111).unwrap().unwrap().job_id, "job-3");
+    assert!(db.lease("r2", 112).unwrap().is_none());
+    // The running job: marked once, seen by its runner only.
+    assert!(!db.cancel_requested("job-1", "r1", 120).unwrap());
+    assert_eq!(db.cancel("job-1", 120).unwrap(), Cancelled::Requested);
+    assert_eq!(db.cancel("job-1", 130).unwrap(), Cancelled::Requested);
+    assert_eq!(
+        db.job("job-1", 130).unwrap().unwrap().cancel_requested_at,
+        Some(120)
+    );
+    assert!(db.cancel_requested("job-1", "r1", 130).unwrap());
+    assert!(matches!(
+        db.cancel_requested("job-1", "r2", 130),
+        Err(StateError::NotLeasedToRunner { .. })
+    ));
+    // The runner reports it; then there is nothing to cancel.
+    db.record_result("job-1", "r1", &report(), 140).unwrap();
+    assert!(matches!(
+        db.cancel("job-1", 150),
+        Err(StateError::Ended {
+            state: "finished",
+            ..
+        })
+    ));
+    assert!(matches!(
+        db.cancel("job-2", 150),
+        Err(StateError::Ended { .. })
+    ));
+    // A lost job, an unknown one.
+    let lease = db
+        .job("job-3", 150)
+        .unwrap()
+        .unwrap()
+        .lease_expires_at
+        .unwrap();
+    assert!(matches!(
+        db.cancel("job-3", lease),
+        Err(StateError::Ended { state: "lost", .. })
+    ));
+    assert!(matches!(
+        db.cancel("job-9", 150),
+        Err(StateError::NoSuchJob { .. })
+    ));
 }
 
 #[test]

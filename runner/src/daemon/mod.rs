@@ -49,6 +49,12 @@
 //! The run's `job.log` and `egress.log` are uploaded the same way, first, and listed in the
 //! report: a job whose outputs cannot be delivered is still reported with its log.
 //!
+//! Cancelling: while a job runs the daemon asks the coordinator every `[daemon]
+//! poll_interval` whether the operator cancelled it (`POST /v1/jobs/{id}/heartbeat`). If so,
+//! it kills the run (its job processes die with it), and reports the job `failed`, saying it
+//! was cancelled, with the log of what ran. A coordinator that cannot be reached cannot
+//! cancel: the job goes on.
+//!
 //! While the job runs, what its run has stored of `job.log` so far (masked, capped: the run's
 //! own file) is also sent every `[daemon] live_log_interval`, appended by offset
 //! (`PUT /v1/jobs/{id}/live-log/{offset}`), so an operator can follow a long build at the
@@ -63,7 +69,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bulwark_protocol::control::{Lease, LogFile, ResultReport, MAX_BODY_BYTES};
+use bulwark_protocol::control::{Heartbeat, Lease, LogFile, ResultReport, MAX_BODY_BYTES};
 use bulwark_protocol::JobSpec;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -503,9 +509,30 @@ impl Daemon {
         );
         tokio::pin!(follow);
         let mut following = interval.is_some();
+        let cancelled = self.watch_cancel(lease);
+        tokio::pin!(cancelled);
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for bulwark run")?,
+                () = &mut cancelled => {
+                    // Killing the run kills every job process (they die with it).
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    tracing::info!(job_id = %lease.job_id, "job cancelled by the operator");
+                    salvage_log(&out);
+                    let mut logs = Vec::new();
+                    for name in bulwark_protocol::control::LOG_NAMES {
+                        logs.extend(hash_log(&out, name)?);
+                    }
+                    return Ok(ResultReport {
+                        logs,
+                        ..synthetic_result(
+                            lease,
+                            "failed",
+                            "cancelled by the operator while it ran",
+                        )
+                    });
+                }
                 () = &mut follow, if following => following = false,
                 n = stderr.read(&mut buf), if stderr_open => match n {
                     Ok(0) | Err(_) => stderr_open = false,
@@ -538,6 +565,41 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         tracing::info!(job_id = %lease.job_id, status = ?status.code(), "job ended");
         collect(lease, &out, status.code(), &tail)
+    }
+
+    /// Asks the coordinator every poll interval whether the operator cancelled the job, and
+    /// returns when it has. A failed request is tried again at the next interval; once the
+    /// coordinator refuses to answer for the job (its lease is over, say) it is not asked
+    /// again, and this never returns.
+    async fn watch_cancel(&self, lease: &Lease) {
+        let reg = &self.identity.registration;
+        let target = format!("/v1/jobs/{}/heartbeat", lease.job_id);
+        let mut ticks = tokio::time::interval(self.poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            match self
+                .client
+                .post_signed(&target, Vec::new(), &reg.runner_id, &self.identity.key)
+                .await
+            {
+                Ok(answer) => match serde_json::from_slice::<Heartbeat>(&answer.body) {
+                    Ok(Heartbeat { cancel: true }) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat: not an answer of the protocol")
+                    }
+                },
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(job_id = %lease.job_id, error = %e, "heartbeat failed; next interval")
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat refused; the job can no longer be cancelled from the coordinator");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 
     /// Sends what the run has stored of `job.log` so far to the coordinator every `interval`,
@@ -1031,6 +1093,19 @@ fn hash_log(out: &Path, name: &str) -> Result<Option<LogFile>> {
     }))
 }
 
+/// A run that died (killed, cancelled) left its log under the name it is written as
+/// (`joblog::PARTIAL_NAME`): it becomes `job.log`, so the log of what ran is reported. The
+/// run is gone, so nothing writes it any more; an existing `job.log` is left alone.
+fn salvage_log(out: &Path) {
+    let partial = out.join(crate::joblog::PARTIAL_NAME);
+    let log = out.join("job.log");
+    if !log.exists() && partial.exists() {
+        if let Err(e) = std::fs::rename(&partial, &log) {
+            eprintln!("bulwark daemon: keeping the log of {}: {e}", out.display());
+        }
+    }
+}
+
 /// A result for a job that never reached `bulwark run`'s own `result.json`.
 fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
     ResultReport {
@@ -1065,6 +1140,9 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
         }
     };
     // The logs first: a run that died before its result.json still has the log that says why.
+    if !out.join("result.json").exists() {
+        salvage_log(out);
+    }
     let mut logs = Vec::new();
     for name in bulwark_protocol::control::LOG_NAMES {
         if let Some(log) = hash_log(out, name)? {
