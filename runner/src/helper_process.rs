@@ -241,14 +241,13 @@ impl Started {
 
     /// Writes `spec` to the helper and closes the pipe; the helper then builds the sandbox.
     pub fn send(mut self, spec: &SandboxSpec) -> Result<Child, String> {
-        // Zeroed when dropped: a trusted job's spec carries its credentials. Sized up front
-        // (a spec is a few KiB), so that encoding does not reallocate and leave unzeroed
-        // partial copies behind.
-        let mut json = zeroize::Zeroizing::new(Vec::with_capacity(64 << 10));
-        serde_json::to_writer(&mut *json, spec)
+        // Zeroed when dropped, and when it grows: a trusted job's spec carries its
+        // credentials.
+        let mut json = bulwark_sandbox::secret_buf::SecretBuf::new();
+        serde_json::to_writer(&mut json, spec)
             .map_err(|e| format!("encoding the sandbox spec: {e}"))?;
         let mut pipe = self.spec.take().ok_or("spec already sent")?;
-        if let Err(e) = pipe.write_all(&json) {
+        if let Err(e) = pipe.write_all(json.as_bytes()) {
             drop(pipe);
             return Err(self.stopped_early(&format!("sending the sandbox spec: {e}")));
         }

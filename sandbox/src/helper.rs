@@ -23,7 +23,7 @@
 //! 8. fork init, pid 1 of the new pid namespace, and relay its exit status.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{open, OFlag};
@@ -71,15 +71,11 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     // still preparing the job and the spec has not arrived.
     let seccomp = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
     // The spec may carry a trusted job's credentials: the text is zeroed once parsed, before
-    // init is forked, so that no copy of it outlives this point in either process.
-    // Sized up front, so that reading does not reallocate and leave unzeroed copies of what
-    // was read so far: a spec is a few KiB. Not larger: the whole buffer is zeroed, on every
-    // launch. (A spec over 64 KiB still works, with that caveat.)
-    let mut input = zeroize::Zeroizing::new(String::with_capacity(64 << 10));
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .map_err(at("read spec"))?;
-    let mut spec: SandboxSpec = serde_json::from_str(&input).map_err(|e| {
+    // init is forked, so that no copy of it outlives this point in either process; read into
+    // a buffer that zeroes what it leaves behind when it grows (`secret_buf`).
+    let input =
+        crate::secret_buf::SecretBuf::read_all(&mut std::io::stdin()).map_err(at("read spec"))?;
+    let mut spec: SandboxSpec = serde_json::from_slice(input.as_bytes()).map_err(|e| {
         (
             "parse spec",
             format!("{e} (install bulwark and bulwark-sandbox from one build)"),

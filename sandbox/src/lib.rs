@@ -33,6 +33,7 @@ pub mod namespaces;
 pub mod probe;
 pub mod process;
 pub mod seccomp;
+pub mod secret_buf;
 pub mod spec;
 pub mod subid;
 pub mod sys;

@@ -483,10 +483,22 @@ mod root_mode {
         let (env, c, sts) = setup("creds-memory");
         let (repo, commit) = repo(&env);
         let _daemon = Daemon::start(&env);
-        let run = "cat /run/credentials/vault/token /run/credentials/aws/credentials >/dev/null \
-                   && touch /workspace/started && sleep 5 && sh build.sh";
+        // Comments make the sandbox spec larger than its buffers are sized for (64 KiB), so
+        // that they grow while holding the credentials (a step's run is at most 64 KiB). This
+        // proves the growth path leaves nothing readable here; it does not prove the need for
+        // `SecretBuf`: with plain growing buffers this test passed too (glibc grew them in
+        // place or reused the freed memory before the scan).
+        let pad = "x".repeat(40 << 10);
+        let run = format!(
+            "cat /run/credentials/vault/token /run/credentials/aws/credentials >/dev/null \
+             && touch /workspace/started && sleep 5 && sh build.sh # {pad}"
+        );
+        let run = run.as_str();
         let id = c.submit(
-            &with_credentials(&git_job(&repo, &commit, "memory", run), &["aws", "vault"]),
+            &format!(
+                "{}\n[[steps]]\nname = \"after\"\nrun = \"true # {pad}\"\n",
+                with_credentials(&git_job(&repo, &commit, "memory", run), &["aws", "vault"])
+            ),
             "trusted",
         );
         // The step is running once its marker is in its workspace (state/jobs/<run>/workspace).
