@@ -2005,7 +2005,9 @@ mod delegated_v2 {
             "[resources]\nmemory = \"256MiB\"\npids = 64\n[[steps]]",
         );
         let id = c.submit(&spec, "untrusted");
-        let j = c.wait_done(&id, 120);
+        // The VM is emulated: the git fetch and the job take over a minute here on an idle
+        // host, and more when the host is busy.
+        let j = c.wait_done(&id, 300);
         let log = fs::read_to_string(env.dir.join("daemon.log")).unwrap_or_default();
         let result = &j["result"]["result"];
         assert_eq!(result["status"], "succeeded", "{j}\n{log}");
