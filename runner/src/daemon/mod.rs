@@ -517,7 +517,12 @@ impl Daemon {
                 () = &mut cancelled => {
                     // Killing the run kills every job process (they die with it).
                     let _ = child.start_kill();
-                    let _ = child.wait().await;
+                    let status = child.wait().await.context("waiting for bulwark run")?;
+                    // The run may have ended on its own just as the answer came: a job that
+                    // finished is reported as it finished.
+                    if out.join("result.json").exists() {
+                        break status;
+                    }
                     tracing::info!(job_id = %lease.job_id, "job cancelled by the operator");
                     salvage_log(&out);
                     let mut logs = Vec::new();
