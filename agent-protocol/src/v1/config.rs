@@ -52,8 +52,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
     /// How long an idle daemon waits between asking its coordinator for a job
-    /// (`poll_interval = "5s"`; 100ms to 10m). Also the first wait after a failed request,
-    /// doubled on each further failure up to a minute.
+    /// (`poll_interval = "5s"`; 100ms to 10m), and how often it asks, for each job it runs,
+    /// whether the job was cancelled. Also the first wait after a failed request, doubled on
+    /// each further failure up to a minute.
     pub poll_interval: Duration,
     /// How long a finished job's directory (its spec, outputs, log, result and provenance)
     /// stays on the host after it was reported (`keep_outputs = "168h"`); `0s`: removed as

@@ -86,17 +86,17 @@ pub const MAX_HANDOFF_BYTES: u64 = 256 * 1024;
 /// Reads the handoff from standard input (the daemon closes it after writing).
 fn read_handoff() -> Result<Handoff, String> {
     use std::io::Read;
-    let mut raw = zeroize::Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .take(MAX_HANDOFF_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading the credentials from standard input: {e}"))?;
-    if raw.len() as u64 > MAX_HANDOFF_BYTES {
+    // Zeroed when dropped and when it grows (`SecretBuf`).
+    let raw = bulwark_sandbox::secret_buf::SecretBuf::read_all(
+        &mut std::io::stdin().take(MAX_HANDOFF_BYTES + 1),
+    )
+    .map_err(|e| format!("reading the credentials from standard input: {e}"))?;
+    if raw.as_bytes().len() as u64 > MAX_HANDOFF_BYTES {
         return Err(format!(
             "the credentials on standard input are larger than {MAX_HANDOFF_BYTES} bytes"
         ));
     }
-    serde_json::from_slice(&raw)
+    serde_json::from_slice(raw.as_bytes())
         .map_err(|e| format!("the credentials on standard input are not a handoff: {e}"))
 }
 

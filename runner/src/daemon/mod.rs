@@ -50,10 +50,11 @@
 //! report: a job whose outputs cannot be delivered is still reported with its log.
 //!
 //! Cancelling: while a job runs the daemon asks the coordinator every `[daemon]
-//! poll_interval` whether the operator cancelled it (`POST /v1/jobs/{id}/heartbeat`). If so,
-//! it kills the run (its job processes die with it), and reports the job `failed`, saying it
-//! was cancelled, with the log of what ran. A coordinator that cannot be reached cannot
-//! cancel: the job goes on.
+//! poll_interval` whether the operator cancelled it (`POST /v1/jobs/{id}/heartbeat`; after a
+//! failure it waits longer, doubling up to a minute). If so, it kills the run (its sandboxed
+//! processes die with it; a git fetch the run started is killed by the next run of that job
+//! uid in root mode), and reports the job `failed`, saying it was cancelled, with the log of
+//! what ran. A coordinator that cannot be reached cannot cancel: the job goes on.
 //!
 //! While the job runs, what its run has stored of `job.log` so far (masked, capped: the run's
 //! own file) is also sent every `[daemon] live_log_interval`, appended by offset
@@ -486,12 +487,13 @@ impl Daemon {
         if let Some(handoff) = handoff {
             // Through a pipe only: never a file, an argument or the environment.
             use tokio::io::AsyncWriteExt;
-            let json = zeroize::Zeroizing::new(
-                serde_json::to_vec(&handoff).context("encoding the credentials")?,
-            );
+            // Zeroed when dropped and when it grows (`SecretBuf`).
+            let mut json = bulwark_sandbox::secret_buf::SecretBuf::new();
+            serde_json::to_writer(&mut json, &handoff).context("encoding the credentials")?;
+            let json = json.as_bytes();
             let mut stdin = child.stdin.take().context("the run's standard input")?;
             stdin
-                .write_all(&json)
+                .write_all(json)
                 .await
                 .context("handing the credentials to bulwark run")?;
             drop(stdin);
@@ -518,9 +520,11 @@ impl Daemon {
                     // Killing the run kills every job process (they die with it).
                     let _ = child.start_kill();
                     let status = child.wait().await.context("waiting for bulwark run")?;
-                    // The run may have ended on its own just as the answer came: a job that
-                    // finished is reported as it finished.
-                    if out.join("result.json").exists() {
+                    // The run may have ended on its own just as the answer came (an exit
+                    // status, where our kill leaves none): it is reported as it ended. A
+                    // result.json alone would not say so: the run writes it before it signs
+                    // the provenance.
+                    if status.code().is_some() {
                         break status;
                     }
                     tracing::info!(job_id = %lease.job_id, "job cancelled by the operator");
@@ -573,17 +577,17 @@ impl Daemon {
     }
 
     /// Asks the coordinator every poll interval whether the operator cancelled the job, and
-    /// returns when it has. A failed request is tried again at the next interval; once the
-    /// coordinator refuses to answer for the job (its lease is over, say) it is not asked
-    /// again, and this never returns.
+    /// returns when it has. After a failed request it waits longer, doubling up to a minute
+    /// (an outage is not hammered by every running job); once the coordinator says the job
+    /// is not this runner's to ask about (`403`, `404`, `409`: its lease is over, say) it is
+    /// not asked again, and this never returns.
     async fn watch_cancel(&self, lease: &Lease) {
         let reg = &self.identity.registration;
         let target = format!("/v1/jobs/{}/heartbeat", lease.job_id);
-        let mut ticks = tokio::time::interval(self.poll);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
+        let mut wait = self.poll;
         loop {
-            ticks.tick().await;
+            tokio::time::sleep(wait).await;
+            wait = self.poll;
             match self
                 .client
                 .post_signed(&target, Vec::new(), &reg.runner_id, &self.identity.key)
@@ -596,12 +600,13 @@ impl Daemon {
                         tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat: not an answer of the protocol")
                     }
                 },
-                Err(e) if e.is_transient() => {
-                    tracing::debug!(job_id = %lease.job_id, error = %e, "heartbeat failed; next interval")
-                }
-                Err(e) => {
+                Err(e) if matches!(e.status(), Some(403 | 404 | 409)) => {
                     tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat refused; the job can no longer be cancelled from the coordinator");
                     std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
+                    tracing::debug!(job_id = %lease.job_id, error = %e, "heartbeat failed; asking again in {wait:?}");
                 }
             }
         }
@@ -617,10 +622,12 @@ impl Daemon {
         let reg = &self.identity.registration;
         let path = out.join(crate::joblog::PARTIAL_NAME);
         let mut sent: u64 = 0;
-        let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(100)));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let interval = interval.max(Duration::from_millis(100));
+        // Longer after a failure, doubling up to a minute: an outage is not hammered.
+        let mut wait = interval;
         loop {
-            ticks.tick().await;
+            tokio::time::sleep(wait).await;
+            wait = interval;
             loop {
                 // Not there yet, or renamed to job.log because the run is ending: next tick.
                 let Ok(chunk) = read_at(&path, sent, LIVE_LOG_CHUNK).await else {
@@ -638,7 +645,8 @@ impl Daemon {
                 {
                     Ok(_) => sent += n as u64,
                     Err(e) if e.is_transient() => {
-                        tracing::debug!(job_id = %lease.job_id, error = %e, "live log not sent; next interval");
+                        wait = (wait * 2).min(MAX_BACKOFF.max(interval));
+                        tracing::debug!(job_id = %lease.job_id, error = %e, "live log not sent; trying again in {wait:?}");
                         break;
                     }
                     Err(e) if e.status() == Some(409) && sent > 0 => {
