@@ -103,7 +103,8 @@ impl From<StateError> for ApiError {
             | StateError::Untrusted { .. } => StatusCode::FORBIDDEN,
             StateError::AlreadyFinished { .. }
             | StateError::LeaseExpired { .. }
-            | StateError::Ended { .. } => StatusCode::CONFLICT,
+            | StateError::Ended { .. }
+            | StateError::Cancelled { .. } => StatusCode::CONFLICT,
             StateError::NoSuchJob { .. } => StatusCode::NOT_FOUND,
             _ => return ApiError::internal(&e),
         };

@@ -242,6 +242,12 @@ pub enum StateError {
         /// The job.
         job_id: String,
     },
+    /// An identity token for a job the operator cancelled.
+    #[error("job {job_id} was cancelled by the operator: it gets no identity token")]
+    Cancelled {
+        /// The job.
+        job_id: String,
+    },
     /// No such job.
     #[error("job {job_id} not found")]
     NoSuchJob {
@@ -870,6 +876,12 @@ impl Db {
         let job = self.job_leased_to(job_id, runner_id, now)?;
         if job.trust != Trust::Trusted {
             return Err(StateError::Untrusted {
+                job_id: job_id.to_owned(),
+            });
+        }
+        // A job the operator cancelled gets no new credentials while it is being stopped.
+        if job.cancel_requested_at.is_some() {
+            return Err(StateError::Cancelled {
                 job_id: job_id.to_owned(),
             });
         }

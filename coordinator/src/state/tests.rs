@@ -399,6 +399,11 @@ fn a_queued_job_is_cancelled_at_once_and_a_running_one_is_asked_of_its_runner() 
         Some(120)
     );
     assert!(db.cancel_requested("job-1", "r1", 130).unwrap());
+    // No new credentials for a job being stopped.
+    assert!(matches!(
+        db.job_for_id_token("job-1", "r1", 130),
+        Err(StateError::Cancelled { .. })
+    ));
     assert!(matches!(
         db.cancel_requested("job-1", "r2", 130),
         Err(StateError::NotLeasedToRunner { .. })
