@@ -104,7 +104,7 @@ pub struct CredentialFile {
 /// the fork, in init). Hex has no escape, so the parser hands over a slice of its input, which
 /// the helper zeroes; the decoded bytes go straight into the [`CredentialFile`], zeroed when it
 /// is dropped.
-mod secret_hex {
+pub mod secret_hex {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(contents: &str, s: S) -> Result<S::Ok, S::Error> {

@@ -66,10 +66,71 @@ pub struct Issued {
     pub kind: String,
     /// When it expires (RFC 3339), as the service said.
     pub expires: Option<String>,
-    /// File name and contents, in `/run/credentials/<name>/`.
+    /// File name and contents, in `/run/credentials/<name>/`. On the wire as hex ([`hex`]).
+    #[serde(with = "hex::files")]
     pub files: Vec<(String, Secret)>,
-    /// Every value to mask in the job's log.
+    /// Every value to mask in the job's log. On the wire as hex ([`hex`]).
+    #[serde(with = "hex::values")]
     pub secrets: Vec<Secret>,
+}
+
+/// [`Issued`]'s values as lowercase hex in the handoff (`bulwark_sandbox::spec::secret_hex`),
+/// for the reason the sandbox spec carries them so: a JSON string with an escape (a
+/// credential file's newline) is parsed through a scratch buffer of the parser's that is
+/// freed without being zeroed, in the run, and written through one in the daemon.
+mod hex {
+    use bulwark_sandbox::spec::secret_hex;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Secret;
+
+    /// A secret on its way out, as hex.
+    struct Out<'a>(&'a Secret);
+
+    impl Serialize for Out<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            secret_hex::serialize(self.0.expose(), s)
+        }
+    }
+
+    /// A secret on its way in, from hex.
+    struct In(Secret);
+
+    impl<'de> Deserialize<'de> for In {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<In, D::Error> {
+            secret_hex::deserialize(d).map(|text| In(Secret::new(text)))
+        }
+    }
+
+    pub mod files {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &[(String, Secret)], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|(name, value)| (name, Out(value))))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<(String, Secret)>, D::Error> {
+            let v: Vec<(String, In)> = Vec::deserialize(d)?;
+            Ok(v.into_iter()
+                .map(|(name, In(value))| (name, value))
+                .collect())
+        }
+    }
+
+    pub mod values {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &[Secret], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(Out))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+            let v: Vec<In> = Vec::deserialize(d)?;
+            Ok(v.into_iter().map(|In(value)| value).collect())
+        }
+    }
 }
 
 /// What `bulwark daemon` writes to its `bulwark run` child's standard input.
@@ -191,6 +252,29 @@ mod tests {
         assert!(!format!("{i:?}").contains("hunter2"));
     }
 
+    #[test]
+    fn a_handoff_carries_values_as_hex_with_no_escape_and_reads_them_back() {
+        let value = Secret::new("[default]\naws_secret_access_key = s/e+c\n".into());
+        let handoff = Handoff {
+            credentials: vec![Issued {
+                name: "aws".into(),
+                kind: "aws".into(),
+                expires: None,
+                files: vec![("credentials".into(), value.clone())],
+                secrets: vec![value.clone()],
+            }],
+        };
+        let wire = serde_json::to_string(&handoff).unwrap();
+        assert!(
+            !wire.contains('\\') && !wire.contains("aws_secret"),
+            "{wire}"
+        );
+        assert!(wire.contains("5b64656661756c745d0a"), "{wire}");
+        let back: Handoff = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back.credentials[0].files[0].1, value);
+        assert_eq!(back.credentials[0].secrets, vec![value]);
+    }
+
     const CHILD_TEST: &str = "creds::tests::child_receives_a_handoff";
     const CHILD_ENV: &str = "BULWARK_TEST_CREDS_CHILD";
 
@@ -211,11 +295,17 @@ mod tests {
     #[test]
     fn a_run_that_receives_credentials_is_not_dumpable() {
         use std::io::Write;
-        let handoff = serde_json::json!({"credentials": [{
-            "name": "vault", "kind": "vault", "expires": null,
-            "files": [["token", "hvs.secret-token-value"]],
-            "secrets": ["hvs.secret-token-value"],
-        }]});
+        let token = Secret::new("hvs.secret-token-value".into());
+        let handoff = serde_json::to_string(&Handoff {
+            credentials: vec![Issued {
+                name: "vault".into(),
+                kind: "vault".into(),
+                expires: None,
+                files: vec![("token".into(), token.clone())],
+                secrets: vec![token],
+            }],
+        })
+        .expect("encode");
         let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
             .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, "1")
@@ -225,9 +315,7 @@ mod tests {
             .spawn()
             .expect("spawn");
         let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(handoff.to_string().as_bytes())
-            .expect("write");
+        stdin.write_all(handoff.as_bytes()).expect("write");
         drop(stdin);
         let out = child.wait_with_output().expect("wait");
         let stdout = String::from_utf8_lossy(&out.stdout);
