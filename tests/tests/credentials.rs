@@ -139,6 +139,72 @@ fn out_dir(env: &Env, job: &str) -> PathBuf {
 }
 
 #[test]
+fn a_credential_the_job_prints_is_masked_in_the_live_log_at_the_coordinator() {
+    let (env, c, sts) = setup("creds-live");
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    // The job prints its token in two writes, a moment apart (a masker that wrote what it
+    // had so far would send the first part), then waits; the test reads the live log while
+    // it waits, then cancels it.
+    let run = "head -c 6 /run/credentials/vault/token; sleep 1; tail -c +7 /run/credentials/vault/token; \
+               echo LIVE-MARK; sleep 300";
+    let id = c.submit(
+        &with_credentials(&git_job(&repo, &commit, "live", run), &["vault"]),
+        "trusted",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let live = loop {
+        let (status, headers, body) = c.fetch_with(&id, "logs/job.log", None);
+        if status == 200 && String::from_utf8_lossy(&body).contains("LIVE-MARK") {
+            assert_eq!(
+                headers.get("bulwark-log-complete").map(String::as_str),
+                Some("false")
+            );
+            break String::from_utf8(body).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live log: {status} {}\n{}",
+            c.job(&id),
+            daemon_log(&env)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let reqs = sts.requests();
+    let token = reqs
+        .iter()
+        .find(|r| r["path"] == "/v1/auth/jwt/login")
+        .expect("a vault login")["issued"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !live.contains(&token) && !live.contains(&token[..6]),
+        "{live}"
+    );
+    assert!(live.starts_with("***"), "{live}");
+    // Nothing at the coordinator holds it either.
+    for entry in std::fs::read_dir(c.state.join("outputs").join(&id)).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&token));
+    }
+    let o = Command::new(bulwark_tests::coordinator_bin())
+        .args(["jobs", "cancel", "--state"])
+        .arg(&c.state)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = c.wait_done(&id, 60);
+    assert_eq!(
+        j["result"]["result"]["reason"], "cancelled by the operator while it ran",
+        "{j}"
+    );
+    let (_, _, log) = c.fetch(&id, "logs/job.log");
+    assert!(!String::from_utf8_lossy(&log).contains(&token));
+}
+
+#[test]
 fn a_trusted_job_gets_each_kind_of_credential_as_read_only_files_masked_in_its_log() {
     let (env, c, sts) = setup("creds-ok");
     let (repo, commit) = repo(&env);

@@ -620,7 +620,6 @@ impl Daemon {
     /// last writes) starts again from the beginning, of which it keeps only what it lacks.
     async fn follow_log(&self, lease: &Lease, out: &Path, interval: Duration) {
         let reg = &self.identity.registration;
-        let path = out.join(crate::joblog::PARTIAL_NAME);
         let mut sent: u64 = 0;
         let interval = interval.max(Duration::from_millis(100));
         // Longer after a failure, doubling up to a minute: an outage is not hammered.
@@ -630,7 +629,9 @@ impl Daemon {
             wait = interval;
             loop {
                 // Not there yet, or renamed to job.log because the run is ending: next tick.
-                let Ok(chunk) = read_at(&path, sent, LIVE_LOG_CHUNK).await else {
+                let Ok(chunk) =
+                    read_at(out, crate::joblog::PARTIAL_NAME, sent, LIVE_LOG_CHUNK).await
+                else {
                     break;
                 };
                 if chunk.is_empty() {
@@ -1017,30 +1018,22 @@ fn check_source(spec: &JobSpec) -> Result<(), String> {
     }
 }
 
-/// Up to `max` bytes of the file at `path` from `offset` (fewer at its end), read on the
-/// blocking pool without following a symlink.
-async fn read_at(path: &Path, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
-    let path = path.to_owned();
+/// Up to `max` bytes of `name` in the output directory `out` from `offset` (fewer at its
+/// end), opened as outputs are ([`open_output`]), read on the blocking pool.
+async fn read_at(
+    out: &Path,
+    name: &'static str,
+    offset: u64,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    let out = out.to_owned();
     tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&path)?;
-        // Sized to what is there (usually nothing new), not to `max`.
-        let there = file.metadata()?.len().saturating_sub(offset);
-        let max = usize::try_from(there).map_or(max, |t| t.min(max));
-        let mut buf = vec![0u8; max];
-        let mut got = 0;
-        while got < max {
-            match file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(got);
+        use std::os::unix::fs::FileExt;
+        let (file, len) = open_output(&out, name)?;
+        // Sized to what is there (usually nothing new), not to `max`. The file only grows.
+        let there = len.saturating_sub(offset);
+        let mut buf = vec![0u8; usize::try_from(there).map_or(max, |t| t.min(max))];
+        file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
     })
     .await
