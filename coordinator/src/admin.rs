@@ -132,9 +132,6 @@ fn copy_from(
         hash.update(&buf[..n]);
         out.write_all(&buf[..n])?;
         done += n as u64;
-        if want == 0 {
-            break;
-        }
     }
     Ok(done)
 }
