@@ -15,7 +15,10 @@
 //! - signal the user's other processes, or reach their abstract unix sockets.
 //!
 //! So the runner starts git through this mode, already switched to the uid it runs as, and
-//! this code, before it execs the program: sets `no_new_privs`; applies a Landlock ruleset
+//! this code, before it execs the program: asks for SIGKILL when the runner dies (`--parent`
+//! names it; git runs in its own process group, so a runner killed mid-fetch, as a cancelled
+//! job's is, would otherwise leave it running on the host with nobody to stop it, and checks
+//! that the runner had not already gone before that was set); sets `no_new_privs`; applies a Landlock ruleset
 //! under which the whole filesystem may be read and executed, but written only beneath the
 //! `--write` directories (the destination and git's private HOME) and `/dev/null`; where the
 //! kernel has Landlock network rules (ABI 4), allows TCP connects only to the `--connect`
@@ -52,12 +55,14 @@ struct Confinement {
     write: Vec<OsString>,
     /// TCP ports connected to.
     connect: Vec<u16>,
+    /// The runner's pid: the program is killed when it dies.
+    parent: i32,
     /// The program (absolute) and its arguments, argv[0] first.
     argv: Vec<OsString>,
 }
 
-/// Entry point of `bulwark-sandbox --confine [--write DIR]... [--connect PORT]... -- PROGRAM
-/// ARGS...`: execs PROGRAM confined, or reports why not on standard error and exits 125.
+/// Entry point of `bulwark-sandbox --confine --parent PID [--write DIR]... [--connect PORT]...
+/// -- PROGRAM ARGS...`: execs PROGRAM confined, or reports why not on standard error and exits 125.
 pub fn confine_main(args: Vec<OsString>) -> ! {
     let err = match parse(args).and_then(|c| confine_and_exec(&c)) {
         Ok(never) => match never {},
@@ -71,8 +76,8 @@ fn parse(args: Vec<OsString>) -> Result<Confinement, Stage> {
     let usage = || {
         (
             "arguments",
-            "usage: bulwark-sandbox --confine [--write DIR]... [--connect PORT]... -- PROGRAM \
-             ARGS..."
+            "usage: bulwark-sandbox --confine --parent PID [--write DIR]... [--connect PORT]... \
+             -- PROGRAM ARGS..."
                 .to_owned(),
         )
     };
@@ -86,6 +91,14 @@ fn parse(args: Vec<OsString>) -> Result<Confinement, Stage> {
                     return Err(("arguments", format!("--write {dir:?}: not absolute")));
                 }
                 c.write.push(dir);
+            }
+            Some("--parent") => {
+                let pid = it.next().ok_or_else(usage)?;
+                c.parent = pid
+                    .to_str()
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .filter(|p| *p > 1)
+                    .ok_or_else(|| ("arguments", format!("--parent {pid:?}: not a pid")))?;
             }
             Some("--connect") => {
                 let port = it.next().ok_or_else(usage)?;
@@ -104,12 +117,27 @@ fn parse(args: Vec<OsString>) -> Result<Confinement, Stage> {
         }
     }
     match c.argv.first() {
-        Some(p) if p.as_bytes().starts_with(b"/") => Ok(c),
+        Some(p) if p.as_bytes().starts_with(b"/") && c.parent != 0 => Ok(c),
         _ => Err(usage()),
     }
 }
 
 fn confine_and_exec(c: &Confinement) -> Result<std::convert::Infallible, Stage> {
+    // First, die with the runner. The runner switched to git's uid before this program ran
+    // (a change of credentials clears the signal), and nothing below changes them again nor
+    // execs a setuid program (no_new_privs), so the signal holds for git. Then the runner must
+    // still be the parent: had it died before the signal was set, nothing would send it.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| ("pdeathsig", e.to_string()))?;
+    if nix::unistd::getppid().as_raw() != c.parent {
+        return Err((
+            "pdeathsig",
+            format!(
+                "the runner (pid {}) is no longer this process's parent",
+                c.parent
+            ),
+        ));
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
     let found = crate::sys::landlock_abi_version();
     let abi_n = crate::landlock::usable_abi();
@@ -201,6 +229,8 @@ mod tests {
     #[test]
     fn the_command_line_names_writable_directories_ports_and_the_program() {
         let c = parse(args(&[
+            "--parent",
+            "77",
             "--write",
             "/d",
             "--connect",
@@ -217,6 +247,7 @@ mod tests {
             Confinement {
                 write: args(&["/d", "/h"]),
                 connect: vec![443],
+                parent: 77,
                 argv: args(&["/usr/bin/git", "fetch"]),
             }
         );
@@ -225,13 +256,16 @@ mod tests {
     #[test]
     fn a_bad_command_line_is_refused_before_anything_runs() {
         for bad in [
-            &["--", "git"][..],                         // relative program
-            &["--write", "rel", "--", "/bin/true"],     // relative directory
-            &["--connect", "0", "--", "/bin/true"],     // port 0
-            &["--connect", "65536", "--", "/bin/true"], // not a port
-            &["--write"],                               // missing value
-            &["/bin/true"],                             // no --
-            &["--"],                                    // no program
+            &["--parent", "9", "--", "git"][..], // relative program
+            &["--parent", "9", "--write", "rel", "--", "/bin/true"], // relative directory
+            &["--parent", "9", "--connect", "0", "--", "/bin/true"], // port 0
+            &["--parent", "9", "--connect", "65536", "--", "/bin/true"], // not a port
+            &["--parent", "9", "--write"],       // missing value
+            &["--parent", "9", "/bin/true"],     // no --
+            &["--parent", "9", "--"],            // no program
+            &["--", "/bin/true"],                // no parent
+            &["--parent", "1", "--", "/bin/true"], // init is nobody's runner
+            &["--parent", "x", "--", "/bin/true"], // not a pid
         ] {
             assert!(parse(args(bad)).is_err(), "{bad:?}");
         }

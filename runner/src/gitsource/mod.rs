@@ -62,7 +62,9 @@
 //! - **Time.** One deadline (`fetch.timeout`) covers every git command; git runs in its own
 //!   process group, which is killed with SIGKILL when the deadline passes, and also whenever a
 //!   command ends, successfully or not (before its leader is reaped, so the group id cannot
-//!   have been reused): nothing left in the group outlives the command.
+//!   have been reused): nothing left in the group outlives the command. Nor does git outlive
+//!   the runner: `--confine` gives it a parent-death signal (a cancelled job's run is killed
+//!   with SIGKILL, mid-fetch perhaps, and then nobody would kill the group).
 //! - **Size.** While git runs (measured at least every 50 ms, less often for a big tree) and
 //!   when each command ends, the destination may hold at most `fetch.max_bytes` in files until
 //!   the checkout (a pack bomb is stopped while it arrives) and [`EXPANSION_FACTOR`] times that
@@ -862,7 +864,11 @@ impl<'a> Git<'a> {
             home.hand_to(uid)?;
         }
         let confine = policy.confine_with.clone().map(|helper| {
-            let mut args: Vec<String> = vec!["--confine".into()];
+            let mut args: Vec<String> = vec![
+                "--confine".into(),
+                "--parent".into(),
+                std::process::id().to_string(),
+            ];
             for dir in [&dest_str, &*home.0.to_string_lossy()] {
                 args.extend(["--write".into(), dir.to_owned()]);
             }

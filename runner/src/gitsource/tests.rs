@@ -1363,3 +1363,131 @@ fn a_git_fetch_runs_confined_when_the_runner_confines_it() {
     assert_eq!(got.commit, first);
     assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
 }
+
+const ORPHAN_CHILD_TEST: &str =
+    "gitsource::tests::child_runs_a_confined_command_until_it_is_killed";
+const ORPHAN_CHILD_ENV: &str = "BULWARK_GITSOURCE_ORPHAN_CHILD";
+
+/// Runs only as a child of `a_confined_command_dies_with_the_runner`, which kills this process
+/// with SIGKILL while the command runs; as a normal test it has nothing to do.
+#[test]
+fn child_runs_a_confined_command_until_it_is_killed() {
+    let Ok(dest) = std::env::var(ORPHAN_CHILD_ENV) else {
+        eprintln!("helper of a_confined_command_dies_with_the_runner: nothing to do");
+        return;
+    };
+    let dest = PathBuf::from(dest);
+    let root = tempdir("orphan");
+    let (repo, _, _) = two_commits(&root);
+    let home = PrivateHome::create().unwrap();
+    let policy = confined_policy_for(&[&root]);
+    let remote = Remote::check(&file_url(&repo), &policy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    // Stands for a git that hangs on a server: it says where it is, then waits.
+    let mut cmd = git.command("/bin/sh");
+    cmd.args([
+        "-c",
+        "echo $$ > pid.tmp && mv pid.tmp pid && exec sleep 300",
+    ])
+    .current_dir(&dest);
+    let _ = git.wait_for("orphan", cmd, u64::MAX);
+}
+
+/// A runner killed mid-fetch (a cancelled job's `bulwark run` is killed with SIGKILL) leaves no
+/// git behind: git runs in its own process group, which nobody would kill then, so it is
+/// started with a parent-death signal.
+#[test]
+fn a_confined_command_dies_with_the_runner() {
+    let dest = tempdir("orphan-dest");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            ORPHAN_CHILD_TEST,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ORPHAN_CHILD_ENV, &*dest)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = dest.join("pid");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !pid_file.exists() {
+        if Instant::now() >= until || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the confined command never started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !dies(pid),
+        "precondition: the command {pid} should be running"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = dies(pid);
+    if !gone {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        gone,
+        "the command {pid} outlived the runner that started it"
+    );
+}
+
+/// The parent-death signal is set before the check that the runner is still the parent, so a
+/// runner gone before it could be set is noticed: a confinement naming another parent (as
+/// when the runner died and the helper was handed to another) refuses and runs nothing.
+#[test]
+fn a_confined_command_does_not_run_when_the_runner_is_not_its_parent() {
+    let helper = sandbox_helper().expect(
+        "bulwark-sandbox is not built next to the test binaries: run `cargo build --all-targets` first",
+    );
+    let dir = tempdir("orphan-parent");
+    let marker = dir.join("ran");
+    let mut other = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let out = Command::new(&helper)
+        .args(["--confine", "--parent", &other.id().to_string(), "--write"])
+        .arg(&*dir)
+        .args(["--", "/bin/sh", "-c", "echo > \"$1\"", "sh"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    let _ = other.kill();
+    let _ = other.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("pdeathsig: the runner (pid") && stderr.contains("no longer"),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the program ran");
+    // Control: with this process named, the same command runs.
+    let out = Command::new(&helper)
+        .args([
+            "--confine",
+            "--parent",
+            &std::process::id().to_string(),
+            "--write",
+        ])
+        .arg(&*dir)
+        .args(["--", "/bin/sh", "-c", "echo > \"$1\"", "sh"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(marker.exists());
+}
