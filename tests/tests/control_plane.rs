@@ -702,6 +702,87 @@ fn a_running_jobs_log_is_followed_at_the_coordinator_before_the_job_ends() {
     );
 }
 
+/// The coordinator lost the live log it held (its store restored from a backup, the file
+/// removed): the daemon's next append is refused as a gap (`409`), and it sends the log again
+/// from its first byte, so what the operator sees starts at the job's beginning.
+#[test]
+fn a_live_log_the_coordinator_lost_is_sent_again_from_the_start() {
+    let (env, c) = registered("cp-live-resend");
+    let (repo, commit) = repo(&env);
+    let mut daemon = Daemon::start(&env);
+    let tag = bulwark_tests::random_hex(6);
+    let id = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "resend",
+            &format!(
+                "echo first line; m=one; sh -c 'sleep 300' \"$m-{tag}\" || true; \
+                 echo second line; m=two; sh -c 'sleep 300' \"$m-{tag}\" || true; sh build.sh"
+            ),
+        ),
+        "untrusted",
+    );
+    let live_log = |want: &[u8]| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, _, body) = c.fetch_with(&id, "logs/job.log", None);
+            if status == 200 && body.ends_with(want) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "live log never ended with {:?}: {status} {}\n{}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&body),
+                daemon_log(&env)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let kill = |pid: i32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap()
+    };
+    let first_wait = bulwark_tests::wait_for_process(&format!("one-{tag}"), "the job", 60);
+    let first = live_log(b"first line\n");
+    let stored = c.state.join("outputs").join(&id).join("live.log");
+    std::fs::remove_file(&stored).unwrap();
+    kill(first_wait);
+    let second_wait = bulwark_tests::wait_for_process(&format!("two-{tag}"), "the job", 60);
+    // Whole again: the first line is there, sent a second time, before the second.
+    let whole = live_log(b"second line\n");
+    assert!(
+        whole.starts_with(&first),
+        "{}",
+        String::from_utf8_lossy(&whole)
+    );
+    let partial = env
+        .state
+        .join("daemon/jobs")
+        .join(&id)
+        .join("out")
+        .join(".job.log.partial");
+    assert_eq!(whole, std::fs::read(partial).unwrap());
+    assert!(
+        daemon_log(&env).contains("sending from the start"),
+        "{}",
+        daemon_log(&env)
+    );
+    kill(second_wait);
+    let j = c.wait_done(&id, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{}",
+        daemon_log(&env)
+    );
+}
+
 #[test]
 fn the_operator_cancels_a_queued_job_before_it_runs_and_a_running_one_mid_step() {
     let (env, c) = registered("cp-cancel");
