@@ -26,9 +26,11 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use base64::Engine as _;
 use bulwark_protocol::control::{
-    CancelAnswer, ErrorBody, Heartbeat, IdToken, IdTokenRequest, JobRecord, JobState,
-    RegisterRequest, RegisterResponse, ResultReport, SubmitJob, Submitted, MAX_BODY_BYTES,
+    self, CancelAnswer, ErrorBody, Heartbeat, IdToken, IdTokenRequest, JobRecord, JobState,
+    RegisterRequest, RegisterResponse, RekeyRequest, RekeyResponse, ResultReport, SubmitJob,
+    Submitted, MAX_BODY_BYTES,
 };
 use bulwark_protocol::JobSpec;
 use serde::de::DeserializeOwned;
@@ -239,6 +241,7 @@ fn router_shared(coordinator: Shared) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/runners/register", post(register))
         .route("/v1/runners/lease", post(lease))
+        .route("/v1/runners/rekey", post(rekey))
         .route("/v1/jobs", post(submit))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/id-token", post(id_token))
@@ -532,6 +535,55 @@ async fn register(
             issuer: c.issuer.clone(),
         }))
     })
+    .await
+}
+
+/// `POST /v1/runners/rekey`: signed with the runner's current key; the new key must sign
+/// [`control::rekey_proof_input`]. Asking again for the key already recorded (an answer that
+/// was lost) is answered as the first time.
+async fn rekey(
+    State(c): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RekeyResponse>, ApiError> {
+    signed(
+        &c,
+        method,
+        &uri,
+        &headers,
+        body,
+        move |c, db, runner, body| {
+            let request: RekeyRequest = parse_body(body, "rekey request")?;
+            let key = keys::parse_public_key(&request.public_key)
+                .map_err(|e| ApiError::bad_request(format!("public_key: {e}")))?;
+            let proof = base64::engine::general_purpose::STANDARD
+                .decode(request.proof.trim())
+                .map_err(|_| ApiError::bad_request("proof: not base64"))?;
+            let proven = control::rekey_proof_input(&runner.id, &request.public_key)
+                .is_some_and(|input| keys::verify_der(&key, &input, &proof));
+            if !proven {
+                return Err(ApiError::bad_request(
+                    "proof: the new key's signature over the rekey proof does not verify",
+                ));
+            }
+            let public_key = keys::public_key_pem(&key).map_err(|e| ApiError::internal(&e))?;
+            if public_key != runner.public_key {
+                if !db.set_runner_key(&runner.id, &public_key)? {
+                    return Err(StateError::RunnerNotActive {
+                        runner_id: runner.id,
+                    }
+                    .into());
+                }
+                c.runner_keys.forget(&runner.id);
+                tracing::info!(runner_id = %runner.id, name = %runner.name, "runner re-keyed");
+            }
+            Ok(Json(RekeyResponse {
+                runner_id: runner.id,
+            }))
+        },
+    )
     .await
 }
 

@@ -220,35 +220,43 @@ impl SignedHeaders {
 }
 
 /// The public keys of runners seen active, parsed once: a signature is checked against one
-/// without the database (and its lock). Only keys of active runners are added; a runner's key
-/// never changes under its id (ids are random per registration), and whether the runner is
-/// still active is asked of the database again, under its lock, with the nonce.
+/// without the database (and its lock). Only keys of active runners are added. Whether the
+/// runner is still active, and whether the key checked is still its key (a runner re-keys,
+/// `POST /v1/runners/rekey`), is asked of the database again, under its lock, with the nonce.
 #[derive(Debug, Default)]
 pub struct RunnerKeys(Mutex<HashMap<String, (String, VerifyingKey)>>);
 
 impl RunnerKeys {
     /// `runner_id`'s key and the PEM it was parsed from, read from `db` (locked only for that)
     /// the first time.
+    ///
+    /// The key is cached while the database is still locked, and [`RunnerKeys::forget`] is
+    /// called with it locked too: a key read just before a rekey cannot be cached after the
+    /// rekey dropped it (requests signed with the new key would then fail against the stale
+    /// key until a restart).
     fn get(&self, db: &Mutex<Db>, runner_id: &str) -> Result<(String, VerifyingKey), AuthError> {
         let cached = self.lock().get(runner_id).cloned();
         if let Some(key) = cached {
             return Ok(key);
         }
-        let runner =
-            lock(db)
-                .active_runner(runner_id)?
-                .ok_or_else(|| AuthError::UnknownRunner {
-                    runner_id: runner_id.to_owned(),
-                })?;
+        let db = lock(db);
+        let runner = db
+            .active_runner(runner_id)?
+            .ok_or_else(|| AuthError::UnknownRunner {
+                runner_id: runner_id.to_owned(),
+            })?;
         let key = keys::parse_public_key(&runner.public_key).map_err(|_| AuthError::StoredKey {
             runner_id: runner_id.to_owned(),
         })?;
         let entry = (runner.public_key, key);
         self.lock().insert(runner_id.to_owned(), entry.clone());
+        drop(db);
         Ok(entry)
     }
 
-    fn forget(&self, runner_id: &str) {
+    /// Drops `runner_id`'s cached key (removed, or re-keyed); called with the database locked
+    /// (see [`RunnerKeys::get`]).
+    pub fn forget(&self, runner_id: &str) {
         self.lock().remove(runner_id);
     }
 
@@ -344,8 +352,8 @@ pub fn verify_signed_request_for_digest<'a>(
         keys.forget(runner_id);
         return Err(unknown());
     };
-    // The key checked must be the one recorded now (nothing changes a runner's key, but the
-    // database is a file an operator could edit).
+    // The key checked must be the one recorded now: the runner may have re-keyed since its
+    // key was cached (by a request checked at the same time as this one, say).
     if runner.public_key != pem {
         keys.forget(runner_id);
         return Err(bad_signature());

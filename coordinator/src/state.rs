@@ -154,6 +154,15 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Replacing a runner's key failed.
+    #[error("replacing the key of runner {runner_id}")]
+    Rekey {
+        /// The runner.
+        runner_id: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// Recording a nonce failed.
     #[error("recording a request nonce")]
     RecordNonce(#[source] rusqlite::Error),
@@ -588,6 +597,22 @@ impl Db {
             )
             .optional()
             .map_err(StateError::ReadRunners)
+    }
+
+    /// Replaces active runner `id`'s public key with `public_key` (SPKI PEM): signatures by
+    /// its old key stop working at once. `false` when no active runner has that id.
+    pub fn set_runner_key(&mut self, id: &str, public_key: &str) -> Result<bool, StateError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE runners SET public_key = ?1 WHERE id = ?2 AND removed_at IS NULL",
+                params![public_key, id],
+            )
+            .map_err(|source| StateError::Rekey {
+                runner_id: id.to_owned(),
+                source,
+            })?;
+        Ok(changed == 1)
     }
 
     /// Removes runner `id`: its signatures stop working at once and the jobs leased to it are

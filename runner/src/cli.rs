@@ -163,6 +163,22 @@ pub enum Commands {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Replace this runner's identity key, keeping its registration.
+    ///
+    /// Makes a new key (<state>/runner/identity.key.next until the coordinator accepts it),
+    /// sends its public half signed with the current key and with the new key's proof, then
+    /// puts it in place of identity.key. The old key's signatures stop working at once. Stop
+    /// the daemon first (SIGTERM lets its running jobs finish); run again if it was
+    /// interrupted. For rotation: a key that may have been copied calls for removing the
+    /// runner at the coordinator and registering again. Exit status: 0 re-keyed; 2 refused
+    /// or failed. See docs/control-plane.md.
+    ///
+    /// Example: bulwark rekey --config /etc/bulwark/config.toml
+    Rekey {
+        /// Operator configuration (for the state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// The long-running service: lease jobs from the coordinator, run them, report results.
     ///
     /// Runs each leased job exactly as `bulwark run` does (this host's configuration and
@@ -362,6 +378,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             name,
             config,
         } => register(&coordinator, &token_file, name, config.as_deref()),
+        Commands::Rekey { config } => rekey(config.as_deref()),
         Commands::Daemon { config } => crate::daemon::run(crate::daemon::Args { config }),
         Commands::Verify {
             provenance,
@@ -468,6 +485,41 @@ fn register(
         }
         Err(e) => {
             eprintln!("bulwark register: {e:#}");
+            2
+        }
+    }
+}
+
+fn rekey(config: Option<&std::path::Path>) -> u8 {
+    let result = (|| -> anyhow::Result<(crate::daemon::registration::Registration, bool)> {
+        let loaded = crate::config::load(config)?;
+        let dirs = crate::config::Dirs::resolve(&loaded.config)?;
+        let daemon_dir = dirs.state.join("daemon");
+        crate::fsutil::create_private_dir(&daemon_dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", daemon_dir.display()))?;
+        let _lock = crate::daemon::lock_state(&dirs.state).map_err(|e| {
+            anyhow::anyhow!("{e:#}: stop it first (SIGTERM lets its running jobs finish)")
+        })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(crate::daemon::registration::rekey(&dirs.state))
+    })();
+    match result {
+        Ok((r, resumed)) => {
+            let how = if resumed {
+                " (an interrupted rekey finished)"
+            } else {
+                ""
+            };
+            println!(
+                "runner {} ({}) re-keyed with {}{how}; its old key no longer signs",
+                r.runner_id, r.name, r.coordinator
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("bulwark rekey: {e:#}");
             2
         }
     }

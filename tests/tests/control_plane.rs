@@ -783,6 +783,102 @@ fn a_live_log_the_coordinator_lost_is_sent_again_from_the_start() {
     );
 }
 
+/// `bulwark rekey`: refused while the daemon runs; with it stopped, the key is replaced and the
+/// runner keeps its id and its jobs run; the old key no longer signs; an interrupted rekey
+/// (the coordinator took the new key, its answer was lost) is finished by running it again.
+#[test]
+fn a_runner_rekeys_with_its_daemon_stopped_and_an_interrupted_rekey_is_finished() {
+    use std::os::unix::fs::PermissionsExt;
+    let (env, c) = registered("cp-rekey");
+    let (repo, commit) = repo(&env);
+    let rekey = || {
+        Command::new(bulwark_bin())
+            .args(["rekey", "--config"])
+            .arg(&env.config)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let key = env.state.join("runner/identity.key");
+    let next = env.state.join("runner/identity.key.next");
+    let put_key = |path: &std::path::Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let wait_serving = |from: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !daemon_log(&env)[from..].contains("serving") {
+            assert!(Instant::now() < deadline, "{}", daemon_log(&env));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = std::fs::read(&key).unwrap();
+
+    let mut daemon = Daemon::start(&env);
+    wait_serving(0);
+    let o = rekey();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("another bulwark daemon uses") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), first);
+    assert!(!next.exists());
+    assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+
+    let o = rekey();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("re-keyed") && !out.contains("interrupted"),
+        "{out}"
+    );
+    let second = std::fs::read(&key).unwrap();
+    assert_ne!(second, first);
+    assert!(!next.exists());
+
+    // As if the answer to that rekey had been lost: the old key in place, the new one beside it.
+    put_key(&key, &first);
+    put_key(&next, &second);
+    let o = rekey();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("an interrupted rekey finished"), "{out}");
+    assert_eq!(std::fs::read(&key).unwrap(), second);
+    assert!(!next.exists());
+
+    // The old key is refused: a daemon holding it gets no job.
+    put_key(&key, &first);
+    let mut old = Daemon::start(&env);
+    let id = c.submit(
+        &git_job(&repo, &commit, "rekeyed", "sh build.sh"),
+        "untrusted",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon_log(&env).contains("signature does not verify") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&env));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.job(&id)["state"], "queued");
+    assert_eq!(old.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+
+    // With the new key, the same runner leases and runs it.
+    put_key(&key, &second);
+    let runner_id = {
+        let reg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(env.state.join("runner/registration.json")).unwrap(),
+        )
+        .unwrap();
+        reg["runner_id"].as_str().unwrap().to_owned()
+    };
+    let mut daemon = Daemon::start(&env);
+    let j = c.wait_done(&id, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    assert_eq!(j["runner_id"], runner_id.as_str());
+    assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+}
+
 #[test]
 fn the_operator_cancels_a_queued_job_before_it_runs_and_a_running_one_mid_step() {
     let (env, c) = registered("cp-cancel");

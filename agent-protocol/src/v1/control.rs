@@ -5,7 +5,8 @@
 //! - **Registration** trades a one-time, expiring token (made by the coordinator's operator,
 //!   handed to the host's operator out of band) for a runner id bound to a public key the
 //!   runner generated itself. The private key never leaves the host; the token is useless once
-//!   used, so a leaked provisioning script cannot register a second runner.
+//!   used, so a leaked provisioning script cannot register a second runner. The runner may
+//!   replace that key later ([`RekeyRequest`], signed with the old key, proven with the new).
 //! - **Every later request is signed** by that key over [`signing_input`]: method, path, a
 //!   timestamp, a nonce, the runner id and the body's sha256. A bearer secret was rejected:
 //!   anything that logs or proxies a request (a TLS-terminating load balancer, a debug log)
@@ -104,6 +105,35 @@ pub struct RegisterResponse {
     pub runner_id: String,
     /// The coordinator's OIDC issuer URL (the `iss` of job tokens).
     pub issuer: String,
+}
+
+/// `POST /v1/runners/rekey`: a registered runner replaces its identity key. The request is
+/// signed, as every runner request, with the key being replaced; `proof` shows that the runner
+/// also holds the new one, so a runner cannot take on a key that is someone else's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyRequest {
+    /// The new public key: SPKI PEM, ECDSA P-256.
+    pub public_key: String,
+    /// The new key's signature (ASN.1 DER, standard base64) over [`rekey_proof_input`].
+    pub proof: String,
+}
+
+/// What the new key signs in a [`RekeyRequest`]: the runner it is for and the key as sent.
+/// `None` when the runner id holds a line break.
+pub fn rekey_proof_input(runner_id: &str, public_key_pem: &str) -> Option<Vec<u8>> {
+    if runner_id.contains(['\n', '\r']) {
+        return None;
+    }
+    Some(format!("bulwark-rekey-v1\n{runner_id}\n{public_key_pem}").into_bytes())
+}
+
+/// The answer to a re-keying: the runner's id, unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyResponse {
+    /// The runner's id; its later requests are checked against the new key.
+    pub runner_id: String,
 }
 
 /// `POST /v1/jobs` (operator, bearer admin token): queue a job.

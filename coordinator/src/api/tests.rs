@@ -1328,3 +1328,97 @@ fn only_the_admin_cancels_and_only_the_lease_holder_hears_of_it() {
     );
     assert!(a.json()["cancel_requested_at"].is_u64());
 }
+
+/// The new key's proof for a rekey of `runner_id` to `pem`, signed by `by`.
+fn rekey_proof(by: &SigningKey, runner_id: &str, pem: &str) -> String {
+    use p256::ecdsa::signature::Signer as _;
+    let input = control::rekey_proof_input(runner_id, pem).unwrap();
+    let signature: p256::ecdsa::Signature = by.sign(&input);
+    base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
+}
+
+#[test]
+fn a_runner_rekeys_proving_it_holds_the_new_key_and_its_old_key_stops_working_at_once() {
+    let s = start();
+    let mut runner = register(&s, "build-7");
+    let lease = |r: &TestRunner| signed_post(&s, r, "/v1/runners/lease", b"").status;
+    // The old key is cached by the server from here on.
+    assert_eq!(lease(&runner), 204);
+    let new = runner_key();
+    let pem = keys::public_key_pem(new.verifying_key()).unwrap();
+    let body = |pem: &str, proof: &str| {
+        json!({"public_key": pem, "proof": proof})
+            .to_string()
+            .into_bytes()
+    };
+    let good = body(&pem, &rekey_proof(&new, &runner.id, &pem));
+    let other_pem = keys::public_key_pem(runner_key().verifying_key()).unwrap();
+    for (bad, why) in [
+        (
+            body(&pem, &rekey_proof(&runner.key, &runner.id, &pem)),
+            "proof: the new key's signature",
+        ),
+        (
+            body(&pem, &rekey_proof(&new, "runner-someone-else", &pem)),
+            "proof: the new key's signature",
+        ),
+        // A key someone else holds, with a proof by the key the runner holds.
+        (
+            body(&other_pem, &rekey_proof(&new, &runner.id, &other_pem)),
+            "proof: the new key's signature",
+        ),
+        (body(&pem, "!!not base64"), "proof: not base64"),
+        (
+            body(
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+                "AAAA",
+            ),
+            "public_key",
+        ),
+        (
+            json!({"public_key": pem, "proof": "AAAA", "also": 1})
+                .to_string()
+                .into_bytes(),
+            "unknown field",
+        ),
+    ] {
+        let a = signed_post(&s, &runner, "/v1/runners/rekey", &bad);
+        assert_eq!(a.status, 400, "{why}: {}", String::from_utf8_lossy(&a.body));
+        assert!(a.error().contains(why), "{why}: {}", a.error());
+    }
+    // Signed with the new key before it is the runner's: refused as any forged request.
+    let early = TestRunner {
+        id: runner.id.clone(),
+        key: new.clone(),
+    };
+    assert_eq!(
+        signed_post(&s, &early, "/v1/runners/rekey", &good).status,
+        401
+    );
+    assert_eq!(lease(&runner), 204, "nothing refused changed the key");
+    let a = signed_post(&s, &runner, "/v1/runners/rekey", &good);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["runner_id"], runner.id.as_str());
+    // The new key works at once (the old one was cached), and the old one is refused.
+    let old = std::mem::replace(&mut runner.key, new);
+    assert_eq!(lease(&runner), 204);
+    let a = signed_post(
+        &s,
+        &TestRunner {
+            id: runner.id.clone(),
+            key: old,
+        },
+        "/v1/runners/lease",
+        b"",
+    );
+    assert_eq!(a.status, 401);
+    assert!(
+        a.error().contains("signature does not verify"),
+        "{}",
+        a.error()
+    );
+    // Asking again with the new key (the first answer was lost) is answered the same.
+    let a = signed_post(&s, &runner, "/v1/runners/rekey", &good);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(lease(&runner), 204);
+}

@@ -131,6 +131,30 @@ pub fn run(args: Args) -> u8 {
     }
 }
 
+/// Takes the lock that lets one daemon (or `bulwark rekey`) use the state directory `state`
+/// at a time; held until the returned lock is dropped.
+pub(crate) fn lock_state(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let lock_path = state.join("daemon").join("lock");
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&lock_path)
+    }
+    .with_context(|| format!("opening {}", lock_path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow!(
+            "another bulwark daemon uses {} ({}: {e})",
+            state.display(),
+            lock_path.display()
+        )
+    })
+}
+
 /// Everything the loop needs, checked before it starts.
 #[derive(Debug)]
 struct Daemon {
@@ -149,35 +173,16 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     let loaded = config::load(args.config.as_deref())?;
     let dirs = Dirs::resolve(&loaded.config)?;
     dirs.create()?;
-    let identity = registration::load(&dirs.state)?;
-    let client = Client::new(&identity.registration.coordinator)?;
     // Job specs and outputs live here: private to the runner's user.
     let root = dirs.state.join("daemon");
     for d in [root.clone(), root.join("jobs")] {
         crate::fsutil::create_private_dir(&d)
             .with_context(|| format!("creating {}", d.display()))?;
     }
-    let lock_path = root.join("lock");
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&lock_path)
-    }
-    .with_context(|| format!("opening {}", lock_path.display()))?;
-    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, e)| {
-            anyhow!(
-                "another bulwark daemon uses {} ({}: {e})",
-                dirs.state.display(),
-                lock_path.display()
-            )
-        },
-    )?;
+    // The identity is read under the lock: a `bulwark rekey` that held it has finished.
+    let lock = lock_state(&dirs.state)?;
+    let identity = registration::load(&dirs.state)?;
+    let client = Client::new(&identity.registration.coordinator)?;
     let exe = std::env::current_exe().context("finding the bulwark binary")?;
     // In a delegated cgroup v2 unit (systemd/bulwark.service has Delegate=yes), the daemon
     // leaves the unit's own cgroup for the runner leaf, or its runs could not enable the

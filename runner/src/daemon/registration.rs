@@ -10,11 +10,26 @@
 //! before the token is spent, and `registration.json` only after the coordinator accepted it.
 //! A host already registered refuses to register again until its operator removes the
 //! directory (re-registering silently would orphan the old runner record).
+//!
+//! `bulwark rekey` replaces the identity key and keeps the runner (its id, name and jobs), for
+//! scheduled rotation; not for a key that may have been copied (whoever holds the copy could
+//! re-key first: such a host is removed at the coordinator and registered again). With the daemon stopped (it holds
+//! the key in memory; the state lock keeps the two apart), the new key is written durably
+//! beside the old one (`identity.key.next`) before it is sent; the request is signed with the
+//! old key and carries the new key's signature over the runner id and the new key (proof that
+//! the runner holds it); once the coordinator answers, the new key replaces the old file. A
+//! crash or a lost answer leaves `identity.key.next`: running `rekey` again sends that same key,
+//! and if the coordinator already holds it (the old key is refused), asks again signed with
+//! it. The old key's signatures stop working at the coordinator the moment it records the new
+//! one.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bulwark_protocol::control::{RegisterRequest, RegisterResponse, REGISTRATION_TOKEN_PREFIX};
+use bulwark_protocol::control::{
+    rekey_proof_input, RegisterRequest, RegisterResponse, RekeyRequest, RekeyResponse,
+    REGISTRATION_TOKEN_PREFIX,
+};
 use serde::{Deserialize, Serialize};
 
 use super::client::Client;
@@ -44,6 +59,11 @@ pub fn dir(state: &Path) -> PathBuf {
 
 fn key_path(state: &Path) -> PathBuf {
     dir(state).join("identity.key")
+}
+
+/// The key a `rekey` is installing, until the coordinator has it.
+fn next_key_path(state: &Path) -> PathBuf {
+    dir(state).join("identity.key.next")
 }
 
 fn registration_path(state: &Path) -> PathBuf {
@@ -193,6 +213,66 @@ pub async fn register(
     crate::fsutil::write_atomic_mode(&reg_path, &json, 0o600)
         .with_context(|| format!("writing {}", reg_path.display()))?;
     Ok(registration)
+}
+
+/// Replaces this runner's identity key (module docs). The caller holds the state lock
+/// ([`super::lock_state`]), so no daemon signs with the old key meanwhile. Returns the
+/// registration and whether an earlier, interrupted rekey was finished.
+pub async fn rekey(state: &Path) -> Result<(Registration, bool)> {
+    let identity = load(state)?;
+    let reg = &identity.registration;
+    let client = Client::new(&reg.coordinator)?;
+    let next_path = next_key_path(state);
+    let resumed = std::fs::symlink_metadata(&next_path).is_ok();
+    let next = if resumed {
+        LocalKey::load(&next_path).with_context(|| {
+            format!(
+                "the key an interrupted rekey left ({}); remove it to start over",
+                next_path.display()
+            )
+        })?
+    } else {
+        let key = LocalKey::generate(Algorithm::P256)?;
+        key.write_private_replacing(&next_path)?;
+        key
+    };
+    let public_key = next.public_key_pem()?;
+    let input = rekey_proof_input(&reg.runner_id, &public_key)
+        .ok_or_else(|| anyhow!("registration.json: runner_id holds a line break"))?;
+    let proof = next.sign(&input)?;
+    let body = serde_json::to_vec(&RekeyRequest {
+        public_key,
+        proof: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, proof),
+    })
+    .context("encoding the rekey request")?;
+    const PATH: &str = "/v1/runners/rekey";
+    let answer = match client
+        .post_signed(PATH, body.clone(), &reg.runner_id, &identity.key)
+        .await
+    {
+        // The coordinator may hold the next key already: an earlier answer was lost.
+        Err(e) if resumed && e.status() == Some(401) => client
+            .post_signed(PATH, body, &reg.runner_id, &next)
+            .await
+            .with_context(|| {
+                format!("the coordinator refused the current key ({e}) and the next one")
+            })?,
+        other => other?,
+    };
+    let response: RekeyResponse = serde_json::from_slice(&answer.body).map_err(|e| {
+        anyhow!(
+            "the coordinator's answer to the rekey: {}",
+            super::client::printable(&e.to_string())
+        )
+    })?;
+    if response.runner_id != reg.runner_id {
+        bail!("the coordinator's answer to the rekey names another runner");
+    }
+    let key_path = key_path(state);
+    next.write_private_replacing(&key_path)?;
+    std::fs::remove_file(&next_path)
+        .with_context(|| format!("removing {} (the key is in place)", next_path.display()))?;
+    Ok((identity.registration, resumed))
 }
 
 #[cfg(test)]
