@@ -34,6 +34,10 @@ pub const ADMIN_TOKEN_PREFIX: &str = "bwadm_";
 /// Shortest admin token accepted from `admin.token` (ours are 49 characters).
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
+/// How much longer than the clock-skew window a nonce is remembered: more than any request
+/// waits between its time check and the database (see [`verify_signed_request_for_digest`]).
+pub const NONCE_GRACE_SECS: u64 = MAX_CLOCK_SKEW_SECS;
+
 /// Shortest nonce accepted, in characters.
 pub const MIN_NONCE_LEN: usize = 16;
 /// Longest nonce accepted, in characters.
@@ -358,8 +362,14 @@ pub fn verify_signed_request_for_digest<'a>(
         keys.forget(runner_id);
         return Err(bad_signature());
     }
-    // Kept until no timestamp it could be sent with is accepted any more.
-    let keep_until = timestamp.max(now).saturating_add(MAX_CLOCK_SKEW_SECS);
+    // Kept until no timestamp it could be sent with is accepted any more, and as long again:
+    // `now` was read before this request waited for the lock, so a replay checked at the edge
+    // of the window could otherwise reach the insert after a later request pruned the
+    // original's record.
+    let keep_until = timestamp
+        .max(now)
+        .saturating_add(MAX_CLOCK_SKEW_SECS)
+        .saturating_add(NONCE_GRACE_SECS);
     match guard.use_nonce(runner_id, &signed.nonce, keep_until, now) {
         Ok(()) => Ok((runner, guard)),
         Err(StateError::RunnerNotActive { .. }) => Err(unknown()),

@@ -102,6 +102,33 @@ fn a_correctly_signed_request_is_accepted_once() {
     );
 }
 
+/// A replay checked at the very edge of the time window (its `now` read before it waited for
+/// the database) must still find the original's nonce, even after a later request pruned the
+/// expired ones.
+#[test]
+fn a_replay_checked_at_the_edge_of_the_window_finds_its_nonce_after_a_later_prune() {
+    let dir = TempDir::new("auth");
+    let (db, key) = setup(&dir);
+    let h = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{}");
+    verify(&db, "POST", PATH, &h, b"{}", NOW).unwrap();
+    let edge = NOW + MAX_CLOCK_SKEW_SECS;
+    let later = sign(
+        &key,
+        "runner-1",
+        "POST",
+        PATH,
+        edge + 1,
+        "CCCCCCCCCCCCCCCCCCCC",
+        b"{}",
+    );
+    verify(&db, "POST", PATH, &later, b"{}", edge + 1).unwrap();
+    let e = verify(&db, "POST", PATH, &h, b"{}", edge).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "signed request refused: nonce already used (a replayed request)"
+    );
+}
+
 #[test]
 fn a_timestamp_more_than_five_minutes_off_is_refused_either_way() {
     let dir = TempDir::new("auth");
