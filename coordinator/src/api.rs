@@ -103,8 +103,10 @@ impl From<StateError> for ApiError {
             StateError::NotLeasedToRunner { .. }
             | StateError::LeaseOver { .. }
             | StateError::Untrusted { .. } => StatusCode::FORBIDDEN,
+            // Gone, not a conflict: a runner retrying its result takes `409` for "an earlier
+            // attempt arrived", which a result refused as too late is not.
+            StateError::LeaseExpired { .. } => StatusCode::GONE,
             StateError::AlreadyFinished { .. }
-            | StateError::LeaseExpired { .. }
             | StateError::Ended { .. }
             | StateError::Cancelled { .. } => StatusCode::CONFLICT,
             StateError::NoSuchJob { .. } => StatusCode::NOT_FOUND,

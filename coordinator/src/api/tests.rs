@@ -1422,3 +1422,36 @@ fn a_runner_rekeys_proving_it_holds_the_new_key_and_its_old_key_stops_working_at
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(lease(&runner), 204);
 }
+
+/// A result after the lease ended is `410`, not the `409` of a second result: a runner
+/// retrying its report takes `409` for "an earlier attempt arrived" and would log a lost job
+/// as reported.
+#[test]
+fn a_result_after_the_lease_ended_is_gone_not_a_conflict() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    // The lease ran out long ago (the database as another process, the operator's, sees it).
+    rusqlite::Connection::open(s.state.join(crate::state::DB_NAME))
+        .unwrap()
+        .execute(
+            "UPDATE jobs SET lease_expires_at = ?1 WHERE id = ?2",
+            rusqlite::params![1i64, job],
+        )
+        .unwrap();
+    let report = json!({"result": {"status": "succeeded"}});
+    let a = signed_post(
+        &s,
+        &runner,
+        &format!("/v1/jobs/{job}/result"),
+        report.to_string().as_bytes(),
+    );
+    assert_eq!(a.status, 410, "{}", String::from_utf8_lossy(&a.body));
+    let rec = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}"),
+        &[("authorization", &format!("Bearer {}", s.admin))],
+        b"",
+    );
+    assert_eq!(rec.json()["state"], "lost");
+}
