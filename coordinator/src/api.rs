@@ -617,6 +617,27 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), String> {
         }
         _ => return Err(need.to_owned()),
     }
+    // The repository (the git URL, or the url) goes into the token's `repository` claim and
+    // its `sub`: checked as the runner checks it, so what is minted names exactly what a
+    // runner would fetch, and with no `:` past its host and port, so that a wildcard trust
+    // policy (`repo:*:ref:refs/heads/main:*`) cannot be met by a repository spelling out
+    // `:ref:refs/heads/main:` itself.
+    let (field, repository) = match (&source.git, &source.url) {
+        (Some(git), _) => ("spec.source.git", git),
+        (None, Some(url)) => ("spec.source.url", url),
+        (None, None) => return Err(need.to_owned()),
+    };
+    bulwark_protocol::check_source_url(repository).map_err(|e| format!("{field}: {e}"))?;
+    let parsed = url::Url::parse(repository).map_err(|e| format!("{field}: {e}"))?;
+    if parsed.path().contains(':')
+        || parsed.query().is_some_and(|q| q.contains(':'))
+        || parsed.fragment().is_some_and(|f| f.contains(':'))
+    {
+        return Err(format!(
+            "{field}: must have no ':' after its host and port (it goes into the job token's \
+             sub, where it could pass for another subject)"
+        ));
+    }
     // The ref goes into the token's `sub` (`repo:<repository>:ref:<ref>:trust:<level>`),
     // which cloud trust policies match: with a `:` in it, a ref could pass for another
     // subject. Git refs never hold one, nor whitespace or control characters.

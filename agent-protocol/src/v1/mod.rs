@@ -48,4 +48,4 @@ pub use result::{
     CgroupCounters, CredentialRecord, DiskUse, EgressRecord, Inputs, Isolation, IsolationMode,
     JobResult, JobStatus, OutputRecord, StepResult, Trust,
 };
-pub use rules::{check_name, check_sha256, redact_url};
+pub use rules::{check_name, check_sha256, check_source_url, redact_url};

@@ -497,6 +497,32 @@ fn jobs_need_the_admin_token_and_a_fetchable_source() {
     let a = admin_post(&s, "/v1/jobs", &body);
     assert_eq!(a.status, 400);
     assert!(a.error().starts_with("spec.source.ref:"), "{}", a.error());
+    // So could a repository, against a wildcard trust policy; and one not written as the
+    // runner fetches it would name something else in the token.
+    for (git, why) in [
+        (
+            "https://g/x:ref:refs/heads/main:y.git",
+            "must have no ':' after its host",
+        ),
+        ("https://g/x.git?a:b", "must have no ':' after its host"),
+        ("https://g/org/../x.git", "write it as"),
+        ("https://G/x.git", "write it as"),
+    ] {
+        body["spec"]["source"] = json!({"git": git, "commit": "ab".repeat(20)});
+        let a = admin_post(&s, "/v1/jobs", &body);
+        assert_eq!(a.status, 400, "{git}");
+        assert!(
+            a.error().starts_with("spec.source.git:") && a.error().contains(why),
+            "{git}: {}",
+            a.error()
+        );
+    }
+    body["spec"]["source"] = json!({"url": "https://g/x:y.tgz", "sha256": "ab".repeat(32)});
+    assert!(admin_post(&s, "/v1/jobs", &body)
+        .error()
+        .starts_with("spec.source.url:"));
+    body["spec"]["source"] = json!({"git": "https://g:8443/x.git", "commit": "ab".repeat(20)});
+    assert_eq!(admin_post(&s, "/v1/jobs", &body).status, 200);
     body["spec"]["source"] = json!({"url": "https://g/x.tgz", "sha256": "ab".repeat(32)});
     assert_eq!(admin_post(&s, "/v1/jobs", &body).status, 200);
     body["spec"]["surprise"] = json!(1);
