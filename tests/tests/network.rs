@@ -54,9 +54,12 @@ impl Origin {
     }
 }
 
-fn env_with_hosts(tag: &str, egress_extra: &str) -> Env {
+/// An Env whose proxy resolves the test names to loopback, and whose ceilings (open, `*`)
+/// also name the origin's loopback address: a loopback literal is above `*`.
+fn env_with_hosts(tag: &str, origin_port: u16, egress_extra: &str) -> Env {
     let env = Env::new(tag);
-    env.write_config_sections("", &format!("[egress]\nhosts = {{ \"allowed.test\" = \"127.0.0.1\", \"other.test\" = \"127.0.0.1\", \"meta.test\" = \"169.254.169.254\" }}\n{egress_extra}"));
+    let ceiling = format!("[\"*\", \"127.0.0.1:{origin_port}\"]");
+    env.write_config_sections("", &format!("[egress]\nhosts = {{ \"allowed.test\" = \"127.0.0.1\", \"other.test\" = \"127.0.0.1\", \"meta.test\" = \"169.254.169.254\" }}\nceiling_untrusted = {ceiling}\nceiling_trusted = {ceiling}\n{egress_extra}"));
     env
 }
 
@@ -72,7 +75,7 @@ fn log_lines(r: &bulwark_tests::Run) -> Vec<serde_json::Value> {
 fn an_allowed_host_is_reached_through_the_proxy_with_curl_and_with_connect() {
     let origin = Origin::start();
     let p = origin.port;
-    let env = env_with_hosts("net-allowed", "");
+    let env = env_with_hosts("net-allowed", p, "");
     env.write_src(
         "connect.py",
         &format!(
@@ -142,7 +145,7 @@ print("tunnel_body=" + data.split(b"\r\n\r\n", 1)[1].decode().strip())
 fn hosts_ports_literals_and_forbidden_addresses_off_the_list_get_403() {
     let origin = Origin::start();
     let p = origin.port;
-    let env = env_with_hosts("net-denied", "");
+    let env = env_with_hosts("net-denied", p, "");
     let cases = [
         ("not_listed", format!("http://other.test:{p}/")),
         (
@@ -218,7 +221,7 @@ for i, host in enumerate({raw:?}):
 fn a_name_not_on_the_list_is_denied_and_logged() {
     let origin = Origin::start();
     let p = origin.port;
-    let env = env_with_hosts("net-notlisted", "");
+    let env = env_with_hosts("net-notlisted", p, "");
     let job = one_step(
         "notlisted",
         &format!(
@@ -250,7 +253,7 @@ fn bypassing_the_proxy_reaches_nothing_and_udp_goes_nowhere() {
     udp.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let up = udp.local_addr().unwrap().port();
-    let env = env_with_hosts("net-bypass", "");
+    let env = env_with_hosts("net-bypass", p, "");
     let run = format!(
         "curl -s --noproxy '*' --max-time 5 http://127.0.0.1:{p}/ && echo direct=reached || echo direct=failed\n\
          python3 -c \"import socket,errno\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ntry:\n  s.sendto(b'x',('127.0.0.1',{up})); print('udp_sent=locally')\nexcept OSError as e: print('udp_sent='+errno.errorcode[e.errno])\""
@@ -311,11 +314,58 @@ fn an_allow_list_above_the_operators_ceiling_is_refused() {
     r.assert_code(0);
 }
 
+/// The default, open ceiling (`*`) covers public hosts only: a job listing the host's
+/// loopback or a private address is refused before it runs, so a pull request cannot reach
+/// the build host's own services through the proxy. An operator who means it names the
+/// address in the ceiling.
+#[test]
+fn the_open_default_ceiling_does_not_let_a_job_list_loopback_or_private_addresses() {
+    let origin = Origin::start();
+    let p = origin.port;
+    let env = Env::new("net-ceiling-local");
+    for literal in [
+        format!("127.0.0.1:{p}"),
+        "10.0.0.5:2375".to_owned(),
+        format!("[::1]:{p}"),
+    ] {
+        let job = one_step(
+            "local",
+            "echo ran",
+            &format!("[network]\nallow = [\"{literal}\"]"),
+        );
+        for trust in ["untrusted", "trusted"] {
+            let r = env.run_with(&job, &["--trust", trust]);
+            r.assert_code(2);
+            assert!(
+                r.stderr.contains("network.allow[0]")
+                    && r.stderr.contains("only a ceiling entry naming it"),
+                "{literal} {trust}: {r}"
+            );
+            assert!(!r.stdout.contains("ran"), "{r}");
+        }
+    }
+    assert_eq!(origin.count(), 0);
+    // Named by the operator, the address is reached.
+    env.write_config_sections(
+        "",
+        &format!("[egress]\nceiling_untrusted = [\"*\", \"127.0.0.1:{p}\"]\n"),
+    );
+    let job = one_step(
+        "local",
+        // NO_PROXY names loopback (for the job's own servers): the proxy is asked explicitly.
+        &format!("curl -s --noproxy '' --max-time 10 http://127.0.0.1:{p}/"),
+        &format!("[network]\nallow = [\"127.0.0.1:{p}\"]"),
+    );
+    let r = env.run(&job);
+    r.assert_code(0);
+    assert!(r.stdout.contains("hello from the origin"), "{r}");
+}
+
 #[test]
 fn audit_mode_logs_everything_refuses_metadata_and_loopback_and_is_recorded() {
     let origin = Origin::start();
     let p = origin.port;
-    let env = env_with_hosts("net-audit", "allow_audit = true\naudit = true\n");
+    let env = env_with_hosts("net-audit", p, "allow_audit = true\naudit = true\n");
     let run = format!("echo \"meta=$(curl -s -o /dev/null -w '%{{http_code}}' http://meta.test:{p}/)\"\necho \"loop=$(curl -s -o /dev/null -w '%{{http_code}}' http://allowed.test:{p}/)\"");
     let r = env.run(&one_step("audit", &run, ""));
     r.assert_code(0);
@@ -378,7 +428,7 @@ fn the_job_cannot_reach_the_runners_sockets_or_the_hosts_abstract_sockets() {
 fn two_hundred_concurrent_connections_from_one_job_complete_or_are_refused_never_hang() {
     let origin = Origin::start();
     let p = origin.port;
-    let env = env_with_hosts("net-many", "");
+    let env = env_with_hosts("net-many", p, "");
     env.write_src(
         "many.py",
         &format!(

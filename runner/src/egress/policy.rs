@@ -440,17 +440,39 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
 
 /// Checks a job's allow list against the operator's ceiling for its trust level; the error
 /// names the first entry above it (the caller refuses the job with exit 2).
+///
+/// An address literal in a special range (loopback, private, link-local, CGNAT...) is covered
+/// only by a ceiling entry naming that address and port: `*` and `*:port` mean any public
+/// host. Otherwise, under the default ceiling (`*`), an untrusted job could list
+/// `127.0.0.1:6379` or `10.0.0.5:2375` and reach the build host's own services or its
+/// private network through the proxy, which runs in the host's network namespace. (Names
+/// resolving to such addresses need the address listed too: [`EgressPolicy::check_address`].)
 pub fn check_ceiling(allow: &[AllowEntry], ceiling: &[CeilingEntry]) -> Result<(), String> {
-    match allow
-        .iter()
-        .enumerate()
-        .find(|(_, e)| !ceiling.iter().any(|c| c.covers(e)))
-    {
-        None => Ok(()),
-        Some((i, entry)) => Err(format!(
-            "network.allow[{i}]: {entry} is above the operator's egress ceiling for this trust level"
-        )),
+    for (i, entry) in allow.iter().enumerate() {
+        let special = match entry.host {
+            AllowHost::Ip(ip) => special_range(ip),
+            _ => None,
+        };
+        let covered = ceiling.iter().any(|c| match (c, special) {
+            (CeilingEntry::Entry(_), _) | (_, None) => c.covers(entry),
+            _ => false,
+        });
+        if covered {
+            continue;
+        }
+        return Err(match special {
+            Some(range) => format!(
+                "network.allow[{i}]: {entry} is a {range} address, above the operator's egress \
+                 ceiling for this trust level: only a ceiling entry naming it (\"{entry}\") \
+                 allows such an address; * and *:port cover public hosts only"
+            ),
+            None => format!(
+                "network.allow[{i}]: {entry} is above the operator's egress ceiling for this \
+                 trust level"
+            ),
+        });
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -790,5 +812,53 @@ mod tests {
         assert!(err.contains("network.allow[1]: evil.io:443"), "{err}");
         assert_eq!(check_ceiling(&allow, &[CeilingEntry::Any]), Ok(()));
         assert_eq!(check_ceiling(&[], &[]), Ok(()));
+    }
+
+    #[test]
+    fn only_a_ceiling_naming_it_covers_a_loopback_or_private_literal() {
+        let ceiling = |c: &[&str]| -> Vec<CeilingEntry> {
+            c.iter().map(|s| CeilingEntry::parse(s).unwrap()).collect()
+        };
+        let entry = |e: &str| vec![AllowEntry::parse(e).unwrap()];
+        for special in [
+            "127.0.0.1:6379",
+            "10.0.0.5:2375",
+            "192.168.1.1:80",
+            "100.64.0.1:443",
+            "[::1]:8080",
+            "[fd00::1]:443",
+            "[::ffff:127.0.0.1]:22",
+            "0.0.0.0:80",
+        ] {
+            for open in [
+                &["*"][..],
+                &[&format!(
+                    "*:{}",
+                    &special[special.rfind(':').unwrap() + 1..]
+                )],
+            ] {
+                let err = check_ceiling(&entry(special), &ceiling(open)).unwrap_err();
+                assert!(
+                    err.contains("network.allow[0]")
+                        && err.contains("only a ceiling entry naming it"),
+                    "{special} under {open:?}: {err}"
+                );
+            }
+            assert_eq!(
+                check_ceiling(&entry(special), &ceiling(&["*", special])),
+                Ok(()),
+                "{special}"
+            );
+        }
+        // Public literals and names stay under `*`.
+        for public in ["93.184.216.34:443", "[2606:4700::1]:443", "example.com:443"] {
+            assert_eq!(
+                check_ceiling(&entry(public), &ceiling(&["*"])),
+                Ok(()),
+                "{public}"
+            );
+        }
+        // Another port of a named address is not covered.
+        assert!(check_ceiling(&entry("127.0.0.1:22"), &ceiling(&["127.0.0.1:8080"])).is_err());
     }
 }
