@@ -403,8 +403,27 @@ pub fn dispatch(cli: Cli) -> u8 {
         Commands::Inventory(cmd) => crate::inventory::cli::run(cmd),
         Commands::Egress(EgressCommand::Suggest { log }) => match crate::egress::suggest(&log) {
             Ok(entries) => {
-                for e in entries {
+                for e in &entries {
                     println!("{e}");
+                }
+                // What was attempted is not what is needed: a special address (perhaps tried
+                // by a hostile job for its suggestion to carry it) is said on stderr.
+                for e in &entries {
+                    let special = bulwark_protocol::AllowEntry::parse(e)
+                        .ok()
+                        .and_then(|a| match a.host {
+                            bulwark_protocol::AllowHost::Ip(ip) => {
+                                crate::egress::policy::special_range(ip)
+                            }
+                            _ => None,
+                        });
+                    if let Some(range) = special {
+                        eprintln!(
+                            "bulwark: note: {e} is a {range} address: a job may list it only \
+                             when the operator's egress ceiling names it; check that the job \
+                             needs it"
+                        );
+                    }
                 }
                 0
             }

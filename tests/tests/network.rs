@@ -390,6 +390,13 @@ fn audit_mode_logs_everything_refuses_metadata_and_loopback_and_is_recorded() {
         vec![format!("127.0.0.1:{p}"), format!("allowed.test:{p}")],
         "{suggested}"
     );
+    // The loopback entry is pointed out: only an operator's ceiling naming it lets a job list it.
+    let notes = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        notes.contains(&format!("note: 127.0.0.1:{p} is a loopback address"))
+            && !notes.contains("allowed.test"),
+        "{notes}"
+    );
 }
 
 #[test]

@@ -282,6 +282,16 @@ impl ChunkedTracker {
             if self.line_len > MAX_CHUNK_LINE {
                 return Err(malformed());
             }
+            // A chunk extension or trailer line holds no control byte but HTAB: a bare LF
+            // there would end the line for a lenient origin and not for this parser, which
+            // could then be sent bytes it takes for a request of their own.
+            if matches!(self.state, Chunk::Size { ext: true, .. } | Chunk::Trailer)
+                && b != b'\r'
+                && b != b'\t'
+                && (b < 0x20 || b == 0x7f)
+            {
+                return Err(malformed());
+            }
             self.state = match self.state {
                 Chunk::Size { .. }
                 | Chunk::Trailer
@@ -467,5 +477,28 @@ mod tests {
         assert!(ChunkedTracker::default().feed(b"zz\r\n").is_err());
         assert!(ChunkedTracker::default().feed(b"5\r\nhelloXX").is_err());
         assert!(ChunkedTracker::default().feed(&[b'1'; 20]).is_err());
+    }
+
+    /// A bare LF (or another control byte) in a chunk extension or a trailer would end the
+    /// line for a lenient origin: what follows could be taken there for a request of its own.
+    #[test]
+    fn control_bytes_in_chunk_extensions_and_trailers_are_refused() {
+        for body in [
+            &b"0\r\n\nGET /x HTTP/1.1\r\nHost: other\r\n\r\n"[..],
+            b"0\r\nX: a\nGET /x HTTP/1.1\r\n\r\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nX: \x7f\r\n\r\n",
+        ] {
+            assert!(
+                ChunkedTracker::default().feed(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // HTAB is allowed where whitespace is.
+        let mut t = ChunkedTracker::default();
+        t.feed(b"5;a=\tb\r\nhello\r\n0\r\nX:\ty\r\n\r\n").unwrap();
+        assert!(t.done());
     }
 }

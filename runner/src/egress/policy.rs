@@ -285,12 +285,17 @@ impl EgressPolicy {
             return Err(Denied::Metadata(ip));
         }
         let special = special_range(ip);
+        // Forms that carry an IPv4 address this proxy cannot see (a translator of the host's
+        // own network, or a Teredo relay, makes them into one, metadata included): refused
+        // in every mode, listed or not, as the metadata addresses are.
+        if let Some(range @ ("NAT64 local-use" | "IPv4-translated" | "Teredo")) = special {
+            return Err(Denied::Forbidden { ip, range });
+        }
         if self.audit {
             return match special {
-                Some(
-                    range @ ("loopback" | "unspecified" | "link-local" | "NAT64 local-use"
-                    | "IPv4-translated"),
-                ) => Err(Denied::Forbidden { ip, range }),
+                Some(range @ ("loopback" | "unspecified" | "link-local")) => {
+                    Err(Denied::Forbidden { ip, range })
+                }
                 _ => Ok(()),
             };
         }
@@ -322,9 +327,8 @@ fn host_string(host: &Host) -> String {
 /// `/96` form (`64:ff9b:1::a.b.c.d`) and 6to4 `2002::/16`.
 ///
 /// A local-use NAT64 prefix may also be any length from /48 to /64 (RFC 6052 puts the IPv4
-/// address elsewhere then); those forms are not decoded: they stay a special range, refused
-/// in enforcing mode, and audit mode reaches them only through a translator the host's
-/// operator set up.
+/// address elsewhere then); those forms are not decoded: they stay a special range, which
+/// [`EgressPolicy::check_address`] refuses in every mode, listed or not.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
@@ -697,6 +701,34 @@ mod tests {
                     "{ip}"
                 ),
                 _ => assert_eq!(verdict, Ok(()), "audit {ip}"),
+            }
+        }
+    }
+
+    /// Forms whose IPv4 address a translator or relay derives where this proxy cannot see it
+    /// (metadata among them) are refused as metadata is: in both modes, even when listed.
+    #[test]
+    fn translated_forms_the_proxy_cannot_decode_are_refused_even_when_listed() {
+        let forms = [
+            ("64:ff9b:1:a9fe:a9:fe00::", "NAT64 local-use"),
+            ("64:ff9b:1::808:808", "NAT64 local-use"),
+            ("::ffff:0:808:808", "IPv4-translated"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+        ];
+        let listed: Vec<String> = forms.iter().map(|(ip, _)| format!("[{ip}]:80")).collect();
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        for audit in [false, true] {
+            let p = policy(&listed, &[], audit);
+            for (ip, range) in forms {
+                let addr = SocketAddr::new(ip.parse().unwrap(), 80);
+                assert_eq!(
+                    p.check_address("a.test", addr),
+                    Err(Denied::Forbidden {
+                        ip: addr.ip(),
+                        range
+                    }),
+                    "{ip} audit={audit}"
+                );
             }
         }
     }
