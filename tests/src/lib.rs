@@ -392,6 +392,16 @@ pub fn wait_for_process(marker: &str, what: &str, secs: u64) -> i32 {
     }
 }
 
+/// This host's first IPv4 address on an interface other than `lo`, if it has one (the target
+/// of tests that show a job cannot reach the host's own services).
+pub fn host_ipv4() -> Option<std::net::Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|i| i.interface_name != "lo")
+        .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
+        .next()
+}
+
 /// A job spec with one step running `run` (a shell command), with optional extra TOML.
 pub fn one_step(name: &str, run: &str, extra: &str) -> String {
     format!("version = 1\nname = \"{name}\"\n{extra}\n[[steps]]\nname = \"main\"\nrun = '''\n{run}\n'''\n")

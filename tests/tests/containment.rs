@@ -563,11 +563,7 @@ ls / > /dev/null && echo "root_listing=ok""#;
 fn network_namespace_has_only_loopback_and_the_jobs_own_servers_work() {
     let env = Env::new("net");
     // This host's own, non-loopback address: the job must not reach it.
-    let host_addr = nix::ifaddrs::getifaddrs()
-        .unwrap()
-        .filter(|i| i.interface_name != "lo")
-        .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
-        .next();
+    let host_addr = bulwark_tests::host_ipv4();
     let target = host_addr.map(|a| a.to_string()).unwrap_or_default();
     let run = py(
         &env,

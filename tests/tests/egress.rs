@@ -739,18 +739,35 @@ fn the_ceiling_check_names_the_entry_above_it() {
             .map(|s| CeilingEntry::parse(s).unwrap())
             .collect()
     };
-    let err = check_ceiling(&allow, &ceiling(&["*.example.com:443"])).unwrap_err();
+    let err = check_ceiling(
+        &allow,
+        &ceiling(&["*.example.com:443"]),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert!(
         err.starts_with("network.allow[2]: example.com:443 "),
         "{err}"
     );
-    assert!(check_ceiling(&allow, &ceiling(&["*.example.com:443", "example.com:443"])).is_ok());
-    assert!(check_ceiling(&allow, &ceiling(&["*:443"])).is_ok());
-    assert!(check_ceiling(&allow, &ceiling(&["*:80"]))
-        .unwrap_err()
-        .contains("network.allow[0]"));
-    assert!(check_ceiling(&allow, &ceiling(&["*"])).is_ok());
-    let err = check_ceiling(&allow, &ceiling(&["api.example.com:443"])).unwrap_err();
+    assert!(check_ceiling(
+        &allow,
+        &ceiling(&["*.example.com:443", "example.com:443"]),
+        &Default::default()
+    )
+    .is_ok());
+    assert!(check_ceiling(&allow, &ceiling(&["*:443"]), &Default::default()).is_ok());
+    assert!(
+        check_ceiling(&allow, &ceiling(&["*:80"]), &Default::default())
+            .unwrap_err()
+            .contains("network.allow[0]")
+    );
+    assert!(check_ceiling(&allow, &ceiling(&["*"]), &Default::default()).is_ok());
+    let err = check_ceiling(
+        &allow,
+        &ceiling(&["api.example.com:443"]),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert!(err.contains("*.cdn.example.com:443"), "{err}");
 }
 

@@ -399,6 +399,31 @@ fn audit_mode_logs_everything_refuses_metadata_and_loopback_and_is_recorded() {
     );
 }
 
+/// Audit mode refuses the host's own addresses beside loopback: the proxy runs in the host's
+/// network namespace, so its interface address (private or public) reaches the host's own
+/// services. Refused before any connect: no server is needed to tell.
+#[test]
+fn audit_mode_refuses_the_hosts_own_interface_address() {
+    let Some(host) = bulwark_tests::host_ipv4() else {
+        eprintln!("SKIP: this host has no non-loopback IPv4 address to try");
+        return;
+    };
+    let env = Env::new("net-audit-host");
+    env.write_config_sections("", "[egress]\nallow_audit = true\naudit = true\n");
+    let run = format!("echo \"own=$(curl -s -o /dev/null -w '%{{http_code}}' http://{host}:22/)\"");
+    let r = env.run(&one_step("audithost", &run, ""));
+    r.assert_code(0);
+    assert_eq!(r.value("own"), "403", "{r}");
+    let lines = log_lines(&r);
+    assert!(
+        lines.iter().any(|l| l["decision"] == "denied"
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("an address of the runner's own host"))),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn the_job_cannot_reach_the_runners_sockets_or_the_hosts_abstract_sockets() {
     let env = Env::new("net-sockets");

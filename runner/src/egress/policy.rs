@@ -33,7 +33,7 @@
 //! decimal (`2130706433`, `0177.0.0.1`, `0x7f.1`, `127.1`) is refused outright as ambiguous:
 //! the policy would otherwise compare it as a name while a resolver connects to an address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -46,6 +46,8 @@ pub struct EgressPolicy {
     allow: Vec<AllowEntry>,
     hosts: BTreeMap<String, IpAddr>,
     audit: bool,
+    /// This host's own interface addresses when the policy was made ([`host_addresses`]).
+    host_addresses: BTreeSet<IpAddr>,
 }
 
 /// What the proxy must do with a request before resolution.
@@ -112,6 +114,21 @@ impl fmt::Display for Denied {
                 )
             }
             Denied::Metadata(ip) => write!(f, "{ip} is a cloud metadata address, refused always"),
+            Denied::Forbidden {
+                ip,
+                range: range @ ("NAT64 local-use" | "IPv4-translated" | "Teredo"),
+            } => write!(
+                f,
+                "{ip} is a {range} address, which a translator turns into an address this \
+                 proxy cannot check: refused always"
+            ),
+            Denied::Forbidden {
+                ip,
+                range: HOST_OWN,
+            } => write!(
+                f,
+                "{ip} is an address of the runner's own host; list it explicitly to allow it"
+            ),
             Denied::Forbidden { ip, range } => write!(
                 f,
                 "{ip} is a {range} address; list it explicitly to allow it"
@@ -212,7 +229,12 @@ impl EgressPolicy {
                 .map_err(|_| format!("egress.hosts.{key}: {address:?} is not an IP address"))?;
             parsed.insert(key, ip);
         }
-        Ok(EgressPolicy::from_parts(allow, parsed, audit))
+        Ok(EgressPolicy::from_parts(
+            allow,
+            parsed,
+            audit,
+            host_addresses()?,
+        ))
     }
 
     /// Builds a policy from parsed parts; `hosts` keys must be canonical names.
@@ -220,11 +242,13 @@ impl EgressPolicy {
         allow: Vec<AllowEntry>,
         hosts: BTreeMap<String, IpAddr>,
         audit: bool,
+        host_addresses: BTreeSet<IpAddr>,
     ) -> EgressPolicy {
         EgressPolicy {
             allow,
             hosts,
             audit,
+            host_addresses,
         }
     }
 
@@ -284,7 +308,7 @@ impl EgressPolicy {
         if is_metadata(ip) {
             return Err(Denied::Metadata(ip));
         }
-        let special = special_range(ip);
+        let special = special_or_host_range(ip, &self.host_addresses);
         // Forms that carry an IPv4 address this proxy cannot see (a translator of the host's
         // own network, or a Teredo relay, makes them into one, metadata included): refused
         // in every mode, listed or not, as the metadata addresses are.
@@ -296,6 +320,12 @@ impl EgressPolicy {
                 Some(range @ ("loopback" | "unspecified" | "link-local")) => {
                     Err(Denied::Forbidden { ip, range })
                 }
+                // The host's own addresses, whatever their range (a private interface
+                // address, a `docker0` bridge), reach its own services: refused as loopback.
+                _ if is_host_address(ip, &self.host_addresses) => Err(Denied::Forbidden {
+                    ip,
+                    range: HOST_OWN,
+                }),
                 _ => Ok(()),
             };
         }
@@ -442,8 +472,46 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
+/// The range name for an address of this host's own interfaces that is in no other special
+/// range (a public or otherwise global address on the runner's host).
+pub const HOST_OWN: &str = "host's own";
+
+/// This host's own interface addresses (`getifaddrs`). The proxy runs in the host's network
+/// namespace: a connection to one of them reaches the host's own services (those bound to
+/// `0.0.0.0`, say) whatever range the address is in, so a global one is treated as a
+/// special address too. Read when a job's policy is made; an address added while the job
+/// runs is not known to it.
+pub fn host_addresses() -> Result<BTreeSet<IpAddr>, String> {
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| format!("egress: listing this host's addresses: {e}"))?;
+    Ok(addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect())
+}
+
+/// [`special_range`], or [`HOST_OWN`] for an address of this host (directly or embedded in an
+/// IPv6 form) in no other special range.
+pub fn special_or_host_range(ip: IpAddr, host: &BTreeSet<IpAddr>) -> Option<&'static str> {
+    special_range(ip).or_else(|| is_host_address(ip, host).then_some(HOST_OWN))
+}
+
+/// Whether `ip` (or the IPv4 address it embeds) is one of `host`'s addresses.
+fn is_host_address(ip: IpAddr, host: &BTreeSet<IpAddr>) -> bool {
+    let embedded = match ip {
+        IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
+        IpAddr::V4(_) => None,
+    };
+    host.contains(&ip) || embedded.is_some_and(|v4| host.contains(&v4))
+}
+
 /// Checks a job's allow list against the operator's ceiling for its trust level; the error
-/// names the first entry above it (the caller refuses the job with exit 2).
+/// names the first entry above it (the caller refuses the job with exit 2). `host` is this
+/// host's own addresses ([`host_addresses`]).
 ///
 /// An address literal in a special range (loopback, private, link-local, CGNAT...) is covered
 /// only by a ceiling entry naming that address and port: `*` and `*:port` mean any public
@@ -451,10 +519,14 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// `127.0.0.1:6379` or `10.0.0.5:2375` and reach the build host's own services or its
 /// private network through the proxy, which runs in the host's network namespace. (Names
 /// resolving to such addresses need the address listed too: [`EgressPolicy::check_address`].)
-pub fn check_ceiling(allow: &[AllowEntry], ceiling: &[CeilingEntry]) -> Result<(), String> {
+pub fn check_ceiling(
+    allow: &[AllowEntry],
+    ceiling: &[CeilingEntry],
+    host: &BTreeSet<IpAddr>,
+) -> Result<(), String> {
     for (i, entry) in allow.iter().enumerate() {
         let special = match entry.host {
-            AllowHost::Ip(ip) => special_range(ip),
+            AllowHost::Ip(ip) => special_or_host_range(ip, host),
             _ => None,
         };
         let covered = ceiling.iter().any(|c| match (c, special) {
@@ -840,10 +912,75 @@ mod tests {
             .map(|s| AllowEntry::parse(s).unwrap())
             .collect();
         let ceiling = [CeilingEntry::parse("*.example.com:443").unwrap()];
-        let err = check_ceiling(&allow, &ceiling).unwrap_err();
+        let err = check_ceiling(&allow, &ceiling, &BTreeSet::new()).unwrap_err();
         assert!(err.contains("network.allow[1]: evil.io:443"), "{err}");
-        assert_eq!(check_ceiling(&allow, &[CeilingEntry::Any]), Ok(()));
-        assert_eq!(check_ceiling(&[], &[]), Ok(()));
+        assert_eq!(
+            check_ceiling(&allow, &[CeilingEntry::Any], &BTreeSet::new()),
+            Ok(())
+        );
+        assert_eq!(check_ceiling(&[], &[], &BTreeSet::new()), Ok(()));
+    }
+
+    /// The proxy runs in the host's network namespace: an address of the host's own
+    /// interfaces reaches its services, whatever range it is in. A global one is special
+    /// like loopback (listed and named in the ceiling, or refused); in audit mode every one
+    /// is refused.
+    #[test]
+    fn the_hosts_own_addresses_are_special_and_refused_in_audit_mode() {
+        let own: BTreeSet<IpAddr> = ["93.184.216.34", "10.9.8.7"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let make = |allow: &[&str], audit: bool| {
+            let allow = allow
+                .iter()
+                .map(|a| AllowEntry::parse(a).unwrap())
+                .collect();
+            EgressPolicy::from_parts(allow, BTreeMap::new(), audit, own.clone())
+        };
+        let public: SocketAddr = "93.184.216.34:22".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:93.184.216.34]:22".parse().unwrap();
+        let private: SocketAddr = "10.9.8.7:22".parse().unwrap();
+        let other: SocketAddr = "93.184.216.35:22".parse().unwrap();
+        let enforcing = make(&["a.test:22"], false);
+        for addr in [public, mapped] {
+            assert_eq!(
+                enforcing.check_address("a.test", addr),
+                Err(Denied::Forbidden {
+                    ip: addr.ip(),
+                    range: HOST_OWN
+                })
+            );
+        }
+        assert_eq!(enforcing.check_address("a.test", other), Ok(()));
+        assert_eq!(
+            make(&["a.test:22", "93.184.216.34:22"], false).check_address("a.test", public),
+            Ok(())
+        );
+        let audit = make(&[], true);
+        for addr in [public, mapped, private] {
+            assert_eq!(
+                audit.check_address("a.test", addr),
+                Err(Denied::Forbidden {
+                    ip: addr.ip(),
+                    range: HOST_OWN
+                }),
+                "{addr}"
+            );
+        }
+        assert_eq!(audit.check_address("a.test", other), Ok(()));
+        let entry = vec![AllowEntry::parse("93.184.216.34:22").unwrap()];
+        let err = check_ceiling(&entry, &[CeilingEntry::Any], &own).unwrap_err();
+        assert!(err.contains("host's own"), "{err}");
+        let named = [
+            CeilingEntry::Any,
+            CeilingEntry::parse("93.184.216.34:22").unwrap(),
+        ];
+        assert_eq!(check_ceiling(&entry, &named, &own), Ok(()));
+        // This host's real addresses are read, loopback among them.
+        assert!(host_addresses()
+            .unwrap()
+            .contains(&IpAddr::from([127, 0, 0, 1])));
     }
 
     #[test]
@@ -869,7 +1006,8 @@ mod tests {
                     &special[special.rfind(':').unwrap() + 1..]
                 )],
             ] {
-                let err = check_ceiling(&entry(special), &ceiling(open)).unwrap_err();
+                let err =
+                    check_ceiling(&entry(special), &ceiling(open), &BTreeSet::new()).unwrap_err();
                 assert!(
                     err.contains("network.allow[0]")
                         && err.contains("only a ceiling entry naming it"),
@@ -877,7 +1015,7 @@ mod tests {
                 );
             }
             assert_eq!(
-                check_ceiling(&entry(special), &ceiling(&["*", special])),
+                check_ceiling(&entry(special), &ceiling(&["*", special]), &BTreeSet::new()),
                 Ok(()),
                 "{special}"
             );
@@ -885,12 +1023,17 @@ mod tests {
         // Public literals and names stay under `*`.
         for public in ["93.184.216.34:443", "[2606:4700::1]:443", "example.com:443"] {
             assert_eq!(
-                check_ceiling(&entry(public), &ceiling(&["*"])),
+                check_ceiling(&entry(public), &ceiling(&["*"]), &BTreeSet::new()),
                 Ok(()),
                 "{public}"
             );
         }
         // Another port of a named address is not covered.
-        assert!(check_ceiling(&entry("127.0.0.1:22"), &ceiling(&["127.0.0.1:8080"])).is_err());
+        assert!(check_ceiling(
+            &entry("127.0.0.1:22"),
+            &ceiling(&["127.0.0.1:8080"]),
+            &BTreeSet::new()
+        )
+        .is_err());
     }
 }

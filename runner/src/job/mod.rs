@@ -1452,7 +1452,8 @@ fn check_egress_ceiling(allow: &[String], trust: Trust, config: &Config) -> Resu
         .iter()
         .map(|c| bulwark_protocol::CeilingEntry::parse(c).map_err(|e| format!("{key}: {e}")))
         .collect::<Result<_, _>>()?;
-    crate::egress::check_ceiling(&entries, &ceiling).map_err(|e| format!("{e} ({key})"))
+    let host = crate::egress::policy::host_addresses()?;
+    crate::egress::check_ceiling(&entries, &ceiling, &host).map_err(|e| format!("{e} ({key})"))
 }
 
 #[cfg(test)]
