@@ -30,6 +30,10 @@ use nix::sys::stat::Mode;
 use nix::unistd::{chdir, dup2_stderr, dup2_stdin, dup2_stdout, execve, setsid};
 
 use crate::init::Prepared;
+
+/// Most memory a job process may lock (`RLIMIT_MEMLOCK`), when the runner's own limit is
+/// higher: systemd's default, enough for gpg's secure memory and crypto test suites.
+const MAX_MEMLOCK: u64 = 8 << 20;
 use crate::spec::{Enforced, Event, Rlimits, StepSpec};
 
 /// Runs in the forked job process; never returns.
@@ -108,6 +112,14 @@ fn prepare(
     if let Some(n) = rlimits.address_space {
         setrlimit(Resource::RLIMIT_AS, n, n).map_err(stage("rlimit as"))?;
     }
+    // Whatever the runner was started with (a container's `--ulimit rtprio`, a limits.conf
+    // entry): no real-time scheduling (a SCHED_FIFO spinner is not throttled by a CPU limit
+    // and starves the host), no raised nice priority, and a bounded amount of locked memory.
+    setrlimit(Resource::RLIMIT_RTPRIO, 0, 0).map_err(stage("rlimit rtprio"))?;
+    setrlimit(Resource::RLIMIT_NICE, 0, 0).map_err(stage("rlimit nice"))?;
+    let (_, memlock_hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(stage("rlimit memlock"))?;
+    let memlock = MAX_MEMLOCK.min(memlock_hard);
+    setrlimit(Resource::RLIMIT_MEMLOCK, memlock, memlock).map_err(stage("rlimit memlock"))?;
 
     chdir("/workspace").map_err(stage("chdir /workspace"))?;
     nix::sys::prctl::set_no_new_privs().map_err(stage("no_new_privs"))?;

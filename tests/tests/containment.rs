@@ -511,6 +511,77 @@ fn started_by_shell(prelude: &str, cmd: &std::process::Command) -> std::process:
     wrapped
 }
 
+/// A job cannot take real-time priority, whatever limits the runner was started with (a
+/// SCHED_FIFO spinner is not throttled by a CPU limit), nor slow init down: rescheduling,
+/// pinning or renicing pid 1 is refused, and init's scheduling is unchanged afterwards.
+///
+/// Two barriers refuse the calls on init: the seccomp filter (pid 1, unit-tested in
+/// `sandbox/src/seccomp`), and the kernel itself, since init holds capabilities the job does
+/// not (`cap_safe_nice`); this test cannot tell which one answered.
+#[test]
+fn a_job_gets_no_real_time_priority_and_cannot_reschedule_init() {
+    let env = Env::new("sched");
+    // Whether this host lets the runner be started with a real-time limit at all (a
+    // container's root may lack CAP_SYS_RESOURCE): only then does rtprio 0 in the job show
+    // the sandbox's own limit.
+    let raised = std::process::Command::new("sh")
+        .args(["-c", "prlimit --pid $$ --rtprio=50:50 2>/dev/null"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let run = py(
+        &env,
+        "sched.py",
+        r#"
+import resource
+def attempt(name, f):
+    try:
+        f()
+        print(name + "=ok", flush=True)
+    except OSError as e:
+        print(name + "=" + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+print("rtprio=%d:%d" % resource.getrlimit(resource.RLIMIT_RTPRIO))
+print("memlock_hard=%d" % resource.getrlimit(resource.RLIMIT_MEMLOCK)[1])
+attempt("fifo_self", lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1)))
+attempt("idle_init", lambda: os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0)))
+attempt("affinity_init", lambda: os.sched_setaffinity(1, {0}))
+attempt("affinity_self", lambda: os.sched_setaffinity(0, os.sched_getaffinity(0)))
+attempt("nice_init", lambda: os.setpriority(os.PRIO_PROCESS, 1, 19))
+attempt("nice_user", lambda: os.setpriority(os.PRIO_USER, 0, 19))
+attempt("nice_self", lambda: os.setpriority(os.PRIO_PROCESS, 0, 5))
+print("init_sched=%d" % os.sched_getscheduler(1))
+print("init_nice=%d" % os.getpriority(os.PRIO_PROCESS, 1))
+print("init_cpus=%d" % len(os.sched_getaffinity(1)))
+print("own_cpus=%d" % len(os.sched_getaffinity(0)))
+"#,
+    );
+    let (cmd, out) = env.command(&one_step("sched", &run, ""), &[]);
+    // As root, the runner itself is given real-time and unlimited lock limits first.
+    let prelude =
+        "prlimit --pid $$ --rtprio=50:50 --memlock=unlimited:unlimited 2>/dev/null || true";
+    let r = bulwark_tests::Run::from_output(started_by_shell(prelude, &cmd).output().unwrap(), out);
+    r.assert_code(0);
+    assert_eq!(r.value("rtprio"), "0:0", "{r}");
+    if !raised {
+        eprintln!(
+            "SKIP part: this host does not let the runner be started with RLIMIT_RTPRIO above 0 \
+             (prlimit refused), so the job's 0 is not shown to be the sandbox's own"
+        );
+    }
+    assert!(
+        r.value("memlock_hard").parse::<u64>().unwrap() <= 8 << 20,
+        "{r}"
+    );
+    assert_eq!(r.value("fifo_self"), "EPERM", "{r}");
+    for refused in ["idle_init", "affinity_init", "nice_init", "nice_user"] {
+        assert_eq!(r.value(refused), "EPERM", "{refused}: {r}");
+    }
+    assert_eq!(r.value("affinity_self"), "ok", "{r}");
+    assert_eq!(r.value("nice_self"), "ok", "{r}");
+    assert_eq!(r.value("init_sched"), "0", "init stays SCHED_OTHER: {r}");
+    assert_eq!(r.value("init_nice"), "0", "{r}");
+    assert_eq!(r.value("init_cpus"), r.value("own_cpus"), "{r}");
+}
+
 #[test]
 fn a_runner_started_with_umask_077_still_runs_jobs() {
     // Hardened service units often set UMask=0077. The job directory must still be passable

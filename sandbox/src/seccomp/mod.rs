@@ -16,6 +16,11 @@
 //!   netlink only for routing and socket diagnostics (others answer EPROTONOSUPPORT);
 //! - `prlimit64` acts on the caller only (pid 0): init runs as the job's uid, and a job that
 //!   lowered init's limits could break the sandbox's own bookkeeping;
+//! - for the same reason, the scheduling calls that take a pid (`sched_setscheduler`,
+//!   `sched_setparam`, `sched_setattr`, `sched_setaffinity`) refuse pid 1, init (a job that
+//!   put init in `SCHED_IDLE`, pinned to one busy CPU, would delay its deadlines and kills),
+//!   and `setpriority` and `ioprio_set` act on the caller only (their "process group" and
+//!   "user" forms would reach init too);
 //! - `clone3` answers ENOSYS: its flags live in memory BPF cannot read, and libc falls back to
 //!   `clone` (which the filter can inspect) only on ENOSYS.
 //!
@@ -63,6 +68,12 @@ const NETLINK_PROTOCOLS: &[u32] = &[libc::NETLINK_ROUTE as u32, libc::NETLINK_SO
 const REFUSED_IOCTLS: &[u32] = &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
 
 const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+
+/// Init's pid in the job's pid namespace, which no job process may reschedule.
+const INIT_PID: u32 = 1;
+
+/// `ioprio_set`'s "which" for one process (linux/ioprio.h).
+const IOPRIO_WHO_PROCESS: u32 = 1;
 const RET_ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
 const RET_EAFNOSUPPORT: u32 = libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32;
 const RET_EPROTONOSUPPORT: u32 = libc::SECCOMP_RET_ERRNO | libc::EPROTONOSUPPORT as u32;
@@ -128,6 +139,32 @@ pub fn compile() -> Result<JobFilters, SeccompError> {
                 arg: 0,
                 values: &[0],
                 refuse: RET_EPERM,
+            },
+            libc::SYS_sched_setscheduler
+            | libc::SYS_sched_setparam
+            | libc::SYS_sched_setattr
+            | libc::SYS_sched_setaffinity => Verdict::RefuseArgEq {
+                arg: 0,
+                values: &[INIT_PID],
+                refuse: RET_EPERM,
+            },
+            libc::SYS_setpriority => Verdict::AllowArgEqOrSub {
+                arg: 0,
+                values: &[],
+                refuse: RET_EPERM,
+                sub: libc::PRIO_PROCESS as u32,
+                sub_arg: 1,
+                sub_values: &[0],
+                sub_refuse: RET_EPERM,
+            },
+            libc::SYS_ioprio_set => Verdict::AllowArgEqOrSub {
+                arg: 0,
+                values: &[],
+                refuse: RET_EPERM,
+                sub: IOPRIO_WHO_PROCESS,
+                sub_arg: 1,
+                sub_values: &[0],
+                sub_refuse: RET_EPERM,
             },
             libc::SYS_clone => Verdict::RefuseArgBits {
                 arg: 0,
@@ -422,8 +459,18 @@ mod tests {
                         } else {
                             &arg_cases[..2]
                         };
-                    if [libc::SYS_socket, libc::SYS_socketpair, libc::SYS_prlimit64]
-                        .contains(&i64::from(n))
+                    if [
+                        libc::SYS_socket,
+                        libc::SYS_socketpair,
+                        libc::SYS_prlimit64,
+                        libc::SYS_sched_setscheduler,
+                        libc::SYS_sched_setparam,
+                        libc::SYS_sched_setattr,
+                        libc::SYS_sched_setaffinity,
+                        libc::SYS_setpriority,
+                        libc::SYS_ioprio_set,
+                    ]
+                    .contains(&i64::from(n))
                     {
                         continue;
                     }
@@ -510,6 +557,54 @@ mod tests {
         }
         // pid 0 in the low 32 bits is the caller, whatever the high bits say.
         assert_eq!(call(libc::SYS_prlimit64, [1 << 32, 7, 0, 0, 0, 0]), allow);
+        // Scheduling: any job process but init (pid 1 in the low 32 bits, as the kernel reads
+        // a pid_t); nice and ionice on the caller only.
+        for n in [
+            libc::SYS_sched_setscheduler,
+            libc::SYS_sched_setparam,
+            libc::SYS_sched_setattr,
+            libc::SYS_sched_setaffinity,
+        ] {
+            for pid in [0u64, 2, 77, 1 << 32] {
+                assert_eq!(call(n, [pid, 0, 0, 0, 0, 0]), allow, "{n} on pid {pid:#x}");
+            }
+            for pid in [1u64, 1 << 32 | 1, 0xffff_ffff_0000_0001] {
+                assert_eq!(
+                    call(n, [pid, 0, 0, 0, 0, 0]),
+                    errno(libc::EPERM),
+                    "{n} on pid {pid:#x}"
+                );
+            }
+        }
+        let (process, pgrp, user) = (
+            libc::PRIO_PROCESS as u64,
+            libc::PRIO_PGRP as u64,
+            libc::PRIO_USER as u64,
+        );
+        assert_eq!(
+            call(libc::SYS_setpriority, [process, 0, 10, 0, 0, 0]),
+            allow
+        );
+        for args in [
+            [process, 1, 19],
+            [process, 2, 19],
+            [pgrp, 0, 19],
+            [user, 0, 19],
+        ] {
+            assert_eq!(
+                call(libc::SYS_setpriority, [args[0], args[1], args[2], 0, 0, 0]),
+                errno(libc::EPERM),
+                "setpriority{args:?}"
+            );
+        }
+        assert_eq!(call(libc::SYS_ioprio_set, [1, 0, 0x6000, 0, 0, 0]), allow);
+        for args in [[1u64, 1], [2, 0], [3, 0]] {
+            assert_eq!(
+                call(libc::SYS_ioprio_set, [args[0], args[1], 0x6000, 0, 0, 0]),
+                errno(libc::EPERM),
+                "ioprio_set{args:?}"
+            );
+        }
     }
 
     #[test]
