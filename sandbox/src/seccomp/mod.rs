@@ -152,7 +152,7 @@ pub fn compile() -> Result<JobFilters, SeccompError> {
                 arg: 0,
                 values: &[],
                 refuse: RET_EPERM,
-                sub: libc::PRIO_PROCESS as u32,
+                sub: libc::PRIO_PROCESS,
                 sub_arg: 1,
                 sub_values: &[0],
                 sub_refuse: RET_EPERM,
