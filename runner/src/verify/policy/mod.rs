@@ -297,6 +297,17 @@ impl Policy {
                     ),
                 ));
             }
+            if has_encoded_separator(uri) {
+                return Err(Rejection::new(
+                    "source_uris",
+                    format!(
+                        "{field} is {}, which has a percent-encoded \"/\" or \"\\\" (%2f, %5c) \
+                         in its path: a server that decodes it reads other segments than the \
+                         glob saw, so no glob can say where from",
+                        quote(uri)
+                    ),
+                ));
+            }
             if let Some(normal) = unnormalized(field, uri) {
                 return Err(Rejection::new(
                     "source_uris",
@@ -582,6 +593,33 @@ fn has_dot_segment(uri: &str) -> bool {
     uri.split(['/', '\\']).any(|segment| {
         let s = segment.to_ascii_lowercase().replace("%2e", ".");
         s == "." || s == ".."
+    })
+}
+
+/// Whether the path of `uri` (after `scheme://authority`, up to a `?` or `#`) has a segment that percent-decodes to one holding `/` or `\` (`%2f`, `%5c`, any case).
+///
+/// The `url` crate keeps such escapes as they are, so `https://host/org/..%2Fevil/repo` is in
+/// normal form and matches `https://host/org/*` as text; but a server that decodes `%2f`
+/// before resolving dot segments (some web servers and proxies do) serves `/evil/repo`. Which
+/// servers do is not something a verifier can know, so such a URI never matches. The cost: a
+/// source whose path holds an escaped slash on purpose (GitLab's API names a project
+/// `group%2Fproject`) cannot be allowed by `source_uris`. `%2f` in the query is left to the
+/// glob, as every other escape is.
+fn has_encoded_separator(uri: &str) -> bool {
+    let path = match uri.find("://") {
+        Some(i) => {
+            let rest = &uri[i + 3..];
+            &rest[rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len())..]
+        }
+        None => uri,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'f') | (b'5', b'c')
+            )
     })
 }
 

@@ -441,3 +441,54 @@ fn a_star_in_a_globs_host_matches_only_within_the_host() {
         p.check(&statement(), now()).unwrap();
     }
 }
+
+#[test]
+fn a_source_uri_with_an_encoded_slash_or_backslash_in_its_path_matches_no_glob() {
+    // The `url` crate keeps `%2f` as it is, so each of these is already in normal form and its
+    // text matched `org/*`; a server that decodes `%2f` before resolving `..` serves
+    // `/evil/repo`.
+    for uri in [
+        "https://git.example.com/org/%2e%2e%2fevil/repo",
+        "https://git.example.com/org/..%2Fevil/repo",
+        "https://git.example.com/org/..%2f..%2fevil/repo",
+        "https://git.example.com/org/..%5cevil/repo",
+        "https://git.example.com/org/x%5C..%5C..%5Cevil/repo",
+    ] {
+        assert_eq!(reqwest::Url::parse(uri).unwrap().as_str(), uri);
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        st.predicate.build_definition.resolved_dependencies[0].uri = Some(format!("git+{uri}"));
+        let e = rejection("source_uris = [\"https://git.example.com/org/*\"]", &st);
+        assert_eq!(
+            e,
+            format!(
+                "source_uris: externalParameters.source.uri is {}, which has a percent-encoded \
+                 \"/\" or \"\\\" (%2f, %5c) in its path: a server that decodes it reads other \
+                 segments than the glob saw, so no glob can say where from",
+                quote(uri)
+            ),
+            "{uri}"
+        );
+    }
+    // So does a local source's file:// uri.
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"] =
+        json!({ "path": "/work/a%2f..%2fb" });
+    st.predicate.build_definition.resolved_dependencies[0].uri =
+        Some("file:///work/a%2f..%2fb".into());
+    assert!(rejection("source_uris = [\"file:///work/*\"]", &st)
+        .contains("which has a percent-encoded \"/\" or \"\\\" (%2f, %5c) in its path"));
+    // Other escapes, and %2f in the query, are left to the glob.
+    for uri in [
+        "https://git.example.com/org/a%20b/repo",
+        "https://git.example.com/org/%2e2f/repo",
+        "https://git.example.com/org/repo?path=a%2Fb",
+    ] {
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        Policy::from_toml_str("source_uris = [\"https://git.example.com/org/*\"]")
+            .unwrap()
+            .check(&st, now())
+            .unwrap();
+    }
+}
