@@ -287,6 +287,22 @@ impl Policy {
                      with uri file://<externalParameters.source.path>)",
                 ));
             };
+            // Parsed first: every later check, and the glob, judge a URL the runner could have
+            // fetched. One that does not parse (`https://evil.com:1.git.example.com/x` has a
+            // port that is not a number) would otherwise match as text.
+            let parsed = match reqwest::Url::parse(uri) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    return Err(Rejection::new(
+                        "source_uris",
+                        format!(
+                            "{field} is {}, which does not parse as a URL ({e}): the runner \
+                             fetches only URLs that parse, so it matches nothing",
+                            quote(uri)
+                        ),
+                    ))
+                }
+            };
             if has_dot_segment(uri) {
                 return Err(Rejection::new(
                     "source_uris",
@@ -308,7 +324,7 @@ impl Policy {
                     ),
                 ));
             }
-            if let Some(normal) = unnormalized(field, uri) {
+            if let Some(normal) = unnormalized(field, uri, &parsed) {
                 return Err(Rejection::new(
                     "source_uris",
                     format!(
@@ -546,19 +562,12 @@ fn source_dependency(statement: &Statement) -> Option<&ResourceDescriptor> {
 }
 
 /// The `url` crate's serialization of a URI the job gave (`externalParameters.source.uri`),
-/// when it differs from the text: the runner's fetchers act on the serialization, so a glob
-/// over the text would judge one location while the source came from another
+/// `parsed`, when it differs from the text: the runner's fetchers act on the serialization, so
+/// a glob over the text would judge one location while the source came from another
 /// (`https://evil.example\.example.com/` is fetched from `evil.example`). The `file://` URI of
 /// a local source is the runner's own canonical path and is taken as written.
-fn unnormalized(field: &str, uri: &str) -> Option<String> {
-    if field != "externalParameters.source.uri" {
-        return None;
-    }
-    match reqwest::Url::parse(uri) {
-        Ok(parsed) if parsed.as_str() != uri => Some(parsed.to_string()),
-        // An absolute path (a git source given as one) or already normalized.
-        _ => None,
-    }
+fn unnormalized(field: &str, uri: &str, parsed: &reqwest::Url) -> Option<String> {
+    (field == "externalParameters.source.uri" && parsed.as_str() != uri).then(|| parsed.to_string())
 }
 
 /// [`glob_matches`] with the host kept apart: when the pattern has a `scheme://host` part

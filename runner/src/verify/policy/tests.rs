@@ -492,3 +492,30 @@ fn a_source_uri_with_an_encoded_slash_or_backslash_in_its_path_matches_no_glob()
             .unwrap();
     }
 }
+
+#[test]
+fn a_source_uri_that_does_not_parse_matches_no_glob() {
+    // The text matches the glob as a whole, but it is no URL the runner could have fetched:
+    // `evil.com:1.git.example.com` is a host `evil.com` with a port that is not a number.
+    let uri = "https://evil.com:1.git.example.com/org/x";
+    assert!(reqwest::Url::parse(uri).is_err());
+    assert!(uri_glob_matches("https://*.example.com/*", uri));
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+    assert_eq!(
+        rejection("source_uris = [\"https://*.example.com/*\"]", &st),
+        "source_uris: externalParameters.source.uri is \"https://evil.com:1.git.example.com/org/x\", \
+         which does not parse as a URL (invalid port number): the runner fetches only URLs that \
+         parse, so it matches nothing"
+    );
+    for uri in [
+        "/srv/git/app.git",
+        "https://[::1/app.git",
+        "https://git.example.com:99999/app.git",
+    ] {
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        let e = rejection("source_uris = [\"*\"]", &st);
+        assert!(e.contains("which does not parse as a URL ("), "{uri}: {e}");
+    }
+}
