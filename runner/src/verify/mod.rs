@@ -808,6 +808,46 @@ mod tests {
     }
 
     #[test]
+    fn a_top_level_key_we_do_not_write_is_refused_whatever_its_case() {
+        // Go's encoding/json (cosign, slsa-verifier) matches object keys to struct fields
+        // case-insensitively: given "subject" and "Subject" it may read either list, while
+        // serde reads only "subject". One signed document, two meanings: refused.
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let other = serde_json::json!([{ "name": "evil", "digest": { "sha256": "b".repeat(64) } }]);
+        for extra in [
+            "Subject",
+            "SUBJECT",
+            "_Type",
+            "predicatetype",
+            "Predicate",
+            "comment",
+        ] {
+            let mut v = statement_json();
+            v[extra] = if extra.eq_ignore_ascii_case("subject") {
+                other.clone()
+            } else {
+                "x".into()
+            };
+            let env = signed(&serde_json::to_vec(&v).unwrap(), IN_TOTO_PAYLOAD_TYPE, &key);
+            let e = verify_envelope(&env, &[key.public()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "statement: not an SLSA Provenance v1 statement: unknown field `{extra}`"
+                )),
+                "{extra}: {e}"
+            );
+        }
+        // What the runner writes has no other top-level key, and reads back.
+        let written =
+            serde_json::to_value(serde_json::from_value::<Statement>(statement_json()).unwrap())
+                .unwrap();
+        let keys: Vec<&String> = written.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["_type", "predicate", "predicateType", "subject"]);
+    }
+
+    #[test]
     fn text_from_the_provenance_file_reaches_the_terminal_escaped_and_bounded() {
         // The key id is not covered by the signature: whoever hands over the provenance file
         // writes it, and it appears in the rejection.
