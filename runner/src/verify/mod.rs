@@ -180,18 +180,7 @@ pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError
     let keys = req
         .keys
         .iter()
-        .map(|p| {
-            PublicKey::load(p).map_err(|e| {
-                let private = std::fs::read_to_string(p).is_ok_and(|t| t.contains("PRIVATE KEY"));
-                InputError::Key(if private {
-                    anyhow::anyhow!(
-                        "{e:#}; it is a private key: pass the public key (signing.pub) instead"
-                    )
-                } else {
-                    e
-                })
-            })
-        })
+        .map(|p| PublicKey::load(p).map_err(|e| InputError::Key(e.context("--key"))))
         .collect::<Result<Vec<_>, _>>()?;
     let policy = match &req.policy {
         Some(p) => Policy::load(p)?,
@@ -966,6 +955,48 @@ mod tests {
             format!(
                 "artifact {}: not a regular file (a directory)",
                 dir.display()
+            )
+        );
+    }
+
+    #[test]
+    fn an_unusable_key_names_the_flag_and_the_file_at_once() {
+        let (dir, prov) = write_temp("p.intoto.jsonl", "");
+        let run = |key: PathBuf| {
+            let req = Request {
+                provenance: prov.clone(),
+                keys: vec![key],
+                policy: None,
+                json: false,
+                artifacts: vec![prov.clone()],
+            };
+            crate::tools::testutil::returns_within("verify", move || {
+                verify(&req, SystemTime::now())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_err()
+        };
+        let pipe = dir.join("signing.pub");
+        crate::tools::testutil::fifo(&pipe);
+        assert_eq!(
+            run(pipe.clone()),
+            format!(
+                "--key: public key {}: cannot read: not a regular file (a fifo)",
+                pipe.display()
+            )
+        );
+        LocalKey::generate(Algorithm::P256)
+            .unwrap()
+            .write_pair(&dir.join("keys"))
+            .unwrap();
+        let private = dir.join("keys/signing.key");
+        assert_eq!(
+            run(private.clone()),
+            format!(
+                "--key: public key {}: not an SPKI PEM ECDSA P-256 or Ed25519 public key; it is \
+                 a private key: pass the public key (signing.pub) instead",
+                private.display()
             )
         );
     }

@@ -32,6 +32,9 @@ use crate::provenance::statement::{ResourceDescriptor, Statement};
 /// `max_age` rejects the statement as dated in the future.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
+/// Largest policy file read (a policy is a few lines; a long digest list is a few KiB).
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 /// The isolation modes a runner records (`result.json`, `internalParameters.isolation.mode`).
 pub const ISOLATION_MODES: [&str; 3] = ["root-per-job-uid", "subuid", "rootless-single-uid"];
 
@@ -132,11 +135,19 @@ pub enum PolicyError {
 }
 
 impl Policy {
-    /// Reads and validates a policy file.
+    /// Reads and validates a policy file: a regular file (a fifo is refused, not waited on) of
+    /// at most [`MAX_POLICY_BYTES`], so that `--policy /dev/zero` neither fills memory nor hangs.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let bytes =
+            crate::fsutil::read_regular_capped(path, MAX_POLICY_BYTES).map_err(|source| {
+                PolicyError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        let text = String::from_utf8(bytes).map_err(|e| PolicyError::Read {
             path: path.to_path_buf(),
-            source,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
         })?;
         Policy::from_toml_str(&text).map_err(|e| e.at(path))
     }

@@ -519,3 +519,44 @@ fn a_source_uri_that_does_not_parse_matches_no_glob() {
         assert!(e.contains("which does not parse as a URL ("), "{uri}: {e}");
     }
 }
+
+#[test]
+fn a_policy_that_is_not_a_small_regular_file_is_refused_at_once() {
+    use crate::tools::testutil::{fifo, returns_within, TempDir};
+    let dir = TempDir::named("bulwark-policy");
+    let load = |p: std::path::PathBuf| {
+        returns_within("Policy::load", move || {
+            Policy::load(&p).map_err(|e| {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                format!("{e}: {}", cause.unwrap_or_default())
+            })
+        })
+    };
+    // A fifo without a writer: opened the usual way, it waits for one for ever.
+    let pipe = dir.join("policy.toml");
+    fifo(&pipe);
+    assert_eq!(
+        load(pipe.clone()).unwrap_err(),
+        format!(
+            "policy {}: cannot read: not a regular file (a fifo)",
+            pipe.display()
+        )
+    );
+    // Valid TOML, but more than any policy holds.
+    let big = dir.join("big.toml");
+    let line = "# a comment line of some length, repeated\n";
+    std::fs::write(
+        &big,
+        line.repeat((MAX_POLICY_BYTES as usize) / line.len() + 1),
+    )
+    .unwrap();
+    assert_eq!(
+        load(big.clone()).unwrap_err(),
+        format!("policy {}: cannot read: larger than 1 MiB", big.display())
+    );
+    // A device: read carelessly, /dev/zero fills memory.
+    assert_eq!(
+        load("/dev/zero".into()).unwrap_err(),
+        "policy /dev/zero: cannot read: not a regular file (a device node)"
+    );
+}
