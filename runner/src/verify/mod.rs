@@ -528,15 +528,34 @@ fn print_verdicts(verdicts: &[Verdict], json: bool) {
 /// One line of text output: `ACCEPTED <path> (<subject>)` or `REJECTED <path>: <rejection>`,
 /// control characters escaped: a rejection can quote text nothing signed (a key id, a parser's
 /// message), and a newline in it or in a path could print a line a script reads as `ACCEPTED`.
+///
+/// The subject name comes from the statement and is cut to [`MAX_SHOWN_NAME_CHARS`], as every
+/// value a rejection quotes from it is; unquoted, since the line's format predates the cut.
+/// `--json` carries it whole, for scripts that compare it.
 fn verdict_line(v: &Verdict) -> String {
     escape(&match &v.outcome {
         Ok(name) => format!(
             "ACCEPTED {} ({})",
             v.artifact.display(),
-            name.as_deref().unwrap_or("unnamed subject")
+            cut(name.as_deref().unwrap_or("unnamed subject"))
         ),
         Err(r) => format!("REJECTED {}: {r}", v.artifact.display()),
     })
+}
+
+/// Most characters of a subject name on an `ACCEPTED` line: as many as
+/// `bulwark_protocol::error::quote` keeps of a value it quotes.
+const MAX_SHOWN_NAME_CHARS: usize = 64;
+
+/// `s` cut to [`MAX_SHOWN_NAME_CHARS`] characters, with an ellipsis when cut.
+fn cut(s: &str) -> String {
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(MAX_SHOWN_NAME_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
+    }
 }
 
 /// Most characters of one line printed on stderr for unusable input.
@@ -873,6 +892,29 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[0].contains("\\u{1b}[2J"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_long_subject_name_is_cut_on_the_accepted_line_as_quoted_values_are() {
+        let name = format!("dist/{}", "n".repeat(10_000));
+        let verdict = Verdict {
+            artifact: PathBuf::from("dist/app.tar.gz"),
+            sha256: "a".repeat(64),
+            outcome: Ok(Some(name.clone())),
+        };
+        let shown: String = name.chars().take(64).collect();
+        assert_eq!(
+            verdict_line(&verdict),
+            format!("ACCEPTED dist/app.tar.gz ({shown}…)")
+        );
+        let short = Verdict {
+            outcome: Ok(Some("dist/app.tar.gz".into())),
+            ..verdict
+        };
+        assert_eq!(
+            verdict_line(&short),
+            "ACCEPTED dist/app.tar.gz (dist/app.tar.gz)"
+        );
     }
 
     #[test]

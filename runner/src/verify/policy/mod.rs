@@ -454,9 +454,10 @@ impl Policy {
                         return Err(Rejection::new(
                             "allowed_dependency_digests",
                             format!(
-                                "resolvedDependencies {} has sha256 {sha}, which is not in the \
+                                "resolvedDependencies {} has sha256 {}, which is not in the \
                                  allowed list",
-                                describe(dep)
+                                describe(dep),
+                                shown_digest(&sha)
                             ),
                         ))
                     }
@@ -645,6 +646,16 @@ fn has_encoded_separator(uri: &str) -> bool {
 
 fn sha256_of(dep: &ResourceDescriptor) -> Option<String> {
     dep.digest.get("sha256").map(|s| s.to_ascii_lowercase())
+}
+
+/// A digest from the statement for a message: as it is when it is 64 hex digits, else quoted
+/// and cut like any other value from the statement (nothing bounds what a digest field holds).
+fn shown_digest(sha: &str) -> String {
+    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        sha.to_string()
+    } else {
+        quote(sha)
+    }
 }
 
 fn describe(dep: &ResourceDescriptor) -> String {

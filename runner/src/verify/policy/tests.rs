@@ -560,3 +560,22 @@ fn a_policy_that_is_not_a_small_regular_file_is_refused_at_once() {
         "policy /dev/zero: cannot read: not a regular file (a device node)"
     );
 }
+
+#[test]
+fn a_dependency_digest_that_is_not_hex_is_quoted_and_cut() {
+    let mut st = statement();
+    let long = "z".repeat(10_000);
+    st.predicate.build_definition.resolved_dependencies[1]
+        .digest
+        .insert("sha256".into(), long.clone());
+    let e = rejection(&format!("allowed_dependency_digests = [\"{B}\"]"), &st);
+    assert_eq!(
+        e,
+        format!(
+            "allowed_dependency_digests: resolvedDependencies \"jq\" (\"https://example.org/jq.tgz\") \
+             has sha256 {}, which is not in the allowed list",
+            quote(&long)
+        )
+    );
+    assert!(e.len() < 300, "{e}");
+}
