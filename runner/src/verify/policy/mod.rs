@@ -362,8 +362,8 @@ impl Policy {
             let Some(r) = external.pointer("/source/ref").and_then(Value::as_str) else {
                 return Err(Rejection::new(
                     "source_refs",
-                    "the statement has no externalParameters.source.ref (a local source has \
-                     none)",
+                    "the statement has no externalParameters.source.ref (local and url \
+                     (tarball) sources have none)",
                 ));
             };
             if !globs.iter().any(|g| glob_matches(g, r)) {

@@ -579,3 +579,15 @@ fn a_dependency_digest_that_is_not_hex_is_quoted_and_cut() {
     );
     assert!(e.len() < 300, "{e}");
 }
+
+#[test]
+fn a_missing_ref_says_local_and_url_sources_have_none() {
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"] =
+        json!({ "uri": "https://example.org/app.tar.gz", "sha256": A });
+    assert_eq!(
+        rejection("source_refs = [\"refs/heads/main\"]", &st),
+        "source_refs: the statement has no externalParameters.source.ref (local and url \
+         (tarball) sources have none)"
+    );
+}
