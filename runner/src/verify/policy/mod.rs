@@ -711,8 +711,15 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     let more = if rest.is_empty() && had_days {
         Duration::ZERO
     } else {
-        bulwark_protocol::parse_duration(rest)
-            .map_err(|_| format!("{} is not a duration; use {FORMS}", quote(s)))?
+        bulwark_protocol::parse_duration(rest).map_err(|e| {
+            // Its one message for a number or sum past what it holds (u64 milliseconds); every
+            // other message is about the form, which FORMS (with days) says better.
+            if e.ends_with(" is too large for a duration") {
+                format!("{} is too large", quote(s))
+            } else {
+                format!("{} is not a duration; use {FORMS}", quote(s))
+            }
+        })?
     };
     let total = days
         .checked_add(more)

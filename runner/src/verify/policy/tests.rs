@@ -591,3 +591,36 @@ fn a_missing_ref_says_local_and_url_sources_have_none() {
          (tarball) sources have none)"
     );
 }
+
+#[test]
+fn a_max_age_past_the_largest_duration_is_too_large_not_malformed() {
+    for (text, want) in [
+        (
+            "99999999999999999999h",
+            "max_age: \"99999999999999999999h\" is too large",
+        ),
+        (
+            "1d99999999999999999999s",
+            "max_age: \"1d99999999999999999999s\" is too large",
+        ),
+        (
+            "99999999999999999999d",
+            "max_age: \"99999999999999999999d\" is too large",
+        ),
+        (
+            "5124095576030431h",
+            "max_age: \"5124095576030431h\" is too large",
+        ),
+        // Still the form, whatever the text says.
+        ("too large", "max_age: \"too large\" is not a duration"),
+        ("1h2d", "max_age: \"1h2d\" is not a duration"),
+    ] {
+        let e = Policy::from_toml_str(&format!("max_age = \"{text}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with(want) || e.contains(&format!("{want};")),
+            "{text}: {e}"
+        );
+    }
+}
