@@ -386,8 +386,13 @@ pub fn open_regular(path: &Path, no_follow: bool) -> io::Result<File> {
                 e
             }
         })?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        use std::os::unix::fs::MetadataExt;
+        return Err(io::Error::other(format!(
+            "not a regular file (a {})",
+            Kind::of(meta.mode()).name()
+        )));
     }
     // For a regular file O_NONBLOCK changes nothing; cleared all the same.
     nix::fcntl::fcntl(
@@ -395,6 +400,30 @@ pub fn open_regular(path: &Path, no_follow: bool) -> io::Result<File> {
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
     )?;
     Ok(file)
+}
+
+/// The whole of `path`, a regular file ([`open_regular`], symlinks followed) of at most
+/// `max_bytes`. For the small files an operator names on a command line (a public key, a
+/// policy): read with `read_to_string`, `/dev/zero` fills memory, a large file is read whole
+/// for nothing, and a fifo without a writer waits for ever.
+pub fn read_regular_capped(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular(path, false)?
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        let limit = match max_bytes {
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+            n => format!("{n} bytes"),
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("larger than {limit}"),
+        ));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub trait Signer {
     fn public_key_pem(&self) -> Result<String>;
 }
 
-/// Most bytes read from a private key file (a PEM key is a few hundred).
+/// Most bytes read from a private or public key file (a PEM key is a few hundred).
 const MAX_KEY_BYTES: u64 = 64 * 1024;
 
 /// File name of a private key in a key directory.
@@ -320,11 +320,29 @@ impl PublicKey {
         })
     }
 
-    /// Reads a public key file.
+    /// Reads a public key file: a regular file (a fifo is refused, not waited on) of at most
+    /// 64 KiB, so that `--key /dev/zero` does not fill memory. A private key passed by mistake
+    /// (`signing.key` for `signing.pub`) is refused saying so; its bytes are zeroed after.
     pub fn load(path: &Path) -> Result<PublicKey> {
-        let pem = fs::read_to_string(path)
-            .with_context(|| format!("public key {}: cannot read", path.display()))?;
-        PublicKey::from_pem(&pem).with_context(|| format!("public key {}", path.display()))
+        let what = || format!("public key {}", path.display());
+        let bytes = zeroize::Zeroizing::new(
+            crate::fsutil::read_regular_capped(path, MAX_KEY_BYTES)
+                .with_context(|| format!("{}: cannot read", what()))?,
+        );
+        let pem = std::str::from_utf8(&bytes)
+            .map_err(|_| anyhow::anyhow!("not a PEM file (not text)"))
+            .with_context(what)?;
+        PublicKey::from_pem(pem)
+            .map_err(|e| {
+                if pem.contains("PRIVATE KEY") {
+                    anyhow::anyhow!(
+                        "{e:#}; it is a private key: pass the public key (signing.pub) instead"
+                    )
+                } else {
+                    e
+                }
+            })
+            .with_context(what)
     }
 
     /// The key id (see the module docs).
@@ -394,6 +412,66 @@ mod tests {
             // Never overwritten.
             assert!(key.write_pair(&dir).is_err());
         }
+    }
+
+    #[test]
+    fn a_public_key_that_is_not_a_small_regular_file_is_refused_at_once() {
+        use crate::tools::testutil::{fifo, returns_within};
+        let dir = tempdir();
+        let load = |p: std::path::PathBuf| {
+            returns_within("PublicKey::load", move || {
+                PublicKey::load(&p)
+                    .map(|k| k.keyid().to_string())
+                    .map_err(|e| format!("{e:#}"))
+            })
+        };
+        // A fifo without a writer: opened the usual way, it waits for one for ever.
+        let pipe = dir.join("signing.pub");
+        fifo(&pipe);
+        assert_eq!(
+            load(pipe.clone()).unwrap_err(),
+            format!(
+                "public key {}: cannot read: not a regular file (a fifo)",
+                pipe.display()
+            )
+        );
+        // A real key followed by more than any key file holds.
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let big = dir.join("big.pub");
+        let pem = key.public().to_pem().unwrap();
+        fs::write(&big, pem.clone() + &"\n".repeat(MAX_KEY_BYTES as usize)).unwrap();
+        assert_eq!(
+            load(big.clone()).unwrap_err(),
+            format!(
+                "public key {}: cannot read: larger than 64 KiB",
+                big.display()
+            )
+        );
+        fs::write(&big, &pem).unwrap();
+        assert_eq!(load(big).unwrap(), key.keyid());
+        // A device: read carelessly, /dev/zero fills memory.
+        assert_eq!(
+            load("/dev/zero".into()).unwrap_err(),
+            "public key /dev/zero: cannot read: not a regular file (a device node)"
+        );
+    }
+
+    #[test]
+    fn a_private_key_given_as_a_public_key_is_refused_saying_which_to_pass() {
+        let dir = tempdir();
+        LocalKey::generate(Algorithm::Ed25519)
+            .unwrap()
+            .write_pair(&dir)
+            .unwrap();
+        let p = dir.join(PRIVATE_NAME);
+        assert_eq!(
+            format!("{:#}", PublicKey::load(&p).unwrap_err()),
+            format!(
+                "public key {}: not an SPKI PEM ECDSA P-256 or Ed25519 public key; it is a \
+                 private key: pass the public key (signing.pub) instead",
+                p.display()
+            )
+        );
     }
 
     #[test]

@@ -18,7 +18,15 @@ pub const SLSA_PROVENANCE_V1: &str = "https://slsa.dev/provenance/v1";
 pub const BUILD_TYPE: &str = "https://bulwark.invalid/buildtypes/job/v1";
 
 /// An in-toto Statement v1 carrying SLSA Provenance v1.
+///
+/// Unknown fields are refused here as in every nested type, deliberately stricter than a
+/// general in-toto consumer: `bulwark verify` reads only statements of our own build type,
+/// whose every field we write, and a key it would skip can be one another verifier reads. Go's
+/// `encoding/json` (cosign, slsa-verifier) matches keys to fields case-insensitively, so a
+/// signed payload with both `"subject"` and `"Subject"` could name one artifact list to us and
+/// the other to them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Statement {
     /// Always [`STATEMENT_TYPE`].
     #[serde(rename = "_type")]

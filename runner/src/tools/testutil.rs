@@ -142,6 +142,22 @@ pub fn sha256(bytes: &[u8]) -> String {
 /// drop, read-only trees included).
 pub use bulwark_sandbox::testutil::TempDir;
 
+/// `f`'s result, which must come within ten seconds: for reads that, done carelessly, wait for
+/// ever (a fifo without a writer). On a timeout the test fails and the thread is left behind.
+pub fn returns_within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} did not return within 10 s"))
+}
+
+/// A fifo at `path` (mode 0600) that no one writes to.
+pub fn fifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
 /// Every entry under `dir`, relative, sorted (symlinks not followed).
 pub fn listing(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {

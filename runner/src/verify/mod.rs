@@ -180,18 +180,7 @@ pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError
     let keys = req
         .keys
         .iter()
-        .map(|p| {
-            PublicKey::load(p).map_err(|e| {
-                let private = std::fs::read_to_string(p).is_ok_and(|t| t.contains("PRIVATE KEY"));
-                InputError::Key(if private {
-                    anyhow::anyhow!(
-                        "{e:#}; it is a private key: pass the public key (signing.pub) instead"
-                    )
-                } else {
-                    e
-                })
-            })
-        })
+        .map(|p| PublicKey::load(p).map_err(|e| InputError::Key(e.context("--key"))))
         .collect::<Result<Vec<_>, _>>()?;
     let policy = match &req.policy {
         Some(p) => Policy::load(p)?,
@@ -539,15 +528,34 @@ fn print_verdicts(verdicts: &[Verdict], json: bool) {
 /// One line of text output: `ACCEPTED <path> (<subject>)` or `REJECTED <path>: <rejection>`,
 /// control characters escaped: a rejection can quote text nothing signed (a key id, a parser's
 /// message), and a newline in it or in a path could print a line a script reads as `ACCEPTED`.
+///
+/// The subject name comes from the statement and is cut to [`MAX_SHOWN_NAME_CHARS`], as every
+/// value a rejection quotes from it is; unquoted, since the line's format predates the cut.
+/// `--json` carries it whole, for scripts that compare it.
 fn verdict_line(v: &Verdict) -> String {
     escape(&match &v.outcome {
         Ok(name) => format!(
             "ACCEPTED {} ({})",
             v.artifact.display(),
-            name.as_deref().unwrap_or("unnamed subject")
+            cut(name.as_deref().unwrap_or("unnamed subject"))
         ),
         Err(r) => format!("REJECTED {}: {r}", v.artifact.display()),
     })
+}
+
+/// Most characters of a subject name on an `ACCEPTED` line: as many as
+/// `bulwark_protocol::error::quote` keeps of a value it quotes.
+const MAX_SHOWN_NAME_CHARS: usize = 64;
+
+/// `s` cut to [`MAX_SHOWN_NAME_CHARS`] characters, with an ellipsis when cut.
+fn cut(s: &str) -> String {
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(MAX_SHOWN_NAME_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
+    }
 }
 
 /// Most characters of one line printed on stderr for unusable input.
@@ -808,6 +816,46 @@ mod tests {
     }
 
     #[test]
+    fn a_top_level_key_we_do_not_write_is_refused_whatever_its_case() {
+        // Go's encoding/json (cosign, slsa-verifier) matches object keys to struct fields
+        // case-insensitively: given "subject" and "Subject" it may read either list, while
+        // serde reads only "subject". One signed document, two meanings: refused.
+        let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let other = serde_json::json!([{ "name": "evil", "digest": { "sha256": "b".repeat(64) } }]);
+        for extra in [
+            "Subject",
+            "SUBJECT",
+            "_Type",
+            "predicatetype",
+            "Predicate",
+            "comment",
+        ] {
+            let mut v = statement_json();
+            v[extra] = if extra.eq_ignore_ascii_case("subject") {
+                other.clone()
+            } else {
+                "x".into()
+            };
+            let env = signed(&serde_json::to_vec(&v).unwrap(), IN_TOTO_PAYLOAD_TYPE, &key);
+            let e = verify_envelope(&env, &[key.public()])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "statement: not an SLSA Provenance v1 statement: unknown field `{extra}`"
+                )),
+                "{extra}: {e}"
+            );
+        }
+        // What the runner writes has no other top-level key, and reads back.
+        let written =
+            serde_json::to_value(serde_json::from_value::<Statement>(statement_json()).unwrap())
+                .unwrap();
+        let keys: Vec<&String> = written.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["_type", "predicate", "predicateType", "subject"]);
+    }
+
+    #[test]
     fn text_from_the_provenance_file_reaches_the_terminal_escaped_and_bounded() {
         // The key id is not covered by the signature: whoever hands over the provenance file
         // writes it, and it appears in the rejection.
@@ -844,6 +892,29 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[0].contains("\\u{1b}[2J"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_long_subject_name_is_cut_on_the_accepted_line_as_quoted_values_are() {
+        let name = format!("dist/{}", "n".repeat(10_000));
+        let verdict = Verdict {
+            artifact: PathBuf::from("dist/app.tar.gz"),
+            sha256: "a".repeat(64),
+            outcome: Ok(Some(name.clone())),
+        };
+        let shown: String = name.chars().take(64).collect();
+        assert_eq!(
+            verdict_line(&verdict),
+            format!("ACCEPTED dist/app.tar.gz ({shown}…)")
+        );
+        let short = Verdict {
+            outcome: Ok(Some("dist/app.tar.gz".into())),
+            ..verdict
+        };
+        assert_eq!(
+            verdict_line(&short),
+            "ACCEPTED dist/app.tar.gz (dist/app.tar.gz)"
+        );
     }
 
     #[test]
@@ -926,6 +997,48 @@ mod tests {
             format!(
                 "artifact {}: not a regular file (a directory)",
                 dir.display()
+            )
+        );
+    }
+
+    #[test]
+    fn an_unusable_key_names_the_flag_and_the_file_at_once() {
+        let (dir, prov) = write_temp("p.intoto.jsonl", "");
+        let run = |key: PathBuf| {
+            let req = Request {
+                provenance: prov.clone(),
+                keys: vec![key],
+                policy: None,
+                json: false,
+                artifacts: vec![prov.clone()],
+            };
+            crate::tools::testutil::returns_within("verify", move || {
+                verify(&req, SystemTime::now())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_err()
+        };
+        let pipe = dir.join("signing.pub");
+        crate::tools::testutil::fifo(&pipe);
+        assert_eq!(
+            run(pipe.clone()),
+            format!(
+                "--key: public key {}: cannot read: not a regular file (a fifo)",
+                pipe.display()
+            )
+        );
+        LocalKey::generate(Algorithm::P256)
+            .unwrap()
+            .write_pair(&dir.join("keys"))
+            .unwrap();
+        let private = dir.join("keys/signing.key");
+        assert_eq!(
+            run(private.clone()),
+            format!(
+                "--key: public key {}: not an SPKI PEM ECDSA P-256 or Ed25519 public key; it is \
+                 a private key: pass the public key (signing.pub) instead",
+                private.display()
             )
         );
     }

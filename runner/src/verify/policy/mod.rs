@@ -32,6 +32,9 @@ use crate::provenance::statement::{ResourceDescriptor, Statement};
 /// `max_age` rejects the statement as dated in the future.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
+/// Largest policy file read (a policy is a few lines; a long digest list is a few KiB).
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 /// The isolation modes a runner records (`result.json`, `internalParameters.isolation.mode`).
 pub const ISOLATION_MODES: [&str; 3] = ["root-per-job-uid", "subuid", "rootless-single-uid"];
 
@@ -132,11 +135,19 @@ pub enum PolicyError {
 }
 
 impl Policy {
-    /// Reads and validates a policy file.
+    /// Reads and validates a policy file: a regular file (a fifo is refused, not waited on) of
+    /// at most [`MAX_POLICY_BYTES`], so that `--policy /dev/zero` neither fills memory nor hangs.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let bytes =
+            crate::fsutil::read_regular_capped(path, MAX_POLICY_BYTES).map_err(|source| {
+                PolicyError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        let text = String::from_utf8(bytes).map_err(|e| PolicyError::Read {
             path: path.to_path_buf(),
-            source,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
         })?;
         Policy::from_toml_str(&text).map_err(|e| e.at(path))
     }
@@ -287,6 +298,22 @@ impl Policy {
                      with uri file://<externalParameters.source.path>)",
                 ));
             };
+            // Parsed first: every later check, and the glob, judge a URL the runner could have
+            // fetched. One that does not parse (`https://evil.com:1.git.example.com/x` has a
+            // port that is not a number) would otherwise match as text.
+            let parsed = match reqwest::Url::parse(uri) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    return Err(Rejection::new(
+                        "source_uris",
+                        format!(
+                            "{field} is {}, which does not parse as a URL ({e}): the runner \
+                             fetches only URLs that parse, so it matches nothing",
+                            quote(uri)
+                        ),
+                    ))
+                }
+            };
             if has_dot_segment(uri) {
                 return Err(Rejection::new(
                     "source_uris",
@@ -297,7 +324,18 @@ impl Policy {
                     ),
                 ));
             }
-            if let Some(normal) = unnormalized(field, uri) {
+            if has_encoded_separator(uri) {
+                return Err(Rejection::new(
+                    "source_uris",
+                    format!(
+                        "{field} is {}, which has a percent-encoded \"/\" or \"\\\" (%2f, %5c) \
+                         in its path: a server that decodes it reads other segments than the \
+                         glob saw, so no glob can say where from",
+                        quote(uri)
+                    ),
+                ));
+            }
+            if let Some(normal) = unnormalized(field, uri, &parsed) {
                 return Err(Rejection::new(
                     "source_uris",
                     format!(
@@ -324,8 +362,8 @@ impl Policy {
             let Some(r) = external.pointer("/source/ref").and_then(Value::as_str) else {
                 return Err(Rejection::new(
                     "source_refs",
-                    "the statement has no externalParameters.source.ref (a local source has \
-                     none)",
+                    "the statement has no externalParameters.source.ref (local and url \
+                     (tarball) sources have none)",
                 ));
             };
             if !globs.iter().any(|g| glob_matches(g, r)) {
@@ -416,9 +454,10 @@ impl Policy {
                         return Err(Rejection::new(
                             "allowed_dependency_digests",
                             format!(
-                                "resolvedDependencies {} has sha256 {sha}, which is not in the \
+                                "resolvedDependencies {} has sha256 {}, which is not in the \
                                  allowed list",
-                                describe(dep)
+                                describe(dep),
+                                shown_digest(&sha)
                             ),
                         ))
                     }
@@ -535,19 +574,12 @@ fn source_dependency(statement: &Statement) -> Option<&ResourceDescriptor> {
 }
 
 /// The `url` crate's serialization of a URI the job gave (`externalParameters.source.uri`),
-/// when it differs from the text: the runner's fetchers act on the serialization, so a glob
-/// over the text would judge one location while the source came from another
+/// `parsed`, when it differs from the text: the runner's fetchers act on the serialization, so
+/// a glob over the text would judge one location while the source came from another
 /// (`https://evil.example\.example.com/` is fetched from `evil.example`). The `file://` URI of
 /// a local source is the runner's own canonical path and is taken as written.
-fn unnormalized(field: &str, uri: &str) -> Option<String> {
-    if field != "externalParameters.source.uri" {
-        return None;
-    }
-    match reqwest::Url::parse(uri) {
-        Ok(parsed) if parsed.as_str() != uri => Some(parsed.to_string()),
-        // An absolute path (a git source given as one) or already normalized.
-        _ => None,
-    }
+fn unnormalized(field: &str, uri: &str, parsed: &reqwest::Url) -> Option<String> {
+    (field == "externalParameters.source.uri" && parsed.as_str() != uri).then(|| parsed.to_string())
 }
 
 /// [`glob_matches`] with the host kept apart: when the pattern has a `scheme://host` part
@@ -585,8 +617,45 @@ fn has_dot_segment(uri: &str) -> bool {
     })
 }
 
+/// Whether the path of `uri` (after `scheme://authority`, up to a `?` or `#`) has a segment that percent-decodes to one holding `/` or `\` (`%2f`, `%5c`, any case).
+///
+/// The `url` crate keeps such escapes as they are, so `https://host/org/..%2Fevil/repo` is in
+/// normal form and matches `https://host/org/*` as text; but a server that decodes `%2f`
+/// before resolving dot segments (some web servers and proxies do) serves `/evil/repo`. Which
+/// servers do is not something a verifier can know, so such a URI never matches. The cost: a
+/// source whose path holds an escaped slash on purpose (GitLab's API names a project
+/// `group%2Fproject`) cannot be allowed by `source_uris`. `%2f` in the query is left to the
+/// glob, as every other escape is.
+fn has_encoded_separator(uri: &str) -> bool {
+    let path = match uri.find("://") {
+        Some(i) => {
+            let rest = &uri[i + 3..];
+            &rest[rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len())..]
+        }
+        None => uri,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'f') | (b'5', b'c')
+            )
+    })
+}
+
 fn sha256_of(dep: &ResourceDescriptor) -> Option<String> {
     dep.digest.get("sha256").map(|s| s.to_ascii_lowercase())
+}
+
+/// A digest from the statement for a message: as it is when it is 64 hex digits, else quoted
+/// and cut like any other value from the statement (nothing bounds what a digest field holds).
+fn shown_digest(sha: &str) -> String {
+    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        sha.to_string()
+    } else {
+        quote(sha)
+    }
 }
 
 fn describe(dep: &ResourceDescriptor) -> String {
@@ -642,8 +711,15 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     let more = if rest.is_empty() && had_days {
         Duration::ZERO
     } else {
-        bulwark_protocol::parse_duration(rest)
-            .map_err(|_| format!("{} is not a duration; use {FORMS}", quote(s)))?
+        bulwark_protocol::parse_duration(rest).map_err(|e| {
+            // Its one message for a number or sum past what it holds (u64 milliseconds); every
+            // other message is about the form, which FORMS (with days) says better.
+            if e.ends_with(" is too large for a duration") {
+                format!("{} is too large", quote(s))
+            } else {
+                format!("{} is not a duration; use {FORMS}", quote(s))
+            }
+        })?
     };
     let total = days
         .checked_add(more)

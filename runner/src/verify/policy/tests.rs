@@ -441,3 +441,186 @@ fn a_star_in_a_globs_host_matches_only_within_the_host() {
         p.check(&statement(), now()).unwrap();
     }
 }
+
+#[test]
+fn a_source_uri_with_an_encoded_slash_or_backslash_in_its_path_matches_no_glob() {
+    // The `url` crate keeps `%2f` as it is, so each of these is already in normal form and its
+    // text matched `org/*`; a server that decodes `%2f` before resolving `..` serves
+    // `/evil/repo`.
+    for uri in [
+        "https://git.example.com/org/%2e%2e%2fevil/repo",
+        "https://git.example.com/org/..%2Fevil/repo",
+        "https://git.example.com/org/..%2f..%2fevil/repo",
+        "https://git.example.com/org/..%5cevil/repo",
+        "https://git.example.com/org/x%5C..%5C..%5Cevil/repo",
+    ] {
+        assert_eq!(reqwest::Url::parse(uri).unwrap().as_str(), uri);
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        st.predicate.build_definition.resolved_dependencies[0].uri = Some(format!("git+{uri}"));
+        let e = rejection("source_uris = [\"https://git.example.com/org/*\"]", &st);
+        assert_eq!(
+            e,
+            format!(
+                "source_uris: externalParameters.source.uri is {}, which has a percent-encoded \
+                 \"/\" or \"\\\" (%2f, %5c) in its path: a server that decodes it reads other \
+                 segments than the glob saw, so no glob can say where from",
+                quote(uri)
+            ),
+            "{uri}"
+        );
+    }
+    // So does a local source's file:// uri.
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"] =
+        json!({ "path": "/work/a%2f..%2fb" });
+    st.predicate.build_definition.resolved_dependencies[0].uri =
+        Some("file:///work/a%2f..%2fb".into());
+    assert!(rejection("source_uris = [\"file:///work/*\"]", &st)
+        .contains("which has a percent-encoded \"/\" or \"\\\" (%2f, %5c) in its path"));
+    // Other escapes, and %2f in the query, are left to the glob.
+    for uri in [
+        "https://git.example.com/org/a%20b/repo",
+        "https://git.example.com/org/%2e2f/repo",
+        "https://git.example.com/org/repo?path=a%2Fb",
+    ] {
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        Policy::from_toml_str("source_uris = [\"https://git.example.com/org/*\"]")
+            .unwrap()
+            .check(&st, now())
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_source_uri_that_does_not_parse_matches_no_glob() {
+    // The text matches the glob as a whole, but it is no URL the runner could have fetched:
+    // `evil.com:1.git.example.com` is a host `evil.com` with a port that is not a number.
+    let uri = "https://evil.com:1.git.example.com/org/x";
+    assert!(reqwest::Url::parse(uri).is_err());
+    assert!(uri_glob_matches("https://*.example.com/*", uri));
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+    assert_eq!(
+        rejection("source_uris = [\"https://*.example.com/*\"]", &st),
+        "source_uris: externalParameters.source.uri is \"https://evil.com:1.git.example.com/org/x\", \
+         which does not parse as a URL (invalid port number): the runner fetches only URLs that \
+         parse, so it matches nothing"
+    );
+    for uri in [
+        "/srv/git/app.git",
+        "https://[::1/app.git",
+        "https://git.example.com:99999/app.git",
+    ] {
+        let mut st = statement();
+        st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
+        let e = rejection("source_uris = [\"*\"]", &st);
+        assert!(e.contains("which does not parse as a URL ("), "{uri}: {e}");
+    }
+}
+
+#[test]
+fn a_policy_that_is_not_a_small_regular_file_is_refused_at_once() {
+    use crate::tools::testutil::{fifo, returns_within, TempDir};
+    let dir = TempDir::named("bulwark-policy");
+    let load = |p: std::path::PathBuf| {
+        returns_within("Policy::load", move || {
+            Policy::load(&p).map_err(|e| {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                format!("{e}: {}", cause.unwrap_or_default())
+            })
+        })
+    };
+    // A fifo without a writer: opened the usual way, it waits for one for ever.
+    let pipe = dir.join("policy.toml");
+    fifo(&pipe);
+    assert_eq!(
+        load(pipe.clone()).unwrap_err(),
+        format!(
+            "policy {}: cannot read: not a regular file (a fifo)",
+            pipe.display()
+        )
+    );
+    // Valid TOML, but more than any policy holds.
+    let big = dir.join("big.toml");
+    let line = "# a comment line of some length, repeated\n";
+    std::fs::write(
+        &big,
+        line.repeat((MAX_POLICY_BYTES as usize) / line.len() + 1),
+    )
+    .unwrap();
+    assert_eq!(
+        load(big.clone()).unwrap_err(),
+        format!("policy {}: cannot read: larger than 1 MiB", big.display())
+    );
+    // A device: read carelessly, /dev/zero fills memory.
+    assert_eq!(
+        load("/dev/zero".into()).unwrap_err(),
+        "policy /dev/zero: cannot read: not a regular file (a device node)"
+    );
+}
+
+#[test]
+fn a_dependency_digest_that_is_not_hex_is_quoted_and_cut() {
+    let mut st = statement();
+    let long = "z".repeat(10_000);
+    st.predicate.build_definition.resolved_dependencies[1]
+        .digest
+        .insert("sha256".into(), long.clone());
+    let e = rejection(&format!("allowed_dependency_digests = [\"{B}\"]"), &st);
+    assert_eq!(
+        e,
+        format!(
+            "allowed_dependency_digests: resolvedDependencies \"jq\" (\"https://example.org/jq.tgz\") \
+             has sha256 {}, which is not in the allowed list",
+            quote(&long)
+        )
+    );
+    assert!(e.len() < 300, "{e}");
+}
+
+#[test]
+fn a_missing_ref_says_local_and_url_sources_have_none() {
+    let mut st = statement();
+    st.predicate.build_definition.external_parameters["source"] =
+        json!({ "uri": "https://example.org/app.tar.gz", "sha256": A });
+    assert_eq!(
+        rejection("source_refs = [\"refs/heads/main\"]", &st),
+        "source_refs: the statement has no externalParameters.source.ref (local and url \
+         (tarball) sources have none)"
+    );
+}
+
+#[test]
+fn a_max_age_past_the_largest_duration_is_too_large_not_malformed() {
+    for (text, want) in [
+        (
+            "99999999999999999999h",
+            "max_age: \"99999999999999999999h\" is too large",
+        ),
+        (
+            "1d99999999999999999999s",
+            "max_age: \"1d99999999999999999999s\" is too large",
+        ),
+        (
+            "99999999999999999999d",
+            "max_age: \"99999999999999999999d\" is too large",
+        ),
+        (
+            "5124095576030431h",
+            "max_age: \"5124095576030431h\" is too large",
+        ),
+        // Still the form, whatever the text says.
+        ("too large", "max_age: \"too large\" is not a duration"),
+        ("1h2d", "max_age: \"1h2d\" is not a duration"),
+    ] {
+        let e = Policy::from_toml_str(&format!("max_age = \"{text}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with(want) || e.contains(&format!("{want};")),
+            "{text}: {e}"
+        );
+    }
+}
