@@ -32,8 +32,7 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{
-    dup, dup2_stdin, dup2_stdout, getgid, getppid, getuid, setgroups, setresgid, setresuid, Gid,
-    Uid,
+    dup2_stdin, dup2_stdout, getgid, getppid, getuid, setgroups, setresgid, setresuid, Gid, Uid,
 };
 
 use crate::spec::{phase, SandboxSpec, Stage, JOB_GID, JOB_UID};
@@ -56,7 +55,9 @@ pub fn main() -> ! {
     // Descriptors the runner inherited from whatever started it (and did not mark close-on-
     // exec) arrive here too; none of them may reach init or the job. Only 0, 1 and 2 are ours.
     let closed = crate::sys::close_fds_from(3);
-    let mut status = match dup(std::io::stdout().as_fd()) {
+    // Close-on-exec (F_DUPFD_CLOEXEC), as every descriptor of ours: the subuid mapper's
+    // setuid `newuidmap` gets none of them; the job gets the log only as its stdout/stderr.
+    let mut status = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),
         Err(_) => crate::sys::exit_now(125),
     };
@@ -106,7 +107,10 @@ fn run(status: &mut File) -> Result<i32, Stage> {
         .map_err(at("open /dev/null"))?;
     dup2_stdin(null.as_fd()).map_err(at("stdin"))?;
     dup2_stdout(null.as_fd()).map_err(at("stdout"))?;
-    let log: OwnedFd = dup(std::io::stderr().as_fd()).map_err(at("log channel"))?;
+    let log: OwnedFd = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(at("log channel"))?;
 
     // The proxy socket's directory, opened while we may still walk the runtime directory
     // (root mode: it is not reachable by the job's uid). Init connects through this descriptor,

@@ -30,11 +30,11 @@ use nix::sys::stat::Mode;
 use nix::unistd::{chdir, dup2_stderr, dup2_stdin, dup2_stdout, execve, setsid};
 
 use crate::init::Prepared;
+use crate::spec::{Enforced, Event, Rlimits, StepSpec};
 
 /// Most memory a job process may lock (`RLIMIT_MEMLOCK`), when the runner's own limit is
 /// higher: systemd's default, enough for gpg's secure memory and crypto test suites.
 const MAX_MEMLOCK: u64 = 8 << 20;
-use crate::spec::{Enforced, Event, Rlimits, StepSpec};
 
 /// Runs in the forked job process; never returns.
 pub fn exec_step(
@@ -100,6 +100,10 @@ fn prepare(
     dup2_stdin(null.as_fd()).map_err(stage("stdin"))?;
     dup2_stdout(log.as_fd()).map_err(stage("stdout"))?;
     dup2_stderr(log.as_fd()).map_err(stage("stderr"))?;
+    // Closed now, not when this function returns: descriptors are closed wholesale before
+    // exec, and an `OwnedFd` dropped after that would close a number already closed (which
+    // std aborts on in debug builds) or, reused, someone else's.
+    drop(null);
 
     setrlimit(Resource::RLIMIT_CORE, rlimits.core, rlimits.core).map_err(stage("rlimit core"))?;
     // Raising a hard limit needs privilege on the host; lowering never does.
@@ -177,11 +181,15 @@ fn prepare(
     )
     .map_err(stage("report"))?;
     mark(status, "job-exec");
-    crate::sys::close_fds_from(3).map_err(stage("close descriptors"))?;
     // Ignored signals survive exec too (the runner's SIGPIPE among them): the job starts with
-    // every signal at its default. Last, so that SIGPIPE cannot kill this process while it
-    // still reports to a status channel whose reader is gone.
+    // every signal at its default. After the last report, so that SIGPIPE cannot kill this
+    // process while it still reports to a status channel whose reader is gone.
     crate::sys::reset_signal_dispositions().map_err(stage("signal dispositions"))?;
+    // Last before exec: the status channel and log are closed here (the job gets them as
+    // nothing but its standard output and error), so a failure past this point could not
+    // be reported on them; the caller's `OwnedFd`s are never dropped (it exits with
+    // `exit_now`).
+    crate::sys::close_fds_from(3).map_err(stage("close descriptors"))?;
     let e = execve(&prog, &argv, &envp).unwrap_err();
     let _ = writeln!(
         std::io::stderr(),

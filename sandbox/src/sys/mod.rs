@@ -57,10 +57,12 @@ pub fn threads_in_this_process() -> io::Result<u64> {
 
 /// Closes every file descriptor numbered `first` or above.
 pub fn close_fds_from(first: u32) -> io::Result<()> {
-    // SAFETY: close_range only closes descriptors; it touches no memory. The caller is about to
-    // exec (or is pid 1 dropping what it inherited) and holds no Rust object owning a descriptor
-    // at or above `first` that it will use again: `OwnedFd`s above `first` that still exist
-    // afterwards would only see EBADF on close, which std ignores.
+    // SAFETY: close_range only closes descriptors; it touches no memory. The callers are the
+    // helper at its start (before it has opened anything), and a job process or confined
+    // program right before exec, whose `OwnedFd`s and `File`s at or above `first` are never
+    // used or dropped afterwards: they exec, or leave with `exit_now` (no destructors). A
+    // surviving owner dropped later would close a number already closed (std aborts on that
+    // in debug builds) or reused by then.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
     if rc == 0 {
         return Ok(());
