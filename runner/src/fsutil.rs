@@ -4,9 +4,10 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Writes `bytes` to `path` under a temporary name in the same directory, fsyncs it and
-/// renames it over `path`: readers see the old file or the whole new one, also after a crash.
-/// For what must survive a power loss (signed provenance, keys, the tool store's records).
+/// Writes `bytes` to `path` under a temporary name in the same directory, fsyncs it, renames it
+/// over `path` and fsyncs the directory (the rename itself is durable only then): readers see
+/// the old file or the whole new one, also after a crash, and once this returns the new one
+/// survives a power loss. For what must (signed provenance, keys, the tool store's records).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_renamed(path, bytes, true)
 }
@@ -107,8 +108,22 @@ fn write_renamed_mode(path: &Path, bytes: &[u8], sync: bool, mode: Option<u32>) 
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
+        return result;
     }
-    result
+    if sync {
+        sync_parent(path)?;
+    }
+    Ok(())
+}
+
+/// Fsyncs the directory holding `path`: what makes a rename, a new name or a removal in it
+/// durable.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// Makes `path` (and its missing parents) a directory only its owner can enter (0700), also

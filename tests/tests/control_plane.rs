@@ -841,6 +841,17 @@ fn a_runner_rekeys_with_its_daemon_stopped_and_an_interrupted_rekey_is_finished(
     // As if the answer to that rekey had been lost: the old key in place, the new one beside it.
     put_key(&key, &first);
     put_key(&next, &second);
+    // A daemon started now would sign with a key the coordinator refuses: it says what to do.
+    let o = Daemon::command(&env)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("interrupted `bulwark rekey`") && err.contains("run `bulwark rekey` again"),
+        "{err}"
+    );
     let o = rekey();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

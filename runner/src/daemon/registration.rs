@@ -79,8 +79,22 @@ pub struct Identity {
     pub key: LocalKey,
 }
 
-/// Loads this host's registration, or says how to make one.
+/// Loads this host's registration, or says how to make one. Refused while a `bulwark rekey`
+/// is unfinished: the coordinator may hold the next key already and refuse this one.
 pub fn load(state: &Path) -> Result<Identity> {
+    let next = next_key_path(state);
+    if std::fs::symlink_metadata(&next).is_ok() {
+        bail!(
+            "an interrupted `bulwark rekey` left {}: run `bulwark rekey` again to finish it \
+             (the coordinator may already refuse the current key)",
+            next.display()
+        );
+    }
+    load_unchecked(state)
+}
+
+/// [`load`] whatever `identity.key.next` says (for `rekey`, which finishes it).
+fn load_unchecked(state: &Path) -> Result<Identity> {
     let path = registration_path(state);
     let text = match read_record(&path) {
         Ok(t) => t,
@@ -219,7 +233,7 @@ pub async fn register(
 /// ([`super::lock_state`]), so no daemon signs with the old key meanwhile. Returns the
 /// registration and whether an earlier, interrupted rekey was finished.
 pub async fn rekey(state: &Path) -> Result<(Registration, bool)> {
-    let identity = load(state)?;
+    let identity = load_unchecked(state)?;
     let reg = &identity.registration;
     let client = Client::new(&reg.coordinator)?;
     let next_path = next_key_path(state);
@@ -227,7 +241,9 @@ pub async fn rekey(state: &Path) -> Result<(Registration, bool)> {
     let next = if resumed {
         LocalKey::load(&next_path).with_context(|| {
             format!(
-                "the key an interrupted rekey left ({}); remove it to start over",
+                "the key an interrupted rekey left ({}): do not remove it, the coordinator may \
+                 hold it already; if it cannot be read, remove this runner at the coordinator \
+                 and register the host again",
                 next_path.display()
             )
         })?
@@ -271,6 +287,7 @@ pub async fn rekey(state: &Path) -> Result<(Registration, bool)> {
     let key_path = key_path(state);
     next.write_private_replacing(&key_path)?;
     std::fs::remove_file(&next_path)
+        .and_then(|()| crate::fsutil::sync_parent(&next_path))
         .with_context(|| format!("removing {} (the key is in place)", next_path.display()))?;
     Ok((identity.registration, resumed))
 }
