@@ -14,11 +14,16 @@
 //! - connect anywhere, not only to the repository's port;
 //! - signal the user's other processes, or reach their abstract unix sockets.
 //!
-//! So the runner starts git through this mode, already switched to the uid it runs as, and
-//! this code, before it execs the program: asks for SIGKILL when the runner dies (`--parent`
-//! names it; git runs in its own process group, so a runner killed mid-fetch, as a cancelled
-//! job's is, would otherwise leave it running on the host with nobody to stop it, and checks
-//! that the runner had not already gone before that was set); sets `no_new_privs`; applies a Landlock ruleset
+//! So the runner starts git through this mode, already switched to the uid it runs as, in a
+//! process group of its own. This process stays as a small supervisor and forks git: a runner
+//! killed mid-fetch (a cancelled job's run is killed with SIGKILL) kills nothing itself, and
+//! git's own children (`git-remote-https`, `index-pack`) would go on, blocked on a silent
+//! server, outside any deadline or size check. The supervisor asks for SIGTERM when the runner
+//! dies (`--parent` names it, and is checked to still be the parent once that is set), reads it
+//! from a signalfd, and then kills its whole process group with SIGKILL; when git ends it exits
+//! with git's status (128 + the signal when git was killed by one). The forked child asks for
+//! SIGKILL when the supervisor dies, then, before it execs the program: sets `no_new_privs`;
+//! applies a Landlock ruleset
 //! under which the whole filesystem may be read and executed, but written only beneath the
 //! `--write` directories (the destination and git's private HOME) and `/dev/null`; where the
 //! kernel has Landlock network rules (ABI 4), allows TCP connects only to the `--connect`
@@ -62,14 +67,85 @@ struct Confinement {
 }
 
 /// Entry point of `bulwark-sandbox --confine --parent PID [--write DIR]... [--connect PORT]...
-/// -- PROGRAM ARGS...`: execs PROGRAM confined, or reports why not on standard error and exits 125.
+/// -- PROGRAM ARGS...`: runs PROGRAM confined and exits with its status, or reports why not on
+/// standard error and exits 125.
 pub fn confine_main(args: Vec<OsString>) -> ! {
-    let err = match parse(args).and_then(|c| confine_and_exec(&c)) {
+    let err = match parse(args).and_then(|c| supervise(&c)) {
         Ok(never) => match never {},
-        Err((stage, message)) => format!("bulwark-sandbox: confine: {stage}: {message}"),
+        Err(stage) => stage,
     };
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{err}\n").as_bytes());
+    fail(err)
+}
+
+fn fail((stage, message): Stage) -> ! {
+    let err = format!("bulwark-sandbox: confine: {stage}: {message}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), err.as_bytes());
     crate::sys::exit_now(125)
+}
+
+/// Forks the confined program and waits for it; kills the whole process group when the runner
+/// dies (module docs).
+fn supervise(c: &Confinement) -> Result<std::convert::Infallible, Stage> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let sig = |e: nix::errno::Errno| ("signals", e.to_string());
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block().map_err(sig)?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(sig)?;
+    // The runner switched to git's uid before this program ran (a change of credentials clears
+    // the parent-death signal), and nothing here changes them again. Then the runner must still
+    // be the parent: had it died before the signal was set, nothing would send it.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| ("pdeathsig", e.to_string()))?;
+    if nix::unistd::getppid().as_raw() != c.parent {
+        return Err((
+            "pdeathsig",
+            format!(
+                "the runner (pid {}) is no longer this process's parent",
+                c.parent
+            ),
+        ));
+    }
+    let supervisor = nix::unistd::getpid();
+    let child = match crate::sys::fork_single_threaded().map_err(|e| ("fork", e.to_string()))? {
+        crate::sys::Forked::Child => {
+            drop(signals);
+            let confined = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .map_err(|e| ("pdeathsig", e.to_string()))
+                .and_then(|()| {
+                    if nix::unistd::getppid() == supervisor {
+                        Ok(())
+                    } else {
+                        Err(("pdeathsig", "the supervisor is gone".to_owned()))
+                    }
+                })
+                .and_then(|()| SigSet::empty().thread_set_mask().map_err(sig))
+                .and_then(|()| confine_and_exec(c));
+            match confined {
+                Ok(never) => match never {},
+                Err(stage) => fail(stage),
+            }
+        }
+        crate::sys::Forked::Parent(pid) => pid,
+    };
+    loop {
+        let info = signals.read_signal().map_err(sig)?;
+        match info.map(|i| i.ssi_signo as i32) {
+            Some(n) if n == Signal::SIGTERM as i32 => {
+                // The runner is gone: so is everything it started here, git's children too.
+                let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+                crate::sys::exit_now(128 + n)
+            }
+            _ => match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => crate::sys::exit_now(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => crate::sys::exit_now(128 + signal as i32),
+                Ok(_) => {}
+                Err(e) => return Err(("wait", e.to_string())),
+            },
+        }
+    }
 }
 
 fn parse(args: Vec<OsString>) -> Result<Confinement, Stage> {
@@ -123,21 +199,6 @@ fn parse(args: Vec<OsString>) -> Result<Confinement, Stage> {
 }
 
 fn confine_and_exec(c: &Confinement) -> Result<std::convert::Infallible, Stage> {
-    // First, die with the runner. The runner switched to git's uid before this program ran
-    // (a change of credentials clears the signal), and nothing below changes them again nor
-    // execs a setuid program (no_new_privs), so the signal holds for git. Then the runner must
-    // still be the parent: had it died before the signal was set, nothing would send it.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| ("pdeathsig", e.to_string()))?;
-    if nix::unistd::getppid().as_raw() != c.parent {
-        return Err((
-            "pdeathsig",
-            format!(
-                "the runner (pid {}) is no longer this process's parent",
-                c.parent
-            ),
-        ));
-    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e.to_string()))?;
     let found = crate::sys::landlock_abi_version();
     let abi_n = crate::landlock::usable_abi();

@@ -62,9 +62,10 @@
 //! - **Time.** One deadline (`fetch.timeout`) covers every git command; git runs in its own
 //!   process group, which is killed with SIGKILL when the deadline passes, and also whenever a
 //!   command ends, successfully or not (before its leader is reaped, so the group id cannot
-//!   have been reused): nothing left in the group outlives the command. Nor does git outlive
-//!   the runner: `--confine` gives it a parent-death signal (a cancelled job's run is killed
-//!   with SIGKILL, mid-fetch perhaps, and then nobody would kill the group).
+//!   have been reused): nothing left in the group outlives the command. Nor does the group
+//!   outlive the runner: `--confine` stays as git's supervisor and kills the group when the
+//!   runner dies (a cancelled job's run is killed with SIGKILL, mid-fetch perhaps, and then
+//!   nobody else would).
 //! - **Size.** While git runs (measured at least every 50 ms, less often for a big tree) and
 //!   when each command ends, the destination may hold at most `fetch.max_bytes` in files until
 //!   the checkout (a pack bomb is stopped while it arrives) and [`EXPANSION_FACTOR`] times that

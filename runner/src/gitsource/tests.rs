@@ -1384,19 +1384,20 @@ fn child_runs_a_confined_command_until_it_is_killed() {
     let remote = Remote::check(&file_url(&repo), &policy).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let git = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
-    // Stands for a git that hangs on a server: it says where it is, then waits.
+    // Stands for a git that hangs on a server, with a child of its own (as git-remote-https
+    // is): it says where both are, then waits.
     let mut cmd = git.command("/bin/sh");
     cmd.args([
         "-c",
-        "echo $$ > pid.tmp && mv pid.tmp pid && exec sleep 300",
+        "sleep 300 & echo \"$$ $!\" > pid.tmp && mv pid.tmp pid && wait",
     ])
     .current_dir(&dest);
     let _ = git.wait_for("orphan", cmd, u64::MAX);
 }
 
 /// A runner killed mid-fetch (a cancelled job's `bulwark run` is killed with SIGKILL) leaves no
-/// git behind: git runs in its own process group, which nobody would kill then, so it is
-/// started with a parent-death signal.
+/// git behind, nor anything git started: git runs in its own process group, which nobody would
+/// kill then, so its supervisor kills the group when the runner dies.
 #[test]
 fn a_confined_command_dies_with_the_runner() {
     let dest = tempdir("orphan-dest");
@@ -1420,27 +1421,29 @@ fn a_confined_command_dies_with_the_runner() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid: i32 = fs::read_to_string(&pid_file)
+    let pids: Vec<i32> = fs::read_to_string(&pid_file)
         .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        !dies(pid),
-        "precondition: the command {pid} should be running"
-    );
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    for pid in &pids {
+        assert!(!dies(*pid), "precondition: {pid} should be running");
+    }
     child.kill().unwrap();
     child.wait().unwrap();
-    let gone = dies(pid);
-    if !gone {
+    let survivors: Vec<i32> = pids.iter().copied().filter(|p| !dies(*p)).collect();
+    for pid in &survivors {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
+            nix::unistd::Pid::from_raw(*pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
     assert!(
-        gone,
-        "the command {pid} outlived the runner that started it"
+        survivors.is_empty(),
+        "{survivors:?} (of the command {} and its child {}) outlived the runner",
+        pids[0],
+        pids[1]
     );
 }
 
