@@ -316,8 +316,11 @@ pub enum InventoryCommand {
 pub enum EgressCommand {
     /// Print the allow list that would have permitted every connection in an egress log.
     ///
-    /// Meant for logs of jobs run in audit mode (egress.audit): paste the output into the
-    /// job's `[network] allow`. One `host:port` entry per line.
+    /// Meant for logs of jobs run in audit mode (egress.audit): review the output, then paste
+    /// it into the job's `[network] allow`. One `host:port` entry per line. It lists what was
+    /// attempted, not what is needed; an entry that is a loopback, private or other special
+    /// address (noted on standard error) is within the operator's egress ceiling only when
+    /// the ceiling names it.
     ///
     /// Example: bulwark egress suggest bulwark-out/build-20261126T101500Z/egress.log
     Suggest {

@@ -19,8 +19,10 @@
 //! - for the same reason, the scheduling calls that take a pid (`sched_setscheduler`,
 //!   `sched_setparam`, `sched_setattr`, `sched_setaffinity`) refuse pid 1, init (a job that
 //!   put init in `SCHED_IDLE`, pinned to one busy CPU, would delay its deadlines and kills),
-//!   and `setpriority` and `ioprio_set` act on the caller only (their "process group" and
-//!   "user" forms would reach init too);
+//!   and `setpriority` and `ioprio_set` take only their one-process form (their "process
+//!   group" and "user" forms would reach init too; a pid of 1 there is refused by the kernel
+//!   as long as init holds capabilities the job lacks, `cap_safe_nice`, which the filter
+//!   cannot express beside allowing `renice -p` of the job's own processes);
 //! - `clone3` answers ENOSYS: its flags live in memory BPF cannot read, and libc falls back to
 //!   `clone` (which the filter can inspect) only on ENOSYS.
 //!
@@ -148,23 +150,15 @@ pub fn compile() -> Result<JobFilters, SeccompError> {
                 values: &[INIT_PID],
                 refuse: RET_EPERM,
             },
-            libc::SYS_setpriority => Verdict::AllowArgEqOrSub {
+            libc::SYS_setpriority => Verdict::AllowArgEq {
                 arg: 0,
-                values: &[],
+                values: &[libc::PRIO_PROCESS],
                 refuse: RET_EPERM,
-                sub: libc::PRIO_PROCESS,
-                sub_arg: 1,
-                sub_values: &[0],
-                sub_refuse: RET_EPERM,
             },
-            libc::SYS_ioprio_set => Verdict::AllowArgEqOrSub {
+            libc::SYS_ioprio_set => Verdict::AllowArgEq {
                 arg: 0,
-                values: &[],
+                values: &[IOPRIO_WHO_PROCESS],
                 refuse: RET_EPERM,
-                sub: IOPRIO_WHO_PROCESS,
-                sub_arg: 1,
-                sub_values: &[0],
-                sub_refuse: RET_EPERM,
             },
             libc::SYS_clone => Verdict::RefuseArgBits {
                 arg: 0,
@@ -581,16 +575,13 @@ mod tests {
             libc::PRIO_PGRP as u64,
             libc::PRIO_USER as u64,
         );
-        assert_eq!(
-            call(libc::SYS_setpriority, [process, 0, 10, 0, 0, 0]),
-            allow
-        );
-        for args in [
-            [process, 1, 19],
-            [process, 2, 19],
-            [pgrp, 0, 19],
-            [user, 0, 19],
-        ] {
+        for who in [0, 2, 77] {
+            assert_eq!(
+                call(libc::SYS_setpriority, [process, who, 10, 0, 0, 0]),
+                allow
+            );
+        }
+        for args in [[pgrp, 0, 19], [user, 0, 19], [pgrp, 1, 19]] {
             assert_eq!(
                 call(libc::SYS_setpriority, [args[0], args[1], args[2], 0, 0, 0]),
                 errno(libc::EPERM),
@@ -598,7 +589,8 @@ mod tests {
             );
         }
         assert_eq!(call(libc::SYS_ioprio_set, [1, 0, 0x6000, 0, 0, 0]), allow);
-        for args in [[1u64, 1], [2, 0], [3, 0]] {
+        assert_eq!(call(libc::SYS_ioprio_set, [1, 77, 0x6000, 0, 0, 0]), allow);
+        for args in [[2u64, 0], [3, 0], [2, 1]] {
             assert_eq!(
                 call(libc::SYS_ioprio_set, [args[0], args[1], 0x6000, 0, 0, 0]),
                 errno(libc::EPERM),
