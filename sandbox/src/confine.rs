@@ -23,9 +23,9 @@
 //! from a signalfd, and then kills its whole process group with SIGKILL; when git ends it exits
 //! with git's status (128 + the signal when git was killed by one). The forked child asks for
 //! SIGKILL when the supervisor dies, then, before it execs the program: sets `no_new_privs`;
-//! applies a Landlock ruleset
-//! under which the whole filesystem may be read and executed, but written only beneath the
-//! `--write` directories (the destination and git's private HOME) and `/dev/null`; where the
+//! applies a Landlock ruleset under which the whole filesystem may be read and executed, but
+//! written only beneath the `--write` directories (the destination and git's private HOME) and
+//! `/dev/null`; where the
 //! kernel has Landlock network rules (ABI 4), allows TCP connects only to the `--connect`
 //! ports and no bind at all; and (ABI 6) scopes signals and abstract unix sockets to git's own
 //! processes. Landlock holds for git's children too (`git-remote-https`, `index-pack`), and
