@@ -167,6 +167,9 @@ struct Daemon {
     client: Client,
     jobs: PathBuf,
     exe: PathBuf,
+    /// Jobs leased and not yet reported: the sweep never touches their directories (with
+    /// several slots, one job's sweep runs while others still write theirs).
+    active: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
@@ -206,6 +209,7 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
             client,
             jobs: root.join("jobs"),
             exe,
+            active: Default::default(),
         },
         lock,
     ))
@@ -254,8 +258,14 @@ impl StopWatch {
         *self.0.borrow()
     }
 
-    /// Waits until the level is raised; returns it (never returns while nothing changes).
+    /// Waits until the level is raised; returns it (never returns while nothing changes). At
+    /// `Stop::Now` it returns at once, every time: a second signal seen by one wait (during the
+    /// run, say) must still stop the next (the report's retries), and no later signal comes to
+    /// raise it again.
     async fn raised(&mut self) -> Stop {
+        if self.now() == Stop::Now {
+            return Stop::Now;
+        }
         if self.0.changed().await.is_err() {
             // The signal task is gone (it ends after Stop::Now): nothing more will change.
             std::future::pending::<()>().await;
@@ -377,6 +387,7 @@ impl Daemon {
     /// Runs and reports one leased job; `false` when the runner itself failed to run it.
     async fn run_job(&self, lease: Lease, mut stop: StopWatch) -> bool {
         let job_id = lease.job_id.clone();
+        self.active.borrow_mut().insert(job_id.clone());
         let (report, ran) = match self.execute(&lease, &mut stop).await {
             Ok(report) => (report, true),
             Err(e) => {
@@ -414,6 +425,7 @@ impl Daemon {
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
             let _ = d.set_modified(std::time::SystemTime::now());
         }
+        self.active.borrow_mut().remove(&job_id);
         self.sweep();
         ran
     }
@@ -422,7 +434,8 @@ impl Daemon {
     /// Failures are logged: a directory that cannot be removed now is tried again next time.
     fn sweep(&self) {
         let keep = self.config.daemon.keep_outputs;
-        for (path, result) in sweep(&self.jobs, keep, std::time::SystemTime::now()) {
+        let active = self.active.borrow().clone();
+        for (path, result) in sweep(&self.jobs, keep, std::time::SystemTime::now(), &active) {
             match result {
                 Ok(()) => tracing::info!(path = %path.display(), "old job directory removed"),
                 Err(e) => eprintln!(
@@ -959,11 +972,14 @@ impl Daemon {
 }
 
 /// The job directories in `jobs` last changed more than `keep` before `now`, each removed
-/// (whatever modes the job's outputs have); what was tried and how it went.
+/// (whatever modes the job's outputs have), except those of the `active` jobs (leased and not
+/// yet reported: a directory's time stops changing once its run has made `out/`, so a long
+/// job would look old); what was tried and how it went.
 fn sweep(
     jobs: &Path,
     keep: Duration,
     now: std::time::SystemTime,
+    active: &std::collections::HashSet<String>,
 ) -> Vec<(PathBuf, std::io::Result<()>)> {
     let Ok(entries) = std::fs::read_dir(jobs) else {
         return Vec::new();
@@ -979,7 +995,8 @@ fn sweep(
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age >= keep);
-        if meta.is_dir() && old && check_job_id(&e.file_name().to_string_lossy()).is_ok() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if meta.is_dir() && old && check_job_id(&name).is_ok() && !active.contains(&name) {
             let r = crate::fsutil::remove_tree(&path);
             done.push((path, r));
         }
@@ -1224,7 +1241,8 @@ mod tests {
                 .set_modified(old)
                 .unwrap();
         }
-        let done = sweep(jobs, week, std::time::SystemTime::now());
+        let none = std::collections::HashSet::new();
+        let done = sweep(jobs, week, std::time::SystemTime::now(), &none);
         assert_eq!(done.len(), 1, "{done:?}");
         assert!(done[0].1.is_ok(), "{done:?}");
         assert!(!jobs.join("job-old").exists());
@@ -1234,10 +1252,38 @@ mod tests {
             "not a job id: left alone"
         );
         assert!(jobs.join("job-file").exists());
-        // keep_outputs = "0s": everything finished goes.
-        let done = sweep(jobs, Duration::ZERO, std::time::SystemTime::now());
+        // keep_outputs = "0s": everything finished goes, but not a job still running.
+        let running: std::collections::HashSet<String> = ["job-new".to_owned()].into();
+        let done = sweep(jobs, Duration::ZERO, std::time::SystemTime::now(), &running);
+        assert!(done.is_empty(), "{done:?}");
+        assert!(jobs.join("job-new/out/dist/app").exists());
+        let done = sweep(jobs, Duration::ZERO, std::time::SystemTime::now(), &none);
         assert_eq!(done.len(), 1);
         assert!(!jobs.join("job-new").exists());
+    }
+
+    /// A second signal seen by one wait (the run's) still stops every later one (the report's
+    /// retries): no third signal is needed, and none would raise the level again.
+    #[test]
+    fn once_told_to_stop_now_every_wait_returns_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(Stop::No);
+            let mut stop = StopWatch(rx);
+            tx.send(Stop::Now).unwrap();
+            assert_eq!(stop.raised().await, Stop::Now);
+            for _ in 0..2 {
+                let again = tokio::time::timeout(Duration::from_secs(5), stop.raised()).await;
+                assert_eq!(again.ok(), Some(Stop::Now));
+                let mut other = stop.clone();
+                let fresh = tokio::time::timeout(Duration::from_secs(5), other.raised()).await;
+                assert_eq!(fresh.ok(), Some(Stop::Now));
+            }
+            drop(tx);
+        });
     }
 
     #[test]
