@@ -173,7 +173,7 @@ pub enum ToolFormat {
     /// A zip archive.
     #[serde(rename = "zip")]
     Zip,
-    /// A single file, used as is (made executable at `/tools/<name>/bin/<name>`).
+    /// A single file, used as is (made executable at `/tools/<name>/<name>`).
     #[serde(rename = "file")]
     File,
 }

@@ -55,7 +55,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -360,6 +360,55 @@ fn refused(entry: &[u8], reason: impl Into<String>) -> ArchiveError {
     }
 }
 
+/// The number of entries a zip's end of central directory record (or its zip64 form) says the
+/// central directory holds, read from the file's last 64 KiB or so without reading the
+/// directory itself.
+fn zip_record_count(file: &mut File) -> Result<u64, ArchiveError> {
+    const EOCD: &[u8] = b"PK\x05\x06";
+    const EOCD_LEN: usize = 22;
+    let bad = |why: &str| {
+        ArchiveError::Zip(zip::result::ZipError::InvalidArchive(
+            why.to_string().into(),
+        ))
+    };
+    let len = file.seek(SeekFrom::End(0)).map_err(ArchiveError::Read)?;
+    let tail_len = len.min((EOCD_LEN + usize::from(u16::MAX) + 20) as u64);
+    file.seek(SeekFrom::Start(len - tail_len))
+        .map_err(ArchiveError::Read)?;
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact(&mut tail).map_err(ArchiveError::Read)?;
+    let u16_at = |b: &[u8], i: usize| u64::from(u16::from_le_bytes([b[i], b[i + 1]]));
+    // The record whose comment runs exactly to the end of the file.
+    let at = (0..=tail.len().saturating_sub(EOCD_LEN))
+        .rev()
+        .find(|&i| {
+            tail[i..].starts_with(EOCD)
+                && i + EOCD_LEN + u16_at(&tail, i + 20) as usize == tail.len()
+        })
+        .ok_or_else(|| bad("no end of central directory record"))?;
+    let count = u16_at(&tail, at + 10);
+    if count != 0xffff {
+        return Ok(count);
+    }
+    // Zip64: the locator just before names where the zip64 record is.
+    let locator = at
+        .checked_sub(20)
+        .map(|l| &tail[l..at])
+        .filter(|l| l.starts_with(b"PK\x06\x07"))
+        .ok_or_else(|| bad("no zip64 end of central directory locator"))?;
+    let record_at = u64::from_le_bytes(locator[8..16].try_into().unwrap_or([0; 8]));
+    let mut record = [0u8; 56];
+    file.seek(SeekFrom::Start(record_at))
+        .map_err(ArchiveError::Read)?;
+    file.read_exact(&mut record).map_err(ArchiveError::Read)?;
+    if !record.starts_with(b"PK\x06\x06") {
+        return Err(bad("no zip64 end of central directory record"));
+    }
+    Ok(u64::from_le_bytes(
+        record[32..40].try_into().unwrap_or([0; 8]),
+    ))
+}
+
 /// Most characters of an entry name or link target a message shows.
 const SHOWN_CHARS: usize = 200;
 
@@ -436,13 +485,30 @@ fn unpack_tar_entries(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveE
     Ok(())
 }
 
-fn unpack_zip(file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
-    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(ArchiveError::Zip)?;
-    if archive.len() as u64 > tree.limits.max_entries {
+fn unpack_zip(mut file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
+    // The entry count is read from the end of central directory record before the zip crate
+    // reads the directory: it holds every record in memory (several times the archive's own
+    // bytes), so the limit must apply first. And it keys entries by name, a repeated name
+    // replacing the earlier one, so a count that differs from what it kept is a name given
+    // twice (which extractors resolve differently: refused, as in a tar).
+    let listed = zip_record_count(&mut file)?;
+    if listed > tree.limits.max_entries {
         return Err(ArchiveError::TooManyEntries(
             tree.limits.max_entries,
             tree.limits.entries_basis,
         ));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(ArchiveError::Read)?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(ArchiveError::Zip)?;
+    if archive.len() as u64 != listed {
+        return Err(ArchiveError::Refused {
+            entry: "(central directory)".into(),
+            reason: format!(
+                "it lists {listed} entries under {} distinct names: a name given twice is \
+                 refused (extractors disagree on which copy wins)",
+                archive.len()
+            ),
+        });
     }
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(ArchiveError::Zip)?;
@@ -1424,6 +1490,49 @@ mod tests {
             "archive entry \"../evil\": the path climbs out with \"..\""
         );
         assert_eq!(listing(&tmp.path().join("work")), ["dest"]);
+    }
+
+    /// A name given twice in a zip (the zip crate keeps the later one) is refused, as in a tar;
+    /// and an entry count over the limit is refused before the directory is read into memory.
+    #[test]
+    fn a_zip_naming_an_entry_twice_or_listing_too_many_is_refused_before_its_directory_is_read() {
+        let mut zip = zip_bytes(&[
+            ("bin/toolA", 0o755, b"first-benign"),
+            ("bin/toolB", 0o755, b"#!/bin/sh\necho SECOND\n"),
+        ]);
+        // Rename the second entry to the first's name, in its local header and its record.
+        let (from, to) = (b"bin/toolB", b"bin/toolA");
+        let mut i = 0;
+        while let Some(at) = zip[i..].windows(from.len()).position(|w| w == from) {
+            zip[i + at..i + at + to.len()].copy_from_slice(to);
+            i += at + to.len();
+        }
+        let (tmp, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let err = r.expect_err("refused").to_string();
+        assert!(
+            err.contains("it lists 2 entries under 1 distinct names"),
+            "{err}"
+        );
+        assert_eq!(listing(&tmp.path().join("work/dest")), Vec::<String>::new());
+        // An end record claiming more entries than the limit: refused by count, before the
+        // zip crate reads (and here would fail on) the directory.
+        let mut zip = zip_bytes(&[("a", 0o644, b"a"), ("b", 0o644, b"b")]);
+        let eocd = zip.len() - 22;
+        assert_eq!(&zip[eocd..eocd + 4], b"PK\x05\x06");
+        zip[eocd + 8..eocd + 10].copy_from_slice(&5000u16.to_le_bytes());
+        zip[eocd + 10..eocd + 12].copy_from_slice(&5000u16.to_le_bytes());
+        let (_tmp, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let err = r.expect_err("refused");
+        assert!(
+            matches!(err, ArchiveError::TooManyEntries(1000, _)),
+            "{err}"
+        );
+        // Not a zip at all.
+        let (_tmp, r) = run(b"not a zip", ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        assert!(
+            format!("{:#}", anyhow::Error::from(r.expect_err("refused")))
+                .contains("no end of central directory record")
+        );
     }
 
     #[test]
