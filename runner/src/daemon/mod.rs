@@ -794,7 +794,9 @@ impl Daemon {
                 let blobs: Vec<Blob> = outputs
                     .into_iter()
                     .map(|o| Blob {
-                        what: format!("output {}", o.path),
+                        // The job chose the name: what reaches this host's log (and the
+                        // coordinator, in a reason) shows its control characters, not them.
+                        what: format!("output {}", client::printable(&o.path)),
                         rel: o.path,
                         sha256: o.sha256,
                         size: o.size,
