@@ -3,7 +3,11 @@
 //! (or the end) decides.
 //!
 //! A seatbelt, not a boundary: a job that means to leak a credential can encode it. What it
-//! stops is the common accident, a tool printing its configuration or a `set -x` trace.
+//! stops is the common accident, a tool printing its configuration or a `set -x` trace, and
+//! the encodings tools print a credential in by themselves ([`encoded_forms`]): percent-encoded
+//! (a presigned URL, `curl -v` of a query), JSON-escaped (`\/`), and base64 at each of the
+//! three alignments it can take inside a longer value (`Authorization: Basic` of
+//! `user:token`, a `docker login` config), standard and URL-safe.
 
 /// Values shorter than this are not masked: masking `1` or `true` would shred the log and
 /// hide nothing (no credential a service issues is this short).
@@ -22,9 +26,10 @@ pub const MASK: &[u8] = b"***";
 #[derive(Default)]
 pub struct Masker {
     secrets: Vec<Vec<u8>>,
-    /// Which bytes start some secret: positions starting with any other byte are skipped
-    /// with one lookup (most of a log), which is what keeps masking near copying speed.
-    first: Vec<bool>,
+    /// For each byte, the secrets that start with it: a position is compared only with those
+    /// (none, for most of a log), which is what keeps masking fast with many values (each
+    /// credential brings its encoded forms, whose base64 alphabet starts at most bytes).
+    first: Vec<Vec<usize>>,
     /// The longest secret's length.
     longest: usize,
     /// Held back: could be the start of a secret.
@@ -56,13 +61,14 @@ impl Masker {
         let mut secrets: Vec<Vec<u8>> = values
             .into_iter()
             .filter(|v| v.len() >= MIN_MASKED_LEN)
-            .map(|v| v.as_bytes().to_vec())
+            .flat_map(|v| encoded_forms(v.as_bytes()))
+            .filter(|v| v.len() >= MIN_MASKED_LEN)
             .collect();
         secrets.sort();
         secrets.dedup();
-        let mut first = vec![false; 256];
-        for s in &secrets {
-            first[usize::from(s[0])] = true;
+        let mut first = vec![Vec::new(); 256];
+        for (i, s) in secrets.iter().enumerate() {
+            first[usize::from(s[0])].push(i);
         }
         Masker {
             longest: secrets.iter().map(Vec::len).max().unwrap_or(0),
@@ -107,10 +113,8 @@ impl Masker {
             *c = true;
         }
         for p in 0..buf.len() {
-            if !self.first[usize::from(buf[p])] {
-                continue;
-            }
-            for s in &self.secrets {
+            for &i in &self.first[usize::from(buf[p])] {
+                let s = &self.secrets[i];
                 if buf[p..].starts_with(s) {
                     for c in &mut covered[p..p + s.len()] {
                         *c = true;
@@ -151,6 +155,72 @@ impl Masker {
         self.mask_open = in_mask && self.pending_covered > 0;
         out
     }
+}
+
+/// `value` and the forms tools print it in by themselves: percent-encoded (upper and lower case
+/// hex, RFC 3986's unreserved characters left as they are), JSON-escaped, and the part of its
+/// base64 that is the same wherever it starts in a longer encoded value (for each of the three
+/// alignments, the characters whose six bits all come from `value`), standard and URL-safe.
+/// Each distinct form once; the caller drops those under [`MIN_MASKED_LEN`].
+fn encoded_forms(value: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut forms = vec![value.to_vec()];
+    let mut add = |form: Vec<u8>| {
+        if !forms.contains(&form) {
+            forms.push(form);
+        } else {
+            let mut form = form;
+            zeroize::Zeroize::zeroize(&mut form);
+        }
+    };
+    for upper in [true, false] {
+        let mut pct = Vec::with_capacity(value.len() * 3);
+        for &b in value {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                pct.push(b);
+            } else {
+                let hex = if upper {
+                    b"0123456789ABCDEF"
+                } else {
+                    b"0123456789abcdef"
+                };
+                pct.extend([b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 15)]]);
+            }
+        }
+        add(pct);
+    }
+    let mut json = Vec::with_capacity(value.len() * 2);
+    for &b in value {
+        match b {
+            b'"' | b'\\' | b'/' => json.extend([b'\\', b]),
+            _ => json.push(b),
+        }
+    }
+    add(json);
+    for offset in 0..3usize {
+        let mut padded = zeroize::Zeroizing::new(vec![0u8; offset]);
+        padded.extend_from_slice(value);
+        let encoded = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(padded.as_slice()),
+        );
+        // Characters whose bits lie wholly within `value`: none of the padding before it, none
+        // of whatever follows it.
+        let start = (8 * offset).div_ceil(6);
+        let end = 8 * padded.len() / 6;
+        if let Some(part) = encoded.as_bytes().get(start..end) {
+            let url_safe: Vec<u8> = part
+                .iter()
+                .map(|&c| match c {
+                    b'+' => b'-',
+                    b'/' => b'_',
+                    c => c,
+                })
+                .collect();
+            add(part.to_vec());
+            add(url_safe);
+        }
+    }
+    forms
 }
 
 #[cfg(test)]
@@ -226,6 +296,43 @@ mod tests {
         assert_eq!(run(&secrets, &bytes), "<***>");
         // A covered stretch held back and then not continued keeps its mask.
         assert_eq!(run(&secrets, &[b"abcdefghij", b"zz"]), "***ijzz");
+    }
+
+    /// The forms tools print a credential in by themselves are masked too: a presigned URL's
+    /// query, a JSON config, an `Authorization: Basic` header of `user:token` (the token lands
+    /// at any of three base64 alignments), URL-safe base64.
+    #[test]
+    fn percent_json_and_base64_forms_of_a_secret_are_masked() {
+        use base64::Engine as _;
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let url_b64 = |s: &str| base64::engine::general_purpose::URL_SAFE.encode(s);
+        for printed in [
+            "X-Amz-Security-Token=wJalrXUtnFEMI%2FK7MDENG%2BbPxRfiCYEXAMPLEKEY&X-Amz-Date"
+                .to_owned(),
+            "x=wJalrXUtnFEMI%2fK7MDENG%2bbPxRfiCYEXAMPLEKEY".to_owned(),
+            r#"{"secret":"wJalrXUtnFEMI\/K7MDENG+bPxRfiCYEXAMPLEKEY"}"#.to_owned(),
+            format!(
+                "Authorization: Basic {}",
+                b64(&format!("oauth2accesstoken:{secret}"))
+            ),
+            format!("Authorization: Basic {}", b64(&format!("a:{secret}"))),
+            format!("Authorization: Basic {}", b64(&format!("ab:{secret}"))),
+            format!("auth={}", url_b64(&format!("user:{secret}"))),
+            format!("auth={}", b64(secret)),
+        ] {
+            let masked = run(&[secret], &[printed.as_bytes()]);
+            assert!(masked.contains("***"), "{printed} -> {masked}");
+            // All of the encoded secret is gone but for a character or two at each edge (those
+            // that mix in the bytes around it): the secret is 40 bytes, at least 40 characters
+            // encoded, and `***` takes the place of all but those few.
+            assert!(printed.len() - masked.len() >= 35, "{printed} -> {masked}");
+        }
+        // What merely shares a few characters is left alone.
+        assert_eq!(
+            run(&[secret], &[b"wJalrX and EXAMPLE"]),
+            "wJalrX and EXAMPLE"
+        );
     }
 
     #[test]
