@@ -87,6 +87,8 @@ pub fn exchange(
             endpoint: crate::tools::fetch::display_url(url),
             reason: clean(&format!("{:#}", anyhow::Error::new(e)), token),
         })
+        // The answer holds the issued secrets: zeroed when dropped, whichever way this ends.
+        .map(|(status, body)| (status, zeroize::Zeroizing::new(body)))
     };
     match &provider.kind {
         CredentialKind::Aws { role_arn } => {

@@ -463,13 +463,15 @@ impl Daemon {
                 ))
             }
         };
+        // The job's directory first: a job leased twice (its directory is there) gets no
+        // identity token minted, nor credentials exchanged only to be thrown away.
+        let dir = self.jobs.join(&lease.job_id);
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("creating {} (was this job leased twice?)", dir.display()))?;
         let handoff = match self.credentials_for(lease, job.timeout).await {
             Ok(h) => h,
             Err(reason) => return Ok(synthetic_result(lease, "refused", &reason)),
         };
-        let dir = self.jobs.join(&lease.job_id);
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("creating {} (was this job leased twice?)", dir.display()))?;
         let spec_path = dir.join("job.json");
         let mut spec = serde_json::to_vec_pretty(&lease.spec).context("encoding the job spec")?;
         spec.push(b'\n');
@@ -735,9 +737,14 @@ impl Daemon {
                 )
                 .await
                 .map_err(|e| format!("credentials.{name}: the job's identity token: {e}"))?;
-            let token: bulwark_protocol::control::IdToken = serde_json::from_slice(&answer.body)
+            let mut answer = answer;
+            let parsed: Result<bulwark_protocol::control::IdToken, _> =
+                serde_json::from_slice(&answer.body);
+            // The answer's bytes hold the token: zeroed, not just freed.
+            zeroize::Zeroize::zeroize(&mut answer.body);
+            let token = parsed
                 .map_err(|e| format!("credentials.{name}: the identity token answer: {e}"))?;
-            let token = crate::creds::Secret::new(token.token.clone());
+            let token = crate::creds::Secret::new(token.token);
             let (name, provider, policy, job_id) = (
                 name.clone(),
                 provider.clone(),
