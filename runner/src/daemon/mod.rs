@@ -167,9 +167,11 @@ struct Daemon {
     client: Client,
     jobs: PathBuf,
     exe: PathBuf,
-    /// Jobs leased and not yet reported: the sweep never touches their directories (with
-    /// several slots, one job's sweep runs while others still write theirs).
-    active: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// Jobs leased and not yet reported, with how many runs of each are in flight (a job
+    /// leased twice has two; the second fails at its directory): the sweep never touches
+    /// their directories (with several slots, one job's sweep runs while others still write
+    /// theirs).
+    active: std::cell::RefCell<std::collections::HashMap<String, usize>>,
 }
 
 fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
@@ -387,7 +389,7 @@ impl Daemon {
     /// Runs and reports one leased job; `false` when the runner itself failed to run it.
     async fn run_job(&self, lease: Lease, mut stop: StopWatch) -> bool {
         let job_id = lease.job_id.clone();
-        self.active.borrow_mut().insert(job_id.clone());
+        *self.active.borrow_mut().entry(job_id.clone()).or_default() += 1;
         let (report, ran) = match self.execute(&lease, &mut stop).await {
             Ok(report) => (report, true),
             Err(e) => {
@@ -425,7 +427,15 @@ impl Daemon {
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
             let _ = d.set_modified(std::time::SystemTime::now());
         }
-        self.active.borrow_mut().remove(&job_id);
+        {
+            let mut active = self.active.borrow_mut();
+            if let Some(n) = active.get_mut(&job_id) {
+                *n -= 1;
+                if *n == 0 {
+                    active.remove(&job_id);
+                }
+            }
+        }
         self.sweep();
         ran
     }
@@ -434,7 +444,8 @@ impl Daemon {
     /// Failures are logged: a directory that cannot be removed now is tried again next time.
     fn sweep(&self) {
         let keep = self.config.daemon.keep_outputs;
-        let active = self.active.borrow().clone();
+        let active: std::collections::HashSet<String> =
+            self.active.borrow().keys().cloned().collect();
         for (path, result) in sweep(&self.jobs, keep, std::time::SystemTime::now(), &active) {
             match result {
                 Ok(()) => tracing::info!(path = %path.display(), "old job directory removed"),

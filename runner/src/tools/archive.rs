@@ -363,36 +363,59 @@ fn refused(entry: &[u8], reason: impl Into<String>) -> ArchiveError {
 /// The number of entries a zip's end of central directory record (or its zip64 form) says the
 /// central directory holds, read from the file's last 64 KiB or so without reading the
 /// directory itself.
+///
+/// Read so that it cannot disagree with the zip crate, which reads the directory afterwards:
+/// exactly one end record may be in the tail (one hidden in another's comment would let the two
+/// readers pick different ones), its "entries on this disk" (what the crate reads) must equal
+/// its "entries in total", and the zip64 record is used whenever any field says so (a count of
+/// 0xffff, a size or an offset of 0xffffffff), its two counts equal too. Anything else is
+/// refused: a genuine single-disk archive never needs it.
 fn zip_record_count(file: &mut File) -> Result<u64, ArchiveError> {
     const EOCD: &[u8] = b"PK\x05\x06";
     const EOCD_LEN: usize = 22;
+    const LOCATOR_LEN: usize = 20;
     let bad = |why: &str| {
         ArchiveError::Zip(zip::result::ZipError::InvalidArchive(
             why.to_string().into(),
         ))
     };
     let len = file.seek(SeekFrom::End(0)).map_err(ArchiveError::Read)?;
-    let tail_len = len.min((EOCD_LEN + usize::from(u16::MAX) + 20) as u64);
+    if len < EOCD_LEN as u64 {
+        return Err(bad("too short to be a zip archive"));
+    }
+    let tail_len = len.min((LOCATOR_LEN + EOCD_LEN + usize::from(u16::MAX)) as u64);
     file.seek(SeekFrom::Start(len - tail_len))
         .map_err(ArchiveError::Read)?;
     let mut tail = vec![0u8; tail_len as usize];
     file.read_exact(&mut tail).map_err(ArchiveError::Read)?;
-    let u16_at = |b: &[u8], i: usize| u64::from(u16::from_le_bytes([b[i], b[i + 1]]));
-    // The record whose comment runs exactly to the end of the file.
-    let at = (0..=tail.len().saturating_sub(EOCD_LEN))
-        .rev()
-        .find(|&i| {
-            tail[i..].starts_with(EOCD)
-                && i + EOCD_LEN + u16_at(&tail, i + 20) as usize == tail.len()
-        })
+    let u16_at = |i: usize| u16::from_le_bytes([tail[i], tail[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([tail[i], tail[i + 1], tail[i + 2], tail[i + 3]]);
+    let mut records = (0..=tail.len() - EOCD_LEN).filter(|&i| tail[i..].starts_with(EOCD));
+    let at = records
+        .next()
         .ok_or_else(|| bad("no end of central directory record"))?;
-    let count = u16_at(&tail, at + 10);
-    if count != 0xffff {
-        return Ok(count);
+    if records.next().is_some() {
+        return Err(bad(
+            "more than one end of central directory record (one in a comment?)",
+        ));
     }
-    // Zip64: the locator just before names where the zip64 record is.
+    if at + EOCD_LEN + usize::from(u16_at(at + 20)) > tail.len() {
+        return Err(bad("the archive comment runs past the end of the file"));
+    }
+    let (on_disk, total) = (u16_at(at + 8), u16_at(at + 10));
+    if on_disk != total {
+        return Err(bad(
+            "the end record's entry counts differ (this disk against the total)",
+        ));
+    }
+    let zip64 = total == u16::MAX || u32_at(at + 12) == u32::MAX || u32_at(at + 16) == u32::MAX;
+    if !zip64 {
+        return Ok(u64::from(total));
+    }
+    // Zip64: the locator just before the end record names where the zip64 record is (from the
+    // start of the file: an archive with data in front of it is refused, not searched for).
     let locator = at
-        .checked_sub(20)
+        .checked_sub(LOCATOR_LEN)
         .map(|l| &tail[l..at])
         .filter(|l| l.starts_with(b"PK\x06\x07"))
         .ok_or_else(|| bad("no zip64 end of central directory locator"))?;
@@ -404,9 +427,13 @@ fn zip_record_count(file: &mut File) -> Result<u64, ArchiveError> {
     if !record.starts_with(b"PK\x06\x06") {
         return Err(bad("no zip64 end of central directory record"));
     }
-    Ok(u64::from_le_bytes(
-        record[32..40].try_into().unwrap_or([0; 8]),
-    ))
+    let u64_at = |i: usize| u64::from_le_bytes(record[i..i + 8].try_into().unwrap_or([0; 8]));
+    if u64_at(24) != u64_at(32) {
+        return Err(bad(
+            "the zip64 record's entry counts differ (this disk against the total)",
+        ));
+    }
+    Ok(u64_at(32))
 }
 
 /// Most characters of an entry name or link target a message shows.
@@ -1516,19 +1543,47 @@ mod tests {
         assert_eq!(listing(&tmp.path().join("work/dest")), Vec::<String>::new());
         // An end record claiming more entries than the limit: refused by count, before the
         // zip crate reads (and here would fail on) the directory.
-        let mut zip = zip_bytes(&[("a", 0o644, b"a"), ("b", 0o644, b"b")]);
+        let zip = zip_bytes(&[("a", 0o644, b"a"), ("b", 0o644, b"b")]);
         let eocd = zip.len() - 22;
         assert_eq!(&zip[eocd..eocd + 4], b"PK\x05\x06");
-        zip[eocd + 8..eocd + 10].copy_from_slice(&5000u16.to_le_bytes());
-        zip[eocd + 10..eocd + 12].copy_from_slice(&5000u16.to_le_bytes());
-        let (_tmp, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let mut many = zip.clone();
+        many[eocd + 8..eocd + 10].copy_from_slice(&5000u16.to_le_bytes());
+        many[eocd + 10..eocd + 12].copy_from_slice(&5000u16.to_le_bytes());
+        let (_tmp, r) = run(&many, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
         let err = r.expect_err("refused");
         assert!(
             matches!(err, ArchiveError::TooManyEntries(1000, _)),
             "{err}"
         );
+        // The crate reads the count "on this disk" (offset 8): a total (offset 10) that says
+        // less, to slip a count or a duplicate past the check, is refused.
+        let mut split = zip.clone();
+        split[eocd + 10..eocd + 12].copy_from_slice(&1u16.to_le_bytes());
+        let (_tmp, r) = run(&split, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let err = format!("{:#}", anyhow::Error::from(r.expect_err("refused")));
+        assert!(err.contains("entry counts differ"), "{err}");
+        // A second end record hidden in the comment (readers could pick different ones).
+        let mut hidden = zip.clone();
+        let record = hidden[eocd..].to_vec();
+        hidden[eocd + 20..eocd + 22].copy_from_slice(&(record.len() as u16).to_le_bytes());
+        hidden.extend_from_slice(&record);
+        let (_tmp, r) = run(&hidden, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let err = format!("{:#}", anyhow::Error::from(r.expect_err("refused")));
+        assert!(
+            err.contains("more than one end of central directory"),
+            "{err}"
+        );
+        // Shorter than an end record, starting like one: an error, not a panic.
+        let (_tmp, r) = run(b"PK\x05\x06abc", ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let err = format!("{:#}", anyhow::Error::from(r.expect_err("refused")));
+        assert!(err.contains("too short"), "{err}");
         // Not a zip at all.
-        let (_tmp, r) = run(b"not a zip", ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let (_tmp, r) = run(
+            b"not a zip archive, only some text",
+            ToolFormat::Zip,
+            UnpackMode::Tool,
+            LIMITS,
+        );
         assert!(
             format!("{:#}", anyhow::Error::from(r.expect_err("refused")))
                 .contains("no end of central directory record")
