@@ -158,7 +158,8 @@ impl Masker {
 }
 
 /// `value` and the forms tools print it in by themselves: percent-encoded (upper and lower case
-/// hex, RFC 3986's unreserved characters left as they are), JSON-escaped, and the part of its
+/// hex, RFC 3986's unreserved characters left as they are; and with `/` left too, as Python's
+/// `quote` does), JSON-escaped, and the part of its
 /// base64 that is the same wherever it starts in a longer encoded value (for each of the three
 /// alignments, the characters whose six bits all come from `value`), standard and URL-safe.
 /// Each distinct form once; the caller drops those under [`MIN_MASKED_LEN`].
@@ -173,10 +174,12 @@ fn encoded_forms(value: &[u8]) -> Vec<Vec<u8>> {
             zeroize::Zeroize::zeroize(&mut form);
         }
     };
-    for upper in [true, false] {
+    // Upper and lower case hex; and as Python's `urllib.parse.quote` writes it by default,
+    // leaving `/` as it is.
+    for (upper, keep) in [(true, &b"-._~"[..]), (false, b"-._~"), (true, b"-._~/")] {
         let mut pct = Vec::with_capacity(value.len() * 3);
         for &b in value {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            if b.is_ascii_alphanumeric() || keep.contains(&b) {
                 pct.push(b);
             } else {
                 let hex = if upper {
@@ -311,6 +314,7 @@ mod tests {
             "X-Amz-Security-Token=wJalrXUtnFEMI%2FK7MDENG%2BbPxRfiCYEXAMPLEKEY&X-Amz-Date"
                 .to_owned(),
             "x=wJalrXUtnFEMI%2fK7MDENG%2bbPxRfiCYEXAMPLEKEY".to_owned(),
+            "x=wJalrXUtnFEMI/K7MDENG%2BbPxRfiCYEXAMPLEKEY".to_owned(),
             r#"{"secret":"wJalrXUtnFEMI\/K7MDENG+bPxRfiCYEXAMPLEKEY"}"#.to_owned(),
             format!(
                 "Authorization: Basic {}",
