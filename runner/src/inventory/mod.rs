@@ -185,6 +185,17 @@ fn open_locked(index: &Path) -> Result<Flock<File>> {
     if !meta.is_file() {
         anyhow::bail!("the inventory {} is not a regular file", index.display());
     }
+    // Another user's index is not extended (nor made to look private: its owner could still
+    // rewrite every answer): `--index` names a file of one's own.
+    let me = nix::unistd::geteuid().as_raw();
+    if std::os::unix::fs::MetadataExt::uid(&meta) != me {
+        anyhow::bail!(
+            "the inventory {} belongs to uid {}, not to this user (uid {me}): another user's \
+             index is neither trusted nor extended; give --index a file of your own",
+            index.display(),
+            std::os::unix::fs::MetadataExt::uid(&meta)
+        );
+    }
     // Made 0600 when created; one made looser by hand is tightened (it says what was built
     // where, and only its owner should write it).
     if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
@@ -220,7 +231,8 @@ fn line_statement(line: &[u8]) -> Option<&str> {
 
 /// Drops a last line without its newline, which a writer that died (or ran out of space)
 /// mid-write left: with the lock held no one is completing it, and left there it would glue
-/// the next record to it. Reads only the file's tail.
+/// the next record to it. A last line that is a whole record (an index joined or edited by
+/// hand) gets its newline instead. Reads only the file's tail.
 fn drop_partial_tail(file: &mut File, index: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let len = file.metadata()?.len();
@@ -240,9 +252,22 @@ fn drop_partial_tail(file: &mut File, index: &Path) -> Result<()> {
         }
         end = start;
     }
+    if len - end <= MAX_WHOLE_TAIL {
+        let mut tail = vec![0u8; (len - end) as usize];
+        file.read_exact_at(&mut tail, end)
+            .with_context(|| format!("reading {}", index.display()))?;
+        if serde_json::from_slice::<Record>(&tail).is_ok() {
+            return file
+                .write_all(b"\n")
+                .with_context(|| format!("ending the last line of {}", index.display()));
+        }
+    }
     file.set_len(end)
         .with_context(|| format!("dropping a partial last line of {}", index.display()))
 }
+
+/// Longest unterminated last line of the index read to see whether it is a whole record.
+const MAX_WHOLE_TAIL: u64 = 16 << 20;
 
 /// Appends `records` to the index, leaving out statements it already holds. Returns how
 /// many were added.
@@ -606,6 +631,16 @@ impl Query {
 pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
     let file = crate::fsutil::open_regular(index, false)
         .with_context(|| format!("opening the inventory {}", index.display()))?;
+    // An index others may write could say anything: its answers are not given.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata()?.permissions());
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "the inventory {} can be written by other users (mode {:o}): its answers could \
+             have been rewritten; make it writable by its owner only (chmod go-w)",
+            index.display(),
+            mode & 0o7777
+        );
+    }
     let needles = query.needles();
     let mut hits = Vec::new();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -620,8 +655,15 @@ pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
             break;
         }
         n += 1;
-        // A last line without its newline is being written right now: not yet there.
-        if !line.ends_with('\n') || line.trim().is_empty() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A last line without its newline is being written right now, unless it is a whole
+        // record (an index joined or edited by hand): then it counts.
+        if !line.ends_with('\n') {
+            if let Ok(record) = serde_json::from_str::<Record>(&line) {
+                hits.extend(query.hits(&record));
+            }
             continue;
         }
         let shaped = line.starts_with("{\"statement_sha256\":") && line.trim_end().ends_with('}');

@@ -409,6 +409,46 @@ fn the_runs_own_record_only_looks_at_the_tail_and_mends_a_torn_last_line() {
     drop(d);
 }
 
+/// A whole record whose newline is missing (an index joined by hand) is answered, and the
+/// next append ends its line instead of dropping it.
+#[test]
+fn a_whole_last_record_without_its_newline_is_answered_and_kept() {
+    let (d, index) = sample_index();
+    let before = std::fs::read_to_string(&index).unwrap();
+    let all = Query::default();
+    let want = found(&index, all.clone()).len();
+    std::fs::write(&index, before.trim_end_matches('\n')).unwrap();
+    assert_eq!(found(&index, all.clone()).len(), want);
+    let mut locked = open_locked(&index).unwrap();
+    drop_partial_tail(&mut locked, &index).unwrap();
+    drop(locked);
+    assert_eq!(std::fs::read_to_string(&index).unwrap(), before);
+    assert_eq!(found(&index, all).len(), want);
+    drop(d);
+}
+
+/// An index others may write is not answered from; another user's is not extended.
+#[test]
+fn an_index_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, index) = sample_index();
+    std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = format!("{:#}", search(&index, &Query::default()).unwrap_err());
+    assert!(err.contains("can be written by other users"), "{err}");
+    std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(search(&index, &Query::default()).is_ok());
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&index, Some(65534), None).unwrap();
+        let err = format!("{:#}", open_locked(&index).unwrap_err());
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+        let mode = std::fs::metadata(&index).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "left as it was");
+    } else {
+        eprintln!("SKIP part: chown to another uid needs root");
+    }
+    drop(d);
+}
+
 #[test]
 fn digests_are_indexed_in_lowercase_whoever_wrote_the_statement() {
     use crate::provenance::statement::ResourceDescriptor;
