@@ -538,6 +538,9 @@ mod tests {
 
     #[test]
     fn two_hundred_clients_complete_or_are_refused_and_none_hangs() {
+        let _heavy = crate::testutil::DESCRIPTOR_HEAVY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = temp_dir("many");
         let (mut fwd, addr) = forwarder(echo_server(&dir), 50);
         let (tx, rx) = mpsc::channel();

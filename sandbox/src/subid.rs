@@ -613,6 +613,10 @@ mod tests {
         )
         .unwrap();
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        // The limit is the whole test process's: no other test may hold many descriptors now.
+        let _heavy = crate::testutil::DESCRIPTOR_HEAVY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         setrlimit(Resource::RLIMIT_NOFILE, 256, hard).unwrap();
         let walked = Walk {

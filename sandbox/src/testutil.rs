@@ -96,3 +96,8 @@ fn make_accessible(dir: &Path, depth: usize) {
         }
     }
 }
+
+/// Held by this crate's unit tests that use many descriptors at once or lower the process's
+/// descriptor limit: they run as threads of one process, so one lowering `RLIMIT_NOFILE`
+/// while another holds hundreds of sockets would fail the first with EMFILE now and then.
+pub static DESCRIPTOR_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
