@@ -83,9 +83,7 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool
     let _ = fs::remove_file(&tmp);
     if let Ok(true) = result {
         // The name is durable only once its directory is.
-        if let Some(dir) = path.parent() {
-            let _ = File::open(dir).and_then(|d| d.sync_all());
-        }
+        let _ = sync_parent(path);
     }
     result
 }

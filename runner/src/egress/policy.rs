@@ -114,10 +114,7 @@ impl fmt::Display for Denied {
                 )
             }
             Denied::Metadata(ip) => write!(f, "{ip} is a cloud metadata address, refused always"),
-            Denied::Forbidden {
-                ip,
-                range: range @ ("NAT64 local-use" | "IPv4-translated" | "Teredo"),
-            } => write!(
+            Denied::Forbidden { ip, range } if untranslatable(range) => write!(
                 f,
                 "{ip} is a {range} address, which a translator turns into an address this \
                  proxy cannot check: refused always"
@@ -312,7 +309,7 @@ impl EgressPolicy {
         // Forms that carry an IPv4 address this proxy cannot see (a translator of the host's
         // own network, or a Teredo relay, makes them into one, metadata included): refused
         // in every mode, listed or not, as the metadata addresses are.
-        if let Some(range @ ("NAT64 local-use" | "IPv4-translated" | "Teredo")) = special {
+        if let Some(range) = special.filter(|r| untranslatable(r)) {
             return Err(Denied::Forbidden { ip, range });
         }
         if self.audit {
@@ -470,6 +467,12 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     } else {
         return None;
     })
+}
+
+/// Whether `range` (a [`special_range`] name) holds addresses that carry an IPv4 address a
+/// translator or relay derives where this proxy cannot check it: refused always.
+fn untranslatable(range: &str) -> bool {
+    matches!(range, "NAT64 local-use" | "IPv4-translated" | "Teredo")
 }
 
 /// The range name for an address of this host's own interfaces that is in no other special
