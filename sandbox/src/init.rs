@@ -10,7 +10,9 @@
 //!
 //! Init holds no secret and no environment from the runner (the helper is started with an
 //! empty environment), is not dumpable (so a job cannot read its memory or descriptors through
-//! `/proc/1`), and keeps only its status and log channels open.
+//! `/proc/1`), keeps only its status and log channels open, and gives up its capabilities
+//! once the job's root is built (all but one that grants nothing, kept so that the kernel
+//! still ranks init above the job's processes: see [`crate::capabilities`]).
 
 use std::fs::File;
 use std::io::Write;
@@ -197,6 +199,9 @@ fn setup(
         (Some(_), None) => return Err(("egress forwarder", "no proxy socket directory".into())),
         (None, _) => None,
     };
+    // Everything that needed a capability is done (the mounts, the host name, loopback, the
+    // forwarder's port): from here on init holds none it could use (see `capabilities`).
+    crate::capabilities::drop_for_init().map_err(|e| ("capabilities", e.to_string()))?;
     let outer_namespaces = fds.outer_namespaces.clone();
     Ok((
         Prepared {

@@ -20,9 +20,10 @@
 //!   `sched_setparam`, `sched_setattr`, `sched_setaffinity`) refuse pid 1, init (a job that
 //!   put init in `SCHED_IDLE`, pinned to one busy CPU, would delay its deadlines and kills),
 //!   and `setpriority` and `ioprio_set` take only their one-process form (their "process
-//!   group" and "user" forms would reach init too; a pid of 1 there is refused by the kernel
-//!   as long as init holds capabilities the job lacks, `cap_safe_nice`, which the filter
-//!   cannot express beside allowing `renice -p` of the job's own processes);
+//!   group" and "user" forms would reach init too; a pid of 1 there is refused by the kernel,
+//!   `cap_safe_nice`, because init keeps a capability in its permitted set that the job
+//!   lacks (see `capabilities`), which the filter cannot express beside allowing `renice -p`
+//!   of the job's own processes);
 //! - `clone3` answers ENOSYS: its flags live in memory BPF cannot read, and libc falls back to
 //!   `clone` (which the filter can inspect) only on ENOSYS.
 //!

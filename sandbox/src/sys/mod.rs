@@ -290,6 +290,25 @@ pub fn cap_last_cap() -> u32 {
         .unwrap_or(40)
 }
 
+/// Whether one capability is in the bounding set (`PR_CAPBSET_READ`); `false` for a
+/// capability the kernel does not know.
+pub fn capbset_read(cap: u32) -> io::Result<bool> {
+    // SAFETY: prctl(PR_CAPBSET_READ, cap) takes integers only and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) };
+    match rc {
+        1 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Drops one capability from the bounding set (`PR_CAPBSET_DROP`).
 pub fn capbset_drop(cap: u32) -> io::Result<()> {
     // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes integers only and touches no memory.
