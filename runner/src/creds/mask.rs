@@ -159,7 +159,8 @@ impl Masker {
 
 /// `value` and the forms tools print it in by themselves: percent-encoded (upper and lower case
 /// hex, RFC 3986's unreserved characters left as they are; and with `/` left too, as Python's
-/// `quote` does), JSON-escaped, and the part of its
+/// `quote` does), JSON-escaped (as serde, JavaScript and Python, PHP and Go write strings),
+/// and the part of its
 /// base64 that is the same wherever it starts in a longer encoded value (for each of the three
 /// alignments, the characters whose six bits all come from `value`), standard and URL-safe.
 /// Each distinct form once; the caller drops those under [`MIN_MASKED_LEN`].
@@ -192,14 +193,22 @@ fn encoded_forms(value: &[u8]) -> Vec<Vec<u8>> {
         }
         add(pct);
     }
-    let mut json = Vec::with_capacity(value.len() * 2);
-    for &b in value {
-        match b {
-            b'"' | b'\\' | b'/' => json.extend([b'\\', b]),
-            _ => json.push(b),
+    // JSON strings as writers print them: `"` and `\` escaped (serde, JavaScript, Python); and
+    // `/` too (PHP); or `<`, `>` and `&` as `\u003c`, `\u003e`, `\u0026` (Go's default).
+    for (slash, html) in [(false, false), (true, false), (false, true)] {
+        let mut json = Vec::with_capacity(value.len() * 6);
+        for &b in value {
+            match b {
+                b'"' | b'\\' => json.extend([b'\\', b]),
+                b'/' if slash => json.extend(b"\\/"),
+                b'<' | b'>' | b'&' if html => {
+                    json.extend(format!("\\u{:04x}", u32::from(b)).bytes());
+                }
+                _ => json.push(b),
+            }
         }
+        add(json);
     }
-    add(json);
     for offset in 0..3usize {
         let mut padded = zeroize::Zeroizing::new(vec![0u8; offset]);
         padded.extend_from_slice(value);
@@ -331,6 +340,17 @@ mod tests {
             // that mix in the bytes around it): the secret is 40 bytes, at least 40 characters
             // encoded, and `***` takes the place of all but those few.
             assert!(printed.len() - masked.len() >= 35, "{printed} -> {masked}");
+        }
+        // JSON as Go writes it (`&`, `<`, `>` as \u escapes, `/` as it is), as JavaScript and
+        // Python do (`/` as it is) and as PHP does (`\/`).
+        let odd = r#"p"w/d&x<y>z-0123456789"#;
+        for printed in [
+            r#"{"password":"p\"w/d\u0026x\u003cy\u003ez-0123456789"}"#,
+            r#"{"password":"p\"w/d&x<y>z-0123456789"}"#,
+            r#"{"password":"p\"w\/d&x<y>z-0123456789"}"#,
+        ] {
+            let masked = run(&[odd], &[printed.as_bytes()]);
+            assert_eq!(masked, r#"{"password":"***"}"#, "{printed}");
         }
         // What merely shares a few characters is left alone.
         assert_eq!(
