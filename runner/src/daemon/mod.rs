@@ -924,8 +924,7 @@ impl Daemon {
     async fn report(&self, lease: &Lease, report: ResultReport, stop: &mut StopWatch) {
         let reg = &self.identity.registration;
         let path = format!("/v1/jobs/{}/result", lease.job_id);
-        let encode = |r: &ResultReport| serde_json::to_vec(r);
-        let mut body = match encode(&report) {
+        let body = match report_body(lease, report, &reg.name) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!(
@@ -935,20 +934,6 @@ impl Daemon {
                 return;
             }
         };
-        if body.len() > MAX_BODY_BYTES {
-            // The coordinator would refuse it (413) and the job would end up lost: say so
-            // instead. Everything stays on this host.
-            let reason = format!(
-                "the result and provenance ({} bytes) are too large to report; they are kept on runner {} under daemon/jobs/{}/out",
-                body.len(),
-                reg.name,
-                lease.job_id
-            );
-            match encode(&synthetic_result(lease, "runner-error", &reason)) {
-                Ok(b) => body = b,
-                Err(_) => return,
-            }
-        }
         let mut attempt = 0u32;
         let mut wait = self.poll;
         loop {
@@ -1154,6 +1139,36 @@ fn salvage_log(out: &Path) {
     }
 }
 
+/// The body of a result report: the report itself, or, when that is more than the
+/// coordinator accepts (it would answer 413 and the job would end up lost), a runner error that
+/// says so and where the result is kept, still with the job's logs (already uploaded; the
+/// report names them by digest, a few hundred bytes).
+fn report_body(
+    lease: &Lease,
+    report: ResultReport,
+    runner_name: &str,
+) -> serde_json::Result<Vec<u8>> {
+    let body = serde_json::to_vec(&report)?;
+    if body.len() <= MAX_BODY_BYTES {
+        return Ok(body);
+    }
+    let reason = format!(
+        "the result and provenance ({} bytes) are too large to report; they are kept on runner {} under daemon/jobs/{}/out",
+        body.len(),
+        runner_name,
+        lease.job_id
+    );
+    let with_logs = ResultReport {
+        logs: report.logs,
+        ..synthetic_result(lease, "runner-error", &reason)
+    };
+    let body = serde_json::to_vec(&with_logs)?;
+    if body.len() <= MAX_BODY_BYTES {
+        return Ok(body);
+    }
+    serde_json::to_vec(&synthetic_result(lease, "runner-error", &reason))
+}
+
 /// A result for a job that never reached `bulwark run`'s own `result.json`.
 fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
     ResultReport {
@@ -1304,6 +1319,45 @@ mod tests {
             }
             drop(tx);
         });
+    }
+
+    #[test]
+    fn a_report_too_large_to_send_becomes_a_runner_error_that_keeps_the_logs() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "job_id": "job-0123456789abcdef0123456789abcdef",
+            "trust": "trusted",
+            "expires_at": 1,
+            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
+        }))
+        .unwrap();
+        let logs = vec![LogFile {
+            name: "job.log".into(),
+            size: 14,
+            sha256: "ab".repeat(32),
+        }];
+        let report = |provenance: usize| ResultReport {
+            result: serde_json::json!({"status": "succeeded", "reason": null}),
+            provenance: Some("x".repeat(provenance)),
+            logs: logs.clone(),
+        };
+        let fits: ResultReport =
+            serde_json::from_slice(&report_body(&lease, report(1000), "pool-a-1").unwrap())
+                .unwrap();
+        assert_eq!(fits.result["status"], "succeeded");
+        assert_eq!(fits.provenance.map(|p| p.len()), Some(1000));
+        let body = report_body(&lease, report(MAX_BODY_BYTES), "pool-a-1").unwrap();
+        assert!(body.len() <= MAX_BODY_BYTES);
+        let cut: ResultReport = serde_json::from_slice(&body).unwrap();
+        assert_eq!(cut.result["status"], "runner-error");
+        let reason = cut.result["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("too large to report")
+                && reason.contains("pool-a-1")
+                && reason.contains("daemon/jobs/job-0123456789abcdef0123456789abcdef/out"),
+            "{reason}"
+        );
+        assert_eq!(cut.provenance, None);
+        assert_eq!(cut.logs, logs);
     }
 
     #[test]
