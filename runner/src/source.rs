@@ -143,23 +143,62 @@ pub fn copy_tree_within(src: &Path, dst: &Path, room: Room) -> Result<CopyStats,
 /// [`copy_tree_within`] from a directory already open as `src`: the directory that was checked
 /// is the one copied, whatever its path leads to by now.
 pub fn copy_tree_from(src: &OwnedFd, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
+    copy_from(src, dst, room, Some("bulwark-out"))
+}
+
+/// [`copy_tree_within`], the same rules, except that nothing is skipped by name: a top-level
+/// `bulwark-out/` is copied like any other directory (caches, which are no source tree).
+pub fn copy_whole_tree(src: &Path, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
+    let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
+        path: ".".into(),
+        source: e.into(),
+    })?;
+    copy_from(&s, dst, room, None)
+}
+
+fn copy_from(
+    src: &OwnedFd,
+    dst: &Path,
+    room: Room,
+    skip_top: Option<&str>,
+) -> Result<CopyStats, CopyError> {
     let d = nix::fcntl::open(dst, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
         path: ".".into(),
         source: e.into(),
     })?;
     let mut stats = CopyStats::default();
-    copy_dir(src, &d, "", b"", &mut stats, room)?;
+    let walk = Walk { room, skip_top };
+    copy_dir(src, &d, "", b"", &mut stats, &walk)?;
     Ok(stats)
+}
+
+/// What holds for a whole copy: its room, and the top-level name it skips, if any.
+struct Walk<'a> {
+    room: Room,
+    skip_top: Option<&'a str>,
 }
 
 /// The refusal when a copy would take more than its room.
 fn no_room(path: &str) -> CopyError {
     CopyError {
         path: path.to_string(),
-        source: io::Error::other(
-            "copying it would take the workspace's filesystem below limits.min_free_disk; free \
-             space there",
-        ),
+        source: io::Error::other(NoRoom),
+    }
+}
+
+/// The cause of a [`CopyError`] for a copy that would have taken more than its room.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "copying it would take the workspace's filesystem below limits.min_free_disk; free space there"
+)]
+pub struct NoRoom;
+
+impl CopyError {
+    /// Whether the copy stopped because it would have taken more than its room.
+    pub fn is_no_room(&self) -> bool {
+        self.source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<NoRoom>())
     }
 }
 
@@ -169,8 +208,9 @@ fn copy_dir(
     rel: &str,
     rel_bytes: &[u8],
     stats: &mut CopyStats,
-    room: Room,
+    walk: &Walk<'_>,
 ) -> Result<(), CopyError> {
+    let room = walk.room;
     let entries = read_entries(src).map_err(|e| CopyError {
         path: display(rel),
         source: e,
@@ -183,7 +223,7 @@ fn copy_dir(
             path: child.clone(),
             source: err.into(),
         };
-        if rel.is_empty() && name == "bulwark-out" {
+        if rel.is_empty() && walk.skip_top.is_some_and(|skip| name == skip) {
             continue;
         }
         if room
@@ -203,7 +243,7 @@ fn copy_dir(
                     kind: 'd',
                     content: Vec::new(),
                 });
-                copy_dir(&s, &d, &child, &child_bytes, stats, room)?;
+                copy_dir(&s, &d, &child, &child_bytes, stats, walk)?;
                 let _ =
                     nix::sys::stat::fchmod(&d, Mode::from_bits_truncate(e.mode & 0o777 | 0o700));
             }

@@ -33,6 +33,8 @@ pub struct JobDir {
     pub workspace: PathBuf,
     /// Source of `/tmp`.
     pub tmp: PathBuf,
+    /// Source of `/cache`, beside the workspace; made only for a job with caches.
+    pub cache: PathBuf,
     /// Where the job's own filesystem is mounted, when it has one (its size in bytes).
     pub disk: Option<(PathBuf, u64)>,
     _lock: Flock<File>,
@@ -153,6 +155,7 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str, disk: Option<u64>) -> 
         id,
         workspace: path.join("workspace"),
         tmp: path.join("tmp"),
+        cache: path.join("cache"),
         path,
         disk: None,
         _lock: lock,
@@ -204,6 +207,7 @@ impl JobDir {
                 .with_context(|| format!("setting the mode of {}", mount.display()))?;
             self.workspace = mount.join("workspace");
             self.tmp = mount.join("tmp");
+            self.cache = mount.join("cache");
         }
         for d in [&self.workspace, &self.tmp] {
             fs::DirBuilder::new()
@@ -332,7 +336,7 @@ pub fn cleanup_stale(dirs: &Dirs, cgroups: &Support, reclaim: &Reclaim<'_>) -> V
         // whole, record included, for a later run.
         let socket_dir = dirs.runtime.join("jobs").join(&id);
         if let Ok(record) = fs::read_to_string(path.join(SUBID_RECORD)) {
-            let mut paths = vec![path.join("workspace"), path.join("tmp")];
+            let mut paths = vec![path.join("workspace"), path.join("tmp"), path.join("cache")];
             paths.extend(
                 fs::symlink_metadata(&socket_dir)
                     .ok()

@@ -229,6 +229,10 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     let workspace =
         open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;
     let tmp = open(&spec.tmp, dir_flags, Mode::empty()).map_err(at("open tmp"))?;
+    let cache_dir: Option<OwnedFd> = match &spec.cache {
+        Some(p) => Some(open(p, dir_flags, Mode::empty()).map_err(at("open cache"))?),
+        None => None,
+    };
     let rootfs_dir: Option<OwnedFd> = match &spec.rootfs {
         Some(p) => Some(
             open(p, dir_flags, Mode::empty())
@@ -288,6 +292,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
                 egress_dir,
                 tool_dirs,
                 rootfs_dir,
+                cache_dir,
                 seccomp,
                 outer_namespaces,
                 helper_alive: {
@@ -307,7 +312,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             drop(tmp);
             drop(egress_dir);
             drop(tool_dirs);
-            drop(rootfs_dir);
+            drop((rootfs_dir, cache_dir));
             loop {
                 match waitpid(init, None) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code),

@@ -45,6 +45,8 @@ pub struct Inherited {
     pub tool_dirs: Vec<OwnedFd>,
     /// The pinned root filesystem, if any.
     pub rootfs_dir: Option<OwnedFd>,
+    /// Source of `/cache`, when the job has caches.
+    pub cache_dir: Option<OwnedFd>,
     /// The job's seccomp program, built by the helper while it waited for the spec.
     pub seccomp: JobFilters,
     /// The namespaces the helper started in (the runner's).
@@ -69,6 +71,7 @@ pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherite
                 egress_dir,
                 tool_dirs,
                 rootfs_dir,
+                cache_dir,
                 seccomp,
                 outer_namespaces,
                 helper_alive,
@@ -78,6 +81,7 @@ pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherite
                 tmp,
                 tool_dirs,
                 rootfs_dir,
+                cache_dir,
                 seccomp,
                 outer_namespaces,
                 helper_alive,
@@ -169,8 +173,18 @@ fn setup(
         .collect();
     let rootfs =
         rootfs_dir.map(|fd| std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
-    crate::mount::build_root(spec, ws.as_ref(), tp.as_ref(), &tools, rootfs.as_deref())
-        .map_err(|e| ("mount", e.to_string()))?;
+    let cache = fds
+        .cache_dir
+        .as_ref()
+        .map(|fd| std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
+    let places = crate::mount::Places {
+        workspace: ws.as_ref(),
+        tmp: tp.as_ref(),
+        tools: &tools,
+        rootfs: rootfs.as_deref(),
+        cache: cache.as_deref(),
+    };
+    crate::mount::build_root(spec, &places).map_err(|e| ("mount", e.to_string()))?;
     crate::spec::phase(spec, status, "init-mounted");
     sethostname(&spec.hostname).map_err(|e| ("hostname", e.to_string()))?;
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;

@@ -3,7 +3,7 @@
 //! Mounts decide what exists in the job's view; Landlock decides what the job may do with it,
 //! and holds even if a mount is misconfigured or a later kernel bug exposes a path. The ruleset
 //! mirrors the mounts: system paths and tools read and execute, `/workspace` `/tmp` `/dev/shm`
-//! read-write, a few device nodes read-write, `/proc` read. Listing directories is allowed
+//! (and `/cache` when the job has caches) read-write, a few device nodes read-write, `/proc` read. Listing directories is allowed
 //! from `/` down; every other right on anything else, such as [`crate::mount::LANDLOCK_CANARY`],
 //! is denied by Landlock alone.
 //!
@@ -117,6 +117,7 @@ pub fn prepare() -> Result<JobRuleset, LandlockError> {
                 "tmp",
                 "workspace",
                 "tools",
+                "cache",
                 "usr",
                 "bin",
                 "sbin",
@@ -141,7 +142,8 @@ pub fn prepare() -> Result<JobRuleset, LandlockError> {
         crate::mount::CREDENTIALS_DIR,
         AccessFs::ReadFile | AccessFs::ReadDir,
     );
-    for p in ["/workspace", "/tmp", "/dev/shm"] {
+    // `/cache` exists only when the job has caches.
+    for p in ["/workspace", "/tmp", "/dev/shm", "/cache"] {
         add(p, read_write);
     }
     for d in crate::mount::DEVICES {

@@ -56,25 +56,32 @@ fn err<E: Into<io::Error>>(step: &'static str, path: &Path) -> impl FnOnce(E) ->
     }
 }
 
+/// Where the job's own places come from. Each is a `/proc/self/fd/N` path of a descriptor the
+/// helper opened (without following a final symlink) in this mount namespace, so the bind
+/// uses exactly the directory that was checked.
+#[derive(Debug)]
+pub struct Places<'a> {
+    /// Source of `/workspace`.
+    pub workspace: &'a Path,
+    /// Source of `/tmp`.
+    pub tmp: &'a Path,
+    /// Each tool's name and the source of `/tools/<name>`.
+    pub tools: &'a [(String, PathBuf)],
+    /// The pinned root filesystem, if any.
+    pub rootfs: Option<&'a Path>,
+    /// Source of `/cache`, when the job has caches.
+    pub cache: Option<&'a Path>,
+}
+
 /// Builds the job's root and pivots into it. Runs in the job's init (pid 1 of the new pid
 /// namespace), inside the new user and mount namespaces.
-///
-/// `workspace` and `tmp` are the sources of `/workspace` and `/tmp`, given as
-/// `/proc/self/fd/N` paths of descriptors the helper opened (without following a final
-/// symlink) in this mount namespace, so the bind uses exactly the directory that was checked.
-pub fn build_root(
-    spec: &SandboxSpec,
-    workspace: &Path,
-    tmp: &Path,
-    tools_src: &[(String, PathBuf)],
-    rootfs: Option<&Path>,
-) -> Result<(), MountError> {
+pub fn build_root(spec: &SandboxSpec, places: &Places<'_>) -> Result<(), MountError> {
     let root = Path::new(NEW_ROOT);
     // Whatever the runner's umask: directories made below are 0755, files exactly the mode
     // given (none of which has a group or other write bit). The runner's umask is restored
     // when the root is built, so the job's processes inherit it as before.
     let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    let built = build_root_inner(spec, root, workspace, tmp, tools_src, rootfs);
+    let built = build_root_inner(spec, root, places);
     nix::sys::stat::umask(umask);
     built
 }
@@ -82,11 +89,10 @@ pub fn build_root(
 fn build_root_inner(
     spec: &SandboxSpec,
     root: &Path,
-    workspace: &Path,
-    tmp: &Path,
-    tools_src: &[(String, PathBuf)],
-    rootfs: Option<&Path>,
+    places: &Places<'_>,
 ) -> Result<(), MountError> {
+    let (workspace, tmp, tools_src, rootfs) =
+        (places.workspace, places.tmp, places.tools, places.rootfs);
     // 1. Nothing we mount may propagate back to the host, and nothing the host mounts later
     //    may appear in the job.
     mount(
@@ -135,6 +141,7 @@ fn build_root_inner(
                     "tmp",
                     "workspace",
                     "tools",
+                    "cache",
                     "run",
                     "etc",
                 ]
@@ -214,11 +221,19 @@ fn build_root_inner(
     for d in &mount_points {
         fs::create_dir(d).map_err(err("create", d))?;
     }
+    let cache_point = root.join("cache");
+    if places.cache.is_some() {
+        fs::create_dir(&cache_point).map_err(err("create", &cache_point))?;
+    }
     seal_readonly_tree(root)?;
 
-    // 7. The job's writable places: /workspace and /tmp, never executable as setuid, no devices.
+    // 7. The job's writable places: /workspace, /tmp and, when it has caches, /cache; never
+    //    executable as setuid, no devices.
     bind(workspace, &mount_points[0], Access::Writable)?;
     bind(tmp, &mount_points[1], Access::Writable)?;
+    if let Some(cache) = places.cache {
+        bind(cache, &cache_point, Access::Writable)?;
+    }
 
     // 8. A small /dev: a few host device nodes bound in, shm, and the usual symlinks.
     build_dev(&mount_points[2])?;

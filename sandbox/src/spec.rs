@@ -70,6 +70,10 @@ pub struct SandboxSpec {
     /// `system_paths` and `etc_entries` (the host's system is then not visible at all).
     #[serde(default)]
     pub rootfs: Option<PathBuf>,
+    /// Host directory mounted read-write at `/cache`, holding one directory per cache the job
+    /// declared, when it declared any.
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
     /// Verified, read-only tool directories mounted at `/tools/<name>`.
     #[serde(default)]
     pub tools: Vec<ToolMount>,

@@ -371,7 +371,9 @@ fn ownership() -> Result<(), Stage> {
 /// One hand-over: entries whose uid (or gid) is `from` get `to`.
 ///
 /// Handing back (`reclaim`), every directory of the job's becomes exactly 0700 and every
-/// regular file exactly 0600: nothing the job set survives that could matter to the runner's
+/// regular file exactly 0600, or 0700 if its owner could execute it (a cache saved from the
+/// tree keeps its programs runnable; the runner never runs them): nothing else the job set
+/// survives that could matter to the runner's
 /// uid, such as set-user-id or set-group-id bits (re-applying the old mode after the chown
 /// would make a job's setuid file a setuid-runner file), group or other access while the
 /// tree waits to be collected and removed, or ACL entries (a mode change sets an ACL's mask,
@@ -498,7 +500,7 @@ impl Walk {
                 fchmodat(
                     &here,
                     name.as_os_str(),
-                    Mode::from_bits_truncate(0o600),
+                    Mode::from_bits_truncate(0o600 | (st.st_mode & 0o100)),
                     FchmodatFlags::NoFollowSymlink,
                 )
                 .map_err(|e| at(&path, e))?;
@@ -631,7 +633,7 @@ mod tests {
         let suid = meta(&base.join("open/suid"));
         assert_eq!(
             (suid.uid(), suid.gid(), suid.mode() & 0o7777),
-            (runner, runner, 0o600)
+            (runner, runner, 0o700)
         );
         let open_dir = meta(&base.join("open"));
         assert_eq!((open_dir.uid(), open_dir.mode() & 0o7777), (runner, 0o700));

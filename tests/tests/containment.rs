@@ -2944,14 +2944,64 @@ mod rootless_mode {
         }
 
         #[test]
+        fn a_cache_written_by_a_subordinate_uid_is_saved_and_restored_to_the_next_job() {
+            grant();
+            let env = env("subuid-cache", 4);
+            // Left unreadable and in a directory the runner could not enter were it still the
+            // job's: the hand-back must come before the save.
+            let job = |run: &str| {
+                one_step(
+                    "subuid-cache",
+                    run,
+                    "[[caches]]\nname = \"deps\"\n[outputs]\npaths = [\"out.txt\"]",
+                )
+            };
+            let first = env.run_with(
+                &job(
+                    "mkdir -p /cache/deps/d && echo kept > /cache/deps/d/lib && \
+                      printf '#!/bin/sh\\necho ran\\n' > /cache/deps/tool && \
+                      chmod 755 /cache/deps/tool && \
+                      chmod 000 /cache/deps/d/lib && chmod 500 /cache/deps/d && echo x > out.txt",
+                ),
+                &["--trust", "trusted"],
+            );
+            first.assert_code(0);
+            assert_eq!(first.result()["isolation"]["mode"], "subuid");
+            assert_eq!(
+                first.result()["inputs"]["caches"][0]["saved"]["files"],
+                2,
+                "{first}"
+            );
+            let second = env.run_with(
+                &job("chmod 700 /cache/deps/d && chmod 600 /cache/deps/d/lib && \
+                      echo found=$(cat /cache/deps/d/lib) && echo tool=$(/cache/deps/tool) && \
+                      echo x > out.txt"),
+                &["--trust", "trusted"],
+            );
+            second.assert_code(0);
+            assert_eq!(second.value("found"), "kept", "{second}");
+            // A program saved in a cache still runs.
+            assert_eq!(second.value("tool"), "ran", "{second}");
+            assert_eq!(
+                fs::read_dir(env.state.join("jobs")).unwrap().count(),
+                0,
+                "the job directories were left behind\n{second}"
+            );
+        }
+
+        #[test]
         fn a_dead_subuid_run_is_taken_back_and_removed_by_the_next_run() {
             let (first, last) = grant();
             let env = env("subuid-dead", 1);
             let marker = format!("29{}", rand_digits());
+            // Its cache directory too is left locked, as the job's uid's.
             let job = one_step(
                 "victim",
-                &format!("mkdir -p a/b && touch a/b/f && chmod 500 a/b a && sleep {marker}"),
-                "",
+                &format!(
+                    "mkdir -p a/b /cache/c/x && touch a/b/f /cache/c/x/f && \
+                     chmod 500 a/b a /cache/c/x && sleep {marker}"
+                ),
+                "[[caches]]\nname = \"c\"",
             );
             // SIGKILL: nothing is handed back.
             kill_runner_mid_job(&env, &job, &format!("sleep {marker}"), 1);
@@ -2971,6 +3021,7 @@ mod rootless_mode {
             );
             // This user cannot remove it as it is.
             assert!(bulwark_tests::remove_tree(&jobdir.join("workspace")).is_err());
+            assert!(bulwark_tests::remove_tree(&jobdir.join("cache")).is_err());
             let r = env.run(&one_step("next", "true", ""));
             r.assert_code(0);
             assert!(r.stderr.contains("cleaned up after 1 dead run"), "{r}");

@@ -46,6 +46,37 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[credentials.<name>]`: what trusted jobs' identity tokens are exchanged for.
     pub credentials: BTreeMap<String, super::credentials::CredentialProvider>,
+    /// `[caches]`: build caches kept between jobs (docs/caches.md).
+    pub caches: CachesConfig,
+}
+
+/// `[caches]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachesConfig {
+    /// Whether jobs may have caches at all (`enabled = true`); a spec with `[[caches]]` is
+    /// refused where they are off.
+    pub enabled: bool,
+    /// Largest cache that is saved, in bytes of file contents (`max_size = "4GiB"`); a job
+    /// that leaves more is not refused, its cache is not saved.
+    pub max_size: u64,
+    /// Most entries (files, directories, symlinks) a saved cache may hold
+    /// (`max_entries = 500000`).
+    pub max_entries: u64,
+}
+
+/// Default [`CachesConfig::max_size`]: 4 GiB.
+pub const DEFAULT_CACHE_MAX_SIZE: u64 = 4 << 30;
+/// Default [`CachesConfig::max_entries`].
+pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 500_000;
+
+impl Default for CachesConfig {
+    fn default() -> Self {
+        CachesConfig {
+            enabled: true,
+            max_size: DEFAULT_CACHE_MAX_SIZE,
+            max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+        }
+    }
 }
 
 /// `[daemon]`.
@@ -315,6 +346,7 @@ impl Default for Config {
             paths: PathsConfig::default(),
             daemon: DaemonConfig::default(),
             credentials: BTreeMap::new(),
+            caches: CachesConfig::default(),
         }
     }
 }
@@ -429,6 +461,15 @@ struct RawConfig {
     paths: PathsConfig,
     daemon: RawDaemon,
     credentials: BTreeMap<String, super::credentials::RawProvider>,
+    caches: RawCaches,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawCaches {
+    enabled: Option<bool>,
+    max_size: Option<String>,
+    max_entries: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -532,6 +573,21 @@ impl Config {
                 daemon.keep_outputs = d;
             }
         }
+        let mut caches = CachesConfig::default();
+        if let Some(enabled) = raw.caches.enabled {
+            caches.enabled = enabled;
+        }
+        match raw.caches.max_size.as_deref().map(parse_size) {
+            None => {}
+            Some(Ok(0)) => errors.push("caches.max_size", "must be greater than zero"),
+            Some(Ok(n)) => caches.max_size = n,
+            Some(Err(e)) => errors.push("caches.max_size", e),
+        }
+        match raw.caches.max_entries {
+            None => {}
+            Some(0) => errors.push("caches.max_entries", "must be greater than zero"),
+            Some(n) => caches.max_entries = n,
+        }
         let config = Config {
             builder_id,
             limits,
@@ -540,6 +596,7 @@ impl Config {
             paths: raw.paths,
             daemon,
             credentials: super::credentials::convert(raw.credentials, &mut errors),
+            caches,
         };
         SpecError::check(errors.list, config)
     }

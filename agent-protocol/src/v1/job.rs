@@ -46,6 +46,8 @@ pub const MAX_ALLOW_ENTRIES: usize = 256;
 pub const MAX_ENV_PER_STEP: usize = 256;
 /// Most credentials one job may ask for.
 pub const MAX_CREDENTIALS: usize = 8;
+/// Most `[[caches]]` in one job.
+pub const MAX_CACHES: usize = 8;
 
 /// Job timeout when `[resources]` gives none (lowered to the operator's ceiling if that is lower).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -106,6 +108,19 @@ pub struct JobSpec {
     /// needs: given only to trusted jobs leased from a coordinator (docs/credentials.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<String>,
+    /// Build caches, each a directory kept between runs of jobs with the same source
+    /// (docs/caches.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<CacheSpec>,
+}
+
+/// One `[[caches]]` entry: a directory at `/cache/<name>`, restored from what an earlier job
+/// with the same source left there and saved when the job succeeds (docs/caches.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Name, matching [`NAME_PATTERN`]; mounted at `/cache/<name>`.
+    pub name: String,
 }
 
 /// `[rootfs]`: a root filesystem tarball, verified like a tool, whose top-level directories

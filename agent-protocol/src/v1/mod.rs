@@ -34,14 +34,14 @@ mod validate;
 
 pub use allow::{AllowEntry, AllowHost, CeilingEntry, IpNet};
 pub use config::{
-    Config, DaemonConfig, DiskReserve, EgressConfig, FetchConfig, IsolationChoice, LimitsConfig,
-    PathsConfig, UidRange, DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT, DEFAULT_JOB_UIDS,
-    DEFAULT_LIVE_LOG_INTERVAL,
+    CachesConfig, Config, DaemonConfig, DiskReserve, EgressConfig, FetchConfig, IsolationChoice,
+    LimitsConfig, PathsConfig, UidRange, DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_JOB_UIDS, DEFAULT_LIVE_LOG_INTERVAL,
 };
 pub use credentials::{CredentialKind, CredentialProvider};
 pub use job::{
-    is_reserved_output, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, RootfsSpec, SourceSpec,
-    StepSpec, ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN,
+    is_reserved_output, CacheSpec, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, RootfsSpec,
+    SourceSpec, StepSpec, ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN,
     RESERVED_OUTPUT_NAMES,
 };
 pub use result::{

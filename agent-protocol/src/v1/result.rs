@@ -204,6 +204,10 @@ pub struct Inputs {
     /// The root filesystem, when one was used.
     #[serde(default)]
     pub rootfs: Option<serde_json::Value>,
+    /// Each cache the job declared: what was restored into it (tier, generation, tree
+    /// digest) and what was saved from it, or why not (docs/caches.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<serde_json::Value>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -216,6 +220,7 @@ impl Default for Inputs {
             source: empty_object(),
             tools: Vec::new(),
             rootfs: None,
+            caches: Vec::new(),
         }
     }
 }

@@ -37,6 +37,7 @@ pub(super) fn validate(spec: &JobSpec, limits: &LimitsConfig) -> Result<Validate
     }
     check_tools(&spec.tools, &mut errors);
     check_credentials(&spec.credentials, &mut errors);
+    check_caches(&spec.caches, &mut errors);
     if let Some(rootfs) = &spec.rootfs {
         let url_ok = errors.take("rootfs.url", check_url(&rootfs.url)).is_some();
         errors.take("rootfs.sha256", check_sha256(&rootfs.sha256));
@@ -149,6 +150,29 @@ fn check_git_ref(git_ref: &str) -> Result<(), String> {
         ))
     } else {
         Ok(())
+    }
+}
+
+fn check_caches(caches: &[CacheSpec], errors: &mut Errors) {
+    if caches.len() > MAX_CACHES {
+        errors.push(
+            "caches",
+            format!("{} caches; at most {MAX_CACHES} are allowed", caches.len()),
+        );
+    }
+    let mut seen = BTreeMap::new();
+    for (i, cache) in caches.iter().enumerate() {
+        let path = format!("caches[{i}].name");
+        if errors.take(&path, check_name(&cache.name)).is_some() {
+            if let Some(first) = seen.insert(cache.name.as_str(), i) {
+                seen.insert(cache.name.as_str(), first);
+                let message = format!(
+                    "duplicate cache name {} (also caches[{first}])",
+                    quote(&cache.name)
+                );
+                errors.push(path, message);
+            }
+        }
     }
 }
 

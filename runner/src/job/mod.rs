@@ -25,6 +25,7 @@ use crate::exit;
 use crate::outputs::{self, Bounds};
 use crate::workspace::{self, JobDir};
 
+mod caches;
 mod inputs;
 mod sandbox;
 
@@ -116,6 +117,7 @@ pub fn base_spec(
         },
         report_phases: false,
         rootfs: None,
+        cache: None,
         tools: Vec::new(),
         egress: None,
         credentials: Vec::new(),
@@ -138,7 +140,7 @@ enum Stop {
     Runner(String),
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -369,6 +371,13 @@ pub fn check_spec(spec: &JobSpec, trust: Trust, config: &Config) -> Result<Valid
     let job = spec.validate(&config.limits).map_err(|e| e.to_string())?;
     if let Some(net) = job.spec.network.as_ref().filter(|n| !n.allow.is_empty()) {
         check_egress_ceiling(&net.allow, trust, config)?;
+    }
+    if !job.spec.caches.is_empty() && !config.caches.enabled {
+        return Err(
+            "caches: this runner has caches turned off (caches.enabled = false in its \
+             configuration); remove [[caches]] from the spec, or turn them on"
+                .into(),
+        );
     }
     if !job.spec.credentials.is_empty() && trust != Trust::Trusted {
         return Err(
@@ -981,6 +990,7 @@ impl JobRun<'_> {
                 "bytes": stats.bytes,
             });
         }
+        let has_caches = self.restore_caches(jobdir)?;
         if let Some(uid) = host_uid {
             // A git checkout is the job's uid's already (git ran as it), and root walking by
             // path through a tree that uid wrote could be led elsewhere (a swapped directory,
@@ -992,6 +1002,12 @@ impl JobRun<'_> {
             }
             chown_tree(&jobdir.tmp, uid)
                 .map_err(|e| Stop::Refused(format!("handing /tmp to uid {uid}: {e}")))?;
+            if has_caches {
+                // Copies the runner made just now from its own store: nothing of a job's
+                // in them can lead this walk elsewhere.
+                chown_tree(&jobdir.cache, uid)
+                    .map_err(|e| Stop::Refused(format!("handing /cache to uid {uid}: {e}")))?;
+            }
         }
         let cg = if fallback {
             None
@@ -1036,6 +1052,9 @@ impl JobRun<'_> {
         if let Some(ids) = &subids {
             let mut paths = crate::subuid::job_trees(&jobdir.workspace, &jobdir.tmp);
             paths.extend(egress.as_ref().map(|e| e.dir.clone()));
+            if has_caches {
+                paths.push(jobdir.cache.clone());
+            }
             let handed = jobdir
                 .record_subids(ids)
                 .map_err(|e| format!("{e:#}"))
@@ -1055,6 +1074,7 @@ impl JobRun<'_> {
         let mut spec = self.sandbox_spec(jobdir, host_uid, cg.as_ref(), fallback);
         spec.subids = subids.clone();
         spec.rootfs = rootfs;
+        spec.cache = has_caches.then(|| jobdir.cache.clone());
         if !tools.is_empty() {
             let tool_path: Vec<String> = tools
                 .iter()
@@ -1290,7 +1310,11 @@ impl JobRun<'_> {
             bounds,
             room,
         ) {
-            Ok(records) => Ok((JobStatus::Succeeded, None, records)),
+            Ok(records) => {
+                // Only a job that succeeded leaves its caches for the next one.
+                self.save_caches(jobdir);
+                Ok((JobStatus::Succeeded, None, records))
+            }
             Err(e) => Ok((JobStatus::Failed, Some(e.to_string()), Vec::new())),
         }
     }

@@ -109,6 +109,7 @@ pub fn build_statement(input: &ProvenanceInput<'_>) -> Statement {
             ));
         }
     }
+    resolved.extend(r.inputs.caches.iter().filter_map(cache_dependency));
     let version = env!("CARGO_PKG_VERSION");
     Statement {
         type_: STATEMENT_TYPE.to_string(),
@@ -207,6 +208,34 @@ fn source_dependency(source: &serde_json::Value) -> Option<ResourceDescriptor> {
         }
         _ => None,
     }
+}
+
+/// A cache restored into the job (docs/caches.md): named `cache:<name>`, its tree digest as
+/// `sha256` like a local source's, with the tier and generation it came from. A cache that
+/// started empty was no input and is not listed.
+fn cache_dependency(cache: &serde_json::Value) -> Option<ResourceDescriptor> {
+    let name = cache.get("name")?.as_str()?;
+    let restored = cache.get("restored").filter(|r| !r.is_null())?;
+    let tier = restored.get("tier")?.as_str()?;
+    let mut d = ResourceDescriptor::sha256(
+        Some(format!("cache:{name}")),
+        Some(format!("bulwark-cache:{tier}/{name}")),
+        restored.get("tree_sha256")?.as_str()?,
+    );
+    let mut ann = serde_json::Map::new();
+    ann.insert(
+        "digestAlgorithm".into(),
+        json!(format!(
+            "{} (docs/build-type.md)",
+            crate::source::TREE_ALGORITHM
+        )),
+    );
+    ann.insert("generation".into(), restored.get("generation")?.clone());
+    if let Some(scope) = cache.get("scope") {
+        ann.insert("scope".into(), scope.clone());
+    }
+    d.annotations = Some(ann);
+    Some(d)
 }
 
 /// Signs `statement` and writes both provenance files into `out` (temporary name, rename).

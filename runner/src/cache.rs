@@ -1,0 +1,402 @@
+//! Build caches: directories a job declares (`[[caches]] name = "cargo"`), mounted read-write at
+//! `/cache/<name>`, that start as the last successful job of the same source and trust level
+//! left them.
+//!
+//! A cache is an input that no digest in the spec pins, written by earlier builds: the classic
+//! way to poison a release (a pull request's build writes a tampered dependency into the cache
+//! that the release build then restores; GitHub Actions' cache poisoning). The design follows
+//! from that:
+//!
+//! - **Two tiers per cache.** Each (source, name) has a `trusted` and an `untrusted` store.
+//!   A trusted job restores from the trusted store only and saves to it. An untrusted job
+//!   restores from the untrusted store, or from the trusted one while no untrusted job has
+//!   saved yet, and saves only to the untrusted store: untrusted jobs may read what trusted
+//!   jobs read but never write it (DESIGN.md, "Trust levels").
+//! - **Copied in, copied out.** The job gets its own copy, never the store: a job cannot change
+//!   what another job (running now, or later) restores, and what it leaves is saved only when
+//!   it succeeded and after every one of its processes is gone, so no background writer can
+//!   change the tree while or after it is copied. Both copies use the source-copy rules
+//!   ([`crate::source`]): no symlink followed, no fifo or device opened, setuid bits dropped,
+//!   bounded by `caches.max_size` and `caches.max_entries` and by the disk reserve.
+//! - **Recorded, checked.** Saving computes the tree's `bulwark-tree-v2` digest and records it
+//!   beside the tree; a restore recomputes it while copying and refuses the job if the two
+//!   differ (the store was changed on the host after the save). The restored digest goes into
+//!   `result.json` and into provenance as a resolved dependency, so the inventory can answer
+//!   "which artifacts were built from this cache" like it does for tools.
+//! - **Scoped by source.** Caches are keyed by where the source came from (the git URL, the
+//!   archive URL, or the local directory), so one repository's jobs never restore another's.
+//!
+//! Layout under `<state>/caches/<scope key>/`: `scope` (the scope, for people), and
+//! `<name>/<tier>/` holding `current` (JSON: which generation, its digest and size),
+//! `gen-<random>/` (the tree), `save.lock` and `read.lock`. A save holds `save.lock` for its
+//! whole copy (saves of one cache take turns; the last one wins), writes the new generation
+//! under `incoming-<random>/`, flushes the filesystem, renames it to `gen-<random>/` and
+//! replaces `current`; it then takes `read.lock` exclusively, which waits for restores that
+//! hold it shared, and removes every other generation. Whatever a dead save left is removed
+//! by the next save of that cache.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use bulwark_protocol::{CachesConfig, Trust};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::disk_reserve::Room;
+use crate::source::{copy_whole_tree, tree_digest, CopyError, TREE_ALGORITHM};
+
+/// Where a job's caches live inside its sandbox.
+pub const MOUNT_POINT: &str = "/cache";
+
+/// The store's tiers: whose jobs wrote a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Written by trusted jobs; read by every job.
+    Trusted,
+    /// Written by untrusted jobs; read by untrusted jobs only.
+    Untrusted,
+}
+
+impl Tier {
+    /// The tier's name, as in the store and `result.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Trusted => "trusted",
+            Tier::Untrusted => "untrusted",
+        }
+    }
+
+    /// The tier a job of `trust` saves to.
+    pub fn written_by(trust: Trust) -> Tier {
+        match trust {
+            Trust::Trusted => Tier::Trusted,
+            Trust::Untrusted => Tier::Untrusted,
+        }
+    }
+
+    /// The tiers a job of `trust` restores from, in order of preference.
+    pub fn read_by(trust: Trust) -> &'static [Tier] {
+        match trust {
+            Trust::Trusted => &[Tier::Trusted],
+            Trust::Untrusted => &[Tier::Untrusted, Tier::Trusted],
+        }
+    }
+}
+
+/// `current`: the generation a restore takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Current {
+    generation: String,
+    tree_sha256: String,
+    files: u64,
+    bytes: u64,
+    entries: u64,
+    saved: String,
+    job: String,
+}
+
+/// One cache as restored into a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The tier it came from.
+    pub tier: Tier,
+    /// The generation restored.
+    pub generation: String,
+    /// Its `bulwark-tree-v2` digest, recomputed while copying and equal to the recorded one.
+    pub tree_sha256: String,
+    /// Regular files.
+    pub files: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// When it was saved (RFC 3339).
+    pub saved: String,
+}
+
+/// One cache as saved after a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// The tier it went to.
+    pub tier: Tier,
+    /// The new generation.
+    pub generation: String,
+    /// Its `bulwark-tree-v2` digest.
+    pub tree_sha256: String,
+    /// Regular files.
+    pub files: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+}
+
+/// The cache store under a state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// The scope key: the first 128 bits of the scope's sha256, in hex (a scope is a URL or a path,
+/// which may be long or hold anything).
+pub fn scope_key(scope: &str) -> String {
+    crate::outputs::hex(&Sha256::digest(scope.as_bytes()))[..32].to_string()
+}
+
+impl Store {
+    /// The store of the state directory `state`.
+    pub fn new(state: &Path) -> Store {
+        Store {
+            root: state.join("caches"),
+        }
+    }
+
+    /// Where the caches are kept.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tier_dir(&self, scope: &str, name: &str, tier: Tier) -> PathBuf {
+        self.root
+            .join(scope_key(scope))
+            .join(name)
+            .join(tier.as_str())
+    }
+
+    /// Copies the cache `name` of `scope` that a job of `trust` reads into `dst` (an existing,
+    /// empty directory). `None`: nothing was saved yet, and `dst` stays empty. A stored tree
+    /// whose digest is not the recorded one is an error naming it; so is a copy that does not
+    /// fit in `room`.
+    pub fn restore(
+        &self,
+        scope: &str,
+        name: &str,
+        trust: Trust,
+        dst: &Path,
+        room: Room,
+    ) -> Result<Option<Restored>, String> {
+        for &tier in Tier::read_by(trust) {
+            let dir = self.tier_dir(scope, name, tier);
+            if !dir.is_dir() {
+                continue;
+            }
+            let _reading = lock(&dir.join("read.lock"), FlockArg::LockShared)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let Some(current) = read_current(&dir)? else {
+                continue;
+            };
+            let gen = dir.join(&current.generation);
+            let stats = copy_whole_tree(&gen, dst, room).map_err(|e| {
+                if e.is_no_room() {
+                    format!(
+                        "{}: restoring it would take the job directory's filesystem below \
+                         limits.min_free_disk (or fill the job's disk); free space there",
+                        gen.display()
+                    )
+                } else {
+                    copy_error(&gen, &e)
+                }
+            })?;
+            let digest = tree_digest(&stats.entries);
+            if digest != current.tree_sha256 {
+                return Err(format!(
+                    "the stored tree {} does not match the digest recorded when it was saved \
+                     ({TREE_ALGORITHM} {}, now {digest}): it was changed on this host after the \
+                     save; remove {} to start this cache afresh",
+                    gen.display(),
+                    current.tree_sha256,
+                    dir.display()
+                ));
+            }
+            return Ok(Some(Restored {
+                tier,
+                generation: current.generation,
+                tree_sha256: digest,
+                files: stats.files,
+                bytes: stats.bytes,
+                saved: current.saved,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Saves `src` (a job's cache directory, every process of the job gone) as the new
+    /// generation of the cache `name` of `scope` that a job of `trust` writes. `room` bounds
+    /// the copy (the configuration's size and entry limits, and the state filesystem's
+    /// reserve); a cache over it is not saved, and the error says why.
+    pub fn save(
+        &self,
+        scope: &str,
+        name: &str,
+        trust: Trust,
+        src: &Path,
+        room: Room,
+        job: &str,
+    ) -> Result<Saved, String> {
+        let tier = Tier::written_by(trust);
+        let scope_dir = self.root.join(scope_key(scope));
+        let dir = scope_dir.join(name).join(tier.as_str());
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let scope_file = scope_dir.join("scope");
+        if !scope_file.exists() {
+            crate::fsutil::write_atomic(&scope_file, format!("{scope}\n").as_bytes())
+                .map_err(|e| format!("writing {}: {e}", scope_file.display()))?;
+        }
+        let _saving = lock(&dir.join("save.lock"), FlockArg::LockExclusive)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        remove_entries(&dir, |n| n.starts_with("incoming-"))?;
+        let id = crate::fsutil::random_hex(8);
+        let incoming = dir.join(format!("incoming-{id}"));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&incoming)
+            .map_err(|e| format!("creating {}: {e}", incoming.display()))?;
+        let stats = match copy_whole_tree(src, &incoming, room) {
+            Ok(stats) => stats,
+            Err(e) => {
+                let _ = crate::fsutil::remove_tree(&incoming);
+                let job_path = Path::new(MOUNT_POINT).join(name);
+                return Err(if e.is_no_room() {
+                    format!(
+                        "{} holds more than a saved cache may: at most {} bytes of files and {} \
+                         entries here (caches.max_size, caches.max_entries, and the room above \
+                         limits.min_free_disk on the state directory's filesystem)",
+                        job_path.display(),
+                        room.bytes.map_or("unbounded".into(), |b| b.to_string()),
+                        room.entries.map_or("unbounded".into(), |n| n.to_string()),
+                    )
+                } else {
+                    copy_error(&job_path, &e)
+                });
+            }
+        };
+        let digest = tree_digest(&stats.entries);
+        // The tree is on disk before `current` names it: after a crash, `current` names either
+        // the previous generation or a whole new one, never a tree that is partly written.
+        let flushed =
+            File::open(&incoming).and_then(|f| nix::unistd::syncfs(&f).map_err(io::Error::from));
+        let generation = format!("gen-{id}");
+        let gen = dir.join(&generation);
+        let placed = flushed
+            .and_then(|()| fs::rename(&incoming, &gen))
+            .and_then(|()| {
+                let current = Current {
+                    generation: generation.clone(),
+                    tree_sha256: digest.clone(),
+                    files: stats.files,
+                    bytes: stats.bytes,
+                    entries: stats.entries.len() as u64,
+                    saved: crate::job::now_rfc3339(),
+                    job: job.to_string(),
+                };
+                let json = serde_json::to_vec(&current).map_err(io::Error::other)?;
+                crate::fsutil::write_atomic(&dir.join("current"), &json)
+            });
+        if let Err(e) = placed {
+            let _ = crate::fsutil::remove_tree(&incoming);
+            let _ = crate::fsutil::remove_tree(&gen);
+            return Err(format!("saving into {}: {e}", dir.display()));
+        }
+        // Older generations go once no restore reads them.
+        let _writing = lock(&dir.join("read.lock"), FlockArg::LockExclusive)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        remove_entries(&dir, |n| n.starts_with("gen-") && n != generation)?;
+        Ok(Saved {
+            tier,
+            generation,
+            tree_sha256: digest,
+            files: stats.files,
+            bytes: stats.bytes,
+        })
+    }
+}
+
+/// The smaller of two bounds, each field alone.
+pub fn tighter(a: Room, b: Room) -> Room {
+    let min = |x: Option<u64>, y: Option<u64>| match (x, y) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    };
+    Room {
+        bytes: min(a.bytes, b.bytes),
+        entries: min(a.entries, b.entries),
+    }
+}
+
+/// The bound the configuration puts on one saved cache.
+pub fn configured_room(config: &CachesConfig) -> Room {
+    Room {
+        bytes: Some(config.max_size),
+        entries: Some(config.max_entries),
+    }
+}
+
+/// A copy's failure at `e.path` under `base`.
+fn copy_error(base: &Path, e: &CopyError) -> String {
+    match e.path.as_str() {
+        "." => format!("{}: {}", base.display(), e.source),
+        rel => format!("{}: {}", base.join(rel).display(), e.source),
+    }
+}
+
+fn lock(path: &Path, how: FlockArg) -> io::Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    Flock::lock(file, how).map_err(|(_, e)| io::Error::from(e))
+}
+
+fn read_current(dir: &Path) -> Result<Option<Current>, String> {
+    let path = dir.join("current");
+    let bytes = match crate::fsutil::read_regular_capped(&path, 64 << 10) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let current: Current = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "{}: {e}; remove {} to start this cache afresh",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let generation_ok = current
+        .generation
+        .strip_prefix("gen-")
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !generation_ok {
+        return Err(format!(
+            "{}: generation {:?} is not a generation's name; remove {} to start this cache afresh",
+            path.display(),
+            current.generation,
+            dir.display()
+        ));
+    }
+    Ok(Some(current))
+}
+
+/// Removes the entries of `dir` whose names `remove` picks.
+fn remove_entries(dir: &Path, remove: impl Fn(&str) -> bool) -> Result<(), String> {
+    let entries = fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        if name.to_str().is_some_and(&remove) {
+            crate::fsutil::remove_tree(&entry.path())
+                .map_err(|e| format!("removing {}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use super::*;
+use crate::tools::testutil::TempDir;
+
+const SCOPE: &str = "git:https://git.example/app.git";
+
+fn tree(dir: &Path, files: &[(&str, &str)]) {
+    for (path, body) in files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+}
+
+fn fresh(base: &Path, name: &str) -> std::path::PathBuf {
+    let d = base.join(name);
+    fs::create_dir(&d).unwrap();
+    d
+}
+
+fn read(dir: &Path, path: &str) -> Option<String> {
+    fs::read_to_string(dir.join(path)).ok()
+}
+
+#[test]
+fn a_saved_cache_is_restored_whole_with_its_digest_and_symlinks_are_not_followed() {
+    let t = TempDir::new("cache-roundtrip");
+    let store = Store::new(&t.path().join("state"));
+    let job = fresh(t.path(), "job1");
+    tree(
+        &job,
+        &[("registry/index", "crates"), ("bulwark-out/kept", "yes")],
+    );
+    // A link to a host file is saved as a link; neither copy reads its target.
+    symlink("/etc/shadow", job.join("shadow")).unwrap();
+    let saved = store
+        .save(
+            SCOPE,
+            "cargo",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+        )
+        .unwrap();
+    assert_eq!(
+        (saved.tier, saved.files, saved.bytes),
+        (Tier::Trusted, 2, 9)
+    );
+
+    let dst = fresh(t.path(), "job2");
+    let restored = store
+        .restore(SCOPE, "cargo", Trust::Trusted, &dst, Room::default())
+        .unwrap()
+        .expect("restored");
+    assert_eq!(restored.tier, Tier::Trusted);
+    assert_eq!(restored.generation, saved.generation);
+    assert_eq!(restored.tree_sha256, saved.tree_sha256);
+    assert_eq!(read(&dst, "registry/index").as_deref(), Some("crates"));
+    assert_eq!(read(&dst, "bulwark-out/kept").as_deref(), Some("yes"));
+    assert_eq!(
+        fs::read_link(dst.join("shadow")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    // Nothing was saved under another name or scope.
+    let other = fresh(t.path(), "job3");
+    assert_eq!(
+        store.restore(SCOPE, "npm", Trust::Trusted, &other, Room::default()),
+        Ok(None)
+    );
+    assert_eq!(
+        store.restore(
+            "git:https://git.example/other.git",
+            "cargo",
+            Trust::Trusted,
+            &other,
+            Room::default()
+        ),
+        Ok(None)
+    );
+    assert_eq!(fs::read_dir(&other).unwrap().count(), 0);
+}
+
+#[test]
+fn untrusted_jobs_read_the_trusted_cache_but_never_write_it() {
+    let t = TempDir::new("cache-tiers");
+    let store = Store::new(&t.path().join("state"));
+    let release = fresh(t.path(), "release");
+    tree(&release, &[("dep.rlib", "good")]);
+    store
+        .save(
+            SCOPE,
+            "cargo",
+            Trust::Trusted,
+            &release,
+            Room::default(),
+            "release",
+        )
+        .unwrap();
+
+    // A pull request's build starts from the trusted cache...
+    let pr = fresh(t.path(), "pr");
+    let got = store
+        .restore(SCOPE, "cargo", Trust::Untrusted, &pr, Room::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.tier, Tier::Trusted);
+    assert_eq!(read(&pr, "dep.rlib").as_deref(), Some("good"));
+    // ...poisons it, and saves.
+    fs::write(pr.join("dep.rlib"), "evil").unwrap();
+    let saved = store
+        .save(SCOPE, "cargo", Trust::Untrusted, &pr, Room::default(), "pr")
+        .unwrap();
+    assert_eq!(saved.tier, Tier::Untrusted);
+
+    // The next release build does not see it; the next pull request's build does.
+    let release2 = fresh(t.path(), "release2");
+    store
+        .restore(SCOPE, "cargo", Trust::Trusted, &release2, Room::default())
+        .unwrap();
+    assert_eq!(read(&release2, "dep.rlib").as_deref(), Some("good"));
+    let pr2 = fresh(t.path(), "pr2");
+    let got = store
+        .restore(SCOPE, "cargo", Trust::Untrusted, &pr2, Room::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.tier, Tier::Untrusted);
+    assert_eq!(read(&pr2, "dep.rlib").as_deref(), Some("evil"));
+}
+
+#[test]
+fn a_stored_tree_changed_after_its_save_is_refused_naming_it() {
+    let t = TempDir::new("cache-tamper");
+    let store = Store::new(&t.path().join("state"));
+    let job = fresh(t.path(), "job");
+    tree(&job, &[("tool/bin/cc", "real compiler")]);
+    let saved = store
+        .save(SCOPE, "cc", Trust::Trusted, &job, Room::default(), "build")
+        .unwrap();
+    let gen = store
+        .tier_dir(SCOPE, "cc", Tier::Trusted)
+        .join(&saved.generation);
+    fs::write(gen.join("tool/bin/cc"), "backdoored").unwrap();
+    let dst = fresh(t.path(), "next");
+    let err = store
+        .restore(SCOPE, "cc", Trust::Trusted, &dst, Room::default())
+        .unwrap_err();
+    assert!(
+        err.contains("does not match the digest recorded")
+            && err.contains(&saved.tree_sha256)
+            && err.contains("to start this cache afresh"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cache_over_its_bound_is_not_saved_and_the_previous_one_stays() {
+    let t = TempDir::new("cache-bound");
+    let store = Store::new(&t.path().join("state"));
+    let small = fresh(t.path(), "small");
+    tree(&small, &[("a", "1234")]);
+    let first = store
+        .save(SCOPE, "c", Trust::Trusted, &small, Room::default(), "build")
+        .unwrap();
+    let big = fresh(t.path(), "big");
+    tree(&big, &[("a", "1234"), ("b", "5678")]);
+    let bound = Room {
+        bytes: Some(6),
+        entries: None,
+    };
+    assert!(store
+        .save(SCOPE, "c", Trust::Trusted, &big, bound, "build")
+        .is_err());
+    let too_many = Room {
+        bytes: None,
+        entries: Some(1),
+    };
+    assert!(store
+        .save(SCOPE, "c", Trust::Trusted, &big, too_many, "build")
+        .is_err());
+    let dst = fresh(t.path(), "dst");
+    let got = store
+        .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.generation, first.generation);
+    assert_eq!(read(&dst, "b"), None);
+    // No half-copied generation is left behind.
+    let names: Vec<String> = fs::read_dir(store.tier_dir(SCOPE, "c", Tier::Trusted))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("incoming-")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_save_removes_older_generations_and_what_a_dead_save_left() {
+    let t = TempDir::new("cache-gc");
+    let store = Store::new(&t.path().join("state"));
+    let job = fresh(t.path(), "job");
+    tree(&job, &[("x", "1")]);
+    let first = store
+        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .unwrap();
+    let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
+    fs::create_dir(dir.join("incoming-deadbeef")).unwrap();
+    fs::write(job.join("x"), "2").unwrap();
+    let second = store
+        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .unwrap();
+    assert_ne!(first.generation, second.generation);
+    assert_ne!(first.tree_sha256, second.tree_sha256);
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        "current".to_string(),
+        second.generation.clone(),
+        "read.lock".into(),
+        "save.lock".into(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        fs::read_to_string(
+            t.path()
+                .join("state/caches")
+                .join(scope_key(SCOPE))
+                .join("scope")
+        )
+        .unwrap(),
+        format!("{SCOPE}\n")
+    );
+}
+
+#[test]
+fn a_current_record_naming_anything_but_a_generation_is_refused() {
+    let t = TempDir::new("cache-current");
+    let store = Store::new(&t.path().join("state"));
+    let job = fresh(t.path(), "job");
+    tree(&job, &[("x", "1")]);
+    store
+        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .unwrap();
+    let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
+    let current = fs::read_to_string(dir.join("current")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&current).unwrap();
+    v["generation"] = "../../../../etc".into();
+    fs::write(dir.join("current"), v.to_string()).unwrap();
+    let dst = fresh(t.path(), "dst");
+    let err = store
+        .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default())
+        .unwrap_err();
+    assert!(err.contains("is not a generation's name"), "{err}");
+    assert_eq!(fs::read_dir(&dst).unwrap().count(), 0);
+}

@@ -1,0 +1,146 @@
+//! A job's build caches (see [`crate::cache`] for the design): restored into the job directory
+//! before the job's files are handed to its uid, mounted at `/cache`, saved after a job that
+//! succeeded, with both recorded in `result.json` and so in provenance.
+
+use serde_json::json;
+
+use super::{JobRun, Stop};
+use crate::cache::{configured_room, tighter, Store};
+use crate::config::Dirs;
+use crate::workspace::JobDir;
+
+impl JobRun<'_> {
+    /// What a job's caches are kept under: where its source came from (`git:<url>`,
+    /// `url:<url>`, `local:file://<dir>`), or `none` for a job without one.
+    fn cache_scope(&self) -> String {
+        let source = &self.inputs.source;
+        match (
+            source.get("kind").and_then(|k| k.as_str()),
+            source.get("uri").and_then(|u| u.as_str()),
+        ) {
+            (Some(kind), Some(uri)) => format!("{kind}:{uri}"),
+            _ => "none".into(),
+        }
+    }
+
+    fn cache_store(&self) -> Result<Store, String> {
+        let dirs = Dirs::resolve(self.config).map_err(|e| format!("{e:#}"))?;
+        Ok(Store::new(&dirs.state))
+    }
+
+    /// Makes `/cache` and restores each declared cache into it; `false` when the job declares
+    /// none (then nothing is made). Any failure refuses the job: a stored cache that is not
+    /// what was saved must not reach a build.
+    pub(super) fn restore_caches(&mut self, jobdir: &JobDir) -> Result<bool, Stop> {
+        let caches = &self.job.spec.caches;
+        if caches.is_empty() {
+            return Ok(false);
+        }
+        let store = self
+            .cache_store()
+            .map_err(|e| Stop::Refused(format!("caches: {e}")))?;
+        let scope = self.cache_scope();
+        let trust = self.args.trust;
+        let make = |dir: &std::path::Path| {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Stop::Refused(format!("caches: creating {}: {e}", dir.display())))
+        };
+        make(&jobdir.cache)?;
+        let mut records = Vec::new();
+        for (i, cache) in caches.iter().enumerate() {
+            let dst = jobdir.cache.join(&cache.name);
+            make(&dst)?;
+            let room = self.workspace_room(jobdir)?;
+            let restored = store
+                .restore(&scope, &cache.name, trust, &dst, room)
+                .map_err(|e| Stop::Refused(format!("caches[{i}] ({}): {e}", cache.name)))?;
+            let restored = restored.map(|r| {
+                json!({
+                    "tier": r.tier.as_str(),
+                    "generation": r.generation,
+                    "tree_sha256": r.tree_sha256,
+                    "files": r.files,
+                    "bytes": r.bytes,
+                    "saved": r.saved,
+                })
+            });
+            if !self.args.quiet {
+                match &restored {
+                    Some(r) => eprintln!(
+                        "bulwark: cache {} restored from the {} store ({} files, {} bytes)",
+                        cache.name, r["tier"], r["files"], r["bytes"]
+                    ),
+                    None => eprintln!("bulwark: cache {} starts empty", cache.name),
+                }
+            }
+            records.push(json!({
+                "name": cache.name,
+                "scope": scope,
+                "restored": restored,
+            }));
+        }
+        self.inputs.caches = records;
+        Ok(true)
+    }
+
+    /// Saves each cache of a job that succeeded (every job process gone, its files the
+    /// runner's again). A cache that cannot be saved (over `caches.max_size`, say) leaves the
+    /// previous one in place and is said, not a failure of the job.
+    pub(super) fn save_caches(&mut self, jobdir: &JobDir) {
+        if self.job.spec.caches.is_empty() {
+            return;
+        }
+        let store = self.cache_store();
+        let scope = self.cache_scope();
+        let trust = self.args.trust;
+        let configured = configured_room(&self.config.caches);
+        for (i, cache) in self.job.spec.caches.iter().enumerate() {
+            let saved = store.clone().and_then(|store| {
+                let room = match self.room_on(&store_root(&store)) {
+                    Ok(r) => tighter(configured, r),
+                    Err(Stop::Refused(e) | Stop::Runner(e)) => return Err(e),
+                };
+                store.save(
+                    &scope,
+                    &cache.name,
+                    trust,
+                    &jobdir.cache.join(&cache.name),
+                    room,
+                    &self.job.spec.name,
+                )
+            });
+            let record = match saved {
+                Ok(s) => json!({
+                    "tier": s.tier.as_str(),
+                    "generation": s.generation,
+                    "tree_sha256": s.tree_sha256,
+                    "files": s.files,
+                    "bytes": s.bytes,
+                }),
+                Err(e) => {
+                    let why = format!("not saved, the earlier one stays: {e}");
+                    eprintln!("bulwark: warning: cache {}: {why}", cache.name);
+                    json!(why)
+                }
+            };
+            if let Some(entry) = self.inputs.caches.get_mut(i) {
+                entry["saved"] = record;
+            }
+        }
+    }
+}
+
+/// The directory a store keeps its caches in, for the free-space check (created if need be,
+/// so that its filesystem can be asked).
+fn store_root(store: &Store) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let root = store.root().to_path_buf();
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root);
+    root
+}

@@ -1,0 +1,257 @@
+//! Build caches end to end: a directory at /cache/<name> that the next job of the same source
+//! starts from, saved only by a job that succeeded, trusted and untrusted jobs' stores kept
+//! apart, recorded in result.json and provenance (docs/caches.md).
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+
+use base64::Engine as _;
+use bulwark_tests::{one_step, Env, Run};
+
+fn job(run: &str) -> String {
+    one_step(
+        "cached",
+        run,
+        "[[caches]]\nname = \"deps\"\n[outputs]\npaths = [\"out.txt\"]\n",
+    )
+}
+
+fn trusted(env: &Env, run: &str) -> Run {
+    env.run_with(&job(run), &["--trust", "trusted"])
+}
+
+fn untrusted(env: &Env, run: &str) -> Run {
+    env.run_with(&job(run), &["--trust", "untrusted"])
+}
+
+/// Prints what the job found in its cache, then leaves `value` there.
+fn read_then_write(value: &str) -> String {
+    format!(
+        "echo \"found=$(cat /cache/deps/lib 2>/dev/null || echo none)\"\n\
+         echo {value} > /cache/deps/lib\necho done > out.txt"
+    )
+}
+
+fn cache_record(r: &Run) -> serde_json::Value {
+    r.result()["inputs"]["caches"][0].clone()
+}
+
+/// The statement inside `provenance.intoto.jsonl`.
+fn statement(out: &Path) -> serde_json::Value {
+    let line = fs::read_to_string(out.join("provenance.intoto.jsonl")).unwrap();
+    let envelope: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(envelope["payload"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&payload).unwrap()
+}
+
+#[test]
+fn a_trusted_jobs_cache_reaches_the_next_job_and_provenance_names_it() {
+    let env = Env::new("cache-trusted");
+    let first = trusted(
+        &env,
+        &format!(
+            "echo \"entries=$(ls -A /cache/deps | wc -l)\"\n{}\nmkdir -p /cache/deps/sub && echo x > /cache/deps/sub/f",
+            read_then_write("v1")
+        ),
+    );
+    first.assert_code(0);
+    assert_eq!(first.value("entries"), "0", "{first}");
+    let rec = cache_record(&first);
+    assert_eq!(rec["name"], "deps", "{rec}");
+    assert!(rec["restored"].is_null(), "{rec}");
+    assert_eq!(rec["saved"]["tier"], "trusted", "{rec}");
+    let saved_tree = rec["saved"]["tree_sha256"].as_str().unwrap().to_string();
+    // A cache that started empty was no input.
+    let deps =
+        statement(&first.out)["predicate"]["buildDefinition"]["resolvedDependencies"].clone();
+    assert!(
+        !deps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "cache:deps"),
+        "{deps}"
+    );
+
+    let second = trusted(
+        &env,
+        &format!(
+            "stat -c 'owner=%U' /cache/deps/lib\ncat /cache/deps/sub/f | sed 's/^/sub=/'\n{}",
+            read_then_write("v2")
+        ),
+    );
+    second.assert_code(0);
+    assert_eq!(second.value("found"), "v1", "{second}");
+    assert_eq!(second.value("sub"), "x", "{second}");
+    // The job's own copy, writable by the job's user.
+    assert_eq!(second.value("owner"), "build", "{second}");
+    let rec = cache_record(&second);
+    assert_eq!(rec["restored"]["tier"], "trusted", "{rec}");
+    assert_eq!(rec["restored"]["tree_sha256"], saved_tree.as_str(), "{rec}");
+    let deps =
+        statement(&second.out)["predicate"]["buildDefinition"]["resolvedDependencies"].clone();
+    let dep = deps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "cache:deps")
+        .unwrap_or_else(|| panic!("no cache:deps in {deps}"))
+        .clone();
+    assert_eq!(dep["uri"], "bulwark-cache:trusted/deps", "{dep}");
+    assert_eq!(dep["digest"]["sha256"], saved_tree.as_str(), "{dep}");
+    assert_eq!(
+        dep["annotations"]["generation"], rec["restored"]["generation"],
+        "{dep}"
+    );
+
+    // What the second job left is what the third finds.
+    let third = trusted(&env, &read_then_write("v3"));
+    third.assert_code(0);
+    assert_eq!(third.value("found"), "v2", "{third}");
+}
+
+#[test]
+fn an_untrusted_job_reads_the_trusted_cache_but_its_writes_never_reach_a_trusted_job() {
+    let env = Env::new("cache-tiers");
+    trusted(&env, &read_then_write("good")).assert_code(0);
+
+    // A pull request's build starts from the release's cache, and poisons its own copy.
+    let pr = untrusted(&env, &read_then_write("evil"));
+    pr.assert_code(0);
+    assert_eq!(pr.value("found"), "good", "{pr}");
+    assert_eq!(cache_record(&pr)["restored"]["tier"], "trusted");
+    assert_eq!(cache_record(&pr)["saved"]["tier"], "untrusted");
+
+    // The next release build starts from what the last release left...
+    let release = trusted(&env, &read_then_write("good2"));
+    release.assert_code(0);
+    assert_eq!(release.value("found"), "good", "{release}");
+    // ...and the next pull request from what the last pull request left.
+    let pr2 = untrusted(&env, &read_then_write("evil2"));
+    pr2.assert_code(0);
+    assert_eq!(pr2.value("found"), "evil", "{pr2}");
+    assert_eq!(cache_record(&pr2)["restored"]["tier"], "untrusted");
+}
+
+#[test]
+fn a_failed_job_saves_nothing() {
+    let env = Env::new("cache-failed");
+    trusted(&env, &read_then_write("kept")).assert_code(0);
+    let failed = trusted(&env, &format!("{}\nexit 3", read_then_write("half-built")));
+    failed.assert_code(1);
+    assert!(
+        cache_record(&failed).get("saved").is_none(),
+        "{}",
+        cache_record(&failed)
+    );
+    let next = trusted(&env, &read_then_write("x"));
+    assert_eq!(next.value("found"), "kept", "{next}");
+}
+
+#[test]
+fn a_cache_over_its_bound_is_not_saved_and_the_job_still_succeeds() {
+    let env = Env::new("cache-bound");
+    env.write_config_sections("", "[caches]\nmax_size = \"4KiB\"\n");
+    trusted(&env, &read_then_write("small")).assert_code(0);
+    let big = trusted(
+        &env,
+        &format!(
+            "{}\nhead -c 16384 /dev/zero > /cache/deps/big",
+            read_then_write("large")
+        ),
+    );
+    big.assert_code(0);
+    let saved = cache_record(&big)["saved"].clone();
+    let why = saved.as_str().unwrap_or_else(|| panic!("{saved}"));
+    assert!(
+        why.contains("not saved") && why.contains("caches.max_size") && why.contains("4096"),
+        "{why}"
+    );
+    assert!(
+        big.stderr.contains("warning: cache deps: not saved"),
+        "{big}"
+    );
+    let next = trusted(&env, &read_then_write("x"));
+    assert_eq!(next.value("found"), "small", "{next}");
+}
+
+#[test]
+fn a_link_left_in_a_cache_is_kept_as_a_link_and_never_read_by_the_runner() {
+    let env = Env::new("cache-link");
+    trusted(
+        &env,
+        "ln -s /etc/shadow /cache/deps/shadow\nln -s /etc/passwd /cache/deps/passwd\necho done > out.txt",
+    )
+    .assert_code(0);
+    let next = trusted(
+        &env,
+        "echo \"link=$(readlink /cache/deps/shadow)\"\ncat /cache/deps/shadow > /dev/null 2>&1 && echo read=yes || echo read=no\necho done > out.txt",
+    );
+    next.assert_code(0);
+    assert_eq!(next.value("link"), "/etc/shadow", "{next}");
+    assert_eq!(next.value("read"), "no", "{next}");
+    // The store holds the links themselves, and no file with the host's contents.
+    let host_passwd = fs::read("/etc/passwd").unwrap();
+    let mut links = 0;
+    let mut stack = vec![env.state.join("caches")];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_symlink() {
+                links += 1;
+            } else if t.is_file() {
+                assert_ne!(
+                    fs::read(e.path()).unwrap(),
+                    host_passwd,
+                    "{}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert_eq!(links, 2, "both links saved as links");
+}
+
+#[test]
+fn a_store_changed_on_the_host_refuses_the_next_job() {
+    let env = Env::new("cache-tamper");
+    trusted(&env, &read_then_write("clean")).assert_code(0);
+    // Someone with access to the state directory swaps the stored file.
+    let mut changed = 0;
+    let mut stack = vec![env.state.join("caches")];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == "lib" {
+                fs::write(e.path(), "tampered\n").unwrap();
+                changed += 1;
+            }
+        }
+    }
+    assert_eq!(changed, 1);
+    let next = trusted(&env, "echo ran=yes\necho done > out.txt");
+    next.assert_code(2);
+    assert!(!next.log.contains("ran=yes"), "{next}");
+    assert!(
+        next.stderr.contains("caches[0] (deps)")
+            && next.stderr.contains("does not match the digest recorded"),
+        "{next}"
+    );
+}
+
+#[test]
+fn with_caches_turned_off_a_job_that_declares_one_is_refused() {
+    let env = Env::new("cache-off");
+    env.write_config_sections("", "[caches]\nenabled = false\n");
+    let r = trusted(&env, "echo ran=yes");
+    r.assert_code(2);
+    assert!(r.stderr.contains("caches.enabled = false"), "{r}");
+}
