@@ -164,9 +164,10 @@ impl Store {
     }
 
     /// Copies the cache `name` of `scope` that a job of `trust` reads into `dst` (an existing,
-    /// empty directory). `None`: nothing was saved yet, and `dst` stays empty. A stored tree
-    /// whose digest is not the recorded one is an error naming it; so is a copy that does not
-    /// fit in `room`.
+    /// empty directory), everything made owned by `owner` when given. `None`: nothing was
+    /// saved yet, and `dst` stays empty. A stored tree whose digest is not the recorded one is
+    /// an error naming it; so is a copy that does not fit in `room`; each names what to remove
+    /// to start the cache afresh.
     pub fn restore(
         &self,
         scope: &str,
@@ -174,6 +175,7 @@ impl Store {
         trust: Trust,
         dst: &Path,
         room: Room,
+        owner: Option<(u32, u32)>,
     ) -> Result<Option<Restored>, String> {
         for &tier in Tier::read_by(trust) {
             let dir = self.tier_dir(scope, name, tier);
@@ -186,15 +188,22 @@ impl Store {
                 continue;
             };
             let gen = dir.join(&current.generation);
-            let stats = copy_whole_tree(&gen, dst, room).map_err(|e| {
+            let stats = copy_whole_tree(&gen, dst, room, owner).map_err(|e| {
+                let afresh = format!("remove {} to start this cache afresh", dir.display());
                 if e.is_no_room() {
                     format!(
                         "{}: restoring it would take the job directory's filesystem below \
-                         limits.min_free_disk (or fill the job's disk); free space there",
+                         limits.min_free_disk; free space there, or {afresh}",
+                        gen.display()
+                    )
+                } else if e.source.raw_os_error() == Some(nix::libc::ENOSPC) {
+                    format!(
+                        "{}: it does not fit on the job's disk; ask for a larger \
+                         resources.disk, or {afresh}",
                         gen.display()
                     )
                 } else {
-                    copy_error(&gen, &e)
+                    format!("{}; {afresh}", copy_error(&gen, &e))
                 }
             })?;
             let digest = tree_digest(&stats.entries);
@@ -241,7 +250,8 @@ impl Store {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let scope_file = scope_dir.join("scope");
+        // `.scope`: no cache name starts with a dot, so this never meets a cache's directory.
+        let scope_file = scope_dir.join(".scope");
         if !scope_file.exists() {
             crate::fsutil::write_atomic(&scope_file, format!("{scope}\n").as_bytes())
                 .map_err(|e| format!("writing {}: {e}", scope_file.display()))?;
@@ -255,7 +265,7 @@ impl Store {
             .mode(0o700)
             .create(&incoming)
             .map_err(|e| format!("creating {}: {e}", incoming.display()))?;
-        let stats = match copy_whole_tree(src, &incoming, room) {
+        let stats = match copy_whole_tree(src, &incoming, room, None) {
             Ok(stats) => stats,
             Err(e) => {
                 let _ = crate::fsutil::remove_tree(&incoming);
@@ -297,14 +307,30 @@ impl Store {
                 crate::fsutil::write_atomic(&dir.join("current"), &json)
             });
         if let Err(e) = placed {
-            let _ = crate::fsutil::remove_tree(&incoming);
-            let _ = crate::fsutil::remove_tree(&gen);
-            return Err(format!("saving into {}: {e}", dir.display()));
+            // `current` replaced is the commit point: `write_atomic` may fail after its rename
+            // (flushing the directory), and then the new generation is the one restores take.
+            let committed = read_current(&dir)
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.generation == generation);
+            if !committed {
+                let _ = crate::fsutil::remove_tree(&incoming);
+                let _ = crate::fsutil::remove_tree(&gen);
+                return Err(format!("saving into {}: {e}", dir.display()));
+            }
+            tracing::warn!(dir = %dir.display(), "cache saved, but flushing its record failed: {e}");
         }
-        // Older generations go once no restore reads them.
-        let _writing = lock(&dir.join("read.lock"), FlockArg::LockExclusive)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        remove_entries(&dir, |n| n.starts_with("gen-") && n != generation)?;
+        // Older generations go once no restore reads them; while one does, they stay for a
+        // later save to remove (a save never waits on restores, which may be long).
+        match lock(&dir.join("read.lock"), FlockArg::LockExclusiveNonblock) {
+            Ok(_writing) => {
+                if let Err(e) = remove_entries(&dir, |n| n.starts_with("gen-") && n != generation) {
+                    tracing::warn!("removing older cache generations: {e}");
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EWOULDBLOCK) => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), "cache read lock: {e}"),
+        }
         Ok(Saved {
             tier,
             generation,

@@ -143,40 +143,58 @@ pub fn copy_tree_within(src: &Path, dst: &Path, room: Room) -> Result<CopyStats,
 /// [`copy_tree_within`] from a directory already open as `src`: the directory that was checked
 /// is the one copied, whatever its path leads to by now.
 pub fn copy_tree_from(src: &OwnedFd, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
-    copy_from(src, dst, room, Some("bulwark-out"))
+    let walk = Walk {
+        room,
+        skip_top: Some("bulwark-out"),
+        owner: None,
+    };
+    copy_from(src, dst, &walk)
 }
 
-/// [`copy_tree_within`], the same rules, except that nothing is skipped by name: a top-level
-/// `bulwark-out/` is copied like any other directory (caches, which are no source tree).
-pub fn copy_whole_tree(src: &Path, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
+/// [`copy_tree_within`], the same rules, except that nothing is skipped by name (a top-level
+/// `bulwark-out/` is copied like any other directory: caches are no source tree), and with
+/// `owner`, every entry made is given to that uid and gid as it is made, through its own
+/// descriptor (no walk by path afterwards, which a deep tree would take past `PATH_MAX`).
+pub fn copy_whole_tree(
+    src: &Path,
+    dst: &Path,
+    room: Room,
+    owner: Option<(u32, u32)>,
+) -> Result<CopyStats, CopyError> {
     let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
         path: ".".into(),
         source: e.into(),
     })?;
-    copy_from(&s, dst, room, None)
+    let walk = Walk {
+        room,
+        skip_top: None,
+        owner,
+    };
+    copy_from(&s, dst, &walk)
 }
 
-fn copy_from(
-    src: &OwnedFd,
-    dst: &Path,
-    room: Room,
-    skip_top: Option<&str>,
-) -> Result<CopyStats, CopyError> {
+fn copy_from(src: &OwnedFd, dst: &Path, walk: &Walk<'_>) -> Result<CopyStats, CopyError> {
     let d = nix::fcntl::open(dst, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
         path: ".".into(),
         source: e.into(),
     })?;
     let mut stats = CopyStats::default();
-    let walk = Walk { room, skip_top };
-    copy_dir(src, &d, "", b"", &mut stats, &walk)?;
+    copy_dir(src, &d, "", b"", 0, &mut stats, walk)?;
     Ok(stats)
 }
 
-/// What holds for a whole copy: its room, and the top-level name it skips, if any.
+/// What holds for a whole copy: its room, the top-level name it skips, if any, and whom
+/// what it makes belongs to, if not the runner.
 struct Walk<'a> {
     room: Room,
     skip_top: Option<&'a str>,
+    owner: Option<(u32, u32)>,
 }
+
+/// Deepest directory a copy descends to (as `fsutil::remove_tree`, which must be able to
+/// remove what was copied): each level holds two descriptors and a stack frame, and a tree
+/// the job made may be as deep as it likes.
+pub const MAX_COPY_DEPTH: usize = 256;
 
 /// The refusal when a copy would take more than its room.
 fn no_room(path: &str) -> CopyError {
@@ -207,10 +225,27 @@ fn copy_dir(
     dst: &OwnedFd,
     rel: &str,
     rel_bytes: &[u8],
+    depth: usize,
     stats: &mut CopyStats,
     walk: &Walk<'_>,
 ) -> Result<(), CopyError> {
     let room = walk.room;
+    if depth > MAX_COPY_DEPTH {
+        return Err(CopyError {
+            path: display(rel),
+            source: io::Error::other(format!(
+                "more than {MAX_COPY_DEPTH} directories deep; not copied"
+            )),
+        });
+    }
+    let give = |fd: &OwnedFd| match walk.owner {
+        Some((uid, gid)) => nix::unistd::fchown(
+            fd,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        ),
+        None => Ok(()),
+    };
     let entries = read_entries(src).map_err(|e| CopyError {
         path: display(rel),
         source: e,
@@ -237,13 +272,14 @@ fn copy_dir(
                 mkdirat(dst, name, Mode::from_bits_truncate(0o755)).map_err(at)?;
                 let s = openat(src, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
                 let d = openat(dst, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
+                give(&d).map_err(at)?;
                 stats.dirs += 1;
                 stats.entries.push(TreeEntry {
                     path: child_bytes.clone(),
                     kind: 'd',
                     content: Vec::new(),
                 });
-                copy_dir(&s, &d, &child, &child_bytes, stats, walk)?;
+                copy_dir(&s, &d, &child, &child_bytes, depth + 1, stats, walk)?;
                 let _ =
                     nix::sys::stat::fchmod(&d, Mode::from_bits_truncate(e.mode & 0o777 | 0o700));
             }
@@ -285,6 +321,7 @@ fn copy_dir(
                     mode,
                 )
                 .map_err(at)?;
+                give(&d).map_err(at)?;
                 let (sf, df) = (File::from(s), File::from(d));
                 let (n, sha) = copy_hashing(sf, df).map_err(|err| CopyError {
                     path: child.clone(),
@@ -306,6 +343,16 @@ fn copy_dir(
             Kind::Symlink => {
                 let target = readlinkat(src, name).map_err(at)?;
                 symlinkat(target.as_os_str(), dst, name).map_err(at)?;
+                if let Some((uid, gid)) = walk.owner {
+                    nix::unistd::fchownat(
+                        dst,
+                        name,
+                        Some(nix::unistd::Uid::from_raw(uid)),
+                        Some(nix::unistd::Gid::from_raw(gid)),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(at)?;
+                }
                 stats.symlinks += 1;
                 stats.entries.push(TreeEntry {
                     path: child_bytes,

@@ -218,6 +218,28 @@ fn a_link_left_in_a_cache_is_kept_as_a_link_and_never_read_by_the_runner() {
     assert_eq!(links, 2, "both links saved as links");
 }
 
+/// A tree whose paths are longer than PATH_MAX (200 levels of 40-character names) is saved and,
+/// as root, handed to the next job's uid entry by entry, never walked by path.
+#[test]
+fn a_cache_deeper_than_a_path_can_name_reaches_the_next_job() {
+    let env = Env::new("cache-deep");
+    // Relative steps (a shell's `cd` gives up once $PWD is longer than PATH_MAX).
+    let dive = |then: &str| {
+        format!(
+            "python3 -c '\nimport os\nos.chdir(\"/cache/deps\")\nfor i in range(200):\n    \
+             os.makedirs(\"d\" * 40, exist_ok=True)\n    os.chdir(\"d\" * 40)\n{then}'\n\
+             echo done > out.txt"
+        )
+    };
+    trusted(&env, &dive("open(\"f\", \"w\").write(\"bottom\")")).assert_code(0);
+    let next = trusted(
+        &env,
+        &dive("print(\"found=\" + open(\"f\").read())\nopen(\"f\", \"w\").write(\"more\")"),
+    );
+    next.assert_code(0);
+    assert_eq!(next.value("found"), "bottom", "{next}");
+}
+
 #[test]
 fn a_store_changed_on_the_host_refuses_the_next_job() {
     let env = Env::new("cache-tamper");

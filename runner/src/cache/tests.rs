@@ -53,7 +53,7 @@ fn a_saved_cache_is_restored_whole_with_its_digest_and_symlinks_are_not_followed
 
     let dst = fresh(t.path(), "job2");
     let restored = store
-        .restore(SCOPE, "cargo", Trust::Trusted, &dst, Room::default())
+        .restore(SCOPE, "cargo", Trust::Trusted, &dst, Room::default(), None)
         .unwrap()
         .expect("restored");
     assert_eq!(restored.tier, Tier::Trusted);
@@ -68,7 +68,7 @@ fn a_saved_cache_is_restored_whole_with_its_digest_and_symlinks_are_not_followed
     // Nothing was saved under another name or scope.
     let other = fresh(t.path(), "job3");
     assert_eq!(
-        store.restore(SCOPE, "npm", Trust::Trusted, &other, Room::default()),
+        store.restore(SCOPE, "npm", Trust::Trusted, &other, Room::default(), None),
         Ok(None)
     );
     assert_eq!(
@@ -77,7 +77,8 @@ fn a_saved_cache_is_restored_whole_with_its_digest_and_symlinks_are_not_followed
             "cargo",
             Trust::Trusted,
             &other,
-            Room::default()
+            Room::default(),
+            None
         ),
         Ok(None)
     );
@@ -104,7 +105,7 @@ fn untrusted_jobs_read_the_trusted_cache_but_never_write_it() {
     // A pull request's build starts from the trusted cache...
     let pr = fresh(t.path(), "pr");
     let got = store
-        .restore(SCOPE, "cargo", Trust::Untrusted, &pr, Room::default())
+        .restore(SCOPE, "cargo", Trust::Untrusted, &pr, Room::default(), None)
         .unwrap()
         .unwrap();
     assert_eq!(got.tier, Tier::Trusted);
@@ -119,12 +120,26 @@ fn untrusted_jobs_read_the_trusted_cache_but_never_write_it() {
     // The next release build does not see it; the next pull request's build does.
     let release2 = fresh(t.path(), "release2");
     store
-        .restore(SCOPE, "cargo", Trust::Trusted, &release2, Room::default())
+        .restore(
+            SCOPE,
+            "cargo",
+            Trust::Trusted,
+            &release2,
+            Room::default(),
+            None,
+        )
         .unwrap();
     assert_eq!(read(&release2, "dep.rlib").as_deref(), Some("good"));
     let pr2 = fresh(t.path(), "pr2");
     let got = store
-        .restore(SCOPE, "cargo", Trust::Untrusted, &pr2, Room::default())
+        .restore(
+            SCOPE,
+            "cargo",
+            Trust::Untrusted,
+            &pr2,
+            Room::default(),
+            None,
+        )
         .unwrap()
         .unwrap();
     assert_eq!(got.tier, Tier::Untrusted);
@@ -146,7 +161,7 @@ fn a_stored_tree_changed_after_its_save_is_refused_naming_it() {
     fs::write(gen.join("tool/bin/cc"), "backdoored").unwrap();
     let dst = fresh(t.path(), "next");
     let err = store
-        .restore(SCOPE, "cc", Trust::Trusted, &dst, Room::default())
+        .restore(SCOPE, "cc", Trust::Trusted, &dst, Room::default(), None)
         .unwrap_err();
     assert!(
         err.contains("does not match the digest recorded")
@@ -183,7 +198,7 @@ fn a_cache_over_its_bound_is_not_saved_and_the_previous_one_stays() {
         .is_err());
     let dst = fresh(t.path(), "dst");
     let got = store
-        .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default())
+        .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default(), None)
         .unwrap()
         .unwrap();
     assert_eq!(got.generation, first.generation);
@@ -234,7 +249,7 @@ fn a_save_removes_older_generations_and_what_a_dead_save_left() {
             t.path()
                 .join("state/caches")
                 .join(scope_key(SCOPE))
-                .join("scope")
+                .join(".scope")
         )
         .unwrap(),
         format!("{SCOPE}\n")
@@ -257,8 +272,49 @@ fn a_current_record_naming_anything_but_a_generation_is_refused() {
     fs::write(dir.join("current"), v.to_string()).unwrap();
     let dst = fresh(t.path(), "dst");
     let err = store
-        .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default())
+        .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default(), None)
         .unwrap_err();
     assert!(err.contains("is not a generation's name"), "{err}");
     assert_eq!(fs::read_dir(&dst).unwrap().count(), 0);
+}
+
+#[test]
+fn a_cache_named_scope_and_another_cache_of_its_source_both_save() {
+    let t = TempDir::new("cache-scope-name");
+    let store = Store::new(&t.path().join("state"));
+    let job = fresh(t.path(), "job");
+    tree(&job, &[("x", "1")]);
+    for name in ["other", "scope", "more"] {
+        store
+            .save(SCOPE, name, Trust::Trusted, &job, Room::default(), "build")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in ["other", "scope", "more"] {
+        let dst = fresh(t.path(), &format!("dst-{name}"));
+        assert!(store
+            .restore(SCOPE, name, Trust::Trusted, &dst, Room::default(), None)
+            .unwrap()
+            .is_some());
+    }
+}
+
+#[test]
+fn a_tree_deeper_than_a_copy_descends_is_not_saved() {
+    let t = TempDir::new("cache-deep");
+    let store = Store::new(&t.path().join("state"));
+    let job = fresh(t.path(), "job");
+    let mut p = job.clone();
+    for _ in 0..(crate::source::MAX_COPY_DEPTH + 2) {
+        p.push("d");
+    }
+    fs::create_dir_all(&p).unwrap();
+    let err = store
+        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .unwrap_err();
+    assert!(err.contains("directories deep"), "{err}");
+    let dst = fresh(t.path(), "dst");
+    assert_eq!(
+        store.restore(SCOPE, "c", Trust::Trusted, &dst, Room::default(), None),
+        Ok(None)
+    );
 }

@@ -28,10 +28,15 @@ impl JobRun<'_> {
         Ok(Store::new(&dirs.state))
     }
 
-    /// Makes `/cache` and restores each declared cache into it; `false` when the job declares
-    /// none (then nothing is made). Any failure refuses the job: a stored cache that is not
-    /// what was saved must not reach a build.
-    pub(super) fn restore_caches(&mut self, jobdir: &JobDir) -> Result<bool, Stop> {
+    /// Makes `/cache` and restores each declared cache into it, all of it owned by `host_uid`
+    /// when given (root mode: set as each entry is made); `false` when the job declares none
+    /// (then nothing is made). Any failure refuses the job: a stored cache that is not what
+    /// was saved must not reach a build.
+    pub(super) fn restore_caches(
+        &mut self,
+        jobdir: &JobDir,
+        host_uid: Option<u32>,
+    ) -> Result<bool, Stop> {
         let caches = &self.job.spec.caches;
         if caches.is_empty() {
             return Ok(false);
@@ -41,11 +46,17 @@ impl JobRun<'_> {
             .map_err(|e| Stop::Refused(format!("caches: {e}")))?;
         let scope = self.cache_scope();
         let trust = self.args.trust;
+        let owner = host_uid.map(|uid| (uid, uid));
         let make = |dir: &std::path::Path| {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(dir)
+                .and_then(|()| match owner {
+                    // Made by the runner just now, under the job directory only it can write.
+                    Some((uid, gid)) => std::os::unix::fs::lchown(dir, Some(uid), Some(gid)),
+                    None => Ok(()),
+                })
                 .map_err(|e| Stop::Refused(format!("caches: creating {}: {e}", dir.display())))
         };
         make(&jobdir.cache)?;
@@ -55,7 +66,7 @@ impl JobRun<'_> {
             make(&dst)?;
             let room = self.workspace_room(jobdir)?;
             let restored = store
-                .restore(&scope, &cache.name, trust, &dst, room)
+                .restore(&scope, &cache.name, trust, &dst, room, owner)
                 .map_err(|e| Stop::Refused(format!("caches[{i}] ({}): {e}", cache.name)))?;
             let restored = restored.map(|r| {
                 json!({

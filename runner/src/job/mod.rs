@@ -958,6 +958,15 @@ impl JobRun<'_> {
             self.inputs.source = got.to_json();
         } else if let Some(src) = self.source_dir()? {
             let abs = &src.path;
+            // A local source's caches are kept under its path as text (`docs/caches.md`): two
+            // paths that differ only in bytes that are not UTF-8 would share them.
+            if !self.job.spec.caches.is_empty() && abs.to_str().is_none() {
+                return Err(Stop::Refused(format!(
+                    "caches: the source directory {} is not named in UTF-8, which a cache's \
+                     scope needs; rename it or run without [[caches]]",
+                    abs.display()
+                )));
+            }
             let room = self.workspace_room(jobdir)?;
             let stats = src
                 .copy_into(&jobdir.workspace, room)
@@ -990,7 +999,7 @@ impl JobRun<'_> {
                 "bytes": stats.bytes,
             });
         }
-        let has_caches = self.restore_caches(jobdir)?;
+        let has_caches = self.restore_caches(jobdir, host_uid)?;
         if let Some(uid) = host_uid {
             // A git checkout is the job's uid's already (git ran as it), and root walking by
             // path through a tree that uid wrote could be led elsewhere (a swapped directory,
@@ -1002,12 +1011,6 @@ impl JobRun<'_> {
             }
             chown_tree(&jobdir.tmp, uid)
                 .map_err(|e| Stop::Refused(format!("handing /tmp to uid {uid}: {e}")))?;
-            if has_caches {
-                // Copies the runner made just now from its own store: nothing of a job's
-                // in them can lead this walk elsewhere.
-                chown_tree(&jobdir.cache, uid)
-                    .map_err(|e| Stop::Refused(format!("handing /cache to uid {uid}: {e}")))?;
-            }
         }
         let cg = if fallback {
             None
