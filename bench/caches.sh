@@ -3,16 +3,16 @@
 # `bulwark run`, against copying the same tree with `cp -a` (restore) and `cp -a` plus
 # `sha256sum` of every file (save: the runner hashes while it copies).
 #
-# Usage: bench/caches.sh [FILES] [KIB_PER_FILE] [RUNS]     (defaults: 8192, 32, 10: 256 MiB)
+# Usage: bench/caches.sh [FILES] [KIB_PER_FILE] [RUNS]     (defaults: 4096, 64, 5: 256 MiB)
 #
 # Four commands, timed by hyperfine: a failing job without caches (no restore, no save), the
 # same with the cache (restore only: a failed job saves nothing), a succeeding job with the
 # cache (restore and save), and the baselines. Restore = second - first; save = third - second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-files=${1:-8192}
-kib=${2:-32}
-runs=${3:-10}
+files=${1:-4096}
+kib=${2:-64}
+runs=${3:-5}
 for tool in hyperfine python3 sha256sum; do
     command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed" >&2; exit 0; }
 done
@@ -52,14 +52,16 @@ $bin run "$work/seed.toml" --config "$work/config.toml" --trust trusted --quiet 
 tree=$(find "$work/state/caches" -maxdepth 4 -type d -name 'gen-*' | head -1)
 [ -d "$tree" ] || { echo "the seed job saved no cache" >&2; exit 1; }
 du -sh "$tree"
+# The baselines copy a copy: every successful job below replaces the stored generation.
+cp -a "$tree" "$work/baseline"
 
 hyperfine --warmup 1 --runs "$runs" --export-json "$work/result.json" \
     --prepare "rm -rf $work/out-fail-nocache $work/out-fail-cache $work/out-ok-cache $work/copy" \
     -i -n fail-nocache "$(run fail-nocache)" \
-    -i -n fail-cache "$(run fail-cache)" \
+    -n fail-cache "$(run fail-cache)" \
     -n ok-cache "$(run ok-cache)" \
-    -n "cp -a" "cp -a $tree $work/copy" \
-    -n "cp -a + sha256sum" "cp -a $tree $work/copy && find $work/copy -type f -exec sha256sum {} + >/dev/null"
+    -n "cp -a" "cp -a $work/baseline $work/copy" \
+    -n "cp -a + sha256sum" "cp -a $work/baseline $work/copy && find $work/copy -type f -exec sha256sum {} + >/dev/null"
 
 python3 - "$work/result.json" "$files" "$kib" <<'PY'
 import json, sys
