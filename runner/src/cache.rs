@@ -23,17 +23,20 @@
 //!   differ (the store was changed on the host after the save). The restored digest goes into
 //!   `result.json` and into provenance as a resolved dependency, so the inventory can answer
 //!   "which artifacts were built from this cache" like it does for tools.
-//! - **Scoped by source.** Caches are keyed by where the source came from (the git URL, the
-//!   archive URL, or the local directory), so one repository's jobs never restore another's.
+//! - **Scoped by source.** Caches are keyed by where the source the spec names came from (the
+//!   git URL, the archive URL, or the local directory), as the job's identity token names its
+//!   repository: whoever submits the job vouches for that source.
 //!
-//! Layout under `<state>/caches/<scope key>/`: `scope` (the scope, for people), and
+//! Layout under `<state>/caches/<scope key>/`: `.scope` (the scope, for people), and
 //! `<name>/<tier>/` holding `current` (JSON: which generation, its digest and size),
-//! `gen-<random>/` (the tree), `save.lock` and `read.lock`. A save holds `save.lock` for its
-//! whole copy (saves of one cache take turns; the last one wins), writes the new generation
-//! under `incoming-<random>/`, flushes the filesystem, renames it to `gen-<random>/` and
-//! replaces `current`; it then takes `read.lock` exclusively, which waits for restores that
-//! hold it shared, and removes every other generation. Whatever a dead save left is removed
-//! by the next save of that cache.
+//! `gen-<random>/` (the tree), `save.lock` and `read.lock`. A restore holds `read.lock` shared
+//! only while it reads `current` and takes a shared lock on that generation's directory, which
+//! it holds for its copy. A save holds `save.lock` for its whole copy (saves of one cache take
+//! turns; the last one wins), writes the new generation under `incoming-<random>/`, flushes
+//! the filesystem, renames it to `gen-<random>/` and replaces `current` (the commit point);
+//! then, under `read.lock` exclusively (held by restores for moments only), it removes every
+//! other generation that no restore has locked. Whatever a dead save left, and generations
+//! in use at the last save, are removed by the next save of that cache.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -182,12 +185,23 @@ impl Store {
             if !dir.is_dir() {
                 continue;
             }
-            let _reading = lock(&dir.join("read.lock"), FlockArg::LockShared)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            let Some(current) = read_current(&dir)? else {
-                continue;
+            let (current, gen, _in_use) = {
+                let _reading = lock(&dir.join("read.lock"), FlockArg::LockShared)
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+                let Some(current) = read_current(&dir)? else {
+                    continue;
+                };
+                let gen = dir.join(&current.generation);
+                // Locked before `read.lock` is let go: a save that replaces `current` from
+                // here on leaves this generation alone until the copy is done.
+                let in_use = File::open(&gen)
+                    .map_err(|e| format!("{}: {e}", gen.display()))
+                    .and_then(|f| {
+                        Flock::lock(f, FlockArg::LockShared)
+                            .map_err(|(_, e)| format!("{}: {e}", gen.display()))
+                    })?;
+                (current, gen, in_use)
             };
-            let gen = dir.join(&current.generation);
             let stats = copy_whole_tree(&gen, dst, room, owner).map_err(|e| {
                 let afresh = format!("remove {} to start this cache afresh", dir.display());
                 if e.is_no_room() {
@@ -198,12 +212,16 @@ impl Store {
                     )
                 } else if e.source.raw_os_error() == Some(nix::libc::ENOSPC) {
                     format!(
-                        "{}: it does not fit on the job's disk; ask for a larger \
-                         resources.disk, or {afresh}",
+                        "{}: it does not fit beside the job's other files (on the job's disk, \
+                         when it has one: resources.disk); {afresh}",
                         gen.display()
                     )
-                } else {
+                } else if e.is_too_deep()
+                    || e.source.raw_os_error() == Some(nix::libc::ENAMETOOLONG)
+                {
                     format!("{}; {afresh}", copy_error(&gen, &e))
+                } else {
+                    copy_error(&gen, &e)
                 }
             })?;
             let digest = tree_digest(&stats.entries);
@@ -285,6 +303,13 @@ impl Store {
             }
         };
         let digest = tree_digest(&stats.entries);
+        let saved = |generation: String, tree_sha256: String| Saved {
+            tier,
+            generation,
+            tree_sha256,
+            files: stats.files,
+            bytes: stats.bytes,
+        };
         // The tree is on disk before `current` names it: after a crash, `current` names either
         // the previous generation or a whole new one, never a tree that is partly written.
         let flushed =
@@ -307,37 +332,53 @@ impl Store {
                 crate::fsutil::write_atomic(&dir.join("current"), &json)
             });
         if let Err(e) = placed {
-            // `current` replaced is the commit point: `write_atomic` may fail after its rename
-            // (flushing the directory), and then the new generation is the one restores take.
-            let committed = read_current(&dir)
-                .ok()
-                .flatten()
-                .is_some_and(|c| c.generation == generation);
-            if !committed {
-                let _ = crate::fsutil::remove_tree(&incoming);
-                let _ = crate::fsutil::remove_tree(&gen);
-                return Err(format!("saving into {}: {e}", dir.display()));
-            }
-            tracing::warn!(dir = %dir.display(), "cache saved, but flushing its record failed: {e}");
-        }
-        // Older generations go once no restore reads them; while one does, they stay for a
-        // later save to remove (a save never waits on restores, which may be long).
-        match lock(&dir.join("read.lock"), FlockArg::LockExclusiveNonblock) {
-            Ok(_writing) => {
-                if let Err(e) = remove_entries(&dir, |n| n.starts_with("gen-") && n != generation) {
-                    tracing::warn!("removing older cache generations: {e}");
+            // `current` replaced is the commit point, and `write_atomic` may fail after its
+            // rename (flushing the directory): then the new generation is the one restores
+            // take. Only when `current` is known to name another is it removed; when that
+            // cannot be told, it stays (the next save removes it if it is not current).
+            let _ = crate::fsutil::remove_tree(&incoming);
+            match read_current(&dir) {
+                Ok(Some(c)) if c.generation == generation => {
+                    tracing::warn!(dir = %dir.display(), "cache saved, but flushing its record failed: {e}");
+                    return Ok(saved(generation, digest));
                 }
+                Ok(_) => {
+                    let _ = crate::fsutil::remove_tree(&gen);
+                }
+                Err(_) => {}
             }
-            Err(e) if e.raw_os_error() == Some(nix::libc::EWOULDBLOCK) => {}
+            return Err(format!("saving into {}: {e}", dir.display()));
+        }
+        // Older generations go once no restore has them locked; those in use stay for a later
+        // save to remove. `read.lock` is held by restores only while they lock a generation.
+        match lock(&dir.join("read.lock"), FlockArg::LockExclusive) {
+            Ok(_writing) => remove_unused_generations(&dir, &generation),
             Err(e) => tracing::warn!(dir = %dir.display(), "cache read lock: {e}"),
         }
-        Ok(Saved {
-            tier,
-            generation,
-            tree_sha256: digest,
-            files: stats.files,
-            bytes: stats.bytes,
-        })
+        Ok(saved(generation, digest))
+    }
+}
+
+/// Removes the generations of `dir` other than `current` that no restore has locked.
+fn remove_unused_generations(dir: &Path, current: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("gen-") || name == current {
+            continue;
+        }
+        let path = entry.path();
+        let unused = File::open(&path)
+            .ok()
+            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+        if let Some(_held) = unused {
+            if let Err(e) = crate::fsutil::remove_tree(&path) {
+                tracing::warn!(path = %path.display(), "removing an older cache generation: {e}");
+            }
+        }
     }
 }
 

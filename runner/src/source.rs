@@ -122,13 +122,18 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 
 /// Copies `src` into the existing empty directory `dst`.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
-    copy_tree_within(src, dst, Room::default())
+    copy_tree_within(src, dst, Room::default(), None)
 }
 
 /// [`copy_tree`], refused (with what was copied left for the caller to remove) as soon as it
 /// would take more than `room`: checked before each entry, against the file's size before it
 /// is copied and the bytes actually copied after.
-pub fn copy_tree_within(src: &Path, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
+pub fn copy_tree_within(
+    src: &Path,
+    dst: &Path,
+    room: Room,
+    owner: Option<(u32, u32)>,
+) -> Result<CopyStats, CopyError> {
     let at = |p: &str| {
         let p = p.to_string();
         move |e: nix::Error| CopyError {
@@ -137,16 +142,22 @@ pub fn copy_tree_within(src: &Path, dst: &Path, room: Room) -> Result<CopyStats,
         }
     };
     let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
-    copy_tree_from(&s, dst, room)
+    copy_tree_from(&s, dst, room, owner)
 }
 
 /// [`copy_tree_within`] from a directory already open as `src`: the directory that was checked
-/// is the one copied, whatever its path leads to by now.
-pub fn copy_tree_from(src: &OwnedFd, dst: &Path, room: Room) -> Result<CopyStats, CopyError> {
+/// is the one copied, whatever its path leads to by now. With `owner`, everything made is given
+/// to that uid and gid as it is made (see [`copy_whole_tree`]).
+pub fn copy_tree_from(
+    src: &OwnedFd,
+    dst: &Path,
+    room: Room,
+    owner: Option<(u32, u32)>,
+) -> Result<CopyStats, CopyError> {
     let walk = Walk {
         room,
         skip_top: Some("bulwark-out"),
-        owner: None,
+        owner,
     };
     copy_from(src, dst, &walk)
 }
@@ -165,12 +176,22 @@ pub fn copy_whole_tree(
         path: ".".into(),
         source: e.into(),
     })?;
+    copy_whole_tree_from(&s, dst, room, owner)
+}
+
+/// [`copy_whole_tree`] from a directory already open as `src`.
+pub fn copy_whole_tree_from(
+    src: &OwnedFd,
+    dst: &Path,
+    room: Room,
+    owner: Option<(u32, u32)>,
+) -> Result<CopyStats, CopyError> {
     let walk = Walk {
         room,
         skip_top: None,
         owner,
     };
-    copy_from(&s, dst, &walk)
+    copy_from(src, dst, &walk)
 }
 
 fn copy_from(src: &OwnedFd, dst: &Path, walk: &Walk<'_>) -> Result<CopyStats, CopyError> {
@@ -191,9 +212,9 @@ struct Walk<'a> {
     owner: Option<(u32, u32)>,
 }
 
-/// Deepest directory a copy descends to (as `fsutil::remove_tree`, which must be able to
-/// remove what was copied): each level holds two descriptors and a stack frame, and a tree
-/// the job made may be as deep as it likes.
+/// Most levels of directories a copy makes below its destination (as many as
+/// `fsutil::remove_tree` walks below what it removes): each level holds two descriptors and a
+/// stack frame, and a tree a job made may be as deep as it likes.
 pub const MAX_COPY_DEPTH: usize = 256;
 
 /// The refusal when a copy would take more than its room.
@@ -211,12 +232,24 @@ fn no_room(path: &str) -> CopyError {
 )]
 pub struct NoRoom;
 
+/// The cause of a [`CopyError`] for a tree deeper than [`MAX_COPY_DEPTH`].
+#[derive(Debug, thiserror::Error)]
+#[error("more than {MAX_COPY_DEPTH} directories deep; not copied")]
+pub struct TooDeep;
+
 impl CopyError {
     /// Whether the copy stopped because it would have taken more than its room.
     pub fn is_no_room(&self) -> bool {
         self.source
             .get_ref()
             .is_some_and(|inner| inner.is::<NoRoom>())
+    }
+
+    /// Whether the copy stopped at [`MAX_COPY_DEPTH`].
+    pub fn is_too_deep(&self) -> bool {
+        self.source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<TooDeep>())
     }
 }
 
@@ -230,14 +263,6 @@ fn copy_dir(
     walk: &Walk<'_>,
 ) -> Result<(), CopyError> {
     let room = walk.room;
-    if depth > MAX_COPY_DEPTH {
-        return Err(CopyError {
-            path: display(rel),
-            source: io::Error::other(format!(
-                "more than {MAX_COPY_DEPTH} directories deep; not copied"
-            )),
-        });
-    }
     let give = |fd: &OwnedFd| match walk.owner {
         Some((uid, gid)) => nix::unistd::fchown(
             fd,
@@ -269,6 +294,14 @@ fn copy_dir(
         }
         match e.kind {
             Kind::Dir => {
+                // Refused before the directory is made: nothing deeper than the bound is left
+                // behind for a removal to meet.
+                if depth + 1 > MAX_COPY_DEPTH {
+                    return Err(CopyError {
+                        path: shortened(&child),
+                        source: io::Error::other(TooDeep),
+                    });
+                }
                 mkdirat(dst, name, Mode::from_bits_truncate(0o755)).map_err(at)?;
                 let s = openat(src, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
                 let d = openat(dst, name, DIR_FLAGS, Mode::empty()).map_err(at)?;
@@ -409,6 +442,14 @@ fn join_bytes(rel_bytes: &[u8], name: &OsStr) -> Vec<u8> {
     out
 }
 
+/// A long relative path (a deep tree's) cut to its first 200 bytes, on a character boundary.
+fn shortened(rel: &str) -> String {
+    match rel.char_indices().nth(200) {
+        None => rel.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &rel[..cut], rel.len()),
+    }
+}
+
 fn display(rel: &str) -> String {
     if rel.is_empty() {
         ".".into()
@@ -471,7 +512,7 @@ mod tests {
         std::fs::write(src.join("d/b"), vec![0u8; 3000]).unwrap();
         let within = |bytes, entries| {
             let dst = tempdir("room-d");
-            copy_tree_within(&src, &dst, Room { bytes, entries })
+            copy_tree_within(&src, &dst, Room { bytes, entries }, None)
                 .map(|s| s.bytes)
                 .map_err(|e| e.to_string())
         };

@@ -67,7 +67,9 @@ impl JobRun<'_> {
             let room = self.workspace_room(jobdir)?;
             let restored = store
                 .restore(&scope, &cache.name, trust, &dst, room, owner)
-                .map_err(|e| Stop::Refused(format!("caches[{i}] ({}): {e}", cache.name)))?;
+                .map_err(|e| {
+                    Stop::Refused(format!("caches[{i}] ({}): {}", cache.name, shown(&e)))
+                })?;
             let restored = restored.map(|r| {
                 json!({
                     "tier": r.tier.as_str(),
@@ -132,7 +134,7 @@ impl JobRun<'_> {
                     "bytes": s.bytes,
                 }),
                 Err(e) => {
-                    let why = format!("not saved, the earlier one stays: {e}");
+                    let why = format!("not saved, the earlier one stays: {}", shown(&e));
                     eprintln!("bulwark: warning: cache {}: {why}", cache.name);
                     json!(why)
                 }
@@ -141,6 +143,17 @@ impl JobRun<'_> {
                 entry["saved"] = record;
             }
         }
+    }
+}
+
+/// A store's message for stderr and `result.json`: it may quote names a job chose (a path deep
+/// in its cache), so controls are made visible and the whole is cut to 2000 characters.
+fn shown(message: &str) -> String {
+    let visible =
+        String::from_utf8_lossy(&crate::joblog::visible_controls(message.as_bytes())).into_owned();
+    match visible.char_indices().nth(2000) {
+        None => visible,
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &visible[..cut], visible.len()),
     }
 }
 

@@ -200,6 +200,7 @@ impl JobRun<'_> {
         url: &str,
         sha256: &str,
         jobdir: &JobDir,
+        owner: Option<(u32, u32)>,
     ) -> Result<(), Stop> {
         let (store, mut policy) = self.store_and_policy()?;
         policy.room = self.room_on(store.root())?;
@@ -213,7 +214,7 @@ impl JobRun<'_> {
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
             .map_err(|e| self.store_refusal(e))?;
         let room = self.workspace_room(jobdir)?;
-        let stats = crate::source::copy_tree_within(&r.dir, &jobdir.workspace, room)
+        let stats = crate::source::copy_tree_within(&r.dir, &jobdir.workspace, room, owner)
             .map_err(|e| self.copy_refusal(jobdir, e))?;
         self.inputs.source = serde_json::json!({
             "kind": "url",
@@ -298,21 +299,10 @@ impl SourceDir {
         &self,
         dst: &Path,
         room: Room,
+        owner: Option<(u32, u32)>,
     ) -> Result<crate::source::CopyStats, crate::source::CopyError> {
-        crate::source::copy_tree_from(&self.fd, dst, room)
+        crate::source::copy_tree_from(&self.fd, dst, room, owner)
     }
-}
-
-/// Gives a freshly made tree to the job's host uid, never following a symlink.
-pub(super) fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path)? {
-            chown_tree(&e?.path(), uid)?;
-        }
-    }
-    Ok(())
 }
 
 /// Most characters of a tool store refusal kept for `result.json` and stderr

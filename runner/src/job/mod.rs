@@ -29,7 +29,6 @@ mod caches;
 mod inputs;
 mod sandbox;
 
-use inputs::chown_tree;
 use sandbox::confirmed_layers;
 
 /// Arguments of `bulwark run`.
@@ -881,6 +880,8 @@ impl JobRun<'_> {
         // when that is longer, so that one input that fits it alone always fits): each
         // download alone has fetch.timeout, but a spec may name 64 tools.
         self.inputs_deadline = Instant::now().checked_add(self.inputs_budget());
+        // Root mode: what the runner copies into the job is the job's uid's as it is made.
+        let owner = host_uid.map(|uid| (uid, uid));
         let tools = self.resolve_tools()?;
         let rootfs = self.resolve_rootfs()?;
         let url_source = self
@@ -897,7 +898,7 @@ impl JobRun<'_> {
         });
         let mut git_owned = false;
         if let (Some((url, sha256)), None) = (url_source, &self.args.source) {
-            self.fetch_url_source(&url, &sha256, jobdir)?;
+            self.fetch_url_source(&url, &sha256, jobdir, owner)?;
         } else if let (Some((url, commit, git_ref)), None) = (git_source, &self.args.source) {
             // Fetched by the runner with git confined (cleared environment, no hooks, no
             // submodules, checked addresses; as root, running as the job's uid), checked out
@@ -969,7 +970,7 @@ impl JobRun<'_> {
             }
             let room = self.workspace_room(jobdir)?;
             let stats = src
-                .copy_into(&jobdir.workspace, room)
+                .copy_into(&jobdir.workspace, room, owner)
                 .map_err(|e| self.copy_refusal(jobdir, e))?;
             if !stats.skipped.is_empty() {
                 // Names the source chose: at most the first 20, controls made visible.
@@ -1001,15 +1002,17 @@ impl JobRun<'_> {
         }
         let has_caches = self.restore_caches(jobdir, host_uid)?;
         if let Some(uid) = host_uid {
-            // A git checkout is the job's uid's already (git ran as it), and root walking by
-            // path through a tree that uid wrote could be led elsewhere (a swapped directory,
-            // a hard link to a host file): it is left as it is.
+            // What the runner copied in is the job's uid's already (given entry by entry as it
+            // was made), and so is a git checkout (git ran as that uid; root walking by path
+            // through a tree that uid wrote could be led elsewhere): only the two directories
+            // themselves, which the runner made empty, are left to hand over.
+            let give = |dir: &std::path::Path| std::os::unix::fs::lchown(dir, Some(uid), Some(uid));
             if !git_owned {
-                chown_tree(&jobdir.workspace, uid).map_err(|e| {
+                give(&jobdir.workspace).map_err(|e| {
                     Stop::Refused(format!("handing the workspace to uid {uid}: {e}"))
                 })?;
             }
-            chown_tree(&jobdir.tmp, uid)
+            give(&jobdir.tmp)
                 .map_err(|e| Stop::Refused(format!("handing /tmp to uid {uid}: {e}")))?;
         }
         let cg = if fallback {
@@ -1658,7 +1661,7 @@ mod tests {
         assert_eq!(src.path, std::fs::canonicalize(real.join("src")).unwrap());
         let ws = dir.path().join("ws");
         std::fs::create_dir(&ws).unwrap();
-        src.copy_into(&ws, Default::default()).unwrap();
+        src.copy_into(&ws, Default::default(), None).unwrap();
         assert!(
             ws.join("README").exists(),
             "the checked directory was not copied"
