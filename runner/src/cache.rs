@@ -49,13 +49,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::disk_reserve::Room;
-use crate::source::{copy_whole_tree, tree_digest, CopyError, TREE_ALGORITHM};
+use crate::source::{copy_whole_tree, copy_whole_tree_from, tree_digest, CopyError, TREE_ALGORITHM};
 
 /// Where a job's caches live inside its sandbox.
 pub const MOUNT_POINT: &str = "/cache";
 
 /// The store's tiers: whose jobs wrote a cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tier {
     /// Written by trusted jobs; read by every job.
     Trusted,
@@ -185,7 +185,7 @@ impl Store {
             if !dir.is_dir() {
                 continue;
             }
-            let (current, gen, _in_use) = {
+            let (current, gen, in_use) = {
                 let _reading = lock(&dir.join("read.lock"), FlockArg::LockShared)
                     .map_err(|e| format!("{}: {e}", dir.display()))?;
                 let Some(current) = read_current(&dir)? else {
@@ -193,16 +193,16 @@ impl Store {
                 };
                 let gen = dir.join(&current.generation);
                 // Locked before `read.lock` is let go: a save that replaces `current` from
-                // here on leaves this generation alone until the copy is done.
-                let in_use = File::open(&gen)
-                    .map_err(|e| format!("{}: {e}", gen.display()))
-                    .and_then(|f| {
-                        Flock::lock(f, FlockArg::LockShared)
-                            .map_err(|(_, e)| format!("{}: {e}", gen.display()))
-                    })?;
+                // here on, or `bulwark caches remove`, leaves this generation alone until the
+                // copy, which reads through this very descriptor, is done.
+                let in_use = open_dir(&gen)
+                    .and_then(|fd| {
+                        Flock::lock(fd, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))
+                    })
+                    .map_err(|e| format!("{}: {e}", gen.display()))?;
                 (current, gen, in_use)
             };
-            let stats = copy_whole_tree(&gen, dst, room, owner).map_err(|e| {
+            let stats = copy_whole_tree_from(&in_use, dst, room, owner).map_err(|e| {
                 let afresh = format!("remove {} to start this cache afresh", dir.display());
                 if e.is_no_room() {
                     format!(
@@ -357,6 +357,183 @@ impl Store {
         }
         Ok(saved(generation, digest))
     }
+}
+
+/// A directory, opened to be walked (never through a symlink at its last component).
+fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// One saved cache as `bulwark caches list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    /// The source it belongs to (`git:<url>`, `url:<url>`, `local:file://<dir>`, `none`).
+    pub scope: String,
+    /// The cache's name.
+    pub name: String,
+    /// `trusted` or `untrusted`.
+    pub tier: &'static str,
+    /// The generation restores take, its digest and size, when and by which job it was saved;
+    /// `None` when no save has completed.
+    pub generation: Option<String>,
+    /// Its `bulwark-tree-v2` digest.
+    pub tree_sha256: Option<String>,
+    /// Regular files.
+    pub files: Option<u64>,
+    /// Bytes of file content.
+    pub bytes: Option<u64>,
+    /// When it was saved (RFC 3339).
+    pub saved: Option<String>,
+    /// The job that saved it.
+    pub job: Option<String>,
+    /// Generations on disk: the current one, and older ones a restore still held at the last
+    /// save.
+    pub generations: usize,
+    /// Why `current` could not be read, if it could not.
+    pub problem: Option<String>,
+}
+
+impl Store {
+    /// Every cache saved in this store, by scope, name and tier.
+    pub fn list(&self) -> Result<Vec<Listed>, String> {
+        let mut out = Vec::new();
+        for key_dir in subdirs(&self.root)? {
+            let scope = fs::read_to_string(key_dir.join(".scope"))
+                .map(|s| s.trim_end_matches('\n').to_string())
+                .unwrap_or_else(|_| format!("(unknown: {})", key_dir.display()));
+            for name_dir in subdirs(&key_dir)? {
+                let name = name_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                for tier in [Tier::Trusted, Tier::Untrusted] {
+                    let dir = name_dir.join(tier.as_str());
+                    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                        continue;
+                    }
+                    let generations = subdirs(&dir)?
+                        .iter()
+                        .filter(|p| {
+                            p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with("gen-"))
+                        })
+                        .count();
+                    let (current, problem) = match read_current(&dir) {
+                        Ok(c) => (c, None),
+                        Err(e) => (None, Some(e)),
+                    };
+                    out.push(Listed {
+                        scope: scope.clone(),
+                        name: name.clone(),
+                        tier: tier.as_str(),
+                        generation: current.as_ref().map(|c| c.generation.clone()),
+                        tree_sha256: current.as_ref().map(|c| c.tree_sha256.clone()),
+                        files: current.as_ref().map(|c| c.files),
+                        bytes: current.as_ref().map(|c| c.bytes),
+                        saved: current.as_ref().map(|c| c.saved.clone()),
+                        job: current.as_ref().map(|c| c.job.clone()),
+                        generations,
+                        problem,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.scope, &a.name, a.tier).cmp(&(&b.scope, &b.name, b.tier)));
+        Ok(out)
+    }
+
+    /// Removes the caches of `scope`: all of them, or only the one named `name`, and only its
+    /// `tier` when given. Waits for a save of each to finish and for every restore copying
+    /// from it (a job that restored one keeps its own copy). Returns what was removed.
+    pub fn remove(
+        &self,
+        scope: &str,
+        name: Option<&str>,
+        tier: Option<Tier>,
+    ) -> Result<Vec<(String, Tier)>, String> {
+        let key_dir = self.root.join(scope_key(scope));
+        if !fs::symlink_metadata(&key_dir).is_ok_and(|m| m.is_dir()) {
+            return Ok(Vec::new());
+        }
+        // What an interrupted removal left.
+        remove_entries(&key_dir, |n| n.starts_with(".removing-"))?;
+        let names: Vec<String> = match name {
+            Some(n) => vec![n.to_string()],
+            None => subdirs(&key_dir)?
+                .iter()
+                .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
+                .collect(),
+        };
+        let tiers = match tier {
+            Some(t) => vec![t],
+            None => vec![Tier::Trusted, Tier::Untrusted],
+        };
+        let mut removed = Vec::new();
+        for name in &names {
+            let name_dir = key_dir.join(name);
+            for &tier in &tiers {
+                let dir = name_dir.join(tier.as_str());
+                if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                    continue;
+                }
+                let at = |e: io::Error| format!("{}: {e}", dir.display());
+                let saving = lock(&dir.join("save.lock"), FlockArg::LockExclusive).map_err(at)?;
+                let reading = lock(&dir.join("read.lock"), FlockArg::LockExclusive).map_err(at)?;
+                let mut held = Vec::new();
+                for gen in subdirs(&dir)? {
+                    let fd = open_dir(&gen).map_err(at)?;
+                    held.push(
+                        Flock::lock(fd, FlockArg::LockExclusive)
+                            .map_err(|(_, e)| at(io::Error::from(e)))?,
+                    );
+                }
+                // Out of the way first, whole: no restore finds half a tree.
+                let aside = key_dir.join(format!(".removing-{}", crate::fsutil::random_hex(8)));
+                fs::rename(&dir, &aside).map_err(at)?;
+                drop((held, reading, saving));
+                crate::fsutil::remove_tree(&aside)
+                    .map_err(|e| format!("removing {}: {e}", aside.display()))?;
+                removed.push((name.clone(), tier));
+            }
+            // Only when empty.
+            let _ = fs::remove_dir(&name_dir);
+        }
+        if subdirs(&key_dir)?.is_empty() {
+            let _ = fs::remove_file(key_dir.join(".scope"));
+            let _ = fs::remove_dir(&key_dir);
+        }
+        Ok(removed)
+    }
+}
+
+/// The directories in `dir` whose names do not start with a dot (none when it does not
+/// exist); symlinks and other files are left out.
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading {}: {e}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        if name.as_encoded_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Removes the generations of `dir` other than `current` that no restore has locked.

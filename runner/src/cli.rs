@@ -123,6 +123,9 @@ pub enum Commands {
     /// Which artifacts used a tool, a commit, a source or a builder (docs/inventory.md).
     #[command(subcommand)]
     Inventory(InventoryCommand),
+    /// Work with the saved build caches (docs/caches.md).
+    #[command(subcommand)]
+    Caches(CachesCommand),
     /// Run one command in a fresh sandbox with every layer on (no spec, no outputs).
     ///
     /// The command's output goes to stderr; its exit status is bulwark's (2 when the sandbox
@@ -242,6 +245,48 @@ pub enum ToolsCommand {
         /// Only say what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Operator configuration (for the state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `bulwark caches ...`.
+#[derive(Debug, Subcommand)]
+pub enum CachesCommand {
+    /// List every saved build cache: its source (scope), name, tier, size, tree digest, and
+    /// when and by which job it was saved.
+    ///
+    /// Exit status: 0 listed (also when there is none), 2 the store could not be read.
+    ///
+    /// Example: bulwark caches list --config /etc/bulwark/config.toml
+    List {
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Operator configuration (for the state directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove saved caches of one source: a cache found poisoned, or to start afresh.
+    ///
+    /// Removes every cache of --scope (as `caches list` prints it), or only --name, and only
+    /// --tier when given. Waits for a save of it to finish and for restores copying from it;
+    /// a job that restored it keeps its own copy. Artifacts built from it: `bulwark inventory
+    /// query --digest <its tree digest>`.
+    /// Exit status: 0 removed, 1 nothing matched, 2 usage or the store could not be changed.
+    ///
+    /// Example: bulwark caches remove --scope git:https://git.example/app.git --name cargo
+    Remove {
+        /// The source the caches belong to, as `caches list` prints it.
+        #[arg(long)]
+        scope: String,
+        /// Only this cache.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this tier.
+        #[arg(long, value_enum)]
+        tier: Option<crate::cache::Tier>,
         /// Operator configuration (for the state directory).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -404,6 +449,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             config,
         }) => tools_prune(unused_days, dry_run, config.as_deref()),
         Commands::Inventory(cmd) => crate::inventory::cli::run(cmd),
+        Commands::Caches(cmd) => caches(cmd),
         Commands::Egress(EgressCommand::Suggest { log }) => match crate::egress::suggest(&log) {
             Ok(entries) => {
                 for e in &entries {
@@ -614,6 +660,108 @@ fn tools_prune(unused_days: u32, dry_run: bool, config: Option<&std::path::Path>
         report.kept
     );
     0
+}
+
+fn caches(cmd: CachesCommand) -> u8 {
+    let store = |config: Option<&std::path::Path>| -> anyhow::Result<crate::cache::Store> {
+        let loaded = crate::config::load(config)?;
+        let dirs = crate::config::Dirs::resolve(&loaded.config)?;
+        Ok(crate::cache::Store::new(&dirs.state))
+    };
+    match cmd {
+        CachesCommand::List { json, config } => {
+            let listed = match store(config.as_deref())
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|s| s.list())
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("bulwark: caches list: {e}");
+                    return 2;
+                }
+            };
+            if json {
+                match serde_json::to_string_pretty(&listed) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("bulwark: caches list: {e}");
+                        return 2;
+                    }
+                }
+                return 0;
+            }
+            for c in &listed {
+                let scope = crate::daemon::client::printable(&c.scope);
+                match (&c.generation, &c.problem) {
+                    (Some(generation), _) => println!(
+                        "{scope}  {}  {}  {} files  {} bytes  saved {} by {}  tree {}  ({generation}{})",
+                        c.name,
+                        c.tier,
+                        c.files.unwrap_or(0),
+                        c.bytes.unwrap_or(0),
+                        c.saved.as_deref().unwrap_or("?"),
+                        c.job.as_deref().unwrap_or("?"),
+                        c.tree_sha256.as_deref().unwrap_or("?"),
+                        if c.generations > 1 {
+                            format!(", {} older generations still in use", c.generations - 1)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    (None, Some(problem)) => println!(
+                        "{scope}  {}  {}  unreadable: {}",
+                        c.name,
+                        c.tier,
+                        crate::daemon::client::printable(problem)
+                    ),
+                    (None, None) => println!("{scope}  {}  {}  no save completed", c.name, c.tier),
+                }
+            }
+            if listed.is_empty() {
+                eprintln!("bulwark: no build cache is saved");
+            }
+            0
+        }
+        CachesCommand::Remove {
+            scope,
+            name,
+            tier,
+            config,
+        } => {
+            if let Some(n) = &name {
+                if let Err(e) = bulwark_protocol::check_name(n) {
+                    eprintln!("bulwark: caches remove: --name: {e}");
+                    return 2;
+                }
+            }
+            let removed = match store(config.as_deref())
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|s| s.remove(&scope, name.as_deref(), tier))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bulwark: caches remove: {e}");
+                    return 2;
+                }
+            };
+            for (name, tier) in &removed {
+                println!(
+                    "removed {}  {name}  {}",
+                    crate::daemon::client::printable(&scope),
+                    tier.as_str()
+                );
+            }
+            if removed.is_empty() {
+                eprintln!(
+                    "bulwark: caches remove: no cache matched (see bulwark caches list for the \
+                     scopes)"
+                );
+                1
+            } else {
+                0
+            }
+        }
+    }
 }
 
 fn tools_verify(config: Option<&std::path::Path>) -> u8 {

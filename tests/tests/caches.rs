@@ -277,3 +277,50 @@ fn with_caches_turned_off_a_job_that_declares_one_is_refused() {
     r.assert_code(2);
     assert!(r.stderr.contains("caches.enabled = false"), "{r}");
 }
+
+#[test]
+fn caches_list_shows_a_saved_cache_and_caches_remove_starts_it_afresh() {
+    let env = Env::new("cache-cli");
+    let first = trusted(&env, &read_then_write("kept"));
+    first.assert_code(0);
+    let rec = cache_record(&first);
+    let scope = rec["scope"].as_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bulwark_tests::bulwark_bin())
+            .arg("caches")
+            .args(args)
+            .arg("--config")
+            .arg(&env.config)
+            .output()
+            .unwrap()
+    };
+    let listed = cli(&["list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["scope"], scope.as_str());
+    assert_eq!(listed[0]["name"], "deps");
+    assert_eq!(listed[0]["tier"], "trusted");
+    assert_eq!(listed[0]["tree_sha256"], rec["saved"]["tree_sha256"]);
+    let text = cli(&["list"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&scope) && text.contains("deps  trusted"),
+        "{text}"
+    );
+
+    // A name that is not a cache's name is refused before anything is touched.
+    let bad = cli(&["remove", "--scope", &scope, "--name", "../deps"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let none = cli(&["remove", "--scope", "git:https://nowhere.example/x.git"]);
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    let removed = cli(&["remove", "--scope", &scope, "--name", "deps"]);
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(
+        String::from_utf8_lossy(&removed.stdout).contains("removed"),
+        "{removed:?}"
+    );
+    let next = trusted(&env, &read_then_write("x"));
+    next.assert_code(0);
+    assert_eq!(next.value("found"), "none", "{next}");
+}

@@ -414,3 +414,101 @@ fn as_root_a_restored_tree_belongs_to_the_owner_given_entry_by_entry() {
         "the link was not followed"
     );
 }
+
+#[test]
+fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
+    let t = TempDir::new("cache-list");
+    let store = Store::new(&t.path().join("state"));
+    assert_eq!(store.list(), Ok(Vec::new()));
+    let job = fresh(t.path(), "job");
+    tree(&job, &[("x", "12345")]);
+    let other = "local:file:///src/other";
+    let a = store
+        .save(SCOPE, "cargo", Trust::Trusted, &job, Room::default(), "release")
+        .unwrap();
+    store
+        .save(SCOPE, "cargo", Trust::Untrusted, &job, Room::default(), "pr")
+        .unwrap();
+    store
+        .save(SCOPE, "npm", Trust::Trusted, &job, Room::default(), "release")
+        .unwrap();
+    store
+        .save(other, "cargo", Trust::Trusted, &job, Room::default(), "build")
+        .unwrap();
+    let listed = store.list().unwrap();
+    let keys: Vec<(&str, &str, &str)> = listed
+        .iter()
+        .map(|l| (l.scope.as_str(), l.name.as_str(), l.tier))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (SCOPE, "cargo", "trusted"),
+            (SCOPE, "cargo", "untrusted"),
+            (SCOPE, "npm", "trusted"),
+            (other, "cargo", "trusted"),
+        ]
+    );
+    let first = &listed[0];
+    assert_eq!(first.generation.as_deref(), Some(a.generation.as_str()));
+    assert_eq!(first.tree_sha256.as_deref(), Some(a.tree_sha256.as_str()));
+    assert_eq!((first.files, first.bytes), (Some(1), Some(5)));
+    assert_eq!(first.job.as_deref(), Some("release"));
+    assert_eq!(first.generations, 1);
+
+    // One tier of one cache...
+    assert_eq!(
+        store.remove(SCOPE, Some("cargo"), Some(Tier::Untrusted)),
+        Ok(vec![("cargo".to_string(), Tier::Untrusted)])
+    );
+    // ...then everything of the scope; the other scope stays.
+    let removed = store.remove(SCOPE, None, None).unwrap();
+    assert_eq!(
+        removed,
+        [
+            ("cargo".to_string(), Tier::Trusted),
+            ("npm".to_string(), Tier::Trusted)
+        ]
+    );
+    assert!(!t.path().join("state/caches").join(scope_key(SCOPE)).exists());
+    let keys: Vec<String> = store.list().unwrap().into_iter().map(|l| l.scope).collect();
+    assert_eq!(keys, [other]);
+    assert_eq!(store.remove(SCOPE, None, None), Ok(Vec::new()));
+    let dst = fresh(t.path(), "dst");
+    assert_eq!(
+        store.restore(SCOPE, "cargo", Trust::Untrusted, &dst, Room::default(), None),
+        Ok(None)
+    );
+}
+
+#[test]
+fn remove_waits_for_a_restore_copying_from_the_cache() {
+    let t = TempDir::new("cache-remove-wait");
+    let store = Store::new(&t.path().join("state"));
+    let job = fresh(t.path(), "job");
+    tree(&job, &[("x", "1")]);
+    let saved = store
+        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .unwrap();
+    let gen = store.tier_dir(SCOPE, "c", Tier::Trusted).join(&saved.generation);
+    // What a restore holds while it copies.
+    let held = Flock::lock(File::open(&gen).unwrap(), FlockArg::LockShared).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let remover = store.clone();
+    let thread = std::thread::spawn(move || {
+        let r = remover.remove(SCOPE, None, None);
+        let _ = tx.send(());
+        r
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+        "removed while a restore held it"
+    );
+    assert!(gen.join("x").exists());
+    drop(held);
+    assert_eq!(
+        thread.join().unwrap(),
+        Ok(vec![("c".to_string(), Tier::Trusted)])
+    );
+    assert!(!gen.exists());
+}
