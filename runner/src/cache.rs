@@ -49,7 +49,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::disk_reserve::Room;
-use crate::source::{copy_whole_tree, copy_whole_tree_from, tree_digest, CopyError, TREE_ALGORITHM};
+use crate::source::{
+    copy_whole_tree, copy_whole_tree_from, tree_digest, CopyError, TREE_ALGORITHM,
+};
 
 /// Where a job's caches live inside its sandbox.
 pub const MOUNT_POINT: &str = "/cache";

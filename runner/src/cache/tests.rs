@@ -424,16 +424,44 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
     tree(&job, &[("x", "12345")]);
     let other = "local:file:///src/other";
     let a = store
-        .save(SCOPE, "cargo", Trust::Trusted, &job, Room::default(), "release")
+        .save(
+            SCOPE,
+            "cargo",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "release",
+        )
         .unwrap();
     store
-        .save(SCOPE, "cargo", Trust::Untrusted, &job, Room::default(), "pr")
+        .save(
+            SCOPE,
+            "cargo",
+            Trust::Untrusted,
+            &job,
+            Room::default(),
+            "pr",
+        )
         .unwrap();
     store
-        .save(SCOPE, "npm", Trust::Trusted, &job, Room::default(), "release")
+        .save(
+            SCOPE,
+            "npm",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "release",
+        )
         .unwrap();
     store
-        .save(other, "cargo", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            other,
+            "cargo",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+        )
         .unwrap();
     let listed = store.list().unwrap();
     let keys: Vec<(&str, &str, &str)> = listed
@@ -470,13 +498,24 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
             ("npm".to_string(), Tier::Trusted)
         ]
     );
-    assert!(!t.path().join("state/caches").join(scope_key(SCOPE)).exists());
+    assert!(!t
+        .path()
+        .join("state/caches")
+        .join(scope_key(SCOPE))
+        .exists());
     let keys: Vec<String> = store.list().unwrap().into_iter().map(|l| l.scope).collect();
     assert_eq!(keys, [other]);
     assert_eq!(store.remove(SCOPE, None, None), Ok(Vec::new()));
     let dst = fresh(t.path(), "dst");
     assert_eq!(
-        store.restore(SCOPE, "cargo", Trust::Untrusted, &dst, Room::default(), None),
+        store.restore(
+            SCOPE,
+            "cargo",
+            Trust::Untrusted,
+            &dst,
+            Room::default(),
+            None
+        ),
         Ok(None)
     );
 }
@@ -490,7 +529,9 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
     let saved = store
         .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
         .unwrap();
-    let gen = store.tier_dir(SCOPE, "c", Tier::Trusted).join(&saved.generation);
+    let gen = store
+        .tier_dir(SCOPE, "c", Tier::Trusted)
+        .join(&saved.generation);
     // What a restore holds while it copies.
     let held = Flock::lock(File::open(&gen).unwrap(), FlockArg::LockShared).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -501,7 +542,8 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
         r
     });
     assert!(
-        rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
         "removed while a restore held it"
     );
     assert!(gen.join("x").exists());
