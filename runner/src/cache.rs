@@ -102,6 +102,9 @@ struct Current {
     entries: u64,
     saved: String,
     job: String,
+    /// The saving run's invocation id (its `result.json` and provenance carry it).
+    #[serde(default)]
+    invocation: String,
 }
 
 /// One cache as restored into a job.
@@ -184,13 +187,23 @@ impl Store {
     ) -> Result<Option<Restored>, String> {
         for &tier in Tier::read_by(trust) {
             let dir = self.tier_dir(scope, name, tier);
-            if !dir.is_dir() {
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
+            let afresh = format!(
+                "`bulwark caches remove --key {} --name {name} --tier {}` starts this cache afresh",
+                scope_key(scope),
+                tier.as_str()
+            );
             let (current, gen, in_use) = {
-                let _reading = lock(&dir.join("read.lock"), FlockArg::LockShared)
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-                let Some(current) = read_current(&dir)? else {
+                let _reading = match lock(&dir.join("read.lock"), FlockArg::LockShared) {
+                    Ok(l) => l,
+                    // Removed by hand since it was seen: nothing to restore from it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(format!("{}: {e}", dir.display())),
+                };
+                let Some(current) = read_current(&dir).map_err(|e| format!("{e}; {afresh}"))?
+                else {
                     continue;
                 };
                 let gen = dir.join(&current.generation);
@@ -205,7 +218,6 @@ impl Store {
                 (current, gen, in_use)
             };
             let stats = copy_whole_tree_from(&in_use, dst, room, owner).map_err(|e| {
-                let afresh = format!("remove {} to start this cache afresh", dir.display());
                 if e.is_no_room() {
                     format!(
                         "{}: restoring it would take the job directory's filesystem below \
@@ -231,10 +243,9 @@ impl Store {
                 return Err(format!(
                     "the stored tree {} does not match the digest recorded when it was saved \
                      ({TREE_ALGORITHM} {}, now {digest}): it was changed on this host after the \
-                     save; remove {} to start this cache afresh",
+                     save; {afresh}",
                     gen.display(),
                     current.tree_sha256,
-                    dir.display()
                 ));
             }
             return Ok(Some(Restored {
@@ -253,6 +264,7 @@ impl Store {
     /// generation of the cache `name` of `scope` that a job of `trust` writes. `room` bounds
     /// the copy (the configuration's size and entry limits, and the state filesystem's
     /// reserve); a cache over it is not saved, and the error says why.
+    #[allow(clippy::too_many_arguments)] // which cache, whose, from where, bounds, saved by
     pub fn save(
         &self,
         scope: &str,
@@ -261,6 +273,7 @@ impl Store {
         src: &Path,
         room: Room,
         job: &str,
+        invocation: &str,
     ) -> Result<Saved, String> {
         let tier = Tier::written_by(trust);
         let scope_dir = self.root.join(scope_key(scope));
@@ -329,6 +342,7 @@ impl Store {
                     entries: stats.entries.len() as u64,
                     saved: crate::job::now_rfc3339(),
                     job: job.to_string(),
+                    invocation: invocation.to_string(),
                 };
                 let json = serde_json::to_vec(&current).map_err(io::Error::other)?;
                 crate::fsutil::write_atomic(&dir.join("current"), &json)
@@ -377,12 +391,13 @@ fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
 pub struct Listed {
     /// The source it belongs to (`git:<url>`, `url:<url>`, `local:file://<dir>`, `none`).
     pub scope: String,
+    /// The scope's key: the store's directory for it, and what `caches remove --key` takes.
+    pub key: String,
     /// The cache's name.
     pub name: String,
     /// `trusted` or `untrusted`.
     pub tier: &'static str,
-    /// The generation restores take, its digest and size, when and by which job it was saved;
-    /// `None` when no save has completed.
+    /// The generation restores take; `None` when none is (no save completed, or removed).
     pub generation: Option<String>,
     /// Its `bulwark-tree-v2` digest.
     pub tree_sha256: Option<String>,
@@ -392,24 +407,54 @@ pub struct Listed {
     pub bytes: Option<u64>,
     /// When it was saved (RFC 3339).
     pub saved: Option<String>,
-    /// The job that saved it.
+    /// The name of the job that saved it.
     pub job: Option<String>,
-    /// Generations on disk: the current one, and older ones a restore still held at the last
-    /// save.
+    /// The invocation id of the run that saved it.
+    pub invocation: Option<String>,
+    /// Generations on disk: the current one, and older ones that a restore held at the last
+    /// save (kept until the next).
     pub generations: usize,
-    /// Why `current` could not be read, if it could not.
+    /// What could not be read, if anything.
     pub problem: Option<String>,
 }
 
+/// What `caches remove` did with one cache tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The cache's name.
+    pub name: String,
+    /// The tier.
+    pub tier: Tier,
+    /// `Err`: why it could not be removed (whole or in part).
+    pub result: Result<(), String>,
+}
+
 impl Store {
-    /// Every cache saved in this store, by scope, name and tier.
+    /// The store of the state directory `config` names.
+    pub fn of(config: &bulwark_protocol::Config) -> Result<Store, String> {
+        let dirs = crate::config::Dirs::resolve(config).map_err(|e| format!("{e:#}"))?;
+        Ok(Store::new(&dirs.state))
+    }
+
+    /// Every cache tier of this store that holds anything, by scope, name and tier.
     pub fn list(&self) -> Result<Vec<Listed>, String> {
         let mut out = Vec::new();
         for key_dir in subdirs(&self.root)? {
+            let key = key_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let scope = fs::read_to_string(key_dir.join(".scope"))
                 .map(|s| s.trim_end_matches('\n').to_string())
-                .unwrap_or_else(|_| format!("(unknown: {})", key_dir.display()));
-            for name_dir in subdirs(&key_dir)? {
+                .unwrap_or_else(|_| "(unknown: its .scope file is missing)".to_string());
+            let names = match subdirs(&key_dir) {
+                Ok(n) => n,
+                Err(e) => {
+                    out.push(Listed::problem(&scope, &key, "", "trusted", e));
+                    continue;
+                }
+            };
+            for name_dir in names {
                 let name = name_dir
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -419,20 +464,24 @@ impl Store {
                     if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                         continue;
                     }
-                    let generations = subdirs(&dir)?
-                        .iter()
-                        .filter(|p| {
-                            p.file_name()
-                                .and_then(|n| n.to_str())
-                                .is_some_and(|n| n.starts_with("gen-"))
-                        })
-                        .count();
+                    let generations = match subdirs(&dir) {
+                        Ok(g) => g.iter().filter(|p| is_generation(p)).count(),
+                        Err(e) => {
+                            out.push(Listed::problem(&scope, &key, &name, tier.as_str(), e));
+                            continue;
+                        }
+                    };
                     let (current, problem) = match read_current(&dir) {
                         Ok(c) => (c, None),
                         Err(e) => (None, Some(e)),
                     };
+                    // A tier that was removed (or never saved) keeps only its lock files.
+                    if current.is_none() && problem.is_none() && generations == 0 {
+                        continue;
+                    }
                     out.push(Listed {
                         scope: scope.clone(),
+                        key: key.clone(),
                         name: name.clone(),
                         tier: tier.as_str(),
                         generation: current.as_ref().map(|c| c.generation.clone()),
@@ -441,6 +490,10 @@ impl Store {
                         bytes: current.as_ref().map(|c| c.bytes),
                         saved: current.as_ref().map(|c| c.saved.clone()),
                         job: current.as_ref().map(|c| c.job.clone()),
+                        invocation: current
+                            .as_ref()
+                            .map(|c| c.invocation.clone())
+                            .filter(|i| !i.is_empty()),
                         generations,
                         problem,
                     });
@@ -451,21 +504,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes the caches of `scope`: all of them, or only the one named `name`, and only its
-    /// `tier` when given. Waits for a save of each to finish and for every restore copying
-    /// from it (a job that restored one keeps its own copy). Returns what was removed.
+    /// Removes the caches of the scope whose key is `key` (see [`scope_key`]): all of them, or
+    /// only the one named `name`, and only its `tier` when given. For each tier: waits for a
+    /// save to finish and for every restore copying from it, unlinks `current` (from then on
+    /// restores find nothing; an untrusted job falls back to the trusted tier), then removes
+    /// every generation. The tier's directory and lock files stay (removing a lock file would
+    /// let two holders of "the" lock exist); an interrupted removal leaves generations that
+    /// `current` no longer names, which the next save removes.
     pub fn remove(
         &self,
-        scope: &str,
+        key: &str,
         name: Option<&str>,
         tier: Option<Tier>,
-    ) -> Result<Vec<(String, Tier)>, String> {
-        let key_dir = self.root.join(scope_key(scope));
-        if !fs::symlink_metadata(&key_dir).is_ok_and(|m| m.is_dir()) {
-            return Ok(Vec::new());
+    ) -> Result<Vec<Removal>, String> {
+        if key.len() != 32 || !key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!(
+                "{key:?} is not a scope key (32 lowercase hex digits, as caches list prints)"
+            ));
         }
-        // What an interrupted removal left.
-        remove_entries(&key_dir, |n| n.starts_with(".removing-"))?;
+        if let Some(n) = name {
+            bulwark_protocol::check_name(n).map_err(|e| format!("cache name: {e}"))?;
+        }
+        let key_dir = self.root.join(key);
         let names: Vec<String> = match name {
             Some(n) => vec![n.to_string()],
             None => subdirs(&key_dir)?
@@ -477,42 +537,79 @@ impl Store {
             Some(t) => vec![t],
             None => vec![Tier::Trusted, Tier::Untrusted],
         };
-        let mut removed = Vec::new();
+        let mut done = Vec::new();
         for name in &names {
-            let name_dir = key_dir.join(name);
             for &tier in &tiers {
-                let dir = name_dir.join(tier.as_str());
+                let dir = key_dir.join(name).join(tier.as_str());
                 if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                     continue;
                 }
-                let at = |e: io::Error| format!("{}: {e}", dir.display());
-                let saving = lock(&dir.join("save.lock"), FlockArg::LockExclusive).map_err(at)?;
-                let reading = lock(&dir.join("read.lock"), FlockArg::LockExclusive).map_err(at)?;
-                let mut held = Vec::new();
-                for gen in subdirs(&dir)? {
-                    let fd = open_dir(&gen).map_err(at)?;
-                    held.push(
-                        Flock::lock(fd, FlockArg::LockExclusive)
-                            .map_err(|(_, e)| at(io::Error::from(e)))?,
-                    );
+                let holds = read_current(&dir).ok().flatten().is_some()
+                    || subdirs(&dir).is_ok_and(|g| g.iter().any(|p| is_generation(p)));
+                if !holds {
+                    continue;
                 }
-                // Out of the way first, whole: no restore finds half a tree.
-                let aside = key_dir.join(format!(".removing-{}", crate::fsutil::random_hex(8)));
-                fs::rename(&dir, &aside).map_err(at)?;
-                drop((held, reading, saving));
-                crate::fsutil::remove_tree(&aside)
-                    .map_err(|e| format!("removing {}: {e}", aside.display()))?;
-                removed.push((name.clone(), tier));
+                done.push(Removal {
+                    name: name.clone(),
+                    tier,
+                    result: remove_tier(&dir),
+                });
             }
-            // Only when empty.
-            let _ = fs::remove_dir(&name_dir);
         }
-        if subdirs(&key_dir)?.is_empty() {
-            let _ = fs::remove_file(key_dir.join(".scope"));
-            let _ = fs::remove_dir(&key_dir);
-        }
-        Ok(removed)
+        Ok(done)
     }
+}
+
+/// Empties one tier directory: its generations and `current`, under its locks.
+fn remove_tier(dir: &Path) -> Result<(), String> {
+    let at = |e: io::Error| format!("{}: {e}", dir.display());
+    let _saving = lock(&dir.join("save.lock"), FlockArg::LockExclusive).map_err(at)?;
+    let _reading = lock(&dir.join("read.lock"), FlockArg::LockExclusive).map_err(at)?;
+    // Every restore still copying from a generation holds it: wait for each.
+    let mut held = Vec::new();
+    for gen in subdirs(dir)? {
+        let fd = open_dir(&gen).map_err(|e| format!("{}: {e}", gen.display()))?;
+        let lock = Flock::lock(fd, FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("{}: {e}", gen.display()))?;
+        held.push((gen, lock));
+    }
+    match fs::remove_file(dir.join("current")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(at(e)),
+    }
+    crate::fsutil::sync_parent(&dir.join("current")).map_err(at)?;
+    for (gen, _lock) in &held {
+        crate::fsutil::remove_tree(gen).map_err(|e| format!("removing {}: {e}", gen.display()))?;
+    }
+    Ok(())
+}
+
+impl Listed {
+    fn problem(scope: &str, key: &str, name: &str, tier: &'static str, problem: String) -> Listed {
+        Listed {
+            scope: scope.to_string(),
+            key: key.to_string(),
+            name: name.to_string(),
+            tier,
+            generation: None,
+            tree_sha256: None,
+            files: None,
+            bytes: None,
+            saved: None,
+            job: None,
+            invocation: None,
+            generations: 0,
+            problem: Some(problem),
+        }
+    }
+}
+
+/// Whether `path` names a generation directory (`gen-<id>`).
+fn is_generation(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("gen-"))
 }
 
 /// The directories in `dir` whose names do not start with a dot (none when it does not
@@ -550,9 +647,9 @@ fn remove_unused_generations(dir: &Path, current: &str) {
             continue;
         }
         let path = entry.path();
-        let unused = File::open(&path)
+        let unused = open_dir(&path)
             .ok()
-            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+            .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok());
         if let Some(_held) = unused {
             if let Err(e) = crate::fsutil::remove_tree(&path) {
                 tracing::warn!(path = %path.display(), "removing an older cache generation: {e}");
@@ -608,23 +705,17 @@ fn read_current(dir: &Path) -> Result<Option<Current>, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let current: Current = serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "{}: {e}; remove {} to start this cache afresh",
-            path.display(),
-            dir.display()
-        )
-    })?;
+    let current: Current =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let generation_ok = current
         .generation
         .strip_prefix("gen-")
         .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
     if !generation_ok {
         return Err(format!(
-            "{}: generation {:?} is not a generation's name; remove {} to start this cache afresh",
+            "{}: generation {:?} is not a generation's name",
             path.display(),
             current.generation,
-            dir.display()
         ));
     }
     Ok(Some(current))

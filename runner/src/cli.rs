@@ -270,17 +270,23 @@ pub enum CachesCommand {
     },
     /// Remove saved caches of one source: a cache found poisoned, or to start afresh.
     ///
-    /// Removes every cache of --scope (as `caches list` prints it), or only --name, and only
-    /// --tier when given. Waits for a save of it to finish and for restores copying from it;
-    /// a job that restored it keeps its own copy. Artifacts built from it: `bulwark inventory
-    /// query --digest <its tree digest>`.
-    /// Exit status: 0 removed, 1 nothing matched, 2 usage or the store could not be changed.
+    /// Removes every cache of the source named by --scope (its scope as `caches list` prints
+    /// it) or --key (the scope's key, also printed), or only --name, and only --tier when
+    /// given. Waits for a save of it to finish and for restores copying from it; a job that
+    /// restored it keeps its own copy. Artifacts built from it: `bulwark inventory query
+    /// --digest <its tree digest>`.
+    /// Exit status: 0 removed, 1 nothing matched, 2 usage, configuration, or a cache that
+    /// could not be removed (what was removed is still listed).
     ///
     /// Example: bulwark caches remove --scope git:https://git.example/app.git --name cargo
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["scope", "key"])))]
     Remove {
         /// The source the caches belong to, as `caches list` prints it.
         #[arg(long)]
-        scope: String,
+        scope: Option<String>,
+        /// The scope's key (32 hex digits), as `caches list` prints it.
+        #[arg(long)]
+        key: Option<String>,
         /// Only this cache.
         #[arg(long)]
         name: Option<String>,
@@ -665,8 +671,7 @@ fn tools_prune(unused_days: u32, dry_run: bool, config: Option<&std::path::Path>
 fn caches(cmd: CachesCommand) -> u8 {
     let store = |config: Option<&std::path::Path>| -> anyhow::Result<crate::cache::Store> {
         let loaded = crate::config::load(config)?;
-        let dirs = crate::config::Dirs::resolve(&loaded.config)?;
-        Ok(crate::cache::Store::new(&dirs.state))
+        crate::cache::Store::of(&loaded.config).map_err(anyhow::Error::msg)
     };
     match cmd {
         CachesCommand::List { json, config } => {
@@ -692,38 +697,51 @@ fn caches(cmd: CachesCommand) -> u8 {
             }
             for c in &listed {
                 let scope = crate::daemon::client::printable(&c.scope);
+                let key = &c.key;
                 match (&c.generation, &c.problem) {
                     (Some(generation), _) => println!(
-                        "{scope}  {}  {}  {} files  {} bytes  saved {} by {}  tree {}  ({generation}{})",
+                        "{scope}  (key {key})  {}  {}  {} files  {} bytes  saved {} by {}{}  tree {}  ({generation}{})",
                         c.name,
                         c.tier,
                         c.files.unwrap_or(0),
                         c.bytes.unwrap_or(0),
                         c.saved.as_deref().unwrap_or("?"),
                         c.job.as_deref().unwrap_or("?"),
+                        c.invocation
+                            .as_deref()
+                            .map(|i| format!(" (invocation {i})"))
+                            .unwrap_or_default(),
                         c.tree_sha256.as_deref().unwrap_or("?"),
                         if c.generations > 1 {
-                            format!(", {} older generations still in use", c.generations - 1)
+                            format!(
+                                ", {} older generations kept until the next save",
+                                c.generations - 1
+                            )
                         } else {
                             String::new()
                         }
                     ),
                     (None, Some(problem)) => println!(
-                        "{scope}  {}  {}  unreadable: {}",
+                        "{scope}  (key {key})  {}  {}  unreadable: {}",
                         c.name,
                         c.tier,
                         crate::daemon::client::printable(problem)
                     ),
-                    (None, None) => println!("{scope}  {}  {}  no save completed", c.name, c.tier),
+                    (None, None) => println!(
+                        "{scope}  (key {key})  {}  {}  generations left by an interrupted \
+                         removal or save (the next save removes them)",
+                        c.name, c.tier
+                    ),
                 }
             }
             if listed.is_empty() {
-                eprintln!("bulwark: no build cache is saved");
+                eprintln!("bulwark: no build cache is saved in this runner's state directory");
             }
             0
         }
         CachesCommand::Remove {
             scope,
+            key,
             name,
             tier,
             config,
@@ -734,9 +752,13 @@ fn caches(cmd: CachesCommand) -> u8 {
                     return 2;
                 }
             }
-            let removed = match store(config.as_deref())
+            let Some(key) = key.or_else(|| scope.as_deref().map(crate::cache::scope_key)) else {
+                eprintln!("bulwark: caches remove: give --scope or --key");
+                return 2;
+            };
+            let done = match store(config.as_deref())
                 .map_err(|e| format!("{e:#}"))
-                .and_then(|s| s.remove(&scope, name.as_deref(), tier))
+                .and_then(|s| s.remove(&key, name.as_deref(), tier))
             {
                 Ok(r) => r,
                 Err(e) => {
@@ -744,17 +766,27 @@ fn caches(cmd: CachesCommand) -> u8 {
                     return 2;
                 }
             };
-            for (name, tier) in &removed {
-                println!(
-                    "removed {}  {name}  {}",
-                    crate::daemon::client::printable(&scope),
-                    tier.as_str()
-                );
+            let mut failed = false;
+            for r in &done {
+                match &r.result {
+                    Ok(()) => println!("removed {key}  {}  {}", r.name, r.tier.as_str()),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!(
+                            "bulwark: caches remove: {key} {} {}: {}",
+                            r.name,
+                            r.tier.as_str(),
+                            crate::daemon::client::printable(e)
+                        );
+                    }
+                }
             }
-            if removed.is_empty() {
+            if failed {
+                2
+            } else if done.is_empty() {
                 eprintln!(
-                    "bulwark: caches remove: no cache matched (see bulwark caches list for the \
-                     scopes)"
+                    "bulwark: caches remove: no saved cache matched (bulwark caches list shows \
+                     the scopes and their keys)"
                 );
                 1
             } else {

@@ -134,15 +134,15 @@ pub fn copy_tree_within(
     room: Room,
     owner: Option<(u32, u32)>,
 ) -> Result<CopyStats, CopyError> {
-    let at = |p: &str| {
-        let p = p.to_string();
-        move |e: nix::Error| CopyError {
-            path: p,
-            source: e.into(),
-        }
-    };
-    let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(at("."))?;
-    copy_tree_from(&s, dst, room, owner)
+    copy_tree_from(&open_source(src)?, dst, room, owner)
+}
+
+/// The top of a tree to copy, opened as every directory of it is.
+fn open_source(src: &Path) -> Result<OwnedFd, CopyError> {
+    nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
+        path: ".".into(),
+        source: e.into(),
+    })
 }
 
 /// [`copy_tree_within`] from a directory already open as `src`: the directory that was checked
@@ -172,11 +172,7 @@ pub fn copy_whole_tree(
     room: Room,
     owner: Option<(u32, u32)>,
 ) -> Result<CopyStats, CopyError> {
-    let s = nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
-        path: ".".into(),
-        source: e.into(),
-    })?;
-    copy_whole_tree_from(&s, dst, room, owner)
+    copy_whole_tree_from(&open_source(src)?, dst, room, owner)
 }
 
 /// [`copy_whole_tree`] from a directory already open as `src`.
@@ -442,7 +438,7 @@ fn join_bytes(rel_bytes: &[u8], name: &OsStr) -> Vec<u8> {
     out
 }
 
-/// A long relative path (a deep tree's) cut to its first 200 bytes, on a character boundary.
+/// A long relative path (a deep tree's) cut to its first 200 characters.
 fn shortened(rel: &str) -> String {
     match rel.char_indices().nth(200) {
         None => rel.to_string(),

@@ -3,9 +3,9 @@
 //! Mounts decide what exists in the job's view; Landlock decides what the job may do with it,
 //! and holds even if a mount is misconfigured or a later kernel bug exposes a path. The ruleset
 //! mirrors the mounts: system paths and tools read and execute, `/workspace` `/tmp` `/dev/shm`
-//! (and `/cache` when the job has caches) read-write, a few device nodes read-write, `/proc` read. Listing directories is allowed
-//! from `/` down; every other right on anything else, such as [`crate::mount::LANDLOCK_CANARY`],
-//! is denied by Landlock alone.
+//! (and `/cache` when the job has caches) read-write, a few device nodes read-write, `/proc`
+//! read. Listing directories is allowed from `/` down; every other right on anything else, such
+//! as [`crate::mount::LANDLOCK_CANARY`], is denied by Landlock alone.
 //!
 //! Compatibility: we ask the kernel which ABI it has, take the full filesystem feature set of
 //! that ABI (capped at the newest we have tested, 7) as a *hard requirement*, and add the ABI 6

@@ -302,6 +302,12 @@ fn caches_list_shows_a_saved_cache_and_caches_remove_starts_it_afresh() {
     assert_eq!(listed[0]["name"], "deps");
     assert_eq!(listed[0]["tier"], "trusted");
     assert_eq!(listed[0]["tree_sha256"], rec["saved"]["tree_sha256"]);
+    assert_eq!(
+        listed[0]["invocation"],
+        first.result()["invocation_id"],
+        "{listed}"
+    );
+    let key = listed[0]["key"].as_str().unwrap().to_string();
     let text = cli(&["list"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
@@ -312,9 +318,13 @@ fn caches_list_shows_a_saved_cache_and_caches_remove_starts_it_afresh() {
     // A name that is not a cache's name is refused before anything is touched.
     let bad = cli(&["remove", "--scope", &scope, "--name", "../deps"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--name"),
+        "{bad:?}"
+    );
     let none = cli(&["remove", "--scope", "git:https://nowhere.example/x.git"]);
     assert_eq!(none.status.code(), Some(1), "{none:?}");
-    let removed = cli(&["remove", "--scope", &scope, "--name", "deps"]);
+    let removed = cli(&["remove", "--key", &key, "--name", "deps"]);
     assert!(removed.status.success(), "{removed:?}");
     assert!(
         String::from_utf8_lossy(&removed.stdout).contains("removed"),
@@ -323,4 +333,11 @@ fn caches_list_shows_a_saved_cache_and_caches_remove_starts_it_afresh() {
     let next = trusted(&env, &read_then_write("x"));
     next.assert_code(0);
     assert_eq!(next.value("found"), "none", "{next}");
+    // Removed by its scope as printed, this time.
+    let again = cli(&["remove", "--scope", &scope]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&cli(&["list", "--json"]).stdout).unwrap(),
+        serde_json::json!([])
+    );
 }

@@ -46,6 +46,7 @@ fn a_saved_cache_is_restored_whole_with_its_digest_and_symlinks_are_not_followed
             &job,
             Room::default(),
             "build",
+            "inv-1",
         )
         .unwrap();
     assert_eq!(
@@ -101,6 +102,7 @@ fn untrusted_jobs_read_the_trusted_cache_but_never_write_it() {
             &release,
             Room::default(),
             "release",
+            "inv-1",
         )
         .unwrap();
 
@@ -115,7 +117,15 @@ fn untrusted_jobs_read_the_trusted_cache_but_never_write_it() {
     // ...poisons it, and saves.
     fs::write(pr.join("dep.rlib"), "evil").unwrap();
     let saved = store
-        .save(SCOPE, "cargo", Trust::Untrusted, &pr, Room::default(), "pr")
+        .save(
+            SCOPE,
+            "cargo",
+            Trust::Untrusted,
+            &pr,
+            Room::default(),
+            "pr",
+            "inv-1",
+        )
         .unwrap();
     assert_eq!(saved.tier, Tier::Untrusted);
 
@@ -155,7 +165,15 @@ fn a_stored_tree_changed_after_its_save_is_refused_naming_it() {
     let job = fresh(t.path(), "job");
     tree(&job, &[("tool/bin/cc", "real compiler")]);
     let saved = store
-        .save(SCOPE, "cc", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "cc",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let gen = store
         .tier_dir(SCOPE, "cc", Tier::Trusted)
@@ -168,7 +186,7 @@ fn a_stored_tree_changed_after_its_save_is_refused_naming_it() {
     assert!(
         err.contains("does not match the digest recorded")
             && err.contains(&saved.tree_sha256)
-            && err.contains("to start this cache afresh"),
+            && err.contains("bulwark caches remove --key"),
         "{err}"
     );
 }
@@ -180,7 +198,15 @@ fn a_cache_over_its_bound_is_not_saved_and_the_previous_one_stays() {
     let small = fresh(t.path(), "small");
     tree(&small, &[("a", "1234")]);
     let first = store
-        .save(SCOPE, "c", Trust::Trusted, &small, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &small,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let big = fresh(t.path(), "big");
     tree(&big, &[("a", "1234"), ("b", "5678")]);
@@ -189,14 +215,14 @@ fn a_cache_over_its_bound_is_not_saved_and_the_previous_one_stays() {
         entries: None,
     };
     assert!(store
-        .save(SCOPE, "c", Trust::Trusted, &big, bound, "build")
+        .save(SCOPE, "c", Trust::Trusted, &big, bound, "build", "inv-1")
         .is_err());
     let too_many = Room {
         bytes: None,
         entries: Some(1),
     };
     assert!(store
-        .save(SCOPE, "c", Trust::Trusted, &big, too_many, "build")
+        .save(SCOPE, "c", Trust::Trusted, &big, too_many, "build", "inv-1")
         .is_err());
     let dst = fresh(t.path(), "dst");
     let got = store
@@ -223,13 +249,29 @@ fn a_save_removes_older_generations_and_what_a_dead_save_left() {
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
     let first = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
     fs::create_dir(dir.join("incoming-deadbeef")).unwrap();
     fs::write(job.join("x"), "2").unwrap();
     let second = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     assert_ne!(first.generation, second.generation);
     assert_ne!(first.tree_sha256, second.tree_sha256);
@@ -265,7 +307,15 @@ fn a_current_record_naming_anything_but_a_generation_is_refused() {
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
     store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
     let current = fs::read_to_string(dir.join("current")).unwrap();
@@ -288,7 +338,15 @@ fn a_cache_named_scope_and_another_cache_of_its_source_both_save() {
     tree(&job, &[("x", "1")]);
     for name in ["other", "scope", "more"] {
         store
-            .save(SCOPE, name, Trust::Trusted, &job, Room::default(), "build")
+            .save(
+                SCOPE,
+                name,
+                Trust::Trusted,
+                &job,
+                Room::default(),
+                "build",
+                "inv-1",
+            )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     for name in ["other", "scope", "more"] {
@@ -312,7 +370,15 @@ fn a_tree_as_deep_as_a_copy_descends_is_saved_and_one_level_more_is_not() {
     fs::create_dir_all(&p).unwrap();
     fs::write(p.join("f"), "bottom").unwrap();
     let saved = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let dst = fresh(t.path(), "dst");
     let got = store
@@ -322,7 +388,15 @@ fn a_tree_as_deep_as_a_copy_descends_is_saved_and_one_level_more_is_not() {
     assert_eq!(got.tree_sha256, saved.tree_sha256);
     fs::create_dir(p.join("d")).unwrap();
     let err = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap_err();
     assert!(err.contains("directories deep"), "{err}");
     // The message quotes the job's path only in part.
@@ -343,7 +417,15 @@ fn a_generation_a_restore_holds_outlives_the_next_save_and_goes_with_the_one_aft
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
     let first = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
     // What a restore holds while it copies.
@@ -353,12 +435,28 @@ fn a_generation_a_restore_holds_outlives_the_next_save_and_goes_with_the_one_aft
     )
     .unwrap();
     let second = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     assert!(dir.join(&first.generation).is_dir(), "removed while in use");
     drop(held);
     let third = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     for gone in [&first.generation, &second.generation] {
         assert!(!dir.join(gone).exists(), "{gone} left behind");
@@ -379,7 +477,15 @@ fn as_root_a_restored_tree_belongs_to_the_owner_given_entry_by_entry() {
     tree(&job, &[("a/b/c", "1"), ("top", "2")]);
     symlink("/etc/passwd", job.join("a/link")).unwrap();
     store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let dst = fresh(t.path(), "dst");
     let owner = (4_000_321, 4_000_321);
@@ -415,6 +521,15 @@ fn as_root_a_restored_tree_belongs_to_the_owner_given_entry_by_entry() {
     );
 }
 
+fn removed(done: Vec<Removal>) -> Vec<(String, Tier)> {
+    done.into_iter()
+        .map(|r| {
+            assert_eq!(r.result, Ok(()), "{} {:?}", r.name, r.tier);
+            (r.name, r.tier)
+        })
+        .collect()
+}
+
 #[test]
 fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
     let t = TempDir::new("cache-list");
@@ -431,6 +546,7 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
             &job,
             Room::default(),
             "release",
+            "inv-7",
         )
         .unwrap();
     store
@@ -441,6 +557,7 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
             &job,
             Room::default(),
             "pr",
+            "inv-8",
         )
         .unwrap();
     store
@@ -451,6 +568,7 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
             &job,
             Room::default(),
             "release",
+            "inv-7",
         )
         .unwrap();
     store
@@ -461,6 +579,7 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
             &job,
             Room::default(),
             "build",
+            "inv-9",
         )
         .unwrap();
     let listed = store.list().unwrap();
@@ -478,35 +597,50 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
         ]
     );
     let first = &listed[0];
+    assert_eq!(first.key, scope_key(SCOPE));
     assert_eq!(first.generation.as_deref(), Some(a.generation.as_str()));
     assert_eq!(first.tree_sha256.as_deref(), Some(a.tree_sha256.as_str()));
     assert_eq!((first.files, first.bytes), (Some(1), Some(5)));
     assert_eq!(first.job.as_deref(), Some("release"));
+    assert_eq!(first.invocation.as_deref(), Some("inv-7"));
     assert_eq!(first.generations, 1);
 
-    // One tier of one cache...
+    let key = scope_key(SCOPE);
+    // One tier of one cache: an untrusted job then falls back to the trusted tier.
     assert_eq!(
-        store.remove(SCOPE, Some("cargo"), Some(Tier::Untrusted)),
-        Ok(vec![("cargo".to_string(), Tier::Untrusted)])
+        removed(
+            store
+                .remove(&key, Some("cargo"), Some(Tier::Untrusted))
+                .unwrap()
+        ),
+        [("cargo".to_string(), Tier::Untrusted)]
     );
-    // ...then everything of the scope; the other scope stays.
-    let removed = store.remove(SCOPE, None, None).unwrap();
+    let dst = fresh(t.path(), "dst");
+    let got = store
+        .restore(
+            SCOPE,
+            "cargo",
+            Trust::Untrusted,
+            &dst,
+            Room::default(),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.tier, Tier::Trusted);
+    // Then everything left of the scope; the other scope stays, and nothing of the removed
+    // ones is listed or restored.
     assert_eq!(
-        removed,
+        removed(store.remove(&key, None, None).unwrap()),
         [
             ("cargo".to_string(), Tier::Trusted),
             ("npm".to_string(), Tier::Trusted)
         ]
     );
-    assert!(!t
-        .path()
-        .join("state/caches")
-        .join(scope_key(SCOPE))
-        .exists());
-    let keys: Vec<String> = store.list().unwrap().into_iter().map(|l| l.scope).collect();
-    assert_eq!(keys, [other]);
-    assert_eq!(store.remove(SCOPE, None, None), Ok(Vec::new()));
-    let dst = fresh(t.path(), "dst");
+    let scopes: Vec<String> = store.list().unwrap().into_iter().map(|l| l.scope).collect();
+    assert_eq!(scopes, [other]);
+    assert!(store.remove(&key, None, None).unwrap().is_empty());
+    let dst = fresh(t.path(), "dst2");
     assert_eq!(
         store.restore(
             SCOPE,
@@ -518,6 +652,26 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
         ),
         Ok(None)
     );
+    // A removed cache saves again as usual.
+    store
+        .save(
+            SCOPE,
+            "cargo",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "release",
+            "inv-10",
+        )
+        .unwrap();
+    assert!(store
+        .restore(SCOPE, "cargo", Trust::Trusted, &dst, Room::default(), None)
+        .unwrap()
+        .is_some());
+    // Keys and names are checked, not joined blindly.
+    assert!(store.remove("../../etc", None, None).is_err());
+    assert!(store.remove(&key, Some("../x"), None).is_err());
+    assert!(store.remove(&key, Some(""), None).is_err());
 }
 
 #[test]
@@ -527,7 +681,15 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
     let saved = store
-        .save(SCOPE, "c", Trust::Trusted, &job, Room::default(), "build")
+        .save(
+            SCOPE,
+            "c",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv-1",
+        )
         .unwrap();
     let gen = store
         .tier_dir(SCOPE, "c", Tier::Trusted)
@@ -536,8 +698,9 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
     let held = Flock::lock(File::open(&gen).unwrap(), FlockArg::LockShared).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let remover = store.clone();
+    let key = scope_key(SCOPE);
     let thread = std::thread::spawn(move || {
-        let r = remover.remove(SCOPE, None, None);
+        let r = remover.remove(&key, None, None);
         let _ = tx.send(());
         r
     });
@@ -549,8 +712,8 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
     assert!(gen.join("x").exists());
     drop(held);
     assert_eq!(
-        thread.join().unwrap(),
-        Ok(vec![("c".to_string(), Tier::Trusted)])
+        removed(thread.join().unwrap().unwrap()),
+        [("c".to_string(), Tier::Trusted)]
     );
     assert!(!gen.exists());
 }

@@ -6,7 +6,6 @@ use serde_json::json;
 
 use super::{JobRun, Stop};
 use crate::cache::{configured_room, tighter, Store};
-use crate::config::Dirs;
 use crate::workspace::JobDir;
 
 impl JobRun<'_> {
@@ -23,11 +22,6 @@ impl JobRun<'_> {
         }
     }
 
-    fn cache_store(&self) -> Result<Store, String> {
-        let dirs = Dirs::resolve(self.config).map_err(|e| format!("{e:#}"))?;
-        Ok(Store::new(&dirs.state))
-    }
-
     /// Makes `/cache` and restores each declared cache into it, all of it owned by `host_uid`
     /// when given (root mode: set as each entry is made); `false` when the job declares none
     /// (then nothing is made). Any failure refuses the job: a stored cache that is not what
@@ -41,9 +35,7 @@ impl JobRun<'_> {
         if caches.is_empty() {
             return Ok(false);
         }
-        let store = self
-            .cache_store()
-            .map_err(|e| Stop::Refused(format!("caches: {e}")))?;
+        let store = Store::of(self.config).map_err(|e| Stop::Refused(format!("caches: {e}")))?;
         let scope = self.cache_scope();
         let trust = self.args.trust;
         let owner = host_uid.map(|uid| (uid, uid));
@@ -106,7 +98,7 @@ impl JobRun<'_> {
         if self.job.spec.caches.is_empty() {
             return;
         }
-        let store = self.cache_store();
+        let store = Store::of(self.config);
         let scope = self.cache_scope();
         let trust = self.args.trust;
         let configured = configured_room(&self.config.caches);
@@ -123,6 +115,7 @@ impl JobRun<'_> {
                     &jobdir.cache.join(&cache.name),
                     room,
                     &self.job.spec.name,
+                    &self.invocation_id,
                 )
             });
             let record = match saved {

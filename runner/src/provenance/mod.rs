@@ -173,21 +173,12 @@ fn source_dependency(source: &serde_json::Value) -> Option<ResourceDescriptor> {
         "local" => {
             let path = source.get("path")?.as_str()?;
             let tree = source.get("tree_sha256")?.as_str()?;
-            let mut d = ResourceDescriptor::sha256(
-                Some("source".into()),
-                Some(format!("file://{path}")),
+            Some(tree_descriptor(
+                "source".into(),
+                format!("file://{path}"),
                 tree,
-            );
-            let mut ann = serde_json::Map::new();
-            ann.insert(
-                "digestAlgorithm".into(),
-                json!(format!(
-                    "{} (docs/build-type.md)",
-                    crate::source::TREE_ALGORITHM
-                )),
-            );
-            d.annotations = Some(ann);
-            Some(d)
+                serde_json::Map::new(),
+            ))
         }
         "url" => Some(ResourceDescriptor::sha256(
             Some("source".into()),
@@ -217,25 +208,37 @@ fn cache_dependency(cache: &serde_json::Value) -> Option<ResourceDescriptor> {
     let name = cache.get("name")?.as_str()?;
     let restored = cache.get("restored").filter(|r| !r.is_null())?;
     let tier = restored.get("tier")?.as_str()?;
-    let mut d = ResourceDescriptor::sha256(
-        Some(format!("cache:{name}")),
-        Some(format!("bulwark-cache:{tier}/{name}")),
-        restored.get("tree_sha256")?.as_str()?,
-    );
     let mut ann = serde_json::Map::new();
-    ann.insert(
+    ann.insert("generation".into(), restored.get("generation")?.clone());
+    if let Some(scope) = cache.get("scope") {
+        ann.insert("scope".into(), scope.clone());
+    }
+    Some(tree_descriptor(
+        format!("cache:{name}"),
+        format!("bulwark-cache:{tier}/{name}"),
+        restored.get("tree_sha256")?.as_str()?,
+        ann,
+    ))
+}
+
+/// A tree named by its `bulwark-tree-v2` digest, put under `sha256` with an annotation that
+/// says which digest it is, beside `more` annotations.
+fn tree_descriptor(
+    name: String,
+    uri: String,
+    tree: &str,
+    mut more: serde_json::Map<String, serde_json::Value>,
+) -> ResourceDescriptor {
+    let mut d = ResourceDescriptor::sha256(Some(name), Some(uri), tree);
+    more.insert(
         "digestAlgorithm".into(),
         json!(format!(
             "{} (docs/build-type.md)",
             crate::source::TREE_ALGORITHM
         )),
     );
-    ann.insert("generation".into(), restored.get("generation")?.clone());
-    if let Some(scope) = cache.get("scope") {
-        ann.insert("scope".into(), scope.clone());
-    }
-    d.annotations = Some(ann);
-    Some(d)
+    d.annotations = Some(more);
+    d
 }
 
 /// Signs `statement` and writes both provenance files into `out` (temporary name, rename).
