@@ -62,6 +62,18 @@ impl JobRun<'_> {
                 .map_err(|e| {
                     Stop::Refused(format!("caches[{i}] ({}): {}", cache.name, shown(&e)))
                 })?;
+            if !self.args.quiet {
+                match &restored {
+                    Some(r) => eprintln!(
+                        "bulwark: cache {} restored from the {} store ({} files, {} bytes)",
+                        cache.name,
+                        r.tier.as_str(),
+                        r.files,
+                        r.bytes
+                    ),
+                    None => eprintln!("bulwark: cache {} starts empty", cache.name),
+                }
+            }
             let restored = restored.map(|r| {
                 json!({
                     "tier": r.tier.as_str(),
@@ -72,15 +84,6 @@ impl JobRun<'_> {
                     "saved": r.saved,
                 })
             });
-            if !self.args.quiet {
-                match &restored {
-                    Some(r) => eprintln!(
-                        "bulwark: cache {} restored from the {} store ({} files, {} bytes)",
-                        cache.name, r["tier"], r["files"], r["bytes"]
-                    ),
-                    None => eprintln!("bulwark: cache {} starts empty", cache.name),
-                }
-            }
             records.push(json!({
                 "name": cache.name,
                 "scope": scope,
@@ -127,7 +130,7 @@ impl JobRun<'_> {
                     "bytes": s.bytes,
                 }),
                 Err(e) => {
-                    let why = format!("not saved, the earlier one stays: {}", shown(&e));
+                    let why = format!("not saved (an earlier save stays): {}", shown(&e));
                     eprintln!("bulwark: warning: cache {}: {why}", cache.name);
                     json!(why)
                 }
