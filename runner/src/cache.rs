@@ -210,7 +210,7 @@ impl Store {
                 // Locked before `read.lock` is let go: a save that replaces `current` from
                 // here on, or `bulwark caches remove`, leaves this generation alone until the
                 // copy, which reads through this very descriptor, is done.
-                let in_use = open_dir(&gen)
+                let in_use = crate::fsutil::open_dir(&gen)
                     .and_then(|fd| {
                         Flock::lock(fd, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))
                     })
@@ -373,17 +373,6 @@ impl Store {
         }
         Ok(saved(generation, digest))
     }
-}
-
-/// A directory, opened to be walked (never through a symlink at its last component).
-fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
-    use nix::fcntl::OFlag;
-    nix::fcntl::open(
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(io::Error::from)
 }
 
 /// One saved cache as `bulwark caches list` shows it.
@@ -568,7 +557,7 @@ fn remove_tier(dir: &Path) -> Result<(), String> {
     // Every restore still copying from a generation holds it: wait for each.
     let mut held = Vec::new();
     for gen in subdirs(dir)? {
-        let fd = open_dir(&gen).map_err(|e| format!("{}: {e}", gen.display()))?;
+        let fd = crate::fsutil::open_dir(&gen).map_err(|e| format!("{}: {e}", gen.display()))?;
         let lock = Flock::lock(fd, FlockArg::LockExclusive)
             .map_err(|(_, e)| format!("{}: {e}", gen.display()))?;
         held.push((gen, lock));
@@ -647,7 +636,7 @@ fn remove_unused_generations(dir: &Path, current: &str) {
             continue;
         }
         let path = entry.path();
-        let unused = open_dir(&path)
+        let unused = crate::fsutil::open_dir(&path)
             .ok()
             .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok());
         if let Some(_held) = unused {

@@ -193,8 +193,6 @@ const MAX_WALK_DEPTH: usize = 256;
 /// but removal also runs after a runner error) that swaps a directory for a symlink to
 /// `/etc` between two steps makes a call fail, never reach through the link.
 fn remove_tree_walk(path: &Path, depth: usize) -> io::Result<()> {
-    use nix::fcntl::open;
-    use nix::sys::stat::Mode;
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -207,9 +205,14 @@ fn remove_tree_walk(path: &Path, depth: usize) -> io::Result<()> {
     if fs::remove_dir(path).is_ok() {
         return Ok(());
     }
-    let dir = open(path, DIR_FLAGS, Mode::empty()).map_err(io::Error::from)?;
-    empty_dir(dir, depth)?;
+    empty_dir(open_dir(path)?, depth)?;
     fs::remove_dir(path)
+}
+
+/// A directory opened to be walked or locked: read-only, never through a symlink at its last
+/// component, close-on-exec.
+pub fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    nix::fcntl::open(path, DIR_FLAGS, nix::sys::stat::Mode::empty()).map_err(io::Error::from)
 }
 
 const DIR_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDONLY

@@ -139,9 +139,9 @@ pub fn copy_tree_within(
 
 /// The top of a tree to copy, opened as every directory of it is.
 fn open_source(src: &Path) -> Result<OwnedFd, CopyError> {
-    nix::fcntl::open(src, DIR_FLAGS, Mode::empty()).map_err(|e| CopyError {
+    crate::fsutil::open_dir(src).map_err(|source| CopyError {
         path: ".".into(),
-        source: e.into(),
+        source,
     })
 }
 

@@ -79,7 +79,8 @@ fn a_trusted_jobs_cache_reaches_the_next_job_and_provenance_names_it() {
     let second = trusted(
         &env,
         &format!(
-            "stat -c 'owner=%U' /cache/deps/lib\ncat /cache/deps/sub/f | sed 's/^/sub=/'\n{}",
+            "stat -c 'owner=%U' /cache/deps/lib\ncat /cache/deps/sub/f | sed 's/^/sub=/'\n\
+             awk '$5 == \"/cache\" {{print \"cache_mount=\" $6}}' /proc/self/mountinfo\n{}",
             read_then_write("v2")
         ),
     );
@@ -88,6 +89,16 @@ fn a_trusted_jobs_cache_reaches_the_next_job_and_provenance_names_it() {
     assert_eq!(second.value("sub"), "x", "{second}");
     // The job's own copy, writable by the job's user.
     assert_eq!(second.value("owner"), "build", "{second}");
+    // Mounted like /workspace: no set-id programs, no device nodes.
+    let opts: Vec<String> = second
+        .value("cache_mount")
+        .split(',')
+        .map(String::from)
+        .collect();
+    assert!(
+        opts.iter().any(|o| o == "nosuid") && opts.iter().any(|o| o == "nodev"),
+        "{second}"
+    );
     let rec = cache_record(&second);
     assert_eq!(rec["restored"]["tier"], "trusted", "{rec}");
     assert_eq!(rec["restored"]["tree_sha256"], saved_tree.as_str(), "{rec}");

@@ -575,6 +575,17 @@ fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn(
     assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
 }
 
+/// Starts `bulwark daemon` once, expecting it to refuse to start (exit 2); its stderr.
+fn daemon_refuses_to_start(env: &Env) -> String {
+    let o = Daemon::command(env)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    err
+}
+
 #[test]
 fn a_second_daemon_on_the_same_state_directory_is_refused() {
     let (env, _c) = registered("cp-twice");
@@ -584,12 +595,7 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
         assert!(Instant::now() < deadline, "{}", daemon_log(&env));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let o = Daemon::command(&env)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = daemon_refuses_to_start(&env);
     assert!(err.contains("another bulwark daemon uses"), "{err}");
     // The first one is untouched and stops cleanly.
     assert_eq!(first.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
@@ -842,12 +848,7 @@ fn a_runner_rekeys_with_its_daemon_stopped_and_an_interrupted_rekey_is_finished(
     put_key(&key, &first);
     put_key(&next, &second);
     // A daemon started now would sign with a key the coordinator refuses: it says what to do.
-    let o = Daemon::command(&env)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = daemon_refuses_to_start(&env);
     assert!(
         err.contains("interrupted `bulwark rekey`") && err.contains("run `bulwark rekey` again"),
         "{err}"

@@ -23,6 +23,11 @@ fn fresh(base: &Path, name: &str) -> std::path::PathBuf {
     d
 }
 
+/// Saves `src` as a cache with no bound beyond the defaults, by a job named `build`.
+fn save(store: &Store, scope: &str, name: &str, trust: Trust, src: &Path) -> Result<Saved, String> {
+    store.save(scope, name, trust, src, Room::default(), "build", "inv-1")
+}
+
 fn read(dir: &Path, path: &str) -> Option<String> {
     fs::read_to_string(dir.join(path)).ok()
 }
@@ -38,17 +43,7 @@ fn a_saved_cache_is_restored_whole_with_its_digest_and_symlinks_are_not_followed
     );
     // A link to a host file is saved as a link; neither copy reads its target.
     symlink("/etc/shadow", job.join("shadow")).unwrap();
-    let saved = store
-        .save(
-            SCOPE,
-            "cargo",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let saved = save(&store, SCOPE, "cargo", Trust::Trusted, &job).unwrap();
     assert_eq!(
         (saved.tier, saved.files, saved.bytes),
         (Tier::Trusted, 2, 9)
@@ -94,17 +89,7 @@ fn untrusted_jobs_read_the_trusted_cache_but_never_write_it() {
     let store = Store::new(&t.path().join("state"));
     let release = fresh(t.path(), "release");
     tree(&release, &[("dep.rlib", "good")]);
-    store
-        .save(
-            SCOPE,
-            "cargo",
-            Trust::Trusted,
-            &release,
-            Room::default(),
-            "release",
-            "inv-1",
-        )
-        .unwrap();
+    save(&store, SCOPE, "cargo", Trust::Trusted, &release).unwrap();
 
     // A pull request's build starts from the trusted cache...
     let pr = fresh(t.path(), "pr");
@@ -116,17 +101,7 @@ fn untrusted_jobs_read_the_trusted_cache_but_never_write_it() {
     assert_eq!(read(&pr, "dep.rlib").as_deref(), Some("good"));
     // ...poisons it, and saves.
     fs::write(pr.join("dep.rlib"), "evil").unwrap();
-    let saved = store
-        .save(
-            SCOPE,
-            "cargo",
-            Trust::Untrusted,
-            &pr,
-            Room::default(),
-            "pr",
-            "inv-1",
-        )
-        .unwrap();
+    let saved = save(&store, SCOPE, "cargo", Trust::Untrusted, &pr).unwrap();
     assert_eq!(saved.tier, Tier::Untrusted);
 
     // The next release build does not see it; the next pull request's build does.
@@ -164,17 +139,7 @@ fn a_stored_tree_changed_after_its_save_is_refused_naming_it() {
     let store = Store::new(&t.path().join("state"));
     let job = fresh(t.path(), "job");
     tree(&job, &[("tool/bin/cc", "real compiler")]);
-    let saved = store
-        .save(
-            SCOPE,
-            "cc",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let saved = save(&store, SCOPE, "cc", Trust::Trusted, &job).unwrap();
     let gen = store
         .tier_dir(SCOPE, "cc", Tier::Trusted)
         .join(&saved.generation);
@@ -197,17 +162,7 @@ fn a_cache_over_its_bound_is_not_saved_and_the_previous_one_stays() {
     let store = Store::new(&t.path().join("state"));
     let small = fresh(t.path(), "small");
     tree(&small, &[("a", "1234")]);
-    let first = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &small,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let first = save(&store, SCOPE, "c", Trust::Trusted, &small).unwrap();
     let big = fresh(t.path(), "big");
     tree(&big, &[("a", "1234"), ("b", "5678")]);
     let bound = Room {
@@ -248,31 +203,11 @@ fn a_save_removes_older_generations_and_what_a_dead_save_left() {
     let store = Store::new(&t.path().join("state"));
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
-    let first = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let first = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
     fs::create_dir(dir.join("incoming-deadbeef")).unwrap();
     fs::write(job.join("x"), "2").unwrap();
-    let second = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let second = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     assert_ne!(first.generation, second.generation);
     assert_ne!(first.tree_sha256, second.tree_sha256);
     let mut names: Vec<String> = fs::read_dir(&dir)
@@ -306,17 +241,7 @@ fn a_current_record_naming_anything_but_a_generation_is_refused() {
     let store = Store::new(&t.path().join("state"));
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
-    store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
     let current = fs::read_to_string(dir.join("current")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&current).unwrap();
@@ -337,17 +262,7 @@ fn a_cache_named_scope_and_another_cache_of_its_source_both_save() {
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
     for name in ["other", "scope", "more"] {
-        store
-            .save(
-                SCOPE,
-                name,
-                Trust::Trusted,
-                &job,
-                Room::default(),
-                "build",
-                "inv-1",
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        save(&store, SCOPE, name, Trust::Trusted, &job).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     for name in ["other", "scope", "more"] {
         let dst = fresh(t.path(), &format!("dst-{name}"));
@@ -369,17 +284,7 @@ fn a_tree_as_deep_as_a_copy_descends_is_saved_and_one_level_more_is_not() {
     }
     fs::create_dir_all(&p).unwrap();
     fs::write(p.join("f"), "bottom").unwrap();
-    let saved = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let saved = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     let dst = fresh(t.path(), "dst");
     let got = store
         .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default(), None)
@@ -387,17 +292,7 @@ fn a_tree_as_deep_as_a_copy_descends_is_saved_and_one_level_more_is_not() {
         .unwrap();
     assert_eq!(got.tree_sha256, saved.tree_sha256);
     fs::create_dir(p.join("d")).unwrap();
-    let err = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap_err();
+    let err = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap_err();
     assert!(err.contains("directories deep"), "{err}");
     // The message quotes the job's path only in part.
     assert!(err.len() < 1000, "{} bytes", err.len());
@@ -416,17 +311,7 @@ fn a_generation_a_restore_holds_outlives_the_next_save_and_goes_with_the_one_aft
     let store = Store::new(&t.path().join("state"));
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
-    let first = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let first = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
     // What a restore holds while it copies.
     let held = Flock::lock(
@@ -434,30 +319,10 @@ fn a_generation_a_restore_holds_outlives_the_next_save_and_goes_with_the_one_aft
         FlockArg::LockShared,
     )
     .unwrap();
-    let second = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let second = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     assert!(dir.join(&first.generation).is_dir(), "removed while in use");
     drop(held);
-    let third = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let third = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     for gone in [&first.generation, &second.generation] {
         assert!(!dir.join(gone).exists(), "{gone} left behind");
     }
@@ -476,17 +341,7 @@ fn as_root_a_restored_tree_belongs_to_the_owner_given_entry_by_entry() {
     let job = fresh(t.path(), "job");
     tree(&job, &[("a/b/c", "1"), ("top", "2")]);
     symlink("/etc/passwd", job.join("a/link")).unwrap();
-    store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     let dst = fresh(t.path(), "dst");
     let owner = (4_000_321, 4_000_321);
     store
@@ -538,6 +393,7 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "12345")]);
     let other = "local:file:///src/other";
+    // Saved by a named run, which the listing reports.
     let a = store
         .save(
             SCOPE,
@@ -549,39 +405,9 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
             "inv-7",
         )
         .unwrap();
-    store
-        .save(
-            SCOPE,
-            "cargo",
-            Trust::Untrusted,
-            &job,
-            Room::default(),
-            "pr",
-            "inv-8",
-        )
-        .unwrap();
-    store
-        .save(
-            SCOPE,
-            "npm",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "release",
-            "inv-7",
-        )
-        .unwrap();
-    store
-        .save(
-            other,
-            "cargo",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-9",
-        )
-        .unwrap();
+    save(&store, SCOPE, "cargo", Trust::Untrusted, &job).unwrap();
+    save(&store, SCOPE, "npm", Trust::Trusted, &job).unwrap();
+    save(&store, other, "cargo", Trust::Trusted, &job).unwrap();
     let listed = store.list().unwrap();
     let keys: Vec<(&str, &str, &str)> = listed
         .iter()
@@ -653,17 +479,7 @@ fn list_names_every_saved_cache_and_remove_takes_only_what_it_is_asked() {
         Ok(None)
     );
     // A removed cache saves again as usual.
-    store
-        .save(
-            SCOPE,
-            "cargo",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "release",
-            "inv-10",
-        )
-        .unwrap();
+    save(&store, SCOPE, "cargo", Trust::Trusted, &job).unwrap();
     assert!(store
         .restore(SCOPE, "cargo", Trust::Trusted, &dst, Room::default(), None)
         .unwrap()
@@ -680,17 +496,7 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
     let store = Store::new(&t.path().join("state"));
     let job = fresh(t.path(), "job");
     tree(&job, &[("x", "1")]);
-    let saved = store
-        .save(
-            SCOPE,
-            "c",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv-1",
-        )
-        .unwrap();
+    let saved = save(&store, SCOPE, "c", Trust::Trusted, &job).unwrap();
     let gen = store
         .tier_dir(SCOPE, "c", Tier::Trusted)
         .join(&saved.generation);

@@ -107,7 +107,9 @@ impl JobRun<'_> {
         let configured = configured_room(&self.config.caches);
         for (i, cache) in self.job.spec.caches.iter().enumerate() {
             let saved = store.clone().and_then(|store| {
-                let room = match self.room_on(&store_root(&store)) {
+                // The state directory (made before the job started) is the store's filesystem.
+                let state = store.root().parent().unwrap_or(store.root());
+                let room = match self.room_on(state) {
                     Ok(r) => tighter(configured, r),
                     Err(Stop::Refused(e) | Stop::Runner(e)) => return Err(e),
                 };
@@ -151,16 +153,4 @@ fn shown(message: &str) -> String {
         None => visible,
         Some((cut, _)) => format!("{}… ({} bytes in all)", &visible[..cut], visible.len()),
     }
-}
-
-/// The directory a store keeps its caches in, for the free-space check (created if need be,
-/// so that its filesystem can be asked).
-fn store_root(store: &Store) -> std::path::PathBuf {
-    use std::os::unix::fs::DirBuilderExt;
-    let root = store.root().to_path_buf();
-    let _ = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&root);
-    root
 }
