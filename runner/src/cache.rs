@@ -37,11 +37,14 @@
 //! then, under `read.lock` exclusively (held by restores for moments only), it removes every
 //! other generation that no restore has locked. Whatever a dead save left, and generations
 //! in use at the last save, are removed by the next save of that cache.
+//!
+//! The store as a whole is bounded (`caches.max_total`, `caches.max_unused`): see [`evict`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bulwark_protocol::{CachesConfig, Trust};
 use nix::fcntl::{Flock, FlockArg};
@@ -52,6 +55,10 @@ use crate::disk_reserve::Room;
 use crate::source::{
     copy_whole_tree, copy_whole_tree_from, tree_digest, CopyError, TREE_ALGORITHM,
 };
+
+mod evict;
+pub use evict::{Bounds, Weighed, Why};
+use evict::{Claimed, StoreLock};
 
 /// Where a job's caches live inside its sandbox.
 pub const MOUNT_POINT: &str = "/cache";
@@ -79,6 +86,15 @@ impl Tier {
         match trust {
             Trust::Trusted => Tier::Trusted,
             Trust::Untrusted => Tier::Untrusted,
+        }
+    }
+
+    /// The tiers a save by a job of `trust` may remove caches of to make room: pull requests
+    /// can push each other's caches out, never a trusted one.
+    pub fn removable_by(trust: Trust) -> &'static [Tier] {
+        match trust {
+            Trust::Trusted => &[Tier::Untrusted, Tier::Trusted],
+            Trust::Untrusted => &[Tier::Untrusted],
         }
     }
 
@@ -137,12 +153,29 @@ pub struct Saved {
     pub files: u64,
     /// Bytes of file content.
     pub bytes: u64,
+    /// Other caches removed to make room for it, or because nobody used them for
+    /// `caches.max_unused`.
+    pub removed: usize,
 }
 
 /// The cache store under a state directory.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    bounds: Bounds,
+}
+
+/// What `caches prune` did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Removed (or, in a dry run, would be), each with why.
+    pub removed: Vec<(Weighed, Why)>,
+    /// Would have been removed but were in use.
+    pub busy: Vec<Weighed>,
+    /// Bytes of file contents the store holds afterwards.
+    pub total: u64,
+    /// What could not be removed, and why.
+    pub failed: Vec<String>,
 }
 
 /// The scope key: the first 128 bits of the scope's sha256, in hex (a scope is a URL or a path,
@@ -152,11 +185,17 @@ pub fn scope_key(scope: &str) -> String {
 }
 
 impl Store {
-    /// The store of the state directory `state`.
+    /// The store of the state directory `state`, with the default bounds.
     pub fn new(state: &Path) -> Store {
         Store {
             root: state.join("caches"),
+            bounds: Bounds::of(&CachesConfig::default()),
         }
+    }
+
+    /// This store with other bounds.
+    pub fn with_bounds(self, bounds: Bounds) -> Store {
+        Store { bounds, ..self }
     }
 
     /// Where the caches are kept.
@@ -248,6 +287,11 @@ impl Store {
                     current.tree_sha256,
                 ));
             }
+            // The last use, which `caches.max_unused` and the eviction order go by. Best
+            // effort: a `current` replaced or removed meanwhile has a newer use or none.
+            if let Ok(f) = crate::fsutil::open_regular(&dir.join("current"), true) {
+                let _ = f.set_modified(SystemTime::now());
+            }
             return Ok(Some(Restored {
                 tier,
                 generation: current.generation,
@@ -318,35 +362,80 @@ impl Store {
             }
         };
         let digest = tree_digest(&stats.entries);
+        let discard = |why: String| {
+            let _ = crate::fsutil::remove_tree(&incoming);
+            why
+        };
+        // The tree is on disk before `current` names it: after a crash, `current` names either
+        // the previous generation or a whole new one, never a tree that is partly written.
+        File::open(&incoming)
+            .and_then(|f| nix::unistd::syncfs(&f).map_err(io::Error::from))
+            .map_err(|e| discard(format!("saving into {}: {e}", dir.display())))?;
+        // Room is made and the new generation committed under the store lock, so that two
+        // saves never count the same room twice.
+        let store_lock = StoreLock::take(&self.root).map_err(discard)?;
+        let mut plan = evict::weigh(&self.root, Some(&dir))
+            .and_then(|saved| {
+                evict::plan(
+                    saved,
+                    stats.bytes,
+                    self.bounds,
+                    Tier::removable_by(trust),
+                    SystemTime::now(),
+                )
+            })
+            .map_err(discard)?;
+        for e in plan.unlink() {
+            tracing::warn!("removing a cache from the store: {e}");
+        }
+        if !plan.fits {
+            drop(store_lock);
+            let busy = plan.busy.len();
+            let total = plan.total;
+            finish_removals(plan);
+            return Err(discard(format!(
+                "with it the saved caches would hold {total} bytes, more than caches.max_total \
+                 ({} bytes), and not enough {} could be removed{}",
+                self.bounds.max_total,
+                match trust {
+                    Trust::Trusted => "other caches",
+                    // A pull request's cache never pushes out a trusted one.
+                    Trust::Untrusted => "untrusted caches",
+                },
+                if busy > 0 {
+                    format!(" ({busy} of them in use by running jobs)")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        let removed = plan.removed().count();
+        let generation = format!("gen-{id}");
+        let gen = dir.join(&generation);
+        let placed = fs::rename(&incoming, &gen).and_then(|()| {
+            let current = Current {
+                generation: generation.clone(),
+                tree_sha256: digest.clone(),
+                files: stats.files,
+                bytes: stats.bytes,
+                entries: stats.entries.len() as u64,
+                saved: crate::job::now_rfc3339(),
+                job: job.to_string(),
+                invocation: invocation.to_string(),
+            };
+            let json = serde_json::to_vec(&current).map_err(io::Error::other)?;
+            crate::fsutil::write_atomic(&dir.join("current"), &json)
+        });
+        drop(store_lock);
+        finish_removals(plan);
         let saved = |generation: String, tree_sha256: String| Saved {
             tier,
             generation,
             tree_sha256,
             files: stats.files,
             bytes: stats.bytes,
+            removed,
         };
-        // The tree is on disk before `current` names it: after a crash, `current` names either
-        // the previous generation or a whole new one, never a tree that is partly written.
-        let flushed =
-            File::open(&incoming).and_then(|f| nix::unistd::syncfs(&f).map_err(io::Error::from));
-        let generation = format!("gen-{id}");
-        let gen = dir.join(&generation);
-        let placed = flushed
-            .and_then(|()| fs::rename(&incoming, &gen))
-            .and_then(|()| {
-                let current = Current {
-                    generation: generation.clone(),
-                    tree_sha256: digest.clone(),
-                    files: stats.files,
-                    bytes: stats.bytes,
-                    entries: stats.entries.len() as u64,
-                    saved: crate::job::now_rfc3339(),
-                    job: job.to_string(),
-                    invocation: invocation.to_string(),
-                };
-                let json = serde_json::to_vec(&current).map_err(io::Error::other)?;
-                crate::fsutil::write_atomic(&dir.join("current"), &json)
-            });
         if let Err(e) = placed {
             // `current` replaced is the commit point, and `write_atomic` may fail after its
             // rename (flushing the directory): then the new generation is the one restores
@@ -373,6 +462,59 @@ impl Store {
         }
         Ok(saved(generation, digest))
     }
+
+    /// Removes every cache unused for longer than `caches.max_unused` and then, while the
+    /// store holds more than `caches.max_total`, the least recently used ones (untrusted before
+    /// trusted); a cache in use is kept and listed as busy. `dry_run`: only says what would go.
+    pub fn prune(&self, dry_run: bool) -> Result<Pruned, String> {
+        if !fs::symlink_metadata(&self.root).is_ok_and(|m| m.is_dir()) {
+            // Nothing was ever saved here.
+            return Ok(Pruned::default());
+        }
+        let store_lock = StoreLock::take(&self.root)?;
+        let mut plan = evict::plan(
+            evict::weigh(&self.root, None)?,
+            0,
+            self.bounds,
+            &[Tier::Untrusted, Tier::Trusted],
+            SystemTime::now(),
+        )?;
+        let mut pruned = Pruned {
+            removed: Vec::new(),
+            busy: plan.busy.clone(),
+            total: plan.total,
+            failed: Vec::new(),
+        };
+        if !dry_run {
+            pruned.failed = plan.unlink();
+        }
+        pruned.removed = plan.removed().map(|(w, why)| (w.clone(), why)).collect();
+        drop(store_lock);
+        if !dry_run {
+            pruned.failed.extend(plan.remove_trees());
+        }
+        Ok(pruned)
+    }
+}
+
+/// Deletes the trees of the caches `plan` removed, and says which went.
+fn finish_removals(plan: evict::Plan) {
+    for (w, why) in plan.removed() {
+        tracing::info!(
+            key = %w.key,
+            name = %w.name,
+            tier = w.tier.as_str(),
+            bytes = w.bytes,
+            "cache removed from the store: {}",
+            match why {
+                Why::Unused => "unused for longer than caches.max_unused",
+                Why::Room => "least recently used, to stay within caches.max_total",
+            }
+        );
+    }
+    for e in plan.remove_trees() {
+        tracing::warn!("removing a cache from the store: {e}");
+    }
 }
 
 /// One saved cache as `bulwark caches list` shows it.
@@ -396,6 +538,9 @@ pub struct Listed {
     pub bytes: Option<u64>,
     /// When it was saved (RFC 3339).
     pub saved: Option<String>,
+    /// When it was last saved or restored (RFC 3339): what `caches.max_unused` and the
+    /// eviction order go by.
+    pub used: Option<String>,
     /// The name of the job that saved it.
     pub job: Option<String>,
     /// The invocation id of the run that saved it.
@@ -422,7 +567,7 @@ impl Store {
     /// The store of the state directory `config` names.
     pub fn of(config: &bulwark_protocol::Config) -> Result<Store, String> {
         let dirs = crate::config::Dirs::resolve(config).map_err(|e| format!("{e:#}"))?;
-        Ok(Store::new(&dirs.state))
+        Ok(Store::new(&dirs.state).with_bounds(Bounds::of(&config.caches)))
     }
 
     /// Every cache tier of this store that holds anything, by scope, name and tier.
@@ -478,6 +623,7 @@ impl Store {
                         files: current.as_ref().map(|c| c.files),
                         bytes: current.as_ref().map(|c| c.bytes),
                         saved: current.as_ref().map(|c| c.saved.clone()),
+                        used: current.as_ref().and(last_use(&dir)),
                         job: current.as_ref().map(|c| c.job.clone()),
                         invocation: current
                             .as_ref()
@@ -549,29 +695,12 @@ impl Store {
     }
 }
 
-/// Empties one tier directory: its generations and `current`, under its locks.
+/// Empties one tier directory: its generations and `current`, under its locks, waiting for
+/// a save of it and every restore copying from it.
 fn remove_tier(dir: &Path) -> Result<(), String> {
-    let at = |e: io::Error| format!("{}: {e}", dir.display());
-    let _saving = lock(&dir.join("save.lock"), FlockArg::LockExclusive).map_err(at)?;
-    let _reading = lock(&dir.join("read.lock"), FlockArg::LockExclusive).map_err(at)?;
-    // Every restore still copying from a generation holds it: wait for each.
-    let mut held = Vec::new();
-    for gen in subdirs(dir)? {
-        let fd = crate::fsutil::open_dir(&gen).map_err(|e| format!("{}: {e}", gen.display()))?;
-        let lock = Flock::lock(fd, FlockArg::LockExclusive)
-            .map_err(|(_, e)| format!("{}: {e}", gen.display()))?;
-        held.push((gen, lock));
-    }
-    match fs::remove_file(dir.join("current")) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(at(e)),
-    }
-    crate::fsutil::sync_parent(&dir.join("current")).map_err(at)?;
-    for (gen, _lock) in &held {
-        crate::fsutil::remove_tree(gen).map_err(|e| format!("removing {}: {e}", gen.display()))?;
-    }
-    Ok(())
+    let claimed = Claimed::take(dir, true)?.ok_or_else(|| format!("{}: busy", dir.display()))?;
+    claimed.unlink_current()?;
+    claimed.remove_trees()
 }
 
 impl Listed {
@@ -586,12 +715,21 @@ impl Listed {
             files: None,
             bytes: None,
             saved: None,
+            used: None,
             job: None,
             invocation: None,
             generations: 0,
             problem: Some(problem),
         }
     }
+}
+
+/// When the cache in `dir` was last saved or restored: its `current`'s modification time.
+fn last_use(dir: &Path) -> Option<String> {
+    let modified = fs::symlink_metadata(dir.join("current"))
+        .and_then(|m| m.modified())
+        .ok()?;
+    Some(humantime::format_rfc3339_seconds(modified).to_string())
 }
 
 /// Whether `path` names a generation directory (`gen-<id>`).

@@ -268,6 +268,23 @@ pub enum CachesCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Remove caches no job used for caches.max_unused, then, while the store holds more than
+    /// caches.max_total, the least recently used ones (untrusted before trusted).
+    ///
+    /// Every save does this already; run it from a timer on hosts where caches may sit
+    /// unused. A cache being saved or restored is kept and reported as busy.
+    /// Exit status: 0 done, 2 the configuration or the store could not be read, or a cache
+    /// could not be removed.
+    ///
+    /// Example: bulwark caches prune --dry-run --config /etc/bulwark/config.toml
+    Prune {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Operator configuration (for the state directory and the bounds).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Remove saved caches of one source: a cache found poisoned, or to start afresh.
     ///
     /// Removes every cache of the source named by --scope (its scope as `caches list` prints
@@ -700,7 +717,7 @@ fn caches(cmd: CachesCommand) -> u8 {
                 let key = &c.key;
                 match (&c.generation, &c.problem) {
                     (Some(generation), _) => println!(
-                        "{scope}  (key {key})  {}  {}  {} files  {} bytes  saved {} by {}{}  tree {}  ({generation}{})",
+                        "{scope}  (key {key})  {}  {}  {} files  {} bytes  saved {} by {}{}  used {}  tree {}  ({generation}{})",
                         c.name,
                         c.tier,
                         c.files.unwrap_or(0),
@@ -711,6 +728,7 @@ fn caches(cmd: CachesCommand) -> u8 {
                             .as_deref()
                             .map(|i| format!(" (invocation {i})"))
                             .unwrap_or_default(),
+                        c.used.as_deref().unwrap_or("?"),
                         c.tree_sha256.as_deref().unwrap_or("?"),
                         if c.generations > 1 {
                             format!(
@@ -738,6 +756,59 @@ fn caches(cmd: CachesCommand) -> u8 {
                 eprintln!("bulwark: no build cache is saved in this runner's state directory");
             }
             0
+        }
+        CachesCommand::Prune { dry_run, config } => {
+            let pruned = match store(config.as_deref())
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|s| s.prune(dry_run))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("bulwark: caches prune: {e}");
+                    return 2;
+                }
+            };
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for (w, why) in &pruned.removed {
+                println!(
+                    "{verb} {}  {}  {}  {} bytes  used {}: {}",
+                    w.key,
+                    w.name,
+                    w.tier.as_str(),
+                    w.bytes,
+                    humantime::format_rfc3339_seconds(w.used),
+                    match why {
+                        crate::cache::Why::Unused => "unused for longer than caches.max_unused",
+                        crate::cache::Why::Room => "least recently used, over caches.max_total",
+                    }
+                );
+            }
+            for w in &pruned.busy {
+                println!(
+                    "busy {}  {}  {}: in use by a running job, kept",
+                    w.key,
+                    w.name,
+                    w.tier.as_str()
+                );
+            }
+            for e in &pruned.failed {
+                eprintln!(
+                    "bulwark: caches prune: {}",
+                    crate::daemon::client::printable(e)
+                );
+            }
+            eprintln!(
+                "bulwark: caches prune: {} cache(s) {verb}, {} busy; the store holds {} bytes{}",
+                pruned.removed.len(),
+                pruned.busy.len(),
+                pruned.total,
+                if dry_run { " (after the removals)" } else { "" }
+            );
+            if pruned.failed.is_empty() {
+                0
+            } else {
+                2
+            }
         }
         CachesCommand::Remove {
             scope,

@@ -352,3 +352,103 @@ fn caches_list_shows_a_saved_cache_and_caches_remove_starts_it_afresh() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn the_store_stays_within_max_total_and_caches_prune_applies_a_lower_bound() {
+    let env = Env::new("cache-total");
+    env.write_config_sections("", "[caches]\nmax_size = \"8KiB\"\nmax_total = \"12KiB\"\n");
+    // Two pull-request builds of two other sources (their own scopes), 5000 bytes each.
+    let fill = |src: &str| {
+        fs::create_dir_all(env.dir.join(src)).unwrap();
+        let spec = env.dir.join(format!("{src}.toml"));
+        fs::write(
+            &spec,
+            one_step(
+                "cached",
+                "head -c 5000 /dev/zero > /cache/deps/blob",
+                &format!("[source]\npath = \"{src}\"\n[[caches]]\nname = \"deps\"\n"),
+            ),
+        )
+        .unwrap();
+        let r = env.run_spec(&spec, &format!("out-{src}"));
+        r.assert_code(0);
+        assert!(cache_record(&r)["saved"]["tree_sha256"].is_string(), "{r}");
+        r
+    };
+    let oldest = fill("pr-a");
+    fill("pr-b");
+    let scope_of = |r: &Run| cache_record(r)["scope"].as_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bulwark_tests::bulwark_bin())
+            .arg("caches")
+            .args(args)
+            .arg("--config")
+            .arg(&env.config)
+            .output()
+            .unwrap()
+    };
+    let scopes = || -> Vec<(String, String)> {
+        let listed = cli(&["list", "--json"]);
+        assert!(listed.status.success(), "{listed:?}");
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert!(c["used"].is_string(), "{c}");
+                (
+                    c["scope"].as_str().unwrap().to_string(),
+                    c["tier"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(scopes().len(), 2);
+    // A trusted build of 5000 more: over 12 KiB, so the least recently used pull-request
+    // cache goes to make room.
+    let release = trusted(
+        &env,
+        &format!(
+            "{}\nhead -c 5000 /dev/zero > /cache/deps/blob",
+            read_then_write("v1")
+        ),
+    );
+    release.assert_code(0);
+    assert!(
+        release.stderr.contains("1 other cache(s) removed"),
+        "{release}"
+    );
+    let left = scopes();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        !left.iter().any(|(s, _)| *s == scope_of(&oldest)),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&(scope_of(&release), "trusted".into())),
+        "{left:?}"
+    );
+
+    // The operator lowers the bound: prune takes the untrusted cache, then nothing trusted
+    // is needed; a dry run first removes nothing.
+    env.write_config_sections("", "[caches]\nmax_size = \"6KiB\"\nmax_total = \"6KiB\"\n");
+    let dry = cli(&["prune", "--dry-run"]);
+    assert!(dry.status.success(), "{dry:?}");
+    let said = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        said.starts_with("would remove ") && said.contains("deps  untrusted  5000 bytes"),
+        "{said}"
+    );
+    assert_eq!(scopes().len(), 2);
+    let done = cli(&["prune"]);
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        String::from_utf8_lossy(&done.stdout).starts_with("removed "),
+        "{done:?}"
+    );
+    assert_eq!(scopes(), [(scope_of(&release), "trusted".to_string())]);
+    // The release's cache is whole.
+    let next = trusted(&env, &read_then_write("v2"));
+    assert_eq!(next.value("found"), "v1", "{next}");
+}

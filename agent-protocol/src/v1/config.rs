@@ -62,12 +62,24 @@ pub struct CachesConfig {
     /// Most entries (files, directories, symlinks) a saved cache may hold
     /// (`max_entries = 500000`).
     pub max_entries: u64,
+    /// Most bytes of file contents all saved caches of this host may hold together
+    /// (`max_total = "32GiB"`, at least `max_size`): a save that would go over it first removes
+    /// the least recently used caches it may remove (an untrusted job's save only untrusted
+    /// ones), and is skipped when that is not enough.
+    pub max_total: u64,
+    /// A cache no job has restored or saved for this long is removed by the next save of any
+    /// cache, or by `bulwark caches prune` (`max_unused = "720h"`).
+    pub max_unused: Duration,
 }
 
 /// Default [`CachesConfig::max_size`]: 4 GiB.
 pub const DEFAULT_CACHE_MAX_SIZE: u64 = 4 << 30;
 /// Default [`CachesConfig::max_entries`].
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 500_000;
+/// Default [`CachesConfig::max_total`]: 32 GiB.
+pub const DEFAULT_CACHE_MAX_TOTAL: u64 = 32 << 30;
+/// Default [`CachesConfig::max_unused`]: 30 days.
+pub const DEFAULT_CACHE_MAX_UNUSED: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for CachesConfig {
     fn default() -> Self {
@@ -75,6 +87,8 @@ impl Default for CachesConfig {
             enabled: true,
             max_size: DEFAULT_CACHE_MAX_SIZE,
             max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            max_total: DEFAULT_CACHE_MAX_TOTAL,
+            max_unused: DEFAULT_CACHE_MAX_UNUSED,
         }
     }
 }
@@ -470,6 +484,8 @@ struct RawCaches {
     enabled: Option<bool>,
     max_size: Option<String>,
     max_entries: Option<u64>,
+    max_total: Option<String>,
+    max_unused: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -587,6 +603,31 @@ impl Config {
             None => {}
             Some(0) => errors.push("caches.max_entries", "must be greater than zero"),
             Some(n) => caches.max_entries = n,
+        }
+        match raw.caches.max_total.as_deref().map(parse_size) {
+            None => {}
+            Some(Ok(n)) if n < caches.max_size => errors.push(
+                "caches.max_total",
+                format!(
+                    "{n} bytes is less than caches.max_size ({} bytes): no cache that size \
+                     could be kept; raise it or lower caches.max_size",
+                    caches.max_size
+                ),
+            ),
+            Some(Ok(n)) => caches.max_total = n,
+            Some(Err(e)) => errors.push("caches.max_total", e),
+        }
+        if raw.caches.max_total.is_none() && caches.max_size > caches.max_total {
+            // Only max_size was raised: the default total grows with it.
+            caches.max_total = caches.max_size;
+        }
+        match raw.caches.max_unused.as_deref().map(parse_duration) {
+            None => {}
+            Some(Ok(d)) if d.is_zero() => {
+                errors.push("caches.max_unused", "must be greater than zero")
+            }
+            Some(Ok(d)) => caches.max_unused = d,
+            Some(Err(e)) => errors.push("caches.max_unused", e),
         }
         let config = Config {
             builder_id,
@@ -997,6 +1038,37 @@ runtime_dir = "/run/bulwark-a"
                 .expect("valid max_cpus");
             assert_eq!(config.limits.max_cpus, Some(millis), "{text}");
         }
+    }
+
+    #[test]
+    fn the_cache_store_bounds_are_read_and_checked() {
+        let c = Config::from_toml_str("").expect("valid");
+        assert_eq!(
+            (c.caches.max_total, c.caches.max_unused),
+            (32 << 30, Duration::from_secs(30 * 86400))
+        );
+        let c = Config::from_toml_str("[caches]\nmax_total = \"8GiB\"\nmax_unused = \"48h\"\n")
+            .expect("valid");
+        assert_eq!(
+            (c.caches.max_total, c.caches.max_unused),
+            (8 << 30, Duration::from_secs(48 * 3600))
+        );
+        // Raising only max_size raises the total with it: a cache that size can be kept.
+        let c = Config::from_toml_str("[caches]\nmax_size = \"64GiB\"\n").expect("valid");
+        assert_eq!(c.caches.max_total, 64 << 30);
+        let err = Config::from_toml_str(
+            "[caches]\nmax_size = \"4GiB\"\nmax_total = \"1GiB\"\nmax_unused = \"0s\"\n",
+        )
+        .expect_err("invalid")
+        .to_string();
+        assert!(
+            err.contains("caches.max_total: 1073741824 bytes is less than caches.max_size"),
+            "{err}"
+        );
+        assert!(
+            err.contains("caches.max_unused: must be greater than zero"),
+            "{err}"
+        );
     }
 
     #[test]

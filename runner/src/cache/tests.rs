@@ -523,3 +523,190 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
     );
     assert!(!gen.exists());
 }
+
+/// A store holding at most 100 bytes, forgetting what was unused for a day.
+fn small_store(t: &TempDir) -> Store {
+    Store::new(&t.path().join("state")).with_bounds(Bounds {
+        max_total: 100,
+        max_unused: std::time::Duration::from_secs(86_400),
+    })
+}
+
+/// Saves a cache of `bytes` bytes of `scope` as `name`, by a job of `trust`, last used
+/// `ago_secs` seconds ago.
+fn save_sized(
+    t: &TempDir,
+    store: &Store,
+    scope: &str,
+    trust: Trust,
+    bytes: usize,
+    ago_secs: u64,
+) -> Result<Saved, String> {
+    let job = t
+        .path()
+        .join(format!("job-{}", crate::fsutil::random_hex(4)));
+    fs::create_dir(&job).unwrap();
+    fs::write(job.join("blob"), "x".repeat(bytes)).unwrap();
+    let saved = save(store, scope, "c", trust, &job)?;
+    age(store, scope, Tier::written_by(trust), ago_secs);
+    Ok(saved)
+}
+
+/// Makes the cache `c` of `scope` in `tier` last used `ago_secs` seconds ago.
+fn age(store: &Store, scope: &str, tier: Tier, ago_secs: u64) {
+    let current = store.tier_dir(scope, "c", tier).join("current");
+    File::open(current)
+        .unwrap()
+        .set_modified(SystemTime::now() - std::time::Duration::from_secs(ago_secs))
+        .unwrap();
+}
+
+/// Whether the cache `c` of `scope` holds a saved generation in `tier`.
+fn holds(store: &Store, scope: &str, tier: Tier) -> bool {
+    read_current(&store.tier_dir(scope, "c", tier))
+        .unwrap()
+        .is_some_and(|c| {
+            store
+                .tier_dir(scope, "c", tier)
+                .join(c.generation)
+                .join("blob")
+                .exists()
+        })
+}
+
+#[test]
+fn an_untrusted_save_pushes_out_the_least_recently_used_untrusted_cache_never_a_trusted_one() {
+    let t = TempDir::new("cache-evict-untrusted");
+    let store = small_store(&t);
+    save_sized(&t, &store, "local:a", Trust::Trusted, 40, 300).unwrap();
+    save_sized(&t, &store, "local:b", Trust::Untrusted, 30, 200).unwrap();
+    save_sized(&t, &store, "local:c", Trust::Untrusted, 30, 100).unwrap();
+    // 40 + 30 + 30 + 30 > 100: the oldest untrusted one (b) goes; a is older but trusted.
+    let saved = save_sized(&t, &store, "local:d", Trust::Untrusted, 30, 0).unwrap();
+    assert_eq!(saved.removed, 1);
+    assert!(!holds(&store, "local:b", Tier::Untrusted));
+    assert!(holds(&store, "local:a", Tier::Trusted));
+    assert!(holds(&store, "local:c", Tier::Untrusted));
+    assert!(holds(&store, "local:d", Tier::Untrusted));
+    // 70 more fits only by removing the trusted cache: not saved, and nothing removed for it.
+    let e = save_sized(&t, &store, "local:e", Trust::Untrusted, 70, 0).unwrap_err();
+    assert!(
+        e.contains("more than caches.max_total (100 bytes), and not enough untrusted caches"),
+        "{e}"
+    );
+    for (scope, tier) in [
+        ("local:a", Tier::Trusted),
+        ("local:c", Tier::Untrusted),
+        ("local:d", Tier::Untrusted),
+    ] {
+        assert!(holds(&store, scope, tier), "{scope} was removed");
+    }
+    assert!(!holds(&store, "local:e", Tier::Untrusted));
+    let key_e = store.root().join(scope_key("local:e")).join("c/untrusted");
+    assert!(
+        subdirs(&key_e).unwrap().is_empty(),
+        "the refused save left its tree"
+    );
+}
+
+#[test]
+fn a_trusted_save_pushes_out_untrusted_caches_before_trusted_ones() {
+    let t = TempDir::new("cache-evict-trusted");
+    let store = small_store(&t);
+    save_sized(&t, &store, "local:a", Trust::Trusted, 50, 300).unwrap();
+    save_sized(&t, &store, "local:b", Trust::Untrusted, 40, 10).unwrap();
+    // 50 + 40 + 40 > 100: b goes although a was used longer ago.
+    let saved = save_sized(&t, &store, "local:c", Trust::Trusted, 40, 0).unwrap();
+    assert_eq!(saved.removed, 1);
+    assert!(!holds(&store, "local:b", Tier::Untrusted));
+    assert!(holds(&store, "local:a", Tier::Trusted));
+    // Then the least recently used trusted one, when no untrusted one is left.
+    save_sized(&t, &store, "local:d", Trust::Trusted, 40, 0).unwrap();
+    assert!(!holds(&store, "local:a", Tier::Trusted));
+    assert!(holds(&store, "local:c", Tier::Trusted));
+    assert!(holds(&store, "local:d", Tier::Trusted));
+}
+
+#[test]
+fn a_cache_unused_too_long_goes_with_any_save_unless_a_job_holds_it() {
+    let t = TempDir::new("cache-evict-unused");
+    let store = small_store(&t);
+    save_sized(&t, &store, "local:old", Trust::Trusted, 10, 0).unwrap();
+    let held = save_sized(&t, &store, "local:held", Trust::Untrusted, 10, 0).unwrap();
+    save_sized(&t, &store, "local:recent", Trust::Trusted, 10, 3600).unwrap();
+    age(&store, "local:old", Tier::Trusted, 2 * 86_400);
+    age(&store, "local:held", Tier::Untrusted, 2 * 86_400);
+    // What a restore holds while it copies.
+    let gen = store
+        .tier_dir("local:held", "c", Tier::Untrusted)
+        .join(&held.generation);
+    let lock = Flock::lock(File::open(&gen).unwrap(), FlockArg::LockShared).unwrap();
+    // Time, not trust, decides this: an untrusted job's save removes the unused trusted one.
+    let saved = save_sized(&t, &store, "local:new", Trust::Untrusted, 10, 0).unwrap();
+    assert_eq!(saved.removed, 1);
+    assert!(!holds(&store, "local:old", Tier::Trusted));
+    assert!(holds(&store, "local:held", Tier::Untrusted));
+    assert!(holds(&store, "local:recent", Tier::Trusted));
+    // Once let go, the next weighing takes it.
+    drop(lock);
+    let pruned = store.prune(false).unwrap();
+    assert_eq!(pruned.removed.len(), 1);
+    assert_eq!(pruned.removed[0].1, Why::Unused);
+    assert!(!holds(&store, "local:held", Tier::Untrusted));
+    assert_eq!(pruned.total, 20);
+}
+
+#[test]
+fn a_restore_marks_the_cache_used() {
+    let t = TempDir::new("cache-used");
+    let store = small_store(&t);
+    save_sized(&t, &store, SCOPE, Trust::Trusted, 10, 2 * 86_400).unwrap();
+    let current = store.tier_dir(SCOPE, "c", Tier::Trusted).join("current");
+    let before = fs::metadata(&current).unwrap().modified().unwrap();
+    let dst = fresh(t.path(), "dst");
+    store
+        .restore(SCOPE, "c", Trust::Untrusted, &dst, Room::default(), None)
+        .unwrap()
+        .expect("restored");
+    let after = fs::metadata(&current).unwrap().modified().unwrap();
+    assert!(after > before + std::time::Duration::from_secs(86_400));
+    // So the weighing keeps it.
+    assert!(store.prune(false).unwrap().removed.is_empty());
+    assert!(holds(&store, SCOPE, Tier::Trusted));
+}
+
+#[test]
+fn prune_brings_the_store_within_its_total_and_a_dry_run_removes_nothing() {
+    let t = TempDir::new("cache-prune");
+    let big = Store::new(&t.path().join("state"));
+    save_sized(&t, &big, "local:a", Trust::Trusted, 60, 300).unwrap();
+    save_sized(&t, &big, "local:b", Trust::Trusted, 60, 200).unwrap();
+    save_sized(&t, &big, "local:c", Trust::Untrusted, 10, 100).unwrap();
+    // The bound lowered afterwards (a new configuration): 130 bytes over 100.
+    let store = small_store(&t);
+    let dry = store.prune(true).unwrap();
+    let names = |p: &Pruned| -> Vec<(String, Why)> {
+        p.removed
+            .iter()
+            .map(|(w, why)| (w.tier.as_str().to_string(), *why))
+            .collect()
+    };
+    // Untrusted first (c), then the least recently used trusted (a): 60 bytes left.
+    assert_eq!(
+        names(&dry),
+        [
+            ("untrusted".into(), Why::Room),
+            ("trusted".into(), Why::Room)
+        ]
+    );
+    assert_eq!(dry.total, 60);
+    assert!(holds(&store, "local:a", Tier::Trusted));
+    assert!(holds(&store, "local:c", Tier::Untrusted));
+    let done = store.prune(false).unwrap();
+    assert_eq!(names(&done), names(&dry));
+    assert!(done.failed.is_empty());
+    assert!(!holds(&store, "local:a", Tier::Trusted));
+    assert!(!holds(&store, "local:c", Tier::Untrusted));
+    assert!(holds(&store, "local:b", Tier::Trusted));
+    assert_eq!(store.list().unwrap().len(), 1);
+}
