@@ -38,7 +38,8 @@
 //! other generation that no restore has locked. Whatever a dead save left, and generations
 //! in use at the last save, are removed by the next save of that cache.
 //!
-//! The store as a whole is bounded (`caches.max_total`, `caches.max_unused`): see [`evict`].
+//! The store as a whole is bounded (`caches.max_total`, `caches.max_total_entries`,
+//! `caches.max_unused`): see [`evict`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -57,7 +58,7 @@ use crate::source::{
 };
 
 mod evict;
-pub use evict::{Bounds, Weighed, Why};
+pub use evict::{weight, Bounds, Weighed, Why, ENTRY_CHARGE};
 use evict::{Claimed, StoreLock};
 
 /// Where a job's caches live inside its sandbox.
@@ -172,9 +173,11 @@ pub struct Pruned {
     pub removed: Vec<(Weighed, Why)>,
     /// Would have been removed but were in use.
     pub busy: Vec<Weighed>,
-    /// Bytes of file contents the store holds afterwards.
+    /// What the store weighs afterwards ([`weight`]).
     pub total: u64,
-    /// What could not be removed, and why.
+    /// Its entries.
+    pub total_entries: u64,
+    /// What could not be examined or removed, and why.
     pub failed: Vec<String>,
 }
 
@@ -256,7 +259,12 @@ impl Store {
                     .map_err(|e| format!("{}: {e}", gen.display()))?;
                 (current, gen, in_use)
             };
-            let stats = copy_whole_tree_from(&in_use, dst, room, owner).map_err(|e| {
+            let copied = copy_whole_tree_from(&in_use, dst, room, owner);
+            // A save may have replaced this generation while it was copied, and left it for
+            // whoever holds it last: this restore, when no other one does.
+            drop(in_use);
+            evict::tidy(&dir);
+            let stats = copied.map_err(|e| {
                 if e.is_no_room() {
                     format!(
                         "{}: restoring it would take the job directory's filesystem below \
@@ -374,60 +382,84 @@ impl Store {
         // Room is made and the new generation committed under the store lock, so that two
         // saves never count the same room twice.
         let store_lock = StoreLock::take(&self.root).map_err(discard)?;
-        let mut plan = evict::weigh(&self.root, Some(&dir))
-            .and_then(|saved| {
-                evict::plan(
-                    saved,
-                    stats.bytes,
-                    self.bounds,
-                    Tier::removable_by(trust),
-                    SystemTime::now(),
-                )
+        let weighing = match evict::weigh(&self.root, Some(&dir)) {
+            Ok(w) => w,
+            Err(e) => {
+                drop(store_lock);
+                return Err(discard(e));
+            }
+        };
+        let incoming_entries = stats.entries.len() as u64;
+        let mut plan = evict::plan(
+            weighing.saved,
+            Some(evict::Incoming {
+                trust,
+                bytes: stats.bytes,
+                entries: incoming_entries,
+            }),
+            self.bounds,
+            SystemTime::now(),
+        );
+        for e in weighing.failed.iter().chain(&plan.failed) {
+            tracing::warn!("weighing the cache store: {e}");
+        }
+        let generation = format!("gen-{id}");
+        let gen = dir.join(&generation);
+        let placed = if plan.fits {
+            fs::rename(&incoming, &gen).and_then(|()| {
+                let current = Current {
+                    generation: generation.clone(),
+                    tree_sha256: digest.clone(),
+                    files: stats.files,
+                    bytes: stats.bytes,
+                    entries: incoming_entries,
+                    saved: crate::job::now_rfc3339(),
+                    job: job.to_string(),
+                    invocation: invocation.to_string(),
+                };
+                let json = serde_json::to_vec(&current).map_err(io::Error::other)?;
+                crate::fsutil::write_atomic(&dir.join("current"), &json)
             })
-            .map_err(discard)?;
+        } else {
+            tracing::warn!(
+                dir = %dir.display(),
+                total = plan.total,
+                entries = plan.total_entries,
+                busy = plan.busy.len(),
+                "a cache was not saved: the store is full"
+            );
+            Ok(())
+        };
+        if placed.is_err() {
+            // The room was made for a save that did not happen (unless it did, below): the
+            // caches claimed for it stay.
+            plan.release_all_room();
+        }
+        // Removed only once the save is in: `current` unlinked here, trees deleted below.
         for e in plan.unlink() {
             tracing::warn!("removing a cache from the store: {e}");
         }
-        if !plan.fits {
-            drop(store_lock);
-            let busy = plan.busy.len();
-            let total = plan.total;
-            finish_removals(plan);
+        drop(store_lock);
+        let removed = plan.removed().count();
+        let fits = plan.fits;
+        finish_removals(plan);
+        for untidy in weighing.untidy.iter().take(evict::MAX_CLAIMS) {
+            evict::tidy(untidy);
+        }
+        if !fits {
             return Err(discard(format!(
-                "with it the saved caches would hold {total} bytes, more than caches.max_total \
-                 ({} bytes), and not enough {} could be removed{}",
+                "the build cache store is full: caches.max_total ({} bytes, each cache counted \
+                 as its file contents plus {ENTRY_CHARGE} bytes per entry) or \
+                 caches.max_total_entries ({}) would be passed, and no room could be made {}",
                 self.bounds.max_total,
+                self.bounds.max_total_entries,
                 match trust {
-                    Trust::Trusted => "other caches",
+                    Trust::Trusted => "from untrusted caches or less recently used trusted ones",
                     // A pull request's cache never pushes out a trusted one.
-                    Trust::Untrusted => "untrusted caches",
+                    Trust::Untrusted => "from less recently used untrusted caches",
                 },
-                if busy > 0 {
-                    format!(" ({busy} of them in use by running jobs)")
-                } else {
-                    String::new()
-                }
             )));
         }
-        let removed = plan.removed().count();
-        let generation = format!("gen-{id}");
-        let gen = dir.join(&generation);
-        let placed = fs::rename(&incoming, &gen).and_then(|()| {
-            let current = Current {
-                generation: generation.clone(),
-                tree_sha256: digest.clone(),
-                files: stats.files,
-                bytes: stats.bytes,
-                entries: stats.entries.len() as u64,
-                saved: crate::job::now_rfc3339(),
-                job: job.to_string(),
-                invocation: invocation.to_string(),
-            };
-            let json = serde_json::to_vec(&current).map_err(io::Error::other)?;
-            crate::fsutil::write_atomic(&dir.join("current"), &json)
-        });
-        drop(store_lock);
-        finish_removals(plan);
         let saved = |generation: String, tree_sha256: String| Saved {
             tier,
             generation,
@@ -464,34 +496,35 @@ impl Store {
     }
 
     /// Removes every cache unused for longer than `caches.max_unused` and then, while the
-    /// store holds more than `caches.max_total`, the least recently used ones (untrusted before
-    /// trusted); a cache in use is kept and listed as busy. `dry_run`: only says what would go.
+    /// store is over `caches.max_total` or `caches.max_total_entries`, the least recently used
+    /// ones (untrusted before trusted); a cache in use is kept and listed as busy, and the rest
+    /// go all the same. `dry_run`: only says what would go.
     pub fn prune(&self, dry_run: bool) -> Result<Pruned, String> {
         if !fs::symlink_metadata(&self.root).is_ok_and(|m| m.is_dir()) {
             // Nothing was ever saved here.
             return Ok(Pruned::default());
         }
         let store_lock = StoreLock::take(&self.root)?;
-        let mut plan = evict::plan(
-            evict::weigh(&self.root, None)?,
-            0,
-            self.bounds,
-            &[Tier::Untrusted, Tier::Trusted],
-            SystemTime::now(),
-        )?;
+        let weighing = evict::weigh(&self.root, None)?;
+        let mut plan = evict::plan(weighing.saved, None, self.bounds, SystemTime::now());
         let mut pruned = Pruned {
             removed: Vec::new(),
             busy: plan.busy.clone(),
             total: plan.total,
-            failed: Vec::new(),
+            total_entries: plan.total_entries,
+            failed: weighing.failed,
         };
+        pruned.failed.append(&mut plan.failed);
         if !dry_run {
-            pruned.failed = plan.unlink();
+            pruned.failed.extend(plan.unlink());
         }
         pruned.removed = plan.removed().map(|(w, why)| (w.clone(), why)).collect();
         drop(store_lock);
         if !dry_run {
             pruned.failed.extend(plan.remove_trees());
+            for untidy in &weighing.untidy {
+                evict::tidy(untidy);
+            }
         }
         Ok(pruned)
     }
@@ -762,7 +795,8 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// Removes the generations of `dir` other than `current` that no restore has locked.
+/// Removes the generations of `dir` other than `current` that no restore has locked (the
+/// caller holds `save.lock` and `read.lock`, so none can be locked from now on).
 fn remove_unused_generations(dir: &Path, current: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;

@@ -268,8 +268,9 @@ pub enum CachesCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Remove caches no job used for caches.max_unused, then, while the store holds more than
-    /// caches.max_total, the least recently used ones (untrusted before trusted).
+    /// Remove caches no job used for caches.max_unused, then, while the store is over
+    /// caches.max_total or caches.max_total_entries, the least recently used ones (untrusted
+    /// before trusted).
     ///
     /// Every save does this already; run it from a timer on hosts where caches may sit
     /// unused. A cache being saved or restored is kept and reported as busy.
@@ -798,10 +799,13 @@ fn caches(cmd: CachesCommand) -> u8 {
                 );
             }
             eprintln!(
-                "bulwark: caches prune: {} cache(s) {verb}, {} busy; the store holds {} bytes{}",
+                "bulwark: caches prune: {} cache(s) {verb}, {} busy; the store weighs {} bytes \
+                 (file contents plus {} per entry) in {} entries{}",
                 pruned.removed.len(),
                 pruned.busy.len(),
                 pruned.total,
+                crate::cache::ENTRY_CHARGE,
+                pruned.total_entries,
                 if dry_run { " (after the removals)" } else { "" }
             );
             if pruned.failed.is_empty() {

@@ -62,11 +62,15 @@ pub struct CachesConfig {
     /// Most entries (files, directories, symlinks) a saved cache may hold
     /// (`max_entries = 500000`).
     pub max_entries: u64,
-    /// Most bytes of file contents all saved caches of this host may hold together
-    /// (`max_total = "32GiB"`, at least `max_size`): a save that would go over it first removes
-    /// the least recently used caches it may remove (an untrusted job's save only untrusted
-    /// ones), and is skipped when that is not enough.
+    /// Most bytes all saved caches of this host may hold together (`max_total = "32GiB"`, at
+    /// least `max_size`), each cache counted as its file contents plus 4 KiB per entry: a save
+    /// that would go over it first removes the least recently used caches it may remove (an
+    /// untrusted job's save only untrusted ones), and is skipped when that is not enough.
     pub max_total: u64,
+    /// Most entries all saved caches may hold together (`max_total_entries = 2000000`, at
+    /// least `max_entries`), weighed like `max_total`: what keeps caches of empty files and
+    /// directories from using up the filesystem's inodes.
+    pub max_total_entries: u64,
     /// A cache no job has restored or saved for this long is removed by the next save of any
     /// cache, or by `bulwark caches prune` (`max_unused = "720h"`).
     pub max_unused: Duration,
@@ -78,6 +82,8 @@ pub const DEFAULT_CACHE_MAX_SIZE: u64 = 4 << 30;
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 500_000;
 /// Default [`CachesConfig::max_total`]: 32 GiB.
 pub const DEFAULT_CACHE_MAX_TOTAL: u64 = 32 << 30;
+/// Default [`CachesConfig::max_total_entries`].
+pub const DEFAULT_CACHE_MAX_TOTAL_ENTRIES: u64 = 2_000_000;
 /// Default [`CachesConfig::max_unused`]: 30 days.
 pub const DEFAULT_CACHE_MAX_UNUSED: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -88,6 +94,7 @@ impl Default for CachesConfig {
             max_size: DEFAULT_CACHE_MAX_SIZE,
             max_entries: DEFAULT_CACHE_MAX_ENTRIES,
             max_total: DEFAULT_CACHE_MAX_TOTAL,
+            max_total_entries: DEFAULT_CACHE_MAX_TOTAL_ENTRIES,
             max_unused: DEFAULT_CACHE_MAX_UNUSED,
         }
     }
@@ -485,6 +492,7 @@ struct RawCaches {
     max_size: Option<String>,
     max_entries: Option<u64>,
     max_total: Option<String>,
+    max_total_entries: Option<u64>,
     max_unused: Option<String>,
 }
 
@@ -620,6 +628,21 @@ impl Config {
         if raw.caches.max_total.is_none() && caches.max_size > caches.max_total {
             // Only max_size was raised: the default total grows with it.
             caches.max_total = caches.max_size;
+        }
+        match raw.caches.max_total_entries {
+            None if caches.max_entries > caches.max_total_entries => {
+                caches.max_total_entries = caches.max_entries;
+            }
+            None => {}
+            Some(n) if n < caches.max_entries => errors.push(
+                "caches.max_total_entries",
+                format!(
+                    "{n} is less than caches.max_entries ({}): no cache that large could be \
+                     kept; raise it or lower caches.max_entries",
+                    caches.max_entries
+                ),
+            ),
+            Some(n) => caches.max_total_entries = n,
         }
         match raw.caches.max_unused.as_deref().map(parse_duration) {
             None => {}
@@ -1047,22 +1070,36 @@ runtime_dir = "/run/bulwark-a"
             (c.caches.max_total, c.caches.max_unused),
             (32 << 30, Duration::from_secs(30 * 86400))
         );
-        let c = Config::from_toml_str("[caches]\nmax_total = \"8GiB\"\nmax_unused = \"48h\"\n")
-            .expect("valid");
+        let c = Config::from_toml_str(
+            "[caches]\nmax_total = \"8GiB\"\nmax_total_entries = 600000\nmax_unused = \"48h\"\n",
+        )
+        .expect("valid");
         assert_eq!(
-            (c.caches.max_total, c.caches.max_unused),
-            (8 << 30, Duration::from_secs(48 * 3600))
+            (
+                c.caches.max_total,
+                c.caches.max_total_entries,
+                c.caches.max_unused
+            ),
+            (8 << 30, 600_000, Duration::from_secs(48 * 3600))
         );
         // Raising only max_size raises the total with it: a cache that size can be kept.
-        let c = Config::from_toml_str("[caches]\nmax_size = \"64GiB\"\n").expect("valid");
-        assert_eq!(c.caches.max_total, 64 << 30);
+        let c = Config::from_toml_str("[caches]\nmax_size = \"64GiB\"\nmax_entries = 3000000\n")
+            .expect("valid");
+        assert_eq!(
+            (c.caches.max_total, c.caches.max_total_entries),
+            (64 << 30, 3_000_000)
+        );
         let err = Config::from_toml_str(
-            "[caches]\nmax_size = \"4GiB\"\nmax_total = \"1GiB\"\nmax_unused = \"0s\"\n",
+            "[caches]\nmax_size = \"4GiB\"\nmax_total = \"1GiB\"\nmax_total_entries = 10\nmax_unused = \"0s\"\n",
         )
         .expect_err("invalid")
         .to_string();
         assert!(
             err.contains("caches.max_total: 1073741824 bytes is less than caches.max_size"),
+            "{err}"
+        );
+        assert!(
+            err.contains("caches.max_total_entries: 10 is less than caches.max_entries"),
             "{err}"
         );
         assert!(

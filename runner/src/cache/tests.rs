@@ -524,29 +524,34 @@ fn remove_waits_for_a_restore_copying_from_the_cache() {
     assert!(!gen.exists());
 }
 
-/// A store holding at most 100 bytes, forgetting what was unused for a day.
+/// The unit of the eviction tests' cache sizes: large beside [`ENTRY_CHARGE`].
+const U: usize = 10_000;
+
+/// A store holding at most 100 units and three entries' charge (three one-file caches of 100
+/// units together), forgetting what was unused for a day.
 fn small_store(t: &TempDir) -> Store {
     Store::new(&t.path().join("state")).with_bounds(Bounds {
-        max_total: 100,
+        max_total: (100 * U) as u64 + 3 * ENTRY_CHARGE,
+        max_total_entries: 1000,
         max_unused: std::time::Duration::from_secs(86_400),
     })
 }
 
-/// Saves a cache of `bytes` bytes of `scope` as `name`, by a job of `trust`, last used
-/// `ago_secs` seconds ago.
+/// Saves a cache of one file of `units` × [`U`] bytes of `scope` as `c`, by a job of
+/// `trust`, last used `ago_secs` seconds ago.
 fn save_sized(
     t: &TempDir,
     store: &Store,
     scope: &str,
     trust: Trust,
-    bytes: usize,
+    units: usize,
     ago_secs: u64,
 ) -> Result<Saved, String> {
     let job = t
         .path()
         .join(format!("job-{}", crate::fsutil::random_hex(4)));
     fs::create_dir(&job).unwrap();
-    fs::write(job.join("blob"), "x".repeat(bytes)).unwrap();
+    fs::write(job.join("blob"), "x".repeat(units * U)).unwrap();
     let saved = save(store, scope, "c", trust, &job)?;
     age(store, scope, Tier::written_by(trust), ago_secs);
     Ok(saved)
@@ -574,6 +579,13 @@ fn holds(store: &Store, scope: &str, tier: Tier) -> bool {
         })
 }
 
+/// What a restore holds while it copies from the current generation of `c` in `tier`.
+fn hold(store: &Store, scope: &str, tier: Tier) -> Flock<File> {
+    let dir = store.tier_dir(scope, "c", tier);
+    let gen = dir.join(read_current(&dir).unwrap().unwrap().generation);
+    Flock::lock(File::open(gen).unwrap(), FlockArg::LockShared).unwrap()
+}
+
 #[test]
 fn an_untrusted_save_pushes_out_the_least_recently_used_untrusted_cache_never_a_trusted_one() {
     let t = TempDir::new("cache-evict-untrusted");
@@ -591,9 +603,12 @@ fn an_untrusted_save_pushes_out_the_least_recently_used_untrusted_cache_never_a_
     // 70 more fits only by removing the trusted cache: not saved, and nothing removed for it.
     let e = save_sized(&t, &store, "local:e", Trust::Untrusted, 70, 0).unwrap_err();
     assert!(
-        e.contains("more than caches.max_total (100 bytes), and not enough untrusted caches"),
+        e.contains("the build cache store is full")
+            && e.contains("no room could be made from less recently used untrusted caches"),
         "{e}"
     );
+    // Nothing about the store's contents reaches the job.
+    assert!(!e.contains("busy") && !e.contains("in use"), "{e}");
     for (scope, tier) in [
         ("local:a", Tier::Trusted),
         ("local:c", Tier::Untrusted),
@@ -628,32 +643,117 @@ fn a_trusted_save_pushes_out_untrusted_caches_before_trusted_ones() {
 }
 
 #[test]
+fn untrusted_caches_in_use_never_push_out_a_trusted_one() {
+    let t = TempDir::new("cache-evict-busy-untrusted");
+    let store = small_store(&t);
+    save_sized(&t, &store, "local:release", Trust::Trusted, 40, 300).unwrap();
+    save_sized(&t, &store, "local:pr", Trust::Untrusted, 50, 10).unwrap();
+    // The pull request's cache is being copied into a job: it cannot go now.
+    let held = hold(&store, "local:pr", Tier::Untrusted);
+    // 40 + 50 + 40 > 100, but the trusted caches alone (80) fit: saved, the release's older
+    // cache kept, the store over its bound until the pull request's cache can go.
+    let saved = save_sized(&t, &store, "local:release2", Trust::Trusted, 40, 0).unwrap();
+    assert_eq!(saved.removed, 0);
+    assert!(holds(&store, "local:release", Tier::Trusted));
+    assert!(holds(&store, "local:pr", Tier::Untrusted));
+    drop(held);
+    let pruned = store.prune(false).unwrap();
+    assert_eq!(pruned.removed.len(), 1, "{pruned:?}");
+    assert_eq!(pruned.removed[0].0.tier, Tier::Untrusted);
+    assert!(!holds(&store, "local:pr", Tier::Untrusted));
+    assert!(holds(&store, "local:release", Tier::Trusted));
+}
+
+#[test]
+fn a_cache_of_empty_entries_is_weighed_by_its_entries() {
+    let t = TempDir::new("cache-evict-entries");
+    let store = small_store(&t);
+    // No file contents at all, but 300 directories: 300 entry charges, over the bound.
+    let job = fresh(t.path(), "many");
+    for i in 0..300 {
+        fs::create_dir(job.join(format!("d{i}"))).unwrap();
+    }
+    let e = save(&store, "local:empty", "c", Trust::Untrusted, &job).unwrap_err();
+    assert!(e.contains("the build cache store is full"), "{e}");
+    // And the entry bound alone: 1000 entries at most, 1200 empty files weigh little here.
+    let roomy = Store::new(&t.path().join("state")).with_bounds(Bounds {
+        max_total: u64::MAX,
+        max_total_entries: 1000,
+        max_unused: std::time::Duration::from_secs(86_400),
+    });
+    let job = fresh(t.path(), "files");
+    for i in 0..1200 {
+        fs::write(job.join(format!("f{i}")), "").unwrap();
+    }
+    let e = save(&roomy, "local:files", "c", Trust::Trusted, &job).unwrap_err();
+    assert!(e.contains("caches.max_total_entries (1000)"), "{e}");
+}
+
+#[test]
 fn a_cache_unused_too_long_goes_with_any_save_unless_a_job_holds_it() {
     let t = TempDir::new("cache-evict-unused");
     let store = small_store(&t);
     save_sized(&t, &store, "local:old", Trust::Trusted, 10, 0).unwrap();
-    let held = save_sized(&t, &store, "local:held", Trust::Untrusted, 10, 0).unwrap();
+    save_sized(&t, &store, "local:held", Trust::Untrusted, 10, 0).unwrap();
     save_sized(&t, &store, "local:recent", Trust::Trusted, 10, 3600).unwrap();
     age(&store, "local:old", Tier::Trusted, 2 * 86_400);
     age(&store, "local:held", Tier::Untrusted, 2 * 86_400);
-    // What a restore holds while it copies.
-    let gen = store
-        .tier_dir("local:held", "c", Tier::Untrusted)
-        .join(&held.generation);
-    let lock = Flock::lock(File::open(&gen).unwrap(), FlockArg::LockShared).unwrap();
+    let lock = hold(&store, "local:held", Tier::Untrusted);
     // Time, not trust, decides this: an untrusted job's save removes the unused trusted one.
     let saved = save_sized(&t, &store, "local:new", Trust::Untrusted, 10, 0).unwrap();
     assert_eq!(saved.removed, 1);
     assert!(!holds(&store, "local:old", Tier::Trusted));
     assert!(holds(&store, "local:held", Tier::Untrusted));
     assert!(holds(&store, "local:recent", Tier::Trusted));
+    // Under a tighter bound, listed once as busy, though both unused and in the way: the
+    // room is made from what is not in use.
+    let tight = Store::new(&t.path().join("state")).with_bounds(Bounds {
+        max_total: (25 * U) as u64 + 3 * ENTRY_CHARGE,
+        max_total_entries: 1000,
+        max_unused: std::time::Duration::from_secs(86_400),
+    });
+    let dry = tight.prune(true).unwrap();
+    assert_eq!(dry.busy.len(), 1, "{dry:?}");
+    assert_eq!(dry.removed.len(), 1, "{dry:?}");
+    assert_eq!(
+        (dry.removed[0].0.key.as_str(), dry.removed[0].1),
+        (scope_key("local:new").as_str(), Why::Room)
+    );
     // Once let go, the next weighing takes it.
     drop(lock);
     let pruned = store.prune(false).unwrap();
     assert_eq!(pruned.removed.len(), 1);
     assert_eq!(pruned.removed[0].1, Why::Unused);
     assert!(!holds(&store, "local:held", Tier::Untrusted));
-    assert_eq!(pruned.total, 20);
+    assert_eq!(
+        (pruned.total, pruned.total_entries),
+        (weight(2 * U as u64 * 10, 2), 2)
+    );
+}
+
+#[test]
+fn a_generation_left_for_a_restore_goes_when_it_is_let_go() {
+    let t = TempDir::new("cache-evict-leftover");
+    let store = small_store(&t);
+    save_sized(&t, &store, SCOPE, Trust::Trusted, 10, 0).unwrap();
+    let dir = store.tier_dir(SCOPE, "c", Tier::Trusted);
+    let held = hold(&store, SCOPE, Tier::Trusted);
+    save_sized(&t, &store, SCOPE, Trust::Trusted, 20, 0).unwrap();
+    let generations = || subdirs(&dir).unwrap().len();
+    assert_eq!(generations(), 2, "the held generation was removed");
+    drop(held);
+    // The next restore of the cache (any weighing, too) removes what nobody holds.
+    let dst = fresh(t.path(), "dst");
+    store
+        .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default(), None)
+        .unwrap()
+        .expect("restored");
+    assert_eq!(generations(), 1);
+    // A dead save's `incoming-*` in another tier goes with a weighing.
+    fs::create_dir_all(dir.join("incoming-dead/sub")).unwrap();
+    store.prune(false).unwrap();
+    assert_eq!(generations(), 1);
+    assert!(!dir.join("incoming-dead").exists());
 }
 
 #[test]
@@ -676,14 +776,20 @@ fn a_restore_marks_the_cache_used() {
 }
 
 #[test]
-fn prune_brings_the_store_within_its_total_and_a_dry_run_removes_nothing() {
+fn prune_removes_what_it_can_past_caches_in_use_and_a_dry_run_removes_nothing() {
     let t = TempDir::new("cache-prune");
     let big = Store::new(&t.path().join("state"));
     save_sized(&t, &big, "local:a", Trust::Trusted, 60, 300).unwrap();
     save_sized(&t, &big, "local:b", Trust::Trusted, 60, 200).unwrap();
     save_sized(&t, &big, "local:c", Trust::Untrusted, 10, 100).unwrap();
-    // The bound lowered afterwards (a new configuration): 130 bytes over 100.
+    save_sized(&t, &big, "local:d", Trust::Untrusted, 50, 50).unwrap();
+    // The bound lowered afterwards (a new configuration): 180 units over 100.
     let store = small_store(&t);
+    // d and b are in use: prune removes what it can, though that does not reach the bound.
+    let held = (
+        hold(&store, "local:d", Tier::Untrusted),
+        hold(&store, "local:b", Tier::Trusted),
+    );
     let dry = store.prune(true).unwrap();
     let names = |p: &Pruned| -> Vec<(String, Why)> {
         p.removed
@@ -691,7 +797,7 @@ fn prune_brings_the_store_within_its_total_and_a_dry_run_removes_nothing() {
             .map(|(w, why)| (w.tier.as_str().to_string(), *why))
             .collect()
     };
-    // Untrusted first (c), then the least recently used trusted (a): 60 bytes left.
+    // Untrusted first (c; d is busy), then the least recently used trusted (a).
     assert_eq!(
         names(&dry),
         [
@@ -699,7 +805,8 @@ fn prune_brings_the_store_within_its_total_and_a_dry_run_removes_nothing() {
             ("trusted".into(), Why::Room)
         ]
     );
-    assert_eq!(dry.total, 60);
+    assert_eq!(dry.busy.len(), 2);
+    assert_eq!(dry.total, weight(110 * U as u64, 2));
     assert!(holds(&store, "local:a", Tier::Trusted));
     assert!(holds(&store, "local:c", Tier::Untrusted));
     let done = store.prune(false).unwrap();
@@ -708,5 +815,12 @@ fn prune_brings_the_store_within_its_total_and_a_dry_run_removes_nothing() {
     assert!(!holds(&store, "local:a", Tier::Trusted));
     assert!(!holds(&store, "local:c", Tier::Untrusted));
     assert!(holds(&store, "local:b", Tier::Trusted));
+    assert!(holds(&store, "local:d", Tier::Untrusted));
+    // Let go, the least recently used untrusted one goes too.
+    drop(held);
+    assert_eq!(
+        names(&store.prune(false).unwrap()),
+        [("untrusted".into(), Why::Room)]
+    );
     assert_eq!(store.list().unwrap().len(), 1);
 }

@@ -124,22 +124,16 @@ impl JobRun<'_> {
                 )
             });
             let record = match saved {
-                Ok(s) => {
-                    if s.removed > 0 && !self.args.quiet {
-                        eprintln!(
-                            "bulwark: cache {}: {} other cache(s) removed from this host's store \
-                             to keep it within caches.max_total and caches.max_unused",
-                            cache.name, s.removed
-                        );
-                    }
-                    json!({
+                // Which other caches a save pushed out is the operator's business (the
+                // runner's log says), not the job's: it would tell a pull request about other
+                // projects' builds.
+                Ok(s) => json!({
                     "tier": s.tier.as_str(),
                     "generation": s.generation,
                     "tree_sha256": s.tree_sha256,
                     "files": s.files,
                     "bytes": s.bytes,
-                    })
-                }
+                }),
                 Err(e) => {
                     let why = format!("not saved (an earlier save stays): {}", shown(&e));
                     eprintln!("bulwark: warning: cache {}: {why}", cache.name);
