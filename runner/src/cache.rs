@@ -59,7 +59,7 @@ use crate::source::{
 
 mod evict;
 pub use evict::{weight, Bounds, Weighed, Why, ENTRY_CHARGE};
-use evict::{Claimed, StoreLock};
+use evict::{Claimed, Purpose, StoreLock, Trash};
 
 /// Where a job's caches live inside its sandbox.
 pub const MOUNT_POINT: &str = "/cache";
@@ -249,6 +249,11 @@ impl Store {
                     continue;
                 };
                 let gen = dir.join(&current.generation);
+                // The last use, which `caches.max_unused` and the eviction order go by, set
+                // before the copy so that no weighing meanwhile takes this cache for unused.
+                if let Ok(f) = crate::fsutil::open_regular(&dir.join("current"), true) {
+                    let _ = f.set_modified(SystemTime::now());
+                }
                 // Locked before `read.lock` is let go: a save that replaces `current` from
                 // here on, or `bulwark caches remove`, leaves this generation alone until the
                 // copy, which reads through this very descriptor, is done.
@@ -263,7 +268,11 @@ impl Store {
             // A save may have replaced this generation while it was copied, and left it for
             // whoever holds it last: this restore, when no other one does.
             drop(in_use);
-            evict::tidy(&dir);
+            let mut trash = Trash::new(&self.root);
+            evict::tidy(&dir, &mut trash);
+            for e in trash.empty() {
+                tracing::debug!("{e}");
+            }
             let stats = copied.map_err(|e| {
                 if e.is_no_room() {
                     format!(
@@ -294,11 +303,6 @@ impl Store {
                     gen.display(),
                     current.tree_sha256,
                 ));
-            }
-            // The last use, which `caches.max_unused` and the eviction order go by. Best
-            // effort: a `current` replaced or removed meanwhile has a newer use or none.
-            if let Ok(f) = crate::fsutil::open_regular(&dir.join("current"), true) {
-                let _ = f.set_modified(SystemTime::now());
             }
             return Ok(Some(Restored {
                 tier,
@@ -343,12 +347,21 @@ impl Store {
         }
         let _saving = lock(&dir.join("save.lock"), FlockArg::LockExclusive)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        remove_entries(&dir, |n| n.starts_with("incoming-"))?;
+        let mut trash = Trash::new(&self.root);
+        // What a dead save, or a restore of an older generation, left.
+        evict::tidy(&dir, &mut trash);
         let id = crate::fsutil::random_hex(8);
         let incoming = dir.join(format!("incoming-{id}"));
-        fs::DirBuilder::new()
+        // Locked from its creation until `current` names it, so that no tidying (another
+        // process's restore or weighing) takes it meanwhile.
+        let building = fs::DirBuilder::new()
             .mode(0o700)
             .create(&incoming)
+            .and_then(|()| crate::fsutil::open_dir(&incoming))
+            .and_then(|fd| {
+                Flock::lock(fd, FlockArg::LockExclusiveNonblock)
+                    .map_err(|(_, e)| io::Error::from(e))
+            })
             .map_err(|e| format!("creating {}: {e}", incoming.display()))?;
         let stats = match copy_whole_tree(src, &incoming, room, None) {
             Ok(stats) => stats,
@@ -389,30 +402,29 @@ impl Store {
                 return Err(discard(e));
             }
         };
-        let incoming_entries = stats.entries.len() as u64;
+        let entries = stats.entries.len() as u64;
+        let incoming_cache = evict::Incoming {
+            trust,
+            bytes: stats.bytes,
+            entries,
+        };
         let mut plan = evict::plan(
             weighing.saved,
-            Some(evict::Incoming {
-                trust,
-                bytes: stats.bytes,
-                entries: incoming_entries,
-            }),
+            Purpose::Save(incoming_cache),
             self.bounds,
             SystemTime::now(),
+            &mut trash,
         );
-        for e in weighing.failed.iter().chain(&plan.failed) {
-            tracing::warn!("weighing the cache store: {e}");
-        }
         let generation = format!("gen-{id}");
         let gen = dir.join(&generation);
-        let placed = if plan.fits {
+        let placed = plan.fits.then(|| {
             fs::rename(&incoming, &gen).and_then(|()| {
                 let current = Current {
                     generation: generation.clone(),
                     tree_sha256: digest.clone(),
                     files: stats.files,
                     bytes: stats.bytes,
-                    entries: incoming_entries,
+                    entries,
                     saved: crate::job::now_rfc3339(),
                     job: job.to_string(),
                     invocation: invocation.to_string(),
@@ -420,45 +432,28 @@ impl Store {
                 let json = serde_json::to_vec(&current).map_err(io::Error::other)?;
                 crate::fsutil::write_atomic(&dir.join("current"), &json)
             })
-        } else {
-            tracing::warn!(
-                dir = %dir.display(),
-                total = plan.total,
-                entries = plan.total_entries,
-                busy = plan.busy.len(),
-                "a cache was not saved: the store is full"
-            );
-            Ok(())
+        });
+        // `current` replaced is the commit point, and `write_atomic` may fail after its rename
+        // (flushing the directory): then the new generation is the one restores take.
+        let committed = match &placed {
+            Some(Ok(())) => true,
+            Some(Err(_)) => {
+                matches!(read_current(&dir), Ok(Some(c)) if c.generation == generation)
+            }
+            None => false,
         };
-        if placed.is_err() {
-            // The room was made for a save that did not happen (unless it did, below): the
-            // caches claimed for it stay.
-            plan.release_all_room();
-        }
-        // Removed only once the save is in: `current` unlinked here, trees deleted below.
-        for e in plan.unlink() {
-            tracing::warn!("removing a cache from the store: {e}");
+        if committed {
+            plan.remove_chosen(&mut trash);
         }
         drop(store_lock);
-        let removed = plan.removed().count();
-        let fits = plan.fits;
-        finish_removals(plan);
-        for untidy in weighing.untidy.iter().take(evict::MAX_CLAIMS) {
-            evict::tidy(untidy);
+        drop(building);
+        let removed = plan.removed.len();
+        report_weighing(&plan, &weighing.failed);
+        for untidy in &weighing.untidy {
+            evict::tidy(untidy, &mut trash);
         }
-        if !fits {
-            return Err(discard(format!(
-                "the build cache store is full: caches.max_total ({} bytes, each cache counted \
-                 as its file contents plus {ENTRY_CHARGE} bytes per entry) or \
-                 caches.max_total_entries ({}) would be passed, and no room could be made {}",
-                self.bounds.max_total,
-                self.bounds.max_total_entries,
-                match trust {
-                    Trust::Trusted => "from untrusted caches or less recently used trusted ones",
-                    // A pull request's cache never pushes out a trusted one.
-                    Trust::Untrusted => "from less recently used untrusted caches",
-                },
-            )));
+        for e in trash.empty() {
+            tracing::debug!("{e}");
         }
         let saved = |generation: String, tree_sha256: String| Saved {
             tier,
@@ -468,85 +463,115 @@ impl Store {
             bytes: stats.bytes,
             removed,
         };
-        if let Err(e) = placed {
-            // `current` replaced is the commit point, and `write_atomic` may fail after its
-            // rename (flushing the directory): then the new generation is the one restores
-            // take. Only when `current` is known to name another is it removed; when that
-            // cannot be told, it stays (the next save removes it if it is not current).
-            let _ = crate::fsutil::remove_tree(&incoming);
-            match read_current(&dir) {
-                Ok(Some(c)) if c.generation == generation => {
-                    tracing::warn!(dir = %dir.display(), "cache saved, but flushing its record failed: {e}");
-                    return Ok(saved(generation, digest));
-                }
-                Ok(_) => {
+        match placed {
+            None => {
+                return Err(discard(format!(
+                    "the build cache store is full: caches.max_total ({} bytes, each cache \
+                     counted as its file contents plus {ENTRY_CHARGE} bytes per entry) or \
+                     caches.max_total_entries ({}) would be passed, and no room could be made \
+                     {}",
+                    self.bounds.max_total,
+                    self.bounds.max_total_entries,
+                    match trust {
+                        Trust::Trusted =>
+                            "from untrusted caches or less recently used trusted ones",
+                        // A pull request's cache never pushes out a trusted one.
+                        Trust::Untrusted => "from less recently used untrusted caches",
+                    },
+                )));
+            }
+            Some(Err(e)) if committed => {
+                tracing::warn!(dir = %dir.display(), "cache saved, but flushing its record failed: {e}");
+            }
+            Some(Err(e)) => {
+                // Only when `current` is known to name another is the new tree removed; when
+                // that cannot be told, it stays (a later tidying removes it if it is not
+                // current).
+                let _ = crate::fsutil::remove_tree(&incoming);
+                if matches!(read_current(&dir), Ok(Some(_)) | Ok(None)) {
                     let _ = crate::fsutil::remove_tree(&gen);
                 }
-                Err(_) => {}
+                return Err(format!("saving into {}: {e}", dir.display()));
             }
-            return Err(format!("saving into {}: {e}", dir.display()));
+            Some(Ok(())) => {}
         }
-        // Older generations go once no restore has them locked; those in use stay for a later
-        // save to remove. `read.lock` is held by restores only while they lock a generation.
-        match lock(&dir.join("read.lock"), FlockArg::LockExclusive) {
-            Ok(_writing) => remove_unused_generations(&dir, &generation),
-            Err(e) => tracing::warn!(dir = %dir.display(), "cache read lock: {e}"),
+        // Older generations go once no restore has them locked; those in use stay for the
+        // last restore holding them, or a later weighing, to remove.
+        let mut trash = Trash::new(&self.root);
+        evict::tidy(&dir, &mut trash);
+        for e in trash.empty() {
+            tracing::debug!("{e}");
         }
         Ok(saved(generation, digest))
     }
 
-    /// Removes every cache unused for longer than `caches.max_unused` and then, while the
-    /// store is over `caches.max_total` or `caches.max_total_entries`, the least recently used
-    /// ones (untrusted before trusted); a cache in use is kept and listed as busy, and the rest
-    /// go all the same. `dry_run`: only says what would go.
+    /// Removes every cache unused for longer than `caches.max_unused`; then, while the trusted
+    /// caches are over `caches.max_total` or `caches.max_total_entries`, the least recently
+    /// used trusted ones; then, while the whole store is, the least recently used untrusted
+    /// ones. A cache in use is kept and listed as busy, and the rest go all the same.
+    /// `dry_run`: only says what would go.
     pub fn prune(&self, dry_run: bool) -> Result<Pruned, String> {
         if !fs::symlink_metadata(&self.root).is_ok_and(|m| m.is_dir()) {
             // Nothing was ever saved here.
             return Ok(Pruned::default());
         }
+        let mut trash = Trash::new(&self.root);
         let store_lock = StoreLock::take(&self.root)?;
         let weighing = evict::weigh(&self.root, None)?;
-        let mut plan = evict::plan(weighing.saved, None, self.bounds, SystemTime::now());
-        let mut pruned = Pruned {
-            removed: Vec::new(),
-            busy: plan.busy.clone(),
+        let plan = evict::plan(
+            weighing.saved,
+            Purpose::Prune { dry_run },
+            self.bounds,
+            SystemTime::now(),
+            &mut trash,
+        );
+        drop(store_lock);
+        let mut failed = weighing.failed;
+        failed.extend(plan.failed);
+        if !dry_run {
+            for untidy in &weighing.untidy {
+                evict::tidy(untidy, &mut trash);
+            }
+            failed.extend(trash.empty());
+            Trash::empty_leftovers(&self.root);
+        }
+        Ok(Pruned {
+            removed: if dry_run { plan.chosen } else { plan.removed },
+            busy: plan.busy,
             total: plan.total,
             total_entries: plan.total_entries,
-            failed: weighing.failed,
-        };
-        pruned.failed.append(&mut plan.failed);
-        if !dry_run {
-            pruned.failed.extend(plan.unlink());
-        }
-        pruned.removed = plan.removed().map(|(w, why)| (w.clone(), why)).collect();
-        drop(store_lock);
-        if !dry_run {
-            pruned.failed.extend(plan.remove_trees());
-            for untidy in &weighing.untidy {
-                evict::tidy(untidy);
-            }
-        }
-        Ok(pruned)
+            failed,
+        })
     }
 }
 
-/// Deletes the trees of the caches `plan` removed, and says which went.
-fn finish_removals(plan: evict::Plan) {
-    for (w, why) in plan.removed() {
+/// Tells the operator's log which caches a save's weighing removed, and that some could not
+/// be examined. Other scopes are named at the info and debug levels only: at the default
+/// level the runner's stderr may be shown to whoever submitted the job.
+fn report_weighing(plan: &evict::Plan, weighing_failed: &[String]) {
+    for (w, why) in &plan.removed {
         tracing::info!(
             key = %w.key,
             name = %w.name,
             tier = w.tier.as_str(),
             bytes = w.bytes,
+            entries = w.entries,
             "cache removed from the store: {}",
             match why {
                 Why::Unused => "unused for longer than caches.max_unused",
-                Why::Room => "least recently used, to stay within caches.max_total",
+                Why::Room => "least recently used, to stay within the store's bounds",
             }
         );
     }
-    for e in plan.remove_trees() {
-        tracing::warn!("removing a cache from the store: {e}");
+    let failed = weighing_failed.len() + plan.failed.len();
+    if failed > 0 {
+        tracing::warn!(
+            "{failed} cache(s) of this host's store could not be examined or removed; \
+             `bulwark caches prune` names them"
+        );
+        for e in weighing_failed.iter().chain(&plan.failed) {
+            tracing::debug!("{e}");
+        }
     }
 }
 
@@ -720,7 +745,7 @@ impl Store {
                 done.push(Removal {
                     name: name.clone(),
                     tier,
-                    result: remove_tier(&dir),
+                    result: remove_tier(&self.root, &dir),
                 });
             }
         }
@@ -729,11 +754,17 @@ impl Store {
 }
 
 /// Empties one tier directory: its generations and `current`, under its locks, waiting for
-/// a save of it and every restore copying from it.
-fn remove_tier(dir: &Path) -> Result<(), String> {
+/// a save of it and every restore copying from it; the trees are deleted after the locks go.
+fn remove_tier(root: &Path, dir: &Path) -> Result<(), String> {
     let claimed = Claimed::take(dir, true)?.ok_or_else(|| format!("{}: busy", dir.display()))?;
-    claimed.unlink_current()?;
-    claimed.remove_trees()
+    let mut trash = Trash::new(root);
+    let discarded = claimed.discard(&mut trash);
+    let failed = trash.empty();
+    discarded?;
+    match failed.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 impl Listed {
@@ -793,30 +824,6 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, String> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Removes the generations of `dir` other than `current` that no restore has locked (the
-/// caller holds `save.lock` and `read.lock`, so none can be locked from now on).
-fn remove_unused_generations(dir: &Path, current: &str) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with("gen-") || name == current {
-            continue;
-        }
-        let path = entry.path();
-        let unused = crate::fsutil::open_dir(&path)
-            .ok()
-            .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok());
-        if let Some(_held) = unused {
-            if let Err(e) = crate::fsutil::remove_tree(&path) {
-                tracing::warn!(path = %path.display(), "removing an older cache generation: {e}");
-            }
-        }
-    }
 }
 
 /// The smaller of two bounds, each field alone.
@@ -880,20 +887,6 @@ fn read_current(dir: &Path) -> Result<Option<Current>, String> {
         ));
     }
     Ok(Some(current))
-}
-
-/// Removes the entries of `dir` whose names `remove` picks.
-fn remove_entries(dir: &Path, remove: impl Fn(&str) -> bool) -> Result<(), String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
-        let name = entry.file_name();
-        if name.to_str().is_some_and(&remove) {
-            crate::fsutil::remove_tree(&entry.path())
-                .map_err(|e| format!("removing {}: {e}", entry.path().display()))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

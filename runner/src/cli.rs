@@ -268,9 +268,9 @@ pub enum CachesCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Remove caches no job used for caches.max_unused, then, while the store is over
-    /// caches.max_total or caches.max_total_entries, the least recently used ones (untrusted
-    /// before trusted).
+    /// Remove caches no job used for caches.max_unused; then, while the trusted caches alone
+    /// are over caches.max_total or caches.max_total_entries, the least recently used trusted
+    /// ones; then, while the whole store is, the least recently used untrusted ones.
     ///
     /// Every save does this already; run it from a timer on hosts where caches may sit
     /// unused. A cache being saved or restored is kept and reported as busy.

@@ -356,7 +356,10 @@ fn caches_list_shows_a_saved_cache_and_caches_remove_starts_it_afresh() {
 #[test]
 fn the_store_stays_within_max_total_and_caches_prune_applies_a_lower_bound() {
     let env = Env::new("cache-total");
-    env.write_config_sections("", "[caches]\nmax_size = \"8KiB\"\nmax_total = \"24KiB\"\n");
+    env.write_config_sections(
+        "",
+        "[caches]\nmax_size = \"8KiB\"\nmax_entries = 2\nmax_total = \"24KiB\"\n",
+    );
     // Two pull-request builds of two other sources (their own scopes), 5000 bytes in one file
     // each: each weighs 5000 + 4096 (its one entry).
     let fill = |src: &str| {
@@ -431,7 +434,10 @@ fn the_store_stays_within_max_total_and_caches_prune_applies_a_lower_bound() {
 
     // The operator lowers the bound: prune takes the untrusted cache, then nothing trusted
     // is needed; a dry run first removes nothing.
-    env.write_config_sections("", "[caches]\nmax_size = \"6KiB\"\nmax_total = \"16KiB\"\n");
+    env.write_config_sections(
+        "",
+        "[caches]\nmax_size = \"6KiB\"\nmax_entries = 2\nmax_total = \"16KiB\"\n",
+    );
     let dry = cli(&["prune", "--dry-run"]);
     assert!(dry.status.success(), "{dry:?}");
     let said = String::from_utf8_lossy(&dry.stdout).into_owned();

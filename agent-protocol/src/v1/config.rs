@@ -63,9 +63,10 @@ pub struct CachesConfig {
     /// (`max_entries = 500000`).
     pub max_entries: u64,
     /// Most bytes all saved caches of this host may hold together (`max_total = "32GiB"`, at
-    /// least `max_size`), each cache counted as its file contents plus 4 KiB per entry: a save
-    /// that would go over it first removes the least recently used caches it may remove (an
-    /// untrusted job's save only untrusted ones), and is skipped when that is not enough.
+    /// least `max_size` plus [`CACHE_ENTRY_CHARGE`] for each of `max_entries`), each cache
+    /// counted as its file contents plus [`CACHE_ENTRY_CHARGE`] per entry: a save that would go
+    /// over it first removes the least recently used caches it may remove (an untrusted job's
+    /// save only untrusted ones), and is skipped when that is not enough.
     pub max_total: u64,
     /// Most entries all saved caches may hold together (`max_total_entries = 2000000`, at
     /// least `max_entries`), weighed like `max_total`: what keeps caches of empty files and
@@ -82,6 +83,10 @@ pub const DEFAULT_CACHE_MAX_SIZE: u64 = 4 << 30;
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 500_000;
 /// Default [`CachesConfig::max_total`]: 32 GiB.
 pub const DEFAULT_CACHE_MAX_TOTAL: u64 = 32 << 30;
+/// What each entry (file, directory, symlink) of a saved cache counts for toward
+/// [`CachesConfig::max_total`], on top of file contents: a block and an inode, near enough.
+pub const CACHE_ENTRY_CHARGE: u64 = 4096;
+
 /// Default [`CachesConfig::max_total_entries`].
 pub const DEFAULT_CACHE_MAX_TOTAL_ENTRIES: u64 = 2_000_000;
 /// Default [`CachesConfig::max_unused`]: 30 days.
@@ -612,22 +617,27 @@ impl Config {
             Some(0) => errors.push("caches.max_entries", "must be greater than zero"),
             Some(n) => caches.max_entries = n,
         }
+        // The heaviest cache the per-cache limits let through must fit in the store.
+        let largest = caches
+            .max_size
+            .saturating_add(caches.max_entries.saturating_mul(CACHE_ENTRY_CHARGE));
         match raw.caches.max_total.as_deref().map(parse_size) {
+            None if largest > caches.max_total => {
+                // Only the per-cache limits were raised: the default total grows with them.
+                caches.max_total = largest;
+            }
             None => {}
-            Some(Ok(n)) if n < caches.max_size => errors.push(
+            Some(Ok(n)) if n < largest => errors.push(
                 "caches.max_total",
                 format!(
-                    "{n} bytes is less than caches.max_size ({} bytes): no cache that size \
-                     could be kept; raise it or lower caches.max_size",
-                    caches.max_size
+                    "{n} bytes is less than the largest cache caches.max_size and \
+                     caches.max_entries allow ({largest} bytes: its size plus \
+                     {CACHE_ENTRY_CHARGE} per entry), which could then never be kept; raise \
+                     it or lower those"
                 ),
             ),
             Some(Ok(n)) => caches.max_total = n,
             Some(Err(e)) => errors.push("caches.max_total", e),
-        }
-        if raw.caches.max_total.is_none() && caches.max_size > caches.max_total {
-            // Only max_size was raised: the default total grows with it.
-            caches.max_total = caches.max_size;
         }
         match raw.caches.max_total_entries {
             None if caches.max_entries > caches.max_total_entries => {
@@ -1087,7 +1097,7 @@ runtime_dir = "/run/bulwark-a"
             .expect("valid");
         assert_eq!(
             (c.caches.max_total, c.caches.max_total_entries),
-            (64 << 30, 3_000_000)
+            ((64 << 30) + 3_000_000 * CACHE_ENTRY_CHARGE, 3_000_000)
         );
         let err = Config::from_toml_str(
             "[caches]\nmax_size = \"4GiB\"\nmax_total = \"1GiB\"\nmax_total_entries = 10\nmax_unused = \"0s\"\n",
@@ -1095,7 +1105,7 @@ runtime_dir = "/run/bulwark-a"
         .expect_err("invalid")
         .to_string();
         assert!(
-            err.contains("caches.max_total: 1073741824 bytes is less than caches.max_size"),
+            err.contains("caches.max_total: 1073741824 bytes is less than the largest cache"),
             "{err}"
         );
         assert!(

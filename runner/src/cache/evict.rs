@@ -14,48 +14,52 @@
 //! - **When.** Every save weighs the store before it commits, and `bulwark caches prune` does
 //!   the same on demand. The weighing and the commit happen under the store's one lock
 //!   (`.store.lock`), so two saves never count the same room twice.
-//! - **What goes first.** Caches unused for longer than `max_unused` (last use: the mtime of
-//!   their `current`, set by every save and every restore), whatever their tier. Then, while
-//!   the store is over its bounds, the least recently used untrusted caches. A trusted job's
-//!   save then removes trusted caches only while the trusted caches alone, its own included,
-//!   are over the bounds: untrusted bytes that could not be removed (in use right now) never
-//!   push out a release's cache, they make the store go over until the next weighing. An
-//!   untrusted job's save never removes a trusted cache for room. A save that still does not
-//!   fit is not made, and nothing is removed for it.
-//! - **Never what is in use.** A tier is claimed for removal only with non-blocking locks on
-//!   its `save.lock`, its `read.lock` and every generation: a cache being saved or copied into
-//!   a job right now is skipped. A claimed tier loses its `current` under the store lock (so
-//!   it is no longer counted, and no restore finds it), and its trees are deleted after the
-//!   lock is let go. At most [`MAX_CLAIMS`] tiers are claimed per weighing.
+//! - **What goes.** Caches unused for longer than `max_unused` (last use: the mtime of their
+//!   `current`, set by every save and every restore), whatever their tier. Then, for a trusted
+//!   job's save (or `prune`), the least recently used trusted caches while the trusted caches
+//!   alone, the incoming one included, are over the bounds; then the least recently used
+//!   untrusted caches while the whole store is. So an untrusted job's save never removes a
+//!   trusted cache for room, and untrusted caches that cannot be removed right now (in use)
+//!   never push out a trusted one: they keep the store over its bounds until a later
+//!   weighing removes them. A save that still does not fit is not made, and nothing is
+//!   removed for it: the caches it would push out are only chosen (each checked free) before
+//!   the commit, and removed after it.
+//! - **Never what is in use.** A tier is removed only with non-blocking locks on its
+//!   `save.lock`, its `read.lock` and every generation: a cache being saved or copied into a
+//!   job right now is skipped. Under those locks its `current` is unlinked and its trees
+//!   renamed into `.trash/` (same filesystem), then the locks go at once; the trees are
+//!   deleted after the store lock is let go. No weighing holds more than one tier's locks
+//!   at a time, however many caches it removes.
 //! - **Leftovers.** A generation a restore held when a newer one was saved, and what an
-//!   interrupted save or removal left, are not weighed; each weighing lists the tiers that
-//!   have some, and [`tidy`] removes them once nothing holds them (as every restore does for
-//!   its own tier when its copy is done). What is uncounted at any time is at most the
-//!   generations that running restores still copy from.
+//!   interrupted save or removal left, are not weighed: [`tidy`] takes them out once nothing
+//!   holds them, as every restore does for its tier when its copy is done, and every
+//!   weighing for the tiers it finds them in. A save holds a lock on its new tree from its
+//!   creation until `current` names it, so no tidying takes a tree being saved.
 //!
 //! What stays: a removed tier's directory and lock files (as with `caches remove`), a few
-//! inodes per scope.
+//! inodes per cache name.
 
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use bulwark_protocol::Trust;
 use nix::fcntl::{Flock, FlockArg};
 
-use super::{lock, read_current, remove_entries, remove_unused_generations, subdirs, Tier};
+use super::{lock, read_current, subdirs, Tier};
 
 /// The store lock's file, in the store's root.
 const STORE_LOCK: &str = ".store.lock";
 
+/// Where removed trees wait to be deleted, in the store's root.
+const TRASH: &str = ".trash";
+
 /// What each entry of a cache counts for, in bytes, on top of file contents: a directory's
 /// block, a file's last partial block, an inode.
-pub const ENTRY_CHARGE: u64 = 4096;
-
-/// Most tiers one weighing claims (each claim holds three descriptors or more until its trees
-/// are deleted); the rest wait for the next weighing.
-pub const MAX_CLAIMS: usize = 128;
+pub const ENTRY_CHARGE: u64 = bulwark_protocol::CACHE_ENTRY_CHARGE;
 
 /// A cache's weight: bytes of file contents plus [`ENTRY_CHARGE`] per entry.
 pub fn weight(bytes: u64, entries: u64) -> u64 {
@@ -108,36 +112,52 @@ pub struct Weighed {
 pub enum Why {
     /// Unused for longer than `max_unused`.
     Unused,
-    /// Least recently used, while the store was over `max_total`.
+    /// Least recently used, while the store was over its bounds.
     Room,
 }
 
-/// What one weighing decided.
-#[derive(Debug, Default)]
-pub struct Plan {
-    /// Claimed for removal, each with why.
-    claimed: Vec<(Weighed, Why, Claimed)>,
-    /// Would have been removed but was in use (or could not be locked; said in `failed`).
-    pub busy: Vec<Weighed>,
-    /// What the store weighs once the claimed caches are gone, the incoming one included.
-    pub total: u64,
-    /// Its entries, likewise.
-    pub total_entries: u64,
-    /// Whether the incoming cache may be saved (see [`plan`]).
-    pub fits: bool,
-    /// Tiers that could not be examined or claimed, and why.
-    pub failed: Vec<String>,
+/// What a weighing is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose {
+    /// Making room for a cache about to be saved: the caches it pushes out are chosen, and
+    /// removed by [`Plan::remove_chosen`] once it is saved.
+    Save(Incoming),
+    /// `caches prune`: removed at once (`dry_run`: only chosen).
+    Prune {
+        /// Only say what would go.
+        dry_run: bool,
+    },
 }
 
 /// The cache a weighing makes room for.
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming {
     /// Who saves it.
-    pub trust: bulwark_protocol::Trust,
+    pub trust: Trust,
     /// Bytes of file contents.
     pub bytes: u64,
     /// Entries.
     pub entries: u64,
+}
+
+/// What one weighing decided and did.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Removed, each with why.
+    pub removed: Vec<(Weighed, Why)>,
+    /// Chosen to go (for a save: once it is made; in a dry run: what would go), with why.
+    pub chosen: Vec<(Weighed, Why)>,
+    /// Would have gone but was in use.
+    pub busy: Vec<Weighed>,
+    /// What the store weighs once the removed and chosen caches are gone, the incoming one
+    /// included.
+    pub total: u64,
+    /// Its entries, likewise.
+    pub total_entries: u64,
+    /// Whether the incoming cache may be saved.
+    pub fits: bool,
+    /// Tiers that could not be examined or removed, and why.
+    pub failed: Vec<String>,
 }
 
 /// A tier locked for removal: no save, restore or copy holds it.
@@ -146,12 +166,12 @@ pub(super) struct Claimed {
     dir: PathBuf,
     _saving: Flock<File>,
     _reading: Flock<File>,
-    generations: Vec<(PathBuf, Flock<OwnedFd>)>,
+    held: Vec<(PathBuf, Flock<OwnedFd>)>,
 }
 
 impl Claimed {
-    /// Locks `dir` for removal: its save and read locks and every generation, exclusively.
-    /// `wait`: waits for each holder; otherwise `Ok(None)` as soon as one is held.
+    /// Locks `dir` for removal: its save and read locks and every generation (and leftover),
+    /// exclusively. `wait`: waits for each holder; otherwise `Ok(None)` as soon as one is held.
     pub(super) fn take(dir: &Path, wait: bool) -> Result<Option<Claimed>, String> {
         let how = if wait {
             FlockArg::LockExclusive
@@ -170,26 +190,27 @@ impl Claimed {
             Err(e) if busy(&e) => return Ok(None),
             Err(e) => return Err(at(e)),
         };
-        let mut generations = Vec::new();
-        for gen in subdirs(dir)? {
-            let locked = crate::fsutil::open_dir(&gen)
+        let mut held = Vec::new();
+        for tree in subdirs(dir)? {
+            let locked = crate::fsutil::open_dir(&tree)
                 .and_then(|fd| Flock::lock(fd, how).map_err(|(_, e)| io::Error::from(e)));
             match locked {
-                Ok(l) => generations.push((gen, l)),
+                Ok(l) => held.push((tree, l)),
                 Err(e) if busy(&e) => return Ok(None),
-                Err(e) => return Err(format!("{}: {e}", gen.display())),
+                Err(e) => return Err(format!("{}: {e}", tree.display())),
             }
         }
         Ok(Some(Claimed {
             dir: dir.to_path_buf(),
             _saving: saving,
             _reading: reading,
-            generations,
+            held,
         }))
     }
 
-    /// Unlinks `current`: from now on no restore finds this tier, and no weighing counts it.
-    pub(super) fn unlink_current(&self) -> Result<(), String> {
+    /// Unlinks `current` (from now on no restore finds this tier, and no weighing counts it)
+    /// and moves every tree into `trash`; then lets the locks go.
+    pub(super) fn discard(self, trash: &mut Trash) -> Result<(), String> {
         let current = self.dir.join("current");
         let at = |e: io::Error| format!("{}: {e}", self.dir.display());
         match fs::remove_file(&current) {
@@ -197,16 +218,68 @@ impl Claimed {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(at(e)),
         }
-        crate::fsutil::sync_parent(&current).map_err(at)
-    }
-
-    /// Deletes every generation, then lets the locks go.
-    pub(super) fn remove_trees(self) -> Result<(), String> {
-        for (gen, _held) in &self.generations {
-            crate::fsutil::remove_tree(gen)
-                .map_err(|e| format!("removing {}: {e}", gen.display()))?;
+        crate::fsutil::sync_parent(&current).map_err(at)?;
+        for (tree, _held) in &self.held {
+            trash
+                .take(tree)
+                .map_err(|e| format!("moving {} out: {e}", tree.display()))?;
         }
         Ok(())
+    }
+}
+
+/// Trees taken out of the store, to be deleted once no lock is held: renamed into `.trash/`
+/// under the tier's locks (quick), deleted by [`Trash::empty`] after they are let go (as slow
+/// as the tree is large).
+#[derive(Debug)]
+pub(super) struct Trash {
+    dir: PathBuf,
+    moved: Vec<PathBuf>,
+}
+
+impl Trash {
+    /// The trash of the store at `root`.
+    pub(super) fn new(root: &Path) -> Trash {
+        Trash {
+            dir: root.join(TRASH),
+            moved: Vec::new(),
+        }
+    }
+
+    /// Moves `tree` (in the store) into the trash.
+    pub(super) fn take(&mut self, tree: &Path) -> io::Result<()> {
+        match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let to = self.dir.join(crate::fsutil::random_hex(8));
+        fs::rename(tree, &to)?;
+        self.moved.push(to);
+        Ok(())
+    }
+
+    /// Deletes what was moved in; returns what could not be.
+    pub(super) fn empty(self) -> Vec<String> {
+        self.moved
+            .iter()
+            .filter_map(|t| {
+                crate::fsutil::remove_tree(t)
+                    .err()
+                    .map(|e| format!("removing {}: {e}", t.display()))
+            })
+            .collect()
+    }
+
+    /// Deletes what a process that died left in the trash of the store at `root` (each entry
+    /// tried once; one that another process is deleting right now may fail: skipped).
+    pub(super) fn empty_leftovers(root: &Path) {
+        let Ok(entries) = fs::read_dir(root.join(TRASH)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let _ = crate::fsutil::remove_tree(&entry.path());
+        }
     }
 }
 
@@ -232,7 +305,7 @@ pub(super) struct Weighing {
 }
 
 /// Every tier of the store at `root` with a readable `current`, but `except`; and every tier
-/// with a generation its `current` does not name, or a save's leftover `incoming-*`.
+/// with a tree its `current` does not name (a generation, or a save's `incoming-*`).
 pub(super) fn weigh(root: &Path, except: Option<&Path>) -> Result<Weighing, String> {
     let mut out = Weighing::default();
     for key_dir in subdirs(root)? {
@@ -302,7 +375,11 @@ struct Sum {
 }
 
 impl Sum {
-    fn add(&mut self, bytes: u64, entries: u64) {
+    fn add(&mut self, w: &Weighed) {
+        self.add_raw(w.bytes, w.entries);
+    }
+
+    fn add_raw(&mut self, bytes: u64, entries: u64) {
         self.weight = self.weight.saturating_add(weight(bytes, entries));
         self.entries = self.entries.saturating_add(entries);
     }
@@ -317,102 +394,132 @@ impl Sum {
     }
 }
 
-/// Decides, under the store lock, what goes (see the module's docs): every cache unused for
-/// longer than `max_unused`; then, while the store is over its bounds, the least recently used
-/// untrusted caches; then, for a trusted `incoming` (or for `prune`, `incoming` `None`), the
-/// least recently used trusted caches while the trusted ones alone are over. Each is claimed
-/// without waiting (one in use is listed as busy and kept). For a save, `fits` says whether
-/// the incoming cache may be made, and when it may not, only the unused caches stay claimed.
+/// What became of one tier a weighing wanted gone.
+enum Outcome {
+    /// Removed now.
+    Removed,
+    /// Free now, chosen to go later (or, in a dry run, would go).
+    Chosen,
+    /// In use (or its locks failed: said in `failed`).
+    Kept,
+}
+
+/// Decides, under the store lock, what goes (see the module's docs) and removes what goes at
+/// once: caches unused for longer than `max_unused` always; the others only for `prune`.
+/// For a save, the caches it would push out are chosen (each checked free now) and `fits`
+/// says whether it may be made; when it may not, none is chosen.
 pub(super) fn plan(
     saved: Vec<Weighed>,
-    incoming: Option<Incoming>,
+    purpose: Purpose,
     bounds: Bounds,
     now: SystemTime,
+    trash: &mut Trash,
 ) -> Plan {
     let mut plan = Plan::default();
-    let claim = |plan: &mut Plan, w: Weighed, why: Why| -> Option<Weighed> {
-        if plan.claimed.len() >= MAX_CLAIMS {
-            return Some(w);
-        }
-        match Claimed::take(&w.dir, false) {
-            Ok(Some(c)) => {
-                plan.claimed.push((w, why, c));
-                None
-            }
-            Ok(None) => Some(w),
+    let dry_run = matches!(purpose, Purpose::Prune { dry_run: true });
+    let remove_now = |plan: &mut Plan, trash: &mut Trash, w: &Weighed, at_once: bool| {
+        let claimed = match Claimed::take(&w.dir, false) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Outcome::Kept,
             Err(e) => {
                 plan.failed.push(e);
-                Some(w)
+                return Outcome::Kept;
+            }
+        };
+        if !at_once {
+            return Outcome::Chosen;
+        }
+        match claimed.discard(trash) {
+            Ok(()) => Outcome::Removed,
+            Err(e) => {
+                plan.failed.push(e);
+                Outcome::Kept
             }
         }
     };
     let mut kept = Vec::new();
+    let mut all = Sum::default();
+    let mut trusted = Sum::default();
     for w in saved {
         let unused = now.duration_since(w.used).unwrap_or_default() > bounds.max_unused;
         if !unused {
             kept.push(w);
-        } else if let Some(w) = claim(&mut plan, w, Why::Unused) {
-            // Expired but held: counted, and left for the next weighing.
-            plan.busy.push(w);
+            continue;
+        }
+        match remove_now(&mut plan, trash, &w, !dry_run) {
+            Outcome::Removed => plan.removed.push((w, Why::Unused)),
+            Outcome::Chosen => plan.chosen.push((w, Why::Unused)),
+            Outcome::Kept => {
+                // Expired but held: counted, and left for a later weighing.
+                all.add(&w);
+                if w.tier == Tier::Trusted {
+                    trusted.add(&w);
+                }
+                plan.busy.push(w);
+            }
         }
     }
-    let mut all = Sum::default();
-    let mut trusted = Sum::default();
-    if let Some(i) = incoming {
-        all.add(i.bytes, i.entries);
-        if i.trust == bulwark_protocol::Trust::Trusted {
-            trusted.add(i.bytes, i.entries);
+    if let Purpose::Save(i) = purpose {
+        all.add_raw(i.bytes, i.entries);
+        if i.trust == Trust::Trusted {
+            trusted.add_raw(i.bytes, i.entries);
         }
     }
-    for w in kept.iter().chain(&plan.busy) {
-        all.add(w.bytes, w.entries);
+    for w in &kept {
+        all.add(w);
         if w.tier == Tier::Trusted {
-            trusted.add(w.bytes, w.entries);
+            trusted.add(w);
         }
     }
-    let first_for_room = plan.claimed.len();
-    // Least recently used first.
+    // Least recently used first; trusted caches only for a trusted save or `prune`, and only
+    // while the trusted ones alone are over.
     kept.sort_by_key(|w| w.used);
     let (untrusted, trusted_kept): (Vec<Weighed>, Vec<Weighed>) =
         kept.into_iter().partition(|w| w.tier == Tier::Untrusted);
-    for w in untrusted {
-        if !all.over(bounds) {
-            break;
+    let trusted_may_go = match purpose {
+        Purpose::Save(i) => i.trust == Trust::Trusted,
+        Purpose::Prune { .. } => true,
+    };
+    let at_once = matches!(purpose, Purpose::Prune { dry_run: false });
+    let first_chosen = plan.chosen.len();
+    let candidates = trusted_may_go
+        .then_some(trusted_kept)
+        .into_iter()
+        .flatten()
+        .map(|w| (w, true))
+        .chain(untrusted.into_iter().map(|w| (w, false)));
+    for (w, is_trusted) in candidates {
+        let over = if is_trusted {
+            trusted.over(bounds)
+        } else {
+            all.over(bounds)
+        };
+        if !over {
+            continue;
         }
-        let removed = w.clone();
-        match claim(&mut plan, w, Why::Room) {
-            None => all.sub(&removed),
-            Some(w) => plan.busy.push(w),
+        let outcome = remove_now(&mut plan, trash, &w, at_once);
+        if matches!(outcome, Outcome::Kept) {
+            plan.busy.push(w);
+            continue;
+        }
+        all.sub(&w);
+        if is_trusted {
+            trusted.sub(&w);
+        }
+        match outcome {
+            Outcome::Removed => plan.removed.push((w, Why::Room)),
+            _ => plan.chosen.push((w, Why::Room)),
         }
     }
-    let trusted_may_go = incoming.is_none_or(|i| i.trust == bulwark_protocol::Trust::Trusted);
-    if trusted_may_go {
-        for w in trusted_kept {
-            // A save goes by the trusted caches alone, `prune` by the whole store.
-            let over = match incoming {
-                Some(_) => trusted.over(bounds),
-                None => all.over(bounds),
-            };
-            if !over {
-                break;
-            }
-            let removed = w.clone();
-            match claim(&mut plan, w, Why::Room) {
-                None => {
-                    all.sub(&removed);
-                    trusted.sub(&removed);
-                }
-                Some(w) => plan.busy.push(w),
-            }
-        }
-    }
-    plan.fits = match incoming {
-        Some(i) if i.trust == bulwark_protocol::Trust::Trusted => !trusted.over(bounds),
+    plan.fits = match purpose {
+        Purpose::Save(i) if i.trust == Trust::Trusted => !trusted.over(bounds),
         _ => !all.over(bounds),
     };
-    if incoming.is_some() && !plan.fits {
+    if matches!(purpose, Purpose::Save(_)) && !plan.fits {
         // Nothing is removed for a cache that will not be saved.
-        plan.release_room(first_for_room, &mut all);
+        for (w, _) in plan.chosen.drain(first_chosen..) {
+            all.add(&w);
+        }
     }
     plan.total = all.weight;
     plan.total_entries = all.entries;
@@ -420,64 +527,63 @@ pub(super) fn plan(
 }
 
 impl Plan {
-    /// The caches claimed, each with why.
-    pub fn removed(&self) -> impl Iterator<Item = (&Weighed, Why)> {
-        self.claimed.iter().map(|(w, why, _)| (w, *why))
-    }
-
-    /// Lets go of the claims made for room (from `first` on), counting them again.
-    fn release_room(&mut self, first: usize, all: &mut Sum) {
-        for (w, _, _) in self.claimed.drain(first..) {
-            all.add(w.bytes, w.entries);
-        }
-    }
-
-    /// Lets go of every claim made for room: the save they were for did not happen.
-    pub(super) fn release_all_room(&mut self) {
-        self.claimed.retain(|(_, why, _)| *why == Why::Unused);
-    }
-
-    /// Unlinks each claimed tier's `current` (still under the store lock); a tier whose
-    /// `current` cannot be unlinked is let go and named in the error list.
-    pub(super) fn unlink(&mut self) -> Vec<String> {
-        let mut failed = Vec::new();
-        self.claimed.retain(|(w, _, c)| match c.unlink_current() {
-            Ok(()) => true,
-            Err(e) => {
-                failed.push(format!("{}: {e}", w.dir.display()));
-                false
+    /// Removes the caches chosen for a save that was made (each if still free: one in use by
+    /// now stays, and the store is over its bounds until a later weighing).
+    pub(super) fn remove_chosen(&mut self, trash: &mut Trash) {
+        for (w, why) in std::mem::take(&mut self.chosen) {
+            let removed = match Claimed::take(&w.dir, false) {
+                Ok(Some(c)) => c.discard(trash).map_err(|e| self.failed.push(e)).is_ok(),
+                Ok(None) => false,
+                Err(e) => {
+                    self.failed.push(e);
+                    false
+                }
+            };
+            if removed {
+                self.removed.push((w, why));
+            } else {
+                self.total = self.total.saturating_add(weight(w.bytes, w.entries));
+                self.total_entries = self.total_entries.saturating_add(w.entries);
+                self.busy.push(w);
             }
-        });
-        failed
-    }
-
-    /// Deletes the claimed tiers' trees (after the store lock is let go).
-    pub(super) fn remove_trees(self) -> Vec<String> {
-        self.claimed
-            .into_iter()
-            .filter_map(|(_, _, c)| c.remove_trees().err())
-            .collect()
+        }
     }
 }
 
-/// Removes what a tier holds beside the generation its `current` names (generations a restore
-/// held at the last save, what an interrupted save or removal left), unless a save, a restore
-/// or `caches remove` is at it (then the one that is removes it, or the next weighing).
-/// Best effort: what cannot be removed now stays for later.
-pub(super) fn tidy(dir: &Path) {
-    let (Ok(_saving), Ok(_reading)) = (
-        lock(&dir.join("save.lock"), FlockArg::LockExclusiveNonblock),
-        lock(&dir.join("read.lock"), FlockArg::LockExclusiveNonblock),
-    ) else {
+/// Takes out of a tier what it holds beside the generation its `current` names: generations
+/// a restore held at the last save, what an interrupted save or removal left. Each tree goes
+/// only when an exclusive lock on it is free now: a restore copying from it, or a save
+/// writing it (which holds its tree locked until `current` names it), keeps it; `read.lock`
+/// is held meanwhile, so no restore starts on one. Waits only for `read.lock`, which
+/// everything but `caches remove` holds for moments.
+pub(super) fn tidy(dir: &Path, trash: &mut Trash) {
+    let Ok(_reading) = lock(&dir.join("read.lock"), FlockArg::LockExclusive) else {
         return;
     };
     let Ok(current) = read_current(dir) else {
         return;
     };
     let named = current.map(|c| c.generation).unwrap_or_default();
-    // `save.lock` is held: no save is writing an `incoming-*`.
-    if let Err(e) = remove_entries(dir, |n| n.starts_with("incoming-")) {
-        tracing::warn!("removing a cache leftover: {e}");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let leftover =
+            name.starts_with("incoming-") || (name.starts_with("gen-") && *name != *named);
+        if !leftover {
+            continue;
+        }
+        let path = entry.path();
+        let Some(_held) = crate::fsutil::open_dir(&path)
+            .ok()
+            .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok())
+        else {
+            continue;
+        };
+        if let Err(e) = trash.take(&path) {
+            tracing::debug!(path = %path.display(), "moving a cache leftover out: {e}");
+        }
     }
-    remove_unused_generations(dir, &named);
 }

@@ -656,6 +656,10 @@ fn untrusted_caches_in_use_never_push_out_a_trusted_one() {
     assert_eq!(saved.removed, 0);
     assert!(holds(&store, "local:release", Tier::Trusted));
     assert!(holds(&store, "local:pr", Tier::Untrusted));
+    // Nor does a prune while it is still in use.
+    let pruned = store.prune(false).unwrap();
+    assert!(pruned.removed.is_empty(), "{pruned:?}");
+    assert_eq!(pruned.busy.len(), 1);
     drop(held);
     let pruned = store.prune(false).unwrap();
     assert_eq!(pruned.removed.len(), 1, "{pruned:?}");
@@ -742,18 +746,65 @@ fn a_generation_left_for_a_restore_goes_when_it_is_let_go() {
     let generations = || subdirs(&dir).unwrap().len();
     assert_eq!(generations(), 2, "the held generation was removed");
     drop(held);
-    // The next restore of the cache (any weighing, too) removes what nobody holds.
+    // A save of the cache in progress right now (holding `save.lock`, writing its tree, which
+    // it holds locked until `current` names it) does not stop the next restore of the cache
+    // from removing what nobody holds, and keeps its own tree.
+    let saving = lock(&dir.join("save.lock"), FlockArg::LockExclusive).unwrap();
+    fs::create_dir_all(dir.join("incoming-live/sub")).unwrap();
+    let building = Flock::lock(
+        File::open(dir.join("incoming-live")).unwrap(),
+        FlockArg::LockExclusive,
+    )
+    .unwrap();
     let dst = fresh(t.path(), "dst");
     store
         .restore(SCOPE, "c", Trust::Trusted, &dst, Room::default(), None)
         .unwrap()
         .expect("restored");
-    assert_eq!(generations(), 1);
-    // A dead save's `incoming-*` in another tier goes with a weighing.
-    fs::create_dir_all(dir.join("incoming-dead/sub")).unwrap();
+    assert_eq!(generations(), 2, "one generation and the save's tree");
+    assert!(dir.join("incoming-live/sub").exists());
+    // What a save that died left goes with a weighing.
+    drop((saving, building));
     store.prune(false).unwrap();
     assert_eq!(generations(), 1);
-    assert!(!dir.join("incoming-dead").exists());
+    assert!(!dir.join("incoming-live").exists());
+}
+
+#[test]
+fn a_trusted_save_makes_room_however_many_small_caches_it_takes() {
+    let t = TempDir::new("cache-evict-many");
+    let one = weight(1, 1);
+    let store = Store::new(&t.path().join("state")).with_bounds(Bounds {
+        max_total: 150 * one + 100,
+        max_total_entries: 10_000,
+        max_unused: std::time::Duration::from_secs(86_400),
+    });
+    for i in 0..150 {
+        let job = fresh(t.path(), &format!("pr-{i}"));
+        fs::write(job.join("blob"), "x").unwrap();
+        save(
+            &store,
+            &format!("local:pr-{i}"),
+            "c",
+            Trust::Untrusted,
+            &job,
+        )
+        .unwrap();
+    }
+    // 131 one-byte caches must go for it.
+    let job = fresh(t.path(), "release");
+    fs::write(job.join("blob"), "x".repeat(130 * one as usize)).unwrap();
+    let saved = save(&store, "local:release", "c", Trust::Trusted, &job).unwrap();
+    assert_eq!(saved.removed, 131);
+    let listed = store.list().unwrap();
+    let total: u64 = listed.iter().map(|c| weight(c.bytes.unwrap(), 1)).sum();
+    assert!(total <= 150 * one + 100, "{total}");
+    assert_eq!(listed.len(), 20);
+    // Nothing is left in the trash.
+    assert_eq!(
+        fs::read_dir(store.root().join(".trash")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -785,42 +836,42 @@ fn prune_removes_what_it_can_past_caches_in_use_and_a_dry_run_removes_nothing() 
     save_sized(&t, &big, "local:d", Trust::Untrusted, 50, 50).unwrap();
     // The bound lowered afterwards (a new configuration): 180 units over 100.
     let store = small_store(&t);
-    // d and b are in use: prune removes what it can, though that does not reach the bound.
+    // a (the oldest trusted) and d are in use: prune removes what it can, past them, though
+    // that does not bring the store within its bound.
     let held = (
+        hold(&store, "local:a", Tier::Trusted),
         hold(&store, "local:d", Tier::Untrusted),
-        hold(&store, "local:b", Tier::Trusted),
     );
     let dry = store.prune(true).unwrap();
     let names = |p: &Pruned| -> Vec<(String, Why)> {
         p.removed
             .iter()
-            .map(|(w, why)| (w.tier.as_str().to_string(), *why))
+            .map(|(w, why)| (w.key.clone(), *why))
             .collect()
     };
-    // Untrusted first (c; d is busy), then the least recently used trusted (a).
+    let key = |s: &str| scope_key(s);
+    // The least recently used free trusted one while the trusted ones alone are over (b),
+    // then the free untrusted ones while the whole store is (c).
     assert_eq!(
         names(&dry),
-        [
-            ("untrusted".into(), Why::Room),
-            ("trusted".into(), Why::Room)
-        ]
+        [(key("local:b"), Why::Room), (key("local:c"), Why::Room)]
     );
     assert_eq!(dry.busy.len(), 2);
     assert_eq!(dry.total, weight(110 * U as u64, 2));
-    assert!(holds(&store, "local:a", Tier::Trusted));
+    assert!(holds(&store, "local:b", Tier::Trusted));
     assert!(holds(&store, "local:c", Tier::Untrusted));
     let done = store.prune(false).unwrap();
     assert_eq!(names(&done), names(&dry));
     assert!(done.failed.is_empty());
-    assert!(!holds(&store, "local:a", Tier::Trusted));
+    assert!(!holds(&store, "local:b", Tier::Trusted));
     assert!(!holds(&store, "local:c", Tier::Untrusted));
-    assert!(holds(&store, "local:b", Tier::Trusted));
+    assert!(holds(&store, "local:a", Tier::Trusted));
     assert!(holds(&store, "local:d", Tier::Untrusted));
-    // Let go, the least recently used untrusted one goes too.
+    // Let go: the trusted one alone fits, the untrusted one goes.
     drop(held);
     assert_eq!(
         names(&store.prune(false).unwrap()),
-        [("untrusted".into(), Why::Room)]
+        [(key("local:d"), Why::Room)]
     );
     assert_eq!(store.list().unwrap().len(), 1);
 }
