@@ -261,7 +261,7 @@ impl Store {
                     .and_then(|fd| {
                         Flock::lock(fd, FlockArg::LockShared).map_err(|(_, e)| io::Error::from(e))
                     })
-                    .map_err(|e| format!("{}: {e}", gen.display()))?;
+                    .map_err(|e| format!("{}: {e}; {afresh}", gen.display()))?;
                 (current, gen, in_use)
             };
             let copied = copy_whole_tree_from(&in_use, dst, room, owner);
@@ -353,12 +353,12 @@ impl Store {
         let id = crate::fsutil::random_hex(8);
         let incoming = dir.join(format!("incoming-{id}"));
         // Locked from its creation until `current` names it, so that no tidying (another
-        // process's restore or weighing) takes it meanwhile.
-        let building = fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&incoming)
-            .and_then(|()| crate::fsutil::open_dir(&incoming))
-            .and_then(|fd| {
+        // process's restore or weighing) takes it meanwhile: made under `read.lock`, which
+        // tidying holds while it looks for leftovers.
+        let building = lock(&dir.join("read.lock"), FlockArg::LockShared)
+            .and_then(|_reading| {
+                fs::DirBuilder::new().mode(0o700).create(&incoming)?;
+                let fd = crate::fsutil::open_dir(&incoming)?;
                 Flock::lock(fd, FlockArg::LockExclusiveNonblock)
                     .map_err(|(_, e)| io::Error::from(e))
             })
@@ -452,8 +452,10 @@ impl Store {
         for untidy in &weighing.untidy {
             evict::tidy(untidy, &mut trash);
         }
-        for e in trash.empty() {
-            tracing::debug!("{e}");
+        let mut failed = trash.empty();
+        failed.extend(Trash::empty_leftovers(&self.root));
+        for e in failed {
+            tracing::warn!("cache store: {e}");
         }
         let saved = |generation: String, tree_sha256: String| Saved {
             tier,
@@ -533,7 +535,7 @@ impl Store {
                 evict::tidy(untidy, &mut trash);
             }
             failed.extend(trash.empty());
-            Trash::empty_leftovers(&self.root);
+            failed.extend(Trash::empty_leftovers(&self.root));
         }
         Ok(Pruned {
             removed: if dry_run { plan.chosen } else { plan.removed },

@@ -34,7 +34,11 @@
 //!   interrupted save or removal left, are not weighed: [`tidy`] takes them out once nothing
 //!   holds them, as every restore does for its tier when its copy is done, and every
 //!   weighing for the tiers it finds them in. A save holds a lock on its new tree from its
-//!   creation until `current` names it, so no tidying takes a tree being saved.
+//!   creation (made under `read.lock`, which tidying holds) until `current` names it, and
+//!   tidying reads `current` again once it holds a tree's lock: no tidying takes a tree being
+//!   saved, nor one a save has just made current.
+//! - **Trash.** A tree in `.trash/` stays locked by the process deleting it; whatever a
+//!   process that died left there (unlocked) is deleted after every save and by `prune`.
 //!
 //! What stays: a removed tier's directory and lock files (as with `caches remove`), a few
 //! inodes per cache name.
@@ -219,22 +223,23 @@ impl Claimed {
             Err(e) => return Err(at(e)),
         }
         crate::fsutil::sync_parent(&current).map_err(at)?;
-        for (tree, _held) in &self.held {
+        for (tree, held) in self.held {
             trash
-                .take(tree)
+                .take(&tree, held)
                 .map_err(|e| format!("moving {} out: {e}", tree.display()))?;
         }
         Ok(())
     }
 }
 
-/// Trees taken out of the store, to be deleted once no lock is held: renamed into `.trash/`
-/// under the tier's locks (quick), deleted by [`Trash::empty`] after they are let go (as slow
-/// as the tree is large).
+/// Trees taken out of the store, to be deleted once no tier's lock is held: renamed into
+/// `.trash/` under the tier's locks (quick), deleted by [`Trash::empty`] after they are let go
+/// (as slow as the tree is large). Each tree stays locked until it is deleted, so that
+/// [`Trash::empty_leftovers`] takes only what a process that died left there.
 #[derive(Debug)]
 pub(super) struct Trash {
     dir: PathBuf,
-    moved: Vec<PathBuf>,
+    moved: Vec<(PathBuf, Flock<OwnedFd>)>,
 }
 
 impl Trash {
@@ -246,8 +251,8 @@ impl Trash {
         }
     }
 
-    /// Moves `tree` (in the store) into the trash.
-    pub(super) fn take(&mut self, tree: &Path) -> io::Result<()> {
+    /// Moves `tree` (in the store, locked by `held`) into the trash.
+    pub(super) fn take(&mut self, tree: &Path, held: Flock<OwnedFd>) -> io::Result<()> {
         match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -255,7 +260,7 @@ impl Trash {
         }
         let to = self.dir.join(crate::fsutil::random_hex(8));
         fs::rename(tree, &to)?;
-        self.moved.push(to);
+        self.moved.push((to, held));
         Ok(())
     }
 
@@ -263,7 +268,7 @@ impl Trash {
     pub(super) fn empty(self) -> Vec<String> {
         self.moved
             .iter()
-            .filter_map(|t| {
+            .filter_map(|(t, _held)| {
                 crate::fsutil::remove_tree(t)
                     .err()
                     .map(|e| format!("removing {}: {e}", t.display()))
@@ -271,15 +276,26 @@ impl Trash {
             .collect()
     }
 
-    /// Deletes what a process that died left in the trash of the store at `root` (each entry
-    /// tried once; one that another process is deleting right now may fail: skipped).
-    pub(super) fn empty_leftovers(root: &Path) {
+    /// Deletes what a process that died (or could not delete) left in the trash of the store
+    /// at `root`: every entry nobody holds locked. Returns what could not be deleted.
+    pub(super) fn empty_leftovers(root: &Path) -> Vec<String> {
         let Ok(entries) = fs::read_dir(root.join(TRASH)) else {
-            return;
+            return Vec::new();
         };
+        let mut failed = Vec::new();
         for entry in entries.flatten() {
-            let _ = crate::fsutil::remove_tree(&entry.path());
+            let path = entry.path();
+            let Some(_held) = crate::fsutil::open_dir(&path)
+                .ok()
+                .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok())
+            else {
+                continue;
+            };
+            if let Err(e) = crate::fsutil::remove_tree(&path) {
+                failed.push(format!("removing {}: {e}", path.display()));
+            }
         }
+        failed
     }
 }
 
@@ -576,13 +592,22 @@ pub(super) fn tidy(dir: &Path, trash: &mut Trash) {
             continue;
         }
         let path = entry.path();
-        let Some(_held) = crate::fsutil::open_dir(&path)
+        let Some(held) = crate::fsutil::open_dir(&path)
             .ok()
             .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok())
         else {
             continue;
         };
-        if let Err(e) = trash.take(&path) {
+        // `current` read again now that the tree is locked: a save renames its tree to
+        // `gen-*` and then writes `current` without `read.lock`, and lets go of its lock on
+        // the tree only after `current` names it; so the tree, once locked here, is the
+        // current generation exactly when `current` names it now.
+        match read_current(dir) {
+            Ok(Some(c)) if *c.generation == *name => continue,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        if let Err(e) = trash.take(&path, held) {
             tracing::debug!(path = %path.display(), "moving a cache leftover out: {e}");
         }
     }

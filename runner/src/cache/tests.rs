@@ -808,6 +808,29 @@ fn a_trusted_save_makes_room_however_many_small_caches_it_takes() {
 }
 
 #[test]
+fn what_a_dead_process_left_in_the_trash_goes_with_the_next_save_and_a_tree_being_deleted_stays() {
+    let t = TempDir::new("cache-trash");
+    let store = small_store(&t);
+    save_sized(&t, &store, SCOPE, Trust::Trusted, 1, 0).unwrap();
+    let trash = store.root().join(".trash");
+    fs::create_dir_all(trash.join("dead/deep/er")).unwrap();
+    fs::write(trash.join("dead/deep/er/f"), "x").unwrap();
+    // Another process deleting this one right now holds it locked.
+    fs::create_dir_all(trash.join("live/sub")).unwrap();
+    let live = Flock::lock(
+        File::open(trash.join("live")).unwrap(),
+        FlockArg::LockExclusive,
+    )
+    .unwrap();
+    save_sized(&t, &store, "local:other", Trust::Untrusted, 1, 0).unwrap();
+    assert!(!trash.join("dead").exists());
+    assert!(trash.join("live/sub").exists());
+    drop(live);
+    assert!(store.prune(false).unwrap().failed.is_empty());
+    assert!(!trash.join("live").exists());
+}
+
+#[test]
 fn a_restore_marks_the_cache_used() {
     let t = TempDir::new("cache-used");
     let store = small_store(&t);
