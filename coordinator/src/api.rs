@@ -110,6 +110,7 @@ impl From<StateError> for ApiError {
             | StateError::Ended { .. }
             | StateError::Cancelled { .. } => StatusCode::CONFLICT,
             StateError::NoSuchJob { .. } => StatusCode::NOT_FOUND,
+            StateError::Provenance { .. } => StatusCode::BAD_REQUEST,
             _ => return ApiError::internal(&e),
         };
         ApiError::new(status, e.to_string())
@@ -251,6 +252,7 @@ fn router_shared(coordinator: Shared) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/result", post(result))
         .route("/v1/jobs/{id}/provenance", get(provenance))
+        .route("/v1/inventory", get(inventory))
         .route("/v1/jobs/{id}/outputs/{*path}", get(output))
         .route("/v1/jobs/{id}/logs/{name}", get(log))
         // The daemon sends at most 1 MiB at a time; each append is written under the
@@ -1049,6 +1051,45 @@ async fn admin_job(c: &Shared, headers: &HeaderMap, id: &str) -> Result<state::J
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {id} not found")))
     })
     .await
+}
+
+/// `GET /v1/inventory?digest=<hex>&commit=<hex prefix>` (admin): the artifacts of finished
+/// jobs whose provenance names the digest (as a dependency's, or as the artifact's own) and
+/// whose source is that commit, whichever are given ([`crate::inventory`]):
+/// `{"hits": [...], "cut": false}`, `cut` when more jobs matched than one answer reads.
+async fn inventory(
+    State(c): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    c.admin
+        .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
+    let mut query = crate::inventory::Query::default();
+    for (k, v) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        let slot = match &*k {
+            "digest" => &mut query.digest,
+            "commit" => &mut query.commit,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "inventory: unknown parameter {other:?} (digest, commit)"
+                )))
+            }
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(ApiError::bad_request(format!("inventory: {k} given twice")));
+        }
+    }
+    let query = query
+        .check()
+        .map_err(|e| ApiError::bad_request(format!("inventory: {e}")))?;
+    let (hits, cut) = with_db(&c, move |_, db| {
+        crate::inventory::query(db, &query).map_err(|e| {
+            tracing::error!(error = %e, "inventory query failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
+        })
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "hits": hits, "cut": cut })))
 }
 
 /// `GET /v1/jobs/{id}/provenance` (admin): the job's `provenance.intoto.jsonl`, as reported.

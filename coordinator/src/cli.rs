@@ -65,6 +65,15 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Asks the fleet's inventory which artifacts used a digest or a commit.
+    #[command(
+        after_help = "Examples:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --digest <sha256 of a tool>\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc --json"
+    )]
+    Inventory {
+        /// What to ask.
+        #[command(subcommand)]
+        command: InventoryCommand,
+    },
     /// Serves the HTTP API (plain HTTP: behind a TLS terminator, or on loopback).
     #[command(
         after_help = "Example:\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8440 --behind-tls-proxy\n\nPrints `listening on ADDR` to stderr once bound."
@@ -93,6 +102,32 @@ pub enum Command {
         /// and its temporary file removed (`30s`, `2m`).
         #[arg(long, default_value = "30s", value_parser = parse_idle)]
         upload_idle_timeout: Duration,
+    },
+}
+
+/// `inventory` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Lists the artifacts of finished jobs whose provenance names the digest (a tool's, a
+    /// source tree's, a runner binary's, or the artifact's own) and whose git source is the
+    /// commit, whichever are given; newest first. Exit status: 0 something matched, 1 nothing
+    /// did, 2 a bad digest or commit.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc"
+    )]
+    Query {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// A digest in hex (sha256: 64 digits; `sha256:` in front is accepted).
+        #[arg(long)]
+        digest: Option<String>,
+        /// A git commit, or its first 7 or more hex digits.
+        #[arg(long)]
+        commit: Option<String>,
+        /// JSON output, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -49,6 +49,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod inventory;
 pub mod keys;
 pub mod oidc;
 pub mod outputs;

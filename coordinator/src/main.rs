@@ -4,9 +4,9 @@
 use std::io::Write as _;
 
 use anyhow::{Context, Result};
-use bulwark_coordinator::cli::{Cli, Command, JobsCommand, RunnersCommand};
+use bulwark_coordinator::cli::{Cli, Command, InventoryCommand, JobsCommand, RunnersCommand};
 use bulwark_coordinator::outputs::{OutputLimits, OutputStore};
-use bulwark_coordinator::{admin, api, auth, state, statedir};
+use bulwark_coordinator::{admin, api, auth, inventory, state, statedir};
 use clap::Parser;
 
 fn main() -> Result<()> {
@@ -33,6 +33,71 @@ fn main() -> Result<()> {
             db.add_registration_token(&auth::sha256_hex(token.as_bytes()), expires_at)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", token.as_str()).context("writing the token")?;
+        }
+        Command::Inventory {
+            command:
+                InventoryCommand::Query {
+                    state,
+                    digest,
+                    commit,
+                    json,
+                },
+        } => {
+            let query = match (inventory::Query { digest, commit }).check() {
+                Ok(q) => q,
+                Err(e) => {
+                    eprintln!("bulwark-coordinator: inventory query: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let mut db = statedir::open_db(&state)?;
+            let (hits, cut) = inventory::query(&mut db, &query).map_err(anyhow::Error::msg)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&hits)?)?;
+            } else {
+                for h in &hits {
+                    // Paths, names and ids as the runner reported them: made safe to print.
+                    let used: Vec<String> = h
+                        .matched
+                        .iter()
+                        .map(|d| {
+                            let digests: Vec<String> =
+                                d.digest.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                            format!("{} {}", d.name.as_deref().unwrap_or("?"), digests.join(","))
+                        })
+                        .collect();
+                    writeln!(
+                        out,
+                        "{}  {}  job {} ({}), {}, runner {}, finished {} by {}{}",
+                        h.artifact.sha256,
+                        admin::printable(&h.artifact.name),
+                        h.job_id,
+                        h.job_name,
+                        h.trust,
+                        h.runner_id.as_deref().unwrap_or("-"),
+                        admin::printable(&h.finished),
+                        admin::printable(&h.builder_id),
+                        if used.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; used {}", admin::printable(&used.join("; ")))
+                        }
+                    )?;
+                }
+            }
+            out.flush()?;
+            if cut {
+                eprintln!(
+                    "bulwark-coordinator: inventory query: more than {} jobs matched; the \
+                     newest were read: narrow the query (both --digest and --commit)",
+                    inventory::MAX_JOBS
+                );
+            }
+            if hits.is_empty() {
+                eprintln!("bulwark-coordinator: inventory query: nothing matched");
+                std::process::exit(1);
+            }
         }
         Command::Runners { command } => match command {
             RunnersCommand::List { state, json } => {

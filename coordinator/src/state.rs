@@ -29,12 +29,23 @@ pub const DB_NAME: &str = "coordinator.db";
 /// and tools before the clock of the job starts, and to report afterwards.
 pub const LEASE_GRACE_SECS: u64 = 600;
 
-/// The schema version this build reads and writes. Versions 1 (before logs were reported) and
-/// 2 (before jobs could be cancelled) are upgraded in place when opened ([`Db::open`]).
-const SCHEMA_VERSION: &str = "3";
+/// The schema version this build reads and writes. Versions 1 (before logs were reported), 2
+/// (before jobs could be cancelled) and 3 (before the inventory) are upgraded in place when
+/// opened ([`Db::open`]).
+const SCHEMA_VERSION: &str = "4";
 
 /// How long a writer waits for another (the CLI and the server share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The fleet's inventory ([`crate::inventory`]): one row per digest a finished job's provenance
+/// names (`d:<lowercase value>`) and that job.
+const INVENTORY_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inventory (
+    key    TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (key, job_id)
+) WITHOUT ROWID;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE meta (
@@ -121,6 +132,17 @@ pub enum StateError {
     /// Listing jobs failed.
     #[error("listing jobs")]
     ListJobs(#[source] rusqlite::Error),
+    /// A result's provenance is not in-toto statements in DSSE envelopes.
+    #[error("result of job {job_id}: {reason}")]
+    Provenance {
+        /// The job.
+        job_id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading the inventory failed.
+    #[error("reading the inventory")]
+    Inventory(#[source] rusqlite::Error),
     /// Writing a job's exported provenance failed.
     #[error("exporting the provenance of job {job_id}")]
     Export {
@@ -420,6 +442,8 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Exclusive)
             .map_err(StateError::CreateSchema)?;
         tx.execute_batch(SCHEMA).map_err(StateError::CreateSchema)?;
+        tx.execute_batch(INVENTORY_SCHEMA)
+            .map_err(StateError::CreateSchema)?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?1), ('issuer', ?2)",
             params![SCHEMA_VERSION, issuer],
@@ -441,7 +465,7 @@ impl Db {
         let found = db.meta("schema_version").ok().flatten();
         match found.as_deref() {
             Some(SCHEMA_VERSION) => {}
-            Some("1" | "2") => db.upgrade().map_err(|source| StateError::Upgrade {
+            Some("1" | "2" | "3") => db.upgrade().map_err(|source| StateError::Upgrade {
                 path: path.to_owned(),
                 source,
             })?,
@@ -455,8 +479,9 @@ impl Db {
         Ok(db)
     }
 
-    /// Schema 1 to 2 (the jobs' reported logs) and 2 to 3 (cancellation requests), as far as
-    /// needed. One transaction, so a failure leaves the database as it was.
+    /// Schema 1 to 2 (the jobs' reported logs), 2 to 3 (cancellation requests) and 3 to 4 (the
+    /// inventory, filled from every finished job's provenance), as far as needed. One
+    /// transaction, so a failure leaves the database as it was.
     fn upgrade(&mut self) -> rusqlite::Result<()> {
         let tx = self
             .conn
@@ -471,10 +496,31 @@ impl Db {
             tx.execute_batch("ALTER TABLE jobs ADD COLUMN logs TEXT;")?;
         }
         if found == "1" || found == "2" {
-            tx.execute_batch(
-                "ALTER TABLE jobs ADD COLUMN cancel_requested_at INTEGER;
-                 UPDATE meta SET value = '3' WHERE key = 'schema_version';",
-            )?;
+            tx.execute_batch("ALTER TABLE jobs ADD COLUMN cancel_requested_at INTEGER;")?;
+        }
+        if found == "1" || found == "2" || found == "3" {
+            tx.execute_batch(INVENTORY_SCHEMA)?;
+            let mut unreadable = 0usize;
+            let jobs: Vec<(String, String)> = tx
+                .prepare(
+                    "SELECT id, provenance FROM jobs
+                     WHERE state = 'finished' AND provenance IS NOT NULL",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, provenance) in jobs {
+                match crate::inventory::read(&provenance) {
+                    Ok(statements) => index_job(&tx, &id, &statements)?,
+                    Err(_) => unreadable += 1,
+                }
+            }
+            if unreadable > 0 {
+                tracing::warn!(
+                    jobs = unreadable,
+                    "finished jobs whose provenance could not be read are not in the inventory"
+                );
+            }
+            tx.execute_batch("UPDATE meta SET value = '4' WHERE key = 'schema_version';")?;
         }
         tx.commit()
     }
@@ -1026,6 +1072,15 @@ impl Db {
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let logs_json = serde_json::to_string(&report.logs)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        // Read before anything is recorded: provenance the inventory cannot index is refused
+        // with the result, so the index never silently misses a job.
+        let statements = match &report.provenance {
+            Some(p) => crate::inventory::read(p).map_err(|reason| StateError::Provenance {
+                job_id: job_id.to_owned(),
+                reason,
+            })?,
+            None => Vec::new(),
+        };
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1090,8 +1145,60 @@ impl Db {
             ],
         )
         .map_err(err)?;
+        index_job(&tx, job_id, &statements).map_err(err)?;
         tx.commit().map_err(err)
     }
+
+    /// The finished jobs whose provenance names `digest` (any algorithm's value, lowercase
+    /// hex) and a digest starting with `prefix` (a commit's), whichever are given, newest
+    /// first; at most `limit`. [`crate::inventory::hits`] then says which of their artifacts
+    /// match and why.
+    pub fn inventory_jobs(
+        &self,
+        digest: Option<&str>,
+        prefix: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StateError> {
+        // Driven by the index: the digest's key, else the commit prefix's range (hex digits
+        // sort below 'g', so `d:<prefix>` up to `d:<prefix>g` is every value that starts with
+        // the prefix); the other filter, when both are given, is checked per job found.
+        const COMMIT: &str = "i.key >= 'd:' || ?2 AND i.key < 'd:' || ?2 || 'g'";
+        let driven_by = if digest.is_some() {
+            "i.key = 'd:' || ?1"
+        } else {
+            COMMIT
+        };
+        let sql = format!(
+            "SELECT DISTINCT j.id, j.finished_at FROM inventory i JOIN jobs j ON j.id = i.job_id
+             WHERE {driven_by} AND j.state = 'finished'
+               AND (?1 IS NULL OR ?2 IS NULL OR EXISTS (SELECT 1 FROM inventory c
+                    WHERE c.job_id = j.id AND {}))
+             ORDER BY j.finished_at DESC, j.id
+             LIMIT ?3",
+            COMMIT.replace("i.key", "c.key")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(StateError::Inventory)?;
+        let ids = stmt
+            .query_map(params![digest, prefix, limit], |r| r.get(0))
+            .map_err(StateError::Inventory)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(StateError::Inventory)?;
+        Ok(ids)
+    }
+}
+
+/// Records what `statements` name for `job_id` in the inventory.
+fn index_job(
+    conn: &Connection,
+    job_id: &str,
+    statements: &[crate::inventory::Statement],
+) -> rusqlite::Result<()> {
+    let mut insert =
+        conn.prepare_cached("INSERT OR IGNORE INTO inventory (key, job_id) VALUES (?1, ?2)")?;
+    for key in crate::inventory::keys(statements) {
+        insert.execute(params![key, job_id])?;
+    }
+    Ok(())
 }
 
 /// Records every lease that ran out by `now` without a result as lost.

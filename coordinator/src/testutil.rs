@@ -30,3 +30,39 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// One DSSE envelope line of `provenance.intoto.jsonl`, as a runner reports it (the signature
+/// is not checked by the coordinator): an in-toto Statement v1 with one artifact `dist/app` of
+/// sha256 `artifact`, a git source at `commit`, a tool `jq` of sha256 `tool` and the
+/// builder's binary of sha256 `bin`.
+pub fn provenance_line(artifact: &str, commit: &str, tool: &str, bin: &str) -> String {
+    use base64::Engine as _;
+    let statement = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "dist/app", "digest": {"sha256": artifact.to_uppercase()}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {
+                "buildType": "x",
+                "externalParameters": {},
+                "resolvedDependencies": [
+                    {"name": "source", "uri": "git+https://git.example/app.git", "digest": {"gitCommit": commit}},
+                    {"name": "jq", "uri": "https://tools.example/jq.tgz", "digest": {"sha256": tool}}
+                ]
+            },
+            "runDetails": {
+                "builder": {"id": "https://ci.example/pool", "builderDependencies": [
+                    {"name": "bulwark", "digest": {"sha256": bin}}
+                ]},
+                "metadata": {"invocationId": "inv", "finishedOn": "2026-11-27T09:00:00Z"}
+            }
+        }
+    });
+    let payload = base64::engine::general_purpose::STANDARD.encode(statement.to_string());
+    serde_json::json!({
+        "payloadType": "application/vnd.in-toto+json",
+        "payload": payload,
+        "signatures": [{"keyid": "k", "sig": "AA=="}]
+    })
+    .to_string()
+}

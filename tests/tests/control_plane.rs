@@ -199,6 +199,23 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
         2,
         "{found}"
     );
+    // The coordinator's own index answers the same at once, with the jobs and their trust.
+    let o = admin(&["inventory", "query", "--commit", &commit[..12]]);
+    let found = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(found.lines().count(), 2, "{found}");
+    for (id, trust) in [(&trusted, "trusted"), (&untrusted, "untrusted")] {
+        assert!(
+            found.contains(&format!("  dist/app.txt  job {id} ("))
+                && found.contains(&format!("), {trust}, runner ")),
+            "{found}"
+        );
+    }
+    let none = Command::new(coordinator_bin())
+        .args(["inventory", "query", "--commit", "fffffff", "--state"])
+        .arg(&c.state)
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
 
     // Retention: the outputs and logs go, the records and provenance stay.
     let o = admin(&["jobs", "prune-outputs", "--older-than", "0s"]);

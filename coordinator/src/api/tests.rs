@@ -348,7 +348,16 @@ fn a_trusted_job_goes_from_submit_to_lease_to_identity_token_to_result() {
     assert!(a.error().starts_with("audience:"));
 
     let result_path = format!("/v1/jobs/{job_id}/result");
+    // Provenance the inventory cannot read is refused with the result, naming the line.
     let report = json!({"result": {"status": "succeeded"}, "provenance": "{\"payload\":\"x\"}\n"});
+    let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
+    assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+    assert!(
+        a.error().contains("provenance line 1: payloadType"),
+        "{}",
+        a.error()
+    );
+    let report = json!({"result": {"status": "succeeded"}, "provenance": crate::testutil::provenance_line(&"2".repeat(64), "0123456789", &"1".repeat(64), &"3".repeat(64))});
     let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
     assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
     let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
@@ -846,7 +855,7 @@ fn outputs_are_uploaded_by_the_lease_holder_held_to_their_digest_and_served_to_t
             {"path": "dist/app", "size": app.len(), "sha256": sha(app)},
             {"path": "dist/SHA256SUMS", "size": other.len(), "sha256": sha(other)},
         ]},
-        "provenance": "{\"payloadType\":\"application/vnd.in-toto+json\"}\n",
+        "provenance": format!("{}\n", crate::testutil::provenance_line(&sha(app), "0123456789", &"1".repeat(64), &"3".repeat(64))),
     });
     let a = signed_post(&s, &runner, &result_path, report.to_string().as_bytes());
     assert_eq!(a.status, 400);
@@ -910,8 +919,48 @@ fn outputs_are_uploaded_by_the_lease_holder_held_to_their_digest_and_served_to_t
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(
         body,
-        b"{\"payloadType\":\"application/vnd.in-toto+json\"}\n"
+        format!(
+            "{}\n",
+            crate::testutil::provenance_line(
+                &sha(app),
+                "0123456789",
+                &"1".repeat(64),
+                &"3".repeat(64)
+            )
+        )
+        .as_bytes()
     );
+    // The fleet's inventory answers for it: by the artifact's digest, by the tool's, by the
+    // commit; a bad query is refused; the admin token is needed.
+    let (head, body) = get(&format!("/v1/inventory?digest={}", sha(app)), &auth);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let found: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(found["hits"][0]["job_id"], job.as_str(), "{found}");
+    assert_eq!(found["hits"][0]["artifact"]["name"], "dist/app", "{found}");
+    assert_eq!(found["cut"], false);
+    let (_, body) = get(
+        &format!(
+            "/v1/inventory?commit=0123456&digest=sha256:{}",
+            "1".repeat(64)
+        ),
+        &auth,
+    );
+    let found: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(found["hits"].as_array().unwrap().len(), 1, "{found}");
+    let (_, body) = get("/v1/inventory?commit=fffffff", &auth);
+    let found: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(found["hits"], json!([]));
+    for bad in [
+        "/v1/inventory",
+        "/v1/inventory?commit=01",
+        "/v1/inventory?digest=x&digest=y",
+        "/v1/inventory?name=jq",
+    ] {
+        let (head, _) = get(bad, &auth);
+        assert!(head.starts_with("HTTP/1.1 400"), "{bad}: {head}");
+    }
+    let (head, _) = get("/v1/inventory?commit=0123456", "Bearer wrong");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     let (head, body) = get(&format!("/v1/jobs/{job}/outputs/dist/nothing"), &auth);
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     assert!(

@@ -39,10 +39,18 @@ fn db_with(dir: &TempDir, runners: &[&str]) -> Db {
     db
 }
 
+const ART: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+const TOOL: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+fn provenance() -> String {
+    crate::testutil::provenance_line(ART, COMMIT, TOOL, &"3".repeat(64))
+}
+
 fn report() -> ResultReport {
     ResultReport {
         result: serde_json::json!({"status": "succeeded"}),
-        provenance: Some("{}\n".into()),
+        provenance: Some(format!("{}\n", provenance())),
         logs: vec![bulwark_protocol::control::LogFile {
             name: "job.log".into(),
             size: 3,
@@ -313,7 +321,7 @@ fn a_removed_runner_is_never_leased_a_job() {
 }
 
 #[test]
-fn a_version_1_or_2_database_is_upgraded_in_place_and_keeps_its_jobs() {
+fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_provenance() {
     let dir = TempDir::new("state");
     let path = dir.path().join(DB_NAME);
     let mut db = db_with(&dir, &["r1"]);
@@ -331,10 +339,15 @@ fn a_version_1_or_2_database_is_upgraded_in_place_and_keeps_its_jobs() {
         .unwrap();
     drop(db);
     let mut db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("3"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("4"));
     let job = db.job("job-1", 300).unwrap().unwrap();
     let result = job.result.unwrap();
-    assert_eq!(result.provenance.as_deref(), Some("{}\n"));
+    assert_eq!(
+        result.provenance.as_deref(),
+        Some(format!("{}\n", provenance()).as_str())
+    );
+    // The inventory was filled from what was recorded before it existed.
+    assert_eq!(db.inventory_jobs(Some(TOOL), None, 10).unwrap(), ["job-1"]);
     assert!(result.logs.is_empty());
     // Results recorded from now on keep their logs.
     db.submit_job("job-2", &spec(None), Trust::Untrusted, 400)
@@ -354,7 +367,7 @@ fn a_version_1_or_2_database_is_upgraded_in_place_and_keeps_its_jobs() {
         .unwrap();
     drop(db);
     let mut db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("3"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("4"));
     assert_eq!(
         db.job("job-2", 403).unwrap().unwrap().cancel_requested_at,
         None
@@ -362,13 +375,13 @@ fn a_version_1_or_2_database_is_upgraded_in_place_and_keeps_its_jobs() {
     // A version this build does not know is refused, not guessed at.
     db.conn
         .execute(
-            "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
+            "UPDATE meta SET value = '5' WHERE key = 'schema_version'",
             [],
         )
         .unwrap();
     drop(db);
     let e = Db::open(&path).unwrap_err().to_string();
-    assert!(e.contains("schema version Some(\"4\")"), "{e}");
+    assert!(e.contains("schema version Some(\"5\")"), "{e}");
 }
 
 #[test]
@@ -500,8 +513,73 @@ fn jobs_are_listed_newest_first_and_those_that_ended_are_found_for_pruning() {
     assert_eq!(
         exported,
         [
-            ("job-a".to_owned(), "{}\n".to_owned()),
-            ("job-c".to_owned(), "{}\n".to_owned())
+            ("job-a".to_owned(), format!("{}\n", provenance())),
+            ("job-c".to_owned(), format!("{}\n", provenance()))
         ]
+    );
+}
+
+#[test]
+fn a_result_is_indexed_as_it_is_recorded_and_unreadable_provenance_is_refused() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1"]);
+    for (job, at) in [("job-1", 100), ("job-2", 110)] {
+        db.submit_job(job, &spec(None), Trust::Trusted, at).unwrap();
+        db.lease("r1", at + 1).unwrap().unwrap();
+    }
+    // Not an in-toto envelope: refused, nothing recorded.
+    let mut bad = report();
+    bad.provenance = Some(format!("{}\n{{}}\n", provenance()));
+    let e = db.record_result("job-1", "r1", &bad, 120).unwrap_err();
+    assert!(
+        matches!(e, StateError::Provenance { .. }) && e.to_string().contains("provenance line 2"),
+        "{e}"
+    );
+    assert!(db.job("job-1", 121).unwrap().unwrap().result.is_none());
+    db.record_result("job-1", "r1", &report(), 130).unwrap();
+    let mut other = report();
+    other.provenance = Some(crate::testutil::provenance_line(
+        &"4".repeat(64),
+        "fedcba9876543210fedcba9876543210fedcba98",
+        TOOL,
+        &"3".repeat(64),
+    ));
+    db.record_result("job-2", "r1", &other, 140).unwrap();
+    // By a tool both used (newest first), by a commit's prefix, by both, by an artifact.
+    assert_eq!(
+        db.inventory_jobs(Some(TOOL), None, 10).unwrap(),
+        ["job-2", "job-1"]
+    );
+    assert_eq!(
+        db.inventory_jobs(None, Some("0123456"), 10).unwrap(),
+        ["job-1"]
+    );
+    assert_eq!(
+        db.inventory_jobs(Some(TOOL), Some("fedcba9"), 10).unwrap(),
+        ["job-2"]
+    );
+    assert_eq!(db.inventory_jobs(Some(ART), None, 10).unwrap(), ["job-1"]);
+    assert!(db
+        .inventory_jobs(Some(ART), Some("fedcba9"), 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(db.inventory_jobs(Some(TOOL), None, 1).unwrap(), ["job-2"]);
+    // And the whole answer, artifacts and why.
+    let q = crate::inventory::Query {
+        digest: None,
+        commit: Some("0123456789".into()),
+    }
+    .check()
+    .unwrap();
+    let (hits, cut) = crate::inventory::query(&mut db, &q).unwrap();
+    assert!(!cut);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        (
+            hits[0].job_id.as_str(),
+            hits[0].trust.as_str(),
+            hits[0].artifact.sha256.as_str()
+        ),
+        ("job-1", "trusted", ART)
     );
 }

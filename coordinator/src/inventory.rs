@@ -1,0 +1,346 @@
+//! The fleet's inventory: which finished jobs used this tool, this commit, built this artifact.
+//!
+//! When a tool or a commit turns out to be compromised, incident response asks the control
+//! plane first: it has every finished job's provenance, from every runner. So the coordinator
+//! indexes each result's provenance as it records it (docs/inventory.md, "A fleet"): every
+//! digest a statement names (its subjects' and its resolved dependencies', the builder's own
+//! binaries included) becomes a key of the `inventory` table, next to the job's id, in the
+//! same transaction as the result. A query looks the digest (or a commit's prefix) up in that
+//! index, then reads the few jobs it names and says which of their artifacts match and why.
+//!
+//! What is indexed is what the runner holding the job's lease reported, over a request signed
+//! with its key; the coordinator does not hold the runners' provenance signing keys, so it
+//! does not check the envelopes' signatures (`bulwark verify` and `bulwark inventory add` do).
+//! A compromised runner could report false provenance here, as it could sign false provenance
+//! with its own key: the index answers "which jobs said they used X", the starting point of
+//! an investigation, and each artifact is verified before it is trusted again.
+//!
+//! Provenance the coordinator cannot read as in-toto Statement v1 envelopes is refused with
+//! the result (400), so the index never silently misses a job that reported some.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::Value;
+
+/// `payloadType` of an in-toto statement in DSSE.
+const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+/// `_type` of an in-toto Statement v1.
+const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+
+/// Longest digest value indexed (a sha512 is 128 hex digits); a longer one is not a digest.
+const MAX_KEY_VALUE: usize = 128;
+
+/// What one statement of a job's provenance says, as far as the inventory is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    /// Its artifacts: path and sha256 (lowercase).
+    pub subjects: Vec<Subject>,
+    /// Its resolved dependencies, then the builder's own binaries (`builder: true`).
+    pub dependencies: Vec<Dependency>,
+    /// `runDetails.metadata.finishedOn`.
+    pub finished: String,
+    /// `runDetails.builder.id`.
+    pub builder_id: String,
+}
+
+/// An artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    /// Its path in the job's outputs.
+    pub name: String,
+    /// Its sha256.
+    pub sha256: String,
+}
+
+/// A dependency as provenance names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dependency {
+    /// `name` (`source`, a tool's name, `bulwark`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `uri`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Algorithm to value (lowercase), e.g. `sha256`, `gitCommit`.
+    pub digest: BTreeMap<String, String>,
+    /// One of the builder's binaries rather than an input of the build.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub builder: bool,
+}
+
+/// Reads a job's `provenance.intoto.jsonl` (one DSSE envelope per line); the error names the
+/// line and what is wrong with it.
+pub fn read(provenance: &str) -> Result<Vec<Statement>, String> {
+    let mut out = Vec::new();
+    for (i, line) in provenance.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |what: &str| format!("provenance line {}: {what}", i + 1);
+        let envelope: Value =
+            serde_json::from_str(line).map_err(|e| at(&format!("not JSON: {e}")))?;
+        if envelope.get("payloadType").and_then(Value::as_str) != Some(PAYLOAD_TYPE) {
+            return Err(at(&format!("payloadType is not {PAYLOAD_TYPE:?}")));
+        }
+        let payload = envelope
+            .get("payload")
+            .and_then(Value::as_str)
+            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+            .ok_or_else(|| at("payload is not standard base64"))?;
+        let statement: Value = serde_json::from_slice(&payload)
+            .map_err(|e| at(&format!("the payload is not JSON: {e}")))?;
+        out.push(statement_facts(&statement).map_err(|e| at(&e))?);
+    }
+    Ok(out)
+}
+
+fn statement_facts(s: &Value) -> Result<Statement, String> {
+    if s.get("_type").and_then(Value::as_str) != Some(STATEMENT_TYPE) {
+        return Err(format!("the payload is not an {STATEMENT_TYPE} statement"));
+    }
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(String::from);
+    let subjects = s
+        .get("subject")
+        .and_then(Value::as_array)
+        .ok_or("the statement has no subject list")?
+        .iter()
+        .filter_map(|sub| {
+            Some(Subject {
+                name: text(sub.get("name")).unwrap_or_default(),
+                sha256: text(sub.pointer("/digest/sha256"))?.to_ascii_lowercase(),
+            })
+        })
+        .collect();
+    let dependency = |d: &Value, builder: bool| Dependency {
+        name: text(d.get("name")),
+        uri: text(d.get("uri")),
+        digest: d
+            .get("digest")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_ascii_lowercase())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        builder,
+    };
+    let list = |pointer: &str| {
+        s.pointer(pointer)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut dependencies: Vec<Dependency> = list("/predicate/buildDefinition/resolvedDependencies")
+        .iter()
+        .map(|d| dependency(d, false))
+        .collect();
+    dependencies.extend(
+        list("/predicate/runDetails/builder/builderDependencies")
+            .iter()
+            .map(|d| dependency(d, true)),
+    );
+    Ok(Statement {
+        subjects,
+        dependencies,
+        finished: text(s.pointer("/predicate/runDetails/metadata/finishedOn")).unwrap_or_default(),
+        builder_id: text(s.pointer("/predicate/runDetails/builder/id")).unwrap_or_default(),
+    })
+}
+
+/// The index keys of `statements`: `d:<value>` for every digest value they name (subjects'
+/// and dependencies', any algorithm), lowercase.
+pub fn keys(statements: &[Statement]) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for s in statements {
+        let values = s.subjects.iter().map(|sub| sub.sha256.as_str()).chain(
+            s.dependencies
+                .iter()
+                .flat_map(|d| d.digest.values().map(String::as_str)),
+        );
+        for v in values {
+            if !v.is_empty() && v.len() <= MAX_KEY_VALUE {
+                keys.insert(format!("d:{v}"));
+            }
+        }
+    }
+    keys
+}
+
+/// What `inventory query` asks for; each filter given must hold, and at least one is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// A digest (hex, any algorithm) of a dependency or of the artifact itself.
+    pub digest: Option<String>,
+    /// A git commit, or a prefix of one of at least 7 hex digits, of the job's source.
+    pub commit: Option<String>,
+}
+
+impl Query {
+    /// Checks the query's form and lowercases it; the error names the option.
+    pub fn check(mut self) -> Result<Query, String> {
+        let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if let Some(d) = &self.digest {
+            let d = d.to_ascii_lowercase();
+            let d = d.strip_prefix("sha256:").unwrap_or(&d).to_string();
+            if !hex(&d) || d.len() < 40 || d.len() > MAX_KEY_VALUE {
+                return Err(format!(
+                    "digest {d:?}: give a whole digest in hex (sha256: 64 digits)"
+                ));
+            }
+            self.digest = Some(d);
+        }
+        if let Some(c) = &self.commit {
+            let c = c.to_ascii_lowercase();
+            if !hex(&c) || c.len() < 7 || c.len() > 64 {
+                return Err(format!(
+                    "commit {c:?}: give a commit id in hex, at least its first 7 digits"
+                ));
+            }
+            self.commit = Some(c);
+        }
+        if self.digest.is_none() && self.commit.is_none() {
+            return Err("give a digest, a commit, or both".into());
+        }
+        Ok(self)
+    }
+}
+
+/// One artifact a query found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hit {
+    /// The job that built it.
+    pub job_id: String,
+    /// The job's name.
+    pub job_name: String,
+    /// The trust level the coordinator gave the job.
+    pub trust: String,
+    /// The runner that ran it.
+    pub runner_id: Option<String>,
+    /// The artifact.
+    pub artifact: Subject,
+    /// When the build finished (its provenance's `finishedOn`).
+    pub finished: String,
+    /// `runDetails.builder.id`.
+    pub builder_id: String,
+    /// The dependencies that matched (empty when the digest is the artifact's own).
+    pub matched: Vec<Dependency>,
+}
+
+/// The job a query reads, as the coordinator recorded it.
+#[derive(Debug, Clone)]
+pub struct JobFacts {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its trust level.
+    pub trust: String,
+    /// The runner it was leased to.
+    pub runner_id: Option<String>,
+    /// Its provenance, read.
+    pub statements: Vec<Statement>,
+}
+
+/// The artifacts of `job` that `query` finds: with `commit`, only statements whose source
+/// (a dependency with a `gitCommit` digest) starts with it; with `digest`, every artifact of a
+/// statement with a dependency of that digest, or the artifact whose own digest it is.
+pub fn hits(query: &Query, job: &JobFacts) -> Vec<Hit> {
+    let mut out = Vec::new();
+    for s in &job.statements {
+        let by_commit: Vec<&Dependency> = match &query.commit {
+            None => Vec::new(),
+            Some(c) => {
+                let found: Vec<&Dependency> = s
+                    .dependencies
+                    .iter()
+                    .filter(|d| {
+                        d.digest
+                            .get("gitCommit")
+                            .is_some_and(|v| v.starts_with(c.as_str()))
+                    })
+                    .collect();
+                if found.is_empty() {
+                    continue;
+                }
+                found
+            }
+        };
+        let by_digest: Vec<&Dependency> = match &query.digest {
+            None => Vec::new(),
+            Some(q) => s
+                .dependencies
+                .iter()
+                .filter(|d| d.digest.values().any(|v| v == q))
+                .collect(),
+        };
+        for sub in &s.subjects {
+            let own = query.digest.as_deref() == Some(sub.sha256.as_str());
+            if query.digest.is_some() && by_digest.is_empty() && !own {
+                continue;
+            }
+            let mut matched: Vec<Dependency> = Vec::new();
+            for d in by_commit.iter().chain(&by_digest) {
+                if !matched.contains(d) {
+                    matched.push((*d).clone());
+                }
+            }
+            out.push(Hit {
+                job_id: job.id.clone(),
+                job_name: job.name.clone(),
+                trust: job.trust.clone(),
+                runner_id: job.runner_id.clone(),
+                artifact: sub.clone(),
+                finished: s.finished.clone(),
+                builder_id: s.builder_id.clone(),
+                matched,
+            });
+        }
+    }
+    out
+}
+
+/// Most jobs one query reads; a query that finds more says so (its answer is cut).
+pub const MAX_JOBS: u32 = 10_000;
+
+/// Runs `query` (checked) over the coordinator's inventory: the finished jobs it names, newest
+/// first, at most [`MAX_JOBS`] of them, and the artifacts of each that match. `true` beside
+/// the hits: the answer was cut at [`MAX_JOBS`] jobs.
+pub fn query(db: &mut crate::state::Db, query: &Query) -> Result<(Vec<Hit>, bool), String> {
+    let ids = db
+        .inventory_jobs(
+            query.digest.as_deref(),
+            query.commit.as_deref(),
+            MAX_JOBS + 1,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    let cut = ids.len() > MAX_JOBS as usize;
+    let mut found = Vec::new();
+    for id in ids.iter().take(MAX_JOBS as usize) {
+        let Some(job) = db
+            .job(id, crate::state::now())
+            .map_err(|e| format!("{e:#}"))?
+        else {
+            continue;
+        };
+        let provenance = job.result.and_then(|r| r.provenance).unwrap_or_default();
+        // Read when it was recorded; a job indexed by an older version reads the same way.
+        let statements = read(&provenance).map_err(|e| format!("job {id}: {e}"))?;
+        found.extend(hits(
+            query,
+            &JobFacts {
+                id: job.id,
+                name: job.name,
+                trust: job.trust.as_str().to_string(),
+                runner_id: job.runner_id,
+                statements,
+            },
+        ));
+    }
+    Ok((found, cut))
+}
+
+#[cfg(test)]
+mod tests;
