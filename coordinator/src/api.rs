@@ -110,7 +110,6 @@ impl From<StateError> for ApiError {
             | StateError::Ended { .. }
             | StateError::Cancelled { .. } => StatusCode::CONFLICT,
             StateError::NoSuchJob { .. } => StatusCode::NOT_FOUND,
-            StateError::Provenance { .. } => StatusCode::BAD_REQUEST,
             _ => return ApiError::internal(&e),
         };
         ApiError::new(status, e.to_string())
@@ -1056,7 +1055,7 @@ async fn admin_job(c: &Shared, headers: &HeaderMap, id: &str) -> Result<state::J
 /// `GET /v1/inventory?digest=<hex>&commit=<hex prefix>` (admin): the artifacts of finished
 /// jobs whose provenance names the digest (as a dependency's, or as the artifact's own) and
 /// whose source is that commit, whichever are given ([`crate::inventory`]):
-/// `{"hits": [...], "cut": false}`, `cut` when more jobs matched than one answer reads.
+/// `{"hits": [...], "cut": false, "unindexed": 0}` ([`crate::inventory::Answer`]).
 async fn inventory(
     State(c): State<Shared>,
     uri: Uri,
@@ -1082,14 +1081,18 @@ async fn inventory(
     let query = query
         .check()
         .map_err(|e| ApiError::bad_request(format!("inventory: {e}")))?;
-    let (hits, cut) = with_db(&c, move |_, db| {
-        crate::inventory::query(db, &query).map_err(|e| {
+    // On a connection of its own: a query reading many jobs holds up no runner.
+    let reader = with_db(&c, |_, db| db.reopen().map_err(ApiError::from)).await?;
+    let answer = tokio::task::spawn_blocking(move || crate::inventory::query(&reader, &query))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| {
             tracing::error!(error = %e, "inventory query failed");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
-        })
-    })
-    .await?;
-    Ok(Json(serde_json::json!({ "hits": hits, "cut": cut })))
+        })?;
+    Ok(Json(
+        serde_json::to_value(answer).map_err(|e| ApiError::internal(&e))?,
+    ))
 }
 
 /// `GET /v1/jobs/{id}/provenance` (admin): the job's `provenance.intoto.jsonl`, as reported.

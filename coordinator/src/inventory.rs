@@ -15,8 +15,9 @@
 //! with its own key: the index answers "which jobs said they used X", the starting point of
 //! an investigation, and each artifact is verified before it is trusted again.
 //!
-//! Provenance the coordinator cannot read as in-toto Statement v1 envelopes is refused with
-//! the result (400), so the index never silently misses a job that reported some.
+//! A job whose provenance the coordinator cannot read as in-toto Statement v1 envelopes keeps
+//! its result, and is recorded as unindexed ([`UNINDEXED`]); every answer says how many such
+//! jobs there are, so no answer silently misses one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,19 @@ const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 
 /// Longest digest value indexed (a sha512 is 128 hex digits); a longer one is not a digest.
 const MAX_KEY_VALUE: usize = 128;
+
+/// The key of a job whose provenance could not be read.
+pub const UNINDEXED: &str = "x:unindexed";
+
+/// Most jobs one query reads, and most artifacts it answers; a query that finds more says so
+/// (`cut`), newest first.
+pub const MAX_JOBS: u32 = 10_000;
+/// See [`MAX_JOBS`].
+pub const MAX_HITS: usize = 50_000;
+
+fn is_hex(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// What one statement of a job's provenance says, as far as the inventory is concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,13 +120,19 @@ fn statement_facts(s: &Value) -> Result<Statement, String> {
         .and_then(Value::as_array)
         .ok_or("the statement has no subject list")?
         .iter()
-        .filter_map(|sub| {
-            Some(Subject {
-                name: text(sub.get("name")).unwrap_or_default(),
-                sha256: text(sub.pointer("/digest/sha256"))?.to_ascii_lowercase(),
+        .enumerate()
+        .filter_map(|(i, sub)| {
+            let sha256 = text(sub.pointer("/digest/sha256"))?.to_ascii_lowercase();
+            Some(if sha256.len() == 64 && is_hex(&sha256) {
+                Ok(Subject {
+                    name: text(sub.get("name")).unwrap_or_default(),
+                    sha256,
+                })
+            } else {
+                Err(format!("subject {i}: digest.sha256 is not 64 hex digits"))
             })
         })
-        .collect();
+        .collect::<Result<Vec<_>, String>>()?;
     let dependency = |d: &Value, builder: bool| Dependency {
         name: text(d.get("name")),
         uri: text(d.get("uri")),
@@ -151,7 +171,8 @@ fn statement_facts(s: &Value) -> Result<Statement, String> {
 }
 
 /// The index keys of `statements`: `d:<value>` for every digest value they name (subjects'
-/// and dependencies', any algorithm), lowercase.
+/// and dependencies', any algorithm), and `c:<value>` for every `gitCommit`, lowercase hex
+/// only.
 pub fn keys(statements: &[Statement]) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for s in statements {
@@ -161,8 +182,15 @@ pub fn keys(statements: &[Statement]) -> BTreeSet<String> {
                 .flat_map(|d| d.digest.values().map(String::as_str)),
         );
         for v in values {
-            if !v.is_empty() && v.len() <= MAX_KEY_VALUE {
+            if is_hex(v) && v.len() <= MAX_KEY_VALUE {
                 keys.insert(format!("d:{v}"));
+            }
+        }
+        for d in &s.dependencies {
+            if let Some(c) = d.digest.get("gitCommit") {
+                if is_hex(c) && c.len() <= MAX_KEY_VALUE {
+                    keys.insert(format!("c:{c}"));
+                }
             }
         }
     }
@@ -302,44 +330,58 @@ pub fn hits(query: &Query, job: &JobFacts) -> Vec<Hit> {
     out
 }
 
-/// Most jobs one query reads; a query that finds more says so (its answer is cut).
-pub const MAX_JOBS: u32 = 10_000;
+/// What a query answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    /// The artifacts found, newest job first.
+    pub hits: Vec<Hit>,
+    /// More than [`MAX_JOBS`] jobs or [`MAX_HITS`] artifacts matched: only the newest are here.
+    pub cut: bool,
+    /// Finished jobs whose provenance could not be read: no answer covers them.
+    pub unindexed: u64,
+}
 
 /// Runs `query` (checked) over the coordinator's inventory: the finished jobs it names, newest
-/// first, at most [`MAX_JOBS`] of them, and the artifacts of each that match. `true` beside
-/// the hits: the answer was cut at [`MAX_JOBS`] jobs.
-pub fn query(db: &mut crate::state::Db, query: &Query) -> Result<(Vec<Hit>, bool), String> {
-    let ids = db
-        .inventory_jobs(
-            query.digest.as_deref(),
-            query.commit.as_deref(),
-            MAX_JOBS + 1,
-        )
-        .map_err(|e| format!("{e:#}"))?;
-    let cut = ids.len() > MAX_JOBS as usize;
-    let mut found = Vec::new();
-    for id in ids.iter().take(MAX_JOBS as usize) {
-        let Some(job) = db
-            .job(id, crate::state::now())
-            .map_err(|e| format!("{e:#}"))?
-        else {
-            continue;
-        };
-        let provenance = job.result.and_then(|r| r.provenance).unwrap_or_default();
-        // Read when it was recorded; a job indexed by an older version reads the same way.
-        let statements = read(&provenance).map_err(|e| format!("job {id}: {e}"))?;
-        found.extend(hits(
-            query,
-            &JobFacts {
-                id: job.id,
-                name: job.name,
-                trust: job.trust.as_str().to_string(),
-                runner_id: job.runner_id,
-                statements,
-            },
-        ));
-    }
-    Ok((found, cut))
+/// first, and the artifacts of each that match ([`Answer`]). Reads only.
+pub fn query(db: &crate::state::Db, query: &Query) -> Result<Answer, String> {
+    let mut answer = Answer {
+        unindexed: db.unindexed_jobs().map_err(|e| format!("{e:#}"))?,
+        ..Answer::default()
+    };
+    let mut read_jobs = 0u32;
+    db.inventory_jobs(
+        query.digest.as_deref(),
+        query.commit.as_deref(),
+        MAX_JOBS + 1,
+        |job| {
+            read_jobs += 1;
+            if read_jobs > MAX_JOBS {
+                answer.cut = true;
+                return false;
+            }
+            // Indexed, so it was read when it was recorded.
+            let statements =
+                read(job.provenance.as_deref().unwrap_or_default()).unwrap_or_default();
+            answer.hits.extend(hits(
+                query,
+                &JobFacts {
+                    id: job.id,
+                    name: job.name,
+                    trust: job.trust,
+                    runner_id: job.runner_id,
+                    statements,
+                },
+            ));
+            if answer.hits.len() > MAX_HITS {
+                answer.hits.truncate(MAX_HITS);
+                answer.cut = true;
+                return false;
+            }
+            true
+        },
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    Ok(answer)
 }
 
 #[cfg(test)]

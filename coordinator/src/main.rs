@@ -50,13 +50,13 @@ fn main() -> Result<()> {
                     std::process::exit(2);
                 }
             };
-            let mut db = statedir::open_db(&state)?;
-            let (hits, cut) = inventory::query(&mut db, &query).map_err(anyhow::Error::msg)?;
+            let db = statedir::open_db(&state)?;
+            let answer = inventory::query(&db, &query).map_err(anyhow::Error::msg)?;
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&hits)?)?;
+                writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
             } else {
-                for h in &hits {
+                for h in &answer.hits {
                     // Paths, names and ids as the runner reported them: made safe to print.
                     let used: Vec<String> = h
                         .matched
@@ -70,6 +70,7 @@ fn main() -> Result<()> {
                     writeln!(
                         out,
                         "{}  {}  job {} ({}), {}, runner {}, finished {} by {}{}",
+                        // Checked to be hex when it was read.
                         h.artifact.sha256,
                         admin::printable(&h.artifact.name),
                         h.job_id,
@@ -87,14 +88,23 @@ fn main() -> Result<()> {
                 }
             }
             out.flush()?;
-            if cut {
+            if answer.cut {
                 eprintln!(
-                    "bulwark-coordinator: inventory query: more than {} jobs matched; the \
-                     newest were read: narrow the query (both --digest and --commit)",
-                    inventory::MAX_JOBS
+                    "bulwark-coordinator: inventory query: more than {} jobs or {} artifacts \
+                     matched; only the newest are listed: narrow the query",
+                    inventory::MAX_JOBS,
+                    inventory::MAX_HITS
                 );
             }
-            if hits.is_empty() {
+            if answer.unindexed > 0 {
+                eprintln!(
+                    "bulwark-coordinator: inventory query: {} finished job(s) reported \
+                     provenance that could not be read; no answer covers them (jobs list, \
+                     GET /v1/jobs/ID/provenance)",
+                    answer.unindexed
+                );
+            }
+            if answer.hits.is_empty() {
                 eprintln!("bulwark-coordinator: inventory query: nothing matched");
                 std::process::exit(1);
             }

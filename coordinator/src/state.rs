@@ -37,8 +37,9 @@ const SCHEMA_VERSION: &str = "4";
 /// How long a writer waits for another (the CLI and the server share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The fleet's inventory ([`crate::inventory`]): one row per digest a finished job's provenance
-/// names (`d:<lowercase value>`) and that job.
+/// The fleet's inventory ([`crate::inventory`]): one row per key of a finished job's provenance
+/// ([`crate::inventory::keys`]: `d:<digest>`, `c:<git commit>`; `x:unindexed` for a job whose
+/// provenance could not be read) and that job.
 const INVENTORY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inventory (
     key    TEXT NOT NULL,
@@ -132,14 +133,6 @@ pub enum StateError {
     /// Listing jobs failed.
     #[error("listing jobs")]
     ListJobs(#[source] rusqlite::Error),
-    /// A result's provenance is not in-toto statements in DSSE envelopes.
-    #[error("result of job {job_id}: {reason}")]
-    Provenance {
-        /// The job.
-        job_id: String,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// Reading the inventory failed.
     #[error("reading the inventory")]
     Inventory(#[source] rusqlite::Error),
@@ -425,6 +418,7 @@ fn to_u64(v: i64) -> u64 {
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+    path: PathBuf,
 }
 
 impl Db {
@@ -500,24 +494,29 @@ impl Db {
         }
         if found == "1" || found == "2" || found == "3" {
             tx.execute_batch(INVENTORY_SCHEMA)?;
+            // Row by row: a large fleet's provenance is never held in memory at once.
             let mut unreadable = 0usize;
-            let jobs: Vec<(String, String)> = tx
-                .prepare(
-                    "SELECT id, provenance FROM jobs
-                     WHERE state = 'finished' AND provenance IS NOT NULL",
-                )?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (id, provenance) in jobs {
-                match crate::inventory::read(&provenance) {
-                    Ok(statements) => index_job(&tx, &id, &statements)?,
-                    Err(_) => unreadable += 1,
+            let mut stmt = tx.prepare(
+                "SELECT id, provenance FROM jobs
+                 WHERE state = 'finished' AND provenance IS NOT NULL",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: String = row.get(0)?;
+                let provenance: String = row.get(1)?;
+                let statements = crate::inventory::read(&provenance).ok();
+                if statements.is_none() {
+                    unreadable += 1;
+                    tracing::warn!(job_id = %id, "its provenance cannot be indexed");
                 }
+                index_job(&tx, &id, statements.as_deref())?;
             }
+            drop(rows);
+            drop(stmt);
             if unreadable > 0 {
                 tracing::warn!(
                     jobs = unreadable,
-                    "finished jobs whose provenance could not be read are not in the inventory"
+                    "finished jobs whose provenance could not be read are counted as unindexed"
                 );
             }
             tx.execute_batch("UPDATE meta SET value = '4' WHERE key = 'schema_version';")?;
@@ -542,7 +541,16 @@ impl Db {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        Ok(Db { conn })
+        Ok(Db {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Another connection to the same database, for a long read (an inventory query) that
+    /// must not hold this one: WAL lets it read while others write.
+    pub fn reopen(&self) -> Result<Db, StateError> {
+        Db::connect(&self.path)
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
@@ -1072,14 +1080,16 @@ impl Db {
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let logs_json = serde_json::to_string(&report.logs)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        // Read before anything is recorded: provenance the inventory cannot index is refused
-        // with the result, so the index never silently misses a job.
-        let statements = match &report.provenance {
-            Some(p) => crate::inventory::read(p).map_err(|reason| StateError::Provenance {
-                job_id: job_id.to_owned(),
-                reason,
-            })?,
-            None => Vec::new(),
+        // Read before the transaction. Provenance the inventory cannot read does not cost the
+        // job its result: it is recorded, and the job is counted as unindexed, which every
+        // inventory answer reports, so no answer silently misses it.
+        let statements = match report.provenance.as_deref().map(crate::inventory::read) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(reason)) => {
+                tracing::warn!(%job_id, %reason, "a result's provenance cannot be indexed");
+                None
+            }
+            None => Some(Vec::new()),
         };
         let tx = self
             .conn
@@ -1145,58 +1155,106 @@ impl Db {
             ],
         )
         .map_err(err)?;
-        index_job(&tx, job_id, &statements).map_err(err)?;
+        index_job(&tx, job_id, statements.as_deref()).map_err(err)?;
         tx.commit().map_err(err)
     }
 
     /// The finished jobs whose provenance names `digest` (any algorithm's value, lowercase
-    /// hex) and a digest starting with `prefix` (a commit's), whichever are given, newest
-    /// first; at most `limit`. [`crate::inventory::hits`] then says which of their artifacts
-    /// match and why.
+    /// hex) and whose source is a commit starting with `prefix`, whichever are given (at
+    /// least one), newest first, at most `limit`, each handed to `each` as it is read (`false`
+    /// from it: stop). [`crate::inventory::hits`] then says which of their artifacts match.
     pub fn inventory_jobs(
         &self,
         digest: Option<&str>,
         prefix: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<String>, StateError> {
-        // Driven by the index: the digest's key, else the commit prefix's range (hex digits
-        // sort below 'g', so `d:<prefix>` up to `d:<prefix>g` is every value that starts with
-        // the prefix); the other filter, when both are given, is checked per job found.
-        const COMMIT: &str = "i.key >= 'd:' || ?2 AND i.key < 'd:' || ?2 || 'g'";
-        let driven_by = if digest.is_some() {
-            "i.key = 'd:' || ?1"
-        } else {
-            COMMIT
+        mut each: impl FnMut(IndexedJob) -> bool,
+    ) -> Result<(), StateError> {
+        // Driven by the index: the digest's key, the commit prefix's range (hex digits sort
+        // below 'g', so `c:<prefix>` up to `c:<prefix>g` is every commit starting with it),
+        // or both intersected; then only the jobs found are read.
+        const BY_DIGEST: &str = "SELECT job_id FROM inventory WHERE key = 'd:' || ?1";
+        const BY_COMMIT: &str =
+            "SELECT job_id FROM inventory WHERE key >= 'c:' || ?2 AND key < 'c:' || ?2 || 'g'";
+        let matching = match (digest, prefix) {
+            (Some(_), Some(_)) => format!("{BY_DIGEST} INTERSECT {BY_COMMIT}"),
+            (Some(_), None) => BY_DIGEST.to_string(),
+            (None, Some(_)) => format!("SELECT DISTINCT job_id FROM ({BY_COMMIT})"),
+            (None, None) => return Ok(()),
         };
         let sql = format!(
-            "SELECT DISTINCT j.id, j.finished_at FROM inventory i JOIN jobs j ON j.id = i.job_id
-             WHERE {driven_by} AND j.state = 'finished'
-               AND (?1 IS NULL OR ?2 IS NULL OR EXISTS (SELECT 1 FROM inventory c
-                    WHERE c.job_id = j.id AND {}))
+            "SELECT j.id, j.name, j.trust, j.runner_id, j.provenance
+             FROM ({matching}) m CROSS JOIN jobs j ON j.id = m.job_id
+             WHERE j.state = 'finished'
              ORDER BY j.finished_at DESC, j.id
-             LIMIT ?3",
-            COMMIT.replace("i.key", "c.key")
+             LIMIT ?3"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(StateError::Inventory)?;
-        let ids = stmt
-            .query_map(params![digest, prefix, limit], |r| r.get(0))
-            .map_err(StateError::Inventory)?
-            .collect::<rusqlite::Result<Vec<String>>>()
+        let mut rows = stmt
+            .query(params![digest, prefix, limit])
             .map_err(StateError::Inventory)?;
-        Ok(ids)
+        while let Some(r) = rows.next().map_err(StateError::Inventory)? {
+            let job = IndexedJob {
+                id: r.get(0).map_err(StateError::Inventory)?,
+                name: r.get(1).map_err(StateError::Inventory)?,
+                trust: r.get(2).map_err(StateError::Inventory)?,
+                runner_id: r.get(3).map_err(StateError::Inventory)?,
+                provenance: r.get(4).map_err(StateError::Inventory)?,
+            };
+            if !each(job) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many finished jobs reported provenance the inventory could not read (so no
+    /// inventory answer covers them).
+    pub fn unindexed_jobs(&self) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM inventory WHERE key = ?1",
+                [crate::inventory::UNINDEXED],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(to_u64)
+            .map_err(StateError::Inventory)
     }
 }
 
-/// Records what `statements` name for `job_id` in the inventory.
+/// A finished job an inventory query reads.
+#[derive(Debug, Clone)]
+pub struct IndexedJob {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The trust level the submitter gave.
+    pub trust: String,
+    /// The runner it ran on.
+    pub runner_id: Option<String>,
+    /// Its provenance as reported.
+    pub provenance: Option<String>,
+}
+
+/// Records what `statements` name for `job_id` in the inventory; `None`: its provenance could
+/// not be read, and the job is recorded as unindexed.
 fn index_job(
     conn: &Connection,
     job_id: &str,
-    statements: &[crate::inventory::Statement],
+    statements: Option<&[crate::inventory::Statement]>,
 ) -> rusqlite::Result<()> {
     let mut insert =
         conn.prepare_cached("INSERT OR IGNORE INTO inventory (key, job_id) VALUES (?1, ?2)")?;
-    for key in crate::inventory::keys(statements) {
-        insert.execute(params![key, job_id])?;
+    match statements {
+        Some(statements) => {
+            for key in crate::inventory::keys(statements) {
+                insert.execute(params![key, job_id])?;
+            }
+        }
+        None => {
+            insert.execute(params![crate::inventory::UNINDEXED, job_id])?;
+        }
     }
     Ok(())
 }

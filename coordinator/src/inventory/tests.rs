@@ -28,10 +28,11 @@ fn every_digest_a_statement_names_is_a_key_in_lowercase() {
     assert_eq!(statements.len(), 1);
     assert_eq!(statements[0].subjects[0].sha256, ART);
     let keys = keys(&statements);
-    let want: BTreeSet<String> = [ART, COMMIT, TOOL, BIN]
+    let mut want: BTreeSet<String> = [ART, COMMIT, TOOL, BIN]
         .iter()
         .map(|v| format!("d:{v}"))
         .collect();
+    want.insert(format!("c:{COMMIT}"));
     assert_eq!(keys, want);
 }
 
@@ -47,6 +48,10 @@ fn provenance_that_is_not_in_toto_envelopes_is_refused_naming_the_line() {
         (
             json!({"payloadType": PAYLOAD_TYPE, "payload": "%%%"}).to_string(),
             "provenance line 2: payload is not standard base64",
+        ),
+        (
+            line("\u{1b}]52;c;x\u{7}", COMMIT),
+            "provenance line 2: subject 0: digest.sha256 is not 64 hex digits",
         ),
         (
             json!({"payloadType": PAYLOAD_TYPE, "payload": base64::engine::general_purpose::STANDARD.encode("{\"_type\":\"x\"}")}).to_string(),
