@@ -1060,7 +1060,7 @@ async fn inventory(
     State(c): State<Shared>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::inventory::Answer>, ApiError> {
     c.admin
         .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
     let mut query = crate::inventory::Query::default();
@@ -1090,9 +1090,7 @@ async fn inventory(
             tracing::error!(error = %e, "inventory query failed");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
         })?;
-    Ok(Json(
-        serde_json::to_value(answer).map_err(|e| ApiError::internal(&e))?,
-    ))
+    Ok(Json(answer))
 }
 
 /// `GET /v1/jobs/{id}/provenance` (admin): the job's `provenance.intoto.jsonl`, as reported.

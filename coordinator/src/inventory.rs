@@ -121,16 +121,18 @@ fn statement_facts(s: &Value) -> Result<Statement, String> {
         .ok_or("the statement has no subject list")?
         .iter()
         .enumerate()
-        .filter_map(|(i, sub)| {
-            let sha256 = text(sub.pointer("/digest/sha256"))?.to_ascii_lowercase();
-            Some(if sha256.len() == 64 && is_hex(&sha256) {
+        .map(|(i, sub)| {
+            let sha256 = text(sub.pointer("/digest/sha256"))
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if sha256.len() == 64 && is_hex(&sha256) {
                 Ok(Subject {
                     name: text(sub.get("name")).unwrap_or_default(),
                     sha256,
                 })
             } else {
                 Err(format!("subject {i}: digest.sha256 is not 64 hex digits"))
-            })
+            }
         })
         .collect::<Result<Vec<_>, String>>()?;
     let dependency = |d: &Value, builder: bool| Dependency {
@@ -153,6 +155,17 @@ fn statement_facts(s: &Value) -> Result<Statement, String> {
             .cloned()
             .unwrap_or_default()
     };
+    let deps = list("/predicate/buildDefinition/resolvedDependencies");
+    if let Some(bad) = deps
+        .iter()
+        .filter_map(|d| d.pointer("/digest/gitCommit"))
+        .find(|c| {
+            !c.as_str()
+                .is_some_and(|c| is_hex(c) && c.len() <= MAX_KEY_VALUE)
+        })
+    {
+        return Err(format!("a gitCommit digest is not hex: {bad}"));
+    }
     let mut dependencies: Vec<Dependency> = list("/predicate/buildDefinition/resolvedDependencies")
         .iter()
         .map(|d| dependency(d, false))
@@ -359,9 +372,13 @@ pub fn query(db: &crate::state::Db, query: &Query) -> Result<Answer, String> {
                 answer.cut = true;
                 return false;
             }
-            // Indexed, so it was read when it was recorded.
-            let statements =
-                read(job.provenance.as_deref().unwrap_or_default()).unwrap_or_default();
+            // Indexed, so it was read when it was recorded; should it not read now, it is
+            // counted, not dropped.
+            let Ok(statements) = read(job.provenance.as_deref().unwrap_or_default()) else {
+                answer.unindexed += 1;
+                tracing::warn!(job_id = %job.id, "indexed provenance no longer reads");
+                return true;
+            };
             answer.hits.extend(hits(
                 query,
                 &JobFacts {

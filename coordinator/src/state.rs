@@ -30,9 +30,9 @@ pub const DB_NAME: &str = "coordinator.db";
 pub const LEASE_GRACE_SECS: u64 = 600;
 
 /// The schema version this build reads and writes. Versions 1 (before logs were reported), 2
-/// (before jobs could be cancelled) and 3 (before the inventory) are upgraded in place when
-/// opened ([`Db::open`]).
-const SCHEMA_VERSION: &str = "4";
+/// (before jobs could be cancelled), 3 (before the inventory) and 4 (an inventory whose keys
+/// were made another way, never released) are upgraded in place when opened ([`Db::open`]).
+const SCHEMA_VERSION: &str = "5";
 
 /// How long a writer waits for another (the CLI and the server share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -459,7 +459,7 @@ impl Db {
         let found = db.meta("schema_version").ok().flatten();
         match found.as_deref() {
             Some(SCHEMA_VERSION) => {}
-            Some("1" | "2" | "3") => db.upgrade().map_err(|source| StateError::Upgrade {
+            Some("1" | "2" | "3" | "4") => db.upgrade().map_err(|source| StateError::Upgrade {
                 path: path.to_owned(),
                 source,
             })?,
@@ -492,8 +492,10 @@ impl Db {
         if found == "1" || found == "2" {
             tx.execute_batch("ALTER TABLE jobs ADD COLUMN cancel_requested_at INTEGER;")?;
         }
-        if found == "1" || found == "2" || found == "3" {
+        if found != SCHEMA_VERSION {
+            // Made afresh, also over a version 4 inventory.
             tx.execute_batch(INVENTORY_SCHEMA)?;
+            tx.execute_batch("DELETE FROM inventory;")?;
             // Row by row: a large fleet's provenance is never held in memory at once.
             let mut unreadable = 0usize;
             let mut stmt = tx.prepare(
@@ -519,7 +521,10 @@ impl Db {
                     "finished jobs whose provenance could not be read are counted as unindexed"
                 );
             }
-            tx.execute_batch("UPDATE meta SET value = '4' WHERE key = 'schema_version';")?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                [SCHEMA_VERSION],
+            )?;
         }
         tx.commit()
     }
@@ -1182,12 +1187,17 @@ impl Db {
             (None, Some(_)) => format!("SELECT DISTINCT job_id FROM ({BY_COMMIT})"),
             (None, None) => return Ok(()),
         };
+        // The newest `limit` are chosen by id and time alone; only those jobs' provenance is
+        // read (sorting whole rows would carry every matched job's provenance).
         let sql = format!(
             "SELECT j.id, j.name, j.trust, j.runner_id, j.provenance
-             FROM ({matching}) m CROSS JOIN jobs j ON j.id = m.job_id
-             WHERE j.state = 'finished'
-             ORDER BY j.finished_at DESC, j.id
-             LIMIT ?3"
+             FROM (SELECT j2.id, j2.finished_at
+                   FROM ({matching}) m CROSS JOIN jobs j2 ON j2.id = m.job_id
+                   WHERE j2.state = 'finished'
+                   ORDER BY j2.finished_at DESC, j2.id
+                   LIMIT ?3) t
+             CROSS JOIN jobs j ON j.id = t.id
+             ORDER BY t.finished_at DESC, t.id"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(StateError::Inventory)?;
         let mut rows = stmt

@@ -54,6 +54,10 @@ fn provenance_that_is_not_in_toto_envelopes_is_refused_naming_the_line() {
             "provenance line 2: subject 0: digest.sha256 is not 64 hex digits",
         ),
         (
+            line(ART, "abcdef0-dirty"),
+            "provenance line 2: a gitCommit digest is not hex",
+        ),
+        (
             json!({"payloadType": PAYLOAD_TYPE, "payload": base64::engine::general_purpose::STANDARD.encode("{\"_type\":\"x\"}")}).to_string(),
             "provenance line 2: the payload is not an https://in-toto.io/Statement/v1 statement",
         ),

@@ -339,7 +339,7 @@ fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_prove
         .unwrap();
     drop(db);
     let mut db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("4"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("5"));
     let job = db.job("job-1", 300).unwrap().unwrap();
     let result = job.result.unwrap();
     assert_eq!(
@@ -367,21 +367,32 @@ fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_prove
         .unwrap();
     drop(db);
     let mut db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("4"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("5"));
     assert_eq!(
         db.job("job-2", 403).unwrap().unwrap().cancel_requested_at,
         None
     );
+    // Version 4 (an inventory with keys made another way, never released): made afresh.
+    db.conn
+        .execute_batch(
+            "DELETE FROM inventory WHERE key LIKE 'c:%';
+             UPDATE meta SET value = '4' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("5"));
+    assert_eq!(ids(&db, None, Some(&COMMIT[..9]), 10), ["job-2", "job-1"]);
     // A version this build does not know is refused, not guessed at.
     db.conn
         .execute(
-            "UPDATE meta SET value = '5' WHERE key = 'schema_version'",
+            "UPDATE meta SET value = '6' WHERE key = 'schema_version'",
             [],
         )
         .unwrap();
     drop(db);
     let e = Db::open(&path).unwrap_err().to_string();
-    assert!(e.contains("schema version Some(\"5\")"), "{e}");
+    assert!(e.contains("schema version Some(\"6\")"), "{e}");
 }
 
 #[test]
