@@ -33,6 +33,17 @@ fn read_then_write(value: &str) -> String {
     )
 }
 
+/// `bulwark caches ARGS --config <env's>`.
+fn caches_cli(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bulwark_tests::bulwark_bin())
+        .arg("caches")
+        .args(args)
+        .arg("--config")
+        .arg(&env.config)
+        .output()
+        .unwrap()
+}
+
 fn cache_record(r: &Run) -> serde_json::Value {
     r.result()["inputs"]["caches"][0].clone()
 }
@@ -296,15 +307,7 @@ fn caches_list_shows_a_saved_cache_and_caches_remove_starts_it_afresh() {
     first.assert_code(0);
     let rec = cache_record(&first);
     let scope = rec["scope"].as_str().unwrap().to_string();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(bulwark_tests::bulwark_bin())
-            .arg("caches")
-            .args(args)
-            .arg("--config")
-            .arg(&env.config)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| caches_cli(&env, args);
     let listed = cli(&["list", "--json"]);
     assert!(listed.status.success(), "{listed:?}");
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
@@ -382,15 +385,7 @@ fn the_store_stays_within_max_total_and_caches_prune_applies_a_lower_bound() {
     let oldest = fill("pr-a");
     fill("pr-b");
     let scope_of = |r: &Run| cache_record(r)["scope"].as_str().unwrap().to_string();
-    let cli = |args: &[&str]| {
-        std::process::Command::new(bulwark_tests::bulwark_bin())
-            .arg("caches")
-            .args(args)
-            .arg("--config")
-            .arg(&env.config)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| caches_cli(&env, args);
     let scopes = || -> Vec<(String, String)> {
         let listed = cli(&["list", "--json"]);
         assert!(listed.status.success(), "{listed:?}");

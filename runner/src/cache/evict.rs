@@ -285,10 +285,7 @@ impl Trash {
         let mut failed = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(_held) = crate::fsutil::open_dir(&path)
-                .ok()
-                .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok())
-            else {
+            let Some(_held) = lock_if_free(&path) else {
                 continue;
             };
             if let Err(e) = crate::fsutil::remove_tree(&path) {
@@ -592,10 +589,7 @@ pub(super) fn tidy(dir: &Path, trash: &mut Trash) {
             continue;
         }
         let path = entry.path();
-        let Some(held) = crate::fsutil::open_dir(&path)
-            .ok()
-            .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok())
-        else {
+        let Some(held) = lock_if_free(&path) else {
             continue;
         };
         // `current` read again now that the tree is locked: a save renames its tree to
@@ -611,4 +605,11 @@ pub(super) fn tidy(dir: &Path, trash: &mut Trash) {
             tracing::debug!(path = %path.display(), "moving a cache leftover out: {e}");
         }
     }
+}
+
+/// An exclusive lock on the directory `path`, if nobody holds one now.
+fn lock_if_free(path: &Path) -> Option<Flock<OwnedFd>> {
+    crate::fsutil::open_dir(path)
+        .ok()
+        .and_then(|fd| Flock::lock(fd, FlockArg::LockExclusiveNonblock).ok())
 }
