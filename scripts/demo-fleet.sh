@@ -9,7 +9,8 @@
 #      result, fetches the artifact and its provenance from the coordinator
 #      (the daemon uploaded both) and checks them with `bulwark verify`, with a policy that
 #      requires a trusted build from that repository's main branch;
-#   7. stops the daemon (SIGTERM) and the coordinator.
+#   7. asks the coordinator's inventory which artifacts the commit built;
+#   8. stops the daemon (SIGTERM) and the coordinator.
 #
 #   ./scripts/demo-fleet.sh            # everything in a new directory under ${TMPDIR:-/tmp}
 #
@@ -127,6 +128,9 @@ EOF
 [[ -n "$fallback" ]] && echo "forbid_weakened = false" >>"$work/policy.toml"
 "$bulwark" verify --provenance "$work/provenance.intoto.jsonl" --key "$work/host-state/keys/signing.pub" \
   --policy "$work/policy.toml" "$work/hello.tar.gz"
+
+say "incident response: which artifacts did this commit build? (bulwark-coordinator inventory query)"
+"$coordinator" inventory query --state "$work/coordinator" --commit "${commit:0:12}"
 
 say "stop the daemon (SIGTERM) and the coordinator"
 kill -TERM "$daemon"
