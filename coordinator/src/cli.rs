@@ -111,7 +111,7 @@ pub enum InventoryCommand {
     /// Lists the artifacts of finished jobs whose provenance names the digest (a tool's, a
     /// source tree's, a runner binary's, or the artifact's own) and whose git source is the
     /// commit, whichever are given; newest first. Exit status: 0 something matched, 1 nothing
-    /// did, 2 a bad digest or commit.
+    /// did, 2 a bad digest or commit, or a state that could not be read.
     #[command(
         after_help = "Example:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc"
     )]

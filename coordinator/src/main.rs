@@ -50,8 +50,18 @@ fn main() -> Result<()> {
                     std::process::exit(2);
                 }
             };
-            let db = statedir::open_db(&state)?;
-            let answer = inventory::query(&db, &query).map_err(anyhow::Error::msg)?;
+            // Exit status 1 is "nothing matched": a state that cannot be read is 2, so that no
+            // script takes it for "not affected".
+            let answer = match statedir::open_db(&state)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|db| inventory::query(&db, &query))
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("bulwark-coordinator: inventory query: {e}");
+                    std::process::exit(2);
+                }
+            };
             let mut out = std::io::stdout().lock();
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
@@ -99,8 +109,9 @@ fn main() -> Result<()> {
             if answer.unindexed > 0 {
                 eprintln!(
                     "bulwark-coordinator: inventory query: {} finished job(s) reported \
-                     provenance that could not be read; no answer covers them (jobs list, \
-                     GET /v1/jobs/ID/provenance)",
+                     provenance that could not be read; no answer covers them (the \
+                     coordinator's log names each: \"a result's provenance cannot be \
+                     indexed\", with its job_id)",
                     answer.unindexed
                 );
             }

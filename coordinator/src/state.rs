@@ -473,9 +473,9 @@ impl Db {
         Ok(db)
     }
 
-    /// Schema 1 to 2 (the jobs' reported logs), 2 to 3 (cancellation requests) and 3 to 4 (the
-    /// inventory, filled from every finished job's provenance), as far as needed. One
-    /// transaction, so a failure leaves the database as it was.
+    /// Schema 1 to 2 (the jobs' reported logs), 2 to 3 (cancellation requests) and 3 (or the
+    /// unreleased 4) to 5 (the inventory, made afresh from every finished job's provenance), as
+    /// far as needed. One transaction, so a failure leaves the database as it was.
     fn upgrade(&mut self) -> rusqlite::Result<()> {
         let tx = self
             .conn

@@ -36,7 +36,8 @@
 //! the filesystem, renames it to `gen-<random>/` and replaces `current` (the commit point);
 //! then, under `read.lock` exclusively (held by restores for moments only), it removes every
 //! other generation that no restore has locked. Whatever a dead save left, and generations
-//! in use at the last save, are removed by the next save of that cache.
+//! in use at the last save, are taken out by the restore holding them when its copy ends, or
+//! by any later save or weighing ([`evict::tidy`]).
 //!
 //! The store as a whole is bounded (`caches.max_total`, `caches.max_total_entries`,
 //! `caches.max_unused`): see [`evict`].
@@ -87,15 +88,6 @@ impl Tier {
         match trust {
             Trust::Trusted => Tier::Trusted,
             Trust::Untrusted => Tier::Untrusted,
-        }
-    }
-
-    /// The tiers a save by a job of `trust` may remove caches of to make room: pull requests
-    /// can push each other's caches out, never a trusted one.
-    pub fn removable_by(trust: Trust) -> &'static [Tier] {
-        match trust {
-            Trust::Trusted => &[Tier::Untrusted, Tier::Trusted],
-            Trust::Untrusted => &[Tier::Untrusted],
         }
     }
 
@@ -476,7 +468,7 @@ impl Store {
                     self.bounds.max_total_entries,
                     match trust {
                         Trust::Trusted =>
-                            "from untrusted caches or less recently used trusted ones",
+                            "from less recently used trusted caches (those in use right now stay)",
                         // A pull request's cache never pushes out a trusted one.
                         Trust::Untrusted => "from less recently used untrusted caches",
                     },
@@ -606,7 +598,7 @@ pub struct Listed {
     /// The invocation id of the run that saved it.
     pub invocation: Option<String>,
     /// Generations on disk: the current one, and older ones that a restore held at the last
-    /// save (kept until the next).
+    /// save (kept until the restore holding them lets go).
     pub generations: usize,
     /// What could not be read, if anything.
     pub problem: Option<String>,
@@ -705,7 +697,8 @@ impl Store {
     /// restores find nothing; an untrusted job falls back to the trusted tier), then removes
     /// every generation. The tier's directory and lock files stay (removing a lock file would
     /// let two holders of "the" lock exist); an interrupted removal leaves generations that
-    /// `current` no longer names, which the next save removes.
+    /// `current` no longer names (taken out by the next restore, save or weighing) or trees in
+    /// `.trash/` (deleted after the next save, or by `caches prune`).
     pub fn remove(
         &self,
         key: &str,

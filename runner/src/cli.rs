@@ -733,7 +733,7 @@ fn caches(cmd: CachesCommand) -> u8 {
                         c.tree_sha256.as_deref().unwrap_or("?"),
                         if c.generations > 1 {
                             format!(
-                                ", {} older generations kept until the next save",
+                                ", {} older generations kept while a restore copies from them",
                                 c.generations - 1
                             )
                         } else {
@@ -748,7 +748,7 @@ fn caches(cmd: CachesCommand) -> u8 {
                     ),
                     (None, None) => println!(
                         "{scope}  (key {key})  {}  {}  generations left by an interrupted \
-                         removal or save (the next save removes them)",
+                         removal or save (the next restore or save of it, or caches prune, removes them)",
                         c.name, c.tier
                     ),
                 }
@@ -780,13 +780,15 @@ fn caches(cmd: CachesCommand) -> u8 {
                     humantime::format_rfc3339_seconds(w.used),
                     match why {
                         crate::cache::Why::Unused => "unused for longer than caches.max_unused",
-                        crate::cache::Why::Room => "least recently used, over caches.max_total",
+                        crate::cache::Why::Room => {
+                            "least recently used, over caches.max_total or caches.max_total_entries"
+                        }
                     }
                 );
             }
             for w in &pruned.busy {
                 println!(
-                    "busy {}  {}  {}: in use by a running job, kept",
+                    "busy {}  {}  {}: kept (in use by a running job, or see the errors below)",
                     w.key,
                     w.name,
                     w.tier.as_str()
@@ -798,8 +800,13 @@ fn caches(cmd: CachesCommand) -> u8 {
                     crate::daemon::client::printable(e)
                 );
             }
+            let done = if dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            };
             eprintln!(
-                "bulwark: caches prune: {} cache(s) {verb}, {} busy; the store weighs {} bytes \
+                "bulwark: caches prune: {} cache(s) {done}, {} busy; the store weighs {} bytes \
                  (file contents plus {} per entry) in {} entries{}",
                 pruned.removed.len(),
                 pruned.busy.len(),

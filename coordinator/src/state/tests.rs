@@ -334,6 +334,7 @@ fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_prove
         .execute_batch(
             "ALTER TABLE jobs DROP COLUMN logs;
              ALTER TABLE jobs DROP COLUMN cancel_requested_at;
+             DROP TABLE inventory;
              UPDATE meta SET value = '1' WHERE key = 'schema_version';",
         )
         .unwrap();

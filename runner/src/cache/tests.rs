@@ -625,7 +625,7 @@ fn an_untrusted_save_pushes_out_the_least_recently_used_untrusted_cache_never_a_
 }
 
 #[test]
-fn a_trusted_save_pushes_out_untrusted_caches_before_trusted_ones() {
+fn a_trusted_save_removes_trusted_caches_only_while_the_trusted_ones_alone_are_over() {
     let t = TempDir::new("cache-evict-trusted");
     let store = small_store(&t);
     save_sized(&t, &store, "local:a", Trust::Trusted, 50, 300).unwrap();
@@ -635,7 +635,7 @@ fn a_trusted_save_pushes_out_untrusted_caches_before_trusted_ones() {
     assert_eq!(saved.removed, 1);
     assert!(!holds(&store, "local:b", Tier::Untrusted));
     assert!(holds(&store, "local:a", Tier::Trusted));
-    // Then the least recently used trusted one, when no untrusted one is left.
+    // 50 + 40 + 40 trusted > 100: the least recently used trusted one goes.
     save_sized(&t, &store, "local:d", Trust::Trusted, 40, 0).unwrap();
     assert!(!holds(&store, "local:a", Tier::Trusted));
     assert!(holds(&store, "local:c", Tier::Trusted));

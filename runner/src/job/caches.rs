@@ -125,7 +125,7 @@ impl JobRun<'_> {
             });
             let record = match saved {
                 // Which other caches a save pushed out is the operator's business (the
-                // runner's log says), not the job's: it would tell a pull request about other
+                // runner's log says, at info level), not the job's: it would tell a pull request about other
                 // projects' builds.
                 Ok(s) => json!({
                     "tier": s.tier.as_str(),
