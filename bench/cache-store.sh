@@ -13,9 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 caches=${1:-2000}
 runs=${2:-30}
-for tool in hyperfine python3; do
-    command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed" >&2; exit 0; }
-done
+. bench/lib.sh
+bench_require hyperfine python3
 cargo build --release --quiet -p bulwark-runner -p bulwark-sandbox
 bin=$PWD/target/release/bulwark
 work=$(mktemp -d)

@@ -13,9 +13,8 @@ cd "$(dirname "$0")/.."
 files=${1:-4096}
 kib=${2:-64}
 runs=${3:-5}
-for tool in hyperfine python3 sha256sum; do
-    command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed" >&2; exit 0; }
-done
+. bench/lib.sh
+bench_require hyperfine python3 sha256sum
 cargo build --release --quiet -p bulwark-runner -p bulwark-sandbox
 bin=$PWD/target/release/bulwark
 work=$(mktemp -d)

@@ -14,3 +14,12 @@ state_dir = "$work/state"
 runtime_dir = "$work/run"
 TOML
 }
+
+# `bench_require TOOL...`: exits 0 with a SKIP line (never counted as a result) unless every
+# tool named is installed.
+bench_require() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed" >&2; exit 0; }
+  done
+}

@@ -6,9 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-256}
 runs=${2:-5}
-for tool in hyperfine curl openssl python3; do
-    command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed" >&2; exit 0; }
-done
+. bench/lib.sh
+bench_require hyperfine curl openssl python3
 cargo build --release --quiet --example fetch_bench -p bulwark-runner
 bin=target/release/examples/fetch_bench
 work=$(mktemp -d)

@@ -25,6 +25,8 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::state::IndexedJob;
+
 /// `payloadType` of an in-toto statement in DSSE.
 const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// `_type` of an in-toto Statement v1.
@@ -270,27 +272,12 @@ pub struct Hit {
     pub matched: Vec<Dependency>,
 }
 
-/// The job a query reads, as the coordinator recorded it.
-#[derive(Debug, Clone)]
-pub struct JobFacts {
-    /// Its id.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// Its trust level.
-    pub trust: String,
-    /// The runner it was leased to.
-    pub runner_id: Option<String>,
-    /// Its provenance, read.
-    pub statements: Vec<Statement>,
-}
-
-/// The artifacts of `job` that `query` finds: with `commit`, only statements whose source
+/// The artifacts of `job`, whose provenance reads as `statements`, that `query` finds: with `commit`, only statements whose source
 /// (a dependency with a `gitCommit` digest) starts with it; with `digest`, every artifact of a
 /// statement with a dependency of that digest, or the artifact whose own digest it is.
-pub fn hits(query: &Query, job: &JobFacts) -> Vec<Hit> {
+pub fn hits(query: &Query, job: &IndexedJob, statements: &[Statement]) -> Vec<Hit> {
     let mut out = Vec::new();
-    for s in &job.statements {
+    for s in statements {
         let by_commit: Vec<&Dependency> = match &query.commit {
             None => Vec::new(),
             Some(c) => {
@@ -379,16 +366,7 @@ pub fn query(db: &crate::state::Db, query: &Query) -> Result<Answer, String> {
                 tracing::warn!(job_id = %job.id, "indexed provenance no longer reads");
                 return true;
             };
-            answer.hits.extend(hits(
-                query,
-                &JobFacts {
-                    id: job.id,
-                    name: job.name,
-                    trust: job.trust,
-                    runner_id: job.runner_id,
-                    statements,
-                },
-            ));
+            answer.hits.extend(hits(query, &job, &statements));
             if answer.hits.len() > MAX_HITS {
                 answer.hits.truncate(MAX_HITS);
                 answer.cut = true;

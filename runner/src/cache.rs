@@ -54,9 +54,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::disk_reserve::Room;
-use crate::source::{
-    copy_whole_tree, copy_whole_tree_from, tree_digest, CopyError, TREE_ALGORITHM,
-};
+use crate::source::{copy_tree, copy_tree_from, tree_digest, CopyError, Tree, TREE_ALGORITHM};
 
 mod evict;
 pub use evict::{weight, Bounds, Weighed, Why, ENTRY_CHARGE};
@@ -256,7 +254,7 @@ impl Store {
                     .map_err(|e| format!("{}: {e}; {afresh}", gen.display()))?;
                 (current, gen, in_use)
             };
-            let copied = copy_whole_tree_from(&in_use, dst, room, owner);
+            let copied = copy_tree_from(&in_use, dst, Tree::Whole, room, owner);
             // A save may have replaced this generation while it was copied, and left it for
             // whoever holds it last: this restore, when no other one does.
             drop(in_use);
@@ -355,7 +353,7 @@ impl Store {
                     .map_err(|(_, e)| io::Error::from(e))
             })
             .map_err(|e| format!("creating {}: {e}", incoming.display()))?;
-        let stats = match copy_whole_tree(src, &incoming, room, None) {
+        let stats = match copy_tree(src, &incoming, Tree::Whole, room, None) {
             Ok(stats) => stats,
             Err(e) => {
                 let _ = crate::fsutil::remove_tree(&incoming);

@@ -120,71 +120,47 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
-/// Copies `src` into the existing empty directory `dst`.
-pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
-    copy_tree_within(src, dst, Room::default(), None)
+/// What a copy is of; the rules are the same but for what this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// A job's source: a top-level `bulwark-out/` (the default output directory of a local
+    /// run) is left out.
+    Source,
+    /// A whole tree (a cache): nothing is left out by name.
+    Whole,
 }
 
-/// [`copy_tree`], refused (with what was copied left for the caller to remove) as soon as it
-/// would take more than `room`: checked before each entry, against the file's size before it
-/// is copied and the bytes actually copied after.
-pub fn copy_tree_within(
+/// Copies `src` into the existing empty directory `dst`, refused (with what was copied left
+/// for the caller to remove) as soon as it would take more than `room`: checked before each
+/// entry, against the file's size before it is copied and the bytes actually copied after.
+/// With `owner`, every entry made is given to that uid and gid as it is made, through its own
+/// descriptor (no walk by path afterwards, which a deep tree would take past `PATH_MAX`).
+pub fn copy_tree(
     src: &Path,
     dst: &Path,
+    tree: Tree,
     room: Room,
     owner: Option<(u32, u32)>,
 ) -> Result<CopyStats, CopyError> {
-    copy_tree_from(&open_source(src)?, dst, room, owner)
-}
-
-/// The top of a tree to copy, opened as every directory of it is.
-fn open_source(src: &Path) -> Result<OwnedFd, CopyError> {
-    crate::fsutil::open_dir(src).map_err(|source| CopyError {
+    let src = crate::fsutil::open_dir(src).map_err(|source| CopyError {
         path: ".".into(),
         source,
-    })
+    })?;
+    copy_tree_from(&src, dst, tree, room, owner)
 }
 
-/// [`copy_tree_within`] from a directory already open as `src`: the directory that was checked
-/// is the one copied, whatever its path leads to by now. With `owner`, everything made is given
-/// to that uid and gid as it is made (see [`copy_whole_tree`]).
+/// [`copy_tree`] from a directory already open as `src`: the directory that was checked is the
+/// one copied, whatever its path leads to by now.
 pub fn copy_tree_from(
     src: &OwnedFd,
     dst: &Path,
+    tree: Tree,
     room: Room,
     owner: Option<(u32, u32)>,
 ) -> Result<CopyStats, CopyError> {
     let walk = Walk {
         room,
-        skip_top: Some("bulwark-out"),
-        owner,
-    };
-    copy_from(src, dst, &walk)
-}
-
-/// [`copy_tree_within`], the same rules, except that nothing is skipped by name (a top-level
-/// `bulwark-out/` is copied like any other directory: caches are no source tree), and with
-/// `owner`, every entry made is given to that uid and gid as it is made, through its own
-/// descriptor (no walk by path afterwards, which a deep tree would take past `PATH_MAX`).
-pub fn copy_whole_tree(
-    src: &Path,
-    dst: &Path,
-    room: Room,
-    owner: Option<(u32, u32)>,
-) -> Result<CopyStats, CopyError> {
-    copy_whole_tree_from(&open_source(src)?, dst, room, owner)
-}
-
-/// [`copy_whole_tree`] from a directory already open as `src`.
-pub fn copy_whole_tree_from(
-    src: &OwnedFd,
-    dst: &Path,
-    room: Room,
-    owner: Option<(u32, u32)>,
-) -> Result<CopyStats, CopyError> {
-    let walk = Walk {
-        room,
-        skip_top: None,
+        skip_top: (tree == Tree::Source).then_some("bulwark-out"),
         owner,
     };
     copy_from(src, dst, &walk)
@@ -459,6 +435,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// A source copy with no bound and no owner.
+    fn copy(src: &Path, dst: &Path) -> Result<CopyStats, CopyError> {
+        copy_tree(src, dst, Tree::Source, Room::default(), None)
+    }
+
     fn tempdir(tag: &str) -> crate::tools::testutil::TempDir {
         crate::tools::testutil::TempDir::named(&format!("bulwark-src-{tag}"))
     }
@@ -474,7 +455,7 @@ mod tests {
         nix::unistd::mkfifo(&src.join("pipe"), Mode::from_bits_truncate(0o644)).unwrap();
         std::fs::create_dir(src.join("bulwark-out")).unwrap();
         // Opening the fifo for reading would block forever: the test would hang, not fail.
-        let stats = copy_tree(&src, &dst).unwrap();
+        let stats = copy(&src, &dst).unwrap();
         assert_eq!(std::fs::read_to_string(dst.join("a.txt")).unwrap(), "hello");
         assert_eq!(std::fs::read_to_string(dst.join("sub/b")).unwrap(), "b");
         assert_eq!(
@@ -494,10 +475,10 @@ mod tests {
         assert_eq!(d1.len(), 64);
         let dst2 = tempdir("d2");
         nix::unistd::mkfifo(&src.join("pipe2"), Mode::from_bits_truncate(0o644)).unwrap();
-        assert_eq!(tree_digest(&copy_tree(&src, &dst2).unwrap().entries), d1);
+        assert_eq!(tree_digest(&copy(&src, &dst2).unwrap().entries), d1);
         std::fs::write(src.join("sub/b"), "B").unwrap();
         let dst3 = tempdir("d3");
-        assert_ne!(tree_digest(&copy_tree(&src, &dst3).unwrap().entries), d1);
+        assert_ne!(tree_digest(&copy(&src, &dst3).unwrap().entries), d1);
     }
 
     #[test]
@@ -508,7 +489,7 @@ mod tests {
         std::fs::write(src.join("d/b"), vec![0u8; 3000]).unwrap();
         let within = |bytes, entries| {
             let dst = tempdir("room-d");
-            copy_tree_within(&src, &dst, Room { bytes, entries }, None)
+            copy_tree(&src, &dst, Tree::Source, Room { bytes, entries }, None)
                 .map(|s| s.bytes)
                 .map_err(|e| e.to_string())
         };
@@ -537,7 +518,7 @@ mod tests {
             std::fs::create_dir_all(&src).unwrap();
             std::fs::create_dir_all(&dst).unwrap();
             std::fs::write(src.join(std::ffi::OsStr::from_bytes(name)), "same\n").unwrap();
-            let digest = tree_digest(&copy_tree(&src, &dst).unwrap().entries);
+            let digest = tree_digest(&copy(&src, &dst).unwrap().entries);
             let _ = std::fs::remove_dir_all(&src);
             let _ = std::fs::remove_dir_all(&dst);
             digest

@@ -12,13 +12,13 @@ fn line(artifact: &str, commit: &str) -> String {
     crate::testutil::provenance_line(artifact, commit, TOOL, BIN)
 }
 
-fn job(statements: Vec<Statement>) -> JobFacts {
-    JobFacts {
+fn job() -> IndexedJob {
+    IndexedJob {
         id: "job-1".into(),
         name: "app".into(),
         trust: "trusted".into(),
         runner_id: Some("runner-1".into()),
-        statements,
+        provenance: None,
     }
 }
 
@@ -69,12 +69,13 @@ fn provenance_that_is_not_in_toto_envelopes_is_refused_naming_the_line() {
 
 #[test]
 fn a_query_finds_what_used_a_digest_or_a_commit_and_an_artifact_by_its_own_digest() {
-    let j = job(read(&format!(
+    let statements = read(&format!(
         "{}\n{}",
         line(ART, COMMIT),
         line(TOOL, "ffffffffff")
     ))
-    .unwrap());
+    .unwrap();
+    let j = job();
     let q = |digest: Option<&str>, commit: Option<&str>| {
         let q = Query {
             digest: digest.map(String::from),
@@ -82,7 +83,7 @@ fn a_query_finds_what_used_a_digest_or_a_commit_and_an_artifact_by_its_own_diges
         }
         .check()
         .unwrap();
-        hits(&q, &j)
+        hits(&q, &j, &statements)
             .into_iter()
             .map(|h| {
                 (

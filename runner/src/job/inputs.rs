@@ -214,8 +214,14 @@ impl JobRun<'_> {
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
             .map_err(|e| self.store_refusal(e))?;
         let room = self.workspace_room(jobdir)?;
-        let stats = crate::source::copy_tree_within(&r.dir, &jobdir.workspace, room, owner)
-            .map_err(|e| self.copy_refusal(jobdir, e))?;
+        let stats = crate::source::copy_tree(
+            &r.dir,
+            &jobdir.workspace,
+            crate::source::Tree::Source,
+            room,
+            owner,
+        )
+        .map_err(|e| self.copy_refusal(jobdir, e))?;
         self.inputs.source = serde_json::json!({
             "kind": "url",
             "uri": crate::tools::fetch::display_url(url),
@@ -294,14 +300,14 @@ pub(super) struct SourceDir {
 }
 
 impl SourceDir {
-    /// Copies it into `dst` (see `crate::source::copy_tree_within`).
+    /// Copies it into `dst` (see [`crate::source::copy_tree`]).
     pub fn copy_into(
         &self,
         dst: &Path,
         room: Room,
         owner: Option<(u32, u32)>,
     ) -> Result<crate::source::CopyStats, crate::source::CopyError> {
-        crate::source::copy_tree_from(&self.fd, dst, room, owner)
+        crate::source::copy_tree_from(&self.fd, dst, crate::source::Tree::Source, room, owner)
     }
 }
 
