@@ -152,6 +152,7 @@ fn run_inner(
                 ("TMPDIR".into(), "/tmp".into()),
             ],
             timeout_ms: None,
+            credentials: Vec::new(),
         }],
         job_timeout_ms: u64::try_from(limits.max_timeout.as_millis()).unwrap_or(u64::MAX),
         kill_grace_ms: u64::try_from(limits.kill_grace.as_millis()).unwrap_or(u64::MAX),

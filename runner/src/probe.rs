@@ -249,6 +249,7 @@ fn trial_sandbox(
             argv: vec!["/bin/true".into()],
             env: vec![("PATH".into(), JOB_PATH.into())],
             timeout_ms: Some(10_000),
+            credentials: Vec::new(),
         }],
         job_timeout_ms: 10_000,
         kill_grace_ms: 1_000,

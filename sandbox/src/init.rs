@@ -118,8 +118,8 @@ type Stage = (&'static str, String);
 pub struct Prepared {
     /// Compiled seccomp filters.
     pub filters: JobFilters,
-    /// The Landlock ruleset.
-    pub landlock: crate::landlock::JobRuleset,
+    /// The Landlock rulesets, one per distinct set of credentials the steps may read.
+    pub landlock: crate::landlock::StepRulesets,
     /// The runner's namespaces, which no job process may share.
     pub outer_namespaces: Vec<crate::namespaces::NamespaceId>,
 }
@@ -190,7 +190,8 @@ fn setup(
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| ("dumpable", e.to_string()))?;
     crate::spec::phase(spec, status, "init-loopback-up");
-    let landlock = crate::landlock::prepare().map_err(|e| ("landlock", e.to_string()))?;
+    let landlock = crate::landlock::StepRulesets::prepare(&spec.steps)
+        .map_err(|e| ("landlock", e.to_string()))?;
     crate::spec::phase(spec, status, "init-filters-prepared");
     // The job's one way out: a forwarder on its loopback to the runner's proxy socket, reached
     // through the directory descriptor the helper opened (after pivot_root, /proc is the job's

@@ -4,8 +4,10 @@
 //! and holds even if a mount is misconfigured or a later kernel bug exposes a path. The ruleset
 //! mirrors the mounts: system paths and tools read and execute, `/workspace` `/tmp` `/dev/shm`
 //! (and `/cache` when the job has caches) read-write, a few device nodes read-write, `/proc`
-//! read. Listing directories is allowed from `/` down; every other right on anything else, such
-//! as [`crate::mount::LANDLOCK_CANARY`], is denied by Landlock alone.
+//! read, and `/run/credentials/<name>` read for each credential the step may read (so one step
+//! of a trusted job can hold a credential the others cannot read). Listing directories is
+//! allowed from `/` down; every other right on anything else, such as
+//! [`crate::mount::LANDLOCK_CANARY`], is denied by Landlock alone.
 //!
 //! Compatibility: we ask the kernel which ABI it has, take the full filesystem feature set of
 //! that ABI (capped at the newest we have tested, 7) as a *hard requirement*, and add the ABI 6
@@ -38,6 +40,9 @@ pub enum LandlockError {
     /// The prepared ruleset could not be duplicated for a step.
     #[error("duplicating the ruleset: {0}")]
     Clone(String),
+    /// A step's credential name that is not a plain file name.
+    #[error("credential name {0:?} is not a plain name")]
+    CredentialName(String),
     /// The kernel accepted the ruleset but did not enforce all of it.
     #[error("ruleset not fully enforced: {0:?}")]
     NotFullyEnforced(RestrictionStatus),
@@ -71,8 +76,38 @@ pub struct JobRuleset {
     scoped: bool,
 }
 
-/// Builds the job ruleset for this kernel.
-pub fn prepare() -> Result<JobRuleset, LandlockError> {
+/// The rulesets of a job's steps: one per distinct set of credentials a step may read
+/// (`/run/credentials/<name>` is readable only under a rule naming it), so a job without
+/// credentials, or whose steps all read the same ones, builds one.
+#[derive(Debug)]
+pub struct StepRulesets {
+    sets: Vec<(Vec<String>, JobRuleset)>,
+}
+
+impl StepRulesets {
+    /// Builds a ruleset for each distinct `credentials` of `steps`.
+    pub fn prepare(steps: &[crate::spec::StepSpec]) -> Result<StepRulesets, LandlockError> {
+        let mut sets: Vec<(Vec<String>, JobRuleset)> = Vec::new();
+        for step in steps {
+            if !sets.iter().any(|(names, _)| *names == step.credentials) {
+                sets.push((step.credentials.clone(), prepare(&step.credentials)?));
+            }
+        }
+        Ok(StepRulesets { sets })
+    }
+
+    /// The ruleset built for `step`'s credentials.
+    pub fn for_step(&self, step: &crate::spec::StepSpec) -> Option<&JobRuleset> {
+        self.sets
+            .iter()
+            .find(|(names, _)| *names == step.credentials)
+            .map(|(_, ruleset)| ruleset)
+    }
+}
+
+/// Builds the job ruleset for this kernel, under which the credentials named in
+/// `credentials` (and no other) can be read.
+pub fn prepare(credentials: &[String]) -> Result<JobRuleset, LandlockError> {
     let found = crate::sys::landlock_abi_version();
     let abi_n = usable_abi();
     if abi_n == 0 {
@@ -137,11 +172,18 @@ pub fn prepare() -> Result<JobRuleset, LandlockError> {
         }
     }
     add("/proc", AccessFs::ReadFile | AccessFs::ReadDir);
-    // A trusted job's credentials (present only then): read, never execute.
-    add(
-        crate::mount::CREDENTIALS_DIR,
-        AccessFs::ReadFile | AccessFs::ReadDir,
-    );
+    // A trusted job's credentials (present only then), each only for the steps that may read
+    // it: read, never execute. A name that is not a plain file name is refused, not joined
+    // (`..` would name a directory above).
+    for name in credentials {
+        if !crate::mount::plain_name(name) {
+            return Err(LandlockError::CredentialName(name.clone()));
+        }
+        add(
+            &format!("{}/{name}", crate::mount::CREDENTIALS_DIR),
+            AccessFs::ReadFile | AccessFs::ReadDir,
+        );
+    }
     // `/cache` exists only when the job has caches.
     for p in ["/workspace", "/tmp", "/dev/shm", "/cache"] {
         add(p, read_write);

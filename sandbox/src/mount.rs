@@ -362,19 +362,22 @@ fn make_parent(target: &Path, rel: &Path) -> Result<(), MountError> {
 /// Where credential files appear in the job's view.
 pub const CREDENTIALS_DIR: &str = "/run/credentials";
 
+/// A credential's or credential file's name: the job spec's name pattern, so never `.`, `..`
+/// or anything with a `/`.
+pub fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
 fn write_credentials(root: &Path, files: &[crate::spec::CredentialFile]) -> Result<(), MountError> {
-    let plain = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with('.')
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    };
     let base = root.join(CREDENTIALS_DIR.trim_start_matches('/'));
     fs::create_dir_all(&base).map_err(err("create", &base))?;
     let mut dirs = Vec::new();
     for f in files {
-        if !plain(&f.dir) || !plain(&f.name) {
+        if !plain_name(&f.dir) || !plain_name(&f.name) {
             return Err(MountError {
                 step: "credential file name",
                 path: PathBuf::from(format!("{}/{}", f.dir, f.name)),

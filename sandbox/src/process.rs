@@ -129,6 +129,11 @@ fn prepare(
     nix::sys::prctl::set_no_new_privs().map_err(stage("no_new_privs"))?;
     let landlock = filters
         .landlock
+        .for_step(step)
+        .ok_or((
+            "landlock",
+            "no ruleset was prepared for this step".to_owned(),
+        ))?
         .restrict_self()
         .map_err(stage("landlock"))?;
     mark(status, "job-landlocked");

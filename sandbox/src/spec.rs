@@ -206,6 +206,10 @@ pub struct StepSpec {
     pub env: Vec<(String, String)>,
     /// Per-step wall-clock limit in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// The credentials (`/run/credentials/<name>`) this step's processes may read; Landlock
+    /// denies the others.
+    #[serde(default)]
+    pub credentials: Vec<String>,
 }
 
 /// Resource limits applied with setrlimit(2) to every job process.

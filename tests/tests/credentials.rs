@@ -360,6 +360,113 @@ fn a_trusted_job_gets_each_kind_of_credential_as_read_only_files_masked_in_its_l
     );
 }
 
+/// The attack: a compromised build tool (a dependency's install script) runs in the release
+/// job's build step and goes for the release credentials, now and by leaving a process behind
+/// for when the publishing step has them. With `steps[].credentials`, only the step that
+/// lists a credential can read it: Landlock refuses every other step (EACCES), and nothing a
+/// step leaves running outlives it.
+#[test]
+fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
+    let (env, c, sts) = setup("creds-scoped");
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let build = "ls /run/credentials | tr '\\n' , | sed 's/^/BUILD_LIST=/'; echo; \
+         for f in aws/credentials gcp/token; do cat /run/credentials/$f 2>&1 >/dev/null | sed 's/^/BUILD: /'; done; \
+         setsid sh -c 'sleep 1; cat /run/credentials/aws/credentials > /workspace/stolen 2>&1' & \
+         echo BUILD_DONE";
+    let publish =
+        "sleep 2; if test -e /workspace/stolen; then echo STOLEN=yes; else echo STOLEN=no; fi; \
+         mkdir -p dist; sha256sum /run/credentials/aws/credentials > dist/app.txt; \
+         cat /run/credentials/gcp/token 2>&1 >/dev/null | sed 's/^/PUBLISH: /'; echo PUBLISH_DONE";
+    let spec = with_credentials(&git_job(&repo, &commit, "release", build), &["aws", "gcp"])
+        .replacen(
+            "[outputs]",
+            &format!(
+                "[[steps]]\nname = \"publish\"\ncredentials = [\"aws\"]\nrun = '''{publish}'''\n\
+                 [[steps]]\nname = \"notify\"\ncredentials = [\"gcp\"]\nrun = \"wc -c < /run/credentials/gcp/token\"\n[outputs]"
+            ),
+            1,
+        );
+    let id = c.submit(&spec, "trusted");
+    let j = c.wait_done(&id, 120);
+    assert_eq!(
+        j["result"]["result"]["status"],
+        "succeeded",
+        "{j}\n{}",
+        daemon_log(&env)
+    );
+    let out = out_dir(&env, &id);
+    let log = std::fs::read_to_string(out.join("job.log")).unwrap();
+    // The build step sees the names (listing is allowed) but can read neither file.
+    assert!(log.contains("BUILD_LIST=aws,gcp,"), "{log}");
+    for f in ["aws/credentials", "gcp/token"] {
+        assert!(
+            log.contains(&format!(
+                "BUILD: cat: /run/credentials/{f}: Permission denied"
+            )),
+            "{f}: {log}"
+        );
+    }
+    assert!(
+        log.contains("BUILD_DONE") && log.contains("PUBLISH_DONE"),
+        "{log}"
+    );
+    // What it left running was gone before the publishing step began, and wrote nothing.
+    assert!(log.contains("STOLEN=no"), "{log}");
+    // The publishing step reads its credential, exactly as issued, and not the other one.
+    assert!(
+        log.contains("PUBLISH: cat: /run/credentials/gcp/token: Permission denied"),
+        "{log}"
+    );
+    let reqs = sts.requests();
+    let issued = |path: &str| {
+        reqs.iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("no request to {path}"))["issued"]
+            .clone()
+    };
+    let aws = issued("/aws");
+    let aws_file = format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+        aws["AccessKeyId"].as_str().unwrap(),
+        aws["SecretAccessKey"].as_str().unwrap(),
+        aws["SessionToken"].as_str().unwrap()
+    );
+    let sums = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();
+    assert_eq!(
+        sums,
+        format!("{}  /run/credentials/aws/credentials\n", sha256(&aws_file))
+    );
+    // The third step reads the other one.
+    let gcp = issued("/token")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        log.lines().any(|l| l.trim() == (gcp.len() + 1).to_string()),
+        "{log}"
+    );
+    // result.json says which step could read what.
+    let steps = j["result"]["result"]["steps"].as_array().unwrap();
+    let seen: Vec<(&str, serde_json::Value)> = steps
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["credentials"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("build", serde_json::Value::Null),
+            ("publish", serde_json::json!(["aws"])),
+            ("notify", serde_json::json!(["gcp"])),
+        ]
+    );
+    // Nothing of them on the host's disk.
+    for s in [aws["SecretAccessKey"].as_str().unwrap(), gcp.as_str()] {
+        let found = grep_tree(&env.dir, s);
+        assert!(found.is_empty(), "a credential on disk: {found:?}");
+    }
+}
+
 /// Files under `dir` holding `needle` (the tests' own record of the service excepted).
 fn grep_tree(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();

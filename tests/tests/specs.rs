@@ -232,6 +232,7 @@ fn minimal_spec() -> bulwark_sandbox::spec::SandboxSpec {
             argv: vec!["/bin/true".into()],
             env: Vec::new(),
             timeout_ms: None,
+            credentials: Vec::new(),
         }],
         ..bulwark_runner::job::base_spec(
             "direct",

@@ -275,6 +275,11 @@ pub struct StepSpec {
     /// Per-step timeout, at most the job's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Which of the job's `credentials` this step may read. Once any step says, each step
+    /// reads exactly what it lists (absent: none); when no step says, every step reads all
+    /// of them ([`ValidatedStep::credentials`], docs/credentials.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Vec<String>>,
 }
 
 /// `[outputs]`.
@@ -320,6 +325,9 @@ pub struct ValidatedStep {
     pub env: BTreeMap<String, String>,
     /// Per-step timeout, if any.
     pub timeout: Option<Duration>,
+    /// The job's credentials this step may read, resolved: what it lists when any step of
+    /// the job lists credentials, else all of the job's.
+    pub credentials: Vec<String>,
 }
 
 impl JobSpec {

@@ -179,6 +179,10 @@ pub struct StepResult {
     /// The limit that ended it, `memory`, `pids` or `timeout`; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
+    /// The job's credentials this step's processes could read (names, never values); absent
+    /// when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
 }
 
 /// One collected output file.
@@ -337,6 +341,7 @@ mod tests {
                 duration_ms: 1234,
                 timed_out: false,
                 limit: None,
+                credentials: vec![],
             }],
             outputs: vec![OutputRecord {
                 path: "dist/app.tar.gz".to_owned(),

@@ -52,7 +52,8 @@ pub(super) fn validate(spec: &JobSpec, limits: &LimitsConfig) -> Result<Validate
         check_network(network, &mut errors);
     }
     let resources = check_resources(&spec.resources, limits, &mut errors);
-    let steps = check_steps(&spec.steps, &resources, &mut errors);
+    let mut steps = check_steps(&spec.steps, &resources, &mut errors);
+    scope_credentials(spec, &mut steps, &mut errors);
     let output_patterns = check_outputs(&spec.outputs, &mut errors);
     SpecError::check(
         errors.list,
@@ -445,9 +446,67 @@ fn check_steps(
             run: step.run.clone(),
             env: step.env.clone(),
             timeout,
+            credentials: Vec::new(),
         });
     }
     validated
+}
+
+/// Resolves which of the job's credentials each step may read (`steps[i].credentials`):
+/// once any step lists some, each step gets exactly its list, and a credential no step lists
+/// is refused (it would be exchanged for nobody); when none lists any, every step gets all.
+fn scope_credentials(spec: &JobSpec, steps: &mut [ValidatedStep], errors: &mut Errors) {
+    let scoped = spec.steps.iter().any(|s| s.credentials.is_some());
+    for (i, (step, validated)) in spec.steps.iter().zip(steps.iter_mut()).enumerate() {
+        let Some(names) = &step.credentials else {
+            if !scoped {
+                validated.credentials.clone_from(&spec.credentials);
+            }
+            continue;
+        };
+        if names.len() > MAX_CREDENTIALS {
+            let message = format!(
+                "{} names; at most {MAX_CREDENTIALS} are allowed",
+                names.len()
+            );
+            errors.push(format!("steps[{i}].credentials"), message);
+            continue;
+        }
+        for (j, name) in names.iter().enumerate() {
+            let path = format!("steps[{i}].credentials[{j}]");
+            if let Some(first) = names[..j].iter().position(|n| n == name) {
+                let message = format!(
+                    "duplicate credential {} (also steps[{i}].credentials[{first}])",
+                    quote(name)
+                );
+                errors.push(path, message);
+            } else if !spec.credentials.contains(name) {
+                let message = format!(
+                    "{} is not one of the job's credentials; list it in the top-level `credentials` too",
+                    quote(name)
+                );
+                errors.push(path, message);
+            } else {
+                validated.credentials.push(name.clone());
+            }
+        }
+    }
+    if !scoped {
+        return;
+    }
+    for (i, name) in spec.credentials.iter().enumerate() {
+        let used = spec
+            .steps
+            .iter()
+            .any(|s| s.credentials.as_ref().is_some_and(|l| l.contains(name)));
+        if !used {
+            let message = format!(
+                "{} is read by no step (steps list their credentials); name it in the step that needs it, or drop it",
+                quote(name)
+            );
+            errors.push(format!("credentials[{i}]"), message);
+        }
+    }
 }
 
 fn check_env(env: &BTreeMap<String, String>, step_path: &str, errors: &mut Errors) {

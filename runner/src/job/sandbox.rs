@@ -47,6 +47,7 @@ impl JobRun<'_> {
                     timeout_ms: s
                         .timeout
                         .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
+                    credentials: s.credentials.clone(),
                 }
             })
             .collect();
@@ -365,6 +366,12 @@ impl JobRun<'_> {
                     };
                     eprintln!("bulwark: ◀ step {step}: {how} ({duration_ms} ms)");
                 }
+                let credentials = if self.credential_files.is_empty() {
+                    Vec::new()
+                } else {
+                    let declared = self.job.steps.iter().find(|s| s.name == step);
+                    declared.map(|s| s.credentials.clone()).unwrap_or_default()
+                };
                 r.steps.push(StepResult {
                     name: step,
                     exit_code,
@@ -372,6 +379,7 @@ impl JobRun<'_> {
                     duration_ms,
                     timed_out,
                     limit: None,
+                    credentials,
                 });
             }
             Event::SetupFailed { stage, message } => {

@@ -394,3 +394,79 @@ fn a_source_url_must_be_written_in_the_form_the_runner_fetches() {
         "{err}"
     );
 }
+
+fn two_steps(credentials: &str, build: &str, publish: &str) -> Result<ValidatedJob, SpecError> {
+    let text = format!(
+        "version = 1\nname = \"job\"\ncredentials = [{credentials}]\n\
+         [[steps]]\nname = \"build\"\nrun = \"make\"\n{build}\n\
+         [[steps]]\nname = \"publish\"\nrun = \"make upload\"\n{publish}\n"
+    );
+    JobSpec::from_toml_str(&text)?.validate(&LimitsConfig::default())
+}
+
+#[test]
+fn steps_read_every_credential_until_one_step_lists_its_own() {
+    let job = two_steps(r#""aws", "gcp""#, "", "").unwrap();
+    assert_eq!(job.steps[0].credentials, ["aws", "gcp"]);
+    assert_eq!(job.steps[1].credentials, ["aws", "gcp"]);
+    // Once one step lists credentials, a step that lists none reads none.
+    let job = two_steps(r#""aws", "gcp""#, "", r#"credentials = ["gcp", "aws"]"#).unwrap();
+    assert!(job.steps[0].credentials.is_empty());
+    assert_eq!(job.steps[1].credentials, ["gcp", "aws"]);
+    let job = two_steps(r#""aws""#, "credentials = []", r#"credentials = ["aws"]"#).unwrap();
+    assert!(job.steps[0].credentials.is_empty());
+    assert_eq!(job.steps[1].credentials, ["aws"]);
+    // No credentials at all: nothing to read.
+    let job = two_steps("", "", "").unwrap();
+    assert!(job.steps.iter().all(|s| s.credentials.is_empty()));
+}
+
+#[test]
+fn a_step_s_credentials_must_be_the_job_s_each_once_and_each_of_the_job_s_read_by_a_step() {
+    let err = two_steps(
+        r#""aws", "gcp""#,
+        r#"credentials = ["vault"]"#,
+        r#"credentials = ["aws", "aws"]"#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("steps[0].credentials[0]: \"vault\" is not one of the job's credentials; list it in the top-level `credentials` too"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "steps[1].credentials[1]: duplicate credential \"aws\" (also steps[1].credentials[0])"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("credentials[1]: \"gcp\" is read by no step"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("credentials[0]: \"aws\" is read by no step"),
+        "{text}"
+    );
+    // A step asking for credentials of a job that has none.
+    let err = two_steps("", r#"credentials = ["aws"]"#, "").unwrap_err();
+    assert_eq!(paths_of(&err), ["steps[0].credentials[0]"]);
+    // Bounded like the job's list.
+    let many: Vec<String> = (0..=MAX_CREDENTIALS).map(|i| format!("\"c{i}\"")).collect();
+    let err = two_steps(
+        r#""aws""#,
+        &format!("credentials = [{}]", many.join(", ")),
+        "",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "steps[0].credentials: {} names; at most {MAX_CREDENTIALS}",
+            MAX_CREDENTIALS + 1
+        )),
+        "{err}"
+    );
+    // Unknown keys in a step are still refused.
+    let err = two_steps(r#""aws""#, "credential = [\"aws\"]", "").unwrap_err();
+    assert!(err.to_string().contains("credential"), "{err}");
+}
