@@ -419,16 +419,16 @@ pub fn dispatch(cli: Cli) -> u8 {
                     return crate::exit::REFUSED;
                 }
             }
-            let credentials = if credentials_stdin {
+            let (credentials, credential_updates) = if credentials_stdin {
                 match crate::creds::receive_handoff() {
-                    Ok(h) => Some(h),
+                    Ok((h, updates)) => (Some(h), Some(updates)),
                     Err(e) => {
                         eprintln!("bulwark: {e}");
                         return crate::exit::REFUSED;
                     }
                 }
             } else {
-                None
+                (None, None)
             };
             crate::job::run(crate::job::RunArgs {
                 job,
@@ -442,6 +442,7 @@ pub fn dispatch(cli: Cli) -> u8 {
                 config,
                 quiet,
                 credentials,
+                credential_updates,
             })
         }
         Commands::Register {

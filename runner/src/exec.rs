@@ -171,7 +171,7 @@ fn run_inner(
         )
     };
     let mut child = match helper.send(&spec) {
-        Ok(child) => child,
+        Ok((child, _)) => child,
         Err(e) => {
             if let Some(cg) = cg {
                 let _ = cg.remove(Duration::from_secs(1));

@@ -214,7 +214,7 @@ impl HelperBinary {
 
     /// Starts the helper and hands it `spec` at once.
     pub fn spawn(&self, spec: &SandboxSpec, log: Stdio) -> Result<Child, String> {
-        self.start(log)?.send(spec)
+        Ok(self.start(log)?.send(spec)?.0)
     }
 }
 
@@ -239,22 +239,28 @@ impl Started {
         self.child.as_mut()?.stderr.take()
     }
 
-    /// Writes `spec` to the helper and closes the pipe; the helper then builds the sandbox.
-    pub fn send(mut self, spec: &SandboxSpec) -> Result<Child, String> {
+    /// Writes `spec` to the helper, one line, and closes the pipe; the helper then builds
+    /// the sandbox. With `credential_updates` the pipe stays open and is returned: it is
+    /// init's credential update channel once the sandbox is ready.
+    pub fn send(mut self, spec: &SandboxSpec) -> Result<(Child, Option<File>), String> {
         // Zeroed when dropped, and when it grows: a trusted job's spec carries its
         // credentials.
         let mut json = bulwark_sandbox::secret_buf::SecretBuf::new();
         serde_json::to_writer(&mut json, spec)
+            .map_err(|e| format!("encoding the sandbox spec: {e}"))?;
+        json.write_all(b"\n")
             .map_err(|e| format!("encoding the sandbox spec: {e}"))?;
         let mut pipe = self.spec.take().ok_or("spec already sent")?;
         if let Err(e) = pipe.write_all(json.as_bytes()) {
             drop(pipe);
             return Err(self.stopped_early(&format!("sending the sandbox spec: {e}")));
         }
-        drop(pipe);
-        self.child
+        let updates = spec.credential_updates.then_some(pipe);
+        let child = self
+            .child
             .take()
-            .ok_or_else(|| "helper already gone".to_string())
+            .ok_or_else(|| "helper already gone".to_string())?;
+        Ok((child, updates))
     }
 
     /// The spec could not be written: the helper has stopped reading (it exited or was

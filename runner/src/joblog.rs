@@ -69,6 +69,11 @@ impl LogCapture {
         })
     }
 
+    /// Masks `values` too, in everything stored and echoed from now on.
+    pub fn mask_more<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
+        self.masker.add(values);
+    }
+
     /// Masks the values `masker` knows in everything stored and echoed from now on.
     pub fn masking(mut self, masker: crate::creds::mask::Masker) -> LogCapture {
         self.masker = masker;

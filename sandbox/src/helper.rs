@@ -41,6 +41,10 @@ use crate::sys::Forked;
 /// File name of the helper binary, which the runner looks for next to its own.
 pub const HELPER_BINARY: &str = "bulwark-sandbox";
 
+/// Longest sandbox spec the helper reads: far above what a valid job makes (64 steps of at
+/// most 64 KiB each, their environments, tools), a bound on memory only.
+const MAX_SPEC_BYTES: usize = 64 << 20;
+
 fn at<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Stage {
     move |e| (stage, e.to_string())
 }
@@ -73,9 +77,18 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     let seccomp = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
     // The spec may carry a trusted job's credentials: the text is zeroed once parsed, before
     // init is forked, so that no copy of it outlives this point in either process; read into
-    // a buffer that zeroes what it leaves behind when it grows (`secret_buf`).
-    let input =
-        crate::secret_buf::SecretBuf::read_all(&mut std::io::stdin()).map_err(at("read spec"))?;
+    // a buffer that zeroes what it leaves behind when it grows (`secret_buf`). The spec is
+    // the first line: the runner may keep the pipe open for credential updates, which it
+    // sends only once init reports the sandbox ready (so none can have come with the spec).
+    let mut lines = crate::secret_buf::SecretLines::new(MAX_SPEC_BYTES);
+    let mut input = lines
+        .read_line(&mut std::io::stdin())
+        .map_err(at("read spec"))?
+        .ok_or(("read spec", "no spec on standard input".to_owned()))?;
+    if input.len() != 1 || lines.is_mid_line() {
+        return Err(("read spec", "more than the spec on standard input".into()));
+    }
+    let input = input.remove(0);
     let mut spec: SandboxSpec = serde_json::from_slice(input.as_bytes()).map_err(|e| {
         (
             "parse spec",
@@ -103,6 +116,17 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             "the runner exited before the sandbox started".into(),
         ));
     }
+    // The rest of standard input is init's credential update channel, when the spec allows
+    // updates; this process never reads it.
+    let updates = match spec.credential_updates && !spec.credentials.is_empty() {
+        true => Some(
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(at("credential update channel"))?,
+        ),
+        false => None,
+    };
     let null = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(at("open /dev/null"))?;
     dup2_stdin(null.as_fd()).map_err(at("stdin"))?;
@@ -299,11 +323,13 @@ fn run(status: &mut File) -> Result<i32, Stage> {
                     drop(alive_write);
                     helper_alive
                 },
+                updates,
             },
         ),
         Forked::Parent(init) => {
-            // Init writes the credentials; this process never needs them again.
+            // Init writes the credentials, and any update; this process never needs them.
             spec.credentials.clear();
+            drop(updates);
             // Held until we exit.
             let _alive_write = alive_write;
             drop(helper_alive);

@@ -54,12 +54,15 @@ pub struct Inherited {
     /// Read end of a pipe whose only write end the helper holds: end-of-file means the helper
     /// is gone.
     pub helper_alive: OwnedFd,
+    /// The credential update channel (the helper's standard input, after the spec), when the
+    /// spec allows updates.
+    pub updates: Option<OwnedFd>,
 }
 
 /// Runs as pid 1 of the job; never returns.
 pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -> ! {
     let code = match setup(spec, &mut status, &fds) {
-        Ok((filters, mut forwarder)) => {
+        Ok((filters, mut forwarder, credentials_writer)) => {
             // The credentials are files on the job's root now: init holds no copy while the
             // job runs (each is zeroed as it is dropped).
             spec.credentials.clear();
@@ -75,7 +78,14 @@ pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherite
                 seccomp,
                 outer_namespaces,
                 helper_alive,
+                updates,
             } = fds;
+            let mut updates = match (updates, credentials_writer) {
+                (Some(channel), Some(writer)) => Some(
+                    crate::credential_updates::CredentialUpdates::new(channel, writer),
+                ),
+                _ => None,
+            };
             drop((
                 workspace,
                 tmp,
@@ -88,7 +98,14 @@ pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherite
             ));
             report(&mut status, &Event::Ready);
             // `egress_dir` stays open: the forwarder connects through it for every connection.
-            let code = run_steps(spec, &filters, &log, &mut status, &mut forwarder);
+            let code = run_steps(
+                spec,
+                &filters,
+                &log,
+                &mut status,
+                &mut forwarder,
+                &mut updates,
+            );
             drop(egress_dir);
             code
         }
@@ -134,7 +151,7 @@ fn setup(
     spec: &SandboxSpec,
     status: &mut File,
     fds: &Inherited,
-) -> Result<(Prepared, Option<Forwarder>), Stage> {
+) -> Result<(Prepared, Option<Forwarder>, Option<OwnedFd>), Stage> {
     use std::os::fd::AsRawFd;
     let (workspace, tmp, tool_dirs) = (&fds.workspace, &fds.tmp, &fds.tool_dirs);
     let (egress_dir, rootfs_dir) = (fds.egress_dir.as_ref(), fds.rootfs_dir.as_ref());
@@ -184,7 +201,8 @@ fn setup(
         rootfs: rootfs.as_deref(),
         cache: cache.as_deref(),
     };
-    crate::mount::build_root(spec, &places).map_err(|e| ("mount", e.to_string()))?;
+    let credentials_writer =
+        crate::mount::build_root(spec, &places).map_err(|e| ("mount", e.to_string()))?;
     crate::spec::phase(spec, status, "init-mounted");
     sethostname(&spec.hostname).map_err(|e| ("hostname", e.to_string()))?;
     crate::sys::loopback_up().map_err(|e| ("loopback", e.to_string()))?;
@@ -225,6 +243,7 @@ fn setup(
             outer_namespaces,
         },
         forwarder,
+        credentials_writer,
     ))
 }
 
@@ -234,6 +253,7 @@ fn run_steps(
     log: &OwnedFd,
     status: &mut File,
     forwarder: &mut Option<Forwarder>,
+    updates: &mut Option<crate::credential_updates::CredentialUpdates>,
 ) -> i32 {
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
@@ -271,7 +291,7 @@ fn run_steps(
         };
         crate::spec::phase(spec, status, "init-step-fork");
         let outcome = run_step(
-            step, spec, filters, log, status, &sfd, deadline, grace, forwarder,
+            step, spec, filters, log, status, &sfd, deadline, grace, forwarder, updates,
         );
         crate::spec::phase(spec, status, "init-step-reaped");
         let duration_ms = start.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
@@ -317,6 +337,7 @@ fn run_step(
     deadline: Instant,
     grace: Duration,
     forwarder: &mut Option<Forwarder>,
+    updates: &mut Option<crate::credential_updates::CredentialUpdates>,
 ) -> Outcome {
     let main = match crate::sys::fork_single_threaded() {
         Ok(Forked::Child) => crate::process::exec_step(
@@ -368,14 +389,27 @@ fn run_step(
             .max(Duration::from_millis(1));
         let timeout =
             PollTimeout::try_from(wait.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
-        match forwarder {
-            // One poll for both: SIGCHLD and the forwarder's connections.
-            Some(fw) => {
-                let _ = fw.poll_once(&[(sfd.as_fd(), PollFlags::POLLIN)], Some(wait));
-            }
+        // One poll for all: SIGCHLD, the credential updates and the forwarder's connections.
+        let mut extra = vec![(sfd.as_fd(), PollFlags::POLLIN)];
+        let channel = updates.as_ref().and_then(|u| u.channel());
+        if let Some(ch) = channel {
+            extra.push((ch, PollFlags::POLLIN));
+        }
+        let ready = match forwarder {
+            Some(fw) => fw.poll_once(&extra, Some(wait)).unwrap_or_default(),
             None => {
-                let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+                let mut fds: Vec<PollFd<'_>> =
+                    extra.iter().map(|(fd, ev)| PollFd::new(*fd, *ev)).collect();
                 let _ = poll(&mut fds, timeout);
+                fds.iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect()
+            }
+        };
+        drop(extra);
+        if ready.get(1).is_some_and(|r| !r.is_empty()) {
+            if let Some(u) = updates.as_mut() {
+                u.on_readable(status);
             }
         }
         while let Ok(Some(_)) = sfd.read_signal() {}

@@ -23,6 +23,7 @@
 pub mod capabilities;
 pub mod cgroup;
 pub mod confine;
+pub mod credential_updates;
 pub mod disk;
 pub mod forwarder;
 pub mod helper;

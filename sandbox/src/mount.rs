@@ -75,7 +75,14 @@ pub struct Places<'a> {
 
 /// Builds the job's root and pivots into it. Runs in the job's init (pid 1 of the new pid
 /// namespace), inside the new user and mount namespaces.
-pub fn build_root(spec: &SandboxSpec, places: &Places<'_>) -> Result<(), MountError> {
+///
+/// Returns, when the runner may update the job's credentials (`credential_updates`), a
+/// writable clone of the credentials' own tmpfs that no path reaches: init writes updates
+/// through it, while the job's view of `/run/credentials` is sealed read-only.
+pub fn build_root(
+    spec: &SandboxSpec,
+    places: &Places<'_>,
+) -> Result<Option<std::os::fd::OwnedFd>, MountError> {
     let root = Path::new(NEW_ROOT);
     // Whatever the runner's umask: directories made below are 0755, files exactly the mode
     // given (none of which has a group or other write bit). The runner's umask is restored
@@ -90,7 +97,7 @@ fn build_root_inner(
     spec: &SandboxSpec,
     root: &Path,
     places: &Places<'_>,
-) -> Result<(), MountError> {
+) -> Result<Option<std::os::fd::OwnedFd>, MountError> {
     let (workspace, tmp, tools_src, rootfs) =
         (places.workspace, places.tmp, places.tools, places.rootfs);
     // 1. Nothing we mount may propagate back to the host, and nothing the host mounts later
@@ -200,12 +207,31 @@ fn build_root_inner(
         }
         bind_dir(src, &tools.join(name), Access::ReadOnly)?;
     }
-    // 5b. Credentials of a trusted job (docs/credentials.md): files on this root tmpfs itself,
-    //     so only in memory and in the job's mount namespace, gone with it; never on the
+    // 5b. Credentials of a trusted job (docs/credentials.md): files on a small tmpfs of their
+    //     own, so only in memory and in the job's mount namespace, gone with it; never on the
     //     host's disk. Owned by the job's uid (the helper is that uid in the namespace), files
-    //     0400 and directories 0500, and read-only for good once the root is sealed below.
+    //     0400 and directories 0500, read-only in the job's view once the root is sealed
+    //     below. When the runner may send newer ones, init keeps a writable clone of this
+    //     mount, taken before the seal and reachable by no path.
+    let mut credentials_writer = None;
     if !spec.credentials.is_empty() {
-        write_credentials(root, &spec.credentials)?;
+        let base = root.join(CREDENTIALS_DIR.trim_start_matches('/'));
+        fs::create_dir_all(&base).map_err(err("create", &base))?;
+        mount(
+            Some("tmpfs"),
+            &base,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=1m,nr_inodes=256"),
+        )
+        .map_err(err("mount credentials tmpfs", &base))?;
+        write_credentials(&base, &spec.credentials)?;
+        if spec.credential_updates {
+            credentials_writer = Some(
+                crate::sys::open_tree_clone(&base)
+                    .map_err(err("clone credentials mount", &base))?,
+            );
+        }
     }
 
     let canary = root.join(LANDLOCK_CANARY.trim_start_matches('/'));
@@ -271,7 +297,7 @@ fn build_root_inner(
     pivot_root(".", ".").map_err(err("pivot_root", root))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detach old root", Path::new("/")))?;
     chdir("/").map_err(err("chdir", Path::new("/")))?;
-    Ok(())
+    Ok(credentials_writer)
 }
 
 /// Set once the root is sealed; a read-only bind after that would stay writable, so it is
@@ -372,9 +398,7 @@ pub fn plain_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-fn write_credentials(root: &Path, files: &[crate::spec::CredentialFile]) -> Result<(), MountError> {
-    let base = root.join(CREDENTIALS_DIR.trim_start_matches('/'));
-    fs::create_dir_all(&base).map_err(err("create", &base))?;
+fn write_credentials(base: &Path, files: &[crate::spec::CredentialFile]) -> Result<(), MountError> {
     let mut dirs = Vec::new();
     for f in files {
         if !plain_name(&f.dir) || !plain_name(&f.name) {

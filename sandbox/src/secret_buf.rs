@@ -46,6 +46,21 @@ impl SecretBuf {
         self.0 = Zeroizing::new(larger);
     }
 
+    /// An empty buffer of `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> SecretBuf {
+        SecretBuf(Zeroizing::new(Vec::with_capacity(capacity)))
+    }
+
+    /// How many bytes it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Reads `from` to its end.
     pub fn read_all(from: &mut impl Read) -> io::Result<SecretBuf> {
         let mut buf = SecretBuf::new();
@@ -79,6 +94,81 @@ impl Write for SecretBuf {
     }
 }
 
+/// Splits a stream that may carry secrets into lines (one JSON document each: the sandbox spec,
+/// then credential updates), each line in a [`SecretBuf`] of its own, and the bytes of a line
+/// not yet complete in one too. A line longer than its bound is an error, and what was held
+/// of it is zeroed.
+#[derive(Debug)]
+pub struct SecretLines {
+    pending: SecretBuf,
+    max: usize,
+}
+
+impl SecretLines {
+    /// Lines of at most `max` bytes.
+    pub fn new(max: usize) -> SecretLines {
+        SecretLines {
+            pending: SecretBuf::new(),
+            max,
+        }
+    }
+
+    /// Takes the next bytes of the stream; returns the lines they complete, without their
+    /// newline.
+    pub fn take(&mut self, data: &[u8]) -> io::Result<Vec<SecretBuf>> {
+        let mut lines = Vec::new();
+        for piece in data.split_inclusive(|b| *b == b'\n') {
+            let (body, ends) = match piece.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (piece, false),
+            };
+            if self.pending.len().saturating_add(body.len()) > self.max {
+                self.pending = SecretBuf::with_capacity(0);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a line longer than {} bytes", self.max),
+                ));
+            }
+            self.pending.extend(body);
+            if ends {
+                lines.push(std::mem::replace(
+                    &mut self.pending,
+                    SecretBuf::with_capacity(0),
+                ));
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Reads `from` until a line is complete and returns it, with any lines that came with
+    /// it; `Ok(None)` at the end of the stream. A last line without a newline counts.
+    pub fn read_line(&mut self, from: &mut impl Read) -> io::Result<Option<Vec<SecretBuf>>> {
+        let mut chunk = Zeroizing::new([0u8; 8192]);
+        loop {
+            match from.read(&mut chunk[..]) {
+                Ok(0) if self.pending.is_empty() => return Ok(None),
+                Ok(0) => {
+                    let last = std::mem::replace(&mut self.pending, SecretBuf::with_capacity(0));
+                    return Ok(Some(vec![last]));
+                }
+                Ok(n) => {
+                    let lines = self.take(&chunk[..n])?;
+                    if !lines.is_empty() {
+                        return Ok(Some(lines));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether part of a line is held.
+    pub fn is_mid_line(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +183,27 @@ mod tests {
         assert!(b.0.capacity() >= big.len());
         let read = SecretBuf::read_all(&mut &big[..]).unwrap();
         assert_eq!(read.as_bytes(), &big[..]);
+    }
+
+    #[test]
+    fn lines_split_across_reads_come_out_whole_and_an_overlong_one_is_refused() {
+        let mut l = SecretLines::new(16);
+        assert!(l.take(b"{\"a\":").unwrap().is_empty());
+        assert!(l.is_mid_line());
+        let lines = l.take(b"1}\n{}\n{\"b\"").unwrap();
+        let got: Vec<&[u8]> = lines.iter().map(SecretBuf::as_bytes).collect();
+        assert_eq!(got, [&b"{\"a\":1}"[..], b"{}"]);
+        let lines = l.read_line(&mut &b":2}\n"[..]).unwrap().unwrap();
+        assert_eq!(lines[0].as_bytes(), b"{\"b\":2}");
+        // The end of the stream ends a last line without a newline, then says so.
+        let mut l = SecretLines::new(16);
+        let lines = l.read_line(&mut &b"{}"[..]).unwrap().unwrap();
+        assert_eq!(lines[0].as_bytes(), b"{}");
+        assert!(l.read_line(&mut &b""[..]).unwrap().is_none());
+        let mut l = SecretLines::new(4);
+        assert!(l.take(b"123").is_ok());
+        let e = l.take(b"45\n").unwrap_err();
+        assert!(e.to_string().contains("longer than 4 bytes"), "{e}");
+        assert!(!l.is_mid_line());
     }
 }

@@ -85,6 +85,22 @@ pub struct SandboxSpec {
     /// on the sandbox's in-memory root (docs/credentials.md). Never on the host's disk.
     #[serde(default)]
     pub credentials: Vec<CredentialFile>,
+    /// The runner may send newer credentials while the job runs ([`CredentialUpdate`] lines
+    /// on the helper's standard input after the spec, which init reads): the helper keeps
+    /// the channel open for init instead of closing it after the spec.
+    #[serde(default)]
+    pub credential_updates: bool,
+}
+
+/// Newer credential files for a running job (a refreshed session), one JSON line on the update
+/// channel. Each file replaces the one of that name in `/run/credentials/<dir>/` at once
+/// (written beside it, then renamed), so a reader sees the old contents or the new, never a
+/// mix. Only directories the job was started with can be updated.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialUpdate {
+    /// The new files.
+    pub files: Vec<CredentialFile>,
 }
 
 /// One credential file. Its contents are a secret: `Debug` shows only the path, and the
@@ -284,6 +300,17 @@ pub enum Event {
         name: String,
         /// CLOCK_MONOTONIC in nanoseconds.
         mono_ns: u64,
+    },
+    /// A [`CredentialUpdate`] is in place: these credentials' files now hold the new values.
+    CredentialsUpdated {
+        /// The credentials (directories) updated.
+        names: Vec<String>,
+    },
+    /// A [`CredentialUpdate`] could not be applied (the job keeps what it had) or the update
+    /// channel failed (no further update arrives).
+    CredentialUpdateFailed {
+        /// What went wrong.
+        message: String,
     },
     /// All steps ran (or one failed) and every job process is gone.
     Done {

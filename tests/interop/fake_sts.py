@@ -2,7 +2,7 @@
 which verifies the job identity token independently (PyJWT, against the coordinator's JWKS)
 exactly as a cloud's STS would, then issues fresh random credentials.
 
-    fake_sts.py --jwks-url URL --issuer ISS --record FILE
+    fake_sts.py --jwks-url URL --issuer ISS --record FILE [--lifetime SECONDS]
 
 Endpoints (loopback, a free port; prints `listening on PORT` once bound):
   POST /aws                     AssumeRoleWithWebIdentity (form in, XML out); aud sts.amazonaws.com
@@ -12,6 +12,8 @@ Endpoints (loopback, a free port; prints `listening on PORT` once bound):
 Every request is appended to FILE as one JSON line: the endpoint, whether it was accepted,
 the verified claims, the parameters other than the token, and the values issued, so a test
 can compare what the job saw with what was issued, and prove a request never came.
+With --lifetime, everything issued expires after that many seconds (AWS: whatever
+DurationSeconds asked), so a test can watch the runner refresh credentials mid-job.
 Roles: AWS accepts only role arn:aws:iam::123456789012:role/release; Vault only role
 "release"; everything requires the claim trust=trusted and ref refs/heads/main.
 """
@@ -99,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
                     "AccessKeyId": "ASIA" + secrets.token_hex(8).upper(),
                     "SecretAccessKey": secrets.token_urlsafe(30),
                     "SessionToken": secrets.token_urlsafe(200),
-                    "Expiration": (datetime.now(timezone.utc) + timedelta(seconds=int(form["DurationSeconds"]))).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "Expiration": (datetime.now(timezone.utc) + timedelta(seconds=ARGS.lifetime or int(form["DurationSeconds"]))).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 }
                 entry.update(accepted=True, issued=issued)
                 record(entry)
@@ -120,7 +122,7 @@ class Handler(BaseHTTPRequestHandler):
                     record(entry)
                     return self.reply(400, json.dumps({"error": "invalid_request"}), "application/json")
                 entry["claims"] = verify(token, "gcp-test")
-                issued = {"access_token": "ya29." + secrets.token_urlsafe(40), "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 600}
+                issued = {"access_token": "ya29." + secrets.token_urlsafe(40), "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": ARGS.lifetime or 600}
                 entry.update(accepted=True, issued=issued)
                 record(entry)
                 return self.reply(200, json.dumps(issued), "application/json")
@@ -131,7 +133,7 @@ class Handler(BaseHTTPRequestHandler):
                 entry["claims"] = verify(token, "vault")
                 if body.get("role") != "release":
                     raise jwt.InvalidTokenError("role not allowed")
-                issued = {"client_token": "hvs." + secrets.token_urlsafe(30), "lease_duration": 900}
+                issued = {"client_token": "hvs." + secrets.token_urlsafe(30), "lease_duration": ARGS.lifetime or 900}
                 entry.update(accepted=True, issued=issued)
                 record(entry)
                 return self.reply(200, json.dumps({"auth": issued}), "application/json")
@@ -150,6 +152,7 @@ def main():
     p.add_argument("--jwks-url", required=True)
     p.add_argument("--issuer", required=True)
     p.add_argument("--record", required=True)
+    p.add_argument("--lifetime", type=int, default=0)
     ARGS = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(f"listening on {server.server_address[1]}", flush=True)

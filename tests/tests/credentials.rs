@@ -23,7 +23,7 @@ struct Sts {
 }
 
 impl Sts {
-    fn start(env: &Env, c: &Coordinator) -> Sts {
+    fn start(env: &Env, c: &Coordinator, extra: &[&str]) -> Sts {
         let record = env.dir.join("sts.jsonl");
         let script = [
             bulwark_tests::repo_root().join("tests/interop/fake_sts.py"),
@@ -38,6 +38,7 @@ impl Sts {
             .arg(format!("{}/.well-known/jwks.json", c.url))
             .args(["--issuer", ISSUER, "--record"])
             .arg(&record)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -79,9 +80,14 @@ impl Drop for Sts {
 /// A host registered with a coordinator, its configuration naming four credentials at the
 /// test's token service: three it grants, one (`denied`) whose role it refuses.
 fn setup(tag: &str) -> (Env, Coordinator, Sts) {
+    setup_with(tag, &[])
+}
+
+/// [`setup`], the token service started with `sts_args`.
+fn setup_with(tag: &str, sts_args: &[&str]) -> (Env, Coordinator, Sts) {
     let env = Env::new(tag);
     let c = Coordinator::start(&env);
-    let sts = Sts::start(&env, &c);
+    let sts = Sts::start(&env, &c, sts_args);
     let base = format!("http://127.0.0.1:{}", sts.port);
     env.write_config_sections(
         "",
@@ -467,6 +473,124 @@ fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
     }
 }
 
+/// A job that outlives its credentials: the token service issues them for 6 seconds; the
+/// daemon exchanges the job's identity token again before they expire, and the job finds the
+/// new values in place of the old (same files, still read-only), masked in its log like the
+/// first ones. Nothing is exchanged for the job once it has ended.
+#[test]
+fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log() {
+    let (env, c, sts) = setup_with("creds-refresh", &["--lifetime", "6"]);
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let files = "/run/credentials/aws/credentials /run/credentials/vault/token";
+    let run = format!(
+        "mkdir -p dist; : > dist/app.txt; for i in 1 2 3; do \
+           sha256sum {files} >> dist/app.txt; cat {files}; \
+           if (echo x > /run/credentials/aws/credentials) 2>/dev/null; then echo WRITE=ok; else echo WRITE=denied; fi; \
+           sleep 5; done; \
+         echo MODE=$(stat -c %a /run/credentials/aws /run/credentials/aws/credentials | tr '\\n' ,); \
+         ls -A /run/credentials/aws | tr '\\n' , | sed 's/^/FILES=/'; echo"
+    );
+    let spec = with_credentials(&git_job(&repo, &commit, "long", &run), &["aws", "vault"]);
+    let id = c.submit(&spec, "trusted");
+    let j = c.wait_done(&id, 120);
+    assert_eq!(
+        j["result"]["result"]["status"],
+        "succeeded",
+        "{j}\n{}",
+        daemon_log(&env)
+    );
+    let ended = sts.requests().len();
+
+    let reqs = sts.requests();
+    assert!(
+        reqs.iter()
+            .all(|r| r["accepted"] == true && r["claims"]["job_id"] == id.as_str()),
+        "{reqs:?}"
+    );
+    let aws: Vec<&serde_json::Value> = reqs
+        .iter()
+        .filter(|r| r["path"] == "/aws")
+        .map(|r| &r["issued"])
+        .collect();
+    let vault: Vec<&serde_json::Value> = reqs
+        .iter()
+        .filter(|r| r["path"] == "/v1/auth/jwt/login")
+        .map(|r| &r["issued"])
+        .collect();
+    assert!(
+        aws.len() >= 2 && vault.len() >= 2,
+        "no refresh in a 15 s job: {reqs:?}\n{}",
+        daemon_log(&env)
+    );
+    let aws_file = |a: &serde_json::Value| {
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+            a["AccessKeyId"].as_str().unwrap(),
+            a["SecretAccessKey"].as_str().unwrap(),
+            a["SessionToken"].as_str().unwrap()
+        )
+    };
+    // Every read found exactly one issued value, whole; more than one over the job.
+    let out = out_dir(&env, &id);
+    let sums = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();
+    let mut seen = Vec::new();
+    for line in sums.lines() {
+        let (sum, path) = line.split_once("  ").unwrap();
+        let known = match path {
+            "/run/credentials/aws/credentials" => aws.iter().any(|a| sha256(&aws_file(a)) == sum),
+            "/run/credentials/vault/token" => vault
+                .iter()
+                .any(|v| sha256(&format!("{}\n", v["client_token"].as_str().unwrap())) == sum),
+            other => panic!("{other}"),
+        };
+        assert!(known, "{path} held something never issued: {sums}");
+        if !seen.contains(&sum) {
+            seen.push(sum);
+        }
+    }
+    assert!(seen.len() >= 4, "the job never saw newer values: {sums}");
+    // Still read-only, nothing left beside them, every value masked in the log.
+    let log = std::fs::read_to_string(out.join("job.log")).unwrap();
+    assert!(
+        !log.contains("WRITE=ok") && log.matches("WRITE=denied").count() == 3,
+        "{log}"
+    );
+    assert!(log.contains("MODE=500,400,"), "{log}");
+    assert!(log.contains("FILES=credentials,expiration,\n"), "{log}");
+    let result_json = std::fs::read_to_string(out.join("result.json")).unwrap();
+    for a in &aws {
+        for k in ["SecretAccessKey", "SessionToken"] {
+            let v = a[k].as_str().unwrap();
+            assert!(!log.contains(v), "a refreshed credential in job.log: {log}");
+            assert!(!result_json.contains(v));
+            assert!(grep_tree(&env.dir, v).is_empty(), "a credential on disk");
+        }
+    }
+    for v in &vault {
+        let t = v["client_token"].as_str().unwrap();
+        assert!(!log.contains(t), "{log}");
+    }
+    // result.json: how often each was refreshed, and the expiry of what the job holds now.
+    let creds = j["result"]["result"]["credentials"].as_array().unwrap();
+    let rec = |name: &str| creds.iter().find(|c| c["name"] == name).unwrap();
+    assert!(rec("aws")["refreshed"].as_u64().unwrap() >= 1, "{creds:?}");
+    assert!(rec("aws")["refresh_failed"].is_null(), "{creds:?}");
+    assert!(
+        aws[1..]
+            .iter()
+            .any(|a| a["Expiration"] == rec("aws")["expires"]),
+        "{creds:?}"
+    );
+    // Once the job is over, nothing more is exchanged for it.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(
+        sts.requests().len(),
+        ended,
+        "an exchange after the job ended"
+    );
+}
+
 /// Files under `dir` holding `needle` (the tests' own record of the service excepted).
 fn grep_tree(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -649,11 +773,23 @@ mod root_mode {
     /// after, and init drops its copy once the files are written.
     #[test]
     fn the_sandbox_helper_and_init_hold_no_credential_while_the_job_runs() {
+        sandbox_memory_holds_no_credential("creds-memory", false);
+    }
+
+    /// The same after init wrote newer credentials (a refresh): neither the old values nor
+    /// the new are left in the sandbox's processes.
+    #[test]
+    fn the_sandbox_holds_no_credential_after_a_refresh_either() {
+        sandbox_memory_holds_no_credential("creds-memory-refresh", true);
+    }
+
+    fn sandbox_memory_holds_no_credential(tag: &str, refresh: bool) {
         assert!(
             bulwark_tests::is_root(),
             "root_mode tests need root; the rootless pass skips them with --skip root_mode::"
         );
-        let (env, c, sts) = setup("creds-memory");
+        let sts_args: &[&str] = if refresh { &["--lifetime", "6"] } else { &[] };
+        let (env, c, sts) = setup_with(tag, sts_args);
         let (repo, commit) = repo(&env);
         let _daemon = Daemon::start(&env);
         // Comments make the sandbox spec larger than its buffers are sized for (64 KiB), so
@@ -662,9 +798,17 @@ mod root_mode {
         // `SecretBuf`: with plain growing buffers this test passed too (glibc grew them in
         // place or reused the freed memory before the scan).
         let pad = "x".repeat(40 << 10);
+        // With a refresh, the step waits until the AWS file changed (within 10 s).
+        let wait = if refresh {
+            "old=$(sha256sum < /run/credentials/aws/credentials); for i in $(seq 100); do \
+             test \"$(sha256sum < /run/credentials/aws/credentials)\" != \"$old\" && break; sleep 0.1; done; \
+             test \"$(sha256sum < /run/credentials/aws/credentials)\" != \"$old\" && "
+        } else {
+            ""
+        };
         let run = format!(
             "cat /run/credentials/vault/token /run/credentials/aws/credentials >/dev/null \
-             && touch /workspace/started && sleep 5 && sh build.sh # {pad}"
+             && {wait}touch /workspace/started && sleep 5 && sh build.sh # {pad}"
         );
         let run = run.as_str();
         let id = c.submit(
@@ -694,19 +838,24 @@ mod root_mode {
             std::thread::sleep(Duration::from_millis(50));
         }
         let reqs = sts.requests();
-        let issued = |path: &str, field: &str| {
-            reqs.iter()
-                .find(|r| r["path"] == path)
-                .unwrap_or_else(|| panic!("no exchange at {path}"))["issued"][field]
-                .as_str()
-                .unwrap()
-                .to_string()
+        let issued = |path: &str, field: &str| -> Vec<String> {
+            let all: Vec<String> = reqs
+                .iter()
+                .filter(|r| r["path"] == path)
+                .map(|r| r["issued"][field].as_str().unwrap().to_string())
+                .collect();
+            assert!(!all.is_empty(), "no exchange at {path}");
+            all
         };
-        let secrets = [
+        let secrets: Vec<String> = [
             issued("/v1/auth/jwt/login", "client_token"),
             issued("/aws", "SecretAccessKey"),
             issued("/aws", "SessionToken"),
-        ];
+        ]
+        .concat();
+        if refresh {
+            assert!(secrets.len() >= 6, "no refresh: {reqs:?}");
+        }
         // Each as issued, and as the hex it travels to the helper in.
         let needles: Vec<Vec<u8>> = secrets
             .iter()

@@ -278,7 +278,18 @@ pub struct CredentialRecord {
     /// `aws`, `oauth-token-exchange` or `vault`.
     pub kind: String,
     /// When it expires (RFC 3339), as the issuing service said; `null` when it did not say.
+    /// After a refresh, the expiry of the values the job holds now.
     pub expires: Option<String>,
+    /// How many times newer values replaced the job's while it ran (docs/credentials.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refreshed: u32,
+    /// Why the last attempt to replace them failed, when it did (the job kept what it had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_failed: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How much of its disk a job used.

@@ -80,6 +80,23 @@ impl Masker {
         }
     }
 
+    /// Masks `values` too from now on (newer credentials of a running job): they join the
+    /// others before the job can have read them.
+    pub fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
+        let mut more = Masker::new(values);
+        let mut secrets = std::mem::take(&mut self.secrets);
+        secrets.append(&mut more.secrets);
+        secrets.sort();
+        secrets.dedup();
+        let mut first = vec![Vec::new(); 256];
+        for (i, s) in secrets.iter().enumerate() {
+            first[usize::from(s[0])].push(i);
+        }
+        self.longest = secrets.iter().map(Vec::len).max().unwrap_or(0);
+        self.first = first;
+        self.secrets = secrets;
+    }
+
     /// Whether there is anything to mask.
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()
@@ -365,5 +382,19 @@ mod tests {
         assert!(m.is_empty());
         assert_eq!(m.feed(b"\x00\xffabc"), b"\x00\xffabc");
         assert!(m.finish().is_empty());
+    }
+
+    #[test]
+    fn values_added_later_are_masked_from_then_on_with_the_first_ones() {
+        let mut m = Masker::new(["first-secret-value"]);
+        let before = m.feed(b"second-secret-value first-secret-value ");
+        m.add(["second-secret-value"]);
+        let mut after = m.feed(b"second-secret-value first-secret-value");
+        after.extend(m.finish());
+        let before = String::from_utf8(before).unwrap();
+        let after = String::from_utf8(after).unwrap();
+        assert!(before.starts_with("second-secret-value"), "{before}");
+        assert!(!after.contains("secret-value"), "{after}");
+        assert_eq!(after.matches("***").count(), 2, "{after}");
     }
 }

@@ -14,6 +14,10 @@
 //!   and the helper writes them on the sandbox's own in-memory root at
 //!   `/run/credentials/<name>/`, read-only, gone with the job's mount namespace.
 //! - The run masks every secret value in the job's log ([`mask::Masker`]).
+//! - Before they expire, the daemon exchanges a fresh identity token again and sends the
+//!   newer credentials down the same path, one [`Handoff`] line per refresh on the run's
+//!   standard input ([`Updates`]); the run masks them first, then passes them to init, which
+//!   replaces the files in place (`bulwark_sandbox::credential_updates`).
 //!
 //! The exchanges obey the runner's fetch address rules (`[fetch]`: no private or metadata
 //! address unless allowed) and follow no redirect, since a redirect would carry the token
@@ -141,31 +145,97 @@ pub struct Handoff {
     pub credentials: Vec<Issued>,
 }
 
-/// Most bytes of a [`Handoff`] read from standard input.
-pub const MAX_HANDOFF_BYTES: u64 = 256 * 1024;
+/// Most bytes of one [`Handoff`] line on standard input.
+pub const MAX_HANDOFF_BYTES: usize = 256 * 1024;
 
-/// Reads the handoff from standard input (the daemon closes it after writing).
-fn read_handoff() -> Result<Handoff, String> {
-    use std::io::Read;
-    // Zeroed when dropped and when it grows (`SecretBuf`).
-    let raw = bulwark_sandbox::secret_buf::SecretBuf::read_all(
-        &mut std::io::stdin().take(MAX_HANDOFF_BYTES + 1),
-    )
-    .map_err(|e| format!("reading the credentials from standard input: {e}"))?;
-    if raw.as_bytes().len() as u64 > MAX_HANDOFF_BYTES {
-        return Err(format!(
-            "the credentials on standard input are larger than {MAX_HANDOFF_BYTES} bytes"
-        ));
+impl Handoff {
+    /// The handoff as one line for the run's standard input, in a buffer that zeroes what
+    /// it leaves behind.
+    pub fn to_line(&self) -> Result<bulwark_sandbox::secret_buf::SecretBuf, String> {
+        let mut json = bulwark_sandbox::secret_buf::SecretBuf::new();
+        serde_json::to_writer(&mut json, self)
+            .map_err(|e| format!("encoding the credentials: {e}"))?;
+        std::io::Write::write_all(&mut json, b"\n")
+            .map_err(|e| format!("encoding the credentials: {e}"))?;
+        Ok(json)
     }
-    serde_json::from_slice(raw.as_bytes())
+}
+
+fn parse_handoff(line: &bulwark_sandbox::secret_buf::SecretBuf) -> Result<Handoff, String> {
+    serde_json::from_slice(line.as_bytes())
         .map_err(|e| format!("the credentials on standard input are not a handoff: {e}"))
 }
 
+/// The rest of the run's standard input once the first handoff is read: newer credentials
+/// `bulwark daemon` sends while the job runs (a [`Handoff`] per line, each holding the
+/// credentials it refreshed). Lines are read into buffers that zero what they leave.
+#[derive(Debug)]
+pub struct Updates {
+    lines: bulwark_sandbox::secret_buf::SecretLines,
+    /// Lines that came with the first handoff.
+    queued: Vec<bulwark_sandbox::secret_buf::SecretBuf>,
+    open: bool,
+}
+
+impl Updates {
+    /// Whether standard input is still open: poll it for `POLLIN` while it is.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Reads what standard input has (it was reported readable) and returns the handoffs it
+    /// completes, with any that came with the first. The end of the input closes it (the
+    /// daemon sends no more); an unreadable or overlong line closes it with an error.
+    pub fn read(&mut self) -> Result<Vec<Handoff>, String> {
+        let mut lines = std::mem::take(&mut self.queued);
+        if self.open {
+            let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
+            match nix::unistd::read(std::io::stdin(), &mut chunk[..]) {
+                Ok(0) => self.open = false,
+                Ok(n) => match self.lines.take(&chunk[..n]) {
+                    Ok(more) => lines.extend(more),
+                    Err(e) => {
+                        self.open = false;
+                        return Err(format!("the credential updates on standard input: {e}"));
+                    }
+                },
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(e) => {
+                    self.open = false;
+                    return Err(format!(
+                        "reading credential updates from standard input: {e}"
+                    ));
+                }
+            }
+        }
+        lines.iter().map(parse_handoff).collect()
+    }
+
+    /// Whether updates that came with the first handoff wait to be read.
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+}
+
 /// What `bulwark run --credentials-stdin` does first: makes this process non-dumpable (see
-/// [`keep_out_of_dumps`]), then reads the handoff from standard input.
-pub fn receive_handoff() -> Result<Handoff, String> {
+/// [`keep_out_of_dumps`]), then reads the first handoff, the first line of standard input.
+/// Standard input stays open for newer credentials ([`Updates`]).
+pub fn receive_handoff() -> Result<(Handoff, Updates), String> {
     keep_out_of_dumps()?;
-    read_handoff()
+    let mut lines = bulwark_sandbox::secret_buf::SecretLines::new(MAX_HANDOFF_BYTES);
+    let mut first = lines
+        .read_line(&mut std::io::stdin())
+        .map_err(|e| format!("reading the credentials from standard input: {e}"))?
+        .ok_or("no credentials on standard input")?;
+    let handoff = parse_handoff(&first.remove(0))?;
+    Ok((
+        handoff,
+        Updates {
+            lines,
+            queued: first,
+            open: true,
+        },
+    ))
 }
 
 /// Makes this process non-dumpable before it holds a credential: no core dump of it (which
@@ -200,6 +270,31 @@ pub fn into_sandbox(wanted: &[String], handoff: Handoff) -> Result<Prepared, Str
             "credentials: the spec asks for {wanted:?}, the handoff holds {names:?}"
         ));
     }
+    split(handoff)
+}
+
+/// Checks that a handoff of newer credentials holds some of `wanted` (the spec's list), each
+/// once, and turns it into the files that replace the job's and the values to mask.
+pub fn into_update(wanted: &[String], handoff: Handoff) -> Result<Prepared, String> {
+    let names: Vec<&str> = handoff
+        .credentials
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let unknown = names.iter().any(|n| !wanted.iter().any(|w| w == n));
+    let twice = names
+        .iter()
+        .enumerate()
+        .any(|(i, n)| names[..i].contains(n));
+    if names.is_empty() || unknown || twice {
+        return Err(format!(
+            "credential update: the spec asks for {wanted:?}, the update holds {names:?}"
+        ));
+    }
+    split(handoff)
+}
+
+fn split(handoff: Handoff) -> Result<Prepared, String> {
     let mut files = Vec::new();
     let mut masks = Vec::new();
     for c in &handoff.credentials {
@@ -225,6 +320,8 @@ pub fn into_sandbox(wanted: &[String], handoff: Handoff) -> Result<Prepared, Str
             name: c.name.clone(),
             kind: c.kind.clone(),
             expires: c.expires.clone(),
+            refreshed: 0,
+            refresh_failed: None,
         })
         .collect();
     Ok(Prepared {
@@ -285,7 +382,7 @@ mod tests {
             return;
         }
         let h = receive_handoff().expect("handoff");
-        assert_eq!(h.credentials.len(), 1);
+        assert_eq!(h.0.credentials.len(), 1);
         assert!(
             !nix::sys::prctl::get_dumpable().expect("get_dumpable"),
             "a process holding credentials must not be dumpable"
@@ -362,5 +459,57 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("not plain"), "{e}");
+    }
+
+    #[test]
+    fn an_update_holds_some_of_the_job_s_credentials_each_once() {
+        let one = |name: &str| Issued {
+            name: name.into(),
+            kind: "aws".into(),
+            expires: Some("2030-01-01T00:00:00Z".into()),
+            files: vec![("credentials".into(), Secret::new("new-value".into()))],
+            secrets: vec![Secret::new("new-value".into())],
+        };
+        let wanted = vec!["aws".to_string(), "gcp".to_string()];
+        let update = |names: &[&str]| {
+            into_update(
+                &wanted,
+                Handoff {
+                    credentials: names.iter().map(|n| one(n)).collect(),
+                },
+            )
+        };
+        let p = update(&["aws"]).unwrap();
+        assert_eq!(p.files.len(), 1);
+        assert_eq!(
+            p.records[0].expires.as_deref(),
+            Some("2030-01-01T00:00:00Z")
+        );
+        for bad in [&[][..], &["other"], &["aws", "aws"]] {
+            let e = update(bad).unwrap_err();
+            assert!(e.starts_with("credential update: the spec asks for"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_first_handoff_is_one_line_and_what_follows_it_is_kept_for_later() {
+        let first = Handoff {
+            credentials: vec![Issued {
+                name: "vault".into(),
+                kind: "vault".into(),
+                expires: None,
+                files: vec![("token".into(), Secret::new("hvs.one".into()))],
+                secrets: vec![],
+            }],
+        };
+        let line = first.to_line().unwrap();
+        assert!(line.as_bytes().ends_with(b"\n"));
+        assert_eq!(line.as_bytes().iter().filter(|b| **b == b'\n').count(), 1);
+        let mut lines = bulwark_sandbox::secret_buf::SecretLines::new(MAX_HANDOFF_BYTES);
+        let two = [line.as_bytes(), line.as_bytes()].concat();
+        let got = lines.read_line(&mut &two[..]).unwrap().unwrap();
+        assert_eq!(got.len(), 2);
+        let back = parse_handoff(&got[1]).unwrap();
+        assert_eq!(back.credentials[0].files[0].1.expose(), "hvs.one");
     }
 }

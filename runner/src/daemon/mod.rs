@@ -27,7 +27,9 @@
 //! the coordinator for the job's identity token, one per credential (audience from the
 //! operator's `[credentials.<name>]`), exchanges each at its token service (`creds`), and
 //! hands the result to the run over the run's standard input. A failed exchange refuses the
-//! job; an untrusted job never causes a token request.
+//! job; an untrusted job never causes a token request. While the job runs, credentials that
+//! expire are exchanged again at two thirds of their lifetime and sent down the same pipe
+//! (`refresh_credentials`).
 //!
 //! Stopping: SIGTERM or SIGINT stops leasing; the jobs that are running are finished and
 //! reported first. A second signal kills their runs at once (its job processes die with it) and reports
@@ -515,20 +517,34 @@ impl Daemon {
         }
         tracing::info!(job_id = %lease.job_id, trust = lease.trust.as_str(), "job started");
         let mut child = cmd.spawn().context("starting bulwark run")?;
+        let mut refresh = None;
         if let Some(handoff) = handoff {
-            // Through a pipe only: never a file, an argument or the environment.
+            // Through a pipe only: never a file, an argument or the environment. One line
+            // (zeroed when dropped and when it grows: `SecretBuf`); the pipe stays open for
+            // newer credentials while the job runs.
             use tokio::io::AsyncWriteExt;
-            // Zeroed when dropped and when it grows (`SecretBuf`).
-            let mut json = bulwark_sandbox::secret_buf::SecretBuf::new();
-            serde_json::to_writer(&mut json, &handoff).context("encoding the credentials")?;
-            let json = json.as_bytes();
+            let line = handoff.to_line().map_err(anyhow::Error::msg)?;
             let mut stdin = child.stdin.take().context("the run's standard input")?;
             stdin
-                .write_all(json)
+                .write_all(line.as_bytes())
                 .await
                 .context("handing the credentials to bulwark run")?;
-            drop(stdin);
+            drop(line);
+            let first = handoff
+                .credentials
+                .iter()
+                .map(|c| (c.name.clone(), c.expires.clone()))
+                .collect();
+            drop(handoff);
+            refresh = Some(self.refresh_credentials(lease, job.timeout, first, stdin));
         }
+        let refresh = async move {
+            match refresh {
+                Some(r) => r.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(refresh);
         let mut stderr = child.stderr.take().context("the run's standard error")?;
         let mut tail = Vec::new();
         let mut buf = vec![0u8; 8192];
@@ -574,6 +590,7 @@ impl Daemon {
                     });
                 }
                 () = &mut follow, if following => following = false,
+                () = &mut refresh => {}
                 n = stderr.read(&mut buf), if stderr_open => match n {
                     Ok(0) | Err(_) => stderr_open = false,
                     Ok(n) => keep_tail(&mut tail, &buf[..n]),
@@ -716,24 +733,39 @@ impl Daemon {
         }
         // From here this process holds the identity token and then the credentials.
         crate::creds::keep_out_of_dumps().map_err(|e| format!("credentials: {e}"))?;
+        // Every name first: a name this runner does not configure refuses the job before any
+        // token is minted or exchanged.
+        for (i, name) in wanted.iter().enumerate() {
+            if !self.config.credentials.contains_key(name) {
+                return Err(format!(
+                    "credentials[{i}]: no credential {name:?} is configured on this runner ([credentials.{name}])"
+                ));
+            }
+        }
+        let issued = self.issue(lease, wanted, timeout).await?;
+        Ok(Some(crate::creds::Handoff {
+            credentials: issued,
+        }))
+    }
+
+    /// Exchanges a fresh identity token of the job's for each credential in `names` (each
+    /// configured on this runner: checked by the caller).
+    async fn issue(
+        &self,
+        lease: &Lease,
+        names: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<crate::creds::Issued>, String> {
         let policy = crate::tools::fetch::FetchPolicy::from_config(&self.config.fetch)
             .map_err(|e| format!("credentials: {e}"))?;
         let reg = &self.identity.registration;
-        // Every name first: a name this runner does not configure refuses the job before any
-        // token is minted or exchanged.
-        let mut providers = Vec::new();
-        for (i, name) in wanted.iter().enumerate() {
-            match self.config.credentials.get(name) {
-                Some(p) => providers.push((name, p)),
-                None => {
-                    return Err(format!(
-                        "credentials[{i}]: no credential {name:?} is configured on this runner ([credentials.{name}])"
-                    ))
-                }
-            }
-        }
         let mut issued = Vec::new();
-        for (name, provider) in providers {
+        for name in names {
+            let provider = self
+                .config
+                .credentials
+                .get(name)
+                .ok_or_else(|| format!("credentials.{name}: not configured on this runner"))?;
             let body = serde_json::to_vec(&bulwark_protocol::control::IdTokenRequest {
                 audience: provider.audience.clone(),
             })
@@ -772,9 +804,66 @@ impl Daemon {
             tracing::info!(job_id = %lease.job_id, credential = %one.name, kind = %one.kind, expires = ?one.expires, "credential issued");
             issued.push(one);
         }
-        Ok(Some(crate::creds::Handoff {
-            credentials: issued,
-        }))
+        Ok(issued)
+    }
+
+    /// Refreshes the credentials of a running job that will expire before it ends: their
+    /// next lifetime is exchanged for at two thirds of the current one, and sent to the run
+    /// as one more [`crate::creds::Handoff`] line. A failed exchange is tried again (every
+    /// 30 s, or sooner when they expire sooner) until they expire; the job keeps what it has
+    /// meanwhile. Never returns: it is polled beside the run and dropped with it.
+    async fn refresh_credentials(
+        &self,
+        lease: &Lease,
+        timeout: Duration,
+        first: Vec<(String, Option<String>)>,
+        mut pipe: tokio::process::ChildStdin,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let mut schedule = refresh_schedule(&first, std::time::SystemTime::now());
+        loop {
+            let Some((at, names, expires)) = schedule.take() else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(at.into()).await;
+            match self.issue(lease, &names, timeout).await {
+                Ok(issued) => {
+                    let now = std::time::SystemTime::now();
+                    let next: Vec<(String, Option<String>)> = issued
+                        .iter()
+                        .map(|c| (c.name.clone(), c.expires.clone()))
+                        .collect();
+                    let handoff = crate::creds::Handoff {
+                        credentials: issued,
+                    };
+                    let sent = match handoff.to_line() {
+                        Ok(line) => pipe
+                            .write_all(line.as_bytes())
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    drop(handoff);
+                    if let Err(e) = sent {
+                        // The run is gone or going: nothing more to refresh.
+                        tracing::debug!(job_id = %lease.job_id, "credential refresh not sent: {e}");
+                        return std::future::pending().await;
+                    }
+                    tracing::info!(job_id = %lease.job_id, credentials = ?names, "credentials refreshed");
+                    schedule = refresh_schedule(&next, now);
+                }
+                Err(e) => {
+                    let now = std::time::SystemTime::now();
+                    let left = expires.duration_since(now).unwrap_or_default();
+                    tracing::warn!(job_id = %lease.job_id, credentials = ?names, "credential refresh failed (the job keeps what it has, which expires in {}s): {e}", left.as_secs());
+                    if !left.is_zero() {
+                        let retry =
+                            (left / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+                        schedule = Some((std::time::Instant::now() + retry, names, expires));
+                    }
+                }
+            }
+        }
     }
 
     /// Uploads the report's logs, then its outputs; what could not be delivered turns the
@@ -1007,6 +1096,38 @@ fn sweep(
         }
     }
     done
+}
+
+/// When to refresh a job's credentials, issued at `issued_at` with these expiries: at two
+/// thirds of the shortest lifetime (at least a second after issue), all those that expire
+/// together; with the earliest expiry (a failed refresh is retried until then). `None` when
+/// none expires (a Vault token without a lifetime) or none could be read.
+fn refresh_schedule(
+    creds: &[(String, Option<String>)],
+    issued_at: std::time::SystemTime,
+) -> Option<(std::time::Instant, Vec<String>, std::time::SystemTime)> {
+    let mut names = Vec::new();
+    let mut earliest: Option<std::time::SystemTime> = None;
+    for (name, expires) in creds {
+        let Some(at) = expires
+            .as_deref()
+            .and_then(|e| humantime::parse_rfc3339_weak(e).ok())
+        else {
+            continue;
+        };
+        if at <= issued_at {
+            continue;
+        }
+        names.push(name.clone());
+        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+    }
+    let expires = earliest?;
+    let lifetime = expires.duration_since(issued_at).ok()?;
+    let point = issued_at + (lifetime * 2 / 3).max(Duration::from_secs(1));
+    let wait = point
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some((std::time::Instant::now() + wait, names, expires))
 }
 
 fn now_secs() -> u64 {
@@ -1388,5 +1509,35 @@ mod tests {
         let none = collect(&lease, &dir.path().join("missing"), Some(2), b"").unwrap();
         assert!(none.logs.is_empty());
         assert_eq!(none.result["status"], "refused");
+    }
+
+    #[test]
+    fn credentials_are_refreshed_at_two_thirds_of_the_shortest_lifetime() {
+        use std::time::{Instant, SystemTime};
+        let now = SystemTime::now();
+        let at = |secs: u64| {
+            humantime::format_rfc3339_seconds(now + Duration::from_secs(secs)).to_string()
+        };
+        let creds = vec![
+            ("aws".to_string(), Some(at(3600))),
+            ("gcp".to_string(), Some(at(600))),
+            ("vault".to_string(), None),
+            ("bad".to_string(), Some("yesterday".to_string())),
+        ];
+        let (when, names, expires) = refresh_schedule(&creds, now).unwrap();
+        assert_eq!(names, ["aws", "gcp"]);
+        let wait = when.saturating_duration_since(Instant::now());
+        assert!(
+            wait > Duration::from_secs(390) && wait <= Duration::from_secs(400),
+            "{wait:?}"
+        );
+        assert!(expires <= now + Duration::from_secs(600));
+        // Nothing that expires: nothing to refresh; a lifetime under 1.5 s: after a second.
+        assert!(refresh_schedule(&[("vault".to_string(), None)], now).is_none());
+        let (when, _, _) = refresh_schedule(&[("aws".to_string(), Some(at(1)))], now).unwrap();
+        assert!(when.saturating_duration_since(Instant::now()) <= Duration::from_secs(1));
+        // Already expired: nothing.
+        let past = humantime::format_rfc3339_seconds(now - Duration::from_secs(5)).to_string();
+        assert!(refresh_schedule(&[("aws".to_string(), Some(past))], now).is_none());
     }
 }

@@ -32,7 +32,7 @@ mod sandbox;
 use sandbox::confirmed_layers;
 
 /// Arguments of `bulwark run`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunArgs {
     /// The job spec file.
     pub job: PathBuf,
@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Credentials `bulwark daemon` exchanged for this job (read from standard input with the
     /// hidden `--credentials-stdin`); `None`: the run has none to give.
     pub credentials: Option<crate::creds::Handoff>,
+    /// The rest of standard input with `--credentials-stdin`: newer credentials the daemon
+    /// sends while the job runs.
+    pub credential_updates: Option<crate::creds::Updates>,
 }
 
 /// System directories bound read-only into every sandbox (those that exist on the host).
@@ -120,6 +123,7 @@ pub fn base_spec(
         tools: Vec::new(),
         egress: None,
         credentials: Vec::new(),
+        credential_updates: false,
     }
 }
 
@@ -144,7 +148,8 @@ pub(crate) fn now_rfc3339() -> String {
 }
 
 /// Runs `bulwark run`; returns the exit status.
-pub fn run(args: RunArgs) -> u8 {
+pub fn run(mut args: RunArgs) -> u8 {
+    let updates = args.credential_updates.take();
     let started = now_rfc3339();
     // Stage 1: everything that can be refused without an output directory.
     let (loaded, job, job_sha256, spec_dir) = match load_and_validate(&args) {
@@ -186,6 +191,7 @@ pub fn run(args: RunArgs) -> u8 {
         runner.credential_files = prepared.files;
         runner.masks = prepared.masks;
         runner.credentials = prepared.records;
+        runner.updates = updates;
     }
     let (status, reason, outputs) = match runner.execute() {
         Ok((status, reason, outputs)) => (status, reason, outputs),
@@ -599,6 +605,12 @@ struct JobRun<'a> {
     masks: Vec<crate::creds::Secret>,
     /// What `result.json` records of the credentials.
     credentials: Vec<bulwark_protocol::CredentialRecord>,
+    /// Newer credentials from the daemon, read once the sandbox is ready.
+    updates: Option<crate::creds::Updates>,
+    /// What each update sent to the sandbox and not yet confirmed will make of the records.
+    updates_sent: std::collections::VecDeque<Vec<bulwark_protocol::CredentialRecord>>,
+    /// The sandbox reported itself ready: updates may be sent.
+    sandbox_ready: bool,
 }
 
 /// What the sandbox reported.
@@ -647,6 +659,9 @@ impl<'a> JobRun<'a> {
             credential_files: Vec::new(),
             masks: Vec::new(),
             credentials: Vec::new(),
+            updates: None,
+            updates_sent: std::collections::VecDeque::new(),
+            sandbox_ready: false,
         }
     }
 }
@@ -1532,6 +1547,7 @@ mod tests {
             config: Some(config),
             quiet: true,
             credentials: None,
+            credential_updates: None,
         }
     }
 

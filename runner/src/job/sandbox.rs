@@ -2,7 +2,7 @@
 //! (steps, environment, limits, tools, egress), the per-job egress proxy, the helper process
 //! with its status and log channels, and the enforcement it confirms.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -69,6 +69,7 @@ impl JobRun<'_> {
                 address_space: fallback.then_some(self.job.memory),
             },
             credentials: self.credential_files.clone(),
+            credential_updates: self.updates.is_some() && !self.credential_files.is_empty(),
             ..super::base_spec(
                 &jobdir.id,
                 jobdir.workspace.clone(),
@@ -171,7 +172,7 @@ impl JobRun<'_> {
             .map_err(|e| {
                 Stop::Refused(format!("creating job.log in {}: {e}", self.out.display()))
             })?;
-        let mut child = helper.send(spec).map_err(Stop::Refused)?;
+        let (mut child, mut update_pipe) = helper.send(spec).map_err(Stop::Refused)?;
         let Some(mut status_stream) = child.stdout.take() else {
             // Cannot happen (stdout is always piped), but nothing after `send` may leave a
             // running helper behind.
@@ -230,13 +231,29 @@ impl JobRun<'_> {
                 )
                 .unwrap_or(PollTimeout::MAX)
             };
-            let mut fds = Vec::with_capacity(2);
+            // Newer credentials from the daemon, once the sandbox can take them (init reads
+            // the channel only from then on).
+            let stdin = std::io::stdin();
+            let updates_open = update_pipe.is_some()
+                && self.sandbox_ready
+                && self
+                    .updates
+                    .as_ref()
+                    .is_some_and(|u| u.is_open() || u.has_queued());
+            let mut fds = Vec::with_capacity(3);
             if status_open {
                 fds.push(PollFd::new(status_stream.as_fd(), PollFlags::POLLIN));
             }
             if log_open {
                 fds.push(PollFd::new(log_stream.as_fd(), PollFlags::POLLIN));
             }
+            if updates_open {
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
+            let wait = match self.updates.as_ref() {
+                Some(u) if updates_open && u.has_queued() => PollTimeout::ZERO,
+                _ => wait,
+            };
             match poll(&mut fds, wait) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -288,7 +305,12 @@ impl JobRun<'_> {
                     }
                 }
             }
+            let queued = self.updates.as_ref().is_some_and(|u| u.has_queued());
+            if updates_open && (ready.next() == Some(true) || queued) {
+                self.forward_updates(&mut log, &mut update_pipe);
+            }
         }
+        drop(update_pipe);
         let status = child.wait();
         match log.finish() {
             Ok(stats) if stats.dropped > 0 => {
@@ -308,6 +330,60 @@ impl JobRun<'_> {
         }
         tracing::debug!(?status, "sandbox helper exited");
         Ok(reported)
+    }
+
+    /// Reads the daemon's newer credentials and sends them on to init: masked in the job's
+    /// log first, so that no value of theirs can reach it unmasked. A malformed update is
+    /// refused (the job keeps what it has) and said in `result.json`.
+    fn forward_updates(&mut self, log: &mut LogCapture, pipe: &mut Option<std::fs::File>) {
+        let Some(updates) = self.updates.as_mut() else {
+            return;
+        };
+        let handoffs = match updates.read() {
+            Ok(h) => h,
+            Err(e) => {
+                self.update_failed(&e);
+                return;
+            }
+        };
+        for handoff in handoffs {
+            let prepared = match crate::creds::into_update(&self.job.spec.credentials, handoff) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.update_failed(&e);
+                    continue;
+                }
+            };
+            log.mask_more(prepared.masks.iter().map(|m| m.expose()));
+            let update = bulwark_sandbox::spec::CredentialUpdate {
+                files: prepared.files,
+            };
+            let mut line = bulwark_sandbox::secret_buf::SecretBuf::new();
+            let encoded = serde_json::to_writer(&mut line, &update)
+                .map_err(|e| e.to_string())
+                .and_then(|()| line.write_all(b"\n").map_err(|e| e.to_string()));
+            let sent = encoded.and_then(|()| match pipe.as_mut() {
+                Some(p) => p.write_all(line.as_bytes()).map_err(|e| e.to_string()),
+                None => Err("the update channel is closed".into()),
+            });
+            match sent {
+                Ok(()) => self.updates_sent.push_back(prepared.records),
+                Err(e) => {
+                    // Init is gone (the job is ending): nothing more can be sent.
+                    *pipe = None;
+                    self.update_failed(&format!("sending it to the sandbox: {e}"));
+                }
+            }
+        }
+    }
+
+    /// An update that did not reach the job: said in `result.json` for every credential
+    /// (which one it was may be what could not be read) and on the run's standard error.
+    fn update_failed(&mut self, why: &str) {
+        eprintln!("bulwark: warning: credential update not applied: {why}");
+        for r in &mut self.credentials {
+            r.refresh_failed = Some(why.to_owned());
+        }
     }
 
     /// One line of the helper's status channel.
@@ -330,7 +406,24 @@ impl JobRun<'_> {
 
     pub(super) fn on_event(&mut self, ev: Event, r: &mut Reported) {
         match ev {
-            Event::Ready => {}
+            Event::Ready => self.sandbox_ready = true,
+            Event::CredentialsUpdated { names } => {
+                let newer = self.updates_sent.pop_front().unwrap_or_default();
+                for r in &mut self.credentials {
+                    let Some(n) = newer.iter().find(|n| n.name == r.name) else {
+                        continue;
+                    };
+                    if names.contains(&r.name) {
+                        r.expires.clone_from(&n.expires);
+                        r.refreshed = r.refreshed.saturating_add(1);
+                        r.refresh_failed = None;
+                    }
+                }
+            }
+            Event::CredentialUpdateFailed { message } => {
+                self.updates_sent.pop_front();
+                self.update_failed(&format!("the sandbox: {message}"));
+            }
             Event::StepEnforced { step, enforced } => {
                 r.any_step_started = true;
                 if !self.args.quiet {
@@ -385,7 +478,11 @@ impl JobRun<'_> {
             Event::SetupFailed { stage, message } => {
                 r.setup_failed.get_or_insert((stage, message));
             }
-            Event::Done { job_timed_out } => r.done = Some(job_timed_out),
+            Event::Done { job_timed_out } => {
+                r.done = Some(job_timed_out);
+                // No step runs any more: an update now would reach nobody.
+                self.sandbox_ready = false;
+            }
             Event::Phase { .. } => {}
         }
     }

@@ -404,6 +404,29 @@ pub fn mount_setattr_add(path: &std::path::Path, set: u64, recursive: bool) -> i
     }
 }
 
+/// A detached copy of the mount at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`, Linux 5.2),
+/// as a descriptor: reachable by no path, keeping the flags the mount has now (flags set on
+/// `path` later, such as read-only, do not reach it), gone when the descriptor is closed.
+/// Needs `CAP_SYS_ADMIN` in the mount namespace's user namespace.
+pub fn open_tree_clone(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call, which only reads
+    // it; on success the return value is a new descriptor that nothing else owns.
+    let rc = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c_path.as_ptr(), flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = libc::c_int::try_from(rc).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: `fd` was just returned by the kernel as a new descriptor owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Sets every signal's disposition back to the default, as a freshly booted process has it.
 ///
 /// A caught signal is reset by `execve` anyway; an *ignored* one stays ignored across it. Rust's
