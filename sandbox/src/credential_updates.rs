@@ -85,7 +85,15 @@ impl CredentialUpdates {
         for line in lines {
             let update: CredentialUpdate = match serde_json::from_slice(line.as_bytes()) {
                 Ok(u) => u,
-                Err(e) => return self.fail(status, format!("an unreadable update: {e}")),
+                // Not serde's message: it may quote a value of the line.
+                Err(e) => {
+                    let why = format!(
+                        "an unreadable update ({:?} error at column {})",
+                        e.classify(),
+                        e.column()
+                    );
+                    return self.fail(status, why);
+                }
             };
             drop(line);
             let event = match write_update(self.writer.as_fd(), &update.files) {
@@ -103,9 +111,11 @@ impl CredentialUpdates {
     }
 }
 
-/// Writes `files` into their directories under `root` (the writable clone): each beside the
-/// old file, then renamed over it. Returns the directories written, in order. A directory the
-/// job was not started with is refused before anything is written.
+/// Writes `files` into their directories under `root` (the writable clone): every file is
+/// first written beside the one it replaces under a temporary name, then all are renamed over
+/// the old ones (so a failure while writing changes nothing the job sees, and leaves no
+/// temporary file). Returns the directories written, in order. A directory the job was not
+/// started with is refused before anything is written.
 fn write_update(root: BorrowedFd<'_>, files: &[CredentialFile]) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = Vec::new();
     for f in files {
@@ -127,42 +137,219 @@ fn write_update(root: BorrowedFd<'_>, files: &[CredentialFile]) -> Result<Vec<St
         .map_err(|e| format!("credential {name}: not one this job was started with ({e})"))?;
         dirs.push(dir);
     }
-    for f in files {
-        let Some(i) = names.iter().position(|n| *n == f.dir) else {
-            continue;
-        };
-        let dir = dirs[i].as_fd();
-        let temp = format!(".{}.new", f.name);
-        let written = (|| -> nix::Result<()> {
-            fchmod(dir, Mode::from_bits_truncate(0o700))?;
-            match unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
-            let fd = openat(
-                dir,
-                temp.as_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o400),
-            )?;
-            File::from(fd)
-                .write_all(f.contents.as_bytes())
-                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-            renameat(dir, temp.as_str(), dir, f.name.as_str())
-        })();
-        // Read-only again whatever happened.
-        let sealed = fchmod(dir, Mode::from_bits_truncate(0o500));
-        written
-            .and(sealed)
-            .map_err(|e| format!("credential {}: writing {}: {e}", f.dir, f.name))?;
+    let dir_of = |f: &CredentialFile| {
+        let i = names.iter().position(|n| *n == f.dir).unwrap_or(0);
+        dirs[i].as_fd()
+    };
+    let temp = |f: &CredentialFile| format!(".{}.new", f.name);
+    for d in &dirs {
+        fchmod(d.as_fd(), Mode::from_bits_truncate(0o700))
+            .map_err(|e| format!("making a credential directory writable: {e}"))?;
     }
-    Ok(names)
+    let mut staged = 0;
+    let mut result = files.iter().try_for_each(|f| {
+        stage(dir_of(f), &temp(f), f.contents.as_bytes())
+            .map(|()| staged += 1)
+            .map_err(|e| format!("credential {}: writing {}: {e}", f.dir, f.name))
+    });
+    if result.is_ok() {
+        result = files.iter().try_for_each(|f| {
+            let (dir, t) = (dir_of(f), temp(f));
+            renameat(dir, t.as_str(), dir, f.name.as_str())
+                .map_err(|e| format!("credential {}: replacing {}: {e}", f.dir, f.name))
+        });
+        staged = if result.is_ok() { 0 } else { files.len() };
+    }
+    // No temporary file stays behind (those already renamed are gone: ENOENT).
+    for f in &files[..staged] {
+        let _ = unlinkat(dir_of(f), temp(f).as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    // Read-only again whatever happened.
+    for d in &dirs {
+        let sealed = fchmod(d.as_fd(), Mode::from_bits_truncate(0o500));
+        if result.is_ok() {
+            result = sealed.map_err(|e| format!("making a credential directory read-only: {e}"));
+        }
+    }
+    result.map(|()| names)
+}
+
+/// Writes `contents` to a new file `name` (mode 0400) in `dir`, replacing a temporary file a
+/// failed update left there.
+fn stage(dir: BorrowedFd<'_>, name: &str, contents: &[u8]) -> nix::Result<()> {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o400),
+    )?;
+    File::from(fd)
+        .write_all(contents)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 fn report(status: &mut File, event: &Event) {
     let _ = writeln!(status, "{}", event.to_line());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(dir: &str, name: &str, contents: &str) -> CredentialFile {
+        CredentialFile {
+            dir: dir.into(),
+            name: name.into(),
+            contents: contents.into(),
+        }
+    }
+
+    /// A credentials tree as the sandbox makes it: `aws/credentials` and `aws/expiration`,
+    /// files 0400, directory 0500.
+    fn tree(tag: &str) -> (crate::testutil::TempDir, OwnedFd) {
+        let root = crate::testutil::TempDir::named(&format!("bulwark-cred-update-{tag}"));
+        let aws = root.join("aws");
+        std::fs::create_dir_all(&aws).unwrap();
+        for (name, text) in [("credentials", "old-secret\n"), ("expiration", "old\n")] {
+            std::fs::write(aws.join(name), text).unwrap();
+            std::fs::set_permissions(aws.join(name), std::fs::Permissions::from_mode(0o400))
+                .unwrap();
+        }
+        std::fs::set_permissions(&aws, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let fd = openat(
+            nix::fcntl::AT_FDCWD,
+            &*root,
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
+        (root, fd)
+    }
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Writable again, so that the directory's guard can remove it as any user.
+    fn cleanup(root: &std::path::Path) {
+        let _ = std::fs::set_permissions(root.join("aws"), std::fs::Permissions::from_mode(0o700));
+    }
+
+    #[test]
+    fn an_update_replaces_the_files_in_place_read_only_with_nothing_left_beside_them() {
+        let (root, fd) = tree("ok");
+        let aws = root.join("aws");
+        let inode = |p: &std::path::Path| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+        };
+        let before = inode(&aws.join("credentials"));
+        let names = write_update(
+            fd.as_fd(),
+            &[
+                file("aws", "credentials", "new-secret\n"),
+                file("aws", "expiration", "new\n"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(names, ["aws"]);
+        assert_eq!(
+            std::fs::read_to_string(aws.join("credentials")).unwrap(),
+            "new-secret\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(aws.join("expiration")).unwrap(),
+            "new\n"
+        );
+        assert_ne!(
+            inode(&aws.join("credentials")),
+            before,
+            "replaced, not rewritten"
+        );
+        assert_eq!(mode(&aws.join("credentials")), 0o400);
+        assert_eq!(mode(&aws), 0o500);
+        let mut left: Vec<String> = std::fs::read_dir(&aws)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["credentials", "expiration"]);
+        cleanup(&root);
+    }
+
+    #[test]
+    fn an_update_for_a_credential_the_job_lacks_or_with_a_path_in_a_name_changes_nothing() {
+        let (root, fd) = tree("refused");
+        let aws = root.join("aws");
+        let e = write_update(
+            fd.as_fd(),
+            &[
+                file("aws", "credentials", "new-secret\n"),
+                file("gcp", "token", "t\n"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("credential gcp: not one this job was started with"),
+            "{e}"
+        );
+        for (dir, name) in [
+            ("..", "x"),
+            ("aws", "../x"),
+            ("aws", ".credentials.new"),
+            ("a/b", "x"),
+        ] {
+            let e = write_update(fd.as_fd(), &[file(dir, name, "v")]).unwrap_err();
+            assert!(e.contains("is not a plain name"), "{dir}/{name}: {e}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(aws.join("credentials")).unwrap(),
+            "old-secret\n"
+        );
+        assert_eq!(mode(&aws), 0o500);
+        assert_eq!(std::fs::read_dir(&aws).unwrap().count(), 2);
+        cleanup(&root);
+    }
+
+    #[test]
+    fn updates_arrive_split_across_reads_and_a_bad_line_or_a_cut_one_is_reported() {
+        let (root, fd) = tree("channel");
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let mut updates = CredentialUpdates::new(r, fd);
+        let status_path = root.join("status");
+        let mut status = File::create(&status_path).unwrap();
+        let line = serde_json::to_string(&CredentialUpdate {
+            files: vec![file("aws", "credentials", "split-secret\n")],
+        })
+        .unwrap()
+            + "\n";
+        let mut w = File::from(w);
+        let (a, b) = line.as_bytes().split_at(line.len() / 2);
+        w.write_all(a).unwrap();
+        updates.on_readable(&mut status);
+        w.write_all(b).unwrap();
+        updates.on_readable(&mut status);
+        assert_eq!(
+            std::fs::read_to_string(root.join("aws/credentials")).unwrap(),
+            "split-secret\n"
+        );
+        w.write_all(b"{\"files\": \"nope-secret\"}\n").unwrap();
+        updates.on_readable(&mut status);
+        assert!(updates.channel().is_none(), "a bad line closes the channel");
+        let said = std::fs::read_to_string(&status_path).unwrap();
+        assert!(
+            said.contains(r#"{"event":"credentials_updated","names":["aws"]}"#),
+            "{said}"
+        );
+        assert!(said.contains("an unreadable update"), "{said}");
+        assert!(
+            !said.contains("nope-secret"),
+            "the line is never quoted: {said}"
+        );
+        cleanup(&root);
+    }
 }

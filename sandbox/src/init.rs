@@ -8,9 +8,12 @@
 //! `kill(-1, SIGKILL)` from pid 1 reaches every process of the namespace. When init itself
 //! dies, the kernel kills the whole namespace.
 //!
-//! Init holds no secret and no environment from the runner (the helper is started with an
-//! empty environment), is not dumpable (so a job cannot read its memory or descriptors through
-//! `/proc/1`), keeps only its status and log channels open, and gives up its capabilities
+//! Init holds no secret (a trusted job's credentials only while it writes them: the first ones
+//! as the root is built, newer ones as they arrive, [`crate::credential_updates`]) and no
+//! environment from the runner (the helper is started with an empty environment), is not
+//! dumpable (so a job cannot read its memory or descriptors through `/proc/1`), keeps only its
+//! status and log channels open (and, for a job whose credentials are refreshed, the update
+//! channel and the writable clone of their tmpfs), and gives up its capabilities
 //! once the job's root is built (all but one that grants nothing, kept so that the kernel
 //! still ranks init above the job's processes: see [`crate::capabilities`]).
 

@@ -3,6 +3,7 @@ which verifies the job identity token independently (PyJWT, against the coordina
 exactly as a cloud's STS would, then issues fresh random credentials.
 
     fake_sts.py --jwks-url URL --issuer ISS --record FILE [--lifetime SECONDS]
+                [--refuse-from PATH=N]
 
 Endpoints (loopback, a free port; prints `listening on PORT` once bound):
   POST /aws                     AssumeRoleWithWebIdentity (form in, XML out); aud sts.amazonaws.com
@@ -13,7 +14,9 @@ Every request is appended to FILE as one JSON line: the endpoint, whether it was
 the verified claims, the parameters other than the token, and the values issued, so a test
 can compare what the job saw with what was issued, and prove a request never came.
 With --lifetime, everything issued expires after that many seconds (AWS: whatever
-DurationSeconds asked), so a test can watch the runner refresh credentials mid-job.
+DurationSeconds asked), so a test can watch the runner refresh credentials mid-job; with
+--refuse-from /aws=2, the second and every later request to /aws is refused (a refresh that
+fails while the first exchange succeeded).
 Roles: AWS accepts only role arn:aws:iam::123456789012:role/release; Vault only role
 "release"; everything requires the claim trust=trusted and ref refs/heads/main.
 """
@@ -32,6 +35,7 @@ import jwt
 
 ARGS = None
 LOCK = threading.Lock()
+SEEN = {}
 
 
 def jwks():
@@ -87,6 +91,12 @@ class Handler(BaseHTTPRequestHandler):
                     entry["claims"] = verify(token, "sts.amazonaws.com")
                     if form.get("RoleArn") != "arn:aws:iam::123456789012:role/release":
                         raise jwt.InvalidTokenError("not authorized for this role")
+                    with LOCK:
+                        SEEN[self.path] = SEEN.get(self.path, 0) + 1
+                        nth = SEEN[self.path]
+                    path, _, start = (ARGS.refuse_from or "=").partition("=")
+                    if path == self.path and nth >= int(start):
+                        raise jwt.InvalidTokenError(f"request {nth} to {path} refused by --refuse-from")
                 except jwt.PyJWTError as e:
                     entry["accepted"] = False
                     record(entry)
@@ -153,6 +163,7 @@ def main():
     p.add_argument("--issuer", required=True)
     p.add_argument("--record", required=True)
     p.add_argument("--lifetime", type=int, default=0)
+    p.add_argument("--refuse-from", default="")
     ARGS = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(f"listening on {server.server_address[1]}", flush=True)

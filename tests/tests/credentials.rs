@@ -136,6 +136,29 @@ fn with_credentials(spec: &str, names: &[&str]) -> String {
     )
 }
 
+/// Submits `spec` as trusted and waits for it to succeed; its id and record.
+fn run_trusted(env: &Env, c: &Coordinator, spec: &str) -> (String, serde_json::Value) {
+    let id = c.submit(spec, "trusted");
+    let j = c.wait_done(&id, 120);
+    assert_eq!(
+        j["result"]["result"]["status"],
+        "succeeded",
+        "{j}\n{}",
+        daemon_log(env)
+    );
+    (id, j)
+}
+
+/// The AWS shared credentials file the job gets for what the token service issued.
+fn aws_file(issued: &serde_json::Value) -> String {
+    format!(
+        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
+        issued["AccessKeyId"].as_str().unwrap(),
+        issued["SecretAccessKey"].as_str().unwrap(),
+        issued["SessionToken"].as_str().unwrap()
+    )
+}
+
 fn sha256(s: &str) -> String {
     bulwark_tests::hex(&Sha256::digest(s.as_bytes()))
 }
@@ -266,12 +289,7 @@ fn a_trusted_job_gets_each_kind_of_credential_as_read_only_files_masked_in_its_l
         .contains(&id[..8]));
 
     // What the job read is exactly what was issued.
-    let aws_file = format!(
-        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
-        aws["AccessKeyId"].as_str().unwrap(),
-        aws["SecretAccessKey"].as_str().unwrap(),
-        aws["SessionToken"].as_str().unwrap()
-    );
+    let aws_file = aws_file(&aws);
     let gcp_file = format!("{}\n", gcp["access_token"].as_str().unwrap());
     let vault_file = format!("{}\n", vault["client_token"].as_str().unwrap());
     let out = out_dir(&env, &id);
@@ -378,10 +396,10 @@ fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
     let _daemon = Daemon::start(&env);
     let build = "ls /run/credentials | tr '\\n' , | sed 's/^/BUILD_LIST=/'; echo; \
          for f in aws/credentials gcp/token; do cat /run/credentials/$f 2>&1 >/dev/null | sed 's/^/BUILD: /'; done; \
-         setsid sh -c 'sleep 1; cat /run/credentials/aws/credentials > /workspace/stolen 2>&1' & \
-         echo BUILD_DONE";
-    let publish =
-        "sleep 2; if test -e /workspace/stolen; then echo STOLEN=yes; else echo STOLEN=no; fi; \
+         setsid sh -c 'touch /workspace/lurking; sleep 1; cat /run/credentials/aws/credentials > /workspace/stolen 2>&1' & \
+         sleep 0.5; echo BUILD_DONE";
+    let publish = "sleep 2; test -e /workspace/lurking && echo LURKED=yes; \
+         if test -e /workspace/stolen; then echo STOLEN=yes; else echo STOLEN=no; fi; \
          mkdir -p dist; sha256sum /run/credentials/aws/credentials > dist/app.txt; \
          cat /run/credentials/gcp/token 2>&1 >/dev/null | sed 's/^/PUBLISH: /'; echo PUBLISH_DONE";
     let spec = with_credentials(&git_job(&repo, &commit, "release", build), &["aws", "gcp"])
@@ -393,14 +411,7 @@ fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
             ),
             1,
         );
-    let id = c.submit(&spec, "trusted");
-    let j = c.wait_done(&id, 120);
-    assert_eq!(
-        j["result"]["result"]["status"],
-        "succeeded",
-        "{j}\n{}",
-        daemon_log(&env)
-    );
+    let (id, j) = run_trusted(&env, &c, &spec);
     let out = out_dir(&env, &id);
     let log = std::fs::read_to_string(out.join("job.log")).unwrap();
     // The build step sees the names (listing is allowed) but can read neither file.
@@ -417,8 +428,12 @@ fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
         log.contains("BUILD_DONE") && log.contains("PUBLISH_DONE"),
         "{log}"
     );
-    // What it left running was gone before the publishing step began, and wrote nothing.
-    assert!(log.contains("STOLEN=no"), "{log}");
+    // What it left running (it did start) was gone before the publishing step began, and
+    // wrote nothing.
+    assert!(
+        log.contains("LURKED=yes") && log.contains("STOLEN=no"),
+        "{log}"
+    );
     // The publishing step reads its credential, exactly as issued, and not the other one.
     assert!(
         log.contains("PUBLISH: cat: /run/credentials/gcp/token: Permission denied"),
@@ -432,12 +447,7 @@ fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
             .clone()
     };
     let aws = issued("/aws");
-    let aws_file = format!(
-        "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
-        aws["AccessKeyId"].as_str().unwrap(),
-        aws["SecretAccessKey"].as_str().unwrap(),
-        aws["SessionToken"].as_str().unwrap()
-    );
+    let aws_file = aws_file(&aws);
     let sums = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();
     assert_eq!(
         sums,
@@ -485,22 +495,14 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
     let files = "/run/credentials/aws/credentials /run/credentials/vault/token";
     let run = format!(
         "mkdir -p dist; : > dist/app.txt; for i in 1 2 3; do \
-           sha256sum {files} >> dist/app.txt; cat {files}; \
+           sha256sum {files} >> dist/app.txt; cat {files}; echo EXP=$(cat /run/credentials/aws/expiration); \
            if (echo x > /run/credentials/aws/credentials) 2>/dev/null; then echo WRITE=ok; else echo WRITE=denied; fi; \
            sleep 5; done; \
          echo MODE=$(stat -c %a /run/credentials/aws /run/credentials/aws/credentials | tr '\\n' ,); \
          ls -A /run/credentials/aws | tr '\\n' , | sed 's/^/FILES=/'; echo"
     );
     let spec = with_credentials(&git_job(&repo, &commit, "long", &run), &["aws", "vault"]);
-    let id = c.submit(&spec, "trusted");
-    let j = c.wait_done(&id, 120);
-    assert_eq!(
-        j["result"]["result"]["status"],
-        "succeeded",
-        "{j}\n{}",
-        daemon_log(&env)
-    );
-    let ended = sts.requests().len();
+    let (id, j) = run_trusted(&env, &c, &spec);
 
     let reqs = sts.requests();
     assert!(
@@ -523,18 +525,10 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
         "no refresh in a 15 s job: {reqs:?}\n{}",
         daemon_log(&env)
     );
-    let aws_file = |a: &serde_json::Value| {
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
-            a["AccessKeyId"].as_str().unwrap(),
-            a["SecretAccessKey"].as_str().unwrap(),
-            a["SessionToken"].as_str().unwrap()
-        )
-    };
     // Every read found exactly one issued value, whole; more than one over the job.
     let out = out_dir(&env, &id);
     let sums = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();
-    let mut seen = Vec::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
     for line in sums.lines() {
         let (sum, path) = line.split_once("  ").unwrap();
         let known = match path {
@@ -545,11 +539,17 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
             other => panic!("{other}"),
         };
         assert!(known, "{path} held something never issued: {sums}");
-        if !seen.contains(&sum) {
-            seen.push(sum);
+        if !seen.contains(&(path, sum)) {
+            seen.push((path, sum));
         }
     }
-    assert!(seen.len() >= 4, "the job never saw newer values: {sums}");
+    for path in [
+        "/run/credentials/aws/credentials",
+        "/run/credentials/vault/token",
+    ] {
+        let generations = seen.iter().filter(|(p, _)| *p == path).count();
+        assert!(generations >= 2, "the job never saw {path} renewed: {sums}");
+    }
     // Still read-only, nothing left beside them, every value masked in the log.
     let log = std::fs::read_to_string(out.join("job.log")).unwrap();
     assert!(
@@ -558,6 +558,15 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
     );
     assert!(log.contains("MODE=500,400,"), "{log}");
     assert!(log.contains("FILES=credentials,expiration,\n"), "{log}");
+    // `expiration` is renewed with them: each read is one issued expiry, more than one over
+    // the job.
+    let mut expiries: Vec<&str> = log.lines().filter_map(|l| l.strip_prefix("EXP=")).collect();
+    assert_eq!(expiries.len(), 3, "{log}");
+    for e in &expiries {
+        assert!(aws.iter().any(|a| a["Expiration"] == *e), "{e}: {log}");
+    }
+    expiries.dedup();
+    assert!(expiries.len() >= 2, "{log}");
     let result_json = std::fs::read_to_string(out.join("result.json")).unwrap();
     for a in &aws {
         for k in ["SecretAccessKey", "SessionToken"] {
@@ -574,20 +583,78 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
     // result.json: how often each was refreshed, and the expiry of what the job holds now.
     let creds = j["result"]["result"]["credentials"].as_array().unwrap();
     let rec = |name: &str| creds.iter().find(|c| c["name"] == name).unwrap();
-    assert!(rec("aws")["refreshed"].as_u64().unwrap() >= 1, "{creds:?}");
-    assert!(rec("aws")["refresh_failed"].is_null(), "{creds:?}");
+    for name in ["aws", "vault"] {
+        assert!(rec(name)["refreshed"].as_u64().unwrap() >= 1, "{creds:?}");
+        assert!(rec(name)["refresh_failed"].is_null(), "{creds:?}");
+    }
     assert!(
         aws[1..]
             .iter()
             .any(|a| a["Expiration"] == rec("aws")["expires"]),
         "{creds:?}"
     );
-    // Once the job is over, nothing more is exchanged for it.
-    std::thread::sleep(std::time::Duration::from_secs(5));
+}
+
+/// A refresh the token service refuses: the job keeps what it has, the other credential is
+/// still renewed on its own schedule, and `result.json` says why AWS was not, with the
+/// identity token the service quoted back masked.
+#[test]
+fn a_refused_refresh_leaves_the_job_what_it_has_and_is_said_in_its_result() {
+    let (env, c, sts) = setup_with(
+        "creds-refresh-refused",
+        &["--lifetime", "6", "--refuse-from", "/aws=2"],
+    );
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let run = "mkdir -p dist; : > dist/app.txt; for i in 1 2; do \
+           sha256sum /run/credentials/aws/credentials /run/credentials/vault/token >> dist/app.txt; \
+           sleep 5; done";
+    let spec = with_credentials(&git_job(&repo, &commit, "refused", run), &["aws", "vault"]);
+    let (id, j) = run_trusted(&env, &c, &spec);
+    let reqs = sts.requests();
+    let at = |path: &str| -> Vec<&serde_json::Value> {
+        reqs.iter().filter(|r| r["path"] == path).collect()
+    };
+    let (aws, vault) = (at("/aws"), at("/v1/auth/jwt/login"));
+    assert!(
+        aws.len() >= 2 && aws[1..].iter().all(|r| r["accepted"] == false),
+        "{reqs:?}"
+    );
+    assert!(
+        vault.len() >= 2 && vault.iter().all(|r| r["accepted"] == true),
+        "{reqs:?}"
+    );
+    // The job read the first AWS session both times; vault was renewed meanwhile.
+    let sums = std::fs::read_to_string(out_dir(&env, &id).join("dist/app.txt")).unwrap();
+    let first = sha256(&aws_file(&aws[0]["issued"]));
+    assert_eq!(sums.matches(&first).count(), 2, "{sums}");
+    let creds = j["result"]["result"]["credentials"].as_array().unwrap();
+    let rec = |name: &str| creds.iter().find(|c| c["name"] == name).unwrap();
     assert_eq!(
-        sts.requests().len(),
-        ended,
-        "an exchange after the job ended"
+        rec("aws")["refreshed"],
+        serde_json::Value::Null,
+        "{creds:?}"
+    );
+    assert_eq!(rec("aws")["expires"], aws[0]["issued"]["Expiration"]);
+    let why = rec("aws")["refresh_failed"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("credentials.aws")
+            && why.contains("AccessDenied")
+            && why.contains("token ***"),
+        "{creds:?}"
+    );
+    assert!(
+        !why.contains("eyJ"),
+        "the identity token in result.json: {why}"
+    );
+    assert!(
+        rec("vault")["refreshed"].as_u64().unwrap() >= 1,
+        "{creds:?}"
+    );
+    assert!(rec("vault")["refresh_failed"].is_null(), "{creds:?}");
+    assert!(
+        !daemon_log(&env).contains("eyJ"),
+        "the identity token in the daemon's log"
     );
 }
 
@@ -729,15 +796,16 @@ mod root_mode {
             .collect()
     }
 
-    /// Whether `needle` is anywhere in the readable memory of `pid`; and how many bytes were
-    /// read (so that a scan that read nothing cannot pass for a clean one).
-    fn memory_holds(pid: i32, needle: &[u8]) -> (bool, u64) {
+    /// Which of `needles`, if any, is in the readable memory of `pid` (each region read once);
+    /// and how many bytes were read (so that a scan that read nothing cannot pass for a clean
+    /// one).
+    fn memory_holds(pid: i32, needles: &[Vec<u8>]) -> (Option<usize>, u64) {
         use std::os::unix::fs::FileExt;
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return (false, 0);
+            return (None, 0);
         };
         let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
-            return (false, 0);
+            return (None, 0);
         };
         let mut read = 0u64;
         for line in maps.lines() {
@@ -761,11 +829,14 @@ mod root_mode {
                 continue;
             };
             read += n as u64;
-            if buf[..n].windows(needle.len()).any(|w| w == needle) {
-                return (true, read);
+            let found = needles
+                .iter()
+                .position(|needle| buf[..n].windows(needle.len()).any(|w| w == needle));
+            if found.is_some() {
+                return (found, read);
             }
         }
-        (false, read)
+        (None, read)
     }
 
     /// A credential is in the job's files and nowhere in the sandbox's own processes while the
@@ -808,7 +879,9 @@ mod root_mode {
         };
         let run = format!(
             "cat /run/credentials/vault/token /run/credentials/aws/credentials >/dev/null \
-             && {wait}touch /workspace/started && sleep 5 && sh build.sh # {pad}"
+             && {wait}touch /workspace/started && i=0 && \
+             until test -e /workspace/scanned || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done && \
+             sh build.sh # {pad}"
         );
         let run = run.as_str();
         let id = c.submit(
@@ -820,15 +893,14 @@ mod root_mode {
         );
         // The step is running once its marker is in its workspace (state/jobs/<run>/workspace).
         let deadline = Instant::now() + Duration::from_secs(60);
-        let started = || {
+        let workspace = || {
             std::fs::read_dir(env.state.join("jobs"))
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.path().join("workspace/started").exists())
-                })
-                .unwrap_or(false)
+                .ok()?
+                .flatten()
+                .map(|e| e.path().join("workspace"))
+                .find(|w| w.join("started").exists())
         };
-        while !started() {
+        while workspace().is_none() {
             assert!(
                 Instant::now() < deadline,
                 "the step never started: {}\n{}",
@@ -866,26 +938,29 @@ mod root_mode {
                 ]
             })
             .collect();
+        // The step waits for this test: the helper and init are alive throughout the scan.
         let pids = sandbox_pids();
         assert!(pids.len() >= 2, "no helper and init found: {pids:?}");
-        let mut scanned = 0;
-        for pid in pids {
-            let mut read_any = false;
-            for needle in &needles {
-                let (found, read) = memory_holds(pid, needle);
-                assert!(
-                    !found,
+        let mut scanned = Vec::new();
+        for &pid in &pids {
+            let (found, read) = memory_holds(pid, &needles);
+            if let Some(i) = found {
+                panic!(
                     "bulwark-sandbox pid {pid} holds a credential in its memory: {}",
-                    String::from_utf8_lossy(needle)
+                    String::from_utf8_lossy(&needles[i])
                 );
-                read_any |= read > 0;
             }
-            scanned += u64::from(read_any);
+            if read > 0 {
+                scanned.push(pid);
+            }
         }
+        let alive = sandbox_pids();
+        scanned.retain(|pid| alive.contains(pid));
         assert!(
-            scanned >= 2,
-            "the memory of fewer than two sandbox processes could be read"
+            scanned.len() >= 2,
+            "fewer than two sandbox processes were read whole: {scanned:?} of {pids:?}"
         );
+        std::fs::write(workspace().unwrap().join("scanned"), "").unwrap();
         let j = c.wait_done(&id, 120);
         assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
     }

@@ -560,18 +560,27 @@ fn two_hundred_concurrent_connections_complete_or_are_refused_never_hang() {
     for _ in 0..200 {
         let (tx, sock, port) = (tx.clone(), p.sock.clone(), o.port);
         thread::spawn(move || {
-            let outcome = (|| -> std::io::Result<&'static str> {
+            // What else happened is kept, so that a failure says what it was.
+            let outcome = (|| -> std::io::Result<String> {
                 let mut s = UnixStream::connect(&sock)?;
                 s.set_read_timeout(Some(TIMEOUT))?;
                 write!(s, "CONNECT allowed.test:{port} HTTP/1.1\r\n\r\n")?;
                 let head = read_head(&mut s).unwrap_or_default();
                 Ok(match status(&head) {
-                    200 if get_through(s).ends_with("hello from a") => "completed",
-                    503 => "refused",
-                    _ => "failed",
+                    200 => {
+                        let got = get_through(s);
+                        if got.ends_with("hello from a") {
+                            "completed".into()
+                        } else {
+                            format!("failed: through the tunnel: {got:?}")
+                        }
+                    }
+                    503 => "refused".into(),
+                    _ => format!("failed: answer {head:?}"),
                 })
             })();
-            tx.send(outcome.unwrap_or("failed")).unwrap();
+            tx.send(outcome.unwrap_or_else(|e| format!("failed: {e}")))
+                .unwrap();
         });
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -583,8 +592,8 @@ fn two_hundred_concurrent_connections_complete_or_are_refused_never_hang() {
             Err(_) => panic!("only {} of 200 connections finished", results.len()),
         }
     }
-    let completed = results.iter().filter(|r| **r == "completed").count();
-    let refused = results.iter().filter(|r| **r == "refused").count();
+    let completed = results.iter().filter(|r| *r == "completed").count();
+    let refused = results.iter().filter(|r| *r == "refused").count();
     assert_eq!(completed + refused, 200, "{results:?}");
     assert!(completed >= 50, "{results:?}");
     let log = p.finish();

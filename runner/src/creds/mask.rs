@@ -55,6 +55,17 @@ impl Drop for Masker {
     }
 }
 
+/// Removes repeated values from sorted `secrets`, zeroing each copy it removes.
+fn dedup_zeroing(secrets: &mut Vec<Vec<u8>>) {
+    secrets.dedup_by(|later, earlier| {
+        let same = later == earlier;
+        if same {
+            zeroize::Zeroize::zeroize(later);
+        }
+        same
+    });
+}
+
 impl Masker {
     /// A masker of `values` (those shorter than [`MIN_MASKED_LEN`] are left out).
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
@@ -65,7 +76,7 @@ impl Masker {
             .filter(|v| v.len() >= MIN_MASKED_LEN)
             .collect();
         secrets.sort();
-        secrets.dedup();
+        dedup_zeroing(&mut secrets);
         let mut first = vec![Vec::new(); 256];
         for (i, s) in secrets.iter().enumerate() {
             first[usize::from(s[0])].push(i);
@@ -87,7 +98,7 @@ impl Masker {
         let mut secrets = std::mem::take(&mut self.secrets);
         secrets.append(&mut more.secrets);
         secrets.sort();
-        secrets.dedup();
+        dedup_zeroing(&mut secrets);
         let mut first = vec![Vec::new(); 256];
         for (i, s) in secrets.iter().enumerate() {
             first[usize::from(s[0])].push(i);

@@ -137,12 +137,29 @@ mod hex {
     }
 }
 
-/// What `bulwark daemon` writes to its `bulwark run` child's standard input.
+/// What `bulwark daemon` writes to its `bulwark run` child's standard input: one line with
+/// the job's credentials before it starts, then one per refresh while it runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Handoff {
-    /// The job's credentials, one per name in its spec.
+    /// The job's credentials: the first line holds one per name in its spec; a refresh, the
+    /// ones it renewed.
     pub credentials: Vec<Issued>,
+    /// A refresh: the credentials that could not be renewed this time, and why (the job
+    /// keeps what it has; the daemon tries again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<RefreshFailure>,
+}
+
+/// A credential the daemon could not renew, and why (no token or secret in the reason: the
+/// exchange's errors mask them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshFailure {
+    /// The credential's name.
+    pub name: String,
+    /// What went wrong.
+    pub reason: String,
 }
 
 /// Most bytes of one [`Handoff`] line on standard input.
@@ -162,8 +179,15 @@ impl Handoff {
 }
 
 fn parse_handoff(line: &bulwark_sandbox::secret_buf::SecretBuf) -> Result<Handoff, String> {
-    serde_json::from_slice(line.as_bytes())
-        .map_err(|e| format!("the credentials on standard input are not a handoff: {e}"))
+    // Not serde's message: it may quote a value of the line, which holds secrets.
+    serde_json::from_slice(line.as_bytes()).map_err(|e| {
+        format!(
+            "the credentials on standard input are not a handoff ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 /// The rest of the run's standard input once the first handoff is read: newer credentials
@@ -183,12 +207,13 @@ impl Updates {
         self.open
     }
 
-    /// Reads what standard input has (it was reported readable) and returns the handoffs it
-    /// completes, with any that came with the first. The end of the input closes it (the
-    /// daemon sends no more); an unreadable or overlong line closes it with an error.
-    pub fn read(&mut self) -> Result<Vec<Handoff>, String> {
+    /// Returns the handoffs that came with the first and, when standard input was reported
+    /// `readable`, those that what it has now completes (it is read only then: a read of it
+    /// blocks until the daemon's next refresh). The end of the input closes it (the daemon
+    /// sends no more); an unreadable or overlong line closes it with an error.
+    pub fn read(&mut self, readable: bool) -> Result<Vec<Handoff>, String> {
         let mut lines = std::mem::take(&mut self.queued);
-        if self.open {
+        if self.open && readable {
             let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
             match nix::unistd::read(std::io::stdin(), &mut chunk[..]) {
                 Ok(0) => self.open = false,
@@ -209,6 +234,16 @@ impl Updates {
             }
         }
         lines.iter().map(parse_handoff).collect()
+    }
+
+    /// No more updates: standard input is replaced with `/dev/null`, so that the daemon's end
+    /// of the pipe reports an error and it starts no further exchange.
+    pub fn close(&mut self) {
+        self.open = false;
+        self.queued.clear();
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            let _ = nix::unistd::dup2_stdin(null);
+        }
     }
 
     /// Whether updates that came with the first handoff wait to be read.
@@ -360,6 +395,7 @@ mod tests {
                 files: vec![("credentials".into(), value.clone())],
                 secrets: vec![value.clone()],
             }],
+            failed: Vec::new(),
         };
         let wire = serde_json::to_string(&handoff).unwrap();
         assert!(
@@ -401,6 +437,7 @@ mod tests {
                 files: vec![("token".into(), token.clone())],
                 secrets: vec![token],
             }],
+            failed: Vec::new(),
         })
         .expect("encode");
         let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
@@ -437,6 +474,7 @@ mod tests {
             &wanted,
             Handoff {
                 credentials: vec![one("vault", "token")],
+                failed: Vec::new(),
             },
         );
         let p = ok.unwrap();
@@ -446,7 +484,8 @@ mod tests {
         assert!(into_sandbox(
             &wanted,
             Handoff {
-                credentials: vec![one("other", "token")]
+                credentials: vec![one("other", "token")],
+                failed: Vec::new(),
             }
         )
         .is_err());
@@ -455,6 +494,7 @@ mod tests {
             &wanted,
             Handoff {
                 credentials: vec![one("vault", "../x")],
+                failed: Vec::new(),
             },
         )
         .unwrap_err();
@@ -476,6 +516,7 @@ mod tests {
                 &wanted,
                 Handoff {
                     credentials: names.iter().map(|n| one(n)).collect(),
+                    failed: Vec::new(),
                 },
             )
         };
@@ -501,6 +542,7 @@ mod tests {
                 files: vec![("token".into(), Secret::new("hvs.one".into()))],
                 secrets: vec![],
             }],
+            failed: Vec::new(),
         };
         let line = first.to_line().unwrap();
         assert!(line.as_bytes().ends_with(b"\n"));

@@ -745,6 +745,7 @@ impl Daemon {
         let issued = self.issue(lease, wanted, timeout).await?;
         Ok(Some(crate::creds::Handoff {
             credentials: issued,
+            failed: Vec::new(),
         }))
     }
 
@@ -807,11 +808,12 @@ impl Daemon {
         Ok(issued)
     }
 
-    /// Refreshes the credentials of a running job that will expire before it ends: their
-    /// next lifetime is exchanged for at two thirds of the current one, and sent to the run
-    /// as one more [`crate::creds::Handoff`] line. A failed exchange is tried again (every
-    /// 30 s, or sooner when they expire sooner) until they expire; the job keeps what it has
-    /// meanwhile. Never returns: it is polled beside the run and dropped with it.
+    /// Refreshes the credentials of a running job before they expire, each on its own
+    /// schedule: at two thirds of its lifetime it is exchanged again with a fresh identity
+    /// token and sent to the run as one more [`crate::creds::Handoff`] line. A failed exchange
+    /// is said to the run too (it goes into `result.json`) and tried again: every 30 s, or
+    /// sooner while the credential still has less than a minute left. The job keeps what it
+    /// has meanwhile. Never returns: it is polled beside the run and dropped with it.
     async fn refresh_credentials(
         &self,
         lease: &Lease,
@@ -820,48 +822,88 @@ impl Daemon {
         mut pipe: tokio::process::ChildStdin,
     ) {
         use tokio::io::AsyncWriteExt;
-        let mut schedule = refresh_schedule(&first, std::time::SystemTime::now());
+        let now = std::time::SystemTime::now();
+        // Per credential: when to refresh it, and when what the job holds expires.
+        let mut due: Vec<(String, std::time::Instant, std::time::SystemTime)> = Vec::new();
+        for (name, expires) in &first {
+            let Some(expires) = expires else { continue };
+            match next_refresh(expires, now) {
+                Some((at, exp)) => due.push((name.clone(), at, exp)),
+                None => {
+                    tracing::warn!(job_id = %lease.job_id, credential = %name, %expires, "credential expires before now by this host's clock, or at an unreadable time: not refreshed (check the clock)")
+                }
+            }
+        }
         loop {
-            let Some((at, names, expires)) = schedule.take() else {
+            let Some(next) = due.iter().map(|(_, at, _)| *at).min() else {
                 return std::future::pending().await;
             };
-            tokio::time::sleep_until(at.into()).await;
-            match self.issue(lease, &names, timeout).await {
-                Ok(issued) => {
-                    let now = std::time::SystemTime::now();
-                    let next: Vec<(String, Option<String>)> = issued
-                        .iter()
-                        .map(|c| (c.name.clone(), c.expires.clone()))
-                        .collect();
-                    let handoff = crate::creds::Handoff {
-                        credentials: issued,
-                    };
-                    let sent = match handoff.to_line() {
-                        Ok(line) => pipe
-                            .write_all(line.as_bytes())
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e),
-                    };
-                    drop(handoff);
-                    if let Err(e) = sent {
-                        // The run is gone or going: nothing more to refresh.
-                        tracing::debug!(job_id = %lease.job_id, "credential refresh not sent: {e}");
-                        return std::future::pending().await;
-                    }
-                    tracing::info!(job_id = %lease.job_id, credentials = ?names, "credentials refreshed");
-                    schedule = refresh_schedule(&next, now);
+            tokio::time::sleep_until(next.into()).await;
+            // The run closes its end once the job's steps are over: nothing more is exchanged.
+            if reader_gone(&pipe) {
+                return std::future::pending().await;
+            }
+            let now_instant = std::time::Instant::now();
+            let mut issued = Vec::new();
+            let mut failed = Vec::new();
+            for (name, at, expires) in &mut due {
+                if *at > now_instant {
+                    continue;
                 }
-                Err(e) => {
-                    let now = std::time::SystemTime::now();
-                    let left = expires.duration_since(now).unwrap_or_default();
-                    tracing::warn!(job_id = %lease.job_id, credentials = ?names, "credential refresh failed (the job keeps what it has, which expires in {}s): {e}", left.as_secs());
-                    if !left.is_zero() {
-                        let retry =
-                            (left / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
-                        schedule = Some((std::time::Instant::now() + retry, names, expires));
+                match self.issue(lease, std::slice::from_ref(name), timeout).await {
+                    Ok(mut one) => issued.append(&mut one),
+                    Err(e) => {
+                        let left = expires
+                            .duration_since(std::time::SystemTime::now())
+                            .unwrap_or_default();
+                        tracing::warn!(job_id = %lease.job_id, credential = %name, "credential refresh failed (the job keeps what it has, which expires in {}s): {e}", left.as_secs());
+                        let retry = if left.is_zero() {
+                            Duration::from_secs(30)
+                        } else {
+                            (left / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+                        };
+                        *at = std::time::Instant::now() + retry;
+                        failed.push(crate::creds::RefreshFailure {
+                            name: name.clone(),
+                            reason: e,
+                        });
                     }
                 }
+            }
+            let now = std::time::SystemTime::now();
+            for c in &issued {
+                let next = c.expires.as_deref().and_then(|e| next_refresh(e, now));
+                match next {
+                    Some((at, exp)) => {
+                        if let Some(d) = due.iter_mut().find(|d| d.0 == c.name) {
+                            (d.1, d.2) = (at, exp);
+                        }
+                    }
+                    // What was issued now does not expire (or says so unreadably): not
+                    // refreshed again.
+                    None => due.retain(|d| d.0 != c.name),
+                }
+            }
+            let names: Vec<String> = issued.iter().map(|c| c.name.clone()).collect();
+            let handoff = crate::creds::Handoff {
+                credentials: issued,
+                failed,
+            };
+            let sent = match handoff.to_line() {
+                Ok(line) => pipe
+                    .write_all(line.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            drop(handoff);
+            if let Err(e) = sent {
+                // The run is gone or going: nothing more to refresh.
+                tracing::debug!(job_id = %lease.job_id, "credential refresh not sent: {e}");
+                return std::future::pending().await;
+            }
+            if !names.is_empty() {
+                tracing::info!(job_id = %lease.job_id, credentials = ?names, "credentials refreshed");
             }
         }
     }
@@ -1098,36 +1140,35 @@ fn sweep(
     done
 }
 
-/// When to refresh a job's credentials, issued at `issued_at` with these expiries: at two
-/// thirds of the shortest lifetime (at least a second after issue), all those that expire
-/// together; with the earliest expiry (a failed refresh is retried until then). `None` when
-/// none expires (a Vault token without a lifetime) or none could be read.
-fn refresh_schedule(
-    creds: &[(String, Option<String>)],
-    issued_at: std::time::SystemTime,
-) -> Option<(std::time::Instant, Vec<String>, std::time::SystemTime)> {
-    let mut names = Vec::new();
-    let mut earliest: Option<std::time::SystemTime> = None;
-    for (name, expires) in creds {
-        let Some(at) = expires
-            .as_deref()
-            .and_then(|e| humantime::parse_rfc3339_weak(e).ok())
-        else {
-            continue;
-        };
-        if at <= issued_at {
-            continue;
-        }
-        names.push(name.clone());
-        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+/// Whether the reading end of `pipe` is closed (poll reports an error on the write end).
+fn reader_gone(pipe: &impl std::os::fd::AsFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLOUT)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
+        Err(_) => false,
     }
-    let expires = earliest?;
+}
+
+/// When to refresh a credential issued at `issued_at` that expires at `expires` (RFC 3339):
+/// at two thirds of its lifetime, at least a second after issue; with the expiry. `None` when
+/// the expiry cannot be read or has passed.
+fn next_refresh(
+    expires: &str,
+    issued_at: std::time::SystemTime,
+) -> Option<(std::time::Instant, std::time::SystemTime)> {
+    let expires = humantime::parse_rfc3339_weak(expires).ok()?;
     let lifetime = expires.duration_since(issued_at).ok()?;
+    if lifetime.is_zero() {
+        return None;
+    }
     let point = issued_at + (lifetime * 2 / 3).max(Duration::from_secs(1));
     let wait = point
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    Some((std::time::Instant::now() + wait, names, expires))
+    Some((std::time::Instant::now() + wait, expires))
 }
 
 fn now_secs() -> u64 {
@@ -1512,32 +1553,29 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_refreshed_at_two_thirds_of_the_shortest_lifetime() {
+    fn a_credential_is_refreshed_at_two_thirds_of_its_lifetime_and_not_in_its_first_second() {
         use std::time::{Instant, SystemTime};
         let now = SystemTime::now();
         let at = |secs: u64| {
             humantime::format_rfc3339_seconds(now + Duration::from_secs(secs)).to_string()
         };
-        let creds = vec![
-            ("aws".to_string(), Some(at(3600))),
-            ("gcp".to_string(), Some(at(600))),
-            ("vault".to_string(), None),
-            ("bad".to_string(), Some("yesterday".to_string())),
-        ];
-        let (when, names, expires) = refresh_schedule(&creds, now).unwrap();
-        assert_eq!(names, ["aws", "gcp"]);
+        let (when, expires) = next_refresh(&at(600), now).unwrap();
         let wait = when.saturating_duration_since(Instant::now());
         assert!(
             wait > Duration::from_secs(390) && wait <= Duration::from_secs(400),
             "{wait:?}"
         );
         assert!(expires <= now + Duration::from_secs(600));
-        // Nothing that expires: nothing to refresh; a lifetime under 1.5 s: after a second.
-        assert!(refresh_schedule(&[("vault".to_string(), None)], now).is_none());
-        let (when, _, _) = refresh_schedule(&[("aws".to_string(), Some(at(1)))], now).unwrap();
-        assert!(when.saturating_duration_since(Instant::now()) <= Duration::from_secs(1));
-        // Already expired: nothing.
+        // A lifetime under 1.5 s: a second after issue, not sooner.
+        let (when, _) = next_refresh(&at(1), now).unwrap();
+        let wait = when.saturating_duration_since(Instant::now());
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        // Already expired, or unreadable: nothing to schedule.
         let past = humantime::format_rfc3339_seconds(now - Duration::from_secs(5)).to_string();
-        assert!(refresh_schedule(&[("aws".to_string(), Some(past))], now).is_none());
+        assert!(next_refresh(&past, now).is_none());
+        assert!(next_refresh("yesterday", now).is_none());
     }
 }

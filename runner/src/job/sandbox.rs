@@ -69,7 +69,10 @@ impl JobRun<'_> {
                 address_space: fallback.then_some(self.job.memory),
             },
             credentials: self.credential_files.clone(),
-            credential_updates: self.updates.is_some() && !self.credential_files.is_empty(),
+            // Only credentials that expire are ever refreshed.
+            credential_updates: self.updates.is_some()
+                && !self.credential_files.is_empty()
+                && self.credentials.iter().any(|c| c.expires.is_some()),
             ..super::base_spec(
                 &jobdir.id,
                 jobdir.workspace.clone(),
@@ -305,9 +308,11 @@ impl JobRun<'_> {
                     }
                 }
             }
+            let readable = updates_open && ready.next() == Some(true);
             let queued = self.updates.as_ref().is_some_and(|u| u.has_queued());
-            if updates_open && (ready.next() == Some(true) || queued) {
-                self.forward_updates(&mut log, &mut update_pipe);
+            // Checked again: the status just read may have said the steps are over.
+            if updates_open && self.sandbox_ready && status_open && (readable || queued) {
+                self.forward_updates(&mut log, &mut update_pipe, readable);
             }
         }
         drop(update_pipe);
@@ -332,25 +337,37 @@ impl JobRun<'_> {
         Ok(reported)
     }
 
-    /// Reads the daemon's newer credentials and sends them on to init: masked in the job's
-    /// log first, so that no value of theirs can reach it unmasked. A malformed update is
-    /// refused (the job keeps what it has) and said in `result.json`.
-    fn forward_updates(&mut self, log: &mut LogCapture, pipe: &mut Option<std::fs::File>) {
+    /// Reads the daemon's newer credentials (standard input was reported `readable`, or lines
+    /// came with the first handoff) and sends them on to init: masked in the job's log first,
+    /// so that no value of theirs can reach it unmasked. What could not be renewed, or not
+    /// applied, is said in `result.json` for the credentials concerned.
+    fn forward_updates(
+        &mut self,
+        log: &mut LogCapture,
+        pipe: &mut Option<std::fs::File>,
+        readable: bool,
+    ) {
         let Some(updates) = self.updates.as_mut() else {
             return;
         };
-        let handoffs = match updates.read() {
+        let handoffs = match updates.read(readable) {
             Ok(h) => h,
             Err(e) => {
-                self.update_failed(&e);
+                self.update_failed(None, &e);
                 return;
             }
         };
-        for handoff in handoffs {
+        for mut handoff in handoffs {
+            for f in std::mem::take(&mut handoff.failed) {
+                self.update_failed(Some(&[f.name]), &format!("renewing it: {}", f.reason));
+            }
+            if handoff.credentials.is_empty() {
+                continue;
+            }
             let prepared = match crate::creds::into_update(&self.job.spec.credentials, handoff) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.update_failed(&e);
+                    self.update_failed(None, &e);
                     continue;
                 }
             };
@@ -366,23 +383,41 @@ impl JobRun<'_> {
                 Some(p) => p.write_all(line.as_bytes()).map_err(|e| e.to_string()),
                 None => Err("the update channel is closed".into()),
             });
+            let names: Vec<String> = prepared.records.iter().map(|r| r.name.clone()).collect();
             match sent {
                 Ok(()) => self.updates_sent.push_back(prepared.records),
                 Err(e) => {
-                    // Init is gone (the job is ending): nothing more can be sent.
+                    // Init is gone: nothing more can be sent. Once the steps are over that
+                    // is the job ending, not a failure.
                     *pipe = None;
-                    self.update_failed(&format!("sending it to the sandbox: {e}"));
+                    if self.sandbox_ready {
+                        self.update_failed(
+                            Some(&names),
+                            &format!("sending it to the sandbox: {e}"),
+                        );
+                    }
                 }
             }
         }
     }
 
-    /// An update that did not reach the job: said in `result.json` for every credential
-    /// (which one it was may be what could not be read) and on the run's standard error.
-    fn update_failed(&mut self, why: &str) {
+    /// An update that did not reach the job: said in `result.json` for the credentials named
+    /// (all, when which ones is unknown) and on the run's standard error.
+    fn update_failed(&mut self, names: Option<&[String]>, why: &str) {
         eprintln!("bulwark: warning: credential update not applied: {why}");
         for r in &mut self.credentials {
-            r.refresh_failed = Some(why.to_owned());
+            if names.is_none_or(|n| n.contains(&r.name)) {
+                r.refresh_failed = Some(why.to_owned());
+            }
+        }
+    }
+
+    /// The steps are over: newer credentials would reach nobody. Standard input is closed,
+    /// so that the daemon, whose end then reports an error, starts no further exchange.
+    fn stop_updates(&mut self) {
+        self.sandbox_ready = false;
+        if let Some(u) = self.updates.as_mut() {
+            u.close();
         }
     }
 
@@ -421,8 +456,13 @@ impl JobRun<'_> {
                 }
             }
             Event::CredentialUpdateFailed { message } => {
-                self.updates_sent.pop_front();
-                self.update_failed(&format!("the sandbox: {message}"));
+                // The update it was (init reports each in order), or, with none in flight,
+                // the channel itself.
+                let names: Option<Vec<String>> = self
+                    .updates_sent
+                    .pop_front()
+                    .map(|records| records.into_iter().map(|r| r.name).collect());
+                self.update_failed(names.as_deref(), &format!("the sandbox: {message}"));
             }
             Event::StepEnforced { step, enforced } => {
                 r.any_step_started = true;
@@ -480,8 +520,7 @@ impl JobRun<'_> {
             }
             Event::Done { job_timed_out } => {
                 r.done = Some(job_timed_out);
-                // No step runs any more: an update now would reach nobody.
-                self.sandbox_ready = false;
+                self.stop_updates();
             }
             Event::Phase { .. } => {}
         }

@@ -468,5 +468,8 @@ fn a_step_s_credentials_must_be_the_job_s_each_once_and_each_of_the_job_s_read_b
     );
     // Unknown keys in a step are still refused.
     let err = two_steps(r#""aws""#, "credential = [\"aws\"]", "").unwrap_err();
-    assert!(err.to_string().contains("credential"), "{err}");
+    assert!(
+        err.to_string().contains("unknown field `credential`"),
+        "{err}"
+    );
 }
