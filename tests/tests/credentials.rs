@@ -658,6 +658,60 @@ fn a_refused_refresh_leaves_the_job_what_it_has_and_is_said_in_its_result() {
     );
 }
 
+/// Scoping holds across a refresh: the renewed files are renamed into the credential's
+/// directory, which carries the Landlock rule, so the step that may read it reads the new
+/// values and the step that may not is still refused (EACCES), before and after.
+#[test]
+fn a_renewed_credential_is_still_readable_only_by_the_step_that_lists_it() {
+    let (env, c, sts) = setup_with("creds-scoped-refresh", &["--lifetime", "6"]);
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    let f = "/run/credentials/aws/credentials";
+    let build = format!(
+        "for i in 1 2 3 4 5 6 7; do cat {f} 2>&1 >/dev/null | sed 's/^/BUILD: /'; \
+         ls -i {f} | cut -d' ' -f1 | sed 's/^/INODE=/'; sleep 1; done"
+    );
+    let publish = format!("mkdir -p dist; sha256sum {f} > dist/app.txt");
+    let spec = with_credentials(&git_job(&repo, &commit, "scoped-refresh", &build), &["aws"])
+        .replacen(
+            "[outputs]",
+            &format!(
+                "[[steps]]\nname = \"publish\"\ncredentials = [\"aws\"]\nrun = '''{publish}'''\n[outputs]"
+            ),
+            1,
+        );
+    let (id, _) = run_trusted(&env, &c, &spec);
+    let out = out_dir(&env, &id);
+    let log = std::fs::read_to_string(out.join("job.log")).unwrap();
+    // The build step was refused every time, across at least one renewal of the file.
+    let denied = format!("BUILD: cat: {f}: Permission denied");
+    assert_eq!(log.matches(&denied).count(), 7, "{log}");
+    let mut inodes: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("INODE="))
+        .collect();
+    inodes.dedup();
+    assert!(
+        inodes.len() >= 2,
+        "no renewal while the build step ran: {log}"
+    );
+    // The publishing step read a renewed session, exactly as issued.
+    let aws: Vec<serde_json::Value> = sts
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/aws")
+        .map(|r| r["issued"].clone())
+        .collect();
+    let sums = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();
+    let read = aws
+        .iter()
+        .position(|a| sums == format!("{}  {f}\n", sha256(&aws_file(a))));
+    assert!(
+        matches!(read, Some(i) if i >= 1),
+        "not a renewed session: {sums}"
+    );
+}
+
 /// Files under `dir` holding `needle` (the tests' own record of the service excepted).
 fn grep_tree(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
