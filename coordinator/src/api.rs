@@ -1052,9 +1052,10 @@ async fn admin_job(c: &Shared, headers: &HeaderMap, id: &str) -> Result<state::J
     .await
 }
 
-/// `GET /v1/inventory?digest=<hex>&commit=<hex prefix>` (admin): the artifacts of finished
-/// jobs whose provenance names the digest (as a dependency's, or as the artifact's own) and
-/// whose source is that commit, whichever are given ([`crate::inventory`]):
+/// `GET /v1/inventory?digest=<hex>&commit=<hex prefix>&uri=<uri, or prefix*>` (admin): the
+/// artifacts of finished jobs whose provenance names the digest (as a dependency's, or as the
+/// artifact's own), whose source is that commit, and which used a dependency of that uri,
+/// whichever are given ([`crate::inventory`]):
 /// `{"hits": [...], "cut": false, "unindexed": 0}` ([`crate::inventory::Answer`]).
 async fn inventory(
     State(c): State<Shared>,
@@ -1068,9 +1069,10 @@ async fn inventory(
         let slot = match &*k {
             "digest" => &mut query.digest,
             "commit" => &mut query.commit,
+            "uri" => &mut query.uri,
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "inventory: unknown parameter {other:?} (digest, commit)"
+                    "inventory: unknown parameter {other:?} (digest, commit, uri)"
                 )))
             }
         };

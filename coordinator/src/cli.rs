@@ -109,9 +109,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum InventoryCommand {
     /// Lists the artifacts of finished jobs whose provenance names the digest (a tool's, a
-    /// source tree's, a runner binary's, or the artifact's own) and whose git source is the
-    /// commit, whichever are given; newest first. Exit status: 0 something matched, 1 nothing
-    /// did, 2 a bad digest or commit, or a state that could not be read.
+    /// source tree's, a runner binary's, or the artifact's own), whose git source is the
+    /// commit, and which used a dependency of the uri, whichever are given; newest first.
+    /// Exit status: 0 something matched, 1 nothing did, 2 a bad digest, commit or uri, or a
+    /// state that could not be read.
     #[command(
         after_help = "Example:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc"
     )]
@@ -125,6 +126,11 @@ pub enum InventoryCommand {
         /// A git commit, or its first 7 or more hex digits.
         #[arg(long)]
         commit: Option<String>,
+        /// A dependency's uri as provenance records it (`git+https://git.example/app.git`,
+        /// a tool's URL), or its prefix followed by `*`; with --digest, both describe one
+        /// dependency.
+        #[arg(long)]
+        uri: Option<String>,
         /// JSON output, for scripts.
         #[arg(long)]
         json: bool,

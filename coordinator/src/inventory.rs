@@ -5,8 +5,10 @@
 //! indexes each result's provenance as it records it (docs/inventory.md, "A fleet"): every
 //! digest a statement names (its subjects' and its resolved dependencies', the builder's own
 //! binaries included) becomes a key of the `inventory` table, next to the job's id, in the
-//! same transaction as the result. A query looks the digest (or a commit's prefix) up in that
-//! index, then reads the few jobs it names and says which of their artifacts match and why.
+//! same transaction as the result, and so does every dependency's `uri` (the source repository,
+//! a tool's URL, the runner's package). A query looks the digest (or a commit's prefix, or a
+//! uri or its prefix) up in that index, then reads the few jobs it names and says which of
+//! their artifacts match and why.
 //!
 //! What is indexed is what the runner holding the job's lease reported, over a request signed
 //! with its key; the coordinator does not hold the runners' provenance signing keys, so it
@@ -34,6 +36,9 @@ const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 
 /// Longest digest value indexed (a sha512 is 128 hex digits); a longer one is not a digest.
 const MAX_KEY_VALUE: usize = 128;
+
+/// Longest dependency uri indexed; a longer one is not a key (no query finds it by uri).
+pub const MAX_URI: usize = 2048;
 
 /// The key of a job whose provenance could not be read.
 pub const UNINDEXED: &str = "x:unindexed";
@@ -187,10 +192,15 @@ fn statement_facts(s: &Value) -> Result<Statement, String> {
 
 /// The index keys of `statements`: `d:<value>` for every digest value they name (subjects'
 /// and dependencies', any algorithm), and `c:<value>` for every `gitCommit`, lowercase hex
-/// only.
+/// only; `u:<uri>` for every dependency's uri (as written, at most [`MAX_URI`] bytes).
 pub fn keys(statements: &[Statement]) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     for s in statements {
+        for uri in s.dependencies.iter().filter_map(|d| d.uri.as_deref()) {
+            if !uri.is_empty() && uri.len() <= MAX_URI {
+                keys.insert(format!("u:{uri}"));
+            }
+        }
         let values = s.subjects.iter().map(|sub| sub.sha256.as_str()).chain(
             s.dependencies
                 .iter()
@@ -219,6 +229,30 @@ pub struct Query {
     pub digest: Option<String>,
     /// A git commit, or a prefix of one of at least 7 hex digits, of the job's source.
     pub commit: Option<String>,
+    /// A dependency's uri (the source repository, a tool's URL) as provenance records it;
+    /// ending in `*`, a prefix of one. With `digest`, both describe one dependency.
+    pub uri: Option<String>,
+}
+
+impl Query {
+    /// The uri asked for, and whether it is a prefix (it ended in `*`).
+    pub fn uri_pattern(&self) -> Option<(&str, bool)> {
+        let u = self.uri.as_deref()?;
+        Some(match u.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (u, false),
+        })
+    }
+
+    /// Whether `d`'s uri is the one asked for (true when none is).
+    fn uri_holds(&self, d: &Dependency) -> bool {
+        match (self.uri_pattern(), d.uri.as_deref()) {
+            (None, _) => true,
+            (Some((want, true)), Some(uri)) => uri.starts_with(want),
+            (Some((want, false)), Some(uri)) => uri == want,
+            (Some(_), None) => false,
+        }
+    }
 }
 
 impl Query {
@@ -244,8 +278,16 @@ impl Query {
             }
             self.commit = Some(c);
         }
-        if self.digest.is_none() && self.commit.is_none() {
-            return Err("give a digest, a commit, or both".into());
+        if let Some(u) = &self.uri {
+            let body = u.strip_suffix('*').unwrap_or(u);
+            if body.is_empty() || u.len() > MAX_URI || u.chars().any(char::is_control) {
+                return Err(format!(
+                    "uri: give a uri as provenance records it (at most {MAX_URI} bytes, no control characters), or its prefix followed by *"
+                ));
+            }
+        }
+        if self.digest.is_none() && self.commit.is_none() && self.uri.is_none() {
+            return Err("give a digest, a commit or a uri (or several)".into());
         }
         Ok(self)
     }
@@ -296,12 +338,22 @@ pub fn hits(query: &Query, job: &IndexedJob, statements: &[Statement]) -> Vec<Hi
                 found
             }
         };
+        // With a uri, it and the digest describe one dependency; without a digest, any
+        // dependency of that uri is a match.
+        let by_uri: Vec<&Dependency> = s
+            .dependencies
+            .iter()
+            .filter(|d| query.uri.is_some() && query.uri_holds(d))
+            .collect();
+        if query.uri.is_some() && by_uri.is_empty() {
+            continue;
+        }
         let by_digest: Vec<&Dependency> = match &query.digest {
-            None => Vec::new(),
+            None => by_uri.clone(),
             Some(q) => s
                 .dependencies
                 .iter()
-                .filter(|d| d.digest.values().any(|v| v == q))
+                .filter(|d| d.digest.values().any(|v| v == q) && query.uri_holds(d))
                 .collect(),
         };
         for sub in &s.subjects {
@@ -309,8 +361,14 @@ pub fn hits(query: &Query, job: &IndexedJob, statements: &[Statement]) -> Vec<Hi
             if query.digest.is_some() && by_digest.is_empty() && !own {
                 continue;
             }
+            // The artifact's own digest, from a dependency of that uri: that dependency.
+            let by_own = if own && by_digest.is_empty() {
+                by_uri.as_slice()
+            } else {
+                &[]
+            };
             let mut matched: Vec<Dependency> = Vec::new();
-            for d in by_commit.iter().chain(&by_digest) {
+            for d in by_commit.iter().chain(&by_digest).chain(by_own) {
                 if !matched.contains(d) {
                     matched.push((*d).clone());
                 }
@@ -352,6 +410,7 @@ pub fn query(db: &crate::state::Db, query: &Query) -> Result<Answer, String> {
     db.inventory_jobs(
         query.digest.as_deref(),
         query.commit.as_deref(),
+        query.uri_pattern(),
         MAX_JOBS + 1,
         |job| {
             read_jobs += 1;

@@ -40,10 +40,17 @@ fn main() -> Result<()> {
                     state,
                     digest,
                     commit,
+                    uri,
                     json,
                 },
         } => {
-            let query = match (inventory::Query { digest, commit }).check() {
+            let query = match (inventory::Query {
+                digest,
+                commit,
+                uri,
+            })
+            .check()
+            {
                 Ok(q) => q,
                 Err(e) => {
                     eprintln!("bulwark-coordinator: inventory query: {e}");
@@ -74,7 +81,19 @@ fn main() -> Result<()> {
                         .map(|d| {
                             let digests: Vec<String> =
                                 d.digest.iter().map(|(k, v)| format!("{k}:{v}")).collect();
-                            format!("{} {}", d.name.as_deref().unwrap_or("?"), digests.join(","))
+                            match &d.uri {
+                                Some(u) => format!(
+                                    "{} {} {}",
+                                    d.name.as_deref().unwrap_or("?"),
+                                    u,
+                                    digests.join(",")
+                                ),
+                                None => format!(
+                                    "{} {}",
+                                    d.name.as_deref().unwrap_or("?"),
+                                    digests.join(",")
+                                ),
+                            }
                         })
                         .collect();
                     writeln!(

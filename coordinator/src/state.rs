@@ -30,15 +30,16 @@ pub const DB_NAME: &str = "coordinator.db";
 pub const LEASE_GRACE_SECS: u64 = 600;
 
 /// The schema version this build reads and writes. Versions 1 (before logs were reported), 2
-/// (before jobs could be cancelled), 3 (before the inventory) and 4 (an inventory whose keys
-/// were made another way, never released) are upgraded in place when opened ([`Db::open`]).
-const SCHEMA_VERSION: &str = "5";
+/// (before jobs could be cancelled), 3 (before the inventory), 4 (an inventory whose keys
+/// were made another way, never released) and 5 (an inventory without dependencies' uris) are
+/// upgraded in place when opened ([`Db::open`]).
+const SCHEMA_VERSION: &str = "6";
 
 /// How long a writer waits for another (the CLI and the server share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The fleet's inventory ([`crate::inventory`]): one row per key of a finished job's provenance
-/// ([`crate::inventory::keys`]: `d:<digest>`, `c:<git commit>`; `x:unindexed` for a job whose
+/// ([`crate::inventory::keys`]: `d:<digest>`, `c:<git commit>`, `u:<uri>`; `x:unindexed` for a job whose
 /// provenance could not be read) and that job.
 const INVENTORY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inventory (
@@ -459,10 +460,12 @@ impl Db {
         let found = db.meta("schema_version").ok().flatten();
         match found.as_deref() {
             Some(SCHEMA_VERSION) => {}
-            Some("1" | "2" | "3" | "4") => db.upgrade().map_err(|source| StateError::Upgrade {
-                path: path.to_owned(),
-                source,
-            })?,
+            Some("1" | "2" | "3" | "4" | "5") => {
+                db.upgrade().map_err(|source| StateError::Upgrade {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
             _ => {
                 return Err(StateError::SchemaVersion {
                     path: path.to_owned(),
@@ -474,8 +477,8 @@ impl Db {
     }
 
     /// Schema 1 to 2 (the jobs' reported logs), 2 to 3 (cancellation requests) and 3 (or the
-    /// unreleased 4) to 5 (the inventory, made afresh from every finished job's provenance), as
-    /// far as needed. One transaction, so a failure leaves the database as it was.
+    /// unreleased 4, or 5) to 6 (the inventory, made afresh from every finished job's
+    /// provenance), as far as needed. One transaction, so a failure leaves the database as it was.
     fn upgrade(&mut self) -> rusqlite::Result<()> {
         let tx = self
             .conn
@@ -1165,27 +1168,47 @@ impl Db {
     }
 
     /// The finished jobs whose provenance names `digest` (any algorithm's value, lowercase
-    /// hex) and whose source is a commit starting with `prefix`, whichever are given (at
-    /// least one), newest first, at most `limit`, each handed to `each` as it is read (`false`
-    /// from it: stop). [`crate::inventory::hits`] then says which of their artifacts match.
+    /// hex), whose source is a commit starting with `prefix`, and which have a dependency of
+    /// the uri `uri` (`(uri, true)`: starting with it), whichever are given (at least one),
+    /// newest first, at most `limit`, each handed to `each` as it is read (`false` from it:
+    /// stop). [`crate::inventory::hits`] then says which of their artifacts match.
     pub fn inventory_jobs(
         &self,
         digest: Option<&str>,
         prefix: Option<&str>,
+        uri: Option<(&str, bool)>,
         limit: u32,
         mut each: impl FnMut(IndexedJob) -> bool,
     ) -> Result<(), StateError> {
         // Driven by the index: the digest's key, the commit prefix's range (hex digits sort
         // below 'g', so `c:<prefix>` up to `c:<prefix>g` is every commit starting with it),
-        // or both intersected; then only the jobs found are read.
+        // the uri's key or its prefix's range (up to the prefix followed by the highest code
+        // point), or those given intersected; then only the jobs found are read.
         const BY_DIGEST: &str = "SELECT job_id FROM inventory WHERE key = 'd:' || ?1";
         const BY_COMMIT: &str =
             "SELECT job_id FROM inventory WHERE key >= 'c:' || ?2 AND key < 'c:' || ?2 || 'g'";
-        let matching = match (digest, prefix) {
-            (Some(_), Some(_)) => format!("{BY_DIGEST} INTERSECT {BY_COMMIT}"),
-            (Some(_), None) => BY_DIGEST.to_string(),
-            (None, Some(_)) => format!("SELECT DISTINCT job_id FROM ({BY_COMMIT})"),
-            (None, None) => return Ok(()),
+        const BY_URI: &str = "SELECT job_id FROM inventory WHERE key = 'u:' || ?3";
+        const BY_URI_PREFIX: &str = "SELECT job_id FROM inventory
+             WHERE key >= 'u:' || ?3 AND key < 'u:' || ?3 || char(1114111)";
+        let mut parts = Vec::new();
+        if digest.is_some() {
+            parts.push(BY_DIGEST);
+        }
+        if prefix.is_some() {
+            parts.push(BY_COMMIT);
+        }
+        match uri {
+            Some((_, false)) => parts.push(BY_URI),
+            Some((_, true)) => parts.push(BY_URI_PREFIX),
+            None => {}
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        // INTERSECT yields distinct rows; a single range may name a job more than once.
+        let matching = match parts.as_slice() {
+            [one] => format!("SELECT DISTINCT job_id FROM ({one})"),
+            many => many.join(" INTERSECT "),
         };
         // The newest `limit` are chosen by id and time alone; only those jobs' provenance is
         // read (sorting whole rows would carry every matched job's provenance).
@@ -1195,13 +1218,13 @@ impl Db {
                    FROM ({matching}) m CROSS JOIN jobs j2 ON j2.id = m.job_id
                    WHERE j2.state = 'finished'
                    ORDER BY j2.finished_at DESC, j2.id
-                   LIMIT ?3) t
+                   LIMIT ?4) t
              CROSS JOIN jobs j ON j.id = t.id
              ORDER BY t.finished_at DESC, t.id"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(StateError::Inventory)?;
         let mut rows = stmt
-            .query(params![digest, prefix, limit])
+            .query(params![digest, prefix, uri.map(|(u, _)| u), limit])
             .map_err(StateError::Inventory)?;
         while let Some(r) = rows.next().map_err(StateError::Inventory)? {
             let job = IndexedJob {

@@ -210,6 +210,16 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
             "{found}"
         );
     }
+    // And by the source repository's uri, which the job's provenance records.
+    let o = admin(&["inventory", "query", "--uri", "git+file://*"]);
+    let by_uri = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        by_uri.lines().count(),
+        2,
+        "{by_uri}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(by_uri.contains("; used source git+file://"), "{by_uri}");
     let none = Command::new(coordinator_bin())
         .args(["inventory", "query", "--commit", "fffffff", "--state"])
         .arg(&c.state)

@@ -956,11 +956,27 @@ fn outputs_are_uploaded_by_the_lease_holder_held_to_their_digest_and_served_to_t
     let (_, body) = get("/v1/inventory?commit=fffffff", &auth);
     let found: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(found["hits"], json!([]));
+    // By the source repository, percent-encoded, as a prefix: the dependency that matched.
+    let (_, body) = get(
+        "/v1/inventory?uri=git%2Bhttps%3A%2F%2Fgit.example%2F*",
+        &auth,
+    );
+    let found: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(found["hits"][0]["job_id"], job.as_str(), "{found}");
+    assert_eq!(
+        found["hits"][0]["matched"][0]["uri"], "git+https://git.example/app.git",
+        "{found}"
+    );
+    let (_, body) = get("/v1/inventory?uri=https://tools.example/jq", &auth);
+    let found: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(found["hits"], json!([]), "an exact uri is exact");
     for bad in [
         "/v1/inventory",
         "/v1/inventory?commit=01",
         "/v1/inventory?digest=x&digest=y",
         "/v1/inventory?name=jq",
+        "/v1/inventory?uri=*",
+        "/v1/inventory?uri=a%1Bb",
     ] {
         let (head, _) = get(bad, &auth);
         assert!(head.starts_with("HTTP/1.1 400"), "{bad}: {head}");

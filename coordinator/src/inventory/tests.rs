@@ -33,6 +33,8 @@ fn every_digest_a_statement_names_is_a_key_in_lowercase() {
         .map(|v| format!("d:{v}"))
         .collect();
     want.insert(format!("c:{COMMIT}"));
+    want.insert("u:git+https://git.example/app.git".into());
+    want.insert("u:https://tools.example/jq.tgz".into());
     assert_eq!(keys, want);
 }
 
@@ -76,10 +78,11 @@ fn a_query_finds_what_used_a_digest_or_a_commit_and_an_artifact_by_its_own_diges
     ))
     .unwrap();
     let j = job();
-    let q = |digest: Option<&str>, commit: Option<&str>| {
+    let by_uri = |digest: Option<&str>, commit: Option<&str>, uri: Option<&str>| {
         let q = Query {
             digest: digest.map(String::from),
             commit: commit.map(String::from),
+            uri: uri.map(String::from),
         }
         .check()
         .unwrap();
@@ -96,6 +99,7 @@ fn a_query_finds_what_used_a_digest_or_a_commit_and_an_artifact_by_its_own_diges
             })
             .collect::<Vec<_>>()
     };
+    let q = |digest: Option<&str>, commit: Option<&str>| by_uri(digest, commit, None);
     // The tool: both statements used it (the second's artifact is the tool's digest too).
     assert_eq!(
         q(Some(TOOL), None),
@@ -122,6 +126,34 @@ fn a_query_finds_what_used_a_digest_or_a_commit_and_an_artifact_by_its_own_diges
     // The builder's binary.
     assert_eq!(q(Some(BIN), None).len(), 2);
     assert!(q(Some(&"9".repeat(64)), None).is_empty());
+    // A uri: every artifact of a statement with that dependency, the dependency named.
+    assert_eq!(
+        by_uri(None, None, Some("https://tools.example/jq.tgz")),
+        [
+            (ART.to_string(), vec!["jq".to_string()]),
+            (TOOL.to_string(), vec!["jq".to_string()])
+        ]
+    );
+    assert_eq!(
+        by_uri(None, None, Some("git+https://git.example/*")).len(),
+        2
+    );
+    assert!(by_uri(None, None, Some("https://tools.example/jq")).is_empty());
+    // With a digest, both describe one dependency: the tool's digest is not the source's.
+    assert_eq!(
+        by_uri(Some(TOOL), Some("0123456"), Some("https://tools.example/*")),
+        [(
+            ART.to_string(),
+            vec!["source".to_string(), "jq".to_string()]
+        )]
+    );
+    // Unless the digest is the artifact's own (the second statement built the tool's
+    // digest, from a git+https source).
+    assert_eq!(
+        by_uri(Some(TOOL), None, Some("git+https://*")),
+        [(TOOL.to_string(), vec!["source".to_string()])]
+    );
+    assert!(by_uri(Some(ART), None, Some("https://other.example/*")).is_empty());
 }
 
 #[test]
@@ -130,10 +162,26 @@ fn a_query_needs_a_well_formed_digest_or_commit() {
         Query {
             digest: d.map(String::from),
             commit: c.map(String::from),
+            uri: None,
         }
         .check()
     };
-    assert!(check(None, None).unwrap_err().contains("give a digest"));
+    let uri = |u: &str| {
+        Query {
+            uri: Some(u.into()),
+            ..Query::default()
+        }
+        .check()
+    };
+    assert!(uri("https://tools.example/jq.tgz").is_ok());
+    assert!(uri("https://tools.example/*").is_ok());
+    for bad in ["", "*", "https://x/\u{1b}]52;c;x\u{7}"] {
+        assert!(uri(bad).unwrap_err().starts_with("uri: "), "{bad:?}");
+    }
+    assert!(uri(&"u".repeat(MAX_URI + 1)).is_err());
+    assert!(check(None, None)
+        .unwrap_err()
+        .contains("give a digest, a commit or a uri"));
     assert!(check(Some("abc"), None).unwrap_err().contains("digest"));
     assert!(check(Some(&"g".repeat(64)), None).is_err());
     assert!(check(None, Some("012345"))

@@ -340,7 +340,7 @@ fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_prove
         .unwrap();
     drop(db);
     let mut db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("5"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("6"));
     let job = db.job("job-1", 300).unwrap().unwrap();
     let result = job.result.unwrap();
     assert_eq!(
@@ -368,7 +368,7 @@ fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_prove
         .unwrap();
     drop(db);
     let mut db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("5"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("6"));
     assert_eq!(
         db.job("job-2", 403).unwrap().unwrap().cancel_requested_at,
         None
@@ -382,18 +382,30 @@ fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_prove
         .unwrap();
     drop(db);
     let db = Db::open(&path).unwrap();
-    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("5"));
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("6"));
     assert_eq!(ids(&db, None, Some(&COMMIT[..9]), 10), ["job-2", "job-1"]);
+    // Version 5 (an inventory without dependencies' uris): made afresh, uris included.
+    db.conn
+        .execute_batch(
+            "DELETE FROM inventory WHERE key LIKE 'u:%';
+             UPDATE meta SET value = '5' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("6"));
+    let jq = Some(("https://tools.example/jq.tgz", false));
+    assert_eq!(ids_by_uri(&db, None, None, jq, 10), ["job-2", "job-1"]);
     // A version this build does not know is refused, not guessed at.
     db.conn
         .execute(
-            "UPDATE meta SET value = '6' WHERE key = 'schema_version'",
+            "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
             [],
         )
         .unwrap();
     drop(db);
     let e = Db::open(&path).unwrap_err().to_string();
-    assert!(e.contains("schema version Some(\"6\")"), "{e}");
+    assert!(e.contains("schema version Some(\"7\")"), "{e}");
 }
 
 #[test]
@@ -533,8 +545,19 @@ fn jobs_are_listed_newest_first_and_those_that_ended_are_found_for_pruning() {
 
 /// The jobs `inventory_jobs` hands over.
 fn ids(db: &Db, digest: Option<&str>, commit: Option<&str>, limit: u32) -> Vec<String> {
+    ids_by_uri(db, digest, commit, None, limit)
+}
+
+/// [`ids`], with a uri (or prefix) too.
+fn ids_by_uri(
+    db: &Db,
+    digest: Option<&str>,
+    commit: Option<&str>,
+    uri: Option<(&str, bool)>,
+    limit: u32,
+) -> Vec<String> {
     let mut out = Vec::new();
-    db.inventory_jobs(digest, commit, limit, |j| {
+    db.inventory_jobs(digest, commit, uri, limit, |j| {
         out.push(j.id);
         true
     })
@@ -575,10 +598,34 @@ fn a_result_is_indexed_as_it_is_recorded_and_unreadable_provenance_is_counted() 
     assert_eq!(ids(&db, Some(TOOL), None, 1), ["job-2"]);
     // A commit prefix is a commit's, not any digest's: the tool's digest does not match it.
     assert!(ids(&db, None, Some(&TOOL[..12]), 10).is_empty());
+    // By a dependency's uri, or a prefix of one; with a commit, intersected.
+    let tool_uri = Some(("https://tools.example/jq.tgz", false));
+    assert_eq!(
+        ids_by_uri(&db, None, None, tool_uri, 10),
+        ["job-2", "job-1"]
+    );
+    let source = Some(("git+https://git.example/", true));
+    assert_eq!(ids_by_uri(&db, None, None, source, 10), ["job-2", "job-1"]);
+    assert_eq!(
+        ids_by_uri(&db, None, Some("fedcba9"), source, 10),
+        ["job-2"]
+    );
+    assert_eq!(ids_by_uri(&db, Some(TOOL), None, tool_uri, 1), ["job-2"]);
+    // Exact means exact; a prefix is of the uri, not of any other key.
+    assert!(ids_by_uri(
+        &db,
+        None,
+        None,
+        Some(("https://tools.example/jq", false)),
+        10
+    )
+    .is_empty());
+    assert!(ids_by_uri(&db, None, None, Some(("https://other.example/", true)), 10).is_empty());
+    assert!(ids_by_uri(&db, None, None, Some((&TOOL[..12], true)), 10).is_empty());
     // And the whole answer, artifacts and why.
     let q = crate::inventory::Query {
-        digest: None,
         commit: Some("0123456789".into()),
+        ..Default::default()
     }
     .check()
     .unwrap();
