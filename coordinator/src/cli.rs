@@ -65,9 +65,9 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
-    /// Asks the fleet's inventory which artifacts used a digest or a commit.
+    /// Asks the fleet's inventory which artifacts used a digest, a commit or a uri.
     #[command(
-        after_help = "Examples:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --digest <sha256 of a tool>\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc --json"
+        after_help = "Examples:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --digest <sha256 of a tool>\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc --json\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --uri 'git+https://git.example/app.git'"
     )]
     Inventory {
         /// What to ask.
@@ -114,7 +114,7 @@ pub enum InventoryCommand {
     /// Exit status: 0 something matched, 1 nothing did, 2 a bad digest, commit or uri, or a
     /// state that could not be read.
     #[command(
-        after_help = "Example:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc"
+        after_help = "Examples:\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --commit 0123abc\n  bulwark-coordinator inventory query --state /var/lib/bulwark-coordinator --uri 'https://tools.example/*'"
     )]
     Query {
         /// The state directory.

@@ -281,8 +281,9 @@ impl Query {
         if let Some(u) = &self.uri {
             let body = u.strip_suffix('*').unwrap_or(u);
             if body.is_empty() || u.len() > MAX_URI || u.chars().any(char::is_control) {
+                let shown: String = u.chars().take(80).collect();
                 return Err(format!(
-                    "uri: give a uri as provenance records it (at most {MAX_URI} bytes, no control characters), or its prefix followed by *"
+                    "uri {shown:?}: give a uri as provenance records it (at most {MAX_URI} bytes, no control characters), or its prefix followed by *"
                 ));
             }
         }

@@ -81,19 +81,16 @@ fn main() -> Result<()> {
                         .map(|d| {
                             let digests: Vec<String> =
                                 d.digest.iter().map(|(k, v)| format!("{k}:{v}")).collect();
-                            match &d.uri {
-                                Some(u) => format!(
-                                    "{} {} {}",
-                                    d.name.as_deref().unwrap_or("?"),
-                                    u,
-                                    digests.join(",")
-                                ),
-                                None => format!(
-                                    "{} {}",
-                                    d.name.as_deref().unwrap_or("?"),
-                                    digests.join(",")
-                                ),
-                            }
+                            let uri = d
+                                .uri
+                                .as_deref()
+                                .map(|u| format!(" {u}"))
+                                .unwrap_or_default();
+                            format!(
+                                "{}{uri} {}",
+                                d.name.as_deref().unwrap_or("?"),
+                                digests.join(",")
+                            )
                         })
                         .collect();
                     writeln!(

@@ -496,7 +496,7 @@ impl Db {
             tx.execute_batch("ALTER TABLE jobs ADD COLUMN cancel_requested_at INTEGER;")?;
         }
         if found != SCHEMA_VERSION {
-            // Made afresh, also over a version 4 inventory.
+            // Made afresh, also over a version 4 or 5 inventory.
             tx.execute_batch(INVENTORY_SCHEMA)?;
             tx.execute_batch("DELETE FROM inventory;")?;
             // Row by row: a large fleet's provenance is never held in memory at once.

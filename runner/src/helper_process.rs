@@ -245,10 +245,7 @@ impl Started {
     pub fn send(mut self, spec: &SandboxSpec) -> Result<(Child, Option<File>), String> {
         // Zeroed when dropped, and when it grows: a trusted job's spec carries its
         // credentials.
-        let mut json = bulwark_sandbox::secret_buf::SecretBuf::new();
-        serde_json::to_writer(&mut json, spec)
-            .map_err(|e| format!("encoding the sandbox spec: {e}"))?;
-        json.write_all(b"\n")
+        let json = bulwark_sandbox::secret_buf::SecretBuf::json_line(spec)
             .map_err(|e| format!("encoding the sandbox spec: {e}"))?;
         let mut pipe = self.spec.take().ok_or("spec already sent")?;
         if let Err(e) = pipe.write_all(json.as_bytes()) {

@@ -60,9 +60,9 @@ impl CredentialUpdates {
         let Some(channel) = &self.channel else {
             return;
         };
-        let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
-        let n = match nix::unistd::read(channel, &mut chunk[..]) {
-            Ok(0) => {
+        let lines = match self.lines.read_from(channel.as_fd()) {
+            Ok(Some(lines)) => lines,
+            Ok(None) => {
                 self.channel = None;
                 if self.lines.is_mid_line() {
                     report(
@@ -74,13 +74,7 @@ impl CredentialUpdates {
                 }
                 return;
             }
-            Ok(n) => n,
-            Err(Errno::EINTR | Errno::EAGAIN) => return,
             Err(e) => return self.fail(status, format!("reading the update channel: {e}")),
-        };
-        let lines = match self.lines.take(&chunk[..n]) {
-            Ok(lines) => lines,
-            Err(e) => return self.fail(status, format!("the update channel: {e}")),
         };
         for line in lines {
             let update: CredentialUpdate = match serde_json::from_slice(line.as_bytes()) {
@@ -142,16 +136,18 @@ fn write_update(root: BorrowedFd<'_>, files: &[CredentialFile]) -> Result<Vec<St
         dirs[i].as_fd()
     };
     let temp = |f: &CredentialFile| format!(".{}.new", f.name);
-    for d in &dirs {
+    let mut result = names.iter().zip(&dirs).try_for_each(|(name, d)| {
         fchmod(d.as_fd(), Mode::from_bits_truncate(0o700))
-            .map_err(|e| format!("making a credential directory writable: {e}"))?;
-    }
-    let mut staged = 0;
-    let mut result = files.iter().try_for_each(|f| {
-        stage(dir_of(f), &temp(f), f.contents.as_bytes())
-            .map(|()| staged += 1)
-            .map_err(|e| format!("credential {}: writing {}: {e}", f.dir, f.name))
+            .map_err(|e| format!("credential {name}: making its directory writable: {e}"))
     });
+    let mut staged = 0;
+    if result.is_ok() {
+        result = files.iter().try_for_each(|f| {
+            stage(dir_of(f), &temp(f), f.contents.as_bytes())
+                .map(|()| staged += 1)
+                .map_err(|e| format!("credential {}: writing {}: {e}", f.dir, f.name))
+        });
+    }
     if result.is_ok() {
         result = files.iter().try_for_each(|f| {
             let (dir, t) = (dir_of(f), temp(f));
@@ -165,17 +161,18 @@ fn write_update(root: BorrowedFd<'_>, files: &[CredentialFile]) -> Result<Vec<St
         let _ = unlinkat(dir_of(f), temp(f).as_str(), UnlinkatFlags::NoRemoveDir);
     }
     // Read-only again whatever happened.
-    for d in &dirs {
+    for (name, d) in names.iter().zip(&dirs) {
         let sealed = fchmod(d.as_fd(), Mode::from_bits_truncate(0o500));
         if result.is_ok() {
-            result = sealed.map_err(|e| format!("making a credential directory read-only: {e}"));
+            result = sealed
+                .map_err(|e| format!("credential {name}: making its directory read-only: {e}"));
         }
     }
     result.map(|()| names)
 }
 
 /// Writes `contents` to a new file `name` (mode 0400) in `dir`, replacing a temporary file a
-/// failed update left there.
+/// failed update left there; a file it could not write whole is removed.
 fn stage(dir: BorrowedFd<'_>, name: &str, contents: &[u8]) -> nix::Result<()> {
     match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
@@ -187,13 +184,14 @@ fn stage(dir: BorrowedFd<'_>, name: &str, contents: &[u8]) -> nix::Result<()> {
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o400),
     )?;
-    File::from(fd)
-        .write_all(contents)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    File::from(fd).write_all(contents).map_err(|e| {
+        let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
+        Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+    })
 }
 
 fn report(status: &mut File, event: &Event) {
-    let _ = writeln!(status, "{}", event.to_line());
+    let _ = event.write_to(status);
 }
 
 #[cfg(test)]

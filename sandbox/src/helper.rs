@@ -82,9 +82,9 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     // sends only once init reports the sandbox ready (so none can have come with the spec).
     let mut lines = crate::secret_buf::SecretLines::new(MAX_SPEC_BYTES);
     let mut input = lines
-        .read_line(&mut std::io::stdin())
+        .read_line(std::io::stdin().as_fd())
         .map_err(at("read spec"))?
-        .ok_or(("read spec", "no spec on standard input".to_owned()))?;
+        .ok_or_else(|| ("read spec", "no spec on standard input".to_owned()))?;
     if input.len() != 1 || lines.is_mid_line() {
         return Err(("read spec", "more than the spec on standard input".into()));
     }
@@ -118,7 +118,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     }
     // The rest of standard input is init's credential update channel, when the spec allows
     // updates; this process never reads it.
-    let updates = match spec.credential_updates && !spec.credentials.is_empty() {
+    let updates = match spec.takes_credential_updates() {
         true => Some(
             std::io::stdin()
                 .as_fd()

@@ -18,7 +18,7 @@
 //! still ranks init above the job's processes: see [`crate::capabilities`]).
 
 use std::fs::File;
-use std::io::Write;
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,7 @@ pub struct Inherited {
 pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherited) -> ! {
     let code = match setup(spec, &mut status, &fds) {
         Ok((filters, mut forwarder, credentials_writer)) => {
-            // The credentials are files on the job's root now: init holds no copy while the
+            // The credentials are files in the job's view now: init holds no copy while the
             // job runs (each is zeroed as it is dropped).
             spec.credentials.clear();
             let spec = &*spec;
@@ -127,9 +127,9 @@ pub fn run(spec: &mut SandboxSpec, mut status: File, log: OwnedFd, fds: Inherite
 }
 
 fn report(status: &mut File, event: &Event) {
-    // A line is far below PIPE_BUF, so the write is atomic; if the runner is gone there is
-    // nobody to tell, and the parent-death signal ends us anyway.
-    let _ = writeln!(status, "{}", event.to_line());
+    // One write of a line far below PIPE_BUF: atomic. If the runner is gone there is nobody
+    // to tell, and the parent-death signal ends us anyway.
+    let _ = event.write_to(status);
 }
 
 type Stage = (&'static str, String);
@@ -393,24 +393,32 @@ fn run_step(
         let timeout =
             PollTimeout::try_from(wait.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
         // One poll for all: SIGCHLD, the credential updates and the forwarder's connections.
-        let mut extra = vec![(sfd.as_fd(), PollFlags::POLLIN)];
         let channel = updates.as_ref().and_then(|u| u.channel());
-        if let Some(ch) = channel {
-            extra.push((ch, PollFlags::POLLIN));
-        }
-        let ready = match forwarder {
-            Some(fw) => fw.poll_once(&extra, Some(wait)).unwrap_or_default(),
-            None => {
-                let mut fds: Vec<PollFd<'_>> =
-                    extra.iter().map(|(fd, ev)| PollFd::new(*fd, *ev)).collect();
+        let ready = |r: Option<PollFlags>| r.is_some_and(|r| !r.is_empty());
+        let updates_ready = match (forwarder.as_mut(), channel) {
+            (Some(fw), channel) => {
+                let sig = (sfd.as_fd(), PollFlags::POLLIN);
+                let got = match channel {
+                    Some(ch) => fw.poll_once(&[sig, (ch, PollFlags::POLLIN)], Some(wait)),
+                    None => fw.poll_once(&[sig], Some(wait)),
+                };
+                ready(got.ok().and_then(|r| r.get(1).copied()))
+            }
+            (None, Some(ch)) => {
+                let mut fds = [
+                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(ch, PollFlags::POLLIN),
+                ];
                 let _ = poll(&mut fds, timeout);
-                fds.iter()
-                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
-                    .collect()
+                ready(fds[1].revents())
+            }
+            (None, None) => {
+                let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, timeout);
+                false
             }
         };
-        drop(extra);
-        if ready.get(1).is_some_and(|r| !r.is_empty()) {
+        if updates_ready {
             if let Some(u) = updates.as_mut() {
                 u.on_readable(status);
             }

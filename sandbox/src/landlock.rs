@@ -67,8 +67,9 @@ pub fn usable_abi() -> u32 {
     }
 }
 
-/// The job ruleset, built once per sandbox by init (after pivot_root, so the paths are the
-/// job's) and applied by every step's process. Building it does not restrict init itself.
+/// A job ruleset, built by init (after pivot_root, so the paths are the job's) for each
+/// distinct set of credentials steps may read ([`StepRulesets`]), and applied by the
+/// processes of those steps. Building it does not restrict init itself.
 #[derive(Debug)]
 pub struct JobRuleset {
     created: RulesetCreated,
@@ -105,9 +106,9 @@ impl StepRulesets {
     }
 }
 
-/// Builds the job ruleset for this kernel, under which the credentials named in
-/// `credentials` (and no other) can be read.
-pub fn prepare(credentials: &[String]) -> Result<JobRuleset, LandlockError> {
+/// Builds a job ruleset for this kernel, under which the credentials named in `credentials`
+/// (and no other) can be read.
+fn prepare(credentials: &[String]) -> Result<JobRuleset, LandlockError> {
     let found = crate::sys::landlock_abi_version();
     let abi_n = usable_abi();
     if abi_n == 0 {

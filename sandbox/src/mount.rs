@@ -193,12 +193,7 @@ fn build_root_inner(
     let tools = root.join("tools");
     fs::create_dir(&tools).map_err(err("create", &tools))?;
     for (name, src) in tools_src {
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-            && !name.starts_with('.');
-        if !ok {
+        if !plain_name(name) {
             return Err(MountError {
                 step: "tool name",
                 path: PathBuf::from(name),
@@ -226,7 +221,7 @@ fn build_root_inner(
         )
         .map_err(err("mount credentials tmpfs", &base))?;
         write_credentials(&base, &spec.credentials)?;
-        if spec.credential_updates {
+        if spec.takes_credential_updates() {
             credentials_writer = Some(
                 crate::sys::open_tree_clone(&base)
                     .map_err(err("clone credentials mount", &base))?,
@@ -388,8 +383,9 @@ fn make_parent(target: &Path, rel: &Path) -> Result<(), MountError> {
 /// Where credential files appear in the job's view.
 pub const CREDENTIALS_DIR: &str = "/run/credentials";
 
-/// A credential's or credential file's name: the job spec's name pattern, so never `.`, `..`
-/// or anything with a `/`.
+/// A tool's, credential's or credential file's name as this code accepts it: lower-case
+/// letters, digits, `.`, `_`, `-`, at most 63, not starting with `.` (the job spec's name
+/// pattern is stricter), so never `.`, `..` or anything with a `/`.
 pub fn plain_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')

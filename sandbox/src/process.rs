@@ -48,15 +48,11 @@ pub fn exec_step(
     match prepare(step, rlimits, filters, log, status, report_phases) {
         Ok(never) => match never {},
         Err((stage, message)) => {
-            let _ = writeln!(
-                status,
-                "{}",
-                Event::SetupFailed {
-                    stage: stage.to_string(),
-                    message
-                }
-                .to_line()
-            );
+            let _ = Event::SetupFailed {
+                stage: stage.to_string(),
+                message,
+            }
+            .write_to(status);
             crate::sys::exit_now(126)
         }
     }
@@ -82,7 +78,7 @@ fn prepare(
                 name: name.into(),
                 mono_ns: crate::spec::monotonic_ns(),
             };
-            let _ = writeln!(status, "{}", ev.to_line());
+            let _ = ev.write_to(status);
         }
     };
     mark(status, "job-forked");
@@ -130,10 +126,12 @@ fn prepare(
     let landlock = filters
         .landlock
         .for_step(step)
-        .ok_or((
-            "landlock",
-            "no ruleset was prepared for this step".to_owned(),
-        ))?
+        .ok_or_else(|| {
+            (
+                "landlock",
+                "no ruleset was prepared for this step".to_owned(),
+            )
+        })?
         .restrict_self()
         .map_err(stage("landlock"))?;
     mark(status, "job-landlocked");
@@ -171,19 +169,15 @@ fn prepare(
     let prog = argv
         .first()
         .cloned()
-        .ok_or(("argv", "empty command".to_string()))?;
+        .ok_or_else(|| ("argv", "empty command".to_string()))?;
     let prog = resolve_program(prog, &step.env);
 
     crate::seccomp::install(&filters.filters).map_err(stage("seccomp"))?;
-    writeln!(
-        status,
-        "{}",
-        Event::StepEnforced {
-            step: step.name.clone(),
-            enforced
-        }
-        .to_line()
-    )
+    Event::StepEnforced {
+        step: step.name.clone(),
+        enforced,
+    }
+    .write_to(status)
     .map_err(stage("report"))?;
     mark(status, "job-exec");
     // Ignored signals survive exec too (the runner's SIGPIPE among them): the job starts with

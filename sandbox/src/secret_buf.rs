@@ -6,9 +6,9 @@
 //! copying, and zeroing the old one before it is freed, and zeroes its whole capacity when
 //! dropped. The runner encodes the sandbox spec into one; the helper reads it into one.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// What a spec usually fits in (a few KiB): no growth, so no copy, on a normal launch.
 pub const INITIAL_CAPACITY: usize = 64 << 10;
@@ -46,9 +46,13 @@ impl SecretBuf {
         self.0 = Zeroizing::new(larger);
     }
 
-    /// An empty buffer of `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> SecretBuf {
-        SecretBuf(Zeroizing::new(Vec::with_capacity(capacity)))
+    /// `value` as one JSON line (its newline included), for a stream that [`SecretLines`]
+    /// splits: the sandbox spec, a credential handoff or update.
+    pub fn json_line(value: &impl serde::Serialize) -> Result<SecretBuf, serde_json::Error> {
+        let mut line = SecretBuf::new();
+        serde_json::to_writer(&mut line, value)?;
+        line.extend(b"\n");
+        Ok(line)
     }
 
     /// How many bytes it holds.
@@ -59,22 +63,6 @@ impl SecretBuf {
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// Reads `from` to its end.
-    pub fn read_all(from: &mut impl Read) -> io::Result<SecretBuf> {
-        let mut buf = SecretBuf::new();
-        let mut chunk = [0u8; 8192];
-        let result = loop {
-            match from.read(&mut chunk) {
-                Ok(0) => break Ok(()),
-                Ok(n) => buf.extend(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        chunk.zeroize();
-        result.map(|()| buf)
     }
 
     fn extend(&mut self, bytes: &[u8]) {
@@ -123,7 +111,9 @@ impl SecretLines {
                 None => (piece, false),
             };
             if self.pending.len().saturating_add(body.len()) > self.max {
-                self.pending = SecretBuf::with_capacity(0);
+                // Lines this call completed before are dropped too: every producer of these
+                // streams writes lines far below the bound, so this is a broken stream.
+                self.pending = SecretBuf::default();
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("a line longer than {} bytes", self.max),
@@ -131,35 +121,42 @@ impl SecretLines {
             }
             self.pending.extend(body);
             if ends {
-                lines.push(std::mem::replace(
-                    &mut self.pending,
-                    SecretBuf::with_capacity(0),
-                ));
+                lines.push(std::mem::take(&mut self.pending));
             }
         }
         Ok(lines)
     }
 
-    /// Reads `from` until a line is complete and returns it, with any lines that came with
-    /// it; `Ok(None)` at the end of the stream. A last line without a newline counts.
-    pub fn read_line(&mut self, from: &mut impl Read) -> io::Result<Option<Vec<SecretBuf>>> {
-        let mut chunk = Zeroizing::new([0u8; 8192]);
+    /// Reads `fd` until a line is complete and returns it, with any lines that came with it;
+    /// `Ok(None)` at the end of the stream. A last line without a newline counts. Reads the
+    /// descriptor itself: nothing of the stream waits in a buffer of std's (`Stdin`'s), where
+    /// later reads of the descriptor would not see it and nothing would zero it.
+    pub fn read_line(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<Option<Vec<SecretBuf>>> {
         loop {
-            match from.read(&mut chunk[..]) {
-                Ok(0) if self.pending.is_empty() => return Ok(None),
-                Ok(0) => {
-                    let last = std::mem::replace(&mut self.pending, SecretBuf::with_capacity(0));
-                    return Ok(Some(vec![last]));
-                }
-                Ok(n) => {
-                    let lines = self.take(&chunk[..n])?;
-                    if !lines.is_empty() {
-                        return Ok(Some(lines));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match self.read_from(fd)? {
+                None if self.pending.is_empty() => return Ok(None),
+                None => return Ok(Some(vec![std::mem::take(&mut self.pending)])),
+                Some(lines) if !lines.is_empty() => return Ok(Some(lines)),
+                Some(_) => {}
             }
+        }
+    }
+
+    /// One `read` of `fd` (reported readable): the lines it completes; `Ok(None)` at the end
+    /// of the stream. An interrupted or would-block read completes none.
+    pub fn read_from(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> io::Result<Option<Vec<SecretBuf>>> {
+        let mut chunk = Zeroizing::new([0u8; 8192]);
+        match nix::unistd::read(fd, &mut chunk[..]) {
+            Ok(0) => Ok(None),
+            Ok(n) => self.take(&chunk[..n]).map(Some),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => Ok(Some(Vec::new())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -172,17 +169,23 @@ impl SecretLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
-    fn it_grows_without_losing_bytes_and_reads_a_stream_whole() {
+    fn it_grows_without_losing_bytes() {
         let mut b = SecretBuf::new();
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         b.write_all(&big[..10]).unwrap();
         b.write_all(&big[10..]).unwrap();
         assert_eq!(b.as_bytes(), &big[..]);
         assert!(b.0.capacity() >= big.len());
-        let read = SecretBuf::read_all(&mut &big[..]).unwrap();
-        assert_eq!(read.as_bytes(), &big[..]);
+    }
+
+    /// The read end of a pipe holding `bytes`, its write end closed.
+    fn pipe_of(bytes: &[u8]) -> std::os::fd::OwnedFd {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        std::fs::File::from(w).write_all(bytes).unwrap();
+        r
     }
 
     #[test]
@@ -193,13 +196,14 @@ mod tests {
         let lines = l.take(b"1}\n{}\n{\"b\"").unwrap();
         let got: Vec<&[u8]> = lines.iter().map(SecretBuf::as_bytes).collect();
         assert_eq!(got, [&b"{\"a\":1}"[..], b"{}"]);
-        let lines = l.read_line(&mut &b":2}\n"[..]).unwrap().unwrap();
+        let lines = l.read_line(pipe_of(b":2}\n").as_fd()).unwrap().unwrap();
         assert_eq!(lines[0].as_bytes(), b"{\"b\":2}");
         // The end of the stream ends a last line without a newline, then says so.
         let mut l = SecretLines::new(16);
-        let lines = l.read_line(&mut &b"{}"[..]).unwrap().unwrap();
+        let r = pipe_of(b"{}");
+        let lines = l.read_line(r.as_fd()).unwrap().unwrap();
         assert_eq!(lines[0].as_bytes(), b"{}");
-        assert!(l.read_line(&mut &b""[..]).unwrap().is_none());
+        assert!(l.read_line(r.as_fd()).unwrap().is_none());
         let mut l = SecretLines::new(4);
         assert!(l.take(b"123").is_ok());
         let e = l.take(b"45\n").unwrap_err();

@@ -82,7 +82,7 @@ pub struct SandboxSpec {
     #[serde(default)]
     pub egress: Option<EgressSpec>,
     /// Short-lived credentials for a trusted job, written to `/run/credentials/<dir>/<name>`
-    /// on the sandbox's in-memory root (docs/credentials.md). Never on the host's disk.
+    /// on a tmpfs of the sandbox's own (docs/credentials.md). Never on the host's disk.
     #[serde(default)]
     pub credentials: Vec<CredentialFile>,
     /// The runner may send newer credentials while the job runs ([`CredentialUpdate`] lines
@@ -90,6 +90,14 @@ pub struct SandboxSpec {
     /// the channel open for init instead of closing it after the spec.
     #[serde(default)]
     pub credential_updates: bool,
+}
+
+impl SandboxSpec {
+    /// Whether init takes credential updates: the runner asked for them, for a job that has
+    /// credentials.
+    pub fn takes_credential_updates(&self) -> bool {
+        self.credential_updates && !self.credentials.is_empty()
+    }
 }
 
 /// Newer credential files for a running job (a refreshed session), one JSON line on the update
@@ -328,15 +336,11 @@ pub fn exit_with(status: &mut impl std::io::Write, result: Result<i32, Stage>) -
     let code = match result {
         Ok(code) => code,
         Err((stage, message)) => {
-            let _ = writeln!(
-                status,
-                "{}",
-                Event::SetupFailed {
-                    stage: stage.into(),
-                    message
-                }
-                .to_line()
-            );
+            let _ = Event::SetupFailed {
+                stage: stage.into(),
+                message,
+            }
+            .write_to(status);
             125
         }
     };
@@ -348,6 +352,15 @@ impl Event {
     pub fn to_line(&self) -> String {
         // Serializing these plain types cannot fail.
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"event\":\"ready\"}"))
+    }
+
+    /// Writes the event and its newline to the status channel in one `write` (a line is far
+    /// below `PIPE_BUF`, so it is atomic: init and a step's process, which share the channel,
+    /// never interleave their lines; `writeln!` would write the two separately).
+    pub fn write_to(&self, status: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut line = self.to_line();
+        line.push('\n');
+        status.write_all(line.as_bytes())
     }
 }
 
@@ -365,15 +378,11 @@ pub fn monotonic_ns() -> u64 {
 /// Writes a phase event when the spec asks for them.
 pub fn phase(spec: &SandboxSpec, status: &mut impl std::io::Write, name: &str) {
     if spec.report_phases {
-        let _ = writeln!(
-            status,
-            "{}",
-            Event::Phase {
-                name: name.to_string(),
-                mono_ns: monotonic_ns()
-            }
-            .to_line()
-        );
+        let _ = Event::Phase {
+            name: name.to_string(),
+            mono_ns: monotonic_ns(),
+        }
+        .write_to(status);
     }
 }
 

@@ -16,7 +16,7 @@ can compare what the job saw with what was issued, and prove a request never cam
 With --lifetime, everything issued expires after that many seconds (AWS: whatever
 DurationSeconds asked), so a test can watch the runner refresh credentials mid-job; with
 --refuse-from /aws=2, the second and every later request to /aws is refused (a refresh that
-fails while the first exchange succeeded).
+fails while the first exchange succeeded; only /aws honours it).
 Roles: AWS accepts only role arn:aws:iam::123456789012:role/release; Vault only role
 "release"; everything requires the claim trust=trusted and ref refs/heads/main.
 """

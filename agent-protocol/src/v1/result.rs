@@ -332,7 +332,7 @@ mod tests {
         JobResult {
             status: JobStatus::Succeeded,
             reason: None,
-            trust: Trust::Untrusted,
+            trust: Trust::Trusted,
             isolation: Some(Isolation {
                 mode: IsolationMode::RootPerJobUid,
                 landlock_abi: 7,
@@ -352,7 +352,7 @@ mod tests {
                 duration_ms: 1234,
                 timed_out: false,
                 limit: None,
-                credentials: vec![],
+                credentials: vec!["aws-release".to_owned()],
             }],
             outputs: vec![OutputRecord {
                 path: "dist/app.tar.gz".to_owned(),
@@ -383,7 +383,13 @@ mod tests {
                 size: 4 << 30,
                 used: 123 << 20,
             }),
-            credentials: Vec::new(),
+            credentials: vec![CredentialRecord {
+                name: "aws-release".to_owned(),
+                kind: "aws".to_owned(),
+                expires: Some("2025-01-02T04:04:05Z".to_owned()),
+                refreshed: 2,
+                refresh_failed: None,
+            }],
         }
     }
 

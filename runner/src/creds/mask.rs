@@ -69,34 +69,22 @@ fn dedup_zeroing(secrets: &mut Vec<Vec<u8>>) {
 impl Masker {
     /// A masker of `values` (those shorter than [`MIN_MASKED_LEN`] are left out).
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
-        let mut secrets: Vec<Vec<u8>> = values
-            .into_iter()
-            .filter(|v| v.len() >= MIN_MASKED_LEN)
-            .flat_map(|v| encoded_forms(v.as_bytes()))
-            .filter(|v| v.len() >= MIN_MASKED_LEN)
-            .collect();
-        secrets.sort();
-        dedup_zeroing(&mut secrets);
-        let mut first = vec![Vec::new(); 256];
-        for (i, s) in secrets.iter().enumerate() {
-            first[usize::from(s[0])].push(i);
-        }
-        Masker {
-            longest: secrets.iter().map(Vec::len).max().unwrap_or(0),
-            first,
-            secrets,
-            pending: Vec::new(),
-            pending_covered: 0,
-            mask_open: false,
-        }
+        let mut m = Masker::default();
+        m.add(values);
+        m
     }
 
     /// Masks `values` too from now on (newer credentials of a running job): they join the
     /// others before the job can have read them.
     pub fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
-        let mut more = Masker::new(values);
         let mut secrets = std::mem::take(&mut self.secrets);
-        secrets.append(&mut more.secrets);
+        secrets.extend(
+            values
+                .into_iter()
+                .filter(|v| v.len() >= MIN_MASKED_LEN)
+                .flat_map(|v| encoded_forms(v.as_bytes()))
+                .filter(|v| v.len() >= MIN_MASKED_LEN),
+        );
         secrets.sort();
         dedup_zeroing(&mut secrets);
         let mut first = vec![Vec::new(); 256];

@@ -4,14 +4,15 @@
 //! Who does what, and why there:
 //!
 //! - `bulwark daemon` holds the lease, so only it can ask the coordinator for the job's
-//!   identity token; it makes every exchange ([`exchange`]) *before* the run starts, so a
-//!   refusal by the cloud refuses the job before any step, and the run never sees a token.
+//!   identity token; it makes the first exchange ([`exchange`]) *before* the run starts, so a
+//!   refusal by the cloud refuses the job before any step, and the run never sees a token
+//!   (renewals while the job runs are made by the daemon too, below).
 //! - It hands the issued credentials to its `bulwark run` child on the child's standard input
 //!   ([`Handoff`]): a pipe, in memory. Never a file (the state directory is on disk and
 //!   outlives the job), never an argument or environment variable (readable in `/proc` by
 //!   other processes of the runner's user).
 //! - The run passes them to the sandbox helper in the sandbox spec (the same kind of pipe),
-//!   and the helper writes them on the sandbox's own in-memory root at
+//!   and the sandbox's init writes them on a tmpfs of the sandbox's own at
 //!   `/run/credentials/<name>/`, read-only, gone with the job's mount namespace.
 //! - The run masks every secret value in the job's log ([`mask::Masker`]).
 //! - Before they expire, the daemon exchanges a fresh identity token again and sends the
@@ -169,12 +170,8 @@ impl Handoff {
     /// The handoff as one line for the run's standard input, in a buffer that zeroes what
     /// it leaves behind.
     pub fn to_line(&self) -> Result<bulwark_sandbox::secret_buf::SecretBuf, String> {
-        let mut json = bulwark_sandbox::secret_buf::SecretBuf::new();
-        serde_json::to_writer(&mut json, self)
-            .map_err(|e| format!("encoding the credentials: {e}"))?;
-        std::io::Write::write_all(&mut json, b"\n")
-            .map_err(|e| format!("encoding the credentials: {e}"))?;
-        Ok(json)
+        bulwark_sandbox::secret_buf::SecretBuf::json_line(self)
+            .map_err(|e| format!("encoding the credentials: {e}"))
     }
 }
 
@@ -209,31 +206,28 @@ impl Updates {
 
     /// Returns the handoffs that came with the first and, when standard input was reported
     /// `readable`, those that what it has now completes (it is read only then: a read of it
-    /// blocks until the daemon's next refresh). The end of the input closes it (the daemon
-    /// sends no more); an unreadable or overlong line closes it with an error.
-    pub fn read(&mut self, readable: bool) -> Result<Vec<Handoff>, String> {
+    /// blocks until the daemon's next refresh), each parsed on its own (a line that does not
+    /// parse is an error in its place). The end of the input closes it (the daemon sends no
+    /// more); a read that fails or an overlong line closes it, an error in the list.
+    pub fn read(&mut self, readable: bool) -> Vec<Result<Handoff, String>> {
         let mut lines = std::mem::take(&mut self.queued);
+        let mut failed = None;
         if self.open && readable {
-            let mut chunk = zeroize::Zeroizing::new([0u8; 8192]);
-            match nix::unistd::read(std::io::stdin(), &mut chunk[..]) {
-                Ok(0) => self.open = false,
-                Ok(n) => match self.lines.take(&chunk[..n]) {
-                    Ok(more) => lines.extend(more),
-                    Err(e) => {
-                        self.open = false;
-                        return Err(format!("the credential updates on standard input: {e}"));
-                    }
-                },
-                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+            let stdin = std::io::stdin();
+            match self.lines.read_from(std::os::fd::AsFd::as_fd(&stdin)) {
+                Ok(Some(more)) => lines.extend(more),
+                Ok(None) => self.open = false,
                 Err(e) => {
                     self.open = false;
-                    return Err(format!(
+                    failed = Some(format!(
                         "reading credential updates from standard input: {e}"
                     ));
                 }
             }
         }
-        lines.iter().map(parse_handoff).collect()
+        let mut out: Vec<Result<Handoff, String>> = lines.iter().map(parse_handoff).collect();
+        out.extend(failed.map(Err));
+        out
     }
 
     /// No more updates: standard input is replaced with `/dev/null`, so that the daemon's end
@@ -259,7 +253,7 @@ pub fn receive_handoff() -> Result<(Handoff, Updates), String> {
     keep_out_of_dumps()?;
     let mut lines = bulwark_sandbox::secret_buf::SecretLines::new(MAX_HANDOFF_BYTES);
     let mut first = lines
-        .read_line(&mut std::io::stdin())
+        .read_line(std::os::fd::AsFd::as_fd(&std::io::stdin()))
         .map_err(|e| format!("reading the credentials from standard input: {e}"))?
         .ok_or("no credentials on standard input")?;
     let handoff = parse_handoff(&first.remove(0))?;
@@ -316,14 +310,21 @@ pub fn into_update(wanted: &[String], handoff: Handoff) -> Result<Prepared, Stri
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    let unknown = names.iter().any(|n| !wanted.iter().any(|w| w == n));
+    let unknown = names.iter().find(|n| !wanted.iter().any(|w| w == *n));
     let twice = names
         .iter()
         .enumerate()
-        .any(|(i, n)| names[..i].contains(n));
-    if names.is_empty() || unknown || twice {
+        .find(|(i, n)| names[..*i].contains(n))
+        .map(|(_, n)| n);
+    let problem = match (names.is_empty(), unknown, twice) {
+        (true, _, _) => Some("holds no credential".to_owned()),
+        (_, Some(n), _) => Some(format!("holds {n:?}, which the spec does not ask for")),
+        (_, _, Some(n)) => Some(format!("holds {n:?} twice")),
+        _ => None,
+    };
+    if let Some(problem) = problem {
         return Err(format!(
-            "credential update: the spec asks for {wanted:?}, the update holds {names:?}"
+            "credential update: {problem} (the spec asks for {wanted:?})"
         ));
     }
     split(handoff)
@@ -526,9 +527,19 @@ mod tests {
             p.records[0].expires.as_deref(),
             Some("2030-01-01T00:00:00Z")
         );
-        for bad in [&[][..], &["other"], &["aws", "aws"]] {
+        for (bad, says) in [
+            (&[][..], "holds no credential"),
+            (
+                &["other"],
+                "holds \"other\", which the spec does not ask for",
+            ),
+            (&["aws", "aws"], "holds \"aws\" twice"),
+        ] {
             let e = update(bad).unwrap_err();
-            assert!(e.starts_with("credential update: the spec asks for"), "{e}");
+            assert!(
+                e.starts_with(&format!("credential update: {says} (the spec asks for")),
+                "{e}"
+            );
         }
     }
 
@@ -549,7 +560,7 @@ mod tests {
         assert_eq!(line.as_bytes().iter().filter(|b| **b == b'\n').count(), 1);
         let mut lines = bulwark_sandbox::secret_buf::SecretLines::new(MAX_HANDOFF_BYTES);
         let two = [line.as_bytes(), line.as_bytes()].concat();
-        let got = lines.read_line(&mut &two[..]).unwrap().unwrap();
+        let got = lines.take(&two).unwrap();
         assert_eq!(got.len(), 2);
         let back = parse_handoff(&got[1]).unwrap();
         assert_eq!(back.credentials[0].files[0].1.expose(), "hvs.one");

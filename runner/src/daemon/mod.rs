@@ -766,7 +766,9 @@ impl Daemon {
                 .config
                 .credentials
                 .get(name)
-                .ok_or_else(|| format!("credentials.{name}: not configured on this runner"))?;
+                .ok_or_else(|| {
+                    format!("credentials.{name}: no credential {name:?} is configured on this runner ([credentials.{name}])")
+                })?;
             let body = serde_json::to_vec(&bulwark_protocol::control::IdTokenRequest {
                 audience: provider.audience.clone(),
             })
@@ -856,7 +858,7 @@ impl Daemon {
                         let left = expires
                             .duration_since(std::time::SystemTime::now())
                             .unwrap_or_default();
-                        tracing::warn!(job_id = %lease.job_id, credential = %name, "credential refresh failed (the job keeps what it has, which expires in {}s): {e}", left.as_secs());
+                        tracing::warn!(job_id = %lease.job_id, credential = %name, error = %e, expires_in_s = left.as_secs(), "credential refresh failed (the job keeps what it has)");
                         let retry = if left.is_zero() {
                             Duration::from_secs(30)
                         } else {
@@ -879,9 +881,14 @@ impl Daemon {
                             (d.1, d.2) = (at, exp);
                         }
                     }
-                    // What was issued now does not expire (or says so unreadably): not
-                    // refreshed again.
-                    None => due.retain(|d| d.0 != c.name),
+                    // What was issued now does not expire, or its expiry is past by this
+                    // host's clock or unreadable: not refreshed again.
+                    None => {
+                        if let Some(expires) = &c.expires {
+                            tracing::warn!(job_id = %lease.job_id, credential = %c.name, %expires, "credential expires before now by this host's clock, or at an unreadable time: not refreshed again (check the clock)");
+                        }
+                        due.retain(|d| d.0 != c.name);
+                    }
                 }
             }
             let names: Vec<String> = issued.iter().map(|c| c.name.clone()).collect();

@@ -47,7 +47,12 @@ impl JobRun<'_> {
                     timeout_ms: s
                         .timeout
                         .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
-                    credentials: s.credentials.clone(),
+                    // Sorted: steps that read the same set share one Landlock ruleset.
+                    credentials: {
+                        let mut names = s.credentials.clone();
+                        names.sort();
+                        names
+                    },
                 }
             })
             .collect();
@@ -350,14 +355,14 @@ impl JobRun<'_> {
         let Some(updates) = self.updates.as_mut() else {
             return;
         };
-        let handoffs = match updates.read(readable) {
-            Ok(h) => h,
-            Err(e) => {
-                self.update_failed(None, &e);
-                return;
-            }
-        };
-        for mut handoff in handoffs {
+        for handoff in updates.read(readable) {
+            let mut handoff = match handoff {
+                Ok(h) => h,
+                Err(e) => {
+                    self.update_failed(None, &e);
+                    continue;
+                }
+            };
             for f in std::mem::take(&mut handoff.failed) {
                 self.update_failed(Some(&[f.name]), &format!("renewing it: {}", f.reason));
             }
@@ -375,27 +380,21 @@ impl JobRun<'_> {
             let update = bulwark_sandbox::spec::CredentialUpdate {
                 files: prepared.files,
             };
-            let mut line = bulwark_sandbox::secret_buf::SecretBuf::new();
-            let encoded = serde_json::to_writer(&mut line, &update)
+            let sent = bulwark_sandbox::secret_buf::SecretBuf::json_line(&update)
                 .map_err(|e| e.to_string())
-                .and_then(|()| line.write_all(b"\n").map_err(|e| e.to_string()));
-            let sent = encoded.and_then(|()| match pipe.as_mut() {
-                Some(p) => p.write_all(line.as_bytes()).map_err(|e| e.to_string()),
-                None => Err("the update channel is closed".into()),
-            });
-            let names: Vec<String> = prepared.records.iter().map(|r| r.name.clone()).collect();
+                .and_then(|line| match pipe.as_mut() {
+                    Some(p) => p.write_all(line.as_bytes()).map_err(|e| e.to_string()),
+                    None => Err("the update channel is closed".into()),
+                });
             match sent {
                 Ok(()) => self.updates_sent.push_back(prepared.records),
                 Err(e) => {
-                    // Init is gone: nothing more can be sent. Once the steps are over that
-                    // is the job ending, not a failure.
+                    // Init is gone while steps still run (the caller checked): nothing more
+                    // can be sent.
                     *pipe = None;
-                    if self.sandbox_ready {
-                        self.update_failed(
-                            Some(&names),
-                            &format!("sending it to the sandbox: {e}"),
-                        );
-                    }
+                    let names: Vec<String> =
+                        prepared.records.iter().map(|r| r.name.clone()).collect();
+                    self.update_failed(Some(&names), &format!("sending it to the sandbox: {e}"));
                 }
             }
         }
