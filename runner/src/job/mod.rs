@@ -957,8 +957,13 @@ impl JobRun<'_> {
             // the host's namespaces and wait for the next job of this uid. Only a compromised
             // git does that, so the job is refused (its checkout cannot be trusted), and every
             // process of the uid is killed; should one survive, the uid is not handed out
-            // again while it runs.
-            if let Some(uid) = host_uid.filter(|uid| crate::uids::in_use(*uid)) {
+            // again while it runs. A process of git's own group that was killed when git was
+            // stopped (a checkout past its size bound) may take a moment to die (writing to
+            // disk, say): one that is still there after two seconds was not in that group.
+            let outlived = |uid: &u32| {
+                !crate::uids::wait_until_unused(*uid, std::time::Duration::from_secs(2))
+            };
+            if let Some(uid) = host_uid.filter(outlived) {
                 let swept = self.kill_every_process_of(uid);
                 return Err(Stop::Refused(format!(
                     "source.git: a process of the job's uid {uid} outlived the git fetch (git \
