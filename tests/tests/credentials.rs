@@ -476,6 +476,29 @@ fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
             ("notify", serde_json::json!(["gcp"])),
         ]
     );
+    // So does the signed provenance, names only.
+    let envelope: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("provenance.intoto.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    use base64::Engine as _;
+    let statement: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(envelope["payload"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        statement["predicate"]["buildDefinition"]["internalParameters"]["credentials"],
+        serde_json::json!([
+            {"name": "aws", "kind": "aws", "steps": ["publish"], "refreshed": 0},
+            {"name": "gcp", "kind": "oauth-token-exchange", "steps": ["notify"], "refreshed": 0},
+        ])
+    );
     // Nothing of them on the host's disk.
     for s in [aws["SecretAccessKey"].as_str().unwrap(), gcp.as_str()] {
         let found = grep_tree(&env.dir, s);

@@ -69,7 +69,7 @@ pub fn build_statement(input: &ProvenanceInput<'_>) -> Statement {
         "trust": r.trust.as_str(),
     });
     let isolation = r.isolation.as_ref();
-    let internal = json!({
+    let mut internal = json!({
         "isolation": isolation.map(|i| json!({
             "mode": i.mode.as_str(),
             "landlockAbi": i.landlock_abi,
@@ -81,6 +81,23 @@ pub fn build_statement(input: &ProvenanceInput<'_>) -> Statement {
         "network": { "allow": input.network_allow, "audit": r.egress.as_ref().is_some_and(|e| e.audit) },
         "weakened": isolation.map(|i| i.weakened.clone()).unwrap_or_default(),
     });
+    // A trusted job's credentials: which, of what kind, read by which steps, renewed how
+    // often (names only, never a value). Absent for a job that had none.
+    if !r.credentials.is_empty() {
+        internal["credentials"] = r
+            .credentials
+            .iter()
+            .map(|c| {
+                let steps: Vec<&str> = r
+                    .steps
+                    .iter()
+                    .filter(|s| s.credentials.contains(&c.name))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                json!({ "name": c.name, "kind": c.kind, "steps": steps, "refreshed": c.refreshed })
+            })
+            .collect();
+    }
     let mut resolved = Vec::new();
     if let Some(dep) = source_dependency(source) {
         resolved.push(dep);
