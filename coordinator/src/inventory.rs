@@ -21,7 +21,7 @@
 //! its result, and is recorded as unindexed ([`UNINDEXED`]); every answer says how many such
 //! jobs there are, so no answer silently misses one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -75,21 +75,8 @@ pub struct Subject {
     pub sha256: String,
 }
 
-/// A dependency as provenance names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Dependency {
-    /// `name` (`source`, a tool's name, `bulwark`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// `uri`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// Algorithm to value (lowercase), e.g. `sha256`, `gitCommit`.
-    pub digest: BTreeMap<String, String>,
-    /// One of the builder's binaries rather than an input of the build.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub builder: bool,
-}
+/// A dependency as provenance names it (shared with the host's inventory).
+pub use bulwark_protocol::v1::lookup::Dependency;
 
 /// Reads a job's `provenance.intoto.jsonl` (one DSSE envelope per line); the error names the
 /// line and what is wrong with it.
@@ -243,16 +230,6 @@ impl Query {
             None => (u, false),
         })
     }
-
-    /// Whether `d`'s uri is the one asked for (true when none is).
-    fn uri_holds(&self, d: &Dependency) -> bool {
-        match (self.uri_pattern(), d.uri.as_deref()) {
-            (None, _) => true,
-            (Some((want, true)), Some(uri)) => uri.starts_with(want),
-            (Some((want, false)), Some(uri)) => uri == want,
-            (Some(_), None) => false,
-        }
-    }
 }
 
 impl Query {
@@ -315,65 +292,23 @@ pub struct Hit {
     pub matched: Vec<Dependency>,
 }
 
-/// The artifacts of `job`, whose provenance reads as `statements`, that `query` finds: with `commit`, only statements whose source
-/// (a dependency with a `gitCommit` digest) starts with it; with `digest`, every artifact of a
-/// statement with a dependency of that digest, or the artifact whose own digest it is.
+/// The artifacts of `job`, whose provenance reads as `statements`, that `query` finds, by the
+/// rules the host's inventory uses too ([`bulwark_protocol::v1::lookup`]).
 pub fn hits(query: &Query, job: &IndexedJob, statements: &[Statement]) -> Vec<Hit> {
+    let lookup = bulwark_protocol::v1::lookup::Lookup {
+        commit: query.commit.as_deref(),
+        uri: query.uri.as_deref(),
+        name: None,
+        digest: query.digest.as_deref(),
+    };
     let mut out = Vec::new();
     for s in statements {
-        let by_commit: Vec<&Dependency> = match &query.commit {
-            None => Vec::new(),
-            Some(c) => {
-                let found: Vec<&Dependency> = s
-                    .dependencies
-                    .iter()
-                    .filter(|d| {
-                        d.digest
-                            .get("gitCommit")
-                            .is_some_and(|v| v.starts_with(c.as_str()))
-                    })
-                    .collect();
-                if found.is_empty() {
-                    continue;
-                }
-                found
-            }
-        };
-        // With a uri, it and the digest describe one dependency; without a digest, any
-        // dependency of that uri is a match.
-        let by_uri: Vec<&Dependency> = s
-            .dependencies
-            .iter()
-            .filter(|d| query.uri.is_some() && query.uri_holds(d))
-            .collect();
-        if query.uri.is_some() && by_uri.is_empty() {
-            continue;
-        }
-        let by_digest: Vec<&Dependency> = match &query.digest {
-            None => by_uri.clone(),
-            Some(q) => s
-                .dependencies
-                .iter()
-                .filter(|d| d.digest.values().any(|v| v == q) && query.uri_holds(d))
-                .collect(),
-        };
-        for sub in &s.subjects {
-            let own = query.digest.as_deref() == Some(sub.sha256.as_str());
-            if query.digest.is_some() && by_digest.is_empty() && !own {
-                continue;
-            }
-            // The artifact's own digest, from a dependency of that uri: that dependency.
-            let by_own = if own && by_digest.is_empty() {
-                by_uri.as_slice()
-            } else {
-                &[]
-            };
-            let mut matched: Vec<Dependency> = Vec::new();
-            for d in by_commit.iter().chain(&by_digest).chain(by_own) {
-                if !matched.contains(d) {
-                    matched.push((*d).clone());
-                }
-            }
+        let found = lookup.matches(
+            &s.dependencies,
+            s.subjects.iter().map(|sub| sub.sha256.as_str()),
+        );
+        for (sub, matched) in s.subjects.iter().zip(found) {
+            let Some(matched) = matched else { continue };
             out.push(Hit {
                 job_id: job.id.clone(),
                 job_name: job.name.clone(),

@@ -28,6 +28,7 @@ pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod job;
+pub mod lookup;
 pub mod result;
 mod rules;
 mod validate;

@@ -167,6 +167,11 @@ pub struct RefreshFailure {
 pub const MAX_HANDOFF_BYTES: usize = 256 * 1024;
 
 impl Handoff {
+    /// The names of the credentials it holds.
+    fn names(&self) -> Vec<&str> {
+        self.credentials.iter().map(|c| c.name.as_str()).collect()
+    }
+
     /// The handoff as one line for the run's standard input, in a buffer that zeroes what
     /// it leaves behind.
     pub fn to_line(&self) -> Result<bulwark_sandbox::secret_buf::SecretBuf, String> {
@@ -289,11 +294,7 @@ pub struct Prepared {
 /// Checks that `handoff` holds exactly the credentials `wanted` (the spec's list), each with
 /// plain file names, and turns it into the sandbox's files and the log's masks.
 pub fn into_sandbox(wanted: &[String], handoff: Handoff) -> Result<Prepared, String> {
-    let names: Vec<&str> = handoff
-        .credentials
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let names = handoff.names();
     if names.len() != wanted.len() || wanted.iter().any(|w| !names.contains(&w.as_str())) {
         return Err(format!(
             "credentials: the spec asks for {wanted:?}, the handoff holds {names:?}"
@@ -305,11 +306,7 @@ pub fn into_sandbox(wanted: &[String], handoff: Handoff) -> Result<Prepared, Str
 /// Checks that a handoff of newer credentials holds some of `wanted` (the spec's list), each
 /// once, and turns it into the files that replace the job's and the values to mask.
 pub fn into_update(wanted: &[String], handoff: Handoff) -> Result<Prepared, String> {
-    let names: Vec<&str> = handoff
-        .credentials
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let names = handoff.names();
     let unknown = names.iter().find(|n| !wanted.iter().any(|w| w == *n));
     let twice = names
         .iter()

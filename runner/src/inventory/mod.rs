@@ -86,20 +86,7 @@ pub struct Record {
 }
 
 /// A dependency as provenance names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dependency {
-    /// `name` (`source`, `rootfs`, a tool's name, `bulwark`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// `uri`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// Algorithm to value (`sha256`, `gitCommit`).
-    pub digest: BTreeMap<String, String>,
-    /// One of the builder's binaries rather than an input of the build.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub builder: bool,
-}
+pub use bulwark_protocol::v1::lookup::Dependency;
 
 /// An artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -523,26 +510,6 @@ impl Query {
         n
     }
 
-    /// `--uri`, `--name` and (unless `with_digest` is false) `--digest` hold on `d`: together
-    /// they describe one dependency (jq, from there, with this digest).
-    fn dependency_matches(&self, d: &Dependency, with_digest: bool) -> bool {
-        let uri_ok = match (&self.uri, &d.uri) {
-            (None, _) => true,
-            (Some(q), Some(u)) => match q.strip_suffix('*') {
-                Some(prefix) => u.starts_with(prefix),
-                None => u == q,
-            },
-            (Some(_), None) => false,
-        };
-        let name_ok = self.name.is_none() || self.name == d.name;
-        let digest_ok = !with_digest
-            || self
-                .digest
-                .as_ref()
-                .is_none_or(|q| d.digest.values().any(|v| v == q));
-        uri_ok && name_ok && digest_ok
-    }
-
     /// The artifacts of `record` this query finds.
     ///
     /// `--commit` is a git source's: it holds on its own dependency, whatever the other filters
@@ -557,62 +524,21 @@ impl Query {
         {
             return Vec::new();
         }
-        let by_commit: Vec<&Dependency> = match &self.commit {
-            None => Vec::new(),
-            Some(c) => {
-                let found: Vec<&Dependency> = record
-                    .dependencies
-                    .iter()
-                    .filter(|d| {
-                        d.digest
-                            .get("gitCommit")
-                            .is_some_and(|v| v.starts_with(c.as_str()))
-                    })
-                    .collect();
-                if found.is_empty() {
-                    return Vec::new();
-                }
-                found
-            }
+        let lookup = bulwark_protocol::v1::lookup::Lookup {
+            commit: self.commit.as_deref(),
+            uri: self.uri.as_deref(),
+            name: self.name.as_deref(),
+            digest: self.digest.as_deref(),
         };
-        let describes = self.uri.is_some() || self.name.is_some() || self.digest.is_some();
-        let pick = |with_digest: bool| -> Vec<&Dependency> {
-            record
-                .dependencies
-                .iter()
-                .filter(|d| self.dependency_matches(d, with_digest))
-                .collect()
-        };
-        let by_dependency = if describes { pick(true) } else { Vec::new() };
-        // For an artifact's own digest: the other filters, on some dependency.
-        let others_hold = self.uri.is_none() && self.name.is_none();
-        let by_others = if self.digest.is_some() && by_dependency.is_empty() && !others_hold {
-            pick(false)
-        } else {
-            Vec::new()
-        };
-        let matched = |extra: &[&Dependency]| -> Vec<Dependency> {
-            let mut all: Vec<Dependency> = Vec::new();
-            for d in by_commit.iter().chain(extra) {
-                if !all.contains(d) {
-                    all.push((*d).clone());
-                }
-            }
-            all
-        };
+        let found = lookup.matches(
+            &record.dependencies,
+            record.subjects.iter().map(|s| s.sha256.as_str()),
+        );
         record
             .subjects
             .iter()
-            .filter_map(|s| {
-                let extra: &[&Dependency] = if !describes || !by_dependency.is_empty() {
-                    &by_dependency
-                } else if self.digest.as_deref() == Some(s.sha256.as_str())
-                    && (others_hold || !by_others.is_empty())
-                {
-                    &by_others
-                } else {
-                    return None;
-                };
+            .zip(found)
+            .filter_map(|(s, matched)| {
                 Some(Hit {
                     artifact: s.clone(),
                     invocation_id: record.invocation_id.clone(),
@@ -620,7 +546,7 @@ impl Query {
                     builder_id: record.builder_id.clone(),
                     trust: record.trust.clone(),
                     provenance: record.provenance.clone(),
-                    matched: matched(extra),
+                    matched: matched?,
                 })
             })
             .collect()
