@@ -936,7 +936,8 @@ mod root_mode {
             bulwark_tests::is_root(),
             "root_mode tests need root; the rootless pass skips them with --skip root_mode::"
         );
-        let sts_args: &[&str] = if refresh { &["--lifetime", "6"] } else { &[] };
+        // 9 s credentials are refreshed at 6 s, and again at 12 s: the scan runs in between.
+        let sts_args: &[&str] = if refresh { &["--lifetime", "9"] } else { &[] };
         let (env, c, sts) = setup_with(tag, sts_args);
         let (repo, commit) = repo(&env);
         let _daemon = Daemon::start(&env);
@@ -946,11 +947,13 @@ mod root_mode {
         // `SecretBuf`: with plain growing buffers this test passed too (glibc grew them in
         // place or reused the freed memory before the scan).
         let pad = "x".repeat(40 << 10);
-        // With a refresh, the step waits until the AWS file changed (within 10 s).
+        // With a refresh, the step waits until both credentials changed (within 20 s): each
+        // has its own schedule, so the AWS file changing says nothing about vault's.
         let wait = if refresh {
-            "old=$(sha256sum < /run/credentials/aws/credentials); for i in $(seq 100); do \
-             test \"$(sha256sum < /run/credentials/aws/credentials)\" != \"$old\" && break; sleep 0.1; done; \
-             test \"$(sha256sum < /run/credentials/aws/credentials)\" != \"$old\" && "
+            "a=$(sha256sum < /run/credentials/aws/credentials); v=$(sha256sum < /run/credentials/vault/token); \
+             changed() { test \"$(sha256sum < /run/credentials/aws/credentials)\" != \"$a\" && \
+             test \"$(sha256sum < /run/credentials/vault/token)\" != \"$v\"; }; \
+             for i in $(seq 200); do changed && break; sleep 0.1; done; changed && "
         } else {
             ""
         };
