@@ -202,8 +202,32 @@ mod tests {
         assert!(e.to_string().contains("not found"), "{e}");
     }
 
+    /// What a follower writes to: the bytes, and a message on `first` once some were written.
+    struct Signalling {
+        bytes: Vec<u8>,
+        first: Option<std::sync::mpsc::Sender<()>>,
+    }
+
+    impl std::io::Write for Signalling {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.bytes.extend_from_slice(buf);
+            if !buf.is_empty() {
+                if let Some(first) = self.first.take() {
+                    let _ = first.send(());
+                }
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// Follows job [`JOB`], whose live log holds `live`, while another connection records a
-    /// result whose job.log is `last`; returns what was written.
+    /// result whose job.log is `last` once the follower has written the live log (or after
+    /// 30 s, so that a follower that never does fails the test rather than hang it); returns
+    /// what was written.
     fn follow_to_result(live: &[u8], last: &[u8]) -> Vec<u8> {
         let tmp = crate::testutil::TempDir::new("log-follow");
         let (mut db, store) = leased_at(&tmp, crate::state::now());
@@ -216,8 +240,9 @@ mod tests {
         upload.finish().unwrap();
         let path = tmp.path().join("coordinator.db");
         let size = last.len() as u64;
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reporter = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+            let _ = first_rx.recv_timeout(Duration::from_secs(30));
             let report = ResultReport {
                 result: serde_json::json!({"status": "succeeded"}),
                 provenance: None,
@@ -231,7 +256,10 @@ mod tests {
             db.record_result(JOB, "r1", &report, crate::state::now())
                 .unwrap();
         });
-        let mut out = Vec::new();
+        let mut out = Signalling {
+            bytes: Vec::new(),
+            first: Some(first_tx),
+        };
         let end = job_log(
             &mut db,
             &store,
@@ -241,7 +269,7 @@ mod tests {
         );
         reporter.join().unwrap();
         assert_eq!(end.unwrap(), LogEnd::Complete);
-        out
+        out.bytes
     }
 
     #[test]

@@ -724,21 +724,45 @@ fn connections_beyond_the_limit_wait_until_one_closes() {
 
 #[test]
 fn shutdown_lets_the_request_in_flight_finish_then_serve_returns() {
-    let (s, mut stop) = start_with(quick_timeouts());
-    // A request whose body is still on its way when the shutdown comes.
+    // A long request deadline: the request must finish (400, not 408) however slowly a
+    // loaded host runs the steps below.
+    let (s, mut stop) = start_with(ServeOptions {
+        request_timeout: Duration::from_secs(30),
+        ..quick_timeouts()
+    });
+    // A request whose body is still on its way when the shutdown comes. With `expect:
+    // 100-continue` the server says when its handler starts reading the body, so the stop
+    // is sent only once the request is surely in flight (a connection not yet accepted is
+    // rightly never served by a server that is stopping).
     let mut c = TcpStream::connect(s.addr).unwrap();
-    c.write_all(b"POST /v1/runners/register HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    c.write_all(
+        b"POST /v1/runners/register HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\
+          expect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let cont: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; cont.len()];
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.read_exact(&mut got).expect("no 100 Continue");
+    assert_eq!(got, cont, "{}", String::from_utf8_lossy(&got));
+    c.write_all(b"{").unwrap();
     if let Some(tx) = stop.stop.take() {
         tx.send(()).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // The listener is dropped when the shutdown begins: the rest of the body comes after.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(s.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still listening 30 s after the stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     c.write_all(b"}").unwrap();
-    let got = read_until_closed(&mut c, Duration::from_secs(5)).expect("no answer");
+    let got = read_until_closed(&mut c, Duration::from_secs(30)).expect("no answer");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
-    assert!(stop.stop(Duration::from_secs(5)), "serve did not return");
+    assert!(stop.stop(Duration::from_secs(30)), "serve did not return");
     assert!(TcpStream::connect(s.addr).is_err(), "still listening");
 }
 

@@ -1562,23 +1562,36 @@ mod tests {
     #[test]
     fn a_credential_is_refreshed_at_two_thirds_of_its_lifetime_and_not_in_its_first_second() {
         use std::time::{Instant, SystemTime};
+        // The wait is bounded from both sides without trusting the thread to run on: counted
+        // from an instant taken before the issue time is read, it cannot have shrunk while the
+        // thread was descheduled; counted from an instant taken after the call, it cannot have
+        // grown.
+        let before = Instant::now();
         let now = SystemTime::now();
         let at = |secs: u64| {
             humantime::format_rfc3339_seconds(now + Duration::from_secs(secs)).to_string()
         };
         let (when, expires) = next_refresh(&at(600), now).unwrap();
-        let wait = when.saturating_duration_since(Instant::now());
+        let after = Instant::now();
+        let (from_issue, from_after) = (
+            when.saturating_duration_since(before),
+            when.saturating_duration_since(after),
+        );
         assert!(
-            wait > Duration::from_secs(390) && wait <= Duration::from_secs(400),
-            "{wait:?}"
+            from_issue > Duration::from_secs(390) && from_after <= Duration::from_secs(400),
+            "{from_issue:?} after issue, {from_after:?} after the call"
         );
         assert!(expires <= now + Duration::from_secs(600));
         // A lifetime under 1.5 s: a second after issue, not sooner.
         let (when, _) = next_refresh(&at(1), now).unwrap();
-        let wait = when.saturating_duration_since(Instant::now());
+        let after = Instant::now();
+        let (from_issue, from_after) = (
+            when.saturating_duration_since(before),
+            when.saturating_duration_since(after),
+        );
         assert!(
-            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
-            "{wait:?}"
+            from_issue > Duration::from_millis(900) && from_after <= Duration::from_secs(1),
+            "{from_issue:?} after issue, {from_after:?} after the call"
         );
         // Already expired, or unreadable: nothing to schedule.
         let past = humantime::format_rfc3339_seconds(now - Duration::from_secs(5)).to_string();

@@ -140,39 +140,60 @@ fn http_failures_are_clear_errors_and_leave_no_partial_entry() {
     let server = Server::start("127.0.0.1");
     let body = vec![7u8; 4096];
     let sha = sha256(&body);
+    // The failures that are not timeouts get a timeout no loaded host comes near; the one
+    // meant to time out gets a short one and a server far slower than it (the server's
+    // thread is detached: its sleep never holds the test up).
     let policy = FetchPolicy {
-        timeout: Duration::from_millis(700),
+        timeout: Duration::from_secs(5),
         max_bytes: 1000,
         ..loopback_policy()
     };
+    let short = FetchPolicy {
+        timeout: Duration::from_millis(700),
+        ..policy.clone()
+    };
     let cases = [
-        ("/missing", Route::Status(404), "HTTP 404".to_owned()),
-        ("/broken", Route::Status(500), "HTTP 500".to_owned()),
+        (
+            "/missing",
+            Route::Status(404),
+            &policy,
+            "HTTP 404".to_owned(),
+        ),
+        (
+            "/broken",
+            Route::Status(500),
+            &policy,
+            "HTTP 500".to_owned(),
+        ),
         (
             "/short",
             Route::Truncated(body[..100].to_vec(), 900),
+            &policy,
             "body cut off after 100".to_owned(),
         ),
         (
             "/slow",
-            Route::Slow(Duration::from_secs(3), body[..10].to_vec()),
+            Route::Slow(Duration::from_secs(30), body[..10].to_vec()),
+            &short,
             "timed out after 700ms (fetch.timeout)".to_owned(),
         ),
         (
             "/big",
             Route::Body(body.clone()),
+            &policy,
             "body larger than the cap of 1000B (fetch.max_bytes)".to_owned(),
         ),
         (
             "/big-unsized",
             Route::Unsized(body.clone()),
+            &policy,
             "body larger than the cap of 1000B (fetch.max_bytes)".to_owned(),
         ),
     ];
-    for (path, route, expected) in cases {
+    for (path, route, policy, expected) in cases {
         let url = server.route(path, route);
         let tool = spec("t", &url, &sha, Some(ToolFormat::File));
-        let err = chain(&store.ensure(&tool, &policy, UnpackMode::Tool).unwrap_err());
+        let err = chain(&store.ensure(&tool, policy, UnpackMode::Tool).unwrap_err());
         assert!(
             err.starts_with(&format!("tool \"t\": {url}: {expected}")),
             "{path}: {err}"
