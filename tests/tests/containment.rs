@@ -786,6 +786,48 @@ fn a_double_forked_setsid_process_that_ignores_signals_is_gone_when_the_job_ends
     );
 }
 
+/// The end of a job's step that keeps the job running until the test has looked: it makes
+/// `gate/running` in its workspace, then waits until the test makes `gate/go` there (for 60 s
+/// at most). The gate directory is open to everyone, and the workspace passable, so that the
+/// runner's user reaches it also where the job's uid is not the runner's (subuid mode). The
+/// wait is a loop in the step's own shell, whose command line (the whole step) stays, so a
+/// marker in a comment after it finds a process of the job while it waits.
+const GATE: &str =
+    "mkdir -p /workspace/gate && chmod 777 /workspace/gate && chmod 711 /workspace && \
+     touch /workspace/gate/running && i=0 && \
+     until test -e /workspace/gate/go || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done";
+
+/// Waits up to `secs` seconds until `count` of `env`'s jobs wait at their [`GATE`]; their
+/// workspaces as the host sees them.
+fn gated(env: &Env, count: usize, secs: u64) -> Vec<std::path::PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let waiting: Vec<std::path::PathBuf> = fs::read_dir(env.state.join("jobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("workspace"))
+            .filter(|w| w.join("gate").join("running").exists())
+            .collect();
+        if waiting.len() >= count {
+            return waiting;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} jobs reached their gate within {secs} s",
+            waiting.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lets the jobs waiting at their [`GATE`] in `workspaces` end.
+fn open_gates(workspaces: &[std::path::PathBuf]) {
+    for w in workspaces {
+        fs::write(w.join("gate").join("go"), "").unwrap();
+    }
+}
+
 fn rand_digits() -> String {
     bulwark_tests::random_hex(4)
         .chars()
@@ -1009,7 +1051,7 @@ fn kill_runner_mid_job(env: &Env, job: &str, marker: &str, count: usize) {
     assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 1);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !processes_with(marker).is_empty() {
         assert!(
             Instant::now() < deadline,
@@ -1095,9 +1137,9 @@ mod root_mode {
     fn a_job_cgroup_that_cannot_be_removed_keeps_its_directory_for_the_next_run_to_clean() {
         require_root();
         let env = Env::new("cg-stuck");
-        let marker = format!("31{}", rand_digits());
-        let started = env.start(&one_step("stuck", &format!("sleep 1 # {marker}"), ""));
-        bulwark_tests::wait_for_process(&marker, "the job", 20);
+        // The job runs until the test has made its cgroups unremovable.
+        let started = env.start(&one_step("stuck", GATE, ""));
+        let gate = gated(&env, 1, 60);
         let jobs_dir = env.state.join("jobs");
         let id = fs::read_dir(&jobs_dir)
             .unwrap()
@@ -1129,6 +1171,7 @@ mod root_mode {
         for cg in &cgroups {
             fs::create_dir(cg.join("held")).unwrap();
         }
+        open_gates(&gate);
         let r = started.finish();
         r.assert_code(3);
         assert!(r.stderr.contains("could not be emptied"), "{r}");
@@ -1816,10 +1859,11 @@ mod root_mode {
         for env in [&a, &b] {
             env.write_config("job_uids = \"300020-300020\"");
         }
-        let pause = format!("4.{}", rand_digits());
-        let first = a.start(&one_step("long", &format!("sleep {pause}"), ""));
-        bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the first job", 20);
+        // The first job runs until the second run has been refused.
+        let first = a.start(&one_step("long", GATE, ""));
+        let gate = gated(&a, 1, 60);
         let second = b.run(&one_step("other", "echo ran", ""));
+        open_gates(&gate);
         let first = first.finish();
         first.assert_code(0);
         second.assert_code(2);
@@ -1832,14 +1876,16 @@ mod root_mode {
         require_root();
         let env = Env::new("uids");
         env.write_config("job_uids = \"300000-300009\"");
+        // Each job runs until both have been seen running at once.
         let job = one_step(
             "uid",
-            "cat /proc/self/uid_map | tr -s ' ' | sed 's/^ */map=/'; sleep 1",
+            &format!("cat /proc/self/uid_map | tr -s ' ' | sed 's/^ */map=/'; {GATE}"),
             "",
         );
         let (mut c1, o1) = env.command(&job, &["--quiet"]);
         let (mut c2, o2) = env.command(&job, &["--quiet"]);
         let (h1, h2) = (c1.spawn().unwrap(), c2.spawn().unwrap());
+        open_gates(&gated(&env, 2, 60));
         let r1 = bulwark_tests::Run::from_output(h1.wait_with_output().unwrap(), o1);
         let r2 = bulwark_tests::Run::from_output(h2.wait_with_output().unwrap(), o2);
         r1.assert_code(0);
@@ -2332,7 +2378,7 @@ print("allocated", flush=True)
         assert_eq!(stale.len(), 1, "{stale:?}");
         runner.kill().unwrap(); // SIGKILL: the runner cleans nothing up itself
         runner.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !processes_with(&format!("sleep {dur}")).is_empty() {
             assert!(
                 Instant::now() < deadline,
@@ -2415,7 +2461,7 @@ print("allocated", flush=True)
         strict_config(&env);
         // Another process in the scope, as when the scope is an interactive shell's.
         let mut other = scope.wrap(Command::new("sleep").arg("60")).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while fs::read_to_string(scope.0.join("cgroup.procs"))
             .unwrap()
             .trim()
@@ -2865,16 +2911,17 @@ mod rootless_mode {
                 std::os::unix::fs::PermissionsExt::from_mode(0o700),
             )
             .unwrap();
-            let pause = format!("1.{}", rand_digits());
+            let marker = format!("subuid-run-{}", rand_digits());
             // The job makes its output unreadable and a directory the runner could not enter
-            // or empty were it still the job's; both must come back.
+            // or empty were it still the job's; both must come back. It runs until the test
+            // has looked at it.
             let job = one_step(
                 "subuid",
                 &format!(
                     "echo map=$(cat /proc/self/uid_map) && echo gmap=$(cat /proc/self/gid_map) && \
                      echo groups=$(id -G) && echo secret > out.txt && chmod 000 out.txt && \
                      mkdir -p locked/deeper && touch locked/deeper/f && chmod 500 locked/deeper locked && \
-                     echo t > /tmp/t && sleep {pause}"
+                     echo t > /tmp/t && {GATE} # {marker}"
                 ),
                 "[outputs]\npaths = [\"out.txt\"]",
             );
@@ -2884,10 +2931,11 @@ mod rootless_mode {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            // While it runs: the job's process is, on the host, a uid of the grant; so are its
-            // workspace and /tmp.
-            let sleeper = bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the job", 20);
-            let uids = host_uids(sleeper);
+            // While it runs: the job's process (its step's shell, waiting at the gate) is, on
+            // the host, a uid of the grant; so are its workspace and /tmp.
+            let gate = gated(&env, 1, 60);
+            let shell = bulwark_tests::wait_for_process(&marker, "the job", 20);
+            let uids = host_uids(shell);
             let jobdir = fs::read_dir(env.state.join("jobs"))
                 .unwrap()
                 .next()
@@ -2898,6 +2946,7 @@ mod rootless_mode {
                 .unwrap()
                 .uid();
             let tmp_owner = fs::symlink_metadata(jobdir.join("tmp")).unwrap().uid();
+            open_gates(&gate);
             let r = Run::from_output(child.wait_with_output().unwrap(), out);
             r.assert_code(0);
             let job_uid = uids[0];
@@ -3063,20 +3112,18 @@ mod rootless_mode {
             // A run of b's first leaves the first uid's lease marked clean (no process left),
             // which a lease directory of b's own would then trust without looking at /proc.
             b.run(&one_step("warm", "true", "")).assert_code(0);
-            let pause = format!("3.{}", rand_digits());
-            let job = one_step(
-                "pair",
-                &format!("echo map=$(cat /proc/self/uid_map) && sleep {pause}"),
-                "",
-            );
+            // The first job runs until the second has run.
+            let map = "echo map=$(cat /proc/self/uid_map)";
+            let job = one_step("pair", &format!("{map} && {GATE}"), "");
             let (mut cmd, out) = a.command(&job, &[]);
             let first = cmd
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            bulwark_tests::wait_for_process(&format!("sleep {pause}"), "the first job", 20);
-            let second = b.run(&job);
+            let gate = gated(&a, 1, 60);
+            let second = b.run(&one_step("pair", map, ""));
+            open_gates(&gate);
             let first = Run::from_output(first.wait_with_output().unwrap(), out);
             first.assert_code(0);
             second.assert_code(0);

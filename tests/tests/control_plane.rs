@@ -549,56 +549,118 @@ fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn(
             ),
         )
     };
-    // Two jobs that each run 4 s; `both` says whether their steps were ever seen running at
-    // the same time.
-    let pair = |tag: &str| {
-        let marks: Vec<String> = (0..2)
-            .map(|i| format!("{tag}-{i}-{}", bulwark_tests::random_hex(4)))
-            .collect();
-        let ids: Vec<String> = marks
-            .iter()
-            .map(|m| {
+    // Two jobs whose steps each wait (300 s at most) until the test ends the wait, as in the
+    // live-log tests: the waiting process carries the job's marker, the step's own shell does
+    // not (it holds "$m-..." unexpanded). Their ids and markers.
+    let submit_pair = |tag: &str| -> (Vec<String>, Vec<String>) {
+        let hex = bulwark_tests::random_hex(4);
+        let marks: Vec<String> = (0..2).map(|i| format!("{tag}-{i}-{hex}")).collect();
+        let ids: Vec<String> = (0..2)
+            .map(|i| {
                 c.submit(
                     &git_job(
                         &repo,
                         &commit,
                         "pair",
-                        &format!("sh -c 'sleep 4; : {m}' && sh build.sh"),
+                        &format!(
+                            "m={tag}; sh -c 'sleep 300' \"$m-{i}-{hex}\" || true; sh build.sh"
+                        ),
                     ),
                     "untrusted",
                 )
             })
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut both = false;
-        while ids.iter().any(|id| c.job(id)["state"] != "finished") {
-            assert!(
-                Instant::now() < deadline,
-                "jobs not finished: {}",
-                daemon_log(&env)
-            );
-            both |= marks
-                .iter()
-                .all(|m| !bulwark_tests::processes_with(m).is_empty());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for id in &ids {
-            assert_eq!(
-                c.job(id)["result"]["result"]["status"],
-                "succeeded",
-                "{}",
-                daemon_log(&env)
-            );
-        }
-        both
+        (ids, marks)
     };
+    let waiting = |m: &str| !bulwark_tests::processes_with(m).is_empty();
+    // Ends a job's wait: its step goes on and the job succeeds.
+    let release = |m: &str| {
+        for pid in bulwark_tests::processes_with(m) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+    let succeeded = |ids: &[String]| {
+        for id in ids {
+            let j = c.wait_done(id, 120);
+            assert_eq!(
+                j["result"]["result"]["status"],
+                "succeeded",
+                "{j}\n{}",
+                daemon_log(&env)
+            );
+        }
+    };
+
+    // Two slots: both jobs are seen waiting at the same time, then let go.
     slots(2);
     let mut daemon = Daemon::start(&env);
-    assert!(pair("two"), "with two slots the jobs never ran at once");
+    let (ids, marks) = submit_pair("two");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !marks.iter().all(|m| waiting(m.as_str())) {
+        assert!(
+            Instant::now() < deadline,
+            "with two slots the jobs never ran at once\n{}",
+            daemon_log(&env)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for m in &marks {
+        release(m.as_str());
+    }
+    succeeded(&ids[..]);
     assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+
+    // One slot: while one job waits, the other is not leased and does not start (watched for
+    // 3 s, fifteen poll intervals); once the first is let go, the other runs.
     slots(1);
     let mut daemon = Daemon::start(&env);
-    assert!(!pair("one"), "with one slot the jobs ran at once");
+    let (ids, marks) = submit_pair("one");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let first = loop {
+        if let Some(i) = (0..2).find(|&i| waiting(marks[i].as_str())) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither job started\n{}",
+            daemon_log(&env)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let other = 1 - first;
+    let watched = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watched {
+        assert!(
+            !waiting(marks[other].as_str()),
+            "with one slot the jobs ran at once\n{}",
+            daemon_log(&env)
+        );
+        assert_eq!(
+            c.job(&ids[other])["state"],
+            "queued",
+            "with one slot a second job was leased while the first ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    release(marks[first].as_str());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !waiting(marks[other].as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "the second job never started after the first\n{}",
+            daemon_log(&env)
+        );
+        assert!(
+            !waiting(marks[first].as_str()),
+            "with one slot the jobs ran at once"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    release(marks[other].as_str());
+    succeeded(&ids[..]);
     assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
 }
 

@@ -396,9 +396,14 @@ fn a_step_reads_only_the_credentials_it_lists_and_a_build_step_none() {
     let _daemon = Daemon::start(&env);
     let build = "ls /run/credentials | tr '\\n' , | sed 's/^/BUILD_LIST=/'; echo; \
          for f in aws/credentials gcp/token; do cat /run/credentials/$f 2>&1 >/dev/null | sed 's/^/BUILD: /'; done; \
-         setsid sh -c 'touch /workspace/lurking; sleep 1; cat /run/credentials/aws/credentials > /workspace/stolen 2>&1' & \
-         sleep 0.5; echo BUILD_DONE";
-    let publish = "sleep 2; test -e /workspace/lurking && echo LURKED=yes; \
+         setsid sh -c 'touch /workspace/lurking; n=0; until test -e /workspace/publishing || test $n -ge 100; do sleep 0.1; n=$((n+1)); done; \
+         cat /run/credentials/aws/credentials > /workspace/stolen 2>&1' & \
+         n=0; until test -e /workspace/lurking || test $n -ge 200; do sleep 0.05; n=$((n+1)); done; echo BUILD_DONE";
+    // The lurker goes for the credential once the publishing step has begun (or after 10 s):
+    // whenever it runs, a lurker still alive then writes /workspace/stolen (a refusal, at
+    // least), so what the publishing step sees does not hang on how fast the host is.
+    let publish =
+        "touch /workspace/publishing; sleep 2; test -e /workspace/lurking && echo LURKED=yes; \
          if test -e /workspace/stolen; then echo STOLEN=yes; else echo STOLEN=no; fi; \
          mkdir -p dist; sha256sum /run/credentials/aws/credentials > dist/app.txt; \
          cat /run/credentials/gcp/token 2>&1 >/dev/null | sed 's/^/PUBLISH: /'; echo PUBLISH_DONE";
@@ -690,9 +695,15 @@ fn a_renewed_credential_is_still_readable_only_by_the_step_that_lists_it() {
     let (repo, commit) = repo(&env);
     let _daemon = Daemon::start(&env);
     let f = "/run/credentials/aws/credentials";
+    // Round after round until the file was renewed (its inode differs from the first one
+    // seen; at most 30 rounds), each an attempt to read it; the inode is read before the
+    // attempt, so the last attempt came after the renewal.
     let build = format!(
-        "for i in 1 2 3 4 5 6 7; do cat {f} 2>&1 >/dev/null | sed 's/^/BUILD: /'; \
-         ls -i {f} | cut -d' ' -f1 | sed 's/^/INODE=/'; sleep 1; done"
+        "first=; n=0; while true; do n=$((n+1)); ino=$(ls -i {f} | cut -d' ' -f1); echo INODE=$ino; \
+         cat {f} 2>&1 >/dev/null | sed 's/^/BUILD: /'; \
+         if test -z \"$first\"; then first=$ino; \
+         elif test \"$ino\" != \"$first\" || test $n -ge 30; then break; fi; \
+         sleep 1; done; echo ROUNDS=$n"
     );
     let publish = format!("mkdir -p dist; sha256sum {f} > dist/app.txt");
     let spec = with_credentials(&git_job(&repo, &commit, "scoped-refresh", &build), &["aws"])
@@ -707,8 +718,13 @@ fn a_renewed_credential_is_still_readable_only_by_the_step_that_lists_it() {
     let out = out_dir(&env, &id);
     let log = std::fs::read_to_string(out.join("job.log")).unwrap();
     // The build step was refused every time, across at least one renewal of the file.
+    let rounds: usize = log
+        .lines()
+        .find_map(|l| l.strip_prefix("ROUNDS="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the build step printed no ROUNDS=\n{log}"));
     let denied = format!("BUILD: cat: {f}: Permission denied");
-    assert_eq!(log.matches(&denied).count(), 7, "{log}");
+    assert_eq!(log.matches(&denied).count(), rounds, "{log}");
     let mut inodes: Vec<&str> = log
         .lines()
         .filter_map(|l| l.strip_prefix("INODE="))

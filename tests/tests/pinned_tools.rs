@@ -97,6 +97,39 @@ fn tool_job(port: u16, sha: &str, run: &str) -> String {
     format!("version = 1\nname = \"tools\"\n[[tools]]\nname = \"hello\"\nurl = \"http://127.0.0.1:{port}/hello.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"use\"\nrun = '''\n{run}\n'''\n")
 }
 
+/// Lines of a job's step that keep the job running until the test has looked: it makes
+/// `gate-running` in its workspace (its working directory), then waits until the test makes
+/// `gate-go` there (for 60 s at most). Shell built-ins and whole-second `sleep` only, which a
+/// pinned root filesystem of busybox has.
+const GATE: &str = "echo > gate-running\ni=0\nuntil test -e gate-go || test $i -ge 60; do sleep 1; i=$((i+1)); done";
+
+/// Waits up to `secs` seconds until one of `env`'s jobs waits at its [`GATE`]; its workspace
+/// as the host sees it.
+fn gated(env: &Env, secs: u64) -> std::path::PathBuf {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let waiting = std::fs::read_dir(env.state.join("jobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("workspace"))
+            .find(|w| w.join("gate-running").exists());
+        if let Some(w) = waiting {
+            return w;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job reached its gate within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lets the job waiting at its [`GATE`] in `workspace` go on.
+fn open_gate(workspace: &std::path::Path) {
+    std::fs::write(workspace.join("gate-go"), "").unwrap();
+}
+
 fn env_allowing_loopback(tag: &str) -> Env {
     let env = Env::new(tag);
     env.write_config_sections("", "[fetch]\nallow_private = [\"127.0.0.1\"]\n");
@@ -469,16 +502,16 @@ with tarfile.open("{tgz}", "w:gz") as t:
         "{deps:?}"
     );
     // A job running on the root filesystem holds it: `tools prune` keeps it, and the job
-    // still reads it afterwards.
-    let marker = format!("rootfs-held-{}", std::process::id());
+    // still reads it afterwards. It runs until the prune is done.
     let job = format!(
-        "version = 1\nname = \"rootfs\"\n[rootfs]\nurl = \"http://127.0.0.1:{}/rootfs.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"hold\"\nrun = '''\nsleep 3 # {marker}\necho after=$(cat /usr/share/marker)\n'''\n",
+        "version = 1\nname = \"rootfs\"\n[rootfs]\nurl = \"http://127.0.0.1:{}/rootfs.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"hold\"\nrun = '''\n{GATE}\necho after=$(cat /usr/share/marker)\n'''\n",
         server.port
     );
     let (mut cmd, out) = env.command(&job, &["--quiet"]);
     let child = cmd.spawn().unwrap();
-    bulwark_tests::wait_for_process(&marker, "the job on the root filesystem", 30);
+    let gate = gated(&env, 60);
     let (code, text) = tools_prune(&env, &[]);
+    open_gate(&gate);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("-rootfs: in use by a running job"), "{text}");
     let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
@@ -533,16 +566,16 @@ fn tools_prune_never_removes_a_tool_a_running_job_uses_and_removes_it_once_unuse
     let sha = sha256_file(&env.dir.join("hello.tar.gz"));
     let server = Server::serve(body);
     // The job runs its tool, waits while the test prunes the store, then runs it again.
-    let marker = format!("3.{:04}", std::process::id() % 10_000);
     let job = tool_job(
         server.port,
         &sha,
-        &format!("hello before\nsleep {marker}\nhello after\ncat /tools/hello/bin/hello | wc -c | sed 's/^/size=/'"),
+        &format!("hello before\n{GATE}\nhello after\ncat /tools/hello/bin/hello | wc -c | sed 's/^/size=/'"),
     );
     let (mut cmd, out) = env.command(&job, &["--quiet"]);
     let child = cmd.spawn().unwrap();
-    bulwark_tests::wait_for_process(&format!("sleep {marker}"), "the job's sleep", 30);
+    let gate = gated(&env, 60);
     let (code, text) = tools_prune(&env, &[]);
+    open_gate(&gate);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("in use by a running job") && text.contains("removed 0 trees"),
