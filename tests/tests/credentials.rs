@@ -585,7 +585,10 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
         "{log}"
     );
     assert!(log.contains("MODE=500,400,"), "{log}");
-    assert!(log.contains("FILES=credentials,expiration,\n"), "{log}");
+    assert!(
+        log.contains("FILES=config,credential-process.json,credentials,expiration,\n"),
+        "{log}"
+    );
     // `expiration` is renewed with them: each read is one issued expiry, more than one over
     // the job.
     let mut expiries: Vec<&str> = log.lines().filter_map(|l| l.strip_prefix("EXP=")).collect();
@@ -620,6 +623,68 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
             .iter()
             .any(|a| a["Expiration"] == rec("aws")["expires"]),
         "{creds:?}"
+    );
+}
+
+/// A process that runs for the whole job takes renewed credentials by itself, through the AWS
+/// SDKs' process credential provider: the job points `AWS_CONFIG_FILE` at the credential's
+/// `config`, whose `credential_process` prints the current values, and the SDK runs it again
+/// as they near their expiry (with 6-second credentials, on every use). One botocore process
+/// (Debian's `python3-botocore`) sees the first session and a renewed one, each exactly as
+/// issued, without restarting.
+#[test]
+fn a_long_running_aws_sdk_process_takes_renewed_credentials_without_restarting() {
+    let botocore = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import botocore"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        botocore,
+        "python3-botocore is not installed (.ci/run installs it): apt-get install python3-botocore"
+    );
+    let (env, c, sts) = setup_with("creds-sdk", &["--lifetime", "6"]);
+    let (repo, commit) = repo(&env);
+    let _daemon = Daemon::start(&env);
+    // Up to 20 s for a second session; the hashes of every secret key the one process saw.
+    let run = r#"mkdir -p dist && /usr/bin/python3 -c '
+import botocore.session, hashlib, time
+creds = botocore.session.get_session().get_credentials()
+seen = []
+for i in range(200):
+    key = creds.get_frozen_credentials().secret_key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    if digest not in seen:
+        seen.append(digest)
+    if len(seen) >= 2:
+        break
+    time.sleep(0.1)
+print("METHOD=" + creds.method)
+open("dist/app.txt", "w").write("\n".join(seen) + "\n")'
+"#;
+    let spec = with_credentials(&git_job(&repo, &commit, "sdk", run), &["aws"]).replacen(
+        "[outputs]",
+        "env = { AWS_CONFIG_FILE = \"/run/credentials/aws/config\", \
+         AWS_SHARED_CREDENTIALS_FILE = \"/nonexistent\", AWS_EC2_METADATA_DISABLED = \"true\" }\n\
+         [outputs]",
+        1,
+    );
+    let (id, _) = run_trusted(&env, &c, &spec);
+    let out = out_dir(&env, &id);
+    let log = std::fs::read_to_string(out.join("job.log")).unwrap();
+    assert!(log.contains("METHOD=custom-process"), "{log}");
+    let seen = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();
+    let seen: Vec<&str> = seen.lines().collect();
+    let issued: Vec<String> = sts
+        .requests()
+        .iter()
+        .filter(|r| r["path"] == "/aws")
+        .map(|r| sha256(r["issued"]["SecretAccessKey"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen.len(), 2, "one process saw no renewal: {seen:?}");
+    assert_eq!(seen[0], issued[0], "the first session, as issued");
+    assert!(
+        issued[1..].contains(&seen[1].to_string()),
+        "a renewed session, as issued: {seen:?} of {issued:?}"
     );
 }
 

@@ -44,6 +44,87 @@ pub enum ExchangeError {
     },
 }
 
+/// The file, beside `credentials`, that the AWS `config` file's `credential_process` prints.
+pub const AWS_PROCESS_FILE: &str = "credential-process.json";
+
+/// An AWS config file whose default profile takes its credentials from `credential_process`,
+/// reading the credential's current values from [`AWS_PROCESS_FILE`]. Holds no secret. The
+/// command is split on spaces by every SDK (or run by `sh -c`); `name` matches the spec's
+/// name pattern, so it needs no quoting. `cat` is found on the job's `PATH`, so this works
+/// in a pinned root filesystem too.
+fn aws_config(name: &str) -> String {
+    format!(
+        "[default]\ncredential_process = cat {}/{name}/{AWS_PROCESS_FILE}\n",
+        bulwark_sandbox::mount::CREDENTIALS_DIR
+    )
+}
+
+/// The files of an AWS session. Each value goes into the INI file's lines and into a JSON
+/// string as it is, so none may hold whitespace, a control character, a quote or a backslash
+/// (AWS's keys and tokens are base64 and never do).
+fn aws_issued(
+    name: &str,
+    key_id: Secret,
+    secret: Secret,
+    session_token: Secret,
+    expires: String,
+) -> Result<Issued, String> {
+    for v in [&key_id, &secret, &session_token] {
+        check_plain(v.expose())
+            .and_then(|()| check_unescaped(v.expose()))
+            .map_err(|e| format!("a credential value {e}"))?;
+    }
+    check_plain(&expires)
+        .and_then(|()| check_unescaped(&expires))
+        .map_err(|e| format!("Expiration {e}"))?;
+    let (k, s, t) = (key_id.expose(), secret.expose(), session_token.expose());
+    let credentials = joined(&[
+        "[default]\naws_access_key_id = ",
+        k,
+        "\naws_secret_access_key = ",
+        s,
+        "\naws_session_token = ",
+        t,
+        "\n",
+    ]);
+    // What `credential_process` prints (the SDKs' process credential provider, version 1):
+    // an SDK that took its credentials from it runs it again as they near their expiry, and
+    // so reads the renewed ones without restarting.
+    let process = joined(&[
+        "{\"Version\": 1, \"AccessKeyId\": \"",
+        k,
+        "\", \"SecretAccessKey\": \"",
+        s,
+        "\", \"SessionToken\": \"",
+        t,
+        "\", \"Expiration\": \"",
+        &expires,
+        "\"}\n",
+    ]);
+    Ok(Issued {
+        name: name.to_string(),
+        kind: "aws".into(),
+        files: vec![
+            ("credentials".into(), credentials),
+            (AWS_PROCESS_FILE.into(), process),
+            ("config".into(), Secret::new(aws_config(name))),
+            ("expiration".into(), Secret::new(format!("{expires}\n"))),
+        ],
+        expires: Some(expires),
+        secrets: vec![key_id, secret, session_token],
+    })
+}
+
+/// One secret made of `parts`, in a string allocated once at its final size: growing it
+/// would leave a copy of what was written so far in the freed, unzeroed buffer.
+fn joined(parts: &[&str]) -> Secret {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    Secret::new(s)
+}
+
 /// The shortest AWS session (AWS's minimum) and the longest asked for.
 const AWS_MIN_SESSION: u64 = 900;
 const AWS_MAX_SESSION: u64 = 3600;
@@ -128,26 +209,7 @@ pub fn exchange(
             let secret = Secret::new(field("SecretAccessKey")?);
             let session_token = Secret::new(field("SessionToken")?);
             let expires = field("Expiration")?;
-            check_plain(&expires).map_err(|e| bad(&format!("Expiration {e}")))?;
-            for v in [&key_id, &secret, &session_token] {
-                check_plain(v.expose()).map_err(|e| bad(&format!("a credential value {e}")))?;
-            }
-            let file = Secret::new(format!(
-                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\n",
-                key_id.expose(),
-                secret.expose(),
-                session_token.expose()
-            ));
-            Ok(Issued {
-                name: name.to_string(),
-                kind: "aws".into(),
-                files: vec![
-                    ("credentials".into(), file),
-                    ("expiration".into(), Secret::new(format!("{expires}\n"))),
-                ],
-                expires: Some(expires),
-                secrets: vec![key_id, secret, session_token],
-            })
+            aws_issued(name, key_id, secret, session_token, expires).map_err(|e| bad(&e))
         }
         CredentialKind::OauthTokenExchange { scope, resource } => {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
@@ -307,6 +369,14 @@ fn check_plain(v: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A value written inside a JSON string without escaping: no `"` and no `\\`.
+fn check_unescaped(v: &str) -> Result<(), &'static str> {
+    if v.contains(['"', '\\']) {
+        return Err("holds a quote or a backslash");
+    }
+    Ok(())
+}
+
 /// The text of the only `<tag>` element in `xml`, entities decoded; `None` when there is none
 /// or more than one. A deliberately small reader for the fixed shape of an STS answer.
 fn xml_text(xml: &str, tag: &str) -> Option<String> {
@@ -389,6 +459,59 @@ mod tests {
         assert_eq!(ok.access_token.expose(), "tok");
         let v = br#"{"auth": {"client_token": "x", "client_token": "y"}}"#;
         assert!(serde_json::from_slice::<VaultAnswer>(v).is_err());
+    }
+
+    #[test]
+    fn an_aws_session_is_a_credentials_file_and_what_credential_process_prints() {
+        let s = |v: &str| Secret::new(v.to_string());
+        let issued = aws_issued(
+            "aws-release",
+            s("ASIAEXAMPLE"),
+            s("sEcR/et+="),
+            s("to/ken=="),
+            "2026-11-26T20:00:00Z".into(),
+        )
+        .unwrap();
+        let file = |n: &str| {
+            issued
+                .files
+                .iter()
+                .find(|(name, _)| name == n)
+                .unwrap()
+                .1
+                .expose()
+                .to_string()
+        };
+        assert_eq!(
+            file("credentials"),
+            "[default]\naws_access_key_id = ASIAEXAMPLE\naws_secret_access_key = sEcR/et+=\n\
+             aws_session_token = to/ken==\n"
+        );
+        let printed: serde_json::Value = serde_json::from_str(&file(AWS_PROCESS_FILE)).unwrap();
+        assert_eq!(
+            printed,
+            serde_json::json!({"Version": 1, "AccessKeyId": "ASIAEXAMPLE",
+                "SecretAccessKey": "sEcR/et+=", "SessionToken": "to/ken==",
+                "Expiration": "2026-11-26T20:00:00Z"})
+        );
+        assert_eq!(
+            file("config"),
+            "[default]\ncredential_process = cat \
+             /run/credentials/aws-release/credential-process.json\n"
+        );
+        assert!(!file("config").contains("sEcR"), "config holds no secret");
+        assert_eq!(file("expiration"), "2026-11-26T20:00:00Z\n");
+        // Allocated once at their size: nothing was left behind by growing.
+        for (_, f) in &issued.files[..2] {
+            assert_eq!(f.expose().len(), f.0.capacity());
+        }
+        // A value that would need a JSON escape, or break an INI line, is refused.
+        for bad in ["a\"b", "a\\b", "a b", "a\nb"] {
+            let e = aws_issued("a", s(bad), s("x"), s("y"), "2026-11-26T20:00:00Z".into());
+            assert!(e.unwrap_err().starts_with("a credential value "), "{bad}");
+        }
+        let e = aws_issued("a", s("k"), s("x"), s("y"), "2026\"x".into());
+        assert!(e.unwrap_err().starts_with("Expiration "));
     }
 
     #[test]
