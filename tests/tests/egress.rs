@@ -44,7 +44,7 @@ fn origin(name: &'static str) -> Origin {
             c.fetch_add(1, Ordering::SeqCst);
             let (h, e) = (h.clone(), e.clone());
             thread::spawn(move || {
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                conn.set_read_timeout(Some(TIMEOUT)).unwrap();
                 let Some(head) = read_head(&mut conn) else {
                     return;
                 };
