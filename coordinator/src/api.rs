@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::{self, AdminToken, AuthError, SignedHeaders};
 use crate::keys::{self, IssuerKey};
+use crate::metrics::Metrics;
 use crate::oidc::{self, Claims, OidcError};
 use crate::outputs::{self, OutputError, OutputStore};
 use crate::state::{self, Db, Runner, StateError};
@@ -196,6 +197,7 @@ pub struct Coordinator {
     discovery: serde_json::Value,
     outputs: OutputStore,
     upload_idle: Duration,
+    metrics: Metrics,
 }
 
 impl Coordinator {
@@ -214,6 +216,7 @@ impl Coordinator {
             runner_keys: auth::RunnerKeys::default(),
             outputs,
             upload_idle: UPLOAD_IDLE,
+            metrics: Metrics::new(state::now()),
             jwks: oidc::jwks(&public),
             discovery: oidc::discovery(&issuer),
             key,
@@ -315,6 +318,18 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with_metrics(listener, None, coordinator, options, shutdown).await
+}
+
+/// [`serve`], and when `metrics` is given, `GET /metrics` on it ([`crate::metrics`]) until the
+/// shutdown: no authentication there, a few connections at most.
+pub async fn serve_with_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+    coordinator: Coordinator,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
@@ -324,10 +339,14 @@ pub async fn serve(
         Arc::clone(&shared),
         options.sweep_interval,
     ));
-    let app = router_shared(shared).layer(axum::middleware::from_fn_with_state(
-        options.request_timeout,
-        request_deadline,
-    ));
+    let scrapes = metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&shared), options)));
+    // Outermost, so that every answer is counted, a `408` of the deadline's too.
+    let app = router_shared(Arc::clone(&shared))
+        .layer(axum::middleware::from_fn_with_state(
+            options.request_timeout,
+            request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(shared, count_response));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
@@ -368,6 +387,9 @@ pub async fn serve(
     }
     drop(listener);
     sweeper.abort();
+    if let Some(scrapes) = scrapes {
+        scrapes.abort();
+    }
     tracing::info!(
         connections = graceful.count(),
         "shutting down: waiting for the requests in flight"
@@ -379,6 +401,81 @@ pub async fn serve(
         tracing::warn!("shutdown: requests still in flight after the drain timeout were cut");
     }
     Ok(())
+}
+
+/// Counts each answer of the API by its status class.
+async fn count_response(
+    State(c): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    c.metrics.response(response.status().as_u16());
+    response
+}
+
+/// The most scrapes served at once; more wait in the listen backlog.
+const MAX_METRICS_CONNECTIONS: usize = 4;
+
+/// Serves `GET /metrics` on `listener`, with the API's header and request timeouts, until the
+/// task is aborted. Anything else is `404`.
+async fn serve_metrics(listener: tokio::net::TcpListener, c: Shared, options: ServeOptions) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(c)
+        .layer(axum::middleware::from_fn_with_state(
+            options.request_timeout,
+            request_deadline,
+        ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metrics connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// `GET /metrics`: the text exposition format; `500` when the database cannot be read (a
+/// scrape that fails is itself the signal).
+async fn metrics(State(c): State<Shared>) -> Response {
+    let snapshot = with_db(&c, |_, db| Ok(db.metrics_snapshot(state::now())?)).await;
+    match snapshot {
+        Ok(snapshot) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            c.metrics.render(&snapshot, state::now()),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e.message, "reading the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// Every `interval`, removes what was uploaded for jobs whose lease ran out without a result:
@@ -670,8 +767,9 @@ async fn submit(
     let request: SubmitJob = parse_body(&body, "job submission")?;
     check_spec(&request.spec).map_err(ApiError::bad_request)?;
     let job_id = format!("job-{}", auth::hex(&auth::random_bytes::<16>()?));
-    with_db(&c, move |_, db| {
+    with_db(&c, move |c, db| {
         db.submit_job(&job_id, &request.spec, request.trust, state::now())?;
+        c.metrics.submitted(request.trust);
         tracing::info!(job_id = %job_id, trust = request.trust.as_str(), "job queued");
         Ok(Json(Submitted { job_id }))
     })
@@ -705,12 +803,13 @@ async fn cancel(
 ) -> Result<Json<CancelAnswer>, ApiError> {
     c.admin
         .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
-    with_db(&c, move |_, db| {
+    with_db(&c, move |c, db| {
         let state = match db.cancel(&id, state::now())? {
             state::Cancelled::BeforeItRan => JobState::Finished,
             state::Cancelled::Requested => JobState::Leased,
         };
         tracing::info!(job_id = %id, ?state, "job cancelled by the operator");
+        c.metrics.cancelled();
         Ok(Json(CancelAnswer { state }))
     })
     .await
@@ -749,6 +848,7 @@ async fn signed<T: Send + 'static>(
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let c = Arc::clone(c);
     tokio::task::spawn_blocking(move || {
+        let now = state::now();
         let (runner, mut db) = auth::verify_signed_request(
             &c.db,
             &c.runner_keys,
@@ -756,8 +856,9 @@ async fn signed<T: Send + 'static>(
             &target,
             &signed,
             &body,
-            state::now(),
+            now,
         )?;
+        c.metrics.runner_seen(&runner.id, now);
         f(&c, &mut db, runner, &body)
     })
     .await
@@ -771,10 +872,11 @@ async fn lease(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    signed(&c, method, &uri, &headers, body, |_, db, runner, _| {
+    signed(&c, method, &uri, &headers, body, |c, db, runner, _| {
         Ok(match db.lease(&runner.id, state::now())? {
             Some(lease) => {
                 tracing::info!(job_id = %lease.job_id, runner_id = %runner.id, "job leased");
+                c.metrics.leased();
                 Json(lease).into_response()
             }
             None => StatusCode::NO_CONTENT.into_response(),
@@ -801,6 +903,7 @@ async fn id_token(
         let claims = Claims::for_job(&c.issuer, &job, &runner, &request.audience, now, lease_end, jti)?;
         let token = oidc::mint(&c.key, &claims)?;
         tracing::info!(job_id = %job.id, runner_id = %runner.id, audience = %claims.aud, "job identity token minted");
+        c.metrics.id_token();
         Ok(Json(IdToken {
             token,
             expires_at: claims.exp,
@@ -853,6 +956,8 @@ async fn result(
             }
             db.record_result(&id, &runner.id, &report, now)?;
             tracing::info!(job_id = %id, runner_id = %runner.id, "job result recorded");
+            c.metrics
+                .result(report.result.get("status").and_then(serde_json::Value::as_str));
             // Uploaded but not in the result: not an output of this job.
             let keep: HashSet<&str> = reported.iter().map(|(_, sha)| sha.as_str()).collect();
             match c.outputs.retain_only(&id, &keep) {
@@ -954,6 +1059,7 @@ async fn upload_blob(
             &digest,
             now,
         )?;
+        c.metrics.runner_seen(&runner.id, now);
         db.job_leased_to(&job_id, &runner.id, now)?;
         Ok::<_, ApiError>((c.outputs.contains(&job_id, &digest)?, runner.id))
     })

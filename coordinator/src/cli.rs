@@ -102,6 +102,11 @@ pub enum Command {
         /// and its temporary file removed (`30s`, `2m`).
         #[arg(long, default_value = "30s", value_parser = parse_idle)]
         upload_idle_timeout: Duration,
+        /// Also serve Prometheus metrics (`GET /metrics`) on this address, without
+        /// authentication: counts, ages, runner ids and names (docs/control-plane.md,
+        /// "Metrics"). Bind it where only the scraper reaches it.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
 }
 

@@ -21,7 +21,8 @@
 //! ```
 //!
 //! In code, [`statedir::init`] makes a state, [`statedir::load`] and [`api::Coordinator::new`]
-//! open it, and [`api::router`] is the HTTP API.
+//! open it, and [`api::router`] is the HTTP API; [`metrics`] is what `--metrics-listen`
+//! serves to Prometheus.
 //!
 //! # Limits
 //!
@@ -51,6 +52,7 @@ pub mod auth;
 pub mod cli;
 pub mod inventory;
 pub mod keys;
+pub mod metrics;
 pub mod oidc;
 pub mod outputs;
 pub mod state;

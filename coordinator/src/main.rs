@@ -177,6 +177,7 @@ fn main() -> Result<()> {
             max_output_files,
             min_free_disk,
             upload_idle_timeout,
+            metrics_listen,
         } => {
             api::check_listen(listen, behind_tls_proxy)?;
             let (db, key, admin) = statedir::load(&state)?;
@@ -203,10 +204,27 @@ fn main() -> Result<()> {
                     .await
                     .with_context(|| format!("listening on {listen}"))?;
                 let bound = listener.local_addr().context("reading the bound address")?;
+                let metrics = match metrics_listen {
+                    Some(addr) => {
+                        let l = tokio::net::TcpListener::bind(addr)
+                            .await
+                            .with_context(|| format!("listening on {addr} (--metrics-listen)"))?;
+                        let at = l.local_addr().context("reading the bound address")?;
+                        eprintln!("metrics on {at}");
+                        Some(l)
+                    }
+                    None => None,
+                };
                 eprintln!("listening on {bound}");
-                api::serve(listener, coordinator, api::ServeOptions::default(), stop)
-                    .await
-                    .context("serving the API")
+                api::serve_with_metrics(
+                    listener,
+                    metrics,
+                    coordinator,
+                    api::ServeOptions::default(),
+                    stop,
+                )
+                .await
+                .context("serving the API")
             })?;
             eprintln!("stopped");
         }

@@ -161,6 +161,9 @@ pub enum StateError {
     /// Reading runners failed.
     #[error("reading runners")]
     ReadRunners(#[source] rusqlite::Error),
+    /// Reading what the metrics show failed.
+    #[error("reading the metrics from the database")]
+    Metrics(#[source] rusqlite::Error),
     /// Removing a runner failed.
     #[error("removing runner {runner_id}")]
     RemoveRunner {
@@ -1239,6 +1242,56 @@ impl Db {
             }
         }
         Ok(())
+    }
+
+    /// What the metrics read from the database at `now` ([`crate::metrics`]): each count an
+    /// index range of the jobs in that state (never a scan of finished jobs), and the runners.
+    /// A leased job whose lease ran out counts as lost (as the next write would record it).
+    pub fn metrics_snapshot(&self, now: u64) -> Result<crate::metrics::Snapshot, StateError> {
+        let err = StateError::Metrics;
+        let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
+            self.conn
+                .query_row(sql, p, |r| r.get::<_, i64>(0))
+                .map(to_u64)
+                .map_err(err)
+        };
+        let now_i = to_i64(now);
+        let queued = count("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", &[])?;
+        let leased = count(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'leased' AND lease_expires_at > ?1",
+            &[&now_i],
+        )?;
+        let lost = count("SELECT COUNT(*) FROM jobs WHERE state = 'lost'", &[])?
+            + count(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'leased' AND lease_expires_at <= ?1",
+                &[&now_i],
+            )?;
+        let oldest_queued_at = self
+            .conn
+            .query_row(
+                "SELECT MIN(submitted_at) FROM jobs WHERE state = 'queued'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(err)?
+            .map(to_u64);
+        let mut active_runners = Vec::new();
+        let mut removed_runners = 0;
+        for r in self.runners()? {
+            if r.removed_at.is_some() {
+                removed_runners += 1;
+            } else {
+                active_runners.push((r.id, r.name));
+            }
+        }
+        Ok(crate::metrics::Snapshot {
+            queued,
+            leased,
+            lost,
+            oldest_queued_at,
+            active_runners,
+            removed_runners,
+        })
     }
 
     /// How many finished jobs reported provenance the inventory could not read (so no

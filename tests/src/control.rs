@@ -25,6 +25,8 @@ pub struct Coordinator {
     pub admin: String,
     /// A client for the admin API.
     pub http: reqwest::blocking::Client,
+    /// Its metrics address (`127.0.0.1:PORT`), when served with `--metrics-listen`.
+    pub metrics: Option<String>,
 }
 
 impl Coordinator {
@@ -56,14 +58,18 @@ impl Coordinator {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // `listening on 127.0.0.1:PORT` once bound; the rest of its stderr is drained so it
-        // never blocks on a full pipe.
+        // `listening on 127.0.0.1:PORT` once bound (after `metrics on ADDR`, when asked for);
+        // the rest of its stderr is drained so it never blocks on a full pipe.
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut metrics = None;
         let addr = loop {
             let line = lines
                 .next()
                 .expect("the coordinator exited before listening")
                 .unwrap();
+            if let Some(a) = line.trim().strip_prefix("metrics on ") {
+                metrics = Some(a.to_string());
+            }
             if let Some(a) = line.trim().strip_prefix("listening on ") {
                 break a.to_string();
             }
@@ -83,7 +89,28 @@ impl Coordinator {
                 .no_proxy()
                 .build()
                 .unwrap(),
+            metrics,
         }
+    }
+
+    /// One scrape of its metrics (served with `--metrics-listen`): status, content type, text.
+    pub fn scrape(&self) -> (u16, String, String) {
+        let addr = self
+            .metrics
+            .as_deref()
+            .expect("the coordinator was started without --metrics-listen");
+        let r = self
+            .http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .unwrap();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (r.status().as_u16(), content_type, r.text().unwrap())
     }
 
     /// A fresh one-time registration token in a file.

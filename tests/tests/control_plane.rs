@@ -1265,3 +1265,175 @@ fn a_trusted_job_leased_to_this_runner_gets_an_identity_token_pyjwt_accepts_and_
     let e = id_token(&env, &rt, &queued, "sts.amazonaws.com").unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
 }
+
+/// The coordinator's Prometheus metrics (`serve --metrics-listen`) follow a fleet's work: a job
+/// waiting (queued, with its age), a runner's requests, leases, results by status; and what it
+/// serves parses with an independent parser (`prometheus_client`, Debian's
+/// `python3-prometheus-client`) as the text format a scraper reads.
+#[test]
+fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_prometheus_text() {
+    let env = host("cp-metrics");
+    let c = Coordinator::start_with(&env, &["--metrics-listen", "127.0.0.1:0"]);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sample = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let (status, content_type, idle) = c.scrape();
+    assert_eq!(status, 200, "{idle}");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(
+        sample(&idle, "bulwark_coordinator_jobs{state=\"queued\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(&idle, "bulwark_coordinator_runners{state=\"active\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(&idle, "bulwark_coordinator_oldest_queued_job_age_seconds"),
+        0.0
+    );
+
+    // Two jobs queued before any runner exists: one that succeeds, one whose step fails.
+    let token = c.registration_token(&env.dir, "10m");
+    let (repo, commit) = repo(&env);
+    let ok = c.submit(&git_job(&repo, &commit, "ok", "sh build.sh"), "untrusted");
+    let bad = c.submit(&git_job(&repo, &commit, "bad", "exit 3"), "trusted");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, _, waiting) = c.scrape();
+    assert_eq!(
+        sample(&waiting, "bulwark_coordinator_jobs{state=\"queued\"}"),
+        2.0
+    );
+    assert!(
+        sample(
+            &waiting,
+            "bulwark_coordinator_oldest_queued_job_age_seconds"
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &waiting,
+            "bulwark_coordinator_jobs_submitted_total{trust=\"untrusted\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &waiting,
+            "bulwark_coordinator_jobs_submitted_total{trust=\"trusted\"}"
+        ),
+        1.0
+    );
+
+    let o = register(&env, &c, &token, "metrics-host");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut daemon = Daemon::start(&env);
+    let j = c.wait_done(&ok, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    let j = c.wait_done(&bad, 120);
+    assert_eq!(j["result"]["result"]["status"], "failed", "{j}");
+    let runner = j["runner_id"].as_str().unwrap().to_string();
+    assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
+
+    let (_, _, done) = c.scrape();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (series, value) in [
+        ("bulwark_coordinator_jobs{state=\"queued\"}", 0.0),
+        ("bulwark_coordinator_jobs{state=\"leased\"}", 0.0),
+        ("bulwark_coordinator_jobs{state=\"lost\"}", 0.0),
+        ("bulwark_coordinator_oldest_queued_job_age_seconds", 0.0),
+        ("bulwark_coordinator_runners{state=\"active\"}", 1.0),
+        ("bulwark_coordinator_jobs_leased_total", 2.0),
+        (
+            "bulwark_coordinator_job_results_total{status=\"succeeded\"}",
+            1.0,
+        ),
+        (
+            "bulwark_coordinator_job_results_total{status=\"failed\"}",
+            1.0,
+        ),
+        (
+            "bulwark_coordinator_job_results_total{status=\"other\"}",
+            0.0,
+        ),
+        (
+            "bulwark_coordinator_http_responses_total{class=\"5xx\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(sample(&done, series), value, "{series}:\n{done}");
+    }
+    assert!(
+        sample(
+            &done,
+            "bulwark_coordinator_http_responses_total{class=\"2xx\"}"
+        ) >= 6.0
+    );
+    let seen = sample(
+        &done,
+        &format!(
+            "bulwark_coordinator_runner_last_request_timestamp_seconds{{runner_id=\"{runner}\",runner=\"metrics-host\"}}"
+        ),
+    ) as u64;
+    assert!(
+        (started..=now).contains(&seen),
+        "{seen} not in {started}..={now}"
+    );
+    let start_time = sample(&done, "bulwark_coordinator_start_time_seconds") as u64;
+    assert!(
+        start_time <= started && start_time + 60 > started,
+        "{start_time}"
+    );
+
+    // An independent parser reads the same text: every family with its type, every sample.
+    let parse = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
+print(families["bulwark_coordinator_job_results"].type)
+print(families["bulwark_coordinator_jobs"].type)
+for s in families["bulwark_coordinator_job_results"].samples:
+    print(s.name, s.labels["status"], s.value)
+print(len(families))
+"#;
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(py.stdin.as_mut().unwrap(), done.as_bytes()).unwrap();
+    drop(py.stdin.take());
+    let o = py.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "python3-prometheus-client is not installed (.ci/run installs it): {stderr}"
+    );
+    assert!(
+        o.status.success(),
+        "the parser refused the text: {stderr}\n{done}"
+    );
+    let parsed = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = parsed.lines().collect();
+    assert_eq!(lines[0], "counter", "{parsed}");
+    assert_eq!(lines[1], "gauge", "{parsed}");
+    assert!(
+        lines.contains(&"bulwark_coordinator_job_results_total succeeded 1.0")
+            && lines.contains(&"bulwark_coordinator_job_results_total failed 1.0"),
+        "{parsed}"
+    );
+    assert_eq!(lines.last(), Some(&"11"), "{parsed}");
+}

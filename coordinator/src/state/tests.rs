@@ -642,3 +642,63 @@ fn a_result_is_indexed_as_it_is_recorded_and_unreadable_provenance_is_counted() 
         ("job-1", "trusted", ART)
     );
 }
+
+#[test]
+fn the_metrics_snapshot_counts_jobs_by_state_and_a_lease_past_its_end_as_lost() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1", "r2", "r3"]);
+    assert_eq!(
+        db.metrics_snapshot(50).unwrap(),
+        crate::metrics::Snapshot {
+            active_runners: ["r1", "r2", "r3"]
+                .iter()
+                .map(|id| (id.to_string(), format!("host-{id}")))
+                .collect(),
+            ..Default::default()
+        }
+    );
+    for (id, at) in [
+        ("job-1", 100),
+        ("job-2", 110),
+        ("job-3", 120),
+        ("job-4", 130),
+    ] {
+        db.submit_job(id, &spec(Some("1m")), Trust::Untrusted, at)
+            .unwrap();
+    }
+    let first = db.lease("r1", 200).unwrap().unwrap();
+    assert_eq!(first.job_id, "job-1");
+    db.lease("r2", 300).unwrap().unwrap();
+    db.record_result("job-2", "r2", &report(), 310).unwrap();
+    assert!(db.remove_runner("r3", 320).unwrap());
+    // job-1's lease (200 + 60 + 600) is over at 860, not yet recorded as lost by a write.
+    let s = db.metrics_snapshot(400).unwrap();
+    assert_eq!(
+        (s.queued, s.leased, s.lost, s.oldest_queued_at),
+        (2, 1, 0, Some(120))
+    );
+    assert_eq!(s.active_runners.len(), 2);
+    assert_eq!(s.removed_runners, 1);
+    let s = db.metrics_snapshot(first.expires_at).unwrap();
+    assert_eq!((s.queued, s.leased, s.lost), (2, 0, 1));
+    // Every count reads an index range of one state, never the table.
+    for sql in [
+        "SELECT COUNT(*) FROM jobs WHERE state = 'queued'",
+        "SELECT COUNT(*) FROM jobs WHERE state = 'leased' AND lease_expires_at > 1",
+        "SELECT MIN(submitted_at) FROM jobs WHERE state = 'queued'",
+    ] {
+        let plan: Vec<String> = db
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().all(|p| p.contains("USING"))
+                && plan.iter().any(|p| p.contains("jobs_by_state")),
+            "{sql}: {plan:?}"
+        );
+    }
+}
