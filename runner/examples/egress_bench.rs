@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(args.next().context("DIR")?);
     let allow = vec![format!("bench.test:{port}"), format!("127.0.0.1:{port}")];
     let hosts = BTreeMap::from([("bench.test".to_owned(), "127.0.0.1".to_owned())]);
-    let policy = EgressPolicy::new(&allow, &hosts, false).map_err(anyhow::Error::msg)?;
+    let policy = EgressPolicy::new(&allow, &hosts, false, &[]).map_err(anyhow::Error::msg)?;
     let sock = dir.join("egress.sock");
     let proxy = egress::start(
         &sock,

@@ -112,7 +112,7 @@ impl Proxy {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        let policy = EgressPolicy::new(allow, &hosts, audit).unwrap();
+        let policy = EgressPolicy::new(allow, &hosts, audit, &[]).unwrap();
         // As `bulwark` does at start: the proxy runs in this process, and the clients, origins
         // and relays of the busier tests need more than an ordinary user's 1024 descriptors.
         egress::raise_descriptor_limit();

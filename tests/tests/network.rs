@@ -314,6 +314,39 @@ fn an_allow_list_above_the_operators_ceiling_is_refused() {
     r.assert_code(0);
 }
 
+/// A public address the operator names as the host's own (`host.addresses`: a NAT's public
+/// address that hairpins back to the host) is treated as the host's interface addresses
+/// are: under the open ceiling a job listing it is refused before it runs, naming it; the
+/// same address is listable while the operator does not name it.
+#[test]
+fn an_address_the_operator_names_as_the_hosts_own_is_not_covered_by_the_open_ceiling() {
+    let env = Env::new("net-ceiling-own");
+    env.write_config_sections("", "[host]\naddresses = [\"93.184.216.34\"]\n");
+    // The step makes no connection: nothing leaves this host.
+    let job = one_step(
+        "own",
+        "echo ran",
+        "[network]\nallow = [\"example.org:443\", \"93.184.216.34:22\"]",
+    );
+    let r = env.run_with(&job, &["--trust", "trusted"]);
+    r.assert_code(2);
+    assert!(
+        r.stderr.contains("network.allow[1]") && r.stderr.contains("host's own"),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("ran"), "{r}");
+    let other = Env::new("net-ceiling-not-own");
+    let r = other.run_with(
+        &one_step(
+            "own",
+            "echo ran",
+            "[network]\nallow = [\"93.184.216.34:22\"]",
+        ),
+        &["--trust", "trusted"],
+    );
+    r.assert_code(0);
+}
+
 /// The default, open ceiling (`*`) covers public hosts only: a job listing the host's
 /// loopback or a private address is refused before it runs, so a pull request cannot reach
 /// the build host's own services through the proxy. An operator who means it names the

@@ -25,7 +25,11 @@ impl Server {
 
     /// Like [`Server::serve`], answering each request only after `delay`.
     fn serve_after(delay: Duration, body: Vec<u8>) -> Server {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Server::serve_on(TcpListener::bind("127.0.0.1:0").unwrap(), delay, body)
+    }
+
+    /// Like [`Server::serve_after`], on `l`.
+    fn serve_on(l: TcpListener, delay: Duration, body: Vec<u8>) -> Server {
         let port = l.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
         let stopped = Arc::new(AtomicBool::new(false));
@@ -611,9 +615,140 @@ fn tools_prune_never_removes_a_tool_a_running_job_uses_and_removes_it_once_unuse
     assert_eq!(server.requests(), 2);
 }
 
-/// Tests that need root (here: to give the tool store a filesystem of its own).
+/// Tests that need root (here: to give the tool store a filesystem of its own, to make a
+/// network namespace).
 mod root_mode {
     use super::*;
+
+    /// A network namespace of the test's own (`ip netns`), with `lo` up and holding one public
+    /// address as well: a build host whose interface carries its public address.
+    /// Removed on drop.
+    struct HostNetns {
+        name: String,
+    }
+
+    impl HostNetns {
+        fn new(address: &str) -> HostNetns {
+            assert!(
+                bulwark_tests::is_root(),
+                "root_mode tests need root; scripts/test.sh skips them otherwise"
+            );
+            let name = format!("bwt-{}", bulwark_tests::random_hex(4));
+            let ns = HostNetns { name };
+            for args in [
+                vec!["netns", "add", &ns.name],
+                vec!["-n", &ns.name, "link", "set", "lo", "up"],
+                // On `lo`: any interface's address is the host's own, and not every kernel
+                // has the dummy driver.
+                vec![
+                    "-n",
+                    &ns.name,
+                    "addr",
+                    "add",
+                    &format!("{address}/32"),
+                    "dev",
+                    "lo",
+                ],
+            ] {
+                let o = Command::new("ip").args(&args).output().unwrap();
+                assert!(
+                    o.status.success(),
+                    "ip {args:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            ns
+        }
+
+        /// A listener bound inside the namespace (a socket stays in the namespace it was
+        /// made in, whichever thread then uses it).
+        fn listen(&self, addr: &str) -> TcpListener {
+            let path = format!("/run/netns/{}", self.name);
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let ns = std::fs::File::open(path).unwrap();
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                TcpListener::bind(addr).unwrap()
+            })
+            .join()
+            .unwrap()
+        }
+
+        /// `env`'s `bulwark run` of `job`, run inside the namespace (entered with `nsenter`,
+        /// which changes the network namespace only: `ip netns exec` would also mount the
+        /// namespace's own `/sys`, hiding the cgroup hierarchies).
+        fn run(&self, env: &Env, job: &str) -> bulwark_tests::Run {
+            let (cmd, out) = env.command(job, &["--quiet"]);
+            let mut inside = Command::new("nsenter");
+            inside
+                .arg(format!("--net=/run/netns/{}", self.name))
+                .arg("--")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => inside.env(k, v),
+                    None => inside.env_remove(k),
+                };
+            }
+            if let Some(dir) = cmd.get_current_dir() {
+                inside.current_dir(dir);
+            }
+            let o = inside.stdin(std::process::Stdio::null()).output().unwrap();
+            bulwark_tests::Run::from_output(o, out)
+        }
+    }
+
+    impl Drop for HostNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+
+    /// The runner fetches a tool only from an address that is not its own host's: a tool URL
+    /// naming the host's public interface address (a service of the host bound to `0.0.0.0`
+    /// answers there, as on loopback) is refused before any connection, and so is an address
+    /// the operator lists in `host.addresses` (a NAT's public address, on no interface);
+    /// `fetch.allow_private` naming the address admits it (a mirror on the host itself).
+    /// Everything happens in a network namespace the test made.
+    #[test]
+    fn a_tool_url_at_the_hosts_own_public_address_is_refused_unless_allowed() {
+        let ns = HostNetns::new("1.2.3.4");
+        let env = Env::new("tool-own-address");
+        let body = tool_archive(&env);
+        let sha = sha256_file(&env.dir.join("hello.tar.gz"));
+        let server = Server::serve_on(ns.listen("1.2.3.4:0"), Duration::ZERO, body);
+        let job = |at: &str| tool_job(server.port, &sha, "hello").replace("127.0.0.1", at);
+
+        let r = ns.run(&env, &job("1.2.3.4"));
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains("connection to 1.2.3.4 refused by policy: host's own address")
+                && r.stderr.contains("fetch.allow_private"),
+            "{r}"
+        );
+        assert_eq!(server.requests(), 0, "the runner connected to its own host");
+
+        // An address of this host's that no interface holds: the operator names it.
+        env.write_config_sections("", "[host]\naddresses = [\"5.6.7.8\"]\n");
+        let r = ns.run(&env, &job("5.6.7.8"));
+        r.assert_code(2);
+        assert!(
+            r.stderr
+                .contains("connection to 5.6.7.8 refused by policy: host's own address"),
+            "{r}"
+        );
+
+        // Listed in fetch.allow_private: fetched and run, so the refusals above were the rule's.
+        env.write_config_sections("", "[fetch]\nallow_private = [\"1.2.3.4\"]\n");
+        let r = ns.run(&env, &job("1.2.3.4"));
+        r.assert_code(0);
+        assert!(r.log.contains("hello from the pinned tool"), "{r}");
+        assert_eq!(server.requests(), 1);
+    }
 
     /// Unmounts on drop.
     struct Unmount(std::path::PathBuf);

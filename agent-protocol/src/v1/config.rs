@@ -48,6 +48,20 @@ pub struct Config {
     pub credentials: BTreeMap<String, super::credentials::CredentialProvider>,
     /// `[caches]`: build caches kept between jobs (docs/caches.md).
     pub caches: CachesConfig,
+    /// `[host]`: what the runner must know about its own host.
+    pub host: HostConfig,
+}
+
+/// `[host]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Addresses that reach this host although they are on none of its interfaces: a cloud
+    /// instance's public address, which a NAT in front of it translates (and may hairpin
+    /// back), a load balancer's address that forwards to it. Treated as the host's own, as its
+    /// interface addresses are: the egress proxy refuses them unless a job lists them within
+    /// the ceiling, and the runner's own fetches (tools, sources, token services) unless
+    /// `fetch.allow_private` lists them (docs/egress.md).
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// `[caches]`.
@@ -373,6 +387,7 @@ impl Default for Config {
             daemon: DaemonConfig::default(),
             credentials: BTreeMap::new(),
             caches: CachesConfig::default(),
+            host: HostConfig::default(),
         }
     }
 }
@@ -488,6 +503,13 @@ struct RawConfig {
     daemon: RawDaemon,
     credentials: BTreeMap<String, super::credentials::RawProvider>,
     caches: RawCaches,
+    host: RawHost,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHost {
+    addresses: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -671,6 +693,7 @@ impl Config {
             daemon,
             credentials: super::credentials::convert(raw.credentials, &mut errors),
             caches,
+            host: convert_host(raw.host, &mut errors),
         };
         SpecError::check(errors.list, config)
     }
@@ -842,6 +865,23 @@ fn check_fetch(fetch: &FetchConfig, errors: &mut Errors) {
     if !fetch.extra_ca.is_empty() {
         errors.take("fetch.extra_ca", check_absolute_path(&fetch.extra_ca));
     }
+}
+
+fn convert_host(raw: RawHost, errors: &mut Errors) -> HostConfig {
+    let mut addresses = Vec::new();
+    for (i, entry) in raw.addresses.iter().enumerate() {
+        match entry.parse::<std::net::IpAddr>() {
+            Ok(ip) => addresses.push(ip),
+            Err(_) => errors.push(
+                format!("host.addresses[{i}]"),
+                format!(
+                    "{} is not an IP address (one address per entry, like \"203.0.113.7\")",
+                    quote(entry)
+                ),
+            ),
+        }
+    }
+    HostConfig { addresses }
 }
 
 fn check_egress(egress: &EgressConfig, errors: &mut Errors) {
@@ -1115,6 +1155,34 @@ runtime_dir = "/run/bulwark-a"
         assert!(
             err.contains("caches.max_unused: must be greater than zero"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn host_addresses_are_plain_ip_addresses_each_named_when_not() {
+        let c = Config::from_toml_str("[host]\naddresses = [\"203.0.113.7\", \"2001:db8::7\"]\n")
+            .expect("valid");
+        assert_eq!(
+            c.host.addresses,
+            [
+                "203.0.113.7".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
+            ]
+        );
+        let err = Config::from_toml_str(
+            "[host]\naddresses = [\"203.0.113.0/24\", \"ci.example.com\", \"10.0.0.1\"]\n",
+        )
+        .expect_err("invalid")
+        .to_string();
+        assert!(
+            err.contains("host.addresses[0]: \"203.0.113.0/24\" is not an IP address")
+                && err.contains("host.addresses[1]: \"ci.example.com\" is not an IP address")
+                && !err.contains("host.addresses[2]"),
+            "{err}"
+        );
+        assert!(
+            Config::from_toml_str("[host]\nnames = []\n").is_err(),
+            "unknown key"
         );
     }
 

@@ -35,9 +35,9 @@ mod validate;
 
 pub use allow::{AllowEntry, AllowHost, CeilingEntry, IpNet};
 pub use config::{
-    CachesConfig, Config, DaemonConfig, DiskReserve, EgressConfig, FetchConfig, IsolationChoice,
-    LimitsConfig, PathsConfig, UidRange, CACHE_ENTRY_CHARGE, DEFAULT_FETCH_MAX_BYTES,
-    DEFAULT_FETCH_TIMEOUT, DEFAULT_JOB_UIDS, DEFAULT_LIVE_LOG_INTERVAL,
+    CachesConfig, Config, DaemonConfig, DiskReserve, EgressConfig, FetchConfig, HostConfig,
+    IsolationChoice, LimitsConfig, PathsConfig, UidRange, CACHE_ENTRY_CHARGE,
+    DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_TIMEOUT, DEFAULT_JOB_UIDS, DEFAULT_LIVE_LOG_INTERVAL,
 };
 pub use credentials::{CredentialKind, CredentialProvider};
 pub use job::{

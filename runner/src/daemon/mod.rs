@@ -757,7 +757,7 @@ impl Daemon {
         names: &[String],
         timeout: Duration,
     ) -> Result<Vec<crate::creds::Issued>, String> {
-        let policy = crate::tools::fetch::FetchPolicy::from_config(&self.config.fetch)
+        let policy = crate::tools::fetch::FetchPolicy::from_config(&self.config)
             .map_err(|e| format!("credentials: {e}"))?;
         let reg = &self.identity.registration;
         let mut issued = Vec::new();

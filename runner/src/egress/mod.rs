@@ -69,7 +69,7 @@
 //! ```no_run
 //! use bulwark_runner::egress::{self, EgressPolicy, ProxyLimits};
 //! # fn main() -> std::io::Result<()> {
-//! let policy = EgressPolicy::new(&["crates.io:443".into()], &Default::default(), false)
+//! let policy = EgressPolicy::new(&["crates.io:443".into()], &Default::default(), false, &[])
 //!     .map_err(std::io::Error::other)?;
 //! let proxy = egress::start(
 //!     "/run/bulwark/jobs/42/egress.sock".as_ref(),

@@ -204,11 +204,13 @@ fn display_host_port(host: &str, port: u16) -> String {
 
 impl EgressPolicy {
     /// Builds a policy from the job's `[network] allow` strings and the operator's
-    /// `egress.hosts` (name → address) and `egress.audit`. Errors name the bad entry.
+    /// `egress.hosts` (name → address), `egress.audit` and `host.addresses` (`host`, beside
+    /// the interfaces' addresses read here). Errors name the bad entry.
     pub fn new(
         allow: &[String],
         hosts: &BTreeMap<String, String>,
         audit: bool,
+        host: &[IpAddr],
     ) -> Result<EgressPolicy, String> {
         let allow = allow
             .iter()
@@ -230,7 +232,7 @@ impl EgressPolicy {
             allow,
             parsed,
             audit,
-            host_addresses()?,
+            host_addresses(host).map_err(|e| format!("egress: {e}"))?,
         ))
     }
 
@@ -479,14 +481,16 @@ fn untranslatable(range: &str) -> bool {
 /// range (a public or otherwise global address on the runner's host).
 pub const HOST_OWN: &str = "host's own";
 
-/// This host's own interface addresses (`getifaddrs`). The proxy runs in the host's network
-/// namespace: a connection to one of them reaches the host's own services (those bound to
-/// `0.0.0.0`, say) whatever range the address is in, so a global one is treated as a
-/// special address too. Read when a job's policy is made; an address added while the job
-/// runs is not known to it.
-pub fn host_addresses() -> Result<BTreeSet<IpAddr>, String> {
+/// This host's own addresses: its interfaces' (`getifaddrs`) and `configured`, the operator's
+/// `host.addresses` (a NAT's public address, which is on no interface of the host). The proxy
+/// runs in the host's network namespace: a connection to one of them reaches the host's own
+/// services (those bound to `0.0.0.0`, say) whatever range the address is in, so a global
+/// one is treated as a special address too; so do the runner's own fetches. Read when a
+/// job's policy is made (and at each fetch); an address added while the job runs is not
+/// known to it.
+pub fn host_addresses(configured: &[IpAddr]) -> Result<BTreeSet<IpAddr>, String> {
     let addrs = nix::ifaddrs::getifaddrs()
-        .map_err(|e| format!("egress: listing this host's addresses: {e}"))?;
+        .map_err(|e| format!("listing this host's own addresses (getifaddrs): {e}"))?;
     Ok(addrs
         .filter_map(|a| a.address)
         .filter_map(|a| {
@@ -494,6 +498,7 @@ pub fn host_addresses() -> Result<BTreeSet<IpAddr>, String> {
                 .map(|s| IpAddr::V4(s.ip()))
                 .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
         })
+        .chain(configured.iter().copied())
         .collect())
 }
 
@@ -566,7 +571,7 @@ mod tests {
             .collect();
         // The tests' addresses are judged by their ranges, not by whether this machine
         // happens to own one of them.
-        let mut p = EgressPolicy::new(&allow, &hosts, audit).unwrap();
+        let mut p = EgressPolicy::new(&allow, &hosts, audit, &[]).unwrap();
         p.host_addresses = BTreeSet::new();
         p
     }
@@ -907,9 +912,11 @@ mod tests {
             p.override_for("mirror.internal"),
             Some("10.1.2.3".parse().unwrap())
         );
-        assert!(EgressPolicy::new(&["nope".into()], &BTreeMap::new(), false)
-            .unwrap_err()
-            .contains("network.allow[0]"));
+        assert!(
+            EgressPolicy::new(&["nope".into()], &BTreeMap::new(), false, &[])
+                .unwrap_err()
+                .contains("network.allow[0]")
+        );
     }
 
     #[test]
@@ -985,9 +992,12 @@ mod tests {
         ];
         assert_eq!(check_ceiling(&entry, &named, &own), Ok(()));
         // This host's real addresses are read, loopback among them.
-        assert!(host_addresses()
-            .unwrap()
-            .contains(&IpAddr::from([127, 0, 0, 1])));
+        let real = host_addresses(&[]).unwrap();
+        assert!(real.contains(&IpAddr::from([127, 0, 0, 1])));
+        // With the operator's own beside them (a NAT's public address).
+        let nat = IpAddr::from([93, 184, 216, 34]);
+        let both = host_addresses(&[nat]).unwrap();
+        assert!(both.contains(&nat) && both.is_superset(&real));
     }
 
     #[test]

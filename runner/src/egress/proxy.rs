@@ -957,7 +957,7 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        let policy = EgressPolicy::new(&allow, &hosts, false).unwrap();
+        let policy = EgressPolicy::new(&allow, &hosts, false, &[]).unwrap();
         let sock = dir.join("egress.sock");
         let proxy = start_with(&sock, policy, &dir.join("egress.log"), limits, resolver).unwrap();
         (proxy, sock, dir)

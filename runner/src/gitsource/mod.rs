@@ -123,7 +123,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulwark_protocol::{FetchConfig, IpNet};
+use bulwark_protocol::{Config, IpNet};
 use reqwest::Url;
 
 mod remote;
@@ -175,6 +175,9 @@ const MIN_MEASURE_INTERVAL: Duration = Duration::from_millis(50);
 pub struct GitPolicy {
     /// Non-public networks git may connect to (`fetch.allow_private`); metadata never.
     pub allow_private: Vec<IpNet>,
+    /// Addresses of this host beside its interfaces' (`host.addresses`), refused as the
+    /// interfaces' are unless `allow_private` lists them.
+    pub host_addresses: Vec<std::net::IpAddr>,
     /// Directories `file://` URLs and absolute paths may point into; empty: none.
     pub file_roots: Vec<PathBuf>,
     /// Longest the whole fetch (every git command together) may take.
@@ -196,8 +199,10 @@ pub struct GitPolicy {
 }
 
 impl GitPolicy {
-    /// The policy `[fetch]` describes; an `allow_private` entry that does not parse is an error.
-    pub fn from_config(fetch: &FetchConfig) -> Result<GitPolicy, String> {
+    /// The policy `[fetch]` and `[host]` describe; an `allow_private` entry that does not
+    /// parse is an error.
+    pub fn from_config(config: &Config) -> Result<GitPolicy, String> {
+        let fetch = &config.fetch;
         let allow_private = fetch
             .allow_private
             .iter()
@@ -205,6 +210,7 @@ impl GitPolicy {
             .collect::<Result<_, _>>()?;
         Ok(GitPolicy {
             allow_private,
+            host_addresses: config.host.addresses.clone(),
             file_roots: fetch.file_roots.iter().map(PathBuf::from).collect(),
             timeout: fetch.timeout,
             max_bytes: fetch.max_bytes,
@@ -262,6 +268,14 @@ pub enum GitError {
         "git source URLs with a user name or password are refused; use a URL without credentials"
     )]
     Credentials,
+    /// This host's own addresses could not be listed, so no address can be judged.
+    #[error("git source {url}: {reason}")]
+    HostAddresses {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The host name did not resolve.
     #[error("git source {url}: cannot resolve {host}")]
     Resolve {

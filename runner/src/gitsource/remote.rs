@@ -70,6 +70,12 @@ impl Remote {
         let port = parsed.port_or_known_default().ok_or_else(bad)?;
         let addresses = AddressPolicy {
             allow_private: policy.allow_private.clone(),
+            host: crate::egress::policy::host_addresses(&policy.host_addresses).map_err(
+                |reason| GitError::HostAddresses {
+                    url: url.to_owned(),
+                    reason,
+                },
+            )?,
         };
         // The `url` crate has already normalized the host (IPv4 shorthand, case, IDNA).
         let host = parsed

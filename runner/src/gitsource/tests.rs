@@ -59,6 +59,7 @@ fn two_commits(root: &Path) -> (PathBuf, String, String) {
 fn policy_for(roots: &[&Path]) -> GitPolicy {
     GitPolicy {
         allow_private: Vec::new(),
+        host_addresses: Vec::new(),
         file_roots: roots.iter().map(|r| r.to_path_buf()).collect(),
         timeout: Duration::from_secs(60),
         max_bytes: 1 << 30,
@@ -640,22 +641,35 @@ fn bad_commits_refs_and_destinations_are_refused_before_git_runs() {
 
 #[test]
 fn policy_comes_from_the_fetch_config() {
-    let config = FetchConfig {
-        allow_private: vec!["127.0.0.1".into(), "10.0.0.0/8".into()],
-        file_roots: vec!["/srv/git".into()],
-        extra_ca: "/etc/bulwark/ca.pem".into(),
-        timeout: Duration::from_secs(30),
-        ..FetchConfig::default()
+    let config = bulwark_protocol::Config {
+        fetch: bulwark_protocol::FetchConfig {
+            allow_private: vec!["127.0.0.1".into(), "10.0.0.0/8".into()],
+            file_roots: vec!["/srv/git".into()],
+            extra_ca: "/etc/bulwark/ca.pem".into(),
+            timeout: Duration::from_secs(30),
+            ..bulwark_protocol::FetchConfig::default()
+        },
+        host: bulwark_protocol::HostConfig {
+            addresses: vec!["93.184.216.34".parse().unwrap()],
+        },
+        ..bulwark_protocol::Config::default()
     };
     let policy = GitPolicy::from_config(&config).unwrap();
+    assert_eq!(policy.host_addresses, config.host.addresses);
     assert_eq!(policy.allow_private.len(), 2);
     assert_eq!(policy.file_roots, vec![PathBuf::from("/srv/git")]);
     assert_eq!(policy.extra_ca, Some(PathBuf::from("/etc/bulwark/ca.pem")));
     assert_eq!(policy.timeout, Duration::from_secs(30));
-    assert_eq!(policy.max_bytes, FetchConfig::default().max_bytes);
-    let bad = FetchConfig {
-        allow_private: vec!["nope".into()],
-        ..FetchConfig::default()
+    assert_eq!(
+        policy.max_bytes,
+        bulwark_protocol::FetchConfig::default().max_bytes
+    );
+    let bad = bulwark_protocol::Config {
+        fetch: bulwark_protocol::FetchConfig {
+            allow_private: vec!["nope".into()],
+            ..bulwark_protocol::FetchConfig::default()
+        },
+        ..bulwark_protocol::Config::default()
     };
     assert!(GitPolicy::from_config(&bad)
         .unwrap_err()

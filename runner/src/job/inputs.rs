@@ -160,7 +160,7 @@ impl JobRun<'_> {
         let dirs = Dirs::resolve(self.config).map_err(|e| Stop::Refused(format!("{e:#}")))?;
         let store = crate::tools::open_for_jobs(&dirs.state)
             .map_err(|e| Stop::Refused(format!("tool store: {e:#}")))?;
-        let mut policy = crate::tools::FetchPolicy::from_config(&self.config.fetch)
+        let mut policy = crate::tools::FetchPolicy::from_config(self.config)
             .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
         policy.deadline = self.inputs_deadline;
         Ok((store, policy))

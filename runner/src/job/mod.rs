@@ -918,7 +918,7 @@ impl JobRun<'_> {
             // Fetched by the runner with git confined (cleared environment, no hooks, no
             // submodules, checked addresses; as root, running as the job's uid), checked out
             // at exactly the commit.
-            let mut policy = crate::gitsource::GitPolicy::from_config(&self.config.fetch)
+            let mut policy = crate::gitsource::GitPolicy::from_config(self.config)
                 .map_err(|e| Stop::Refused(format!("fetch configuration: {e}")))?;
             policy.room = self.workspace_room(jobdir)?;
             policy.confine_with = self.helper.as_ref().map(|h| h.exec_path());
@@ -1502,7 +1502,8 @@ fn check_egress_ceiling(allow: &[String], trust: Trust, config: &Config) -> Resu
         .iter()
         .map(|c| bulwark_protocol::CeilingEntry::parse(c).map_err(|e| format!("{key}: {e}")))
         .collect::<Result<_, _>>()?;
-    let host = crate::egress::policy::host_addresses()?;
+    let host = crate::egress::policy::host_addresses(&config.host.addresses)
+        .map_err(|e| format!("egress: {e}"))?;
     crate::egress::check_ceiling(&entries, &ceiling, &host).map_err(|e| format!("{e} ({key})"))
 }
 

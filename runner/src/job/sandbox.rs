@@ -121,8 +121,13 @@ impl JobRun<'_> {
                 .create(&dir)
                 .map_err(|e| refuse("creating the socket directory", &e))?;
         }
-        let policy = crate::egress::EgressPolicy::new(&allow, &self.config.egress.hosts, audit)
-            .map_err(|e| refuse("policy", &e))?;
+        let policy = crate::egress::EgressPolicy::new(
+            &allow,
+            &self.config.egress.hosts,
+            audit,
+            &self.config.host.addresses,
+        )
+        .map_err(|e| refuse("policy", &e))?;
         let socket = dir.join("egress.sock");
         // Bound through a descriptor of its directory: a unix socket's path may hold at most
         // 107 bytes, and `<runtime>/jobs/<job id>/egress.sock` is longer than that for a job

@@ -7,9 +7,11 @@
 //! only addresses that passed), for every redirect too, so a name that resolves to a private
 //! address, or a public URL that redirects to one, gains nothing.
 //!
-//! The ranges are the egress proxy's (`crate::egress::policy::special_range`, with the same
-//! decoding of IPv4 addresses carried in IPv6 forms): the runner's own fetches obey the same
-//! address rules as a job's egress, from one table.
+//! The ranges are the egress proxy's (`crate::egress::policy::special_or_host_range`, with the
+//! same decoding of IPv4 addresses carried in IPv6 forms): the runner's own fetches obey the
+//! same address rules as a job's egress, from one table, this host's own addresses included
+//! (its interfaces', read when the fetch starts, and those the operator lists in
+//! `host.addresses`: a public one reaches the host's own services as loopback does).
 //!
 //! Alternatives rejected: checking the URL's host name before the request (the name can
 //! resolve elsewhere a moment later, and redirects bypass it); resolving once and pinning the
@@ -47,6 +49,11 @@ const METADATA_REASON: &str = "cloud metadata";
 pub struct AddressPolicy {
     /// Networks that may be connected to although they are loopback, private or link-local.
     pub allow_private: Vec<IpNet>,
+    /// This host's own addresses (its interfaces' and `host.addresses`): a connection to one
+    /// reaches the host's own services, whatever range it is in, so a public one is refused
+    /// as a private one is, unless `allow_private` lists it
+    /// ([`crate::egress::policy::host_addresses`]).
+    pub host: std::collections::BTreeSet<IpAddr>,
 }
 
 impl AddressPolicy {
@@ -64,7 +71,7 @@ impl AddressPolicy {
         {
             return refuse(METADATA_REASON);
         }
-        let Some(reason) = classify(addr) else {
+        let Some(reason) = crate::egress::policy::special_or_host_range(addr, &self.host) else {
             return Ok(());
         };
         let allowed = self
@@ -86,10 +93,6 @@ fn embedded_v4(addr: IpAddr) -> Option<std::net::Ipv4Addr> {
         IpAddr::V6(v6) => crate::egress::policy::embedded_ipv4(v6),
         IpAddr::V4(_) => None,
     }
-}
-
-fn classify(addr: IpAddr) -> Option<&'static str> {
-    crate::egress::policy::special_range(addr)
 }
 
 #[cfg(test)]
@@ -162,6 +165,7 @@ mod tests {
                 IpNet::parse("169.254.0.0/16").expect("net"),
                 IpNet::parse("fd00::/8").expect("net"),
             ],
+            ..AddressPolicy::default()
         };
         assert_eq!(reason(&p, "127.0.0.2"), None);
         assert_eq!(reason(&p, "::ffff:127.0.0.2"), None);
@@ -169,6 +173,54 @@ mod tests {
         assert_eq!(reason(&p, "169.254.1.1"), None);
         assert_eq!(reason(&p, "169.254.169.254"), Some("cloud metadata"));
         assert_eq!(reason(&p, "fd00:ec2::254"), Some("cloud metadata"));
+    }
+
+    /// A public address of this host's own (an interface's, or one `host.addresses` names)
+    /// reaches its own services: refused as private addresses are, in the IPv6 forms that
+    /// carry it too, unless `allow_private` lists it.
+    #[test]
+    fn the_hosts_own_public_addresses_are_refused_unless_listed() {
+        let p = AddressPolicy {
+            host: ["9.9.9.9", "2620:fe::fe"]
+                .iter()
+                .map(|a| a.parse().expect("ip"))
+                .collect(),
+            ..AddressPolicy::default()
+        };
+        for ip in [
+            "9.9.9.9",
+            "::ffff:9.9.9.9",
+            "64:ff9b::909:909",
+            "2620:fe::fe",
+        ] {
+            assert_eq!(reason(&p, ip), Some("host's own"), "{ip}");
+        }
+        assert_eq!(
+            reason(&p, "127.0.0.1"),
+            Some("loopback"),
+            "its own range first"
+        );
+        let p = AddressPolicy {
+            host: ["8.8.4.4".parse().expect("ip")].into_iter().collect(),
+            ..AddressPolicy::default()
+        };
+        assert_eq!(reason(&p, "8.8.4.4"), Some("host's own"));
+        assert_eq!(reason(&p, "8.8.8.8"), None);
+        let err = p.check("8.8.4.4".parse().expect("ip")).expect_err("own");
+        assert!(
+            err.to_string()
+                .ends_with("(add it to fetch.allow_private to allow)"),
+            "{err}"
+        );
+        let p = AddressPolicy {
+            host: ["8.8.4.4".parse().expect("ip")].into_iter().collect(),
+            allow_private: vec![IpNet::parse("8.8.4.4").expect("net")],
+        };
+        assert_eq!(
+            reason(&p, "8.8.4.4"),
+            None,
+            "listed: a mirror on the host itself"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulwark_protocol::{format_duration, format_size, FetchConfig, IpNet};
+use bulwark_protocol::{format_duration, format_size, Config, IpNet};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 use reqwest::Url;
@@ -50,6 +50,9 @@ const BUF_SIZE: usize = 256 * 1024;
 pub struct FetchPolicy {
     /// Loopback/private/link-local networks that may be connected to (never metadata).
     pub allow_private: Vec<IpNet>,
+    /// Addresses of this host beside its interfaces' (`host.addresses`), refused unless
+    /// `allow_private` lists them.
+    pub host_addresses: Vec<std::net::IpAddr>,
     /// Directories `file://` URLs may point into; empty: no `file://` at all.
     pub file_roots: Vec<PathBuf>,
     /// PEM bundle trusted in addition to the system roots.
@@ -75,6 +78,7 @@ impl Default for FetchPolicy {
     fn default() -> Self {
         FetchPolicy {
             allow_private: Vec::new(),
+            host_addresses: Vec::new(),
             file_roots: Vec::new(),
             extra_ca: None,
             max_bytes: bulwark_protocol::DEFAULT_FETCH_MAX_BYTES,
@@ -88,7 +92,8 @@ impl Default for FetchPolicy {
 impl FetchPolicy {
     /// From a checked configuration (`Config::from_toml_str` has validated every entry, so an
     /// error here means the value was built by hand).
-    pub fn from_config(fetch: &FetchConfig) -> Result<FetchPolicy, FetchError> {
+    pub fn from_config(config: &Config) -> Result<FetchPolicy, FetchError> {
+        let fetch = &config.fetch;
         let allow_private = fetch
             .allow_private
             .iter()
@@ -96,6 +101,7 @@ impl FetchPolicy {
             .collect::<Result<_, _>>()?;
         Ok(FetchPolicy {
             allow_private,
+            host_addresses: config.host.addresses.clone(),
             file_roots: fetch.file_roots.iter().map(PathBuf::from).collect(),
             extra_ca: (!fetch.extra_ca.is_empty()).then(|| PathBuf::from(&fetch.extra_ca)),
             max_bytes: fetch.max_bytes,
@@ -127,10 +133,13 @@ impl FetchPolicy {
         }
     }
 
-    fn addresses(&self) -> AddressPolicy {
-        AddressPolicy {
+    /// The address rules for one fetch, with this host's addresses as they are now.
+    fn addresses(&self) -> Result<AddressPolicy, FetchError> {
+        Ok(AddressPolicy {
             allow_private: self.allow_private.clone(),
-        }
+            host: crate::egress::policy::host_addresses(&self.host_addresses)
+                .map_err(FetchError::HostAddresses)?,
+        })
     }
 }
 
@@ -140,6 +149,9 @@ pub enum FetchError {
     /// A `[fetch]` value could not be used.
     #[error("fetch configuration: {0}")]
     Config(String),
+    /// This host's own addresses could not be listed, so no address can be judged.
+    #[error("{0}")]
+    HostAddresses(String),
     /// Not a URL.
     #[error("not a valid URL")]
     BadUrl,
@@ -409,7 +421,7 @@ fn client(
 ) -> Result<reqwest::blocking::Client, FetchError> {
     // reqwest asks rustls for the process-wide provider; install ring unless one is already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let addresses = policy.addresses();
+    let addresses = policy.addresses()?;
     let redirect_addresses = addresses.clone();
     let redirect_refusal = Arc::clone(refusal);
     let redirect = if follow_redirects {
@@ -469,7 +481,7 @@ pub fn post(
 ) -> Result<(u16, Vec<u8>), FetchError> {
     let url = Url::parse(url).map_err(|_| FetchError::BadUrl)?;
     let started = Instant::now();
-    let addresses = policy.addresses();
+    let addresses = policy.addresses()?;
     check_post_target(&url, &addresses)?;
     let plain = url.scheme() == "http";
     let refusal: Refusal = Arc::default();
@@ -523,7 +535,7 @@ fn check_post_target(url: &Url, addresses: &AddressPolicy) -> Result<(), FetchEr
 
 fn fetch_http(url: Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched, FetchError> {
     let started = Instant::now();
-    let addresses = policy.addresses();
+    let addresses = policy.addresses()?;
     check_literal(&url, &addresses)?;
     let refusal: Refusal = Arc::default();
     let client = client(policy, &refusal, true, false)?;
@@ -792,13 +804,20 @@ mod tests {
         // any connection is tried (checked without connecting anywhere: a test never reaches
         // an outside address, also when the check is broken).
         for url in ["http://1.1.1.1:9/token", "http://[2606:4700::1111]:9/token"] {
-            let err =
-                check_post_target(&Url::parse(url).expect("url"), &p.addresses()).expect_err(url);
+            let err = check_post_target(
+                &Url::parse(url).expect("url"),
+                &p.addresses().expect("addresses"),
+            )
+            .expect_err(url);
             assert!(matches!(err, FetchError::PlainHttp(_)), "{url}: {err}");
             assert!(err.to_string().contains("use https"), "{err}");
             // The same over https passes this check (and would then connect).
             let https = url.replace("http://", "https://");
-            assert!(check_post_target(&Url::parse(&https).expect("url"), &p.addresses()).is_ok());
+            assert!(check_post_target(
+                &Url::parse(&https).expect("url"),
+                &p.addresses().expect("addresses")
+            )
+            .is_ok());
         }
         // A loopback test service that allow_private lists is still reached over http.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -12,7 +12,7 @@
 //! use bulwark_runner::tools::{FetchPolicy, Store, UnpackMode};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = bulwark_protocol::Config::default();
-//! let policy = FetchPolicy::from_config(&config.fetch)?;
+//! let policy = FetchPolicy::from_config(&config)?;
 //! let store = Store::open(std::path::Path::new("/var/lib/bulwark/tools"))?;
 //! let tool = bulwark_protocol::ToolSpec {
 //!     name: "jq".into(),
