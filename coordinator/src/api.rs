@@ -415,10 +415,15 @@ async fn count_response(
 }
 
 /// The most scrapes served at once; more wait in the listen backlog.
-const MAX_METRICS_CONNECTIONS: usize = 4;
+const MAX_METRICS_CONNECTIONS: usize = 16;
 
-/// Serves `GET /metrics` on `listener`, with the API's header and request timeouts, until the
-/// task is aborted. Anything else is `404`.
+/// How long a scrape may take to send its request headers; a connection is closed after one
+/// request, so this also bounds how long a silent client holds a connection.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` until the task is aborted, one request per
+/// connection, headers within [`METRICS_HEADER_TIMEOUT`], the API's request deadline.
+/// Anything else is `404`.
 async fn serve_metrics(listener: tokio::net::TcpListener, c: Shared, options: ServeOptions) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
@@ -432,8 +437,8 @@ async fn serve_metrics(listener: tokio::net::TcpListener, c: Shared, options: Se
         ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .keep_alive(true);
+        .header_read_timeout(METRICS_HEADER_TIMEOUT)
+        .keep_alive(false);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -809,7 +814,7 @@ async fn cancel(
             state::Cancelled::Requested => JobState::Leased,
         };
         tracing::info!(job_id = %id, ?state, "job cancelled by the operator");
-        c.metrics.cancelled();
+        c.metrics.cancel_requested();
         Ok(Json(CancelAnswer { state }))
     })
     .await

@@ -210,6 +210,9 @@ fn main() -> Result<()> {
                             .await
                             .with_context(|| format!("listening on {addr} (--metrics-listen)"))?;
                         let at = l.local_addr().context("reading the bound address")?;
+                        if !at.ip().is_loopback() {
+                            tracing::warn!(address = %at, "metrics served without authentication on a non-loopback address: make sure only the scraper reaches it");
+                        }
                         eprintln!("metrics on {at}");
                         Some(l)
                     }

@@ -102,8 +102,8 @@ impl Metrics {
         self.results[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The operator cancelled a job.
-    pub fn cancelled(&self) {
+    /// The API accepted a cancel request.
+    pub fn cancel_requested(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -151,7 +151,7 @@ impl Metrics {
             &mut out,
             "bulwark_coordinator_jobs",
             "gauge",
-            "Jobs by state: queued (waiting for a runner), leased (lease running), lost (lease ran out without a result). Finished jobs are counted by bulwark_coordinator_job_results_total.",
+            "Jobs by state: queued (waiting for a runner), leased (lease running), lost (lease ran out without a result; never removed, so this only grows). Finished jobs are not shown: bulwark_coordinator_job_results_total counts the results runners report.",
             &[
                 (&[("state", "queued")], db.queued),
                 (&[("state", "leased")], db.leased),
@@ -234,9 +234,9 @@ impl Metrics {
         );
         family(
             &mut out,
-            "bulwark_coordinator_jobs_cancelled_total",
+            "bulwark_coordinator_cancel_requests_total",
             "counter",
-            "Jobs the operator cancelled.",
+            "Cancel requests the API accepted (asking again for a running job counts again; bulwark-coordinator jobs cancel --state writes the database directly and is not counted).",
             &[(&[], c(&self.cancelled))],
         );
         family(

@@ -631,7 +631,8 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
 /// `config`, whose `credential_process` prints the current values, and the SDK runs it again
 /// as they near their expiry (with 6-second credentials, on every use). One botocore process
 /// (Debian's `python3-botocore`) sees the first session and a renewed one, each exactly as
-/// issued, without restarting.
+/// issued, without restarting. Keys planted in `$HOME/.aws/credentials` (the workspace, which
+/// every step can write) are not taken, with the environment docs/credentials.md gives.
 #[test]
 fn a_long_running_aws_sdk_process_takes_renewed_credentials_without_restarting() {
     let botocore = std::process::Command::new("/usr/bin/python3")
@@ -645,8 +646,9 @@ fn a_long_running_aws_sdk_process_takes_renewed_credentials_without_restarting()
     let (env, c, sts) = setup_with("creds-sdk", &["--lifetime", "6"]);
     let (repo, commit) = repo(&env);
     let _daemon = Daemon::start(&env);
-    // Up to 20 s for a second session; the hashes of every secret key the one process saw.
-    let run = r#"mkdir -p dist && /usr/bin/python3 -c '
+    // Keys a build step could plant where the SDKs look first by default; then up to 20 s
+    // for a second session, and the hashes of every secret key the one process saw.
+    let run = r#"mkdir -p dist $HOME/.aws && printf "[default]\naws_access_key_id = PLANTEDKEY\naws_secret_access_key = planted\n" > $HOME/.aws/credentials && /usr/bin/python3 -c '
 import botocore.session, hashlib, time
 creds = botocore.session.get_session().get_credentials()
 seen = []
@@ -664,7 +666,7 @@ open("dist/app.txt", "w").write("\n".join(seen) + "\n")'
     let spec = with_credentials(&git_job(&repo, &commit, "sdk", run), &["aws"]).replacen(
         "[outputs]",
         "env = { AWS_CONFIG_FILE = \"/run/credentials/aws/config\", \
-         AWS_SHARED_CREDENTIALS_FILE = \"/nonexistent\", AWS_EC2_METADATA_DISABLED = \"true\" }\n\
+         AWS_SHARED_CREDENTIALS_FILE = \"/dev/null\", AWS_EC2_METADATA_DISABLED = \"true\" }\n\
          [outputs]",
         1,
     );

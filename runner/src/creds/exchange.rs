@@ -49,9 +49,9 @@ pub const AWS_PROCESS_FILE: &str = "credential-process.json";
 
 /// An AWS config file whose default profile takes its credentials from `credential_process`,
 /// reading the credential's current values from [`AWS_PROCESS_FILE`]. Holds no secret. The
-/// command is split on spaces by every SDK (or run by `sh -c`); `name` matches the spec's
-/// name pattern, so it needs no quoting. `cat` is found on the job's `PATH`, so this works
-/// in a pinned root filesystem too.
+/// command is split on spaces by botocore and run by `sh -c` by the Go, Java and JavaScript
+/// SDKs; `name` matches the spec's name pattern, so it needs no quoting. `cat` is looked up
+/// on the step's `PATH` (a pinned root filesystem must have it, and `/bin/sh`).
 fn aws_config(name: &str) -> String {
     format!(
         "[default]\ncredential_process = cat {}/{name}/{AWS_PROCESS_FILE}\n",
@@ -391,13 +391,35 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
     if raw.contains('<') {
         return None;
     }
-    Some(
-        raw.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
+    // One pass into a string of its final capacity: the value is a secret, and a chain of
+    // `replace` calls would leave a copy of it in each freed intermediate string.
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let entity = [
+            ("&lt;", '<'),
+            ("&gt;", '>'),
+            ("&quot;", '"'),
+            ("&apos;", '\''),
+            ("&amp;", '&'),
+        ]
+        .into_iter()
+        .find(|(e, _)| rest.starts_with(e));
+        match entity {
+            Some((e, c)) => {
+                out.push(c);
+                rest = &rest[e.len()..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// A service's message made safe to print: the token masked, control characters replaced,
@@ -428,6 +450,13 @@ mod tests {
             </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
         assert_eq!(xml_text(ok, "AccessKeyId").unwrap(), "ASIAEXAMPLE");
         assert_eq!(xml_text(ok, "SecretAccessKey").unwrap(), "s/e+c&r");
+        // Each entity decoded once, left to right: `&amp;quot;` is the text `&quot;`.
+        assert_eq!(
+            xml_text("<A>&lt;&gt;&quot;&apos;&amp;quot;&#38;&</A>", "A").unwrap(),
+            "<>\"'&quot;&#38;&"
+        );
+        let decoded = xml_text("<A>abc&amp;def</A>", "A").unwrap();
+        assert_eq!(decoded.capacity(), "abc&amp;def".len(), "allocated once");
         assert_eq!(xml_text(ok, "Missing"), None);
         let twice = "<A>1</A><A>2</A>";
         assert_eq!(xml_text(twice, "A"), None, "an element twice is refused");

@@ -163,8 +163,9 @@ pub struct RefreshFailure {
     pub reason: String,
 }
 
-/// Most bytes of one [`Handoff`] line on standard input.
-pub const MAX_HANDOFF_BYTES: usize = 256 * 1024;
+/// Most bytes of one [`Handoff`] line on standard input: eight AWS credentials whose values
+/// are as long as [`exchange`] takes (16 KiB each), as hex, twice over (files and masks).
+pub const MAX_HANDOFF_BYTES: usize = 1 << 20;
 
 impl Handoff {
     /// The names of the credentials it holds.
