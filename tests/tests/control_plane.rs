@@ -646,6 +646,15 @@ fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn(
         std::thread::sleep(Duration::from_millis(50));
     }
     release(marks[first].as_str());
+    // A killed process stays visible for a moment while it exits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting(marks[first].as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "the first job's wait outlived its SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deadline = Instant::now() + Duration::from_secs(90);
     while !waiting(marks[other].as_str()) {
         assert!(
