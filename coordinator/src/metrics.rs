@@ -145,7 +145,7 @@ impl Metrics {
             "bulwark_coordinator_start_time_seconds",
             "gauge",
             "When the coordinator process started (seconds since the epoch); the counters below start at zero then.",
-            &[(&[], self.started_at)],
+            &[(NONE, self.started_at)],
         );
         family(
             &mut out,
@@ -164,7 +164,7 @@ impl Metrics {
             "gauge",
             "How long the oldest queued job has waited for a runner; 0 when none waits.",
             &[(
-                &[],
+                NONE,
                 db.oldest_queued_at.map_or(0, |at| now.saturating_sub(at)),
             )],
         );
@@ -191,14 +191,12 @@ impl Metrics {
                     Some(([("runner_id", id.as_str()), ("runner", name.as_str())], at))
                 })
                 .collect();
-            let samples: Vec<(&[(&str, &str)], u64)> =
-                seen.iter().map(|(l, v)| (&l[..], *v)).collect();
             family(
                 &mut out,
                 "bulwark_coordinator_runner_last_request_timestamp_seconds",
                 "gauge",
                 "When each active runner last made a request whose signature verified (seconds since the epoch); a runner appears once it has made one since the coordinator started.",
-                &samples,
+                &seen,
             );
         }
         family(
@@ -216,15 +214,13 @@ impl Metrics {
             "bulwark_coordinator_jobs_leased_total",
             "counter",
             "Jobs leased to a runner.",
-            &[(&[], c(&self.leased))],
+            &[(NONE, c(&self.leased))],
         );
         let results: Vec<([(&str, &str); 1], u64)> = STATUSES
             .iter()
             .zip(&self.results)
             .map(|(s, n)| ([("status", *s)], c(n)))
             .collect();
-        let results: Vec<(&[(&str, &str)], u64)> =
-            results.iter().map(|(l, v)| (&l[..], *v)).collect();
         family(
             &mut out,
             "bulwark_coordinator_job_results_total",
@@ -237,14 +233,14 @@ impl Metrics {
             "bulwark_coordinator_cancel_requests_total",
             "counter",
             "Cancel requests the API accepted (asking again for a running job counts again; bulwark-coordinator jobs cancel --state writes the database directly and is not counted).",
-            &[(&[], c(&self.cancelled))],
+            &[(NONE, c(&self.cancelled))],
         );
         family(
             &mut out,
             "bulwark_coordinator_id_tokens_issued_total",
             "counter",
             "Job identity tokens minted.",
-            &[(&[], c(&self.id_tokens))],
+            &[(NONE, c(&self.id_tokens))],
         );
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let responses: Vec<([(&str, &str); 1], u64)> = classes
@@ -252,8 +248,6 @@ impl Metrics {
             .zip(&self.responses)
             .map(|(k, n)| ([("class", *k)], c(n)))
             .collect();
-        let responses: Vec<(&[(&str, &str)], u64)> =
-            responses.iter().map(|(l, v)| (&l[..], *v)).collect();
         family(
             &mut out,
             "bulwark_coordinator_http_responses_total",
@@ -265,17 +259,21 @@ impl Metrics {
     }
 }
 
+/// The label set of a metric without labels.
+const NONE: [(&str, &str); 0] = [];
+
 /// One metric family: its `HELP` and `TYPE` lines, then a sample per label set.
-fn family(
+fn family<'a, L: AsRef<[(&'a str, &'a str)]>>(
     out: &mut String,
     name: &str,
     kind: &str,
     help: &str,
-    samples: &[(&[(&str, &str)], u64)],
+    samples: &[(L, u64)],
 ) {
     let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {
+        let labels = labels.as_ref();
         out.push_str(name);
         if !labels.is_empty() {
             out.push('{');
@@ -315,7 +313,10 @@ mod tests {
             "x_total",
             "counter",
             "A \\ help\nline.",
-            &[(&[], 1), (&[("a", "q\"b\\s\nn"), ("b", "plain")], 2)],
+            &[
+                (&NONE[..], 1),
+                (&[("a", "q\"b\\s\nn"), ("b", "plain")][..], 2),
+            ],
         );
         assert_eq!(
             out,
