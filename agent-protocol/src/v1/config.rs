@@ -871,6 +871,11 @@ fn convert_host(raw: RawHost, errors: &mut Errors) -> HostConfig {
     let mut addresses = Vec::new();
     for (i, entry) in raw.addresses.iter().enumerate() {
         match entry.parse::<std::net::IpAddr>() {
+            // An IPv4 address written in IPv6 form is kept as the IPv4 address it is, which
+            // is what a connection to it is compared with.
+            Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
+                addresses.extend(v6.to_ipv4_mapped().map(std::net::IpAddr::V4));
+            }
             Ok(ip) => addresses.push(ip),
             Err(_) => errors.push(
                 format!("host.addresses[{i}]"),
@@ -1160,13 +1165,16 @@ runtime_dir = "/run/bulwark-a"
 
     #[test]
     fn host_addresses_are_plain_ip_addresses_each_named_when_not() {
-        let c = Config::from_toml_str("[host]\naddresses = [\"203.0.113.7\", \"2001:db8::7\"]\n")
-            .expect("valid");
+        let c = Config::from_toml_str(
+            "[host]\naddresses = [\"203.0.113.7\", \"2001:db8::7\", \"::ffff:198.51.100.7\"]\n",
+        )
+        .expect("valid");
         assert_eq!(
             c.host.addresses,
             [
                 "203.0.113.7".parse::<std::net::IpAddr>().unwrap(),
-                "2001:db8::7".parse().unwrap()
+                "2001:db8::7".parse().unwrap(),
+                "198.51.100.7".parse().unwrap(),
             ]
         );
         let err = Config::from_toml_str(

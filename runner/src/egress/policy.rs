@@ -46,7 +46,8 @@ pub struct EgressPolicy {
     allow: Vec<AllowEntry>,
     hosts: BTreeMap<String, IpAddr>,
     audit: bool,
-    /// This host's own interface addresses when the policy was made ([`host_addresses`]).
+    /// This host's own addresses (its interfaces' and `host.addresses`) when the policy was
+    /// made ([`host_addresses`]).
     host_addresses: BTreeSet<IpAddr>,
 }
 
@@ -509,7 +510,7 @@ pub fn special_or_host_range(ip: IpAddr, host: &BTreeSet<IpAddr>) -> Option<&'st
 }
 
 /// Whether `ip` (or the IPv4 address it embeds) is one of `host`'s addresses.
-fn is_host_address(ip: IpAddr, host: &BTreeSet<IpAddr>) -> bool {
+pub fn is_host_address(ip: IpAddr, host: &BTreeSet<IpAddr>) -> bool {
     let embedded = match ip {
         IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
         IpAddr::V4(_) => None,

@@ -28,8 +28,9 @@
 //!   only. `--no-recurse-submodules` on every fetch and on the checkout.
 //! - **Address rules** as for the runner's other fetches ([`crate::tools::address`]): an
 //!   `https://`/`http://` host is resolved by the runner, every resolved address must pass
-//!   (loopback, private, link-local, CGNAT, multicast, unspecified are refused unless
-//!   `fetch.allow_private` covers them; metadata addresses always), and git is then told to
+//!   (loopback, private, link-local, CGNAT, multicast, unspecified and this host's own
+//!   addresses are refused unless `fetch.allow_private` covers them, a host address only by
+//!   an entry naming it; metadata addresses always), and git is then told to
 //!   connect to exactly those addresses (`http.curloptResolve`), with redirects off. Git
 //!   resolves nothing itself for that host, so a name that re-resolves gains nothing; the
 //!   residual risk is a difference between how the `url` crate and libcurl read a URL, which

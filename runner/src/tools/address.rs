@@ -36,6 +36,8 @@ impl AddressRefused {
     fn hint(&self) -> &'static str {
         if self.reason == METADATA_REASON {
             " (refused everywhere, always)"
+        } else if self.reason == crate::egress::policy::HOST_OWN {
+            " (list this address itself in fetch.allow_private to allow: a network does not cover the host's own addresses)"
         } else {
             " (add it to fetch.allow_private to allow)"
         }
@@ -74,12 +76,24 @@ impl AddressPolicy {
         let Some(reason) = crate::egress::policy::special_or_host_range(addr, &self.host) else {
             return Ok(());
         };
-        let allowed = self
-            .allow_private
-            .iter()
-            .any(|net| forms.iter().flatten().any(|ip| net.contains(*ip)));
-        if allowed {
+        // One of the host's own addresses needs an entry naming it, as the egress ceiling
+        // does: `10.0.0.0/8` listed for a mirror must not also open the host's own `10.x`
+        // interface address (or `172.16.0.0/12` its docker bridge) to its own services.
+        // Loopback is the host's own by definition: a loopback network is listed for that.
+        let own = reason != "loopback" && crate::egress::policy::is_host_address(addr, &self.host);
+        let covered = |net: &IpNet| {
+            let single = net.prefix == if net.addr.is_ipv4() { 32 } else { 128 };
+            (single || !own) && forms.iter().flatten().any(|ip| net.contains(*ip))
+        };
+        if self.allow_private.iter().any(covered) {
             Ok(())
+        } else if own
+            && self
+                .allow_private
+                .iter()
+                .any(|net| forms.iter().flatten().any(|ip| net.contains(*ip)))
+        {
+            refuse(crate::egress::policy::HOST_OWN)
         } else {
             refuse(reason)
         }
@@ -209,8 +223,45 @@ mod tests {
         let err = p.check("8.8.4.4".parse().expect("ip")).expect_err("own");
         assert!(
             err.to_string()
-                .ends_with("(add it to fetch.allow_private to allow)"),
+                .contains("list this address itself in fetch.allow_private"),
             "{err}"
+        );
+        // A network that holds a host address does not open it: only the address itself.
+        let p = AddressPolicy {
+            host: ["10.1.2.3", "127.0.0.1"]
+                .iter()
+                .map(|a| a.parse().expect("ip"))
+                .collect(),
+            allow_private: vec![
+                IpNet::parse("10.0.0.0/8").expect("net"),
+                IpNet::parse("127.0.0.1").expect("net"),
+            ],
+        };
+        assert_eq!(reason(&p, "10.1.2.3"), Some("host's own"));
+        assert_eq!(reason(&p, "::ffff:10.1.2.3"), Some("host's own"));
+        assert_eq!(
+            reason(&p, "10.1.2.4"),
+            None,
+            "the rest of the network is listed"
+        );
+        assert_eq!(reason(&p, "127.0.0.1"), None, "named itself");
+        let p = AddressPolicy {
+            host: ["127.0.0.1".parse().expect("ip")].into_iter().collect(),
+            allow_private: vec![IpNet::parse("127.0.0.0/8").expect("net")],
+        };
+        assert_eq!(
+            reason(&p, "127.0.0.1"),
+            None,
+            "a loopback network names the host itself"
+        );
+        let p = AddressPolicy {
+            host: ["10.1.2.3".parse().expect("ip")].into_iter().collect(),
+            ..AddressPolicy::default()
+        };
+        assert_eq!(
+            reason(&p, "10.1.2.3"),
+            Some("private"),
+            "listed nowhere: its range says why"
         );
         let p = AddressPolicy {
             host: ["8.8.4.4".parse().expect("ip")].into_iter().collect(),

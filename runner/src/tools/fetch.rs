@@ -415,13 +415,13 @@ fn listed(addresses: &AddressPolicy, ip: IpAddr) -> bool {
 
 fn client(
     policy: &FetchPolicy,
+    addresses: AddressPolicy,
     refusal: &Refusal,
     follow_redirects: bool,
     listed_only: bool,
 ) -> Result<reqwest::blocking::Client, FetchError> {
     // reqwest asks rustls for the process-wide provider; install ring unless one is already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let addresses = policy.addresses()?;
     let redirect_addresses = addresses.clone();
     let redirect_refusal = Arc::clone(refusal);
     let redirect = if follow_redirects {
@@ -485,7 +485,7 @@ pub fn post(
     check_post_target(&url, &addresses)?;
     let plain = url.scheme() == "http";
     let refusal: Refusal = Arc::default();
-    let client = client(policy, &refusal, false, plain)?;
+    let client = client(policy, addresses, &refusal, false, plain)?;
     let classify = |e: reqwest::Error| {
         if let Some(refused) = take(&refusal) {
             refused
@@ -501,7 +501,9 @@ pub fn post(
     }
     let response = req.send().map_err(classify)?;
     let status = response.status().as_u16();
-    let mut answer = Vec::new();
+    // The answer may hold issued secrets: read into a buffer that never grows (growing
+    // would leave earlier parts of it in freed memory nobody zeroes).
+    let mut answer = Vec::with_capacity(MAX_POST_ANSWER + 1);
     response
         .take(MAX_POST_ANSWER as u64 + 1)
         .read_to_end(&mut answer)
@@ -538,7 +540,7 @@ fn fetch_http(url: Url, policy: &FetchPolicy, out: &mut File) -> Result<Fetched,
     let addresses = policy.addresses()?;
     check_literal(&url, &addresses)?;
     let refusal: Refusal = Arc::default();
-    let client = client(policy, &refusal, true, false)?;
+    let client = client(policy, addresses.clone(), &refusal, true, false)?;
     let timed_out = || FetchError::Timeout(policy.timeout);
     let classify = |e: reqwest::Error| {
         if let Some(refused) = take(&refusal) {
