@@ -322,7 +322,7 @@ pub async fn serve(
 }
 
 /// [`serve`], and when `metrics` is given, `GET /metrics` on it ([`crate::metrics`]) until the
-/// shutdown: no authentication there, a few connections at most.
+/// shutdown: no authentication there, at most 16 connections.
 pub async fn serve_with_metrics(
     listener: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,

@@ -13,9 +13,9 @@
 //! reads a counter that went down as a restart, so `rate()` and `increase()` stay right, and no
 //! request pays for a database write to count itself. Gauges are read from the database at
 //! scrape time, each an index range (`jobs_by_state`) or the small `runners` table, never a scan
-//! of finished jobs, so a scrape costs the same with ten jobs as with ten million. A runner's
-//! last request is kept in memory as its signature is verified; after a restart a runner
-//! appears again with its next poll (seconds).
+//! of finished jobs, so finished jobs add nothing to a scrape's cost (lost ones do, one index
+//! entry each). A runner's last request is kept in memory as its signature is verified;
+//! after a restart a runner appears again with its next poll (within its `poll_interval`).
 //!
 //! # What it shows, and to whom
 //!
@@ -151,7 +151,7 @@ impl Metrics {
             &mut out,
             "bulwark_coordinator_jobs",
             "gauge",
-            "Jobs by state: queued (waiting for a runner), leased (lease running), lost (lease ran out without a result; never removed, so this only grows). Finished jobs are not shown: bulwark_coordinator_job_results_total counts the results runners report.",
+            "Jobs by state: queued (waiting for a runner), leased (lease running), lost (lease ran out without a result, or its runner was removed; never removed, so this only grows). Finished jobs are not shown: bulwark_coordinator_job_results_total counts the results runners report.",
             &[
                 (&[("state", "queued")], db.queued),
                 (&[("state", "leased")], db.leased),

@@ -58,9 +58,10 @@ pub struct HostConfig {
     /// Addresses that reach this host although they are on none of its interfaces: a cloud
     /// instance's public address, which a NAT in front of it translates (and may hairpin
     /// back), a load balancer's address that forwards to it. Treated as the host's own, as its
-    /// interface addresses are: the egress proxy refuses them unless a job lists them within
-    /// the ceiling, and the runner's own fetches (tools, sources, token services) unless
-    /// `fetch.allow_private` lists them (docs/egress.md).
+    /// interface addresses are: the egress proxy refuses them unless the job lists the address
+    /// and port and a ceiling entry names that same address and port (never in audit mode),
+    /// and the runner's own fetches (tools, sources, token services) unless
+    /// `fetch.allow_private` names the address itself (docs/egress.md, docs/tools.md).
     pub addresses: Vec<std::net::IpAddr>,
 }
 

@@ -685,6 +685,8 @@ fn the_metrics_snapshot_counts_jobs_by_state_and_a_lease_past_its_end_as_lost() 
     for sql in [
         "SELECT COUNT(*) FROM jobs WHERE state = 'queued'",
         "SELECT COUNT(*) FROM jobs WHERE state = 'leased' AND lease_expires_at > 1",
+        "SELECT COUNT(*) FROM jobs WHERE state = 'lost'",
+        "SELECT COUNT(*) FROM jobs WHERE state = 'leased' AND lease_expires_at <= 1",
         "SELECT MIN(submitted_at) FROM jobs WHERE state = 'queued'",
     ] {
         let plan: Vec<String> = db

@@ -163,9 +163,10 @@ pub struct RefreshFailure {
     pub reason: String,
 }
 
-/// Most bytes of one [`Handoff`] line on standard input: eight AWS credentials whose values
-/// are as long as [`exchange`] takes (16 KiB each), as hex, twice over (files and masks).
-pub const MAX_HANDOFF_BYTES: usize = 1 << 20;
+/// Most bytes of one [`Handoff`] line on standard input: eight AWS credentials of three
+/// values each as long as [`exchange`] takes (16 KiB), each value three times (two files and
+/// the masks), as hex: about 2.3 MiB.
+pub const MAX_HANDOFF_BYTES: usize = 3 << 20;
 
 impl Handoff {
     /// The names of the credentials it holds.

@@ -177,7 +177,7 @@ pub struct GitPolicy {
     /// Non-public networks git may connect to (`fetch.allow_private`); metadata never.
     pub allow_private: Vec<IpNet>,
     /// Addresses of this host beside its interfaces' (`host.addresses`), refused as the
-    /// interfaces' are unless `allow_private` lists them.
+    /// interfaces' are unless `allow_private` names them exactly (a /32 or /128 entry).
     pub host_addresses: Vec<std::net::IpAddr>,
     /// Directories `file://` URLs and absolute paths may point into; empty: none.
     pub file_roots: Vec<PathBuf>,

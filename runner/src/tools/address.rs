@@ -53,8 +53,8 @@ pub struct AddressPolicy {
     pub allow_private: Vec<IpNet>,
     /// This host's own addresses (its interfaces' and `host.addresses`): a connection to one
     /// reaches the host's own services, whatever range it is in, so a public one is refused
-    /// as a private one is, unless `allow_private` lists it
-    /// ([`crate::egress::policy::host_addresses`]).
+    /// as a private one is, unless `allow_private` names it exactly (a /32 or /128 entry;
+    /// loopback excepted) ([`crate::egress::policy::host_addresses`]).
     pub host: std::collections::BTreeSet<IpAddr>,
 }
 

@@ -51,7 +51,7 @@ pub struct FetchPolicy {
     /// Loopback/private/link-local networks that may be connected to (never metadata).
     pub allow_private: Vec<IpNet>,
     /// Addresses of this host beside its interfaces' (`host.addresses`), refused unless
-    /// `allow_private` lists them.
+    /// `allow_private` names them exactly (a /32 or /128 entry).
     pub host_addresses: Vec<std::net::IpAddr>,
     /// Directories `file://` URLs may point into; empty: no `file://` at all.
     pub file_roots: Vec<PathBuf>,
