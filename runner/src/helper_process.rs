@@ -252,7 +252,8 @@ impl Started {
             drop(pipe);
             return Err(self.stopped_early(&format!("sending the sandbox spec: {e}")));
         }
-        let updates = spec.credential_updates.then_some(pipe);
+        // Kept open exactly when the helper hands the pipe on to init.
+        let updates = spec.takes_credential_updates().then_some(pipe);
         let child = self
             .child
             .take()

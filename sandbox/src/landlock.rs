@@ -79,19 +79,21 @@ pub struct JobRuleset {
 
 /// The rulesets of a job's steps: one per distinct set of credentials a step may read
 /// (`/run/credentials/<name>` is readable only under a rule naming it), so a job without
-/// credentials, or whose steps all read the same ones, builds one.
+/// credentials, or whose steps all read the same ones, builds one. Sets are compared as
+/// sets: the order a step lists its credentials in does not matter.
 #[derive(Debug)]
 pub struct StepRulesets {
-    sets: Vec<(Vec<String>, JobRuleset)>,
+    sets: Vec<(std::collections::BTreeSet<String>, JobRuleset)>,
 }
 
 impl StepRulesets {
     /// Builds a ruleset for each distinct `credentials` of `steps`.
     pub fn prepare(steps: &[crate::spec::StepSpec]) -> Result<StepRulesets, LandlockError> {
-        let mut sets: Vec<(Vec<String>, JobRuleset)> = Vec::new();
+        let mut sets: Vec<(std::collections::BTreeSet<String>, JobRuleset)> = Vec::new();
         for step in steps {
-            if !sets.iter().any(|(names, _)| *names == step.credentials) {
-                sets.push((step.credentials.clone(), prepare(&step.credentials)?));
+            let names = step.credentials.iter().cloned().collect();
+            if !sets.iter().any(|(known, _)| *known == names) {
+                sets.push((names, prepare(&step.credentials)?));
             }
         }
         Ok(StepRulesets { sets })
@@ -99,9 +101,10 @@ impl StepRulesets {
 
     /// The ruleset built for `step`'s credentials.
     pub fn for_step(&self, step: &crate::spec::StepSpec) -> Option<&JobRuleset> {
+        let names: std::collections::BTreeSet<String> = step.credentials.iter().cloned().collect();
         self.sets
             .iter()
-            .find(|(names, _)| *names == step.credentials)
+            .find(|(known, _)| *known == names)
             .map(|(_, ruleset)| ruleset)
     }
 }
@@ -218,5 +221,46 @@ impl JobRuleset {
             abi: self.abi,
             scoped: self.scoped,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &str, credentials: &[&str]) -> crate::spec::StepSpec {
+        crate::spec::StepSpec {
+            name: name.into(),
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            timeout_ms: None,
+            credentials: credentials.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// Steps that list the same credentials, in any order, share one ruleset; another set
+    /// gets its own; a step with none gets the one without credentials.
+    #[test]
+    fn steps_reading_the_same_credentials_in_any_order_share_one_ruleset() {
+        let steps = [
+            step("a", &["aws", "vault"]),
+            step("b", &["vault", "aws"]),
+            step("c", &["aws"]),
+            step("d", &[]),
+        ];
+        let rulesets = match StepRulesets::prepare(&steps) {
+            Ok(r) => r,
+            Err(LandlockError::Unsupported { found }) => {
+                eprintln!("SKIP: this kernel's Landlock ABI is {found}; nothing to prepare");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(rulesets.sets.len(), 3);
+        let of = |i: usize| rulesets.for_step(&steps[i]).map(std::ptr::from_ref);
+        assert_eq!(of(0), of(1));
+        assert_ne!(of(0), of(2));
+        assert_ne!(of(2), of(3));
+        assert!(of(3).is_some());
     }
 }

@@ -242,7 +242,7 @@ fn a_trusted_job_gets_each_kind_of_credential_as_read_only_files_masked_in_its_l
         "/run/credentials/aws/credentials /run/credentials/gcp/token /run/credentials/vault/token";
     let run = format!(
         "cat {files}; echo; mkdir -p dist; sha256sum {files} > dist/app.txt; \
-         if (echo x > /run/credentials/aws/credentials) 2>/dev/null; then echo WRITE=ok; else echo WRITE=denied; fi; \
+         if (chmod 600 /run/credentials/aws/credentials && echo x > /run/credentials/aws/credentials) 2>/dev/null || (chmod 700 /run/credentials/aws && touch /run/credentials/aws/x) 2>/dev/null; then echo WRITE=ok; else echo WRITE=denied; fi; \
          if touch /run/credentials/new 2>/dev/null; then echo CREATE=ok; else echo CREATE=denied; fi; \
          echo MODE=$(stat -c %a /run/credentials/aws /run/credentials/aws/credentials | tr '\\n' ,)"
     );
@@ -304,7 +304,9 @@ fn a_trusted_job_gets_each_kind_of_credential_as_read_only_files_masked_in_its_l
             "{path}: {sums}"
         );
     }
-    // Read-only, private to the job's user.
+    // Read-only, private to the job's user: the files and directory are the job's own, so
+    // the job tries to make them writable first (chmod); the read-only mount (and Landlock's
+    // read-only rule) refuse that too, and the modes are unchanged after.
     let log = std::fs::read_to_string(out.join("job.log")).unwrap();
     assert!(
         log.contains("WRITE=denied") && log.contains("CREATE=denied"),
@@ -524,7 +526,7 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
     let run = format!(
         "mkdir -p dist; : > dist/app.txt; for i in 1 2 3; do \
            sha256sum {files} >> dist/app.txt; cat {files}; echo EXP=$(cat /run/credentials/aws/expiration); \
-           if (echo x > /run/credentials/aws/credentials) 2>/dev/null; then echo WRITE=ok; else echo WRITE=denied; fi; \
+           if (chmod 600 /run/credentials/aws/credentials && echo x > /run/credentials/aws/credentials) 2>/dev/null || (chmod 700 /run/credentials/aws && touch /run/credentials/aws/x) 2>/dev/null; then echo WRITE=ok; else echo WRITE=denied; fi; \
            sleep 5; done; \
          echo MODE=$(stat -c %a /run/credentials/aws /run/credentials/aws/credentials | tr '\\n' ,); \
          ls -A /run/credentials/aws | tr '\\n' , | sed 's/^/FILES=/'; echo"

@@ -1571,12 +1571,16 @@ mod tests {
         let at = |secs: u64| {
             humantime::format_rfc3339_seconds(now + Duration::from_secs(secs)).to_string()
         };
+        // The wait to `when`, from before the issue time was read and from after the call.
+        let waits = |when: Instant| {
+            let after = Instant::now();
+            (
+                when.saturating_duration_since(before),
+                when.saturating_duration_since(after),
+            )
+        };
         let (when, expires) = next_refresh(&at(600), now).unwrap();
-        let after = Instant::now();
-        let (from_issue, from_after) = (
-            when.saturating_duration_since(before),
-            when.saturating_duration_since(after),
-        );
+        let (from_issue, from_after) = waits(when);
         assert!(
             from_issue > Duration::from_secs(390) && from_after <= Duration::from_secs(400),
             "{from_issue:?} after issue, {from_after:?} after the call"
@@ -1584,11 +1588,7 @@ mod tests {
         assert!(expires <= now + Duration::from_secs(600));
         // A lifetime under 1.5 s: a second after issue, not sooner.
         let (when, _) = next_refresh(&at(1), now).unwrap();
-        let after = Instant::now();
-        let (from_issue, from_after) = (
-            when.saturating_duration_since(before),
-            when.saturating_duration_since(after),
-        );
+        let (from_issue, from_after) = waits(when);
         assert!(
             from_issue > Duration::from_millis(900) && from_after <= Duration::from_secs(1),
             "{from_issue:?} after issue, {from_after:?} after the call"

@@ -47,12 +47,7 @@ impl JobRun<'_> {
                     timeout_ms: s
                         .timeout
                         .map(|t| t.as_millis().try_into().unwrap_or(u64::MAX)),
-                    // Sorted: steps that read the same set share one Landlock ruleset.
-                    credentials: {
-                        let mut names = s.credentials.clone();
-                        names.sort();
-                        names
-                    },
+                    credentials: s.credentials.clone(),
                 }
             })
             .collect();
@@ -76,7 +71,6 @@ impl JobRun<'_> {
             credentials: self.credential_files.clone(),
             // Only credentials that expire are ever refreshed.
             credential_updates: self.updates.is_some()
-                && !self.credential_files.is_empty()
                 && self.credentials.iter().any(|c| c.expires.is_some()),
             ..super::base_spec(
                 &jobdir.id,

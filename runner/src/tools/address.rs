@@ -81,18 +81,15 @@ impl AddressPolicy {
         // interface address (or `172.16.0.0/12` its docker bridge) to its own services.
         // Loopback is the host's own by definition: a loopback network is listed for that.
         let own = reason != "loopback" && crate::egress::policy::is_host_address(addr, &self.host);
-        let covered = |net: &IpNet| {
-            let single = net.prefix == if net.addr.is_ipv4() { 32 } else { 128 };
-            (single || !own) && forms.iter().flatten().any(|ip| net.contains(*ip))
-        };
-        if self.allow_private.iter().any(covered) {
-            Ok(())
-        } else if own
-            && self
-                .allow_private
-                .iter()
-                .any(|net| forms.iter().flatten().any(|ip| net.contains(*ip)))
+        let contains = |net: &IpNet| forms.iter().flatten().any(|ip| net.contains(*ip));
+        let names_one = |net: &IpNet| net.prefix == if net.addr.is_ipv4() { 32 } else { 128 };
+        if self
+            .allow_private
+            .iter()
+            .any(|net| contains(net) && (!own || names_one(net)))
         {
+            Ok(())
+        } else if own && self.allow_private.iter().any(contains) {
             refuse(crate::egress::policy::HOST_OWN)
         } else {
             refuse(reason)
