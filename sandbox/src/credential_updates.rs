@@ -111,64 +111,66 @@ impl CredentialUpdates {
 /// temporary file). Returns the directories written, in order. A directory the job was not
 /// started with is refused before anything is written.
 fn write_update(root: BorrowedFd<'_>, files: &[CredentialFile]) -> Result<Vec<String>, String> {
-    let mut names: Vec<String> = Vec::new();
+    // The files by directory, directories in the order they first appear.
+    let mut groups: Vec<(&str, Vec<&CredentialFile>)> = Vec::new();
     for f in files {
         if !crate::mount::plain_name(&f.dir) || !crate::mount::plain_name(&f.name) {
             return Err(format!("{:?}/{:?} is not a plain name", f.dir, f.name));
         }
-        if !names.contains(&f.dir) {
-            names.push(f.dir.clone());
+        match groups.iter_mut().find(|(dir, _)| *dir == f.dir) {
+            Some((_, members)) => members.push(f),
+            None => groups.push((f.dir.as_str(), vec![f])),
         }
     }
     let mut dirs = Vec::new();
-    for name in &names {
+    for (name, members) in groups {
         let dir = openat(
             root,
-            name.as_str(),
+            name,
             OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
             Mode::empty(),
         )
         .map_err(|e| format!("credential {name}: not one this job was started with ({e})"))?;
-        dirs.push(dir);
+        dirs.push((name, dir, members));
     }
-    let dir_of = |f: &CredentialFile| {
-        let i = names.iter().position(|n| *n == f.dir).unwrap_or(0);
-        dirs[i].as_fd()
-    };
     let temp = |f: &CredentialFile| format!(".{}.new", f.name);
-    let mut result = names.iter().zip(&dirs).try_for_each(|(name, d)| {
+    // Each of `dirs`' files in turn, with its directory.
+    let each = |op: &dyn Fn(BorrowedFd<'_>, &CredentialFile) -> Result<(), String>| {
+        dirs.iter()
+            .try_for_each(|(_, d, members)| members.iter().try_for_each(|f| op(d.as_fd(), f)))
+    };
+    let mut result = dirs.iter().try_for_each(|(name, d, _)| {
         fchmod(d.as_fd(), Mode::from_bits_truncate(0o700))
             .map_err(|e| format!("credential {name}: making its directory writable: {e}"))
     });
-    let mut staged = 0;
     if result.is_ok() {
-        result = files.iter().try_for_each(|f| {
-            stage(dir_of(f), &temp(f), f.contents.as_bytes())
-                .map(|()| staged += 1)
+        result = each(&|d, f| {
+            stage(d, &temp(f), f.contents.as_bytes())
                 .map_err(|e| format!("credential {}: writing {}: {e}", f.dir, f.name))
         });
     }
     if result.is_ok() {
-        result = files.iter().try_for_each(|f| {
-            let (dir, t) = (dir_of(f), temp(f));
-            renameat(dir, t.as_str(), dir, f.name.as_str())
+        result = each(&|d, f| {
+            renameat(d, temp(f).as_str(), d, f.name.as_str())
                 .map_err(|e| format!("credential {}: replacing {}: {e}", f.dir, f.name))
         });
-        staged = if result.is_ok() { 0 } else { files.len() };
     }
-    // No temporary file stays behind (those already renamed are gone: ENOENT).
-    for f in &files[..staged] {
-        let _ = unlinkat(dir_of(f), temp(f).as_str(), UnlinkatFlags::NoRemoveDir);
+    if result.is_err() {
+        // No temporary file stays behind (one never written, or already renamed: ENOENT).
+        let _ = each(&|d, f| {
+            let _ = unlinkat(d, temp(f).as_str(), UnlinkatFlags::NoRemoveDir);
+            Ok(())
+        });
     }
     // Read-only again whatever happened.
-    for (name, d) in names.iter().zip(&dirs) {
+    for (name, d, _) in &dirs {
         let sealed = fchmod(d.as_fd(), Mode::from_bits_truncate(0o500));
         if result.is_ok() {
             result = sealed
                 .map_err(|e| format!("credential {name}: making its directory read-only: {e}"));
         }
     }
-    result.map(|()| names)
+    result.map(|()| dirs.iter().map(|(name, ..)| name.to_string()).collect())
 }
 
 /// Writes `contents` to a new file `name` (mode 0400) in `dir`, replacing a temporary file a
@@ -276,6 +278,37 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["credentials", "expiration"]);
+        cleanup(&root);
+    }
+
+    /// A rename that fails (a directory where the file goes) fails the update, and no
+    /// temporary file stays behind, neither the one renamed before nor the one after.
+    #[test]
+    fn an_update_that_fails_while_renaming_leaves_no_temporary_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let (root, fd) = tree("rename-fails");
+        let aws = root.join("aws");
+        std::fs::set_permissions(&aws, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::create_dir(aws.join("sub")).unwrap();
+        std::fs::set_permissions(&aws, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let e = write_update(
+            fd.as_fd(),
+            &[
+                file("aws", "credentials", "new-secret\n"),
+                file("aws", "sub", "s\n"),
+                file("aws", "expiration", "new\n"),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.contains("credential aws: replacing sub"), "{e}");
+        let mut left: Vec<String> = std::fs::read_dir(&aws)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["credentials", "expiration", "sub"]);
+        assert_eq!(mode(&aws), 0o500);
+        std::fs::set_permissions(&aws, std::fs::Permissions::from_mode(0o700)).unwrap();
         cleanup(&root);
     }
 

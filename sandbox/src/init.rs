@@ -395,27 +395,24 @@ fn run_step(
         // One poll for all: SIGCHLD, the credential updates and the forwarder's connections.
         let channel = updates.as_ref().and_then(|u| u.channel());
         let ready = |r: Option<PollFlags>| r.is_some_and(|r| !r.is_empty());
-        let updates_ready = match (forwarder.as_mut(), channel) {
-            (Some(fw), channel) => {
-                let sig = (sfd.as_fd(), PollFlags::POLLIN);
-                let got = match channel {
-                    Some(ch) => fw.poll_once(&[sig, (ch, PollFlags::POLLIN)], Some(wait)),
-                    None => fw.poll_once(&[sig], Some(wait)),
-                };
-                ready(got.ok().and_then(|r| r.get(1).copied()))
-            }
-            (None, Some(ch)) => {
-                let mut fds = [
-                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(ch, PollFlags::POLLIN),
-                ];
-                let _ = poll(&mut fds, timeout);
-                ready(fds[1].revents())
-            }
-            (None, None) => {
-                let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
-                let _ = poll(&mut fds, timeout);
-                false
+        // SIGCHLD first, the update channel second when there is one (no allocation here:
+        // this runs at every wake-up of a step).
+        let sig = sfd.as_fd();
+        let n = if channel.is_some() { 2 } else { 1 };
+        let pairs = [
+            (sig, PollFlags::POLLIN),
+            (channel.unwrap_or(sig), PollFlags::POLLIN),
+        ];
+        let updates_ready = match forwarder.as_mut() {
+            Some(fw) => ready(
+                fw.poll_once(&pairs[..n], Some(wait))
+                    .ok()
+                    .and_then(|r| r.get(1).copied()),
+            ),
+            None => {
+                let mut fds = pairs.map(|(fd, events)| PollFd::new(fd, events));
+                let _ = poll(&mut fds[..n], timeout);
+                n == 2 && ready(fds[1].revents())
             }
         };
         if updates_ready {
