@@ -51,6 +51,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod error;
+pub mod prometheus;
 pub mod terminal;
 pub mod units;
 pub mod v1;

@@ -471,7 +471,7 @@ async fn metrics(State(c): State<Shared>) -> Response {
         Ok(snapshot) => (
             [(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(bulwark_protocol::prometheus::CONTENT_TYPE),
             )],
             c.metrics.render(&snapshot, state::now()),
         )

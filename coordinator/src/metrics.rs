@@ -26,10 +26,10 @@
 //! (`serve --metrics-listen`) has no authentication: bind it where only the scraper reaches it.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use bulwark_protocol::prometheus::{family, NONE};
 use bulwark_protocol::Trust;
 
 /// The result statuses counted by name; any other is counted as `other`.
@@ -259,71 +259,9 @@ impl Metrics {
     }
 }
 
-/// The label set of a metric without labels.
-const NONE: [(&str, &str); 0] = [];
-
-/// One metric family: its `HELP` and `TYPE` lines, then a sample per label set.
-fn family<'a, L: AsRef<[(&'a str, &'a str)]>>(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: &[(L, u64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let labels = labels.as_ref();
-        out.push_str(name);
-        if !labels.is_empty() {
-            out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-            }
-            out.push('}');
-        }
-        let _ = writeln!(out, " {value}");
-    }
-}
-
-/// A label value as the text format writes it: backslash, double quote and line feed escaped.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// `HELP` text: backslash and line feed escaped.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_text_format_has_help_type_and_escaped_labels() {
-        let mut out = String::new();
-        family(
-            &mut out,
-            "x_total",
-            "counter",
-            "A \\ help\nline.",
-            &[
-                (&NONE[..], 1),
-                (&[("a", "q\"b\\s\nn"), ("b", "plain")][..], 2),
-            ],
-        );
-        assert_eq!(
-            out,
-            "# HELP x_total A \\\\ help\\nline.\n# TYPE x_total counter\nx_total 1\n\
-             x_total{a=\"q\\\"b\\\\s\\nn\",b=\"plain\"} 2\n"
-        );
-    }
 
     #[test]
     fn counters_count_and_unknown_statuses_are_other() {

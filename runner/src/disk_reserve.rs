@@ -117,6 +117,16 @@ impl fmt::Display for Shortfall {
     }
 }
 
+/// What the filesystem holding `path` has available, and keeps under `setting` (nothing when
+/// it is off).
+pub fn space_at(path: &Path, setting: DiskReserve) -> Result<Space, CheckError> {
+    Reserve {
+        path: path.to_path_buf(),
+        setting,
+    }
+    .space()
+}
+
 impl Reserve {
     /// The reserve `setting` on the filesystem holding `path`; `None` when it is off.
     pub fn new(path: &Path, setting: DiskReserve) -> Option<Reserve> {

@@ -360,6 +360,71 @@ pub fn git_job(repo: &Path, commit: &str, name: &str, run: &str) -> String {
     )
 }
 
+/// Reads Prometheus text with an independent parser (`prometheus_client`, Debian's
+/// `python3-prometheus-client`, installed by `.ci/run`): a line `F <family> <type>` per family,
+/// then `S <sample> <label>=<value>,... <value>` per sample (labels sorted). Panics when the
+/// parser refuses the text.
+pub fn parse_prometheus(text: &str) -> Vec<String> {
+    let parse = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for f in text_string_to_metric_families(sys.stdin.read()):
+    print("F", f.name, f.type)
+    for s in f.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print("S", s.name, labels, s.value)
+"#;
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(py.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    drop(py.stdin.take());
+    let o = py.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "python3-prometheus-client is not installed (.ci/run installs it): {stderr}"
+    );
+    assert!(
+        o.status.success(),
+        "the parser refused the text: {stderr}\n{text}"
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of the sample line `series` (name and labels exactly as written) in Prometheus
+/// text; panics when there is none.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The address a daemon started with `[daemon] metrics_listen` serves on, from its log.
+pub fn daemon_metrics_addr(env: &Env) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = daemon_log(env);
+        if let Some(a) = log
+            .lines()
+            .find_map(|l| l.strip_prefix("bulwark daemon: metrics on "))
+        {
+            return a.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no metrics address:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn daemon_log(env: &Env) -> String {
     std::fs::read_to_string(env.dir.join("daemon.log")).unwrap_or_default()
 }

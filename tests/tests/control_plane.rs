@@ -989,6 +989,210 @@ fn a_runner_rekeys_with_its_daemon_stopped_and_an_interrupted_rekey_is_finished(
     assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
 }
 
+/// A build host's own metrics (`[daemon] metrics_listen`) follow its jobs: leases, results by
+/// status (a refused job too, which never starts a run and so is not timed), a cancelled job,
+/// the slot in use while a job runs, draining after SIGTERM, the disk and its reserve; and what
+/// it serves parses with an independent parser as the text a scraper reads.
+#[test]
+fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_text() {
+    let env = host("cp-host-metrics");
+    env.write_config_sections(
+        "max_memory = \"1GiB\"\nmin_free_disk = \"1MiB\"\n",
+        &format!(
+            "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+            env.dir.display()
+        ),
+    );
+    let c = Coordinator::start(&env);
+    let token = c.registration_token(&env.dir, "10m");
+    let o = register(&env, &c, &token, "metrics-runner");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut daemon = Daemon::start(&env);
+    let addr = daemon_metrics_addr(&env);
+    let scrape = || {
+        let r = c.http.get(format!("http://{addr}/metrics")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        r.text().unwrap()
+    };
+    let idle = scrape();
+    for (series, value) in [
+        ("bulwark_runner_slots", 1.0),
+        ("bulwark_runner_jobs_running", 0.0),
+        ("bulwark_runner_stopping", 0.0),
+        ("bulwark_runner_lease_requests_total{outcome=\"job\"}", 0.0),
+        ("bulwark_runner_disk_reserve_bytes", 1048576.0),
+    ] {
+        assert_eq!(metric(&idle, series), value, "{series}:\n{idle}");
+    }
+    assert!(metric(&idle, "bulwark_runner_disk_available_bytes") > 1048576.0);
+    assert!(
+        idle.lines()
+            .any(|l| l.starts_with("bulwark_runner_info{runner_id=\"")
+                && l.contains(",runner=\"metrics-runner\",version=\"")),
+        "{idle}"
+    );
+    // The misses are counted too: another path, another method.
+    let r = c.http.get(format!("http://{addr}/")).send().unwrap();
+    assert_eq!(r.status(), 404);
+
+    // One job that succeeds, one whose step fails, one refused before anything runs (above
+    // the ceiling), one cancelled while it runs.
+    let (repo, commit) = repo(&env);
+    let ok = c.submit(&git_job(&repo, &commit, "ok", "sh build.sh"), "untrusted");
+    assert_eq!(
+        c.wait_done(&ok, 120)["result"]["result"]["status"],
+        "succeeded"
+    );
+    let bad = c.submit(&git_job(&repo, &commit, "bad", "exit 3"), "untrusted");
+    assert_eq!(
+        c.wait_done(&bad, 120)["result"]["result"]["status"],
+        "failed"
+    );
+    let big = c.submit(
+        &format!(
+            "{}[resources]\nmemory = \"2GiB\"\n",
+            git_job(&repo, &commit, "big", "sh build.sh")
+        ),
+        "untrusted",
+    );
+    assert_eq!(
+        c.wait_done(&big, 120)["result"]["result"]["status"],
+        "refused"
+    );
+    let tag = bulwark_tests::random_hex(6);
+    let cancel_run = |name: &str| {
+        c.submit(
+            &git_job(
+                &repo,
+                &commit,
+                name,
+                &format!("m=hm; sh -c 'sleep 300' \"$m-{name}-{tag}\""),
+            ),
+            "untrusted",
+        )
+    };
+    let cancel = |id: &str| {
+        let r = c
+            .http
+            .post(format!("{}/v1/jobs/{id}/cancel", c.url))
+            .bearer_auth(&c.admin)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    let long = cancel_run("long");
+    bulwark_tests::wait_for_process(&format!("hm-long-{tag}"), "the job", 60);
+    let busy = scrape();
+    assert_eq!(metric(&busy, "bulwark_runner_jobs_running"), 1.0, "{busy}");
+    cancel(&long);
+    assert_eq!(
+        c.wait_done(&long, 60)["result"]["result"]["status"],
+        "failed"
+    );
+
+    // Told to stop while a job runs: draining, the slot still taken; then the job is
+    // cancelled and the daemon ends.
+    let last = cancel_run("last");
+    bulwark_tests::wait_for_process(&format!("hm-last-{tag}"), "the job", 60);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let draining = loop {
+        let text = scrape();
+        if metric(&text, "bulwark_runner_stopping") == 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never draining:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (series, value) in [
+        ("bulwark_runner_jobs_running", 1.0),
+        ("bulwark_runner_lease_requests_total{outcome=\"job\"}", 5.0),
+        (
+            "bulwark_runner_lease_requests_total{outcome=\"failed\"}",
+            0.0,
+        ),
+        (
+            "bulwark_runner_jobs_finished_total{status=\"succeeded\"}",
+            1.0,
+        ),
+        ("bulwark_runner_jobs_finished_total{status=\"failed\"}", 2.0),
+        (
+            "bulwark_runner_jobs_finished_total{status=\"refused\"}",
+            1.0,
+        ),
+        (
+            "bulwark_runner_jobs_finished_total{status=\"runner-error\"}",
+            0.0,
+        ),
+        ("bulwark_runner_jobs_cancelled_total", 1.0),
+        // Three runs ended; the refused job never started one (and the last is running).
+        ("bulwark_runner_job_duration_seconds_count", 3.0),
+        ("bulwark_runner_result_reports_given_up_total", 0.0),
+        (
+            "bulwark_runner_credential_exchanges_total{when=\"start\",outcome=\"ok\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(metric(&draining, series), value, "{series}:\n{draining}");
+    }
+    assert!(
+        metric(
+            &draining,
+            "bulwark_runner_lease_requests_total{outcome=\"empty\"}"
+        ) >= 1.0
+    );
+    let answered = metric(
+        &draining,
+        "bulwark_runner_coordinator_last_answer_timestamp_seconds",
+    ) as u64;
+    assert!(
+        (started..=now).contains(&answered),
+        "{answered} not in {started}..={now}"
+    );
+    let start_time = metric(&draining, "bulwark_runner_start_time_seconds") as u64;
+    assert!((started..=now).contains(&start_time), "{start_time}");
+
+    let parsed = parse_prometheus(&draining);
+    for line in [
+        "F bulwark_runner_jobs_finished counter",
+        "F bulwark_runner_job_duration_seconds histogram",
+        "F bulwark_runner_jobs_running gauge",
+        "S bulwark_runner_jobs_finished_total status=refused 1.0",
+        "S bulwark_runner_job_duration_seconds_count  3.0",
+        "S bulwark_runner_job_duration_seconds_bucket le=+Inf 3.0",
+    ] {
+        assert!(parsed.iter().any(|l| l == line), "{line}: {parsed:?}");
+    }
+    assert_eq!(
+        parsed.iter().filter(|l| l.starts_with("F ")).count(),
+        14,
+        "{parsed:?}"
+    );
+    // The job running while the daemon drained is cancelled; the daemon reports it and ends.
+    cancel(&last);
+    assert_eq!(
+        c.wait_done(&last, 60)["result"]["result"]["status"],
+        "failed"
+    );
+    assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 30), Some(0));
+}
+
 #[test]
 fn the_operator_cancels_a_queued_job_before_it_runs_and_a_running_one_mid_step() {
     let (env, c) = registered("cp-cancel");
@@ -1287,13 +1491,7 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let sample = |text: &str, series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-            .parse()
-            .unwrap()
-    };
+    let sample = metric;
     let (status, content_type, idle) = c.scrape();
     assert_eq!(status, 200, "{idle}");
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
@@ -1406,43 +1604,15 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
     );
 
     // An independent parser reads the same text: every family with its type, every sample.
-    let parse = r#"
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
-print(families["bulwark_coordinator_job_results"].type)
-print(families["bulwark_coordinator_jobs"].type)
-for s in families["bulwark_coordinator_job_results"].samples:
-    print(s.name, s.labels["status"], s.value)
-print(len(families))
-"#;
-    let mut py = Command::new("/usr/bin/python3")
-        .args(["-c", parse])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    std::io::Write::write_all(py.stdin.as_mut().unwrap(), done.as_bytes()).unwrap();
-    drop(py.stdin.take());
-    let o = py.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !stderr.contains("No module named"),
-        "python3-prometheus-client is not installed (.ci/run installs it): {stderr}"
-    );
-    assert!(
-        o.status.success(),
-        "the parser refused the text: {stderr}\n{done}"
-    );
-    let parsed = String::from_utf8_lossy(&o.stdout);
-    let lines: Vec<&str> = parsed.lines().collect();
-    assert_eq!(lines[0], "counter", "{parsed}");
-    assert_eq!(lines[1], "gauge", "{parsed}");
-    assert!(
-        lines.contains(&"bulwark_coordinator_job_results_total succeeded 1.0")
-            && lines.contains(&"bulwark_coordinator_job_results_total failed 1.0"),
-        "{parsed}"
-    );
-    assert_eq!(lines.last(), Some(&"11"), "{parsed}");
+    let parsed = parse_prometheus(&done);
+    let families: Vec<&String> = parsed.iter().filter(|l| l.starts_with("F ")).collect();
+    assert_eq!(families.len(), 11, "{parsed:?}");
+    for line in [
+        "F bulwark_coordinator_job_results counter",
+        "F bulwark_coordinator_jobs gauge",
+        "S bulwark_coordinator_job_results_total status=succeeded 1.0",
+        "S bulwark_coordinator_job_results_total status=failed 1.0",
+    ] {
+        assert!(parsed.iter().any(|l| l == line), "{line}: {parsed:?}");
+    }
 }

@@ -97,6 +97,7 @@ file_roots = ["{dir}"]
 allow_private = ["127.0.0.1"]
 [daemon]
 poll_interval = "200ms"
+metrics_listen = "127.0.0.1:0"
 [credentials.aws]
 kind = "aws"
 endpoint = "{base}/aws"
@@ -125,6 +126,16 @@ role_arn = "arn:aws:iam::123456789012:role/admin"
     let o = register(&env, &c, &token, "creds-host");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     (env, c, sts)
+}
+
+/// One scrape of the daemon's metrics (`[daemon] metrics_listen`).
+fn host_metrics(env: &Env, c: &Coordinator) -> String {
+    c.http
+        .get(format!("http://{}/metrics", daemon_metrics_addr(env)))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
 }
 
 fn with_credentials(spec: &str, names: &[&str]) -> String {
@@ -753,6 +764,32 @@ fn a_refused_refresh_leaves_the_job_what_it_has_and_is_said_in_its_result() {
         !daemon_log(&env).contains("eyJ"),
         "the identity token in the daemon's log"
     );
+    // The host's metrics count both exchanges at the start, and each renewal and refusal
+    // after (one may still have been in flight when the job ended: at most what the token
+    // service saw).
+    let text = host_metrics(&env, &c);
+    let exchanges = |when: &str, outcome: &str| {
+        metric(
+            &text,
+            &format!(
+                "bulwark_runner_credential_exchanges_total{{when=\"{when}\",outcome=\"{outcome}\"}}"
+            ),
+        ) as usize
+    };
+    assert_eq!(exchanges("start", "ok"), 2, "{text}");
+    assert_eq!(exchanges("start", "failed"), 0, "{text}");
+    assert!(
+        (1..vault.len()).contains(&exchanges("refresh", "ok")),
+        "{} of {}: {text}",
+        exchanges("refresh", "ok"),
+        vault.len()
+    );
+    assert!(
+        (1..aws.len()).contains(&exchanges("refresh", "failed")),
+        "{} of {}: {text}",
+        exchanges("refresh", "failed"),
+        aws.len()
+    );
 }
 
 /// Scoping holds across a refresh: the renewed files are renamed into the credential's
@@ -893,6 +930,24 @@ fn a_refused_exchange_refuses_the_job_and_the_error_never_quotes_the_token() {
     );
     assert_eq!(sts.requests().len(), 1);
     assert_eq!(sts.requests()[0]["accepted"], false);
+    let text = host_metrics(&env, &c);
+    for (series, value) in [
+        (
+            "bulwark_runner_credential_exchanges_total{when=\"start\",outcome=\"failed\"}",
+            1.0,
+        ),
+        (
+            "bulwark_runner_credential_exchanges_total{when=\"start\",outcome=\"ok\"}",
+            0.0,
+        ),
+        (
+            "bulwark_runner_jobs_finished_total{status=\"refused\"}",
+            1.0,
+        ),
+        ("bulwark_runner_job_duration_seconds_count", 0.0),
+    ] {
+        assert_eq!(metric(&text, series), value, "{series}:\n{text}");
+    }
 }
 
 #[test]

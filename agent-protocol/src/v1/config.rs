@@ -139,6 +139,9 @@ pub struct DaemonConfig {
     /// operator can follow it (`live_log_interval = "2s"`; 100ms to 10m); `None` (`"0s"`):
     /// the log arrives only with the result.
     pub live_log_interval: Option<Duration>,
+    /// Where the daemon serves its Prometheus metrics (`GET /metrics`), without
+    /// authentication (`metrics_listen = "127.0.0.1:9441"`); `None` (absent): not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The default [`DaemonConfig::poll_interval`].
@@ -157,6 +160,7 @@ impl Default for DaemonConfig {
             keep_outputs: DEFAULT_KEEP_OUTPUTS,
             slots: 1,
             live_log_interval: Some(DEFAULT_LIVE_LOG_INTERVAL),
+            metrics_listen: None,
         }
     }
 }
@@ -531,6 +535,7 @@ struct RawDaemon {
     keep_outputs: Option<String>,
     slots: Option<u64>,
     live_log_interval: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -613,6 +618,18 @@ impl Config {
         if let Some(l) = &raw.daemon.live_log_interval {
             if let Some(d) = interval("daemon.live_log_interval", l, true, &mut errors) {
                 daemon.live_log_interval = d;
+            }
+        }
+        if let Some(m) = &raw.daemon.metrics_listen {
+            match m.parse::<std::net::SocketAddr>() {
+                Ok(addr) => daemon.metrics_listen = Some(addr),
+                Err(_) => errors.push(
+                    "daemon.metrics_listen",
+                    format!(
+                        "{} is not an address and port, such as 127.0.0.1:9441 or [::1]:9441",
+                        quote(m)
+                    ),
+                ),
             }
         }
         match raw.daemon.slots {
@@ -925,9 +942,11 @@ mod tests {
     #[test]
     fn the_daemon_section_is_read_and_each_bad_value_named() {
         let c = Config::from_toml_str(
-            "[daemon]\npoll_interval = \"500ms\"\nkeep_outputs = \"0s\"\nslots = 4\nlive_log_interval = \"0s\"\n",
+            "[daemon]\npoll_interval = \"500ms\"\nkeep_outputs = \"0s\"\nslots = 4\nlive_log_interval = \"0s\"\nmetrics_listen = \"[::1]:9441\"\n",
         )
         .unwrap();
+        assert_eq!(c.daemon.metrics_listen, Some("[::1]:9441".parse().unwrap()));
+        assert_eq!(Config::default().daemon.metrics_listen, None);
         assert_eq!(c.daemon.live_log_interval, None);
         assert_eq!(
             Config::default().daemon.live_log_interval,
@@ -938,7 +957,7 @@ mod tests {
         assert_eq!(c.daemon.slots, 4);
         assert_eq!(Config::default().daemon.slots, 1);
         let e = Config::from_toml_str(
-            "[daemon]\npoll_interval = \"1ms\"\nkeep_outputs = \"a week\"\nslots = 0\nlive_log_interval = \"20m\"\n",
+            "[daemon]\npoll_interval = \"1ms\"\nkeep_outputs = \"a week\"\nslots = 0\nlive_log_interval = \"20m\"\nmetrics_listen = \"localhost:9441\"\n",
         )
         .unwrap_err()
         .to_string();
@@ -948,6 +967,10 @@ mod tests {
         );
         assert!(e.contains("daemon.keep_outputs:"), "{e}");
         assert!(e.contains("daemon.slots: 0 is outside 1 to 256"), "{e}");
+        assert!(
+            e.contains("daemon.metrics_listen: \"localhost:9441\" is not an address and port"),
+            "{e}"
+        );
         assert!(
             e.contains("daemon.live_log_interval: \"20m\" is outside 100ms to 10m (or 0s: off)"),
             "{e}"

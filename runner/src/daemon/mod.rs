@@ -66,6 +66,7 @@
 //! it never delays or fails the job. The log the result lists is the log.
 
 pub mod client;
+pub mod metrics;
 pub mod registration;
 
 use std::path::{Path, PathBuf};
@@ -174,6 +175,13 @@ struct Daemon {
     /// their directories (with several slots, one job's sweep runs while others still write
     /// theirs).
     active: std::cell::RefCell<std::collections::HashMap<String, usize>>,
+    /// The state directory (its filesystem's free space is a metric).
+    state: PathBuf,
+    /// Counters for `[daemon] metrics_listen`.
+    metrics: metrics::Metrics,
+    /// The metrics listener, bound at start (a bad address stops the daemon there), served
+    /// once the loop runs.
+    metrics_listener: std::cell::RefCell<Option<std::net::TcpListener>>,
 }
 
 fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
@@ -191,6 +199,16 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     let identity = registration::load(&dirs.state)?;
     let client = Client::new(&identity.registration.coordinator)?;
     let exe = std::env::current_exe().context("finding the bulwark binary")?;
+    let metrics_listener = match loaded.config.daemon.metrics_listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("listening on {addr} (daemon.metrics_listen)"))?;
+            l.set_nonblocking(true)
+                .context("daemon.metrics_listen: a non-blocking listener")?;
+            Some(l)
+        }
+        None => None,
+    };
     // In a delegated cgroup v2 unit (systemd/bulwark.service has Delegate=yes), the daemon
     // leaves the unit's own cgroup for the runner leaf, or its runs could not enable the
     // controllers their jobs' cgroups need. Where that cannot be done, a job that needs
@@ -214,6 +232,9 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
             jobs: root.join("jobs"),
             exe,
             active: Default::default(),
+            state: dirs.state,
+            metrics: metrics::Metrics::new(),
+            metrics_listener: std::cell::RefCell::new(metrics_listener),
         },
         lock,
     ))
@@ -291,6 +312,7 @@ impl Daemon {
             self.slots,
             if self.slots == 1 { "" } else { "s" }
         );
+        self.serve_metrics(&stop)?;
         self.sweep();
         let mut running = tokio::task::JoinSet::new();
         // When to ask the coordinator next (at once after a lease; a poll interval after an
@@ -305,7 +327,13 @@ impl Daemon {
         while stop.now() == Stop::No {
             let free = running.len() < self.slots;
             if free && tokio::time::Instant::now() >= hold {
-                match self.lease().await {
+                let leased = self.lease().await;
+                self.metrics.lease(match &leased {
+                    Ok(Some(_)) => metrics::LeaseOutcome::Job,
+                    Ok(None) => metrics::LeaseOutcome::Empty,
+                    Err(_) => metrics::LeaseOutcome::Failed,
+                });
+                match leased {
                     Ok(Some(lease)) => {
                         wait = self.poll;
                         // A stop asked for while the lease was in flight: the job is not
@@ -360,6 +388,45 @@ impl Daemon {
         Ok(())
     }
 
+    /// Starts serving `[daemon] metrics_listen`, if set, beside the loop.
+    fn serve_metrics(self: &std::rc::Rc<Self>, stop: &StopWatch) -> Result<()> {
+        let Some(listener) = self.metrics_listener.borrow_mut().take() else {
+            return Ok(());
+        };
+        let at = listener
+            .local_addr()
+            .context("daemon.metrics_listen: the bound address")?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .context("daemon.metrics_listen: serving the listener")?;
+        if !at.ip().is_loopback() {
+            tracing::warn!(address = %at, "metrics served without authentication on a non-loopback address: make sure only the scraper reaches it");
+        }
+        eprintln!("bulwark daemon: metrics on {at}");
+        let (daemon, stop) = (std::rc::Rc::clone(self), stop.clone());
+        let render = move || {
+            daemon
+                .metrics
+                .render(&daemon.gauges(stop.now() != Stop::No))
+        };
+        tokio::task::spawn_local(metrics::serve(listener, std::rc::Rc::new(render)));
+        Ok(())
+    }
+
+    /// What the metrics read of the daemon's state at a scrape.
+    fn gauges(&self, stopping: bool) -> metrics::Gauges {
+        let reg = &self.identity.registration;
+        let disk =
+            crate::disk_reserve::space_at(&self.state, self.config.limits.min_free_disk).ok();
+        metrics::Gauges {
+            runner_id: reg.runner_id.clone(),
+            runner: reg.name.clone(),
+            slots: self.slots as u64,
+            running: self.active.borrow().values().sum::<usize>() as u64,
+            stopping,
+            disk: disk.map(|d| (d.available, d.need)),
+        }
+    }
+
     async fn lease(&self) -> Result<Option<Lease>, ClientError> {
         let reg = &self.identity.registration;
         let answer = self
@@ -371,6 +438,7 @@ impl Daemon {
                 &self.identity.key,
             )
             .await?;
+        self.metrics.coordinator_answered();
         if answer.status == 204 {
             return Ok(None);
         }
@@ -424,6 +492,7 @@ impl Daemon {
             client::printable(&lease.spec.name),
             client::printable(&status)
         );
+        self.metrics.finished(&status);
         self.report(&lease, report, &mut stop).await;
         // `[daemon] keep_outputs` counts from now, when the job was reported.
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
@@ -517,6 +586,8 @@ impl Daemon {
         }
         tracing::info!(job_id = %lease.job_id, trust = lease.trust.as_str(), "job started");
         let mut child = cmd.spawn().context("starting bulwark run")?;
+        // Observed however the run ends (on its own, cancelled, stopped, or an error here).
+        let _timer = self.metrics.time_run();
         let mut refresh = None;
         if let Some(handoff) = handoff {
             // Through a pipe only: never a file, an argument or the environment. One line
@@ -575,6 +646,7 @@ impl Daemon {
                         break status;
                     }
                     tracing::info!(job_id = %lease.job_id, "job cancelled by the operator");
+                    self.metrics.cancelled();
                     salvage_log(&out);
                     let mut logs = Vec::new();
                     for name in bulwark_protocol::control::LOG_NAMES {
@@ -641,13 +713,16 @@ impl Daemon {
                 .post_signed(&target, Vec::new(), &reg.runner_id, &self.identity.key)
                 .await
             {
-                Ok(answer) => match serde_json::from_slice::<Heartbeat>(&answer.body) {
-                    Ok(Heartbeat { cancel: true }) => return,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat: not an answer of the protocol")
+                Ok(answer) => {
+                    self.metrics.coordinator_answered();
+                    match serde_json::from_slice::<Heartbeat>(&answer.body) {
+                        Ok(Heartbeat { cancel: true }) => return,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat: not an answer of the protocol")
+                        }
                     }
-                },
+                }
                 Err(e) if matches!(e.status(), Some(403 | 404 | 409)) => {
                     tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat refused; the job can no longer be cancelled from the coordinator");
                     std::future::pending::<()>().await;
@@ -742,7 +817,13 @@ impl Daemon {
                 ));
             }
         }
-        let issued = self.issue(lease, wanted, timeout).await?;
+        let issued = self.issue(lease, wanted, timeout).await;
+        self.metrics.exchange(
+            metrics::Exchange::Start,
+            issued.is_ok(),
+            issued.as_ref().map_or(1, Vec::len),
+        );
+        let issued = issued?;
         Ok(Some(crate::creds::Handoff {
             credentials: issued,
             failed: Vec::new(),
@@ -852,7 +933,10 @@ impl Daemon {
                 if *at > now_instant {
                     continue;
                 }
-                match self.issue(lease, std::slice::from_ref(name), timeout).await {
+                let one = self.issue(lease, std::slice::from_ref(name), timeout).await;
+                self.metrics
+                    .exchange(metrics::Exchange::Refresh, one.is_ok(), 1);
+                match one {
                     Ok(mut one) => issued.append(&mut one),
                     Err(e) => {
                         let left = expires
@@ -1065,6 +1149,7 @@ impl Daemon {
         let body = match report_body(lease, report, &reg.name) {
             Ok(b) => b,
             Err(e) => {
+                self.metrics.report_given_up();
                 eprintln!(
                     "bulwark daemon: job {}: encoding the result: {e}",
                     lease.job_id
@@ -1081,11 +1166,13 @@ impl Daemon {
                 .await
             {
                 Ok(_) => {
+                    self.metrics.coordinator_answered();
                     tracing::info!(job_id = %lease.job_id, "result reported");
                     return;
                 }
                 // An earlier attempt did arrive; only its answer was lost.
                 Err(e) if attempt > 0 && e.status() == Some(409) => {
+                    self.metrics.coordinator_answered();
                     tracing::info!(job_id = %lease.job_id, "result reported (an earlier attempt arrived)");
                     return;
                 }
@@ -1096,12 +1183,16 @@ impl Daemon {
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        level = stop.raised() => if level == Stop::Now { return },
+                        level = stop.raised() => if level == Stop::Now {
+                            self.metrics.report_given_up();
+                            return;
+                        },
                     }
                     wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
                     attempt += 1;
                 }
                 Err(e) => {
+                    self.metrics.report_given_up();
                     tracing::error!(job_id = %lease.job_id, error = %e, "the result could not be reported");
                     eprintln!(
                         "bulwark daemon: job {}: the result could not be reported: {e}",

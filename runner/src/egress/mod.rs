@@ -83,7 +83,7 @@
 //! # Ok(()) }
 //! ```
 
-mod http;
+pub(crate) mod http;
 pub mod log;
 pub mod policy;
 pub mod proxy;
