@@ -1039,7 +1039,7 @@ fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_te
                 && l.contains(",runner=\"metrics-runner\",version=\"")),
         "{idle}"
     );
-    // The misses are counted too: another path, another method.
+    // Anything but GET /metrics is refused.
     let r = c.http.get(format!("http://{addr}/")).send().unwrap();
     assert_eq!(r.status(), 404);
 
@@ -1181,7 +1181,7 @@ fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_te
     }
     assert_eq!(
         parsed.iter().filter(|l| l.starts_with("F ")).count(),
-        14,
+        16,
         "{parsed:?}"
     );
     // The job running while the daemon drained is cancelled; the daemon reports it and ends.

@@ -132,6 +132,8 @@ pub fn check_url(raw: &str) -> Result<Url, ClientError> {
 pub struct Client {
     base: Url,
     http: reqwest::Client,
+    /// When the coordinator last answered (seconds since the epoch; 0: not yet).
+    last_answer: std::sync::atomic::AtomicU64,
 }
 
 /// An answer: its status and body (at most [`control::MAX_BODY_BYTES`]).
@@ -162,7 +164,18 @@ impl Client {
                 what: "building the HTTP client".into(),
                 source: e,
             })?;
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            last_answer: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// When the coordinator last answered a request (seconds since the epoch; 0 until it
+    /// has): any answer below 500, a refusal included. A 5xx may come from a proxy in front
+    /// of a coordinator that is down, so it does not count.
+    pub fn last_answer(&self) -> u64 {
+        self.last_answer.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The coordinator's URL.
@@ -315,6 +328,13 @@ impl Client {
         };
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
+        if status < 500 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.last_answer
+                .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > control::MAX_BODY_BYTES {

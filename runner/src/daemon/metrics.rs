@@ -10,9 +10,9 @@
 //! draining after a SIGTERM, are this host's jobs failing or being refused (results by status,
 //! the runner's own errors separate from the jobs'), are credential exchanges failing (an STS
 //! trust policy changed, a clock skewed), did reports get lost, and is the disk that holds the
-//! jobs' workspaces nearing the reserve that stops them (`limits.min_free_disk`: a job the
-//! reserve stopped is a `runner-error` result; the available bytes are what to alert on
-//! first).
+//! jobs' directories nearing the reserve that stops them (`limits.min_free_disk`, in bytes and
+//! inodes: a job the reserve stopped is a `runner-error` result; what is available is what to
+//! alert on first).
 //!
 //! # How
 //!
@@ -85,7 +85,6 @@ pub enum Exchange {
 pub struct Metrics {
     started_at: u64,
     leases: [AtomicU64; 3],
-    last_answer: AtomicU64,
     finished: [AtomicU64; STATUSES.len()],
     cancelled: AtomicU64,
     /// `[start ok, start failed, refresh ok, refresh failed]`.
@@ -107,10 +106,21 @@ pub struct Gauges {
     pub running: u64,
     /// A first SIGTERM or SIGINT came: no more leases.
     pub stopping: bool,
-    /// Bytes available to unprivileged writers on the filesystem of the state directory
-    /// (jobs' workspaces, the tool store, the daemon's job directories), and the reserve
-    /// `limits.min_free_disk` keeps there (0: none); `None` when `statvfs` failed.
-    pub disk: Option<(u64, u64)>,
+    /// When the coordinator last answered (seconds since the epoch; 0: not yet).
+    pub coordinator_last_answer: u64,
+    /// The filesystem of the job directories; `None` when `statvfs` failed.
+    pub disk: Option<Disk>,
+}
+
+/// What the filesystem of the job directories has and keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Disk {
+    /// Bytes available to unprivileged writers.
+    pub available: u64,
+    /// Bytes `limits.min_free_disk` keeps available (0: no reserve).
+    pub reserve: u64,
+    /// Inodes available and kept, where the filesystem counts them.
+    pub inodes: Option<(u64, u64)>,
 }
 
 fn seconds_since_epoch() -> u64 {
@@ -130,7 +140,6 @@ impl Metrics {
         Metrics {
             started_at,
             leases: Default::default(),
-            last_answer: AtomicU64::new(0),
             finished: Default::default(),
             cancelled: AtomicU64::new(0),
             exchanges: Default::default(),
@@ -147,13 +156,6 @@ impl Metrics {
             LeaseOutcome::Failed => 2,
         };
         self.leases[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The coordinator answered a signed request of ours: a lease request (with a job or
-    /// without), a running job's heartbeat, a result report.
-    pub fn coordinator_answered(&self) {
-        self.last_answer
-            .fetch_max(seconds_since_epoch(), Ordering::Relaxed);
     }
 
     /// A job ended with `status` (the one reported).
@@ -179,15 +181,15 @@ impl Metrics {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A credential exchange (`n` credentials at once) succeeded or failed.
-    pub fn exchange(&self, when: Exchange, ok: bool, n: usize) {
+    /// One credential's exchange at its token service succeeded or failed.
+    pub fn exchange(&self, when: Exchange, ok: bool) {
         let i = match (when, ok) {
             (Exchange::Start, true) => 0,
             (Exchange::Start, false) => 1,
             (Exchange::Refresh, true) => 2,
             (Exchange::Refresh, false) => 3,
         };
-        self.exchanges[i].fetch_add(n as u64, Ordering::Relaxed);
+        self.exchanges[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A result report was given up (the coordinator refused it, or the lease ran out while
@@ -246,8 +248,8 @@ impl Metrics {
             &mut out,
             "bulwark_runner_coordinator_last_answer_timestamp_seconds",
             "gauge",
-            "When the coordinator last answered a signed request of this daemon's (for a job, whether or not one was leased; a running job's cancellation check; a result report); 0 until it has. An idle daemon asks every poll_interval, a busy one checks each job that often.",
-            &[(NONE, c(&self.last_answer))],
+            "When the coordinator last answered a request of this daemon's (any status below 500, a refusal included); 0 until it has. An idle daemon asks for a job every poll_interval, a busy one asks after each of its jobs that often.",
+            &[(NONE, g.coordinator_last_answer)],
         );
         family(
             &mut out,
@@ -269,7 +271,7 @@ impl Metrics {
             &mut out,
             "bulwark_runner_jobs_finished_total",
             "counter",
-            "Jobs this daemon reported, by the status reported: succeeded, failed (a step failed, timed out, hit a limit, was cancelled, or an output was refused), refused (before any step ran), runner-error (this host failed them, including a stop by the disk reserve), other.",
+            "Jobs this daemon ended, by the status it reported (or tried to: see bulwark_runner_result_reports_given_up_total): succeeded, failed (a step failed, timed out, hit a limit, was cancelled, or an output was refused), refused (before any step ran), runner-error (this host failed them, including a stop by the disk reserve), other.",
             &finished,
         );
         family(
@@ -282,13 +284,13 @@ impl Metrics {
         self.durations.write(
             &mut out,
             "bulwark_runner_job_duration_seconds",
-            "How long each job's run took, from its start to its end, for the jobs whose run started (not the upload and report after it).",
+            "How long each job's run took, from its start until its result was collected, for the jobs whose run started (not the upload and report after it).",
         );
         family(
             &mut out,
             "bulwark_runner_credential_exchanges_total",
             "counter",
-            "Credentials exchanged at their token services, by when (start: before the job, a failure refuses it; refresh: while it ran, a failure leaves it what it has) and outcome.",
+            "Exchanges of one credential at its token service, by when (start: before the job, a failure refuses it; refresh: while it ran, a failure leaves it what it has) and outcome. A job identity token the coordinator did not give is not counted here (see the job's result).",
             &[
                 ([("when", "start"), ("outcome", "ok")], c(&self.exchanges[0])),
                 (
@@ -312,21 +314,37 @@ impl Metrics {
             "Results that could not be reported (refused by the coordinator, or its retries outlasted the lease or were stopped): the coordinator records such a job as lost.",
             &[(NONE, c(&self.reports_given_up))],
         );
-        if let Some((available, reserve)) = g.disk {
+        if let Some(disk) = g.disk {
             family(
                 &mut out,
                 "bulwark_runner_disk_available_bytes",
                 "gauge",
-                "Bytes available to unprivileged writers on the filesystem of the state directory (job workspaces, tools, job directories).",
-                &[(NONE, available)],
+                "Bytes available to unprivileged writers on the filesystem of the job directories (workspaces, /tmp, caches restored).",
+                &[(NONE, disk.available)],
             );
             family(
                 &mut out,
                 "bulwark_runner_disk_reserve_bytes",
                 "gauge",
                 "Bytes limits.min_free_disk keeps available on that filesystem: below it no job starts, and running jobs are stopped; 0 when no reserve is configured.",
-                &[(NONE, reserve)],
+                &[(NONE, disk.reserve)],
             );
+            if let Some((available, reserve)) = disk.inodes {
+                family(
+                    &mut out,
+                    "bulwark_runner_disk_available_inodes",
+                    "gauge",
+                    "Inodes available to unprivileged writers on that filesystem (absent where it does not count them).",
+                    &[(NONE, available)],
+                );
+                family(
+                    &mut out,
+                    "bulwark_runner_disk_reserve_inodes",
+                    "gauge",
+                    "Inodes the reserve keeps there (the same share as the bytes, or 1% when the reserve is a size); below it jobs are stopped as for bytes.",
+                    &[(NONE, reserve)],
+                );
+            }
         }
         out
     }
@@ -399,19 +417,19 @@ async fn answer(mut stream: tokio::net::TcpStream, render: &dyn Fn() -> String) 
         }
     };
     let (status, reason, body) = match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
-        Err(_) => (408, "Request Timeout", String::new()),
+        Err(_) => (408, phrase(408), String::new()),
         Ok(Err((0, _))) => return,
-        Ok(Err((status, why))) => (status, "Request Header Fields Too Large", why.to_owned()),
+        Ok(Err((status, why))) => (status, phrase(status), why.to_owned()),
         Ok(Ok(end)) => match crate::egress::http::parse_head(&buf[..end], 64) {
-            Err(e) => (e.status, "Bad Request", e.reason.to_owned()),
+            Err(e) => (e.status, phrase(e.status), e.reason.to_owned()),
             Ok(head) => {
                 let path = head.target.split('?').next().unwrap_or_default();
                 if path != "/metrics" {
-                    (404, "Not Found", "only /metrics is served here".to_owned())
+                    (404, phrase(404), "only /metrics is served here".to_owned())
                 } else if head.method != "GET" {
-                    (405, "Method Not Allowed", "only GET".to_owned())
+                    (405, phrase(405), "only GET".to_owned())
                 } else {
-                    (200, "OK", render())
+                    (200, phrase(200), render())
                 }
             }
         },
@@ -428,13 +446,41 @@ async fn answer(mut stream: tokio::net::TcpStream, render: &dyn Fn() -> String) 
     );
     let write = async {
         stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // What the client sent beyond the head (a body, the rest of an oversized head) is
+        // read and dropped until it closes, for a while: closing with unread bytes would
+        // send a reset, which can destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<(), std::io::Error>(())
     };
     if let Err(e) = tokio::time::timeout(WRITE_TIMEOUT, write)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
     {
         tracing::debug!(error = %e, "metrics answer not sent");
+    }
+}
+
+/// Most bytes read and dropped after an answer, waiting for the client to close.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// The reason phrase of the statuses the listener answers with.
+fn phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
+        _ => "Bad Request",
     }
 }
 
@@ -460,10 +506,12 @@ mod tests {
         m.finished("weird\"status\n");
         m.durations.observe(Duration::from_millis(2_500));
         m.durations.observe(Duration::from_secs(8_000));
+        // A run timed for real: counted (in the 1 s bucket), its milliseconds in the sum.
         drop(m.time_run());
         m.cancelled();
-        m.exchange(Exchange::Start, true, 2);
-        m.exchange(Exchange::Refresh, false, 1);
+        m.exchange(Exchange::Start, true);
+        m.exchange(Exchange::Start, true);
+        m.exchange(Exchange::Refresh, false);
         m.report_given_up();
         let g = Gauges {
             runner_id: "r-1".into(),
@@ -471,7 +519,12 @@ mod tests {
             slots: 4,
             running: 3,
             stopping: true,
-            disk: Some((5 << 30, 1 << 30)),
+            coordinator_last_answer: 1_700,
+            disk: Some(Disk {
+                available: 5 << 30,
+                reserve: 1 << 30,
+                inodes: Some((9_000, 100)),
+            }),
         };
         let text = m.render(&g);
         for (series, value) in [
@@ -481,7 +534,7 @@ mod tests {
             ("bulwark_runner_stopping", "1"),
             (
                 "bulwark_runner_coordinator_last_answer_timestamp_seconds",
-                "0",
+                "1700",
             ),
             ("bulwark_runner_lease_requests_total{outcome=\"job\"}", "1"),
             (
@@ -513,7 +566,6 @@ mod tests {
                 "bulwark_runner_job_duration_seconds_bucket{le=\"+Inf\"}",
                 "3",
             ),
-            ("bulwark_runner_job_duration_seconds_sum", "8002.500"),
             ("bulwark_runner_job_duration_seconds_count", "3"),
             (
                 "bulwark_runner_credential_exchanges_total{when=\"start\",outcome=\"ok\"}",
@@ -526,6 +578,8 @@ mod tests {
             ("bulwark_runner_result_reports_given_up_total", "1"),
             ("bulwark_runner_disk_available_bytes", "5368709120"),
             ("bulwark_runner_disk_reserve_bytes", "1073741824"),
+            ("bulwark_runner_disk_available_inodes", "9000"),
+            ("bulwark_runner_disk_reserve_inodes", "100"),
         ] {
             assert_eq!(sample(&text, series), value, "{series}:\n{text}");
         }
@@ -534,18 +588,26 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         )));
         assert!(!text.contains("weird"), "{text}");
+        let sum: f64 = sample(&text, "bulwark_runner_job_duration_seconds_sum")
+            .parse()
+            .unwrap();
+        assert!((8002.5..8003.5).contains(&sum), "{sum}");
+        // A filesystem without inode counts: no inode families.
+        let text = m.render(&Gauges {
+            disk: Some(Disk {
+                inodes: None,
+                ..Disk::default()
+            }),
+            ..g.clone()
+        });
+        assert!(
+            text.contains("bulwark_runner_disk_available_bytes 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("_inodes"), "{text}");
         // A failed statvfs leaves the disk families out rather than reporting 0 bytes free.
         let text = m.render(&Gauges { disk: None, ..g });
         assert!(!text.contains("bulwark_runner_disk_"), "{text}");
-        m.coordinator_answered();
-        let text = m.render(&Gauges::default());
-        let at: u64 = sample(
-            &text,
-            "bulwark_runner_coordinator_last_answer_timestamp_seconds",
-        )
-        .parse()
-        .unwrap();
-        assert!(at.abs_diff(seconds_since_epoch()) < 5, "{at}");
     }
 
     /// What the listener answers, over a real socket: the text with its content type, and a

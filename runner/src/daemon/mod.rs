@@ -175,8 +175,9 @@ struct Daemon {
     /// their directories (with several slots, one job's sweep runs while others still write
     /// theirs).
     active: std::cell::RefCell<std::collections::HashMap<String, usize>>,
-    /// The state directory (its filesystem's free space is a metric).
-    state: PathBuf,
+    /// Where `bulwark run` makes job directories, on whose filesystem the disk reserve is
+    /// kept (its free space is a metric).
+    job_dirs: PathBuf,
     /// Counters for `[daemon] metrics_listen`.
     metrics: metrics::Metrics,
     /// The metrics listener, bound at start (a bad address stops the daemon there), served
@@ -232,7 +233,7 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
             jobs: root.join("jobs"),
             exe,
             active: Default::default(),
-            state: dirs.state,
+            job_dirs: dirs.jobs(),
             metrics: metrics::Metrics::new(),
             metrics_listener: std::cell::RefCell::new(metrics_listener),
         },
@@ -344,6 +345,7 @@ impl Daemon {
                                 "runner-error",
                                 "the runner was stopping when this job was leased; it did not run",
                             );
+                            self.metrics.finished("runner-error");
                             self.report(&lease, report, &mut stop.clone()).await;
                             continue;
                         }
@@ -416,14 +418,19 @@ impl Daemon {
     fn gauges(&self, stopping: bool) -> metrics::Gauges {
         let reg = &self.identity.registration;
         let disk =
-            crate::disk_reserve::space_at(&self.state, self.config.limits.min_free_disk).ok();
+            crate::disk_reserve::space_at(&self.job_dirs, self.config.limits.min_free_disk).ok();
         metrics::Gauges {
             runner_id: reg.runner_id.clone(),
             runner: reg.name.clone(),
             slots: self.slots as u64,
             running: self.active.borrow().values().sum::<usize>() as u64,
             stopping,
-            disk: disk.map(|d| (d.available, d.need)),
+            coordinator_last_answer: self.client.last_answer(),
+            disk: disk.map(|d| metrics::Disk {
+                available: d.available,
+                reserve: d.need,
+                inodes: d.inodes,
+            }),
         }
     }
 
@@ -438,7 +445,6 @@ impl Daemon {
                 &self.identity.key,
             )
             .await?;
-        self.metrics.coordinator_answered();
         if answer.status == 204 {
             return Ok(None);
         }
@@ -646,12 +652,12 @@ impl Daemon {
                         break status;
                     }
                     tracing::info!(job_id = %lease.job_id, "job cancelled by the operator");
-                    self.metrics.cancelled();
                     salvage_log(&out);
                     let mut logs = Vec::new();
                     for name in bulwark_protocol::control::LOG_NAMES {
                         logs.extend(hash_log(&out, name)?);
                     }
+                    self.metrics.cancelled();
                     return Ok(ResultReport {
                         logs,
                         ..synthetic_result(
@@ -713,16 +719,13 @@ impl Daemon {
                 .post_signed(&target, Vec::new(), &reg.runner_id, &self.identity.key)
                 .await
             {
-                Ok(answer) => {
-                    self.metrics.coordinator_answered();
-                    match serde_json::from_slice::<Heartbeat>(&answer.body) {
-                        Ok(Heartbeat { cancel: true }) => return,
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat: not an answer of the protocol")
-                        }
+                Ok(answer) => match serde_json::from_slice::<Heartbeat>(&answer.body) {
+                    Ok(Heartbeat { cancel: true }) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat: not an answer of the protocol")
                     }
-                }
+                },
                 Err(e) if matches!(e.status(), Some(403 | 404 | 409)) => {
                     tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat refused; the job can no longer be cancelled from the coordinator");
                     std::future::pending::<()>().await;
@@ -817,13 +820,9 @@ impl Daemon {
                 ));
             }
         }
-        let issued = self.issue(lease, wanted, timeout).await;
-        self.metrics.exchange(
-            metrics::Exchange::Start,
-            issued.is_ok(),
-            issued.as_ref().map_or(1, Vec::len),
-        );
-        let issued = issued?;
+        let issued = self
+            .issue(lease, wanted, timeout, metrics::Exchange::Start)
+            .await?;
         Ok(Some(crate::creds::Handoff {
             credentials: issued,
             failed: Vec::new(),
@@ -831,12 +830,14 @@ impl Daemon {
     }
 
     /// Exchanges a fresh identity token of the job's for each credential in `names` (each
-    /// configured on this runner: checked by the caller).
+    /// configured on this runner: checked by the caller); each exchange at a token service is
+    /// counted as `when`.
     async fn issue(
         &self,
         lease: &Lease,
         names: &[String],
         timeout: Duration,
+        when: metrics::Exchange,
     ) -> Result<Vec<crate::creds::Issued>, String> {
         let policy = crate::tools::fetch::FetchPolicy::from_config(&self.config)
             .map_err(|e| format!("credentials: {e}"))?;
@@ -883,8 +884,9 @@ impl Daemon {
                 crate::creds::exchange(&name, &provider, token.expose(), timeout, &job_id, &policy)
             })
             .await
-            .map_err(|e| format!("credentials: the exchange did not finish: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("credentials: the exchange did not finish: {e}"))?;
+            self.metrics.exchange(when, one.is_ok());
+            let one = one.map_err(|e| e.to_string())?;
             tracing::info!(job_id = %lease.job_id, credential = %one.name, kind = %one.kind, expires = ?one.expires, "credential issued");
             issued.push(one);
         }
@@ -933,9 +935,14 @@ impl Daemon {
                 if *at > now_instant {
                     continue;
                 }
-                let one = self.issue(lease, std::slice::from_ref(name), timeout).await;
-                self.metrics
-                    .exchange(metrics::Exchange::Refresh, one.is_ok(), 1);
+                let one = self
+                    .issue(
+                        lease,
+                        std::slice::from_ref(name),
+                        timeout,
+                        metrics::Exchange::Refresh,
+                    )
+                    .await;
                 match one {
                     Ok(mut one) => issued.append(&mut one),
                     Err(e) => {
@@ -1166,13 +1173,11 @@ impl Daemon {
                 .await
             {
                 Ok(_) => {
-                    self.metrics.coordinator_answered();
                     tracing::info!(job_id = %lease.job_id, "result reported");
                     return;
                 }
                 // An earlier attempt did arrive; only its answer was lost.
                 Err(e) if attempt > 0 && e.status() == Some(409) => {
-                    self.metrics.coordinator_answered();
                     tracing::info!(job_id = %lease.job_id, "result reported (an earlier attempt arrived)");
                     return;
                 }
