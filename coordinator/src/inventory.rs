@@ -77,6 +77,7 @@ pub struct Subject {
 
 /// A dependency as provenance names it (shared with the host's inventory).
 pub use bulwark_protocol::v1::lookup::Dependency;
+use bulwark_protocol::v1::lookup::UriPattern;
 
 /// Reads a job's `provenance.intoto.jsonl` (one DSSE envelope per line); the error names the
 /// line and what is wrong with it.
@@ -222,13 +223,9 @@ pub struct Query {
 }
 
 impl Query {
-    /// The uri asked for, and whether it is a prefix (it ended in `*`).
-    pub fn uri_pattern(&self) -> Option<(&str, bool)> {
-        let u = self.uri.as_deref()?;
-        Some(match u.strip_suffix('*') {
-            Some(prefix) => (prefix, true),
-            None => (u, false),
-        })
+    /// The uri asked for: exact, or a prefix (it ended in `*`).
+    pub fn uri_pattern(&self) -> Option<UriPattern<'_>> {
+        self.uri.as_deref().map(UriPattern::parse)
     }
 }
 
@@ -256,8 +253,10 @@ impl Query {
             self.commit = Some(c);
         }
         if let Some(u) = &self.uri {
-            let body = u.strip_suffix('*').unwrap_or(u);
-            if body.is_empty() || u.len() > MAX_URI || u.chars().any(char::is_control) {
+            if UriPattern::parse(u).text().is_empty()
+                || u.len() > MAX_URI
+                || u.chars().any(char::is_control)
+            {
                 let shown: String = u.chars().take(80).collect();
                 return Err(format!(
                     "uri {shown:?}: give a uri as provenance records it (at most {MAX_URI} bytes, no control characters), or its prefix followed by *"

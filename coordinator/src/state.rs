@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bulwark_protocol::control::{JobState, Lease, ResultReport};
 use bulwark_protocol::job::DEFAULT_TIMEOUT;
+use bulwark_protocol::v1::lookup::UriPattern;
 use bulwark_protocol::{JobSpec, Trust};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -1179,7 +1180,7 @@ impl Db {
         &self,
         digest: Option<&str>,
         prefix: Option<&str>,
-        uri: Option<(&str, bool)>,
+        uri: Option<UriPattern<'_>>,
         limit: u32,
         mut each: impl FnMut(IndexedJob) -> bool,
     ) -> Result<(), StateError> {
@@ -1201,8 +1202,8 @@ impl Db {
             parts.push(BY_COMMIT);
         }
         match uri {
-            Some((_, false)) => parts.push(BY_URI),
-            Some((_, true)) => parts.push(BY_URI_PREFIX),
+            Some(UriPattern::Exact(_)) => parts.push(BY_URI),
+            Some(UriPattern::Prefix(_)) => parts.push(BY_URI_PREFIX),
             None => {}
         }
         if parts.is_empty() {
@@ -1227,7 +1228,7 @@ impl Db {
         );
         let mut stmt = self.conn.prepare(&sql).map_err(StateError::Inventory)?;
         let mut rows = stmt
-            .query(params![digest, prefix, uri.map(|(u, _)| u), limit])
+            .query(params![digest, prefix, uri.map(UriPattern::text), limit])
             .map_err(StateError::Inventory)?;
         while let Some(r) = rows.next().map_err(StateError::Inventory)? {
             let job = IndexedJob {

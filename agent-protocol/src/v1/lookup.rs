@@ -28,6 +28,40 @@ pub struct Dependency {
     pub builder: bool,
 }
 
+/// A uri as an inventory question gives it: exact, or ending in `*`, a prefix of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriPattern<'a> {
+    /// This uri exactly.
+    Exact(&'a str),
+    /// Every uri starting with this (the question without its final `*`).
+    Prefix(&'a str),
+}
+
+impl<'a> UriPattern<'a> {
+    /// Reads `q`: a final `*` makes it a prefix.
+    pub fn parse(q: &'a str) -> UriPattern<'a> {
+        match q.strip_suffix('*') {
+            Some(prefix) => UriPattern::Prefix(prefix),
+            None => UriPattern::Exact(q),
+        }
+    }
+
+    /// The uri, or the prefix, without the `*`.
+    pub fn text(self) -> &'a str {
+        match self {
+            UriPattern::Exact(u) | UriPattern::Prefix(u) => u,
+        }
+    }
+
+    /// Whether `uri` is this one, or starts with this prefix.
+    pub fn matches(self, uri: &str) -> bool {
+        match self {
+            UriPattern::Exact(u) => uri == u,
+            UriPattern::Prefix(p) => uri.starts_with(p),
+        }
+    }
+}
+
 /// An inventory question, already checked and lowercased by the asker.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Lookup<'a> {
@@ -46,10 +80,7 @@ impl Lookup<'_> {
     fn describes(&self, d: &Dependency, with_digest: bool) -> bool {
         let uri_ok = match (self.uri, d.uri.as_deref()) {
             (None, _) => true,
-            (Some(q), Some(u)) => match q.strip_suffix('*') {
-                Some(prefix) => u.starts_with(prefix),
-                None => u == q,
-            },
+            (Some(q), Some(u)) => UriPattern::parse(q).matches(u),
             (Some(_), None) => false,
         };
         let name_ok = self.name.is_none() || self.name == d.name.as_deref();

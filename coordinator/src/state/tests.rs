@@ -394,7 +394,7 @@ fn an_older_database_is_upgraded_in_place_keeps_its_jobs_and_indexes_their_prove
     drop(db);
     let db = Db::open(&path).unwrap();
     assert_eq!(db.meta("schema_version").unwrap().as_deref(), Some("6"));
-    let jq = Some(("https://tools.example/jq.tgz", false));
+    let jq = Some(UriPattern::Exact("https://tools.example/jq.tgz"));
     assert_eq!(ids_by_uri(&db, None, None, jq, 10), ["job-2", "job-1"]);
     // A version this build does not know is refused, not guessed at.
     db.conn
@@ -553,7 +553,7 @@ fn ids_by_uri(
     db: &Db,
     digest: Option<&str>,
     commit: Option<&str>,
-    uri: Option<(&str, bool)>,
+    uri: Option<UriPattern<'_>>,
     limit: u32,
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -599,12 +599,12 @@ fn a_result_is_indexed_as_it_is_recorded_and_unreadable_provenance_is_counted() 
     // A commit prefix is a commit's, not any digest's: the tool's digest does not match it.
     assert!(ids(&db, None, Some(&TOOL[..12]), 10).is_empty());
     // By a dependency's uri, or a prefix of one; with a commit, intersected.
-    let tool_uri = Some(("https://tools.example/jq.tgz", false));
+    let tool_uri = Some(UriPattern::Exact("https://tools.example/jq.tgz"));
     assert_eq!(
         ids_by_uri(&db, None, None, tool_uri, 10),
         ["job-2", "job-1"]
     );
-    let source = Some(("git+https://git.example/", true));
+    let source = Some(UriPattern::Prefix("git+https://git.example/"));
     assert_eq!(ids_by_uri(&db, None, None, source, 10), ["job-2", "job-1"]);
     assert_eq!(
         ids_by_uri(&db, None, Some("fedcba9"), source, 10),
@@ -616,12 +616,19 @@ fn a_result_is_indexed_as_it_is_recorded_and_unreadable_provenance_is_counted() 
         &db,
         None,
         None,
-        Some(("https://tools.example/jq", false)),
+        Some(UriPattern::Exact("https://tools.example/jq")),
         10
     )
     .is_empty());
-    assert!(ids_by_uri(&db, None, None, Some(("https://other.example/", true)), 10).is_empty());
-    assert!(ids_by_uri(&db, None, None, Some((&TOOL[..12], true)), 10).is_empty());
+    assert!(ids_by_uri(
+        &db,
+        None,
+        None,
+        Some(UriPattern::Prefix("https://other.example/")),
+        10
+    )
+    .is_empty());
+    assert!(ids_by_uri(&db, None, None, Some(UriPattern::Prefix(&TOOL[..12])), 10).is_empty());
     // And the whole answer, artifacts and why.
     let q = crate::inventory::Query {
         commit: Some("0123456789".into()),

@@ -499,7 +499,9 @@ impl Query {
             n.push(c.clone());
         }
         if let Some(u) = &self.uri {
-            n.push(quoted(u.strip_suffix('*').unwrap_or(u)));
+            n.push(quoted(
+                bulwark_protocol::v1::lookup::UriPattern::parse(u).text(),
+            ));
         }
         if let Some(v) = &self.name {
             n.push(quoted(v));
