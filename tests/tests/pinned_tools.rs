@@ -622,7 +622,8 @@ mod root_mode {
 
     /// A network namespace of the test's own (`ip netns`), with `lo` up and holding one public
     /// address as well: a build host whose interface carries its public address.
-    /// Removed on drop.
+    /// Removed on drop; one that a test process killed outright left behind (its name holds
+    /// that process's pid) is removed by the next one made.
     struct HostNetns {
         name: String,
     }
@@ -633,7 +634,24 @@ mod root_mode {
                 bulwark_tests::is_root(),
                 "root_mode tests need root; scripts/test.sh skips them otherwise"
             );
-            let name = format!("bwt-{}", bulwark_tests::random_hex(4));
+            for entry in std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner = name.strip_prefix("bwt-").and_then(|r| r.split_once('-'));
+                if let Some((pid, _)) = owner {
+                    if !std::path::Path::new("/proc").join(pid).exists() {
+                        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                    }
+                }
+            }
+            let name = format!(
+                "bwt-{}-{}",
+                std::process::id(),
+                bulwark_tests::random_hex(4)
+            );
             let ns = HostNetns { name };
             for args in [
                 vec!["netns", "add", &ns.name],
