@@ -991,15 +991,29 @@ fn a_runner_rekeys_with_its_daemon_stopped_and_an_interrupted_rekey_is_finished(
 
 /// A build host's own metrics (`[daemon] metrics_listen`) follow its jobs: leases, results by
 /// status (a refused job too, which never starts a run and so is not timed), a cancelled job,
-/// the slot in use while a job runs, draining after SIGTERM, the disk and its reserve; and what
-/// it serves parses with an independent parser as the text a scraper reads.
+/// egress attempts allowed and denied, the slot in use while a job runs, draining after
+/// SIGTERM, the disk and its reserve; and what it serves parses with an independent parser as
+/// the text a scraper reads.
 #[test]
 fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_text() {
     let env = host("cp-host-metrics");
+    // A server on this host's loopback, which one job's allow list (and the ceiling) names.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in server.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
     env.write_config_sections(
         "max_memory = \"1GiB\"\nmin_free_disk = \"1MiB\"\n",
         &format!(
-            "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+            "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\nmetrics_listen = \"127.0.0.1:0\"\n[egress]\nceiling_untrusted = [\"*\", \"127.0.0.1:{port}\"]\n",
             env.dir.display()
         ),
     );
@@ -1051,11 +1065,27 @@ fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_te
         c.wait_done(&ok, 120)["result"]["result"]["status"],
         "succeeded"
     );
-    let bad = c.submit(&git_job(&repo, &commit, "bad", "exit 3"), "untrusted");
-    assert_eq!(
-        c.wait_done(&bad, 120)["result"]["result"]["status"],
-        "failed"
+    // The failing one reaches the server through its proxy (the job's NO_PROXY keeps its own
+    // loopback direct: unset for this request), is refused a name it does not list, and
+    // fails.
+    let bad = c.submit(
+        &format!(
+            "{}[network]\nallow = [\"127.0.0.1:{port}\"]\n",
+            git_job(
+                &repo,
+                &commit,
+                "bad",
+                &format!(
+                    "env -u NO_PROXY -u no_proxy curl -sf -o /dev/null http://127.0.0.1:{port}/x; \
+                     curl -s -o /dev/null http://not-listed.invalid/; exit 3"
+                ),
+            )
+        ),
+        "untrusted",
     );
+    let j = c.wait_done(&bad, 120);
+    assert_eq!(j["result"]["result"]["status"], "failed", "{j}");
+    assert_eq!(j["result"]["result"]["egress"]["allowed"], 1, "{j}");
     let big = c.submit(
         &format!(
             "{}[resources]\nmemory = \"2GiB\"\n",
@@ -1145,6 +1175,14 @@ fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_te
         ("bulwark_runner_job_duration_seconds_count", 3.0),
         ("bulwark_runner_result_reports_given_up_total", 0.0),
         (
+            "bulwark_runner_egress_attempts_total{trust=\"untrusted\",decision=\"allowed\"}",
+            1.0,
+        ),
+        (
+            "bulwark_runner_egress_attempts_total{trust=\"untrusted\",decision=\"denied\"}",
+            1.0,
+        ),
+        (
             "bulwark_runner_credential_exchanges_total{when=\"start\",outcome=\"ok\"}",
             0.0,
         ),
@@ -1181,7 +1219,7 @@ fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_te
     }
     assert_eq!(
         parsed.iter().filter(|l| l.starts_with("F ")).count(),
-        16,
+        17,
         "{parsed:?}"
     );
     // The job running while the daemon drained is cancelled; the daemon reports it and ends.

@@ -8,7 +8,9 @@
 //! not why. The host answers the questions that follow: can this daemon reach its coordinator
 //! (when it last had an answer, lease requests that failed), is it full (slots in use), is it
 //! draining after a SIGTERM, are this host's jobs failing or being refused (results by status,
-//! the runner's own errors separate from the jobs'), are credential exchanges failing (an STS
+//! the runner's own errors separate from the jobs'), are pull requests trying to reach what
+//! their allow lists do not (egress attempts denied, by trust level; from each job's
+//! `result.json`, the counts its proxy kept), are credential exchanges failing (an STS
 //! trust policy changed, a clock skewed), did reports get lost, and is the disk that holds the
 //! jobs' directories nearing the reserve that stops them (`limits.min_free_disk`, in bytes and
 //! inodes: a job the reserve stopped is a `runner-error` result; what is available is what to
@@ -39,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bulwark_protocol::prometheus::{family, Histogram, CONTENT_TYPE, NONE};
+use bulwark_protocol::{EgressRecord, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Most scrapes served at once; more wait in the listen queue.
@@ -90,6 +93,9 @@ pub struct Metrics {
     /// `[start ok, start failed, refresh ok, refresh failed]`.
     exchanges: [AtomicU64; 4],
     reports_given_up: AtomicU64,
+    /// Egress attempts: `[untrusted allowed, untrusted denied, trusted allowed, trusted
+    /// denied]`.
+    egress: [AtomicU64; 4],
     durations: Histogram,
 }
 
@@ -144,6 +150,7 @@ impl Metrics {
             cancelled: AtomicU64::new(0),
             exchanges: Default::default(),
             reports_given_up: AtomicU64::new(0),
+            egress: Default::default(),
             durations: Histogram::new(&DURATION_BOUNDS),
         }
     }
@@ -190,6 +197,24 @@ impl Metrics {
             (Exchange::Refresh, false) => 3,
         };
         self.exchanges[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds the egress attempts a job's `result` (its `result.json`) counts, by the job's
+    /// trust level; nothing for a job without network or a result the daemon made up.
+    pub fn egress(&self, trust: Trust, result: &serde_json::Value) {
+        let Some(record) = result
+            .get("egress")
+            .filter(|e| !e.is_null())
+            .and_then(|e| serde_json::from_value::<EgressRecord>(e.clone()).ok())
+        else {
+            return;
+        };
+        let base = match trust {
+            Trust::Untrusted => 0,
+            Trust::Trusted => 2,
+        };
+        self.egress[base].fetch_add(record.allowed, Ordering::Relaxed);
+        self.egress[base + 1].fetch_add(record.denied, Ordering::Relaxed);
     }
 
     /// A result report was given up (the coordinator refused it, or the lease ran out while
@@ -304,6 +329,30 @@ impl Metrics {
                 (
                     [("when", "refresh"), ("outcome", "failed")],
                     c(&self.exchanges[3]),
+                ),
+            ],
+        );
+        family(
+            &mut out,
+            "bulwark_runner_egress_attempts_total",
+            "counter",
+            "Connection attempts through the egress proxies of this host's jobs (as each job's result.json counts them, added when the job ends), by the job's trust level and the proxy's decision. Denied attempts of untrusted jobs are pull requests reaching for what their allow list does not name (or a list that needs an entry).",
+            &[
+                (
+                    [("trust", "untrusted"), ("decision", "allowed")],
+                    c(&self.egress[0]),
+                ),
+                (
+                    [("trust", "untrusted"), ("decision", "denied")],
+                    c(&self.egress[1]),
+                ),
+                (
+                    [("trust", "trusted"), ("decision", "allowed")],
+                    c(&self.egress[2]),
+                ),
+                (
+                    [("trust", "trusted"), ("decision", "denied")],
+                    c(&self.egress[3]),
                 ),
             ],
         );
@@ -513,6 +562,25 @@ mod tests {
         m.exchange(Exchange::Start, true);
         m.exchange(Exchange::Refresh, false);
         m.report_given_up();
+        // Egress counts come from result.json as the run writes it (the protocol's own type).
+        let result = |allowed, denied| {
+            serde_json::json!({
+                "status": "succeeded",
+                "egress": EgressRecord {
+                    allowed,
+                    denied,
+                    ..EgressRecord::default()
+                },
+            })
+        };
+        m.egress(Trust::Untrusted, &result(5, 2));
+        m.egress(Trust::Untrusted, &result(1, 0));
+        m.egress(Trust::Trusted, &result(7, 1));
+        m.egress(
+            Trust::Trusted,
+            &serde_json::json!({"status": "failed", "egress": null}),
+        );
+        m.egress(Trust::Trusted, &serde_json::json!({"status": "refused"}));
         let g = Gauges {
             runner_id: "r-1".into(),
             runner: "host-a".into(),
@@ -576,6 +644,22 @@ mod tests {
                 "1",
             ),
             ("bulwark_runner_result_reports_given_up_total", "1"),
+            (
+                "bulwark_runner_egress_attempts_total{trust=\"untrusted\",decision=\"allowed\"}",
+                "6",
+            ),
+            (
+                "bulwark_runner_egress_attempts_total{trust=\"untrusted\",decision=\"denied\"}",
+                "2",
+            ),
+            (
+                "bulwark_runner_egress_attempts_total{trust=\"trusted\",decision=\"allowed\"}",
+                "7",
+            ),
+            (
+                "bulwark_runner_egress_attempts_total{trust=\"trusted\",decision=\"denied\"}",
+                "1",
+            ),
             ("bulwark_runner_disk_available_bytes", "5368709120"),
             ("bulwark_runner_disk_reserve_bytes", "1073741824"),
             ("bulwark_runner_disk_available_inodes", "9000"),

@@ -499,6 +499,7 @@ impl Daemon {
             client::printable(&status)
         );
         self.metrics.finished(&status);
+        self.metrics.egress(lease.trust, &report.result);
         self.report(&lease, report, &mut stop).await;
         // `[daemon] keep_outputs` counts from now, when the job was reported.
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
