@@ -167,17 +167,18 @@ impl From<OutputError> for ApiError {
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// A non-loopback listen address without `--behind-tls-proxy`.
-    #[error("listen address {addr}: refused: not a loopback address, and the coordinator serves plain HTTP; put a TLS terminator in front and pass --behind-tls-proxy, or listen on 127.0.0.1")]
+    /// A non-loopback listen address without `--behind-tls-proxy` or TLS of its own.
+    #[error("listen address {addr}: refused: not a loopback address, and the coordinator would serve plain HTTP; give it a certificate (--tls-cert and --tls-key), or put a TLS terminator in front and pass --behind-tls-proxy, or listen on 127.0.0.1")]
     NotLoopback {
         /// The address.
         addr: SocketAddr,
     },
 }
 
-/// Refuses to listen on a non-loopback address unless a TLS proxy is said to be in front.
-pub fn check_listen(addr: SocketAddr, behind_tls_proxy: bool) -> Result<(), ServeError> {
-    if addr.ip().is_loopback() || behind_tls_proxy {
+/// Refuses to listen on a non-loopback address unless the coordinator serves TLS itself or a
+/// TLS proxy is said to be in front (`tls`: either).
+pub fn check_listen(addr: SocketAddr, tls: bool) -> Result<(), ServeError> {
+    if addr.ip().is_loopback() || tls {
         Ok(())
     } else {
         Err(ServeError::NotLoopback { addr })
@@ -318,14 +319,16 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_with_metrics(listener, None, coordinator, options, shutdown).await
+    serve_with_metrics(listener, None, None, coordinator, options, shutdown).await
 }
 
-/// [`serve`], and when `metrics` is given, `GET /metrics` on it ([`crate::metrics`]) until the
-/// shutdown: no authentication there, at most 16 connections.
+/// [`serve`], over TLS when `tls` is given ([`crate::tls`]: the handshake must finish within
+/// [`ServeOptions::header_read_timeout`]), and when `metrics` is given, `GET /metrics` on it
+/// ([`crate::metrics`]) until the shutdown: no authentication there, at most 16 connections.
 pub async fn serve_with_metrics(
     listener: tokio::net::TcpListener,
     metrics: Option<tokio::net::TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     coordinator: Coordinator,
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -375,12 +378,31 @@ pub async fn serve_with_metrics(
             },
             () = &mut shutdown => break,
         };
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
+        let service = TowerToHyperService::new(app.clone());
+        let Some(tls) = &tls else {
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, under the header timeout; a shutdown
+        // meanwhile lets it finish and serve what it asked, as for a plain connection.
+        let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
+        let handshake_timeout = options.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
             drop(permit);
         });

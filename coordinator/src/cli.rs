@@ -74,9 +74,10 @@ pub enum Command {
         #[command(subcommand)]
         command: InventoryCommand,
     },
-    /// Serves the HTTP API (plain HTTP: behind a TLS terminator, or on loopback).
+    /// Serves the HTTP API: over TLS with --tls-cert and --tls-key, else plain HTTP (on
+    /// loopback, or behind a TLS terminator).
     #[command(
-        after_help = "Example:\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8440 --behind-tls-proxy\n\nPrints `listening on ADDR` to stderr once bound."
+        after_help = "Example:\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8443 --tls-cert /etc/bulwark-coordinator/tls.crt --tls-key /etc/bulwark-coordinator/tls.key\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8440 --behind-tls-proxy\n\nPrints `listening on ADDR` to stderr once bound."
     )]
     Serve {
         /// The state directory.
@@ -86,8 +87,15 @@ pub enum Command {
         #[arg(long)]
         listen: SocketAddr,
         /// Allow a non-loopback address: a TLS terminator is in front of the coordinator.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tls_cert")]
         behind_tls_proxy: bool,
+        /// Serve TLS with this certificate chain (PEM, the server's certificate first); read
+        /// again when the file changes (a renewal needs no restart).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM: PKCS#8, RSA or EC).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Most bytes of outputs and logs stored per job (`4GiB`, `512MiB`); each file counts
         /// as whole 4 KiB blocks.
         #[arg(long, default_value = "4GiB", value_parser = parse_size)]

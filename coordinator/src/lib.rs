@@ -57,6 +57,7 @@ pub mod oidc;
 pub mod outputs;
 pub mod state;
 pub mod statedir;
+pub mod tls;
 
 #[cfg(test)]
 pub(crate) mod testutil;

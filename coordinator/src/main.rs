@@ -173,13 +173,19 @@ fn main() -> Result<()> {
             state,
             listen,
             behind_tls_proxy,
+            tls_cert,
+            tls_key,
             max_output_bytes,
             max_output_files,
             min_free_disk,
             upload_idle_timeout,
             metrics_listen,
         } => {
-            api::check_listen(listen, behind_tls_proxy)?;
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => Some(bulwark_coordinator::tls::acceptor(cert, key)?),
+                _ => None,
+            };
+            api::check_listen(listen, behind_tls_proxy || tls.is_some())?;
             let (db, key, admin) = statedir::load(&state)?;
             let outputs = OutputStore::open(
                 &state,
@@ -218,10 +224,14 @@ fn main() -> Result<()> {
                     }
                     None => None,
                 };
+                if let Some(cert) = tls_cert.as_ref().filter(|_| tls.is_some()) {
+                    eprintln!("serving TLS with {}", cert.display());
+                }
                 eprintln!("listening on {bound}");
                 api::serve_with_metrics(
                     listener,
                     metrics,
+                    tls,
                     coordinator,
                     api::ServeOptions::default(),
                     stop,

@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     let seconds: f64 = seconds.parse()?;
     let identity = Rc::new(registration::load(Path::new(state))?);
     let forged_key = Rc::new(LocalKey::generate(Algorithm::P256)?);
-    let client = Rc::new(Client::new(&identity.registration.coordinator)?);
+    let client = Rc::new(Client::new(&identity.registration.coordinator, None)?);
     // One thread, as the daemon: the coordinator gets the machine's other cores.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -564,6 +564,7 @@ fn register(
         rt.block_on(crate::daemon::registration::register(
             &dirs.state,
             coordinator,
+            loaded.config.daemon.coordinator_ca.as_deref(),
             &token,
             &name,
         ))
@@ -596,7 +597,10 @@ fn rekey(config: Option<&std::path::Path>) -> u8 {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(crate::daemon::registration::rekey(&dirs.state))
+        rt.block_on(crate::daemon::registration::rekey(
+            &dirs.state,
+            loaded.config.daemon.coordinator_ca.as_deref(),
+        ))
     })();
     match result {
         Ok((r, resumed)) => {

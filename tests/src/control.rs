@@ -34,8 +34,26 @@ impl Coordinator {
         Coordinator::start_with(env, &[])
     }
 
+    /// A coordinator serving TLS with `tls`'s server certificate; its URL is `https://` and its
+    /// client trusts `tls.ca` alone.
+    pub fn start_tls(env: &Env, tls: &TlsFiles) -> Coordinator {
+        let (cert, key) = (
+            tls.cert.display().to_string(),
+            tls.key.display().to_string(),
+        );
+        Coordinator::spawn(
+            env,
+            &["--tls-cert", &cert, "--tls-key", &key],
+            Some(&tls.ca),
+        )
+    }
+
     /// A coordinator served with `serve_args` added (`--max-output-bytes 10`, say).
     pub fn start_with(env: &Env, serve_args: &[&str]) -> Coordinator {
+        Coordinator::spawn(env, serve_args, None)
+    }
+
+    fn spawn(env: &Env, serve_args: &[&str], ca: Option<&Path>) -> Coordinator {
         let state = env.dir.join("coordinator");
         let o = Command::new(coordinator_bin())
             .args(["init", "--state"])
@@ -80,15 +98,20 @@ impl Coordinator {
             .trim()
             .to_string();
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut http = reqwest::blocking::Client::builder().no_proxy();
+        if let Some(ca) = ca {
+            http = http
+                .tls_certs_only(
+                    reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap(),
+                )
+                .pool_max_idle_per_host(0);
+        }
         Coordinator {
             child,
             state,
-            url: format!("http://{addr}"),
+            url: format!("{}://{addr}", if ca.is_some() { "https" } else { "http" }),
             admin,
-            http: reqwest::blocking::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap(),
+            http: http.build().unwrap(),
             metrics,
         }
     }
@@ -206,6 +229,92 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A certificate authority and a server certificate it signed for `127.0.0.1` (an IP SAN),
+/// with the server's key: files made with the system's `openssl` (`.ci/run` installs it).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM, PKCS#8).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A fresh CA named `name` and a server certificate from it, under `dir/<name>/`.
+    pub fn make(dir: &Path, name: &str) -> TlsFiles {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let openssl = |args: &[&str]| {
+            let o = Command::new("openssl")
+                .args(args)
+                .current_dir(&d)
+                .output()
+                .expect("openssl (.ci/run installs it)");
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj"];
+        let subject = format!("/CN={name} test CA");
+        ca.push(&subject);
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&ca);
+        let mut csr = vec!["req", "-new", "-subj", "/CN=127.0.0.1"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(&csr);
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        TlsFiles {
+            ca: d.join("ca.crt"),
+            cert: d.join("server.crt"),
+            key: d.join("server.key"),
+        }
     }
 }
 

@@ -1231,6 +1231,102 @@ fn a_build_hosts_metrics_follow_its_jobs_and_draining_and_parse_as_prometheus_te
     assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 30), Some(0));
 }
 
+/// The coordinator serves TLS itself (`serve --tls-cert --tls-key`): a runner that does not
+/// trust its CA is refused at the handshake, before its one-time token is spent; with
+/// `[daemon] coordinator_ca` it registers and runs a job over TLS; a plain-HTTP client gets
+/// no answer of the API from the TLS port; and a renewed certificate (here from another CA)
+/// is served from the next connection on, without a restart.
+#[test]
+fn the_coordinator_serves_tls_itself_a_runner_trusts_its_ca_and_a_renewal_needs_no_restart() {
+    let env = host("cp-tls");
+    let tls = TlsFiles::make(&env.dir, "first");
+    let c = Coordinator::start_tls(&env, &tls);
+    assert!(c.url.starts_with("https://127.0.0.1:"), "{}", c.url);
+    let token = c.registration_token(&env.dir, "10m");
+
+    let o = register(&env, &c, &token, "tls-host");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("certificate") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+    assert!(!env.state.join("runner/registration.json").exists());
+
+    env.write_config_sections(
+        "max_memory = \"1GiB\"\n",
+        &format!(
+            "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\ncoordinator_ca = \"{}\"\n",
+            env.dir.display(),
+            tls.ca.display()
+        ),
+    );
+    let o = register(&env, &c, &token, "tls-host");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut daemon = Daemon::start(&env);
+    let (repo, commit) = repo(&env);
+    let id = c.submit(
+        &git_job(&repo, &commit, "over-tls", "sh build.sh"),
+        "untrusted",
+    );
+    let j = c.wait_done(&id, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    let (status, _, bytes) = c.fetch(&id, "outputs/dist/app.txt");
+    assert_eq!(status, 200);
+    assert!(!bytes.is_empty());
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{}",
+        daemon_log(&env)
+    );
+
+    // Plain HTTP to the TLS port: the handshake fails, nothing of the API answers.
+    let addr = c.url.trim_start_matches("https://");
+    let plain = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    if let Ok(r) = plain
+        .get(format!("http://{addr}/.well-known/jwks.json"))
+        .send()
+    {
+        assert!(!r.status().is_success(), "plain HTTP was served: {r:?}");
+    }
+
+    // A renewal: the files replaced (renamed into place, as ACME clients do), by a pair from
+    // another CA, so a client trusting that CA alone tells which is served.
+    let next = TlsFiles::make(&env.dir, "second");
+    // A fresh client each time: one that kept a TLS session could resume it, which skips the
+    // certificate (as it should: the server was checked when the session began).
+    let served = |ca: &std::path::Path| {
+        reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .tls_certs_only(
+                reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap(),
+            )
+            .build()
+            .unwrap()
+            .get(format!("{}/.well-known/jwks.json", c.url))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    };
+    assert!(served(&tls.ca) && !served(&next.ca));
+    std::fs::rename(&next.key, &tls.key).unwrap();
+    std::fs::rename(&next.cert, &tls.cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !served(&next.ca) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not served within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!served(&tls.ca));
+}
+
 #[test]
 fn the_operator_cancels_a_queued_job_before_it_runs_and_a_running_one_mid_step() {
     let (env, c) = registered("cp-cancel");
@@ -1394,7 +1490,8 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
 /// Leases one job as the registered runner, without a daemon.
 fn lease_as_runner(env: &Env, rt: &tokio::runtime::Runtime) -> Lease {
     let id = bulwark_runner::daemon::registration::load(&env.state).unwrap();
-    let client = bulwark_runner::daemon::client::Client::new(&id.registration.coordinator).unwrap();
+    let client =
+        bulwark_runner::daemon::client::Client::new(&id.registration.coordinator, None).unwrap();
     let a = rt
         .block_on(client.post_signed(
             "/v1/runners/lease",
@@ -1414,7 +1511,8 @@ fn id_token(
     audience: &str,
 ) -> Result<IdToken, bulwark_runner::daemon::client::ClientError> {
     let id = bulwark_runner::daemon::registration::load(&env.state).unwrap();
-    let client = bulwark_runner::daemon::client::Client::new(&id.registration.coordinator).unwrap();
+    let client =
+        bulwark_runner::daemon::client::Client::new(&id.registration.coordinator, None).unwrap();
     let body = serde_json::to_vec(&IdTokenRequest {
         audience: audience.into(),
     })

@@ -142,6 +142,11 @@ pub struct DaemonConfig {
     /// Where the daemon serves its Prometheus metrics (`GET /metrics`), without
     /// authentication (`metrics_listen = "127.0.0.1:9441"`); `None` (absent): not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A PEM bundle of certificate authorities trusted for the coordinator's `https://` URL,
+    /// in addition to the system's (`coordinator_ca = "/etc/bulwark/coordinator-ca.pem"`: a
+    /// coordinator serving its own certificate from a private CA); used by `bulwark register`,
+    /// `bulwark rekey` and the daemon. An absolute path.
+    pub coordinator_ca: Option<std::path::PathBuf>,
 }
 
 /// The default [`DaemonConfig::poll_interval`].
@@ -161,6 +166,7 @@ impl Default for DaemonConfig {
             slots: 1,
             live_log_interval: Some(DEFAULT_LIVE_LOG_INTERVAL),
             metrics_listen: None,
+            coordinator_ca: None,
         }
     }
 }
@@ -536,6 +542,7 @@ struct RawDaemon {
     slots: Option<u64>,
     live_log_interval: Option<String>,
     metrics_listen: Option<String>,
+    coordinator_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -630,6 +637,16 @@ impl Config {
                         quote(m)
                     ),
                 ),
+            }
+        }
+        if let Some(ca) = &raw.daemon.coordinator_ca {
+            if ca.starts_with('/') {
+                daemon.coordinator_ca = Some(std::path::PathBuf::from(ca));
+            } else {
+                errors.push(
+                    "daemon.coordinator_ca",
+                    format!("{} is not an absolute path", quote(ca)),
+                );
             }
         }
         match raw.daemon.slots {
@@ -947,6 +964,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.daemon.metrics_listen, Some("[::1]:9441".parse().unwrap()));
         assert_eq!(Config::default().daemon.metrics_listen, None);
+        assert_eq!(Config::default().daemon.coordinator_ca, None);
         assert_eq!(c.daemon.live_log_interval, None);
         assert_eq!(
             Config::default().daemon.live_log_interval,
@@ -957,7 +975,7 @@ mod tests {
         assert_eq!(c.daemon.slots, 4);
         assert_eq!(Config::default().daemon.slots, 1);
         let e = Config::from_toml_str(
-            "[daemon]\npoll_interval = \"1ms\"\nkeep_outputs = \"a week\"\nslots = 0\nlive_log_interval = \"20m\"\nmetrics_listen = \"localhost:9441\"\n",
+            "[daemon]\npoll_interval = \"1ms\"\nkeep_outputs = \"a week\"\nslots = 0\nlive_log_interval = \"20m\"\nmetrics_listen = \"localhost:9441\"\ncoordinator_ca = \"ca.pem\"\n",
         )
         .unwrap_err()
         .to_string();
@@ -969,6 +987,10 @@ mod tests {
         assert!(e.contains("daemon.slots: 0 is outside 1 to 256"), "{e}");
         assert!(
             e.contains("daemon.metrics_listen: \"localhost:9441\" is not an address and port"),
+            "{e}"
+        );
+        assert!(
+            e.contains("daemon.coordinator_ca: \"ca.pem\" is not an absolute path"),
             "{e}"
         );
         assert!(

@@ -64,6 +64,14 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// `[daemon] coordinator_ca` could not be read or holds no certificate.
+    #[error("daemon.coordinator_ca {}: {reason}", path.display())]
+    Ca {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Signing failed (the system random source or the key).
     #[error("signing {}: {}", printable(what), printable(reason))]
     Sign {
@@ -146,12 +154,27 @@ pub struct Answer {
 }
 
 impl Client {
-    /// A client of the coordinator at `base` (checked by [`check_url`]).
-    pub fn new(base: &str) -> Result<Client, ClientError> {
+    /// A client of the coordinator at `base` (checked by [`check_url`]), trusting the
+    /// certificate authorities in the PEM bundle `ca` as well as the system's.
+    pub fn new(base: &str, ca: Option<&std::path::Path>) -> Result<Client, ClientError> {
         let base = check_url(base)?;
         // reqwest asks rustls for the process-wide provider; install ring unless one is.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca {
+            let ca_error = |reason: String| ClientError::Ca {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_error(e.without_url().to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("holds no PEM certificate".to_owned()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .no_proxy()
             .referer(false)
             .redirect(reqwest::redirect::Policy::none())

@@ -198,7 +198,10 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
     // The identity is read under the lock: a `bulwark rekey` that held it has finished.
     let lock = lock_state(&dirs.state)?;
     let identity = registration::load(&dirs.state)?;
-    let client = Client::new(&identity.registration.coordinator)?;
+    let client = Client::new(
+        &identity.registration.coordinator,
+        loaded.config.daemon.coordinator_ca.as_deref(),
+    )?;
     let exe = std::env::current_exe().context("finding the bulwark binary")?;
     let metrics_listener = match loaded.config.daemon.metrics_listen {
         Some(addr) => {

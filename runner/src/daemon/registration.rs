@@ -160,11 +160,12 @@ pub fn read_token(path: &Path) -> Result<String> {
 pub async fn register(
     state: &Path,
     coordinator: &str,
+    ca: Option<&Path>,
     token: &str,
     name: &str,
 ) -> Result<Registration> {
     bulwark_protocol::check_name(name).map_err(|e| anyhow!("--name: {e}"))?;
-    let client = Client::new(coordinator)?;
+    let client = Client::new(coordinator, ca)?;
     let reg_path = registration_path(state);
     let existing = match read_record(&reg_path) {
         Ok(t) => Some(t),
@@ -232,10 +233,10 @@ pub async fn register(
 /// Replaces this runner's identity key (module docs). The caller holds the state lock
 /// ([`super::lock_state`]), so no daemon signs with the old key meanwhile. Returns the
 /// registration and whether an earlier, interrupted rekey was finished.
-pub async fn rekey(state: &Path) -> Result<(Registration, bool)> {
+pub async fn rekey(state: &Path, ca: Option<&Path>) -> Result<(Registration, bool)> {
     let identity = load_unchecked(state)?;
     let reg = &identity.registration;
-    let client = Client::new(&reg.coordinator)?;
+    let client = Client::new(&reg.coordinator, ca)?;
     let next_path = next_key_path(state);
     let resumed = std::fs::symlink_metadata(&next_path).is_ok();
     let next = if resumed {
@@ -358,7 +359,7 @@ mod tests {
             .build()
             .unwrap();
         let e = rt
-            .block_on(register(dir.path(), url, "bwreg_abc", "build-7"))
+            .block_on(register(dir.path(), url, None, "bwreg_abc", "build-7"))
             .unwrap_err();
         assert!(!registration_path(dir.path()).exists());
         format!("{e:#}")
