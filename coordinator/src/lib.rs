@@ -26,8 +26,9 @@
 //!
 //! # Limits
 //!
-//! - Plain HTTP only: TLS belongs to a terminating proxy in front; a non-loopback listen
-//!   address is refused without `--behind-tls-proxy`.
+//! - TLS with `serve --tls-cert/--tls-key` ([`tls`]: one certificate, reloaded when renewed,
+//!   no client certificates), or plain HTTP on loopback or behind a terminating proxy (a
+//!   non-loopback plain-HTTP address is refused without `--behind-tls-proxy`).
 //! - One issuer key, no rotation; no credential exchange of its own (the runner makes it: runner/src/creds/); no
 //!   re-queueing of lost jobs (the submitter decides); no log streaming.
 //! - Bodies are capped at [`bulwark_protocol::control::MAX_BODY_BYTES`]; headers must arrive

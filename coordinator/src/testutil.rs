@@ -66,3 +66,36 @@ pub fn provenance_line(artifact: &str, commit: &str, tool: &str, bin: &str) -> S
     })
     .to_string()
 }
+
+/// A self-signed certificate for `name` (and 127.0.0.1) and its key (PKCS#8, P-256), made with
+/// the system's `openssl` under `dir` as `<stem>.crt` and `<stem>.key`; `None` (the caller
+/// skips, saying so) where openssl is not installed (`.ci/run` installs it).
+pub fn self_signed(dir: &Path, stem: &str, name: &str) -> Option<(PathBuf, PathBuf)> {
+    let (cert, key) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    let o = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{name},IP:127.0.0.1"))
+        // Its own trust anchor in tests, but an end entity: webpki refuses a CA as a server.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .ok()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Some((cert, key))
+}

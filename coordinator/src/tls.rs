@@ -16,10 +16,11 @@
 //! the files in place or swaps a symlink). The pair is read at start (a pair that cannot be
 //! read, or whose key does not match its certificate, stops `serve` there) and again, at most
 //! once every [`RECHECK`], when a handshake finds either file's identity (device, inode, size,
-//! modification time, following symlinks) changed: a renewal is served from the next
-//! connection on, without a restart or a signal. A pair that fails to load then (a renewal
-//! caught between writing the certificate and the key, say) is logged once and the previous
-//! pair is kept, and loading is tried again when the files change again.
+//! modification and change times, following symlinks) changed: a renewal is served from the
+//! next connection on, without a restart or a signal. A pair that fails to load then (a
+//! renewal caught between writing the certificate and the key, a file not yet readable by the
+//! coordinator's user, no descriptor left) is logged once per change and the previous pair
+//! is kept; loading is tried again at every check until it succeeds.
 //!
 //! Alternatives rejected: reloading on SIGHUP (one more thing an ACME client's hook must get
 //! right, and the coordinator runs with systemd's `NoNewPrivileges` under its own user, so
@@ -28,10 +29,14 @@
 //!
 //! # Limits
 //!
-//! The handshake must finish within the header timeout of the API (a client that connects and
-//! sends nothing holds the connection no longer than one that sends no request). No client
-//! certificates: runners prove themselves with their request signatures. No SNI-based choice
-//! between several certificates.
+//! The handshake must finish within the header timeout of the API, and then the request's
+//! headers within that timeout again (so a client that drags both out holds a connection up to
+//! twice as long as on plain HTTP). Handshakes run on the coordinator's one event-loop thread:
+//! each costs a signature (about 0.1 ms with an ECDSA P-256 key, several with RSA 3072), and
+//! nothing limits how many a client starts per second; use a P-256 key, and where clients are
+//! not trusted, a connection rate limit in front (nftables `limit`, a load balancer's). No
+//! client certificates: runners prove themselves with their request signatures. No SNI-based
+//! choice between several certificates.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -77,13 +82,24 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
 }
 
-/// What identifies a file's contents well enough to notice a replacement.
-type Stamp = Option<(u64, u64, u64, std::time::SystemTime)>;
+/// What identifies a file's contents well enough to notice a replacement: device, inode,
+/// size, modification time and change time (a `chmod` or `chown` after a copy changes only
+/// the last), in seconds and nanoseconds.
+type Stamp = Option<[i64; 7]>;
 
 fn stamp(path: &Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+    let wide = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Some([
+        wide(m.dev()),
+        wide(m.ino()),
+        wide(m.len()),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ])
 }
 
 /// Reads the certificate chain and key at `cert` and `key` and checks they belong together.
@@ -116,7 +132,12 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     CertifiedKey::from_der(chain, der, &provider)
         .map_err(|e| TlsError::Pair {
             path: key.to_path_buf(),
-            reason: format!("{e} (is it the private key of the certificate's first entry?)"),
+            reason: match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    "not the private key of the certificate (the first in --tls-cert)".into()
+                }
+                other => format!("cannot be used with the certificate: {other}"),
+            },
         })
         .map(Arc::new)
 }
@@ -134,6 +155,8 @@ struct State {
     current: Arc<CertifiedKey>,
     /// The files' stamps when `current` was read, or when a load last failed.
     stamps: (Stamp, Stamp),
+    /// The last load failed: tried again at every check, logged again only on a change.
+    failing: bool,
     checked: Instant,
 }
 
@@ -147,17 +170,21 @@ impl Reloading {
         if state.checked.elapsed() >= RECHECK {
             state.checked = Instant::now();
             let stamps = (stamp(&self.cert), stamp(&self.key));
-            if stamps != state.stamps {
-                // Recorded either way: a pair that failed is not read again (nor logged
-                // again) until the files change once more.
+            let changed = stamps != state.stamps;
+            if changed || state.failing {
                 state.stamps = stamps;
                 match load(&self.cert, &self.key) {
                     Ok(pair) => {
                         tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
                         state.current = pair;
+                        state.failing = false;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "TLS certificate changed but cannot be used; serving the previous one")
+                        // Once per change of the files, not at every check.
+                        if changed {
+                            tracing::warn!(error = %e, "TLS certificate changed but cannot be used; serving the previous one until it can");
+                        }
+                        state.failing = true;
                     }
                 }
             }
@@ -183,6 +210,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
         state: Mutex::new(State {
             current,
             stamps,
+            failing: false,
             checked: Instant::now(),
         }),
     };
@@ -202,33 +230,7 @@ mod tests {
     use super::*;
     use crate::testutil::TempDir;
 
-    /// A self-signed certificate for `name` and its key (PKCS#8), made with the system's
-    /// `openssl`; `None` (the test skips, saying so) where it is not installed.
-    fn self_signed(dir: &Path, stem: &str, name: &str) -> Option<(PathBuf, PathBuf)> {
-        let (cert, key) = (
-            dir.join(format!("{stem}.crt")),
-            dir.join(format!("{stem}.key")),
-        );
-        let o = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "1", "-subj"])
-            .arg(format!("/CN={name}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .ok()?;
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        Some((cert, key))
-    }
+    use crate::testutil::self_signed;
 
     fn subject(pair: &CertifiedKey) -> Vec<u8> {
         pair.end_entity_cert().unwrap().as_ref().to_vec()
@@ -246,10 +248,12 @@ mod tests {
         };
         assert!(load(&cert_a, &key_a).is_ok());
         let e = load(&cert_a, &key_b).unwrap_err().to_string();
-        assert!(
-            e.starts_with(&format!("--tls-key {}: ", key_b.display()))
-                && e.contains("private key of the certificate"),
-            "{e}"
+        assert_eq!(
+            e,
+            format!(
+                "--tls-key {}: not the private key of the certificate (the first in --tls-cert)",
+                key_b.display()
+            )
         );
         // A key file given as the certificate, a certificate as the key, a missing file.
         let e = load(&key_a, &key_a).unwrap_err().to_string();
@@ -281,6 +285,7 @@ mod tests {
             state: Mutex::new(State {
                 current: Arc::clone(&first),
                 stamps: (stamp(&cert), stamp(&key)),
+                failing: false,
                 checked: Instant::now(),
             }),
         };
@@ -305,5 +310,56 @@ mod tests {
         let renewed = r.current();
         assert_ne!(subject(&renewed), subject(&first));
         assert_eq!(subject(&renewed), subject(&load(&cert, &key).unwrap()));
+        // A renewal whose key cannot be read at first (a copy, then a chmod for the
+        // coordinator's user; root reads through any mode, so a directory stands in for the
+        // unreadable key here): the renewed pair is kept, then the next one is loaded at a
+        // later check once it can be read, whichever of the file's times moved.
+        let Some((cert3, key3)) = self_signed(dir.path(), "third", "c.test") else {
+            return;
+        };
+        std::fs::rename(&cert3, &cert).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        std::fs::create_dir(&key).unwrap();
+        backdate(&r);
+        assert_eq!(subject(&r.current()), subject(&renewed));
+        assert!(r.state.lock().unwrap().failing);
+        std::fs::remove_dir(&key).unwrap();
+        std::fs::rename(&key3, &key).unwrap();
+        backdate(&r);
+        let third = r.current();
+        assert_eq!(subject(&third), subject(&load(&cert, &key).unwrap()));
+        assert!(!r.state.lock().unwrap().failing);
+    }
+
+    /// A failed load is tried again at every check, not only when the files change: what
+    /// made it fail may pass without touching them (no descriptor left at that moment).
+    #[test]
+    fn a_pair_that_failed_to_load_is_tried_again_without_a_further_change() {
+        let dir = TempDir::new("tls-retry");
+        let (Some((cert, key)), Some((cert_new, key_new))) = (
+            self_signed(dir.path(), "live", "a.test"),
+            self_signed(dir.path(), "next", "b.test"),
+        ) else {
+            eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
+            return;
+        };
+        let first = load(&cert, &key).unwrap();
+        std::fs::rename(&cert_new, &cert).unwrap();
+        std::fs::rename(&key_new, &key).unwrap();
+        // As a check that failed on these very files left it: their stamps recorded.
+        let r = Reloading {
+            cert: cert.clone(),
+            key: key.clone(),
+            state: Mutex::new(State {
+                current: Arc::clone(&first),
+                stamps: (stamp(&cert), stamp(&key)),
+                failing: true,
+                checked: Instant::now() - RECHECK,
+            }),
+        };
+        let now = r.current();
+        assert_eq!(subject(&now), subject(&load(&cert, &key).unwrap()));
+        assert_ne!(subject(&now), subject(&first));
+        assert!(!r.state.lock().unwrap().failing);
     }
 }

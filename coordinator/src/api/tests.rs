@@ -32,6 +32,14 @@ fn start_with(options: ServeOptions) -> (Server, Shutdown) {
 }
 
 fn start_with_limits(options: ServeOptions, limits: outputs::OutputLimits) -> (Server, Shutdown) {
+    start_full(options, limits, None)
+}
+
+fn start_full(
+    options: ServeOptions,
+    limits: outputs::OutputLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (Server, Shutdown) {
     let dir = TempDir::new("api");
     let state = dir.path().join("state");
     statedir::init(&state, "http://127.0.0.1:1").unwrap();
@@ -57,7 +65,9 @@ fn start_with_limits(options: ServeOptions, limits: outputs::OutputLimits) -> (S
                     std::future::pending::<()>().await;
                 }
             };
-            serve(listener, coordinator, options, stop).await.unwrap();
+            serve_with_metrics(listener, None, tls, coordinator, options, stop)
+                .await
+                .unwrap();
             let _ = ended_tx.send(());
         });
     });
@@ -672,6 +682,71 @@ fn a_client_that_never_finishes_its_headers_or_idles_is_disconnected() {
         http(s.addr, "GET", "/.well-known/jwks.json", &[], b"").status,
         200
     );
+}
+
+/// Over TLS the handshake runs in the connection's own task, under the header timeout: a
+/// client that connects and never says hello neither holds up the accept loop (a second
+/// client is served at once) nor keeps its connection past the timeout.
+#[test]
+fn a_silent_tls_client_neither_holds_up_others_nor_outlives_the_header_timeout() {
+    let dir = TempDir::new("api-tls");
+    let Some((cert, key)) = crate::testutil::self_signed(dir.path(), "server", "localhost") else {
+        eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
+        return;
+    };
+    let acceptor = crate::tls::acceptor(&cert, &key).unwrap();
+    let (s, _stop) = start_full(
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(3),
+            ..ServeOptions::default()
+        },
+        outputs::OutputLimits::default(),
+        Some(acceptor),
+    );
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(s.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(s.addr).unwrap());
+    tls.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    match tls.read_to_end(&mut got) {
+        Ok(_) => {}
+        // Closed without close_notify after `connection: close`: what arrived counts.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("{e}"),
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served only after {:?}: the silent handshake held the accept loop",
+        started.elapsed()
+    );
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(10)).is_some(),
+        "a client that never began its handshake was kept"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
 }
 
 #[test]

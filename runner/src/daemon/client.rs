@@ -167,10 +167,20 @@ impl Client {
                 reason,
             };
             let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_error(e.without_url().to_string()))?;
+            // Parsed here rather than by reqwest, whose error says only "builder error".
+            use rustls::pki_types::pem::PemObject as _;
+            let mut certs = Vec::new();
+            for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let der = der.map_err(|e| ca_error(format!("not a PEM bundle: {e}")))?;
+                certs
+                    .push(reqwest::Certificate::from_der(der.as_ref()).map_err(|e| {
+                        ca_error(format!("a certificate that cannot be read: {e}"))
+                    })?);
+            }
             if certs.is_empty() {
-                return Err(ca_error("holds no PEM certificate".to_owned()));
+                return Err(ca_error(
+                    "holds no PEM certificate (BEGIN CERTIFICATE)".to_owned(),
+                ));
             }
             builder = builder.tls_certs_merge(certs);
         }
@@ -183,9 +193,20 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("bulwark/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ClientError::Transport {
-                what: "building the HTTP client".into(),
-                source: e,
+            .map_err(|e| match ca {
+                // The CA's certificates are checked as trust anchors only now.
+                Some(path) => ClientError::Ca {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "not usable as a certificate authority: {}",
+                        std::error::Error::source(&e)
+                            .map_or_else(|| e.to_string(), |s| s.to_string())
+                    ),
+                },
+                None => ClientError::Transport {
+                    what: "building the HTTP client".into(),
+                    source: e,
+                },
             })?;
         Ok(Client {
             base,
@@ -455,6 +476,37 @@ pub fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[daemon] coordinator_ca` errors name the setting and the file and say what is wrong
+    /// with it, rather than reqwest's "builder error".
+    #[test]
+    fn a_coordinator_ca_that_is_missing_empty_or_not_pem_is_refused_saying_why() {
+        let dir = crate::tools::testutil::TempDir::new("coordinator-ca");
+        let missing = dir.path().join("none.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (path, why) in [
+            (&missing, "No such file"),
+            (&empty, "holds no PEM certificate"),
+            (&broken, "not a PEM bundle"),
+        ] {
+            let e = Client::new("https://ci.example.com", Some(path))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("daemon.coordinator_ca {}: ", path.display()))
+                    && e.contains(why),
+                "{e}"
+            );
+        }
+        assert!(Client::new("https://ci.example.com", None).is_ok());
+    }
 
     #[test]
     fn a_coordinator_url_must_be_https_unless_it_is_loopback() {

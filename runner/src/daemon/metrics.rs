@@ -202,12 +202,15 @@ impl Metrics {
     /// Adds the egress attempts a job's `result` (its `result.json`) counts, by the job's
     /// trust level; nothing for a job without network or a result the daemon made up.
     pub fn egress(&self, trust: Trust, result: &serde_json::Value) {
-        let Some(record) = result
-            .get("egress")
-            .filter(|e| !e.is_null())
-            .and_then(|e| serde_json::from_value::<EgressRecord>(e.clone()).ok())
-        else {
+        let Some(egress) = result.get("egress").filter(|e| !e.is_null()) else {
             return;
+        };
+        let record = match serde_json::from_value::<EgressRecord>(egress.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "result.json: egress counts not read; not counted");
+                return;
+            }
         };
         let base = match trust {
             Trust::Untrusted => 0,
@@ -336,7 +339,7 @@ impl Metrics {
             &mut out,
             "bulwark_runner_egress_attempts_total",
             "counter",
-            "Connection attempts through the egress proxies of this host's jobs (as each job's result.json counts them, added when the job ends), by the job's trust level and the proxy's decision. Denied attempts of untrusted jobs are pull requests reaching for what their allow list does not name (or a list that needs an entry).",
+            "Connection attempts through the egress proxies of this host's jobs (as each job's result.json counts them, added when the job ends), by the job's trust level and the proxy's decision. Denied attempts of untrusted jobs are pull requests reaching for what their allow list does not name (or a list that needs an entry); in audit mode nearly everything is allowed.",
             &[
                 (
                     [("trust", "untrusted"), ("decision", "allowed")],
