@@ -228,9 +228,45 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TempDir;
+    use crate::testutil::{self_signed, TempDir};
 
-    use crate::testutil::self_signed;
+    type Pair = (PathBuf, PathBuf);
+
+    /// Two self-signed pairs (`a.test`, `b.test`) in a fresh directory; `None`, having said
+    /// the test is skipped, where openssl is not installed.
+    fn two_pairs(tag: &str) -> Option<(TempDir, Pair, Pair)> {
+        let dir = TempDir::new(tag);
+        match (
+            self_signed(dir.path(), "a", "a.test"),
+            self_signed(dir.path(), "b", "b.test"),
+        ) {
+            (Some(a), Some(b)) => Some((dir, a, b)),
+            _ => {
+                eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
+                None
+            }
+        }
+    }
+
+    /// A resolver serving `current` for the pair at `(cert, key)`, as a check that found
+    /// the files as they are now left it (`failing`: that check failed to load them).
+    fn reloading((cert, key): &Pair, current: &Arc<CertifiedKey>, failing: bool) -> Reloading {
+        Reloading {
+            cert: cert.clone(),
+            key: key.clone(),
+            state: Mutex::new(State {
+                current: Arc::clone(current),
+                stamps: (stamp(cert), stamp(key)),
+                failing,
+                checked: Instant::now(),
+            }),
+        }
+    }
+
+    /// Lets the next handshake check the files.
+    fn backdate(r: &Reloading) {
+        r.state.lock().unwrap().checked = Instant::now() - RECHECK;
+    }
 
     fn subject(pair: &CertifiedKey) -> Vec<u8> {
         pair.end_entity_cert().unwrap().as_ref().to_vec()
@@ -238,12 +274,7 @@ mod tests {
 
     #[test]
     fn a_pair_that_does_not_belong_together_or_cannot_be_read_is_refused_naming_the_file() {
-        let dir = TempDir::new("tls-bad");
-        let (Some((cert_a, key_a)), Some((_, key_b))) = (
-            self_signed(dir.path(), "a", "a.test"),
-            self_signed(dir.path(), "b", "b.test"),
-        ) else {
-            eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
+        let Some((dir, (cert_a, key_a), (_, key_b))) = two_pairs("tls-bad") else {
             return;
         };
         assert!(load(&cert_a, &key_a).is_ok());
@@ -270,28 +301,12 @@ mod tests {
 
     #[test]
     fn a_renewed_pair_is_served_once_the_files_change_and_a_broken_one_keeps_the_old() {
-        let dir = TempDir::new("tls-reload");
-        let (Some((cert, key)), Some((cert_new, key_new))) = (
-            self_signed(dir.path(), "live", "a.test"),
-            self_signed(dir.path(), "next", "b.test"),
-        ) else {
-            eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
+        let Some((dir, live, (cert_new, key_new))) = two_pairs("tls-reload") else {
             return;
         };
+        let (cert, key) = live.clone();
         let first = load(&cert, &key).unwrap();
-        let r = Reloading {
-            cert: cert.clone(),
-            key: key.clone(),
-            state: Mutex::new(State {
-                current: Arc::clone(&first),
-                stamps: (stamp(&cert), stamp(&key)),
-                failing: false,
-                checked: Instant::now(),
-            }),
-        };
-        let backdate = |r: &Reloading| {
-            r.state.lock().unwrap().checked = Instant::now() - RECHECK;
-        };
+        let r = reloading(&live, &first, false);
         // Unchanged files: the same pair.
         backdate(&r);
         assert_eq!(subject(&r.current()), subject(&first));
@@ -335,28 +350,16 @@ mod tests {
     /// made it fail may pass without touching them (no descriptor left at that moment).
     #[test]
     fn a_pair_that_failed_to_load_is_tried_again_without_a_further_change() {
-        let dir = TempDir::new("tls-retry");
-        let (Some((cert, key)), Some((cert_new, key_new))) = (
-            self_signed(dir.path(), "live", "a.test"),
-            self_signed(dir.path(), "next", "b.test"),
-        ) else {
-            eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
+        let Some((_dir, live, (cert_new, key_new))) = two_pairs("tls-retry") else {
             return;
         };
+        let (cert, key) = live.clone();
         let first = load(&cert, &key).unwrap();
         std::fs::rename(&cert_new, &cert).unwrap();
         std::fs::rename(&key_new, &key).unwrap();
         // As a check that failed on these very files left it: their stamps recorded.
-        let r = Reloading {
-            cert: cert.clone(),
-            key: key.clone(),
-            state: Mutex::new(State {
-                current: Arc::clone(&first),
-                stamps: (stamp(&cert), stamp(&key)),
-                failing: true,
-                checked: Instant::now() - RECHECK,
-            }),
-        };
+        let r = reloading(&live, &first, true);
+        backdate(&r);
         let now = r.current();
         assert_eq!(subject(&now), subject(&load(&cert, &key).unwrap()));
         assert_ne!(subject(&now), subject(&first));
