@@ -1,12 +1,13 @@
 //! The HTTP API (docs/control-plane.md): routes, and the mapping of every refusal to a status
 //! and a JSON [`ErrorBody`].
 //!
-//! Plain HTTP/1.1 with JSON bodies, served by axum on a current-thread tokio runtime: the
-//! work per request is a SQLite transaction and one ECDSA operation, both run on tokio's
-//! blocking pool ([`tokio::task::spawn_blocking`]) so the event loop never waits on the disk,
-//! and SQLite serialises writers anyway, so more event-loop threads would buy nothing. TLS is
-//! the job of a terminating proxy in front ([`check_listen`] refuses a non-loopback address
-//! unless the operator says one is there).
+//! HTTP/1.1 with JSON bodies, served by axum on a current-thread tokio runtime: the work per
+//! request is a SQLite transaction and one ECDSA operation, both run on tokio's blocking pool
+//! ([`tokio::task::spawn_blocking`]) so the event loop never waits on the disk, and SQLite
+//! serialises writers anyway, so more event-loop threads would buy nothing. TLS is served by
+//! the coordinator itself ([`crate::tls`]) or by a terminating proxy in front
+//! ([`check_listen`] refuses a non-loopback plain-HTTP address unless the operator says one is
+//! there).
 //!
 //! Every answer that is not 2xx carries an [`ErrorBody`], including the ones axum makes itself
 //! (unknown route, wrong method, body over [`MAX_BODY_BYTES`]): [`json_errors`] rewrites them.
@@ -389,8 +390,9 @@ pub async fn serve_with_metrics(
             });
             continue;
         };
-        // The handshake runs in the connection's task, under the header timeout; a shutdown
-        // meanwhile lets it finish and serve what it asked, as for a plain connection.
+        // The handshake runs in the connection's task, under the header timeout. A connection
+        // whose handshake ends after a shutdown began is closed before its request is read
+        // (its client retries); one already serving a request finishes it.
         let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
         let handshake_timeout = options.header_read_timeout;
         tokio::spawn(async move {

@@ -224,7 +224,7 @@ fn main() -> Result<()> {
                     }
                     None => None,
                 };
-                if let Some(cert) = tls_cert.as_ref().filter(|_| tls.is_some()) {
+                if let Some(cert) = &tls_cert {
                     eprintln!("serving TLS with {}", cert.display());
                 }
                 eprintln!("listening on {bound}");

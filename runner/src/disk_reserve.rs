@@ -155,7 +155,8 @@ impl Reserve {
         let inodes = (st.files() > 0).then(|| {
             let share = match self.setting {
                 DiskReserve::Percent(p) => u64::from(p),
-                _ => 1,
+                DiskReserve::Off => 0,
+                DiskReserve::Bytes(_) => 1,
             };
             (st.files_available(), st.files() / 100 * share)
         });
@@ -261,6 +262,28 @@ mod tests {
             st.blocks_available() * st.fragment_size(),
             st.blocks() * st.fragment_size(),
         )
+    }
+
+    /// What the daemon's metrics read: with the reserve off, nothing is kept, in bytes or in
+    /// inodes; with a size, 1% of the inodes as well.
+    #[test]
+    fn the_space_read_with_the_reserve_off_keeps_nothing() {
+        let tmp = std::env::temp_dir();
+        let off = space_at(&tmp, DiskReserve::Off).unwrap();
+        assert_eq!(off.need, 0);
+        assert!(off.available > 0);
+        if let Some((available, keep)) = off.inodes {
+            assert!(available > 0);
+            assert_eq!(keep, 0);
+        }
+        let sized = space_at(&tmp, DiskReserve::Bytes(1 << 20)).unwrap();
+        assert_eq!(sized.need, 1 << 20);
+        if let (Some((_, keep)), Some(total)) = (
+            sized.inodes,
+            nix::sys::statvfs::statvfs(&tmp).ok().map(|s| s.files()),
+        ) {
+            assert_eq!(keep, total / 100);
+        }
     }
 
     #[test]

@@ -640,13 +640,11 @@ impl Config {
             }
         }
         if let Some(ca) = &raw.daemon.coordinator_ca {
-            if ca.starts_with('/') {
+            if errors
+                .take("daemon.coordinator_ca", check_absolute_path(ca))
+                .is_some()
+            {
                 daemon.coordinator_ca = Some(std::path::PathBuf::from(ca));
-            } else {
-                errors.push(
-                    "daemon.coordinator_ca",
-                    format!("{} is not an absolute path", quote(ca)),
-                );
             }
         }
         match raw.daemon.slots {
@@ -990,7 +988,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("daemon.coordinator_ca: \"ca.pem\" is not an absolute path"),
+            e.contains("daemon.coordinator_ca: must be an absolute path, got \"ca.pem\""),
             "{e}"
         );
         assert!(

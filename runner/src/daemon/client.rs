@@ -166,22 +166,7 @@ impl Client {
                 path: path.to_path_buf(),
                 reason,
             };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            // Parsed here rather than by reqwest, whose error says only "builder error".
-            use rustls::pki_types::pem::PemObject as _;
-            let mut certs = Vec::new();
-            for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let der = der.map_err(|e| ca_error(format!("not a PEM bundle: {e}")))?;
-                certs
-                    .push(reqwest::Certificate::from_der(der.as_ref()).map_err(|e| {
-                        ca_error(format!("a certificate that cannot be read: {e}"))
-                    })?);
-            }
-            if certs.is_empty() {
-                return Err(ca_error(
-                    "holds no PEM certificate (BEGIN CERTIFICATE)".to_owned(),
-                ));
-            }
+            let certs = crate::tools::fetch::ca_bundle(path).map_err(ca_error)?;
             builder = builder.tls_certs_merge(certs);
         }
         let http = builder
@@ -373,11 +358,8 @@ impl Client {
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         if status < 500 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             self.last_answer
-                .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                .fetch_max(super::now_secs(), std::sync::atomic::Ordering::Relaxed);
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {

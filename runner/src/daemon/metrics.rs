@@ -102,7 +102,7 @@ pub struct Metrics {
 /// What is read from the daemon's state at scrape time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gauges {
-    /// The runner's id and registered name.
+    /// The runner's id.
     pub runner_id: String,
     /// Its registered name.
     pub runner: String,
@@ -129,16 +129,10 @@ pub struct Disk {
     pub inodes: Option<(u64, u64)>,
 }
 
-fn seconds_since_epoch() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Metrics {
     /// Counters at zero, the start time now.
     pub fn new() -> Metrics {
-        Metrics::started(seconds_since_epoch())
+        Metrics::started(super::now_secs())
     }
 
     /// Counters at zero; `started_at` is the daemon's start (seconds since the epoch).

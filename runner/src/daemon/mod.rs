@@ -485,6 +485,8 @@ impl Daemon {
         // The coordinator records a result only once it holds every log and output the report
         // lists. The logs go first: a job whose outputs cannot be delivered is still reported
         // with its log.
+        // The run's own counts, before a failed upload could replace its report.
+        self.metrics.egress(lease.trust, &report.result);
         let report = if ran {
             self.deliver_all(&lease, report, &mut stop).await
         } else {
@@ -502,7 +504,6 @@ impl Daemon {
             client::printable(&status)
         );
         self.metrics.finished(&status);
-        self.metrics.egress(lease.trust, &report.result);
         self.report(&lease, report, &mut stop).await;
         // `[daemon] keep_outputs` counts from now, when the job was reported.
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
@@ -1278,7 +1279,7 @@ fn next_refresh(
     Some((std::time::Instant::now() + wait, expires))
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

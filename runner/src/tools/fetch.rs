@@ -448,19 +448,33 @@ fn client(
             listed_only,
         }));
     if let Some(path) = &policy.extra_ca {
-        let ca_error = |reason: String| FetchError::ExtraCa {
+        let certs = ca_bundle(path).map_err(|reason| FetchError::ExtraCa {
             path: path.clone(),
             reason,
-        };
-        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| ca_error(e.without_url().to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_error("holds no PEM certificate".to_owned()));
-        }
+        })?;
         builder = builder.tls_certs_merge(certs);
     }
     builder.build().map_err(FetchError::Client)
+}
+
+/// The certificates of the PEM bundle at `path` (an operator's extra certificate
+/// authorities), or why they cannot be used. Parsed here rather than by reqwest, whose error
+/// says only "builder error".
+pub fn ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let der = der.map_err(|e| format!("not a PEM bundle: {e}"))?;
+        certs.push(
+            reqwest::Certificate::from_der(der.as_ref())
+                .map_err(|e| format!("a certificate that cannot be read: {e}"))?,
+        );
+    }
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (BEGIN CERTIFICATE)".to_owned());
+    }
+    Ok(certs)
 }
 
 /// Most bytes [`post`] reads of an answer.
