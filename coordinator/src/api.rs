@@ -232,6 +232,12 @@ impl Coordinator {
         self.upload_idle = idle;
         self
     }
+
+    /// The served TLS certificate's expiry, for the metrics ([`crate::tls::Served`]).
+    pub fn with_tls_expiry(mut self, expiry: Arc<std::sync::atomic::AtomicU64>) -> Coordinator {
+        self.metrics.tls_expiry = Some(expiry);
+        self
+    }
 }
 
 type Shared = Arc<Coordinator>;

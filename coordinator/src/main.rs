@@ -196,8 +196,12 @@ fn main() -> Result<()> {
                 },
             )?;
             outputs.remove_partial_uploads()?;
-            let coordinator = api::Coordinator::new(db, key, admin, outputs)?
+            let mut coordinator = api::Coordinator::new(db, key, admin, outputs)?
                 .with_upload_idle_timeout(upload_idle_timeout);
+            if let Some(served) = &tls {
+                coordinator = coordinator.with_tls_expiry(std::sync::Arc::clone(&served.expiry));
+            }
+            let tls = tls.map(|served| served.acceptor);
             // One event-loop thread: requests are a short transaction and a signature each, run
             // on the blocking pool; SQLite serialises writers anyway.
             let runtime = tokio::runtime::Builder::new_current_thread()

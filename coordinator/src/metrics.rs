@@ -46,6 +46,8 @@ pub struct Metrics {
     id_tokens: AtomicU64,
     responses: [AtomicU64; 5],
     last_request: Mutex<HashMap<String, u64>>,
+    /// The served TLS certificate's expiry, when the coordinator serves TLS itself.
+    pub(crate) tls_expiry: Option<std::sync::Arc<AtomicU64>>,
 }
 
 /// What the database says at scrape time ([`crate::state::Db::metrics_snapshot`]).
@@ -77,6 +79,7 @@ impl Metrics {
             id_tokens: AtomicU64::new(0),
             responses: Default::default(),
             last_request: Mutex::new(HashMap::new()),
+            tls_expiry: None,
         }
     }
 
@@ -255,6 +258,15 @@ impl Metrics {
             "API responses, by status class (401 and 403: refused authentication; 5xx: the coordinator failed).",
             &responses,
         );
+        if let Some(expiry) = &self.tls_expiry {
+            family(
+                &mut out,
+                "bulwark_coordinator_tls_certificate_expiry_timestamp_seconds",
+                "gauge",
+                "When the TLS certificate the coordinator serves stops being valid (its notAfter, seconds since the epoch; 0 when it cannot be read). It moves when a renewal is loaded: alert well before it, in case renewals keep failing.",
+                &[(NONE, c(expiry))],
+            );
+        }
         out
     }
 }

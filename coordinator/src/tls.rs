@@ -22,6 +22,10 @@
 //! coordinator's user, no descriptor left) is logged once per change and the previous pair
 //! is kept; loading is tried again at every check until it succeeds.
 //!
+//! The served certificate's expiry (its `notAfter`) is kept beside it for the metrics
+//! (`bulwark_coordinator_tls_certificate_expiry_timestamp_seconds`): the alert that catches
+//! a renewal that keeps failing.
+//!
 //! Alternatives rejected: reloading on SIGHUP (one more thing an ACME client's hook must get
 //! right, and the coordinator runs with systemd's `NoNewPrivileges` under its own user, so
 //! the hook would need privileges to signal it); reloading on a timer (reads files every
@@ -39,6 +43,7 @@
 //! choice between several certificates.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -142,12 +147,101 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
         .map(Arc::new)
 }
 
+/// When `pair`'s certificate stops being valid (its `notAfter`), in seconds since the epoch;
+/// 0 when it cannot be read.
+fn expiry(pair: &CertifiedKey) -> u64 {
+    pair.end_entity_cert()
+        .ok()
+        .and_then(|c| not_after(c.as_ref()))
+        .unwrap_or(0)
+}
+
+/// One DER element of `input`: its tag, its contents and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The `notAfter` of an X.509 certificate in DER, in seconds since the epoch: Certificate ::=
+/// SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber, signature,
+/// issuer, validity SEQUENCE { notBefore, notAfter }, ... }, ... }, each time a UTCTime
+/// (`YYMMDDHHMMSSZ`, years 1950 to 2049) or a GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+fn not_after(der: &[u8]) -> Option<u64> {
+    let (0x30, cert, _) = der_element(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = der_element(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_element(rest)?.2;
+    }
+    for _ in 0..3 {
+        rest = der_element(rest)?.2; // serial number, signature algorithm, issuer
+    }
+    let (0x30, validity, _) = der_element(rest)? else {
+        return None;
+    };
+    let after = der_element(validity)?.2; // past notBefore
+    let (tag, time, _) = der_element(after)?;
+    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 12) => {
+            let yy: i64 = text[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+        }
+        (0x18, 14) => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    if !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let field = |i: usize| -> i64 { rest[i..i + 2].parse().unwrap_or(-1) };
+    let (month, day, hour, minute, second) = (field(0), field(2), field(4), field(6), field(8));
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (the proleptic Gregorian calendar).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+}
+
 /// The server's certificate, reloaded when its files change.
 #[derive(Debug)]
 struct Reloading {
     cert: PathBuf,
     key: PathBuf,
     state: Mutex<State>,
+    /// The served certificate's `notAfter` (seconds since the epoch; 0: unreadable).
+    expiry: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -176,6 +270,7 @@ impl Reloading {
                 match load(&self.cert, &self.key) {
                     Ok(pair) => {
                         tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                        self.expiry.store(expiry(&pair), Ordering::Relaxed);
                         state.current = pair;
                         state.failing = false;
                     }
@@ -199,12 +294,32 @@ impl ResolvesServerCert for Reloading {
     }
 }
 
+/// What `serve` needs to serve TLS ([`acceptor`]).
+#[derive(Clone)]
+pub struct Served {
+    /// Accepts connections with the pair currently served.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The served certificate's `notAfter` (seconds since the epoch; 0: unreadable), kept up
+    /// to date as it is reloaded.
+    pub expiry: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The acceptor for `serve`: the pair at `cert` and `key`, read now (an error stops `serve`
 /// before it listens) and again whenever the files change.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+pub fn acceptor(cert: &Path, key: &Path) -> Result<Served, TlsError> {
     let stamps = (stamp(cert), stamp(key));
     let current = load(cert, key)?;
+    let expiry = Arc::new(AtomicU64::new(expiry(&current)));
     let resolver = Reloading {
+        expiry: Arc::clone(&expiry),
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
         state: Mutex::new(State {
@@ -222,7 +337,10 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
     .with_no_client_auth()
     .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(Served {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        expiry,
+    })
 }
 
 #[cfg(test)]
@@ -252,6 +370,7 @@ mod tests {
     /// the files as they are now left it (`failing`: that check failed to load them).
     fn reloading((cert, key): &Pair, current: &Arc<CertifiedKey>, failing: bool) -> Reloading {
         Reloading {
+            expiry: Arc::new(AtomicU64::new(expiry(current))),
             cert: cert.clone(),
             key: key.clone(),
             state: Mutex::new(State {
@@ -275,6 +394,78 @@ mod tests {
 
     fn subject(pair: &CertifiedKey) -> Vec<u8> {
         pair.end_entity_cert().unwrap().as_ref().to_vec()
+    }
+
+    /// What openssl says of the certificate's `notAfter`, in seconds since the epoch.
+    fn openssl_not_after(cert: &Path) -> u64 {
+        let o = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+            .arg(cert)
+            .output()
+            .unwrap();
+        // notAfter=2026-11-28 16:54:19Z
+        let text = String::from_utf8(o.stdout).unwrap();
+        let t = text.trim().strip_prefix("notAfter=").unwrap();
+        let g = format!(
+            "{}{}{}{}{}{}Z",
+            &t[0..4],
+            &t[5..7],
+            &t[8..10],
+            &t[11..13],
+            &t[14..16],
+            &t[17..19]
+        );
+        // Through the DER reader's own date arithmetic, checked below on fixed dates.
+        let mut der = vec![0x18, g.len() as u8];
+        der.extend_from_slice(g.as_bytes());
+        time_of(&der).unwrap()
+    }
+
+    /// [`not_after`]'s time reading on its own: a validity with these two times.
+    fn time_of(time: &[u8]) -> Option<u64> {
+        let mut validity = vec![0x17, 13];
+        validity.extend_from_slice(b"700101000000Z");
+        validity.extend_from_slice(time);
+        let seq = |tag: u8, body: &[u8]| {
+            let mut v = vec![tag, body.len() as u8];
+            v.extend_from_slice(body);
+            v
+        };
+        let mut tbs = seq(0xa0, &seq(0x02, &[2]));
+        tbs.extend(seq(0x02, &[1]));
+        tbs.extend(seq(0x30, &[]));
+        tbs.extend(seq(0x30, &[]));
+        tbs.extend(seq(0x30, &validity));
+        not_after(&seq(0x30, &seq(0x30, &tbs)))
+    }
+
+    #[test]
+    fn the_expiry_is_read_from_the_certificate_as_openssl_reads_it() {
+        // Fixed dates: the epoch, a leap day, UTCTime's century rule, GeneralizedTime.
+        assert_eq!(time_of(b"\x17\x0d700101000000Z"), Some(0));
+        assert_eq!(time_of(b"\x17\x0d240229120000Z"), Some(1_709_208_000));
+        assert_eq!(time_of(b"\x17\x0d491231235959Z"), Some(2_524_607_999));
+        // 1950, before the epoch: not a time the gauge can show.
+        assert_eq!(time_of(b"\x17\x0d500101000000Z"), None);
+        assert_eq!(time_of(b"\x18\x0f20500101000000Z"), Some(2_524_608_000));
+        // Malformed times and structures read as nothing, never a wrong date or a panic.
+        for bad in [
+            &b"\x17\x0d2402291200Z0Z"[..],
+            b"\x17\x0d241329120000Z",
+            b"\x17\x0c24022912000Z",
+            b"\x18\x0f2024022912000+Z",
+            b"\x05\x00",
+            b"\x17\xff",
+        ] {
+            assert_eq!(time_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(not_after(b""), None);
+        assert_eq!(not_after(b"\x30\x84\xff\xff\xff\xff"), None);
+        let Some((_dir, (cert, key), _)) = two_pairs("tls-expiry") else {
+            return;
+        };
+        let pair = load(&cert, &key).unwrap();
+        assert_eq!(expiry(&pair), openssl_not_after(&cert));
     }
 
     #[test]
@@ -331,6 +522,7 @@ mod tests {
         let renewed = r.current();
         assert_ne!(subject(&renewed), subject(&first));
         assert_eq!(subject(&renewed), subject(&load(&cert, &key).unwrap()));
+        assert_eq!(r.expiry.load(Ordering::Relaxed), expiry(&renewed));
         // A renewal whose key cannot be read at first (a copy, then a chmod for the
         // coordinator's user; root reads through any mode, so a directory stands in for the
         // unreadable key here): the renewed pair is kept, then the next one is loaded at a

@@ -43,7 +43,14 @@ impl Coordinator {
         );
         Coordinator::spawn(
             env,
-            &["--tls-cert", &cert, "--tls-key", &key],
+            &[
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
             Some(&tls.ca),
         )
     }
@@ -242,6 +249,22 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The server's private key (PEM, PKCS#8).
     pub key: PathBuf,
+}
+
+/// A certificate's `notAfter` as `openssl` and `date` read it, in seconds since the epoch.
+pub fn cert_not_after(cert: &Path) -> u64 {
+    let o = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(o.stdout).unwrap();
+    let when = text.trim().strip_prefix("notAfter=").unwrap().to_owned();
+    let o = Command::new("date")
+        .args(["-u", "-d", &when, "+%s"])
+        .output()
+        .unwrap();
+    String::from_utf8(o.stdout).unwrap().trim().parse().unwrap()
 }
 
 impl TlsFiles {

@@ -1320,6 +1320,13 @@ fn the_coordinator_serves_tls_itself_a_runner_trusts_its_ca_and_a_renewal_needs_
             .is_ok_and(|r| r.status().is_success())
     };
     assert!(served(&tls.ca) && !served(&next.ca));
+    let expiry = || {
+        metric(
+            &c.scrape().2,
+            "bulwark_coordinator_tls_certificate_expiry_timestamp_seconds",
+        ) as u64
+    };
+    assert_eq!(expiry(), cert_not_after(&tls.cert));
     std::fs::rename(&next.key, &tls.key).unwrap();
     std::fs::rename(&next.cert, &tls.cert).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1331,6 +1338,8 @@ fn the_coordinator_serves_tls_itself_a_runner_trusts_its_ca_and_a_renewal_needs_
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!served(&tls.ca));
+    // The metrics follow: the renewed certificate's expiry.
+    assert_eq!(expiry(), cert_not_after(&tls.cert));
 }
 
 #[test]

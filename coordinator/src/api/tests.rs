@@ -694,7 +694,7 @@ fn a_silent_tls_client_neither_holds_up_others_nor_outlives_the_header_timeout()
         eprintln!("SKIPPED: openssl is not installed (.ci/run installs it)");
         return;
     };
-    let acceptor = crate::tls::acceptor(&cert, &key).unwrap();
+    let acceptor = crate::tls::acceptor(&cert, &key).unwrap().acceptor;
     let (s, _stop) = start_full(
         ServeOptions {
             header_read_timeout: Duration::from_secs(6),
