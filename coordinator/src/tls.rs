@@ -198,26 +198,34 @@ fn not_after(der: &[u8]) -> Option<u64> {
     };
     let after = der_element(validity)?.2; // past notBefore
     let (tag, time, _) = der_element(after)?;
-    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
-    let (year, rest) = match (tag, text.len()) {
-        (0x17, 12) => {
-            let yy: i64 = text[..2].parse().ok()?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
-        }
-        (0x18, 14) => (text[..4].parse().ok()?, &text[4..]),
-        _ => return None,
-    };
-    if !rest.bytes().all(|b| b.is_ascii_digit()) {
+    // Bytes, all ASCII digits, checked before anything is sliced or read as a number.
+    let digits = time.strip_suffix(b"Z")?;
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let field = |i: usize| -> i64 { rest[i..i + 2].parse().unwrap_or(-1) };
+    let num = |d: &[u8]| {
+        d.iter()
+            .fold(0i64, |acc, &b| acc * 10 + i64::from(b - b'0'))
+    };
+    let (year, rest) = match (tag, digits.len()) {
+        (0x17, 12) => {
+            let yy = num(&digits[..2]);
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        (0x18, 14) => (num(&digits[..4]), &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| num(&rest[i..i + 2]);
     let (month, day, hour, minute, second) = (field(0), field(2), field(4), field(6), field(8));
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     // Days from 1970-01-01 to the civil date (the proleptic Gregorian calendar).
@@ -456,6 +464,13 @@ mod tests {
             b"\x18\x0f2024022912000+Z",
             b"\x05\x00",
             b"\x17\xff",
+            // Non-ASCII bytes where the digits go (a panic when sliced as text), a sign in
+            // the year, a day the month does not have, February 29th of a common year.
+            b"\x17\x0d0\xc3\xa9000000000Z",
+            b"\x18\x0f000\xc3\xa9000000000Z",
+            b"\x17\x0d+50101000000Z",
+            b"\x17\x0d240231000000Z",
+            b"\x17\x0d230229000000Z",
         ] {
             assert_eq!(time_of(bad), None, "{bad:?}");
         }
@@ -519,10 +534,14 @@ mod tests {
             "checked before RECHECK"
         );
         backdate(&r);
+        // The expiry is stored with each pair loaded (a sentinel first: both pairs were made
+        // in the same second, so their expiries may be equal).
+        r.expiry.store(7, Ordering::Relaxed);
         let renewed = r.current();
         assert_ne!(subject(&renewed), subject(&first));
         assert_eq!(subject(&renewed), subject(&load(&cert, &key).unwrap()));
         assert_eq!(r.expiry.load(Ordering::Relaxed), expiry(&renewed));
+        assert!(expiry(&renewed) > 0);
         // A renewal whose key cannot be read at first (a copy, then a chmod for the
         // coordinator's user; root reads through any mode, so a directory stands in for the
         // unreadable key here): the renewed pair is kept, then the next one is loaded at a
@@ -533,9 +552,12 @@ mod tests {
         std::fs::rename(&cert3, &cert).unwrap();
         std::fs::remove_file(&key).unwrap();
         std::fs::create_dir(&key).unwrap();
+        r.expiry.store(7, Ordering::Relaxed);
         backdate(&r);
         assert_eq!(subject(&r.current()), subject(&renewed));
         assert!(r.state.lock().unwrap().failing);
+        // A failed load leaves the expiry of what is still served.
+        assert_eq!(r.expiry.load(Ordering::Relaxed), 7);
         std::fs::remove_dir(&key).unwrap();
         std::fs::rename(&key3, &key).unwrap();
         backdate(&r);
