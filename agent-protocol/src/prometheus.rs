@@ -75,6 +75,40 @@ fn escape_help(v: &str) -> String {
     v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
+/// Counts of jobs by their `result.json` status, mapped onto a fixed label set: the four
+/// statuses of [`JobStatus`](crate::JobStatus) and `other` for anything else, so a runner (or
+/// a result it did not write) cannot grow the label set.
+#[derive(Debug, Default)]
+pub struct StatusCounts([AtomicU64; 5]);
+
+/// The label values of [`StatusCounts`], in order.
+const STATUS_LABELS: [&str; 5] = [
+    crate::JobStatus::Succeeded.as_str(),
+    crate::JobStatus::Failed.as_str(),
+    crate::JobStatus::Refused.as_str(),
+    crate::JobStatus::RunnerError.as_str(),
+    "other",
+];
+
+impl StatusCounts {
+    /// Counts one job whose status is `status` (`None`: not text, counted as `other`).
+    pub fn count(&self, status: Option<&str>) {
+        let i = status
+            .and_then(|s| STATUS_LABELS[..4].iter().position(|k| *k == s))
+            .unwrap_or(4);
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One sample per status, labelled `status`.
+    pub fn samples(&self) -> Vec<([(&'static str, &'static str); 1], u64)> {
+        STATUS_LABELS
+            .iter()
+            .zip(&self.0)
+            .map(|(s, n)| ([("status", *s)], n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// A histogram of durations with fixed bucket bounds (seconds), counted with atomics: one
 /// observation is a few relaxed additions, and a scrape reads it without a lock (a scrape
 /// racing an observation may see the count and the sum from either side of it, which
@@ -162,6 +196,31 @@ mod tests {
             out,
             "# HELP x_total A \\\\ help\\nline.\n# TYPE x_total counter\nx_total 1\n\
              x_total{a=\"q\\\"b\\\\s\\nn\",b=\"plain\"} 2\n"
+        );
+    }
+
+    #[test]
+    fn statuses_outside_the_four_are_counted_as_other() {
+        let c = StatusCounts::default();
+        for s in [
+            Some("succeeded"),
+            Some("runner-error"),
+            Some("weird\nstatus"),
+            Some("Succeeded"),
+            None,
+        ] {
+            c.count(s);
+        }
+        let got: Vec<(&str, u64)> = c.samples().iter().map(|(l, n)| (l[0].1, *n)).collect();
+        assert_eq!(
+            got,
+            [
+                ("succeeded", 1),
+                ("failed", 0),
+                ("refused", 0),
+                ("runner-error", 1),
+                ("other", 3)
+            ]
         );
     }
 

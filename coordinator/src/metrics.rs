@@ -29,11 +29,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use bulwark_protocol::prometheus::{family, NONE};
+use bulwark_protocol::prometheus::{family, StatusCounts, NONE};
 use bulwark_protocol::Trust;
-
-/// The result statuses counted by name; any other is counted as `other`.
-const STATUSES: [&str; 5] = ["succeeded", "failed", "refused", "runner-error", "other"];
 
 /// The counters, and each runner's last verified request.
 #[derive(Debug)]
@@ -41,7 +38,7 @@ pub struct Metrics {
     started_at: u64,
     submitted: [AtomicU64; 2],
     leased: AtomicU64,
-    results: [AtomicU64; STATUSES.len()],
+    results: StatusCounts,
     cancelled: AtomicU64,
     id_tokens: AtomicU64,
     responses: [AtomicU64; 5],
@@ -99,10 +96,7 @@ impl Metrics {
 
     /// A result was recorded with `status` (the runner's `result.status`, when it is text).
     pub fn result(&self, status: Option<&str>) {
-        let i = status
-            .and_then(|s| STATUSES[..STATUSES.len() - 1].iter().position(|k| *k == s))
-            .unwrap_or(STATUSES.len() - 1);
-        self.results[i].fetch_add(1, Ordering::Relaxed);
+        self.results.count(status);
     }
 
     /// The API accepted a cancel request.
@@ -219,17 +213,12 @@ impl Metrics {
             "Jobs leased to a runner.",
             &[(NONE, c(&self.leased))],
         );
-        let results: Vec<([(&str, &str); 1], u64)> = STATUSES
-            .iter()
-            .zip(&self.results)
-            .map(|(s, n)| ([("status", *s)], c(n)))
-            .collect();
         family(
             &mut out,
             "bulwark_coordinator_job_results_total",
             "counter",
             "Results recorded, by the runner's result.status (a status outside the known ones counts as other).",
-            &results,
+            &self.results.samples(),
         );
         family(
             &mut out,

@@ -27,7 +27,7 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// The spelling in `result.json`.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",

@@ -40,7 +40,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bulwark_protocol::prometheus::{family, Histogram, CONTENT_TYPE, NONE};
+use bulwark_protocol::prometheus::{family, Histogram, StatusCounts, CONTENT_TYPE, NONE};
 use bulwark_protocol::{EgressRecord, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,9 +55,6 @@ pub const MAX_HEAD: usize = 8 * 1024;
 
 /// How long writing an answer may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The result statuses counted by name; any other is counted as `other`.
-const STATUSES: [&str; 5] = ["succeeded", "failed", "refused", "runner-error", "other"];
 
 /// Bucket bounds of the job-duration histogram, in seconds: from a quick check to a long
 /// release build.
@@ -88,7 +85,7 @@ pub enum Exchange {
 pub struct Metrics {
     started_at: u64,
     leases: [AtomicU64; 3],
-    finished: [AtomicU64; STATUSES.len()],
+    finished: StatusCounts,
     cancelled: AtomicU64,
     /// `[start ok, start failed, refresh ok, refresh failed]`.
     exchanges: [AtomicU64; 4],
@@ -161,11 +158,7 @@ impl Metrics {
 
     /// A job ended with `status` (the one reported).
     pub fn finished(&self, status: &str) {
-        let i = STATUSES[..STATUSES.len() - 1]
-            .iter()
-            .position(|k| *k == status)
-            .unwrap_or(STATUSES.len() - 1);
-        self.finished[i].fetch_add(1, Ordering::Relaxed);
+        self.finished.count(Some(status));
     }
 
     /// A job's `bulwark run` started: its duration is observed when the returned timer is
@@ -284,17 +277,12 @@ impl Metrics {
                 ([("outcome", "failed")], c(&self.leases[2])),
             ],
         );
-        let finished: Vec<([(&str, &str); 1], u64)> = STATUSES
-            .iter()
-            .zip(&self.finished)
-            .map(|(s, n)| ([("status", *s)], c(n)))
-            .collect();
         family(
             &mut out,
             "bulwark_runner_jobs_finished_total",
             "counter",
             "Jobs this daemon ended, by the status it reported (or tried to: see bulwark_runner_result_reports_given_up_total): succeeded, failed (a step failed, timed out, hit a limit, was cancelled, or an output was refused), refused (before any step ran), runner-error (this host failed them, including a stop by the disk reserve), other.",
-            &finished,
+            &self.finished.samples(),
         );
         family(
             &mut out,
