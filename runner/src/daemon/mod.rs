@@ -103,7 +103,11 @@ pub struct Args {
 /// not start (configuration, registration, another daemon on this state directory).
 pub fn run(args: Args) -> u8 {
     match start(&args) {
-        Ok((daemon, _lock)) => {
+        Ok(Started {
+            daemon,
+            lock: _lock,
+            metrics,
+        }) => {
             // One thread: the `bulwark run` children are spawned from it, and their
             // PR_SET_PDEATHSIG fires when the *thread* that forked them ends; a worker thread
             // of a multi-threaded runtime may end while the daemon lives.
@@ -119,7 +123,7 @@ pub fn run(args: Args) -> u8 {
             };
             // Job tasks are local to this thread (see above), so a LocalSet runs them.
             let local = tokio::task::LocalSet::new();
-            match rt.block_on(local.run_until(std::rc::Rc::new(daemon).serve())) {
+            match rt.block_on(local.run_until(std::rc::Rc::new(daemon).serve(metrics))) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("bulwark daemon: {e:#}");
@@ -180,12 +184,19 @@ struct Daemon {
     job_dirs: PathBuf,
     /// Counters for `[daemon] metrics_listen`.
     metrics: metrics::Metrics,
-    /// The metrics listener, bound at start (a bad address stops the daemon there), served
-    /// once the loop runs.
-    metrics_listener: std::cell::RefCell<Option<std::net::TcpListener>>,
 }
 
-fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
+/// What [`start`] made ready.
+struct Started {
+    daemon: Daemon,
+    /// The state directory's lock, held while the daemon runs.
+    lock: nix::fcntl::Flock<std::fs::File>,
+    /// `[daemon] metrics_listen`, bound here (a bad address stops the daemon before it
+    /// serves), served once the loop runs.
+    metrics: Option<std::net::TcpListener>,
+}
+
+fn start(args: &Args) -> Result<Started> {
     let loaded = config::load(args.config.as_deref())?;
     let dirs = Dirs::resolve(&loaded.config)?;
     dirs.create()?;
@@ -225,8 +236,8 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
             eprintln!("bulwark daemon: warning: preparing the delegated cgroup for jobs: {e}")
         }
     }
-    Ok((
-        Daemon {
+    Ok(Started {
+        daemon: Daemon {
             poll: loaded.config.daemon.poll_interval,
             slots: loaded.config.daemon.slots,
             config: loaded.config,
@@ -238,10 +249,10 @@ fn start(args: &Args) -> Result<(Daemon, nix::fcntl::Flock<std::fs::File>)> {
             active: Default::default(),
             job_dirs: dirs.jobs(),
             metrics: metrics::Metrics::new(),
-            metrics_listener: std::cell::RefCell::new(metrics_listener),
         },
         lock,
-    ))
+        metrics: metrics_listener,
+    })
 }
 
 /// Whether the daemon was asked to stop, and how urgently.
@@ -304,7 +315,7 @@ impl StopWatch {
 }
 
 impl Daemon {
-    async fn serve(self: std::rc::Rc<Self>) -> Result<()> {
+    async fn serve(self: std::rc::Rc<Self>, metrics: Option<std::net::TcpListener>) -> Result<()> {
         let mut stop = StopWatch::start()?;
         let reg = &self.identity.registration;
         tracing::info!(runner_id = %reg.runner_id, coordinator = %reg.coordinator, slots = self.slots, "daemon started");
@@ -316,7 +327,9 @@ impl Daemon {
             self.slots,
             if self.slots == 1 { "" } else { "s" }
         );
-        self.serve_metrics(&stop)?;
+        if let Some(listener) = metrics {
+            self.serve_metrics(listener, &stop)?;
+        }
         self.sweep();
         let mut running = tokio::task::JoinSet::new();
         // When to ask the coordinator next (at once after a lease; a poll interval after an
@@ -393,11 +406,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Starts serving `[daemon] metrics_listen`, if set, beside the loop.
-    fn serve_metrics(self: &std::rc::Rc<Self>, stop: &StopWatch) -> Result<()> {
-        let Some(listener) = self.metrics_listener.borrow_mut().take() else {
-            return Ok(());
-        };
+    /// Starts serving `[daemon] metrics_listen` on `listener`, beside the loop.
+    fn serve_metrics(
+        self: &std::rc::Rc<Self>,
+        listener: std::net::TcpListener,
+        stop: &StopWatch,
+    ) -> Result<()> {
         let at = listener
             .local_addr()
             .context("daemon.metrics_listen: the bound address")?;
@@ -482,11 +496,11 @@ impl Daemon {
                 (synthetic_result(&lease, "runner-error", &reason), false)
             }
         };
+        // The run's own counts, before a failed upload could replace its report.
+        self.metrics.egress(lease.trust, &report.result);
         // The coordinator records a result only once it holds every log and output the report
         // lists. The logs go first: a job whose outputs cannot be delivered is still reported
         // with its log.
-        // The run's own counts, before a failed upload could replace its report.
-        self.metrics.egress(lease.trust, &report.result);
         let report = if ran {
             self.deliver_all(&lease, report, &mut stop).await
         } else {
