@@ -540,15 +540,18 @@ fn a_job_spec_without_a_fetchable_source_is_refused_by_the_coordinator() {
 fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn() {
     let (env, c) = registered("cp-slots");
     let (repo, commit) = repo(&env);
+    // Job directories are removed as soon as their job is reported (`keep_outputs = "0s"`):
+    // with two slots, the sweep after one job runs while the other still works in its own.
     let slots = |n: u32| {
         env.write_config_sections(
             "max_memory = \"1GiB\"\n",
             &format!(
-                "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\nslots = {n}\n",
+                "[fetch]\nfile_roots = [\"{}\"]\n[daemon]\npoll_interval = \"200ms\"\nslots = {n}\nkeep_outputs = \"0s\"\n",
                 env.dir.display()
             ),
         )
     };
+    let job_dir = |id: &str| env.state.join("daemon/jobs").join(id);
     // Two jobs whose steps each wait (300 s at most) until the test ends the wait, as in the
     // live-log tests: the waiting process carries the job's marker, the step's own shell does
     // not (it holds "$m-..." unexpanded). Their ids and markers.
@@ -594,7 +597,8 @@ fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn(
         }
     };
 
-    // Two slots: both jobs are seen waiting at the same time, then let go.
+    // Two slots: both jobs are seen waiting at the same time, then let go one after the
+    // other.
     slots(2);
     let mut daemon = Daemon::start(&env);
     let (ids, marks) = submit_pair("two");
@@ -607,10 +611,29 @@ fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    for m in &marks {
-        release(m.as_str());
+    release(marks[0].as_str());
+    succeeded(&ids[..1]);
+    // The first job's directory goes in the sweep after its report; the second job's, still
+    // running, is left alone, and the second job finishes with its output intact.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_dir(&ids[0]).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first job's directory was never swept\n{}",
+            daemon_log(&env)
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
-    succeeded(&ids[..]);
+    assert!(
+        job_dir(&ids[1]).is_dir(),
+        "the sweep after the first job removed the running second job's directory\n{}",
+        daemon_log(&env)
+    );
+    assert!(waiting(marks[1].as_str()), "the second job stopped waiting");
+    release(marks[1].as_str());
+    succeeded(&ids[1..]);
+    let (status, _, bytes) = c.fetch(&ids[1], "outputs/dist/app.txt");
+    assert_eq!((status, bytes.as_slice()), (200, &b"built-from-git\n"[..]));
     assert_eq!(daemon.stop(nix::sys::signal::Signal::SIGTERM, 10), Some(0));
 
     // One slot: while one job waits, the other is not leased and does not start (watched for
