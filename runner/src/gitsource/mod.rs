@@ -307,6 +307,24 @@ pub enum GitError {
         /// Whether `fetch.file_roots` is empty.
         empty: bool,
     },
+    /// A `file://` path that is not exactly a repository.
+    #[error("git source {url}: {} {why}; name the repository itself (its work tree with a .git directory, or a bare repository)", path.display())]
+    NotRepository {
+        /// The URL.
+        url: String,
+        /// The path judged.
+        path: PathBuf,
+        /// Why it is not one.
+        why: &'static str,
+    },
+    /// A host name that git could not be pinned to the checked addresses of.
+    #[error("git source {url}: host name {host:?} refused: only letters, digits, '-' and '_' in dot-separated labels, none starting with '-'")]
+    HostName {
+        /// The URL.
+        url: String,
+        /// The host name.
+        host: String,
+    },
     /// A `file://` path that cannot be canonicalized.
     #[error("git source {url}: {}", path.display())]
     File {
@@ -536,7 +554,13 @@ fn fetch_into(
     ];
     // Fast path: the commit by id, one level deep. Fallback: the ref's (or every branch's and
     // tag's) whole history, in which the commit is then looked for.
-    let mut args = fetch_base.to_vec();
+    let mut fetch_base = fetch_base.to_vec();
+    // A local repository is read exactly where `Remote::local` found it: without `--strict`,
+    // `upload-pack` would try other directories beside the one named.
+    if remote.scheme == "file" {
+        fetch_base.push("--upload-pack=git-upload-pack --strict");
+    }
+    let mut args = fetch_base.clone();
     args.extend(["--depth=1", "--end-of-options", &remote.git_arg, commit]);
     let fast = match by_id {
         ById::Try => git.run("fetch", &args, true, git.max_bytes).map(drop),
@@ -558,7 +582,7 @@ fn fetch_into(
                     "+refs/tags/*:refs/tags/*".into(),
                 ],
             };
-            let mut args = fetch_base.to_vec();
+            let mut args = fetch_base.clone();
             args.extend(["--end-of-options", &remote.git_arg]);
             args.extend(refspecs.iter().map(String::as_str));
             git.run("fetch", &args, true, git.max_bytes)?;

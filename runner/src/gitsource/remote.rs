@@ -86,6 +86,12 @@ impl Remote {
             Some(v6) => Some(v6.parse::<IpAddr>().map_err(|_| bad())?),
             None => host.parse::<IpAddr>().ok(),
         };
+        if literal.is_none() && !pinnable_host(host) {
+            return Err(GitError::HostName {
+                url: url.to_owned(),
+                host: host.to_owned(),
+            });
+        }
         let (addrs, pin_host) = match literal {
             Some(ip) => (vec![ip], None),
             None => {
@@ -155,7 +161,48 @@ impl Remote {
         if !inside {
             return Err(outside(&canonical));
         }
-        let git_arg = canonical
+        // The exact repository git reads: `P/.git` when that is a directory of its own, else
+        // `P` itself when it is a bare repository. Given `P`, git's `upload-pack` would guess
+        // (`P/.git`, `P`, `P.git/.git`, `P.git`), and `P.git` is a sibling that was never
+        // checked against the roots; it runs with `--strict` (see `fetch`), so it reads the
+        // directory named here and no other. A `.git` that is not a directory (a gitfile or a
+        // symlink, which can name a repository anywhere) is refused.
+        let not_repository = |path: &Path, why: &'static str| GitError::NotRepository {
+            url: url.to_owned(),
+            path: path.to_owned(),
+            why,
+        };
+        let dot_git = canonical.join(".git");
+        let git_dir = match fs::symlink_metadata(&dot_git) {
+            Ok(m) if m.is_dir() => dot_git,
+            Ok(_) => {
+                return Err(not_repository(
+                    &dot_git,
+                    "is not a directory (a gitfile or symlink naming a repository elsewhere is refused)",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let is = |name: &str, dir: bool| {
+                    fs::symlink_metadata(canonical.join(name))
+                        .is_ok_and(|m| if dir { m.is_dir() } else { m.is_file() })
+                };
+                if !(is("HEAD", false) && is("objects", true) && is("refs", true)) {
+                    return Err(not_repository(
+                        &canonical,
+                        "is neither a bare repository nor a directory with a .git directory",
+                    ));
+                }
+                canonical
+            }
+            Err(source) => {
+                return Err(GitError::File {
+                    url: url.to_owned(),
+                    path: dot_git,
+                    source,
+                })
+            }
+        };
+        let git_arg = git_dir
             .to_str()
             .ok_or_else(|| GitError::BadUrl {
                 url: url.to_owned(),
@@ -169,6 +216,25 @@ impl Remote {
             port: None,
         })
     }
+}
+
+/// Whether git can be pinned to the checked addresses of `host` (a name, not an address): the
+/// pin is a libcurl resolve entry, `host:port:addresses`, and libcurl reads an entry that starts
+/// with `-` as "forget this name" and one that starts with `+` as another kind of entry, after
+/// which curl would resolve the name itself, perhaps to an address never checked (DNS
+/// rebinding). Host names are letters, digits, `-` and `_` in dot-separated labels (the `url`
+/// crate has lowered the case and turned international names into `xn--` labels), none of
+/// which starts with `-`.
+pub(super) fn pinnable_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        })
 }
 
 /// Whether the text has a user name (and maybe a password) before its host, whether it parses

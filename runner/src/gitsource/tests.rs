@@ -1508,3 +1508,130 @@ fn a_confined_command_does_not_run_when_the_runner_is_not_its_parent() {
     );
     assert!(marker.exists());
 }
+
+#[test]
+fn a_file_url_names_exactly_one_repository_and_git_reads_no_other() {
+    let root = tempdir("exact");
+    let (repo, first, _) = two_commits(&root);
+    // `roots` is a plain directory, the allowed root; `roots.git`, beside it and outside
+    // every root, is a bare repository that git's `upload-pack` would otherwise guess for it.
+    let roots = root.join("roots");
+    fs::create_dir(&roots).unwrap();
+    git(
+        &root,
+        &[
+            "clone",
+            "--quiet",
+            "--bare",
+            repo.to_str().unwrap(),
+            "roots.git",
+        ],
+    );
+    let dest = tempdir("exact-dest");
+    let err = fetch(
+        &file_url(&roots),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&roots]),
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, GitError::NotRepository { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("is neither a bare repository nor a directory with a .git directory"),
+        "{err}"
+    );
+    assert!(is_empty(&dest));
+
+    // A gitfile (`.git` naming a repository elsewhere) is refused, in every mode.
+    let worktree = roots.join("linked");
+    fs::create_dir(&worktree).unwrap();
+    fs::write(
+        worktree.join(".git"),
+        format!("gitdir: {}\n", root.join("roots.git").display()),
+    )
+    .unwrap();
+    let err = fetch(
+        &file_url(&worktree),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&roots]),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains(".git is not a directory"), "{err}");
+    assert!(is_empty(&dest));
+
+    // A bare repository inside the roots, and a work tree with its own `.git`, are fetched.
+    git(
+        &roots,
+        &[
+            "clone",
+            "--quiet",
+            "--bare",
+            repo.to_str().unwrap(),
+            "bare.git",
+        ],
+    );
+    fetch(
+        &file_url(&roots.join("bare.git")),
+        &first,
+        None,
+        &dest,
+        &policy_for(&[&roots]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
+}
+
+#[test]
+fn host_names_that_git_could_not_be_pinned_to_are_refused_before_any_lookup() {
+    let dest = tempdir("hostname-dest");
+    for url in [
+        "http://-x.example.invalid/repo.git",
+        "https://a.-b.example.invalid/repo.git",
+    ] {
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[]), None).unwrap_err();
+        assert!(matches!(err, GitError::HostName { .. }), "{url}: {err:?}");
+        assert!(err.to_string().contains("none starting with '-'"), "{err}");
+    }
+    // Names that pin as they are: refused later, when they do not resolve.
+    for url in [
+        "http://x-.example.invalid/repo.git",
+        "http://_x.example.invalid/repo.git",
+        "http://x.example.invalid./repo.git",
+    ] {
+        let err = fetch(url, &"a".repeat(40), None, &dest, &policy_for(&[]), None).unwrap_err();
+        assert!(matches!(err, GitError::Resolve { .. }), "{url}: {err:?}");
+    }
+    assert!(is_empty(&dest));
+}
+
+#[test]
+fn host_name_rule_matches_what_libcurl_pins() {
+    for good in [
+        "example.org",
+        "xn--bcher-kva.example",
+        "a_b.example",
+        "x-.y",
+        "example.org.",
+    ] {
+        assert!(remote::pinnable_host(good), "{good}");
+    }
+    for bad in [
+        "-x.example",
+        "a.-b",
+        "+x.example",
+        "a..b",
+        "",
+        ".",
+        "a b",
+        "a:1",
+    ] {
+        assert!(!remote::pinnable_host(bad), "{bad:?}");
+    }
+}
