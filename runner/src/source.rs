@@ -98,8 +98,14 @@ pub struct CopyStats {
     pub dirs: u64,
     /// Symlinks recreated (never followed).
     pub symlinks: u64,
-    /// Entries skipped: fifos, sockets, devices (never opened).
+    /// The first [`MAX_SKIPPED_NAMED`] entries skipped (fifos, sockets, devices: never
+    /// opened), each name cut to 200 characters.
     pub skipped: Vec<String>,
+    /// How many entries were skipped in all; each counts against the copy's entry bound.
+    pub skipped_count: u64,
+    /// Bytes of the relative paths and link targets held in `entries`: bounded by
+    /// [`MAX_LISTING_BYTES`].
+    pub listing_bytes: u64,
     /// Bytes copied.
     pub bytes: u64,
 }
@@ -162,6 +168,7 @@ pub fn copy_tree_from(
         room,
         skip_top: (tree == Tree::Source).then_some("bulwark-out"),
         owner,
+        listing_max: MAX_LISTING_BYTES,
     };
     copy_from(src, dst, &walk)
 }
@@ -182,7 +189,20 @@ struct Walk<'a> {
     room: Room,
     skip_top: Option<&'a str>,
     owner: Option<(u32, u32)>,
+    /// [`MAX_LISTING_BYTES`], smaller in tests.
+    listing_max: u64,
 }
+
+/// How many skipped entries a copy names (in [`CopyStats::skipped`] and the log); the rest are
+/// only counted.
+pub const MAX_SKIPPED_NAMED: usize = 20;
+
+/// Most bytes of paths and link targets a copy keeps for its tree digest: each entry's whole
+/// relative path is held until the digest is computed, and a job can make paths up to 64 KiB
+/// long (256 levels of 255-byte names), so without this bound half a million such entries (a
+/// cache's default entry bound) would take 32 GB of the runner's memory. 256 MiB is two
+/// orders of magnitude above the largest real source trees' listings.
+pub const MAX_LISTING_BYTES: u64 = 256 << 20;
 
 /// Most levels of directories a copy makes below its destination (as many as
 /// `fsutil::remove_tree` walks below what it removes): each level holds two descriptors and a
@@ -203,6 +223,12 @@ fn no_room(path: &str) -> CopyError {
     "copying it would take the workspace's filesystem below limits.min_free_disk; free space there"
 )]
 pub struct NoRoom;
+
+/// The cause of a [`CopyError`] for a tree whose paths and link targets take more than
+/// [`MAX_LISTING_BYTES`].
+#[derive(Debug, thiserror::Error)]
+#[error("the tree's paths and link targets take more than {} MiB; not copied", MAX_LISTING_BYTES >> 20)]
+pub struct ListingTooLarge;
 
 /// The cause of a [`CopyError`] for a tree deeper than [`MAX_COPY_DEPTH`].
 #[derive(Debug, thiserror::Error)]
@@ -260,9 +286,18 @@ fn copy_dir(
         }
         if room
             .entries
-            .is_some_and(|max| stats.entries.len() as u64 >= max)
+            .is_some_and(|max| stats.entries.len() as u64 + stats.skipped_count >= max)
         {
             return Err(no_room(&child));
+        }
+        // Charged before anything is made for it: the path is kept for the digest (a skipped
+        // entry's only while it is among the first named, but it is charged all the same).
+        stats.listing_bytes += child_bytes.len() as u64;
+        if stats.listing_bytes > walk.listing_max {
+            return Err(CopyError {
+                path: shortened(&child),
+                source: io::Error::other(ListingTooLarge),
+            });
         }
         match e.kind {
             Kind::Dir => {
@@ -304,7 +339,7 @@ fn copy_dir(
                 .map_err(at)?;
                 let st = fstat(&s).map_err(at)?;
                 if Kind::of(st.st_mode) != Kind::File {
-                    stats.skipped.push(child.clone());
+                    stats.skip(&child, Kind::of(st.st_mode));
                     continue;
                 }
                 let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
@@ -347,6 +382,13 @@ fn copy_dir(
             }
             Kind::Symlink => {
                 let target = readlinkat(src, name).map_err(at)?;
+                stats.listing_bytes += target.len() as u64;
+                if stats.listing_bytes > walk.listing_max {
+                    return Err(CopyError {
+                        path: shortened(&child),
+                        source: io::Error::other(ListingTooLarge),
+                    });
+                }
                 symlinkat(target.as_os_str(), dst, name).map_err(at)?;
                 if let Some((uid, gid)) = walk.owner {
                     nix::unistd::fchownat(
@@ -365,13 +407,22 @@ fn copy_dir(
                     content: target.as_os_str().as_bytes().to_vec(),
                 });
             }
-            Kind::Fifo | Kind::Socket | Kind::Device => {
-                tracing::info!(path = %child, kind = e.kind.name(), "source entry skipped");
-                stats.skipped.push(child);
-            }
+            Kind::Fifo | Kind::Socket | Kind::Device => stats.skip(&child, e.kind),
         }
     }
     Ok(())
+}
+
+impl CopyStats {
+    /// Counts a skipped entry; names the first [`MAX_SKIPPED_NAMED`], in `skipped` and the log.
+    fn skip(&mut self, path: &str, kind: Kind) {
+        self.skipped_count += 1;
+        if self.skipped.len() < MAX_SKIPPED_NAMED {
+            let path = shortened(path);
+            tracing::info!(path = %path, kind = kind.name(), "source entry skipped");
+            self.skipped.push(path);
+        }
+    }
 }
 
 fn copy_hashing(mut src: File, mut dst: File) -> io::Result<(u64, String)> {
@@ -479,6 +530,64 @@ mod tests {
         std::fs::write(src.join("sub/b"), "B").unwrap();
         let dst3 = tempdir("d3");
         assert_ne!(tree_digest(&copy(&src, &dst3).unwrap().entries), d1);
+    }
+
+    #[test]
+    fn skipped_entries_are_counted_against_the_entry_bound_and_named_only_twenty_times() {
+        let src = tempdir("skip-s");
+        for i in 0..25 {
+            nix::unistd::mkfifo(
+                &src.join(format!("p{i:02}")),
+                Mode::from_bits_truncate(0o644),
+            )
+            .unwrap();
+        }
+        let dst = tempdir("skip-d");
+        let stats = copy(&src, &dst).unwrap();
+        assert_eq!(stats.skipped_count, 25);
+        assert_eq!(stats.skipped.len(), MAX_SKIPPED_NAMED);
+        assert!(stats.entries.is_empty());
+        // Fifos cost no bytes, but each is an entry the runner walked and counted.
+        let dst = tempdir("skip-d2");
+        let room = Room {
+            entries: Some(10),
+            ..Room::default()
+        };
+        let err = copy_tree(&src, &dst, Tree::Source, room, None).unwrap_err();
+        assert!(err.is_no_room(), "{err}");
+    }
+
+    #[test]
+    fn a_tree_whose_paths_and_link_targets_exceed_the_listing_bound_is_refused() {
+        let src = tempdir("listing-s");
+        let long = "a".repeat(200);
+        std::fs::create_dir(src.join(&long)).unwrap();
+        std::fs::write(src.join(&long).join("f"), "x").unwrap();
+        let walk = |listing_max| Walk {
+            room: Room::default(),
+            skip_top: None,
+            owner: None,
+            listing_max,
+        };
+        let open = || crate::fsutil::open_dir(&src).unwrap();
+        // 200 + 202 bytes of paths: within 402, not within 401.
+        let dst = tempdir("listing-d1");
+        copy_from(&open(), &dst, &walk(402)).unwrap();
+        let dst = tempdir("listing-d2");
+        let err = copy_from(&open(), &dst, &walk(401)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("paths and link targets take more than"),
+            "{err}"
+        );
+        // A link target counts as well: 1 byte of name and 500 of target.
+        let src2 = tempdir("listing-s2");
+        symlink("t".repeat(500), src2.join("l")).unwrap();
+        let dst = tempdir("listing-d3");
+        let fd = crate::fsutil::open_dir(&src2).unwrap();
+        assert!(copy_from(&fd, &dst, &walk(500)).is_err());
+        let dst = tempdir("listing-d4");
+        copy_from(&fd, &dst, &walk(501)).unwrap();
     }
 
     #[test]

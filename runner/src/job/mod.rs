@@ -992,10 +992,10 @@ impl JobRun<'_> {
             let stats = src
                 .copy_into(&jobdir.workspace, room, owner)
                 .map_err(|e| self.copy_refusal(jobdir, e))?;
-            if !stats.skipped.is_empty() {
+            if stats.skipped_count > 0 {
                 // Names the source chose: at most the first 20, controls made visible.
-                let shown = stats.skipped.iter().take(20).cloned().collect::<Vec<_>>();
-                let more = stats.skipped.len() - shown.len();
+                let shown = stats.skipped.clone();
+                let more = stats.skipped_count - shown.len() as u64;
                 let names = String::from_utf8_lossy(&crate::joblog::visible_controls(
                     shown.join(", ").as_bytes(),
                 ))
@@ -1003,7 +1003,7 @@ impl JobRun<'_> {
                 eprintln!(
                     "bulwark: source: skipped {} special file(s) (fifos, sockets, devices): \
                      {names}{}",
-                    stats.skipped.len(),
+                    stats.skipped_count,
                     if more > 0 {
                         format!(" and {more} more")
                     } else {
