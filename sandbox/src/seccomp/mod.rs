@@ -212,6 +212,15 @@ const CONFINE_REFUSED: &[i64] = &[
 /// umask the helper sets (022) never one of these.
 const CONFINE_REFUSED_MODE_BITS: u32 = 0o7022;
 
+/// `SOCK_DGRAM` as a `socketpair` type, with each combination of the flags that may be ORed
+/// into it.
+const CONFINE_DGRAM_TYPES: [u32; 4] = [
+    libc::SOCK_DGRAM as u32,
+    (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u32,
+    (libc::SOCK_DGRAM | libc::SOCK_NONBLOCK) as u32,
+    (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u32,
+];
+
 /// The filter `bulwark-sandbox --confine` puts on git (`crate::confine`), beside Landlock:
 /// everything is allowed except what would let a process that may write only beneath a few
 /// directories still change the host. Landlock does not cover metadata: a process may
@@ -221,9 +230,14 @@ const CONFINE_REFUSED_MODE_BITS: u32 = 0o7022;
 /// not set [`CONFINE_REFUSED_MODE_BITS`] and the others answer EPERM ([`CONFINE_REFUSED`]).
 /// Nor does Landlock cover `connect` to a pathname unix socket (ABI 6 scopes only abstract
 /// ones), which reaches the services of the same user (its systemd manager or session bus
-/// start any command asked of them, unconfined): `socket(AF_UNIX)` answers EACCES
-/// (`socketpair`, which reaches no one, stays allowed). A denylist, unlike the job's: git and
-/// the helpers it starts are the host's, and their calls are many.
+/// start any command asked of them, unconfined): `socket(AF_UNIX)` answers EACCES, and so
+/// do `AF_NETLINK` (the kernel's and other processes' netlink services) and `AF_VSOCK` (the
+/// hypervisor's services, on a VM). `socketpair` stays allowed for stream pairs, which reach
+/// only each other; a datagram pair is refused, since `sendto` or `connect` on either end
+/// reaches any pathname datagram socket (the journal's, syslog's). A denylist, unlike the
+/// job's: git and the helpers it starts are the host's, and their calls are many. Left open:
+/// UDP to any address (Landlock governs TCP only, and git runs in the host's network
+/// namespace); only code running in a compromised git could use it.
 pub fn compile_confine() -> Result<JobFilters, SeccompError> {
     let (audit_arch, has_x32) = arch()?;
     let mut rules: BTreeMap<u32, Verdict> = BTreeMap::new();
@@ -253,7 +267,19 @@ pub fn compile_confine() -> Result<JobFilters, SeccompError> {
         nr(libc::SYS_socket)?,
         Verdict::RefuseArgEq {
             arg: 0,
-            values: &[libc::AF_UNIX as u32],
+            values: &[
+                libc::AF_UNIX as u32,
+                libc::AF_NETLINK as u32,
+                libc::AF_VSOCK as u32,
+            ],
+            refuse: libc::SECCOMP_RET_ERRNO | libc::EACCES as u32,
+        },
+    );
+    rules.insert(
+        nr(libc::SYS_socketpair)?,
+        Verdict::RefuseArgEq {
+            arg: 1,
+            values: &CONFINE_DGRAM_TYPES,
             refuse: libc::SECCOMP_RET_ERRNO | libc::EACCES as u32,
         },
     );
@@ -327,7 +353,29 @@ mod tests {
         let family = |f: i32| [f as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
         assert_eq!(verdict(libc::SYS_socket, family(libc::AF_UNIX)), eacces);
         assert_eq!(verdict(libc::SYS_socket, family(libc::AF_INET)), allow);
+        assert_eq!(verdict(libc::SYS_socket, family(libc::AF_NETLINK)), eacces);
+        assert_eq!(verdict(libc::SYS_socket, family(libc::AF_VSOCK)), eacces);
+        assert_eq!(verdict(libc::SYS_socket, family(libc::AF_INET6)), allow);
         assert_eq!(verdict(libc::SYS_socketpair, family(libc::AF_UNIX)), allow);
+        let pair = |t: i32| [libc::AF_UNIX as u64, t as u64, 0, 0, 0, 0];
+        for t in CONFINE_DGRAM_TYPES {
+            assert_eq!(
+                verdict(libc::SYS_socketpair, pair(t as i32)),
+                eacces,
+                "{t:#x}"
+            );
+        }
+        assert_eq!(
+            verdict(
+                libc::SYS_socketpair,
+                pair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC)
+            ),
+            allow
+        );
+        assert_eq!(
+            verdict(libc::SYS_socketpair, pair(libc::SOCK_SEQPACKET)),
+            allow
+        );
         for n in [
             libc::SYS_openat,
             libc::SYS_read,
@@ -485,6 +533,11 @@ mod tests {
         let errno = |e: i32| Some(libc::SECCOMP_RET_ERRNO | e as u32);
         let call = |n: i64, args: [u64; 6]| bpf::run(&ours, n as u32, native, args);
         assert_eq!(call(libc::SYS_clone3, [0; 6]), errno(libc::ENOSYS));
+        // Legacy AIO: a context would count against the host-wide fs.aio-max-nr.
+        assert_eq!(
+            call(libc::SYS_io_setup, [1, 0, 0, 0, 0, 0]),
+            errno(libc::ENOSYS)
+        );
         assert_eq!(call(libc::SYS_mount, [0; 6]), errno(libc::EPERM));
         assert_eq!(
             call(libc::SYS_ioctl, [0, libc::TIOCSTI | (1 << 40), 0, 0, 0, 0]),

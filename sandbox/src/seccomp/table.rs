@@ -52,6 +52,12 @@
 //!   cannot read, so it cannot get the flag check `clone` gets. glibc 2.34+ tries `clone3` first
 //!   for threads and `posix_spawn` and falls back to `clone` only on `ENOSYS` (not `EPERM`). Five
 //!   of the six workloads called it, each through glibc, whose fallback covers them.
+//! - Legacy AIO (`io_setup` and the rest of the `io_*` calls) answers ENOSYS, as on a kernel
+//!   built without it: every AIO context counts against `fs.aio-max-nr`, one count for the
+//!   whole host (65536 by default, not per namespace, cgroup or uid), so one
+//!   `io_setup(65536, ...)` in a job left every other job and the host's own libaio users
+//!   with EAGAIN until the job ended. libaio users fall back on ENOSYS (InnoDB to its
+//!   simulated AIO, with a warning; QEMU's `aio=native` does not, and needs `aio=threads`).
 //! - `ioctl` is allowed here, but a stacked argument filter refuses `TIOCSTI` and `TIOCLINUX`
 //!   (terminal input injection), comparing the request as 32 bits (CVE-2019-10063).
 //!
@@ -420,11 +426,6 @@ pub(crate) const ALLOWED: &[Allowed] = &[
     Allowed { nr: libc::SYS_inotify_init1, name: "inotify_init1", why: "file watchers" },
     Allowed { nr: libc::SYS_inotify_add_watch, name: "inotify_add_watch", why: "file watchers" },
     Allowed { nr: libc::SYS_inotify_rm_watch, name: "inotify_rm_watch", why: "file watchers" },
-    Allowed { nr: libc::SYS_io_setup, name: "io_setup", why: "legacy AIO (libaio: databases in integration tests)" },
-    Allowed { nr: libc::SYS_io_destroy, name: "io_destroy", why: "legacy AIO" },
-    Allowed { nr: libc::SYS_io_submit, name: "io_submit", why: "legacy AIO" },
-    Allowed { nr: libc::SYS_io_cancel, name: "io_cancel", why: "legacy AIO" },
-    Allowed { nr: libc::SYS_io_getevents, name: "io_getevents", why: "legacy AIO" },
     // Sockets. The job has its own network namespace, so these reach only its loopback (and any
     // egress proxy socket the runner provides).
     Allowed { nr: libc::SYS_socket, name: "socket", why: "derived: python,node,git,shell; sockets" },
@@ -565,7 +566,15 @@ pub(crate) const NEVER: &[(i64, &str)] = &[
 /// Syscalls answered with `ENOSYS` rather than `EPERM`, by a separate filter, because callers
 /// treat only `ENOSYS` as "use the older call". `clone3` carries its flags in memory the filter
 /// cannot read; glibc then falls back to `clone`, whose flags are checked.
-pub(crate) const ENOSYS: &[(i64, &str)] = &[(libc::SYS_clone3, "clone3")];
+pub(crate) const ENOSYS: &[(i64, &str)] = &[
+    (libc::SYS_clone3, "clone3"),
+    // Legacy AIO: see "Calls with special handling".
+    (libc::SYS_io_setup, "io_setup"),
+    (libc::SYS_io_destroy, "io_destroy"),
+    (libc::SYS_io_submit, "io_submit"),
+    (libc::SYS_io_cancel, "io_cancel"),
+    (libc::SYS_io_getevents, "io_getevents"),
+];
 
 #[cfg(test)]
 mod tests {
