@@ -113,6 +113,10 @@ fn run_inner(
                 return Err(format!("chown {}: {e}", d.display()));
             }
         }
+        if let Err(e) = jobdir.admit(l.uid) {
+            let _ = jobdir.remove();
+            return Err(format!("{e:#}"));
+        }
     }
     marks.push(("runner-workspace".into(), monotonic_ns()));
     let cg_limits = Limits {

@@ -124,12 +124,16 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str, disk: Option<u64>) -> 
     let id = format!("{job_name}-{stamp}-{}", crate::fsutil::random_hex(4));
     let path = dirs.jobs().join(&id);
     fs::DirBuilder::new()
-        .mode(0o711)
+        .mode(0o700)
         .create(&path)
         .with_context(|| format!("creating job directory {}", path.display()))?;
-    // Exactly 0711 whatever the runner's umask (systemd's `UMask=0077` would make it 0700):
-    // the job's own uid must pass through it to its workspace and /tmp.
-    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+    // The runner's alone (0700 whatever its umask) until, in root mode, [`JobDir::admit`] lets
+    // the job's uid pass through it: nobody else ever may. The job can make a setuid or
+    // setgid file of its own in its workspace and open the workspace to everyone (its mounts
+    // are `nosuid` only in its own view); if another host user could reach that file, it
+    // would run as the job's uid, which owns the job's namespaces, or in rootless mode as the
+    // runner's user, which holds the signing key.
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     // The lock file appears under its name only once it is held: made and locked under a
     // temporary name, then renamed (the lock belongs to the file, not the name). Otherwise
@@ -203,7 +207,7 @@ impl JobDir {
             self.disk = Some((mount.clone(), bytes));
             // The filesystem's root is root's, 0755; the job's uid passes through it as
             // through the job directory.
-            fs::set_permissions(&mount, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            fs::set_permissions(&mount, std::os::unix::fs::PermissionsExt::from_mode(0o710))
                 .with_context(|| format!("setting the mode of {}", mount.display()))?;
             self.workspace = mount.join("workspace");
             self.tmp = mount.join("tmp");
@@ -216,6 +220,26 @@ impl JobDir {
                 .with_context(|| format!("creating {}", d.display()))?;
         }
         Ok(())
+    }
+
+    /// Root mode: lets the job's host uid `uid` (whose gid is the same number) pass through
+    /// the job directory to its workspace, `/tmp` and caches, and no other user: group `uid`,
+    /// mode 0710. The sandbox helper opens them as that uid and gid with no other group; git
+    /// writes the workspace as it. Done before anything runs as that uid.
+    pub fn admit(&self, uid: u32) -> Result<()> {
+        std::os::unix::fs::chown(&self.path, None, Some(uid))
+            .and_then(|()| {
+                fs::set_permissions(
+                    &self.path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o710),
+                )
+            })
+            .with_context(|| {
+                format!(
+                    "letting uid {uid} into its job directory {}",
+                    self.path.display()
+                )
+            })
     }
 
     /// Notes where the job's cgroups are when only a note finds them again (a delegated

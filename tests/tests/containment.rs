@@ -304,6 +304,8 @@ report("swapon", 167, 0, 0)
 report("name_to_handle_at", 303, 0xffffff9c, 0, 0, 0, 0)
 report("init_module", 175, 0, 0, 0)
 report("clone3", 435, 0, 0)
+# Legacy AIO: contexts count against the host-wide fs.aio-max-nr (allowed, this would be EFAULT).
+report("io_setup", 206, 1, 0)
 # Address families the network namespace does not confine (AF_VSOCK reaches the hypervisor
 # host from any namespace), and raw packet sockets: refused by family. Controls: inet, netlink.
 report("socket_vsock", 41, 40, 1, 0)
@@ -390,6 +392,11 @@ print("fork_works=" + str(os.waitpid(pid, 0)[1] >> 8), flush=True)
         r.value("clone3"),
         "ENOSYS",
         "clone3 must answer ENOSYS so libc falls back to clone\n{r}"
+    );
+    assert_eq!(
+        r.value("io_setup"),
+        "ENOSYS",
+        "legacy AIO must answer ENOSYS so libaio users fall back\n{r}"
     );
     assert_eq!(
         r.value("tcgets_on_dev_null"),
@@ -3307,4 +3314,70 @@ fn a_failed_job_gets_no_provenance() {
     r.assert_code(0);
     assert!(!r.out.join("provenance.intoto.jsonl").exists());
     assert!(r.out.join("result.json").exists() && r.out.join("job.log").exists());
+}
+
+#[test]
+fn a_setuid_file_a_job_leaves_in_its_workspace_is_out_of_reach_of_other_host_users() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new("setuid-host");
+    let marker = format!("31{}", rand_digits());
+    // The job's mounts are nosuid in its own view only: on the host, the file it makes is a
+    // real setuid file of the job's uid, and the job opens its workspace to everyone.
+    let job = one_step(
+        "suid",
+        &format!(
+            "cp /usr/bin/id /workspace/x && chmod 4755 /workspace/x && chmod 755 /workspace && sleep {marker}"
+        ),
+        "",
+    );
+    let (mut cmd, _out) = env.command(&job, &[]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_with(&format!("sleep {marker}")).is_empty() {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = fs::read_dir(env.state.join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("the job's directory");
+    let x = dir.join("workspace/x");
+    let file = fs::metadata(&x).unwrap();
+    assert_ne!(file.mode() & 0o4000, 0, "the job made no setuid file");
+    let jobdir = fs::metadata(&dir).unwrap();
+    if bulwark_tests::is_root() {
+        // Only the job's own uid (through its group) passes; root owns the directory.
+        assert_eq!(jobdir.mode() & 0o7777, 0o710);
+        assert_eq!((jobdir.uid(), jobdir.gid()), (0, file.uid()));
+        // Another host user cannot run it (before, it ran with the job's uid as its euid).
+        // Through a shell: setpriv itself may find its command before it changes ids.
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["/bin/sh", "-c", "exec \"$0\""])
+            .arg(&x)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && stderr.contains("Permission denied"),
+            "another user ran the job's setuid file: {} {stderr}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    } else {
+        eprintln!("part skipped: running the file as another user needs root");
+        assert_eq!(jobdir.mode() & 0o7777, 0o700);
+    }
+    for pid in processes_with(&format!("sleep {marker}")) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let status = child.wait().unwrap();
+    assert!(status.code().is_some(), "{status:?}");
 }

@@ -799,6 +799,12 @@ impl JobRun<'_> {
             ))),
             _ => Ok(()),
         };
+        let result = result.and_then(|()| match lease.as_ref().filter(|_| root) {
+            Some(l) => jobdir
+                .admit(l.uid)
+                .map_err(|e| Stop::Refused(format!("{e:#}"))),
+            None => Ok(()),
+        });
         // A job on a disk of its own writes nothing more to the host's filesystem than the
         // disk it was given at once: whoever takes that filesystem below the reserve while it
         // runs, it is not this job, which is not stopped for it. Only where the filesystem
