@@ -431,6 +431,15 @@ fn a_url_source_is_verified_copied_into_the_workspace_and_recorded() {
     let r = env.run_spec(&spec, "url-out2");
     r.assert_code(2);
     assert!(r.stderr.contains("sha256 mismatch"), "{r}");
+    // The store holds that digest now; a spec naming another URL with it is still refused
+    // when that URL does not serve those bytes: provenance would say the source came from it.
+    let elsewhere = Server::serve(b"some other tarball".to_vec());
+    let other = format!("version = 1\nname = \"urlsrc\"\n[source]\nurl = \"http://127.0.0.1:{}/src.tar.gz\"\nsha256 = \"{sha}\"\n[[steps]]\nname = \"read\"\nrun = \"cat proj/README\"\n", elsewhere.port);
+    std::fs::write(&spec, other).unwrap();
+    let r = env.run_spec(&spec, "url-out3");
+    r.assert_code(2);
+    assert!(r.stderr.contains("sha256 mismatch"), "{r}");
+    assert!(!r.log.contains("from the tarball"), "{r}");
 }
 
 #[test]

@@ -210,6 +210,13 @@ impl JobRun<'_> {
             sha256: sha256.to_string(),
             format: None,
         };
+        // The URL is fetched whatever the store holds: it is what provenance says the source
+        // came from. (When the store holds nothing of it, `ensure` fetches it anyway.)
+        if store.holds(&spec, crate::tools::UnpackMode::Rootfs) {
+            store
+                .confirm_origin(&spec, &policy)
+                .map_err(|e| self.store_refusal(e))?;
+        }
         let r = store
             .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
             .map_err(|e| self.store_refusal(e))?;

@@ -317,6 +317,51 @@ impl Store {
         Ok(resolved(false, held))
     }
 
+    /// Whether the store holds something of `tool`'s digest for `mode`, its download or its
+    /// tree, so that [`Store::ensure`] might not fetch its URL.
+    pub fn holds(&self, tool: &ToolSpec, mode: UnpackMode) -> bool {
+        let blob = self.root.join("blobs").join(&tool.sha256);
+        let tree = tool.effective_format().map(|format| {
+            self.root
+                .join("trees")
+                .join(tree_id(&tool.sha256, format, &tool.name, mode))
+        });
+        blob.exists() || tree.is_some_and(|t| t.exists())
+    }
+
+    /// Fetches `tool.url` and checks that it serves `tool.sha256`, keeping nothing. For a
+    /// job's `[source] url`, whose URL, not only its bytes, provenance records and a
+    /// verification policy's `source_uris` judges: otherwise a store holding the digest
+    /// (fetched by another job, maybe an untrusted one, from anywhere) would satisfy a spec
+    /// naming any URL at all, and the statement would say the source came from there.
+    pub fn confirm_origin(&self, tool: &ToolSpec, policy: &FetchPolicy) -> Result<(), ToolError> {
+        let url = display_url(&tool.url);
+        let policy = policy
+            .within_deadline()
+            .ok_or_else(|| ToolError::OutOfTime {
+                name: tool.name.clone(),
+            })?;
+        let mut sink = OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .map_err(self.store_err(PathBuf::from("/dev/null")))?;
+        let got =
+            fetch::fetch(&tool.url, &policy, &mut sink).map_err(|source| ToolError::Fetch {
+                name: tool.name.clone(),
+                url: url.clone(),
+                source,
+            })?;
+        if got.sha256 != tool.sha256 {
+            return Err(ToolError::DigestMismatch {
+                name: tool.name.clone(),
+                url,
+                expected: tool.sha256.clone(),
+                actual: got.sha256,
+            });
+        }
+        Ok(())
+    }
+
     /// A published tree `id`, held: a shared lock on its directory, taken and then checked to
     /// be still the directory published under that name, with its digest file. `None` when
     /// there is no such tree (never published, or pruned meanwhile).

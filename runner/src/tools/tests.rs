@@ -827,3 +827,39 @@ fn prune_leaves_what_a_fetch_in_progress_is_writing() {
     assert_eq!(report.leftovers, [(format!("tmp/{sha}.0011.download"), 4)]);
     assert!(!partial.exists());
 }
+
+#[test]
+fn a_source_url_is_confirmed_against_its_server_even_when_the_store_holds_its_digest() {
+    let tmp = TempDir::new("origin");
+    let (store, server, jq, body) = jq_store(&tmp);
+    let policy = loopback_policy();
+    assert!(!store.holds(&jq, UnpackMode::Rootfs));
+    store.ensure(&jq, &policy, UnpackMode::Tool).unwrap();
+    // The download is kept: the digest is held for any name and mode from now on.
+    let elsewhere = spec(
+        "source",
+        &server.route("/other.tar.gz", Route::Body(b"not the same bytes".to_vec())),
+        &sha256(&body),
+        None,
+    );
+    assert!(store.holds(&elsewhere, UnpackMode::Rootfs));
+    // A URL that serves other bytes is refused, naming both digests; one that serves the same
+    // bytes is confirmed; a URL that serves nothing is refused too.
+    let err = store.confirm_origin(&elsewhere, &policy).unwrap_err();
+    assert!(
+        matches!(err, ToolError::DigestMismatch { .. }),
+        "{}",
+        chain(&err)
+    );
+    let same = spec("source", &jq.url, &jq.sha256, None);
+    store.confirm_origin(&same, &policy).unwrap();
+    let gone = spec(
+        "source",
+        &server.route("/gone.tar.gz", Route::Status(404)),
+        &jq.sha256,
+        None,
+    );
+    assert!(store.confirm_origin(&gone, &policy).is_err());
+    // Nothing was added to the store by confirming.
+    assert_eq!(contents(&store).2, 0);
+}

@@ -374,8 +374,12 @@ pub(crate) fn load_provenance_from(
         )));
     }
     let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
-    if let Ok(Value::Object(_)) = serde_json::from_str::<Value>(&text) {
-        // One JSON document. Re-read strictly: duplicate keys are refused here too.
+    // One JSON object, or lines of them. Told apart without building a tree (one would stay
+    // alive beside the strict one below: twice the memory of a large file).
+    let one_object = text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
+    if one_object {
+        // Read strictly: duplicate keys are refused here too.
         let value = serde_json::from_str::<StrictValue>(&text)
             .map_err(|e| bad(format!("not usable JSON: {e}")))?
             .0;
