@@ -207,7 +207,7 @@ impl JobDir {
             self.disk = Some((mount.clone(), bytes));
             // The filesystem's root is root's, 0755; the job's uid passes through it as
             // through the job directory.
-            fs::set_permissions(&mount, std::os::unix::fs::PermissionsExt::from_mode(0o710))
+            fs::set_permissions(&mount, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .with_context(|| format!("setting the mode of {}", mount.display()))?;
             self.workspace = mount.join("workspace");
             self.tmp = mount.join("tmp");
