@@ -39,9 +39,12 @@
 //! path creates and each pax global header counts as one); at most
 //! [`UnpackLimits::max_bytes`] decompressed as entry payloads, counted on the bytes actually
 //! read, not on sizes the archive declares, and for every entry, not only the files written
-//! (a tar's payloads nobody reads are decompressed all the same); xz streams may use at most
-//! 256 MiB of decoder memory; and the whole unpack may take at most
-//! [`UnpackLimits::max_time`] (`fetch.timeout`), since it runs under the digest's lock.
+//! (a tar's payloads nobody reads are decompressed all the same); at most `max_bytes` written
+//! too, each directory and symlink created charged a block ([`NODE_CHARGE`]) and a symlink its
+//! target besides (else empty directories and links were free, and the disk reserve could be
+//! overrun by hundreds of MB); xz streams may use at most 256 MiB of decoder memory; and the
+//! whole unpack may take at most [`UnpackLimits::max_time`] (`fetch.timeout`), since it runs
+//! under the digest's lock.
 //! `max_bytes` is the smaller of 8 times `fetch.max_bytes` and 100 times the download's own
 //! size (at least 256 MiB): tool archives compress 2 to 10 times, deflate alone reaches
 //! 1032, so with only the first an 8 MB download could make the runner inflate 16 GiB; 100
@@ -90,7 +93,9 @@ pub struct UnpackLimits {
     /// Most entries of any kind (and directories their paths create).
     pub max_entries: u64,
     /// Most bytes decompressed as entry payloads: file content, and also what extension
-    /// headers, directories and links carry (a tar's headers and padding aside).
+    /// headers, directories and links carry (a tar's headers and padding aside); and, apart,
+    /// most bytes written: file content, and [`NODE_CHARGE`] for each directory and symlink
+    /// created plus the symlink's target.
     pub max_bytes: u64,
     /// What `max_bytes` comes from, for the refusal.
     pub bytes_basis: BytesBasis,
@@ -168,6 +173,12 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// Most components of an entry path: the depth the tree digest walks to
 /// (`store::digest_tree`), so a tree that unpacks can also be digested and sealed.
 pub const MAX_DEPTH: usize = 1024;
+/// What each directory and symlink created costs against [`UnpackLimits::max_bytes`] (a
+/// symlink its target's length too): one filesystem block, what ext4 and xfs give an empty
+/// directory and a symlink too long to be stored in its inode. Counting file content alone, a
+/// zip of 100 000 directories, or of symlinks with 4 KiB targets, wrote some 400 MB past the
+/// disk reserve.
+pub const NODE_CHARGE: u64 = 4096;
 
 impl UnpackLimits {
     /// The limits for a download of `size` bytes fetched under `fetch.max_bytes` =
@@ -262,7 +273,8 @@ pub enum ArchiveError {
 pub struct Unpacked {
     /// Entries written (directories, files, links).
     pub entries: u64,
-    /// File content bytes written.
+    /// Bytes charged against [`UnpackLimits::max_bytes`] for what was written: file content,
+    /// and [`NODE_CHARGE`] for each directory and symlink created plus the symlink's target.
     pub bytes: u64,
     /// Rootfs mode: device nodes and fifos skipped.
     pub skipped: Vec<String>,
@@ -633,6 +645,17 @@ impl Tree {
         self.check_time().err().unwrap_or(ArchiveError::Read(e))
     }
 
+    /// Charges `bytes` written against `max_bytes`, with everything written so far; refuses
+    /// before writing what would go past it.
+    fn charge(&mut self, bytes: u64) -> Result<(), ArchiveError> {
+        let total = self.done.bytes.saturating_add(bytes);
+        if total > self.limits.max_bytes {
+            return Err(self.limits.too_large());
+        }
+        self.done.bytes = total;
+        Ok(())
+    }
+
     /// Counts one more thing against `max_entries`: an entry, or a directory an entry's path
     /// creates (`a/b/c/f` alone creates three).
     fn count(&mut self) -> Result<(), ArchiveError> {
@@ -751,6 +774,7 @@ impl Tree {
         let (parent, parent_id) = self.open_parent(parents, true, raw)?;
         let node = match kind {
             Kind::Dir => {
+                self.charge(NODE_CHARGE)?;
                 mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o755))
                     .map_err(|e| write_err(e.into()))?;
                 Node::Dir(HashMap::new())
@@ -784,6 +808,7 @@ impl Tree {
             Kind::Symlink(target) => {
                 self.check_link_target(parent_id, &target)
                     .map_err(|reason| refused(raw, reason))?;
+                self.charge(NODE_CHARGE.saturating_add(target.len() as u64))?;
                 symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
                     .map_err(|e| write_err(e.into()))?;
                 Node::Symlink(target)
@@ -852,6 +877,7 @@ impl Tree {
                 Some((child, Node::Dir(_))) => child,
                 None if create => {
                     self.count()?;
+                    self.charge(NODE_CHARGE)?;
                     mkdirat(&fd, name, Mode::from_bits_truncate(0o755)).map_err(|e| {
                         refused(raw, format!("cannot create {}: {e}", prefix_shown()))
                     })?;
@@ -1354,8 +1380,10 @@ mod tests {
 
     #[test]
     fn the_deepest_path_allowed_unpacks_and_its_tree_can_be_digested() {
+        // 1023 directories, each charged a block.
         let limits = UnpackLimits {
             max_entries: 2 * MAX_DEPTH as u64,
+            max_bytes: MAX_DEPTH as u64 * NODE_CHARGE,
             ..LIMITS
         };
         let name = format!("{}f", "d/".repeat(MAX_DEPTH - 1));
@@ -1602,6 +1630,72 @@ mod tests {
         r.expect("Info-ZIP's zip unpacks");
         let dest = tmp.path().join("work/dest");
         assert_eq!(std::fs::read(dest.join("lib/tool.jar")).unwrap(), jar);
+    }
+
+    /// A block for each directory and symlink created, and a symlink's target: else a zip of
+    /// 100 000 directories, or of symlinks with 4 KiB targets, wrote some 400 MB past the disk
+    /// reserve, counted as nothing.
+    #[test]
+    fn directories_and_symlinks_are_charged_a_block_and_their_target_against_the_byte_limit() {
+        let limits = UnpackLimits {
+            max_bytes: 10 * NODE_CHARGE,
+            ..LIMITS
+        };
+        let too_large = "archive unpacks to more than 40KiB (8 times fetch.max_bytes)";
+        let dirs = |n: usize| (0..n).map(|i| format!("d{i}/")).collect::<Vec<_>>();
+        // 3001 bytes, staying in the tree: 7097 bytes charged each, five fit in 40 KiB.
+        let target = format!("{}f", "./".repeat(1500));
+        let links = |n: usize| (0..n).map(|i| format!("l{i}")).collect::<Vec<_>>();
+        let tar_of = |dirs: &[String], links: &[String]| {
+            let mut entries: Vec<TarEntry> = dirs.iter().map(|d| dir(d)).collect();
+            entries.extend(links.iter().map(|l| link(l, T::Symlink, &target)));
+            tar_gz(&entries)
+        };
+        let zip_of = |dirs: &[String], links: &[String]| {
+            let options = zip::write::SimpleFileOptions::default();
+            let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+            for d in dirs {
+                w.add_directory(d.as_str(), options).unwrap();
+            }
+            for l in links {
+                w.add_symlink(l.as_str(), &target, options).unwrap();
+            }
+            w.finish().unwrap().into_inner()
+        };
+        for (format, bytes) in [
+            (ToolFormat::TarGz, tar_of(&dirs(10), &[])),
+            (ToolFormat::Zip, zip_of(&dirs(10), &[])),
+        ] {
+            let (_t, r) = run(&bytes, format, UnpackMode::Tool, limits);
+            assert_eq!(r.expect("ten directories fit").bytes, 10 * NODE_CHARGE);
+        }
+        for (format, bytes) in [
+            (ToolFormat::TarGz, tar_of(&dirs(11), &[])),
+            (ToolFormat::Zip, zip_of(&dirs(11), &[])),
+            (ToolFormat::TarGz, tar_of(&[], &links(6))),
+            (ToolFormat::Zip, zip_of(&[], &links(6))),
+        ] {
+            let (tmp, r) = run(&bytes, format, UnpackMode::Tool, limits);
+            assert_eq!(
+                r.expect_err("too large").to_string(),
+                too_large,
+                "{format:?}"
+            );
+            let made = listing(&tmp.path().join("work/dest")).len();
+            assert!(made <= 10, "{format:?}: {made} entries written");
+        }
+        for (format, bytes) in [
+            (ToolFormat::TarGz, tar_of(&[], &links(5))),
+            (ToolFormat::Zip, zip_of(&[], &links(5))),
+        ] {
+            let (_t, r) = run(&bytes, format, UnpackMode::Tool, limits);
+            let charged = 5 * (NODE_CHARGE + target.len() as u64);
+            assert_eq!(r.expect("five links fit").bytes, charged, "{format:?}");
+        }
+        // The directories an entry's path creates are charged too.
+        let deep = tar_gz(&[file(&format!("{}f", "d/".repeat(11)), 0o644, b"")]);
+        let (_t, r) = run(&deep, ToolFormat::TarGz, UnpackMode::Tool, limits);
+        assert_eq!(r.expect_err("too large").to_string(), too_large);
     }
 
     #[test]
