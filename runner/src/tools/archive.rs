@@ -20,7 +20,10 @@
 //!   a root filesystem (and on directories);
 //! - an entry that appears twice, or whose parent is a symlink or a file, is refused;
 //! - a GNU long-name or long-link entry, or a pax header, over 64 KiB is refused before the
-//!   `tar` crate reads it (it would read it whole into memory): see `archive/tar_stream.rs`.
+//!   `tar` crate reads it (it would read it whole into memory): see `archive/tar_stream.rs`;
+//! - a zip whose end records and central directory are not laid out so that the `zip` crate
+//!   reads exactly the directory counted is refused before the crate reads any of it: see
+//!   `archive/zip_directory.rs`.
 //!
 //! Writing goes through descriptors: each parent directory is opened from the tree's root one
 //! component at a time with `O_NOFOLLOW` (created with `mkdirat` when missing), and files are
@@ -36,9 +39,12 @@
 //! path creates and each pax global header counts as one); at most
 //! [`UnpackLimits::max_bytes`] decompressed as entry payloads, counted on the bytes actually
 //! read, not on sizes the archive declares, and for every entry, not only the files written
-//! (a tar's payloads nobody reads are decompressed all the same); xz streams may use at most
-//! 256 MiB of decoder memory; and the whole unpack may take at most
-//! [`UnpackLimits::max_time`] (`fetch.timeout`), since it runs under the digest's lock.
+//! (a tar's payloads nobody reads are decompressed all the same); at most `max_bytes` written
+//! too, each directory and symlink created charged a block ([`NODE_CHARGE`]) and a symlink its
+//! target besides (else empty directories and links were free, and the disk reserve could be
+//! overrun by hundreds of MB); xz streams may use at most 256 MiB of decoder memory; and the
+//! whole unpack may take at most [`UnpackLimits::max_time`] (`fetch.timeout`), since it runs
+//! under the digest's lock.
 //! `max_bytes` is the smaller of 8 times `fetch.max_bytes` and 100 times the download's own
 //! size (at least 256 MiB): tool archives compress 2 to 10 times, deflate alone reaches
 //! 1032, so with only the first an 8 MB download could make the runner inflate 16 GiB; 100
@@ -55,7 +61,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -68,7 +74,9 @@ use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{linkat, symlinkat};
 
 mod tar_stream;
+mod zip_directory;
 use tar_stream::TarStream;
+use zip_directory::Fenced;
 
 /// What is being unpacked: a tool, or a pinned root filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,7 +93,9 @@ pub struct UnpackLimits {
     /// Most entries of any kind (and directories their paths create).
     pub max_entries: u64,
     /// Most bytes decompressed as entry payloads: file content, and also what extension
-    /// headers, directories and links carry (a tar's headers and padding aside).
+    /// headers, directories and links carry (a tar's headers and padding aside); and, apart,
+    /// most bytes written: file content, and [`NODE_CHARGE`] for each directory and symlink
+    /// created plus the symlink's target.
     pub max_bytes: u64,
     /// What `max_bytes` comes from, for the refusal.
     pub bytes_basis: BytesBasis,
@@ -163,6 +173,12 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// Most components of an entry path: the depth the tree digest walks to
 /// (`store::digest_tree`), so a tree that unpacks can also be digested and sealed.
 pub const MAX_DEPTH: usize = 1024;
+/// What each directory and symlink created costs against [`UnpackLimits::max_bytes`] (a
+/// symlink its target's length too): one filesystem block, what ext4 and xfs give an empty
+/// directory and a symlink too long to be stored in its inode. Counting file content alone, a
+/// zip of 100 000 directories, or of symlinks with 4 KiB targets, wrote some 400 MB past the
+/// disk reserve.
+pub const NODE_CHARGE: u64 = 4096;
 
 impl UnpackLimits {
     /// The limits for a download of `size` bytes fetched under `fetch.max_bytes` =
@@ -237,6 +253,10 @@ pub enum ArchiveError {
     /// A zip archive could not be read.
     #[error("reading the zip archive")]
     Zip(#[source] zip::result::ZipError),
+    /// A zip's end records or central directory are not laid out so that the zip crate is
+    /// certain to read the directory that was counted: refused before it reads any.
+    #[error("zip archive refused: {0}")]
+    ZipLayout(String),
     /// Writing an entry failed.
     #[error("archive entry {entry}: cannot write it")]
     Write {
@@ -253,7 +273,8 @@ pub enum ArchiveError {
 pub struct Unpacked {
     /// Entries written (directories, files, links).
     pub entries: u64,
-    /// File content bytes written.
+    /// Bytes charged against [`UnpackLimits::max_bytes`] for what was written: file content,
+    /// and [`NODE_CHARGE`] for each directory and symlink created plus the symlink's target.
     pub bytes: u64,
     /// Rootfs mode: device nodes and fifos skipped.
     pub skipped: Vec<String>,
@@ -360,82 +381,6 @@ fn refused(entry: &[u8], reason: impl Into<String>) -> ArchiveError {
     }
 }
 
-/// The number of entries a zip's end of central directory record (or its zip64 form) says the
-/// central directory holds, read from the file's last 64 KiB or so without reading the
-/// directory itself.
-///
-/// Read so that it cannot disagree with the zip crate, which reads the directory afterwards:
-/// exactly one end record may be in the tail (one hidden in another's comment would let the two
-/// readers pick different ones), its "entries on this disk" (what the crate reads) must equal
-/// its "entries in total", and the zip64 record is used whenever any field says so (a count of
-/// 0xffff, a size or an offset of 0xffffffff), its two counts equal too. Anything else is
-/// refused: a genuine single-disk archive never needs it.
-fn zip_record_count(file: &mut File) -> Result<u64, ArchiveError> {
-    const EOCD: &[u8] = b"PK\x05\x06";
-    const EOCD_LEN: usize = 22;
-    const LOCATOR_LEN: usize = 20;
-    let bad = |why: &str| {
-        ArchiveError::Zip(zip::result::ZipError::InvalidArchive(
-            why.to_string().into(),
-        ))
-    };
-    let len = file.seek(SeekFrom::End(0)).map_err(ArchiveError::Read)?;
-    if len < EOCD_LEN as u64 {
-        return Err(bad("too short to be a zip archive"));
-    }
-    let tail_len = len.min((LOCATOR_LEN + EOCD_LEN + usize::from(u16::MAX)) as u64);
-    file.seek(SeekFrom::Start(len - tail_len))
-        .map_err(ArchiveError::Read)?;
-    let mut tail = vec![0u8; tail_len as usize];
-    file.read_exact(&mut tail).map_err(ArchiveError::Read)?;
-    let u16_at = |i: usize| u16::from_le_bytes([tail[i], tail[i + 1]]);
-    let u32_at = |i: usize| u32::from_le_bytes([tail[i], tail[i + 1], tail[i + 2], tail[i + 3]]);
-    let mut records = (0..=tail.len() - EOCD_LEN).filter(|&i| tail[i..].starts_with(EOCD));
-    let at = records
-        .next()
-        .ok_or_else(|| bad("no end of central directory record"))?;
-    if records.next().is_some() {
-        return Err(bad(
-            "more than one end of central directory record (one in a comment?)",
-        ));
-    }
-    if at + EOCD_LEN + usize::from(u16_at(at + 20)) > tail.len() {
-        return Err(bad("the archive comment runs past the end of the file"));
-    }
-    let (on_disk, total) = (u16_at(at + 8), u16_at(at + 10));
-    if on_disk != total {
-        return Err(bad(
-            "the end record's entry counts differ (this disk against the total)",
-        ));
-    }
-    let zip64 = total == u16::MAX || u32_at(at + 12) == u32::MAX || u32_at(at + 16) == u32::MAX;
-    if !zip64 {
-        return Ok(u64::from(total));
-    }
-    // Zip64: the locator just before the end record names where the zip64 record is (from the
-    // start of the file: an archive with data in front of it is refused, not searched for).
-    let locator = at
-        .checked_sub(LOCATOR_LEN)
-        .map(|l| &tail[l..at])
-        .filter(|l| l.starts_with(b"PK\x06\x07"))
-        .ok_or_else(|| bad("no zip64 end of central directory locator"))?;
-    let record_at = u64::from_le_bytes(locator[8..16].try_into().unwrap_or([0; 8]));
-    let mut record = [0u8; 56];
-    file.seek(SeekFrom::Start(record_at))
-        .map_err(ArchiveError::Read)?;
-    file.read_exact(&mut record).map_err(ArchiveError::Read)?;
-    if !record.starts_with(b"PK\x06\x06") {
-        return Err(bad("no zip64 end of central directory record"));
-    }
-    let u64_at = |i: usize| u64::from_le_bytes(record[i..i + 8].try_into().unwrap_or([0; 8]));
-    if u64_at(24) != u64_at(32) {
-        return Err(bad(
-            "the zip64 record's entry counts differ (this disk against the total)",
-        ));
-    }
-    Ok(u64_at(32))
-}
-
 /// Most characters of an entry name or link target a message shows.
 const SHOWN_CHARS: usize = 200;
 
@@ -513,20 +458,26 @@ fn unpack_tar_entries(reader: impl Read, tree: &mut Tree) -> Result<(), ArchiveE
 }
 
 fn unpack_zip(mut file: File, tree: &mut Tree) -> Result<(), ArchiveError> {
-    // The entry count is read from the end of central directory record before the zip crate
-    // reads the directory: it holds every record in memory (several times the archive's own
-    // bytes), so the limit must apply first. And it keys entries by name, a repeated name
+    // The entry count is read from the end records, and the directory walked, before the zip
+    // crate reads the directory: it holds every record in memory (several times the archive's
+    // own bytes), so the limit must apply first, and the crate must read the very directory
+    // counted (`archive/zip_directory.rs`). And it keys entries by name, a repeated name
     // replacing the earlier one, so a count that differs from what it kept is a name given
     // twice (which extractors resolve differently: refused, as in a tar).
-    let listed = zip_record_count(&mut file)?;
+    let directory = zip_directory::end_records(&mut file)?;
+    let listed = directory.entries;
     if listed > tree.limits.max_entries {
         return Err(ArchiveError::TooManyEntries(
             tree.limits.max_entries,
             tree.limits.entries_basis,
         ));
     }
-    file.seek(SeekFrom::Start(0)).map_err(ArchiveError::Read)?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(ArchiveError::Zip)?;
+    zip_directory::walk(&mut file, &directory, tree.limits, tree.deadline)?;
+    let (reader, fence) =
+        Fenced::new(BufReader::new(file), directory.start).map_err(ArchiveError::Read)?;
+    let archive = zip::ZipArchive::new(reader);
+    fence.lift();
+    let mut archive = archive.map_err(ArchiveError::Zip)?;
     if archive.len() as u64 != listed {
         return Err(ArchiveError::Refused {
             entry: "(central directory)".into(),
@@ -694,6 +645,17 @@ impl Tree {
         self.check_time().err().unwrap_or(ArchiveError::Read(e))
     }
 
+    /// Charges `bytes` written against `max_bytes`, with everything written so far; refuses
+    /// before writing what would go past it.
+    fn charge(&mut self, bytes: u64) -> Result<(), ArchiveError> {
+        let total = self.done.bytes.saturating_add(bytes);
+        if total > self.limits.max_bytes {
+            return Err(self.limits.too_large());
+        }
+        self.done.bytes = total;
+        Ok(())
+    }
+
     /// Counts one more thing against `max_entries`: an entry, or a directory an entry's path
     /// creates (`a/b/c/f` alone creates three).
     fn count(&mut self) -> Result<(), ArchiveError> {
@@ -812,6 +774,7 @@ impl Tree {
         let (parent, parent_id) = self.open_parent(parents, true, raw)?;
         let node = match kind {
             Kind::Dir => {
+                self.charge(NODE_CHARGE)?;
                 mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o755))
                     .map_err(|e| write_err(e.into()))?;
                 Node::Dir(HashMap::new())
@@ -845,6 +808,7 @@ impl Tree {
             Kind::Symlink(target) => {
                 self.check_link_target(parent_id, &target)
                     .map_err(|reason| refused(raw, reason))?;
+                self.charge(NODE_CHARGE.saturating_add(target.len() as u64))?;
                 symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
                     .map_err(|e| write_err(e.into()))?;
                 Node::Symlink(target)
@@ -913,6 +877,7 @@ impl Tree {
                 Some((child, Node::Dir(_))) => child,
                 None if create => {
                     self.count()?;
+                    self.charge(NODE_CHARGE)?;
                     mkdirat(&fd, name, Mode::from_bits_truncate(0o755)).map_err(|e| {
                         refused(raw, format!("cannot create {}: {e}", prefix_shown()))
                     })?;
@@ -1415,8 +1380,10 @@ mod tests {
 
     #[test]
     fn the_deepest_path_allowed_unpacks_and_its_tree_can_be_digested() {
+        // 1023 directories, each charged a block.
         let limits = UnpackLimits {
             max_entries: 2 * MAX_DEPTH as u64,
+            max_bytes: MAX_DEPTH as u64 * NODE_CHARGE,
             ..LIMITS
         };
         let name = format!("{}f", "d/".repeat(MAX_DEPTH - 1));
@@ -1562,15 +1529,36 @@ mod tests {
         let (_tmp, r) = run(&split, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
         let err = format!("{:#}", anyhow::Error::from(r.expect_err("refused")));
         assert!(err.contains("entry counts differ"), "{err}");
-        // A second end record hidden in the comment (readers could pick different ones).
+        // A second end record in the comment, its own comment ending before the end of the
+        // file: readers taking the last signature, or the last whose comment fits (the zip
+        // crate), would read it rather than the end record.
+        let record = zip[eocd..].to_vec();
         let mut hidden = zip.clone();
-        let record = hidden[eocd..].to_vec();
-        hidden[eocd + 20..eocd + 22].copy_from_slice(&(record.len() as u16).to_le_bytes());
+        hidden[eocd + 20..eocd + 22].copy_from_slice(&(record.len() as u16 + 5).to_le_bytes());
         hidden.extend_from_slice(&record);
+        hidden.extend_from_slice(b"after");
         let (_tmp, r) = run(&hidden, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
-        let err = format!("{:#}", anyhow::Error::from(r.expect_err("refused")));
+        let err = r.expect_err("refused").to_string();
         assert!(
-            err.contains("more than one end of central directory"),
+            err.contains(&format!(
+                "an end of central directory record signature at offset {}, after the end \
+                 record at offset {eocd}",
+                eocd + 22
+            )),
+            "{err}"
+        );
+        // The same, the second record's comment ending at the end of the file: that one is
+        // the end record (as readers choose), and the first lies between it and the directory.
+        let mut nested = zip.clone();
+        nested[eocd + 20..eocd + 22].copy_from_slice(&(record.len() as u16).to_le_bytes());
+        nested.extend_from_slice(&record);
+        let (_tmp, r) = run(&nested, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        let err = r.expect_err("refused").to_string();
+        assert!(
+            err.contains(&format!(
+                "does not end at offset {}, where the end record is",
+                eocd + 22
+            )),
             "{err}"
         );
         // Shorter than an end record, starting like one: an error, not a panic.
@@ -1588,6 +1576,126 @@ mod tests {
             format!("{:#}", anyhow::Error::from(r.expect_err("refused")))
                 .contains("no end of central directory record")
         );
+    }
+
+    /// Info-ZIP stores jars uncompressed: a jar near the end of a zip puts its end record in
+    /// the zip's last 64 KiB, before the zip's own. The zip's end record is still the last
+    /// one, and its directory the one walked and read: it unpacks, the jar intact.
+    #[test]
+    fn a_zip_with_a_stored_jar_near_its_end_unpacks() {
+        let jar = zip_bytes(&[
+            ("META-INF/MANIFEST.MF", 0o644, b"Manifest-Version: 1.0\n"),
+            ("Tool.class", 0o644, b"\xca\xfe\xba\xbe"),
+        ]);
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .unix_permissions(0o644);
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        w.start_file("bin/tool", stored.unix_permissions(0o755))
+            .unwrap();
+        w.write_all(b"#!/bin/sh\n").unwrap();
+        w.start_file("lib/tool.jar", stored).unwrap();
+        w.write_all(&jar).unwrap();
+        let zip = w.finish().unwrap().into_inner();
+        let ends = zip.windows(4).filter(|w| *w == b"PK\x05\x06").count();
+        assert_eq!(ends, 2, "the jar's end record and the zip's");
+        let (tmp, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        r.expect("a zip holding a stored jar unpacks");
+        let dest = tmp.path().join("work/dest");
+        assert_eq!(std::fs::read(dest.join("lib/tool.jar")).unwrap(), jar);
+        // The same from Info-ZIP's zip, an independent writer: the jar stored (-0), and zip64
+        // end records (-fz), whose end record has its offset at the marker and its counts not.
+        let src = TempDir::new("info-zip");
+        std::fs::create_dir_all(src.path().join("lib")).unwrap();
+        std::fs::create_dir_all(src.path().join("bin")).unwrap();
+        std::fs::write(src.path().join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(src.path().join("lib/tool.jar"), &jar).unwrap();
+        let zipped = std::process::Command::new("zip")
+            .args(["-q", "-r", "-0", "-fz", "out.zip", "bin", "lib"])
+            .current_dir(src.path())
+            .status();
+        let Ok(status) = zipped else {
+            eprintln!(
+                "SKIP a_zip_with_a_stored_jar_near_its_end_unpacks (Info-ZIP): no zip binary"
+            );
+            return;
+        };
+        assert!(status.success(), "zip: {status}");
+        let zip = std::fs::read(src.path().join("out.zip")).unwrap();
+        assert!(
+            zip.windows(4).any(|w| w == b"PK\x06\x06"),
+            "zip64 end record"
+        );
+        let (tmp, r) = run(&zip, ToolFormat::Zip, UnpackMode::Tool, LIMITS);
+        r.expect("Info-ZIP's zip unpacks");
+        let dest = tmp.path().join("work/dest");
+        assert_eq!(std::fs::read(dest.join("lib/tool.jar")).unwrap(), jar);
+    }
+
+    /// A block for each directory and symlink created, and a symlink's target: else a zip of
+    /// 100 000 directories, or of symlinks with 4 KiB targets, wrote some 400 MB past the disk
+    /// reserve, counted as nothing.
+    #[test]
+    fn directories_and_symlinks_are_charged_a_block_and_their_target_against_the_byte_limit() {
+        let limits = UnpackLimits {
+            max_bytes: 10 * NODE_CHARGE,
+            ..LIMITS
+        };
+        let too_large = "archive unpacks to more than 40KiB (8 times fetch.max_bytes)";
+        let dirs = |n: usize| (0..n).map(|i| format!("d{i}/")).collect::<Vec<_>>();
+        // 3001 bytes, staying in the tree: 7097 bytes charged each, five fit in 40 KiB.
+        let target = format!("{}f", "./".repeat(1500));
+        let links = |n: usize| (0..n).map(|i| format!("l{i}")).collect::<Vec<_>>();
+        let tar_of = |dirs: &[String], links: &[String]| {
+            let mut entries: Vec<TarEntry> = dirs.iter().map(|d| dir(d)).collect();
+            entries.extend(links.iter().map(|l| link(l, T::Symlink, &target)));
+            tar_gz(&entries)
+        };
+        let zip_of = |dirs: &[String], links: &[String]| {
+            let options = zip::write::SimpleFileOptions::default();
+            let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+            for d in dirs {
+                w.add_directory(d.as_str(), options).unwrap();
+            }
+            for l in links {
+                w.add_symlink(l.as_str(), &target, options).unwrap();
+            }
+            w.finish().unwrap().into_inner()
+        };
+        for (format, bytes) in [
+            (ToolFormat::TarGz, tar_of(&dirs(10), &[])),
+            (ToolFormat::Zip, zip_of(&dirs(10), &[])),
+        ] {
+            let (_t, r) = run(&bytes, format, UnpackMode::Tool, limits);
+            assert_eq!(r.expect("ten directories fit").bytes, 10 * NODE_CHARGE);
+        }
+        for (format, bytes) in [
+            (ToolFormat::TarGz, tar_of(&dirs(11), &[])),
+            (ToolFormat::Zip, zip_of(&dirs(11), &[])),
+            (ToolFormat::TarGz, tar_of(&[], &links(6))),
+            (ToolFormat::Zip, zip_of(&[], &links(6))),
+        ] {
+            let (tmp, r) = run(&bytes, format, UnpackMode::Tool, limits);
+            assert_eq!(
+                r.expect_err("too large").to_string(),
+                too_large,
+                "{format:?}"
+            );
+            let made = listing(&tmp.path().join("work/dest")).len();
+            assert!(made <= 10, "{format:?}: {made} entries written");
+        }
+        for (format, bytes) in [
+            (ToolFormat::TarGz, tar_of(&[], &links(5))),
+            (ToolFormat::Zip, zip_of(&[], &links(5))),
+        ] {
+            let (_t, r) = run(&bytes, format, UnpackMode::Tool, limits);
+            let charged = 5 * (NODE_CHARGE + target.len() as u64);
+            assert_eq!(r.expect("five links fit").bytes, charged, "{format:?}");
+        }
+        // The directories an entry's path creates are charged too.
+        let deep = tar_gz(&[file(&format!("{}f", "d/".repeat(11)), 0o644, b"")]);
+        let (_t, r) = run(&deep, ToolFormat::TarGz, UnpackMode::Tool, limits);
+        assert_eq!(r.expect_err("too large").to_string(), too_large);
     }
 
     #[test]
