@@ -10,7 +10,8 @@
 //! there).
 //!
 //! What a request must show before its body is read, and how much body each route reads
-//! (only the result report up to [`MAX_BODY_BYTES`]), is [`intake`]'s.
+//! (only the result report up to [`MAX_BODY_BYTES`]), is [`intake`]'s; how many connections
+//! one client may hold, [`peers`]'s.
 //!
 //! Every answer that is not 2xx carries an [`ErrorBody`], including the ones axum makes itself
 //! (unknown route, wrong method, a body over the limit): [`json_errors`] rewrites them.
@@ -47,6 +48,7 @@ use crate::outputs::{self, OutputError, OutputStore};
 use crate::state::{self, Db, Runner, StateError};
 
 mod intake;
+mod peers;
 
 use intake::{with_intake, Gate, Intake};
 pub use intake::{MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT};
@@ -343,11 +345,19 @@ pub struct ServeOptions {
     pub small_body_timeout: Duration,
     /// Most connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Most connections one client (an IPv4 address, an IPv6 /64) holds at once; more are
+    /// closed as soon as they are accepted ([`peers`]). 0: no bound per client.
+    pub max_connections_per_address: usize,
     /// How long a shutdown waits for the requests in flight.
     pub drain_timeout: Duration,
     /// How often the outputs of jobs whose lease ran out without a result are removed.
     pub sweep_interval: Duration,
 }
+
+/// The default of [`ServeOptions::max_connections_per_address`]: an eighth of the connections,
+/// so a client needs eight addresses to take them all; room for a few runners behind one NAT
+/// address (docs/control-plane.md, "Connections").
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -357,6 +367,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(120),
             small_body_timeout: SMALL_BODY_TIMEOUT,
             max_connections: 512,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(600),
         }
@@ -415,6 +426,9 @@ pub async fn serve_with_metrics(
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    let per_client = (options.max_connections_per_address > 0)
+        .then(|| peers::AddressSlots::new(options.max_connections_per_address));
+    let mut refusals = peers::RefusalLog::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -424,9 +438,9 @@ pub async fn serve_with_metrics(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was accepted:
                     // wait a little rather than spin, and go on serving.
@@ -437,6 +451,20 @@ pub async fn serve_with_metrics(
             },
             () = &mut shutdown => break,
         };
+        // A client holding its most already: closed before a byte of it is read (or a TLS
+        // handshake begun), and its permit given back at once.
+        let slot = match &per_client {
+            None => None,
+            Some(slots) => match slots.take(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    drop(stream);
+                    shared.metrics.connection_refused();
+                    refusals.refused(peer.ip(), options.max_connections_per_address);
+                    continue;
+                }
+            },
+        };
         let service = TowerToHyperService::new(app.clone());
         let Some(tls) = &tls else {
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -444,7 +472,7 @@ pub async fn serve_with_metrics(
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                drop(permit);
+                drop((permit, slot));
             });
             continue;
         };
@@ -464,7 +492,7 @@ pub async fn serve_with_metrics(
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
     drop(listener);

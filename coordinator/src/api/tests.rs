@@ -1911,3 +1911,67 @@ fn a_small_body_that_trickles_is_cut_at_its_own_deadline() {
         "{text}"
     );
 }
+
+/// A connection to `to` from the loopback address `from` (127.0.0.2: another client on the
+/// same host); `None` when the host will not bind it.
+fn connect_from(from: &str, to: SocketAddr) -> Option<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind(format!("{from}:0").parse().unwrap()).ok()?;
+        let stream = socket.connect(to).await.ok()?.into_std().ok()?;
+        stream.set_nonblocking(false).ok()?;
+        Some(stream)
+    })
+}
+
+/// `GET /.well-known/jwks.json` on `c`; the answer's status line, or `None` when the
+/// connection was closed without one.
+fn jwks_on(mut c: TcpStream) -> Option<String> {
+    c.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let got = read_until_closed(&mut c, Duration::from_secs(5)).expect("kept open");
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().map(str::to_owned)
+}
+
+#[test]
+fn one_address_holds_at_most_its_connections_and_another_address_is_served() {
+    let (s, _stop) = start_with(ServeOptions {
+        max_connections_per_address: 2,
+        ..ServeOptions::default()
+    });
+    // Two connections kept alive, each surely accepted: it has been answered once.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr).unwrap();
+            c.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            let mut status = [0u8; 12];
+            c.read_exact(&mut status).unwrap();
+            assert_eq!(&status, b"HTTP/1.1 200");
+            c
+        })
+        .collect();
+    // The third from 127.0.0.1 is closed unanswered; the server is not waiting on it.
+    assert_eq!(jwks_on(TcpStream::connect(s.addr).unwrap()), None);
+    // Another address is served meanwhile.
+    match connect_from("127.0.0.2", s.addr) {
+        Some(other) => assert_eq!(jwks_on(other).as_deref(), Some("HTTP/1.1 200 OK")),
+        None => eprintln!("SKIPPED (part): cannot bind 127.0.0.2 here"),
+    }
+    // A slot given back is taken again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = jwks_on(TcpStream::connect(s.addr).unwrap());
+        if got.as_deref() == Some("HTTP/1.1 200 OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "127.0.0.1 never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
