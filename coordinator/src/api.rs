@@ -9,8 +9,12 @@
 //! ([`check_listen`] refuses a non-loopback plain-HTTP address unless the operator says one is
 //! there).
 //!
+//! What a request must show before its body is read, and how much body each route reads
+//! (only the result report up to [`MAX_BODY_BYTES`]), is [`intake`]'s; how many connections
+//! one client may hold, [`peers`]'s.
+//!
 //! Every answer that is not 2xx carries an [`ErrorBody`], including the ones axum makes itself
-//! (unknown route, wrong method, body over [`MAX_BODY_BYTES`]): [`json_errors`] rewrites them.
+//! (unknown route, wrong method, a body over the limit): [`json_errors`] rewrites them.
 //! A failure of the coordinator itself is logged in full and answered with a generic message:
 //! database paths and causes are for the operator's log, not for a client.
 
@@ -42,6 +46,12 @@ use crate::metrics::Metrics;
 use crate::oidc::{self, Claims, OidcError};
 use crate::outputs::{self, OutputError, OutputStore};
 use crate::state::{self, Db, Runner, StateError};
+
+mod intake;
+mod peers;
+
+use intake::{with_intake, Gate, Intake};
+pub use intake::{MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT};
 
 /// A refusal or failure, as answered.
 #[derive(Debug)]
@@ -242,25 +252,60 @@ impl Coordinator {
 
 type Shared = Arc<Coordinator>;
 
-/// The routes, with the body limit and the JSON error rewriting.
+/// The routes, with each route's body intake ([`intake`]) and the JSON error rewriting; the
+/// small routes' bodies must arrive within [`SMALL_BODY_TIMEOUT`].
 pub fn router(coordinator: Coordinator) -> Router {
-    router_shared(Arc::new(coordinator))
+    router_shared(Arc::new(coordinator), SMALL_BODY_TIMEOUT)
 }
 
 /// [`router`] over a coordinator shared with other tasks (the sweep in [`serve`]).
-fn router_shared(coordinator: Shared) -> Router {
+fn router_shared(c: Shared, small_body_timeout: Duration) -> Router {
+    let small = |gate| Intake {
+        gate,
+        limit: MAX_SMALL_BODY_BYTES,
+        deadline: Some(small_body_timeout),
+    };
+    // The request deadline only ([`ServeOptions::request_timeout`]).
+    let large = |gate, limit| Intake {
+        gate,
+        limit,
+        deadline: None,
+    };
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/v1/runners/register", post(register))
-        .route("/v1/runners/lease", post(lease))
-        .route("/v1/runners/rekey", post(rekey))
-        .route("/v1/jobs", post(submit))
+        .route(
+            "/v1/runners/register",
+            with_intake(post(register), &c, small(Gate::Open)),
+        )
+        .route(
+            "/v1/runners/lease",
+            with_intake(post(lease), &c, small(Gate::Runner)),
+        )
+        .route(
+            "/v1/runners/rekey",
+            with_intake(post(rekey), &c, small(Gate::Runner)),
+        )
+        .route(
+            "/v1/jobs",
+            with_intake(post(submit), &c, large(Gate::Admin, MAX_SUBMIT_BODY_BYTES)),
+        )
         .route("/v1/jobs/{id}", get(job))
-        .route("/v1/jobs/{id}/id-token", post(id_token))
-        .route("/v1/jobs/{id}/heartbeat", post(heartbeat))
+        .route(
+            "/v1/jobs/{id}/id-token",
+            with_intake(post(id_token), &c, small(Gate::Runner)),
+        )
+        .route(
+            "/v1/jobs/{id}/heartbeat",
+            with_intake(post(heartbeat), &c, small(Gate::Runner)),
+        )
+        // Reads no body (the router's small default would apply if it did).
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/v1/jobs/{id}/result", post(result))
+        // A result with its provenance: the one body up to `MAX_BODY_BYTES`.
+        .route(
+            "/v1/jobs/{id}/result",
+            with_intake(post(result), &c, large(Gate::Runner, MAX_BODY_BYTES)),
+        )
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/inventory", get(inventory))
         .route("/v1/jobs/{id}/outputs/{*path}", get(output))
@@ -269,21 +314,22 @@ fn router_shared(coordinator: Shared) -> Router {
         // database lock, so it is kept small.
         .route(
             "/v1/jobs/{id}/live-log/{offset}",
-            put(live_log).layer(DefaultBodyLimit::max(MAX_LIVE_LOG_APPEND)),
+            with_intake(put(live_log), &c, large(Gate::Runner, MAX_LIVE_LOG_APPEND)),
         )
-        // Streamed to disk as it arrives, with its own limits (`upload_blob`).
+        // Streamed to disk as it arrives, with its own limits, checked whole before a byte is
+        // read (`upload_blob`).
         .route(
             "/v1/jobs/{id}/blobs/{sha256}",
             put(upload_blob).layer(DefaultBodyLimit::disable()),
         )
         .layer(axum::middleware::map_response(json_errors))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(coordinator)
+        .layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES))
+        .with_state(c)
 }
 
 /// Limits that keep slow or idle clients from holding the coordinator's connections and
-/// memory (a request body is buffered whole, up to [`MAX_BODY_BYTES`], before it is
-/// authenticated).
+/// memory (a request body is buffered whole, up to its route's limit, once its headers passed
+/// the checks that need no body: [`intake`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
     /// How long a client may take to send a request's headers; also how long an idle
@@ -293,13 +339,25 @@ pub struct ServeOptions {
     /// How long a request may take from its headers to its answer, body upload included;
     /// longer is answered `408` and the connection closed.
     pub request_timeout: Duration,
+    /// How long the body of a small request (registration, lease, heartbeat, rekey, identity
+    /// token) may take once its headers passed their checks; longer is answered `408` and the
+    /// connection closed.
+    pub small_body_timeout: Duration,
     /// Most connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Most connections one client (an IPv4 address, an IPv6 /64) holds at once; more are
+    /// closed as soon as they are accepted ([`peers`]). 0: no bound per client.
+    pub max_connections_per_address: usize,
     /// How long a shutdown waits for the requests in flight.
     pub drain_timeout: Duration,
     /// How often the outputs of jobs whose lease ran out without a result are removed.
     pub sweep_interval: Duration,
 }
+
+/// The default of [`ServeOptions::max_connections_per_address`]: an eighth of the connections,
+/// so a client needs eight addresses to take them all; room for a few runners behind one NAT
+/// address (docs/control-plane.md, "Connections").
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -307,7 +365,9 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(15),
             // An 8 MiB result at 100 KiB/s, with room.
             request_timeout: Duration::from_secs(120),
+            small_body_timeout: SMALL_BODY_TIMEOUT,
             max_connections: 512,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(600),
         }
@@ -351,18 +411,24 @@ pub async fn serve_with_metrics(
     ));
     let scrapes = metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&shared), options)));
     // Outermost, so that every answer is counted, a `408` of the deadline's too.
-    let app = router_shared(Arc::clone(&shared))
+    let app = router_shared(Arc::clone(&shared), options.small_body_timeout)
         .layer(axum::middleware::from_fn_with_state(
             options.request_timeout,
             request_deadline,
         ))
-        .layer(axum::middleware::from_fn_with_state(shared, count_response));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            count_response,
+        ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    let per_client = (options.max_connections_per_address > 0)
+        .then(|| peers::AddressSlots::new(options.max_connections_per_address));
+    let mut refusals = peers::RefusalLog::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -372,9 +438,9 @@ pub async fn serve_with_metrics(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was accepted:
                     // wait a little rather than spin, and go on serving.
@@ -385,6 +451,20 @@ pub async fn serve_with_metrics(
             },
             () = &mut shutdown => break,
         };
+        // A client holding its most already: closed before a byte of it is read (or a TLS
+        // handshake begun), and its permit given back at once.
+        let slot = match &per_client {
+            None => None,
+            Some(slots) => match slots.take(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    drop(stream);
+                    shared.metrics.connection_refused();
+                    refusals.refused(peer.ip(), options.max_connections_per_address);
+                    continue;
+                }
+            },
+        };
         let service = TowerToHyperService::new(app.clone());
         let Some(tls) = &tls else {
             let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -392,7 +472,7 @@ pub async fn serve_with_metrics(
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                drop(permit);
+                drop((permit, slot));
             });
             continue;
         };
@@ -412,7 +492,7 @@ pub async fn serve_with_metrics(
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
     drop(listener);
@@ -602,9 +682,9 @@ async fn json_errors(response: Response) -> Response {
     let message = match status {
         StatusCode::NOT_FOUND => "no such endpoint".to_owned(),
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".to_owned(),
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            format!("request body is larger than {MAX_BODY_BYTES} bytes")
-        }
+        // Only a route without an intake of its own reads a body this way (each intake answers
+        // its own limit): the router's default limit applied.
+        StatusCode::PAYLOAD_TOO_LARGE => intake::too_large(MAX_SMALL_BODY_BYTES),
         StatusCode::BAD_REQUEST => "request not understood (path or headers)".to_owned(),
         other => format!(
             "request refused: {}",
@@ -632,6 +712,12 @@ fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiErro
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request target as sent (path and query): what a runner signs.
+fn request_target(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
 }
 
 async fn discovery(State(c): State<Shared>) -> Json<serde_json::Value> {
@@ -878,9 +964,7 @@ async fn signed<T: Send + 'static>(
     f: impl FnOnce(&Coordinator, &mut Db, Runner, &[u8]) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let signed = SignedHeaders::read(|name| header_str(headers, name))?;
-    let target = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let target = request_target(uri);
     let c = Arc::clone(c);
     tokio::task::spawn_blocking(move || {
         let now = state::now();
@@ -1077,9 +1161,7 @@ async fn upload_blob(
             ))
         }
     };
-    let target = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let target = request_target(&uri);
     let (job_id, digest) = (id.clone(), sha.clone());
     let shared = Arc::clone(&c);
     let stored = tokio::task::spawn_blocking(move || {

@@ -275,6 +275,55 @@ pub fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
     db.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a signed request must pass before its body is read (docs/control-plane.md, "Request
+/// bodies"): the checks of [`verify_signed_request_for_digest`] that need no body, in its
+/// order, so a request refused here gets the refusal the full check would give. The target,
+/// the timestamp's window, the nonce's shape, and that the runner is registered and active
+/// (read from the database, its lock taken, the first time a runner is seen: call it off the
+/// event loop). The signature, the nonce's novelty and the runner's standing under the lock
+/// are left to the full check, which still runs once the body is read.
+///
+/// A runner seen active once and removed since by another process (`runners remove`) passes
+/// here until the full check has refused it once.
+pub fn check_before_body(
+    db: &Mutex<Db>,
+    keys: &RunnerKeys,
+    path_and_query: &str,
+    signed: &SignedHeaders,
+    now: u64,
+) -> Result<(), AuthError> {
+    check_unsigned_parts(path_and_query, signed, now)?;
+    keys.get(db, &signed.runner_id).map(drop)
+}
+
+/// The checks that need neither the body nor the database: the target, the timestamp (its
+/// value returned) and the nonce's shape.
+fn check_unsigned_parts(
+    path_and_query: &str,
+    signed: &SignedHeaders,
+    now: u64,
+) -> Result<u64, AuthError> {
+    // The signature covers the target as sent, but the routes act on the percent-decoded path
+    // and ignore any query: only targets where the two are the same bytes are accepted.
+    if path_and_query.contains(['?', '%']) {
+        return Err(AuthError::Target);
+    }
+    let timestamp: u64 = signed.timestamp.parse().map_err(|_| AuthError::Timestamp)?;
+    let skew = now.abs_diff(timestamp);
+    if skew > MAX_CLOCK_SKEW_SECS {
+        return Err(AuthError::ClockSkew { timestamp, skew });
+    }
+    let nonce_ok = (MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&signed.nonce.len())
+        && signed
+            .nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !nonce_ok {
+        return Err(AuthError::Nonce);
+    }
+    Ok(timestamp)
+}
+
 /// Authenticates a signed runner request: `method` and `path_and_query` as sent, its
 /// headers and body, at time `now`. Returns the runner, with the nonce recorded, and the
 /// database still locked for the request's own work. A target with a query or a percent
@@ -309,24 +358,7 @@ pub fn verify_signed_request_for_digest<'a>(
     body_sha256_hex: &str,
     now: u64,
 ) -> Result<(Runner, MutexGuard<'a, Db>), AuthError> {
-    // The signature covers the target as sent, but the routes act on the percent-decoded path
-    // and ignore any query: only targets where the two are the same bytes are accepted.
-    if path_and_query.contains(['?', '%']) {
-        return Err(AuthError::Target);
-    }
-    let timestamp: u64 = signed.timestamp.parse().map_err(|_| AuthError::Timestamp)?;
-    let skew = now.abs_diff(timestamp);
-    if skew > MAX_CLOCK_SKEW_SECS {
-        return Err(AuthError::ClockSkew { timestamp, skew });
-    }
-    let nonce_ok = (MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&signed.nonce.len())
-        && signed
-            .nonce
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !nonce_ok {
-        return Err(AuthError::Nonce);
-    }
+    let timestamp = check_unsigned_parts(path_and_query, signed, now)?;
     let runner_id = &signed.runner_id;
     let (pem, key) = keys.get(db, runner_id)?;
     let bad_signature = || AuthError::Signature {

@@ -77,7 +77,7 @@ pub enum Command {
     /// Serves the HTTP API: over TLS with --tls-cert and --tls-key, else plain HTTP (on
     /// loopback, or behind a TLS terminator).
     #[command(
-        after_help = "Example:\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8443 --tls-cert /etc/bulwark-coordinator/tls.crt --tls-key /etc/bulwark-coordinator/tls.key\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8440 --behind-tls-proxy\n\nPrints `listening on ADDR` to stderr once bound."
+        after_help = "Example:\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 127.0.0.1:8440\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8443 --tls-cert /etc/bulwark-coordinator/tls.crt --tls-key /etc/bulwark-coordinator/tls.key --max-connections-per-address 128\n  bulwark-coordinator serve --state /var/lib/bulwark-coordinator --listen 0.0.0.0:8440 --behind-tls-proxy\n\nPrints `listening on ADDR` to stderr once bound."
     )]
     Serve {
         /// The state directory.
@@ -110,6 +110,14 @@ pub enum Command {
         /// and its temporary file removed (`30s`, `2m`).
         #[arg(long, default_value = "30s", value_parser = parse_idle)]
         upload_idle_timeout: Duration,
+        /// Most connections one client (an IPv4 address, an IPv6 /64) may hold at once, of the
+        /// 512 served; more are closed as soon as they are accepted. 0: no bound per client.
+        /// Default: 64 when serving TLS itself; none in plain HTTP, where every connection
+        /// may come from the TLS terminator in front (bound clients there, e.g. nginx
+        /// `limit_conn`). Runners behind one NAT address share it: give at least the sum,
+        /// over them, of 1 + 3 x their `[daemon] slots`.
+        #[arg(long, value_name = "N")]
+        max_connections_per_address: Option<usize>,
         /// Also serve Prometheus metrics (`GET /metrics`) on this address, without
         /// authentication: counts, ages, runner ids and names (docs/control-plane.md,
         /// "Metrics"). Bind it where only the scraper reaches it.

@@ -179,11 +179,24 @@ fn main() -> Result<()> {
             max_output_files,
             min_free_disk,
             upload_idle_timeout,
+            max_connections_per_address,
             metrics_listen,
         } => {
             let tls = match (&tls_cert, &tls_key) {
                 (Some(cert), Some(key)) => Some(bulwark_coordinator::tls::acceptor(cert, key)?),
                 _ => None,
+            };
+            // In plain HTTP the peer may be the TLS terminator in front, for every client: a
+            // bound per address would then be a bound on the whole fleet.
+            let options = api::ServeOptions {
+                max_connections_per_address: max_connections_per_address.unwrap_or(
+                    if tls.is_some() {
+                        api::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+                    } else {
+                        0
+                    },
+                ),
+                ..api::ServeOptions::default()
             };
             api::check_listen(listen, behind_tls_proxy || tls.is_some())?;
             let (db, key, admin) = statedir::load(&state)?;
@@ -237,7 +250,7 @@ fn main() -> Result<()> {
                     metrics,
                     tls,
                     coordinator,
-                    api::ServeOptions::default(),
+                    options,
                     stop,
                 )
                 .await

@@ -42,6 +42,7 @@ pub struct Metrics {
     cancelled: AtomicU64,
     id_tokens: AtomicU64,
     responses: [AtomicU64; 5],
+    connections_refused: AtomicU64,
     last_request: Mutex<HashMap<String, u64>>,
     /// The served TLS certificate's expiry, when the coordinator serves TLS itself.
     pub(crate) tls_expiry: Option<std::sync::Arc<AtomicU64>>,
@@ -75,6 +76,7 @@ impl Metrics {
             cancelled: AtomicU64::new(0),
             id_tokens: AtomicU64::new(0),
             responses: Default::default(),
+            connections_refused: AtomicU64::new(0),
             last_request: Mutex::new(HashMap::new()),
             tls_expiry: None,
         }
@@ -117,6 +119,11 @@ impl Metrics {
         {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A connection was closed at once: its client held the most connections one address may.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runner `id` made a request whose signature verified, at `now`.
@@ -247,6 +254,13 @@ impl Metrics {
             "API responses, by status class (401 and 403: refused authentication; 5xx: the coordinator failed).",
             &responses,
         );
+        family(
+            &mut out,
+            "bulwark_coordinator_connections_refused_total",
+            "counter",
+            "Connections closed as soon as they were accepted, their client (an IPv4 address, an IPv6 /64) holding --max-connections-per-address already. Rising while runners share an address (a NAT, a proxy): the bound is too low for them.",
+            &[(NONE, c(&self.connections_refused))],
+        );
         if let Some(expiry) = &self.tls_expiry {
             family(
                 &mut out,
@@ -285,6 +299,7 @@ mod tests {
         m.response(503);
         m.response(99);
         m.response(700);
+        m.connection_refused();
         m.runner_seen("runner-a", 1_500);
         m.runner_seen("runner-a", 1_400);
         m.runner_seen("runner-gone", 1_450);
@@ -321,6 +336,7 @@ mod tests {
             "bulwark_coordinator_http_responses_total{class=\"2xx\"} 2",
             "bulwark_coordinator_http_responses_total{class=\"4xx\"} 1",
             "bulwark_coordinator_http_responses_total{class=\"5xx\"} 1",
+            "bulwark_coordinator_connections_refused_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
         }

@@ -1751,6 +1751,8 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
             "bulwark_coordinator_http_responses_total{class=\"5xx\"}",
             0.0,
         ),
+        // Plain HTTP on loopback: no bound per client by default, nothing refused.
+        ("bulwark_coordinator_connections_refused_total", 0.0),
     ] {
         assert_eq!(metric(&done, series), value, "{series}:\n{done}");
     }
@@ -1779,7 +1781,7 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
     // An independent parser reads the same text: every family with its type, every sample.
     let parsed = parse_prometheus(&done);
     let families: Vec<&String> = parsed.iter().filter(|l| l.starts_with("F ")).collect();
-    assert_eq!(families.len(), 11, "{parsed:?}");
+    assert_eq!(families.len(), 12, "{parsed:?}");
     for line in [
         "F bulwark_coordinator_job_results counter",
         "F bulwark_coordinator_jobs gauge",

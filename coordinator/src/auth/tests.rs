@@ -334,3 +334,66 @@ fn signatures_are_checked_off_the_database_lock_and_a_removed_runner_is_refused_
         "a removed runner's key is forgotten"
     );
 }
+
+/// Each refusal the checks before the body make is the one the full check makes of the same
+/// request; a request they pass is left whole to the full check (its nonce not used).
+#[test]
+fn the_checks_before_the_body_refuse_as_the_full_check_does_and_use_no_nonce() {
+    let dir = TempDir::new("auth");
+    let (db, key) = setup(&dir);
+    let before = |path: &str, h: &SignedHeaders| {
+        KEYS.with(|keys| check_before_body(&db, keys, path, h, NOW))
+    };
+    let stranger = runner_key();
+    let refused = [
+        (
+            PATH.to_owned() + "?x=1",
+            sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{}"),
+        ),
+        (
+            PATH.to_owned(),
+            sign(&key, "runner-1", "POST", PATH, NOW - 301, NONCE, b"{}"),
+        ),
+        (
+            PATH.to_owned(),
+            SignedHeaders {
+                timestamp: "soon".into(),
+                ..sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{}")
+            },
+        ),
+        (
+            PATH.to_owned(),
+            sign(&key, "runner-1", "POST", PATH, NOW, "short", b"{}"),
+        ),
+        (
+            PATH.to_owned(),
+            sign(&stranger, "runner-2", "POST", PATH, NOW, NONCE, b"{}"),
+        ),
+    ];
+    for (path, h) in &refused {
+        let early = before(path, h).unwrap_err().to_string();
+        let full = verify(&db, "POST", path, h, b"{}", NOW)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(early, full);
+    }
+    let good = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{}");
+    before(PATH, &good).unwrap();
+    verify(&db, "POST", PATH, &good, b"{}", NOW).unwrap();
+    // Removed since: refused before the body once its key is no longer cached (the full
+    // check, which reads its standing under the lock, forgets it).
+    lock(&db).remove_runner("runner-1", NOW).unwrap();
+    let again = sign(
+        &key,
+        "runner-1",
+        "POST",
+        PATH,
+        NOW,
+        "BBBBBBBBBBBBBBBBBBBB",
+        b"{}",
+    );
+    let full = verify(&db, "POST", PATH, &again, b"{}", NOW)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(before(PATH, &again).unwrap_err().to_string(), full);
+}
