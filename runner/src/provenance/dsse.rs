@@ -100,12 +100,22 @@ pub enum VerifyError {
     },
 }
 
-/// Verifies the envelope with any of `keys`; returns the verified payload bytes.
+/// What [`verify`] found: the verified payload bytes, and the key ids of the trusted keys
+/// whose signatures verified (each once, in the order of `keys`).
+#[derive(Debug)]
+pub struct Verified {
+    /// The payload, exactly the bytes that were signed.
+    pub payload: Vec<u8>,
+    /// Key ids of the trusted keys that signed it; never empty.
+    pub signers: Vec<String>,
+}
+
+/// Verifies the envelope with any of `keys`: the payload and every trusted key that signed it.
 pub fn verify(
     envelope: &Envelope,
     expected_type: &str,
     keys: &[PublicKey],
-) -> Result<Vec<u8>, VerifyError> {
+) -> Result<Verified, VerifyError> {
     if envelope.payload_type != expected_type {
         return Err(VerifyError::PayloadType {
             found: envelope.payload_type.clone(),
@@ -124,14 +134,21 @@ pub fn verify(
         )));
     }
     let message = pae(&envelope.payload_type, &payload);
-    for s in &envelope.signatures {
-        let Ok(sig) = b64().decode(&s.sig) else {
-            continue;
-        };
-        // A key id is only a hint: any trusted key whose signature verifies is accepted.
-        if keys.iter().any(|k| k.verify(&message, &sig)) {
-            return Ok(payload);
-        }
+    // Every signature is checked against every trusted key (at most MAX_SIGNATURES of them):
+    // a policy that binds builders to keys asks which keys signed, not only whether one did.
+    let sigs: Vec<Vec<u8>> = envelope
+        .signatures
+        .iter()
+        .filter_map(|s| b64().decode(&s.sig).ok())
+        .collect();
+    // A key id is only a hint: any trusted key whose signature verifies counts.
+    let signers: Vec<String> = keys
+        .iter()
+        .filter(|k| sigs.iter().any(|sig| k.verify(&message, sig)))
+        .map(|k| k.keyid().to_string())
+        .collect();
+    if !signers.is_empty() {
+        return Ok(Verified { payload, signers });
     }
     Err(VerifyError::NoValidSignature {
         trusted: keys
@@ -208,10 +225,9 @@ mod tests {
     fn tampering_is_detected() {
         let key = LocalKey::generate(Algorithm::P256).unwrap();
         let env = sign(b"{\"a\":1}", IN_TOTO_PAYLOAD_TYPE, &key).unwrap();
-        assert_eq!(
-            verify(&env, IN_TOTO_PAYLOAD_TYPE, &[key.public()]).unwrap(),
-            b"{\"a\":1}"
-        );
+        let ok = verify(&env, IN_TOTO_PAYLOAD_TYPE, &[key.public()]).unwrap();
+        assert_eq!(ok.payload, b"{\"a\":1}");
+        assert_eq!(ok.signers, [key.keyid().to_string()]);
         let mut bad = env.clone();
         bad.payload = b64().encode(b"{\"a\":2}");
         assert!(matches!(
@@ -220,6 +236,9 @@ mod tests {
         ));
         let other = LocalKey::generate(Algorithm::Ed25519).unwrap();
         assert!(verify(&env, IN_TOTO_PAYLOAD_TYPE, &[other.public()]).is_err());
+        // With several trusted keys, the signers are the keys that signed, not the others.
+        let ok = verify(&env, IN_TOTO_PAYLOAD_TYPE, &[other.public(), key.public()]).unwrap();
+        assert_eq!(ok.signers, [key.keyid().to_string()]);
         assert!(matches!(
             verify(&env, "text/plain", &[key.public()]),
             Err(VerifyError::PayloadType { .. })

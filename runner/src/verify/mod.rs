@@ -199,7 +199,7 @@ pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError
     let mut statements = Vec::with_capacity(total);
     let mut failure = None;
     for (i, env) in envelopes.into_iter().enumerate() {
-        let checked = env.and_then(|e| verify_envelope(&e, &keys));
+        let checked = env.and_then(|e| verify_signed(&e, &keys));
         match checked {
             Ok(s) => statements.push(s),
             Err(mut r) => {
@@ -230,9 +230,23 @@ pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError
         .collect())
 }
 
+/// A verified statement and the key ids of the trusted keys that signed it.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The statement, parsed from exactly the verified bytes.
+    pub statement: Statement,
+    /// Key ids of the trusted keys whose signatures verified; never empty.
+    pub signers: Vec<String>,
+}
+
 /// Signature, payload type, then the statement's declared types, in that order.
 pub fn verify_envelope(env: &Envelope, keys: &[PublicKey]) -> Result<Statement, Rejection> {
-    let payload = dsse::verify(env, IN_TOTO_PAYLOAD_TYPE, keys).map_err(|e| match e {
+    verify_signed(env, keys).map(|s| s.statement)
+}
+
+/// [`verify_envelope`], with which trusted keys signed.
+pub fn verify_signed(env: &Envelope, keys: &[PublicKey]) -> Result<Signed, Rejection> {
+    let verified = dsse::verify(env, IN_TOTO_PAYLOAD_TYPE, keys).map_err(|e| match e {
         VerifyError::PayloadType { found, expected } => Rejection::new(
             "payloadType",
             format!(
@@ -243,6 +257,7 @@ pub fn verify_envelope(env: &Envelope, keys: &[PublicKey]) -> Result<Statement, 
         e @ VerifyError::NoValidSignature { .. } => Rejection::new("signature", e.to_string()),
         VerifyError::Malformed(m) => Rejection::new("signature", m),
     })?;
+    let (payload, signers) = (verified.payload, verified.signers);
     // From here on only `payload`, the verified bytes, is read.
     let value = serde_json::from_slice::<StrictValue>(&payload)
         .map_err(|e| Rejection::new("statement", format!("the signed payload is not JSON: {e}")))?
@@ -287,23 +302,25 @@ pub fn verify_envelope(env: &Envelope, keys: &[PublicKey]) -> Result<Statement, 
             ),
         ));
     }
-    serde_json::from_value::<Statement>(value).map_err(|e| {
+    let statement = serde_json::from_value::<Statement>(value).map_err(|e| {
         Rejection::new(
             "statement",
             format!("not an SLSA Provenance v1 statement: {e}"),
         )
-    })
+    })?;
+    Ok(Signed { statement, signers })
 }
 
 fn check_artifact(
     sha256: &str,
-    statements: &[Statement],
+    statements: &[Signed],
     policy: &Policy,
     now: SystemTime,
 ) -> Result<Option<String>, Rejection> {
     let mut subject_name = None;
     let mut matched = false;
-    for st in statements {
+    for signed in statements {
+        let st = &signed.statement;
         let Some(subject) = st.subject.iter().find(|s| {
             s.digest
                 .get("sha256")
@@ -313,7 +330,7 @@ fn check_artifact(
         };
         // Every statement naming the artifact must pass: one that records a build the
         // policy forbids is evidence against it, whatever another statement says.
-        policy.check(st, now)?;
+        policy.check(st, &signed.signers, now)?;
         if !matched {
             subject_name = subject.name.clone();
             matched = true;
@@ -722,12 +739,13 @@ mod tests {
     fn a_signed_statement_verifies_and_parses_to_the_signed_content() {
         let key = LocalKey::generate(Algorithm::Ed25519).unwrap();
         let payload = serde_json::to_vec(&statement_json()).unwrap();
-        let st = verify_envelope(
+        let st = verify_signed(
             &signed(&payload, IN_TOTO_PAYLOAD_TYPE, &key),
             &[key.public()],
         )
         .unwrap();
-        assert_eq!(st.subject[0].name.as_deref(), Some("app"));
+        assert_eq!(st.statement.subject[0].name.as_deref(), Some("app"));
+        assert_eq!(st.signers, [key.keyid().to_string()]);
         let sha = "a".repeat(64);
         assert_eq!(
             check_artifact(
@@ -746,6 +764,54 @@ mod tests {
             e,
             format!("subject: sha256 {other} is not the digest of any of the 1 subjects (\"app\")")
         );
+    }
+
+    #[test]
+    fn with_several_trusted_keys_a_key_bound_to_one_builder_cannot_speak_for_another() {
+        // Pool A builds releases; the pull-request pool's key is trusted too, for its own
+        // builds. Its host claims pool A's builder id.
+        let pool_a = LocalKey::generate(Algorithm::P256).unwrap();
+        let prs = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let mut claim = statement_json();
+        claim["predicate"]["runDetails"]["builder"]["id"] = "https://ci.example.com/pool-a".into();
+        let payload = serde_json::to_vec(&claim).unwrap();
+        let keys = [pool_a.public(), prs.public()];
+        let sha = "a".repeat(64);
+        let by_prs = verify_signed(&signed(&payload, IN_TOTO_PAYLOAD_TYPE, &prs), &keys).unwrap();
+        let by_pool_a =
+            verify_signed(&signed(&payload, IN_TOTO_PAYLOAD_TYPE, &pool_a), &keys).unwrap();
+        // builder_ids alone takes the claim at its word: both are accepted.
+        let ids = Policy::from_toml_str("builder_ids = [\"https://ci.example.com/pool-a\"]")
+            .unwrap();
+        for st in [&by_prs, &by_pool_a] {
+            check_artifact(&sha, std::slice::from_ref(st), &ids, SystemTime::now()).unwrap();
+        }
+        // Bound to pool A's key, the claim holds only when that key signed.
+        let bound = Policy::from_toml_str(&format!(
+            "[builder_keys]\n\"https://ci.example.com/pool-a\" = [\"{}\"]\n\"https://ci.example.com/prs\" = [\"{}\"]\n",
+            pool_a.keyid(),
+            prs.keyid()
+        ))
+        .unwrap();
+        check_artifact(&sha, std::slice::from_ref(&by_pool_a), &bound, SystemTime::now())
+            .unwrap();
+        let e = check_artifact(&sha, std::slice::from_ref(&by_prs), &bound, SystemTime::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("builder_keys: runDetails.builder.id is \"https://ci.example.com/pool-a\"")
+                && e.contains(prs.keyid())
+                && e.contains("another builder's key cannot speak for it"),
+            "{e}"
+        );
+        // A builder id the table does not name is refused whoever signed.
+        claim["predicate"]["runDetails"]["builder"]["id"] = "https://ci.example.com/pool-b".into();
+        let payload = serde_json::to_vec(&claim).unwrap();
+        let st = verify_signed(&signed(&payload, IN_TOTO_PAYLOAD_TYPE, &pool_a), &keys).unwrap();
+        let e = check_artifact(&sha, &[st], &bound, SystemTime::now())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("which builder_keys binds to no key"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Largest policy file read (a policy is a few lines; a long digest list is a few KiB).
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
+/// Whether `k` is a key id as the runner writes them: `sha256:` and 64 lowercase hex digits.
+fn is_keyid(k: &str) -> bool {
+    k.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// The isolation modes a runner records (`result.json`, `internalParameters.isolation.mode`).
 pub const ISOLATION_MODES: [&str; 3] = ["root-per-job-uid", "subuid", "rootless-single-uid"];
 
@@ -43,6 +50,7 @@ pub const ISOLATION_MODES: [&str; 3] = ["root-per-job-uid", "subuid", "rootless-
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     builder_ids: Option<Vec<String>>,
+    builder_keys: Option<std::collections::BTreeMap<String, Vec<String>>>,
     source_uris: Option<Vec<String>>,
     source_refs: Option<Vec<String>>,
     require_trust: Option<String>,
@@ -68,6 +76,9 @@ pub enum RequiredTrust {
 pub struct Policy {
     /// `runDetails.builder.id` must be one of these.
     pub builder_ids: Option<Vec<String>>,
+    /// Which keys (by key id) may sign for which `runDetails.builder.id`: a statement whose
+    /// builder id is not here, or that no key bound to it signed, is rejected.
+    pub builder_keys: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// Globs on the source URI.
     pub source_uris: Option<Vec<String>>,
     /// Globs on `externalParameters.source.ref`.
@@ -90,6 +101,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             builder_ids: None,
+            builder_keys: None,
             source_uris: None,
             source_refs: None,
             require_trust: None,
@@ -222,6 +234,37 @@ impl Policy {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
         };
+        if let Some(bound) = &raw.builder_keys {
+            if bound.is_empty() {
+                return Err(invalid(
+                    "builder_keys",
+                    "an empty table rejects everything; remove the key to bind no builder to a key"
+                        .into(),
+                ));
+            }
+            for (builder, keyids) in bound {
+                if keyids.is_empty() {
+                    return Err(invalid(
+                        "builder_keys",
+                        format!(
+                            "{}: an empty list rejects everything it builds; name its key ids",
+                            quote(builder)
+                        ),
+                    ));
+                }
+                if let Some(bad) = keyids.iter().find(|k| !is_keyid(k)) {
+                    return Err(invalid(
+                        "builder_keys",
+                        format!(
+                            "{}: {} is not a key id; use \"sha256:\" and 64 lowercase hex \
+                             digits, as `bulwark keygen` prints and every signature carries",
+                            quote(builder),
+                            quote(bad)
+                        ),
+                    ));
+                }
+            }
+        }
         let allowed_dependency_digests =
             digests("allowed_dependency_digests", raw.allowed_dependency_digests)?;
         let quarantined_digests =
@@ -232,6 +275,7 @@ impl Policy {
         };
         Ok(Policy {
             builder_ids: raw.builder_ids,
+            builder_keys: raw.builder_keys,
             source_uris: raw.source_uris,
             source_refs: raw.source_refs,
             require_trust,
@@ -247,7 +291,15 @@ impl Policy {
     ///
     /// Order: quarantine first (a quarantined dependency is the reason an operator most needs
     /// to see), then who built it, from what, how, and when.
-    pub fn check(&self, statement: &Statement, now: SystemTime) -> Result<(), Rejection> {
+    ///
+    /// `signers` are the key ids of the trusted keys whose signatures on the statement's
+    /// envelope verified (what `builder_keys` judges).
+    pub fn check(
+        &self,
+        statement: &Statement,
+        signers: &[String],
+        now: SystemTime,
+    ) -> Result<(), Rejection> {
         let build = &statement.predicate.build_definition;
         let run = &statement.predicate.run_details;
         let external = &build.external_parameters;
@@ -284,6 +336,30 @@ impl Policy {
                         "runDetails.builder.id is {}, not one of {}",
                         quote(&run.builder.id),
                         list(ids)
+                    ),
+                ));
+            }
+        }
+
+        if let Some(bound) = &self.builder_keys {
+            let Some(keyids) = bound.get(&run.builder.id) else {
+                return Err(Rejection::new(
+                    "builder_keys",
+                    format!(
+                        "runDetails.builder.id is {}, which builder_keys binds to no key",
+                        quote(&run.builder.id)
+                    ),
+                ));
+            };
+            if !signers.iter().any(|s| keyids.contains(s)) {
+                return Err(Rejection::new(
+                    "builder_keys",
+                    format!(
+                        "runDetails.builder.id is {}, whose keys are {}, but the statement is \
+                         signed by {}: another builder's key cannot speak for it",
+                        quote(&run.builder.id),
+                        list(keyids),
+                        list(signers)
                     ),
                 ));
             }

@@ -67,7 +67,7 @@ fn now() -> SystemTime {
 
 fn rejection(policy: &str, st: &Statement) -> String {
     let p = Policy::from_toml_str(policy).unwrap();
-    p.check(st, now()).unwrap_err().to_string()
+    p.check(st, &[], now()).unwrap_err().to_string()
 }
 
 #[test]
@@ -112,6 +112,15 @@ fn values_that_can_never_be_right_are_errors_naming_the_key() {
         ("max_age = \"0s\"", "max_age: \"0s\" is zero"),
         ("max_age = \"0d\"", "max_age: \"0d\" is zero"),
         ("forbid_weakened = \"no\"", "invalid type"),
+        ("[builder_keys]", "builder_keys: an empty table rejects everything"),
+        (
+            "[builder_keys]\n\"https://b\" = []",
+            "builder_keys: \"https://b\": an empty list rejects everything it builds",
+        ),
+        (
+            "[builder_keys]\n\"https://b\" = [\"sha256:ABC\"]",
+            "builder_keys: \"https://b\": \"sha256:ABC\" is not a key id",
+        ),
     ] {
         let e = Policy::from_toml_str(text).unwrap_err().to_string();
         assert!(e.contains(want), "{text}: {e}");
@@ -123,7 +132,7 @@ fn an_empty_policy_only_forbids_weakened_builds() {
     let p = Policy::from_toml_str("").unwrap();
     assert_eq!(p, Policy::default());
     assert!(p.forbid_weakened);
-    assert!(p.check(&statement(), now()).is_ok());
+    assert!(p.check(&statement(), &[], now()).is_ok());
 }
 
 #[test]
@@ -194,7 +203,7 @@ fn each_check_rejects_naming_itself_and_the_values_seen() {
     );
     Policy::from_toml_str(&accept)
         .unwrap()
-        .check(&st, now())
+        .check(&st, &[], now())
         .unwrap();
 }
 
@@ -203,7 +212,7 @@ fn trust_is_checked_and_untrusted_accepts_both_levels() {
     let mut st = statement();
     assert!(Policy::from_toml_str("require_trust = \"untrusted\"")
         .unwrap()
-        .check(&st, now())
+        .check(&st, &[], now())
         .is_ok());
     st.predicate.build_definition.external_parameters["trust"] = json!("untrusted");
     assert_eq!(
@@ -212,7 +221,7 @@ fn trust_is_checked_and_untrusted_accepts_both_levels() {
     );
     assert!(Policy::from_toml_str("require_trust = \"untrusted\"")
         .unwrap()
-        .check(&st, now())
+        .check(&st, &[], now())
         .is_ok());
     st.predicate.build_definition.external_parameters["trust"] = json!("root");
     assert!(rejection("require_trust = \"untrusted\"", &st)
@@ -273,7 +282,7 @@ fn weakened_builds_are_rejected_by_default_and_accepted_when_allowed() {
     );
     assert!(Policy::from_toml_str("forbid_weakened = false")
         .unwrap()
-        .check(&st, now())
+        .check(&st, &[], now())
         .is_ok());
 }
 
@@ -293,7 +302,7 @@ fn a_dependency_without_a_digest_fails_pinning_and_the_source_is_exempt() {
         .truncate(1);
     assert!(Policy::from_toml_str("allowed_dependency_digests = []")
         .unwrap()
-        .check(&st, now())
+        .check(&st, &[], now())
         .is_ok());
 }
 
@@ -303,7 +312,7 @@ fn a_statement_dated_in_the_future_beyond_clock_skew_fails_max_age() {
     st.predicate.run_details.metadata.finished_on = "2030-01-01T01:04:00Z".into();
     assert!(Policy::from_toml_str("max_age = \"1h\"")
         .unwrap()
-        .check(&st, now())
+        .check(&st, &[], now())
         .is_ok());
     st.predicate.run_details.metadata.finished_on = "2030-01-02T00:00:00Z".into();
     assert_eq!(
@@ -400,7 +409,7 @@ fn a_source_uri_with_dot_segments_matches_no_glob() {
         json!("https://git.example.com/org/a..b/.c/app.git");
     Policy::from_toml_str("source_uris = [\"https://git.example.com/org/*\"]")
         .unwrap()
-        .check(&st, now())
+        .check(&st, &[], now())
         .unwrap();
 }
 
@@ -410,7 +419,7 @@ fn a_star_in_a_globs_host_matches_only_within_the_host() {
     let check = |uri: &str| {
         let mut st = statement();
         st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
-        policy.check(&st, now()).map_err(|r| r.to_string())
+        policy.check(&st, &[], now()).map_err(|r| r.to_string())
     };
     check("https://git.example.com/org/app.git").unwrap();
     check("https://a.b.example.com/app.git").unwrap();
@@ -438,7 +447,7 @@ fn a_star_in_a_globs_host_matches_only_within_the_host() {
     // Patterns without a host part, or ending inside it, match the whole text as before.
     for pattern in ["*", "https://*", "https://git.example.com*"] {
         let p = Policy::from_toml_str(&format!("source_uris = [\"{pattern}\"]")).unwrap();
-        p.check(&statement(), now()).unwrap();
+        p.check(&statement(), &[], now()).unwrap();
     }
 }
 
@@ -488,7 +497,7 @@ fn a_source_uri_with_an_encoded_slash_or_backslash_in_its_path_matches_no_glob()
         st.predicate.build_definition.external_parameters["source"]["uri"] = json!(uri);
         Policy::from_toml_str("source_uris = [\"https://git.example.com/org/*\"]")
             .unwrap()
-            .check(&st, now())
+            .check(&st, &[], now())
             .unwrap();
     }
 }
