@@ -339,11 +339,11 @@ fn check_artifact(
     if !matched {
         let names: Vec<String> = statements
             .iter()
-            .flat_map(|s| &s.subject)
+            .flat_map(|s| &s.statement.subject)
             .take(5)
             .map(|s| bulwark_protocol::error::quote(s.name.as_deref().unwrap_or("(unnamed)")))
             .collect();
-        let count: usize = statements.iter().map(|s| s.subject.len()).sum();
+        let count: usize = statements.iter().map(|s| s.statement.subject.len()).sum();
         let more = if count > names.len() { ", …" } else { "" };
         return Err(Rejection::new(
             "subject",
@@ -710,7 +710,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provenance::keys::{Algorithm, LocalKey};
+    use crate::provenance::keys::{Algorithm, LocalKey, Signer};
 
     fn statement_json() -> Value {
         serde_json::json!({
@@ -781,8 +781,8 @@ mod tests {
         let by_pool_a =
             verify_signed(&signed(&payload, IN_TOTO_PAYLOAD_TYPE, &pool_a), &keys).unwrap();
         // builder_ids alone takes the claim at its word: both are accepted.
-        let ids = Policy::from_toml_str("builder_ids = [\"https://ci.example.com/pool-a\"]")
-            .unwrap();
+        let ids =
+            Policy::from_toml_str("builder_ids = [\"https://ci.example.com/pool-a\"]").unwrap();
         for st in [&by_prs, &by_pool_a] {
             check_artifact(&sha, std::slice::from_ref(st), &ids, SystemTime::now()).unwrap();
         }
@@ -793,14 +793,25 @@ mod tests {
             prs.keyid()
         ))
         .unwrap();
-        check_artifact(&sha, std::slice::from_ref(&by_pool_a), &bound, SystemTime::now())
-            .unwrap();
-        let e = check_artifact(&sha, std::slice::from_ref(&by_prs), &bound, SystemTime::now())
-            .unwrap_err()
-            .to_string();
+        check_artifact(
+            &sha,
+            std::slice::from_ref(&by_pool_a),
+            &bound,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let e = check_artifact(
+            &sha,
+            std::slice::from_ref(&by_prs),
+            &bound,
+            SystemTime::now(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            e.starts_with("builder_keys: runDetails.builder.id is \"https://ci.example.com/pool-a\"")
-                && e.contains(prs.keyid())
+            e.starts_with(
+                "builder_keys: runDetails.builder.id is \"https://ci.example.com/pool-a\""
+            ) && e.contains(prs.keyid())
                 && e.contains("another builder's key cannot speak for it"),
             "{e}"
         );

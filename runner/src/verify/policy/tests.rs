@@ -112,7 +112,10 @@ fn values_that_can_never_be_right_are_errors_naming_the_key() {
         ("max_age = \"0s\"", "max_age: \"0s\" is zero"),
         ("max_age = \"0d\"", "max_age: \"0d\" is zero"),
         ("forbid_weakened = \"no\"", "invalid type"),
-        ("[builder_keys]", "builder_keys: an empty table rejects everything"),
+        (
+            "[builder_keys]",
+            "builder_keys: an empty table rejects everything",
+        ),
         (
             "[builder_keys]\n\"https://b\" = []",
             "builder_keys: \"https://b\": an empty list rejects everything it builds",
