@@ -3336,19 +3336,28 @@ fn a_setuid_file_a_job_leaves_in_its_workspace_is_out_of_reach_of_other_host_use
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Until the job has made the file and opened its workspace (its last step before the
+    // sleep; the step's own shell carries the marker as well, so the sleep alone says little).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while processes_with(&format!("sleep {marker}")).is_empty() {
-        assert!(Instant::now() < deadline, "the job never started");
+    let (dir, x, file) = loop {
+        let dir = fs::read_dir(env.state.join("jobs"))
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.is_dir()));
+        let ready = dir.as_ref().and_then(|d| {
+            let open = fs::metadata(d.join("workspace")).ok()?.mode() & 0o777 == 0o755;
+            let file = fs::metadata(d.join("workspace/x")).ok()?;
+            (open && file.mode() & 0o4000 != 0).then_some(file)
+        });
+        if let (Some(dir), Some(file)) = (dir, ready) {
+            let x = dir.join("workspace/x");
+            break (dir, x, file);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job never made its setuid file and opened its workspace"
+        );
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let dir = fs::read_dir(env.state.join("jobs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
-        .expect("the job's directory");
-    let x = dir.join("workspace/x");
-    let file = fs::metadata(&x).unwrap();
-    assert_ne!(file.mode() & 0o4000, 0, "the job made no setuid file");
+    };
     let jobdir = fs::metadata(&dir).unwrap();
     if bulwark_tests::is_root() {
         // Only the job's own uid (through its group) passes; root owns the directory.
