@@ -161,7 +161,7 @@ fn run_inner(
         job_timeout_ms: u64::try_from(limits.max_timeout.as_millis()).unwrap_or(u64::MAX),
         kill_grace_ms: u64::try_from(limits.kill_grace.as_millis()).unwrap_or(u64::MAX),
         rlimits: Rlimits {
-            nofile: 65536,
+            nofile: bulwark_sandbox::spec::JOB_NOFILE,
             core: 0,
             nproc: cg.is_none().then_some(limits.max_pids),
             address_space: cg.is_none().then_some(limits.max_memory),

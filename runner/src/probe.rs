@@ -62,6 +62,7 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
     let disk = dirs
         .as_ref()
         .and_then(|d| disk_line(d, config.limits.min_free_disk));
+    let settings = host_settings(config);
     if json {
         let layers: Vec<_> = host
             .layers
@@ -77,6 +78,7 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             "state_dir_noexec": noexec,
             "disk": disk.as_ref().map(|(ok, d)| serde_json::json!({"ok": ok, "detail": d})),
             "job_disks": match &job_disks { Ok(()) => serde_json::json!({"available": true}), Err(e) => serde_json::json!({"available": false, "detail": e, "needed": disks_needed}) },
+            "host_settings": settings.iter().map(|(name, ok, detail)| serde_json::json!({"setting": name, "ok": ok, "detail": detail})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -141,6 +143,13 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             (Err(e), false) => ("no", e.clone()),
         };
         println!("{:<16} {:<9} {detail}", "job-disks", state);
+        for (name, ok, detail) in &settings {
+            println!(
+                "{:<16} {:<9} {detail}",
+                name,
+                if *ok { "ok" } else { "WARNING" }
+            );
+        }
         if let Some(note) = config_note {
             println!("{note}");
         }
@@ -162,6 +171,73 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
         0
     } else {
         1
+    }
+}
+
+/// Host settings that no layer of the sandbox can make safe, and that the operator can
+/// (docs/threat-model.md, "rlimits"): `(name, ok, detail)` each. Warnings, not missing layers:
+/// they do not make `probe` report degraded isolation.
+fn host_settings(config: &bulwark_protocol::Config) -> Vec<(&'static str, bool, String)> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let mut out = Vec::new();
+    if let Some(pattern) = read("/proc/sys/kernel/core_pattern") {
+        out.push(core_dumps(pattern.trim()));
+    }
+    if let Some(max) = read("/proc/sys/fs/file-max").and_then(|m| m.trim().parse::<u64>().ok()) {
+        out.push(open_files(
+            max,
+            config.limits.max_pids,
+            config.daemon.slots as u64,
+        ));
+    }
+    out
+}
+
+/// `kernel.core_pattern`: a pipe runs a host program as root for every crash in a job,
+/// whatever the job's `RLIMIT_CORE` (which the job may lower to 0, the value that pipes ignore).
+fn core_dumps(pattern: &str) -> (&'static str, bool, String) {
+    match pattern.strip_prefix('|') {
+        Some(program) => (
+            "core-dumps",
+            false,
+            format!(
+                "kernel.core_pattern pipes every crash to {}, which runs as root on the host and                  reads the crashing job process's memory whatever its RLIMIT_CORE; set                  kernel.core_pattern=core on build hosts",
+                program.split_whitespace().next().unwrap_or("a program")
+            ),
+        ),
+        None => (
+            "core-dumps",
+            true,
+            "written to files, which RLIMIT_CORE 0 stops in jobs".into(),
+        ),
+    }
+}
+
+/// `fs.file-max` against what jobs may open: descriptors are bounded per process only, and
+/// `fs.file-max` is one count for the whole host.
+fn open_files(file_max: u64, max_pids: u64, slots: u64) -> (&'static str, bool, String) {
+    let nofile = bulwark_sandbox::spec::JOB_NOFILE;
+    let jobs_may_open = max_pids
+        .saturating_mul(nofile)
+        .saturating_mul(slots.max(1));
+    if file_max >= jobs_may_open {
+        (
+            "open-files",
+            true,
+            format!(
+                "fs.file-max {file_max}, above what jobs may open ({jobs_may_open}:                  limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s))",
+                slots.max(1)
+            ),
+        )
+    } else {
+        (
+            "open-files",
+            false,
+            format!(
+                "fs.file-max {file_max} is below what jobs may open ({jobs_may_open}:                  limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s)): a job can                  leave every unprivileged process on the host with ENFILE; raise fs.file-max                  or lower limits.max_pids",
+                slots.max(1)
+            ),
+        )
     }
 }
 
@@ -334,5 +410,34 @@ fn run_trial(
         (e, f) => Err(format!(
             "trial sandbox did not complete (enforced: {e:?}, exit: {f:?})"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{core_dumps, open_files};
+
+    #[test]
+    fn a_piped_core_pattern_is_a_warning_naming_the_program() {
+        let (name, ok, detail) = core_dumps("|/usr/lib/systemd/systemd-coredump %P %u %g");
+        assert_eq!((name, ok), ("core-dumps", false));
+        assert!(
+            detail.contains("pipes every crash to /usr/lib/systemd/systemd-coredump,"),
+            "{detail}"
+        );
+        assert!(detail.contains("kernel.core_pattern=core"), "{detail}");
+        assert!(core_dumps("core").1);
+        assert!(core_dumps("/var/crash/core.%p").1);
+    }
+
+    #[test]
+    fn open_files_compares_the_host_count_with_what_jobs_may_open() {
+        // 4096 processes × 65536 descriptors × 2 slots.
+        let (name, ok, detail) = open_files(2_466_170, 4096, 2);
+        assert_eq!((name, ok), ("open-files", false));
+        assert!(detail.contains("(536870912: limits.max_pids 4096"), "{detail}");
+        assert!(open_files(1 << 40, 4096, 2).1);
+        // Slots 0 (never configured so) counts as one; nothing overflows.
+        assert!(!open_files(100, u64::MAX, 0).1);
     }
 }

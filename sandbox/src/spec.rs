@@ -236,6 +236,9 @@ pub struct StepSpec {
     pub credentials: Vec<String>,
 }
 
+/// The `RLIMIT_NOFILE` every job process gets (or the inherited hard limit, when lower).
+pub const JOB_NOFILE: u64 = 65536;
+
 /// Resource limits applied with setrlimit(2) to every job process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -112,7 +112,7 @@ pub fn base_spec(
         job_timeout_ms: 10_000,
         kill_grace_ms: 1_000,
         rlimits: bulwark_sandbox::spec::Rlimits {
-            nofile: 65536,
+            nofile: bulwark_sandbox::spec::JOB_NOFILE,
             core: 0,
             nproc: None,
             address_space: None,

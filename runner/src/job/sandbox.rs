@@ -63,7 +63,7 @@ impl JobRun<'_> {
                 .try_into()
                 .unwrap_or(u64::MAX),
             rlimits: Rlimits {
-                nofile: 65536,
+                nofile: bulwark_sandbox::spec::JOB_NOFILE,
                 core: 0,
                 nproc: fallback.then_some(self.job.pids),
                 address_space: fallback.then_some(self.job.memory),
