@@ -247,8 +247,8 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     // the job's ids inside it: in subuid mode until then our host uid is still the runner's,
     // which can walk to its state directory wherever it is (a home directory of mode 0700,
     // say), where the job's uid could not. Their parents belong to the runner (root, or the
-    // runner's user) and are mode 0711 (see the runner's workspace module), so the job's uid
-    // cannot replace them.
+    // runner's user), mode 0700, or in root mode 0710 with the job's gid as their group so that
+    // the job's uid alone may pass (see the runner's workspace module): it cannot replace them.
     let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let workspace =
         open(&spec.workspace, dir_flags, Mode::empty()).map_err(at("open workspace"))?;

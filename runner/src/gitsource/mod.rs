@@ -52,7 +52,8 @@
 //!   git's pack or protocol parsing reached by a hostile server gets that uid, not root: it
 //!   cannot read the state directory or the signing key. The job is not running yet and the
 //!   uid was leased free of processes. For that, the destination and the private HOME (with
-//!   the CA bundle) are handed to the uid first; the job directory above is 0711. A `file://`
+//!   the CA bundle) are handed to the uid first; the job directory above lets that uid alone
+//!   pass (root's, group the job's gid, 0710). A `file://`
 //!   repository must then be readable by the uid: when it is not, the fetch fails saying so
 //!   (`find` run as the uid names the first path it cannot read), never retrying as root. Its
 //!   owner is checked by the runner (the runner's user, as before) and named to git in
@@ -507,7 +508,7 @@ fn fetch_with(
     let dest = check_dest(dest)?;
     if let Some(uid) = job_uid {
         // Git, running as the job's uid, creates everything in here; the directory above
-        // (the job directory, 0711) only needs to let it pass.
+        // (the job directory, 0710 with the job's gid as its group) only lets it pass.
         std::os::unix::fs::lchown(&dest, Some(uid), Some(uid)).map_err(|source| GitError::Io {
             what: "handing to the job's uid the destination",
             path: dest.clone(),

@@ -1635,3 +1635,35 @@ fn host_name_rule_matches_what_libcurl_pins() {
         assert!(!remote::pinnable_host(bad), "{bad:?}");
     }
 }
+
+#[test]
+fn upload_pack_reads_exactly_the_directory_it_is_given() {
+    let root = tempdir("strict");
+    let (repo, first, _) = two_commits(&root);
+    // `plain` is no repository; `plain.git` beside it is one, which upload-pack without
+    // `--strict` would serve for `plain`.
+    let plain = root.join("plain");
+    fs::create_dir(&plain).unwrap();
+    git(
+        &root,
+        &["clone", "--quiet", "--bare", repo.to_str().unwrap(), "plain.git"],
+    );
+    let dest = tempdir("strict-dest");
+    let dest = check_dest(&dest).unwrap();
+    let policy = policy_for(&[&root]);
+    // As if the runner's checks had named `plain` itself (they refuse it: this is the test
+    // of what git is told, should a directory change between the checks and git).
+    let remote = remote::Remote {
+        display: file_url(&plain),
+        git_arg: plain.to_str().unwrap().to_owned(),
+        scheme: "file",
+        pin: None,
+        port: None,
+    };
+    let home = PrivateHome::create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let git_cmd = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    let result = fetch_into(&git_cmd, &remote, &first, None, &dest, ById::Try);
+    assert!(result.is_err(), "git read the sibling plain.git");
+    assert!(!dest.join("f").exists());
+}

@@ -210,16 +210,17 @@ impl JobRun<'_> {
             sha256: sha256.to_string(),
             format: None,
         };
-        // The URL is fetched whatever the store holds: it is what provenance says the source
-        // came from. (When the store holds nothing of it, `ensure` fetches it anyway.)
-        if store.holds(&spec, crate::tools::UnpackMode::Rootfs) {
+        let r = store
+            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
+            .map_err(|e| self.store_refusal(e))?;
+        // The URL must have served these bytes to this run: it is what provenance says the
+        // source came from. Unless `ensure` downloaded it just now (decided under the
+        // digest's lock), the store's copy came from some other job, maybe from anywhere.
+        if !r.fetched {
             store
                 .confirm_origin(&spec, &policy)
                 .map_err(|e| self.store_refusal(e))?;
         }
-        let r = store
-            .ensure(&spec, &policy, crate::tools::UnpackMode::Rootfs)
-            .map_err(|e| self.store_refusal(e))?;
         let room = self.workspace_room(jobdir)?;
         let stats = crate::source::copy_tree(
             &r.dir,

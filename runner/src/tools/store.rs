@@ -117,6 +117,9 @@ pub struct Resolved {
     pub dir: PathBuf,
     /// Whether it was already in the store (no request was made).
     pub cache_hit: bool,
+    /// Whether this call downloaded the URL (so the URL served these bytes just now).
+    /// False on a cache hit, and when a download another job left was unpacked.
+    pub fetched: bool,
     /// The tree's shared lock, which keeps [`Store::prune`] from removing it.
     pub in_use: std::sync::Arc<InUse>,
 }
@@ -260,16 +263,17 @@ impl Store {
             ))
         })?;
         let id = tree_id(&tool.sha256, format, &tool.name, mode);
-        let resolved = |cache_hit, in_use| Resolved {
+        let resolved = |cache_hit, fetched, in_use| Resolved {
             name: tool.name.clone(),
             url: tool.url.clone(),
             sha256: tool.sha256.clone(),
             dir: self.root.join("trees").join(&id),
             cache_hit,
+            fetched,
             in_use: std::sync::Arc::new(in_use),
         };
         if let Some(held) = self.hold_tree(&id)? {
-            return Ok(resolved(true, held));
+            return Ok(resolved(true, false, held));
         }
         // Anything past a cache hit takes time: within what is left of the job's inputs'
         // deadline, asked again after each wait (the lock, the download).
@@ -285,7 +289,7 @@ impl Store {
                 .ok_or_else(out_of_time)?,
         };
         if let Some(held) = self.hold_tree(&id)? {
-            return Ok(resolved(true, held));
+            return Ok(resolved(true, false, held));
         }
         let policy = &in_time(policy)?;
         self.clean_tmp(&tool.sha256);
@@ -314,19 +318,7 @@ impl Store {
                 "the tree just unpacked is gone",
             ))
         })?;
-        Ok(resolved(false, held))
-    }
-
-    /// Whether the store holds something of `tool`'s digest for `mode`, its download or its
-    /// tree, so that [`Store::ensure`] might not fetch its URL.
-    pub fn holds(&self, tool: &ToolSpec, mode: UnpackMode) -> bool {
-        let blob = self.root.join("blobs").join(&tool.sha256);
-        let tree = tool.effective_format().map(|format| {
-            self.root
-                .join("trees")
-                .join(tree_id(&tool.sha256, format, &tool.name, mode))
-        });
-        blob.exists() || tree.is_some_and(|t| t.exists())
+        Ok(resolved(false, fetched_now, held))
     }
 
     /// Fetches `tool.url` and checks that it serves `tool.sha256`, keeping nothing. For a

@@ -833,16 +833,18 @@ fn a_source_url_is_confirmed_against_its_server_even_when_the_store_holds_its_di
     let tmp = TempDir::new("origin");
     let (store, server, jq, body) = jq_store(&tmp);
     let policy = loopback_policy();
-    assert!(!store.holds(&jq, UnpackMode::Rootfs));
-    store.ensure(&jq, &policy, UnpackMode::Tool).unwrap();
-    // The download is kept: the digest is held for any name and mode from now on.
+    // Downloaded by this call: the URL served the bytes just now. The download is kept, so
+    // the digest is held for any name and mode from now on: not fetched again.
+    assert!(store.ensure(&jq, &policy, UnpackMode::Tool).unwrap().fetched);
+    let as_source = spec("source", &jq.url, &jq.sha256, None);
+    assert!(!store.ensure(&as_source, &policy, UnpackMode::Rootfs).unwrap().fetched);
+    assert!(!store.ensure(&jq, &policy, UnpackMode::Tool).unwrap().fetched);
     let elsewhere = spec(
         "source",
         &server.route("/other.tar.gz", Route::Body(b"not the same bytes".to_vec())),
         &sha256(&body),
         None,
     );
-    assert!(store.holds(&elsewhere, UnpackMode::Rootfs));
     // A URL that serves other bytes is refused, naming both digests; one that serves the same
     // bytes is confirmed; a URL that serves nothing is refused too.
     let err = store.confirm_origin(&elsewhere, &policy).unwrap_err();

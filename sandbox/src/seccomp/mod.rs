@@ -212,14 +212,26 @@ const CONFINE_REFUSED: &[i64] = &[
 /// umask the helper sets (022) never one of these.
 const CONFINE_REFUSED_MODE_BITS: u32 = 0o7022;
 
-/// `SOCK_DGRAM` as a `socketpair` type, with each combination of the flags that may be ORed
-/// into it.
-const CONFINE_DGRAM_TYPES: [u32; 4] = [
-    libc::SOCK_DGRAM as u32,
-    (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as u32,
-    (libc::SOCK_DGRAM | libc::SOCK_NONBLOCK) as u32,
-    (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u32,
-];
+/// The `socketpair` types that make a datagram pair, with each combination of the flags that
+/// may be ORed into them (the kernel refuses any other bit): `SOCK_DGRAM`, and `SOCK_RAW`,
+/// which `unix_create` quietly turns into `SOCK_DGRAM`. Every other type is a stream or
+/// sequenced-packet pair (reaching only each other) or refused by the kernel for AF_UNIX.
+const CONFINE_DGRAM_TYPES: [u32; 8] = {
+    let flags = [
+        0,
+        libc::SOCK_CLOEXEC,
+        libc::SOCK_NONBLOCK,
+        libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+    ];
+    let mut out = [0u32; 8];
+    let mut i = 0;
+    while i < 4 {
+        out[i] = (libc::SOCK_DGRAM | flags[i]) as u32;
+        out[i + 4] = (libc::SOCK_RAW | flags[i]) as u32;
+        i += 1;
+    }
+    out
+};
 
 /// The filter `bulwark-sandbox --confine` puts on git (`crate::confine`), beside Landlock:
 /// everything is allowed except what would let a process that may write only beneath a few
@@ -233,7 +245,8 @@ const CONFINE_DGRAM_TYPES: [u32; 4] = [
 /// start any command asked of them, unconfined): `socket(AF_UNIX)` answers EACCES, and so
 /// do `AF_NETLINK` (the kernel's and other processes' netlink services) and `AF_VSOCK` (the
 /// hypervisor's services, on a VM). `socketpair` stays allowed for stream pairs, which reach
-/// only each other; a datagram pair is refused, since `sendto` or `connect` on either end
+/// only each other; a datagram pair (`SOCK_DGRAM`, or `SOCK_RAW`, which AF_UNIX turns into
+/// one) is refused, since `sendto` or `connect` on either end
 /// reaches any pathname datagram socket (the journal's, syslog's). A denylist, unlike the
 /// job's: git and the helpers it starts are the host's, and their calls are many. Left open:
 /// UDP to any address (Landlock governs TCP only, and git runs in the host's network
@@ -375,6 +388,11 @@ mod tests {
         assert_eq!(
             verdict(libc::SYS_socketpair, pair(libc::SOCK_SEQPACKET)),
             allow
+        );
+        // AF_UNIX turns SOCK_RAW into SOCK_DGRAM.
+        assert_eq!(
+            verdict(libc::SYS_socketpair, pair(libc::SOCK_RAW | libc::SOCK_CLOEXEC)),
+            eacces
         );
         for n in [
             libc::SYS_openat,

@@ -152,7 +152,6 @@ pub(super) fn end_records(file: &mut File) -> Result<Directory, ArchiveError> {
             "the end record's entry counts differ (this disk against the total)".into(),
         ));
     }
-    let at_markers = total == u16::MAX || size == u32::MAX || offset == u32::MAX;
     let locator = at
         .checked_sub(LOCATOR_LEN)
         .map(|l| &tail[l..at])
@@ -165,10 +164,14 @@ pub(super) fn end_records(file: &mut File) -> Result<Directory, ArchiveError> {
         )));
     }
     let Some(locator) = locator else {
-        if at_markers {
+        // Without zip64 records the fields are taken as they are, as the crate takes them:
+        // Info-ZIP and Python's zipfile write an archive of exactly 65535 entries as plain zip
+        // with the count 0xFFFF. Only an offset at the marker cannot be one (it would lie past
+        // where a zip32 archive's directory can start).
+        if offset == u32::MAX {
             return Err(layout(
                 "no zip64 end of central directory locator before the end record, though its \
-                 fields are at their zip64 markers"
+                 directory offset is at its zip64 marker"
                     .into(),
             ));
         }
@@ -580,6 +583,34 @@ mod tests {
             std::fs::read(dir.path().join("dest/bin/tool")).unwrap(),
             b"tool"
         );
+    }
+
+    #[test]
+    fn a_plain_zip_of_exactly_65535_entries_is_read_as_written() {
+        // Info-ZIP and Python's zipfile write 65535 entries as plain zip: the count at 0xFFFF,
+        // no zip64 records. The crate takes the count as it is; so do the checks.
+        let n = 65_535;
+        let (mut zip, start) = files_and_directory(n);
+        let size = u32::try_from(zip.len() as u64 - start).unwrap();
+        zip.extend(eocd(u16::MAX, size, u32::try_from(start).unwrap(), b""));
+        assert_eq!(crate_reads(&zip), Ok(n));
+        let dir = TempDir::new("zip-65535");
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, &zip).unwrap();
+        let mut file = File::open(&blob).unwrap();
+        let limits = super::super::UnpackLimits {
+            max_entries: 100_000,
+            ..LIMITS
+        };
+        let d = end_records(&mut file).unwrap();
+        assert_eq!(d.entries, n as u64);
+        walk(&mut file, &d, limits, Instant::now() + LIMITS.max_time).unwrap();
+        // An offset at its zip64 marker with no zip64 records cannot be a real directory.
+        zip.truncate(zip.len() - 22);
+        zip.extend(eocd(u16::MAX, size, u32::MAX, b""));
+        assert!(checked(&zip)
+            .unwrap_err()
+            .contains("though its directory offset is at its zip64 marker"));
     }
 
     /// Review variant A: a zip64 archive of 2000 entries, zeros, then a decoy directory of one
