@@ -201,7 +201,7 @@ fn core_dumps(pattern: &str) -> (&'static str, bool, String) {
             "core-dumps",
             false,
             format!(
-                "kernel.core_pattern pipes every crash to {}, which runs as root on the host and                  reads the crashing job process's memory whatever its RLIMIT_CORE; set                  kernel.core_pattern=core on build hosts",
+                "kernel.core_pattern pipes every crash to {}, which runs as root on the host and reads the crashing job process's memory whatever its RLIMIT_CORE; set kernel.core_pattern=core on build hosts",
                 program.split_whitespace().next().unwrap_or("a program")
             ),
         ),
@@ -217,15 +217,13 @@ fn core_dumps(pattern: &str) -> (&'static str, bool, String) {
 /// `fs.file-max` is one count for the whole host.
 fn open_files(file_max: u64, max_pids: u64, slots: u64) -> (&'static str, bool, String) {
     let nofile = bulwark_sandbox::spec::JOB_NOFILE;
-    let jobs_may_open = max_pids
-        .saturating_mul(nofile)
-        .saturating_mul(slots.max(1));
+    let jobs_may_open = max_pids.saturating_mul(nofile).saturating_mul(slots.max(1));
     if file_max >= jobs_may_open {
         (
             "open-files",
             true,
             format!(
-                "fs.file-max {file_max}, above what jobs may open ({jobs_may_open}:                  limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s))",
+                "fs.file-max {file_max}, above what jobs may open ({jobs_may_open}: limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s))",
                 slots.max(1)
             ),
         )
@@ -234,7 +232,7 @@ fn open_files(file_max: u64, max_pids: u64, slots: u64) -> (&'static str, bool, 
             "open-files",
             false,
             format!(
-                "fs.file-max {file_max} is below what jobs may open ({jobs_may_open}:                  limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s)): a job can                  leave every unprivileged process on the host with ENFILE; raise fs.file-max                  or lower limits.max_pids",
+                "fs.file-max {file_max} is below what jobs may open ({jobs_may_open}: limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s)): a job can leave every unprivileged process on the host with ENFILE; raise fs.file-max or lower limits.max_pids",
                 slots.max(1)
             ),
         )
@@ -435,7 +433,10 @@ mod tests {
         // 4096 processes × 65536 descriptors × 2 slots.
         let (name, ok, detail) = open_files(2_466_170, 4096, 2);
         assert_eq!((name, ok), ("open-files", false));
-        assert!(detail.contains("(536870912: limits.max_pids 4096"), "{detail}");
+        assert!(
+            detail.contains("(536870912: limits.max_pids 4096"),
+            "{detail}"
+        );
         assert!(open_files(1 << 40, 4096, 2).1);
         // Slots 0 (never configured so) counts as one; nothing overflows.
         assert!(!open_files(100, u64::MAX, 0).1);

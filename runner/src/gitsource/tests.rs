@@ -1646,7 +1646,13 @@ fn upload_pack_reads_exactly_the_directory_it_is_given() {
     fs::create_dir(&plain).unwrap();
     git(
         &root,
-        &["clone", "--quiet", "--bare", repo.to_str().unwrap(), "plain.git"],
+        &[
+            "clone",
+            "--quiet",
+            "--bare",
+            repo.to_str().unwrap(),
+            "plain.git",
+        ],
     );
     let dest = tempdir("strict-dest");
     let dest = check_dest(&dest).unwrap();

@@ -201,16 +201,28 @@ impl LocalKey {
         self.write_public(dir)
     }
 
+    /// The private key as PKCS#8 PEM. An Ed25519 key is written as PKCS#8 v1 (RFC 8410: the
+    /// seed alone), which OpenSSL 3.0 and Python's `cryptography` read; ed25519-dalek's own
+    /// encoding is v2 with the public key beside it, which neither reads (both still load
+    /// here).
+    fn private_pem(&self) -> Result<zeroize::Zeroizing<String>> {
+        match &self.inner {
+            Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            Inner::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_pem(LineEnding::LF),
+        }
+        .context("encoding the private key")
+    }
+
     /// Writes `dir/signing.key` (mode 0600) unless a file is there already; `false` then. The
     /// key is written and fsynced under a temporary name and hard-linked into place, so the
     /// name never shows a half-written key (a crash, or another run reading it meanwhile), and
     /// of two runs creating it at once one wins and the other learns it lost.
     pub fn write_private_new(&self, dir: &Path) -> Result<bool> {
-        let private = match &self.inner {
-            Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
-            Inner::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
-        }
-        .context("encoding the private key")?;
+        let private = self.private_pem()?;
         let key_path = dir.join(PRIVATE_NAME);
         crate::fsutil::write_new_atomic(&key_path, private.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", key_path.display()))
@@ -219,11 +231,7 @@ impl LocalKey {
     /// Writes the private key to `path` (PKCS#8 PEM, mode 0600), replacing what is there,
     /// atomically and durably: for keys that are not provenance keys (the runner's identity).
     pub fn write_private_replacing(&self, path: &Path) -> Result<()> {
-        let private = match &self.inner {
-            Inner::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
-            Inner::Ed25519(k) => k.to_pkcs8_pem(LineEnding::LF),
-        }
-        .context("encoding the private key")?;
+        let private = self.private_pem()?;
         crate::fsutil::write_atomic_mode(path, private.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", path.display()))
     }
@@ -381,6 +389,50 @@ mod tests {
 
     fn tempdir() -> crate::tools::testutil::TempDir {
         crate::tools::testutil::TempDir::named("bulwark-keys")
+    }
+
+    #[test]
+    fn openssl_reads_the_private_keys_written_and_derives_the_public_key_written() {
+        let Ok(version) = std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+        else {
+            eprintln!("SKIP: openssl is not installed (.ci/run installs it)");
+            return;
+        };
+        assert!(version.status.success());
+        for alg in [Algorithm::P256, Algorithm::Ed25519] {
+            let dir = tempdir();
+            LocalKey::generate(alg).unwrap().write_pair(&dir).unwrap();
+            let out = std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(dir.join(PRIVATE_NAME))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{alg:?}: openssl cannot read the private key: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8(out.stdout).unwrap(),
+                std::fs::read_to_string(dir.join(PUBLIC_NAME)).unwrap(),
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ed25519_key_in_pkcs8_v2_as_written_before_still_loads() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let dir = tempdir();
+        let path = dir.join(PRIVATE_NAME);
+        std::fs::write(&path, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let loaded = LocalKey::load(&path).unwrap();
+        assert_eq!(loaded.algorithm(), Algorithm::Ed25519);
     }
 
     #[test]

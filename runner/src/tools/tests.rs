@@ -835,10 +835,25 @@ fn a_source_url_is_confirmed_against_its_server_even_when_the_store_holds_its_di
     let policy = loopback_policy();
     // Downloaded by this call: the URL served the bytes just now. The download is kept, so
     // the digest is held for any name and mode from now on: not fetched again.
-    assert!(store.ensure(&jq, &policy, UnpackMode::Tool).unwrap().fetched);
+    assert!(
+        store
+            .ensure(&jq, &policy, UnpackMode::Tool)
+            .unwrap()
+            .fetched
+    );
     let as_source = spec("source", &jq.url, &jq.sha256, None);
-    assert!(!store.ensure(&as_source, &policy, UnpackMode::Rootfs).unwrap().fetched);
-    assert!(!store.ensure(&jq, &policy, UnpackMode::Tool).unwrap().fetched);
+    assert!(
+        !store
+            .ensure(&as_source, &policy, UnpackMode::Rootfs)
+            .unwrap()
+            .fetched
+    );
+    assert!(
+        !store
+            .ensure(&jq, &policy, UnpackMode::Tool)
+            .unwrap()
+            .fetched
+    );
     let elsewhere = spec(
         "source",
         &server.route("/other.tar.gz", Route::Body(b"not the same bytes".to_vec())),

@@ -391,7 +391,10 @@ mod tests {
         );
         // AF_UNIX turns SOCK_RAW into SOCK_DGRAM.
         assert_eq!(
-            verdict(libc::SYS_socketpair, pair(libc::SOCK_RAW | libc::SOCK_CLOEXEC)),
+            verdict(
+                libc::SYS_socketpair,
+                pair(libc::SOCK_RAW | libc::SOCK_CLOEXEC)
+            ),
             eacces
         );
         for n in [
