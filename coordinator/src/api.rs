@@ -368,7 +368,7 @@ pub struct ServeOptions {
     /// Most connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Most connections one client (an IPv4 address, an IPv6 /64) holds at once; more are
-    /// closed as soon as they are accepted ([`peers`]). 0: no bound per client.
+    /// closed as soon as they are accepted ([`peers`]). 0 (the default): no bound per client.
     pub max_connections_per_address: usize,
     /// Most bytes of bodies larger than [`MAX_SMALL_BODY_BYTES`] (results, live-log appends,
     /// submissions) read at once, by what they announce; more wait, within the request
@@ -380,10 +380,12 @@ pub struct ServeOptions {
     pub sweep_interval: Duration,
 }
 
-/// The default of [`ServeOptions::max_connections_per_address`]: an eighth of the connections,
-/// so a client needs eight addresses to take them all; room for a few runners behind one NAT
-/// address (docs/control-plane.md, "Connections").
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// The default of [`ServeOptions::max_connections_per_address`]: no bound. Any default would
+/// be wrong for some fleet: runners behind one NAT address, an L4 load balancer that
+/// translates source addresses, or a cloud subnet whose hosts share one IPv6 /64 all come
+/// from one client, and a bound below their sum refuses runners at random
+/// (docs/control-plane.md, "Connections", says when to set it and how to size it).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 0;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -455,6 +457,16 @@ pub async fn serve_with_metrics(
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
     let per_client = (options.max_connections_per_address > 0)
         .then(|| peers::AddressSlots::new(options.max_connections_per_address));
+    if tls.is_some() && per_client.is_none() {
+        // Serving clients directly, one address may hold every connection: said once, so the
+        // operator who can bound it (no NAT, no L4 balancer, no shared /64) knows how.
+        tracing::info!(
+            max_connections = options.max_connections,
+            "no bound on the connections one client address holds; where each runner has an \
+             address of its own, set --max-connections-per-address (docs/control-plane.md, \
+             \"Connections\")"
+        );
+    }
     let mut refusals = peers::RefusalLog::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
