@@ -372,7 +372,7 @@ pub struct ServeOptions {
     pub max_connections_per_address: usize,
     /// Most bytes of bodies larger than [`MAX_SMALL_BODY_BYTES`] (results, live-log appends,
     /// submissions) read at once, by what they announce; more wait, within the request
-    /// deadline ([`intake::BodyBudget`]).
+    /// deadline (`intake::BodyBudget`).
     pub large_body_budget: usize,
     /// How long a shutdown waits for the requests in flight.
     pub drain_timeout: Duration,

@@ -11,6 +11,9 @@
 //!   registered and not removed, its timestamp is within [`MAX_CLOCK_SKEW_SECS`], its nonce is
 //!   new, and the signature verifies with the runner's registered key. The signature is checked
 //!   before the nonce is recorded, so someone without the key cannot burn a runner's nonces.
+//!   A request naming its body's sha256 in [`headers::CONTENT_SHA256`] has its signature
+//!   checked before the body is read ([`check_before_body`]), and its body then held to that
+//!   digest ([`check_body_digest`]).
 //!   All refusals are `401` with a message that names what was wrong and never quotes the
 //!   signature.
 
@@ -332,10 +335,10 @@ pub fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
 /// The target, the timestamp's window, the nonce's shape, and that the runner is registered
 /// and active (read from the database, its lock taken, the first time a runner is seen: call
 /// it off the event loop); and when the request names its body's digest (`body_sha256_hex`,
-/// [`headers::CONTENT_SHA256`]), the signature over that digest. The nonce is neither checked
-/// nor recorded here: the full check, which still runs once the body is read, holds the body
-/// to the digest ([`check_body_digest`]), checks the signature again, and records the nonce
-/// with the runner's standing under the lock.
+/// [`headers::CONTENT_SHA256`]), the signature over that digest and that the nonce was not
+/// used already. The nonce is not recorded here: the full check, which still runs once the
+/// body is read, holds the body to the digest ([`check_body_digest`]), checks the signature
+/// again, and records the nonce with the runner's standing under the lock.
 ///
 /// A runner seen active once and removed since by another process (`runners remove`) passes
 /// here until the full check has refused it once.
@@ -350,7 +353,14 @@ pub fn check_before_body(
 ) -> Result<(), AuthError> {
     match body_sha256_hex {
         Some(digest) => {
-            check_signature(db, keys, method, path_and_query, signed, digest, now).map(drop)
+            check_signature(db, keys, method, path_and_query, signed, digest, now)?;
+            // A copy of a request already served (its headers taken from a log) is refused
+            // as the full check would, without its body; one sent while the original is
+            // still in flight passes here and is refused there.
+            if lock(db).nonce_used(&signed.runner_id, &signed.nonce)? {
+                return Err(StateError::NonceReused.into());
+            }
+            Ok(())
         }
         None => {
             check_unsigned_parts(path_and_query, signed, now)?;

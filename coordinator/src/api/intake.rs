@@ -18,8 +18,9 @@
 //!    window and that the runner is registered and active, and on a route whose body may be
 //!    larger than [`MAX_SMALL_BODY_BYTES`] (the result report, the live log) the signature
 //!    too, over the body's sha256 the request names in
-//!    [`bulwark_protocol::control::headers::CONTENT_SHA256`] ([`auth::check_before_body`]);
-//!    such a request naming none is refused (an old runner: upgrade it);
+//!    [`bulwark_protocol::control::headers::CONTENT_SHA256`], and that its nonce was not used
+//!    ([`auth::check_before_body`]); such a request naming none is refused (an old runner:
+//!    upgrade it);
 //! 2. a `Content-Length` over the route's **limit** is refused (`413`, naming the limit);
 //!    a chunked body is refused as soon as it passes the limit;
 //! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in the
@@ -54,8 +55,9 @@
 //!   the full check would then trust state carried between two layers; checking it again
 //!   costs a third of a millisecond per large request.
 //! - Recording the nonce at the gate: the full check records it under the same lock as it
-//!   reads the runner's standing, and stays the one place that does; a replay passes the
-//!   gate only with the headers of a genuine request, within their 300 s.
+//!   reads the runner's standing, and stays the one place that does. The gate only reads it,
+//!   so a copy of a genuine request's headers passes the gate only while the original is
+//!   still in flight.
 //! - Closing the connection at once on an early refusal, the body unread: the kernel then
 //!   resets the connection, and a client still sending (every HTTP/1.1 client sends its body
 //!   before reading the answer) sees the reset, not the refusal; the daemon takes a reset for
@@ -96,7 +98,7 @@ pub const MAX_SUBMIT_BODY_BYTES: usize = 2 << 20;
 pub const SMALL_BODY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long the body of a request refused before it was read is read and thrown away before
-/// the refusal is answered ([`refuse_early`]): a runner sends its body (at most a few MiB)
+/// the refusal is answered (`refuse_early`): a runner sends its body (at most a few MiB)
 /// from memory, in well under this on any link it can report over.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 

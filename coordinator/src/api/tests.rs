@@ -2015,6 +2015,17 @@ fn a_large_body_is_read_only_once_its_signature_verifies_against_the_digest_it_n
     // A genuine runner's result, with the digest: recorded.
     let a = put_or_post(&s, "POST", &result, &genuine, report);
     assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    // A copy of its headers (from a log, say) is refused before its body.
+    let (status, error) =
+        answer_to_the_head_alone(&s, &format!("POST {result}"), &genuine, patience)
+            .expect("a replay's body was waited for");
+    assert_eq!(
+        (status, error.as_str()),
+        (
+            401,
+            "signed request refused: nonce already used (a replayed request)"
+        )
+    );
     let rec = http(
         s.addr,
         "GET",

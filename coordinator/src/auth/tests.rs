@@ -410,6 +410,19 @@ fn the_checks_before_the_body_refuse_as_the_full_check_does_and_use_no_nonce() {
     before(PATH, &good, Some(&digest)).unwrap();
     before(PATH, &good, Some(&digest)).unwrap();
     verify(&db, "POST", PATH, &good, b"{}", NOW).unwrap();
+    // Once the full check recorded it, a copy naming its digest is refused before its body,
+    // as the full check refuses it.
+    let full = verify(&db, "POST", PATH, &good, b"{}", NOW)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        full,
+        "signed request refused: nonce already used (a replayed request)"
+    );
+    assert_eq!(
+        before(PATH, &good, Some(&digest)).unwrap_err().to_string(),
+        full
+    );
     // Removed since: refused before the body once its key is no longer cached (the full
     // check, which reads its standing under the lock, forgets it).
     lock(&db).remove_runner("runner-1", NOW).unwrap();
