@@ -32,7 +32,8 @@
 //! - One issuer key, no rotation; no credential exchange of its own (the runner makes it: runner/src/creds/); no
 //!   re-queueing of lost jobs (the submitter decides); no log streaming.
 //! - Bodies are read only once the headers passed the checks that need no body (admin token,
-//!   a runner's signing headers, timestamp and standing), and at most each route's own limit:
+//!   a runner's signing headers, timestamp and standing, and for a result or a live-log append
+//!   the signature over the body digest the runner names), and at most each route's own limit:
 //!   64 KiB for most, 2 MiB for a job submission and a live-log append, and
 //!   [`bulwark_protocol::control::MAX_BODY_BYTES`] only for a result report. Headers must
 //!   arrive within 15 s (also the idle keep-alive limit), a small body within 15 s more, a
