@@ -50,8 +50,11 @@ use crate::state::{self, Db, Runner, StateError};
 mod intake;
 mod peers;
 
-use intake::{with_intake, Gate, Intake};
-pub use intake::{MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT};
+use intake::{with_intake, BodyBudget, Gate, Intake};
+pub use intake::{
+    DEFAULT_LARGE_BODY_BUDGET, DRAIN_TIMEOUT, MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES,
+    SMALL_BODY_TIMEOUT,
+};
 
 /// A refusal or failure, as answered.
 #[derive(Debug)]
@@ -253,13 +256,17 @@ impl Coordinator {
 type Shared = Arc<Coordinator>;
 
 /// The routes, with each route's body intake ([`intake`]) and the JSON error rewriting; the
-/// small routes' bodies must arrive within [`SMALL_BODY_TIMEOUT`].
+/// small routes' bodies must arrive within [`SMALL_BODY_TIMEOUT`], and at most
+/// [`DEFAULT_LARGE_BODY_BUDGET`] bytes of larger ones are read at once.
 pub fn router(coordinator: Coordinator) -> Router {
-    router_shared(Arc::new(coordinator), SMALL_BODY_TIMEOUT)
+    router_shared(Arc::new(coordinator), &ServeOptions::default())
 }
 
-/// [`router`] over a coordinator shared with other tasks (the sweep in [`serve`]).
-fn router_shared(c: Shared, small_body_timeout: Duration) -> Router {
+/// [`router`] over a coordinator shared with other tasks (the sweep in [`serve`]), with the
+/// body limits of `options`.
+fn router_shared(c: Shared, options: &ServeOptions) -> Router {
+    let small_body_timeout = options.small_body_timeout;
+    let budget = BodyBudget::new(options.large_body_budget);
     let small = |gate| Intake {
         gate,
         limit: MAX_SMALL_BODY_BYTES,
@@ -276,35 +283,45 @@ fn router_shared(c: Shared, small_body_timeout: Duration) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/v1/runners/register",
-            with_intake(post(register), &c, small(Gate::Open)),
+            with_intake(post(register), &c, &budget, small(Gate::Open)),
         )
         .route(
             "/v1/runners/lease",
-            with_intake(post(lease), &c, small(Gate::Runner)),
+            with_intake(post(lease), &c, &budget, small(Gate::Runner)),
         )
         .route(
             "/v1/runners/rekey",
-            with_intake(post(rekey), &c, small(Gate::Runner)),
+            with_intake(post(rekey), &c, &budget, small(Gate::Runner)),
         )
         .route(
             "/v1/jobs",
-            with_intake(post(submit), &c, large(Gate::Admin, MAX_SUBMIT_BODY_BYTES)),
+            with_intake(
+                post(submit),
+                &c,
+                &budget,
+                large(Gate::Admin, MAX_SUBMIT_BODY_BYTES),
+            ),
         )
         .route("/v1/jobs/{id}", get(job))
         .route(
             "/v1/jobs/{id}/id-token",
-            with_intake(post(id_token), &c, small(Gate::Runner)),
+            with_intake(post(id_token), &c, &budget, small(Gate::Runner)),
         )
         .route(
             "/v1/jobs/{id}/heartbeat",
-            with_intake(post(heartbeat), &c, small(Gate::Runner)),
+            with_intake(post(heartbeat), &c, &budget, small(Gate::Runner)),
         )
         // Reads no body (the router's small default would apply if it did).
         .route("/v1/jobs/{id}/cancel", post(cancel))
         // A result with its provenance: the one body up to `MAX_BODY_BYTES`.
         .route(
             "/v1/jobs/{id}/result",
-            with_intake(post(result), &c, large(Gate::Runner, MAX_BODY_BYTES)),
+            with_intake(
+                post(result),
+                &c,
+                &budget,
+                large(Gate::Runner, MAX_BODY_BYTES),
+            ),
         )
         .route("/v1/jobs/{id}/provenance", get(provenance))
         .route("/v1/inventory", get(inventory))
@@ -314,7 +331,12 @@ fn router_shared(c: Shared, small_body_timeout: Duration) -> Router {
         // database lock, so it is kept small.
         .route(
             "/v1/jobs/{id}/live-log/{offset}",
-            with_intake(put(live_log), &c, large(Gate::Runner, MAX_LIVE_LOG_APPEND)),
+            with_intake(
+                put(live_log),
+                &c,
+                &budget,
+                large(Gate::Runner, MAX_LIVE_LOG_APPEND),
+            ),
         )
         // Streamed to disk as it arrives, with its own limits, checked whole before a byte is
         // read (`upload_blob`).
@@ -346,18 +368,24 @@ pub struct ServeOptions {
     /// Most connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Most connections one client (an IPv4 address, an IPv6 /64) holds at once; more are
-    /// closed as soon as they are accepted ([`peers`]). 0: no bound per client.
+    /// closed as soon as they are accepted ([`peers`]). 0 (the default): no bound per client.
     pub max_connections_per_address: usize,
+    /// Most bytes of bodies larger than [`MAX_SMALL_BODY_BYTES`] (results, live-log appends,
+    /// submissions) read at once, by what they announce; more wait, within the request
+    /// deadline (`intake::BodyBudget`).
+    pub large_body_budget: usize,
     /// How long a shutdown waits for the requests in flight.
     pub drain_timeout: Duration,
     /// How often the outputs of jobs whose lease ran out without a result are removed.
     pub sweep_interval: Duration,
 }
 
-/// The default of [`ServeOptions::max_connections_per_address`]: an eighth of the connections,
-/// so a client needs eight addresses to take them all; room for a few runners behind one NAT
-/// address (docs/control-plane.md, "Connections").
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// The default of [`ServeOptions::max_connections_per_address`]: no bound. Any default would
+/// be wrong for some fleet: runners behind one NAT address, an L4 load balancer that
+/// translates source addresses, or a cloud subnet whose hosts share one IPv6 /64 all come
+/// from one client, and a bound below their sum refuses runners at random
+/// (docs/control-plane.md, "Connections", says when to set it and how to size it).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 0;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -368,6 +396,7 @@ impl Default for ServeOptions {
             small_body_timeout: SMALL_BODY_TIMEOUT,
             max_connections: 512,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            large_body_budget: DEFAULT_LARGE_BODY_BUDGET,
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(600),
         }
@@ -411,7 +440,7 @@ pub async fn serve_with_metrics(
     ));
     let scrapes = metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&shared), options)));
     // Outermost, so that every answer is counted, a `408` of the deadline's too.
-    let app = router_shared(Arc::clone(&shared), options.small_body_timeout)
+    let app = router_shared(Arc::clone(&shared), &options)
         .layer(axum::middleware::from_fn_with_state(
             options.request_timeout,
             request_deadline,
@@ -428,6 +457,16 @@ pub async fn serve_with_metrics(
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
     let per_client = (options.max_connections_per_address > 0)
         .then(|| peers::AddressSlots::new(options.max_connections_per_address));
+    if tls.is_some() && per_client.is_none() {
+        // Serving clients directly, one address may hold every connection: said once, so the
+        // operator who can bound it (no NAT, no L4 balancer, no shared /64) knows how.
+        tracing::info!(
+            max_connections = options.max_connections,
+            "no bound on the connections one client address holds; where each runner has an \
+             address of its own, set --max-connections-per-address (docs/control-plane.md, \
+             \"Connections\")"
+        );
+    }
     let mut refusals = peers::RefusalLog::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -954,7 +993,9 @@ async fn heartbeat(
 }
 
 /// A signed runner request, authenticated on the blocking pool (the signature off the
-/// database lock) before `f` runs with its runner and the database.
+/// database lock) before `f` runs with its runner and the database. A body that does not hash
+/// to the digest the request named ([`control::headers::CONTENT_SHA256`], which the gate
+/// checked the signature against: [`intake`]) is refused before the signature is checked.
 async fn signed<T: Send + 'static>(
     c: &Shared,
     method: Method,
@@ -964,17 +1005,19 @@ async fn signed<T: Send + 'static>(
     f: impl FnOnce(&Coordinator, &mut Db, Runner, &[u8]) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let signed = SignedHeaders::read(|name| header_str(headers, name))?;
+    let claimed = auth::read_body_digest(|name| header_str(headers, name))?;
     let target = request_target(uri);
     let c = Arc::clone(c);
     tokio::task::spawn_blocking(move || {
         let now = state::now();
-        let (runner, mut db) = auth::verify_signed_request(
+        let digest = auth::check_body_digest(claimed.as_deref(), &body)?;
+        let (runner, mut db) = auth::verify_signed_request_for_digest(
             &c.db,
             &c.runner_keys,
             method.as_str(),
             &target,
             &signed,
-            &body,
+            &digest,
             now,
         )?;
         c.metrics.runner_seen(&runner.id, now);

@@ -11,6 +11,9 @@
 //!   registered and not removed, its timestamp is within [`MAX_CLOCK_SKEW_SECS`], its nonce is
 //!   new, and the signature verifies with the runner's registered key. The signature is checked
 //!   before the nonce is recorded, so someone without the key cannot burn a runner's nonces.
+//!   A request naming its body's sha256 in [`headers::CONTENT_SHA256`] has its signature
+//!   checked before the body is read ([`check_before_body`]), and its body then held to that
+//!   digest ([`check_body_digest`]).
 //!   All refusals are `401` with a message that names what was wrong and never quotes the
 //!   signature.
 
@@ -97,6 +100,26 @@ pub enum AuthError {
         /// The runner id the request named.
         runner_id: String,
     },
+    /// A request that may carry a large body came without [`headers::CONTENT_SHA256`]: its
+    /// signature cannot be checked before the body is read, and the body is not read
+    /// unauthenticated. Sent by a runner older than the coordinator.
+    #[error(
+        "signed request refused: header {} missing: this coordinator checks the signature of \
+         a request whose body may exceed {small} bytes before reading the body, against the \
+         body's sha256 in that header; upgrade bulwark on the runner (runners first, then the \
+         coordinator)",
+        headers::CONTENT_SHA256
+    )]
+    BodyDigestMissing {
+        /// The largest body the coordinator reads without it.
+        small: usize,
+    },
+    /// The body does not hash to the digest [`headers::CONTENT_SHA256`] named.
+    #[error(
+        "signed request refused: the body does not hash to header {} (altered on the way?)",
+        headers::CONTENT_SHA256
+    )]
+    BodyDigest,
     /// The signature does not verify (wrong key, tampered request or body).
     #[error("signed request refused: the signature does not verify for runner {runner_id}")]
     Signature {
@@ -223,6 +246,36 @@ impl SignedHeaders {
     }
 }
 
+/// The body digest a signed request names in [`headers::CONTENT_SHA256`]: `None` when it
+/// names none; refused unless it is 64 lowercase hex characters (what `sha256_hex` makes).
+pub fn read_body_digest<'a>(
+    get: impl Fn(&'static str) -> Option<&'a str>,
+) -> Result<Option<String>, AuthError> {
+    let Some(value) = get(headers::CONTENT_SHA256) else {
+        return Ok(None);
+    };
+    let hex = value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex {
+        return Err(AuthError::MissingHeader {
+            name: headers::CONTENT_SHA256,
+        });
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// The sha256 of `body` (lowercase hex), refused when the request named another in
+/// [`headers::CONTENT_SHA256`] (`claimed`): the digest its signature is then checked against.
+pub fn check_body_digest(claimed: Option<&str>, body: &[u8]) -> Result<String, AuthError> {
+    let digest = sha256_hex(body);
+    match claimed {
+        Some(c) if c != digest => Err(AuthError::BodyDigest),
+        _ => Ok(digest),
+    }
+}
+
 /// The public keys of runners seen active, parsed once: a signature is checked against one
 /// without the database (and its lock). Only keys of active runners are added. Whether the
 /// runner is still active, and whether the key checked is still its key (a runner re-keys,
@@ -276,24 +329,44 @@ pub fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
 }
 
 /// What a signed request must pass before its body is read (docs/control-plane.md, "Request
-/// bodies"): the checks of [`verify_signed_request_for_digest`] that need no body, in its
-/// order, so a request refused here gets the refusal the full check would give. The target,
-/// the timestamp's window, the nonce's shape, and that the runner is registered and active
-/// (read from the database, its lock taken, the first time a runner is seen: call it off the
-/// event loop). The signature, the nonce's novelty and the runner's standing under the lock
-/// are left to the full check, which still runs once the body is read.
+/// bodies"): the checks of [`verify_signed_request_for_digest`] that can be made before the
+/// body, in its order, so a request refused here gets the refusal the full check would give.
+///
+/// The target, the timestamp's window, the nonce's shape, and that the runner is registered
+/// and active (read from the database, its lock taken, the first time a runner is seen: call
+/// it off the event loop); and when the request names its body's digest (`body_sha256_hex`,
+/// [`headers::CONTENT_SHA256`]), the signature over that digest and that the nonce was not
+/// used already. The nonce is not recorded here: the full check, which still runs once the
+/// body is read, holds the body to the digest ([`check_body_digest`]), checks the signature
+/// again, and records the nonce with the runner's standing under the lock.
 ///
 /// A runner seen active once and removed since by another process (`runners remove`) passes
 /// here until the full check has refused it once.
 pub fn check_before_body(
     db: &Mutex<Db>,
     keys: &RunnerKeys,
+    method: &str,
     path_and_query: &str,
     signed: &SignedHeaders,
+    body_sha256_hex: Option<&str>,
     now: u64,
 ) -> Result<(), AuthError> {
-    check_unsigned_parts(path_and_query, signed, now)?;
-    keys.get(db, &signed.runner_id).map(drop)
+    match body_sha256_hex {
+        Some(digest) => {
+            check_signature(db, keys, method, path_and_query, signed, digest, now)?;
+            // A copy of a request already served (its headers taken from a log) is refused
+            // as the full check would, without its body; one sent while the original is
+            // still in flight passes here and is refused there.
+            if lock(db).nonce_used(&signed.runner_id, &signed.nonce)? {
+                return Err(StateError::NonceReused.into());
+            }
+            Ok(())
+        }
+        None => {
+            check_unsigned_parts(path_and_query, signed, now)?;
+            keys.get(db, &signed.runner_id).map(drop)
+        }
+    }
 }
 
 /// The checks that need neither the body nor the database: the target, the timestamp (its
@@ -358,27 +431,19 @@ pub fn verify_signed_request_for_digest<'a>(
     body_sha256_hex: &str,
     now: u64,
 ) -> Result<(Runner, MutexGuard<'a, Db>), AuthError> {
-    let timestamp = check_unsigned_parts(path_and_query, signed, now)?;
+    let (timestamp, pem) = check_signature(
+        db,
+        keys,
+        method,
+        path_and_query,
+        signed,
+        body_sha256_hex,
+        now,
+    )?;
     let runner_id = &signed.runner_id;
-    let (pem, key) = keys.get(db, runner_id)?;
     let bad_signature = || AuthError::Signature {
         runner_id: runner_id.clone(),
     };
-    let message = signing_input(
-        method,
-        path_and_query,
-        timestamp,
-        &signed.nonce,
-        runner_id,
-        body_sha256_hex,
-    )
-    .ok_or_else(bad_signature)?;
-    let signature = base64::engine::general_purpose::STANDARD
-        .decode(signed.signature.trim())
-        .map_err(|_| bad_signature())?;
-    if !keys::verify_der(&key, &message, &signature) {
-        return Err(bad_signature());
-    }
     let mut guard = lock(db);
     let unknown = || AuthError::UnknownRunner {
         runner_id: runner_id.clone(),
@@ -407,6 +472,42 @@ pub fn verify_signed_request_for_digest<'a>(
         Err(StateError::RunnerNotActive { .. }) => Err(unknown()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The checks of [`verify_signed_request_for_digest`] up to the signature: the unsigned
+/// parts, the runner's cached key (read from the database the first time), and the signature
+/// over `body_sha256_hex`. Returns the timestamp and the PEM of the key that verified.
+fn check_signature(
+    db: &Mutex<Db>,
+    keys: &RunnerKeys,
+    method: &str,
+    path_and_query: &str,
+    signed: &SignedHeaders,
+    body_sha256_hex: &str,
+    now: u64,
+) -> Result<(u64, String), AuthError> {
+    let timestamp = check_unsigned_parts(path_and_query, signed, now)?;
+    let runner_id = &signed.runner_id;
+    let (pem, key) = keys.get(db, runner_id)?;
+    let bad_signature = || AuthError::Signature {
+        runner_id: runner_id.clone(),
+    };
+    let message = signing_input(
+        method,
+        path_and_query,
+        timestamp,
+        &signed.nonce,
+        runner_id,
+        body_sha256_hex,
+    )
+    .ok_or_else(bad_signature)?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signed.signature.trim())
+        .map_err(|_| bad_signature())?;
+    if !keys::verify_der(&key, &message, &signature) {
+        return Err(bad_signature());
+    }
+    Ok((timestamp, pem))
 }
 
 #[cfg(test)]

@@ -111,13 +111,14 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_idle)]
         upload_idle_timeout: Duration,
         /// Most connections one client (an IPv4 address, an IPv6 /64) may hold at once, of the
-        /// 512 served; more are closed as soon as they are accepted. 0: no bound per client.
-        /// Default: 64 when serving TLS itself; none in plain HTTP, where every connection
-        /// may come from the TLS terminator in front (bound clients there, e.g. nginx
-        /// `limit_conn`). Runners behind one NAT address share it: give at least the sum,
-        /// over them, of 1 + 3 x their `[daemon] slots`.
-        #[arg(long, value_name = "N")]
-        max_connections_per_address: Option<usize>,
+        /// 512 served; more are closed as soon as they are accepted. 0 (the default): no bound
+        /// per client. Set it only where each runner has an address of its own: runners behind
+        /// one NAT address, an L4 load balancer that rewrites source addresses, a TLS
+        /// terminator in front, or a cloud subnet (one IPv6 /64) all come from one client, so
+        /// give at least the sum, over the runners sharing an address, of 1 + 3 x their
+        /// `[daemon] slots` (docs/control-plane.md, "Connections").
+        #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+        max_connections_per_address: usize,
         /// Also serve Prometheus metrics (`GET /metrics`) on this address, without
         /// authentication: counts, ages, runner ids and names (docs/control-plane.md,
         /// "Metrics"). Bind it where only the scraper reaches it.
@@ -308,6 +309,47 @@ mod tests {
                 assert!(help.contains("Example"), "{}: {help}", leaf.get_name());
             }
         }
+    }
+
+    /// No bound per client address unless asked for, whether the coordinator serves TLS or
+    /// plain HTTP: only the operator knows whether runners share addresses.
+    #[test]
+    fn serve_bounds_no_client_address_unless_asked() {
+        let per_address = |extra: &[&str]| {
+            let mut args = vec![
+                "bulwark-coordinator",
+                "serve",
+                "--state",
+                "/s",
+                "--listen",
+                "0.0.0.0:8443",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Serve {
+                    max_connections_per_address,
+                    ..
+                } => max_connections_per_address,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(per_address(&["--tls-cert", "c", "--tls-key", "k"]), 0);
+        assert_eq!(per_address(&["--behind-tls-proxy"]), 0);
+        assert_eq!(
+            per_address(&[
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+                "--max-connections-per-address",
+                "130"
+            ]),
+            130
+        );
+        assert_eq!(
+            crate::api::ServeOptions::default().max_connections_per_address,
+            0
+        );
     }
 
     #[test]

@@ -32,12 +32,14 @@
 //! - One issuer key, no rotation; no credential exchange of its own (the runner makes it: runner/src/creds/); no
 //!   re-queueing of lost jobs (the submitter decides); no log streaming.
 //! - Bodies are read only once the headers passed the checks that need no body (admin token,
-//!   a runner's signing headers, timestamp and standing), and at most each route's own limit:
+//!   a runner's signing headers, timestamp and standing, and for a result or a live-log append
+//!   the signature over the body digest the runner names), and at most each route's own limit:
 //!   64 KiB for most, 2 MiB for a job submission and a live-log append, and
 //!   [`bulwark_protocol::control::MAX_BODY_BYTES`] only for a result report. Headers must
 //!   arrive within 15 s (also the idle keep-alive limit), a small body within 15 s more, a
-//!   request must be done within 120 s, and at most 512 connections are served at once, at
-//!   most 64 from one client when serving TLS itself ([`api::ServeOptions`]). Output uploads
+//!   request must be done within 120 s, and at most 512 connections are served at once, and
+//!   from one client address at most `--max-connections-per-address` where the operator sets
+//!   it ([`api::ServeOptions`]). Output uploads
 //!   are streamed to disk instead, with limits of their own ([`outputs`]). SIGTERM or SIGINT
 //!   stops accepting and lets the requests in flight finish (at most 30 s). No rate limit:
 //!   many addresses can still hold every connection; put a rate-limiting proxy in front where

@@ -186,16 +186,8 @@ fn main() -> Result<()> {
                 (Some(cert), Some(key)) => Some(bulwark_coordinator::tls::acceptor(cert, key)?),
                 _ => None,
             };
-            // In plain HTTP the peer may be the TLS terminator in front, for every client: a
-            // bound per address would then be a bound on the whole fleet.
             let options = api::ServeOptions {
-                max_connections_per_address: max_connections_per_address.unwrap_or(
-                    if tls.is_some() {
-                        api::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
-                    } else {
-                        0
-                    },
-                ),
+                max_connections_per_address,
                 ..api::ServeOptions::default()
             };
             api::check_listen(listen, behind_tls_proxy || tls.is_some())?;

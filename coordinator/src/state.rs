@@ -186,6 +186,9 @@ pub enum StateError {
     /// Recording a nonce failed.
     #[error("recording a request nonce")]
     RecordNonce(#[source] rusqlite::Error),
+    /// Reading whether a nonce was used failed.
+    #[error("reading request nonces")]
+    ReadNonce(#[source] rusqlite::Error),
     /// The nonce was used before within the clock-skew window.
     #[error("signed request refused: nonce already used (a replayed request)")]
     NonceReused,
@@ -746,6 +749,18 @@ impl Db {
             return Err(StateError::NonceReused);
         }
         tx.commit().map_err(StateError::RecordNonce)
+    }
+
+    /// Whether `runner_id` has used `nonce` in a request still remembered ([`Db::use_nonce`]):
+    /// read only, for the checks made before a body is read.
+    pub fn nonce_used(&self, runner_id: &str, nonce: &str) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM nonces WHERE runner_id = ?1 AND nonce = ?2)",
+                [runner_id, nonce],
+                |r| r.get(0),
+            )
+            .map_err(StateError::ReadNonce)
     }
 
     /// Queues a job.

@@ -40,6 +40,11 @@ pub mod headers {
     pub const NONCE: &str = "bulwark-nonce";
     /// Standard padded base64 of the signature over [`super::signing_input`].
     pub const SIGNATURE: &str = "bulwark-signature";
+    /// The body's sha256, lowercase hex: the digest the signature covers, sent so that the
+    /// coordinator can check the signature before it reads the body. A coordinator requires
+    /// it on the routes whose body may be larger than 64 KiB (the result report, the live
+    /// log); one that predates it ignores it, so runners are upgraded first.
+    pub const CONTENT_SHA256: &str = "bulwark-content-sha256";
 }
 
 /// How far a signed request's timestamp may be from the coordinator's clock, in seconds.

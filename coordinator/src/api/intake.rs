@@ -15,16 +15,29 @@
 //!
 //! 1. the **gate**, on the headers alone: the admin token for admin routes; for a signed
 //!    runner route the signing headers' presence and shape, the target, the timestamp's
-//!    window and that the runner is registered and active ([`auth::check_before_body`]).
-//!    A refusal is the status and JSON the full check would give, sent before a byte of the
-//!    body is read (the connection is then closed: its body is never read);
-//! 2. a `Content-Length` over the route's **limit** is refused (`413`, naming the limit)
-//!    before a byte is read; a chunked body is refused as soon as it passes the limit;
-//! 3. the body is read within the route's **deadline** (`408`), if it has one of its own
+//!    window and that the runner is registered and active, and on a route whose body may be
+//!    larger than [`MAX_SMALL_BODY_BYTES`] (the result report, the live log) the signature
+//!    too, over the body's sha256 the request names in
+//!    [`bulwark_protocol::control::headers::CONTENT_SHA256`], and that its nonce was not used
+//!    ([`auth::check_before_body`]); such a request naming none is refused (an old runner:
+//!    upgrade it);
+//! 2. a `Content-Length` over the route's **limit** is refused (`413`, naming the limit);
+//!    a chunked body is refused as soon as it passes the limit;
+//! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in the
+//!    **budget** of such bodies being read at once ([`BodyBudget`]: its `Content-Length`, or
+//!    the route's limit for a chunked body), held until the handler is done with it;
+//! 4. the body is read within the route's **deadline** (`408`), if it has one of its own
 //!    (the small routes do; the others have the request deadline of
 //!    [`super::ServeOptions::request_timeout`]);
-//! 4. the handler runs on the buffered bytes and makes the full check (the signature over
-//!    the body, the nonce, the runner's standing under the database lock) as before.
+//! 5. the handler runs on the buffered bytes and makes the full check (the body held to the
+//!    digest it named, the signature over the body, the nonce, the runner's standing under the
+//!    database lock) as before.
+//!
+//! A refusal in 1 or 2 is made before the coordinator reads the body: hyper reads the
+//! connection in blocks, so the block that ended the headers may hold the body's first bytes
+//! (its read buffer, 8 KiB at first and never more than about 400 KiB), but nothing more is
+//! read to decide. The refusal is then answered after the body is read and thrown away, for at
+//! most [`DRAIN_TIMEOUT`] and the route's limit ([`refuse_early`]), and the connection closed.
 //!
 //! Only the result report keeps [`MAX_BODY_BYTES`]; the live log and output uploads have
 //! limits of their own; everything else is small ([`MAX_SMALL_BODY_BYTES`], and
@@ -35,9 +48,20 @@
 //! - Authenticating in each handler before reading: the body extractor runs before the
 //!   handler's code, and taking the raw body in every handler would spread the limit and the
 //!   error mapping over all of them.
-//! - Verifying the signature before the body: it covers the body's hash (only output uploads
-//!   name it in their path, and those are checked whole before their body:
-//!   [`super::upload_blob`]).
+//! - Checking the signature of the small routes before the body as well: a runner's most
+//!   frequent requests (lease polls, heartbeats) would pay a second ECDSA verification, to
+//!   protect 64 KiB bodies that must arrive within 15 s anyway.
+//! - Passing the gate's verified signature on to the handler, so that it is checked once:
+//!   the full check would then trust state carried between two layers; checking it again
+//!   costs a third of a millisecond per large request.
+//! - Recording the nonce at the gate: the full check records it under the same lock as it
+//!   reads the runner's standing, and stays the one place that does. The gate only reads it,
+//!   so a copy of a genuine request's headers passes the gate only while the original is
+//!   still in flight.
+//! - Closing the connection at once on an early refusal, the body unread: the kernel then
+//!   resets the connection, and a client still sending (every HTTP/1.1 client sends its body
+//!   before reading the answer) sees the reset, not the refusal; the daemon takes a reset for
+//!   a transient failure and retries, and the message saying what is wrong is lost.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,15 +69,16 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 #[cfg(doc)]
 use bulwark_protocol::control::MAX_BODY_BYTES;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{header_str, request_target, ApiError, Shared};
-use crate::auth::{self, SignedHeaders};
+use crate::auth::{self, AuthError, SignedHeaders};
 use crate::state;
 
 /// The largest body of every route but the result report, a job submission, the live log and
@@ -71,6 +96,15 @@ pub const MAX_SUBMIT_BODY_BYTES: usize = 2 << 20;
 /// How long the body of a small route may take to arrive, once its headers passed the gate
 /// (64 KiB in this time is 4 KiB/s: any runner manages it).
 pub const SMALL_BODY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the body of a request refused before it was read is read and thrown away before
+/// the refusal is answered (`refuse_early`): a runner sends its body (at most a few MiB)
+/// from memory, in well under this on any link it can report over.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default of [`super::ServeOptions::large_body_budget`]: sixteen result reports of the
+/// largest size, or sixty-four live-log appends of the largest, read at once.
+pub const DEFAULT_LARGE_BODY_BUDGET: usize = 128 << 20;
 
 /// Who may send a body to a route, checked on the headers alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,18 +129,60 @@ pub struct Intake {
     pub deadline: Option<Duration>,
 }
 
+impl Intake {
+    /// Whether the route's body may be larger than [`MAX_SMALL_BODY_BYTES`]: then a runner's
+    /// signature is checked before it, and it is read within the [`BodyBudget`].
+    fn is_large(&self) -> bool {
+        self.limit > MAX_SMALL_BODY_BYTES
+    }
+}
+
+/// Room for the bodies larger than [`MAX_SMALL_BODY_BYTES`] being read at once, in bytes,
+/// shared by every route. A body waits for its room before a byte of it is read (within the
+/// request deadline) and gives it back when its handler is done. Only requests that passed
+/// the gate wait here: what a client holding no credential can make the coordinator hold is
+/// bounded by the gate, what the runners (or a stolen runner key) can, by this.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    room: Arc<Semaphore>,
+    total: u32,
+}
+
+impl BodyBudget {
+    /// A budget of `bytes` (at least 1, at most 4 GiB). A body announcing more than the
+    /// whole budget waits for all of it.
+    pub fn new(bytes: usize) -> BodyBudget {
+        let total = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        BodyBudget {
+            room: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits for room for `bytes` (a body larger than the whole budget takes all of it).
+    async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.total);
+        if n == 0 {
+            return None;
+        }
+        // The semaphore is never closed.
+        Arc::clone(&self.room).acquire_many_owned(n).await.ok()
+    }
+}
+
 /// `route` with `intake` applied: [`admit`] before the handler, and axum's own body limit set
 /// to the same, so the buffered body passes the handler's extractor unchanged.
 pub fn with_intake(
     route: MethodRouter<Shared>,
     c: &Shared,
+    budget: &BodyBudget,
     intake: Intake,
 ) -> MethodRouter<Shared> {
     route
         .layer(DefaultBodyLimit::max(intake.limit))
         // Only for the route's own methods: another method is answered `405` as before.
         .route_layer(axum::middleware::from_fn_with_state(
-            (Arc::clone(c), intake),
+            (Arc::clone(c), intake, budget.clone()),
             admit,
         ))
 }
@@ -116,55 +192,130 @@ pub fn too_large(limit: usize) -> String {
     format!("request body is larger than {limit} bytes")
 }
 
-/// Checks the gate, then reads the body within the limit and the deadline, then runs the
-/// handler on it. A refusal while the body may still be coming closes the connection.
+fn over_limit(limit: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit))
+}
+
+/// Checks the gate and the announced length, then waits for room in the budget for a large
+/// body, then reads the body within the limit and the deadline, then runs the handler on it.
 async fn admit(
-    State((c, intake)): State<(Shared, Intake)>,
+    State((c, intake, budget)): State<(Shared, Intake, BodyBudget)>,
     request: Request,
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let pending = !body.is_end_stream();
-    let refuse = |e: ApiError| {
-        let mut response = e.into_response();
-        if pending {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
+    let refused = match check_gate(&c, intake, &parts).await {
+        Err(e) => Some(e),
+        // The body's lower size bound is its `Content-Length` (hyper refused a malformed one
+        // already), and 0 for a chunked body.
+        Ok(()) if body.size_hint().lower() > intake.limit as u64 => Some(over_limit(intake.limit)),
+        Ok(()) => None,
     };
-    if let Err(e) = check_gate(&c, intake.gate, &parts).await {
-        return refuse(e);
+    if let Some(e) = refused {
+        return refuse_early(e, &parts.headers, body, intake.limit).await;
     }
+    // Held until the handler is done with the bytes.
+    let _room = if intake.is_large() {
+        let announced = body.size_hint().exact().unwrap_or(intake.limit as u64);
+        budget.reserve(announced).await
+    } else {
+        None
+    };
+    let pending = !body.is_end_stream();
     match read_body(body, intake.limit, intake.deadline).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Err(e) => refuse(e),
+        // The rest of the body may still be coming: the connection is closed.
+        Err(e) if pending => closing(e.into_response()),
+        Err(e) => e.into_response(),
     }
 }
 
+/// `response` with `Connection: close`.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The answer to a request refused before its body was read. A body still to come is first
+/// read and thrown away (never kept), for at most [`DRAIN_TIMEOUT`] and `limit` bytes, and the
+/// connection is then closed: closed with the body unread, the kernel would reset it, and a
+/// client still sending would see the reset rather than the refusal. A client that asked for
+/// `100 Continue` has sent no body and sends none: there is nothing to read.
+async fn refuse_early(e: ApiError, headers: &HeaderMap, body: Body, limit: usize) -> Response {
+    if body.is_end_stream() {
+        return e.into_response();
+    }
+    let expects_continue = header_str(headers, header::EXPECT.as_str())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if !expects_continue {
+        discard(body, limit, DRAIN_TIMEOUT).await;
+    }
+    closing(e.into_response())
+}
+
+/// Reads `body` and drops each chunk as it arrives, until it ends, more than `most` bytes came,
+/// an error, or `within` passed.
+async fn discard(mut body: Body, most: usize, within: Duration) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) =
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen > most {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, drain).await;
+}
+
 /// The gate's check on the request's headers and target.
-async fn check_gate(
-    c: &Shared,
-    gate: Gate,
-    parts: &axum::http::request::Parts,
-) -> Result<(), ApiError> {
-    match gate {
+async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), ApiError> {
+    match intake.gate {
         Gate::Open => Ok(()),
         Gate::Admin => Ok(c
             .admin
             .check_authorization(header_str(&parts.headers, header::AUTHORIZATION.as_str()))?),
         Gate::Runner => {
-            let signed = SignedHeaders::read(|name| header_str(&parts.headers, name))?;
+            let get = |name| header_str(&parts.headers, name);
+            let signed = SignedHeaders::read(get)?;
+            let digest = auth::read_body_digest(get)?;
+            // A body that may be large is read only once the signature verified, against the
+            // digest the request names; one that names none comes from an older runner.
+            let digest = match (intake.is_large(), digest) {
+                (false, _) => None,
+                (true, Some(d)) => Some(d),
+                (true, None) => {
+                    return Err(AuthError::BodyDigestMissing {
+                        small: MAX_SMALL_BODY_BYTES,
+                    }
+                    .into())
+                }
+            };
+            let method = parts.method.clone();
             let target = request_target(&parts.uri);
             let c = Arc::clone(c);
             // The runner's key may have to be read from the database (the first time a runner
-            // is seen, or for one that is not registered): off the event loop.
+            // is seen, or for one that is not registered), and a signature takes a third of a
+            // millisecond: off the event loop.
             tokio::task::spawn_blocking(move || {
-                auth::check_before_body(&c.db, &c.runner_keys, &target, &signed, state::now())
+                auth::check_before_body(
+                    &c.db,
+                    &c.runner_keys,
+                    method.as_str(),
+                    &target,
+                    &signed,
+                    digest.as_deref(),
+                    state::now(),
+                )
             })
             .await
             .map_err(|e| ApiError::internal(&e))??;
@@ -173,20 +324,13 @@ async fn check_gate(
     }
 }
 
-/// Reads `body` whole: at most `limit` bytes (a larger `Content-Length` is refused before a
-/// byte is read), within `deadline` when there is one. Memory grows with what arrives, never
-/// with what is announced.
+/// Reads `body` whole: at most `limit` bytes, within `deadline` when there is one. Memory
+/// grows with what arrives, never with what is announced.
 async fn read_body(
     mut body: Body,
     limit: usize,
     deadline: Option<Duration>,
 ) -> Result<Bytes, ApiError> {
-    let over = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit));
-    // The body's lower size bound is its `Content-Length` (hyper refused a malformed one
-    // already), and 0 for a chunked body.
-    if body.size_hint().lower() > limit as u64 {
-        return Err(over());
-    }
     let read = async {
         let mut got = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
@@ -195,7 +339,7 @@ async fn read_body(
                 frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 if got.len() + data.len() > limit {
-                    return Err(over());
+                    return Err(over_limit(limit));
                 }
                 got.extend_from_slice(&data);
             }

@@ -10,9 +10,15 @@
 //! counting single IPv6 addresses would bound nothing), and an IPv4-mapped IPv6 address is
 //! the IPv4 address it maps.
 //!
+//! Off by default ([`super::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS`]): whether one address is
+//! one client depends on the network in front, which the coordinator cannot see. Runners behind
+//! one NAT address, behind an L4 load balancer that rewrites source addresses, or in one cloud
+//! subnet (a whole VPC subnet is one IPv6 /64) share one bound, as does every client behind a
+//! TLS terminator (docs/control-plane.md, "Connections", says when to set it and how to size
+//! it).
+//!
 //! Limits: a client with many addresses (several IPv4 addresses, several /64s, a botnet) still
-//! takes many slots; runners behind one NAT address, or every client behind a proxy, share one
-//! bound (docs/control-plane.md, "Connections", says how to size it).
+//! takes many slots.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -106,8 +112,8 @@ impl RefusalLog {
             max,
             refused = self.since,
             "connections refused: the client holds the most connections one address may \
-             (--max-connections-per-address); runners behind one NAT address, or a proxy in \
-             front, need it higher"
+             (--max-connections-per-address); runners sharing an address (a NAT, an L4 load \
+             balancer, a proxy in front, one cloud IPv6 /64) need it higher, or 0"
         );
         self.last = Some(Instant::now());
         self.since = 0;

@@ -246,9 +246,12 @@ fn register(s: &Server, name: &str) -> TestRunner {
     }
 }
 
+/// `POST path` with `body`, signed by `r` as the daemon signs: the signing headers and the
+/// body's digest ([`h::CONTENT_SHA256`]).
 fn signed_post(s: &Server, r: &TestRunner, path: &str, body: &[u8]) -> Answer {
     let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
     let sh = sign(&r.key, &r.id, "POST", path, state::now(), &nonce, body);
+    let digest = auth::sha256_hex(body);
     http(
         s.addr,
         "POST",
@@ -258,6 +261,7 @@ fn signed_post(s: &Server, r: &TestRunner, path: &str, body: &[u8]) -> Answer {
             (h::TIMESTAMP, &sh.timestamp),
             (h::NONCE, &sh.nonce),
             (h::SIGNATURE, &sh.signature),
+            (h::CONTENT_SHA256, &digest),
         ],
         body,
     )
@@ -879,7 +883,8 @@ fn sha(bytes: &[u8]) -> String {
     auth::sha256_hex(bytes)
 }
 
-/// The four signing headers of `PUT path` by `r`, signed over `digest` as the body's hash.
+/// The signing headers of `PUT path` by `r`, signed over `digest` as the body's hash, and
+/// that digest ([`h::CONTENT_SHA256`]), as the daemon sends them.
 fn put_headers(r: &TestRunner, path: &str, digest: &str) -> Vec<(&'static str, String)> {
     let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
     let sh =
@@ -889,6 +894,7 @@ fn put_headers(r: &TestRunner, path: &str, digest: &str) -> Vec<(&'static str, S
         (h::TIMESTAMP, sh.timestamp),
         (h::NONCE, sh.nonce),
         (h::SIGNATURE, sh.signature),
+        (h::CONTENT_SHA256, digest.to_owned()),
     ]
 }
 
@@ -1773,12 +1779,14 @@ fn a_body_is_not_read_before_its_headers_pass_the_checks_that_need_none() {
     let result = "/v1/jobs/job-0123456789abcdef0123456789abcdef/result";
     let post = format!("POST {result}");
     let nonce = || auth::hex(&auth::random_bytes::<16>().unwrap());
+    // Each signed over an empty body, whose digest they name.
     let headers = |sh: crate::auth::SignedHeaders| {
         vec![
             (h::RUNNER, sh.runner_id),
             (h::TIMESTAMP, sh.timestamp),
             (h::NONCE, sh.nonce),
             (h::SIGNATURE, sh.signature),
+            (h::CONTENT_SHA256, sha(b"")),
         ]
     };
     let runner = register(&s, "build-7");
@@ -1865,14 +1873,20 @@ fn a_body_is_not_read_before_its_headers_pass_the_checks_that_need_none() {
             intake::too_large(MAX_SMALL_BODY_BYTES),
         ),
     ];
-    for (what, line, hdrs, status, error) in cases {
-        let started = Instant::now();
-        let (got, message) = answer_to_the_head_alone(&s, &line, &hdrs, patience)
-            .unwrap_or_else(|| panic!("{what}: no answer until the body came"));
-        assert_eq!(got, status, "{what}: {message}");
-        assert!(message.starts_with(&error), "{what}: {message}");
-        assert!(started.elapsed() < patience, "{what}");
-    }
+    // Side by side: each refusal waits up to DRAIN_TIMEOUT for the body that never comes.
+    std::thread::scope(|scope| {
+        for (what, line, hdrs, status, error) in &cases {
+            let s = &s;
+            scope.spawn(move || {
+                let started = Instant::now();
+                let (got, message) = answer_to_the_head_alone(s, line, hdrs, patience)
+                    .unwrap_or_else(|| panic!("{what}: no answer until the body came"));
+                assert_eq!(got, *status, "{what}: {message}");
+                assert!(message.starts_with(error.as_str()), "{what}: {message}");
+                assert!(started.elapsed() < patience, "{what}");
+            });
+        }
+    });
     // A registered runner's request passes them, and its body is waited for.
     let own = sign(
         &runner.key,
@@ -1888,6 +1902,279 @@ fn a_body_is_not_read_before_its_headers_pass_the_checks_that_need_none() {
         None,
         "a registered runner's request was answered before its body"
     );
+}
+
+/// The signing headers of `method path` by `id` with `key`, signed over `signed_digest` as
+/// the body's hash, and `named` in [`h::CONTENT_SHA256`] when given.
+fn signing_headers(
+    key: &SigningKey,
+    id: &str,
+    method: &str,
+    path: &str,
+    signed_digest: &str,
+    named: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh =
+        crate::auth::tests::sign_digest(key, id, method, path, state::now(), &nonce, signed_digest);
+    let mut headers = vec![
+        (h::RUNNER, sh.runner_id),
+        (h::TIMESTAMP, sh.timestamp),
+        (h::NONCE, sh.nonce),
+        (h::SIGNATURE, sh.signature),
+    ];
+    headers.extend(named.map(|d| (h::CONTENT_SHA256, d.to_owned())));
+    headers
+}
+
+#[test]
+fn a_large_body_is_read_only_once_its_signature_verifies_against_the_digest_it_names() {
+    // A long request deadline: an answer within the test's patience cannot be its 408.
+    let (s, _stop) = start_with(ServeOptions {
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    });
+    let patience = Duration::from_secs(5);
+    let (runner, job) = leased_job(&s, "trusted");
+    let report = br#"{"result":{"status":"succeeded"}}"#;
+    let result = format!("/v1/jobs/{job}/result");
+    let live = format!("/v1/jobs/{job}/live-log/0");
+    let forger = runner_key();
+    // Forged: the shape is right, the runner id is an active runner's, the signature is not
+    // its key's. Refused while only the head was sent, on both routes with a large body.
+    for (method, path) in [("POST", &result), ("PUT", &live)] {
+        let line = format!("{method} {path}");
+        let forged = signing_headers(
+            &forger,
+            &runner.id,
+            method,
+            path,
+            &sha(report),
+            Some(&sha(report)),
+        );
+        let (status, error) = answer_to_the_head_alone(&s, &line, &forged, patience)
+            .unwrap_or_else(|| panic!("{line}: a forged request's body was waited for"));
+        assert_eq!(status, 401, "{line}: {error}");
+        assert_eq!(
+            error,
+            format!(
+                "signed request refused: the signature does not verify for runner {}",
+                runner.id
+            ),
+            "{line}"
+        );
+        // Without the digest: refused as well, saying to upgrade the runner; genuinely
+        // signed or not, it cannot be checked before its body.
+        let old = signing_headers(&runner.key, &runner.id, method, path, &sha(report), None);
+        let (status, error) = answer_to_the_head_alone(&s, &line, &old, patience)
+            .unwrap_or_else(|| panic!("{line}: a body without a named digest was waited for"));
+        assert_eq!(status, 401, "{line}: {error}");
+        assert!(
+            error.starts_with("signed request refused: header bulwark-content-sha256 missing")
+                && error.contains(
+                    "upgrade bulwark on the runner (runners first, then the coordinator)"
+                ),
+            "{line}: {error}"
+        );
+    }
+    // On a small route the digest is optional (a lease poll of an older runner).
+    let lease = signing_headers(
+        &runner.key,
+        &runner.id,
+        "POST",
+        "/v1/runners/lease",
+        &sha(b""),
+        None,
+    );
+    assert_eq!(
+        put_or_post(&s, "POST", "/v1/runners/lease", &lease, b"").status,
+        204
+    );
+    // Named, but not the body's: the gate passes it (the signature covers the digest named),
+    // the full check refuses it, and its nonce is not used: the same headers with the body
+    // they name are then accepted.
+    let genuine = signing_headers(
+        &runner.key,
+        &runner.id,
+        "POST",
+        &result,
+        &sha(report),
+        Some(&sha(report)),
+    );
+    // `"succeedex"`: still a report, so only the digest can refuse it.
+    let mut altered = report.to_vec();
+    altered[report.len() - 4] = b'x';
+    assert!(serde_json::from_slice::<ResultReport>(&altered).is_ok());
+    let a = put_or_post(&s, "POST", &result, &genuine, &altered);
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.error(),
+        "signed request refused: the body does not hash to header bulwark-content-sha256 \
+         (altered on the way?)"
+    );
+    // A genuine runner's result, with the digest: recorded.
+    let a = put_or_post(&s, "POST", &result, &genuine, report);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    // A copy of its headers (from a log, say) is refused before its body.
+    let (status, error) =
+        answer_to_the_head_alone(&s, &format!("POST {result}"), &genuine, patience)
+            .expect("a replay's body was waited for");
+    assert_eq!(
+        (status, error.as_str()),
+        (
+            401,
+            "signed request refused: nonce already used (a replayed request)"
+        )
+    );
+    let rec = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}"),
+        &[("authorization", &format!("Bearer {}", s.admin))],
+        b"",
+    );
+    assert_eq!(rec.json()["state"], "finished");
+}
+
+/// `method path` with `headers` and `body`, through [`http`].
+fn put_or_post(
+    s: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&'static str, String)],
+    body: &[u8],
+) -> Answer {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http(s.addr, method, path, &headers, body)
+}
+
+/// Writes a request's head and its whole body, as an HTTP/1.1 client does before it reads
+/// the answer, then reads the answer's status line: `Err` when the connection was reset
+/// first (what the daemon would report as a transport failure).
+fn send_whole_then_read(s: &Server, head: &str, body: &[u8]) -> Result<String, std::io::Error> {
+    let mut c = TcpStream::connect(s.addr)?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.write_all(head.as_bytes())?;
+    c.write_all(body)?;
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)?;
+    let text = String::from_utf8_lossy(&got);
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+#[test]
+fn a_client_sending_its_body_after_an_early_refusal_gets_the_refusal_not_a_reset() {
+    let s = start();
+    let runner = register(&s, "build-7");
+    let result = "/v1/jobs/job-0123456789abcdef0123456789abcdef/result";
+    // Larger than the socket buffers hold: a server that stops reading makes the client's
+    // write wait, and a close with it unread resets the connection.
+    let body = vec![b' '; 6 << 20];
+    let forged = signing_headers(
+        &runner_key(),
+        &runner.id,
+        "POST",
+        result,
+        &sha(&body),
+        Some(&sha(&body)),
+    );
+    let no_digest = signing_headers(&runner.key, &runner.id, "POST", result, &sha(&body), None);
+    for (what, headers) in [("forged", forged), ("no digest", no_digest)] {
+        let head = format!(
+            "POST {result} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+            body.len(),
+            header_lines(&headers)
+        );
+        let started = Instant::now();
+        let status = send_whole_then_read(&s, &head, &body)
+            .unwrap_or_else(|e| panic!("{what}: the connection failed before the answer: {e}"));
+        assert!(status.starts_with("HTTP/1.1 401"), "{what}: {status}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+    }
+    // Asking for 100 Continue, the client sends no body: answered at once, nothing read.
+    let forged = signing_headers(
+        &runner_key(),
+        &runner.id,
+        "POST",
+        result,
+        &sha(&body),
+        Some(&sha(&body)),
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST {result} HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        header_lines(&forged)
+    )
+    .unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut c, Duration::from_secs(5)).expect("no answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(
+        started.elapsed() < DRAIN_TIMEOUT,
+        "a client waiting for 100 Continue was kept for the drain"
+    );
+}
+
+#[test]
+fn large_bodies_wait_for_room_in_their_budget() {
+    let (s, _stop) = start_with(ServeOptions {
+        large_body_budget: MAX_BODY_BYTES,
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    });
+    let runner = register(&s, "build-7");
+    let result = "/v1/jobs/job-0123456789abcdef0123456789abcdef/result";
+    // Two bodies of 5 MiB: not both within 8 MiB.
+    let body = vec![b' '; 5 << 20];
+    let head = || {
+        let headers = signing_headers(
+            &runner.key,
+            &runner.id,
+            "POST",
+            result,
+            &sha(&body),
+            Some(&sha(&body)),
+        );
+        format!(
+            "POST {result} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+            body.len(),
+            header_lines(&headers)
+        )
+    };
+    // The first passes the gate and holds its room while its body trickles.
+    let mut first = TcpStream::connect(s.addr).unwrap();
+    first.write_all(head().as_bytes()).unwrap();
+    first.write_all(&body[..1 << 20]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The second, sent whole, is not read until the first is done.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let second = head();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = tx.send(send_whole_then_read(&s, &second, &body).map_err(|e| e.to_string()));
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(2)).is_err(),
+            "a second large body was read while the first held the budget"
+        );
+        first.write_all(&body[1 << 20..]).unwrap();
+        let got = read_until_closed(&mut first, Duration::from_secs(10)).expect("no answer");
+        let text = String::from_utf8_lossy(&got);
+        // Spaces are not a result report: read whole, and judged.
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        let second = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the second body was never read");
+        assert!(
+            second
+                .as_deref()
+                .is_ok_and(|l| l.starts_with("HTTP/1.1 400")),
+            "{second:?}"
+        );
+    });
 }
 
 #[test]

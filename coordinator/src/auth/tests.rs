@@ -336,13 +336,15 @@ fn signatures_are_checked_off_the_database_lock_and_a_removed_runner_is_refused_
 }
 
 /// Each refusal the checks before the body make is the one the full check makes of the same
-/// request; a request they pass is left whole to the full check (its nonce not used).
+/// request, with and without the body's digest named; a request they pass is left whole to
+/// the full check (its nonce not used).
 #[test]
 fn the_checks_before_the_body_refuse_as_the_full_check_does_and_use_no_nonce() {
     let dir = TempDir::new("auth");
     let (db, key) = setup(&dir);
-    let before = |path: &str, h: &SignedHeaders| {
-        KEYS.with(|keys| check_before_body(&db, keys, path, h, NOW))
+    let digest = sha256_hex(b"{}");
+    let before = |path: &str, h: &SignedHeaders, digest: Option<&str>| {
+        KEYS.with(|keys| check_before_body(&db, keys, "POST", path, h, digest, NOW))
     };
     let stranger = runner_key();
     let refused = [
@@ -371,15 +373,56 @@ fn the_checks_before_the_body_refuse_as_the_full_check_does_and_use_no_nonce() {
         ),
     ];
     for (path, h) in &refused {
-        let early = before(path, h).unwrap_err().to_string();
         let full = verify(&db, "POST", path, h, b"{}", NOW)
             .unwrap_err()
             .to_string();
-        assert_eq!(early, full);
+        for named in [None, Some(digest.as_str())] {
+            let early = before(path, h, named).unwrap_err().to_string();
+            assert_eq!(early, full, "{named:?}");
+        }
     }
+    // A registered runner's id with another key's signature: refused before the body only
+    // when the digest is named (the signature can then be checked), as the full check does.
+    let forged = sign(&stranger, "runner-1", "POST", PATH, NOW, NONCE, b"{}");
+    let full = verify(&db, "POST", PATH, &forged, b"{}", NOW)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        full,
+        "signed request refused: the signature does not verify for runner runner-1"
+    );
+    assert_eq!(
+        before(PATH, &forged, Some(&digest))
+            .unwrap_err()
+            .to_string(),
+        full
+    );
+    before(PATH, &forged, None).unwrap();
+    // Signed over another body than the digest named: refused.
+    let other = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{\"x\":1}");
+    assert!(matches!(
+        before(PATH, &other, Some(&digest)),
+        Err(AuthError::Signature { .. })
+    ));
+    // Passed, with and without the digest, and neither used the nonce.
     let good = sign(&key, "runner-1", "POST", PATH, NOW, NONCE, b"{}");
-    before(PATH, &good).unwrap();
+    before(PATH, &good, None).unwrap();
+    before(PATH, &good, Some(&digest)).unwrap();
+    before(PATH, &good, Some(&digest)).unwrap();
     verify(&db, "POST", PATH, &good, b"{}", NOW).unwrap();
+    // Once the full check recorded it, a copy naming its digest is refused before its body,
+    // as the full check refuses it.
+    let full = verify(&db, "POST", PATH, &good, b"{}", NOW)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        full,
+        "signed request refused: nonce already used (a replayed request)"
+    );
+    assert_eq!(
+        before(PATH, &good, Some(&digest)).unwrap_err().to_string(),
+        full
+    );
     // Removed since: refused before the body once its key is no longer cached (the full
     // check, which reads its standing under the lock, forgets it).
     lock(&db).remove_runner("runner-1", NOW).unwrap();
@@ -395,5 +438,35 @@ fn the_checks_before_the_body_refuse_as_the_full_check_does_and_use_no_nonce() {
     let full = verify(&db, "POST", PATH, &again, b"{}", NOW)
         .unwrap_err()
         .to_string();
-    assert_eq!(before(PATH, &again).unwrap_err().to_string(), full);
+    assert_eq!(before(PATH, &again, None).unwrap_err().to_string(), full);
+    assert_eq!(
+        before(PATH, &again, Some(&digest)).unwrap_err().to_string(),
+        full
+    );
+}
+
+#[test]
+fn a_named_body_digest_must_be_lowercase_hex_and_the_body_must_hash_to_it() {
+    let digest = sha256_hex(b"{}");
+    let read = |v: Option<&str>| read_body_digest(|_| v).map(|d| d.map(|d| d == digest));
+    assert_eq!(read(None).unwrap(), None);
+    assert_eq!(read(Some(&digest)).unwrap(), Some(true));
+    let upper = digest.to_uppercase();
+    let longer = format!("{digest}0");
+    for bad in ["", "abc", &upper, &longer, &digest[1..]] {
+        assert_eq!(
+            read(Some(bad)).unwrap_err().to_string(),
+            "signed request refused: header bulwark-content-sha256 missing or not valid",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(check_body_digest(None, b"{}").unwrap(), digest);
+    assert_eq!(check_body_digest(Some(&digest), b"{}").unwrap(), digest);
+    assert_eq!(
+        check_body_digest(Some(&digest), b"{} ")
+            .unwrap_err()
+            .to_string(),
+        "signed request refused: the body does not hash to header bulwark-content-sha256 \
+         (altered on the way?)"
+    );
 }

@@ -307,7 +307,11 @@ impl Client {
         self.send("PUT", path, req).await
     }
 
-    /// Adds the four signing headers for `method path` with a body hashing to `digest`.
+    /// Adds the signing headers for `method path` with a body hashing to `digest`, and the
+    /// digest itself ([`headers::CONTENT_SHA256`]): with it the coordinator checks the
+    /// signature before it reads the body, and it reads a body over 64 KiB (a result, a live
+    /// log append) from no request without it. A coordinator that predates the header ignores
+    /// it.
     fn sign(
         &self,
         req: reqwest::RequestBuilder,
@@ -338,7 +342,8 @@ impl Client {
             .header(
                 headers::SIGNATURE,
                 base64::engine::general_purpose::STANDARD.encode(signature),
-            ))
+            )
+            .header(headers::CONTENT_SHA256, digest))
     }
 
     fn url(&self, path: &str) -> String {
@@ -542,6 +547,118 @@ mod tests {
                 !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
                 "{shown:?}"
             );
+        }
+    }
+
+    /// A coordinator on loopback that answers `count` requests `204`, one per connection,
+    /// and hands back each request's head and body.
+    fn capture(count: usize) -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..count {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                let (head, len) = loop {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "the request ended early");
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length").then_some(v)
+                            })
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        seen.drain(..end + 4);
+                        break (head, len);
+                    }
+                };
+                while seen.len() < len {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "the body ended early");
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .unwrap();
+                tx.send((head, seen)).unwrap();
+            }
+        });
+        (url, rx)
+    }
+
+    /// Every signed request names its body's sha256 in `bulwark-content-sha256`, and that is
+    /// the digest its signature covers: the coordinator checks the signature against it before
+    /// reading the body, and refuses a large body without it.
+    #[test]
+    fn every_signed_request_sends_the_digest_its_signature_covers() {
+        use crate::provenance::keys::Algorithm;
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let (url, heads) = capture(3);
+        let client = Client::new(&url, None).unwrap();
+        let dir = crate::tools::testutil::TempDir::new("signed-digest");
+        let file_bytes = b"an output's bytes".to_vec();
+        let file_path = dir.path().join("out");
+        std::fs::write(&file_path, &file_bytes).unwrap();
+        let file_sha = crate::outputs::hex(&Sha256::digest(&file_bytes));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = b"{\"result\":{}}".to_vec();
+        let chunk = vec![b'x'; 100_000];
+        let blob = format!("/v1/jobs/job-1/blobs/{file_sha}");
+        rt.block_on(async {
+            client
+                .post_signed("/v1/jobs/job-1/result", result.clone(), "runner-1", &key)
+                .await
+                .unwrap();
+            client
+                .put_signed("/v1/jobs/job-1/live-log/0", chunk.clone(), "runner-1", &key)
+                .await
+                .unwrap();
+            let file = std::fs::File::open(&file_path).unwrap();
+            let len = file_bytes.len() as u64;
+            client
+                .put_signed_file(&blob, file, len, &file_sha, "runner-1", &key)
+                .await
+                .unwrap();
+        });
+        for (method, path, body) in [
+            ("POST", "/v1/jobs/job-1/result", &result),
+            ("PUT", "/v1/jobs/job-1/live-log/0", &chunk),
+            ("PUT", blob.as_str(), &file_bytes),
+        ] {
+            let (head, got) = heads.recv().unwrap();
+            assert_eq!(&got, body, "{path}");
+            let header = |name: &str| {
+                head.lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_else(|| panic!("{path}: no {name} in {head}"))
+            };
+            let digest = header(headers::CONTENT_SHA256);
+            assert_eq!(digest, crate::outputs::hex(&Sha256::digest(body)), "{path}");
+            let input = control::signing_input(
+                method,
+                path,
+                header(headers::TIMESTAMP).parse().unwrap(),
+                &header(headers::NONCE),
+                "runner-1",
+                &digest,
+            )
+            .unwrap();
+            let signature = base64::engine::general_purpose::STANDARD
+                .decode(header(headers::SIGNATURE))
+                .unwrap();
+            assert!(key.public().verify(&input, &signature), "{path}");
         }
     }
 
