@@ -1669,7 +1669,22 @@ fn upload_pack_reads_exactly_the_directory_it_is_given() {
     let home = PrivateHome::create().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let git_cmd = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
-    let result = fetch_into(&git_cmd, &remote, &first, None, &dest, ById::Try);
-    assert!(result.is_err(), "git read the sibling plain.git");
+    let err = fetch_into(&git_cmd, &remote, &first, None, &dest, ById::Try)
+        .expect_err("git read the sibling plain.git");
+    assert!(matches!(err, GitError::Git { .. }), "{err:?}");
     assert!(!dest.join("f").exists());
+    // The control: the same call naming the repository itself fetches it.
+    let dest = tempdir("strict-dest-2");
+    let dest = check_dest(&dest).unwrap();
+    let remote = remote::Remote {
+        display: file_url(&root.join("plain.git")),
+        git_arg: root.join("plain.git").to_str().unwrap().to_owned(),
+        scheme: "file",
+        pin: None,
+        port: None,
+    };
+    let home = PrivateHome::create().unwrap();
+    let git_cmd = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    fetch_into(&git_cmd, &remote, &first, None, &dest, ById::Try).unwrap();
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
 }
