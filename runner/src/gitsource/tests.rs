@@ -1509,24 +1509,26 @@ fn a_confined_command_does_not_run_when_the_runner_is_not_its_parent() {
     assert!(marker.exists());
 }
 
+/// In `root`: [`two_commits`]'s repository, a plain directory `name`, and beside it a bare
+/// clone `name.git`; the repository, its first commit and the plain directory.
+fn plain_beside_bare(root: &Path, name: &str) -> (PathBuf, String, PathBuf) {
+    let (repo, first, _) = two_commits(root);
+    let plain = root.join(name);
+    fs::create_dir(&plain).unwrap();
+    let bare = format!("{name}.git");
+    git(
+        root,
+        &["clone", "--quiet", "--bare", repo.to_str().unwrap(), &bare],
+    );
+    (repo, first, plain)
+}
+
 #[test]
 fn a_file_url_names_exactly_one_repository_and_git_reads_no_other() {
     let root = tempdir("exact");
-    let (repo, first, _) = two_commits(&root);
     // `roots` is a plain directory, the allowed root; `roots.git`, beside it and outside
     // every root, is a bare repository that git's `upload-pack` would otherwise guess for it.
-    let roots = root.join("roots");
-    fs::create_dir(&roots).unwrap();
-    git(
-        &root,
-        &[
-            "clone",
-            "--quiet",
-            "--bare",
-            repo.to_str().unwrap(),
-            "roots.git",
-        ],
-    );
+    let (repo, first, roots) = plain_beside_bare(&root, "roots");
     let dest = tempdir("exact-dest");
     let err = fetch(
         &file_url(&roots),
@@ -1639,21 +1641,9 @@ fn host_name_rule_matches_what_libcurl_pins() {
 #[test]
 fn upload_pack_reads_exactly_the_directory_it_is_given() {
     let root = tempdir("strict");
-    let (repo, first, _) = two_commits(&root);
     // `plain` is no repository; `plain.git` beside it is one, which upload-pack without
     // `--strict` would serve for `plain`.
-    let plain = root.join("plain");
-    fs::create_dir(&plain).unwrap();
-    git(
-        &root,
-        &[
-            "clone",
-            "--quiet",
-            "--bare",
-            repo.to_str().unwrap(),
-            "plain.git",
-        ],
-    );
+    let (_, first, plain) = plain_beside_bare(&root, "plain");
     let dest = tempdir("strict-dest");
     let dest = check_dest(&dest).unwrap();
     let policy = policy_for(&[&root]);
