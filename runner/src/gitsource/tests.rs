@@ -1509,24 +1509,26 @@ fn a_confined_command_does_not_run_when_the_runner_is_not_its_parent() {
     assert!(marker.exists());
 }
 
+/// In `root`: [`two_commits`]'s repository, a plain directory `name`, and beside it a bare
+/// clone `name.git`; the repository, its first commit and the plain directory.
+fn plain_beside_bare(root: &Path, name: &str) -> (PathBuf, String, PathBuf) {
+    let (repo, first, _) = two_commits(root);
+    let plain = root.join(name);
+    fs::create_dir(&plain).unwrap();
+    let bare = format!("{name}.git");
+    git(
+        root,
+        &["clone", "--quiet", "--bare", repo.to_str().unwrap(), &bare],
+    );
+    (repo, first, plain)
+}
+
 #[test]
 fn a_file_url_names_exactly_one_repository_and_git_reads_no_other() {
     let root = tempdir("exact");
-    let (repo, first, _) = two_commits(&root);
     // `roots` is a plain directory, the allowed root; `roots.git`, beside it and outside
     // every root, is a bare repository that git's `upload-pack` would otherwise guess for it.
-    let roots = root.join("roots");
-    fs::create_dir(&roots).unwrap();
-    git(
-        &root,
-        &[
-            "clone",
-            "--quiet",
-            "--bare",
-            repo.to_str().unwrap(),
-            "roots.git",
-        ],
-    );
+    let (repo, first, roots) = plain_beside_bare(&root, "roots");
     let dest = tempdir("exact-dest");
     let err = fetch(
         &file_url(&roots),
@@ -1639,21 +1641,9 @@ fn host_name_rule_matches_what_libcurl_pins() {
 #[test]
 fn upload_pack_reads_exactly_the_directory_it_is_given() {
     let root = tempdir("strict");
-    let (repo, first, _) = two_commits(&root);
     // `plain` is no repository; `plain.git` beside it is one, which upload-pack without
     // `--strict` would serve for `plain`.
-    let plain = root.join("plain");
-    fs::create_dir(&plain).unwrap();
-    git(
-        &root,
-        &[
-            "clone",
-            "--quiet",
-            "--bare",
-            repo.to_str().unwrap(),
-            "plain.git",
-        ],
-    );
+    let (_, first, plain) = plain_beside_bare(&root, "plain");
     let dest = tempdir("strict-dest");
     let dest = check_dest(&dest).unwrap();
     let policy = policy_for(&[&root]);
@@ -1669,7 +1659,22 @@ fn upload_pack_reads_exactly_the_directory_it_is_given() {
     let home = PrivateHome::create().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let git_cmd = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
-    let result = fetch_into(&git_cmd, &remote, &first, None, &dest, ById::Try);
-    assert!(result.is_err(), "git read the sibling plain.git");
+    let err = fetch_into(&git_cmd, &remote, &first, None, &dest, ById::Try)
+        .expect_err("git read the sibling plain.git");
+    assert!(matches!(err, GitError::Git { .. }), "{err:?}");
     assert!(!dest.join("f").exists());
+    // The control: the same call naming the repository itself fetches it.
+    let dest = tempdir("strict-dest-2");
+    let dest = check_dest(&dest).unwrap();
+    let remote = remote::Remote {
+        display: file_url(&root.join("plain.git")),
+        git_arg: root.join("plain.git").to_str().unwrap().to_owned(),
+        scheme: "file",
+        pin: None,
+        port: None,
+    };
+    let home = PrivateHome::create().unwrap();
+    let git_cmd = Git::new(&remote, &dest, &home, &policy, None, deadline).unwrap();
+    fetch_into(&git_cmd, &remote, &first, None, &dest, ById::Try).unwrap();
+    assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "one\n");
 }

@@ -90,13 +90,16 @@ pub enum VerifyError {
     Malformed(String),
     /// No signature verified with a trusted key.
     #[error(
-        "no signature verifies with a trusted key (trusted: {trusted}; signatures by: {seen})"
+        "no signature verifies with a trusted key (trusted: {trusted}; signatures by: {seen}){notes}"
     )]
     NoValidSignature {
         /// Trusted key ids.
         trusted: String,
         /// Key ids on the envelope.
         seen: String,
+        /// Why signatures could not be checked at all, when their encoding says so (empty,
+        /// or starting with "; ").
+        notes: String,
     },
 }
 
@@ -157,7 +160,32 @@ pub fn verify(
             .collect::<Vec<_>>()
             .join(", "),
         seen: seen_keyids(envelope),
+        notes: shape_notes(envelope, keys),
     })
+}
+
+/// What the encoding of each signature says about why none verified, for the usual interop
+/// failures (another signer's base64 or signature format): "; signature N: ..." for each
+/// signature that no trusted key could even have made, at most [`MAX_SHOWN_KEYIDS`].
+fn shape_notes(envelope: &Envelope, keys: &[PublicKey]) -> String {
+    let mut notes = String::new();
+    for (i, s) in envelope.signatures.iter().enumerate().take(MAX_SHOWN_KEYIDS) {
+        let problem = match b64().decode(&s.sig) {
+            Err(_) => Some("not standard padded base64".to_string()),
+            Ok(sig) => {
+                let problems: Vec<String> =
+                    keys.iter().filter_map(|k| k.shape_problem(&sig)).collect();
+                // Only when no trusted key could have made it: otherwise it simply did not
+                // verify, which the message already says.
+                (!problems.is_empty() && problems.len() == keys.len())
+                    .then(|| problems.join(", or "))
+            }
+        };
+        if let Some(p) = problem {
+            notes.push_str(&format!("; signature {}: {p}", i + 1));
+        }
+    }
+    notes
 }
 
 /// Most signatures one envelope may carry (DSSE allows several, one per signer).
@@ -243,6 +271,26 @@ mod tests {
             verify(&env, "text/plain", &[key.public()]),
             Err(VerifyError::PayloadType { .. })
         ));
+        // A signature another signer encoded differently is named for what it is.
+        let mut raw = env.clone();
+        raw.signatures[0].sig = b64().encode([1u8; 64]);
+        let e = verify(&raw, IN_TOTO_PAYLOAD_TYPE, &[key.public()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("; signature 1: 64 bytes, not ASN.1 DER (raw r||s? P-256 signatures must be DER)"),
+            "{e}"
+        );
+        raw.signatures[0].sig = "not base64!".into();
+        let e = verify(&raw, IN_TOTO_PAYLOAD_TYPE, &[key.public()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("; signature 1: not standard padded base64"), "{e}");
+        // A well-formed signature that does not verify gets no note.
+        let e = verify(&bad, IN_TOTO_PAYLOAD_TYPE, &[key.public()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with(')'), "{e}");
         assert!(
             env.payload.len() % 4 == 0 && env.signatures[0].sig.len() % 4 == 0,
             "padded base64"

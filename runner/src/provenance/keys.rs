@@ -366,6 +366,26 @@ impl PublicKey {
         })
     }
 
+    /// Why `signature` cannot be one of this key's, when its shape alone says so: the
+    /// usual reason another signer's output fails here. `None` when it has the right shape
+    /// (then only the check says whether it verifies).
+    pub fn shape_problem(&self, signature: &[u8]) -> Option<String> {
+        match &self.inner {
+            PubInner::P256(_) if p256::ecdsa::Signature::from_der(signature).is_err() => {
+                Some(if signature.len() == 64 {
+                    "64 bytes, not ASN.1 DER (raw r||s? P-256 signatures must be DER)".into()
+                } else {
+                    format!("{} bytes that are not an ASN.1 DER ECDSA signature", signature.len())
+                })
+            }
+            PubInner::Ed25519(_) if signature.len() != 64 => Some(format!(
+                "{} bytes, not the 64 of an Ed25519 signature",
+                signature.len()
+            )),
+            _ => None,
+        }
+    }
+
     /// Checks `signature` over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         use signature_traits::Verifier as _;
