@@ -169,7 +169,12 @@ pub fn verify(
 /// signature that no trusted key could even have made, at most [`MAX_SHOWN_KEYIDS`].
 fn shape_notes(envelope: &Envelope, keys: &[PublicKey]) -> String {
     let mut notes = String::new();
-    for (i, s) in envelope.signatures.iter().enumerate().take(MAX_SHOWN_KEYIDS) {
+    for (i, s) in envelope
+        .signatures
+        .iter()
+        .enumerate()
+        .take(MAX_SHOWN_KEYIDS)
+    {
         let problem = match b64().decode(&s.sig) {
             Err(_) => Some("not standard padded base64".to_string()),
             Ok(sig) => {
@@ -278,14 +283,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.ends_with("; signature 1: 64 bytes, not ASN.1 DER (raw r||s? P-256 signatures must be DER)"),
+            e.ends_with(
+                "; signature 1: 64 bytes, not ASN.1 DER (raw r||s? P-256 signatures must be DER)"
+            ),
             "{e}"
         );
         raw.signatures[0].sig = "not base64!".into();
         let e = verify(&raw, IN_TOTO_PAYLOAD_TYPE, &[key.public()])
             .unwrap_err()
             .to_string();
-        assert!(e.ends_with("; signature 1: not standard padded base64"), "{e}");
+        assert!(
+            e.ends_with("; signature 1: not standard padded base64"),
+            "{e}"
+        );
         // A well-formed signature that does not verify gets no note.
         let e = verify(&bad, IN_TOTO_PAYLOAD_TYPE, &[key.public()])
             .unwrap_err()

@@ -375,7 +375,10 @@ impl PublicKey {
                 Some(if signature.len() == 64 {
                     "64 bytes, not ASN.1 DER (raw r||s? P-256 signatures must be DER)".into()
                 } else {
-                    format!("{} bytes that are not an ASN.1 DER ECDSA signature", signature.len())
+                    format!(
+                        "{} bytes that are not an ASN.1 DER ECDSA signature",
+                        signature.len()
+                    )
                 })
             }
             PubInner::Ed25519(_) if signature.len() != 64 => Some(format!(
