@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -259,57 +259,60 @@ type Shared = Arc<Coordinator>;
 /// small routes' bodies must arrive within [`SMALL_BODY_TIMEOUT`], and at most
 /// [`DEFAULT_LARGE_BODY_BUDGET`] bytes of larger ones are read at once.
 pub fn router(coordinator: Coordinator) -> Router {
-    router_shared(Arc::new(coordinator), &ServeOptions::default())
+    let options = ServeOptions::default();
+    let budget = BodyBudget::new(options.large_body_budget);
+    router_shared(Arc::new(coordinator), &options, &budget)
 }
 
 /// [`router`] over a coordinator shared with other tasks (the sweep in [`serve`]), with the
-/// body limits of `options`.
-fn router_shared(c: Shared, options: &ServeOptions) -> Router {
+/// body limits of `options` and the budget of large bodies `budget`.
+fn router_shared(c: Shared, options: &ServeOptions, budget: &BodyBudget) -> Router {
     let small_body_timeout = options.small_body_timeout;
-    let budget = BodyBudget::new(options.large_body_budget);
     let small = |gate| Intake {
         gate,
         limit: MAX_SMALL_BODY_BYTES,
-        deadline: Some(small_body_timeout),
+        deadline: small_body_timeout,
     };
-    // The request deadline only ([`ServeOptions::request_timeout`]).
+    // The request deadline, applied by the intake itself: the router may be served without
+    // `request_deadline` around it, and a body it spares must still not be waited for
+    // forever.
     let large = |gate, limit| Intake {
         gate,
         limit,
-        deadline: None,
+        deadline: options.request_timeout,
     };
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/v1/runners/register",
-            with_intake(post(register), &c, &budget, small(Gate::Open)),
+            with_intake(post(register), &c, budget, small(Gate::Open)),
         )
         .route(
             "/v1/runners/lease",
-            with_intake(post(lease), &c, &budget, small(Gate::Runner)),
+            with_intake(post(lease), &c, budget, small(Gate::Runner)),
         )
         .route(
             "/v1/runners/rekey",
-            with_intake(post(rekey), &c, &budget, small(Gate::Runner)),
+            with_intake(post(rekey), &c, budget, small(Gate::Runner)),
         )
         .route(
             "/v1/jobs",
             with_intake(
                 post(submit),
                 &c,
-                &budget,
+                budget,
                 large(Gate::Admin, MAX_SUBMIT_BODY_BYTES),
             ),
         )
         .route("/v1/jobs/{id}", get(job))
         .route(
             "/v1/jobs/{id}/id-token",
-            with_intake(post(id_token), &c, &budget, small(Gate::Runner)),
+            with_intake(post(id_token), &c, budget, small(Gate::Runner)),
         )
         .route(
             "/v1/jobs/{id}/heartbeat",
-            with_intake(post(heartbeat), &c, &budget, small(Gate::Runner)),
+            with_intake(post(heartbeat), &c, budget, small(Gate::Runner)),
         )
         // Reads no body (the router's small default would apply if it did).
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -319,7 +322,7 @@ fn router_shared(c: Shared, options: &ServeOptions) -> Router {
             with_intake(
                 post(result),
                 &c,
-                &budget,
+                budget,
                 large(Gate::Runner, MAX_BODY_BYTES),
             ),
         )
@@ -334,14 +337,14 @@ fn router_shared(c: Shared, options: &ServeOptions) -> Router {
             with_intake(
                 put(live_log),
                 &c,
-                &budget,
+                budget,
                 large(Gate::Runner, MAX_LIVE_LOG_APPEND),
             ),
         )
         // Streamed to disk as it arrives, with its own limits, checked whole before a byte is
         // read (`upload_blob`).
         .route(
-            "/v1/jobs/{id}/blobs/{sha256}",
+            BLOB_ROUTE,
             put(upload_blob).layer(DefaultBodyLimit::disable()),
         )
         .layer(axum::middleware::map_response(json_errors))
@@ -439,16 +442,11 @@ pub async fn serve_with_metrics(
         options.sweep_interval,
     ));
     let scrapes = metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&shared), options)));
-    // Outermost, so that every answer is counted, a `408` of the deadline's too.
-    let app = router_shared(Arc::clone(&shared), &options)
-        .layer(axum::middleware::from_fn_with_state(
-            options.request_timeout,
-            request_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            count_response,
-        ));
+    let app = app(
+        &shared,
+        &options,
+        &BodyBudget::new(options.large_body_budget),
+    );
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
@@ -550,6 +548,21 @@ pub async fn serve_with_metrics(
         tracing::warn!("shutdown: requests still in flight after the drain timeout were cut");
     }
     Ok(())
+}
+
+/// The API as [`serve`] answers it: the routes over `budget`, each request within its
+/// deadline ([`request_deadline`]), and every answer counted.
+fn app(shared: &Shared, options: &ServeOptions, budget: &BodyBudget) -> Router {
+    // Outermost, so that every answer is counted, a `408` of the deadline's too.
+    router_shared(Arc::clone(shared), options, budget)
+        .layer(axum::middleware::from_fn_with_state(
+            options.request_timeout,
+            request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(shared),
+            count_response,
+        ))
 }
 
 /// Counts each answer of the API by its status class.
@@ -682,9 +695,15 @@ async fn request_deadline(
     next: axum::middleware::Next,
 ) -> Response {
     // An output upload may be gigabytes: it has a deadline in proportion to its declared
-    // length and an idle limit of its own (`upload_blob`). Every other request, the live
-    // log's small PUT included, has this one.
-    if request.method() == Method::PUT && request.uri().path().contains("/blobs/") {
+    // length and an idle limit of its own (`upload_blob`). Every other request has this one:
+    // the route is the one the router matched, not a path that looks like it (the live log
+    // of a job named `blobs` is `PUT /v1/jobs/blobs/live-log/0`).
+    let upload = request.method() == Method::PUT
+        && request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|route| route.as_str() == BLOB_ROUTE);
+    if upload {
         return next.run(request).await;
     }
     match tokio::time::timeout(limit, next.run(request)).await {
@@ -1172,6 +1191,9 @@ async fn live_log(
     )
     .await
 }
+
+/// The route of an output upload: the one request `request_deadline` spares.
+const BLOB_ROUTE: &str = "/v1/jobs/{id}/blobs/{sha256}";
 
 /// How long an upload may go without a byte arriving.
 const UPLOAD_IDLE: Duration = Duration::from_secs(30);

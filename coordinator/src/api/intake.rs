@@ -26,9 +26,9 @@
 //! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in the
 //!    **budget** of such bodies being read at once ([`BodyBudget`]: its `Content-Length`, or
 //!    the route's limit for a chunked body), held until the handler is done with it;
-//! 4. the body is read within the route's **deadline** (`408`), if it has one of its own
-//!    (the small routes do; the others have the request deadline of
-//!    [`super::ServeOptions::request_timeout`]);
+//! 4. the body is read within the route's **deadline** (`408`): the small routes' own, the
+//!    request deadline ([`super::ServeOptions::request_timeout`]) for the others, so that a
+//!    body is never waited for without end, whatever layer is around the route;
 //! 5. the handler runs on the buffered bytes and makes the full check (the body held to the
 //!    digest it named, the signature over the body, the nonce, the runner's standing under the
 //!    database lock) as before.
@@ -117,16 +117,16 @@ pub enum Gate {
     Runner,
 }
 
-/// What a route's body must pass: the gate, the most bytes read, and how long they may take
-/// (`None`: the request deadline only).
+/// What a route's body must pass: the gate, the most bytes read, and how long they may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Intake {
     /// Checked before the body.
     pub gate: Gate,
     /// The most bytes of body read.
     pub limit: usize,
-    /// How long the body may take once the gate passed.
-    pub deadline: Option<Duration>,
+    /// How long the body may take once the gate passed (and, for a large body, once it had
+    /// room in the budget).
+    pub deadline: Duration,
 }
 
 impl Intake {
@@ -157,6 +157,14 @@ impl BodyBudget {
             room: Arc::new(Semaphore::new(total as usize)),
             total,
         }
+    }
+
+    /// All of the budget, held until the permit is dropped: a test's way to keep it busy.
+    #[cfg(test)]
+    pub fn take_all(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.room)
+            .try_acquire_many_owned(self.total)
+            .expect("the budget is free")
     }
 
     /// Waits for room for `bytes` (a body larger than the whole budget takes all of it).
@@ -324,13 +332,9 @@ async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), Api
     }
 }
 
-/// Reads `body` whole: at most `limit` bytes, within `deadline` when there is one. Memory
-/// grows with what arrives, never with what is announced.
-async fn read_body(
-    mut body: Body,
-    limit: usize,
-    deadline: Option<Duration>,
-) -> Result<Bytes, ApiError> {
+/// Reads `body` whole: at most `limit` bytes, within `deadline`. Memory grows with what
+/// arrives, never with what is announced.
+async fn read_body(mut body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
     let read = async {
         let mut got = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
@@ -346,16 +350,13 @@ async fn read_body(
         }
         Ok(Bytes::from(got))
     };
-    match deadline {
-        None => read.await,
-        Some(d) => tokio::time::timeout(d, read).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "request body not received in time (at most {} s)",
-                    d.as_secs()
-                ),
-            )
-        })?,
-    }
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received in time (at most {} s)",
+                deadline.as_secs()
+            ),
+        )
+    })?
 }

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -18,7 +18,7 @@ use sha2::Digest as _;
 struct Server {
     addr: SocketAddr,
     _dir: TempDir,
-    state: std::path::PathBuf,
+    state: PathBuf,
     admin: String,
 }
 
@@ -35,12 +35,8 @@ fn start_with_limits(options: ServeOptions, limits: outputs::OutputLimits) -> (S
     start_full(options, limits, None)
 }
 
-fn start_full(
-    options: ServeOptions,
-    limits: outputs::OutputLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> (Server, Shutdown) {
-    let dir = TempDir::new("api");
+/// A coordinator over a new state directory in `dir`, and that directory.
+fn new_coordinator(dir: &TempDir, limits: outputs::OutputLimits) -> (Coordinator, PathBuf) {
     let state = dir.path().join("state");
     statedir::init(&state, "http://127.0.0.1:1").unwrap();
     let (db, key, admin) = statedir::load(&state).unwrap();
@@ -48,6 +44,52 @@ fn start_full(
     let coordinator = Coordinator::new(db, key, admin, outputs)
         .unwrap()
         .with_upload_idle_timeout(Duration::from_secs(1));
+    (coordinator, state)
+}
+
+fn admin_token(state: &Path) -> String {
+    std::fs::read_to_string(state.join(statedir::ADMIN_TOKEN_NAME))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A server of `make`'s router over a new coordinator, served by `axum::serve` (no header
+/// timeout, no connection bound): for tests that build the router themselves, to hold its
+/// budget of large bodies or to leave out a layer.
+fn start_router(make: impl FnOnce(Shared) -> Router + Send + 'static) -> Server {
+    let dir = TempDir::new("api");
+    let (coordinator, state) = new_coordinator(&dir, outputs::OutputLimits::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, make(Arc::new(coordinator)))
+                .await
+                .unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    Server {
+        addr,
+        admin: admin_token(&state),
+        _dir: dir,
+        state,
+    }
+}
+
+fn start_full(
+    options: ServeOptions,
+    limits: outputs::OutputLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (Server, Shutdown) {
+    let dir = TempDir::new("api");
+    let (coordinator, state) = new_coordinator(&dir, limits);
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ended_tx, ended_rx) = std::sync::mpsc::channel();
@@ -72,10 +114,7 @@ fn start_full(
         });
     });
     let addr = rx.recv().unwrap();
-    let admin = std::fs::read_to_string(state.join(statedir::ADMIN_TOKEN_NAME))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let admin = admin_token(&state);
     (
         Server {
             addr,
@@ -1752,10 +1791,21 @@ fn answer_to_the_head_alone(
     headers: &[(&'static str, String)],
     patience: Duration,
 ) -> Option<(u16, String)> {
+    answer_to_a_head_announcing(s, request_line, headers, MAX_BODY_BYTES, patience)
+}
+
+/// [`answer_to_the_head_alone`] for a head announcing `len` bytes of body.
+fn answer_to_a_head_announcing(
+    s: &Server,
+    request_line: &str,
+    headers: &[(&'static str, String)],
+    len: usize,
+    patience: Duration,
+) -> Option<(u16, String)> {
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.write_all(
         format!(
-            "{request_line} HTTP/1.1\r\nhost: x\r\ncontent-length: {MAX_BODY_BYTES}\r\n{}\r\n",
+            "{request_line} HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n{}\r\n",
             header_lines(headers)
         )
         .as_bytes(),
@@ -2261,4 +2311,108 @@ fn one_address_holds_at_most_its_connections_and_another_address_is_served() {
         assert!(Instant::now() < deadline, "127.0.0.1 never served again");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The request deadline spares only what the router matched as an upload: the live log of a
+/// job named `blobs` (`PUT /v1/jobs/blobs/live-log/0`, a path containing `/blobs/`) waiting
+/// for room in a busy budget is cut at the request deadline, while an upload that takes
+/// longer than that deadline, never idle, is stored.
+#[test]
+fn the_request_deadline_spares_the_upload_route_not_a_path_that_looks_like_it() {
+    let options = ServeOptions {
+        request_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    };
+    let budget = BodyBudget::new(options.large_body_budget);
+    let served = budget.clone();
+    let s = start_router(move |c| app(&c, &options, &served));
+    let (runner, job) = leased_job(&s, "untrusted");
+    // From now on every byte of the budget is taken (other runners' results).
+    let _busy = budget.take_all();
+    let patience = Duration::from_secs(5);
+    for path in [
+        "/v1/jobs/blobs/live-log/0".to_owned(),
+        format!("/v1/jobs/{job}/live-log/0"),
+    ] {
+        let digest = sha(b"x");
+        let headers = signing_headers(
+            &runner.key,
+            &runner.id,
+            "PUT",
+            &path,
+            &digest,
+            Some(&digest),
+        );
+        let started = Instant::now();
+        let answer =
+            answer_to_a_head_announcing(&s, &format!("PUT {path}"), &headers, 1 << 20, patience);
+        assert_eq!(
+            answer,
+            Some((408, "request not received in time (at most 1 s)".to_owned())),
+            "{path}: waited for the budget past the request deadline"
+        );
+        assert!(started.elapsed() < patience, "{path}");
+    }
+    // An upload sent slowly, over longer than the request deadline: not cut by it.
+    let content = b"an output, sent a few bytes at a time";
+    let digest = sha(content);
+    let path = format!("/v1/jobs/{job}/blobs/{digest}");
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        content.len(),
+        header_lines(&put_headers(&runner, &path, &digest))
+    )
+    .unwrap();
+    let started = Instant::now();
+    for chunk in content.chunks(8) {
+        std::thread::sleep(Duration::from_millis(400));
+        c.write_all(chunk)
+            .unwrap_or_else(|e| panic!("the upload was cut before its end: {e}"));
+    }
+    assert!(started.elapsed() > Duration::from_secs(1));
+    let got = read_until_closed(&mut c, patience).expect("no answer to the upload");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+    assert_eq!(stored_blobs(&s, &job), vec![digest]);
+}
+
+/// A large body is read within the request deadline by its intake itself: served without
+/// `request_deadline` around it (as `router` is), a live-log append whose body never comes
+/// is still answered `408`.
+#[test]
+fn a_large_body_has_a_deadline_of_its_own_without_the_request_deadline() {
+    let options = ServeOptions {
+        request_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    };
+    let s = start_router(move |c| {
+        router_shared(c, &options, &BodyBudget::new(options.large_body_budget))
+    });
+    let (runner, job) = leased_job(&s, "untrusted");
+    let path = format!("/v1/jobs/{job}/live-log/0");
+    let digest = sha(b"x");
+    let headers = signing_headers(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        &digest,
+        Some(&digest),
+    );
+    let answer = answer_to_a_head_announcing(
+        &s,
+        &format!("PUT {path}"),
+        &headers,
+        1 << 20,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        answer,
+        Some((
+            408,
+            "request body not received in time (at most 1 s)".to_owned()
+        ))
+    );
 }
