@@ -52,8 +52,8 @@ mod peers;
 
 use intake::{with_intake, BodyBudget, Gate, Intake};
 pub use intake::{
-    DEFAULT_LARGE_BODY_BUDGET, DRAIN_TIMEOUT, MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES,
-    SMALL_BODY_TIMEOUT,
+    DEFAULT_LARGE_BODY_BUDGET, DRAIN_TIMEOUT, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES,
+    MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT,
 };
 
 /// A refusal or failure, as answered.
@@ -260,7 +260,7 @@ type Shared = Arc<Coordinator>;
 /// [`DEFAULT_LARGE_BODY_BUDGET`] bytes of larger ones are read at once.
 pub fn router(coordinator: Coordinator) -> Router {
     let options = ServeOptions::default();
-    let budget = BodyBudget::new(options.large_body_budget);
+    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
     router_shared(Arc::new(coordinator), &options, &budget)
 }
 
@@ -374,9 +374,11 @@ pub struct ServeOptions {
     /// closed as soon as they are accepted ([`peers`]). 0 (the default): no bound per client.
     pub max_connections_per_address: usize,
     /// Most bytes of bodies larger than [`MAX_SMALL_BODY_BYTES`] (results, live-log appends,
-    /// submissions) read at once, by what they announce; more wait, within the request
-    /// deadline (`intake::BodyBudget`).
+    /// submissions) read at once, by what they announce; more wait (`intake::BodyBudget`).
     pub large_body_budget: usize,
+    /// How long a large body waits for room in that budget before it is answered `503`,
+    /// unread ([`LARGE_BODY_WAIT`]: less than a runner's daemon waits for an answer).
+    pub large_body_wait: Duration,
     /// How long a shutdown waits for the requests in flight.
     pub drain_timeout: Duration,
     /// How often the outputs of jobs whose lease ran out without a result are removed.
@@ -400,6 +402,7 @@ impl Default for ServeOptions {
             max_connections: 512,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             large_body_budget: DEFAULT_LARGE_BODY_BUDGET,
+            large_body_wait: LARGE_BODY_WAIT,
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(600),
         }
@@ -445,7 +448,7 @@ pub async fn serve_with_metrics(
     let app = app(
         &shared,
         &options,
-        &BodyBudget::new(options.large_body_budget),
+        &BodyBudget::new(options.large_body_budget, options.large_body_wait),
     );
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -25,7 +25,9 @@
 //!    a chunked body is refused as soon as it passes the limit;
 //! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in the
 //!    **budget** of such bodies being read at once ([`BodyBudget`]: its `Content-Length`, or
-//!    the route's limit for a chunked body), held until the handler is done with it;
+//!    the route's limit for a chunked body), held until the handler is done with it; one that
+//!    finds none within [`LARGE_BODY_WAIT`] is answered `503` unread (the daemon sends it
+//!    again);
 //! 4. the body is read within the route's **deadline** (`408`): the small routes' own, the
 //!    request deadline ([`super::ServeOptions::request_timeout`]) for the others, so that a
 //!    body is never waited for without end, whatever layer is around the route;
@@ -33,7 +35,7 @@
 //!    digest it named, the signature over the body, the nonce, the runner's standing under the
 //!    database lock) as before.
 //!
-//! A refusal in 1 or 2 is made before the coordinator reads the body: hyper reads the
+//! A refusal in 1, 2 or 3 is made before the coordinator reads the body: hyper reads the
 //! connection in blocks, so the block that ended the headers may hold the body's first bytes
 //! (its read buffer, 8 KiB at first and never more than about 400 KiB), but nothing more is
 //! read to decide. The refusal is then answered after the body is read and thrown away, for at
@@ -106,6 +108,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// largest size, or sixty-four live-log appends of the largest, read at once.
 pub const DEFAULT_LARGE_BODY_BUDGET: usize = 128 << 20;
 
+/// The default of [`super::ServeOptions::large_body_wait`]: how long a large body waits for
+/// room in the [`BodyBudget`] before it is answered `503` unread. Below the 30 s a runner's
+/// daemon gives a request (its `REQUEST_TIMEOUT`), with room for the drain and the answer:
+/// the daemon then hears the `503`, takes it for a transient failure and sends the request
+/// again (signed afresh), rather than giving up on a request that is still queued here.
+pub const LARGE_BODY_WAIT: Duration = Duration::from_secs(20);
+
 /// Who may send a body to a route, checked on the headers alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -138,24 +147,26 @@ impl Intake {
 }
 
 /// Room for the bodies larger than [`MAX_SMALL_BODY_BYTES`] being read at once, in bytes,
-/// shared by every route. A body waits for its room before a byte of it is read (within the
-/// request deadline) and gives it back when its handler is done. Only requests that passed
-/// the gate wait here: what a client holding no credential can make the coordinator hold is
-/// bounded by the gate, what the runners (or a stolen runner key) can, by this.
+/// shared by every route. A body waits for its room before a byte of it is read (at most the
+/// budget's wait, then `503`) and gives it back when its handler is done. Only requests that
+/// passed the gate wait here: what a client holding no credential can make the coordinator
+/// hold is bounded by the gate, what the runners (or a stolen runner key) can, by this.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     room: Arc<Semaphore>,
     total: u32,
+    wait: Duration,
 }
 
 impl BodyBudget {
-    /// A budget of `bytes` (at least 1, at most 4 GiB). A body announcing more than the
-    /// whole budget waits for all of it.
-    pub fn new(bytes: usize) -> BodyBudget {
+    /// A budget of `bytes` (at least 1, at most 4 GiB), for which a body waits at most
+    /// `wait`. A body announcing more than the whole budget waits for all of it.
+    pub fn new(bytes: usize, wait: Duration) -> BodyBudget {
         let total = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
         BodyBudget {
             room: Arc::new(Semaphore::new(total as usize)),
             total,
+            wait,
         }
     }
 
@@ -167,14 +178,26 @@ impl BodyBudget {
             .expect("the budget is free")
     }
 
-    /// Waits for room for `bytes` (a body larger than the whole budget takes all of it).
-    async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+    /// Waits for room for `bytes` (a body larger than the whole budget takes all of it), at
+    /// most the budget's wait: then `503`, which a runner's daemon sends again.
+    async fn reserve(&self, bytes: u64) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
         let n = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.total);
         if n == 0 {
-            return None;
+            return Ok(None);
         }
-        // The semaphore is never closed.
-        Arc::clone(&self.room).acquire_many_owned(n).await.ok()
+        let room = Arc::clone(&self.room).acquire_many_owned(n);
+        match tokio::time::timeout(self.wait, room).await {
+            // The semaphore is never closed.
+            Ok(permit) => Ok(permit.ok()),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "request body not read: the coordinator had no room for it within {} s \
+                     (other large bodies are being read); send it again",
+                    self.wait.as_secs()
+                ),
+            )),
+        }
     }
 }
 
@@ -222,10 +245,14 @@ async fn admit(
     if let Some(e) = refused {
         return refuse_early(e, &parts.headers, body, intake.limit).await;
     }
-    // Held until the handler is done with the bytes.
+    // Held until the handler is done with the bytes. A body that found no room is answered
+    // as a refusal before its body: nothing of it was read.
     let _room = if intake.is_large() {
         let announced = body.size_hint().exact().unwrap_or(intake.limit as u64);
-        budget.reserve(announced).await
+        match budget.reserve(announced).await {
+            Ok(room) => room,
+            Err(e) => return refuse_early(e, &parts.headers, body, intake.limit).await,
+        }
     } else {
         None
     };

@@ -2321,9 +2321,11 @@ fn one_address_holds_at_most_its_connections_and_another_address_is_served() {
 fn the_request_deadline_spares_the_upload_route_not_a_path_that_looks_like_it() {
     let options = ServeOptions {
         request_timeout: Duration::from_secs(1),
+        // Longer than the test's patience: a request waiting past the deadline gets no answer.
+        large_body_wait: Duration::from_secs(30),
         ..ServeOptions::default()
     };
-    let budget = BodyBudget::new(options.large_body_budget);
+    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
     let served = budget.clone();
     let s = start_router(move |c| app(&c, &options, &served));
     let (runner, job) = leased_job(&s, "untrusted");
@@ -2388,7 +2390,11 @@ fn a_large_body_has_a_deadline_of_its_own_without_the_request_deadline() {
         ..ServeOptions::default()
     };
     let s = start_router(move |c| {
-        router_shared(c, &options, &BodyBudget::new(options.large_body_budget))
+        router_shared(
+            c,
+            &options,
+            &BodyBudget::new(options.large_body_budget, options.large_body_wait),
+        )
     });
     let (runner, job) = leased_job(&s, "untrusted");
     let path = format!("/v1/jobs/{job}/live-log/0");
@@ -2415,4 +2421,74 @@ fn a_large_body_has_a_deadline_of_its_own_without_the_request_deadline() {
             "request body not received in time (at most 1 s)".to_owned()
         ))
     );
+}
+
+/// A large body that finds no room in the budget within its wait is answered `503` with a
+/// JSON error before the daemon's own timeout (which would abandon a request still queued
+/// here); the daemon takes a `503` for transient and sends the report again, signed afresh,
+/// and that is accepted once there is room.
+#[test]
+fn a_large_body_that_finds_no_room_in_time_is_answered_503_and_its_retry_is_accepted() {
+    let options = ServeOptions {
+        large_body_wait: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    };
+    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
+    let served = budget.clone();
+    let s = start_router(move |c| app(&c, &options, &served));
+    let (runner, job) = leased_job(&s, "trusted");
+    let busy = budget.take_all();
+    let report = br#"{"result":{"status":"succeeded"}}"#;
+    let result = format!("/v1/jobs/{job}/result");
+    let signed = || {
+        signing_headers(
+            &runner.key,
+            &runner.id,
+            "POST",
+            &result,
+            &sha(report),
+            Some(&sha(report)),
+        )
+    };
+    // Sent whole, as the daemon sends it, then the answer read.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST {result} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{}\r\n",
+        report.len(),
+        header_lines(&signed())
+    )
+    .unwrap();
+    c.write_all(report).unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut c, Duration::from_secs(5))
+        .expect("a body with no room was kept waiting past its wait");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").expect("no answer");
+    assert!(head.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{text}"
+    );
+    let e: ErrorBody = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(
+        e.error,
+        "request body not read: the coordinator had no room for it within 1 s (other large \
+         bodies are being read); send it again"
+    );
+    // The job is still the runner's to report: the retry, signed afresh, is recorded.
+    drop(busy);
+    let a = put_or_post(&s, "POST", &result, &signed(), report);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    let rec = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}"),
+        &[("authorization", &format!("Bearer {}", s.admin))],
+        b"",
+    );
+    assert_eq!(rec.json()["state"], "finished");
 }
