@@ -290,7 +290,7 @@ fn router_shared(c: Shared, options: &ServeOptions, budget: &BodyBudget) -> Rout
         )
         .route(
             "/v1/runners/lease",
-            with_intake(post(lease), &c, budget, small(Gate::Runner)),
+            with_intake(post(lease), &c, budget, small(Gate::RunnerNamingDigest)),
         )
         .route(
             "/v1/runners/rekey",

@@ -100,20 +100,19 @@ pub enum AuthError {
         /// The runner id the request named.
         runner_id: String,
     },
-    /// A request that may carry a large body came without [`headers::CONTENT_SHA256`]: its
-    /// signature cannot be checked before the body is read, and the body is not read
-    /// unauthenticated. Sent by a runner older than the coordinator.
+    /// A lease, or a request that may carry a large body, came without
+    /// [`headers::CONTENT_SHA256`]: a large body's signature cannot be checked before the body
+    /// is read, and the body is not read unauthenticated; a runner that sends no digest is
+    /// refused its lease so that it takes no job whose result would be refused. Sent by a
+    /// runner older than the coordinator.
     #[error(
-        "signed request refused: header {} missing: this coordinator checks the signature of \
-         a request whose body may exceed {small} bytes before reading the body, against the \
-         body's sha256 in that header; upgrade bulwark on the runner (runners first, then the \
-         coordinator)",
+        "signed request refused: header {} missing: this coordinator requires it to lease a \
+         job and to report one (it checks a large body's signature before reading the body, \
+         against the body's sha256 in that header); upgrade bulwark on the runner (runners \
+         first, then the coordinator)",
         headers::CONTENT_SHA256
     )]
-    BodyDigestMissing {
-        /// The largest body the coordinator reads without it.
-        small: usize,
-    },
+    BodyDigestMissing,
     /// The body does not hash to the digest [`headers::CONTENT_SHA256`] named.
     #[error(
         "signed request refused: the body does not hash to header {} (altered on the way?)",

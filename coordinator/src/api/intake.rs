@@ -20,7 +20,8 @@
 //!    too, over the body's sha256 the request names in
 //!    [`bulwark_protocol::control::headers::CONTENT_SHA256`], and that its nonce was not used
 //!    ([`auth::check_before_body`]); such a request naming none is refused (an old runner:
-//!    upgrade it);
+//!    upgrade it), and so is a lease naming none ([`Gate::RunnerNamingDigest`]: an old runner
+//!    is stopped before it takes a job whose result it could not report);
 //! 2. a `Content-Length` over the route's **limit** is refused (`413`, naming the limit);
 //!    a chunked body is refused as soon as it passes the limit;
 //! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in the
@@ -122,8 +123,16 @@ pub enum Gate {
     Open,
     /// The admin token (`Authorization: Bearer`).
     Admin,
-    /// A signed runner request ([`auth::check_before_body`]).
+    /// A signed runner request ([`auth::check_before_body`]), naming its body's digest
+    /// ([`bulwark_protocol::control::headers::CONTENT_SHA256`]) if it likes, unless its body
+    /// may be large.
     Runner,
+    /// A signed runner request that must name its body's digest, whatever the body's size:
+    /// the lease, so that a runner too old to send the digest is refused (saying to upgrade
+    /// it) before it takes a job, not when it reports the job it ran. The digest is not
+    /// checked against the signature before the body (the lease's body is empty): a lease
+    /// poll pays one signature verification, as before.
+    RunnerNamingDigest,
 }
 
 /// What a route's body must pass: the gate, the most bytes read, and how long they may take.
@@ -319,22 +328,20 @@ async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), Api
         Gate::Admin => Ok(c
             .admin
             .check_authorization(header_str(&parts.headers, header::AUTHORIZATION.as_str()))?),
-        Gate::Runner => {
+        Gate::Runner | Gate::RunnerNamingDigest => {
             let get = |name| header_str(&parts.headers, name);
             let signed = SignedHeaders::read(get)?;
             let digest = auth::read_body_digest(get)?;
+            // A request that names no digest comes from an older runner: refused where the
+            // digest is needed (a large body) or where refusing it early spares a job (the
+            // lease).
+            let required = intake.is_large() || intake.gate == Gate::RunnerNamingDigest;
+            if required && digest.is_none() {
+                return Err(AuthError::BodyDigestMissing.into());
+            }
             // A body that may be large is read only once the signature verified, against the
-            // digest the request names; one that names none comes from an older runner.
-            let digest = match (intake.is_large(), digest) {
-                (false, _) => None,
-                (true, Some(d)) => Some(d),
-                (true, None) => {
-                    return Err(AuthError::BodyDigestMissing {
-                        small: MAX_SMALL_BODY_BYTES,
-                    }
-                    .into())
-                }
-            };
+            // digest the request names.
+            let digest = digest.filter(|_| intake.is_large());
             let method = parts.method.clone();
             let target = request_target(&parts.uri);
             let c = Arc::clone(c);

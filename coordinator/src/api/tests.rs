@@ -626,11 +626,13 @@ fn a_replayed_or_unsigned_runner_request_is_refused_with_a_json_error() {
         "BBBBBBBBBBBBBBBBBBBB",
         b"",
     );
+    let digest = sha(b"");
     let hdrs = [
         (h::RUNNER, sh.runner_id.as_str()),
         (h::TIMESTAMP, sh.timestamp.as_str()),
         (h::NONCE, sh.nonce.as_str()),
         (h::SIGNATURE, sh.signature.as_str()),
+        (h::CONTENT_SHA256, digest.as_str()),
     ];
     assert_eq!(
         http(s.addr, "POST", "/v1/runners/lease", &hdrs, b"").status,
@@ -2027,19 +2029,10 @@ fn a_large_body_is_read_only_once_its_signature_verifies_against_the_digest_it_n
             "{line}: {error}"
         );
     }
-    // On a small route the digest is optional (a lease poll of an older runner).
-    let lease = signing_headers(
-        &runner.key,
-        &runner.id,
-        "POST",
-        "/v1/runners/lease",
-        &sha(b""),
-        None,
-    );
-    assert_eq!(
-        put_or_post(&s, "POST", "/v1/runners/lease", &lease, b"").status,
-        204
-    );
+    // On a small route other than the lease the digest is optional (a heartbeat).
+    let heartbeat = format!("/v1/jobs/{job}/heartbeat");
+    let beat = signing_headers(&runner.key, &runner.id, "POST", &heartbeat, &sha(b""), None);
+    assert_eq!(put_or_post(&s, "POST", &heartbeat, &beat, b"").status, 200);
     // Named, but not the body's: the gate passes it (the signature covers the digest named),
     // the full check refuses it, and its nonce is not used: the same headers with the body
     // they name are then accepted.
@@ -2491,4 +2484,50 @@ fn a_large_body_that_finds_no_room_in_time_is_answered_503_and_its_retry_is_acce
         b"",
     );
     assert_eq!(rec.json()["state"], "finished");
+}
+
+/// A runner too old to name its body's digest is refused its lease, saying to upgrade it,
+/// and so takes no job: leasing one, it would run it and then have its result refused (a
+/// `401` the daemon does not retry), and the job would end `lost` without a word. Its other
+/// small requests (a heartbeat) are still served.
+#[test]
+fn an_old_runner_is_refused_at_lease_before_it_takes_a_job() {
+    let s = start();
+    let runner = register(&s, "build-old");
+    let job = submit(&s, "trusted");
+    let lease = "/v1/runners/lease";
+    let old = signing_headers(&runner.key, &runner.id, "POST", lease, &sha(b"{}"), None);
+    let a = put_or_post(&s, "POST", lease, &old, b"{}");
+    assert_eq!(a.status, 401);
+    let error = a.error();
+    assert!(
+        error.starts_with("signed request refused: header bulwark-content-sha256 missing")
+            && error
+                .contains("upgrade bulwark on the runner (runners first, then the coordinator)"),
+        "{error}"
+    );
+    let state = || {
+        http(
+            s.addr,
+            "GET",
+            &format!("/v1/jobs/{job}"),
+            &[("authorization", &format!("Bearer {}", s.admin))],
+            b"",
+        )
+        .json()["state"]
+            .clone()
+    };
+    assert_eq!(state(), "queued", "the old runner's lease took the job");
+    // Upgraded, the same runner leases it.
+    let a = signed_post(&s, &runner, lease, b"{}");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["job_id"], job.as_str());
+    assert_eq!(state(), "leased");
+    // A heartbeat without the digest is served: only the lease (and the large bodies)
+    // require it.
+    let heartbeat = format!("/v1/jobs/{job}/heartbeat");
+    let beat = signing_headers(&runner.key, &runner.id, "POST", &heartbeat, &sha(b""), None);
+    let a = put_or_post(&s, "POST", &heartbeat, &beat, b"");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["cancel"], false);
 }

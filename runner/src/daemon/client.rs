@@ -314,8 +314,8 @@ impl Client {
     /// Adds the signing headers for `method path` with a body hashing to `digest`, and the
     /// digest itself ([`headers::CONTENT_SHA256`]): with it the coordinator checks the
     /// signature before it reads the body, and it reads a body over 64 KiB (a result, a live
-    /// log append) from no request without it. A coordinator that predates the header ignores
-    /// it.
+    /// log append) from no request without it, nor leases a job to one. A coordinator that
+    /// predates the header ignores it.
     fn sign(
         &self,
         req: reqwest::RequestBuilder,
