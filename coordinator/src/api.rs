@@ -40,7 +40,7 @@ use bulwark_protocol::control::{
 use bulwark_protocol::JobSpec;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{self, AdminToken, AuthError, SignedHeaders};
+use crate::auth::{self, AdminToken, AuthError, RequestTime, SignedHeaders};
 use crate::keys::{self, IssuerKey};
 use crate::metrics::Metrics;
 use crate::oidc::{self, Claims, OidcError};
@@ -50,7 +50,7 @@ use crate::state::{self, Db, Runner, StateError};
 mod intake;
 mod peers;
 
-use intake::{with_intake, BodyBudget, Gate, Intake};
+use intake::{with_intake, Arrived, BodyBudget, Gate, Intake};
 pub use intake::{
     DEFAULT_LARGE_BODY_BUDGET, DRAIN_TIMEOUT, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES,
     MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT,
@@ -825,6 +825,7 @@ async fn register(
 /// was lost) is answered as the first time.
 async fn rekey(
     State(c): State<Shared>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -832,6 +833,7 @@ async fn rekey(
 ) -> Result<Json<RekeyResponse>, ApiError> {
     signed(
         &c,
+        arrived,
         method,
         &uri,
         &headers,
@@ -1002,15 +1004,24 @@ async fn cancel(
 async fn heartbeat(
     State(c): State<Shared>,
     Path(id): Path<String>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Heartbeat>, ApiError> {
-    signed(&c, method, &uri, &headers, body, move |_, db, runner, _| {
-        let cancel = db.cancel_requested(&id, &runner.id, state::now())?;
-        Ok(Json(Heartbeat { cancel }))
-    })
+    signed(
+        &c,
+        arrived,
+        method,
+        &uri,
+        &headers,
+        body,
+        move |_, db, runner, _| {
+            let cancel = db.cancel_requested(&id, &runner.id, state::now())?;
+            Ok(Json(Heartbeat { cancel }))
+        },
+    )
     .await
 }
 
@@ -1020,6 +1031,7 @@ async fn heartbeat(
 /// checked the signature against: [`intake`]) is refused before the signature is checked.
 async fn signed<T: Send + 'static>(
     c: &Shared,
+    arrived: Arrived,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -1040,7 +1052,10 @@ async fn signed<T: Send + 'static>(
             &target,
             &signed,
             &digest,
-            now,
+            RequestTime {
+                arrived: arrived.0,
+                now,
+            },
         )?;
         c.metrics.runner_seen(&runner.id, now);
         f(&c, &mut db, runner, &body)
@@ -1051,33 +1066,43 @@ async fn signed<T: Send + 'static>(
 
 async fn lease(
     State(c): State<Shared>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    signed(&c, method, &uri, &headers, body, |c, db, runner, _| {
-        Ok(match db.lease(&runner.id, state::now())? {
-            Some(lease) => {
-                tracing::info!(job_id = %lease.job_id, runner_id = %runner.id, "job leased");
-                c.metrics.leased();
-                Json(lease).into_response()
-            }
-            None => StatusCode::NO_CONTENT.into_response(),
-        })
-    })
+    signed(
+        &c,
+        arrived,
+        method,
+        &uri,
+        &headers,
+        body,
+        |c, db, runner, _| {
+            Ok(match db.lease(&runner.id, state::now())? {
+                Some(lease) => {
+                    tracing::info!(job_id = %lease.job_id, runner_id = %runner.id, "job leased");
+                    c.metrics.leased();
+                    Json(lease).into_response()
+                }
+                None => StatusCode::NO_CONTENT.into_response(),
+            })
+        },
+    )
     .await
 }
 
 async fn id_token(
     State(c): State<Shared>,
     Path(id): Path<String>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IdToken>, ApiError> {
-    signed(&c, method, &uri, &headers, body, move |c, db, runner, body| {
+    signed(&c, arrived, method, &uri, &headers, body, move |c, db, runner, body| {
         let request: IdTokenRequest = parse_body(body, "identity token request")?;
         oidc::check_audience(&request.audience)?;
         let now = state::now();
@@ -1099,6 +1124,7 @@ async fn id_token(
 async fn result(
     State(c): State<Shared>,
     Path(id): Path<String>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -1106,6 +1132,7 @@ async fn result(
 ) -> Result<StatusCode, ApiError> {
     signed(
         &c,
+        arrived,
         method,
         &uri,
         &headers,
@@ -1169,6 +1196,7 @@ pub const MAX_LIVE_LOG_APPEND: usize = 2 << 20;
 async fn live_log(
     State(c): State<Shared>,
     Path((id, offset)): Path<(String, String)>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -1182,6 +1210,7 @@ async fn live_log(
         .ok_or_else(|| ApiError::bad_request("live log: the offset is not a number"))?;
     signed(
         &c,
+        arrived,
         method,
         &uri,
         &headers,
@@ -1242,7 +1271,7 @@ async fn upload_blob(
             &target,
             &signed,
             &digest,
-            now,
+            RequestTime::at(now),
         )?;
         c.metrics.runner_seen(&runner.id, now);
         db.job_leased_to(&job_id, &runner.id, now)?;

@@ -34,7 +34,9 @@
 //!    body is never waited for without end, whatever layer is around the route;
 //! 5. the handler runs on the buffered bytes and makes the full check (the body held to the
 //!    digest it named, the signature over the body, the nonce, the runner's standing under the
-//!    database lock) as before.
+//!    database lock) as before, judging the timestamp against when the head arrived
+//!    ([`Arrived`]), as the gate did: the time spent in 3 and 4 does not count against the
+//!    runner's clock.
 //!
 //! A refusal in 1, 2 or 3 is made before the coordinator reads the body: hyper reads the
 //! connection in blocks, so the block that ended the headers may hold the body's first bytes
@@ -71,7 +73,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -210,6 +212,25 @@ impl BodyBudget {
     }
 }
 
+/// When a request's head arrived (seconds since the epoch): recorded by [`admit`] before the
+/// gate, and read by the handler, whose full check of a signed request judges its timestamp
+/// against it ([`auth::RequestTime`]), as the gate did. A request that did not pass through
+/// [`admit`] is taken to have arrived when this is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrived(pub u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Arrived {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Arrived>()
+            .copied()
+            .unwrap_or_else(|| Arrived(state::now())))
+    }
+}
+
 /// `route` with `intake` applied: [`admit`] before the handler, and axum's own body limit set
 /// to the same, so the buffered body passes the handler's extractor unchanged.
 pub fn with_intake(
@@ -243,8 +264,9 @@ async fn admit(
     request: Request,
     next: Next,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let refused = match check_gate(&c, intake, &parts).await {
+    let arrived = state::now();
+    let (mut parts, body) = request.into_parts();
+    let refused = match check_gate(&c, intake, &parts, arrived).await {
         Err(e) => Some(e),
         // The body's lower size bound is its `Content-Length` (hyper refused a malformed one
         // already), and 0 for a chunked body.
@@ -266,6 +288,7 @@ async fn admit(
         None
     };
     let pending = !body.is_end_stream();
+    parts.extensions.insert(Arrived(arrived));
     match read_body(body, intake.limit, intake.deadline).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -321,8 +344,14 @@ async fn discard(mut body: Body, most: usize, within: Duration) {
     let _ = tokio::time::timeout(within, drain).await;
 }
 
-/// The gate's check on the request's headers and target.
-async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), ApiError> {
+/// The gate's check on the request's headers and target, its head having arrived at
+/// `arrived`.
+async fn check_gate(
+    c: &Shared,
+    intake: Intake,
+    parts: &Parts,
+    arrived: u64,
+) -> Result<(), ApiError> {
     match intake.gate {
         Gate::Open => Ok(()),
         Gate::Admin => Ok(c
@@ -356,7 +385,7 @@ async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), Api
                     &target,
                     &signed,
                     digest.as_deref(),
-                    state::now(),
+                    arrived,
                 )
             })
             .await

@@ -2531,3 +2531,49 @@ fn an_old_runner_is_refused_at_lease_before_it_takes_a_job() {
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.json()["cancel"], false);
 }
+
+/// A runner's clock is judged when its request's head arrives, by the gate and by the full
+/// check alike: a result signed 299 s behind the coordinator's clock (within the 300 s
+/// allowed) whose body arrives seconds later is recorded, not refused once the body is in
+/// (the daemon does not retry a `401`: the job would be lost).
+#[test]
+fn a_runner_behind_by_nearly_the_allowed_skew_is_not_refused_after_its_body_arrives() {
+    let (s, _stop) = start_with(ServeOptions {
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    });
+    let (runner, job) = leased_job(&s, "trusted");
+    let report = br#"{"result":{"status":"succeeded"}}"#;
+    let result = format!("/v1/jobs/{job}/result");
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh = crate::auth::tests::sign_digest(
+        &runner.key,
+        &runner.id,
+        "POST",
+        &result,
+        state::now() - 299,
+        &nonce,
+        &sha(report),
+    );
+    let headers = vec![
+        (h::RUNNER, sh.runner_id),
+        (h::TIMESTAMP, sh.timestamp),
+        (h::NONCE, sh.nonce),
+        (h::SIGNATURE, sh.signature),
+        (h::CONTENT_SHA256, sha(report)),
+    ];
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST {result} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        report.len(),
+        header_lines(&headers)
+    )
+    .unwrap();
+    // The body comes when the timestamp is more than 300 s old.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.write_all(report).unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(10)).expect("no answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+}
