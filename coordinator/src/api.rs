@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -40,7 +40,7 @@ use bulwark_protocol::control::{
 use bulwark_protocol::JobSpec;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{self, AdminToken, AuthError, SignedHeaders};
+use crate::auth::{self, AdminToken, AuthError, RequestTime, SignedHeaders};
 use crate::keys::{self, IssuerKey};
 use crate::metrics::Metrics;
 use crate::oidc::{self, Claims, OidcError};
@@ -50,10 +50,10 @@ use crate::state::{self, Db, Runner, StateError};
 mod intake;
 mod peers;
 
-use intake::{with_intake, BodyBudget, Gate, Intake};
+use intake::{with_intake, Arrived, BodyBudget, Gate, Intake};
 pub use intake::{
-    DEFAULT_LARGE_BODY_BUDGET, DRAIN_TIMEOUT, MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES,
-    SMALL_BODY_TIMEOUT,
+    DEFAULT_LARGE_BODY_BUDGET, DRAIN_TIMEOUT, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES,
+    MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT,
 };
 
 /// A refusal or failure, as answered.
@@ -259,57 +259,60 @@ type Shared = Arc<Coordinator>;
 /// small routes' bodies must arrive within [`SMALL_BODY_TIMEOUT`], and at most
 /// [`DEFAULT_LARGE_BODY_BUDGET`] bytes of larger ones are read at once.
 pub fn router(coordinator: Coordinator) -> Router {
-    router_shared(Arc::new(coordinator), &ServeOptions::default())
+    let options = ServeOptions::default();
+    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
+    router_shared(Arc::new(coordinator), &options, &budget)
 }
 
 /// [`router`] over a coordinator shared with other tasks (the sweep in [`serve`]), with the
-/// body limits of `options`.
-fn router_shared(c: Shared, options: &ServeOptions) -> Router {
+/// body limits of `options` and the budget of large bodies `budget`.
+fn router_shared(c: Shared, options: &ServeOptions, budget: &BodyBudget) -> Router {
     let small_body_timeout = options.small_body_timeout;
-    let budget = BodyBudget::new(options.large_body_budget);
     let small = |gate| Intake {
         gate,
         limit: MAX_SMALL_BODY_BYTES,
-        deadline: Some(small_body_timeout),
+        deadline: small_body_timeout,
     };
-    // The request deadline only ([`ServeOptions::request_timeout`]).
+    // The request deadline, applied by the intake itself: the router may be served without
+    // `request_deadline` around it, and a body it spares must still not be waited for
+    // forever.
     let large = |gate, limit| Intake {
         gate,
         limit,
-        deadline: None,
+        deadline: options.request_timeout,
     };
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/v1/runners/register",
-            with_intake(post(register), &c, &budget, small(Gate::Open)),
+            with_intake(post(register), &c, budget, small(Gate::Open)),
         )
         .route(
             "/v1/runners/lease",
-            with_intake(post(lease), &c, &budget, small(Gate::Runner)),
+            with_intake(post(lease), &c, budget, small(Gate::RunnerNamingDigest)),
         )
         .route(
             "/v1/runners/rekey",
-            with_intake(post(rekey), &c, &budget, small(Gate::Runner)),
+            with_intake(post(rekey), &c, budget, small(Gate::Runner)),
         )
         .route(
             "/v1/jobs",
             with_intake(
                 post(submit),
                 &c,
-                &budget,
+                budget,
                 large(Gate::Admin, MAX_SUBMIT_BODY_BYTES),
             ),
         )
         .route("/v1/jobs/{id}", get(job))
         .route(
             "/v1/jobs/{id}/id-token",
-            with_intake(post(id_token), &c, &budget, small(Gate::Runner)),
+            with_intake(post(id_token), &c, budget, small(Gate::Runner)),
         )
         .route(
             "/v1/jobs/{id}/heartbeat",
-            with_intake(post(heartbeat), &c, &budget, small(Gate::Runner)),
+            with_intake(post(heartbeat), &c, budget, small(Gate::Runner)),
         )
         // Reads no body (the router's small default would apply if it did).
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -319,7 +322,7 @@ fn router_shared(c: Shared, options: &ServeOptions) -> Router {
             with_intake(
                 post(result),
                 &c,
-                &budget,
+                budget,
                 large(Gate::Runner, MAX_BODY_BYTES),
             ),
         )
@@ -334,14 +337,14 @@ fn router_shared(c: Shared, options: &ServeOptions) -> Router {
             with_intake(
                 put(live_log),
                 &c,
-                &budget,
+                budget,
                 large(Gate::Runner, MAX_LIVE_LOG_APPEND),
             ),
         )
         // Streamed to disk as it arrives, with its own limits, checked whole before a byte is
         // read (`upload_blob`).
         .route(
-            "/v1/jobs/{id}/blobs/{sha256}",
+            BLOB_ROUTE,
             put(upload_blob).layer(DefaultBodyLimit::disable()),
         )
         .layer(axum::middleware::map_response(json_errors))
@@ -371,9 +374,11 @@ pub struct ServeOptions {
     /// closed as soon as they are accepted ([`peers`]). 0 (the default): no bound per client.
     pub max_connections_per_address: usize,
     /// Most bytes of bodies larger than [`MAX_SMALL_BODY_BYTES`] (results, live-log appends,
-    /// submissions) read at once, by what they announce; more wait, within the request
-    /// deadline (`intake::BodyBudget`).
+    /// submissions) read at once, by what they announce; more wait (`intake::BodyBudget`).
     pub large_body_budget: usize,
+    /// How long a large body waits for room in that budget before it is answered `503`,
+    /// unread ([`LARGE_BODY_WAIT`]: less than a runner's daemon waits for an answer).
+    pub large_body_wait: Duration,
     /// How long a shutdown waits for the requests in flight.
     pub drain_timeout: Duration,
     /// How often the outputs of jobs whose lease ran out without a result are removed.
@@ -397,6 +402,7 @@ impl Default for ServeOptions {
             max_connections: 512,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             large_body_budget: DEFAULT_LARGE_BODY_BUDGET,
+            large_body_wait: LARGE_BODY_WAIT,
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(600),
         }
@@ -439,16 +445,11 @@ pub async fn serve_with_metrics(
         options.sweep_interval,
     ));
     let scrapes = metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&shared), options)));
-    // Outermost, so that every answer is counted, a `408` of the deadline's too.
-    let app = router_shared(Arc::clone(&shared), &options)
-        .layer(axum::middleware::from_fn_with_state(
-            options.request_timeout,
-            request_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            count_response,
-        ));
+    let app = app(
+        &shared,
+        &options,
+        &BodyBudget::new(options.large_body_budget, options.large_body_wait),
+    );
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
@@ -550,6 +551,21 @@ pub async fn serve_with_metrics(
         tracing::warn!("shutdown: requests still in flight after the drain timeout were cut");
     }
     Ok(())
+}
+
+/// The API as [`serve`] answers it: the routes over `budget`, each request within its
+/// deadline ([`request_deadline`]), and every answer counted.
+fn app(shared: &Shared, options: &ServeOptions, budget: &BodyBudget) -> Router {
+    // Outermost, so that every answer is counted, a `408` of the deadline's too.
+    router_shared(Arc::clone(shared), options, budget)
+        .layer(axum::middleware::from_fn_with_state(
+            options.request_timeout,
+            request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(shared),
+            count_response,
+        ))
 }
 
 /// Counts each answer of the API by its status class.
@@ -682,9 +698,15 @@ async fn request_deadline(
     next: axum::middleware::Next,
 ) -> Response {
     // An output upload may be gigabytes: it has a deadline in proportion to its declared
-    // length and an idle limit of its own (`upload_blob`). Every other request, the live
-    // log's small PUT included, has this one.
-    if request.method() == Method::PUT && request.uri().path().contains("/blobs/") {
+    // length and an idle limit of its own (`upload_blob`). Every other request has this one:
+    // the route is the one the router matched, not a path that looks like it (the live log
+    // of a job named `blobs` is `PUT /v1/jobs/blobs/live-log/0`).
+    let upload = request.method() == Method::PUT
+        && request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|route| route.as_str() == BLOB_ROUTE);
+    if upload {
         return next.run(request).await;
     }
     match tokio::time::timeout(limit, next.run(request)).await {
@@ -803,6 +825,7 @@ async fn register(
 /// was lost) is answered as the first time.
 async fn rekey(
     State(c): State<Shared>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -810,6 +833,7 @@ async fn rekey(
 ) -> Result<Json<RekeyResponse>, ApiError> {
     signed(
         &c,
+        arrived,
         method,
         &uri,
         &headers,
@@ -980,15 +1004,24 @@ async fn cancel(
 async fn heartbeat(
     State(c): State<Shared>,
     Path(id): Path<String>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Heartbeat>, ApiError> {
-    signed(&c, method, &uri, &headers, body, move |_, db, runner, _| {
-        let cancel = db.cancel_requested(&id, &runner.id, state::now())?;
-        Ok(Json(Heartbeat { cancel }))
-    })
+    signed(
+        &c,
+        arrived,
+        method,
+        &uri,
+        &headers,
+        body,
+        move |_, db, runner, _| {
+            let cancel = db.cancel_requested(&id, &runner.id, state::now())?;
+            Ok(Json(Heartbeat { cancel }))
+        },
+    )
     .await
 }
 
@@ -998,6 +1031,7 @@ async fn heartbeat(
 /// checked the signature against: [`intake`]) is refused before the signature is checked.
 async fn signed<T: Send + 'static>(
     c: &Shared,
+    arrived: Arrived,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -1018,7 +1052,10 @@ async fn signed<T: Send + 'static>(
             &target,
             &signed,
             &digest,
-            now,
+            RequestTime {
+                arrived: arrived.0,
+                now,
+            },
         )?;
         c.metrics.runner_seen(&runner.id, now);
         f(&c, &mut db, runner, &body)
@@ -1029,33 +1066,43 @@ async fn signed<T: Send + 'static>(
 
 async fn lease(
     State(c): State<Shared>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    signed(&c, method, &uri, &headers, body, |c, db, runner, _| {
-        Ok(match db.lease(&runner.id, state::now())? {
-            Some(lease) => {
-                tracing::info!(job_id = %lease.job_id, runner_id = %runner.id, "job leased");
-                c.metrics.leased();
-                Json(lease).into_response()
-            }
-            None => StatusCode::NO_CONTENT.into_response(),
-        })
-    })
+    signed(
+        &c,
+        arrived,
+        method,
+        &uri,
+        &headers,
+        body,
+        |c, db, runner, _| {
+            Ok(match db.lease(&runner.id, state::now())? {
+                Some(lease) => {
+                    tracing::info!(job_id = %lease.job_id, runner_id = %runner.id, "job leased");
+                    c.metrics.leased();
+                    Json(lease).into_response()
+                }
+                None => StatusCode::NO_CONTENT.into_response(),
+            })
+        },
+    )
     .await
 }
 
 async fn id_token(
     State(c): State<Shared>,
     Path(id): Path<String>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IdToken>, ApiError> {
-    signed(&c, method, &uri, &headers, body, move |c, db, runner, body| {
+    signed(&c, arrived, method, &uri, &headers, body, move |c, db, runner, body| {
         let request: IdTokenRequest = parse_body(body, "identity token request")?;
         oidc::check_audience(&request.audience)?;
         let now = state::now();
@@ -1077,6 +1124,7 @@ async fn id_token(
 async fn result(
     State(c): State<Shared>,
     Path(id): Path<String>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -1084,6 +1132,7 @@ async fn result(
 ) -> Result<StatusCode, ApiError> {
     signed(
         &c,
+        arrived,
         method,
         &uri,
         &headers,
@@ -1147,6 +1196,7 @@ pub const MAX_LIVE_LOG_APPEND: usize = 2 << 20;
 async fn live_log(
     State(c): State<Shared>,
     Path((id, offset)): Path<(String, String)>,
+    arrived: Arrived,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -1160,6 +1210,7 @@ async fn live_log(
         .ok_or_else(|| ApiError::bad_request("live log: the offset is not a number"))?;
     signed(
         &c,
+        arrived,
         method,
         &uri,
         &headers,
@@ -1172,6 +1223,9 @@ async fn live_log(
     )
     .await
 }
+
+/// The route of an output upload: the one request `request_deadline` spares.
+const BLOB_ROUTE: &str = "/v1/jobs/{id}/blobs/{sha256}";
 
 /// How long an upload may go without a byte arriving.
 const UPLOAD_IDLE: Duration = Duration::from_secs(30);
@@ -1217,7 +1271,7 @@ async fn upload_blob(
             &target,
             &signed,
             &digest,
-            now,
+            RequestTime::at(now),
         )?;
         c.metrics.runner_seen(&runner.id, now);
         db.job_leased_to(&job_id, &runner.id, now)?;

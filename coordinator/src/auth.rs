@@ -8,9 +8,10 @@
 //!   nothing.
 //! - Every **runner request** is signed (docs/control-plane.md, "Signed requests"): the
 //!   signature covers [`signing_input`], and the request is refused unless the runner is
-//!   registered and not removed, its timestamp is within [`MAX_CLOCK_SKEW_SECS`], its nonce is
-//!   new, and the signature verifies with the runner's registered key. The signature is checked
-//!   before the nonce is recorded, so someone without the key cannot burn a runner's nonces.
+//!   registered and not removed, its timestamp is within [`MAX_CLOCK_SKEW_SECS`] of when its
+//!   head arrived ([`RequestTime`]), its nonce is new, and the signature verifies with the
+//!   runner's registered key. The signature is checked before the nonce is recorded, so
+//!   someone without the key cannot burn a runner's nonces.
 //!   A request naming its body's sha256 in [`headers::CONTENT_SHA256`] has its signature
 //!   checked before the body is read ([`check_before_body`]), and its body then held to that
 //!   digest ([`check_body_digest`]).
@@ -38,8 +39,47 @@ pub const ADMIN_TOKEN_PREFIX: &str = "bwadm_";
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 /// How much longer than the clock-skew window a nonce is remembered: more than any request
-/// waits between its time check and the database (see [`verify_signed_request_for_digest`]).
+/// is judged before its nonce reaches the database, that is [`MAX_REQUEST_AGE_SECS`] and its
+/// wait for the database lock (see [`verify_signed_request_for_digest`]).
 pub const NONCE_GRACE_SECS: u64 = MAX_CLOCK_SKEW_SECS;
+
+/// The most a request's timestamp is judged before its full check, in seconds: a request is
+/// judged by when its head arrived ([`RequestTime`]), but never by a moment longer ago than
+/// this. Longer than a request may take from its head to its answer (the request deadline,
+/// 120 s), and shorter than [`NONCE_GRACE_SECS`], leaving the rest for the wait for the
+/// database lock: a nonce must still be remembered when a replay of it, judged by its own
+/// arrival, is checked.
+pub const MAX_REQUEST_AGE_SECS: u64 = 180;
+
+const _: () = assert!(MAX_REQUEST_AGE_SECS < NONCE_GRACE_SECS);
+
+/// When a signed request is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTime {
+    /// When its head arrived (seconds since the epoch). Its timestamp is judged against this:
+    /// the time its body then took (a wait for room to read it, a slow link, up to the
+    /// request deadline) does not count against the runner's clock, and a runner whose clock
+    /// passed the check before its body is not refused after it.
+    pub arrived: u64,
+    /// When its full check runs: how long its nonce is remembered, and which nonces are old
+    /// enough to forget, go by this.
+    pub now: u64,
+}
+
+impl RequestTime {
+    /// A request checked at `now`, when its head arrived.
+    pub fn at(now: u64) -> RequestTime {
+        RequestTime { arrived: now, now }
+    }
+
+    /// The moment the timestamp is judged against: the arrival, but not earlier than
+    /// [`MAX_REQUEST_AGE_SECS`] before now (nor later than now, should the clock have been
+    /// stepped back).
+    fn judged_at(self) -> u64 {
+        self.arrived
+            .clamp(self.now.saturating_sub(MAX_REQUEST_AGE_SECS), self.now)
+    }
+}
 
 /// Shortest nonce accepted, in characters.
 pub const MIN_NONCE_LEN: usize = 16;
@@ -100,20 +140,19 @@ pub enum AuthError {
         /// The runner id the request named.
         runner_id: String,
     },
-    /// A request that may carry a large body came without [`headers::CONTENT_SHA256`]: its
-    /// signature cannot be checked before the body is read, and the body is not read
-    /// unauthenticated. Sent by a runner older than the coordinator.
+    /// A lease, or a request that may carry a large body, came without
+    /// [`headers::CONTENT_SHA256`]: a large body's signature cannot be checked before the body
+    /// is read, and the body is not read unauthenticated; a runner that sends no digest is
+    /// refused its lease so that it takes no job whose result would be refused. Sent by a
+    /// runner older than the coordinator.
     #[error(
-        "signed request refused: header {} missing: this coordinator checks the signature of \
-         a request whose body may exceed {small} bytes before reading the body, against the \
-         body's sha256 in that header; upgrade bulwark on the runner (runners first, then the \
-         coordinator)",
+        "signed request refused: header {} missing: this coordinator requires it to lease a \
+         job and to report one (it checks a large body's signature before reading the body, \
+         against the body's sha256 in that header); upgrade bulwark on the runner (runners \
+         first, then the coordinator)",
         headers::CONTENT_SHA256
     )]
-    BodyDigestMissing {
-        /// The largest body the coordinator reads without it.
-        small: usize,
-    },
+    BodyDigestMissing,
     /// The body does not hash to the digest [`headers::CONTENT_SHA256`] named.
     #[error(
         "signed request refused: the body does not hash to header {} (altered on the way?)",
@@ -341,7 +380,8 @@ pub fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
 /// again, and records the nonce with the runner's standing under the lock.
 ///
 /// A runner seen active once and removed since by another process (`runners remove`) passes
-/// here until the full check has refused it once.
+/// here until the full check has refused it once. `now` is when the request's head arrived,
+/// the time the full check judges its timestamp against too ([`RequestTime::arrived`]).
 pub fn check_before_body(
     db: &Mutex<Db>,
     keys: &RunnerKeys,
@@ -411,7 +451,15 @@ pub fn verify_signed_request<'a>(
     now: u64,
 ) -> Result<(Runner, MutexGuard<'a, Db>), AuthError> {
     let digest = sha256_hex(body);
-    verify_signed_request_for_digest(db, keys, method, path_and_query, signed, &digest, now)
+    verify_signed_request_for_digest(
+        db,
+        keys,
+        method,
+        path_and_query,
+        signed,
+        &digest,
+        RequestTime::at(now),
+    )
 }
 
 /// [`verify_signed_request`] for a body not read yet: the signature is checked against
@@ -422,6 +470,9 @@ pub fn verify_signed_request<'a>(
 /// here, longer than the request's own database work): many requests are checked side by
 /// side, and a flood of forged ones does not hold up the rest. The lock is taken for the key
 /// the first time a runner is seen, and then for the nonce and what follows.
+///
+/// The timestamp is judged against when the request's head arrived (`at`, see
+/// [`RequestTime`]), the nonce kept and old nonces forgotten by `at.now`.
 pub fn verify_signed_request_for_digest<'a>(
     db: &'a Mutex<Db>,
     keys: &RunnerKeys,
@@ -429,8 +480,9 @@ pub fn verify_signed_request_for_digest<'a>(
     path_and_query: &str,
     signed: &SignedHeaders,
     body_sha256_hex: &str,
-    now: u64,
+    at: RequestTime,
 ) -> Result<(Runner, MutexGuard<'a, Db>), AuthError> {
+    let now = at.now;
     let (timestamp, pem) = check_signature(
         db,
         keys,
@@ -438,7 +490,7 @@ pub fn verify_signed_request_for_digest<'a>(
         path_and_query,
         signed,
         body_sha256_hex,
-        now,
+        at.judged_at(),
     )?;
     let runner_id = &signed.runner_id;
     let bad_signature = || AuthError::Signature {
@@ -459,10 +511,11 @@ pub fn verify_signed_request_for_digest<'a>(
         keys.forget(runner_id);
         return Err(bad_signature());
     }
-    // Kept until no timestamp it could be sent with is accepted any more, and as long again:
-    // `now` was read before this request waited for the lock, so a replay checked at the edge
-    // of the window could otherwise reach the insert after a later request pruned the
-    // original's record.
+    // Kept until no timestamp it could be sent with is accepted any more, and as long again.
+    // A replay is judged by its own arrival, at most MAX_REQUEST_AGE_SECS before its `now`,
+    // and that `now` was read before it waited for the lock: a replay accepted at the edge of
+    // the window reaches the insert up to MAX_REQUEST_AGE_SECS and a lock wait after that
+    // edge, and the original's record must still be there, not pruned by a later request.
     let keep_until = timestamp
         .max(now)
         .saturating_add(MAX_CLOCK_SKEW_SECS)
@@ -475,8 +528,9 @@ pub fn verify_signed_request_for_digest<'a>(
 }
 
 /// The checks of [`verify_signed_request_for_digest`] up to the signature: the unsigned
-/// parts, the runner's cached key (read from the database the first time), and the signature
-/// over `body_sha256_hex`. Returns the timestamp and the PEM of the key that verified.
+/// parts (the timestamp judged against `now`), the runner's cached key (read from the
+/// database the first time), and the signature over `body_sha256_hex`. Returns the timestamp
+/// and the PEM of the key that verified.
 fn check_signature(
     db: &Mutex<Db>,
     keys: &RunnerKeys,

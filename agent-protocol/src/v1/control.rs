@@ -43,7 +43,8 @@ pub mod headers {
     /// The body's sha256, lowercase hex: the digest the signature covers, sent so that the
     /// coordinator can check the signature before it reads the body. A coordinator requires
     /// it on the routes whose body may be larger than 64 KiB (the result report, the live
-    /// log); one that predates it ignores it, so runners are upgraded first.
+    /// log) and on the lease (a runner that cannot report a job is given none); one that
+    /// predates it ignores it, so runners are upgraded first.
     pub const CONTENT_SHA256: &str = "bulwark-content-sha256";
 }
 

@@ -20,20 +20,25 @@
 //!    too, over the body's sha256 the request names in
 //!    [`bulwark_protocol::control::headers::CONTENT_SHA256`], and that its nonce was not used
 //!    ([`auth::check_before_body`]); such a request naming none is refused (an old runner:
-//!    upgrade it);
+//!    upgrade it), and so is a lease naming none ([`Gate::RunnerNamingDigest`]: an old runner
+//!    is stopped before it takes a job whose result it could not report);
 //! 2. a `Content-Length` over the route's **limit** is refused (`413`, naming the limit);
 //!    a chunked body is refused as soon as it passes the limit;
 //! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in the
 //!    **budget** of such bodies being read at once ([`BodyBudget`]: its `Content-Length`, or
-//!    the route's limit for a chunked body), held until the handler is done with it;
-//! 4. the body is read within the route's **deadline** (`408`), if it has one of its own
-//!    (the small routes do; the others have the request deadline of
-//!    [`super::ServeOptions::request_timeout`]);
+//!    the route's limit for a chunked body), held until the handler is done with it; one that
+//!    finds none within [`LARGE_BODY_WAIT`] is answered `503` unread (the daemon sends it
+//!    again);
+//! 4. the body is read within the route's **deadline** (`408`): the small routes' own, the
+//!    request deadline ([`super::ServeOptions::request_timeout`]) for the others, so that a
+//!    body is never waited for without end, whatever layer is around the route;
 //! 5. the handler runs on the buffered bytes and makes the full check (the body held to the
 //!    digest it named, the signature over the body, the nonce, the runner's standing under the
-//!    database lock) as before.
+//!    database lock) as before, judging the timestamp against when the head arrived
+//!    ([`Arrived`]), as the gate did: the time spent in 3 and 4 does not count against the
+//!    runner's clock.
 //!
-//! A refusal in 1 or 2 is made before the coordinator reads the body: hyper reads the
+//! A refusal in 1, 2 or 3 is made before the coordinator reads the body: hyper reads the
 //! connection in blocks, so the block that ended the headers may hold the body's first bytes
 //! (its read buffer, 8 KiB at first and never more than about 400 KiB), but nothing more is
 //! read to decide. The refusal is then answered after the body is read and thrown away, for at
@@ -68,7 +73,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -106,6 +111,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// largest size, or sixty-four live-log appends of the largest, read at once.
 pub const DEFAULT_LARGE_BODY_BUDGET: usize = 128 << 20;
 
+/// The default of [`super::ServeOptions::large_body_wait`]: how long a large body waits for
+/// room in the [`BodyBudget`] before it is answered `503` unread. Below the 30 s a runner's
+/// daemon gives a request (its `REQUEST_TIMEOUT`), with room for the drain and the answer:
+/// the daemon then hears the `503`, takes it for a transient failure and sends the request
+/// again (signed afresh), rather than giving up on a request that is still queued here.
+pub const LARGE_BODY_WAIT: Duration = Duration::from_secs(20);
+
 /// Who may send a body to a route, checked on the headers alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -113,20 +125,28 @@ pub enum Gate {
     Open,
     /// The admin token (`Authorization: Bearer`).
     Admin,
-    /// A signed runner request ([`auth::check_before_body`]).
+    /// A signed runner request ([`auth::check_before_body`]), naming its body's digest
+    /// ([`bulwark_protocol::control::headers::CONTENT_SHA256`]) if it likes, unless its body
+    /// may be large.
     Runner,
+    /// A signed runner request that must name its body's digest, whatever the body's size:
+    /// the lease, so that a runner too old to send the digest is refused (saying to upgrade
+    /// it) before it takes a job, not when it reports the job it ran. The digest is not
+    /// checked against the signature before the body (the lease's body is empty): a lease
+    /// poll pays one signature verification, as before.
+    RunnerNamingDigest,
 }
 
-/// What a route's body must pass: the gate, the most bytes read, and how long they may take
-/// (`None`: the request deadline only).
+/// What a route's body must pass: the gate, the most bytes read, and how long they may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Intake {
     /// Checked before the body.
     pub gate: Gate,
     /// The most bytes of body read.
     pub limit: usize,
-    /// How long the body may take once the gate passed.
-    pub deadline: Option<Duration>,
+    /// How long the body may take once the gate passed (and, for a large body, once it had
+    /// room in the budget).
+    pub deadline: Duration,
 }
 
 impl Intake {
@@ -138,35 +158,76 @@ impl Intake {
 }
 
 /// Room for the bodies larger than [`MAX_SMALL_BODY_BYTES`] being read at once, in bytes,
-/// shared by every route. A body waits for its room before a byte of it is read (within the
-/// request deadline) and gives it back when its handler is done. Only requests that passed
-/// the gate wait here: what a client holding no credential can make the coordinator hold is
-/// bounded by the gate, what the runners (or a stolen runner key) can, by this.
+/// shared by every route. A body waits for its room before a byte of it is read (at most the
+/// budget's wait, then `503`) and gives it back when its handler is done. Only requests that
+/// passed the gate wait here: what a client holding no credential can make the coordinator
+/// hold is bounded by the gate, what the runners (or a stolen runner key) can, by this.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     room: Arc<Semaphore>,
     total: u32,
+    wait: Duration,
 }
 
 impl BodyBudget {
-    /// A budget of `bytes` (at least 1, at most 4 GiB). A body announcing more than the
-    /// whole budget waits for all of it.
-    pub fn new(bytes: usize) -> BodyBudget {
+    /// A budget of `bytes` (at least 1, at most 4 GiB), for which a body waits at most
+    /// `wait`. A body announcing more than the whole budget waits for all of it.
+    pub fn new(bytes: usize, wait: Duration) -> BodyBudget {
         let total = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
         BodyBudget {
             room: Arc::new(Semaphore::new(total as usize)),
             total,
+            wait,
         }
     }
 
-    /// Waits for room for `bytes` (a body larger than the whole budget takes all of it).
-    async fn reserve(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+    /// All of the budget, held until the permit is dropped: a test's way to keep it busy.
+    #[cfg(test)]
+    pub fn take_all(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.room)
+            .try_acquire_many_owned(self.total)
+            .expect("the budget is free")
+    }
+
+    /// Waits for room for `bytes` (a body larger than the whole budget takes all of it), at
+    /// most the budget's wait: then `503`, which a runner's daemon sends again.
+    async fn reserve(&self, bytes: u64) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
         let n = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.total);
         if n == 0 {
-            return None;
+            return Ok(None);
         }
-        // The semaphore is never closed.
-        Arc::clone(&self.room).acquire_many_owned(n).await.ok()
+        let room = Arc::clone(&self.room).acquire_many_owned(n);
+        match tokio::time::timeout(self.wait, room).await {
+            // The semaphore is never closed.
+            Ok(permit) => Ok(permit.ok()),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "request body not read: the coordinator had no room for it within {} s \
+                     (other large bodies are being read); send it again",
+                    self.wait.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+/// When a request's head arrived (seconds since the epoch): recorded by [`admit`] before the
+/// gate, and read by the handler, whose full check of a signed request judges its timestamp
+/// against it ([`auth::RequestTime`]), as the gate did. A request that did not pass through
+/// [`admit`] is taken to have arrived when this is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrived(pub u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Arrived {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Arrived>()
+            .copied()
+            .unwrap_or_else(|| Arrived(state::now())))
     }
 }
 
@@ -203,8 +264,9 @@ async fn admit(
     request: Request,
     next: Next,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let refused = match check_gate(&c, intake, &parts).await {
+    let arrived = state::now();
+    let (mut parts, body) = request.into_parts();
+    let refused = match check_gate(&c, intake, &parts, arrived).await {
         Err(e) => Some(e),
         // The body's lower size bound is its `Content-Length` (hyper refused a malformed one
         // already), and 0 for a chunked body.
@@ -214,14 +276,19 @@ async fn admit(
     if let Some(e) = refused {
         return refuse_early(e, &parts.headers, body, intake.limit).await;
     }
-    // Held until the handler is done with the bytes.
+    // Held until the handler is done with the bytes. A body that found no room is answered
+    // as a refusal before its body: nothing of it was read.
     let _room = if intake.is_large() {
         let announced = body.size_hint().exact().unwrap_or(intake.limit as u64);
-        budget.reserve(announced).await
+        match budget.reserve(announced).await {
+            Ok(room) => room,
+            Err(e) => return refuse_early(e, &parts.headers, body, intake.limit).await,
+        }
     } else {
         None
     };
     let pending = !body.is_end_stream();
+    parts.extensions.insert(Arrived(arrived));
     match read_body(body, intake.limit, intake.deadline).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -277,29 +344,33 @@ async fn discard(mut body: Body, most: usize, within: Duration) {
     let _ = tokio::time::timeout(within, drain).await;
 }
 
-/// The gate's check on the request's headers and target.
-async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), ApiError> {
+/// The gate's check on the request's headers and target, its head having arrived at
+/// `arrived`.
+async fn check_gate(
+    c: &Shared,
+    intake: Intake,
+    parts: &Parts,
+    arrived: u64,
+) -> Result<(), ApiError> {
     match intake.gate {
         Gate::Open => Ok(()),
         Gate::Admin => Ok(c
             .admin
             .check_authorization(header_str(&parts.headers, header::AUTHORIZATION.as_str()))?),
-        Gate::Runner => {
+        Gate::Runner | Gate::RunnerNamingDigest => {
             let get = |name| header_str(&parts.headers, name);
             let signed = SignedHeaders::read(get)?;
             let digest = auth::read_body_digest(get)?;
+            // A request that names no digest comes from an older runner: refused where the
+            // digest is needed (a large body) or where refusing it early spares a job (the
+            // lease).
+            let required = intake.is_large() || intake.gate == Gate::RunnerNamingDigest;
+            if required && digest.is_none() {
+                return Err(AuthError::BodyDigestMissing.into());
+            }
             // A body that may be large is read only once the signature verified, against the
-            // digest the request names; one that names none comes from an older runner.
-            let digest = match (intake.is_large(), digest) {
-                (false, _) => None,
-                (true, Some(d)) => Some(d),
-                (true, None) => {
-                    return Err(AuthError::BodyDigestMissing {
-                        small: MAX_SMALL_BODY_BYTES,
-                    }
-                    .into())
-                }
-            };
+            // digest the request names.
+            let digest = digest.filter(|_| intake.is_large());
             let method = parts.method.clone();
             let target = request_target(&parts.uri);
             let c = Arc::clone(c);
@@ -314,7 +385,7 @@ async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), Api
                     &target,
                     &signed,
                     digest.as_deref(),
-                    state::now(),
+                    arrived,
                 )
             })
             .await
@@ -324,13 +395,9 @@ async fn check_gate(c: &Shared, intake: Intake, parts: &Parts) -> Result<(), Api
     }
 }
 
-/// Reads `body` whole: at most `limit` bytes, within `deadline` when there is one. Memory
-/// grows with what arrives, never with what is announced.
-async fn read_body(
-    mut body: Body,
-    limit: usize,
-    deadline: Option<Duration>,
-) -> Result<Bytes, ApiError> {
+/// Reads `body` whole: at most `limit` bytes, within `deadline`. Memory grows with what
+/// arrives, never with what is announced.
+async fn read_body(mut body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
     let read = async {
         let mut got = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
@@ -346,16 +413,13 @@ async fn read_body(
         }
         Ok(Bytes::from(got))
     };
-    match deadline {
-        None => read.await,
-        Some(d) => tokio::time::timeout(d, read).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "request body not received in time (at most {} s)",
-                    d.as_secs()
-                ),
-            )
-        })?,
-    }
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received in time (at most {} s)",
+                deadline.as_secs()
+            ),
+        )
+    })?
 }

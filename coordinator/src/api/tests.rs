@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -18,7 +18,7 @@ use sha2::Digest as _;
 struct Server {
     addr: SocketAddr,
     _dir: TempDir,
-    state: std::path::PathBuf,
+    state: PathBuf,
     admin: String,
 }
 
@@ -35,12 +35,8 @@ fn start_with_limits(options: ServeOptions, limits: outputs::OutputLimits) -> (S
     start_full(options, limits, None)
 }
 
-fn start_full(
-    options: ServeOptions,
-    limits: outputs::OutputLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> (Server, Shutdown) {
-    let dir = TempDir::new("api");
+/// A coordinator over a new state directory in `dir`, and that directory.
+fn new_coordinator(dir: &TempDir, limits: outputs::OutputLimits) -> (Coordinator, PathBuf) {
     let state = dir.path().join("state");
     statedir::init(&state, "http://127.0.0.1:1").unwrap();
     let (db, key, admin) = statedir::load(&state).unwrap();
@@ -48,6 +44,52 @@ fn start_full(
     let coordinator = Coordinator::new(db, key, admin, outputs)
         .unwrap()
         .with_upload_idle_timeout(Duration::from_secs(1));
+    (coordinator, state)
+}
+
+fn admin_token(state: &Path) -> String {
+    std::fs::read_to_string(state.join(statedir::ADMIN_TOKEN_NAME))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A server of `make`'s router over a new coordinator, served by `axum::serve` (no header
+/// timeout, no connection bound): for tests that build the router themselves, to hold its
+/// budget of large bodies or to leave out a layer.
+fn start_router(make: impl FnOnce(Shared) -> Router + Send + 'static) -> Server {
+    let dir = TempDir::new("api");
+    let (coordinator, state) = new_coordinator(&dir, outputs::OutputLimits::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, make(Arc::new(coordinator)))
+                .await
+                .unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    Server {
+        addr,
+        admin: admin_token(&state),
+        _dir: dir,
+        state,
+    }
+}
+
+fn start_full(
+    options: ServeOptions,
+    limits: outputs::OutputLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (Server, Shutdown) {
+    let dir = TempDir::new("api");
+    let (coordinator, state) = new_coordinator(&dir, limits);
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ended_tx, ended_rx) = std::sync::mpsc::channel();
@@ -72,10 +114,7 @@ fn start_full(
         });
     });
     let addr = rx.recv().unwrap();
-    let admin = std::fs::read_to_string(state.join(statedir::ADMIN_TOKEN_NAME))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let admin = admin_token(&state);
     (
         Server {
             addr,
@@ -587,11 +626,13 @@ fn a_replayed_or_unsigned_runner_request_is_refused_with_a_json_error() {
         "BBBBBBBBBBBBBBBBBBBB",
         b"",
     );
+    let digest = sha(b"");
     let hdrs = [
         (h::RUNNER, sh.runner_id.as_str()),
         (h::TIMESTAMP, sh.timestamp.as_str()),
         (h::NONCE, sh.nonce.as_str()),
         (h::SIGNATURE, sh.signature.as_str()),
+        (h::CONTENT_SHA256, digest.as_str()),
     ];
     assert_eq!(
         http(s.addr, "POST", "/v1/runners/lease", &hdrs, b"").status,
@@ -1752,10 +1793,21 @@ fn answer_to_the_head_alone(
     headers: &[(&'static str, String)],
     patience: Duration,
 ) -> Option<(u16, String)> {
+    answer_to_a_head_announcing(s, request_line, headers, MAX_BODY_BYTES, patience)
+}
+
+/// [`answer_to_the_head_alone`] for a head announcing `len` bytes of body.
+fn answer_to_a_head_announcing(
+    s: &Server,
+    request_line: &str,
+    headers: &[(&'static str, String)],
+    len: usize,
+    patience: Duration,
+) -> Option<(u16, String)> {
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.write_all(
         format!(
-            "{request_line} HTTP/1.1\r\nhost: x\r\ncontent-length: {MAX_BODY_BYTES}\r\n{}\r\n",
+            "{request_line} HTTP/1.1\r\nhost: x\r\ncontent-length: {len}\r\n{}\r\n",
             header_lines(headers)
         )
         .as_bytes(),
@@ -1977,19 +2029,10 @@ fn a_large_body_is_read_only_once_its_signature_verifies_against_the_digest_it_n
             "{line}: {error}"
         );
     }
-    // On a small route the digest is optional (a lease poll of an older runner).
-    let lease = signing_headers(
-        &runner.key,
-        &runner.id,
-        "POST",
-        "/v1/runners/lease",
-        &sha(b""),
-        None,
-    );
-    assert_eq!(
-        put_or_post(&s, "POST", "/v1/runners/lease", &lease, b"").status,
-        204
-    );
+    // On a small route other than the lease the digest is optional (a heartbeat).
+    let heartbeat = format!("/v1/jobs/{job}/heartbeat");
+    let beat = signing_headers(&runner.key, &runner.id, "POST", &heartbeat, &sha(b""), None);
+    assert_eq!(put_or_post(&s, "POST", &heartbeat, &beat, b"").status, 200);
     // Named, but not the body's: the gate passes it (the signature covers the digest named),
     // the full check refuses it, and its nonce is not used: the same headers with the body
     // they name are then accepted.
@@ -2261,4 +2304,276 @@ fn one_address_holds_at_most_its_connections_and_another_address_is_served() {
         assert!(Instant::now() < deadline, "127.0.0.1 never served again");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The request deadline spares only what the router matched as an upload: the live log of a
+/// job named `blobs` (`PUT /v1/jobs/blobs/live-log/0`, a path containing `/blobs/`) waiting
+/// for room in a busy budget is cut at the request deadline, while an upload that takes
+/// longer than that deadline, never idle, is stored.
+#[test]
+fn the_request_deadline_spares_the_upload_route_not_a_path_that_looks_like_it() {
+    let options = ServeOptions {
+        request_timeout: Duration::from_secs(1),
+        // Longer than the test's patience: a request waiting past the deadline gets no answer.
+        large_body_wait: Duration::from_secs(30),
+        ..ServeOptions::default()
+    };
+    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
+    let served = budget.clone();
+    let s = start_router(move |c| app(&c, &options, &served));
+    let (runner, job) = leased_job(&s, "untrusted");
+    // From now on every byte of the budget is taken (other runners' results).
+    let _busy = budget.take_all();
+    let patience = Duration::from_secs(5);
+    for path in [
+        "/v1/jobs/blobs/live-log/0".to_owned(),
+        format!("/v1/jobs/{job}/live-log/0"),
+    ] {
+        let digest = sha(b"x");
+        let headers = signing_headers(
+            &runner.key,
+            &runner.id,
+            "PUT",
+            &path,
+            &digest,
+            Some(&digest),
+        );
+        let started = Instant::now();
+        let answer =
+            answer_to_a_head_announcing(&s, &format!("PUT {path}"), &headers, 1 << 20, patience);
+        assert_eq!(
+            answer,
+            Some((408, "request not received in time (at most 1 s)".to_owned())),
+            "{path}: waited for the budget past the request deadline"
+        );
+        assert!(started.elapsed() < patience, "{path}");
+    }
+    // An upload sent slowly, over longer than the request deadline: not cut by it.
+    let content = b"an output, sent a few bytes at a time";
+    let digest = sha(content);
+    let path = format!("/v1/jobs/{job}/blobs/{digest}");
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        content.len(),
+        header_lines(&put_headers(&runner, &path, &digest))
+    )
+    .unwrap();
+    let started = Instant::now();
+    for chunk in content.chunks(8) {
+        std::thread::sleep(Duration::from_millis(400));
+        c.write_all(chunk)
+            .unwrap_or_else(|e| panic!("the upload was cut before its end: {e}"));
+    }
+    assert!(started.elapsed() > Duration::from_secs(1));
+    let got = read_until_closed(&mut c, patience).expect("no answer to the upload");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+    assert_eq!(stored_blobs(&s, &job), vec![digest]);
+}
+
+/// A large body is read within the request deadline by its intake itself: served without
+/// `request_deadline` around it (as `router` is), a live-log append whose body never comes
+/// is still answered `408`.
+#[test]
+fn a_large_body_has_a_deadline_of_its_own_without_the_request_deadline() {
+    let options = ServeOptions {
+        request_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    };
+    let s = start_router(move |c| {
+        router_shared(
+            c,
+            &options,
+            &BodyBudget::new(options.large_body_budget, options.large_body_wait),
+        )
+    });
+    let (runner, job) = leased_job(&s, "untrusted");
+    let path = format!("/v1/jobs/{job}/live-log/0");
+    let digest = sha(b"x");
+    let headers = signing_headers(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        &digest,
+        Some(&digest),
+    );
+    let answer = answer_to_a_head_announcing(
+        &s,
+        &format!("PUT {path}"),
+        &headers,
+        1 << 20,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        answer,
+        Some((
+            408,
+            "request body not received in time (at most 1 s)".to_owned()
+        ))
+    );
+}
+
+/// A large body that finds no room in the budget within its wait is answered `503` with a
+/// JSON error before the daemon's own timeout (which would abandon a request still queued
+/// here); the daemon takes a `503` for transient and sends the report again, signed afresh,
+/// and that is accepted once there is room.
+#[test]
+fn a_large_body_that_finds_no_room_in_time_is_answered_503_and_its_retry_is_accepted() {
+    let options = ServeOptions {
+        large_body_wait: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    };
+    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
+    let served = budget.clone();
+    let s = start_router(move |c| app(&c, &options, &served));
+    let (runner, job) = leased_job(&s, "trusted");
+    let busy = budget.take_all();
+    let report = br#"{"result":{"status":"succeeded"}}"#;
+    let result = format!("/v1/jobs/{job}/result");
+    let signed = || {
+        signing_headers(
+            &runner.key,
+            &runner.id,
+            "POST",
+            &result,
+            &sha(report),
+            Some(&sha(report)),
+        )
+    };
+    // Sent whole, as the daemon sends it, then the answer read.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST {result} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{}\r\n",
+        report.len(),
+        header_lines(&signed())
+    )
+    .unwrap();
+    c.write_all(report).unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut c, Duration::from_secs(5))
+        .expect("a body with no room was kept waiting past its wait");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    let (head, body) = text.split_once("\r\n\r\n").expect("no answer");
+    assert!(head.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{text}"
+    );
+    let e: ErrorBody = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(
+        e.error,
+        "request body not read: the coordinator had no room for it within 1 s (other large \
+         bodies are being read); send it again"
+    );
+    // The job is still the runner's to report: the retry, signed afresh, is recorded.
+    drop(busy);
+    let a = put_or_post(&s, "POST", &result, &signed(), report);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    let rec = http(
+        s.addr,
+        "GET",
+        &format!("/v1/jobs/{job}"),
+        &[("authorization", &format!("Bearer {}", s.admin))],
+        b"",
+    );
+    assert_eq!(rec.json()["state"], "finished");
+}
+
+/// A runner too old to name its body's digest is refused its lease, saying to upgrade it,
+/// and so takes no job: leasing one, it would run it and then have its result refused (a
+/// `401` the daemon does not retry), and the job would end `lost` without a word. Its other
+/// small requests (a heartbeat) are still served.
+#[test]
+fn an_old_runner_is_refused_at_lease_before_it_takes_a_job() {
+    let s = start();
+    let runner = register(&s, "build-old");
+    let job = submit(&s, "trusted");
+    let lease = "/v1/runners/lease";
+    let old = signing_headers(&runner.key, &runner.id, "POST", lease, &sha(b"{}"), None);
+    let a = put_or_post(&s, "POST", lease, &old, b"{}");
+    assert_eq!(a.status, 401);
+    let error = a.error();
+    assert!(
+        error.starts_with("signed request refused: header bulwark-content-sha256 missing")
+            && error
+                .contains("upgrade bulwark on the runner (runners first, then the coordinator)"),
+        "{error}"
+    );
+    let state = || {
+        http(
+            s.addr,
+            "GET",
+            &format!("/v1/jobs/{job}"),
+            &[("authorization", &format!("Bearer {}", s.admin))],
+            b"",
+        )
+        .json()["state"]
+            .clone()
+    };
+    assert_eq!(state(), "queued", "the old runner's lease took the job");
+    // Upgraded, the same runner leases it.
+    let a = signed_post(&s, &runner, lease, b"{}");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["job_id"], job.as_str());
+    assert_eq!(state(), "leased");
+    // A heartbeat without the digest is served: only the lease (and the large bodies)
+    // require it.
+    let heartbeat = format!("/v1/jobs/{job}/heartbeat");
+    let beat = signing_headers(&runner.key, &runner.id, "POST", &heartbeat, &sha(b""), None);
+    let a = put_or_post(&s, "POST", &heartbeat, &beat, b"");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["cancel"], false);
+}
+
+/// A runner's clock is judged when its request's head arrives, by the gate and by the full
+/// check alike: a result signed 299 s behind the coordinator's clock (within the 300 s
+/// allowed) whose body arrives seconds later is recorded, not refused once the body is in
+/// (the daemon does not retry a `401`: the job would be lost).
+#[test]
+fn a_runner_behind_by_nearly_the_allowed_skew_is_not_refused_after_its_body_arrives() {
+    let (s, _stop) = start_with(ServeOptions {
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    });
+    let (runner, job) = leased_job(&s, "trusted");
+    let report = br#"{"result":{"status":"succeeded"}}"#;
+    let result = format!("/v1/jobs/{job}/result");
+    let nonce = auth::hex(&auth::random_bytes::<16>().unwrap());
+    let sh = crate::auth::tests::sign_digest(
+        &runner.key,
+        &runner.id,
+        "POST",
+        &result,
+        state::now() - 299,
+        &nonce,
+        &sha(report),
+    );
+    let headers = vec![
+        (h::RUNNER, sh.runner_id),
+        (h::TIMESTAMP, sh.timestamp),
+        (h::NONCE, sh.nonce),
+        (h::SIGNATURE, sh.signature),
+        (h::CONTENT_SHA256, sha(report)),
+    ];
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST {result} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        report.len(),
+        header_lines(&headers)
+    )
+    .unwrap();
+    // The body comes when the timestamp is more than 300 s old.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.write_all(report).unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(10)).expect("no answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
 }

@@ -470,3 +470,65 @@ fn a_named_body_digest_must_be_lowercase_hex_and_the_body_must_hash_to_it() {
          (altered on the way?)"
     );
 }
+
+/// A request's timestamp is judged against when its head arrived, not when its body had
+/// arrived: a runner whose clock passed the check before its body (a wait for room to read
+/// it, a slow link) is not refused after it. Never by a moment longer ago than
+/// [`MAX_REQUEST_AGE_SECS`], and its nonce is still remembered when a replay of it, judged by
+/// its own arrival at the edge of the window, is checked that long after.
+#[test]
+fn a_request_is_judged_by_when_its_head_arrived_and_its_nonce_outlives_any_replay() {
+    let dir = TempDir::new("auth");
+    let (db, key) = setup(&dir);
+    let at = |arrived, now| RequestTime { arrived, now };
+    let check = |h: &SignedHeaders, at: RequestTime| {
+        KEYS.with(|keys| {
+            verify_signed_request_for_digest(&db, keys, "POST", PATH, h, &sha256_hex(b"{}"), at)
+                .map(|(r, _)| r)
+        })
+    };
+    // 250 s behind when its head arrived, 350 s when its body had: accepted.
+    let behind = sign(&key, "runner-1", "POST", PATH, NOW - 250, NONCE, b"{}");
+    check(&behind, at(NOW, NOW + 100)).unwrap();
+    // A head that arrived longer ago than MAX_REQUEST_AGE_SECS is judged by that bound.
+    let stale = sign(
+        &key,
+        "runner-1",
+        "POST",
+        PATH,
+        NOW - 250,
+        "BBBBBBBBBBBBBBBBBBBB",
+        b"{}",
+    );
+    let e = check(&stale, at(NOW, NOW + MAX_REQUEST_AGE_SECS + 60)).unwrap_err();
+    assert!(matches!(e, AuthError::ClockSkew { skew: 310, .. }), "{e}");
+    // An original, then a replay of it whose head arrived at the edge of the window and whose
+    // check comes the longest allowed after, once a later request pruned the expired nonces.
+    let original = sign(
+        &key,
+        "runner-1",
+        "POST",
+        PATH,
+        NOW,
+        "CCCCCCCCCCCCCCCCCCCC",
+        b"{}",
+    );
+    check(&original, at(NOW, NOW)).unwrap();
+    let edge = NOW + MAX_CLOCK_SKEW_SECS;
+    let last = edge + MAX_REQUEST_AGE_SECS;
+    let later = sign(
+        &key,
+        "runner-1",
+        "POST",
+        PATH,
+        last,
+        "DDDDDDDDDDDDDDDDDDDD",
+        b"{}",
+    );
+    check(&later, at(last, last)).unwrap();
+    let e = check(&original, at(edge, last)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "signed request refused: nonce already used (a replayed request)"
+    );
+}

@@ -17,7 +17,11 @@ use url::Url;
 
 use crate::provenance::keys::{LocalKey, Signer};
 
-/// How long one request may take, connect to last byte.
+/// How long one request may take, connect to last byte. A coordinator that has no room to
+/// read a large body (a result, a live-log append) answers `503` after 20 s (its
+/// `LARGE_BODY_WAIT`, kept below this), which [`ClientError::is_transient`] takes for a
+/// failure worth trying again: the request is sent again, signed afresh, rather than
+/// abandoned while the coordinator still holds it queued.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What went wrong talking to the coordinator. Every field is shown through [`printable`]:
@@ -310,8 +314,8 @@ impl Client {
     /// Adds the signing headers for `method path` with a body hashing to `digest`, and the
     /// digest itself ([`headers::CONTENT_SHA256`]): with it the coordinator checks the
     /// signature before it reads the body, and it reads a body over 64 KiB (a result, a live
-    /// log append) from no request without it. A coordinator that predates the header ignores
-    /// it.
+    /// log append) from no request without it, nor leases a job to one. A coordinator that
+    /// predates the header ignores it.
     fn sign(
         &self,
         req: reqwest::RequestBuilder,
@@ -550,15 +554,24 @@ mod tests {
         }
     }
 
+    const NO_CONTENT: &str = "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n";
+
     /// A coordinator on loopback that answers `count` requests `204`, one per connection,
     /// and hands back each request's head and body.
     fn capture(count: usize) -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+        capture_answering(vec![NO_CONTENT.to_owned(); count])
+    }
+
+    /// [`capture`], answering each request with the next of `answers` (whole HTTP answers).
+    fn capture_answering(
+        answers: Vec<String>,
+    ) -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for _ in 0..count {
+            for answer in answers {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -584,8 +597,7 @@ mod tests {
                     assert!(n > 0, "the body ended early");
                     seen.extend_from_slice(&buf[..n]);
                 }
-                s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
-                    .unwrap();
+                s.write_all(answer.as_bytes()).unwrap();
                 tx.send((head, seen)).unwrap();
             }
         });
@@ -660,6 +672,56 @@ mod tests {
                 .unwrap();
             assert!(key.public().verify(&input, &signature), "{path}");
         }
+    }
+
+    /// A coordinator with no room to read a large body answers `503` (before this client's
+    /// timeout); the daemon's report loop sends again on a transient failure, and each
+    /// attempt is signed afresh: a new nonce, so the coordinator takes the retry.
+    #[test]
+    fn a_busy_coordinators_503_is_transient_and_the_request_sent_again_is_signed_afresh() {
+        use crate::provenance::keys::Algorithm;
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let error = "{\"error\":\"request body not read: the coordinator had no room for it \
+                     within 20 s (other large bodies are being read); send it again\"}";
+        let busy = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{error}",
+            error.len()
+        );
+        let (url, heads) = capture_answering(vec![busy, NO_CONTENT.to_owned()]);
+        let client = Client::new(&url, None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = b"{\"result\":{}}".to_vec();
+        let path = "/v1/jobs/job-1/result";
+        rt.block_on(async {
+            let e = client
+                .post_signed(path, report.clone(), "runner-1", &key)
+                .await
+                .unwrap_err();
+            assert!(e.is_transient(), "{e}");
+            assert_eq!(e.status(), Some(503));
+            assert!(e.to_string().contains("send it again"), "{e}");
+            client
+                .post_signed(path, report.clone(), "runner-1", &key)
+                .await
+                .unwrap();
+        });
+        let nonce = |head: &str| {
+            head.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(headers::NONCE)
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap()
+        };
+        let (first, _) = heads.recv().unwrap();
+        let (second, body) = heads.recv().unwrap();
+        assert_eq!(body, report);
+        assert_ne!(nonce(&first), nonce(&second));
     }
 
     #[test]
