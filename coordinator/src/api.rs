@@ -52,7 +52,7 @@ mod peers;
 
 use intake::{with_intake, Arrived, BodyBudget, Gate, Intake};
 pub use intake::{
-    DEFAULT_LARGE_BODY_BUDGET, DRAIN_TIMEOUT, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES,
+    DEFAULT_LARGE_BODY_BUDGET, REFUSED_BODY_DRAIN, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES,
     MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT,
 };
 
@@ -1236,7 +1236,8 @@ const UPLOAD_MIN_RATE: u64 = 1 << 20;
 
 /// `PUT /v1/jobs/{id}/blobs/{sha256}` (runner): one output's bytes, streamed to the output
 /// store. The signature covers `sha256` as the body's hash, so it is checked, with the lease,
-/// before a byte of the body is read; the bytes are then held to it ([`outputs`]).
+/// before the body is read (beyond what hyper's read buffer already holds); the bytes are then
+/// held to it ([`outputs`]).
 async fn upload_blob(
     State(c): State<Shared>,
     Path((id, sha)): Path<(String, String)>,

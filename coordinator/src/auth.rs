@@ -440,7 +440,10 @@ fn check_unsigned_parts(
 /// Authenticates a signed runner request: `method` and `path_and_query` as sent, its
 /// headers and body, at time `now`. Returns the runner, with the nonce recorded, and the
 /// database still locked for the request's own work. A target with a query or a percent
-/// escape is refused (see [`AuthError::Target`]).
+/// escape is refused (see [`AuthError::Target`]). The API uses
+/// [`verify_signed_request_for_digest`] with the digest its intake computed; this form is
+/// for the tests.
+#[cfg(test)]
 pub fn verify_signed_request<'a>(
     db: &'a Mutex<Db>,
     keys: &RunnerKeys,

@@ -103,8 +103,8 @@ pub struct CopyStats {
     pub skipped: Vec<String>,
     /// How many entries were skipped in all; each counts against the copy's entry bound.
     pub skipped_count: u64,
-    /// Bytes of the relative paths and link targets held in `entries`: bounded by
-    /// [`MAX_LISTING_BYTES`].
+    /// Bytes of the relative paths and link targets walked (those held in `entries`, and the
+    /// paths of skipped entries, charged alike): bounded by [`MAX_LISTING_BYTES`].
     pub listing_bytes: u64,
     /// Bytes copied.
     pub bytes: u64,
@@ -227,7 +227,7 @@ pub struct NoRoom;
 /// The cause of a [`CopyError`] for a tree whose paths and link targets take more than
 /// [`MAX_LISTING_BYTES`].
 #[derive(Debug, thiserror::Error)]
-#[error("the tree's paths and link targets take more than {} MiB; not copied", MAX_LISTING_BYTES >> 20)]
+#[error("the tree's paths and link targets take more than {} MiB; not copied: remove generated or deeply nested trees from it", MAX_LISTING_BYTES >> 20)]
 pub struct ListingTooLarge;
 
 /// The cause of a [`CopyError`] for a tree deeper than [`MAX_COPY_DEPTH`].

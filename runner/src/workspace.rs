@@ -141,10 +141,10 @@ pub fn create(dirs: &Dirs, job_name: &str, started: &str, disk: Option<u64>) -> 
     // for a dead run's and remove it.
     let lock_path = path.join("lock");
     let new_lock = path.join(".lock.new");
-    // 0600, like the records beside it: `jobs/` is 0711 so that a job's uid can reach its
-    // workspace, and a job id is no secret (any user reads it in a job process's
-    // /proc/PID/mountinfo), so a lock anyone could open could be held, after the runner died,
-    // by anyone: `cleanup_stale` would take the dead run for a live one forever.
+    // 0600, like the records beside it: in root mode the job's uid passes through this
+    // directory to its workspace, and a lock it could open could be held by the job (a
+    // process of it left behind) after the runner died: `cleanup_stale` would take the dead
+    // run for a live one forever.
     let file = OpenOptions::new()
         .create_new(true)
         .write(true)

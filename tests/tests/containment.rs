@@ -3390,3 +3390,29 @@ fn a_setuid_file_a_job_leaves_in_its_workspace_is_out_of_reach_of_other_host_use
     let status = child.wait().unwrap();
     assert!(status.code().is_some(), "{status:?}");
 }
+
+#[test]
+fn probe_reports_the_hosts_core_pattern_and_open_file_limit() {
+    let env = Env::new("probe-host");
+    let report = probe_report(&env);
+    let line = |name: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line\n{report}"))
+            .to_string()
+    };
+    let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let core = line("core-dumps");
+    if pattern.starts_with('|') {
+        assert!(core.contains("WARNING") && core.contains("pipes every crash"), "{core}");
+    } else {
+        assert!(core.contains(" ok ") && core.contains("written to files"), "{core}");
+    }
+    let file_max = fs::read_to_string("/proc/sys/fs/file-max").unwrap();
+    let open = line("open-files");
+    assert!(
+        open.contains(&format!("fs.file-max {}", file_max.trim())),
+        "{open}"
+    );
+}

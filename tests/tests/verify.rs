@@ -354,6 +354,42 @@ fn provenance_signed_by_a_key_that_is_not_trusted_is_rejected_naming_both_key_id
 }
 
 #[test]
+fn with_two_trusted_keys_builder_keys_accepts_a_builder_only_from_its_own_key() {
+    let b = build("verify-builder-keys");
+    let other = b.env.dir.join("other-keys");
+    let other_id = keygen(&other, "p256");
+    let builder = b.statement()["predicate"]["runDetails"]["builder"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verify_bound = |keyid: &str| {
+        let weakened = if b.weakened() {
+            "forbid_weakened = false\n"
+        } else {
+            ""
+        };
+        let policy = b.write(
+            "bound.toml",
+            &format!("{weakened}[builder_keys]\n\"{builder}\" = [\"{keyid}\"]\n"),
+        );
+        let mut args: Vec<PathBuf> = vec!["--provenance".into(), b.jsonl()];
+        args.extend(["--key".into(), b.public(), "--key".into()]);
+        args.extend([other.join("signing.pub"), "--policy".into(), policy, b.artifact()]);
+        bulwark_verify(args)
+    };
+    // Both keys are trusted; the builder is bound to the other one, which did not sign.
+    verify_bound(&other_id).expect(
+        1,
+        &b.rejected(&format!(
+            "builder_keys: runDetails.builder.id is \"{builder}\", whose keys are [{other_id}], \
+             but the statement is signed by [{}]: another builder's key cannot speak for it",
+            b.keyid
+        )),
+    );
+    verify_bound(&b.keyid).expect(0, &b.accepted());
+}
+
+#[test]
 fn an_artifact_whose_digest_is_not_a_subject_is_rejected_and_the_others_still_judged() {
     let b = build("verify-subject");
     let modified = b.env.dir.join("app.txt");

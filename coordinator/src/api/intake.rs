@@ -42,7 +42,7 @@
 //! connection in blocks, so the block that ended the headers may hold the body's first bytes
 //! (its read buffer, 8 KiB at first and never more than about 400 KiB), but nothing more is
 //! read to decide. The refusal is then answered after the body is read and thrown away, for at
-//! most [`DRAIN_TIMEOUT`] and the route's limit ([`refuse_early`]), and the connection closed.
+//! most [`REFUSED_BODY_DRAIN`] and the route's limit ([`refuse_early`]), and the connection closed.
 //!
 //! Only the result report keeps [`MAX_BODY_BYTES`]; the live log and output uploads have
 //! limits of their own; everything else is small ([`MAX_SMALL_BODY_BYTES`], and
@@ -105,7 +105,7 @@ pub const SMALL_BODY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the body of a request refused before it was read is read and thrown away before
 /// the refusal is answered (`refuse_early`): a runner sends its body (at most a few MiB)
 /// from memory, in well under this on any link it can report over.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REFUSED_BODY_DRAIN: Duration = Duration::from_secs(2);
 
 /// The default of [`super::ServeOptions::large_body_budget`]: sixteen result reports of the
 /// largest size, or sixty-four live-log appends of the largest, read at once.
@@ -158,7 +158,7 @@ impl Intake {
 }
 
 /// Room for the bodies larger than [`MAX_SMALL_BODY_BYTES`] being read at once, in bytes,
-/// shared by every route. A body waits for its room before a byte of it is read (at most the
+/// shared by every route. A body waits for its room before it is read (beyond hyper's buffer; at most the
 /// budget's wait, then `503`) and gives it back when its handler is done. Only requests that
 /// passed the gate wait here: what a client holding no credential can make the coordinator
 /// hold is bounded by the gate, what the runners (or a stolen runner key) can, by this.
@@ -309,7 +309,7 @@ fn closing(mut response: Response) -> Response {
 }
 
 /// The answer to a request refused before its body was read. A body still to come is first
-/// read and thrown away (never kept), for at most [`DRAIN_TIMEOUT`] and `limit` bytes, and the
+/// read and thrown away (never kept), for at most [`REFUSED_BODY_DRAIN`] and `limit` bytes, and the
 /// connection is then closed: closed with the body unread, the kernel would reset it, and a
 /// client still sending would see the reset rather than the refusal. A client that asked for
 /// `100 Continue` has sent no body and sends none: there is nothing to read.
@@ -320,7 +320,7 @@ async fn refuse_early(e: ApiError, headers: &HeaderMap, body: Body, limit: usize
     let expects_continue = header_str(headers, header::EXPECT.as_str())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
     if !expects_continue {
-        discard(body, limit, DRAIN_TIMEOUT).await;
+        discard(body, limit, REFUSED_BODY_DRAIN).await;
     }
     closing(e.into_response())
 }

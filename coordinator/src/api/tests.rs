@@ -1925,7 +1925,7 @@ fn a_body_is_not_read_before_its_headers_pass_the_checks_that_need_none() {
             intake::too_large(MAX_SMALL_BODY_BYTES),
         ),
     ];
-    // Side by side: each refusal waits up to DRAIN_TIMEOUT for the body that never comes.
+    // Side by side: each refusal waits up to REFUSED_BODY_DRAIN for the body that never comes.
     std::thread::scope(|scope| {
         for (what, line, hdrs, status, error) in &cases {
             let s = &s;
@@ -2156,7 +2156,7 @@ fn a_client_sending_its_body_after_an_early_refusal_gets_the_refusal_not_a_reset
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     assert!(
-        started.elapsed() < DRAIN_TIMEOUT,
+        started.elapsed() < REFUSED_BODY_DRAIN,
         "a client waiting for 100 Continue was kept for the drain"
     );
 }

@@ -678,7 +678,7 @@ mod tests {
     /// timeout); the daemon's report loop sends again on a transient failure, and each
     /// attempt is signed afresh: a new nonce, so the coordinator takes the retry.
     #[test]
-    fn a_busy_coordinators_503_is_transient_and_the_request_sent_again_is_signed_afresh() {
+    fn a_503_is_transient_and_two_requests_carry_different_nonces() {
         use crate::provenance::keys::Algorithm;
         let key = LocalKey::generate(Algorithm::P256).unwrap();
         let error = "{\"error\":\"request body not read: the coordinator had no room for it \

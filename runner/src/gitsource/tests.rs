@@ -1278,6 +1278,10 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
     let service_path = state.join("service.sock");
     let service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
     service.set_nonblocking(true).unwrap();
+    // And a datagram service (as the journal's or syslog's socket).
+    let journal_path = state.join("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&journal_path).unwrap();
+    journal.set_nonblocking(true).unwrap();
     // What code running inside git would try: write outside, make a setuid file outside,
     // write the destination, connect out, make the key readable by anyone, reach the
     // service, and see its own status.
@@ -1290,11 +1294,14 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
          touch -d 2001-01-01 {key} 2>/dev/null && echo TOUCHED-OUTSIDE\n\
          python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect(\"{service}\")' \
            2>/dev/null && echo REACHED-SERVICE\n\
+         for t in SOCK_DGRAM SOCK_RAW; do python3 -c \"import socket; a, b = socket.socketpair(socket.AF_UNIX, socket.$t); a.sendto(b'x', '{journal}')\" 2>/dev/null && echo SENT-DATAGRAM-$t; done\n\
+         python3 -c 'import socket; socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)' 2>/dev/null && echo OPENED-NETLINK\n\
          grep NoNewPrivs /proc/self/status",
         out = outside.display(),
         dest = dest.display(),
         key = key.display(),
         service = service_path.display(),
+        journal = journal_path.display(),
     );
     let mut cmd = git.command("/bin/sh");
     cmd.args(["-c", &script]);
@@ -1310,7 +1317,13 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
         "the connect was not refused: {out}"
     );
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
-    for forbidden in ["CHMOD-OUTSIDE", "TOUCHED-OUTSIDE", "REACHED-SERVICE"] {
+    for forbidden in [
+        "CHMOD-OUTSIDE",
+        "TOUCHED-OUTSIDE",
+        "REACHED-SERVICE",
+        "SENT-DATAGRAM",
+        "OPENED-NETLINK",
+    ] {
         assert!(!out.contains(forbidden), "{forbidden}: {out}");
     }
     // And on the host: nothing appeared outside, nothing connected, the key is as it was.
@@ -1322,6 +1335,10 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
     assert!(
         service.accept().is_err(),
         "confined git reached a service on a unix socket"
+    );
+    assert!(
+        journal.recv(&mut [0u8; 16]).is_err(),
+        "confined git sent a datagram to a unix socket"
     );
     let key_meta = fs::metadata(&key).unwrap();
     assert_eq!(key_meta.permissions().mode() & 0o7777, 0o600);
@@ -1614,7 +1631,7 @@ fn host_names_that_git_could_not_be_pinned_to_are_refused_before_any_lookup() {
 }
 
 #[test]
-fn host_name_rule_matches_what_libcurl_pins() {
+fn the_host_name_rule_accepts_label_forms_and_refuses_leading_dashes_and_other_characters() {
     for good in [
         "example.org",
         "xn--bcher-kva.example",

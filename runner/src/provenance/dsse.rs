@@ -166,7 +166,8 @@ pub fn verify(
 
 /// What the encoding of each signature says about why none verified, for the usual interop
 /// failures (another signer's base64 or signature format): "; signature N: ..." for each
-/// signature that no trusted key could even have made, at most [`MAX_SHOWN_KEYIDS`].
+/// signature that no trusted key could even have made, for the first [`MAX_SHOWN_KEYIDS`]
+/// signatures (the same bound as the key ids listed beside them).
 fn shape_notes(envelope: &Envelope, keys: &[PublicKey]) -> String {
     let mut notes = String::new();
     for (i, s) in envelope

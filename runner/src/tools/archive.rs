@@ -255,7 +255,7 @@ pub enum ArchiveError {
     Zip(#[source] zip::result::ZipError),
     /// A zip's end records or central directory are not laid out so that the zip crate is
     /// certain to read the directory that was counted: refused before it reads any.
-    #[error("zip archive refused: {0}")]
+    #[error("zip archive refused: {0}; repack it with a standard zip tool, or ship a tar")]
     ZipLayout(String),
     /// Writing an entry failed.
     #[error("archive entry {entry}: cannot write it")]

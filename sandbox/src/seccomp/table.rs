@@ -31,8 +31,8 @@
 //! versions. [`ALLOWED`] is the union of those lists (134 names, of which only `clone3` is not
 //! allowed but answered `ENOSYS`) plus the ordinary calls a general build may need that the
 //! workloads happened not to make: the `*at` variants of calls they did make, vectored and
-//! positional io, event-loop calls, timers, SysV and POSIX IPC, legacy AIO, NUMA policy, file
-//! watchers, and the clock calls. strace cannot see the clock calls at all: `clock_gettime`,
+//! positional io, event-loop calls, timers, SysV and POSIX IPC, NUMA policy, file watchers,
+//! and the clock calls (legacy AIO, which no workload made, answers `ENOSYS`: see below). strace cannot see the clock calls at all: `clock_gettime`,
 //! `gettimeofday`, `time` and `getcpu` normally run in the vDSO, which falls back to the real
 //! syscall only when the clocksource has no vDSO support (common on VMs).
 //!

@@ -20,8 +20,9 @@
 //!   signature earlier in the file (a stored jar near the end) is no concern: which directory
 //!   is read is settled by the walk below, not by the tail holding one signature;
 //! - both counts (this disk, total) agree, one disk only; the zip64 end record is used when
-//!   its locator is there, and required when a field of the end record is at its zip64 marker
-//!   (0xffff, 0xffffffff); it must be where the locator points, with its signature, ending
+//!   its locator is there, and required when the directory's offset is at its zip64 marker
+//!   (0xffffffff; without a locator a count of 0xffff or a size of 0xffffffff is taken as
+//!   written, as the crate takes them); it must be where the locator points, with its signature, ending
 //!   exactly at the locator (the crate's length check); a 32-bit field not at its marker must
 //!   equal the zip64 value (the crate reads the 32-bit fields when the count and offset are
 //!   not at their markers);
@@ -70,7 +71,8 @@ const RECORDS_PER_CLOCK_CHECK: u64 = 1024;
 pub(super) struct Directory {
     /// Records it lists.
     pub(super) entries: u64,
-    /// Its first byte, from the start of the file (data in front of the archive is refused).
+    /// Its first byte, from the start of the file (it must sit where its end record says: a
+    /// prefix is fine only when the offsets account for it, as `zip -A` makes them).
     pub(super) start: u64,
     /// Where it ends: at the zip64 end record, or at the end record.
     pub(super) end: u64,
@@ -633,7 +635,7 @@ mod tests {
         );
         let expected = format!(
             "zip archive refused: central directory record 1 of 1 at offset {decoy_at} (65581 \
-             bytes) runs past the end of the directory at offset {}",
+             bytes) runs past the end of the directory at offset {}; repack it with a standard zip tool, or ship a tar",
             decoy_at + 47
         );
         assert_eq!(checked(&zip), Err(expected.clone()));
@@ -663,7 +665,7 @@ mod tests {
         );
         let expected = format!(
             "zip archive refused: the zip64 end record at offset {record_at} says it is 56 bytes \
-             long, but the locator follows it 112 bytes on: it must end at the locator"
+             long, but the locator follows it 112 bytes on: it must end at the locator; repack it with a standard zip tool, or ship a tar"
         );
         assert_eq!(checked(&zip), Err(expected.clone()));
         let (dir, result) = unpack(&zip);
@@ -723,7 +725,7 @@ mod tests {
             Err(format!(
                 "zip archive refused: an end of central directory record signature at offset {} \
                  inside central directory record 1: the zip reader could fall back to it and \
-                 read another directory",
+                 read another directory; repack it with a standard zip tool, or ship a tar",
                 start as usize + RECORD_LEN + 1 + 4
             ))
         );

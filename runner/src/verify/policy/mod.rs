@@ -349,7 +349,8 @@ impl Policy {
                 return Err(Rejection::new(
                     "builder_keys",
                     format!(
-                        "runDetails.builder.id is {}, which builder_keys binds to no key",
+                        "runDetails.builder.id is {}, which builder_keys binds to no key; \
+                         add it to [builder_keys] with its key ids if that builder is trusted",
                         quote(&run.builder.id)
                     ),
                 ));
