@@ -52,8 +52,8 @@ mod peers;
 
 use intake::{with_intake, Arrived, BodyBudget, Gate, Intake};
 pub use intake::{
-    DEFAULT_LARGE_BODY_BUDGET, REFUSED_BODY_DRAIN, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES,
-    MAX_SUBMIT_BODY_BYTES, SMALL_BODY_TIMEOUT,
+    DEFAULT_LARGE_BODY_BUDGET, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES,
+    REFUSED_BODY_DRAIN, SMALL_BODY_TIMEOUT,
 };
 
 /// A refusal or failure, as answered.

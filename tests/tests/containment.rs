@@ -3405,9 +3405,15 @@ fn probe_reports_the_hosts_core_pattern_and_open_file_limit() {
     let pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
     let core = line("core-dumps");
     if pattern.starts_with('|') {
-        assert!(core.contains("WARNING") && core.contains("pipes every crash"), "{core}");
+        assert!(
+            core.contains("WARNING") && core.contains("pipes every crash"),
+            "{core}"
+        );
     } else {
-        assert!(core.contains(" ok ") && core.contains("written to files"), "{core}");
+        assert!(
+            core.contains(" ok ") && core.contains("written to files"),
+            "{core}"
+        );
     }
     let file_max = fs::read_to_string("/proc/sys/fs/file-max").unwrap();
     let open = line("open-files");

@@ -374,7 +374,12 @@ fn with_two_trusted_keys_builder_keys_accepts_a_builder_only_from_its_own_key() 
         );
         let mut args: Vec<PathBuf> = vec!["--provenance".into(), b.jsonl()];
         args.extend(["--key".into(), b.public(), "--key".into()]);
-        args.extend([other.join("signing.pub"), "--policy".into(), policy, b.artifact()]);
+        args.extend([
+            other.join("signing.pub"),
+            "--policy".into(),
+            policy,
+            b.artifact(),
+        ]);
         bulwark_verify(args)
     };
     // Both keys are trusted; the builder is bound to the other one, which did not sign.
