@@ -260,8 +260,11 @@ type Shared = Arc<Coordinator>;
 /// [`DEFAULT_LARGE_BODY_BUDGET`] bytes of larger ones are read at once.
 pub fn router(coordinator: Coordinator) -> Router {
     let options = ServeOptions::default();
-    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
-    router_shared(Arc::new(coordinator), &options, &budget)
+    router_shared(
+        Arc::new(coordinator),
+        &options,
+        &BodyBudget::for_options(&options),
+    )
 }
 
 /// [`router`] over a coordinator shared with other tasks (the sweep in [`serve`]), with the
@@ -445,11 +448,7 @@ pub async fn serve_with_metrics(
         options.sweep_interval,
     ));
     let scrapes = metrics.map(|l| tokio::spawn(serve_metrics(l, Arc::clone(&shared), options)));
-    let app = app(
-        &shared,
-        &options,
-        &BodyBudget::new(options.large_body_budget, options.large_body_wait),
-    );
+    let app = app(&shared, &options, &BodyBudget::for_options(&options));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)

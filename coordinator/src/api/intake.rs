@@ -181,6 +181,11 @@ impl BodyBudget {
         }
     }
 
+    /// The budget `options` set (`large_body_budget`, `large_body_wait`).
+    pub fn for_options(options: &super::ServeOptions) -> BodyBudget {
+        BodyBudget::new(options.large_body_budget, options.large_body_wait)
+    }
+
     /// All of the budget, held until the permit is dropped: a test's way to keep it busy.
     #[cfg(test)]
     pub fn take_all(&self) -> OwnedSemaphorePermit {

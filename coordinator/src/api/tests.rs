@@ -57,6 +57,14 @@ fn admin_token(state: &Path) -> String {
 /// A server of `make`'s router over a new coordinator, served by `axum::serve` (no header
 /// timeout, no connection bound): for tests that build the router themselves, to hold its
 /// budget of large bodies or to leave out a layer.
+/// The served app (routes and request deadlines) with `options`, and a handle on its body
+/// budget, which a test can take to keep it busy.
+fn serve_app(options: ServeOptions) -> (Server, BodyBudget) {
+    let budget = BodyBudget::for_options(&options);
+    let served = budget.clone();
+    (start_router(move |c| app(&c, &options, &served)), budget)
+}
+
 fn start_router(make: impl FnOnce(Shared) -> Router + Send + 'static) -> Server {
     let dir = TempDir::new("api");
     let (coordinator, state) = new_coordinator(&dir, outputs::OutputLimits::default());
@@ -2318,9 +2326,7 @@ fn the_request_deadline_spares_the_upload_route_not_a_path_that_looks_like_it() 
         large_body_wait: Duration::from_secs(30),
         ..ServeOptions::default()
     };
-    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
-    let served = budget.clone();
-    let s = start_router(move |c| app(&c, &options, &served));
+    let (s, budget) = serve_app(options);
     let (runner, job) = leased_job(&s, "untrusted");
     // From now on every byte of the budget is taken (other runners' results).
     let _busy = budget.take_all();
@@ -2382,13 +2388,7 @@ fn a_large_body_has_a_deadline_of_its_own_without_the_request_deadline() {
         request_timeout: Duration::from_secs(1),
         ..ServeOptions::default()
     };
-    let s = start_router(move |c| {
-        router_shared(
-            c,
-            &options,
-            &BodyBudget::new(options.large_body_budget, options.large_body_wait),
-        )
-    });
+    let s = start_router(move |c| router_shared(c, &options, &BodyBudget::for_options(&options)));
     let (runner, job) = leased_job(&s, "untrusted");
     let path = format!("/v1/jobs/{job}/live-log/0");
     let digest = sha(b"x");
@@ -2427,9 +2427,7 @@ fn a_large_body_that_finds_no_room_in_time_is_answered_503_and_its_retry_is_acce
         request_timeout: Duration::from_secs(60),
         ..ServeOptions::default()
     };
-    let budget = BodyBudget::new(options.large_body_budget, options.large_body_wait);
-    let served = budget.clone();
-    let s = start_router(move |c| app(&c, &options, &served));
+    let (s, budget) = serve_app(options);
     let (runner, job) = leased_job(&s, "trusted");
     let busy = budget.take_all();
     let report = br#"{"result":{"status":"succeeded"}}"#;
