@@ -835,6 +835,126 @@ fn git_output_is_read_to_its_end_and_only_a_bounded_part_kept() {
     assert_eq!(read_bounded(&b"short"[..], 16, Keep::Tail), "short");
 }
 
+/// A smart-HTTP git server on `bind` (`127.0.0.1:0`, `[::1]:0`) serving the repositories
+/// under `root` through git's own CGI, `git http-backend` (protocol v2 when git asks for it),
+/// one request per connection; `None` when the address cannot be bound (no IPv6 here).
+fn http_backend_server(root: &Path, bind: &str) -> Option<u16> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind(bind).ok()?;
+    let port = listener.local_addr().unwrap().port();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut parts = request_line.split_whitespace();
+                let method = parts.next().unwrap_or_default().to_owned();
+                let target = parts.next().unwrap_or_default().to_owned();
+                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.trim_end().split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                    }
+                }
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                let length: usize = header("content-length").parse().unwrap_or(0);
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let mut backend = Command::new(GIT)
+                    .arg("http-backend")
+                    .env_clear()
+                    .env("PATH", "/usr/bin:/bin")
+                    .env("GIT_CONFIG_NOSYSTEM", "1")
+                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                    .env("GIT_PROJECT_ROOT", &root)
+                    .env("GIT_HTTP_EXPORT_ALL", "1")
+                    .env("REQUEST_METHOD", &method)
+                    .env("PATH_INFO", path)
+                    .env("QUERY_STRING", query)
+                    .env("CONTENT_TYPE", header("content-type"))
+                    .env("CONTENT_LENGTH", length.to_string())
+                    .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+                    .env("HTTP_GIT_PROTOCOL", header("git-protocol"))
+                    .env("REMOTE_ADDR", "127.0.0.1")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                backend.stdin.take().unwrap().write_all(&body).unwrap();
+                let out = backend.wait_with_output().unwrap().stdout;
+                // CGI headers, a blank line, the body: an HTTP/1.1 answer closed at its end.
+                let split = out
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| (i, 4))
+                    .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
+                    .unwrap();
+                let cgi = String::from_utf8_lossy(&out[..split.0]).into_owned();
+                let status = cgi
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Status:"))
+                    .map_or("200 OK".to_owned(), |s| s.trim().to_owned());
+                let mut answer = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+                for line in cgi.lines().filter(|l| !l.starts_with("Status:")) {
+                    answer.push_str(line.trim_end());
+                    answer.push_str("\r\n");
+                }
+                answer.push_str("\r\n");
+                let mut conn = conn;
+                let _ = conn.write_all(answer.as_bytes());
+                let _ = conn.write_all(&out[split.0 + split.1..]);
+            });
+        }
+    });
+    Some(port)
+}
+
+/// The fetch a job with a remote `[source] git` gets, end to end: confined git (no UDP, no
+/// unix sockets, TCP only to the repository's port) over smart HTTP to a pinned address,
+/// IPv4 and IPv6, the exact commit checked out.
+#[test]
+fn confined_git_fetches_a_commit_over_smart_http_on_ipv4_and_ipv6() {
+    let root = tempdir("smart-http");
+    let (_, first, second) = two_commits(&root);
+    let policy = GitPolicy {
+        allow_private: vec![
+            IpNet::parse("127.0.0.1").unwrap(),
+            IpNet::parse("::1").unwrap(),
+        ],
+        ..confined_policy_for(&[])
+    };
+    for (bind, host) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "[::1]")] {
+        let Some(port) = http_backend_server(&root, bind) else {
+            eprintln!("SKIPPED for {host}: cannot bind {bind} on this host");
+            continue;
+        };
+        for (commit, content) in [(&first, "one\n"), (&second, "two\n")] {
+            let dest = tempdir("smart-http-dest");
+            let url = format!("http://{host}:{port}/src");
+            let got = fetch(&url, commit, None, &dest, &policy, None)
+                .unwrap_or_else(|e| panic!("{url}: {:#}", anyhow::Error::from(e)));
+            assert_eq!(&got.commit, commit, "{url}");
+            assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), content);
+            assert_eq!(git(&dest, &["rev-parse", "HEAD"]), *commit);
+        }
+    }
+}
+
 /// A smart-HTTP server (protocol v0) that advertises `commit` and then, instead of a pack,
 /// sends `progress_bytes` of "remote:" progress messages (side band 2) and hangs up.
 fn chatty_server(commit: &str, progress_bytes: usize) -> u16 {
@@ -1282,6 +1402,10 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
     let journal_path = state.join("journal.sock");
     let journal = std::os::unix::net::UnixDatagram::bind(&journal_path).unwrap();
     journal.set_nonblocking(true).unwrap();
+    // And a UDP service on loopback (as this host's DNS resolver, or a collector elsewhere).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    udp.set_nonblocking(true).unwrap();
     // What code running inside git would try: write outside, make a setuid file outside,
     // write the destination, connect out, make the key readable by anyone, reach the
     // service, and see its own status.
@@ -1296,6 +1420,8 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
            2>/dev/null && echo REACHED-SERVICE\n\
          for t in SOCK_DGRAM SOCK_RAW; do python3 -c \"import socket; a, b = socket.socketpair(socket.AF_UNIX, socket.$t); a.sendto(b'x', '{journal}')\" 2>/dev/null && echo SENT-DATAGRAM-$t; done\n\
          python3 -c 'import socket; socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)' 2>/dev/null && echo OPENED-NETLINK\n\
+         python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b\"x\", (\"127.0.0.1\", {udp_port}))' \
+           2>&1 | grep -q 'PermissionError: .Errno 13' && echo UDP-REFUSED-EACCES\n\
          grep NoNewPrivs /proc/self/status",
         out = outside.display(),
         dest = dest.display(),
@@ -1317,6 +1443,7 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
         "the connect was not refused: {out}"
     );
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("UDP-REFUSED-EACCES"), "{out}{err}");
     for forbidden in [
         "CHMOD-OUTSIDE",
         "TOUCHED-OUTSIDE",
@@ -1339,6 +1466,10 @@ fn confined_git_writes_only_its_destination_and_home_and_connects_nowhere_for_a_
     assert!(
         journal.recv(&mut [0u8; 16]).is_err(),
         "confined git sent a datagram to a unix socket"
+    );
+    assert!(
+        udp.recv(&mut [0u8; 16]).is_err(),
+        "confined git sent a UDP datagram"
     );
     let key_meta = fs::metadata(&key).unwrap();
     assert_eq!(key_meta.permissions().mode() & 0o7777, 0o600);

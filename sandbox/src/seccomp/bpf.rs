@@ -71,6 +71,15 @@ pub enum Verdict {
         /// Return value when `sub_arg` matches none of `sub_values`.
         sub_refuse: u32,
     },
+    /// Allow only when, for every `(arg, values)` of `args`, the low 32 bits of argument `arg`
+    /// equal one of `values`; otherwise refuse with `refuse` (a socket's family, type and
+    /// protocol each from a short list).
+    AllowEach {
+        /// Argument index (0 to 5) and its allowed values, compared as 32 bits.
+        args: &'static [(u8, &'static [u32])],
+        /// Return value when any argument is outside its values.
+        refuse: u32,
+    },
     /// Refuse (with `refuse`) when any bit of `mask` is set in the low 32 bits of argument
     /// `arg`; otherwise allow.
     RefuseArgBits {
@@ -217,6 +226,14 @@ fn tree(intervals: &[(u32, Verdict)]) -> Result<Vec<Insn>, BuildError> {
 /// `ret on_match` when the low 32 bits of argument `arg` equal one of `values`, else
 /// `ret otherwise`.
 fn arg_in(arg: u8, values: &[u32], on_match: u32, otherwise: u32) -> Result<Vec<Insn>, BuildError> {
+    let mut out = arg_in_or_ret(arg, values, otherwise)?;
+    out.push(stmt(BPF_RET_K, on_match));
+    Ok(out)
+}
+
+/// Falls through past its end when the low 32 bits of argument `arg` equal one of `values`,
+/// else `ret otherwise`.
+fn arg_in_or_ret(arg: u8, values: &[u32], otherwise: u32) -> Result<Vec<Insn>, BuildError> {
     if arg > 5 {
         return Err(BuildError::BadArg(arg));
     }
@@ -224,14 +241,13 @@ fn arg_in(arg: u8, values: &[u32], on_match: u32, otherwise: u32) -> Result<Vec<
         .ok()
         .filter(|n| *n <= 200)
         .ok_or(BuildError::TooManyValues(values.len()))?;
-    // ld arg; jeq v0 -> match; ...; ret otherwise; match: ret on_match
+    // ld arg; jeq v0 -> past; ...; ret otherwise; past:
     let mut out = vec![stmt(BPF_LD_W_ABS, arg_low(arg))];
     for (i, v) in values.iter().enumerate() {
-        // From the jeq at index i (counting jeqs from 0), the match is n - i ahead.
+        // From the jeq at index i (counting jeqs from 0), the end is n - i ahead.
         out.push(jump(BPF_JMP_JEQ_K, *v, n - i as u8, 0));
     }
     out.push(stmt(BPF_RET_K, otherwise));
-    out.push(stmt(BPF_RET_K, on_match));
     Ok(out)
 }
 
@@ -271,6 +287,14 @@ fn leaf(verdict: Verdict) -> Result<Vec<Insn>, BuildError> {
                 libc::SECCOMP_RET_ALLOW,
                 sub_refuse,
             )?);
+            out
+        }
+        Verdict::AllowEach { args, refuse } => {
+            let mut out = Vec::new();
+            for (arg, values) in args {
+                out.extend(arg_in_or_ret(*arg, values, refuse)?);
+            }
+            out.push(stmt(BPF_RET_K, libc::SECCOMP_RET_ALLOW));
             out
         }
         Verdict::RefuseArgBits { arg, mask, refuse } => {
@@ -508,6 +532,45 @@ mod tests {
             run(&prog, 57, ARCH, [0x1000_0011, 0, 0, 0, 0, 0]),
             Some(EPERM)
         );
+    }
+
+    #[test]
+    fn an_allow_each_rule_needs_every_argument_in_its_list() {
+        let rules = BTreeMap::from([(
+            41,
+            Verdict::AllowEach {
+                args: &[(0, &[2, 10]), (1, &[1, 0x801]), (2, &[0, 6])],
+                refuse: EPERM,
+            },
+        )]);
+        let prog = build(ARCH, &rules, libc::SECCOMP_RET_ALLOW, None).unwrap();
+        let allow = Some(libc::SECCOMP_RET_ALLOW);
+        for (args, want) in [
+            ([2, 1, 0], allow),
+            ([10, 0x801, 6], allow),
+            ([2 | (1 << 40), 1 | (1 << 33), 6 | (1 << 50)], allow),
+            ([1, 1, 0], Some(EPERM)),
+            ([2, 2, 0], Some(EPERM)),
+            ([10, 1, 17], Some(EPERM)),
+            ([16, 3, 0], Some(EPERM)),
+            ([2, 0x802, 6], Some(EPERM)),
+        ] {
+            assert_eq!(
+                run(&prog, 41, ARCH, [args[0], args[1], args[2], 0, 0, 0]),
+                want,
+                "{args:x?}"
+            );
+        }
+        assert_eq!(run(&prog, 42, ARCH, [1, 2, 17, 0, 0, 0]), allow);
+        let empty = BTreeMap::from([(
+            41,
+            Verdict::AllowEach {
+                args: &[],
+                refuse: EPERM,
+            },
+        )]);
+        let prog = build(ARCH, &empty, EPERM, None).unwrap();
+        assert_eq!(run(&prog, 41, ARCH, [0; 6]), allow);
     }
 
     #[test]

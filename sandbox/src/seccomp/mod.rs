@@ -233,6 +233,26 @@ const CONFINE_DGRAM_TYPES: [u32; 8] = {
     out
 };
 
+/// The sockets confined git may make: TCP over IPv4 or IPv6, the only transport a fetch uses
+/// (the repository's address is pinned by the runner, so nothing is resolved over UDP), and
+/// the only one Landlock's `--connect` rule governs. Each is (argument, allowed values):
+/// the family; the type, with each combination of the flags that may be ORed into it; the
+/// protocol, 0 (the family's default, TCP) or `IPPROTO_TCP` (not SCTP or MPTCP streams,
+/// whose connects Landlock does not check).
+const CONFINE_SOCKETS: &[(u8, &[u32])] = &[
+    (0, &[libc::AF_INET as u32, libc::AF_INET6 as u32]),
+    (
+        1,
+        &[
+            libc::SOCK_STREAM as u32,
+            (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u32,
+            (libc::SOCK_STREAM | libc::SOCK_NONBLOCK) as u32,
+            (libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u32,
+        ],
+    ),
+    (2, &[0, libc::IPPROTO_TCP as u32]),
+];
+
 /// The filter `bulwark-sandbox --confine` puts on git (`crate::confine`), beside Landlock:
 /// everything is allowed except what would let a process that may write only beneath a few
 /// directories still change the host. Landlock does not cover metadata: a process may
@@ -240,17 +260,18 @@ const CONFINE_DGRAM_TYPES: [u32; 8] = {
 /// rootless and subuid modes the runner's own state: a tool store directory made writable by
 /// everyone, in which another local user then plants what a later job runs). So `chmod` may
 /// not set [`CONFINE_REFUSED_MODE_BITS`] and the others answer EPERM ([`CONFINE_REFUSED`]).
-/// Nor does Landlock cover `connect` to a pathname unix socket (ABI 6 scopes only abstract
-/// ones), which reaches the services of the same user (its systemd manager or session bus
-/// start any command asked of them, unconfined): `socket(AF_UNIX)` answers EACCES, and so
-/// do `AF_NETLINK` (the kernel's and other processes' netlink services) and `AF_VSOCK` (the
-/// hypervisor's services, on a VM). `socketpair` stays allowed for stream pairs, which reach
-/// only each other; a datagram pair (`SOCK_DGRAM`, or `SOCK_RAW`, which AF_UNIX turns into
-/// one) is refused, since `sendto` or `connect` on either end
-/// reaches any pathname datagram socket (the journal's, syslog's). A denylist, unlike the
-/// job's: git and the helpers it starts are the host's, and their calls are many. Left open:
-/// UDP to any address (Landlock governs TCP only, and git runs in the host's network
-/// namespace); only code running in a compromised git could use it.
+/// Landlock's network rules govern TCP alone, and git runs in the host's network namespace,
+/// so `socket` makes only TCP sockets ([`CONFINE_SOCKETS`]) and answers EACCES for every
+/// other: UDP and ICMP (a datagram to any address, this host's DNS resolver or a metadata
+/// service included), `AF_UNIX` (a `connect` to a pathname socket, which Landlock's ABI 6
+/// scopes do not cover, reaches the services of the same user: its systemd manager or
+/// session bus start any command asked of them, unconfined), `AF_NETLINK` (the kernel's and
+/// other processes' netlink services), `AF_VSOCK` (the hypervisor's services, on a VM) and
+/// the rest. `socketpair` stays allowed for stream pairs, which reach only each other; a
+/// datagram pair (`SOCK_DGRAM`, or `SOCK_RAW`, which AF_UNIX turns into one) is refused,
+/// since `sendto` or `connect` on either end reaches any pathname datagram socket (the
+/// journal's, syslog's). Otherwise a denylist, unlike the job's: git and the helpers it
+/// starts are the host's, and their calls are many.
 pub fn compile_confine() -> Result<JobFilters, SeccompError> {
     let (audit_arch, has_x32) = arch()?;
     let mut rules: BTreeMap<u32, Verdict> = BTreeMap::new();
@@ -278,13 +299,8 @@ pub fn compile_confine() -> Result<JobFilters, SeccompError> {
     }
     rules.insert(
         nr(libc::SYS_socket)?,
-        Verdict::RefuseArgEq {
-            arg: 0,
-            values: &[
-                libc::AF_UNIX as u32,
-                libc::AF_NETLINK as u32,
-                libc::AF_VSOCK as u32,
-            ],
+        Verdict::AllowEach {
+            args: CONFINE_SOCKETS,
             refuse: libc::SECCOMP_RET_ERRNO | libc::EACCES as u32,
         },
     );
@@ -368,8 +384,49 @@ mod tests {
         assert_eq!(verdict(libc::SYS_socket, family(libc::AF_INET)), allow);
         assert_eq!(verdict(libc::SYS_socket, family(libc::AF_NETLINK)), eacces);
         assert_eq!(verdict(libc::SYS_socket, family(libc::AF_VSOCK)), eacces);
+        assert_eq!(verdict(libc::SYS_socket, family(libc::AF_PACKET)), eacces);
+        assert_eq!(verdict(libc::SYS_socket, family(libc::AF_ALG)), eacces);
         assert_eq!(verdict(libc::SYS_socket, family(libc::AF_INET6)), allow);
         assert_eq!(verdict(libc::SYS_socketpair, family(libc::AF_UNIX)), allow);
+        // TCP as curl and git make it; UDP, ICMP, raw and SCTP not.
+        let inet = |f: i32, t: i32, p: i32| [f as u64, t as u64, p as u64, 0, 0, 0];
+        for (f, t, p, want) in [
+            (
+                libc::AF_INET6,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_TCP,
+                allow,
+            ),
+            (
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                allow,
+            ),
+            (libc::AF_INET, libc::SOCK_DGRAM, 0, eacces),
+            (
+                libc::AF_INET6,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+                eacces,
+            ),
+            (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP, eacces),
+            (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP, eacces),
+            (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP, eacces),
+            (libc::AF_INET6, libc::SOCK_SEQPACKET, 0, eacces),
+            (
+                libc::AF_INET,
+                libc::SOCK_STREAM,
+                262, /* MPTCP */
+                eacces,
+            ),
+        ] {
+            assert_eq!(
+                verdict(libc::SYS_socket, inet(f, t, p)),
+                want,
+                "{f} {t:#x} {p}"
+            );
+        }
         let pair = |t: i32| [libc::AF_UNIX as u64, t as u64, 0, 0, 0, 0];
         for t in CONFINE_DGRAM_TYPES {
             assert_eq!(
