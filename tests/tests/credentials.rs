@@ -566,6 +566,18 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
         "no refresh in a 15 s job: {reqs:?}\n{}",
         daemon_log(&env)
     );
+    // The first exchange asks for the job's timeout (1 h, the default); each refresh only for
+    // what is left of it, so no credential outlives the job by more than AWS's minimum.
+    let asked: Vec<u64> = reqs
+        .iter()
+        .filter(|r| r["path"] == "/aws")
+        .map(|r| r["params"]["DurationSeconds"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(asked[0], 3600, "{asked:?}");
+    assert!(
+        asked[1..].iter().all(|s| (3500..3600).contains(s)),
+        "a refresh asked for more than what is left of the job: {asked:?}"
+    );
     // Every read found exactly one issued value, whole; more than one over the job.
     let out = out_dir(&env, &id);
     let sums = std::fs::read_to_string(out.join("dist/app.txt")).unwrap();

@@ -632,7 +632,9 @@ impl Daemon {
                 .map(|c| (c.name.clone(), c.expires.clone()))
                 .collect();
             drop(handoff);
-            refresh = Some(self.refresh_credentials(lease, job.timeout, first, stdin));
+            // The job is killed at its timeout: what a refresh asks for need not outlive that.
+            let deadline = std::time::Instant::now() + job.timeout;
+            refresh = Some(self.refresh_credentials(lease, deadline, first, stdin));
         }
         let refresh = async move {
             match refresh {
@@ -918,10 +920,15 @@ impl Daemon {
     /// is said to the run too (it goes into `result.json`) and tried again: every 30 s, or
     /// sooner while the credential still has less than a minute left. The job keeps what it
     /// has meanwhile. Never returns: it is polled beside the run and dropped with it.
+    ///
+    /// A refresh asks for a lifetime no longer than what is left of the job before
+    /// `deadline` (its timeout), not the whole timeout again: a credential renewed late in a
+    /// job would otherwise stay valid long after the job was killed. (AWS sessions last at
+    /// least 15 minutes whatever is asked.)
     async fn refresh_credentials(
         &self,
         lease: &Lease,
-        timeout: Duration,
+        deadline: std::time::Instant,
         first: Vec<(String, Option<String>)>,
         mut pipe: tokio::process::ChildStdin,
     ) {
@@ -954,11 +961,12 @@ impl Daemon {
                 if *at > now_instant {
                     continue;
                 }
+                let left = deadline.saturating_duration_since(now_instant);
                 let one = self
                     .issue(
                         lease,
                         std::slice::from_ref(name),
-                        timeout,
+                        left,
                         metrics::Exchange::Refresh,
                     )
                     .await;
