@@ -571,7 +571,13 @@ fn a_job_longer_than_its_credentials_gets_newer_ones_in_place_masked_in_its_log(
     let asked: Vec<u64> = reqs
         .iter()
         .filter(|r| r["path"] == "/aws")
-        .map(|r| r["params"]["DurationSeconds"].as_str().unwrap().parse().unwrap())
+        .map(|r| {
+            r["params"]["DurationSeconds"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     assert_eq!(asked[0], 3600, "{asked:?}");
     assert!(

@@ -258,7 +258,7 @@ fn another_port_and_unlisted_literals_are_refused() {
 
 #[test]
 fn forbidden_addresses_are_refused_even_under_a_wildcard_or_listed() {
-    let p = Proxy::start(
+    let mut p = Proxy::start(
         "forbidden",
         &strings(&[
             "*.test:80".into(),
@@ -269,13 +269,67 @@ fn forbidden_addresses_are_refused_even_under_a_wildcard_or_listed() {
         false,
         ProxyLimits::default(),
     );
-    let (code, head, _) = p.tunnel("meta.test:80");
+    // What a name resolved to is the operator's to see (egress.log), not the job's: an
+    // untrusted job would otherwise map the internal network through the host's resolver.
+    for name in ["meta.test", "private.test"] {
+        let (code, head, _) = p.tunnel(&format!("{name}:80"));
+        assert_eq!(code, 403, "{head}");
+        assert!(
+            head.contains(&format!("{name} resolves to an address this proxy refuses")),
+            "{head}"
+        );
+        for hidden in ["169.254", "10.1.2.3", "metadata address", "private address"] {
+            assert!(!head.contains(hidden), "{hidden} told to the job: {head}");
+        }
+    }
+    // A literal is the job's own: it is told why.
+    let (code, head, _) = p.tunnel("169.254.169.254:80");
     assert_eq!(code, 403);
     assert!(head.contains("metadata"), "{head}");
-    let (code, head, _) = p.tunnel("private.test:80");
-    assert_eq!(code, 403);
-    assert!(head.contains("private"), "{head}");
-    assert_eq!(p.tunnel("169.254.169.254:80").0, 403);
+    let log = p.finish();
+    let line = |host: &str| {
+        log.iter()
+            .find(|l| l["host"] == host)
+            .unwrap_or_else(|| panic!("{host}: {log:?}"))
+            .clone()
+    };
+    assert_eq!(line("meta.test")["address"], "169.254.169.254");
+    let why = line("meta.test")["reason"].as_str().unwrap().to_owned();
+    assert!(
+        why.contains("169.254.169.254 is a cloud metadata address"),
+        "{why}"
+    );
+    assert_eq!(line("private.test")["address"], "10.1.2.3");
+    let why = line("private.test")["reason"].as_str().unwrap().to_owned();
+    assert!(why.contains("10.1.2.3 is a private address"), "{why}");
+}
+
+/// A request whose host:port cannot be read is logged with its target as sent: a job probing
+/// for parser differences leaves a record of what it tried.
+#[test]
+fn a_target_that_does_not_parse_is_logged_as_sent() {
+    let o = origin("a");
+    let mut p = Proxy::start(
+        "unparsed",
+        &allow_origin(o.port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let target = format!("http://allowed.test:{}@evil.example/", o.port);
+    let mut s = p.connect();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let head = read_head(&mut s).unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    drop(s);
+    let log = p.finish();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["decision"], "denied");
+    assert!(
+        log[0]["host"].as_str().unwrap().contains("@evil.example"),
+        "{log:?}"
+    );
+    assert_eq!(o.conns.load(Ordering::SeqCst), 0);
 }
 
 #[test]

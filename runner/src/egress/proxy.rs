@@ -392,7 +392,12 @@ async fn handle(
 /// A refusal to send to the client and record.
 struct Refusal {
     status: u16,
+    /// What the job is told (in the response and its `X-Bulwark-Denied` header).
     reason: String,
+    /// What `egress.log` records instead, when the job is told less: the address a name
+    /// resolved to is the operator's to see, not the job's (an untrusted job would map the
+    /// internal network by naming hosts the host's resolver knows).
+    detail: Option<String>,
 }
 
 impl From<BadRequest> for Refusal {
@@ -400,6 +405,7 @@ impl From<BadRequest> for Refusal {
         Refusal {
             status: b.status,
             reason: b.reason.into(),
+            detail: None,
         }
     }
 }
@@ -408,6 +414,7 @@ fn refusal(status: u16, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
+        detail: None,
     }
 }
 
@@ -421,7 +428,7 @@ async fn serve_one(client: &mut UnixStream, shared: &Shared, attempt: &mut Attem
                     client.write_all(response(r.status, &r.reason).as_bytes()),
                 )
                 .await;
-                attempt.denied = Some(r.reason);
+                attempt.denied = Some(r.detail.unwrap_or(r.reason));
             } else if let Some(reason) = &mut attempt.allowed {
                 // Failed after the upstream connection was made: the client already has a
                 // response or a tunnel; note why it ended.
@@ -454,6 +461,8 @@ async fn exchange(
             }
         };
     attempt.method = head.method.clone();
+    // Until the host is understood, the log names the target as sent.
+    attempt.host = head.target.chars().take(256).collect();
     let connect = head.method == "CONNECT";
     let (authority, path) = if connect {
         (head.target.as_str(), "".into())
@@ -535,17 +544,20 @@ async fn resolve_and_connect(
 ) -> Result<(TcpStream, String), Refusal> {
     let policy = &shared.policy;
     let limits = &shared.limits;
-    let (name, candidates, reason) = match policy.decide(raw_host, port) {
+    let (name, candidates, reason, resolved) = match policy.decide(raw_host, port) {
         Decision::Deny(d) => return Err(refusal(403, d.to_string())),
-        Decision::Literal { ip, reason } => {
-            (ip.to_string(), vec![SocketAddr::new(ip, port)], reason)
-        }
+        Decision::Literal { ip, reason } => (
+            ip.to_string(),
+            vec![SocketAddr::new(ip, port)],
+            reason,
+            false,
+        ),
         Decision::Resolve { host, reason } => {
             let addrs = match policy.override_for(&host) {
                 Some(ip) => vec![SocketAddr::new(ip, port)],
                 None => lookup(shared, &host, port, attempt).await?,
             };
-            (host, addrs, reason)
+            (host, addrs, reason, true)
         }
     };
     if candidates.is_empty() {
@@ -556,7 +568,19 @@ async fn resolve_and_connect(
     for addr in &candidates {
         if let Err(d) = policy.check_address(&name, *addr) {
             attempt.address = Some(addr.ip());
-            return Err(refusal(403, d.to_string()));
+            // A literal is the job's own; what a name resolved to is not said to the job.
+            return Err(if resolved {
+                Refusal {
+                    status: 403,
+                    reason: format!(
+                        "{name} resolves to an address this proxy refuses (the run's \
+                         egress.log names it and why)"
+                    ),
+                    detail: Some(d.to_string()),
+                }
+            } else {
+                refusal(403, d.to_string())
+            });
         }
     }
     let mut last = String::new();
