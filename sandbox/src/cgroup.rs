@@ -9,6 +9,20 @@
 //! Each job gets `<hierarchy>/bulwark/<job id>` (v1: one per controller, plus `freezer` for
 //! killing).
 //!
+//! ## Socket buffers
+//!
+//! The kernel's TCP buffers belong to no process's heap, and a job can fill a great many of
+//! them: loopback connections whose reader stops reading hold up to a few MiB each (64 such
+//! connections queued 262 MiB here), and together they count against the host-wide pool
+//! (`net.ipv4.tcp_mem`) whose pressure slows TCP for every other job and the runner's own
+//! connections. cgroup v2 charges socket memory to the job's `memory.max` with everything
+//! else. v1 charges it to a cgroup only once that cgroup has a TCP limit, so a v1 job gets
+//! `memory.kmem.tcp.limit_in_bytes` = its memory limit, at most [`V1_TCP_BUFFER_CAP`]
+//! (counted apart from `memory.limit_in_bytes`, so a v1 job may use up to that much more);
+//! past it, its sockets see memory pressure (writes wait, EAGAIN), not the OOM killer.
+//! Where a v1 kernel has no such file (built without kernel-memory accounting), the job runs
+//! without it: `probe` has no layer for it, and `docs/threat-model.md` says so.
+//!
 //! ## CPU
 //!
 //! A CPU limit is bandwidth: the job's processes together get at most `cpus` CPUs' worth of
@@ -576,6 +590,11 @@ pub struct Limits {
 /// The CPU bandwidth period, in microseconds (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// The most a v1 job's sockets may hold in kernel buffers (module docs, "Socket buffers"):
+/// a build's downloads need a few MiB per connection; two jobs at this cap stay well below
+/// the host-wide TCP pressure threshold of a machine with a few GiB of memory.
+pub const V1_TCP_BUFFER_CAP: u64 = 256 << 20;
+
 /// A job's cgroup(s).
 #[derive(Debug)]
 pub struct JobCgroup {
@@ -844,6 +863,11 @@ impl JobCgroup {
                         fs::write(&memsw, m.to_string()).map_err(io_at("write", &memsw))?;
                     }
                     let _ = fs::write(d.join("memory.swappiness"), "0");
+                    let tcp = d.join("memory.kmem.tcp.limit_in_bytes");
+                    if tcp.exists() {
+                        fs::write(&tcp, m.min(V1_TCP_BUFFER_CAP).to_string())
+                            .map_err(io_at("write", &tcp))?;
+                    }
                 }
                 if let Some(p) = pids {
                     let d = self.dir("pids");

@@ -46,6 +46,29 @@ fn assert_stopped_by_the_pids_limit(r: &bulwark_tests::Run) {
     );
 }
 
+/// 64 loopback TCP connections inside the job; each reader reads for 50 ms (so the kernel
+/// grows the buffers) and then stops while its writer writes until the kernel says EAGAIN.
+/// Prints `queued_mib=N`, what the kernel accepted in all.
+const SOCKET_FILL: &str = r#"
+import socket, time
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(64)
+port = ls.getsockname()[1]; held = []; total = 0; chunk = b"x" * 65536
+for i in range(64):
+    c = socket.create_connection(("127.0.0.1", port)); s, _ = ls.accept()
+    c.setblocking(False); s.setblocking(False)
+    t = time.time()
+    while time.time() - t < 0.05:
+        try: c.send(chunk)
+        except BlockingIOError: pass
+        try: s.recv(1 << 20)
+        except BlockingIOError: pass
+    while True:
+        try: total += c.send(chunk)
+        except OSError: break
+    held.append((c, s))
+print("queued_mib=%d" % (total >> 20))
+"#;
+
 /// A step that asks for 512 MiB at once (run with a smaller memory limit).
 const MEMORY_BOMB: &str =
     "exec python3 -c 'b = bytearray(512 * 1024 * 1024); print(\"allocated\")'";
@@ -1509,6 +1532,30 @@ mod root_mode {
             "{r}"
         );
         assert!(!r.log.contains("allocated"));
+    }
+
+    /// Loopback connections whose reader stops reading, after reading long enough for the
+    /// kernel to grow their buffers: 64 of them queue about 260 MiB on this host without a
+    /// limit. The job's sockets are charged to its cgroup (v1: a TCP limit of its memory
+    /// limit), so its writes stop near 64 MiB.
+    #[test]
+    fn a_job_cannot_fill_kernel_socket_buffers_past_its_limit() {
+        require_root();
+        let env = Env::new("sockmem");
+        let run = py(&env, "fill.py", SOCKET_FILL);
+        let r = env.run(&one_step(
+            "sockmem",
+            &run,
+            "[resources]\nmemory = \"64MiB\"",
+        ));
+        r.assert_code(0);
+        let queued: u64 = r.value("queued_mib").parse().unwrap();
+        assert!(
+            queued < 96,
+            "the job queued {queued} MiB in socket buffers under a 64 MiB limit\n{r}"
+        );
+        // Writes stopped because the buffers were full, not because the job ran out.
+        assert!(queued >= 16, "{r}");
     }
 
     #[test]
