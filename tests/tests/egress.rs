@@ -304,6 +304,94 @@ fn forbidden_addresses_are_refused_even_under_a_wildcard_or_listed() {
     assert!(why.contains("10.1.2.3 is a private address"), "{why}");
 }
 
+/// The send and receive queues (bytes) of this host's TCP socket connected to
+/// `127.0.0.1:<remote_port>` from another port (the proxy's upstream side), from
+/// `/proc/net/tcp`.
+fn queues_towards(remote_port: u16) -> (u64, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_of = |addr: &str| u16::from_str_radix(addr.split(':').nth(1).unwrap(), 16).unwrap();
+    let f = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| port_of(f[2]) == remote_port && port_of(f[1]) != remote_port)
+        .expect("no socket towards the origin");
+    let (tx, rx) = f[4].split_once(':').unwrap();
+    (
+        u64::from_str_radix(tx, 16).unwrap(),
+        u64::from_str_radix(rx, 16).unwrap(),
+    )
+}
+
+/// A job that fills a tunnel towards an origin that never reads, and one that reads fast
+/// through a tunnel (so the kernel would grow the buffers) and then stops: what the runner's
+/// upstream socket holds either way is bounded by the buffer the proxy fixed, not by the
+/// kernel's autotuning ceilings (`tcp_wmem`, `tcp_rmem`: megabytes per tunnel, charged to
+/// the runner, not the job, times `max_connections`).
+#[test]
+fn tunnels_the_other_side_stops_reading_hold_a_bounded_buffer_in_the_runner() {
+    let bound = 2 * u64::from(egress::proxy::UPSTREAM_SOCKET_BUFFER);
+    // An origin that reads nothing, and one that sends without end.
+    let deaf = TcpListener::bind("127.0.0.1:0").unwrap();
+    let deaf_port = deaf.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let held = deaf.accept();
+        thread::sleep(TIMEOUT);
+        drop(held);
+    });
+    let flood = TcpListener::bind("127.0.0.1:0").unwrap();
+    let flood_port = flood.local_addr().unwrap().port();
+    thread::spawn(move || {
+        if let Ok((mut conn, _)) = flood.accept() {
+            let chunk = vec![b'x'; 1 << 16];
+            while conn.write_all(&chunk).is_ok() {}
+        }
+    });
+    let mut allow = allow_origin(deaf_port);
+    allow.extend(allow_origin(flood_port));
+    let mut p = Proxy::start("unread", &allow, HOSTS, false, ProxyLimits::default());
+
+    let (code, head, mut tunnel) = p.tunnel(&format!("127.0.0.1:{deaf_port}"));
+    assert_eq!(code, 200, "{head}");
+    tunnel
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let chunk = vec![b'y'; 1 << 16];
+    let mut sent = 0u64;
+    while sent < 64 << 20 && tunnel.write_all(&chunk).is_ok() {
+        sent += chunk.len() as u64;
+    }
+    assert!(
+        sent < 64 << 20,
+        "an origin that reads nothing took {sent} bytes"
+    );
+    let (held, _) = queues_towards(deaf_port);
+    eprintln!("towards an origin that reads nothing: {held} bytes held by the runner");
+    assert!(
+        held > 0 && held <= bound,
+        "the runner's upstream socket holds {held} bytes to send (bound {bound})"
+    );
+
+    let (code, head, mut tunnel) = p.tunnel(&format!("127.0.0.1:{flood_port}"));
+    assert_eq!(code, 200, "{head}");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < 64 << 20 {
+        let n = tunnel.read(&mut buf).unwrap();
+        assert!(n > 0, "the tunnel closed after {got} bytes");
+        got += n;
+    }
+    thread::sleep(Duration::from_millis(500));
+    let (_, held) = queues_towards(flood_port);
+    eprintln!("from an origin the job stopped reading: {held} bytes held by the runner");
+    assert!(
+        held > 0 && held <= bound,
+        "the runner's upstream socket holds {held} bytes received (bound {bound})"
+    );
+    drop(tunnel);
+    p.finish();
+}
+
 /// A request whose host:port cannot be read is logged with its target as sent: a job probing
 /// for parser differences leaves a record of what it tried.
 #[test]

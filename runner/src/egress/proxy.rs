@@ -17,8 +17,12 @@
 //! direction, an idle timeout on every relay, at most one name lookup thread per connection
 //! slot (a lookup past its timeout keeps the slot until the resolver returns), and a capped
 //! log. Memory per job is therefore at most about
-//! `max_connections × (max_head_bytes + 128 KiB)` plus the kernel's socket buffers (left at
-//! the kernel's defaults). Descriptors per connection: the two sockets, plus two pipes (four
+//! `max_connections × (max_head_bytes + 128 KiB)`, plus the kernel's buffers of each
+//! upstream socket, which the proxy sets to [`UPSTREAM_SOCKET_BUFFER`] each way before it
+//! connects (the kernel doubles the figure for its bookkeeping): left to the kernel's
+//! autotuning, a job that read fast and then stopped held about 1 MiB per tunnel in the
+//! runner, up to `tcp_rmem`'s 6 MiB, charged to the runner, not the job. The job's own side of
+//! each connection is charged to the job (its cgroup, `sandbox::cgroup`). Descriptors per connection: the two sockets, plus two pipes (four
 //! descriptors) for a tunnel or one pipe for a plain-HTTP response, so at most six; 768 for a
 //! job at the default 128 connections.
 //!
@@ -586,7 +590,7 @@ async fn resolve_and_connect(
     let mut last = String::new();
     for addr in candidates {
         attempt.address = Some(addr.ip());
-        match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(limits.connect_timeout, connect_upstream(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, reason));
@@ -596,6 +600,23 @@ async fn resolve_and_connect(
         }
     }
     Err(refusal(502, last))
+}
+
+/// The receive and send buffer asked for on each upstream socket (module docs): at a 20 ms
+/// round trip a window this size still carries about 25 MB/s per connection.
+pub const UPSTREAM_SOCKET_BUFFER: u32 = 512 << 10;
+
+/// Connects to `addr` with the socket's buffers fixed at [`UPSTREAM_SOCKET_BUFFER`] (which
+/// also turns off their autotuning), set before the connect so the window offered is bounded
+/// from the first byte.
+async fn connect_upstream(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_recv_buffer_size(UPSTREAM_SOCKET_BUFFER)?;
+    socket.set_send_buffer_size(UPSTREAM_SOCKET_BUFFER)?;
+    socket.connect(addr).await
 }
 
 /// Resolves `host` with the shared resolver on a blocking thread, within `resolve_timeout`.
