@@ -52,8 +52,8 @@ mod peers;
 
 use intake::{with_intake, Arrived, BodyBudget, Gate, Intake};
 pub use intake::{
-    DEFAULT_LARGE_BODY_BUDGET, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES, MAX_SUBMIT_BODY_BYTES,
-    REFUSED_BODY_DRAIN, SMALL_BODY_TIMEOUT,
+    DEFAULT_LARGE_BODY_BUDGET, DEFAULT_LARGE_BODY_SHARE, LARGE_BODY_WAIT, MAX_SMALL_BODY_BYTES,
+    MAX_SUBMIT_BODY_BYTES, REFUSED_BODY_DRAIN, SMALL_BODY_TIMEOUT,
 };
 
 /// A refusal or failure, as answered.
@@ -276,13 +276,14 @@ fn router_shared(c: Shared, options: &ServeOptions, budget: &BodyBudget) -> Rout
         limit: MAX_SMALL_BODY_BYTES,
         deadline: small_body_timeout,
     };
-    // The request deadline, applied by the intake itself: the router may be served without
-    // `request_deadline` around it, and a body it spares must still not be waited for
-    // forever.
+    // A body that may be large is read within the small routes' deadline plus its length
+    // at the minimum rate (`intake::Pace`), applied by the intake itself: the router may be
+    // served without `request_deadline` around it, and a body it spares must still not be
+    // waited for forever.
     let large = |gate, limit| Intake {
         gate,
         limit,
-        deadline: options.request_timeout,
+        deadline: small_body_timeout,
     };
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -351,8 +352,19 @@ fn router_shared(c: Shared, options: &ServeOptions, budget: &BodyBudget) -> Rout
             put(upload_blob).layer(DefaultBodyLimit::disable()),
         )
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::map_response(answered_here))
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY_BYTES))
         .with_state(c)
+}
+
+/// Marks an answer as the coordinator's own ([`control::headers::COORDINATOR`]): a runner
+/// counts a `5xx` with it (a `503` for a busy body budget) as its coordinator answering, and
+/// one without it (a proxy in front of a coordinator that is down) as no answer.
+async fn answered_here(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(control::headers::COORDINATOR, HeaderValue::from_static("1"));
+    response
 }
 
 /// Limits that keep slow or idle clients from holding the coordinator's connections and
@@ -364,12 +376,15 @@ pub struct ServeOptions {
     /// keep-alive connection is kept (hyper's `header_read_timeout` runs from the moment the
     /// connection waits for a request).
     pub header_read_timeout: Duration,
-    /// How long a request may take from its headers to its answer, body upload included;
-    /// longer is answered `408` and the connection closed.
+    /// How long a request may take from its headers to its answer, body upload included,
+    /// plus its announced `Content-Length` (at most [`MAX_BODY_BYTES`]) at
+    /// [`control::MIN_BODY_RATE`]; longer is answered `408` and the connection closed.
     pub request_timeout: Duration,
     /// How long the body of a small request (registration, lease, heartbeat, rekey, identity
     /// token) may take once its headers passed their checks; longer is answered `408` and the
-    /// connection closed.
+    /// connection closed. A larger body (a result, a live-log append, a submission) gets this
+    /// and then its length at [`control::MIN_BODY_RATE`], once it has room in the budget, and
+    /// is cut as soon as it falls behind that rate.
     pub small_body_timeout: Duration,
     /// Most connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
@@ -379,6 +394,10 @@ pub struct ServeOptions {
     /// Most bytes of bodies larger than [`MAX_SMALL_BODY_BYTES`] (results, live-log appends,
     /// submissions) read at once, by what they announce; more wait (`intake::BodyBudget`).
     pub large_body_budget: usize,
+    /// Most bytes of one runner's large bodies read at once, by what they announce
+    /// ([`DEFAULT_LARGE_BODY_SHARE`]); more wait, holding none of the budget, and are answered
+    /// `503` like a body the budget has no room for.
+    pub large_body_share: usize,
     /// How long a large body waits for room in that budget before it is answered `503`,
     /// unread ([`LARGE_BODY_WAIT`]: less than a runner's daemon waits for an answer).
     pub large_body_wait: Duration,
@@ -399,12 +418,13 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             header_read_timeout: Duration::from_secs(15),
-            // An 8 MiB result at 100 KiB/s, with room.
+            // Plus the body's length at `MIN_BODY_RATE` (an 8 MiB result: 128 s more).
             request_timeout: Duration::from_secs(120),
             small_body_timeout: SMALL_BODY_TIMEOUT,
             max_connections: 512,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             large_body_budget: DEFAULT_LARGE_BODY_BUDGET,
+            large_body_share: DEFAULT_LARGE_BODY_SHARE,
             large_body_wait: LARGE_BODY_WAIT,
             drain_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(600),
@@ -708,6 +728,13 @@ async fn request_deadline(
     if upload {
         return next.run(request).await;
     }
+    // The body it announces at the minimum rate, on top: no route under this deadline reads
+    // more than `MAX_BODY_BYTES` (a larger announcement is refused before it is read).
+    let announced = header_str(request.headers(), header::CONTENT_LENGTH.as_str())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(MAX_BODY_BYTES as u64);
+    let limit = limit + control::body_allowance(announced);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -1229,14 +1256,18 @@ const BLOB_ROUTE: &str = "/v1/jobs/{id}/blobs/{sha256}";
 /// How long an upload may go without a byte arriving.
 const UPLOAD_IDLE: Duration = Duration::from_secs(30);
 
-/// The slowest average rate an upload may keep (bytes per second) once its first two minutes
-/// are over: its deadline is 120 s plus its length at this rate.
-const UPLOAD_MIN_RATE: u64 = 1 << 20;
+/// How long an upload is given before [`control::MIN_BODY_RATE`] applies to it: from then on
+/// it must have arrived at that rate since (`intake::Pace`), so its deadline is 120 s plus
+/// its length at that rate, and one that falls behind is cut at once.
+const UPLOAD_GRACE: Duration = Duration::from_secs(120);
 
 /// `PUT /v1/jobs/{id}/blobs/{sha256}` (runner): one output's bytes, streamed to the output
 /// store. The signature covers `sha256` as the body's hash, so it is checked, with the lease,
 /// before the body is read (beyond what hyper's read buffer already holds); the bytes are then
-/// held to it ([`outputs`]).
+/// held to it ([`outputs`]). A refusal before the body (a signature, the lease, no room) is
+/// answered as the intake answers its own: after the body still coming is read and thrown
+/// away, for at most [`REFUSED_BODY_DRAIN`] and its `Content-Length`, so the client reads the
+/// status instead of a reset ([`intake::refuse_early`]).
 async fn upload_blob(
     State(c): State<Shared>,
     Path((id, sha)): Path<(String, String)>,
@@ -1244,10 +1275,39 @@ async fn upload_blob(
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
-    let signed = SignedHeaders::read(|name| header_str(&headers, name))?;
-    outputs::check_sha256(&sha)?;
-    let len: u64 = match header_str(&headers, header::CONTENT_LENGTH.as_str()) {
+) -> Response {
+    match begin_upload(&c, &id, &sha, method, &uri, &headers).await {
+        Err(e) => {
+            // What is drained is thrown away chunk by chunk, never kept, and only within the
+            // drain's time: at most what the client sends meanwhile.
+            let most = body
+                .size_hint()
+                .exact()
+                .map_or(MAX_BODY_BYTES, |n| usize::try_from(n).unwrap_or(usize::MAX));
+            intake::refuse_early(e, &headers, body, most).await
+        }
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Some(begun)) => match receive_upload(&c, &id, &sha, begun, body).await {
+            Ok(status) => status.into_response(),
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+/// The checks of an upload before its body: its signature, the lease, its length and room
+/// for it; `None` when its bytes are stored already (a retry whose first answer was lost),
+/// else the upload begun.
+async fn begin_upload(
+    c: &Shared,
+    id: &str,
+    sha: &str,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<Begun>, ApiError> {
+    let signed = SignedHeaders::read(|name| header_str(headers, name))?;
+    outputs::check_sha256(sha)?;
+    let len: u64 = match header_str(headers, header::CONTENT_LENGTH.as_str()) {
         Some(v) => v
             .parse()
             .map_err(|_| ApiError::bad_request("Content-Length: not a number"))?,
@@ -1258,9 +1318,9 @@ async fn upload_blob(
             ))
         }
     };
-    let target = request_target(&uri);
-    let (job_id, digest) = (id.clone(), sha.clone());
-    let shared = Arc::clone(&c);
+    let target = request_target(uri);
+    let (job_id, digest) = (id.to_owned(), sha.to_owned());
+    let shared = Arc::clone(c);
     let stored = tokio::task::spawn_blocking(move || {
         let c = shared;
         let now = state::now();
@@ -1281,18 +1341,45 @@ async fn upload_blob(
     .map_err(|e| ApiError::internal(&e))??;
     let (stored, runner_id) = stored;
     if stored {
-        // A retry whose first answer was lost: the bytes are here already.
-        return Ok(StatusCode::NO_CONTENT);
+        return Ok(None);
     }
     // Listing the job's blobs and creating the file are disk work: off the event loop.
-    let upload = {
-        let (c, id, sha) = (Arc::clone(&c), id.clone(), sha.clone());
-        tokio::task::spawn_blocking(move || {
-            c.outputs.begin(&id, &sha, c.outputs.reserve(&id, len)?)
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e))??
-    };
+    let (c, id, sha) = (Arc::clone(c), id.to_owned(), sha.to_owned());
+    let upload = tokio::task::spawn_blocking(move || {
+        c.outputs.begin(&id, &sha, c.outputs.reserve(&id, len)?)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    Ok(Some(Begun {
+        upload,
+        len,
+        runner_id,
+    }))
+}
+
+/// An upload whose checks passed, its file created and its room reserved.
+struct Begun {
+    upload: outputs::Upload,
+    /// Its `Content-Length`.
+    len: u64,
+    /// The lease holder sending it.
+    runner_id: String,
+}
+
+/// Receives the bytes of an upload `begun`, and stores them.
+async fn receive_upload(
+    c: &Shared,
+    id: &str,
+    sha: &str,
+    begun: Begun,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let Begun {
+        upload,
+        len,
+        runner_id,
+    } = begun;
+    let (id, sha) = (id.to_owned(), sha.to_owned());
     // Written and hashed on the blocking pool, fed through a short queue: the event loop only
     // moves chunks, and a slow disk holds the sender back instead of filling memory.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -1304,14 +1391,17 @@ async fn upload_blob(
         upload.verify()?;
         Ok::<_, OutputError>(upload)
     });
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(120)
-        + Duration::from_secs(len / UPLOAD_MIN_RATE);
+    let pace = intake::Pace {
+        grace: UPLOAD_GRACE,
+        paced: true,
+    };
+    let start = tokio::time::Instant::now();
+    let mut got = 0u64;
     let mut body = body;
     let cut = loop {
         let idle = tokio::time::Instant::now() + c.upload_idle;
         let frame = tokio::time::timeout_at(
-            deadline.min(idle),
+            pace.cut_at(start, got).min(idle),
             std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
         )
         .await;
@@ -1320,9 +1410,11 @@ async fn upload_blob(
                 break Some(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     format!(
-                        "upload too slow: no byte for {} s, or under {} KiB/s on average",
+                        "upload too slow: no byte for {} s, or under {} KiB/s on average after \
+                         its first {} s",
                         c.upload_idle.as_secs(),
-                        UPLOAD_MIN_RATE >> 10
+                        control::MIN_BODY_RATE >> 10,
+                        UPLOAD_GRACE.as_secs()
                     ),
                 ))
             }
@@ -1332,6 +1424,7 @@ async fn upload_blob(
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(chunk) = frame.into_data() {
+                    got = got.saturating_add(chunk.len() as u64);
                     if tx.send(chunk).await.is_err() {
                         // The writer refused (too long, disk): its error is the answer.
                         break None;
@@ -1351,7 +1444,7 @@ async fn upload_blob(
     // been recorded (and its unlisted blobs removed) or the lease ended while the body
     // arrived, and a blob stored after that would be kept though no result lists it.
     let job_id = id.clone();
-    with_db(&c, move |_, db| {
+    with_db(c, move |_, db| {
         db.job_leased_to(&job_id, &runner_id, state::now())?;
         Ok(upload.commit()?)
     })

@@ -46,6 +46,11 @@ pub mod headers {
     /// log) and on the lease (a runner that cannot report a job is given none); one that
     /// predates it ignores it, so runners are upgraded first.
     pub const CONTENT_SHA256: &str = "bulwark-content-sha256";
+    /// Set by the coordinator on every answer it makes itself (value `1`), a `5xx` included:
+    /// a runner counts a `5xx` carrying it (the `503` of a coordinator with no room for a
+    /// large body) as an answer of its coordinator, and one without it (a proxy in front of
+    /// a coordinator that is down) as no answer.
+    pub const COORDINATOR: &str = "bulwark-coordinator";
 }
 
 /// How far a signed request's timestamp may be from the coordinator's clock, in seconds.
@@ -53,6 +58,23 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 
 /// The largest request body either side accepts (a result report with its provenance).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// The slowest link a request body is expected to cross, in bytes per second: each side
+/// gives a request with a body of `n` bytes [`body_allowance`]`(n)` on top of its fixed time
+/// (the runner's daemon its 30 s per request, the coordinator its body and request deadlines),
+/// so an 8 MiB result over a 64 KiB/s link (128 s) is neither given up by the runner nor cut
+/// by the coordinator, while a body arriving slower than this is.
+///
+/// Why 64 KiB/s: about half a megabit, below what a build host on a congested or metered
+/// uplink keeps up, and slow enough that the 8 MiB result takes about two minutes; a lower
+/// figure would let a slow (or stolen-key) client hold a connection and its share of the
+/// coordinator's body budget longer for the same bytes.
+pub const MIN_BODY_RATE: u64 = 64 << 10;
+
+/// The time [`MIN_BODY_RATE`] takes to carry `len` bytes, rounded up to whole seconds.
+pub fn body_allowance(len: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(len.div_ceil(MIN_BODY_RATE))
+}
 
 /// The exact bytes a runner signs for a request, and the coordinator verifies.
 ///
@@ -348,6 +370,19 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_allowed_its_length_at_the_minimum_rate_rounded_up() {
+        use std::time::Duration;
+        assert_eq!(body_allowance(0), Duration::ZERO);
+        assert_eq!(body_allowance(1), Duration::from_secs(1));
+        assert_eq!(body_allowance(MIN_BODY_RATE), Duration::from_secs(1));
+        // The largest result: two minutes and eight seconds.
+        assert_eq!(
+            body_allowance(MAX_BODY_BYTES as u64),
+            Duration::from_secs(128)
+        );
+    }
 
     #[test]
     fn the_signing_input_is_pinned_and_refuses_newlines() {

@@ -24,14 +24,16 @@
 //!    is stopped before it takes a job whose result it could not report);
 //! 2. a `Content-Length` over the route's **limit** is refused (`413`, naming the limit);
 //!    a chunked body is refused as soon as it passes the limit;
-//! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in the
-//!    **budget** of such bodies being read at once ([`BodyBudget`]: its `Content-Length`, or
-//!    the route's limit for a chunked body), held until the handler is done with it; one that
-//!    finds none within [`LARGE_BODY_WAIT`] is answered `503` unread (the daemon sends it
-//!    again);
-//! 4. the body is read within the route's **deadline** (`408`): the small routes' own, the
-//!    request deadline ([`super::ServeOptions::request_timeout`]) for the others, so that a
-//!    body is never waited for without end, whatever layer is around the route;
+//! 3. a body that may be larger than [`MAX_SMALL_BODY_BYTES`] waits for room in its runner's
+//!    **share** and in the **budget** of such bodies being read at once ([`BodyBudget`]: its
+//!    `Content-Length`, or the route's limit for a chunked body), held until the handler is
+//!    done with it; one that finds none within [`LARGE_BODY_WAIT`] is answered `503` unread
+//!    (the daemon sends it again);
+//! 4. the body is read within its **deadline** (`408`): a small route's fixed one; for a
+//!    larger body the small routes' deadline and then its length at
+//!    [`bulwark_protocol::control::MIN_BODY_RATE`], cut as soon as it falls behind that rate
+//!    ([`Pace`]), so that a body is never waited for without end, whatever layer is around
+//!    the route, and a slow one no longer than what it declared needs;
 //! 5. the handler runs on the buffered bytes and makes the full check (the body held to the
 //!    digest it named, the signature over the body, the nonce, the runner's standing under the
 //!    database lock) as before, judging the timestamp against when the head arrived
@@ -68,8 +70,9 @@
 //!   before reading the answer) sees the reset, not the refusal; the daemon takes a reset for
 //!   a transient failure and retries, and the message saying what is wrong is lost.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -80,6 +83,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 #[cfg(doc)]
 use bulwark_protocol::control::MAX_BODY_BYTES;
+use bulwark_protocol::control::{body_allowance, MIN_BODY_RATE};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{header_str, request_target, ApiError, Shared};
@@ -110,6 +114,13 @@ pub const REFUSED_BODY_DRAIN: Duration = Duration::from_secs(2);
 /// The default of [`super::ServeOptions::large_body_budget`]: sixteen result reports of the
 /// largest size, or sixty-four live-log appends of the largest, read at once.
 pub const DEFAULT_LARGE_BODY_BUDGET: usize = 128 << 20;
+
+/// The default of [`super::ServeOptions::large_body_share`]: the most bytes of one runner's
+/// large bodies read at once, two result reports of the largest size (a result while a
+/// retry of it, or several live-log appends of a runner with many slots, are still in flight).
+/// An eighth of [`DEFAULT_LARGE_BODY_BUDGET`]: a runner whose key was stolen holds at most
+/// that, and eight runners can each hold all of theirs at once.
+pub const DEFAULT_LARGE_BODY_SHARE: usize = 2 * bulwark_protocol::control::MAX_BODY_BYTES;
 
 /// The default of [`super::ServeOptions::large_body_wait`]: how long a large body waits for
 /// room in the [`BodyBudget`] before it is answered `503` unread. Below the 30 s a runner's
@@ -161,29 +172,78 @@ impl Intake {
 /// shared by every route. A body waits for its room before it is read (beyond hyper's buffer; at most the
 /// budget's wait, then `503`) and gives it back when its handler is done. Only requests that
 /// passed the gate wait here: what a client holding no credential can make the coordinator
-/// hold is bounded by the gate, what the runners (or a stolen runner key) can, by this.
+/// hold is bounded by the gate, what the runners can, by this.
+///
+/// Each runner (by the id whose signature the gate verified) also has a **share**: the most
+/// bytes of its bodies that hold room at once ([`DEFAULT_LARGE_BODY_SHARE`]). A runner's body
+/// first waits for room in its own share, then in the budget, both within the one wait: a
+/// runner over its share holds none of the budget while it waits, so a runner whose key was
+/// stolen keeps at most its share busy and the other runners' bodies are read as before.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     room: Arc<Semaphore>,
     total: u32,
+    share: u32,
+    shares: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     wait: Duration,
 }
 
+/// Room held for one body: in its runner's share and in the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Room {
+    // Dropped in this order: the budget's room first, then the share (and its entry).
+    _room: OwnedSemaphorePermit,
+    _share: Option<Share>,
+}
+
+/// Bytes of one runner's share, given back when dropped; the runner's entry is removed once
+/// nothing of its share is held or waited for, so the map holds only runners with a body in
+/// flight.
+#[derive(Debug)]
+struct Share {
+    permit: Option<OwnedSemaphorePermit>,
+    runner: String,
+    shares: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the map holds it: no body of this runner holds or waits for its share (a
+        // waiter holds a clone, taken under this lock).
+        if shares
+            .get(&self.runner)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            shares.remove(&self.runner);
+        }
+    }
+}
+
 impl BodyBudget {
-    /// A budget of `bytes` (at least 1, at most 4 GiB), for which a body waits at most
-    /// `wait`. A body announcing more than the whole budget waits for all of it.
-    pub fn new(bytes: usize, wait: Duration) -> BodyBudget {
+    /// A budget of `bytes` (at least 1, at most 4 GiB), of which one runner's bodies hold at
+    /// most `share` (at least 1, at most the budget), for which a body waits at most `wait`.
+    /// A body announcing more than the whole budget (or share) waits for all of it.
+    pub fn new(bytes: usize, share: usize, wait: Duration) -> BodyBudget {
         let total = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        let share = u32::try_from(share.max(1)).unwrap_or(u32::MAX).min(total);
         BodyBudget {
             room: Arc::new(Semaphore::new(total as usize)),
             total,
+            share,
+            shares: Arc::default(),
             wait,
         }
     }
 
-    /// The budget `options` set (`large_body_budget`, `large_body_wait`).
+    /// The budget `options` set (`large_body_budget`, `large_body_share`, `large_body_wait`).
     pub fn for_options(options: &super::ServeOptions) -> BodyBudget {
-        BodyBudget::new(options.large_body_budget, options.large_body_wait)
+        BodyBudget::new(
+            options.large_body_budget,
+            options.large_body_share,
+            options.large_body_wait,
+        )
     }
 
     /// All of the budget, held until the permit is dropped: a test's way to keep it busy.
@@ -194,17 +254,63 @@ impl BodyBudget {
             .expect("the budget is free")
     }
 
-    /// Waits for room for `bytes` (a body larger than the whole budget takes all of it), at
-    /// most the budget's wait: then `503`, which a runner's daemon sends again.
-    async fn reserve(&self, bytes: u64) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    /// How many runners have a body holding or waiting for room in their share.
+    #[cfg(test)]
+    pub fn runners_in_flight(&self) -> usize {
+        self.shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Waits for room for `bytes` (a body larger than the whole budget takes all of it), in
+    /// `runner`'s share first when the body is a runner's, at most the budget's wait: then
+    /// `503`, which a runner's daemon sends again.
+    async fn reserve(&self, bytes: u64, runner: Option<&str>) -> Result<Option<Room>, ApiError> {
         let n = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.total);
         if n == 0 {
             return Ok(None);
         }
-        let room = Arc::clone(&self.room).acquire_many_owned(n);
-        match tokio::time::timeout(self.wait, room).await {
-            // The semaphore is never closed.
-            Ok(permit) => Ok(permit.ok()),
+        let mut share = runner.map(|runner| {
+            let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+            let semaphore = shares
+                .entry(runner.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.share as usize)));
+            (
+                Arc::clone(semaphore),
+                Share {
+                    permit: None,
+                    runner: runner.to_owned(),
+                    shares: Arc::clone(&self.shares),
+                },
+            )
+        });
+        let mut in_share = share.is_some();
+        let reserved = tokio::time::timeout(self.wait, async {
+            // The semaphores are never closed.
+            if let Some((semaphore, guard)) = &mut share {
+                let own = Arc::clone(semaphore).acquire_many_owned(n.min(self.share));
+                guard.permit = own.await.ok();
+            }
+            in_share = false;
+            Arc::clone(&self.room).acquire_many_owned(n).await.ok()
+        })
+        .await;
+        match reserved {
+            Ok(room) => Ok(room.map(|room| Room {
+                _room: room,
+                _share: share.map(|(_, guard)| guard),
+            })),
+            Err(_) if in_share => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "request body not read: this runner's other large bodies being read take \
+                     its whole share of the coordinator's room ({} bytes) for more than {} s; \
+                     send it again",
+                    self.share,
+                    self.wait.as_secs()
+                ),
+            )),
             Err(_) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -271,21 +377,27 @@ async fn admit(
 ) -> Response {
     let arrived = state::now();
     let (mut parts, body) = request.into_parts();
-    let refused = match check_gate(&c, intake, &parts, arrived).await {
-        Err(e) => Some(e),
+    let runner = match check_gate(&c, intake, &parts, arrived).await {
+        Err(e) => Err(e),
         // The body's lower size bound is its `Content-Length` (hyper refused a malformed one
         // already), and 0 for a chunked body.
-        Ok(()) if body.size_hint().lower() > intake.limit as u64 => Some(over_limit(intake.limit)),
-        Ok(()) => None,
+        Ok(_) if body.size_hint().lower() > intake.limit as u64 => Err(over_limit(intake.limit)),
+        Ok(runner) => Ok(runner),
     };
-    if let Some(e) = refused {
-        return refuse_early(e, &parts.headers, body, intake.limit).await;
-    }
+    let runner = match runner {
+        Ok(runner) => runner,
+        Err(e) => return refuse_early(e, &parts.headers, body, intake.limit).await,
+    };
+    // What the body may be, by its `Content-Length`, or the route's limit when chunked.
+    let announced = body
+        .size_hint()
+        .exact()
+        .unwrap_or(intake.limit as u64)
+        .min(intake.limit as u64);
     // Held until the handler is done with the bytes. A body that found no room is answered
     // as a refusal before its body: nothing of it was read.
     let _room = if intake.is_large() {
-        let announced = body.size_hint().exact().unwrap_or(intake.limit as u64);
-        match budget.reserve(announced).await {
+        match budget.reserve(announced, runner.as_deref()).await {
             Ok(room) => room,
             Err(e) => return refuse_early(e, &parts.headers, body, intake.limit).await,
         }
@@ -294,7 +406,12 @@ async fn admit(
     };
     let pending = !body.is_end_stream();
     parts.extensions.insert(Arrived(arrived));
-    match read_body(body, intake.limit, intake.deadline).await {
+    // A large body is paced: its route's deadline, then its length at the minimum rate.
+    let pace = Pace {
+        grace: intake.deadline,
+        paced: intake.is_large(),
+    };
+    match read_body(body, intake.limit, pace).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
@@ -306,7 +423,7 @@ async fn admit(
 }
 
 /// `response` with `Connection: close`.
-fn closing(mut response: Response) -> Response {
+pub(super) fn closing(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -318,7 +435,12 @@ fn closing(mut response: Response) -> Response {
 /// connection is then closed: closed with the body unread, the kernel would reset it, and a
 /// client still sending would see the reset rather than the refusal. A client that asked for
 /// `100 Continue` has sent no body and sends none: there is nothing to read.
-async fn refuse_early(e: ApiError, headers: &HeaderMap, body: Body, limit: usize) -> Response {
+pub(super) async fn refuse_early(
+    e: ApiError,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Response {
     if body.is_end_stream() {
         return e.into_response();
     }
@@ -350,18 +472,21 @@ async fn discard(mut body: Body, most: usize, within: Duration) {
 }
 
 /// The gate's check on the request's headers and target, its head having arrived at
-/// `arrived`.
+/// `arrived`; for a runner's request, the runner it names (whose signature verified, when
+/// its body may be large).
 async fn check_gate(
     c: &Shared,
     intake: Intake,
     parts: &Parts,
     arrived: u64,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     match intake.gate {
-        Gate::Open => Ok(()),
-        Gate::Admin => Ok(c
-            .admin
-            .check_authorization(header_str(&parts.headers, header::AUTHORIZATION.as_str()))?),
+        Gate::Open => Ok(None),
+        Gate::Admin => {
+            c.admin
+                .check_authorization(header_str(&parts.headers, header::AUTHORIZATION.as_str()))?;
+            Ok(None)
+        }
         Gate::Runner | Gate::RunnerNamingDigest => {
             let get = |name| header_str(&parts.headers, name);
             let signed = SignedHeaders::read(get)?;
@@ -392,39 +517,85 @@ async fn check_gate(
                     digest.as_deref(),
                     arrived,
                 )
+                .map(|()| signed.runner_id)
             })
             .await
-            .map_err(|e| ApiError::internal(&e))??;
-            Ok(())
+            .map_err(|e| ApiError::internal(&e))?
+            .map(Some)
+            .map_err(ApiError::from)
         }
     }
 }
 
-/// Reads `body` whole: at most `limit` bytes, within `deadline`. Memory grows with what
-/// arrives, never with what is announced.
-async fn read_body(mut body: Body, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
-    let read = async {
-        let mut got = Vec::new();
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-        {
-            let frame =
-                frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if got.len() + data.len() > limit {
-                    return Err(over_limit(limit));
-                }
-                got.extend_from_slice(&data);
-            }
+/// How long a body may take: its route's deadline (`grace`), and when `paced`, its length at
+/// [`MIN_BODY_RATE`] on top. A paced body is cut as soon as it falls behind that rate: at any
+/// moment, what arrived must be what the rate carries in the time since `grace` ran out.
+/// So a body is never cut while it arrives at the rate, nor is a client that declared 8 MiB
+/// and sends a byte now and then kept for the whole allowance of 8 MiB.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pace {
+    /// Before the rate applies.
+    pub grace: Duration,
+    /// Whether the rate applies at all (or only `grace`).
+    pub paced: bool,
+}
+
+impl Pace {
+    /// When a body that started at `start` and has `got` bytes is behind.
+    pub fn cut_at(&self, start: tokio::time::Instant, got: u64) -> tokio::time::Instant {
+        if !self.paced {
+            return start + self.grace;
         }
-        Ok(Bytes::from(got))
-    };
-    tokio::time::timeout(deadline, read).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
+        // `got / rate` in whole milliseconds, exact enough and free of floats.
+        let carried = Duration::from_millis(got.saturating_mul(1000) / MIN_BODY_RATE);
+        start + self.grace + carried
+    }
+
+    /// The refusal of a body that fell behind, `announced` bytes long.
+    pub fn too_slow(&self, announced: u64) -> ApiError {
+        let message = if self.paced {
+            format!(
+                "request body not received in time: slower than {} KiB/s after its first {} s \
+                 (at most {} s for its {announced} bytes)",
+                MIN_BODY_RATE >> 10,
+                self.grace.as_secs(),
+                (self.grace + body_allowance(announced)).as_secs()
+            )
+        } else {
             format!(
                 "request body not received in time (at most {} s)",
-                deadline.as_secs()
-            ),
-        )
-    })?
+                self.grace.as_secs()
+            )
+        };
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, message)
+    }
+}
+
+/// Reads `body` whole: at most `limit` bytes, at the `pace` asked. Memory grows with what
+/// arrives, never with what is announced.
+async fn read_body(mut body: Body, limit: usize, pace: Pace) -> Result<Bytes, ApiError> {
+    let announced = body
+        .size_hint()
+        .exact()
+        .unwrap_or(limit as u64)
+        .min(limit as u64);
+    let start = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        let frame = match tokio::time::timeout_at(pace.cut_at(start, got.len() as u64), next).await
+        {
+            Err(_) => return Err(pace.too_slow(announced)),
+            Ok(None) => return Ok(Bytes::from(got)),
+            Ok(Some(frame)) => {
+                frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if got.len() + data.len() > limit {
+                return Err(over_limit(limit));
+            }
+            got.extend_from_slice(&data);
+        }
+    }
 }

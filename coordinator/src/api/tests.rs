@@ -2345,11 +2345,12 @@ fn the_request_deadline_spares_the_upload_route_not_a_path_that_looks_like_it() 
             Some(&digest),
         );
         let started = Instant::now();
+        // 100 bytes: the request deadline grows by a second (its length at 64 KiB/s).
         let answer =
-            answer_to_a_head_announcing(&s, &format!("PUT {path}"), &headers, 1 << 20, patience);
+            answer_to_a_head_announcing(&s, &format!("PUT {path}"), &headers, 100, patience);
         assert_eq!(
             answer,
-            Some((408, "request not received in time (at most 1 s)".to_owned())),
+            Some((408, "request not received in time (at most 2 s)".to_owned())),
             "{path}: waited for the budget past the request deadline"
         );
         assert!(started.elapsed() < patience, "{path}");
@@ -2379,13 +2380,14 @@ fn the_request_deadline_spares_the_upload_route_not_a_path_that_looks_like_it() 
     assert_eq!(stored_blobs(&s, &job), vec![digest]);
 }
 
-/// A large body is read within the request deadline by its intake itself: served without
+/// A large body is read within a deadline of its intake's own: served without
 /// `request_deadline` around it (as `router` is), a live-log append whose body never comes
-/// is still answered `408`.
+/// is still answered `408`, as soon as it falls behind the minimum rate (after the small
+/// routes' deadline), not at the end of what its announced length would be allowed.
 #[test]
 fn a_large_body_has_a_deadline_of_its_own_without_the_request_deadline() {
     let options = ServeOptions {
-        request_timeout: Duration::from_secs(1),
+        small_body_timeout: Duration::from_secs(1),
         ..ServeOptions::default()
     };
     let s = start_router(move |c| router_shared(c, &options, &BodyBudget::for_options(&options)));
@@ -2411,7 +2413,9 @@ fn a_large_body_has_a_deadline_of_its_own_without_the_request_deadline() {
         answer,
         Some((
             408,
-            "request body not received in time (at most 1 s)".to_owned()
+            "request body not received in time: slower than 64 KiB/s after its first 1 s (at \
+             most 17 s for its 1048576 bytes)"
+                .to_owned()
         ))
     );
 }
@@ -2462,6 +2466,12 @@ fn a_large_body_that_finds_no_room_in_time_is_answered_503_and_its_retry_is_acce
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: application/json"),
+        "{text}"
+    );
+    // Marked as the coordinator's own: the daemon counts it as an answer, unlike a proxy's.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("{}: 1\r\n", h::COORDINATOR)),
         "{text}"
     );
     let e: ErrorBody = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -2574,4 +2584,198 @@ fn a_runner_behind_by_nearly_the_allowed_skew_is_not_refused_after_its_body_arri
     let got = read_until_closed(&mut c, Duration::from_secs(10)).expect("no answer");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+}
+
+/// A body arriving at twice the minimum rate (64 KiB/s) is read and handled although it
+/// takes longer than both fixed deadlines (the request's and the body's, 1 s each here): each
+/// grows by the body's length at that rate, as the daemon's own timeout does, so an 8 MiB
+/// result over a slow link is not cut for its size.
+#[test]
+fn a_large_body_at_the_minimum_rate_is_read_though_it_outlasts_the_fixed_deadlines() {
+    let (s, _stop) = start_with(ServeOptions {
+        request_timeout: Duration::from_secs(1),
+        small_body_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    });
+    let (runner, job) = leased_job(&s, "untrusted");
+    let path = format!("/v1/jobs/{job}/live-log/0");
+    // 512 KiB: 8 s at 64 KiB/s; sent at 128 KiB/s, in about 4 s.
+    let body = vec![b'x'; 512 << 10];
+    let digest = sha(&body);
+    let headers = signing_headers(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        &digest,
+        Some(&digest),
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        header_lines(&headers)
+    )
+    .unwrap();
+    let started = Instant::now();
+    for chunk in body.chunks(16 << 10) {
+        c.write_all(chunk)
+            .unwrap_or_else(|e| panic!("the body was cut before its end: {e}"));
+        std::thread::sleep(Duration::from_millis(125));
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let got = read_until_closed(&mut c, Duration::from_secs(20)).expect("no answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+}
+
+/// One runner's large bodies hold at most its share of the budget: a second body of a runner
+/// whose first holds its whole share waits (then `503`, as for a busy budget) without taking
+/// any of the budget, and another runner's body is read meanwhile, although the first
+/// runner's second body would have fit in the budget.
+#[test]
+fn one_runner_holds_at_most_its_share_of_the_body_budget_and_another_is_read_meanwhile() {
+    let options = ServeOptions {
+        large_body_budget: 2 << 20,
+        large_body_share: 1 << 20,
+        large_body_wait: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    };
+    let (s, budget) = serve_app(options);
+    let (greedy, greedy_job) = leased_job(&s, "untrusted");
+    let (other, other_job) = leased_job(&s, "untrusted");
+    let body = vec![b'x'; 1 << 20];
+    let digest = sha(&body);
+    let append = |r: &TestRunner, job: &str| {
+        let path = format!("/v1/jobs/{job}/live-log/0");
+        let headers = signing_headers(&r.key, &r.id, "PUT", &path, &digest, Some(&digest));
+        (path, headers)
+    };
+    // The greedy runner's first append holds its share while its body never comes.
+    let (path, headers) = append(&greedy, &greedy_job);
+    let mut first = TcpStream::connect(s.addr).unwrap();
+    write!(
+        first,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        header_lines(&headers)
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while budget.runners_in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first body never got its room"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its second: the budget has room for it, its share has not.
+    let (path, headers) = append(&greedy, &greedy_job);
+    let answer = answer_to_a_head_announcing(
+        &s,
+        &format!("PUT {path}"),
+        &headers,
+        body.len(),
+        Duration::from_secs(10),
+    )
+    .expect("a runner's body beyond its share was waited for past the wait");
+    assert_eq!(answer.0, 503, "{}", answer.1);
+    assert_eq!(
+        answer.1,
+        "request body not read: this runner's other large bodies being read take its whole \
+         share of the coordinator's room (1048576 bytes) for more than 1 s; send it again"
+    );
+    // The other runner's append is read and stored meanwhile.
+    let (path, headers) = append(&other, &other_job);
+    let a = put_or_post(&s, "PUT", &path, &headers, &body);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    // The first gives up: its share is given back, and no runner is kept in the map.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while budget.runners_in_flight() != 0 {
+        assert!(Instant::now() < deadline, "a runner's share was kept");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An upload refused before its body (a forged signature, a runner not holding the lease) is
+/// answered after its body is thrown away, as the intake's refusals are: a client that sends
+/// its whole body before reading (every HTTP/1.1 client) reads the status, not a reset.
+#[test]
+fn a_refused_upload_is_answered_with_its_status_not_a_reset() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let other = register(&s, "build-2");
+    let forger = TestRunner {
+        id: runner.id.clone(),
+        key: runner_key(),
+    };
+    // Larger than the socket buffers hold (see the intake's test of the same).
+    let body = vec![b' '; 6 << 20];
+    let digest = sha(&body);
+    let path = format!("/v1/jobs/{job}/blobs/{digest}");
+    for (what, r, status) in [
+        ("forged", &forger, "HTTP/1.1 401"),
+        ("not the lease holder", &other, "HTTP/1.1 403"),
+    ] {
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+            body.len(),
+            header_lines(&put_headers(r, &path, &digest))
+        );
+        let started = Instant::now();
+        let line = send_whole_then_read(&s, &head, &body)
+            .unwrap_or_else(|e| panic!("{what}: the connection failed before the answer: {e}"));
+        assert!(line.starts_with(status), "{what}: {line}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+    }
+    assert!(stored_blobs(&s, &job).is_empty());
+}
+
+/// A job an old runner (one that sends no `bulwark-content-sha256`) leased before the
+/// coordinator was upgraded cannot be reported: its result is refused `401` before its body,
+/// which the daemon does not retry. The job is not stuck: it stays `leased` until its lease
+/// runs out (the job's timeout and 10 minutes), then is `lost`, as any job whose runner
+/// went away, and what it uploaded is swept.
+#[test]
+fn a_job_an_old_runner_leased_before_the_upgrade_ends_lost_when_its_lease_runs_out() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let result = format!("/v1/jobs/{job}/result");
+    let report = br#"{"result":{"status":"succeeded"}}"#;
+    let old = signing_headers(&runner.key, &runner.id, "POST", &result, &sha(report), None);
+    let a = put_or_post(&s, "POST", &result, &old, report);
+    assert_eq!(a.status, 401);
+    assert!(
+        a.error().contains("upgrade bulwark on the runner"),
+        "{}",
+        a.error()
+    );
+    let state = || {
+        http(
+            s.addr,
+            "GET",
+            &format!("/v1/jobs/{job}"),
+            &[("authorization", &format!("Bearer {}", s.admin))],
+            b"",
+        )
+        .json()["state"]
+            .clone()
+    };
+    assert_eq!(state(), "leased");
+    // The lease runs out (the database as another process, the operator's, sees it).
+    rusqlite::Connection::open(s.state.join(crate::state::DB_NAME))
+        .unwrap()
+        .execute(
+            "UPDATE jobs SET lease_expires_at = ?1 WHERE id = ?2",
+            rusqlite::params![1i64, job],
+        )
+        .unwrap();
+    assert_eq!(state(), "lost");
+    // Upgraded, the runner's report is too late: `410`, the job stays lost.
+    let a = signed_post(&s, &runner, &result, report);
+    assert_eq!(a.status, 410, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(state(), "lost");
 }

@@ -17,12 +17,20 @@ use url::Url;
 
 use crate::provenance::keys::{LocalKey, Signer};
 
-/// How long one request may take, connect to last byte. A coordinator that has no room to
-/// read a large body (a result, a live-log append) answers `503` after 20 s (its
-/// `LARGE_BODY_WAIT`, kept below this), which [`ClientError::is_transient`] takes for a
-/// failure worth trying again: the request is sent again, signed afresh, rather than
-/// abandoned while the coordinator still holds it queued.
+/// How long one request may take, connect to last byte, besides its body: a request with a
+/// body of `n` bytes is given [`control::body_allowance`]`(n)` more (its length at
+/// [`control::MIN_BODY_RATE`], 64 KiB/s: an 8 MiB result 128 s more), as the coordinator
+/// gives the body itself ([`Client::timeout_for`]). A coordinator that has no room to read a
+/// large body (a result, a live-log append) answers `503` after 20 s (its `LARGE_BODY_WAIT`,
+/// kept below this), which [`ClientError::is_transient`] takes for a failure worth trying
+/// again: the request is sent again, signed afresh, rather than abandoned while the
+/// coordinator still holds it queued.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the coordinator gives an output upload before the minimum rate applies to it
+/// (its `UPLOAD_GRACE`): an upload's timeout here is this, its length at
+/// [`control::MIN_BODY_RATE`], and [`REQUEST_TIMEOUT`] for the answer.
+const UPLOAD_GRACE: Duration = Duration::from_secs(120);
 
 /// What went wrong talking to the coordinator. Every field is shown through [`printable`]:
 /// paths name job ids the coordinator chose, and reasons may quote its answers.
@@ -144,6 +152,8 @@ pub fn check_url(raw: &str) -> Result<Url, ClientError> {
 pub struct Client {
     base: Url,
     http: reqwest::Client,
+    /// [`REQUEST_TIMEOUT`], or a test's shorter one.
+    base_timeout: Duration,
     /// When the coordinator last answered (seconds since the epoch; 0: not yet).
     last_answer: std::sync::atomic::AtomicU64,
 }
@@ -178,6 +188,7 @@ impl Client {
             .referer(false)
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
+            // Every request sets its own timeout (`timeout_for`); this one is a backstop.
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("bulwark/", env!("CARGO_PKG_VERSION")))
@@ -200,15 +211,32 @@ impl Client {
         Ok(Client {
             base,
             http,
+            base_timeout: REQUEST_TIMEOUT,
             last_answer: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// When the coordinator last answered a request (seconds since the epoch; 0 until it
-    /// has): any answer below 500, a refusal included. A 5xx may come from a proxy in front
-    /// of a coordinator that is down, so it does not count.
+    /// has): any answer below 500, a refusal included, and a 5xx the coordinator marked as
+    /// its own ([`headers::COORDINATOR`]: the `503` of a busy body budget). A 5xx without
+    /// the mark may come from a proxy in front of a coordinator that is down, so it does not
+    /// count.
     pub fn last_answer(&self) -> u64 {
         self.last_answer.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The same client with `base` instead of [`REQUEST_TIMEOUT`]: a test's way to see the
+    /// timeout at work without waiting 30 s.
+    #[cfg(test)]
+    fn with_base_timeout(mut self, base: Duration) -> Client {
+        self.base_timeout = base;
+        self
+    }
+
+    /// How long a request with a body of `len` bytes may take: [`REQUEST_TIMEOUT`] plus the
+    /// body's length at [`control::MIN_BODY_RATE`].
+    pub fn timeout_for(&self, len: usize) -> Duration {
+        self.base_timeout + control::body_allowance(len as u64)
     }
 
     /// The coordinator's URL.
@@ -222,6 +250,7 @@ impl Client {
             .http
             .post(self.url(path))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(self.timeout_for(body.len()))
             .body(body);
         self.send("POST", path, req).await
     }
@@ -275,6 +304,7 @@ impl Client {
         let req = self
             .sign(req, method, path, &digest, runner_id, key)?
             .header(reqwest::header::CONTENT_TYPE, content_type)
+            .timeout(self.timeout_for(body.len()))
             .body(body);
         self.send(method, path, req).await
     }
@@ -282,7 +312,7 @@ impl Client {
     /// `PUT path` with the `len` bytes of `file` as the body, streamed, signed as `runner_id`
     /// with `key` over `sha256` (the hash of those bytes, which the coordinator holds them
     /// to). The request may take longer than the coordinator lets an upload take (120 s plus
-    /// the time to send `len` bytes at 1 MiB/s), by 30 s.
+    /// `len` bytes at [`control::MIN_BODY_RATE`]) by [`REQUEST_TIMEOUT`].
     #[allow(clippy::too_many_arguments)]
     pub async fn put_signed_file(
         &self,
@@ -306,7 +336,7 @@ impl Client {
             .header(reqwest::header::CONTENT_LENGTH, len)
             // The coordinator's deadline plus room for its answer: a retry must not start
             // while the first attempt may still be stored (it would count twice).
-            .timeout(Duration::from_secs(150 + (len >> 20)))
+            .timeout(UPLOAD_GRACE + control::body_allowance(len) + self.base_timeout)
             .body(reqwest::Body::wrap(FileBody::spawn(file, len)));
         self.send("PUT", path, req).await
     }
@@ -366,7 +396,9 @@ impl Client {
         };
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        if status < 500 {
+        // A 5xx counts only when the coordinator itself made it: a proxy in front of a
+        // coordinator that is down answers 502, 503 or 504 without its mark.
+        if status < 500 || resp.headers().contains_key(headers::COORDINATOR) {
             self.last_answer
                 .fetch_max(super::now_secs(), std::sync::atomic::Ordering::Relaxed);
         }
@@ -722,6 +754,95 @@ mod tests {
         let (second, body) = heads.recv().unwrap();
         assert_eq!(body, report);
         assert_ne!(nonce(&first), nonce(&second));
+    }
+
+    /// A request with a large body is given its length at the minimum rate (64 KiB/s) on top
+    /// of its fixed timeout: a coordinator reading a 512 KiB result at 128 KiB/s (4 s, more
+    /// than the fixed 1 s this client is given here) answers before the client gives up.
+    #[test]
+    fn a_large_body_over_a_slow_link_is_given_its_length_at_the_minimum_rate() {
+        use crate::provenance::keys::Algorithm;
+        use std::io::{Read, Write};
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let body = vec![b' '; 512 << 10];
+        let len = body.len();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 32 << 10];
+            // The head, then the body at 128 KiB/s: 32 KiB every 250 ms.
+            let mut end = None;
+            while end.is_none() || seen.len() < end.unwrap() + len {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                seen.extend_from_slice(&buf[..n]);
+                if end.is_none() {
+                    end = seen
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|e| e + 4);
+                } else {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+            let _ = s.write_all(NO_CONTENT.as_bytes());
+        });
+        let client = Client::new(&url, None)
+            .unwrap()
+            .with_base_timeout(Duration::from_secs(1));
+        assert_eq!(
+            client.timeout_for(len),
+            Duration::from_secs(1) + control::body_allowance(len as u64)
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        rt.block_on(client.post_signed("/v1/jobs/job-1/result", body, "runner-1", &key))
+            .unwrap_or_else(|e| panic!("gave up on a body arriving at twice the rate: {e}"));
+        assert!(started.elapsed() > Duration::from_secs(2));
+        server.join().unwrap();
+    }
+
+    /// A `503` counts as the coordinator's answer only when it carries the coordinator's mark
+    /// (its own `503` for a busy body budget); a proxy's `503` in front of a coordinator that
+    /// is down does not.
+    #[test]
+    fn a_5xx_counts_as_the_coordinators_answer_only_with_its_mark() {
+        let answer = |marked: bool| {
+            let error = "{\"error\":\"busy\"}";
+            let mark = if marked {
+                format!("{}: 1\r\n", headers::COORDINATOR)
+            } else {
+                String::new()
+            };
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n{mark}\
+                 content-length: {}\r\nconnection: close\r\n\r\n{error}",
+                error.len()
+            )
+        };
+        let (url, _heads) = capture_answering(vec![answer(false), answer(true)]);
+        let client = Client::new(&url, None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let e = client.post_unsigned("/v1/x", Vec::new()).await.unwrap_err();
+            assert_eq!(e.status(), Some(503));
+            assert_eq!(client.last_answer(), 0, "a proxy's 503 counted");
+            let e = client.post_unsigned("/v1/x", Vec::new()).await.unwrap_err();
+            assert_eq!(e.status(), Some(503));
+            assert!(e.is_transient());
+            assert!(
+                client.last_answer() > 0,
+                "the coordinator's own 503 not counted"
+            );
+        });
     }
 
     #[test]
