@@ -417,8 +417,9 @@ fn with_builder_keys_a_key_claiming_another_builder_s_id_is_refused_and_never_in
     let q = query(&index, &["--builder", POOL_A]);
     assert_eq!(q.code, 0, "{q}");
     assert!(
-        q.stdout
-            .contains(&format!("by {POOL_A}, untrusted, signed by {key_a} (invocation ")),
+        q.stdout.contains(&format!(
+            "by {POOL_A}, untrusted, signed by {key_a} (invocation "
+        )),
         "{q}"
     );
     let q = query(&index, &["--signer", &key_a, "--json"]);
@@ -455,7 +456,10 @@ fn with_builder_keys_a_key_claiming_another_builder_s_id_is_refused_and_never_in
     let q = query(&index, &["--builder", POOL_A]);
     assert_eq!(q.code, 0, "{q}");
     assert_eq!(q.stdout.lines().count(), 2, "{q}");
-    assert!(q.stdout.contains(", signer not recorded (invocation "), "{q}");
+    assert!(
+        q.stdout.contains(", signer not recorded (invocation "),
+        "{q}"
+    );
     let q = query(&index, &["--signer", &key_a]);
     assert_eq!(q.code, 0, "{q}");
     assert_eq!(q.stdout.lines().count(), 1, "{q}");

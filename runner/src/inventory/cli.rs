@@ -18,7 +18,13 @@ pub fn run(cmd: InventoryCommand) -> u8 {
             index,
             config,
             paths,
-        } => add(&keys, builder_keys.as_deref(), index, config.as_deref(), &paths),
+        } => add(
+            &keys,
+            builder_keys.as_deref(),
+            index,
+            config.as_deref(),
+            &paths,
+        ),
         InventoryCommand::Query {
             index,
             config,

@@ -18,6 +18,19 @@
 //!   A statement already indexed (by the sha256 of its canonical JSON) is not added twice: a
 //!   job's `.intoto.jsonl` and `.sigstore.json` carry the same one.
 //!
+//! Who vouches for a record: every record names the key ids that signed its statement
+//! (`signers`: the verifying keys for `add`, the runner's own key for `run`). The builder id
+//! is written by the host that signs, so with several trusted keys any of them could claim
+//! any builder id; `add --builder-keys POLICY.toml` applies the verify policy's
+//! `[builder_keys]` ([`crate::verify::policy::check_builder_keys`], the very check `verify`
+//! makes) and refuses a file whose statement's builder id is not bound to a key that signed
+//! it. Only that table is applied, not the whole policy: the inventory must record untrusted,
+//! weakened and quarantined builds too, since those are what an investigation looks for.
+//! Without it and with several keys, `add` warns rather than refuses: refusing would lose
+//! evidence and break fleet indexing that works today, while the recorded signer still tells
+//! a claim from its source (`query --signer`). Lines written before `signers` existed lack the
+//! field and still read (signer unknown; a `--signer` query counts them and says so).
+//!
 //! `bulwark inventory query` reads the index line by line; each filter is first tried as a
 //! plain substring of the line, so the lines that cannot match are never parsed (a digest or
 //! a commit appears in the line as written). The index is the runner's or the operator's own
@@ -321,7 +334,12 @@ fn write_new(
 /// `provenance`. Its statement is new (a fresh invocation id), so the index is not read for
 /// duplicates: only its tail is looked at, and the cost stays the same however large the index
 /// grows.
-pub fn record_own(state: &Path, statement: &Statement, provenance: &Path, keyid: &str) -> Result<()> {
+pub fn record_own(
+    state: &Path,
+    statement: &Statement,
+    provenance: &Path,
+    keyid: &str,
+) -> Result<()> {
     let index = state.join(INDEX_NAME);
     let record = Record::of(statement, provenance, &[keyid.to_string()])?;
     let mut locked = open_locked(&index)?;

@@ -538,8 +538,14 @@ fn a_key_claiming_another_builder_s_id_is_refused_when_builder_ids_are_bound_to_
     let own = signed_file(&dir, "own.intoto.jsonl", "https://ci.example/a", &a);
     let keys = [a.public(), b.public()];
     let bound: BuilderKeys = [
-        ("https://ci.example/a".to_string(), vec![a.keyid().to_string()]),
-        ("https://ci.example/b".to_string(), vec![b.keyid().to_string()]),
+        (
+            "https://ci.example/a".to_string(),
+            vec![a.keyid().to_string()],
+        ),
+        (
+            "https://ci.example/b".to_string(),
+            vec![b.keyid().to_string()],
+        ),
     ]
     .into_iter()
     .collect();
@@ -585,11 +591,7 @@ fn an_index_line_written_before_signers_were_recorded_still_reads() {
     let old = d.join("old.jsonl");
     // A line as earlier versions wrote it, field for field: no `signers`.
     std::fs::write(&old, format!("{}\n", old_line(7, "dist/old.tar.gz"))).unwrap();
-    std::fs::set_permissions(
-        &old,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let hits = search(
         &old,
         &Query {
@@ -604,7 +606,10 @@ fn an_index_line_written_before_signers_were_recorded_still_reads() {
     let json = serde_json::to_value(&hits[0]).unwrap();
     assert!(json.get("signers").is_none(), "{json}");
     // New lines append after it; the old one is still answered.
-    assert_eq!(append(&old, &[record(8, vec![], &[("dist/new", APP)])]).unwrap(), 1);
+    assert_eq!(
+        append(&old, &[record(8, vec![], &[("dist/new", APP)])]).unwrap(),
+        1
+    );
     assert_eq!(found(&old, Query::default()).len(), 2);
     // The sample index's records carry their signer, and the hit shows it.
     let hits = search(&index, &Query::default()).unwrap();
