@@ -324,16 +324,26 @@ pub enum InventoryCommand {
     ///
     /// Reads `*.intoto.jsonl` and `*.sigstore.json` under each PATH (symlinks not followed),
     /// checks every envelope's signature and statement as `bulwark verify` does, and appends
-    /// what verifies to the index; a statement already there is not added again. A file with
-    /// any envelope that does not verify is named with the reason and nothing of it is added.
+    /// what verifies to the index with the key ids that signed it; a statement already there
+    /// is not added again. A file with any envelope that does not verify is named with the
+    /// reason and nothing of it is added. With several --key, give --builder-keys so that a
+    /// key can index statements only for the builder ids bound to it (without it, a warning).
     /// Exit status: 0 everything indexed, 1 some files refused (the rest indexed), 2 usage
     /// error or unreadable input.
     ///
-    /// Example: bulwark inventory add --key signing.pub --index fleet.jsonl /srv/provenance
+    /// Example: bulwark inventory add --key pool-a.pub --key prs.pub --builder-keys
+    /// release-policy.toml --index fleet.jsonl /srv/provenance
     Add {
         /// A trusted public key (SPKI PEM); repeat for several.
         #[arg(long = "key", value_name = "PUB", required = true)]
         keys: Vec<PathBuf>,
+        /// A verify policy file (docs/policy.md) whose [builder_keys] table binds each builder
+        /// id to the key ids that may sign for it; a statement signed by no key bound to its
+        /// builder id is refused. Only [builder_keys] is applied (the inventory records every
+        /// verified build, whatever a deploy policy says of it); the rest is checked as
+        /// `verify` checks it.
+        #[arg(long, value_name = "POLICY.toml")]
+        builder_keys: Option<PathBuf>,
         /// The index. Default: <state>/inventory.jsonl, the one `bulwark run` appends to.
         #[arg(long, value_name = "FILE")]
         index: Option<PathBuf>,
@@ -374,6 +384,9 @@ pub enum InventoryCommand {
         /// The builder id (runDetails.builder.id).
         #[arg(long)]
         builder: Option<String>,
+        /// A key id (sha256:<64 hex>) that signed the statement, as `bulwark keygen` prints it.
+        #[arg(long, value_name = "KEYID")]
+        signer: Option<String>,
         /// Print a JSON array of the artifacts found instead of lines.
         #[arg(long)]
         json: bool,

@@ -299,3 +299,173 @@ fn inventory_output_lines_are_escaped() {
     assert_eq!(q.stdout.lines().count(), 1, "{q}");
     assert!(!q.stdout.contains('\u{202e}'), "{q}");
 }
+
+/// A fresh key pair in `dir` (`bulwark keygen`); returns its key id as keygen prints it.
+fn keygen(dir: &Path) -> String {
+    let k = Command::new(bulwark_bin())
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(k.status.success(), "{k:?}");
+    let out = String::from_utf8_lossy(&k.stdout).into_owned();
+    let keyid = out
+        .split("keyid ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key id in {out}"));
+    assert!(keyid.starts_with("sha256:") && keyid.len() == 71, "{out}");
+    keyid.to_string()
+}
+
+/// Runs a one-output job with `builder_id` configured, signed with `key` (a private key).
+fn run_as(env: &Env, builder_id: &str, key: &Path) -> bulwark_tests::Run {
+    env.write_config("");
+    let config = fs::read_to_string(&env.config).unwrap();
+    fs::write(
+        &env.config,
+        format!("builder_id = \"{builder_id}\"\n{config}"),
+    )
+    .unwrap();
+    let job = "version = 1\nname = \"bound\"\n[[steps]]\nname = \"build\"\nrun = \"echo built > app.txt\"\n[outputs]\npaths = [\"app.txt\"]\n";
+    let r = env.run_with(job, &["--key", key.to_str().unwrap()]);
+    r.assert_code(0);
+    r
+}
+
+#[test]
+fn with_builder_keys_a_key_claiming_another_builder_s_id_is_refused_and_never_indexed() {
+    const POOL_A: &str = "https://ci.example/bulwark/pool-a";
+    const POOL_B: &str = "https://ci.example/bulwark/pool-b";
+    let env = Env::new("inventory-bound");
+    let (a_dir, b_dir) = (env.dir.join("key-a"), env.dir.join("key-b"));
+    let (key_a, key_b) = (keygen(&a_dir), keygen(&b_dir));
+    // Host A's key signs a statement claiming pool B's builder id (a misconfigured or
+    // compromised host), and one for its own pool.
+    let forged = run_as(&env, POOL_B, &a_dir.join("signing.key"));
+    let own = run_as(&env, POOL_A, &a_dir.join("signing.key"));
+    // The run's own record names the key that signed it.
+    let host = fs::read_to_string(env.state.join("inventory.jsonl")).unwrap();
+    assert_eq!(host.lines().count(), 2, "{host}");
+    assert!(
+        host.lines()
+            .all(|l| l.contains(&format!("\"signers\":[\"{key_a}\"]"))),
+        "{host}"
+    );
+    let policy = env.dir.join("policy.toml");
+    fs::write(
+        &policy,
+        format!("[builder_keys]\n\"{POOL_A}\" = [\"{key_a}\"]\n\"{POOL_B}\" = [\"{key_b}\"]\n"),
+    )
+    .unwrap();
+    let index = env.dir.join("fleet.jsonl");
+    let (pub_a, pub_b) = (a_dir.join("signing.pub"), b_dir.join("signing.pub"));
+    let add = |index: &Path, builder_keys: Option<&Path>| {
+        let mut args = vec![
+            os("add"),
+            os("--key"),
+            pub_a.as_os_str(),
+            os("--key"),
+            pub_b.as_os_str(),
+            os("--index"),
+            index.as_os_str(),
+        ];
+        if let Some(p) = builder_keys {
+            args.extend([os("--builder-keys"), p.as_os_str()]);
+        }
+        args.extend([forged.out.as_os_str(), own.out.as_os_str()]);
+        inventory(&args)
+    };
+    let a = add(&index, Some(&policy));
+    assert_eq!(a.code, 1, "{a}");
+    // Both files of the forged run are refused, naming the builder id, both keys, the remedy.
+    let refused: Vec<&str> = a
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("REFUSED "))
+        .collect();
+    assert_eq!(refused.len(), 2, "{a}");
+    for line in &refused {
+        assert!(
+            line.contains(&forged.out.display().to_string())
+                && line.contains(&format!(
+                    "builder_keys: runDetails.builder.id is \"{POOL_B}\", whose keys are \
+                     [{key_b}], but the statement is signed by [{key_a}]"
+                ))
+                && line.contains("add its key id to the builder's entry in [builder_keys]"),
+            "{a}"
+        );
+    }
+    assert!(
+        a.stdout
+            .contains("indexed 1 new statement(s) of 2 verified")
+            && a.stdout.contains("2 file(s) refused"),
+        "{a}"
+    );
+    assert!(!a.stderr.contains("warning"), "{a}");
+    let text = fs::read_to_string(&index).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(!text.contains(POOL_B), "{text}");
+    // Pool B built nothing here; pool A's artifact is shown with the key that signed it.
+    let query = |index: &Path, extra: &[&str]| {
+        let mut args = vec![os("query"), os("--index"), index.as_os_str()];
+        args.extend(extra.iter().map(os));
+        inventory(&args)
+    };
+    let q = query(&index, &["--builder", POOL_B]);
+    assert_eq!(q.code, 1, "{q}");
+    let q = query(&index, &["--builder", POOL_A]);
+    assert_eq!(q.code, 0, "{q}");
+    assert!(
+        q.stdout.contains(&format!(
+            "by {POOL_A}, untrusted, signed by {key_a} (invocation "
+        )),
+        "{q}"
+    );
+    let q = query(&index, &["--signer", &key_a, "--json"]);
+    assert_eq!(q.code, 0, "{q}");
+    let v: serde_json::Value = serde_json::from_str(&q.stdout).unwrap();
+    assert_eq!(v[0]["signers"], serde_json::json!([key_a]), "{q}");
+    assert_eq!(v[0]["builder_id"], POOL_A, "{q}");
+    assert_eq!(query(&index, &["--signer", &key_b]).code, 1);
+
+    // Without --builder-keys: a warning, and the forged statement goes in under pool B, but
+    // its line says that pool A's key signed it.
+    let loose = env.dir.join("loose.jsonl");
+    let a = add(&loose, None);
+    assert_eq!(a.code, 0, "{a}");
+    assert!(
+        a.stderr
+            .contains("warning: 2 keys and no --builder-keys: builder ids are not bound to keys"),
+        "{a}"
+    );
+    let q = query(&loose, &["--builder", POOL_B]);
+    assert_eq!(q.code, 0, "{q}");
+    assert!(q.stdout.contains(&format!("signed by {key_a}")), "{q}");
+
+    // A line written before signers were recorded still reads; its signer is said unknown,
+    // and a --signer query says it could not judge it.
+    // (The same statement under another digest, so that it is a record of its own.)
+    let first = text.lines().next().unwrap();
+    let digest = &first["{\"statement_sha256\":\"".len()..][..64];
+    let line = first
+        .replace(&format!(",\"signers\":[\"{key_a}\"]"), "")
+        .replacen(digest, &"0".repeat(64), 1);
+    assert!(!line.contains("signers"), "{line}");
+    fs::write(&index, format!("{text}{line}\n")).unwrap();
+    let q = query(&index, &["--builder", POOL_A]);
+    assert_eq!(q.code, 0, "{q}");
+    assert_eq!(q.stdout.lines().count(), 2, "{q}");
+    assert!(
+        q.stdout.contains(", signer not recorded (invocation "),
+        "{q}"
+    );
+    let q = query(&index, &["--signer", &key_a]);
+    assert_eq!(q.code, 0, "{q}");
+    assert_eq!(q.stdout.lines().count(), 1, "{q}");
+    assert!(
+        q.stderr
+            .contains("1 record(s) were indexed before signers were recorded"),
+        "{q}"
+    );
+}

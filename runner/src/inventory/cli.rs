@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
 use super::{exit, Query};
 use crate::cli::InventoryCommand;
 use crate::provenance::keys::PublicKey;
@@ -12,10 +14,17 @@ pub fn run(cmd: InventoryCommand) -> u8 {
     match cmd {
         InventoryCommand::Add {
             keys,
+            builder_keys,
             index,
             config,
             paths,
-        } => add(&keys, index, config.as_deref(), &paths),
+        } => add(
+            &keys,
+            builder_keys.as_deref(),
+            index,
+            config.as_deref(),
+            &paths,
+        ),
         InventoryCommand::Query {
             index,
             config,
@@ -24,6 +33,7 @@ pub fn run(cmd: InventoryCommand) -> u8 {
             uri,
             name,
             builder,
+            signer,
             json,
         } => {
             let query = Query {
@@ -32,6 +42,7 @@ pub fn run(cmd: InventoryCommand) -> u8 {
                 uri,
                 name,
                 builder,
+                signer,
             };
             query_cmd(query, index, config.as_deref(), json)
         }
@@ -48,14 +59,49 @@ fn index_path(index: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<P
     Ok(dirs.state.join(super::INDEX_NAME))
 }
 
-fn add(keys: &[PathBuf], index: Option<PathBuf>, config: Option<&Path>, paths: &[PathBuf]) -> u8 {
+/// The `[builder_keys]` table of the verify policy `path`; a policy without one is an error
+/// (the operator asked for builder ids to be bound, and nothing would bind them).
+fn load_builder_keys(path: &Path) -> anyhow::Result<super::BuilderKeys> {
+    let policy = crate::verify::policy::Policy::load(path).context("--builder-keys")?;
+    policy.builder_keys.ok_or_else(|| {
+        anyhow::anyhow!(
+            "--builder-keys: policy {} has no [builder_keys] table; add one binding each \
+             builder id to the key ids that sign for it (docs/policy.md)",
+            path.display()
+        )
+    })
+}
+
+fn add(
+    keys: &[PathBuf],
+    builder_keys: Option<&Path>,
+    index: Option<PathBuf>,
+    config: Option<&Path>,
+    paths: &[PathBuf],
+) -> u8 {
     let prepared = (|| -> anyhow::Result<(PathBuf, Vec<super::FileOutcome>)> {
         let keys = keys
             .iter()
-            .map(|k| PublicKey::load(k))
+            .map(|k| PublicKey::load(k).context("--key"))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let bound = builder_keys.map(load_builder_keys).transpose()?;
+        let distinct: std::collections::BTreeSet<&str> = keys.iter().map(|k| k.keyid()).collect();
+        if bound.is_none() && distinct.len() > 1 {
+            // Each host writes its own builder id: with several keys trusted and none bound to
+            // a builder, any of them could claim any builder id, and `query --builder` takes
+            // that claim. Indexed anyway (refusing would lose the evidence), with the signer
+            // recorded so `query --signer` can tell them apart.
+            eprintln!(
+                "bulwark: inventory add: warning: {} keys and no --builder-keys: builder ids are \
+                 not bound to keys, so any of these keys can claim any builder id and `query \
+                 --builder` answers take that claim; each record names its signer (`query \
+                 --signer`); give --builder-keys POLICY.toml with a [builder_keys] table \
+                 (docs/policy.md) to refuse statements a builder's key did not sign",
+                distinct.len()
+            );
+        }
         let index = index_path(index, config)?;
-        Ok((index, super::read_verified(paths, &keys)?))
+        Ok((index, super::read_verified(paths, &keys, bound.as_ref())?))
     })();
     let (index, outcomes) = match prepared {
         Ok(p) => p,
@@ -126,14 +172,23 @@ fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, js
         );
         return exit::NONE;
     }
-    let hits = super::search(&index, &query);
-    let hits = match hits {
-        Ok(h) => h,
+    let answer = match super::answer(&index, &query) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("bulwark: inventory query: {e:#}");
             return exit::USAGE;
         }
     };
+    let hits = answer.hits;
+    if answer.unknown_signer > 0 {
+        // The answer may be incomplete: said, never silent.
+        eprintln!(
+            "bulwark: inventory query: {} record(s) were indexed before signers were recorded \
+             and cannot match --signer; index their provenance again into a new index with \
+             `bulwark inventory add` to record who signed them",
+            answer.unknown_signer
+        );
+    }
     if json {
         println!(
             "{}",
@@ -155,8 +210,15 @@ fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, js
             // Names and ids come from signed statements, but a job chose its output names:
             // printed escaped, control characters and the marks that reorder text (U+202E)
             // alike, as `bulwark verify` prints them.
+            // Who vouches for the builder id: the key ids that signed (unknown for records
+            // indexed before signers were recorded).
+            let signed = if h.signers.is_empty() {
+                ", signer not recorded".to_string()
+            } else {
+                format!(", signed by {}", escape(&h.signers.join(" and ")))
+            };
             println!(
-                "{}  {}  built {} by {}{} (invocation {}; {}){}",
+                "{}  {}  built {} by {}{}{signed} (invocation {}; {}){}",
                 escape(&h.artifact.sha256),
                 escape(&h.artifact.name),
                 escape(&h.finished),

@@ -18,6 +18,19 @@
 //!   A statement already indexed (by the sha256 of its canonical JSON) is not added twice: a
 //!   job's `.intoto.jsonl` and `.sigstore.json` carry the same one.
 //!
+//! Who vouches for a record: every record names the key ids that signed its statement
+//! (`signers`: the verifying keys for `add`, the runner's own key for `run`). The builder id
+//! is written by the host that signs, so with several trusted keys any of them could claim
+//! any builder id; `add --builder-keys POLICY.toml` applies the verify policy's
+//! `[builder_keys]` ([`crate::verify::policy::check_builder_keys`], the very check `verify`
+//! makes) and refuses a file whose statement's builder id is not bound to a key that signed
+//! it. Only that table is applied, not the whole policy: the inventory must record untrusted,
+//! weakened and quarantined builds too, since those are what an investigation looks for.
+//! Without it and with several keys, `add` warns rather than refuses: refusing would lose
+//! evidence and break fleet indexing that works today, while the recorded signer still tells
+//! a claim from its source (`query --signer`). Lines written before `signers` existed lack the
+//! field and still read (signer unknown; a `--signer` query counts them and says so).
+//!
 //! `bulwark inventory query` reads the index line by line; each filter is first tried as a
 //! plain substring of the line, so the lines that cannot match are never parsed (a digest or
 //! a commit appears in the line as written). The index is the runner's or the operator's own
@@ -75,6 +88,12 @@ pub struct Record {
     pub finished: String,
     /// `runDetails.builder.id`.
     pub builder_id: String,
+    /// Key ids (`sha256:<64 hex>`, as `bulwark keygen` prints them and `[builder_keys]` names
+    /// them) of the trusted keys whose signatures on the envelope verified: who vouches for
+    /// `builder_id`. Empty only in lines written before signers were recorded (unknown, not
+    /// "nobody"): such lines lack the field and still read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
     /// `externalParameters.trust`, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<String>,
@@ -98,8 +117,8 @@ pub struct Subject {
 }
 
 impl Record {
-    /// The record of `statement`, found in `provenance`.
-    pub fn of(statement: &Statement, provenance: &Path) -> Result<Record> {
+    /// The record of `statement`, found in `provenance`, signed by the keys `signers`.
+    pub fn of(statement: &Statement, provenance: &Path, signers: &[String]) -> Result<Record> {
         let canonical = serde_json::to_vec(statement).context("encoding the statement")?;
         // Digests in lowercase, as queries ask for them (Bulwark writes them so; another
         // producer's statement might not).
@@ -134,6 +153,7 @@ impl Record {
             invocation_id: p.run_details.metadata.invocation_id.clone(),
             finished: p.run_details.metadata.finished_on.clone(),
             builder_id: p.run_details.builder.id.clone(),
+            signers: signers.to_vec(),
             trust: p
                 .build_definition
                 .external_parameters
@@ -310,12 +330,18 @@ fn write_new(
     Ok(seen.len())
 }
 
-/// What `bulwark run` records of a statement it signed and wrote to `provenance`. Its
-/// statement is new (a fresh invocation id), so the index is not read for duplicates: only
-/// its tail is looked at, and the cost stays the same however large the index grows.
-pub fn record_own(state: &Path, statement: &Statement, provenance: &Path) -> Result<()> {
+/// What `bulwark run` records of a statement it signed with the key `keyid` and wrote to
+/// `provenance`. Its statement is new (a fresh invocation id), so the index is not read for
+/// duplicates: only its tail is looked at, and the cost stays the same however large the index
+/// grows.
+pub fn record_own(
+    state: &Path,
+    statement: &Statement,
+    provenance: &Path,
+    keyid: &str,
+) -> Result<()> {
     let index = state.join(INDEX_NAME);
-    let record = Record::of(statement, provenance)?;
+    let record = Record::of(statement, provenance, &[keyid.to_string()])?;
     let mut locked = open_locked(&index)?;
     drop_partial_tail(&mut locked, &index)?;
     write_new(&mut locked, &index, &[record], &HashSet::new()).map(drop)
@@ -365,8 +391,14 @@ pub struct FileOutcome {
     pub records: Result<Vec<Record>, String>,
 }
 
-/// Reads and verifies every provenance file under `paths` with `keys`.
-pub fn read_verified(paths: &[PathBuf], keys: &[PublicKey]) -> Result<Vec<FileOutcome>> {
+/// Reads and verifies every provenance file under `paths` with `keys`; with `builder_keys`
+/// (a verify policy's `[builder_keys]`), a statement whose builder id is not bound to a key
+/// that signed it refuses its file.
+pub fn read_verified(
+    paths: &[PathBuf],
+    keys: &[PublicKey],
+    builder_keys: Option<&BuilderKeys>,
+) -> Result<Vec<FileOutcome>> {
     let mut out = Vec::new();
     for p in paths {
         let files = provenance_files(p)?;
@@ -379,7 +411,7 @@ pub fn read_verified(paths: &[PathBuf], keys: &[PublicKey]) -> Result<Vec<FileOu
         for file in files {
             // Recorded absolute: a relative path means nothing to a later query.
             let file = std::path::absolute(&file).unwrap_or(file);
-            let records = verified_records(&file, keys);
+            let records = verified_records(&file, keys, builder_keys);
             out.push(FileOutcome {
                 path: file,
                 records,
@@ -389,7 +421,14 @@ pub fn read_verified(paths: &[PathBuf], keys: &[PublicKey]) -> Result<Vec<FileOu
     Ok(out)
 }
 
-fn verified_records(file: &Path, keys: &[PublicKey]) -> Result<Vec<Record>, String> {
+/// Which key ids may sign for which builder id: a verify policy's `[builder_keys]`.
+pub type BuilderKeys = BTreeMap<String, Vec<String>>;
+
+fn verified_records(
+    file: &Path,
+    keys: &[PublicKey],
+    builder_keys: Option<&BuilderKeys>,
+) -> Result<Vec<Record>, String> {
     // `provenance_files` listed a regular file, not a symlink; opened again here, the name may
     // meanwhile be a symlink or a fifo (whoever writes the collected directory can swap it):
     // neither is followed nor waited on.
@@ -400,8 +439,28 @@ fn verified_records(file: &Path, keys: &[PublicKey]) -> Result<Vec<Record>, Stri
     let total = envelopes.len();
     let mut records = Vec::with_capacity(total);
     for (i, env) in envelopes.into_iter().enumerate() {
-        let statement = env
-            .and_then(|e| crate::verify::verify_envelope(&e, keys))
+        let signed = env
+            .and_then(|e| crate::verify::verify_signed(&e, keys))
+            .and_then(|s| {
+                // The builder id is written by whichever host signed: bound, a key may speak
+                // only for its own builders, as `bulwark verify` judges it.
+                match builder_keys {
+                    Some(bound) => crate::verify::policy::check_builder_keys(
+                        bound,
+                        &s.statement.predicate.run_details.builder.id,
+                        &s.signers,
+                    )
+                    .map_err(|mut r| {
+                        r.details.push_str(
+                            "; not indexed: if that key does build for that builder, add its \
+                             key id to the builder's entry in [builder_keys]",
+                        );
+                        r
+                    })
+                    .map(|()| s),
+                    None => Ok(s),
+                }
+            })
             .map_err(|r| {
                 let which = if total > 1 {
                     format!("envelope {} of {total}: ", i + 1)
@@ -410,7 +469,9 @@ fn verified_records(file: &Path, keys: &[PublicKey]) -> Result<Vec<Record>, Stri
                 };
                 format!("{which}{}: {}", r.check, r.details)
             })?;
-        records.push(Record::of(&statement, file).map_err(|e| format!("{e:#}"))?);
+        records.push(
+            Record::of(&signed.statement, file, &signed.signers).map_err(|e| format!("{e:#}"))?,
+        );
     }
     Ok(records)
 }
@@ -428,6 +489,9 @@ pub struct Query {
     pub name: Option<String>,
     /// The builder id.
     pub builder: Option<String>,
+    /// A key id that signed the statement (records written before signers were recorded
+    /// never match; [`Answer::unknown_signer`] counts them).
+    pub signer: Option<String>,
 }
 
 /// One artifact a query found.
@@ -441,6 +505,9 @@ pub struct Hit {
     pub finished: String,
     /// Who built it.
     pub builder_id: String,
+    /// The key ids that signed its statement; absent when the record predates signers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
     /// At which trust level.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trust: Option<String>,
@@ -470,6 +537,15 @@ impl Query {
             if !hex(c) || c.len() < 7 || c.len() > 64 {
                 return Err(format!(
                     "--commit {c:?}: give a commit id in hex, at least its first 7 digits"
+                ));
+            }
+        }
+        if let Some(k) = &mut self.signer {
+            *k = k.to_ascii_lowercase();
+            if !crate::verify::policy::is_keyid(k) {
+                return Err(format!(
+                    "--signer {k:?}: give a key id, \"sha256:\" and 64 hex digits, as `bulwark \
+                     keygen` prints it"
                 ));
             }
         }
@@ -509,6 +585,9 @@ impl Query {
         if let Some(v) = &self.builder {
             n.push(quoted(v));
         }
+        if let Some(v) = &self.signer {
+            n.push(v.clone());
+        }
         n
     }
 
@@ -523,6 +602,13 @@ impl Query {
             .builder
             .as_ref()
             .is_some_and(|b| *b != record.builder_id)
+        {
+            return Vec::new();
+        }
+        if self
+            .signer
+            .as_ref()
+            .is_some_and(|k| !record.signers.contains(k))
         {
             return Vec::new();
         }
@@ -546,6 +632,7 @@ impl Query {
                     invocation_id: record.invocation_id.clone(),
                     finished: record.finished.clone(),
                     builder_id: record.builder_id.clone(),
+                    signers: record.signers.clone(),
                     trust: record.trust.clone(),
                     provenance: record.provenance.clone(),
                     matched: matched?,
@@ -555,8 +642,23 @@ impl Query {
     }
 }
 
+/// What a query found, and what it could not decide.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// The artifacts found.
+    pub hits: Vec<Hit>,
+    /// With `--signer`: how many records hold no signer (indexed before signers were
+    /// recorded), so that the query could not say whether that key signed them.
+    pub unknown_signer: usize,
+}
+
 /// Runs `query` over the index; an unreadable line is an error naming it.
 pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
+    answer(index, query).map(|a| a.hits)
+}
+
+/// [`search`], with the count of records whose signer is unknown.
+pub fn answer(index: &Path, query: &Query) -> Result<Answer> {
     let file = crate::fsutil::open_regular(index, false)
         .with_context(|| format!("opening the inventory {}", index.display()))?;
     // An index others may write could say anything: its answers are not given.
@@ -571,6 +673,7 @@ pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
     }
     let needles = query.needles();
     let mut hits = Vec::new();
+    let mut unknown_signer = 0usize;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = String::new();
     let mut n = 0usize;
@@ -590,11 +693,20 @@ pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
         // record (an index joined or edited by hand): then it counts.
         if !line.ends_with('\n') {
             if let Ok(record) = serde_json::from_str::<Record>(&line) {
+                if query.signer.is_some() && record.signers.is_empty() {
+                    unknown_signer += 1;
+                }
                 hits.extend(query.hits(&record));
             }
             continue;
         }
         let shaped = line.starts_with("{\"statement_sha256\":") && line.trim_end().ends_with('}');
+        // `"signers":[` appears in a record's line only as that field: every other string is
+        // quoted with its quotes escaped, and digest values are strings, never lists.
+        if shaped && query.signer.is_some() && !line.contains("\"signers\":[") {
+            unknown_signer += 1;
+            continue;
+        }
         if shaped && !needles.iter().all(|x| line.contains(x.as_str())) {
             continue;
         }
@@ -604,7 +716,13 @@ pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
                 index.display()
             )
         })?;
+        if query.signer.is_some() && record.signers.is_empty() {
+            unknown_signer += 1;
+        }
         hits.extend(query.hits(&record));
     }
-    Ok(hits)
+    Ok(Answer {
+        hits,
+        unknown_signer,
+    })
 }

@@ -7,6 +7,7 @@ fn record(n: u32, deps: Vec<Dependency>, subjects: &[(&str, &str)]) -> Record {
         invocation_id: format!("inv{n}"),
         finished: "2026-11-26T10:00:00Z".into(),
         builder_id: "https://ci.example/pool-a".into(),
+        signers: vec![KEY_A.into()],
         trust: Some("trusted".into()),
         dependencies: deps,
         subjects: subjects
@@ -34,6 +35,7 @@ const JQ: &str = "11111111111111111111111111111111111111111111111111111111111111
 const JQ_OTHER: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const APP: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const KEY_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
 fn sample_index() -> (crate::tools::testutil::TempDir, PathBuf) {
     let dir = crate::tools::testutil::TempDir::named("bulwark-inventory");
@@ -311,10 +313,10 @@ fn a_provenance_file_swapped_after_listing_is_not_read_through_a_symlink_or_fifo
     )
     .unwrap();
     let keys = [key.public()];
-    assert_eq!(verified_records(&real, &keys).unwrap().len(), 1);
+    assert_eq!(verified_records(&real, &keys, None).unwrap().len(), 1);
     let link = dir.join("provenance.intoto.jsonl");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let e = verified_records(&link, &keys).unwrap_err();
+    let e = verified_records(&link, &keys, None).unwrap_err();
     assert!(e.contains("not a regular file"), "{e}");
     let fifo = dir.join("other.intoto.jsonl");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -327,7 +329,7 @@ fn a_provenance_file_swapped_after_listing_is_not_read_through_a_symlink_or_fifo
     let (tx, rx) = std::sync::mpsc::channel();
     let (f2, k2) = (fifo.clone(), keys.to_vec());
     std::thread::spawn(move || {
-        let _ = tx.send(verified_records(&f2, &k2).map(|r| r.len()));
+        let _ = tx.send(verified_records(&f2, &k2, None).map(|r| r.len()));
     });
     let outcome = rx.recv_timeout(std::time::Duration::from_secs(5));
     drop(writer);
@@ -472,7 +474,7 @@ fn digests_are_indexed_in_lowercase_whoever_wrote_the_statement() {
                 .collect(),
             ..Default::default()
         });
-    let r = Record::of(&statement, Path::new("/p")).unwrap();
+    let r = Record::of(&statement, Path::new("/p"), &[]).unwrap();
     let lower = upper.to_ascii_lowercase();
     assert_eq!(r.subjects[0].sha256, lower);
     assert!(r
@@ -485,13 +487,13 @@ fn digests_are_indexed_in_lowercase_whoever_wrote_the_statement() {
 fn a_path_without_provenance_is_an_error_and_paths_are_recorded_absolute() {
     let dir = crate::tools::testutil::TempDir::named("bulwark-inventory-empty");
     std::fs::write(dir.join("notes.txt"), "").unwrap();
-    let e = read_verified(&[dir.to_path_buf()], &[]).unwrap_err();
+    let e = read_verified(&[dir.to_path_buf()], &[], None).unwrap_err();
     assert!(format!("{e:#}").contains("no provenance file"), "{e:#}");
     // A relative path: the outcome names the file absolutely.
     std::fs::write(dir.join("x.intoto.jsonl"), "not json\n").unwrap();
     let cwd = std::env::current_dir().unwrap();
     let rel = pathdiff(&dir, &cwd);
-    let outcomes = read_verified(&[rel], &[]).unwrap();
+    let outcomes = read_verified(&[rel], &[], None).unwrap();
     assert!(outcomes[0].path.is_absolute(), "{:?}", outcomes[0].path);
     assert!(outcomes[0].records.is_err());
 }
@@ -504,4 +506,149 @@ fn pathdiff(path: &Path, base: &Path) -> PathBuf {
         rel.push("..");
     }
     rel.join(path.strip_prefix("/").unwrap())
+}
+
+/// `statement_json()` claiming `builder`, signed by `key`, written as `name` under `dir`.
+fn signed_file(
+    dir: &Path,
+    name: &str,
+    builder: &str,
+    key: &crate::provenance::keys::LocalKey,
+) -> PathBuf {
+    let mut v = statement_json();
+    v["predicate"]["runDetails"]["builder"]["id"] = builder.into();
+    let env = crate::provenance::dsse::sign(
+        &serde_json::to_vec(&v).unwrap(),
+        crate::provenance::dsse::IN_TOTO_PAYLOAD_TYPE,
+        key,
+    )
+    .unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, crate::provenance::dsse::to_line(&env).unwrap() + "\n").unwrap();
+    p
+}
+
+#[test]
+fn a_key_claiming_another_builder_s_id_is_refused_when_builder_ids_are_bound_to_keys() {
+    use crate::provenance::keys::{Algorithm, LocalKey, Signer};
+    let a = LocalKey::generate(Algorithm::Ed25519).unwrap();
+    let b = LocalKey::generate(Algorithm::P256).unwrap();
+    let dir = crate::tools::testutil::TempDir::named("bulwark-inventory-bound");
+    let forged = signed_file(&dir, "forged.intoto.jsonl", "https://ci.example/b", &a);
+    let own = signed_file(&dir, "own.intoto.jsonl", "https://ci.example/a", &a);
+    let keys = [a.public(), b.public()];
+    let bound: BuilderKeys = [
+        (
+            "https://ci.example/a".to_string(),
+            vec![a.keyid().to_string()],
+        ),
+        (
+            "https://ci.example/b".to_string(),
+            vec![b.keyid().to_string()],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let e = verified_records(&forged, &keys, Some(&bound)).unwrap_err();
+    assert!(
+        e.starts_with("builder_keys: runDetails.builder.id is \"https://ci.example/b\"")
+            && e.contains(&format!("signed by [{}]", a.keyid()))
+            && e.contains(b.keyid())
+            && e.contains("add its key id to the builder's entry in [builder_keys]"),
+        "{e}"
+    );
+    // A builder id the table does not name is refused too.
+    let stray = signed_file(&dir, "stray.intoto.jsonl", "https://ci.example/c", &a);
+    let e = verified_records(&stray, &keys, Some(&bound)).unwrap_err();
+    assert!(e.contains("which builder_keys binds to no key"), "{e}");
+    // The one signed by its builder's key is indexed, naming that key (and not the other).
+    let records = verified_records(&own, &keys, Some(&bound)).unwrap();
+    assert_eq!(records[0].builder_id, "https://ci.example/a");
+    assert_eq!(records[0].signers, [a.keyid()]);
+    // Unbound, the forged one goes in, but says who signed it.
+    let records = verified_records(&forged, &keys, None).unwrap();
+    assert_eq!(records[0].builder_id, "https://ci.example/b");
+    assert_eq!(records[0].signers, [a.keyid()]);
+}
+
+/// An index line as written before signers were recorded (statement `n`, one jq dependency,
+/// one artifact `name`).
+fn old_line(n: u32, name: &str) -> String {
+    format!(
+        "{{\"statement_sha256\":\"{n:064x}\",\"provenance\":\"/out/{n}/provenance.intoto.jsonl\",\
+         \"invocation_id\":\"inv{n}\",\"finished\":\"2026-11-26T10:00:00Z\",\
+         \"builder_id\":\"https://ci.example/pool-a\",\"trust\":\"trusted\",\
+         \"dependencies\":[{{\"name\":\"jq\",\"uri\":\"https://tools.example/jq-1.7.tar.gz\",\
+         \"digest\":{{\"sha256\":\"{JQ}\"}}}}],\"subjects\":[{{\"name\":\"{name}\",\
+         \"sha256\":\"{}\"}}]}}",
+        "d".repeat(64)
+    )
+}
+
+#[test]
+fn an_index_line_written_before_signers_were_recorded_still_reads() {
+    let (d, index) = sample_index();
+    let old = d.join("old.jsonl");
+    // A line as earlier versions wrote it, field for field: no `signers`.
+    std::fs::write(&old, format!("{}\n", old_line(7, "dist/old.tar.gz"))).unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let hits = search(
+        &old,
+        &Query {
+            digest: Some(JQ.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].signers.is_empty());
+    // Its JSON hit has no signers (unknown), rather than an empty list (nobody).
+    let json = serde_json::to_value(&hits[0]).unwrap();
+    assert!(json.get("signers").is_none(), "{json}");
+    // New lines append after it; the old one is still answered.
+    assert_eq!(
+        append(&old, &[record(8, vec![], &[("dist/new", APP)])]).unwrap(),
+        1
+    );
+    assert_eq!(found(&old, Query::default()).len(), 2);
+    // The sample index's records carry their signer, and the hit shows it.
+    let hits = search(&index, &Query::default()).unwrap();
+    assert!(hits.iter().all(|h| h.signers == [KEY_A]), "{hits:?}");
+}
+
+#[test]
+fn a_query_by_signer_finds_what_that_key_signed_and_counts_what_it_cannot_tell() {
+    let (d, index) = sample_index();
+    let mut q = Query {
+        signer: Some(KEY_A.to_ascii_uppercase().replacen("SHA256", "sha256", 1)),
+        ..Default::default()
+    };
+    q.check().unwrap();
+    let a = answer(&index, &q).unwrap();
+    assert_eq!(a.hits.len(), 2);
+    assert_eq!(a.unknown_signer, 0);
+    let other = format!("sha256:{}", "b".repeat(64));
+    q.signer = Some(other.clone());
+    let a = answer(&index, &q).unwrap();
+    assert!(a.hits.is_empty());
+    // The key id text elsewhere in a line (a job names its outputs) is not a signer: the
+    // substring only selects lines to parse.
+    let named = record(6, vec![], &[(other.as_str(), APP)]);
+    assert_eq!(append(&index, &[named]).unwrap(), 1);
+    assert!(answer(&index, &q).unwrap().hits.is_empty());
+    // A record without a signer cannot match, and is counted so the answer says so.
+    let mut f = OpenOptions::new().append(true).open(&index).unwrap();
+    f.write_all(format!("{}\n", old_line(5, "dist/old")).as_bytes())
+        .unwrap();
+    drop(f);
+    q.signer = Some(KEY_A.into());
+    let a = answer(&index, &q).unwrap();
+    assert_eq!((a.hits.len(), a.unknown_signer), (3, 1));
+    // Not a key id: the option is named.
+    let mut bad = Query {
+        signer: Some("abc".into()),
+        ..Default::default()
+    };
+    assert!(bad.check().unwrap_err().starts_with("--signer"));
+    drop(d);
 }

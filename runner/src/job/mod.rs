@@ -1481,7 +1481,9 @@ fn sign_provenance(
     // fatal: the artifact and its provenance are good, and `bulwark inventory add` can index
     // the output directory later.
     let written = out.join(provenance::JSONL_NAME);
-    if let Err(e) = crate::inventory::record_own(&dirs.state, &statement, &written) {
+    // Recorded with the key id that signed it, as `inventory add` records the verifying key.
+    let keyid = provenance::keys::Signer::keyid(&key);
+    if let Err(e) = crate::inventory::record_own(&dirs.state, &statement, &written, keyid) {
         eprintln!(
             "bulwark: warning: not recorded in the inventory ({e:#}); index it with `bulwark \
              inventory add --key <signing.pub> {}`",

@@ -36,7 +36,7 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
 /// Whether `k` is a key id as the runner writes them: `sha256:` and 64 lowercase hex digits.
-fn is_keyid(k: &str) -> bool {
+pub fn is_keyid(k: &str) -> bool {
     k.strip_prefix("sha256:").is_some_and(|hex| {
         hex.len() == 64
             && hex
@@ -345,28 +345,7 @@ impl Policy {
         }
 
         if let Some(bound) = &self.builder_keys {
-            let Some(keyids) = bound.get(&run.builder.id) else {
-                return Err(Rejection::new(
-                    "builder_keys",
-                    format!(
-                        "runDetails.builder.id is {}, which builder_keys binds to no key; \
-                         add it to [builder_keys] with its key ids if that builder is trusted",
-                        quote(&run.builder.id)
-                    ),
-                ));
-            };
-            if !signers.iter().any(|s| keyids.contains(s)) {
-                return Err(Rejection::new(
-                    "builder_keys",
-                    format!(
-                        "runDetails.builder.id is {}, whose keys are {}, but the statement is \
-                         signed by {}: another builder's key cannot speak for it",
-                        quote(&run.builder.id),
-                        keyid_list(keyids),
-                        keyid_list(signers)
-                    ),
-                ));
-            }
+            check_builder_keys(bound, &run.builder.id, signers)?;
         }
 
         if let Some(globs) = &self.source_uris {
@@ -592,6 +571,39 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// The `builder_keys` check on its own: `builder_id` must be a key of `bound` and one of its key
+/// ids among `signers` (the key ids of the trusted keys whose signatures verified). `bulwark
+/// inventory add --builder-keys` applies this and no other policy key.
+pub fn check_builder_keys(
+    bound: &std::collections::BTreeMap<String, Vec<String>>,
+    builder_id: &str,
+    signers: &[String],
+) -> Result<(), Rejection> {
+    let Some(keyids) = bound.get(builder_id) else {
+        return Err(Rejection::new(
+            "builder_keys",
+            format!(
+                "runDetails.builder.id is {}, which builder_keys binds to no key; \
+                 add it to [builder_keys] with its key ids if that builder is trusted",
+                quote(builder_id)
+            ),
+        ));
+    };
+    if !signers.iter().any(|s| keyids.contains(s)) {
+        return Err(Rejection::new(
+            "builder_keys",
+            format!(
+                "runDetails.builder.id is {}, whose keys are {}, but the statement is \
+                 signed by {}: another builder's key cannot speak for it",
+                quote(builder_id),
+                keyid_list(keyids),
+                keyid_list(signers)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl PolicyError {
