@@ -72,6 +72,12 @@ pub fn main() -> ! {
 }
 
 fn run(status: &mut File) -> Result<i32, Stage> {
+    // Non-dumpable before the spec, which may carry a trusted job's credentials, is read: no
+    // other process of this uid (the runner's user rootless; the job's, once root mode
+    // switches to it) can read this memory through /proc, and a crash leaves no core dump
+    // (a piped `core_pattern` ignores RLIMIT_CORE, not this). Dumpable again only while the
+    // id maps are written (step 5), which needs it.
+    nix::sys::prctl::set_dumpable(false).map_err(at("dumpable"))?;
     // The seccomp program depends on nothing in the spec: it is built while the runner is
     // still preparing the job and the spec has not arrived.
     let seccomp = crate::seccomp::compile().map_err(|e| ("seccomp", e.to_string()))?;
@@ -182,9 +188,6 @@ fn run(status: &mut File) -> Result<i32, Stage> {
             .map_err(at("setresgid"))?;
         setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
             .map_err(at("setresuid"))?;
-        // A uid change makes the process non-dumpable, which would make our own /proc/self
-        // files root-owned and the uid map unwritable; nothing secret is held here.
-        nix::sys::prctl::set_dumpable(true).map_err(at("dumpable"))?;
     }
     let (outer_uid, outer_gid) = (getuid(), getgid());
     phase(&spec, status, "helper-cgroup-and-ids");
@@ -225,6 +228,10 @@ fn run(status: &mut File) -> Result<i32, Stage> {
     //    (required for an unprivileged gid map, and it stops the job from dropping groups to
     //    evade a group-deny permission); or in subuid mode the job's subordinate ids (our own
     //    ids are then not mapped in the job's namespace at all) and no supplementary groups.
+    //    Only a dumpable process's /proc files are its own: non-dumpable, they belong to root,
+    //    so neither could this process write its maps nor would newuidmap (which checks the
+    //    owner) write them. So dumpable for exactly this, and not again after.
+    nix::sys::prctl::set_dumpable(true).map_err(at("dumpable"))?;
     match mapper {
         // Subuid mode: the runner's supplementary groups came along and must not reach the
         // job. With a gid map written by newgidmap from a subordinate grant, setgroups stays
@@ -242,6 +249,7 @@ fn run(status: &mut File) -> Result<i32, Stage> {
                 .map_err(at("gid_map"))?;
         }
     }
+    nix::sys::prctl::set_dumpable(false).map_err(at("dumpable"))?;
     // Sources of /workspace and /tmp, opened in the new mount namespace (a bind source must
     // belong to it) without following a symlink at the last component, and before we become
     // the job's ids inside it: in subuid mode until then our host uid is still the runner's,

@@ -1152,6 +1152,110 @@ fn the_hello_example_succeeds_and_its_digests_match_the_files() {
     }
 }
 
+/// Pids whose parent is `parent`, from `/proc/<pid>/stat`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The sandbox helper (which parses the spec, a trusted job's credentials with it) and init
+/// (which writes them) are not dumpable while the job runs: their `/proc/<pid>/mem` belongs
+/// to root (the directory keeps its owner either way), so another process of their uid (the
+/// job's in root mode, the runner's user rootless) cannot read their memory, and a crash of
+/// either leaves no core dump.
+#[test]
+fn the_sandbox_helper_and_init_are_not_dumpable_while_the_job_runs() {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Stdio;
+    let env = Env::new("dumpable");
+    let (mut cmd, out) = env.command(
+        &one_step("dumpable", "sleep 1; echo STEP-RAN; sleep 4", ""),
+        &[],
+    );
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runner = child.id();
+    // The helper is the run's child; init the helper's; the step init's, once init is past
+    // its own setup (which marks it non-dumpable).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (helper, init) = loop {
+        let found = children_of(runner).into_iter().find_map(|h| {
+            let comm = fs::read_to_string(format!("/proc/{h}/comm")).ok()?;
+            if comm.trim() != "bulwark-sandbox" {
+                return None;
+            }
+            let init = *children_of(h).first()?;
+            children_of(init).first()?;
+            Some((h, init))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no running job found");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let am_root = nix::unistd::geteuid().is_root();
+    for (what, pid) in [("helper", helper), ("init", init)] {
+        let proc_dir = format!("/proc/{pid}");
+        let mem = format!("{proc_dir}/mem");
+        let owner = fs::metadata(&mem).unwrap().uid();
+        assert_eq!(owner, 0, "{what} is dumpable: {mem} belongs to uid {owner}");
+        // The attempt: a process of the same uid reads its memory.
+        let status = fs::read_to_string(format!("{proc_dir}/status")).unwrap();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        if am_root {
+            let o = std::process::Command::new("setpriv")
+                .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
+                .args(["cat", &mem])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{what}'s memory read as uid {uid}");
+            assert!(err.contains("Permission denied"), "{what}: {err}");
+        } else {
+            assert_eq!(uid, nix::unistd::geteuid().to_string(), "{status}");
+            let e = fs::File::open(&mem).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{what}'s memory opened by its own uid: {e}"
+            );
+        }
+    }
+    let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+    r.assert_code(0);
+    assert!(r.log.contains("STEP-RAN"), "{r}");
+}
+
 /// Tests that need root: per-job host uids and cgroup limits.
 mod root_mode {
     use super::*;
