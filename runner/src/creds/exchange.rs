@@ -333,10 +333,9 @@ impl ClassifyName for serde_json::Error {
 }
 
 fn token_credential(name: &str, kind: &str, token: Secret, expires: Option<String>) -> Issued {
-    let mut files = vec![(
-        "token".to_string(),
-        Secret::new(format!("{}\n", token.expose())),
-    )];
+    // Joined at its final size: `format!` would grow the string past the token and leave
+    // the whole token in the buffer it freed.
+    let mut files = vec![("token".to_string(), joined(&[token.expose(), "\n"]))];
     if let Some(e) = &expires {
         files.push(("expiration".into(), Secret::new(format!("{e}\n"))));
     }
@@ -541,6 +540,21 @@ mod tests {
         }
         let e = aws_issued("a", s("k"), s("x"), s("y"), "2026\"x".into());
         assert!(e.unwrap_err().starts_with("Expiration "));
+    }
+
+    #[test]
+    fn a_token_file_is_allocated_once_at_its_size() {
+        let token = "ya29.".to_owned() + &"t".repeat(200);
+        let issued = token_credential(
+            "gcp",
+            "oauth-token-exchange",
+            Secret::new(token.clone()),
+            Some("2026-11-26T20:00:00Z".into()),
+        );
+        let (name, file) = &issued.files[0];
+        assert_eq!(name, "token");
+        assert_eq!(file.expose(), format!("{token}\n"));
+        assert_eq!(file.expose().len(), file.0.capacity(), "grown, not joined");
     }
 
     #[test]
