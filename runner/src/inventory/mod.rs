@@ -48,7 +48,7 @@ pub mod cli;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -281,9 +281,15 @@ const MAX_WHOLE_TAIL: u64 = 16 << 20;
 pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
     let mut locked = open_locked(index)?;
     drop_partial_tail(&mut locked, index)?;
-    // What the index holds, from each line's opening alone (no parsing): an index of a few
-    // hundred thousand statements is read in a fraction of a second.
-    let mut known = HashSet::new();
+    // What the index holds of the statements being added, and which keys it records as
+    // having signed them. Each line's opening says which statement it is; only the lines of
+    // these statements are parsed, so an index of a few hundred thousand statements is read
+    // in a fraction of a second.
+    let incoming: HashSet<&str> = records
+        .iter()
+        .map(|r| r.statement_sha256.as_str())
+        .collect();
+    let mut known: Known = HashMap::new();
     let mut reader = BufReader::with_capacity(1 << 20, &*locked);
     let mut line = Vec::new();
     let mut n = 0usize;
@@ -299,14 +305,23 @@ pub fn append(index: &Path, records: &[Record]) -> Result<usize> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let digest = line_statement(&line).ok_or_else(|| {
-            anyhow::anyhow!("{} line {n}: not an inventory record", index.display())
-        })?;
-        known.insert(digest.to_string());
+        let not_a_record =
+            || anyhow::anyhow!("{} line {n}: not an inventory record", index.display());
+        let digest = line_statement(&line).ok_or_else(not_a_record)?;
+        if incoming.contains(digest) {
+            let record: Record = serde_json::from_slice(&line).map_err(|_| not_a_record())?;
+            known
+                .entry(record.statement_sha256)
+                .or_default()
+                .extend(record.signers);
+        }
     }
     drop(reader);
-    write_new(&mut locked, index, records, &known)
+    write_new(&mut locked, index, records, &mut known)
 }
+
+/// Statements an index holds, with the key ids it records as having signed each.
+type Known = HashMap<String, BTreeSet<String>>;
 
 /// Appends those of `records` whose statement is not in `known`, in one write of whole lines
 /// under the lock: a reader sees each line whole or not at all (it stops at a last line
@@ -315,19 +330,32 @@ fn write_new(
     file: &mut File,
     index: &Path,
     records: &[Record],
-    known: &HashSet<String>,
+    known: &mut Known,
 ) -> Result<usize> {
-    let mut seen = HashSet::new();
+    let mut added = 0;
     let mut text = String::new();
     for r in records {
-        if !known.contains(&r.statement_sha256) && seen.insert(r.statement_sha256.clone()) {
-            text.push_str(&serde_json::to_string(r)?);
-            text.push('\n');
+        // A statement already held with these signers adds nothing (a job's
+        // `.intoto.jsonl` and `.sigstore.json` carry the same one); signed by a key not
+        // recorded yet (countersigned, or the same statement signed by another key), it is
+        // recorded again, with its signers, so that a query by either key finds it.
+        match known.get_mut(&r.statement_sha256) {
+            Some(have) if r.signers.iter().all(|k| have.contains(k)) => continue,
+            Some(have) => have.extend(r.signers.iter().cloned()),
+            None => {
+                known.insert(
+                    r.statement_sha256.clone(),
+                    r.signers.iter().cloned().collect(),
+                );
+            }
         }
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+        added += 1;
     }
     file.write_all(text.as_bytes())
         .with_context(|| format!("appending to {}", index.display()))?;
-    Ok(seen.len())
+    Ok(added)
 }
 
 /// What `bulwark run` records of a statement it signed with the key `keyid` and wrote to
@@ -344,7 +372,7 @@ pub fn record_own(
     let record = Record::of(statement, provenance, &[keyid.to_string()])?;
     let mut locked = open_locked(&index)?;
     drop_partial_tail(&mut locked, &index)?;
-    write_new(&mut locked, &index, &[record], &HashSet::new()).map(drop)
+    write_new(&mut locked, &index, &[record], &mut HashMap::new()).map(drop)
 }
 
 /// The provenance files under `path` (itself, when it is a file): `*.intoto.jsonl` and
@@ -474,6 +502,35 @@ fn verified_records(
         );
     }
     Ok(records)
+}
+
+/// One hit per artifact of a statement: a statement indexed more than once (signed again by
+/// another key) gives one hit, with every key that signed it.
+fn merge_copies(hits: Vec<(String, Hit)>) -> Vec<Hit> {
+    let mut at: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut out: Vec<Hit> = Vec::with_capacity(hits.len());
+    for (statement, h) in hits {
+        let key = (
+            statement,
+            h.artifact.name.clone(),
+            h.artifact.sha256.clone(),
+        );
+        match at.get(&key) {
+            Some(&i) => {
+                let merged = &mut out[i];
+                for k in h.signers {
+                    if !merged.signers.contains(&k) {
+                        merged.signers.push(k);
+                    }
+                }
+            }
+            None => {
+                at.insert(key, out.len());
+                out.push(h);
+            }
+        }
+    }
+    out
 }
 
 /// What a query asks for; every filter given must hold (none given: every artifact).
@@ -672,6 +729,25 @@ pub fn answer(index: &Path, query: &Query) -> Result<Answer> {
         );
     }
     let needles = query.needles();
+    // Records that predate signers cannot be judged by `--signer`; they are counted when they
+    // would match the rest of the query.
+    let unsigned = Query {
+        signer: None,
+        ..query.clone()
+    };
+    let unsigned_needles = unsigned.needles();
+    let unjudged = |record: &Record| {
+        query.signer.is_some() && record.signers.is_empty() && !unsigned.hits(record).is_empty()
+    };
+    // Each hit with the statement it came from, for `merge_copies`.
+    let tagged = |record: &Record| {
+        let statement = &record.statement_sha256;
+        query
+            .hits(record)
+            .into_iter()
+            .map(move |h| (statement.clone(), h))
+            .collect::<Vec<_>>()
+    };
     let mut hits = Vec::new();
     let mut unknown_signer = 0usize;
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -693,21 +769,19 @@ pub fn answer(index: &Path, query: &Query) -> Result<Answer> {
         // record (an index joined or edited by hand): then it counts.
         if !line.ends_with('\n') {
             if let Ok(record) = serde_json::from_str::<Record>(&line) {
-                if query.signer.is_some() && record.signers.is_empty() {
-                    unknown_signer += 1;
-                }
-                hits.extend(query.hits(&record));
+                unknown_signer += usize::from(unjudged(&record));
+                hits.extend(tagged(&record));
             }
             continue;
         }
         let shaped = line.starts_with("{\"statement_sha256\":") && line.trim_end().ends_with('}');
-        // `"signers":[` appears in a record's line only as that field: every other string is
-        // quoted with its quotes escaped, and digest values are strings, never lists.
-        if shaped && query.signer.is_some() && !line.contains("\"signers\":[") {
-            unknown_signer += 1;
-            continue;
-        }
-        if shaped && !needles.iter().all(|x| line.contains(x.as_str())) {
+        // `"signers"` (with its quotes) appears in a record's line only as that field: every
+        // other string is quoted with its quotes escaped.
+        if shaped && query.signer.is_some() && !line.contains("\"signers\"") {
+            if !unsigned_needles.iter().all(|x| line.contains(x.as_str())) {
+                continue;
+            }
+        } else if shaped && !needles.iter().all(|x| line.contains(x.as_str())) {
             continue;
         }
         let record: Record = serde_json::from_str(&line).with_context(|| {
@@ -716,13 +790,11 @@ pub fn answer(index: &Path, query: &Query) -> Result<Answer> {
                 index.display()
             )
         })?;
-        if query.signer.is_some() && record.signers.is_empty() {
-            unknown_signer += 1;
-        }
-        hits.extend(query.hits(&record));
+        unknown_signer += usize::from(unjudged(&record));
+        hits.extend(tagged(&record));
     }
     Ok(Answer {
-        hits,
+        hits: merge_copies(hits),
         unknown_signer,
     })
 }

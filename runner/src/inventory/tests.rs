@@ -396,7 +396,7 @@ fn the_runs_own_record_only_looks_at_the_tail_and_mends_a_torn_last_line() {
         &mut locked,
         &index,
         &[record(7, vec![], &[("x", APP)])],
-        &HashSet::new(),
+        &mut std::collections::HashMap::new(),
     )
     .unwrap();
     drop(locked);
@@ -651,4 +651,109 @@ fn a_query_by_signer_finds_what_that_key_signed_and_counts_what_it_cannot_tell()
     };
     assert!(bad.check().unwrap_err().starts_with("--signer"));
     drop(d);
+}
+
+#[test]
+fn a_statement_signed_again_by_another_key_is_recorded_and_found_by_either_key() {
+    let (d, index) = sample_index();
+    let key_b = format!("sha256:{}", "b".repeat(64));
+    let first = record(9, vec![], &[("dist/app", APP)]);
+    assert_eq!(append(&index, std::slice::from_ref(&first)).unwrap(), 1);
+    // The same statement again, signed by the same key: nothing new.
+    assert_eq!(append(&index, std::slice::from_ref(&first)).unwrap(), 0);
+    // Countersigned (A and B): recorded, so that B's signature is known.
+    let countersigned = Record {
+        signers: vec![KEY_A.into(), key_b.clone()],
+        ..first.clone()
+    };
+    assert_eq!(append(&index, &[countersigned]).unwrap(), 1);
+    // B alone adds nothing more: both keys are recorded for it now.
+    let by_b = Record {
+        signers: vec![key_b.clone()],
+        ..first.clone()
+    };
+    assert_eq!(append(&index, &[by_b]).unwrap(), 0);
+    // One artifact in every answer, with every key that signed its statement.
+    let q = |signer: Option<&str>| Query {
+        signer: signer.map(str::to_owned),
+        ..Default::default()
+    };
+    for signer in [None, Some(KEY_A), Some(key_b.as_str())] {
+        let hits = search(&index, &q(signer)).unwrap();
+        let ours: Vec<_> = hits.iter().filter(|h| h.invocation_id == "inv9").collect();
+        assert_eq!(ours.len(), 1, "{signer:?}: {hits:?}");
+        if signer != Some(KEY_A) {
+            assert_eq!(ours[0].signers, [KEY_A, key_b.as_str()], "{signer:?}");
+        }
+    }
+    // A statement an old index holds without signers gets them when indexed again.
+    let old = d.join("old.jsonl");
+    std::fs::write(&old, format!("{}\n", old_line(7, "dist/old"))).unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let again = Record {
+        provenance: "/out/7/provenance.intoto.jsonl".into(),
+        ..record(7, vec![], &[("dist/old", &"d".repeat(64))])
+    };
+    assert_eq!(append(&old, &[again]).unwrap(), 1);
+    let a = answer(
+        &old,
+        &Query {
+            signer: Some(KEY_A.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(a.hits.len(), 1, "{:?}", a.hits);
+    assert_eq!(a.hits[0].signers, [KEY_A]);
+}
+
+#[test]
+fn records_without_signers_are_counted_only_when_they_match_the_rest_of_the_query() {
+    let (d, _) = sample_index();
+    let old = d.join("old.jsonl");
+    // Two records without signers; only the first used jq.
+    let other_tool = old_line(6, "dist/six").replace(JQ, &"e".repeat(64));
+    std::fs::write(
+        &old,
+        format!("{}\n{other_tool}\n", old_line(5, "dist/five")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let by_digest = |digest: String| Query {
+        signer: Some(KEY_A.into()),
+        digest: Some(digest),
+        ..Default::default()
+    };
+    let a = answer(&old, &by_digest(JQ.into())).unwrap();
+    assert_eq!((a.hits.len(), a.unknown_signer), (0, 1));
+    let a = answer(&old, &by_digest("f".repeat(64))).unwrap();
+    assert_eq!((a.hits.len(), a.unknown_signer), (0, 0));
+    // Its line holds the text of every filter (the artifact's name, not a tool's), yet it
+    // would not match them: not counted either.
+    let a = answer(
+        &old,
+        &Query {
+            name: Some("dist/five".into()),
+            ..by_digest(JQ.into())
+        },
+    )
+    .unwrap();
+    assert_eq!((a.hits.len(), a.unknown_signer), (0, 0));
+    // A record with signers written as Python's json.dumps writes it (`": "`, `", "`) is
+    // judged by its signers like any other.
+    let spaced = serde_json::to_string(&record(8, vec![], &[("dist/eight", APP)]))
+        .unwrap()
+        .replace("\":", "\": ")
+        .replace(",\"", ", \"");
+    assert!(spaced.contains("\"signers\": ["), "{spaced}");
+    std::fs::write(&old, format!("{spaced}\n")).unwrap();
+    let a = answer(
+        &old,
+        &Query {
+            signer: Some(KEY_A.into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((a.hits.len(), a.unknown_signer), (1, 0));
 }

@@ -144,12 +144,15 @@ pub fn verify(
         .iter()
         .filter_map(|s| b64().decode(&s.sig).ok())
         .collect();
-    // A key id is only a hint: any trusted key whose signature verifies counts.
-    let signers: Vec<String> = keys
-        .iter()
-        .filter(|k| sigs.iter().any(|sig| k.verify(&message, sig)))
-        .map(|k| k.keyid().to_string())
-        .collect();
+    // A key id is only a hint: any trusted key whose signature verifies counts, once (the
+    // same key given twice is one signer).
+    let mut signers: Vec<String> = Vec::new();
+    for k in keys {
+        let id = k.keyid();
+        if !signers.iter().any(|s| s == id) && sigs.iter().any(|sig| k.verify(&message, sig)) {
+            signers.push(id.to_string());
+        }
+    }
     if !signers.is_empty() {
         return Ok(Verified { payload, signers });
     }
@@ -272,6 +275,9 @@ mod tests {
         assert!(verify(&env, IN_TOTO_PAYLOAD_TYPE, &[other.public()]).is_err());
         // With several trusted keys, the signers are the keys that signed, not the others.
         let ok = verify(&env, IN_TOTO_PAYLOAD_TYPE, &[other.public(), key.public()]).unwrap();
+        assert_eq!(ok.signers, [key.keyid().to_string()]);
+        // The same key given twice (two copies of one file) is one signer.
+        let ok = verify(&env, IN_TOTO_PAYLOAD_TYPE, &[key.public(), key.public()]).unwrap();
         assert_eq!(ok.signers, [key.keyid().to_string()]);
         assert!(matches!(
             verify(&env, "text/plain", &[key.public()]),
