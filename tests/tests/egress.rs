@@ -423,14 +423,19 @@ fn a_target_that_does_not_parse_is_logged_as_sent() {
 #[test]
 fn address_forms_are_refused_and_a_trailing_dot_is_the_same_host() {
     let o = origin("a");
-    let p = Proxy::start(
-        "forms",
-        &allow_origin(o.port),
-        HOSTS,
-        false,
-        ProxyLimits::default(),
-    );
     let port = o.port;
+    // Names, allowed by a wildcard, that resolve to forms of loopback and the unspecified
+    // address: refused by the address rules, not the allow list.
+    let resolved = [
+        ("zero.test", "0.0.0.0"),
+        ("mapped.test", "::ffff:127.0.0.1"),
+        ("nat64.test", "64:ff9b::7f00:1"),
+        ("sixtofour.test", "2002:7f00:1::"),
+    ];
+    let hosts: Vec<(&str, &str)> = HOSTS.iter().copied().chain(resolved).collect();
+    let mut allow = allow_origin(port);
+    allow.push(format!("*.test:{port}"));
+    let mut p = Proxy::start("forms", &allow, &hosts, false, ProxyLimits::default());
     let table = [
         (format!("[::ffff:169.254.169.254]:{port}"), 403, "metadata"),
         (format!("0.0.0.0:{port}"), 403, "allow list"),
@@ -440,6 +445,28 @@ fn address_forms_are_refused_and_a_trailing_dot_is_the_same_host() {
         (format!("127.1:{port}"), 403, "ambiguous"),
         (format!("[::1]:{port}"), 403, "allow list"),
         (format!("[::ffff:127.0.0.1]:{port}"), 403, "allow list"),
+        // Names that resolve to those forms reach the address rules (the job is told only
+        // that the address is refused; egress.log names it, checked below).
+        (
+            format!("zero.test:{port}"),
+            403,
+            "resolves to an address this proxy refuses",
+        ),
+        (
+            format!("mapped.test:{port}"),
+            403,
+            "resolves to an address this proxy refuses",
+        ),
+        (
+            format!("nat64.test:{port}"),
+            403,
+            "resolves to an address this proxy refuses",
+        ),
+        (
+            format!("sixtofour.test:{port}"),
+            403,
+            "resolves to an address this proxy refuses",
+        ),
         (format!("allowed.test.:{port}"), 200, ""),
         (format!("ALLOWED.test:{port}"), 200, ""),
         (format!("allowed.test..:{port}"), 403, "valid"),
@@ -456,6 +483,20 @@ fn address_forms_are_refused_and_a_trailing_dot_is_the_same_host() {
         thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(o.conns.load(Ordering::SeqCst), 2);
+    let log = p.finish();
+    for (name, ip) in resolved {
+        let line = log
+            .iter()
+            .find(|l| l["host"] == name)
+            .unwrap_or_else(|| panic!("{name}: {log:?}"));
+        assert_eq!(line["decision"], "denied", "{line}");
+        assert_eq!(line["address"], ip, "{line}");
+        let why = line["reason"].as_str().unwrap();
+        assert!(
+            why.contains(" address") && !why.contains("allow list"),
+            "{line}"
+        );
+    }
 }
 
 #[test]
@@ -670,6 +711,15 @@ fn malformed_oversized_and_silent_clients_leave_the_proxy_serving_others() {
     assert_eq!(status(&head), 408, "{head}");
     let log = p.finish();
     assert_eq!(log.iter().filter(|l| l["decision"] == "denied").count(), 3);
+    // The oversized head was refused as that (the client may have seen a reset instead of
+    // the 431: the proxy closes with the rest of the head unread).
+    assert!(
+        log.iter().any(|l| l["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("request head larger than")),
+        "{log:?}"
+    );
 }
 
 #[test]
