@@ -5,7 +5,8 @@
 //! A seatbelt, not a boundary: a job that means to leak a credential can encode it. What it
 //! stops is the common accident, a tool printing its configuration or a `set -x` trace, and
 //! the encodings tools print a credential in by themselves ([`encoded_forms`]): percent-encoded
-//! (a presigned URL, `curl -v` of a query), JSON-escaped (`\/`), and base64 at each of the
+//! (a presigned URL, `curl -v` of a query), JSON-escaped (as serde, PHP, Go and .NET write
+//! strings), and base64 at each of the
 //! three alignments it can take inside a longer value (`Authorization: Basic` of
 //! `user:token`, a `docker login` config), standard and URL-safe.
 
@@ -210,11 +211,21 @@ fn encoded_forms(value: &[u8]) -> Vec<Vec<u8>> {
         add(pct);
     }
     // JSON strings as writers print them: `"` and `\` escaped (serde, JavaScript, Python); and
-    // `/` too (PHP); or `<`, `>` and `&` as `\u003c`, `\u003e`, `\u0026` (Go's default).
-    for (slash, html) in [(false, false), (true, false), (false, true)] {
+    // `/` too (PHP); or `<`, `>` and `&` as `\u003c`, `\u003e`, `\u0026` (Go's default); or,
+    // as .NET's System.Text.Json does by default, `"`, `+`, `<`, `>`, `&`, `'` and `` ` `` as
+    // upper-case `\u` escapes (`+` is in most AWS secret keys).
+    for (slash, html, dotnet) in [
+        (false, false, false),
+        (true, false, false),
+        (false, true, false),
+        (false, false, true),
+    ] {
         let mut json = Vec::with_capacity(value.len() * 6);
         for &b in value {
             match b {
+                b'"' | b'+' | b'<' | b'>' | b'&' | b'\'' | b'`' if dotnet => {
+                    json.extend(format!("\\u{:04X}", u32::from(b)).bytes());
+                }
                 b'"' | b'\\' => json.extend([b'\\', b]),
                 b'/' if slash => json.extend(b"\\/"),
                 b'<' | b'>' | b'&' if html => {
@@ -359,11 +370,13 @@ mod tests {
         }
         // JSON as Go writes it (`&`, `<`, `>` as \u escapes, `/` as it is), as JavaScript and
         // Python do (`/` as it is) and as PHP does (`\/`).
-        let odd = r#"p"w/d&x<y>z-0123456789"#;
+        let odd = r#"p"w/d&x<y>z-0123456789+'"#;
         for printed in [
-            r#"{"password":"p\"w/d\u0026x\u003cy\u003ez-0123456789"}"#,
-            r#"{"password":"p\"w/d&x<y>z-0123456789"}"#,
-            r#"{"password":"p\"w\/d&x<y>z-0123456789"}"#,
+            r#"{"password":"p\"w/d\u0026x\u003cy\u003ez-0123456789+'"}"#,
+            r#"{"password":"p\"w/d&x<y>z-0123456789+'"}"#,
+            r#"{"password":"p\"w\/d&x<y>z-0123456789+'"}"#,
+            // .NET's System.Text.Json.
+            r#"{"password":"p\u0022w/d\u0026x\u003Cy\u003Ez-0123456789\u002B\u0027"}"#,
         ] {
             let masked = run(&[odd], &[printed.as_bytes()]);
             assert_eq!(masked, r#"{"password":"***"}"#, "{printed}");
