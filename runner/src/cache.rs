@@ -40,7 +40,10 @@
 //! by any later save or weighing ([`evict::tidy`]).
 //!
 //! The store as a whole is bounded (`caches.max_total`, `caches.max_total_entries`,
-//! `caches.max_unused`): see [`evict`].
+//! `caches.max_unused`): see [`evict`]. Saves running at once keep `limits.min_free_disk`
+//! together, each holding the room it may write: see [`reserve`]. A job that was given
+//! credentials saves no cache holding any of their values ([`Store::save_refusing`]): a
+//! trusted job's cache is restored by pull requests.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
