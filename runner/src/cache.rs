@@ -40,7 +40,10 @@
 //! by any later save or weighing ([`evict::tidy`]).
 //!
 //! The store as a whole is bounded (`caches.max_total`, `caches.max_total_entries`,
-//! `caches.max_unused`): see [`evict`].
+//! `caches.max_unused`): see [`evict`]. Saves running at once keep `limits.min_free_disk`
+//! together, each holding the room it may write: see [`reserve`]. A job that was given
+//! credentials saves no cache holding any of their values ([`Store::save_refusing`]): a
+//! trusted job's cache is restored by pull requests.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -53,10 +56,14 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::creds::mask::Finder;
 use crate::disk_reserve::Room;
-use crate::source::{copy_tree, copy_tree_from, tree_digest, CopyError, Tree, TREE_ALGORITHM};
+use crate::source::{
+    copy_tree, copy_tree_from, copy_tree_refusing, tree_digest, CopyError, Tree, TREE_ALGORITHM,
+};
 
 mod evict;
+mod reserve;
 pub use evict::{weight, Bounds, Weighed, Why, ENTRY_CHARGE};
 use evict::{Claimed, Purpose, StoreLock, Trash};
 
@@ -154,6 +161,11 @@ pub struct Saved {
 pub struct Store {
     root: PathBuf,
     bounds: Bounds,
+    /// `limits.min_free_disk`, which saves keep on the store's filesystem together
+    /// ([`reserve`]).
+    disk: bulwark_protocol::DiskReserve,
+    /// How that filesystem is measured (fixed in tests).
+    measure: reserve::Measure,
 }
 
 /// What `caches prune` did.
@@ -183,12 +195,20 @@ impl Store {
         Store {
             root: state.join("caches"),
             bounds: Bounds::of(&CachesConfig::default()),
+            disk: bulwark_protocol::DiskReserve::Off,
+            measure: crate::disk_reserve::space_at,
         }
     }
 
     /// This store with other bounds.
     pub fn with_bounds(self, bounds: Bounds) -> Store {
         Store { bounds, ..self }
+    }
+
+    /// This store with the disk reserve `disk` (`limits.min_free_disk`) kept by its saves,
+    /// together ([`reserve`]).
+    pub fn with_disk_reserve(self, disk: bulwark_protocol::DiskReserve) -> Store {
+        Store { disk, ..self }
     }
 
     /// Where the caches are kept.
@@ -308,8 +328,9 @@ impl Store {
 
     /// Saves `src` (a job's cache directory, every process of the job gone) as the new
     /// generation of the cache `name` of `scope` that a job of `trust` writes. `room` bounds
-    /// the copy (the configuration's size and entry limits, and the state filesystem's
-    /// reserve); a cache over it is not saved, and the error says why.
+    /// the copy (the configuration's size and entry limits); so does the room left above the
+    /// disk reserve on the store's filesystem once other saves in progress have theirs
+    /// ([`reserve`]). A cache over either is not saved, and the error says why.
     #[allow(clippy::too_many_arguments)] // which cache, whose, from where, bounds, saved by
     pub fn save(
         &self,
@@ -320,6 +341,25 @@ impl Store {
         room: Room,
         job: &str,
         invocation: &str,
+    ) -> Result<Saved, String> {
+        self.save_refusing(scope, name, trust, src, room, job, invocation, None)
+    }
+
+    /// [`Store::save`] of a job that was given credentials: with `refuse` (its values), a
+    /// tree holding any of them (in a file, a link target or a path; as issued, or in a form
+    /// the log would mask) is not saved, the error naming the credential and the file, never
+    /// the value. Nothing of it stays in the store, and `current` is not changed.
+    #[allow(clippy::too_many_arguments)] // as `save`, and the values it must not hold
+    pub fn save_refusing(
+        &self,
+        scope: &str,
+        name: &str,
+        trust: Trust,
+        src: &Path,
+        room: Room,
+        job: &str,
+        invocation: &str,
+        refuse: Option<&Finder>,
     ) -> Result<Saved, String> {
         let tier = Tier::written_by(trust);
         let scope_dir = self.root.join(scope_key(scope));
@@ -340,6 +380,9 @@ impl Store {
         let mut trash = Trash::new(&self.root);
         // What a dead save, or a restore of an older generation, left.
         evict::tidy(&dir, &mut trash);
+        // Held until this save ends (returned, failed or unwound): the room it may write.
+        let granted = reserve::reserve(&self.root, room, self.disk, self.measure)?;
+        let room = granted.room;
         let id = crate::fsutil::random_hex(8);
         let incoming = dir.join(format!("incoming-{id}"));
         // Locked from its creation until `current` names it, so that no tidying (another
@@ -353,19 +396,46 @@ impl Store {
                     .map_err(|(_, e)| io::Error::from(e))
             })
             .map_err(|e| format!("creating {}: {e}", incoming.display()))?;
-        let stats = match copy_tree(src, &incoming, Tree::Whole, room, None) {
+        let copied = match refuse {
+            Some(values) => copy_tree_refusing(src, &incoming, Tree::Whole, room, values),
+            None => copy_tree(src, &incoming, Tree::Whole, room, None),
+        };
+        let stats = match copied {
             Ok(stats) => stats,
             Err(e) => {
-                let _ = crate::fsutil::remove_tree(&incoming);
+                let removed = crate::fsutil::remove_tree(&incoming);
                 let job_path = Path::new(MOUNT_POINT).join(name);
+                if let Some(credential) = e.credential() {
+                    if let Err(r) = removed {
+                        // Left for the next tidying (no `current` names it); the file that
+                        // held the value was emptied by the copy.
+                        tracing::warn!(path = %incoming.display(), "removing a refused cache save: {r}");
+                    }
+                    return Err(format!(
+                        "{}; a saved cache reaches every later job of this source, pull \
+                         requests' included: keep credential {credential:?} and tools' logins \
+                         out of {MOUNT_POINT} (point the tool's home or configuration at /tmp \
+                         or /workspace, or delete the file in the job's last step)",
+                        copy_error(&job_path, &e)
+                    ));
+                }
                 return Err(if e.is_no_room() {
                     format!(
                         "{} holds more than a saved cache may: at most {} bytes of files and {} \
                          entries here (caches.max_size, caches.max_entries, and the room above \
-                         limits.min_free_disk on the state directory's filesystem)",
+                         limits.min_free_disk on the state directory's filesystem{})",
                         job_path.display(),
                         room.bytes.map_or("unbounded".into(), |b| b.to_string()),
                         room.entries.map_or("unbounded".into(), |n| n.to_string()),
+                        if granted.others > 0 {
+                            format!(
+                                ", less the {} bytes other cache saves in progress held; a \
+                                 later job's save may fit",
+                                granted.others
+                            )
+                        } else {
+                            String::new()
+                        },
                     )
                 } else {
                     copy_error(&job_path, &e)
@@ -617,7 +687,9 @@ impl Store {
     /// The store of the state directory `config` names.
     pub fn of(config: &bulwark_protocol::Config) -> Result<Store, String> {
         let dirs = crate::config::Dirs::resolve(config).map_err(|e| format!("{e:#}"))?;
-        Ok(Store::new(&dirs.state).with_bounds(Bounds::of(&config.caches)))
+        Ok(Store::new(&dirs.state)
+            .with_bounds(Bounds::of(&config.caches))
+            .with_disk_reserve(config.limits.min_free_disk))
     }
 
     /// Every cache tier of this store that holds anything, by scope, name and tier.

@@ -169,8 +169,36 @@ pub fn copy_tree_from(
         skip_top: (tree == Tree::Source).then_some("bulwark-out"),
         owner,
         listing_max: MAX_LISTING_BYTES,
+        refuse: None,
     };
     copy_from(src, dst, &walk)
+}
+
+/// [`copy_tree`] (of the runner's own files: no owner) that refuses, as soon as it meets one,
+/// any file, link target or path holding a value `refuse` finds (a credential the job was
+/// given, in any form the log would mask): the error's cause is [`HoldsCredential`], and the
+/// file that held it is left empty (the caller removes the rest). The copy reads every byte
+/// anyway; each chunk is searched as it is read, before it is written, and an occurrence split
+/// across chunks is found too.
+pub fn copy_tree_refusing(
+    src: &Path,
+    dst: &Path,
+    tree: Tree,
+    room: Room,
+    refuse: &crate::creds::mask::Finder,
+) -> Result<CopyStats, CopyError> {
+    let src = crate::fsutil::open_dir(src).map_err(|source| CopyError {
+        path: ".".into(),
+        source,
+    })?;
+    let walk = Walk {
+        room,
+        skip_top: (tree == Tree::Source).then_some("bulwark-out"),
+        owner: None,
+        listing_max: MAX_LISTING_BYTES,
+        refuse: (!refuse.is_empty()).then_some(refuse),
+    };
+    copy_from(&src, dst, &walk)
 }
 
 fn copy_from(src: &OwnedFd, dst: &Path, walk: &Walk<'_>) -> Result<CopyStats, CopyError> {
@@ -191,6 +219,8 @@ struct Walk<'a> {
     owner: Option<(u32, u32)>,
     /// [`MAX_LISTING_BYTES`], smaller in tests.
     listing_max: u64,
+    /// Values no copied path, link target or file may hold ([`copy_tree_refusing`]).
+    refuse: Option<&'a crate::creds::mask::Finder>,
 }
 
 /// How many skipped entries a copy names (in [`CopyStats::skipped`] and the log); the rest are
@@ -230,6 +260,18 @@ pub struct NoRoom;
 #[error("the tree's paths and link targets take more than {} MiB; not copied: remove generated or deeply nested trees from it", MAX_LISTING_BYTES >> 20)]
 pub struct ListingTooLarge;
 
+/// The cause of a [`CopyError`] for an entry holding a credential's value
+/// ([`copy_tree_refusing`]): names the credential, never the value. The error's path is the
+/// file or link that holds it, or, when its name does, the directory it is in.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} a value of the job's credential {credential:?} (as issued, or percent-, JSON- or base64-encoded)")]
+pub struct HoldsCredential {
+    /// The credential's name.
+    pub credential: String,
+    /// What holds it: `holds` (contents or link target), or `has an entry whose path holds`.
+    pub what: &'static str,
+}
+
 /// The cause of a [`CopyError`] for a tree deeper than [`MAX_COPY_DEPTH`].
 #[derive(Debug, thiserror::Error)]
 #[error("more than {MAX_COPY_DEPTH} directories deep; not copied")]
@@ -241,6 +283,14 @@ impl CopyError {
         self.source
             .get_ref()
             .is_some_and(|inner| inner.is::<NoRoom>())
+    }
+
+    /// The credential whose value the copy met ([`copy_tree_refusing`]), if that stopped it.
+    pub fn credential(&self) -> Option<&str> {
+        self.source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<HoldsCredential>())
+            .map(|h| h.credential.as_str())
     }
 
     /// Whether the copy stopped at [`MAX_COPY_DEPTH`].
@@ -298,6 +348,15 @@ fn copy_dir(
                 path: shortened(&child),
                 source: io::Error::other(ListingTooLarge),
             });
+        }
+        // The whole path, so that a value split across names is found too; the error names
+        // the directory (checked when it was entered), never the path that holds the value.
+        if let Some(credential) = walk.refuse.and_then(|f| f.find_in(&child_bytes)) {
+            return Err(holds(
+                &display(rel),
+                credential,
+                "has an entry whose path holds",
+            ));
         }
         match e.kind {
             Kind::Dir => {
@@ -363,7 +422,8 @@ fn copy_dir(
                 .map_err(at)?;
                 give(&d).map_err(at)?;
                 let (sf, df) = (File::from(s), File::from(d));
-                let (n, sha) = copy_hashing(sf, df).map_err(|err| CopyError {
+                let mut scan = walk.refuse.map(|f| f.scan());
+                let (n, sha) = copy_hashing(sf, df, scan.as_mut()).map_err(|err| CopyError {
                     path: child.clone(),
                     source: err,
                 })?;
@@ -382,6 +442,12 @@ fn copy_dir(
             }
             Kind::Symlink => {
                 let target = readlinkat(src, name).map_err(at)?;
+                if let Some(credential) = walk
+                    .refuse
+                    .and_then(|f| f.find_in(target.as_os_str().as_bytes()))
+                {
+                    return Err(holds(&child, credential, "holds"));
+                }
                 stats.listing_bytes += target.len() as u64;
                 if stats.listing_bytes > walk.listing_max {
                     return Err(CopyError {
@@ -425,7 +491,25 @@ impl CopyStats {
     }
 }
 
-fn copy_hashing(mut src: File, mut dst: File) -> io::Result<(u64, String)> {
+/// The refusal of an entry that holds a credential's value: `path` names what holds it.
+fn holds(path: &str, credential: &str, what: &'static str) -> CopyError {
+    CopyError {
+        path: path.to_string(),
+        source: io::Error::other(HoldsCredential {
+            credential: credential.to_string(),
+            what,
+        }),
+    }
+}
+
+/// Copies `src` into `dst`, returning the bytes copied and their sha256; with `scan`, each
+/// chunk is searched before it is written, and a credential found stops the copy with
+/// [`HoldsCredential`] and empties `dst` (what it held of the file before is gone too).
+fn copy_hashing(
+    mut src: File,
+    mut dst: File,
+    mut scan: Option<&mut crate::creds::mask::Scan<'_>>,
+) -> io::Result<(u64, String)> {
     use io::{Read, Write};
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -438,6 +522,16 @@ fn copy_hashing(mut src: File, mut dst: File) -> io::Result<(u64, String)> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        if let Some(credential) = scan.as_mut().and_then(|s| s.feed(&buf[..k])) {
+            let credential = credential.to_string();
+            zeroize::Zeroize::zeroize(&mut buf);
+            // Not even the part of the value before this chunk stays in the copy.
+            dst.set_len(0)?;
+            return Err(io::Error::other(HoldsCredential {
+                credential,
+                what: "holds",
+            }));
+        }
         h.update(&buf[..k]);
         dst.write_all(&buf[..k])?;
         n += k as u64;
@@ -568,6 +662,7 @@ mod tests {
             skip_top: None,
             owner: None,
             listing_max,
+            refuse: None,
         };
         let open = || crate::fsutil::open_dir(&src).unwrap();
         // 200 + 202 bytes of paths: within 402, not within 401.

@@ -452,3 +452,161 @@ fn the_store_stays_within_max_total_and_caches_prune_applies_a_lower_bound() {
     let next = trusted(&env, &read_then_write("v2"));
     assert_eq!(next.value("found"), "v1", "{next}");
 }
+
+/// A credential value as a token service might issue it: a slash and a quote, so that its
+/// JSON-escaped form differs from it.
+const TOKEN: &str = r#"hvs.CAESIJ/cache"leak-0123456789abcdef"#;
+
+/// Runs `run` as a trusted job given the credential `vault` (a token file holding [`TOKEN`])
+/// the way `bulwark daemon` hands it over: on standard input, as hex.
+fn trusted_with_token(env: &Env, run: &str) -> Run {
+    use std::io::Write;
+    let spec = one_step(
+        "cached",
+        run,
+        "credentials = [\"vault\"]\n[[caches]]\nname = \"deps\"\n[outputs]\npaths = [\"out.txt\"]\n",
+    );
+    let (mut cmd, out) = env.command(&spec, &["--trust", "trusted", "--credentials-stdin"]);
+    let hex = bulwark_tests::hex(TOKEN.as_bytes());
+    let handoff = format!(
+        "{{\"credentials\":[{{\"name\":\"vault\",\"kind\":\"vault\",\"expires\":null,\
+         \"files\":[[\"token\",\"{hex}\"]],\"secrets\":[\"{hex}\"]}}]}}\n"
+    );
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(handoff.as_bytes()).unwrap();
+    drop(stdin);
+    Run::from_output(child.wait_with_output().unwrap(), out)
+}
+
+/// A trusted job's cache is restored by every pull request: a release job that was given a
+/// credential and leaves it under its cache (a tool's login in a home directory there, as
+/// issued, base64 or JSON-escaped) saves nothing; `result.json` says which credential and
+/// which file, never the value, and a pull request restores nothing. A file without it is
+/// saved as before.
+#[test]
+fn a_trusted_job_that_leaves_its_credential_in_a_cache_saves_nothing_and_says_which_file() {
+    let env = Env::new("cache-creds");
+    for (case, write, file) in [
+        (
+            "as-issued",
+            "mkdir -p /cache/deps/home && cp /run/credentials/vault/token /cache/deps/home/.vault-token",
+            "/cache/deps/home/.vault-token",
+        ),
+        (
+            "base64",
+            "printf '{\"auths\":{\"r\":{\"auth\":\"%s\"}}}' \"$(printf 'user:%s' \"$(cat /run/credentials/vault/token)\" | base64 -w0)\" > /cache/deps/config.json",
+            "/cache/deps/config.json",
+        ),
+        (
+            "json",
+            "sed 's/[\"\\\\/]/\\\\&/g; s/^/{\"token\":\"/; s/$/\"}/' /run/credentials/vault/token > /cache/deps/token.json",
+            "/cache/deps/token.json",
+        ),
+    ] {
+        let run = trusted_with_token(
+            &env,
+            &format!("echo lib > /cache/deps/lib\n{write}\necho done > out.txt"),
+        );
+        run.assert_code(0);
+        let saved = cache_record(&run)["saved"].clone();
+        let why = saved
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: saved: {saved}\n{run}"));
+        assert!(
+            why.starts_with("not saved")
+                && why.contains(&format!(
+                    "{file}: holds a value of the job's credential \"vault\""
+                )),
+            "{case}: {why}"
+        );
+        let everything = format!("{}{}{}", run.stderr, run.log, run.stdout);
+        let result = fs::read_to_string(run.out.join("result.json")).unwrap();
+        for text in [&everything, &result] {
+            assert!(!text.contains("CAESIJ"), "{case}: the value was shown: {text}");
+        }
+        // No trusted cache exists: `caches list` shows none, a pull request starts empty.
+        let list = caches_cli(&env, &["list", "--json"]);
+        let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        assert_eq!(listed.as_array().map(Vec::len), Some(0), "{case}: {listed}");
+        let pr = untrusted(&env, &read_then_write("pr"));
+        pr.assert_code(0);
+        assert_eq!(pr.value("found"), "none", "{case}: {pr}");
+        assert!(cache_record(&pr)["restored"].is_null(), "{case}");
+        // Only the untrusted tier got a cache; start the next case from nothing.
+        let key = listed_key(&env);
+        let rm = caches_cli(&env, &["remove", "--key", &key]);
+        assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    }
+    // The same job leaving a file without it saves as before, and a pull request gets it.
+    let clean = trusted_with_token(
+        &env,
+        "echo lib > /cache/deps/lib\necho 'registry=https://r.example/' > /cache/deps/.npmrc\necho done > out.txt",
+    );
+    clean.assert_code(0);
+    assert_eq!(cache_record(&clean)["saved"]["tier"], "trusted", "{clean}");
+    let pr = untrusted(&env, &read_then_write("pr"));
+    assert_eq!(pr.value("found"), "lib", "{pr}");
+}
+
+/// The scope key `caches list` prints for the one scope in the store.
+fn listed_key(env: &Env) -> String {
+    let list = caches_cli(env, &["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    listed[0]["key"].as_str().unwrap_or_default().to_string()
+}
+
+/// Saves running at once (one per job slot, each its own `bulwark run`) hold the room they
+/// may write above `limits.min_free_disk` against each other: with another save holding all
+/// of it, a job's save is refused with the reason, and nothing is written; once that save is
+/// over (its process gone, here: its lock let go), the next job's save is made.
+#[test]
+fn a_save_while_another_save_holds_the_room_above_the_reserve_is_refused_and_later_made() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let env = Env::new("cache-reserve");
+    env.write_config("min_free_disk = \"1MiB\"\n");
+    trusted(&env, &read_then_write("first")).assert_code(0);
+    // Another process's save in progress, as the store records one: a locked file under
+    // `.reservations/` holding its bytes and entries.
+    let dir = env.state.join("caches").join(".reservations");
+    fs::create_dir_all(&dir).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("other-save"))
+        .unwrap();
+    let mut held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    std::io::Write::write_all(&mut *held, format!("{} -\n", u64::MAX / 2).as_bytes()).unwrap();
+    let blocked = trusted(&env, &read_then_write("second"));
+    blocked.assert_code(0);
+    assert_eq!(blocked.value("found"), "first", "{blocked}");
+    let saved = cache_record(&blocked)["saved"].clone();
+    let why = saved.as_str().unwrap_or_else(|| panic!("{saved}"));
+    assert!(
+        why.contains("not saved") && why.contains("other cache saves in progress held"),
+        "{why}"
+    );
+    // Its process is gone: what it held is not counted, and its file is removed.
+    drop(held);
+    let next = trusted(&env, &read_then_write("third"));
+    next.assert_code(0);
+    assert_eq!(next.value("found"), "first", "{next}");
+    assert_eq!(cache_record(&next)["saved"]["tier"], "trusted", "{next}");
+    assert!(!dir.join("other-save").exists());
+    assert_eq!(
+        trusted(
+            &env,
+            "cat /cache/deps/lib | sed 's/^/found=/'\necho done > out.txt"
+        )
+        .value("found"),
+        "third"
+    );
+}

@@ -898,3 +898,285 @@ fn prune_removes_what_it_can_past_caches_in_use_and_a_dry_run_removes_nothing() 
     );
     assert_eq!(store.list().unwrap().len(), 1);
 }
+
+/// A credential value as a job was given it: a slash and a quote, so that its JSON-escaped
+/// and percent-encoded forms differ from it.
+const TOKEN: &str = r#"hvs.CAESIJ/bulwark"test-token-0123456789"#;
+
+fn finder() -> crate::creds::mask::Finder {
+    crate::creds::mask::Finder::new([("aws-release", "AKIAIOSFODNN7EXAMPLE"), ("vault", TOKEN)])
+}
+
+/// Nothing of a refused save is in the tier: no `current`, no generation, no `incoming-*`.
+fn tier_is_empty(store: &Store, scope: &str, name: &str, tier: Tier) -> bool {
+    let dir = store.tier_dir(scope, name, tier);
+    let left: Vec<String> = fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    left.is_empty()
+}
+
+/// A trusted job's cache is restored by pull requests: a tree holding a value of a credential
+/// the job was given, in any form the log would mask, in a file, a link target or a name,
+/// is not saved; the refusal names the credential and where, never the value.
+#[test]
+fn a_cache_holding_a_credential_value_is_not_saved_and_the_reason_names_it_not_the_value() {
+    use base64::Engine as _;
+    let t = TempDir::new("cache-creds");
+    let store = Store::new(&t.path().join("state"));
+    let json = TOKEN.replace('"', "\\\"").replace('/', "\\/");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("token:{TOKEN}"));
+    // Split across the copy's 256 KiB reads.
+    let split = format!("{}{TOKEN}", "x".repeat(256 * 1024 - 10));
+    let cases = [
+        ("as-issued", "home/.vault-token", TOKEN.to_string()),
+        ("json", "cfg.json", format!("{{\"token\":\"{json}\"}}")),
+        (
+            "base64",
+            "docker/config.json",
+            format!("{{\"auth\":\"{b64}\"}}"),
+        ),
+        ("split", "big", split),
+    ];
+    for (case, path, contents) in cases {
+        let job = fresh(t.path(), case);
+        tree(&job, &[("ok", "nothing secret"), (path, &contents)]);
+        let err = store
+            .save_refusing(
+                SCOPE,
+                case,
+                Trust::Trusted,
+                &job,
+                Room::default(),
+                "build",
+                "inv",
+                Some(&finder()),
+            )
+            .unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "/cache/{case}/{path}: holds a value of the job's credential \"vault\""
+            )),
+            "{case}: {err}"
+        );
+        assert!(
+            !err.contains("CAESIJ") && !err.contains(&b64[8..20]),
+            "{case}: {err}"
+        );
+        assert!(tier_is_empty(&store, SCOPE, case, Tier::Trusted), "{case}");
+        let dst = fresh(t.path(), &format!("{case}-pr"));
+        assert_eq!(
+            store
+                .restore(SCOPE, case, Trust::Untrusted, &dst, Room::default(), None)
+                .unwrap(),
+            None,
+            "{case}"
+        );
+    }
+    // In a link's target, and in a path (named by its directory, never by the name).
+    let job = fresh(t.path(), "link");
+    symlink(format!("/x/{TOKEN}"), job.join("l")).unwrap();
+    let err = store
+        .save_refusing(
+            SCOPE,
+            "link",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv",
+            Some(&finder()),
+        )
+        .unwrap_err();
+    assert!(err.contains("/cache/link/l: holds a value"), "{err}");
+    let job = fresh(t.path(), "name");
+    fs::create_dir_all(job.join("sub").join("AKIAIOSFODNN7EXAMPLE")).unwrap();
+    let err = store
+        .save_refusing(
+            SCOPE,
+            "name",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv",
+            Some(&finder()),
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("/cache/name/sub: has an entry whose path holds a value of the job's credential \"aws-release\""),
+        "{err}"
+    );
+    assert!(!err.contains("AKIA"), "{err}");
+
+    // What holds none of them is saved as before, and reaches a pull request.
+    let job = fresh(t.path(), "clean");
+    tree(
+        &job,
+        &[
+            ("home/.npmrc", "registry=https://registry.example/"),
+            ("big", &"y".repeat(300_000)),
+        ],
+    );
+    let saved = store
+        .save_refusing(
+            SCOPE,
+            "clean",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv",
+            Some(&finder()),
+        )
+        .unwrap();
+    assert_eq!(saved.files, 2);
+    let dst = fresh(t.path(), "clean-pr");
+    let restored = store
+        .restore(
+            SCOPE,
+            "clean",
+            Trust::Untrusted,
+            &dst,
+            Room::default(),
+            None,
+        )
+        .unwrap()
+        .expect("restored");
+    assert_eq!(restored.tree_sha256, saved.tree_sha256);
+}
+
+/// Answers as a filesystem with 20 MiB available of which `limits.min_free_disk` keeps 4.
+fn sixteen_mib_free(
+    _: &Path,
+    _: bulwark_protocol::DiskReserve,
+) -> Result<crate::disk_reserve::Space, crate::disk_reserve::CheckError> {
+    Ok(crate::disk_reserve::Space {
+        available: 20 << 20,
+        need: 4 << 20,
+        inodes: None,
+    })
+}
+
+fn reserving_store(state: &Path) -> Store {
+    let store = Store::new(state).with_disk_reserve(bulwark_protocol::DiskReserve::Bytes(4 << 20));
+    Store {
+        measure: sixteen_mib_free,
+        ..store
+    }
+}
+
+const TEN_MIB: Room = Room {
+    bytes: Some(10 << 20),
+    entries: None,
+};
+
+/// Saves running at once hold what they may write: together never more than the room above
+/// the reserve; what one holds is given back when it ends.
+#[test]
+fn saves_in_progress_together_never_hold_more_than_the_room_above_the_reserve() {
+    let t = TempDir::new("cache-reserve");
+    let store = reserving_store(&t.path().join("state"));
+    fs::create_dir_all(store.root()).unwrap();
+    let measure = store.measure;
+    let a = reserve::reserve(store.root(), TEN_MIB, store.disk, measure).unwrap();
+    assert_eq!(a.room.bytes, Some(10 << 20));
+    let b = reserve::reserve(store.root(), TEN_MIB, store.disk, measure).unwrap();
+    assert_eq!((b.room.bytes, b.others), (Some(6 << 20), 10 << 20));
+    let c = reserve::reserve(store.root(), TEN_MIB, store.disk, measure).unwrap();
+    assert_eq!(c.room.bytes, Some(0));
+    assert!(a.room.bytes.unwrap() + b.room.bytes.unwrap() + c.room.bytes.unwrap() <= 16 << 20);
+    drop((b, c));
+    let d = reserve::reserve(store.root(), TEN_MIB, store.disk, measure).unwrap();
+    assert_eq!(d.room.bytes, Some(6 << 20));
+    drop((a, d));
+    assert_eq!(
+        fs::read_dir(store.root().join(reserve::RESERVATIONS))
+            .unwrap()
+            .count(),
+        0,
+        "every save gave its room back"
+    );
+    // With the reserve off there is nothing to keep, and nothing is held.
+    let off = reserve::reserve(
+        store.root(),
+        TEN_MIB,
+        bulwark_protocol::DiskReserve::Off,
+        measure,
+    )
+    .unwrap();
+    assert_eq!(off.room, TEN_MIB);
+    assert!(off._held.is_none());
+}
+
+const RESERVE_CHILD: &str = "cache::tests::child_holds_room_for_a_save";
+const RESERVE_CHILD_ENV: &str = "BULWARK_TEST_RESERVE_CHILD";
+
+/// The child half of the test below: another process's save in progress.
+#[test]
+fn child_holds_room_for_a_save() {
+    let Some(state) = std::env::var_os(RESERVE_CHILD_ENV) else {
+        return;
+    };
+    let store = reserving_store(Path::new(&state));
+    fs::create_dir_all(store.root()).unwrap();
+    let _held = reserve::reserve(store.root(), TEN_MIB, store.disk, store.measure).unwrap();
+    println!("held");
+    // Until it is killed.
+    std::thread::sleep(std::time::Duration::from_secs(300));
+}
+
+/// Saves come from separate `bulwark run` processes: one's room is held against another's,
+/// and a process that died while it saved holds nothing.
+#[test]
+fn a_save_beside_another_processs_save_gets_only_what_is_left_and_a_dead_ones_room_comes_back() {
+    use std::io::BufRead;
+    let t = TempDir::new("cache-reserve-x");
+    let state = t.path().join("state");
+    let store = reserving_store(&state);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([RESERVE_CHILD, "--exact", "--nocapture", "--test-threads=1"])
+        .env(RESERVE_CHILD_ENV, &state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("held"))),
+        "the child held no room"
+    );
+    // 8 MiB fits alone (10 MiB of room, 16 above the reserve), not beside the other's 10.
+    let job = fresh(t.path(), "job");
+    tree(
+        &job,
+        &[("a", &"a".repeat(4 << 20)), ("b", &"b".repeat(4 << 20))],
+    );
+    let err = store
+        .save(SCOPE, "deps", Trust::Trusted, &job, TEN_MIB, "build", "inv")
+        .unwrap_err();
+    assert!(
+        err.contains("holds more than a saved cache may: at most 6291456 bytes")
+            && err.contains("less the 10485760 bytes other cache saves in progress held"),
+        "{err}"
+    );
+    assert!(tier_is_empty(&store, SCOPE, "deps", Tier::Trusted));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let saved = store
+        .save(SCOPE, "deps", Trust::Trusted, &job, TEN_MIB, "build", "inv")
+        .unwrap();
+    assert_eq!(saved.bytes, 8 << 20);
+    assert_eq!(
+        fs::read_dir(store.root().join(reserve::RESERVATIONS))
+            .unwrap()
+            .count(),
+        0,
+        "the dead process's reservation was removed"
+    );
+}

@@ -174,6 +174,161 @@ impl Masker {
     }
 }
 
+/// Finds any form ([`encoded_forms`]) of any credential value in bytes read in chunks, and
+/// says whose it is: what keeps a credential out of a saved build cache (`crate::cache`),
+/// where a job's tool may have written it (a `~/.vault-token`, a registry login) for every
+/// later job, pull requests' included, to read.
+///
+/// Matches exactly what [`Masker`] masks (the same forms, the same [`MIN_MASKED_LEN`]), also
+/// when an occurrence is split across chunks ([`Scan`]). Holds the values (and their forms)
+/// zeroed when dropped, like [`Masker`]; never shows them in `Debug`.
+#[derive(Default)]
+pub struct Finder {
+    /// Each form, and the index in `names` of the credential it belongs to.
+    forms: Vec<(Vec<u8>, usize)>,
+    /// The credentials' names, as configured.
+    names: Vec<String>,
+    /// For each byte, the forms that start with it (as in [`Masker`]).
+    first: Vec<Vec<usize>>,
+    /// The longest form's length.
+    longest: usize,
+}
+
+impl std::fmt::Debug for Finder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Finder({} forms of {} credentials)",
+            self.forms.len(),
+            self.names.len()
+        )
+    }
+}
+
+impl Drop for Finder {
+    fn drop(&mut self) {
+        for (form, _) in &mut self.forms {
+            zeroize::Zeroize::zeroize(form);
+        }
+    }
+}
+
+impl Finder {
+    /// A finder of `values`, each `(credential name, value)`; values shorter than
+    /// [`MIN_MASKED_LEN`] are left out, as the log's masking leaves them.
+    pub fn new<'a>(values: impl IntoIterator<Item = (&'a str, &'a str)>) -> Finder {
+        let mut f = Finder::default();
+        for (name, value) in values {
+            if value.len() < MIN_MASKED_LEN {
+                continue;
+            }
+            let index = match f.names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    f.names.push(name.to_owned());
+                    f.names.len() - 1
+                }
+            };
+            for form in encoded_forms(value.as_bytes()) {
+                if form.len() >= MIN_MASKED_LEN && !f.forms.iter().any(|(s, _)| *s == form) {
+                    f.forms.push((form, index));
+                } else {
+                    let mut form = form;
+                    zeroize::Zeroize::zeroize(&mut form);
+                }
+            }
+        }
+        f.first = vec![Vec::new(); 256];
+        for (i, (s, _)) in f.forms.iter().enumerate() {
+            f.first[usize::from(s[0])].push(i);
+        }
+        f.longest = f.forms.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+        f
+    }
+
+    /// Whether there is nothing to find.
+    pub fn is_empty(&self) -> bool {
+        self.forms.is_empty()
+    }
+
+    /// The name of the credential a form of which `bytes` holds, if any (the first found).
+    pub fn find_in(&self, bytes: &[u8]) -> Option<&str> {
+        if self.forms.is_empty() {
+            return None;
+        }
+        for p in 0..bytes.len() {
+            for &i in &self.first[usize::from(bytes[p])] {
+                let (s, name) = &self.forms[i];
+                if bytes[p..].starts_with(s) {
+                    return Some(&self.names[*name]);
+                }
+            }
+        }
+        None
+    }
+
+    /// A search through one stream (a file's contents), fed chunk by chunk.
+    pub fn scan(&self) -> Scan<'_> {
+        Scan {
+            finder: self,
+            tail: Vec::new(),
+        }
+    }
+}
+
+/// One stream searched by a [`Finder`]: keeps the last bytes of what it was fed (fewer than
+/// the longest form), so that a value split across chunks is found in the chunk that
+/// completes it. Zeroes them when dropped.
+pub struct Scan<'a> {
+    finder: &'a Finder,
+    tail: Vec<u8>,
+}
+
+impl std::fmt::Debug for Scan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scan({:?})", self.finder)
+    }
+}
+
+impl Drop for Scan<'_> {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.tail);
+    }
+}
+
+impl<'a> Scan<'a> {
+    /// Takes the next chunk; the name of the credential found once any form of one is
+    /// complete, counting what earlier chunks ended with.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<&'a str> {
+        let keep = self.finder.longest.saturating_sub(1);
+        if keep == 0 {
+            return None;
+        }
+        // An occurrence that starts in the tail ends within the first `keep` bytes of this
+        // chunk: searched in the two joined (a few hundred bytes at most), the rest of the
+        // chunk where it lies.
+        let mut joined = std::mem::take(&mut self.tail);
+        joined.extend_from_slice(&chunk[..chunk.len().min(keep)]);
+        let found = self
+            .finder
+            .find_in(&joined)
+            .or_else(|| self.finder.find_in(chunk));
+        let from = if chunk.len() >= keep {
+            let mut tail = chunk[chunk.len() - keep..].to_vec();
+            std::mem::swap(&mut self.tail, &mut tail);
+            zeroize::Zeroize::zeroize(&mut tail);
+            None
+        } else {
+            Some(joined.len().saturating_sub(keep))
+        };
+        if let Some(from) = from {
+            self.tail = joined[from..].to_vec();
+        }
+        zeroize::Zeroize::zeroize(&mut joined);
+        found
+    }
+}
+
 /// `value` and the forms tools print it in by themselves: percent-encoded (upper and lower case
 /// hex, RFC 3986's unreserved characters left as they are; and with `/` left too, as Python's
 /// `quote` does), JSON-escaped (as serde, JavaScript and Python, PHP and Go write strings),
@@ -386,6 +541,57 @@ mod tests {
             run(&[secret], &[b"wJalrX and EXAMPLE"]),
             "wJalrX and EXAMPLE"
         );
+    }
+
+    /// What keeps a credential out of a saved cache finds what the log's masking masks: the
+    /// value and its encoded forms, split across chunks anywhere, and names whose it is.
+    #[test]
+    fn a_finder_names_the_credential_of_any_form_split_across_any_chunks() {
+        use base64::Engine as _;
+        let token = r#"hvs.CAESI/tok"en+0123456789"#;
+        let finder = Finder::new([("aws-release", "AKIAIOSFODNN7EXAMPLE"), ("vault", token)]);
+        assert!(!format!("{finder:?}").contains("hvs"), "{finder:?}");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("x:{token}"));
+        for text in [
+            format!("{{\"token\":\"{token}\"}}\n"),
+            format!(
+                "{{\"token\":\"{}\"}}",
+                token.replace('"', "\\\"").replace('/', "\\/")
+            ),
+            format!("auth = {b64}\n"),
+            format!(
+                "url=https://h/?t={}",
+                token
+                    .replace('/', "%2F")
+                    .replace('"', "%22")
+                    .replace('+', "%2B")
+            ),
+        ] {
+            let bytes = text.as_bytes();
+            assert_eq!(finder.find_in(bytes), Some("vault"), "{text}");
+            for cut in 0..bytes.len() {
+                let mut scan = finder.scan();
+                let (a, b) = bytes.split_at(cut);
+                let found = scan.feed(a).or_else(|| scan.feed(b));
+                assert_eq!(found, Some("vault"), "{text} cut at {cut}");
+            }
+            let mut scan = finder.scan();
+            let found = bytes.chunks(1).find_map(|c| scan.feed(c));
+            assert_eq!(found, Some("vault"), "{text} byte by byte");
+        }
+        assert_eq!(
+            finder.find_in(b"[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"),
+            Some("aws-release")
+        );
+        // A near miss, across chunks too, is nothing.
+        let near = format!("{} and {}", &token[..token.len() - 1], &token[1..]);
+        assert_eq!(finder.find_in(near.as_bytes()), None);
+        let mut scan = finder.scan();
+        assert!(near.as_bytes().chunks(3).all(|c| scan.feed(c).is_none()));
+        // Nothing to find: nothing found, at any cost.
+        let none = Finder::new([("short", "1234567")]);
+        assert!(none.is_empty());
+        assert_eq!(none.scan().feed(b"1234567"), None);
     }
 
     #[test]

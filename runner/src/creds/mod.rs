@@ -282,13 +282,30 @@ pub fn keep_out_of_dumps() -> Result<(), String> {
         .map_err(|e| format!("making this process non-dumpable before it holds credentials: {e}"))
 }
 
+/// One secret value of a credential: masked in the job's log, refused in a saved cache.
+#[derive(Debug, Clone)]
+pub struct Mask {
+    /// The credential's name (`/run/credentials/<name>/`): what a refusal may say.
+    pub credential: String,
+    /// The value (`Debug` redacts it).
+    pub value: Secret,
+}
+
+impl Mask {
+    /// The value, for the masker and the cache's finder.
+    pub fn expose(&self) -> &str {
+        self.value.expose()
+    }
+}
+
 /// A handoff split for its three readers.
 #[derive(Debug, Default)]
 pub struct Prepared {
     /// The files the sandbox helper writes under `/run/credentials`.
     pub files: Vec<bulwark_sandbox::spec::CredentialFile>,
-    /// The values the job's log masks.
-    pub masks: Vec<Secret>,
+    /// The values the job's log masks (and a saved cache must not hold), each with the
+    /// credential's name.
+    pub masks: Vec<Mask>,
     /// What `result.json` records.
     pub records: Vec<bulwark_protocol::CredentialRecord>,
 }
@@ -346,7 +363,10 @@ fn split(handoff: Handoff) -> Result<Prepared, String> {
                 contents: contents.expose().to_string(),
             });
         }
-        masks.extend(c.secrets.iter().cloned());
+        masks.extend(c.secrets.iter().map(|value| Mask {
+            credential: c.name.clone(),
+            value: value.clone(),
+        }));
     }
     let records = handoff
         .credentials

@@ -5,7 +5,8 @@
 use serde_json::json;
 
 use super::{JobRun, Stop};
-use crate::cache::{configured_room, tighter, Store};
+use crate::cache::{configured_room, Store};
+use crate::creds::mask::Finder;
 use crate::workspace::JobDir;
 
 impl JobRun<'_> {
@@ -97,6 +98,13 @@ impl JobRun<'_> {
     /// Saves each cache of a job that succeeded (every job process gone, its files the
     /// runner's again). A cache that cannot be saved (over `caches.max_size`, say) leaves the
     /// previous one in place and is said, not a failure of the job.
+    ///
+    /// A job that was given credentials saves no cache holding any of their values (the first
+    /// ones, and every newer one sent on to it), as issued or in a form the log would mask: a
+    /// trusted job's cache is restored by pull requests. That holds for every save of such a
+    /// job, whatever its tier (only trusted jobs get credentials; should that ever change, an
+    /// untrusted tier is read by other pull requests too). A job without credentials is
+    /// copied as before, searched for nothing.
     pub(super) fn save_caches(&mut self, jobdir: &JobDir) {
         if self.job.spec.caches.is_empty() {
             return;
@@ -104,23 +112,27 @@ impl JobRun<'_> {
         let store = Store::of(self.config);
         let scope = self.cache_scope();
         let trust = self.args.trust;
+        // The store keeps the disk reserve on its filesystem (the state directory's), with
+        // every other save in progress (`cache::reserve`).
         let configured = configured_room(&self.config.caches);
+        let refuse = (!self.masks.is_empty()).then(|| {
+            Finder::new(
+                self.masks
+                    .iter()
+                    .map(|m| (m.credential.as_str(), m.expose())),
+            )
+        });
         for (i, cache) in self.job.spec.caches.iter().enumerate() {
             let saved = store.clone().and_then(|store| {
-                // The state directory (made before the job started) is the store's filesystem.
-                let state = store.root().parent().unwrap_or(store.root());
-                let room = match self.room_on(state) {
-                    Ok(r) => tighter(configured, r),
-                    Err(Stop::Refused(e) | Stop::Runner(e)) => return Err(e),
-                };
-                store.save(
+                store.save_refusing(
                     &scope,
                     &cache.name,
                     trust,
                     &jobdir.cache.join(&cache.name),
-                    room,
+                    configured,
                     &self.job.spec.name,
                     &self.invocation_id,
+                    refuse.as_ref(),
                 )
             });
             let record = match saved {

@@ -601,8 +601,9 @@ struct JobRun<'a> {
     cgroup_left: bool,
     /// The job's credential files, for the sandbox spec (docs/credentials.md).
     credential_files: Vec<bulwark_sandbox::spec::CredentialFile>,
-    /// Every credential value, masked in the job's log.
-    masks: Vec<crate::creds::Secret>,
+    /// Every credential value the job was given, the first and every newer one sent on to
+    /// it: masked in the job's log, and never saved in a cache ([`JobRun::save_caches`]).
+    masks: Vec<crate::creds::Mask>,
     /// What `result.json` records of the credentials.
     credentials: Vec<bulwark_protocol::CredentialRecord>,
     /// Newer credentials from the daemon, read once the sandbox is ready.

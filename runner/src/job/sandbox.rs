@@ -376,6 +376,8 @@ impl JobRun<'_> {
                 }
             };
             log.mask_more(prepared.masks.iter().map(|m| m.expose()));
+            // The job may write the newer values into a cache too: kept for its save.
+            self.masks.extend(prepared.masks.iter().cloned());
             let update = bulwark_sandbox::spec::CredentialUpdate {
                 files: prepared.files,
             };
