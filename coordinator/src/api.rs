@@ -364,8 +364,8 @@ fn router_shared(c: Shared, options: &ServeOptions, budget: &BodyBudget) -> Rout
 /// counts a `503` with it (a busy body budget) as its coordinator answering, and one without
 /// it (a proxy in front of a coordinator that is down) as no answer. Applied to the routes
 /// ([`router`]) and again outermost in [`app`], so that the request deadline's `408` carries
-/// it too; hyper's own answers to a request it cannot parse (`400`, `431`) are made before any
-/// of this and do not.
+/// it too; hyper's own answers to a request it cannot parse (`400`, `414`, `431`) are made
+/// before any of this and do not.
 async fn answered_here(mut response: Response) -> Response {
     response
         .headers_mut()
