@@ -213,6 +213,8 @@ pub struct Coordinator {
     outputs: OutputStore,
     upload_idle: Duration,
     metrics: Metrics,
+    /// The nonces of large bodies being received ([`intake::NoncesInFlight`]).
+    nonces_in_flight: intake::NoncesInFlight,
 }
 
 impl Coordinator {
@@ -232,6 +234,7 @@ impl Coordinator {
             outputs,
             upload_idle: UPLOAD_IDLE,
             metrics: Metrics::new(state::now()),
+            nonces_in_flight: intake::NoncesInFlight::default(),
             jwks: oidc::jwks(&public),
             discovery: oidc::discovery(&issuer),
             key,
@@ -358,8 +361,11 @@ fn router_shared(c: Shared, options: &ServeOptions, budget: &BodyBudget) -> Rout
 }
 
 /// Marks an answer as the coordinator's own ([`control::headers::COORDINATOR`]): a runner
-/// counts a `5xx` with it (a `503` for a busy body budget) as its coordinator answering, and
-/// one without it (a proxy in front of a coordinator that is down) as no answer.
+/// counts a `503` with it (a busy body budget) as its coordinator answering, and one without
+/// it (a proxy in front of a coordinator that is down) as no answer. Applied to the routes
+/// ([`router`]) and again outermost in [`app`], so that the request deadline's `408` carries
+/// it too; hyper's own answers to a request it cannot parse (`400`, `414`, `431`) are made
+/// before any of this and do not.
 async fn answered_here(mut response: Response) -> Response {
     response
         .headers_mut()
@@ -575,7 +581,7 @@ pub async fn serve_with_metrics(
 /// The API as [`serve`] answers it: the routes over `budget`, each request within its
 /// deadline ([`request_deadline`]), and every answer counted.
 fn app(shared: &Shared, options: &ServeOptions, budget: &BodyBudget) -> Router {
-    // Outermost, so that every answer is counted, a `408` of the deadline's too.
+    // Outermost, so that every answer is counted and marked, a `408` of the deadline's too.
     router_shared(Arc::clone(shared), options, budget)
         .layer(axum::middleware::from_fn_with_state(
             options.request_timeout,
@@ -585,6 +591,7 @@ fn app(shared: &Shared, options: &ServeOptions, budget: &BodyBudget) -> Router {
             Arc::clone(shared),
             count_response,
         ))
+        .layer(axum::middleware::map_response(answered_here))
 }
 
 /// Counts each answer of the API by its status class.
@@ -618,7 +625,8 @@ async fn serve_metrics(listener: tokio::net::TcpListener, c: Shared, options: Se
         .layer(axum::middleware::from_fn_with_state(
             options.request_timeout,
             request_deadline,
-        ));
+        ))
+        .layer(axum::middleware::map_response(answered_here));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(METRICS_HEADER_TIMEOUT)
@@ -729,10 +737,15 @@ async fn request_deadline(
         return next.run(request).await;
     }
     // The body it announces at the minimum rate, on top: no route under this deadline reads
-    // more than `MAX_BODY_BYTES` (a larger announcement is refused before it is read).
-    let announced = header_str(request.headers(), header::CONTENT_LENGTH.as_str())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0)
+    // more than `MAX_BODY_BYTES` (a larger announcement is refused before it is read). A body
+    // of no announced length (chunked) is given that most, so that it too fails only on a
+    // link slower than the minimum rate: its route's intake still bounds it (its limit, its
+    // pace, its idle limit). Hyper checked the `Content-Length` it reports here.
+    let announced = request
+        .body()
+        .size_hint()
+        .exact()
+        .unwrap_or(MAX_BODY_BYTES as u64)
         .min(MAX_BODY_BYTES as u64);
     let limit = limit + control::body_allowance(announced);
     match tokio::time::timeout(limit, next.run(request)).await {
@@ -1286,7 +1299,14 @@ async fn upload_blob(
                 .map_or(MAX_BODY_BYTES, |n| usize::try_from(n).unwrap_or(usize::MAX));
             intake::refuse_early(e, &headers, body, most).await
         }
-        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        // Stored already (a retry whose first answer was lost): its body is read and thrown
+        // away before the `204`, under the upload's own limits. Answered with the body unread,
+        // the connection would be reset under a client still sending it, which would take the
+        // reset for a transient failure and send the whole file again until the lease ends.
+        Ok(None) => match discard_upload(&c, &headers, body).await {
+            None => StatusCode::NO_CONTENT.into_response(),
+            Some(cut) => intake::closing(cut.into_response()),
+        },
         Ok(Some(begun)) => match receive_upload(&c, &id, &sha, begun, body).await {
             Ok(status) => status.into_response(),
             Err(e) => e.into_response(),
@@ -1391,48 +1411,7 @@ async fn receive_upload(
         upload.verify()?;
         Ok::<_, OutputError>(upload)
     });
-    let pace = intake::Pace {
-        grace: UPLOAD_GRACE,
-        paced: true,
-    };
-    let start = tokio::time::Instant::now();
-    let mut got = 0u64;
-    let mut body = body;
-    let cut = loop {
-        let idle = tokio::time::Instant::now() + c.upload_idle;
-        let frame = tokio::time::timeout_at(
-            pace.cut_at(start, got).min(idle),
-            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
-        )
-        .await;
-        match frame {
-            Err(_) => {
-                break Some(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "upload too slow: no byte for {} s, or under {} KiB/s on average after \
-                         its first {} s",
-                        c.upload_idle.as_secs(),
-                        control::MIN_BODY_RATE >> 10,
-                        UPLOAD_GRACE.as_secs()
-                    ),
-                ))
-            }
-            Ok(None) => break None,
-            Ok(Some(Err(e))) => {
-                break Some(ApiError::bad_request(format!("reading the body: {e}")))
-            }
-            Ok(Some(Ok(frame))) => {
-                if let Ok(chunk) = frame.into_data() {
-                    got = got.saturating_add(chunk.len() as u64);
-                    if tx.send(chunk).await.is_err() {
-                        // The writer refused (too long, disk): its error is the answer.
-                        break None;
-                    }
-                }
-            }
-        }
-    };
+    let cut = read_upload_body(c, body, Some(&tx)).await;
     drop(tx);
     let written = writer.await.map_err(|e| ApiError::internal(&e))?;
     if let Some(cut) = cut {
@@ -1451,6 +1430,77 @@ async fn receive_upload(
     .await?;
     tracing::info!(job_id = %id, sha256 = %sha, bytes = len, "output stored");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads an upload's body within the upload's limits ([`UPLOAD_GRACE`], then
+/// [`control::MIN_BODY_RATE`], and no byte for the coordinator's upload idle limit), handing
+/// each chunk to `tx` (`None`: each is thrown away as it arrives); why it was cut, if it was.
+/// Ends early, uncut, when `tx`'s receiver is gone (the writer refused: its error is the
+/// answer).
+async fn read_upload_body(
+    c: &Shared,
+    mut body: Body,
+    tx: Option<&tokio::sync::mpsc::Sender<Bytes>>,
+) -> Option<ApiError> {
+    let pace = intake::Pace {
+        grace: UPLOAD_GRACE,
+        paced: true,
+        idle: c.upload_idle,
+    };
+    let start = tokio::time::Instant::now();
+    let mut last = start;
+    let mut got = 0u64;
+    loop {
+        let frame = tokio::time::timeout_at(
+            pace.cut_at(start, got).min(pace.idle_at(last)),
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
+        )
+        .await;
+        match frame {
+            Err(_) => {
+                return Some(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "upload too slow: no byte for {} s, or under {} KiB/s on average after \
+                         its first {} s",
+                        c.upload_idle.as_secs(),
+                        control::MIN_BODY_RATE >> 10,
+                        UPLOAD_GRACE.as_secs()
+                    ),
+                ))
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                return Some(ApiError::bad_request(format!("reading the body: {e}")))
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    if !chunk.is_empty() {
+                        last = tokio::time::Instant::now();
+                    }
+                    got = got.saturating_add(chunk.len() as u64);
+                    if let Some(tx) = tx {
+                        if tx.send(chunk).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The body of an upload whose blob is stored already, read and thrown away within the
+/// upload's limits ([`read_upload_body`]), so that its `204` reaches a client still sending
+/// it; why it was cut, if it was. A client that asked for `100 Continue` has sent no body and
+/// sends none: nothing is read.
+async fn discard_upload(c: &Shared, headers: &HeaderMap, body: Body) -> Option<ApiError> {
+    let expects_continue = header_str(headers, header::EXPECT.as_str())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if body.is_end_stream() || expects_continue {
+        return None;
+    }
+    read_upload_body(c, body, None).await
 }
 
 /// The record of job `id` for the admin: `404` when there is none.

@@ -46,10 +46,11 @@ pub mod headers {
     /// log) and on the lease (a runner that cannot report a job is given none); one that
     /// predates it ignores it, so runners are upgraded first.
     pub const CONTENT_SHA256: &str = "bulwark-content-sha256";
-    /// Set by the coordinator on every answer it makes itself (value `1`), a `5xx` included:
-    /// a runner counts a `5xx` carrying it (the `503` of a coordinator with no room for a
-    /// large body) as an answer of its coordinator, and one without it (a proxy in front of
-    /// a coordinator that is down) as no answer.
+    /// Set by the coordinator on every answer its routes make (value `1`), a `5xx` included:
+    /// a runner counts a `503` carrying it (a coordinator with no room for a large body,
+    /// answered on purpose) as an answer of its coordinator, and neither a `5xx` without it
+    /// (a proxy in front of a coordinator that is down) nor another marked `5xx` (a `500`:
+    /// a coordinator that cannot do its work) as one.
     pub const COORDINATOR: &str = "bulwark-coordinator";
 }
 

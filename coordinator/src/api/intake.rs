@@ -62,9 +62,11 @@
 //!   the full check would then trust state carried between two layers; checking it again
 //!   costs a third of a millisecond per large request.
 //! - Recording the nonce at the gate: the full check records it under the same lock as it
-//!   reads the runner's standing, and stays the one place that does. The gate only reads it,
-//!   so a copy of a genuine request's headers passes the gate only while the original is
-//!   still in flight.
+//!   reads the runner's standing, and stays the one place that does. The gate reads it, and
+//!   holds a large body's nonce in memory while that body is received ([`NoncesInFlight`]),
+//!   so a copy of a genuine request's headers is refused before its body while the original
+//!   is in flight, and after it was served; only copies of a head never served pass, one at
+//!   a time.
 //! - Closing the connection at once on an early refusal, the body unread: the kernel then
 //!   resets the connection, and a client still sending (every HTTP/1.1 client sends its body
 //!   before reading the answer) sees the reset, not the refusal; the daemon takes a reset for
@@ -323,6 +325,58 @@ impl BodyBudget {
     }
 }
 
+/// The nonces of the large bodies (a result, a live-log append) whose gate passed and whose
+/// handler is not done, by runner: held from the gate until the handler returns, given back
+/// when dropped.
+///
+/// The gate verifies a large body's signature and that its nonce was not recorded, but only
+/// the full check, after the body, records it. Without this set, copies of one genuine head
+/// (taken from a log that records headers) sent while the original is read would each pass
+/// the gate and hold room in that runner's share for their body's time, filling it. With it,
+/// a head is read at most once at a time. A copy refused here is answered `503` (send it
+/// again), not `401`: when a copy comes first, the request refused is the runner's own, and
+/// a daemon does not retry a `401` (its job would be lost) but sends a `503`'s request again,
+/// signed afresh. Small bodies are not held: their signature is checked only after the body,
+/// so a forged head could block a genuine nonce, and they hold no share.
+#[derive(Debug, Default)]
+pub struct NoncesInFlight(Arc<Mutex<std::collections::HashSet<(String, String)>>>);
+
+/// A nonce held in [`NoncesInFlight`], given back when dropped.
+#[derive(Debug)]
+pub struct NonceHeld {
+    key: (String, String),
+    set: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+}
+
+impl Drop for NonceHeld {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl NoncesInFlight {
+    /// Holds `runner`'s `nonce` until the returned guard is dropped; `503` when a request
+    /// with it is being received already.
+    fn hold(&self, runner: &str, nonce: &str) -> Result<NonceHeld, ApiError> {
+        let key = (runner.to_owned(), nonce.to_owned());
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !set.insert(key.clone()) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request body not read: a request with this nonce is being received already \
+                 (a copy of its headers); send it again, signed afresh",
+            ));
+        }
+        Ok(NonceHeld {
+            key,
+            set: Arc::clone(&self.0),
+        })
+    }
+}
+
 /// When a request's head arrived (seconds since the epoch): recorded by [`admit`] before the
 /// gate, and read by the handler, whose full check of a signed request judges its timestamp
 /// against it ([`auth::RequestTime`]), as the gate did. A request that did not pass through
@@ -377,15 +431,25 @@ async fn admit(
 ) -> Response {
     let arrived = state::now();
     let (mut parts, body) = request.into_parts();
-    let runner = match check_gate(&c, intake, &parts, arrived).await {
+    let signer = match check_gate(&c, intake, &parts, arrived).await {
         Err(e) => Err(e),
         // The body's lower size bound is its `Content-Length` (hyper refused a malformed one
         // already), and 0 for a chunked body.
         Ok(_) if body.size_hint().lower() > intake.limit as u64 => Err(over_limit(intake.limit)),
-        Ok(runner) => Ok(runner),
+        Ok(signer) => Ok(signer),
     };
-    let runner = match runner {
-        Ok(runner) => runner,
+    // A large body's nonce is held from here until its handler is done: a copy of its head
+    // sent meanwhile is refused before its body, holding no room.
+    let signer = signer.and_then(|signer| match signer {
+        Some((runner, nonce)) if intake.is_large() => {
+            let held = c.nonces_in_flight.hold(&runner, &nonce)?;
+            Ok((Some(runner), Some(held)))
+        }
+        Some((runner, _)) => Ok((Some(runner), None)),
+        None => Ok((None, None)),
+    });
+    let (runner, _nonce) = match signer {
+        Ok(signer) => signer,
         Err(e) => return refuse_early(e, &parts.headers, body, intake.limit).await,
     };
     // What the body may be, by its `Content-Length`, or the route's limit when chunked.
@@ -407,9 +471,11 @@ async fn admit(
     let pending = !body.is_end_stream();
     parts.extensions.insert(Arrived(arrived));
     // A large body is paced: its route's deadline, then its length at the minimum rate.
+    // Paced or not, no byte for the route's deadline cuts it.
     let pace = Pace {
         grace: intake.deadline,
         paced: intake.is_large(),
+        idle: intake.deadline,
     };
     match read_body(body, intake.limit, pace).await {
         Ok(bytes) => {
@@ -473,13 +539,13 @@ async fn discard(mut body: Body, most: usize, within: Duration) {
 
 /// The gate's check on the request's headers and target, its head having arrived at
 /// `arrived`; for a runner's request, the runner it names (whose signature verified, when
-/// its body may be large).
+/// its body may be large) and its nonce.
 async fn check_gate(
     c: &Shared,
     intake: Intake,
     parts: &Parts,
     arrived: u64,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<(String, String)>, ApiError> {
     match intake.gate {
         Gate::Open => Ok(None),
         Gate::Admin => {
@@ -517,7 +583,7 @@ async fn check_gate(
                     digest.as_deref(),
                     arrived,
                 )
-                .map(|()| signed.runner_id)
+                .map(|()| (signed.runner_id, signed.nonce))
             })
             .await
             .map_err(|e| ApiError::internal(&e))?
@@ -532,12 +598,18 @@ async fn check_gate(
 /// moment, what arrived must be what the rate carries in the time since `grace` ran out.
 /// So a body is never cut while it arrives at the rate, nor is a client that declared 8 MiB
 /// and sends a byte now and then kept for the whole allowance of 8 MiB.
+///
+/// Whatever its pace, a body is also cut when no byte of it came for `idle`: a body sent fast
+/// and then stalled would otherwise be kept (with its memory, its share and its room in the
+/// budget) for all the time the bytes it already sent earned it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pace {
     /// Before the rate applies.
     pub grace: Duration,
     /// Whether the rate applies at all (or only `grace`).
     pub paced: bool,
+    /// The longest a body may go without a byte arriving.
+    pub idle: Duration,
 }
 
 impl Pace {
@@ -549,6 +621,22 @@ impl Pace {
         // `got / rate` in whole milliseconds, exact enough and free of floats.
         let carried = Duration::from_millis(got.saturating_mul(1000) / MIN_BODY_RATE);
         start + self.grace + carried
+    }
+
+    /// When a body whose last byte came at `last` (or which started then) has idled too long.
+    pub fn idle_at(&self, last: tokio::time::Instant) -> tokio::time::Instant {
+        last + self.idle
+    }
+
+    /// The refusal of a body that idled too long.
+    pub fn too_idle(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received in time: no byte for {} s",
+                self.idle.as_secs()
+            ),
+        )
     }
 
     /// The refusal of a body that fell behind, `announced` bytes long.
@@ -580,11 +668,14 @@ async fn read_body(mut body: Body, limit: usize, pace: Pace) -> Result<Bytes, Ap
         .unwrap_or(limit as u64)
         .min(limit as u64);
     let start = tokio::time::Instant::now();
+    let mut last = start;
     let mut got = Vec::new();
     loop {
         let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
-        let frame = match tokio::time::timeout_at(pace.cut_at(start, got.len() as u64), next).await
-        {
+        let behind = pace.cut_at(start, got.len() as u64);
+        let idle = pace.idle_at(last);
+        let frame = match tokio::time::timeout_at(behind.min(idle), next).await {
+            Err(_) if idle < behind => return Err(pace.too_idle()),
             Err(_) => return Err(pace.too_slow(announced)),
             Ok(None) => return Ok(Bytes::from(got)),
             Ok(Some(frame)) => {
@@ -592,6 +683,9 @@ async fn read_body(mut body: Body, limit: usize, pace: Pace) -> Result<Bytes, Ap
             }
         };
         if let Ok(data) = frame.into_data() {
+            if !data.is_empty() {
+                last = tokio::time::Instant::now();
+            }
             if got.len() + data.len() > limit {
                 return Err(over_limit(limit));
             }

@@ -2779,3 +2779,220 @@ fn a_job_an_old_runner_leased_before_the_upgrade_ends_lost_when_its_lease_runs_o
     assert_eq!(a.status, 410, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(state(), "lost");
 }
+
+/// A retried upload of a blob stored already (its first answer lost) is answered `204` after
+/// its body is read and thrown away: answered at once with the body unread, the connection
+/// would be reset under the daemon still sending it, which would take the reset for a
+/// transient failure and send the whole file again until the lease ended.
+#[test]
+fn a_retried_upload_of_a_stored_blob_sent_whole_gets_its_204_not_a_reset() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    // Larger than the socket buffers hold (see the intake's test of the same).
+    let body = vec![b'o'; 6 << 20];
+    let digest = sha(&body);
+    let a = upload(&s, &runner, &job, &digest, &body);
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    let path = format!("/v1/jobs/{job}/blobs/{digest}");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        header_lines(&put_headers(&runner, &path, &digest))
+    );
+    let line = send_whole_then_read(&s, &head, &body)
+        .unwrap_or_else(|e| panic!("the retry's connection failed before the answer: {e}"));
+    assert!(line.starts_with("HTTP/1.1 204"), "{line}");
+    assert_eq!(stored_blobs(&s, &job), vec![digest]);
+}
+
+/// A large body sent fast and then stalled is cut when no byte came for the small routes'
+/// deadline (1 s here), not kept for the time the bytes it already sent earned it at the
+/// minimum rate (here 17 s), holding its memory, its share and its room in the budget.
+#[test]
+fn a_large_body_sent_fast_then_stalled_is_cut_after_the_idle_limit() {
+    let (s, _stop) = start_with(ServeOptions {
+        small_body_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    });
+    let (runner, job) = leased_job(&s, "untrusted");
+    let path = format!("/v1/jobs/{job}/live-log/0");
+    let body = vec![b'x'; 1 << 20];
+    let digest = sha(&body);
+    let headers = signing_headers(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        &digest,
+        Some(&digest),
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        header_lines(&headers)
+    )
+    .unwrap();
+    // All but the last byte, then nothing.
+    c.write_all(&body[..body.len() - 1]).unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut c, Duration::from_secs(6))
+        .expect("a stalled body was kept past its idle limit");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("request body not received in time: no byte for 1 s"),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
+
+/// A chunked body (no `Content-Length`) arriving at twice the minimum rate is not cut by the
+/// request deadline (1 s here): with no length announced, the deadline grows by the most any
+/// route under it reads, and the route's intake bounds the body itself.
+#[test]
+fn a_chunked_body_at_the_minimum_rate_outlasts_the_fixed_request_deadline() {
+    let (s, _stop) = start_with(ServeOptions {
+        request_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    });
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/jobs HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+         authorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n",
+        s.admin
+    )
+    .unwrap();
+    // 384 KiB of whitespace at 128 KiB/s (3 s), then a JSON object the handler refuses.
+    let started = Instant::now();
+    let chunk = vec![b' '; 32 << 10];
+    for _ in 0..12 {
+        write!(c, "{:x}\r\n", chunk.len()).unwrap();
+        c.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("the body was cut before its end: {e}"));
+        c.write_all(b"\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    c.write_all(b"2\r\n{}\r\n0\r\n\r\n").unwrap();
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let got = read_until_closed(&mut c, Duration::from_secs(10)).expect("no answer");
+    let text = String::from_utf8_lossy(&got);
+    // The handler's refusal of the spec-less submission, not the deadline's 408.
+    assert!(
+        text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 422"),
+        "{text}"
+    );
+}
+
+/// The request deadline's own `408` carries the coordinator's mark, as every answer of its
+/// routes does: the mark is applied outermost.
+#[test]
+fn the_request_deadlines_408_carries_the_coordinators_mark() {
+    let options = ServeOptions {
+        request_timeout: Duration::from_secs(1),
+        large_body_wait: Duration::from_secs(30),
+        ..ServeOptions::default()
+    };
+    let (s, budget) = serve_app(options);
+    let (runner, job) = leased_job(&s, "untrusted");
+    let _busy = budget.take_all();
+    let path = format!("/v1/jobs/{job}/live-log/0");
+    let digest = sha(b"x");
+    let headers = signing_headers(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        &digest,
+        Some(&digest),
+    );
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n{}\r\n",
+        header_lines(&headers)
+    )
+    .unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(5)).expect("no answer");
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 408"), "{text}");
+    assert!(
+        text.contains(&format!("{}: 1\r\n", h::COORDINATOR)),
+        "{text}"
+    );
+}
+
+/// A copy of a large body's head sent while the original is being received (its headers
+/// taken from a log) is refused before its body, so copies of one head cannot fill that
+/// runner's share; `503` (send it again), since the request refused may be the runner's own
+/// when a copy came first. Once the original is gone, its nonce is given back.
+#[test]
+fn the_same_large_body_head_twice_at_once_the_second_is_refused_before_its_body() {
+    let options = ServeOptions {
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    };
+    let (s, budget) = serve_app(options);
+    let (runner, job) = leased_job(&s, "untrusted");
+    let path = format!("/v1/jobs/{job}/live-log/0");
+    let body = vec![b'x'; 1 << 20];
+    let digest = sha(&body);
+    let headers = signing_headers(
+        &runner.key,
+        &runner.id,
+        "PUT",
+        &path,
+        &digest,
+        Some(&digest),
+    );
+    // The original: past the gate, holding room, its body not yet sent.
+    let mut first = TcpStream::connect(s.addr).unwrap();
+    write!(
+        first,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        header_lines(&headers)
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while budget.runners_in_flight() == 0 {
+        assert!(Instant::now() < deadline, "the original never got its room");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let copy = answer_to_a_head_announcing(
+        &s,
+        &format!("PUT {path}"),
+        &headers,
+        body.len(),
+        Duration::from_secs(5),
+    )
+    .expect("a copy of a head in flight was waited for");
+    assert_eq!(
+        copy,
+        (
+            503,
+            "request body not read: a request with this nonce is being received already (a \
+             copy of its headers); send it again, signed afresh"
+                .to_owned()
+        )
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The original is still read and stored.
+    first.write_all(&body).unwrap();
+    let got = read_until_closed(&mut first, Duration::from_secs(10)).expect("no answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+    // Served, its nonce is recorded: a copy now is refused as a replay.
+    let again = put_or_post(&s, "PUT", &path, &headers, &body);
+    assert_eq!(
+        again.status,
+        401,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+}

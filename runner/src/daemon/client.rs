@@ -29,8 +29,20 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the coordinator gives an output upload before the minimum rate applies to it
 /// (its `UPLOAD_GRACE`): an upload's timeout here is this, its length at
-/// [`control::MIN_BODY_RATE`], and [`REQUEST_TIMEOUT`] for the answer.
+/// [`control::MIN_BODY_RATE`], and [`REQUEST_TIMEOUT`] for the answer, but never past the
+/// lease's end by more than [`REQUEST_TIMEOUT`] ([`Client::within_lease`]).
 const UPLOAD_GRACE: Duration = Duration::from_secs(120);
+
+/// TCP keepalive on every connection to the coordinator: probes after this long without
+/// traffic, every [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] times, so a coordinator host
+/// that vanished (no reset: powered off, cut off) while the daemon waits for an answer is
+/// noticed in about a minute rather than at the request's timeout (for an upload, up to the
+/// lease's end).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_IDLE`].
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_IDLE`].
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// What went wrong talking to the coordinator. Every field is shown through [`printable`]:
 /// paths name job ids the coordinator chose, and reasons may quote its answers.
@@ -191,6 +203,9 @@ impl Client {
             // Every request sets its own timeout (`timeout_for`); this one is a backstop.
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
+            .tcp_keepalive(KEEPALIVE_IDLE)
+            .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+            .tcp_keepalive_retries(KEEPALIVE_PROBES)
             .user_agent(concat!("bulwark/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| match ca {
@@ -217,10 +232,11 @@ impl Client {
     }
 
     /// When the coordinator last answered a request (seconds since the epoch; 0 until it
-    /// has): any answer below 500, a refusal included, and a 5xx the coordinator marked as
-    /// its own ([`headers::COORDINATOR`]: the `503` of a busy body budget). A 5xx without
-    /// the mark may come from a proxy in front of a coordinator that is down, so it does not
-    /// count.
+    /// has): any answer below 500, a refusal included, and a `503` the coordinator marked as
+    /// its own ([`headers::COORDINATOR`]: a busy body budget, which it answers on purpose).
+    /// A 5xx without the mark may come from a proxy in front of a coordinator that is down,
+    /// and any other 5xx (a `500` of a coordinator whose database fails) is a coordinator
+    /// that cannot do its work: neither counts, so the liveness alert on this fires.
     pub fn last_answer(&self) -> u64 {
         self.last_answer.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -237,6 +253,17 @@ impl Client {
     /// body's length at [`control::MIN_BODY_RATE`].
     pub fn timeout_for(&self, len: usize) -> Duration {
         self.base_timeout + control::body_allowance(len as u64)
+    }
+
+    /// `timeout`, cut to end [`REQUEST_TIMEOUT`] after the lease ending at `lease_end`
+    /// (seconds since the epoch, [`control::Lease::expires_at`]): after the lease the
+    /// coordinator stores no output and records no result, so waiting longer for a
+    /// coordinator that went away only holds the daemon's job slot. Judged by this host's
+    /// clock, which the coordinator keeps within [`control::MAX_CLOCK_SKEW_SECS`] of its own
+    /// (a runner's requests are refused otherwise).
+    pub fn within_lease(&self, timeout: Duration, lease_end: u64) -> Duration {
+        let left = Duration::from_secs(lease_end.saturating_sub(super::now_secs()));
+        timeout.min(left + self.base_timeout)
     }
 
     /// The coordinator's URL.
@@ -264,8 +291,42 @@ impl Client {
         key: &LocalKey,
     ) -> Result<Answer, ClientError> {
         let req = self.http.post(self.url(path));
-        self.send_signed(req, "POST", path, "application/json", body, runner_id, key)
-            .await
+        self.send_signed(
+            req,
+            "POST",
+            path,
+            "application/json",
+            body,
+            runner_id,
+            key,
+            None,
+        )
+        .await
+    }
+
+    /// [`Client::post_signed`] for a request made under a lease ending at `lease_end` (a
+    /// result report): its timeout ends at the latest [`REQUEST_TIMEOUT`] after the lease
+    /// ([`Client::within_lease`]).
+    pub async fn post_signed_in_lease(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        runner_id: &str,
+        key: &LocalKey,
+        lease_end: u64,
+    ) -> Result<Answer, ClientError> {
+        let req = self.http.post(self.url(path));
+        self.send_signed(
+            req,
+            "POST",
+            path,
+            "application/json",
+            body,
+            runner_id,
+            key,
+            Some(lease_end),
+        )
+        .await
     }
 
     /// `PUT path` with `body` as bytes, signed as `runner_id` with `key`.
@@ -285,10 +346,13 @@ impl Client {
             body,
             runner_id,
             key,
+            None,
         )
         .await
     }
 
+    /// Sends a signed request with `body`, within [`Client::timeout_for`] its length, and
+    /// when `lease_end` is given, within the lease ([`Client::within_lease`]).
     #[allow(clippy::too_many_arguments)]
     async fn send_signed(
         &self,
@@ -299,20 +363,28 @@ impl Client {
         body: Vec<u8>,
         runner_id: &str,
         key: &LocalKey,
+        lease_end: Option<u64>,
     ) -> Result<Answer, ClientError> {
         let digest = crate::outputs::hex(&Sha256::digest(&body));
+        let mut timeout = self.timeout_for(body.len());
+        if let Some(end) = lease_end {
+            timeout = self.within_lease(timeout, end);
+        }
         let req = self
             .sign(req, method, path, &digest, runner_id, key)?
             .header(reqwest::header::CONTENT_TYPE, content_type)
-            .timeout(self.timeout_for(body.len()))
+            .timeout(timeout)
             .body(body);
         self.send(method, path, req).await
     }
 
     /// `PUT path` with the `len` bytes of `file` as the body, streamed, signed as `runner_id`
     /// with `key` over `sha256` (the hash of those bytes, which the coordinator holds them
-    /// to). The request may take longer than the coordinator lets an upload take (120 s plus
-    /// `len` bytes at [`control::MIN_BODY_RATE`]) by [`REQUEST_TIMEOUT`].
+    /// to), under a lease ending at `lease_end`. The request may take longer than the
+    /// coordinator lets an upload take (120 s plus `len` bytes at [`control::MIN_BODY_RATE`])
+    /// by [`REQUEST_TIMEOUT`], but never longer than [`REQUEST_TIMEOUT`] past the lease's end
+    /// ([`Client::within_lease`]): a 4 GiB output would otherwise be waited for 18 hours by
+    /// a daemon whose coordinator went away once the body was sent.
     #[allow(clippy::too_many_arguments)]
     pub async fn put_signed_file(
         &self,
@@ -322,7 +394,15 @@ impl Client {
         sha256: &str,
         runner_id: &str,
         key: &LocalKey,
+        lease_end: u64,
     ) -> Result<Answer, ClientError> {
+        // The coordinator's deadline plus room for its answer: a retry must not start while
+        // the first attempt may still be stored (it would count twice). After the lease
+        // nothing is stored, so the wait ends then.
+        let timeout = self.within_lease(
+            UPLOAD_GRACE + control::body_allowance(len) + self.base_timeout,
+            lease_end,
+        );
         let req = self
             .sign(
                 self.http.put(self.url(path)),
@@ -334,9 +414,7 @@ impl Client {
             )?
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(reqwest::header::CONTENT_LENGTH, len)
-            // The coordinator's deadline plus room for its answer: a retry must not start
-            // while the first attempt may still be stored (it would count twice).
-            .timeout(UPLOAD_GRACE + control::body_allowance(len) + self.base_timeout)
+            .timeout(timeout)
             .body(reqwest::Body::wrap(FileBody::spawn(file, len)));
         self.send("PUT", path, req).await
     }
@@ -396,9 +474,12 @@ impl Client {
         };
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        // A 5xx counts only when the coordinator itself made it: a proxy in front of a
-        // coordinator that is down answers 502, 503 or 504 without its mark.
-        if status < 500 || resp.headers().contains_key(headers::COORDINATOR) {
+        // Of the 5xx, only the coordinator's own `503` (a busy body budget, answered on
+        // purpose) counts: a proxy in front of a coordinator that is down answers 502, 503 or
+        // 504 without its mark, and a coordinator answering `500` to everything (its database
+        // failing) is not doing its work.
+        let marked = resp.headers().contains_key(headers::COORDINATOR);
+        if status < 500 || (status == 503 && marked) {
             self.last_answer
                 .fetch_max(super::now_secs(), std::sync::atomic::Ordering::Relaxed);
         }
@@ -669,7 +750,7 @@ mod tests {
             let file = std::fs::File::open(&file_path).unwrap();
             let len = file_bytes.len() as u64;
             client
-                .put_signed_file(&blob, file, len, &file_sha, "runner-1", &key)
+                .put_signed_file(&blob, file, len, &file_sha, "runner-1", &key, u64::MAX)
                 .await
                 .unwrap();
         });
@@ -809,10 +890,11 @@ mod tests {
 
     /// A `503` counts as the coordinator's answer only when it carries the coordinator's mark
     /// (its own `503` for a busy body budget); a proxy's `503` in front of a coordinator that
-    /// is down does not.
+    /// is down does not, nor does a marked `500` (a coordinator whose database fails answers
+    /// every request so: the liveness alert must fire).
     #[test]
-    fn a_5xx_counts_as_the_coordinators_answer_only_with_its_mark() {
-        let answer = |marked: bool| {
+    fn only_a_marked_503_counts_as_the_coordinators_answer_among_the_5xx() {
+        let answer = |status: &str, marked: bool| {
             let error = "{\"error\":\"busy\"}";
             let mark = if marked {
                 format!("{}: 1\r\n", headers::COORDINATOR)
@@ -820,12 +902,16 @@ mod tests {
                 String::new()
             };
             format!(
-                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n{mark}\
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{mark}\
                  content-length: {}\r\nconnection: close\r\n\r\n{error}",
                 error.len()
             )
         };
-        let (url, _heads) = capture_answering(vec![answer(false), answer(true)]);
+        let (url, _heads) = capture_answering(vec![
+            answer("503 Service Unavailable", false),
+            answer("500 Internal Server Error", true),
+            answer("503 Service Unavailable", true),
+        ]);
         let client = Client::new(&url, None).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -836,6 +922,9 @@ mod tests {
             assert_eq!(e.status(), Some(503));
             assert_eq!(client.last_answer(), 0, "a proxy's 503 counted");
             let e = client.post_unsigned("/v1/x", Vec::new()).await.unwrap_err();
+            assert_eq!(e.status(), Some(500));
+            assert_eq!(client.last_answer(), 0, "a marked 500 counted");
+            let e = client.post_unsigned("/v1/x", Vec::new()).await.unwrap_err();
             assert_eq!(e.status(), Some(503));
             assert!(e.is_transient());
             assert!(
@@ -843,6 +932,76 @@ mod tests {
                 "the coordinator's own 503 not counted"
             );
         });
+    }
+
+    /// An upload's timeout grows with its length (a 4 GiB output: about 18 hours) but ends
+    /// shortly after the lease: a coordinator that took the whole body and never answers
+    /// (its host gone) gives the daemon its error soon after the lease's end, when storing is
+    /// impossible anyway, not at the full allowance. The result report likewise.
+    #[test]
+    fn an_upload_never_answered_fails_soon_after_the_lease_not_at_its_full_allowance() {
+        use crate::provenance::keys::Algorithm;
+        use std::io::Read;
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Reads every request to its end (and past: it waits for more), never answers.
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64 << 10];
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let client = Client::new(&url, None)
+            .unwrap()
+            .with_base_timeout(Duration::from_secs(1));
+        let dir = crate::tools::testutil::TempDir::new("upload-lease");
+        let bytes = vec![b'x'; 1 << 20];
+        let path = dir.path().join("out");
+        std::fs::write(&path, &bytes).unwrap();
+        let sha = crate::outputs::hex(&Sha256::digest(&bytes));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Without the lease's bound: 120 s, 16 s for its length, 1 s for the answer.
+        assert_eq!(
+            client.within_lease(Duration::from_secs(137), u64::MAX),
+            Duration::from_secs(137)
+        );
+        let lease_end = super::super::now_secs() + 2;
+        assert!(client.within_lease(Duration::from_secs(137), lease_end) <= Duration::from_secs(3));
+        let started = std::time::Instant::now();
+        let e = rt
+            .block_on(client.put_signed_file(
+                &format!("/v1/jobs/job-1/blobs/{sha}"),
+                std::fs::File::open(&path).unwrap(),
+                bytes.len() as u64,
+                &sha,
+                "runner-1",
+                &key,
+                lease_end,
+            ))
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, ClientError::Transport { .. }), "{e}");
+        assert!(took < Duration::from_secs(10), "waited {took:?}");
+        let started = std::time::Instant::now();
+        let e = rt
+            .block_on(client.post_signed_in_lease(
+                "/v1/jobs/job-1/result",
+                vec![b' '; 8 << 20],
+                "runner-1",
+                &key,
+                super::super::now_secs() + 1,
+            ))
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, ClientError::Transport { .. }), "{e}");
+        assert!(took < Duration::from_secs(10), "waited {took:?}");
     }
 
     #[test]

@@ -263,7 +263,7 @@ impl Metrics {
             &mut out,
             "bulwark_runner_coordinator_last_answer_timestamp_seconds",
             "gauge",
-            "When the coordinator last answered a request of this daemon's (any status below 500, a refusal included, and a 5xx the coordinator marked as its own with the bulwark-coordinator header, such as its 503 for a busy body budget; an unmarked 5xx may be a proxy in front of a coordinator that is down); 0 until it has. An idle daemon asks for a job every poll_interval, a busy one asks after each of its jobs that often.",
+            "When the coordinator last answered a request of this daemon's (any status below 500, a refusal included, and a 503 the coordinator marked as its own with the bulwark-coordinator header, its answer for a busy body budget; no other 5xx: an unmarked one may be a proxy in front of a coordinator that is down, and a marked 500 is a coordinator that cannot do its work); 0 until it has. An idle daemon asks for a job every poll_interval, a busy one asks after each of its jobs that often.",
             &[(NONE, g.coordinator_last_answer)],
         );
         family(

@@ -1134,6 +1134,7 @@ impl Daemon {
                     sha256,
                     &reg.runner_id,
                     &self.identity.key,
+                    lease.expires_at,
                 );
                 tokio::pin!(put);
                 // A second stop signal ends an upload in flight too, not only a wait.
@@ -1196,7 +1197,13 @@ impl Daemon {
         loop {
             match self
                 .client
-                .post_signed(&path, body.clone(), &reg.runner_id, &self.identity.key)
+                .post_signed_in_lease(
+                    &path,
+                    body.clone(),
+                    &reg.runner_id,
+                    &self.identity.key,
+                    lease.expires_at,
+                )
                 .await
             {
                 Ok(_) => {
