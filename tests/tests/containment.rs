@@ -1646,7 +1646,8 @@ mod root_mode {
     fn a_job_cannot_fill_kernel_socket_buffers_past_its_limit() {
         require_root();
         let env = Env::new("sockmem");
-        let run = py(&env, "fill.py", SOCKET_FILL);
+        // exec: the kill is the step's own, as the OOM check below expects.
+        let run = format!("exec {}", py(&env, "fill.py", SOCKET_FILL));
         let r = env.run(&one_step(
             "sockmem",
             &run,
