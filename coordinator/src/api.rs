@@ -1355,12 +1355,20 @@ async fn begin_upload(
         )?;
         c.metrics.runner_seen(&runner.id, now);
         db.job_leased_to(&job_id, &runner.id, now)?;
-        Ok::<_, ApiError>((c.outputs.contains(&job_id, &digest)?, runner.id))
+        Ok::<_, ApiError>((c.outputs.stored_len(&job_id, &digest)?, runner.id))
     })
     .await
     .map_err(|e| ApiError::internal(&e))??;
     let (stored, runner_id) = stored;
-    if stored {
+    if let Some(size) = stored {
+        // A retry sends the same bytes: any other length is not this blob, and would have
+        // the drain read whatever it announced (no room is reserved for a retry).
+        if size != len {
+            return Err(ApiError::bad_request(format!(
+                "Content-Length {len} is not the size of blob {sha}, stored already with \
+                 {size} bytes; a blob is named by its sha256, so send exactly those bytes"
+            )));
+        }
         return Ok(None);
     }
     // Listing the job's blobs and creating the file are disk work: off the event loop.

@@ -305,10 +305,16 @@ impl OutputStore {
 
     /// Whether job `job_id` has a stored blob `sha`.
     pub fn contains(&self, job_id: &str, sha: &str) -> Result<bool, OutputError> {
+        Ok(self.stored_len(job_id, sha)?.is_some())
+    }
+
+    /// The size of the stored blob `sha` of `job_id`, or `None` when it is not stored.
+    pub fn stored_len(&self, job_id: &str, sha: &str) -> Result<Option<u64>, OutputError> {
         let path = self.blob_path(job_id, sha)?;
         match fs::symlink_metadata(&path) {
-            Ok(meta) => Ok(meta.is_file()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("inspecting", &path)(e)),
         }
     }

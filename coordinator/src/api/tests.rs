@@ -2802,7 +2802,23 @@ fn a_retried_upload_of_a_stored_blob_sent_whole_gets_its_204_not_a_reset() {
     let line = send_whole_then_read(&s, &head, &body)
         .unwrap_or_else(|e| panic!("the retry's connection failed before the answer: {e}"));
     assert!(line.starts_with("HTTP/1.1 204"), "{line}");
-    assert_eq!(stored_blobs(&s, &job), vec![digest]);
+    assert_eq!(stored_blobs(&s, &job), vec![digest.clone()]);
+    // A "retry" announcing another length (1 GiB, trickled) is no retry of this blob: refused
+    // before its body, not drained for as long as it likes to send.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        1u64 << 30,
+        header_lines(&put_headers(&runner, &path, &digest))
+    )
+    .unwrap();
+    c.write_all(&body[..4096]).unwrap();
+    let got = read_until_closed(&mut c, Duration::from_secs(10))
+        .expect("an upload of a stored blob with another length was drained past 10 s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("is not the size of blob"), "{text}");
 }
 
 /// A large body sent fast and then stalled is cut when no byte came for the small routes'

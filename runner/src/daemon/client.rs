@@ -166,6 +166,9 @@ pub struct Client {
     http: reqwest::Client,
     /// [`REQUEST_TIMEOUT`], or a test's shorter one.
     base_timeout: Duration,
+    /// How far this host's clock may be ahead of the coordinator's when a lease's end is
+    /// judged by it: [`control::MAX_CLOCK_SKEW_SECS`], or a test's 0.
+    clock_slack: Duration,
     /// When the coordinator last answered (seconds since the epoch; 0: not yet).
     last_answer: std::sync::atomic::AtomicU64,
 }
@@ -227,6 +230,7 @@ impl Client {
             base,
             http,
             base_timeout: REQUEST_TIMEOUT,
+            clock_slack: Duration::from_secs(control::MAX_CLOCK_SKEW_SECS),
             last_answer: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -249,6 +253,14 @@ impl Client {
         self
     }
 
+    /// The same client judging lease ends by this host's clock exactly: a test's way to see
+    /// the lease's bound without waiting out the clock-skew allowance.
+    #[cfg(test)]
+    fn with_clock_slack(mut self, slack: Duration) -> Client {
+        self.clock_slack = slack;
+        self
+    }
+
     /// How long a request with a body of `len` bytes may take: [`REQUEST_TIMEOUT`] plus the
     /// body's length at [`control::MIN_BODY_RATE`].
     pub fn timeout_for(&self, len: usize) -> Duration {
@@ -259,11 +271,12 @@ impl Client {
     /// (seconds since the epoch, [`control::Lease::expires_at`]): after the lease the
     /// coordinator stores no output and records no result, so waiting longer for a
     /// coordinator that went away only holds the daemon's job slot. Judged by this host's
-    /// clock, which the coordinator keeps within [`control::MAX_CLOCK_SKEW_SECS`] of its own
-    /// (a runner's requests are refused otherwise).
+    /// clock, which may be ahead of the coordinator's by up to
+    /// [`control::MAX_CLOCK_SKEW_SECS`] (a runner's requests are refused beyond that): that
+    /// much is allowed on top, so a request the coordinator would still take is never cut.
     pub fn within_lease(&self, timeout: Duration, lease_end: u64) -> Duration {
         let left = Duration::from_secs(lease_end.saturating_sub(super::now_secs()));
-        timeout.min(left + self.base_timeout)
+        timeout.min(left + self.clock_slack + self.base_timeout)
     }
 
     /// The coordinator's URL.
@@ -955,9 +968,23 @@ mod tests {
                 });
             }
         });
+        // A host whose clock may be ahead of the coordinator's by the allowed skew still gets
+        // the whole of it before a request is cut for the lease: a lease that by this clock
+        // ended 100 s ago may still be open at the coordinator.
+        let skewed = Client::new(&url, None).unwrap();
+        let past = super::super::now_secs() - 100;
+        assert_eq!(
+            skewed.within_lease(Duration::from_secs(137), past),
+            Duration::from_secs(137)
+        );
+        assert_eq!(
+            skewed.within_lease(Duration::from_secs(3600), past),
+            Duration::from_secs(control::MAX_CLOCK_SKEW_SECS) + REQUEST_TIMEOUT
+        );
         let client = Client::new(&url, None)
             .unwrap()
-            .with_base_timeout(Duration::from_secs(1));
+            .with_base_timeout(Duration::from_secs(1))
+            .with_clock_slack(Duration::ZERO);
         let dir = crate::tools::testutil::TempDir::new("upload-lease");
         let bytes = vec![b'x'; 1 << 20];
         let path = dir.path().join("out");
