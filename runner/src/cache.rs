@@ -421,11 +421,13 @@ impl Store {
                 }
                 return Err(if e.is_no_room() {
                     format!(
-                        "{} holds more than a saved cache may: at most {} bytes of files and {} \
+                        "{} holds more than a saved cache may: at most {} bytes (its files' \
+                         contents and {} bytes per entry) and {} \
                          entries here (caches.max_size, caches.max_entries, and the room above \
                          limits.min_free_disk on the state directory's filesystem{})",
                         job_path.display(),
                         room.bytes.map_or("unbounded".into(), |b| b.to_string()),
+                        ENTRY_CHARGE,
                         room.entries.map_or("unbounded".into(), |n| n.to_string()),
                         if granted.others > 0 {
                             format!(
@@ -507,6 +509,9 @@ impl Store {
         }
         drop(store_lock);
         drop(building);
+        // What this save writes is on disk now (or gone): its room need not be held while
+        // evicted trees are deleted, which may take a while.
+        drop(granted);
         let removed = plan.removed.len();
         report_weighing(&plan, &weighing.failed);
         for untidy in &weighing.untidy {

@@ -110,6 +110,21 @@ pub struct CopyStats {
     pub bytes: u64,
 }
 
+/// What each entry is charged against a copy's byte bound besides its contents: the block it
+/// takes on disk whatever its size (`bulwark_protocol::CACHE_ENTRY_CHARGE`, as the cache store
+/// weighs a cache).
+pub const ENTRY_CHARGE: u64 = bulwark_protocol::CACHE_ENTRY_CHARGE;
+
+impl CopyStats {
+    /// What the copy has taken against its byte bound so far: the bytes copied and
+    /// [`ENTRY_CHARGE`] for each entry made or skipped.
+    pub fn charged(&self) -> u64 {
+        let entries = (self.entries.len() as u64).saturating_add(self.skipped_count);
+        self.bytes
+            .saturating_add(entries.saturating_mul(ENTRY_CHARGE))
+    }
+}
+
 /// A copy failed at `path`.
 #[derive(Debug, thiserror::Error)]
 #[error("source {path}: {source}")]
@@ -334,9 +349,33 @@ fn copy_dir(
         if rel.is_empty() && walk.skip_top.is_some_and(|skip| name == skip) {
             continue;
         }
+        // First, before any error could name this path: the whole path, so that a value split
+        // across names is found too. The error names the path only up to the directory above
+        // where the value starts, so no part of it is shown.
+        if let Some((at, credential)) = walk.refuse.and_then(|f| f.find_at(&child_bytes)) {
+            let above = child_bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .map_or(String::new(), |i| {
+                    String::from_utf8_lossy(&child_bytes[..i]).into_owned()
+                });
+            return Err(holds(
+                &display(&above),
+                credential,
+                "has an entry whose path holds",
+            ));
+        }
         if room
             .entries
             .is_some_and(|max| stats.entries.len() as u64 + stats.skipped_count >= max)
+        {
+            return Err(no_room(&child));
+        }
+        // Every entry takes a block on disk whatever its size (a directory, a link, a file of
+        // one byte): charged against the byte bound as the cache store weighs it.
+        if room
+            .bytes
+            .is_some_and(|max| stats.charged().saturating_add(ENTRY_CHARGE) > max)
         {
             return Err(no_room(&child));
         }
@@ -348,15 +387,6 @@ fn copy_dir(
                 path: shortened(&child),
                 source: io::Error::other(ListingTooLarge),
             });
-        }
-        // The whole path, so that a value split across names is found too; the error names
-        // the directory (checked when it was entered), never the path that holds the value.
-        if let Some(credential) = walk.refuse.and_then(|f| f.find_in(&child_bytes)) {
-            return Err(holds(
-                &display(rel),
-                credential,
-                "has an entry whose path holds",
-            ));
         }
         match e.kind {
             Kind::Dir => {
@@ -402,10 +432,13 @@ fn copy_dir(
                     continue;
                 }
                 let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
-                if room
-                    .bytes
-                    .is_some_and(|max| stats.bytes.saturating_add(size) > max)
-                {
+                if room.bytes.is_some_and(|max| {
+                    stats
+                        .charged()
+                        .saturating_add(ENTRY_CHARGE)
+                        .saturating_add(size)
+                        > max
+                }) {
                     return Err(no_room(&child));
                 }
                 let mode = Mode::from_bits_truncate(st.st_mode & 0o777);
@@ -430,7 +463,10 @@ fn copy_dir(
                 stats.files += 1;
                 stats.bytes += n;
                 // The file may have grown while it was copied.
-                if room.bytes.is_some_and(|max| stats.bytes > max) {
+                if room
+                    .bytes
+                    .is_some_and(|max| stats.charged().saturating_add(ENTRY_CHARGE) > max)
+                {
                     return Err(no_room(&child));
                 }
                 let kind = if st.st_mode & 0o111 != 0 { 'x' } else { 'f' };
@@ -697,8 +733,10 @@ mod tests {
                 .map(|s| s.bytes)
                 .map_err(|e| e.to_string())
         };
-        assert_eq!(within(Some(6000), Some(3)), Ok(6000));
-        let err = within(Some(5999), None).unwrap_err();
+        // Each of the three entries takes a block besides its contents.
+        let charged = 6000 + 3 * ENTRY_CHARGE;
+        assert_eq!(within(Some(charged), Some(3)), Ok(6000));
+        let err = within(Some(charged - 1), None).unwrap_err();
         assert!(
             err.starts_with("source d/")
                 && err.ends_with("below limits.min_free_disk; free space there"),

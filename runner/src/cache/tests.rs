@@ -1013,6 +1013,29 @@ fn a_cache_holding_a_credential_value_is_not_saved_and_the_reason_names_it_not_t
         "{err}"
     );
     assert!(!err.contains("AKIA"), "{err}");
+    // A value holding `/` made into a path: its first part a directory name too short to
+    // match alone, the match found on the file below it. Nothing of it is named.
+    let job = fresh(t.path(), "slashed");
+    let (dir, file) = TOKEN.split_once('/').unwrap();
+    fs::create_dir_all(job.join("sub2").join(dir)).unwrap();
+    fs::write(job.join("sub2").join(dir).join(file), "x").unwrap();
+    let err = store
+        .save_refusing(
+            SCOPE,
+            "slashed",
+            Trust::Trusted,
+            &job,
+            Room::default(),
+            "build",
+            "inv",
+            Some(&finder()),
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("/cache/slashed/sub2: has an entry whose path holds"),
+        "{err}"
+    );
+    assert!(!err.contains(dir), "part of the value named: {err}");
 
     // What holds none of them is saved as before, and reaches a pull request.
     let job = fresh(t.path(), "clean");
@@ -1179,4 +1202,39 @@ fn a_save_beside_another_processs_save_gets_only_what_is_left_and_a_dead_ones_ro
         0,
         "the dead process's reservation was removed"
     );
+}
+
+/// A save's room is what it takes on disk: each entry a block whatever its size, as the store
+/// weighs a cache. 5000 one-byte files are 5 kB of contents but about 20 MiB of blocks: over
+/// the 10 MiB a save may hold here, where counting contents alone let it through.
+#[test]
+fn each_entry_takes_a_block_of_the_room_a_save_holds() {
+    let t = TempDir::new("cache-blocks");
+    let store = reserving_store(&t.path().join("state"));
+    fs::create_dir_all(store.root()).unwrap();
+    let many = fresh(t.path(), "many");
+    for i in 0..5000 {
+        fs::write(many.join(format!("f{i}")), "x").unwrap();
+    }
+    let err = store
+        .save(
+            SCOPE,
+            "many",
+            Trust::Trusted,
+            &many,
+            TEN_MIB,
+            "build",
+            "inv",
+        )
+        .unwrap_err();
+    assert!(err.contains("bytes per entry"), "{err}");
+    assert!(tier_is_empty(&store, SCOPE, "many", Tier::Trusted));
+    // A thousand of them (about 4 MiB of blocks) fit.
+    let few = fresh(t.path(), "few");
+    for i in 0..1000 {
+        fs::write(few.join(format!("f{i}")), "x").unwrap();
+    }
+    store
+        .save(SCOPE, "few", Trust::Trusted, &few, TEN_MIB, "build", "inv")
+        .unwrap();
 }

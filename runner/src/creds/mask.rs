@@ -253,6 +253,11 @@ impl Finder {
 
     /// The name of the credential a form of which `bytes` holds, if any (the first found).
     pub fn find_in(&self, bytes: &[u8]) -> Option<&str> {
+        self.find_at(bytes).map(|(_, name)| name)
+    }
+
+    /// Where in `bytes` the first form of a credential starts, and whose it is.
+    pub fn find_at(&self, bytes: &[u8]) -> Option<(usize, &str)> {
         if self.forms.is_empty() {
             return None;
         }
@@ -260,7 +265,7 @@ impl Finder {
             for &i in &self.first[usize::from(bytes[p])] {
                 let (s, name) = &self.forms[i];
                 if bytes[p..].starts_with(s) {
-                    return Some(&self.names[*name]);
+                    return Some((p, &self.names[*name]));
                 }
             }
         }
