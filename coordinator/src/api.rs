@@ -1270,9 +1270,18 @@ const BLOB_ROUTE: &str = "/v1/jobs/{id}/blobs/{sha256}";
 const UPLOAD_IDLE: Duration = Duration::from_secs(30);
 
 /// How long an upload is given before [`control::MIN_BODY_RATE`] applies to it: from then on
-/// it must have arrived at that rate since (`intake::Pace`), so its deadline is 120 s plus
-/// its length at that rate, and one that falls behind is cut at once.
-const UPLOAD_GRACE: Duration = Duration::from_secs(120);
+/// it must have arrived at that rate since (`intake::Pace`), so its deadline is this plus its
+/// length at that rate, and one that falls behind is cut at once.
+const UPLOAD_GRACE: Duration = control::UPLOAD_GRACE;
+
+// A large body's whole check (room, then its length at the minimum rate) ends before its
+// timestamp stops being judged by its arrival (`auth::MAX_REQUEST_AGE_SECS`).
+const _: () = assert!(
+    LARGE_BODY_WAIT.as_secs()
+        + SMALL_BODY_TIMEOUT.as_secs()
+        + (control::MAX_BODY_BYTES as u64).div_ceil(control::MIN_BODY_RATE)
+        < auth::MAX_REQUEST_AGE_SECS
+);
 
 /// `PUT /v1/jobs/{id}/blobs/{sha256}` (runner): one output's bytes, streamed to the output
 /// store. The signature covers `sha256` as the body's hash, so it is checked, with the lease,

@@ -45,8 +45,9 @@ pub const NONCE_GRACE_SECS: u64 = MAX_CLOCK_SKEW_SECS;
 
 /// The most a request's timestamp is judged before its full check, in seconds: a request is
 /// judged by when its head arrived ([`RequestTime`]), but never by a moment longer ago than
-/// this. Longer than a request may take from its head to its answer (the request deadline,
-/// 120 s), and shorter than [`NONCE_GRACE_SECS`], leaving the rest for the wait for the
+/// this. Longer than a request may take from its head to its full check (a large body: 20 s
+/// waiting for room in the body budget, 15 s, then its length at the minimum rate, 163 s for
+/// the largest), and shorter than [`NONCE_GRACE_SECS`], leaving the rest for the wait for the
 /// database lock: a nonce must still be remembered when a replay of it, judged by its own
 /// arrival, is checked.
 pub const MAX_REQUEST_AGE_SECS: u64 = 180;

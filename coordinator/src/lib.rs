@@ -37,7 +37,8 @@
 //!   64 KiB for most, 2 MiB for a job submission and a live-log append, and
 //!   [`bulwark_protocol::control::MAX_BODY_BYTES`] only for a result report. Headers must
 //!   arrive within 15 s (also the idle keep-alive limit), a small body within 15 s more, a
-//!   request must be done within 120 s, and at most 512 connections are served at once, and
+//!   large one at 64 KiB/s at least, a request must be done within 120 s plus its body's
+//!   length at that rate, and at most 512 connections are served at once, and
 //!   from one client address at most `--max-connections-per-address` where the operator sets
 //!   it ([`api::ServeOptions`]). Output uploads
 //!   are streamed to disk instead, with limits of their own ([`outputs`]). SIGTERM or SIGINT

@@ -33,8 +33,8 @@
 //! sockets, it sets umask 022 and installs a seccomp filter (`seccomp::compile_confine`): no
 //! `chown`, times, xattrs or io_uring, `chmod` never to a setuid, setgid, sticky or group- or
 //! world-writable mode, no socket but TCP over IPv4 or IPv6 (no UDP or ICMP to any address,
-//! no `AF_UNIX`, `AF_NETLINK` or `AF_VSOCK`), no datagram `socketpair`. Without it, in rootless and subuid modes, code in
-//! git could `chmod 0777` the runner's tool store for another user to fill, or ask the user's
+//! no `AF_UNIX`, `AF_NETLINK` or `AF_VSOCK`), no datagram `socketpair`. Without it, in
+//! rootless and subuid modes, code in git could `chmod 0777` the runner's tool store for another user to fill, or ask the user's
 //! systemd manager (a pathname socket) to run a command outside Landlock. Whatever cannot be
 //! applied refuses: git does not run.
 //!

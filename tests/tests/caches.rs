@@ -176,7 +176,9 @@ fn a_failed_job_saves_nothing() {
 #[test]
 fn a_cache_over_its_bound_is_not_saved_and_the_job_still_succeeds() {
     let env = Env::new("cache-bound");
-    env.write_config_sections("", "[caches]\nmax_size = \"4KiB\"\n");
+    // Weighed as the store weighs caches: contents plus 4 KiB per entry (a small file and its
+    // entry fit; 16 KiB of contents do not).
+    env.write_config_sections("", "[caches]\nmax_size = \"12KiB\"\n");
     trusted(&env, &read_then_write("small")).assert_code(0);
     let big = trusted(
         &env,
@@ -189,7 +191,7 @@ fn a_cache_over_its_bound_is_not_saved_and_the_job_still_succeeds() {
     let saved = cache_record(&big)["saved"].clone();
     let why = saved.as_str().unwrap_or_else(|| panic!("{saved}"));
     assert!(
-        why.contains("not saved") && why.contains("caches.max_size") && why.contains("4096"),
+        why.contains("not saved") && why.contains("caches.max_size") && why.contains("12288"),
         "{why}"
     );
     assert!(
@@ -361,7 +363,7 @@ fn the_store_stays_within_max_total_and_caches_prune_applies_a_lower_bound() {
     let env = Env::new("cache-total");
     env.write_config_sections(
         "",
-        "[caches]\nmax_size = \"8KiB\"\nmax_entries = 2\nmax_total = \"24KiB\"\n",
+        "[caches]\nmax_size = \"16KiB\"\nmax_entries = 2\nmax_total = \"24KiB\"\n",
     );
     // Two pull-request builds of two other sources (their own scopes), 5000 bytes in one file
     // each: each weighs 5000 + 4096 (its one entry).

@@ -71,15 +71,15 @@ pub struct CachesConfig {
     /// Whether jobs may have caches at all (`enabled = true`); a spec with `[[caches]]` is
     /// refused where they are off.
     pub enabled: bool,
-    /// Largest cache that is saved, in bytes of file contents (`max_size = "4GiB"`); a job
-    /// that leaves more is not refused, its cache is not saved.
+    /// Largest cache that is saved (`max_size = "4GiB"`), weighed as the store weighs caches:
+    /// its file contents plus [`CACHE_ENTRY_CHARGE`] per entry (the block each takes on disk);
+    /// a job that leaves more is not refused, its cache is not saved.
     pub max_size: u64,
     /// Most entries (files, directories, symlinks) a saved cache may hold
     /// (`max_entries = 500000`).
     pub max_entries: u64,
     /// Most bytes all saved caches of this host may hold together (`max_total = "32GiB"`, at
-    /// least `max_size` plus [`CACHE_ENTRY_CHARGE`] for each of `max_entries`), each cache
-    /// counted as its file contents plus [`CACHE_ENTRY_CHARGE`] per entry: a save that would go
+    /// least `max_size`), each cache weighed as for `max_size`: a save that would go
     /// over it first removes the least recently used caches it may remove (an untrusted job's
     /// save only untrusted ones), and is skipped when that is not enough.
     pub max_total: u64,
@@ -673,9 +673,7 @@ impl Config {
             Some(n) => caches.max_entries = n,
         }
         // The heaviest cache the per-cache limits let through must fit in the store.
-        let largest = caches
-            .max_size
-            .saturating_add(caches.max_entries.saturating_mul(CACHE_ENTRY_CHARGE));
+        let largest = caches.max_size;
         match raw.caches.max_total.as_deref().map(parse_size) {
             None if largest > caches.max_total => {
                 // Only the per-cache limits were raised: the default total grows with them.
@@ -685,10 +683,9 @@ impl Config {
             Some(Ok(n)) if n < largest => errors.push(
                 "caches.max_total",
                 format!(
-                    "{n} bytes is less than the largest cache caches.max_size and \
-                     caches.max_entries allow ({largest} bytes: its size plus \
-                     {CACHE_ENTRY_CHARGE} per entry), which could then never be kept; raise \
-                     it or lower those"
+                    "{n} bytes is less than the largest cache caches.max_size allows \
+                     ({largest} bytes), which could then never be kept; raise it or lower \
+                     caches.max_size"
                 ),
             ),
             Some(Ok(n)) => caches.max_total = n,
@@ -1186,7 +1183,7 @@ runtime_dir = "/run/bulwark-a"
             .expect("valid");
         assert_eq!(
             (c.caches.max_total, c.caches.max_total_entries),
-            ((64 << 30) + 3_000_000 * CACHE_ENTRY_CHARGE, 3_000_000)
+            (64 << 30, 3_000_000)
         );
         let err = Config::from_toml_str(
             "[caches]\nmax_size = \"4GiB\"\nmax_total = \"1GiB\"\nmax_total_entries = 10\nmax_unused = \"0s\"\n",

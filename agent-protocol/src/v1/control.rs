@@ -72,6 +72,11 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// coordinator's body budget longer for the same bytes.
 pub const MIN_BODY_RATE: u64 = 64 << 10;
 
+/// How long the coordinator gives an output upload before [`MIN_BODY_RATE`] applies to it:
+/// from then on it must have arrived at that rate since, so its deadline is this plus its
+/// length at that rate. The runner waits that long, and its own answer timeout more.
+pub const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The time [`MIN_BODY_RATE`] takes to carry `len` bytes, rounded up to whole seconds.
 pub fn body_allowance(len: u64) -> std::time::Duration {
     std::time::Duration::from_secs(len.div_ceil(MIN_BODY_RATE))

@@ -99,7 +99,7 @@ pub(super) fn reserve(
     let space = measure(root, setting).map_err(refuse)?;
     reserve.judge(&space, 0).map_err(refuse)?;
     let dir = root.join(RESERVATIONS);
-    let others = held(&dir);
+    let others = held(&dir)?;
     let free = space.room();
     let left = Room {
         bytes: free.bytes.map(|b| b.saturating_sub(others.bytes)),
@@ -127,12 +127,21 @@ pub(super) struct Held {
 }
 
 /// What the saves in progress hold in `dir` (under the store lock); removes what saves that
-/// died left. A file that cannot be read while its owner lives counts as all the room there
-/// is (fails closed: no save meanwhile).
-pub(super) fn held(dir: &Path) -> Held {
+/// died left. A file that cannot be judged (unreadable, not lockable, not a reservation)
+/// is an error naming it (fails closed: no save until it is seen to), never counted as a
+/// figure the next save's refusal would quote.
+pub(super) fn held(dir: &Path) -> Result<Held, String> {
     let mut sum = Held::default();
     let Ok(entries) = fs::read_dir(dir) else {
-        return sum;
+        return Ok(sum);
+    };
+    let unjudged = |path: &Path, why: String| {
+        format!(
+            "{}: cannot tell what room a cache save in progress holds ({why}); cache saves are \
+             refused until it is removed (remove it if no `bulwark run` is saving a cache; \
+             the store must be on a local filesystem with flock)",
+            path.display()
+        )
     };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -143,11 +152,7 @@ pub(super) fn held(dir: &Path) -> Held {
         {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(_) => {
-                sum.bytes = u64::MAX;
-                sum.entries = u64::MAX;
-                continue;
-            }
+            Err(e) => return Err(unjudged(&path, e.to_string())),
         };
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             // Nobody holds it: its save is over (its process died before it removed it).
@@ -155,17 +160,15 @@ pub(super) fn held(dir: &Path) -> Held {
                 let _ = fs::remove_file(&path);
             }
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let (bytes, entries) = read(&mut file).unwrap_or((u64::MAX, u64::MAX));
+                let (bytes, entries) = read(&mut file)
+                    .ok_or_else(|| unjudged(&path, "not `<bytes> <entries>`".into()))?;
                 sum.bytes = sum.bytes.saturating_add(bytes);
                 sum.entries = sum.entries.saturating_add(entries);
             }
-            Err(_) => {
-                sum.bytes = u64::MAX;
-                sum.entries = u64::MAX;
-            }
+            Err((_, e)) => return Err(unjudged(&path, format!("flock: {e}"))),
         }
     }
-    sum
+    Ok(sum)
 }
 
 /// A reservation's contents: `<bytes> <entries>\n`, `-` for no bound (counted as all).

@@ -1144,6 +1144,7 @@ const RESERVE_CHILD_ENV: &str = "BULWARK_TEST_RESERVE_CHILD";
 #[test]
 fn child_holds_room_for_a_save() {
     let Some(state) = std::env::var_os(RESERVE_CHILD_ENV) else {
+        eprintln!("helper of a_save_beside_another_processs_save_gets_only_what_is_left_and_a_dead_ones_room_comes_back: nothing to do");
         return;
     };
     let store = reserving_store(Path::new(&state));
@@ -1237,4 +1238,32 @@ fn each_entry_takes_a_block_of_the_room_a_save_holds() {
     store
         .save(SCOPE, "few", Trust::Trusted, &few, TEN_MIB, "build", "inv")
         .unwrap();
+}
+
+/// A reservation that cannot be judged (here: held, but not `<bytes> <entries>`) refuses the
+/// save naming the file and what to do, not with a count no later save could fit.
+#[test]
+fn a_reservation_that_cannot_be_judged_is_named_in_the_refusal() {
+    let t = TempDir::new("cache-reserve-bad");
+    let store = reserving_store(&t.path().join("state"));
+    let dir = store.root().join(reserve::RESERVATIONS);
+    fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("garbage");
+    fs::write(&bad, "not a reservation").unwrap();
+    let held = nix::fcntl::Flock::lock(
+        fs::File::open(&bad).unwrap(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .unwrap();
+    let err = reserve::reserve(store.root(), TEN_MIB, store.disk, store.measure).unwrap_err();
+    assert!(
+        err.contains("garbage: cannot tell what room a cache save in progress holds"),
+        "{err}"
+    );
+    assert!(
+        err.contains("remove it if no `bulwark run` is saving"),
+        "{err}"
+    );
+    assert!(!err.contains(&u64::MAX.to_string()), "{err}");
+    drop(held);
 }

@@ -27,11 +27,11 @@ use crate::provenance::keys::{LocalKey, Signer};
 /// coordinator still holds it queued.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long the coordinator gives an output upload before the minimum rate applies to it
-/// (its `UPLOAD_GRACE`): an upload's timeout here is this, its length at
-/// [`control::MIN_BODY_RATE`], and [`REQUEST_TIMEOUT`] for the answer, but never past the
-/// lease's end by more than [`REQUEST_TIMEOUT`] ([`Client::within_lease`]).
-const UPLOAD_GRACE: Duration = Duration::from_secs(120);
+/// How long the coordinator gives an output upload before the minimum rate applies to it:
+/// an upload's timeout here is this, its length at [`control::MIN_BODY_RATE`], and
+/// [`REQUEST_TIMEOUT`] for the answer, but never past the lease's end by more than
+/// [`REQUEST_TIMEOUT`] and the allowed clock skew ([`Client::within_lease`]).
+const UPLOAD_GRACE: Duration = control::UPLOAD_GRACE;
 
 /// TCP keepalive on every connection to the coordinator: probes after this long without
 /// traffic, every [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] times, so a coordinator host
@@ -318,8 +318,8 @@ impl Client {
     }
 
     /// [`Client::post_signed`] for a request made under a lease ending at `lease_end` (a
-    /// result report): its timeout ends at the latest [`REQUEST_TIMEOUT`] after the lease
-    /// ([`Client::within_lease`]).
+    /// result report): its timeout ends at the latest [`REQUEST_TIMEOUT`] and the allowed
+    /// clock skew after the lease ([`Client::within_lease`]).
     pub async fn post_signed_in_lease(
         &self,
         path: &str,
@@ -366,7 +366,7 @@ impl Client {
 
     /// Sends a signed request with `body`, within [`Client::timeout_for`] its length, and
     /// when `lease_end` is given, within the lease ([`Client::within_lease`]).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // the request, what is signed, by whom, until when
     async fn send_signed(
         &self,
         req: reqwest::RequestBuilder,
@@ -395,10 +395,10 @@ impl Client {
     /// with `key` over `sha256` (the hash of those bytes, which the coordinator holds them
     /// to), under a lease ending at `lease_end`. The request may take longer than the
     /// coordinator lets an upload take (120 s plus `len` bytes at [`control::MIN_BODY_RATE`])
-    /// by [`REQUEST_TIMEOUT`], but never longer than [`REQUEST_TIMEOUT`] past the lease's end
-    /// ([`Client::within_lease`]): a 4 GiB output would otherwise be waited for 18 hours by
+    /// by [`REQUEST_TIMEOUT`], but never longer than [`REQUEST_TIMEOUT`] and the allowed clock
+    /// skew past the lease's end ([`Client::within_lease`]): a 4 GiB output would otherwise be waited for 18 hours by
     /// a daemon whose coordinator went away once the body was sent.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // what, where from, its size and hash, who signs, until
     pub async fn put_signed_file(
         &self,
         path: &str,

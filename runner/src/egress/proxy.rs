@@ -20,11 +20,11 @@
 //! `max_connections × (max_head_bytes + 128 KiB)`, plus the kernel's buffers of each
 //! upstream socket, which the proxy sets to [`UPSTREAM_SOCKET_BUFFER`] each way before it
 //! connects (the kernel doubles the figure for its bookkeeping): left to the kernel's
-//! autotuning, a job that read fast and then stopped held about 1 MiB per tunnel in the
-//! runner, up to `tcp_rmem`'s 6 MiB, charged to the runner, not the job. The job's own side of
-//! each connection is charged to the job (its cgroup, `sandbox::cgroup`). Descriptors per connection: the two sockets, plus two pipes (four
-//! descriptors) for a tunnel or one pipe for a plain-HTTP response, so at most six; 768 for a
-//! job at the default 128 connections.
+//! autotuning, each could hold up to `tcp_rmem`'s and `tcp_wmem`'s ceilings (32 MiB received,
+//! 4 MiB to send, here) in the runner, charged to the runner, not the job. The job's own side
+//! of each connection is charged to the job (its cgroup, `sandbox::cgroup`). Descriptors per
+//! connection: the two sockets, plus two pipes (four descriptors) for a tunnel or one pipe for
+//! a plain-HTTP response, so at most six; 768 for a job at the default 128 connections.
 //!
 //! The socket is created with the process umask's mode and owned by the daemon; the job's
 //! init must be able to connect to it, so the caller chowns it to the job's host uid (or

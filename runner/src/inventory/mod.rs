@@ -452,6 +452,31 @@ pub fn read_verified(
 /// Which key ids may sign for which builder id: a verify policy's `[builder_keys]`.
 pub type BuilderKeys = BTreeMap<String, Vec<String>>;
 
+/// The builder id is written by whichever host signed: bound, a key may speak only for its
+/// own builders, as `bulwark verify` judges it.
+fn spoken_for(
+    bound: &BuilderKeys,
+    s: &crate::verify::Signed,
+) -> Result<(), crate::verify::Rejection> {
+    crate::verify::policy::check_builder_keys(
+        bound,
+        &s.statement.predicate.run_details.builder.id,
+        &s.signers,
+    )
+    .map_err(|mut r| {
+        // The check's own advice says what to add when the builder is unknown; for a key
+        // that is not the builder's, this is the way on.
+        r.details
+            .push_str(if r.details.contains("binds to no key") {
+                "; not indexed"
+            } else {
+                "; not indexed: if that key does build for that builder, add its key id to the \
+             builder's entry in [builder_keys]"
+            });
+        r
+    })
+}
+
 fn verified_records(
     file: &Path,
     keys: &[PublicKey],
@@ -469,25 +494,9 @@ fn verified_records(
     for (i, env) in envelopes.into_iter().enumerate() {
         let signed = env
             .and_then(|e| crate::verify::verify_signed(&e, keys))
-            .and_then(|s| {
-                // The builder id is written by whichever host signed: bound, a key may speak
-                // only for its own builders, as `bulwark verify` judges it.
-                match builder_keys {
-                    Some(bound) => crate::verify::policy::check_builder_keys(
-                        bound,
-                        &s.statement.predicate.run_details.builder.id,
-                        &s.signers,
-                    )
-                    .map_err(|mut r| {
-                        r.details.push_str(
-                            "; not indexed: if that key does build for that builder, add its \
-                             key id to the builder's entry in [builder_keys]",
-                        );
-                        r
-                    })
-                    .map(|()| s),
-                    None => Ok(s),
-                }
+            .and_then(|s| match builder_keys {
+                Some(bound) => spoken_for(bound, &s).map(|()| s),
+                None => Ok(s),
             })
             .map_err(|r| {
                 let which = if total > 1 {
