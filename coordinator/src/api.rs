@@ -168,6 +168,7 @@ impl From<OutputError> for ApiError {
             | OutputError::TooManyFiles { .. }
             | OutputError::LiveLogFull { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             OutputError::LiveLogGap { .. } => StatusCode::CONFLICT,
+            OutputError::Receiving { .. } => StatusCode::SERVICE_UNAVAILABLE,
             OutputError::JobId(_)
             | OutputError::Sha256(_)
             | OutputError::Length { .. }

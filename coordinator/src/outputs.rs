@@ -126,6 +126,15 @@ pub enum OutputError {
         /// The limit.
         limit: u64,
     },
+    /// The same blob is being received on another connection (a retry whose first attempt
+    /// is still being read).
+    #[error("job {job_id}: output {sha} is being received on another connection; send it again once that ends (a retry while the first attempt is still being read)")]
+    Receiving {
+        /// The job.
+        job_id: String,
+        /// The blob.
+        sha: String,
+    },
     /// The upload would take the job over its number of files.
     #[error("job {job_id}: one more file of outputs would exceed the coordinator's limit of {limit} files per job")]
     TooManyFiles {
@@ -237,6 +246,8 @@ pub struct OutputStore {
     limits: OutputLimits,
     /// Uploads in flight, per job.
     reserved: Arc<Mutex<HashMap<String, Held>>>,
+    /// The blobs being received, as (job id, sha256): one at a time each.
+    receiving: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 impl OutputStore {
@@ -262,6 +273,7 @@ impl OutputStore {
             root,
             limits,
             reserved: Arc::default(),
+            receiving: Arc::default(),
         })
     }
 
@@ -402,7 +414,10 @@ impl OutputStore {
     }
 
     /// Starts receiving blob `sha` of `job_id`, `reservation.len` bytes long, into a private
-    /// temporary file.
+    /// temporary file. One upload of a blob at a time: a second, while the first is still
+    /// being read (a retry after the client lost its connection, which the coordinator has not
+    /// noticed yet), is refused [`OutputError::Receiving`], which a runner tries again, rather
+    /// than reserved twice (its room counted twice could refuse it for space, for good).
     pub fn begin(
         &self,
         job_id: &str,
@@ -410,6 +425,22 @@ impl OutputStore {
         reservation: Reservation,
     ) -> Result<Upload, OutputError> {
         let dest = self.blob_path(job_id, sha)?;
+        let key = (job_id.to_owned(), sha.to_owned());
+        if !self
+            .receiving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone())
+        {
+            return Err(OutputError::Receiving {
+                job_id: key.0,
+                sha: key.1,
+            });
+        }
+        let receiving = Receiving {
+            set: Arc::clone(&self.receiving),
+            key,
+        };
         let dir = self.make_job_dir(job_id)?;
         let mut random = [0u8; 8];
         getrandom::fill(&mut random)
@@ -432,6 +463,7 @@ impl OutputStore {
             got: 0,
             reservation,
             verified: false,
+            _receiving: receiving,
         })
     }
 
@@ -629,6 +661,24 @@ pub struct Upload {
     got: u64,
     reservation: Reservation,
     verified: bool,
+    /// Marks the blob as being received until the upload ends, whichever way.
+    _receiving: Receiving,
+}
+
+/// A blob of [`OutputStore::begin`]'s set of those being received; taken out when dropped.
+#[derive(Debug)]
+struct Receiving {
+    set: Arc<Mutex<HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 impl Upload {
@@ -734,6 +784,23 @@ mod tests {
             .unwrap_or_default();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_blob_is_received_on_one_connection_at_a_time() {
+        let tmp = TempDir::new("outputs-receiving");
+        let s = store(&tmp, OutputLimits::default());
+        let digest = sha(b"artifact");
+        let first = s.begin(JOB, &digest, s.reserve(JOB, 8).unwrap()).unwrap();
+        let e = s
+            .begin(JOB, &digest, s.reserve(JOB, 8).unwrap())
+            .unwrap_err();
+        assert!(matches!(e, OutputError::Receiving { .. }), "{e}");
+        // Another blob of the job is not held up.
+        let other = s.begin(JOB, &sha(b"other"), s.reserve(JOB, 5).unwrap());
+        assert!(other.is_ok());
+        drop(first);
+        assert!(s.begin(JOB, &digest, s.reserve(JOB, 8).unwrap()).is_ok());
     }
 
     #[test]

@@ -2821,6 +2821,46 @@ fn a_retried_upload_of_a_stored_blob_sent_whole_gets_its_204_not_a_reset() {
     assert!(text.contains("is not the size of blob"), "{text}");
 }
 
+/// A retry of an upload whose first attempt the coordinator is still reading (the daemon
+/// lost the connection; the coordinator has not noticed yet) is answered `503`, which the
+/// daemon tries again, rather than reserved a second time (the room counted twice could
+/// refuse it for space, which the daemon does not retry). Once the first ends, the retry is
+/// answered as any other.
+#[test]
+fn a_retry_while_the_first_upload_of_a_blob_is_still_read_is_answered_503() {
+    let s = start();
+    let (runner, job) = leased_job(&s, "untrusted");
+    let body = vec![b'r'; 1 << 20];
+    let digest = sha(&body);
+    let path = format!("/v1/jobs/{job}/blobs/{digest}");
+    let head = |r: &TestRunner| {
+        format!(
+            "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+            body.len(),
+            header_lines(&put_headers(r, &path, &digest))
+        )
+    };
+    // The first attempt: half its body, then nothing for now.
+    let mut first = TcpStream::connect(s.addr).unwrap();
+    first.write_all(head(&runner).as_bytes()).unwrap();
+    first.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let line = send_whole_then_read(&s, &head(&runner), &body)
+        .unwrap_or_else(|e| panic!("the retry's connection failed before the answer: {e}"));
+    assert!(line.starts_with("HTTP/1.1 503"), "{line}");
+    // The first attempt ends (here: it completes); the retry is then answered 204.
+    first.write_all(&body[body.len() / 2..]).unwrap();
+    let got = read_until_closed(&mut first, Duration::from_secs(10)).unwrap();
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let line = send_whole_then_read(&s, &head(&runner), &body).unwrap();
+    assert!(line.starts_with("HTTP/1.1 204"), "{line}");
+    assert_eq!(stored_blobs(&s, &job), vec![digest]);
+}
+
 /// A large body sent fast and then stalled is cut when no byte came for the small routes'
 /// deadline (1 s here), not kept for the time the bytes it already sent earned it at the
 /// minimum rate (here 17 s), holding its memory, its share and its room in the budget.
