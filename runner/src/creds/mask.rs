@@ -56,6 +56,36 @@ impl Drop for Masker {
     }
 }
 
+/// The forms of `value` that are masked in a log and looked for in a saved cache alike: none
+/// for a value shorter than [`MIN_MASKED_LEN`], else those of [`encoded_forms`] at least that
+/// long. What [`Masker`] and [`Finder`] both take, so that they cannot drift apart.
+fn maskable_forms(value: &str) -> Vec<Vec<u8>> {
+    if value.len() < MIN_MASKED_LEN {
+        return Vec::new();
+    }
+    let mut forms = encoded_forms(value.as_bytes());
+    forms.retain_mut(|f| {
+        let keep = f.len() >= MIN_MASKED_LEN;
+        if !keep {
+            zeroize::Zeroize::zeroize(f);
+        }
+        keep
+    });
+    forms
+}
+
+/// For each byte, the indexes of the `patterns` that start with it, and the longest
+/// pattern's length: a position is compared only with the patterns starting with its byte.
+fn first_byte_index<'a>(patterns: impl Iterator<Item = &'a [u8]>) -> (Vec<Vec<usize>>, usize) {
+    let mut first = vec![Vec::new(); 256];
+    let mut longest = 0;
+    for (i, p) in patterns.enumerate() {
+        first[usize::from(p[0])].push(i);
+        longest = longest.max(p.len());
+    }
+    (first, longest)
+}
+
 /// Removes repeated values from sorted `secrets`, zeroing each copy it removes.
 fn dedup_zeroing(secrets: &mut Vec<Vec<u8>>) {
     secrets.dedup_by(|later, earlier| {
@@ -79,21 +109,10 @@ impl Masker {
     /// others before the job can have read them.
     pub fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
         let mut secrets = std::mem::take(&mut self.secrets);
-        secrets.extend(
-            values
-                .into_iter()
-                .filter(|v| v.len() >= MIN_MASKED_LEN)
-                .flat_map(|v| encoded_forms(v.as_bytes()))
-                .filter(|v| v.len() >= MIN_MASKED_LEN),
-        );
+        secrets.extend(values.into_iter().flat_map(maskable_forms));
         secrets.sort();
         dedup_zeroing(&mut secrets);
-        let mut first = vec![Vec::new(); 256];
-        for (i, s) in secrets.iter().enumerate() {
-            first[usize::from(s[0])].push(i);
-        }
-        self.longest = secrets.iter().map(Vec::len).max().unwrap_or(0);
-        self.first = first;
+        (self.first, self.longest) = first_byte_index(secrets.iter().map(Vec::as_slice));
         self.secrets = secrets;
     }
 
@@ -219,7 +238,8 @@ impl Finder {
     pub fn new<'a>(values: impl IntoIterator<Item = (&'a str, &'a str)>) -> Finder {
         let mut f = Finder::default();
         for (name, value) in values {
-            if value.len() < MIN_MASKED_LEN {
+            let forms = maskable_forms(value);
+            if forms.is_empty() {
                 continue;
             }
             let index = match f.names.iter().position(|n| n == name) {
@@ -229,20 +249,15 @@ impl Finder {
                     f.names.len() - 1
                 }
             };
-            for form in encoded_forms(value.as_bytes()) {
-                if form.len() >= MIN_MASKED_LEN && !f.forms.iter().any(|(s, _)| *s == form) {
-                    f.forms.push((form, index));
-                } else {
-                    let mut form = form;
+            for mut form in forms {
+                if f.forms.iter().any(|(s, _)| *s == form) {
                     zeroize::Zeroize::zeroize(&mut form);
+                } else {
+                    f.forms.push((form, index));
                 }
             }
         }
-        f.first = vec![Vec::new(); 256];
-        for (i, (s, _)) in f.forms.iter().enumerate() {
-            f.first[usize::from(s[0])].push(i);
-        }
-        f.longest = f.forms.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+        (f.first, f.longest) = first_byte_index(f.forms.iter().map(|(s, _)| s.as_slice()));
         f
     }
 
