@@ -1457,7 +1457,7 @@ async fn receive_upload(
 /// answer).
 async fn read_upload_body(
     c: &Shared,
-    mut body: Body,
+    body: Body,
     tx: Option<&tokio::sync::mpsc::Sender<Bytes>>,
 ) -> Option<ApiError> {
     let pace = intake::Pace {
@@ -1465,42 +1465,16 @@ async fn read_upload_body(
         paced: true,
         idle: c.upload_idle,
     };
-    let start = tokio::time::Instant::now();
-    let mut last = start;
-    let mut got = 0u64;
+    let announced = body.size_hint().exact().unwrap_or(0);
+    let mut paced = intake::Paced::new(body, pace, announced);
     loop {
-        let frame = tokio::time::timeout_at(
-            pace.cut_at(start, got).min(pace.idle_at(last)),
-            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
-        )
-        .await;
-        match frame {
-            Err(_) => {
-                return Some(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "upload too slow: no byte for {} s, or under {} KiB/s on average after \
-                         its first {} s",
-                        c.upload_idle.as_secs(),
-                        control::MIN_BODY_RATE >> 10,
-                        UPLOAD_GRACE.as_secs()
-                    ),
-                ))
-            }
+        match paced.next().await {
+            Err(cut) => return Some(cut),
             Ok(None) => return None,
-            Ok(Some(Err(e))) => {
-                return Some(ApiError::bad_request(format!("reading the body: {e}")))
-            }
-            Ok(Some(Ok(frame))) => {
-                if let Ok(chunk) = frame.into_data() {
-                    if !chunk.is_empty() {
-                        last = tokio::time::Instant::now();
-                    }
-                    got = got.saturating_add(chunk.len() as u64);
-                    if let Some(tx) = tx {
-                        if tx.send(chunk).await.is_err() {
-                            return None;
-                        }
+            Ok(Some(chunk)) => {
+                if let Some(tx) = tx {
+                    if tx.send(chunk).await.is_err() {
+                        return None;
                     }
                 }
             }

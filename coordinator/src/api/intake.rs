@@ -659,37 +659,74 @@ impl Pace {
     }
 }
 
+/// A body read chunk by chunk at a [`Pace`]: each chunk as it arrives, or why the body was
+/// cut (it idled, or fell behind the rate; `announced` bytes long, for the message).
+pub(super) struct Paced {
+    body: Body,
+    pace: Pace,
+    announced: u64,
+    start: tokio::time::Instant,
+    last: tokio::time::Instant,
+    got: u64,
+}
+
+impl Paced {
+    /// Starts reading `body` now.
+    pub fn new(body: Body, pace: Pace, announced: u64) -> Paced {
+        let start = tokio::time::Instant::now();
+        Paced {
+            body,
+            pace,
+            announced,
+            start,
+            last: start,
+            got: 0,
+        }
+    }
+
+    /// The next chunk of data (`None` at the body's end), or the refusal of a body that
+    /// idled or fell behind, or could not be read.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
+        loop {
+            let behind = self.pace.cut_at(self.start, self.got);
+            let idle = self.pace.idle_at(self.last);
+            let body = &mut self.body;
+            let next = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+            let frame = match tokio::time::timeout_at(behind.min(idle), next).await {
+                Err(_) if idle < behind => return Err(self.pace.too_idle()),
+                Err(_) => return Err(self.pace.too_slow(self.announced)),
+                Ok(None) => return Ok(None),
+                Ok(Some(frame)) => {
+                    frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
+                }
+            };
+            // Trailers and other frames carry no data: read on.
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    self.last = tokio::time::Instant::now();
+                }
+                self.got = self.got.saturating_add(data.len() as u64);
+                return Ok(Some(data));
+            }
+        }
+    }
+}
+
 /// Reads `body` whole: at most `limit` bytes, at the `pace` asked. Memory grows with what
 /// arrives, never with what is announced.
-async fn read_body(mut body: Body, limit: usize, pace: Pace) -> Result<Bytes, ApiError> {
+async fn read_body(body: Body, limit: usize, pace: Pace) -> Result<Bytes, ApiError> {
     let announced = body
         .size_hint()
         .exact()
         .unwrap_or(limit as u64)
         .min(limit as u64);
-    let start = tokio::time::Instant::now();
-    let mut last = start;
+    let mut paced = Paced::new(body, pace, announced);
     let mut got = Vec::new();
-    loop {
-        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
-        let behind = pace.cut_at(start, got.len() as u64);
-        let idle = pace.idle_at(last);
-        let frame = match tokio::time::timeout_at(behind.min(idle), next).await {
-            Err(_) if idle < behind => return Err(pace.too_idle()),
-            Err(_) => return Err(pace.too_slow(announced)),
-            Ok(None) => return Ok(Bytes::from(got)),
-            Ok(Some(frame)) => {
-                frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
-            }
-        };
-        if let Ok(data) = frame.into_data() {
-            if !data.is_empty() {
-                last = tokio::time::Instant::now();
-            }
-            if got.len() + data.len() > limit {
-                return Err(over_limit(limit));
-            }
-            got.extend_from_slice(&data);
+    while let Some(data) = paced.next().await? {
+        if got.len() + data.len() > limit {
+            return Err(over_limit(limit));
         }
+        got.extend_from_slice(&data);
     }
+    Ok(Bytes::from(got))
 }
