@@ -1435,6 +1435,63 @@ fn the_operator_cancels_a_queued_job_before_it_runs_and_a_running_one_mid_step()
     );
 }
 
+/// A job whose lease the coordinator no longer holds for its runner (here: ended behind the
+/// daemon's back, as when fetching its inputs outran the lease, or the runner's clock lags the
+/// coordinator's) is stopped at the next heartbeat: it does not run on, with whatever
+/// credentials it holds, where nothing of it will be taken.
+#[test]
+fn a_running_job_whose_lease_the_coordinator_ended_is_stopped() {
+    let (env, c) = registered("cp-lease-gone");
+    let (repo, commit) = repo(&env);
+    let tag = bulwark_tests::random_hex(6);
+    let id = c.submit(
+        &git_job(
+            &repo,
+            &commit,
+            "outran",
+            &format!("echo started; m=lease; sh -c 'sleep 300' \"$m-{tag}\"; echo never"),
+        ),
+        "untrusted",
+    );
+    let mut daemon = Daemon::start(&env);
+    bulwark_tests::wait_for_process(&format!("lease-{tag}"), "the job", 60);
+    // The lease ends, by the coordinator's clock.
+    let db = rusqlite::Connection::open(c.state.join("coordinator.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE jobs SET lease_expires_at = 1 WHERE id = ?1",
+            rusqlite::params![id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !bulwark_tests::processes_with(&format!("lease-{tag}")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the job ran on after its lease ended\n{}",
+            daemon_log(&env)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = daemon_log(&env);
+    assert!(
+        log.contains("no longer holds this runner's lease on the job; stopping it"),
+        "{log}"
+    );
+    // The daemon goes on serving.
+    let next = c.submit(&git_job(&repo, &commit, "next", "sh build.sh"), "untrusted");
+    let j = c.wait_done(&next, 120);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{}",
+        daemon_log(&env)
+    );
+}
+
 #[test]
 fn stopping_the_daemon_finishes_and_reports_the_running_job_first() {
     let (env, c) = registered("cp-drain");

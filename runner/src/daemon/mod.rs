@@ -85,6 +85,48 @@ use registration::Identity;
 /// The longest wait between attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How long before its lease ends a job that is still running is stopped: time to report
+/// what ran while the coordinator still takes it. A lease lasts the job's timeout and ten
+/// minutes; the steps are held to the timeout by the run, but fetching the job's inputs
+/// comes before them and has timeouts of its own.
+const LEASE_END_MARGIN: Duration = Duration::from_secs(60);
+
+/// Why the daemon stopped a job before it ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// The operator cancelled it at the coordinator.
+    Cancelled,
+    /// Its lease is about to end (by this host's clock): nothing of it would be taken later.
+    LeaseEnding,
+    /// The coordinator no longer holds this runner's lease on it (the lease ended by its
+    /// clock, or the job was given up): nothing of it will be taken.
+    LeaseGone,
+}
+
+impl Stopped {
+    /// The reason `result.json` gives.
+    fn reason(self) -> &'static str {
+        match self {
+            Stopped::Cancelled => "cancelled by the operator while it ran",
+            Stopped::LeaseEnding => {
+                "stopped as its lease was about to end (the job's timeout plus ten minutes, \
+                 for fetching its inputs and running its steps): the coordinator would take \
+                 nothing of it afterwards"
+            }
+            Stopped::LeaseGone => {
+                "stopped: the coordinator no longer holds this runner's lease on it (its lease \
+                 ended, or the job was given up)"
+            }
+        }
+    }
+}
+
+/// How long from now until a job leased until `expires_at` (seconds since the epoch) is
+/// stopped, [`LEASE_END_MARGIN`] before its lease ends (zero when that is past).
+fn until_lease_ending(expires_at: u64, now: u64) -> Duration {
+    Duration::from_secs(expires_at.saturating_sub(now)).saturating_sub(LEASE_END_MARGIN)
+}
+
 /// Most bytes of a run's standard error kept to explain a refusal.
 const STDERR_TAIL: usize = 16 * 1024;
 
@@ -656,12 +698,21 @@ impl Daemon {
         );
         tokio::pin!(follow);
         let mut following = interval.is_some();
-        let cancelled = self.watch_cancel(lease);
-        tokio::pin!(cancelled);
+        // Cancelled by the operator, given up by the coordinator, or its lease about to end:
+        // whichever comes first stops the job (a job must not run on where its result
+        // cannot be taken, nor keep its credentials there).
+        let lease_ending = until_lease_ending(lease.expires_at, now_secs());
+        let stopping = async {
+            tokio::select! {
+                why = self.watch_cancel(lease) => why,
+                () = tokio::time::sleep(lease_ending) => Stopped::LeaseEnding,
+            }
+        };
+        tokio::pin!(stopping);
         let status = loop {
             tokio::select! {
                 status = child.wait() => break status.context("waiting for bulwark run")?,
-                () = &mut cancelled => {
+                why = &mut stopping => {
                     // Killing the run kills every job process (they die with it).
                     let _ = child.start_kill();
                     let status = child.wait().await.context("waiting for bulwark run")?;
@@ -672,20 +723,13 @@ impl Daemon {
                     if status.code().is_some() {
                         break status;
                     }
-                    tracing::info!(job_id = %lease.job_id, "job cancelled by the operator");
-                    salvage_log(&out);
-                    let mut logs = Vec::new();
-                    for name in bulwark_protocol::control::LOG_NAMES {
-                        logs.extend(hash_log(&out, name)?);
+                    tracing::info!(job_id = %lease.job_id, why = ?why, "job stopped while it ran");
+                    if why == Stopped::Cancelled {
+                        self.metrics.cancelled();
                     }
-                    self.metrics.cancelled();
                     return Ok(ResultReport {
-                        logs,
-                        ..synthetic_result(
-                            lease,
-                            "failed",
-                            "cancelled by the operator while it ran",
-                        )
+                        logs: logs_of_what_ran(&out)?,
+                        ..synthetic_result(lease, "failed", why.reason())
                     });
                 }
                 () = &mut follow, if following => following = false,
@@ -698,11 +742,14 @@ impl Daemon {
                     if level == Stop::Now {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
-                        return Ok(synthetic_result(
-                            lease,
-                            "runner-error",
-                            "the runner was stopped while the job ran (a second SIGTERM or SIGINT)",
-                        ));
+                        return Ok(ResultReport {
+                            logs: logs_of_what_ran(&out)?,
+                            ..synthetic_result(
+                                lease,
+                                "runner-error",
+                                "the runner was stopped while the job ran (a second SIGTERM or SIGINT)",
+                            )
+                        });
                     }
                 }
             }
@@ -724,11 +771,11 @@ impl Daemon {
     }
 
     /// Asks the coordinator every poll interval whether the operator cancelled the job, and
-    /// returns when it has. After a failed request it waits longer, doubling up to a minute
-    /// (an outage is not hammered by every running job); once the coordinator says the job
-    /// is not this runner's to ask about (`403`, `404`, `409`: its lease is over, say) it is
-    /// not asked again, and this never returns.
-    async fn watch_cancel(&self, lease: &Lease) {
+    /// returns when it has ([`Stopped::Cancelled`]), or when the coordinator says the job is
+    /// not this runner's to ask about (`403`, `404`, `409`: its lease is over by the
+    /// coordinator's clock, say; [`Stopped::LeaseGone`]). After a failed request it waits
+    /// longer, doubling up to a minute (an outage is not hammered by every running job).
+    async fn watch_cancel(&self, lease: &Lease) -> Stopped {
         let reg = &self.identity.registration;
         let target = format!("/v1/jobs/{}/heartbeat", lease.job_id);
         let mut wait = self.poll;
@@ -741,15 +788,15 @@ impl Daemon {
                 .await
             {
                 Ok(answer) => match serde_json::from_slice::<Heartbeat>(&answer.body) {
-                    Ok(Heartbeat { cancel: true }) => return,
+                    Ok(Heartbeat { cancel: true }) => return Stopped::Cancelled,
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat: not an answer of the protocol")
                     }
                 },
                 Err(e) if matches!(e.status(), Some(403 | 404 | 409)) => {
-                    tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat refused; the job can no longer be cancelled from the coordinator");
-                    std::future::pending::<()>().await;
+                    tracing::warn!(job_id = %lease.job_id, error = %e, "heartbeat refused: the coordinator no longer holds this runner's lease on the job; stopping it");
+                    return Stopped::LeaseGone;
                 }
                 Err(e) => {
                     wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
@@ -1469,6 +1516,17 @@ fn report_body(
 }
 
 /// A result for a job that never reached `bulwark run`'s own `result.json`.
+/// The logs of a run the daemon stopped: what it stored of `job.log` so far (salvaged from
+/// its partial file), hashed for upload.
+fn logs_of_what_ran(out: &Path) -> anyhow::Result<Vec<bulwark_protocol::control::LogFile>> {
+    salvage_log(out);
+    let mut logs = Vec::new();
+    for name in bulwark_protocol::control::LOG_NAMES {
+        logs.extend(hash_log(out, name)?);
+    }
+    Ok(logs)
+}
+
 fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
     ResultReport {
         result: serde_json::json!({
@@ -1550,6 +1608,16 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
 mod tests {
     use super::*;
     use sha2::Digest as _;
+
+    #[test]
+    fn a_job_is_stopped_a_minute_before_its_lease_ends() {
+        assert_eq!(
+            until_lease_ending(1_000 + 3_600, 1_000),
+            Duration::from_secs(3_540)
+        );
+        assert_eq!(until_lease_ending(1_030, 1_000), Duration::ZERO);
+        assert_eq!(until_lease_ending(900, 1_000), Duration::ZERO);
+    }
 
     #[test]
     fn job_directories_older_than_keep_outputs_are_removed_and_nothing_else() {
