@@ -152,6 +152,11 @@ pub use bulwark_protocol::terminal::visible_controls;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_partial_log_is_a_name_no_output_may_take() {
+        assert!(bulwark_protocol::RESERVED_OUTPUT_NAMES.contains(&PARTIAL_NAME));
+    }
     use std::io::Read;
 
     /// Copies all of `stream` into `<dir>/job.log` through a [`LogCapture`].

@@ -32,6 +32,9 @@ pub const RESERVED_OUTPUT_NAMES: &[&str] = &[
     "egress.log",
     "provenance.intoto.jsonl",
     "provenance.sigstore.json",
+    // The job log while the job runs (the runner's `joblog::PARTIAL_NAME`), renamed to
+    // `job.log` when it ends.
+    ".job.log.partial",
 ];
 
 /// Most `[[steps]]` in one job.

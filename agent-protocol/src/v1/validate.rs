@@ -548,6 +548,13 @@ fn check_outputs(outputs: &OutputsSpec, errors: &mut Errors) -> Vec<String> {
     patterns
 }
 
+/// The longest output pattern: a path a build names is far shorter, and matching costs the
+/// pattern's length for every entry walked.
+pub const MAX_OUTPUT_PATTERN_BYTES: usize = 1024;
+
+/// The most `**` components in one output pattern (`dist/**/lib/**/*.so` has two).
+pub const MAX_OUTPUT_DOUBLE_STARS: usize = 4;
+
 /// Checks one output pattern; returns it without any leading `./`.
 fn check_output_pattern(pattern: &str) -> Result<&str, String> {
     if pattern.is_empty() {
@@ -555,6 +562,18 @@ fn check_output_pattern(pattern: &str) -> Result<&str, String> {
     }
     if pattern.contains('\0') {
         return Err("must not contain NUL".to_owned());
+    }
+    if pattern.len() > MAX_OUTPUT_PATTERN_BYTES {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_OUTPUT_PATTERN_BYTES}",
+            pattern.len()
+        ));
+    }
+    if pattern.chars().any(char::is_control) {
+        return Err(format!(
+            "must not contain control characters, got {}",
+            quote(pattern)
+        ));
     }
     if pattern.starts_with('/') {
         return Err(format!(
@@ -584,6 +603,13 @@ fn check_output_pattern(pattern: &str) -> Result<&str, String> {
         if let Some(problem) = problem {
             return Err(format!("{problem}, got {}", quote(pattern)));
         }
+    }
+    let double_stars = rest.split('/').filter(|c| *c == "**").count();
+    if double_stars > MAX_OUTPUT_DOUBLE_STARS {
+        return Err(format!(
+            "has {double_stars} ** components; at most {MAX_OUTPUT_DOUBLE_STARS}, got {}",
+            quote(pattern)
+        ));
     }
     if is_reserved_output(rest) {
         let first = rest.split('/').next().unwrap_or(rest);
