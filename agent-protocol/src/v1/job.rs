@@ -273,7 +273,11 @@ pub struct StepSpec {
     /// Shell command, run with `/bin/sh -c` in `/workspace`.
     pub run: String,
     /// Extra environment; may not set the proxy variables.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "unique_keys",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env: BTreeMap<String, String>,
     /// Per-step timeout, at most the job's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,6 +319,39 @@ pub struct ValidatedJob {
     pub steps: Vec<ValidatedStep>,
     /// Output patterns with any leading `./` removed.
     pub output_patterns: Vec<String>,
+}
+
+/// A table of strings in which no key is given twice. TOML refuses a repeated key; JSON, as
+/// serde reads it, keeps the last: a spec sent as JSON with `{"A": "benign", "A": "evil"}`
+/// would mean one thing to a reader keeping the first and another to the runner.
+fn unique_keys<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = m.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate key {}",
+                        crate::error::quote(&k)
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// A validated step.

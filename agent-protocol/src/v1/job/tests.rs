@@ -102,6 +102,26 @@ fn json_specs_refuse_unknown_fields_too() {
 }
 
 #[test]
+fn a_key_given_twice_is_refused_in_json_as_in_toml() {
+    let err = JobSpec::from_json_str(
+        r#"{"version":1,"name":"a","steps":[{"name":"s","run":"true","env":{"A":"benign","A":"evil"}}]}"#,
+    )
+    .expect_err("duplicate");
+    assert!(err.to_string().contains(r#"duplicate key "A""#), "{err}");
+    let err = JobSpec::from_toml_str(
+        "version = 1\nname = \"a\"\n[[steps]]\nname = \"s\"\nrun = \"true\"\nenv = { A = \"x\", A = \"y\" }\n",
+    )
+    .expect_err("duplicate");
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+    // One of each is read as before.
+    let spec = JobSpec::from_json_str(
+        r#"{"version":1,"name":"a","steps":[{"name":"s","run":"true","env":{"A":"1","B":"2"}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(spec.steps[0].env.len(), 2);
+}
+
+#[test]
 fn another_version_is_named_even_when_it_uses_unknown_fields() {
     let err = JobSpec::from_toml_str("version = 2\nname = \"a\"\n[cache]\nkey = \"x\"\n")
         .expect_err("v2");
