@@ -1585,17 +1585,54 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
             ..synthetic_result(lease, status, &reason)
         });
     };
-    let result: serde_json::Value =
-        serde_json::from_slice(&result).context("the run's result.json is not JSON")?;
+    // What cannot be reported as the run wrote it is a runner error that still carries the
+    // logs (they say what ran), never a report lost with them.
+    let runner_error = |logs, reason: String| {
+        Ok(ResultReport {
+            logs,
+            ..synthetic_result(lease, "runner-error", &reason)
+        })
+    };
+    let result: serde_json::Value = match serde_json::from_slice(&result) {
+        Ok(r) => r,
+        Err(e) => {
+            return runner_error(
+                logs,
+                format!(
+                    "the run's result.json is not JSON ({e}; at most {MAX_BODY_BYTES} bytes are \
+                     read)"
+                ),
+            )
+        }
+    };
+    // The run writes a succeeding result.json before it signs the provenance: one that ended
+    // otherwise (killed, or exit 3 as signing failed) did not finish, whatever the file says.
+    if result["status"] == "succeeded" && code != Some(0) {
+        return runner_error(
+            logs,
+            format!(
+                "bulwark run ended with exit status {code:?} after writing a succeeding \
+                 result.json (it failed while signing or writing the provenance); its outputs \
+                 are not reported"
+            ),
+        );
+    }
     let provenance = match read("provenance.intoto.jsonl")? {
         None => None,
         Some(p) if p.len() > MAX_BODY_BYTES / 2 => {
-            bail!(
-                "provenance.intoto.jsonl is larger than {} bytes: too large to report",
-                MAX_BODY_BYTES / 2
+            return runner_error(
+                logs,
+                format!(
+                    "provenance.intoto.jsonl is larger than {} bytes: too large to report \
+                     (a job with very many outputs); its outputs are not reported",
+                    MAX_BODY_BYTES / 2
+                ),
             )
         }
-        Some(p) => Some(String::from_utf8(p).context("provenance.intoto.jsonl is not text")?),
+        Some(p) => match String::from_utf8(p) {
+            Ok(p) => Some(p),
+            Err(_) => return runner_error(logs, "provenance.intoto.jsonl is not text".to_owned()),
+        },
     };
     Ok(ResultReport {
         result,
@@ -1755,6 +1792,61 @@ mod tests {
         let none = collect(&lease, &dir.path().join("missing"), Some(2), b"").unwrap();
         assert!(none.logs.is_empty());
         assert_eq!(none.result["status"], "refused");
+    }
+
+    /// What the run left but cannot be reported as it stands is a runner error that keeps the
+    /// logs: a succeeding result.json from a run that did not finish (killed, or exit 3 as
+    /// signing failed: it is written before the provenance), a result.json cut short, a
+    /// provenance file too large to send.
+    #[test]
+    fn a_result_that_cannot_stand_is_a_runner_error_with_the_logs() {
+        let dir = crate::tools::testutil::TempDir::new("collect-stand");
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("job.log"), "built\n").unwrap();
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "job_id": "job-0123456789abcdef0123456789abcdef",
+            "trust": "trusted",
+            "expires_at": 1,
+            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
+        }))
+        .unwrap();
+        std::fs::write(out.join("result.json"), r#"{"status":"succeeded"}"#).unwrap();
+        for code in [None, Some(3), Some(1)] {
+            let r = collect(&lease, &out, code, b"").unwrap();
+            assert_eq!(r.result["status"], "runner-error", "{code:?}");
+            let why = r.result["reason"].as_str().unwrap();
+            assert!(
+                why.contains("after writing a succeeding result.json"),
+                "{why}"
+            );
+            assert_eq!(r.logs.len(), 1, "{code:?}");
+        }
+        assert_eq!(
+            collect(&lease, &out, Some(0), b"").unwrap().result["status"],
+            "succeeded"
+        );
+        std::fs::write(out.join("result.json"), r#"{"status":"succ"#).unwrap();
+        let r = collect(&lease, &out, Some(1), b"").unwrap();
+        assert_eq!(r.result["status"], "runner-error");
+        assert_eq!(r.logs.len(), 1);
+        std::fs::write(out.join("result.json"), r#"{"status":"succeeded"}"#).unwrap();
+        std::fs::write(
+            out.join("provenance.intoto.jsonl"),
+            vec![b'x'; MAX_BODY_BYTES / 2 + 1],
+        )
+        .unwrap();
+        let r = collect(&lease, &out, Some(0), b"").unwrap();
+        assert_eq!(r.result["status"], "runner-error");
+        assert!(
+            r.result["reason"]
+                .as_str()
+                .unwrap()
+                .contains("too large to report"),
+            "{}",
+            r.result
+        );
+        assert_eq!(r.logs.len(), 1);
     }
 
     #[test]
