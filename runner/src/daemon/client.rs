@@ -303,18 +303,8 @@ impl Client {
         runner_id: &str,
         key: &LocalKey,
     ) -> Result<Answer, ClientError> {
-        let req = self.http.post(self.url(path));
-        self.send_signed(
-            req,
-            "POST",
-            path,
-            "application/json",
-            body,
-            runner_id,
-            key,
-            None,
-        )
-        .await
+        self.post_signed_until(path, body, runner_id, key, None)
+            .await
     }
 
     /// [`Client::post_signed`] for a request made under a lease ending at `lease_end` (a
@@ -328,6 +318,19 @@ impl Client {
         key: &LocalKey,
         lease_end: u64,
     ) -> Result<Answer, ClientError> {
+        self.post_signed_until(path, body, runner_id, key, Some(lease_end))
+            .await
+    }
+
+    /// The two above: within the lease ending at `lease_end`, when given.
+    async fn post_signed_until(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        runner_id: &str,
+        key: &LocalKey,
+        lease_end: Option<u64>,
+    ) -> Result<Answer, ClientError> {
         let req = self.http.post(self.url(path));
         self.send_signed(
             req,
@@ -337,7 +340,7 @@ impl Client {
             body,
             runner_id,
             key,
-            Some(lease_end),
+            lease_end,
         )
         .await
     }

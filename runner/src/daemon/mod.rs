@@ -1646,6 +1646,17 @@ mod tests {
     use super::*;
     use sha2::Digest as _;
 
+    /// A lease of a one-step job, of `trust`, that ended long ago.
+    fn test_lease(trust: &str) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "job_id": "job-0123456789abcdef0123456789abcdef",
+            "trust": trust,
+            "expires_at": 1,
+            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn a_job_is_stopped_a_minute_before_its_lease_ends() {
         assert_eq!(
@@ -1727,13 +1738,7 @@ mod tests {
 
     #[test]
     fn a_report_too_large_to_send_becomes_a_runner_error_that_keeps_the_logs() {
-        let lease: Lease = serde_json::from_value(serde_json::json!({
-            "job_id": "job-0123456789abcdef0123456789abcdef",
-            "trust": "trusted",
-            "expires_at": 1,
-            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
-        }))
-        .unwrap();
+        let lease = test_lease("trusted");
         let logs = vec![LogFile {
             name: "job.log".into(),
             size: 14,
@@ -1770,13 +1775,7 @@ mod tests {
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
         std::fs::write(out.join("job.log"), "step 1\nKilled\n").unwrap();
-        let lease: Lease = serde_json::from_value(serde_json::json!({
-            "job_id": "job-0123456789abcdef0123456789abcdef",
-            "trust": "untrusted",
-            "expires_at": 1,
-            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
-        }))
-        .unwrap();
+        let lease = test_lease("untrusted");
         let report = collect(&lease, &out, Some(1), b"bulwark: the runner died\n").unwrap();
         assert_eq!(report.result["status"], "runner-error");
         assert_eq!(report.result["reason"], "the runner died");
@@ -1804,13 +1803,7 @@ mod tests {
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
         std::fs::write(out.join("job.log"), "built\n").unwrap();
-        let lease: Lease = serde_json::from_value(serde_json::json!({
-            "job_id": "job-0123456789abcdef0123456789abcdef",
-            "trust": "trusted",
-            "expires_at": 1,
-            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
-        }))
-        .unwrap();
+        let lease = test_lease("trusted");
         std::fs::write(out.join("result.json"), r#"{"status":"succeeded"}"#).unwrap();
         for code in [None, Some(3), Some(1)] {
             let r = collect(&lease, &out, code, b"").unwrap();
