@@ -330,7 +330,9 @@ impl Store {
     /// generation of the cache `name` of `scope` that a job of `trust` writes. `room` bounds
     /// the copy (the configuration's size and entry limits); so does the room left above the
     /// disk reserve on the store's filesystem once other saves in progress have theirs
-    /// ([`reserve`]). A cache over either is not saved, and the error says why.
+    /// ([`reserve`]). A cache over either is not saved, and the error says why. (The tests'
+    /// shorthand for [`Store::save_refusing`] with no credentials to refuse, which jobs call.)
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)] // which cache, whose, from where, bounds, saved by
     pub fn save(
         &self,
@@ -345,11 +347,13 @@ impl Store {
         self.save_refusing(scope, name, trust, src, room, job, invocation, None)
     }
 
-    /// [`Store::save`] of a job that was given credentials: with `refuse` (its values), a
-    /// tree holding any of them (in a file, a link target or a path; as issued, or in a form
+    /// Saves `src` (a job's cache directory, every process of the job gone) as the new
+    /// generation of the cache `name` of `scope` that a job of `trust` writes, within `room`
+    /// and the room above the disk reserve ([`reserve`]). For a job that was given
+    /// credentials, with `refuse` (their values), a tree holding any of them (in a file, a link target or a path; as issued, or in a form
     /// the log would mask) is not saved, the error naming the credential and the file, never
     /// the value. Nothing of it stays in the store, and `current` is not changed.
-    #[allow(clippy::too_many_arguments)] // as `save`, and the values it must not hold
+    #[allow(clippy::too_many_arguments)] // which cache, whose, from where, bounds, by, refused
     pub fn save_refusing(
         &self,
         scope: &str,

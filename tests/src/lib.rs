@@ -239,6 +239,11 @@ pub struct Started {
 }
 
 impl Started {
+    /// The pid of its `bulwark run`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for it and says what it did.
     pub fn finish(self) -> Run {
         Run::from_output(self.child.wait_with_output().unwrap(), self.out)

@@ -1186,19 +1186,9 @@ fn children_of(parent: u32) -> Vec<u32> {
 #[test]
 fn the_sandbox_helper_and_init_are_not_dumpable_while_the_job_runs() {
     use std::os::unix::fs::MetadataExt;
-    use std::process::Stdio;
     let env = Env::new("dumpable");
-    let (mut cmd, out) = env.command(
-        &one_step("dumpable", "sleep 1; echo STEP-RAN; sleep 4", ""),
-        &[],
-    );
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let runner = child.id();
+    let started = env.start(&one_step("dumpable", "sleep 1; echo STEP-RAN; sleep 4", ""));
+    let runner = started.pid();
     // The helper is the run's child; init the helper's; the step init's, once init is past
     // its own setup (which marks it non-dumpable).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1251,7 +1241,7 @@ fn the_sandbox_helper_and_init_are_not_dumpable_while_the_job_runs() {
             );
         }
     }
-    let r = bulwark_tests::Run::from_output(child.wait_with_output().unwrap(), out);
+    let r = started.finish();
     r.assert_code(0);
     assert!(r.log.contains("STEP-RAN"), "{r}");
 }

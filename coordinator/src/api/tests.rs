@@ -948,6 +948,15 @@ fn put_headers(r: &TestRunner, path: &str, digest: &str) -> Vec<(&'static str, S
 }
 
 /// Headers as lines, for a request written by hand.
+/// A request head (`request_line` like `PUT /path`) closing the connection after its answer,
+/// with a body of `len` bytes and `headers`.
+fn closing_head(request_line: &str, len: usize, headers: &[(&'static str, String)]) -> String {
+    format!(
+        "{request_line} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {len}\r\n{}\r\n",
+        header_lines(headers)
+    )
+}
+
 fn header_lines(headers: &[(&'static str, String)]) -> String {
     headers
         .iter()
@@ -2134,11 +2143,7 @@ fn a_client_sending_its_body_after_an_early_refusal_gets_the_refusal_not_a_reset
     );
     let no_digest = signing_headers(&runner.key, &runner.id, "POST", result, &sha(&body), None);
     for (what, headers) in [("forged", forged), ("no digest", no_digest)] {
-        let head = format!(
-            "POST {result} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-            body.len(),
-            header_lines(&headers)
-        );
+        let head = closing_head(&format!("POST {result}"), body.len(), &headers);
         let started = Instant::now();
         let status = send_whole_then_read(&s, &head, &body)
             .unwrap_or_else(|e| panic!("{what}: the connection failed before the answer: {e}"));
@@ -2192,11 +2197,7 @@ fn large_bodies_wait_for_room_in_their_budget() {
             &sha(&body),
             Some(&sha(&body)),
         );
-        format!(
-            "POST {result} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-            body.len(),
-            header_lines(&headers)
-        )
+        closing_head(&format!("POST {result}"), body.len(), &headers)
     };
     // The first passes the gate and holds its room while its body trickles.
     let mut first = TcpStream::connect(s.addr).unwrap();
@@ -2363,11 +2364,13 @@ fn the_request_deadline_spares_the_upload_route_not_a_path_that_looks_like_it() 
     let digest = sha(content);
     let path = format!("/v1/jobs/{job}/blobs/{digest}");
     let mut c = TcpStream::connect(s.addr).unwrap();
-    write!(
-        c,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-        content.len(),
-        header_lines(&put_headers(&runner, &path, &digest))
+    c.write_all(
+        closing_head(
+            &format!("PUT {path}"),
+            content.len(),
+            &put_headers(&runner, &path, &digest),
+        )
+        .as_bytes(),
     )
     .unwrap();
     let started = Instant::now();
@@ -2574,13 +2577,8 @@ fn a_runner_behind_by_nearly_the_allowed_skew_is_not_refused_after_its_body_arri
         (h::CONTENT_SHA256, sha(report)),
     ];
     let mut c = TcpStream::connect(s.addr).unwrap();
-    write!(
-        c,
-        "POST {result} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-        report.len(),
-        header_lines(&headers)
-    )
-    .unwrap();
+    c.write_all(closing_head(&format!("POST {result}"), report.len(), &headers).as_bytes())
+        .unwrap();
     // The body comes when the timestamp is more than 300 s old.
     std::thread::sleep(Duration::from_millis(2500));
     c.write_all(report).unwrap();
@@ -2614,13 +2612,8 @@ fn a_large_body_at_the_minimum_rate_is_read_though_it_outlasts_the_fixed_deadlin
         Some(&digest),
     );
     let mut c = TcpStream::connect(s.addr).unwrap();
-    write!(
-        c,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-        body.len(),
-        header_lines(&headers)
-    )
-    .unwrap();
+    c.write_all(closing_head(&format!("PUT {path}"), body.len(), &headers).as_bytes())
+        .unwrap();
     let started = Instant::now();
     for chunk in body.chunks(16 << 10) {
         c.write_all(chunk)
@@ -2723,10 +2716,10 @@ fn a_refused_upload_is_answered_with_its_status_not_a_reset() {
         ("forged", &forger, "HTTP/1.1 401"),
         ("not the lease holder", &other, "HTTP/1.1 403"),
     ] {
-        let head = format!(
-            "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        let head = closing_head(
+            &format!("PUT {path}"),
             body.len(),
-            header_lines(&put_headers(r, &path, &digest))
+            &put_headers(r, &path, &digest),
         );
         let started = Instant::now();
         let line = send_whole_then_read(&s, &head, &body)
@@ -2797,10 +2790,10 @@ fn a_retried_upload_of_a_stored_blob_sent_whole_gets_its_204_not_a_reset() {
     let a = upload(&s, &runner, &job, &digest, &body);
     assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
     let path = format!("/v1/jobs/{job}/blobs/{digest}");
-    let head = format!(
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+    let head = closing_head(
+        &format!("PUT {path}"),
         body.len(),
-        header_lines(&put_headers(&runner, &path, &digest))
+        &put_headers(&runner, &path, &digest),
     );
     let line = send_whole_then_read(&s, &head, &body)
         .unwrap_or_else(|e| panic!("the retry's connection failed before the answer: {e}"));
@@ -2809,11 +2802,13 @@ fn a_retried_upload_of_a_stored_blob_sent_whole_gets_its_204_not_a_reset() {
     // A "retry" announcing another length (1 GiB, trickled) is no retry of this blob: refused
     // before its body, not drained for as long as it likes to send.
     let mut c = TcpStream::connect(s.addr).unwrap();
-    write!(
-        c,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-        1u64 << 30,
-        header_lines(&put_headers(&runner, &path, &digest))
+    c.write_all(
+        closing_head(
+            &format!("PUT {path}"),
+            1usize << 30,
+            &put_headers(&runner, &path, &digest),
+        )
+        .as_bytes(),
     )
     .unwrap();
     c.write_all(&body[..4096]).unwrap();
@@ -2837,10 +2832,10 @@ fn a_retry_while_the_first_upload_of_a_blob_is_still_read_is_answered_503() {
     let digest = sha(&body);
     let path = format!("/v1/jobs/{job}/blobs/{digest}");
     let head = |r: &TestRunner| {
-        format!(
-            "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
+        closing_head(
+            &format!("PUT {path}"),
             body.len(),
-            header_lines(&put_headers(r, &path, &digest))
+            &put_headers(r, &path, &digest),
         )
     };
     // The first attempt: half its body, then nothing for now.
@@ -2887,13 +2882,8 @@ fn a_large_body_sent_fast_then_stalled_is_cut_after_the_idle_limit() {
         Some(&digest),
     );
     let mut c = TcpStream::connect(s.addr).unwrap();
-    write!(
-        c,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-        body.len(),
-        header_lines(&headers)
-    )
-    .unwrap();
+    c.write_all(closing_head(&format!("PUT {path}"), body.len(), &headers).as_bytes())
+        .unwrap();
     // All but the last byte, then nothing.
     c.write_all(&body[..body.len() - 1]).unwrap();
     let started = Instant::now();
@@ -3010,13 +3000,9 @@ fn the_same_large_body_head_twice_at_once_the_second_is_refused_before_its_body(
     );
     // The original: past the gate, holding room, its body not yet sent.
     let mut first = TcpStream::connect(s.addr).unwrap();
-    write!(
-        first,
-        "PUT {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n{}\r\n",
-        body.len(),
-        header_lines(&headers)
-    )
-    .unwrap();
+    first
+        .write_all(closing_head(&format!("PUT {path}"), body.len(), &headers).as_bytes())
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while budget.runners_in_flight() == 0 {
         assert!(Instant::now() < deadline, "the original never got its room");

@@ -907,6 +907,20 @@ fn finder() -> crate::creds::mask::Finder {
     crate::creds::mask::Finder::new([("aws-release", "AKIAIOSFODNN7EXAMPLE"), ("vault", TOKEN)])
 }
 
+/// Saves `src` as the trusted cache `name` of a job given [`finder`]'s credentials.
+fn save_trusted(store: &Store, name: &str, src: &Path) -> Result<Saved, String> {
+    store.save_refusing(
+        SCOPE,
+        name,
+        Trust::Trusted,
+        src,
+        Room::default(),
+        "build",
+        "inv",
+        Some(&finder()),
+    )
+}
+
 /// Nothing of a refused save is in the tier: no `current`, no generation, no `incoming-*`.
 fn tier_is_empty(store: &Store, scope: &str, name: &str, tier: Tier) -> bool {
     let dir = store.tier_dir(scope, name, tier);
@@ -946,18 +960,7 @@ fn a_cache_holding_a_credential_value_is_not_saved_and_the_reason_names_it_not_t
     for (case, path, contents) in cases {
         let job = fresh(t.path(), case);
         tree(&job, &[("ok", "nothing secret"), (path, &contents)]);
-        let err = store
-            .save_refusing(
-                SCOPE,
-                case,
-                Trust::Trusted,
-                &job,
-                Room::default(),
-                "build",
-                "inv",
-                Some(&finder()),
-            )
-            .unwrap_err();
+        let err = save_trusted(&store, case, &job).unwrap_err();
         assert!(
             err.contains(&format!(
                 "/cache/{case}/{path}: holds a value of the job's credential \"vault\""
@@ -981,33 +984,11 @@ fn a_cache_holding_a_credential_value_is_not_saved_and_the_reason_names_it_not_t
     // In a link's target, and in a path (named by its directory, never by the name).
     let job = fresh(t.path(), "link");
     symlink(format!("/x/{TOKEN}"), job.join("l")).unwrap();
-    let err = store
-        .save_refusing(
-            SCOPE,
-            "link",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv",
-            Some(&finder()),
-        )
-        .unwrap_err();
+    let err = save_trusted(&store, "link", &job).unwrap_err();
     assert!(err.contains("/cache/link/l: holds a value"), "{err}");
     let job = fresh(t.path(), "name");
     fs::create_dir_all(job.join("sub").join("AKIAIOSFODNN7EXAMPLE")).unwrap();
-    let err = store
-        .save_refusing(
-            SCOPE,
-            "name",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv",
-            Some(&finder()),
-        )
-        .unwrap_err();
+    let err = save_trusted(&store, "name", &job).unwrap_err();
     assert!(
         err.contains("/cache/name/sub: has an entry whose path holds a value of the job's credential \"aws-release\""),
         "{err}"
@@ -1019,18 +1000,7 @@ fn a_cache_holding_a_credential_value_is_not_saved_and_the_reason_names_it_not_t
     let (dir, file) = TOKEN.split_once('/').unwrap();
     fs::create_dir_all(job.join("sub2").join(dir)).unwrap();
     fs::write(job.join("sub2").join(dir).join(file), "x").unwrap();
-    let err = store
-        .save_refusing(
-            SCOPE,
-            "slashed",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv",
-            Some(&finder()),
-        )
-        .unwrap_err();
+    let err = save_trusted(&store, "slashed", &job).unwrap_err();
     assert!(
         err.contains("/cache/slashed/sub2: has an entry whose path holds"),
         "{err}"
@@ -1046,18 +1016,7 @@ fn a_cache_holding_a_credential_value_is_not_saved_and_the_reason_names_it_not_t
             ("big", &"y".repeat(300_000)),
         ],
     );
-    let saved = store
-        .save_refusing(
-            SCOPE,
-            "clean",
-            Trust::Trusted,
-            &job,
-            Room::default(),
-            "build",
-            "inv",
-            Some(&finder()),
-        )
-        .unwrap();
+    let saved = save_trusted(&store, "clean", &job).unwrap();
     assert_eq!(saved.files, 2);
     let dst = fresh(t.path(), "clean-pr");
     let restored = store

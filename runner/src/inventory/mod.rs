@@ -718,12 +718,15 @@ pub struct Answer {
     pub unknown_signer: usize,
 }
 
-/// Runs `query` over the index; an unreadable line is an error naming it.
+/// Runs `query` over the index; an unreadable line is an error naming it. (The tests'
+/// shorthand for [`answer`]'s hits.)
+#[cfg(test)]
 pub fn search(index: &Path, query: &Query) -> Result<Vec<Hit>> {
     answer(index, query).map(|a| a.hits)
 }
 
-/// [`search`], with the count of records whose signer is unknown.
+/// Runs `query` over the index (an unreadable line is an error naming it): the artifacts
+/// found, and with `--signer` the count of records whose signer is unknown.
 pub fn answer(index: &Path, query: &Query) -> Result<Answer> {
     let file = crate::fsutil::open_regular(index, false)
         .with_context(|| format!("opening the inventory {}", index.display()))?;
