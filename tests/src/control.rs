@@ -408,7 +408,11 @@ impl Daemon {
 
     /// Starts `cmd` (a daemon command, perhaps wrapped), its stderr to `daemon.log`.
     pub fn spawn(mut cmd: Command, env: &Env) -> Daemon {
+        use std::os::unix::process::CommandExt as _;
         let child = cmd
+            // Its own process group, as a shell with job control starts it: a terminal's
+            // Ctrl-C reaches that group (`stop_group`), never the tests.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(env.dir.join("daemon.log")).unwrap())
@@ -423,8 +427,19 @@ impl Daemon {
 
     /// Sends `sig` and waits up to `secs` for the daemon to exit; returns its exit code.
     pub fn stop(&mut self, sig: nix::sys::signal::Signal, secs: u64) -> Option<i32> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+        self.exit_within(sig, secs)
+    }
+
+    /// Sends `sig` to the daemon's whole process group, as a terminal does for Ctrl-C, and
+    /// waits up to `secs` for the daemon to exit; returns its exit code.
+    pub fn stop_group(&mut self, sig: nix::sys::signal::Signal, secs: u64) -> Option<i32> {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+        self.exit_within(sig, secs)
+    }
+
+    fn exit_within(&mut self, sig: nix::sys::signal::Signal, secs: u64) -> Option<i32> {
         let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(s) = child.try_wait().unwrap() {

@@ -1493,7 +1493,7 @@ fn a_running_job_whose_lease_the_coordinator_ended_is_stopped() {
 }
 
 #[test]
-fn stopping_the_daemon_finishes_and_reports_the_running_job_first() {
+fn a_ctrl_c_at_the_daemons_terminal_finishes_and_reports_the_running_job_first() {
     let (env, c) = registered("cp-drain");
     let (repo, commit) = repo(&env);
     let mut daemon = Daemon::start(&env);
@@ -1508,8 +1508,10 @@ fn stopping_the_daemon_finishes_and_reports_the_running_job_first() {
         "untrusted",
     );
     bulwark_tests::wait_for_process(&marker, "the job", 60);
+    // Ctrl-C at the terminal the daemon runs in: SIGINT to its whole process group. The
+    // daemon takes it as SIGTERM; its runs, in their own group, never see it.
     assert_eq!(
-        daemon.stop(nix::sys::signal::Signal::SIGTERM, 60),
+        daemon.stop_group(nix::sys::signal::Signal::SIGINT, 60),
         Some(0),
         "{}",
         daemon_log(&env)
@@ -1566,9 +1568,37 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
     assert_eq!(j["state"], "leased", "{j}");
     assert!(j.get("result").is_none() || j["result"].is_null(), "{j}");
     drop(daemon);
-    // The host recovers: a new daemon runs the next job (whose run also removes what the
-    // killed one left: its workspace, its cgroup).
+    // What the killed run left: its job directory (workspace) and its cgroups.
+    let runs = env.state.join("jobs");
+    let left: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let cgroups: Vec<std::path::PathBuf> = ["memory", "pids", ""]
+        .iter()
+        .map(|c| {
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("bulwark")
+                .join(&left[0])
+        })
+        .filter(|p| p.exists())
+        .collect();
+    assert!(!cgroups.is_empty(), "no cgroup of {:?} found", left[0]);
+    // The host recovers: a new daemon removes what the killed one's run left as it starts,
+    // before any job comes...
     let _daemon = Daemon::start(&env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon_log(&env).contains("cleaned up after 1 dead run") {
+        assert!(Instant::now() < deadline, "{}", daemon_log(&env));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+    for p in cgroups {
+        assert!(!p.exists(), "cgroup {} left behind", p.display());
+    }
+    // ...and runs the next job.
     let next = c.submit(
         &git_job(&repo, &commit, "after", "sh build.sh"),
         "untrusted",

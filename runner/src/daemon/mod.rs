@@ -35,8 +35,14 @@
 //! reported first. A second signal kills their runs at once (its job processes die with it) and reports
 //! the job as a runner error. A job leased while the stop was asked for is reported as not
 //! run; a second signal while a report is being retried gives the report up (the coordinator
-//! then records the job lost when its lease ends). One daemon per state directory (a lock
-//! file).
+//! then records the job lost when its lease ends). Each run is its own process group, so a
+//! Ctrl-C at the daemon's terminal (SIGINT to the foreground group) is the daemon's first
+//! signal, not its runs' death. One daemon per state directory (a lock file).
+//!
+//! Starting, the daemon removes what dead runs left in its state directory (job
+//! directories, cgroups, loop disks, as every `bulwark run` does before its own job): a
+//! daemon that crashed took its runs with it, and an idle host should not keep their
+//! workspaces until its next job.
 //!
 //! Jobs run side by side up to `[daemon] slots` (default 1), each its own `bulwark run` with
 //! its own uid lease, cgroup and job directory; the loop leases again as soon as a slot is
@@ -277,6 +283,19 @@ fn start(args: &Args) -> Result<Started> {
         Err(e) => {
             eprintln!("bulwark daemon: warning: preparing the delegated cgroup for jobs: {e}")
         }
+    }
+    // A daemon that crashed took its runs with it (`--parent-pid`), and they left their job
+    // directories, cgroups and loop disks behind: removed now rather than by the next job's
+    // run, which may be hours away (and after the move above, from the cgroup the runs start
+    // in, which finds their cgroups as they would). A failure is the next run's to refuse on.
+    match crate::job::clean_dead_runs(&loaded.config) {
+        Ok(cleaned) if !cleaned.is_empty() => eprintln!(
+            "bulwark daemon: cleaned up after {} dead run(s): {}",
+            cleaned.len(),
+            cleaned.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("bulwark daemon: warning: cleaning up after dead runs: {e}"),
     }
     Ok(Started {
         daemon: Daemon {
@@ -644,6 +663,10 @@ impl Daemon {
             })
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal the daemon runs in
+            // reaches the daemon alone, which finishes its jobs as for SIGTERM; sent to the
+            // runs too, it would kill them mid-job.
+            .process_group(0)
             .kill_on_drop(true);
         if handoff.is_some() {
             cmd.arg("--credentials-stdin");
@@ -728,7 +751,7 @@ impl Daemon {
                         self.metrics.cancelled();
                     }
                     return Ok(ResultReport {
-                        logs: logs_of_what_ran(&out)?,
+                        logs: off_the_loop(logs_of_what_ran, &out).await?,
                         ..synthetic_result(lease, "failed", why.reason())
                     });
                 }
@@ -743,7 +766,7 @@ impl Daemon {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
                         return Ok(ResultReport {
-                            logs: logs_of_what_ran(&out)?,
+                            logs: off_the_loop(logs_of_what_ran, &out).await?,
                             ..synthetic_result(
                                 lease,
                                 "runner-error",
@@ -767,7 +790,10 @@ impl Daemon {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         tracing::info!(job_id = %lease.job_id, status = ?status.code(), "job ended");
-        collect(lease, &out, status.code(), &tail)
+        let (lease, out, code) = (lease.clone(), out.clone(), status.code());
+        tokio::task::spawn_blocking(move || collect(&lease, &out, code, &tail))
+            .await
+            .context("collecting what the run left")?
     }
 
     /// Asks the coordinator every poll interval whether the operator cancelled the job, and
@@ -1515,7 +1541,15 @@ fn report_body(
     serde_json::to_vec(&synthetic_result(lease, "runner-error", &reason))
 }
 
-/// A result for a job that never reached `bulwark run`'s own `result.json`.
+/// `f(out)` on the runtime's blocking pool: reading and hashing a job's logs (up to the log
+/// cap each) must not hold up the loop that serves the other jobs' heartbeats and uploads.
+async fn off_the_loop<T: Send + 'static>(f: fn(&Path) -> Result<T>, out: &Path) -> Result<T> {
+    let out = out.to_path_buf();
+    tokio::task::spawn_blocking(move || f(&out))
+        .await
+        .context("reading the job's logs")?
+}
+
 /// The logs of a run the daemon stopped: what it stored of `job.log` so far (salvaged from
 /// its partial file), hashed for upload.
 fn logs_of_what_ran(out: &Path) -> anyhow::Result<Vec<bulwark_protocol::control::LogFile>> {
@@ -1527,6 +1561,7 @@ fn logs_of_what_ran(out: &Path) -> anyhow::Result<Vec<bulwark_protocol::control:
     Ok(logs)
 }
 
+/// A result for a job that never reached `bulwark run`'s own `result.json`.
 fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
     ResultReport {
         result: serde_json::json!({

@@ -755,16 +755,7 @@ impl JobRun<'_> {
             .start(std::process::Stdio::piped())
             .map_err(Stop::Refused)?;
         self.helper = Some(helper);
-        let reclaim = |record: &str, paths: &[PathBuf]| -> Result<(), String> {
-            let (Some(setup), Some(helper)) = (&subuid, &self.helper) else {
-                return Err("it ran in subuid mode, which this run is not configured for".into());
-            };
-            let ids = crate::subuid::from_record(setup, record).ok_or_else(|| {
-                format!("its subids record {record:?} names no id of this runner's range")
-            })?;
-            crate::subuid::hand_over(helper, &ids, HandTo::Runner, paths)
-        };
-        let cleaned = workspace::cleanup_stale(&dirs, &host.cgroups, &reclaim);
+        let cleaned = clean_after(&dirs, &host.cgroups, subuid.as_ref(), self.helper.as_ref());
         if !cleaned.is_empty() {
             eprintln!(
                 "bulwark: cleaned up after {} dead run(s): {}",
@@ -1355,6 +1346,57 @@ impl JobRun<'_> {
 
 /// The isolation mode `choice` (`limits.isolation`) means for a runner that is (or is not)
 /// root, or why it cannot be had.
+/// Removes what dead runs left in the state directory `dirs` (their cgroups, job directories,
+/// disks and proxy sockets; a subuid-mode run's files are first taken back from its job's
+/// ids through `helper`): what every run does before it prepares its own job. Returns the
+/// ids of the runs cleaned.
+fn clean_after(
+    dirs: &Dirs,
+    cgroups: &cgroup::Support,
+    subuid: Option<&crate::subuid::Setup>,
+    helper: Option<&crate::helper_process::HelperBinary>,
+) -> Vec<String> {
+    let reclaim = |record: &str, paths: &[PathBuf]| -> Result<(), String> {
+        let (Some(setup), Some(helper)) = (subuid, helper) else {
+            return Err("it ran in subuid mode, which this run is not configured for".into());
+        };
+        let ids = crate::subuid::from_record(setup, record).ok_or_else(|| {
+            format!("its subids record {record:?} names no id of this runner's range")
+        })?;
+        crate::subuid::hand_over(helper, &ids, HandTo::Runner, paths)
+    };
+    workspace::cleanup_stale(dirs, cgroups, &reclaim)
+}
+
+/// Removes what dead runs of this configuration left behind, as the next `bulwark run` would
+/// (see [`clean_after`]): `bulwark daemon` calls it when it starts, so that the workspaces,
+/// cgroups and loop disks of runs that died with a crashed daemon are not kept until the
+/// next job. A run still alive is left alone (its lock is held). Returns the ids of the runs
+/// cleaned; an error when the state directory or the subuid setup cannot be used (what each
+/// run would refuse on, too).
+pub fn clean_dead_runs(config: &Config) -> Result<Vec<String>, String> {
+    let dirs = Dirs::resolve(config).map_err(|e| format!("{e:#}"))?;
+    dirs.create().map_err(|e| format!("{e:#}"))?;
+    let root = config::is_root();
+    let subuid = match isolation_mode(config.limits.isolation, root)? {
+        IsolationMode::Subuid => Some(
+            crate::subuid::setup(config.limits.job_uids)
+                .map_err(|e| format!("limits.isolation = \"subuid\": {e}"))?,
+        ),
+        _ => None,
+    };
+    let helper = match subuid {
+        Some(_) => Some(crate::helper_process::HelperBinary::open()?),
+        None => None,
+    };
+    Ok(clean_after(
+        &dirs,
+        &cgroup::detect(),
+        subuid.as_ref(),
+        helper.as_ref(),
+    ))
+}
+
 pub(crate) fn isolation_mode(choice: IsolationChoice, root: bool) -> Result<IsolationMode, String> {
     match (choice, root) {
         (IsolationChoice::Auto | IsolationChoice::RootPerJobUid, true) => {
