@@ -107,12 +107,17 @@ impl Proxy {
         audit: bool,
         limits: ProxyLimits,
     ) -> Proxy {
-        let dir = bulwark_tests::TempDir::new(&format!("egress-{name}"));
         let hosts: BTreeMap<String, String> = hosts
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         let policy = EgressPolicy::new(allow, &hosts, audit, &[]).unwrap();
+        Proxy::with_policy(name, policy, limits)
+    }
+
+    /// A proxy for `policy` (which decides every address rule itself).
+    fn with_policy(name: &str, policy: EgressPolicy, limits: ProxyLimits) -> Proxy {
+        let dir = bulwark_tests::TempDir::new(&format!("egress-{name}"));
         // As `bulwark` does at start: the proxy runs in this process, and the clients, origins
         // and relays of the busier tests need more than an ordinary user's 1024 descriptors.
         egress::raise_descriptor_limit();
@@ -182,6 +187,9 @@ const HOSTS: &[(&str, &str)] = &[
     ("other.test", "127.0.0.1"),
     ("meta.test", "169.254.169.254"),
     ("private.test", "10.1.2.3"),
+    // A special range a connect never leaves this host for: Linux refuses a TCP connect to
+    // a multicast address itself (ENETUNREACH).
+    ("multicast.test", "224.0.0.1"),
 ];
 
 /// A GET through an established tunnel; returns the response body text.
@@ -900,27 +908,52 @@ fn audit_mode_allows_unlisted_hosts_and_suggest_lists_what_the_run_needed() {
         connect_timeout: Duration::from_millis(300),
         ..ProxyLimits::default()
     };
-    let mut p = Proxy::start("audit", &[], HOSTS, true, limits);
-    // Private addresses are allowed in audit mode (the connect itself fails here: no route
-    // or no server), loopback and metadata are not.
-    let (code, head, _) = p.tunnel("private.test:8080");
-    assert_ne!(code, 403, "{head}");
+    let hosts: BTreeMap<String, String> = HOSTS
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    // An untrusted job's audit: no private network beyond its list.
+    let untrusted = EgressPolicy::new(&[], &hosts, true, &[]).unwrap();
+    let mut p = Proxy::with_policy("audit-untrusted", untrusted, limits.clone());
+    for name in ["private.test:8080", "multicast.test:8080"] {
+        let (code, head, _) = p.tunnel(name);
+        assert_eq!(code, 403, "{name}: {head}");
+    }
+    let log = p.finish();
+    assert_eq!(log[0]["address"], "10.1.2.3", "{log:?}");
+    assert_eq!(log[1]["address"], "224.0.0.1", "{log:?}");
+    let trusted = EgressPolicy::new(&[], &hosts, true, &[])
+        .unwrap()
+        .reaching_private_in_audit(true);
+    let mut p = Proxy::with_policy("audit", trusted, limits);
+    // A trusted job's audit reaches the special ranges (the connect itself fails here, in
+    // this host's kernel); loopback and metadata it does not.
+    let (code, head, _) = p.tunnel("multicast.test:8080");
+    assert_eq!(code, 502, "{head}");
+    // The job is told the connect failed, not where the name led; the log says both.
+    assert!(
+        head.contains("connecting to multicast.test:8080 failed") && !head.contains("224.0"),
+        "{head}"
+    );
     assert_eq!(p.tunnel("allowed.test:80").0, 403);
     assert_eq!(p.tunnel("meta.test:80").0, 403);
     assert_eq!(p.tunnel("2130706433:80").0, 403);
     let log = p.finish();
-    let private = log.iter().find(|l| l["host"] == "private.test").unwrap();
-    assert_eq!(private["address"], "10.1.2.3");
-    let audit_note = private["reason"].as_str().unwrap();
-    assert!(audit_note.contains("audit mode"), "{audit_note}");
+    let special = log.iter().find(|l| l["host"] == "multicast.test").unwrap();
+    assert_eq!(special["address"], "224.0.0.1");
+    let audit_note = special["reason"].as_str().unwrap();
+    assert!(
+        audit_note.contains("audit mode") && audit_note.contains("224.0.0.1:8080"),
+        "{audit_note}"
+    );
     let suggested = egress::suggest(&p.log).unwrap();
     assert_eq!(
         suggested,
         [
-            "10.1.2.3:8080",
             "127.0.0.1:80",
+            "224.0.0.1:8080",
             "allowed.test:80",
-            "private.test:8080"
+            "multicast.test:8080"
         ]
     );
 }

@@ -432,6 +432,28 @@ fn audit_mode_logs_everything_refuses_metadata_and_loopback_and_is_recorded() {
     );
 }
 
+/// Audit mode takes an untrusted job beyond its list to the public internet only: a private
+/// network (here a special range a connect never leaves this host for, multicast) is judged
+/// as in enforcing mode; a trusted job's audit reaches it.
+#[test]
+fn an_untrusted_jobs_audit_stops_at_private_networks_and_a_trusted_jobs_does_not() {
+    let env = Env::new("net-audit-private");
+    env.write_config_sections(
+        "",
+        "[egress]\nallow_audit = true\naudit = true\nhosts = { \"multicast.test\" = \"224.0.0.1\" }\n",
+    );
+    let run = "echo \"code=$(curl -s -o /dev/null -w '%{http_code}' http://multicast.test:8080/)\"";
+    for (trust, code) in [("untrusted", "403"), ("trusted", "502")] {
+        let r = env.run_with(&one_step("auditprivate", run, ""), &["--trust", trust]);
+        r.assert_code(0);
+        assert_eq!(r.value("code"), code, "{trust}: {r}");
+        let lines = log_lines(&r);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["address"], "224.0.0.1", "{lines:?}");
+        assert!(r.stderr.contains("egress audit mode is on"), "{r}");
+    }
+}
+
 /// Audit mode refuses the host's own addresses beside loopback: the proxy runs in the host's
 /// network namespace, so its interface address (private or public) reaches the host's own
 /// services. Refused before any connect: no server is needed to tell.

@@ -11,8 +11,10 @@
 //!    IPv4-translated, NAT64 (`64:ff9b::/96`, `64:ff9b:1::/96`) and 6to4 form, are refused
 //!    always, in every mode;
 //! 2. in audit mode, the host's own loopback, the unspecified address (which reaches it) and
-//!    all of link-local (`169.254.0.0/16`, `fe80::/10`, in every form) are refused and
-//!    everything else is allowed, whatever the allow list says;
+//!    all of link-local (`169.254.0.0/16`, `fe80::/10`, in every form) are refused; a global
+//!    address is allowed whatever the allow list says, and so, for a trusted job only, is
+//!    every other special range (private networks, CGNAT, …); an untrusted job's special
+//!    addresses go on to rule 3, as in enforcing mode;
 //! 3. otherwise an address in a special range (loopback, private, link-local, CGNAT,
 //!    multicast, unspecified, broadcast, reserved, documentation, benchmarking; and the same
 //!    ranges embedded in an IPv6 form) is refused unless the allow list names that exact
@@ -46,6 +48,11 @@ pub struct EgressPolicy {
     allow: Vec<AllowEntry>,
     hosts: BTreeMap<String, IpAddr>,
     audit: bool,
+    /// In audit mode, whether the special ranges beyond the host's own (private networks,
+    /// CGNAT, reserved, …) are reached too, as the public internet is: only for a trusted
+    /// job ([`EgressPolicy::reaching_private_in_audit`]). Otherwise they stay as in enforcing
+    /// mode: reached only at an address the allow list names.
+    audit_private: bool,
     /// This host's own addresses (its interfaces' and `host.addresses`) when the policy was
     /// made ([`host_addresses`]).
     host_addresses: BTreeSet<IpAddr>,
@@ -248,8 +255,19 @@ impl EgressPolicy {
             allow,
             hosts,
             audit,
+            audit_private: false,
             host_addresses,
         }
+    }
+
+    /// In audit mode, lets the job reach private networks (and the other special ranges but
+    /// the host's own, link-local and the metadata addresses) at any address, as it may the
+    /// public internet: for a trusted job, whose audit is how an operator learns which
+    /// internal hosts a release build needs. An untrusted job in audit mode never gets this:
+    /// what it may probe beyond its list is the public internet, not the build network.
+    pub fn reaching_private_in_audit(mut self, yes: bool) -> EgressPolicy {
+        self.audit_private = yes;
+        self
     }
 
     /// Whether this policy runs in audit mode.
@@ -316,18 +334,24 @@ impl EgressPolicy {
             return Err(Denied::Forbidden { ip, range });
         }
         if self.audit {
-            return match special {
+            match special {
                 Some(range @ ("loopback" | "unspecified" | "link-local")) => {
-                    Err(Denied::Forbidden { ip, range })
+                    return Err(Denied::Forbidden { ip, range })
                 }
                 // The host's own addresses, whatever their range (a private interface
                 // address, a `docker0` bridge), reach its own services: refused as loopback.
-                _ if is_host_address(ip, &self.host_addresses) => Err(Denied::Forbidden {
-                    ip,
-                    range: HOST_OWN,
-                }),
-                _ => Ok(()),
-            };
+                _ if is_host_address(ip, &self.host_addresses) => {
+                    return Err(Denied::Forbidden {
+                        ip,
+                        range: HOST_OWN,
+                    })
+                }
+                None => return Ok(()),
+                Some(_) if self.audit_private => return Ok(()),
+                // An untrusted job's audit reaches the public internet only: a private
+                // address is judged as in enforcing mode, below.
+                Some(_) => {}
+            }
         }
         let Some(range) = special else {
             return Ok(());
@@ -713,15 +737,31 @@ mod tests {
 
     #[test]
     fn audit_mode_allows_all_but_metadata_and_loopback() {
-        let p = policy(&[], &[], true);
-        match p.decide("anything.example", 8080) {
-            Decision::Resolve { reason, .. } => assert!(reason.contains("audit mode"), "{reason}"),
-            other => panic!("{other:?}"),
+        let trusted = policy(&[], &[], true).reaching_private_in_audit(true);
+        let untrusted = policy(&["10.0.0.2:80"], &[], true);
+        for p in [&trusted, &untrusted] {
+            match p.decide("anything.example", 8080) {
+                Decision::Resolve { reason, .. } => {
+                    assert!(reason.contains("audit mode"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(p.check_address("x", sa("93.184.216.34:80")), Ok(()));
+            assert!(p.check_address("x", sa("127.0.0.1:80")).is_err());
+            assert!(p.check_address("x", sa("[::ffff:127.0.0.1]:80")).is_err());
+            assert!(p.check_address("x", sa("0.0.0.0:80")).is_err());
         }
-        assert_eq!(p.check_address("x", sa("10.0.0.1:80")), Ok(()));
-        assert!(p.check_address("x", sa("127.0.0.1:80")).is_err());
-        assert!(p.check_address("x", sa("[::ffff:127.0.0.1]:80")).is_err());
-        assert!(p.check_address("x", sa("0.0.0.0:80")).is_err());
+        // A private network: a trusted job's audit reaches it; an untrusted job's only where
+        // its list names the address.
+        assert_eq!(trusted.check_address("x", sa("10.0.0.1:80")), Ok(()));
+        assert_eq!(
+            untrusted.check_address("x", sa("10.0.0.1:80")),
+            Err(Denied::Forbidden {
+                ip: "10.0.0.1".parse().unwrap(),
+                range: "private"
+            })
+        );
+        assert_eq!(untrusted.check_address("x", sa("10.0.0.2:80")), Ok(()));
     }
 
     #[test]
@@ -758,7 +798,25 @@ mod tests {
             assert_eq!(special_range(ip.parse().unwrap()), range, "{ip}");
         }
         let enforcing = policy(&["a.test:80", "192.0.2.1:80"], &[], false);
-        let audit = policy(&[], &[], true);
+        let audit = policy(&[], &[], true).reaching_private_in_audit(true);
+        // An untrusted job's audit: the public internet beyond the list, special ranges only
+        // where listed (192.0.2.1 is).
+        let untrusted_audit = policy(&["192.0.2.1:80"], &[], true);
+        for (ip, range) in table {
+            let addr = SocketAddr::new(ip.parse().unwrap(), 80);
+            let verdict = untrusted_audit.check_address("a.test", addr);
+            match range {
+                Some(range) if ip != "192.0.2.1" => assert_eq!(
+                    verdict,
+                    Err(Denied::Forbidden {
+                        ip: addr.ip(),
+                        range
+                    }),
+                    "untrusted audit {ip}"
+                ),
+                _ => assert_eq!(verdict, Ok(()), "untrusted audit {ip}"),
+            }
+        }
         for (ip, range) in table {
             let addr = SocketAddr::new(ip.parse().unwrap(), 80);
             let verdict = enforcing.check_address("a.test", addr);
@@ -972,18 +1030,22 @@ mod tests {
             make(&["a.test:22", "93.184.216.34:22"], false).check_address("a.test", public),
             Ok(())
         );
-        let audit = make(&[], true);
-        for addr in [public, mapped, private] {
-            assert_eq!(
-                audit.check_address("a.test", addr),
-                Err(Denied::Forbidden {
-                    ip: addr.ip(),
-                    range: HOST_OWN
-                }),
-                "{addr}"
-            );
+        for audit in [
+            make(&[], true),
+            make(&[], true).reaching_private_in_audit(true),
+        ] {
+            for addr in [public, mapped, private] {
+                assert_eq!(
+                    audit.check_address("a.test", addr),
+                    Err(Denied::Forbidden {
+                        ip: addr.ip(),
+                        range: HOST_OWN
+                    }),
+                    "{addr}"
+                );
+            }
+            assert_eq!(audit.check_address("a.test", other), Ok(()));
         }
-        assert_eq!(audit.check_address("a.test", other), Ok(()));
         let entry = vec![AllowEntry::parse("93.184.216.34:22").unwrap()];
         let err = check_ceiling(&entry, &[CeilingEntry::Any], &own).unwrap_err();
         assert!(err.contains("host's own"), "{err}");

@@ -587,19 +587,33 @@ async fn resolve_and_connect(
             });
         }
     }
-    let mut last = String::new();
+    let mut last = (String::new(), String::new());
     for addr in candidates {
         attempt.address = Some(addr.ip());
-        match tokio::time::timeout(limits.connect_timeout, connect_upstream(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, reason));
-            }
-            Ok(Err(e)) => last = format!("connecting to {addr}: {e}"),
-            Err(_) => last = format!("connecting to {addr} timed out"),
-        }
+        let failed =
+            match tokio::time::timeout(limits.connect_timeout, connect_upstream(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, reason));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+        // The job is told what failed, not where a name led (as for a refusal above).
+        let told = if resolved {
+            format!("connecting to {name}:{port} failed: {failed}")
+        } else {
+            format!("connecting to {addr} failed: {failed}")
+        };
+        last = (told, format!("connecting to {addr} failed: {failed}"));
     }
-    Err(refusal(502, last))
+    // The log keeps the address, and why the connection was tried (in audit mode, the
+    // verdict enforcing mode would have given), beside why it failed.
+    let (told, logged) = last;
+    Err(Refusal {
+        detail: Some(format!("{logged} ({reason})")),
+        ..refusal(502, told)
+    })
 }
 
 /// The receive and send buffer asked for on each upstream socket (module docs): at a 20 ms

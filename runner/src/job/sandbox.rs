@@ -100,7 +100,12 @@ impl JobRun<'_> {
             return Ok(None);
         }
         if audit {
-            eprintln!("bulwark: warning: egress audit mode is on (egress.audit): this job may connect anywhere but the metadata addresses and this host's loopback; every connection is logged and recorded in result.json and provenance");
+            let reach = if self.args.trust == bulwark_protocol::Trust::Trusted {
+                "anywhere but the metadata addresses, link-local and this host's own addresses"
+            } else {
+                "any public address (private networks only where its allow list names the address)"
+            };
+            eprintln!("bulwark: warning: egress audit mode is on (egress.audit): this job may connect to {reach}; every connection is logged and recorded in result.json and provenance");
         }
         let refuse = |what: &str, e: &dyn std::fmt::Display| {
             Stop::Refused(format!("egress proxy: {what}: {e}"))
@@ -121,7 +126,8 @@ impl JobRun<'_> {
             audit,
             &self.config.host.addresses,
         )
-        .map_err(|e| refuse("policy", &e))?;
+        .map_err(|e| refuse("policy", &e))?
+        .reaching_private_in_audit(self.args.trust == bulwark_protocol::Trust::Trusted);
         let socket = dir.join("egress.sock");
         // Bound through a descriptor of its directory: a unix socket's path may hold at most
         // 107 bytes, and `<runtime>/jobs/<job id>/egress.sock` is longer than that for a job
