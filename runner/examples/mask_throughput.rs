@@ -1,12 +1,14 @@
 //! Throughput of the job log's secret masking (`creds::mask::Masker`), against copying the
-//! same stream unmasked, in one run. Run by `bench/mask.sh`; results in docs/benchmarks.md.
+//! same stream unmasked, in one run; and of looking for the same credentials in a cache being
+//! saved (`creds::mask::Finder`, over the log without them: a clean cache is read to its
+//! end). Run by `bench/mask.sh`; results in docs/benchmarks.md.
 //!
 //!   cargo run --release -p bulwark-runner --example mask_throughput -- [MiB] [secrets]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Instant;
 
-use bulwark_runner::creds::mask::Masker;
+use bulwark_runner::creds::mask::{Finder, Masker};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -63,9 +65,20 @@ fn main() {
         std::hint::black_box(&out);
         out.len()
     });
+    let clean: Vec<u8> = line.as_bytes().repeat(log.len() / line.len());
+    let (find, found) = time(&mut || {
+        let finder = Finder::new(secrets.iter().map(|s| ("cred", s.as_str())));
+        let mut scan = finder.scan();
+        clean
+            .chunks(chunk)
+            .filter(|c| scan.feed(c).is_some())
+            .count()
+    });
+    assert_eq!(found, 0);
     let mb = log.len() as f64 / 1e6;
+    let find_mb_s = clean.len() as f64 / 1e6 / find;
     println!(
-        "{{\"bytes\": {}, \"secrets\": {n_secrets}, \"printed\": {k}, \"copy_mb_s\": {:.0}, \"mask_mb_s\": {:.0}, \"ratio\": {:.3}, \"copied\": {copied}, \"masked\": {masked}}}",
+        "{{\"bytes\": {}, \"secrets\": {n_secrets}, \"printed\": {k}, \"copy_mb_s\": {:.0}, \"mask_mb_s\": {:.0}, \"ratio\": {:.3}, \"find_mb_s\": {find_mb_s:.0}, \"copied\": {copied}, \"masked\": {masked}}}",
         log.len(),
         mb / copy,
         mb / mask,

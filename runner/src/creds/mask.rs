@@ -27,12 +27,8 @@ pub const MASK: &[u8] = b"***";
 #[derive(Default)]
 pub struct Masker {
     secrets: Vec<Vec<u8>>,
-    /// For each byte, the secrets that start with it: a position is compared only with those
-    /// (none, for most of a log), which is what keeps masking fast with many values (each
-    /// credential brings its encoded forms, whose base64 alphabet starts at most bytes).
-    first: Vec<Vec<usize>>,
-    /// The longest secret's length.
-    longest: usize,
+    /// The secrets by their first bytes ([`PrefixIndex`]).
+    index: PrefixIndex,
     /// Held back: could be the start of a secret.
     pending: Vec<u8>,
     /// How many leading bytes of `pending` an occurrence already seen covers.
@@ -74,16 +70,165 @@ fn maskable_forms(value: &str) -> Vec<Vec<u8>> {
     forms
 }
 
-/// For each byte, the indexes of the `patterns` that start with it, and the longest
-/// pattern's length: a position is compared only with the patterns starting with its byte.
-fn first_byte_index<'a>(patterns: impl Iterator<Item = &'a [u8]>) -> (Vec<Vec<usize>>, usize) {
-    let mut first = vec![Vec::new(); 256];
-    let mut longest = 0;
-    for (i, p) in patterns.enumerate() {
-        first[usize::from(p[0])].push(i);
-        longest = longest.max(p.len());
+/// How many bytes of a pattern's start [`PrefixIndex`] keys on; every pattern is at least
+/// [`MIN_MASKED_LEN`] long, so every pattern has them.
+const KEY_LEN: usize = 4;
+const _: () = assert!(MIN_MASKED_LEN >= KEY_LEN);
+
+/// Buckets of [`PrefixIndex`] (a power of two).
+const BUCKETS: usize = 1 << 16;
+
+/// The patterns by a hash of their first [`KEY_LEN`] bytes: a position of the scanned bytes
+/// is compared only with the patterns in its bucket. With a few thousand patterns (a day-long
+/// job's refreshed credentials, each with its encoded forms, most starting with base64
+/// characters that most log bytes are) that is almost always none, and rarely more than
+/// one: the cost of a scan no longer grows with the number of values. (Keyed on the first
+/// byte alone, as before, a position was compared with a fiftieth of all the patterns.)
+/// Offsets into one array rather than a map of vectors: two allocations, not 65,536.
+///
+/// Why not the `aho-corasick` crate: its automaton holds the patterns (the credentials), as
+/// its states' transitions and as its prefilters' copies, in memory that nothing zeroes when
+/// it is dropped, where [`Masker`] and [`Finder`]
+/// zero theirs. This index holds pattern numbers only; the patterns stay in their owner's
+/// zeroed storage.
+///
+/// Two filters come first, both small enough to stay in the CPU's first-level cache while a
+/// log streams through: whether any pattern starts with the position's two bytes (a bit per
+/// pair, 8 KiB: with a few credentials, almost no position passes), then whether the
+/// position's bucket holds any pattern (a bit per bucket, 8 KiB). Only a position that
+/// passes both reads the 256 KiB of offsets.
+#[derive(Default)]
+struct PrefixIndex {
+    /// For each byte, whether some pattern starts with it (256 bits).
+    first: [u64; 4],
+    /// For each pair of bytes, whether some pattern starts with it (65,536 bits).
+    pairs: Vec<u64>,
+    /// For each bucket, whether it holds a pattern (`BUCKETS` bits).
+    occupied: Vec<u64>,
+    /// Where each bucket's pattern indexes start in `ids` (`BUCKETS + 1` entries), or empty
+    /// when there are no patterns.
+    starts: Vec<u32>,
+    ids: Vec<u32>,
+    /// The longest pattern's length.
+    longest: usize,
+}
+
+impl PrefixIndex {
+    fn new<'a>(patterns: impl Iterator<Item = &'a [u8]> + Clone) -> PrefixIndex {
+        let mut counts = vec![0u32; BUCKETS + 1];
+        let mut first = [0u64; 4];
+        let mut pairs = vec![0u64; 1 << 10];
+        let mut occupied = vec![0u64; BUCKETS / 64];
+        let mut longest = 0;
+        for p in patterns.clone() {
+            let b = bucket(p);
+            counts[b] += 1;
+            occupied[b / 64] |= 1 << (b % 64);
+            first[usize::from(p[0] / 64)] |= 1 << (p[0] % 64);
+            let pair = pair(p);
+            pairs[pair / 64] |= 1 << (pair % 64);
+            longest = longest.max(p.len());
+        }
+        if longest == 0 {
+            return PrefixIndex::default();
+        }
+        // Counts to starts (a prefix sum), then each index placed at its bucket's next slot.
+        let mut starts = vec![0u32; BUCKETS + 1];
+        for b in 0..BUCKETS {
+            starts[b + 1] = starts[b] + counts[b];
+        }
+        let mut next = starts.clone();
+        let mut ids = vec![0u32; starts[BUCKETS] as usize];
+        for (i, p) in patterns.enumerate() {
+            let b = bucket(p);
+            ids[next[b] as usize] = i as u32;
+            next[b] += 1;
+        }
+        PrefixIndex {
+            first,
+            pairs,
+            occupied,
+            starts,
+            ids,
+            longest,
+        }
     }
-    (first, longest)
+
+    /// The indexes of the patterns that may start at `at` (which holds at least
+    /// [`KEY_LEN`] bytes).
+    /// Whether some pattern starts with `byte`.
+    #[inline]
+    fn may_start(&self, byte: u8) -> bool {
+        self.first[usize::from(byte / 64)] & (1 << (byte % 64)) != 0
+    }
+
+    #[inline]
+    fn candidates(&self, at: &[u8]) -> &[u32] {
+        if self.first[usize::from(at[0] / 64)] & (1 << (at[0] % 64)) == 0 {
+            return &[];
+        }
+        let pair = pair(at);
+        if self.pairs[pair / 64] & (1 << (pair % 64)) == 0 {
+            return &[];
+        }
+        let b = bucket(at);
+        if self.occupied[b / 64] & (1 << (b % 64)) == 0 {
+            return &[];
+        }
+        &self.ids[self.starts[b] as usize..self.starts[b + 1] as usize]
+    }
+}
+
+/// The first two bytes of `at`, as one number.
+#[inline]
+fn pair(at: &[u8]) -> usize {
+    usize::from(at[0]) << 8 | usize::from(at[1])
+}
+
+/// The bucket of the [`KEY_LEN`] bytes `at` starts with (a multiplicative hash).
+fn bucket(at: &[u8]) -> usize {
+    let mut key = [0u8; KEY_LEN];
+    key.copy_from_slice(&at[..KEY_LEN]);
+    (u32::from_le_bytes(key).wrapping_mul(0x9E37_79B1) >> 16) as usize & (BUCKETS - 1)
+}
+
+/// Calls `found` with each position of `bytes` at which one of `patterns` (indexed by
+/// `index`) occurs, and the pattern's index, in order of position, until it breaks.
+fn each_occurrence(
+    bytes: &[u8],
+    patterns: &[impl AsRef<[u8]>],
+    index: &PrefixIndex,
+    mut found: impl FnMut(usize, usize) -> std::ops::ControlFlow<()>,
+) {
+    // A pattern is longer than the key: one starting in the last KEY_LEN - 1 bytes is cut
+    // off (the callers handle those).
+    for p in 0..bytes.len().saturating_sub(KEY_LEN - 1) {
+        // Most positions stop here, on one bit in the first-level cache.
+        if !index.may_start(bytes[p]) {
+            continue;
+        }
+        for &i in index.candidates(&bytes[p..p + KEY_LEN]) {
+            let i = i as usize;
+            if bytes[p..].starts_with(patterns[i].as_ref()) && found(p, i).is_break() {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether `rest` (the end of what was scanned) is the start of a pattern longer than it:
+/// an occurrence a later chunk may complete.
+fn cut_short(rest: &[u8], patterns: &[impl AsRef<[u8]>], index: &PrefixIndex) -> bool {
+    let longer = |p: &[u8]| p.len() > rest.len() && p.starts_with(rest);
+    if rest.len() >= KEY_LEN {
+        index
+            .candidates(rest)
+            .iter()
+            .any(|&i| longer(patterns[i as usize].as_ref()))
+    } else {
+        // At most KEY_LEN - 1 positions per chunk come here.
+        patterns.iter().any(|p| longer(p.as_ref()))
+    }
 }
 
 /// Removes repeated values from sorted `secrets`, zeroing each copy it removes.
@@ -112,7 +257,7 @@ impl Masker {
         secrets.extend(values.into_iter().flat_map(maskable_forms));
         secrets.sort();
         dedup_zeroing(&mut secrets);
-        (self.first, self.longest) = first_byte_index(secrets.iter().map(Vec::as_slice));
+        self.index = PrefixIndex::new(secrets.iter().map(Vec::as_slice));
         self.secrets = secrets;
     }
 
@@ -148,29 +293,21 @@ impl Masker {
         for c in covered.iter_mut().take(self.pending_covered) {
             *c = true;
         }
-        for p in 0..buf.len() {
-            for &i in &self.first[usize::from(buf[p])] {
-                let s = &self.secrets[i];
-                if buf[p..].starts_with(s) {
-                    for c in &mut covered[p..p + s.len()] {
-                        *c = true;
-                    }
-                }
+        each_occurrence(buf, &self.secrets, &self.index, |p, i| {
+            for c in &mut covered[p..p + self.secrets[i].len()] {
+                *c = true;
             }
-        }
+            std::ops::ControlFlow::Continue(())
+        });
         // The first position from which the rest could still become a secret: an occurrence
         // that starts earlier is complete (it would have been found above).
         let held = if end {
             buf.len()
         } else {
             // Only the last `longest - 1` bytes can be the start of a secret cut short.
-            (buf.len().saturating_sub(self.longest.saturating_sub(1))..buf.len())
-                .find(|&p| {
-                    let rest = &buf[p..];
-                    self.secrets
-                        .iter()
-                        .any(|s| s.len() > rest.len() && s.starts_with(rest))
-                })
+            (buf.len()
+                .saturating_sub(self.index.longest.saturating_sub(1))..buf.len())
+                .find(|&p| cut_short(&buf[p..], &self.secrets, &self.index))
                 .unwrap_or(buf.len())
         };
         let mut out = Vec::with_capacity(held);
@@ -188,7 +325,9 @@ impl Masker {
         }
         self.pending = buf[held..].to_vec();
         self.pending_covered = covered[held..].iter().take_while(|&&c| c).count();
-        self.mask_open = in_mask && self.pending_covered > 0;
+        // Whether the output ends in a mask: a covered byte that comes next, held back now,
+        // continues it (two secrets back to back are one stretch, however the stream was cut).
+        self.mask_open = in_mask;
         out
     }
 }
@@ -203,14 +342,14 @@ impl Masker {
 /// zeroed when dropped, like [`Masker`]; never shows them in `Debug`.
 #[derive(Default)]
 pub struct Finder {
-    /// Each form, and the index in `names` of the credential it belongs to.
-    forms: Vec<(Vec<u8>, usize)>,
+    /// Each form of each credential, once.
+    forms: Vec<Vec<u8>>,
+    /// For each form, the index in `names` of the credential it belongs to.
+    owners: Vec<usize>,
     /// The credentials' names, as configured.
     names: Vec<String>,
-    /// For each byte, the forms that start with it (as in [`Masker`]).
-    first: Vec<Vec<usize>>,
-    /// The longest form's length.
-    longest: usize,
+    /// The forms by their first bytes (as in [`Masker`]).
+    index: PrefixIndex,
 }
 
 impl std::fmt::Debug for Finder {
@@ -226,7 +365,7 @@ impl std::fmt::Debug for Finder {
 
 impl Drop for Finder {
     fn drop(&mut self) {
-        for (form, _) in &mut self.forms {
+        for form in &mut self.forms {
             zeroize::Zeroize::zeroize(form);
         }
     }
@@ -250,14 +389,15 @@ impl Finder {
                 }
             };
             for mut form in forms {
-                if f.forms.iter().any(|(s, _)| *s == form) {
+                if f.forms.contains(&form) {
                     zeroize::Zeroize::zeroize(&mut form);
                 } else {
-                    f.forms.push((form, index));
+                    f.forms.push(form);
+                    f.owners.push(index);
                 }
             }
         }
-        (f.first, f.longest) = first_byte_index(f.forms.iter().map(|(s, _)| s.as_slice()));
+        f.index = PrefixIndex::new(f.forms.iter().map(Vec::as_slice));
         f
     }
 
@@ -276,15 +416,12 @@ impl Finder {
         if self.forms.is_empty() {
             return None;
         }
-        for p in 0..bytes.len() {
-            for &i in &self.first[usize::from(bytes[p])] {
-                let (s, name) = &self.forms[i];
-                if bytes[p..].starts_with(s) {
-                    return Some((p, &self.names[*name]));
-                }
-            }
-        }
-        None
+        let mut first = None;
+        each_occurrence(bytes, &self.forms, &self.index, |p, i| {
+            first = Some((p, self.names[self.owners[i]].as_str()));
+            std::ops::ControlFlow::Break(())
+        });
+        first
     }
 
     /// A search through one stream (a file's contents), fed chunk by chunk.
@@ -320,7 +457,7 @@ impl<'a> Scan<'a> {
     /// Takes the next chunk; the name of the credential found once any form of one is
     /// complete, counting what earlier chunks ended with.
     pub fn feed(&mut self, chunk: &[u8]) -> Option<&'a str> {
-        let keep = self.finder.longest.saturating_sub(1);
+        let keep = self.finder.index.longest.saturating_sub(1);
         if keep == 0 {
             return None;
         }
@@ -612,6 +749,88 @@ mod tests {
         let none = Finder::new([("short", "1234567")]);
         assert!(none.is_empty());
         assert_eq!(none.scan().feed(b"1234567"), None);
+    }
+
+    /// Masking and finding with many values (a day-long job's refreshed credentials, each
+    /// with its forms) agree with a plain search of every form at every position, whatever
+    /// the chunking: the index that skips most positions skips no occurrence. Values share
+    /// prefixes (the same first four bytes, so the same bucket), overlap and nearly occur.
+    #[test]
+    fn many_values_are_masked_and_found_as_a_plain_search_finds_them() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let values: Vec<String> = (0..300)
+            .map(|i| {
+                let len = 8 + (next() % 90) as usize;
+                let body: String = (0..len)
+                    .map(|_| char::from(alphabet[(next() % 64) as usize]))
+                    .collect();
+                // A third share their first bytes with another value.
+                if i % 3 == 0 {
+                    format!("AKIA{body}")
+                } else {
+                    body
+                }
+            })
+            .collect();
+        let mut text = Vec::new();
+        for i in 0..2000 {
+            let v = values[(next() % 300) as usize].as_bytes();
+            match i % 5 {
+                0 => text.extend_from_slice(v),
+                1 => text.extend_from_slice(&v[..v.len() - 1]), // a near miss
+                2 => {
+                    let w = values[(next() % 300) as usize].as_bytes();
+                    text.extend_from_slice(v); // two values back to back
+                    text.extend_from_slice(w);
+                }
+                _ => text.extend((0..(next() % 40)).map(|_| alphabet[(next() % 64) as usize])),
+            }
+            text.push(b' ');
+        }
+        // The reference: every byte of every occurrence of every form covered.
+        let forms: Vec<Vec<u8>> = values.iter().flat_map(|v| maskable_forms(v)).collect();
+        let mut covered = vec![false; text.len()];
+        for f in &forms {
+            for p in 0..text.len() {
+                if text[p..].starts_with(f) {
+                    covered[p..p + f.len()].iter_mut().for_each(|c| *c = true);
+                }
+            }
+        }
+        let mut want = Vec::new();
+        for (i, &b) in text.iter().enumerate() {
+            match (covered[i], i > 0 && covered[i - 1]) {
+                (true, true) => {}
+                (true, false) => want.extend_from_slice(MASK),
+                (false, _) => want.push(b),
+            }
+        }
+        assert!(covered.iter().any(|&c| c) && covered.iter().any(|&c| !c));
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        for chunk in [1, 3, 64, 1000, text.len()] {
+            let chunks: Vec<&[u8]> = text.chunks(chunk).collect();
+            assert!(run(&refs, &chunks).as_bytes() == want, "chunks of {chunk}");
+        }
+        // Finding: the first occurrence's position, in one piece and in chunks.
+        let first = (0..text.len()).find(|&p| forms.iter().any(|f| text[p..].starts_with(f)));
+        let finder = Finder::new(values.iter().map(|v| ("cred", v.as_str())));
+        assert_eq!(finder.find_at(&text).map(|(p, _)| p), first);
+        let clean: Vec<u8> = text
+            .iter()
+            .map(|&b| if b == b' ' { b' ' } else { b'.' })
+            .collect();
+        assert_eq!(finder.find_at(&clean), None);
+        for chunk in [1, 7, 4096] {
+            let mut scan = finder.scan();
+            assert_eq!(text.chunks(chunk).find_map(|c| scan.feed(c)), Some("cred"));
+        }
     }
 
     #[test]
