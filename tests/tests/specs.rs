@@ -411,3 +411,33 @@ fn an_output_name_holding_escape_sequences_reaches_the_runners_stderr_escaped() 
     // result.json keeps the name as it was.
     assert!(r.result()["reason"].as_str().unwrap().contains('\u{1b}'));
 }
+
+#[test]
+fn an_output_name_holding_marks_that_reorder_or_hide_text_reaches_the_runners_stderr_escaped() {
+    let env = Env::new("bidi");
+    // A refused output whose name displays as `dist/appexe.tar.gz` past a right-to-left
+    // override (U+202E), with a zero-width space (U+200B) in it too.
+    let job = one_step(
+        "bidi",
+        "mkdir -p dist && ln -s /etc/hostname \"dist/$(printf 'app\\342\\200\\256zg.rat\\342\\200\\213.exe')\"",
+        "[outputs]\npaths = [\"dist/*\"]",
+    );
+    let r = env.run(&job);
+    r.assert_code(1);
+    assert!(
+        !r.stderr.contains('\u{202e}') && !r.stderr.contains('\u{200b}'),
+        "a mark that reorders or hides text reached the runner's stderr: {:?}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("output dist/app\\u{202e}zg.rat\\u{200b}.exe: refused: it is a symlink"),
+        "{r}"
+    );
+    // result.json is data: the name as it was.
+    let reason = r.result()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("dist/app\u{202e}zg.rat\u{200b}.exe"),
+        "{reason:?}"
+    );
+}
