@@ -441,3 +441,19 @@ fn an_output_name_holding_marks_that_reorder_or_hide_text_reaches_the_runners_st
         "{reason:?}"
     );
 }
+
+#[test]
+fn the_log_echoed_to_a_pipe_is_the_jobs_bytes_as_job_log_keeps_them() {
+    // A decision pinned (runner/src/joblog.rs): to a terminal the echo shows control
+    // characters; to a file or pipe the operator chose it is the job's bytes unchanged,
+    // colours and marks included, exactly as job.log stores them.
+    let env = Env::new("echo-raw");
+    let r = env.run(&one_step(
+        "echo-raw",
+        "printf '\\033[31mred\\033[0m \\342\\200\\256txt.exe\\n'",
+        "",
+    ));
+    r.assert_code(0);
+    assert_eq!(r.log, "\u{1b}[31mred\u{1b}[0m \u{202e}txt.exe\n", "{r}");
+    assert_eq!(r.stdout, r.log, "{r}");
+}
