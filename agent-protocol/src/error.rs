@@ -138,8 +138,9 @@ fn floor_char_boundary(s: &str, mut index: usize) -> usize {
     index
 }
 
-/// Collapses a multi-line parser message into one bounded line with control characters
-/// escaped: parser messages quote keys and values from the input (`unknown field ...`).
+/// Collapses a multi-line parser message into one bounded line, escaped as
+/// [`crate::terminal::escape`] escapes (control characters, marks that hide or reorder
+/// text): parser messages quote keys and values from the input (`unknown field ...`).
 fn one_line(message: &str) -> String {
     let joined = message
         .split('\n')
@@ -153,24 +154,24 @@ fn one_line(message: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+        out.push(c);
     }
-    out
+    crate::terminal::escape(&out).into_owned()
 }
 
-/// Quotes user input for a message: double quotes, control characters escaped, at most 64
-/// characters and an ellipsis after that.
+/// Quotes user input for a message: double quotes, escaped as Rust's `{:?}` escapes (quotes,
+/// backslashes, control and other unprintable characters) and as
+/// [`crate::terminal::escape`] escapes (what `{:?}` leaves: the invisible Hangul fillers), at
+/// most 64 characters and an ellipsis after that.
 pub fn quote(s: &str) -> String {
     let mut chars = s.chars();
     let head: String = chars.by_ref().take(MAX_QUOTED_CHARS).collect();
+    let quoted = format!("{head:?}");
+    let quoted = crate::terminal::escape(&quoted);
     if chars.next().is_some() {
-        format!("{:?}…", head)
+        format!("{quoted}…")
     } else {
-        format!("{head:?}")
+        quoted.into_owned()
     }
 }
 
@@ -216,6 +217,10 @@ mod tests {
     #[test]
     fn quoted_input_is_escaped_and_truncated() {
         assert_eq!(quote("a\u{1b}[2Jb\n"), "\"a\\u{1b}[2Jb\\n\"");
+        assert_eq!(
+            quote("x\u{202e}y\u{200b}z\u{3164}"),
+            "\"x\\u{202e}y\\u{200b}z\\u{3164}\""
+        );
         let long = "x".repeat(1000);
         let q = quote(&long);
         assert!(q.len() < 80 && q.ends_with('…'), "{q}");

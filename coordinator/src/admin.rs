@@ -136,18 +136,12 @@ fn copy_from(
     Ok(done)
 }
 
-/// `text` with every character that is not printable ASCII shown as `\u{..}`: what a runner
-/// reported, made safe for the operator's terminal.
+/// What a runner reported (an artifact's name, a status), made safe for the operator's
+/// terminal by `bulwark_protocol::terminal::escape`, as the runner's own CLI shows the same
+/// names: control characters and the marks that hide or reorder text are shown escaped
+/// (`\u{1b}`, `\u{202e}`), letters of any script as they are.
 pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c == ' ' || c.is_ascii_graphic() {
-                c.to_string()
-            } else {
-                c.escape_unicode().to_string()
-            }
-        })
-        .collect()
+    bulwark_protocol::terminal::escape(text).into_owned()
 }
 
 #[cfg(test)]
@@ -291,7 +285,11 @@ mod tests {
     fn a_runners_text_reaches_the_terminal_escaped() {
         assert_eq!(printable("succeeded"), "succeeded");
         assert_eq!(printable("ok\x1b]0;owned\x07"), "ok\\u{1b}]0;owned\\u{7}");
-        assert_eq!(printable("a\u{202e}b\n"), "a\\u{202e}b\\u{a}");
+        assert_eq!(printable("a\u{202e}b\n"), "a\\u{202e}b\\n");
+        assert_eq!(
+            printable("dist/café\u{200b}\u{2066}.tar.gz"),
+            "dist/café\\u{200b}\\u{2066}.tar.gz"
+        );
     }
 
     #[test]

@@ -1113,6 +1113,8 @@ impl Db {
         let statements = match report.provenance.as_deref().map(crate::inventory::read) {
             Some(Ok(s)) => Some(s),
             Some(Err(reason)) => {
+                // The reason can quote the provenance, which quotes names a job chose.
+                let reason = bulwark_protocol::terminal::escape(&reason);
                 tracing::warn!(%job_id, %reason, "a result's provenance cannot be indexed");
                 None
             }

@@ -36,7 +36,15 @@ pub struct LogCapture {
     cap: u64,
     echo: bool,
     /// The echo goes to a terminal: control characters are shown, not sent (see
-    /// [`visible_controls`]).
+    /// [`visible_controls`]). Otherwise (a file or pipe: `bulwark run > build.log`, a CI
+    /// system's log collector) the echo is the job's bytes as they are, the same bytes as
+    /// `job.log`, deliberately: what reads them is a program the operator chose, and the
+    /// escaped form would corrupt what it relies on (colours a CI log viewer renders, binary
+    /// or non-UTF-8 output, tools that parse the build's messages). Escaping would not make
+    /// the stream trustworthy either: a job can print a line that looks like the runner's
+    /// without any control character, which is why the runner's own lines go to stderr and
+    /// its verdict to `result.json`. A viewer that obeys escape sequences in a log file is
+    /// shown the job's text as any log of the build would show it.
     echo_to_terminal: bool,
     /// The echo made visible, chunk after chunk.
     shown: bulwark_protocol::terminal::VisibleStream,

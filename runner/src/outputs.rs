@@ -3,7 +3,11 @@
 //! This runs only after every job process is gone (init has exited and the job's cgroup is
 //! empty), so nothing can change a file between the hash and the copy: the bytes stored are
 //! the bytes hashed, in one pass. The workspace is still the job's territory, so:
-//! - the tree is walked through descriptors, never entering a symlinked directory;
+//! - the tree is walked through descriptors, never entering a symlinked directory, and only
+//!   where a pattern can match: each directory is read one entry at a time and only what
+//!   matches is kept (a job's million files beside its outputs cost the runner no memory),
+//!   with the entries read and the matching work bounded ([`MAX_WALK_ENTRIES`],
+//!   [`MAX_MATCH_STEPS`]);
 //! - each output is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
 //!   RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` relative to the workspace descriptor, so no
 //!   path component can lead outside it;
@@ -11,19 +15,23 @@
 //!   socket or device is refused by name, and so is a hard link, which could alias a file the
 //!   job should not be able to name as its output;
 //! - each file is written under a temporary name in the output directory and renamed, so an
-//!   output directory never holds half a file.
+//!   output directory never holds half a file;
+//! - no output may take a runner's file name, nor share its path with another output, as a
+//!   filesystem that ignores case compares names (`bulwark_protocol::v1::casefold`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use bulwark_protocol::{OutputRecord, RESERVED_OUTPUT_NAMES};
-use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, Mode};
+use bulwark_protocol::OutputRecord;
+use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, fstatat, Mode};
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::{read_entries, Kind};
+use crate::fsutil::Kind;
+use crate::glob::{Patterns, Reach};
 
 /// Why outputs were refused.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +60,22 @@ pub enum OutputError {
         /// The pattern.
         pattern: String,
     },
-    /// The output would overwrite one of the runner's own files.
-    #[error("output {path}: refused: collides with the runner's own file of that name")]
+    /// The output would overwrite one of the runner's own files (compared as a filesystem
+    /// that ignores case would: `bulwark_protocol::reserved_output`).
+    #[error("output {path}: refused: collides with the runner's own file {name}{}", if path.split('/').next() == Some(name) { "" } else { " where case is ignored (a case-folding filesystem)" })]
     Reserved {
         /// Relative path.
         path: String,
+        /// The runner's file.
+        name: &'static str,
+    },
+    /// Two outputs would be one file where case is ignored.
+    #[error("output {path}: refused: its path differs from output {other}'s only in case, so the two would be one file where case is ignored (a case-folding ext4 directory, vfat, NTFS, macOS); rename one in the job")]
+    CaseCollision {
+        /// Relative path.
+        path: String,
+        /// The other output's relative path (first in walk order).
+        other: String,
     },
     /// Too many or too large outputs.
     #[error("outputs: {0}")]
@@ -125,18 +144,19 @@ pub fn collect_within(
             path: ".".into(),
             source: e.into(),
         })?;
-    let mut matched: Vec<(String, Kind, u64, u64)> = Vec::new();
-    walk(&ws, "", patterns, &mut matched, bounds.max_outputs)?;
-    for (i, p) in patterns.iter().enumerate() {
-        if !matched.iter().any(|(rel, ..)| crate::glob::matches(p, rel)) {
-            return Err(OutputError::NoMatch {
-                index: i,
-                pattern: p.clone(),
-            });
-        }
-    }
+    let matched = search(
+        &ws,
+        patterns,
+        Search {
+            max_outputs: bounds.max_outputs,
+            max_entries: MAX_WALK_ENTRIES,
+            max_steps: MAX_MATCH_STEPS,
+        },
+    )?;
     // Check everything before copying anything.
     let mut total = 0u64;
+    let mut folded: std::collections::HashMap<String, &str> =
+        std::collections::HashMap::with_capacity(matched.len());
     for (rel, kind, nlink, size) in &matched {
         if *kind != Kind::File {
             return Err(OutputError::NotRegular {
@@ -150,12 +170,23 @@ pub fn collect_within(
                 links: *nlink,
             });
         }
-        let first = rel.split('/').next().unwrap_or_default();
-        if RESERVED_OUTPUT_NAMES.contains(&first) {
-            return Err(OutputError::Reserved { path: rel.clone() });
+        if let Some(name) = bulwark_protocol::reserved_output(rel) {
+            return Err(OutputError::Reserved {
+                path: rel.clone(),
+                name,
+            });
+        }
+        // Outputs travel: to a case-folding output directory, the coordinator, a download on
+        // macOS or Windows. Two whose paths differ only in case would be one file there.
+        if let Some(other) = folded.insert(bulwark_protocol::case_folded(rel), rel) {
+            return Err(OutputError::CaseCollision {
+                path: rel.clone(),
+                other: other.to_owned(),
+            });
         }
         total = total.saturating_add(*size);
     }
+    drop(folded);
     if matched.len() as u64 > bounds.max_outputs {
         return Err(OutputError::Bounds(format!(
             "{} files match, above limits.max_outputs = {}",
@@ -231,68 +262,197 @@ pub fn collect_within(
 }
 
 /// Deepest directory level searched for outputs; a job cannot make the runner recurse further.
+/// Each level holds two descriptors while it is searched (its own, and its listing's).
 const MAX_OUTPUT_DEPTH: usize = 128;
 
-/// Collects the entries matching `patterns` under `dir`; stops as soon as more than `max`
-/// match (a job with a million files must not make the runner list them all first).
-fn walk(
-    dir: &OwnedFd,
-    rel: &str,
+/// Most directory entries the search for outputs reads, in all the directories the patterns
+/// reach: reading them costs time even though nothing of an entry that matches no pattern is
+/// kept (a job can leave millions of files beside its outputs). A few seconds of reading (a
+/// million entries took 0.6 s with their inodes cached), and more than a build's tree holds
+/// where its outputs are searched for.
+pub const MAX_WALK_ENTRIES: u64 = 1 << 22;
+
+/// Most steps matching the patterns against the entries may take in all
+/// (`glob::Patterns::step`: one per pattern and position for each entry, one per character
+/// compared): seconds of work. A job chooses both the patterns and the names, and `*aaa…ab`
+/// against `aaaa…` costs the product of their lengths for each entry.
+pub const MAX_MATCH_STEPS: u64 = 1 << 32;
+
+/// The bounds of a search for outputs.
+#[derive(Debug, Clone, Copy)]
+struct Search {
+    /// `limits.max_outputs`.
+    max_outputs: u64,
+    /// [`MAX_WALK_ENTRIES`] (smaller in tests).
+    max_entries: u64,
+    /// [`MAX_MATCH_STEPS`] (smaller in tests).
+    max_steps: u64,
+}
+
+/// The files under `ws` that `patterns` match, each with its kind, link count and size, in
+/// the order a walk of each directory sorted by name finds them (the order `result.json` and
+/// provenance list them in; readdir's own order is the filesystem's). Refused when a pattern
+/// matches no file, or a bound of `search` is passed.
+fn search(
+    ws: &OwnedFd,
     patterns: &[String],
-    out: &mut Vec<(String, Kind, u64, u64)>,
-    max: u64,
-) -> Result<(), OutputError> {
-    if rel.matches('/').count() >= MAX_OUTPUT_DEPTH {
-        return Err(OutputError::Bounds(format!(
-            "{rel}: directories nested deeper than {MAX_OUTPUT_DEPTH} levels are not searched for outputs"
-        )));
+    bounds: Search,
+) -> Result<Vec<(String, Kind, u64, u64)>, OutputError> {
+    let compiled = Patterns::new(patterns);
+    let mut walk = Walk {
+        patterns: &compiled,
+        found: Vec::new(),
+        used: vec![false; patterns.len()],
+        hits: vec![false; patterns.len()],
+        entries: 0,
+        steps: 0,
+        bounds,
+        name: Vec::new(),
+    };
+    walk.dir(ws, "", &compiled.start())?;
+    if let Some(index) = walk.used.iter().position(|used| !used) {
+        return Err(OutputError::NoMatch {
+            index,
+            pattern: patterns[index].clone(),
+        });
     }
-    let entries = read_entries(dir).map_err(|e| OutputError::Io {
-        path: if rel.is_empty() {
-            ".".into()
-        } else {
-            rel.into()
-        },
-        source: e,
-    })?;
-    for e in entries {
-        let name = e.name.to_string_lossy();
-        let child = if rel.is_empty() {
-            name.into_owned()
-        } else {
-            format!("{rel}/{name}")
-        };
-        if e.name.to_str().is_none() {
-            // Lossily converted, it could name a different file (its U+FFFD spelling), and two
-            // names could become one record; a directory's name would do the same to every
-            // path below it.
-            let matched = patterns
-                .iter()
-                .any(|p| crate::glob::matches(p, &child) || crate::glob::may_descend(p, &child));
-            if matched {
-                return Err(OutputError::NotUtf8 { path: child });
-            }
-            continue;
+    let mut found = walk.found;
+    found.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
+    Ok(found)
+}
+
+/// The search for outputs: streams each directory the patterns reach (never lists one
+/// whole), keeps only the entries that match, and counts what it reads and matches.
+struct Walk<'a> {
+    patterns: &'a Patterns,
+    /// What matched and is not a directory: relative path, kind, links, size.
+    found: Vec<(String, Kind, u64, u64)>,
+    /// Which patterns matched something found.
+    used: Vec<bool>,
+    /// Which patterns matched the entry at hand.
+    hits: Vec<bool>,
+    /// Entries read, against [`MAX_WALK_ENTRIES`].
+    entries: u64,
+    /// Matching steps, against [`MAX_MATCH_STEPS`].
+    steps: u64,
+    bounds: Search,
+    /// The entry's name as characters (reused).
+    name: Vec<char>,
+}
+
+impl Walk<'_> {
+    /// Searches `dir` (at `rel`, with the patterns at `reach` there), one entry at a time,
+    /// and each directory below it that a pattern can reach; stops as soon as more than
+    /// `max_outputs` match or a bound is passed.
+    fn dir(&mut self, dir: &OwnedFd, rel: &str, reach: &Reach) -> Result<(), OutputError> {
+        if rel.matches('/').count() >= MAX_OUTPUT_DEPTH {
+            return Err(OutputError::Bounds(format!(
+                "{rel}: directories nested deeper than {MAX_OUTPUT_DEPTH} levels are not searched for outputs"
+            )));
         }
-        if patterns.iter().any(|p| crate::glob::matches(p, &child)) && e.kind != Kind::Dir {
-            out.push((child.clone(), e.kind, e.nlink, e.size));
-            if out.len() as u64 > max {
+        let io = |path: &str, e: nix::errno::Errno| OutputError::Io {
+            path: if path.is_empty() {
+                ".".into()
+            } else {
+                path.into()
+            },
+            source: e.into(),
+        };
+        // The listing reads through its own descriptor (`Dir` owns it); `dir` stays free
+        // for the `*at` calls made while the listing is open.
+        let listing_fd = openat(
+            dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io(rel, e))?;
+        let mut listing = nix::dir::Dir::from_fd(listing_fd).map_err(|e| io(rel, e))?;
+        let mut next = self.patterns.empty();
+        for entry in listing.iter() {
+            let entry = entry.map_err(|e| io(rel, e))?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            self.entries += 1;
+            if self.entries > self.bounds.max_entries {
                 return Err(OutputError::Bounds(format!(
-                    "more than {max} files match, above limits.max_outputs = {max}"
+                    "more than {} entries in the directories outputs.paths reach, the most the \
+                     search for outputs reads; name the directory the outputs are in \
+                     (dist/*.tar.gz rather than **/*.tar.gz), or remove what the build leaves \
+                     beside them",
+                    self.bounds.max_entries
                 )));
             }
-        }
-        if e.kind == Kind::Dir && patterns.iter().any(|p| crate::glob::may_descend(p, &child)) {
-            let sub = openat(dir, e.name.as_os_str(), DIR_FLAGS, Mode::empty()).map_err(|err| {
-                OutputError::Io {
-                    path: child.clone(),
-                    source: err.into(),
+            let name = std::ffi::OsStr::from_bytes(bytes);
+            let text = name.to_string_lossy();
+            self.name.clear();
+            self.name.extend(text.chars());
+            let step = self.patterns.step(
+                reach,
+                &self.name,
+                &mut next,
+                &mut self.hits,
+                &mut self.steps,
+            );
+            if self.steps > self.bounds.max_steps {
+                return Err(OutputError::Bounds(format!(
+                    "matching outputs.paths against the workspace took more than {} steps, the \
+                     most the search for outputs takes; use fewer patterns or fewer * in one \
+                     component, or name the directories the outputs are in",
+                    self.bounds.max_steps
+                )));
+            }
+            if !step.matched && !step.descend {
+                continue;
+            }
+            let child = if rel.is_empty() {
+                text.into_owned()
+            } else {
+                format!("{rel}/{text}")
+            };
+            if name.to_str().is_none() {
+                // Lossily converted, it could name a different file (its U+FFFD spelling),
+                // and two names could become one record; a directory's name would do the
+                // same to every path below it.
+                return Err(OutputError::NotUtf8 { path: child });
+            }
+            let mut is_dir = entry.file_type() == Some(nix::dir::Type::Directory);
+            // Not every filesystem says in the listing what an entry is.
+            if step.matched || entry.file_type().is_none() {
+                let st =
+                    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| io(&child, e))?;
+                let kind = Kind::of(st.st_mode);
+                is_dir = kind == Kind::Dir;
+                if step.matched && !is_dir {
+                    for (used, hit) in self.used.iter_mut().zip(&self.hits) {
+                        *used |= *hit;
+                    }
+                    self.found.push((
+                        child.clone(),
+                        kind,
+                        st.st_nlink,
+                        u64::try_from(st.st_size).unwrap_or(0),
+                    ));
+                    if self.found.len() as u64 > self.bounds.max_outputs {
+                        let max = self.bounds.max_outputs;
+                        return Err(OutputError::Bounds(format!(
+                            "more than {max} files match, above limits.max_outputs = {max}"
+                        )));
+                    }
                 }
-            })?;
-            walk(&sub, &child, patterns, out, max)?;
+            }
+            if step.matched {
+                self.hits.iter_mut().for_each(|h| *h = false);
+            }
+            if is_dir && step.descend {
+                let sub = openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(|e| io(&child, e))?;
+                self.dir(&sub, &child, &next)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn copy_one(ws: &OwnedFd, rel: &str, out: &Path) -> Result<OutputRecord, OutputError> {
@@ -658,6 +818,144 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("limits.max_output_bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_search_reads_at_most_its_bound_of_entries_and_says_what_to_do() {
+        // 40 files beside the one output: a bound of 20 entries read stops the search, with
+        // the bound and the remedy named; the whole listing is never held to do it.
+        let ws = tempdir("ws");
+        for i in 0..40 {
+            fs::write(ws.join(format!("junk{i:02}")), "").unwrap();
+        }
+        fs::create_dir(ws.join("dist")).unwrap();
+        fs::write(ws.join("dist/app.tar.gz"), "x").unwrap();
+        let fd = nix::fcntl::open(ws.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        let bounds = |max_entries| Search {
+            max_outputs: 100,
+            max_entries,
+            max_steps: MAX_MATCH_STEPS,
+        };
+        let e = search(&fd, &["dist/*.tar.gz".into()], bounds(20)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "outputs: more than 20 entries in the directories outputs.paths reach, the most the \
+             search for outputs reads; name the directory the outputs are in (dist/*.tar.gz \
+             rather than **/*.tar.gz), or remove what the build leaves beside them"
+        );
+        // Every entry read counts, matched or not (41 in the top directory, 1 in dist).
+        let found = search(&fd, &["dist/*.tar.gz".into()], bounds(42)).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(search(&fd, &["dist/*.tar.gz".into()], bounds(41)).is_err());
+    }
+
+    #[test]
+    fn what_matching_costs_is_bounded_whatever_the_patterns_and_names() {
+        // `*aaa…ab` against `aaa…`: the literal is compared again from each position of
+        // each name, the product of the lengths.
+        let ws = tempdir("ws");
+        for i in 0..20 {
+            fs::write(ws.join(format!("{}{i:02}", "a".repeat(200))), "").unwrap();
+        }
+        fs::write(ws.join("b"), "").unwrap();
+        let fd = nix::fcntl::open(ws.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        let costly = format!("*{}b", "a".repeat(150));
+        let patterns = vec![costly, "b".to_string()];
+        let e = search(
+            &fd,
+            &patterns,
+            Search {
+                max_outputs: 100,
+                max_entries: MAX_WALK_ENTRIES,
+                max_steps: 100_000,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "outputs: matching outputs.paths against the workspace took more than 100000 \
+                 steps, the most the search for outputs takes; use fewer patterns"
+            ),
+            "{e}"
+        );
+        // Under the real bound the same search ends, with what the patterns match.
+        let e = search(
+            &fd,
+            &patterns,
+            Search {
+                max_outputs: 100,
+                max_entries: MAX_WALK_ENTRIES,
+                max_steps: MAX_MATCH_STEPS,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, OutputError::NoMatch { index: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn outputs_found_in_any_directory_order_are_listed_as_a_sorted_walk_lists_them() {
+        // `a/b` before `a-c`: component by component, as a walk of sorted listings finds
+        // them (a plain sort of the paths puts `-` before `/`). Created in reverse so that
+        // no filesystem's listing order is the answer by chance.
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        fs::write(ws.join("a-c"), "2").unwrap();
+        fs::create_dir(ws.join("a")).unwrap();
+        fs::write(ws.join("a/b"), "1").unwrap();
+        fs::write(ws.join("0"), "0").unwrap();
+        let recs = collect(&ws, &["**".into()], &out, BOUNDS).unwrap();
+        let names: Vec<_> = recs.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(names, ["0", "a/b", "a-c"]);
+    }
+
+    #[test]
+    fn a_match_named_like_a_runner_file_in_another_case_is_refused() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        fs::write(ws.join("JOB.LOG"), "forged").unwrap();
+        fs::write(ws.join("build.log"), "ok").unwrap();
+        let e = collect(&ws, &["*.LOG".into(), "*.log".into()], &out, BOUNDS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "output JOB.LOG: refused: collides with the runner's own file job.log where case is \
+             ignored (a case-folding filesystem)"
+        );
+        assert!(fs::read_dir(&out).unwrap().next().is_none());
+        // Its own spelling is named as before.
+        fs::write(ws.join("job.log"), "forged").unwrap();
+        let e = collect(&ws, &["job.log".into()], &out, BOUNDS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "output job.log: refused: collides with the runner's own file job.log"
+        );
+    }
+
+    #[test]
+    fn outputs_whose_paths_differ_only_in_case_are_refused_naming_both() {
+        // On a case-folding output directory (or a download on macOS) the second would
+        // replace the first under the first's digest.
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        fs::create_dir(ws.join("dist")).unwrap();
+        fs::write(ws.join("dist/App.tar.gz"), "one").unwrap();
+        fs::write(ws.join("dist/app.tar.gz"), "two").unwrap();
+        let e = collect(&ws, &["dist/*".into()], &out, BOUNDS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "output dist/app.tar.gz: refused: its path differs from output dist/App.tar.gz's \
+             only in case, so the two would be one file where case is ignored (a case-folding \
+             ext4 directory, vfat, NTFS, macOS); rename one in the job"
+        );
+        assert!(fs::read_dir(&out).unwrap().next().is_none());
+        // Distinct names in one directory are no collision.
+        fs::remove_file(ws.join("dist/app.tar.gz")).unwrap();
+        fs::write(ws.join("dist/app.tar.xz"), "two").unwrap();
+        assert_eq!(
+            collect(&ws, &["dist/*".into()], &out, BOUNDS)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

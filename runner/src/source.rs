@@ -521,7 +521,11 @@ impl CopyStats {
         self.skipped_count += 1;
         if self.skipped.len() < MAX_SKIPPED_NAMED {
             let path = shortened(path);
-            tracing::info!(path = %path, kind = kind.name(), "source entry skipped");
+            tracing::info!(
+                path = %bulwark_protocol::terminal::escape(&path),
+                kind = kind.name(),
+                "source entry skipped"
+            );
             self.skipped.push(path);
         }
     }

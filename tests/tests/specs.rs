@@ -411,3 +411,49 @@ fn an_output_name_holding_escape_sequences_reaches_the_runners_stderr_escaped() 
     // result.json keeps the name as it was.
     assert!(r.result()["reason"].as_str().unwrap().contains('\u{1b}'));
 }
+
+#[test]
+fn an_output_name_holding_marks_that_reorder_or_hide_text_reaches_the_runners_stderr_escaped() {
+    let env = Env::new("bidi");
+    // A refused output whose name displays as `dist/appexe.tar.gz` past a right-to-left
+    // override (U+202E), with a zero-width space (U+200B) in it too.
+    let job = one_step(
+        "bidi",
+        "mkdir -p dist && ln -s /etc/hostname \"dist/$(printf 'app\\342\\200\\256zg.rat\\342\\200\\213.exe')\"",
+        "[outputs]\npaths = [\"dist/*\"]",
+    );
+    let r = env.run(&job);
+    r.assert_code(1);
+    assert!(
+        !r.stderr.contains('\u{202e}') && !r.stderr.contains('\u{200b}'),
+        "a mark that reorders or hides text reached the runner's stderr: {:?}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("output dist/app\\u{202e}zg.rat\\u{200b}.exe: refused: it is a symlink"),
+        "{r}"
+    );
+    // result.json is data: the name as it was.
+    let reason = r.result()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("dist/app\u{202e}zg.rat\u{200b}.exe"),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn the_log_echoed_to_a_pipe_is_the_jobs_bytes_as_job_log_keeps_them() {
+    // A decision pinned (runner/src/joblog.rs): to a terminal the echo shows control
+    // characters; to a file or pipe the operator chose it is the job's bytes unchanged,
+    // colours and marks included, exactly as job.log stores them.
+    let env = Env::new("echo-raw");
+    let r = env.run(&one_step(
+        "echo-raw",
+        "printf '\\033[31mred\\033[0m \\342\\200\\256txt.exe\\n'",
+        "",
+    ));
+    r.assert_code(0);
+    assert_eq!(r.log, "\u{1b}[31mred\u{1b}[0m \u{202e}txt.exe\n", "{r}");
+    assert_eq!(r.stdout, r.log, "{r}");
+}

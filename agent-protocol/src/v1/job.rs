@@ -25,7 +25,8 @@ pub use super::rules::NAME_PATTERN;
 /// The only job spec version this crate reads.
 pub const SUPPORTED_VERSION: u32 = 1;
 
-/// Files the runner itself writes into the output directory; no output may be named so.
+/// Files the runner itself writes into the output directory; no output may be named so, in
+/// any case ([`reserved_output`]). Each is lower case, with no trailing dot.
 pub const RESERVED_OUTPUT_NAMES: &[&str] = &[
     "result.json",
     "job.log",
@@ -418,14 +419,27 @@ fn wrong_version(version: i64) -> SpecError {
 }
 
 /// Whether a relative output path (after any leading `./`) would land on one of the files the
-/// runner writes. The runner must also apply this to every path a glob matches.
+/// runner writes ([`reserved_output`]). The runner must also apply this to every path a glob
+/// matches.
 pub fn is_reserved_output(path: &str) -> bool {
+    reserved_output(path).is_some()
+}
+
+/// The runner's file a relative output path (after any leading `./`) would land on, or be a
+/// directory in place of: its first component compared with [`RESERVED_OUTPUT_NAMES`] as a
+/// filesystem that ignores case compares names ([`super::casefold`]), so that `JOB.LOG`
+/// and `job.log.` (vfat drops the dot) are refused too.
+pub fn reserved_output(path: &str) -> Option<&'static str> {
     let mut path = path;
     while let Some(rest) = path.strip_prefix("./") {
         path = rest;
     }
     let first = path.split('/').next().unwrap_or(path);
-    RESERVED_OUTPUT_NAMES.contains(&first)
+    let folded = super::casefold::case_folded(first);
+    RESERVED_OUTPUT_NAMES
+        .iter()
+        .copied()
+        .find(|name| *name == folded)
 }
 
 #[cfg(test)]

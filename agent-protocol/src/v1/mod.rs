@@ -24,6 +24,7 @@
 //!    specs get; say so in the README's changelog.
 
 pub mod allow;
+pub mod casefold;
 pub mod config;
 pub mod control;
 pub mod credentials;
@@ -34,6 +35,7 @@ mod rules;
 mod validate;
 
 pub use allow::{AllowEntry, AllowHost, CeilingEntry, IpNet};
+pub use casefold::case_folded;
 pub use config::{
     CachesConfig, Config, DaemonConfig, DiskReserve, EgressConfig, FetchConfig, HostConfig,
     IsolationChoice, LimitsConfig, PathsConfig, UidRange, CACHE_ENTRY_CHARGE,
@@ -41,9 +43,9 @@ pub use config::{
 };
 pub use credentials::{CredentialKind, CredentialProvider};
 pub use job::{
-    is_reserved_output, CacheSpec, JobSpec, NetworkSpec, OutputsSpec, ResourcesSpec, RootfsSpec,
-    SourceSpec, StepSpec, ToolFormat, ToolSpec, ValidatedJob, ValidatedStep, NAME_PATTERN,
-    RESERVED_OUTPUT_NAMES,
+    is_reserved_output, reserved_output, CacheSpec, JobSpec, NetworkSpec, OutputsSpec,
+    ResourcesSpec, RootfsSpec, SourceSpec, StepSpec, ToolFormat, ToolSpec, ValidatedJob,
+    ValidatedStep, NAME_PATTERN, RESERVED_OUTPUT_NAMES,
 };
 pub use result::{
     CgroupCounters, CredentialRecord, DiskUse, EgressRecord, Inputs, Isolation, IsolationMode,

@@ -539,9 +539,35 @@ fn check_outputs(outputs: &OutputsSpec, errors: &mut Errors) -> Vec<String> {
         errors.push("outputs.paths", message);
     }
     let mut patterns = Vec::with_capacity(outputs.paths.len());
+    // Literal paths by their case-folded key, with their index: two that differ only in
+    // case name one file where case is ignored (`casefold`). Patterns with wildcards are
+    // checked on what they match, by the runner.
+    let mut literals: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     for (i, pattern) in outputs.paths.iter().enumerate() {
         match check_output_pattern(pattern) {
-            Ok(normalized) => patterns.push(normalized.to_owned()),
+            Ok(normalized) => {
+                if !normalized.contains(['*', '?']) {
+                    let key = super::casefold::case_folded(normalized);
+                    if let Some(&(first, seen)) = literals.get(&key) {
+                        let other = &outputs.paths[first];
+                        if seen != normalized {
+                            errors.push(
+                                format!("outputs.paths[{i}]"),
+                                format!(
+                                    "{} and outputs.paths[{first}] {} differ only in case, so \
+                                     they name one file where case is ignored (a case-folding \
+                                     ext4 directory, vfat, NTFS, macOS); rename one",
+                                    quote(pattern),
+                                    quote(other)
+                                ),
+                            );
+                        }
+                    } else {
+                        literals.insert(key, (i, normalized));
+                    }
+                }
+                patterns.push(normalized.to_owned());
+            }
             Err(message) => errors.push(format!("outputs.paths[{i}]"), message),
         }
     }
@@ -611,11 +637,17 @@ fn check_output_pattern(pattern: &str) -> Result<&str, String> {
             quote(pattern)
         ));
     }
-    if is_reserved_output(rest) {
+    if let Some(name) = reserved_output(rest) {
         let first = rest.split('/').next().unwrap_or(rest);
-        return Err(format!(
-            "collides with the runner's own file {first} in the output directory"
-        ));
+        return Err(if first == name {
+            format!("collides with the runner's own file {name} in the output directory")
+        } else {
+            format!(
+                "collides with the runner's own file {name} in the output directory where case \
+                 is ignored (a case-folding ext4 directory, vfat, NTFS, macOS), got {}",
+                quote(pattern)
+            )
+        });
     }
     Ok(rest)
 }

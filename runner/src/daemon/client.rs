@@ -581,8 +581,8 @@ impl http_body::Body for FileBody {
 }
 
 /// A coordinator's (or a token service's) message made safe for a terminal and a log: at most
-/// 500 characters, escaped as `bulwark verify` escapes what it prints (control characters and
-/// the marks that reorder text).
+/// 500 characters, escaped by `bulwark_protocol::terminal::escape` (control characters and
+/// the marks that hide or reorder text), as everything the runner prints of others' text.
 pub fn printable(s: &str) -> String {
     let head: String = s.chars().take(500).collect();
     let more = if s.chars().nth(500).is_some() {
@@ -590,7 +590,7 @@ pub fn printable(s: &str) -> String {
     } else {
         ""
     };
-    format!("{}{more}", crate::verify::escape(&head))
+    format!("{}{more}", bulwark_protocol::terminal::escape(&head))
 }
 
 #[cfg(test)]
@@ -1037,6 +1037,7 @@ mod tests {
     #[test]
     fn a_coordinators_message_is_made_printable_and_short() {
         assert_eq!(printable("no\x1b[31m\u{202e}x"), "no\\u{1b}[31m\\u{202e}x");
+        assert_eq!(printable("a\u{200b}b\u{2069}"), "a\\u{200b}b\\u{2069}");
         let long = "a".repeat(600);
         assert_eq!(printable(&long).chars().count(), 501);
     }

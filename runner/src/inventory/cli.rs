@@ -7,7 +7,7 @@ use anyhow::Context;
 use super::{exit, Query};
 use crate::cli::InventoryCommand;
 use crate::provenance::keys::PublicKey;
-use crate::verify::escape;
+use bulwark_protocol::terminal::escape;
 
 /// Runs an inventory command; returns the exit status.
 pub fn run(cmd: InventoryCommand) -> u8 {

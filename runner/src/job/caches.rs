@@ -60,9 +60,7 @@ impl JobRun<'_> {
             let room = self.workspace_room(jobdir)?;
             let restored = store
                 .restore(&scope, &cache.name, trust, &dst, room, owner)
-                .map_err(|e| {
-                    Stop::Refused(format!("caches[{i}] ({}): {}", cache.name, shown(&e)))
-                })?;
+                .map_err(|e| Stop::Refused(format!("caches[{i}] ({}): {}", cache.name, cut(&e))))?;
             if !self.args.quiet {
                 match &restored {
                     Some(r) => eprintln!(
@@ -147,8 +145,12 @@ impl JobRun<'_> {
                     "bytes": s.bytes,
                 }),
                 Err(e) => {
-                    let why = format!("not saved (an earlier save stays): {}", shown(&e));
-                    eprintln!("bulwark: warning: cache {}: {why}", cache.name);
+                    let why = format!("not saved (an earlier save stays): {}", cut(&e));
+                    eprintln!(
+                        "bulwark: warning: cache {}: {}",
+                        cache.name,
+                        super::visible_line(&why)
+                    );
                     json!(why)
                 }
             };
@@ -159,13 +161,12 @@ impl JobRun<'_> {
     }
 }
 
-/// A store's message for stderr and `result.json`: it may quote names a job chose (a path deep
-/// in its cache), so controls are made visible and the whole is cut to 2000 characters.
-fn shown(message: &str) -> String {
-    let visible =
-        String::from_utf8_lossy(&crate::joblog::visible_controls(message.as_bytes())).into_owned();
-    match visible.char_indices().nth(2000) {
-        None => visible,
-        Some((cut, _)) => format!("{}… ({} bytes in all)", &visible[..cut], visible.len()),
+/// A store's message for stderr and `result.json`, cut to 2000 characters: it may quote names
+/// a job chose (a path deep in its cache). Escaped where it is printed (`visible_line`);
+/// `result.json` keeps it as it was, as it keeps a reason.
+fn cut(message: &str) -> String {
+    match message.char_indices().nth(2000) {
+        None => message.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &message[..cut], message.len()),
     }
 }

@@ -308,24 +308,12 @@ type Loaded = (config::Loaded, ValidatedJob, String, OwnedFd);
 
 /// `text` for one line of the runner's own output: a reason quotes names the job chose (an
 /// output's path in the workspace), which may hold escape sequences (a terminal title, OSC 52
-/// clipboard writes) or line breaks (a forged `bulwark:` line in a CI log); every control
-/// character is shown escaped (`\u{1b}`), as the job log's echo shows them. `result.json`
-/// keeps the text as it was (JSON escapes it).
+/// clipboard writes), line breaks (a forged `bulwark:` line in a CI log) or marks that hide or
+/// reorder text (U+202E showing `zg.rat.exe` as `exe.tar.gz`); each is shown escaped
+/// (`\u{1b}`, `\u{202e}`) by `bulwark_protocol::terminal::escape`, the one escape for such
+/// text. `result.json` keeps the text as it was (JSON escapes it).
 pub(crate) fn visible_line(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    std::borrow::Cow::Owned(
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
+    bulwark_protocol::terminal::escape(text)
 }
 
 fn load_and_validate(args: &RunArgs) -> Result<Loaded, String> {
@@ -991,13 +979,11 @@ impl JobRun<'_> {
                 .copy_into(&jobdir.workspace, room, owner)
                 .map_err(|e| self.copy_refusal(jobdir, e))?;
             if stats.skipped_count > 0 {
-                // Names the source chose: at most the first 20, controls made visible.
+                // Names the source chose: at most the first 20, escaped (a newline in one
+                // would print a line of its own).
                 let shown = stats.skipped.clone();
                 let more = stats.skipped_count - shown.len() as u64;
-                let names = String::from_utf8_lossy(&crate::joblog::visible_controls(
-                    shown.join(", ").as_bytes(),
-                ))
-                .into_owned();
+                let names = visible_line(&shown.join(", ")).into_owned();
                 eprintln!(
                     "bulwark: source: skipped {} special file(s) (fifos, sockets, devices): \
                      {names}{}",
@@ -1862,6 +1848,13 @@ mod tests {
             "{shown}"
         );
         assert_eq!(visible_line("plain reason"), "plain reason");
+        // A name that reads backwards past a right-to-left override, or hides a zero-width
+        // space: the marks are shown, not obeyed.
+        let reason = "output dist/app\u{202e}zg.rat.exe\u{200b}: refused: it is a fifo";
+        assert_eq!(
+            visible_line(reason),
+            "output dist/app\\u{202e}zg.rat.exe\\u{200b}: refused: it is a fifo"
+        );
     }
 
     #[test]

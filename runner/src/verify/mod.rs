@@ -40,6 +40,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use bulwark_protocol::terminal::escape;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -562,6 +563,7 @@ fn verdict_line(v: &Verdict) -> String {
         ),
         Err(r) => format!("REJECTED {}: {r}", v.artifact.display()),
     })
+    .into_owned()
 }
 
 /// Most characters of a subject name on an `ACCEPTED` line: as many as
@@ -600,28 +602,6 @@ pub(crate) fn error_lines(e: &InputError) -> Vec<String> {
             format!("{}{more}", escape(&head))
         })
         .collect()
-}
-
-/// Text for the terminal, with control characters and the invisible marks that reorder
-/// text (bidirectional overrides, isolates and marks: `ACCEPTED` followed by U+202E could
-/// display a subject name reversed) escaped.
-pub(crate) fn escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let e: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else if is_bidi_mark(c) {
-                c.escape_unicode().collect()
-            } else {
-                vec![c]
-            };
-            e
-        })
-        .collect()
-}
-
-fn is_bidi_mark(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn shown(s: Option<&str>) -> String {
@@ -1009,6 +989,16 @@ mod tests {
         assert!(!line.contains('\u{202E}'), "{line:?}");
         assert!(line.contains("\\u{202e}zg.rat.ppa"), "{line}");
         assert_eq!(escape("a\u{2066}b\u{200f}c"), "a\\u{2066}b\\u{200f}c");
+        // And the marks that hide text: a zero-width space in a subject's name.
+        let verdict = Verdict {
+            artifact: PathBuf::from("dist/app.tar.gz"),
+            sha256: "a".repeat(64),
+            outcome: Ok(Some("dist/app\u{200B}.tar.gz\u{FEFF}".into())),
+        };
+        assert_eq!(
+            verdict_line(&verdict),
+            "ACCEPTED dist/app.tar.gz (dist/app\\u{200b}.tar.gz\\u{feff})"
+        );
     }
 
     #[test]

@@ -338,6 +338,57 @@ fn output_patterns_lose_their_leading_dot_slash() {
 }
 
 #[test]
+fn the_runners_file_names_are_reserved_in_any_case_and_spelling_a_filesystem_folds() {
+    for (path, name) in [
+        ("JOB.LOG", "job.log"),
+        ("Result.Json/x", "result.json"),
+        ("./EGRESS.log", "egress.log"),
+        ("job.log.", "job.log"),
+        ("reſult.json", "result.json"),
+        ("provenance.sıgstore.json", "provenance.sigstore.json"),
+        ("PROVENANCE.INTOTO.JSONL", "provenance.intoto.jsonl"),
+        ("provenance.intoto.jsonl", "provenance.intoto.jsonl"),
+        (".JOB.LOG.PARTIAL", ".job.log.partial"),
+    ] {
+        assert_eq!(reserved_output(path), Some(name), "{path}");
+    }
+    for path in ["dist/JOB.LOG", "job.logs", "jobs.log", "result-json"] {
+        assert_eq!(reserved_output(path), None, "{path}");
+    }
+    // What validation says: the field, the runner's name, the spelling given.
+    let spec =
+        JobSpec::from_toml_str(&minimal("[outputs]\npaths = [\"Job.Log\"]")).expect("parses");
+    let err = spec
+        .validate(&LimitsConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "outputs.paths[0]: collides with the runner's own file job.log in the output directory \
+         where case is ignored (a case-folding ext4 directory, vfat, NTFS, macOS), got \"Job.Log\""
+    );
+}
+
+#[test]
+fn literal_outputs_that_differ_only_in_case_are_refused_naming_both() {
+    let spec = JobSpec::from_toml_str(&minimal(
+        "[outputs]\npaths = [\"out/A.txt\", \"out/a.txt\", \"out/a.txt\", \"out/?.txt\"]",
+    ))
+    .expect("parses");
+    let err = spec.validate(&LimitsConfig::default()).unwrap_err();
+    // Reported once per later spelling; the same path twice is no collision.
+    assert_eq!(err.field_errors().len(), 2, "{err}");
+    assert_eq!(err.field_errors()[0].path, "outputs.paths[1]");
+    assert!(
+        err.field_errors()[0]
+            .message
+            .starts_with("\"out/a.txt\" and outputs.paths[0] \"out/A.txt\" differ only in case"),
+        "{err}"
+    );
+    assert_eq!(err.field_errors()[1].path, "outputs.paths[2]");
+}
+
+#[test]
 fn tool_formats_are_inferred_only_from_known_extensions() {
     assert_eq!(
         ToolFormat::infer("https://e.org/x.tgz?sig=1"),
