@@ -1792,6 +1792,8 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
         ("bulwark_coordinator_oldest_queued_job_age_seconds", 0.0),
         ("bulwark_coordinator_runners{state=\"active\"}", 1.0),
         ("bulwark_coordinator_jobs_leased_total", 2.0),
+        // The daemon listed what it held: nothing was offered again.
+        ("bulwark_coordinator_leases_offered_again_total", 0.0),
         (
             "bulwark_coordinator_job_results_total{status=\"succeeded\"}",
             1.0,
@@ -1838,7 +1840,7 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
     // An independent parser reads the same text: every family with its type, every sample.
     let parsed = parse_prometheus(&done);
     let families: Vec<&String> = parsed.iter().filter(|l| l.starts_with("F ")).collect();
-    assert_eq!(families.len(), 12, "{parsed:?}");
+    assert_eq!(families.len(), 13, "{parsed:?}");
     for line in [
         "F bulwark_coordinator_job_results counter",
         "F bulwark_coordinator_jobs gauge",
