@@ -262,3 +262,39 @@ hosts = { "mirror.example" = "10.1.2.3" }
     }
     assert!(parsed > 0, "no mutated config parsed at all");
 }
+
+/// A lease request is the runner's, read by the coordinator: whatever a mutated one holds,
+/// reading it never panics, what is read holds at most `MAX_HOLDING` plain job ids, and what
+/// is refused says so on one line that names the field or the JSON error.
+#[test]
+fn mutated_lease_requests_never_panic_and_what_is_read_is_bounded() {
+    use bulwark_protocol::control::{check_job_id, LeaseRequest, MAX_HOLDING};
+    let seed = r#"{"holding": ["job-0123456789abcdef0123456789abcdef", "job-a", "job_b-9"]}"#;
+    let mut rng = XorShift(0x0dd_ba11_5eed_1ea5);
+    let (mut read, mut refused) = (0, 0);
+    for _ in 0..ITERATIONS {
+        let text = mutate(&mut rng, seed);
+        match LeaseRequest::parse(text.as_bytes()) {
+            Ok(request) => {
+                read += 1;
+                let held = request.holding.unwrap_or_default();
+                assert!(held.len() <= MAX_HOLDING, "{text:?}");
+                for id in &held {
+                    assert_eq!(check_job_id(id), Ok(()), "{text:?}");
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(
+                    !e.is_empty() && !e.contains('\n') && e.chars().count() <= 500,
+                    "{e:?} for {text:?}"
+                );
+                assert!(
+                    e.starts_with("holding") || e.starts_with("not JSON") || e.contains("object"),
+                    "{e:?}"
+                );
+            }
+        }
+    }
+    assert!(read > 0 && refused > 0, "read {read}, refused {refused}");
+}

@@ -1104,6 +1104,10 @@ async fn signed<T: Send + 'static>(
     .map_err(|e| ApiError::internal(&e))?
 }
 
+/// `POST /v1/runners/lease` (runner): a job for the asking runner, `204` when there is none.
+/// Its body ([`control::LeaseRequest`]) may list the jobs the runner holds; then a job leased
+/// to it that it does not list is offered again first ([`state::Db::offer`]). A body without
+/// that list (`{}`, or none) is answered as before; a malformed one is `400`, naming the field.
 async fn lease(
     State(c): State<Shared>,
     arrived: Arrived,
@@ -1119,15 +1123,25 @@ async fn lease(
         &uri,
         &headers,
         body,
-        |c, db, runner, _| {
-            Ok(match db.lease(&runner.id, state::now())? {
-                Some(lease) => {
-                    tracing::info!(job_id = %lease.job_id, runner_id = %runner.id, "job leased");
-                    c.metrics.leased();
-                    Json(lease).into_response()
-                }
-                None => StatusCode::NO_CONTENT.into_response(),
-            })
+        |c, db, runner, body| {
+            let request = control::LeaseRequest::parse(body).map_err(|e| {
+                ApiError::bad_request(format!("request body is not a valid lease request: {e}"))
+            })?;
+            Ok(
+                match db.offer(&runner.id, request.holding.as_deref(), state::now())? {
+                    Some(offer) if offer.again => {
+                        tracing::warn!(job_id = %offer.lease.job_id, runner_id = %runner.id, expires_at = offer.lease.expires_at, "job offered again to the runner it is leased to: the runner does not list it as held (the lease's answer was lost, or the runner restarted)");
+                        c.metrics.offered_again();
+                        Json(offer.lease).into_response()
+                    }
+                    Some(offer) => {
+                        tracing::info!(job_id = %offer.lease.job_id, runner_id = %runner.id, "job leased");
+                        c.metrics.leased();
+                        Json(offer.lease).into_response()
+                    }
+                    None => StatusCode::NO_CONTENT.into_response(),
+                },
+            )
         },
     )
     .await

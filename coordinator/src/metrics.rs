@@ -38,6 +38,7 @@ pub struct Metrics {
     started_at: u64,
     submitted: [AtomicU64; 2],
     leased: AtomicU64,
+    offered_again: AtomicU64,
     results: StatusCounts,
     cancelled: AtomicU64,
     id_tokens: AtomicU64,
@@ -72,6 +73,7 @@ impl Metrics {
             started_at,
             submitted: Default::default(),
             leased: AtomicU64::new(0),
+            offered_again: AtomicU64::new(0),
             results: Default::default(),
             cancelled: AtomicU64::new(0),
             id_tokens: AtomicU64::new(0),
@@ -94,6 +96,11 @@ impl Metrics {
     /// A job was leased to a runner.
     pub fn leased(&self) {
         self.leased.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A job leased to a runner was offered to it again: the runner did not list it as held.
+    pub fn offered_again(&self) {
+        self.offered_again.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A result was recorded with `status` (the runner's `result.status`, when it is text).
@@ -222,6 +229,13 @@ impl Metrics {
         );
         family(
             &mut out,
+            "bulwark_coordinator_leases_offered_again_total",
+            "counter",
+            "Leases offered again to the runner holding them, which did not list them as held when it asked for a job: the answer to its lease request was lost, or its daemon restarted (and reports a job it may have started as a runner error rather than run it again).",
+            &[(NONE, c(&self.offered_again))],
+        );
+        family(
+            &mut out,
             "bulwark_coordinator_job_results_total",
             "counter",
             "Results recorded, by the runner's result.status (a status outside the known ones counts as other).",
@@ -285,6 +299,8 @@ mod tests {
         m.submitted(Trust::Untrusted);
         m.submitted(Trust::Untrusted);
         m.leased();
+        m.offered_again();
+        m.offered_again();
         for s in [
             Some("succeeded"),
             Some("failed"),
@@ -329,6 +345,7 @@ mod tests {
             "bulwark_coordinator_jobs_submitted_total{trust=\"untrusted\"} 2",
             "bulwark_coordinator_jobs_submitted_total{trust=\"trusted\"} 1",
             "bulwark_coordinator_jobs_leased_total 1",
+            "bulwark_coordinator_leases_offered_again_total 2",
             "bulwark_coordinator_job_results_total{status=\"succeeded\"} 1",
             "bulwark_coordinator_job_results_total{status=\"failed\"} 1",
             "bulwark_coordinator_job_results_total{status=\"refused\"} 0",

@@ -375,6 +375,16 @@ pub struct Job {
     pub result: Option<ResultReport>,
 }
 
+/// A job handed to a runner that asked for one ([`Db::offer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// The lease, as the runner is answered.
+    pub lease: Lease,
+    /// Whether it was leased to this runner already (the same lease, offered again because
+    /// the runner did not list it as held), rather than leased now.
+    pub again: bool,
+}
+
 /// One line of `jobs list`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JobSummary {
@@ -914,12 +924,30 @@ impl Db {
         read_job(&self.conn, job_id)
     }
 
-    /// Leases the oldest queued job to `runner_id` for [`lease_seconds`], after recording every
-    /// lease that ended without a result as lost. `None` when nothing is queued. Refused for a
-    /// runner that is not active, in the same transaction: a removal that commits between the
-    /// request's authentication and its lease must not leave a job leased to a removed runner
-    /// (it would sit there, unreported, until its lease ran out).
+    /// Leases the oldest queued job to `runner_id`, as [`Db::offer`] does for a runner that
+    /// does not say what it holds.
     pub fn lease(&mut self, runner_id: &str, now: u64) -> Result<Option<Lease>, StateError> {
+        Ok(self.offer(runner_id, None, now)?.map(|o| o.lease))
+    }
+
+    /// What `runner_id` gets when it asks for a job, after every lease that ended without a
+    /// result is recorded as lost. `None` when there is nothing for it.
+    ///
+    /// With `holding` (the jobs the runner says it has leased and not finished reporting:
+    /// [`bulwark_protocol::control::LeaseRequest`]), first the oldest job leased to this runner
+    /// whose lease is live, which the operator has not cancelled and which `holding` does not
+    /// name, offered again with the same lease (its answer was lost, or the runner restarted);
+    /// then, as without `holding`, the oldest queued job, leased for [`lease_seconds`].
+    ///
+    /// Refused for a runner that is not active, in the same transaction: a removal that
+    /// commits between the request's authentication and its lease must not leave a job leased
+    /// to a removed runner (it would sit there, unreported, until its lease ran out).
+    pub fn offer(
+        &mut self,
+        runner_id: &str,
+        holding: Option<&[String]>,
+        now: u64,
+    ) -> Result<Option<Offer>, StateError> {
         let err = |source| StateError::Lease {
             runner_id: runner_id.to_owned(),
             source,
@@ -941,6 +969,42 @@ impl Db {
             });
         }
         record_lost_leases(&tx, now).map_err(err)?;
+        if let Some(holding) = holding {
+            // The list goes in as one JSON parameter: however long it is (the API bounds it),
+            // the statement stays one.
+            let holding = serde_json::to_string(holding)
+                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            let again: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM jobs
+                     WHERE state = 'leased' AND runner_id = ?1 AND lease_expires_at > ?2
+                       AND cancel_requested_at IS NULL
+                       AND id NOT IN (SELECT value FROM json_each(?3))
+                     ORDER BY leased_at, rowid LIMIT 1",
+                    params![runner_id, to_i64(now), holding],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            if let Some(job) = match again {
+                Some(job_id) => read_job(&tx, &job_id)?,
+                None => None,
+            } {
+                // The leases that ran out are recorded lost, as for a new lease.
+                tx.commit().map_err(err)?;
+                // Read in this transaction, which also found it live: it ends after `now`.
+                let expires_at = job.lease_expires_at.unwrap_or(now);
+                return Ok(Some(Offer {
+                    lease: Lease {
+                        job_id: job.id,
+                        trust: job.trust,
+                        spec: job.spec,
+                        expires_at,
+                    },
+                    again: true,
+                }));
+            }
+        }
         let next: Option<String> = tx
             .query_row(
                 "SELECT id FROM jobs WHERE state = 'queued' ORDER BY submitted_at, rowid LIMIT 1",
@@ -963,11 +1027,14 @@ impl Db {
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Some(Lease {
-            job_id,
-            trust: job.trust,
-            spec: job.spec,
-            expires_at,
+        Ok(Some(Offer {
+            lease: Lease {
+                job_id,
+                trust: job.trust,
+                spec: job.spec,
+                expires_at,
+            },
+            again: false,
         }))
     }
 

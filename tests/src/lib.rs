@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub mod control;
 pub mod relay;
+pub mod rewrite;
 
 /// The `bulwark` binary under test: `$BULWARK_BIN`, or the one next to the test executable's
 /// directory (`target/<profile>/bulwark`).

@@ -1532,7 +1532,7 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
             &repo,
             &commit,
             "stuck",
-            &format!("setsid sh -c 'sleep 300; : {marker}' & sleep 300; : {marker}"),
+            &format!("echo began; setsid sh -c 'sleep 300; : {marker}' & sleep 300; : {marker}"),
         ),
         "untrusted",
     );
@@ -1562,8 +1562,7 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Nothing was reported for a job that did not finish: it stays leased until the lease
-    // ends, then becomes lost.
+    // Nothing was reported for a job that did not finish: it stays leased.
     let j = c.job(&id);
     assert_eq!(j["state"], "leased", "{j}");
     assert!(j.get("result").is_none() || j["result"].is_null(), "{j}");
@@ -1598,7 +1597,33 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
     for p in cgroups {
         assert!(!p.exists(), "cgroup {} left behind", p.display());
     }
-    // ...and runs the next job.
+    // Holding nothing, it is offered the job again. It took that lease before (its record is
+    // in the state directory) and the job may have had effects: reported as a runner error at
+    // once, not run again, rather than left leased until its lease ends (then lost).
+    let j = c.wait_done(&id, 60);
+    let log = daemon_log(&env);
+    assert_eq!(j["state"], "finished", "{j}\n{log}");
+    assert_eq!(j["result"]["result"]["status"], "runner-error", "{j}");
+    let reason = j["result"]["result"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("took this job before")
+            && reason.contains("not run again")
+            && reason.contains("job.log shows what ran"),
+        "{reason}"
+    );
+    // With the log of what ran, salvaged from the killed run's partial log.
+    let (status, _, what_ran) = c.fetch(&id, "logs/job.log");
+    assert_eq!(status, 200, "{j}");
+    assert!(
+        String::from_utf8_lossy(&what_ran).contains("began"),
+        "{}",
+        String::from_utf8_lossy(&what_ran)
+    );
+    assert!(
+        bulwark_tests::processes_with(&marker).is_empty(),
+        "the job ran again"
+    );
+    // And it runs the next job.
     let next = c.submit(
         &git_job(&repo, &commit, "after", "sh build.sh"),
         "untrusted",
@@ -1608,6 +1633,118 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
         j["result"]["result"]["status"],
         "succeeded",
         "{j}\n{}",
+        daemon_log(&env)
+    );
+    assert!(
+        bulwark_tests::processes_with(&marker).is_empty(),
+        "the job ran again"
+    );
+}
+
+/// A lease whose answer never reached the daemon (here: leased as the runner by the test,
+/// the answer dropped) is offered to the daemon again when it next asks, since it does not
+/// list the job as held: the job runs and succeeds, rather than sitting leased until its
+/// lease runs out and ending lost.
+#[test]
+fn a_lease_whose_answer_was_lost_is_offered_again_and_the_job_runs() {
+    let env = host("cp-lost-answer");
+    let c = Coordinator::start_with(&env, &["--metrics-listen", "127.0.0.1:0"]);
+    let token = c.registration_token(&env.dir, "10m");
+    let o = register(&env, &c, &token, "host-1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (repo, commit) = repo(&env);
+    let id = c.submit(&git_job(&repo, &commit, "lost", "sh build.sh"), "untrusted");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Committed at the coordinator; the answer is dropped.
+    let lost = lease_as_runner(&env, &rt);
+    assert_eq!(lost.job_id, id);
+    drop(lost);
+    assert_eq!(c.job(&id)["state"], "leased");
+    let mut daemon = Daemon::start(&env);
+    let j = c.wait_done(&id, 120);
+    let log = daemon_log(&env);
+    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}\n{log}");
+    let (status, _, bytes) = c.fetch(&id, "outputs/dist/app.txt");
+    assert_eq!((status, bytes), (200, b"built-from-git\n".to_vec()));
+    let (_, _, m) = c.scrape();
+    assert_eq!(
+        metric(&m, "bulwark_coordinator_leases_offered_again_total"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "bulwark_coordinator_jobs_leased_total"), 1.0);
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{log}"
+    );
+}
+
+/// A coordinator newer than the runner (played by the real one, through a proxy that adds a
+/// per-step setting this runner does not know to every lease of the job named `newer`): the
+/// runner reads the job's id, reports the job as a runner error naming the field and saying
+/// to upgrade, and runs nothing of it (no job directory, no log); the job is neither left
+/// leased nor offered to it again and again. The next job, which it can read, runs.
+#[test]
+fn a_lease_this_runner_cannot_read_is_reported_as_a_runner_error_and_nothing_of_it_runs() {
+    let env = host("cp-unreadable");
+    let c = Coordinator::start(&env);
+    let proxy = bulwark_tests::rewrite::Rewriter::start(
+        c.url.trim_start_matches("http://").parse().unwrap(),
+        |method, path, status, body| {
+            if (method, path, status) != ("POST", "/v1/runners/lease", 200) {
+                return None;
+            }
+            let mut lease: serde_json::Value = serde_json::from_slice(body).ok()?;
+            if lease["spec"]["name"] != "newer" {
+                return None;
+            }
+            lease["spec"]["steps"][0]["network"] = "none".into();
+            serde_json::to_vec(&lease).ok()
+        },
+    );
+    let token = c.registration_token(&env.dir, "10m");
+    let o = register_at(&env, &proxy.url(), &token, "host-1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (repo, commit) = repo(&env);
+    let id = c.submit(&git_job(&repo, &commit, "newer", "sh build.sh"), "trusted");
+    let mut daemon = Daemon::start(&env);
+    let j = c.wait_done(&id, 60);
+    let log = daemon_log(&env);
+    assert_eq!(j["state"], "finished", "{j}\n{log}");
+    let result = &j["result"]["result"];
+    assert_eq!(result["status"], "runner-error", "{j}");
+    assert_eq!(result["trust"], "trusted", "{j}");
+    assert_eq!(result["job"], "newer", "{j}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("runner host-1 (bulwark ")
+            && reason.contains("cannot read this job's lease")
+            && reason.contains("upgrade bulwark")
+            && reason.contains("spec.steps[0].network: unknown field `network`"),
+        "{reason}"
+    );
+    // Nothing of it ran: no directory of its own on the host, no log, no provenance.
+    assert!(!env.state.join("daemon/jobs").join(&id).exists());
+    assert!(j["result"].get("provenance").is_none(), "{j}");
+    assert_eq!(c.fetch(&id, "logs/job.log").0, 404);
+    assert!(log.contains("cannot read its lease"), "{log}");
+    // The runner goes on with what it can read.
+    let next = c.submit(&git_job(&repo, &commit, "next", "sh build.sh"), "untrusted");
+    let j = c.wait_done(&next, 120);
+    assert_eq!(
+        j["result"]["result"]["status"],
+        "succeeded",
+        "{j}\n{}",
+        daemon_log(&env)
+    );
+    assert_eq!(
+        daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
+        Some(0),
+        "{}",
         daemon_log(&env)
     );
 }
@@ -1822,6 +1959,8 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
         ("bulwark_coordinator_oldest_queued_job_age_seconds", 0.0),
         ("bulwark_coordinator_runners{state=\"active\"}", 1.0),
         ("bulwark_coordinator_jobs_leased_total", 2.0),
+        // The daemon listed what it held: nothing was offered again.
+        ("bulwark_coordinator_leases_offered_again_total", 0.0),
         (
             "bulwark_coordinator_job_results_total{status=\"succeeded\"}",
             1.0,
@@ -1868,7 +2007,7 @@ fn the_coordinators_metrics_follow_queued_leased_and_finished_jobs_and_parse_as_
     // An independent parser reads the same text: every family with its type, every sample.
     let parsed = parse_prometheus(&done);
     let families: Vec<&String> = parsed.iter().filter(|l| l.starts_with("F ")).collect();
-    assert_eq!(families.len(), 12, "{parsed:?}");
+    assert_eq!(families.len(), 13, "{parsed:?}");
     for line in [
         "F bulwark_coordinator_job_results counter",
         "F bulwark_coordinator_jobs gauge",

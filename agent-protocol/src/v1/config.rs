@@ -134,6 +134,8 @@ pub struct DaemonConfig {
     pub keep_outputs: Duration,
     /// How many jobs the daemon runs at once (`slots = 1`; 1 to 256). Each is its own run
     /// with its own uid and cgroup; the host's limits and the jobs' own bound what they take.
+    /// At most [`super::control::MAX_HOLDING`]: the daemon names every job it holds when it
+    /// asks for another.
     pub slots: usize,
     /// How often a running job's new `job.log` lines are sent to the coordinator, so an
     /// operator can follow it (`live_log_interval = "2s"`; 100ms to 10m); `None` (`"0s"`):
@@ -154,6 +156,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The default [`DaemonConfig::live_log_interval`].
 pub const DEFAULT_LIVE_LOG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The most [`DaemonConfig::slots`]: what a lease request may list as held.
+const MAX_SLOTS: u64 = super::control::MAX_HOLDING as u64;
 
 /// The default [`DaemonConfig::keep_outputs`]: a week.
 pub const DEFAULT_KEEP_OUTPUTS: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -648,8 +653,8 @@ impl Config {
             }
         }
         match raw.daemon.slots {
-            Some(n @ 1..=256) => daemon.slots = n as usize,
-            Some(n) => errors.push("daemon.slots", format!("{n} is outside 1 to 256")),
+            Some(n @ 1..=MAX_SLOTS) => daemon.slots = n as usize,
+            Some(n) => errors.push("daemon.slots", format!("{n} is outside 1 to {MAX_SLOTS}")),
             None => {}
         }
         if let Some(k) = &raw.daemon.keep_outputs {

@@ -14,7 +14,10 @@
 //!   per request, expires with its timestamp, and is refused when replayed.
 //! - **Jobs are leased**, not pushed: the runner asks for work (no inbound port on build hosts).
 //!   A lease carries the spec and the trust level, which comes from whoever submitted the job
-//!   to the coordinator and never from the job's own files.
+//!   to the coordinator and never from the job's own files. The runner says which jobs it
+//!   holds when it asks ([`LeaseRequest`]), so a lease whose answer was lost on the way is
+//!   offered to it again rather than left to run out; and it reports a lease it cannot read
+//!   (a newer coordinator's field, say) as the job's runner error rather than leaving it.
 //! - **Job identity** is a short-lived OIDC token (JWT, ES256) the coordinator mints only for
 //!   a trusted job that is leased to the asking runner and not finished; its claims come from
 //!   the coordinator's record of the job, never from the runner's request (only the audience
@@ -190,7 +193,101 @@ pub struct Submitted {
     pub job_id: String,
 }
 
+/// The most job ids a [`LeaseRequest`] may list in `holding`: a daemon holds at most its
+/// `[daemon] slots` jobs, and slots are at most this many.
+pub const MAX_HOLDING: usize = 256;
+
+/// The longest job id either side accepts (a job id becomes a directory name on the runner).
+pub const MAX_JOB_ID_LEN: usize = 128;
+
+/// Checks that `id` is a plain job id: 1 to [`MAX_JOB_ID_LEN`] ASCII letters, digits, `-` or
+/// `_`. A runner makes a directory of it and puts it in request paths, so it takes no other.
+pub fn check_job_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_JOB_ID_LEN
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "not a job id (1 to {MAX_JOB_ID_LEN} ASCII letters, digits, '-' or '_')"
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v1/runners/lease`'s body: what the asking runner already holds.
+///
+/// Why it exists: a lease is committed before its answer is sent, so an answer lost on the
+/// way (a connection cut, a timeout) left the job leased to a runner that never heard of it,
+/// unreported until its lease ran out (then `lost`). A runner that sends `holding` (every
+/// job it has leased and not finished reporting) is first offered again, with the same lease,
+/// the oldest job leased to it that is live, not cancelled and not in that list; only then a
+/// new one. A runner restarted after a crash sends an empty list and is offered what it held
+/// before; its daemon decides what to do with a job it may have started (docs/control-plane.md,
+/// "Lost answers and restarts").
+///
+/// Compatibility, both ways: a body without `holding` (`{}`, what runners sent before, or an
+/// empty body) is answered exactly as before (never an offer again), and a coordinator from
+/// before ignores the body, so a runner that sends `holding` works with it (it then never gets
+/// a job again, as before). For the same reason a coordinator ignores fields of this body it
+/// does not know, unlike the rest of the protocol: nothing a runner asks for here may be
+/// relied on (an older coordinator ignores it all), so ignoring a newer runner's field is what
+/// that runner must expect anyway, while refusing it would stop the runner leasing from a
+/// coordinator it was upgraded ahead of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The jobs the runner has leased and not finished reporting, at most [`MAX_HOLDING`],
+    /// each a job id ([`check_job_id`]). Absent: answered as a runner from before `holding`
+    /// is (no job is offered again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<Vec<String>>,
+}
+
+impl LeaseRequest {
+    /// Reads a lease request body: empty, or a JSON object whose `holding`, when present and
+    /// not `null`, is a list of at most [`MAX_HOLDING`] job ids. Errors name the field
+    /// (`holding`, `holding[3]`).
+    pub fn parse(body: &[u8]) -> Result<LeaseRequest, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(LeaseRequest::default());
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let object = value
+            .as_object()
+            .ok_or("must be a JSON object, such as {\"holding\": []}")?;
+        let holding = match object.get("holding") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Array(ids)) => {
+                if ids.len() > MAX_HOLDING {
+                    return Err(format!(
+                        "holding: {} job ids, at most {MAX_HOLDING}",
+                        ids.len()
+                    ));
+                }
+                let mut checked = Vec::with_capacity(ids.len());
+                for (i, id) in ids.iter().enumerate() {
+                    let id = id
+                        .as_str()
+                        .ok_or_else(|| format!("holding[{i}]: must be a job id (a string)"))?;
+                    check_job_id(id).map_err(|e| format!("holding[{i}]: {e}"))?;
+                    checked.push(id.to_owned());
+                }
+                Some(checked)
+            }
+            Some(_) => return Err("holding: must be a list of job ids".into()),
+        };
+        Ok(LeaseRequest { holding })
+    }
+}
+
 /// `POST /v1/runners/lease` answers 200 with this when there is a job, 204 when there is none.
+///
+/// It refuses unknown fields, here and in the spec it carries: a field this runner does not
+/// understand may be a protection it would silently not apply. A runner that cannot read a
+/// lease whose `job_id` it can read reports that job as a `runner-error` saying why, without
+/// running anything (docs/control-plane.md, "Leases a runner cannot read").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lease {
@@ -419,6 +516,78 @@ mod tests {
         let shown = format!("{r:?}");
         assert!(!shown.contains("secretsecret"), "{shown}");
         assert!(shown.contains("build-7"), "{shown}");
+    }
+
+    #[test]
+    fn a_lease_request_without_holding_is_the_old_request_and_a_bad_one_names_its_field() {
+        // What runners sent before (and an empty body) ask for no offer again.
+        for old in [&b""[..], b"{}", b" \n", b"{\"holding\": null}"] {
+            assert_eq!(LeaseRequest::parse(old), Ok(LeaseRequest::default()));
+        }
+        assert_eq!(
+            LeaseRequest::parse(br#"{"holding": []}"#),
+            Ok(LeaseRequest {
+                holding: Some(Vec::new())
+            })
+        );
+        let two = LeaseRequest::parse(br#"{"holding": ["job-a", "job_B-9"], "later": 1}"#);
+        assert_eq!(
+            two.map(|r| r.holding),
+            Ok(Some(vec!["job-a".to_owned(), "job_B-9".to_owned()])),
+            "a field this coordinator does not know is ignored"
+        );
+        let refused = |body: &[u8]| LeaseRequest::parse(body).unwrap_err();
+        assert!(refused(b"{").starts_with("not JSON"), "{}", refused(b"{"));
+        assert!(refused(b"[]").contains("JSON object"));
+        assert_eq!(
+            refused(br#"{"holding": "job-a"}"#),
+            "holding: must be a list of job ids"
+        );
+        assert_eq!(
+            refused(br#"{"holding": ["job-a", 7]}"#),
+            "holding[1]: must be a job id (a string)"
+        );
+        for bad in [
+            "",
+            "../etc",
+            "job a",
+            "job\u{e9}",
+            &"j".repeat(MAX_JOB_ID_LEN + 1),
+        ] {
+            let body = serde_json::json!({ "holding": ["job-a", bad] }).to_string();
+            let e = refused(body.as_bytes());
+            assert!(e.starts_with("holding[1]: not a job id"), "{bad:?}: {e}");
+        }
+        let longest = "j".repeat(MAX_JOB_ID_LEN);
+        let full: Vec<&str> = vec![&longest; MAX_HOLDING];
+        let body = serde_json::json!({ "holding": full }).to_string();
+        assert_eq!(
+            LeaseRequest::parse(body.as_bytes())
+                .unwrap()
+                .holding
+                .map(|h| h.len()),
+            Some(MAX_HOLDING)
+        );
+        assert!(
+            body.len() < 64 << 10,
+            "the fullest request fits the lease route's body limit"
+        );
+        let over: Vec<&str> = vec!["job-a"; MAX_HOLDING + 1];
+        let body = serde_json::json!({ "holding": over }).to_string();
+        assert_eq!(
+            refused(body.as_bytes()),
+            format!(
+                "holding: {} job ids, at most {MAX_HOLDING}",
+                MAX_HOLDING + 1
+            )
+        );
+        // What a runner sends, read back.
+        let sent = LeaseRequest {
+            holding: Some(vec!["job-1".into()]),
+        };
+        let body = serde_json::to_vec(&sent).unwrap();
+        assert_eq!(body, br#"{"holding":["job-1"]}"#);
+        assert_eq!(LeaseRequest::parse(&body), Ok(sent));
     }
 
     #[test]

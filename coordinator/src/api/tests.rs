@@ -928,6 +928,106 @@ fn a_signed_request_acts_only_on_the_exact_path_it_signed() {
     assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
 }
 
+/// A lease request that lists what the runner holds is offered again the job leased to it
+/// that it does not list (its answer was lost), the same lease; `{}` and an empty body are
+/// answered as before; a malformed list is `400` naming the field, before anything is leased.
+#[test]
+fn a_lease_request_naming_what_the_runner_holds_gets_back_a_lost_answer_and_a_bad_list_is_refused()
+{
+    let s = start();
+    let runner = register(&s, "build-1");
+    let other = register(&s, "build-2");
+    let lease = |r: &TestRunner, body: &[u8]| signed_post(&s, r, "/v1/runners/lease", body);
+    let job_id = submit(&s, "trusted");
+    // Leased as a runner from before asks; suppose this answer never arrived.
+    let first = lease(&runner, b"{}");
+    assert_eq!(first.status, 200);
+    let first: Lease = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(first.job_id, job_id);
+    // Asked as before: nothing more (the job is leased, the queue empty).
+    assert_eq!(lease(&runner, b"{}").status, 204);
+    assert_eq!(lease(&runner, b"").status, 204);
+    assert_eq!(lease(&runner, br#"{"holding": null}"#).status, 204);
+    // Naming what it holds: the lease comes back whole, the same one.
+    let again = lease(&runner, br#"{"holding": []}"#);
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    let again: Lease = serde_json::from_slice(&again.body).unwrap();
+    assert_eq!(again, first);
+    let holding = json!({ "holding": [job_id] }).to_string();
+    assert_eq!(lease(&runner, holding.as_bytes()).status, 204);
+    // Never another runner's.
+    assert_eq!(lease(&other, br#"{"holding": []}"#).status, 204);
+    // Refused, naming the field; nothing is leased by a refused request.
+    let queued = submit(&s, "untrusted");
+    let too_many: Vec<String> = (0..=control::MAX_HOLDING)
+        .map(|i| format!("job-{i}"))
+        .collect();
+    let too_many = json!({ "holding": too_many }).to_string();
+    for (body, says) in [
+        (&b"holding"[..], "not JSON"),
+        (b"[]", "must be a JSON object"),
+        (
+            br#"{"holding": "all"}"#,
+            "holding: must be a list of job ids",
+        ),
+        (
+            br#"{"holding": ["job-1", 2]}"#,
+            "holding[1]: must be a job id",
+        ),
+        (br#"{"holding": ["../../x"]}"#, "holding[0]: not a job id"),
+        (too_many.as_bytes(), "holding: 257 job ids, at most 256"),
+    ] {
+        let a = lease(&runner, body);
+        assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+        assert!(
+            a.error()
+                .starts_with("request body is not a valid lease request: ")
+                && a.error().contains(says),
+            "{}",
+            a.error()
+        );
+    }
+    let state = |id: &str| {
+        let auth = format!("Bearer {}", s.admin);
+        http(
+            s.addr,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            &[("authorization", &auth)],
+            b"",
+        )
+        .json()
+    };
+    assert_eq!(state(&queued)["state"], "queued");
+    // The report a runner makes of a lease it cannot read (no logs, no outputs, nothing
+    // from a spec) is recorded as the job's result.
+    let reason = "runner build-1 (bulwark 0.1.0) cannot read this job's lease, so nothing of \
+                  the job ran; upgrade bulwark on that runner";
+    let report = json!({"result": {
+        "status": "runner-error", "reason": reason, "trust": "trusted", "job": "build",
+    }});
+    let a = signed_post(
+        &s,
+        &runner,
+        &format!("/v1/jobs/{job_id}/result"),
+        report.to_string().as_bytes(),
+    );
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    let job = state(&job_id);
+    assert_eq!(job["state"], "finished");
+    assert_eq!(job["result"]["result"]["status"], "runner-error");
+    assert_eq!(job["result"]["result"]["reason"], reason);
+    // Finished: offered to no one again; the queued job is leased as usual.
+    let next = lease(&runner, br#"{"holding": []}"#);
+    assert_eq!(next.status, 200);
+    assert_eq!(next.json()["job_id"], queued);
+}
+
 fn sha(bytes: &[u8]) -> String {
     auth::sha256_hex(bytes)
 }

@@ -204,6 +204,107 @@ fn a_lease_that_ends_without_a_result_makes_the_job_lost_not_queued() {
     ));
 }
 
+/// `holding` as the API hands it over.
+fn held(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What `runner` is offered holding `ids`: the job, and whether it was offered again.
+fn offered(db: &mut Db, runner: &str, ids: Option<&[&str]>, now: u64) -> Option<(String, bool)> {
+    let ids = ids.map(held);
+    db.offer(runner, ids.as_deref(), now)
+        .unwrap()
+        .map(|o| (o.lease.job_id, o.again))
+}
+
+/// A lease whose answer was lost is offered again to the runner holding it, once that runner
+/// says what it holds: only to it, only while the lease lasts, never once cancelled, never
+/// when the runner lists it, and before any new job. A runner that says nothing is answered
+/// as before.
+#[test]
+fn a_job_leased_to_a_runner_that_does_not_list_it_is_offered_to_it_again_first() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1", "r2"]);
+    for (id, at) in [("job-1", 100), ("job-2", 101), ("job-3", 102)] {
+        db.submit_job(id, &spec(Some("1m")), Trust::Trusted, at)
+            .unwrap();
+    }
+    // Leased, the answers lost on the way: r1 holds job-2 and job-1 (leased in that order).
+    db.conn
+        .execute("UPDATE jobs SET submitted_at = 99 WHERE id = 'job-2'", [])
+        .unwrap();
+    assert_eq!(db.lease("r1", 200).unwrap().unwrap().job_id, "job-2");
+    let first = db.lease("r1", 210).unwrap().unwrap();
+    assert_eq!(first.job_id, "job-1");
+    assert_eq!(db.lease("r2", 220).unwrap().unwrap().job_id, "job-3");
+    // A runner that says nothing of what it holds (`{}`, or a runner from before) gets
+    // nothing again: the queue is empty.
+    assert_eq!(offered(&mut db, "r1", None, 300), None);
+    // Holding nothing: the oldest lease first (job-2, leased at 200), the same lease.
+    let again = db.offer("r1", Some(&[]), 300).unwrap().unwrap();
+    assert!(again.again);
+    assert_eq!(again.lease.job_id, "job-2");
+    assert_eq!(
+        again.lease.expires_at,
+        200 + 60 + 600,
+        "the lease is not renewed"
+    );
+    assert_eq!(again.lease.trust, Trust::Trusted);
+    assert_eq!(again.lease.spec, spec(Some("1m")));
+    let job = db.job("job-2", 300).unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.runner_id.as_deref(), job.lease_expires_at),
+        (JobState::Leased, Some("r1"), Some(860))
+    );
+    assert_eq!(
+        offered(&mut db, "r1", Some(&["job-2"]), 300),
+        Some(("job-1".into(), true))
+    );
+    // Everything listed: nothing again, and nothing of another runner's.
+    assert_eq!(offered(&mut db, "r1", Some(&["job-1", "job-2"]), 300), None);
+    assert_eq!(
+        offered(&mut db, "r2", Some(&[]), 300),
+        Some(("job-3".into(), true))
+    );
+    assert_eq!(offered(&mut db, "r2", Some(&["job-3"]), 300), None);
+    // A job offered again comes before a queued one; the queued one is leased once every
+    // job leased to the runner is listed.
+    db.submit_job("job-4", &spec(Some("1m")), Trust::Untrusted, 301)
+        .unwrap();
+    assert_eq!(
+        offered(&mut db, "r1", Some(&["job-2"]), 302),
+        Some(("job-1".into(), true))
+    );
+    let fresh = db
+        .offer("r1", Some(&held(&["job-1", "job-2"])), 303)
+        .unwrap()
+        .unwrap();
+    assert_eq!((fresh.lease.job_id.as_str(), fresh.again), ("job-4", false));
+    assert_eq!(fresh.lease.expires_at, 303 + 60 + 600);
+    // Finished: never again.
+    db.record_result("job-4", "r1", &report(), 304).unwrap();
+    assert_eq!(offered(&mut db, "r1", Some(&["job-1", "job-2"]), 305), None);
+    // Cancelled by the operator: not offered again (its runner, if it holds it, stops it).
+    assert!(matches!(
+        db.cancel("job-2", 310).unwrap(),
+        Cancelled::Requested
+    ));
+    assert_eq!(
+        offered(&mut db, "r1", Some(&[]), 311),
+        Some(("job-1".into(), true))
+    );
+    assert_eq!(offered(&mut db, "r1", Some(&["job-1"]), 311), None);
+    // A removed runner is offered nothing, not even what was leased to it.
+    assert!(db.remove_runner("r2", 400).unwrap());
+    assert!(matches!(
+        db.offer("r2", Some(&[]), 401),
+        Err(StateError::RunnerNotActive { .. })
+    ));
+    // Past its lease's end: lost, not offered.
+    assert_eq!(offered(&mut db, "r1", Some(&[]), 870), None);
+    assert_eq!(db.job("job-1", 870).unwrap().unwrap().state, JobState::Lost);
+}
+
 #[test]
 fn a_late_result_is_refused_and_records_the_job_as_lost() {
     let dir = TempDir::new("state");

@@ -48,6 +48,14 @@
 //! its own uid lease, cgroup and job directory; the loop leases again as soon as a slot is
 //! free.
 //!
+//! No leased job is left unreported (`lease`): every lease request names the jobs the daemon
+//! holds, so a lease whose answer was lost is offered to it again and runs; a lease it cannot
+//! read (a newer coordinator's field) is reported as a runner error saying to upgrade, never
+//! run; a job leased again while it runs here is neither run nor reported twice; and a job a
+//! daemon before this one took and never reported (it died while the job ran) is reported as
+//! a runner error when offered again, not run a second time, since what ran of it may have
+//! had effects.
+//!
 //! Every output the run's `result.json` lists is uploaded to the coordinator before the
 //! result is reported (the coordinator refuses a result whose outputs it lacks): streamed
 //! from the job's output directory, signed over the digest the run computed, retried like the
@@ -72,6 +80,7 @@
 //! it never delays or fails the job. The log the result lists is the log.
 
 pub mod client;
+mod lease;
 pub mod metrics;
 pub mod registration;
 
@@ -81,6 +90,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use bulwark_protocol::control::{Heartbeat, Lease, LogFile, ResultReport, MAX_BODY_BYTES};
 use bulwark_protocol::JobSpec;
+use lease::{Answer, Journal, Unreadable};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -222,11 +232,14 @@ struct Daemon {
     client: Client,
     jobs: PathBuf,
     exe: PathBuf,
-    /// Jobs leased and not yet reported, with how many runs of each are in flight (a job
-    /// leased twice has two; the second fails at its directory): the sweep never touches
-    /// their directories (with several slots, one job's sweep runs while others still write
-    /// theirs).
-    active: std::cell::RefCell<std::collections::HashMap<String, usize>>,
+    /// Jobs leased and not yet reported: named in every lease request (`holding`), so the
+    /// coordinator does not offer them again; a lease of one of them is neither run nor
+    /// reported a second time; and the sweep never touches their directories (with several
+    /// slots, one job's sweep runs while others still write theirs). A job enters it when its
+    /// lease is read, before the next request, and leaves it once its report is done.
+    active: std::cell::RefCell<std::collections::HashSet<String>>,
+    /// The leases taken and not yet reported, kept across restarts (`lease::Journal`).
+    leases: Journal,
     /// Where `bulwark run` makes job directories, on whose filesystem the disk reserve is
     /// kept (its free space is a metric).
     job_dirs: PathBuf,
@@ -250,7 +263,7 @@ fn start(args: &Args) -> Result<Started> {
     dirs.create()?;
     // Job specs and outputs live here: private to the runner's user.
     let root = dirs.state.join("daemon");
-    for d in [root.clone(), root.join("jobs")] {
+    for d in [root.clone(), root.join("jobs"), root.join("leases")] {
         crate::fsutil::create_private_dir(&d)
             .with_context(|| format!("creating {}", d.display()))?;
     }
@@ -308,6 +321,7 @@ fn start(args: &Args) -> Result<Started> {
             jobs: root.join("jobs"),
             exe,
             active: Default::default(),
+            leases: Journal::new(root.join("leases")),
             job_dirs: dirs.jobs(),
             metrics: metrics::Metrics::new(),
         },
@@ -412,23 +426,56 @@ impl Daemon {
                     Err(_) => metrics::LeaseOutcome::Failed,
                 });
                 match leased {
-                    Ok(Some(lease)) => {
+                    Ok(Some(answer)) => {
                         wait = self.poll;
+                        let job_id = answer.job_id().to_owned();
+                        // Leased again while this daemon runs or reports it (a coordinator
+                        // that lost a write, or ignores `holding` and raced): the run under
+                        // way reports it. A second run would fail at the job's directory, and
+                        // its runner error, reported first, would be taken over the real result.
+                        if self.active.borrow().contains(&job_id) {
+                            tracing::warn!(job_id = %job_id, "the coordinator leased a job this daemon is running already: neither run nor reported again");
+                            eprintln!(
+                                "bulwark daemon: job {job_id}: leased again while it runs here; the run under way reports it"
+                            );
+                            backoff(&mut wait, &mut hold);
+                            continue;
+                        }
                         // A stop asked for while the lease was in flight: the job is not
                         // started (under systemd it could not finish before the final SIGKILL).
                         if stop.now() != Stop::No {
-                            let report = synthetic_result(
-                                &lease,
-                                "runner-error",
-                                "the runner was stopping when this job was leased; it did not run",
-                            );
-                            self.metrics.finished("runner-error");
-                            self.report(&lease, report, &mut stop.clone()).await;
+                            match answer {
+                                Answer::Job(lease) => {
+                                    self.metrics.finished("runner-error");
+                                    let report = synthetic_result(
+                                        &lease,
+                                        "runner-error",
+                                        "the runner was stopping when this job was leased; it did not run",
+                                    );
+                                    self.report(&lease, report, &mut stop.clone()).await;
+                                }
+                                Answer::Unreadable(u) => {
+                                    self.report_unreadable(&u, &mut stop.clone()).await;
+                                }
+                            }
                             continue;
                         }
+                        // Held from now: the next request (at once, below) names it.
+                        self.active.borrow_mut().insert(job_id);
                         let daemon = std::rc::Rc::clone(&self);
-                        let job_stop = stop.clone();
-                        running.spawn_local(async move { daemon.run_job(lease, job_stop).await });
+                        let mut job_stop = stop.clone();
+                        match answer {
+                            Answer::Job(lease) => running
+                                .spawn_local(async move { daemon.run_job(*lease, job_stop).await }),
+                            // Reported, never run; then the loop waits as after a failed
+                            // run, so a runner too old for the fleet's jobs takes few of them
+                            // (each reported to be resubmitted) until it is upgraded.
+                            Answer::Unreadable(u) => running.spawn_local(async move {
+                                daemon.report_unreadable(&u, &mut job_stop).await;
+                                daemon.release(&u.job_id);
+                                false
+                            }),
+                        };
                         // A free slot asks again at once: a queue of jobs fills the slots.
                         continue;
                     }
@@ -501,7 +548,7 @@ impl Daemon {
             runner_id: reg.runner_id.clone(),
             runner: reg.name.clone(),
             slots: self.slots as u64,
-            running: self.active.borrow().values().sum::<usize>() as u64,
+            running: self.active.borrow().len() as u64,
             stopping,
             coordinator_last_answer: self.client.last_answer(),
             disk: disk.map(|d| metrics::Disk {
@@ -512,13 +559,17 @@ impl Daemon {
         }
     }
 
-    async fn lease(&self) -> Result<Option<Lease>, ClientError> {
+    /// Asks the coordinator for a job, naming the jobs this daemon holds (`lease::request_body`:
+    /// one whose answer was lost is offered again). `None` when there is none; an error for
+    /// an answer that names no job this daemon can report under.
+    async fn lease(&self) -> Result<Option<Answer>, ClientError> {
         let reg = &self.identity.registration;
+        let body = lease::request_body(self.active.borrow().iter());
         let answer = self
             .client
             .post_signed(
                 "/v1/runners/lease",
-                b"{}".to_vec(),
+                body,
                 &reg.runner_id,
                 &self.identity.key,
             )
@@ -526,46 +577,72 @@ impl Daemon {
         if answer.status == 204 {
             return Ok(None);
         }
-        let lease: Lease =
-            serde_json::from_slice(&answer.body).map_err(|e| ClientError::Protocol {
+        lease::read_answer(&answer.body, now_secs())
+            .map(Some)
+            .map_err(|reason| ClientError::Protocol {
                 what: "POST /v1/runners/lease".into(),
-                reason: format!("the lease is not a job: {e}"),
-            })?;
-        // The id becomes a directory name and a request path: a lease with any other id is
-        // neither run nor answered.
-        check_job_id(&lease.job_id).map_err(|e| ClientError::Protocol {
-            what: "POST /v1/runners/lease".into(),
-            reason: e.to_string(),
-        })?;
-        Ok(Some(lease))
+                reason,
+            })
     }
 
-    /// Runs and reports one leased job; `false` when the runner itself failed to run it.
+    /// The job `job_id` is no longer held: its report is done (or given up).
+    fn release(&self, job_id: &str) {
+        self.active.borrow_mut().remove(job_id);
+    }
+
+    /// Reports the job of a lease this runner cannot read as a runner error, never running
+    /// anything of it (`lease` module docs).
+    async fn report_unreadable(&self, u: &Unreadable, stop: &mut StopWatch) {
+        // What could not be read may quote the spec's submitter (an unknown field's name):
+        // shown escaped and cut, as the coordinator's words always are.
+        let what = client::printable(&u.what);
+        tracing::error!(job_id = %u.job_id, what = %what, "this runner cannot read the lease; the job is reported as a runner error and nothing of it runs");
+        eprintln!(
+            "bulwark daemon: job {}: cannot read its lease ({what}); reported as a runner error, nothing of it ran (upgrade bulwark on this host)",
+            u.job_id,
+        );
+        self.metrics.finished("runner-error");
+        match serde_json::to_vec(&u.report(&self.identity.registration.name)) {
+            Ok(body) => {
+                // A record of an earlier, readable lease of it goes once it is reported.
+                if self.send_report(&u.job_id, u.expires_at, body, stop).await {
+                    let _ = self.leases.forget(&u.job_id);
+                }
+            }
+            Err(e) => {
+                self.metrics.report_given_up();
+                eprintln!("bulwark daemon: job {}: encoding the result: {e}", u.job_id);
+            }
+        }
+    }
+
+    /// Runs and reports one leased job (already in `active`, which it leaves once reported);
+    /// `false` when the runner itself failed to run it.
+    ///
+    /// The lease is recorded in the journal before anything of the job is done: a job whose
+    /// lease is recorded already was taken here before and never reported (a daemon before
+    /// this one died while it ran, or its report failed), and is reported as a runner error,
+    /// with the log of what ran, not run again (`lease` module docs).
     async fn run_job(&self, lease: Lease, mut stop: StopWatch) -> bool {
         let job_id = lease.job_id.clone();
-        *self.active.borrow_mut().entry(job_id.clone()).or_default() += 1;
-        let (report, ran) = match self.execute(&lease, &mut stop).await {
-            Ok(report) => (report, true),
-            Err(e) => {
-                // The details (host paths, the error chain) stay in this host's log.
-                tracing::error!(job_id = %job_id, error = %format!("{e:#}"), "running the job failed");
-                eprintln!("bulwark daemon: job {job_id}: {e:#}");
-                let reason = format!(
-                    "runner {} could not run the job; its log says why",
-                    self.identity.registration.name
-                );
-                (synthetic_result(&lease, "runner-error", &reason), false)
-            }
-        };
-        // The run's own counts, before a failed upload could replace its report.
-        self.metrics.egress(lease.trust, &report.result);
-        // The coordinator records a result only once it holds every log and output the report
-        // lists. The logs go first: a job whose outputs cannot be delivered is still reported
-        // with its log.
-        let report = if ran {
-            self.deliver_all(&lease, report, &mut stop).await
-        } else {
-            report
+        let taken = self.leases.record(&lease).with_context(|| {
+            format!("recording the lease of job {job_id} in the daemon's leases directory")
+        });
+        let (report, ran) = match taken {
+            // Delivers the log of what ran itself: its reason must survive a failed upload.
+            Ok(false) => (self.taken_before(&lease, &mut stop).await, true),
+            Ok(true) => match self.execute(&lease, &mut stop).await {
+                Ok(report) => {
+                    // The run's own counts, before a failed upload could replace its report.
+                    self.metrics.egress(lease.trust, &report.result);
+                    // The coordinator records a result only once it holds every log and
+                    // output the report lists. The logs go first: a job whose outputs cannot
+                    // be delivered is still reported with its log.
+                    (self.deliver_all(&lease, report, &mut stop).await, true)
+                }
+                Err(e) => self.could_not_run(&lease, &e),
+            },
+            Err(e) => self.could_not_run(&lease, &e),
         };
         let status = report
             .result
@@ -579,35 +656,113 @@ impl Daemon {
             client::printable(&status)
         );
         self.metrics.finished(&status);
-        self.report(&lease, report, &mut stop).await;
+        if self.report(&lease, report, &mut stop).await {
+            // Reported: the coordinator offers it to no one again. (A report given up keeps
+            // the record until the lease is over: offered again meanwhile, the job is
+            // reported as taken before, not run again.)
+            if let Err(e) = self.leases.forget(&job_id) {
+                tracing::warn!(job_id = %job_id, error = %e, "forgetting the reported lease (pruned once the lease is over)");
+            }
+        }
         // `[daemon] keep_outputs` counts from now, when the job was reported.
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
             let _ = d.set_modified(std::time::SystemTime::now());
         }
-        {
-            let mut active = self.active.borrow_mut();
-            if let Some(n) = active.get_mut(&job_id) {
-                *n -= 1;
-                if *n == 0 {
-                    active.remove(&job_id);
-                }
-            }
-        }
+        self.release(&job_id);
         self.sweep();
         ran
     }
 
+    /// The report of a job the runner failed to run (`e` says why, in this host's log only:
+    /// host paths, the error chain), and `false`: nothing was run to deliver.
+    fn could_not_run(&self, lease: &Lease, e: &anyhow::Error) -> (ResultReport, bool) {
+        let job_id = &lease.job_id;
+        tracing::error!(job_id = %job_id, error = %format!("{e:#}"), "running the job failed");
+        eprintln!("bulwark daemon: job {job_id}: {e:#}");
+        let reason = format!(
+            "runner {} could not run the job; its log says why",
+            self.identity.registration.name
+        );
+        (synthetic_result(lease, "runner-error", &reason), false)
+    }
+
+    /// The report of a job offered again whose lease this runner took before and never
+    /// reported: a runner error, with the log of what ran when its run left one; the job is
+    /// not run again (what ran of it may have had effects).
+    async fn taken_before(&self, lease: &Lease, stop: &mut StopWatch) -> ResultReport {
+        let job_id = &lease.job_id;
+        tracing::warn!(job_id = %job_id, "offered again a job this runner took before and never reported: reported as a runner error, not run again");
+        eprintln!(
+            "bulwark daemon: job {job_id}: taken here before and never reported (a daemon stopped while it ran, or its report failed); reporting it as a runner error, not running it again"
+        );
+        let out = self.jobs.join(job_id).join("out");
+        let mut logs = if out.is_dir() {
+            // The run of the daemon before is gone (it dies with its daemon), so its partial
+            // log is complete as far as it goes.
+            logs_of_what_ran(&out).unwrap_or_else(|e| {
+                eprintln!("bulwark daemon: job {job_id}: the log of what ran: {e:#}");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        let blobs: Vec<Blob> = logs
+            .iter()
+            .map(|l| Blob {
+                what: format!("log {}", l.name),
+                rel: l.name.clone(),
+                sha256: l.sha256.clone(),
+                size: l.size,
+            })
+            .collect();
+        let mut log_note = String::new();
+        if !blobs.is_empty() {
+            log_note = match self.deliver(lease, &blobs, stop).await {
+                Ok(()) => " (job.log shows what ran)".to_owned(),
+                Err(why) => {
+                    eprintln!("bulwark daemon: job {job_id}: {why}");
+                    logs.clear();
+                    format!(
+                        " (the log of what ran could not be delivered; it is kept on this \
+                         runner under daemon/jobs/{job_id}/out: {why})"
+                    )
+                }
+            };
+        }
+        let reason = format!(
+            "runner {} took this job before and did not report it (its daemon stopped or \
+             died while the job ran, or the report failed): it is not run again, as what ran \
+             of it may have had effects; resubmit the job{log_note}",
+            self.identity.registration.name,
+        );
+        ResultReport {
+            logs,
+            ..synthetic_result(lease, "runner-error", &reason)
+        }
+    }
+
     /// Removes the directories of jobs finished longer than `[daemon] keep_outputs` ago.
     /// Failures are logged: a directory that cannot be removed now is tried again next time.
+    /// Also forgets the leases no coordinator can offer again (`lease::Journal::prune`).
     fn sweep(&self) {
         let keep = self.config.daemon.keep_outputs;
-        let active: std::collections::HashSet<String> =
-            self.active.borrow().keys().cloned().collect();
+        let active = self.active.borrow().clone();
         for (path, result) in sweep(&self.jobs, keep, std::time::SystemTime::now(), &active) {
             match result {
                 Ok(()) => tracing::info!(path = %path.display(), "old job directory removed"),
                 Err(e) => eprintln!(
                     "bulwark daemon: removing the old job directory {}: {e}",
+                    path.display()
+                ),
+            }
+        }
+        for (path, result) in self.leases.prune(now_secs(), &active) {
+            match result {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "record of an ended lease removed")
+                }
+                Err(e) => eprintln!(
+                    "bulwark daemon: removing the record of an ended lease {}: {e}",
                     path.display()
                 ),
             }
@@ -634,8 +789,12 @@ impl Daemon {
         // The job's directory first: a job leased twice (its directory is there) gets no
         // identity token minted, nor credentials exchanged only to be thrown away.
         let dir = self.jobs.join(&lease.job_id);
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("creating {} (was this job leased twice?)", dir.display()))?;
+        std::fs::create_dir(&dir).with_context(|| {
+            format!(
+                "creating {} (left by an earlier run of this job, which is not run again)",
+                dir.display()
+            )
+        })?;
         let handoff = match self.credentials_for(lease, job.timeout).await {
             Ok(h) => h,
             Err(reason) => return Ok(synthetic_result(lease, "refused", &reason)),
@@ -1250,21 +1409,36 @@ impl Daemon {
         Ok(())
     }
 
-    /// Sends the result, retrying transient failures until the lease ends.
-    async fn report(&self, lease: &Lease, report: ResultReport, stop: &mut StopWatch) {
-        let reg = &self.identity.registration;
-        let path = format!("/v1/jobs/{}/result", lease.job_id);
-        let body = match report_body(lease, report, &reg.name) {
-            Ok(b) => b,
+    /// Sends the result, retrying transient failures until the lease ends; whether the
+    /// coordinator took it.
+    async fn report(&self, lease: &Lease, report: ResultReport, stop: &mut StopWatch) -> bool {
+        match report_body(lease, report, &self.identity.registration.name) {
+            Ok(body) => {
+                self.send_report(&lease.job_id, lease.expires_at, body, stop)
+                    .await
+            }
             Err(e) => {
                 self.metrics.report_given_up();
                 eprintln!(
                     "bulwark daemon: job {}: encoding the result: {e}",
                     lease.job_id
                 );
-                return;
+                false
             }
-        };
+        }
+    }
+
+    /// Sends the result report `body` of job `job_id`, whose lease ends at `expires_at`,
+    /// retrying transient failures until then; whether the coordinator took it.
+    async fn send_report(
+        &self,
+        job_id: &str,
+        expires_at: u64,
+        body: Vec<u8>,
+        stop: &mut StopWatch,
+    ) -> bool {
+        let reg = &self.identity.registration;
+        let path = format!("/v1/jobs/{job_id}/result");
         let mut attempt = 0u32;
         let mut wait = self.poll;
         loop {
@@ -1275,29 +1449,28 @@ impl Daemon {
                     body.clone(),
                     &reg.runner_id,
                     &self.identity.key,
-                    lease.expires_at,
+                    expires_at,
                 )
                 .await
             {
                 Ok(_) => {
-                    tracing::info!(job_id = %lease.job_id, "result reported");
-                    return;
+                    tracing::info!(job_id = %job_id, "result reported");
+                    return true;
                 }
                 // An earlier attempt did arrive; only its answer was lost.
                 Err(e) if attempt > 0 && e.status() == Some(409) => {
-                    tracing::info!(job_id = %lease.job_id, "result reported (an earlier attempt arrived)");
-                    return;
+                    tracing::info!(job_id = %job_id, "result reported (an earlier attempt arrived)");
+                    return true;
                 }
-                Err(e) if e.is_transient() && now_secs() < lease.expires_at => {
+                Err(e) if e.is_transient() && now_secs() < expires_at => {
                     eprintln!(
-                        "bulwark daemon: job {}: reporting the result: {e}; trying again in {wait:?}",
-                        lease.job_id
+                        "bulwark daemon: job {job_id}: reporting the result: {e}; trying again in {wait:?}"
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         level = stop.raised() => if level == Stop::Now {
                             self.metrics.report_given_up();
-                            return;
+                            return false;
                         },
                     }
                     wait = (wait * 2).min(MAX_BACKOFF.max(self.poll));
@@ -1305,12 +1478,11 @@ impl Daemon {
                 }
                 Err(e) => {
                     self.metrics.report_given_up();
-                    tracing::error!(job_id = %lease.job_id, error = %e, "the result could not be reported");
+                    tracing::error!(job_id = %job_id, error = %e, "the result could not be reported");
                     eprintln!(
-                        "bulwark daemon: job {}: the result could not be reported: {e}",
-                        lease.job_id
+                        "bulwark daemon: job {job_id}: the result could not be reported: {e}"
                     );
-                    return;
+                    return false;
                 }
             }
         }
@@ -1388,15 +1560,10 @@ pub(crate) fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// A job id becomes a directory name: only plain ids are accepted.
+/// A job id becomes a directory name: only plain ids are accepted
+/// ([`bulwark_protocol::control::check_job_id`]).
 fn check_job_id(id: &str) -> Result<()> {
-    if id.is_empty()
-        || id.len() > 128
-        || id.starts_with('.')
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if bulwark_protocol::control::check_job_id(id).is_err() {
         bail!("the coordinator leased a job whose id is not a plain id");
     }
     Ok(())
@@ -1690,6 +1857,251 @@ mod tests {
             "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
         }))
         .unwrap()
+    }
+
+    /// What a scripted coordinator saw: each lease request's body, each result (job, report).
+    #[derive(Default)]
+    struct Seen {
+        leases: Vec<Vec<u8>>,
+        results: Vec<(String, serde_json::Value)>,
+    }
+
+    type Shared = std::sync::Arc<(std::sync::Mutex<Seen>, std::sync::Condvar)>;
+
+    /// How a scripted coordinator answers a request: `(path, body, seen)` to `(status, body)`.
+    type Script = fn(&str, &[u8], &Shared) -> (u16, Vec<u8>);
+
+    /// A coordinator on loopback answering each request (one per connection, closed after
+    /// the answer) on a thread of its own with `answer(path, body, seen)`: `(status, body)`.
+    fn scripted_coordinator(answer: Script) -> (String, Shared) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Shared = Default::default();
+        let shared = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let seen = std::sync::Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let end = loop {
+                        let n = conn.read(&mut buf).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut body = got[end + 4..].to_vec();
+                    while body.len() < len {
+                        let n = conn.read(&mut buf).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        body.extend_from_slice(&buf[..n]);
+                    }
+                    let (status, answer) = answer(&path, &body, &seen);
+                    let head = if status == 204 {
+                        "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned()
+                    } else {
+                        format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n",
+                            answer.len()
+                        )
+                    };
+                    let _ = conn.write_all(head.as_bytes());
+                    let _ = conn.write_all(&answer);
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    /// A daemon of `slots` slots polling every 50 ms whose coordinator is at `url`, its state
+    /// in `dir`, and whose `bulwark run` does not exist: a job that got as far as a run would
+    /// be reported as a runner error saying it could not run.
+    fn test_daemon(dir: &Path, url: &str, slots: usize) -> Daemon {
+        use crate::provenance::keys::{Algorithm, LocalKey};
+        let jobs = dir.join("jobs");
+        let leases = dir.join("leases");
+        std::fs::create_dir_all(&jobs).unwrap();
+        std::fs::create_dir_all(&leases).unwrap();
+        Daemon {
+            config_path: None,
+            config: bulwark_protocol::Config::default(),
+            poll: Duration::from_millis(50),
+            slots,
+            identity: Identity {
+                registration: registration::Registration {
+                    coordinator: url.to_owned(),
+                    runner_id: "runner-1".into(),
+                    name: "host-1".into(),
+                    issuer: "https://issuer.invalid".into(),
+                },
+                key: LocalKey::generate(Algorithm::P256).unwrap(),
+            },
+            client: Client::new(url, None).unwrap(),
+            jobs: jobs.clone(),
+            exe: dir.join("no-such-bulwark"),
+            active: Default::default(),
+            leases: Journal::new(leases),
+            job_dirs: jobs,
+            metrics: metrics::Metrics::new(),
+        }
+    }
+
+    /// A lease of job `id` (lasting an hour) whose spec names no source, so that the daemon
+    /// refuses it before anything would run (`refused`), with `extra` set in its first step.
+    fn sourceless_lease(id: &str, extra: Option<(&str, &str)>) -> serde_json::Value {
+        let mut lease = serde_json::json!({
+            "job_id": id,
+            "trust": "untrusted",
+            "expires_at": now_secs() + 3600,
+            "spec": {"version": 1, "name": "build", "steps": [{"name": "make", "run": "make"}]},
+        });
+        if let Some((k, v)) = extra {
+            lease["spec"]["steps"][0][k] = v.into();
+        }
+        lease
+    }
+
+    /// The coordinator's script: the 1st and 2nd lease answers are job-a (the 2nd while the
+    /// daemon still reports it: job-a's result is answered only once the 4th lease was
+    /// asked for), the 3rd a lease of job-u this runner cannot read, the 4th job-t (which
+    /// the test recorded as taken before), then nothing.
+    fn script(path: &str, body: &[u8], seen: &Shared) -> (u16, Vec<u8>) {
+        let (lock, cond) = &**seen;
+        let mut s = lock.lock().unwrap();
+        if path == "/v1/runners/lease" {
+            s.leases.push(body.to_vec());
+            cond.notify_all();
+            let lease = match s.leases.len() {
+                1 | 2 => sourceless_lease("job-a", None),
+                3 => sourceless_lease("job-u", Some(("network", "none"))),
+                4 => sourceless_lease("job-t", None),
+                _ => return (204, Vec::new()),
+            };
+            return (200, serde_json::to_vec(&lease).unwrap());
+        }
+        let Some(job) = path
+            .strip_prefix("/v1/jobs/")
+            .and_then(|p| p.strip_suffix("/result"))
+        else {
+            return (404, br#"{"error":"not in the script"}"#.to_vec());
+        };
+        if job == "job-a" {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while s.leases.len() < 4 && std::time::Instant::now() < deadline {
+                s = cond.wait_timeout(s, Duration::from_millis(100)).unwrap().0;
+            }
+        }
+        let report: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        s.results.push((job.to_owned(), report));
+        (204, Vec::new())
+    }
+
+    /// The daemon's loop against a coordinator that leases it a job it is still reporting,
+    /// a lease it cannot read, and one it took before: each lease request names the jobs
+    /// held (from the moment a lease is read, not once its task has started); the duplicate
+    /// is neither run nor reported a second time; the unreadable one is reported as a runner
+    /// error naming the field; the one taken before is reported, not run again.
+    #[test]
+    fn the_daemon_names_what_it_holds_and_reports_each_leased_job_once_without_running_twice() {
+        let dir = crate::tools::testutil::TempDir::new("daemon-loop");
+        let (url, seen) = scripted_coordinator(script);
+        let daemon = test_daemon(dir.path(), &url, 3);
+        let taken: Lease = serde_json::from_value(sourceless_lease("job-t", None)).unwrap();
+        assert!(daemon.leases.record(&taken).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let watched = std::sync::Arc::clone(&seen);
+        local.block_on(&rt, async move {
+            let done = async {
+                let deadline = std::time::Instant::now() + Duration::from_secs(40);
+                loop {
+                    {
+                        let s = watched.0.lock().unwrap();
+                        // Every job reported, and a few empty polls since: a report given
+                        // twice would have arrived by then.
+                        if s.results.len() >= 3 && s.leases.len() >= 8 {
+                            return;
+                        }
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the script never ended"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::select! {
+                r = std::rc::Rc::new(daemon).serve(None) => panic!("the loop ended: {r:?}"),
+                () = done => {}
+            }
+        });
+        let s = seen.0.lock().unwrap();
+        let holding = |i: usize| -> Vec<String> {
+            let body: serde_json::Value = serde_json::from_slice(&s.leases[i]).unwrap();
+            serde_json::from_value(body["holding"].clone()).unwrap()
+        };
+        assert!(holding(0).is_empty());
+        assert_eq!(holding(1), ["job-a"], "held as soon as its lease was read");
+        assert!(holding(2).contains(&"job-a".to_owned()));
+        let of = |job: &str| -> Vec<&serde_json::Value> {
+            s.results
+                .iter()
+                .filter(|(j, _)| j == job)
+                .map(|(_, r)| &r["result"])
+                .collect()
+        };
+        // job-a: its own run's report (refused: it names no source), once.
+        let a = of("job-a");
+        assert_eq!(a.len(), 1, "{:?}", s.results);
+        assert_eq!(a[0]["status"], "refused", "{}", a[0]);
+        let u = of("job-u");
+        assert_eq!(u.len(), 1, "{:?}", s.results);
+        assert_eq!(u[0]["status"], "runner-error");
+        let why = u[0]["reason"].as_str().unwrap();
+        assert!(
+            why.contains("cannot read this job's lease")
+                && why.contains("spec.steps[0].network: unknown field `network`"),
+            "{why}"
+        );
+        let t = of("job-t");
+        assert_eq!(t.len(), 1, "{:?}", s.results);
+        assert_eq!(t[0]["status"], "runner-error", "not run: {}", t[0]);
+        let why = t[0]["reason"].as_str().unwrap();
+        assert!(
+            why.contains("took this job before")
+                && why.contains("not run again")
+                && !why.contains("  "),
+            "{why}"
+        );
+        // Reported, so forgotten: nothing left to keep from a run.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("leases"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
