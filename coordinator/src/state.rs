@@ -986,10 +986,16 @@ impl Db {
                 )
                 .optional()
                 .map_err(err)?;
-            if let Some(job) = match again {
-                Some(job_id) => read_job(&tx, &job_id)?,
+            // A leased job whose record no longer parses is not offered again: its lease ends
+            // and it is lost, rather than this runner's every lease request failing on it.
+            let again = match again {
+                Some(job_id) => match read_job(&tx, &job_id) {
+                    Err(StateError::CorruptJob { .. }) => None,
+                    read => read?,
+                },
                 None => None,
-            } {
+            };
+            if let Some(job) = again {
                 // The leases that ran out are recorded lost, as for a new lease.
                 tx.commit().map_err(err)?;
                 // Read in this transaction, which also found it live: it ends after `now`.
@@ -1005,19 +1011,32 @@ impl Db {
                 }));
             }
         }
-        let next: Option<String> = tx
-            .query_row(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY submitted_at, rowid LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?;
-        let Some(job_id) = next else {
-            return Ok(None);
-        };
-        let Some(job) = read_job(&tx, &job_id)? else {
-            return Ok(None);
+        // A queued job whose stored record does not parse (written by another version of the
+        // coordinator, or edited by hand) could never be leased: it is finished as refused,
+        // saying why, and the next one is taken. Left queued, it would fail every lease
+        // request of every runner, and the whole queue behind it would wait.
+        let (job_id, job) = loop {
+            let next: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM jobs WHERE state = 'queued'
+                     ORDER BY submitted_at, rowid LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            let Some(job_id) = next else {
+                tx.commit().map_err(err)?;
+                return Ok(None);
+            };
+            match read_job(&tx, &job_id) {
+                Ok(Some(job)) => break (job_id, job),
+                Ok(None) => return Ok(None),
+                Err(StateError::CorruptJob { column, .. }) => {
+                    refuse_unreadable(&tx, &job_id, column, now).map_err(err)?;
+                }
+                Err(e) => return Err(e),
+            }
         };
         let expires_at = now.saturating_add(lease_seconds(&job.spec));
         tx.execute(
@@ -1446,6 +1465,41 @@ fn runner_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Runner> {
         registered_at: to_u64(r.get(3)?),
         removed_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
     })
+}
+
+/// Finishes queued job `job_id`, whose stored `column` does not parse, as refused: it was
+/// never run, and the submitter is told to submit it again.
+fn refuse_unreadable(
+    conn: &Connection,
+    job_id: &str,
+    column: &str,
+    now: u64,
+) -> rusqlite::Result<()> {
+    let (name, trust): (String, String) = conn.query_row(
+        "SELECT name, trust FROM jobs WHERE id = ?1",
+        [job_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    tracing::warn!(
+        job_id,
+        column,
+        "a queued job's stored record does not parse: finished as refused"
+    );
+    let result = serde_json::json!({
+        "status": "refused",
+        "reason": format!(
+            "the coordinator cannot read this job's stored {column} (written by another \
+             version of the coordinator, or edited): it never ran; submit it again"
+        ),
+        "trust": parse_trust(&trust).unwrap_or(Trust::Untrusted).as_str(),
+        "job": name,
+    });
+    conn.execute(
+        "UPDATE jobs SET state = 'finished', finished_at = ?2, result = ?3
+         WHERE id = ?1 AND state = 'queued'",
+        params![job_id, to_i64(now), result.to_string()],
+    )?;
+    Ok(())
 }
 
 fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> {

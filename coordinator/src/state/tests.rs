@@ -184,6 +184,52 @@ fn leases_go_oldest_first_for_the_job_timeout_plus_ten_minutes() {
     assert_eq!(job.runner_id.as_deref(), Some("r1"));
 }
 
+/// A queued job whose stored spec no longer parses is finished as refused, saying why, and
+/// the next one is leased: it does not fail every lease request and hold the queue.
+#[test]
+fn a_queued_job_whose_record_does_not_parse_is_refused_and_the_queue_goes_on() {
+    let dir = TempDir::new("state");
+    let mut db = db_with(&dir, &["r1"]);
+    db.submit_job("job-a", &spec(None), Trust::Trusted, 100)
+        .unwrap();
+    db.submit_job("job-b", &spec(None), Trust::Untrusted, 200)
+        .unwrap();
+    db.conn
+        .execute(
+            "UPDATE jobs SET spec = '{\"version\": 1, \"new_field\": true}' WHERE id = 'job-a'",
+            [],
+        )
+        .unwrap();
+    let lease = db.lease("r1", 300).unwrap().unwrap();
+    assert_eq!(lease.job_id, "job-b");
+    let (state, result): (String, String) = db
+        .conn
+        .query_row(
+            "SELECT state, result FROM jobs WHERE id = 'job-a'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(state, "finished");
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["status"], "refused", "{result}");
+    assert_eq!(result["trust"], "trusted", "{result}");
+    assert_eq!(result["job"], "build", "{result}");
+    let reason = result["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("stored spec") && reason.contains("submit it again"),
+        "{reason}"
+    );
+    // Nothing else queued: nothing, and no error.
+    assert!(db.lease("r1", 300).unwrap().is_none());
+    // A leased job whose record stops parsing is not offered again (nor an error): its lease
+    // ends and it is lost.
+    db.conn
+        .execute("UPDATE jobs SET spec = 'not json' WHERE id = 'job-b'", [])
+        .unwrap();
+    assert!(db.offer("r1", Some(&[]), 301).unwrap().is_none());
+}
+
 #[test]
 fn a_lease_that_ends_without_a_result_makes_the_job_lost_not_queued() {
     let dir = TempDir::new("state");
