@@ -199,8 +199,10 @@ mod tests {
         // The secret arrives split, across the cap.
         log.take(&secret.as_bytes()[..4]);
         log.take(&secret.as_bytes()[4..]);
+        // (Each on a line of its own: secrets back to back are one masked stretch.)
         for _ in 0..100 {
             log.take(secret.as_bytes());
+            log.take(b"\n");
         }
         let stats = log.finish().unwrap();
         let text = fs::read_to_string(dir.join("job.log")).unwrap();
