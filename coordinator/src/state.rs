@@ -974,27 +974,34 @@ impl Db {
             // the statement stays one.
             let holding = serde_json::to_string(holding)
                 .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-            let again: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM jobs
-                     WHERE state = 'leased' AND runner_id = ?1 AND lease_expires_at > ?2
-                       AND cancel_requested_at IS NULL
-                       AND id NOT IN (SELECT value FROM json_each(?3))
-                     ORDER BY leased_at, rowid LIMIT 1",
-                    params![runner_id, to_i64(now), holding],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(err)?;
-            // A leased job whose record no longer parses is not offered again: its lease ends
-            // and it is lost, rather than this runner's every lease request failing on it.
-            let again = match again {
-                Some(job_id) => match read_job(&tx, &job_id) {
-                    Err(StateError::CorruptJob { .. }) => None,
-                    read => read?,
-                },
-                None => None,
+            // Few rows: the jobs leased to this runner. A leased job whose record no longer
+            // parses is passed over (its lease ends and it is lost), rather than this runner's
+            // every lease request failing on it, or it hiding a lost answer behind it.
+            let candidates: Vec<String> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT id FROM jobs
+                         WHERE state = 'leased' AND runner_id = ?1 AND lease_expires_at > ?2
+                           AND cancel_requested_at IS NULL
+                           AND id NOT IN (SELECT value FROM json_each(?3))
+                         ORDER BY leased_at, rowid",
+                    )
+                    .map_err(err)?;
+                let rows = stmt
+                    .query_map(params![runner_id, to_i64(now), holding], |r| r.get(0))
+                    .map_err(err)?;
+                rows.collect::<Result<_, _>>().map_err(err)?
             };
+            let mut again = None;
+            for job_id in candidates {
+                match read_job(&tx, &job_id) {
+                    Err(StateError::CorruptJob { .. }) => continue,
+                    read => {
+                        again = read?;
+                        break;
+                    }
+                }
+            }
             if let Some(job) = again {
                 // The leases that ran out are recorded lost, as for a new lease.
                 tx.commit().map_err(err)?;

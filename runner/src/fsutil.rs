@@ -82,8 +82,9 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool
     })();
     let _ = fs::remove_file(&tmp);
     if let Ok(true) = result {
-        // The name is durable only once its directory is.
-        let _ = sync_parent(path);
+        // The name is durable only once its directory is: a caller told it was written
+        // relies on that (a lease record, a key), so a failed sync is its error.
+        sync_parent(path)?;
     }
     result
 }

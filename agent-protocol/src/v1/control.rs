@@ -229,8 +229,8 @@ pub fn check_job_id(id: &str) -> Result<(), String> {
 ///
 /// Compatibility, both ways: a body without `holding` (`{}`, what runners sent before, or an
 /// empty body) is answered exactly as before (never an offer again), and a coordinator from
-/// before ignores the body, so a runner that sends `holding` works with it (it then never gets
-/// a job again, as before). For the same reason a coordinator ignores fields of this body it
+/// before ignores the body, so a runner that sends `holding` works with it (it is then never
+/// offered a job again, as before). For the same reason a coordinator ignores fields of this body it
 /// does not know, unlike the rest of the protocol: nothing a runner asks for here may be
 /// relied on (an older coordinator ignores it all), so ignoring a newer runner's field is what
 /// that runner must expect anyway, while refusing it would stop the runner leasing from a

@@ -228,6 +228,12 @@ fn a_queued_job_whose_record_does_not_parse_is_refused_and_the_queue_goes_on() {
         .execute("UPDATE jobs SET spec = 'not json' WHERE id = 'job-b'", [])
         .unwrap();
     assert!(db.offer("r1", Some(&[]), 301).unwrap().is_none());
+    // Nor does it hide a lost answer leased after it.
+    db.submit_job("job-c", &spec(None), Trust::Untrusted, 400)
+        .unwrap();
+    assert_eq!(db.lease("r1", 401).unwrap().unwrap().job_id, "job-c");
+    let again = db.offer("r1", Some(&[]), 402).unwrap().unwrap();
+    assert!(again.again && again.lease.job_id == "job-c", "{again:?}");
 }
 
 #[test]

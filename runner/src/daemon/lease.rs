@@ -101,11 +101,21 @@ impl Unreadable {
     /// The report for the job: a `runner-error` saying this runner (`runner`, this version of
     /// bulwark) could not read the lease and what to do, before the detail (a long detail is
     /// cut, never the advice).
-    pub(super) fn report(&self, runner: &str) -> ResultReport {
+    ///
+    /// `taken_before`: this runner took an earlier lease of the job and never reported it (a
+    /// daemon died while it ran, before a downgrade say): then what ran of it is not known
+    /// here, and the reason does not claim that nothing did.
+    pub(super) fn report(&self, runner: &str, taken_before: bool) -> ResultReport {
+        let ran = if taken_before {
+            "so it is not run again (it took the job before and never reported it: what ran \
+             of it then is unknown here)"
+        } else {
+            "so nothing of the job ran"
+        };
         let reason = format!(
-            "runner {runner} (bulwark {}) cannot read this job's lease, so nothing of the job \
-             ran; upgrade bulwark on that runner (a coordinator newer than its runners sends \
-             what they do not know) and resubmit the job: {}",
+            "runner {runner} (bulwark {}) cannot read this job's lease, {ran}; upgrade bulwark \
+             on that runner (a coordinator newer than its runners sends what they do not know) \
+             and resubmit the job: {}",
             env!("CARGO_PKG_VERSION"),
             self.what
         );
@@ -187,9 +197,14 @@ fn at(path: &str, error: &serde_json::Error) -> String {
 /// done, so that a daemon started after one that died knows which jobs offered to it again
 /// may have run (module docs). Written and synced before use, so a power loss does not lose
 /// one; private to the runner's user, as the rest of the daemon's state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Journal {
     dir: PathBuf,
+    /// The longest a lease of this host's jobs can last (the longest timeout its operator
+    /// allows, plus the ten minutes the coordinator adds): the end a record keeps is never
+    /// later than that from when it is made, so that a coordinator's far-off `expires_at`
+    /// cannot keep a record forever.
+    longest_lease: u64,
 }
 
 /// One record: what [`Journal::prune`] needs to know when it may go.
@@ -200,13 +215,18 @@ struct Record {
     expires_at: u64,
 }
 
+/// How old a temporary file of the journal's writer is before it is taken for one a dead
+/// writer left.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The most bytes of a record read: a record is under a hundred.
 const MAX_RECORD: u64 = 4096;
 
 impl Journal {
-    /// The journal in `dir` (made by the caller, private).
-    pub(super) fn new(dir: PathBuf) -> Journal {
-        Journal { dir }
+    /// The journal in `dir` (made by the caller, private), for leases of at most
+    /// `longest_lease` seconds.
+    pub(super) fn new(dir: PathBuf, longest_lease: u64) -> Journal {
+        Journal { dir, longest_lease }
     }
 
     fn path(&self, job_id: &str) -> Result<PathBuf, std::io::Error> {
@@ -218,13 +238,40 @@ impl Journal {
     /// Records that the job of `lease` was taken: `Ok(false)` when it was already (taken and
     /// never reported, by this daemon or one before it on this state directory), which then
     /// stays as it was.
-    pub(super) fn record(&self, lease: &Lease) -> std::io::Result<bool> {
+    pub(super) fn record(&self, lease: &Lease, now: u64) -> std::io::Result<bool> {
+        self.record_until(
+            &lease.job_id,
+            lease.expires_at.min(now.saturating_add(self.longest_lease)),
+        )
+    }
+
+    fn record_until(&self, job_id: &str, expires_at: u64) -> std::io::Result<bool> {
         let bytes = serde_json::to_vec(&Record {
-            job_id: lease.job_id.clone(),
-            expires_at: lease.expires_at,
+            job_id: job_id.to_owned(),
+            expires_at,
         })
         .map_err(std::io::Error::other)?;
-        crate::fsutil::write_new_atomic(&self.path(&lease.job_id)?, &bytes, 0o600)
+        crate::fsutil::write_new_atomic(&self.path(job_id)?, &bytes, 0o600)
+    }
+
+    /// Whether the job `job_id` was taken here and never reported (its record is there).
+    pub(super) fn holds(&self, job_id: &str) -> bool {
+        self.path(job_id)
+            .is_ok_and(|p| std::fs::symlink_metadata(p).is_ok())
+    }
+
+    /// Records as taken, until the longest lease from `now`, every job of `ids` without a
+    /// record: what a daemon from before the journal left in its job directories (it kept
+    /// no record), so that a job it was running when it died is not run again when offered
+    /// to this one. A job of them that was reported costs a record until that lease could
+    /// have ended, nothing more (no coordinator offers it again). Returns how many were
+    /// recorded; ids that are not job ids are skipped.
+    pub(super) fn adopt(&self, ids: impl IntoIterator<Item = String>, now: u64) -> usize {
+        let until = now.saturating_add(self.longest_lease);
+        ids.into_iter()
+            .filter(|id| control::check_job_id(id).is_ok())
+            .filter(|id| matches!(self.record_until(id, until), Ok(true)))
+            .count()
     }
 
     /// Forgets the job `job_id`: its result was reported (the coordinator offers it to no one
@@ -251,17 +298,34 @@ impl Journal {
         let mut done = Vec::new();
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            // The writer's temporary files (`.bulwark-new-…`) are its own to remove.
-            if name.starts_with('.') || active.contains(&name) {
+            let path = e.path();
+            // The writer's temporary files (`.bulwark-new-…`) are its own to remove, unless
+            // it died first: gone after a while.
+            if name.starts_with('.') {
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TEMPORARY);
+                if stale {
+                    let r = std::fs::remove_file(&path).map_err(|e| e.to_string());
+                    done.push((path, r));
+                }
                 continue;
             }
-            let path = e.path();
+            if active.contains(&name) {
+                continue;
+            }
             let over = match read_record(&path) {
                 Ok(r) if r.job_id == name => {
                     r.expires_at.saturating_add(control::MAX_CLOCK_SKEW_SECS) < now
                 }
                 Ok(_) => true,
-                Err(ref e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Not readable now (descriptors, memory, I/O, permissions): kept for later.
+                // Removing a live record would let its job run twice.
+                Err(ref e) if e.raw_os_error().is_some() => continue,
+                // Readable, and not a record (its content, its size, not a regular file).
                 Err(_) => true,
             };
             if over {
@@ -357,7 +421,7 @@ mod tests {
             );
             assert_eq!(u.name.as_deref(), Some("release"));
             assert_eq!(u.expires_at, 5000);
-            let report = u.report("host-7");
+            let report = u.report("host-7", false);
             assert_eq!(report.result["status"], "runner-error");
             assert_eq!(report.result["job"], "release");
             let reason = report.result["reason"].as_str().unwrap();
@@ -398,7 +462,7 @@ mod tests {
         };
         assert_eq!(u.trust, Trust::Untrusted);
         assert_eq!(u.expires_at, 100 + UNREADABLE_LEASE_WINDOW);
-        assert_eq!(u.report("h").result["trust"], "untrusted");
+        assert_eq!(u.report("h", false).result["trust"], "untrusted");
     }
 
     /// Nothing to report under: not JSON, no job id, or an id this runner takes nowhere (it
@@ -431,28 +495,63 @@ mod tests {
         assert!(read_answer(&body, 1).is_err());
     }
 
+    /// A coordinator's far-off lease end is kept no longer than this host's longest lease;
+    /// what a daemon from before the journal left (job directories, no records) is adopted,
+    /// so that a job it ran is not run again when offered to this one.
+    #[test]
+    fn a_record_lasts_at_most_the_longest_lease_and_earlier_job_directories_are_adopted() {
+        let dir = crate::tools::testutil::TempDir::new("lease-journal-cap");
+        let journal = Journal::new(dir.path().to_owned(), 7200);
+        let mut lease: Lease = serde_json::from_value(lease_json()).unwrap();
+        lease.expires_at = u64::MAX;
+        assert!(journal.record(&lease, 1000).unwrap());
+        let none = std::collections::HashSet::new();
+        let past = 1000 + 7200 + control::MAX_CLOCK_SKEW_SECS + 1;
+        assert_eq!(journal.prune(past, &none).len(), 1, "kept forever");
+        let ids = ["job-a".to_owned(), "job-b".to_owned(), "../x".to_owned()];
+        assert!(journal.record_until("job-b", 5).unwrap());
+        assert_eq!(
+            journal.adopt(ids, 1000),
+            1,
+            "job-a only: job-b had one, ../x is no id"
+        );
+        assert!(journal.holds("job-a") && journal.holds("job-b") && !journal.holds("../x"));
+        assert!(!journal
+            .record(
+                &Lease {
+                    job_id: "job-a".into(),
+                    ..lease
+                },
+                1000
+            )
+            .unwrap());
+    }
+
     #[test]
     fn a_lease_is_recorded_once_forgotten_when_reported_and_pruned_once_no_one_can_offer_it() {
         let dir = crate::tools::testutil::TempDir::new("lease-journal");
-        let journal = Journal::new(dir.path().to_owned());
+        let journal = Journal::new(dir.path().to_owned(), 7200);
         let lease: Lease = serde_json::from_value(lease_json()).unwrap();
-        assert!(journal.record(&lease).unwrap(), "first taken");
-        assert!(!journal.record(&lease).unwrap(), "taken before");
+        assert!(journal.record(&lease, 1).unwrap(), "first taken");
+        assert!(!journal.record(&lease, 1).unwrap(), "taken before");
         journal.forget(ID).unwrap();
         journal.forget(ID).unwrap();
-        assert!(journal.record(&lease).unwrap(), "forgotten once reported");
+        assert!(
+            journal.record(&lease, 1).unwrap(),
+            "forgotten once reported"
+        );
         let none = std::collections::HashSet::new();
         // Until the lease's end and the clock skew have passed, the record stays.
         let end = lease.expires_at + control::MAX_CLOCK_SKEW_SECS;
         assert!(journal.prune(end, &none).is_empty());
-        assert!(!journal.record(&lease).unwrap());
+        assert!(!journal.record(&lease, 1).unwrap());
         // A job still running keeps its record, whatever its lease says.
         let running: std::collections::HashSet<String> = [ID.to_owned()].into();
         assert!(journal.prune(end + 1, &running).is_empty());
         let done = journal.prune(end + 1, &none);
         assert_eq!(done.len(), 1, "{done:?}");
         assert!(done[0].1.is_ok());
-        assert!(journal.record(&lease).unwrap(), "pruned");
+        assert!(journal.record(&lease, 1).unwrap(), "pruned");
         // A record that cannot be read, or names another job, is removed; a hidden file (a
         // writer's temporary) is left alone.
         std::fs::write(dir.path().join("job-garbled"), b"{").unwrap();
@@ -467,11 +566,37 @@ mod tests {
         assert!(!dir.path().join("job-garbled").exists());
         assert!(!dir.path().join("job-other").exists());
         assert!(dir.path().join(".bulwark-new-x").exists());
-        assert!(!journal.record(&lease).unwrap(), "the live record stayed");
+        // ...until it is old enough to be a dead writer's.
+        let old = std::time::SystemTime::now() - STALE_TEMPORARY * 2;
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(".bulwark-new-x"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(journal.prune(0, &none).len(), 1);
+        assert!(!dir.path().join(".bulwark-new-x").exists());
+        // A record unreadable for now is kept: the error is the system's, not the record's
+        // (shown with permissions, so only to an ordinary user: root reads everything).
+        if !nix::unistd::geteuid().is_root() {
+            let locked = dir.path().join("job-locked");
+            std::fs::write(&locked, br#"{"job_id":"job-locked","expires_at":1}"#).unwrap();
+            std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+                .unwrap();
+            assert!(journal
+                .prune(u64::MAX, &none)
+                .iter()
+                .all(|(p, _)| *p != locked));
+            assert!(locked.exists(), "a record unreadable for now was removed");
+        }
+        assert!(
+            !journal.record(&lease, 1).unwrap(),
+            "the live record stayed"
+        );
         // A job id that is no file name is refused, never joined to the path.
         let mut odd = lease.clone();
         odd.job_id = "../x".into();
-        assert!(journal.record(&odd).is_err());
+        assert!(journal.record(&odd, 1).is_err());
         assert!(journal.forget("../x").is_err());
     }
 }

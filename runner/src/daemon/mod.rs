@@ -310,6 +310,31 @@ fn start(args: &Args) -> Result<Started> {
         Ok(_) => {}
         Err(e) => eprintln!("bulwark daemon: warning: cleaning up after dead runs: {e}"),
     }
+    // A lease lasts the job's timeout (at most this host's ceiling) and ten minutes.
+    let longest_lease = loaded
+        .config
+        .limits
+        .max_timeout
+        .as_secs()
+        .saturating_add(600);
+    let leases = Journal::new(root.join("leases"), longest_lease);
+    // Job directories a daemon from before lease records left: any of them may be a job it
+    // was running when it died, which the coordinator will offer again; recorded as taken,
+    // before the first sweep could remove them, so that it is reported and not run twice.
+    let adopted = leases.adopt(
+        std::fs::read_dir(root.join("jobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok()),
+        now_secs(),
+    );
+    if adopted > 0 {
+        eprintln!(
+            "bulwark daemon: recorded {adopted} earlier job director(ies) without a lease record as taken: offered again, those jobs are reported, not run twice"
+        );
+    }
     Ok(Started {
         daemon: Daemon {
             poll: loaded.config.daemon.poll_interval,
@@ -321,7 +346,7 @@ fn start(args: &Args) -> Result<Started> {
             jobs: root.join("jobs"),
             exe,
             active: Default::default(),
-            leases: Journal::new(root.join("leases")),
+            leases,
             job_dirs: dirs.jobs(),
             metrics: metrics::Metrics::new(),
         },
@@ -427,7 +452,9 @@ impl Daemon {
                 });
                 match leased {
                     Ok(Some(answer)) => {
-                        wait = self.poll;
+                        // The wait is not reset by an answer, only by a job that ran (below):
+                        // a job that fails (or is reported without running) again and again
+                        // keeps it growing.
                         let job_id = answer.job_id().to_owned();
                         // Leased again while this daemon runs or reports it (a coordinator
                         // that lost a write, or ignores `holding` and raced): the run under
@@ -447,12 +474,21 @@ impl Daemon {
                             match answer {
                                 Answer::Job(lease) => {
                                     self.metrics.finished("runner-error");
-                                    let report = synthetic_result(
-                                        &lease,
-                                        "runner-error",
-                                        "the runner was stopping when this job was leased; it did not run",
-                                    );
-                                    self.report(&lease, report, &mut stop.clone()).await;
+                                    // Taken here before (its record is there), it may have
+                                    // run: not said otherwise, and its record goes once this
+                                    // report is taken.
+                                    let before = self.leases.holds(&lease.job_id);
+                                    let reason = if before {
+                                        "the runner was stopping when this job was offered to it again; it had taken the job before and never reported it (a daemon stopped while it ran), so what ran of it is unknown here; not run again"
+                                    } else {
+                                        "the runner was stopping when this job was leased; it did not run"
+                                    };
+                                    let report = synthetic_result(&lease, "runner-error", reason);
+                                    if self.report(&lease, report, &mut stop.clone()).await
+                                        && before
+                                    {
+                                        let _ = self.leases.forget(&lease.job_id);
+                                    }
                                 }
                                 Answer::Unreadable(u) => {
                                     self.report_unreadable(&u, &mut stop.clone()).await;
@@ -467,14 +503,19 @@ impl Daemon {
                         match answer {
                             Answer::Job(lease) => running
                                 .spawn_local(async move { daemon.run_job(*lease, job_stop).await }),
-                            // Reported, never run; then the loop waits as after a failed
-                            // run, so a runner too old for the fleet's jobs takes few of them
-                            // (each reported to be resubmitted) until it is upgraded.
-                            Answer::Unreadable(u) => running.spawn_local(async move {
-                                daemon.report_unreadable(&u, &mut job_stop).await;
-                                daemon.release(&u.job_id);
-                                false
-                            }),
+                            // Reported, never run; and the loop does not ask again at once (a
+                            // free slot would) but backs off, now and again when the report
+                            // is done, the wait growing from one such lease to the next, so a
+                            // runner too old for the fleet's jobs takes few of them (each
+                            // reported to be resubmitted) until it is upgraded.
+                            Answer::Unreadable(u) => {
+                                backoff(&mut wait, &mut hold);
+                                running.spawn_local(async move {
+                                    daemon.report_unreadable(&u, &mut job_stop).await;
+                                    daemon.release(&u.job_id);
+                                    false
+                                })
+                            }
                         };
                         // A free slot asks again at once: a queue of jobs fills the slots.
                         continue;
@@ -496,7 +537,9 @@ impl Daemon {
             tokio::select! {
                 _ = tokio::time::sleep_until(hold), if free => {}
                 done = running.join_next(), if !running.is_empty() => {
-                    if !matches!(done, Some(Ok(true))) {
+                    if matches!(done, Some(Ok(true))) {
+                        wait = self.poll;
+                    } else {
                         backoff(&mut wait, &mut hold);
                     }
                 }
@@ -602,7 +645,8 @@ impl Daemon {
             u.job_id,
         );
         self.metrics.finished("runner-error");
-        match serde_json::to_vec(&u.report(&self.identity.registration.name)) {
+        let before = self.leases.holds(&u.job_id);
+        match serde_json::to_vec(&u.report(&self.identity.registration.name, before)) {
             Ok(body) => {
                 // A record of an earlier, readable lease of it goes once it is reported.
                 if self.send_report(&u.job_id, u.expires_at, body, stop).await {
@@ -617,7 +661,7 @@ impl Daemon {
     }
 
     /// Runs and reports one leased job (already in `active`, which it leaves once reported);
-    /// `false` when the runner itself failed to run it.
+    /// `false` when it did not run (the runner failed to run it, or it was taken before).
     ///
     /// The lease is recorded in the journal before anything of the job is done: a job whose
     /// lease is recorded already was taken here before and never reported (a daemon before
@@ -625,12 +669,22 @@ impl Daemon {
     /// with the log of what ran, not run again (`lease` module docs).
     async fn run_job(&self, lease: Lease, mut stop: StopWatch) -> bool {
         let job_id = lease.job_id.clone();
-        let taken = self.leases.record(&lease).with_context(|| {
-            format!("recording the lease of job {job_id} in the daemon's leases directory")
-        });
+        // Written and synced off the loop, which serves the other jobs meanwhile.
+        let taken = {
+            let (leases, lease, now) = (self.leases.clone(), lease.clone(), now_secs());
+            tokio::task::spawn_blocking(move || leases.record(&lease, now))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from))
+                .with_context(|| {
+                    format!("recording the lease of job {job_id} in the daemon's leases directory")
+                })
+        };
         let (report, ran) = match taken {
             // Delivers the log of what ran itself: its reason must survive a failed upload.
-            Ok(false) => (self.taken_before(&lease, &mut stop).await, true),
+            // Nothing ran now: the loop backs off, as after a failed run (were its report
+            // refused, it would be offered again at once, and again).
+            Ok(false) => (self.taken_before(&lease, &mut stop).await, false),
             Ok(true) => match self.execute(&lease, &mut stop).await {
                 Ok(report) => {
                     // The run's own counts, before a failed upload could replace its report.
@@ -699,10 +753,12 @@ impl Daemon {
         let mut logs = if out.is_dir() {
             // The run of the daemon before is gone (it dies with its daemon), so its partial
             // log is complete as far as it goes.
-            logs_of_what_ran(&out).unwrap_or_else(|e| {
-                eprintln!("bulwark daemon: job {job_id}: the log of what ran: {e:#}");
-                Vec::new()
-            })
+            off_the_loop(logs_of_what_ran, &out)
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("bulwark daemon: job {job_id}: the log of what ran: {e:#}");
+                    Vec::new()
+                })
         } else {
             Vec::new()
         };
@@ -1959,7 +2015,7 @@ mod tests {
             jobs: jobs.clone(),
             exe: dir.join("no-such-bulwark"),
             active: Default::default(),
-            leases: Journal::new(leases),
+            leases: Journal::new(leases, 7200),
             job_dirs: jobs,
             metrics: metrics::Metrics::new(),
         }
@@ -2026,7 +2082,7 @@ mod tests {
         let (url, seen) = scripted_coordinator(script);
         let daemon = test_daemon(dir.path(), &url, 3);
         let taken: Lease = serde_json::from_value(sourceless_lease("job-t", None)).unwrap();
-        assert!(daemon.leases.record(&taken).unwrap());
+        assert!(daemon.leases.record(&taken, now_secs()).unwrap());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -2101,6 +2157,47 @@ mod tests {
                 .unwrap()
                 .count(),
             0
+        );
+    }
+
+    /// A coordinator that offers a job taken here before at every request and refuses its
+    /// report (`400`) is not asked as fast as it answers: the daemon backs off after each
+    /// such report, as after a failed run (50, 100, 200, 400, 800 ms: a handful of requests
+    /// in a second and a half, where a loop without backoff sends hundreds).
+    #[test]
+    fn a_job_taken_before_offered_again_and_again_is_asked_for_with_a_growing_wait() {
+        fn refusing(path: &str, body: &[u8], seen: &Shared) -> (u16, Vec<u8>) {
+            let mut s = seen.0.lock().unwrap();
+            if path == "/v1/runners/lease" {
+                s.leases.push(body.to_vec());
+                let lease = sourceless_lease("job-t", None);
+                return (200, serde_json::to_vec(&lease).unwrap());
+            }
+            s.results.push((path.to_owned(), serde_json::Value::Null));
+            (400, br#"{"error":"refused by the script"}"#.to_vec())
+        }
+        let dir = crate::tools::testutil::TempDir::new("daemon-backoff");
+        let (url, seen) = scripted_coordinator(refusing);
+        let daemon = test_daemon(dir.path(), &url, 1);
+        let taken: Lease = serde_json::from_value(sourceless_lease("job-t", None)).unwrap();
+        assert!(daemon.leases.record(&taken, now_secs()).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            tokio::select! {
+                r = std::rc::Rc::new(daemon).serve(None) => panic!("the loop ended: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(1500)) => {}
+            }
+        });
+        let s = seen.0.lock().unwrap();
+        assert!(s.results.len() >= 2, "reported {} times", s.results.len());
+        assert!(
+            s.leases.len() <= 8,
+            "{} lease requests in 1.5 s: no backoff",
+            s.leases.len()
         );
     }
 

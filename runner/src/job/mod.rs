@@ -1330,8 +1330,6 @@ impl JobRun<'_> {
     }
 }
 
-/// The isolation mode `choice` (`limits.isolation`) means for a runner that is (or is not)
-/// root, or why it cannot be had.
 /// Removes what dead runs left in the state directory `dirs` (their cgroups, job directories,
 /// disks and proxy sockets; a subuid-mode run's files are first taken back from its job's
 /// ids through `helper`): what every run does before it prepares its own job. Returns the
@@ -1383,6 +1381,8 @@ pub fn clean_dead_runs(config: &Config) -> Result<Vec<String>, String> {
     ))
 }
 
+/// The isolation mode `choice` (`limits.isolation`) means for a runner that is (or is not)
+/// root, or why it cannot be had.
 pub(crate) fn isolation_mode(choice: IsolationChoice, root: bool) -> Result<IsolationMode, String> {
     match (choice, root) {
         (IsolationChoice::Auto | IsolationChoice::RootPerJobUid, true) => {
