@@ -1584,7 +1584,10 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
         })
         .filter(|p| p.exists())
         .collect();
-    assert!(!cgroups.is_empty(), "no cgroup of {:?} found", left[0]);
+    // A rootless runner without a delegated cgroup runs its jobs under rlimits alone.
+    if nix::unistd::geteuid().is_root() {
+        assert!(!cgroups.is_empty(), "no cgroup of {:?} found", left[0]);
+    }
     // The host recovers: a new daemon removes what the killed one's run left as it starts,
     // before any job comes...
     let _daemon = Daemon::start(&env);
