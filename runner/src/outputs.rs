@@ -17,7 +17,8 @@
 //! - each file is written under a temporary name in the output directory and renamed, so an
 //!   output directory never holds half a file;
 //! - no output may take a runner's file name, nor share its path with another output, as a
-//!   filesystem that ignores case compares names (`bulwark_protocol::v1::casefold`).
+//!   filesystem that folds names compares them (case, invisible characters, trailing dots;
+//!   and vfat's short names for the runner's: `bulwark_protocol::v1::casefold`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -61,16 +62,19 @@ pub enum OutputError {
         pattern: String,
     },
     /// The output would overwrite one of the runner's own files (compared as a filesystem
-    /// that ignores case would: `bulwark_protocol::reserved_output`).
-    #[error("output {path}: refused: collides with the runner's own file {name}{}", if path.split('/').next() == Some(name) { "" } else { " where case is ignored (a case-folding filesystem)" })]
+    /// that folds names would: `bulwark_protocol::reserved_output`).
+    #[error(
+        "output {path}: refused: collides with the runner's own file {name}{}",
+        folded_note(path, name)
+    )]
     Reserved {
         /// Relative path.
         path: String,
         /// The runner's file.
         name: &'static str,
     },
-    /// Two outputs would be one file where case is ignored.
-    #[error("output {path}: refused: its path differs from output {other}'s only in case, so the two would be one file where case is ignored (a case-folding ext4 directory, vfat, NTFS, macOS); rename one in the job")]
+    /// Two outputs would be one file where a filesystem folds names.
+    #[error("output {path}: refused: its path differs from output {other}'s only in case, invisible characters or trailing dots, so the two would be one file {}; rename one in the job, narrow outputs.paths so that only one matches, or archive the tree in a step and declare the archive (trees such as the Linux kernel's hold such pairs)", bulwark_protocol::FOLDED_NAMES)]
     CaseCollision {
         /// Relative path.
         path: String,
@@ -97,6 +101,15 @@ pub enum OutputError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What [`OutputError::Reserved`] adds when the output is not spelled as the runner's file.
+fn folded_note(path: &str, name: &str) -> String {
+    if path.split('/').next() == Some(name) {
+        String::new()
+    } else {
+        format!(" {}", bulwark_protocol::FOLDED_NAMES)
+    }
 }
 
 /// Bounds on what a job may hand back.
@@ -177,7 +190,8 @@ pub fn collect_within(
             });
         }
         // Outputs travel: to a case-folding output directory, the coordinator, a download on
-        // macOS or Windows. Two whose paths differ only in case would be one file there.
+        // macOS or Windows. Two whose paths differ only in case (or in the invisible marks
+        // ext4's casefold ignores) would be one file there.
         if let Some(other) = folded.insert(bulwark_protocol::case_folded(rel), rel) {
             return Err(OutputError::CaseCollision {
                 path: rel.clone(),
@@ -917,8 +931,9 @@ mod tests {
         let e = collect(&ws, &["*.LOG".into(), "*.log".into()], &out, BOUNDS).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "output JOB.LOG: refused: collides with the runner's own file job.log where case is \
-             ignored (a case-folding filesystem)"
+            "output JOB.LOG: refused: collides with the runner's own file job.log where a \
+             filesystem folds names (case, invisible characters, trailing dots, 8.3 short names: \
+             a case-folding ext4 directory, vfat, NTFS, macOS)"
         );
         assert!(fs::read_dir(&out).unwrap().next().is_none());
         // Its own spelling is named as before.
@@ -928,6 +943,57 @@ mod tests {
             e.to_string(),
             "output job.log: refused: collides with the runner's own file job.log"
         );
+    }
+
+    #[test]
+    fn a_match_that_is_a_runner_file_with_invisible_marks_or_by_its_short_name_is_refused() {
+        // ext4's and f2fs's casefold ignore default-ignorable code points; vfat and NTFS
+        // match a long name's 8.3 alias. A glob matches each of these, which validation
+        // cannot see.
+        for (name, runner_file) in [
+            ("job\u{200B}.log", "job.log"),
+            ("result\u{FE0F}.json", "result.json"),
+            (".job\u{2060}.log.partial", ".job.log.partial"),
+            ("\u{200E}egress.log", "egress.log"),
+            ("RESULT~1.JSO", "result.json"),
+            ("JOBLOG~1.PAR", ".job.log.partial"),
+        ] {
+            let ws = tempdir("ws");
+            let out = tempdir("o");
+            fs::write(ws.join(name), "forged").unwrap();
+            fs::write(ws.join("build.txt"), "ok").unwrap();
+            let e = collect(&ws, &["*".into()], &out, BOUNDS).unwrap_err();
+            assert!(
+                matches!(&e, OutputError::Reserved { path, name: n } if path == name && *n == runner_file),
+                "{name}: {e}"
+            );
+            assert!(fs::read_dir(&out).unwrap().next().is_none());
+        }
+    }
+
+    #[test]
+    fn outputs_whose_paths_differ_only_in_invisible_marks_or_by_case_folding_are_refused() {
+        for (first, second) in [
+            ("dist/app\u{200C}.tar.gz", "dist/app.tar.gz"),
+            ("dist/\u{FEFF}x", "dist/x"),
+            // Case folding, not lowercasing: final and medial sigma, the curled beta.
+            ("dist/\u{03C2}.txt", "dist/\u{03C3}.txt"),
+            ("dist/\u{03D0}", "dist/\u{03B2}"),
+        ] {
+            let ws = tempdir("ws");
+            let out = tempdir("o");
+            fs::create_dir(ws.join("dist")).unwrap();
+            fs::write(ws.join(first), "one").unwrap();
+            fs::write(ws.join(second), "two").unwrap();
+            let e = collect(&ws, &["dist/*".into()], &out, BOUNDS).unwrap_err();
+            assert!(
+                matches!(&e, OutputError::CaseCollision { path, other }
+                    if [path.as_str(), other.as_str()].contains(&first)
+                        && [path.as_str(), other.as_str()].contains(&second)),
+                "{first} {second}: {e}"
+            );
+            assert!(fs::read_dir(&out).unwrap().next().is_none());
+        }
     }
 
     #[test]
@@ -943,8 +1009,11 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "output dist/app.tar.gz: refused: its path differs from output dist/App.tar.gz's \
-             only in case, so the two would be one file where case is ignored (a case-folding \
-             ext4 directory, vfat, NTFS, macOS); rename one in the job"
+             only in case, invisible characters or trailing dots, so the two would be one file \
+             where a filesystem folds names (case, invisible characters, trailing dots, 8.3 \
+             short names: a case-folding ext4 directory, vfat, NTFS, macOS); rename one in the \
+             job, narrow outputs.paths so that only one matches, or archive the tree in a step \
+             and declare the archive (trees such as the Linux kernel's hold such pairs)"
         );
         assert!(fs::read_dir(&out).unwrap().next().is_none());
         // Distinct names in one directory are no collision.
