@@ -288,7 +288,8 @@ pub const MAX_WALK_ENTRIES: u64 = 1 << 22;
 
 /// Most steps matching the patterns against the entries may take in all
 /// (`glob::Patterns::step`: one per pattern and position for each entry, one per character
-/// compared): seconds of work. A job chooses both the patterns and the names, and `*aaa…ab`
+/// compared, one per word of reach cleared; and one per byte of the path of each directory
+/// entered): seconds of work. A job chooses both the patterns and the names, and `*aaa…ab`
 /// against `aaaa…` costs the product of their lengths for each entry.
 pub const MAX_MATCH_STEPS: u64 = 1 << 32;
 
@@ -322,6 +323,7 @@ fn search(
         steps: 0,
         bounds,
         name: Vec::new(),
+        spare: Vec::new(),
     };
     walk.dir(ws, "", &compiled.start())?;
     if let Some(index) = walk.used.iter().position(|used| !used) {
@@ -352,6 +354,8 @@ struct Walk<'a> {
     bounds: Search,
     /// The entry's name as characters (reused).
     name: Vec<char>,
+    /// Reach buffers of directories searched before, to reuse (one per level being searched).
+    spare: Vec<Reach>,
 }
 
 impl Walk<'_> {
@@ -382,7 +386,7 @@ impl Walk<'_> {
         )
         .map_err(|e| io(rel, e))?;
         let mut listing = nix::dir::Dir::from_fd(listing_fd).map_err(|e| io(rel, e))?;
-        let mut next = self.patterns.empty();
+        let mut next = self.spare.pop().unwrap_or_else(|| self.patterns.empty());
         for entry in listing.iter() {
             let entry = entry.map_err(|e| io(rel, e))?;
             let bytes = entry.file_name().to_bytes();
@@ -410,33 +414,24 @@ impl Walk<'_> {
                 &mut self.hits,
                 &mut self.steps,
             );
-            if self.steps > self.bounds.max_steps {
-                return Err(OutputError::Bounds(format!(
-                    "matching outputs.paths against the workspace took more than {} steps, the \
-                     most the search for outputs takes; use fewer patterns or fewer * in one \
-                     component, or name the directories the outputs are in",
-                    self.bounds.max_steps
-                )));
-            }
+            self.within_steps()?;
             if !step.matched && !step.descend {
                 continue;
             }
-            let child = if rel.is_empty() {
-                text.into_owned()
-            } else {
-                format!("{rel}/{text}")
-            };
+            // The entry's path is built only for what is kept, entered or refused, never for
+            // each entry a `**` could descend below: `rel` can be 32 KiB long.
+            let child = || join(rel, &text);
             if name.to_str().is_none() {
                 // Lossily converted, it could name a different file (its U+FFFD spelling),
                 // and two names could become one record; a directory's name would do the
                 // same to every path below it.
-                return Err(OutputError::NotUtf8 { path: child });
+                return Err(OutputError::NotUtf8 { path: child() });
             }
             let mut is_dir = entry.file_type() == Some(nix::dir::Type::Directory);
             // Not every filesystem says in the listing what an entry is.
             if step.matched || entry.file_type().is_none() {
-                let st =
-                    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| io(&child, e))?;
+                let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| io(&child(), e))?;
                 let kind = Kind::of(st.st_mode);
                 is_dir = kind == Kind::Dir;
                 if step.matched && !is_dir {
@@ -444,7 +439,7 @@ impl Walk<'_> {
                         *used |= *hit;
                     }
                     self.found.push((
-                        child.clone(),
+                        child(),
                         kind,
                         st.st_nlink,
                         u64::try_from(st.st_size).unwrap_or(0),
@@ -461,11 +456,38 @@ impl Walk<'_> {
                 self.hits.iter_mut().for_each(|h| *h = false);
             }
             if is_dir && step.descend {
+                // Entering costs the directory's path (a step per byte), whatever is below.
+                let child = child();
+                self.steps += child.len() as u64;
+                self.within_steps()?;
                 let sub = openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(|e| io(&child, e))?;
                 self.dir(&sub, &child, &next)?;
             }
         }
+        self.spare.push(next);
         Ok(())
+    }
+
+    /// Refuses the search once it has taken more than its bound of steps.
+    fn within_steps(&self) -> Result<(), OutputError> {
+        if self.steps > self.bounds.max_steps {
+            return Err(OutputError::Bounds(format!(
+                "matching outputs.paths against the workspace took more than {} steps, the \
+                 most the search for outputs takes; use fewer patterns or fewer * in one \
+                 component, or name the directories the outputs are in",
+                self.bounds.max_steps
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The path of the entry `name` in the directory at `rel` (`""` at the top).
+fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{rel}/{name}")
     }
 }
 
@@ -904,6 +926,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, OutputError::NoMatch { index: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_path_is_built_only_for_what_is_kept_or_entered_and_entering_is_counted() {
+        // 16 directories of 200-byte names: a path of 3 KiB below them. Under `**` each of
+        // 500 files there could descend (were it a directory), but only what matches or is
+        // entered costs its path.
+        let ws = tempdir("ws");
+        let deep: String = (0..16)
+            .map(|_| "d".repeat(200))
+            .collect::<Vec<_>>()
+            .join("/");
+        let bottom = ws.join(&deep);
+        fs::create_dir_all(&bottom).unwrap();
+        for i in 0..500 {
+            fs::write(bottom.join(format!("f{i}.txt")), "").unwrap();
+        }
+        fs::write(bottom.join("lib.so"), "").unwrap();
+        let fd = nix::fcntl::open(ws.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        let patterns = vec!["**/*.so".to_string()];
+        let bounds = Search {
+            max_outputs: 100,
+            max_entries: MAX_WALK_ENTRIES,
+            max_steps: 200_000,
+        };
+        let found = search(&fd, &patterns, bounds).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, format!("{deep}/lib.so"));
+        // 100 directories entered there cost 3 KiB each: more than the bound.
+        for i in 0..100 {
+            fs::create_dir(bottom.join(format!("sub{i}"))).unwrap();
+        }
+        let e = search(&fd, &patterns, bounds).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("outputs: matching outputs.paths against the workspace took more"),
+            "{e}"
+        );
     }
 
     #[test]
