@@ -30,9 +30,12 @@ pub struct Patterns {
 
 /// For each pattern, the positions (number of components matched so far) it can be at after
 /// the path walked so far, `**` already taken as matching nothing where it can.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Reach {
     words: Vec<u64>,
+    /// The words with a bit set, each once: clearing the reach for the next entry costs what
+    /// the last one set, not the whole (with many long patterns, thousands of words).
+    dirty: Vec<usize>,
 }
 
 /// What matching one entry's name found.
@@ -50,7 +53,20 @@ impl Reach {
     }
 
     fn set(&mut self, bit: usize) {
-        self.words[bit / 64] |= 1 << (bit % 64);
+        let word = &mut self.words[bit / 64];
+        if *word == 0 {
+            self.dirty.push(bit / 64);
+        }
+        *word |= 1 << (bit % 64);
+    }
+
+    /// Clears every bit; returns how many words that took.
+    fn clear(&mut self) -> usize {
+        let cleared = self.dirty.len();
+        for w in self.dirty.drain(..) {
+            self.words[w] = 0;
+        }
+        cleared
     }
 
     /// Each bit set in `start..end`, in order: a word at a time, so a pattern's positions
@@ -131,13 +147,15 @@ impl Patterns {
     pub fn empty(&self) -> Reach {
         Reach {
             words: vec![0; self.bits.div_ceil(64).max(1)],
+            dirty: Vec::new(),
         }
     }
 
     /// Matches the entry `name` in a directory whose reach is `from`: writes the entry's
-    /// reach into `into`, marks in `matched_by` (one flag per pattern) each pattern that
-    /// matches the entry's whole path, and adds what it looked at to `steps`: one for each
-    /// pattern, one for each position it has reached, one for each character comparison.
+    /// reach into `into` (whatever it held before), marks in `matched_by` (one flag per
+    /// pattern) each pattern that matches the entry's whole path, and adds what it did to
+    /// `steps`: one for each word of `into` it cleared, one for each pattern, one for each
+    /// position it has reached, one for each character comparison.
     pub fn step(
         &self,
         from: &Reach,
@@ -146,7 +164,7 @@ impl Patterns {
         matched_by: &mut [bool],
         steps: &mut u64,
     ) -> Step {
-        into.words.iter_mut().for_each(|w| *w = 0);
+        *steps += into.clear() as u64;
         let mut found = Step::default();
         for (i, components) in self.patterns.iter().enumerate() {
             *steps += 1;
@@ -340,9 +358,9 @@ mod tests {
             assert!(found.matched && found.descend);
         }
         assert!(matched[0]);
-        // Per name: the pattern, its two positions and seven character comparisons, not
-        // the depth again.
-        assert_eq!(steps - before, 10_000 * 10);
+        // Per name: the pattern, its two positions, seven character comparisons and the one
+        // word of reach cleared, not the depth again.
+        assert_eq!(steps - before, 10_000 * 11);
     }
 
     #[test]
@@ -357,6 +375,55 @@ mod tests {
             steps > 5_000 && steps <= (p.len() * s.len()) as u64,
             "{steps}"
         );
+    }
+
+    #[test]
+    fn a_reused_reach_holds_nothing_of_the_entry_before() {
+        // One buffer for every entry of a directory, as the walk uses it: each step's answer
+        // is the one a fresh buffer gives.
+        let patterns = Patterns::new(&["a/**/x", "*/b", "c", "**/d/e"]);
+        let start = patterns.start();
+        let mut reused = patterns.empty();
+        let mut steps = 0;
+        for name in ["a", "c", "z", "d", "a", "b", "q", "d"] {
+            let name: Vec<char> = name.chars().collect();
+            let mut fresh = patterns.empty();
+            let want = patterns.step(&start, &name, &mut fresh, &mut [false; 4], &mut steps);
+            let got = patterns.step(&start, &name, &mut reused, &mut [false; 4], &mut steps);
+            assert_eq!(got, want, "{name:?}");
+            assert_eq!(reused.words, fresh.words, "{name:?}");
+            // And one level down, from each.
+            for below in ["x", "e", "b"] {
+                let below: Vec<char> = below.chars().collect();
+                let mut a = patterns.empty();
+                let mut b = patterns.empty();
+                assert_eq!(
+                    patterns.step(&fresh, &below, &mut a, &mut [false; 4], &mut steps),
+                    patterns.step(&reused, &below, &mut b, &mut [false; 4], &mut steps),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn clearing_the_reach_costs_what_the_entry_before_set_not_its_size() {
+        // 256 patterns of 500 components: a reach of 2 000 words. An entry only the first
+        // pattern reaches sets one word, and the next entry clears that one.
+        let long = format!("{}x", "a/".repeat(499));
+        let mut list = vec![long.clone()];
+        list.extend((0..255).map(|i| format!("p{i}/{long}")));
+        let patterns = Patterns::new(&list);
+        assert!(patterns.empty().words.len() > 2_000);
+        let start = patterns.start();
+        let mut next = patterns.empty();
+        let mut flags = vec![false; list.len()];
+        let mut steps = 0;
+        for _ in 0..1_000 {
+            patterns.step(&start, &['a'], &mut next, &mut flags, &mut steps);
+        }
+        // Per entry: 256 patterns, one position and one comparison each, one word cleared
+        // (where clearing the whole reach would cost 2 000 more).
+        assert!(steps <= 1_000 * (3 * 256 + 1), "{steps}");
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! - each file is written under a temporary name in the output directory and renamed, so an
 //!   output directory never holds half a file;
 //! - no output may take a runner's file name, nor share its path with another output, as a
-//!   filesystem that ignores case compares names (`bulwark_protocol::v1::casefold`).
+//!   filesystem that folds names compares them (case, invisible characters, trailing dots;
+//!   and vfat's short names for the runner's: `bulwark_protocol::v1::casefold`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -61,16 +62,19 @@ pub enum OutputError {
         pattern: String,
     },
     /// The output would overwrite one of the runner's own files (compared as a filesystem
-    /// that ignores case would: `bulwark_protocol::reserved_output`).
-    #[error("output {path}: refused: collides with the runner's own file {name}{}", if path.split('/').next() == Some(name) { "" } else { " where case is ignored (a case-folding filesystem)" })]
+    /// that folds names would: `bulwark_protocol::reserved_output`).
+    #[error(
+        "output {path}: refused: collides with the runner's own file {name}{}",
+        folded_note(path, name)
+    )]
     Reserved {
         /// Relative path.
         path: String,
         /// The runner's file.
         name: &'static str,
     },
-    /// Two outputs would be one file where case is ignored.
-    #[error("output {path}: refused: its path differs from output {other}'s only in case, so the two would be one file where case is ignored (a case-folding ext4 directory, vfat, NTFS, macOS); rename one in the job")]
+    /// Two outputs would be one file where a filesystem folds names.
+    #[error("output {path}: refused: its path differs from output {other}'s only in case, invisible characters or trailing dots, so the two would be one file {}; rename one in the job, narrow outputs.paths so that only one matches, or archive the tree in a step and declare the archive (trees such as the Linux kernel's hold such pairs)", bulwark_protocol::FOLDED_NAMES)]
     CaseCollision {
         /// Relative path.
         path: String,
@@ -97,6 +101,15 @@ pub enum OutputError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What [`OutputError::Reserved`] adds when the output is not spelled as the runner's file.
+fn folded_note(path: &str, name: &str) -> String {
+    if path.split('/').next() == Some(name) {
+        String::new()
+    } else {
+        format!(" {}", bulwark_protocol::FOLDED_NAMES)
+    }
 }
 
 /// Bounds on what a job may hand back.
@@ -177,7 +190,8 @@ pub fn collect_within(
             });
         }
         // Outputs travel: to a case-folding output directory, the coordinator, a download on
-        // macOS or Windows. Two whose paths differ only in case would be one file there.
+        // macOS or Windows. Two whose paths differ only in case (or in the invisible marks
+        // ext4's casefold ignores) would be one file there.
         if let Some(other) = folded.insert(bulwark_protocol::case_folded(rel), rel) {
             return Err(OutputError::CaseCollision {
                 path: rel.clone(),
@@ -274,7 +288,8 @@ pub const MAX_WALK_ENTRIES: u64 = 1 << 22;
 
 /// Most steps matching the patterns against the entries may take in all
 /// (`glob::Patterns::step`: one per pattern and position for each entry, one per character
-/// compared): seconds of work. A job chooses both the patterns and the names, and `*aaa…ab`
+/// compared, one per word of reach cleared; and one per byte of the path of each directory
+/// entered): seconds of work. A job chooses both the patterns and the names, and `*aaa…ab`
 /// against `aaaa…` costs the product of their lengths for each entry.
 pub const MAX_MATCH_STEPS: u64 = 1 << 32;
 
@@ -308,6 +323,7 @@ fn search(
         steps: 0,
         bounds,
         name: Vec::new(),
+        spare: Vec::new(),
     };
     walk.dir(ws, "", &compiled.start())?;
     if let Some(index) = walk.used.iter().position(|used| !used) {
@@ -338,6 +354,8 @@ struct Walk<'a> {
     bounds: Search,
     /// The entry's name as characters (reused).
     name: Vec<char>,
+    /// Reach buffers of directories searched before, to reuse (one per level being searched).
+    spare: Vec<Reach>,
 }
 
 impl Walk<'_> {
@@ -368,7 +386,7 @@ impl Walk<'_> {
         )
         .map_err(|e| io(rel, e))?;
         let mut listing = nix::dir::Dir::from_fd(listing_fd).map_err(|e| io(rel, e))?;
-        let mut next = self.patterns.empty();
+        let mut next = self.spare.pop().unwrap_or_else(|| self.patterns.empty());
         for entry in listing.iter() {
             let entry = entry.map_err(|e| io(rel, e))?;
             let bytes = entry.file_name().to_bytes();
@@ -396,33 +414,24 @@ impl Walk<'_> {
                 &mut self.hits,
                 &mut self.steps,
             );
-            if self.steps > self.bounds.max_steps {
-                return Err(OutputError::Bounds(format!(
-                    "matching outputs.paths against the workspace took more than {} steps, the \
-                     most the search for outputs takes; use fewer patterns or fewer * in one \
-                     component, or name the directories the outputs are in",
-                    self.bounds.max_steps
-                )));
-            }
+            self.within_steps()?;
             if !step.matched && !step.descend {
                 continue;
             }
-            let child = if rel.is_empty() {
-                text.into_owned()
-            } else {
-                format!("{rel}/{text}")
-            };
+            // The entry's path is built only for what is kept, entered or refused, never for
+            // each entry a `**` could descend below: `rel` can be 32 KiB long.
+            let child = || join(rel, &text);
             if name.to_str().is_none() {
                 // Lossily converted, it could name a different file (its U+FFFD spelling),
                 // and two names could become one record; a directory's name would do the
                 // same to every path below it.
-                return Err(OutputError::NotUtf8 { path: child });
+                return Err(OutputError::NotUtf8 { path: child() });
             }
             let mut is_dir = entry.file_type() == Some(nix::dir::Type::Directory);
             // Not every filesystem says in the listing what an entry is.
             if step.matched || entry.file_type().is_none() {
-                let st =
-                    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| io(&child, e))?;
+                let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| io(&child(), e))?;
                 let kind = Kind::of(st.st_mode);
                 is_dir = kind == Kind::Dir;
                 if step.matched && !is_dir {
@@ -430,7 +439,7 @@ impl Walk<'_> {
                         *used |= *hit;
                     }
                     self.found.push((
-                        child.clone(),
+                        child(),
                         kind,
                         st.st_nlink,
                         u64::try_from(st.st_size).unwrap_or(0),
@@ -447,11 +456,38 @@ impl Walk<'_> {
                 self.hits.iter_mut().for_each(|h| *h = false);
             }
             if is_dir && step.descend {
+                // Entering costs the directory's path (a step per byte), whatever is below.
+                let child = child();
+                self.steps += child.len() as u64;
+                self.within_steps()?;
                 let sub = openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(|e| io(&child, e))?;
                 self.dir(&sub, &child, &next)?;
             }
         }
+        self.spare.push(next);
         Ok(())
+    }
+
+    /// Refuses the search once it has taken more than its bound of steps.
+    fn within_steps(&self) -> Result<(), OutputError> {
+        if self.steps > self.bounds.max_steps {
+            return Err(OutputError::Bounds(format!(
+                "matching outputs.paths against the workspace took more than {} steps, the \
+                 most the search for outputs takes; use fewer patterns or fewer * in one \
+                 component, or name the directories the outputs are in",
+                self.bounds.max_steps
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The path of the entry `name` in the directory at `rel` (`""` at the top).
+fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{rel}/{name}")
     }
 }
 
@@ -893,6 +929,44 @@ mod tests {
     }
 
     #[test]
+    fn a_path_is_built_only_for_what_is_kept_or_entered_and_entering_is_counted() {
+        // 16 directories of 200-byte names: a path of 3 KiB below them. Under `**` each of
+        // 500 files there could descend (were it a directory), but only what matches or is
+        // entered costs its path.
+        let ws = tempdir("ws");
+        let deep: String = (0..16)
+            .map(|_| "d".repeat(200))
+            .collect::<Vec<_>>()
+            .join("/");
+        let bottom = ws.join(&deep);
+        fs::create_dir_all(&bottom).unwrap();
+        for i in 0..500 {
+            fs::write(bottom.join(format!("f{i}.txt")), "").unwrap();
+        }
+        fs::write(bottom.join("lib.so"), "").unwrap();
+        let fd = nix::fcntl::open(ws.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        let patterns = vec!["**/*.so".to_string()];
+        let bounds = Search {
+            max_outputs: 100,
+            max_entries: MAX_WALK_ENTRIES,
+            max_steps: 200_000,
+        };
+        let found = search(&fd, &patterns, bounds).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, format!("{deep}/lib.so"));
+        // 100 directories entered there cost 3 KiB each: more than the bound.
+        for i in 0..100 {
+            fs::create_dir(bottom.join(format!("sub{i}"))).unwrap();
+        }
+        let e = search(&fd, &patterns, bounds).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("outputs: matching outputs.paths against the workspace took more"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn outputs_found_in_any_directory_order_are_listed_as_a_sorted_walk_lists_them() {
         // `a/b` before `a-c`: component by component, as a walk of sorted listings finds
         // them (a plain sort of the paths puts `-` before `/`). Created in reverse so that
@@ -917,8 +991,9 @@ mod tests {
         let e = collect(&ws, &["*.LOG".into(), "*.log".into()], &out, BOUNDS).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "output JOB.LOG: refused: collides with the runner's own file job.log where case is \
-             ignored (a case-folding filesystem)"
+            "output JOB.LOG: refused: collides with the runner's own file job.log where a \
+             filesystem folds names (case, invisible characters, trailing dots, 8.3 short names: \
+             a case-folding ext4 directory, vfat, NTFS, macOS)"
         );
         assert!(fs::read_dir(&out).unwrap().next().is_none());
         // Its own spelling is named as before.
@@ -928,6 +1003,57 @@ mod tests {
             e.to_string(),
             "output job.log: refused: collides with the runner's own file job.log"
         );
+    }
+
+    #[test]
+    fn a_match_that_is_a_runner_file_with_invisible_marks_or_by_its_short_name_is_refused() {
+        // ext4's and f2fs's casefold ignore default-ignorable code points; vfat and NTFS
+        // match a long name's 8.3 alias. A glob matches each of these, which validation
+        // cannot see.
+        for (name, runner_file) in [
+            ("job\u{200B}.log", "job.log"),
+            ("result\u{FE0F}.json", "result.json"),
+            (".job\u{2060}.log.partial", ".job.log.partial"),
+            ("\u{200E}egress.log", "egress.log"),
+            ("RESULT~1.JSO", "result.json"),
+            ("JOBLOG~1.PAR", ".job.log.partial"),
+        ] {
+            let ws = tempdir("ws");
+            let out = tempdir("o");
+            fs::write(ws.join(name), "forged").unwrap();
+            fs::write(ws.join("build.txt"), "ok").unwrap();
+            let e = collect(&ws, &["*".into()], &out, BOUNDS).unwrap_err();
+            assert!(
+                matches!(&e, OutputError::Reserved { path, name: n } if path == name && *n == runner_file),
+                "{name}: {e}"
+            );
+            assert!(fs::read_dir(&out).unwrap().next().is_none());
+        }
+    }
+
+    #[test]
+    fn outputs_whose_paths_differ_only_in_invisible_marks_or_by_case_folding_are_refused() {
+        for (first, second) in [
+            ("dist/app\u{200C}.tar.gz", "dist/app.tar.gz"),
+            ("dist/\u{FEFF}x", "dist/x"),
+            // Case folding, not lowercasing: final and medial sigma, the curled beta.
+            ("dist/\u{03C2}.txt", "dist/\u{03C3}.txt"),
+            ("dist/\u{03D0}", "dist/\u{03B2}"),
+        ] {
+            let ws = tempdir("ws");
+            let out = tempdir("o");
+            fs::create_dir(ws.join("dist")).unwrap();
+            fs::write(ws.join(first), "one").unwrap();
+            fs::write(ws.join(second), "two").unwrap();
+            let e = collect(&ws, &["dist/*".into()], &out, BOUNDS).unwrap_err();
+            assert!(
+                matches!(&e, OutputError::CaseCollision { path, other }
+                    if [path.as_str(), other.as_str()].contains(&first)
+                        && [path.as_str(), other.as_str()].contains(&second)),
+                "{first} {second}: {e}"
+            );
+            assert!(fs::read_dir(&out).unwrap().next().is_none());
+        }
     }
 
     #[test]
@@ -943,8 +1069,11 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "output dist/app.tar.gz: refused: its path differs from output dist/App.tar.gz's \
-             only in case, so the two would be one file where case is ignored (a case-folding \
-             ext4 directory, vfat, NTFS, macOS); rename one in the job"
+             only in case, invisible characters or trailing dots, so the two would be one file \
+             where a filesystem folds names (case, invisible characters, trailing dots, 8.3 \
+             short names: a case-folding ext4 directory, vfat, NTFS, macOS); rename one in the \
+             job, narrow outputs.paths so that only one matches, or archive the tree in a step \
+             and declare the archive (trees such as the Linux kernel's hold such pairs)"
         );
         assert!(fs::read_dir(&out).unwrap().next().is_none());
         // Distinct names in one directory are no collision.

@@ -958,6 +958,91 @@ fn audit_mode_allows_unlisted_hosts_and_suggest_lists_what_the_run_needed() {
     );
 }
 
+/// An untrusted job in audit mode may try names outside its list, which the host's resolver
+/// resolves: were it told "cannot resolve" for one name and "resolves to a refused address"
+/// for another, a pull request's job could list the internal names that resolver knows. It
+/// is told the same for both; egress.log keeps which. (`nonexistent.invalid` never resolves,
+/// and asks nothing beyond the local resolver; `private.test` is refused before any connect.)
+#[test]
+fn an_untrusted_audit_cannot_tell_an_internal_name_from_one_that_does_not_resolve() {
+    let hosts: BTreeMap<String, String> = HOSTS
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let denied = |head: &str, name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("X-Bulwark-Denied: "))
+            .unwrap_or_else(|| panic!("{head}"))
+            .replace(name, "NAME")
+    };
+    let untrusted = EgressPolicy::new(&[], &hosts, true, &[]).unwrap();
+    let mut p = Proxy::with_policy("audit-oracle", untrusted, ProxyLimits::default());
+    let (inside, inside_head, _) = p.tunnel("private.test:8080");
+    let (nowhere, nowhere_head, _) = p.tunnel("nonexistent.invalid:8080");
+    assert_eq!(
+        (inside, nowhere),
+        (403, 403),
+        "{inside_head}\n{nowhere_head}"
+    );
+    assert_eq!(
+        denied(&inside_head, "private.test"),
+        "NAME: not reached: in audit mode a name outside the allow list reaches public \
+         addresses only (the run's egress.log says why)"
+    );
+    assert_eq!(
+        denied(&nowhere_head, "nonexistent.invalid"),
+        denied(&inside_head, "private.test")
+    );
+    let log = p.finish();
+    let line = |host: &str| log.iter().find(|l| l["host"] == host).unwrap().clone();
+    assert_eq!(line("private.test")["address"], "10.1.2.3");
+    let why = line("private.test")["reason"].as_str().unwrap().to_owned();
+    assert!(why.contains("10.1.2.3 is a private address"), "{why}");
+    let why = line("nonexistent.invalid")["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(why.contains("nonexistent.invalid"), "{why}");
+    assert!(!why.contains("not reached"), "{why}");
+
+    // A listed name is the job's own: it is told, in audit mode as in enforcing mode.
+    let listed = EgressPolicy::new(
+        &strings(&[
+            "private.test:8080".into(),
+            "nonexistent.invalid:8080".into(),
+        ]),
+        &hosts,
+        true,
+        &[],
+    )
+    .unwrap();
+    let p = Proxy::with_policy("audit-listed", listed, ProxyLimits::default());
+    let (code, head, _) = p.tunnel("private.test:8080");
+    assert_eq!(code, 403, "{head}");
+    assert!(
+        head.contains("private.test resolves to an address this proxy refuses"),
+        "{head}"
+    );
+    let (code, head, _) = p.tunnel("nonexistent.invalid:8080");
+    assert_eq!(code, 502, "{head}");
+    assert!(
+        head.contains("cannot resolve nonexistent.invalid"),
+        "{head}"
+    );
+    // A trusted job's audit is told too: its audit is how an operator learns which internal
+    // names a release build needs.
+    let trusted = EgressPolicy::new(&[], &hosts, true, &[])
+        .unwrap()
+        .reaching_private_in_audit(true);
+    let p = Proxy::with_policy("audit-trusted", trusted, ProxyLimits::default());
+    let (code, head, _) = p.tunnel("nonexistent.invalid:8080");
+    assert_eq!(code, 502, "{head}");
+    assert!(
+        head.contains("cannot resolve nonexistent.invalid"),
+        "{head}"
+    );
+}
+
 #[test]
 fn suggest_skips_what_no_list_can_allow_and_lines_it_did_not_write() {
     let dir = bulwark_tests::TempDir::new("egress-suggest");

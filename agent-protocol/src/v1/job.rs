@@ -427,8 +427,10 @@ pub fn is_reserved_output(path: &str) -> bool {
 
 /// The runner's file a relative output path (after any leading `./`) would land on, or be a
 /// directory in place of: its first component compared with [`RESERVED_OUTPUT_NAMES`] as a
-/// filesystem that ignores case compares names ([`super::casefold`]), so that `JOB.LOG`
-/// and `job.log.` (vfat drops the dot) are refused too.
+/// filesystem that folds names compares them ([`super::casefold`]), so that `JOB.LOG`,
+/// `job.log.` (vfat drops the dot), `job\u{200B}.log` (ext4's casefold ignores the
+/// zero-width space) and `RESULT~1.JSO` (vfat's short name for `result.json`) are refused
+/// too.
 pub fn reserved_output(path: &str) -> Option<&'static str> {
     let mut path = path;
     while let Some(rest) = path.strip_prefix("./") {
@@ -439,8 +441,13 @@ pub fn reserved_output(path: &str) -> Option<&'static str> {
     RESERVED_OUTPUT_NAMES
         .iter()
         .copied()
-        .find(|name| *name == folded)
+        .find(|name| *name == folded || super::casefold::may_be_short_name_of(&folded, name))
 }
+
+/// How a filesystem can take an output's path for another's, said where an output is
+/// refused for it.
+pub const FOLDED_NAMES: &str = "where a filesystem folds names (case, invisible characters, \
+     trailing dots, 8.3 short names: a case-folding ext4 directory, vfat, NTFS, macOS)";
 
 #[cfg(test)]
 mod tests;

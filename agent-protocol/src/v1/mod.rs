@@ -45,7 +45,7 @@ pub use credentials::{CredentialKind, CredentialProvider};
 pub use job::{
     is_reserved_output, reserved_output, CacheSpec, JobSpec, NetworkSpec, OutputsSpec,
     ResourcesSpec, RootfsSpec, SourceSpec, StepSpec, ToolFormat, ToolSpec, ValidatedJob,
-    ValidatedStep, NAME_PATTERN, RESERVED_OUTPUT_NAMES,
+    ValidatedStep, FOLDED_NAMES, NAME_PATTERN, RESERVED_OUTPUT_NAMES,
 };
 pub use result::{
     CgroupCounters, CredentialRecord, DiskUse, EgressRecord, Inputs, Isolation, IsolationMode,

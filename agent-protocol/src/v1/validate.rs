@@ -540,8 +540,8 @@ fn check_outputs(outputs: &OutputsSpec, errors: &mut Errors) -> Vec<String> {
     }
     let mut patterns = Vec::with_capacity(outputs.paths.len());
     // Literal paths by their case-folded key, with their index: two that differ only in
-    // case name one file where case is ignored (`casefold`). Patterns with wildcards are
-    // checked on what they match, by the runner.
+    // case (or in what else a filesystem folds) name one file there (`casefold`). Patterns
+    // with wildcards are checked on what they match, by the runner.
     let mut literals: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     for (i, pattern) in outputs.paths.iter().enumerate() {
         match check_output_pattern(pattern) {
@@ -554,9 +554,9 @@ fn check_outputs(outputs: &OutputsSpec, errors: &mut Errors) -> Vec<String> {
                             errors.push(
                                 format!("outputs.paths[{i}]"),
                                 format!(
-                                    "{} and outputs.paths[{first}] {} differ only in case, so \
-                                     they name one file where case is ignored (a case-folding \
-                                     ext4 directory, vfat, NTFS, macOS); rename one",
+                                    "{} and outputs.paths[{first}] {} differ only in case, \
+                                     invisible characters or trailing dots, so they name one \
+                                     file {FOLDED_NAMES}; rename one",
                                     quote(pattern),
                                     quote(other)
                                 ),
@@ -643,8 +643,8 @@ fn check_output_pattern(pattern: &str) -> Result<&str, String> {
             format!("collides with the runner's own file {name} in the output directory")
         } else {
             format!(
-                "collides with the runner's own file {name} in the output directory where case \
-                 is ignored (a case-folding ext4 directory, vfat, NTFS, macOS), got {}",
+                "collides with the runner's own file {name} in the output directory \
+                 {FOLDED_NAMES}, got {}",
                 quote(pattern)
             )
         });

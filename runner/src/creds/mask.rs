@@ -154,21 +154,25 @@ impl PrefixIndex {
         }
     }
 
-    /// The indexes of the patterns that may start at `at` (which holds at least
-    /// [`KEY_LEN`] bytes).
     /// Whether some pattern starts with `byte`.
     #[inline]
     fn may_start(&self, byte: u8) -> bool {
         self.first[usize::from(byte / 64)] & (1 << (byte % 64)) != 0
     }
 
+    /// Whether some pattern starts with the two bytes `at` starts with (it holds at least
+    /// two).
+    #[inline]
+    fn may_start_pair(&self, at: &[u8]) -> bool {
+        let pair = pair(at);
+        self.pairs[pair / 64] & (1 << (pair % 64)) != 0
+    }
+
+    /// The indexes of the patterns that may start at `at` (which holds at least
+    /// [`KEY_LEN`] bytes).
     #[inline]
     fn candidates(&self, at: &[u8]) -> &[u32] {
-        if self.first[usize::from(at[0] / 64)] & (1 << (at[0] % 64)) == 0 {
-            return &[];
-        }
-        let pair = pair(at);
-        if self.pairs[pair / 64] & (1 << (pair % 64)) == 0 {
+        if !self.may_start(at[0]) || !self.may_start_pair(at) {
             return &[];
         }
         let b = bucket(at);
@@ -225,8 +229,13 @@ fn cut_short(rest: &[u8], patterns: &[impl AsRef<[u8]>], index: &PrefixIndex) ->
             .candidates(rest)
             .iter()
             .any(|&i| longer(patterns[i as usize].as_ref()))
+    } else if rest.first().is_some_and(|&b| !index.may_start(b))
+        || (rest.len() >= 2 && !index.may_start_pair(rest))
+    {
+        // Most of the KEY_LEN - 1 positions per chunk that come here stop at the filters,
+        // as in `each_occurrence`, rather than compare every pattern.
+        false
     } else {
-        // At most KEY_LEN - 1 positions per chunk come here.
         patterns.iter().any(|p| longer(p.as_ref()))
     }
 }
@@ -831,6 +840,21 @@ mod tests {
             let mut scan = finder.scan();
             assert_eq!(text.chunks(chunk).find_map(|c| scan.feed(c)), Some("cred"));
         }
+    }
+
+    #[test]
+    fn a_short_tail_is_judged_by_the_index_before_any_pattern_is_compared() {
+        // The index knows the first pattern only: the others are decoys that a comparison
+        // with every pattern would find, and the filters must turn away first.
+        let patterns: [&[u8]; 3] = [b"secret-value", b"other-value", b"sz-decoy"];
+        let index = PrefixIndex::new(patterns[..1].iter().copied());
+        assert!(cut_short(b"s", &patterns, &index));
+        assert!(cut_short(b"sec", &patterns, &index));
+        // No pattern the index knows starts with `o`, nor with `sz`.
+        assert!(!cut_short(b"o", &patterns, &index));
+        assert!(!cut_short(b"oth", &patterns, &index));
+        assert!(!cut_short(b"sz", &patterns, &index));
+        assert!(!cut_short(b"sz-", &patterns, &index));
     }
 
     #[test]

@@ -68,6 +68,11 @@ pub enum Decision {
         host: String,
         /// Why it is allowed (the entry that matched, or audit mode).
         reason: String,
+        /// Reached only by an untrusted job's audit (no entry matched): the name may lead to
+        /// public addresses only, and the job is told no more than that it did not when it
+        /// does not resolve, has no address or resolves to a refused one, or it would learn
+        /// through the host's resolver which internal names exist.
+        public_only: bool,
     },
     /// An address literal that may be reached once [`EgressPolicy::check_address`] agrees.
     Literal {
@@ -314,7 +319,11 @@ impl EgressPolicy {
             }
         };
         match host {
-            Host::Name(host) => Decision::Resolve { host, reason },
+            Host::Name(host) => Decision::Resolve {
+                host,
+                reason,
+                public_only: matched.is_none() && !self.audit_private,
+            },
             Host::Ip(ip) => Decision::Literal { ip, reason },
         }
     }
@@ -741,8 +750,14 @@ mod tests {
         let untrusted = policy(&["10.0.0.2:80"], &[], true);
         for p in [&trusted, &untrusted] {
             match p.decide("anything.example", 8080) {
-                Decision::Resolve { reason, .. } => {
-                    assert!(reason.contains("audit mode"), "{reason}")
+                Decision::Resolve {
+                    reason,
+                    public_only,
+                    ..
+                } => {
+                    assert!(reason.contains("audit mode"), "{reason}");
+                    // Only an untrusted job's audit hides what an unlisted name resolved to.
+                    assert_eq!(public_only, std::ptr::eq(p, &untrusted));
                 }
                 other => panic!("{other:?}"),
             }
@@ -762,6 +777,16 @@ mod tests {
             })
         );
         assert_eq!(untrusted.check_address("x", sa("10.0.0.2:80")), Ok(()));
+        // A listed name is told what happened to it, in audit mode as in enforcing mode.
+        for audit in [true, false] {
+            assert!(matches!(
+                policy(&["a.test:80"], &[], audit).decide("a.test", 80),
+                Decision::Resolve {
+                    public_only: false,
+                    ..
+                }
+            ));
+        }
     }
 
     #[test]

@@ -556,11 +556,36 @@ async fn resolve_and_connect(
             reason,
             false,
         ),
-        Decision::Resolve { host, reason } => {
+        Decision::Resolve {
+            host,
+            reason,
+            public_only,
+        } => {
             let addrs = match policy.override_for(&host) {
-                Some(ip) => vec![SocketAddr::new(ip, port)],
-                None => lookup(shared, &host, port, attempt).await?,
+                Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+                None => lookup(shared, &host, port, attempt).await,
             };
+            // A name only audit mode lets an untrusted job try: whether it resolves, to
+            // nothing or to an address the proxy refuses is one answer to the job (see
+            // `not_reached`); the log keeps which.
+            let addrs = match addrs {
+                Ok(addrs) if addrs.is_empty() && public_only => {
+                    return Err(not_reached(&host, format!("{host} has no addresses")))
+                }
+                Ok(addrs) => addrs,
+                Err(r) if public_only => {
+                    return Err(not_reached(&host, r.detail.unwrap_or(r.reason)))
+                }
+                Err(r) => return Err(r),
+            };
+            if public_only {
+                for addr in &addrs {
+                    if let Err(d) = policy.check_address(&host, *addr) {
+                        attempt.address = Some(addr.ip());
+                        return Err(not_reached(&host, d.to_string()));
+                    }
+                }
+            }
             (host, addrs, reason, true)
         }
     };
@@ -614,6 +639,23 @@ async fn resolve_and_connect(
         detail: Some(format!("{logged} ({reason})")),
         ..refusal(502, told)
     })
+}
+
+/// The refusal of `name`, a name outside an untrusted job's allow list that its audit mode
+/// let it try, which did not resolve, had no address, or resolved to an address the proxy
+/// refuses (`detail`, for the log). The job is told the same in each case: were it told
+/// "cannot resolve" for one and "refused address" for another, a pull request's job could
+/// list which internal names the host's resolver knows. The time a lookup takes is not
+/// hidden.
+fn not_reached(name: &str, detail: String) -> Refusal {
+    Refusal {
+        status: 403,
+        reason: format!(
+            "{name}: not reached: in audit mode a name outside the allow list reaches public \
+             addresses only (the run's egress.log says why)"
+        ),
+        detail: Some(detail),
+    }
 }
 
 /// The receive and send buffer asked for on each upstream socket (module docs): at a 20 ms
@@ -1024,6 +1066,15 @@ mod tests {
 
     /// Sends `CONNECT target` and returns the status of the answer.
     fn connect_status(sock: &Path, target: &str) -> u16 {
+        let head = connect_head(sock, target);
+        head.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends `CONNECT target` and returns the head of the answer.
+    fn connect_head(sock: &Path, target: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1034,11 +1085,7 @@ mod tests {
         while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
             head.push(byte[0]);
         }
-        let head = String::from_utf8_lossy(&head);
-        head.split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
+        String::from_utf8_lossy(&head).into_owned()
     }
 
     static ASKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -1065,6 +1112,81 @@ mod tests {
         assert_eq!(connect_status(&sock, "[2001:db8::1]:443"), 403);
         proxy.shutdown().unwrap();
         assert_eq!(*ASKED.lock().unwrap(), ["a.test.", "a.test."]);
+    }
+
+    /// The host's resolver as an internal network's sees it: `*inner.test` resolves to a
+    /// private address, `*empty.test` to no address, anything else to nothing (an error).
+    fn internal_resolver(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        if name.ends_with("inner.test.") {
+            Ok(vec![SocketAddr::new([10, 1, 2, 3].into(), port)])
+        } else if name.ends_with("empty.test.") {
+            Ok(Vec::new())
+        } else {
+            Err(io::Error::other("test: no such name"))
+        }
+    }
+
+    #[test]
+    fn an_untrusted_audit_is_told_alike_whether_an_unlisted_name_resolves_to_nothing_or_inside() {
+        let dir = crate::tools::testutil::TempDir::named("bulwark-egress-oracle");
+        let allow: Vec<String> = ["listed-inner.test:443", "listed-empty.test:443"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let policy = EgressPolicy::new(&allow, &Default::default(), true, &[]).unwrap();
+        let sock = dir.join("egress.sock");
+        let log = dir.join("egress.log");
+        let proxy = start_with(
+            &sock,
+            policy,
+            &log,
+            ProxyLimits::default(),
+            internal_resolver,
+        )
+        .unwrap();
+        // Outside the list: an internal name, a name with no address, a name that does not
+        // resolve (all three as long). None is connected to; each answer is the other's but
+        // for the name.
+        let answers: Vec<String> = ["inner.test", "empty.test", "nodns.test"]
+            .iter()
+            .map(|name| connect_head(&sock, &format!("{name}:443")).replace(name, "NAME"))
+            .collect();
+        assert!(answers[0].starts_with("HTTP/1.1 403 "), "{}", answers[0]);
+        assert!(
+            answers[0].contains(
+                "NAME: not reached: in audit mode a name outside the allow list reaches public \
+                 addresses only"
+            ),
+            "{}",
+            answers[0]
+        );
+        assert_eq!(answers[1], answers[0]);
+        assert_eq!(answers[2], answers[0]);
+        // A listed name is told what happened to it, as before.
+        let listed = connect_head(&sock, "listed-inner.test:443");
+        assert!(
+            listed.starts_with("HTTP/1.1 403 ")
+                && listed.contains("resolves to an address this proxy refuses"),
+            "{listed}"
+        );
+        let listed = connect_head(&sock, "listed-empty.test:443");
+        assert!(
+            listed.starts_with("HTTP/1.1 502 ") && listed.contains("has no addresses"),
+            "{listed}"
+        );
+        proxy.shutdown().unwrap();
+        // The log says which was which.
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let line = |host: &str| lines.iter().find(|l| l["host"] == host).unwrap().clone();
+        assert_eq!(line("inner.test")["address"], "10.1.2.3");
+        let why = |host: &str| line(host)["reason"].as_str().unwrap().to_owned();
+        assert!(why("inner.test").contains("10.1.2.3 is a private address"));
+        assert_eq!(why("empty.test"), "empty.test has no addresses");
+        assert!(why("nodns.test").contains("cannot resolve nodns.test"));
     }
 
     /// A resolver stuck for 30 s, as `getaddrinfo` is when a name server does not answer.

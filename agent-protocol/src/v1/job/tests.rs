@@ -349,10 +349,33 @@ fn the_runners_file_names_are_reserved_in_any_case_and_spelling_a_filesystem_fol
         ("PROVENANCE.INTOTO.JSONL", "provenance.intoto.jsonl"),
         ("provenance.intoto.jsonl", "provenance.intoto.jsonl"),
         (".JOB.LOG.PARTIAL", ".job.log.partial"),
+        // Default-ignorable code points, which ext4's and f2fs's casefold drop (and HFS+
+        // some of them).
+        ("job\u{200B}.log", "job.log"),
+        ("result\u{FE0F}.json/x", "result.json"),
+        (".job\u{2060}.log.partial", ".job.log.partial"),
+        ("\u{FEFF}egress.log", "egress.log"),
+        ("provenance.intoto\u{202E}.jsonl", "provenance.intoto.jsonl"),
+        // Case, an invisible joiner and vfat's trailing dot together.
+        ("JOB\u{200D}.LOG.", "job.log"),
+        // vfat's and NTFS's short names.
+        ("RESULT~1.JSO", "result.json"),
+        ("./result~2.jso/x", "result.json"),
+        ("JOBLOG~1.PAR", ".job.log.partial"),
+        ("PROVEN~1.JSO", "provenance.intoto.jsonl"),
     ] {
         assert_eq!(reserved_output(path), Some(name), "{path}");
     }
-    for path in ["dist/JOB.LOG", "job.logs", "jobs.log", "result-json"] {
+    for path in [
+        "dist/JOB.LOG",
+        "job.logs",
+        "jobs.log",
+        "result-json",
+        "dist/RESULT~1.JSO",
+        "RESULT~1.JSON",
+        "REPORT~1.JSO",
+        "job\u{00A0}.log",
+    ] {
         assert_eq!(reserved_output(path), None, "{path}");
     }
     // What validation says: the field, the runner's name, the spelling given.
@@ -365,7 +388,8 @@ fn the_runners_file_names_are_reserved_in_any_case_and_spelling_a_filesystem_fol
     assert_eq!(
         err,
         "outputs.paths[0]: collides with the runner's own file job.log in the output directory \
-         where case is ignored (a case-folding ext4 directory, vfat, NTFS, macOS), got \"Job.Log\""
+         where a filesystem folds names (case, invisible characters, trailing dots, 8.3 short \
+         names: a case-folding ext4 directory, vfat, NTFS, macOS), got \"Job.Log\""
     );
 }
 
