@@ -26,9 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 /// File name of the database in the state directory.
 pub const DB_NAME: &str = "coordinator.db";
 
-/// How long a lease outlives the job's own timeout: time for the runner to fetch the source
-/// and tools before the clock of the job starts, and to report afterwards.
-pub const LEASE_GRACE_SECS: u64 = 600;
+pub use bulwark_protocol::control::LEASE_GRACE_SECS;
 
 /// The schema version this build reads and writes. Versions 1 (before logs were reported), 2
 /// (before jobs could be cancelled), 3 (before the inventory), 4 (an inventory whose keys
@@ -1038,7 +1036,11 @@ impl Db {
             };
             match read_job(&tx, &job_id) {
                 Ok(Some(job)) => break (job_id, job),
-                Ok(None) => return Ok(None),
+                // (Not within this transaction, which found it: as for no job queued.)
+                Ok(None) => {
+                    tx.commit().map_err(err)?;
+                    return Ok(None);
+                }
                 Err(StateError::CorruptJob { column, .. }) => {
                     refuse_unreadable(&tx, &job_id, column, now).map_err(err)?;
                 }
@@ -1130,17 +1132,16 @@ impl Db {
         })?;
         let done = match job.state {
             JobState::Queued => {
-                let result = serde_json::json!({
-                    "status": "refused",
-                    "reason": "cancelled by the operator before it ran",
-                    "trust": job.trust.as_str(),
-                    "job": job.name,
-                });
+                let result = refused_result(
+                    job.trust,
+                    &job.name,
+                    "cancelled by the operator before it ran",
+                );
                 tx.execute(
                     "UPDATE jobs SET state = 'finished', finished_at = ?2, cancel_requested_at = ?2,
                             result = ?3
                      WHERE id = ?1",
-                    params![job_id, to_i64(now), result.to_string()],
+                    params![job_id, to_i64(now), result],
                 )
                 .map_err(err)?;
                 Cancelled::BeforeItRan
@@ -1492,21 +1493,38 @@ fn refuse_unreadable(
         column,
         "a queued job's stored record does not parse: finished as refused"
     );
-    let result = serde_json::json!({
-        "status": "refused",
-        "reason": format!(
+    let trust = parse_trust(&trust).unwrap_or(Trust::Untrusted);
+    let result = refused_result(
+        trust,
+        &name,
+        &format!(
             "the coordinator cannot read this job's stored {column} (written by another \
              version of the coordinator, or edited): it never ran; submit it again"
         ),
-        "trust": parse_trust(&trust).unwrap_or(Trust::Untrusted).as_str(),
-        "job": name,
-    });
+    );
+    // What else could not be read is set to what the record now says (a trust level, no
+    // logs or provenance), so that the list of jobs reads it; an unreadable spec stays as
+    // stored, for the operator to look at (the job's record then answers that it does not
+    // parse).
     conn.execute(
-        "UPDATE jobs SET state = 'finished', finished_at = ?2, result = ?3
+        "UPDATE jobs SET state = 'finished', finished_at = ?2, result = ?3, trust = ?4,
+                logs = NULL, provenance = NULL
          WHERE id = ?1 AND state = 'queued'",
-        params![job_id, to_i64(now), result.to_string()],
+        params![job_id, to_i64(now), result, trust.as_str()],
     )?;
     Ok(())
+}
+
+/// The result of a job the coordinator finished as refused, without a runner: the shape a
+/// runner's synthetic result has (`status`, `reason`, `trust`, `job`).
+fn refused_result(trust: Trust, name: &str, reason: &str) -> String {
+    serde_json::json!({
+        "status": "refused",
+        "reason": reason,
+        "trust": trust.as_str(),
+        "job": name,
+    })
+    .to_string()
 }
 
 fn read_job(conn: &Connection, job_id: &str) -> Result<Option<Job>, StateError> {

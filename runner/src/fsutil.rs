@@ -68,7 +68,9 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
 /// `path` exists, symlink included, and never replaces it) and the temporary name removed.
 /// Returns `false` when `path` already existed (nothing was written). A crash leaves either
 /// no file at `path` or the whole one, never a half-written file under the final name; two
-/// writers at once leave exactly one of their files.
+/// writers at once leave exactly one of their files. An error after the file was linked
+/// (its directory could not be synced) leaves the whole file there, its name perhaps not
+/// durable: the caller is told, as its record is not known to survive a power loss.
 pub fn write_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
     let (tmp, mut f) = create_beside_mode(path, "bulwark-new", mode)?;
     let result = (|| {

@@ -282,6 +282,11 @@ impl LeaseRequest {
     }
 }
 
+/// How long a lease outlives the job's own timeout (the coordinator leases a job for its
+/// timeout, or the default, plus this): time for the runner to fetch the source and tools
+/// before the clock of the job starts, and to report afterwards.
+pub const LEASE_GRACE_SECS: u64 = 600;
+
 /// `POST /v1/runners/lease` answers 200 with this when there is a job, 204 when there is none.
 ///
 /// It refuses unknown fields, here and in the spec it carries: a field this runner does not

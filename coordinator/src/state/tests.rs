@@ -222,6 +222,19 @@ fn a_queued_job_whose_record_does_not_parse_is_refused_and_the_queue_goes_on() {
     );
     // Nothing else queued: nothing, and no error.
     assert!(db.lease("r1", 300).unwrap().is_none());
+    // A trust level that does not parse is set to what the result says, so that the list of
+    // jobs, which reads it, still reads.
+    db.submit_job("job-d", &spec(None), Trust::Trusted, 250)
+        .unwrap();
+    db.conn
+        .execute("UPDATE jobs SET trust = 'root' WHERE id = 'job-d'", [])
+        .unwrap();
+    assert!(db.lease("r1", 300).unwrap().is_none());
+    let listed = db.list_jobs(10, 300).unwrap();
+    assert_eq!(listed.len(), 3);
+    let d = db.job("job-d", 300).unwrap().unwrap();
+    assert_eq!(d.state, JobState::Finished);
+    assert_eq!(d.trust, Trust::Untrusted);
     // A leased job whose record stops parsing is not offered again (nor an error): its lease
     // ends and it is lost.
     db.conn

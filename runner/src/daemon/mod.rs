@@ -310,13 +310,16 @@ fn start(args: &Args) -> Result<Started> {
         Ok(_) => {}
         Err(e) => eprintln!("bulwark daemon: warning: cleaning up after dead runs: {e}"),
     }
-    // A lease lasts the job's timeout (at most this host's ceiling) and ten minutes.
+    // A lease lasts the job's timeout and ten minutes: a timeout this host runs is at most
+    // its ceiling, and a spec that names none is leased for the default timeout, whatever
+    // this host would lower it to.
     let longest_lease = loaded
         .config
         .limits
         .max_timeout
+        .max(bulwark_protocol::job::DEFAULT_TIMEOUT)
         .as_secs()
-        .saturating_add(600);
+        .saturating_add(bulwark_protocol::control::LEASE_GRACE_SECS);
     let leases = Journal::new(root.join("leases"), longest_lease);
     // Job directories a daemon from before lease records left: any of them may be a job it
     // was running when it died, which the coordinator will offer again; recorded as taken,
@@ -474,19 +477,21 @@ impl Daemon {
                             match answer {
                                 Answer::Job(lease) => {
                                     self.metrics.finished("runner-error");
+                                    let mut stop = stop.clone();
                                     // Taken here before (its record is there), it may have
-                                    // run: not said otherwise, and its record goes once this
-                                    // report is taken.
+                                    // run: reported as any job taken before is, with the log
+                                    // of what ran, and its record goes once that is taken.
                                     let before = self.leases.holds(&lease.job_id);
-                                    let reason = if before {
-                                        "the runner was stopping when this job was offered to it again; it had taken the job before and never reported it (a daemon stopped while it ran), so what ran of it is unknown here; not run again"
+                                    let report = if before {
+                                        self.taken_before(&lease, &mut stop).await
                                     } else {
-                                        "the runner was stopping when this job was leased; it did not run"
+                                        synthetic_result(
+                                            &lease,
+                                            "runner-error",
+                                            "the runner was stopping when this job was leased; it did not run",
+                                        )
                                     };
-                                    let report = synthetic_result(&lease, "runner-error", reason);
-                                    if self.report(&lease, report, &mut stop.clone()).await
-                                        && before
-                                    {
+                                    if self.report(&lease, report, &mut stop).await && before {
                                         let _ = self.leases.forget(&lease.job_id);
                                     }
                                 }
@@ -842,8 +847,10 @@ impl Daemon {
                 ))
             }
         };
-        // The job's directory first: a job leased twice (its directory is there) gets no
-        // identity token minted, nor credentials exchanged only to be thrown away.
+        // The job's directory first: one already there (a run of this job before, whose
+        // lease record is gone) means this is not the job's first run here, and it gets no
+        // identity token minted, nor credentials exchanged only to be thrown away. (Leases
+        // taken twice are caught before: the `active` set and the lease records.)
         let dir = self.jobs.join(&lease.job_id);
         std::fs::create_dir(&dir).with_context(|| {
             format!(
@@ -1786,12 +1793,23 @@ fn logs_of_what_ran(out: &Path) -> anyhow::Result<Vec<bulwark_protocol::control:
 
 /// A result for a job that never reached `bulwark run`'s own `result.json`.
 fn synthetic_result(lease: &Lease, status: &str, reason: &str) -> ResultReport {
+    synthetic(status, reason, lease.trust, Some(&lease.spec.name))
+}
+
+/// A result the daemon makes for a job (its `status`, the `reason`, escaped and cut as the
+/// daemon's words always are, its `trust` and the spec's `name`), without logs.
+pub(super) fn synthetic(
+    status: &str,
+    reason: &str,
+    trust: bulwark_protocol::Trust,
+    name: Option<&str>,
+) -> ResultReport {
     ResultReport {
         result: serde_json::json!({
             "status": status,
             "reason": client::printable(reason),
-            "trust": lease.trust.as_str(),
-            "job": lease.spec.name,
+            "trust": trust.as_str(),
+            "job": name,
         }),
         provenance: None,
         logs: Vec::new(),
@@ -2021,6 +2039,22 @@ mod tests {
         }
     }
 
+    /// Runs `daemon`'s loop as `bulwark daemon` does (one thread, its tasks local to it)
+    /// until `until` completes; the loop ending first fails the test.
+    fn serve_until(daemon: Daemon, until: impl std::future::Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            tokio::select! {
+                r = std::rc::Rc::new(daemon).serve(None) => panic!("the loop ended: {r:?}"),
+                () = until => {}
+            }
+        });
+    }
+
     /// A lease of job `id` (lasting an hour) whose spec names no source, so that the daemon
     /// refuses it before anything would run (`refused`), with `extra` set in its first step.
     fn sourceless_lease(id: &str, extra: Option<(&str, &str)>) -> serde_json::Value {
@@ -2083,34 +2117,23 @@ mod tests {
         let daemon = test_daemon(dir.path(), &url, 3);
         let taken: Lease = serde_json::from_value(sourceless_lease("job-t", None)).unwrap();
         assert!(daemon.leases.record(&taken, now_secs()).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
         let watched = std::sync::Arc::clone(&seen);
-        local.block_on(&rt, async move {
-            let done = async {
-                let deadline = std::time::Instant::now() + Duration::from_secs(40);
-                loop {
-                    {
-                        let s = watched.0.lock().unwrap();
-                        // Every job reported, and a few empty polls since: a report given
-                        // twice would have arrived by then.
-                        if s.results.len() >= 3 && s.leases.len() >= 8 {
-                            return;
-                        }
+        serve_until(daemon, async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(40);
+            loop {
+                {
+                    let s = watched.0.lock().unwrap();
+                    // Every job reported, and a few empty polls since: a report given
+                    // twice would have arrived by then.
+                    if s.results.len() >= 3 && s.leases.len() >= 8 {
+                        return;
                     }
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "the script never ended"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            };
-            tokio::select! {
-                r = std::rc::Rc::new(daemon).serve(None) => panic!("the loop ended: {r:?}"),
-                () = done => {}
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the script never ended"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
         let s = seen.0.lock().unwrap();
@@ -2181,16 +2204,8 @@ mod tests {
         let daemon = test_daemon(dir.path(), &url, 1);
         let taken: Lease = serde_json::from_value(sourceless_lease("job-t", None)).unwrap();
         assert!(daemon.leases.record(&taken, now_secs()).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async move {
-            tokio::select! {
-                r = std::rc::Rc::new(daemon).serve(None) => panic!("the loop ended: {r:?}"),
-                () = tokio::time::sleep(Duration::from_millis(1500)) => {}
-            }
+        serve_until(daemon, async {
+            tokio::time::sleep(Duration::from_millis(1500)).await
         });
         let s = seen.0.lock().unwrap();
         assert!(s.results.len() >= 2, "reported {} times", s.results.len());
