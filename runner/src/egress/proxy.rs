@@ -548,12 +548,13 @@ async fn resolve_and_connect(
 ) -> Result<(TcpStream, String), Refusal> {
     let policy = &shared.policy;
     let limits = &shared.limits;
-    let (name, candidates, reason, resolved) = match policy.decide(raw_host, port) {
+    let (name, candidates, reason, resolved, public_only) = match policy.decide(raw_host, port) {
         Decision::Deny(d) => return Err(refusal(403, d.to_string())),
         Decision::Literal { ip, reason } => (
             ip.to_string(),
             vec![SocketAddr::new(ip, port)],
             reason,
+            false,
             false,
         ),
         Decision::Resolve {
@@ -565,32 +566,25 @@ async fn resolve_and_connect(
                 Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
                 None => lookup(shared, &host, port, attempt).await,
             };
-            // A name only audit mode lets an untrusted job try: whether it resolves, to
-            // nothing or to an address the proxy refuses is one answer to the job (see
-            // `not_reached`); the log keeps which.
-            let addrs = match addrs {
-                Ok(addrs) if addrs.is_empty() && public_only => {
-                    return Err(not_reached(&host, format!("{host} has no addresses")))
-                }
-                Ok(addrs) => addrs,
+            match addrs {
+                Ok(addrs) => (host, addrs, reason, true, public_only),
                 Err(r) if public_only => {
                     return Err(not_reached(&host, r.detail.unwrap_or(r.reason)))
                 }
                 Err(r) => return Err(r),
-            };
-            if public_only {
-                for addr in &addrs {
-                    if let Err(d) = policy.check_address(&host, *addr) {
-                        attempt.address = Some(addr.ip());
-                        return Err(not_reached(&host, d.to_string()));
-                    }
-                }
             }
-            (host, addrs, reason, true)
         }
     };
+    // A name only audit mode lets an untrusted job try (`public_only`): whether it resolves,
+    // to nothing or to an address the proxy refuses is one answer to the job (see
+    // `not_reached`); the log keeps which.
     if candidates.is_empty() {
-        return Err(refusal(502, format!("{name} has no addresses")));
+        let why = format!("{name} has no addresses");
+        return Err(if public_only {
+            not_reached(&name, why)
+        } else {
+            refusal(502, why)
+        });
     }
     // Every address is checked before any is tried: a name with one forbidden address is
     // refused as a whole rather than quietly narrowed.
@@ -598,7 +592,9 @@ async fn resolve_and_connect(
         if let Err(d) = policy.check_address(&name, *addr) {
             attempt.address = Some(addr.ip());
             // A literal is the job's own; what a name resolved to is not said to the job.
-            return Err(if resolved {
+            return Err(if public_only {
+                not_reached(&name, d.to_string())
+            } else if resolved {
                 Refusal {
                     status: 403,
                     reason: format!(
