@@ -92,7 +92,7 @@ pub mod suggest;
 
 pub use log::{EgressSummary, Record};
 pub use policy::{check_ceiling, Decision, Denied, EgressPolicy};
-pub use proxy::{start, JobProxy, ProxyLimits};
+pub use proxy::{start, start_with_resolver, JobProxy, ProxyLimits, Resolver};
 pub use suggest::suggest;
 
 /// Raises this process's soft limit on open descriptors to its hard limit, as daemons do:

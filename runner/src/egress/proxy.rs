@@ -93,7 +93,7 @@ const RELAY_BUF: usize = 64 * 1024;
 const MAX_ADDRESSES: usize = 16;
 
 /// A blocking name lookup: an absolute name (trailing dot) and a port to addresses.
-type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+pub type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
 
 /// The host's resolver (`getaddrinfo`), which cannot be cancelled once called.
 fn system_resolver(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
@@ -152,10 +152,13 @@ pub fn start(
     log_path: &Path,
     limits: ProxyLimits,
 ) -> io::Result<JobProxy> {
-    start_with(socket_path, policy, log_path, limits, system_resolver)
+    start_with_resolver(socket_path, policy, log_path, limits, system_resolver)
 }
 
-fn start_with(
+/// [`start`] with `resolver` in place of the host's: for tests, which must answer names
+/// without asking the host's resolver (and through it a name server beyond this machine).
+/// Overrides (`egress.hosts`) and literals never reach it, as with the host's.
+pub fn start_with_resolver(
     socket_path: &Path,
     policy: EgressPolicy,
     log_path: &Path,
@@ -1056,7 +1059,8 @@ mod tests {
             .collect();
         let policy = EgressPolicy::new(&allow, &hosts, false, &[]).unwrap();
         let sock = dir.join("egress.sock");
-        let proxy = start_with(&sock, policy, &dir.join("egress.log"), limits, resolver).unwrap();
+        let proxy =
+            start_with_resolver(&sock, policy, &dir.join("egress.log"), limits, resolver).unwrap();
         (proxy, sock, dir)
     }
 
@@ -1132,7 +1136,7 @@ mod tests {
         let policy = EgressPolicy::new(&allow, &Default::default(), true, &[]).unwrap();
         let sock = dir.join("egress.sock");
         let log = dir.join("egress.log");
-        let proxy = start_with(
+        let proxy = start_with_resolver(
             &sock,
             policy,
             &log,
