@@ -16,14 +16,24 @@ fn main() {
     let n_secrets: usize = args.next().map(|a| a.parse().unwrap()).unwrap_or(5);
     // Secrets shaped like what the exchanges issue: an AWS key id (20), secret key (40),
     // session token (~800), an OAuth access token (~60), a Vault token (~95).
+    // Each byte is a hash of (i, j), so every secret is its own value (a byte that depended
+    // only on `i mod 130` made 200 secrets 130 distinct ones).
     let lens = [20, 40, 800, 60, 95];
+    let letter = |i: usize, j: usize| {
+        let mut h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (j as u64);
+        h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (b'A' + ((h ^ (h >> 31)) % 26) as u8) as char
+    };
     let secrets: Vec<String> = (0..n_secrets)
-        .map(|i| {
-            (0..lens[i % lens.len()])
-                .map(|j| (b'A' + ((i * 7 + j * 13) % 26) as u8) as char)
-                .collect()
-        })
+        .map(|i| (0..lens[i % lens.len()]).map(|j| letter(i, j)).collect())
         .collect();
+    let distinct: std::collections::BTreeSet<&String> = secrets.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        n_secrets,
+        "the secrets are not all distinct"
+    );
     // A build log: compiler lines, with a secret printed every 64 KiB.
     let line = "   Compiling serde_derive v1.0.219 (registry+https://github.com/rust-lang/crates.io-index)\n";
     let mut log = Vec::with_capacity(mib << 20);

@@ -217,33 +217,6 @@ impl Patterns {
     }
 }
 
-/// Whether the relative path `path` (components separated by `/`) matches `pattern`.
-pub fn matches(pattern: &str, path: &str) -> bool {
-    path_step(pattern, path, &mut 0).matched
-}
-
-/// Whether a pattern could match anything below `dir` (to prune the walk).
-pub fn may_descend(pattern: &str, dir: &str) -> bool {
-    path_step(pattern, dir, &mut 0).descend
-}
-
-/// [`Patterns::step`] for a whole path, one component after the other.
-fn path_step(pattern: &str, path: &str, steps: &mut u64) -> Step {
-    let patterns = Patterns::new(&[pattern]);
-    let mut reach = patterns.start();
-    let mut next = patterns.empty();
-    let mut found = Step {
-        matched: reach.get(patterns.offsets[0] + patterns.patterns[0].len()),
-        descend: true,
-    };
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        let name: Vec<char> = segment.chars().collect();
-        found = patterns.step(&reach, &name, &mut next, &mut [false], steps);
-        std::mem::swap(&mut reach, &mut next);
-    }
-    found
-}
-
 /// Wildcard match of the whole `text`: `*` matches any run of characters (including `/`:
 /// callers that want components split them first), `?` exactly one character, anything else
 /// itself. Iterative, backtracking to the last `*`: never exponential.
@@ -284,6 +257,34 @@ fn wildcard(p: &[char], s: &[char], steps: &mut u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the relative path `path` (components separated by `/`) matches `pattern`:
+    /// a whole path at once, for the tests (the walk steps [`Patterns`] itself).
+    fn matches(pattern: &str, path: &str) -> bool {
+        path_step(pattern, path, &mut 0).matched
+    }
+
+    /// Whether a pattern could match anything below `dir` (to prune the walk).
+    fn may_descend(pattern: &str, dir: &str) -> bool {
+        path_step(pattern, dir, &mut 0).descend
+    }
+
+    /// [`Patterns::step`] for a whole path, one component after the other.
+    fn path_step(pattern: &str, path: &str, steps: &mut u64) -> Step {
+        let patterns = Patterns::new(&[pattern]);
+        let mut reach = patterns.start();
+        let mut next = patterns.empty();
+        let mut found = Step {
+            matched: reach.get(patterns.offsets[0] + patterns.patterns[0].len()),
+            descend: true,
+        };
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            let name: Vec<char> = segment.chars().collect();
+            found = patterns.step(&reach, &name, &mut next, &mut [false], steps);
+            std::mem::swap(&mut reach, &mut next);
+        }
+        found
+    }
 
     #[test]
     fn stars_stay_within_a_component() {

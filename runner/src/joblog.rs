@@ -36,8 +36,8 @@ pub struct LogCapture {
     cap: u64,
     echo: bool,
     /// The echo goes to a terminal: control characters are shown, not sent (see
-    /// [`visible_controls`]). Otherwise (a file or pipe: `bulwark run > build.log`, a CI
-    /// system's log collector) the echo is the job's bytes as they are, the same bytes as
+    /// [`bulwark_protocol::terminal::visible_controls`]). Otherwise (a file or pipe:
+    /// `bulwark run > build.log`, a CI system's log collector) the echo is the job's bytes as they are, the same bytes as
     /// `job.log`, deliberately: what reads them is a program the operator chose, and the
     /// escaped form would corrupt what it relies on (colours a CI log viewer renders, binary
     /// or non-UTF-8 output, tools that parse the build's messages). Escaping would not make
@@ -154,8 +154,6 @@ impl LogCapture {
         Ok(self.stats)
     }
 }
-
-pub use bulwark_protocol::terminal::visible_controls;
 
 #[cfg(test)]
 mod tests {

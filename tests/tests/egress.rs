@@ -2,13 +2,15 @@
 //! origin servers on 127.0.0.1 that count their connections, clients speaking `CONNECT` and
 //! plain HTTP over `std::os::unix::net::UnixStream`. Every read has a timeout, so a hang fails
 //! the test instead of blocking it. Names point at the test's servers through `egress.hosts`,
-//! and the allow lists name `127.0.0.1:<port>` explicitly, as the address rules demand.
+//! and the allow lists name `127.0.0.1:<port>` explicitly, as the address rules demand. Every
+//! other name fails to resolve in the proxy's test resolver ([`no_such_name`]): no test asks
+//! the host's resolver, which would send a query beyond this machine.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,11 +109,7 @@ impl Proxy {
         audit: bool,
         limits: ProxyLimits,
     ) -> Proxy {
-        let hosts: BTreeMap<String, String> = hosts
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let policy = EgressPolicy::new(allow, &hosts, audit, &[]).unwrap();
+        let policy = EgressPolicy::new(allow, &host_map(hosts), audit, &[]).unwrap();
         Proxy::with_policy(name, policy, limits)
     }
 
@@ -123,7 +121,7 @@ impl Proxy {
         egress::raise_descriptor_limit();
         let sock = dir.join("egress.sock");
         let log = dir.join("egress.log");
-        let proxy = egress::start(&sock, policy, &log, limits).unwrap();
+        let proxy = egress::start_with_resolver(&sock, policy, &log, limits, no_such_name).unwrap();
         Proxy {
             _dir: dir,
             sock,
@@ -191,6 +189,28 @@ const HOSTS: &[(&str, &str)] = &[
     // a multicast address itself (ENETUNREACH).
     ("multicast.test", "224.0.0.1"),
 ];
+
+/// `hosts` as `egress.hosts` takes them.
+fn host_map(hosts: &[(&str, &str)]) -> BTreeMap<String, String> {
+    hosts
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The names the proxies of these tests looked up, absolute (`name.`), in every test.
+static ASKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The proxy's resolver in these tests: names the overrides do not point elsewhere (overrides
+/// and literals never reach a resolver) do not resolve, at once and the same on every
+/// machine, online or not, and nothing leaves this one.
+fn no_such_name(name: &str, _port: u16) -> io::Result<Vec<SocketAddr>> {
+    ASKED.lock().unwrap().push(name.to_owned());
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no such name (the tests' resolver)",
+    ))
+}
 
 /// A GET through an established tunnel; returns the response body text.
 fn get_through(mut tunnel: UnixStream) -> String {
@@ -908,10 +928,7 @@ fn audit_mode_allows_unlisted_hosts_and_suggest_lists_what_the_run_needed() {
         connect_timeout: Duration::from_millis(300),
         ..ProxyLimits::default()
     };
-    let hosts: BTreeMap<String, String> = HOSTS
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let hosts = host_map(HOSTS);
     // An untrusted job's audit: no private network beyond its list.
     let untrusted = EgressPolicy::new(&[], &hosts, true, &[]).unwrap();
     let mut p = Proxy::with_policy("audit-untrusted", untrusted, limits.clone());
@@ -961,14 +978,12 @@ fn audit_mode_allows_unlisted_hosts_and_suggest_lists_what_the_run_needed() {
 /// An untrusted job in audit mode may try names outside its list, which the host's resolver
 /// resolves: were it told "cannot resolve" for one name and "resolves to a refused address"
 /// for another, a pull request's job could list the internal names that resolver knows. It
-/// is told the same for both; egress.log keeps which. (`nonexistent.invalid` never resolves,
-/// and asks nothing beyond the local resolver; `private.test` is refused before any connect.)
+/// is told the same for both; egress.log keeps which. (`private.test` is an override, refused
+/// before any connect; `nonexistent.invalid` fails in the tests' resolver, `no_such_name`,
+/// which asks no name server.)
 #[test]
 fn an_untrusted_audit_cannot_tell_an_internal_name_from_one_that_does_not_resolve() {
-    let hosts: BTreeMap<String, String> = HOSTS
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let hosts = host_map(HOSTS);
     let denied = |head: &str, name: &str| {
         head.lines()
             .find_map(|l| l.strip_prefix("X-Bulwark-Denied: "))
@@ -1002,8 +1017,16 @@ fn an_untrusted_audit_cannot_tell_an_internal_name_from_one_that_does_not_resolv
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(why.contains("nonexistent.invalid"), "{why}");
+    assert!(why.contains("cannot resolve nonexistent.invalid"), "{why}");
     assert!(!why.contains("not reached"), "{why}");
+    assert!(
+        ASKED
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n == "nonexistent.invalid."),
+        "the tests' resolver was not asked"
+    );
 
     // A listed name is the job's own: it is told, in audit mode as in enforcing mode.
     let listed = EgressPolicy::new(

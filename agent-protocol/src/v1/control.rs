@@ -235,12 +235,15 @@ pub fn check_job_id(id: &str) -> Result<(), String> {
 /// relied on (an older coordinator ignores it all), so ignoring a newer runner's field is what
 /// that runner must expect anyway, while refusing it would stop the runner leasing from a
 /// coordinator it was upgraded ahead of.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Read only with [`LeaseRequest::parse`], which checks every id and the count: there is no
+/// `Deserialize`, which would skip those checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LeaseRequest {
     /// The jobs the runner has leased and not finished reporting, at most [`MAX_HOLDING`],
     /// each a job id ([`check_job_id`]). Absent: answered as a runner from before `holding`
     /// is (no job is offered again).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub holding: Option<Vec<String>>,
 }
 

@@ -22,7 +22,16 @@
 //!   broadcast, reserved, documentation or benchmarking ranges (also IPv4-mapped,
 //!   IPv4-translated, NAT64 and 6to4 forms) unless the allow
 //!   list names that exact address on that port; the metadata addresses always, in every mode;
-//!   in audit mode also loopback and all of link-local, whatever the list says;
+//!   in audit mode also loopback, this host's own addresses and all of link-local, whatever
+//!   the list says;
+//! - in audit mode, which lets a job try hosts its list does not name, more for an untrusted
+//!   job: a trusted job's audit reaches every other address (private networks included), an
+//!   untrusted job's reaches public addresses only beyond its list (the special ranges stay
+//!   as in enforcing mode), and an unlisted name that does not resolve, resolves to no
+//!   address or to one the proxy refuses gets the same `403` in all three cases, so that a
+//!   pull request's job cannot list the internal names the host's resolver knows
+//!   (`egress.log` keeps which); a listed name, and every name in a trusted job's audit, is
+//!   told what happened as in enforcing mode;
 //! - a second request on a plain-HTTP connection: the proxy forwards one request per client
 //!   connection with `Connection: close` and closes after the response, so a kept-alive
 //!   follow-up to another host never reaches any upstream (each new connection is checked);
@@ -92,7 +101,7 @@ pub mod suggest;
 
 pub use log::{EgressSummary, Record};
 pub use policy::{check_ceiling, Decision, Denied, EgressPolicy};
-pub use proxy::{start, JobProxy, ProxyLimits};
+pub use proxy::{start, start_with_resolver, JobProxy, ProxyLimits, Resolver};
 pub use suggest::suggest;
 
 /// Raises this process's soft limit on open descriptors to its hard limit, as daemons do:

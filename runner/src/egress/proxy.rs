@@ -93,7 +93,7 @@ const RELAY_BUF: usize = 64 * 1024;
 const MAX_ADDRESSES: usize = 16;
 
 /// A blocking name lookup: an absolute name (trailing dot) and a port to addresses.
-type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+pub type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
 
 /// The host's resolver (`getaddrinfo`), which cannot be cancelled once called.
 fn system_resolver(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
@@ -152,10 +152,13 @@ pub fn start(
     log_path: &Path,
     limits: ProxyLimits,
 ) -> io::Result<JobProxy> {
-    start_with(socket_path, policy, log_path, limits, system_resolver)
+    start_with_resolver(socket_path, policy, log_path, limits, system_resolver)
 }
 
-fn start_with(
+/// [`start`] with `resolver` in place of the host's: for tests, which must answer names
+/// without asking the host's resolver (and through it a name server beyond this machine).
+/// Overrides (`egress.hosts`) and literals never reach it, as with the host's.
+pub fn start_with_resolver(
     socket_path: &Path,
     policy: EgressPolicy,
     log_path: &Path,
@@ -548,12 +551,13 @@ async fn resolve_and_connect(
 ) -> Result<(TcpStream, String), Refusal> {
     let policy = &shared.policy;
     let limits = &shared.limits;
-    let (name, candidates, reason, resolved) = match policy.decide(raw_host, port) {
+    let (name, candidates, reason, resolved, public_only) = match policy.decide(raw_host, port) {
         Decision::Deny(d) => return Err(refusal(403, d.to_string())),
         Decision::Literal { ip, reason } => (
             ip.to_string(),
             vec![SocketAddr::new(ip, port)],
             reason,
+            false,
             false,
         ),
         Decision::Resolve {
@@ -565,32 +569,25 @@ async fn resolve_and_connect(
                 Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
                 None => lookup(shared, &host, port, attempt).await,
             };
-            // A name only audit mode lets an untrusted job try: whether it resolves, to
-            // nothing or to an address the proxy refuses is one answer to the job (see
-            // `not_reached`); the log keeps which.
-            let addrs = match addrs {
-                Ok(addrs) if addrs.is_empty() && public_only => {
-                    return Err(not_reached(&host, format!("{host} has no addresses")))
-                }
-                Ok(addrs) => addrs,
+            match addrs {
+                Ok(addrs) => (host, addrs, reason, true, public_only),
                 Err(r) if public_only => {
                     return Err(not_reached(&host, r.detail.unwrap_or(r.reason)))
                 }
                 Err(r) => return Err(r),
-            };
-            if public_only {
-                for addr in &addrs {
-                    if let Err(d) = policy.check_address(&host, *addr) {
-                        attempt.address = Some(addr.ip());
-                        return Err(not_reached(&host, d.to_string()));
-                    }
-                }
             }
-            (host, addrs, reason, true)
         }
     };
+    // A name only audit mode lets an untrusted job try (`public_only`): whether it resolves,
+    // to nothing or to an address the proxy refuses is one answer to the job (see
+    // `not_reached`); the log keeps which.
     if candidates.is_empty() {
-        return Err(refusal(502, format!("{name} has no addresses")));
+        let why = format!("{name} has no addresses");
+        return Err(if public_only {
+            not_reached(&name, why)
+        } else {
+            refusal(502, why)
+        });
     }
     // Every address is checked before any is tried: a name with one forbidden address is
     // refused as a whole rather than quietly narrowed.
@@ -598,7 +595,9 @@ async fn resolve_and_connect(
         if let Err(d) = policy.check_address(&name, *addr) {
             attempt.address = Some(addr.ip());
             // A literal is the job's own; what a name resolved to is not said to the job.
-            return Err(if resolved {
+            return Err(if public_only {
+                not_reached(&name, d.to_string())
+            } else if resolved {
                 Refusal {
                     status: 403,
                     reason: format!(
@@ -1060,7 +1059,8 @@ mod tests {
             .collect();
         let policy = EgressPolicy::new(&allow, &hosts, false, &[]).unwrap();
         let sock = dir.join("egress.sock");
-        let proxy = start_with(&sock, policy, &dir.join("egress.log"), limits, resolver).unwrap();
+        let proxy =
+            start_with_resolver(&sock, policy, &dir.join("egress.log"), limits, resolver).unwrap();
         (proxy, sock, dir)
     }
 
@@ -1136,7 +1136,7 @@ mod tests {
         let policy = EgressPolicy::new(&allow, &Default::default(), true, &[]).unwrap();
         let sock = dir.join("egress.sock");
         let log = dir.join("egress.log");
-        let proxy = start_with(
+        let proxy = start_with_resolver(
             &sock,
             policy,
             &log,
