@@ -767,15 +767,7 @@ impl Daemon {
         } else {
             Vec::new()
         };
-        let blobs: Vec<Blob> = logs
-            .iter()
-            .map(|l| Blob {
-                what: format!("log {}", l.name),
-                rel: l.name.clone(),
-                sha256: l.sha256.clone(),
-                size: l.size,
-            })
-            .collect();
+        let blobs = Blob::logs(&logs);
         let mut log_note = String::new();
         if !blobs.is_empty() {
             log_note = match self.deliver(lease, &blobs, stop).await {
@@ -1341,16 +1333,7 @@ impl Daemon {
             "kept on runner {} under daemon/jobs/{job_id}/out",
             self.identity.registration.name
         );
-        let logs: Vec<Blob> = report
-            .logs
-            .iter()
-            .map(|l| Blob {
-                what: format!("log {}", l.name),
-                rel: l.name.clone(),
-                sha256: l.sha256.clone(),
-                size: l.size,
-            })
-            .collect();
+        let logs = Blob::logs(&report.logs);
         if let Err(reason) = self.deliver(lease, &logs, stop).await {
             eprintln!("bulwark daemon: job {job_id}: {reason}");
             let reason = format!(
@@ -1688,6 +1671,20 @@ struct Blob {
     sha256: String,
     /// Its size as the run recorded it.
     size: u64,
+}
+
+impl Blob {
+    /// The uploads of the job's logs `logs`.
+    fn logs(logs: &[bulwark_protocol::control::LogFile]) -> Vec<Blob> {
+        logs.iter()
+            .map(|l| Blob {
+                what: format!("log {}", l.name),
+                rel: l.name.clone(),
+                sha256: l.sha256.clone(),
+                size: l.size,
+            })
+            .collect()
+    }
 }
 
 /// Opens output `rel` of the output directory `out` for reading: beneath it, through no
