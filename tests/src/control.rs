@@ -500,6 +500,19 @@ pub fn repo(env: &Env) -> (PathBuf, String) {
     (repo, commit)
 }
 
+/// Submits a plain build of `commit` and asserts that the daemon of `env` runs it to
+/// success: after whatever the test did to it, it goes on serving.
+pub fn assert_serves_next_job(c: &Coordinator, env: &Env, repo: &Path, commit: &str) {
+    let next = c.submit(&git_job(repo, commit, "next", "sh build.sh"), "untrusted");
+    let j = c.wait_done(&next, 120);
+    assert_eq!(
+        j["result"]["result"]["status"],
+        "succeeded",
+        "{j}\n{}",
+        daemon_log(env)
+    );
+}
+
 pub fn git_job(repo: &Path, commit: &str, name: &str, run: &str) -> String {
     format!(
         "version = 1\nname = \"{name}\"\n[source]\ngit = \"file://{}\"\ncommit = \"{commit}\"\nref = \"refs/heads/main\"\n[[steps]]\nname = \"build\"\nrun = '''{run}'''\n[outputs]\npaths = [\"dist/app.txt\"]\n",

@@ -398,6 +398,23 @@ pub fn wait_for_process(marker: &str, what: &str, secs: u64) -> i32 {
     }
 }
 
+/// Waits up to `secs` seconds until no process with `marker` in its command line runs;
+/// panics saying `what` outlived it (with the pids left) otherwise.
+pub fn wait_for_no_process(marker: &str, what: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} ({marker:?}: pids {left:?}, after {secs} s)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// This host's first IPv4 address on an interface other than `lo`, if it has one (the target
 /// of tests that show a job cannot reach the host's own services).
 pub fn host_ipv4() -> Option<std::net::Ipv4Addr> {

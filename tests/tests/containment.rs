@@ -1081,14 +1081,7 @@ fn kill_runner_mid_job(env: &Env, job: &str, marker: &str, count: usize) {
     assert_eq!(fs::read_dir(env.state.join("jobs")).unwrap().count(), 1);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !processes_with(marker).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "job processes outlived the killed runner"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    bulwark_tests::wait_for_no_process(marker, "job processes outlived the killed runner", 30);
 }
 
 #[test]
@@ -2540,14 +2533,11 @@ print("allocated", flush=True)
         assert_eq!(stale.len(), 1, "{stale:?}");
         runner.kill().unwrap(); // SIGKILL: the runner cleans nothing up itself
         runner.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !processes_with(&format!("sleep {dur}")).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "job processes outlived the killed runner"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        bulwark_tests::wait_for_no_process(
+            &format!("sleep {dur}"),
+            "job processes outlived the killed runner",
+            30,
+        );
         assert_eq!(
             first.job_cgroups(),
             stale,

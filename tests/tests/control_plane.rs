@@ -1424,9 +1424,7 @@ fn the_operator_cancels_a_queued_job_before_it_runs_and_a_running_one_mid_step()
         bulwark_tests::processes_with(&format!("cancel-{tag}")).is_empty(),
         "the cancelled job's process survived"
     );
-    let next = c.submit(&git_job(&repo, &commit, "next", "sh build.sh"), "untrusted");
-    let j = c.wait_done(&next, 120);
-    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    assert_serves_next_job(&c, &env, &repo, &commit);
     assert_eq!(
         daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
         Some(0),
@@ -1466,24 +1464,18 @@ fn a_running_job_whose_lease_the_coordinator_ended_is_stopped() {
         .unwrap();
     assert_eq!(changed, 1);
     drop(db);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !bulwark_tests::processes_with(&format!("lease-{tag}")).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the job ran on after its lease ended\n{}",
-            daemon_log(&env)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    bulwark_tests::wait_for_no_process(
+        &format!("lease-{tag}"),
+        "the job ran on after its lease ended",
+        60,
+    );
     let log = daemon_log(&env);
     assert!(
         log.contains("no longer holds this runner's lease on the job; stopping it"),
         "{log}"
     );
     // The daemon goes on serving.
-    let next = c.submit(&git_job(&repo, &commit, "next", "sh build.sh"), "untrusted");
-    let j = c.wait_done(&next, 120);
-    assert_eq!(j["result"]["result"]["status"], "succeeded", "{j}");
+    assert_serves_next_job(&c, &env, &repo, &commit);
     assert_eq!(
         daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
         Some(0),
@@ -1545,23 +1537,8 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !bulwark_tests::processes_with(&marker).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "job processes outlived the killed daemon: {:?}",
-            bulwark_tests::processes_with(&marker)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    while !bulwark_tests::processes_with(&id).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon's bulwark run outlived it: {:?}",
-            bulwark_tests::processes_with(&id)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    bulwark_tests::wait_for_no_process(&marker, "job processes outlived the killed daemon", 20);
+    bulwark_tests::wait_for_no_process(&id, "the daemon's bulwark run outlived it", 20);
     // Nothing was reported for a job that did not finish: it stays leased.
     let j = c.job(&id);
     assert_eq!(j["state"], "leased", "{j}");
@@ -1624,22 +1601,8 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
         "{}",
         String::from_utf8_lossy(&what_ran)
     );
-    assert!(
-        bulwark_tests::processes_with(&marker).is_empty(),
-        "the job ran again"
-    );
-    // And it runs the next job.
-    let next = c.submit(
-        &git_job(&repo, &commit, "after", "sh build.sh"),
-        "untrusted",
-    );
-    let j = c.wait_done(&next, 120);
-    assert_eq!(
-        j["result"]["result"]["status"],
-        "succeeded",
-        "{j}\n{}",
-        daemon_log(&env)
-    );
+    // And it runs the next job (and never the killed one again).
+    assert_serves_next_job(&c, &env, &repo, &commit);
     assert!(
         bulwark_tests::processes_with(&marker).is_empty(),
         "the job ran again"
@@ -1738,14 +1701,7 @@ fn a_lease_this_runner_cannot_read_is_reported_as_a_runner_error_and_nothing_of_
     assert_eq!(c.fetch(&id, "logs/job.log").0, 404);
     assert!(log.contains("cannot read its lease"), "{log}");
     // The runner goes on with what it can read.
-    let next = c.submit(&git_job(&repo, &commit, "next", "sh build.sh"), "untrusted");
-    let j = c.wait_done(&next, 120);
-    assert_eq!(
-        j["result"]["result"]["status"],
-        "succeeded",
-        "{j}\n{}",
-        daemon_log(&env)
-    );
+    assert_serves_next_job(&c, &env, &repo, &commit);
     assert_eq!(
         daemon.stop(nix::sys::signal::Signal::SIGTERM, 10),
         Some(0),

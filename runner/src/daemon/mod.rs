@@ -491,9 +491,7 @@ impl Daemon {
                                             "the runner was stopping when this job was leased; it did not run",
                                         )
                                     };
-                                    if self.report(&lease, report, &mut stop).await && before {
-                                        let _ = self.leases.forget(&lease.job_id);
-                                    }
+                                    self.report(&lease, report, &mut stop).await;
                                 }
                                 Answer::Unreadable(u) => {
                                     self.report_unreadable(&u, &mut stop.clone()).await;
@@ -653,10 +651,8 @@ impl Daemon {
         let before = self.leases.holds(&u.job_id);
         match serde_json::to_vec(&u.report(&self.identity.registration.name, before)) {
             Ok(body) => {
-                // A record of an earlier, readable lease of it goes once it is reported.
-                if self.send_report(&u.job_id, u.expires_at, body, stop).await {
-                    let _ = self.leases.forget(&u.job_id);
-                }
+                // (A record of an earlier, readable lease of it goes once it is reported.)
+                self.send_report(&u.job_id, u.expires_at, body, stop).await;
             }
             Err(e) => {
                 self.metrics.report_given_up();
@@ -715,14 +711,7 @@ impl Daemon {
             client::printable(&status)
         );
         self.metrics.finished(&status);
-        if self.report(&lease, report, &mut stop).await {
-            // Reported: the coordinator offers it to no one again. (A report given up keeps
-            // the record until the lease is over: offered again meanwhile, the job is
-            // reported as taken before, not run again.)
-            if let Err(e) = self.leases.forget(&job_id) {
-                tracing::warn!(job_id = %job_id, error = %e, "forgetting the reported lease (pruned once the lease is over)");
-            }
-        }
+        self.report(&lease, report, &mut stop).await;
         // `[daemon] keep_outputs` counts from now, when the job was reported.
         if let Ok(d) = std::fs::File::open(self.jobs.join(&lease.job_id)) {
             let _ = d.set_modified(std::time::SystemTime::now());
@@ -1456,7 +1445,7 @@ impl Daemon {
     }
 
     /// Sends the result, retrying transient failures until the lease ends; whether the
-    /// coordinator took it.
+    /// coordinator took it (then the job's lease record is gone: see [`Daemon::send_report`]).
     async fn report(&self, lease: &Lease, report: ResultReport, stop: &mut StopWatch) -> bool {
         match report_body(lease, report, &self.identity.registration.name) {
             Ok(body) => {
@@ -1475,8 +1464,27 @@ impl Daemon {
     }
 
     /// Sends the result report `body` of job `job_id`, whose lease ends at `expires_at`,
-    /// retrying transient failures until then; whether the coordinator took it.
+    /// retrying transient failures until then; whether the coordinator took it. Once it has,
+    /// the job's lease record goes (the coordinator offers it to no one again); a report
+    /// given up keeps it until the lease is over, so that the job, offered again meanwhile,
+    /// is reported as taken before, not run again.
     async fn send_report(
+        &self,
+        job_id: &str,
+        expires_at: u64,
+        body: Vec<u8>,
+        stop: &mut StopWatch,
+    ) -> bool {
+        let taken = self.send_report_once_taken(job_id, expires_at, body, stop).await;
+        if taken {
+            if let Err(e) = self.leases.forget(job_id) {
+                tracing::warn!(job_id = %job_id, error = %e, "forgetting the reported lease (pruned once the lease is over)");
+            }
+        }
+        taken
+    }
+
+    async fn send_report_once_taken(
         &self,
         job_id: &str,
         expires_at: u64,
