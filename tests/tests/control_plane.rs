@@ -1532,6 +1532,18 @@ fn killing_the_daemon_kills_its_run_and_every_job_process() {
     // The daemon's `bulwark run` of this job (its spec path holds the job id).
     let runs = bulwark_tests::processes_with(&id);
     assert!(!runs.is_empty(), "no bulwark run of {id} seen");
+    // What ran is in the run's log before the kill (the run reads the job's output as it
+    // comes; killed before it read `began`, the run would have logged nothing to salvage).
+    let partial = env
+        .state
+        .join("daemon/jobs")
+        .join(&id)
+        .join("out/.job.log.partial");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&partial).is_ok_and(|l| l.contains("began")) {
+        assert!(Instant::now() < deadline, "the run never logged `began`");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.pid()),
         nix::sys::signal::Signal::SIGKILL,

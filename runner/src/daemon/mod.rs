@@ -1475,7 +1475,9 @@ impl Daemon {
         body: Vec<u8>,
         stop: &mut StopWatch,
     ) -> bool {
-        let taken = self.send_report_once_taken(job_id, expires_at, body, stop).await;
+        let taken = self
+            .send_report_once_taken(job_id, expires_at, body, stop)
+            .await;
         if taken {
             if let Err(e) = self.leases.forget(job_id) {
                 tracing::warn!(job_id = %job_id, error = %e, "forgetting the reported lease (pruned once the lease is over)");
