@@ -17,8 +17,9 @@
 //! - each file is written under a temporary name in the output directory and renamed, so an
 //!   output directory never holds half a file;
 //! - no output may take a runner's file name, nor share its path with another output, as a
-//!   filesystem that folds names compares them (case, invisible characters, trailing dots;
-//!   and vfat's short names for the runner's: `bulwark_protocol::v1::casefold`).
+//!   filesystem that folds names compares them (case, canonical equivalence, invisible
+//!   characters, trailing dots; and vfat's short names for the runner's:
+//!   `bulwark_protocol::v1::casefold`).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -74,7 +75,7 @@ pub enum OutputError {
         name: &'static str,
     },
     /// Two outputs would be one file where a filesystem folds names.
-    #[error("output {path}: refused: its path differs from output {other}'s only in case, invisible characters or trailing dots, so the two would be one file {}; rename one in the job, narrow outputs.paths so that only one matches, or archive the tree in a step and declare the archive (trees such as the Linux kernel's hold such pairs)", bulwark_protocol::FOLDED_NAMES)]
+    #[error("output {path}: refused: its path differs from output {other}'s only in case, Unicode normalization, invisible characters or trailing dots, so the two would be one file {}; rename one in the job, narrow outputs.paths so that only one matches, or archive the tree in a step and declare the archive (trees such as the Linux kernel's hold such pairs)", bulwark_protocol::FOLDED_NAMES)]
     CaseCollision {
         /// Relative path.
         path: String,
@@ -992,8 +993,8 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "output JOB.LOG: refused: collides with the runner's own file job.log where a \
-             filesystem folds names (case, invisible characters, trailing dots, 8.3 short names: \
-             a case-folding ext4 directory, vfat, NTFS, macOS)"
+             filesystem folds names (case, Unicode normalization, invisible characters, trailing \
+             dots, 8.3 short names: a case-folding ext4 directory, vfat, NTFS, macOS)"
         );
         assert!(fs::read_dir(&out).unwrap().next().is_none());
         // Its own spelling is named as before.
@@ -1039,6 +1040,9 @@ mod tests {
             // Case folding, not lowercasing: final and medial sigma, the curled beta.
             ("dist/\u{03C2}.txt", "dist/\u{03C3}.txt"),
             ("dist/\u{03D0}", "dist/\u{03B2}"),
+            // Canonical equivalence: precomposed against decomposed, also in another case.
+            ("dist/caf\u{E9}.txt", "dist/cafe\u{301}.txt"),
+            ("dist/CAF\u{C9}.txt", "dist/cafe\u{301}.txt"),
         ] {
             let ws = tempdir("ws");
             let out = tempdir("o");
@@ -1069,9 +1073,10 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "output dist/app.tar.gz: refused: its path differs from output dist/App.tar.gz's \
-             only in case, invisible characters or trailing dots, so the two would be one file \
-             where a filesystem folds names (case, invisible characters, trailing dots, 8.3 \
-             short names: a case-folding ext4 directory, vfat, NTFS, macOS); rename one in the \
+             only in case, Unicode normalization, invisible characters or trailing dots, so the \
+             two would be one file where a filesystem folds names (case, Unicode normalization, \
+             invisible characters, trailing dots, 8.3 short names: a case-folding ext4 \
+             directory, vfat, NTFS, macOS); rename one in the \
              job, narrow outputs.paths so that only one matches, or archive the tree in a step \
              and declare the archive (trees such as the Linux kernel's hold such pairs)"
         );

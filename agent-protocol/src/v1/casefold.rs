@@ -24,13 +24,17 @@
 //!   or strings that fold alike always have one key), and what NTFS's upcase table (simple
 //!   uppercase) puts together, such as `ı` and `i`. `to_lowercase` alone is not case
 //!   folding: it leaves `ς` apart from `σ`;
-//! - trailing dots are dropped, as vfat drops them (`job.log.` is `job.log` there).
+//! - trailing dots are dropped, as vfat drops them (`job.log.` is `job.log` there);
+//! - canonically equivalent spellings are one key: the component is decomposed (NFD) before
+//!   it is folded and again after, as Unicode's canonical caseless match (D145) and ext4's
+//!   and f2fs's casefold (`utf8_casefold`, NFD with case folding) compare names, and as
+//!   APFS and HFS+ compare them. So `é` as one character and as `e` with a combining acute
+//!   are one name there, and one key here; `Å` (U+00C5) and the Ångström sign (U+212B),
+//!   too. Compatibility forms that case folding leaves (full-width `ａ` against `a`,
+//!   superscripts) stay apart, as those filesystems keep them.
 //!
 //! The key folds more than any one filesystem does (trailing dots after an ignorable mark,
-//! say, which no filesystem takes together): it refuses more, never less. Canonical
-//! equivalence is not applied (`é` as one character and as `e` with a combining accent are
-//! two keys, though ext4's casefold and macOS treat them as one name): only names that are
-//! not ASCII can meet that, never a runner's.
+//! say, which no filesystem takes together): it refuses more, never less.
 //!
 //! vfat and NTFS also give a long name a short 8.3 alias that a lookup matches as well
 //! (`result.json` is also `RESULT~1.JSO` there, `.job.log.partial` `JOBLOG~1.PAR`). No key
@@ -47,26 +51,35 @@
 //! them away is what the filesystems do, and where a name is shown to a person they are
 //! escaped ([`crate::terminal::escape`]), so they hide nothing there.
 
+use icu_normalizer::DecomposingNormalizerBorrowed;
+
 use crate::terminal::is_default_ignorable;
 
 /// `path` with each component folded as described in the module documentation: two paths
 /// with the same key name one file where a filesystem folds names.
 pub fn case_folded(path: &str) -> String {
+    let nfd = DecomposingNormalizerBorrowed::new_nfd();
     let mut out = String::with_capacity(path.len());
+    let mut folded = String::new();
     for (i, component) in path.split('/').enumerate() {
         if i > 0 {
             out.push('/');
         }
         let start = out.len();
-        for c in component.chars() {
+        folded.clear();
+        for c in nfd.normalize(component).chars() {
             match c {
-                c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
+                c if c.is_ascii() => folded.push(c.to_ascii_lowercase()),
                 c if is_default_ignorable(c) => {}
                 // Its lowercase is `ß`, whose uppercase is `SS`.
-                '\u{1E9E}' => out.push_str("ss"),
-                c => out.extend(c.to_uppercase().flat_map(char::to_lowercase)),
+                '\u{1E9E}' => folded.push_str("ss"),
+                c => folded.extend(c.to_uppercase().flat_map(char::to_lowercase)),
             }
         }
+        // A folded character need not be in canonical order or decomposed (U+0345, a mark,
+        // folds to the letter `ι`; `Å` U+212B to the precomposed `å`): decompose again,
+        // as D145 does.
+        out.push_str(&nfd.normalize(&folded));
         // vfat drops trailing dots; a component of dots only keeps them ("." and ".." are
         // never output components).
         let kept = out[start..].trim_end_matches('.').len();
@@ -240,8 +253,27 @@ mod tests {
     }
 
     #[test]
+    fn canonically_equivalent_spellings_are_one_key() {
+        // Precomposed against decomposed, in either case; marks in another order.
+        for (a, b) in [
+            ("dist/caf\u{E9}.txt", "dist/cafe\u{301}.txt"),
+            ("dist/CAF\u{C9}.txt", "dist/cafe\u{301}.txt"),
+            ("\u{212B}ngstr\u{F6}m", "A\u{30A}ngstro\u{308}m"),
+            ("\u{1F0}", "J\u{30C}"),
+            ("a\u{301}\u{323}", "a\u{323}\u{301}"),
+            ("\u{1E69}", "s\u{323}\u{307}"),
+        ] {
+            assert_eq!(case_folded(a), case_folded(b), "{a:?} {b:?}");
+        }
+        // Compatibility forms and different marks stay apart.
+        assert_ne!(case_folded("\u{FF41}"), case_folded("a"));
+        assert_ne!(case_folded("\u{E9}"), case_folded("\u{E8}"));
+        assert_ne!(case_folded("e\u{301}"), case_folded("e"));
+    }
+
+    #[test]
     fn other_letters_are_folded_and_distinct_names_stay_distinct() {
-        assert_eq!(case_folded("ÉTÉ/ΣΟΦΙΑ"), "été/σοφια");
+        assert_eq!(case_folded("ÉTÉ/ΣΟΦΙΑ"), "e\u{301}te\u{301}/σοφια");
         assert_ne!(case_folded("dist/a"), case_folded("dist/b"));
         assert_ne!(case_folded("job.log"), case_folded("job-log"));
         assert_ne!(case_folded("a/b"), case_folded("a.b"));

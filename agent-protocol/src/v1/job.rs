@@ -446,8 +446,9 @@ pub fn reserved_output(path: &str) -> Option<&'static str> {
 
 /// How a filesystem can take an output's path for another's, said where an output is
 /// refused for it.
-pub const FOLDED_NAMES: &str = "where a filesystem folds names (case, invisible characters, \
-     trailing dots, 8.3 short names: a case-folding ext4 directory, vfat, NTFS, macOS)";
+pub const FOLDED_NAMES: &str = "where a filesystem folds names (case, Unicode normalization, \
+     invisible characters, trailing dots, 8.3 short names: a case-folding ext4 directory, vfat, \
+     NTFS, macOS)";
 
 #[cfg(test)]
 mod tests;

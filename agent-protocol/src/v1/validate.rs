@@ -555,8 +555,8 @@ fn check_outputs(outputs: &OutputsSpec, errors: &mut Errors) -> Vec<String> {
                                 format!("outputs.paths[{i}]"),
                                 format!(
                                     "{} and outputs.paths[{first}] {} differ only in case, \
-                                     invisible characters or trailing dots, so they name one \
-                                     file {FOLDED_NAMES}; rename one",
+                                     Unicode normalization, invisible characters or trailing \
+                                     dots, so they name one file {FOLDED_NAMES}; rename one",
                                     quote(pattern),
                                     quote(other)
                                 ),

@@ -388,8 +388,27 @@ fn the_runners_file_names_are_reserved_in_any_case_and_spelling_a_filesystem_fol
     assert_eq!(
         err,
         "outputs.paths[0]: collides with the runner's own file job.log in the output directory \
-         where a filesystem folds names (case, invisible characters, trailing dots, 8.3 short \
-         names: a case-folding ext4 directory, vfat, NTFS, macOS), got \"Job.Log\""
+         where a filesystem folds names (case, Unicode normalization, invisible characters, \
+         trailing dots, 8.3 short names: a case-folding ext4 directory, vfat, NTFS, macOS), got \
+         \"Job.Log\""
+    );
+}
+
+#[test]
+fn literal_outputs_that_differ_only_in_normalization_are_refused() {
+    // `café` precomposed and with a combining accent: one name on ext4's casefold and macOS.
+    let spec = JobSpec::from_toml_str(&minimal(
+        "[outputs]\npaths = [\"out/caf\u{e9}.txt\", \"out/cafe\u{301}.txt\"]",
+    ))
+    .expect("parses");
+    let err = spec.validate(&LimitsConfig::default()).unwrap_err();
+    assert_eq!(err.field_errors().len(), 1, "{err}");
+    assert_eq!(err.field_errors()[0].path, "outputs.paths[1]");
+    assert!(
+        err.field_errors()[0]
+            .message
+            .contains("differ only in case, Unicode normalization,"),
+        "{err}"
     );
 }
 
