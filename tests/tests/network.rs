@@ -430,6 +430,23 @@ fn audit_mode_logs_everything_refuses_metadata_and_loopback_and_is_recorded() {
             && !notes.contains("allowed.test"),
         "{notes}"
     );
+    // Listed exactly (and named by the ceiling), the loopback origin is reached in audit mode
+    // as in enforcing mode, by either trust level: audit mode never takes away what a list
+    // names.
+    for trust in ["untrusted", "trusted"] {
+        let listed = env.run_with(
+            &one_step(
+                "auditlisted",
+                &run,
+                &format!("[network]\nallow = [\"allowed.test:{p}\", \"127.0.0.1:{p}\"]"),
+            ),
+            &["--trust", trust],
+        );
+        listed.assert_code(0);
+        assert_eq!(listed.value("meta"), "403", "{trust}");
+        assert_eq!(listed.value("loop"), "200", "{trust}: {listed}");
+    }
+    assert_eq!(origin.count(), 2);
 }
 
 /// Audit mode takes an untrusted job beyond its list to the public internet only: a private

@@ -10,12 +10,15 @@
 //! 1. the metadata addresses ([`METADATA_ADDRESSES`]), also in IPv4-mapped, IPv4-compatible,
 //!    IPv4-translated, NAT64 (`64:ff9b::/96`, `64:ff9b:1::/96`) and 6to4 form, are refused
 //!    always, in every mode;
-//! 2. in audit mode, the host's own loopback, the unspecified address (which reaches it) and
+//! 2. an address the allow list names exactly (an IP entry on the same port) is allowed, in
+//!    every mode: the operator's ceiling had to name it for the job to run with it
+//!    ([`check_ceiling`]);
+//! 3. in audit mode, the host's own loopback, the unspecified address (which reaches it) and
 //!    all of link-local (`169.254.0.0/16`, `fe80::/10`, in every form) are refused; a global
 //!    address is allowed whatever the allow list says, and so, for a trusted job only, is
 //!    every other special range (private networks, CGNAT, …); an untrusted job's special
-//!    addresses go on to rule 3, as in enforcing mode;
-//! 3. otherwise an address in a special range (loopback, private, link-local, CGNAT,
+//!    addresses go on to rule 4, as in enforcing mode;
+//! 4. otherwise an address in a special range (loopback, private, link-local, CGNAT,
 //!    multicast, unspecified, broadcast, reserved, documentation, benchmarking; and the same
 //!    ranges embedded in an IPv6 form) is refused unless the allow list names that exact
 //!    address as an IP entry on the same port.
@@ -342,6 +345,16 @@ impl EgressPolicy {
         if let Some(range) = special.filter(|r| untranslatable(r)) {
             return Err(Denied::Forbidden { ip, range });
         }
+        // Listed exactly: allowed in audit mode as in enforcing mode. Audit mode widens what a
+        // job reaches; it never takes away what its list names and the ceiling admitted.
+        let listed = || {
+            self.allow
+                .iter()
+                .any(|e| e.host == AllowHost::Ip(ip) && e.port == addr.port())
+        };
+        if special.is_some() && listed() {
+            return Ok(());
+        }
         if self.audit {
             match special {
                 Some(range @ ("loopback" | "unspecified" | "link-local")) => {
@@ -362,17 +375,10 @@ impl EgressPolicy {
                 Some(_) => {}
             }
         }
-        let Some(range) = special else {
-            return Ok(());
-        };
-        let listed = self
-            .allow
-            .iter()
-            .any(|e| e.host == AllowHost::Ip(ip) && e.port == addr.port());
-        if listed {
-            Ok(())
-        } else {
-            Err(Denied::Forbidden { ip, range })
+        match special {
+            None => Ok(()),
+            // Not listed (above).
+            Some(range) => Err(Denied::Forbidden { ip, range }),
         }
     }
 }
@@ -777,6 +783,14 @@ mod tests {
             })
         );
         assert_eq!(untrusted.check_address("x", sa("10.0.0.2:80")), Ok(()));
+        // The host's loopback, listed exactly (the ceiling named it): reached in audit mode as
+        // in enforcing mode, by either trust level; on another port, or unlisted, refused.
+        for trusted in [false, true] {
+            let listed = policy(&["127.0.0.1:8088"], &[], true).reaching_private_in_audit(trusted);
+            assert_eq!(listed.check_address("x", sa("127.0.0.1:8088")), Ok(()));
+            assert!(listed.check_address("x", sa("127.0.0.1:8089")).is_err());
+            assert!(listed.check_address("x", sa("127.0.0.2:8088")).is_err());
+        }
         // A listed name is told what happened to it, in audit mode as in enforcing mode.
         for audit in [true, false] {
             assert!(matches!(
@@ -968,11 +982,16 @@ mod tests {
                 IpAddr::V4(v4) => format!("{v4}:80"),
                 IpAddr::V6(v6) => format!("[{v6}]:80"),
             };
-            // Audit mode refuses it whatever the list says.
-            for allow in [vec![], vec![entry.as_str()]] {
-                let audit = policy(&allow, &[], true);
+            // Audit mode refuses it unless the list names it, as enforcing mode does; a
+            // trusted job's audit too.
+            for audit in [
+                policy(&["x.test:80"], &[], true),
+                policy(&["x.test:80"], &[], true).reaching_private_in_audit(true),
+            ] {
                 assert_eq!(audit.check_address("x.test", addr), refused, "audit {form}");
             }
+            let listed = policy(&["x.test:80", &entry], &[], true);
+            assert_eq!(listed.check_address("x.test", addr), Ok(()), "audit {form}");
             let enforcing = policy(&["x.test:80"], &[], false);
             assert_eq!(enforcing.check_address("x.test", addr), refused, "{form}");
             let enforcing = policy(&["x.test:80", &entry], &[], false);
@@ -1062,6 +1081,11 @@ mod tests {
             }
             assert_eq!(audit.check_address("a.test", other), Ok(()));
         }
+        // Listed exactly, the host's own address is reached in audit mode too.
+        assert_eq!(
+            make(&["93.184.216.34:22"], true).check_address("a.test", public),
+            Ok(())
+        );
         let entry = vec![AllowEntry::parse("93.184.216.34:22").unwrap()];
         let err = check_ceiling(&entry, &[CeilingEntry::Any], &own).unwrap_err();
         assert!(err.contains("host's own"), "{err}");
