@@ -5,7 +5,8 @@
 //!    push into even before seccomp refuses it.
 //! 2. stdio: stdin from /dev/null, stdout and stderr to the job log.
 //! 3. rlimits: no core dumps (they could hold secrets), bounded descriptors, and the explicit
-//!    fallback limits where no cgroup enforces memory or pids.
+//!    fallback limits where no cgroup enforces memory or pids; and the job's processes made
+//!    the kernel's first choice when the job's memory runs out ([`JOB_OOM_SCORE_ADJ`]).
 //! 4. the working directory, `/workspace`.
 //! 5. `no_new_privs`: exec can never grant privileges again; Landlock and seccomp need it.
 //! 6. Landlock (needs no capability once `no_new_privs` is set).
@@ -36,6 +37,21 @@ use crate::spec::{Enforced, Event, Rlimits, StepSpec};
 /// higher: systemd's default, enough for gpg's secure memory and crypto test suites.
 const MAX_MEMLOCK: u64 = 8 << 20;
 
+/// The job processes' `oom_score_adj`: when the job's cgroup reaches its memory limit, the
+/// kernel kills the process with the highest score, and memory a job holds in `/tmp`,
+/// `/dev/shm` or socket buffers is charged to the cgroup but belongs to no process. Left at
+/// 0, the sandbox's own processes (the helper and init, a few MiB each) were the largest and
+/// were killed first, so the job's end went unreported (a runner error instead of the step
+/// failing at its memory limit). Raised, every job process scores above them: half the
+/// limit's worth of points on top of its memory, so the sandbox's processes are chosen only
+/// when no job process is left. On the host's own OOM the jobs go before the host's services
+/// too, as they should.
+///
+/// A job may lower it back to 0 (lowering below that needs CAP_SYS_RESOURCE on the host), and
+/// only get its own sandbox killed; the runner then still reports the memory limit, from the
+/// cgroup's OOM counter (`runner/src/job`).
+pub const JOB_OOM_SCORE_ADJ: i32 = 500;
+
 /// Runs in the forked job process; never returns.
 pub fn exec_step(
     step: &StepSpec,
@@ -62,6 +78,20 @@ type StageError = (&'static str, String);
 
 fn stage<E: std::fmt::Display>(name: &'static str) -> impl FnOnce(E) -> StageError {
     move |e| (name, e.to_string())
+}
+
+/// Sets this process's `oom_score_adj` to [`JOB_OOM_SCORE_ADJ`]. Its `/proc` files are its own
+/// only while it is dumpable (init, whose fork this is, is not: it belongs to the host's root
+/// then, which no uid here may write as); dumpable for this one write, with nothing else of
+/// the job running yet, and not again until exec makes it so.
+fn prefer_for_oom_kill() -> std::io::Result<()> {
+    nix::sys::prctl::set_dumpable(true)?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/oom_score_adj")
+        .and_then(|mut f| f.write_all(JOB_OOM_SCORE_ADJ.to_string().as_bytes()));
+    nix::sys::prctl::set_dumpable(false)?;
+    written
 }
 
 fn prepare(
@@ -120,6 +150,7 @@ fn prepare(
     let (_, memlock_hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(stage("rlimit memlock"))?;
     let memlock = MAX_MEMLOCK.min(memlock_hard);
     setrlimit(Resource::RLIMIT_MEMLOCK, memlock, memlock).map_err(stage("rlimit memlock"))?;
+    prefer_for_oom_kill().map_err(stage("oom_score_adj"))?;
 
     chdir("/workspace").map_err(stage("chdir /workspace"))?;
     nix::sys::prctl::set_no_new_privs().map_err(stage("no_new_privs"))?;

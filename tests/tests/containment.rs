@@ -1621,6 +1621,32 @@ mod root_mode {
         assert!(!r.log.contains("allocated"));
     }
 
+    /// Memory held in `/dev/shm` (tmpfs) is charged to the job's cgroup but belongs to no
+    /// process, so at the limit the kernel picks by score: the job's processes are raised
+    /// above the sandbox's own (`oom_score_adj` 500, what the job sees), so the step is
+    /// killed and reported at its memory limit, not the sandbox (which left the run a runner
+    /// error without any step record).
+    #[test]
+    fn memory_held_in_tmpfs_ends_the_step_at_its_limit_not_the_sandbox() {
+        require_root();
+        let env = Env::new("shmbomb");
+        let run = "echo \"adj=$(cat /proc/self/oom_score_adj)\"\n\
+                   head -c 200M /dev/zero > /dev/shm/fill\n\
+                   echo allocated";
+        let r = env.run(&one_step("shmbomb", run, "[resources]\nmemory = \"64MiB\""));
+        assert_oom_killed_in_the_jobs_cgroup(&r);
+        assert_eq!(r.value("adj"), "500", "{r}");
+        let res = r.result();
+        assert_eq!(res["steps"][0]["name"], "main", "{r}");
+        assert!(
+            res["reason"]
+                .as_str()
+                .unwrap()
+                .contains("memory limit of 64MiB"),
+            "{r}"
+        );
+    }
+
     /// Loopback connections whose reader stops reading, after reading long enough for the
     /// kernel to grow their buffers: 64 of them queue about 260 MiB on this host without a
     /// limit. The job's sockets are charged to its cgroup (v1: a TCP limit of its memory

@@ -610,6 +610,8 @@ struct Reported {
     steps: Vec<StepResult>,
     done: Option<bool>,
     any_step_started: bool,
+    /// The step that started and has not finished (its record as far as known), and when.
+    running: Option<(StepResult, std::time::Instant)>,
     /// Why the runner stopped the job while it ran (the disk reserve).
     stopped: Option<String>,
 }
@@ -1231,9 +1233,60 @@ impl JobRun<'_> {
             };
         }
         if reported.done.is_none() {
-            return Err(Stop::Runner(
-                "the sandbox ended without reporting completion".into(),
-            ));
+            let declared: Vec<&str> = self.job.steps.iter().map(|s| s.name.as_str()).collect();
+            let running = reported
+                .running
+                .as_ref()
+                .map(|(r, t)| (r.clone(), t.elapsed()));
+            let limit = || {
+                format!(
+                    "the job's memory limit of {} ({} OOM kill(s) in the job's cgroup)",
+                    format_size(self.job.memory),
+                    counters.oom_kills
+                )
+            };
+            match unfinished(
+                counters.oom_kills,
+                running,
+                reported.any_step_started,
+                &self.steps,
+                &declared,
+            ) {
+                Unfinished::Unexplained => {
+                    return Err(Stop::Runner(
+                        "the sandbox ended without reporting completion".into(),
+                    ))
+                }
+                Unfinished::NotStarted => {
+                    return Err(Stop::Refused(format!(
+                        "the sandbox could not start within {}: raise resources.memory",
+                        limit()
+                    )))
+                }
+                Unfinished::InStep(step) => {
+                    eprintln!(
+                        "bulwark: the job reached its memory limit and the kernel ended its \
+                         sandbox during step {}",
+                        bulwark_protocol::terminal::escape(&step.name)
+                    );
+                    // Named at its limit with the other failed steps, below.
+                    self.steps.push(step);
+                }
+                Unfinished::BetweenSteps { next } => {
+                    let next = next.map_or("the job's end".into(), |n| format!("step {n}"));
+                    return Ok((
+                        JobStatus::Failed,
+                        Some(format!(
+                            "the job reached {} and the kernel ended its sandbox before {next}: \
+                             what the steps before left in /tmp or /dev/shm counts",
+                            limit()
+                        )),
+                        Vec::new(),
+                    ));
+                }
+                // A failed step's record stands, named at its limit below.
+                Unfinished::AfterFailure => {}
+            }
         }
         if !reported.steps.is_empty() && reported.enforced.is_none() {
             return Err(Stop::Runner(
@@ -1544,10 +1597,128 @@ fn check_egress_ceiling(allow: &[String], trust: Trust, config: &Config) -> Resu
     crate::egress::check_ceiling(&entries, &ceiling, &host).map_err(|e| format!("{e} ({key})"))
 }
 
+/// What a sandbox that ended without reporting completion (init died, taking every job
+/// process with it) tells, from the job's cgroup and the steps it reported.
+#[derive(Debug, PartialEq)]
+enum Unfinished {
+    /// No OOM kill explains it: the runner's failure.
+    Unexplained,
+    /// The kernel killed the sandbox at the memory limit before any step started: nothing of
+    /// the job ran.
+    NotStarted,
+    /// Killed at the memory limit during this step (its record, ended by SIGKILL): the job
+    /// held its memory where no process owns it (`/tmp`, `/dev/shm`, socket buffers) and the
+    /// kernel chose the sandbox's own process. The job's doing, not the runner's.
+    InStep(StepResult),
+    /// Killed at the memory limit between steps, each of which had succeeded: what they left
+    /// kept the job at its limit. A failure: not every step ran. `next` is the step that did
+    /// not start (none when the last had ended).
+    BetweenSteps { next: Option<String> },
+    /// Killed at the memory limit after a step had failed: that failure stands.
+    AfterFailure,
+}
+
+fn unfinished(
+    oom_kills: u64,
+    running: Option<(StepResult, Duration)>,
+    any_step_started: bool,
+    steps: &[StepResult],
+    declared: &[&str],
+) -> Unfinished {
+    if oom_kills == 0 {
+        return Unfinished::Unexplained;
+    }
+    if let Some((step, ran)) = running {
+        return Unfinished::InStep(StepResult {
+            // Init's death ended every process in the sandbox with SIGKILL.
+            signal: Some(nix::sys::signal::Signal::SIGKILL as i32),
+            exit_code: None,
+            duration_ms: ran.as_millis().try_into().unwrap_or(u64::MAX),
+            ..step
+        });
+    }
+    if !any_step_started {
+        return Unfinished::NotStarted;
+    }
+    if steps.iter().any(|s| s.exit_code != Some(0)) {
+        return Unfinished::AfterFailure;
+    }
+    let next = declared
+        .iter()
+        .find(|d| !steps.iter().any(|s| s.name == **d))
+        .map(|d| (*d).to_owned());
+    Unfinished::BetweenSteps { next }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bulwark_sandbox::probe::{HostLayers, Layer};
+
+    fn step(name: &str, exit_code: Option<i32>) -> StepResult {
+        StepResult {
+            name: name.into(),
+            exit_code,
+            signal: None,
+            duration_ms: 5,
+            timed_out: false,
+            limit: None,
+            credentials: vec!["aws".into()],
+        }
+    }
+
+    /// A sandbox that ended without reporting completion is the runner's failure only when
+    /// no OOM kill in the job's cgroup explains it; otherwise it is the job's, at its memory
+    /// limit, and never a success.
+    #[test]
+    fn a_sandbox_killed_at_the_memory_limit_is_the_jobs_failure_not_the_runners() {
+        let declared = ["fetch", "build", "test"];
+        let ok = step("fetch", Some(0));
+        let running = || Some((step("build", None), Duration::from_millis(1500)));
+        assert_eq!(
+            unfinished(0, running(), true, std::slice::from_ref(&ok), &declared),
+            Unfinished::Unexplained
+        );
+        assert_eq!(
+            unfinished(0, None, false, &[], &declared),
+            Unfinished::Unexplained
+        );
+        // During a step: its record, ended by SIGKILL, keeping what it was known by.
+        let Unfinished::InStep(killed) =
+            unfinished(2, running(), true, std::slice::from_ref(&ok), &declared)
+        else {
+            panic!("not in a step");
+        };
+        assert_eq!(
+            killed,
+            StepResult {
+                signal: Some(9),
+                duration_ms: 1500,
+                ..step("build", None)
+            }
+        );
+        assert_eq!(
+            unfinished(1, None, false, &[], &declared),
+            Unfinished::NotStarted
+        );
+        // Between steps that succeeded: the next one did not start.
+        assert_eq!(
+            unfinished(1, None, true, std::slice::from_ref(&ok), &declared),
+            Unfinished::BetweenSteps {
+                next: Some("build".into())
+            }
+        );
+        let all: Vec<StepResult> = declared.iter().map(|d| step(d, Some(0))).collect();
+        assert_eq!(
+            unfinished(1, None, true, &all, &declared),
+            Unfinished::BetweenSteps { next: None }
+        );
+        // After a failed step, that failure stands.
+        assert_eq!(
+            unfinished(1, None, true, &[ok, step("build", Some(137))], &declared),
+            Unfinished::AfterFailure
+        );
+    }
 
     fn host(missing: &str, cgroups: bool) -> HostLayers {
         let layers = ["user-namespaces", "landlock", "seccomp", "cgroups"]

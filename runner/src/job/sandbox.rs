@@ -445,6 +445,15 @@ impl JobRun<'_> {
         }
     }
 
+    /// The credentials a step may read, as its record names them.
+    fn step_credentials(&self, step: &str) -> Vec<String> {
+        if self.credential_files.is_empty() {
+            return Vec::new();
+        }
+        let declared = self.job.steps.iter().find(|s| s.name == step);
+        declared.map(|s| s.credentials.clone()).unwrap_or_default()
+    }
+
     pub(super) fn on_event(&mut self, ev: Event, r: &mut Reported) {
         match ev {
             Event::Ready => self.sandbox_ready = true,
@@ -472,6 +481,16 @@ impl JobRun<'_> {
             }
             Event::StepEnforced { step, enforced } => {
                 r.any_step_started = true;
+                let record = StepResult {
+                    name: step.clone(),
+                    exit_code: None,
+                    signal: None,
+                    duration_ms: 0,
+                    timed_out: false,
+                    limit: None,
+                    credentials: self.step_credentials(&step),
+                };
+                r.running = Some((record, std::time::Instant::now()));
                 if !self.args.quiet {
                     eprintln!("bulwark: ▶ step {step}");
                 }
@@ -505,12 +524,8 @@ impl JobRun<'_> {
                     };
                     eprintln!("bulwark: ◀ step {step}: {how} ({duration_ms} ms)");
                 }
-                let credentials = if self.credential_files.is_empty() {
-                    Vec::new()
-                } else {
-                    let declared = self.job.steps.iter().find(|s| s.name == step);
-                    declared.map(|s| s.credentials.clone()).unwrap_or_default()
-                };
+                let credentials = self.step_credentials(&step);
+                r.running = None;
                 r.steps.push(StepResult {
                     name: step,
                     exit_code,
