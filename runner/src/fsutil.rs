@@ -208,8 +208,40 @@ fn remove_tree_walk(path: &Path, depth: usize) -> io::Result<()> {
     if fs::remove_dir(path).is_ok() {
         return Ok(());
     }
-    empty_dir(open_dir(path)?, depth)?;
+    empty_dir(
+        open_for_emptying(nix::fcntl::AT_FDCWD, path.as_os_str())?,
+        depth,
+    )?;
     fs::remove_dir(path)
+}
+
+/// Opens the directory `name` (relative to `dir`) to be emptied. A directory its owner took
+/// every permission from (`chmod 0 a`, which a job can do to its own workspace) cannot be
+/// opened for reading by anyone but root: it is opened as a path only (`O_PATH`, which needs
+/// no permission on it), given back its owner's permissions through that exact descriptor
+/// (`/proc/self/fd/N`: the inode opened, never what a name leads to later), and opened for
+/// reading through it. As the runner's own user (rootless) this is how its files come back;
+/// as root, reading needs no permission anyway.
+fn open_for_emptying(
+    dir: impl std::os::fd::AsFd,
+    name: &std::ffi::OsStr,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstat, Mode};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    match openat(&dir, name, DIR_FLAGS, Mode::empty()) {
+        Err(nix::errno::Errno::EACCES) => {}
+        opened => return opened.map_err(io::Error::from),
+    }
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let path = openat(&dir, name, flags, Mode::empty()).map_err(io::Error::from)?;
+    let st = fstat(&path).map_err(io::Error::from)?;
+    fs::set_permissions(
+        format!("/proc/self/fd/{}", path.as_raw_fd()),
+        fs::Permissions::from_mode((st.st_mode & 0o7777) | 0o700),
+    )?;
+    openat(&path, ".", DIR_FLAGS, Mode::empty()).map_err(io::Error::from)
 }
 
 /// A directory opened to be walked or locked: read-only, never through a symlink at its last
@@ -225,7 +257,7 @@ const DIR_FLAGS: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDONLY
 
 /// Removes everything in `dir`, first making it searchable and writable by its owner again.
 fn empty_dir(dir: std::os::fd::OwnedFd, depth: usize) -> io::Result<()> {
-    use nix::fcntl::{openat, AtFlags};
+    use nix::fcntl::AtFlags;
     use nix::sys::stat::{fchmod, fstat, fstatat, Mode, SFlag};
     use nix::unistd::{unlinkat, UnlinkatFlags};
     use std::os::unix::ffi::OsStrExt;
@@ -258,8 +290,7 @@ fn empty_dir(dir: std::os::fd::OwnedFd, depth: usize) -> io::Result<()> {
             Err(e) => return Err(e.into()),
         };
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
-            let sub = openat(&dir, name, DIR_FLAGS, Mode::empty()).map_err(io::Error::from)?;
-            empty_dir(sub, depth + 1)?;
+            empty_dir(open_for_emptying(&dir, name)?, depth + 1)?;
             unlinkat(&dir, name, UnlinkatFlags::RemoveDir).map_err(io::Error::from)?;
         } else {
             unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)?;

@@ -802,6 +802,27 @@ fn a_job_is_refused_when_the_disk_is_already_below_the_reserve() {
     );
 }
 
+/// A job that takes every permission from its own directories (`chmod 0`, `/workspace`
+/// itself included) cannot keep its job directory on the host's disk: the runner gives them
+/// back to remove them. Rootless (the runner's own uid owns them, and reading a directory
+/// needs its permission) this left the tree for good, a disk a job could fill run by run; as
+/// root, reading never needed it.
+#[test]
+fn a_job_directory_locked_by_the_job_is_removed() {
+    let env = Env::new("locked");
+    let run = "mkdir -p a/b/c /tmp/t/u && echo x > a/b/c/f && echo y > /tmp/t/u/f && \
+               chmod 0 a/b/c a/b a /tmp/t/u /tmp/t /workspace && echo locked=yes";
+    let r = env.run(&one_step("locked", run, ""));
+    r.assert_code(0);
+    assert_eq!(r.value("locked"), "yes", "{r}");
+    assert!(!r.stderr.contains("removing job directory"), "{r}");
+    assert_eq!(
+        fs::read_dir(env.state.join("jobs")).unwrap().count(),
+        0,
+        "{r}"
+    );
+}
+
 #[test]
 fn a_double_forked_setsid_process_that_ignores_signals_is_gone_when_the_job_ends() {
     let env = Env::new("orphans");
