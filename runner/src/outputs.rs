@@ -93,6 +93,18 @@ pub enum OutputError {
         /// The name with invalid bytes replaced.
         path: String,
     },
+    /// A matching name holds a control character (a newline, an escape, a carriage return):
+    /// written as is under the output directory, it would reach every tool and terminal that
+    /// prints file names (`ls`, `find`, a `sha256sum` listing), as a line of its own or as
+    /// terminal commands. The patterns themselves may not hold one either.
+    #[error(
+        "output {path}: refused: its name holds a control character (shown escaped); rename it \
+         in the job"
+    )]
+    ControlCharacter {
+        /// The path, escaped for a terminal.
+        path: String,
+    },
     /// I/O on a path.
     #[error("output {path}: {source}")]
     Io {
@@ -428,6 +440,11 @@ impl Walk<'_> {
                 // same to every path below it.
                 return Err(OutputError::NotUtf8 { path: child() });
             }
+            if text.chars().any(char::is_control) {
+                return Err(OutputError::ControlCharacter {
+                    path: bulwark_protocol::terminal::escape(&child()).into_owned(),
+                });
+            }
             let mut is_dir = entry.file_type() == Some(nix::dir::Type::Directory);
             // Not every filesystem says in the listing what an entry is.
             if step.matched || entry.file_type().is_none() {
@@ -739,6 +756,41 @@ mod tests {
         }
         // Only the outputs: no temporary file left beside them.
         assert_eq!(fs::read_dir(&out).unwrap().count(), 4);
+    }
+
+    #[test]
+    fn an_output_name_with_a_control_character_is_refused_and_shown_escaped() {
+        let ws = tempdir("ws");
+        let out = tempdir("o");
+        fs::create_dir(ws.join("dist")).unwrap();
+        for name in [
+            "esc\u{1b}]0;PWNED\u{7}",
+            "line\nbreak",
+            "bs\rbulwark: job succeeded",
+            "c1\u{9b}2J",
+            "del\u{7f}",
+            "tab\there",
+        ] {
+            fs::write(ws.join("dist").join(name), "x").unwrap();
+            let e = collect(&ws, &["dist/**".into()], &out, BOUNDS).unwrap_err();
+            let shown = e.to_string();
+            assert!(
+                matches!(e, OutputError::ControlCharacter { .. })
+                    && !shown.chars().any(char::is_control),
+                "{name:?}: {shown:?}"
+            );
+            assert!(fs::read_dir(&out).unwrap().next().is_none());
+            fs::remove_file(ws.join("dist").join(name)).unwrap();
+        }
+        // A directory on the way is refused alike; one matched by no pattern is not read.
+        fs::create_dir(ws.join("dist/a\nb")).unwrap();
+        fs::write(ws.join("dist/a\nb/f"), "x").unwrap();
+        assert!(matches!(
+            collect(&ws, &["dist/**".into()], &out, BOUNDS),
+            Err(OutputError::ControlCharacter { .. })
+        ));
+        fs::write(ws.join("dist/ok.txt"), "x").unwrap();
+        collect(&ws, &["dist/ok.txt".into()], &out, BOUNDS).unwrap();
     }
 
     #[test]
