@@ -249,10 +249,12 @@ impl LocalKey {
             Inner::P256(k) => PublicKey {
                 inner: PubInner::P256(*k.verifying_key()),
                 keyid: self.keyid.clone(),
+                written_keyid: None,
             },
             Inner::Ed25519(k) => PublicKey {
                 inner: PubInner::Ed25519(k.verifying_key()),
                 keyid: self.keyid.clone(),
+                written_keyid: None,
             },
         }
     }
@@ -300,6 +302,10 @@ mod signature_traits {
 pub struct PublicKey {
     inner: PubInner,
     keyid: String,
+    /// The key id of the DER as written in the PEM, when that is not the canonical encoding
+    /// (a P-256 point stored compressed): what `openssl pkey -pubin -outform DER | sha256sum`
+    /// prints for that file, so the key answers to it too.
+    written_keyid: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,9 +328,17 @@ impl PublicKey {
             PubInner::P256(k) => k.to_public_key_der()?.into_vec(),
             PubInner::Ed25519(k) => k.to_public_key_der()?.into_vec(),
         };
+        let keyid = keyid_of_spki_der(&der);
+        // The same key can be written in another encoding (a compressed P-256 point): its id,
+        // as a recipe over the file's own DER computes it, names this key too.
+        let written_keyid = p256::pkcs8::der::Document::from_pem(pem)
+            .ok()
+            .map(|(_, doc)| keyid_of_spki_der(doc.as_bytes()))
+            .filter(|id| *id != keyid);
         Ok(PublicKey {
             inner,
-            keyid: keyid_of_spki_der(&der),
+            keyid,
+            written_keyid,
         })
     }
 
@@ -353,9 +367,15 @@ impl PublicKey {
             .with_context(what)
     }
 
-    /// The key id (see the module docs).
+    /// The key id (see the module docs): of the canonical encoding (uncompressed point).
     pub fn keyid(&self) -> &str {
         &self.keyid
+    }
+
+    /// Every key id this key answers to: [`PublicKey::keyid`], then the id of the DER as
+    /// written in its file when that differs (a compressed P-256 point).
+    pub fn keyids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.keyid.as_str()).chain(self.written_keyid.as_deref())
     }
 
     /// SPKI PEM.
