@@ -435,6 +435,72 @@ mod tests {
     }
 
     #[test]
+    fn a_p256_key_stored_compressed_answers_to_the_id_the_documented_recipe_gives_it() {
+        let openssl = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        };
+        if openssl(&["version"]).is_none() {
+            eprintln!("SKIP: openssl is not installed (.ci/run installs it)");
+            return;
+        }
+        let dir = tempdir();
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        key.write_public(&dir).unwrap();
+        let plain = dir.join(PUBLIC_NAME);
+        let compressed = dir.join("compressed.pub");
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        openssl(&[
+            "ec",
+            "-pubin",
+            "-in",
+            &path(&plain),
+            "-conv_form",
+            "compressed",
+            "-pubout",
+            "-out",
+            &path(&compressed),
+        ])
+        .expect("openssl ec -conv_form compressed");
+        // docs/build-type.md: `openssl pkey -pubin -in signing.pub -outform DER | sha256sum`.
+        let recipe = |p: &Path| {
+            keyid_of_spki_der(
+                &openssl(&["pkey", "-pubin", "-in", &path(p), "-outform", "DER"])
+                    .unwrap()
+                    .stdout,
+            )
+        };
+        assert_eq!(recipe(&plain), key.keyid());
+        let written = recipe(&compressed);
+        assert_ne!(written, key.keyid(), "openssl wrote the point compressed");
+        let loaded = PublicKey::load(&compressed).unwrap();
+        assert_eq!(loaded.keyid(), key.keyid());
+        assert_eq!(
+            loaded.keyids().collect::<Vec<_>>(),
+            [key.keyid(), written.as_str()]
+        );
+        // The key loaded plain answers to its one id only.
+        assert_eq!(PublicKey::load(&plain).unwrap().keyids().count(), 1);
+        // A signature naming the key by either id verifies, and the signers name both, so a
+        // [builder_keys] entry written with either id binds it.
+        let env = super::super::dsse::sign(b"{}", "t", &key).unwrap();
+        for id in [key.keyid().to_string(), written.clone()] {
+            let mut e = env.clone();
+            e.signatures[0].keyid = id;
+            let ok = super::super::dsse::verify(&e, "t", std::slice::from_ref(&loaded)).unwrap();
+            assert_eq!(ok.signers, [key.keyid().to_string(), written.clone()]);
+            let bound = std::collections::BTreeMap::from([(
+                "https://b".to_string(),
+                vec![written.clone()],
+            )]);
+            crate::verify::policy::check_builder_keys(&bound, "https://b", &ok.signers).unwrap();
+        }
+    }
+
+    #[test]
     fn openssl_reads_the_private_keys_written_and_derives_the_public_key_written() {
         let Ok(version) = std::process::Command::new("openssl")
             .arg("version")
