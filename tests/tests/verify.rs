@@ -180,7 +180,7 @@ impl Built {
         )
     }
     fn accepted(&self) -> String {
-        format!("ACCEPTED {} (dist/app.txt)", self.artifact().display())
+        format!("ACCEPTED {} (\"dist/app.txt\")", self.artifact().display())
     }
     /// A one-line `.intoto.jsonl` with `payload` signed by our key, independently of the runner.
     fn signed(&self, payload: &[u8], payload_type: &str) -> PathBuf {

@@ -621,34 +621,22 @@ fn print_verdicts(verdicts: &[Verdict], json: bool) {
 /// control characters escaped: a rejection can quote text nothing signed (a key id, a parser's
 /// message), and a newline in it or in a path could print a line a script reads as `ACCEPTED`.
 ///
-/// The subject name comes from the statement and is cut to [`MAX_SHOWN_NAME_CHARS`], as every
-/// value a rejection quotes from it is; unquoted, since the line's format predates the cut.
-/// `--json` carries it whole, for scripts that compare it.
+/// The subject name comes from the statement, and the job chose it: quoted and cut as every
+/// value a rejection quotes from it is (`bulwark_protocol::error::quote`), so that where it
+/// ends is never in doubt. `--json` carries it whole, for scripts that compare it.
 fn verdict_line(v: &Verdict) -> String {
     escape(&match &v.outcome {
         Ok(name) => format!(
             "ACCEPTED {} ({})",
             v.artifact.display(),
-            cut(name.as_deref().unwrap_or("unnamed subject"))
+            name.as_deref().map_or_else(
+                || "unnamed subject".to_string(),
+                bulwark_protocol::error::quote
+            )
         ),
         Err(r) => format!("REJECTED {}: {r}", v.artifact.display()),
     })
     .into_owned()
-}
-
-/// Most characters of a subject name on an `ACCEPTED` line: as many as
-/// `bulwark_protocol::error::quote` keeps of a value it quotes.
-const MAX_SHOWN_NAME_CHARS: usize = 64;
-
-/// `s` cut to [`MAX_SHOWN_NAME_CHARS`] characters, with an ellipsis when cut.
-fn cut(s: &str) -> String {
-    let mut chars = s.chars();
-    let head: String = chars.by_ref().take(MAX_SHOWN_NAME_CHARS).collect();
-    if chars.next().is_some() {
-        format!("{head}…")
-    } else {
-        head
-    }
 }
 
 /// Most characters of one line printed on stderr for unusable input.
@@ -1029,7 +1017,7 @@ mod tests {
         let shown: String = name.chars().take(64).collect();
         assert_eq!(
             verdict_line(&verdict),
-            format!("ACCEPTED dist/app.tar.gz ({shown}…)")
+            format!("ACCEPTED dist/app.tar.gz (\"{shown}\"…)")
         );
         let short = Verdict {
             outcome: Ok(Some("dist/app.tar.gz".into())),
@@ -1037,7 +1025,7 @@ mod tests {
         };
         assert_eq!(
             verdict_line(&short),
-            "ACCEPTED dist/app.tar.gz (dist/app.tar.gz)"
+            "ACCEPTED dist/app.tar.gz (\"dist/app.tar.gz\")"
         );
     }
 
@@ -1060,7 +1048,7 @@ mod tests {
         };
         assert_eq!(
             verdict_line(&verdict),
-            "ACCEPTED dist/app.tar.gz (dist/app\\u{200b}.tar.gz\\u{feff})"
+            "ACCEPTED dist/app.tar.gz (\"dist/app\\u{200b}.tar.gz\\u{feff}\")"
         );
     }
 
