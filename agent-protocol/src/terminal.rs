@@ -112,6 +112,14 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `text` whole in double quotes, `"` and `\` escaped as Rust's `{:?}` escapes them, then
+/// [`escape`]d: for a value someone else chose (an output's name) printed amid a line's own
+/// words, so that where it ends is never in doubt: a name holding `  built … by …` cannot
+/// pass for the line's own fields. Not cut: callers bound the length where it can be long.
+pub fn quoted(text: &str) -> String {
+    escape(&format!("{text:?}")).into_owned()
+}
+
 /// `data` with every C0 control character but tab, newline and carriage return, and DEL,
 /// written in caret notation (`^[` for ESC), and every C1 control character (U+0080 to
 /// U+009F, which UTF-8 terminals also obey: U+009B is CSI) written as `\u{9b}`.

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use bulwark_coordinator::cli::{Cli, Command, InventoryCommand, JobsCommand, RunnersCommand};
 use bulwark_coordinator::outputs::{OutputLimits, OutputStore};
 use bulwark_coordinator::{admin, api, auth, inventory, state, statedir};
+use bulwark_protocol::terminal;
 use clap::Parser;
 
 fn main() -> Result<()> {
@@ -86,9 +87,12 @@ fn main() -> Result<()> {
                                 .as_deref()
                                 .map(|u| format!(" {u}"))
                                 .unwrap_or_default();
+                            // Names are the jobs' choice: quoted, so where each ends is plain.
                             format!(
                                 "{}{uri} {}",
-                                d.name.as_deref().unwrap_or("?"),
+                                d.name
+                                    .as_deref()
+                                    .map_or_else(|| "?".to_string(), terminal::quoted),
                                 digests.join(",")
                             )
                         })
@@ -98,7 +102,9 @@ fn main() -> Result<()> {
                         "{}  {}  job {} ({}), {}, runner {}, finished {} by {}{}",
                         // Checked to be hex when it was read.
                         h.artifact.sha256,
-                        admin::printable(&h.artifact.name),
+                        // The job chose it: quoted, so that a name holding `  job … finished
+                        // … by …` cannot pass for the line's own fields.
+                        terminal::quoted(&h.artifact.name),
                         h.job_id,
                         h.job_name,
                         h.trust,

@@ -75,7 +75,7 @@ pub enum Commands {
     /// artifact's sha256 is one of the statement's subjects, and the policy (docs/policy.md).
     /// FILE is provenance.intoto.jsonl (every envelope in it must verify) or
     /// provenance.sigstore.json (a Sigstore bundle v0.3), recognised by content. Prints
-    /// `ACCEPTED path (subject)` or `REJECTED path: <check>: <details>` per artifact.
+    /// `ACCEPTED path ("subject")` or `REJECTED path: <check>: <details>` per artifact.
     ///
     /// Exit status: 0 every artifact accepted; 1 any rejected; 2 usage error or unreadable
     /// input (a missing file, a bad key, a provenance file that is not envelopes, a policy with

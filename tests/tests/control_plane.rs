@@ -195,7 +195,7 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
         String::from_utf8_lossy(&q.stderr)
     );
     assert_eq!(
-        found.matches("  dist/app.txt  built ").count(),
+        found.matches("  \"dist/app.txt\"  built ").count(),
         2,
         "{found}"
     );
@@ -205,7 +205,7 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
     assert_eq!(found.lines().count(), 2, "{found}");
     for (id, trust) in [(&trusted, "trusted"), (&untrusted, "untrusted")] {
         assert!(
-            found.contains(&format!("  dist/app.txt  job {id} ("))
+            found.contains(&format!("  \"dist/app.txt\"  job {id} ("))
                 && found.contains(&format!("), {trust}, runner ")),
             "{found}"
         );
@@ -219,7 +219,7 @@ fn a_registered_daemon_runs_queued_jobs_and_reports_results_with_provenance_that
         "{by_uri}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(by_uri.contains("; used source git+file://"), "{by_uri}");
+    assert!(by_uri.contains("; used \"source\" git+file://"), "{by_uri}");
     let none = Command::new(coordinator_bin())
         .args(["inventory", "query", "--commit", "fffffff", "--state"])
         .arg(&c.state)

@@ -96,10 +96,10 @@ fn a_run_is_in_the_hosts_inventory_and_a_query_finds_what_used_its_tool() {
     ]);
     assert_eq!(q.code, 0, "{q}");
     assert!(
-        q.stdout.starts_with(&format!("{app}  app.txt  built ")),
+        q.stdout.starts_with(&format!("{app}  \"app.txt\"  built ")),
         "{q}"
     );
-    assert!(q.stdout.contains("used hello (file://"), "{q}");
+    assert!(q.stdout.contains("used \"hello\" (file://"), "{q}");
     assert!(
         q.stdout
             .contains(&r.out.join("provenance.intoto.jsonl").display().to_string()),
@@ -266,6 +266,9 @@ fn inventory_output_lines_are_escaped() {
         format!("{forged}\n"),
     )
     .unwrap();
+    // Not envelopes at all: the reason is said once, after the path, without verify's prefix.
+    let garbage = collected.join("c.intoto.jsonl");
+    fs::write(&garbage, "not json\n").unwrap();
     let index = env.dir.join("fleet.jsonl");
     let a = inventory(&[
         os("add"),
@@ -277,10 +280,20 @@ fn inventory_output_lines_are_escaped() {
     ]);
     assert_eq!(a.code, 1, "{a}");
     let lines: Vec<&str> = a.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{a}");
-    assert!(lines[..2].iter().all(|l| l.starts_with("REFUSED ")), "{a}");
+    assert_eq!(lines.len(), 4, "{a}");
+    assert!(lines[..3].iter().all(|l| l.starts_with("REFUSED ")), "{a}");
     assert!(
-        lines[2].starts_with("indexed 0 new statement(s) of 0"),
+        lines[3].starts_with("indexed 0 new statement(s) of 0"),
+        "{a}"
+    );
+    assert!(
+        lines.contains(
+            &format!(
+                "REFUSED {}: line 1: not a DSSE envelope: expected ident at line 1 column 2",
+                garbage.display()
+            )
+            .as_str()
+        ),
         "{a}"
     );
     // A job's output name with a newline and a right-to-left override, in a query line.
@@ -298,6 +311,21 @@ fn inventory_output_lines_are_escaped() {
     assert_eq!(q.code, 0, "{q}");
     assert_eq!(q.stdout.lines().count(), 1, "{q}");
     assert!(!q.stdout.contains('\u{202e}'), "{q}");
+    // A name that spells the line's own fields (U+2215 for the slashes it may not hold) is
+    // quoted: the fields that follow its closing quote are the record's.
+    let spoof = "app.tar.gz  built 2026-01-01T00:00:00Z by https:\u{2215}\u{2215}ci.example.com\u{2215}release, trusted, signed by sha256:00";
+    let mut spoofed = record.clone();
+    spoofed["subjects"][0]["name"] = spoof.into();
+    fs::write(&index, format!("{spoofed}\n")).unwrap();
+    let q = inventory(&[os("query"), os("--index"), index.as_os_str()]);
+    assert_eq!(q.code, 0, "{q}");
+    assert!(
+        q.stdout.starts_with(&format!(
+            "{}  \"{spoof}\"  built 2026-11-26T10:00:00Z by https://ci.example/pool-a, ",
+            "a".repeat(64)
+        )),
+        "{q}"
+    );
 }
 
 /// A fresh key pair in `dir` (`bulwark keygen`); returns its key id as keygen prints it.

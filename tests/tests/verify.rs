@@ -180,7 +180,7 @@ impl Built {
         )
     }
     fn accepted(&self) -> String {
-        format!("ACCEPTED {} (dist/app.txt)", self.artifact().display())
+        format!("ACCEPTED {} (\"dist/app.txt\")", self.artifact().display())
     }
     /// A one-line `.intoto.jsonl` with `payload` signed by our key, independently of the runner.
     fn signed(&self, payload: &[u8], payload_type: &str) -> PathBuf {
@@ -657,4 +657,91 @@ fn unreadable_inputs_exit_2_naming_the_file() {
         assert!(v.stderr.contains(&want), "{args:?}: want {want:?}: {v:#?}");
         assert!(v.stdout.is_empty(), "{v:#?}");
     }
+}
+
+/// A provenance file of `bytes` bytes: an envelope (nothing signed) with an unknown field `x`
+/// holding tiny objects, the shape that costs a JSON value tree a hundred times its size.
+fn padded_envelope(path: &Path, bytes: usize) {
+    let head =
+        r#"{"payload":"","payloadType":"application/vnd.in-toto+json","signatures":[],"x":["#;
+    let n = (bytes - head.len()) / 7;
+    let mut text = String::with_capacity(bytes + 16);
+    text.push_str(head);
+    for i in 0..n {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(r#"{"":0}"#);
+    }
+    text.push_str("]}\n");
+    fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_60_mb_padded_envelope_is_refused_by_name_within_a_few_hundred_mib_of_address_space() {
+    // Without prlimit(1) the bound cannot be imposed: said, not silently green.
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit(1) not found; it bounds the verifier's address space");
+        return;
+    }
+    let dir = bulwark_tests::TempDir::new("verify-padded");
+    let keyid = keygen(&dir.join("keys"), "ed25519");
+    assert!(keyid.starts_with("sha256:"));
+    let prov = dir.join("padded.intoto.jsonl");
+    padded_envelope(&prov, 60 << 20);
+    let artifact = dir.join("app.tar.gz");
+    fs::write(&artifact, "app").unwrap();
+    // The whole file is read (60 MiB) and kept as text; a tree of it took 6 GB. 384 MiB of
+    // address space holds the debug binary, the text and the typed envelope.
+    let limited = |args: &[&OsStr]| {
+        let o = Command::new("prlimit")
+            .arg(format!("--as={}", 384u64 << 20))
+            .arg("--")
+            .arg(bulwark_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let key = dir.join("keys/signing.pub");
+    let (code, stdout, stderr) = limited(&[
+        OsStr::new("verify"),
+        OsStr::new("--provenance"),
+        prov.as_os_str(),
+        OsStr::new("--key"),
+        key.as_os_str(),
+        artifact.as_os_str(),
+    ]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "bulwark: verify: provenance {}: not a DSSE envelope or a Sigstore bundle: unknown \
+             field `x`",
+            prov.display()
+        )),
+        "{stderr}"
+    );
+    // `inventory add` reads provenance the same way: the file is refused, not the process.
+    let index = dir.join("inventory.jsonl");
+    let (code, stdout, stderr) = limited(&[
+        OsStr::new("inventory"),
+        OsStr::new("add"),
+        OsStr::new("--key"),
+        key.as_os_str(),
+        OsStr::new("--index"),
+        index.as_os_str(),
+        prov.as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "REFUSED {}: not a DSSE envelope or a Sigstore bundle: unknown field `x`",
+            prov.display()
+        )),
+        "{stdout}{stderr}"
+    );
 }

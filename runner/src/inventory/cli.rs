@@ -7,7 +7,7 @@ use anyhow::Context;
 use super::{exit, Query};
 use crate::cli::InventoryCommand;
 use crate::provenance::keys::PublicKey;
-use bulwark_protocol::terminal::escape;
+use bulwark_protocol::terminal::{escape, quoted};
 
 /// Runs an inventory command; returns the exit status.
 pub fn run(cmd: InventoryCommand) -> u8 {
@@ -200,16 +200,17 @@ fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, js
                 .matched
                 .iter()
                 .map(|d| {
-                    let name = d.name.as_deref().unwrap_or("?");
+                    let name = d.name.as_deref().map_or_else(|| "?".to_string(), quoted);
                     match &d.uri {
-                        Some(u) => format!("{name} ({u})"),
-                        None => name.to_string(),
+                        Some(u) => format!("{name} ({})", escape(u)),
+                        None => name,
                     }
                 })
                 .collect();
-            // Names and ids come from signed statements, but a job chose its output names:
-            // printed escaped, control characters and the marks that reorder text (U+202E)
-            // alike, as `bulwark verify` prints them.
+            // Names and ids come from signed statements, but a job chose its output names
+            // (and its tools' names): printed quoted, so that a name holding `  built … by …`
+            // cannot pass for the line's own fields, and escaped, control characters and the
+            // marks that reorder text (U+202E) alike, as `bulwark verify` prints them.
             // Who vouches for the builder id: the key ids that signed (unknown for records
             // indexed before signers were recorded).
             let signed = if h.signers.is_empty() {
@@ -220,7 +221,7 @@ fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, js
             println!(
                 "{}  {}  built {} by {}{}{signed} (invocation {}; {}){}",
                 escape(&h.artifact.sha256),
-                escape(&h.artifact.name),
+                quoted(&h.artifact.name),
                 escape(&h.finished),
                 escape(&h.builder_id),
                 h.trust
@@ -232,7 +233,7 @@ fn query_cmd(mut query: Query, index: Option<PathBuf>, config: Option<&Path>, js
                 if matched.is_empty() {
                     String::new()
                 } else {
-                    format!("; used {}", escape(&matched.join(", ")))
+                    format!("; used {}", matched.join(", "))
                 }
             );
         }

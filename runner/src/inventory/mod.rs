@@ -487,13 +487,16 @@ fn verified_records(
     // neither is followed nor waited on.
     let opened =
         crate::fsutil::open_regular(file, true).map_err(|e| format!("cannot read: {e}"))?;
-    let envelopes = crate::verify::load_provenance_from(file, opened)
-        .map_err(|e| crate::verify::error_lines(&e).join("; "))?;
+    let envelopes = crate::verify::load_provenance_from(file, opened).map_err(|e| e.reason())?;
     let total = envelopes.len();
     let mut records = Vec::with_capacity(total);
+    let mut checker = crate::provenance::dsse::Checker::new(keys);
     for (i, env) in envelopes.into_iter().enumerate() {
-        let signed = env
-            .and_then(|e| crate::verify::verify_signed(&e, keys))
+        let signed = env.and_then(|e| crate::verify::verify_signed_with(&mut checker, &e));
+        if checker.over_budget() {
+            return Err(crate::provenance::dsse::VerifyError::Budget.to_string());
+        }
+        let signed = signed
             .and_then(|s| match builder_keys {
                 Some(bound) => spoken_for(bound, &s).map(|()| s),
                 None => Ok(s),

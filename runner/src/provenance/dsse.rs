@@ -6,8 +6,22 @@
 //! of the exact payload bytes in the envelope, and only then are those same bytes parsed, so
 //! what was verified is what is read.
 //!
-//! Wire rules the independent verifiers enforce and we follow: standard base64 with padding,
-//! a non-empty `keyid` on every signature, P-256 signatures in ASN.1 DER.
+//! Wire rules the independent verifiers enforce and we follow when writing: standard base64
+//! with padding, a non-empty `keyid` on every signature, P-256 signatures in ASN.1 DER.
+//!
+//! Reading, the `keyid` is an unauthenticated hint (DSSE makes it optional and leaves it
+//! outside the signature), used as the DSSE and Sigstore verifiers use it: to pick the key,
+//! never to trust one. A non-empty key id naming none of the trusted keys is not checked at
+//! all (a foreign signer's); one naming a trusted key is checked with that key only; an empty
+//! one with every trusted key. Alternative rejected: checking every signature with every key
+//! regardless of its key id (what this module did first) makes each envelope cost
+//! signatures × keys checks, and a file of replayed envelopes minutes of CPU.
+//!
+//! What a file costs is bounded by [`Checker`], one per file: a check already made in that
+//! file (same payload type, payload, signature and key) is not made again, and past
+//! [`MAX_FAILED_SIGNATURES`] signatures that claim a trusted key (or name none) and verify
+//! under none, the whole file is refused: the signer of a genuine file writes signatures
+//! that verify.
 
 use anyhow::{bail, Result};
 use base64::Engine;
@@ -88,6 +102,13 @@ pub enum VerifyError {
     /// Not decodable.
     #[error("{0}")]
     Malformed(String),
+    /// Too many signatures in the file claimed a trusted key and verified under none: the
+    /// whole file is refused (see [`Checker`]).
+    #[error(
+        "more than {MAX_FAILED_SIGNATURES} signatures claim a trusted key (or name no key) and \
+         verify under none; the file is refused unchecked: a signer writes signatures that verify"
+    )]
+    Budget,
     /// No signature verified with a trusted key.
     #[error(
         "no signature verifies with a trusted key (trusted: {trusted}; signatures by: {seen}){notes}"
@@ -114,57 +135,155 @@ pub struct Verified {
 }
 
 /// Verifies the envelope with any of `keys`: the payload and every trusted key that signed it.
+/// One envelope on its own; the envelopes of one file share a [`Checker`].
 pub fn verify(
     envelope: &Envelope,
     expected_type: &str,
     keys: &[PublicKey],
 ) -> Result<Verified, VerifyError> {
-    if envelope.payload_type != expected_type {
-        return Err(VerifyError::PayloadType {
-            found: envelope.payload_type.clone(),
-            expected: expected_type.to_string(),
-        });
-    }
-    let payload = b64()
-        .decode(&envelope.payload)
-        .map_err(|e| VerifyError::Malformed(format!("payload is not standard base64: {e}")))?;
-    if envelope.signatures.len() > MAX_SIGNATURES {
-        // Each one costs a signature check per trusted key: a file of hundreds of thousands
-        // would keep a deploy gate busy for minutes before it could say no.
-        return Err(VerifyError::Malformed(format!(
-            "the envelope has {} signatures; at most {MAX_SIGNATURES} are checked",
-            envelope.signatures.len()
-        )));
-    }
-    let message = pae(&envelope.payload_type, &payload);
-    // Every signature is checked against every trusted key (at most MAX_SIGNATURES of them):
-    // a policy that binds builders to keys asks which keys signed, not only whether one did.
-    let sigs: Vec<Vec<u8>> = envelope
-        .signatures
-        .iter()
-        .filter_map(|s| b64().decode(&s.sig).ok())
-        .collect();
-    // A key id is only a hint: any trusted key whose signature verifies counts, once (the
-    // same key given twice is one signer).
-    let mut signers: Vec<String> = Vec::new();
-    for k in keys {
-        let id = k.keyid();
-        if !signers.iter().any(|s| s == id) && sigs.iter().any(|sig| k.verify(&message, sig)) {
-            signers.push(id.to_string());
+    Checker::new(keys).verify(envelope, expected_type)
+}
+
+/// Most signatures in one file that claim a trusted key (or name no key) and verify under
+/// none; past it the file is refused ([`VerifyError::Budget`]). A genuine file has none, or
+/// a few from a countersigner that left its key id empty.
+pub const MAX_FAILED_SIGNATURES: usize = 64;
+
+/// Checks the envelopes of one file with the trusted keys, remembering what it checked (see
+/// the module docs).
+#[derive(Debug)]
+pub struct Checker<'k> {
+    keys: &'k [PublicKey],
+    /// Outcome of each check made, by sha256 of (PAE digest, signature, key id).
+    checked: std::collections::HashMap<[u8; 32], bool>,
+    /// Signatures that were checked and verified under no key.
+    failed: usize,
+    /// Signature checks actually made (not answered from `checked`).
+    made: usize,
+}
+
+impl<'k> Checker<'k> {
+    /// A checker for one file, with the trusted `keys`.
+    pub fn new(keys: &'k [PublicKey]) -> Checker<'k> {
+        Checker {
+            keys,
+            checked: std::collections::HashMap::new(),
+            failed: 0,
+            made: 0,
         }
     }
-    if !signers.is_empty() {
-        return Ok(Verified { payload, signers });
+
+    /// Checks `signature` over the PAE whose sha256 is `pae_digest` with key `k`, once per file.
+    fn check(&mut self, pae_digest: &[u8], message: &[u8], signature: &[u8], k: usize) -> bool {
+        use sha2::{Digest, Sha256};
+        let key = &self.keys[k];
+        let mut h = Sha256::new();
+        h.update(pae_digest);
+        h.update((signature.len() as u64).to_be_bytes());
+        h.update(signature);
+        h.update(key.keyid().as_bytes());
+        let id: [u8; 32] = h.finalize().into();
+        if let Some(&ok) = self.checked.get(&id) {
+            return ok;
+        }
+        self.made += 1;
+        let ok = key.verify(message, signature);
+        self.checked.insert(id, ok);
+        ok
     }
-    Err(VerifyError::NoValidSignature {
-        trusted: keys
-            .iter()
-            .map(|k| k.keyid().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        seen: seen_keyids(envelope),
-        notes: shape_notes(envelope, keys),
-    })
+
+    /// How many signature checks were made (a replayed one is answered from memory).
+    pub fn checks_made(&self) -> usize {
+        self.made
+    }
+
+    /// Whether this file has spent its budget of failed signatures: then it is refused whole.
+    pub fn over_budget(&self) -> bool {
+        self.failed > MAX_FAILED_SIGNATURES
+    }
+
+    /// [`verify`], counting against this file's budget.
+    pub fn verify(
+        &mut self,
+        envelope: &Envelope,
+        expected_type: &str,
+    ) -> Result<Verified, VerifyError> {
+        let keys = self.keys;
+        if envelope.payload_type != expected_type {
+            return Err(VerifyError::PayloadType {
+                found: envelope.payload_type.clone(),
+                expected: expected_type.to_string(),
+            });
+        }
+        let payload = b64()
+            .decode(&envelope.payload)
+            .map_err(|e| VerifyError::Malformed(format!("payload is not standard base64: {e}")))?;
+        if envelope.signatures.len() > MAX_SIGNATURES {
+            // Each one costs a signature check per trusted key: a file of hundreds of thousands
+            // would keep a deploy gate busy for minutes before it could say no.
+            return Err(VerifyError::Malformed(format!(
+                "the envelope has {} signatures; at most {MAX_SIGNATURES} are checked",
+                envelope.signatures.len()
+            )));
+        }
+        let message = pae(&envelope.payload_type, &payload);
+        let pae_digest = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&message)
+        };
+        // Which trusted keys signed, each once (the same key given twice is one signer): a
+        // policy that binds builders to keys asks which keys signed, not only whether one did.
+        let mut signed = vec![false; keys.len()];
+        for s in &envelope.signatures {
+            let Ok(sig) = b64().decode(&s.sig) else {
+                continue;
+            };
+            // The key id picks the keys to try: all of them for an empty one, the keys it names
+            // otherwise (none: another signer's), less those that already verified.
+            let candidates: Vec<usize> = (0..keys.len())
+                .filter(|&k| !signed[k])
+                .filter(|&k| s.keyid.is_empty() || keys[k].keyids().any(|id| id == s.keyid))
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let mut verified = false;
+            for k in candidates {
+                if self.check(&pae_digest, &message, &sig, k) {
+                    signed[k] = true;
+                    verified = true;
+                }
+            }
+            if !verified {
+                self.failed += 1;
+                if self.failed > MAX_FAILED_SIGNATURES {
+                    return Err(VerifyError::Budget);
+                }
+            }
+        }
+        let mut signers: Vec<String> = Vec::new();
+        for (k, key) in keys.iter().enumerate() {
+            if signed[k] {
+                for id in key.keyids() {
+                    if !signers.iter().any(|s| s == id) {
+                        signers.push(id.to_string());
+                    }
+                }
+            }
+        }
+        if !signers.is_empty() {
+            return Ok(Verified { payload, signers });
+        }
+        Err(VerifyError::NoValidSignature {
+            trusted: keys
+                .iter()
+                .map(|k| k.keyid().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            seen: seen_keyids(envelope),
+            notes: shape_notes(envelope, keys),
+        })
+    }
 }
 
 /// What the encoding of each signature says about why none verified, for the usual interop
@@ -256,6 +375,99 @@ mod tests {
             pae("http://example.com/HelloWorld", b"hello world"),
             b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
         );
+    }
+
+    #[test]
+    fn the_key_id_picks_the_key_and_a_foreign_key_id_is_not_checked() {
+        let ours = LocalKey::generate(Algorithm::P256).unwrap();
+        let other = LocalKey::generate(Algorithm::P256).unwrap();
+        let payload = b"{\"a\":1}";
+        let env = sign(payload, IN_TOTO_PAYLOAD_TYPE, &ours).unwrap();
+        let keys = [other.public(), ours.public()];
+        // As Bulwark writes it: the key id is the key's own id, and it verifies.
+        assert_eq!(env.signatures[0].keyid, ours.public().keyid());
+        let ok = verify(&env, IN_TOTO_PAYLOAD_TYPE, &keys).unwrap();
+        assert_eq!(ok.signers, [ours.keyid().to_string()]);
+        // A foreign signer's signature before ours changes nothing.
+        let mut countersigned = sign(payload, IN_TOTO_PAYLOAD_TYPE, &other).unwrap();
+        countersigned.signatures[0].keyid = "foreign".into();
+        countersigned.signatures.push(env.signatures[0].clone());
+        let mut checker = Checker::new(&keys);
+        let ok = checker
+            .verify(&countersigned, IN_TOTO_PAYLOAD_TYPE)
+            .unwrap();
+        assert_eq!(ok.signers, [ours.keyid().to_string()]);
+        assert_eq!(
+            checker.checks_made(),
+            1,
+            "the foreign key id is not checked"
+        );
+        // An empty key id is tried with every key.
+        let mut anonymous = env.clone();
+        anonymous.signatures[0].keyid = String::new();
+        let mut checker = Checker::new(&keys);
+        let ok = checker.verify(&anonymous, IN_TOTO_PAYLOAD_TYPE).unwrap();
+        assert_eq!(ok.signers, [ours.keyid().to_string()]);
+        assert_eq!(checker.checks_made(), 2);
+        // A key id naming one trusted key is checked with that key only: our signature
+        // claiming the other key does not verify, nor does it under a key id nobody has.
+        for claim in [other.keyid().to_string(), "sha256:beef".to_string()] {
+            let mut wrong = env.clone();
+            wrong.signatures[0].keyid = claim.clone();
+            let mut checker = Checker::new(&keys);
+            assert!(
+                matches!(
+                    checker.verify(&wrong, IN_TOTO_PAYLOAD_TYPE),
+                    Err(VerifyError::NoValidSignature { .. })
+                ),
+                "{claim}"
+            );
+            assert!(checker.checks_made() <= 1, "{claim}");
+        }
+    }
+
+    #[test]
+    fn a_file_of_replayed_envelopes_and_failing_signatures_costs_a_bounded_number_of_checks() {
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let keys = [key.public()];
+        let good = sign(b"{\"a\":1}", IN_TOTO_PAYLOAD_TYPE, &key).unwrap();
+        // The same envelope a thousand times: checked once.
+        let mut checker = Checker::new(&keys);
+        for _ in 0..1000 {
+            checker.verify(&good, IN_TOTO_PAYLOAD_TYPE).unwrap();
+        }
+        assert_eq!(checker.checks_made(), 1);
+        // Fifteen signatures that claim no key and verify under none, then the genuine one:
+        // each envelope verifies, but the file is refused once it has shown more than the
+        // budget of failures, before it costs more.
+        let other = LocalKey::generate(Algorithm::P256).unwrap();
+        let mut padded = good.clone();
+        let bogus = EnvelopeSignature {
+            keyid: String::new(),
+            sig: sign(b"{}", IN_TOTO_PAYLOAD_TYPE, &other)
+                .unwrap()
+                .signatures[0]
+                .sig
+                .clone(),
+        };
+        padded.signatures = vec![bogus; 15];
+        padded.signatures.push(good.signatures[0].clone());
+        let mut checker = Checker::new(&keys);
+        let mut verified = 0;
+        let err = loop {
+            match checker.verify(&padded, IN_TOTO_PAYLOAD_TYPE) {
+                Ok(_) => verified += 1,
+                Err(e) => break e,
+            }
+            assert!(verified < 100, "never refused");
+        };
+        assert_eq!(err, VerifyError::Budget);
+        assert!(checker.over_budget());
+        assert_eq!(verified, MAX_FAILED_SIGNATURES / 15);
+        assert!(checker.checks_made() <= 2, "{}", checker.checks_made());
+        assert!(err
+            .to_string()
+            .starts_with("more than 64 signatures claim a trusted key"));
     }
 
     #[test]

@@ -249,10 +249,12 @@ impl LocalKey {
             Inner::P256(k) => PublicKey {
                 inner: PubInner::P256(*k.verifying_key()),
                 keyid: self.keyid.clone(),
+                written_keyid: None,
             },
             Inner::Ed25519(k) => PublicKey {
                 inner: PubInner::Ed25519(k.verifying_key()),
                 keyid: self.keyid.clone(),
+                written_keyid: None,
             },
         }
     }
@@ -300,6 +302,10 @@ mod signature_traits {
 pub struct PublicKey {
     inner: PubInner,
     keyid: String,
+    /// The key id of the DER as written in the PEM, when that is not the canonical encoding
+    /// (a P-256 point stored compressed): what `openssl pkey -pubin -outform DER | sha256sum`
+    /// prints for that file, so the key answers to it too.
+    written_keyid: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,9 +328,17 @@ impl PublicKey {
             PubInner::P256(k) => k.to_public_key_der()?.into_vec(),
             PubInner::Ed25519(k) => k.to_public_key_der()?.into_vec(),
         };
+        let keyid = keyid_of_spki_der(&der);
+        // The same key can be written in another encoding (a compressed P-256 point): its id,
+        // as a recipe over the file's own DER computes it, names this key too.
+        let written_keyid = p256::pkcs8::der::Document::from_pem(pem)
+            .ok()
+            .map(|(_, doc)| keyid_of_spki_der(doc.as_bytes()))
+            .filter(|id| *id != keyid);
         Ok(PublicKey {
             inner,
-            keyid: keyid_of_spki_der(&der),
+            keyid,
+            written_keyid,
         })
     }
 
@@ -353,9 +367,15 @@ impl PublicKey {
             .with_context(what)
     }
 
-    /// The key id (see the module docs).
+    /// The key id (see the module docs): of the canonical encoding (uncompressed point).
     pub fn keyid(&self) -> &str {
         &self.keyid
+    }
+
+    /// Every key id this key answers to: [`PublicKey::keyid`], then the id of the DER as
+    /// written in its file when that differs (a compressed P-256 point).
+    pub fn keyids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.keyid.as_str()).chain(self.written_keyid.as_deref())
     }
 
     /// SPKI PEM.
@@ -412,6 +432,72 @@ mod tests {
 
     fn tempdir() -> crate::tools::testutil::TempDir {
         crate::tools::testutil::TempDir::named("bulwark-keys")
+    }
+
+    #[test]
+    fn a_p256_key_stored_compressed_answers_to_the_id_the_documented_recipe_gives_it() {
+        let openssl = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        };
+        if openssl(&["version"]).is_none() {
+            eprintln!("SKIP: openssl is not installed (.ci/run installs it)");
+            return;
+        }
+        let dir = tempdir();
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        key.write_public(&dir).unwrap();
+        let plain = dir.join(PUBLIC_NAME);
+        let compressed = dir.join("compressed.pub");
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        openssl(&[
+            "ec",
+            "-pubin",
+            "-in",
+            &path(&plain),
+            "-conv_form",
+            "compressed",
+            "-pubout",
+            "-out",
+            &path(&compressed),
+        ])
+        .expect("openssl ec -conv_form compressed");
+        // docs/build-type.md: `openssl pkey -pubin -in signing.pub -outform DER | sha256sum`.
+        let recipe = |p: &Path| {
+            keyid_of_spki_der(
+                &openssl(&["pkey", "-pubin", "-in", &path(p), "-outform", "DER"])
+                    .unwrap()
+                    .stdout,
+            )
+        };
+        assert_eq!(recipe(&plain), key.keyid());
+        let written = recipe(&compressed);
+        assert_ne!(written, key.keyid(), "openssl wrote the point compressed");
+        let loaded = PublicKey::load(&compressed).unwrap();
+        assert_eq!(loaded.keyid(), key.keyid());
+        assert_eq!(
+            loaded.keyids().collect::<Vec<_>>(),
+            [key.keyid(), written.as_str()]
+        );
+        // The key loaded plain answers to its one id only.
+        assert_eq!(PublicKey::load(&plain).unwrap().keyids().count(), 1);
+        // A signature naming the key by either id verifies, and the signers name both, so a
+        // [builder_keys] entry written with either id binds it.
+        let env = super::super::dsse::sign(b"{}", "t", &key).unwrap();
+        for id in [key.keyid().to_string(), written.clone()] {
+            let mut e = env.clone();
+            e.signatures[0].keyid = id;
+            let ok = super::super::dsse::verify(&e, "t", std::slice::from_ref(&loaded)).unwrap();
+            assert_eq!(ok.signers, [key.keyid().to_string(), written.clone()]);
+            let bound = std::collections::BTreeMap::from([(
+                "https://b".to_string(),
+                vec![written.clone()],
+            )]);
+            crate::verify::policy::check_builder_keys(&bound, "https://b", &ok.signers).unwrap();
+        }
     }
 
     #[test]

@@ -6,9 +6,17 @@
 //! 1. **Signature before parsing.** The DSSE signature is checked over the PAE of the payload
 //!    type and the exact payload bytes, with keys the operator named (`--key`), before a byte of
 //!    the payload is interpreted. Nothing unverified can steer the verifier: not the key id or
-//!    the bundle's key hint (a key id is a hint; every trusted key is tried), not the statement.
+//!    the bundle's key hint (a key id only picks which trusted key to try, and one naming no
+//!    trusted key is not tried: see [`dsse`]), not the statement. The checks a file may cost
+//!    are bounded ([`dsse::Checker`]): past a budget of failed signatures it is refused whole.
 //!    The payload type is part of what is signed and must be `application/vnd.in-toto+json`,
 //!    so a signature our key made over some other kind of document is never read as provenance.
+//!
+//!    Before that, the file is read into the envelope and bundle types directly, never into a
+//!    tree of JSON values: unknown fields are refused by name without parsing their values and
+//!    a field given twice is refused, so memory stays near the file's size whatever it holds.
+//!    A bundle is accepted only as Bulwark writes it (a public key, no certificate, log entry
+//!    or timestamp: evidence this verifier does not check must not look checked).
 //! 2. **Parse exactly the verified bytes.** The bytes [`dsse::verify`] returns are the bytes
 //!    parsed, once, into the one value every later check reads; the envelope is never decoded a
 //!    second time. Duplicate object keys are refused (see [`StrictValue`]): JSON parsers
@@ -45,7 +53,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::provenance::bundle::BUNDLE_MEDIA_TYPE;
+use crate::provenance::bundle::ReadBundle;
 use crate::provenance::dsse::{self, Envelope, VerifyError, IN_TOTO_PAYLOAD_TYPE};
 use crate::provenance::keys::PublicKey;
 use crate::provenance::statement::{Statement, BUILD_TYPE, SLSA_PROVENANCE_V1, STATEMENT_TYPE};
@@ -145,6 +153,25 @@ pub enum InputError {
     },
 }
 
+impl InputError {
+    /// What is wrong, without the file's name or the command's: for a caller that names the
+    /// file itself (`inventory add`: `REFUSED <path>: <reason>`). Bounded as [`error_lines`]
+    /// bounds a line; escaping is the printer's job.
+    pub fn reason(&self) -> String {
+        let text = match self {
+            InputError::Provenance { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let mut chars = text.chars();
+        let head: String = chars.by_ref().take(MAX_ERROR_LINE_CHARS).collect();
+        if chars.next().is_some() {
+            format!("{head}…")
+        } else {
+            head
+        }
+    }
+}
+
 /// One artifact's outcome.
 #[derive(Debug, Clone)]
 pub struct Verdict {
@@ -199,8 +226,16 @@ pub fn verify(req: &Request, now: SystemTime) -> Result<Vec<Verdict>, InputError
     let total = envelopes.len();
     let mut statements = Vec::with_capacity(total);
     let mut failure = None;
+    let mut checker = dsse::Checker::new(&keys);
     for (i, env) in envelopes.into_iter().enumerate() {
-        let checked = env.and_then(|e| verify_signed(&e, &keys));
+        let checked = env.and_then(|e| verify_signed_with(&mut checker, &e));
+        if checker.over_budget() {
+            // Not a verdict on an artifact: a file no signer wrote, refused before it costs more.
+            return Err(InputError::Provenance {
+                path: req.provenance.clone(),
+                message: VerifyError::Budget.to_string(),
+            });
+        }
         match checked {
             Ok(s) => statements.push(s),
             Err(mut r) => {
@@ -247,17 +282,30 @@ pub fn verify_envelope(env: &Envelope, keys: &[PublicKey]) -> Result<Statement, 
 
 /// [`verify_envelope`], with which trusted keys signed.
 pub fn verify_signed(env: &Envelope, keys: &[PublicKey]) -> Result<Signed, Rejection> {
-    let verified = dsse::verify(env, IN_TOTO_PAYLOAD_TYPE, keys).map_err(|e| match e {
-        VerifyError::PayloadType { found, expected } => Rejection::new(
-            "payloadType",
-            format!(
-                "{}, expected {expected:?}",
-                bulwark_protocol::error::quote(&found)
+    verify_signed_with(&mut dsse::Checker::new(keys), env)
+}
+
+/// [`verify_signed`] of one of a file's envelopes, with the file's checker: after an `Err`,
+/// [`dsse::Checker::over_budget`] says whether the whole file is to be refused.
+pub fn verify_signed_with(
+    checker: &mut dsse::Checker<'_>,
+    env: &Envelope,
+) -> Result<Signed, Rejection> {
+    let verified = checker
+        .verify(env, IN_TOTO_PAYLOAD_TYPE)
+        .map_err(|e| match e {
+            VerifyError::PayloadType { found, expected } => Rejection::new(
+                "payloadType",
+                format!(
+                    "{}, expected {expected:?}",
+                    bulwark_protocol::error::quote(&found)
+                ),
             ),
-        ),
-        e @ VerifyError::NoValidSignature { .. } => Rejection::new("signature", e.to_string()),
-        VerifyError::Malformed(m) => Rejection::new("signature", m),
-    })?;
+            e @ (VerifyError::NoValidSignature { .. } | VerifyError::Budget) => {
+                Rejection::new("signature", e.to_string())
+            }
+            VerifyError::Malformed(m) => Rejection::new("signature", m),
+        })?;
     let (payload, signers) = (verified.payload, verified.signers);
     // From here on only `payload`, the verified bytes, is read.
     let value = serde_json::from_slice::<StrictValue>(&payload)
@@ -392,66 +440,88 @@ pub(crate) fn load_provenance_from(
         )));
     }
     let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
-    // One JSON object, or lines of them. Told apart without building a tree (one would stay
-    // alive beside the strict one below: twice the memory of a large file).
-    let one_object = text.trim_start().starts_with('{')
-        && serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
-    if one_object {
-        // Read strictly: duplicate keys are refused here too.
-        let value = serde_json::from_str::<StrictValue>(&text)
-            .map_err(|e| bad(format!("not usable JSON: {e}")))?
-            .0;
-        if value.get("mediaType").is_some() {
-            return Ok(vec![bundle_envelope(value).map_err(bad)?]);
+    // Read straight into the types, never into a tree of JSON values: a tree costs tens of
+    // times the text (a 63 MB file of `{"":0}` objects took 6 GB), and it would be built
+    // before any signature is checked. The types refuse unknown fields by name at every
+    // level (so an unknown field is not even parsed, however large its value) and, being
+    // structs, refuse a field given twice.
+    match top_level(&text) {
+        TopLevel::Bundle => {
+            let bundle = serde_json::from_str::<ReadBundle>(&text)
+                .map_err(|e| bad(format!("not a Sigstore bundle: {e}")))?;
+            match bundle.envelope() {
+                Ok(env) => Ok(vec![Ok(env)]),
+                Err(Some(refusal)) => Ok(vec![Err(Rejection::new("bundle", refusal.0))]),
+                Err(None) => Err(bad(
+                    "a Sigstore bundle without a dsseEnvelope or a messageSignature".into(),
+                )),
+            }
         }
-        let env = serde_json::from_value::<Envelope>(value)
-            .map_err(|e| bad(format!("not a DSSE envelope or a Sigstore bundle: {e}")))?;
-        return Ok(vec![Ok(env)]);
-    }
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+        TopLevel::Envelope => {
+            let env = serde_json::from_str::<Envelope>(&text)
+                .map_err(|e| bad(format!("not a DSSE envelope or a Sigstore bundle: {e}")))?;
+            Ok(vec![Ok(env)])
         }
-        let env = serde_json::from_str::<StrictValue>(line)
-            .and_then(|v| serde_json::from_value::<Envelope>(v.0))
-            .map_err(|e| bad(format!("line {}: not a DSSE envelope: {e}", i + 1)))?;
-        out.push(Ok(env));
+        TopLevel::Lines => {
+            let mut out = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let env = serde_json::from_str::<Envelope>(line)
+                    .map_err(|e| bad(format!("line {}: not a DSSE envelope: {e}", i + 1)))?;
+                out.push(Ok(env));
+            }
+            if out.is_empty() {
+                return Err(bad("empty: no DSSE envelope".into()));
+            }
+            Ok(out)
+        }
     }
-    if out.is_empty() {
-        return Err(bad("empty: no DSSE envelope".into()));
-    }
-    Ok(out)
 }
 
-/// The envelope of a Sigstore bundle. Shape errors are unreadable input; a bundle of another
-/// version or with other than one signature is a rejection.
-fn bundle_envelope(mut value: Value) -> Result<Result<Envelope, Rejection>, String> {
-    let media_type = value.get("mediaType").cloned().unwrap_or(Value::Null);
-    let envelope = match value.get_mut("dsseEnvelope").map(Value::take) {
-        Some(v) => serde_json::from_value::<Envelope>(v)
-            .map_err(|e| format!("dsseEnvelope is not a DSSE envelope: {e}"))?,
-        None => return Err("a Sigstore bundle without a dsseEnvelope".into()),
-    };
-    if media_type.as_str() != Some(BUNDLE_MEDIA_TYPE) {
-        return Ok(Err(Rejection::new(
-            "bundle",
-            format!(
-                "mediaType is {}, expected {BUNDLE_MEDIA_TYPE:?}",
-                shown_value(&media_type)
-            ),
-        )));
+/// What a provenance file is, by content.
+enum TopLevel {
+    /// One JSON object with a `mediaType`.
+    Bundle,
+    /// One JSON object without one.
+    Envelope,
+    /// Anything else: JSON Lines.
+    Lines,
+}
+
+/// Tells the formats apart in one pass that keeps nothing: the values are skipped
+/// ([`serde::de::IgnoredAny`]), only whether a top-level key is `mediaType` is remembered.
+fn top_level(text: &str) -> TopLevel {
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut media_type = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                media_type |= key == "mediaType";
+                map.next_value::<de::IgnoredAny>()?;
+            }
+            Ok(media_type)
+        }
     }
-    if envelope.signatures.len() != 1 {
-        return Ok(Err(Rejection::new(
-            "bundle",
-            format!(
-                "dsseEnvelope has {} signatures; a Sigstore bundle carries exactly one",
-                envelope.signatures.len()
-            ),
-        )));
+    struct HasMediaType(bool);
+    impl<'de> Deserialize<'de> for HasMediaType {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Keys).map(HasMediaType)
+        }
     }
-    Ok(Ok(envelope))
+    if !text.trim_start().starts_with('{') {
+        return TopLevel::Lines;
+    }
+    match serde_json::from_str::<HasMediaType>(text) {
+        Ok(HasMediaType(true)) => TopLevel::Bundle,
+        Ok(HasMediaType(false)) => TopLevel::Envelope,
+        Err(_) => TopLevel::Lines,
+    }
 }
 
 /// Opens `path` for reading (following symlinks: the path is what the caller will ship)
@@ -551,34 +621,22 @@ fn print_verdicts(verdicts: &[Verdict], json: bool) {
 /// control characters escaped: a rejection can quote text nothing signed (a key id, a parser's
 /// message), and a newline in it or in a path could print a line a script reads as `ACCEPTED`.
 ///
-/// The subject name comes from the statement and is cut to [`MAX_SHOWN_NAME_CHARS`], as every
-/// value a rejection quotes from it is; unquoted, since the line's format predates the cut.
-/// `--json` carries it whole, for scripts that compare it.
+/// The subject name comes from the statement, and the job chose it: quoted and cut as every
+/// value a rejection quotes from it is (`bulwark_protocol::error::quote`), so that where it
+/// ends is never in doubt. `--json` carries it whole, for scripts that compare it.
 fn verdict_line(v: &Verdict) -> String {
     escape(&match &v.outcome {
         Ok(name) => format!(
             "ACCEPTED {} ({})",
             v.artifact.display(),
-            cut(name.as_deref().unwrap_or("unnamed subject"))
+            name.as_deref().map_or_else(
+                || "unnamed subject".to_string(),
+                bulwark_protocol::error::quote
+            )
         ),
         Err(r) => format!("REJECTED {}: {r}", v.artifact.display()),
     })
     .into_owned()
-}
-
-/// Most characters of a subject name on an `ACCEPTED` line: as many as
-/// `bulwark_protocol::error::quote` keeps of a value it quotes.
-const MAX_SHOWN_NAME_CHARS: usize = 64;
-
-/// `s` cut to [`MAX_SHOWN_NAME_CHARS`] characters, with an ellipsis when cut.
-fn cut(s: &str) -> String {
-    let mut chars = s.chars();
-    let head: String = chars.by_ref().take(MAX_SHOWN_NAME_CHARS).collect();
-    if chars.next().is_some() {
-        format!("{head}…")
-    } else {
-        head
-    }
 }
 
 /// Most characters of one line printed on stderr for unusable input.
@@ -606,14 +664,6 @@ pub(crate) fn error_lines(e: &InputError) -> Vec<String> {
 
 fn shown(s: Option<&str>) -> String {
     s.map_or_else(|| "absent".to_string(), bulwark_protocol::error::quote)
-}
-
-fn shown_value(v: &Value) -> String {
-    match v {
-        Value::Null => "absent".to_string(),
-        Value::String(s) => bulwark_protocol::error::quote(s),
-        other => bulwark_protocol::error::quote(&other.to_string()),
-    }
 }
 
 /// A JSON value parsed with duplicate object keys refused.
@@ -690,9 +740,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provenance::bundle::BUNDLE_MEDIA_TYPE;
     use crate::provenance::keys::{Algorithm, LocalKey, Signer};
 
-    fn statement_json() -> Value {
+    pub(super) fn statement_json() -> Value {
         serde_json::json!({
             "_type": STATEMENT_TYPE,
             "subject": [{ "name": "app", "digest": { "sha256": "a".repeat(64) } }],
@@ -966,7 +1017,7 @@ mod tests {
         let shown: String = name.chars().take(64).collect();
         assert_eq!(
             verdict_line(&verdict),
-            format!("ACCEPTED dist/app.tar.gz ({shown}…)")
+            format!("ACCEPTED dist/app.tar.gz (\"{shown}\"…)")
         );
         let short = Verdict {
             outcome: Ok(Some("dist/app.tar.gz".into())),
@@ -974,7 +1025,7 @@ mod tests {
         };
         assert_eq!(
             verdict_line(&short),
-            "ACCEPTED dist/app.tar.gz (dist/app.tar.gz)"
+            "ACCEPTED dist/app.tar.gz (\"dist/app.tar.gz\")"
         );
     }
 
@@ -997,7 +1048,7 @@ mod tests {
         };
         assert_eq!(
             verdict_line(&verdict),
-            "ACCEPTED dist/app.tar.gz (dist/app\\u{200b}.tar.gz\\u{feff})"
+            "ACCEPTED dist/app.tar.gz (\"dist/app\\u{200b}.tar.gz\\u{feff}\")"
         );
     }
 
@@ -1168,5 +1219,164 @@ mod tests {
             .unwrap_err()
             .to_string()
             .ends_with("empty: no DSSE envelope"));
+    }
+}
+
+#[cfg(test)]
+mod bundle_tests {
+    use super::*;
+    use crate::provenance::keys::{Algorithm, LocalKey};
+
+    /// What `load_provenance` makes of Bulwark's own bundle after `edit`.
+    fn loaded(edit: &dyn Fn(&mut Value)) -> Result<Result<Envelope, String>, String> {
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let env = dsse::sign(b"{}", IN_TOTO_PAYLOAD_TYPE, &key).unwrap();
+        let mut v = serde_json::to_value(crate::provenance::bundle::wrap(&env).unwrap()).unwrap();
+        edit(&mut v);
+        let dir = crate::tools::testutil::TempDir::named("bulwark-bundle");
+        let p = dir.join("b.sigstore.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        let mut got = load_provenance(&p).map_err(|e| e.to_string())?;
+        assert_eq!(got.len(), 1);
+        Ok(got.remove(0).map_err(|r| r.to_string()))
+    }
+
+    #[test]
+    fn a_bundle_is_accepted_only_as_bulwark_writes_it_key_only_with_one_envelope() {
+        assert!(matches!(loaded(&|_| {}), Ok(Ok(_))));
+        let refused = |edit: &dyn Fn(&mut Value), want: &str| {
+            let got = loaded(edit).unwrap().unwrap_err();
+            assert!(got.starts_with(want), "{got}\nwanted: {want}");
+        };
+        let cert = serde_json::json!({ "rawBytes": "MIIB" });
+        refused(
+            &|v| {
+                v.as_object_mut().unwrap().remove("verificationMaterial");
+            },
+            "bundle: the bundle has no verificationMaterial",
+        );
+        refused(
+            &|v| v["verificationMaterial"]["certificate"] = cert.clone(),
+            "bundle: verificationMaterial holds a certificate",
+        );
+        refused(
+            &|v| {
+                let vm = v["verificationMaterial"].as_object_mut().unwrap();
+                vm.remove("publicKey");
+                vm.insert(
+                    "x509CertificateChain".into(),
+                    serde_json::json!({ "certificates": [cert] }),
+                );
+            },
+            "bundle: verificationMaterial holds a certificate",
+        );
+        refused(
+            &|v| {
+                v["verificationMaterial"]["tlogEntries"] = serde_json::json!([{ "logIndex": "1" }])
+            },
+            "bundle: verificationMaterial has 1 transparency log entries, which Bulwark does not \
+             check; verify such a bundle with a Sigstore verifier",
+        );
+        refused(
+            &|v| {
+                v["verificationMaterial"]["timestampVerificationData"] =
+                    serde_json::json!({ "rfc3161Timestamps": [{ "signedTimestamp": "AA==" }] })
+            },
+            "bundle: verificationMaterial has timestampVerificationData",
+        );
+        refused(
+            &|v| v["messageSignature"] = serde_json::json!({ "signature": "AA==" }),
+            "bundle: the bundle has both a dsseEnvelope and a messageSignature",
+        );
+        refused(
+            &|v| {
+                let sig = v.as_object_mut().unwrap().remove("dsseEnvelope").unwrap();
+                v["messageSignature"] =
+                    serde_json::json!({ "signature": sig["signatures"][0]["sig"] });
+            },
+            "bundle: the bundle has a messageSignature (a signature over a blob's digest), not a \
+             dsseEnvelope",
+        );
+        // Unusable input: no content at all, or a field the bundle format does not have.
+        let e = loaded(&|v| {
+            v.as_object_mut().unwrap().remove("dsseEnvelope");
+        })
+        .unwrap_err();
+        assert!(
+            e.ends_with("a Sigstore bundle without a dsseEnvelope or a messageSignature"),
+            "{e}"
+        );
+        let e = loaded(&|v| v["evil"] = 1.into()).unwrap_err();
+        assert!(
+            e.contains(": not a Sigstore bundle: unknown field `evil`"),
+            "{e}"
+        );
+        let e = loaded(&|v| v["verificationMaterial"]["evil"] = 1.into()).unwrap_err();
+        assert!(
+            e.contains(": not a Sigstore bundle: unknown field `evil`"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::provenance::dsse::EnvelopeSignature;
+    use crate::provenance::keys::{Algorithm, LocalKey, Signer};
+
+    #[test]
+    fn a_file_past_the_failed_signature_budget_is_refused_whole_by_verify_and_inventory_add() {
+        let key = LocalKey::generate(Algorithm::P256).unwrap();
+        let other = LocalKey::generate(Algorithm::P256).unwrap();
+        let dir = crate::tools::testutil::TempDir::named("bulwark-budget");
+        let pubkey = dir.join("signing.pub");
+        std::fs::write(&pubkey, key.public().to_pem().unwrap()).unwrap();
+        let payload = serde_json::to_vec(&super::tests::statement_json()).unwrap();
+        let mut env = dsse::sign(&payload, IN_TOTO_PAYLOAD_TYPE, &key).unwrap();
+        // Fifteen signatures claiming our key that it did not make, then ours.
+        let bogus = EnvelopeSignature {
+            keyid: key.keyid().to_string(),
+            sig: dsse::sign(b"{}", IN_TOTO_PAYLOAD_TYPE, &other)
+                .unwrap()
+                .signatures[0]
+                .sig
+                .clone(),
+        };
+        let genuine = env.signatures[0].clone();
+        env.signatures = vec![bogus; 15];
+        env.signatures.push(genuine);
+        let line = dsse::to_line(&env).unwrap();
+        let prov = dir.join("p.intoto.jsonl");
+        std::fs::write(&prov, format!("{line}\n").repeat(100)).unwrap();
+        let req = Request {
+            provenance: prov.clone(),
+            keys: vec![pubkey.clone()],
+            policy: None,
+            json: false,
+            artifacts: vec![pubkey.clone()],
+        };
+        let e = verify(&req, SystemTime::now()).unwrap_err();
+        assert!(matches!(e, InputError::Provenance { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "provenance {}: more than 64 signatures claim a trusted key (or name no key) \
+                 and verify under none; the file is refused unchecked: a signer writes \
+                 signatures that verify",
+                prov.display()
+            )
+        );
+        let out =
+            crate::inventory::read_verified(std::slice::from_ref(&prov), &[key.public()], None)
+                .unwrap();
+        let why = out[0].records.as_ref().unwrap_err();
+        assert!(
+            why.starts_with("more than 64 signatures claim a trusted key"),
+            "{why}"
+        );
+        // Within the budget the same envelope verifies.
+        std::fs::write(&prov, format!("{line}\n").repeat(4)).unwrap();
+        assert!(verify(&req, SystemTime::now()).is_ok());
     }
 }
