@@ -662,7 +662,14 @@ fn tools_prune(unused_days: u32, dry_run: bool, config: Option<&std::path::Path>
     let result = (|| -> anyhow::Result<crate::tools::PruneReport> {
         let loaded = crate::config::load(config)?;
         let dirs = crate::config::Dirs::resolve(&loaded.config)?;
-        let store = crate::tools::Store::open(&dirs.state.join("tools"))?;
+        let root = dirs.state.join("tools");
+        // No job has used a tool yet: nothing to prune, and nothing is made (the systemd
+        // unit may run with the state directory read-only).
+        if std::fs::symlink_metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Ok(crate::tools::PruneReport::default());
+        }
+        let store = crate::tools::Store::open(&root)?;
         let unused_for = std::time::Duration::from_secs(u64::from(unused_days) * 86_400);
         Ok(store.prune(unused_for, dry_run)?)
     })();
