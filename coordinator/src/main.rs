@@ -257,6 +257,22 @@ fn main() -> Result<()> {
 /// `bulwark-coordinator jobs ...`.
 fn jobs(command: JobsCommand) -> Result<()> {
     match command {
+        JobsCommand::Submit { state, trust, spec } => {
+            // Exit status 2, as the API's 400: the spec is at fault, not the coordinator.
+            let job = match admin::read_spec(&spec) {
+                Ok(job) => job,
+                Err(e) => {
+                    eprintln!("bulwark-coordinator: jobs submit: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let db = statedir::open_db(&state)?;
+            let id = api::new_job_id()?;
+            db.submit_job(&id, &job, trust, state::now())?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{id}").context("writing the job id")?;
+            eprintln!("job {id} ({}) queued, {trust}", job.name);
+        }
         JobsCommand::List { state, limit, json } => {
             let jobs = statedir::open_db(&state)?.list_jobs(limit, state::now())?;
             let mut out = std::io::stdout().lock();

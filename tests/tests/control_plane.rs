@@ -536,6 +536,119 @@ fn a_job_spec_without_a_fetchable_source_is_refused_by_the_coordinator() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
+/// `bulwark-coordinator jobs submit` queues a TOML spec with the trust level asked for and
+/// prints its id; a spec the API would refuse is refused with the API's own words, exit 2,
+/// and nothing is queued.
+#[test]
+fn jobs_submit_queues_a_spec_file_and_refuses_what_the_api_refuses_in_its_words() {
+    let env = host("cp-submit");
+    let c = Coordinator::start(&env);
+    let submit = |file: &std::path::Path, extra: &[&str]| {
+        Command::new(coordinator_bin())
+            .args(["jobs", "submit", "--state"])
+            .arg(&c.state)
+            .args(extra)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let good = env.dir.join("release.toml");
+    std::fs::write(
+        &good,
+        git_job(
+            std::path::Path::new("/srv/app.git"),
+            commit,
+            "release",
+            "true",
+        ),
+    )
+    .unwrap();
+    let o = submit(&good, &["--trust", "trusted"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(
+        id.len() == 36 && id.starts_with("job-") && id[4..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let job = c.job(&id);
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["trust"].as_str(),
+            job["name"].as_str()
+        ),
+        (Some("queued"), Some("trusted"), Some("release")),
+        "{job}"
+    );
+    // Untrusted unless asked.
+    let o = submit(&good, &[]);
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(c.job(&id)["trust"], "untrusted");
+
+    // A local source: what POST /v1/jobs answers 400, in the same words.
+    let local = env.dir.join("local.toml");
+    let text = bulwark_tests::one_step("nosrc", "true", "");
+    std::fs::write(&local, &text).unwrap();
+    let api = c
+        .http
+        .post(format!("{}/v1/jobs", c.url))
+        .bearer_auth(&c.admin)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({ "spec": JobSpec::from_toml_str(&text).unwrap(), "trust": "untrusted" })
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 400);
+    let api: serde_json::Value = serde_json::from_slice(&api.bytes().unwrap()).unwrap();
+    let api = api["error"].as_str().unwrap().to_string();
+    assert!(api.starts_with("spec.source: "), "{api}");
+    let o = submit(&local, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: {api}", local.display())),
+        "{stderr}"
+    );
+    assert!(o.stdout.is_empty());
+    // A short commit, a file that is not a spec, a trust level that does not exist.
+    std::fs::write(
+        &local,
+        text.replace(
+            "[[steps]]",
+            &format!(
+                "[source]\ngit = \"https://git.example/app.git\"\ncommit = \"{}\"\n[[steps]]",
+                &commit[..7]
+            ),
+        ),
+    )
+    .unwrap();
+    let o = submit(&local, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("spec.source.commit: must be a full commit id"),
+        "{stderr}"
+    );
+    std::fs::write(&local, "not a spec").unwrap();
+    assert_eq!(submit(&local, &[]).status.code(), Some(2));
+    assert_ne!(submit(&good, &["--trust", "root"]).status.code(), Some(0));
+    let listed = Command::new(coordinator_bin())
+        .args(["jobs", "list", "--json", "--state"])
+        .arg(&c.state)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+}
+
 #[test]
 fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn() {
     let (env, c) = registered("cp-slots");
