@@ -11,6 +11,12 @@ use sha2::{Digest, Sha256};
 use crate::outputs::OutputStore;
 use crate::state::Db;
 
+/// A time in seconds since the epoch as RFC 3339 UTC (`2026-11-27T10:00:00Z`), as
+/// `runners list` shows it.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
 /// The largest spec file `jobs submit` reads: what `bulwark run` reads (the runner's
 /// `MAX_SPEC_BYTES`).
 pub const MAX_SPEC_FILE_BYTES: u64 = 1 << 20;
@@ -177,6 +183,12 @@ mod tests {
     use bulwark_protocol::Trust;
 
     const JOB: &str = "job-0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn times_are_shown_as_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
 
     /// A state directory with one runner `r1`, job [`JOB`] leased to it at `at` (seconds), and
     /// an output store.

@@ -163,7 +163,8 @@ pub enum InventoryCommand {
 /// `runners` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RunnersCommand {
-    /// Lists runners (id, name, registered, removed), one per line, or as JSON.
+    /// Lists runners (id, name, registered, removed; times in RFC 3339 UTC), one per line, or
+    /// as JSON.
     #[command(
         after_help = "Example:\n  bulwark-coordinator runners list --state /var/lib/bulwark-coordinator --json"
     )]

@@ -649,6 +649,110 @@ fn jobs_submit_queues_a_spec_file_and_refuses_what_the_api_refuses_in_its_words(
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
 }
 
+/// What an operator reads: `runners list` shows times as RFC 3339 UTC (its JSON keeps the
+/// epoch seconds and adds them); a refused command is one line even with `RUST_BACKTRACE=1`;
+/// the log written to a file has no colour codes.
+#[test]
+fn coordinator_output_for_operators_is_plain_dated_and_one_line() {
+    let (env, c) = registered("cp-operator-output");
+    let coordinator = |args: &[&str]| {
+        Command::new(coordinator_bin())
+            .args(args)
+            .arg("--state")
+            .arg(&c.state)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let rfc3339 = |t: &str| {
+        t.len() == 20 && t.starts_with("20") && t.as_bytes()[10] == b'T' && t.ends_with('Z')
+    };
+    let listed = String::from_utf8(coordinator(&["runners", "list"]).stdout).unwrap();
+    let fields: Vec<&str> = listed.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 4, "{listed}");
+    assert!(rfc3339(fields[2]) && fields[3] == "-", "{listed}");
+    let id = fields[0].to_string();
+    assert!(coordinator(&["runners", "remove", &id]).status.success());
+    let listed = String::from_utf8(coordinator(&["runners", "list"]).stdout).unwrap();
+    let removed = listed.trim_end().rsplit('\t').next().unwrap();
+    assert!(
+        removed.strip_prefix("removed:").is_some_and(rfc3339),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&coordinator(&["runners", "list", "--json"]).stdout).unwrap();
+    assert!(
+        json[0]["registered_at"].is_u64() && json[0]["removed_at"].is_u64(),
+        "{json}"
+    );
+    assert!(
+        json[0]["registered"].as_str().is_some_and(rfc3339),
+        "{json}"
+    );
+    assert!(json[0]["removed"].as_str().is_some_and(rfc3339), "{json}");
+
+    // Cancelling a job that has ended: refused, in one line, no stack trace.
+    let spec = env.dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        git_job(
+            std::path::Path::new("/srv/app.git"),
+            "0123456789abcdef0123456789abcdef01234567",
+            "op",
+            "true",
+        ),
+    )
+    .unwrap();
+    let o = coordinator(&["jobs", "submit", spec.to_str().unwrap()]);
+    let job = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(coordinator(&["jobs", "cancel", &job]).status.success());
+    let o = coordinator(&["jobs", "cancel", &job]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("bulwark-coordinator: "), "{stderr}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+
+    // `serve` logging to a file (a warning at start: metrics on a non-loopback address).
+    let log = env.dir.join("coordinator.log");
+    let mut serve = Command::new(coordinator_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "0.0.0.0:0",
+            "--state",
+        ])
+        .arg(&c.state)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("listening on")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("WARN") && text.contains("metrics served without authentication"),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "{text:?}");
+}
+
 #[test]
 fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn() {
     let (env, c) = registered("cp-slots");
