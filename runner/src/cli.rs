@@ -529,7 +529,7 @@ pub fn dispatch(cli: Cli) -> u8 {
                 let note = l.path.is_none().then(|| {
                     "note: no configuration file; built-in defaults and ceilings apply".to_string()
                 });
-                crate::probe::run(json, &l.config, note)
+                crate::probe::run(json, &l.config, l.path.as_deref(), note)
             }
             Err(e) => {
                 eprintln!("bulwark: {e:#}");
