@@ -1497,6 +1497,13 @@ fn the_coordinator_serves_tls_itself_a_runner_trusts_its_ca_and_a_renewal_needs_
         stderr.contains("certificate") && stderr.contains("UnknownIssuer"),
         "{stderr}"
     );
+    // Said once, with what to configure.
+    assert_eq!(
+        stderr.matches("error sending request").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("[daemon] coordinator_ca"), "{stderr}");
     assert!(!env.state.join("runner/registration.json").exists());
 
     env.write_config_sections(
