@@ -4,7 +4,7 @@
 #   2. starts a coordinator on loopback with a fresh state (issuer key, admin token);
 #   3. makes a git repository of examples/hello (the job's source, pinned by commit);
 #   4. registers this host with a one-time token (`bulwark register`) and starts `bulwark daemon`;
-#   5. queues the hello job as trusted through the coordinator's API, as a CI system would;
+#   5. queues the hello job as trusted (`bulwark-coordinator jobs submit`), as a CI system would;
 #   6. follows the job's log as the daemon sends it (`jobs log --follow`), then reads the
 #      result, fetches the artifact and its provenance from the coordinator
 #      (the daemon uploaded both) and checks them with `bulwark verify`, with a policy that
@@ -81,14 +81,11 @@ daemon=$!
 pids+=("$daemon")
 
 say "queue the hello job as trusted (what a CI system does on a push to main)"
-python3 - "$repo_root/examples/hello/job.toml" "$src" "$commit" >"$work/submit.json" <<'PY'
-import json, sys, tomllib
-spec = tomllib.load(open(sys.argv[1], "rb"))
-spec["source"] = {"git": "file://" + sys.argv[2], "commit": sys.argv[3], "ref": "refs/heads/main"}
-print(json.dumps({"spec": spec, "trust": "trusted"}))
-PY
-job=$(curl -sS --fail-with-body -H @"$work/admin.header" -H 'content-type: application/json' \
-  --data-binary @"$work/submit.json" "$url/v1/jobs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
+# The hello job with its source pinned to the repository's commit. A CI system would POST the
+# same spec, as JSON, to $url/v1/jobs with the admin token (docs/control-plane.md, "Jobs").
+sed -e "s|^path = \"\\.\".*|git = \"file://$src\"\\ncommit = \"$commit\"\\nref = \"refs/heads/main\"|" \
+  examples/hello/job.toml >"$work/hello.toml"
+job=$("$coordinator" jobs submit --state "$work/coordinator" --trust trusted "$work/hello.toml")
 echo "queued $job"
 
 say "follow the job's log as it runs (bulwark-coordinator jobs log --follow)"

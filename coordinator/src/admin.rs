@@ -1,6 +1,6 @@
-//! What the operator's commands (`bulwark-coordinator jobs ...`) do beyond the database: the
-//! provenance export's files, a job's log followed as it grows, and text from runners made
-//! safe for a terminal.
+//! What the operator's commands (`bulwark-coordinator jobs ...`) do beyond the database: a
+//! spec file read and checked for `jobs submit`, the provenance export's files, a job's log
+//! followed as it grows, and text from runners made safe for a terminal.
 
 use std::io::{Read, Seek, Write};
 use std::time::Duration;
@@ -10,6 +10,36 @@ use sha2::{Digest, Sha256};
 
 use crate::outputs::OutputStore;
 use crate::state::Db;
+
+/// A time in seconds since the epoch as RFC 3339 UTC (`2026-11-27T10:00:00Z`), as
+/// `runners list` shows it.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// The largest spec file `jobs submit` reads: what `bulwark run` reads (the runner's
+/// `MAX_SPEC_BYTES`).
+pub const MAX_SPEC_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a TOML job spec for `jobs submit` and checks it exactly as `POST /v1/jobs` does
+/// ([`crate::api::check_spec`]). The error names the file, then the field, as the API's
+/// `400` names the field.
+pub fn read_spec(path: &std::path::Path) -> Result<bulwark_protocol::JobSpec, String> {
+    let at = |reason: String| format!("{}: {reason}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| at(e.to_string()))?;
+    let mut text = String::new();
+    file.take(MAX_SPEC_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| at(e.to_string()))?;
+    if text.len() as u64 > MAX_SPEC_FILE_BYTES {
+        return Err(at(format!(
+            "refused: larger than {MAX_SPEC_FILE_BYTES} bytes, the most a runner takes"
+        )));
+    }
+    let spec = bulwark_protocol::JobSpec::from_toml_str(&text).map_err(|e| at(e.to_string()))?;
+    crate::api::check_spec(&spec).map_err(at)?;
+    Ok(spec)
+}
 
 /// Writes `text` as `out/<id>.intoto.jsonl`, whole or not at all: into a temporary file,
 /// synced, then linked to its name (which never replaces a file). `false` when a file with the
@@ -153,6 +183,12 @@ mod tests {
     use bulwark_protocol::Trust;
 
     const JOB: &str = "job-0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn times_are_shown_as_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
 
     /// A state directory with one runner `r1`, job [`JOB`] leased to it at `at` (seconds), and
     /// an output store.

@@ -981,6 +981,11 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// A new job's id: `job-` and 32 random hex digits.
+pub fn new_job_id() -> Result<String, AuthError> {
+    Ok(format!("job-{}", auth::hex(&auth::random_bytes::<16>()?)))
+}
+
 async fn submit(
     State(c): State<Shared>,
     headers: HeaderMap,
@@ -990,7 +995,7 @@ async fn submit(
         .check_authorization(header_str(&headers, header::AUTHORIZATION.as_str()))?;
     let request: SubmitJob = parse_body(&body, "job submission")?;
     check_spec(&request.spec).map_err(ApiError::bad_request)?;
-    let job_id = format!("job-{}", auth::hex(&auth::random_bytes::<16>()?));
+    let job_id = new_job_id()?;
     with_db(&c, move |c, db| {
         db.submit_job(&job_id, &request.spec, request.trust, state::now())?;
         c.metrics.submitted(request.trust);

@@ -56,9 +56,10 @@ pub enum Command {
         #[command(subcommand)]
         command: RunnersCommand,
     },
-    /// Lists jobs, exports their provenance, or prunes their stored outputs.
+    /// Queues, lists or cancels jobs, shows their logs, exports their provenance, or prunes
+    /// their stored outputs.
     #[command(
-        after_help = "Examples:\n  bulwark-coordinator jobs list --state /var/lib/bulwark-coordinator\n  bulwark-coordinator jobs export-provenance --state /var/lib/bulwark-coordinator --out /srv/provenance\n  bulwark inventory add --key runner-1.pub --key runner-2.pub --index fleet.jsonl /srv/provenance\n  bulwark-coordinator jobs prune-outputs --state /var/lib/bulwark-coordinator --older-than 90d"
+        after_help = "Examples:\n  bulwark-coordinator jobs submit --state /var/lib/bulwark-coordinator --trust untrusted job.toml\n  bulwark-coordinator jobs list --state /var/lib/bulwark-coordinator\n  bulwark-coordinator jobs export-provenance --state /var/lib/bulwark-coordinator --out /srv/provenance\n  bulwark inventory add --key runner-1.pub --key runner-2.pub --index fleet.jsonl /srv/provenance\n  bulwark-coordinator jobs prune-outputs --state /var/lib/bulwark-coordinator --older-than 90d"
     )]
     Jobs {
         /// What to do with jobs.
@@ -162,7 +163,8 @@ pub enum InventoryCommand {
 /// `runners` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RunnersCommand {
-    /// Lists runners (id, name, registered, removed), one per line, or as JSON.
+    /// Lists runners (id, name, registered, removed; times in RFC 3339 UTC), one per line, or
+    /// as JSON.
     #[command(
         after_help = "Example:\n  bulwark-coordinator runners list --state /var/lib/bulwark-coordinator --json"
     )]
@@ -204,6 +206,23 @@ pub enum JobsCommand {
         /// JSON output, for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Queues a job: reads the TOML job spec, checks it as `POST /v1/jobs` does (a git source
+    /// with a full commit, or a url with a sha256; no local path) and prints the new job's id.
+    /// Exit status 2 for a spec that cannot be read or is refused, naming the file and field.
+    #[command(
+        after_help = "Example:\n  bulwark-coordinator jobs submit --state /var/lib/bulwark-coordinator --trust trusted release.toml\n  job-0123456789abcdef0123456789abcdef\n\nThe trust level is the submitter's decision: untrusted for a pull request, trusted for a protected branch or a tag. Written to the state directory directly, like the other jobs commands; over HTTP, POST /v1/jobs (docs/control-plane.md)."
+    )]
+    Submit {
+        /// The state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// The job's trust level: `untrusted` (no credentials, the strict egress ceiling) or
+        /// `trusted`.
+        #[arg(long, default_value = "untrusted", value_parser = parse_trust)]
+        trust: bulwark_protocol::Trust,
+        /// The job spec (TOML, as `bulwark run` reads it).
+        spec: PathBuf,
     },
     /// Writes the provenance of every finished job to OUT/<job id>.intoto.jsonl, so that
     /// `bulwark inventory add` can index the whole fleet's builds. A file already there is
@@ -262,6 +281,10 @@ pub enum JobsCommand {
         #[arg(long, value_parser = parse_age)]
         older_than: Duration,
     },
+}
+
+fn parse_trust(text: &str) -> Result<bulwark_protocol::Trust, String> {
+    text.parse()
 }
 
 fn parse_idle(text: &str) -> Result<Duration, String> {

@@ -64,13 +64,25 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
-    /// A secret file that belongs to another user, who could read or replace it.
-    #[error("{}: refused: it belongs to uid {owner}, not to the user running the coordinator (uid {me}); `chown {me} {}` it", path.display(), path.display())]
+    /// A state file or directory that belongs to another user, who could read or replace it.
+    /// Usually the service's own user owns it and the operator ran the command as root: the
+    /// message says to run it as the owner, not to change the owner (which would lock the
+    /// service out of its own state).
+    #[error(
+        "{}: refused: it belongs to {}, not to the user running this command (uid {me}); run the command as its owner: {}",
+        path.display(),
+        owner_words(*owner, owner_name.as_deref()),
+        run_as_owner(*owner, *owner_gid, owner_name.as_deref())
+    )]
     SecretOwner {
-        /// The file.
+        /// The file or directory.
         path: PathBuf,
         /// Its owner.
         owner: u32,
+        /// Its group (for `setpriv` when the owner has no name).
+        owner_gid: u32,
+        /// The owner's user name, when the system knows one.
+        owner_name: Option<String>,
         /// The effective uid of this process.
         me: u32,
     },
@@ -194,11 +206,42 @@ pub fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
     if meta.uid() == me {
         Ok(())
     } else {
+        let owner_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            // Only a name a shell passes as one word is shown in a command to copy.
+            .filter(|n| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            });
         Err(KeyError::SecretOwner {
             path: path.to_owned(),
             owner: meta.uid(),
+            owner_gid: meta.gid(),
+            owner_name,
             me,
         })
+    }
+}
+
+fn owner_words(uid: u32, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("user {n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// How to run a `bulwark-coordinator` command as `uid`: what systemd/bulwark-coordinator.service
+/// sets up is a state directory owned by the service's user, which the operator's commands
+/// must run as.
+fn run_as_owner(uid: u32, gid: u32, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("`runuser -u {n} -- bulwark-coordinator ...`"),
+        None => format!(
+            "`setpriv --reuid={uid} --regid={gid} --clear-groups -- bulwark-coordinator ...`"
+        ),
     }
 }
 
@@ -277,7 +320,31 @@ mod tests {
         write_secret_new(&path, b"bwadm_x\n").unwrap();
         std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
         let e = read_secret(&path).unwrap_err().to_string();
-        assert!(e.contains("uid 65534") && e.contains("chown"), "{e}");
+        // Run as the owner (the service's user, usually); never "chown it", which would take
+        // the state away from the service.
+        let run_as = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(65534)) {
+            Ok(Some(u)) => format!("user {} (uid 65534)", u.name),
+            _ => "uid 65534".into(),
+        };
+        assert!(e.contains(&format!("belongs to {run_as}")), "{e}");
+        assert!(
+            e.contains("run the command as its owner: `runuser -u ")
+                || e.contains("`setpriv --reuid=65534 "),
+            "{e}"
+        );
+        assert!(!e.contains("chown"), "{e}");
+    }
+
+    #[test]
+    fn the_command_to_run_as_the_owner_names_the_user_or_else_the_ids() {
+        assert_eq!(
+            run_as_owner(1234, 99, None),
+            "`setpriv --reuid=1234 --regid=99 --clear-groups -- bulwark-coordinator ...`"
+        );
+        assert_eq!(
+            run_as_owner(999, 999, Some("bulwark-coordinator")),
+            "`runuser -u bulwark-coordinator -- bulwark-coordinator ...`"
+        );
     }
 
     #[test]

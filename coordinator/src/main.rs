@@ -10,9 +10,24 @@ use bulwark_coordinator::{admin, api, auth, inventory, state, statedir};
 use bulwark_protocol::terminal;
 use clap::Parser;
 
-fn main() -> Result<()> {
+/// Errors are printed as one line, the chain joined with `: ` (never `Debug`, which would add
+/// a stack trace when `RUST_BACKTRACE` is set): a refusal is a message for the operator, not
+/// a crash. Exit status 1, as before.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bulwark-coordinator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only for a terminal: a log file or the journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -153,16 +168,25 @@ fn main() -> Result<()> {
                             serde_json::json!({
                                 "id": r.id, "name": r.name,
                                 "registered_at": r.registered_at, "removed_at": r.removed_at,
+                                "registered": admin::rfc3339(r.registered_at),
+                                "removed": r.removed_at.map(admin::rfc3339),
                             })
                         })
                         .collect();
                     writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
                 } else {
                     for r in runners {
-                        let removed = r
-                            .removed_at
-                            .map_or_else(|| "-".to_owned(), |t| format!("removed:{t}"));
-                        writeln!(out, "{}\t{}\t{}\t{removed}", r.id, r.name, r.registered_at)?;
+                        let removed = r.removed_at.map_or_else(
+                            || "-".to_owned(),
+                            |t| format!("removed:{}", admin::rfc3339(t)),
+                        );
+                        writeln!(
+                            out,
+                            "{}\t{}\t{}\t{removed}",
+                            r.id,
+                            r.name,
+                            admin::rfc3339(r.registered_at)
+                        )?;
                     }
                 }
             }
@@ -263,6 +287,22 @@ fn main() -> Result<()> {
 /// `bulwark-coordinator jobs ...`.
 fn jobs(command: JobsCommand) -> Result<()> {
     match command {
+        JobsCommand::Submit { state, trust, spec } => {
+            // Exit status 2, as the API's 400: the spec is at fault, not the coordinator.
+            let job = match admin::read_spec(&spec) {
+                Ok(job) => job,
+                Err(e) => {
+                    eprintln!("bulwark-coordinator: jobs submit: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let db = statedir::open_db(&state)?;
+            let id = api::new_job_id()?;
+            db.submit_job(&id, &job, trust, state::now())?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{id}").context("writing the job id")?;
+            eprintln!("job {id} ({}) queued, {trust}", job.name);
+        }
         JobsCommand::List { state, limit, json } => {
             let jobs = statedir::open_db(&state)?.list_jobs(limit, state::now())?;
             let mut out = std::io::stdout().lock();

@@ -166,6 +166,10 @@ pub struct Store {
     disk: bulwark_protocol::DiskReserve,
     /// How that filesystem is measured (fixed in tests).
     measure: reserve::Measure,
+    /// The `--config` the run was given, which a command this store's messages suggest
+    /// needs too (`caches remove` finds the store through the configuration's state
+    /// directory).
+    config_arg: Option<PathBuf>,
 }
 
 /// What `caches prune` did.
@@ -197,6 +201,17 @@ impl Store {
             bounds: Bounds::of(&CachesConfig::default()),
             disk: bulwark_protocol::DiskReserve::Off,
             measure: crate::disk_reserve::space_at,
+            config_arg: None,
+        }
+    }
+
+    /// This store as found through `--config FILE` (`None`: the default configuration), which
+    /// the commands its messages suggest then include.
+    pub fn with_config_arg(self, config: Option<&Path>) -> Store {
+        Store {
+            // Absolute: the command may be run from another directory.
+            config_arg: config.map(|c| std::path::absolute(c).unwrap_or_else(|_| c.to_owned())),
+            ..self
         }
     }
 
@@ -243,9 +258,13 @@ impl Store {
                 continue;
             }
             let afresh = format!(
-                "`bulwark caches remove --key {} --name {name} --tier {}` starts this cache afresh",
+                "`bulwark caches remove --key {} --name {name} --tier {}{}` starts this cache afresh",
                 scope_key(scope),
-                tier.as_str()
+                tier.as_str(),
+                self.config_arg
+                    .as_ref()
+                    .map(|c| format!(" --config {}", c.display()))
+                    .unwrap_or_default()
             );
             let (current, gen, in_use) = {
                 let _reading = match lock(&dir.join("read.lock"), FlockArg::LockShared) {

@@ -529,7 +529,7 @@ pub fn dispatch(cli: Cli) -> u8 {
                 let note = l.path.is_none().then(|| {
                     "note: no configuration file; built-in defaults and ceilings apply".to_string()
                 });
-                crate::probe::run(json, &l.config, note)
+                crate::probe::run(json, &l.config, l.path.as_deref(), note)
             }
             Err(e) => {
                 eprintln!("bulwark: {e:#}");
@@ -662,7 +662,14 @@ fn tools_prune(unused_days: u32, dry_run: bool, config: Option<&std::path::Path>
     let result = (|| -> anyhow::Result<crate::tools::PruneReport> {
         let loaded = crate::config::load(config)?;
         let dirs = crate::config::Dirs::resolve(&loaded.config)?;
-        let store = crate::tools::Store::open(&dirs.state.join("tools"))?;
+        let root = dirs.state.join("tools");
+        // No job has used a tool yet: nothing to prune, and nothing is made (the systemd
+        // unit may run with the state directory read-only).
+        if std::fs::symlink_metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Ok(crate::tools::PruneReport::default());
+        }
+        let store = crate::tools::Store::open(&root)?;
         let unused_for = std::time::Duration::from_secs(u64::from(unused_days) * 86_400);
         Ok(store.prune(unused_for, dry_run)?)
     })();

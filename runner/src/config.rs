@@ -67,6 +67,33 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     })
 }
 
+/// What to do when the state directory cannot be made ([`Dirs::state_creatable`]): change
+/// what chose it. `config_path` is the configuration file read, if any.
+pub fn state_dir_advice(config: &Config, config_path: Option<&Path>) -> String {
+    let file = config_path.map_or_else(
+        || default_config_path().display().to_string(),
+        |p| p.display().to_string(),
+    );
+    match (&config.paths.state_dir, config_path) {
+        (Some(_), _) => {
+            format!("set paths.state_dir in {file} to a directory this user can write (or make it)")
+        }
+        (None, _) if is_root() => {
+            format!("set paths.state_dir in {file} to a directory on a writable filesystem")
+        }
+        (None, Some(_)) => format!(
+            "set paths.state_dir in {file} to a directory this user can write, or \
+             XDG_STATE_HOME (its default is $XDG_STATE_HOME/bulwark, else \
+             $HOME/.local/state/bulwark)"
+        ),
+        (None, None) => format!(
+            "set XDG_STATE_HOME to a directory this user can write (the state directory is \
+             then $XDG_STATE_HOME/bulwark), or paths.state_dir in a configuration file \
+             ({file}, or one given with --config)"
+        ),
+    }
+}
+
 /// Where this runner keeps state and runtime files.
 #[derive(Debug, Clone)]
 pub struct Dirs {
@@ -120,6 +147,58 @@ impl Dirs {
                 .flags()
                 .contains(nix::sys::statvfs::FsFlags::ST_NOEXEC),
         )
+    }
+
+    /// Whether the state directory exists, or this user could make it, found without making
+    /// anything: the nearest directory above it that exists must be a directory this user may
+    /// add entries to, on a filesystem mounted read-write. `Err` says why not (`probe` adds
+    /// what to do, [`state_dir_advice`]).
+    pub fn state_creatable(&self) -> std::result::Result<(), String> {
+        use nix::sys::statvfs::{statvfs, FsFlags};
+        use nix::unistd::{access, AccessFlags};
+        let state = self.state.display();
+        let mut missing = Vec::new();
+        for dir in self.state.ancestors() {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() && missing.is_empty() => return Ok(()),
+                Ok(m) if m.is_dir() => {
+                    let first = missing
+                        .last()
+                        .map_or(state.to_string(), |p: &&Path| p.display().to_string());
+                    if statvfs(dir).is_ok_and(|v| v.flags().contains(FsFlags::ST_RDONLY)) {
+                        return Err(format!(
+                            "the state directory {state} does not exist and cannot be made: {} is on a read-only filesystem",
+                            dir.display()
+                        ));
+                    }
+                    if let Err(e) = access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+                        return Err(format!(
+                            "the state directory {state} does not exist and this user cannot make it: {} cannot be created in {} ({})",
+                            first,
+                            dir.display(),
+                            e.desc()
+                        ));
+                    }
+                    return Ok(());
+                }
+                Ok(_) => {
+                    return Err(format!(
+                        "the state directory {state} cannot be made: {} is not a directory",
+                        dir.display()
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(dir),
+                Err(e) => {
+                    return Err(format!(
+                        "the state directory {state}: {}: {e}",
+                        dir.display()
+                    ))
+                }
+            }
+        }
+        Err(format!(
+            "the state directory {state}: no directory above it exists"
+        ))
     }
 
     /// What `probe` and `run` say when [`Dirs::state_noexec`] is true.

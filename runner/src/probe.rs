@@ -12,7 +12,12 @@ use bulwark_sandbox::subid::HandTo;
 use crate::job::JOB_PATH;
 
 /// Runs the probe, prints the report, returns 0 (full isolation) or 1 (degraded).
-pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<String>) -> u8 {
+pub fn run(
+    json: bool,
+    config: &bulwark_protocol::Config,
+    config_path: Option<&std::path::Path>,
+    config_note: Option<String>,
+) -> u8 {
     let allow_rlimit_fallback = config.limits.allow_rlimit_fallback;
     let host = bulwark_sandbox::probe::host_layers(true);
     let root = crate::config::is_root();
@@ -59,10 +64,19 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
     // Not an isolation layer, but a reason jobs would fail in a way that looks like one.
     let dirs = crate::config::Dirs::resolve(config).ok();
     let noexec = dirs.as_ref().and_then(|d| d.state_noexec());
+    // `bulwark run` makes the state directory: say now if it could not, and what to change.
+    let creatable = dirs.as_ref().map(|d| {
+        d.state_creatable().map_err(|e| {
+            format!(
+                "{e}; {}",
+                crate::config::state_dir_advice(config, config_path)
+            )
+        })
+    });
     let disk = dirs
         .as_ref()
         .and_then(|d| disk_line(d, config.limits.min_free_disk));
-    let settings = host_settings(config);
+    let settings = host_settings(config, host.cgroup_version.is_some());
     if json {
         let layers: Vec<_> = host
             .layers
@@ -76,6 +90,10 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             "trial_sandbox": match &trial { Ok(()) => serde_json::json!({"ok": true}), Err(e) => serde_json::json!({"ok": false, "error": e}) },
             "full_isolation": full,
             "state_dir_noexec": noexec,
+            "state_dir": creatable.as_ref().map(|c| match c {
+                Ok(()) => serde_json::json!({"ok": true}),
+                Err(e) => serde_json::json!({"ok": false, "detail": e}),
+            }),
             "disk": disk.as_ref().map(|(ok, d)| serde_json::json!({"ok": ok, "detail": d})),
             "job_disks": match &job_disks { Ok(()) => serde_json::json!({"available": true}), Err(e) => serde_json::json!({"available": false, "detail": e, "needed": disks_needed}) },
             "host_settings": settings.iter().map(|(name, ok, detail)| serde_json::json!({"setting": name, "ok": ok, "detail": detail})).collect::<Vec<_>>(),
@@ -113,8 +131,9 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
             ),
             Err(e) => println!("{:<16} {:<9} {e}", "trial-sandbox", "FAILED"),
         }
-        match (&dirs, noexec) {
-            (Some(d), Some(true)) => {
+        match (&dirs, noexec, &creatable) {
+            (_, _, Some(Err(e))) => println!("{:<16} {:<9} {e}", "state-dir", "WARNING"),
+            (Some(d), Some(true), _) => {
                 println!(
                     "{:<16} {:<9} {}",
                     "state-dir",
@@ -122,7 +141,7 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
                     d.noexec_warning()
                 )
             }
-            (Some(d), Some(false)) => println!(
+            (Some(d), Some(false), _) => println!(
                 "{:<16} {:<9} {}: jobs can run what they build",
                 "state-dir",
                 "ok",
@@ -177,7 +196,10 @@ pub fn run(json: bool, config: &bulwark_protocol::Config, config_note: Option<St
 /// Host settings that no layer of the sandbox can make safe, and that the operator can
 /// (docs/threat-model.md, "rlimits"): `(name, ok, detail)` each. Warnings, not missing layers:
 /// they do not make `probe` report degraded isolation.
-fn host_settings(config: &bulwark_protocol::Config) -> Vec<(&'static str, bool, String)> {
+fn host_settings(
+    config: &bulwark_protocol::Config,
+    memory_charged: bool,
+) -> Vec<(&'static str, bool, String)> {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     let mut out = Vec::new();
     if let Some(pattern) = read("/proc/sys/kernel/core_pattern") {
@@ -187,6 +209,7 @@ fn host_settings(config: &bulwark_protocol::Config) -> Vec<(&'static str, bool, 
         out.push(open_files(
             max,
             config.limits.max_pids,
+            memory_charged.then_some(config.limits.max_memory),
             config.daemon.slots as u64,
         ));
     }
@@ -213,18 +236,38 @@ fn core_dumps(pattern: &str) -> (&'static str, bool, String) {
     }
 }
 
-/// `fs.file-max` against what jobs may open: descriptors are bounded per process only, and
-/// `fs.file-max` is one count for the whole host.
-fn open_files(file_max: u64, max_pids: u64, slots: u64) -> (&'static str, bool, String) {
+/// Kernel memory one open file takes at least (its `struct file`, from a slab cache charged to
+/// the memory cgroup of the process that opens it): what bounds the files a job with a memory
+/// limit can hold open, long before `limits.max_pids` × its descriptor limit does.
+const OPEN_FILE_KERNEL_BYTES: u64 = 256;
+
+/// `fs.file-max` against what jobs can hold open: one count for the whole host, while
+/// descriptors are bounded per process only. Each job holds at most `max_pids` × its
+/// descriptor limit, and, where its memory is a cgroup's (`max_memory`: `Some`), no more
+/// than its memory limit pays for; `slots` jobs run at once.
+fn open_files(
+    file_max: u64,
+    max_pids: u64,
+    max_memory: Option<u64>,
+    slots: u64,
+) -> (&'static str, bool, String) {
     let nofile = bulwark_sandbox::spec::JOB_NOFILE;
-    let jobs_may_open = max_pids.saturating_mul(nofile).saturating_mul(slots.max(1));
-    if file_max >= jobs_may_open {
+    let slots = slots.max(1);
+    let by_pids = max_pids.saturating_mul(nofile);
+    let per_job = max_memory.map_or(by_pids, |m| by_pids.min(m / OPEN_FILE_KERNEL_BYTES));
+    let jobs_can_hold = per_job.saturating_mul(slots);
+    let why = match max_memory {
+        Some(m) if per_job < by_pids => format!(
+            "{slots} slot(s) × limits.max_memory {m} bytes / {OPEN_FILE_KERNEL_BYTES} bytes of kernel memory per open file, charged to the job's cgroup"
+        ),
+        _ => format!("{slots} slot(s) × limits.max_pids {max_pids} × {nofile} descriptors"),
+    };
+    if file_max >= jobs_can_hold {
         (
             "open-files",
             true,
             format!(
-                "fs.file-max {file_max}, above what jobs may open ({jobs_may_open}: limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s))",
-                slots.max(1)
+                "fs.file-max {file_max}, above what jobs can hold open ({jobs_can_hold}: {why})"
             ),
         )
     } else {
@@ -232,8 +275,7 @@ fn open_files(file_max: u64, max_pids: u64, slots: u64) -> (&'static str, bool, 
             "open-files",
             false,
             format!(
-                "fs.file-max {file_max} is below what jobs may open ({jobs_may_open}: limits.max_pids {max_pids} × {nofile} descriptors × {} slot(s)): a job can leave every unprivileged process on the host with ENFILE; raise fs.file-max or lower limits.max_pids",
-                slots.max(1)
+                "fs.file-max {file_max} is below what jobs can hold open ({jobs_can_hold}: {why}): a job can leave every unprivileged process on the host with ENFILE; raise it (`sysctl -w fs.file-max=9223372036854775807`, what systemd sets at boot, and in /etc/sysctl.d to keep it), or lower limits.max_memory and limits.max_pids"
             ),
         )
     }
@@ -429,16 +471,31 @@ mod tests {
     }
 
     #[test]
-    fn open_files_compares_the_host_count_with_what_jobs_may_open() {
-        // 4096 processes × 65536 descriptors × 2 slots.
-        let (name, ok, detail) = open_files(2_466_170, 4096, 2);
+    fn open_files_compares_the_host_count_with_what_jobs_can_hold_open() {
+        // Without a memory cgroup: 4096 processes × 65536 descriptors × 2 slots.
+        let (name, ok, detail) = open_files(2_466_170, 4096, None, 2);
         assert_eq!((name, ok), ("open-files", false));
         assert!(
-            detail.contains("(536870912: limits.max_pids 4096"),
+            detail.contains("(536870912: 2 slot(s) × limits.max_pids 4096"),
             "{detail}"
         );
-        assert!(open_files(1 << 40, 4096, 2).1);
+        assert!(detail.contains("sysctl -w fs.file-max="), "{detail}");
+        // With one, what the job's memory pays for: 1 GiB / 256 bytes, far below the
+        // descriptors' 268435456.
+        let (_, ok, detail) = open_files(8_000_000, 4096, Some(1 << 30), 1);
+        assert!(ok, "{detail}");
+        assert!(
+            detail.contains("(4194304: 1 slot(s) × limits.max_memory"),
+            "{detail}"
+        );
+        assert!(!open_files(4_000_000, 4096, Some(1 << 30), 1).1);
+        // The default ceilings (16 GiB) on a host with the kernel's default fs.file-max for
+        // 23 GB of memory: a job can hold 67108864 files open, so this is a real warning.
+        assert!(!open_files(2_466_170, 4096, Some(16 << 30), 1).1);
+        // systemd's value: never below.
+        assert!(open_files(i64::MAX as u64, 4096, None, 256).1);
         // Slots 0 (never configured so) counts as one; nothing overflows.
-        assert!(!open_files(100, u64::MAX, 0).1);
+        assert!(!open_files(100, u64::MAX, Some(u64::MAX), 0).1);
+        assert!(!open_files(100, u64::MAX, None, 0).1);
     }
 }

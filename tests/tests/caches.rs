@@ -612,3 +612,33 @@ fn a_save_while_another_save_holds_the_room_above_the_reserve_is_refused_and_lat
         "third"
     );
 }
+
+/// A fresh host: systemd's prune units (`systemd/bulwark-{tools,caches}-prune.service`) run
+/// before any job has used a tool or a cache, with the state directory read-only to them.
+/// Both prunes find nothing, succeed, and make nothing.
+#[test]
+fn pruning_a_fresh_state_directory_succeeds_and_makes_nothing() {
+    let env = Env::new("prune-fresh");
+    fs::create_dir(&env.state).unwrap();
+    for args in [
+        &["tools", "prune", "--unused-days", "30"][..],
+        &["caches", "prune"][..],
+    ] {
+        let o = std::process::Command::new(bulwark_tests::bulwark_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&env.config)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let made: Vec<_> = fs::read_dir(&env.state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(made.is_empty(), "{args:?} made {made:?}");
+    }
+}

@@ -536,6 +536,223 @@ fn a_job_spec_without_a_fetchable_source_is_refused_by_the_coordinator() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
+/// `bulwark-coordinator jobs submit` queues a TOML spec with the trust level asked for and
+/// prints its id; a spec the API would refuse is refused with the API's own words, exit 2,
+/// and nothing is queued.
+#[test]
+fn jobs_submit_queues_a_spec_file_and_refuses_what_the_api_refuses_in_its_words() {
+    let env = host("cp-submit");
+    let c = Coordinator::start(&env);
+    let submit = |file: &std::path::Path, extra: &[&str]| {
+        Command::new(coordinator_bin())
+            .args(["jobs", "submit", "--state"])
+            .arg(&c.state)
+            .args(extra)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let good = env.dir.join("release.toml");
+    std::fs::write(
+        &good,
+        git_job(
+            std::path::Path::new("/srv/app.git"),
+            commit,
+            "release",
+            "true",
+        ),
+    )
+    .unwrap();
+    let o = submit(&good, &["--trust", "trusted"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(
+        id.len() == 36 && id.starts_with("job-") && id[4..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let job = c.job(&id);
+    assert_eq!(
+        (
+            job["state"].as_str(),
+            job["trust"].as_str(),
+            job["name"].as_str()
+        ),
+        (Some("queued"), Some("trusted"), Some("release")),
+        "{job}"
+    );
+    // Untrusted unless asked.
+    let o = submit(&good, &[]);
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(c.job(&id)["trust"], "untrusted");
+
+    // A local source: what POST /v1/jobs answers 400, in the same words.
+    let local = env.dir.join("local.toml");
+    let text = bulwark_tests::one_step("nosrc", "true", "");
+    std::fs::write(&local, &text).unwrap();
+    let api = c
+        .http
+        .post(format!("{}/v1/jobs", c.url))
+        .bearer_auth(&c.admin)
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({ "spec": JobSpec::from_toml_str(&text).unwrap(), "trust": "untrusted" })
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 400);
+    let api: serde_json::Value = serde_json::from_slice(&api.bytes().unwrap()).unwrap();
+    let api = api["error"].as_str().unwrap().to_string();
+    assert!(api.starts_with("spec.source: "), "{api}");
+    let o = submit(&local, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: {api}", local.display())),
+        "{stderr}"
+    );
+    assert!(o.stdout.is_empty());
+    // A short commit, a file that is not a spec, a trust level that does not exist.
+    std::fs::write(
+        &local,
+        text.replace(
+            "[[steps]]",
+            &format!(
+                "[source]\ngit = \"https://git.example/app.git\"\ncommit = \"{}\"\n[[steps]]",
+                &commit[..7]
+            ),
+        ),
+    )
+    .unwrap();
+    let o = submit(&local, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("spec.source.commit: must be a full commit id"),
+        "{stderr}"
+    );
+    std::fs::write(&local, "not a spec").unwrap();
+    assert_eq!(submit(&local, &[]).status.code(), Some(2));
+    assert_ne!(submit(&good, &["--trust", "root"]).status.code(), Some(0));
+    let listed = Command::new(coordinator_bin())
+        .args(["jobs", "list", "--json", "--state"])
+        .arg(&c.state)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+}
+
+/// What an operator reads: `runners list` shows times as RFC 3339 UTC (its JSON keeps the
+/// epoch seconds and adds them); a refused command is one line even with `RUST_BACKTRACE=1`;
+/// the log written to a file has no colour codes.
+#[test]
+fn coordinator_output_for_operators_is_plain_dated_and_one_line() {
+    let (env, c) = registered("cp-operator-output");
+    let coordinator = |args: &[&str]| {
+        Command::new(coordinator_bin())
+            .args(args)
+            .arg("--state")
+            .arg(&c.state)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let rfc3339 = |t: &str| {
+        t.len() == 20 && t.starts_with("20") && t.as_bytes()[10] == b'T' && t.ends_with('Z')
+    };
+    let listed = String::from_utf8(coordinator(&["runners", "list"]).stdout).unwrap();
+    let fields: Vec<&str> = listed.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 4, "{listed}");
+    assert!(rfc3339(fields[2]) && fields[3] == "-", "{listed}");
+    let id = fields[0].to_string();
+    assert!(coordinator(&["runners", "remove", &id]).status.success());
+    let listed = String::from_utf8(coordinator(&["runners", "list"]).stdout).unwrap();
+    let removed = listed.trim_end().rsplit('\t').next().unwrap();
+    assert!(
+        removed.strip_prefix("removed:").is_some_and(rfc3339),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&coordinator(&["runners", "list", "--json"]).stdout).unwrap();
+    assert!(
+        json[0]["registered_at"].is_u64() && json[0]["removed_at"].is_u64(),
+        "{json}"
+    );
+    assert!(
+        json[0]["registered"].as_str().is_some_and(rfc3339),
+        "{json}"
+    );
+    assert!(json[0]["removed"].as_str().is_some_and(rfc3339), "{json}");
+
+    // Cancelling a job that has ended: refused, in one line, no stack trace.
+    let spec = env.dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        git_job(
+            std::path::Path::new("/srv/app.git"),
+            "0123456789abcdef0123456789abcdef01234567",
+            "op",
+            "true",
+        ),
+    )
+    .unwrap();
+    let o = coordinator(&["jobs", "submit", spec.to_str().unwrap()]);
+    let job = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert!(coordinator(&["jobs", "cancel", &job]).status.success());
+    let o = coordinator(&["jobs", "cancel", &job]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("bulwark-coordinator: "), "{stderr}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+
+    // `serve` logging to a file (a warning at start: metrics on a non-loopback address).
+    let log = env.dir.join("coordinator.log");
+    let mut serve = Command::new(coordinator_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "0.0.0.0:0",
+            "--state",
+        ])
+        .arg(&c.state)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("listening on")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("WARN") && text.contains("metrics served without authentication"),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "{text:?}");
+}
+
 #[test]
 fn a_daemon_with_two_slots_runs_two_jobs_at_once_and_one_slot_runs_them_in_turn() {
     let (env, c) = registered("cp-slots");
@@ -1280,6 +1497,13 @@ fn the_coordinator_serves_tls_itself_a_runner_trusts_its_ca_and_a_renewal_needs_
         stderr.contains("certificate") && stderr.contains("UnknownIssuer"),
         "{stderr}"
     );
+    // Said once, with what to configure.
+    assert_eq!(
+        stderr.matches("error sending request").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("[daemon] coordinator_ca"), "{stderr}");
     assert!(!env.state.join("runner/registration.json").exists());
 
     env.write_config_sections(

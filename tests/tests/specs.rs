@@ -205,6 +205,50 @@ fn probe_reports_every_layer_and_its_exit_status_matches() {
     }
 }
 
+/// A user whose home does not exist (`nobody`, home `/nonexistent`): the default state
+/// directory cannot be made, and `probe` says so (without making anything) and what to set,
+/// where it used to say "ok" and leave `bulwark run` to fail making it.
+#[test]
+fn probe_warns_of_a_state_directory_this_user_cannot_make_and_says_what_to_set() {
+    if !bulwark_tests::is_root() {
+        eprintln!("skipped: running probe as another user (nobody) needs root");
+        return;
+    }
+    let probe = |extra_env: &[(&str, &std::path::Path)]| {
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bulwark_tests::bulwark_bin())
+            .args(["probe", "--json"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/nonexistent")
+            .envs(extra_env.iter().copied())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+        v["state_dir"].clone()
+    };
+    let state = probe(&[]);
+    assert_eq!(state["ok"], false, "{state}");
+    let detail = state["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(
+            "/nonexistent/.local/state/bulwark does not exist and this user cannot make it"
+        ) && detail.contains("set XDG_STATE_HOME"),
+        "{detail}"
+    );
+    assert!(!std::path::Path::new("/nonexistent").exists());
+    // With XDG_STATE_HOME somewhere it can write: fine, and still nothing is made.
+    let env = Env::new("probe-nobody");
+    let xdg = env.dir.join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let state = probe(&[("XDG_STATE_HOME", &xdg)]);
+    assert_eq!(state["ok"], true, "{state}");
+    assert_eq!(std::fs::read_dir(&xdg).unwrap().count(), 0);
+}
+
 /// Runs the `bulwark-sandbox` next to the `bulwark` under test directly with `spec` and returns
 /// its status lines.
 fn helper_says(spec: &bulwark_sandbox::spec::SandboxSpec) -> String {

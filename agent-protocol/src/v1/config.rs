@@ -1023,6 +1023,17 @@ audit = false                     # run jobs in audit mode (only with allow_audi
 hosts = {}                        # static name -> address overrides used by the proxy's resolver
 "#;
 
+    /// `systemd/config.example.toml` says every key it sets holds the built-in default but
+    /// `builder_id`: it parses, and says so truthfully.
+    #[test]
+    fn the_example_configuration_parses_and_sets_only_defaults_but_the_builder_id() {
+        let text = include_str!("../../../systemd/config.example.toml");
+        let mut example = Config::from_toml_str(text).expect("the example parses");
+        assert_ne!(example.builder_id, Config::default().builder_id);
+        example.builder_id = Config::default().builder_id;
+        assert_eq!(example, Config::default());
+    }
+
     #[test]
     fn an_empty_file_gives_the_documented_defaults() {
         let config = Config::from_toml_str("").expect("empty config is valid");

@@ -154,6 +154,18 @@ fn a_stored_tree_changed_after_its_save_is_refused_naming_it() {
             && err.contains("bulwark caches remove --key"),
         "{err}"
     );
+    assert!(!err.contains("--config"), "{err}");
+    // Found through a configuration other than the default: the command says so, or it
+    // would look in the default state directory and answer that no saved cache matched.
+    let store = store.with_config_arg(Some(Path::new("/etc/bulwark/pool-b.toml")));
+    let dst = fresh(t.path(), "after");
+    let err = store
+        .restore(SCOPE, "cc", Trust::Trusted, &dst, Room::default(), None)
+        .unwrap_err();
+    assert!(
+        err.contains("--tier trusted --config /etc/bulwark/pool-b.toml` starts this cache afresh"),
+        "{err}"
+    );
 }
 
 #[test]

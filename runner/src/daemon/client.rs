@@ -56,14 +56,15 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// The request never got an answer (connect, TLS, timeout).
-    #[error("{}: {source}", printable(what))]
+    /// The request never got an answer (connect, TLS, timeout). Shown as the request and the
+    /// cause's whole chain, each message once ([`transport_text`]); not a `#[source]`, so an
+    /// `{:#}` print does not repeat the chain.
+    #[error("{}: {}", printable(what), transport_text(error))]
     Transport {
         /// The request.
         what: String,
         /// The cause.
-        #[source]
-        source: reqwest::Error,
+        error: reqwest::Error,
     },
     /// The coordinator answered with an error.
     #[error(
@@ -223,7 +224,7 @@ impl Client {
                 },
                 None => ClientError::Transport {
                     what: "building the HTTP client".into(),
-                    source: e,
+                    error: e,
                 },
             })?;
         Ok(Client {
@@ -486,7 +487,7 @@ impl Client {
     ) -> Result<Answer, ClientError> {
         let transport = |e: reqwest::Error| ClientError::Transport {
             what: format!("{method} {path}"),
-            source: e.without_url(),
+            error: e.without_url(),
         };
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
@@ -578,6 +579,30 @@ impl http_body::Body for FileBody {
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.len)
     }
+}
+
+/// An error and its causes as one line, `a: b: c`, a message that repeats the one before it
+/// (reqwest and hyper both say "error sending request") or is already part of it left out;
+/// for a certificate the system does not trust, what to configure.
+pub fn transport_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    let text = parts.join(": ");
+    let hint = if text.contains("certificate") {
+        "; if the coordinator's certificate comes from a private CA, name that CA's PEM \
+         bundle in [daemon] coordinator_ca in this host's configuration \
+         (docs/control-plane.md, \"TLS\")"
+    } else {
+        ""
+    };
+    format!("{}{hint}", printable(&text))
 }
 
 /// A coordinator's (or a token service's) message made safe for a terminal and a log: at most
@@ -1032,6 +1057,56 @@ mod tests {
         let took = started.elapsed();
         assert!(matches!(e, ClientError::Transport { .. }), "{e}");
         assert!(took < Duration::from_secs(10), "waited {took:?}");
+    }
+
+    /// `error sending request: error sending request: client error (Connect): invalid peer
+    /// certificate: UnknownIssuer` was what `bulwark register` printed for a private CA.
+    #[test]
+    fn a_transport_error_is_shown_once_and_a_certificate_error_names_coordinator_ca() {
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl std::fmt::Display for Layer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|l| l as _)
+            }
+        }
+        let chain = Layer(
+            "error sending request",
+            Some(Box::new(Layer(
+                "error sending request",
+                Some(Box::new(Layer(
+                    "client error (Connect)",
+                    Some(Box::new(Layer(
+                        "invalid peer certificate: UnknownIssuer",
+                        None,
+                    ))),
+                ))),
+            ))),
+        );
+        let text = transport_text(&chain);
+        assert!(
+            text.starts_with(
+                "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer; "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("[daemon] coordinator_ca"), "{text}");
+        let refused = Layer(
+            "error sending request",
+            Some(Box::new(Layer(
+                "tcp connect error: Connection refused",
+                None,
+            ))),
+        );
+        assert_eq!(
+            transport_text(&refused),
+            "error sending request: tcp connect error: Connection refused"
+        );
     }
 
     #[test]

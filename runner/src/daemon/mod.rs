@@ -245,6 +245,8 @@ struct Daemon {
     job_dirs: PathBuf,
     /// Counters for `[daemon] metrics_listen`.
     metrics: metrics::Metrics,
+    /// `<state>/runner`: the registration, named when the coordinator no longer knows it.
+    runner_dir: PathBuf,
 }
 
 /// What [`start`] made ready.
@@ -352,6 +354,7 @@ fn start(args: &Args) -> Result<Started> {
             leases,
             job_dirs: dirs.jobs(),
             metrics: metrics::Metrics::new(),
+            runner_dir: registration::dir(&dirs.state),
         },
         lock,
         metrics: metrics_listener,
@@ -528,9 +531,10 @@ impl Daemon {
                         hold = tokio::time::Instant::now() + self.poll;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "asking the coordinator for a job failed");
+                        let hint = removed_hint(&e, &self.runner_dir);
+                        tracing::warn!(error = %e, "asking the coordinator for a job failed{hint}");
                         eprintln!(
-                            "bulwark daemon: asking for a job: {e}; trying again in {wait:?}"
+                            "bulwark daemon: asking for a job: {e}{hint}; trying again in {wait:?}"
                         );
                         backoff(&mut wait, &mut hold);
                     }
@@ -706,9 +710,8 @@ impl Daemon {
             .unwrap_or("?")
             .to_string();
         eprintln!(
-            "bulwark daemon: job {job_id} ({}): {}",
-            client::printable(&lease.spec.name),
-            client::printable(&status)
+            "{}",
+            outcome_line(&job_id, &lease.spec.name, &report.result)
         );
         self.metrics.finished(&status);
         self.report(&lease, report, &mut stop).await;
@@ -1924,9 +1927,90 @@ fn collect(lease: &Lease, out: &Path, code: Option<i32>, stderr: &[u8]) -> Resul
     })
 }
 
+/// What to do when the coordinator no longer knows this runner (`401`, "unknown or
+/// removed": `bulwark-coordinator runners remove`, or a coordinator state made afresh):
+/// asking again cannot help, registering again does. Empty for any other failure. The daemon
+/// keeps asking, backing off, in case the coordinator's state is restored.
+fn removed_hint(e: &client::ClientError, runner_dir: &Path) -> String {
+    match e {
+        client::ClientError::Refused {
+            status: 401,
+            message,
+            ..
+        } if message.contains("unknown or removed") => format!(
+            " (this runner was removed at the coordinator, or the coordinator no longer has \
+             its registration: to register again, stop the daemon, delete {}, and run \
+             `bulwark register` with a new registration token)",
+            runner_dir.display()
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The daemon's line for a job that ended: its status and, unless it succeeded, the reason
+/// its result gives (what bulwark run or the daemon wrote; quoted from the job's spec at
+/// times), escaped and bounded by [`client::printable`].
+fn outcome_line(job_id: &str, name: &str, result: &serde_json::Value) -> String {
+    let status = result.get("status").and_then(|s| s.as_str()).unwrap_or("?");
+    let reason = match result.get("reason").and_then(|r| r.as_str()) {
+        Some(r) if status != "succeeded" && !r.is_empty() => {
+            format!(": {}", client::printable(r))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "bulwark daemon: job {job_id} ({}): {}{reason}",
+        client::printable(name),
+        client::printable(status)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The daemon's line for an ended job gives the reason of one that did not succeed,
+    /// escaped and bounded (it may quote the job's spec).
+    #[test]
+    fn an_ended_jobs_line_gives_the_reason_escaped_and_bounded() {
+        let refused = serde_json::json!({
+            "status": "refused",
+            "reason": format!("network.allow[0]: \u{1b}[31mevil:443 is above the ceiling{}", "x".repeat(900)),
+        });
+        let line = outcome_line("job-1", "hello", &refused);
+        assert!(
+            line.starts_with("bulwark daemon: job job-1 (hello): refused: network.allow[0]: \\u{1b}[31mevil:443 is above the ceiling"),
+            "{line}"
+        );
+        assert!(line.ends_with('…') && line.chars().count() < 600, "{line}");
+        let ok = serde_json::json!({"status": "succeeded", "reason": "ignored"});
+        assert_eq!(
+            outcome_line("job-1", "hello", &ok),
+            "bulwark daemon: job job-1 (hello): succeeded"
+        );
+    }
+
+    /// A runner the coordinator no longer knows is told how to register again; other
+    /// refusals are not.
+    #[test]
+    fn a_removed_runner_is_told_how_to_register_again() {
+        let removed = client::ClientError::Refused {
+            what: "POST /v1/runners/lease".into(),
+            status: 401,
+            message: "signed request refused: runner runner-1 is unknown or removed".into(),
+        };
+        let hint = removed_hint(&removed, Path::new("/var/lib/bulwark/runner"));
+        assert!(
+            hint.contains("delete /var/lib/bulwark/runner, and run `bulwark register` with a new registration token"),
+            "{hint}"
+        );
+        let skew = client::ClientError::Refused {
+            what: "POST /v1/runners/lease".into(),
+            status: 401,
+            message: "signed request refused: timestamp outside the window".into(),
+        };
+        assert_eq!(removed_hint(&skew, Path::new("/s/runner")), "");
+    }
     use sha2::Digest as _;
 
     /// A lease of a one-step job, of `trust`, that ended long ago.
@@ -2043,6 +2127,7 @@ mod tests {
             leases: Journal::new(leases, 7200),
             job_dirs: jobs,
             metrics: metrics::Metrics::new(),
+            runner_dir: PathBuf::from("/nonexistent/runner"),
         }
     }
 

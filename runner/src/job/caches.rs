@@ -36,7 +36,9 @@ impl JobRun<'_> {
         if caches.is_empty() {
             return Ok(false);
         }
-        let store = Store::of(self.config).map_err(|e| Stop::Refused(format!("caches: {e}")))?;
+        let store = Store::of(self.config)
+            .map_err(|e| Stop::Refused(format!("caches: {e}")))?
+            .with_config_arg(self.args.config.as_deref());
         let scope = self.cache_scope();
         let trust = self.args.trust;
         let owner = host_uid.map(|uid| (uid, uid));
