@@ -211,6 +211,7 @@ fn host_settings(
             config.limits.max_pids,
             memory_charged.then_some(config.limits.max_memory),
             config.daemon.slots as u64,
+            open_file_kernel_bytes(),
         ));
     }
     out
@@ -236,10 +237,23 @@ fn core_dumps(pattern: &str) -> (&'static str, bool, String) {
     }
 }
 
-/// Kernel memory one open file takes at least (its `struct file`, from a slab cache charged to
-/// the memory cgroup of the process that opens it): what bounds the files a job with a memory
-/// limit can hold open, long before `limits.max_pids` × its descriptor limit does.
-const OPEN_FILE_KERNEL_BYTES: u64 = 256;
+/// Kernel memory one open file takes at least (its `struct file`, from the `filp` slab cache
+/// charged to the memory cgroup of the process that opens it): what bounds the files a job
+/// with a memory limit can hold open, long before `limits.max_pids` × its descriptor limit
+/// does. Read from `/sys/kernel/slab/filp/object_size` where the kernel shows it; otherwise
+/// the smallest it has been (184 bytes since Linux 6.12; 232 or 256 before), so that the
+/// count errs on the side of more files.
+const OPEN_FILE_KERNEL_BYTES: u64 = 184;
+
+/// [`OPEN_FILE_KERNEL_BYTES`], as this kernel has it when it says (never less than 64: a
+/// value that small is not a `struct file`).
+fn open_file_kernel_bytes() -> u64 {
+    std::fs::read_to_string("/sys/kernel/slab/filp/object_size")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&n| n >= 64)
+        .unwrap_or(OPEN_FILE_KERNEL_BYTES)
+}
 
 /// `fs.file-max` against what jobs can hold open: one count for the whole host, while
 /// descriptors are bounded per process only. Each job holds at most `max_pids` × its
@@ -250,15 +264,16 @@ fn open_files(
     max_pids: u64,
     max_memory: Option<u64>,
     slots: u64,
+    file_bytes: u64,
 ) -> (&'static str, bool, String) {
     let nofile = bulwark_sandbox::spec::JOB_NOFILE;
     let slots = slots.max(1);
     let by_pids = max_pids.saturating_mul(nofile);
-    let per_job = max_memory.map_or(by_pids, |m| by_pids.min(m / OPEN_FILE_KERNEL_BYTES));
+    let per_job = max_memory.map_or(by_pids, |m| by_pids.min(m / file_bytes.max(1)));
     let jobs_can_hold = per_job.saturating_mul(slots);
     let why = match max_memory {
         Some(m) if per_job < by_pids => format!(
-            "{slots} slot(s) × limits.max_memory {m} bytes / {OPEN_FILE_KERNEL_BYTES} bytes of kernel memory per open file, charged to the job's cgroup"
+            "{slots} slot(s) × limits.max_memory {m} bytes / {file_bytes} bytes of kernel memory per open file, charged to the job's cgroup"
         ),
         _ => format!("{slots} slot(s) × limits.max_pids {max_pids} × {nofile} descriptors"),
     };
@@ -473,7 +488,7 @@ mod tests {
     #[test]
     fn open_files_compares_the_host_count_with_what_jobs_can_hold_open() {
         // Without a memory cgroup: 4096 processes × 65536 descriptors × 2 slots.
-        let (name, ok, detail) = open_files(2_466_170, 4096, None, 2);
+        let (name, ok, detail) = open_files(2_466_170, 4096, None, 2, 256);
         assert_eq!((name, ok), ("open-files", false));
         assert!(
             detail.contains("(536870912: 2 slot(s) × limits.max_pids 4096"),
@@ -482,20 +497,23 @@ mod tests {
         assert!(detail.contains("sysctl -w fs.file-max="), "{detail}");
         // With one, what the job's memory pays for: 1 GiB / 256 bytes, far below the
         // descriptors' 268435456.
-        let (_, ok, detail) = open_files(8_000_000, 4096, Some(1 << 30), 1);
+        let (_, ok, detail) = open_files(8_000_000, 4096, Some(1 << 30), 1, 256);
         assert!(ok, "{detail}");
         assert!(
             detail.contains("(4194304: 1 slot(s) × limits.max_memory"),
             "{detail}"
         );
-        assert!(!open_files(4_000_000, 4096, Some(1 << 30), 1).1);
+        assert!(!open_files(4_000_000, 4096, Some(1 << 30), 1, 256).1);
+        // The kernel's own size of an open file: 184 bytes (6.12 on) pays for more of them.
+        let (_, ok, detail) = open_files(5_000_000, 4096, Some(1 << 30), 1, 184);
+        assert!(!ok && detail.contains("(5835553: "), "{detail}");
         // The default ceilings (16 GiB) on a host with the kernel's default fs.file-max for
         // 23 GB of memory: a job can hold 67108864 files open, so this is a real warning.
-        assert!(!open_files(2_466_170, 4096, Some(16 << 30), 1).1);
+        assert!(!open_files(2_466_170, 4096, Some(16 << 30), 1, 256).1);
         // systemd's value: never below.
-        assert!(open_files(i64::MAX as u64, 4096, None, 256).1);
+        assert!(open_files(i64::MAX as u64, 4096, None, 256, 256).1);
         // Slots 0 (never configured so) counts as one; nothing overflows.
-        assert!(!open_files(100, u64::MAX, Some(u64::MAX), 0).1);
-        assert!(!open_files(100, u64::MAX, None, 0).1);
+        assert!(!open_files(100, u64::MAX, Some(u64::MAX), 0, 256).1);
+        assert!(!open_files(100, u64::MAX, None, 0, 256).1);
     }
 }

@@ -566,8 +566,13 @@ fn processes_in(dir: &Path) -> String {
 /// Counters read before the cgroup is removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Processes the OOM killer killed in this cgroup.
+    /// Processes the OOM killer killed in this cgroup (any OOM killer's: the host's too).
     pub oom_kills: u64,
+    /// Times the OOM killer ran for this cgroup's own limit (v2 `memory.events` `oom`):
+    /// whether a kill was the limit's and not the host's OOM killer's. `None` on v1, which
+    /// does not tell (its `memory.failcnt` stays 0 through a limit's OOM kill on current
+    /// kernels).
+    pub memory_limit_ooms: Option<u64>,
     /// Times a fork was refused because the pids limit was reached.
     pub pids_max_hit: u64,
     /// Periods in which the job used up its CPU limit and had to wait (0 without a limit).
@@ -939,12 +944,14 @@ impl JobCgroup {
         match self.version {
             Version::V2 => Counters {
                 oom_kills: field(self.dirs[0].join("memory.events"), "oom_kill"),
+                memory_limit_ooms: Some(field(self.dirs[0].join("memory.events"), "oom")),
                 pids_max_hit: field(self.dirs[0].join("pids.events"), "max"),
                 cpu_throttled_periods: throttled("nr_throttled"),
                 cpu_throttled_ms: throttled("throttled_usec") / 1000,
             },
             Version::V1 => Counters {
                 oom_kills: field(self.dir("memory").join("memory.oom_control"), "oom_kill"),
+                memory_limit_ooms: None,
                 pids_max_hit: field(self.dir("pids").join("pids.events"), "max"),
                 cpu_throttled_periods: throttled("nr_throttled"),
                 cpu_throttled_ms: throttled("throttled_time") / 1_000_000,

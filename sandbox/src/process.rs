@@ -47,9 +47,13 @@ const MAX_MEMLOCK: u64 = 8 << 20;
 /// when no job process is left. On the host's own OOM the jobs go before the host's services
 /// too, as they should.
 ///
-/// A job may lower it back to 0 (lowering below that needs CAP_SYS_RESOURCE on the host), and
-/// only get its own sandbox killed; the runner then still reports the memory limit, from the
-/// cgroup's OOM counter (`runner/src/job`).
+/// Only ever raised: a runner started with a higher score (a container runtime sets 1000 for
+/// a Kubernetes pod without memory requests) keeps it, since lowering a score a privileged
+/// process set needs CAP_SYS_RESOURCE on the host. Best effort: where the write fails the
+/// job runs all the same (it decides which process dies first, it protects nothing), and the
+/// runner still reports the memory limit from the cgroup when the sandbox is what was killed
+/// (`runner/src/job`). After exec a job could lower its score only down to what the runner
+/// inherited, and writing it is refused by Landlock anyway.
 pub const JOB_OOM_SCORE_ADJ: i32 = 500;
 
 /// Runs in the forked job process; never returns.
@@ -80,18 +84,29 @@ fn stage<E: std::fmt::Display>(name: &'static str) -> impl FnOnce(E) -> StageErr
     move |e| (name, e.to_string())
 }
 
-/// Sets this process's `oom_score_adj` to [`JOB_OOM_SCORE_ADJ`]. Its `/proc` files are its own
-/// only while it is dumpable (init, whose fork this is, is not: it belongs to the host's root
-/// then, which no uid here may write as); dumpable for this one write, with nothing else of
-/// the job running yet, and not again until exec makes it so.
+/// Raises this process's `oom_score_adj` to [`JOB_OOM_SCORE_ADJ`] when it is lower. Its `/proc`
+/// files are its own only while it is dumpable (init, whose fork this is, is not: they belong
+/// to the host's root then, which no uid here may write as); dumpable for this one write, with
+/// nothing else of the job running yet, and not again until exec makes it so. Best effort (see
+/// [`JOB_OOM_SCORE_ADJ`]): only making it non-dumpable again may fail the step.
 fn prefer_for_oom_kill() -> std::io::Result<()> {
+    use std::io::Read;
+    let mut current = String::new();
+    let low = std::fs::File::open("/proc/self/oom_score_adj")
+        .and_then(|mut f| f.read_to_string(&mut current))
+        .ok()
+        .and_then(|_| current.trim().parse::<i32>().ok())
+        .is_some_and(|adj| adj < JOB_OOM_SCORE_ADJ);
+    if !low {
+        return Ok(());
+    }
     nix::sys::prctl::set_dumpable(true)?;
-    let written = std::fs::OpenOptions::new()
+    let _ = std::fs::OpenOptions::new()
         .write(true)
         .open("/proc/self/oom_score_adj")
         .and_then(|mut f| f.write_all(JOB_OOM_SCORE_ADJ.to_string().as_bytes()));
     nix::sys::prctl::set_dumpable(false)?;
-    written
+    Ok(())
 }
 
 fn prepare(

@@ -612,6 +612,13 @@ struct Reported {
     any_step_started: bool,
     /// The step that started and has not finished (its record as far as known), and when.
     running: Option<(StepResult, std::time::Instant)>,
+    /// The job cgroup's OOM kills when the sandbox was ready or the last step finished, as the
+    /// runner read them then: what happened before is not what ended the sandbox.
+    oom_kills_before: u64,
+    /// Set at those events, for the runner to read the count (it holds the cgroup).
+    oom_kills_stale: bool,
+    /// The runner killed the sandbox past every deadline (the backstop).
+    backstop: bool,
     /// Why the runner stopped the job while it ran (the disk reserve).
     stopped: Option<String>,
 }
@@ -1128,7 +1135,7 @@ impl JobRun<'_> {
                 }
             }
         }
-        let reported = self.run_sandbox(&spec, helper);
+        let reported = self.run_sandbox(&spec, helper, cg.as_ref());
         // The job's disk as the steps left it: full (as good as: ext4 keeps a few blocks
         // back from anything but its own metadata) means a write failed for want of room.
         // Out of inodes is full too: no file can be made however many bytes are free.
@@ -1232,6 +1239,11 @@ impl JobRun<'_> {
                 Err(Stop::Refused(msg))
             };
         }
+        if !reported.steps.is_empty() && reported.enforced.is_none() {
+            return Err(Stop::Runner(
+                "a step ran without the sandbox reporting which protections it enforced".into(),
+            ));
+        }
         if reported.done.is_none() {
             let declared: Vec<&str> = self.job.steps.iter().map(|s| s.name.as_str()).collect();
             let running = reported
@@ -1246,12 +1258,17 @@ impl JobRun<'_> {
                 )
             };
             match unfinished(
-                counters.oom_kills,
+                killed_at_limit(&counters, &reported),
                 running,
                 reported.any_step_started,
                 &self.steps,
                 &declared,
             ) {
+                Unfinished::Unexplained if reported.backstop => {
+                    return Err(Stop::Runner(
+                        "the sandbox outlived every deadline and the runner killed it".into(),
+                    ))
+                }
                 Unfinished::Unexplained => {
                     return Err(Stop::Runner(
                         "the sandbox ended without reporting completion".into(),
@@ -1287,11 +1304,6 @@ impl JobRun<'_> {
                 // A failed step's record stands, named at its limit below.
                 Unfinished::AfterFailure => {}
             }
-        }
-        if !reported.steps.is_empty() && reported.enforced.is_none() {
-            return Err(Stop::Runner(
-                "a step ran without the sandbox reporting which protections it enforced".into(),
-            ));
         }
         // Name the limit that ended a failed step.
         if let Some(last) = self.steps.last_mut() {
@@ -1601,7 +1613,8 @@ fn check_egress_ceiling(allow: &[String], trust: Trust, config: &Config) -> Resu
 /// process with it) tells, from the job's cgroup and the steps it reported.
 #[derive(Debug, PartialEq)]
 enum Unfinished {
-    /// No OOM kill explains it: the runner's failure.
+    /// No OOM kill at the job's memory limit explains it (none since the last step boundary,
+    /// the limit never reached, or the runner's own backstop): the runner's failure.
     Unexplained,
     /// The kernel killed the sandbox at the memory limit before any step started: nothing of
     /// the job ran.
@@ -1618,14 +1631,27 @@ enum Unfinished {
     AfterFailure,
 }
 
+/// Whether the job's cgroup counted an OOM kill since the sandbox was ready or the last step
+/// ended (a kill an earlier step survived is not what ended it), where it can tell at its
+/// own limit (v2: not the host's OOM killer; v1 cannot tell, and the host's picks the job's
+/// processes, scored higher, first), and the runner did not kill the sandbox itself.
+fn killed_at_limit(counters: &cgroup::Counters, reported: &Reported) -> bool {
+    !reported.backstop
+        && counters.memory_limit_ooms.is_none_or(|n| n > 0)
+        && counters.oom_kills > reported.oom_kills_before
+}
+
+/// `killed_at_limit`: the job's cgroup reached its memory limit and counted an OOM kill since
+/// the sandbox was ready or the last step ended, and the runner did not kill the sandbox
+/// itself.
 fn unfinished(
-    oom_kills: u64,
+    killed_at_limit: bool,
     running: Option<(StepResult, Duration)>,
     any_step_started: bool,
     steps: &[StepResult],
     declared: &[&str],
 ) -> Unfinished {
-    if oom_kills == 0 {
+    if !killed_at_limit {
         return Unfinished::Unexplained;
     }
     if let Some((step, ran)) = running {
@@ -1667,25 +1693,52 @@ mod tests {
         }
     }
 
-    /// A sandbox that ended without reporting completion is the runner's failure only when
-    /// no OOM kill in the job's cgroup explains it; otherwise it is the job's, at its memory
-    /// limit, and never a success.
+    /// A sandbox that ended without reporting completion is the runner's failure unless an
+    /// OOM kill at the job's memory limit explains it; then it is the job's, and never a
+    /// success.
+    #[test]
+    fn only_an_oom_kill_at_the_limit_since_the_last_step_boundary_counts() {
+        let counters = |oom_kills, memory_limit_ooms| cgroup::Counters {
+            oom_kills,
+            memory_limit_ooms,
+            ..Default::default()
+        };
+        let since = |oom_kills_before| Reported {
+            oom_kills_before,
+            ..Default::default()
+        };
+        for limit_ooms in [Some(1), None] {
+            assert!(killed_at_limit(&counters(1, limit_ooms), &since(0)));
+            assert!(killed_at_limit(&counters(3, limit_ooms), &since(2)));
+            // Nothing new since the last step ended: an earlier step survived that kill.
+            assert!(!killed_at_limit(&counters(2, limit_ooms), &since(2)));
+        }
+        // Not the cgroup's own limit (v2 tells): the host's OOM killer.
+        assert!(!killed_at_limit(&counters(1, Some(0)), &since(0)));
+        // The runner's own backstop killed the sandbox.
+        let backstop = Reported {
+            backstop: true,
+            ..Default::default()
+        };
+        assert!(!killed_at_limit(&counters(1, None), &backstop));
+    }
+
     #[test]
     fn a_sandbox_killed_at_the_memory_limit_is_the_jobs_failure_not_the_runners() {
         let declared = ["fetch", "build", "test"];
         let ok = step("fetch", Some(0));
         let running = || Some((step("build", None), Duration::from_millis(1500)));
         assert_eq!(
-            unfinished(0, running(), true, std::slice::from_ref(&ok), &declared),
+            unfinished(false, running(), true, std::slice::from_ref(&ok), &declared),
             Unfinished::Unexplained
         );
         assert_eq!(
-            unfinished(0, None, false, &[], &declared),
+            unfinished(false, None, false, &[], &declared),
             Unfinished::Unexplained
         );
         // During a step: its record, ended by SIGKILL, keeping what it was known by.
         let Unfinished::InStep(killed) =
-            unfinished(2, running(), true, std::slice::from_ref(&ok), &declared)
+            unfinished(true, running(), true, std::slice::from_ref(&ok), &declared)
         else {
             panic!("not in a step");
         };
@@ -1698,24 +1751,24 @@ mod tests {
             }
         );
         assert_eq!(
-            unfinished(1, None, false, &[], &declared),
+            unfinished(true, None, false, &[], &declared),
             Unfinished::NotStarted
         );
         // Between steps that succeeded: the next one did not start.
         assert_eq!(
-            unfinished(1, None, true, std::slice::from_ref(&ok), &declared),
+            unfinished(true, None, true, std::slice::from_ref(&ok), &declared),
             Unfinished::BetweenSteps {
                 next: Some("build".into())
             }
         );
         let all: Vec<StepResult> = declared.iter().map(|d| step(d, Some(0))).collect();
         assert_eq!(
-            unfinished(1, None, true, &all, &declared),
+            unfinished(true, None, true, &all, &declared),
             Unfinished::BetweenSteps { next: None }
         );
         // After a failed step, that failure stands.
         assert_eq!(
-            unfinished(1, None, true, &[ok, step("build", Some(137))], &declared),
+            unfinished(true, None, true, &[ok, step("build", Some(137))], &declared),
             Unfinished::AfterFailure
         );
     }

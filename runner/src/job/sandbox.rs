@@ -173,6 +173,7 @@ impl JobRun<'_> {
         &mut self,
         spec: &SandboxSpec,
         helper: crate::helper_process::Started,
+        cg: Option<&bulwark_sandbox::cgroup::JobCgroup>,
     ) -> Result<Reported, Stop> {
         let mut helper = helper;
         // job.log first: if it cannot be made, the helper is killed before it ever gets a spec.
@@ -219,6 +220,7 @@ impl JobRun<'_> {
                 if left.is_zero() {
                     let _ = child.kill();
                     killed = true;
+                    reported.backstop = true;
                     continue;
                 }
                 // The disk reserve, checked every interval while the job runs: a job that
@@ -290,7 +292,13 @@ impl JobRun<'_> {
             if status_open && ready.next() == Some(true) {
                 match read_chunk(&mut status_stream, &mut buf) {
                     Chunk::Data(n) => {
-                        lines.take(&buf[..n], |line| self.on_status_line(line, &mut reported))
+                        lines.take(&buf[..n], |line| self.on_status_line(line, &mut reported));
+                        // A step boundary: OOM kills from here on are what may end the sandbox.
+                        if std::mem::take(&mut reported.oom_kills_stale) {
+                            if let Some(cg) = cg {
+                                reported.oom_kills_before = cg.counters().oom_kills;
+                            }
+                        }
                     }
                     Chunk::Again => {}
                     Chunk::End(error) => {
@@ -456,7 +464,10 @@ impl JobRun<'_> {
 
     pub(super) fn on_event(&mut self, ev: Event, r: &mut Reported) {
         match ev {
-            Event::Ready => self.sandbox_ready = true,
+            Event::Ready => {
+                self.sandbox_ready = true;
+                r.oom_kills_stale = true;
+            }
             Event::CredentialsUpdated { names } => {
                 let newer = self.updates_sent.pop_front().unwrap_or_default();
                 for r in &mut self.credentials {
@@ -526,6 +537,7 @@ impl JobRun<'_> {
                 }
                 let credentials = self.step_credentials(&step);
                 r.running = None;
+                r.oom_kills_stale = true;
                 r.steps.push(StepResult {
                     name: step,
                     exit_code,

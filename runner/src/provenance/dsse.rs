@@ -18,10 +18,14 @@
 //! signatures × keys checks, and a file of replayed envelopes minutes of CPU.
 //!
 //! What a file costs is bounded by [`Checker`], one per file: a check already made in that
-//! file (same payload type, payload, signature and key) is not made again, and past
-//! [`MAX_FAILED_SIGNATURES`] signatures that claim a trusted key (or name none) and verify
-//! under none, the whole file is refused: the signer of a genuine file writes signatures
-//! that verify.
+//! file (same payload type, payload, signature and key) is not made again; a payload a
+//! trusted key was found to sign is signed by it in every envelope that carries it (DSSE
+//! signs exactly the payload type and payload), so a replayed envelope costs no check
+//! whatever signatures are added to it; and past [`MAX_FAILED_SIGNATURES`] failed signatures
+//! (each naming a trusted key, or with an empty key id in an envelope no trusted key signed)
+//! the whole file is refused: the signer of a genuine file writes signatures that verify. An
+//! empty key id that fails beside a trusted signature is a countersigner's (cosign leaves
+//! its key id empty) and costs nothing.
 
 use anyhow::{bail, Result};
 use base64::Engine;
@@ -144,9 +148,9 @@ pub fn verify(
     Checker::new(keys).verify(envelope, expected_type)
 }
 
-/// Most signatures in one file that claim a trusted key (or name no key) and verify under
-/// none; past it the file is refused ([`VerifyError::Budget`]). A genuine file has none, or
-/// a few from a countersigner that left its key id empty.
+/// Most failed signatures one file may show (each naming a trusted key, or with an empty key id
+/// in an envelope no trusted key signed); past it the file is refused
+/// ([`VerifyError::Budget`]). A genuine file has none.
 pub const MAX_FAILED_SIGNATURES: usize = 64;
 
 /// Checks the envelopes of one file with the trusted keys, remembering what it checked (see
@@ -156,7 +160,12 @@ pub struct Checker<'k> {
     keys: &'k [PublicKey],
     /// Outcome of each check made, by sha256 of (PAE digest, signature, key id).
     checked: std::collections::HashMap<[u8; 32], bool>,
-    /// Signatures that were checked and verified under no key.
+    /// The trusted keys known to have signed each payload (by its PAE's sha256) in this file:
+    /// an envelope carrying the same payload type and payload is signed by them too, whatever
+    /// else it carries (DSSE signs exactly those bytes), and they are not checked again.
+    signed_payloads: std::collections::HashMap<[u8; 32], Vec<bool>>,
+    /// Signatures that count against the budget: checked, verified under no key, and either
+    /// naming a trusted key or in an envelope no trusted key signed.
     failed: usize,
     /// Signature checks actually made (not answered from `checked`).
     made: usize,
@@ -168,6 +177,7 @@ impl<'k> Checker<'k> {
         Checker {
             keys,
             checked: std::collections::HashMap::new(),
+            signed_payloads: std::collections::HashMap::new(),
             failed: 0,
             made: 0,
         }
@@ -233,7 +243,16 @@ impl<'k> Checker<'k> {
         };
         // Which trusted keys signed, each once (the same key given twice is one signer): a
         // policy that binds builders to keys asks which keys signed, not only whether one did.
-        let mut signed = vec![false; keys.len()];
+        let pae_digest: [u8; 32] = pae_digest.into();
+        let mut signed = self
+            .signed_payloads
+            .get(&pae_digest)
+            .cloned()
+            .unwrap_or_else(|| vec![false; keys.len()]);
+        // Failed signatures that named a trusted key (a signer never writes one), and those
+        // with an empty key id, which count only if no trusted key signed the envelope (a
+        // countersigner that leaves its key id empty, as cosign does, fails with our keys).
+        let (mut failed_named, mut failed_anonymous) = (0, 0);
         for s in &envelope.signatures {
             let Ok(sig) = b64().decode(&s.sig) else {
                 continue;
@@ -255,11 +274,25 @@ impl<'k> Checker<'k> {
                 }
             }
             if !verified {
-                self.failed += 1;
-                if self.failed > MAX_FAILED_SIGNATURES {
+                if s.keyid.is_empty() {
+                    failed_anonymous += 1;
+                } else {
+                    failed_named += 1;
+                }
+                if self.failed + failed_named > MAX_FAILED_SIGNATURES {
+                    self.failed += failed_named;
                     return Err(VerifyError::Budget);
                 }
             }
+        }
+        self.failed += failed_named;
+        if signed.iter().any(|s| *s) {
+            self.signed_payloads.insert(pae_digest, signed.clone());
+        } else {
+            self.failed += failed_anonymous;
+        }
+        if self.failed > MAX_FAILED_SIGNATURES {
+            return Err(VerifyError::Budget);
         }
         let mut signers: Vec<String> = Vec::new();
         for (k, key) in keys.iter().enumerate() {
@@ -437,37 +470,69 @@ mod tests {
             checker.verify(&good, IN_TOTO_PAYLOAD_TYPE).unwrap();
         }
         assert_eq!(checker.checks_made(), 1);
-        // Fifteen signatures that claim no key and verify under none, then the genuine one:
-        // each envelope verifies, but the file is refused once it has shown more than the
-        // budget of failures, before it costs more.
-        let other = LocalKey::generate(Algorithm::P256).unwrap();
-        let mut padded = good.clone();
-        let bogus = EnvelopeSignature {
-            keyid: String::new(),
-            sig: sign(b"{}", IN_TOTO_PAYLOAD_TYPE, &other)
-                .unwrap()
-                .signatures[0]
-                .sig
-                .clone(),
+        // Fifteen signatures that verify under no key before the genuine one, claiming no
+        // key or ours, each different: the first envelope costs their checks, its replays
+        // none (the payload is known to be signed by the key), and none is refused.
+        // (Any bytes that verify under no key: each a different number.)
+        let bogus = |i: usize, keyid: &str| EnvelopeSignature {
+            keyid: keyid.to_string(),
+            sig: b64().encode(format!("not a signature {i:08}")),
         };
-        padded.signatures = vec![bogus; 15];
-        padded.signatures.push(good.signatures[0].clone());
-        let mut checker = Checker::new(&keys);
-        let mut verified = 0;
-        let err = loop {
-            match checker.verify(&padded, IN_TOTO_PAYLOAD_TYPE) {
-                Ok(_) => verified += 1,
-                Err(e) => break e,
+        for claim in ["", key.keyid()] {
+            let mut checker = Checker::new(&keys);
+            for line in 0..200 {
+                let mut padded = good.clone();
+                padded.signatures = (0..15).map(|i| bogus(line * 15 + i, claim)).collect();
+                padded.signatures.push(good.signatures[0].clone());
+                checker.verify(&padded, IN_TOTO_PAYLOAD_TYPE).unwrap();
             }
-            assert!(verified < 100, "never refused");
-        };
-        assert_eq!(err, VerifyError::Budget);
-        assert!(checker.over_budget());
-        assert_eq!(verified, MAX_FAILED_SIGNATURES / 15);
-        assert!(checker.checks_made() <= 2, "{}", checker.checks_made());
-        assert!(err
-            .to_string()
-            .starts_with("more than 64 signatures claim a trusted key"));
+            assert!(!checker.over_budget(), "{claim:?}");
+            assert_eq!(checker.checks_made(), 16, "{claim:?}");
+        }
+        // A countersigner that leaves its key id empty (as cosign does) on every envelope of a
+        // long genuine file: its signatures fail with our keys, and count for nothing.
+        let mut checker = Checker::new(&keys);
+        for n in 0..100 {
+            let mut env = sign(
+                format!("{{\"a\":{n}}}").as_bytes(),
+                IN_TOTO_PAYLOAD_TYPE,
+                &key,
+            )
+            .unwrap();
+            env.signatures.insert(0, bogus(n, ""));
+            checker.verify(&env, IN_TOTO_PAYLOAD_TYPE).unwrap();
+        }
+        assert!(!checker.over_budget());
+        // Payloads no trusted key signed, each with signatures that fail: every check counts,
+        // and the file is refused once it has shown more than the budget, before it costs more.
+        for claim in ["", key.keyid()] {
+            let mut checker = Checker::new(&keys);
+            let err = (0..100)
+                .find_map(|n| {
+                    let mut forged = good.clone();
+                    forged.payload = b64().encode(format!("{{\"forged\":{n}}}"));
+                    forged.signatures = (0..16).map(|i| bogus(n * 16 + i, claim)).collect();
+                    match checker.verify(&forged, IN_TOTO_PAYLOAD_TYPE) {
+                        Err(VerifyError::NoValidSignature { .. }) => None,
+                        other => Some(other),
+                    }
+                })
+                .expect("never refused");
+            assert!(
+                matches!(err, Err(VerifyError::Budget)),
+                "{claim:?}: {err:?}"
+            );
+            assert!(checker.over_budget());
+            assert!(
+                checker.checks_made() <= MAX_FAILED_SIGNATURES + 16,
+                "{claim:?}: {}",
+                checker.checks_made()
+            );
+            assert!(err
+                .unwrap_err()
+                .to_string()
+                .starts_with("more than 64 signatures claim a trusted key"));
+        }
     }
 
     #[test]
