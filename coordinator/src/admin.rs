@@ -3,6 +3,7 @@
 //! followed as it grows, and text from runners made safe for a terminal.
 
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use bulwark_protocol::control::JobState;
@@ -26,7 +27,15 @@ pub const MAX_SPEC_FILE_BYTES: u64 = 1 << 20;
 /// `400` names the field.
 pub fn read_spec(path: &std::path::Path) -> Result<bulwark_protocol::JobSpec, String> {
     let at = |reason: String| format!("{}: {reason}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| at(e.to_string()))?;
+    // Never blocked by a fifo or a terminal given by mistake: a regular file or nothing.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| at(e.to_string()))?;
+    if !file.metadata().map_err(|e| at(e.to_string()))?.is_file() {
+        return Err(at("refused: not a regular file".into()));
+    }
     let mut text = String::new();
     file.take(MAX_SPEC_FILE_BYTES + 1)
         .read_to_string(&mut text)
@@ -183,6 +192,20 @@ mod tests {
     use bulwark_protocol::Trust;
 
     const JOB: &str = "job-0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_spec_that_is_not_a_regular_file_is_refused_without_waiting() {
+        let dir = std::env::temp_dir().join(format!("bulwark-submit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("job.toml");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_spec(&fifo).unwrap_err();
+        assert!(e.ends_with("job.toml: refused: not a regular file"), "{e}");
+        let e = read_spec(&dir).unwrap_err();
+        assert!(e.contains("refused: not a regular file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn times_are_shown_as_rfc3339_utc() {

@@ -69,7 +69,7 @@ pub enum KeyError {
     /// message says to run it as the owner, not to change the owner (which would lock the
     /// service out of its own state).
     #[error(
-        "{}: refused: it belongs to {}, not to the user running this command (uid {me}); run the command as its owner: {}",
+        "{}: refused: it belongs to {}, not to the user running this command (uid {me}); {}",
         path.display(),
         owner_words(*owner, owner_name.as_deref()),
         run_as_owner(*owner, *owner_gid, owner_name.as_deref())
@@ -233,14 +233,19 @@ fn owner_words(uid: u32, name: Option<&str>) -> String {
     }
 }
 
-/// How to run a `bulwark-coordinator` command as `uid`: what systemd/bulwark-coordinator.service
-/// sets up is a state directory owned by the service's user, which the operator's commands
-/// must run as.
+/// What to do about a state file `uid` owns: what systemd/bulwark-coordinator.service sets up
+/// is a state directory owned by the service's user, which the operator's commands must run
+/// as. Not when root owns it: the coordinator, a network service, is never to run as root;
+/// the state goes to the user the service runs as.
 fn run_as_owner(uid: u32, gid: u32, name: Option<&str>) -> String {
     match name {
-        Some(n) => format!("`runuser -u {n} -- bulwark-coordinator ...`"),
+        _ if uid == 0 => "the coordinator must not run as root: give its state directory to \
+             the user the service runs as (`chown -R bulwark-coordinator: DIR`, the user \
+             systemd/bulwark-coordinator.service names) and run commands as that user"
+            .to_string(),
+        Some(n) => format!("run the command as its owner: `runuser -u {n} -- bulwark-coordinator ...`"),
         None => format!(
-            "`setpriv --reuid={uid} --regid={gid} --clear-groups -- bulwark-coordinator ...`"
+            "run the command as its owner: `setpriv --reuid={uid} --regid={gid} --clear-groups -- bulwark-coordinator ...`"
         ),
     }
 }
@@ -339,12 +344,21 @@ mod tests {
     fn the_command_to_run_as_the_owner_names_the_user_or_else_the_ids() {
         assert_eq!(
             run_as_owner(1234, 99, None),
-            "`setpriv --reuid=1234 --regid=99 --clear-groups -- bulwark-coordinator ...`"
+            "run the command as its owner: \
+             `setpriv --reuid=1234 --regid=99 --clear-groups -- bulwark-coordinator ...`"
         );
         assert_eq!(
             run_as_owner(999, 999, Some("bulwark-coordinator")),
-            "`runuser -u bulwark-coordinator -- bulwark-coordinator ...`"
+            "run the command as its owner: \
+             `runuser -u bulwark-coordinator -- bulwark-coordinator ...`"
         );
+        // State root owns: never advice to run the coordinator as root.
+        let root = run_as_owner(0, 0, Some("root"));
+        assert!(
+            root.contains("must not run as root") && root.contains("chown -R bulwark-coordinator:"),
+            "{root}"
+        );
+        assert!(!root.contains("runuser"), "{root}");
     }
 
     #[test]

@@ -1652,11 +1652,15 @@ mod root_mode {
         require_root();
         let env = Env::new("shmbomb");
         let run = "echo \"adj=$(cat /proc/self/oom_score_adj)\"\n\
+                   (echo 0 > /proc/self/oom_score_adj) 2>/dev/null && echo lowered=yes || \
+                   echo lowered=no\n\
                    head -c 200M /dev/zero > /dev/shm/fill\n\
                    echo allocated";
         let r = env.run(&one_step("shmbomb", run, "[resources]\nmemory = \"64MiB\""));
         assert_oom_killed_in_the_jobs_cgroup(&r);
         assert_eq!(r.value("adj"), "500", "{r}");
+        // Nor can the job lower it again (Landlock refuses the write).
+        assert_eq!(r.value("lowered"), "no", "{r}");
         let res = r.result();
         assert_eq!(res["steps"][0]["name"], "main", "{r}");
         assert!(
