@@ -166,12 +166,11 @@ fn one_line(message: &str) -> String {
 pub fn quote(s: &str) -> String {
     let mut chars = s.chars();
     let head: String = chars.by_ref().take(MAX_QUOTED_CHARS).collect();
-    let quoted = format!("{head:?}");
-    let quoted = crate::terminal::escape(&quoted);
+    let quoted = crate::terminal::quoted(&head);
     if chars.next().is_some() {
         format!("{quoted}…")
     } else {
-        quoted.into_owned()
+        quoted
     }
 }
 
