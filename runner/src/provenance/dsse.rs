@@ -18,14 +18,14 @@
 //! signatures × keys checks, and a file of replayed envelopes minutes of CPU.
 //!
 //! What a file costs is bounded by [`Checker`], one per file: a check already made in that
-//! file (same payload type, payload, signature and key) is not made again; a payload a
-//! trusted key was found to sign is signed by it in every envelope that carries it (DSSE
-//! signs exactly the payload type and payload), so a replayed envelope costs no check
-//! whatever signatures are added to it; and past [`MAX_FAILED_SIGNATURES`] failed signatures
-//! (each naming a trusted key, or with an empty key id in an envelope no trusted key signed)
-//! the whole file is refused: the signer of a genuine file writes signatures that verify. An
-//! empty key id that fails beside a trusted signature is a countersigner's (cosign leaves
-//! its key id empty) and costs nothing.
+//! file (same payload type, payload, signature and key) is not made again, and an envelope
+//! first looks for such a verified check of its own signatures, so a replayed envelope costs
+//! no check whatever signatures are added to it for the key that signed it; a signature with
+//! an empty key id is checked only while no trusted key has signed its envelope; and past
+//! [`MAX_FAILED_SIGNATURES`] failed signatures (each naming a trusted key, or with an empty
+//! key id in an envelope no trusted key signed) the whole file is refused: the signer of a
+//! genuine file writes signatures that verify. Every envelope still needs a signature of its
+//! own that verifies: a copy of a genuine envelope with its signature damaged is rejected.
 
 use anyhow::{bail, Result};
 use base64::Engine;
@@ -160,10 +160,6 @@ pub struct Checker<'k> {
     keys: &'k [PublicKey],
     /// Outcome of each check made, by sha256 of (PAE digest, signature, key id).
     checked: std::collections::HashMap<[u8; 32], bool>,
-    /// The trusted keys known to have signed each payload (by its PAE's sha256) in this file:
-    /// an envelope carrying the same payload type and payload is signed by them too, whatever
-    /// else it carries (DSSE signs exactly those bytes), and they are not checked again.
-    signed_payloads: std::collections::HashMap<[u8; 32], Vec<bool>>,
     /// Signatures that count against the budget: checked, verified under no key, and either
     /// naming a trusted key or in an envelope no trusted key signed.
     failed: usize,
@@ -177,27 +173,38 @@ impl<'k> Checker<'k> {
         Checker {
             keys,
             checked: std::collections::HashMap::new(),
-            signed_payloads: std::collections::HashMap::new(),
             failed: 0,
             made: 0,
         }
     }
 
-    /// Checks `signature` over the PAE whose sha256 is `pae_digest` with key `k`, once per file.
-    fn check(&mut self, pae_digest: &[u8], message: &[u8], signature: &[u8], k: usize) -> bool {
+    /// What names the check of `signature` over the PAE whose sha256 is `pae_digest` with key
+    /// `k` in [`Checker::checked`].
+    fn check_id(&self, pae_digest: &[u8], signature: &[u8], k: usize) -> [u8; 32] {
         use sha2::{Digest, Sha256};
-        let key = &self.keys[k];
         let mut h = Sha256::new();
         h.update(pae_digest);
         h.update((signature.len() as u64).to_be_bytes());
         h.update(signature);
-        h.update(key.keyid().as_bytes());
-        let id: [u8; 32] = h.finalize().into();
+        h.update(self.keys[k].keyid().as_bytes());
+        h.finalize().into()
+    }
+
+    /// The outcome of that check, if this file made it already.
+    fn cached(&self, pae_digest: &[u8], signature: &[u8], k: usize) -> Option<bool> {
+        self.checked
+            .get(&self.check_id(pae_digest, signature, k))
+            .copied()
+    }
+
+    /// Checks `signature` over the PAE whose sha256 is `pae_digest` with key `k`, once per file.
+    fn check(&mut self, pae_digest: &[u8], message: &[u8], signature: &[u8], k: usize) -> bool {
+        let id = self.check_id(pae_digest, signature, k);
         if let Some(&ok) = self.checked.get(&id) {
             return ok;
         }
         self.made += 1;
-        let ok = key.verify(message, signature);
+        let ok = self.keys[k].verify(message, signature);
         self.checked.insert(id, ok);
         ok
     }
@@ -244,51 +251,66 @@ impl<'k> Checker<'k> {
         // Which trusted keys signed, each once (the same key given twice is one signer): a
         // policy that binds builders to keys asks which keys signed, not only whether one did.
         let pae_digest: [u8; 32] = pae_digest.into();
-        let mut signed = self
-            .signed_payloads
-            .get(&pae_digest)
-            .cloned()
-            .unwrap_or_else(|| vec![false; keys.len()]);
-        // Failed signatures that named a trusted key (a signer never writes one), and those
-        // with an empty key id, which count only if no trusted key signed the envelope (a
-        // countersigner that leaves its key id empty, as cosign does, fails with our keys).
-        let (mut failed_named, mut failed_anonymous) = (0, 0);
-        for s in &envelope.signatures {
-            let Ok(sig) = b64().decode(&s.sig) else {
-                continue;
-            };
-            // The key id picks the keys to try: all of them for an empty one, the keys it names
-            // otherwise (none: another signer's), less those that already verified.
-            let candidates: Vec<usize> = (0..keys.len())
-                .filter(|&k| !signed[k])
-                .filter(|&k| s.keyid.is_empty() || keys[k].keyids().any(|id| id == s.keyid))
-                .collect();
-            if candidates.is_empty() {
-                continue;
-            }
-            let mut verified = false;
-            for k in candidates {
-                if self.check(&pae_digest, &message, &sig, k) {
+        let mut signed = vec![false; keys.len()];
+        let sigs: Vec<(&EnvelopeSignature, Vec<u8>)> = envelope
+            .signatures
+            .iter()
+            .filter_map(|s| Some((s, b64().decode(&s.sig).ok()?)))
+            .collect();
+        // The key id picks the keys to try: the trusted keys it names (none: another
+        // signer's), or all of them for an empty one.
+        let named = |s: &EnvelopeSignature, k: usize| {
+            s.keyid.is_empty() || keys[k].keyids().any(|id| id == s.keyid)
+        };
+        // First what this file already showed to verify (a replay: free), so that a replayed
+        // envelope's added signatures are not checked for a key that has signed it.
+        for (s, sig) in &sigs {
+            for k in (0..keys.len()).filter(|&k| named(s, k)) {
+                if self.cached(&pae_digest, sig, k) == Some(true) {
                     signed[k] = true;
-                    verified = true;
-                }
-            }
-            if !verified {
-                if s.keyid.is_empty() {
-                    failed_anonymous += 1;
-                } else {
-                    failed_named += 1;
-                }
-                if self.failed + failed_named > MAX_FAILED_SIGNATURES {
-                    self.failed += failed_named;
-                    return Err(VerifyError::Budget);
                 }
             }
         }
+        // Then signatures naming a trusted key, for the keys not yet found to sign it; then,
+        // only while no trusted key has signed it, those with an empty key id (with our keys,
+        // a countersigner's that leaves its key id empty, as cosign does, fails: checked
+        // only where it could decide).
+        let (mut failed_named, mut failed_anonymous) = (0, 0);
+        for anonymous in [false, true] {
+            if anonymous && signed.iter().any(|s| *s) {
+                break;
+            }
+            for (s, sig) in sigs.iter().filter(|(s, _)| s.keyid.is_empty() == anonymous) {
+                let candidates: Vec<usize> = (0..keys.len())
+                    .filter(|&k| !signed[k] && named(s, k))
+                    .collect();
+                if candidates.is_empty() {
+                    continue;
+                }
+                let mut verified = false;
+                for k in candidates {
+                    if self.check(&pae_digest, &message, sig, k) {
+                        signed[k] = true;
+                        verified = true;
+                    }
+                }
+                if !verified {
+                    if anonymous {
+                        failed_anonymous += 1;
+                    } else {
+                        failed_named += 1;
+                    }
+                    if self.failed + failed_named + failed_anonymous > MAX_FAILED_SIGNATURES {
+                        self.failed += failed_named + failed_anonymous;
+                        return Err(VerifyError::Budget);
+                    }
+                }
+            }
+        }
+        // Signatures naming a trusted key that fail count always (a signer never writes
+        // one); those with an empty key id only where no trusted key signed the envelope.
         self.failed += failed_named;
-        if signed.iter().any(|s| *s) {
-            self.signed_payloads.insert(pae_digest, signed.clone());
-        } else {
+        if !signed.iter().any(|s| *s) {
             self.failed += failed_anonymous;
         }
         if self.failed > MAX_FAILED_SIGNATURES {
@@ -471,8 +493,9 @@ mod tests {
         }
         assert_eq!(checker.checks_made(), 1);
         // Fifteen signatures that verify under no key before the genuine one, claiming no
-        // key or ours, each different: the first envelope costs their checks, its replays
-        // none (the payload is known to be signed by the key), and none is refused.
+        // key or ours, each different: the first envelope costs the checks of those claiming
+        // ours (those claiming none are not tried once ours verified), its replays none (the
+        // genuine signature is found verified first), and none is refused.
         // (Any bytes that verify under no key: each a different number.)
         let bogus = |i: usize, keyid: &str| EnvelopeSignature {
             keyid: keyid.to_string(),
@@ -487,7 +510,18 @@ mod tests {
                 checker.verify(&padded, IN_TOTO_PAYLOAD_TYPE).unwrap();
             }
             assert!(!checker.over_budget(), "{claim:?}");
-            assert_eq!(checker.checks_made(), 16, "{claim:?}");
+            let first = if claim.is_empty() { 1 } else { 16 };
+            assert_eq!(checker.checks_made(), first, "{claim:?}");
+            // Each envelope still needs a signature of its own: a copy whose genuine
+            // signature is damaged is rejected, though its payload verified before.
+            let mut damaged = good.clone();
+            let mut sig = b64().decode(&damaged.signatures[0].sig).unwrap();
+            sig[8] ^= 1;
+            damaged.signatures[0].sig = b64().encode(sig);
+            assert!(matches!(
+                checker.verify(&damaged, IN_TOTO_PAYLOAD_TYPE),
+                Err(VerifyError::NoValidSignature { .. })
+            ));
         }
         // A countersigner that leaves its key id empty (as cosign does) on every envelope of a
         // long genuine file: its signatures fail with our keys, and count for nothing.
@@ -499,6 +533,16 @@ mod tests {
                 &key,
             )
             .unwrap();
+            env.signatures.insert(0, bogus(n, ""));
+            checker.verify(&env, IN_TOTO_PAYLOAD_TYPE).unwrap();
+            // Our own signature with its key id left empty too, after the countersigner's.
+            let mut env = sign(
+                format!("{{\"b\":{n}}}").as_bytes(),
+                IN_TOTO_PAYLOAD_TYPE,
+                &key,
+            )
+            .unwrap();
+            env.signatures[0].keyid = String::new();
             env.signatures.insert(0, bogus(n, ""));
             checker.verify(&env, IN_TOTO_PAYLOAD_TYPE).unwrap();
         }

@@ -1332,9 +1332,10 @@ mod budget_tests {
         let dir = crate::tools::testutil::TempDir::named("bulwark-budget");
         let pubkey = dir.join("signing.pub");
         std::fs::write(&pubkey, key.public().to_pem().unwrap()).unwrap();
-        let payload = serde_json::to_vec(&super::tests::statement_json()).unwrap();
-        let mut env = dsse::sign(&payload, IN_TOTO_PAYLOAD_TYPE, &key).unwrap();
-        // Fifteen signatures claiming our key that it did not make, then ours.
+        // A hundred statements our key signed, each also carrying fifteen signatures that
+        // claim our key and that it did not make (a genuine signer never writes one): the
+        // file is refused once it has shown more than the budget of them. (Replaying one
+        // such envelope costs its failures once: its payload is then known to be signed.)
         let bogus = EnvelopeSignature {
             keyid: key.keyid().to_string(),
             sig: dsse::sign(b"{}", IN_TOTO_PAYLOAD_TYPE, &other)
@@ -1343,12 +1344,20 @@ mod budget_tests {
                 .sig
                 .clone(),
         };
-        let genuine = env.signatures[0].clone();
-        env.signatures = vec![bogus; 15];
-        env.signatures.push(genuine);
-        let line = dsse::to_line(&env).unwrap();
+        let mut lines = String::new();
+        for n in 0..100 {
+            let mut statement = super::tests::statement_json();
+            statement["predicate"]["runDetails"]["metadata"]["invocationId"] = n.to_string().into();
+            let payload = serde_json::to_vec(&statement).unwrap();
+            let mut env = dsse::sign(&payload, IN_TOTO_PAYLOAD_TYPE, &key).unwrap();
+            let genuine = env.signatures[0].clone();
+            env.signatures = vec![bogus.clone(); 15];
+            env.signatures.push(genuine);
+            lines.push_str(&dsse::to_line(&env).unwrap());
+            lines.push('\n');
+        }
         let prov = dir.join("p.intoto.jsonl");
-        std::fs::write(&prov, format!("{line}\n").repeat(100)).unwrap();
+        std::fs::write(&prov, &lines).unwrap();
         let req = Request {
             provenance: prov.clone(),
             keys: vec![pubkey.clone()],
@@ -1375,8 +1384,12 @@ mod budget_tests {
             why.starts_with("more than 64 signatures claim a trusted key"),
             "{why}"
         );
-        // Within the budget the same envelope verifies.
-        std::fs::write(&prov, format!("{line}\n").repeat(4)).unwrap();
+        // Within the budget (four of them: 60 failures) they verify; and one of them
+        // replayed a hundred times costs its failures once.
+        let first: Vec<&str> = lines.lines().take(4).collect();
+        std::fs::write(&prov, first.join("\n") + "\n").unwrap();
+        assert!(verify(&req, SystemTime::now()).is_ok());
+        std::fs::write(&prov, format!("{}\n", first[0]).repeat(100)).unwrap();
         assert!(verify(&req, SystemTime::now()).is_ok());
     }
 }
