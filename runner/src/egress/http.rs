@@ -221,11 +221,43 @@ pub fn split_absolute_uri(target: &str) -> Result<(&str, Cow<'_, str>), BadReque
 }
 
 /// Tracks where a chunked body ends while its bytes pass through unchanged.
+///
+/// Trailer lines must be fields (`name: value`, the name a token) and not the framing or
+/// routing ones (`Content-Length`, `Transfer-Encoding`, `Host`, ...): an origin that merges
+/// trailers into the head, or reads a line that is no field as the start of something else,
+/// would otherwise be told what this proxy never checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkedTracker {
     state: Chunk,
     line_len: usize,
+    /// The trailer line so far: its field name, up to the colon (lower case).
+    trailer_name: Vec<u8>,
+    /// Whether the current trailer line has reached its colon.
+    trailer_colon: bool,
 }
+
+/// Fields a trailer may not carry (RFC 9110 §6.5.1: framing, routing, and what a request
+/// head alone decides).
+const FORBIDDEN_TRAILERS: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"te",
+    b"trailer",
+    b"connection",
+    b"keep-alive",
+    b"upgrade",
+    b"expect",
+    b"content-encoding",
+    b"content-type",
+    b"content-range",
+    b"authorization",
+    b"proxy-authorization",
+    b"cookie",
+    b"set-cookie",
+    b"max-forwards",
+    b"cache-control",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
@@ -251,6 +283,8 @@ impl Default for ChunkedTracker {
                 ext: false,
             },
             line_len: 0,
+            trailer_name: Vec::new(),
+            trailer_colon: false,
         }
     }
 }
@@ -301,9 +335,14 @@ impl ChunkedTracker {
                 {
                     match self.state {
                         Chunk::Size { size, digits, .. } if digits > 0 => Chunk::SizeLf { size },
-                        Chunk::Trailer => Chunk::TrailerLf {
-                            empty: self.line_len == 1,
-                        },
+                        Chunk::Trailer => {
+                            let empty = self.line_len == 1;
+                            if !empty && !self.trailer_colon {
+                                // Not a field: no colon after a name.
+                                return Err(malformed());
+                            }
+                            Chunk::TrailerLf { empty }
+                        }
                         _ => return Err(malformed()),
                     }
                 }
@@ -346,9 +385,26 @@ impl ChunkedTracker {
                         ext: false,
                     }
                 }
-                Chunk::Trailer => Chunk::Trailer,
+                Chunk::Trailer => {
+                    if !self.trailer_colon {
+                        if b == b':' {
+                            let name = self.trailer_name.as_slice();
+                            if name.is_empty() || FORBIDDEN_TRAILERS.contains(&name) {
+                                return Err(malformed());
+                            }
+                            self.trailer_colon = true;
+                        } else if is_tchar(b) {
+                            self.trailer_name.push(b.to_ascii_lowercase());
+                        } else {
+                            return Err(malformed());
+                        }
+                    }
+                    Chunk::Trailer
+                }
                 Chunk::TrailerLf { empty } if b == b'\n' => {
                     self.line_len = 0;
+                    self.trailer_name.clear();
+                    self.trailer_colon = false;
                     if empty {
                         self.state = Chunk::Done;
                         return Ok(i);
@@ -459,7 +515,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_end_exactly_where_they_should() {
-        let body = b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\nGET http://next/";
+        let body = b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: x\r\n\r\nGET http://next/";
         let mut t = ChunkedTracker::default();
         let n = t.feed(body).unwrap();
         assert!(t.done());
@@ -500,5 +556,36 @@ mod tests {
         let mut t = ChunkedTracker::default();
         t.feed(b"5;a=\tb\r\nhello\r\n0\r\nX:\ty\r\n\r\n").unwrap();
         assert!(t.done());
+    }
+
+    /// A trailer line must be a field, and not one that frames or routes the request: a line
+    /// that is none (a request line) or a `Content-Length` would reach an origin that may
+    /// read it as part of the head.
+    #[test]
+    fn trailer_lines_must_be_fields_and_not_framing_ones() {
+        for body in [
+            &b"0\r\nGET /smug HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"0\r\nno colon here\r\n\r\n",
+            b"0\r\n: empty name\r\n\r\n",
+            b"0\r\nX y: z\r\n\r\n",
+            b"0\r\nContent-Length: 5\r\n\r\n",
+            b"0\r\ntransfer-ENCODING: chunked\r\n\r\n",
+            b"0\r\nHost: other.test\r\n\r\n",
+            b"0\r\nX: 1\r\nAuthorization: Basic eA==\r\n\r\n",
+        ] {
+            assert!(
+                ChunkedTracker::default().feed(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Fields, split anywhere across reads, and a value holding a colon.
+        let body = b"3\r\nabc\r\n0\r\nX-Checksum-Sha256: a:b\r\nDigest: sha-256=x\r\n\r\n";
+        for cut in 0..body.len() {
+            let mut t = ChunkedTracker::default();
+            let n = t.feed(&body[..cut]).unwrap() + t.feed(&body[cut..]).unwrap();
+            assert_eq!(n, body.len(), "cut at {cut}");
+            assert!(t.done(), "cut at {cut}");
+        }
     }
 }
