@@ -48,6 +48,7 @@ use crate::outputs::{self, OutputError, OutputStore};
 use crate::state::{self, Db, Runner, StateError};
 
 mod intake;
+mod live;
 mod peers;
 
 use intake::{with_intake, Arrived, BodyBudget, Gate, Intake};
@@ -466,7 +467,6 @@ pub async fn serve_with_metrics(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
 
     let shared = Arc::new(coordinator);
@@ -480,7 +480,7 @@ pub async fn serve_with_metrics(
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    let live = live::Live::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
     let per_client = (options.max_connections_per_address > 0)
         .then(|| peers::AddressSlots::new(options.max_connections_per_address));
@@ -497,13 +497,6 @@ pub async fn serve_with_metrics(
     let mut refusals = peers::RefusalLog::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -531,9 +524,25 @@ pub async fn serve_with_metrics(
                 }
             },
         };
+        // Every slot taken: the oldest connection gives way ([`live`]), at once if it is
+        // between requests, after its request otherwise.
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                live.ask_oldest_to_close();
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let service = TowerToHyperService::new(app.clone());
+        let entry = live.register();
         let Some(tls) = &tls else {
-            let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            let conn = entry.serve(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -545,13 +554,13 @@ pub async fn serve_with_metrics(
         // The handshake runs in the connection's task, under the header timeout. A connection
         // whose handshake ends after a shutdown began is closed before its request is read
         // (its client retries); one already serving a request finishes it.
-        let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
+        let (tls, http) = (tls.clone(), http.clone());
         let handshake_timeout = options.header_read_timeout;
         tokio::spawn(async move {
             match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn).await {
+                    if let Err(e) = entry.serve(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 }
@@ -567,10 +576,11 @@ pub async fn serve_with_metrics(
         scrapes.abort();
     }
     tracing::info!(
-        connections = graceful.count(),
+        connections = live.count(),
         "shutting down: waiting for the requests in flight"
     );
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+    live.stop();
+    if tokio::time::timeout(options.drain_timeout, live.drained())
         .await
         .is_err()
     {

@@ -829,24 +829,89 @@ fn a_body_that_never_arrives_is_answered_408_and_the_connection_closed() {
     }
 }
 
+/// At the limit, a new connection makes the oldest give way: one kept alive between requests
+/// (or that has sent nothing) is closed at once, long before its idle timeout; so holding the
+/// coordinator's connections by sending a cheap request now and then does not keep others out.
 #[test]
-fn connections_beyond_the_limit_wait_until_one_closes() {
+fn at_the_limit_an_idle_connection_gives_way_to_a_new_one() {
     let (s, _stop) = start_with(ServeOptions {
         max_connections: 1,
+        header_read_timeout: Duration::from_secs(60),
         ..ServeOptions::default()
     });
-    let holder = TcpStream::connect(s.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    const JWKS: &[u8] = b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\n\r\n";
+    for holder_sends_a_request in [true, false] {
+        let mut holder = TcpStream::connect(s.addr).unwrap();
+        if holder_sends_a_request {
+            holder.write_all(JWKS).unwrap();
+            let mut got = [0u8; 12];
+            holder
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            holder.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"HTTP/1.1 200");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut waiting = TcpStream::connect(s.addr).unwrap();
+        waiting
+            .write_all(
+                b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            )
+            .unwrap();
+        let got = read_until_closed(&mut waiting, Duration::from_secs(10))
+            .expect("a new connection was kept waiting behind an idle one");
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        // The holder was closed: its end of the connection reads to the end.
+        assert!(
+            read_until_closed(&mut holder, Duration::from_secs(10)).is_some(),
+            "the idle connection was not closed"
+        );
+    }
+}
+
+/// A connection in the middle of a request is not cut to make room: the new one waits until
+/// that request is answered, and the old connection closes after it.
+#[test]
+fn at_the_limit_a_connection_in_a_request_finishes_it_before_giving_way() {
+    let (s, _stop) = start_with(ServeOptions {
+        max_connections: 1,
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    });
+    let mut holder = TcpStream::connect(s.addr).unwrap();
+    holder
+        .write_all(
+            b"POST /v1/runners/register HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\
+              expect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let cont: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; cont.len()];
+    holder
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    holder.read_exact(&mut got).expect("no 100 Continue");
     let mut waiting = TcpStream::connect(s.addr).unwrap();
     waiting
         .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .unwrap();
     assert!(
         read_until_closed(&mut waiting, Duration::from_millis(700)).is_none(),
-        "a connection over the limit was served"
+        "a connection over the limit was served while the other's request was in flight"
     );
-    drop(holder);
-    let got = read_until_closed(&mut waiting, Duration::from_secs(5))
+    holder.write_all(b"{}").unwrap();
+    let answer = read_until_closed(&mut holder, Duration::from_secs(30))
+        .expect("the request in flight was not answered, or its connection not closed after");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let got = read_until_closed(&mut waiting, Duration::from_secs(10))
         .expect("the waiting connection was never served");
     assert!(
         got.starts_with(b"HTTP/1.1 200"),
