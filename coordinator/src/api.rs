@@ -525,17 +525,26 @@ pub async fn serve_with_metrics(
             },
         };
         // Every slot taken: the oldest connection gives way ([`live`]), at once if it is
-        // between requests, after its request otherwise.
+        // between requests, after its request otherwise; while none has, the next oldest is
+        // asked every quarter second, so one long request (an upload) does not hold up the
+        // connections waiting behind it.
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                live.ask_oldest_to_close();
-                tokio::select! {
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
+                // The first tick is at once.
+                let mut ask = tokio::time::interval(live::ASK_NEXT_EVERY);
+                let waited = loop {
+                    tokio::select! {
+                        permit = Arc::clone(&permits).acquire_owned() => break permit.ok(),
+                        _ = ask.tick() => {
+                            live.ask_oldest_to_close();
+                        }
+                        () = &mut shutdown => break None,
+                    }
+                };
+                match waited {
+                    Some(p) => p,
+                    None => break,
                 }
             }
         };

@@ -7,11 +7,13 @@
 //! for as long as it likes, and with [`super::ServeOptions::max_connections`] of them keep
 //! every runner from leasing, heartbeating and reporting. So when a connection is accepted
 //! while every slot is taken, the oldest connection is asked to close gracefully: at once if
-//! it is between requests or has not finished a request's head, after its request
-//! otherwise; never cut in the middle of one. Each new connection asks the next oldest, so
-//! holding slots takes reconnecting as fast as others connect, and a runner's next request
-//! (it retries) always gets a slot. nginx reuses idle keep-alive connections the same way
-//! when it runs out of them.
+//! it is kept alive between requests or has sent nothing yet, after its request otherwise
+//! (a request whose head has begun counts; never cut in the middle of one). While no slot
+//! frees, the next oldest is asked every [`ASK_NEXT_EVERY`], so a long request (an upload)
+//! does not hold up the connections waiting behind it. Holding slots then takes
+//! reconnecting as fast as others connect, or keeping every connection inside a request
+//! (bounded by the header and body deadlines). nginx reuses idle keep-alive connections the
+//! same way when it runs out of them.
 //!
 //! Alternative rejected: a fixed limit on a connection's age or requests. It bounds how long
 //! one connection is held but not how many: the client reconnects and holds the slot again,
@@ -26,6 +28,10 @@ use hyper::rt::{Read, Write};
 use hyper::server::conn::http1::Connection;
 use hyper::service::HttpService;
 use tokio::sync::{watch, Notify};
+
+/// While a new connection waits for a slot, how often the next oldest connection is asked to
+/// give way.
+pub(super) const ASK_NEXT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Every live connection of one `serve`.
 #[derive(Debug)]

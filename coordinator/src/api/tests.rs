@@ -873,6 +873,56 @@ fn at_the_limit_an_idle_connection_gives_way_to_a_new_one() {
     }
 }
 
+/// A long request on the oldest connection does not hold up a new one while a younger
+/// connection sits idle: the next oldest is asked in turn.
+#[test]
+fn at_the_limit_the_next_oldest_gives_way_when_the_oldest_is_in_a_request() {
+    let (s, _stop) = start_with(ServeOptions {
+        max_connections: 2,
+        header_read_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    });
+    let mut busy = TcpStream::connect(s.addr).unwrap();
+    busy.write_all(
+        b"POST /v1/runners/register HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\
+          expect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let cont: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; cont.len()];
+    busy.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    busy.read_exact(&mut got).expect("no 100 Continue");
+    let mut idle = TcpStream::connect(s.addr).unwrap();
+    idle.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut status = [0u8; 12];
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    idle.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    let mut waiting = TcpStream::connect(s.addr).unwrap();
+    waiting
+        .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let got = read_until_closed(&mut waiting, Duration::from_secs(10))
+        .expect("a new connection waited behind the oldest one's request");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The request in flight was not cut: it is answered when its body comes.
+    busy.write_all(b"{}").unwrap();
+    let answer = read_until_closed(&mut busy, Duration::from_secs(30)).expect("no answer");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 /// A connection in the middle of a request is not cut to make room: the new one waits until
 /// that request is answered, and the old connection closes after it.
 #[test]
