@@ -1672,6 +1672,34 @@ mod root_mode {
         );
     }
 
+    /// A step that lost a process to the memory limit and went on is not what a later step's
+    /// failure is blamed on: that one failed on its own (exit 3), and says so.
+    #[test]
+    fn a_later_steps_failure_is_not_blamed_on_an_earlier_steps_oom_kill() {
+        require_root();
+        let env = Env::new("oomearlier");
+        let bomb = MEMORY_BOMB.trim_start_matches("exec ");
+        let job = format!(
+            "version = 1\nname = \"oomearlier\"\n[resources]\nmemory = \"64MiB\"\n\
+             [[steps]]\nname = \"one\"\nrun = '''\n{bomb}\necho survived=yes\n'''\n\
+             [[steps]]\nname = \"two\"\nrun = \"exit 3\"\n"
+        );
+        let r = env.run(&job);
+        r.assert_code(1);
+        assert_eq!(r.value("survived"), "yes", "{r}");
+        let res = r.result();
+        assert!(
+            res["cgroup_counters"]["oom_kills"].as_u64().unwrap() >= 1,
+            "{r}"
+        );
+        assert_eq!(res["steps"][1]["exit_code"], 3, "{r}");
+        assert!(
+            res["steps"][1].get("limit").is_none_or(|l| l.is_null()),
+            "{r}"
+        );
+        assert_eq!(res["reason"], "step two exited with status 3", "{r}");
+    }
+
     /// Loopback connections whose reader stops reading, after reading long enough for the
     /// kernel to grow their buffers: 64 of them queue about 260 MiB on this host without a
     /// limit. The job's sockets are charged to its cgroup (v1: a TCP limit of its memory

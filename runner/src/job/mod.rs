@@ -613,8 +613,14 @@ struct Reported {
     /// The step that started and has not finished (its record as far as known), and when.
     running: Option<(StepResult, std::time::Instant)>,
     /// The job cgroup's OOM kills when the sandbox was ready or the last step finished, as the
-    /// runner read them then: what happened before is not what ended the sandbox.
+    /// runner read them then (while the sandbox lived): what happened before is not what ended
+    /// the sandbox.
     oom_kills_before: u64,
+    /// Its OOM invocations at its own limit then (v2; 0 on v1).
+    limit_ooms_before: u64,
+    /// The OOM kills read at the boundary before each step (by its index), for naming the
+    /// limit that ended a failed step: a kill an earlier step survived is not its.
+    step_oom_kills_before: std::collections::BTreeMap<usize, u64>,
     /// Set at those events, for the runner to read the count (it holds the cgroup).
     oom_kills_stale: bool,
     /// The runner killed the sandbox past every deadline (the backstop).
@@ -1306,11 +1312,17 @@ impl JobRun<'_> {
             }
         }
         // Name the limit that ended a failed step.
+        let step_oom_kills_before = self
+            .steps
+            .len()
+            .checked_sub(1)
+            .and_then(|i| reported.step_oom_kills_before.get(&i).copied())
+            .unwrap_or(0);
         if let Some(last) = self.steps.last_mut() {
             if last.exit_code != Some(0) {
                 if last.timed_out {
                     last.limit = Some("timeout".into());
-                } else if counters.oom_kills > 0 {
+                } else if counters.oom_kills > step_oom_kills_before {
                     last.limit = Some("memory".into());
                 } else if counters.pids_max_hit > 0 {
                     last.limit = Some("pids".into());
@@ -1632,12 +1644,15 @@ enum Unfinished {
 }
 
 /// Whether the job's cgroup counted an OOM kill since the sandbox was ready or the last step
-/// ended (a kill an earlier step survived is not what ended it), where it can tell at its
-/// own limit (v2: not the host's OOM killer; v1 cannot tell, and the host's picks the job's
-/// processes, scored higher, first), and the runner did not kill the sandbox itself.
+/// ended (a kill an earlier step survived is not what ended it), where it can tell, at its
+/// own limit since then too (v2: not the host's OOM killer; v1 cannot tell, and the host's
+/// picks the job's processes, scored higher, first), and the runner did not kill the sandbox
+/// itself.
 fn killed_at_limit(counters: &cgroup::Counters, reported: &Reported) -> bool {
     !reported.backstop
-        && counters.memory_limit_ooms.is_none_or(|n| n > 0)
+        && counters
+            .memory_limit_ooms
+            .is_none_or(|n| n > reported.limit_ooms_before)
         && counters.oom_kills > reported.oom_kills_before
 }
 
@@ -1713,8 +1728,22 @@ mod tests {
             // Nothing new since the last step ended: an earlier step survived that kill.
             assert!(!killed_at_limit(&counters(2, limit_ooms), &since(2)));
         }
-        // Not the cgroup's own limit (v2 tells): the host's OOM killer.
+        // Not the cgroup's own limit (v2 tells): the host's OOM killer; also when the limit
+        // was reached before the last boundary, in a step that survived it.
         assert!(!killed_at_limit(&counters(1, Some(0)), &since(0)));
+        let limit_reached_before = Reported {
+            oom_kills_before: 1,
+            limit_ooms_before: 1,
+            ..Default::default()
+        };
+        assert!(!killed_at_limit(
+            &counters(2, Some(1)),
+            &limit_reached_before
+        ));
+        assert!(killed_at_limit(
+            &counters(2, Some(2)),
+            &limit_reached_before
+        ));
         // The runner's own backstop killed the sandbox.
         let backstop = Reported {
             backstop: true,

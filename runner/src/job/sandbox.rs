@@ -293,10 +293,20 @@ impl JobRun<'_> {
                 match read_chunk(&mut status_stream, &mut buf) {
                     Chunk::Data(n) => {
                         lines.take(&buf[..n], |line| self.on_status_line(line, &mut reported));
-                        // A step boundary: OOM kills from here on are what may end the sandbox.
+                        // A step boundary: OOM kills from here on are what may end the sandbox
+                        // or the next step. Read only while the sandbox still lives once read:
+                        // a count read after it died (the runner reading behind) may hold the
+                        // kill that ended it.
                         if std::mem::take(&mut reported.oom_kills_stale) {
                             if let Some(cg) = cg {
-                                reported.oom_kills_before = cg.counters().oom_kills;
+                                let now = cg.counters();
+                                if matches!(child.try_wait(), Ok(None)) {
+                                    reported.oom_kills_before = now.oom_kills;
+                                    reported.limit_ooms_before = now.memory_limit_ooms.unwrap_or(0);
+                                    reported
+                                        .step_oom_kills_before
+                                        .insert(reported.steps.len(), now.oom_kills);
+                                }
                             }
                         }
                     }

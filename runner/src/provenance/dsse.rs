@@ -21,10 +21,10 @@
 //! file (same payload type, payload, signature and key) is not made again, and an envelope
 //! first looks for such a verified check of its own signatures, so a replayed envelope costs
 //! no check whatever signatures are added to it for the key that signed it; a signature with
-//! an empty key id is checked only while no trusted key has signed its envelope; and past
+//! an empty key id is checked only for the keys not yet found to sign its envelope; and past
 //! [`MAX_FAILED_SIGNATURES`] failed signatures (each naming a trusted key, or with an empty
-//! key id in an envelope no trusted key signed) the whole file is refused: the signer of a
-//! genuine file writes signatures that verify. Every envelope still needs a signature of its
+//! key id beyond the first in its envelope, a foreign countersigner's) the whole file is
+//! refused: the signer of a genuine file writes signatures that verify. Every envelope still needs a signature of its
 //! own that verifies: a copy of a genuine envelope with its signature damaged is rejected.
 
 use anyhow::{bail, Result};
@@ -149,8 +149,8 @@ pub fn verify(
 }
 
 /// Most failed signatures one file may show (each naming a trusted key, or with an empty key id
-/// in an envelope no trusted key signed); past it the file is refused
-/// ([`VerifyError::Budget`]). A genuine file has none.
+/// beyond the first in its envelope); past it the file is refused ([`VerifyError::Budget`]).
+/// A genuine file has none.
 pub const MAX_FAILED_SIGNATURES: usize = 64;
 
 /// Checks the envelopes of one file with the trusted keys, remembering what it checked (see
@@ -271,15 +271,12 @@ impl<'k> Checker<'k> {
                 }
             }
         }
-        // Then signatures naming a trusted key, for the keys not yet found to sign it; then,
-        // only while no trusted key has signed it, those with an empty key id (with our keys,
-        // a countersigner's that leaves its key id empty, as cosign does, fails: checked
-        // only where it could decide).
-        let (mut failed_named, mut failed_anonymous) = (0, 0);
+        // Then signatures naming a trusted key, for the keys not yet found to sign it; then
+        // those with an empty key id, for the keys still not found (a trusted countersigner
+        // may leave its key id empty, as cosign does: a policy binding a builder to that key
+        // asks for it).
+        let (mut failed_named, mut failed_anonymous) = (0usize, 0usize);
         for anonymous in [false, true] {
-            if anonymous && signed.iter().any(|s| *s) {
-                break;
-            }
             for (s, sig) in sigs.iter().filter(|(s, _)| s.keyid.is_empty() == anonymous) {
                 let candidates: Vec<usize> = (0..keys.len())
                     .filter(|&k| !signed[k] && named(s, k))
@@ -300,19 +297,18 @@ impl<'k> Checker<'k> {
                     } else {
                         failed_named += 1;
                     }
-                    if self.failed + failed_named + failed_anonymous > MAX_FAILED_SIGNATURES {
-                        self.failed += failed_named + failed_anonymous;
+                    let counted = failed_named + failed_anonymous.saturating_sub(1);
+                    if self.failed + counted > MAX_FAILED_SIGNATURES {
+                        self.failed += counted;
                         return Err(VerifyError::Budget);
                     }
                 }
             }
         }
         // Signatures naming a trusted key that fail count always (a signer never writes
-        // one); those with an empty key id only where no trusted key signed the envelope.
-        self.failed += failed_named;
-        if !signed.iter().any(|s| *s) {
-            self.failed += failed_anonymous;
-        }
+        // one); of those with an empty key id, all but one per envelope (a foreign
+        // countersigner's, which fails with our keys).
+        self.failed += failed_named + failed_anonymous.saturating_sub(1);
         if self.failed > MAX_FAILED_SIGNATURES {
             return Err(VerifyError::Budget);
         }
@@ -547,6 +543,40 @@ mod tests {
             checker.verify(&env, IN_TOTO_PAYLOAD_TYPE).unwrap();
         }
         assert!(!checker.over_budget());
+        // Signatures with an empty key id beyond the first in each envelope count: fifteen
+        // before our own (its key id stripped) on statement after statement are refused.
+        let mut checker = Checker::new(&keys);
+        let err = (0..100)
+            .find_map(|n| {
+                let mut env = sign(
+                    format!("{{\"c\":{n}}}").as_bytes(),
+                    IN_TOTO_PAYLOAD_TYPE,
+                    &key,
+                )
+                .unwrap();
+                env.signatures[0].keyid = String::new();
+                let mut sigs: Vec<EnvelopeSignature> =
+                    (0..15).map(|i| bogus(n * 15 + i, "")).collect();
+                sigs.push(env.signatures[0].clone());
+                env.signatures = sigs;
+                checker.verify(&env, IN_TOTO_PAYLOAD_TYPE).err()
+            })
+            .expect("never refused");
+        assert_eq!(err, VerifyError::Budget);
+        // A trusted countersigner that left its key id empty is found beside our signature.
+        let cosigner = LocalKey::generate(Algorithm::Ed25519).unwrap();
+        let both = [key.public(), cosigner.public()];
+        let mut env = sign(b"{\"d\":1}", IN_TOTO_PAYLOAD_TYPE, &key).unwrap();
+        let mut counter = sign(b"{\"d\":1}", IN_TOTO_PAYLOAD_TYPE, &cosigner).unwrap();
+        counter.signatures[0].keyid = String::new();
+        env.signatures.push(counter.signatures[0].clone());
+        let ok = Checker::new(&both)
+            .verify(&env, IN_TOTO_PAYLOAD_TYPE)
+            .unwrap();
+        assert_eq!(
+            ok.signers,
+            [key.keyid().to_string(), cosigner.keyid().to_string()]
+        );
         // Payloads no trusted key signed, each with signatures that fail: every check counts,
         // and the file is refused once it has shown more than the budget, before it costs more.
         for claim in ["", key.keyid()] {
