@@ -925,6 +925,24 @@ impl JobCgroup {
         pids_in(d)
     }
 
+    /// The OOM counters alone ([`Counters::oom_kills`], [`Counters::memory_limit_ooms`]):
+    /// one file read, for the runner to note them at each step boundary.
+    pub fn oom_counts(&self) -> (u64, Option<u64>) {
+        let (file, limit_ooms) = match self.version {
+            Version::V2 => (self.dirs[0].join("memory.events"), true),
+            Version::V1 => (self.dir("memory").join("memory.oom_control"), false),
+        };
+        let text = fs::read_to_string(file).unwrap_or_default();
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.split_once(' '))
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("oom_kill"), limit_ooms.then(|| field("oom")))
+    }
+
     /// OOM kills and pids-limit hits so far.
     pub fn counters(&self) -> Counters {
         let field = |path: PathBuf, key: &str| -> u64 {
@@ -941,17 +959,18 @@ impl JobCgroup {
         // Without the cpu controller v2's cpu.stat has no throttling lines: zero.
         let cpu_stat = self.controller_dir("cpu").map(|d| d.join("cpu.stat"));
         let throttled = |key: &str| cpu_stat.clone().map_or(0, |p| field(p, key));
+        let (oom_kills, memory_limit_ooms) = self.oom_counts();
         match self.version {
             Version::V2 => Counters {
-                oom_kills: field(self.dirs[0].join("memory.events"), "oom_kill"),
-                memory_limit_ooms: Some(field(self.dirs[0].join("memory.events"), "oom")),
+                oom_kills,
+                memory_limit_ooms,
                 pids_max_hit: field(self.dirs[0].join("pids.events"), "max"),
                 cpu_throttled_periods: throttled("nr_throttled"),
                 cpu_throttled_ms: throttled("throttled_usec") / 1000,
             },
             Version::V1 => Counters {
-                oom_kills: field(self.dir("memory").join("memory.oom_control"), "oom_kill"),
-                memory_limit_ooms: None,
+                oom_kills,
+                memory_limit_ooms,
                 pids_max_hit: field(self.dir("pids").join("pids.events"), "max"),
                 cpu_throttled_periods: throttled("nr_throttled"),
                 cpu_throttled_ms: throttled("throttled_time") / 1_000_000,

@@ -299,13 +299,13 @@ impl JobRun<'_> {
                         // kill that ended it.
                         if std::mem::take(&mut reported.oom_kills_stale) {
                             if let Some(cg) = cg {
-                                let now = cg.counters();
+                                let (kills, limit_ooms) = cg.oom_counts();
                                 if matches!(child.try_wait(), Ok(None)) {
-                                    reported.oom_kills_before = now.oom_kills;
-                                    reported.limit_ooms_before = now.memory_limit_ooms.unwrap_or(0);
+                                    reported.oom_kills_before = kills;
+                                    reported.limit_ooms_before = limit_ooms.unwrap_or(0);
                                     reported
                                         .step_oom_kills_before
-                                        .insert(reported.steps.len(), now.oom_kills);
+                                        .insert(reported.steps.len(), kills);
                                 }
                             }
                         }
