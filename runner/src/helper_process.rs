@@ -228,7 +228,8 @@ pub struct Started {
 }
 
 impl Started {
-    /// The helper's process id (it stays unreaped until `send`'s child is waited for).
+    /// The helper's process id (unreaped until `send`'s child is waited for, or polled with
+    /// `try_wait` once it has exited; the runner uses it only before `send`).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

@@ -1312,17 +1312,24 @@ impl JobRun<'_> {
             }
         }
         // Name the limit that ended a failed step.
-        let step_oom_kills_before = self
+        // The step's own OOM kills: those since the boundary before it, where the runner read
+        // it while the sandbox lived; otherwise (the runner read behind) any, but only for a
+        // step a signal ended, not one that exited with a status of its own.
+        let ended_by_its_oom = |last: &StepResult| match self
             .steps
             .len()
             .checked_sub(1)
-            .and_then(|i| reported.step_oom_kills_before.get(&i).copied())
-            .unwrap_or(0);
+            .and_then(|i| reported.step_oom_kills_before.get(&i))
+        {
+            Some(&before) => counters.oom_kills > before,
+            None => counters.oom_kills > 0 && last.signal.is_some(),
+        };
+        let memory = self.steps.last().is_some_and(ended_by_its_oom);
         if let Some(last) = self.steps.last_mut() {
             if last.exit_code != Some(0) {
                 if last.timed_out {
                     last.limit = Some("timeout".into());
-                } else if counters.oom_kills > step_oom_kills_before {
+                } else if memory {
                     last.limit = Some("memory".into());
                 } else if counters.pids_max_hit > 0 {
                     last.limit = Some("pids".into());

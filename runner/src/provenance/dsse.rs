@@ -23,8 +23,9 @@
 //! no check whatever signatures are added to it for the key that signed it; a signature with
 //! an empty key id is checked only for the keys not yet found to sign its envelope; and past
 //! [`MAX_FAILED_SIGNATURES`] failed signatures (each naming a trusted key, or with an empty
-//! key id beyond the first in its envelope, a foreign countersigner's) the whole file is
-//! refused: the signer of a genuine file writes signatures that verify. Every envelope still needs a signature of its
+//! key id beyond the first in an envelope whose trusted signature was checked there, a foreign
+//! countersigner's) the whole file is refused: the signer of a genuine file writes signatures
+//! that verify. Every envelope still needs a signature of its
 //! own that verifies: a copy of a genuine envelope with its signature damaged is rejected.
 
 use anyhow::{bail, Result};
@@ -146,6 +147,18 @@ pub fn verify(
     keys: &[PublicKey],
 ) -> Result<Verified, VerifyError> {
     Checker::new(keys).verify(envelope, expected_type)
+}
+
+/// How many of an envelope's `failed` signatures with an empty key id count toward the budget:
+/// all but one when a trusted signature verified by a check made for this envelope (a foreign
+/// countersigner leaves its key id empty, as cosign does), all of them otherwise (a replayed
+/// envelope's are answered from the cache, and must not buy checks for free).
+fn anonymous_counted(failed: usize, freshly_signed: bool) -> usize {
+    if freshly_signed {
+        failed.saturating_sub(1)
+    } else {
+        failed
+    }
 }
 
 /// Most failed signatures one file may show (each naming a trusted key, or with an empty key id
@@ -276,6 +289,9 @@ impl<'k> Checker<'k> {
         // may leave its key id empty, as cosign does: a policy binding a builder to that key
         // asks for it).
         let (mut failed_named, mut failed_anonymous) = (0usize, 0usize);
+        // Whether a trusted signature verified by a check made here (not a replay's cached
+        // one): only then is one anonymous failure free, at most once per genuine payload.
+        let mut freshly_signed = false;
         for anonymous in [false, true] {
             for (s, sig) in sigs.iter().filter(|(s, _)| s.keyid.is_empty() == anonymous) {
                 let candidates: Vec<usize> = (0..keys.len())
@@ -286,9 +302,11 @@ impl<'k> Checker<'k> {
                 }
                 let mut verified = false;
                 for k in candidates {
+                    let made = self.made;
                     if self.check(&pae_digest, &message, sig, k) {
                         signed[k] = true;
                         verified = true;
+                        freshly_signed |= self.made > made;
                     }
                 }
                 if !verified {
@@ -297,7 +315,8 @@ impl<'k> Checker<'k> {
                     } else {
                         failed_named += 1;
                     }
-                    let counted = failed_named + failed_anonymous.saturating_sub(1);
+                    let counted =
+                        failed_named + anonymous_counted(failed_anonymous, freshly_signed);
                     if self.failed + counted > MAX_FAILED_SIGNATURES {
                         self.failed += counted;
                         return Err(VerifyError::Budget);
@@ -306,9 +325,9 @@ impl<'k> Checker<'k> {
             }
         }
         // Signatures naming a trusted key that fail count always (a signer never writes
-        // one); of those with an empty key id, all but one per envelope (a foreign
-        // countersigner's, which fails with our keys).
-        self.failed += failed_named + failed_anonymous.saturating_sub(1);
+        // one); of those with an empty key id, all but one where a trusted signature was
+        // checked here (a foreign countersigner's, which fails with our keys).
+        self.failed += failed_named + anonymous_counted(failed_anonymous, freshly_signed);
         if self.failed > MAX_FAILED_SIGNATURES {
             return Err(VerifyError::Budget);
         }
@@ -563,6 +582,26 @@ mod tests {
             })
             .expect("never refused");
         assert_eq!(err, VerifyError::Budget);
+        // With two trusted keys, one genuine envelope replayed with a different empty-key-id
+        // signature on each copy: the signature is tried with the other key each time, so
+        // those failures count (only a check made for the envelope buys one free), and the
+        // file is refused before the copies cost a check each for long.
+        let second = LocalKey::generate(Algorithm::P256).unwrap();
+        let two = [key.public(), second.public()];
+        let mut checker = Checker::new(&two);
+        let err = (0..1000)
+            .find_map(|n| {
+                let mut copy = good.clone();
+                copy.signatures.push(bogus(100_000 + n, ""));
+                checker.verify(&copy, IN_TOTO_PAYLOAD_TYPE).err()
+            })
+            .expect("never refused");
+        assert_eq!(err, VerifyError::Budget);
+        assert!(
+            checker.checks_made() <= MAX_FAILED_SIGNATURES + 4,
+            "{}",
+            checker.checks_made()
+        );
         // A trusted countersigner that left its key id empty is found beside our signature.
         let cosigner = LocalKey::generate(Algorithm::Ed25519).unwrap();
         let both = [key.public(), cosigner.public()];
