@@ -25,8 +25,8 @@
 //! [`MAX_FAILED_SIGNATURES`] failed signatures (each naming a trusted key, or with an empty
 //! key id beyond the first in an envelope whose trusted signature was checked there, a foreign
 //! countersigner's) the whole file is refused: the signer of a genuine file writes signatures
-//! that verify. Every envelope still needs a signature of its
-//! own that verifies: a copy of a genuine envelope with its signature damaged is rejected.
+//! that verify. Every envelope still needs a signature of its own that verifies: a copy of a
+//! genuine envelope with its signature damaged is rejected.
 
 use anyhow::{bail, Result};
 use base64::Engine;
@@ -162,7 +162,7 @@ fn anonymous_counted(failed: usize, freshly_signed: bool) -> usize {
 }
 
 /// Most failed signatures one file may show (each naming a trusted key, or with an empty key id
-/// beyond the first in its envelope); past it the file is refused ([`VerifyError::Budget`]).
+/// as [`anonymous_counted`] counts them); past it the file is refused ([`VerifyError::Budget`]).
 /// A genuine file has none.
 pub const MAX_FAILED_SIGNATURES: usize = 64;
 
