@@ -162,7 +162,7 @@ fn anonymous_counted(failed: usize, freshly_signed: bool) -> usize {
 }
 
 /// Most failed signatures one file may show (each naming a trusted key, or with an empty key id
-/// as [`anonymous_counted`] counts them); past it the file is refused ([`VerifyError::Budget`]).
+/// as `anonymous_counted` counts them); past it the file is refused ([`VerifyError::Budget`]).
 /// A genuine file has none.
 pub const MAX_FAILED_SIGNATURES: usize = 64;
 
