@@ -612,15 +612,11 @@ struct Reported {
     any_step_started: bool,
     /// The step that started and has not finished (its record as far as known), and when.
     running: Option<(StepResult, std::time::Instant)>,
-    /// The job cgroup's OOM kills when the sandbox was ready or the last step finished, as the
-    /// runner read them then (while the sandbox lived): what happened before is not what ended
-    /// the sandbox.
-    oom_kills_before: u64,
-    /// Its OOM invocations at its own limit then (v2; 0 on v1).
-    limit_ooms_before: u64,
-    /// The OOM kills read at the boundary before each step (by its index), for naming the
-    /// limit that ended a failed step: a kill an earlier step survived is not its.
-    step_oom_kills_before: std::collections::BTreeMap<usize, u64>,
+    /// The job cgroup's OOM counts (kills; invocations at its own limit, v2, else 0) read at
+    /// the boundary before each step, by the step's index (when the sandbox was ready, when the
+    /// step before finished), while the sandbox lived: what happened before a step is not what
+    /// ended it, nor what ended the sandbox after the last boundary.
+    oom_before_step: std::collections::BTreeMap<usize, (u64, u64)>,
     /// Set at those events, for the runner to read the count (it holds the cgroup).
     oom_kills_stale: bool,
     /// The runner killed the sandbox past every deadline (the backstop).
@@ -1319,9 +1315,9 @@ impl JobRun<'_> {
             .steps
             .len()
             .checked_sub(1)
-            .and_then(|i| reported.step_oom_kills_before.get(&i))
+            .and_then(|i| reported.oom_before_step.get(&i))
         {
-            Some(&before) => counters.oom_kills > before,
+            Some(&(before, _)) => counters.oom_kills > before,
             None => counters.oom_kills > 0 && last.signal.is_some(),
         };
         let memory = self.steps.last().is_some_and(ended_by_its_oom);
@@ -1656,11 +1652,17 @@ enum Unfinished {
 /// picks the job's processes, scored higher, first), and the runner did not kill the sandbox
 /// itself.
 fn killed_at_limit(counters: &cgroup::Counters, reported: &Reported) -> bool {
+    let (kills_before, limit_ooms_before) = reported
+        .oom_before_step
+        .values()
+        .next_back()
+        .copied()
+        .unwrap_or_default();
     !reported.backstop
         && counters
             .memory_limit_ooms
-            .is_none_or(|n| n > reported.limit_ooms_before)
-        && counters.oom_kills > reported.oom_kills_before
+            .is_none_or(|n| n > limit_ooms_before)
+        && counters.oom_kills > kills_before
 }
 
 /// `killed_at_limit`: the job's cgroup reached its memory limit and counted an OOM kill since
@@ -1725,22 +1727,22 @@ mod tests {
             memory_limit_ooms,
             ..Default::default()
         };
-        let since = |oom_kills_before| Reported {
-            oom_kills_before,
+        let since = |kills, limit_ooms| Reported {
+            oom_before_step: [(0, (kills, limit_ooms))].into(),
             ..Default::default()
         };
         for limit_ooms in [Some(1), None] {
-            assert!(killed_at_limit(&counters(1, limit_ooms), &since(0)));
-            assert!(killed_at_limit(&counters(3, limit_ooms), &since(2)));
+            assert!(killed_at_limit(&counters(1, limit_ooms), &since(0, 0)));
+            assert!(killed_at_limit(&counters(3, limit_ooms), &since(2, 0)));
             // Nothing new since the last step ended: an earlier step survived that kill.
-            assert!(!killed_at_limit(&counters(2, limit_ooms), &since(2)));
+            assert!(!killed_at_limit(&counters(2, limit_ooms), &since(2, 0)));
         }
         // Not the cgroup's own limit (v2 tells): the host's OOM killer; also when the limit
         // was reached before the last boundary, in a step that survived it.
-        assert!(!killed_at_limit(&counters(1, Some(0)), &since(0)));
+        assert!(!killed_at_limit(&counters(1, Some(0)), &since(0, 0)));
+        // (The last boundary's counts are what count: step 1's here.)
         let limit_reached_before = Reported {
-            oom_kills_before: 1,
-            limit_ooms_before: 1,
+            oom_before_step: [(0, (0, 0)), (1, (1, 1))].into(),
             ..Default::default()
         };
         assert!(!killed_at_limit(

@@ -301,11 +301,10 @@ impl JobRun<'_> {
                             if let Some(cg) = cg {
                                 let (kills, limit_ooms) = cg.oom_counts();
                                 if matches!(child.try_wait(), Ok(None)) {
-                                    reported.oom_kills_before = kills;
-                                    reported.limit_ooms_before = limit_ooms.unwrap_or(0);
-                                    reported
-                                        .step_oom_kills_before
-                                        .insert(reported.steps.len(), kills);
+                                    reported.oom_before_step.insert(
+                                        reported.steps.len(),
+                                        (kills, limit_ooms.unwrap_or(0)),
+                                    );
                                 }
                             }
                         }
