@@ -613,6 +613,39 @@ fn request_bodies_are_forwarded_by_length_and_chunked() {
     assert_eq!(status(&read_head(&mut s).unwrap()), 400);
 }
 
+/// A chunked body whose trailer section holds a request line: the proxy refuses it there,
+/// and the origin (which, like a lenient server, would take what follows the body for a
+/// request of its own) never reads it.
+#[test]
+fn a_request_line_in_a_chunked_trailer_never_reaches_the_origin() {
+    let (port, requests) = pipelining_origin();
+    let p = Proxy::start(
+        "trailer",
+        &allow_origin(port),
+        HOSTS,
+        false,
+        ProxyLimits::default(),
+    );
+    let mut s = p.connect();
+    write!(
+        s,
+        "POST http://allowed.test:{port}/upload HTTP/1.1\r\nHost: allowed.test\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\
+         GET /smuggled HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    // What the origin read, once the proxy is done with the connection.
+    thread::sleep(Duration::from_millis(500));
+    let seen = requests.lock().unwrap();
+    assert!(
+        !seen.iter().any(|(head, body)| head.contains("/smuggled")
+            || String::from_utf8_lossy(body).contains("/smuggled")),
+        "{seen:?}"
+    );
+}
+
 /// Every (head, body) an origin read, in order.
 type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
